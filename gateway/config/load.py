@@ -1,0 +1,119 @@
+"""Load customs.yaml: substitute ${ENV} references, validate, and report every problem with its path."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from gateway.config.model import Config
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """Invalid configuration; `problems` lists `path: message` lines, all of them."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _loc(parts: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+def _substitute(node: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    if isinstance(node, str):
+        def repl(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(f"{path or '(root)'}: environment variable {name} is not set")
+            return ""
+        return _ENV_REF.sub(repl, node)
+    if isinstance(node, list):
+        return [_substitute(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if isinstance(node, dict):
+        return {k: _substitute(v, env, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
+    return node
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative file paths in the config are relative to the config file, not the working directory."""
+    def fix(section: Any, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str) and not os.path.isabs(section[key]):
+            section[key] = str(base / section[key])
+
+    fix(data.get("policies"), "dir")
+    fix(data.get("policies"), "shadow_dir")
+    fix(data.get("decision_log"), "path")
+    fix(data.get("signing"), "key_dir")
+    tls = (data.get("listen") or {}).get("tls") if isinstance(data.get("listen"), dict) else None
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        fix(tls, key)
+    identity = data.get("identity")
+    for issuer in (identity or {}).get("issuers") or [] if isinstance(identity, dict) else []:
+        fix(issuer, "jwks_file")
+        fix(issuer, "pem_file")
+    for upstream in data.get("upstreams") or []:
+        if isinstance(upstream, dict):
+            fix(upstream.get("credentials"), "value_file")
+            fix(upstream, "cwd")
+
+
+def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path | None = None,
+                 source: str = "config") -> Config:
+    """Validate an already-parsed YAML document. Raises ConfigError listing every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(["(root): expected a mapping of sections"], source)
+    problems: list[str] = []
+    data = _substitute(data, os.environ if env is None else env, "", problems)
+    if base is not None:
+        _resolve_paths(data, base)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            # Drop union-branch labels (model names, literal tags) pydantic puts into locations.
+            loc = tuple(p for p in err["loc"]
+                        if not (isinstance(p, str) and (p[:1].isupper() or p.startswith(("function-", "literal[")))))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{_loc(loc)}: {msg}")
+    if problems:
+        raise ConfigError(sorted(set(problems), key=problems.index), source)
+    return config
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"], str(path)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise ConfigError([f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"], str(path)) from exc
+    return parse_config(data, env=env, base=path.parent.resolve(), source=str(path))

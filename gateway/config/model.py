@@ -1,0 +1,308 @@
+"""Frozen, typed configuration models: the one shape of customs.yaml, unknown keys rejected.
+
+The contract is pinned in docs/configuration.md (and ../shared/interfaces.md). Each part of the
+gateway is handed only the section it needs; there is no global settings object.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not a URL (expected http:// or https:// with a host)")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Sensitivity = Literal["public", "internal", "confidential", "restricted"]
+NAME_RE = re.compile(r"^[a-z0-9_-]+$")
+
+
+class TlsConfig(Model):
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+class ListenConfig(Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8700, ge=0, le=65535)
+    public_url: HttpUrl | None = None
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    max_json_depth: int = Field(64, gt=0)
+    drain_timeout_s: float = Field(20.0, ge=0)
+    tls: TlsConfig | None = None
+
+    @property
+    def resource_url(self) -> str:
+        """The gateway's own base URL (RFC 8707 resource), used for `aud` checks and metadata."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+class ToolOverride(Model):
+    """Per-tool labels and overrides of the upstream's MCP annotations."""
+
+    sensitivity: Sensitivity | None = None
+    read_only: bool | None = None
+    destructive: bool | None = None
+    idempotent: bool | None = None
+    open_world: bool | None = None
+    leaves_org: bool | None = None
+    timeout_s: float | None = Field(None, gt=0)
+    pin: str | None = None  # sha256 of the tool definition, pinned from config
+    sum_args: tuple[str, ...] = ()  # numeric arguments summed into context.task.totals
+
+
+class CredentialsConfig(Model):
+    mode: Literal["none", "static", "minted", "token_exchange"] = "none"
+    ttl_s: int = Field(60, gt=0, le=3600)
+    audience: str | None = None
+    narrow_to_args: tuple[str, ...] = ()
+    header: str = "Authorization"
+    value_env: str | None = None
+    value_file: Path | None = None
+    value_prefix: str = ""
+    token_endpoint: HttpUrl | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    scope: str | None = None
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> CredentialsConfig:
+        if self.mode == "static" and not (self.value_env or self.value_file):
+            raise ValueError("static credentials need value_env or value_file")
+        if self.mode == "token_exchange" and not (self.token_endpoint and self.client_id):
+            raise ValueError("token_exchange needs token_endpoint and client_id")
+        return self
+
+
+class UpstreamConfig(Model):
+    name: str
+    url: HttpUrl | None = None
+    command: tuple[str, ...] | None = None
+    transport: Literal["streamable_http", "sse", "stdio"] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: Path | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    prefix: str | None = None
+    timeout_s: float = Field(30.0, gt=0)
+    tools: dict[str, ToolOverride] = Field(default_factory=dict)
+    credentials: CredentialsConfig = CredentialsConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.fullmatch(value):
+            raise ValueError("must match [a-z0-9_-]+")
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> UpstreamConfig:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("exactly one of url or command is required")
+        if self.command is not None and len(self.command) == 0:
+            raise ValueError("command must not be empty")
+        if self.command is not None and self.transport not in (None, "stdio"):
+            raise ValueError("command upstreams use the stdio transport")
+        if self.url is not None and self.transport == "stdio":
+            raise ValueError("stdio transport needs command, not url")
+        return self
+
+    @property
+    def kind(self) -> Literal["streamable_http", "sse", "stdio"]:
+        if self.command is not None:
+            return "stdio"
+        return self.transport or "streamable_http"
+
+    @property
+    def tool_prefix(self) -> str:
+        return self.prefix if self.prefix is not None else f"{self.name}__"
+
+
+class IssuerConfig(Model):
+    issuer: str
+    audience: str | None = None  # default: the gateway's resource URL + /mcp
+    jwks_file: Path | None = None
+    jwks_url: HttpUrl | None = None
+    pem_file: Path | None = None
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    claims: dict[str, str] = Field(default_factory=dict)
+    require_typ: str | None = None  # e.g. "at+jwt"
+    jwks_refresh_s: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IssuerConfig:
+        sources = [s for s in (self.jwks_file, self.jwks_url, self.pem_file) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("exactly one of jwks_file, jwks_url or pem_file is required")
+        bad = [a for a in self.algorithms if a.upper() == "NONE" or a.startswith("HS")]
+        if bad:
+            raise ValueError(f"algorithms not allowed for access tokens: {', '.join(bad)}")
+        return self
+
+
+class IdentityConfig(Model):
+    mode: Literal["jwt", "anonymous"] = "anonymous"
+    issuers: tuple[IssuerConfig, ...] = ()
+    clock_skew_s: int = Field(30, ge=0, le=600)
+    anonymous_principal: str = "anonymous"
+    anonymous_attributes: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _issuers(self) -> IdentityConfig:
+        if self.mode == "jwt" and not self.issuers:
+            raise ValueError("mode jwt needs at least one issuer")
+        return self
+
+
+class AgentRecord(Model):
+    """Attributes of a known agent (used for delegation-chain actors without claims)."""
+
+    tenant: str | None = None
+    owner: str | None = None
+    environment: str | None = None
+    clearance: str | None = None
+    trust: str | None = None
+    groups: tuple[str, ...] = ()
+
+
+class PoliciesConfig(Model):
+    dir: Path = Path("policies")
+    shadow_dir: Path | None = None
+    watch: bool = True
+    max_chain_depth: int = Field(8, ge=1)
+
+
+class WebhookConfig(Model):
+    url: HttpUrl
+    secret: str | None = None
+
+
+class ApprovalsConfig(Model):
+    ttl_s: int = Field(900, gt=0)
+    webhooks: tuple[WebhookConfig, ...] = ()
+    redact_keys: tuple[str, ...] = ()
+    wait_s: float = Field(840.0, ge=0)  # how long a held request stays open before answering approval_pending
+    keepalive_s: float = Field(15.0, gt=0)
+    quorum: int = Field(1, ge=1)
+    approvers_issuer: str | None = None  # default: any configured issuer
+
+
+class RedisConfig(Model):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "customs:"
+    max_connections: int = Field(64, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("not a redis:// URL")
+        return value
+
+
+class RedisStore(Model):
+    redis: RedisConfig
+
+
+StoreConfig = Literal["memory"] | RedisStore
+
+
+class DecisionLogConfig(Model):
+    path: Path | None = None  # None: stdout
+    include_args: bool = False
+
+
+class TracesConfig(Model):
+    endpoint: HttpUrl | None = None
+    console: bool = False
+    capture_args: bool = False
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+
+
+class MetricsConfig(Model):
+    prometheus: bool = True
+    otlp_endpoint: HttpUrl | None = None
+
+
+class TelemetryConfig(Model):
+    service_name: str | None = None
+    traces: TracesConfig = TracesConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+
+class LimitRule(Model):
+    rate_per_s: float | None = Field(None, gt=0)
+    burst: int | None = Field(None, gt=0)
+    concurrency: int | None = Field(None, gt=0)
+
+
+class LimitsConfig(Model):
+    per_principal: LimitRule = LimitRule()
+    per_tool: LimitRule = LimitRule()
+
+
+class TasksConfig(Model):
+    idle_s: float = Field(300.0, gt=0)
+
+
+class SecretsConfig(Model):
+    redact_keys: tuple[str, ...] = ("password", "secret", "token", "api_key", "apikey", "authorization")
+    sensitive_headers: tuple[str, ...] = ()
+
+
+class SigningConfig(Model):
+    key_dir: Path = Path(".customs/keys")
+    algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
+
+
+class Config(Model):
+    listen: ListenConfig = ListenConfig()
+    upstreams: tuple[UpstreamConfig, ...]
+    identity: IdentityConfig = IdentityConfig()
+    agents: dict[str, AgentRecord] = Field(default_factory=dict)
+    policies: PoliciesConfig = PoliciesConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
+    store: StoreConfig = "memory"
+    decision_log: DecisionLogConfig = DecisionLogConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    limits: LimitsConfig = LimitsConfig()
+    tasks: TasksConfig = TasksConfig()
+    secrets: SecretsConfig = SecretsConfig()
+    signing: SigningConfig = SigningConfig()
+    environment: str = "dev"
+
+    @field_validator("upstreams")
+    @classmethod
+    def _unique(cls, value: tuple[UpstreamConfig, ...]) -> tuple[UpstreamConfig, ...]:
+        seen: set[str] = set()
+        for upstream in value:
+            if upstream.name in seen:
+                raise ValueError(f"duplicate upstream name {upstream.name!r}")
+            seen.add(upstream.name)
+        return value
+
+    def upstream(self, name: str) -> UpstreamConfig | None:
+        return next((u for u in self.upstreams if u.name == name), None)
+
+
+def model_schema() -> dict[str, Any]:
+    """JSON schema of the config (used by docs and the compose static check)."""
+    return Config.model_json_schema()

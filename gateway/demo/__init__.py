@@ -1,0 +1,1 @@
+"""Bundled demo MCP servers and the demo configuration used by `customs demo`."""

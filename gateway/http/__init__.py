@@ -1,0 +1,1 @@
+"""The HTTP edge: routes, HTTP-only middleware, the MCP endpoint and sessions."""

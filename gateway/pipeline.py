@@ -1,0 +1,74 @@
+"""The order of a call, written once: identify → authorize → approve → credential → forward → record.
+
+`identify` runs at the HTTP edge (every request needs a principal, and sessions are bound to it);
+the dispatcher builds a `CallContext` with that principal and hands it to `Pipeline.run`, which
+runs the remaining stages in order. A stage rejects by raising `GatewayError`; `record` always runs.
+The stage seams are Protocols so in-memory and Redis stores, or real and fake upstreams, swap freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.context import CallContext, Decision, Principal, ToolInfo
+
+
+class Identifier(Protocol):
+    """identify: HTTP request facts → Principal, or raise GatewayError("unauthenticated")."""
+
+    async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None) -> Principal: ...
+
+
+class Authorizer(Protocol):
+    """authorize: decide one request. Never raises for policy reasons; errors become deny."""
+
+    def decide(self, principal: Principal, action: str, tool: ToolInfo, ctx: CallContext | None) -> Decision: ...
+
+    def visible(self, principal: Principal, action: str, tool: ToolInfo) -> Decision: ...
+
+
+class Stage(Protocol):
+    """One step of the call. Mutates the context or raises a GatewayError."""
+
+    async def __call__(self, ctx: CallContext) -> None: ...
+
+
+class Forwarder(Protocol):
+    async def __call__(self, ctx: CallContext) -> dict[str, Any]: ...
+
+
+class Recorder(Protocol):
+    async def __call__(self, ctx: CallContext) -> None: ...
+
+
+async def _no_op(ctx: CallContext) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The stages after identify, in the one order they run."""
+
+    authorize: Stage
+    approve: Stage
+    credential: Stage
+    forward: Forwarder
+    record: Recorder
+    finish: Callable[[CallContext], Awaitable[None]] = _no_op  # post-execution bookkeeping (task state)
+
+    async def run(self, ctx: CallContext) -> dict[str, Any]:
+        """Run one request to its result (a JSON-RPC `result` object) or raise."""
+        try:
+            await self.authorize(ctx)
+            await self.approve(ctx)
+            await self.credential(ctx)
+            ctx.result = await self.forward(ctx)
+            await self.finish(ctx)
+            return ctx.result
+        except BaseException as exc:
+            ctx.error = exc
+            raise
+        finally:
+            await self.record(ctx)

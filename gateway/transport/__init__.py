@@ -1,0 +1,1 @@
+"""Upstream transports (streamable HTTP, legacy SSE, stdio) behind the `Upstream` protocol."""

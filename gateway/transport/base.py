@@ -1,0 +1,86 @@
+"""The upstream seam: how the gateway talks JSON-RPC to one configured MCP server.
+
+Messages are plain JSON-RPC dicts, so the gateway stays protocol-transparent: whatever the
+upstream sends, the client receives. Implementations: streamable_http.py, sse.py, stdio.py.
+
+Id ownership: `UpstreamSession.request` assigns its own upstream-side id and restores the
+caller's id on the response, so callers never see or collide on upstream ids. Server→client
+requests arriving from the upstream are handed to `on_message` with the upstream's id; the
+answer goes back through `UpstreamSession.respond` with that same id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+Message = dict[str, Any]
+MessageHandler = Callable[[Message], Awaitable[None]]
+
+# The handshake revision the gateway speaks to upstreams unless the client asked for another.
+DEFAULT_UPSTREAM_PROTOCOL = "2025-11-25"
+
+
+@dataclass(frozen=True)
+class Health:
+    ready: bool
+    detail: str = "ok"
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class ConnectParams:
+    """What the gateway tells an upstream when it opens a session on a client's behalf."""
+
+    protocol_version: str = DEFAULT_UPSTREAM_PROTOCOL
+    client_info: Mapping[str, Any] | None = None
+    capabilities: Mapping[str, Any] | None = None
+
+
+class UpstreamSession(Protocol):
+    """One MCP session with one upstream (for stdio, a shared session over the child's pipes)."""
+
+    @property
+    def initialize_result(self) -> Message: ...
+
+    async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
+                      on_message: MessageHandler | None = None, timeout: float | None = None) -> Message:
+        """Send a JSON-RPC request; return its response (result or error) carrying the caller's id.
+
+        Messages the upstream sends while answering (progress, logging, server→client requests on
+        the response stream) go to `on_message`. Raises GatewayError upstream_unavailable /
+        upstream_timeout / upstream_error; on timeout or cancellation a notifications/cancelled is
+        sent upstream. Never retried.
+        """
+        ...
+
+    async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
+        """Send a notification (e.g. notifications/cancelled with the caller's request id, remapped)."""
+        ...
+
+    async def respond(self, message: Message) -> None:
+        """Answer a server→client request (message carries the upstream's id)."""
+        ...
+
+    async def close(self) -> None:
+        """End the session (HTTP DELETE where supported). Idempotent."""
+        ...
+
+
+class Upstream(Protocol):
+    """A configured upstream: lifecycle, health, and sessions."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def health(self) -> Health: ...
+
+    async def connect(self, params: ConnectParams, on_message: MessageHandler,
+                      headers: Mapping[str, str] | None = None) -> UpstreamSession:
+        """Open a session (initialize + notifications/initialized). `on_message` receives
+        messages not tied to one request (GET stream, list_changed, resource updates)."""
+        ...
