@@ -62,6 +62,7 @@ REASONS: Final[dict[str, Reason]] = {
     "policy_unavailable": Reason(-32060, 200, "Policy engine unavailable; call denied"),
     "credential_unavailable": Reason(-32061, 200, "Could not obtain a credential for the upstream"),
     "shutting_down": Reason(-32062, 503, "Gateway is shutting down"),
+    "request_cancelled": Reason(-32800, 200, "Request cancelled by the client"),
     "internal_error": Reason(INTERNAL_ERROR, 500, "Internal error"),
 }
 
@@ -89,8 +90,22 @@ class GatewayError(Exception):
         return self.spec.http_status
 
 
+class UpstreamErrorResponse(Exception):
+    """The upstream answered with a JSON-RPC error: passed to the client unchanged (transparency)."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        self.error = error
+        super().__init__(f"upstream error {error.get('code')}: {error.get('message')}")
+
+    @property
+    def reason(self) -> str:
+        return "upstream_rpc_error"
+
+
 def error_object(exc: BaseException) -> tuple[dict[str, Any], int]:
     """Map any exception to (JSON-RPC error object, HTTP status). Nothing internal leaks."""
+    if isinstance(exc, UpstreamErrorResponse):
+        return exc.error, 200
     if not isinstance(exc, GatewayError):
         exc = GatewayError("internal_error")
     data = {"reason": exc.reason, **exc.data}

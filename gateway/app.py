@@ -1,0 +1,129 @@
+"""Composition root: builds every part from the validated config and wires the pipeline once.
+
+`create_app(config)` constructs the parts (no I/O), `Gateway.lifecycle` opens them in order when the
+application starts and closes them in reverse when it stops (aiohttp `cleanup_ctx`). Nothing here
+is global: two gateways in one process do not share state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from gateway.catalog import Catalog
+from gateway.config.model import Config
+from gateway.forward import ForwardStage
+from gateway.health import HealthRoutes
+from gateway.http.guards import HostOriginPolicy, guard_middleware
+from gateway.http.mcp import McpEndpoint, routes
+from gateway.keys import CONFIG, GATEWAY
+from gateway.parts import Parts, build_parts
+from gateway.pipeline import Pipeline
+from gateway.router import Router
+from gateway.sessions import Session, SessionManager
+from gateway.transport.registry import build_upstream
+
+log = logging.getLogger("customs.app")
+
+
+class Owner(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Gateway:
+    """The running parts of one gateway instance."""
+
+    config: Config
+    http: aiohttp.ClientSession
+    parts: Parts
+    sessions: SessionManager
+    catalog: Catalog
+    endpoint: McpEndpoint
+    owners: list[Any] = field(default_factory=list)
+    draining: bool = False
+
+    async def start(self) -> None:
+        started: list[Any] = []
+        try:
+            for owner in self.owners:
+                await owner.start()
+                started.append(owner)
+        except BaseException:
+            for owner in reversed(started):
+                await _close_quietly(owner)
+            raise
+
+    async def close(self) -> None:
+        for owner in reversed(self.owners):
+            await _close_quietly(owner)
+        await self.http.close()
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        await self.start()
+        yield
+        await self.close()
+
+
+async def _close_quietly(owner: Any) -> None:
+    try:
+        await owner.close()
+    except Exception:
+        log.exception("error while closing %s", type(owner).__name__)
+
+
+async def create_app(config: Config) -> web.Application:
+    """Build the application for `config`. Invalid policies raise here: the gateway refuses to start."""
+    http = aiohttp.ClientSession(auto_decompress=True, timeout=aiohttp.ClientTimeout(total=None))
+    try:
+        gateway = await _build(config, http)
+    except BaseException:
+        await http.close()
+        raise
+    app = web.Application(client_max_size=config.listen.max_body_bytes + 1,
+                          middlewares=[guard_middleware(HostOriginPolicy(config.listen))])
+    app[CONFIG] = config
+    app[GATEWAY] = gateway
+    app.cleanup_ctx.append(gateway.lifecycle)
+    app.add_routes(routes(gateway.endpoint))
+    app.add_routes(gateway.parts.routes)
+    health = HealthRoutes(gateway.parts.upstreams, gateway.parts.checks, lambda: gateway.draining)
+    app.add_routes(health.routes())
+    return app
+
+
+async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
+    upstreams = {u.name: build_upstream(u, http) for u in config.upstreams}
+    catalog = Catalog(config.upstreams)
+    holder: dict[str, Any] = {}
+
+    async def on_session_end(session: Session) -> None:
+        await holder["parts"].session_ended(session)
+
+    sessions = SessionManager(upstreams, catalog, idle_s=config.tasks.idle_s, on_end=on_session_end)
+
+    def timeout(upstream: str, tool: str | None) -> float | None:
+        cfg = catalog.config(upstream)
+        override = cfg.tools.get(tool) if tool else None
+        return override.timeout_s if override and override.timeout_s else cfg.timeout_s
+
+    parts = await build_parts(config, http, upstreams, catalog, sessions)
+    holder["parts"] = parts
+    forward = ForwardStage(sessions, timeout, parts.inject)
+    pipeline = Pipeline(authorize=parts.authorize, approve=parts.approve, credential=parts.credential,
+                        forward=forward, record=parts.record, finish=parts.finish)
+    router = Router(sessions, catalog, pipeline, parts.authorizer,
+                    {u.name: u.timeout_s for u in config.upstreams})
+    endpoint = McpEndpoint(identifier=parts.identifier, sessions=sessions, router=router,
+                           upstream_names=frozenset(upstreams), max_body_bytes=config.listen.max_body_bytes,
+                           max_json_depth=config.listen.max_json_depth)
+    owners: list[Any] = [*parts.owners_before_upstreams, *upstreams.values(), sessions, *parts.owners_after]
+    return Gateway(config=config, http=http, parts=parts, sessions=sessions, catalog=catalog,
+                   endpoint=endpoint, owners=owners)

@@ -1,0 +1,113 @@
+"""What each upstream offers (tools, prompts, resources), as policy sees it, and how names map.
+
+Tool definitions are learned from the upstreams' own list results and labelled with config
+overrides (`upstreams[].tools`). In the aggregated view names carry the upstream's prefix
+(`inventory__get_stock`) so two servers can never shadow each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config.model import UpstreamConfig
+from gateway.context import ToolInfo, canonical_json
+
+
+def definition_hash(tool: Mapping[str, Any]) -> str:
+    """Pin of a tool: sha256 over name, description, input schema and annotations."""
+    pinned = {k: tool.get(k) for k in ("name", "description", "inputSchema", "annotations")}
+    return "sha256:" + hashlib.sha256(canonical_json(pinned).encode()).hexdigest()
+
+
+def tool_info(upstream: UpstreamConfig, tool: Mapping[str, Any]) -> ToolInfo:
+    """ToolInfo from an MCP tool definition: annotations (spec defaults) overridden by config."""
+    name = str(tool.get("name", ""))
+    ann = tool.get("annotations") if isinstance(tool.get("annotations"), dict) else {}
+    assert isinstance(ann, dict)
+    read_only = bool(ann.get("readOnlyHint", False))
+    override = upstream.tools.get(name)
+
+    def pick(attr: str, hint: str, default: bool) -> bool:
+        value = getattr(override, attr) if override is not None else None
+        if value is not None:
+            return bool(value)
+        raw = ann.get(hint)
+        return bool(raw) if isinstance(raw, bool) else default
+
+    return ToolInfo(
+        upstream=upstream.name,
+        name=name,
+        read_only=pick("read_only", "readOnlyHint", False),
+        # Spec: destructiveHint/idempotentHint are meaningful only when not read-only.
+        destructive=pick("destructive", "destructiveHint", not read_only),
+        idempotent=pick("idempotent", "idempotentHint", False),
+        open_world=pick("open_world", "openWorldHint", True),
+        sensitivity=(override.sensitivity if override and override.sensitivity else "internal"),
+        leaves_org=bool(override.leaves_org) if override and override.leaves_org is not None else False,
+        definition=dict(tool),
+    )
+
+
+def named_info(upstream: str, name: str) -> ToolInfo:
+    """A non-tool target (prompt, resource URI) as a policy resource: no write semantics."""
+    return ToolInfo(upstream=upstream, name=name, read_only=True, destructive=False, open_world=False)
+
+
+@dataclass
+class UpstreamCatalog:
+    """The last known tool list of one upstream."""
+
+    tools: dict[str, ToolInfo] = field(default_factory=dict)
+    loaded: bool = False
+
+
+class Catalog:
+    """Tool knowledge for all upstreams, shared by every session (definitions are per server)."""
+
+    def __init__(self, upstreams: Iterable[UpstreamConfig]) -> None:
+        self._configs = {u.name: u for u in upstreams}
+        self._by_upstream: dict[str, UpstreamCatalog] = {name: UpstreamCatalog() for name in self._configs}
+        # Longest prefix first so `a_b__` never loses to `a__`.
+        self._prefixes = sorted(((u.tool_prefix, u.name) for u in self._configs.values()),
+                                key=lambda p: len(p[0]), reverse=True)
+
+    def config(self, upstream: str) -> UpstreamConfig:
+        return self._configs[upstream]
+
+    @property
+    def upstream_names(self) -> list[str]:
+        return list(self._configs)
+
+    def update(self, upstream: str, tools: Iterable[Mapping[str, Any]], *, replace: bool = True) -> list[ToolInfo]:
+        """Learn an upstream's tools: a complete list replaces, a page merges. Returns the new infos."""
+        config = self._configs[upstream]
+        infos = [tool_info(config, t) for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)]
+        entry = self._by_upstream[upstream]
+        if replace:
+            entry.tools = {info.name: info for info in infos}
+            entry.loaded = True
+        else:
+            entry.tools.update((info.name, info) for info in infos)
+        return infos
+
+    def invalidate(self, upstream: str) -> None:
+        self._by_upstream[upstream].loaded = False
+
+    def loaded(self, upstream: str) -> bool:
+        return self._by_upstream[upstream].loaded
+
+    def tool(self, upstream: str, name: str) -> ToolInfo | None:
+        return self._by_upstream[upstream].tools.get(name)
+
+    def exposed(self, upstream: str, name: str) -> str:
+        return self._configs[upstream].tool_prefix + name
+
+    def resolve(self, exposed_name: str) -> tuple[str, str] | None:
+        """Aggregated name → (upstream, upstream's own name), or None if no prefix matches."""
+        for prefix, upstream in self._prefixes:
+            if exposed_name.startswith(prefix) and len(exposed_name) > len(prefix):
+                return upstream, exposed_name[len(prefix):]
+        return None

@@ -1,0 +1,106 @@
+"""The `customs` command: serve, demo, config check, policy …, approvals …, version.
+
+Every command has --help, exits non-zero on failure and prints errors a person can act on.
+Subcommand families live with their subsystem (authz/cli.py, approvals/cli.py) and are only
+registered here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import ConfigError, load_config
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{exc.source}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK ({len(config.upstreams)} upstream(s): {', '.join(u.name for u in config.upstreams)})")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.serve import serve_command
+    return serve_command(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo.run import demo_command
+    return demo_command(args)
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(f"customs {__version__}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="customs", description="Customs: the gateway every agent tool call "
+                                     "passes through (identity, Cedar policy, human approval, JIT credentials).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway. Without --config it "
+                           "runs on embedded defaults (the demo upstreams, in-memory stores).")
+    serve.add_argument("--config", "-c", type=Path, help="customs.yaml")
+    serve.add_argument("--host", help="override listen.host")
+    serve.add_argument("--port", type=int, help="override listen.port")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser("demo", help="run the gateway with bundled demo servers and tokens",
+                          description="Start the demo MCP servers and the gateway on embedded defaults, print the "
+                          "URL and demo tokens, and show an allowed, a denied and a held call.")
+    demo.add_argument("--port", type=int, default=8700)
+    demo.add_argument("--no-walkthrough", action="store_true", help="only serve; do not run the example calls")
+    demo.add_argument("--exit-after-walkthrough", action="store_true", help="stop after the example calls")
+    demo.add_argument("--dir", type=Path, default=Path(".customs/demo"), help="where demo keys/config are written")
+    demo.set_defaults(func=_demo)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    config_sub.required = True
+    check = config_sub.add_parser("check", help="validate a config file and list every problem with its path")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=_config_check)
+
+    policy = sub.add_parser("policy", help="write, test and explain Cedar policies")
+    policy_sub = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
+    policy_sub.required = True
+    from gateway.authz.cli import add_policy_parsers
+    add_policy_parsers(policy_sub)
+
+    approvals = sub.add_parser("approvals", help="list and decide pending calls on a running gateway")
+    approvals_sub = approvals.add_subparsers(dest="approvals_command", metavar="SUBCOMMAND")
+    approvals_sub.required = True
+    from gateway.approvals.cli import add_approvals_parsers
+    add_approvals_parsers(approvals_sub)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""forward: send the authorized call to its upstream with only the credential this call was given."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gateway.context import CallContext
+from gateway.errors import GatewayError, UpstreamErrorResponse
+from gateway.sessions import Session, SessionManager
+
+
+class ForwardStage:
+    """The upstream request for a call; the upstream's JSON-RPC error is passed through unchanged."""
+
+    def __init__(self, sessions: SessionManager, timeouts: Callable[[str, str | None], float | None],
+                 inject: Callable[[dict[str, str], dict[str, Any]], None] | None = None) -> None:
+        self._sessions = sessions
+        self._timeouts = timeouts
+        self._inject = inject
+
+    async def __call__(self, ctx: CallContext) -> dict[str, Any]:
+        if ctx.upstream is None:
+            raise GatewayError("unknown_tool")
+        session = ctx.extra["session"]
+        assert isinstance(session, Session)
+        upstream = await self._sessions.upstream_session(session, ctx.upstream)
+        params = dict(ctx.params)
+        headers = dict(ctx.upstream_headers)
+        if ctx.upstream_meta or self._inject is not None:
+            meta = dict(params.get("_meta") or {})
+            meta.update(ctx.upstream_meta)
+            if self._inject is not None:
+                self._inject(headers, meta)  # trace context: headers for HTTP, _meta for every transport
+            params["_meta"] = meta
+        message = {"jsonrpc": "2.0", "id": ctx.request_id, "method": ctx.method, "params": params}
+        response = await upstream.request(message, headers=headers, on_message=ctx.extra.get("relay"),
+                                          timeout=self._timeouts(ctx.upstream, ctx.tool.name if ctx.tool else None))
+        if "error" in response:
+            raise UpstreamErrorResponse(response["error"] if isinstance(response["error"], Mapping)
+                                        and isinstance(response["error"], dict) else {"code": -32603,
+                                                                                      "message": "error"})
+        result = response.get("result")
+        if not isinstance(result, dict):
+            raise GatewayError("upstream_error")
+        return result

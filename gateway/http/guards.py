@@ -1,0 +1,91 @@
+"""HTTP-only guards: Host and Origin checks (DNS rebinding), bounded bodies, content negotiation."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from gateway.config.model import ListenConfig
+from gateway.errors import GatewayError, to_wire
+from gateway.jsonrpc import dumps
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+def error_response(exc: BaseException, request_id: object = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    body, status = to_wire(exc, request_id)
+    extra = dict(exc.headers) if isinstance(exc, GatewayError) else {}
+    return web.Response(body=dumps(body), status=status, content_type="application/json",
+                        headers={**(headers or {}), **extra})
+
+
+def _host_only(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[: value.find("]") + 1] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class HostOriginPolicy:
+    """Which Host and Origin values the gateway answers (the rest get 403)."""
+
+    def __init__(self, listen: ListenConfig) -> None:
+        public = urlsplit(listen.resource_url)
+        hosts = set(listen.allowed_hosts) or {public.hostname or "", *LOCAL_HOSTS}
+        self._hosts = {_host_only(h) for h in hosts if h}
+        self._any_host = "*" in listen.allowed_hosts
+        own_origin = f"{public.scheme}://{public.netloc}".lower()
+        self._origins = {o.rstrip("/").lower() for o in listen.allowed_origins} | {own_origin}
+        self._any_origin = "*" in listen.allowed_origins
+
+    def check(self, request: web.Request) -> None:
+        host = request.headers.get("Host", "")
+        if not self._any_host and _host_only(host) not in self._hosts:
+            raise GatewayError("host_forbidden")
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._any_origin and origin.rstrip("/").lower() not in self._origins:
+            raise GatewayError("origin_forbidden")
+
+
+def guard_middleware(policy: HostOriginPolicy) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def guard(request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        try:
+            policy.check(request)
+        except GatewayError as exc:
+            return error_response(exc)
+        return await handler(request)
+    return guard
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes without reading them all."""
+    if request.content_length is not None and request.content_length > limit:
+        raise GatewayError("body_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError("body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def require_json(request: web.Request) -> None:
+    if request.content_type != "application/json":
+        raise GatewayError("unsupported_media_type")
+
+
+def accepts(request: web.Request) -> tuple[bool, bool]:
+    """(accepts JSON, accepts SSE). A missing Accept header accepts anything."""
+    accept = request.headers.get("Accept")
+    if not accept:
+        return True, False
+    parts = {p.split(";")[0].strip().lower() for p in accept.split(",")}
+    any_type = "*/*" in parts
+    return ("application/json" in parts or any_type), ("text/event-stream" in parts)

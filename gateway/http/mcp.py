@@ -1,0 +1,291 @@
+"""The MCP endpoint over Streamable HTTP: POST/GET/DELETE on /mcp and /mcp/{upstream}.
+
+Handles both eras of the protocol: the initialize handshake with `Mcp-Session-Id`
+(2025-03-26 … 2025-11-25) and the stateless per-request envelope (2026-07-28, `Mcp-Method` /
+`Mcp-Name` headers checked against the body). Every request is identified first; sessions are
+bound to the principal that created them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, classify_inbound_request, find_duplicated_routing_header
+from mcp_types import CLIENT_CAPABILITIES_META_KEY
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, KNOWN_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from gateway import jsonrpc
+from gateway.context import Principal
+from gateway.errors import GatewayError, to_wire
+from gateway.http.guards import accepts, error_response, read_body, require_json
+from gateway.http.streams import SSE_HEADERS, ClientGone, EventWriter, ResponseChannel
+from gateway.pipeline import Identifier
+from gateway.router import SERVER_INFO, Inbound, Router
+from gateway.sessions import Session, SessionManager
+
+log = logging.getLogger("customs.http")
+
+SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+AGGREGATED_CAPABILITIES: dict[str, Any] = {
+    "tools": {"listChanged": True},
+    "prompts": {"listChanged": True},
+    "resources": {"subscribe": True, "listChanged": True},
+    "logging": {},
+    "completions": {},
+}
+
+
+@dataclass
+class McpEndpoint:
+    identifier: Identifier
+    sessions: SessionManager
+    router: Router
+    upstream_names: frozenset[str]
+    max_body_bytes: int
+    max_json_depth: int
+    keepalive_s: float = 15.0
+    open_span: Callable[[web.Request, jsonrpc.Message, Principal | None], Any] | None = None
+
+    # -- shared steps ------------------------------------------------------------------------------
+
+    def _view(self, request: web.Request) -> str | None:
+        view = request.match_info.get("upstream")
+        if view is not None and view not in self.upstream_names:
+            raise web.HTTPNotFound(text="unknown upstream")
+        return view
+
+    async def _identify(self, request: web.Request) -> Principal:
+        if "access_token" in request.query:
+            raise GatewayError("unauthenticated", "Tokens in the query string are not accepted")
+        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        return await self.identifier.identify(request.headers, peer)
+
+    # -- POST --------------------------------------------------------------------------------------
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        request_id: Any = None
+        try:
+            view = self._view(request)
+            require_json(request)
+            json_ok, sse_ok = accepts(request)
+            if not json_ok:
+                raise GatewayError("not_acceptable")
+            principal = await self._identify(request)
+            message = jsonrpc.parse(await read_body(request, self.max_body_bytes), max_depth=self.max_json_depth)
+            request_id = message.id if message.kind == "request" else None
+            session, extra_headers = await self._session_for(request, view, principal, message)
+            if message.kind != "request":
+                await self._accept_one_way(session, message)
+                return web.Response(status=202, headers=extra_headers)
+            return await self._answer(request, session, principal, message, sse_ok, extra_headers)
+        except GatewayError as exc:
+            return error_response(exc, request_id)
+        except _ModernRejection as exc:
+            return exc.response
+
+    async def _session_for(self, request: web.Request, view: str | None, principal: Principal,
+                           message: jsonrpc.Message) -> tuple[Session, dict[str, str]]:
+        version = request.headers.get(VERSION_HEADER)
+        if version is not None and version not in KNOWN_PROTOCOL_VERSIONS:
+            raise GatewayError("unsupported_protocol_version",
+                               f"Unsupported protocol version: {version[:64]}",
+                               data={"supported": list(KNOWN_PROTOCOL_VERSIONS)})
+        if version in MODERN_PROTOCOL_VERSIONS:
+            return self._stateless_session(request, view, principal, message), {}
+        if message.method == "initialize" and message.kind == "request":
+            session = await self._initialize(view, principal, message)
+            return session, {SESSION_HEADER: session.id}
+        session_id = request.headers.get(SESSION_HEADER)
+        if not session_id:
+            raise GatewayError("session_required")
+        return self.sessions.get(session_id, principal.key, view), {}
+
+    def _stateless_session(self, request: web.Request, view: str | None, principal: Principal,
+                           message: jsonrpc.Message) -> Session:
+        duplicated = find_duplicated_routing_header(
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers)
+        if duplicated is not None:
+            raise GatewayError("header_mismatch", f"Header {duplicated} given more than once")
+        if message.kind == "request":
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            verdict = classify_inbound_request(message.body, headers=headers,
+                                               supported_modern_versions=MODERN_PROTOCOL_VERSIONS)
+            if not hasattr(verdict, "protocol_version"):
+                raise _ModernRejection(message.id, verdict.code, verdict.message, getattr(verdict, "data", None))
+            caps = message.params.get("_meta", {}).get(CLIENT_CAPABILITIES_META_KEY)
+            return self.sessions.stateless(principal.key, view, verdict.protocol_version,
+                                           caps if isinstance(caps, dict) else None)
+        return self.sessions.stateless(principal.key, view, MODERN_PROTOCOL_VERSIONS[-1], None)
+
+    async def _initialize(self, view: str | None, principal: Principal, message: jsonrpc.Message) -> Session:
+        params = message.params
+        requested = params.get("protocolVersion")
+        version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
+        caps = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else None
+        session = self.sessions.create(principal.key, view, str(version), client_info, caps)
+        if view is not None:
+            try:
+                upstream = await self.sessions.upstream_session(session, view)
+            except BaseException:
+                await self.sessions.end(session)
+                raise
+            session.init_result = upstream.initialize_result
+            session.protocol_version = str(upstream.initialize_result.get("protocolVersion", version))
+        return session
+
+    async def _accept_one_way(self, session: Session, message: jsonrpc.Message) -> None:
+        """Client notifications and answers to server→client requests: always 202."""
+        if message.kind == "response":
+            route = session.server_requests.pop(str(message.id), None)
+            if route is not None:
+                await route.session.respond({**message.body, "id": route.upstream_id})
+            return
+        method = message.method
+        if method == "notifications/initialized":
+            return
+        if method == "notifications/cancelled":
+            task = session.inflight.get(message.params.get("requestId"))
+            if task is not None:
+                task.cancel()
+            return
+        for upstream_session in list(session.upstreams.values()):
+            with contextlib.suppress(GatewayError):
+                await upstream_session.notify(message.body)
+
+    async def _answer(self, request: web.Request, session: Session, principal: Principal,
+                      message: jsonrpc.Message, sse_ok: bool, headers: dict[str, str]) -> web.StreamResponse:
+        if message.method == "initialize":
+            result = self._initialize_result(session)
+            return web.json_response(jsonrpc.result(message.id, result), headers=headers, dumps=_dumps)
+        if message.method == "server/discover":
+            return web.json_response(jsonrpc.result(message.id, self._discover_result(session)), dumps=_dumps)
+        channel = ResponseChannel(request, headers, sse_allowed=sse_ok)
+        inbound = Inbound(session=session, principal=principal, message=message,
+                          send=channel.send if sse_ok else None)
+        token = (message.params.get("_meta") or {}).get("progressToken") if isinstance(
+            message.params.get("_meta"), dict) else None
+        if token is not None and sse_ok:
+            session.progress_routes[token] = channel.send
+        task = asyncio.create_task(self.router.dispatch(inbound))
+        session.inflight[message.id] = task
+        try:
+            reply = jsonrpc.result(message.id, await task)
+            status = 200
+        except asyncio.CancelledError:
+            if not task.done():  # the client went away: withdraw the call
+                task.cancel()
+                inbound.cancelled.set()
+                raise
+            reply, status = to_wire(GatewayError("request_cancelled"), message.id)
+        except ClientGone:
+            raise asyncio.CancelledError() from None
+        except Exception as exc:
+            if not isinstance(exc, GatewayError):
+                log.debug("request failed", exc_info=exc)
+            reply, status = to_wire(exc, message.id)
+        finally:
+            session.inflight.pop(message.id, None)
+            if token is not None:
+                session.progress_routes.pop(token, None)
+        return await channel.finish(reply, 200 if status < 400 or status == 500 else status)
+
+    def _initialize_result(self, session: Session) -> dict[str, Any]:
+        upstream_result = session.init_result
+        if upstream_result is not None:
+            return {**upstream_result, "protocolVersion": session.protocol_version}
+        return {"protocolVersion": session.protocol_version, "capabilities": AGGREGATED_CAPABILITIES,
+                "serverInfo": SERVER_INFO,
+                "instructions": "Customs gateway: tools of several servers, named <server>__<tool>."}
+
+    def _discover_result(self, session: Session) -> dict[str, Any]:
+        return {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS), "capabilities": AGGREGATED_CAPABILITIES,
+                "serverInfo": SERVER_INFO, "resultType": "complete"}
+
+    # -- GET / DELETE ------------------------------------------------------------------------------
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        try:
+            view = self._view(request)
+            if request.headers.get(VERSION_HEADER) in MODERN_PROTOCOL_VERSIONS:
+                return web.Response(status=405, headers={"Allow": "POST"})
+            if not accepts(request)[1]:
+                raise GatewayError("not_acceptable", "Accept must include text/event-stream")
+            principal = await self._identify(request)
+            session_id = request.headers.get(SESSION_HEADER)
+            if not session_id:
+                raise GatewayError("session_required")
+            session = self.sessions.get(session_id, principal.key, view)
+        except GatewayError as exc:
+            return error_response(exc)
+        if session.get_stream_open:
+            return web.Response(status=409, text="a stream is already open for this session")
+        return await self._stream(request, session)
+
+    async def _stream(self, request: web.Request, session: Session) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        await response.prepare(request)
+        writer = EventWriter(response, prefix="get-")
+        session.get_stream_open = True
+        try:
+            while not session.closed:
+                try:
+                    message = await asyncio.wait_for(session.outbox.get(), self.keepalive_s)
+                except TimeoutError:
+                    await writer.comment()
+                    continue
+                await writer.event(message)
+        except ClientGone:
+            pass
+        finally:
+            session.get_stream_open = False
+        return response
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        try:
+            view = self._view(request)
+            principal = await self._identify(request)
+            session_id = request.headers.get(SESSION_HEADER)
+            if not session_id:
+                raise GatewayError("session_required")
+            session = self.sessions.get(session_id, principal.key, view)
+        except GatewayError as exc:
+            return error_response(exc)
+        await self.sessions.end(session)
+        return web.Response(status=200)
+
+
+class _ModernRejection(Exception):
+    def __init__(self, request_id: Any, code: int, message: str, data: Any) -> None:
+        error: dict[str, Any] = {"code": code, "message": message,
+                                 "data": {"reason": _modern_reason(code), **(data if isinstance(data, dict) else {})}}
+        body = {"jsonrpc": "2.0", "id": request_id, "error": error}
+        self.response = web.Response(body=jsonrpc.dumps(body), status=ERROR_CODE_HTTP_STATUS.get(code, 400),
+                                     content_type="application/json")
+        super().__init__(message)
+
+
+def _modern_reason(code: int) -> str:
+    return {-32020: "header_mismatch", -32022: "unsupported_protocol_version",
+            -32602: "invalid_params"}.get(code, "invalid_request")
+
+
+def _dumps(value: Any) -> str:
+    return jsonrpc.dumps(value).decode()
+
+
+def routes(endpoint: McpEndpoint) -> list[web.RouteDef]:
+    out: list[web.RouteDef] = []
+    for path in ("/mcp", "/mcp/{upstream}"):
+        out += [web.post(path, endpoint.post), web.get(path, endpoint.get, allow_head=False),
+                web.delete(path, endpoint.delete)]
+    return out
+

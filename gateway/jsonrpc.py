@@ -1,0 +1,116 @@
+"""JSON-RPC 2.0 framing: parse and validate one inbound message, build responses.
+
+Hostile input is bounded here before anything else looks at it: invalid UTF-8, JSON nesting
+deeper than the configured limit, batches (not part of MCP since 2025-06-18), and messages that
+are neither a request, a notification nor a response are rejected with a stable reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.errors import GatewayError
+
+Kind = Literal["request", "notification", "response"]
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: Kind
+    body: dict[str, Any]
+
+    @property
+    def id(self) -> Any:
+        return self.body.get("id")
+
+    @property
+    def method(self) -> str:
+        return str(self.body.get("method", ""))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        params = self.body.get("params")
+        return params if isinstance(params, dict) else {}
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    """Iterative depth check: recursion on attacker-controlled nesting is itself a risk."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return True
+
+
+def _valid_id(value: Any) -> bool:
+    return (isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))) and (
+        not isinstance(value, str) or len(value) <= 256)
+
+
+def parse(raw: bytes, *, max_depth: int = 64) -> Message:
+    """Parse one JSON-RPC message or raise GatewayError (parse_error / invalid_request / batch)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GatewayError("parse_error", "Parse error: body is not valid UTF-8") from exc
+    try:
+        # Depth is bounded by the JSON decoder's own recursion guard too; checked precisely below.
+        body = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise GatewayError("parse_error", "Parse error: body is not valid JSON") from exc
+    if isinstance(body, list):
+        raise GatewayError("batch_not_supported")
+    if not isinstance(body, dict):
+        raise GatewayError("invalid_request", "Invalid request: expected a JSON object")
+    if not _depth_ok(body, max_depth):
+        raise GatewayError("invalid_request", f"Invalid request: JSON nested deeper than {max_depth}")
+    return classify(body)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def classify(body: dict[str, Any]) -> Message:
+    if body.get("jsonrpc") != "2.0":
+        raise GatewayError("invalid_request", 'Invalid request: "jsonrpc" must be "2.0"')
+    has_id = "id" in body
+    if "method" in body:
+        if not isinstance(body["method"], str) or not body["method"]:
+            raise GatewayError("invalid_request", "Invalid request: method must be a non-empty string")
+        if "params" in body and not isinstance(body["params"], dict):
+            raise GatewayError("invalid_request", "Invalid request: params must be an object")
+        if "result" in body or "error" in body:
+            raise GatewayError("invalid_request", "Invalid request: a request cannot carry result or error")
+        if not has_id:
+            return Message("notification", body)
+        if not _valid_id(body["id"]):
+            raise GatewayError("invalid_request", "Invalid request: id must be a string or an integer")
+        if body["method"].startswith("notifications/"):
+            raise GatewayError("invalid_request", "Invalid request: notifications must not carry an id")
+        return Message("request", body)
+    if has_id and (("result" in body) != ("error" in body)) and _valid_id(body["id"]):
+        return Message("response", body)
+    raise GatewayError("invalid_request", "Invalid request: not a request, notification or response")
+
+
+def result(request_id: Any, value: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "result": value}
+
+
+def notification(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def dumps(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()

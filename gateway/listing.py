@@ -1,0 +1,145 @@
+"""List methods across upstreams: fan-out, pagination cursors, and showing only what policy allows.
+
+The aggregated `/mcp` view merges every upstream's first page; when upstreams have more pages the
+cursor we hand out records each upstream's own cursor, so pagination continues per upstream.
+Names of tools and prompts get the upstream's prefix; resources keep their URIs (the owner is
+remembered so a later read goes to the right server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.catalog import Catalog, named_info
+from gateway.context import Principal, ToolInfo
+from gateway.errors import GatewayError, UpstreamErrorResponse
+from gateway.pipeline import Authorizer
+
+log = logging.getLogger("customs.listing")
+
+APPROVAL_MARK = "customs/approval_required"
+
+
+@dataclass(frozen=True)
+class ListKind:
+    method: str
+    key: str  # result array key
+    action: str  # Cedar action deciding visibility
+    prefixed: bool  # names get the upstream prefix in the aggregated view
+    name_field: str
+
+
+LISTS: dict[str, ListKind] = {
+    "tools/list": ListKind("tools/list", "tools", "call_tool", True, "name"),
+    "prompts/list": ListKind("prompts/list", "prompts", "get_prompt", True, "name"),
+    "resources/list": ListKind("resources/list", "resources", "read_resource", False, "uri"),
+    "resources/templates/list": ListKind("resources/templates/list", "resourceTemplates", "read_resource", False,
+                                         "uriTemplate"),
+}
+
+Fetch = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]  # (upstream, params) -> result
+
+
+def encode_cursor(pending: dict[str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(pending, separators=(",", ":")).encode()).decode()
+
+
+def decode_cursor(cursor: Any, upstreams: list[str]) -> dict[str, str]:
+    try:
+        pending = json.loads(base64.urlsafe_b64decode(str(cursor).encode()))
+    except (ValueError, TypeError) as exc:
+        raise GatewayError("invalid_params", "Invalid params: unknown cursor") from exc
+    if not isinstance(pending, dict) or not all(k in upstreams and isinstance(v, str) for k, v in pending.items()):
+        raise GatewayError("invalid_params", "Invalid params: unknown cursor")
+    return pending
+
+
+class Lister:
+    """Lists one kind of item for a principal, filtered by policy."""
+
+    def __init__(self, catalog: Catalog, authorizer: Authorizer) -> None:
+        self._catalog = catalog
+        self._authorizer = authorizer
+
+    def _info(self, kind: ListKind, upstream: str, item: dict[str, Any]) -> ToolInfo:
+        if kind.method == "tools/list":
+            info = self._catalog.tool(upstream, str(item.get("name")))
+            if info is not None:
+                return info
+        return named_info(upstream, str(item.get(kind.name_field, "")))
+
+    def filter(self, kind: ListKind, principal: Principal, upstream: str, items: list[Any],
+               prefixed: bool) -> list[dict[str, Any]]:
+        shown: list[dict[str, Any]] = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            info = self._info(kind, upstream, item)
+            decision = self._authorizer.visible(principal, kind.action, info)
+            if decision.outcome == "deny":
+                continue
+            out = dict(item)
+            if prefixed and kind.prefixed:
+                out[kind.name_field] = self._catalog.exposed(upstream, str(item.get(kind.name_field)))
+            if decision.outcome == "approval_required":
+                out["_meta"] = {**(item.get("_meta") or {}), APPROVAL_MARK: True}
+            shown.append(out)
+        return shown
+
+    async def one(self, kind: ListKind, principal: Principal, upstream: str, params: dict[str, Any],
+                  fetch: Fetch) -> dict[str, Any]:
+        """Pass-through view: the upstream's page (cursor unchanged), filtered."""
+        result = await fetch(upstream, params)
+        items = result.get(kind.key) if isinstance(result.get(kind.key), list) else []
+        assert isinstance(items, list)
+        self._learn(kind, upstream, items, complete=not params.get("cursor") and not result.get("nextCursor"))
+        return {**result, kind.key: self.filter(kind, principal, upstream, items, prefixed=False)}
+
+    async def merged(self, kind: ListKind, principal: Principal, upstreams: list[str], params: dict[str, Any],
+                     fetch: Fetch) -> dict[str, Any]:
+        """Aggregated view: every upstream's page merged; unavailable upstreams are skipped."""
+        cursor = params.get("cursor")
+        pending = decode_cursor(cursor, upstreams) if cursor is not None else dict.fromkeys(upstreams, "")
+        base = {k: v for k, v in params.items() if k != "cursor"}
+
+        async def page(upstream: str, upstream_cursor: str) -> tuple[str, dict[str, Any] | None]:
+            query = {**base, "cursor": upstream_cursor} if upstream_cursor else base
+            try:
+                return upstream, await fetch(upstream, query)
+            except (GatewayError, UpstreamErrorResponse) as exc:
+                log.info("%s from %s skipped: %s", kind.method, upstream, exc)
+                return upstream, None
+
+        pages = await asyncio.gather(*(page(u, c) for u, c in pending.items()))
+        items: list[dict[str, Any]] = []
+        owners: dict[str, str] = {}
+        remaining: dict[str, str] = {}
+        for upstream, result in pages:
+            if result is None:
+                continue
+            found = result.get(kind.key) if isinstance(result.get(kind.key), list) else []
+            assert isinstance(found, list)
+            next_cursor = result.get("nextCursor")
+            self._learn(kind, upstream, found, complete=not pending[upstream] and not next_cursor)
+            shown = self.filter(kind, principal, upstream, found, prefixed=True)
+            if kind.key == "resources":
+                owners.update((str(item.get("uri")), upstream) for item in shown)
+            items.extend(shown)
+            if isinstance(next_cursor, str) and next_cursor:
+                remaining[upstream] = next_cursor
+        out: dict[str, Any] = {kind.key: items}
+        if remaining:
+            out["nextCursor"] = encode_cursor(remaining)
+        if owners:
+            out["_owners"] = owners  # consumed by the router, never sent
+        return out
+
+    def _learn(self, kind: ListKind, upstream: str, items: list[Any], *, complete: bool) -> None:
+        if kind.method == "tools/list":
+            self._catalog.update(upstream, [i for i in items if isinstance(i, dict)], replace=complete)

@@ -1,0 +1,266 @@
+"""MCP methods → handlers: one table per view (aggregated `/mcp`, pass-through `/mcp/{upstream}`).
+
+Calls that touch an upstream on a principal's behalf (tools/call, resources/read, prompts/get) go
+through the pipeline; lists are fanned out and filtered by policy; anything else is answered here
+(ping, discover) or, in the pass-through view, forwarded unchanged so the upstream's own protocol
+features keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import jsonrpc
+from gateway.catalog import Catalog, named_info
+from gateway.context import CallContext, Principal, ToolInfo
+from gateway.errors import GatewayError, UpstreamErrorResponse
+from gateway.listing import LISTS, Lister
+from gateway.pipeline import Authorizer, Pipeline
+from gateway.sessions import Session, SessionManager, route_server_message
+from gateway.transport.base import Message
+
+SERVER_INFO = {"name": "customs", "title": "Customs MCP gateway", "version": "0.1.0"}
+ENVELOPE_PREFIX = "io.modelcontextprotocol/"
+
+
+@dataclass
+class Inbound:
+    """One JSON-RPC request as the router sees it."""
+
+    session: Session
+    principal: Principal
+    message: jsonrpc.Message
+    send: Callable[[Message], Awaitable[None]] | None  # interim messages on this request's stream
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    trace_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.message.params
+
+
+Handler = Callable[[Inbound], Awaitable[dict[str, Any]]]
+
+
+def upstream_params(params: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    """Params as sent upstream: the stateless envelope keys stay at the edge (upstreams speak a
+    handshake revision), everything else is forwarded untouched."""
+    out = {**params, **changes}
+    meta = out.get("_meta")
+    if isinstance(meta, dict) and any(k.startswith(ENVELOPE_PREFIX) for k in meta):
+        out["_meta"] = {k: v for k, v in meta.items() if not k.startswith(ENVELOPE_PREFIX)}
+        if not out["_meta"]:
+            del out["_meta"]
+    return out
+
+
+class Router:
+    """Dispatches requests by method; holds no per-call state."""
+
+    def __init__(self, sessions: SessionManager, catalog: Catalog, pipeline: Pipeline, authorizer: Authorizer,
+                 timeouts: Mapping[str, float]) -> None:
+        self._sessions = sessions
+        self._catalog = catalog
+        self._pipeline = pipeline
+        self._lister = Lister(catalog, authorizer)
+        self._timeouts = timeouts
+        self._aggregated: dict[str, Handler] = {
+            "ping": self._ping,
+            "tools/call": self._call_tool,
+            "resources/read": self._read_resource,
+            "prompts/get": self._get_prompt,
+            "resources/subscribe": self._by_resource,
+            "resources/unsubscribe": self._by_resource,
+            "completion/complete": self._complete,
+            "logging/setLevel": self._broadcast,
+            **{method: self._list for method in LISTS},
+        }
+        self._passthrough: dict[str, Handler] = {
+            "ping": self._ping,
+            "tools/call": self._call_tool,
+            "resources/read": self._read_resource,
+            "prompts/get": self._get_prompt,
+            **{method: self._list for method in LISTS},
+        }
+
+    async def dispatch(self, inbound: Inbound) -> dict[str, Any]:
+        method = inbound.message.method
+        if inbound.session.view is None:
+            handler = self._aggregated.get(method)
+            if handler is None:
+                raise GatewayError("method_not_found", f"Method not found: {method}")
+        else:
+            handler = self._passthrough.get(method, self._forward_raw)
+        return await handler(inbound)
+
+    # -- upstream plumbing -------------------------------------------------------------------------
+
+    async def fetch(self, inbound: Inbound, upstream: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A request the router makes on the client's behalf without the pipeline (lists, ping)."""
+        session = await self._sessions.upstream_session(inbound.session, upstream)
+        message = {"jsonrpc": "2.0", "id": inbound.message.id, "method": method,
+                   "params": upstream_params(params)}
+        response = await session.request(message, on_message=self._relay(inbound, upstream),
+                                         timeout=self._timeouts.get(upstream))
+        if "error" in response:
+            raise UpstreamErrorResponse(response["error"])
+        result = response.get("result")
+        if not isinstance(result, dict):
+            raise GatewayError("upstream_error")
+        return result
+
+    def _relay(self, inbound: Inbound, upstream: str) -> Callable[[Message], Awaitable[None]]:
+        async def relay(message: Message) -> None:
+            await route_server_message(inbound.session, upstream, message, inbound.send, self._catalog)
+        return relay
+
+    async def _ensure_tools(self, inbound: Inbound, upstream: str) -> None:
+        """Load an upstream's tool list before a call that arrives without a prior list."""
+        if self._catalog.loaded(upstream):
+            return
+        cursor: str | None = None
+        tools: list[dict[str, Any]] = []
+        for _ in range(100):
+            result = await self.fetch(inbound, upstream, "tools/list", {"cursor": cursor} if cursor else {})
+            tools.extend(t for t in result.get("tools") or [] if isinstance(t, dict))
+            cursor = result.get("nextCursor")
+            if not cursor:
+                break
+        self._catalog.update(upstream, tools)
+
+    def _context(self, inbound: Inbound, action: str, upstream: str, tool: ToolInfo,
+                 params: dict[str, Any]) -> CallContext:
+        meta = inbound.params.get("_meta")
+        ctx = CallContext(
+            method=inbound.message.method, request_id=inbound.message.id, params=params,
+            principal=inbound.principal, upstream=upstream, tool=tool, session_id=inbound.session.id,
+            protocol_version=inbound.session.protocol_version, action=action,
+            progress_token=meta.get("progressToken") if isinstance(meta, dict) else None,
+            notify=inbound.send, cancelled=inbound.cancelled, trace_id=inbound.trace_id,
+        )
+        ctx.extra["session"] = inbound.session
+        ctx.extra["relay"] = self._relay(inbound, upstream)
+        ctx.extra.update(inbound.extra)
+        return ctx
+
+    async def _forward_raw(self, inbound: Inbound) -> dict[str, Any]:
+        view = inbound.session.view
+        assert view is not None
+        return await self.fetch(inbound, view, inbound.message.method, inbound.params)
+
+    # -- handlers ----------------------------------------------------------------------------------
+
+    async def _ping(self, inbound: Inbound) -> dict[str, Any]:
+        return {}
+
+    async def _call_tool(self, inbound: Inbound) -> dict[str, Any]:
+        name = inbound.params.get("name")
+        if not isinstance(name, str) or not name:
+            raise GatewayError("invalid_params", "Invalid params: tools/call needs a tool name")
+        if "arguments" in inbound.params and not isinstance(inbound.params["arguments"], dict):
+            raise GatewayError("invalid_params", "Invalid params: arguments must be an object")
+        target = self._target(inbound, name)
+        if target is None:
+            raise GatewayError("unknown_tool", f"Unknown tool: {name}")
+        upstream, tool_name = target
+        await self._ensure_tools(inbound, upstream)
+        tool = self._catalog.tool(upstream, tool_name)
+        if tool is None:
+            raise GatewayError("unknown_tool", f"Unknown tool: {name}")
+        params = upstream_params(inbound.params, name=tool_name)
+        return await self._pipeline.run(self._context(inbound, "call_tool", upstream, tool, params))
+
+    async def _read_resource(self, inbound: Inbound) -> dict[str, Any]:
+        uri = inbound.params.get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise GatewayError("invalid_params", "Invalid params: resources/read needs a uri")
+        upstream = self._resource_owner(inbound, uri)
+        ctx = self._context(inbound, "read_resource", upstream, named_info(upstream, uri),
+                            upstream_params(inbound.params))
+        return await self._pipeline.run(ctx)
+
+    async def _get_prompt(self, inbound: Inbound) -> dict[str, Any]:
+        name = inbound.params.get("name")
+        if not isinstance(name, str) or not name:
+            raise GatewayError("invalid_params", "Invalid params: prompts/get needs a prompt name")
+        target = self._target(inbound, name)
+        if target is None:
+            raise GatewayError("unknown_prompt", f"Unknown prompt: {name}")
+        upstream, prompt = target
+        ctx = self._context(inbound, "get_prompt", upstream, named_info(upstream, prompt),
+                            upstream_params(inbound.params, name=prompt))
+        return await self._pipeline.run(ctx)
+
+    async def _list(self, inbound: Inbound) -> dict[str, Any]:
+        kind = LISTS[inbound.message.method]
+
+        async def fetch(upstream: str, params: dict[str, Any]) -> dict[str, Any]:
+            return await self.fetch(inbound, upstream, kind.method, params)
+
+        view = inbound.session.view
+        if view is not None:
+            return await self._lister.one(kind, inbound.principal, view, inbound.params, fetch)
+        result = await self._lister.merged(kind, inbound.principal, self._catalog.upstream_names,
+                                           inbound.params, fetch)
+        if kind.key in ("resources", "resourceTemplates"):
+            self._remember_owners(inbound.session, kind.key, result)
+        return result
+
+    def _remember_owners(self, session: Session, key: str, result: dict[str, Any]) -> None:
+        # Listing drops the origin of each item, so remember it before the next read.
+        owners = result.pop("_owners", None)
+        if isinstance(owners, dict):
+            session.resource_owner.update(owners)
+
+    async def _by_resource(self, inbound: Inbound) -> dict[str, Any]:
+        uri = inbound.params.get("uri")
+        if not isinstance(uri, str):
+            raise GatewayError("invalid_params", "Invalid params: uri required")
+        upstream = self._resource_owner(inbound, uri)
+        return await self.fetch(inbound, upstream, inbound.message.method, inbound.params)
+
+    async def _complete(self, inbound: Inbound) -> dict[str, Any]:
+        ref = inbound.params.get("ref")
+        if not isinstance(ref, dict):
+            raise GatewayError("invalid_params", "Invalid params: ref required")
+        if ref.get("type") == "ref/prompt":
+            target = self._target(inbound, str(ref.get("name", "")))
+            if target is None:
+                raise GatewayError("unknown_prompt", f"Unknown prompt: {ref.get('name')}")
+            params = {**inbound.params, "ref": {**ref, "name": target[1]}}
+            return await self.fetch(inbound, target[0], "completion/complete", params)
+        upstream = self._resource_owner(inbound, str(ref.get("uri", "")))
+        return await self.fetch(inbound, upstream, "completion/complete", inbound.params)
+
+    async def _broadcast(self, inbound: Inbound) -> dict[str, Any]:
+        async def one(upstream: str) -> None:
+            try:
+                await self.fetch(inbound, upstream, inbound.message.method, inbound.params)
+            except (GatewayError, UpstreamErrorResponse):
+                pass  # an upstream without logging support must not fail the others
+        await asyncio.gather(*(one(u) for u in self._catalog.upstream_names))
+        return {}
+
+    # -- name resolution ---------------------------------------------------------------------------
+
+    def _target(self, inbound: Inbound, name: str) -> tuple[str, str] | None:
+        view = inbound.session.view
+        if view is not None:
+            return view, name
+        return self._catalog.resolve(name)
+
+    def _resource_owner(self, inbound: Inbound, uri: str) -> str:
+        view = inbound.session.view
+        if view is not None:
+            return view
+        owner = inbound.session.resource_owner.get(uri)
+        if owner is None:
+            owner = next((u for u in self._catalog.upstream_names
+                          if uri.startswith(f"{u}://") or uri.startswith(f"{u}:")), None)
+        if owner is None:
+            raise GatewayError("unknown_resource", f"Resource not found: {uri}")
+        return owner

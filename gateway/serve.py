@@ -1,0 +1,119 @@
+"""Run the gateway process: listen, handle SIGTERM (drain, exit 0) and SIGHUP (reload), log.
+
+Used by `customs serve` and `customs demo`. On SIGTERM the listener closes at once, in-flight
+calls get up to `listen.drain_timeout_s` to finish, pending approvals stay in the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.config import Config, ConfigError, load_config, parse_config
+from gateway.keys import GATEWAY
+
+log = logging.getLogger("customs")
+
+REPO_POLICIES = Path(__file__).resolve().parents[1] / "policies"
+
+
+def default_config(port: int = 8700) -> Config:
+    """Embedded defaults: the demo servers as stdio children, in-memory stores, shipped policies."""
+    return parse_config({
+        "listen": {"host": "127.0.0.1", "port": port},
+        "upstreams": [
+            {"name": "inventory", "command": [sys.executable, "-m", "gateway.demo.servers", "inventory"]},
+            {"name": "payments", "command": [sys.executable, "-m", "gateway.demo.servers", "payments"]},
+        ],
+        "identity": {"mode": "anonymous", "anonymous_attributes": {"tenant": "demo"}},
+        "policies": {"dir": str(REPO_POLICIES)},
+    })
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    tls = config.listen.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls.client_ca_file is not None:
+        ctx.load_verify_locations(str(tls.client_ca_file))
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # a bearer token alone is still accepted
+    return ctx
+
+
+async def run(config: Config, *, config_path: Path | None = None,
+              on_ready: Callable[[str], Awaitable[None] | None] | None = None,
+              stop: asyncio.Event | None = None) -> int:
+    from gateway.app import create_app
+    app = await create_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=config.listen.drain_timeout_s,
+                           access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=ssl_context(config))
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        print(f"customs: cannot listen on {config.listen.host}:{config.listen.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    sockets = [s.getsockname() for s in (site._server.sockets if site._server else [])]  # noqa: SLF001
+    port = sockets[0][1] if sockets else config.listen.port
+    url = f"{'https' if config.listen.tls else 'http'}://{config.listen.host}:{port}"
+    log.info("customs listening on %s (agents: %s/mcp)", url, url)
+    print(f"customs: listening on {url}  (agents connect to {url}/mcp)", flush=True)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    gateway = app[GATEWAY]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.parts.reload(config_path)))
+    if on_ready is not None:
+        maybe = on_ready(url)
+        if maybe is not None:
+            await maybe
+    await stop.wait()
+    log.info("shutting down: draining in-flight calls (up to %.0fs)", config.listen.drain_timeout_s)
+    gateway.draining = True
+    await runner.cleanup()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config) if args.config else default_config()
+    except ConfigError as exc:
+        print(f"customs: {exc.source}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    listen_changes = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if listen_changes:
+        config = config.model_copy(update={"listen": config.listen.model_copy(update=listen_changes)})
+    if args.config is None:
+        log.warning("no --config given: running on embedded defaults (demo upstreams, anonymous identity)")
+    try:
+        return asyncio.run(run(config, config_path=args.config))
+    except ConfigError as exc:
+        print(f"customs: {exc.source}: refusing to start", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2

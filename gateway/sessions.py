@@ -1,0 +1,202 @@
+"""Client sessions: bound to a principal, owning their upstream sessions and server→client routing.
+
+A session is created by `initialize` (or implicitly per principal for the stateless 2026-07-28
+revision) and ends on DELETE, idle timeout or shutdown. Its id has 256 bits of randomness. Only
+the principal that created it may use it: anyone else gets the same 404 as an unknown id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.catalog import Catalog
+from gateway.errors import GatewayError
+from gateway.transport.base import ConnectParams, Message, Upstream, UpstreamSession
+
+log = logging.getLogger("customs.sessions")
+
+SendFn = Callable[[Message], Awaitable[None]]
+
+
+@dataclass
+class ServerRequestRoute:
+    upstream: str
+    session: UpstreamSession
+    upstream_id: Any
+
+
+@dataclass
+class Session:
+    id: str
+    principal_key: str
+    view: str | None  # None: the aggregated /mcp endpoint; else one upstream's name
+    protocol_version: str
+    client_info: Mapping[str, Any] | None = None
+    capabilities: Mapping[str, Any] | None = None
+    stateless: bool = False
+    init_result: dict[str, Any] | None = None  # the upstream's own answer, for pass-through sessions
+    upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    outbox: asyncio.Queue[Message] = field(default_factory=lambda: asyncio.Queue(maxsize=256))
+    get_stream_open: bool = False
+    server_requests: dict[str, ServerRequestRoute] = field(default_factory=dict)
+    progress_routes: dict[Any, SendFn] = field(default_factory=dict)
+    inflight: dict[Any, asyncio.Task[Any]] = field(default_factory=dict)
+    last_used: float = field(default_factory=time.monotonic)
+    closed: bool = False
+    resource_owner: dict[str, str] = field(default_factory=dict)  # uri -> upstream (aggregated view)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    def next_server_request_id(self) -> str:
+        return f"customs-{next(self._ids)}"
+
+
+class SessionManager:
+    """Creates, finds and ends sessions; connects their upstream sessions on demand."""
+
+    def __init__(self, upstreams: Mapping[str, Upstream], catalog: Catalog, *, idle_s: float = 1800.0,
+                 on_end: Callable[[Session], Awaitable[None]] | None = None) -> None:
+        self._upstreams = upstreams
+        self._catalog = catalog
+        self._sessions: dict[str, Session] = {}
+        self._stateless: dict[tuple[str, str | None], Session] = {}
+        self._idle_s = idle_s
+        self._on_end = on_end
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="customs-session-sweeper")
+
+    async def close(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for session in list(self._sessions.values()) + list(self._stateless.values()):
+            await self.end(session)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(self, principal_key: str, view: str | None, protocol_version: str,
+               client_info: Mapping[str, Any] | None, capabilities: Mapping[str, Any] | None) -> Session:
+        session = Session(id=secrets.token_hex(32), principal_key=principal_key, view=view,
+                          protocol_version=protocol_version, client_info=client_info, capabilities=capabilities)
+        self._sessions[session.id] = session
+        return session
+
+    def stateless(self, principal_key: str, view: str | None, protocol_version: str,
+                  capabilities: Mapping[str, Any] | None) -> Session:
+        """The implicit per-principal session of stateless clients (also their credential task)."""
+        key = (principal_key, view)
+        session = self._stateless.get(key)
+        if session is None or session.closed:
+            session = Session(id="stateless-" + secrets.token_hex(16), principal_key=principal_key, view=view,
+                              protocol_version=protocol_version, capabilities=capabilities, stateless=True)
+            self._stateless[key] = session
+        session.touch()
+        return session
+
+    def get(self, session_id: str, principal_key: str, view: str | None) -> Session:
+        session = self._sessions.get(session_id)
+        # Another principal's session, another endpoint's session and an unknown id look the same.
+        if session is None or session.closed or session.principal_key != principal_key or session.view != view:
+            raise GatewayError("session_not_found")
+        session.touch()
+        return session
+
+    async def end(self, session: Session) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self._sessions.pop(session.id, None)
+        if session.stateless:
+            self._stateless = {k: v for k, v in self._stateless.items() if v is not session}
+        for task in list(session.inflight.values()):
+            task.cancel()
+        await asyncio.gather(*(s.close() for s in session.upstreams.values()), return_exceptions=True)
+        session.upstreams.clear()
+        if self._on_end is not None:
+            try:
+                await self._on_end(session)
+            except Exception:
+                log.exception("session end hook failed")
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, self._idle_s / 4))
+            cutoff = time.monotonic() - self._idle_s
+            for session in [s for s in (*self._sessions.values(), *self._stateless.values())
+                            if s.last_used < cutoff and not s.inflight]:
+                await self.end(session)
+
+    async def upstream_session(self, session: Session, upstream: str) -> UpstreamSession:
+        """The session's connection to one upstream, opened on first use."""
+        existing = session.upstreams.get(upstream)
+        if existing is not None:
+            return existing
+        lock = session.locks.setdefault(upstream, asyncio.Lock())
+        async with lock:
+            existing = session.upstreams.get(upstream)
+            if existing is not None:
+                return existing
+            if session.closed:
+                raise GatewayError("session_not_found")
+            params = ConnectParams(protocol_version=_handshake_version(session.protocol_version),
+                                   client_info=session.client_info, capabilities=session.capabilities)
+            handler = self._message_handler(session, upstream)
+            connected = await self._upstreams[upstream].connect(params, handler)
+            session.upstreams[upstream] = connected
+            return connected
+
+    def _message_handler(self, session: Session, upstream: str) -> Callable[[Message], Awaitable[None]]:
+        async def on_message(message: Message) -> None:
+            await route_server_message(session, upstream, message, None, self._catalog)
+        return on_message
+
+
+def _handshake_version(version: str) -> str:
+    from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+    return version if version in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+
+
+async def route_server_message(session: Session, upstream: str, message: Message, send: SendFn | None,
+                               catalog: Catalog) -> None:
+    """Deliver a message an upstream sent to the client: on the request's stream when known, else
+    on the session's GET stream. Server→client requests get a gateway id so that answers from
+    the client find their way back to the right upstream even when several use the same ids."""
+    method = message.get("method")
+    if "id" in message and isinstance(method, str):
+        upstream_session = session.upstreams.get(upstream)
+        if upstream_session is None:
+            return
+        gateway_id = session.next_server_request_id()
+        session.server_requests[gateway_id] = ServerRequestRoute(upstream, upstream_session, message["id"])
+        message = {**message, "id": gateway_id}
+    elif method == "notifications/tools/list_changed":
+        catalog.invalidate(upstream)
+    elif method == "notifications/progress":
+        token = (message.get("params") or {}).get("progressToken")
+        send = session.progress_routes.get(token, send)
+    if send is not None:
+        try:
+            await send(message)
+            return
+        except Exception:  # the request's stream is gone; fall back to the GET stream
+            log.debug("request stream closed; queueing %s on the session stream", method)
+    if not session.get_stream_open:
+        log.debug("session %s has no open stream; dropping %s", session.id[:8], method)
+        return
+    try:
+        session.outbox.put_nowait(message)
+    except asyncio.QueueFull:
+        log.warning("session %s outbox full; dropping %s", session.id[:8], method)

@@ -1,0 +1,72 @@
+"""JSON-RPC framing of hostile and valid input."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway import jsonrpc
+from gateway.errors import REASONS, GatewayError, error_object, to_wire
+
+
+def reason_of(raw: bytes, depth: int = 64) -> str:
+    with pytest.raises(GatewayError) as info:
+        jsonrpc.parse(raw, max_depth=depth)
+    return info.value.reason
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"{not json", "parse_error"),
+    (b"\xff\xfe{}", "parse_error"),
+    (b'{"jsonrpc":"2.0","id":1,"method":"x","params":NaN}', "parse_error"),
+    (b"[]", "batch_not_supported"),
+    (b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]', "batch_not_supported"),
+    (b'"hello"', "invalid_request"),
+    (b'{"id":1,"method":"ping"}', "invalid_request"),
+    (b'{"jsonrpc":"1.0","id":1,"method":"ping"}', "invalid_request"),
+    (b'{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}', "invalid_request"),
+    (b'{"jsonrpc":"2.0","id":true,"method":"ping"}', "invalid_request"),
+    (b'{"jsonrpc":"2.0","id":1.5,"method":"ping"}', "invalid_request"),
+    (b'{"jsonrpc":"2.0","id":1,"method":""}', "invalid_request"),
+    (b'{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}', "invalid_request"),
+    (b'{"jsonrpc":"2.0","id":1,"method":"notifications/cancelled"}', "invalid_request"),
+    (b'{"jsonrpc":"2.0","id":1}', "invalid_request"),
+    (b'{"jsonrpc":"2.0","id":1,"result":{},"error":{}}', "invalid_request"),
+])
+def test_rejections(raw: bytes, reason: str) -> None:
+    assert reason_of(raw) == reason
+
+
+def test_depth_limit() -> None:
+    nested = b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":' + b"[" * 100 + b"]" * 100 + b"}}"
+    assert reason_of(nested, depth=64) == "invalid_request"
+    assert jsonrpc.parse(nested, max_depth=200).kind == "request"
+
+
+def test_extreme_nesting_is_a_clean_error() -> None:
+    assert reason_of(b"[" * 200_000 + b"]" * 200_000) in {"parse_error", "batch_not_supported"}
+    assert reason_of(b'{"a":' * 100_000 + b"1" + b"}" * 100_000) in {"parse_error", "invalid_request"}
+
+
+def test_kinds() -> None:
+    assert jsonrpc.parse(b'{"jsonrpc":"2.0","id":"a","method":"ping"}').kind == "request"
+    assert jsonrpc.parse(b'{"jsonrpc":"2.0","method":"notifications/initialized"}').kind == "notification"
+    assert jsonrpc.parse(b'{"jsonrpc":"2.0","id":3,"result":{}}').kind == "response"
+
+
+def test_wire_errors_are_stable_and_leak_nothing() -> None:
+    body, status = to_wire(RuntimeError("secret internals /etc/passwd"), 7)
+    assert body == {"jsonrpc": "2.0", "id": 7,
+                    "error": {"code": -32603, "message": "Internal error", "data": {"reason": "internal_error"}}}
+    assert status == 500
+    error, status = error_object(GatewayError("unauthenticated"))
+    assert status == 401 and error["data"]["reason"] == "unauthenticated"
+    with pytest.raises(ValueError):
+        GatewayError("not_a_documented_reason")
+
+
+def test_error_table_is_documented() -> None:
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
+    for reason, spec in REASONS.items():
+        assert f"`{reason}`" in doc, reason
+        assert str(spec.code) in doc
