@@ -1,0 +1,151 @@
+"""Fixtures shared by every test area: real gateways, in-process or as child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from gateway.config import Config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    with bound_socket() as sock:
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+    config: Config
+
+    @property
+    def mcp(self) -> str:
+        return f"{self.url}/mcp"
+
+    @property
+    def gateway(self) -> Any:
+        from gateway.keys import GATEWAY
+        return self.app[GATEWAY]
+
+
+def with_port(data: dict[str, Any], port: int) -> dict[str, Any]:
+    listen = dict(data.get("listen") or {})
+    listen.setdefault("host", "127.0.0.1")
+    listen["port"] = port
+    listen.setdefault("public_url", f"http://127.0.0.1:{port}")
+    return {**data, "listen": listen}
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[RunningGateway]]]:
+    """Start real gateways in this process on 127.0.0.1 with a free port; config given as a dict."""
+    from gateway.app import create_app
+
+    runners: list[web.AppRunner] = []
+
+    async def start(data: dict[str, Any]) -> RunningGateway:
+        sock = bound_socket()
+        port = sock.getsockname()[1]
+        config = parse_config(with_port(data, port))
+        app = await create_app(config)
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        site = web.SockSite(runner, sock)
+        await site.start()
+        return RunningGateway(f"http://127.0.0.1:{port}", app, runner, config)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    proc: subprocess.Popen[str]
+    config_path: Path
+    log_path: Path
+
+    @property
+    def mcp(self) -> str:
+        return f"{self.url}/mcp"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+async def _wait_for_line(path: Path, needle: str, proc: subprocess.Popen[str], timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if path.exists() and needle in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{path.read_text(errors='replace')}")
+        await asyncio.sleep(0.05)  # polling a log file for readiness, bounded by the deadline
+    raise TimeoutError(f"gateway did not start:\n{path.read_text(errors='replace')}")
+
+
+@pytest.fixture
+async def spawn_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[GatewayProcess]]]:
+    """Start real gateway processes (`python -m gateway serve --config …`)."""
+    procs: list[GatewayProcess] = []
+
+    async def spawn(data: dict[str, Any], *, name: str = "gw", env: dict[str, str] | None = None,
+                    port: int | None = None) -> GatewayProcess:
+        port = port or free_port()
+        config_path = tmp_path / f"{name}.yaml"
+        config_path.write_text(yaml.safe_dump(with_port(data, port)))
+        log_path = tmp_path / f"{name}.log"
+        with log_path.open("w") as log_file:
+            proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
+                                    stdout=log_file, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path),
+                                    env={**os.environ, **(env or {})})
+        handle = GatewayProcess(f"http://127.0.0.1:{port}", proc, config_path, log_path)
+        procs.append(handle)
+        await _wait_for_line(log_path, "listening on", proc, 30)
+        return handle
+
+    yield spawn
+    for handle in procs:
+        if handle.proc.poll() is None:
+            handle.proc.terminate()
+            try:
+                handle.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                handle.proc.kill()
+                handle.proc.wait()
+
+
+@pytest.fixture
+def permissive_policies(tmp_path: Path) -> Path:
+    """A policy dir that permits every call (for protocol tests that are not about policy)."""
+    src = REPO / "policies" / "schema.cedarschema"
+    target = tmp_path / "allow-all"
+    target.mkdir()
+    (target / "schema.cedarschema").write_text(src.read_text())
+    (target / "allow.cedar").write_text('@id("allow-all")\npermit(principal, action, resource);\n')
+    return target
