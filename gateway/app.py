@@ -20,6 +20,7 @@ from gateway.config.model import Config
 from gateway.forward import ForwardStage
 from gateway.health import HealthRoutes
 from gateway.http.guards import HostOriginPolicy, guard_middleware
+from gateway.http.legacy_sse import LegacySseEndpoint
 from gateway.http.mcp import McpEndpoint, routes
 from gateway.keys import CONFIG, GATEWAY
 from gateway.parts import Parts, build_parts
@@ -93,6 +94,7 @@ async def create_app(config: Config) -> web.Application:
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(gateway.lifecycle)
     app.add_routes(routes(gateway.endpoint))
+    app.add_routes(LegacySseEndpoint(gateway.endpoint).routes())
     app.add_routes(gateway.parts.routes)
     health = HealthRoutes(gateway.parts.upstreams, gateway.parts.checks, lambda: gateway.draining)
     app.add_routes(health.routes())

@@ -20,6 +20,7 @@ from gateway.catalog import Catalog, named_info
 from gateway.context import Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.pipeline import Authorizer
+from gateway.pinning import ToolGuard
 
 log = logging.getLogger("customs.listing")
 
@@ -63,9 +64,10 @@ def decode_cursor(cursor: Any, upstreams: list[str]) -> dict[str, str]:
 class Lister:
     """Lists one kind of item for a principal, filtered by policy."""
 
-    def __init__(self, catalog: Catalog, authorizer: Authorizer) -> None:
+    def __init__(self, catalog: Catalog, authorizer: Authorizer, guard: ToolGuard) -> None:
         self._catalog = catalog
         self._authorizer = authorizer
+        self._guard = guard
 
     def _info(self, kind: ListKind, upstream: str, item: dict[str, Any]) -> ToolInfo:
         if kind.method == "tools/list":
@@ -98,7 +100,8 @@ class Lister:
         result = await fetch(upstream, params)
         items = result.get(kind.key) if isinstance(result.get(kind.key), list) else []
         assert isinstance(items, list)
-        self._learn(kind, upstream, items, complete=not params.get("cursor") and not result.get("nextCursor"))
+        items = await self._learn(kind, upstream, items,
+                                  complete=not params.get("cursor") and not result.get("nextCursor"))
         return {**result, kind.key: self.filter(kind, principal, upstream, items, prefixed=False)}
 
     async def merged(self, kind: ListKind, principal: Principal, upstreams: list[str], params: dict[str, Any],
@@ -126,7 +129,7 @@ class Lister:
             found = result.get(kind.key) if isinstance(result.get(kind.key), list) else []
             assert isinstance(found, list)
             next_cursor = result.get("nextCursor")
-            self._learn(kind, upstream, found, complete=not pending[upstream] and not next_cursor)
+            found = await self._learn(kind, upstream, found, complete=not pending[upstream] and not next_cursor)
             shown = self.filter(kind, principal, upstream, found, prefixed=True)
             if kind.key == "resources":
                 owners.update((str(item.get("uri")), upstream) for item in shown)
@@ -140,6 +143,10 @@ class Lister:
             out["_owners"] = owners  # consumed by the router, never sent
         return out
 
-    def _learn(self, kind: ListKind, upstream: str, items: list[Any], *, complete: bool) -> None:
-        if kind.method == "tools/list":
-            self._catalog.update(upstream, [i for i in items if isinstance(i, dict)], replace=complete)
+    async def _learn(self, kind: ListKind, upstream: str, items: list[Any], *, complete: bool) -> list[Any]:
+        """Tools pass the pin check before anyone sees them; the catalog learns only usable ones."""
+        if kind.method != "tools/list":
+            return items
+        verdict = await self._guard.check(upstream, [i for i in items if isinstance(i, dict)])
+        self._catalog.update(upstream, verdict.usable, replace=complete)
+        return verdict.usable

@@ -8,7 +8,8 @@ The stage seams are Protocols so in-memory and Redis stores, or real and fake up
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,6 +48,11 @@ async def _no_op(ctx: CallContext) -> None:
     return None
 
 
+@asynccontextmanager
+async def _no_slot(ctx: CallContext) -> AsyncIterator[None]:
+    yield
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """The stages after identify, in the one order they run."""
@@ -57,14 +63,18 @@ class Pipeline:
     forward: Forwarder
     record: Recorder
     finish: Callable[[CallContext], Awaitable[None]] = _no_op  # post-execution bookkeeping (task state)
+    rate: Callable[[CallContext], Awaitable[None]] = _no_op  # rate limits, before any decision
+    slot: Callable[[CallContext], AbstractAsyncContextManager[None]] = _no_slot  # concurrency while executing
 
     async def run(self, ctx: CallContext) -> dict[str, Any]:
         """Run one request to its result (a JSON-RPC `result` object) or raise."""
         try:
+            await self.rate(ctx)
             await self.authorize(ctx)
             await self.approve(ctx)
-            await self.credential(ctx)
-            ctx.result = await self.forward(ctx)
+            async with self.slot(ctx):
+                await self.credential(ctx)
+                ctx.result = await self.forward(ctx)
             await self.finish(ctx)
             return ctx.result
         except BaseException as exc:

@@ -19,6 +19,7 @@ from gateway.context import CallContext, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
 from gateway.pipeline import Authorizer, Pipeline
+from gateway.pinning import ToolGuard
 from gateway.sessions import Session, SessionManager, route_server_message
 from gateway.transport.base import Message
 
@@ -62,11 +63,12 @@ class Router:
     """Dispatches requests by method; holds no per-call state."""
 
     def __init__(self, sessions: SessionManager, catalog: Catalog, pipeline: Pipeline, authorizer: Authorizer,
-                 timeouts: Mapping[str, float]) -> None:
+                 guard: ToolGuard, timeouts: Mapping[str, float]) -> None:
         self._sessions = sessions
         self._catalog = catalog
         self._pipeline = pipeline
-        self._lister = Lister(catalog, authorizer)
+        self._guard = guard
+        self._lister = Lister(catalog, authorizer, guard)
         self._timeouts = timeouts
         self._aggregated: dict[str, Handler] = {
             "ping": self._ping,
@@ -130,7 +132,7 @@ class Router:
             cursor = result.get("nextCursor")
             if not cursor:
                 break
-        self._catalog.update(upstream, tools)
+        self._catalog.update(upstream, (await self._guard.check(upstream, tools)).usable)
 
     def _context(self, inbound: Inbound, action: str, upstream: str, tool: ToolInfo,
                  params: dict[str, Any]) -> CallContext:

@@ -268,6 +268,11 @@ class SecretsConfig(Model):
     sensitive_headers: tuple[str, ...] = ()
 
 
+class PinningConfig(Model):
+    mode: Literal["tofu", "strict", "off"] = "tofu"
+    admin_group: str = "admins"  # members (groups claim) may re-approve quarantined tools
+
+
 class SigningConfig(Model):
     key_dir: Path = Path(".customs/keys")
     algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
@@ -287,6 +292,7 @@ class Config(Model):
     tasks: TasksConfig = TasksConfig()
     secrets: SecretsConfig = SecretsConfig()
     signing: SigningConfig = SigningConfig()
+    pinning: PinningConfig = PinningConfig()
     environment: str = "dev"
 
     @field_validator("upstreams")

@@ -1,0 +1,120 @@
+"""Legacy HTTP+SSE inbound (protocol 2024-11-05) for old clients: GET /sse, POST /messages.
+
+The client opens `GET /sse` (or `/sse/{upstream}`), receives an `endpoint` event naming the URL to
+POST messages to, and reads every response on that stream. The session, identity binding,
+router and pipeline are the same as for Streamable HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from gateway import jsonrpc
+from gateway.errors import GatewayError, to_wire
+from gateway.http.guards import error_response, read_body, require_json
+from gateway.http.mcp import McpEndpoint
+from gateway.http.streams import SSE_HEADERS, ClientGone
+from gateway.router import Inbound
+from gateway.sessions import Session
+
+log = logging.getLogger("customs.http.sse")
+LEGACY_VERSION = "2024-11-05"
+
+
+class LegacySseEndpoint:
+    def __init__(self, endpoint: McpEndpoint) -> None:
+        self._mcp = endpoint
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        try:
+            view = self._mcp._view(request)  # noqa: SLF001 - same edge rules as Streamable HTTP
+            principal = await self._mcp._identify(request)  # noqa: SLF001
+        except GatewayError as exc:
+            return error_response(exc)
+        session = self._mcp.sessions.create(principal.key, view, LEGACY_VERSION, None, None)
+        response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        await response.prepare(request)
+        session.get_stream_open = True
+        try:
+            await response.write(f"event: endpoint\ndata: /messages?session_id={session.id}\n\n".encode())
+            while not session.closed:
+                try:
+                    message = await asyncio.wait_for(session.outbox.get(), self._mcp.keepalive_s)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                await response.write(b"event: message\ndata: " + jsonrpc.dumps(message) + b"\n\n")
+        except (ConnectionResetError, ClientGone):
+            pass
+        finally:
+            session.get_stream_open = False
+            await self._mcp.sessions.end(session)
+        return response
+
+    async def message(self, request: web.Request) -> web.StreamResponse:
+        request_id: Any = None
+        try:
+            require_json(request)
+            principal = await self._mcp._identify(request)  # noqa: SLF001
+            session_id = request.query.get("session_id", "")
+            session = self._find(session_id, principal.key)
+            message = jsonrpc.parse(await read_body(request, self._mcp.max_body_bytes),
+                                    max_depth=self._mcp.max_json_depth)
+            request_id = message.id if message.kind == "request" else None
+            if message.kind != "request":
+                await self._mcp._accept_one_way(session, message)  # noqa: SLF001
+            elif message.method == "initialize":
+                await self._initialize(session, message)
+            else:
+                task = asyncio.create_task(self._run(session, principal, message))
+                session.inflight[message.id] = task
+        except GatewayError as exc:
+            return error_response(exc, request_id)
+        return web.Response(status=202, text="Accepted")
+
+    def _find(self, session_id: str, principal_key: str) -> Session:
+        for view in (None, *self._mcp.upstream_names):
+            try:
+                return self._mcp.sessions.get(session_id, principal_key, view)
+            except GatewayError:
+                continue
+        raise GatewayError("session_not_found")
+
+    async def _initialize(self, session: Session, message: jsonrpc.Message) -> None:
+        params = message.params
+        session.client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
+        session.capabilities = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else None
+        requested = params.get("protocolVersion")
+        session.protocol_version = requested if isinstance(requested, str) else LEGACY_VERSION
+        try:
+            if session.view is not None:
+                upstream = await self._mcp.sessions.upstream_session(session, session.view)
+                session.init_result = upstream.initialize_result
+            reply = jsonrpc.result(message.id, self._mcp._initialize_result(session))  # noqa: SLF001
+        except Exception as exc:
+            reply = to_wire(exc, message.id)[0]
+        await session.outbox.put(reply)
+
+    async def _run(self, session: Session, principal: Any, message: jsonrpc.Message) -> None:
+        async def send(out: dict[str, Any]) -> None:
+            await session.outbox.put(out)
+
+        inbound = Inbound(session=session, principal=principal, message=message, send=send)
+        try:
+            reply = jsonrpc.result(message.id, await self._mcp.router.dispatch(inbound))
+        except asyncio.CancelledError:
+            reply = to_wire(GatewayError("request_cancelled"), message.id)[0]
+        except Exception as exc:
+            reply = to_wire(exc, message.id)[0]
+        finally:
+            session.inflight.pop(message.id, None)
+        await session.outbox.put(reply)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/sse", self.stream, allow_head=False), web.get("/sse/{upstream}", self.stream,
+                                                                         allow_head=False),
+                web.post("/messages", self.message)]

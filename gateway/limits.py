@@ -1,0 +1,168 @@
+"""Rate and concurrency limits per principal and per tool, in memory or shared through Redis.
+
+A token bucket per key gives the rate (`rate_per_s`, `burst`); a counter per key gives the
+concurrency. Exceeding either answers `rate_limited` (HTTP 429 semantics) with a retry hint in
+`data.retry_after_s`. With Redis the buckets and counters are shared by every replica; a Redis
+failure fails closed (the call is refused), like every other shared-state failure.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.config.model import LimitRule, LimitsConfig
+from gateway.context import CallContext
+from gateway.errors import GatewayError
+
+
+class LimitBackend(Protocol):
+    async def take(self, key: str, rate: float, burst: int) -> float:
+        """Take one token; return 0 when admitted, else seconds until a token is available."""
+        ...
+
+    async def acquire(self, key: str, limit: int) -> bool: ...
+
+    async def release(self, key: str) -> None: ...
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+@dataclass
+class MemoryLimits:
+    """Single-process buckets and counters."""
+
+    buckets: dict[str, _Bucket] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    async def take(self, key: str, rate: float, burst: int) -> float:
+        now = time.monotonic()
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = _Bucket(float(burst), now)
+        bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
+        bucket.stamp = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / rate
+
+    async def acquire(self, key: str, limit: int) -> bool:
+        current = self.counters.get(key, 0)
+        if current >= limit:
+            return False
+        self.counters[key] = current + 1
+        return True
+
+    async def release(self, key: str) -> None:
+        current = self.counters.get(key, 0) - 1
+        if current <= 0:
+            self.counters.pop(key, None)
+        else:
+            self.counters[key] = current
+
+
+# Token bucket in one round trip: tokens and timestamp in a hash, refilled from Redis' own clock.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local v = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+local tokens = tonumber(v[1]) or burst
+local stamp = tonumber(v[2]) or now
+tokens = math.min(burst, tokens + (now - stamp) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'stamp', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+_ACQUIRE = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end
+return 1
+"""
+
+
+class RedisLimits:
+    """Buckets and counters shared by every replica."""
+
+    def __init__(self, redis: Any, prefix: str, lease_s: int = 300) -> None:
+        self._redis = redis
+        self._prefix = prefix + "limit:"
+        self._lease_s = lease_s  # a crashed replica's concurrency slots expire after this
+        self._take = redis.register_script(_TAKE)
+        self._acquire = redis.register_script(_ACQUIRE)
+
+    async def take(self, key: str, rate: float, burst: int) -> float:
+        try:
+            return float(await self._take(keys=[self._prefix + "rate:" + key], args=[rate, burst]))
+        except Exception as exc:
+            raise GatewayError("rate_limited", "Rate limiter unavailable; call refused",
+                               data={"retry_after_s": 1}) from exc
+
+    async def acquire(self, key: str, limit: int) -> bool:
+        try:
+            return bool(await self._acquire(keys=[self._prefix + "conc:" + key], args=[limit, self._lease_s]))
+        except Exception as exc:
+            raise GatewayError("rate_limited", "Rate limiter unavailable; call refused",
+                               data={"retry_after_s": 1}) from exc
+
+    async def release(self, key: str) -> None:
+        try:
+            await self._redis.decr(self._prefix + "conc:" + key)
+        except Exception:
+            pass  # the lease expiry returns the slot
+
+
+class Limiter:
+    """Admits a call under every configured rule, holding concurrency slots until it finishes."""
+
+    def __init__(self, config: LimitsConfig, backend: LimitBackend) -> None:
+        self._config = config
+        self._backend = backend
+
+    def _rules(self, ctx: CallContext) -> list[tuple[str, LimitRule]]:
+        tool = ctx.tool.cedar_id if ctx.tool else str(ctx.upstream)
+        return [(f"p:{ctx.principal.key}", self._config.per_principal), (f"t:{tool}", self._config.per_tool)]
+
+    async def rate(self, ctx: CallContext) -> None:
+        """Take a token from every bucket the call falls under (before authorization, so denied
+        floods are limited too)."""
+        for key, rule in self._rules(ctx):
+            if rule.rate_per_s:
+                wait = await self._backend.take(key, rule.rate_per_s, rule.burst or max(1, int(rule.rate_per_s)))
+                if wait > 0:
+                    raise _limited(wait, "rate")
+
+    @asynccontextmanager
+    async def concurrency(self, ctx: CallContext) -> AsyncIterator[None]:
+        """Hold a slot per rule while the call executes upstream (not while it waits for approval)."""
+        held: list[str] = []
+        try:
+            for key, rule in self._rules(ctx):
+                if rule.concurrency:
+                    if not await self._backend.acquire(key, rule.concurrency):
+                        raise _limited(1.0, "concurrency")
+                    held.append(key)
+            yield
+        finally:
+            for key in held:
+                await self._backend.release(key)
+
+
+def _limited(wait: float, kind: str) -> GatewayError:
+    retry = max(1, math.ceil(wait))
+    return GatewayError("rate_limited", f"Rate limit exceeded ({kind}); retry after {retry}s",
+                        data={"retry_after_s": retry}, headers={"Retry-After": str(retry)})
