@@ -1,0 +1,57 @@
+"""The shared-state connection: one Redis client (bounded pool) when `store: {redis: …}` is configured.
+
+Pending approvals, revocations, task facts, pins and rate limits all use this one client. Its
+health is part of /readyz; a failure of any operation on it fails the caller closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.config.model import RedisConfig
+
+log = logging.getLogger("customs.store")
+
+
+class RedisConnection:
+    """Owns the Redis client: created at start-up, closed at shutdown."""
+
+    def __init__(self, config: RedisConfig) -> None:
+        self.config = config
+        # A blocking pool waits for a free connection instead of failing at once past the limit.
+        self.pool = aioredis.BlockingConnectionPool.from_url(
+            config.url, max_connections=config.max_connections, timeout=5, socket_timeout=5,
+            socket_connect_timeout=2, health_check_interval=15)
+        self.client: Any = aioredis.Redis(connection_pool=self.pool)
+
+    @property
+    def prefix(self) -> str:
+        return self.config.key_prefix
+
+    async def start(self) -> None:
+        try:
+            await self.client.ping()
+        except Exception as exc:  # not fatal: calls needing Redis fail closed until it is back
+            log.warning("redis at %s not reachable at start-up: %s", _safe_url(self.config.url), exc)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.pool.aclose()
+
+    async def check(self) -> tuple[bool, str]:
+        try:
+            await self.client.ping()
+            return True, "ok"
+        except Exception as exc:
+            return False, f"redis unreachable: {type(exc).__name__}"
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
