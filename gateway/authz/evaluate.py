@@ -1,0 +1,101 @@
+"""Decide one request against one loaded policy set: three outcomes, every chain member, errors deny.
+
+- allow: every member of the chain (the principal and each actor) is permitted with `approval == "none"`;
+- approval_required: some member is denied with "none", but all are permitted with `approval == "granted"`;
+- deny: otherwise, and whenever Cedar reports an evaluation error (a forbid that errors must not
+  silently stop forbidding).
+The determining policies are named by their `@id`: for allow the permits, for deny the forbids that
+fired, for approval_required the forbids lifted by approval plus the permits that then applied.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import cedarpy
+
+from gateway.authz import entities as E
+from gateway.authz.policyset import LoadedPolicies
+from gateway.context import Decision, Outcome, Principal, ToolInfo
+
+
+def _deny(errors: Iterable[str], started: float, version: str, ids: Iterable[str] = ()) -> Decision:
+    return Decision("deny", tuple(ids), tuple(errors), (time.perf_counter() - started) * 1e6, version)
+
+
+def _names(policies: LoadedPolicies, results: Iterable[cedarpy.AuthzResult], *, allowed: bool | None) -> list[str]:
+    """@ids of the policies behind the results (optionally only allowed / only denied ones), deduplicated."""
+    out: list[str] = []
+    for result in results:
+        if allowed is not None and result.allowed != allowed:
+            continue
+        for internal in result.diagnostics.reasons:
+            name = policies.name(internal)
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def _errors(policies: LoadedPolicies, results: Iterable[cedarpy.AuthzResult], who: list[str]) -> list[str]:
+    out: list[str] = []
+    for member, result in zip(who, results, strict=True):
+        out.extend(f"{member}: {policies.describe_error(e)}" for e in result.diagnostics.errors)
+        if result.decision == cedarpy.Decision.NoDecision and not result.diagnostics.errors:
+            out.append(f"{member}: no decision")
+    return out
+
+
+def _batch(policies: LoadedPolicies, ents: cedarpy.Entities, who: list[str], action: str, tool: ToolInfo,
+           context: dict[str, Any]) -> list[cedarpy.AuthzResult]:
+    requests = [E.request(member, action, tool, context) for member in who]
+    return cedarpy.is_authorized_batch(requests, policies.policy_set, ents)
+
+
+def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: ToolInfo, facts: E.CallFacts, *,
+           granted: bool = False, bounds: E.Bounds = E.DEFAULT_BOUNDS) -> Decision:
+    """The combined decision for the principal and every actor of its chain (most restrictive wins)."""
+    started = time.perf_counter()
+    version = policies.version
+    who = [m.id for m in E.members(principal)]
+    try:
+        ents = cedarpy.Entities.from_json_str(json.dumps(E.entities(principal, tool)))
+    except ValueError as exc:
+        return _deny([f"entities: {exc}"], started, version)
+    first = E.context(principal, facts, "granted" if granted else "none", bounds)
+    results = _batch(policies, ents, who, action, tool, first)
+    errors = _errors(policies, results, who)
+    if errors:
+        return _deny(errors, started, version)
+    if all(r.allowed for r in results):
+        return Decision("allow", tuple(_names(policies, results, allowed=True)), (),
+                        (time.perf_counter() - started) * 1e6, version)
+    forbids = _names(policies, results, allowed=False)
+    if granted:
+        return _deny((), started, version, forbids)
+    second = _batch(policies, ents, who, action, tool, {**first, "approval": "granted"})
+    errors = _errors(policies, second, who)
+    if errors:
+        return _deny(errors, started, version, forbids)
+    if not all(r.allowed for r in second):
+        return _deny((), started, version, _names(policies, second, allowed=False) or forbids)
+    ids = forbids + [n for n in _names(policies, second, allowed=True) if n not in forbids]
+    return Decision("approval_required", tuple(ids), (), (time.perf_counter() - started) * 1e6, version)
+
+
+def decide_approve(policies: LoadedPolicies, user_id: str, groups: list[str], approval: dict[str, Any]) -> Decision:
+    """May this person decide this pending call? (action `approve`)."""
+    started = time.perf_counter()
+    try:
+        ents = cedarpy.Entities.from_json_str(json.dumps(E.approval_entities(user_id, groups, approval)))
+    except ValueError as exc:
+        return _deny([f"entities: {exc}"], started, policies.version)
+    result = cedarpy.is_authorized(E.approval_request(user_id, approval), policies.policy_set, ents)
+    errors = _errors(policies, [result], [user_id])
+    if errors:
+        return _deny(errors, started, policies.version)
+    outcome: Outcome = "allow" if result.allowed else "deny"
+    return Decision(outcome, tuple(_names(policies, [result], allowed=None)), (),
+                    (time.perf_counter() - started) * 1e6, policies.version)

@@ -1,0 +1,169 @@
+"""Load a policy directory (`*.cedar` + `schema.cedarschema`) into parsed handles, validated, or list every problem.
+
+A directory is loaded whole or not at all: each file is parsed on its own (so a syntax error names its
+file), then the concatenated set is validated against the schema, and every policy must carry a unique
+`@id` annotation (decisions and the decision log name policies by it). The version is a hash of the
+texts: approvals remember the version they were granted under.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cedarpy
+
+SCHEMA_FILE = "schema.cedarschema"
+
+
+class PolicyLoadError(Exception):
+    """A policy directory that cannot be used; `problems` are `file: message` lines, all of them."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class LoadedPolicies:
+    """One immutable, validated policy set: swapped atomically, never mutated."""
+
+    policy_set: cedarpy.PolicySet
+    schema: cedarpy.Schema
+    version: str
+    source: str
+    files: tuple[str, ...]
+    id_by_internal: dict[str, str] = field(default_factory=dict)  # policy0 -> @id
+
+    def __len__(self) -> int:
+        return len(self.id_by_internal)
+
+    def name(self, internal_id: str) -> str:
+        return self.id_by_internal.get(internal_id, internal_id)
+
+    def describe_error(self, message: str) -> str:
+        return rename_ids(message, self.id_by_internal)
+
+
+def rename_ids(message: str, id_by_internal: dict[str, str]) -> str:
+    """Cedar's error text with internal ids (`policy3`) replaced by their `@id` names."""
+    for internal, name in id_by_internal.items():
+        message = message.replace(f"`{internal}`", f"`{name}`")
+    return message
+
+
+def fingerprint(*dirs: Path | None) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime_ns, size) of every file a load reads: a change here means reload."""
+    out: list[tuple[str, int, int]] = []
+    for directory in dirs:
+        if directory is None:
+            continue
+        try:
+            paths = sorted([*directory.glob("*.cedar"), directory / SCHEMA_FILE])
+        except OSError:
+            continue
+        for path in paths:
+            try:
+                stat = path.stat()
+            except OSError:
+                out.append((str(path), -1, -1))
+                continue
+            out.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(out)
+
+
+def _read(path: Path, problems: list[str]) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: cannot read: {exc}")
+        return None
+
+
+def _annotations(text: str) -> list[str | None]:
+    """The `@id` of each static policy in `text`, in source order (None when missing)."""
+    est = json.loads(cedarpy.policies_to_json_str(text))
+    static = est.get("staticPolicies", {})
+    ordered = sorted(static, key=lambda pid: int(pid[len("policy"):]) if pid[len("policy"):].isdigit() else 0)
+    return [static[pid].get("annotations", {}).get("id") for pid in ordered]
+
+
+def _parse_files(paths: list[Path], problems: list[str]) -> list[tuple[Path, str, list[str | None]]]:
+    parsed: list[tuple[Path, str, list[str | None]]] = []
+    for path in paths:
+        text = _read(path, problems)
+        if text is None:
+            continue
+        try:
+            single = cedarpy.PolicySet.from_str(text)
+            if single.templates():
+                problems.append(f"{path}: templates (?principal/?resource) are not supported")
+                continue
+            parsed.append((path, text, _annotations(text)))
+        except ValueError as exc:
+            problems.append(f"{path}: syntax error: {exc}")
+    return parsed
+
+
+def _id_map(parsed: list[tuple[Path, str, list[str | None]]], problems: list[str]) -> tuple[dict[str, str],
+                                                                                           dict[str, str]]:
+    """policyN -> @id over the concatenation, and policyN -> file (for validation messages)."""
+    by_internal: dict[str, str] = {}
+    files: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    index = 0
+    for path, _text, ids in parsed:
+        for position, ident in enumerate(ids, start=1):
+            internal = f"policy{index}"
+            index += 1
+            files[internal] = str(path)
+            if not ident:
+                problems.append(f"{path}: policy #{position} has no @id(\"...\") annotation")
+                continue
+            if ident in seen:
+                problems.append(f"{path}: duplicate @id(\"{ident}\") (also in {seen[ident]})")
+            seen[ident] = str(path)
+            by_internal[internal] = ident
+    return by_internal, files
+
+
+def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPolicies:
+    """Parse and validate a policy directory; raise PolicyLoadError listing every problem."""
+    problems: list[str] = []
+    source = str(directory)
+    if not directory.is_dir():
+        raise PolicyLoadError(source, [f"{directory}: not a directory (policies.dir)"])
+    paths = sorted(directory.glob("*.cedar"))
+    if not paths:
+        problems.append(f"{directory}: no *.cedar policy files")
+    schema_path = schema_path or directory / SCHEMA_FILE
+    schema_text = _read(schema_path, problems) if schema_path.exists() else None
+    if schema_text is None and not problems:
+        problems.append(f"{schema_path}: missing schema (policies are validated against it)")
+    schema: cedarpy.Schema | None = None
+    if schema_text is not None:
+        try:
+            schema = cedarpy.Schema.from_str(schema_text)
+        except ValueError as exc:
+            problems.append(f"{schema_path}: invalid schema: {exc}")
+    parsed = _parse_files(paths, problems)
+    by_internal, files = _id_map(parsed, problems)
+    text = "\n".join(t for _p, t, _ids in parsed)
+    if schema is not None and parsed and not problems:
+        result = cedarpy.validate_policies(text, schema, release_gil=True)
+        for error in result.errors:
+            where = files.get(error.policy_id, str(directory))
+            name = by_internal.get(error.policy_id, error.policy_id)
+            problems.append(f"{where}: policy {name!r}: {rename_ids(error.error, by_internal)}")
+    if problems or schema is None or schema_text is None:
+        raise PolicyLoadError(source, problems)
+    digest = hashlib.sha256()
+    for path, body in [(schema_path, schema_text), *((p, t) for p, t, _ in parsed)]:
+        digest.update(path.name.encode() + b"\0" + body.encode() + b"\0")
+    return LoadedPolicies(
+        policy_set=cedarpy.PolicySet.from_str(text, release_gil=True), schema=schema,
+        version="sha256:" + digest.hexdigest()[:16], source=source,
+        files=tuple(str(p) for p, _t, _i in parsed), id_by_internal=by_internal)
