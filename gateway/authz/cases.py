@@ -146,7 +146,7 @@ def policies_dir_for(path: Path, doc: dict[str, Any], override: Path | None) -> 
     if override is not None:
         return override
     if isinstance(doc.get("policies"), str):
-        return (path.parent / doc["policies"]).resolve()
+        return (path.parent / str(doc["policies"])).resolve()
     return path.parent.parent if path.parent.name == "tests" else path.parent
 
 

@@ -1,0 +1,266 @@
+"""`customs policy validate|test|explain|schema|replay`: write, test and explain Cedar policies offline.
+
+Each command takes an argparse.Namespace and returns an exit code: 0 success, 1 a failed check
+(invalid policies, failing cases, changed decisions), 2 unusable input (missing files, bad JSON).
+Run standalone with `python -m gateway.authz.cli ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from gateway.authz import evaluate
+from gateway.authz.cases import CaseError, principal_from_claims, run_cases_file, tool_from
+from gateway.authz.entities import CallFacts, context, members
+from gateway.authz.policyset import SCHEMA_FILE, LoadedPolicies, PolicyLoadError, load_policies
+from gateway.authz.record import from_authz_input
+from gateway.authz.schemagen import apply_block, schema_from_input_schemas
+
+
+def _err(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _load(directory: Path, schema: Path | None = None) -> LoadedPolicies | None:
+    try:
+        return load_policies(directory, schema)
+    except PolicyLoadError as exc:
+        print(f"{exc.source}: invalid policies", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def validate_cmd(args: argparse.Namespace) -> int:
+    loaded = _load(args.dir, args.schema)
+    if loaded is None:
+        return 1
+    print(f"{args.dir}: OK ({len(loaded)} policies in {len(loaded.files)} file(s), version {loaded.version})")
+    return 0
+
+
+def _case_files(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for path in paths:
+        out.extend(sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path])
+    return out
+
+
+def test_cmd(args: argparse.Namespace) -> int:
+    failed = total = 0
+    for path in _case_files(args.cases):
+        try:
+            results = run_cases_file(path, args.policies)
+        except CaseError as exc:
+            _err(str(exc))
+            return 2
+        except PolicyLoadError as exc:
+            _err(f"cannot load policies for {path}:\n" + "\n".join(f"  {p}" for p in exc.problems))
+            return 2
+        for result in results:
+            total += 1
+            if result.ok:
+                print(f"PASS {path.name}: {result.name}")
+            else:
+                failed += 1
+                print(f"FAIL {path.name}: {result.name}: {result.message}")
+    if total == 0:
+        _err("no cases found")
+        return 2
+    print(f"{total - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def _json_arg(value: str | None, what: str) -> Any:
+    """JSON text, or @file holding JSON; None stays None."""
+    if value is None:
+        return None
+    try:
+        text = Path(value[1:]).read_text(encoding="utf-8") if value.startswith("@") else value
+        return json.loads(text)
+    except OSError as exc:
+        raise CaseError(f"{what}: cannot read {value[1:]}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise CaseError(f"{what}: invalid JSON: {exc}") from exc
+
+
+def explain_cmd(args: argparse.Namespace) -> int:
+    loaded = _load(args.policies)
+    if loaded is None:
+        return 2
+    try:
+        claims = _json_arg(args.principal_claims, "--principal-claims")
+        if not isinstance(claims, dict):
+            raise CaseError("--principal-claims must be a JSON object")
+        principal = principal_from_claims(claims)
+        tool = tool_from(args.tool, _json_arg(args.annotations, "--annotations") or {}, {}, "--tool")
+        extra = _json_arg(args.context, "--context") or {}
+        facts = CallFacts(args=_json_arg(args.args, "--args") or {},
+                          environment=str(extra.get("environment", args.environment)),
+                          args_contain_secret=bool(extra.get("args_contain_secret", False)), task=extra.get("task"))
+    except (CaseError, TypeError) as exc:
+        _err(str(exc))
+        return 2
+    granted = bool(extra.get("approval") == "granted")
+    decision = evaluate.decide(loaded, principal, args.action, tool, facts, granted=granted)
+    report = {
+        "outcome": decision.outcome, "policies": list(decision.policy_ids), "errors": list(decision.errors),
+        "policy_version": decision.policy_version,
+        "evaluated_as": [m.id for m in members(principal)],
+        "resource": f'Tool::"{tool.cedar_id}"',
+        "context": context(principal, facts, "granted" if granted else "none"),
+    }
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
+def _tools_json(path: Path) -> dict[str, list[dict[str, Any]]]:
+    data = _json_arg(f"@{path}", "--tools-json")
+    if not isinstance(data, dict):
+        raise CaseError("--tools-json: expected {upstream: tools/list result or [tool, ...]}")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for upstream, value in data.items():
+        tools = value.get("tools") if isinstance(value, dict) else value
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise CaseError(f"--tools-json: {upstream}: expected a tools/list result ({{'tools': [...]}})")
+        out[str(upstream)] = tools
+    return out
+
+
+def schema_cmd(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+
+    policies_dir: Path | None = args.policies
+    if args.config is not None:
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            _err(f"{exc.source}: invalid configuration\n" + "\n".join(f"  {p}" for p in exc.problems))
+            return 2
+        policies_dir = policies_dir or config.policies.dir
+    if args.tools_json is None:
+        _err("pass --tools-json FILE (a tools/list result per upstream); reading live upstreams is not supported yet")
+        return 2
+    try:
+        block = schema_from_input_schemas(_tools_json(args.tools_json))
+    except CaseError as exc:
+        _err(str(exc))
+        return 2
+    base_path = (policies_dir or Path("policies")) / SCHEMA_FILE
+    base = base_path.read_text(encoding="utf-8") if base_path.exists() else ""
+    if not base:
+        print(f"warning: {base_path} not found; printing only the generated block", file=sys.stderr)
+    text = apply_block(base, block) if base else block + "\n"
+    if args.output is not None:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _recorded(record: dict[str, Any]) -> tuple[str, list[str]]:
+    decision = record.get("decision")
+    if isinstance(decision, dict):
+        return str(decision.get("outcome")), list(decision.get("policy_ids") or [])
+    return str(decision or record.get("outcome")), list(record.get("policy_ids") or [])
+
+
+def replay_cmd(args: argparse.Namespace) -> int:
+    loaded = _load(args.policies)
+    if loaded is None:
+        return 2
+    try:
+        lines = args.log.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        _err(f"cannot read {args.log}: {exc.strerror}")
+        return 2
+    groups: dict[str, list[str]] = defaultdict(list)
+    replayed = skipped = changed = 0
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            principal, action, tool, facts, granted = from_authz_input(record["authz_input"])
+        except (ValueError, KeyError, TypeError):
+            skipped += 1
+            continue
+        replayed += 1
+        old, old_ids = _recorded(record)
+        new = evaluate.decide(loaded, principal, action, tool, facts, granted=granted)
+        if new.outcome == old:
+            continue
+        changed += 1
+        for policy in sorted(set(old_ids) | set(new.policy_ids)) or ["(no policy: default deny)"]:
+            groups[policy].append(f"line {number}: {principal.id} {action} {tool.cedar_id}: {old} -> {new.outcome}")
+    for policy in sorted(groups):
+        print(f"{policy}: {len(groups[policy])} changed")
+        for entry in groups[policy]:
+            print(f"  {entry}")
+    print(f"{replayed} replayed, {changed} changed, {skipped} skipped (no authz_input)")
+    if replayed == 0:
+        _err(f"{args.log}: no replayable decisions (lines need an 'authz_input' object)")
+        return 2
+    return 1 if changed else 0
+
+
+def add_policy_parsers(sub: Any) -> None:
+    """Register validate, test, explain, schema and replay under `customs policy`."""
+    p = sub.add_parser("validate", help="parse and validate a policy directory against its schema",
+                       description="Parse every *.cedar file, validate against schema.cedarschema, check @id.")
+    p.add_argument("dir", type=Path, help="policy directory")
+    p.add_argument("--schema", type=Path, help="validate against this schema instead of DIR/schema.cedarschema")
+    p.set_defaults(func=validate_cmd)
+
+    p = sub.add_parser("test", help="run policy test cases (YAML)", description="Run the cases in each file "
+                       "(or each *.yaml in a directory); non-zero exit when any case fails.")
+    p.add_argument("cases", type=Path, nargs="+", metavar="CASES.yaml")
+    p.add_argument("--policies", type=Path, help="policy directory (default: the file's `policies:` or ..)")
+    p.set_defaults(func=test_cmd)
+
+    p = sub.add_parser("explain", help="decide one request and show why",
+                       description="Decide one tools/call offline and print outcome, policies and the context.")
+    p.add_argument("--policies", type=Path, required=True)
+    p.add_argument("--principal-claims", required=True, metavar="JSON|@file",
+                   help="token claims: sub, tenant, owner, clearance, trust, groups, nested act")
+    p.add_argument("--tool", required=True, metavar="UPSTREAM/TOOL")
+    p.add_argument("--action", default="call_tool")
+    p.add_argument("--args", metavar="JSON|@file")
+    p.add_argument("--context", metavar="JSON|@file",
+                   help='{"environment": ..., "args_contain_secret": ..., "task": {...}, "approval": "granted"}')
+    p.add_argument("--annotations", metavar="JSON|@file", help='tool labels, e.g. {"read_only": true}')
+    p.add_argument("--environment", default="dev")
+    p.set_defaults(func=explain_cmd)
+
+    p = sub.add_parser("schema", help="generate typed Args for the schema from tool input schemas",
+                       description="Print the schema with its generated Args block rebuilt from tool input schemas.")
+    p.add_argument("--config", type=Path, help="customs.yaml (for policies.dir)")
+    p.add_argument("--tools-json", type=Path, help='{"<upstream>": <tools/list result>, ...}')
+    p.add_argument("--policies", type=Path, help="directory holding the base schema.cedarschema")
+    p.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
+    p.set_defaults(func=schema_cmd)
+
+    p = sub.add_parser("replay", help="re-decide logged requests under other policies",
+                       description="Re-decide each decision-log line with an authz_input; print changed decisions "
+                       "grouped by policy; exit 1 when any decision changed.")
+    p.add_argument("--log", type=Path, required=True, metavar="DECISIONS.jsonl")
+    p.add_argument("--policies", type=Path, required=True)
+    p.set_defaults(func=replay_cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.authz.cli", description=__doc__)
+    sub = parser.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
+    sub.required = True
+    add_policy_parsers(sub)
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

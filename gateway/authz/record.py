@@ -1,0 +1,49 @@
+"""What a decision-log line must carry so `customs policy replay` can re-decide it (`authz_input`).
+
+The recorder stores `authz_input(...)` under the key "authz_input" of each decision-log line; replay
+rebuilds the principal, tool and facts from it. Arguments are kept only when the log includes them
+(`decision_log.include_args`); without them, replaying argument-dependent policies sees `{}`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict
+from typing import Any
+
+from gateway.authz.entities import CallFacts, facts_from_ctx
+from gateway.context import Actor, CallContext, Principal, ToolInfo
+
+
+def authz_input(principal: Principal, action: str, tool: ToolInfo, ctx: CallContext | None, environment: str,
+                *, include_args: bool = False) -> dict[str, Any]:
+    """A JSON-safe snapshot of everything a decision was made from."""
+    facts = facts_from_ctx(ctx, environment)
+    tool_fields = {k: v for k, v in asdict(tool).items() if k != "definition"}
+    return {
+        "principal": {"id": principal.id, "attributes": dict(principal.attributes)},
+        "chain": [{"id": a.id, "attributes": dict(a.attributes)} for a in principal.chain],
+        "action": action,
+        "tool": tool_fields,
+        "args": facts.args if include_args else None,
+        "environment": facts.environment,
+        "args_contain_secret": facts.args_contain_secret,
+        "task": facts.task,
+        "time": (facts.now or dt.datetime.now(dt.UTC)).isoformat(),
+        "approved": bool(ctx is not None and ctx.approval is not None
+                         and ctx.approval.outcome in ("approved", "reused")),
+    }
+
+
+def from_authz_input(data: dict[str, Any]) -> tuple[Principal, str, ToolInfo, CallFacts, bool]:
+    """Inverse of authz_input; raises KeyError/TypeError/ValueError on a malformed snapshot."""
+    p = data["principal"]
+    chain = tuple(Actor(str(a["id"]), dict(a.get("attributes") or {})) for a in data.get("chain") or ())
+    principal = Principal(id=str(p["id"]), issuer="replay", subject=str(p["id"]),
+                          attributes=dict(p.get("attributes") or {}), chain=chain)
+    tool = ToolInfo(**data["tool"])
+    when = dt.datetime.fromisoformat(data["time"]) if data.get("time") else None
+    facts = CallFacts(args=data.get("args") or {}, environment=str(data.get("environment", "")),
+                      args_contain_secret=bool(data.get("args_contain_secret", False)), task=data.get("task"),
+                      now=when)
+    return principal, str(data.get("action", "call_tool")), tool, facts, bool(data.get("approved", False))
