@@ -1,0 +1,140 @@
+"""`customs policy ...` commands, run as a real subprocess (`python -m gateway.authz.cli`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from authz_helpers import REPO, SHIPPED, TOOLS, agent, call
+from mcp import Client
+
+from gateway.authz.record import authz_input
+from gateway.demo.servers import SERVERS
+
+
+def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.authz.cli", *map(str, argv)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def demo_tools_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tools/list results of the real demo servers (in-process MCP clients)."""
+    import asyncio
+
+    async def fetch() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, make in SERVERS.items():
+            async with Client(make()) as client:
+                result = await client.list_tools()
+                out[name] = {"tools": [t.model_dump(by_alias=True, exclude_none=True, mode="json")
+                                       for t in result.tools]}
+        return out
+
+    path = tmp_path_factory.mktemp("tools") / "tools.json"
+    path.write_text(json.dumps(asyncio.run(fetch())))
+    return path
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "explain", "schema", "replay"])
+def test_every_command_has_help(command: str) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_validate_ok_and_broken(policy_dir: Path) -> None:
+    ok = run("validate", SHIPPED)
+    assert ok.returncode == 0 and "OK (12 policies" in ok.stdout
+    (policy_dir / "bad.cedar").write_text('@id("bad")\npermit (principal, action, resource) when { context.nope };')
+    bad = run("validate", policy_dir)
+    assert bad.returncode == 1 and "bad.cedar: policy 'bad'" in bad.stderr and "nope" in bad.stderr
+
+
+def test_policy_test_passes_shipped_and_fails_a_wrong_case(tmp_path: Path) -> None:
+    ok = run("test", SHIPPED / "tests")
+    assert ok.returncode == 0 and " 0 failed" in ok.stdout
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("cases:\n  - {name: wrong, principal: {id: a, attributes: {tenant: t}}, tool: payments/pay,\n"
+                     "     labels: {read_only: false}, expect: allow}\n")
+    failed = run("test", wrong, "--policies", SHIPPED)
+    assert failed.returncode == 1 and "FAIL wrong.yaml: wrong: expected allow, got approval_required" in failed.stdout
+    unreadable = run("test", tmp_path / "missing.yaml", "--policies", SHIPPED)
+    assert unreadable.returncode == 2 and "cannot read cases" in unreadable.stderr
+    malformed = tmp_path / "malformed.yaml"
+    malformed.write_text("cases:\n  - {principal: a, tool: nope, expect: allow}\n")
+    assert "tool must be 'upstream/tool'" in run("test", malformed, "--policies", SHIPPED).stderr
+
+
+def test_explain(tmp_path: Path) -> None:
+    claims = tmp_path / "claims.json"
+    claims.write_text(json.dumps({"sub": "agent-a", "tenant": "acme",
+                                  "act": {"sub": "spiffe://customs.demo/agent/untrusted", "tenant": "acme"}}))
+    result = run("explain", "--policies", SHIPPED, "--principal-claims", f"@{claims}", "--tool", "inventory/get_stock",
+                 "--annotations", '{"read_only": true}', "--args", '{"sku": "widget"}')
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["outcome"] == "deny" and report["policies"] == ["untrusted-agents"]
+    assert report["evaluated_as"] == ["agent-a", "spiffe://customs.demo/agent/untrusted"]
+    granted = run("explain", "--policies", SHIPPED, "--principal-claims", '{"sub": "a", "tenant": "acme"}',
+                  "--tool", "payments/pay", "--context", '{"approval": "granted"}', "--args", '{"amount": 1}')
+    assert json.loads(granted.stdout)["outcome"] == "allow"
+    bad = run("explain", "--policies", SHIPPED, "--principal-claims", "{not json", "--tool", "a/b")
+    assert bad.returncode == 2 and "--principal-claims: invalid JSON" in bad.stderr
+    no_sub = run("explain", "--policies", SHIPPED, "--principal-claims", "{}", "--tool", "a/b")
+    assert no_sub.returncode == 2 and "sub" in no_sub.stderr
+
+
+def test_schema_generation_catches_a_mistyped_argument(demo_tools_json: Path, policy_dir: Path,
+                                                       tmp_path: Path) -> None:
+    config = tmp_path / "customs.yaml"
+    config.write_text(f"upstreams:\n  - {{name: inventory, url: http://127.0.0.1:9001/mcp}}\n"
+                      f"policies: {{dir: {policy_dir}}}\n")
+    result = run("schema", "--config", config, "--tools-json", demo_tools_json, "-o", policy_dir / "schema.cedarschema")
+    assert result.returncode == 0, result.stderr
+    schema = (policy_dir / "schema.cedarschema").read_text()
+    assert '"quantity"?: Long' in schema and '"sku"?: String' in schema and "type inventory_set_stock_args" in schema
+    assert run("validate", policy_dir).returncode == 0  # the shipped policies still validate
+    (policy_dir / "typo.cedar").write_text('@id("typo")\nforbid (principal, action == Action::"call_tool", resource)\n'
+                                           'when { context.args has quantity && context.args.quantity == "9" };')
+    bad = run("validate", policy_dir)
+    assert bad.returncode == 1 and "policy 'typo'" in bad.stderr and "Long and String" in bad.stderr
+
+
+def test_schema_errors(tmp_path: Path) -> None:
+    missing = run("schema", "--policies", SHIPPED)
+    assert missing.returncode == 2 and "--tools-json" in missing.stderr
+    bad = tmp_path / "tools.json"
+    bad.write_text('{"inventory": 5}')
+    assert "expected a tools/list result" in run("schema", "--tools-json", bad).stderr
+    config = tmp_path / "customs.yaml"
+    config.write_text("upstreams: []\nnope: 1\n")
+    assert run("schema", "--config", config, "--tools-json", bad).returncode == 2
+
+
+def test_replay_reports_changed_decisions_grouped_by_policy(policy_dir: Path, tmp_path: Path) -> None:
+    reader = agent("spiffe://customs.demo/agent/reader")
+    lines = []
+    for tool, outcome, ids in [("inventory/get_stock", "allow", ["reads-allowed"]),
+                               ("payments/pay", "approval_required", ["writes-need-approval"]),
+                               ("hr/salaries", "deny", ["restricted-needs-clearance"])]:
+        snapshot = authz_input(reader, "call_tool", TOOLS[tool], call(reader, tool, {"amount": 1}), "dev",
+                               include_args=True)
+        lines.append(json.dumps({"decision": outcome, "policy_ids": ids, "authz_input": snapshot}))
+    lines.append(json.dumps({"decision": "allow"}))  # an old line without authz_input: skipped
+    log = tmp_path / "decisions.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    same = run("replay", "--log", log, "--policies", SHIPPED)
+    assert same.returncode == 0 and "3 replayed, 0 changed, 1 skipped" in same.stdout
+    (policy_dir / "freeze.cedar").write_text('@id("freeze")\nforbid (principal, action, resource)\n'
+                                             'when { resource in Server::"inventory" };')
+    changed = run("replay", "--log", log, "--policies", policy_dir)
+    assert changed.returncode == 1
+    assert "freeze: 1 changed" in changed.stdout and "inventory/get_stock: allow -> deny" in changed.stdout
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("not json\n")
+    assert run("replay", "--log", empty, "--policies", SHIPPED).returncode == 2
+    assert run("replay", "--log", tmp_path / "none.jsonl", "--policies", SHIPPED).returncode == 2
