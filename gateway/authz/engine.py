@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.authz import entities as E
-from gateway.authz.evaluate import decide, decide_approve
+from gateway.authz.evaluate import EntityCache, decide, decide_approve
 from gateway.authz.policyset import LoadedPolicies, PolicyLoadError, fingerprint, load_policies
 from gateway.config.model import PoliciesConfig
 from gateway.context import CallContext, Decision, Outcome, Principal, ToolInfo
@@ -45,6 +45,7 @@ class PolicyEngine:
         self._on_shadow = on_shadow_disagreement
         self._poll_s = poll_s
         self._bounds = bounds
+        self._entities = EntityCache()
         self._current: LoadedPolicies | None = None
         self._shadow: LoadedPolicies | None = None
         self._seen: tuple[tuple[str, int, int], ...] = ()
@@ -183,7 +184,8 @@ class PolicyEngine:
         shadow = self._shadow
         if shadow is None:
             return enforced
-        other = decide(shadow, principal, action, tool, facts, granted=granted, bounds=self._bounds)
+        other = decide(shadow, principal, action, tool, facts, granted=granted, bounds=self._bounds,
+                       cache=self._entities)
         if other.outcome != enforced.outcome:
             self.shadow_disagreements += 1
             if self._on_shadow is not None:
@@ -201,7 +203,8 @@ class PolicyEngine:
             raise GatewayError("policy_unavailable")
         facts = E.facts_from_ctx(ctx, self.environment)
         granted = _granted(ctx)
-        enforced = decide(current, principal, action, tool, facts, granted=granted, bounds=self._bounds)
+        enforced = decide(current, principal, action, tool, facts, granted=granted, bounds=self._bounds,
+                          cache=self._entities)
         return self._with_shadow(enforced, principal, action, tool, facts, granted)
 
     def visible(self, principal: Principal, action: str, tool: ToolInfo) -> Decision:
@@ -210,7 +213,7 @@ class PolicyEngine:
         if current is None:
             return Decision("deny", errors=("no policy set loaded",))
         return decide(current, principal, action, tool, E.CallFacts(args={}, environment=self.environment),
-                      bounds=self._bounds)
+                      bounds=self._bounds, cache=self._entities)
 
     def decide_approve(self, user_id: str, groups: list[str], approval_attrs: dict[str, Any]) -> Decision:
         """May person `user_id` (in `groups`) decide this pending call? approval_attrs: id, upstream, tool,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +21,32 @@ import cedarpy
 from gateway.authz import entities as E
 from gateway.authz.policyset import LoadedPolicies
 from gateway.context import Decision, Outcome, Principal, ToolInfo
+
+
+class EntityCache:
+    """Parsed entity sets by their JSON text (bounded LRU): the same agent calling the same tool skips the parse."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._items: OrderedDict[str, cedarpy.Entities] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def parse(self, text: str) -> cedarpy.Entities:
+        found = self._items.get(text)
+        if found is not None:
+            self._items.move_to_end(text)
+            return found
+        parsed = cedarpy.Entities.from_json_str(text)
+        self._items[text] = parsed
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return parsed
+
+
+def _parse(text: str, cache: EntityCache | None) -> cedarpy.Entities:
+    return cache.parse(text) if cache is not None else cedarpy.Entities.from_json_str(text)
 
 
 def _deny(errors: Iterable[str], started: float, version: str, ids: Iterable[str] = ()) -> Decision:
@@ -55,13 +82,14 @@ def _batch(policies: LoadedPolicies, ents: cedarpy.Entities, who: list[str], act
 
 
 def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: ToolInfo, facts: E.CallFacts, *,
-           granted: bool = False, bounds: E.Bounds = E.DEFAULT_BOUNDS) -> Decision:
+           granted: bool = False, bounds: E.Bounds = E.DEFAULT_BOUNDS,
+           cache: EntityCache | None = None) -> Decision:
     """The combined decision for the principal and every actor of its chain (most restrictive wins)."""
     started = time.perf_counter()
     version = policies.version
     who = [m.id for m in E.members(principal)]
     try:
-        ents = cedarpy.Entities.from_json_str(json.dumps(E.entities(principal, tool)))
+        ents = _parse(json.dumps(E.entities(principal, tool)), cache)
     except ValueError as exc:
         return _deny([f"entities: {exc}"], started, version)
     first = E.context(principal, facts, "granted" if granted else "none", bounds)

@@ -101,3 +101,14 @@ def test_built_request_conforms_to_the_shipped_schema() -> None:
     for member in ("p", "q", "r"):
         result = cedarpy.is_authorized(E.request(member, "call_tool", tool, ctx), policy, ents, schema=SCHEMA)
         assert result.allowed, result.diagnostics.errors
+
+
+def test_entity_cache_is_bounded_and_reuses_handles() -> None:
+    from gateway.authz.evaluate import EntityCache
+    cache = EntityCache(size=2)
+    texts = [json.dumps([{"uid": {"type": "Server", "id": str(i)}, "attrs": {}, "parents": []}]) for i in range(3)]
+    first = cache.parse(texts[0])
+    assert cache.parse(texts[0]) is first
+    cache.parse(texts[1])
+    cache.parse(texts[2])
+    assert len(cache) == 2 and cache.parse(texts[0]) is not first
