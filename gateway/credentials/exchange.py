@@ -1,0 +1,133 @@
+"""OAuth 2.0 Token Exchange (RFC 8693): trade the agent's token for one the upstream accepts, cached per task.
+
+The request carries the agent's own token as `subject_token`, a gateway-minted JWT as
+`actor_token` (so the authorization server sees who acts), and authenticates the gateway with
+HTTP Basic client credentials. Neither tokens nor the client secret are ever logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from gateway.config.model import UpstreamConfig
+from gateway.context import Principal
+from gateway.credentials.minter import Minter, audience_of, refresh_margin
+from gateway.errors import GatewayError
+
+log = logging.getLogger("customs.credentials.exchange")
+
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    token: str
+    expires_at: float
+    reuse_until: float
+
+
+def basic_auth(client_id: str, client_secret: str) -> str:
+    """RFC 6749 §2.3.1: form-url-encode both parts before base64."""
+    raw = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+class TokenExchanger:
+    """Performs token exchanges at each upstream's configured token endpoint."""
+
+    def __init__(self, minter: Minter, *, http: aiohttp.ClientSession | None = None,
+                 clock: Callable[[], float] = time.time, timeout_s: float = 10.0) -> None:
+        self._minter = minter
+        self._http = http
+        self._own_http = http is None
+        self._clock = clock
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._cache: dict[tuple[str, str, str], Exchanged] = {}
+
+    async def start(self) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        if self._own_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def exchange(self, principal: Principal, upstream: UpstreamConfig, task_id: str,
+                       task_end: float | None = None) -> tuple[str, float]:
+        """(access token, expiry) for `principal` at `upstream`; reused within the task until near expiry."""
+        now = self._clock()
+        key = (task_id, principal.key, upstream.name)
+        hit = self._cache.get(key)
+        if hit is not None and hit.reuse_until > now:
+            return hit.token, hit.expires_at
+        if not principal.token:
+            raise GatewayError("credential_unavailable", "No agent token to exchange")
+        creds = upstream.credentials
+        assert creds.token_endpoint is not None and creds.client_id is not None
+        actor, _ = await self._minter.mint_actor(creds.token_endpoint, task_id, creds.ttl_s, task_end)
+        form = {"grant_type": GRANT_TYPE, "subject_token": principal.token, "subject_token_type": JWT_TYPE,
+                "actor_token": actor, "actor_token_type": JWT_TYPE, "audience": audience_of(upstream),
+                "requested_token_type": ACCESS_TOKEN_TYPE}
+        if creds.scope:
+            form["scope"] = creds.scope
+        body = await self._post(upstream, form)
+        token = body.get("access_token")
+        if not isinstance(token, str) or not token:
+            log.warning("token exchange for upstream %s: response without access_token", upstream.name)
+            raise GatewayError("credential_unavailable")
+        expires_in = body.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else creds.ttl_s
+        expires_at = now + lifetime
+        reuse_until = expires_at - refresh_margin(lifetime)
+        if task_end is not None:
+            reuse_until = min(reuse_until, task_end)
+        self._cache[key] = Exchanged(token, expires_at, reuse_until)
+        return token, expires_at
+
+    async def _post(self, upstream: UpstreamConfig, form: dict[str, str]) -> dict[str, Any]:
+        creds = upstream.credentials
+        assert creds.token_endpoint is not None and creds.client_id is not None and self._http is not None
+        headers = {"Authorization": basic_auth(creds.client_id, creds.client_secret or ""),
+                   "Accept": "application/json"}
+        try:
+            async with self._http.post(creds.token_endpoint, data=form, headers=headers,
+                                       timeout=self._timeout) as response:
+                if response.status != 200:
+                    error = await _oauth_error(response)
+                    # Only the status and the OAuth error code: the body may echo what we sent.
+                    log.warning("token exchange for upstream %s failed: HTTP %s %s",
+                                upstream.name, response.status, error)
+                    raise GatewayError("credential_unavailable", data={"oauth_error": error} if error else None)
+                body = await response.json(content_type=None)
+        except GatewayError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("token exchange for upstream %s failed: %s", upstream.name, type(exc).__name__)
+            raise GatewayError("credential_unavailable") from exc
+        if not isinstance(body, dict):
+            raise GatewayError("credential_unavailable")
+        return body
+
+    def forget_task(self, task_id: str) -> None:
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != task_id}
+
+
+async def _oauth_error(response: aiohttp.ClientResponse) -> str:
+    try:
+        body = await response.json(content_type=None)
+    except (ValueError, aiohttp.ClientError):
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    # RFC 6749 error codes are short ASCII words; anything else is not echoed.
+    return error if isinstance(error, str) and error.isascii() and len(error) <= 64 and error.isidentifier() else ""

@@ -1,0 +1,138 @@
+"""Mint short-lived JWTs for upstreams: audience-bound, scoped to the tool, tied to the task, cached per task.
+
+Claims: `iss` (the gateway), `aud` (the upstream), `sub` (the agent), `act` (the delegation chain,
+nested RFC 8693 form), `scope` (the tool names, space separated), `task`, `jti`, `iat`, `exp`
+(no later than the TTL and never after the task's known end), and with `narrow_to_args` an `args`
+claim holding the selected argument values. Every jti is recorded under its task before the token
+is handed out, so ending the task revokes it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from gateway.config.model import UpstreamConfig
+from gateway.context import Actor, Principal, canonical_json
+from gateway.credentials.keys import SigningKeys
+from gateway.credentials.revocation import RevocationStore, TaskEnded
+from gateway.errors import GatewayError
+
+
+def audience_of(upstream: UpstreamConfig) -> str:
+    """The upstream's audience: configured, else its URL, else a URN naming it (stdio upstreams)."""
+    return upstream.credentials.audience or upstream.url or f"urn:customs:upstream:{upstream.name}"
+
+
+def act_claim(chain: Sequence[Actor]) -> dict[str, Any] | None:
+    """The chain (immediate actor first) as nested RFC 8693 `act` objects."""
+    claim: dict[str, Any] | None = None
+    for actor in reversed(chain):
+        claim = {"sub": actor.id, **({"act": claim} if claim else {})}
+    return claim
+
+
+def refresh_margin(ttl_s: float) -> float:
+    """How long before expiry a cached token stops being reused: a fifth of its life, 1 to 10 s."""
+    return max(1.0, min(10.0, ttl_s / 5))
+
+
+@dataclass(frozen=True)
+class _Cached:
+    token: str
+    claims: dict[str, Any]
+    reuse_until: float
+
+
+class Minter:
+    """Signs credentials with the current key and keeps a per-task cache of unexpired ones."""
+
+    def __init__(self, keys: SigningKeys, issuer: str, revocations: RevocationStore, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.keys = keys
+        self.issuer = issuer
+        self.revocations = revocations
+        self._clock = clock
+        self._cache: dict[tuple[str, ...], _Cached] = {}
+
+    async def mint(self, principal: Principal, upstream: UpstreamConfig, tool_names: Sequence[str],
+                   args: Mapping[str, Any] | None, task_id: str, task_end: float | None = None, *,
+                   cache: bool = True) -> tuple[str, dict[str, Any]]:
+        """A token for `principal` to call `tool_names` on `upstream` within `task_id`: (token, claims).
+
+        Reuses a cached token for the same principal, task, upstream, scope and narrowed arguments
+        until shortly before it expires. Raises GatewayError("credential_unavailable") once the task ended.
+        """
+        now = self._clock()
+        narrowed = self._narrowed(upstream, args)
+        key = (task_id, principal.key, canonical_json(principal.chain_ids), upstream.name,
+               " ".join(tool_names), canonical_json(narrowed))
+        hit = self._cache.get(key) if cache else None
+        if hit is not None and hit.reuse_until > now:
+            return hit.token, hit.claims
+        ttl = upstream.credentials.ttl_s
+        exp = now + ttl if task_end is None else min(now + ttl, task_end)
+        if exp <= now + 1:
+            raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
+        claims: dict[str, Any] = {
+            "iss": self.issuer, "aud": audience_of(upstream), "sub": principal.id,
+            "scope": " ".join(tool_names), "task": task_id, "jti": secrets.token_urlsafe(16),
+            "iat": int(now), "exp": int(exp),
+        }
+        act = act_claim(principal.chain)
+        if act is not None:
+            claims["act"] = act
+        if narrowed is not None:
+            claims["args"] = narrowed
+        token = await self._sign_recorded(claims, task_id)
+        if cache:
+            self._prune(now)
+            self._cache[key] = _Cached(token, claims, exp - refresh_margin(exp - now))
+        return token, claims
+
+    async def mint_actor(self, audience: str, task_id: str, ttl_s: float,
+                         task_end: float | None = None) -> tuple[str, dict[str, Any]]:
+        """The gateway's own token (sub = iss), used as the actor token in token exchange."""
+        now = self._clock()
+        exp = now + ttl_s if task_end is None else min(now + ttl_s, task_end)
+        if exp <= now + 1:
+            raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
+        claims = {"iss": self.issuer, "aud": audience, "sub": self.issuer, "task": task_id,
+                  "jti": secrets.token_urlsafe(16), "iat": int(now), "exp": int(exp)}
+        return await self._sign_recorded(claims, task_id), claims
+
+    def sign(self, claims: Mapping[str, Any]) -> str:
+        key = self.keys.current
+        return jwt.encode(dict(claims), key.private_key, algorithm=key.algorithm,
+                          headers={"kid": key.kid, "typ": "JWT"})
+
+    async def _sign_recorded(self, claims: dict[str, Any], task_id: str) -> str:
+        token = self.sign(claims)
+        try:
+            await self.revocations.record(task_id, claims["jti"], float(claims["exp"]))
+        except TaskEnded:
+            raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True}) from None
+        except Exception as exc:  # the store is down: no token we could not revoke later
+            raise GatewayError("credential_unavailable", "Revocation store unavailable") from exc
+        return token
+
+    @staticmethod
+    def _narrowed(upstream: UpstreamConfig, args: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        names = upstream.credentials.narrow_to_args
+        if not names:
+            return None
+        args = args or {}
+        return {name: args.get(name) for name in names}
+
+    def forget_task(self, task_id: str) -> None:
+        """Drop cached tokens of an ended task."""
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != task_id}
+
+    def _prune(self, now: float) -> None:
+        if len(self._cache) > 4096:
+            self._cache = {k: v for k, v in self._cache.items() if v.reuse_until > now}

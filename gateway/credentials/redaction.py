@@ -1,0 +1,159 @@
+"""Secret hygiene: redact secrets from values and log records, and tell whether a value holds one.
+
+Two detectors: key names (`secrets.redact_keys`, matched word-wise so `access_token` and `apiKey`
+match but `max_tokens` does not) and value patterns (JWTs, AWS / GitHub / Slack / Stripe / OpenAI /
+Google keys, bearer and basic credentials, private-key PEM blocks, passwords in URLs), plus exact
+known secret values the gateway holds (static upstream keys, client secrets).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from gateway.config.model import SecretsConfig
+
+MARK = "[REDACTED]"
+
+# (name, pattern, replacement). Replacements keep a harmless prefix so the log stays readable.
+PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    ("pem_private_key", re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY( BLOCK)?-----[\s\S]*?"
+                                   r"-----END \1PRIVATE KEY( BLOCK)?-----"), MARK),
+    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"), MARK),
+    ("bearer", re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1\2" + MARK),
+    ("basic_auth", re.compile(r"\b(Basic)(\s+)[A-Za-z0-9+/]{12,}={0,2}"), r"\1\2" + MARK),
+    ("aws_access_key", re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"), MARK),
+    ("aws_secret_key", re.compile(r"(?i)(aws_secret_access_key\s*[=:]\s*)[\"']?[A-Za-z0-9/+=]{40}"), r"\1" + MARK),
+    ("github_token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), MARK),
+    ("github_pat", re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}"), MARK),
+    ("slack_token", re.compile(r"\bxox[abposre]-[A-Za-z0-9-]{10,}"), MARK),
+    ("slack_webhook", re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+"), MARK),
+    ("stripe_key", re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}\b"), MARK),
+    ("stripe_webhook_secret", re.compile(r"\bwhsec_[A-Za-z0-9]{20,}\b"), MARK),
+    ("openai_key", re.compile(r"\bsk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_-]{20,}"), MARK),
+    ("google_api_key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), MARK),
+    ("url_password", re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+(@)"), r"\1" + MARK + r"\2"),
+)
+
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+
+def _words(key: str) -> tuple[str, ...]:
+    """`accessToken`, `access_token`, `X-Access-Token` → ("access", "token")."""
+    return tuple(w.lower() for w in _WORD.findall(key))
+
+
+class Redactor:
+    """Deep redaction and secret detection for tool arguments, log records, spans and approval pages."""
+
+    def __init__(self, config: SecretsConfig | None = None, *, known_secrets: Iterable[str] = ()) -> None:
+        config = config or SecretsConfig()
+        names = tuple(config.redact_keys) + tuple(config.sensitive_headers)
+        self._key_words = tuple(w for w in (_words(n) for n in names) if w)
+        self._key_flat = frozenset("".join(w) for w in self._key_words)
+        self._known: set[str] = set()
+        for secret in known_secrets:
+            self.add_known(secret)
+
+    def add_known(self, secret: str) -> None:
+        """Also redact this exact value wherever it appears (secrets the gateway itself holds)."""
+        if len(secret) >= 6:  # shorter values would redact ordinary words
+            self._known.add(secret)
+
+    def is_secret_key(self, key: str) -> bool:
+        words = _words(key)
+        if "".join(words) in self._key_flat:
+            return True
+        return any(words[i:i + len(kw)] == kw for kw in self._key_words for i in range(len(words) - len(kw) + 1))
+
+    def redact_text(self, text: str) -> str:
+        for secret in self._known:
+            if secret in text:
+                text = text.replace(secret, MARK)
+        for _, pattern, replacement in PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+    def text_has_secret(self, text: str) -> bool:
+        return any(s in text for s in self._known) or any(p.search(text) for _, p, _ in PATTERNS)
+
+    def redact(self, value: Any) -> Any:
+        """A deep copy of `value` with secret-named fields and secret-looking strings replaced by [REDACTED]."""
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, Mapping):
+            return {k: (MARK if isinstance(k, str) and self.is_secret_key(k) and _present(v) else self.redact(v))
+                    for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            items = [self.redact(v) for v in value]
+            return items if isinstance(value, list | set | frozenset) else tuple(items)
+        if isinstance(value, bytes):
+            return self.redact_text(value.decode("utf-8", "replace")).encode()
+        return value
+
+    def contains_secret(self, value: Any) -> bool:
+        """True when any key name or string anywhere in `value` looks like a secret."""
+        if isinstance(value, str):
+            return self.text_has_secret(value)
+        if isinstance(value, Mapping):
+            return any((isinstance(k, str) and ((self.is_secret_key(k) and _present(v)) or self.text_has_secret(k)))
+                       or self.contains_secret(v) for k, v in value.items())
+        if isinstance(value, list | tuple | set | frozenset):
+            return any(self.contains_secret(v) for v in value)
+        if isinstance(value, bytes):
+            return self.text_has_secret(value.decode("utf-8", "replace"))
+        return False
+
+    def redact_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """Headers with credential-bearing ones (Authorization, Cookie, configured names) masked."""
+        always = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
+        return {k: MARK if k.lower() in always or self.is_secret_key(k) else self.redact_text(v)
+                for k, v in headers.items()}
+
+
+def _present(value: Any) -> bool:
+    return value not in (None, "", [], {})
+
+
+_STANDARD_RECORD_KEYS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that rewrites each record's message, arguments, exception text and extras.
+
+    Attach it to handlers (filters on a logger do not see records propagated from child loggers):
+    `install_log_redaction(redactor)` does that for the root logger's handlers.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep the raw text, still redacted
+            message = str(record.msg)
+        record.msg = self.redactor.redact_text(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redactor.redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redactor.redact_text(record.stack_info)
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD_RECORD_KEYS:
+                record.__dict__[key] = MARK if self.redactor.is_secret_key(key) else self.redactor.redact(value)
+        return True
+
+
+def install_log_redaction(redactor: Redactor, logger: logging.Logger | None = None) -> RedactingFilter:
+    """Attach one RedactingFilter to every handler of `logger` (default: root). Returns the filter."""
+    target = logger or logging.getLogger()
+    log_filter = RedactingFilter(redactor)
+    for handler in target.handlers:
+        handler.addFilter(log_filter)
+    return log_filter

@@ -1,0 +1,137 @@
+"""Which minted credentials belong to which task, and which are revoked: in memory or in Redis.
+
+Every minted token's `jti` is recorded under its task with its expiry. Ending a task marks it
+ended and revokes all its jtis in one step; a token minted concurrently for an ended task is
+refused (`TaskEnded`) rather than left unrevoked. Every record expires with the token it
+describes, so neither store grows without bound. With Redis, all replicas see the same answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class TaskEnded(Exception):
+    """The task has ended: no new credential may be minted for it."""
+
+
+class RevocationStore(Protocol):
+    async def record(self, task_id: str, jti: str, exp: float) -> None:
+        """Remember that `jti` (valid until `exp`, epoch seconds) belongs to `task_id`. Raises TaskEnded."""
+
+    async def revoke_task(self, task_id: str) -> list[str]:
+        """End the task: revoke every unexpired jti recorded for it and return them."""
+
+    async def is_revoked(self, jti: str) -> bool: ...
+
+    async def is_ended(self, task_id: str) -> bool: ...
+
+
+class MemoryRevocations:
+    """Single-process store (the embedded default and unit tests)."""
+
+    def __init__(self, *, ended_ttl_s: float = 3660.0, clock: Callable[[], float] = time.time) -> None:
+        self._tasks: dict[str, dict[str, float]] = {}
+        self._revoked: dict[str, float] = {}
+        self._ended: dict[str, float] = {}
+        self._ended_ttl_s = ended_ttl_s
+        self._clock = clock
+
+    def _prune(self, now: float) -> None:
+        self._revoked = {j: exp for j, exp in self._revoked.items() if exp > now}
+        self._ended = {t: until for t, until in self._ended.items() if until > now}
+        for task_id in list(self._tasks):
+            live = {j: exp for j, exp in self._tasks[task_id].items() if exp > now}
+            if live:
+                self._tasks[task_id] = live
+            else:
+                del self._tasks[task_id]
+
+    async def record(self, task_id: str, jti: str, exp: float) -> None:
+        now = self._clock()
+        if self._ended.get(task_id, 0) > now:
+            raise TaskEnded(task_id)
+        self._tasks.setdefault(task_id, {})[jti] = exp
+        if len(self._tasks) + len(self._revoked) > 10_000:
+            self._prune(now)
+
+    async def revoke_task(self, task_id: str) -> list[str]:
+        now = self._clock()
+        self._ended[task_id] = now + self._ended_ttl_s
+        jtis = self._tasks.pop(task_id, {})
+        live = {j: exp for j, exp in jtis.items() if exp > now}
+        self._revoked.update(live)
+        self._prune(now)
+        return sorted(live)
+
+    async def is_revoked(self, jti: str) -> bool:
+        exp = self._revoked.get(jti)
+        return exp is not None and exp > self._clock()
+
+    async def is_ended(self, task_id: str) -> bool:
+        return self._ended.get(task_id, 0) > self._clock()
+
+
+# KEYS: task zset, ended marker. ARGV: jti, exp (s), ended? -> 0 when the task has ended.
+_RECORD = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local ttl = math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[3]))
+if ttl < 1 then ttl = 1 end
+if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+# KEYS: task zset, ended marker. ARGV: now (s), ended ttl (s), revoked-key prefix -> revoked jtis.
+_REVOKE = """
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+local entries = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #entries, 2 do
+  local jti = entries[i]
+  local ttl = math.ceil(tonumber(entries[i + 1]) - tonumber(ARGV[1]))
+  if ttl < 1 then ttl = 1 end
+  redis.call('SET', ARGV[3] .. jti, '1', 'EX', ttl)
+  table.insert(out, jti)
+end
+redis.call('DEL', KEYS[1])
+return out
+"""
+
+
+class RedisRevocations:
+    """Shared store: `<prefix>cred:task:<id>` (zset jti→exp), `cred:ended:<id>`, `cred:revoked:<jti>`.
+
+    Each key carries a TTL no longer than the tokens it describes (or `ended_ttl_s` for the ended
+    marker). Both writes are Lua scripts, so a record racing a revoke cannot slip through.
+    """
+
+    def __init__(self, client: Any, *, prefix: str = "customs:", ended_ttl_s: float = 3660.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self._prefix = prefix + "cred:"
+        self._ended_ttl_s = int(max(1, ended_ttl_s))
+        self._clock = clock
+        self._record = client.register_script(_RECORD)
+        self._revoke = client.register_script(_REVOKE)
+
+    def _task_keys(self, task_id: str) -> list[str]:
+        return [f"{self._prefix}task:{task_id}", f"{self._prefix}ended:{task_id}"]
+
+    async def record(self, task_id: str, jti: str, exp: float) -> None:
+        ok = await self._record(keys=self._task_keys(task_id), args=[jti, exp, self._clock()])
+        if not int(ok):
+            raise TaskEnded(task_id)
+
+    async def revoke_task(self, task_id: str) -> list[str]:
+        jtis = await self._revoke(keys=self._task_keys(task_id),
+                                  args=[self._clock(), self._ended_ttl_s, f"{self._prefix}revoked:"])
+        return sorted(j.decode() if isinstance(j, bytes) else str(j) for j in jtis)
+
+    async def is_revoked(self, jti: str) -> bool:
+        return bool(await self._client.exists(f"{self._prefix}revoked:{jti}"))
+
+    async def is_ended(self, task_id: str) -> bool:
+        return bool(await self._client.exists(self._task_keys(task_id)[1]))

@@ -1,0 +1,93 @@
+"""The owner of the credential parts: builds keys, store, minter, exchanger, tasks and stage from config.
+
+The composition root wires one object: `CredentialService(config, ...)`, `await start()` at
+start-up, `await close()` at shutdown (which ends every task and so revokes its credentials),
+`stage` into the pipeline, `routes()` into the application, `session_ended(id)` into the session
+manager's end hook, and `redactor` wherever values are logged or shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.config.model import Config, RedisStore
+from gateway.credentials.exchange import TokenExchanger
+from gateway.credentials.keys import SigningKeys
+from gateway.credentials.minter import Minter
+from gateway.credentials.redaction import Redactor
+from gateway.credentials.revocation import MemoryRevocations, RedisRevocations, RevocationStore
+from gateway.credentials.stage import CredentialStage
+from gateway.credentials.static import StaticCredentials
+from gateway.credentials.tasks import EventSink, TaskTracker
+from gateway.credentials.web import Introspector, credential_routes
+
+# Retired keys and ended-task markers outlive the longest possible token by this much.
+RETENTION_MARGIN_S = 60.0
+
+
+class CredentialService:
+    """Composes the credential stage and its routes; owns their lifecycle."""
+
+    def __init__(self, config: Config, *, http: aiohttp.ClientSession | None = None, redis: Any = None,
+                 on_event: EventSink | None = None, redactor: Redactor | None = None,
+                 environ: Mapping[str, str] | None = None, clock: Callable[[], float] = time.time) -> None:
+        """`redis`: a gateway.store.RedisConnection (or None for the in-memory store when `store: memory`)."""
+        self.config = config
+        self.issuer = config.listen.resource_url
+        upstreams = {u.name: u for u in config.upstreams}
+        max_ttl = max([u.credentials.ttl_s for u in config.upstreams] + [60])
+        retain_s = max_ttl + RETENTION_MARGIN_S
+        self.redactor = redactor or Redactor(config.secrets)
+        self.revocations = self._store(config, redis, retain_s, clock)
+        self.keys = SigningKeys(config.signing, retain_s=retain_s, clock=clock)
+        self.minter = Minter(self.keys, self.issuer, self.revocations, clock=clock)
+        self.exchanger = TokenExchanger(self.minter, http=http, clock=clock)
+        self.tasks = TaskTracker(self.revocations, idle_s=config.tasks.idle_s, on_event=on_event, clock=clock)
+        self.tasks.on_end(self.minter.forget_task)
+        self.tasks.on_end(self.exchanger.forget_task)
+        self.static = StaticCredentials(upstreams, environ=environ, on_secret=self.redactor.add_known)
+        for upstream in config.upstreams:
+            if upstream.credentials.client_secret:
+                self.redactor.add_known(upstream.credentials.client_secret)
+        self.introspector = Introspector(self.keys, self.revocations, self.issuer, clock=clock)
+        self.stage = CredentialStage(upstreams, self.minter, self.exchanger, self.tasks, self.static)
+
+    @staticmethod
+    def _store(config: Config, redis: Any, retain_s: float, clock: Callable[[], float]) -> RevocationStore:
+        if isinstance(config.store, RedisStore):
+            if redis is None:
+                raise ValueError("store: redis is configured; pass the shared RedisConnection")
+            return RedisRevocations(redis.client, prefix=redis.prefix, ended_ttl_s=retain_s, clock=clock)
+        return MemoryRevocations(ended_ttl_s=retain_s, clock=clock)
+
+    def routes(self) -> list[web.RouteDef]:
+        return credential_routes(self.keys, self.introspector, self.issuer)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.keys.load)  # file I/O and possibly key generation
+        self.static.load()
+        await self.exchanger.start()
+        await self.tasks.start()
+
+    async def close(self) -> None:
+        try:
+            await self.tasks.close()  # ends every task: their credentials are revoked
+        finally:
+            await self.exchanger.close()
+
+    async def session_ended(self, session_id: str) -> list[str]:
+        """Call when an MCP session ends (DELETE, idle expiry): revokes its task's credentials."""
+        return await self.tasks.session_ended(session_id)
+
+    async def end_task(self, task_id: str, reason: str = "explicit") -> list[str]:
+        return await self.tasks.end_task(task_id, reason)
+
+    def rotate_keys(self) -> str:
+        """Rotate the signing key now; returns the new kid (older keys stay published)."""
+        return self.keys.rotate().kid

@@ -1,0 +1,181 @@
+"""Tasks: which task a call belongs to, and ending tasks (which revokes every credential minted for them).
+
+A call's task is, in order: an explicit id in `params._meta["customs/task"]` (scoped to the
+principal, so two agents cannot share or end each other's tasks), else its MCP session (including
+the gateway's implicit per-principal session for stateless clients), else a per-principal idle
+window (`tasks.idle_s`). A task ends on session DELETE / session expiry (the session manager calls
+`session_ended`), idle timeout (explicit and idle-window tasks, by the sweeper), an explicit
+`end_task`, or gateway shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from gateway.context import CallContext, Principal
+from gateway.credentials.revocation import RevocationStore
+
+log = logging.getLogger("customs.credentials.tasks")
+
+META_TASK_KEY = "customs/task"
+TaskKind = Literal["session", "explicit", "idle"]
+EventSink = Callable[[dict[str, Any]], None]
+
+
+def _short_hash(value: str, length: int = 24) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:length]
+
+
+def session_task_id(session_id: str) -> str:
+    """The task id of a session: a hash, so upstreams never see the session id itself."""
+    return "s-" + _short_hash(session_id)
+
+
+def explicit_task_id(value: str, principal: Principal) -> str:
+    """An agent-chosen task id, made unique per principal."""
+    return f"{value}@{_short_hash(principal.key, 12)}"
+
+
+def meta_task(params: dict[str, Any]) -> str | None:
+    """The agent-supplied task id in `_meta`, if it is a sane string."""
+    meta = params.get("_meta")
+    value = meta.get(META_TASK_KEY) if isinstance(meta, dict) else None
+    if isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
+        return value
+    return None
+
+
+@dataclass
+class Task:
+    id: str
+    principal_key: str
+    kind: TaskKind
+    last_used: float
+    ends_at: float | None = None
+
+
+class TaskTracker:
+    """Resolves task ids for calls and ends tasks: revocation, cache eviction, a decision-log event."""
+
+    def __init__(self, revocations: RevocationStore, *, idle_s: float = 300.0,
+                 on_event: EventSink | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.revocations = revocations
+        self.idle_s = idle_s
+        self._on_event = on_event
+        self._clock = clock
+        self._tasks: dict[str, Task] = {}
+        self._idle_by_principal: dict[str, str] = {}
+        self._on_end: list[Callable[[str], None]] = []
+        self._stop = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def on_end(self, callback: Callable[[str], None]) -> None:
+        """Run `callback(task_id)` whenever a task ends (e.g. to drop cached tokens)."""
+        self._on_end.append(callback)
+
+    def resolve(self, ctx: CallContext) -> str:
+        """The task of this call (see module doc); marks it used now."""
+        now = self._clock()
+        principal = ctx.principal
+        explicit = meta_task(ctx.params)
+        if explicit is not None:
+            return self._touch(explicit_task_id(explicit, principal), principal, "explicit", now)
+        if ctx.session_id:
+            return self._touch(session_task_id(ctx.session_id), principal, "session", now)
+        current = self._idle_by_principal.get(principal.key)
+        task = self._tasks.get(current) if current else None
+        if current is None or task is None or now - task.last_used >= self.idle_s:
+            current = "i-" + secrets.token_hex(12)
+            self._idle_by_principal[principal.key] = current
+        return self._touch(current, principal, "idle", now)
+
+    def _touch(self, task_id: str, principal: Principal, kind: TaskKind, now: float) -> str:
+        task = self._tasks.get(task_id)
+        if task is None:
+            task = self._tasks[task_id] = Task(task_id, principal.key, kind, now)
+        task.last_used = now
+        return task_id
+
+    def task(self, task_id: str) -> Task | None:
+        return self._tasks.get(task_id)
+
+    def set_end(self, task_id: str, ends_at: float | None) -> None:
+        """Record a task's known end (credentials minted for it never outlive it)."""
+        task = self._tasks.get(task_id)
+        if task is not None:
+            task.ends_at = ends_at
+
+    def known_end(self, task_id: str, principal: Principal | None = None) -> float | None:
+        """The earliest known end of the task: its recorded end, or the agent's own token expiry."""
+        ends = [t for t in ((self._tasks[task_id].ends_at if task_id in self._tasks else None),
+                            principal.expires_at if principal is not None else None) if t is not None]
+        return min(ends) if ends else None
+
+    async def end_task(self, task_id: str, reason: str = "explicit") -> list[str]:
+        """End a task: revoke its credentials (in the shared store), drop caches, log the revocation."""
+        task = self._tasks.pop(task_id, None)
+        if task is not None and task.kind == "idle":
+            self._idle_by_principal.pop(task.principal_key, None)
+        jtis = await self.revocations.revoke_task(task_id)
+        for callback in self._on_end:
+            callback(task_id)
+        self._emit({"event": "credentials_revoked", "task_id": task_id, "reason": reason,
+                    "principal": task.principal_key if task else None, "jtis": jtis, "count": len(jtis),
+                    "time": datetime.fromtimestamp(self._clock(), UTC).isoformat()})
+        return jtis
+
+    async def session_ended(self, session_id: str) -> list[str]:
+        return await self.end_task(session_task_id(session_id), "session_end")
+
+    async def sweep(self) -> list[str]:
+        """End explicit and idle-window tasks unused for `idle_s` (sessions end with their session)."""
+        now = self._clock()
+        stale = [t.id for t in self._tasks.values() if t.kind != "session" and now - t.last_used >= self.idle_s]
+        for task_id in stale:
+            try:
+                await self.end_task(task_id, "idle_timeout")
+            except Exception:
+                log.exception("could not end idle task %s", task_id)
+        return stale
+
+    async def start(self) -> None:
+        self._stop.clear()
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="customs-task-sweeper")
+
+    async def close(self) -> None:
+        """Stop the sweeper and end every task this instance knows (gateway shutdown)."""
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        for task_id in list(self._tasks):
+            try:
+                await self.end_task(task_id, "shutdown")
+            except Exception:
+                log.exception("could not revoke credentials of task %s at shutdown", task_id)
+
+    async def _sweep_loop(self) -> None:
+        interval = max(0.05, min(self.idle_s / 4, 30.0))
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)  # periodic timer, not test synchronization
+            await self.sweep()
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("decision-log sink failed for a revocation event")
