@@ -75,7 +75,8 @@ class Gateway:
 
 async def _close_quietly(owner: Any) -> None:
     try:
-        await owner.close()
+        close = getattr(owner, "close", None) or owner.stop  # upstreams stop(), other owners close()
+        await close()
     except Exception:
         log.exception("error while closing %s", type(owner).__name__)
 
@@ -121,7 +122,7 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     forward = ForwardStage(sessions, timeout, parts.inject)
     pipeline = Pipeline(authorize=parts.authorize, approve=parts.approve, credential=parts.credential,
                         forward=forward, record=parts.record, finish=parts.finish)
-    router = Router(sessions, catalog, pipeline, parts.authorizer,
+    router = Router(sessions, catalog, pipeline, parts.authorizer, parts.guard,
                     {u.name: u.timeout_s for u in config.upstreams})
     endpoint = McpEndpoint(identifier=parts.identifier, sessions=sessions, router=router,
                            upstream_names=frozenset(upstreams), max_body_bytes=config.listen.max_body_bytes,

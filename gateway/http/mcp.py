@@ -167,7 +167,8 @@ class McpEndpoint:
             result = self._initialize_result(session)
             return web.json_response(jsonrpc.result(message.id, result), headers=headers, dumps=_dumps)
         if message.method == "server/discover":
-            return web.json_response(jsonrpc.result(message.id, self._discover_result(session)), dumps=_dumps)
+            result = modern_result("server/discover", self._discover_result(session))
+            return web.json_response(jsonrpc.result(message.id, result), dumps=_dumps)
         channel = ResponseChannel(request, headers, sse_allowed=sse_ok)
         inbound = Inbound(session=session, principal=principal, message=message,
                           send=channel.send if sse_ok else None)
@@ -178,7 +179,10 @@ class McpEndpoint:
         task = asyncio.create_task(self.router.dispatch(inbound))
         session.inflight[message.id] = task
         try:
-            reply = jsonrpc.result(message.id, await task)
+            result = await task
+            if session.stateless:
+                result = modern_result(message.method, result)
+            reply = jsonrpc.result(message.id, result)
             status = 200
         except asyncio.CancelledError:
             if not task.done():  # the client went away: withdraw the call
@@ -261,6 +265,20 @@ class McpEndpoint:
             return error_response(exc)
         await self.sessions.end(session)
         return web.Response(status=200)
+
+
+CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list",
+                       "resources/read", "server/discover"})
+
+
+def modern_result(method: str, result: dict[str, Any]) -> dict[str, Any]:
+    """2026-07-28 results carry `resultType`; cacheable ones also carry caching directives. Lists
+    are filtered per principal, so nothing the gateway answers may be cached publicly."""
+    out = {**result, "resultType": result.get("resultType", "complete")}
+    if method in CACHEABLE:
+        out["ttlMs"] = 0
+        out["cacheScope"] = "private"
+    return out
 
 
 class _ModernRejection(Exception):
