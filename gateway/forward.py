@@ -34,6 +34,7 @@ class ForwardStage:
                 self._inject(headers, meta)  # trace context: headers for HTTP, _meta for every transport
             params["_meta"] = meta
         message = {"jsonrpc": "2.0", "id": ctx.request_id, "method": ctx.method, "params": params}
+        ctx.extra["forwarded"] = True  # from here on the call may have executed: never undone, never retried
         response = await upstream.request(message, headers=headers, on_message=ctx.extra.get("relay"),
                                           timeout=self._timeouts(ctx.upstream, ctx.tool.name if ctx.tool else None))
         if "error" in response:

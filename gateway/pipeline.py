@@ -53,6 +53,23 @@ async def _no_slot(ctx: CallContext) -> AsyncIterator[None]:
     yield
 
 
+class TaskFacts(Protocol):
+    """Stateful context: reserves what this task has done before the decision, gives it back if the
+    call is never forwarded."""
+
+    async def __call__(self, ctx: CallContext) -> None: ...
+
+    async def release(self, ctx: CallContext) -> None: ...
+
+
+class _NoFacts:
+    async def __call__(self, ctx: CallContext) -> None:
+        return None
+
+    async def release(self, ctx: CallContext) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """The stages after identify, in the one order they run."""
@@ -62,23 +79,29 @@ class Pipeline:
     credential: Stage
     forward: Forwarder
     record: Recorder
-    finish: Callable[[CallContext], Awaitable[None]] = _no_op  # post-execution bookkeeping (task state)
     rate: Callable[[CallContext], Awaitable[None]] = _no_op  # rate limits, before any decision
+    facts: TaskFacts = _NoFacts()  # task id and what the task has done so far, for the decision
     slot: Callable[[CallContext], AbstractAsyncContextManager[None]] = _no_slot  # concurrency while executing
 
     async def run(self, ctx: CallContext) -> dict[str, Any]:
         """Run one request to its result (a JSON-RPC `result` object) or raise."""
         try:
             await self.rate(ctx)
+            await self.facts(ctx)
             await self.authorize(ctx)
             await self.approve(ctx)
+            if ctx.approval is not None:
+                # Released after a wait: decide again under the policies in force now (a deny raises).
+                initial = ctx.decision
+                await self.authorize(ctx)
+                ctx.extra["recheck"], ctx.decision = ctx.decision, initial
             async with self.slot(ctx):
                 await self.credential(ctx)
                 ctx.result = await self.forward(ctx)
-            await self.finish(ctx)
             return ctx.result
         except BaseException as exc:
             ctx.error = exc
+            await self.facts.release(ctx)
             raise
         finally:
             await self.record(ctx)

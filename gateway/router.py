@@ -145,6 +145,7 @@ class Router:
             notify=inbound.send, cancelled=inbound.cancelled, trace_id=inbound.trace_id,
         )
         ctx.extra["session"] = inbound.session
+        ctx.extra["requested_name"] = inbound.params.get("name") or inbound.params.get("uri")
         ctx.extra["relay"] = self._relay(inbound, upstream)
         ctx.extra.update(inbound.extra)
         return ctx

@@ -17,7 +17,9 @@ class AuthorizeStage:
 
     async def __call__(self, ctx: CallContext) -> None:
         tool = ctx.tool
-        name = str(ctx.params.get("name") or ctx.params.get("uri") or "")
+        # The name the client asked for (prefixed in the aggregated view), so a denial reads exactly
+        # like the router's answer for a tool that does not exist.
+        name = str(ctx.extra.get("requested_name") or ctx.params.get("name") or ctx.params.get("uri") or "")
         if tool is None:
             raise GatewayError("unknown_tool", f"Unknown tool: {name}")
         # Cedar on pre-parsed handles takes tens of microseconds: inline, no thread hop.

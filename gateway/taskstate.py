@@ -1,0 +1,149 @@
+"""Stateful policy context: what this task has already done (`context.task`).
+
+Before a call is decided, its facts are *reserved* atomically in one step (one Redis round trip):
+the previous call count of this tool, the running totals of configured numeric arguments with
+this call's values added (`upstreams[].tools.<tool>.sum_args`), and the tools already seen. Two
+concurrent calls therefore see each other, so a cap such as "at most 10,000 paid per task" holds
+across replicas. A call that is not forwarded (denied, held, failed before the upstream) gives its
+reservation back; a call that was forwarded keeps it, whatever the upstream answered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.config.model import UpstreamConfig
+from gateway.context import CallContext
+from gateway.errors import GatewayError
+
+
+class FactsStore(Protocol):
+    async def reserve(self, task: str, tool: str, sums: Mapping[str, float]) -> dict[str, Any]: ...
+
+    async def release(self, task: str, tool: str, sums: Mapping[str, float]) -> None: ...
+
+
+@dataclass
+class _Task:
+    calls: dict[str, int] = field(default_factory=dict)
+    totals: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MemoryFacts:
+    tasks: dict[str, _Task] = field(default_factory=dict)
+
+    async def reserve(self, task: str, tool: str, sums: Mapping[str, float]) -> dict[str, Any]:
+        state = self.tasks.setdefault(task, _Task())
+        previous = state.calls.get(tool, 0)
+        seen = sorted(t for t, n in state.calls.items() if n > 0)
+        for name, value in sums.items():
+            state.totals[name] = state.totals.get(name, 0.0) + value
+        state.calls[tool] = previous + 1
+        return {"calls": previous, "totals": dict(state.totals), "seen_tools": seen}
+
+    async def release(self, task: str, tool: str, sums: Mapping[str, float]) -> None:
+        state = self.tasks.get(task)
+        if state is None:
+            return
+        for name, value in sums.items():
+            state.totals[name] = state.totals.get(name, 0.0) - value
+        state.calls[tool] = max(0, state.calls.get(tool, 0) - 1)
+
+
+_RESERVE = """
+local calls_key, totals_key = KEYS[1], KEYS[2]
+local tool, ttl = ARGV[1], tonumber(ARGV[2])
+local previous = tonumber(redis.call('HGET', calls_key, tool) or '0')
+local all = redis.call('HGETALL', calls_key)
+local seen = {}
+for i = 1, #all, 2 do if tonumber(all[i + 1]) > 0 then table.insert(seen, all[i]) end end
+for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', totals_key, ARGV[i], ARGV[i + 1]) end
+redis.call('HINCRBY', calls_key, tool, 1)
+redis.call('EXPIRE', calls_key, ttl)
+redis.call('EXPIRE', totals_key, ttl)
+return {previous, cjson.encode(seen), cjson.encode(redis.call('HGETALL', totals_key))}
+"""
+
+_RELEASE = """
+for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], -tonumber(ARGV[i + 1])) end
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if n < 0 then redis.call('HSET', KEYS[1], ARGV[1], 0) end
+return n
+"""
+
+
+class RedisFacts:
+    """Task facts shared by every replica; one script call per reservation."""
+
+    def __init__(self, redis: Any, prefix: str, ttl_s: int = 86400) -> None:
+        self._prefix = prefix + "task:"
+        self._ttl = ttl_s
+        self._reserve = redis.register_script(_RESERVE)
+        self._release = redis.register_script(_RELEASE)
+
+    def _keys(self, task: str) -> list[str]:
+        return [f"{self._prefix}{task}:calls", f"{self._prefix}{task}:totals"]
+
+    @staticmethod
+    def _args(tool: str, ttl: int, sums: Mapping[str, float]) -> list[Any]:
+        args: list[Any] = [tool, ttl]
+        for name, value in sums.items():
+            args += [name, repr(float(value))]
+        return args
+
+    async def reserve(self, task: str, tool: str, sums: Mapping[str, float]) -> dict[str, Any]:
+        try:
+            previous, seen, flat = await self._reserve(keys=self._keys(task), args=self._args(tool, self._ttl, sums))
+        except Exception as exc:
+            raise GatewayError("policy_unavailable", "Task state unavailable; call denied") from exc
+        pairs = json.loads(flat) or []
+        totals = {str(pairs[i]): float(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        seen_list = json.loads(seen) if isinstance(seen, (str, bytes)) else []
+        return {"calls": int(previous), "totals": totals, "seen_tools": sorted(seen_list or [])}
+
+    async def release(self, task: str, tool: str, sums: Mapping[str, float]) -> None:
+        try:
+            await self._release(keys=self._keys(task), args=self._args(tool, self._ttl, sums))
+        except Exception:
+            pass  # a reservation that cannot be returned only makes later calls stricter
+
+
+class TaskStage:
+    """Resolves the call's task and reserves its facts for the authorize stage (ctx.extra["task"])."""
+
+    def __init__(self, store: FactsStore, upstreams: Mapping[str, UpstreamConfig], resolve: Any) -> None:
+        self._store = store
+        self._upstreams = upstreams
+        self._resolve = resolve  # CallContext -> task id (the credential service's TaskTracker.resolve)
+
+    def _sums(self, ctx: CallContext) -> dict[str, float]:
+        upstream = self._upstreams.get(ctx.upstream or "")
+        override = upstream.tools.get(ctx.tool.name) if upstream and ctx.tool else None
+        if override is None or not override.sum_args or ctx.action != "call_tool":
+            return {}
+        sums: dict[str, float] = {}
+        for name in override.sum_args:
+            value = ctx.args.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                sums[name] = float(value)
+        return sums
+
+    async def __call__(self, ctx: CallContext) -> None:
+        if ctx.task_id is None:
+            ctx.task_id = self._resolve(ctx)
+        if ctx.action != "call_tool" or ctx.tool is None or ctx.task_id is None:
+            return
+        sums = self._sums(ctx)
+        facts = await self._store.reserve(ctx.task_id, ctx.tool.cedar_id, sums)
+        ctx.extra["task"] = facts
+        ctx.extra["task_reservation"] = (ctx.task_id, ctx.tool.cedar_id, sums)
+
+    async def release(self, ctx: CallContext) -> None:
+        reservation = ctx.extra.pop("task_reservation", None)
+        if reservation is not None and not ctx.extra.get("forwarded"):
+            await self._store.release(*reservation)
