@@ -235,6 +235,7 @@ class TracesConfig(Model):
     console: bool = False
     capture_args: bool = False
     sample_ratio: float = Field(1.0, ge=0, le=1)
+    trust_inbound: bool = True  # False: inbound traceparent becomes a span link, never the parent
 
 
 class MetricsConfig(Model):

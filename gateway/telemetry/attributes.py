@@ -1,0 +1,130 @@
+"""Span and metric attributes of a call: the MCP semantic conventions plus the gateway's `customs.*` facts.
+
+Only identifiers, labels and digests go here. Tokens never do; argument values only when
+`traces.capture_args` is on (then as `gen_ai.tool.call.arguments`, canonical JSON).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.config.model import UpstreamConfig
+from gateway.context import ApprovalState, CallContext, Decision, Principal, canonical_json
+
+Attrs = dict[str, Any]
+
+# Which request parameter names the span's target, per method (low cardinality only: no resource URIs).
+TARGET_PARAM = {"tools/call": "name", "prompts/get": "name"}
+
+
+def target_of(method: str, params: Mapping[str, Any] | None) -> str | None:
+    key = TARGET_PARAM.get(method)
+    value = params.get(key) if key and params else None
+    return value if isinstance(value, str) and value else None
+
+
+def request_attributes(method: str, params: Mapping[str, Any] | None, request_id: Any, *,
+                       session_id: str | None = None, protocol_version: str | None = None,
+                       capture_args: bool = False) -> Attrs:
+    """Attributes of the inbound (SERVER) span, known as soon as the JSON-RPC message is parsed."""
+    attrs: Attrs = {"mcp.method.name": method, "network.transport": "tcp", "network.protocol.name": "http"}
+    if request_id is not None:
+        attrs["jsonrpc.request.id"] = str(request_id)
+    if session_id:
+        attrs["mcp.session.id"] = session_id
+    if protocol_version:
+        attrs["mcp.protocol.version"] = protocol_version
+    attrs.update(_target_attributes(method, params or {}, capture_args))
+    return attrs
+
+
+def _target_attributes(method: str, params: Mapping[str, Any], capture_args: bool) -> Attrs:
+    attrs: Attrs = {}
+    name = params.get("name")
+    if method == "tools/call" and isinstance(name, str):
+        attrs["gen_ai.tool.name"] = name
+        attrs["gen_ai.operation.name"] = "execute_tool"
+        if capture_args and isinstance(params.get("arguments"), dict):
+            attrs["gen_ai.tool.call.arguments"] = canonical_json(params["arguments"])
+    elif method == "prompts/get" and isinstance(name, str):
+        attrs["gen_ai.prompt.name"] = name
+    elif method.startswith("resources/") and isinstance(params.get("uri"), str):
+        attrs["mcp.resource.uri"] = params["uri"]
+    return attrs
+
+
+def principal_attributes(principal: Principal) -> Attrs:
+    """Who is calling: the principal and its delegation chain (never the token)."""
+    attrs: Attrs = {"customs.principal": principal.id, "customs.issuer": principal.issuer,
+                    "customs.chain": tuple(principal.chain_ids), "customs.chain_depth": len(principal.chain)}
+    if principal.tenant:
+        attrs["customs.tenant"] = principal.tenant
+    return attrs
+
+
+def decision_attributes(decision: Decision | None) -> Attrs:
+    if decision is None:
+        return {}
+    attrs: Attrs = {"customs.decision": decision.outcome, "customs.policy_ids": tuple(decision.policy_ids),
+                    "customs.authz.eval_us": float(decision.eval_us)}
+    if decision.policy_version:
+        attrs["customs.policy_version"] = decision.policy_version
+    if decision.shadow_outcome is not None:
+        attrs["customs.shadow_decision"] = decision.shadow_outcome
+    return attrs
+
+
+def approval_attributes(approval: ApprovalState | None) -> Attrs:
+    if approval is None:
+        return {}
+    attrs: Attrs = {"customs.approval.id": approval.id, "customs.approval.outcome": approval.outcome,
+                    "customs.approval.wait_s": float(approval.waited_s)}
+    if approval.decided_by:
+        attrs["customs.approval.approver"] = tuple(approval.decided_by)
+    return attrs
+
+
+def credential_attributes(ctx: CallContext) -> Attrs:
+    attrs: Attrs = {"customs.credential.mode": ctx.credential_mode}
+    if ctx.credential_audience:
+        attrs["customs.credential.audience"] = ctx.credential_audience
+    return attrs
+
+
+def call_attributes(ctx: CallContext) -> Attrs:
+    """Everything the gateway decided about a call: set on the SERVER span when the call finishes,
+    so one search by tag (e.g. customs.decision=deny) finds the request."""
+    attrs: Attrs = {**principal_attributes(ctx.principal), "customs.args_digest": ctx.digest,
+                    "customs.decision_id": ctx.decision_id}
+    if ctx.upstream:
+        attrs["customs.upstream"] = ctx.upstream
+    if ctx.task_id:
+        attrs["customs.task_id"] = ctx.task_id
+    attrs.update(decision_attributes(ctx.decision))
+    attrs.update(approval_attributes(ctx.approval))
+    attrs.update(credential_attributes(ctx))
+    return attrs
+
+
+def upstream_attributes(ctx: CallContext, upstream: UpstreamConfig | None, capture_args: bool = False) -> Attrs:
+    """The CLIENT span to the upstream: its own tool name, transport and address."""
+    attrs: Attrs = {"customs.upstream": ctx.upstream}
+    if ctx.request_id is not None:
+        attrs["jsonrpc.request.id"] = str(ctx.request_id)
+    attrs.update(_target_attributes(ctx.method, ctx.params, capture_args))
+    if upstream is not None:
+        attrs.update(transport_attributes(upstream))
+    return attrs
+
+
+def transport_attributes(upstream: UpstreamConfig) -> Attrs:
+    if upstream.kind == "stdio":
+        return {"network.transport": "pipe"}
+    parts = urlsplit(upstream.url or "")
+    attrs: Attrs = {"network.transport": "tcp", "network.protocol.name": "http"}
+    if parts.hostname:
+        attrs["server.address"] = parts.hostname
+        attrs["server.port"] = parts.port or (443 if parts.scheme == "https" else 80)
+    return attrs

@@ -1,0 +1,221 @@
+"""The decision log: one JSON line per decision (OPA style) plus typed event records, to stdout or a file.
+
+Writers never block the event loop: `record_decision` / `event` serialise the record and append
+the line to an in-memory buffer; one writer task moves everything buffered to the file in a
+worker thread with a single `write` per batch (O_APPEND), so lines are never interleaved or torn,
+even with several gateways appending to one file. `close()` drains the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from opentelemetry import trace
+
+from gateway.config.model import DecisionLogConfig
+from gateway.context import CallContext
+
+log = logging.getLogger("customs.decision_log")
+
+Redactor = Callable[[Any], Any]
+DEFAULT_REDACT_KEYS = ("password", "secret", "token", "api_key", "apikey", "authorization")
+MAX_BUFFERED_LINES = 100_000  # past this the writer is hopelessly behind: drop and count, never grow unbounded
+
+
+def rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def default_redactor(value: Any) -> Any:
+    """Fallback when no redactor is given: mask values under secret-looking keys, recursively."""
+    if isinstance(value, dict):
+        return {k: "[REDACTED]" if isinstance(k, str) and any(s in k.lower() for s in DEFAULT_REDACT_KEYS)
+                else default_redactor(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [default_redactor(v) for v in value]
+    return value
+
+
+def _current_ids() -> tuple[str | None, str | None]:
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None, None
+    return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
+
+
+def error_reason(exc: BaseException | None) -> str | None:
+    if exc is None:
+        return None
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str):
+        return reason
+    if isinstance(exc, asyncio.CancelledError):
+        return "request_cancelled"
+    return "internal_error"
+
+
+def decision_record(ctx: CallContext, *, include_args: bool = False, redactor: Redactor | None = None,
+                    now: float | None = None) -> dict[str, Any]:
+    """The decision log record of a finished call (see docs/decision-log.md for the fields)."""
+    principal = ctx.principal
+    decision = ctx.decision
+    trace_id, span_id = _current_ids()
+    reason = error_reason(ctx.error)
+    record: dict[str, Any] = {
+        "type": "decision",
+        "decision_id": ctx.decision_id,
+        "time": rfc3339(ctx.started_wall),
+        "trace_id": trace_id or ctx.trace_id,
+        "span_id": span_id or ctx.extra.get("span_id"),
+        "principal": principal.id,
+        "issuer": principal.issuer,
+        "chain": principal.chain_ids,
+        "tenant": principal.tenant,
+        "session_id": ctx.session_id,
+        "task_id": ctx.task_id,
+        "method": ctx.method,
+        "upstream": ctx.upstream,
+        "tool": ctx.tool.name if ctx.tool else None,
+        "args_digest": ctx.digest,
+        "decision": decision.outcome if decision else None,
+        "policy_ids": list(decision.policy_ids) if decision else [],
+        "policy_version": decision.policy_version if decision else None,
+        "eval_us": round(decision.eval_us, 1) if decision else None,
+        "credential_mode": ctx.credential_mode,
+        "outcome": "ok" if reason is None else "error",
+        "duration_ms": round(((now if now is not None else time.perf_counter()) - ctx.started) * 1000, 3),
+    }
+    if reason is not None:
+        record["reason"] = reason
+    elif isinstance(ctx.result, dict) and ctx.result.get("isError") is True:
+        record["reason"] = "tool_error"
+    if decision is not None and decision.shadow_outcome is not None:
+        record["shadow_decision"] = decision.shadow_outcome
+    if decision is not None and decision.errors:
+        record["policy_errors"] = list(decision.errors)
+    if ctx.approval is not None:
+        approval = ctx.approval
+        record["approval"] = {"id": approval.id, "outcome": approval.outcome,
+                              "decided_by": list(approval.decided_by), "comment": approval.comment,
+                              "wait_s": round(approval.waited_s, 3)}
+    if include_args:
+        record["args"] = (redactor or default_redactor)(ctx.args)
+    return record
+
+
+def _dumps(record: Mapping[str, Any]) -> str:
+    # default=str: a stray non-JSON value (datetime, Path) must not lose the record.
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
+
+
+class DecisionLog:
+    """Owner of the decision log sink (start/close).
+
+    Records queued before `start` are written once it runs; records after `close` are dropped and
+    counted (`dropped`), since the sink is gone.
+    """
+
+    def __init__(self, config: DecisionLogConfig, redactor: Redactor | None = None, *,
+                 stream: TextIO | None = None, on_drop: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.include_args = config.include_args
+        self._redactor = redactor
+        self._stream = stream
+        self._on_drop = on_drop
+        self._lines: list[str] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._fd: int | None = None
+        self._closing = False
+        self.dropped = 0
+
+    async def start(self) -> None:
+        if self.config.path is not None:
+            path = Path(self.config.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        elif self._stream is None:
+            self._stream = sys.stdout  # looked up now, not at import (tests and CLIs swap stdout)
+        self._closing = False
+        self._writer = asyncio.create_task(self._run(), name="decision-log-writer")
+
+    async def close(self) -> None:
+        """Write everything buffered, then release the file."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+            self._writer = None
+        if self._lines:
+            await asyncio.to_thread(self._write, self._take())
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            await asyncio.to_thread(os.close, fd)
+
+    # -- records -----------------------------------------------------------------------------------
+
+    def record_decision(self, ctx: CallContext) -> dict[str, Any]:
+        """Queue the record of a finished call; returns it (the caller may reuse it)."""
+        record = decision_record(ctx, include_args=self.include_args, redactor=self._redactor)
+        self._append(_dumps(record))
+        return record
+
+    def event(self, type: str, **fields: Any) -> dict[str, Any]:
+        """Queue an event record (approval state change, revocation, quarantine, policy reload …)."""
+        trace_id, span_id = _current_ids()
+        record: dict[str, Any] = {"type": type, "time": rfc3339(time.time())}
+        if trace_id is not None:
+            record.update(trace_id=trace_id, span_id=span_id)
+        record.update(fields)
+        self._append(_dumps(record))
+        return record
+
+    def _append(self, line: str) -> None:
+        if len(self._lines) >= MAX_BUFFERED_LINES or (self._closing and self._writer is None):
+            self.dropped += 1
+            if self._on_drop is not None:
+                self._on_drop()
+            return
+        self._lines.append(line)
+        self._wake.set()
+
+    # -- writer ------------------------------------------------------------------------------------
+
+    def _take(self) -> str:
+        lines, self._lines = self._lines, []
+        return "".join(lines)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._lines:
+                chunk = self._take()
+                try:
+                    await asyncio.to_thread(self._write, chunk)
+                except OSError as exc:
+                    log.error("decision log write failed (%d bytes lost): %s", len(chunk), exc)
+                    self.dropped += chunk.count("\n")
+            if self._closing and not self._lines:
+                return
+
+    def _write(self, chunk: str) -> None:
+        data = chunk.encode("utf-8")
+        if self._fd is not None:
+            view = memoryview(data)
+            while view:  # a regular file takes the whole O_APPEND write; loop only for the pathological case
+                written = os.write(self._fd, view)
+                view = view[written:]
+            return
+        stream = self._stream or sys.stdout
+        stream.write(chunk)
+        stream.flush()

@@ -1,0 +1,169 @@
+"""Metrics: the gateway's named instruments, exported on `/metrics` (Prometheus) and over OTLP.
+
+`Metrics` owns one `MeterProvider` (never the global one) with a Prometheus reader bound to its own
+`CollectorRegistry`, so two gateways in one process keep separate counts. With Prometheus off and
+no OTLP endpoint the instruments come from the API's no-op provider.
+
+Names follow the MCP semantic conventions (`mcp.server.operation.duration`,
+`mcp.client.operation.duration`, seconds, the recommended buckets) plus `customs.*` instruments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import metrics as metrics_api
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from gateway.config.model import TelemetryConfig
+from gateway.telemetry.settings import MetricSettings, metric_settings
+
+# The conventions' advice for MCP operation durations; also good for gateway stages and approval waits.
+DURATION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+# Gateway stages are mostly sub-millisecond: finer buckets at the low end.
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                 30, 60, 300, 900)
+APPROVAL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
+PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+INSTRUMENTS = (
+    "customs.calls", "customs.stage.duration", "mcp.server.operation.duration", "mcp.client.operation.duration",
+    "customs.approvals.pending", "customs.approval.wait.duration", "customs.upstream.errors",
+    "customs.upstream.restarts", "customs.policy.reloads", "customs.tool.quarantines", "customs.rate_limited",
+    "customs.shadow.disagreements", "customs.decision_log.dropped",
+)
+
+
+def _views() -> list[View]:
+    def buckets(name: str, bounds: tuple[float, ...]) -> View:
+        return View(instrument_name=name, aggregation=ExplicitBucketHistogramAggregation(boundaries=bounds))
+    return [buckets("mcp.server.operation.duration", DURATION_BUCKETS),
+            buckets("mcp.client.operation.duration", DURATION_BUCKETS),
+            buckets("customs.stage.duration", STAGE_BUCKETS),
+            buckets("customs.approval.wait.duration", APPROVAL_BUCKETS)]
+
+
+class Metrics:
+    """Owner of the meter provider; one method per fact the gateway reports."""
+
+    def __init__(self, config: TelemetryConfig, *, env: Mapping[str, str] | None = None) -> None:
+        self.settings: MetricSettings = metric_settings(config, os.environ if env is None else env)
+        self.registry: CollectorRegistry | None = None
+        self.provider: MeterProvider | None = None
+        readers: list[MetricReader] = []
+        if self.settings.prometheus:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+            self.registry = CollectorRegistry(auto_describe=True)
+            readers.append(PrometheusMetricReader(registry=self.registry))
+        self._otlp_reader: PeriodicExportingMetricReader | None = None
+        if self.settings.endpoint is not None:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+            exporter = OTLPMetricExporter(endpoint=self.settings.endpoint, headers=self.settings.headers or None)
+            self._otlp_reader = PeriodicExportingMetricReader(
+                exporter, export_interval_millis=self.settings.interval_ms)
+            readers.append(self._otlp_reader)
+        meter_provider: metrics_api.MeterProvider
+        if readers:
+            resource = Resource.create({"service.name": self.settings.service_name})
+            self.provider = MeterProvider(metric_readers=readers, resource=resource, views=_views())
+            meter_provider = self.provider
+        else:
+            meter_provider = metrics_api.NoOpMeterProvider()
+        self.enabled = self.provider is not None
+        self._build(meter_provider.get_meter("customs", "0.1.0"))
+
+    def _build(self, meter: metrics_api.Meter) -> None:
+        self.calls = meter.create_counter("customs.calls", "{call}", "Tool calls by upstream, tool and decision")
+        self.stage = meter.create_histogram("customs.stage.duration", "s", "Time spent in each pipeline stage")
+        self.server_duration = meter.create_histogram(
+            "mcp.server.operation.duration", "s", "MCP requests handled by the gateway, receipt to response")
+        self.client_duration = meter.create_histogram(
+            "mcp.client.operation.duration", "s", "MCP requests the gateway sent upstream, send to response")
+        self.pending = meter.create_up_down_counter("customs.approvals.pending", "{approval}",
+                                                    "Calls waiting for a human decision")
+        self.approval_wait = meter.create_histogram("customs.approval.wait.duration", "s",
+                                                    "Time from hold to decision")
+        self.upstream_errors = meter.create_counter("customs.upstream.errors", "{error}", "Failed upstream requests")
+        self.upstream_restarts = meter.create_counter("customs.upstream.restarts", "{restart}",
+                                                      "Restarts of stdio upstreams")
+        self.policy_reloads = meter.create_counter("customs.policy.reloads", "{reload}", "Policy reload attempts")
+        self.quarantines = meter.create_counter("customs.tool.quarantines", "{tool}", "Tools quarantined")
+        self.rate_limited_calls = meter.create_counter("customs.rate_limited", "{call}", "Calls refused by limits")
+        self.shadow = meter.create_counter("customs.shadow.disagreements", "{call}",
+                                           "Calls where the shadow policy decided differently")
+        self.log_dropped = meter.create_counter("customs.decision_log.dropped", "{record}",
+                                                "Decision records that could not be written")
+
+    async def start(self) -> None:
+        return None  # readers are live from construction; nothing to open
+
+    async def close(self) -> None:
+        """Final OTLP export and reader shutdown (off the loop: the exporter does blocking HTTP)."""
+        provider, self.provider = self.provider, None
+        if provider is not None:
+            await asyncio.to_thread(provider.shutdown)
+
+    async def flush(self) -> None:
+        if self._otlp_reader is not None:
+            await asyncio.to_thread(self._otlp_reader.force_flush)
+
+    # -- facts -------------------------------------------------------------------------------------
+
+    def record_call(self, upstream: str, tool: str, decision: str, outcome: str = "ok") -> None:
+        self.calls.add(1, {"customs.upstream": upstream, "gen_ai.tool.name": tool, "customs.decision": decision,
+                           "customs.outcome": outcome})
+
+    def stage_duration(self, stage: str, seconds: float) -> None:
+        self.stage.record(seconds, {"stage": stage})
+
+    def server_operation(self, method: str, seconds: float, attrs: Mapping[str, Any] | None = None) -> None:
+        self.server_duration.record(seconds, {"mcp.method.name": method, **(attrs or {})})
+
+    def client_operation(self, method: str, seconds: float, attrs: Mapping[str, Any] | None = None) -> None:
+        self.client_duration.record(seconds, {"mcp.method.name": method, **(attrs or {})})
+
+    def approval_pending(self, delta: int) -> None:
+        """+1 when a call is held, -1 when its approval is decided, expires or is withdrawn."""
+        self.pending.add(delta)
+
+    def approval_waited(self, seconds: float, outcome: str) -> None:
+        self.approval_wait.record(seconds, {"customs.approval.outcome": outcome})
+
+    def upstream_error(self, upstream: str, reason: str) -> None:
+        self.upstream_errors.add(1, {"customs.upstream": upstream, "error.type": reason})
+
+    def upstream_restart(self, upstream: str) -> None:
+        self.upstream_restarts.add(1, {"customs.upstream": upstream})
+
+    def policy_reload(self, ok: bool) -> None:
+        self.policy_reloads.add(1, {"customs.outcome": "ok" if ok else "error"})
+
+    def tool_quarantined(self, upstream: str, tool: str) -> None:
+        self.quarantines.add(1, {"customs.upstream": upstream, "gen_ai.tool.name": tool})
+
+    def rate_limited(self, scope: str) -> None:
+        self.rate_limited_calls.add(1, {"customs.limit": scope})
+
+    def shadow_disagreement(self, upstream: str, tool: str, decision: str, shadow: str) -> None:
+        self.shadow.add(1, {"customs.upstream": upstream, "gen_ai.tool.name": tool, "customs.decision": decision,
+                            "customs.shadow_decision": shadow})
+
+    def log_record_dropped(self) -> None:
+        self.log_dropped.add(1)
+
+    # -- Prometheus --------------------------------------------------------------------------------
+
+    def prometheus_text(self) -> bytes:
+        """The Prometheus exposition of this instance's registry (empty when Prometheus is off)."""
+        if self.registry is None:
+            return b""
+        return bytes(generate_latest(self.registry))

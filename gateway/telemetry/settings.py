@@ -1,0 +1,140 @@
+"""Resolve telemetry settings: the `telemetry:` config section first, then the standard `OTEL_*` variables.
+
+Precedence for each setting: an explicit config value, else the OpenTelemetry environment variable,
+else the default (tracing off, service name "customs", parent-based always-on sampling). Nothing
+here does I/O; `Telemetry` and `Metrics` build exporters from the resolved values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.util.re import parse_env_headers
+
+from gateway.config.model import TelemetryConfig
+
+DEFAULT_SERVICE_NAME = "customs"
+
+
+@dataclass(frozen=True)
+class TraceSettings:
+    """What the tracer provider needs. `enabled` is False when nothing would receive spans."""
+
+    service_name: str
+    endpoint: str | None  # full OTLP/HTTP traces URL (…/v1/traces)
+    console: bool
+    sampler: Sampler
+    headers: dict[str, str] = field(default_factory=dict)
+    capture_args: bool = False
+    trust_inbound: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return self.endpoint is not None or self.console
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    service_name: str
+    prometheus: bool
+    endpoint: str | None  # full OTLP/HTTP metrics URL (…/v1/metrics)
+    headers: dict[str, str] = field(default_factory=dict)
+    interval_ms: int = 60_000
+
+    @property
+    def enabled(self) -> bool:
+        return self.prometheus or self.endpoint is not None
+
+
+def signal_url(base: str, signal: str) -> str:
+    """A base OTLP endpoint (`http://host:4318`) → the signal URL (`http://host:4318/v1/traces`).
+
+    A URL that already ends in the signal path is kept as is.
+    """
+    suffix = f"/v1/{signal}"
+    path = urlsplit(base).path.rstrip("/")
+    if path.endswith(suffix):
+        return base
+    return base.rstrip("/") + suffix
+
+
+def _signal_endpoint(explicit: str | None, env: Mapping[str, str], signal: str) -> str | None:
+    if explicit:
+        return signal_url(explicit, signal)
+    if env.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp").strip().lower() == "none":
+        return None
+    specific = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip()
+    if specific:
+        return specific  # per the spec, the signal-specific variable is already the full URL
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    return signal_url(base, signal) if base else None
+
+
+def _headers(env: Mapping[str, str], signal: str) -> dict[str, str]:
+    headers = dict(parse_env_headers(env.get("OTEL_EXPORTER_OTLP_HEADERS", ""), liberal=True))
+    headers.update(parse_env_headers(env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS", ""), liberal=True))
+    return headers
+
+
+def service_name(config: TelemetryConfig, env: Mapping[str, str]) -> str:
+    return config.service_name or env.get("OTEL_SERVICE_NAME", "").strip() or DEFAULT_SERVICE_NAME
+
+
+def _ratio(raw: str | None, default: float = 1.0) -> float:
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        return default
+    return min(max(value, 0.0), 1.0)
+
+
+def env_sampler(env: Mapping[str, str]) -> Sampler:
+    """OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG; unknown names fall back to the SDK default."""
+    name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    ratio = _ratio(env.get("OTEL_TRACES_SAMPLER_ARG"))
+    samplers: dict[str, Sampler] = {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "traceidratio": TraceIdRatioBased(ratio),
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+        "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
+    }
+    return samplers.get(name, ParentBased(ALWAYS_ON))
+
+
+def trace_settings(config: TelemetryConfig, env: Mapping[str, str]) -> TraceSettings:
+    traces = config.traces
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true" and traces.endpoint is None and not traces.console:
+        endpoint, console = None, False
+    else:
+        endpoint = _signal_endpoint(traces.endpoint, env, "traces")
+        console = traces.console or (traces.endpoint is None
+                                     and env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console")
+    if "sample_ratio" in traces.model_fields_set:
+        sampler: Sampler = ParentBased(TraceIdRatioBased(traces.sample_ratio))
+    else:
+        sampler = env_sampler(env)
+    return TraceSettings(service_name=service_name(config, env), endpoint=endpoint, console=console,
+                         sampler=sampler, headers=_headers(env, "traces"), capture_args=traces.capture_args,
+                         trust_inbound=traces.trust_inbound)
+
+
+def metric_settings(config: TelemetryConfig, env: Mapping[str, str]) -> MetricSettings:
+    metrics = config.metrics
+    disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    endpoint = None if disabled and metrics.otlp_endpoint is None else _signal_endpoint(
+        metrics.otlp_endpoint, env, "metrics")
+    interval = env.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
+    return MetricSettings(service_name=service_name(config, env), prometheus=metrics.prometheus, endpoint=endpoint,
+                          headers=_headers(env, "metrics"),
+                          interval_ms=int(interval) if interval.isdigit() and int(interval) > 0 else 60_000)

@@ -1,0 +1,183 @@
+"""record, and the tracing of the other stages: decision record, metrics and span attributes of each call.
+
+`RecordStage` runs last for every call (the pipeline's `finally`): it writes the decision record,
+counts the call and puts the gateway's facts on the current (SERVER) span. It does no I/O and
+does not await anything slow. `instrument(pipeline, ...)` wraps authorize/approve/credential in
+child spans and forward in the CLIENT span, timing each stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry import trace
+
+from gateway.config.model import UpstreamConfig
+from gateway.context import CallContext
+from gateway.errors import GatewayError
+from gateway.pipeline import Forwarder, Pipeline, Stage
+from gateway.telemetry.attributes import (
+    Attrs,
+    approval_attributes,
+    call_attributes,
+    credential_attributes,
+    decision_attributes,
+    upstream_attributes,
+)
+from gateway.telemetry.decision_log import DecisionLog, error_reason
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.tracing import Telemetry, mark_error, set_attributes, span_name
+
+UPSTREAM_REASONS = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_error"})
+STAGE_SPANS = {"authorize": "customs.authorize", "approve": "customs.approval", "credential": "customs.credential"}
+
+
+def _tool_error(result: Any) -> bool:
+    return isinstance(result, dict) and result.get("isError") is True
+
+
+class RecordStage:
+    """Decision record + metrics + SERVER-span attributes from a finished CallContext."""
+
+    def __init__(self, log: DecisionLog | None, metrics: Metrics | None, telemetry: Telemetry | None) -> None:
+        self._log = log
+        self._metrics = metrics
+        self._tracing = telemetry is not None and telemetry.enabled
+
+    async def __call__(self, ctx: CallContext) -> None:
+        self.record(ctx)
+
+    def record(self, ctx: CallContext) -> None:
+        reason = error_reason(ctx.error)
+        if self._metrics is not None:
+            self._count(ctx, reason)
+        if self._tracing:
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attributes(call_attributes(ctx))
+                if ctx.error is not None:
+                    mark_error(span, ctx.error)
+                elif _tool_error(ctx.result):
+                    span.set_attribute("error.type", "tool_error")
+        if self._log is not None:
+            self._log.record_decision(ctx)
+
+    def _count(self, ctx: CallContext, reason: str | None) -> None:
+        metrics = self._metrics
+        assert metrics is not None
+        upstream = ctx.upstream or ""
+        tool = ctx.tool.name if ctx.tool else ""
+        decision = ctx.decision
+        outcome = decision.outcome if decision else "none"
+        metrics.record_call(upstream, tool, outcome, reason or ("tool_error" if _tool_error(ctx.result) else "ok"))
+        if decision is not None and decision.shadow_outcome not in (None, decision.outcome):
+            metrics.shadow_disagreement(upstream, tool, outcome, str(decision.shadow_outcome))
+        if reason in UPSTREAM_REASONS:
+            metrics.upstream_error(upstream, reason or "")
+        elif reason == "rate_limited":
+            data = ctx.error.data if isinstance(ctx.error, GatewayError) else {}
+            metrics.rate_limited(str(data.get("scope") or data.get("limit") or "call"))
+        if ctx.approval is not None and ctx.approval.outcome not in ("pending", "reused"):
+            metrics.approval_waited(ctx.approval.waited_s, ctx.approval.outcome)
+
+
+class _Traced:
+    """A stage wrapped in a child span named after it, with attributes read from ctx afterwards."""
+
+    def __init__(self, stage: Stage, name: str, telemetry: Telemetry, metrics: Metrics | None,
+                 after: Callable[[CallContext], Attrs], only_if: Callable[[CallContext], bool] | None = None) -> None:
+        self._stage = stage
+        self._name = name
+        self._span_name = STAGE_SPANS[name]
+        self._telemetry = telemetry
+        self._metrics = metrics
+        self._after = after
+        self._only_if = only_if
+
+    async def __call__(self, ctx: CallContext) -> None:
+        if self._only_if is not None and not self._only_if(ctx):
+            await self._stage(ctx)
+            return
+        started = time.perf_counter()
+        with self._telemetry.stage_span(self._span_name) as span:
+            try:
+                await self._stage(ctx)
+            finally:
+                set_attributes(span, self._after(ctx))
+                if self._metrics is not None:
+                    self._metrics.stage_duration(self._name, time.perf_counter() - started)
+
+
+class _TracedForward:
+    """forward inside the CLIENT span (so `inject` propagates it), timed as an MCP client operation."""
+
+    def __init__(self, forward: Forwarder, telemetry: Telemetry, metrics: Metrics | None,
+                 upstreams: Mapping[str, UpstreamConfig]) -> None:
+        self._forward = forward
+        self._telemetry = telemetry
+        self._metrics = metrics
+        self._upstreams = upstreams
+
+    async def __call__(self, ctx: CallContext) -> dict[str, Any]:
+        upstream = self._upstreams.get(ctx.upstream or "")
+        attrs = upstream_attributes(ctx, upstream, self._telemetry.capture_args)
+        target = ctx.tool.name if ctx.tool and ctx.method in ("tools/call", "prompts/get") else None
+        started = time.perf_counter()
+        error: str | None = None
+        with self._telemetry.client_span(ctx.method, target, attrs) as span:
+            try:
+                result = await self._forward(ctx)
+            except BaseException as exc:
+                error = error_reason(exc) if isinstance(exc, GatewayError) else _code(exc)
+                raise
+            finally:
+                if self._metrics is not None:
+                    self._record(ctx, time.perf_counter() - started, error)
+            if _tool_error(result):
+                set_attributes(span, {"error.type": "tool_error"})
+            return result
+
+    def _record(self, ctx: CallContext, seconds: float, error: str | None) -> None:
+        assert self._metrics is not None
+        self._metrics.stage_duration("forward", seconds)
+        attrs: Attrs = {"customs.upstream": ctx.upstream or ""}
+        if ctx.method == "tools/call" and ctx.tool is not None:
+            attrs["gen_ai.tool.name"] = ctx.tool.name
+        if error is not None:
+            attrs["error.type"] = error
+        self._metrics.client_operation(ctx.method, seconds, attrs)
+
+
+def _code(exc: BaseException) -> str:
+    error = getattr(exc, "error", None)
+    if isinstance(error, dict) and error.get("code") is not None:
+        return str(error["code"])
+    return error_reason(exc) or type(exc).__name__
+
+
+def _held(ctx: CallContext) -> bool:
+    return ctx.decision is not None and ctx.decision.outcome == "approval_required"
+
+
+def instrument(pipeline: Pipeline, telemetry: Telemetry, metrics: Metrics | None,
+               upstreams: Mapping[str, UpstreamConfig] | None = None) -> Pipeline:
+    """The same pipeline with spans and stage timings around authorize, approve, credential and forward.
+
+    The approval span exists only for calls that were held (decision approval_required).
+    """
+    configs = dict(upstreams or {})
+    return dataclasses.replace(
+        pipeline,
+        authorize=_Traced(pipeline.authorize, "authorize", telemetry, metrics,
+                          lambda ctx: decision_attributes(ctx.decision)),
+        approve=_Traced(pipeline.approve, "approve", telemetry, metrics,
+                        lambda ctx: approval_attributes(ctx.approval), only_if=_held),
+        credential=_Traced(pipeline.credential, "credential", telemetry, metrics, credential_attributes),
+        forward=_TracedForward(pipeline.forward, telemetry, metrics, configs),
+    )
+
+
+__all__ = ["RecordStage", "instrument", "span_name"]
