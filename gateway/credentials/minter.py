@@ -73,7 +73,8 @@ class Minter:
         key = (task_id, principal.key, canonical_json(principal.chain_ids), upstream.name,
                " ".join(tool_names), canonical_json(narrowed))
         hit = self._cache.get(key) if cache else None
-        if hit is not None and hit.reuse_until > now:
+        # A cached token is reused only if it would also have been minted now: unexpired and within the task.
+        if hit is not None and hit.reuse_until > now and (task_end is None or hit.claims["exp"] <= task_end):
             return hit.token, hit.claims
         ttl = upstream.credentials.ttl_s
         exp = now + ttl if task_end is None else min(now + ttl, task_end)

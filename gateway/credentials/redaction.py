@@ -34,7 +34,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("stripe_webhook_secret", re.compile(r"\bwhsec_[A-Za-z0-9]{20,}\b"), MARK),
     ("openai_key", re.compile(r"\bsk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_-]{20,}"), MARK),
     ("google_api_key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), MARK),
-    ("url_password", re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+(@)"), r"\1" + MARK + r"\2"),
+    ("url_password", re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)(?!\[REDACTED\]@)[^/\s@]+(@)"),
+     r"\1" + MARK + r"\2"),
 )
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")

@@ -13,7 +13,7 @@ import pytest
 from gateway.credentials import CredentialService
 from gateway.errors import GatewayError
 from gateway.store import RedisConnection
-from tests.credentials.conftest import call, make_config
+from tests.credentials.helpers import call, make_config
 from tests.credentials.upstream import JwksVerifier, bound_socket, guarded_payments, serve_upstream
 from tests.support.mcp_client import sdk_client
 

@@ -1,0 +1,139 @@
+"""Token exchange (RFC 8693) against a real aiohttp token endpoint: request shape, caching per task, failures."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import jwt
+import pytest
+from aiohttp import web
+
+from gateway.credentials import CredentialService
+from gateway.errors import GatewayError
+from tests.credentials.helpers import agent, call, make_config
+from tests.credentials.upstream import bound_socket
+
+CLIENT_SECRET = "cl!ent:secret/with&odd=chars"
+AGENT_TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJl"
+
+
+@dataclass
+class TokenEndpoint:
+    url: str
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    reply: tuple[int, Any] = (200, {"access_token": "exchanged-1", "token_type": "Bearer", "expires_in": 120})
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[TokenEndpoint]:
+    sock = bound_socket()
+    state = TokenEndpoint(f"http://127.0.0.1:{sock.getsockname()[1]}/token")
+
+    async def token(request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        state.requests.append({"form": form, "authorization": request.headers.get("Authorization", "")})
+        status, body = state.reply
+        if isinstance(body, str):
+            return web.Response(status=status, text=body)
+        body = {**body, "access_token": f"exchanged-{len(state.requests)}"} if "access_token" in body else body
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    yield state
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def service(tmp_path, clock, endpoint: TokenEndpoint) -> AsyncIterator[CredentialService]:
+    upstreams = [{"name": "crm", "url": "http://127.0.0.1:9003/mcp", "credentials": {
+        "mode": "token_exchange", "token_endpoint": endpoint.url, "client_id": "customs gw",
+        "client_secret": CLIENT_SECRET, "scope": "crm.read", "audience": "https://crm.example"}}]
+    svc = CredentialService(make_config(tmp_path, upstreams), clock=clock)
+    await svc.start()
+    yield svc
+    await svc.close()
+
+
+async def exchange(svc: CredentialService, **kw: Any) -> dict[str, str]:
+    ctx = call("crm", "find", principal=agent(AGENT_TOKEN), **kw)
+    await svc.stage(ctx)
+    assert ctx.credential_mode == "token_exchange" and ctx.credential_audience == "https://crm.example"
+    return ctx.upstream_headers
+
+
+async def test_request_shape(service: CredentialService, endpoint: TokenEndpoint) -> None:
+    assert await exchange(service) == {"Authorization": "Bearer exchanged-1"}
+    (req,) = endpoint.requests
+    form = req["form"]
+    assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:token-exchange"
+    assert form["subject_token"] == AGENT_TOKEN
+    assert form["subject_token_type"] == "urn:ietf:params:oauth:token-type:jwt"
+    assert form["actor_token_type"] == "urn:ietf:params:oauth:token-type:jwt"
+    assert form["audience"] == "https://crm.example" and form["scope"] == "crm.read"
+    key = service.keys.current
+    actor = jwt.decode(form["actor_token"], key.private_key.public_key(), algorithms=[key.algorithm],
+                       audience=endpoint.url, options={"verify_exp": False, "verify_iat": False})
+    assert actor["sub"] == actor["iss"] == service.issuer
+    scheme, _, encoded = req["authorization"].partition(" ")
+    client_id, _, secret = base64.b64decode(encoded).decode().partition(":")
+    assert scheme == "Basic" and unquote(client_id) == "customs gw" and unquote(secret) == CLIENT_SECRET
+
+
+async def test_cached_per_task_until_near_expiry(service: CredentialService, endpoint: TokenEndpoint,
+                                                 clock) -> None:
+    assert (await exchange(service))["Authorization"] == "Bearer exchanged-1"
+    assert (await exchange(service))["Authorization"] == "Bearer exchanged-1"
+    assert (await exchange(service, session_id="other"))["Authorization"] == "Bearer exchanged-2"
+    clock.advance(115)  # within the refresh margin of the 120 s token
+    assert (await exchange(service))["Authorization"] == "Bearer exchanged-3"
+    await service.session_ended("sess-1")
+    with pytest.raises(GatewayError):  # the ended task gets nothing, cached or new
+        await exchange(service)
+    assert len(endpoint.requests) == 3
+
+
+@pytest.mark.parametrize("reply", [(400, {"error": "invalid_grant"}), (200, {"token_type": "Bearer"}),
+                                   (200, "not json"), (500, "boom")])
+async def test_endpoint_failures(service: CredentialService, endpoint: TokenEndpoint, reply, caplog) -> None:
+    endpoint.reply = reply
+    with caplog.at_level(logging.WARNING), pytest.raises(GatewayError) as err:
+        await exchange(service)
+    assert err.value.reason == "credential_unavailable"
+    if reply[1] == {"error": "invalid_grant"}:
+        assert err.value.data == {"oauth_error": "invalid_grant"}
+    assert AGENT_TOKEN not in caplog.text and CLIENT_SECRET not in caplog.text
+
+
+async def test_endpoint_unreachable(tmp_path, clock) -> None:
+    dead = bound_socket()  # bound, never listening: connections are refused
+    upstreams = [{"name": "crm", "url": "http://127.0.0.1:9003/mcp", "credentials": {
+        "mode": "token_exchange", "token_endpoint": f"http://127.0.0.1:{dead.getsockname()[1]}/t",
+        "client_id": "gw"}}]
+    svc = CredentialService(make_config(tmp_path, upstreams), clock=clock)
+    await svc.start()
+    try:
+        with pytest.raises(GatewayError) as err:
+            await exchange(svc)
+        assert err.value.reason == "credential_unavailable"
+    finally:
+        await svc.close()
+        dead.close()
+
+
+async def test_no_agent_token(service: CredentialService, endpoint: TokenEndpoint) -> None:
+    with pytest.raises(GatewayError) as err:
+        await service.stage(call("crm", "find", principal=agent(None)))
+    assert err.value.reason == "credential_unavailable" and endpoint.requests == []
+
+
+def test_client_secret_is_a_known_secret(service: CredentialService) -> None:
+    assert service.redactor.redact(f"secret is {CLIENT_SECRET}") == "secret is [REDACTED]"

@@ -1,0 +1,127 @@
+"""Minted credentials: claims, audience, delegation chain, narrowing, TTL versus task end, per-task cache."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+
+from gateway.context import Principal
+from gateway.credentials import CredentialService
+from gateway.credentials.minter import refresh_margin
+from gateway.errors import GatewayError
+from tests.credentials.helpers import Clock, agent, make_config
+
+UPSTREAMS = [
+    {"name": "payments", "url": "http://127.0.0.1:9002/mcp",
+     "credentials": {"mode": "minted", "ttl_s": 60, "narrow_to_args": ["account"]}},
+    {"name": "crm", "url": "http://127.0.0.1:9003/mcp",
+     "credentials": {"mode": "minted", "ttl_s": 30, "audience": "https://crm.example"}},
+    {"name": "local", "command": ["true"], "credentials": {"mode": "minted"}},
+]
+
+
+@pytest.fixture
+async def service(tmp_path, clock: Clock):
+    svc = CredentialService(make_config(tmp_path, UPSTREAMS), clock=clock)
+    await svc.start()
+    yield svc
+    await svc.close()
+
+
+def upstream(service: CredentialService, name: str):
+    return service.stage.upstreams[name]
+
+
+def decode(service: CredentialService, token: str, audience: str) -> dict:
+    key = service.keys.current
+    return jwt.decode(token, key.private_key.public_key(), algorithms=[key.algorithm], audience=audience,
+                      options={"verify_exp": False, "verify_iat": False})
+
+
+async def test_claims(service: CredentialService, clock: Clock) -> None:
+    token, claims = await service.minter.mint(agent(), upstream(service, "payments"), ["pay"],
+                                              {"account": "acme-1", "amount": 5}, "task-1")
+    assert decode(service, token, "http://127.0.0.1:9002/mcp") == claims
+    assert claims["iss"] == "http://127.0.0.1:8700"
+    assert claims["sub"] == "spiffe://acme/agent-1"
+    assert claims["act"] == {"sub": "spiffe://acme/orchestrator", "act": {"sub": "user:alice"}}
+    assert claims["scope"] == "pay" and claims["task"] == "task-1"
+    assert claims["args"] == {"account": "acme-1"}  # only the configured argument
+    assert claims["iat"] == int(clock()) and claims["exp"] == int(clock()) + 60
+    assert len(claims["jti"]) >= 16
+    header = jwt.get_unverified_header(token)
+    assert header["kid"] == service.keys.current.kid and header["alg"] == "EdDSA"
+
+
+async def test_audience_defaults_and_overrides(service: CredentialService) -> None:
+    _, crm = await service.minter.mint(agent(), upstream(service, "crm"), ["find"], {}, "t")
+    assert crm["aud"] == "https://crm.example" and "args" not in crm and crm["exp"] - crm["iat"] == 30
+    _, local = await service.minter.mint(agent(), upstream(service, "local"), ["x"], {}, "t")
+    assert local["aud"] == "urn:customs:upstream:local"
+
+
+async def test_no_chain_no_act_and_missing_narrowed_arg_is_null(service: CredentialService) -> None:
+    lone = Principal(id="agent-2", issuer="https://idp.test", subject="agent-2")
+    _, claims = await service.minter.mint(lone, upstream(service, "payments"), ["pay"], {"amount": 1}, "t")
+    assert "act" not in claims and claims["args"] == {"account": None}
+
+
+async def test_exp_never_after_task_end(service: CredentialService, clock: Clock) -> None:
+    _, claims = await service.minter.mint(agent(), upstream(service, "payments"), ["pay"], {}, "t",
+                                          task_end=clock() + 20)
+    assert claims["exp"] == int(clock() + 20)
+    with pytest.raises(GatewayError) as err:
+        await service.minter.mint(agent(), upstream(service, "payments"), ["pay"], {}, "t", task_end=clock() - 1)
+    assert err.value.reason == "credential_unavailable" and err.value.data == {"task_ended": True}
+
+
+async def test_cache_per_task_scope_and_narrowed_args(service: CredentialService, clock: Clock) -> None:
+    pay = upstream(service, "payments")
+    mint = service.minter.mint
+    first, _ = await mint(agent(), pay, ["pay"], {"account": "a", "amount": 1}, "t1")
+    assert (await mint(agent(), pay, ["pay"], {"account": "a", "amount": 2}, "t1"))[0] == first  # not narrowed
+    assert (await mint(agent(), pay, ["pay"], {"account": "b"}, "t1"))[0] != first
+    assert (await mint(agent(), pay, ["refund"], {"account": "a"}, "t1"))[0] != first
+    assert (await mint(agent(), pay, ["pay"], {"account": "a"}, "t2"))[0] != first
+    assert (await mint(agent(sub="other"), pay, ["pay"], {"account": "a"}, "t1"))[0] != first
+    assert (await mint(agent(), pay, ["pay"], {"account": "a"}, "t1", cache=False))[0] != first
+    clock.advance(60 - refresh_margin(60) - 1)
+    assert (await mint(agent(), pay, ["pay"], {"account": "a"}, "t1"))[0] == first
+    clock.advance(2)  # now within the refresh margin: a fresh token
+    assert (await mint(agent(), pay, ["pay"], {"account": "a"}, "t1"))[0] != first
+
+
+async def test_ended_task_drops_cache_and_refuses(service: CredentialService) -> None:
+    pay = upstream(service, "payments")
+    _, claims = await service.minter.mint(agent(), pay, ["pay"], {"account": "a"}, "t1")
+    assert await service.end_task("t1") == [claims["jti"]]
+    with pytest.raises(GatewayError):
+        await service.minter.mint(agent(), pay, ["pay"], {"account": "a"}, "t1")
+
+
+async def test_revocation_store_down_means_no_token(tmp_path, clock: Clock, redis_server) -> None:
+    from gateway.store import RedisConnection
+
+    config = make_config(tmp_path, UPSTREAMS, store={"redis": {"url": redis_server.url}})
+    conn = RedisConnection(config.store.redis)  # type: ignore[union-attr]
+    svc = CredentialService(config, redis=conn, clock=clock)
+    await svc.start()
+    try:
+        await svc.minter.mint(agent(), upstream(svc, "payments"), ["pay"], {}, "t1")
+        redis_server.kill()
+        with pytest.raises(GatewayError) as err:
+            await svc.minter.mint(agent(), upstream(svc, "payments"), ["pay"], {}, "t2")
+        assert err.value.reason == "credential_unavailable"
+        await svc.exchanger.close()
+    finally:
+        await conn.close()
+
+
+async def test_es256_signing(tmp_path, clock: Clock) -> None:
+    svc = CredentialService(make_config(tmp_path, UPSTREAMS, signing={"key_dir": str(tmp_path / "k"),
+                                                                     "algorithm": "ES256"}), clock=clock)
+    await svc.start()
+    token, _ = await svc.minter.mint(agent(), upstream(svc, "payments"), ["pay"], {}, "t")
+    assert jwt.get_unverified_header(token)["alg"] == "ES256"
+    assert decode(svc, token, "http://127.0.0.1:9002/mcp")["sub"] == "spiffe://acme/agent-1"
+    await svc.close()

@@ -1,0 +1,100 @@
+"""JWKS, authorization-server metadata and RFC 7662 introspection over real HTTP."""
+
+from __future__ import annotations
+
+import aiohttp
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from gateway.credentials import CredentialService
+from gateway.store import RedisConnection
+from tests.credentials.helpers import call, make_config
+
+UPSTREAMS = [{"name": "pay", "url": "http://127.0.0.1:9002/mcp", "credentials": {"mode": "minted", "ttl_s": 30}}]
+
+
+@pytest.fixture
+async def served(tmp_path, clock, serve_credentials):
+    return await serve_credentials(lambda port: CredentialService(make_config(tmp_path, UPSTREAMS, port=port),
+                                                                  clock=clock))
+
+
+async def introspect(url: str, **form: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.post(f"{url}/oauth/introspect", data=form) as resp:
+        return resp.status, await resp.json()
+
+
+async def mint(service: CredentialService) -> str:
+    ctx = call("pay", "pay", {"x": 1})
+    await service.stage(ctx)
+    return ctx.upstream_headers["Authorization"].removeprefix("Bearer ")
+
+
+async def test_jwks_and_metadata(served) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{served.url}/.well-known/jwks.json") as resp:
+            jwks = await resp.json()
+        async with http.get(f"{served.url}/.well-known/oauth-authorization-server") as resp:
+            meta = await resp.json()
+    (key,) = jwks["keys"]
+    assert key["kid"] == served.service.keys.current.kid and key["kty"] == "OKP" and "d" not in key
+    assert meta["issuer"] == served.url
+    assert meta["jwks_uri"] == f"{served.url}/.well-known/jwks.json"
+    assert meta["introspection_endpoint"] == f"{served.url}/oauth/introspect"
+
+
+async def test_active_token_claims(served) -> None:
+    token = await mint(served.service)
+    status, body = await introspect(served.url, token=token)
+    assert status == 200 and body["active"] is True
+    assert body["sub"] == "spiffe://acme/agent-1" and body["aud"] == "http://127.0.0.1:9002/mcp"
+    assert body["scope"] == "pay" and body["iss"] == served.url and body["token_type"] == "Bearer"
+
+
+async def test_expired_token_inactive(served, clock) -> None:
+    token = await mint(served.service)
+    clock.advance(31)
+    assert await introspect(served.url, token=token) == (200, {"active": False})
+
+
+async def test_garbage_and_foreign_tokens_inactive(served) -> None:
+    kid = served.service.keys.current.kid
+    claims = {"iss": served.url, "sub": "x", "jti": "j", "iat": 1, "exp": 4_000_000_000}
+    foreign = jwt.encode(claims, ed25519.Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": kid})
+    unknown_kid = jwt.encode(claims, ed25519.Ed25519PrivateKey.generate(), algorithm="EdDSA",
+                             headers={"kid": "nope"})
+    unsigned = jwt.encode(claims, None, algorithm="none", headers={"kid": kid})
+    hmac = jwt.encode(claims, "k" * 32, algorithm="HS256", headers={"kid": kid})
+    for token in ("garbage", "a.b.c", foreign, unknown_kid, unsigned, hmac):
+        assert await introspect(served.url, token=token) == (200, {"active": False}), token
+
+
+async def test_other_issuer_inactive(tmp_path, clock, served) -> None:
+    other = CredentialService(make_config(tmp_path, UPSTREAMS, port=1, public_url="http://other.test"), clock=clock)
+    await other.start()  # same key dir: same key, but another issuer
+    token = await mint(other)
+    await other.close()
+    assert await introspect(served.url, token=token) == (200, {"active": False})
+
+
+async def test_bad_requests(served) -> None:
+    assert (await introspect(served.url))[0] == 400
+    async with aiohttp.ClientSession() as http, http.post(f"{served.url}/oauth/introspect",
+                                                          json={"token": "x"}) as resp:
+        assert resp.status == 400 and (await resp.json())["error"] == "invalid_request"
+
+
+async def test_store_down_answers_inactive(tmp_path, clock, redis_server, serve_credentials) -> None:
+    config = make_config(tmp_path, UPSTREAMS, store={"redis": {"url": redis_server.url}})
+    conn = RedisConnection(config.store.redis)  # type: ignore[union-attr]
+    served = await serve_credentials(lambda port: CredentialService(
+        make_config(tmp_path, UPSTREAMS, port=port, store={"redis": {"url": redis_server.url}}),
+        redis=conn, clock=clock))
+    try:
+        token = await mint(served.service)
+        assert (await introspect(served.url, token=token))[1]["active"] is True
+        redis_server.kill()
+        assert await introspect(served.url, token=token) == (200, {"active": False})
+    finally:
+        await conn.close()
