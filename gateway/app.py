@@ -105,10 +105,10 @@ async def create_app(config: Config) -> web.Application:
 async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     upstreams = {u.name: build_upstream(u, http) for u in config.upstreams}
     catalog = Catalog(config.upstreams)
-    holder: dict[str, Any] = {}
+    parts = await build_parts(config, http, upstreams)
 
     async def on_session_end(session: Session) -> None:
-        await holder["parts"].session_ended(session)
+        await parts.session_ended(session)
 
     sessions = SessionManager(upstreams, catalog, idle_s=config.tasks.idle_s, on_end=on_session_end)
 
@@ -117,16 +117,16 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
         override = cfg.tools.get(tool) if tool else None
         return override.timeout_s if override and override.timeout_s else cfg.timeout_s
 
-    parts = await build_parts(config, http, upstreams, catalog, sessions)
-    holder["parts"] = parts
-    forward = ForwardStage(sessions, timeout, parts.inject)
-    pipeline = Pipeline(authorize=parts.authorize, approve=parts.approve, credential=parts.credential,
-                        forward=forward, record=parts.record, finish=parts.finish)
+    obs = parts.observability
+    pipeline = obs.instrument(Pipeline(
+        authorize=parts.authorize, approve=parts.approve, credential=parts.credentials.stage,
+        forward=ForwardStage(sessions, timeout, obs.inject), record=obs.record,
+        rate=parts.limiter.rate, facts=parts.facts, slot=parts.limiter.concurrency))
     router = Router(sessions, catalog, pipeline, parts.authorizer, parts.guard,
                     {u.name: u.timeout_s for u in config.upstreams})
     endpoint = McpEndpoint(identifier=parts.identifier, sessions=sessions, router=router,
                            upstream_names=frozenset(upstreams), max_body_bytes=config.listen.max_body_bytes,
-                           max_json_depth=config.listen.max_json_depth)
+                           max_json_depth=config.listen.max_json_depth, observability=obs)
     owners: list[Any] = [*parts.owners_before_upstreams, *upstreams.values(), sessions, *parts.owners_after]
     return Gateway(config=config, http=http, parts=parts, sessions=sessions, catalog=catalog,
                    endpoint=endpoint, owners=owners)

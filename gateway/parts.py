@@ -1,7 +1,7 @@
 """Builds the pipeline's parts (identity, policy, approvals, credentials, telemetry) from the config.
 
 `app.py` composes these with the core (sessions, router, forward). Everything here is constructed
-without I/O; the returned owners are started and closed by the app's lifecycle, in order.
+without I/O; the owners listed are started and closed by the app's lifecycle, in order.
 """
 
 from __future__ import annotations
@@ -15,16 +15,24 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.approvals.memory import MemoryApprovalStore
+from gateway.approvals.redis import RedisApprovalStore
+from gateway.approvals.stage import ApproveStage
+from gateway.approvals.store import ApprovalStore
 from gateway.authz.engine import PolicyEngine
 from gateway.authz.policyset import PolicyLoadError
 from gateway.authz.stage import AuthorizeStage
-from gateway.catalog import Catalog
 from gateway.config import ConfigError
-from gateway.config.model import Config
-from gateway.context import CallContext, Principal
-from gateway.pinning import MemoryPins, ToolGuard
-from gateway.pipeline import Authorizer, Identifier, Recorder, Stage
-from gateway.sessions import Session, SessionManager
+from gateway.config.model import Config, RedisStore
+from gateway.credentials.redaction import Redactor
+from gateway.credentials.service import CredentialService
+from gateway.limits import Limiter, MemoryLimits, RedisLimits
+from gateway.pinning import MemoryPins, RedisPins, ToolGuard
+from gateway.pipeline import Authorizer, Identifier
+from gateway.sessions import Session
+from gateway.store import RedisConnection
+from gateway.taskstate import MemoryFacts, RedisFacts, TaskStage
+from gateway.telemetry.observability import Observability
 from gateway.transport.base import Upstream
 
 log = logging.getLogger("customs.parts")
@@ -35,58 +43,97 @@ Check = Callable[[], Awaitable[tuple[bool, Any]]]
 @dataclass
 class Parts:
     identifier: Identifier
-    authorizer: Authorizer
-    authorize: Stage
-    approve: Stage
-    credential: Stage
-    record: Recorder
-    guard: ToolGuard
-    upstreams: Mapping[str, Upstream]
     engine: PolicyEngine
-    finish: Callable[[CallContext], Awaitable[None]]
-    inject: Callable[[dict[str, str], dict[str, Any]], None] | None = None
+    authorize: AuthorizeStage
+    approvals: ApprovalStore
+    approve: ApproveStage
+    credentials: CredentialService
+    observability: Observability
+    guard: ToolGuard
+    limiter: Limiter
+    facts: TaskStage
+    upstreams: Mapping[str, Upstream]
+    redis: RedisConnection | None = None
     routes: list[web.RouteDef] = field(default_factory=list)
     checks: dict[str, Check] = field(default_factory=dict)
     owners_before_upstreams: list[Any] = field(default_factory=list)
     owners_after: list[Any] = field(default_factory=list)
 
+    @property
+    def authorizer(self) -> Authorizer:
+        return self.engine
+
     async def session_ended(self, session: Session) -> None:
-        return None
+        await self.credentials.session_ended(session.id)
 
     async def reload(self, config_path: Path | None) -> None:
         ok = await self.engine.reload()
         log.info("SIGHUP: policies %s", "reloaded" if ok else "kept (reload failed)")
 
 
-class _Anonymous:
-    def __init__(self, config: Config) -> None:
-        log.warning("identity mode anonymous: every caller is the same principal; use only for local work")
-        self._principal = Principal(id=config.identity.anonymous_principal, issuer="anonymous",
-                                    subject=config.identity.anonymous_principal,
-                                    attributes=dict(config.identity.anonymous_attributes), anonymous=True)
+def _policy_engine(config: Config, obs: Observability) -> PolicyEngine:
+    def on_reload(ok: bool, message: str) -> None:
+        obs.policy_reloaded(ok, engine.version if engine.loaded else None, None if ok else message)
 
-    async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None) -> Principal:
-        return self._principal
+    def on_shadow(enforced: str, shadow: str) -> None:
+        obs.metrics.shadow_disagreement("", "", enforced, shadow)
 
-
-async def _nothing(ctx: CallContext) -> None:
-    return None
-
-
-async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Mapping[str, Upstream],
-                      catalog: Catalog, sessions: SessionManager) -> Parts:
-    engine = PolicyEngine(config.policies, config.environment)
+    engine = PolicyEngine(config.policies, config.environment, on_reload=on_reload,
+                          on_shadow_disagreement=on_shadow)
     try:
         engine.load_sync()
     except PolicyLoadError as exc:
-        raise ConfigError(str(exc).splitlines() or [str(exc)], f"policies {config.policies.dir}") from exc
-    guard = ToolGuard(config.upstreams, MemoryPins(), config.pinning.mode)
+        problems = list(getattr(exc, "problems", None) or [str(exc)])
+        raise ConfigError(problems, f"policies in {config.policies.dir}") from exc
+    return engine
+
+
+def _identifier(config: Config, http: aiohttp.ClientSession) -> Identifier:
+    from gateway.identity import build_identifier
+    return build_identifier(config.identity, config.agents, config.listen.resource_url, http)
+
+
+async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Mapping[str, Upstream]) -> Parts:
+    redis = RedisConnection(config.store.redis) if isinstance(config.store, RedisStore) else None
+    redactor = Redactor(config.secrets)  # one redactor: logs, decision log, spans and the approvals page agree
+    obs = Observability(config, redactor.redact)
+    engine = _policy_engine(config, obs)
+    credentials = CredentialService(config, http=http, redis=redis, redactor=redactor,
+                                    on_event=lambda event: obs.event(str(event.pop("type", "revocation")), **event))
+    if redis is not None:
+        approvals: ApprovalStore = RedisApprovalStore(redis.client, redis.prefix)
+        pins: Any = RedisPins(redis.client, redis.prefix)
+        limit_backend: Any = RedisLimits(redis.client, redis.prefix)
+        facts_store: Any = RedisFacts(redis.client, redis.prefix)
+    else:
+        approvals = MemoryApprovalStore()
+        pins, limit_backend, facts_store = MemoryPins(), MemoryLimits(), MemoryFacts()
+
+    def on_pin_event(**event: Any) -> None:
+        if event.get("type") == "tool_quarantined":
+            obs.tool_quarantined(event["upstream"], event["tool"], event.get("reason", ""), event.get("hash"))
+        else:
+            obs.event(str(event.pop("type")), **event)
+
+    guard = ToolGuard(config.upstreams, pins, config.pinning.mode, on_event=on_pin_event)
+    approve = ApproveStage(approvals, config.approvals, redactor.redact,
+                           page_url=config.listen.resource_url + "/approvals")
+    facts = TaskStage(facts_store, {u.name: u for u in config.upstreams}, credentials.tasks.resolve)
+    identifier = _identifier(config, http)
 
     async def policy_check() -> tuple[bool, Any]:
         return engine.loaded, engine.status()
 
-    return Parts(identifier=_Anonymous(config), authorizer=engine, authorize=AuthorizeStage(engine),
-                 approve=_nothing, credential=_nothing, record=_nothing, guard=guard, upstreams=upstreams,
-                 engine=engine, finish=_nothing, checks={"policies": policy_check},
-                 owners_before_upstreams=[engine])
-
+    checks: dict[str, Check] = {"policies": policy_check}
+    if redis is not None:
+        async def store_check() -> tuple[bool, Any]:
+            return await redis.check()
+        checks["store"] = store_check
+    owners: list[Any] = [o for o in (redis, obs, engine, approvals, credentials) if o is not None]
+    identity_owner = identifier if hasattr(identifier, "start") else None
+    if identity_owner is not None:
+        owners.append(identity_owner)
+    return Parts(identifier=identifier, engine=engine, authorize=AuthorizeStage(engine), approvals=approvals,
+                 approve=approve, credentials=credentials, observability=obs, guard=guard,
+                 limiter=Limiter(config.limits, limit_backend), facts=facts, upstreams=upstreams, redis=redis,
+                 routes=[*credentials.routes(), *obs.routes()], checks=checks, owners_before_upstreams=owners)

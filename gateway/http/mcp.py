@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +52,7 @@ class McpEndpoint:
     max_body_bytes: int
     max_json_depth: int
     keepalive_s: float = 15.0
-    open_span: Callable[[web.Request, jsonrpc.Message, Principal | None], Any] | None = None
+    observability: Any = None  # gateway.telemetry.observability.Observability
 
     # -- shared steps ------------------------------------------------------------------------------
 
@@ -78,14 +78,22 @@ class McpEndpoint:
             json_ok, sse_ok = accepts(request)
             if not json_ok:
                 raise GatewayError("not_acceptable")
+            started = time.time_ns()
             principal = await self._identify(request)
+            identified = time.time_ns()
             message = jsonrpc.parse(await read_body(request, self.max_body_bytes), max_depth=self.max_json_depth)
             request_id = message.id if message.kind == "request" else None
             session, extra_headers = await self._session_for(request, view, principal, message)
             if message.kind != "request":
                 await self._accept_one_way(session, message)
                 return web.Response(status=202, headers=extra_headers)
-            return await self._answer(request, session, principal, message, sse_ok, extra_headers)
+            if self.observability is None:
+                return await self._answer(request, session, principal, message, sse_ok, extra_headers)
+            with self.observability.request(request.headers, message.method, message.params, message.id,
+                                            principal=principal, session_id=session.id,
+                                            protocol_version=session.protocol_version, start_ns=started,
+                                            identify_ns=(started, identified)) as trace:
+                return await self._answer(request, session, principal, message, sse_ok, extra_headers, trace)
         except GatewayError as exc:
             return error_response(exc, request_id)
         except _ModernRejection as exc:
@@ -162,7 +170,8 @@ class McpEndpoint:
                 await upstream_session.notify(message.body)
 
     async def _answer(self, request: web.Request, session: Session, principal: Principal,
-                      message: jsonrpc.Message, sse_ok: bool, headers: dict[str, str]) -> web.StreamResponse:
+                      message: jsonrpc.Message, sse_ok: bool, headers: dict[str, str],
+                      trace: Any = None) -> web.StreamResponse:
         if message.method == "initialize":
             result = self._initialize_result(session)
             return web.json_response(jsonrpc.result(message.id, result), headers=headers, dumps=_dumps)
@@ -171,7 +180,7 @@ class McpEndpoint:
             return web.json_response(jsonrpc.result(message.id, result), dumps=_dumps)
         channel = ResponseChannel(request, headers, sse_allowed=sse_ok)
         inbound = Inbound(session=session, principal=principal, message=message,
-                          send=channel.send if sse_ok else None)
+                          send=channel.send if sse_ok else None, trace_id=trace.trace_id if trace else None)
         token = (message.params.get("_meta") or {}).get("progressToken") if isinstance(
             message.params.get("_meta"), dict) else None
         if token is not None and sse_ok:
@@ -195,6 +204,8 @@ class McpEndpoint:
         except Exception as exc:
             if not isinstance(exc, GatewayError):
                 log.debug("request failed", exc_info=exc)
+            if trace is not None:
+                trace.fail(exc)
             reply, status = to_wire(exc, message.id)
         finally:
             session.inflight.pop(message.id, None)

@@ -1,0 +1,130 @@
+"""Rate/concurrency limits and task facts over both backends (memory, a real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.config.model import LimitsConfig, UpstreamConfig
+from gateway.context import CallContext, Principal, ToolInfo
+from gateway.errors import GatewayError
+from gateway.limits import Limiter, MemoryLimits, RedisLimits
+from gateway.taskstate import MemoryFacts, RedisFacts, TaskStage
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backends(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Any, Any, Any]]:
+    if request.param == "memory":
+        yield MemoryLimits(), MemoryFacts(), None
+        return
+    server = request.getfixturevalue("redis_server")
+    client = aioredis.from_url(server.url)
+    try:
+        yield RedisLimits(client, "t:"), RedisFacts(client, "t:"), (server, client)
+    finally:
+        await client.aclose()
+
+
+def ctx(principal: str = "agent-a", tool: str = "pay", args: dict[str, Any] | None = None) -> CallContext:
+    return CallContext(method="tools/call", request_id=1, params={"name": tool, "arguments": args or {}},
+                       principal=Principal(id=principal, issuer="i", subject=principal), upstream="payments",
+                       tool=ToolInfo(upstream="payments", name=tool))
+
+
+async def test_rate_limit_per_principal(backends):
+    limits, _, _ = backends
+    limiter = Limiter(LimitsConfig.model_validate({"per_principal": {"rate_per_s": 0.001, "burst": 3}}), limits)
+    for _ in range(3):
+        await limiter.rate(ctx())
+    with pytest.raises(GatewayError) as info:
+        await limiter.rate(ctx())
+    assert info.value.reason == "rate_limited"
+    assert info.value.data["retry_after_s"] >= 1
+    assert info.value.headers["Retry-After"]
+    await limiter.rate(ctx(principal="agent-b"))  # another principal has its own bucket
+
+
+async def test_concurrency_limit_releases_slots(backends):
+    limits, _, _ = backends
+    limiter = Limiter(LimitsConfig.model_validate({"per_tool": {"concurrency": 2}}), limits)
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with limiter.concurrency(ctx()):
+            entered.set()
+            await release.wait()
+
+    tasks = [asyncio.create_task(hold()) for _ in range(2)]
+    await asyncio.wait_for(entered.wait(), 5)
+    while True:  # both slots taken (each task acquires before it waits)
+        try:
+            async with limiter.concurrency(ctx()):
+                pass
+        except GatewayError as exc:
+            assert exc.reason == "rate_limited"
+            break
+        await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(*tasks)
+    async with limiter.concurrency(ctx()):
+        pass
+
+
+async def test_limits_fail_closed_when_redis_is_down(redis_server):
+    client = aioredis.from_url(redis_server.url)
+    limiter = Limiter(LimitsConfig.model_validate({"per_principal": {"rate_per_s": 10}}), RedisLimits(client, "t:"))
+    await limiter.rate(ctx())
+    redis_server.kill()
+    with pytest.raises(GatewayError) as info:
+        await limiter.rate(ctx())
+    assert info.value.reason == "rate_limited"
+    await client.aclose()
+
+
+async def test_task_facts_accumulate_and_release(backends):
+    _, facts, _ = backends
+    upstream = UpstreamConfig.model_validate({"name": "payments", "url": "http://127.0.0.1:1/mcp",
+                                              "tools": {"pay": {"sum_args": ["amount"]}}})
+    stage = TaskStage(facts, {"payments": upstream}, lambda c: "task-1")
+    first = ctx(args={"amount": 6000})
+    await stage(first)
+    assert first.extra["task"] == {"calls": 0, "totals": {"amount": 6000.0}, "seen_tools": []}
+    first.extra["forwarded"] = True
+    await stage.release(first)  # forwarded: kept
+    held = ctx(args={"amount": 3000})
+    await stage(held)
+    assert held.extra["task"]["totals"] == {"amount": 9000.0}
+    assert held.extra["task"]["calls"] == 1 and held.extra["task"]["seen_tools"] == ["payments/pay"]
+    await stage.release(held)  # never forwarded: given back
+    again = ctx(args={"amount": 1.5})
+    await stage(again)
+    assert again.extra["task"]["totals"] == {"amount": 6001.5}
+    assert again.extra["task"]["calls"] == 1
+
+
+async def test_concurrent_reservations_see_each_other(backends):
+    _, facts, _ = backends
+    upstream = UpstreamConfig.model_validate({"name": "payments", "url": "http://127.0.0.1:1/mcp",
+                                              "tools": {"pay": {"sum_args": ["amount"]}}})
+    stage = TaskStage(facts, {"payments": upstream}, lambda c: "task-2")
+    calls = [ctx(args={"amount": 1000}) for _ in range(10)]
+    await asyncio.gather(*(stage(c) for c in calls))
+    totals = sorted(c.extra["task"]["totals"]["amount"] for c in calls)
+    assert totals == [1000.0 * i for i in range(1, 11)]
+
+
+async def test_task_facts_fail_closed_when_redis_is_down(redis_server):
+    client = aioredis.from_url(redis_server.url)
+    stage = TaskStage(RedisFacts(client, "t:"), {}, lambda c: "t")
+    redis_server.kill()
+    with pytest.raises(GatewayError) as info:
+        await stage(ctx())
+    assert info.value.reason == "policy_unavailable"
+    await client.aclose()
