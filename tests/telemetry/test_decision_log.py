@@ -1,0 +1,172 @@
+"""The decision log: record fields, argument redaction, stdout and file sinks, line atomicity, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config.model import DecisionLogConfig, TelemetryConfig
+from gateway.context import Actor, ApprovalState, CallContext, Decision, Principal, ToolInfo
+from gateway.errors import GatewayError, UpstreamErrorResponse
+from gateway.telemetry.decision_log import DecisionLog, decision_record, default_redactor
+from gateway.telemetry.tracing import Telemetry
+from tests.support.otlp import OtlpReceiver
+
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+def call(**changes: Any) -> CallContext:
+    principal = Principal(id="agent-b", issuer="https://idp.example", subject="agent-b",
+                          attributes={"tenant": "acme"}, chain=(Actor("agent-a"), Actor("user-1")),
+                          token="SECRET-TOKEN")
+    ctx = CallContext(method="tools/call", request_id=7,
+                      params={"name": "pay", "arguments": {"account": "ac-1", "amount": 5, "password": "hunter2"}},
+                      principal=principal, upstream="payments", tool=ToolInfo("payments", "pay"),
+                      session_id="s-1", task_id="task-9")
+    for key, value in changes.items():
+        setattr(ctx, key, value)
+    return ctx
+
+
+def test_record_has_every_field() -> None:
+    ctx = call(decision=Decision("approval_required", ("hold-large-payments",), eval_us=61.25,
+                                 policy_version="sha256:abc", shadow_outcome="deny"),
+               approval=ApprovalState("ap-1", "approved", ("alice",), "ok by me", 3.5),
+               credential_mode="minted", result={"content": []}, trace_id="f" * 32)
+    record = decision_record(ctx)
+    assert record["type"] == "decision"
+    assert record["decision_id"] == ctx.decision_id
+    assert RFC3339.match(record["time"])
+    assert record["trace_id"] == "f" * 32  # no current span: the context's trace id
+    assert record["principal"] == "agent-b" and record["issuer"] == "https://idp.example"
+    assert record["chain"] == ["agent-a", "user-1"] and record["tenant"] == "acme"
+    assert (record["session_id"], record["task_id"], record["method"]) == ("s-1", "task-9", "tools/call")
+    assert (record["upstream"], record["tool"]) == ("payments", "pay")
+    assert record["args_digest"].startswith("sha256:") and "args" not in record
+    assert record["decision"] == "approval_required" and record["policy_ids"] == ["hold-large-payments"]
+    assert record["shadow_decision"] == "deny" and record["policy_version"] == "sha256:abc"
+    assert record["eval_us"] == 61.2 or record["eval_us"] == 61.3
+    assert record["approval"] == {"id": "ap-1", "outcome": "approved", "decided_by": ["alice"],
+                                  "comment": "ok by me", "wait_s": 3.5}
+    assert record["credential_mode"] == "minted"
+    assert record["outcome"] == "ok" and "reason" not in record
+    assert record["duration_ms"] >= 0
+    assert "SECRET-TOKEN" not in json.dumps(record)
+
+
+@pytest.mark.parametrize(("error", "result", "reason"), [
+    (GatewayError("upstream_timeout"), None, "upstream_timeout"),
+    (UpstreamErrorResponse({"code": -32602, "message": "bad"}), None, "upstream_rpc_error"),
+    (asyncio.CancelledError(), None, "request_cancelled"),
+    (RuntimeError("boom"), None, "internal_error"),
+    (None, {"isError": True, "content": []}, "tool_error"),
+])
+def test_errors_become_a_reason(error: BaseException | None, result: Any, reason: str) -> None:
+    record = decision_record(call(error=error, result=result, decision=Decision("allow")))
+    assert record["reason"] == reason
+    assert record["outcome"] == ("ok" if error is None else "error")
+    assert "shadow_decision" not in record
+
+
+def test_undecided_call_records_no_decision() -> None:
+    record = decision_record(call(error=GatewayError("rate_limited")))
+    assert record["decision"] is None and record["policy_ids"] == [] and record["reason"] == "rate_limited"
+
+
+def test_args_only_with_include_args_and_always_through_the_redactor() -> None:
+    seen: list[Any] = []
+
+    def redactor(args: Any) -> Any:
+        seen.append(args)
+        return {k: ("***" if k == "account" else v) for k, v in args.items()}
+
+    record = decision_record(call(), include_args=True, redactor=redactor)
+    assert seen == [{"account": "ac-1", "amount": 5, "password": "hunter2"}]
+    assert record["args"] == {"account": "***", "amount": 5, "password": "hunter2"}
+    fallback = decision_record(call(), include_args=True)
+    assert fallback["args"] == {"account": "ac-1", "amount": 5, "password": "[REDACTED]"}
+    assert default_redactor({"x": [{"Api_Key": "k"}]}) == {"x": [{"Api_Key": "[REDACTED]"}]}
+
+
+async def test_trace_and_span_ids_come_from_the_current_span(otlp: OtlpReceiver) -> None:
+    telemetry = Telemetry(TelemetryConfig.model_validate({"traces": {"endpoint": otlp.url}}), env={})
+    await telemetry.start()
+    try:
+        with telemetry.server_span("tools/call", "pay") as span:
+            record = decision_record(call())
+    finally:
+        await telemetry.close()
+    context = span.get_span_context()
+    assert record["trace_id"] == f"{context.trace_id:032x}" and record["span_id"] == f"{context.span_id:016x}"
+
+
+async def test_stdout_is_the_default_sink(capsys: pytest.CaptureFixture[str]) -> None:
+    log = DecisionLog(DecisionLogConfig())
+    await log.start()
+    log.record_decision(call(decision=Decision("deny", ("forbid-x",))))
+    log.event("policy_reload", outcome="ok", policy_version="v2")
+    await log.close()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["type"] for line in lines] == ["decision", "policy_reload"]
+    assert lines[0]["decision"] == "deny" and lines[1]["policy_version"] == "v2" and RFC3339.match(lines[1]["time"])
+
+
+async def test_records_before_start_are_written_and_after_close_are_counted() -> None:
+    stream = io.StringIO()
+    log = DecisionLog(DecisionLogConfig(), stream=stream, on_drop=lambda: dropped.append(1))
+    dropped: list[int] = []
+    log.event("early")
+    await log.start()
+    await log.close()
+    log.event("late")
+    assert [json.loads(line)["type"] for line in stream.getvalue().splitlines()] == ["early"]
+    assert log.dropped == 1 and dropped == [1]
+
+
+async def test_file_sink_is_line_atomic_under_concurrency(tmp_path: Path) -> None:
+    """Two logs (two gateways) append to one file from many tasks; every line is one whole record."""
+    path = tmp_path / "logs" / "decisions.jsonl"
+    config = DecisionLogConfig(path=path, include_args=True)
+    logs = [DecisionLog(config), DecisionLog(config)]
+    for log in logs:
+        await log.start()
+    big = "x" * 5000  # records larger than a pipe buffer: torn writes would show
+
+    async def writer(n: int) -> None:
+        for i in range(25):
+            ctx = call()
+            ctx.params = {"name": "pay", "arguments": {"n": n, "i": i, "blob": big}}
+            logs[n % 2].record_decision(ctx)
+            if i % 5 == 0:
+                await asyncio.sleep(0)  # yield so the writers interleave with the producers
+
+    await asyncio.gather(*(writer(n) for n in range(20)))
+    for log in logs:
+        await log.close()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 500
+    seen = {(r["args"]["n"], r["args"]["i"]) for r in map(json.loads, lines)}
+    assert len(seen) == 500
+
+
+async def test_unwritable_path_fails_at_start(tmp_path: Path) -> None:
+    log = DecisionLog(DecisionLogConfig(path=tmp_path))  # a directory
+    with pytest.raises(OSError):
+        await log.start()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to simulate a full disk")
+async def test_write_failure_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    log = DecisionLog(DecisionLogConfig(path=Path("/dev/full")))
+    await log.start()
+    log.event("one")
+    log.event("two")
+    await log.close()
+    assert log.dropped == 2
+    assert "decision log write failed" in caplog.text
