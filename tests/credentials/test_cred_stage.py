@@ -76,9 +76,11 @@ async def test_static_file_rotation_and_removal(service, tmp_path) -> None:
 
 
 async def test_missing_static_value_fails_closed(service) -> None:
+    ctx = inbound(call("missing", "t"))
     with pytest.raises(GatewayError) as err:
-        await service.stage(inbound(call("missing", "t")))
+        await service.stage(ctx)
     assert err.value.reason == "credential_unavailable"
+    assert ctx.upstream_headers == {}  # even on failure, nothing inbound is left to forward
 
 
 async def test_static_value_never_in_logs(tmp_path, clock, caplog) -> None:
