@@ -45,7 +45,7 @@ class UpstreamSession(Protocol):
     def initialize_result(self) -> Message: ...
 
     async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
-                      on_message: MessageHandler | None = None, timeout: float | None = None) -> Message:
+                      on_message: MessageHandler | None = None, timeout: float | None = None) -> Message:  # noqa: ASYNC109
         """Send a JSON-RPC request; return its response (result or error) carrying the caller's id.
 
         Messages the upstream sends while answering (progress, logging, server→client requests on

@@ -1,0 +1,133 @@
+"""Pieces every upstream transport shares: circuit breaker, handshake messages, response checks.
+
+The breaker counts consecutive *connection* failures (refused, reset, child failed to start), not
+slow tools or JSON-RPC errors: after `threshold` of them calls fail fast with upstream_unavailable
+for `cooldown_s`, then one trial call is let through; its outcome closes or re-opens the circuit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gateway import __version__
+from gateway.errors import GatewayError
+from gateway.transport.base import ConnectParams, Message
+
+DEFAULT_CLIENT_INFO: Mapping[str, Any] = {"name": "customs", "version": __version__}
+DEFAULT_BREAKER_THRESHOLD = 5
+DEFAULT_BREAKER_COOLDOWN_S = 10.0
+
+
+class CircuitBreaker:
+    """Fail fast after repeated connection failures; one trial call after the cooldown."""
+
+    def __init__(self, threshold: int = DEFAULT_BREAKER_THRESHOLD, cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self.failures = 0
+        self._opened_at: float | None = None
+        self._trial = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened_at is not None
+
+    @property
+    def detail(self) -> str:
+        return f"circuit open after {self.failures} consecutive connection failures" if self.is_open else "ok"
+
+    def check(self) -> None:
+        """Raise upstream_unavailable while open; after the cooldown admit exactly one trial call."""
+        if self._opened_at is None:
+            return
+        if not self._trial and self._clock() - self._opened_at >= self.cooldown_s:
+            self._trial = True
+            return
+        raise GatewayError("upstream_unavailable", "Upstream unavailable (circuit open)",
+                           data={"circuit": "open"})
+
+    def success(self) -> None:
+        self.failures = 0
+        self._opened_at = None
+        self._trial = False
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self._trial or self.failures >= self.threshold:
+            self._opened_at = self._clock()
+        self._trial = False
+
+    def release_trial(self) -> None:
+        """The trial call ended without telling us anything about the connection (e.g. cancelled)."""
+        self._trial = False
+
+
+def initialize_message(request_id: Any, params: ConnectParams) -> Message:
+    return {"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": {
+        "protocolVersion": params.protocol_version,
+        "capabilities": dict(params.capabilities or {}),
+        "clientInfo": dict(params.client_info or DEFAULT_CLIENT_INFO),
+    }}
+
+
+INITIALIZED: Message = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def cancelled_message(upstream_id: Any, reason: str) -> Message:
+    return {"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": upstream_id, "reason": reason}}
+
+
+def id_key(value: Any) -> tuple[str, Any]:
+    """A dict key for a JSON-RPC id that keeps 1 and "1" apart."""
+    return (type(value).__name__, value if isinstance(value, (str, int, float, type(None))) else repr(value))
+
+
+def is_response(message: Message) -> bool:
+    return "method" not in message and ("result" in message or "error" in message)
+
+
+def check_response(message: Any, upstream_id: Any) -> Message:
+    """A well-formed JSON-RPC response to `upstream_id`, else upstream_error."""
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        raise GatewayError("upstream_error", "upstream sent an invalid JSON-RPC message")
+    if not is_response(message) or ("result" in message) == ("error" in message):
+        raise GatewayError("upstream_error", "upstream sent an invalid JSON-RPC response")
+    if message.get("id") != upstream_id or type(message.get("id")) is not type(upstream_id):
+        raise GatewayError("upstream_error", "upstream answered a different request id")
+    if "error" in message and not isinstance(message["error"], dict):
+        raise GatewayError("upstream_error", "upstream sent an invalid JSON-RPC error")
+    return message
+
+
+def with_id(message: Message, new_id: Any) -> Message:
+    return {**message, "id": new_id}
+
+
+def check_initialize(response: Message) -> Message:
+    """The initialize result; a JSON-RPC error or a malformed result means the upstream is unusable."""
+    if "error" in response:
+        error = response["error"]
+        raise GatewayError("upstream_error", f"upstream rejected initialize: {error.get('message', '')}"[:200],
+                           data={"upstream_error": error})
+    result = response.get("result")
+    if not isinstance(result, dict) or not isinstance(result.get("protocolVersion"), str):
+        raise GatewayError("upstream_error", "upstream sent an invalid initialize result")
+    return result
+
+
+def progress_token(message: Message) -> Any:
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return meta.get("progressToken") if isinstance(meta, dict) else None
+
+
+# Notifications that concern every session of an upstream, not one request.
+BROADCAST_METHODS = frozenset({
+    "notifications/tools/list_changed", "notifications/resources/list_changed",
+    "notifications/prompts/list_changed", "notifications/resources/updated",
+})

@@ -1,0 +1,118 @@
+"""Decode Server-Sent Events and bounded bodies from an upstream's aiohttp response stream.
+
+aiohttp's `readline` refuses lines over ~128 KiB, and tool results can be larger, so events are
+split from raw chunks here, with a hard cap on the size of one event (and of a JSON body) so a
+misbehaving upstream cannot make the gateway buffer without bound.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from gateway.errors import GatewayError
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    event: str
+    data: str
+    id: str | None = None
+    retry_ms: int | None = None
+
+
+class _EventBuilder:
+    """Accumulates the fields of one event (WHATWG EventSource parsing rules)."""
+
+    def __init__(self) -> None:
+        self.event = ""
+        self.data: list[str] = []
+        self.id: str | None = None
+        self.retry_ms: int | None = None
+
+    def feed(self, line: str) -> None:
+        if line.startswith(":"):
+            return  # comment / keep-alive
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self.data.append(value)
+        elif name == "event":
+            self.event = value
+        elif name == "id" and "\0" not in value:
+            self.id = value
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
+
+    def take(self) -> SseEvent | None:
+        """The finished event, or None when only comments/ids were seen (nothing to dispatch)."""
+        event = SseEvent(self.event or "message", "\n".join(self.data), self.id, self.retry_ms) if self.data else None
+        self.event, self.data, self.retry_ms = "", [], None
+        return event
+
+
+async def iter_sse(content: aiohttp.StreamReader, max_event_bytes: int = MAX_MESSAGE_BYTES
+                   ) -> AsyncIterator[SseEvent]:
+    """Yield events until the stream ends. Raises GatewayError(upstream_error) for an oversized event.
+
+    An event's `id` stays set on later events until a new id arrives (the "last event id" rule)."""
+    buffer = b""
+    builder = _EventBuilder()
+    last_id: str | None = None
+    async for chunk in content.iter_any():
+        buffer += chunk
+        while True:
+            cut = _line_end(buffer)
+            if cut is None:
+                break
+            end, width = cut
+            line = buffer[:end].decode("utf-8", errors="replace")
+            buffer = buffer[end + width:]
+            if line:
+                builder.feed(line)
+                continue
+            last_id = builder.id if builder.id is not None else last_id
+            event = builder.take()
+            if event is not None:
+                yield SseEvent(event.event, event.data, last_id, event.retry_ms)
+        if len(buffer) + sum(len(d) for d in builder.data) > max_event_bytes:
+            raise GatewayError("upstream_error", "upstream event too large")
+
+
+def _line_end(buffer: bytes) -> tuple[int, int] | None:
+    """Position and width of the first line terminator (\\r\\n, \\n or \\r), if complete."""
+    lf = buffer.find(b"\n")
+    cr = buffer.find(b"\r")
+    if cr == -1 and lf == -1:
+        return None
+    if cr == -1 or (lf != -1 and lf < cr):
+        return lf, 1
+    if cr + 1 == len(buffer):
+        return None  # a lone \r at the end might be half of \r\n: wait for more
+    return cr, 2 if buffer[cr + 1:cr + 2] == b"\n" else 1
+
+
+async def read_json_body(response: aiohttp.ClientResponse, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """The response body parsed as JSON, read with a size cap. Invalid or oversized → upstream_error."""
+    if response.content_length is not None and response.content_length > max_bytes:
+        raise GatewayError("upstream_error", "upstream response too large")
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > max_bytes:
+            raise GatewayError("upstream_error", "upstream response too large")
+    return parse_json(bytes(body))
+
+
+def parse_json(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GatewayError("upstream_error", "upstream sent invalid JSON") from exc

@@ -1,0 +1,138 @@
+"""What the two HTTP upstream transports share: outgoing headers, error mapping, breaker, health, probe.
+
+Outgoing headers are exactly: protocol headers (Accept, Content-Type, User-Agent, session and
+version headers), the upstream's static `headers` from config, and the per-call headers the gateway
+hands over (the credential, trace context). Nothing from the agent's request is ever forwarded.
+Redirects are never followed: a 3xx is an upstream_error and the target is never contacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from gateway import __version__
+from gateway.config.model import UpstreamConfig
+from gateway.errors import GatewayError
+from gateway.transport.base import Health, Message, MessageHandler
+from gateway.transport.common import DEFAULT_BREAKER_COOLDOWN_S, DEFAULT_BREAKER_THRESHOLD, CircuitBreaker
+
+ACCEPT_BOTH = "application/json, text/event-stream"
+USER_AGENT = f"customs/{__version__}"
+# Headers a caller may not set: they belong to the HTTP exchange or the MCP session itself.
+_RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection", "mcp-session-id",
+                       "mcp-protocol-version", "last-event-id", "content-type", "accept"})
+PROBE_TIMEOUT_S = 2.0
+
+
+class HttpUpstreamBase:
+    """Lifecycle, health, breaker and request plumbing of one HTTP upstream (subclassed per transport)."""
+
+    def __init__(self, config: UpstreamConfig, http: aiohttp.ClientSession, *,
+                 breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
+                 breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S) -> None:
+        assert config.url is not None
+        self.name = config.name
+        self.config = config
+        self.url = config.url
+        self.http = http
+        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown_s)
+        self.log = logging.getLogger(f"customs.upstream.{config.name}")
+        self._state = Health(False, "not contacted yet")
+        self._streams: aiohttp.ClientSession | None = None
+        self.sessions: set[Any] = set()
+
+    async def start(self) -> None:
+        # Long-lived SSE streams get their own unlimited pool so that open GET streams can never
+        # starve request POSTs of connections from the shared pool.
+        self._streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                              cookie_jar=aiohttp.DummyCookieJar(),
+                                              timeout=aiohttp.ClientTimeout(total=None), auto_decompress=True)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.close() for s in list(self.sessions)), return_exceptions=True)
+        self.sessions.clear()
+        if self._streams is not None:
+            await self._streams.close()
+            self._streams = None
+
+    @property
+    def stream_http(self) -> aiohttp.ClientSession:
+        return self._streams if self._streams is not None else self.http
+
+    def health(self) -> Health:
+        if self.breaker.is_open:
+            return Health(False, self.breaker.detail)
+        return self._state
+
+    async def probe(self) -> Health:
+        """A quick TCP connection attempt to the upstream's host (no MCP traffic)."""
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                _, writer = await asyncio.open_connection(parts.hostname, port)
+            writer.close()
+            with suppress(OSError):
+                await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            self._state = Health(False, f"connection failed: {type(exc).__name__}")
+            return self.health()
+        if not self._state.ready:
+            self._state = Health(True, "reachable")
+        return self.health()
+
+    # -- bookkeeping used by sessions -------------------------------------------------------------
+
+    def connected(self) -> None:
+        self.breaker.success()
+        self._state = Health(True, "ok")
+
+    def connection_failed(self, exc: BaseException) -> NoReturn:
+        self.breaker.failure()
+        self._state = Health(False, f"connection failed: {type(exc).__name__}")
+        raise GatewayError("upstream_unavailable", data={"upstream": self.name}) from exc
+
+    def headers(self, extra: Mapping[str, str] | None, *, accept: str = ACCEPT_BOTH, json_body: bool = True,
+                session_id: str | None = None, protocol_version: str | None = None) -> dict[str, str]:
+        headers = {"Accept": accept, "User-Agent": USER_AGENT}
+        if json_body:
+            headers["Content-Type"] = "application/json"
+        headers.update(self.config.headers)
+        for name, value in (extra or {}).items():
+            if name.lower() not in _RESERVED:
+                headers[name] = value
+        if session_id:
+            headers["Mcp-Session-Id"] = session_id
+        if protocol_version:
+            headers["MCP-Protocol-Version"] = protocol_version
+        return headers
+
+    def check_status(self, response: aiohttp.ClientResponse) -> None:
+        """Reject what can never carry a usable answer: redirects and gateway-style unavailability."""
+        if 300 <= response.status < 400:
+            raise GatewayError("upstream_error", "upstream answered with a redirect (not followed)",
+                               data={"status": response.status, "upstream": self.name})
+        if response.status in (502, 503, 504):
+            raise GatewayError("upstream_unavailable", data={"status": response.status, "upstream": self.name})
+
+
+async def deliver(handler: MessageHandler | None, message: Message, log: logging.Logger) -> None:
+    """Hand an unsolicited message on; a failing handler must not break the upstream stream."""
+    if handler is None:
+        return
+    try:
+        await handler(message)
+    except Exception:
+        log.exception("message handler failed for %s", message.get("method"))
+
+
+def same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)

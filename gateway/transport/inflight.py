@@ -1,0 +1,84 @@
+"""In-flight request table for transports that multiplex one stream (legacy SSE, stdio).
+
+Upstream ids are allocated here (one counter per stream, so they never collide across the
+sessions sharing it); responses are matched back by id; a dead stream fails every waiter at once.
+Unsolicited messages are routed: progress by its token, everything else to the most recently
+started request (the best guess when the wire carries no request relation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import GatewayError
+from gateway.transport.base import Message, MessageHandler
+from gateway.transport.common import check_response, id_key, progress_token
+
+
+@dataclass(eq=False)
+class Pending:
+    upstream_id: int
+    caller_id: Any
+    owner: object
+    on_message: MessageHandler | None
+    progress_token: Any
+    future: asyncio.Future[Message] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class InflightTable:
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def open(self, message: Message, owner: object, on_message: MessageHandler | None) -> Pending:
+        pending = Pending(self.next_id(), message.get("id"), owner, on_message, progress_token(message))
+        self._pending[pending.upstream_id] = pending
+        return pending
+
+    def discard(self, pending: Pending) -> None:
+        if self._pending.get(pending.upstream_id) is pending:
+            del self._pending[pending.upstream_id]
+
+    def resolve(self, message: Message) -> bool:
+        """Complete the waiter for this response; False when no request has that id (late or unknown)."""
+        upstream_id = message.get("id")
+        pending = self._pending.get(upstream_id) if type(upstream_id) is int else None
+        if pending is None or pending.future.done():
+            return False
+        try:
+            pending.future.set_result(check_response(message, pending.upstream_id))
+        except GatewayError as exc:
+            pending.future.set_exception(exc)
+        return True
+
+    def fail_all(self, exc: GatewayError) -> None:
+        for pending in list(self._pending.values()):
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+        self._pending.clear()
+
+    def upstream_id_for(self, owner: object, caller_id: Any) -> int | None:
+        key = id_key(caller_id)
+        for pending in reversed(self._pending.values()):
+            if pending.owner is owner and id_key(pending.caller_id) == key:
+                return pending.upstream_id
+        return None
+
+    def route(self, message: Message) -> Pending | None:
+        """The request an unsolicited message most likely belongs to (None: no request in flight)."""
+        params = message.get("params")
+        token = params.get("progressToken") if isinstance(params, dict) else None
+        if message.get("method") == "notifications/progress" and token is not None:
+            for pending in self._pending.values():
+                if pending.progress_token == token:
+                    return pending
+        return next(reversed(self._pending.values()), None)

@@ -1,0 +1,221 @@
+"""Legacy HTTP+SSE upstreams (MCP 2024-11-05): one GET event stream carries every answer.
+
+connect() opens the stream, reads the `endpoint` event (it must point at the same origin, so a
+server cannot make the gateway POST credentials elsewhere), then initializes over it. Requests are
+POSTed to that endpoint and their responses matched by upstream id as they arrive on the stream;
+when the stream ends every waiting request fails at once with upstream_unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+
+from gateway.errors import GatewayError
+from gateway.transport.base import ConnectParams, Message, MessageHandler
+from gateway.transport.common import (
+    BROADCAST_METHODS,
+    INITIALIZED,
+    cancelled_message,
+    check_initialize,
+    initialize_message,
+    with_id,
+)
+from gateway.transport.events import SseEvent, iter_sse, parse_json
+from gateway.transport.http_base import HttpUpstreamBase, deliver, same_origin
+from gateway.transport.inflight import InflightTable
+
+
+class SseUpstream(HttpUpstreamBase):
+    """A configured legacy-SSE upstream; each client session gets its own event stream."""
+
+    async def connect(self, params: ConnectParams, on_message: MessageHandler,
+                      headers: Mapping[str, str] | None = None) -> SseSession:
+        self.breaker.check()
+        session = SseSession(self, params, on_message, headers)
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                await session.open()
+        except TimeoutError as exc:
+            await session.close()
+            raise GatewayError("upstream_timeout", "upstream did not finish the handshake in time") from exc
+        except BaseException:
+            await session.close()
+            raise
+        self.sessions.add(session)
+        return session
+
+
+class SseSession:
+    """One upstream session over a legacy SSE stream."""
+
+    def __init__(self, upstream: SseUpstream, params: ConnectParams, on_message: MessageHandler,
+                 headers: Mapping[str, str] | None) -> None:
+        self._up = upstream
+        self._params = params
+        self._on_message = on_message
+        self._connect_headers = dict(headers or {})
+        self._table = InflightTable()
+        self._response: aiohttp.ClientResponse | None = None
+        self._events: AsyncIterator[SseEvent] | None = None
+        self._endpoint = ""
+        self._reader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._init_result: Message = {}
+        self._closed = False
+        self._dead = False
+
+    @property
+    def initialize_result(self) -> Message:
+        return self._init_result
+
+    async def open(self) -> None:
+        headers = self._up.headers(self._connect_headers, accept="text/event-stream", json_body=False)
+        try:
+            self._response = await self._up.stream_http.get(self._up.url, headers=headers, allow_redirects=False)
+        except aiohttp.ClientConnectionError as exc:
+            self._up.connection_failed(exc)
+        self._up.check_status(self._response)
+        if self._response.status != 200 or self._response.content_type != "text/event-stream":
+            raise GatewayError("upstream_error", f"upstream SSE endpoint answered HTTP {self._response.status}",
+                               data={"status": self._response.status})
+        self._up.connected()
+        self._events = iter_sse(self._response.content)
+        self._endpoint = await self._read_endpoint(self._events)
+        self._reader = asyncio.create_task(self._read(self._events), name=f"customs-{self._up.name}-sse")
+        response = await self.request(initialize_message(0, self._params), headers=self._connect_headers,
+                                      on_message=self._on_message, timeout=self._up.config.timeout_s)
+        self._init_result = check_initialize(response)
+        await self._post(INITIALIZED, self._connect_headers)
+
+    async def _read_endpoint(self, events: AsyncIterator[SseEvent]) -> str:
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            first = SseEvent("eof", "")
+        except (aiohttp.ClientError, OSError) as exc:
+            self._up.connection_failed(exc)
+        if first.event != "endpoint" or not first.data.strip():
+            raise GatewayError("upstream_error", "upstream SSE stream did not start with an endpoint event")
+        endpoint = urljoin(self._up.url, first.data.strip())
+        if not same_origin(endpoint, self._up.url):
+            raise GatewayError("upstream_error", "upstream SSE endpoint points at another origin")
+        return endpoint
+
+    async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
+                      on_message: MessageHandler | None = None, timeout: float | None = None) -> Message:  # noqa: ASYNC109
+        if self._closed or self._dead:
+            raise GatewayError("upstream_unavailable", "upstream SSE stream is closed",
+                               data={"upstream": self._up.name})
+        self._up.breaker.check()
+        pending = self._table.open(message, self, on_message)
+        limit = timeout or self._up.config.timeout_s
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                await self._post(with_id(message, pending.upstream_id), headers)
+                response = await pending.future
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            await self._cancel_upstream(pending.upstream_id, "timeout")
+            raise GatewayError("upstream_timeout", data={"timeout_s": limit, "upstream": self._up.name}) from exc
+        except asyncio.CancelledError:
+            self._up.breaker.release_trial()
+            self._spawn(self._cancel_upstream(pending.upstream_id, "cancelled"))
+            raise
+        finally:
+            self._table.discard(pending)
+        return with_id(response, message.get("id"))
+
+    async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
+        if message.get("method") == "notifications/cancelled":
+            params = dict(message.get("params") or {})
+            upstream_id = self._table.upstream_id_for(self, params.get("requestId"))
+            if upstream_id is None:
+                return
+            message = {**message, "params": {**params, "requestId": upstream_id}}
+        await self._post(message, headers)
+
+    async def respond(self, message: Message) -> None:
+        await self._post(message, self._connect_headers)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._up.sessions.discard(self)
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self._response is not None:
+            self._response.close()
+        self._table.fail_all(GatewayError("upstream_unavailable", "upstream session closed"))
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _post(self, message: Message, headers: Mapping[str, str] | None) -> None:
+        body = json.dumps(message, separators=(",", ":")).encode()
+        try:
+            async with self._up.http.post(self._endpoint, data=body, headers=self._up.headers(headers),
+                                          allow_redirects=False) as response:
+                self._up.check_status(response)
+                if response.status == 404:
+                    raise GatewayError("upstream_unavailable", "upstream session expired",
+                                       data={"upstream": self._up.name, "session": "expired"})
+                if not 200 <= response.status < 300:
+                    raise GatewayError("upstream_error", f"upstream rejected a message (HTTP {response.status})",
+                                       data={"status": response.status})
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            self._up.connection_failed(exc)
+
+    async def _cancel_upstream(self, upstream_id: int, reason: str) -> None:
+        try:
+            async with asyncio.timeout(5):
+                await self._post(cancelled_message(upstream_id, reason), self._connect_headers)
+        except (GatewayError, TimeoutError) as exc:
+            self._up.log.debug("could not send notifications/cancelled: %s", exc)
+
+    async def _read(self, events: AsyncIterator[SseEvent]) -> None:
+        """Dispatch the stream: responses to their waiters, the rest to the right handler."""
+        try:
+            async for event in events:
+                if event.event != "message" or not event.data.strip():
+                    continue
+                try:
+                    message = parse_json(event.data)
+                except GatewayError:
+                    self._up.log.warning("ignoring invalid JSON on the SSE stream")
+                    continue
+                if not isinstance(message, dict):
+                    self._up.log.warning("ignoring a non-object message on the SSE stream")
+                elif "method" not in message:
+                    if not self._table.resolve(message):
+                        self._up.log.debug("response for unknown id %r ignored", message.get("id"))
+                else:
+                    await self._route(message)
+        except (aiohttp.ClientError, GatewayError, OSError) as exc:
+            self._up.log.info("SSE stream ended: %s", exc)
+        finally:
+            self._dead = True
+            self._table.fail_all(GatewayError("upstream_unavailable", "upstream closed the SSE stream",
+                                              data={"upstream": self._up.name}))
+
+    async def _route(self, message: Message) -> None:
+        handler: MessageHandler | None = self._on_message
+        if message.get("method") not in BROADCAST_METHODS:
+            pending = self._table.route(message)
+            if pending is not None and pending.on_message is not None:
+                handler = pending.on_message
+        await deliver(handler, message, self._up.log)

@@ -1,0 +1,378 @@
+"""stdio upstreams: one supervised child process per upstream, newline-delimited JSON-RPC on its pipes.
+
+The child is initialized once; every `connect()` returns a lightweight view that multiplexes the
+one shared MCP session (upstream ids come from one counter, so views never collide). When the
+child dies every in-flight request fails at once with upstream_unavailable, and the supervisor
+restarts it with exponential back-off (capped); consecutive failures to start or initialize open
+the circuit breaker. The child gets a minimal environment (PATH, HOME, locale...) plus the
+upstream's `env`, never the gateway's secrets. stderr lines go to logger `customs.upstream.<name>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any
+
+from gateway.config.model import UpstreamConfig
+from gateway.errors import GatewayError
+from gateway.transport.base import DEFAULT_UPSTREAM_PROTOCOL, ConnectParams, Health, Message, MessageHandler
+from gateway.transport.common import (
+    BROADCAST_METHODS,
+    DEFAULT_BREAKER_COOLDOWN_S,
+    DEFAULT_BREAKER_THRESHOLD,
+    INITIALIZED,
+    CircuitBreaker,
+    cancelled_message,
+    check_initialize,
+    initialize_message,
+    with_id,
+)
+from gateway.transport.events import MAX_MESSAGE_BYTES
+from gateway.transport.http_base import deliver
+from gateway.transport.inflight import InflightTable
+
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+                 "SYSTEMROOT")
+# The gateway relays server→client requests to the agent, so it declares what agents commonly offer.
+GATEWAY_CAPABILITIES: Mapping[str, Any] = {"sampling": {}, "elicitation": {}}
+RESTART_BASE_S = 0.1
+RESTART_CAP_S = 5.0
+STABLE_AFTER_S = 30.0  # a child that lived this long restarts from the shortest back-off again
+
+
+class StdioUpstream:
+    """A supervised stdio MCP server shared by all client sessions."""
+
+    def __init__(self, config: UpstreamConfig, *, capabilities: Mapping[str, Any] = GATEWAY_CAPABILITIES,
+                 breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
+                 breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S, grace_s: float = 2.0,
+                 restart_cap_s: float = RESTART_CAP_S) -> None:
+        assert config.command is not None
+        self.name = config.name
+        self.config = config
+        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown_s)
+        self.log = logging.getLogger(f"customs.upstream.{config.name}")
+        self._params = ConnectParams(DEFAULT_UPSTREAM_PROTOCOL, None, capabilities)
+        self._grace_s = grace_s
+        self._restart_cap_s = restart_cap_s
+        self._table = InflightTable()
+        self._views: list[StdioSession] = []  # ordered by last use, most recent last
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ready = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._init_result: Message = {}
+        self._restarts = 0
+        self._detail = "not started"
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's pid (for operators and tests)."""
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    @property
+    def initialize_result(self) -> Message:
+        return self._init_result
+
+    async def start(self) -> None:
+        if self._supervisor is None:
+            self._stopping = False
+            self._detail = "starting"
+            self._supervisor = asyncio.create_task(self._supervise(), name=f"customs-{self.name}-supervisor")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+            self._supervisor = None
+        if self._proc is not None:
+            await self._terminate(self._proc)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        self._table.fail_all(GatewayError("upstream_unavailable", "upstream stopped", data={"upstream": self.name}))
+        self._ready.clear()
+        self._detail = "stopped"
+
+    def health(self) -> Health:
+        if self.breaker.is_open:
+            return Health(False, self.breaker.detail, self._restarts)
+        ready = self._ready.is_set() and self.pid is not None
+        return Health(ready, "ok" if ready else self._detail, self._restarts)
+
+    async def probe(self) -> Health:
+        """Ready when the child is alive and initialized (no traffic is sent)."""
+        return self.health()
+
+    async def connect(self, params: ConnectParams, on_message: MessageHandler,
+                      headers: Mapping[str, str] | None = None) -> StdioSession:
+        await self._wait_ready(self.config.timeout_s)
+        view = StdioSession(self, on_message)
+        self._views.append(view)
+        return view
+
+    # -- used by the views ------------------------------------------------------------------------
+
+    async def request(self, view: StdioSession, message: Message, on_message: MessageHandler | None,
+                      timeout: float | None) -> Message:  # noqa: ASYNC109
+        limit = timeout or self.config.timeout_s
+        await self._wait_ready(limit)
+        self._touch(view)
+        pending = self._table.open(message, view, on_message)
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                await self.write(with_id(message, pending.upstream_id))
+                response = await pending.future
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            await self._cancel_upstream(pending.upstream_id, "timeout")
+            raise GatewayError("upstream_timeout", data={"timeout_s": limit, "upstream": self.name}) from exc
+        except asyncio.CancelledError:
+            self._spawn(self._cancel_upstream(pending.upstream_id, "cancelled"))
+            raise
+        finally:
+            self._table.discard(pending)
+        return with_id(response, message.get("id"))
+
+    def upstream_id_for(self, view: StdioSession, caller_id: Any) -> int | None:
+        return self._table.upstream_id_for(view, caller_id)
+
+    def detach(self, view: StdioSession) -> None:
+        if view in self._views:
+            self._views.remove(view)
+
+    async def write(self, message: Message) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.returncode is not None:
+            raise GatewayError("upstream_unavailable", "upstream process is not running", data={"upstream": self.name})
+        line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        async with self._write_lock:
+            try:
+                proc.stdin.write(line)
+                await proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise GatewayError("upstream_unavailable", "upstream process went away",
+                                   data={"upstream": self.name}) from exc
+
+    # -- supervision ------------------------------------------------------------------------------
+
+    async def _wait_ready(self, limit: float) -> None:
+        self.breaker.check()
+        if self._supervisor is None and not self._stopping:
+            await self.start()
+        if self._stopping:
+            raise GatewayError("upstream_unavailable", "upstream stopped", data={"upstream": self.name})
+        try:
+            async with asyncio.timeout(limit):
+                await self._ready.wait()
+        except TimeoutError as exc:
+            raise GatewayError("upstream_unavailable", f"upstream process not ready ({self._detail})",
+                               data={"upstream": self.name}) from exc
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while not self._stopping:
+            started = loop.time()
+            try:
+                await self._run_child()
+            except Exception as exc:  # the command could not be started at all (or a bug: keep supervising)
+                self.breaker.failure()
+                self._detail = f"could not start: {type(exc).__name__}: {exc}"[:200]
+                self.log.error("upstream %s %s", self.name, self._detail)
+            if self._stopping:
+                return
+            attempt = 0 if loop.time() - started > STABLE_AFTER_S else attempt + 1
+            delay = min(self._restart_cap_s, RESTART_BASE_S * 2 ** max(attempt - 1, 0))
+            self._restarts += 1
+            self.log.warning("restarting upstream %s in %.1fs (restart %d)", self.name, delay, self._restarts)
+            await asyncio.sleep(delay)  # restart back-off, not synchronisation
+
+    async def _run_child(self) -> None:
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | dict(self.config.env)
+        assert self.config.command is not None
+        proc = await asyncio.create_subprocess_exec(
+            *self.config.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, cwd=self.config.cwd, limit=MAX_MESSAGE_BYTES,
+            start_new_session=True)  # own process group: stop() reaches grandchildren (npx, uvx ...)
+        self._proc = proc
+        self._detail = "initializing"
+        stderr = asyncio.create_task(self._pump_stderr(proc))
+        reader = asyncio.create_task(self._read_stdout(proc))
+        try:
+            if not await self._initialize():
+                return
+            await reader  # returns when the child closes stdout (exit or crash)
+            code = await proc.wait()
+            self._detail = f"child exited with code {code}"
+            self.log.warning("upstream %s: %s", self.name, self._detail)
+        finally:
+            self._ready.clear()
+            reader.cancel()
+            await self._terminate(proc)
+            with suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await stderr  # drain the last stderr lines (e.g. a traceback) into the log
+            stderr.cancel()
+            await asyncio.gather(reader, stderr, return_exceptions=True)
+            self._table.fail_all(GatewayError("upstream_unavailable", "upstream process exited",
+                                              data={"upstream": self.name}))
+            self._proc = None
+
+    async def _initialize(self) -> bool:
+        message = initialize_message(0, self._params)
+        pending = self._table.open(message, self, None)
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                await self.write(with_id(message, pending.upstream_id))
+                self._init_result = check_initialize(await pending.future)
+                await self.write(INITIALIZED)
+        except (GatewayError, TimeoutError) as exc:
+            self.breaker.failure()
+            self._detail = f"initialize failed: {exc}"[:200] if str(exc) else "initialize timed out"
+            self.log.error("upstream %s: %s", self.name, self._detail)
+            return False
+        finally:
+            self._table.discard(pending)
+        self.breaker.success()
+        self._detail = "ok"
+        self._ready.set()
+        return True
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        """Close stdin, then SIGTERM the process group, then SIGKILL after the grace period."""
+        if proc.returncode is not None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                with suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, sig)
+            try:
+                async with asyncio.timeout(self._grace_s):
+                    await proc.wait()
+                return
+            except TimeoutError:
+                continue
+
+    async def _pump_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while True:
+            try:
+                line = await proc.stderr.readline()
+            except ValueError:
+                continue  # an over-long line was discarded
+            if not line:
+                return
+            self.log.info("%s", line.decode(errors="replace").rstrip())
+
+    async def _read_stdout(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        try:
+            while True:
+                try:
+                    line = await proc.stdout.readline()
+                except ValueError:
+                    self.log.error("upstream %s sent a message over %d bytes; dropped", self.name, MAX_MESSAGE_BYTES)
+                    continue
+                if not line:
+                    return
+                await self._dispatch(line)
+        finally:
+            # Fail waiters the moment the pipe closes, before the exit status is even collected.
+            self._ready.clear()
+            self._table.fail_all(GatewayError("upstream_unavailable", "upstream process exited",
+                                              data={"upstream": self.name}))
+
+    async def _dispatch(self, line: bytes) -> None:
+        text = line.strip()
+        if not text:
+            return
+        try:
+            message = json.loads(text)
+        except ValueError:
+            self.log.warning("ignoring non-JSON output: %.200s", text.decode(errors="replace"))
+            return
+        if not isinstance(message, dict):
+            self.log.warning("ignoring a non-object message")
+        elif "method" not in message:
+            if not self._table.resolve(message):
+                self.log.debug("response for unknown id %r ignored", message.get("id"))
+        else:
+            await self._route(message)
+
+    async def _route(self, message: Message) -> None:
+        """Broadcasts to every view; anything else to the view of the most recent in-flight request."""
+        if message.get("method") in BROADCAST_METHODS:
+            for view in list(self._views):
+                await deliver(view.on_message, message, self.log)
+            return
+        pending = self._table.route(message)
+        if pending is not None and isinstance(pending.owner, StdioSession) and pending.owner in self._views:
+            await deliver(pending.on_message or pending.owner.on_message, message, self.log)
+        elif self._views:
+            await deliver(self._views[-1].on_message, message, self.log)
+        elif "id" in message:
+            # Nobody could answer this server→client request: refuse it so the server does not wait.
+            await self.write({"jsonrpc": "2.0", "id": message["id"],
+                              "error": {"code": -32601, "message": "No client connected"}})
+
+    def _touch(self, view: StdioSession) -> None:
+        if view in self._views and self._views[-1] is not view:
+            self._views.remove(view)
+            self._views.append(view)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cancel_upstream(self, upstream_id: int, reason: str) -> None:
+        with suppress(GatewayError):
+            await self.write(cancelled_message(upstream_id, reason))
+
+
+class StdioSession:
+    """A client session's view of the shared stdio session."""
+
+    def __init__(self, upstream: StdioUpstream, on_message: MessageHandler) -> None:
+        self._up = upstream
+        self.on_message = on_message
+        self._closed = False
+
+    @property
+    def initialize_result(self) -> Message:
+        return self._up.initialize_result
+
+    async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
+                      on_message: MessageHandler | None = None, timeout: float | None = None) -> Message:  # noqa: ASYNC109
+        # `headers` cannot travel over pipes; trace context reaches stdio servers through params._meta.
+        if self._closed:
+            raise GatewayError("upstream_unavailable", "upstream session closed")
+        return await self._up.request(self, message, on_message, timeout)
+
+    async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
+        if message.get("method") == "notifications/cancelled":
+            params = dict(message.get("params") or {})
+            upstream_id = self._up.upstream_id_for(self, params.get("requestId"))
+            if upstream_id is None:
+                return
+            message = {**message, "params": {**params, "requestId": upstream_id}}
+        await self._up.write(message)
+
+    async def respond(self, message: Message) -> None:
+        await self._up.write(message)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._up.detach(self)

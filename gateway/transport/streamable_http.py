@@ -1,0 +1,287 @@
+"""Streamable HTTP upstreams (MCP 2025-03-26 and later): one POST per message, answers as JSON or SSE.
+
+A session is opened with initialize → Mcp-Session-Id → notifications/initialized, after which every
+message carries the session id and MCP-Protocol-Version. A GET stream (when the upstream offers
+one: 405 means it does not) carries server-initiated messages and is resumed with Last-Event-ID.
+Each request gets an upstream id from a per-session counter; the caller's id is restored on the
+answer. A 404 for a request that carried the session id means the upstream forgot the session:
+that call fails with upstream_unavailable and the next call opens a fresh upstream session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any
+
+import aiohttp
+
+from gateway.errors import GatewayError
+from gateway.transport.base import ConnectParams, Message, MessageHandler
+from gateway.transport.common import (
+    INITIALIZED,
+    cancelled_message,
+    check_initialize,
+    check_response,
+    id_key,
+    initialize_message,
+    is_response,
+    with_id,
+)
+from gateway.transport.events import iter_sse, parse_json, read_json_body
+from gateway.transport.http_base import HttpUpstreamBase, deliver
+
+_GET_STREAM_MAX_FAILURES = 5
+
+
+class StreamableHttpUpstream(HttpUpstreamBase):
+    """A configured streamable-HTTP upstream; `connect` opens one upstream session per client session."""
+
+    async def connect(self, params: ConnectParams, on_message: MessageHandler,
+                      headers: Mapping[str, str] | None = None) -> StreamableHttpSession:
+        self.breaker.check()
+        session = StreamableHttpSession(self, params, on_message, headers)
+        try:
+            await session.open()
+        except BaseException:
+            await session.close()
+            raise
+        self.sessions.add(session)
+        return session
+
+
+class StreamableHttpSession:
+    """One upstream MCP session over streamable HTTP."""
+
+    def __init__(self, upstream: StreamableHttpUpstream, params: ConnectParams, on_message: MessageHandler,
+                 headers: Mapping[str, str] | None) -> None:
+        self._up = upstream
+        self._params = params
+        self._on_message = on_message
+        self._connect_headers = dict(headers or {})
+        self._ids = itertools.count(1)
+        self._session_id: str | None = None
+        self._version: str | None = None
+        self._init_result: Message = {}
+        self._inflight: dict[tuple[str, Any], int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._stream_ready = asyncio.Event()
+        self._expired = False
+        self._closed = False
+
+    @property
+    def initialize_result(self) -> Message:
+        return self._init_result
+
+    @property
+    def session_id(self) -> str | None:
+        return self._session_id
+
+    async def open(self) -> None:
+        """initialize → record session id and version → notifications/initialized → GET stream."""
+        self._session_id, self._version, self._expired = None, None, False
+        message = initialize_message(next(self._ids), self._params)
+        try:
+            async with asyncio.timeout(self._up.config.timeout_s):
+                response = await self._exchange(message, self._connect_headers, self._on_message, capture=True)
+                self._init_result = check_initialize(response)
+                self._version = self._init_result["protocolVersion"]
+                await self._post_one_way(INITIALIZED, self._connect_headers)
+        except TimeoutError as exc:
+            raise GatewayError("upstream_timeout", "upstream did not answer initialize in time") from exc
+        if self._listener is None or self._listener.done():
+            self._stream_ready.clear()
+            self._listener = asyncio.create_task(self._listen(), name=f"customs-{self._up.name}-get-stream")
+            # Wait (briefly) until the GET stream is open or refused: server-initiated messages sent
+            # before it exists would be lost by servers without an event store.
+            with suppress(TimeoutError):
+                async with asyncio.timeout(min(5.0, self._up.config.timeout_s)):
+                    await self._stream_ready.wait()
+
+    async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
+                      on_message: MessageHandler | None = None, timeout: float | None = None) -> Message:  # noqa: ASYNC109
+        if self._closed:
+            raise GatewayError("upstream_unavailable", "upstream session closed")
+        self._up.breaker.check()
+        if self._expired:
+            await self.open()  # the upstream forgot the session: start a fresh one for this new call
+        upstream_id = next(self._ids)
+        key = id_key(message.get("id"))
+        self._inflight[key] = upstream_id
+        limit = timeout or self._up.config.timeout_s
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                response = await self._exchange(with_id(message, upstream_id), headers,
+                                                on_message or self._on_message)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            await self._cancel_upstream(upstream_id, "timeout")
+            raise GatewayError("upstream_timeout", data={"timeout_s": limit, "upstream": self._up.name}) from exc
+        except asyncio.CancelledError:
+            self._up.breaker.release_trial()
+            self._spawn(self._cancel_upstream(upstream_id, "cancelled"))
+            raise
+        finally:
+            if self._inflight.get(key) == upstream_id:
+                del self._inflight[key]
+        return with_id(response, message.get("id"))
+
+    async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
+        if message.get("method") == "notifications/cancelled":
+            params = dict(message.get("params") or {})
+            upstream_id = self._inflight.get(id_key(params.get("requestId")))
+            if upstream_id is None:
+                return  # nothing of that caller is in flight here: nothing to cancel
+            message = {**message, "params": {**params, "requestId": upstream_id}}
+        await self._post_one_way(message, headers)
+
+    async def respond(self, message: Message) -> None:
+        await self._post_one_way(message, self._connect_headers)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._up.sessions.discard(self)
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self._session_id and not self._expired:
+            headers = self._up.headers(self._connect_headers, json_body=False, session_id=self._session_id,
+                                       protocol_version=self._version)
+            with suppress(aiohttp.ClientError, TimeoutError, OSError):
+                async with asyncio.timeout(5):
+                    async with self._up.http.delete(self._up.url, headers=headers, allow_redirects=False):
+                        pass  # 405 (termination not supported) and errors are fine: we are done either way
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _headers(self, extra: Mapping[str, str] | None, **kwargs: Any) -> dict[str, str]:
+        return self._up.headers(extra, session_id=self._session_id, protocol_version=self._version, **kwargs)
+
+    async def _exchange(self, message: Message, headers: Mapping[str, str] | None, handler: MessageHandler | None,
+                        *, capture: bool = False) -> Message:
+        """POST one request and read its answer (JSON or an SSE stream ending in the response)."""
+        body = json.dumps(message, separators=(",", ":")).encode()
+        try:
+            async with self._up.http.post(self._up.url, data=body, headers=self._headers(headers),
+                                          allow_redirects=False) as response:
+                self._up.connected()
+                if capture:
+                    self._session_id = response.headers.get("Mcp-Session-Id") or None
+                return await self._read_answer(response, message["id"], handler)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            self._up.connection_failed(exc)
+        except aiohttp.ClientError as exc:
+            raise GatewayError("upstream_error", f"HTTP error: {type(exc).__name__}") from exc
+
+    async def _read_answer(self, response: aiohttp.ClientResponse, upstream_id: int,
+                           handler: MessageHandler | None) -> Message:
+        self._up.check_status(response)
+        self._check_expired(response)
+        if response.status == 200 and response.content_type == "text/event-stream":
+            return await self._read_stream(response, upstream_id, handler)
+        if response.content_type != "application/json":
+            raise GatewayError("upstream_error", f"unexpected upstream answer (HTTP {response.status}, "
+                               f"{response.content_type})", data={"status": response.status})
+        answer = await read_json_body(response)
+        if response.status != 200:
+            # A JSON-RPC error explaining the rejection is passed through; anything else is invalid.
+            error = answer.get("error") if isinstance(answer, dict) else None
+            if not isinstance(error, dict):
+                raise GatewayError("upstream_error", f"upstream answered HTTP {response.status}",
+                                   data={"status": response.status})
+            return {"jsonrpc": "2.0", "id": upstream_id, "error": error}
+        return check_response(answer, upstream_id)
+
+    async def _read_stream(self, response: aiohttp.ClientResponse, upstream_id: int,
+                           handler: MessageHandler | None) -> Message:
+        async for event in iter_sse(response.content):
+            if event.event != "message" or not event.data.strip():
+                continue  # priming events (id only) and foreign event types carry no message
+            message = parse_json(event.data)
+            if not isinstance(message, dict):
+                raise GatewayError("upstream_error", "upstream sent an invalid JSON-RPC message")
+            if is_response(message):
+                return check_response(message, upstream_id)
+            await deliver(handler, message, self._up.log)
+        raise GatewayError("upstream_unavailable", "upstream closed the stream before answering",
+                           data={"upstream": self._up.name})
+
+    def _check_expired(self, response: aiohttp.ClientResponse) -> None:
+        if response.status == 404 and self._session_id:
+            self._expired = True
+            raise GatewayError("upstream_unavailable", "upstream session expired",
+                               data={"upstream": self._up.name, "session": "expired"})
+
+    async def _post_one_way(self, message: Message, headers: Mapping[str, str] | None) -> None:
+        """POST a notification or a response; the upstream acknowledges with 202 (any 2xx accepted)."""
+        body = json.dumps(message, separators=(",", ":")).encode()
+        try:
+            async with self._up.http.post(self._up.url, data=body, headers=self._headers(headers),
+                                          allow_redirects=False) as response:
+                self._up.check_status(response)
+                self._check_expired(response)
+                if not 200 <= response.status < 300:
+                    raise GatewayError("upstream_error", f"upstream rejected a notification (HTTP {response.status})",
+                                       data={"status": response.status})
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            self._up.connection_failed(exc)
+
+    async def _cancel_upstream(self, upstream_id: int, reason: str) -> None:
+        """Best effort: tell the upstream to stop working on a request we gave up on."""
+        try:
+            async with asyncio.timeout(5):
+                await self._post_one_way(cancelled_message(upstream_id, reason), self._connect_headers)
+        except (GatewayError, TimeoutError) as exc:
+            self._up.log.debug("could not send notifications/cancelled: %s", exc)
+
+    async def _listen(self) -> None:
+        """Keep the GET stream open (resuming with Last-Event-ID) and hand its messages on."""
+        failures, last_event_id = 0, None
+        while not self._closed and failures < _GET_STREAM_MAX_FAILURES:
+            started, useful = time.monotonic(), False
+            headers = self._headers(self._connect_headers, accept="text/event-stream", json_body=False)
+            if last_event_id:
+                headers["Last-Event-ID"] = last_event_id
+            try:
+                async with self._up.stream_http.get(self._up.url, headers=headers, allow_redirects=False) as resp:
+                    self._stream_ready.set()
+                    if resp.status in (405, 404) or 300 <= resp.status < 400:
+                        self._up.log.debug("no GET stream (HTTP %s)", resp.status)
+                        return
+                    if resp.status == 200 and resp.content_type == "text/event-stream":
+                        async for event in iter_sse(resp.content):
+                            last_event_id = event.id or last_event_id
+                            useful = True
+                            if event.event == "message" and event.data.strip():
+                                await self._deliver_raw(event.data)
+            except (aiohttp.ClientError, GatewayError, OSError) as exc:
+                self._up.log.debug("GET stream broke: %s", exc)
+            finally:
+                self._stream_ready.set()
+            failures = 0 if useful or time.monotonic() - started > 30 else failures + 1
+            # Back-off between reconnects of a long-lived stream (not synchronisation).
+            await asyncio.sleep(min(5.0, 0.2 * 2 ** failures))
+
+    async def _deliver_raw(self, data: str) -> None:
+        try:
+            message = parse_json(data)
+        except GatewayError:
+            self._up.log.warning("ignoring invalid JSON on the GET stream")
+            return
+        if isinstance(message, dict) and not is_response(message):
+            await deliver(self._on_message, message, self._up.log)
