@@ -1,0 +1,106 @@
+"""Claims → principal attributes, and RFC 8693 `act` claims → the ordered delegation chain.
+
+Attributes come from claims by the issuer's `claims:` mapping (attribute ← claim), on top of the
+default that maps tenant, owner, groups, environment and clearance from same-named claims.
+Each actor in a nested `act` is attributed from the claims inside its own `act` object (same
+mapping); when those yield nothing, from the `agents:` registry in config; else it has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.config.model import AgentRecord
+from gateway.context import Actor
+from gateway.identity.spiffe import InvalidSpiffeId, is_spiffe_uri, validate_spiffe_id
+
+DEFAULT_CLAIMS: Mapping[str, str] = {name: name for name in ("tenant", "owner", "groups", "environment",
+                                                              "clearance")}
+MAX_CHAIN_DEPTH = 16
+MAX_ID_LENGTH = 2048
+MAX_LIST_ITEMS = 256
+
+
+class ChainError(ValueError):
+    """The `act` claim is malformed or too deep (the caller answers 401)."""
+
+
+def claim_mapping(configured: Mapping[str, str]) -> dict[str, str]:
+    """The effective attribute ← claim mapping of an issuer."""
+    return {**DEFAULT_CLAIMS, **configured}
+
+
+def _lookup(claims: Mapping[str, Any], name: str) -> Any:
+    if name in claims:
+        return claims[name]
+    # Dotted names reach into nested objects (e.g. "org.tenant") when no flat claim has that name.
+    value: Any = claims
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _attribute_value(attribute: str, value: Any) -> Any:
+    """Only strings, booleans, integers and lists of strings become attributes: Cedar has no floats or
+    free-form records here. `groups` is always a list."""
+    if isinstance(value, str):
+        return [value] if attribute == "groups" else value
+    if isinstance(value, bool | int):
+        return None if attribute == "groups" else value
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value[:MAX_LIST_ITEMS])
+    return None
+
+
+def map_claims(claims: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
+    """Principal attributes from token claims (absent or non-plain claims are left out)."""
+    attributes: dict[str, Any] = {}
+    for attribute, claim in mapping.items():
+        value = _attribute_value(attribute, _lookup(claims, claim))
+        if value is not None:
+            attributes[attribute] = value
+    return attributes
+
+
+def registry_attributes(agent_id: str, agents: Mapping[str, AgentRecord]) -> dict[str, Any]:
+    """Attributes of a known agent from the config registry (unset fields left out)."""
+    record = agents.get(agent_id)
+    if record is None:
+        return {}
+    data = record.model_dump(exclude_none=True)
+    data["groups"] = list(record.groups)
+    if not data["groups"]:
+        del data["groups"]
+    return data
+
+
+def actor_id(value: Any) -> str:
+    """A `sub` of a principal or actor: a bounded non-empty string, a valid SPIFFE ID if it claims to be one."""
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise ChainError("subject must be a non-empty string")
+    if is_spiffe_uri(value):
+        try:
+            validate_spiffe_id(value)
+        except InvalidSpiffeId as exc:
+            raise ChainError(str(exc)) from exc
+    return value
+
+
+def build_chain(act: Any, mapping: Mapping[str, str], agents: Mapping[str, AgentRecord],
+                max_depth: int = MAX_CHAIN_DEPTH) -> tuple[Actor, ...]:
+    """The chain of actors from a (possibly nested) `act` claim, outermost (immediate) actor first."""
+    chain: list[Actor] = []
+    node = act
+    while node is not None:
+        if len(chain) >= max_depth:
+            raise ChainError(f"delegation chain deeper than {max_depth}")
+        if not isinstance(node, Mapping):
+            raise ChainError("act claim must be an object")
+        ident = actor_id(node.get("sub"))
+        attributes = map_claims(node, mapping) or registry_attributes(ident, agents)
+        chain.append(Actor(ident, attributes))
+        node = node.get("act")
+    return tuple(chain)

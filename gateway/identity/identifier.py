@@ -1,0 +1,163 @@
+"""Identify the caller of one HTTP request: bearer JWT and/or mTLS SPIFFE SVID → Principal, or 401.
+
+Rules (docs/identity.md):
+- `Authorization: Bearer <jwt>` present: the token must verify (gateway.identity.jwt). Principal id and
+  subject = `sub` (validated when it is a `spiffe://` id), issuer = `iss`, attributes from claims
+  (else from the `agents:` registry), chain from nested `act`, expires_at = `exp`, token kept raw.
+- An mTLS client certificate that is an X.509-SVID (one URI SAN, a SPIFFE ID) and a token whose `sub`
+  is a SPIFFE ID must name the same workload, else 401. A non-SPIFFE `sub` (a person) may ride on
+  any client certificate.
+- No token, but a verified client SVID (the TLS listener has `client_ca_file`, so the peer certificate
+  is only reported when it chained to that CA): principal = the SAN, issuer "mtls", attributes from
+  the registry, expires_at = the certificate's notAfter.
+- Otherwise 401 with `WWW-Authenticate: Bearer resource_metadata="…"` (+ `error="invalid_token"` when
+  a token was presented).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+
+from gateway.config.model import AgentRecord, IdentityConfig, IssuerConfig
+from gateway.context import Principal
+from gateway.errors import GatewayError
+from gateway.identity.chain import ChainError, actor_id, build_chain, claim_mapping, map_claims, registry_attributes
+from gateway.identity.jwks import FileKeySource, KeySource, UrlKeySource
+from gateway.identity.jwt import IssuerVerifier, TokenError, TokenVerifier
+from gateway.identity.metadata import www_authenticate
+from gateway.identity.spiffe import InvalidSpiffeId, is_spiffe_uri, svid_id, uri_sans_from_peercert
+
+log = logging.getLogger("customs.identity")
+
+_BEARER_RE = re.compile(r"Bearer +([A-Za-z0-9\-._~+/]+=*) *", re.IGNORECASE)
+MTLS_ISSUER = "mtls"
+
+
+def _header(headers: Mapping[str, str], name: str) -> list[str]:
+    """All values of a header, case-insensitively (aiohttp's CIMultiDict or a plain dict)."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return list(getall(name, []))
+    return [value for key, value in headers.items() if key.lower() == name.lower()]
+
+
+def default_audience(resource_url: str) -> str:
+    """The audience tokens must carry when an issuer sets none: the gateway's MCP endpoint (RFC 8707)."""
+    return resource_url.rstrip("/") + "/mcp"
+
+
+def key_source(issuer: IssuerConfig, http: aiohttp.ClientSession | None,
+               monotonic: Callable[[], float]) -> KeySource:
+    if issuer.jwks_url is not None:
+        return UrlKeySource(issuer.jwks_url, http, refresh_s=issuer.jwks_refresh_s, clock=monotonic)
+    if issuer.jwks_file is not None:
+        return FileKeySource(issuer.jwks_file, pem=False, clock=monotonic)
+    assert issuer.pem_file is not None  # the config model requires exactly one source
+    return FileKeySource(issuer.pem_file, pem=True, clock=monotonic)
+
+
+class JwtIdentifier:
+    """Bearer JWTs from the configured issuers, plus mTLS SPIFFE SVIDs."""
+
+    def __init__(self, config: IdentityConfig, agents: Mapping[str, AgentRecord], resource_url: str,
+                 http: aiohttp.ClientSession | None, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic, accept_mtls: bool = True) -> None:
+        self._agents = agents
+        self._resource_url = resource_url.rstrip("/")
+        self._accept_mtls = accept_mtls
+        issuers: dict[str, IssuerVerifier] = {}
+        self._mappings: dict[str, dict[str, str]] = {}
+        for issuer in config.issuers:
+            if issuer.issuer in issuers:
+                raise ValueError(f"identity.issuers: issuer {issuer.issuer!r} is configured twice")
+            audience = issuer.audience or default_audience(self._resource_url)
+            issuers[issuer.issuer] = IssuerVerifier(issuer, audience, key_source(issuer, http, monotonic),
+                                                    skew_s=config.clock_skew_s, clock=clock)
+            self._mappings[issuer.issuer] = claim_mapping(issuer.claims)
+        self._sources = [verifier.keys for verifier in issuers.values()]
+        self._verifier = TokenVerifier(issuers)
+
+    async def start(self) -> None:
+        for source in self._sources:
+            await source.start()
+
+    async def close(self) -> None:
+        for source in self._sources:
+            await source.close()
+
+    def _reject(self, message: str, *, token_presented: bool) -> GatewayError:
+        challenge = www_authenticate(self._resource_url, "invalid_token" if token_presented else None)
+        return GatewayError("unauthenticated", message, headers={"WWW-Authenticate": challenge})
+
+    async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None) -> Principal:
+        values = _header(headers, "Authorization")
+        svid = self._svid(peer_cert)
+        if not values:
+            if svid is not None:
+                return self._mtls_principal(svid, peer_cert or {})
+            raise self._reject("Bearer token required", token_presented=False)
+        if len(values) > 1:
+            raise self._reject("More than one Authorization header", token_presented=True)
+        match = _BEARER_RE.fullmatch(values[0])
+        if match is None:
+            raise self._reject("Authorization must be a Bearer token", token_presented=True)
+        try:
+            return await self._token_principal(match.group(1), svid)
+        except (TokenError, ChainError) as exc:
+            message = exc.message if isinstance(exc, TokenError) else f"Invalid token: {exc}"
+            log.info("rejected bearer token: %s", message)
+            raise self._reject(message, token_presented=True) from None
+
+    def _svid(self, peer_cert: Mapping[str, Any] | None) -> str | None:
+        if not peer_cert or not self._accept_mtls:
+            return None
+        try:
+            return svid_id(uri_sans_from_peercert(peer_cert))
+        except InvalidSpiffeId as exc:
+            raise self._reject(f"Client certificate is not a valid SPIFFE SVID: {exc}",
+                               token_presented=False) from None
+
+    async def _token_principal(self, token: str, svid: str | None) -> Principal:
+        verified = await self._verifier.verify(token)
+        claims = verified.claims
+        subject = actor_id(claims.get("sub"))
+        if svid is not None and is_spiffe_uri(subject) and subject != svid:
+            raise TokenError("Token subject does not match the client certificate's SPIFFE ID")
+        mapping = self._mappings[verified.issuer.issuer]
+        attributes = map_claims(claims, mapping) or registry_attributes(subject, self._agents)
+        chain = build_chain(claims.get("act"), mapping, self._agents)
+        return Principal(id=subject, issuer=verified.issuer.issuer, subject=subject, attributes=attributes,
+                         chain=chain, token=token, expires_at=float(claims["exp"]))
+
+    def _mtls_principal(self, svid: str, peer_cert: Mapping[str, Any]) -> Principal:
+        not_after = peer_cert.get("notAfter")
+        expires = float(ssl.cert_time_to_seconds(not_after)) if isinstance(not_after, str) else None
+        return Principal(id=svid, issuer=MTLS_ISSUER, subject=svid,
+                         attributes=registry_attributes(svid, self._agents), expires_at=expires)
+
+
+class AnonymousIdentifier:
+    """Local use only: every caller is the same configured principal (a warning is logged once)."""
+
+    def __init__(self, config: IdentityConfig) -> None:
+        log.warning("identity mode anonymous: every caller is the same principal %r; use only for local work",
+                    config.anonymous_principal)
+        self._principal = Principal(id=config.anonymous_principal, issuer="anonymous",
+                                    subject=config.anonymous_principal,
+                                    attributes=dict(config.anonymous_attributes), anonymous=True)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None) -> Principal:
+        return self._principal

@@ -1,0 +1,249 @@
+"""Verification keys for one issuer: a JWKS file, a PEM file, or a JWKS URL (cached, rate-limited refetch).
+
+Key objects are built once when a key set is loaded (PyJWT `PyJWK` → cryptography key), never per
+token. Symmetric (`oct`) keys and keys marked for encryption are dropped: access tokens are only
+accepted with asymmetric signatures. A JWKS URL is fetched with a timeout and a response size
+bound; an unknown `kid` triggers at most one refetch per cool-down, so a flood of forged kids
+cannot turn the gateway into a request amplifier against the IdP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt import PyJWK
+from jwt.exceptions import PyJWTError
+
+log = logging.getLogger("customs.identity.jwks")
+
+MAX_JWKS_BYTES = 512 * 1024
+FETCH_TIMEOUT_S = 5.0
+UNKNOWN_KID_COOLDOWN_S = 30.0
+
+# The curve an EC algorithm needs (RFC 7518 §3.4): ES256 with a P-384 key is a mismatch.
+_EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1", "ES256K": "secp256k1"}
+
+
+class KeySetError(ValueError):
+    """A key source could not be read or holds no usable key."""
+
+
+@dataclass(frozen=True)
+class VerifyKey:
+    """One public key, ready for PyJWT: the kid it is published under and the alg it is pinned to (if any)."""
+
+    kid: str | None
+    key: Any  # a cryptography public key object
+    alg: str | None = None
+
+    def allows(self, alg: str) -> bool:
+        """Does this key's type (and pinned alg) fit the token's `alg`? Stops alg/key-type confusion."""
+        if self.alg is not None and self.alg != alg:
+            return False
+        if alg.startswith(("RS", "PS")):
+            return isinstance(self.key, rsa.RSAPublicKey)
+        if alg in _EC_CURVES:
+            return isinstance(self.key, ec.EllipticCurvePublicKey) and self.key.curve.name == _EC_CURVES[alg]
+        if alg == "EdDSA":
+            return isinstance(self.key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
+        return False
+
+
+class KeySource(Protocol):
+    """Where an issuer's keys come from."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def candidates(self, kid: str | None) -> list[VerifyKey]: ...
+
+
+def keys_from_jwks(document: Any, origin: str) -> list[VerifyKey]:
+    """Parse a JWKS document into keys; unusable entries are skipped with a warning, none usable is an error."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise KeySetError(f"{origin}: not a JWKS document (expected an object with a 'keys' list)")
+    keys: list[VerifyKey] = []
+    for index, entry in enumerate(document["keys"]):
+        key = _one_jwk(entry, f"{origin} keys[{index}]")
+        if key is not None:
+            keys.append(key)
+    if not keys:
+        raise KeySetError(f"{origin}: no usable signature keys")
+    return keys
+
+
+def _one_jwk(entry: Any, where: str) -> VerifyKey | None:
+    if not isinstance(entry, dict):
+        log.warning("%s: not an object; skipped", where)
+        return None
+    if entry.get("kty") == "oct" or "d" in entry:
+        # Secret material in a public key set is a misconfiguration; never verify with it.
+        log.warning("%s: symmetric or private key in a JWKS; skipped", where)
+        return None
+    if entry.get("use", "sig") != "sig":
+        return None
+    kid = entry.get("kid")
+    alg = entry.get("alg")
+    if (kid is not None and not isinstance(kid, str)) or (alg is not None and not isinstance(alg, str)):
+        log.warning("%s: kid/alg must be strings; skipped", where)
+        return None
+    try:
+        key = PyJWK(entry).key
+    except (PyJWTError, ValueError, TypeError, KeyError) as exc:
+        log.warning("%s: unusable key (%s); skipped", where, type(exc).__name__)
+        return None
+    return VerifyKey(kid, key, alg)
+
+
+def keys_from_pem(data: bytes, origin: str) -> list[VerifyKey]:
+    """A PEM public key (SubjectPublicKeyInfo) or certificate, as a single kid-less key."""
+    try:
+        if b"BEGIN CERTIFICATE" in data:
+            key: Any = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise KeySetError(f"{origin}: not a PEM public key or certificate") from exc
+    return [VerifyKey(None, key)]
+
+
+def select(keys: Iterable[VerifyKey], kid: str | None) -> list[VerifyKey]:
+    """Keys a token with this `kid` may be checked against (a kid-less key matches any kid)."""
+    return [key for key in keys if key.kid is None or key.kid == kid]
+
+
+class FileKeySource:
+    """A JWKS or PEM file, read at construction; re-read (at most once per cool-down) on an unknown kid
+    when the file changed, so key rotation by replacing the file needs no restart."""
+
+    def __init__(self, path: Path, *, pem: bool, clock: Callable[[], float] = time.monotonic,
+                 cooldown_s: float = UNKNOWN_KID_COOLDOWN_S) -> None:
+        self._path = path
+        self._pem = pem
+        self._clock = clock
+        self._cooldown_s = cooldown_s
+        self._keys, self._mtime = self._read()
+        self._checked = clock()
+
+    def _read(self) -> tuple[list[VerifyKey], float]:
+        try:
+            data = self._path.read_bytes()
+            mtime = self._path.stat().st_mtime
+        except OSError as exc:
+            raise KeySetError(f"{self._path}: cannot read ({exc.strerror})") from exc
+        if self._pem:
+            return keys_from_pem(data, str(self._path)), mtime
+        try:
+            document = json.loads(data)
+        except ValueError as exc:
+            raise KeySetError(f"{self._path}: not valid JSON") from exc
+        return keys_from_jwks(document, str(self._path)), mtime
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def candidates(self, kid: str | None) -> list[VerifyKey]:
+        found = select(self._keys, kid)
+        if found or self._pem or self._clock() - self._checked < self._cooldown_s:
+            return found
+        self._checked = self._clock()
+        try:
+            if self._path.stat().st_mtime != self._mtime:
+                self._keys, self._mtime = self._read()
+        except (OSError, KeySetError) as exc:
+            log.warning("JWKS file reload failed, keeping the previous keys: %s", exc)
+        return select(self._keys, kid)
+
+
+class UrlKeySource:
+    """A JWKS URL: fetched at start (best effort), refreshed when older than `refresh_s`, and refetched on
+    an unknown kid at most once per `cooldown_s`. Concurrent misses share one fetch."""
+
+    def __init__(self, url: str, http: aiohttp.ClientSession | None, *, refresh_s: float,
+                 cooldown_s: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 timeout_s: float = FETCH_TIMEOUT_S, max_bytes: int = MAX_JWKS_BYTES) -> None:
+        self.url = url
+        self._http = http
+        self._own_http = http is None
+        self._refresh_s = refresh_s
+        self._cooldown_s = min(UNKNOWN_KID_COOLDOWN_S, refresh_s) if cooldown_s is None else cooldown_s
+        self._clock = clock
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_bytes = max_bytes
+        self._keys: list[VerifyKey] = []
+        self._fetched_at: float | None = None  # last successful fetch
+        self._attempted_at: float | None = None  # last attempt, successful or not
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        await self._refetch(force=True)
+
+    async def close(self) -> None:
+        if self._own_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def candidates(self, kid: str | None) -> list[VerifyKey]:
+        now = self._clock()
+        stale = self._fetched_at is None or now - self._fetched_at >= self._refresh_s
+        found = select(self._keys, kid)
+        if found and not stale:
+            return found
+        await self._refetch(force=False)
+        return select(self._keys, kid)
+
+    async def _refetch(self, *, force: bool) -> None:
+        before = self._attempted_at
+        async with self._lock:
+            if self._attempted_at != before:
+                return  # another request fetched while this one waited for the lock
+            if not force and self._attempted_at is not None and \
+                    self._clock() - self._attempted_at < self._cooldown_s:
+                return
+            self._attempted_at = self._clock()
+            try:
+                self._keys = keys_from_jwks(await self._download(), self.url)
+                self._fetched_at = self._clock()
+            except (KeySetError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                # Keep serving the last good keys: an IdP outage must not log every agent out.
+                log.warning("JWKS fetch from %s failed: %s", self.url, exc or type(exc).__name__)
+
+    async def _download(self) -> Any:
+        if self._http is None:
+            raise KeySetError(f"{self.url}: key source not started")
+        async with self._http.get(self.url, timeout=self._timeout, allow_redirects=False,
+                                  headers={"Accept": "application/json"}) as response:
+            if response.status != 200:
+                raise KeySetError(f"{self.url}: HTTP {response.status}")
+            if response.content_length is not None and response.content_length > self._max_bytes:
+                raise KeySetError(f"{self.url}: JWKS larger than {self._max_bytes} bytes")
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > self._max_bytes:
+                    raise KeySetError(f"{self.url}: JWKS larger than {self._max_bytes} bytes")
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise KeySetError(f"{self.url}: not valid JSON") from exc
+
+    @property
+    def stats(self) -> Mapping[str, Any]:
+        return {"keys": len(self._keys), "fetched_at": self._fetched_at}

@@ -1,0 +1,185 @@
+"""Access-token verification: compact JWS → verified claims of exactly one configured issuer.
+
+Order of checks (each failure is a `TokenError`, answered 401 by the identifier):
+1. shape: three base64url parts, bounded size, header and payload JSON objects;
+2. header: `alg` in the issuer's allow-list (never `none`/HS*), no embedded or remote key material
+   (`jwk`, `jku`, `x5u`, `x5c`, `x5t*`), no `crit`/`b64` extensions, `kid` a plain token
+   ([A-Za-z0-9._-], ≤128), `typ` as configured;
+3. issuer: chosen by the *unverified* `iss`, which must equal a configured issuer exactly;
+4. key: from that issuer's source only, by kid, and its key type must fit `alg`;
+5. PyJWT verifies the signature, `aud` (the configured audience, RFC 8707) and `iss`;
+6. times: `exp` required, `nbf`/`iat` honoured, all with the configured clock skew.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from jwt.exceptions import (
+    InvalidAudienceError,
+    InvalidIssuerError,
+    InvalidSignatureError,
+    MissingRequiredClaimError,
+    PyJWTError,
+)
+
+from gateway.config.model import IssuerConfig
+from gateway.identity.jwks import KeySource, VerifyKey
+
+MAX_TOKEN_BYTES = 16 * 1024
+KID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9_-]*")
+
+
+class TokenError(Exception):
+    """The token is not acceptable; `message` is safe to show the caller (no token content)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    issuer: IssuerConfig
+    header: dict[str, Any]
+    claims: dict[str, Any]
+
+
+def _b64_json(segment: str, what: str) -> dict[str, Any]:
+    if not _SEGMENT_RE.fullmatch(segment):
+        raise TokenError(f"Malformed token {what}")
+    try:
+        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError) as exc:
+        raise TokenError(f"Malformed token {what}") from exc
+    if not isinstance(value, dict):
+        raise TokenError(f"Malformed token {what}")
+    return value
+
+
+def split_token(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Unverified header and payload of a compact JWS (shape checks only)."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise TokenError("Token too large")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError("Malformed token")
+    return _b64_json(parts[0], "header"), _b64_json(parts[1], "payload")
+
+
+def _normal_typ(value: str) -> str:
+    value = value.lower()
+    return value[len("application/"):] if value.startswith("application/") else value
+
+
+def check_header(header: Mapping[str, Any], issuer: IssuerConfig) -> tuple[str, str | None]:
+    """(alg, kid) of an acceptable header; raises TokenError otherwise."""
+    bad = FORBIDDEN_HEADERS.intersection(header)
+    if bad:
+        raise TokenError(f"Token header parameter not accepted: {sorted(bad)[0]}")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in issuer.algorithms:
+        raise TokenError("Token algorithm not accepted")
+    kid = header.get("kid")
+    if kid is not None and (not isinstance(kid, str) or not KID_RE.fullmatch(kid)):
+        raise TokenError("Malformed key id")
+    if issuer.require_typ is not None:
+        typ = header.get("typ")
+        if not isinstance(typ, str) or _normal_typ(typ) != _normal_typ(issuer.require_typ):
+            raise TokenError("Token type not accepted")
+    return alg, kid
+
+
+def check_times(claims: Mapping[str, Any], now: float, skew: float) -> float:
+    """Enforce exp (required), nbf and iat with `skew` seconds of tolerance; returns exp."""
+    def number(name: str) -> float | None:
+        value = claims.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TokenError(f"Token claim {name} must be a number")
+        return float(value)
+
+    exp = number("exp")
+    if exp is None:
+        raise TokenError("Token has no expiry")
+    if now >= exp + skew:
+        raise TokenError("Token expired")
+    nbf = number("nbf")
+    if nbf is not None and now + skew < nbf:
+        raise TokenError("Token not yet valid")
+    iat = number("iat")
+    if iat is not None and now + skew < iat:
+        raise TokenError("Token issued in the future")
+    return exp
+
+
+class IssuerVerifier:
+    """Verifies tokens of one configured issuer against its key source."""
+
+    def __init__(self, config: IssuerConfig, audience: str, keys: KeySource, *, skew_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.audience = audience
+        self.keys = keys
+        self._skew = skew_s
+        self._clock = clock
+        # PyJWT checks signature, aud and iss; times are checked here with the injectable clock.
+        self._options: Any = {"require": ["exp", "iss", "aud"], "verify_exp": False, "verify_nbf": False,
+                              "verify_iat": False, "verify_aud": True, "verify_iss": True, "verify_sub": False,
+                              "verify_jti": False}
+
+    async def _key(self, alg: str, kid: str | None) -> VerifyKey:
+        candidates = [key for key in await self.keys.candidates(kid) if key.allows(alg)]
+        if not candidates:
+            raise TokenError("Unknown signing key")
+        if kid is None and len(candidates) > 1:
+            raise TokenError("Token needs a key id")
+        return candidates[0]
+
+    async def verify(self, token: str, header: Mapping[str, Any]) -> dict[str, Any]:
+        alg, kid = check_header(header, self.config)
+        key = await self._key(alg, kid)
+        try:
+            claims: dict[str, Any] = jwt.decode(token, key.key, algorithms=[alg], audience=self.audience,
+                                                issuer=self.config.issuer, options=self._options)
+        except InvalidSignatureError as exc:
+            raise TokenError("Invalid token signature") from exc
+        except InvalidAudienceError as exc:
+            raise TokenError("Token audience does not name this gateway") from exc
+        except InvalidIssuerError as exc:
+            raise TokenError("Token issuer not accepted") from exc
+        except MissingRequiredClaimError as exc:
+            raise TokenError(f"Token has no {exc.claim} claim") from exc
+        except PyJWTError as exc:
+            raise TokenError(f"Invalid token ({type(exc).__name__})") from exc
+        check_times(claims, self._clock(), self._skew)
+        return claims
+
+
+class TokenVerifier:
+    """All configured issuers: picks one by the unverified `iss`, then verifies properly."""
+
+    def __init__(self, issuers: Mapping[str, IssuerVerifier]) -> None:
+        self._issuers = dict(issuers)
+
+    async def verify(self, token: str) -> VerifiedToken:
+        header, payload = split_token(token)
+        iss = payload.get("iss")
+        if not isinstance(iss, str):
+            raise TokenError("Token has no issuer")
+        verifier = self._issuers.get(iss)
+        if verifier is None:
+            raise TokenError("Token issuer not accepted")
+        claims = await verifier.verify(token, header)
+        return VerifiedToken(verifier.config, dict(header), claims)
