@@ -118,7 +118,8 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     guard = ToolGuard(config.upstreams, pins, config.pinning.mode, on_event=on_pin_event)
     approve = ApproveStage(approvals, config.approvals, redactor.redact,
                            page_url=config.listen.resource_url + "/approvals")
-    facts = TaskStage(facts_store, {u.name: u for u in config.upstreams}, credentials.tasks.resolve)
+    facts = TaskStage(facts_store, {u.name: u for u in config.upstreams}, credentials.tasks.resolve,
+                      redactor.contains_secret)
     identifier = _identifier(config, http)
 
     async def policy_check() -> tuple[bool, Any]:

@@ -116,10 +116,12 @@ class RedisFacts:
 class TaskStage:
     """Resolves the call's task and reserves its facts for the authorize stage (ctx.extra["task"])."""
 
-    def __init__(self, store: FactsStore, upstreams: Mapping[str, UpstreamConfig], resolve: Any) -> None:
+    def __init__(self, store: FactsStore, upstreams: Mapping[str, UpstreamConfig], resolve: Any,
+                 contains_secret: Any = None) -> None:
         self._store = store
         self._upstreams = upstreams
         self._resolve = resolve  # CallContext -> task id (the credential service's TaskTracker.resolve)
+        self._contains_secret = contains_secret  # args -> bool, for context.args_contain_secret
 
     def _sums(self, ctx: CallContext) -> dict[str, float]:
         upstream = self._upstreams.get(ctx.upstream or "")
@@ -134,6 +136,8 @@ class TaskStage:
         return sums
 
     async def __call__(self, ctx: CallContext) -> None:
+        if self._contains_secret is not None and ctx.args:
+            ctx.extra["args_contain_secret"] = bool(self._contains_secret(ctx.args))
         if ctx.task_id is None:
             ctx.task_id = self._resolve(ctx)
         if ctx.action != "call_tool" or ctx.tool is None or ctx.task_id is None:
