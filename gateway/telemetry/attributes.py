@@ -59,6 +59,8 @@ def principal_attributes(principal: Principal) -> Attrs:
     """Who is calling: the principal and its delegation chain (never the token)."""
     attrs: Attrs = {"customs.principal": principal.id, "customs.issuer": principal.issuer,
                     "customs.chain": tuple(principal.chain_ids), "customs.chain_depth": len(principal.chain)}
+    if principal.chain:
+        attrs["customs.actor"] = principal.chain[0].id  # the immediate actor: one string, searchable by tag
     if principal.tenant:
         attrs["customs.tenant"] = principal.tenant
     return attrs
