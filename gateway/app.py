@@ -126,7 +126,8 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
                     {u.name: u.timeout_s for u in config.upstreams})
     endpoint = McpEndpoint(identifier=parts.identifier, sessions=sessions, router=router,
                            upstream_names=frozenset(upstreams), max_body_bytes=config.listen.max_body_bytes,
-                           max_json_depth=config.listen.max_json_depth, observability=obs)
+                           max_json_depth=config.listen.max_json_depth, observability=obs,
+                           resource_url=config.listen.resource_url)
     owners: list[Any] = [*parts.owners_before_upstreams, *upstreams.values(), sessions, *parts.owners_after]
     return Gateway(config=config, http=http, parts=parts, sessions=sessions, catalog=catalog,
                    endpoint=endpoint, owners=owners)

@@ -88,6 +88,21 @@ def _policy_engine(config: Config, obs: Observability) -> PolicyEngine:
     return engine
 
 
+def _metadata_routes(config: Config) -> list[web.RouteDef]:
+    """RFC 9728 protected-resource metadata for /mcp and every /mcp/{upstream} path."""
+    from gateway.identity import protected_resource_metadata
+
+    async def metadata(request: web.Request) -> web.Response:
+        tail = request.match_info.get("tail", "")
+        path = "/" + tail if tail else "/mcp"
+        if not (path == "/mcp" or path.startswith("/mcp/")):
+            raise web.HTTPNotFound()
+        return web.json_response(protected_resource_metadata(config.listen.resource_url, config.identity, path))
+
+    return [web.get("/.well-known/oauth-protected-resource", metadata, allow_head=False),
+            web.get("/.well-known/oauth-protected-resource/{tail:.+}", metadata, allow_head=False)]
+
+
 def _identifier(config: Config, http: aiohttp.ClientSession) -> Identifier:
     from gateway.identity import build_identifier
     return build_identifier(config.identity, config.agents, config.listen.resource_url, http)
@@ -137,4 +152,5 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     return Parts(identifier=identifier, engine=engine, authorize=AuthorizeStage(engine), approvals=approvals,
                  approve=approve, credentials=credentials, observability=obs, guard=guard,
                  limiter=Limiter(config.limits, limit_backend), facts=facts, upstreams=upstreams, redis=redis,
-                 routes=[*credentials.routes(), *obs.routes()], checks=checks, owners_before_upstreams=owners)
+                 routes=[*credentials.routes(), *obs.routes(), *_metadata_routes(config)], checks=checks,
+                 owners_before_upstreams=owners)

@@ -18,14 +18,19 @@ from typing import Any
 from aiohttp import web
 from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, classify_inbound_request, find_duplicated_routing_header
 from mcp_types import CLIENT_CAPABILITIES_META_KEY
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, KNOWN_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from mcp_types.version import (
+    HANDSHAKE_PROTOCOL_VERSIONS,
+    KNOWN_PROTOCOL_VERSIONS,
+    LATEST_HANDSHAKE_VERSION,
+    MODERN_PROTOCOL_VERSIONS,
+)
 
 from gateway import jsonrpc
 from gateway.context import Principal
 from gateway.errors import GatewayError, to_wire
 from gateway.http.guards import accepts, error_response, read_body, require_json
 from gateway.http.streams import SSE_HEADERS, ClientGone, EventWriter, ResponseChannel
+from gateway.identity import reject_query_token
 from gateway.pipeline import Identifier
 from gateway.router import SERVER_INFO, Inbound, Router
 from gateway.sessions import Session, SessionManager
@@ -53,6 +58,7 @@ class McpEndpoint:
     max_json_depth: int
     keepalive_s: float = 15.0
     observability: Any = None  # gateway.telemetry.observability.Observability
+    resource_url: str = ""
 
     # -- shared steps ------------------------------------------------------------------------------
 
@@ -63,8 +69,7 @@ class McpEndpoint:
         return view
 
     async def _identify(self, request: web.Request) -> Principal:
-        if "access_token" in request.query:
-            raise GatewayError("unauthenticated", "Tokens in the query string are not accepted")
+        reject_query_token(request.query, self.resource_url)
         peer = request.transport.get_extra_info("peercert") if request.transport else None
         return await self.identifier.identify(request.headers, peer)
 
