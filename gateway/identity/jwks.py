@@ -120,8 +120,9 @@ def keys_from_pem(data: bytes, origin: str) -> list[VerifyKey]:
 
 
 def select(keys: Iterable[VerifyKey], kid: str | None) -> list[VerifyKey]:
-    """Keys a token with this `kid` may be checked against (a kid-less key matches any kid)."""
-    return [key for key in keys if key.kid is None or key.kid == kid]
+    """Keys a token with this `kid` may be checked against: a kid-less key matches any kid, and a kid-less
+    token may use any key (the verifier then insists on exactly one that fits the algorithm)."""
+    return [key for key in keys if kid is None or key.kid is None or key.kid == kid]
 
 
 class FileKeySource:

@@ -136,6 +136,7 @@ class TestIssuer:
         self.fetches = 0
         self.jwks_mode = "normal"  # normal | oversize | hang | error | garbage
         self._runner: web.AppRunner | None = None
+        self._hang: asyncio.Event | None = None
         self.url: str | None = None
         self.write_jwks()
 
@@ -233,13 +234,14 @@ class TestIssuer:
         if self.jwks_mode == "garbage":
             return web.Response(body=b"not json", content_type="application/json")
         if self.jwks_mode == "hang":
-            await request.app["hang"].wait()  # released at close(); the client's timeout fires first
+            assert self._hang is not None
+            await self._hang.wait()  # released at close(); the client's timeout fires first
         return web.json_response(self.jwks())
 
     async def serve(self) -> str:
         """Serve the JWKS at http://127.0.0.1:<port>/jwks.json (a real aiohttp server); returns the URL."""
         app = web.Application()
-        app["hang"] = asyncio.Event()
+        self._hang = asyncio.Event()
         app.router.add_get("/jwks.json", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
@@ -252,7 +254,8 @@ class TestIssuer:
 
     async def close(self) -> None:
         if self._runner is not None:
-            self._runner.app["hang"].set()
+            if self._hang is not None:
+                self._hang.set()
             await self._runner.cleanup()
             self._runner = None
 

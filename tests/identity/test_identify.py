@@ -1,0 +1,235 @@
+"""Accepted tokens become the right Principal: algorithms, audience, clock skew, typ, claims, key sources."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jwt
+import pytest
+from multidict import CIMultiDict
+
+from gateway.config.model import IdentityConfig
+from gateway.context import Principal
+from gateway.errors import GatewayError
+from gateway.identity import JwtIdentifier
+from gateway.identity.jwks import KeySetError
+from tests.identity.conftest import AUDIENCE, RESOURCE, Clock, MakeIdentifier, bearer
+from tests.support.tokens import TestIssuer, generate_key
+
+SHOPPER = "spiffe://acme.test/agent/shopper"
+
+
+async def rejected(identifier: JwtIdentifier, token: str) -> str:
+    with pytest.raises(GatewayError) as caught:
+        await identifier.identify(bearer(token), None)
+    assert caught.value.reason == "unauthenticated"
+    assert "WWW-Authenticate" in caught.value.headers
+    return caught.value.message
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
+async def test_each_algorithm_yields_the_principal(alg: str, issuer: TestIssuer,
+                                                   make_identifier: MakeIdentifier) -> None:
+    identifier = await make_identifier(issuer.config())
+    token = issuer.mint(SHOPPER, aud=AUDIENCE, alg=alg, tenant="acme", exp=2_000_000_000)
+    principal = await identifier.identify(bearer(token), None)
+    assert principal == Principal(id=SHOPPER, issuer=issuer.issuer, subject=SHOPPER,
+                                  attributes={"tenant": "acme"}, expires_at=2_000_000_000.0)
+    assert principal.token == token
+    assert principal.key == f"{issuer.issuer}|{SHOPPER}"
+    assert token not in repr(principal)
+
+
+async def test_configured_audience_replaces_the_default(issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    identifier = await make_identifier(issuer.config(audience="https://gw.example/mcp"))
+    assert (await identifier.identify(bearer(issuer.mint(SHOPPER, aud="https://gw.example/mcp")), None)).id == SHOPPER
+    assert "audience" in await rejected(identifier, issuer.mint(SHOPPER, aud=AUDIENCE))
+
+
+async def test_audience_list_naming_the_gateway_is_accepted(issuer: TestIssuer,
+                                                            make_identifier: MakeIdentifier) -> None:
+    identifier = await make_identifier(issuer.config())
+    token = issuer.mint(SHOPPER, aud=["https://other.example", AUDIENCE])
+    assert (await identifier.identify(bearer(token), None)).id == SHOPPER
+
+
+@pytest.mark.parametrize(("skew", "claims", "accepted"), [
+    (30, {"exp": -10}, True),            # expired 10 s ago, inside the skew
+    (30, {"exp": -31}, False),
+    (0, {"exp": 0}, False),              # exp is exclusive
+    (0, {"exp": 1}, True),
+    (30, {"nbf": 20}, True),
+    (30, {"nbf": 31}, False),
+    (30, {"iat": 25}, True),
+    (30, {"iat": 45}, False),
+], ids=["exp-in-skew", "exp-past-skew", "exp-now-no-skew", "exp-next-second", "nbf-in-skew", "nbf-past-skew",
+        "iat-in-skew", "iat-past-skew"])
+async def test_clock_skew(skew: int, claims: dict[str, int], accepted: bool, issuer: TestIssuer,
+                          make_identifier: MakeIdentifier) -> None:
+    now = 1_900_000_000
+    identifier = await make_identifier(issuer.config(), clock_skew_s=skew, clock=Clock(now))
+    times = {"exp": now + 300, "iat": now - 5} | {name: now + offset for name, offset in claims.items()}
+    token = issuer.mint(SHOPPER, aud=AUDIENCE, **times)
+    if accepted:
+        assert (await identifier.identify(bearer(token), None)).id == SHOPPER
+    else:
+        await rejected(identifier, token)
+
+
+@pytest.mark.parametrize(("typ", "accepted"), [("at+jwt", True), ("application/at+JWT", True), ("JWT", False),
+                                               (None, False)])
+async def test_typ_enforced_when_configured(typ: str | None, accepted: bool, issuer: TestIssuer,
+                                            make_identifier: MakeIdentifier) -> None:
+    identifier = await make_identifier(issuer.config(require_typ="at+jwt"))
+    token = issuer.mint(SHOPPER, aud=AUDIENCE, typ=typ)
+    if accepted:
+        assert (await identifier.identify(bearer(token), None)).id == SHOPPER
+    else:
+        assert "type" in await rejected(identifier, token)
+
+
+async def test_typ_free_when_not_configured(issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    identifier = await make_identifier(issuer.config())
+    assert (await identifier.identify(bearer(issuer.mint(SHOPPER, aud=AUDIENCE, typ="JWT")), None)).id == SHOPPER
+
+
+async def test_claims_mapping(issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    identifier = await make_identifier(issuer.config(claims={"tenant": "org_id", "owner": "org.owner",
+                                                             "team": "team"}))
+    token = issuer.mint(SHOPPER, aud=AUDIENCE, tenant="ignored", groups=None, claims={
+        "org_id": "acme", "org": {"owner": "bob"}, "team": "blue", "groups": "finance",
+        "environment": "prod", "clearance": 3, "score": 0.5})
+    principal = await identifier.identify(bearer(token), None)
+    assert principal.attributes == {"tenant": "acme", "owner": "bob", "team": "blue", "groups": ["finance"],
+                                    "environment": "prod", "clearance": 3}
+
+
+async def test_non_plain_claim_values_are_left_out(issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    identifier = await make_identifier(issuer.config())
+    token = issuer.mint(SHOPPER, aud=AUDIENCE, claims={"tenant": {"id": "acme"}, "owner": 1.5,
+                                                       "groups": [1, 2], "environment": "dev"})
+    assert (await identifier.identify(bearer(token), None)).attributes == {"environment": "dev"}
+
+
+async def test_principal_without_claims_falls_back_to_registry(issuer: TestIssuer,
+                                                               make_identifier: MakeIdentifier) -> None:
+    identifier = await make_identifier(issuer.config(), agents={SHOPPER: {"tenant": "acme", "trust": "high",
+                                                                          "groups": ["buyers"]}})
+    principal = await identifier.identify(bearer(issuer.mint(SHOPPER, aud=AUDIENCE)), None)
+    assert principal.attributes == {"tenant": "acme", "trust": "high", "groups": ["buyers"]}
+    claimed = await identifier.identify(bearer(issuer.mint(SHOPPER, aud=AUDIENCE, tenant="globex")), None)
+    assert claimed.attributes == {"tenant": "globex"}
+
+
+async def test_person_subject_is_not_a_spiffe_id(issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    identifier = await make_identifier(issuer.config())
+    principal = await identifier.identify(bearer(issuer.mint("alice", aud=AUDIENCE, groups=["finance"])), None)
+    assert (principal.id, principal.attributes) == ("alice", {"groups": ["finance"]})
+
+
+async def test_header_forms(issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    identifier = await make_identifier(issuer.config())
+    token = issuer.mint(SHOPPER, aud=AUDIENCE)
+    assert (await identifier.identify({"authorization": f"bearer {token}"}, None)).id == SHOPPER
+    assert (await identifier.identify(CIMultiDict({"AUTHORIZATION": f"Bearer {token}"}), None)).id == SHOPPER
+    twice = CIMultiDict([("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {token}")])
+    with pytest.raises(GatewayError, match="More than one"):
+        await identifier.identify(twice, None)
+
+
+async def test_pem_source_and_kidless_tokens(issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    identifier = await make_identifier(issuer.config(source="pem", algorithms=["ES256"]))
+    assert (await identifier.identify(bearer(issuer.mint(SHOPPER, aud=AUDIENCE, alg="ES256")), None)).id == SHOPPER
+    headers_without_kid = issuer.mint(SHOPPER, aud=AUDIENCE, alg="ES256", kid="")
+    assert "key id" in await rejected(identifier, headers_without_kid)
+    rogue = generate_key("ES256", issuer.keys["ES256"].kid)
+    assert "signature" in await rejected(identifier, issuer.mint(SHOPPER, aud=AUDIENCE, alg="ES256", key=rogue))
+
+
+async def test_kidless_token_needs_exactly_one_fitting_key(tmp_path: Path, make_identifier: MakeIdentifier) -> None:
+    two = TestIssuer(tmp_path, algorithms=("ES256",))
+    identifier = await make_identifier(two.config())
+    token = _without_kid(two.mint(SHOPPER, aud=AUDIENCE, alg="ES256"), two)
+    assert (await identifier.identify(bearer(token), None)).id == SHOPPER
+    two.rotate("ES256")
+    two.keys["ES256-old"] = two.retired[0]
+    two.write_jwks()
+    identifier = await make_identifier(two.config(algorithms=["ES256"]))
+    assert "key id" in await rejected(identifier, _without_kid(two.mint(SHOPPER, aud=AUDIENCE, alg="ES256"), two))
+
+
+def _without_kid(token: str, issuer: TestIssuer) -> str:
+    """Re-sign with no kid header (PyJWT adds whatever headers it is given)."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return jwt.encode(claims, issuer.keys["ES256"].private, algorithm="ES256", headers={"typ": "at+jwt"})
+
+
+async def test_two_issuers_keep_their_keys_apart(tmp_path: Path, issuer: TestIssuer,
+                                                 make_identifier: MakeIdentifier) -> None:
+    other = TestIssuer(tmp_path, issuer="https://other-idp.test", algorithms=("ES256",), name="other")
+    identifier = await make_identifier(issuer.config(), other.config())
+    assert (await identifier.identify(bearer(other.mint("bob", aud=AUDIENCE, alg="ES256")), None)).issuer == \
+        "https://other-idp.test"
+    forged = other.mint("bob", aud=AUDIENCE, alg="ES256", iss=issuer.issuer)  # other's key, issuer's name
+    assert "signing key" in await rejected(identifier, forged)
+    forged_kid = other.mint("bob", aud=AUDIENCE, alg="ES256", iss=issuer.issuer, kid=issuer.keys["ES256"].kid)
+    assert "signature" in await rejected(identifier, forged_kid)
+
+
+async def test_duplicate_issuer_is_a_config_error(issuer: TestIssuer) -> None:
+    config = IdentityConfig.model_validate({"mode": "jwt", "issuers": [issuer.config(), issuer.config()]})
+    with pytest.raises(ValueError, match="configured twice"):
+        JwtIdentifier(config, {}, RESOURCE, None)
+
+
+@pytest.mark.parametrize(("content", "pem", "message"), [
+    (None, False, "cannot read"),
+    ("{not json", False, "not valid JSON"),
+    (json.dumps({"nope": []}), False, "not a JWKS"),
+    (json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}]}), False, "no usable"),
+    (json.dumps({"keys": [{"kty": "RSA", "kid": "bad", "n": "!!", "e": "AQAB"}, "x"]}), False, "no usable"),
+    ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", True, "not a PEM"),
+], ids=["missing", "bad-json", "not-jwks", "only-symmetric", "malformed-keys", "bad-pem"])
+def test_unusable_key_files(tmp_path: Path, content: str | None, pem: bool, message: str) -> None:
+    path = tmp_path / ("key.pem" if pem else "jwks.json")
+    if content is not None:
+        path.write_text(content)
+    source = {"pem_file": str(path)} if pem else {"jwks_file": str(path)}
+    config = IdentityConfig.model_validate({"mode": "jwt", "issuers": [{"issuer": "https://i", **source}]})
+    with pytest.raises(KeySetError, match=message):
+        JwtIdentifier(config, {}, RESOURCE, None)
+
+
+async def test_jwks_file_rotation_is_picked_up_after_cooldown(tmp_path: Path,
+                                                              make_identifier: MakeIdentifier) -> None:
+    rotating = TestIssuer(tmp_path, algorithms=("EdDSA",))
+    monotonic = Clock(1000.0)
+    identifier = await make_identifier(rotating.config(), monotonic=monotonic)
+    assert await identifier.identify(bearer(rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA")), None)
+    old_token = rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA")
+    rotating.rotate("EdDSA")
+    # The mtime may be equal within the filesystem's resolution; make the change visible.
+    os.utime(rotating.jwks_path, (2_000_000_000, 2_000_000_000))
+    new_token = rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA")
+    assert (await identifier.identify(bearer(old_token), None)).id == SHOPPER  # old keys still loaded
+    monotonic.now += 5
+    assert "signing key" in await rejected(identifier, new_token)  # within the cool-down: not re-read
+    monotonic.now += 60
+    assert (await identifier.identify(bearer(new_token), None)).id == SHOPPER
+    assert "signing key" in await rejected(identifier, old_token)  # the old key is gone from the file
+
+
+@pytest.mark.parametrize(("key_alg", "token_alg", "fits"), [
+    ("RS256", "RS256", True), ("RS256", "PS256", True), ("RS256", "ES256", False), ("RS256", "EdDSA", False),
+    ("ES256", "ES256", True), ("ES256", "ES384", False), ("ES384", "ES384", True), ("ES256", "RS256", False),
+    ("EdDSA", "EdDSA", True), ("EdDSA", "ES256", False), ("EdDSA", "RS256", False), ("RS256", "HS256", False),
+    ("RS256", "none", False),
+])
+def test_key_type_must_fit_the_algorithm(key_alg: str, token_alg: str, fits: bool) -> None:
+    from gateway.identity.jwks import VerifyKey
+
+    public = generate_key(key_alg, "k").private.public_key()
+    assert VerifyKey("k", public).allows(token_alg) is fits
+    assert VerifyKey("k", public, alg="RS512").allows(token_alg) is False  # a key pinned to another alg

@@ -1,0 +1,135 @@
+"""JWKS over HTTP against a real aiohttp server: caching, rate-limited refetch on unknown kid, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.errors import GatewayError
+from gateway.identity.jwks import UrlKeySource
+from tests.identity.conftest import AUDIENCE, Clock, MakeIdentifier, bearer
+from tests.support.tokens import TestIssuer
+
+SHOPPER = "spiffe://acme.test/agent/shopper"
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[TestIssuer]:
+    issuer = TestIssuer(tmp_path, algorithms=("ES256", "EdDSA"))
+    await issuer.serve()
+    yield issuer
+    await issuer.close()
+
+
+async def test_keys_are_fetched_once_and_cached(served: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    identifier = await make_identifier(served.config(source="url"))
+    assert served.fetches == 1  # at start
+    for alg in ("ES256", "EdDSA", "ES256"):
+        assert (await identifier.identify(bearer(served.mint(SHOPPER, aud=AUDIENCE, alg=alg)), None)).id == SHOPPER
+    assert served.fetches == 1
+
+
+async def test_unknown_kid_refetches_at_most_once_per_cooldown(served: TestIssuer,
+                                                               make_identifier: MakeIdentifier) -> None:
+    monotonic = Clock(100.0)
+    identifier = await make_identifier(served.config(source="url"), monotonic=monotonic)
+    forged = [served.mint(SHOPPER, aud=AUDIENCE, alg="ES256", kid=f"nope-{i}") for i in range(20)]
+    monotonic.now += 31  # past the 30 s cool-down since the start-up fetch
+    for token in forged:
+        with pytest.raises(GatewayError):
+            await identifier.identify(bearer(token), None)
+    assert served.fetches == 2  # one refetch for twenty unknown kids
+    monotonic.now += 31
+    with pytest.raises(GatewayError):
+        await identifier.identify(bearer(forged[0]), None)
+    assert served.fetches == 3
+
+
+async def test_rotation_is_picked_up_by_the_unknown_kid_refetch(served: TestIssuer,
+                                                                make_identifier: MakeIdentifier) -> None:
+    monotonic = Clock(100.0)
+    identifier = await make_identifier(served.config(source="url"), monotonic=monotonic)
+    served.rotate("ES256")
+    monotonic.now += 31
+    token = served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")
+    assert (await identifier.identify(bearer(token), None)).id == SHOPPER
+    assert served.fetches == 2
+
+
+async def test_concurrent_unknown_kids_share_one_fetch(served: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    monotonic = Clock(100.0)
+    identifier = await make_identifier(served.config(source="url"), monotonic=monotonic)
+    served.rotate("EdDSA")
+    monotonic.now += 31
+    token = served.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA")
+    results = await asyncio.gather(*(identifier.identify(bearer(token), None) for _ in range(10)))
+    assert {principal.id for principal in results} == {SHOPPER}
+    assert served.fetches == 2
+
+
+async def test_stale_keys_are_refreshed_after_refresh_interval(served: TestIssuer,
+                                                               make_identifier: MakeIdentifier) -> None:
+    monotonic = Clock(100.0)
+    identifier = await make_identifier(served.config(source="url", jwks_refresh_s=120), monotonic=monotonic)
+    token = served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")
+    await identifier.identify(bearer(token), None)
+    monotonic.now += 119
+    await identifier.identify(bearer(token), None)
+    assert served.fetches == 1
+    monotonic.now += 2
+    await identifier.identify(bearer(token), None)
+    assert served.fetches == 2
+
+
+@pytest.mark.parametrize("mode", ["error", "garbage", "oversize"])
+async def test_failed_refetch_keeps_the_last_good_keys(mode: str, served: TestIssuer,
+                                                       make_identifier: MakeIdentifier) -> None:
+    monotonic = Clock(100.0)
+    identifier = await make_identifier(served.config(source="url", jwks_refresh_s=60), monotonic=monotonic)
+    served.jwks_mode = mode
+    monotonic.now += 61  # stale: the next use refetches, which fails
+    token = served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")
+    assert (await identifier.identify(bearer(token), None)).id == SHOPPER
+    assert served.fetches == 2
+
+
+async def test_unreachable_at_start_then_recovers(served: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    served.jwks_mode = "error"
+    monotonic = Clock(100.0)
+    identifier = await make_identifier(served.config(source="url"), monotonic=monotonic)  # start must not raise
+    token = served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")
+    with pytest.raises(GatewayError, match="signing key"):
+        await identifier.identify(bearer(token), None)
+    assert served.fetches == 1  # within the cool-down of the failed start-up attempt
+    served.jwks_mode = "normal"
+    monotonic.now += 31
+    assert (await identifier.identify(bearer(token), None)).id == SHOPPER
+    assert served.fetches == 2
+
+
+async def test_fetch_timeout_and_size_bound(served: TestIssuer) -> None:
+    async with aiohttp.ClientSession() as http:
+        served.jwks_mode = "hang"
+        slow = UrlKeySource(served.url or "", http, refresh_s=300, timeout_s=0.2)
+        await slow.start()  # the timeout fires; no keys, no exception
+        assert await slow.candidates("idp-es256-1") == []
+        served.jwks_mode = "oversize"
+        big = UrlKeySource(served.url or "", http, refresh_s=300, max_bytes=64 * 1024)
+        await big.start()
+        assert await big.candidates("idp-es256-1") == []
+        served.jwks_mode = "normal"
+        fine = UrlKeySource(served.url or "", http, refresh_s=300)
+        await fine.start()
+        assert [key.kid for key in await fine.candidates("idp-es256-1")] == ["idp-es256-1"]
+
+
+async def test_own_session_is_closed(served: TestIssuer) -> None:
+    source = UrlKeySource(served.url or "", None, refresh_s=300)
+    await source.start()
+    assert len(await source.candidates(None)) == 2
+    await source.close()
+    await source.close()  # idempotent
