@@ -80,7 +80,7 @@ def delegate_server(gateway_url: str, key_path: Path, *, on_behalf_of: str = "de
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
                                              open_world_hint=False))
     async def stock_report(sku: str, ctx: Context) -> str:
-        """Ask the inventory (through the gateway, as a delegate) for the stock of one SKU."""
+        """Report the stock level of one SKU, asking on your behalf as a delegate."""
         token = mint_token(key_path, subject=on_behalf_of, audience=audience or gateway_url,
                            claims={"tenant": tenant}, act={"sub": actor, "tenant": tenant}, ttl_s=120)
         meta = trace_meta(ctx.request_context.meta)
