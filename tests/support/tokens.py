@@ -19,7 +19,7 @@ Usage (any test area)::
 
     # a JWKS URL instead of a file (a real aiohttp server on 127.0.0.1:0, fetches counted):
     url = await issuer.serve()          # -> http://127.0.0.1:<port>/jwks.json ; issuer.fetches counts GETs
-    ...; await issuer.close()           # or use the `served_issuer` pattern in tests/identity/conftest.py
+    ...; await issuer.close()           # see the `served` fixture in tests/identity/test_jwks_url.py
 
 `issuer.config(...)` returns the `identity.issuers[]` entry as a plain dict (jwks_file by default;
 `source="url"` after `serve()`, or `source="pem"` for a single public key PEM).
