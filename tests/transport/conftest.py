@@ -154,6 +154,7 @@ CallHandler = Callable[[web.Request, Message], Awaitable[web.StreamResponse]]
 class Scripted:
     url: str
     seen: list[tuple[str, Message | None]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # of the non-POST requests
 
     def count(self, method: str) -> int:
         return sum(1 for _, m in self.seen if m and m.get("method") == method)
@@ -164,16 +165,21 @@ INIT_RESULT = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
 
 
 @pytest.fixture
-async def scripted() -> AsyncIterator[Callable[[CallHandler], Awaitable[Scripted]]]:
-    """An aiohttp 'MCP server' that handshakes normally and answers requests with a scripted handler."""
+async def scripted() -> AsyncIterator[Callable[..., Awaitable[Scripted]]]:
+    """An aiohttp 'MCP server' that handshakes normally and answers requests with a scripted handler
+    (GET: 405 unless `on_get` is given)."""
     runners: list[web.AppRunner] = []
 
-    async def start(on_request: CallHandler) -> Scripted:
+    async def start(on_request: CallHandler,
+                    on_get: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None) -> Scripted:
         state = Scripted("")
 
         async def mcp(request: web.Request) -> web.StreamResponse:
             if request.method != "POST":
                 state.seen.append((request.method, None))
+                state.headers.append(dict(request.headers))
+                if request.method == "GET" and on_get is not None:
+                    return await on_get(request)
                 return web.Response(status=405 if request.method == "GET" else 200)
             message = json.loads(await request.read())
             state.seen.append(("POST", message))
@@ -186,7 +192,7 @@ async def scripted() -> AsyncIterator[Callable[[CallHandler], Awaitable[Scripted
 
         app = web.Application()
         app.router.add_route("*", "/mcp", mcp)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2)
         await runner.setup()
         runners.append(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0)
