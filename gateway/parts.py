@@ -105,7 +105,10 @@ def _metadata_routes(config: Config) -> list[web.RouteDef]:
 
 def _identifier(config: Config, http: aiohttp.ClientSession) -> Identifier:
     from gateway.identity import build_identifier
-    return build_identifier(config.identity, config.agents, config.listen.resource_url, http)
+    try:
+        return build_identifier(config.identity, config.agents, config.listen.resource_url, http)
+    except ValueError as exc:  # unreadable or unusable key files, duplicate issuers
+        raise ConfigError([f"identity: {exc}"], "identity") from exc
 
 
 async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Mapping[str, Upstream]) -> Parts:
