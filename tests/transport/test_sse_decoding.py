@@ -1,0 +1,61 @@
+"""The SSE decoder: line endings, chunk boundaries, ids, comments, size cap."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.errors import GatewayError
+from gateway.transport.events import SseEvent, iter_sse
+
+STREAM = (b": keep-alive comment\n"
+          b"event: endpoint\ndata: /messages?s=1\n\n"
+          b"id: 7\r\nevent: message\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n"
+          b"data: no id of its own\rretry: 1500\r\r"
+          b"id: 8\n\n"  # an id alone dispatches nothing
+          b"data: after\n\n"
+          b"data: unterminated")
+
+
+class Chunks:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+
+async def decode(chunks: list[bytes], max_bytes: int = 1 << 20) -> list[SseEvent]:
+    return [e async for e in iter_sse(Chunks(chunks), max_bytes)]  # type: ignore[arg-type]
+
+
+EXPECTED = [
+    SseEvent("endpoint", "/messages?s=1"),
+    SseEvent("message", '{"a":\n1}', "7"),
+    SseEvent("message", "no id of its own", "7", 1500),
+    SseEvent("message", "after", "8"),
+]
+
+
+async def test_decodes_a_stream_in_one_chunk() -> None:
+    assert await decode([STREAM]) == EXPECTED
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), max_size=12, unique=True))
+async def test_any_chunking_gives_the_same_events(cuts: list[int]) -> None:
+    edges = [0, *sorted(cuts), len(STREAM)]
+    assert await decode([STREAM[a:b] for a, b in itertools.pairwise(edges)]) == EXPECTED
+
+
+async def test_oversized_event_is_an_upstream_error() -> None:
+    with pytest.raises(GatewayError) as info:
+        await decode([b"data: " + b"x" * 2000], max_bytes=1000)
+    assert info.value.reason == "upstream_error"
+    with pytest.raises(GatewayError):
+        await decode([b"data: " + b"x" * 600 + b"\n", b"data: " + b"y" * 600 + b"\n"], max_bytes=1000)
