@@ -1,0 +1,165 @@
+"""The embedded approval store: one process, state in dicts, atomic because no check awaits before its set."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
+from gateway.approvals.store import EventSink, Listener, emit, notify_listeners
+
+
+class MemoryApprovalStore:
+    """Approvals of this process only. A restart forgets them (use Redis for durability/replicas).
+
+    Atomicity: every transition is a synchronous check-and-set between two awaits, so concurrent
+    coroutines on the one event loop cannot interleave inside it.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time, history: int = 10_000,
+                 on_event: EventSink | None = None) -> None:
+        self.on_event = on_event
+        self._clock = clock
+        self._history = history
+        self._items: OrderedDict[str, Approval] = OrderedDict()
+        self._keys: dict[str, tuple[str, float]] = {}  # binding key -> (id, link expiry)
+        self._changed: dict[str, asyncio.Event] = {}
+        self._listeners: list[Listener] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        for changed in self._changed.values():
+            changed.set()
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def _store(self, item: Approval, transition: str, actor: str | None = None,
+               comment: str | None = None) -> Approval:
+        self._items[item.id] = item
+        changed = self._changed.pop(item.id, None)
+        if changed is not None:
+            changed.set()
+        notify_listeners(self._listeners, item.id)
+        if transition:
+            emit(self.on_event, event(item, transition, actor=actor, comment=comment, at=self._clock()))
+        return item
+
+    def _expire_if_due(self, item: Approval) -> Approval:
+        if item.pending and self._clock() >= item.expires_at:
+            return self._store(item.with_state("expired", decided_at=self._clock()), "expired")
+        return item
+
+    def _trim(self) -> None:
+        """Bound history: drop the oldest decided items (never a pending one)."""
+        excess = len(self._items) - self._history
+        if excess > 0:
+            for item_id in [i.id for i in self._items.values() if not i.pending][:excess]:
+                del self._items[item_id]
+        if len(self._keys) > 2 * self._history:
+            now = self._clock()
+            self._keys = {k: v for k, v in self._keys.items() if v[1] > now}
+
+    async def create_or_join(self, draft: Approval, *, link_s: float) -> tuple[Approval, bool]:
+        now = self._clock()
+        linked = self._keys.get(draft.key)
+        if linked is not None and linked[1] > now and linked[0] in self._items:
+            current = self._expire_if_due(self._items[linked[0]])
+            if current.pending or current.claimable or current.state == "denied":
+                return current, False
+        self._keys[draft.key] = (draft.id, now + link_s)
+        self._store(draft, "created", actor=draft.principal)
+        self._trim()
+        return draft, True
+
+    async def get(self, approval_id: str) -> Approval:
+        item = self._items.get(approval_id)
+        if item is None:
+            raise ApprovalNotFound(approval_id)
+        return self._expire_if_due(item)
+
+    async def list(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Approval]:
+        await self.expire_due()
+        out: builtins.list[Approval] = []
+        for item in reversed(self._items.values()):
+            if states is None or item.state in states:
+                out.append(item)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:
+        if outcome not in ("approved", "denied"):
+            raise ValueError(f"unknown outcome {outcome!r}")
+        item = await self.get(approval_id)
+        if not item.pending:
+            raise AlreadyDecided(item)
+        if any(v.by == approver for v in item.votes):
+            raise AlreadyDecided(item, "already_voted")
+        now = self._clock()
+        votes = (*item.votes, Vote(approver, outcome, comment, now))
+        if outcome == "denied":
+            updated = item.with_state("denied", votes=votes, decided_by=(approver,), comment=comment, decided_at=now)
+            return self._store(updated, "denied", approver, comment)
+        approvers = tuple(v.by for v in votes if v.outcome == "approved")
+        if len(approvers) >= item.quorum:
+            updated = item.with_state("approved", votes=votes, decided_by=approvers, comment=comment, decided_at=now)
+            return self._store(updated, "approved", approver, comment)
+        return self._store(item.with_state("pending", votes=votes), "vote", approver, comment)
+
+    async def wait(self, approval_id: str, timeout_s: float) -> Approval:
+        item = await self.get(approval_id)
+        if timeout_s <= 0:
+            return item
+        changed = self._changed.get(approval_id)
+        if changed is None:
+            changed = self._changed[approval_id] = asyncio.Event()
+        try:
+            await asyncio.wait_for(changed.wait(), timeout_s)
+        except TimeoutError:
+            pass
+        return await self.get(approval_id)
+
+    async def cancel(self, approval_id: str, state: str = "cancelled", actor: str | None = None) -> Approval:
+        item = await self.get(approval_id)
+        if not item.pending:
+            return item
+        return self._store(item.with_state(state, decided_at=self._clock()), state, actor)
+
+    async def claim_execution(self, approval_id: str) -> bool:
+        item = self._items.get(approval_id)
+        if item is None or not item.claimable:
+            return False
+        linked = self._keys.get(item.key)
+        if linked is not None and linked[0] == approval_id:
+            del self._keys[item.key]  # the next identical call needs a new approval
+        self._store(item.with_state("approved", executed=True), "executed")
+        return True
+
+    async def expire_due(self) -> builtins.list[Approval]:
+        now = self._clock()
+        due = [i for i in self._items.values() if i.pending and now >= i.expires_at]
+        return [self._expire_if_due(i) for i in due]
+
+    async def sweep_abandoned(self) -> builtins.list[Approval]:
+        return []  # one process: a restart starts empty, so nothing can be left behind
+
+    @asynccontextmanager
+    async def hold(self, approval_id: str) -> AsyncIterator[None]:
+        yield
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def stats(self) -> dict[str, Any]:
+        return {"items": len(self._items), "keys": len(self._keys), "waiting": len(self._changed)}

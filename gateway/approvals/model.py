@@ -1,0 +1,140 @@
+"""The pending-call record (`Approval`): its fields, states, wire JSON and the key that binds it to one call."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Final, Literal
+
+State = Literal["pending", "approved", "denied", "expired", "cancelled", "abandoned"]
+STATES: Final[tuple[str, ...]] = ("pending", "approved", "denied", "expired", "cancelled", "abandoned")
+TERMINAL: Final[frozenset[str]] = frozenset(STATES) - {"pending"}
+Outcome = Literal["approved", "denied"]
+
+
+class ApprovalNotFound(Exception):
+    """No approval with this id (or it aged out of history)."""
+
+
+class AlreadyDecided(Exception):
+    """The item left `pending` before this decision; `approval` is its current state."""
+
+    def __init__(self, approval: Approval, reason: str = "already_decided") -> None:
+        self.approval = approval
+        self.reason = reason
+        super().__init__(f"{reason}: approval {approval.id} is {approval.state}")
+
+
+def binding_key(principal_key: str, upstream: str, tool: str, args_digest: str) -> str:
+    """One call's identity for approval purposes: same principal, tool and exact arguments."""
+    raw = "\x1f".join((principal_key, upstream, tool, args_digest))
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def new_id() -> str:
+    return "apr_" + uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One approver's decision (quorum > 1 collects several)."""
+
+    by: str
+    outcome: str
+    comment: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A call held for human approval, as stored and as shown to approvers.
+
+    `args` are already redacted; `args_digest` binds the approval to the exact (unredacted)
+    arguments. `executed` turns true exactly once, when the approved call is claimed for forwarding.
+    """
+
+    id: str
+    state: str
+    upstream: str
+    tool: str
+    principal: str  # the requesting agent's id (spiffe id or sub)
+    principal_key: str  # issuer|subject: what the approval is bound to
+    chain: tuple[str, ...]
+    tenant: str | None
+    args: Any
+    args_digest: str
+    policies: tuple[str, ...]
+    created_at: float
+    expires_at: float
+    key: str = ""
+    subject: str = ""  # the requester's `sub`, for the self-approval check
+    policy_version: str = ""
+    quorum: int = 1
+    decided_by: tuple[str, ...] = ()
+    comment: str | None = None
+    decided_at: float | None = None
+    executed: bool = False
+    votes: tuple[Vote, ...] = ()
+    method: str = "tools/call"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> bool:
+        return self.state == "pending"
+
+    @property
+    def claimable(self) -> bool:
+        return self.state == "approved" and not self.executed
+
+    def with_state(self, state: str, **changes: Any) -> Approval:
+        return replace(self, state=state, **changes)
+
+    def requester_ids(self) -> set[str]:
+        """Everyone on whose behalf the call was made: they may not approve it."""
+        return {x for x in (self.principal, self.subject, *self.chain) if x}
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented wire shape (plus `quorum`, `votes`, `decided_at`, `executed`)."""
+        return {
+            "id": self.id, "state": self.state, "upstream": self.upstream, "tool": self.tool,
+            "principal": self.principal, "chain": list(self.chain), "tenant": self.tenant,
+            "args": self.args, "args_digest": self.args_digest, "policies": list(self.policies),
+            "created_at": self.created_at, "expires_at": self.expires_at,
+            "decided_by": ", ".join(self.decided_by) if self.decided_by else None,
+            "comment": self.comment,
+            "quorum": self.quorum, "votes": [asdict(v) for v in self.votes],
+            "decided_at": self.decided_at, "executed": self.executed, "method": self.method,
+        }
+
+    def cedar_attrs(self) -> dict[str, Any]:
+        """Attributes of the Cedar resource `Approval::"<id>"` for action `approve`."""
+        return {"id": self.id, "upstream": self.upstream, "tool": self.tool, "args": self.args,
+                "requester": self.principal, "chain": list(self.chain)}
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything, for storage (round-trips through `from_record`)."""
+        record = asdict(self)
+        record["votes"] = [asdict(v) for v in self.votes]
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Approval:
+        data = dict(record)
+        data["chain"] = tuple(data.get("chain") or ())
+        data["policies"] = tuple(data.get("policies") or ())
+        data["decided_by"] = tuple(data.get("decided_by") or ())
+        data["votes"] = tuple(Vote(**v) for v in data.get("votes") or ())
+        return cls(**data)
+
+
+def event(approval: Approval, transition: str, *, actor: str | None = None, comment: str | None = None,
+          at: float | None = None) -> dict[str, Any]:
+    """A decision-log record for one state change (the telemetry decision log writes it)."""
+    return {
+        "kind": "approval", "transition": transition, "approval_id": approval.id, "state": approval.state,
+        "actor": actor, "comment": comment, "upstream": approval.upstream, "tool": approval.tool,
+        "principal": approval.principal, "chain": list(approval.chain), "tenant": approval.tenant,
+        "args_digest": approval.args_digest, "policies": list(approval.policies),
+        "decided_by": list(approval.decided_by), "at": at,
+    }

@@ -1,0 +1,305 @@
+"""The shared approval store on Redis: several replicas hold, decide and release the same pending calls.
+
+Each transition is one Lua script (atomic); a pub/sub channel wakes waiters on every replica; each
+replica heartbeats a holder id so a sweeper can mark items whose waiting replica died as abandoned.
+Any Redis failure surfaces as GatewayError("approval_unavailable"): callers fail closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from gateway.approvals import redis_scripts as lua
+from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
+from gateway.approvals.store import EventSink, Listener, emit, notify_listeners
+from gateway.errors import GatewayError
+
+log = logging.getLogger("customs.approvals.redis")
+T = TypeVar("T")
+_TRANSIENT = (RedisError, OSError, TimeoutError)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _hash(flat: Sequence[Any]) -> dict[str, str]:
+    items = [_text(v) for v in flat]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def approval_from_hash(fields: dict[str, str]) -> Approval:
+    """Rebuild an Approval from its Redis hash: immutable `rec` JSON plus the mutable fields."""
+    record = json.loads(fields["rec"])
+    votes = tuple(Vote(**v) for v in json.loads(fields.get("votes") or "[]"))
+    state = fields["state"]
+    record.update(state=state, votes=[asdict(v) for v in votes], executed=fields.get("executed") == "1",
+                  decided_at=float(fields["decided_at"]) if fields.get("decided_at") else None)
+    if state == "denied" and votes:
+        record.update(decided_by=[votes[-1].by], comment=votes[-1].comment)
+    elif state == "approved" and votes:
+        record.update(decided_by=[v.by for v in votes if v.outcome == "approved"], comment=votes[-1].comment)
+    return Approval.from_record(record)
+
+
+class RedisApprovalStore:
+    """Approvals in Redis under `<prefix>approvals:`; `client` is a redis.asyncio.Redis (bounded pool)."""
+
+    def __init__(self, client: Any, prefix: str = "customs:", *, clock: Callable[[], float] = time.time,
+                 heartbeat_s: float = 5.0, keep_s: float = 7 * 86400, on_event: EventSink | None = None,
+                 owns_client: bool = False) -> None:
+        self.on_event = on_event
+        self.holder = uuid.uuid4().hex
+        self._client = client
+        self._owns_client = owns_client
+        self._p = prefix + "approvals:"
+        self._clock = clock
+        self._heartbeat_s = heartbeat_s
+        self._keep_ms = int(keep_s * 1000)
+        self._scripts = {name: client.register_script(getattr(lua, name)) for name in (
+            "CREATE_OR_JOIN", "DECIDE", "CANCEL", "CLAIM", "HEARTBEAT", "HOLD", "ABANDON")}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._listeners: list[Listener] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "customs:", *, max_connections: int = 64,
+                 **kwargs: Any) -> RedisApprovalStore:
+        """A store owning its own client (tests, benchmarks); the gateway passes its shared client."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=5, socket_timeout=5, socket_connect_timeout=2,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2))
+        return cls(aioredis.Redis(connection_pool=pool), prefix, owns_client=True, **kwargs)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin heartbeats + sweeps and the pub/sub reader. Redis being down is not fatal here."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._subscriber(), name="approvals-pubsub"),
+                       loop.create_task(self._housekeeping(), name="approvals-sweeper")]
+
+    async def close(self) -> None:
+        self._closing = True
+        pending = set(self._tasks)
+        while pending:  # redis-py can swallow a cancel that lands mid-command: cancel until done
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+        self._tasks = []
+        for changed in self._changed.values():
+            changed.set()
+        with contextlib.suppress(*_TRANSIENT):
+            await self._client.hdel(self._p + "holders", self.holder)
+        if self._owns_client:
+            await self._client.aclose()
+            await self._client.connection_pool.aclose()
+
+    async def _housekeeping(self) -> None:
+        while not self._closing:
+            try:
+                await self.heartbeat()
+                await self.expire_due()
+                await self.sweep_abandoned()
+            except GatewayError:
+                log.debug("approval housekeeping skipped: redis unavailable")
+            except Exception:
+                log.exception("approval housekeeping failed")
+            await asyncio.sleep(self._heartbeat_s)  # a periodic timer, not synchronisation
+
+    async def _subscriber(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._p + "events")
+                backoff = 0.05
+                self._wake_all()  # changes may have been missed while unsubscribed
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._wake(_text(message["data"]))
+            except _TRANSIENT as exc:
+                log.debug("approval pub/sub lost: %s", exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff)  # reconnect backoff
+            backoff = min(backoff * 2, 2.0)
+
+    def _wake(self, approval_id: str) -> None:
+        changed = self._changed.pop(approval_id, None)
+        if changed is not None:
+            changed.set()
+        notify_listeners(self._listeners, approval_id)
+
+    def _wake_all(self) -> None:
+        for approval_id in list(self._changed):
+            self._wake(approval_id)
+
+    async def _run(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except _TRANSIENT as exc:
+            raise GatewayError("approval_unavailable", data={"detail": type(exc).__name__}) from exc
+
+    async def _script(self, name: str, *args: Any) -> Any:
+        return await self._run(self._scripts[name](keys=[], args=[self._p, *args]))
+
+    def _emit(self, item: Approval, transition: str, actor: str | None = None, comment: str | None = None) -> None:
+        emit(self.on_event, event(item, transition, actor=actor, comment=comment, at=self._clock()))
+
+    # -- the store ---------------------------------------------------------------------------
+
+    async def create_or_join(self, draft: Approval, *, link_s: float) -> tuple[Approval, bool]:
+        record = draft.to_record()
+        result = await self._script("CREATE_OR_JOIN", draft.id, self._clock(), int(link_s * 1000), self._keep_ms,
+                                    draft.key, draft.expires_at, draft.created_at, draft.quorum, json.dumps(record))
+        item = approval_from_hash(_hash(result[2]))
+        created = int(result[1]) == 1
+        if created:
+            self._emit(item, "created", actor=item.principal)
+        return item, created
+
+    async def get(self, approval_id: str) -> Approval:
+        fields = await self._run(self._client.hgetall(self._p + "item:" + approval_id))
+        if not fields:
+            raise ApprovalNotFound(approval_id)
+        item = approval_from_hash({_text(k): _text(v) for k, v in fields.items()})
+        if item.pending and self._clock() >= item.expires_at:
+            return await self._finish(approval_id, "expired", only_if_due=True)
+        return item
+
+    async def list(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Approval]:
+        await self.expire_due()
+        source = "pending" if states is not None and set(states) == {"pending"} else "all"
+        found: builtins.list[Approval] = []
+        start = 0
+        while len(found) < limit and start < 20 * max(limit, 100):
+            ids = await self._run(self._client.zrevrange(self._p + source, start, start + 199))
+            if not ids:
+                break
+            start += len(ids)
+            found.extend(await self._load_many([_text(i) for i in ids], states, source))
+        found.sort(key=lambda a: a.created_at, reverse=True)
+        return found[:limit]
+
+    async def _load_many(self, ids: Sequence[str], states: Sequence[str] | None,
+                         source: str) -> builtins.list[Approval]:
+        pipe = self._client.pipeline(transaction=False)
+        for approval_id in ids:
+            pipe.hgetall(self._p + "item:" + approval_id)
+        rows = await self._run(pipe.execute())
+        out: builtins.list[Approval] = []
+        gone: builtins.list[str] = []
+        for approval_id, fields in zip(ids, rows, strict=True):
+            if not fields:
+                gone.append(approval_id)  # aged out of history
+                continue
+            item = approval_from_hash({_text(k): _text(v) for k, v in fields.items()})
+            if states is None or item.state in states:
+                out.append(item)
+        if gone:
+            await self._run(self._client.zrem(self._p + source, *gone))
+        return out
+
+    async def decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:
+        if outcome not in ("approved", "denied"):
+            raise ValueError(f"unknown outcome {outcome!r}")
+        now = self._clock()
+        vote = json.dumps(asdict(Vote(approver, outcome, comment, now)))
+        result = await self._script("DECIDE", approval_id, now, self._keep_ms, approver, outcome, vote)
+        status = _text(result[0])
+        if status == "missing":
+            raise ApprovalNotFound(approval_id)
+        item = approval_from_hash(_hash(result[1]))
+        if status == "decided":
+            raise AlreadyDecided(item)
+        if status == "voted":
+            raise AlreadyDecided(item, "already_voted")
+        self._emit(item, item.state if not item.pending else "vote", actor=approver, comment=comment)
+        return item
+
+    async def wait(self, approval_id: str, timeout_s: float) -> Approval:
+        changed = self._changed.get(approval_id)
+        if changed is None:
+            changed = self._changed[approval_id] = asyncio.Event()
+        item = await self.get(approval_id)
+        if timeout_s <= 0 or not item.pending:
+            return item
+        try:
+            await asyncio.wait_for(changed.wait(), timeout_s)
+        except TimeoutError:
+            pass
+        return await self.get(approval_id)
+
+    async def _finish(self, approval_id: str, state: str, *, only_if_due: bool, actor: str | None = None) -> Approval:
+        result = await self._script("CANCEL", approval_id, self._clock(), self._keep_ms, state,
+                                    "1" if only_if_due else "0")
+        if not result:
+            raise ApprovalNotFound(approval_id)
+        item = approval_from_hash(_hash(result[1]))
+        if int(result[0]) == 1:
+            self._emit(item, state, actor=actor)
+        return item
+
+    async def cancel(self, approval_id: str, state: str = "cancelled", actor: str | None = None) -> Approval:
+        return await self._finish(approval_id, state, only_if_due=False, actor=actor)
+
+    async def claim_execution(self, approval_id: str) -> bool:
+        claimed = int(await self._script("CLAIM", approval_id, self._clock(), self._keep_ms)) == 1
+        if claimed:
+            with contextlib.suppress(GatewayError, ApprovalNotFound):
+                self._emit(await self.get(approval_id), "executed")
+        return claimed
+
+    async def expire_due(self) -> builtins.list[Approval]:
+        due = await self._run(self._client.zrangebyscore(self._p + "pending", "-inf", self._clock()))
+        return [await self._finish(_text(i), "expired", only_if_due=True) for i in due]
+
+    async def heartbeat(self) -> None:
+        await self._script("HEARTBEAT", self.holder)
+
+    async def sweep_abandoned(self) -> builtins.list[Approval]:
+        ids = await self._run(self._client.zrange(self._p + "pending", 0, -1))
+        dead_after_ms = int(self._heartbeat_s * 3000)
+        out: builtins.list[Approval] = []
+        for raw in ids:
+            approval_id = _text(raw)
+            if int(await self._script("ABANDON", approval_id, self._clock(), self._keep_ms, dead_after_ms)) == 1:
+                item = await self.get(approval_id)
+                self._emit(item, "abandoned")
+                out.append(item)
+        return out
+
+    @asynccontextmanager
+    async def hold(self, approval_id: str) -> AsyncIterator[None]:
+        await self.heartbeat()
+        await self._script("HOLD", approval_id, self.holder, 1)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(GatewayError):
+                await asyncio.shield(self._script("HOLD", approval_id, self.holder, -1))
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)

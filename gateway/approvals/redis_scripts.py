@@ -1,0 +1,138 @@
+"""Lua scripts for the Redis approval store: each state change is one script, so it is atomic across replicas.
+
+Keys are derived inside the scripts from a prefix (ARGV[1]); the store targets one Redis (or a
+primary), not a cluster. Every change PUBLISHes the item id on `<prefix>events` so waiting
+replicas wake up. Times come from the calling replica (ARGV), except heartbeats (Redis TIME).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Shared helpers prepended to every script.
+_HELPERS: Final = """
+local P = ARGV[1]
+local function item_key(id) return P .. 'item:' .. id end
+local function finish(id, state, now, keep_ms)
+  local key = item_key(id)
+  redis.call('HSET', key, 'state', state, 'decided_at', now)
+  redis.call('ZREM', P .. 'pending', id)
+  redis.call('PEXPIRE', key, keep_ms)
+  redis.call('PEXPIRE', P .. 'voters:' .. id, keep_ms)
+  redis.call('DEL', P .. 'held:' .. id)
+  redis.call('PUBLISH', P .. 'events', id)
+end
+"""
+
+# ARGV: prefix, id, now, link_ms, keep_ms, key, expires_at, created_at, quorum, rec_json
+CREATE_OR_JOIN: Final = _HELPERS + """
+local link = P .. 'key:' .. ARGV[6]
+local now = tonumber(ARGV[3])
+local cur = redis.call('GET', link)
+if cur then
+  local f = redis.call('HMGET', item_key(cur), 'state', 'expires_at', 'executed')
+  if f[1] == 'pending' and now < tonumber(f[2]) then return {cur, 0, redis.call('HGETALL', item_key(cur))} end
+  if f[1] == 'pending' then finish(cur, 'expired', ARGV[3], tonumber(ARGV[5])) end
+  if (f[1] == 'approved' and f[3] == '0') or f[1] == 'denied' then
+    return {cur, 0, redis.call('HGETALL', item_key(cur))}
+  end
+end
+local id = ARGV[2]
+redis.call('HSET', item_key(id), 'rec', ARGV[10], 'state', 'pending', 'votes', '[]', 'approvals', 0,
+  'executed', '0', 'expires_at', ARGV[7], 'quorum', ARGV[9], 'key', ARGV[6], 'decided_at', '')
+redis.call('SET', link, id, 'PX', ARGV[4])
+redis.call('ZADD', P .. 'pending', ARGV[7], id)
+redis.call('ZADD', P .. 'all', ARGV[8], id)
+redis.call('PUBLISH', P .. 'events', id)
+return {id, 1, redis.call('HGETALL', item_key(id))}
+"""
+
+# ARGV: prefix, id, now, keep_ms, approver, outcome, vote_json  -> {status, hgetall}
+DECIDE: Final = _HELPERS + """
+local key = item_key(ARGV[2])
+local f = redis.call('HMGET', key, 'state', 'expires_at', 'quorum')
+if not f[1] then return {'missing'} end
+if f[1] ~= 'pending' then return {'decided', redis.call('HGETALL', key)} end
+if tonumber(ARGV[3]) >= tonumber(f[2]) then
+  finish(ARGV[2], 'expired', ARGV[3], tonumber(ARGV[4]))
+  return {'decided', redis.call('HGETALL', key)}
+end
+if redis.call('SADD', P .. 'voters:' .. ARGV[2], ARGV[5]) == 0 then return {'voted', redis.call('HGETALL', key)} end
+local votes = redis.call('HGET', key, 'votes')
+if votes == '[]' then votes = '[' .. ARGV[7] .. ']' else votes = string.sub(votes, 1, -2) .. ',' .. ARGV[7] .. ']' end
+redis.call('HSET', key, 'votes', votes)
+if ARGV[6] == 'denied' then
+  finish(ARGV[2], 'denied', ARGV[3], tonumber(ARGV[4]))
+elseif redis.call('HINCRBY', key, 'approvals', 1) >= tonumber(f[3]) then
+  redis.call('HSET', key, 'state', 'approved', 'decided_at', ARGV[3])
+  redis.call('PEXPIRE', key, tonumber(ARGV[4]))
+  redis.call('ZREM', P .. 'pending', ARGV[2])
+  redis.call('DEL', P .. 'held:' .. ARGV[2])
+  redis.call('PUBLISH', P .. 'events', ARGV[2])
+else
+  redis.call('PUBLISH', P .. 'events', ARGV[2])
+end
+return {'ok', redis.call('HGETALL', key)}
+"""
+
+# ARGV: prefix, id, now, keep_ms, state, only_if_due ('1'/'0')  -> {changed 0/1, hgetall} or {} when missing
+CANCEL: Final = _HELPERS + """
+local key = item_key(ARGV[2])
+local f = redis.call('HMGET', key, 'state', 'expires_at')
+if not f[1] then return {} end
+local changed = 0
+if f[1] == 'pending' and (ARGV[6] == '0' or tonumber(ARGV[3]) >= tonumber(f[2])) then
+  finish(ARGV[2], ARGV[5], ARGV[3], tonumber(ARGV[4]))
+  changed = 1
+end
+return {changed, redis.call('HGETALL', key)}
+"""
+
+# ARGV: prefix, id, now, keep_ms  -> 1 exactly once per approved item
+CLAIM: Final = _HELPERS + """
+local key = item_key(ARGV[2])
+local f = redis.call('HMGET', key, 'state', 'executed', 'key')
+if f[1] ~= 'approved' or f[2] ~= '0' then return 0 end
+redis.call('HSET', key, 'executed', '1', 'executed_at', ARGV[3])
+redis.call('PEXPIRE', key, tonumber(ARGV[4]))
+local link = P .. 'key:' .. f[3]
+if redis.call('GET', link) == ARGV[2] then redis.call('DEL', link) end
+redis.call('PUBLISH', P .. 'events', ARGV[2])
+return 1
+"""
+
+# ARGV: prefix, holder  (Redis TIME, so replicas' clocks need not agree)
+HEARTBEAT: Final = _HELPERS + """
+local t = redis.call('TIME')
+redis.call('HSET', P .. 'holders', ARGV[2], t[1] * 1000 + math.floor(t[2] / 1000))
+return 1
+"""
+
+# ARGV: prefix, id, holder, delta
+HOLD: Final = _HELPERS + """
+local held = P .. 'held:' .. ARGV[2]
+local n = redis.call('HINCRBY', held, ARGV[3], tonumber(ARGV[4]))
+if n <= 0 then redis.call('HDEL', held, ARGV[3]) end
+return n
+"""
+
+# ARGV: prefix, id, now, keep_ms, dead_after_ms  -> 1 when abandoned
+ABANDON: Final = _HELPERS + """
+local key = item_key(ARGV[2])
+if redis.call('HGET', key, 'state') ~= 'pending' then return 0 end
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+local held = redis.call('HGETALL', P .. 'held:' .. ARGV[2])
+local live, dead = 0, 0
+for i = 1, #held, 2 do
+  local beat = redis.call('HGET', P .. 'holders', held[i])
+  local count = tonumber(held[i + 1])
+  if beat and now_ms - tonumber(beat) < tonumber(ARGV[5]) then live = live + count
+  elseif count > 0 then dead = dead + count end
+end
+if live == 0 and dead > 0 then
+  finish(ARGV[2], 'abandoned', ARGV[3], tonumber(ARGV[4]))
+  return 1
+end
+return 0
+"""

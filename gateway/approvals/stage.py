@@ -1,0 +1,186 @@
+"""The approve stage: holds a call the policy marked `approval_required` until a person decides.
+
+A client that can take a stream waits on the open request (keep-alives / progress notifications);
+one that cannot gets `approval_pending` with the approval id and retries the identical call, which
+joins the same item and, once approved, executes exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from gateway.approvals.model import TERMINAL, Approval, binding_key, new_id
+from gateway.approvals.store import ApprovalStore
+from gateway.config.model import ApprovalsConfig
+from gateway.context import ApprovalState, CallContext
+from gateway.errors import GatewayError
+
+log = logging.getLogger("customs.approvals")
+REDACTED = "[redacted]"
+
+
+class Notifier(Protocol):
+    def notify(self, approval: Approval) -> None: ...
+
+
+def key_redactor(keys: tuple[str, ...]) -> Callable[[Any], Any]:
+    """Replace values under any of `keys` (case-insensitive, any depth) with a marker."""
+    lowered = {k.lower() for k in keys}
+
+    def redact(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: REDACTED if str(k).lower() in lowered else redact(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [redact(v) for v in value]
+        return value
+
+    return redact
+
+
+def _terminal_error(item: Approval) -> GatewayError:
+    data: dict[str, Any] = {"approval_id": item.id}
+    if item.state == "denied":
+        data.update(comment=item.comment, decided_by=", ".join(item.decided_by) or None)
+        return GatewayError("approval_denied", data=data)
+    if item.state == "expired":
+        return GatewayError("approval_expired", data=data)
+    return GatewayError("approval_cancelled", f"Pending call was {item.state}", data=data)
+
+
+class ApproveStage:
+    """Stage 3 of the pipeline. No-op unless ctx.decision.outcome == "approval_required"."""
+
+    def __init__(self, store: ApprovalStore, config: ApprovalsConfig,
+                 redactor: Callable[[Any], Any] | None = None, *, notifier: Notifier | None = None,
+                 clock: Callable[[], float] = time.time, page_url: str | None = None) -> None:
+        self._store = store
+        self._config = config
+        by_key = key_redactor(config.redact_keys)
+        self._redact: Callable[[Any], Any] = (lambda v: by_key(redactor(v))) if redactor else by_key
+        self._notifier = notifier
+        self._clock = clock
+        self._page_url = page_url
+
+    def draft(self, ctx: CallContext) -> Approval:
+        """A new pending item for this call (not yet stored)."""
+        assert ctx.tool is not None and ctx.decision is not None
+        principal = ctx.principal
+        upstream = ctx.upstream or ctx.tool.upstream
+        now = self._clock()
+        return Approval(
+            id=new_id(), state="pending", upstream=upstream, tool=ctx.tool.name, principal=principal.id,
+            principal_key=principal.key, chain=tuple(principal.chain_ids), tenant=principal.tenant,
+            args=self._redact(ctx.args), args_digest=ctx.digest, policies=tuple(ctx.decision.policy_ids),
+            created_at=now, expires_at=now + self._config.ttl_s,
+            key=binding_key(principal.key, upstream, ctx.tool.name, ctx.digest), subject=principal.subject,
+            policy_version=ctx.decision.policy_version, quorum=self._config.quorum, method=ctx.method)
+
+    async def __call__(self, ctx: CallContext) -> None:
+        if ctx.decision is None or ctx.decision.outcome != "approval_required" or ctx.tool is None:
+            return
+        started = self._clock()
+        for _ in range(3):  # a lost claim race means the approval was used: the call needs a new one
+            item, created = await self._store.create_or_join(self.draft(ctx), link_s=2 * self._config.ttl_s)
+            ctx.extra["approval_id"] = item.id
+            if created and self._notifier is not None:
+                self._notifier.notify(item)
+            outcome = "reused" if item.claimable else "approved"  # approved before this request came back
+            if item.pending:
+                item = await self._hold(ctx, item)
+            if item.claimable:
+                if await self._store.claim_execution(item.id):
+                    ctx.approval = ApprovalState(item.id, outcome, item.decided_by, item.comment,
+                                                 self._clock() - started)
+                    return
+                continue
+            raise _terminal_error(item)
+        raise GatewayError("approval_pending", "Approval was used by another identical call",
+                           data={"approval_id": ctx.extra.get("approval_id")})
+
+    def _pending_error(self, item: Approval) -> GatewayError:
+        data: dict[str, Any] = {"approval_id": item.id, "expires_at": item.expires_at}
+        if self._page_url:
+            data["approval_url"] = f"{self._page_url}#{item.id}"
+        return GatewayError("approval_pending", data=data)
+
+    async def _hold(self, ctx: CallContext, item: Approval) -> Approval:
+        """Wait for a decision on the open request, or answer approval_pending at once."""
+        if ctx.notify is None or self._config.wait_s <= 0:
+            raise self._pending_error(item)
+        cancelled: asyncio.Event = ctx.cancelled if isinstance(ctx.cancelled, asyncio.Event) else asyncio.Event()
+        try:
+            async with self._store.hold(item.id):
+                return await self._wait_loop(ctx, item, cancelled)
+        except asyncio.CancelledError:
+            # the client went away (handler cancelled): withdraw the call, then let cancellation proceed
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._store.cancel(item.id, "cancelled", actor=ctx.principal.id))
+            raise
+
+    async def _wait_loop(self, ctx: CallContext, item: Approval, cancelled: asyncio.Event) -> Approval:
+        loop = asyncio.get_running_loop()
+        window_ends = loop.time() + self._config.wait_s
+        cancel_wait = loop.create_task(cancelled.wait())
+        ticks = 0
+        try:
+            await self._keepalive(ctx, item, ticks)  # commit the stream at once: short client timeouts
+            while True:
+                until_expiry = item.expires_at - self._clock()
+                if until_expiry <= 0:
+                    return await self._store.cancel(item.id, "expired")
+                left = min(window_ends - loop.time(), until_expiry)
+                if left <= 0:
+                    raise self._pending_error(item)
+                step = min(self._config.keepalive_s, left)
+                item = await self._wait_step(item, step, cancel_wait)
+                if cancel_wait.done():
+                    await self._store.cancel(item.id, "cancelled", actor=ctx.principal.id)
+                    raise GatewayError("approval_cancelled", data={"approval_id": item.id})
+                if item.state in TERMINAL:
+                    return item
+                ticks += 1
+                await self._keepalive(ctx, item, ticks)
+        finally:
+            cancel_wait.cancel()
+
+    async def _wait_step(self, item: Approval, step: float, cancel_wait: asyncio.Task[Any]) -> Approval:
+        """One wait of at most `step` seconds; a Redis outage keeps the call held (re-read next tick)."""
+        change = asyncio.ensure_future(self._store.wait(item.id, step))
+        try:
+            await asyncio.wait({change, cancel_wait}, timeout=step + 1.0, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not change.done():
+                change.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await change
+        if change.cancelled() or not change.done():
+            return item
+        error = change.exception()
+        if isinstance(error, GatewayError) and error.reason == "approval_unavailable":
+            log.debug("approval store unavailable while holding %s; still waiting", item.id)
+            return item
+        return change.result()
+
+    async def _keepalive(self, ctx: CallContext, item: Approval, ticks: int) -> None:
+        """Keep the held request's stream alive: progress if the client asked for it, else an SSE comment."""
+        left = max(0, int(item.expires_at - self._clock()))
+        text = f"Waiting for approval {item.id} (expires in {left}s)"
+        keepalive = ctx.extra.get("keepalive")
+        try:
+            if ctx.progress_token is not None:
+                await ctx.notify({"jsonrpc": "2.0", "method": "notifications/progress",
+                                  "params": {"progressToken": ctx.progress_token, "progress": ticks,
+                                             "message": text}})
+            elif callable(keepalive):
+                await keepalive()
+            else:
+                await ctx.notify({"jsonrpc": "2.0", "method": "notifications/message",
+                                  "params": {"level": "info", "logger": "customs.approvals", "data": text}})
+        except Exception as exc:  # the stream broke: the client is gone, so withdraw the call
+            await self._store.cancel(item.id, "cancelled", actor=ctx.principal.id)
+            raise GatewayError("approval_cancelled", data={"approval_id": item.id}) from exc

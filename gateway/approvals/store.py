@@ -1,0 +1,98 @@
+"""The approval store seam: one Protocol that the in-memory and Redis stores both implement.
+
+Every state change is atomic: whatever races (approve vs approve, approve vs deny, approve vs
+expiry, cancel vs approve), an item reaches exactly one terminal state, and `claim_execution`
+succeeds at most once per item across all replicas sharing the store.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from gateway.approvals.model import Approval
+
+log = logging.getLogger("customs.approvals")
+
+EventSink = Callable[[dict[str, Any]], None]
+Listener = Callable[[str], None]
+
+
+class ApprovalStore(Protocol):
+    """Pending calls and their decisions. Redis-backed stores raise GatewayError("approval_unavailable")."""
+
+    on_event: EventSink | None
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_or_join(self, draft: Approval, *, link_s: float) -> tuple[Approval, bool]:
+        """The live item for `draft.key` (pending, approved-unexecuted, or denied — reported to
+        retries), else store `draft` as a new pending item. Returns (item, created). `link_s` is
+        how long the key keeps pointing at this item after its creation."""
+        ...
+
+    async def get(self, approval_id: str) -> Approval:
+        """The item (expired first if its time is up); ApprovalNotFound if unknown."""
+        ...
+
+    async def list(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Approval]:
+        """Items newest first, optionally only those in `states`."""
+        ...
+
+    async def decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:
+        """Record one approver's approve/deny. Raises AlreadyDecided (also when it just expired,
+        or this approver already voted), ApprovalNotFound."""
+        ...
+
+    async def wait(self, approval_id: str, timeout_s: float) -> Approval:
+        """Return when the item changes on any replica, or after `timeout_s` (the current item)."""
+        ...
+
+    async def cancel(self, approval_id: str, state: str = "cancelled", actor: str | None = None) -> Approval:
+        """Move a pending item to `cancelled` / `abandoned` / `expired`; no-op if already terminal."""
+        ...
+
+    async def claim_execution(self, approval_id: str) -> bool:
+        """True exactly once for an approved item: the caller may forward the call."""
+        ...
+
+    async def expire_due(self) -> builtins.list[Approval]:
+        """Mark pending items whose time is up as expired."""
+        ...
+
+    async def sweep_abandoned(self) -> builtins.list[Approval]:
+        """Mark pending items held by replicas that are gone (and by no live one) as abandoned."""
+        ...
+
+    def hold(self, approval_id: str) -> AbstractAsyncContextManager[None]:
+        """While entered, this replica is known to be waiting on the item (for the abandon sweep)."""
+        ...
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(approval_id)` on every change seen (any replica)."""
+        ...
+
+    def remove_listener(self, listener: Listener) -> None: ...
+
+
+def emit(sink: EventSink | None, record: dict[str, Any]) -> None:
+    """Hand a state change to the decision log; a failing sink never breaks the approval flow."""
+    if sink is None:
+        return
+    try:
+        sink(record)
+    except Exception:
+        log.exception("approval event sink failed")
+
+
+def notify_listeners(listeners: Sequence[Listener], approval_id: str) -> None:
+    for listener in list(listeners):
+        try:
+            listener(approval_id)
+        except Exception:
+            log.exception("approval listener failed")
