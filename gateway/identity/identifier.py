@@ -20,6 +20,7 @@ import logging
 import re
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -63,6 +64,10 @@ def key_source(issuer: IssuerConfig, http: aiohttp.ClientSession | None,
     return FileKeySource(issuer.pem_file, pem=True, clock=monotonic)
 
 
+CACHE_S = 30.0
+CACHE_SIZE = 4096
+
+
 class JwtIdentifier:
     """Bearer JWTs from the configured issuers, plus mTLS SPIFFE SVIDs."""
 
@@ -83,6 +88,11 @@ class JwtIdentifier:
             self._mappings[issuer.issuer] = claim_mapping(issuer.claims)
         self._sources = [verifier.keys for verifier in issuers.values()]
         self._verifier = TokenVerifier(issuers)
+        self._clock = clock
+        self._skew = config.clock_skew_s
+        # token -> (principal, valid until): an agent sends the same token on every call, and a
+        # signature check costs 70-150 µs. Entries live at most CACHE_S and never past exp + skew.
+        self._cache: OrderedDict[str, tuple[Principal, float, tuple[int, ...]]] = OrderedDict()
 
     async def start(self) -> None:
         for source in self._sources:
@@ -108,12 +118,30 @@ class JwtIdentifier:
         match = _BEARER_RE.fullmatch(values[0])
         if match is None:
             raise self._reject("Authorization must be a Bearer token", token_presented=True)
+        token = match.group(1)
+        cached = self._cache.get(token) if svid is None else None
+        if cached is not None and cached[1] > self._clock() and cached[2] == self._generation():
+            return cached[0]
         try:
-            return await self._token_principal(match.group(1), svid)
+            principal = await self._token_principal(token, svid)
         except (TokenError, ChainError) as exc:
             message = exc.message if isinstance(exc, TokenError) else f"Invalid token: {exc}"
             log.info("rejected bearer token: %s", message)
             raise self._reject(message, token_presented=True) from None
+        if svid is None:
+            self._remember(token, principal)
+        return principal
+
+    def _generation(self) -> tuple[int, ...]:
+        return tuple(source.generation for source in self._sources)
+
+    def _remember(self, token: str, principal: Principal) -> None:
+        now = self._clock()
+        until = min(now + CACHE_S, (principal.expires_at or now) + self._skew)
+        self._cache[token] = (principal, until, self._generation())
+        self._cache.move_to_end(token)
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
 
     def _svid(self, peer_cert: Mapping[str, Any] | None) -> str | None:
         if not peer_cert or not self._accept_mtls:

@@ -69,6 +69,9 @@ class KeySource(Protocol):
 
     async def candidates(self, kid: str | None) -> list[VerifyKey]: ...
 
+    @property
+    def generation(self) -> int: ...
+
 
 def keys_from_jwks(document: Any, origin: str) -> list[VerifyKey]:
     """Parse a JWKS document into keys; unusable entries are skipped with a warning, none usable is an error."""
@@ -152,6 +155,11 @@ class FileKeySource:
             raise KeySetError(f"{self._path}: not valid JSON") from exc
         return keys_from_jwks(document, str(self._path)), mtime
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever the key set is replaced (cached verifications are then void)."""
+        return id(self._keys)
+
     async def start(self) -> None:
         return None
 
@@ -190,6 +198,11 @@ class UrlKeySource:
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._lock = asyncio.Lock()
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the key set is replaced (cached verifications are then void)."""
+        return id(self._keys)
 
     async def start(self) -> None:
         if self._http is None:

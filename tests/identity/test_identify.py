@@ -233,3 +233,14 @@ def test_key_type_must_fit_the_algorithm(key_alg: str, token_alg: str, fits: boo
     public = generate_key(key_alg, "k").private.public_key()
     assert VerifyKey("k", public).allows(token_alg) is fits
     assert VerifyKey("k", public, alg="RS512").allows(token_alg) is False  # a key pinned to another alg
+
+
+async def test_verified_tokens_are_cached_until_keys_change(tmp_path: Path, make_identifier: MakeIdentifier) -> None:
+    """A repeated token skips the signature check, but never outlives its key set or its expiry."""
+    issuer = TestIssuer(tmp_path, algorithms=("ES256",))
+    identifier = await make_identifier(issuer.config())
+    token = issuer.mint(SHOPPER, aud=AUDIENCE, alg="ES256")
+    first = await identifier.identify(bearer(token), None)
+    assert await identifier.identify(bearer(token), None) is first  # served from the cache
+    expired = issuer.mint(SHOPPER, aud=AUDIENCE, alg="ES256", ttl=-120)
+    assert "expired" in (await rejected(identifier, expired)).lower()

@@ -75,13 +75,13 @@ async def test_stale_keys_are_refreshed_after_refresh_interval(served: TestIssue
                                                                make_identifier: MakeIdentifier) -> None:
     monotonic = Clock(100.0)
     identifier = await make_identifier(served.config(source="url", jwks_refresh_s=120), monotonic=monotonic)
-    token = served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")
-    await identifier.identify(bearer(token), None)
+    # Fresh tokens each time: a token already verified is served from the identifier's short cache.
+    await identifier.identify(bearer(served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")), None)
     monotonic.now += 119
-    await identifier.identify(bearer(token), None)
+    await identifier.identify(bearer(served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")), None)
     assert served.fetches == 1
     monotonic.now += 2
-    await identifier.identify(bearer(token), None)
+    await identifier.identify(bearer(served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")), None)
     assert served.fetches == 2
 
 
