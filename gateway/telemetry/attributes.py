@@ -97,9 +97,9 @@ def credential_attributes(ctx: CallContext) -> Attrs:
 
 def call_attributes(ctx: CallContext) -> Attrs:
     """Everything the gateway decided about a call: set on the SERVER span when the call finishes,
-    so one search by tag (e.g. customs.decision=deny) finds the request."""
-    attrs: Attrs = {**principal_attributes(ctx.principal), "customs.args_digest": ctx.digest,
-                    "customs.decision_id": ctx.decision_id}
+    so one search by tag (e.g. customs.decision=deny) finds the request. (Who called is set when
+    the span starts: `principal_attributes`.)"""
+    attrs: Attrs = {"customs.args_digest": ctx.digest, "customs.decision_id": ctx.decision_id}
     if ctx.upstream:
         attrs["customs.upstream"] = ctx.upstream
     if ctx.task_id:
@@ -110,18 +110,19 @@ def call_attributes(ctx: CallContext) -> Attrs:
     return attrs
 
 
-def upstream_attributes(ctx: CallContext, upstream: UpstreamConfig | None, capture_args: bool = False) -> Attrs:
+def upstream_attributes(ctx: CallContext, transport: Attrs | None, capture_args: bool = False) -> Attrs:
     """The CLIENT span to the upstream: its own tool name, transport and address."""
     attrs: Attrs = {"customs.upstream": ctx.upstream}
     if ctx.request_id is not None:
         attrs["jsonrpc.request.id"] = str(ctx.request_id)
     attrs.update(_target_attributes(ctx.method, ctx.params, capture_args))
-    if upstream is not None:
-        attrs.update(transport_attributes(upstream))
+    if transport:
+        attrs.update(transport)
     return attrs
 
 
 def transport_attributes(upstream: UpstreamConfig) -> Attrs:
+    """`network.*` / `server.*` of an upstream (the instrumented forward computes these once)."""
     if upstream.kind == "stdio":
         return {"network.transport": "pipe"}
     parts = urlsplit(upstream.url or "")

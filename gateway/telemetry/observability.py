@@ -27,7 +27,7 @@ from gateway.telemetry.attributes import principal_attributes, request_attribute
 from gateway.telemetry.decision_log import DecisionLog, Redactor
 from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
 from gateway.telemetry.stage import RecordStage, instrument
-from gateway.telemetry.tracing import Telemetry, error_type, mark_error
+from gateway.telemetry.tracing import NO_SPAN, Telemetry, error_type, mark_error
 
 
 @dataclass
@@ -108,6 +108,17 @@ class Observability:
         record identify, which runs before the method is known, as a child after the fact.
         """
         params = params or {}
+        if not self.telemetry.enabled:  # tracing off: only the duration metric, no attribute work
+            trace = RequestTrace(NO_SPAN)
+            started = time.perf_counter()
+            try:
+                yield trace
+            except BaseException as exc:
+                trace.error = exc
+                raise
+            finally:
+                self._server_metric(method, target_of(method, params), trace.error, time.perf_counter() - started)
+            return
         meta = params.get("_meta")
         parent, links = self.telemetry.extract(headers, meta if isinstance(meta, Mapping) else None)
         attrs = request_attributes(method, params, request_id, session_id=session_id,

@@ -25,6 +25,7 @@ from gateway.telemetry.attributes import (
     call_attributes,
     credential_attributes,
     decision_attributes,
+    transport_attributes,
     upstream_attributes,
 )
 from gateway.telemetry.decision_log import DecisionLog, error_reason
@@ -102,6 +103,13 @@ class _Traced:
             await self._stage(ctx)
             return
         started = time.perf_counter()
+        if not self._telemetry.enabled:
+            try:
+                await self._stage(ctx)
+            finally:
+                if self._metrics is not None:
+                    self._metrics.stage_duration(self._name, time.perf_counter() - started)
+            return
         with self._telemetry.stage_span(self._span_name) as span:
             try:
                 await self._stage(ctx)
@@ -119,11 +127,11 @@ class _TracedForward:
         self._forward = forward
         self._telemetry = telemetry
         self._metrics = metrics
-        self._upstreams = upstreams
+        self._transport = {name: transport_attributes(config) for name, config in upstreams.items()}
 
     async def __call__(self, ctx: CallContext) -> dict[str, Any]:
-        upstream = self._upstreams.get(ctx.upstream or "")
-        attrs = upstream_attributes(ctx, upstream, self._telemetry.capture_args)
+        attrs = (upstream_attributes(ctx, self._transport.get(ctx.upstream or ""), self._telemetry.capture_args)
+                 if self._telemetry.enabled else None)
         target = ctx.tool.name if ctx.tool and ctx.method in ("tools/call", "prompts/get") else None
         started = time.perf_counter()
         error: str | None = None
