@@ -18,11 +18,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.config import parse_config  # noqa: E402
-from gateway.context import Actor, CallContext, Decision, Principal, ToolInfo  # noqa: E402
-from gateway.pipeline import Pipeline  # noqa: E402
-from gateway.telemetry import Observability  # noqa: E402
-from tests.support.otlp import OtlpReceiver  # noqa: E402
+from gateway.config import parse_config
+from gateway.context import Actor, CallContext, Decision, Principal, ToolInfo
+from gateway.pipeline import Pipeline
+from gateway.telemetry import Observability
+from tests.support.otlp import OtlpReceiver
 
 PRINCIPAL = Principal("agent-b", "https://idp", "agent-b", {"tenant": "acme"}, chain=(Actor("agent-a"),))
 TOOL = ToolInfo("inventory", "get_stock", read_only=True)
