@@ -30,7 +30,7 @@ class CircuitBreaker:
         self._clock = clock
         self.failures = 0
         self._opened_at: float | None = None
-        self._trial = False
+        self._trial_at: float | None = None
 
     @property
     def is_open(self) -> bool:
@@ -41,11 +41,16 @@ class CircuitBreaker:
         return f"circuit open after {self.failures} consecutive connection failures" if self.is_open else "ok"
 
     def check(self) -> None:
-        """Raise upstream_unavailable while open; after the cooldown admit exactly one trial call."""
+        """Raise upstream_unavailable while open; after the cooldown admit one trial call at a time.
+
+        A trial whose outcome never arrives (it timed out or was cancelled) does not wedge the circuit:
+        after another cooldown the next call becomes the trial."""
         if self._opened_at is None:
             return
-        if not self._trial and self._clock() - self._opened_at >= self.cooldown_s:
-            self._trial = True
+        now = self._clock()
+        cooled = now - self._opened_at >= self.cooldown_s
+        if cooled and (self._trial_at is None or now - self._trial_at >= self.cooldown_s):
+            self._trial_at = now
             return
         raise GatewayError("upstream_unavailable", "Upstream unavailable (circuit open)",
                            data={"circuit": "open"})
@@ -53,17 +58,17 @@ class CircuitBreaker:
     def success(self) -> None:
         self.failures = 0
         self._opened_at = None
-        self._trial = False
+        self._trial_at = None
 
     def failure(self) -> None:
         self.failures += 1
-        if self._trial or self.failures >= self.threshold:
+        if self._trial_at is not None or self.failures >= self.threshold:
             self._opened_at = self._clock()
-        self._trial = False
+        self._trial_at = None
 
     def release_trial(self) -> None:
         """The trial call ended without telling us anything about the connection (e.g. cancelled)."""
-        self._trial = False
+        self._trial_at = None
 
 
 def initialize_message(request_id: Any, params: ConnectParams) -> Message:

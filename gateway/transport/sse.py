@@ -170,6 +170,7 @@ class SseSession:
         try:
             async with self._up.http.post(self._endpoint, data=body, headers=self._up.headers(headers),
                                           allow_redirects=False) as response:
+                self._up.connected()
                 self._up.check_status(response)
                 if response.status == 404:
                     raise GatewayError("upstream_unavailable", "upstream session expired",

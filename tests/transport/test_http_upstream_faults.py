@@ -142,6 +142,20 @@ def test_breaker_trial_failure_reopens() -> None:
     assert not breaker.is_open and breaker.failures == 0
 
 
+def test_breaker_trial_without_outcome_does_not_wedge_the_circuit() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=1, cooldown_s=5, clock=clock)
+    breaker.failure()
+    clock.now += 5
+    breaker.check()  # a trial that then hangs or times out: no success(), no failure()
+    with pytest.raises(GatewayError):
+        breaker.check()
+    clock.now += 5
+    breaker.check()  # another cooldown later, the next call is the trial
+    breaker.success()
+    breaker.check()
+
+
 async def test_redirect_is_not_followed(http: aiohttp.ClientSession, scripted: Callable[..., Awaitable[Scripted]]
                                         ) -> None:
     other_seen: list[SeenRequest] = []
