@@ -77,6 +77,7 @@ class RedisApprovalStore:
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._subscribed = asyncio.Event()
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "customs:", *, max_connections: int = 64,
@@ -94,6 +95,9 @@ class RedisApprovalStore:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._subscriber(), name="approvals-pubsub"),
                        loop.create_task(self._housekeeping(), name="approvals-sweeper")]
+        # so a change made right after start-up wakes our waiters; bounded: Redis may be down
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), 2.0)
 
     async def close(self) -> None:
         self._closing = True
@@ -126,16 +130,19 @@ class RedisApprovalStore:
     async def _subscriber(self) -> None:
         backoff = 0.05
         while not self._closing:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub()
             try:
                 await pubsub.subscribe(self._p + "events")
-                backoff = 0.05
-                self._wake_all()  # changes may have been missed while unsubscribed
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                    if message.get("type") == "subscribe":  # confirmed: from now on nothing is missed
+                        backoff = 0.05
+                        self._subscribed.set()
+                        self._wake_all()  # changes may have been missed while unsubscribed
+                    elif message.get("type") == "message":
                         self._wake(_text(message["data"]))
             except _TRANSIENT as exc:
                 log.debug("approval pub/sub lost: %s", exc)
+                self._subscribed.clear()
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

@@ -1,0 +1,156 @@
+"""Several replicas on one real Redis: cross-replica release, exactly-once claims, outages, abandoned items."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.approvals.redis import RedisApprovalStore
+from gateway.approvals.stage import ApproveStage
+from gateway.config.model import ApprovalsConfig
+from gateway.errors import GatewayError
+from tests.approvals.conftest import Clock, Sink, call_context, draft, eventually
+from tests.support.redis import RedisServer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def replicas(redis_factory: Callable[..., RedisServer], clock: Clock):  # type: ignore[no-untyped-def]
+    server = redis_factory(appendonly=True)
+    stores = [RedisApprovalStore.from_url(server.url, "t:", clock=clock, heartbeat_s=0.2) for _ in range(2)]
+    for store in stores:
+        await store.start()
+    yield server, stores[0], stores[1]
+    for store in stores:
+        await store.close()
+
+
+async def test_claim_exactly_once_across_replicas(replicas, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    _, a, b = replicas
+    for n in range(5):
+        item, _ = await a.create_or_join(draft(clock, {"n": n}), link_s=1800)
+        await b.decide(item.id, "alice", "approved", None)
+        claims = await asyncio.gather(*(s.claim_execution(item.id) for s in (a, b, a, b, a, b)))
+        assert claims.count(True) == 1
+
+
+async def test_wait_on_a_is_woken_by_decision_through_b(replicas, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    _, a, b = replicas
+    item, _ = await a.create_or_join(draft(clock), link_s=1800)
+    joined, created = await b.create_or_join(draft(clock), link_s=1800)
+    assert joined.id == item.id and not created
+    waiter = asyncio.create_task(a.wait(item.id, 60))
+    await asyncio.sleep(0)  # let the waiter register before the decision
+    await b.decide(item.id, "alice", "approved", "via b")
+    woke = await asyncio.wait_for(waiter, 10)  # far below the 60 s wait: the pub/sub woke it
+    assert woke.state == "approved" and woke.comment == "via b"
+
+
+async def test_held_stage_call_on_a_released_through_b(replicas, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    _, a, b = replicas
+    stage = ApproveStage(a, ApprovalsConfig(keepalive_s=30))
+    ctx = call_context(notify=Sink())
+    held = asyncio.create_task(stage(ctx))
+    await eventually(lambda: _has_pending(b))
+    [item] = await b.list(["pending"])
+    await b.decide(item.id, "alice", "approved", None)
+    await asyncio.wait_for(held, 10)
+    assert ctx.approval is not None and ctx.approval.id == item.id and ctx.approval.outcome == "approved"
+    assert not await b.claim_execution(item.id)
+
+
+async def _has_pending(store: RedisApprovalStore) -> bool:
+    return bool(await store.list(["pending"]))
+
+
+async def test_redis_down_fails_closed_and_keeps_items(replicas, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    server, a, b = replicas
+    item, _ = await a.create_or_join(draft(clock), link_s=1800)
+    server.kill()
+    for attempt in (a.create_or_join(draft(clock, {"n": 2}), link_s=1800), a.get(item.id),
+                    b.decide(item.id, "alice", "approved", None), a.claim_execution(item.id), a.list()):
+        with pytest.raises(GatewayError) as info:
+            await attempt
+        assert info.value.reason == "approval_unavailable"
+    stage = ApproveStage(a, ApprovalsConfig())
+    with pytest.raises(GatewayError) as info:
+        await stage(call_context({"n": 3}))
+    assert info.value.reason == "approval_unavailable"
+    server.restart()
+    back = await b.get(item.id)
+    assert back.pending  # not lost
+    await b.decide(item.id, "alice", "approved", None)
+    claims = await asyncio.gather(a.claim_execution(item.id), b.claim_execution(item.id), a.claim_execution(item.id))
+    assert claims.count(True) == 1  # not executed twice
+
+
+async def test_held_call_survives_an_outage(replicas, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    server, a, b = replicas
+    stage = ApproveStage(a, ApprovalsConfig(keepalive_s=0.1))
+    sink = Sink()
+    ctx = call_context(notify=sink, progress_token="tok")
+    held = asyncio.create_task(stage(ctx))
+    await sink.wait_for(1)
+    server.kill()
+    await sink.wait_for(4)  # keep-alives continue while Redis is down; the call stays held
+    assert not held.done()
+    server.restart()
+    [item] = await b.list(["pending"])
+    await b.decide(item.id, "alice", "approved", None)
+    await asyncio.wait_for(held, 15)
+    assert ctx.approval is not None and ctx.approval.id == item.id
+    assert not await a.claim_execution(item.id)
+
+
+HOLDER = textwrap.dedent("""
+    import asyncio, sys
+    sys.path.insert(0, {repo!r})
+    from gateway.approvals.redis import RedisApprovalStore
+    from tests.approvals.conftest import Clock, draft
+
+    async def main():
+        store = RedisApprovalStore.from_url({url!r}, "t:", heartbeat_s=0.2)
+        await store.start()
+        item, _ = await store.create_or_join(draft(Clock()), link_s=1800)
+        async with store.hold(item.id):
+            print(item.id, flush=True)
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
+""")
+
+
+async def test_items_held_by_a_dead_replica_are_abandoned(replicas, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    server, a, b = replicas
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", HOLDER.format(repo=str(REPO), url=server.url),
+                                                stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        held_id = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        assert held_id.startswith("apr_")
+        unheld, _ = await a.create_or_join(draft(clock, {"retry": "later"}), link_s=1800)  # nobody waits
+        live, _ = await a.create_or_join(draft(clock, {"live": True}), link_s=1800)
+        async with a.hold(live.id):
+            assert not await b.sweep_abandoned()  # the holder process is alive
+            proc.kill()
+            await proc.wait()
+
+            async def abandoned() -> bool:
+                await b.sweep_abandoned()
+                return (await b.get(held_id)).state == "abandoned"
+
+            await eventually(abandoned)
+            assert (await b.get(live.id)).pending  # held by a live replica
+        assert (await b.get(unheld.id)).pending  # an agent that retries later is not 'gone'
+        history = await b.list(["abandoned"])
+        assert [i.id for i in history] == [held_id]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,170 @@
+"""The approve stage on both stores: held requests, retries of non-waiting clients, every error path."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from gateway.approvals.stage import ApproveStage
+from gateway.config.model import ApprovalsConfig
+from gateway.errors import GatewayError
+from tests.approvals.conftest import Clock, Sink, call_context, eventually
+
+
+async def _pending(store: Any) -> Any:
+    async def there() -> bool:
+        return bool(await store.list(["pending"]))
+
+    await eventually(there)
+    return (await store.list(["pending"]))[0]
+
+
+async def test_allowed_call_is_untouched(store: Any) -> None:
+    ctx = call_context(outcome="allow")
+    await ApproveStage(store, ApprovalsConfig())(ctx)
+    assert ctx.approval is None and await store.list() == []
+
+
+async def test_non_waiting_client_retries_until_approved(store: Any) -> None:
+    stage = ApproveStage(store, ApprovalsConfig(), page_url="http://gw/approvals")
+    with pytest.raises(GatewayError) as first:
+        await stage(call_context())
+    assert first.value.reason == "approval_pending"
+    approval_id = first.value.data["approval_id"]
+    assert first.value.data["approval_url"] == f"http://gw/approvals#{approval_id}"
+    with pytest.raises(GatewayError) as again:
+        await stage(call_context())
+    assert again.value.data["approval_id"] == approval_id  # joined, not a second item
+    assert len(await store.list()) == 1
+    await store.decide(approval_id, "alice", "approved", "go")
+    ctx = call_context()
+    await stage(ctx)
+    assert ctx.approval is not None and ctx.approval.id == approval_id and ctx.approval.outcome == "reused"
+    with pytest.raises(GatewayError) as after:
+        await stage(call_context())  # one approval, one execution: the next identical call asks again
+    assert after.value.reason == "approval_pending" and after.value.data["approval_id"] != approval_id
+
+
+async def test_changed_arguments_are_not_covered(store: Any) -> None:
+    stage = ApproveStage(store, ApprovalsConfig())
+    with pytest.raises(GatewayError) as first:
+        await stage(call_context({"amount": 10, "account": "A-1"}))
+    await store.decide(first.value.data["approval_id"], "alice", "approved", None)
+    with pytest.raises(GatewayError) as other:
+        await stage(call_context({"amount": 10000, "account": "A-1"}))
+    assert other.value.reason == "approval_pending"
+    assert other.value.data["approval_id"] != first.value.data["approval_id"]
+
+
+async def test_held_request_gets_progress_then_result(store: Any) -> None:
+    sink = Sink()
+    ctx = call_context(notify=sink, progress_token="p-1")
+    held = asyncio.create_task(ApproveStage(store, ApprovalsConfig(keepalive_s=0.05))(ctx))
+    await sink.wait_for(3)
+    progress = [m["params"] for m in sink.messages]
+    assert all(m["method"] == "notifications/progress" for m in sink.messages)
+    assert [p["progress"] for p in progress[:3]] == [0, 1, 2] and progress[0]["progressToken"] == "p-1"
+    item = await _pending(store)
+    assert item.id in progress[0]["message"]
+    await store.decide(item.id, "alice", "approved", "ok")
+    await asyncio.wait_for(held, 10)
+    assert ctx.approval is not None and ctx.approval.outcome == "approved" and ctx.approval.decided_by == ("alice",)
+    assert (await store.get(item.id)).executed
+
+
+async def test_held_request_without_progress_token_gets_keepalives(store: Any) -> None:
+    sink = Sink()
+    comments: list[int] = []
+
+    async def keepalive() -> None:
+        comments.append(1)
+
+    ctx = call_context(notify=sink)
+    ctx.extra["keepalive"] = keepalive
+    held = asyncio.create_task(ApproveStage(store, ApprovalsConfig(keepalive_s=0.05))(ctx))
+    item = await _pending(store)
+    await eventually(_true_when(lambda: len(comments) >= 2))
+    await store.decide(item.id, "bob", "denied", "not this account")
+    with pytest.raises(GatewayError) as info:
+        await asyncio.wait_for(held, 10)
+    assert info.value.reason == "approval_denied"
+    assert info.value.data == {"approval_id": item.id, "comment": "not this account", "decided_by": "bob"}
+    assert sink.messages == []
+
+
+def _true_when(condition: Any) -> Any:
+    async def check() -> bool:
+        return bool(condition())
+    return check
+
+
+async def test_log_message_keepalive_when_nothing_else(store: Any) -> None:
+    sink = Sink()
+    held = asyncio.create_task(ApproveStage(store, ApprovalsConfig(keepalive_s=0.05))(call_context(notify=sink)))
+    await sink.wait_for(2)
+    assert sink.messages[0]["method"] == "notifications/message"
+    held.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await held
+
+
+async def test_expiry_while_held(store: Any, clock: Clock) -> None:
+    sink = Sink()
+    held = asyncio.create_task(ApproveStage(store, ApprovalsConfig(ttl_s=60, keepalive_s=0.05), clock=clock)(
+        call_context(notify=sink)))
+    item = await _pending(store)
+    clock.advance(61)
+    with pytest.raises(GatewayError) as info:
+        await asyncio.wait_for(held, 10)
+    assert info.value.reason == "approval_expired" and info.value.data["approval_id"] == item.id
+    assert (await store.get(item.id)).state == "expired"
+
+
+async def test_client_cancel_withdraws_the_call(store: Any) -> None:
+    ctx = call_context(notify=Sink())
+    held = asyncio.create_task(ApproveStage(store, ApprovalsConfig())(ctx))
+    item = await _pending(store)
+    ctx.cancelled.set()
+    with pytest.raises(GatewayError) as info:
+        await asyncio.wait_for(held, 10)
+    assert info.value.reason == "approval_cancelled"
+    assert (await store.get(item.id)).state == "cancelled"
+
+
+async def test_disconnect_withdraws_the_call(store: Any) -> None:
+    held = asyncio.create_task(ApproveStage(store, ApprovalsConfig())(call_context(notify=Sink())))
+    item = await _pending(store)
+    held.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await held
+    assert (await store.get(item.id)).state == "cancelled"
+
+
+async def test_broken_stream_withdraws_the_call(store: Any) -> None:
+    async def broken(message: dict[str, Any]) -> None:
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(GatewayError) as info:
+        await ApproveStage(store, ApprovalsConfig())(call_context(notify=broken))
+    assert info.value.reason == "approval_cancelled"
+    assert (await store.get(info.value.data["approval_id"])).state == "cancelled"
+
+
+async def test_wait_window_ends_with_pending_and_item_stays(store: Any) -> None:
+    stage = ApproveStage(store, ApprovalsConfig(wait_s=0.1, keepalive_s=0.05))
+    with pytest.raises(GatewayError) as info:
+        await stage(call_context(notify=Sink()))
+    assert info.value.reason == "approval_pending"
+    assert (await store.get(info.value.data["approval_id"])).pending
+
+
+async def test_redaction_of_stored_arguments(store: Any) -> None:
+    stage = ApproveStage(store, ApprovalsConfig(redact_keys=("account",)),
+                         redactor=lambda args: {**args, "amount": "[masked]"})
+    with pytest.raises(GatewayError):
+        await stage(call_context({"amount": 5, "account": "A-9", "nested": [{"ACCOUNT": "x"}]}))
+    [item] = await store.list()
+    assert item.args == {"amount": "[masked]", "account": "[redacted]", "nested": [{"ACCOUNT": "[redacted]"}]}
+    assert item.policies == ("pay-needs-approval",) and item.policy_version == "v1"
