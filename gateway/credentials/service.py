@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.config.model import Config, RedisStore
+from gateway.context import Principal
 from gateway.credentials.exchange import TokenExchanger
 from gateway.credentials.keys import SigningKeys
 from gateway.credentials.minter import Minter
@@ -84,6 +85,10 @@ class CredentialService:
     async def session_ended(self, session_id: str) -> list[str]:
         """Call when an MCP session ends (DELETE, idle expiry): revokes its task's credentials."""
         return await self.tasks.session_ended(session_id)
+
+    async def connect_headers(self, principal: Principal, upstream: str, task_id: str) -> dict[str, str]:
+        """Credential header for an upstream session's set-up requests (initialize, listings)."""
+        return await self.stage.connect_headers(principal, upstream, task_id)
 
     async def end_task(self, task_id: str, reason: str = "explicit") -> list[str]:
         return await self.tasks.end_task(task_id, reason)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from gateway.config.model import UpstreamConfig
-from gateway.context import CallContext
+from gateway.context import CallContext, Principal
 from gateway.credentials.exchange import TokenExchanger
 from gateway.credentials.minter import Minter, audience_of
 from gateway.credentials.static import StaticCredentials
@@ -66,6 +66,17 @@ class CredentialStage:
             raise
         except Exception as exc:  # never surface internals (or secrets in messages) to the agent
             raise GatewayError("credential_unavailable") from exc
+
+    async def connect_headers(self, principal: Principal, upstream: str, task_id: str,
+                              method: str = "initialize") -> dict[str, str]:
+        """The credential header for requests that are not a tool call (session set-up, listings).
+
+        A minted token here carries an empty `scope` (no tool) and is bound to the task like any other.
+        """
+        ctx = CallContext(method=method, request_id=None, params={}, principal=principal, upstream=upstream,
+                          task_id=task_id, action="connect")
+        await self(ctx)
+        return ctx.upstream_headers
 
     async def _none(self, ctx: CallContext, upstream: UpstreamConfig) -> dict[str, str]:
         return {}

@@ -146,3 +146,12 @@ async def test_unknown_upstream_is_credential_unavailable(service) -> None:
 async def test_redactor_used_for_logs_knows_static_values(service) -> None:
     assert isinstance(service.redactor, Redactor)
     assert service.redactor.redact({"note": f"key={SECRET}"}) == {"note": "key=[REDACTED]"}
+
+
+async def test_connect_headers_for_session_setup(service) -> None:
+    headers = await service.connect_headers(agent(), "minted", "task-x")
+    token = headers["X-Customs-Token"]
+    claims = (await service.introspector.introspect(token))
+    assert claims["active"] and claims["scope"] == "" and claims["task"] == "task-x"
+    assert await service.connect_headers(agent(), "envkey", "task-x") == {"X-Api-Key": SECRET}
+    assert await service.connect_headers(agent(), "open", "task-x") == {}
