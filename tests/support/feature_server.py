@@ -78,6 +78,12 @@ def feature_server() -> tuple[MCPServer[Any], FeatureState]:
             answer = await ctx.elicit("What is your name?", Name)
         return f"hello {answer.data.name}" if answer.action == "accept" and answer.data else answer.action
 
+    _lifecycle_tools(server, state)
+    return server, state
+
+
+def _lifecycle_tools(server: MCPServer[Any], state: FeatureState) -> None:
+    """list_changed, hang-until-cancelled, env and crash."""
     @server.tool()
     async def change_tools(ctx: Context) -> str:
         """Announce notifications/tools/list_changed."""
@@ -110,8 +116,6 @@ def feature_server() -> tuple[MCPServer[Any], FeatureState]:
     def crash() -> str:
         """Kill the server process (stdio fault tests)."""
         os._exit(3)
-
-    return server, state
 
 
 if __name__ == "__main__":
