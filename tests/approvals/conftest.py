@@ -128,3 +128,62 @@ async def eventually(predicate: Callable[[], Awaitable[bool]], within_s: float =
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+# -- the approvers' web surface on a real aiohttp server ----------------------------------------
+
+@dataclass
+class WebKit:
+    url: str
+    store: Any
+    issuer: Any
+    audience: str
+    http: Any
+    checks: list[tuple[str, str]] = field(default_factory=list)
+
+    def token(self, sub: str, groups: tuple[str, ...] = ("approvers",)) -> str:
+        return str(self.issuer.mint(sub, aud=self.audience, groups=list(groups)))
+
+    def bearer(self, sub: str, groups: tuple[str, ...] = ("approvers",)) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(sub, groups)}"}
+
+
+def groups_check(checks: list[tuple[str, str]]) -> Callable[[Principal, Approval], Decision]:
+    """Stands in for the Cedar `approve` decision: members of group `approvers` may decide."""
+
+    def check(approver: Principal, approval: Approval) -> Decision:
+        checks.append((approver.id, approval.id))
+        groups = approver.attributes.get("groups") or []
+        return Decision("allow" if "approvers" in groups else "deny", ("approvers-decide",))
+
+    return check
+
+
+@pytest.fixture
+async def web_kit(kit: StoreKit, tmp_path: Any) -> AsyncIterator[WebKit]:
+    import aiohttp
+    from aiohttp import web
+
+    from gateway.approvals.web import approval_routes
+    from gateway.config.model import IdentityConfig, IssuerConfig
+    from gateway.identity.identifier import JwtIdentifier
+    from tests.support.tokens import TestIssuer
+
+    issuer = TestIssuer(tmp_path)
+    audience = "http://approvals.test/mcp"
+    identity = IdentityConfig(mode="jwt", issuers=(IssuerConfig(**issuer.config(audience=audience)),))
+    identifier = JwtIdentifier(identity, {}, "http://approvals.test", None)
+    await identifier.start()
+    store = await kit.make()
+    checks: list[tuple[str, str]] = []
+    app = web.Application()
+    app.add_routes(approval_routes(store, identifier, groups_check(checks), keepalive_s=0.5))
+    runner = web.AppRunner(app, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with aiohttp.ClientSession() as http:
+        yield WebKit(f"http://127.0.0.1:{port}", store, issuer, audience, http, checks)
+    await runner.cleanup()
+    await identifier.close()

@@ -1,0 +1,1 @@
+"""Human approval of held calls: stores (memory, Redis), the approve stage, the approvers' page/API, webhooks, CLI."""

@@ -1,0 +1,145 @@
+"""Who is approving: bearer token or sign-in session cookie, the double-submit CSRF check, and who may decide.
+
+The session cookie holds the approver's own bearer token (HttpOnly, SameSite=Strict), so any replica
+can verify it and it lapses with the token. Requests authenticated by cookie must echo the CSRF
+cookie in a form field or `X-CSRF-Token` header; bearer-token API calls need no CSRF token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.approvals.model import Approval
+from gateway.context import Decision, Principal
+from gateway.errors import GatewayError
+from gateway.pipeline import Identifier
+
+SESSION_COOKIE = "customs_approver"
+CSRF_COOKIE = "customs_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+MAX_SESSION_S = 8 * 3600
+
+ApproverCheck = Callable[[Principal, Approval], Decision]
+
+
+class Refused(Exception):
+    """An approver request refused with an HTTP status and a stable reason."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{status} {reason}: {message}")
+
+
+@dataclass(frozen=True)
+class Approver:
+    principal: Principal
+    via: str  # "bearer" | "cookie"
+
+    @property
+    def name(self) -> str:
+        return self.principal.id
+
+
+def cedar_approver_check(decide_approve: Callable[[str, list[str], dict[str, Any]], Decision]) -> ApproverCheck:
+    """Adapt the authz engine's `decide_approve(user_id, groups, approval_attrs)` to an ApproverCheck."""
+
+    def check(approver: Principal, approval: Approval) -> Decision:
+        groups = approver.attributes.get("groups") or []
+        groups = [groups] if isinstance(groups, str) else [str(g) for g in groups]
+        return decide_approve(approver.subject or approver.id, groups, approval.cedar_attrs())
+
+    return check
+
+
+class ApproverAuth:
+    """Authenticates approvers and decides whether one may decide a given item."""
+
+    def __init__(self, identifier: Identifier, approver_check: ApproverCheck, *,
+                 approvers_issuer: str | None = None) -> None:
+        self._identifier = identifier
+        self._check = approver_check
+        self._issuer = approvers_issuer
+
+    async def identify_token(self, token: str) -> Principal:
+        headers: CIMultiDict[str] = CIMultiDict({"Authorization": f"Bearer {token}"})
+        try:
+            principal = await self._identifier.identify(headers, None)
+        except GatewayError as exc:
+            raise Refused(401, "unauthenticated", exc.message) from exc
+        if principal.anonymous:
+            raise Refused(401, "unauthenticated", "approvers must sign in with a token")
+        if self._issuer is not None and principal.issuer != self._issuer:
+            raise Refused(403, "forbidden", "tokens from this issuer may not approve")
+        return principal
+
+    async def authenticate(self, request: web.Request) -> Approver:
+        header = request.headers.get("Authorization", "")
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Refused(401, "unauthenticated", "use Authorization: Bearer <token>")
+            return Approver(await self.identify_token(token.strip()), "bearer")
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            return Approver(await self.identify_token(cookie), "cookie")
+        raise Refused(401, "unauthenticated", "sign in with a bearer token")
+
+    @staticmethod
+    def check_csrf(request: web.Request, approver: Approver, submitted: str | None) -> None:
+        """Double-submit: a cookie-authenticated change must carry the CSRF cookie's value."""
+        if approver.via != "cookie":
+            return
+        expected = request.cookies.get(CSRF_COOKIE, "")
+        offered = submitted or request.headers.get(CSRF_HEADER, "")
+        if not expected or not offered or not hmac.compare_digest(expected, offered):
+            raise Refused(403, "csrf_failed", "missing or wrong CSRF token; reload the page and try again")
+
+    def may_view(self, approver: Approver, item: Approval) -> bool:
+        try:
+            return self._check(approver.principal, item).outcome == "allow"
+        except GatewayError:
+            return False
+
+    def authorize_decision(self, approver: Approver, item: Approval) -> None:
+        """Nobody decides a call made on their own behalf; then Cedar (`Action::"approve"`) decides."""
+        me = {approver.principal.id, approver.principal.subject}
+        if me & item.requester_ids():
+            raise Refused(403, "self_approval", "you cannot approve a call made on your own behalf")
+        try:
+            decision = self._check(approver.principal, item)
+        except GatewayError as exc:
+            raise Refused(503, exc.reason, exc.message) from exc
+        if decision.outcome != "allow":
+            raise Refused(403, "forbidden", "policy does not allow you to decide this call")
+
+
+def csrf_token(request: web.Request) -> str:
+    return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
+
+
+def set_csrf_cookie(response: web.StreamResponse, request: web.Request, token: str) -> None:
+    response.set_cookie(CSRF_COOKIE, token, path="/", samesite="Strict", secure=request.secure, httponly=False)
+
+
+def set_session(response: web.StreamResponse, request: web.Request, token: str, principal: Principal) -> None:
+    max_age = MAX_SESSION_S
+    if principal.expires_at is not None:
+        max_age = max(1, min(max_age, int(principal.expires_at - time.time())))
+    response.set_cookie(SESSION_COOKIE, token, path="/", samesite="Strict", secure=request.secure,
+                        httponly=True, max_age=max_age)
+    set_csrf_cookie(response, request, secrets.token_urlsafe(32))  # a fresh CSRF token per session
+
+
+def clear_session(response: web.StreamResponse) -> None:
+    response.del_cookie(SESSION_COOKIE, path="/")
+    response.del_cookie(CSRF_COOKIE, path="/")

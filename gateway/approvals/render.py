@@ -1,0 +1,90 @@
+"""Server-rendered HTML for the approvers' page: templates from the package, every value escaped."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from functools import cache
+from html import escape
+from importlib import resources
+from string import Template
+
+from gateway.approvals.model import Approval
+
+
+@cache
+def _template(name: str) -> Template:
+    # cached per process: the files ship with the package and never change at run time
+    return Template(resources.files("gateway.approvals").joinpath("templates").joinpath(name).read_text("utf-8"))
+
+
+def _raw(name: str) -> str:
+    return resources.files("gateway.approvals").joinpath("templates").joinpath(name).read_text("utf-8")
+
+
+def relative(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 90:
+        return f"{int(seconds)} s"
+    if seconds < 5400:
+        return f"{int(seconds // 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "—"
+
+
+def page(title: str, body: str, *, who: str = "", live: bool = False) -> str:
+    return _template("base.html").substitute(title=escape(title), body=body, who=who,
+                                             script=_raw("live.js") if live else "")
+
+
+def who_box(name: str, csrf: str) -> str:
+    return (f'Signed in as <strong id="me">{escape(name)}</strong> '
+            f'<form method="post" action="/approvals/signout"><input type="hidden" name="csrf" '
+            f'value="{escape(csrf)}"><button type="submit">Sign out</button></form>')
+
+
+def notice(text: str | None, *, error: bool = False) -> str:
+    if not text:
+        return ""
+    return f'<div class="notice{" error" if error else ""}" role="status">{escape(text)}</div>'
+
+
+def signin(csrf: str, message: str | None = None) -> str:
+    return _template("signin.html").substitute(csrf=escape(csrf), notice=notice(message, error=True))
+
+
+def item_card(item: Approval, csrf: str, now: float) -> str:
+    approvals = [v.by for v in item.votes if v.outcome == "approved"]
+    votes = f"{len(approvals)} of {item.quorum}" + (f" ({', '.join(approvals)})" if approvals else "")
+    return _template("item.html").substitute(
+        id=escape(item.id), upstream=escape(item.upstream), tool=escape(item.tool),
+        principal=escape(item.principal), chain=escape(" → ".join(item.chain)) or "— (direct)",
+        tenant=escape(item.tenant or "—"), policies=escape(", ".join(item.policies) or "—"),
+        age=relative(now - item.created_at) + " ago", expires=f"in {relative(item.expires_at - now)}",
+        votes=escape(votes), args=escape(json.dumps(item.args, indent=2, sort_keys=True, ensure_ascii=False)),
+        csrf=escape(csrf))
+
+
+def history_table(items: Sequence[Approval]) -> str:
+    if not items:
+        return '<p class="muted">No decided calls yet.</p>'
+    rows = "".join(
+        f'<tr id="h-{escape(i.id)}"><td>{when(i.decided_at or i.created_at)}</td>'
+        f"<td>{escape(i.upstream)} / {escape(i.tool)}</td><td>{escape(i.principal)}</td>"
+        f'<td class="state-{escape(i.state)}">{escape(i.state)}{" · executed" if i.executed else ""}</td>'
+        f"<td>{escape(', '.join(i.decided_by) or '—')}</td><td>{escape(i.comment or '')}</td></tr>"
+        for i in items)
+    return ("<table><thead><tr><th>When</th><th>Tool</th><th>Agent</th><th>Outcome</th><th>By</th>"
+            f"<th>Comment</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def items_fragment(pending: Sequence[Approval], history: Sequence[Approval], csrf: str) -> str:
+    now = time.time()
+    cards = "".join(item_card(i, csrf, now) for i in pending) or \
+        '<p class="muted" id="none-pending">Nothing is waiting for approval.</p>'
+    return (f'<h2>Waiting for a decision ({len(pending)})</h2>{cards}'
+            f"<h2>History</h2>{history_table(history)}")

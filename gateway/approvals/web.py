@@ -1,0 +1,260 @@
+"""The approvers' HTTP surface: the `/approvals` page (sign-in, live list, decide) and the `/api/approvals` API.
+
+Routes are built by `approval_routes(...)`; the lead adds them to the application. JSON errors are
+`{"error": {"reason": ..., "message": ...}}`; 401 unauthenticated, 403 not allowed (self-approval,
+policy, CSRF), 404 unknown, 409 already decided, 503 store or policy unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.approvals import render
+from gateway.approvals.auth import (
+    Approver,
+    ApproverAuth,
+    ApproverCheck,
+    Refused,
+    clear_session,
+    csrf_token,
+    set_csrf_cookie,
+    set_session,
+)
+from gateway.approvals.model import STATES, AlreadyDecided, Approval, ApprovalNotFound
+from gateway.approvals.store import ApprovalStore
+from gateway.errors import GatewayError
+from gateway.pipeline import Identifier
+
+OUTCOMES = {"approve": "approved", "deny": "denied"}
+MAX_COMMENT = 2000
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, reason: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": {"reason": reason, "message": message, **extra}}, status=status)
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Map refusals and store failures to the documented JSON errors."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Refused as exc:
+            return _error(exc.status, exc.reason, exc.message)
+        except ApprovalNotFound:
+            return _error(404, "not_found", "no such approval")
+        except AlreadyDecided as exc:
+            return _error(409, exc.reason, f"this call is already {exc.approval.state}",
+                          approval=exc.approval.to_json())
+        except GatewayError as exc:
+            return _error(503, exc.reason, exc.message)
+
+    return wrapped
+
+
+class ApprovalsWeb:
+    """Handlers for the page and the API, sharing one store and one authorization."""
+
+    def __init__(self, store: ApprovalStore, auth: ApproverAuth, *,
+                 redactor: Callable[[Any], Any] | None = None, keepalive_s: float = 15.0) -> None:
+        self._store = store
+        self._auth = auth
+        self._redact = redactor
+        self._keepalive_s = keepalive_s
+
+    def _json(self, item: Approval) -> dict[str, Any]:
+        data = item.to_json()
+        if self._redact is not None:
+            data["args"] = self._redact(data["args"])
+        return data
+
+    async def _decide(self, approver: Approver, approval_id: str, outcome: str, comment: str | None) -> Approval:
+        item = await self._store.get(approval_id)
+        if not item.pending:
+            raise AlreadyDecided(item)
+        self._auth.authorize_decision(approver, item)
+        return await self._store.decide(approval_id, approver.name, outcome, comment)
+
+    # -- API ---------------------------------------------------------------------------------
+
+    async def api_list(self, request: web.Request) -> web.StreamResponse:
+        approver = await self._auth.authenticate(request)
+        states = [s for s in request.query.get("state", "").split(",") if s] or None
+        if states and not set(states) <= set(STATES):
+            raise Refused(400, "invalid_state", f"state must be one of {', '.join(STATES)}")
+        try:
+            limit = max(1, min(int(request.query.get("limit", "100")), 1000))
+        except ValueError:
+            raise Refused(400, "invalid_limit", "limit must be a number") from None
+        items = await self._store.list(states, limit)
+        return web.json_response({"items": [self._json(i) for i in items if self._auth.may_view(approver, i)]})
+
+    async def api_get(self, request: web.Request) -> web.StreamResponse:
+        approver = await self._auth.authenticate(request)
+        item = await self._store.get(request.match_info["id"])
+        if not self._auth.may_view(approver, item):
+            raise Refused(403, "forbidden", "policy does not allow you to see this call")
+        return web.json_response(self._json(item))
+
+    async def api_decide(self, request: web.Request) -> web.StreamResponse:
+        approver = await self._auth.authenticate(request)
+        self._auth.check_csrf(request, approver, None)
+        comment = await self._comment_from_json(request)
+        outcome = OUTCOMES[request.match_info["action"]]
+        return web.json_response(self._json(await self._decide(approver, request.match_info["id"], outcome, comment)))
+
+    @staticmethod
+    async def _comment_from_json(request: web.Request) -> str | None:
+        if not request.can_read_body:
+            return None
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise Refused(400, "invalid_body", 'body must be JSON: {"comment": "..."}') from None
+        comment = body.get("comment") if isinstance(body, dict) else None
+        if comment is not None and not isinstance(comment, str):
+            raise Refused(400, "invalid_body", "comment must be a string")
+        return comment[:MAX_COMMENT] if comment else None
+
+    async def api_events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent change notifications (ids only): the page refetches what it may see."""
+        await self._auth.authenticate(request)
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=256)
+
+        def listener(approval_id: str) -> None:
+            with contextlib.suppress(asyncio.QueueFull):  # a slow page just refetches later
+                queue.put_nowait(approval_id)
+
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        self._store.add_listener(listener)
+        try:
+            await response.write(b": connected\n\n")
+            while True:
+                try:
+                    approval_id = await asyncio.wait_for(queue.get(), self._keepalive_s)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                await response.write(f"event: change\ndata: {json.dumps({'id': approval_id})}\n\n".encode())
+        except (ConnectionResetError, ConnectionError, RuntimeError):
+            pass
+        finally:
+            self._store.remove_listener(listener)
+        return response
+
+    # -- page --------------------------------------------------------------------------------
+
+    async def _page_approver(self, request: web.Request) -> Approver | None:
+        try:
+            return await self._auth.authenticate(request)
+        except Refused:
+            return None
+
+    def _signin_page(self, request: web.Request, message: str | None = None, status: int = 200) -> web.Response:
+        token = csrf_token(request)
+        response = web.Response(text=render.page("Sign in", render.signin(token, message)),
+                                content_type="text/html", status=status)
+        set_csrf_cookie(response, request, token)
+        return response
+
+    async def _fragment_html(self, approver: Approver, csrf: str) -> str:
+        items = [i for i in await self._store.list(None, 200) if self._auth.may_view(approver, i)]
+        return render.items_fragment([i for i in items if i.pending], [i for i in items if not i.pending][:50], csrf)
+
+    async def page(self, request: web.Request, message: str | None = None, *, error: bool = False,
+                   status: int = 200) -> web.StreamResponse:
+        approver = await self._page_approver(request)
+        if approver is None:
+            return self._signin_page(request)
+        csrf = csrf_token(request)
+        done = request.query.get("done")
+        note = render.notice(message or (f"Recorded: {done}" if done else None), error=error)
+        try:
+            body = note + f'<div id="items">{await self._fragment_html(approver, csrf)}</div>'
+        except GatewayError as exc:
+            body = note + render.notice(f"The approval store is unavailable ({exc.message}). Try again shortly.",
+                                        error=True)
+            status = 503
+        response = web.Response(text=render.page("Approvals", body, who=render.who_box(approver.name, csrf),
+                                                 live=True), content_type="text/html", status=status)
+        set_csrf_cookie(response, request, csrf)
+        return response
+
+    async def fragment(self, request: web.Request) -> web.StreamResponse:
+        approver = await self._auth.authenticate(request)
+        return web.Response(text=await self._fragment_html(approver, csrf_token(request)), content_type="text/html")
+
+    async def signin(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        expected = request.cookies.get("customs_csrf", "")
+        if not expected or form.get("csrf") != expected:
+            return self._signin_page(request, "The sign-in form expired; please try again.", 403)
+        token = str(form.get("token") or "").strip()
+        if token.lower().startswith("bearer "):
+            token = token[7:].strip()
+        try:
+            principal = await self._auth.identify_token(token)
+        except Refused as exc:
+            return self._signin_page(request, f"Sign-in failed: {exc.message}", exc.status)
+        response = web.HTTPSeeOther("/approvals")
+        set_session(response, request, token, principal)
+        return response
+
+    async def signout(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        expected = request.cookies.get("customs_csrf", "")
+        if not expected or form.get("csrf") != expected:
+            return self._signin_page(request, "Sign-out needs a fresh page; please try again.", 403)
+        response = web.HTTPSeeOther("/approvals")
+        clear_session(response)
+        return response
+
+    async def page_decide(self, request: web.Request) -> web.StreamResponse:
+        approver = await self._page_approver(request)
+        if approver is None:
+            return self._signin_page(request, "Please sign in again.", 401)
+        form = await request.post()
+        outcome = OUTCOMES.get(str(form.get("outcome")))
+        comment = str(form.get("comment") or "").strip()[:MAX_COMMENT] or None
+        try:
+            self._auth.check_csrf(request, approver, str(form.get("csrf") or ""))
+            if outcome is None:
+                raise Refused(400, "invalid_outcome", "choose Approve or Deny")
+            item = await self._decide(approver, request.match_info["id"], outcome, comment)
+        except Refused as exc:
+            return await self.page(request, exc.message, error=True, status=exc.status)
+        except ApprovalNotFound:
+            return await self.page(request, "That call no longer exists.", error=True, status=404)
+        except AlreadyDecided as exc:
+            return await self.page(request, f"Already {exc.approval.state}: nothing changed.", error=True, status=409)
+        except GatewayError as exc:
+            return await self.page(request, exc.message, error=True, status=503)
+        return web.HTTPSeeOther(f"/approvals?done={item.id}+{item.state}")
+
+    def routes(self) -> list[web.RouteDef]:
+        api = _guarded
+        return [
+            web.get("/approvals", self.page), web.get("/approvals/fragment", api(self.fragment)),
+            web.post("/approvals/signin", self.signin), web.post("/approvals/signout", self.signout),
+            web.post("/approvals/{id}/decide", self.page_decide),
+            web.get("/api/approvals", api(self.api_list)), web.get("/api/approvals/events", api(self.api_events)),
+            web.get("/api/approvals/{id}", api(self.api_get)),
+            web.post("/api/approvals/{id}/{action:approve|deny}", api(self.api_decide)),
+        ]
+
+
+def approval_routes(store: ApprovalStore, identifier: Identifier, approver_check: ApproverCheck, *,
+                    redactor: Callable[[Any], Any] | None = None, approvers_issuer: str | None = None,
+                    keepalive_s: float = 15.0) -> list[web.RouteDef]:
+    """All routes of the approvers' page and API, ready for `app.add_routes(...)`."""
+    auth = ApproverAuth(identifier, approver_check, approvers_issuer=approvers_issuer)
+    return ApprovalsWeb(store, auth, redactor=redactor, keepalive_s=keepalive_s).routes()

@@ -1,0 +1,184 @@
+"""The approvals REST API and page over a real aiohttp server: shapes, authorization, CSRF, live events."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from tests.approvals.conftest import Clock, WebKit, draft
+
+SHAPE = {"id", "state", "upstream", "tool", "principal", "chain", "tenant", "args", "args_digest", "policies",
+         "created_at", "expires_at", "decided_by", "comment"}
+
+
+async def _item(kit: WebKit, clock: Clock | None = None, **kw: Any) -> Any:
+    item, _ = await kit.store.create_or_join(draft(clock or Clock(), **kw), link_s=1800)
+    return item
+
+
+async def test_list_get_approve_shapes(web_kit: WebKit) -> None:
+    item = await _item(web_kit)
+    headers = web_kit.bearer("alice")
+    async with web_kit.http.get(f"{web_kit.url}/api/approvals?state=pending", headers=headers) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    [listed] = body["items"]
+    assert SHAPE <= set(listed) and listed["id"] == item.id and listed["state"] == "pending"
+    assert listed["chain"] == ["orchestrator"] and listed["tenant"] == "acme" and listed["decided_by"] is None
+    async with web_kit.http.get(f"{web_kit.url}/api/approvals/{item.id}", headers=headers) as resp:
+        assert resp.status == 200 and (await resp.json())["args_digest"] == item.args_digest
+    async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/approve", headers=headers,
+                                 json={"comment": "fine"}) as resp:
+        assert resp.status == 200
+        approved = await resp.json()
+    assert approved["state"] == "approved" and approved["decided_by"] == "alice" and approved["comment"] == "fine"
+    async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/deny", headers=web_kit.bearer("bob"),
+                                 json={"comment": "late"}) as resp:
+        assert resp.status == 409
+        assert (await resp.json())["error"]["reason"] == "already_decided"
+    async with web_kit.http.get(f"{web_kit.url}/api/approvals?state=approved", headers=headers) as resp:
+        assert [i["id"] for i in (await resp.json())["items"]] == [item.id]
+
+
+async def test_deny_with_comment(web_kit: WebKit) -> None:
+    item = await _item(web_kit)
+    async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/deny", headers=web_kit.bearer("alice"),
+                                 json={"comment": "wrong account"}) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["comment"] == "wrong account"
+    assert (await web_kit.store.get(item.id)).state == "denied"
+
+
+async def test_self_approval_is_forbidden(web_kit: WebKit) -> None:
+    item = await _item(web_kit)
+    for sub in ("agent-1", "orchestrator"):  # the requester, and an actor in its delegation chain
+        async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/approve",
+                                     headers=web_kit.bearer(sub), json={}) as resp:
+            assert resp.status == 403
+            assert (await resp.json())["error"]["reason"] == "self_approval"
+    assert (await web_kit.store.get(item.id)).pending
+
+
+async def test_policy_deny_is_forbidden_and_hidden(web_kit: WebKit) -> None:
+    item = await _item(web_kit)
+    outsider = web_kit.bearer("mallory", groups=("interns",))
+    async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/approve", headers=outsider) as resp:
+        assert resp.status == 403 and (await resp.json())["error"]["reason"] == "forbidden"
+    async with web_kit.http.get(f"{web_kit.url}/api/approvals/{item.id}", headers=outsider) as resp:
+        assert resp.status == 403
+    async with web_kit.http.get(f"{web_kit.url}/api/approvals", headers=outsider) as resp:
+        assert (await resp.json())["items"] == []
+    assert ("mallory", item.id) in web_kit.checks and (await web_kit.store.get(item.id)).pending
+
+
+async def test_authentication_and_input_errors(web_kit: WebKit) -> None:
+    item = await _item(web_kit)
+    url = f"{web_kit.url}/api/approvals"
+    async with web_kit.http.get(url) as resp:
+        assert resp.status == 401 and (await resp.json())["error"]["reason"] == "unauthenticated"
+    async with web_kit.http.get(url, headers={"Authorization": "Bearer not-a-jwt"}) as resp:
+        assert resp.status == 401
+    async with web_kit.http.get(url, headers={"Authorization": "Basic abc"}) as resp:
+        assert resp.status == 401
+    headers = web_kit.bearer("alice")
+    async with web_kit.http.get(f"{url}/apr_nope", headers=headers) as resp:
+        assert resp.status == 404
+    async with web_kit.http.get(f"{url}?state=bogus", headers=headers) as resp:
+        assert resp.status == 400
+    async with web_kit.http.get(f"{url}?limit=x", headers=headers) as resp:
+        assert resp.status == 400
+    async with web_kit.http.post(f"{url}/{item.id}/approve", headers=headers, data=b"{not json") as resp:
+        assert resp.status == 400
+    async with web_kit.http.post(f"{url}/{item.id}/approve", headers=headers, json={"comment": 5}) as resp:
+        assert resp.status == 400
+    async with web_kit.http.post(f"{url}/apr_nope/approve", headers=headers, json={}) as resp:
+        assert resp.status == 404
+
+
+async def _signed_in(kit: WebKit, sub: str = "alice") -> Any:
+    """A cookie jar signed in through the page form (as a person would)."""
+    import aiohttp
+
+    session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with session.get(f"{kit.url}/approvals") as resp:
+        assert resp.status == 200 and "Sign in" in await resp.text()
+    csrf = session.cookie_jar.filter_cookies(kit.url)["customs_csrf"].value
+    async with session.post(f"{kit.url}/approvals/signin", data={"token": kit.token(sub), "csrf": csrf},
+                            allow_redirects=False) as resp:
+        assert resp.status == 303
+        session_cookie = next(c for c in resp.headers.getall("Set-Cookie") if c.startswith("customs_approver="))
+        assert "HttpOnly" in session_cookie and "SameSite=Strict" in session_cookie
+    async with session.get(f"{kit.url}/approvals") as resp:
+        assert resp.status == 200 and "Signed in as" in await resp.text()
+    return session
+
+
+async def test_cookie_session_requires_csrf(web_kit: WebKit) -> None:
+    item = await _item(web_kit)
+    session = await _signed_in(web_kit)
+    try:
+        csrf = session.cookie_jar.filter_cookies(web_kit.url)["customs_csrf"].value
+        api = f"{web_kit.url}/api/approvals/{item.id}/approve"
+        async with session.post(api, json={"comment": "no token"}) as resp:
+            assert resp.status == 403 and (await resp.json())["error"]["reason"] == "csrf_failed"
+        async with session.post(api, json={}, headers={"X-CSRF-Token": "forged"}) as resp:
+            assert resp.status == 403
+        form = f"{web_kit.url}/approvals/{item.id}/decide"
+        async with session.post(form, data={"outcome": "approve", "csrf": "forged"}) as resp:
+            assert resp.status == 403 and "CSRF" in await resp.text()
+        assert (await web_kit.store.get(item.id)).pending
+        async with session.post(form, data={"outcome": "approve", "csrf": csrf, "comment": "ok"}) as resp:
+            assert resp.status == 200 and "Recorded" in await resp.text()
+        assert (await web_kit.store.get(item.id)).state == "approved"
+        async with session.post(form, data={"outcome": "deny", "csrf": csrf}) as resp:
+            assert resp.status == 409 and "Already approved" in await resp.text()
+    finally:
+        await session.close()
+
+
+async def test_signin_errors_and_signout(web_kit: WebKit) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.post(f"{web_kit.url}/approvals/signin", data={"token": "x", "csrf": "y"}) as resp:
+            assert resp.status == 403  # no CSRF cookie: login CSRF refused
+        async with session.get(f"{web_kit.url}/approvals") as resp:
+            assert resp.status == 200
+        csrf = session.cookie_jar.filter_cookies(web_kit.url)["customs_csrf"].value
+        async with session.post(f"{web_kit.url}/approvals/signin", data={"token": "garbage", "csrf": csrf}) as resp:
+            assert resp.status == 401 and "Sign-in failed" in await resp.text()
+    session = await _signed_in(web_kit)
+    try:
+        csrf = session.cookie_jar.filter_cookies(web_kit.url)["customs_csrf"].value
+        async with session.post(f"{web_kit.url}/approvals/signout", data={"csrf": csrf}) as resp:
+            assert resp.status == 200 and "Sign in" in await resp.text()
+        async with session.get(f"{web_kit.url}/api/approvals") as resp:
+            assert resp.status == 401
+    finally:
+        await session.close()
+
+
+async def test_page_shows_pending_details_escaped(web_kit: WebKit) -> None:
+    await _item(web_kit, args={"note": "<script>alert(1)</script>", "amount": 5})
+    session = await _signed_in(web_kit)
+    try:
+        async with session.get(f"{web_kit.url}/approvals") as resp:
+            html = await resp.text()
+        assert "payments / pay" in html and "agent-1" in html and "orchestrator" in html and "acme" in html
+        assert "pay-needs-approval" in html and "&lt;script&gt;" in html and "<script>alert" not in html
+        async with session.get(f"{web_kit.url}/approvals/fragment") as resp:
+            assert resp.status == 200 and "Waiting for a decision (1)" in await resp.text()
+    finally:
+        await session.close()
+
+
+async def test_events_stream_announces_changes(web_kit: WebKit) -> None:
+    async with web_kit.http.get(f"{web_kit.url}/api/approvals/events", headers=web_kit.bearer("alice")) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        assert await asyncio.wait_for(resp.content.readline(), 5) == b": connected\n"
+        item = await _item(web_kit)
+        seen = b""
+        while item.id.encode() not in seen:
+            seen += await asyncio.wait_for(resp.content.readline(), 10)
+        assert re.search(rb"event: change", seen)
