@@ -1,0 +1,142 @@
+"""Webhook notifications of new pending calls: Slack-compatible JSON, HMAC-signed, retried in the background.
+
+`notify()` only enqueues (never blocks the pipeline); worker tasks owned by `WebhookNotifier`
+deliver with exponential backoff. Receivers verify `X-Customs-Signature: sha256=<hex>` — the
+HMAC-SHA256 of the raw body with the webhook's secret — and may reject stale `X-Customs-Timestamp`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from gateway.approvals.model import Approval
+from gateway.config.model import WebhookConfig
+
+log = logging.getLogger("customs.approvals.webhooks")
+SIGNATURE_HEADER = "X-Customs-Signature"
+TIMESTAMP_HEADER = "X-Customs-Timestamp"
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def message(approval: Approval, page_url: str | None) -> dict[str, Any]:
+    """A Slack-compatible message (`text` + `blocks`), with the Approval itself for programs."""
+    who = approval.principal + (f" (via {' → '.join(approval.chain)})" if approval.chain else "")
+    text = f"Approval needed: {who} wants to call {approval.upstream}/{approval.tool}"
+    fields = [f"*Agent:* {who}", f"*Tenant:* {approval.tenant or '—'}",
+              f"*Required by:* {', '.join(approval.policies) or '—'}",
+              f"*Expires:* <!date^{int(approval.expires_at)}^{{time}}|{int(approval.expires_at)}>"]
+    args = json.dumps(approval.args, indent=2, sort_keys=True, ensure_ascii=False)[:2500]
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"```{args}```"}},
+    ]
+    if page_url:
+        link = f"{page_url.rstrip('/')}#{approval.id}"
+        blocks.append({"type": "actions", "elements": [
+            {"type": "button", "text": {"type": "plain_text", "text": "Review"}, "url": link}]})
+        text += f" — {link}"
+    return {"text": text, "blocks": blocks, "approval": approval.to_json()}
+
+
+class WebhookNotifier:
+    """Owns the delivery queue and workers; start()/close() with the application."""
+
+    def __init__(self, webhooks: Sequence[WebhookConfig], *, page_url: str | None = None,
+                 session: aiohttp.ClientSession | None = None, attempts: int = 5, base_delay_s: float = 0.5,
+                 timeout_s: float = 10.0, max_queue: int = 1000, workers: int = 2) -> None:
+        self._hooks = tuple(webhooks)
+        self._page_url = page_url
+        self._session = session
+        self._owns_session = session is None
+        self._attempts = attempts
+        self._base_delay = base_delay_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._queue: asyncio.Queue[tuple[WebhookConfig, bytes]] = asyncio.Queue(maxsize=max_queue)
+        self._workers_n = workers
+        self._workers: list[asyncio.Task[None]] = []
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        loop = asyncio.get_running_loop()
+        self._workers = [loop.create_task(self._worker(), name=f"approval-webhook-{n}")
+                         for n in range(self._workers_n if self._hooks else 0)]
+
+    async def close(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers = []
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def notify(self, approval: Approval) -> None:
+        """Queue one delivery per configured webhook; drop (and count) when the queue is full."""
+        if not self._hooks:
+            return
+        body = json.dumps(message(approval, self._page_url), separators=(",", ":")).encode()
+        for hook in self._hooks:
+            try:
+                self._queue.put_nowait((hook, body))
+            except asyncio.QueueFull:
+                self.dropped += 1
+                log.warning("webhook queue full; dropped notification of %s to %s", approval.id, hook.url)
+
+    async def drain(self) -> None:
+        """Wait until every queued delivery finished (tests, orderly shutdown)."""
+        await self._queue.join()
+
+    async def _worker(self) -> None:
+        while True:
+            hook, body = await self._queue.get()
+            try:
+                if await self._deliver(hook, body):
+                    self.delivered += 1
+                else:
+                    self.failed += 1
+            except Exception:
+                self.failed += 1
+                log.exception("webhook delivery to %s crashed", hook.url)
+            finally:
+                self._queue.task_done()
+
+    async def _deliver(self, hook: WebhookConfig, body: bytes) -> bool:
+        assert self._session is not None
+        for attempt in range(self._attempts):
+            headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: str(int(time.time()))}
+            if hook.secret:
+                headers[SIGNATURE_HEADER] = sign(hook.secret, body)
+            try:
+                async with self._session.post(hook.url, data=body, headers=headers, timeout=self._timeout) as resp:
+                    if 200 <= resp.status < 300:
+                        return True
+                    if 400 <= resp.status < 500 and resp.status not in (408, 429):
+                        log.warning("webhook %s refused the notification: HTTP %s", hook.url, resp.status)
+                        return False
+                    log.info("webhook %s answered HTTP %s (attempt %d)", hook.url, resp.status, attempt + 1)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.info("webhook %s unreachable (attempt %d): %s", hook.url, attempt + 1, exc)
+            if attempt + 1 < self._attempts:
+                await asyncio.sleep(self._base_delay * 2 ** attempt)  # retry backoff
+        log.warning("webhook %s: giving up after %d attempts", hook.url, self._attempts)
+        return False

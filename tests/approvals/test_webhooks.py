@@ -1,0 +1,105 @@
+"""Webhooks to a real aiohttp receiver: Slack-shaped body, verifiable HMAC, retry after a 500, no blocking."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from gateway.approvals.memory import MemoryApprovalStore
+from gateway.approvals.stage import ApproveStage
+from gateway.approvals.webhooks import WebhookNotifier
+from gateway.config.model import ApprovalsConfig, WebhookConfig
+from gateway.errors import GatewayError
+from tests.approvals.conftest import call_context
+
+
+@dataclass
+class Receiver:
+    url: str
+    statuses: list[int]  # answers to give, in order; 200 once exhausted
+    hits: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    got: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    box = Receiver("", [500])
+
+    async def hook(request: web.Request) -> web.Response:
+        box.hits.append((dict(request.headers), await request.read()))
+        status = box.statuses.pop(0) if box.statuses else 200
+        if status == 200:
+            box.got.set()
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    box.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
+    yield box
+    await runner.cleanup()
+
+
+async def test_new_pending_call_is_signed_and_retried(receiver: Receiver) -> None:
+    notifier = WebhookNotifier([WebhookConfig(url=receiver.url, secret="s3cret")], page_url="http://gw/approvals",
+                               base_delay_s=0.01)
+    await notifier.start()
+    try:
+        store = MemoryApprovalStore()
+        stage = ApproveStage(store, ApprovalsConfig(), notifier=notifier)
+        with pytest.raises(GatewayError):
+            await stage(call_context())
+        with pytest.raises(GatewayError):
+            await stage(call_context())  # a retry joins: no second notification
+        await asyncio.wait_for(receiver.got.wait(), 10)
+        await asyncio.wait_for(notifier.drain(), 10)
+    finally:
+        await notifier.close()
+    assert len(receiver.hits) == 2 and notifier.delivered == 1  # first answered 500, second 200
+    headers, body = receiver.hits[-1]
+    expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["X-Customs-Signature"], expected)
+    assert int(headers["X-Customs-Timestamp"]) > 0
+    payload = json.loads(body)
+    [item] = await store.list()
+    assert payload["approval"]["id"] == item.id and "payments/pay" in payload["text"]
+    assert payload["blocks"][0]["type"] == "section"
+    assert payload["blocks"][-1]["elements"][0]["url"] == f"http://gw/approvals#{item.id}"
+
+
+async def test_client_error_is_not_retried_and_unreachable_gives_up(receiver: Receiver) -> None:
+    receiver.statuses[:] = [404]
+    dead = WebhookConfig(url="http://127.0.0.1:9/never")
+    notifier = WebhookNotifier([WebhookConfig(url=receiver.url), dead], attempts=2, base_delay_s=0.01)
+    await notifier.start()
+    try:
+        store = MemoryApprovalStore()
+        item, _ = await store.create_or_join(ApproveStage(store, ApprovalsConfig()).draft(call_context()), link_s=60)
+        notifier.notify(item)
+        await asyncio.wait_for(notifier.drain(), 10)
+    finally:
+        await notifier.close()
+    assert len(receiver.hits) == 1 and "X-Customs-Signature" not in receiver.hits[0][0]
+    assert notifier.failed == 2 and notifier.delivered == 0
+
+
+async def test_full_queue_drops_instead_of_blocking() -> None:
+    notifier = WebhookNotifier([WebhookConfig(url="http://127.0.0.1:9/x")], max_queue=1, workers=0)
+    store = MemoryApprovalStore()
+    item, _ = await store.create_or_join(ApproveStage(store, ApprovalsConfig()).draft(call_context()), link_s=60)
+    notifier.notify(item)
+    notifier.notify(item)
+    assert notifier.dropped == 1
+    await notifier.close()
+
+
