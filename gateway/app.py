@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.catalog import Catalog
 from gateway.config.model import Config
+from gateway.credentials.tasks import session_task_id
 from gateway.forward import ForwardStage
 from gateway.health import HealthRoutes
 from gateway.http.guards import HostOriginPolicy, guard_middleware
@@ -83,7 +84,9 @@ async def _close_quietly(owner: Any) -> None:
 
 async def create_app(config: Config) -> web.Application:
     """Build the application for `config`. Invalid policies raise here: the gateway refuses to start."""
-    http = aiohttp.ClientSession(auto_decompress=True, timeout=aiohttp.ClientTimeout(total=None))
+    # No cookie jar: a cookie one upstream sets must never ride along on another principal's call.
+    http = aiohttp.ClientSession(auto_decompress=True, timeout=aiohttp.ClientTimeout(total=None),
+                                 cookie_jar=aiohttp.DummyCookieJar())
     try:
         gateway = await _build(config, http)
     except BaseException:
@@ -110,7 +113,14 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     async def on_session_end(session: Session) -> None:
         await parts.session_ended(session)
 
-    sessions = SessionManager(upstreams, catalog, idle_s=config.tasks.idle_s, on_end=on_session_end)
+    async def connect_headers(session: Session, upstream: str) -> dict[str, str]:
+        principal = session.principal
+        if principal is None:
+            return {}
+        return await parts.credentials.connect_headers(principal, upstream, session_task_id(session.id))
+
+    sessions = SessionManager(upstreams, catalog, idle_s=config.tasks.idle_s, on_end=on_session_end,
+                              credential_headers=connect_headers)
 
     def timeout(upstream: str, tool: str | None) -> float | None:
         cfg = catalog.config(upstream)

@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.approvals.cli import add_approvals_parsers
     add_approvals_parsers(approvals_sub)
 
+    tools = sub.add_parser("tools", help="pinned and quarantined upstream tools on a running gateway")
+    tools_sub = tools.add_subparsers(dest="tools_command", metavar="SUBCOMMAND")
+    tools_sub.required = True
+    from gateway.tools_admin import add_tools_parsers
+    add_tools_parsers(tools_sub)
+
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)
     return parser

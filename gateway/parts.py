@@ -33,6 +33,7 @@ from gateway.sessions import Session
 from gateway.store import RedisConnection
 from gateway.taskstate import MemoryFacts, RedisFacts, TaskStage
 from gateway.telemetry.observability import Observability
+from gateway.tools_admin import ToolsAdmin
 from gateway.transport.base import Upstream
 
 log = logging.getLogger("customs.parts")
@@ -75,11 +76,8 @@ def _policy_engine(config: Config, obs: Observability) -> PolicyEngine:
     def on_reload(ok: bool, message: str) -> None:
         obs.policy_reloaded(ok, engine.version if engine.loaded else None, None if ok else message)
 
-    def on_shadow(enforced: str, shadow: str) -> None:
-        obs.metrics.shadow_disagreement("", "", enforced, shadow)
-
-    engine = PolicyEngine(config.policies, config.environment, on_reload=on_reload,
-                          on_shadow_disagreement=on_shadow)
+    # Shadow disagreements are counted by the record stage, which knows the upstream and tool.
+    engine = PolicyEngine(config.policies, config.environment, on_reload=on_reload)
     try:
         engine.load_sync()
     except PolicyLoadError as exc:
@@ -117,7 +115,7 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     obs = Observability(config, redactor.redact)
     engine = _policy_engine(config, obs)
     credentials = CredentialService(config, http=http, redis=redis, redactor=redactor,
-                                    on_event=lambda event: obs.event(str(event.pop("type", "revocation")), **event))
+                                    on_event=lambda event: obs.event(str(event.pop("event", "revocation")), **event))
     if redis is not None:
         approvals: ApprovalStore = RedisApprovalStore(redis.client, redis.prefix)
         pins: Any = RedisPins(redis.client, redis.prefix)
@@ -155,5 +153,6 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     return Parts(identifier=identifier, engine=engine, authorize=AuthorizeStage(engine), approvals=approvals,
                  approve=approve, credentials=credentials, observability=obs, guard=guard,
                  limiter=Limiter(config.limits, limit_backend), facts=facts, upstreams=upstreams, redis=redis,
-                 routes=[*credentials.routes(), *obs.routes(), *_metadata_routes(config)], checks=checks,
+                 routes=[*credentials.routes(), *obs.routes(), *_metadata_routes(config),
+                         *ToolsAdmin(guard, identifier, upstreams, config.pinning.admin_group).routes()], checks=checks,
                  owners_before_upstreams=owners)

@@ -106,7 +106,8 @@ class Router:
         session = await self._sessions.upstream_session(inbound.session, upstream)
         message = {"jsonrpc": "2.0", "id": inbound.message.id, "method": method,
                    "params": upstream_params(params)}
-        response = await session.request(message, on_message=self._relay(inbound, upstream),
+        response = await session.request(message, headers=await self._sessions.headers(inbound.session, upstream),
+                                         on_message=self._relay(inbound, upstream),
                                          timeout=self._timeouts.get(upstream))
         if "error" in response:
             raise UpstreamErrorResponse(response["error"])

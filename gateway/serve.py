@@ -59,6 +59,8 @@ async def run(config: Config, *, config_path: Path | None = None,
               on_ready: Callable[[str], Awaitable[None] | None] | None = None,
               stop: asyncio.Event | None = None) -> int:
     from gateway.app import create_app
+    from gateway.credentials.redaction import Redactor, install_log_redaction
+    install_log_redaction(Redactor(config.secrets))  # no secret reaches a log line, whoever logs it
     app = await create_app(config)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=config.listen.drain_timeout_s,
                            access_log=None)

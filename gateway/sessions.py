@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.catalog import Catalog
+from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, Message, Upstream, UpstreamSession
 
 log = logging.getLogger("customs.sessions")
 
 SendFn = Callable[[Message], Awaitable[None]]
+HeadersFn = Callable[["Session", str], Awaitable[dict[str, str]]]
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Session:
     capabilities: Mapping[str, Any] | None = None
     stateless: bool = False
     init_result: dict[str, Any] | None = None  # the upstream's own answer, for pass-through sessions
+    principal: Principal | None = None  # the latest identity presented (a refreshed token updates it)
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     outbox: asyncio.Queue[Message] = field(default_factory=lambda: asyncio.Queue(maxsize=256))
@@ -65,8 +68,10 @@ class SessionManager:
     """Creates, finds and ends sessions; connects their upstream sessions on demand."""
 
     def __init__(self, upstreams: Mapping[str, Upstream], catalog: Catalog, *, idle_s: float = 1800.0,
-                 on_end: Callable[[Session], Awaitable[None]] | None = None) -> None:
+                 on_end: Callable[[Session], Awaitable[None]] | None = None,
+                 credential_headers: HeadersFn | None = None) -> None:
         self._upstreams = upstreams
+        self._credential_headers = credential_headers
         self._catalog = catalog
         self._sessions: dict[str, Session] = {}
         self._stateless: dict[tuple[str, str | None], Session] = {}
@@ -87,32 +92,41 @@ class SessionManager:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def create(self, principal_key: str, view: str | None, protocol_version: str,
+    def create(self, principal: Principal, view: str | None, protocol_version: str,
                client_info: Mapping[str, Any] | None, capabilities: Mapping[str, Any] | None) -> Session:
-        session = Session(id=secrets.token_hex(32), principal_key=principal_key, view=view,
-                          protocol_version=protocol_version, client_info=client_info, capabilities=capabilities)
+        session = Session(id=secrets.token_hex(32), principal_key=principal.key, view=view,
+                          protocol_version=protocol_version, client_info=client_info, capabilities=capabilities,
+                          principal=principal)
         self._sessions[session.id] = session
         return session
 
-    def stateless(self, principal_key: str, view: str | None, protocol_version: str,
+    def stateless(self, principal: Principal, view: str | None, protocol_version: str,
                   capabilities: Mapping[str, Any] | None) -> Session:
         """The implicit per-principal session of stateless clients (also their credential task)."""
-        key = (principal_key, view)
+        key = (principal.key, view)
         session = self._stateless.get(key)
         if session is None or session.closed:
-            session = Session(id="stateless-" + secrets.token_hex(16), principal_key=principal_key, view=view,
+            session = Session(id="stateless-" + secrets.token_hex(16), principal_key=principal.key, view=view,
                               protocol_version=protocol_version, capabilities=capabilities, stateless=True)
             self._stateless[key] = session
+        session.principal = principal
         session.touch()
         return session
 
-    def get(self, session_id: str, principal_key: str, view: str | None) -> Session:
+    def get(self, session_id: str, principal: Principal, view: str | None) -> Session:
         session = self._sessions.get(session_id)
         # Another principal's session, another endpoint's session and an unknown id look the same.
-        if session is None or session.closed or session.principal_key != principal_key or session.view != view:
+        if session is None or session.closed or session.principal_key != principal.key or session.view != view:
             raise GatewayError("session_not_found")
+        session.principal = principal
         session.touch()
         return session
+
+    async def headers(self, session: Session, upstream: str) -> dict[str, str]:
+        """Fresh credential headers for requests the gateway makes on the session's behalf."""
+        if self._credential_headers is None:
+            return {}
+        return await self._credential_headers(session, upstream)
 
     async def end(self, session: Session) -> None:
         if session.closed:
@@ -154,7 +168,7 @@ class SessionManager:
             params = ConnectParams(protocol_version=_handshake_version(session.protocol_version),
                                    client_info=session.client_info, capabilities=session.capabilities)
             handler = self._message_handler(session, upstream)
-            connected = await self._upstreams[upstream].connect(params, handler)
+            connected = await self._upstreams[upstream].connect(params, handler, await self.headers(session, upstream))
             session.upstreams[upstream] = connected
             return connected
 

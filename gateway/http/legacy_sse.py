@@ -35,7 +35,7 @@ class LegacySseEndpoint:
             principal = await self._mcp._identify(request)  # noqa: SLF001
         except GatewayError as exc:
             return error_response(exc)
-        session = self._mcp.sessions.create(principal.key, view, LEGACY_VERSION, None, None)
+        session = self._mcp.sessions.create(principal, view, LEGACY_VERSION, None, None)
         response = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await response.prepare(request)
         session.get_stream_open = True
@@ -61,7 +61,7 @@ class LegacySseEndpoint:
             require_json(request)
             principal = await self._mcp._identify(request)  # noqa: SLF001
             session_id = request.query.get("session_id", "")
-            session = self._find(session_id, principal.key)
+            session = self._find(session_id, principal)
             message = jsonrpc.parse(await read_body(request, self._mcp.max_body_bytes),
                                     max_depth=self._mcp.max_json_depth)
             request_id = message.id if message.kind == "request" else None
@@ -76,10 +76,10 @@ class LegacySseEndpoint:
             return error_response(exc, request_id)
         return web.Response(status=202, text="Accepted")
 
-    def _find(self, session_id: str, principal_key: str) -> Session:
+    def _find(self, session_id: str, principal: Any) -> Session:
         for view in (None, *self._mcp.upstream_names):
             try:
-                return self._mcp.sessions.get(session_id, principal_key, view)
+                return self._mcp.sessions.get(session_id, principal, view)
             except GatewayError:
                 continue
         raise GatewayError("session_not_found")

@@ -119,7 +119,7 @@ class McpEndpoint:
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
             raise GatewayError("session_required")
-        return self.sessions.get(session_id, principal.key, view), {}
+        return self.sessions.get(session_id, principal, view), {}
 
     def _stateless_session(self, request: web.Request, view: str | None, principal: Principal,
                            message: jsonrpc.Message) -> Session:
@@ -134,9 +134,9 @@ class McpEndpoint:
             if not hasattr(verdict, "protocol_version"):
                 raise _ModernRejection(message.id, verdict.code, verdict.message, getattr(verdict, "data", None))
             caps = message.params.get("_meta", {}).get(CLIENT_CAPABILITIES_META_KEY)
-            return self.sessions.stateless(principal.key, view, verdict.protocol_version,
+            return self.sessions.stateless(principal, view, verdict.protocol_version,
                                            caps if isinstance(caps, dict) else None)
-        return self.sessions.stateless(principal.key, view, MODERN_PROTOCOL_VERSIONS[-1], None)
+        return self.sessions.stateless(principal, view, MODERN_PROTOCOL_VERSIONS[-1], None)
 
     async def _initialize(self, view: str | None, principal: Principal, message: jsonrpc.Message) -> Session:
         params = message.params
@@ -144,7 +144,7 @@ class McpEndpoint:
         version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
         client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
         caps = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else None
-        session = self.sessions.create(principal.key, view, str(version), client_info, caps)
+        session = self.sessions.create(principal, view, str(version), client_info, caps)
         if view is not None:
             try:
                 upstream = await self.sessions.upstream_session(session, view)
@@ -243,7 +243,7 @@ class McpEndpoint:
             session_id = request.headers.get(SESSION_HEADER)
             if not session_id:
                 raise GatewayError("session_required")
-            session = self.sessions.get(session_id, principal.key, view)
+            session = self.sessions.get(session_id, principal, view)
         except GatewayError as exc:
             return error_response(exc)
         if session.get_stream_open:
@@ -276,7 +276,7 @@ class McpEndpoint:
             session_id = request.headers.get(SESSION_HEADER)
             if not session_id:
                 raise GatewayError("session_required")
-            session = self.sessions.get(session_id, principal.key, view)
+            session = self.sessions.get(session_id, principal, view)
         except GatewayError as exc:
             return error_response(exc)
         await self.sessions.end(session)
