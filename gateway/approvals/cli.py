@@ -1,0 +1,159 @@
+"""`customs approvals list | show ID | approve ID | deny ID`: decide held calls on a running gateway.
+
+Talks to the gateway's `/api/approvals` with the approver's bearer token (--token or CUSTOMS_TOKEN).
+Exit codes: 0 done, 1 refused (401/403/404/409), 2 usage, 3 gateway unreachable or failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote, urlencode
+
+DEFAULT_URL = "http://127.0.0.1:8700"
+HINTS = {
+    401: "the gateway did not accept your token: pass --token or set CUSTOMS_TOKEN to a valid approver token",
+    403: "you may not decide this call (your own call, or policy does not allow you)",
+    404: "no such approval id (check `customs approvals list --state all`)",
+    409: "this call was already decided",
+}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _request(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    token = args.token or os.environ.get("CUSTOMS_TOKEN")
+    if not token:
+        raise CliError("no token: pass --token or set CUSTOMS_TOKEN (an approver's bearer token)", 2)
+    url = args.url.rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Bearer {token}", "Accept": "application/json", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read()).get("error", {})
+        except (ValueError, AttributeError):
+            error = {}
+        detail = error.get("message") or exc.reason
+        hint = HINTS.get(exc.code, "")
+        raise CliError(f"{method} {url}: HTTP {exc.code} {error.get('reason', '')}: {detail}"
+                       + (f"\n  hint: {hint}" if hint else ""), 1 if exc.code < 500 else 3) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CliError(f"cannot reach the gateway at {args.url}: {reason}\n  hint: is `customs serve` running? "
+                       "use --url to point at it", 3) from None
+
+
+def _age(ts: float) -> str:
+    seconds = max(0, int(time.time() - ts))
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
+
+
+def _print_item(item: dict[str, Any]) -> None:
+    chain = " → ".join(item.get("chain") or []) or "—"
+    print(f"id:          {item['id']}\nstate:       {item['state']}\ntool:        {item['upstream']}/{item['tool']}\n"
+          f"agent:       {item['principal']}\nchain:       {chain}\ntenant:      {item.get('tenant') or '—'}\n"
+          f"policies:    {', '.join(item.get('policies') or []) or '—'}\n"
+          f"created:     {_age(item['created_at'])} ago\n"
+          f"expires in:  {max(0, int(item['expires_at'] - time.time()))}s\n"
+          f"decided by:  {item.get('decided_by') or '—'}\ncomment:     {item.get('comment') or '—'}\n"
+          f"args_digest: {item['args_digest']}\narguments:\n{json.dumps(item.get('args'), indent=2)}")
+
+
+def list_command(args: argparse.Namespace) -> int:
+    query = {"limit": str(args.limit)}
+    if args.state != "all":
+        query["state"] = args.state
+    items = _request(args, "GET", "/api/approvals?" + urlencode(query))["items"]
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    if not items:
+        print(f"no {'' if args.state == 'all' else args.state + ' '}approvals")
+        return 0
+    print(f"{'ID':38} {'STATE':9} {'AGE':>5}  {'TOOL':28} AGENT")
+    for item in items:
+        print(f"{item['id']:38} {item['state']:9} {_age(item['created_at']):>5}  "
+              f"{item['upstream'] + '/' + item['tool']:28} {item['principal']}")
+    return 0
+
+
+def show_command(args: argparse.Namespace) -> int:
+    item = _request(args, "GET", f"/api/approvals/{quote(args.id, safe='')}")
+    if args.json:
+        print(json.dumps(item, indent=2))
+    else:
+        _print_item(item)
+    return 0
+
+
+def _decide(args: argparse.Namespace, action: str) -> int:
+    item = _request(args, "POST", f"/api/approvals/{quote(args.id, safe='')}/{action}", {"comment": args.comment})
+    if args.json:
+        print(json.dumps(item, indent=2))
+    elif item["state"] == "pending":
+        print(f"{item['id']}: vote recorded; waiting for more approvals (quorum {item.get('quorum')})")
+    else:
+        print(f"{item['id']}: {item['state']} by {item.get('decided_by')}")
+    return 0
+
+
+def approve_command(args: argparse.Namespace) -> int:
+    return _decide(args, "approve")
+
+
+def deny_command(args: argparse.Namespace) -> int:
+    return _decide(args, "deny")
+
+
+def _guard(command: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(command(args))
+        except CliError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.code
+
+    run.__name__ = command.__name__
+    return run
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("CUSTOMS_URL", DEFAULT_URL),
+                        help=f"gateway base URL (default {DEFAULT_URL}, or CUSTOMS_URL)")
+    parser.add_argument("--token", help="approver bearer token (default: CUSTOMS_TOKEN environment variable)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds (default 10)")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON")
+
+
+def add_approvals_parsers(sub: Any) -> None:
+    """Register list/show/approve/deny under an `approvals` subparsers object (each sets `func`)."""
+    p = sub.add_parser("list", help="list approvals (pending by default)")
+    p.add_argument("--state", default="pending",
+                   help="pending|approved|denied|expired|cancelled|abandoned|all (comma list allowed)")
+    p.add_argument("--limit", type=int, default=100)
+    _common(p)
+    p.set_defaults(func=_guard(list_command))
+    p = sub.add_parser("show", help="show one approval with its arguments")
+    p.add_argument("id")
+    _common(p)
+    p.set_defaults(func=_guard(show_command))
+    for name, command in (("approve", approve_command), ("deny", deny_command)):
+        p = sub.add_parser(name, help=f"{name} a pending call")
+        p.add_argument("id")
+        p.add_argument("--comment", "-m", default=None, help="why (shown to the agent and in the decision log)")
+        _common(p)
+        p.set_defaults(func=_guard(command))

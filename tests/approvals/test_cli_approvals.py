@@ -1,0 +1,53 @@
+"""`customs approvals …` as a child process against a real approvals API: output, exit codes, hints."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+
+from tests.approvals.conftest import Clock, WebKit, draft
+
+# the CLI only talks HTTP: one store kind is enough here
+pytestmark = pytest.mark.parametrize("kit", ["memory"], indirect=True)
+
+
+async def _cli(*argv: str, token: str | None = None) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CUSTOMS_TOKEN"}
+    if token is not None:
+        env["CUSTOMS_TOKEN"] = token
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "approvals", *argv, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_list_show_approve_and_conflict(web_kit: WebKit) -> None:
+    item, _ = await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
+    token = web_kit.token("alice")
+    code, out, _ = await _cli("list", "--url", web_kit.url, token=token)
+    assert code == 0 and item.id in out and "payments/pay" in out
+    code, out, _ = await _cli("show", item.id, "--url", web_kit.url, "--token", token)
+    assert code == 0 and "A-1" in out and "orchestrator" in out
+    code, out, _ = await _cli("approve", item.id, "--comment", "ok by cli", "--url", web_kit.url, token=token)
+    assert code == 0 and "approved by alice" in out
+    assert (await web_kit.store.get(item.id)).comment == "ok by cli"
+    code, _, err = await _cli("deny", item.id, "--url", web_kit.url, token=token)
+    assert code == 1 and "409" in err and "already decided" in err
+
+
+async def test_refusals_have_hints(web_kit: WebKit) -> None:
+    item, _ = await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
+    code, _, err = await _cli("deny", item.id, "--url", web_kit.url, token=web_kit.token("agent-1"))
+    assert code == 1 and "403" in err and "hint" in err
+    code, _, err = await _cli("list", "--url", web_kit.url, token="garbage")
+    assert code == 1 and "401" in err and "CUSTOMS_TOKEN" in err
+    code, _, err = await _cli("list", "--url", web_kit.url)
+    assert code == 2 and "no token" in err
+    code, _, err = await _cli("show", "apr_missing", "--url", web_kit.url, token=web_kit.token("alice"))
+    assert code == 1 and "404" in err
+    code, out, _ = await _cli("list", "--state", "denied", "--url", web_kit.url, token=web_kit.token("alice"))
+    assert code == 0 and "no denied approvals" in out
