@@ -1,0 +1,58 @@
+"""A person in headless Chromium signs in, sees a held call appear live, approves it; the held call completes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gateway.approvals.stage import ApproveStage
+from gateway.config.model import ApprovalsConfig
+from tests.approvals.conftest import Sink, WebKit, call_context
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.parametrize("kit", ["memory", "redis"], indirect=True),
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium (apt-get install -y chromium)"),
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-dev-shm-usage", "--no-first-run"])
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def test_person_approves_a_live_item(web_kit: WebKit, browser: Any) -> None:
+    page = await browser.new_page()
+    await page.goto(f"{web_kit.url}/approvals")
+    await page.fill("#token", web_kit.token("alice"))
+    await page.click("#signin")
+    await page.wait_for_selector("#me", timeout=15000)
+    assert await page.text_content("#me") == "alice"
+    await page.wait_for_selector("#none-pending")
+
+    ctx = call_context({"amount": 250, "account": "A-7"}, notify=Sink())
+    held = asyncio.create_task(ApproveStage(web_kit.store, ApprovalsConfig(keepalive_s=1))(ctx))
+    card = await page.wait_for_selector(".card.pending[data-approval-id]", timeout=15000)  # arrives without reload
+    approval_id = await card.get_attribute("data-approval-id")
+    assert "A-7" in (await card.inner_text())
+    await page.fill(f'[data-approval-id="{approval_id}"] textarea[name=comment]', "checked the invoice")
+    await page.click(f'[data-approval-id="{approval_id}"] button.approve')
+    await page.wait_for_selector(f"#h-{approval_id}", timeout=15000)  # now in history
+    assert "approved" in (await page.inner_text(f"#h-{approval_id}"))
+
+    await asyncio.wait_for(held, 15)
+    assert ctx.approval is not None and ctx.approval.id == approval_id
+    assert ctx.approval.decided_by == ("alice",) and ctx.approval.comment == "checked the invoice"
