@@ -150,7 +150,7 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     identity_owner = identifier if hasattr(identifier, "start") else None
     if identity_owner is not None:
         owners.append(identity_owner)
-    return Parts(identifier=identifier, engine=engine, authorize=AuthorizeStage(engine), approvals=approvals,
+    return Parts(identifier=identifier, engine=engine, authorize=AuthorizeStage(engine, config.environment), approvals=approvals,
                  approve=approve, credentials=credentials, observability=obs, guard=guard,
                  limiter=Limiter(config.limits, limit_backend), facts=facts, upstreams=upstreams, redis=redis,
                  routes=[*credentials.routes(), *obs.routes(), *_metadata_routes(config),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.authz.record import authz_input
 from gateway.context import CallContext
 from gateway.errors import GatewayError
 from gateway.pipeline import Authorizer
@@ -12,8 +13,9 @@ class AuthorizeStage:
     (no policy ids on the wire); approval_required passes through to the approve stage; no loaded
     policy set → "policy_unavailable" (raised by the engine)."""
 
-    def __init__(self, engine: Authorizer) -> None:
+    def __init__(self, engine: Authorizer, environment: str | None = None) -> None:
         self._engine = engine
+        self._environment = environment  # set: decision records carry a replayable snapshot
 
     async def __call__(self, ctx: CallContext) -> None:
         tool = ctx.tool
@@ -24,5 +26,10 @@ class AuthorizeStage:
             raise GatewayError("unknown_tool", f"Unknown tool: {name}")
         # Cedar on pre-parsed handles takes tens of microseconds: inline, no thread hop.
         ctx.decision = self._engine.decide(ctx.principal, ctx.action, tool, ctx)
+        if self._environment is not None:
+            environment = self._environment
+            # Built only when the decision is logged: the snapshot costs more than the decision.
+            ctx.extra["authz_input"] = lambda include_args: authz_input(
+                ctx.principal, ctx.action, tool, ctx, environment, include_args=include_args)
         if ctx.decision.outcome == "deny":
             raise GatewayError("unknown_tool", f"Unknown tool: {name}")
