@@ -28,14 +28,16 @@ class HealthRoutes:
             probe_fn = getattr(upstream, "probe", None)
             try:
                 if probe_fn is not None:
-                    return await asyncio.wait_for(probe_fn(), 5.0)  # type: ignore[no-any-return]
+                    result: Health = await asyncio.wait_for(probe_fn(), 5.0)
+                    return result
                 return upstream.health()
             except Exception as exc:  # a failing probe is a not-ready answer, never a 500
                 return Health(False, f"probe failed: {type(exc).__name__}")
 
         names = list(self._upstreams)
         healths = await asyncio.gather(*(probe(self._upstreams[n]) for n in names))
-        upstreams = {n: {"ready": h.ready, "detail": h.detail, "restarts": h.restarts} for n, h in zip(names, healths)}
+        upstreams = {n: {"ready": h.ready, "detail": h.detail, "restarts": h.restarts}
+                     for n, h in zip(names, healths, strict=True)}
         checks: dict[str, Any] = {}
         ready = all(h.ready for h in healths)
         for name, check in self._checks.items():

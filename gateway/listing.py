@@ -19,8 +19,8 @@ from typing import Any
 from gateway.catalog import Catalog, named_info
 from gateway.context import Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
-from gateway.pipeline import Authorizer
 from gateway.pinning import ToolGuard
+from gateway.pipeline import Authorizer
 
 log = logging.getLogger("customs.listing")
 

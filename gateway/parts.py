@@ -150,9 +150,9 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     identity_owner = identifier if hasattr(identifier, "start") else None
     if identity_owner is not None:
         owners.append(identity_owner)
-    return Parts(identifier=identifier, engine=engine, authorize=AuthorizeStage(engine, config.environment), approvals=approvals,
-                 approve=approve, credentials=credentials, observability=obs, guard=guard,
+    return Parts(identifier=identifier, engine=engine, authorize=AuthorizeStage(engine, config.environment),
+                 approvals=approvals, approve=approve, credentials=credentials, observability=obs, guard=guard,
                  limiter=Limiter(config.limits, limit_backend), facts=facts, upstreams=upstreams, redis=redis,
                  routes=[*credentials.routes(), *obs.routes(), *_metadata_routes(config),
-                         *ToolsAdmin(guard, identifier, upstreams, config.pinning.admin_group).routes()], checks=checks,
-                 owners_before_upstreams=owners)
+                         *ToolsAdmin(guard, identifier, upstreams, config.pinning.admin_group).routes()],
+                 checks=checks, owners_before_upstreams=owners)

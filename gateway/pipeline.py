@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.context import CallContext, Decision, Principal, ToolInfo
@@ -80,7 +80,7 @@ class Pipeline:
     forward: Forwarder
     record: Recorder
     rate: Callable[[CallContext], Awaitable[None]] = _no_op  # rate limits, before any decision
-    facts: TaskFacts = _NoFacts()  # task id and what the task has done so far, for the decision
+    facts: TaskFacts = field(default_factory=_NoFacts)  # the task and what it has done so far, for the decision
     slot: Callable[[CallContext], AbstractAsyncContextManager[None]] = _no_slot  # concurrency while executing
 
     async def run(self, ctx: CallContext) -> dict[str, Any]:

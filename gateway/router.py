@@ -18,8 +18,8 @@ from gateway.catalog import Catalog, named_info
 from gateway.context import CallContext, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
-from gateway.pipeline import Authorizer, Pipeline
 from gateway.pinning import ToolGuard
+from gateway.pipeline import Authorizer, Pipeline
 from gateway.sessions import Session, SessionManager, route_server_message
 from gateway.transport.base import Message
 

@@ -14,6 +14,7 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -73,7 +74,8 @@ async def run(config: Config, *, config_path: Path | None = None,
         print(f"customs: cannot listen on {config.listen.host}:{config.listen.port}: {exc.strerror}",
               file=sys.stderr)
         return 1
-    sockets = [s.getsockname() for s in (site._server.sockets if site._server else [])]  # noqa: SLF001
+    server: Any = site._server
+    sockets = [s.getsockname() for s in (server.sockets if server else [])]
     port = sockets[0][1] if sockets else config.listen.port
     url = f"{'https' if config.listen.tls else 'http'}://{config.listen.host}:{port}"
     log.info("customs listening on %s (agents: %s/mcp)", url, url)

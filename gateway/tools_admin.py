@@ -39,7 +39,7 @@ class ToolsAdmin:
                                     content_type="application/json")
         return principal.id
 
-    async def list(self, request: web.Request) -> web.Response:
+    async def list_tools(self, request: web.Request) -> web.Response:
         try:
             await self._admin(request)
         except GatewayError as exc:
@@ -71,7 +71,7 @@ class ToolsAdmin:
         return web.json_response({"upstream": upstream, "tool": tool, **pinned})
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/api/tools", self.list, allow_head=False),
+        return [web.get("/api/tools", self.list_tools, allow_head=False),
                 web.post("/api/tools/{upstream}/{tool}/approve", self.approve)]
 
 
@@ -82,7 +82,7 @@ def _request(args: argparse.Namespace, method: str, path: str, body: dict[str, A
         headers["Authorization"] = f"Bearer {token}"
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(args.url.rstrip("/") + path, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the operator's own gateway URL
+    with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read() or b"{}")
 
 

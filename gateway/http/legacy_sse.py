@@ -31,8 +31,8 @@ class LegacySseEndpoint:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         try:
-            view = self._mcp._view(request)  # noqa: SLF001 - same edge rules as Streamable HTTP
-            principal = await self._mcp._identify(request)  # noqa: SLF001
+            view = self._mcp._view(request)
+            principal = await self._mcp._identify(request)
         except GatewayError as exc:
             return error_response(exc)
         session = self._mcp.sessions.create(principal, view, LEGACY_VERSION, None, None)
@@ -59,14 +59,14 @@ class LegacySseEndpoint:
         request_id: Any = None
         try:
             require_json(request)
-            principal = await self._mcp._identify(request)  # noqa: SLF001
+            principal = await self._mcp._identify(request)
             session_id = request.query.get("session_id", "")
             session = self._find(session_id, principal)
             message = jsonrpc.parse(await read_body(request, self._mcp.max_body_bytes),
                                     max_depth=self._mcp.max_json_depth)
             request_id = message.id if message.kind == "request" else None
             if message.kind != "request":
-                await self._mcp._accept_one_way(session, message)  # noqa: SLF001
+                await self._mcp._accept_one_way(session, message)
             elif message.method == "initialize":
                 await self._initialize(session, message)
             else:
@@ -94,7 +94,7 @@ class LegacySseEndpoint:
             if session.view is not None:
                 upstream = await self._mcp.sessions.upstream_session(session, session.view)
                 session.init_result = upstream.initialize_result
-            reply = jsonrpc.result(message.id, self._mcp._initialize_result(session))  # noqa: SLF001
+            reply = jsonrpc.result(message.id, self._mcp._initialize_result(session))
         except Exception as exc:
             reply = to_wire(exc, message.id)[0]
         await session.outbox.put(reply)

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp.client.sse import sse_client
 from mcp import Client
+from mcp.client.sse import sse_client
 
 from gateway.demo.servers import inventory_server, payments_server
 from tests.support.mcp_client import sdk_client
