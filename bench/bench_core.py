@@ -1,0 +1,339 @@
+"""Core load test: tools/call throughput and p50/p99 direct, through a minimal forwarder, and through the gateway.
+
+Run: .venv/bin/python bench/bench_core.py [--duration 10] [--connections 1,50] [--demo] [--json out.json]
+
+Targets, each a child process on 127.0.0.1:
+  direct     bench/echo_upstream.py, a fast JSON-RPC upstream answering tools/call with a fixed result
+  forwarder  bench/minimal_forwarder.py in front of it (a ~30-line aiohttp pass-through)
+  gateway    `python -m gateway serve --config <tmp>` in front of it at /mcp/echo: anonymous identity,
+             allow-all Cedar policy, decision log to a file, default telemetry (metrics on, no trace export)
+  --demo adds the SDK demo server (gateway/demo/servers.py inventory, streamable HTTP) direct and via the gateway.
+Each target gets a session (initialize + initialized, done here), a sanity call, a short warm-up, then
+wrk (Debian's `wrk`, a Lua script POSTing tools/call with the session header and a fresh id per request)
+for --duration seconds per connection count; without wrk, a Python aiohttp generator with N clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOCOL = "2025-06-18"
+HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+           "MCP-Protocol-Version": PROTOCOL}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    tool: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class Result:
+    target: str
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    generator: str
+
+
+class Children:
+    """Child processes of one bench run; each prints `listening on ...` when ready. Owner closes them all."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    async def start(self, name: str, cmd: list[str], ready: str = "listening on", timeout_s: float = 30) -> str:
+        log = self.workdir / f"{name}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=self.workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.procs.append(proc)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            for line in text.splitlines():
+                if ready in line:
+                    return line
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{text}")
+            await asyncio.sleep(0.05)  # polling the child's log for readiness, bounded by the deadline
+        raise TimeoutError(f"{name} did not start:\n{log.read_text(errors='replace')}")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _url_of(line: str) -> str:
+    found: list[str] = re.findall(r"https?://\S+", line)
+    return found[0].rstrip(")")
+
+
+def _rpc_result(body: bytes, content_type: str) -> dict[str, Any]:
+    """The JSON-RPC response from a JSON body or from the last `data:` line of an SSE body."""
+    text = body.decode()
+    if content_type.startswith("text/event-stream"):
+        data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:") and line[5:].strip()]
+        text = data[-1]
+    message: dict[str, Any] = json.loads(text)
+    return message
+
+
+async def open_session(http: aiohttp.ClientSession, target: Target) -> str | None:
+    """initialize + notifications/initialized; the Mcp-Session-Id every load request carries (if any)."""
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "bench_core", "version": "1"}}}
+    async with http.post(target.url, json=init, headers=HEADERS) as response:
+        body = await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{target.name}: initialize → HTTP {response.status}: {body[:300]!r}")
+        session = response.headers.get("Mcp-Session-Id")
+    headers = {**HEADERS, **({"Mcp-Session-Id": session} if session else {})}
+    async with http.post(target.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                         headers=headers) as response:
+        await response.read()
+    return session
+
+
+async def sanity_call(http: aiohttp.ClientSession, target: Target, session: str | None) -> None:
+    """One tools/call that must succeed, so the load run measures real calls, not fast errors."""
+    headers = {**HEADERS, **({"Mcp-Session-Id": session} if session else {})}
+    call = {"jsonrpc": "2.0", "id": "sanity", "method": "tools/call",
+            "params": {"name": target.tool, "arguments": target.arguments}}
+    async with http.post(target.url, json=call, headers=headers) as response:
+        message = _rpc_result(await response.read(), response.headers.get("Content-Type", ""))
+    if response.status != 200 or "error" in message or message.get("result", {}).get("isError"):
+        raise RuntimeError(f"{target.name}: sanity tools/call failed (HTTP {response.status}): {message}")
+
+
+LUA = """
+local session = %(session)s
+local prefix = "%(name)s"
+local counter = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers["MCP-Protocol-Version"] = "%(protocol)s"
+if session then wrk.headers["Mcp-Session-Id"] = session end
+local head = '{"jsonrpc":"2.0","id":"'
+local tail = '","method":"tools/call","params":%(params)s}'
+request = function()
+  counter = counter + 1
+  -- a fresh id per request: a gateway may refuse a second in-flight request with the same id
+  return wrk.format(nil, nil, nil, head .. prefix .. tostring(counter) .. tail)
+end
+"""
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * _UNIT_MS[unit]
+
+
+def parse_wrk(output: str) -> tuple[float, float, float, int, int]:
+    """rps, p50 ms, p99 ms, requests, errors (non-2xx + socket errors) from `wrk --latency` output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", output, re.M)[1])  # type: ignore[index]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", output, re.M)[1])  # type: ignore[index]
+    requests = int(re.search(r"(\d+) requests in", output)[1])  # type: ignore[index]
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", output))
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    errors += sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
+    return rps, p50, p99, requests, errors
+
+
+def run_wrk(target: Target, session: str | None, connections: int, duration_s: float, workdir: Path) -> Result:
+    script = workdir / f"{target.name}.lua"
+    params = json.dumps({"name": target.tool, "arguments": target.arguments}, separators=(",", ":"))
+    script.write_text(LUA % {"session": json.dumps(session) if session else "nil", "name": target.name,
+                             "protocol": PROTOCOL, "params": params.replace("'", "\\'")})
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency", "--timeout", "10s",
+           "-s", str(script), target.url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, check=True)
+    rps, p50, p99, requests, errors = parse_wrk(done.stdout)
+    return Result(target.name, connections, rps, p50, p99, requests, errors, "wrk")
+
+
+async def run_python(target: Target, session: str | None, connections: int, duration_s: float) -> Result:
+    """Fallback generator: `connections` aiohttp clients calling in a closed loop for `duration_s`."""
+    headers = {**HEADERS, **({"Mcp-Session-Id": session} if session else {})}
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration_s
+
+    async def client(index: int, http: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        n = 0
+        while time.perf_counter() < deadline:
+            n += 1
+            body = {"jsonrpc": "2.0", "id": f"{index}-{n}", "method": "tools/call",
+                    "params": {"name": target.tool, "arguments": target.arguments}}
+            started = time.perf_counter()
+            async with http.post(target.url, json=body, headers=headers) as response:
+                await response.read()
+                errors += response.status >= 300
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(connector=connector) as http:
+        await asyncio.gather(*(client(i, http) for i in range(connections)))
+    elapsed = time.perf_counter() - started
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    return Result(target.name, connections, len(latencies) / elapsed, cuts[49], cuts[98], len(latencies), errors,
+                  "python")
+
+
+def permissive_policy_dir(workdir: Path) -> Path:
+    policies = workdir / "allow-all"
+    policies.mkdir()
+    shutil.copy(REPO / "policies" / "schema.cedarschema", policies / "schema.cedarschema")
+    (policies / "allow.cedar").write_text('@id("allow-all")\npermit(principal, action, resource);\n')
+    return policies
+
+
+async def start_targets(children: Children, workdir: Path, demo: bool) -> list[Target]:
+    py = sys.executable
+    echo = _url_of(await children.start("echo", [py, str(REPO / "bench/echo_upstream.py")]))
+    forwarder = _url_of(await children.start("forwarder", [py, str(REPO / "bench/minimal_forwarder.py"),
+                                                           "--upstream", echo]))
+    targets = [Target("direct", echo, "echo", {"text": "hi"}), Target("forwarder", forwarder, "echo", {"text": "hi"})]
+    upstreams: list[dict[str, Any]] = [{"name": "echo", "url": echo}]
+    if demo:
+        port = _free_port()
+        await children.start("demo", [py, "-m", "gateway.demo.servers", "inventory", "--http", str(port)],
+                             ready="Uvicorn running")
+        demo_url = f"http://127.0.0.1:{port}/mcp"
+        targets.append(Target("demo-direct", demo_url, "get_stock", {"sku": "widget"}))
+        upstreams.append({"name": "inventory", "url": demo_url})
+    gw_port = _free_port()
+    config = {"listen": {"host": "127.0.0.1", "port": gw_port}, "upstreams": upstreams,
+              "identity": {"mode": "anonymous"}, "policies": {"dir": str(permissive_policy_dir(workdir))},
+              "decision_log": {"path": str(workdir / "decisions.jsonl")}}
+    (workdir / "customs.yaml").write_text(yaml.safe_dump(config))
+    gateway = f"http://127.0.0.1:{gw_port}"
+    await children.start("gateway", [py, "-m", "gateway", "serve", "--config", str(workdir / "customs.yaml"),
+                                     "--log-level", "warning"])
+    targets.append(Target("gateway", f"{gateway}/mcp/echo", "echo", {"text": "hi"}))
+    if demo:
+        targets.append(Target("demo-gateway", f"{gateway}/mcp/inventory", "get_stock", {"sku": "widget"}))
+    return targets
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def measure(target: Target, args: argparse.Namespace, workdir: Path, use_wrk: bool) -> list[Result]:
+    async with aiohttp.ClientSession() as http:
+        session = await open_session(http, target)
+        await sanity_call(http, target, session)
+
+    async def load(connections: int, duration_s: float) -> Result:
+        if use_wrk:
+            return await asyncio.to_thread(run_wrk, target, session, connections, duration_s, workdir)
+        return await run_python(target, session, connections, duration_s)
+
+    if args.warmup > 0:
+        await load(max(args.connections), args.warmup)  # discarded: connection pools, caches, allocator
+    results = []
+    for connections in args.connections:
+        result = await load(connections, args.duration)
+        results.append(result)
+        print(f"  {target.name:<13} c={connections:<3} {result.rps:>9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+              f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}", flush=True)
+    async with aiohttp.ClientSession() as http:
+        await sanity_call(http, target, session)  # still answering correctly after the load
+    return results
+
+
+def summary(results: list[Result]) -> dict[str, float]:
+    by = {(r.target, r.connections): r for r in results}
+    out: dict[str, float] = {}
+    for (name, c), r in by.items():
+        if name != "gateway" or ("forwarder", c) not in by:
+            continue
+        f, d = by[("forwarder", c)], by.get(("direct", c))
+        out[f"gateway/forwarder throughput c={c}"] = r.rps / f.rps
+        out[f"gateway p50 - forwarder p50 ms c={c}"] = r.p50_ms - f.p50_ms
+        if d:
+            out[f"forwarder/direct throughput c={c}"] = f.rps / d.rps
+            out[f"gateway/direct throughput c={c}"] = r.rps / d.rps
+    return out
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk") is not None)
+    print(f"load generator: {'wrk' if use_wrk else 'python aiohttp'}; {args.duration:g} s per target and "
+          f"connection count {args.connections}; {os.cpu_count()} CPU(s)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
+        workdir = Path(tmp)
+        children = Children(workdir)
+        try:
+            targets = await start_targets(children, workdir, args.demo)
+            results = [r for t in targets for r in await measure(t, args, workdir, use_wrk)]
+            decisions = sum(1 for _ in (workdir / "decisions.jsonl").open()) if (
+                workdir / "decisions.jsonl").exists() else 0
+        finally:
+            children.close()
+    ratios = summary(results)
+    print("\nratios:")
+    for key, value in ratios.items():
+        print(f"  {key:<40} {value:8.3f}")
+    print(f"  gateway decision-log lines written: {decisions}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": [asdict(r) for r in results], "ratios": ratios,
+                                               "decisions_logged": decisions}, indent=2))
+    return 1 if any(r.errors for r in results) else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per target per connection count")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target (0: none)")
+    parser.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")], default=[1, 50])
+    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--demo", action="store_true", help="also measure the SDK demo server, direct and gateway")
+    parser.add_argument("--json", help="write results and ratios to this file")
+    sys.exit(asyncio.run(main_async(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
