@@ -109,6 +109,9 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     upstreams = {u.name: build_upstream(u, http) for u in config.upstreams}
     catalog = Catalog(config.upstreams)
     parts = await build_parts(config, http, upstreams)
+    for upstream in upstreams.values():
+        if hasattr(upstream, "on_restart"):
+            upstream.on_restart = parts.observability.metrics.upstream_restart
 
     async def on_session_end(session: Session) -> None:
         await parts.session_ended(session)

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -52,8 +52,9 @@ class StdioUpstream:
     def __init__(self, config: UpstreamConfig, *, capabilities: Mapping[str, Any] = GATEWAY_CAPABILITIES,
                  breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
                  breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S, grace_s: float = 2.0,
-                 restart_cap_s: float = RESTART_CAP_S) -> None:
+                 restart_cap_s: float = RESTART_CAP_S, on_restart: Callable[[str], None] | None = None) -> None:
         assert config.command is not None
+        self.on_restart = on_restart  # metrics hook: customs.upstream.restarts
         self.name = config.name
         self.config = config
         self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown_s)
@@ -194,6 +195,8 @@ class StdioUpstream:
             attempt = 0 if loop.time() - started > STABLE_AFTER_S else attempt + 1
             delay = min(self._restart_cap_s, RESTART_BASE_S * 2 ** max(attempt - 1, 0))
             self._restarts += 1
+            if self.on_restart is not None:
+                self.on_restart(self.name)
             self.log.warning("restarting upstream %s in %.1fs (restart %d)", self.name, delay, self._restarts)
             await asyncio.sleep(delay)  # restart back-off, not synchronisation
 
