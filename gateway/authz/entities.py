@@ -239,6 +239,7 @@ class CallFacts:
     args_contain_secret: bool = False
     task: Any = None
     now: dt.datetime | None = None
+    args_truncated: bool = False  # replay without logged args: the recorded flag stands in for them
 
 
 def facts_from_ctx(ctx: CallContext | None, environment: str) -> CallFacts:
@@ -255,7 +256,7 @@ def context(principal: Principal, facts: CallFacts, approval: str, bounds: Bound
     now = facts.now or dt.datetime.now(dt.UTC)
     out: dict[str, Any] = {
         "args": args,
-        "args_truncated": truncated,
+        "args_truncated": truncated or facts.args_truncated,
         "environment": facts.environment,
         "tenant": principal.tenant or "",
         "chain": sorted({a.id for a in principal.chain}),

@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import asdict
 from typing import Any
 
-from gateway.authz.entities import CallFacts, facts_from_ctx
+from gateway.authz.entities import CallFacts, convert_args, facts_from_ctx
 from gateway.context import Actor, CallContext, Principal, ToolInfo
 
 
@@ -26,6 +26,9 @@ def authz_input(principal: Principal, action: str, tool: ToolInfo, ctx: CallCont
         "action": action,
         "tool": tool_fields,
         "args": facts.args if include_args else None,
+        # Kept even without args (and computed before any redaction): a call denied for truncated or
+        # escaped arguments must replay as denied under the same policies.
+        "args_truncated": convert_args(facts.args)[1],
         "environment": facts.environment,
         "args_contain_secret": facts.args_contain_secret,
         "task": facts.task,
@@ -45,5 +48,5 @@ def from_authz_input(data: dict[str, Any]) -> tuple[Principal, str, ToolInfo, Ca
     when = dt.datetime.fromisoformat(data["time"]) if data.get("time") else None
     facts = CallFacts(args=data.get("args") or {}, environment=str(data.get("environment", "")),
                       args_contain_secret=bool(data.get("args_contain_secret", False)), task=data.get("task"),
-                      now=when)
+                      now=when, args_truncated=bool(data.get("args_truncated", False)))
     return principal, str(data.get("action", "call_tool")), tool, facts, bool(data.get("approved", False))

@@ -51,13 +51,13 @@ def policies(tmp_path: Path) -> Path:
     return target
 
 
-def gateway_config(up: Upstreams, issuer: TestIssuer, policies: Path, **extra: Any) -> dict[str, Any]:
+def gateway_config(up: Upstreams, issuer: TestIssuer, policy_dir: Path, /, **extra: Any) -> dict[str, Any]:
     """Both demo upstreams, payments summed per task, JWT identity, held calls answered at once."""
     config: dict[str, Any] = {
         "upstreams": [{"name": "inventory", "url": up.inventory},
                       {"name": "payments", "url": up.payments, "tools": {"pay": {"sum_args": ["amount"]}}}],
         "identity": {"mode": "jwt", "issuers": [issuer.config()]},
-        "policies": {"dir": str(policies), "watch": False},
+        "policies": {"dir": str(policy_dir), "watch": False},
         "approvals": {"wait_s": 0},
     }
     config.update(extra)
