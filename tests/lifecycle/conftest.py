@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,23 @@ async def reason_of(call: Any) -> tuple[str, dict[str, Any]]:
         data = exc.data if isinstance(exc.data, dict) else {}
         return str(data.get("reason")), data
     raise AssertionError(f"expected an error, got {result!r}")
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool]], within_s: float = 10.0) -> None:
+    """Poll an async predicate until true, bounded (for state another task or process owns)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)  # polling interval, bounded by the deadline
+
+
+async def executed_inventory(up: Upstreams) -> list[str]:
+    """What the inventory server actually executed, asked directly."""
+    async with sdk_client(up.inventory) as client:
+        result = await client.call_tool("executed_calls", {})
+    structured = result.structured_content or {}
+    items = structured.get("result", structured)
+    assert isinstance(items, list), result
+    return [str(i) for i in items]
