@@ -8,12 +8,16 @@ are neither a request, a notification nor a response are rejected with a stable 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.errors import GatewayError
 
 Kind = Literal["request", "notification", "response"]
+
+# A `\uD800`-`\uDFFF` escape: the only way a lone surrogate (valid JSON, not Unicode) gets in.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,9 @@ def parse(raw: bytes, *, max_depth: int = 64) -> Message:
         body = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise GatewayError("parse_error", "Parse error: body is not valid JSON") from exc
+    if _SURROGATE_ESCAPE.search(raw) and not _encodable(body):
+        # Lone surrogates cannot be re-encoded as UTF-8: refuse them here, not when forwarding.
+        raise GatewayError("parse_error", "Parse error: body contains a lone surrogate (not Unicode)")
     if isinstance(body, list):
         raise GatewayError("batch_not_supported")
     if not isinstance(body, dict):
@@ -72,6 +79,14 @@ def parse(raw: bytes, *, max_depth: int = 64) -> Message:
     if not _depth_ok(body, max_depth):
         raise GatewayError("invalid_request", f"Invalid request: JSON nested deeper than {max_depth}")
     return classify(body)
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _reject_constant(name: str) -> Any:
@@ -90,6 +105,10 @@ def classify(body: dict[str, Any]) -> Message:
         if "result" in body or "error" in body:
             raise GatewayError("invalid_request", "Invalid request: a request cannot carry result or error")
         if not has_id:
+            if not body["method"].startswith("notifications/"):
+                # Every MCP notification is `notifications/*`; anything else without an id is a
+                # request posing as a notification (it would get no answer and bypass the pipeline).
+                raise GatewayError("invalid_request", "Invalid request: a request needs an id")
             return Message("notification", body)
         if not _valid_id(body["id"]):
             raise GatewayError("invalid_request", "Invalid request: id must be a string or an integer")
@@ -113,4 +132,7 @@ def notification(method: str, params: dict[str, Any] | None = None) -> dict[str,
 
 
 def dumps(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate from an upstream: keep it as the JSON escape it came as
+        return json.dumps(message, separators=(",", ":")).encode()

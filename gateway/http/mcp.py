@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ log = logging.getLogger("customs.http")
 
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
+TASK_END = "notifications/customs/task_end"  # params {"task": <the id sent in _meta["customs/task"]>}
 AGGREGATED_CAPABILITIES: dict[str, Any] = {
     "tools": {"listChanged": True},
     "prompts": {"listChanged": True},
@@ -59,6 +61,7 @@ class McpEndpoint:
     keepalive_s: float = 15.0
     observability: Any = None  # gateway.telemetry.observability.Observability
     resource_url: str = ""
+    on_task_end: Callable[[Principal, str], Awaitable[None]] | None = None  # explicit end of an agent's task
 
     # -- shared steps ------------------------------------------------------------------------------
 
@@ -90,7 +93,7 @@ class McpEndpoint:
             request_id = message.id if message.kind == "request" else None
             session, extra_headers = await self._session_for(request, view, principal, message)
             if message.kind != "request":
-                await self._accept_one_way(session, message)
+                await self._accept_one_way(session, message, principal)
                 return web.Response(status=202, headers=extra_headers)
             if self.observability is None:
                 return await self._answer(request, session, principal, message, sse_ok, extra_headers)
@@ -155,8 +158,9 @@ class McpEndpoint:
             session.protocol_version = str(upstream.initialize_result.get("protocolVersion", version))
         return session
 
-    async def _accept_one_way(self, session: Session, message: jsonrpc.Message) -> None:
-        """Client notifications and answers to server→client requests: always 202."""
+    async def _accept_one_way(self, session: Session, message: jsonrpc.Message,
+                              principal: Principal | None = None) -> None:
+        """Client notifications and answers to server→client requests: 202 (a task end that fails: an error)."""
         if message.kind == "response":
             route = session.server_requests.pop(str(message.id), None)
             if route is not None:
@@ -164,6 +168,9 @@ class McpEndpoint:
             return
         method = message.method
         if method == "notifications/initialized":
+            return
+        if method == TASK_END:
+            await self._end_task(principal or session.principal, message.params.get("task"))
             return
         if method == "notifications/cancelled":
             task = session.inflight.get(message.params.get("requestId"))
@@ -174,6 +181,20 @@ class McpEndpoint:
             with contextlib.suppress(GatewayError):
                 await upstream_session.notify(message.body)
 
+    async def _end_task(self, principal: Principal | None, task: Any) -> None:
+        """The agent says its task is over: revoke what was minted for it (never forwarded upstream)."""
+        if not (isinstance(task, str) and 0 < len(task) <= 128 and task.isprintable()):
+            raise GatewayError("invalid_request", "Invalid request: task_end needs params.task, the task id")
+        if self.on_task_end is None or principal is None:
+            return
+        try:
+            await self.on_task_end(principal, task)
+        except GatewayError:
+            raise
+        except Exception as exc:  # the store is down: say so, the agent may retry (tokens still expire)
+            log.warning("could not end task %r: %s", task, exc)
+            raise GatewayError("internal_error", "Could not end the task; retry") from exc
+
     async def _answer(self, request: web.Request, session: Session, principal: Principal,
                       message: jsonrpc.Message, sse_ok: bool, headers: dict[str, str],
                       trace: Any = None) -> web.StreamResponse:
@@ -183,6 +204,10 @@ class McpEndpoint:
         if message.method == "server/discover":
             result = modern_result("server/discover", self._discover_result(session))
             return web.json_response(jsonrpc.result(message.id, result), dumps=_dumps)
+        if not session.stateless and message.id in session.inflight:
+            # Ids key cancellation and progress routing; a second call with an id in flight would
+            # take over the first one's entry (the stateless revision has no session-wide ids).
+            raise GatewayError("invalid_request", "Invalid request: this id is already in use by a call in flight")
         channel = ResponseChannel(request, headers, sse_allowed=sse_ok)
         inbound = Inbound(session=session, principal=principal, message=message,
                           send=channel.send if sse_ok else None, trace_id=trace.trace_id if trace else None)

@@ -1,0 +1,144 @@
+"""Fixtures for the hardening tests: a recording upstream, a one-shape policy, raw JSON-RPC over HTTP.
+
+The recording upstream is a low-level SDK server that appends every tools/call it *receives*
+(before any argument validation) to a list, so a test can prove what the gateway forwarded, not
+only what a tool chose to execute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import mcp_types as types
+from mcp.server import Server
+
+from tests.support.redis import redis_factory, redis_server  # noqa: F401  (re-exported fixtures)
+
+REPO = Path(__file__).resolve().parents[2]
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "h", "version": "1"}}}
+
+# Only `rec/lookup` with sku == "widget" (and nothing cut from the arguments) is allowed, plus `rec/slow`
+# (a call that waits until the test releases it).
+ONE_SHAPE_POLICY = """
+@id("only-lookup-widget")
+permit (principal, action == Action::"call_tool", resource == Tool::"rec/lookup")
+when { context.args has sku && context.args.sku == "widget" && !context.args_truncated };
+
+@id("slow-for-fault-tests")
+permit (principal, action == Action::"call_tool", resource == Tool::"rec/slow");
+
+@id("lists")
+permit (principal, action == Action::"list_tools", resource);
+"""
+
+
+def one_shape_policies(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "schema.cedarschema").write_text((REPO / "policies" / "schema.cedarschema").read_text())
+    (directory / "one.cedar").write_text(ONE_SHAPE_POLICY)
+    return directory
+
+
+@dataclass
+class Recorder:
+    """What the recording upstream received: (tool name, arguments) per tools/call."""
+
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    release: asyncio.Event | None = None  # set: the `slow` tool waits for it
+    slow_started: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def recording_server(recorder: Recorder) -> Server[Any]:
+    tools = [
+        types.Tool(name="lookup", description="Read one SKU", input_schema={"type": "object"},
+                   annotations=types.ToolAnnotations(read_only_hint=True, destructive_hint=False)),
+        types.Tool(name="transfer", description="Move money", input_schema={"type": "object"},
+                   annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=True)),
+        types.Tool(name="slow", description="Waits until released", input_schema={"type": "object"},
+                   annotations=types.ToolAnnotations(read_only_hint=True)),
+    ]
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        recorder.calls.append((params.name, params.arguments))
+        if params.name == "slow":
+            recorder.slow_started.set()
+            if recorder.release is not None:
+                await recorder.release.wait()
+        return types.CallToolResult(content=[types.TextContent(type="text", text=f"ran {params.name}")])
+
+    return Server("rec", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+class RawClient:
+    """JSON-RPC over plain aiohttp: exact bytes and headers, every status visible."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> None:
+        self.http = http
+        self.url = url
+        self.headers = dict(headers or {})
+        self.session_id: str | None = None
+
+    async def initialize(self) -> str:
+        status, headers, body = await self.post(INIT)
+        assert status == 200, body
+        self.session_id = headers["Mcp-Session-Id"]
+        return self.session_id
+
+    async def post(self, body: Any = None, *, raw: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+        data = raw if raw is not None else json.dumps(body).encode()
+        sent = {**ACCEPT, **self.headers, **(headers or {})}
+        if self.session_id and "Mcp-Session-Id" not in sent:
+            sent["Mcp-Session-Id"] = self.session_id
+        async with self.http.post(self.url, data=data, headers=sent) as resp:
+            text = await resp.text()
+            return resp.status, dict(resp.headers), _decode(text, resp.headers.get("Content-Type", ""))
+
+    async def call(self, name: str, arguments: Any, request_id: Any = 1,
+                   headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+        body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                "params": {"name": name, "arguments": arguments}}
+        return await self.post(body, headers=headers)
+
+
+def _decode(text: str, content_type: str) -> Any:
+    if content_type.startswith("text/event-stream"):
+        # The final JSON-RPC answer is the last `data:` line of the stream.
+        lines = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+        return json.loads(lines[-1]) if lines else text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def reason(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str((body["error"].get("data") or {}).get("reason"))
+    return None
+
+
+async def poll(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait until `check()` is true, polling with a bounded deadline (never a fixed sleep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
