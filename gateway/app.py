@@ -17,7 +17,8 @@ from aiohttp import web
 
 from gateway.catalog import Catalog
 from gateway.config.model import Config
-from gateway.credentials.tasks import session_task_id
+from gateway.context import Principal
+from gateway.credentials.tasks import explicit_task_id, session_task_id
 from gateway.forward import ForwardStage
 from gateway.health import HealthRoutes
 from gateway.http.guards import HostOriginPolicy, guard_middleware
@@ -122,6 +123,10 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
             return {}
         return await parts.credentials.connect_headers(principal, upstream, session_task_id(session.id))
 
+    async def on_task_end(principal: Principal, task: str) -> None:
+        # The same scoping as `_meta["customs/task"]`: an agent can only end its own task.
+        await parts.credentials.end_task(explicit_task_id(task, principal), "explicit")
+
     sessions = SessionManager(upstreams, catalog, idle_s=config.tasks.idle_s, on_end=on_session_end,
                               credential_headers=connect_headers)
 
@@ -140,7 +145,7 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     endpoint = McpEndpoint(identifier=parts.identifier, sessions=sessions, router=router,
                            upstream_names=frozenset(upstreams), max_body_bytes=config.listen.max_body_bytes,
                            max_json_depth=config.listen.max_json_depth, observability=obs,
-                           resource_url=config.listen.resource_url)
+                           resource_url=config.listen.resource_url, on_task_end=on_task_end)
     owners: list[Any] = [*parts.owners_before_upstreams, *upstreams.values(), sessions, *parts.owners_after]
     return Gateway(config=config, http=http, parts=parts, sessions=sessions, catalog=catalog,
                    endpoint=endpoint, owners=owners)
