@@ -8,7 +8,7 @@ rebuilds the principal, tool and facts from it. Arguments are kept only when the
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 from gateway.authz.entities import CallFacts, convert_args, facts_from_ctx
@@ -19,7 +19,8 @@ def authz_input(principal: Principal, action: str, tool: ToolInfo, ctx: CallCont
                 *, include_args: bool = False) -> dict[str, Any]:
     """A JSON-safe snapshot of everything a decision was made from."""
     facts = facts_from_ctx(ctx, environment)
-    tool_fields = {k: v for k, v in asdict(tool).items() if k != "definition"}
+    # Field by field: asdict() would deep-copy the whole tool definition only to drop it.
+    tool_fields = {f.name: getattr(tool, f.name) for f in fields(tool) if f.name != "definition"}
     return {
         "principal": {"id": principal.id, "attributes": dict(principal.attributes)},
         "chain": [{"id": a.id, "attributes": dict(a.attributes)} for a in principal.chain],
