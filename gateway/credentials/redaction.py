@@ -41,6 +41,21 @@ PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
+def _detector(patterns: Iterable[re.Pattern[str]]) -> re.Pattern[str]:
+    """One alternation of every pattern, for a single pass when only *whether* matters (hot path).
+    Global inline flags become scoped groups; the PEM pattern's back-reference is not needed to detect."""
+    parts = []
+    for pattern in patterns:
+        text = pattern.pattern.replace(r"[\s\S]*?-----END \1PRIVATE KEY( BLOCK)?-----", "")
+        if text.startswith("(?i)"):
+            text = f"(?i:{text[4:]})"
+        parts.append(f"(?:{text})")
+    return re.compile("|".join(parts))
+
+
+DETECT = _detector(p for _, p, _ in PATTERNS)
+
+
 def _words(key: str) -> tuple[str, ...]:
     """`accessToken`, `access_token`, `X-Access-Token` → ("access", "token")."""
     return tuple(w.lower() for w in _WORD.findall(key))
@@ -55,6 +70,7 @@ class Redactor:
         self._key_words = tuple(w for w in (_words(n) for n in names) if w)
         self._key_flat = frozenset("".join(w) for w in self._key_words)
         self._known: set[str] = set()
+        self._key_cache: dict[str, bool] = {}
         for secret in known_secrets:
             self.add_known(secret)
 
@@ -64,10 +80,15 @@ class Redactor:
             self._known.add(secret)
 
     def is_secret_key(self, key: str) -> bool:
+        known = self._key_cache.get(key)
+        if known is not None:
+            return known
         words = _words(key)
-        if "".join(words) in self._key_flat:
-            return True
-        return any(words[i:i + len(kw)] == kw for kw in self._key_words for i in range(len(words) - len(kw) + 1))
+        found = "".join(words) in self._key_flat or any(
+            words[i:i + len(kw)] == kw for kw in self._key_words for i in range(len(words) - len(kw) + 1))
+        if len(self._key_cache) < 4096:  # argument names repeat; a bounded memo keeps this off the hot path
+            self._key_cache[key] = found
+        return found
 
     def redact_text(self, text: str) -> str:
         for secret in self._known:
@@ -78,7 +99,7 @@ class Redactor:
         return text
 
     def text_has_secret(self, text: str) -> bool:
-        return any(s in text for s in self._known) or any(p.search(text) for _, p, _ in PATTERNS)
+        return any(s in text for s in self._known) or DETECT.search(text) is not None
 
     def redact(self, value: Any) -> Any:
         """A deep copy of `value` with secret-named fields and secret-looking strings replaced by [REDACTED]."""
