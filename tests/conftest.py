@@ -111,17 +111,17 @@ async def _wait_for_line(path: Path, needle: str, proc: subprocess.Popen[str], t
 
 @pytest.fixture
 async def spawn_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[GatewayProcess]]]:
-    """Start real gateway processes (`python -m gateway serve --config …`)."""
+    """Start real gateway processes (`python -m gateway serve --config … *args`, e.g. `--log-level debug`)."""
     procs: list[GatewayProcess] = []
 
     async def spawn(data: dict[str, Any], *, name: str = "gw", env: dict[str, str] | None = None,
-                    port: int | None = None) -> GatewayProcess:
+                    port: int | None = None, args: tuple[str, ...] = ()) -> GatewayProcess:
         port = port or free_port()
         config_path = tmp_path / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(with_port(data, port)))
         log_path = tmp_path / f"{name}.log"
         with log_path.open("w") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
+            proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config_path), *args],
                                     stdout=log_file, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path),
                                     env={**os.environ, **(env or {})})
         handle = GatewayProcess(f"http://127.0.0.1:{port}", proc, config_path, log_path)

@@ -1,12 +1,13 @@
 """Span and metric attributes of a call: the MCP semantic conventions plus the gateway's `customs.*` facts.
 
 Only identifiers, labels and digests go here. Tokens never do; argument values only when
-`traces.capture_args` is on (then as `gen_ai.tool.call.arguments`, canonical JSON).
+`traces.capture_args` is on (then as `gen_ai.tool.call.arguments`, canonical JSON, after the
+secret redactor: spans leave the gateway, so a key or token in an argument must not ride along).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from gateway.config.model import UpstreamConfig
 from gateway.context import ApprovalState, CallContext, Decision, Principal, canonical_json
 
 Attrs = dict[str, Any]
+Redact = Callable[[Any], Any]
 
 # Which request parameter names the span's target, per method (low cardinality only: no resource URIs).
 TARGET_PARAM = {"tools/call": "name", "prompts/get": "name"}
@@ -27,7 +29,7 @@ def target_of(method: str, params: Mapping[str, Any] | None) -> str | None:
 
 def request_attributes(method: str, params: Mapping[str, Any] | None, request_id: Any, *,
                        session_id: str | None = None, protocol_version: str | None = None,
-                       capture_args: bool = False) -> Attrs:
+                       capture_args: bool = False, redact: Redact | None = None) -> Attrs:
     """Attributes of the inbound (SERVER) span, known as soon as the JSON-RPC message is parsed."""
     attrs: Attrs = {"mcp.method.name": method, "network.transport": "tcp", "network.protocol.name": "http"}
     if request_id is not None:
@@ -36,22 +38,24 @@ def request_attributes(method: str, params: Mapping[str, Any] | None, request_id
         attrs["mcp.session.id"] = session_id
     if protocol_version:
         attrs["mcp.protocol.version"] = protocol_version
-    attrs.update(_target_attributes(method, params or {}, capture_args))
+    attrs.update(_target_attributes(method, params or {}, capture_args, redact))
     return attrs
 
 
-def _target_attributes(method: str, params: Mapping[str, Any], capture_args: bool) -> Attrs:
+def _target_attributes(method: str, params: Mapping[str, Any], capture_args: bool,
+                       redact: Redact | None = None) -> Attrs:
     attrs: Attrs = {}
     name = params.get("name")
     if method == "tools/call" and isinstance(name, str):
         attrs["gen_ai.tool.name"] = name
         attrs["gen_ai.operation.name"] = "execute_tool"
         if capture_args and isinstance(params.get("arguments"), dict):
-            attrs["gen_ai.tool.call.arguments"] = canonical_json(params["arguments"])
+            args = params["arguments"]
+            attrs["gen_ai.tool.call.arguments"] = canonical_json(redact(args) if redact else args)
     elif method == "prompts/get" and isinstance(name, str):
         attrs["gen_ai.prompt.name"] = name
     elif method.startswith("resources/") and isinstance(params.get("uri"), str):
-        attrs["mcp.resource.uri"] = params["uri"]
+        attrs["mcp.resource.uri"] = redact(params["uri"]) if redact else params["uri"]  # may carry a token
     return attrs
 
 
@@ -110,12 +114,13 @@ def call_attributes(ctx: CallContext) -> Attrs:
     return attrs
 
 
-def upstream_attributes(ctx: CallContext, transport: Attrs | None, capture_args: bool = False) -> Attrs:
+def upstream_attributes(ctx: CallContext, transport: Attrs | None, capture_args: bool = False,
+                        redact: Redact | None = None) -> Attrs:
     """The CLIENT span to the upstream: its own tool name, transport and address."""
     attrs: Attrs = {"customs.upstream": ctx.upstream}
     if ctx.request_id is not None:
         attrs["jsonrpc.request.id"] = str(ctx.request_id)
-    attrs.update(_target_attributes(ctx.method, ctx.params, capture_args))
+    attrs.update(_target_attributes(ctx.method, ctx.params, capture_args, redact))
     if transport:
         attrs.update(transport)
     return attrs

@@ -22,9 +22,11 @@ from opentelemetry.trace import Span
 
 from gateway.config.model import Config
 from gateway.context import Principal
+from gateway.credentials.redaction import Redactor
 from gateway.pipeline import Pipeline
 from gateway.telemetry.attributes import principal_attributes, request_attributes, target_of
-from gateway.telemetry.decision_log import DecisionLog, Redactor
+from gateway.telemetry.decision_log import DecisionLog
+from gateway.telemetry.decision_log import Redactor as RedactFn
 from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
 from gateway.telemetry.stage import RecordStage, instrument
 from gateway.telemetry.tracing import NO_SPAN, Telemetry, error_type, mark_error
@@ -56,9 +58,11 @@ class RequestTrace:
 class Observability:
     """Owner of Telemetry (traces), Metrics and DecisionLog for one gateway; start/close in that order."""
 
-    def __init__(self, config: Config, redactor: Redactor | None = None, *,
+    def __init__(self, config: Config, redactor: RedactFn | None = None, *,
                  env: Mapping[str, str] | None = None) -> None:
         self.telemetry = Telemetry(config.telemetry, env=env)
+        # Exported spans leave the gateway: captured arguments always pass a secret redactor.
+        self.telemetry.redact = redactor or Redactor(config.secrets).redact
         self.metrics = Metrics(config.telemetry, env=env)
         self.log = DecisionLog(config.decision_log, redactor, on_drop=self.metrics.log_record_dropped)
         self.record = RecordStage(self.log, self.metrics, self.telemetry)
@@ -122,7 +126,8 @@ class Observability:
         meta = params.get("_meta")
         parent, links = self.telemetry.extract(headers, meta if isinstance(meta, Mapping) else None)
         attrs = request_attributes(method, params, request_id, session_id=session_id,
-                                   protocol_version=protocol_version, capture_args=self.telemetry.capture_args)
+                                   protocol_version=protocol_version, capture_args=self.telemetry.capture_args,
+                                   redact=self.telemetry.redact)
         if principal is not None:
             attrs.update(principal_attributes(principal))
         started = time.perf_counter() if start_ns is None else time.perf_counter() - (time.time_ns() - start_ns) / 1e9

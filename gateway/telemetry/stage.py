@@ -130,7 +130,8 @@ class _TracedForward:
         self._transport = {name: transport_attributes(config) for name, config in upstreams.items()}
 
     async def __call__(self, ctx: CallContext) -> dict[str, Any]:
-        attrs = (upstream_attributes(ctx, self._transport.get(ctx.upstream or ""), self._telemetry.capture_args)
+        attrs = (upstream_attributes(ctx, self._transport.get(ctx.upstream or ""), self._telemetry.capture_args,
+                                     self._telemetry.redact)
                  if self._telemetry.enabled else None)
         target = ctx.tool.name if ctx.tool and ctx.method in ("tools/call", "prompts/get") else None
         started = time.perf_counter()

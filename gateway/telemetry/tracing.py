@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
@@ -94,6 +94,7 @@ class Telemetry:
         self.settings: TraceSettings = trace_settings(config, os.environ if env is None else env)
         self.enabled = self.settings.enabled
         self.capture_args = self.settings.capture_args
+        self.redact: Callable[[Any], Any] | None = None  # applied to captured arguments (set by Observability)
         self.provider: TracerProvider | None = None
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self._propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
