@@ -17,7 +17,10 @@ from aiohttp import web
 
 from gateway.approvals.memory import MemoryApprovalStore
 from gateway.approvals.redis import RedisApprovalStore
+from gateway.approvals.auth import cedar_approver_check
 from gateway.approvals.stage import ApproveStage
+from gateway.approvals.web import approval_routes
+from gateway.approvals.webhooks import WebhookNotifier
 from gateway.approvals.store import ApprovalStore
 from gateway.authz.engine import PolicyEngine
 from gateway.authz.policyset import PolicyLoadError
@@ -116,13 +119,18 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     engine = _policy_engine(config, obs)
     credentials = CredentialService(config, http=http, redis=redis, redactor=redactor,
                                     on_event=lambda event: obs.event(str(event.pop("event", "revocation")), **event))
+    def on_approval(record: dict[str, Any]) -> None:
+        record = dict(record)
+        record.pop("kind", None)
+        obs.approval_changed(str(record.pop("approval_id")), str(record.pop("state")), **record)
+
     if redis is not None:
-        approvals: ApprovalStore = RedisApprovalStore(redis.client, redis.prefix)
+        approvals: ApprovalStore = RedisApprovalStore(redis.client, redis.prefix, on_event=on_approval)
         pins: Any = RedisPins(redis.client, redis.prefix)
         limit_backend: Any = RedisLimits(redis.client, redis.prefix)
         facts_store: Any = RedisFacts(redis.client, redis.prefix)
     else:
-        approvals = MemoryApprovalStore()
+        approvals = MemoryApprovalStore(on_event=on_approval)
         pins, limit_backend, facts_store = MemoryPins(), MemoryLimits(), MemoryFacts()
 
     def on_pin_event(**event: Any) -> None:
@@ -132,8 +140,9 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
             obs.event(str(event.pop("type")), **event)
 
     guard = ToolGuard(config.upstreams, pins, config.pinning.mode, on_event=on_pin_event)
-    approve = ApproveStage(approvals, config.approvals, redactor.redact,
-                           page_url=config.listen.resource_url + "/approvals")
+    page_url = config.listen.resource_url + "/approvals"
+    webhooks = WebhookNotifier(config.approvals.webhooks, page_url=page_url, session=http)
+    approve = ApproveStage(approvals, config.approvals, redactor.redact, notifier=webhooks, page_url=page_url)
     facts = TaskStage(facts_store, {u.name: u for u in config.upstreams}, credentials.tasks.resolve,
                       redactor.contains_secret)
     identifier = _identifier(config, http)
@@ -146,7 +155,7 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
         async def store_check() -> tuple[bool, Any]:
             return await redis.check()
         checks["store"] = store_check
-    owners: list[Any] = [o for o in (redis, obs, engine, approvals, credentials) if o is not None]
+    owners: list[Any] = [o for o in (redis, obs, engine, approvals, webhooks, credentials) if o is not None]
     identity_owner = identifier if hasattr(identifier, "start") else None
     if identity_owner is not None:
         owners.append(identity_owner)
@@ -154,5 +163,9 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
                  approvals=approvals, approve=approve, credentials=credentials, observability=obs, guard=guard,
                  limiter=Limiter(config.limits, limit_backend), facts=facts, upstreams=upstreams, redis=redis,
                  routes=[*credentials.routes(), *obs.routes(), *_metadata_routes(config),
+                         *approval_routes(approvals, identifier, cedar_approver_check(engine.decide_approve),
+                                          redactor=redactor.redact,
+                                          approvers_issuer=config.approvals.approvers_issuer,
+                                          keepalive_s=config.approvals.keepalive_s),
                          *ToolsAdmin(guard, identifier, upstreams, config.pinning.admin_group).routes()],
                  checks=checks, owners_before_upstreams=owners)
