@@ -102,8 +102,15 @@ class _Converter:
         converted = [c for c in (self.value(item, depth) for item in items) if c is not None]
         kinds = {_kind(c) for c in converted}
         if len(kinds) > 1:
-            return [c if isinstance(c, str) else canonical_json(_plain(c)) for c in converted]
+            # Canonical JSON of nested mixed sets escapes again at every level: cut it like any string.
+            return [self.cut(c if isinstance(c, str) else canonical_json(_plain(c))) for c in converted]
         return converted
+
+    def cut(self, text: str) -> str:
+        if len(text) > self.bounds.max_str:
+            self.truncated = True
+            return text[: self.bounds.max_str]
+        return text
 
 
 def _kind(value: Any) -> str:
