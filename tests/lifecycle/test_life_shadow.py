@@ -98,3 +98,5 @@ async def test_broken_shadow_set_never_blocks_enforcement(start_gateway: Any, up
     assert [p["amount"] for p in await executed_payments(upstreams)] == [70]
     async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/readyz") as resp:
         assert resp.status == 200
+        shadow = (await resp.json())["checks"]["policies"]["detail"]["shadow"]
+    assert shadow["error"] and shadow["version"]  # reported; the last good shadow set stays
