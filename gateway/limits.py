@@ -110,14 +110,14 @@ class RedisLimits:
             return float(await self._take(keys=[self._prefix + "rate:" + key], args=[rate, burst]))
         except Exception as exc:
             raise GatewayError("rate_limited", "Rate limiter unavailable; call refused",
-                               data={"retry_after_s": 1}) from exc
+                               data={"retry_after_s": 1}, headers={"Retry-After": "1"}) from exc
 
     async def acquire(self, key: str, limit: int) -> bool:
         try:
             return bool(await self._acquire(keys=[self._prefix + "conc:" + key], args=[limit, self._lease_s]))
         except Exception as exc:
             raise GatewayError("rate_limited", "Rate limiter unavailable; call refused",
-                               data={"retry_after_s": 1}) from exc
+                               data={"retry_after_s": 1}, headers={"Retry-After": "1"}) from exc
 
     async def release(self, key: str) -> None:
         try:

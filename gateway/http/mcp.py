@@ -215,6 +215,7 @@ class McpEndpoint:
             message.params.get("_meta"), dict) else None
         if token is not None and sse_ok:
             session.progress_routes[token] = channel.send
+        error_headers: dict[str, str] = {}
         task = asyncio.create_task(self.router.dispatch(inbound))
         session.inflight[message.id] = task
         try:
@@ -237,11 +238,13 @@ class McpEndpoint:
             if trace is not None:
                 trace.fail(exc)
             reply, status = to_wire(exc, message.id)
+            if isinstance(exc, GatewayError):
+                error_headers = exc.headers  # e.g. Retry-After of rate_limited
         finally:
             session.inflight.pop(message.id, None)
             if token is not None:
                 session.progress_routes.pop(token, None)
-        return await channel.finish(reply, 200 if status < 400 or status == 500 else status)
+        return await channel.finish(reply, 200 if status < 400 or status == 500 else status, error_headers)
 
     def _initialize_result(self, session: Session) -> dict[str, Any]:
         upstream_result = session.init_result
