@@ -1,0 +1,160 @@
+"""The gateway as a real process: SIGTERM drains and exits 0, SIGHUP reloads policies, and two replicas
+on one Redis share one rate budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.approvals.redis import RedisApprovalStore
+from tests.hardening.conftest import RawClient, Recorder, one_shape_policies, poll, reason, recording_server
+from tests.support.redis import RedisServer
+from tests.support.servers import run_http_server
+
+pytestmark = pytest.mark.asyncio
+ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
+
+APPROVAL_POLICIES = """
+@id("lookup-and-slow")
+permit (principal, action == Action::"call_tool", resource in Server::"rec")
+when { resource.read_only };
+
+@id("transfer-needs-approval")
+permit (principal, action == Action::"call_tool", resource == Tool::"rec/transfer")
+when { context.approval == "granted" };
+"""
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[Recorder, str]]:
+    recorder = Recorder(release=asyncio.Event())
+    async with run_http_server(recording_server(recorder)) as url:
+        yield recorder, url
+        recorder.release.set()  # type: ignore[union-attr]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def _refuses_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return False
+    except OSError:
+        return True
+
+
+async def test_sigterm_drains_in_flight_calls_keeps_approvals_and_exits_0(
+        spawn_gateway: Any, upstream: tuple[Recorder, str], redis_server: RedisServer,
+        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    recorder, url = upstream
+    policies = one_shape_policies(tmp_path / "policies")
+    (policies / "one.cedar").write_text(APPROVAL_POLICIES)
+    gw = await spawn_gateway({"upstreams": [{"name": "rec", "url": url}], "identity": ANON,
+                              "policies": {"dir": str(policies), "watch": False},
+                              "store": {"redis": {"url": redis_server.url}}, "approvals": {"wait_s": 0},
+                              "listen": {"drain_timeout_s": 30}})
+    client = RawClient(http, gw.mcp)
+    await client.initialize()
+    _, _, body = await client.call("rec__transfer", {"amount": 5})
+    assert reason(body) == "approval_pending", body
+    approval_id = body["error"]["data"]["approval_id"]
+
+    in_flight = asyncio.create_task(client.call("rec__slow", {}, request_id=2))
+    await asyncio.wait_for(recorder.slow_started.wait(), 10)
+    gw.proc.send_signal(signal.SIGTERM)
+    port = int(gw.url.rsplit(":", 1)[1])
+    await poll(lambda: _refuses_connections(port), what="the listener to close")  # stops accepting at once
+    assert not in_flight.done() and gw.proc.poll() is None  # ...but the call in flight is not cut off
+    recorder.release.set()  # type: ignore[union-attr]
+    status, _, body = await asyncio.wait_for(in_flight, 15)
+    assert status == 200 and body["result"]["content"][0]["text"] == "ran slow", body
+    await poll(lambda: gw.proc.poll() is not None, timeout=20, what="the process to exit")
+    assert gw.proc.returncode == 0, gw.log()
+    assert "draining" in gw.log()
+
+    store = RedisApprovalStore.from_url(redis_server.url)
+    try:
+        item = await store.get(approval_id)
+        assert item.pending  # a pending approval survives the shutdown for the next replica to serve
+    finally:
+        await store.close()
+    assert [name for name, _ in recorder.calls] == ["slow"]  # the held transfer never ran
+
+
+async def test_sigterm_drain_deadline_ends_a_call_that_does_not_finish(
+        spawn_gateway: Any, upstream: tuple[Recorder, str], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    recorder, url = upstream
+    gw = await spawn_gateway({"upstreams": [{"name": "rec", "url": url}], "identity": ANON,
+                              "policies": {"dir": str(one_shape_policies(tmp_path / "policies")), "watch": False},
+                              "listen": {"drain_timeout_s": 0.5}})
+    client = RawClient(http, gw.mcp)
+    await client.initialize()
+    in_flight = asyncio.create_task(client.call("rec__slow", {}))
+    await asyncio.wait_for(recorder.slow_started.wait(), 10)
+    gw.proc.send_signal(signal.SIGTERM)
+    await poll(lambda: gw.proc.poll() is not None, timeout=20, what="exit after the drain deadline")
+    assert gw.proc.returncode == 0, gw.log()
+    try:
+        await asyncio.wait_for(in_flight, 10)  # the client sees the connection end, not a hang
+    except aiohttp.ClientError:
+        pass
+
+
+async def test_sighup_reloads_policies(spawn_gateway: Any, upstream: tuple[Recorder, str],
+                                       http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    recorder, url = upstream
+    policies = one_shape_policies(tmp_path / "policies")
+    gw = await spawn_gateway({"upstreams": [{"name": "rec", "url": url}], "identity": ANON,
+                              "policies": {"dir": str(policies), "watch": False}})
+    client = RawClient(http, gw.mcp)
+    await client.initialize()
+    assert reason((await client.call("rec__lookup", {"sku": "gadget"}))[2]) == "unknown_tool"
+    (policies / "one.cedar").write_text(
+        '@id("any-lookup")\npermit (principal, action == Action::"call_tool", resource == Tool::"rec/lookup");\n')
+    gw.proc.send_signal(signal.SIGHUP)
+    await poll(lambda: "SIGHUP: policies reloaded" in gw.log(), what="the reload")
+    status, _, body = await client.call("rec__lookup", {"sku": "gadget"})
+    assert status == 200 and "result" in body, body
+    # A broken file on the next SIGHUP keeps the set in force.
+    (policies / "broken.cedar").write_text("permit (principal, action, resource) when { nope };\n")
+    gw.proc.send_signal(signal.SIGHUP)
+    await poll(lambda: "kept (reload failed)" in gw.log(), what="the failed reload")
+    assert "result" in (await client.call("rec__lookup", {"sku": "gadget"}))[2]
+    assert gw.proc.poll() is None
+    assert [args for _, args in recorder.calls] == [{"sku": "gadget"}, {"sku": "gadget"}]
+
+
+async def test_two_replicas_share_one_rate_budget_through_redis(
+        spawn_gateway: Any, upstream: tuple[Recorder, str], redis_server: RedisServer,
+        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    recorder, url = upstream
+    config: dict[str, Any] = {
+        "upstreams": [{"name": "rec", "url": url}], "identity": ANON,
+        "policies": {"dir": str(one_shape_policies(tmp_path / "policies")), "watch": False},
+        "store": {"redis": {"url": redis_server.url}},
+        "limits": {"per_principal": {"rate_per_s": 0.01, "burst": 4}},
+    }
+    a, b = await asyncio.gather(spawn_gateway(config, name="a"), spawn_gateway(config, name="b"))
+    clients = [RawClient(http, a.mcp), RawClient(http, b.mcp)]
+    for client in clients:
+        await client.initialize()
+    answers = [await clients[i % 2].call("rec__lookup", {"sku": "widget"}, request_id=i) for i in range(6)]
+    ok = [i for i, (status, _, body) in enumerate(answers) if status == 200 and "result" in body]
+    assert ok == [0, 1, 2, 3], answers  # one budget of 4, spent on both replicas
+    for status, headers, body in answers[4:]:
+        assert status == 429 and reason(body) == "rate_limited", body
+        assert body["error"]["data"]["retry_after_s"] >= 1
+        assert int(headers["Retry-After"]) == body["error"]["data"]["retry_after_s"]
+    assert len(recorder.calls) == 4
