@@ -61,8 +61,11 @@ async def run(config: Config, *, config_path: Path | None = None,
               stop: asyncio.Event | None = None) -> int:
     from gateway.app import create_app
     from gateway.credentials.redaction import Redactor, install_log_redaction
-    install_log_redaction(Redactor(config.secrets))  # no secret reaches a log line, whoever logs it
+    log_filter = install_log_redaction(Redactor(config.secrets))  # no secret reaches a log line, whoever logs it
     app = await create_app(config)
+    # From now on the gateway's own redactor: it also knows the exact secrets the gateway holds
+    # (static upstream keys, client secrets), which have no recognisable pattern.
+    log_filter.redactor = app[GATEWAY].parts.credentials.redactor
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=config.listen.drain_timeout_s,
                            access_log=None)
     await runner.setup()
