@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 import logging
 import secrets
 import time
@@ -22,6 +23,7 @@ from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, Message, Upstream, UpstreamSession
 
 log = logging.getLogger("customs.sessions")
+REPLAY_EVENTS = 256
 
 SendFn = Callable[[Message], Awaitable[None]]
 HeadersFn = Callable[["Session", str], Awaitable[dict[str, str]]]
@@ -47,7 +49,10 @@ class Session:
     principal: Principal | None = None  # the latest identity presented (a refreshed token updates it)
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    outbox: asyncio.Queue[Message] = field(default_factory=lambda: asyncio.Queue(maxsize=256))
+    outbox: asyncio.Queue[tuple[str, Message]] = field(default_factory=lambda: asyncio.Queue(maxsize=256))
+    # The last session-stream events, so a client reconnecting with Last-Event-ID misses nothing.
+    replay: deque[tuple[int, Message]] = field(default_factory=lambda: deque(maxlen=REPLAY_EVENTS))
+    event_seq: int = 0
     get_stream_open: bool = False
     server_requests: dict[str, ServerRequestRoute] = field(default_factory=dict)
     progress_routes: dict[Any, SendFn] = field(default_factory=dict)
@@ -62,6 +67,27 @@ class Session:
 
     def next_server_request_id(self) -> str:
         return f"customs-{next(self._ids)}"
+
+    def stream_event(self, message: Message) -> None:
+        """Record a message for the session's GET stream and queue it when a stream is open."""
+        self.event_seq += 1
+        self.replay.append((self.event_seq, message))
+        if self.get_stream_open:
+            try:
+                self.outbox.put_nowait((str(self.event_seq), message))
+            except asyncio.QueueFull:
+                log.warning("session %s stream is not keeping up; the client can resume from the replay buffer",
+                            self.id[:8])
+
+    def events_after(self, last_event_id: str | None) -> list[tuple[str, Message]]:
+        """Events a reconnecting client has not seen (all buffered ones for an unknown id)."""
+        try:
+            last = int(last_event_id) if last_event_id is not None else None
+        except ValueError:
+            last = None
+        if last is None:
+            return []
+        return [(str(n), m) for n, m in self.replay if n > last]
 
 
 class SessionManager:
@@ -207,10 +233,4 @@ async def route_server_message(session: Session, upstream: str, message: Message
             return
         except Exception:  # the request's stream is gone; fall back to the GET stream
             log.debug("request stream closed; queueing %s on the session stream", method)
-    if not session.get_stream_open:
-        log.debug("session %s has no open stream; dropping %s", session.id[:8], method)
-        return
-    try:
-        session.outbox.put_nowait(message)
-    except asyncio.QueueFull:
-        log.warning("session %s outbox full; dropping %s", session.id[:8], method)
+    session.stream_event(message)

@@ -43,7 +43,7 @@ class LegacySseEndpoint:
             await response.write(f"event: endpoint\ndata: /messages?session_id={session.id}\n\n".encode())
             while not session.closed:
                 try:
-                    message = await asyncio.wait_for(session.outbox.get(), self._mcp.keepalive_s)
+                    _, message = await asyncio.wait_for(session.outbox.get(), self._mcp.keepalive_s)
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
@@ -97,11 +97,11 @@ class LegacySseEndpoint:
             reply = jsonrpc.result(message.id, self._mcp._initialize_result(session))
         except Exception as exc:
             reply = to_wire(exc, message.id)[0]
-        await session.outbox.put(reply)
+        session.stream_event(reply)
 
     async def _run(self, session: Session, principal: Any, message: jsonrpc.Message) -> None:
         async def send(out: dict[str, Any]) -> None:
-            await session.outbox.put(out)
+            session.stream_event(out)
 
         inbound = Inbound(session=session, principal=principal, message=message, send=send)
         try:
@@ -112,7 +112,7 @@ class LegacySseEndpoint:
             reply = to_wire(exc, message.id)[0]
         finally:
             session.inflight.pop(message.id, None)
-        await session.outbox.put(reply)
+        session.stream_event(reply)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/sse", self.stream, allow_head=False), web.get("/sse/{upstream}", self.stream,

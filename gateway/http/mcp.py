@@ -281,16 +281,20 @@ class McpEndpoint:
     async def _stream(self, request: web.Request, session: Session) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await response.prepare(request)
-        writer = EventWriter(response, prefix="get-")
+        writer = EventWriter(response)
+        while not session.outbox.empty():  # whatever a previous stream left unsent is in the replay buffer
+            session.outbox.get_nowait()
         session.get_stream_open = True
         try:
+            for event_id, message in session.events_after(request.headers.get("Last-Event-ID")):
+                await writer.event(message, event_id)
             while not session.closed:
                 try:
-                    message = await asyncio.wait_for(session.outbox.get(), self.keepalive_s)
+                    event_id, message = await asyncio.wait_for(session.outbox.get(), self.keepalive_s)
                 except TimeoutError:
                     await writer.comment()
                     continue
-                await writer.event(message)
+                await writer.event(message, event_id)
         except ClientGone:
             pass
         finally:

@@ -32,8 +32,9 @@ class EventWriter:
         self._prefix = prefix
         self._lock = asyncio.Lock()
 
-    async def event(self, message: dict[str, Any]) -> None:
-        data = f"id: {self._prefix}{next(self._ids)}\nevent: message\ndata: ".encode() + dumps(message) + b"\n\n"
+    async def event(self, message: dict[str, Any], event_id: str | None = None) -> None:
+        ident = event_id if event_id is not None else f"{self._prefix}{next(self._ids)}"
+        data = f"id: {ident}\nevent: message\ndata: ".encode() + dumps(message) + b"\n\n"
         await self._write(data)
 
     async def comment(self, text: str = "keep-alive") -> None:

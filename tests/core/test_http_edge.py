@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -160,3 +161,37 @@ async def test_healthz_and_readyz(gw, http):
         body = await resp.json()
         assert resp.status == 200, body
         assert body["upstreams"]["inventory"]["ready"] is True
+
+
+async def _events(resp: aiohttp.ClientResponse, count: int) -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    event_id = ""
+    while len(out) < count:
+        line = (await asyncio.wait_for(resp.content.readline(), 10)).decode().rstrip("\n")
+        if line.startswith("id: "):
+            event_id = line[4:]
+        elif line.startswith("data: "):
+            out.append((event_id, json.loads(line[6:])))
+    return out
+
+
+async def test_session_stream_resumes_with_last_event_id(gw, http):
+    sid = await session_id(http, gw.mcp)
+    principal = await gw.gateway.parts.identifier.identify({}, None)
+    session = gw.gateway.sessions.get(sid, principal, None)
+    note = {"jsonrpc": "2.0", "method": "notifications/message"}
+    session.stream_event({**note, "params": {"n": 1}})  # sent while no stream is open
+    headers = {"Accept": "text/event-stream", "Mcp-Session-Id": sid}
+    async with http.get(gw.mcp, headers={**headers, "Last-Event-ID": "0"}) as resp:
+        [(first_id, first)] = await _events(resp, 1)
+        assert first["params"] == {"n": 1}
+    deadline = asyncio.get_running_loop().time() + 10
+    while session.get_stream_open:  # the server notices the closed stream on its next write or keep-alive
+        session.stream_event({**note, "params": {"n": "probe"}})
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    session.stream_event({**note, "params": {"n": 2}})
+    session.stream_event({**note, "params": {"n": 3}})
+    async with http.get(gw.mcp, headers={**headers, "Last-Event-ID": first_id}) as resp:
+        received = [m["params"]["n"] for _, m in await _events(resp, len(session.replay) - 1)]
+    assert received[-2:] == [2, 3] and 1 not in received
