@@ -243,18 +243,20 @@ class Scripted:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.calls: list[dict[str, Any]] = []
-        self.connections = 0
+        self.cookies: list[str] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         method = body.get("method")
+        if "Cookie" in request.headers:
+            self.cookies.append(request.headers["Cookie"])
         if "id" not in body:
             return web.Response(status=202)
         if method == "initialize":
             result: dict[str, Any] = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
                                       "serverInfo": {"name": "scripted", "version": "1"}}
             return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": result},
-                                     headers={"Mcp-Session-Id": "s1"})
+                                     headers={"Mcp-Session-Id": "s1", "Set-Cookie": "sid=upstream-secret; Path=/"})
         if method == "tools/list":
             tool = {"name": "transfer", "inputSchema": {"type": "object"},
                     "annotations": {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": False}}
@@ -262,6 +264,10 @@ class Scripted:
         self.calls.append(body)
         if self.mode == "garbage":
             return web.Response(body=b"\x00not json at all{", content_type="application/json")
+        if self.mode == "ok":
+            content = [{"type": "text", "text": "done"}]
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {"content": content}},
+                                     headers={"Set-Cookie": "sid=upstream-secret-2; Path=/"})
         if self.mode == "wrong_shape":
             return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": ["not", "an", "object"]})
         assert request.transport is not None
@@ -297,6 +303,26 @@ async def test_a_failed_write_is_answered_once_and_never_retried(start_gateway: 
     assert len(script.calls) == 1  # the write reached the upstream once and was not retried
     params = script.calls[0]["params"]
     assert (params["name"], params["arguments"]) == ("transfer", {"to": "x", "amount": 5})
+
+
+@pytest.mark.parametrize("scripted", ["ok"], indirect=True)
+async def test_upstream_cookies_are_never_sent_back(start_gateway: Any, permissive_policies: Path,
+                                                    http: aiohttp.ClientSession,
+                                                    scripted: tuple[Scripted, str]) -> None:
+    # A cookie one upstream sets must never ride along on a later request (another principal's, or
+    # another session's): the gateway's upstream client has no cookie jar. (A host name, not an IP:
+    # a default cookie jar ignores cookies from IP addresses, which would hide a regression.)
+    script, url = scripted
+    url = url.replace("127.0.0.1", "localhost")
+    gw = await start_gateway({"upstreams": [{"name": "bank", "url": url}], "identity": ANON,
+                              "policies": {"dir": str(permissive_policies), "watch": False}})
+    for _ in range(2):  # two client sessions → two upstream sessions
+        client = await client_for(http, gw)
+        for _ in range(2):
+            status, _, body = await client.call("bank__transfer", {"amount": 1})
+            assert status == 200 and "result" in body, body
+    assert len(script.calls) == 4
+    assert script.cookies == []
 
 
 async def test_circuit_breaker_stops_hammering_a_dead_upstream(start_gateway: Any, permissive_policies: Path,
