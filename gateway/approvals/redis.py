@@ -243,17 +243,22 @@ class RedisApprovalStore:
         return item
 
     async def wait(self, approval_id: str, timeout_s: float) -> Approval:
-        changed = self._changed.get(approval_id)
-        if changed is None:
-            changed = self._changed[approval_id] = asyncio.Event()
-        item = await self.get(approval_id)
-        if timeout_s <= 0 or not item.pending:
-            return item
-        try:
-            await asyncio.wait_for(changed.wait(), timeout_s)
-        except TimeoutError:
-            pass
-        return await self.get(approval_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            changed = self._changed.get(approval_id)
+            if changed is None:
+                changed = self._changed[approval_id] = asyncio.Event()
+            item = await self.get(approval_id)
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not item.pending:
+                return item
+            # A wake-up can be stale (the item's own creation, another replica's heartbeat): wait again
+            # until the item is really decided or the time is up.
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return await self.get(approval_id)
 
     async def _finish(self, approval_id: str, state: str, *, only_if_due: bool, actor: str | None = None) -> Approval:
         result = await self._script("CANCEL", approval_id, self._clock(), self._keep_ms, state,

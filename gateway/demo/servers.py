@@ -13,33 +13,34 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 from mcp_types import ToolAnnotations
 
-_STOCK = {"widget": 42, "gadget": 7, "gizmo": 0}
+INITIAL_STOCK = {"widget": 42, "gadget": 7, "gizmo": 0}
 
 
 def inventory_server() -> MCPServer[Any]:
     server: MCPServer[Any] = MCPServer("inventory", instructions="Read-only stock levels.")
     executed: list[str] = []
+    stock = dict(INITIAL_STOCK)  # per server: one server's writes never show up in another
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
                                              open_world_hint=False))
     def get_stock(sku: str) -> str:
         """Current stock level of one SKU."""
         executed.append(f"get_stock:{sku}")
-        return f"{sku}: {_STOCK.get(sku, 0)} in stock"
+        return f"{sku}: {stock.get(sku, 0)} in stock"
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
                                              open_world_hint=False))
     def list_skus() -> list[str]:
         """All known SKUs."""
         executed.append("list_skus")
-        return sorted(_STOCK)
+        return sorted(stock)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False,
                                              open_world_hint=False))
     def set_stock(sku: str, quantity: int) -> str:
         """Overwrite the stock level of one SKU (a write back)."""
         executed.append(f"set_stock:{sku}:{quantity}")
-        _STOCK[sku] = quantity
+        stock[sku] = quantity
         return f"{sku} set to {quantity}"
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True))
@@ -50,7 +51,7 @@ def inventory_server() -> MCPServer[Any]:
     @server.resource("inventory://skus")
     def skus_resource() -> str:
         """The SKU list as a resource."""
-        return "\n".join(sorted(_STOCK))
+        return "\n".join(sorted(stock))
 
     @server.prompt()
     def restock(sku: str) -> str:

@@ -211,6 +211,8 @@ class McpEndpoint:
         channel = ResponseChannel(request, headers, sse_allowed=sse_ok)
         inbound = Inbound(session=session, principal=principal, message=message,
                           send=channel.send if sse_ok else None, trace_id=trace.trace_id if trace else None)
+        if sse_ok:
+            inbound.extra["keepalive"] = channel.keepalive  # held calls keep the stream open with SSE comments
         token = (message.params.get("_meta") or {}).get("progressToken") if isinstance(
             message.params.get("_meta"), dict) else None
         if token is not None and sse_ok:

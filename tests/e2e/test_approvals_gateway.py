@@ -1,0 +1,120 @@
+"""Held calls through the real gateway: a waiting agent is released once by an approver, or withdrawn."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.demo.servers import payments_server
+from tests.support.mcp_client import sdk_client
+from tests.support.servers import run_http_server
+from tests.support.tokens import TestIssuer
+
+pytestmark = pytest.mark.asyncio
+REPO = Path(__file__).resolve().parents[2]
+SHOPPER = "spiffe://customs.demo/agent/shopper"
+
+
+class Env:
+    def __init__(self, gw: Any, issuer: TestIssuer) -> None:
+        self.gw, self.issuer = gw, issuer
+
+    def agent(self) -> str:
+        return self.issuer.mint(SHOPPER, aud=self.gw.mcp, tenant="acme")
+
+    def alice(self) -> str:
+        return self.issuer.mint("alice", aud=self.gw.mcp, groups=["approvers", "finance"])
+
+    async def api(self, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as http:
+            async with http.request(method, f"{self.gw.url}{path}", json=body,
+                                    headers={"Authorization": f"Bearer {token}"}) as resp:
+                return resp.status, await resp.json()
+
+    async def pending(self, timeout: float = 10) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            _, body = await self.api("GET", "/api/approvals?state=pending", self.alice())
+            if body["items"]:
+                return dict(body["items"][0])
+            assert asyncio.get_running_loop().time() < deadline, "no pending approval appeared"
+            await asyncio.sleep(0.05)
+
+    async def state(self, approval_id: str, wanted: str, timeout: float = 10) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (await self.api("GET", f"/api/approvals/{approval_id}", self.alice()))[1]["state"] != wanted:
+            assert asyncio.get_running_loop().time() < deadline, f"approval never became {wanted}"
+            await asyncio.sleep(0.05)
+
+    async def executed(self) -> list[Any]:
+        async with sdk_client(f"{self.gw.mcp}/payments", self.agent()) as client:
+            result = await client.call_tool("executed_calls", {})
+        return list((result.structured_content or {}).get("result") or [])
+
+
+@pytest.fixture
+async def env(start_gateway: Any, tmp_path: Path) -> AsyncIterator[Env]:
+    issuer = TestIssuer(tmp_path)
+    async with run_http_server(payments_server()) as url:
+        gw = await start_gateway({
+            "upstreams": [{"name": "payments", "url": url}],
+            "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+            "policies": {"dir": str(REPO / "policies")},
+            "approvals": {"wait_s": 60, "keepalive_s": 0.2},
+        })
+        yield Env(gw, issuer)
+
+
+async def test_waiting_call_is_released_once_after_approval(env: Env) -> None:
+    async def pay() -> str:
+        async with sdk_client(env.gw.mcp, env.agent()) as client:
+            result = await client.call_tool("payments__pay", {"account": "acme-9", "amount": 70})
+            return str(result.content[0].text)
+
+    waiting = asyncio.create_task(pay())
+    item = await env.pending()
+    assert item["tool"] == "pay" and item["principal"] == SHOPPER and item["args"]["account"] == "acme-9"
+    status, _ = await env.api("POST", f"/api/approvals/{item['id']}/approve", env.agent(), {"comment": "me"})
+    assert status == 403  # nobody approves their own call
+    status, decided = await env.api("POST", f"/api/approvals/{item['id']}/approve", env.alice(), {"comment": "ok"})
+    assert status == 200 and decided["state"] == "approved" and decided["comment"] == "ok"
+    assert await asyncio.wait_for(waiting, 20) == "paid 70.0 to acme-9"
+    status, body = await env.api("POST", f"/api/approvals/{item['id']}/deny", env.alice(), {"comment": "late"})
+    assert status == 409 and body["error"]["reason"] == "already_decided"
+    assert [p["amount"] for p in await env.executed()] == [70.0]
+
+
+async def test_denied_call_reports_the_comment(env: Env) -> None:
+    async def pay() -> str:
+        async with sdk_client(env.gw.mcp, env.agent()) as client:
+            try:
+                await client.call_tool("payments__pay", {"account": "acme-9", "amount": 5})
+            except Exception as exc:
+                return str(exc)
+            return "executed"
+
+    waiting = asyncio.create_task(pay())
+    item = await env.pending()
+    await env.api("POST", f"/api/approvals/{item['id']}/deny", env.alice(), {"comment": "not this month"})
+    assert "denied" in (await asyncio.wait_for(waiting, 20)).lower()
+    assert await env.executed() == []
+
+
+async def test_disconnecting_agent_withdraws_its_pending_call(env: Env) -> None:
+    async def pay() -> None:
+        async with sdk_client(env.gw.mcp, env.agent()) as client:
+            await client.call_tool("payments__pay", {"account": "acme-9", "amount": 9})
+
+    waiting = asyncio.create_task(pay())
+    item = await env.pending()
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await env.state(item["id"], "cancelled")
+    status, _ = await env.api("POST", f"/api/approvals/{item['id']}/approve", env.alice(), {"comment": "too late"})
+    assert status == 409
+    assert await env.executed() == []
