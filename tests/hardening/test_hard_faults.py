@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 
 from gateway.demo.servers import payments_server
-from tests.hardening.conftest import REPO, RawClient, poll, reason
+from tests.hardening.conftest import REPO, RawClient, Recorder, one_shape_policies, poll, reason, recording_server
 from tests.support.feature_server import FEATURE_SERVER_PATH
 from tests.support.redis import RedisServer
 from tests.support.servers import run_http_server
@@ -358,3 +358,25 @@ async def test_circuit_breaker_stops_hammering_a_dead_upstream(start_gateway: An
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_per_tool_concurrency_limit_answers_429_with_retry_after(start_gateway: Any, tmp_path: Path,
+                                                                        http: aiohttp.ClientSession) -> None:
+    recorder = Recorder(release=asyncio.Event())
+    async with run_http_server(recording_server(recorder)) as url:
+        gw = await start_gateway({"upstreams": [{"name": "rec", "url": url}], "identity": ANON,
+                                  "policies": {"dir": str(one_shape_policies(tmp_path / "p")), "watch": False},
+                                  "limits": {"per_tool": {"concurrency": 1}}})
+        client = await client_for(http, gw)
+        first = asyncio.create_task(client.call("rec__slow", {}, request_id=1))
+        await asyncio.wait_for(recorder.slow_started.wait(), 10)
+        status, headers, body = await client.call("rec__slow", {}, request_id=2)
+        assert status == 429 and reason(body) == "rate_limited", body
+        assert headers["Retry-After"] == str(body["error"]["data"]["retry_after_s"])
+        # Another tool has its own slot.
+        assert "result" in (await client.call("rec__lookup", {"sku": "widget"}, request_id=3))[2]
+        recorder.release.set()  # type: ignore[union-attr]
+        assert "result" in (await asyncio.wait_for(first, 10))[2]
+        status, _, body = await client.call("rec__slow", {}, request_id=4)  # the slot came back
+        assert status == 200 and "result" in body, body
+    assert [name for name, _ in recorder.calls] == ["slow", "lookup", "slow"]
