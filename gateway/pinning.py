@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 
 from gateway.catalog import definition_hash
 from gateway.config.model import UpstreamConfig
+from gateway.errors import GatewayError
 
 log = logging.getLogger("customs.pinning")
 
@@ -51,11 +52,17 @@ class RedisPins:
         self._prefix = prefix + "pins:"
 
     async def get_all(self, upstream: str) -> dict[str, dict[str, Any]]:
-        raw = await self._redis.hgetall(self._prefix + upstream)
+        try:
+            raw = await self._redis.hgetall(self._prefix + upstream)
+        except Exception as exc:  # tools that cannot be checked are not served (fail closed)
+            raise GatewayError("policy_unavailable", "Tool pin store unavailable") from exc
         return {_s(k): json.loads(v) for k, v in raw.items()}
 
     async def put(self, upstream: str, tool: str, record: dict[str, Any]) -> None:
-        await self._redis.hset(self._prefix + upstream, tool, json.dumps(record))
+        try:
+            await self._redis.hset(self._prefix + upstream, tool, json.dumps(record))
+        except Exception as exc:
+            raise GatewayError("policy_unavailable", "Tool pin store unavailable") from exc
 
 
 def _s(value: Any) -> str:
