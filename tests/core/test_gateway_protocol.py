@@ -109,3 +109,31 @@ async def test_legacy_sse_inbound_client(start_gateway, http_upstreams, permissi
         names = {t.name for t in (await client.list_tools()).tools}
         assert "inventory__get_stock" in names
         assert text_of(await client.call_tool("inventory__get_stock", {"sku": "widget"})) == "widget: 42 in stock"
+
+
+@pytest.fixture(params=["streamable_http", "sse", "stdio"])
+async def any_upstream(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    if request.param == "stdio":
+        yield {"name": "inventory", "command": demo("inventory")}
+    elif request.param == "sse":
+        async with run_sse_server(inventory_server()) as url:
+            yield {"name": "inventory", "url": url, "transport": "sse"}
+    else:
+        async with run_http_server(inventory_server()) as url:
+            yield {"name": "inventory", "url": url}
+
+
+@pytest.mark.parametrize("inbound", ["streamable-legacy", "streamable-stateless", "sse"])
+async def test_every_inbound_transport_over_every_upstream_transport(start_gateway, permissive_policies,
+                                                                      any_upstream, inbound):
+    gw = await start_gateway(config([any_upstream], permissive_policies))
+    if inbound == "sse":
+        client_cm: Any = Client(sse_client(f"{gw.url}/sse"), mode="legacy")
+    else:
+        client_cm = sdk_client(gw.mcp, mode="legacy" if inbound == "streamable-legacy" else "auto")
+    async with client_cm as client:
+        assert "inventory__get_stock" in {t.name for t in (await client.list_tools()).tools}
+        result = await client.call_tool("inventory__get_stock", {"sku": "gadget"})
+        assert text_of(result) == "gadget: 7 in stock"
+        contents = await client.read_resource("inventory://skus")
+        assert "widget" in contents.contents[0].text
