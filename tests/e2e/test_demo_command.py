@@ -23,3 +23,30 @@ def test_demo_walkthrough_shows_allow_deny_hold_and_release(tmp_path: Path) -> N
     assert "OK: paid 12500.0 to acme-supplies" in out
     decisions = (tmp_path / "demo" / "decisions.jsonl").read_text()
     assert decisions.count('"tool":"pay"') >= 2 and '"approval_required"' in decisions
+
+
+async def test_serve_without_config_runs_on_embedded_defaults(tmp_path: Path) -> None:
+    import asyncio
+
+    from tests.support.mcp_client import sdk_client
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while "listening on" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert asyncio.get_running_loop().time() < deadline, log.read_text()
+            await asyncio.sleep(0.05)
+        async with sdk_client(f"http://127.0.0.1:{port}/mcp") as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert {"inventory__get_stock", "payments__pay"} <= names
+            result = await client.call_tool("inventory__get_stock", {"sku": "widget"})
+            assert result.content[0].text == "widget: 42 in stock"
+        assert "embedded defaults" in log.read_text()
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
