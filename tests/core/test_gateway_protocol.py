@@ -137,3 +137,37 @@ async def test_every_inbound_transport_over_every_upstream_transport(start_gatew
         assert text_of(result) == "gadget: 7 in stock"
         contents = await client.read_resource("inventory://skus")
         assert "widget" in contents.contents[0].text
+
+
+def paged_server(name: str, count: int, page: int = 2) -> Any:
+    import mcp_types as types
+    from mcp.server import Server
+
+    tools = [types.Tool(name=f"{name}_{i}", input_schema={"type": "object"}) for i in range(count)]
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        start = int(params.cursor) if params is not None and params.cursor else 0
+        more = start + page < len(tools)
+        return types.ListToolsResult(tools=tools[start:start + page], next_cursor=str(start + page) if more else None)
+
+    return Server(name, on_list_tools=list_tools)
+
+
+async def test_pagination_across_aggregated_upstreams(start_gateway, permissive_policies):
+    async with run_http_server(paged_server("alpha", 5)) as a, run_http_server(paged_server("beta", 3)) as b:
+        gw = await start_gateway(config([{"name": "alpha", "url": a}, {"name": "beta", "url": b}],
+                                        permissive_policies))
+        async with sdk_client(gw.mcp) as client:
+            seen: list[str] = []
+            cursor: str | None = None
+            for _ in range(10):
+                page = await client.list_tools(cursor=cursor)
+                seen += [t.name for t in page.tools]
+                cursor = page.next_cursor
+                if not cursor:
+                    break
+            assert sorted(seen) == sorted([f"alpha__alpha_{i}" for i in range(5)] + [f"beta__beta_{i}" for i in range(3)])
+            assert len(seen) == len(set(seen))
+            with pytest.raises(Exception) as info:
+                await client.list_tools(cursor="not-a-cursor")
+            assert "cursor" in str(info.value).lower()
