@@ -166,7 +166,8 @@ async def test_pagination_across_aggregated_upstreams(start_gateway, permissive_
                 cursor = page.next_cursor
                 if not cursor:
                     break
-            assert sorted(seen) == sorted([f"alpha__alpha_{i}" for i in range(5)] + [f"beta__beta_{i}" for i in range(3)])
+            expected = [f"alpha__alpha_{i}" for i in range(5)] + [f"beta__beta_{i}" for i in range(3)]
+            assert sorted(seen) == sorted(expected)
             assert len(seen) == len(set(seen))
             with pytest.raises(Exception) as info:
                 await client.list_tools(cursor="not-a-cursor")
