@@ -132,6 +132,17 @@ def _tools_json(path: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _live_tools(config: Any) -> dict[str, list[dict[str, Any]]]:
+    import asyncio
+
+    from gateway.authz.live_tools import fetch_tools
+    from gateway.errors import GatewayError
+    try:
+        return asyncio.run(fetch_tools(config))
+    except (GatewayError, OSError) as exc:
+        raise CaseError(f"could not list the upstreams' tools: {exc}") from exc
+
+
 def schema_cmd(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
 
@@ -143,11 +154,15 @@ def schema_cmd(args: argparse.Namespace) -> int:
             _err(f"{exc.source}: invalid configuration\n" + "\n".join(f"  {p}" for p in exc.problems))
             return 2
         policies_dir = policies_dir or config.policies.dir
-    if args.tools_json is None:
-        _err("pass --tools-json FILE (a tools/list result per upstream); reading live upstreams is not supported yet")
-        return 2
     try:
-        block = schema_from_input_schemas(_tools_json(args.tools_json))
+        if args.tools_json is not None:
+            tools = _tools_json(args.tools_json)
+        elif args.config is not None:
+            tools = _live_tools(config)
+        else:
+            _err("pass --config customs.yaml (its upstreams are asked for their tools) or --tools-json FILE")
+            return 2
+        block = schema_from_input_schemas(tools)
     except CaseError as exc:
         _err(str(exc))
         return 2
@@ -238,7 +253,7 @@ def add_policy_parsers(sub: Any) -> None:
 
     p = sub.add_parser("schema", help="generate typed Args for the schema from tool input schemas",
                        description="Print the schema with its generated Args block rebuilt from tool input schemas.")
-    p.add_argument("--config", type=Path, help="customs.yaml (for policies.dir)")
+    p.add_argument("--config", type=Path, help="customs.yaml: policies.dir, and the upstreams to ask for their tools")
     p.add_argument("--tools-json", type=Path, help='{"<upstream>": <tools/list result>, ...}')
     p.add_argument("--policies", type=Path, help="directory holding the base schema.cedarschema")
     p.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
