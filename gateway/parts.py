@@ -15,13 +15,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.approvals.auth import cedar_approver_check
 from gateway.approvals.memory import MemoryApprovalStore
 from gateway.approvals.redis import RedisApprovalStore
-from gateway.approvals.auth import cedar_approver_check
 from gateway.approvals.stage import ApproveStage
+from gateway.approvals.store import ApprovalStore
 from gateway.approvals.web import approval_routes
 from gateway.approvals.webhooks import WebhookNotifier
-from gateway.approvals.store import ApprovalStore
 from gateway.authz.engine import PolicyEngine
 from gateway.authz.policyset import PolicyLoadError
 from gateway.authz.stage import AuthorizeStage

@@ -103,7 +103,7 @@ def _batch(policies: LoadedPolicies, ents: cedarpy.Entities, ents_text: str, who
     requests = [{**E.request(member, action, tool, context), "context": context_text} for member in who]
     # The extension entry point directly: the public wrapper re-serialises the context and copies each
     # request (about 50 µs a call); the answers are identical.
-    raw = _internal.is_authorized_batch(requests, policies.policy_set, ents._inner, None, False)  # noqa: SLF001
+    raw = _internal.is_authorized_batch(requests, policies.policy_set, ents._inner, None, False)
     results = [cedarpy.AuthzResult(json.loads(text)) for text in raw]
     if cache is not None:
         cache.remember(key, results)
