@@ -6,6 +6,7 @@ without I/O; the owners listed are started and closed by the app's lifecycle, in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,9 +71,28 @@ class Parts:
     async def session_ended(self, session: Session) -> None:
         await self.credentials.session_ended(session.id)
 
-    async def reload(self, config_path: Path | None) -> None:
+    async def reload(self, config_path: Path | None, running: Config | None = None) -> bool:
+        """SIGHUP: re-validate the config file and reload the policies (atomically, last good set kept).
+
+        Policies are the part operators change live. Other config sections own open connections and
+        child processes; a change to them is reported (with the sections named) and needs a restart.
+        """
+        if config_path is not None:
+            from gateway.config import load_config
+            try:
+                fresh = await asyncio.to_thread(load_config, config_path)
+            except ConfigError as exc:
+                log.error("SIGHUP: %s is invalid, nothing changed:\n  %s", config_path, "\n  ".join(exc.problems))
+                return False
+            if running is not None:
+                changed = [name for name in Config.model_fields
+                           if name != "policies" and getattr(fresh, name) != getattr(running, name)]
+                if changed:
+                    log.warning("SIGHUP: config sections %s changed; they take effect after a restart",
+                                ", ".join(changed))
         ok = await self.engine.reload()
         log.info("SIGHUP: policies %s", "reloaded" if ok else "kept (reload failed)")
+        return ok
 
 
 def _policy_engine(config: Config, obs: Observability) -> PolicyEngine:

@@ -88,7 +88,8 @@ async def run(config: Config, *, config_path: Path | None = None,
     gateway = app[GATEWAY]
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.parts.reload(config_path)))
+    loop.add_signal_handler(signal.SIGHUP,
+                            lambda: asyncio.ensure_future(gateway.parts.reload(config_path, config)))
     if on_ready is not None:
         maybe = on_ready(url)
         if maybe is not None:

@@ -136,6 +136,25 @@ async def test_sighup_reloads_policies(spawn_gateway: Any, upstream: tuple[Recor
     assert [args for _, args in recorder.calls] == [{"sku": "gadget"}, {"sku": "gadget"}]
 
 
+async def test_sighup_validates_the_config_file_and_names_sections_needing_a_restart(
+        spawn_gateway: Any, upstream: tuple[Recorder, str], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    _, url = upstream
+    policies = one_shape_policies(tmp_path / "policies")
+    gw = await spawn_gateway({"upstreams": [{"name": "rec", "url": url}], "identity": ANON,
+                              "policies": {"dir": str(policies), "watch": False}})
+    text = gw.config_path.read_text()
+    gw.config_path.write_text(text + "\nnot_a_section: 1\n")
+    gw.proc.send_signal(signal.SIGHUP)
+    await poll(lambda: "is invalid, nothing changed" in gw.log(), what="the rejected config")
+    assert "not_a_section: unknown key" in gw.log()
+    gw.config_path.write_text(text + "\nlimits: {per_principal: {rate_per_s: 5}}\n")
+    gw.proc.send_signal(signal.SIGHUP)
+    await poll(lambda: "config sections limits changed" in gw.log(), what="the restart notice")
+    client = RawClient(http, gw.mcp)
+    await client.initialize()
+    assert "result" in (await client.call("rec__lookup", {"sku": "widget"}))[2]
+
+
 async def test_two_replicas_share_one_rate_budget_through_redis(
         spawn_gateway: Any, upstream: tuple[Recorder, str], redis_server: RedisServer,
         http: aiohttp.ClientSession, tmp_path: Path) -> None:
