@@ -269,11 +269,7 @@ class McpEndpoint:
                 return web.Response(status=405, headers={"Allow": "POST"})
             if not accepts(request)[1]:
                 raise GatewayError("not_acceptable", "Accept must include text/event-stream")
-            principal = await self._identify(request)
-            session_id = request.headers.get(SESSION_HEADER)
-            if not session_id:
-                raise GatewayError("session_required")
-            session = self.sessions.get(session_id, principal, view)
+            session = await self._existing_session(request, view)
         except GatewayError as exc:
             return error_response(exc)
         if session.get_stream_open:
@@ -303,14 +299,17 @@ class McpEndpoint:
             session.get_stream_open = False
         return response
 
+    async def _existing_session(self, request: web.Request, view: str | None) -> Session:
+        """The caller's own session named by Mcp-Session-Id (identify first; others' ids are unknown)."""
+        principal = await self._identify(request)
+        session_id = request.headers.get(SESSION_HEADER)
+        if not session_id:
+            raise GatewayError("session_required")
+        return self.sessions.get(session_id, principal, view)
+
     async def delete(self, request: web.Request) -> web.StreamResponse:
         try:
-            view = self._view(request)
-            principal = await self._identify(request)
-            session_id = request.headers.get(SESSION_HEADER)
-            if not session_id:
-                raise GatewayError("session_required")
-            session = self.sessions.get(session_id, principal, view)
+            session = await self._existing_session(request, self._view(request))
         except GatewayError as exc:
             return error_response(exc)
         await self.sessions.end(session)
