@@ -136,3 +136,18 @@ BROADCAST_METHODS = frozenset({
     "notifications/tools/list_changed", "notifications/resources/list_changed",
     "notifications/prompts/list_changed", "notifications/resources/updated",
 })
+
+
+def remap_cancel(message: Message, upstream_id_for: Callable[[Any], Any]) -> Message | None:
+    """A client's notifications/cancelled rewritten to the upstream id of that request.
+
+    None when nothing of that caller is in flight here (there is nothing to cancel). Other messages
+    pass unchanged.
+    """
+    if message.get("method") != "notifications/cancelled":
+        return message
+    params = dict(message.get("params") or {})
+    upstream_id = upstream_id_for(params.get("requestId"))
+    if upstream_id is None:
+        return None
+    return {**message, "params": {**params, "requestId": upstream_id}}

@@ -24,6 +24,7 @@ from gateway.transport.common import (
     cancelled_message,
     check_initialize,
     initialize_message,
+    remap_cancel,
     with_id,
 )
 from gateway.transport.events import SseEvent, iter_sse, parse_json
@@ -133,13 +134,9 @@ class SseSession:
         return with_id(response, message.get("id"))
 
     async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
-        if message.get("method") == "notifications/cancelled":
-            params = dict(message.get("params") or {})
-            upstream_id = self._table.upstream_id_for(self, params.get("requestId"))
-            if upstream_id is None:
-                return
-            message = {**message, "params": {**params, "requestId": upstream_id}}
-        await self._post(message, headers)
+        remapped = remap_cancel(message, lambda caller_id: self._table.upstream_id_for(self, caller_id))
+        if remapped is not None:
+            await self._post(remapped, headers)
 
     async def respond(self, message: Message) -> None:
         await self._post(message, self._connect_headers)

@@ -30,6 +30,7 @@ from gateway.transport.common import (
     id_key,
     initialize_message,
     is_response,
+    remap_cancel,
     with_id,
 )
 from gateway.transport.events import iter_sse, parse_json, read_json_body
@@ -133,13 +134,9 @@ class StreamableHttpSession:
         return with_id(response, message.get("id"))
 
     async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
-        if message.get("method") == "notifications/cancelled":
-            params = dict(message.get("params") or {})
-            upstream_id = self._inflight.get(id_key(params.get("requestId")))
-            if upstream_id is None:
-                return  # nothing of that caller is in flight here: nothing to cancel
-            message = {**message, "params": {**params, "requestId": upstream_id}}
-        await self._post_one_way(message, headers)
+        remapped = remap_cancel(message, lambda caller_id: self._inflight.get(id_key(caller_id)))
+        if remapped is not None:
+            await self._post_one_way(remapped, headers)
 
     async def respond(self, message: Message) -> None:
         await self._post_one_way(message, self._connect_headers)
