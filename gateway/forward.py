@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from gateway.context import CallContext
@@ -32,15 +32,15 @@ class ForwardStage:
             meta.update(ctx.upstream_meta)
             if self._inject is not None:
                 self._inject(headers, meta)  # trace context: headers for HTTP, _meta for every transport
-            params["_meta"] = meta
+            if meta:  # never add an empty _meta the client did not send
+                params["_meta"] = meta
         message = {"jsonrpc": "2.0", "id": ctx.request_id, "method": ctx.method, "params": params}
         ctx.extra["forwarded"] = True  # from here on the call may have executed: never undone, never retried
         response = await upstream.request(message, headers=headers, on_message=ctx.extra.get("relay"),
                                           timeout=self._timeouts(ctx.upstream, ctx.tool.name if ctx.tool else None))
         if "error" in response:
-            raise UpstreamErrorResponse(response["error"] if isinstance(response["error"], Mapping)
-                                        and isinstance(response["error"], dict) else {"code": -32603,
-                                                                                      "message": "error"})
+            error = response["error"]
+            raise UpstreamErrorResponse(error if isinstance(error, dict) else {"code": -32603, "message": "error"})
         result = response.get("result")
         if not isinstance(result, dict):
             raise GatewayError("upstream_error")
