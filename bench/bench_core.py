@@ -46,6 +46,10 @@ class Target:
     url: str
     tool: str
     arguments: dict[str, Any]
+    headers: tuple[tuple[str, str], ...] = ()  # extra request headers, e.g. ("Authorization", "Bearer ...")
+
+    def request_headers(self, session: str | None) -> dict[str, str]:
+        return {**HEADERS, **dict(self.headers), **({"Mcp-Session-Id": session} if session else {})}
 
 
 @dataclass
@@ -115,21 +119,20 @@ async def open_session(http: aiohttp.ClientSession, target: Target) -> str | Non
     """initialize + notifications/initialized; the Mcp-Session-Id every load request carries (if any)."""
     init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
         "protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "bench_core", "version": "1"}}}
-    async with http.post(target.url, json=init, headers=HEADERS) as response:
+    async with http.post(target.url, json=init, headers=target.request_headers(None)) as response:
         body = await response.read()
         if response.status != 200:
             raise RuntimeError(f"{target.name}: initialize → HTTP {response.status}: {body[:300]!r}")
         session = response.headers.get("Mcp-Session-Id")
-    headers = {**HEADERS, **({"Mcp-Session-Id": session} if session else {})}
     async with http.post(target.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
-                         headers=headers) as response:
+                         headers=target.request_headers(session)) as response:
         await response.read()
     return session
 
 
 async def sanity_call(http: aiohttp.ClientSession, target: Target, session: str | None) -> None:
     """One tools/call that must succeed, so the load run measures real calls, not fast errors."""
-    headers = {**HEADERS, **({"Mcp-Session-Id": session} if session else {})}
+    headers = target.request_headers(session)
     call = {"jsonrpc": "2.0", "id": "sanity", "method": "tools/call",
             "params": {"name": target.tool, "arguments": target.arguments}}
     async with http.post(target.url, json=call, headers=headers) as response:
@@ -147,6 +150,7 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
 wrk.headers["MCP-Protocol-Version"] = "%(protocol)s"
 if session then wrk.headers["Mcp-Session-Id"] = session end
+%(extra)s
 local head = '{"jsonrpc":"2.0","id":"'
 local tail = '","method":"tools/call","params":%(params)s}'
 request = function()
@@ -180,7 +184,9 @@ def run_wrk(target: Target, session: str | None, connections: int, duration_s: f
     script = workdir / f"{target.name}.lua"
     params = json.dumps({"name": target.tool, "arguments": target.arguments}, separators=(",", ":"))
     script.write_text(LUA % {"session": json.dumps(session) if session else "nil", "name": target.name,
-                             "protocol": PROTOCOL, "params": params.replace("'", "\\'")})
+                             "protocol": PROTOCOL, "params": params.replace("'", "\\'"),
+                             "extra": "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}"
+                                                for k, v in target.headers)})
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency", "--timeout", "10s",
            "-s", str(script), target.url]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, check=True)
@@ -190,7 +196,7 @@ def run_wrk(target: Target, session: str | None, connections: int, duration_s: f
 
 async def run_python(target: Target, session: str | None, connections: int, duration_s: float) -> Result:
     """Fallback generator: `connections` aiohttp clients calling in a closed loop for `duration_s`."""
-    headers = {**HEADERS, **({"Mcp-Session-Id": session} if session else {})}
+    headers = target.request_headers(session)
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + duration_s

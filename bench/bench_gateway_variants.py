@@ -1,0 +1,204 @@
+"""Gateway variants in one run: bare vs JWT + shipped Cedar policies vs tracing on, against one forwarder baseline.
+
+Run: .venv/bin/python bench/bench_gateway_variants.py [--duration 10] [--connections 1,50] [--rounds 1]
+     [--json out.json]
+
+All targets front the same echo upstream (bench/echo_upstream.py), each a child process on 127.0.0.1:
+  forwarder  bench/minimal_forwarder.py (the ~30-line aiohttp pass-through baseline)
+  bare       gateway: anonymous identity, allow-all Cedar policy (what bench_core.py measures)
+  jwt        gateway: JWT identity (RS256 key of a TestIssuer, JWKS file; one token with a `tenant` claim,
+             sent as `Authorization: Bearer` by wrk) + the SHIPPED policies (policies/; the echo tool is
+             read-only, so `reads-allowed` permits it)
+  traced     bare + `telemetry.traces.endpoint` → bench/otlp_sink.py (BatchSpanProcessor really exports)
+  full       jwt + tracing (what a production deployment pays)
+Every gateway writes its decision log to a file (one line per call). Targets are measured one after
+another (never two loads at once); --rounds N repeats the whole sequence and reports the median per
+figure, which evens out drift on a shared machine. Prints the ratios issues 3 and 6 ask for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_core import (
+    REPO,
+    Children,
+    Result,
+    Target,
+    _free_port,
+    _url_of,
+    measure,
+    permissive_policy_dir,
+)
+
+from tests.support.tokens import TestIssuer
+
+ECHO_ARGS = {"text": "hi"}
+VARIANTS = ("bare", "jwt", "traced", "full")
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def gateway_config(port: int, echo: str, workdir: Path, name: str, *, identity: dict[str, Any],
+                   policies: Path, traces: str | None) -> Path:
+    config: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": port}, "upstreams": [{"name": "echo", "url": echo}],
+        "identity": identity, "policies": {"dir": str(policies)},
+        "decision_log": {"path": str(workdir / f"decisions-{name}.jsonl")},
+        "signing": {"key_dir": str(workdir / f"keys-{name}")},
+    }
+    if traces is not None:
+        config["telemetry"] = {"traces": {"endpoint": traces}}
+    path = workdir / f"customs-{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def start_all(children: Children, workdir: Path, variants: list[str]) -> tuple[list[Target], str]:
+    py = sys.executable
+    echo = _url_of(await children.start("echo", [py, str(REPO / "bench/echo_upstream.py")]))
+    forwarder = _url_of(await children.start("forwarder", [py, str(REPO / "bench/minimal_forwarder.py"),
+                                                           "--upstream", echo]))
+    sink = _url_of(await children.start("otlp-sink", [py, str(REPO / "bench/otlp_sink.py")]))
+    targets = [Target("forwarder", forwarder, "echo", ECHO_ARGS)]
+    issuer = TestIssuer(workdir, algorithms=("RS256",))
+    allow_all = permissive_policy_dir(workdir)
+    anonymous = {"mode": "anonymous"}
+    for name in variants:
+        port = _free_port()
+        aud = f"http://127.0.0.1:{port}/mcp"
+        jwt = name in ("jwt", "full")
+        identity = {"mode": "jwt", "issuers": [issuer.config(audience=aud)]} if jwt else anonymous
+        path = gateway_config(port, echo, workdir, name, identity=identity,
+                              policies=REPO / "policies" if jwt else allow_all,
+                              traces=sink if name in ("traced", "full") else None)
+        await children.start(f"gateway-{name}", [py, "-m", "gateway", "serve", "--config", str(path),
+                                                 "--log-level", "warning"])
+        headers: tuple[tuple[str, str], ...] = ()
+        if jwt:
+            token = issuer.mint("spiffe://customs.demo/agent/bench", aud=aud, tenant="acme", ttl=3600)
+            headers = (("Authorization", f"Bearer {token}"),)
+        targets.append(Target(name, f"http://127.0.0.1:{port}/mcp/echo", "echo", ECHO_ARGS, headers))
+    return targets, sink
+
+
+def median_results(rounds: list[list[Result]]) -> list[Result]:
+    """Per (target, connections): the median of each figure over the rounds."""
+    keyed: dict[tuple[str, int], list[Result]] = {}
+    for results in rounds:
+        for r in results:
+            keyed.setdefault((r.target, r.connections), []).append(r)
+    return [Result(t, c, statistics.median(x.rps for x in rs), statistics.median(x.p50_ms for x in rs),
+                   statistics.median(x.p99_ms for x in rs), sum(x.requests for x in rs), sum(x.errors for x in rs),
+                   rs[0].generator) for (t, c), rs in keyed.items()]
+
+
+def ratios(results: list[Result]) -> dict[str, float]:
+    by = {(r.target, r.connections): r for r in results}
+    out: dict[str, float] = {}
+    for c in sorted({r.connections for r in results}):
+        fwd, bare = by.get(("forwarder", c)), by.get(("bare", c))
+        if bare is None:
+            continue
+        for name, label in (("jwt", "JWT+Cedar"), ("traced", "tracing on"), ("full", "JWT+Cedar+tracing")):
+            if (name, c) in by:
+                r = by[(name, c)]
+                out[f"{label} / bare throughput c={c}"] = r.rps / bare.rps
+                out[f"{label} p50 - bare p50 ms c={c}"] = r.p50_ms - bare.p50_ms
+        if fwd is not None:
+            for name in ("bare", *(n for n in ("jwt", "traced", "full") if (n, c) in by)):
+                r = by[(name, c)]
+                out[f"{name} / forwarder throughput c={c}"] = r.rps / fwd.rps
+                out[f"{name} p50 - forwarder p50 ms c={c}"] = r.p50_ms - fwd.p50_ms
+    return out
+
+
+def count_lines(path: Path) -> int:
+    return sum(1 for _ in path.open()) if path.exists() else 0
+
+
+async def sink_stats(sink: str) -> dict[str, int]:
+    async with aiohttp.ClientSession() as http, http.get(f"{sink}/stats") as response:
+        stats: dict[str, int] = await response.json()
+        return stats
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk") is not None)
+    print(f"load generator: {'wrk' if use_wrk else 'python aiohttp'}; {args.duration:g} s per target and "
+          f"connection count {args.connections}; {args.rounds} round(s); {os.cpu_count()} CPU(s); "
+          f"load average before: {load_average()}", flush=True)
+    rounds: list[list[Result]] = []
+    loads: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-variants-") as tmp:
+        workdir = Path(tmp)
+        children = Children(workdir)
+        try:
+            targets, sink = await start_all(children, workdir, args.variants)
+            for number in range(args.rounds):
+                print(f"round {number + 1} (load average {load_average()})", flush=True)
+                rounds.append([r for t in targets for r in await measure(t, args, workdir, use_wrk)])
+                loads.append(load_average())
+            exported = await sink_stats(sink)
+            decisions = {name: count_lines(workdir / f"decisions-{name}.jsonl") for name in args.variants}
+        finally:
+            children.close()
+    results = median_results(rounds)
+    figures = ratios(results)
+    print(f"\nload average after each round: {'; '.join(loads)}")
+    print("median over rounds:" if args.rounds > 1 else "results:")
+    for r in results:
+        print(f"  {r.target:<10} c={r.connections:<3} {r.rps:>9.0f} req/s  p50 {r.p50_ms:7.3f} ms  "
+              f"p99 {r.p99_ms:7.3f} ms  errors {r.errors}")
+    print("ratios:")
+    for key, value in figures.items():
+        print(f"  {key:<45} {value:8.3f}")
+    print(f"decision-log lines per gateway: {decisions}")
+    print(f"OTLP sink received: {exported}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "rounds": [[asdict(r) for r in rs] for rs in rounds], "median": [asdict(r) for r in results],
+            "ratios": figures, "decisions_logged": decisions, "otlp_sink": exported, "load_average": loads},
+            indent=2))
+    traced = [v for v in args.variants if v in ("traced", "full")]
+    failed = any(r.errors for rs in rounds for r in rs) or (traced and exported.get("spans", 0) == 0)
+    return 1 if failed else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per target per connection count")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target (0: none)")
+    parser.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")], default=[1, 50])
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the whole sequence; report medians")
+    parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS),
+                        help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--json", help="write results, medians and ratios to this file")
+    args = parser.parse_args()
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    sys.exit(asyncio.run(main_async(args)))
+
+
+if __name__ == "__main__":
+    main()
