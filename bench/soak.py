@@ -28,6 +28,7 @@ import asyncio
 import json
 import random
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -91,13 +92,16 @@ class Tally:
     fates: Counter[str] = field(default_factory=Counter)
     calls: int = 0
     held: int = 0
+    t0: float = 0.0  # monotonic time the load started
+    unexpected_at: list[float] = field(default_factory=list)  # seconds after t0
 
-    def note(self, outcome: str, ms: float, got: str, expected: str, what: str) -> bool:
+    def note(self, outcome: str, ms: float, got: str, expected: str, what: str, detail: str = "") -> bool:
         self.latencies[outcome].append(ms)
         self.answers[f"{outcome}:{got}"] += 1
         if got != expected:
+            self.unexpected_at.append(time.monotonic() - self.t0)
             if len(self.unexpected) < 50:
-                self.unexpected.append(f"{what}: expected {expected}, got {got}")
+                self.unexpected.append(f"{what}: expected {expected}, got {got} {detail}".rstrip())
             else:
                 self.unexpected.append("")  # counted, not kept verbatim
         return got == expected
@@ -128,18 +132,18 @@ class Soak:
         try:
             async with self.http.post(url, json={"comment": f"soak {verb}"},
                                       headers={"Authorization": f"Bearer {self.tokens['alice']}"}) as resp:
-                await resp.read()
+                detail = (await resp.read()).decode(errors="replace")[:200] if resp.status != 200 else ""
                 got = str(resp.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            got = type(exc).__name__
+            got, detail = type(exc).__name__, str(exc)
         return self.tally.note(f"{verb}-api", (time.perf_counter() - started) * 1000, got, "200",
-                               f"{verb} {approval_id}")
+                               f"{verb} {approval_id}", detail)
 
 
 class Client:
     """One MCP session on one replica: initialize, then a loop of tools/call."""
 
-    def __init__(self, soak: Soak, index: int, untrusted: bool) -> None:
+    def __init__(self, soak: Soak, index: int, untrusted: bool, think_s: float = 0.0, ramp_s: float = 0.0) -> None:
         self.soak, self.index, self.untrusted = soak, index, untrusted
         self.replica = index % 2
         self.url = f"{soak.replicas[self.replica]}/mcp"
@@ -147,6 +151,7 @@ class Client:
         self.headers = {**BASE_HEADERS, "Authorization": f"Bearer {token}"}
         self.ids = 0
         self.rng = random.Random(index)
+        self.think_s, self.ramp_s = think_s, ramp_s
 
     async def post(self, body: dict[str, Any]) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
         async with self.soak.http.post(self.url, json=body, headers=self.headers) as resp:
@@ -184,35 +189,46 @@ class Client:
         if message is None:
             return f"http_{status}", {}, ms
         if "error" in message:
-            data = message["error"].get("data") or {}
+            data = {**(message["error"].get("data") or {}), "message": message["error"].get("message")}
             return str(data.get("reason", message["error"].get("code"))), data, ms
         return ("tool_error" if message["result"].get("isError") else "ok"), {}, ms
 
+    async def pause(self, seconds: float) -> None:
+        # Pacing, not synchronisation: agents think between calls (an open-ish workload instead of a closed loop).
+        if seconds > 0:
+            await asyncio.sleep(min(seconds, max(0.0, self.soak.deadline - time.monotonic())))
+
     async def run(self) -> None:
         n = 0
+        await self.pause(self.rng.uniform(0, self.ramp_s))
         while self.soak.take():
             n += 1
+            if n > 1 and self.think_s > 0:
+                await self.pause(self.rng.expovariate(1 / self.think_s))
+                if time.monotonic() >= self.soak.deadline:
+                    break
             if self.untrusted:
                 args = {"sku": f"u-{self.index}-{n}"}
-                got, _, ms = await self.call("inventory__get_stock", args)
-                self.soak.tally.note("denied", ms, got, "unknown_tool", f"untrusted get_stock {args}")
+                got, data, ms = await self.call("inventory__get_stock", args)
+                self.soak.tally.note("denied", ms, got, "unknown_tool", f"untrusted get_stock {args}",
+                                     str(data.get("message", "")))
                 continue
             kind = self.rng.choices([k for k, _ in MIX], [w for _, w in MIX])[0]
             if kind == "read":
                 args = {"sku": f"sku-{self.index}-{n}"}
-                got, _, ms = await self.call("inventory__get_stock", args)
-                if self.soak.tally.note("allowed", ms, got, "ok", f"get_stock {args}"):
+                got, data, ms = await self.call("inventory__get_stock", args)
+                if self.soak.tally.note("allowed", ms, got, "ok", f"get_stock {args}", str(data.get("message", ""))):
                     self.soak.tally.ok_reads.add(canonical(args))
             elif kind == "restricted":
-                got, _, ms = await self.call("inventory__audit_log", {"day": f"{self.index}-{n}"})
-                self.soak.tally.note("denied", ms, got, "unknown_tool", "audit_log")
+                got, data, ms = await self.call("inventory__audit_log", {"day": f"{self.index}-{n}"})
+                self.soak.tally.note("denied", ms, got, "unknown_tool", "audit_log", str(data.get("message", "")))
             else:
                 await self.pay({"account": f"acct-{self.index}", "amount": 12500 + n, "memo": f"soak-{self.index}-{n}"})
 
     async def pay(self, args: dict[str, Any]) -> None:
         tally = self.soak.tally
         got, data, ms = await self.call("payments__pay", args)
-        if not tally.note("held", ms, got, "approval_pending", f"pay {args}"):
+        if not tally.note("held", ms, got, "approval_pending", f"pay {args}", str(data.get("message", ""))):
             return
         fate = FATES[tally.held % len(FATES)]
         tally.held += 1
@@ -222,12 +238,13 @@ class Client:
         other = 1 - self.replica  # decided on the other replica: the release travels through Redis
         if not await self.soak.decide(other, str(data["approval_id"]), "approve" if fate == "approve" else "deny"):
             return
-        got, _, ms = await self.call("payments__pay", args)
+        got, data, ms = await self.call("payments__pay", args)
+        detail = str(data.get("message", ""))
         if fate == "approve":
-            if tally.note("approved-retry", ms, got, "ok", f"approved pay {args}"):
+            if tally.note("approved-retry", ms, got, "ok", f"approved pay {args}", detail):
                 tally.paid.add(canonical(args))
         else:
-            tally.note("denied-retry", ms, got, "approval_denied", f"denied pay {args}")
+            tally.note("denied-retry", ms, got, "approval_denied", f"denied pay {args}", detail)
 
 
 def replica_config(port: int, upstream: str, redis_url: str, issuer: TestIssuer, workdir: Path, name: str) -> Path:
@@ -355,7 +372,7 @@ async def drive(soak: Soak, clients: list[Client], pids: dict[str, int], duratio
         except Exception as exc:  # a client bug or a broken answer: counted, the others go on
             soak.tally.unexpected.append(f"session {client.index} crashed: {exc!r}")
 
-    load_started = time.monotonic()
+    load_started = soak.tally.t0 = time.monotonic()
     await asyncio.gather(*(run(c) for c in clients))
     load_s = time.monotonic() - load_started
     rss["end_of_load"] = {n: rss_kib(p) for n, p in pids.items()}
@@ -389,8 +406,8 @@ async def main_async(args: argparse.Namespace) -> int:
             timeout = aiohttp.ClientTimeout(total=args.timeout)
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
                 soak = Soak(parts["replicas"], parts["tokens"], http, float("inf"), args.max_calls)
-                clients = [Client(soak, i, untrusted=args.untrusted_every > 0 and i % args.untrusted_every == 0)
-                           for i in range(args.sessions)]
+                clients = [Client(soak, i, args.untrusted_every > 0 and i % args.untrusted_every == 0,
+                                  args.think, args.ramp) for i in range(args.sessions)]
                 run = await drive(soak, clients, parts["pids"], args.duration, args.sample_every)
             verdict = compare(soak.tally, await fetch_counts(parts["upstream"]))
             run["decision_log_lines"] = {n: count_lines(workdir / f"decisions-{n}.jsonl") for n in ("a", "b")}
@@ -398,6 +415,10 @@ async def main_async(args: argparse.Namespace) -> int:
             children.close()
             if redis is not None:
                 redis.stop()
+            if args.logs:
+                Path(args.logs).mkdir(parents=True, exist_ok=True)
+                for log in [*workdir.glob("*.log"), *workdir.glob("*.jsonl")]:
+                    shutil.copy(log, Path(args.logs) / log.name)
     return report(args, soak.tally, run, verdict)
 
 
@@ -424,7 +445,9 @@ def report(args: argparse.Namespace, tally: Tally, run: dict[str, Any], verdict:
     print(f"upstream: executed reads {verdict['executed_reads']} (answered OK {verdict['ok_reads']}), executed "
           f"payments {verdict['executed_payments']} (approved, retried, answered OK {verdict['approved_retried_ok']}),"
           f" upstream sessions {verdict['upstream_sessions']}; decision-log lines {run['decision_log_lines']}")
-    print(f"mismatches: {verdict['mismatches'] or 'none'}; unexpected answers: {unexpected}")
+    early = sum(1 for t in tally.unexpected_at if t < 10)
+    print(f"mismatches: {verdict['mismatches'] or 'none'}; unexpected answers: {unexpected} "
+          f"({early} in the first 10 s of load, {unexpected - early} later)")
     for line in [u for u in tally.unexpected if u][:10]:
         print(f"  {line}")
     if args.json:
@@ -445,6 +468,10 @@ def main() -> None:
     parser.add_argument("--max-calls", type=int, default=20000, help="cap on tools/call flows started in total")
     parser.add_argument("--untrusted-every", type=int, default=20, help="every n-th session uses the untrusted "
                         "agent's token (0: none)")
+    parser.add_argument("--think", type=float, default=0.0, help="mean pause between a session's calls, seconds "
+                        "(exponential; 0: closed loop, each session calls again at once)")
+    parser.add_argument("--ramp", type=float, default=0.0, help="sessions start calling spread over this many seconds")
+    parser.add_argument("--logs", help="copy the child processes' logs (gateways, upstream) to this directory")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request client timeout, seconds")
     parser.add_argument("--sample-every", type=float, default=5.0, help="RSS sampling period, seconds")
     parser.add_argument("--json", help="write the full report to this file")
