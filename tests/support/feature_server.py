@@ -102,7 +102,7 @@ def _lifecycle_tools(server: MCPServer[Any], state: FeatureState) -> None:
         except asyncio.CancelledError:
             state.cancelled.set()
             if path := os.environ.get("FEATURE_CANCEL_FILE"):
-                with open(path, "a") as handle:  # noqa: ASYNC230  (one tiny write in a test server)
+                with open(path, "a") as handle:
                     handle.write("cancelled\n")
             raise
         return "unreachable"
