@@ -8,10 +8,7 @@ baseline of bench_core.py, so it does no validation beyond what a client needs.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
-import socket
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -68,25 +65,6 @@ def make_app() -> web.Application:
     return app
 
 
-async def serve(port: int) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    runner = web.AppRunner(make_app(), access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock, backlog=1024).start()
-    print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
-    try:
-        await asyncio.Event().wait()  # until killed
-    finally:
-        await runner.cleanup()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0)
-    asyncio.run(serve(parser.parse_args().port))
-
-
 if __name__ == "__main__":
-    main()
+    from serve_app import main  # run as a script: bench/ is on sys.path
+    main(__doc__, make_app, path="/mcp", backlog=1024)
