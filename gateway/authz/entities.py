@@ -257,22 +257,36 @@ def facts_from_ctx(ctx: CallContext | None, environment: str) -> CallFacts:
                      task=ctx.extra.get("task"), now=dt.datetime.fromtimestamp(ctx.started_wall, dt.UTC))
 
 
-def context(principal: Principal, facts: CallFacts, approval: str, bounds: Bounds = DEFAULT_BOUNDS) -> dict[str, Any]:
-    """The Cedar context of call_tool/list_tools/read_resource/get_prompt (see docs/policies.md)."""
-    args, truncated = convert_args(facts.args, bounds)
-    now = facts.now or dt.datetime.now(dt.UTC)
-    out: dict[str, Any] = {
-        "args": args,
-        "args_truncated": truncated or facts.args_truncated,
-        "environment": facts.environment,
-        "tenant": principal.tenant or "",
-        "chain": sorted({a.id for a in principal.chain}),
-        "chain_depth": len(principal.chain),
-        "approval": approval,
-        "time": {"hour": now.astimezone(dt.UTC).hour, "weekday": now.astimezone(dt.UTC).isoweekday()},
-        "args_contain_secret": facts.args_contain_secret,
-    }
-    task = task_record(facts.task)
+def context(principal: Principal, facts: CallFacts, approval: str, bounds: Bounds = DEFAULT_BOUNDS,
+            keys: frozenset[str] | None = None) -> dict[str, Any]:
+    """The Cedar context of call_tool/list_tools/read_resource/get_prompt (see docs/policies.md).
+
+    `keys`: only these attributes (those the loaded policies name; None: all of them).
+    """
+    want = (lambda key: True) if keys is None else keys.__contains__
+    out: dict[str, Any] = {}
+    if want("args") or want("args_truncated"):
+        args, truncated = convert_args(facts.args, bounds)
+        if want("args"):
+            out["args"] = args
+        if want("args_truncated"):
+            out["args_truncated"] = truncated or facts.args_truncated
+    if want("environment"):
+        out["environment"] = facts.environment
+    if want("tenant"):
+        out["tenant"] = principal.tenant or ""
+    if want("chain"):
+        out["chain"] = sorted({a.id for a in principal.chain})
+    if want("chain_depth"):
+        out["chain_depth"] = len(principal.chain)
+    if want("approval"):
+        out["approval"] = approval
+    if want("time"):
+        now = (facts.now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+        out["time"] = {"hour": now.hour, "weekday": now.isoweekday()}
+    if want("args_contain_secret"):
+        out["args_contain_secret"] = facts.args_contain_secret
+    task = task_record(facts.task) if want("task") else None
     if task is not None:
         out["task"] = task
     return out

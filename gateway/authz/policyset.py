@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cedarpy
 
@@ -37,6 +38,8 @@ class LoadedPolicies:
     source: str
     files: tuple[str, ...]
     id_by_internal: dict[str, str] = field(default_factory=dict)  # policy0 -> @id
+    # Top-level context attributes some policy names; None: a policy uses `context` as a whole value.
+    context_keys: frozenset[str] | None = None
 
     def __len__(self) -> int:
         return len(self.id_by_internal)
@@ -53,6 +56,33 @@ def rename_ids(message: str, id_by_internal: dict[str, str]) -> str:
     for internal, name in id_by_internal.items():
         message = message.replace(f"`{internal}`", f"`{name}`")
     return message
+
+
+def context_keys(est: Any) -> frozenset[str] | None:
+    """The context attributes a policy set can see, from its JSON form (EST): `context.x`, `context has x`.
+
+    Cedar has no way to reach an attribute without naming it, so attributes outside this set cannot
+    change a decision and need not be sent (parsing the context is most of a decision's cost). Any
+    other use of `context` (compared or passed as a whole record) returns None: send everything.
+    """
+    keys: set[str] = set()
+    stack: list[Any] = [est]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if node.get("Var") == "context":
+            return None  # reached only when not the left side of an attribute access
+        for key, value in node.items():
+            if key in (".", "has") and isinstance(value, dict) and value.get("left") == {"Var": "context"}:
+                keys.add(str(value.get("attr")))
+                stack.extend(v for k, v in value.items() if k not in ("left", "attr"))
+            else:
+                stack.append(value)
+    return frozenset(keys)
 
 
 def fingerprint(*dirs: Path | None) -> tuple[tuple[str, int, int], ...]:
@@ -166,4 +196,5 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
     return LoadedPolicies(
         policy_set=cedarpy.PolicySet.from_str(text, release_gil=True), schema=schema,
         version="sha256:" + digest.hexdigest()[:16], source=source,
-        files=tuple(str(p) for p, _t, _i in parsed), id_by_internal=by_internal)
+        files=tuple(str(p) for p, _t, _i in parsed), id_by_internal=by_internal,
+        context_keys=context_keys(json.loads(cedarpy.policies_to_json_str(text))))
