@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
+
 from gateway.errors import GatewayError
 
 Kind = Literal["request", "notification", "response"]
@@ -132,6 +134,11 @@ def notification(method: str, params: dict[str, Any] | None = None) -> dict[str,
 
 
 def dumps(message: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON of a message we send (to a client or an upstream)."""
+    try:
+        return orjson.dumps(message)  # several times faster than json.dumps, the same JSON text
+    except TypeError:  # integers past 64 bits, lone surrogates, non-string keys: the stdlib path below
+        pass
     try:
         return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
     except UnicodeEncodeError:  # a lone surrogate from an upstream: keep it as the JSON escape it came as

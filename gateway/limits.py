@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -132,6 +132,10 @@ class Limiter:
     def __init__(self, config: LimitsConfig, backend: LimitBackend) -> None:
         self._config = config
         self._backend = backend
+        rules = (config.per_principal, config.per_tool)
+        # Unlimited (the default) must cost nothing per call: no keys built, no generator entered.
+        self._any_rate = any(r.rate_per_s for r in rules)
+        self._any_concurrency = any(r.concurrency for r in rules)
 
     def _rules(self, ctx: CallContext) -> list[tuple[str, LimitRule]]:
         tool = ctx.tool.cedar_id if ctx.tool else str(ctx.upstream)
@@ -140,15 +144,20 @@ class Limiter:
     async def rate(self, ctx: CallContext) -> None:
         """Take a token from every bucket the call falls under (before authorization, so denied
         floods are limited too)."""
+        if not self._any_rate:
+            return
         for key, rule in self._rules(ctx):
             if rule.rate_per_s:
                 wait = await self._backend.take(key, rule.rate_per_s, rule.burst or max(1, int(rule.rate_per_s)))
                 if wait > 0:
                     raise _limited(wait, "rate")
 
-    @asynccontextmanager
-    async def concurrency(self, ctx: CallContext) -> AsyncIterator[None]:
+    def concurrency(self, ctx: CallContext) -> AbstractAsyncContextManager[None]:
         """Hold a slot per rule while the call executes upstream (not while it waits for approval)."""
+        return self._hold(ctx) if self._any_concurrency else nullcontext()
+
+    @asynccontextmanager
+    async def _hold(self, ctx: CallContext) -> AsyncIterator[None]:
         held: list[str] = []
         try:
             for key, rule in self._rules(ctx):

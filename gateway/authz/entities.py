@@ -227,6 +227,13 @@ def members(principal: Principal) -> list[Actor]:
     return out
 
 
+def member_ids(principal: Principal) -> list[str]:
+    """The ids of `members(principal)`, without copying anyone's attributes (once per decision)."""
+    if not principal.chain:
+        return [principal.id]
+    return list(dict.fromkeys([principal.id, *(a.id for a in principal.chain)]))
+
+
 def entities(principal: Principal, tool: ToolInfo) -> list[dict[str, Any]]:
     """The per-call entity set: every chain member as an Agent (with its tenant) plus the tool and server."""
     found: list[dict[str, Any]] = [agent_entity(m.id, m.attributes) for m in members(principal)]

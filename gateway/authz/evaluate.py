@@ -144,7 +144,7 @@ def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: To
     """The combined decision for the principal and every actor of its chain (most restrictive wins)."""
     started = time.perf_counter()
     version = policies.version
-    who = [m.id for m in E.members(principal)]
+    who = E.member_ids(principal)
     try:
         ents_text, ents = _entities(principal, tool, cache)
     except ValueError as exc:

@@ -1,14 +1,15 @@
 """The decision log: one JSON line per decision (OPA style) plus typed event records, to stdout or a file.
 
 Writers never block the event loop: `record_decision` / `event` serialise the record and append
-the line to an in-memory buffer; one writer task moves everything buffered to the file in a
-worker thread with a single `write` per batch (O_APPEND), so lines are never interleaved or torn,
-even with several gateways appending to one file. `close()` drains the buffer.
+the line to an in-memory buffer; one writer task moves everything buffered (at most FLUSH_INTERVAL_S
+old) to the file in a worker thread with a single `write` per batch (O_APPEND), so lines are never
+interleaved or torn, even with several gateways appending to one file. `close()` drains the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
 from opentelemetry import trace
 
 from gateway.config.model import DecisionLogConfig
@@ -28,6 +30,7 @@ log = logging.getLogger("customs.decision_log")
 
 Redactor = Callable[[Any], Any]
 DEFAULT_REDACT_KEYS = ("password", "secret", "token", "api_key", "apikey", "authorization")
+FLUSH_INTERVAL_S = 0.05  # lines wait at most this long: one write (one thread hop) per batch, not per call
 MAX_BUFFERED_LINES = 100_000  # past this the writer is hopelessly behind: drop and count, never grow unbounded
 
 
@@ -119,9 +122,14 @@ def decision_record(ctx: CallContext, *, include_args: bool = False, redactor: R
     return record
 
 
-def _dumps(record: Mapping[str, Any]) -> str:
-    # default=str: a stray non-JSON value (datetime, Path) must not lose the record.
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
+def _dumps(record: Mapping[str, Any]) -> bytes:
+    """One JSON line (UTF-8). default=str: a stray non-JSON value (datetime, Path) must not lose the record."""
+    try:
+        # orjson: ~10x faster than json.dumps for a record, the same JSON for what records hold.
+        return orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # what orjson refuses (integers past 64 bits, lone surrogates): the stdlib writes it
+        text = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
+        return text.encode("utf-8", "backslashreplace")
 
 
 class DecisionLog:
@@ -138,8 +146,9 @@ class DecisionLog:
         self._redactor = redactor
         self._stream = stream
         self._on_drop = on_drop
-        self._lines: list[str] = []
+        self._lines: list[bytes] = []
         self._wake = asyncio.Event()
+        self._close_requested = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._fd: int | None = None
         self._closing = False
@@ -153,11 +162,13 @@ class DecisionLog:
         elif self._stream is None:
             self._stream = sys.stdout  # looked up now, not at import (tests and CLIs swap stdout)
         self._closing = False
+        self._close_requested.clear()
         self._writer = asyncio.create_task(self._run(), name="decision-log-writer")
 
     async def close(self) -> None:
         """Write everything buffered, then release the file."""
         self._closing = True
+        self._close_requested.set()
         self._wake.set()
         if self._writer is not None:
             await self._writer
@@ -186,7 +197,7 @@ class DecisionLog:
         self._append(_dumps(record))
         return record
 
-    def _append(self, line: str) -> None:
+    def _append(self, line: bytes) -> None:
         if len(self._lines) >= MAX_BUFFERED_LINES or (self._closing and self._writer is None):
             self.dropped += 1
             if self._on_drop is not None:
@@ -197,13 +208,16 @@ class DecisionLog:
 
     # -- writer ------------------------------------------------------------------------------------
 
-    def _take(self) -> str:
+    def _take(self) -> bytes:
         lines, self._lines = self._lines, []
-        return "".join(lines)
+        return b"".join(lines)
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            if not self._closing:
+                with contextlib.suppress(TimeoutError):  # a batching delay, cut short by close()
+                    await asyncio.wait_for(self._close_requested.wait(), FLUSH_INTERVAL_S)
             self._wake.clear()
             if self._lines:
                 chunk = self._take()
@@ -211,18 +225,17 @@ class DecisionLog:
                     await asyncio.to_thread(self._write, chunk)
                 except OSError as exc:
                     log.error("decision log write failed (%d bytes lost): %s", len(chunk), exc)
-                    self.dropped += chunk.count("\n")
+                    self.dropped += chunk.count(b"\n")
             if self._closing and not self._lines:
                 return
 
-    def _write(self, chunk: str) -> None:
-        data = chunk.encode("utf-8")
+    def _write(self, chunk: bytes) -> None:
         if self._fd is not None:
-            view = memoryview(data)
+            view = memoryview(chunk)
             while view:  # a regular file takes the whole O_APPEND write; loop only for the pathological case
                 written = os.write(self._fd, view)
                 view = view[written:]
             return
         stream = self._stream or sys.stdout
-        stream.write(chunk)
+        stream.write(chunk.decode("utf-8"))
         stream.flush()

@@ -9,13 +9,13 @@ when the stream ends every waiting request fails at once with upstream_unavailab
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
 
+from gateway import jsonrpc
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, Message, MessageHandler
 from gateway.transport.common import (
@@ -163,7 +163,7 @@ class SseSession:
         task.add_done_callback(self._tasks.discard)
 
     async def _post(self, message: Message, headers: Mapping[str, str] | None) -> None:
-        body = json.dumps(message, separators=(",", ":")).encode()
+        body = jsonrpc.dumps(message)
         try:
             async with self._up.http.post(self._endpoint, data=body, headers=self._up.headers(headers),
                                           allow_redirects=False) as response:

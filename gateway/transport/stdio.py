@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
+from gateway import jsonrpc
 from gateway.config.model import UpstreamConfig
 from gateway.errors import GatewayError
 from gateway.transport.base import DEFAULT_UPSTREAM_PROTOCOL, ConnectParams, Health, Message, MessageHandler
@@ -155,7 +156,7 @@ class StdioUpstream:
         proc = self._proc
         if proc is None or proc.stdin is None or proc.returncode is not None:
             raise GatewayError("upstream_unavailable", "upstream process is not running", data={"upstream": self.name})
-        line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        line = jsonrpc.dumps(message) + b"\n"
         async with self._write_lock:
             try:
                 proc.stdin.write(line)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 from collections.abc import Mapping
 from contextlib import suppress
@@ -20,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway import jsonrpc
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, Message, MessageHandler
 from gateway.transport.common import (
@@ -172,7 +172,7 @@ class StreamableHttpSession:
     async def _exchange(self, message: Message, headers: Mapping[str, str] | None, handler: MessageHandler | None,
                         *, capture: bool = False) -> Message:
         """POST one request and read its answer (JSON or an SSE stream ending in the response)."""
-        body = json.dumps(message, separators=(",", ":")).encode()
+        body = jsonrpc.dumps(message)
         try:
             async with self._up.http.post(self._up.url, data=body, headers=self._headers(headers),
                                           allow_redirects=False) as response:
@@ -226,7 +226,7 @@ class StreamableHttpSession:
 
     async def _post_one_way(self, message: Message, headers: Mapping[str, str] | None) -> None:
         """POST a notification or a response; the upstream acknowledges with 202 (any 2xx accepted)."""
-        body = json.dumps(message, separators=(",", ":")).encode()
+        body = jsonrpc.dumps(message)
         try:
             async with self._up.http.post(self._up.url, data=body, headers=self._headers(headers),
                                           allow_redirects=False) as response:

@@ -97,3 +97,10 @@ def test_entity_cache_follows_object_identity() -> None:
     assert cache.for_call(one, tool) is not None and cache.for_call(one, tool)[0] == first[0]
     # Equal id, other attributes, other object: its own entities, never the first one's.
     assert '"other"' in cache.for_call(other, tool)[0] and '"other"' not in first[0]
+
+
+def test_member_ids_match_members() -> None:
+    from gateway.context import Actor
+    for chain in ((), (Actor("b"),), (Actor("b"), Actor("a"), Actor("c"), Actor("b"))):
+        principal = agent("a", chain=chain)
+        assert E.member_ids(principal) == [m.id for m in E.members(principal)]

@@ -170,3 +170,18 @@ async def test_write_failure_is_logged_and_counted(caplog: pytest.LogCaptureFixt
     await log.close()
     assert log.dropped == 2
     assert "decision log write failed" in caplog.text
+
+
+async def test_values_the_fast_encoder_refuses_are_still_written(tmp_path: Path) -> None:
+    """Integers past 64 bits, lone surrogates and odd values take the stdlib path; every line stays JSON."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(DecisionLogConfig(path=path))
+    await log.start()
+    log.event("probe", big=2**70, text="lone \ud800 surrogate", when=Path("/x"), fine="ünïcode")
+    log.event("probe", small=1, nested={"list": [1.5, None, True]})
+    await log.close()
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [line["type"] for line in lines] == ["probe", "probe"]
+    assert lines[0]["big"] == 2**70 and lines[0]["text"] == "lone \ud800 surrogate"
+    assert lines[0]["when"] == "/x" and lines[0]["fine"] == "ünïcode"
+    assert lines[1]["nested"] == {"list": [1.5, None, True]}
