@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -62,6 +63,11 @@ class Result:
     requests: int
     errors: int
     generator: str
+    pace_ms: int = 0  # >0: each connection waits on average this long between calls (a load below saturation)
+
+    @property
+    def load(self) -> str:
+        return f"c={self.connections}" + (f" paced {self.pace_ms}ms" if self.pace_ms else "")
 
 
 class Children:
@@ -153,6 +159,7 @@ if session then wrk.headers["Mcp-Session-Id"] = session end
 %(extra)s
 local head = '{"jsonrpc":"2.0","id":"'
 local tail = '","method":"tools/call","params":%(params)s}'
+%(delay)s
 request = function()
   counter = counter + 1
   -- a fresh id per request: a gateway may refuse a second in-flight request with the same id
@@ -180,21 +187,27 @@ def parse_wrk(output: str) -> tuple[float, float, float, int, int]:
     return rps, p50, p99, requests, errors
 
 
-def run_wrk(target: Target, session: str | None, connections: int, duration_s: float, workdir: Path) -> Result:
+def run_wrk(target: Target, session: str | None, connections: int, duration_s: float, workdir: Path,
+            pace_ms: int = 0) -> Result:
     script = workdir / f"{target.name}.lua"
     params = json.dumps({"name": target.tool, "arguments": target.arguments}, separators=(",", ":"))
     script.write_text(LUA % {"session": json.dumps(session) if session else "nil", "name": target.name,
                              "protocol": PROTOCOL, "params": params.replace("'", "\\'"),
                              "extra": "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}"
-                                                for k, v in target.headers)})
+                                                for k, v in target.headers),
+                             # wrk calls delay() before each request of a connection: think time per client,
+                             # random (mean pace_ms) so the clients do not fire in lockstep bursts.
+                             "delay": f"delay = function() return math.random(0, {2 * pace_ms}) end"
+                             if pace_ms else ""})
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency", "--timeout", "10s",
            "-s", str(script), target.url]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, check=True)
     rps, p50, p99, requests, errors = parse_wrk(done.stdout)
-    return Result(target.name, connections, rps, p50, p99, requests, errors, "wrk")
+    return Result(target.name, connections, rps, p50, p99, requests, errors, "wrk", pace_ms)
 
 
-async def run_python(target: Target, session: str | None, connections: int, duration_s: float) -> Result:
+async def run_python(target: Target, session: str | None, connections: int, duration_s: float,
+                     pace_ms: int = 0) -> Result:
     """Fallback generator: `connections` aiohttp clients calling in a closed loop for `duration_s`."""
     headers = target.request_headers(session)
     latencies: list[float] = []
@@ -213,6 +226,9 @@ async def run_python(target: Target, session: str | None, connections: int, dura
                 await response.read()
                 errors += response.status >= 300
             latencies.append((time.perf_counter() - started) * 1000)
+            if pace_ms:
+                # Think time of a paced client (load shape, not sync), random so clients do not fire in lockstep.
+                await asyncio.sleep(random.uniform(0, 2 * pace_ms) / 1000)
 
     connector = aiohttp.TCPConnector(limit=connections)
     started = time.perf_counter()
@@ -221,7 +237,7 @@ async def run_python(target: Target, session: str | None, connections: int, dura
     elapsed = time.perf_counter() - started
     cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     return Result(target.name, connections, len(latencies) / elapsed, cuts[49], cuts[98], len(latencies), errors,
-                  "python")
+                  "python", pace_ms)
 
 
 def permissive_policy_dir(workdir: Path) -> Path:
@@ -272,26 +288,36 @@ async def measure(target: Target, args: argparse.Namespace, workdir: Path, use_w
         session = await open_session(http, target)
         await sanity_call(http, target, session)
 
-    async def load(connections: int, duration_s: float) -> Result:
+    async def load(connections: int, duration_s: float, pace_ms: int = 0) -> Result:
         if use_wrk:
-            return await asyncio.to_thread(run_wrk, target, session, connections, duration_s, workdir)
-        return await run_python(target, session, connections, duration_s)
+            return await asyncio.to_thread(run_wrk, target, session, connections, duration_s, workdir, pace_ms)
+        return await run_python(target, session, connections, duration_s, pace_ms)
 
     if args.warmup > 0:
         await load(max(args.connections), args.warmup)  # discarded: connection pools, caches, allocator
     results = []
-    for connections in args.connections:
-        result = await load(connections, args.duration)
+    loads = [(c, 0) for c in args.connections] + list(getattr(args, "paced", []))
+    for connections, pace_ms in loads:
+        result = await load(connections, args.duration, pace_ms)
         results.append(result)
-        print(f"  {target.name:<13} c={connections:<3} {result.rps:>9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+        print(f"  {target.name:<13} {result.load:<17} {result.rps:>9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
               f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}", flush=True)
     async with aiohttp.ClientSession() as http:
         await sanity_call(http, target, session)  # still answering correctly after the load
     return results
 
 
+def parse_paced(text: str) -> list[tuple[int, int]]:
+    """`50:40,10:5` → [(50, 40), (10, 5)]: connections and think time (ms) of each paced load."""
+    out = []
+    for item in filter(None, text.split(",")):
+        connections, pace = item.split(":")
+        out.append((int(connections), int(pace)))
+    return out
+
+
 def summary(results: list[Result]) -> dict[str, float]:
-    by = {(r.target, r.connections): r for r in results}
+    by = {(r.target, r.connections): r for r in results if not r.pace_ms}
     out: dict[str, float] = {}
     for (name, c), r in by.items():
         if name != "gateway" or ("forwarder", c) not in by:
@@ -335,6 +361,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per target per connection count")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target (0: none)")
     parser.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")], default=[1, 50])
+    parser.add_argument("--paced", type=parse_paced, default=[],
+                        help="paced loads C:MS,... (C connections, each waiting MS ms between calls)")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--demo", action="store_true", help="also measure the SDK demo server, direct and gateway")
     parser.add_argument("--json", help="write results and ratios to this file")

@@ -44,6 +44,7 @@ from bench_core import (
     _free_port,
     _url_of,
     measure,
+    parse_paced,
     permissive_policy_dir,
 )
 
@@ -102,16 +103,27 @@ async def start_all(children: Children, workdir: Path, variants: list[str]) -> t
 
 def median_results(rounds: list[list[Result]]) -> list[Result]:
     """Per (target, connections): the median of each figure over the rounds."""
-    keyed: dict[tuple[str, int], list[Result]] = {}
+    keyed: dict[tuple[str, int, int], list[Result]] = {}
     for results in rounds:
         for r in results:
-            keyed.setdefault((r.target, r.connections), []).append(r)
+            keyed.setdefault((r.target, r.connections, r.pace_ms), []).append(r)
     return [Result(t, c, statistics.median(x.rps for x in rs), statistics.median(x.p50_ms for x in rs),
                    statistics.median(x.p99_ms for x in rs), sum(x.requests for x in rs), sum(x.errors for x in rs),
-                   rs[0].generator) for (t, c), rs in keyed.items()]
+                   rs[0].generator, pace) for (t, c, pace), rs in keyed.items()]
 
 
 def ratios(results: list[Result]) -> dict[str, float]:
+    out = saturated_ratios([r for r in results if not r.pace_ms])
+    by = {(r.target, r.load): r for r in results if r.pace_ms}
+    for (name, load), r in sorted(by.items()):
+        fwd = by.get(("forwarder", load))
+        if name != "forwarder" and fwd is not None:
+            # Below saturation the p50 difference is the time the gateway adds to a call, not queueing.
+            out[f"{name} p50 - forwarder p50 ms {load}"] = r.p50_ms - fwd.p50_ms
+    return out
+
+
+def saturated_ratios(results: list[Result]) -> dict[str, float]:
     by = {(r.target, r.connections): r for r in results}
     out: dict[str, float] = {}
     for c in sorted({r.connections for r in results}):
@@ -166,11 +178,11 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"\nload average after each round: {'; '.join(loads)}")
     print("median over rounds:" if args.rounds > 1 else "results:")
     for r in results:
-        print(f"  {r.target:<10} c={r.connections:<3} {r.rps:>9.0f} req/s  p50 {r.p50_ms:7.3f} ms  "
+        print(f"  {r.target:<10} {r.load:<17} {r.rps:>9.0f} req/s  p50 {r.p50_ms:7.3f} ms  "
               f"p99 {r.p99_ms:7.3f} ms  errors {r.errors}")
     print("ratios:")
     for key, value in figures.items():
-        print(f"  {key:<45} {value:8.3f}")
+        print(f"  {key:<52} {value:8.3f}")
     print(f"decision-log lines per gateway: {decisions}")
     print(f"OTLP sink received: {exported}")
     if args.json:
@@ -188,6 +200,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per target per connection count")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target (0: none)")
     parser.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")], default=[1, 50])
+    parser.add_argument("--paced", type=parse_paced, default=[(50, 40)],
+                        help="paced loads C:MS,... (C connections, each waiting MS ms between calls): the p50 a "
+                             "call gains below saturation")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the whole sequence; report medians")
     parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS),
                         help=f"comma list of {', '.join(VARIANTS)}")

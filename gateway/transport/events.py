@@ -101,8 +101,10 @@ def _line_end(buffer: bytes) -> tuple[int, int] | None:
 
 async def read_json_body(response: aiohttp.ClientResponse, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     """The response body parsed as JSON, read with a size cap. Invalid or oversized → upstream_error."""
-    if response.content_length is not None and response.content_length > max_bytes:
-        raise GatewayError("upstream_error", "upstream response too large")
+    if response.content_length is not None:
+        if response.content_length > max_bytes:
+            raise GatewayError("upstream_error", "upstream response too large")
+        return parse_json(await response.read())  # Content-Length bounds the read: no chunk loop
     body = bytearray()
     async for chunk in response.content.iter_any():
         body += chunk
