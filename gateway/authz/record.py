@@ -11,29 +11,31 @@ import datetime as dt
 from dataclasses import fields
 from typing import Any
 
-from gateway.authz.entities import CallFacts, convert_args, facts_from_ctx
+from gateway.authz.entities import CallFacts, convert_args
 from gateway.context import Actor, CallContext, Principal, ToolInfo
+
+_TOOL_FIELDS = tuple(f.name for f in fields(ToolInfo) if f.name != "definition")  # the definition is not a fact
 
 
 def authz_input(principal: Principal, action: str, tool: ToolInfo, ctx: CallContext | None, environment: str,
                 *, include_args: bool = False) -> dict[str, Any]:
     """A JSON-safe snapshot of everything a decision was made from."""
-    facts = facts_from_ctx(ctx, environment)
-    # Field by field: asdict() would deep-copy the whole tool definition only to drop it.
-    tool_fields = {f.name: getattr(tool, f.name) for f in fields(tool) if f.name != "definition"}
+    args = ctx.args if ctx is not None else None
+    extra = ctx.extra if ctx is not None else {}
+    when = dt.datetime.fromtimestamp(ctx.started_wall, dt.UTC) if ctx is not None else dt.datetime.now(dt.UTC)
     return {
         "principal": {"id": principal.id, "attributes": dict(principal.attributes)},
         "chain": [{"id": a.id, "attributes": dict(a.attributes)} for a in principal.chain],
         "action": action,
-        "tool": tool_fields,
-        "args": facts.args if include_args else None,
+        "tool": {name: getattr(tool, name) for name in _TOOL_FIELDS},
+        "args": args if include_args else None,
         # Kept even without args (and computed before any redaction): a call denied for truncated or
         # escaped arguments must replay as denied under the same policies.
-        "args_truncated": convert_args(facts.args)[1],
-        "environment": facts.environment,
-        "args_contain_secret": facts.args_contain_secret,
-        "task": facts.task,
-        "time": (facts.now or dt.datetime.now(dt.UTC)).isoformat(),
+        "args_truncated": convert_args(args)[1],
+        "environment": environment,
+        "args_contain_secret": bool(extra.get("args_contain_secret", False)),
+        "task": extra.get("task"),
+        "time": when.isoformat(),
         "approved": bool(ctx is not None and ctx.approval is not None
                          and ctx.approval.outcome in ("approved", "reused")),
     }

@@ -74,6 +74,7 @@ class TaskTracker:
         self._clock = clock
         self._tasks: dict[str, Task] = {}
         self._idle_by_principal: dict[str, str] = {}
+        self._session_tasks: dict[str, str] = {}  # session id -> its task id (a hash: computed once per session)
         self._on_end: list[Callable[[str], None]] = []
         self._stop = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
@@ -90,7 +91,12 @@ class TaskTracker:
         if explicit is not None:
             return self._touch(explicit_task_id(explicit, principal), principal, "explicit", now)
         if ctx.session_id:
-            return self._touch(session_task_id(ctx.session_id), principal, "session", now)
+            task_id = self._session_tasks.get(ctx.session_id)
+            if task_id is None:
+                if len(self._session_tasks) >= 65536:  # bounded: ended sessions are not tracked here
+                    self._session_tasks.clear()
+                task_id = self._session_tasks[ctx.session_id] = session_task_id(ctx.session_id)
+            return self._touch(task_id, principal, "session", now)
         current = self._idle_by_principal.get(principal.key)
         task = self._tasks.get(current) if current else None
         if current is None or task is None or now - task.last_used >= self.idle_s:
