@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.catalog import Catalog
 from gateway.context import Principal
@@ -27,6 +27,12 @@ REPLAY_EVENTS = 256
 
 SendFn = Callable[[Message], Awaitable[None]]
 HeadersFn = Callable[["Session", str], Awaitable[dict[str, str]]]
+
+
+class Cancellable(Protocol):
+    """A call in flight: a task, or a handle that withdraws a call running in its HTTP handler's task."""
+
+    def cancel(self) -> Any: ...
 
 
 @dataclass
@@ -56,7 +62,7 @@ class Session:
     get_stream_open: bool = False
     server_requests: dict[str, ServerRequestRoute] = field(default_factory=dict)
     progress_routes: dict[Any, SendFn] = field(default_factory=dict)
-    inflight: dict[Any, asyncio.Task[Any]] = field(default_factory=dict)
+    inflight: dict[Any, Cancellable] = field(default_factory=dict)  # request id -> its running call
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
     resource_owner: dict[str, str] = field(default_factory=dict)  # uri -> upstream (aggregated view)

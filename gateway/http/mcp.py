@@ -218,19 +218,21 @@ class McpEndpoint:
         if token is not None and sse_ok:
             session.progress_routes[token] = channel.send
         error_headers: dict[str, str] = {}
-        task = asyncio.create_task(self.router.dispatch(inbound))
-        session.inflight[message.id] = task
+        # The call runs in this handler's own task (no task per request); `Withdrawal` lets
+        # notifications/cancelled and session end cancel it and still answer request_cancelled.
+        withdrawal = Withdrawal(asyncio.current_task())
+        session.inflight[message.id] = withdrawal
         try:
-            result = await task
+            result = await self.router.dispatch(inbound)
             if session.stateless:
                 result = modern_result(message.method, result)
             reply = jsonrpc.result(message.id, result)
             status = 200
         except asyncio.CancelledError:
-            if not task.done():  # the client went away: withdraw the call
-                task.cancel()
+            if not withdrawal.requested:  # the client went away: the call is withdrawn with the request
                 inbound.cancelled.set()
                 raise
+            withdrawal.absorb()
             reply, status = to_wire(GatewayError("request_cancelled"), message.id)
         except ClientGone:
             raise asyncio.CancelledError() from None
@@ -328,6 +330,26 @@ def modern_result(method: str, result: dict[str, Any]) -> dict[str, Any]:
         out["ttlMs"] = 0
         out["cacheScope"] = "private"
     return out
+
+
+class Withdrawal:
+    """A handle on the task answering one request: `cancel()` withdraws the call, not the HTTP request."""
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        assert task is not None, "handlers run in a task"
+        self.task = task
+        self.requested = False
+
+    def cancel(self) -> None:
+        # From inside the call itself (say, it ended its own session) there is nothing to withdraw: it is
+        # finishing, and a cancellation it raised into itself would land after the answer was chosen.
+        if not self.requested and asyncio.current_task() is not self.task:
+            self.requested = True
+            self.task.cancel()
+
+    def absorb(self) -> None:
+        """The withdrawal was handled: the task goes on (to answer request_cancelled) as if never cancelled."""
+        self.task.uncancel()
 
 
 class _ModernRejection(Exception):

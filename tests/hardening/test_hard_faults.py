@@ -380,3 +380,27 @@ async def test_per_tool_concurrency_limit_answers_429_with_retry_after(start_gat
         status, _, body = await client.call("rec__slow", {}, request_id=4)  # the slot came back
         assert status == 200 and "result" in body, body
     assert [name for name, _ in recorder.calls] == ["slow", "lookup", "slow"]
+
+
+async def test_client_cancellation_withdraws_the_call_and_reaches_the_upstream(features_gw: Any,
+                                                                               http: aiohttp.ClientSession) -> None:
+    """notifications/cancelled from the client: the call answers request_cancelled at once (JSON and SSE
+    alike), the upstream is told, and the session keeps working (the withdrawal is not a client disconnect)."""
+    client = await client_for(http, features_gw)
+
+    def count(word: str) -> int:
+        return features_gw.cancel_file.read_text().count(word) if features_gw.cancel_file.exists() else 0
+
+    for accept in ("application/json", "application/json, text/event-stream"):
+        started, cancelled = count("started"), count("cancelled")
+        call = asyncio.create_task(client.call("slowfeat__hang", {}, request_id=f"c-{accept}",
+                                               headers={"Accept": accept}))
+        await poll(lambda n=started + 1: count("started") == n, what="the call running at the upstream")
+        status, _, _ = await client.post({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                          "params": {"requestId": f"c-{accept}", "reason": "test"}})
+        assert status == 202
+        status, _, body = await asyncio.wait_for(call, 10)
+        assert status == 200 and reason(body) == "request_cancelled", body
+        await poll(lambda n=cancelled + 1: count("cancelled") == n, what="notifications/cancelled at the upstream")
+    status, _, body = await client.call("slowfeat__echo", {"value": "after"}, request_id="after")
+    assert status == 200 and body["result"]["content"][0]["text"] == "after", body

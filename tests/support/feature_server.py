@@ -97,6 +97,9 @@ def _lifecycle_tools(server: MCPServer[Any], state: FeatureState) -> None:
         """Never answers; records that it was cancelled."""
         await _log(ctx, "hanging")
         state.hang_started.set()
+        if path := os.environ.get("FEATURE_CANCEL_FILE"):
+            with open(path, "a") as handle:
+                handle.write("started\n")
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
