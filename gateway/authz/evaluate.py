@@ -28,9 +28,10 @@ from gateway.context import Decision, Outcome, Principal, ToolInfo
 class EntityCache:
     """Parsed entity sets by their JSON text (bounded LRU): the same agent calling the same tool skips the parse.
 
-    It also remembers whole results by their exact inputs. Cedar evaluation is a pure function of
-    (policy set, entities, request, context), so a result stored under the exact JSON of all of them
-    (policy version included) is the result Cedar would compute again: agents repeat identical calls.
+    It also remembers whole decisions by their exact inputs. Cedar evaluation is a pure function of
+    (policy set, entities, request, context), so a decision stored under the exact JSON of all of them
+    (policy version included) is the one Cedar would reach again: agents repeat identical calls, and
+    policies that read no per-call context attribute decide every call of an agent on a tool alike.
     """
 
     def __init__(self, size: int = 1024, results: int = 4096) -> None:
@@ -42,7 +43,7 @@ class EntityCache:
         self._by_identity: OrderedDict[tuple[int, int], tuple[Principal, ToolInfo, str, cedarpy.Entities]] = \
             OrderedDict()
         self._results_size = results
-        self._results: OrderedDict[tuple[str, ...], list[cedarpy.AuthzResult]] = OrderedDict()
+        self._results: OrderedDict[tuple[str, ...], Decision] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -71,14 +72,14 @@ class EntityCache:
             self._by_identity.popitem(last=False)
         return text, parsed
 
-    def result(self, key: tuple[str, ...]) -> list[cedarpy.AuthzResult] | None:
+    def decision(self, key: tuple[str, ...]) -> Decision | None:
         found = self._results.get(key)
         if found is not None:
             self._results.move_to_end(key)
         return found
 
-    def remember(self, key: tuple[str, ...], results: list[cedarpy.AuthzResult]) -> None:
-        self._results[key] = results
+    def remember(self, key: tuple[str, ...], decision: Decision) -> None:
+        self._results[key] = decision
         if len(self._results) > self._results_size:
             self._results.popitem(last=False)
 
@@ -122,20 +123,14 @@ def _errors(policies: LoadedPolicies, results: Iterable[cedarpy.AuthzResult], wh
     return out
 
 
-def _batch(policies: LoadedPolicies, ents: cedarpy.Entities, ents_text: str, who: list[str], action: str,
-           tool: ToolInfo, context: dict[str, Any], cache: EntityCache | None) -> list[cedarpy.AuthzResult]:
-    context_text = _json(context)
-    key = (policies.version, ents_text, action, tool.cedar_id, context_text, *who)
-    if cache is not None and (known := cache.result(key)) is not None:
-        return known
+def _batch(policies: LoadedPolicies, ents: cedarpy.Entities, who: list[str], action: str, tool: ToolInfo,
+           context: dict[str, Any], context_text: str | None = None) -> list[cedarpy.AuthzResult]:
+    context_text = context_text if context_text is not None else _json(context)
     requests = [{**E.request(member, action, tool, context), "context": context_text} for member in who]
     # The extension entry point directly: the public wrapper re-serialises the context and copies each
     # request (about 50 µs a call); the answers are identical.
     raw = _internal.is_authorized_batch(requests, policies.policy_set, ents._inner, None, False)
-    results = [cedarpy.AuthzResult(json.loads(text)) for text in raw]
-    if cache is not None:
-        cache.remember(key, results)
-    return results
+    return [cedarpy.AuthzResult(json.loads(text)) for text in raw]
 
 
 def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: ToolInfo, facts: E.CallFacts, *,
@@ -150,7 +145,22 @@ def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: To
     except ValueError as exc:
         return _deny([f"entities: {exc}"], started, version)
     first = E.context(principal, facts, "granted" if granted else "none", bounds, policies.context_keys)
-    results = _batch(policies, ents, ents_text, who, action, tool, first, cache)
+    first_text = _json(first)
+    key = (version, ents_text, action, tool.cedar_id, first_text, "granted" if granted else "", *who)
+    known = cache.decision(key) if cache is not None else None
+    if known is not None:  # the same inputs decide the same way: only the timing is this call's own
+        return Decision(known.outcome, known.policy_ids, known.errors, (time.perf_counter() - started) * 1e6,
+                        version)
+    decision = _evaluate(policies, ents, who, action, tool, first, first_text, granted, started)
+    if cache is not None:
+        cache.remember(key, decision)
+    return decision
+
+
+def _evaluate(policies: LoadedPolicies, ents: cedarpy.Entities, who: list[str], action: str, tool: ToolInfo,
+              first: dict[str, Any], first_text: str, granted: bool, started: float) -> Decision:
+    version = policies.version
+    results = _batch(policies, ents, who, action, tool, first, first_text)
     errors = _errors(policies, results, who)
     if errors:
         return _deny(errors, started, version)
@@ -162,7 +172,7 @@ def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: To
         return _deny((), started, version, forbids)
     # Policies that never read context.approval cannot be lifted by it: the same context decides again.
     lifted = {**first, "approval": "granted"} if "approval" in first else first
-    second = _batch(policies, ents, ents_text, who, action, tool, lifted, cache)
+    second = _batch(policies, ents, who, action, tool, lifted)
     errors = _errors(policies, second, who)
     if errors:
         return _deny(errors, started, version, forbids)
