@@ -67,11 +67,12 @@ def error_reason(exc: BaseException | None) -> str | None:
 
 
 def decision_record(ctx: CallContext, *, include_args: bool = False, redactor: Redactor | None = None,
-                    now: float | None = None) -> dict[str, Any]:
+                    now: float | None = None, current_ids: Callable[[], tuple[str | None, str | None]] | None = None,
+                    ) -> dict[str, Any]:
     """The decision log record of a finished call (see docs/decision-log.md for the fields)."""
     principal = ctx.principal
     decision = ctx.decision
-    trace_id, span_id = _current_ids()
+    trace_id, span_id = (current_ids or _current_ids)()
     reason = error_reason(ctx.error)
     record: dict[str, Any] = {
         "type": "decision",
@@ -140,8 +141,10 @@ class DecisionLog:
     """
 
     def __init__(self, config: DecisionLogConfig, redactor: Redactor | None = None, *,
-                 stream: TextIO | None = None, on_drop: Callable[[], None] | None = None) -> None:
+                 stream: TextIO | None = None, on_drop: Callable[[], None] | None = None,
+                 current_ids: Callable[[], tuple[str | None, str | None]] | None = None) -> None:
         self.config = config
+        self._current_ids = current_ids or _current_ids  # (trace id, span id) of the span current now
         self.include_args = config.include_args
         self._redactor = redactor
         self._stream = stream
@@ -183,13 +186,14 @@ class DecisionLog:
 
     def record_decision(self, ctx: CallContext) -> dict[str, Any]:
         """Queue the record of a finished call; returns it (the caller may reuse it)."""
-        record = decision_record(ctx, include_args=self.include_args, redactor=self._redactor)
+        record = decision_record(ctx, include_args=self.include_args, redactor=self._redactor,
+                                 current_ids=self._current_ids)
         self._append(_dumps(record))
         return record
 
     def event(self, type: str, **fields: Any) -> dict[str, Any]:
         """Queue an event record (approval state change, revocation, quarantine, policy reload …)."""
-        trace_id, span_id = _current_ids()
+        trace_id, span_id = self._current_ids()
         record: dict[str, Any] = {"type": type, "time": rfc3339(time.time())}
         if trace_id is not None:
             record.update(trace_id=trace_id, span_id=span_id)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from opentelemetry.trace import Span
 
 from gateway.config.model import Config
 from gateway.context import Principal
@@ -29,14 +28,14 @@ from gateway.telemetry.decision_log import DecisionLog
 from gateway.telemetry.decision_log import Redactor as RedactFn
 from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
 from gateway.telemetry.stage import RecordStage, instrument
-from gateway.telemetry.tracing import NO_SPAN, Telemetry, error_type, mark_error
+from gateway.telemetry.tracing import NO_SPAN, AnySpan, Telemetry, error_type, mark_error
 
 
 @dataclass
 class RequestTrace:
     """The SERVER span of one inbound request, and what the edge learned about its outcome."""
 
-    span: Span
+    span: AnySpan
     error: BaseException | None = None
 
     @property
@@ -64,7 +63,8 @@ class Observability:
         # Exported spans leave the gateway: captured arguments always pass a secret redactor.
         self.telemetry.redact = redactor or Redactor(config.secrets).redact
         self.metrics = Metrics(config.telemetry, env=env)
-        self.log = DecisionLog(config.decision_log, redactor, on_drop=self.metrics.log_record_dropped)
+        self.log = DecisionLog(config.decision_log, redactor, on_drop=self.metrics.log_record_dropped,
+                               current_ids=self.telemetry.current_ids)
         self.record = RecordStage(self.log, self.metrics, self.telemetry)
         self._upstreams = {u.name: u for u in config.upstreams}
 

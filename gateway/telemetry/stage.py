@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from opentelemetry import trace
-
 from gateway.config.model import UpstreamConfig
 from gateway.context import CallContext
 from gateway.errors import GatewayError
@@ -46,7 +44,7 @@ class RecordStage:
     def __init__(self, log: DecisionLog | None, metrics: Metrics | None, telemetry: Telemetry | None) -> None:
         self._log = log
         self._metrics = metrics
-        self._tracing = telemetry is not None and telemetry.enabled
+        self._telemetry = telemetry if telemetry is not None and telemetry.enabled else None
 
     async def __call__(self, ctx: CallContext) -> None:
         self.record(ctx)
@@ -55,8 +53,8 @@ class RecordStage:
         reason = error_reason(ctx.error)
         if self._metrics is not None:
             self._count(ctx, reason)
-        if self._tracing:
-            span = trace.get_current_span()
+        if self._telemetry is not None:
+            span = self._telemetry.current_span()
             if span.is_recording():
                 span.set_attributes(call_attributes(ctx))
                 if ctx.error is not None:

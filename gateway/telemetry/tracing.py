@@ -16,8 +16,10 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -27,11 +29,24 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.config.model import TelemetryConfig
 from gateway.telemetry.settings import TraceSettings, trace_settings
+from gateway.telemetry.span_export import SpanShipper
+from gateway.telemetry.spans import LightSpan, WireSpan, readable
 
 log = logging.getLogger("customs.telemetry")
 
@@ -40,6 +55,7 @@ VERSION = "0.1.0"
 PROPAGATION_KEYS = ("traceparent", "tracestate", "baggage")
 NO_SPAN: Span = trace.INVALID_SPAN
 Attributes = Mapping[str, Any]
+AnySpan = Span | LightSpan
 
 
 def _carrier(source: Mapping[str, Any] | None) -> dict[str, str]:
@@ -73,7 +89,7 @@ def error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
-def mark_error(span: Span, exc: BaseException) -> None:
+def mark_error(span: AnySpan, exc: BaseException) -> None:
     """Set `error.type`, `rpc.response.status_code` and ERROR status (description: the error message)."""
     if not span.is_recording():
         return
@@ -88,7 +104,8 @@ def mark_error(span: Span, exc: BaseException) -> None:
 
 
 class Telemetry:
-    """Owner of the tracer provider and exporters for one gateway (start/close)."""
+    """Owner of the span pipeline for one gateway (start/close): light spans on the loop (spans.py),
+    OTLP export in a child process (span_export.py), the console exporter in-process (debugging)."""
 
     def __init__(self, config: TelemetryConfig, *, env: Mapping[str, str] | None = None) -> None:
         self.settings: TraceSettings = trace_settings(config, os.environ if env is None else env)
@@ -98,40 +115,65 @@ class Telemetry:
         self.provider: TracerProvider | None = None
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self._propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+        self._ids = RandomIdGenerator()
+        self._current: ContextVar[LightSpan | None] = ContextVar("customs_span", default=None)
+        self._shipper: SpanShipper | None = None
+        self._console: BatchSpanProcessor | None = None
+        self._resource: Resource | None = None
 
     async def start(self) -> None:
-        """Build the provider and exporters (the batch processor starts its worker thread here)."""
+        """Start the exporter child (OTLP) and the console processor, as configured."""
         if not self.enabled or self.provider is not None:
             return
         settings = self.settings
         resource = Resource.create({"service.name": settings.service_name, "service.version": VERSION})
+        # The provider holds resource and sampler (and serves `tracer` for callers of the plain API);
+        # the gateway's own spans are light spans exported below.
         provider = TracerProvider(resource=resource, sampler=settings.sampler)
         if settings.endpoint is not None:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            exporter = OTLPSpanExporter(endpoint=settings.endpoint, headers=settings.headers or None)
-            provider.add_span_processor(BatchSpanProcessor(exporter))
+            shipper = SpanShipper(settings.endpoint, dict(settings.headers), dict(resource.attributes))
+            await shipper.start()
+            self._shipper = shipper
         if settings.console:
             # stderr: stdout carries the decision log by default.
-            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+            self._console = BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr))
+            provider.add_span_processor(self._console)
+        self._resource = resource
         self.provider = provider
         self.tracer = provider.get_tracer(TRACER_NAME, VERSION)
         log.info("tracing on: service %s, otlp %s, console %s", settings.service_name,
                  settings.endpoint or "off", settings.console)
+
+    @property
+    def dropped(self) -> int:
+        return self._shipper.dropped if self._shipper is not None else 0
+
+    def _finished(self, span: WireSpan) -> None:
+        if self._shipper is not None:
+            self._shipper.add(span)
+        if self._console is not None and self._resource is not None:
+            self._console.on_end(readable(span, self._resource))
 
     async def flush(self, timeout_ms: int = 10_000) -> bool:
         """Export every finished span now (off the event loop). True when all were exported."""
         if self.provider is None:
             return True
         provider = self.provider
-        return await asyncio.to_thread(provider.force_flush, timeout_ms)
+        done = await asyncio.to_thread(provider.force_flush, timeout_ms)
+        if self._shipper is not None:
+            done = await self._shipper.flush(timeout_ms / 1000) and done
+        return done
 
     async def close(self) -> None:
-        """Flush and shut the exporters down (off the event loop: the exporter does blocking HTTP)."""
+        """Flush and shut the exporters down (off the event loop: the exporters do blocking I/O)."""
         provider, self.provider = self.provider, None
+        shipper, self._shipper = self._shipper, None
         self.tracer = trace.NoOpTracer()
+        if shipper is not None:
+            await shipper.close()
         if provider is not None:
             await asyncio.to_thread(provider.shutdown)
+        self._console = None
 
     # -- propagation -------------------------------------------------------------------------------
 
@@ -160,27 +202,90 @@ class Telemetry:
         return None, [Link(sc, {"customs.link": "untrusted_parent", "customs.link.source": source})
                       for source, _, sc in found]
 
+    def _carrier_context(self) -> otel_context.Context | None:
+        current = self._current.get()
+        if current is None:
+            return None
+        return trace.set_span_in_context(NonRecordingSpan(current.get_span_context()))
+
     def inject_headers(self, headers: dict[str, str]) -> None:
         """Write the current span's context as `traceparent`/`tracestate` headers (HTTP upstreams)."""
-        if self.enabled:
-            self._propagator.inject(headers)
+        if self.enabled and (context := self._carrier_context()) is not None:
+            self._propagator.inject(headers, context=context)
 
     def inject_meta(self, meta: dict[str, Any]) -> None:
         """Write the current span's context into `params._meta` (every transport; stdio's only channel)."""
-        if self.enabled:
-            self._propagator.inject(meta)
+        if self.enabled and (context := self._carrier_context()) is not None:
+            self._propagator.inject(meta, context=context)
 
     def inject(self, headers: dict[str, str], meta: dict[str, Any]) -> None:
-        """Both of the above: the shape `ForwardStage(inject=...)` expects."""
-        if self.enabled:
-            self._propagator.inject(headers)
-            self._propagator.inject(meta)
+        """Both of the above (injected once, copied to both): the shape `ForwardStage(inject=...)` expects."""
+        if self.enabled and (context := self._carrier_context()) is not None:
+            carrier: dict[str, str] = {}
+            self._propagator.inject(carrier, context=context)
+            headers.update(carrier)
+            meta.update(carrier)
+
+    def current_span(self) -> AnySpan:
+        """The gateway span current in this task (NO_SPAN outside any)."""
+        current = self._current.get()
+        return current if current is not None else NO_SPAN
+
+    def current_ids(self) -> tuple[str | None, str | None]:
+        """(trace id, span id) in hex of the current span: the gateway's, else any current API span."""
+        current = self._current.get()
+        context = current.get_span_context() if current is not None else \
+            trace.get_current_span().get_span_context()
+        if not context.is_valid:
+            return None, None
+        return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
     # -- spans -------------------------------------------------------------------------------------
 
+    def _new(self, name: str, kind: SpanKind, attrs: Attributes | None, parent: otel_context.Context | None,
+             links: list[Link] | None, start_ns: int | None, *, root: bool = False) -> LightSpan:
+        """A started light span: child of `parent` (or, unless `root`, of the current span)."""
+        parent_context: SpanContext | None = None
+        if parent is not None:
+            parent_context = trace.get_current_span(parent).get_span_context()
+        elif not root and (current := self._current.get()) is not None:
+            parent_context = current.get_span_context()
+        if parent_context is not None and not parent_context.is_valid:
+            parent_context = None
+        trace_id = parent_context.trace_id if parent_context is not None else self._ids.generate_trace_id()
+        trace_state: TraceState | None
+        if parent_context is not None and not parent_context.is_remote:
+            sampled = parent_context.trace_flags.sampled  # our own parent decided for the whole request
+            trace_state = parent_context.trace_state
+            extra: Attributes = {}
+        else:
+            decision = self.settings.sampler.should_sample(
+                trace.set_span_in_context(NonRecordingSpan(parent_context)) if parent_context else None,
+                trace_id, name, kind, attrs, links)
+            sampled = decision.decision.is_sampled()  # type: ignore[no-untyped-call]
+            trace_state, extra = decision.trace_state, decision.attributes or {}
+        context = SpanContext(trace_id, self._ids.generate_span_id(), is_remote=False,
+                              trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
+                              trace_state=trace_state)
+        return LightSpan(name, kind, context, parent_context, start_ns or time.time_ns(),
+                         {**(attrs or {}), **extra} if extra else attrs, links or (),
+                         self._finished if sampled else None)
+
+    @contextmanager
+    def _span(self, span: LightSpan) -> Iterator[LightSpan]:
+        token = self._current.set(span)
+        try:
+            yield span
+        except BaseException as exc:
+            mark_error(span, exc)
+            raise
+        finally:
+            self._current.reset(token)
+            span.end(time.time_ns())
+
     def server_span(self, method: str, target: str | None = None, attrs: Attributes | None = None,
                     parent: otel_context.Context | None = None, links: list[Link] | None = None,
-                    start_time: int | None = None) -> AbstractContextManager[Span]:
+                    start_time: int | None = None) -> AbstractContextManager[AnySpan]:
         """The SERVER span of one inbound MCP request, made current. Named `{method} {target}`.
 
         With no parent the span is a root even if some other span is current (no wrong parent).
@@ -189,22 +294,22 @@ class Telemetry:
         if not self.enabled:
             return nullcontext(NO_SPAN)
         attributes = {"mcp.method.name": method, **(attrs or {})}
-        return self._span(span_name(method, target), SpanKind.SERVER, attributes,
-                          parent if parent is not None else otel_context.Context(), links, start_time)
+        return self._span(self._new(span_name(method, target), SpanKind.SERVER, attributes, parent, links,
+                                    start_time, root=True))
 
-    def stage_span(self, name: str, attrs: Attributes | None = None) -> AbstractContextManager[Span]:
+    def stage_span(self, name: str, attrs: Attributes | None = None) -> AbstractContextManager[AnySpan]:
         """An INTERNAL child span of the current span (identify, authorize, approval, credential)."""
         if not self.enabled:
             return nullcontext(NO_SPAN)
-        return self._span(name, SpanKind.INTERNAL, attrs, None, None, None)
+        return self._span(self._new(name, SpanKind.INTERNAL, attrs, None, None, None))
 
     def client_span(self, method: str, target: str | None = None,
-                    attrs: Attributes | None = None) -> AbstractContextManager[Span]:
+                    attrs: Attributes | None = None) -> AbstractContextManager[AnySpan]:
         """The CLIENT span of the upstream request; `inject` inside it propagates this span."""
         if not self.enabled:
             return nullcontext(NO_SPAN)
         attributes = {"mcp.method.name": method, **(attrs or {})}
-        return self._span(span_name(method, target), SpanKind.CLIENT, attributes, None, None, None)
+        return self._span(self._new(span_name(method, target), SpanKind.CLIENT, attributes, None, None, None))
 
     def record_span(self, name: str, start_ns: int, end_ns: int, attrs: Attributes | None = None,
                     error: BaseException | None = None) -> None:
@@ -212,35 +317,16 @@ class Telemetry:
         the request's method is known)."""
         if not self.enabled:
             return
-        span = self.tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=_clean(attrs), start_time=start_ns)
+        span = self._new(name, SpanKind.INTERNAL, attrs, None, None, start_ns)
         if error is not None:
             mark_error(span, error)
-        span.end(end_time=end_ns)
-
-    @contextmanager
-    def _span(self, name: str, kind: SpanKind, attrs: Attributes | None, parent: otel_context.Context | None,
-              links: list[Link] | None, start_time: int | None) -> Iterator[Span]:
-        with self.tracer.start_as_current_span(name, context=parent, kind=kind, attributes=_clean(attrs),
-                                               links=links or (), start_time=start_time, record_exception=False,
-                                               set_status_on_exception=False) as span:
-            try:
-                yield span
-            except BaseException as exc:
-                mark_error(span, exc)
-                raise
+        span.end(end_ns)
 
 
 def span_name(method: str, target: str | None) -> str:
     return f"{method} {target}" if target else method
 
 
-def _clean(attrs: Attributes | None) -> dict[str, Any] | None:
-    """Drop None values (OTel rejects them with a warning per attribute)."""
-    if not attrs:
-        return None
-    return {k: v for k, v in attrs.items() if v is not None}
-
-
-def set_attributes(span: Span, attrs: Attributes) -> None:
+def set_attributes(span: AnySpan, attrs: Attributes) -> None:
     if span.is_recording():
         span.set_attributes({k: v for k, v in attrs.items() if v is not None})

@@ -99,7 +99,7 @@ async def test_trace_and_span_ids_come_from_the_current_span(otlp: OtlpReceiver)
     await telemetry.start()
     try:
         with telemetry.server_span("tools/call", "pay") as span:
-            record = decision_record(call())
+            record = decision_record(call(), current_ids=telemetry.current_ids)
     finally:
         await telemetry.close()
     context = span.get_span_context()

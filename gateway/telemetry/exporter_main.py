@@ -1,0 +1,14 @@
+"""Entry point of the span exporter child process (`python -m gateway.telemetry.exporter_main`).
+
+A module of its own, imported by nothing, so running it never re-imports a module the package already loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.telemetry.span_export import main
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s customs span exporter %(levelname)s %(message)s")
+    main()

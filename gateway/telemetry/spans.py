@@ -1,0 +1,103 @@
+"""Light spans: what a call's spans record on the event loop, turned into SDK spans where they are exported.
+
+Creating an SDK span costs tens of microseconds (context attach/detach, attribute cleaning, locks,
+processor callbacks) and encoding it for OTLP more again; a proxied call makes five. The gateway's
+spans are simple (known names, kinds, parents and attributes, no events), so on the hot path a span
+is this small object: ids from the SDK's id generator, the SDK's sampler decides, the SDK's
+propagator carries the context. When it ends it is queued as a plain tuple; `readable()` turns the
+tuple into the SDK's own `ReadableSpan`, which the SDK's exporters (OTLP, console) write, in the
+exporter process for OTLP (span_export.py), so neither building nor encoding competes with calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+SCOPE = InstrumentationScope("customs", "0.1.0")
+SPAN_ATTRIBUTE_LIMIT = 128  # the SDK's default span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT)
+# (trace_id, span_id, is_remote, flags, trace_state items)
+WireContext = tuple[int, int, bool, int, tuple[tuple[str, str], ...]]
+# name, kind, context, parent context | None, start, end, attributes, links [(context, attrs)], status (code, text)
+WireSpan = tuple[str, int, WireContext, WireContext | None, int, int, dict[str, Any],
+                 list[tuple[WireContext, dict[str, Any]]], tuple[int, str | None]]
+
+
+def wire_context(context: SpanContext) -> WireContext:
+    return (context.trace_id, context.span_id, context.is_remote, int(context.trace_flags),
+            tuple(context.trace_state.items()) if context.trace_state else ())
+
+
+def _span_context(wire: WireContext) -> SpanContext:
+    trace_id, span_id, remote, flags, state = wire
+    return SpanContext(trace_id, span_id, is_remote=remote, trace_flags=TraceFlags(flags),
+                       trace_state=TraceState(list(state)) if state else None)
+
+
+class LightSpan:
+    """A span being recorded on the event loop (the subset of the API Span the gateway uses)."""
+
+    __slots__ = ("_attributes", "_context", "_end", "_links", "_name", "_parent", "_sink", "_start", "_status",
+                 "kind")
+
+    def __init__(self, name: str, kind: SpanKind, context: SpanContext, parent: SpanContext | None,
+                 start_ns: int, attributes: Mapping[str, Any] | None, links: Sequence[Link],
+                 sink: Callable[[WireSpan], None] | None) -> None:
+        self._name = name
+        self.kind = kind
+        self._context = context
+        self._parent = parent
+        self._start = start_ns
+        self._end = 0
+        self._attributes: dict[str, Any] = {k: v for k, v in (attributes or {}).items() if v is not None}
+        self._links = links
+        self._status: tuple[int, str | None] = (StatusCode.UNSET.value, None)
+        self._sink = sink  # None: not sampled (the context still propagates, nothing is recorded)
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self._sink is not None and not self._end
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if value is not None and self.is_recording():
+            self._attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        if self.is_recording():
+            self._attributes.update((k, v) for k, v in attributes.items() if v is not None)
+
+    def set_status(self, status: Status) -> None:
+        if self.is_recording():
+            self._status = (status.status_code.value, status.description)
+
+    def end(self, end_ns: int) -> None:
+        sink = self._sink
+        if sink is None or self._end:
+            return
+        self._end = end_ns
+        sink((self._name, self.kind.value, wire_context(self._context),
+              wire_context(self._parent) if self._parent is not None else None, self._start, end_ns,
+              self._attributes, [(wire_context(link.context), dict(link.attributes or {})) for link in self._links],
+              self._status))
+
+
+def readable(span: WireSpan, resource: Resource) -> ReadableSpan:
+    """The SDK span of a finished light span (what the SDK's exporters take)."""
+    name, kind, context, parent, start, end, attributes, links, (code, text) = span
+    status = Status(StatusCode(code), text) if code != StatusCode.UNSET.value else Status(StatusCode.UNSET)
+    # BoundedAttributes: the SDK's own cleaning and limits, as an SDK span would have applied them.
+    return ReadableSpan(name=name, context=_span_context(context),
+                        parent=_span_context(parent) if parent is not None else None, resource=resource,
+                        attributes=BoundedAttributes(SPAN_ATTRIBUTE_LIMIT, attributes, immutable=True),
+                        links=tuple(Link(_span_context(c), BoundedAttributes(SPAN_ATTRIBUTE_LIMIT, a, immutable=True))
+                                    for c, a in links),
+                        kind=SpanKind(kind), status=status, start_time=start, end_time=end,
+                        instrumentation_scope=SCOPE)

@@ -1,0 +1,103 @@
+"""Light spans and the exporter child: faithful SDK spans on the wire, sampling, flush, and a child that dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+from gateway.config.model import TelemetryConfig
+from gateway.telemetry.spans import LightSpan, WireSpan, readable
+from gateway.telemetry.tracing import Telemetry
+from tests.support.otlp import OtlpReceiver
+
+
+def config(**traces: object) -> TelemetryConfig:
+    return TelemetryConfig.model_validate({"traces": traces})
+
+
+def test_a_finished_light_span_becomes_the_same_sdk_span() -> None:
+    finished: list[WireSpan] = []
+    state = TraceState([("vendor", "x")])
+    context = SpanContext(0xA1, 0xB2, is_remote=False, trace_flags=TraceFlags(1), trace_state=state)
+    parent = SpanContext(0xA1, 0xC3, is_remote=True, trace_flags=TraceFlags(1))
+    linked = SpanContext(0xD4, 0xE5, is_remote=True, trace_flags=TraceFlags(1))
+    span = LightSpan("tools/call pay", SpanKind.SERVER, context, parent, 100, {"a": 1, "gone": None},
+                     [Link(linked, {"customs.link": "http_context"})], finished.append)
+    span.set_attributes({"customs.chain": ["x", "y"], "skip": None})
+    span.set_attribute("b", True)
+    span.set_status(Status(StatusCode.ERROR, "denied"))
+    span.end(250)
+    span.end(300)  # a second end changes nothing
+    span.set_attribute("late", 1)  # nor does anything after the end
+    assert len(finished) == 1 and not span.is_recording()
+    sdk = readable(finished[0], Resource({"service.name": "t"}))
+    assert (sdk.name, sdk.kind, sdk.start_time, sdk.end_time) == ("tools/call pay", SpanKind.SERVER, 100, 250)
+    assert sdk.context is not None and sdk.parent is not None
+    assert (sdk.context.trace_id, sdk.context.span_id, sdk.context.trace_state) == (0xA1, 0xB2, state)
+    assert (sdk.parent.span_id, sdk.parent.is_remote) == (0xC3, True)
+    assert dict(sdk.attributes or {}) == {"a": 1, "customs.chain": ("x", "y"), "b": True}
+    assert sdk.status.status_code == StatusCode.ERROR and sdk.status.description == "denied"
+    assert [(link.context.span_id, dict(link.attributes or {})) for link in sdk.links] == \
+        [(0xE5, {"customs.link": "http_context"})]
+    assert sdk.resource.attributes["service.name"] == "t"
+
+
+async def test_unsampled_requests_propagate_but_export_nothing(otlp: OtlpReceiver) -> None:
+    telemetry = Telemetry(config(endpoint=otlp.url, sample_ratio=0.0), env={})
+    await telemetry.start()
+    try:
+        with telemetry.server_span("tools/call", "x"), telemetry.client_span("tools/call", "x") as client:
+            headers: dict[str, str] = {}
+            meta: dict[str, object] = {}
+            telemetry.inject(headers, meta)
+        with telemetry.server_span("tools/call", "marker"):
+            pass
+        assert await telemetry.flush()
+    finally:
+        await telemetry.close()
+    context = client.get_span_context()
+    assert headers["traceparent"] == f"00-{context.trace_id:032x}-{context.span_id:016x}-00" == meta["traceparent"]
+    assert otlp.spans == []
+
+
+async def test_a_killed_exporter_is_restarted_and_later_spans_arrive(otlp: OtlpReceiver) -> None:
+    telemetry = Telemetry(config(endpoint=otlp.url), env={})
+    await telemetry.start()
+    try:
+        with telemetry.server_span("tools/call", "before"):
+            pass
+        assert await telemetry.flush()
+        await otlp.wait_for_span(lambda s: s.name == "tools/call before")
+        shipper = telemetry._shipper
+        assert shipper is not None and shipper._proc is not None
+        old = shipper._proc.pid
+        os.kill(old, signal.SIGKILL)
+        await asyncio.wait_for(shipper._proc.wait(), 10)
+        for n in range(3):  # the first batch after the kill finds the pipe broken and restarts the child
+            with telemetry.server_span("tools/call", f"after-{n}"):
+                pass
+            await telemetry.flush(timeout_ms=5000)
+        assert shipper._proc is not None and shipper._proc.pid != old
+        await otlp.wait_for_span(lambda s: s.name == "tools/call after-2")
+    finally:
+        await telemetry.close()
+
+
+async def test_a_batch_that_cannot_be_shipped_is_dropped_and_counted(otlp: OtlpReceiver) -> None:
+    telemetry = Telemetry(config(endpoint=otlp.url), env={})
+    await telemetry.start()
+    try:
+        with telemetry.server_span("tools/call", "odd", {"odd": object()}):  # no span attribute can be this
+            pass
+        await telemetry.flush()
+        assert telemetry.dropped == 1
+        with telemetry.server_span("tools/call", "fine"):
+            pass
+        assert await telemetry.flush()
+        await otlp.wait_for_span(lambda s: s.name == "tools/call fine")
+    finally:
+        await telemetry.close()
