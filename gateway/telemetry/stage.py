@@ -31,6 +31,9 @@ from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Telemetry, mark_error, set_attributes, span_name
 
 UPSTREAM_REASONS = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_error"})
+# Stages whose spans are recorded when they end: nothing they do happens inside their span (no child
+# span, no propagated context, no decision-log event), so the span need not be current meanwhile.
+AFTER_THE_FACT = frozenset({"authorize", "credential"})
 STAGE_SPANS = {"authorize": "customs.authorize", "approve": "customs.approval", "credential": "customs.credential"}
 
 
@@ -108,6 +111,9 @@ class _Traced:
                 if self._metrics is not None:
                     self._metrics.stage_duration(self._name, time.perf_counter() - started)
             return
+        if self._name in AFTER_THE_FACT:
+            await self._recorded(ctx, started)
+            return
         with self._telemetry.stage_span(self._span_name) as span:
             try:
                 await self._stage(ctx)
@@ -115,6 +121,20 @@ class _Traced:
                 set_attributes(span, self._after(ctx))
                 if self._metrics is not None:
                     self._metrics.stage_duration(self._name, time.perf_counter() - started)
+
+    async def _recorded(self, ctx: CallContext, started: float) -> None:
+        """The stage's span made when it ends (nothing inside it needs to be its child): no context switch."""
+        start_ns = time.time_ns()
+        error: BaseException | None = None
+        try:
+            await self._stage(ctx)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._telemetry.record_span(self._span_name, start_ns, time.time_ns(), self._after(ctx), error)
+            if self._metrics is not None:
+                self._metrics.stage_duration(self._name, time.perf_counter() - started)
 
 
 class _TracedForward:

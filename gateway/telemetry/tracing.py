@@ -17,9 +17,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar, Token
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -271,17 +271,8 @@ class Telemetry:
                          {**(attrs or {}), **extra} if extra else attrs, links or (),
                          self._finished if sampled else None)
 
-    @contextmanager
-    def _span(self, span: LightSpan) -> Iterator[LightSpan]:
-        token = self._current.set(span)
-        try:
-            yield span
-        except BaseException as exc:
-            mark_error(span, exc)
-            raise
-        finally:
-            self._current.reset(token)
-            span.end(time.time_ns())
+    def _span(self, span: LightSpan) -> _Current:
+        return _Current(self._current, span)
 
     def server_span(self, method: str, target: str | None = None, attrs: Attributes | None = None,
                     parent: otel_context.Context | None = None, links: list[Link] | None = None,
@@ -321,6 +312,28 @@ class Telemetry:
         if error is not None:
             mark_error(span, error)
         span.end(end_ns)
+
+
+class _Current:
+    """A light span made current for a block; an exception leaving it marks the span. Ends it on exit."""
+
+    __slots__ = ("_span", "_token", "_var")
+
+    def __init__(self, var: ContextVar[LightSpan | None], span: LightSpan) -> None:
+        self._var = var
+        self._span = span
+        self._token: Token[LightSpan | None] | None = None
+
+    def __enter__(self) -> LightSpan:
+        self._token = self._var.set(self._span)
+        return self._span
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            mark_error(self._span, exc)
+        if self._token is not None:
+            self._var.reset(self._token)
+        self._span.end(time.time_ns())
 
 
 def span_name(method: str, target: str | None) -> str:
