@@ -2,7 +2,8 @@
 
 Run: .venv/bin/python bench/bench_tracing.py [--n 20000]
 Stages are no-ops, so the figures are the telemetry overhead alone. "on" exports over OTLP/HTTP to a
-local receiver through the batch processor (export happens in its thread); the decision log writes
+local receiver through the exporter child process (the figures are the event loop's share; the
+child's encoding runs on another core); the decision log writes
 to /dev/null through the normal buffered writer. Prometheus metrics are on in every scenario.
 """
 
