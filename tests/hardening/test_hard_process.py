@@ -16,6 +16,7 @@ import pytest
 
 from gateway.approvals.redis import RedisApprovalStore
 from tests.hardening.conftest import RawClient, Recorder, one_shape_policies, poll, reason, recording_server
+from tests.support.otlp import OtlpReceiver
 from tests.support.redis import RedisServer
 from tests.support.servers import run_http_server
 
@@ -177,3 +178,35 @@ async def test_two_replicas_share_one_rate_budget_through_redis(
         assert body["error"]["data"]["retry_after_s"] >= 1
         assert int(headers["Retry-After"]) == body["error"]["data"]["retry_after_s"]
     assert len(recorder.calls) == 4
+
+
+async def test_sigterm_with_tracing_exports_the_last_spans_and_leaves_no_exporter_behind(
+        spawn_gateway: Any, upstream: tuple[Recorder, str], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    _, url = upstream
+    async with OtlpReceiver() as otlp:
+        gw = await spawn_gateway({"upstreams": [{"name": "rec", "url": url}], "identity": ANON,
+                                  "policies": {"dir": str(one_shape_policies(tmp_path / "policies")), "watch": False},
+                                  "telemetry": {"traces": {"endpoint": otlp.url}}})
+        children = _children(gw.proc.pid)
+        assert children, "the span exporter process runs beside the gateway"
+        client = RawClient(http, gw.mcp)
+        await client.initialize()
+        status, _, body = await client.call("rec__lookup", {"sku": "widget"})
+        assert status == 200 and "result" in body, body
+        gw.proc.send_signal(signal.SIGTERM)  # well before the exporter's next batch is due
+        await poll(lambda: gw.proc.poll() is not None, timeout=20, what="the process to exit")
+        assert gw.proc.returncode == 0, gw.log()
+        await otlp.wait_for_span(lambda s: s.name == "tools/call rec__lookup")
+        await poll(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), what="the exporter to exit")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
