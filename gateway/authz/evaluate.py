@@ -21,7 +21,7 @@ import orjson
 from cedarpy import _internal
 
 from gateway.authz import entities as E
-from gateway.authz.policyset import LoadedPolicies
+from gateway.authz.policyset import LoadedPolicies, prune
 from gateway.context import Decision, Outcome, Principal, ToolInfo
 
 
@@ -145,6 +145,8 @@ def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: To
     except ValueError as exc:
         return _deny([f"entities: {exc}"], started, version)
     first = E.context(principal, facts, "granted" if granted else "none", bounds, policies.context_keys)
+    if policies.context_reads is not None:
+        first = prune(first, policies.context_reads)
     first_text = _json(first)
     key = (version, ents_text, action, tool.cedar_id, first_text, "granted" if granted else "", *who)
     known = cache.decision(key) if cache is not None else None

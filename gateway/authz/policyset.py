@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import cedarpy
 
@@ -38,8 +38,13 @@ class LoadedPolicies:
     source: str
     files: tuple[str, ...]
     id_by_internal: dict[str, str] = field(default_factory=dict)  # policy0 -> @id
-    # Top-level context attributes some policy names; None: a policy uses `context` as a whole value.
-    context_keys: frozenset[str] | None = None
+    # What of the context some policy reads (see context_tree); None: a policy uses `context` as a whole.
+    context_reads: Tree | None = None
+
+    @property
+    def context_keys(self) -> frozenset[str] | None:
+        """The top-level context attributes some policy reads (None: all of them)."""
+        return None if self.context_reads is None else frozenset(self.context_reads)
 
     def __len__(self) -> int:
         return len(self.id_by_internal)
@@ -58,14 +63,40 @@ def rename_ids(message: str, id_by_internal: dict[str, str]) -> str:
     return message
 
 
-def context_keys(est: Any) -> frozenset[str] | None:
-    """The context attributes a policy set can see, from its JSON form (EST): `context.x`, `context has x`.
+Tree = dict[str, "Tree | None"]  # attribute name -> what of its value is read (None: all of it)
 
-    Cedar has no way to reach an attribute without naming it, so attributes outside this set cannot
-    change a decision and need not be sent (parsing the context is most of a decision's cost). Any
-    other use of `context` (compared or passed as a whole record) returns None: send everything.
+
+def context_tree(est: Any) -> Tree | None:
+    """The parts of the context a policy set can see, from its JSON form (EST), as a tree of attribute paths.
+
+    Cedar has no way to reach an attribute without naming it, so what lies outside this tree cannot
+    change a decision and need not be sent (parsing the context is most of a decision's cost, and a
+    context that differs only in unread parts decides like one seen before). `context.task.totals.amount`
+    reads one leaf; `context has task` only needs `task` to be there; any other use of a context value
+    (compared, passed to a method such as `containsAny`) reads all of it. A use of `context` itself as a
+    whole value returns None: send everything.
     """
-    keys: set[str] = set()
+    tree: Tree = {}
+    whole = False
+
+    def mark(path: list[str], *, presence: bool) -> None:
+        nonlocal whole
+        if not path:
+            whole = True
+            return
+        node = tree
+        for name in path[:-1]:
+            child = node.get(name, {})
+            if child is None:
+                return  # already read whole
+            node[name] = child
+            node = child
+        last = path[-1]
+        if presence:
+            node.setdefault(last, {})
+        else:
+            node[last] = None
+
     stack: list[Any] = [est]
     while stack:
         node = stack.pop()
@@ -74,15 +105,52 @@ def context_keys(est: Any) -> frozenset[str] | None:
             continue
         if not isinstance(node, dict):
             continue
-        if node.get("Var") == "context":
-            return None  # reached only when not the left side of an attribute access
-        for key, value in node.items():
-            if key in (".", "has") and isinstance(value, dict) and value.get("left") == {"Var": "context"}:
-                keys.add(str(value.get("attr")))
-                stack.extend(v for k, v in value.items() if k not in ("left", "attr"))
+        path = _context_path(node)
+        if path is not None:
+            mark(path, presence=False)
+            continue
+        step = node.get("has")
+        if len(node) == 1 and _is_step(step):
+            left = _context_path(step["left"])
+            if left is not None:
+                mark([*left, str(step["attr"])], presence=True)
             else:
-                stack.append(value)
-    return frozenset(keys)
+                stack.append(step["left"])
+            continue
+        if len(node) == 1 and "Record" in node and isinstance(node["Record"], dict):
+            stack.extend(node["Record"].values())  # field names are data, never operators
+            continue
+        stack.extend(node.values())
+    return None if whole else tree
+
+
+def _is_step(value: Any) -> TypeGuard[dict[str, Any]]:
+    return isinstance(value, dict) and "left" in value and isinstance(value.get("attr"), str)
+
+
+def _context_path(node: Any) -> list[str] | None:
+    """`context` → [], `context.a.b` → ["a", "b"]; anything else → None."""
+    names: list[str] = []
+    while isinstance(node, dict) and len(node) == 1:
+        if node.get("Var") == "context":
+            return names[::-1]
+        step = node.get(".")
+        if not _is_step(step):
+            return None
+        names.append(step["attr"])
+        node = step["left"]
+    return None
+
+
+def prune(value: Any, tree: Tree) -> Any:
+    """`value` (a context record) with only what `tree` names (a record read for presence becomes `{}`)."""
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for name, sub in tree.items():
+        if name in value:
+            out[name] = value[name] if sub is None else prune(value[name], sub)
+    return out
 
 
 def fingerprint(*dirs: Path | None) -> tuple[tuple[str, int, int], ...]:
@@ -197,4 +265,4 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
         policy_set=cedarpy.PolicySet.from_str(text, release_gil=True), schema=schema,
         version="sha256:" + digest.hexdigest()[:16], source=source,
         files=tuple(str(p) for p, _t, _i in parsed), id_by_internal=by_internal,
-        context_keys=context_keys(json.loads(cedarpy.policies_to_json_str(text))))
+        context_reads=context_tree(json.loads(cedarpy.policies_to_json_str(text))))
