@@ -26,7 +26,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway.config.model import TelemetryConfig
-from gateway.telemetry.aggregate import CounterAggregate, HistogramAggregate, attr_key, merge_into_reader
+from gateway.telemetry.aggregate import Attrs, CounterAggregate, HistogramAggregate, merge_into_reader
 from gateway.telemetry.settings import MetricSettings, metric_settings
 
 # The conventions' advice for MCP operation durations; also good for gateway stages and approval waits.
@@ -44,6 +44,23 @@ INSTRUMENTS = (
     "customs.upstream.restarts", "customs.policy.reloads", "customs.tool.quarantines", "customs.rate_limited",
     "customs.shadow.disagreements", "customs.decision_log.dropped",
 )
+
+
+CALL_ATTRIBUTES = ("customs.upstream", "gen_ai.tool.name", "customs.decision", "customs.outcome")
+
+
+# Attribute sets from the cheap keys the fact methods below record with (built once per distinct set).
+def _call_attrs(key: tuple[str, str, str, str]) -> Attrs:
+    return dict(zip(CALL_ATTRIBUTES, key, strict=True))
+
+
+def _stage_attrs(stage: str) -> Attrs:
+    return {"stage": stage}
+
+
+def _operation_attrs(key: tuple[Any, ...]) -> Attrs:
+    method, *extra = key  # extra: the caller's (name, value) pairs, which may override the method
+    return {"mcp.method.name": method, **dict(extra)}
 
 
 def _views() -> list[View]:
@@ -74,17 +91,19 @@ class Metrics:
                 exporter, export_interval_millis=self.settings.interval_ms)
             readers.append(self._otlp_reader)
         meter_provider: metrics_api.MeterProvider
-        # Per-call instruments are aggregated here (see aggregate.py: a record costs ~1 µs instead of the
-        # SDK's ~6-20 µs, and no thread competes with the event loop for the GIL); rarer facts use the SDK.
-        self.calls = CounterAggregate("customs.calls", "{call}", "Tool calls by upstream, tool and decision")
+        # Per-call instruments are aggregated here (aggregate.py): the six measurements of a proxied call
+        # cost ~2 µs together instead of ~50 µs through SDK instruments, and no thread competes with
+        # the event loop for the GIL. Rarer facts use the SDK.
+        self.calls = CounterAggregate("customs.calls", "{call}", "Tool calls by upstream, tool and decision",
+                                      _call_attrs)
         self.stage = HistogramAggregate("customs.stage.duration", "s", "Time spent in each pipeline stage",
-                                        STAGE_BUCKETS)
+                                        STAGE_BUCKETS, _stage_attrs)
         self.server_duration = HistogramAggregate(
             "mcp.server.operation.duration", "s", "MCP requests handled by the gateway, receipt to response",
-            DURATION_BUCKETS)
+            DURATION_BUCKETS, _operation_attrs)
         self.client_duration = HistogramAggregate(
             "mcp.client.operation.duration", "s", "MCP requests the gateway sent upstream, send to response",
-            DURATION_BUCKETS)
+            DURATION_BUCKETS, _operation_attrs)
         if readers:
             resource = Resource.create({"service.name": self.settings.service_name})
             self.provider = MeterProvider(metric_readers=readers, resource=resource, views=_views())
@@ -128,22 +147,25 @@ class Metrics:
 
     # -- facts -------------------------------------------------------------------------------------
 
+    # The per-call facts record with flat keys (no attribute dict per call); attribute values are
+    # str/bool/int/float, as OpenTelemetry allows (not sequences: the key must be hashable). They are
+    # called from the event loop's thread only (aggregate.py takes no lock per measurement).
+
     def record_call(self, upstream: str, tool: str, decision: str, outcome: str = "ok") -> None:
         if self.enabled:
-            self.calls.add(1, (("customs.decision", decision), ("customs.outcome", outcome),
-                               ("customs.upstream", upstream), ("gen_ai.tool.name", tool)))
+            self.calls.add(1, (upstream, tool, decision, outcome))
 
     def stage_duration(self, stage: str, seconds: float) -> None:
         if self.enabled:
-            self.stage.record(seconds, (("stage", stage),))
+            self.stage.record(seconds, stage)
 
     def server_operation(self, method: str, seconds: float, attrs: Mapping[str, Any] | None = None) -> None:
         if self.enabled:
-            self.server_duration.record(seconds, attr_key({"mcp.method.name": method, **(attrs or {})}))
+            self.server_duration.record(seconds, (method, *attrs.items()) if attrs else (method,))
 
     def client_operation(self, method: str, seconds: float, attrs: Mapping[str, Any] | None = None) -> None:
         if self.enabled:
-            self.client_duration.record(seconds, attr_key({"mcp.method.name": method, **(attrs or {})}))
+            self.client_duration.record(seconds, (method, *attrs.items()) if attrs else (method,))
 
     def approval_pending(self, delta: int) -> None:
         """+1 when a call is held, -1 when its approval is decided, expires or is withdrawn."""

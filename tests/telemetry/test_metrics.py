@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
+from typing import Any
+
 import prometheus_client
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
 
 from gateway.config import parse_config
 from gateway.config.model import TelemetryConfig
 from gateway.telemetry import Metrics, Observability
+from gateway.telemetry.aggregate import CARDINALITY_LIMIT
+from gateway.telemetry.metrics import DURATION_BUCKETS, STAGE_BUCKETS
 from tests.support.otlp import OtlpReceiver
 
 
@@ -104,3 +114,98 @@ async def test_metrics_route_serves_prometheus_text() -> None:
     off = Observability(parse_config({"upstreams": [{"name": "i", "url": "http://127.0.0.1:1/mcp"}],
                                       "telemetry": {"metrics": {"prometheus": False}}}, env={}), env={})
     assert off.routes() == []
+
+
+# -- the per-call instruments write what plain SDK instruments would --------------------------------------
+
+PER_CALL = {  # name -> (kind, unit, description, buckets): pinned here, independently of metrics.py
+    "customs.calls": ("counter", "{call}", "Tool calls by upstream, tool and decision", None),
+    "customs.stage.duration": ("histogram", "s", "Time spent in each pipeline stage", STAGE_BUCKETS),
+    "mcp.server.operation.duration": ("histogram", "s", "MCP requests handled by the gateway, receipt to response",
+                                      DURATION_BUCKETS),
+    "mcp.client.operation.duration": ("histogram", "s", "MCP requests the gateway sent upstream, send to response",
+                                      DURATION_BUCKETS),
+}
+
+
+def reference(reader: MetricReader) -> dict[str, Any]:
+    """The per-call instruments as plain SDK instruments, with the documented buckets."""
+    views = [View(instrument_name=name, aggregation=ExplicitBucketHistogramAggregation(boundaries=buckets))
+             for name, (_, _, _, buckets) in PER_CALL.items() if buckets is not None]
+    provider = MeterProvider(metric_readers=[reader], views=views,
+                             resource=Resource.create({"service.name": "customs"}))
+    meter = provider.get_meter("customs", "0.1.0")
+    out: dict[str, Any] = {"provider": provider}
+    for name, (kind, unit, description, _) in PER_CALL.items():
+        create = meter.create_counter if kind == "counter" else meter.create_histogram
+        out[name] = create(name, unit, description)
+    return out
+
+
+def per_call_traffic(metrics: Metrics, sdk: dict[str, Any]) -> None:
+    """The same facts into `metrics` and into the reference instruments (attributes as the SDK path built them)."""
+    rng = random.Random(11)
+    for i in range(400):
+        tool, seconds = f"t{i % 3}", rng.choice([rng.uniform(0, 0.002), rng.uniform(0, 400), *STAGE_BUCKETS])
+        upstream, decision, outcome = ("inventory", "payments")[i % 2], ("allow", "deny")[i % 5 == 0], "ok"
+        metrics.record_call(upstream, tool, decision, outcome)
+        sdk["customs.calls"].add(1, {"customs.upstream": upstream, "gen_ai.tool.name": tool,
+                                     "customs.decision": decision, "customs.outcome": outcome})
+        stage = ("authorize", "approve", "credential", "forward")[i % 4]
+        metrics.stage_duration(stage, seconds)
+        sdk["customs.stage.duration"].record(seconds, {"stage": stage})
+        extra: dict[str, Any] = {"gen_ai.tool.name": tool, **({"error.type": "upstream_timeout"} if i % 7 else {})}
+        metrics.server_operation("tools/call", seconds, extra)
+        sdk["mcp.server.operation.duration"].record(seconds, {"mcp.method.name": "tools/call", **extra})
+        upstream_attrs = {"customs.upstream": upstream, **extra}
+        metrics.client_operation("tools/call" if i % 9 else "tools/list", seconds, upstream_attrs)
+        sdk["mcp.client.operation.duration"].record(
+            seconds, {"mcp.method.name": "tools/call" if i % 9 else "tools/list", **upstream_attrs})
+
+
+def test_per_call_prometheus_text_is_the_sdks() -> None:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    registry = prometheus_client.CollectorRegistry(auto_describe=True)
+    sdk = reference(PrometheusMetricReader(registry=registry))
+    metrics = Metrics(TelemetryConfig(), env={})
+    per_call_traffic(metrics, sdk)
+
+    def lines(text: bytes) -> list[str]:
+        return [line for line in text.decode().splitlines() if not line.startswith("target_info")]
+
+    assert lines(metrics.prometheus_text()) == lines(prometheus_client.generate_latest(registry))
+    assert "customs_stage_duration_seconds_bucket{" in metrics.prometheus_text().decode()
+
+
+async def test_per_call_otlp_points_are_the_sdks(otlp: OtlpReceiver) -> None:
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+    async with OtlpReceiver() as theirs:
+        sdk = reference(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=theirs.metrics_url),
+                                                      export_interval_millis=3_600_000))
+        metrics = Metrics(TelemetryConfig.model_validate({"metrics": {"prometheus": False,
+                                                                      "otlp_endpoint": otlp.url}}), env={})
+        per_call_traffic(metrics, sdk)
+        await metrics.close()
+        await asyncio.to_thread(sdk["provider"].shutdown)  # blocking HTTP: off the loop serving the receiver
+
+        def points(receiver: OtlpReceiver) -> list[Any]:
+            return sorted((p.metric, p.kind, p.unit, sorted(p.attributes.items()), p.value, p.count,
+                           None if p.sum is None else round(p.sum, 9)) for p in receiver.points)
+
+        mine = await otlp.wait_for(lambda r: points(r) or None)
+        assert {p[0] for p in mine} == set(PER_CALL)
+        assert mine == await theirs.wait_for(lambda r: points(r) or None)
+
+
+def test_client_supplied_tool_names_cannot_grow_memory_without_bound() -> None:
+    """Past the SDK's cardinality limit new names share one overflow series, as with SDK instruments."""
+    metrics = Metrics(TelemetryConfig(), env={})
+    for i in range(CARDINALITY_LIMIT + 50):
+        metrics.server_operation("tools/call", 0.001, {"gen_ai.tool.name": f"invented-{i}"})
+    text = metrics.prometheus_text().decode()
+    assert text.count("mcp_server_operation_duration_seconds_count{") == CARDINALITY_LIMIT + 1
+    count = "mcp_server_operation_duration_seconds_count{"
+    overflow = [line for line in text.splitlines() if line.startswith(count) and 'otel_metric_overflow="true"' in line]
+    assert len(overflow) == 1 and overflow[0].endswith(" 50.0")
