@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import replace
@@ -67,7 +68,7 @@ def _canonical(attrs: Attrs) -> frozenset[tuple[str, type, Any]]:
     return frozenset((key, type(value), value) for key, value in attrs.items())
 
 
-class _Aggregate:
+class _Aggregate(ABC):
     """Points by attribute set, found through the caller's key (written by one thread, collected by any)."""
 
     def __init__(self, name: str, unit: str, description: str, to_attrs: ToAttrs) -> None:
@@ -79,8 +80,9 @@ class _Aggregate:
         self._index: dict[Hashable, list[Any]] = {}  # caller key -> point; only the recording thread uses it
         self._points: dict[frozenset[tuple[str, type, Any]], list[Any]] = {}  # attribute set -> point
 
+    @abstractmethod
     def _new(self, attrs: Attrs, start_ns: int) -> list[Any]:
-        raise NotImplementedError
+        """A fresh point for one attribute set (the histogram's and the counter's differ)."""
 
     def _find(self, key: Hashable) -> list[Any]:
         """The point for a caller key not indexed yet: its set's, a new one, or the overflow."""
