@@ -31,9 +31,6 @@ from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Telemetry, mark_error, set_attributes, span_name
 
 UPSTREAM_REASONS = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_error"})
-# Stages whose spans are recorded when they end: nothing they do happens inside their span (no child
-# span, no propagated context, no decision-log event), so the span need not be current meanwhile.
-AFTER_THE_FACT = frozenset({"authorize", "credential"})
 STAGE_SPANS = {"authorize": "customs.authorize", "approve": "customs.approval", "credential": "customs.credential"}
 
 
@@ -90,7 +87,8 @@ class _Traced:
     """A stage wrapped in a child span named after it, with attributes read from ctx afterwards."""
 
     def __init__(self, stage: Stage, name: str, telemetry: Telemetry, metrics: Metrics | None,
-                 after: Callable[[CallContext], Attrs], only_if: Callable[[CallContext], bool] | None = None) -> None:
+                 after: Callable[[CallContext], Attrs], only_if: Callable[[CallContext], bool] | None = None,
+                 *, after_the_fact: bool = False) -> None:
         self._stage = stage
         self._name = name
         self._span_name = STAGE_SPANS[name]
@@ -98,6 +96,9 @@ class _Traced:
         self._metrics = metrics
         self._after = after
         self._only_if = only_if
+        # True: nothing the stage does happens inside its span (no child span, no propagated context, no
+        # decision-log event), so the span is recorded when the stage ends, never made current.
+        self._after_the_fact = after_the_fact
 
     async def __call__(self, ctx: CallContext) -> None:
         if self._only_if is not None and not self._only_if(ctx):
@@ -111,7 +112,7 @@ class _Traced:
                 if self._metrics is not None:
                     self._metrics.stage_duration(self._name, time.perf_counter() - started)
             return
-        if self._name in AFTER_THE_FACT:
+        if self._after_the_fact:
             await self._recorded(ctx, started)
             return
         with self._telemetry.stage_span(self._span_name) as span:
@@ -199,10 +200,11 @@ def instrument(pipeline: Pipeline, telemetry: Telemetry, metrics: Metrics | None
     return dataclasses.replace(
         pipeline,
         authorize=_Traced(pipeline.authorize, "authorize", telemetry, metrics,
-                          lambda ctx: decision_attributes(ctx.decision)),
+                          lambda ctx: decision_attributes(ctx.decision), after_the_fact=True),
         approve=_Traced(pipeline.approve, "approve", telemetry, metrics,
                         lambda ctx: approval_attributes(ctx.approval), only_if=_held),
-        credential=_Traced(pipeline.credential, "credential", telemetry, metrics, credential_attributes),
+        credential=_Traced(pipeline.credential, "credential", telemetry, metrics, credential_attributes,
+                           after_the_fact=True),
         forward=_TracedForward(pipeline.forward, telemetry, metrics, configs),
     )
 
