@@ -27,17 +27,23 @@ AUDIENCE = f"{RESOURCE}/mcp"
 AGENT = "spiffe://customs.demo/agent/shopper"
 
 
+async def token_scenarios(tmp: Path) -> tuple[JwtIdentifier, dict[str, str]]:
+    """A started identifier for a fresh test issuer, and one token per scenario (shared with the cold bench)."""
+    issuer = TestIssuer(tmp)
+    config = IdentityConfig.model_validate({"mode": "jwt", "issuers": [issuer.config()]})
+    identifier = JwtIdentifier(config, {}, RESOURCE, None)
+    await identifier.start()
+    chain = act_chain("spiffe://customs.demo/agent/a", "spiffe://customs.demo/agent/b",
+                      "spiffe://customs.demo/agent/c")
+    scenarios = {alg: issuer.mint(AGENT, aud=AUDIENCE, alg=alg, tenant="acme", ttl=3600)
+                 for alg in ("RS256", "ES256", "EdDSA")}
+    scenarios["RS256+chain3"] = issuer.mint(AGENT, aud=AUDIENCE, tenant="acme", act=chain, ttl=3600)
+    return identifier, scenarios
+
+
 async def run(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        issuer = TestIssuer(Path(tmp))
-        config = IdentityConfig.model_validate({"mode": "jwt", "issuers": [issuer.config()]})
-        identifier = JwtIdentifier(config, {}, RESOURCE, None)
-        await identifier.start()
-        chain = act_chain("spiffe://customs.demo/agent/a", "spiffe://customs.demo/agent/b",
-                          "spiffe://customs.demo/agent/c")
-        scenarios = {alg: issuer.mint(AGENT, aud=AUDIENCE, alg=alg, tenant="acme", ttl=3600)
-                     for alg in ("RS256", "ES256", "EdDSA")}
-        scenarios["RS256+chain3"] = issuer.mint(AGENT, aud=AUDIENCE, tenant="acme", act=chain, ttl=3600)
+        identifier, scenarios = await token_scenarios(Path(tmp))
         print(f"{'scenario':<14} {'p50 µs':>8} {'p99 µs':>8} {'mean µs':>8}  (n={n})")
         for name, token in scenarios.items():
             headers = {"Authorization": f"Bearer {token}"}

@@ -19,13 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.config.model import IdentityConfig
-from gateway.identity import JwtIdentifier
-from tests.support.tokens import TestIssuer, act_chain
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RESOURCE = "http://127.0.0.1:8700"
-AUDIENCE = f"{RESOURCE}/mcp"
-AGENT = "spiffe://customs.demo/agent/shopper"
+from bench_identify import token_scenarios
+
+from gateway.identity import JwtIdentifier
 
 
 def cut(samples: list[float], q: float) -> float:
@@ -45,15 +43,7 @@ async def timed(identifier: JwtIdentifier, headers: dict[str, str], n: int, cold
 
 async def run(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        issuer = TestIssuer(Path(tmp))
-        config = IdentityConfig.model_validate({"mode": "jwt", "issuers": [issuer.config()]})
-        identifier = JwtIdentifier(config, {}, RESOURCE, None)
-        await identifier.start()
-        chain = act_chain("spiffe://customs.demo/agent/a", "spiffe://customs.demo/agent/b",
-                          "spiffe://customs.demo/agent/c")
-        scenarios = {alg: issuer.mint(AGENT, aud=AUDIENCE, alg=alg, tenant="acme", ttl=3600)
-                     for alg in ("RS256", "ES256", "EdDSA")}
-        scenarios["RS256+chain3"] = issuer.mint(AGENT, aud=AUDIENCE, tenant="acme", act=chain, ttl=3600)
+        identifier, scenarios = await token_scenarios(Path(tmp))
         print(f"{'scenario':<14} {'first use p50/p99 µs':>22} {'cached p50/p99 µs':>20}  (n={n})")
         for name, token in scenarios.items():
             headers = {"Authorization": f"Bearer {token}"}
