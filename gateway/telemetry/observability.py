@@ -128,15 +128,15 @@ class Observability:
         attrs = request_attributes(method, params, request_id, session_id=session_id,
                                    protocol_version=protocol_version, capture_args=self.telemetry.capture_args,
                                    redact=self.telemetry.redact)
-        if principal is not None:
-            attrs.update(principal_attributes(principal))
+        who = principal_attributes(principal) if principal is not None else None
+        if who is not None:
+            attrs.update(who)
         started = time.perf_counter() if start_ns is None else time.perf_counter() - (time.time_ns() - start_ns) / 1e9
         target = target_of(method, params)
         with self.telemetry.server_span(method, target, attrs, parent, links, start_time=start_ns) as span:
             trace = RequestTrace(span)
-            if identify_ns is not None and principal is not None:
-                self.telemetry.record_span("customs.identify", identify_ns[0], identify_ns[1],
-                                           principal_attributes(principal))
+            if identify_ns is not None and who is not None:
+                self.telemetry.record_span("customs.identify", identify_ns[0], identify_ns[1], who)
             try:
                 yield trace
             except BaseException as exc:

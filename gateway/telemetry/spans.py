@@ -34,6 +34,9 @@ def wire_context(context: SpanContext) -> WireContext:
             tuple(context.trace_state.items()) if context.trace_state else ())
 
 
+_UNSET: tuple[int, str | None] = (StatusCode.UNSET.value, None)
+
+
 def _span_context(wire: WireContext) -> SpanContext:
     trace_id, span_id, remote, flags, state = wire
     return SpanContext(trace_id, span_id, is_remote=remote, trace_flags=TraceFlags(flags),
@@ -41,38 +44,54 @@ def _span_context(wire: WireContext) -> SpanContext:
 
 
 class LightSpan:
-    """A span being recorded on the event loop (the subset of the API Span the gateway uses)."""
+    """A span being recorded on the event loop (the subset of the API Span the gateway uses).
+
+    It keeps its context in wire form (`wire`), which is also what children keep as their parent and
+    what `end` ships, so neither making a child nor ending a span builds an SDK `SpanContext`; that
+    object is made only when asked for (`get_span_context`, for propagation or for an id).
+    """
 
     __slots__ = ("_attributes", "_context", "_end", "_links", "_name", "_parent", "_sink", "_start", "_status",
-                 "kind")
+                 "kind", "wire")
 
-    def __init__(self, name: str, kind: SpanKind, context: SpanContext, parent: SpanContext | None,
-                 start_ns: int, attributes: Mapping[str, Any] | None, links: Sequence[Link],
-                 sink: Callable[[WireSpan], None] | None) -> None:
+    def __init__(self, name: str, kind: SpanKind, wire: WireContext, parent: WireContext | None,
+                 start_ns: int, attributes: dict[str, Any] | None, links: Sequence[Link],
+                 sink: Callable[[WireSpan], None] | None, context: SpanContext | None = None) -> None:
         self._name = name
         self.kind = kind
+        self.wire = wire  # (trace_id, span_id, is_remote, flags, trace_state items)
         self._context = context
         self._parent = parent
         self._start = start_ns
         self._end = 0
-        self._attributes: dict[str, Any] = {k: v for k, v in (attributes or {}).items() if v is not None}
+        # The caller hands over a dict of its own; None values (unset facts) are never recorded.
+        if attributes is None:
+            attributes = {}
+        elif None in attributes.values():
+            attributes = {k: v for k, v in attributes.items() if v is not None}
+        self._attributes = attributes
         self._links = links
-        self._status: tuple[int, str | None] = (StatusCode.UNSET.value, None)
+        self._status: tuple[int, str | None] = _UNSET
         self._sink = sink  # None: not sampled (the context still propagates, nothing is recorded)
 
     def get_span_context(self) -> SpanContext:
-        return self._context
+        context = self._context
+        if context is None:
+            context = self._context = _span_context(self.wire)
+        return context
 
     def is_recording(self) -> bool:
         return self._sink is not None and not self._end
 
     def set_attribute(self, key: str, value: Any) -> None:
-        if value is not None and self.is_recording():
+        if value is not None and self._sink is not None and not self._end:
             self._attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        if self.is_recording():
-            self._attributes.update((k, v) for k, v in attributes.items() if v is not None)
+        if self._sink is not None and not self._end:
+            if None in attributes.values():
+                attributes = {k: v for k, v in attributes.items() if v is not None}
+            self._attributes.update(attributes)
 
     def set_status(self, status: Status) -> None:
         if self.is_recording():
@@ -83,9 +102,9 @@ class LightSpan:
         if sink is None or self._end:
             return
         self._end = end_ns
-        sink((self._name, self.kind.value, wire_context(self._context),
-              wire_context(self._parent) if self._parent is not None else None, self._start, end_ns,
-              self._attributes, [(wire_context(link.context), dict(link.attributes or {})) for link in self._links],
+        links = [(wire_context(link.context), dict(link.attributes or {})) for link in self._links] \
+            if self._links else []
+        sink((self._name, self.kind.value, self.wire, self._parent, self._start, end_ns, self._attributes, links,
               self._status))
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, TraceState
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.config.model import TelemetryConfig
 from gateway.telemetry.tracing import Telemetry
@@ -126,3 +130,27 @@ async def test_inject_propagates_the_client_span_across_two_gateways(otlp: OtlpR
     version, trace_id, span_id, flags = str(meta["traceparent"]).split("-")
     assert (version, trace_id, span_id) == ("00", TRACE_A, client.span_id)
     assert int(flags, 16) & 1  # sampled; the SDK may also keep the inbound "random" bit (03)
+
+
+@given(trace_id=st.integers(1, 2**128 - 1), span_id=st.integers(1, 2**64 - 1), flags=st.sampled_from(["00", "01"]),
+       state=st.lists(st.tuples(st.from_regex(r"[a-z][a-z0-9_\-*/]{0,20}", fullmatch=True),
+                                st.from_regex(r"[!-+\--<>-~]{1,20}", fullmatch=True)),
+                      max_size=3, unique_by=lambda kv: kv[0]))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_injected_headers_are_what_the_w3c_propagator_writes(traced: Telemetry, trace_id: int, span_id: int,
+                                                               flags: str, state: list[tuple[str, str]]) -> None:
+    """The gateway formats traceparent/tracestate itself (it is hot); it must match the SDK propagator."""
+    tracestate = TraceState(state).to_header()
+    inbound = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags}"}
+    if state:
+        inbound["tracestate"] = tracestate
+    parent, _ = traced.extract(inbound, None)
+    with traced.server_span("tools/call", "t", parent=parent), traced.client_span("tools/call", "t") as client:
+        headers: dict[str, str] = {}
+        meta: dict[str, object] = {}
+        traced.inject(headers, meta)
+        expected: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(expected, trace.set_span_in_context(
+            NonRecordingSpan(client.get_span_context())))
+    assert headers == meta == expected
+    assert headers["traceparent"].split("-")[1] == f"{trace_id:032x}"

@@ -10,7 +10,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from gateway.config.model import TelemetryConfig
-from gateway.telemetry.spans import LightSpan, WireSpan, readable
+from gateway.telemetry.spans import LightSpan, WireSpan, readable, wire_context
 from gateway.telemetry.tracing import Telemetry
 from tests.support.otlp import OtlpReceiver
 
@@ -25,7 +25,8 @@ def test_a_finished_light_span_becomes_the_same_sdk_span() -> None:
     context = SpanContext(0xA1, 0xB2, is_remote=False, trace_flags=TraceFlags(1), trace_state=state)
     parent = SpanContext(0xA1, 0xC3, is_remote=True, trace_flags=TraceFlags(1))
     linked = SpanContext(0xD4, 0xE5, is_remote=True, trace_flags=TraceFlags(1))
-    span = LightSpan("tools/call pay", SpanKind.SERVER, context, parent, 100, {"a": 1, "gone": None},
+    span = LightSpan("tools/call pay", SpanKind.SERVER, wire_context(context), wire_context(parent), 100,
+                     {"a": 1, "gone": None},
                      [Link(linked, {"customs.link": "http_context"})], finished.append)
     span.set_attributes({"customs.chain": ["x", "y"], "skip": None})
     span.set_attribute("b", True)
@@ -34,6 +35,7 @@ def test_a_finished_light_span_becomes_the_same_sdk_span() -> None:
     span.end(300)  # a second end changes nothing
     span.set_attribute("late", 1)  # nor does anything after the end
     assert len(finished) == 1 and not span.is_recording()
+    assert span.get_span_context() == context  # made from the wire form only when asked for
     sdk = readable(finished[0], Resource({"service.name": "t"}))
     assert (sdk.name, sdk.kind, sdk.start_time, sdk.end_time) == ("tools/call pay", SpanKind.SERVER, 100, 250)
     assert sdk.context is not None and sdk.parent is not None
