@@ -1,0 +1,217 @@
+"""Encode wire spans straight into an OTLP `ExportTraceServiceRequest`, as the SDK's exporter would encode them.
+
+The SDK path (`spans.readable()` → `ReadableSpan` → `encode_spans`) builds SpanContext, TraceState,
+BoundedAttributes, Link and Status objects for every span and walks each attribute through the
+SDK's cleaning and its encoder's isinstance chain into new messages: about 100 µs a span in the
+exporter child. Here the tuples go directly into the generated protobuf classes. The rules are the
+SDK's — BoundedAttributes' cleaning and count limit, `_encode_value`'s value mapping, `_span_flags`,
+the span-kind and status mappings — and tests/telemetry/test_otlp_encode.py compares both paths
+message for message.
+
+Most (key, value) pairs repeat from call to call (method, tool, principal, decision, upstream), so
+an encoder keeps their `KeyValue` messages; pairs unique to a call (request ids, digests) and
+floats (timings) are encoded each time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, SpanFlags, Status
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
+from opentelemetry.trace import SpanKind, StatusCode, TraceState
+
+from gateway.telemetry.spans import SCOPE, SPAN_ATTRIBUTE_LIMIT, WireContext, WireSpan
+
+log = logging.getLogger("customs.telemetry")
+
+CACHE_LIMIT = 4096  # cached pairs; past it the cache starts over (unique values would otherwise grow it forever)
+
+# By name, not by arithmetic: the SDK maps each API enum member to the proto member of the same name.
+_KINDS = {kind.value: Span.SpanKind.Value(f"SPAN_KIND_{kind.name}") for kind in SpanKind}
+_STATUS_CODES = {code.value: Status.StatusCode.Value(f"STATUS_CODE_{code.name}") for code in StatusCode}
+_ERROR = StatusCode.ERROR.value
+# The SDK's `_span_flags`: whether the parent (or linked) context was remote, never the trace flags.
+_LOCAL = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
+_REMOTE = _LOCAL | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+
+
+def _printable(value: Any) -> bool:
+    """The SDK's `_is_non_custom_str`: str() of an object with neither __str__ nor __repr__ is meaningless."""
+    kind: Any = type(value)
+    return kind.__str__ is not object.__str__ or kind.__repr__ is not object.__repr__
+
+
+def clean_keys(attributes: Mapping[Any, Any]) -> dict[str, Any]:
+    """The keys `_clean_attribute_value` keeps for a mapping: no empty key, others as str (values untouched)."""
+    cleaned: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if not key:
+            continue
+        if not isinstance(key, str):
+            if not _printable(key):
+                continue
+            key = str(key)
+        cleaned[key] = value
+    return cleaned
+
+
+def bounded(attributes: Mapping[Any, Any], limit: int | None) -> tuple[dict[str, Any], int]:
+    """What `BoundedAttributes(limit, attributes)` keeps, and its `dropped` count."""
+    cleaned = clean_keys(attributes)
+    dropped = len(attributes) - len(cleaned)
+    if limit is not None and len(cleaned) > limit:
+        # It keeps inserting and evicts the oldest once full: the last `limit` pairs survive.
+        dropped += len(cleaned) - limit
+        cleaned = dict(list(cleaned.items())[-limit:])
+    return cleaned, dropped
+
+
+def any_value(value: Any) -> AnyValue:
+    """The SDK's `_clean_attribute_value` followed by its `_encode_value`, in one pass.
+
+    Raises where the SDK's encoder raises (an int outside int64, a lone surrogate).
+    """
+    if value is None:
+        return AnyValue()
+    if isinstance(value, bool):  # before int: bool is an int
+        return AnyValue(bool_value=value)
+    if isinstance(value, str):
+        return AnyValue(string_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, bytes):
+        return AnyValue(bytes_value=value)
+    if isinstance(value, Sequence):
+        return AnyValue(array_value=ArrayValue(values=[any_value(item) for item in value]))
+    if isinstance(value, Mapping):
+        return AnyValue(kvlist_value=KeyValueList(
+            values=[KeyValue(key=key, value=any_value(item)) for key, item in clean_keys(value).items()]))
+    # Anything else the SDK turns into its str(), or drops to an empty value when that would be meaningless.
+    return AnyValue(string_value=str(value)) if _printable(value) else AnyValue()
+
+
+def _cacheable(value: Any) -> bool:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool:
+        return True
+    # Not floats (-0.0 == 0.0 would share an entry), nor tuples holding numbers (True == 1 == 1.0).
+    return kind is tuple and all(type(item) is str for item in value)
+
+
+class OtlpEncoder:
+    """Wire spans → `ExportTraceServiceRequest`, for one resource and instrumentation scope.
+
+    Owns the caches (of KeyValue messages and trace-state headers): one encoder per exporter process.
+    """
+
+    def __init__(self, resource: Mapping[str, Any], scope: SdkScope = SCOPE) -> None:
+        self._pairs: dict[tuple[str, type, Any], KeyValue] = {}
+        self._states: dict[tuple[tuple[str, str], ...], str] = {}
+        # The SDK encodes resource and scope attributes without a count limit and without a dropped count.
+        self._resource = Resource(attributes=self._attributes(resource, None)[0])
+        self._scope = InstrumentationScope(name=scope.name, version=scope.version or "",
+                                           attributes=self._attributes(dict(scope.attributes or {}), None)[0])
+        self._scope_schema = scope.schema_url or ""
+
+    def encode(self, spans: Sequence[WireSpan]) -> ExportTraceServiceRequest:
+        """One export request: the resource, the scope, the spans in the order given."""
+        request = ExportTraceServiceRequest()
+        if not spans:
+            return request  # as encode_spans([]): no resource group at all
+        group: ResourceSpans = request.resource_spans.add(resource=self._resource)
+        scope_spans: ScopeSpans = group.scope_spans.add(scope=self._scope, schema_url=self._scope_schema)
+        add = scope_spans.spans.add
+        for span in spans:
+            self._span(add(), span)
+        return request
+
+    def _span(self, out: Span, span: WireSpan) -> None:
+        name, kind, context, parent, start, end, attributes, links, (code, text) = span
+        trace_id, span_id, _, _, state = context
+        out.trace_id = trace_id.to_bytes(16, "big")
+        out.span_id = span_id.to_bytes(8, "big")
+        if state:
+            out.trace_state = self._trace_state(state)
+        if parent is not None:
+            out.parent_span_id = parent[1].to_bytes(8, "big")
+        out.flags = _REMOTE if parent is not None and parent[2] else _LOCAL
+        out.name = name
+        out.kind = _KINDS[kind]
+        out.start_time_unix_nano = start
+        out.end_time_unix_nano = end
+        if attributes:
+            key_values, dropped = self._attributes(attributes, SPAN_ATTRIBUTE_LIMIT)
+            out.attributes.extend(key_values)
+            out.dropped_attributes_count = dropped
+        for link_context, link_attributes in links:
+            self._link(out.links.add(), link_context, link_attributes)
+        # The SDK always sets a status, so it is present even when UNSET: assigning the code (even 0) does that.
+        status = out.status
+        status.code = _STATUS_CODES[code]
+        if code == _ERROR and isinstance(text, str) and text:  # Status() keeps a description only on ERROR
+            status.message = text
+
+    def _link(self, out: Span.Link, context: WireContext, attributes: Mapping[Any, Any]) -> None:
+        # The SDK's encoder writes neither a link's trace state nor its trace flags: ids, attributes, flags.
+        out.trace_id = context[0].to_bytes(16, "big")
+        out.span_id = context[1].to_bytes(8, "big")
+        if attributes:
+            key_values, dropped = self._attributes(attributes, SPAN_ATTRIBUTE_LIMIT)
+            out.attributes.extend(key_values)
+            out.dropped_attributes_count = dropped
+        out.flags = _REMOTE if context[2] else _LOCAL
+
+    def _attributes(self, attributes: Mapping[Any, Any], limit: int | None) -> tuple[list[KeyValue], int]:
+        """The KeyValues BoundedAttributes(limit) would keep and the SDK could encode, and its dropped count."""
+        if limit is not None and len(attributes) > limit:
+            return self._bounded(attributes, limit)
+        key_values: list[KeyValue] = []
+        pairs = self._pairs
+        for key, value in attributes.items():
+            if type(key) is not str or not key:  # a key the SDK would convert or drop
+                return self._bounded(attributes, limit)
+            kind = type(value)
+            # The hot path, inlined (a call per attribute costs more than the lookup); misses go to _key_value.
+            key_value = pairs.get((key, kind, value)) if kind is str or kind is int or kind is bool else None
+            if key_value is None and (key_value := self._key_value(key, value)) is None:
+                continue
+            key_values.append(key_value)
+        return key_values, 0
+
+    def _bounded(self, attributes: Mapping[Any, Any], limit: int | None) -> tuple[list[KeyValue], int]:
+        kept, dropped = bounded(attributes, limit)
+        return [kv for kv in map(self._key_value, kept.keys(), kept.values()) if kv is not None], dropped
+
+    def _key_value(self, key: str, value: Any) -> KeyValue | None:
+        cacheable = _cacheable(value)
+        if cacheable and (cached := self._pairs.get((key, type(value), value))) is not None:
+            return cached
+        try:
+            key_value = KeyValue(key=key, value=any_value(value))
+        except Exception as exc:  # the SDK drops (and logs) an attribute it cannot encode; the span still goes
+            log.warning("span attribute %r not exportable (%s): dropped", key, exc)
+            return None
+        if cacheable:
+            if len(self._pairs) >= CACHE_LIMIT:
+                self._pairs.clear()
+            # The type is part of the key: True == 1, and the two encode differently.
+            self._pairs[(key, type(value), value)] = key_value
+        return key_value
+
+    def _trace_state(self, state: tuple[tuple[str, str], ...]) -> str:
+        header = self._states.get(state)
+        if header is None:
+            # The API's TraceState validates (and may drop) entries exactly as the SDK path does; rare, so cached.
+            header = ",".join(f"{key}={value}" for key, value in TraceState(list(state)).items())
+            if len(self._states) >= CACHE_LIMIT:
+                self._states.clear()
+            self._states[state] = header
+        return header
