@@ -30,6 +30,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -57,6 +58,7 @@ VERSION = "0.1.0"
 PROPAGATION_KEYS = ("traceparent", "tracestate", "baggage")
 NO_SPAN: Span = trace.INVALID_SPAN
 _INTERNAL = SpanKind.INTERNAL.value
+_PARENT_OR_ON = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
 _UNSET: tuple[int, str | None] = (StatusCode.UNSET.value, None)
 Attributes = Mapping[str, Any]
 AnySpan = Span | LightSpan
@@ -120,6 +122,8 @@ class Telemetry:
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self._propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
         self._ids = RandomIdGenerator()
+        # ParentBased(ALWAYS_ON), the default, decides from the parent's flags alone (known by its description).
+        self._parent_or_on = self.settings.sampler.get_description() == _PARENT_OR_ON
         self._current: ContextVar[LightSpan | None] = ContextVar("customs_span", default=None)
         self._shipper: SpanShipper | None = None
         self._console: BatchSpanProcessor | None = None
@@ -272,6 +276,14 @@ class Telemetry:
             if not parent_context.is_valid:
                 parent_context = None
         trace_id = parent_context.trace_id if parent_context is not None else self._ids.generate_trace_id()
+        if self._parent_or_on:
+            # The default sampler's answer without asking it: a root is sampled, a child follows its parent.
+            flags = TraceFlags.SAMPLED if parent_context is None or parent_context.trace_flags.sampled \
+                else TraceFlags.DEFAULT
+            state = tuple(parent_context.trace_state.items()) if parent_context is not None else ()
+            return LightSpan(name, kind, (trace_id, self._ids.generate_span_id(), False, flags, state),
+                             wire_context(parent_context) if parent_context is not None else None,
+                             start_ns or time.time_ns(), attrs, links or (), self._finished if flags else None)
         decision = self.settings.sampler.should_sample(
             trace.set_span_in_context(NonRecordingSpan(parent_context)) if parent_context else None,
             trace_id, name, kind, attrs, links)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 
+import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
@@ -64,6 +65,24 @@ async def test_unsampled_requests_propagate_but_export_nothing(otlp: OtlpReceive
     context = client.get_span_context()
     assert headers["traceparent"] == f"00-{context.trace_id:032x}-{context.span_id:016x}-00" == meta["traceparent"]
     assert otlp.spans == []
+
+
+@pytest.mark.parametrize("inbound", [None, "01", "00", "03"])
+def test_the_default_sampler_shortcut_decides_as_the_sampler_would(inbound: str | None) -> None:
+    """With the default ParentBased(ALWAYS_ON) the gateway decides without calling the sampler."""
+    results = []
+    for ask_the_sampler in (False, True):
+        telemetry = Telemetry(config(endpoint="http://127.0.0.1:9/v1/traces"), env={})
+        assert telemetry._parent_or_on  # the default sampler is recognised
+        telemetry._parent_or_on = not ask_the_sampler
+        headers = {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-{inbound}", "tracestate": "v=1"} if inbound else {}
+        parent, _ = telemetry.extract(headers, None)
+        with telemetry.server_span("tools/call", "x", parent=parent) as span:
+            context = span.get_span_context()
+            results.append((context.trace_flags.sampled, span.is_recording(), tuple(context.trace_state.items()),
+                            context.trace_id if inbound else None))
+    assert results[0] == results[1]
+    assert results[0][0] == (inbound != "00")
 
 
 async def test_a_killed_exporter_is_restarted_and_later_spans_arrive(otlp: OtlpReceiver) -> None:
