@@ -20,6 +20,8 @@ Kind = Literal["request", "notification", "response"]
 
 # A `\uD800`-`\uDFFF` escape: the only way a lone surrogate (valid JSON, not Unicode) gets in.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{19}")
 
 
 @dataclass(frozen=True)
@@ -63,24 +65,45 @@ def _valid_id(value: Any) -> bool:
 def parse(raw: bytes, *, max_depth: int = 64) -> Message:
     """Parse one JSON-RPC message or raise GatewayError (parse_error / invalid_request / batch)."""
     try:
+        body = fast_loads(raw)
+    except ValueError:
+        body = _parse_slowly(raw)
+    if isinstance(body, list):
+        raise GatewayError("batch_not_supported")
+    if not isinstance(body, dict):
+        raise GatewayError("invalid_request", "Invalid request: expected a JSON object")
+    # A message cannot nest deeper than it has brackets: most are far too small to need the walk.
+    if raw.count(b"{") + raw.count(b"[") >= max_depth and not _depth_ok(body, max_depth):
+        raise GatewayError("invalid_request", f"Invalid request: JSON nested deeper than {max_depth}")
+    return classify(body)
+
+
+def fast_loads(raw: bytes | str) -> Any:
+    """orjson's parse (several times faster) where it is exact, else ValueError: the stdlib decides.
+
+    orjson refuses NaN, lone surrogates, invalid UTF-8 and nesting past 1024, and reads an integer
+    past 64 bits as a float: any run of 19 digits leaves the value to the stdlib, which keeps it exact.
+    """
+    long_number = _LONG_DIGITS.search(raw) if isinstance(raw, bytes) else _LONG_DIGITS_TEXT.search(raw)
+    if long_number is not None:
+        raise ValueError("a number too long for orjson to keep exact")
+    return orjson.loads(raw)  # its JSONDecodeError is a ValueError
+
+
+def _parse_slowly(raw: bytes) -> Any:
+    try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise GatewayError("parse_error", "Parse error: body is not valid UTF-8") from exc
     try:
-        # Depth is bounded by the JSON decoder's own recursion guard too; checked precisely below.
+        # Depth is bounded by the JSON decoder's own recursion guard too; checked precisely by the caller.
         body = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise GatewayError("parse_error", "Parse error: body is not valid JSON") from exc
     if _SURROGATE_ESCAPE.search(raw) and not _encodable(body):
         # Lone surrogates cannot be re-encoded as UTF-8: refuse them here, not when forwarding.
         raise GatewayError("parse_error", "Parse error: body contains a lone surrogate (not Unicode)")
-    if isinstance(body, list):
-        raise GatewayError("batch_not_supported")
-    if not isinstance(body, dict):
-        raise GatewayError("invalid_request", "Invalid request: expected a JSON object")
-    if not _depth_ok(body, max_depth):
-        raise GatewayError("invalid_request", f"Invalid request: JSON nested deeper than {max_depth}")
-    return classify(body)
+    return body
 
 
 def _encodable(value: Any) -> bool:

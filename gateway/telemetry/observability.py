@@ -27,6 +27,7 @@ from gateway.telemetry.attributes import principal_attributes, request_attribute
 from gateway.telemetry.decision_log import DecisionLog
 from gateway.telemetry.decision_log import Redactor as RedactFn
 from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
+from gateway.telemetry.spans import LightSpan
 from gateway.telemetry.stage import RecordStage, instrument
 from gateway.telemetry.tracing import NO_SPAN, AnySpan, Telemetry, error_type, mark_error
 
@@ -40,6 +41,8 @@ class RequestTrace:
 
     @property
     def trace_id(self) -> str | None:
+        if isinstance(self.span, LightSpan):
+            return self.span.hex_ids()[0]
         context = self.span.get_span_context()
         return format(context.trace_id, "032x") if context.is_valid else None
 

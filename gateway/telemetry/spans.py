@@ -51,8 +51,8 @@ class LightSpan:
     object is made only when asked for (`get_span_context`, for propagation or for an id).
     """
 
-    __slots__ = ("_attributes", "_context", "_end", "_links", "_name", "_parent", "_sink", "_start", "_status",
-                 "kind", "wire")
+    __slots__ = ("_attributes", "_context", "_end", "_hex", "_links", "_name", "_parent", "_sink", "_start",
+                 "_status", "kind", "wire")
 
     def __init__(self, name: str, kind: SpanKind, wire: WireContext, parent: WireContext | None,
                  start_ns: int, attributes: dict[str, Any] | None, links: Sequence[Link],
@@ -61,6 +61,7 @@ class LightSpan:
         self.kind = kind
         self.wire = wire  # (trace_id, span_id, is_remote, flags, trace_state items)
         self._context = context
+        self._hex: tuple[str, str] | None = None
         self._parent = parent
         self._start = start_ns
         self._end = 0
@@ -79,6 +80,13 @@ class LightSpan:
         if context is None:
             context = self._context = _span_context(self.wire)
         return context
+
+    def hex_ids(self) -> tuple[str, str]:
+        """(trace id, span id) in hex, as logs and headers write them (the decision log asks per call)."""
+        ids = self._hex
+        if ids is None:
+            ids = self._hex = (format(self.wire[0], "032x"), format(self.wire[1], "016x"))
+        return ids
 
     def is_recording(self) -> bool:
         return self._sink is not None and not self._end

@@ -249,8 +249,9 @@ class Telemetry:
     def current_ids(self) -> tuple[str | None, str | None]:
         """(trace id, span id) in hex of the current span: the gateway's, else any current API span."""
         current = self._current.get()
-        context = current.get_span_context() if current is not None else \
-            trace.get_current_span().get_span_context()
+        if current is not None:
+            return current.hex_ids()
+        context = trace.get_current_span().get_span_context()
         if not context.is_valid:
             return None, None
         return format(context.trace_id, "032x"), format(context.span_id, "016x")
@@ -330,18 +331,17 @@ class Telemetry:
     def record_span(self, name: str, start_ns: int, end_ns: int, attrs: Attributes | None = None,
                     error: BaseException | None = None) -> None:
         """A finished child of the current span, after the fact (e.g. identify, which runs before
-        the request's method is known)."""
+        the request's method is known). A dict `attrs` becomes the span's: the caller hands it over."""
         if not self.enabled:
             return
         current = self._current.get()
-        if current is not None and error is None:
+        if current is not None and error is None and type(attrs) is dict and None not in attrs.values():
             # The common case: a finished child of the request's span goes straight to the exporter
             # queue, with no span object in between (these spans are never current, never propagated).
             trace_id, _, _, flags, state = current.wire
             if flags & TraceFlags.SAMPLED:
                 self._finished((name, _INTERNAL, (trace_id, self._ids.generate_span_id(), False, flags, state),
-                                current.wire, start_ns, end_ns,
-                                {k: v for k, v in attrs.items() if v is not None} if attrs else {}, [], _UNSET))
+                                current.wire, start_ns, end_ns, attrs, [], _UNSET))
             return
         span = self._new(name, SpanKind.INTERNAL, dict(attrs or {}), None, None, start_ns)
         if error is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway import jsonrpc
 from gateway.errors import GatewayError
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -114,6 +115,10 @@ async def read_json_body(response: aiohttp.ClientResponse, max_bytes: int = MAX_
 
 
 def parse_json(raw: bytes | str) -> Any:
+    try:
+        return jsonrpc.fast_loads(raw)
+    except ValueError:
+        pass  # integers past 64 bits, lone surrogates, NaN: valid for Python's json, so decided there
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

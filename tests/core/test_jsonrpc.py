@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gateway import jsonrpc
@@ -70,3 +72,15 @@ def test_error_table_is_documented() -> None:
     for reason, spec in REASONS.items():
         assert f"`{reason}`" in doc, reason
         assert str(spec.code) in doc
+
+
+@pytest.mark.parametrize("number", ["9223372036854775807", "-9223372036854775809", "18446744073709551616",
+                                    "123456789012345678901234", "1.0000000000000000000001"])
+def test_long_numbers_keep_their_exact_value_both_ways(number: str) -> None:
+    """orjson would read integers past 64 bits as floats: such bodies take the exact (stdlib) path."""
+    from gateway.transport.events import parse_json
+    raw = '{"jsonrpc":"2.0","id":1,"result":{"n":' + number + '}}'
+    expected = json.loads(raw)
+    assert jsonrpc.parse(raw.encode()).body == expected
+    assert parse_json(raw.encode()) == parse_json(raw) == expected
+    assert type(parse_json(raw)["result"]["n"]) is type(expected["result"]["n"])

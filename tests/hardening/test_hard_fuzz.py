@@ -65,6 +65,40 @@ def test_parse_arbitrary_bytes_raises_only_gateway_errors(raw: bytes) -> None:
     assert message.kind in {"request", "notification", "response"}
 
 
+def _message(arguments: Any, *, ascii: bool = False) -> str:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "arguments": arguments}}
+    return json.dumps(body, ensure_ascii=ascii)
+
+
+def _outcome(parse: Any, raw: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", parse(raw)
+    except GatewayError as exc:
+        return exc.reason, None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values.map(lambda v: _message(v).encode("utf-8", "surrogatepass")),
+                 json_values.map(lambda v: _message(v, ascii=True).encode()),  # \u escapes: lone surrogates too
+                 json_values.map(lambda v: json.dumps(v).encode()),
+                 st.binary(max_size=200)))
+def test_the_fast_parser_decides_as_the_stdlib_parser(raw: bytes) -> None:
+    """parse() tries orjson first; what it accepts must be what the stdlib path accepts, with the same value,
+    and what it refuses must fail the same way (lone surrogates, NaN, huge integers, invalid UTF-8)."""
+    def fast(data: bytes) -> Any:
+        return jsonrpc.parse(data, max_depth=10_000).body
+    def slow(data: bytes) -> Any:
+        body = jsonrpc._parse_slowly(data)
+        return jsonrpc.classify(body).body if isinstance(body, dict) else body
+    fast_reason, fast_value = _outcome(fast, raw)
+    slow_reason, slow_value = _outcome(slow, raw)
+    if slow_reason == "ok" and not isinstance(slow_value, dict):
+        slow_reason = "batch_not_supported" if isinstance(slow_value, list) else "invalid_request"
+    assert fast_reason == slow_reason
+    if fast_reason == "ok":
+        assert json.dumps(fast_value, sort_keys=True) == json.dumps(slow_value, sort_keys=True)
+
+
 @settings(max_examples=150, deadline=None)
 @given(json_values, st.one_of(st.none(), st.integers(), st.text(max_size=300), st.booleans(), st.floats()),
        st.one_of(st.sampled_from(["tools/call", "ping", "notifications/x", ""]), st.text(max_size=20)))

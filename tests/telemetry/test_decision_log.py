@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 import json
 import re
@@ -10,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.config.model import DecisionLogConfig, TelemetryConfig
 from gateway.context import Actor, ApprovalState, CallContext, Decision, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
-from gateway.telemetry.decision_log import DecisionLog, decision_record, default_redactor
+from gateway.telemetry.decision_log import DecisionLog, decision_record, default_redactor, rfc3339
 from gateway.telemetry.tracing import Telemetry
 from tests.support.otlp import OtlpReceiver
 
@@ -185,3 +188,11 @@ async def test_values_the_fast_encoder_refuses_are_still_written(tmp_path: Path)
     assert lines[0]["big"] == 2**70 and lines[0]["text"] == "lone \ud800 surrogate"
     assert lines[0]["when"] == "/x" and lines[0]["fine"] == "ünïcode"
     assert lines[1]["nested"] == {"list": [1.5, None, True]}
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False) | st.integers(0, 4_102_444_800).map(float)
+       | st.integers(0, 4_102_444_800_000).map(lambda ms: ms / 1000 - 0.0000005))
+def test_record_times_are_what_datetime_would_write(timestamp: float) -> None:
+    """rfc3339 formats by hand (it is on every record); it must agree with datetime to the millisecond."""
+    expected = dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert rfc3339(timestamp) == expected
