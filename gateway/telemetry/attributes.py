@@ -8,7 +8,7 @@ secret redactor: spans leave the gateway, so a key or token in an argument must 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.config.model import UpstreamConfig
@@ -16,6 +16,7 @@ from gateway.context import ApprovalState, CallContext, Decision, Principal, can
 
 Attrs = dict[str, Any]
 Redact = Callable[[Any], Any]
+T = TypeVar("T")
 
 # Which request parameter names the span's target, per method (low cardinality only: no resource URIs).
 TARGET_PARAM = {"tools/call": "name", "prompts/get": "name"}
@@ -59,6 +60,30 @@ def _target_attributes(method: str, params: Mapping[str, Any], capture_args: boo
     return attrs
 
 
+class Memo(Generic[T]):
+    """The attributes of objects that recur, built once per object and then shared.
+
+    One principal makes many calls (identifiers cache principals) and one cached decision answers
+    many: their attribute dicts need not be rebuilt each call, and a shared dict is shipped to the
+    exporter once per batch. Shared dicts are read-only: spans copy them before adding anything.
+    """
+
+    def __init__(self, build: Callable[[T], Attrs], limit: int = 1024) -> None:
+        self._build = build
+        self._limit = limit
+        self._items: dict[int, tuple[T, Attrs]] = {}  # by id(); the object is kept so its id stays its own
+
+    def __call__(self, item: T) -> Attrs:
+        found = self._items.get(id(item))
+        if found is not None and found[0] is item:
+            return found[1]
+        attrs = self._build(item)
+        if len(self._items) >= self._limit:
+            self._items.clear()
+        self._items[id(item)] = (item, attrs)
+        return attrs
+
+
 def principal_attributes(principal: Principal) -> Attrs:
     """Who is calling: the principal and its delegation chain (never the token)."""
     attrs: Attrs = {"customs.principal": principal.id, "customs.issuer": principal.issuer,
@@ -99,7 +124,7 @@ def credential_attributes(ctx: CallContext) -> Attrs:
     return attrs
 
 
-def call_attributes(ctx: CallContext) -> Attrs:
+def call_attributes(ctx: CallContext, decision_attrs: Callable[[Decision], Attrs] | None = None) -> Attrs:
     """Everything the gateway decided about a call: set on the SERVER span when the call finishes,
     so one search by tag (e.g. customs.decision=deny) finds the request. (Who called is set when
     the span starts: `principal_attributes`.)"""
@@ -108,7 +133,8 @@ def call_attributes(ctx: CallContext) -> Attrs:
         attrs["customs.upstream"] = ctx.upstream
     if ctx.task_id:
         attrs["customs.task_id"] = ctx.task_id
-    attrs.update(decision_attributes(ctx.decision))
+    if ctx.decision is not None:
+        attrs.update((decision_attrs or decision_attributes)(ctx.decision))
     attrs.update(approval_attributes(ctx.approval))
     attrs.update(credential_attributes(ctx))
     return attrs

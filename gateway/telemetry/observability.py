@@ -23,7 +23,7 @@ from gateway.config.model import Config
 from gateway.context import Principal
 from gateway.credentials.redaction import Redactor
 from gateway.pipeline import Pipeline
-from gateway.telemetry.attributes import principal_attributes, request_attributes, target_of
+from gateway.telemetry.attributes import Memo, principal_attributes, request_attributes, target_of
 from gateway.telemetry.decision_log import DecisionLog
 from gateway.telemetry.decision_log import Redactor as RedactFn
 from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
@@ -70,6 +70,7 @@ class Observability:
                                current_ids=self.telemetry.current_ids)
         self.record = RecordStage(self.log, self.metrics, self.telemetry)
         self._upstreams = {u.name: u for u in config.upstreams}
+        self._principal_attributes = Memo(principal_attributes)
 
     async def start(self) -> None:
         await self.telemetry.start()
@@ -131,7 +132,7 @@ class Observability:
         attrs = request_attributes(method, params, request_id, session_id=session_id,
                                    protocol_version=protocol_version, capture_args=self.telemetry.capture_args,
                                    redact=self.telemetry.redact)
-        who = principal_attributes(principal) if principal is not None else None
+        who = self._principal_attributes(principal) if principal is not None else None
         if who is not None:
             attrs.update(who)
         started = time.perf_counter() if start_ns is None else time.perf_counter() - (time.time_ns() - start_ns) / 1e9

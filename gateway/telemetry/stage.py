@@ -19,6 +19,7 @@ from gateway.errors import GatewayError
 from gateway.pipeline import Forwarder, Pipeline, Stage
 from gateway.telemetry.attributes import (
     Attrs,
+    Memo,
     approval_attributes,
     call_attributes,
     credential_attributes,
@@ -42,6 +43,7 @@ class RecordStage:
     """Decision record + metrics + SERVER-span attributes from a finished CallContext."""
 
     def __init__(self, log: DecisionLog | None, metrics: Metrics | None, telemetry: Telemetry | None) -> None:
+        self.decision_attributes = Memo(decision_attributes)  # shared with the authorize span (instrument)
         self._log = log
         self._metrics = metrics
         self._telemetry = telemetry if telemetry is not None and telemetry.enabled else None
@@ -56,7 +58,7 @@ class RecordStage:
         if self._telemetry is not None:
             span = self._telemetry.current_span()
             if span.is_recording():
-                span.set_attributes(call_attributes(ctx))
+                span.set_attributes(call_attributes(ctx, self.decision_attributes))
                 if ctx.error is not None:
                     mark_error(span, ctx.error)
                 elif _tool_error(ctx.result):
@@ -197,10 +199,13 @@ def instrument(pipeline: Pipeline, telemetry: Telemetry, metrics: Metrics | None
     The approval span exists only for calls that were held (decision approval_required).
     """
     configs = dict(upstreams or {})
+    decision_attrs = pipeline.record.decision_attributes if isinstance(pipeline.record, RecordStage) \
+        else Memo(decision_attributes)
     return dataclasses.replace(
         pipeline,
         authorize=_Traced(pipeline.authorize, "authorize", telemetry, metrics,
-                          lambda ctx: decision_attributes(ctx.decision), after_the_fact=True),
+                          lambda ctx: decision_attrs(ctx.decision) if ctx.decision is not None else {},
+                          after_the_fact=True),
         approve=_Traced(pipeline.approve, "approve", telemetry, metrics,
                         lambda ctx: approval_attributes(ctx.approval), only_if=_held),
         credential=_Traced(pipeline.credential, "credential", telemetry, metrics, credential_attributes,
