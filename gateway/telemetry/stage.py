@@ -115,7 +115,18 @@ class _Traced:
                     self._metrics.stage_duration(self._name, time.perf_counter() - started)
             return
         if self._after_the_fact:
-            await self._recorded(ctx, started)
+            # The span is made when the stage ends (nothing inside needs to be its child): no context switch.
+            start_ns = time.time_ns()
+            error: BaseException | None = None
+            try:
+                await self._stage(ctx)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._telemetry.record_span(self._span_name, start_ns, time.time_ns(), self._after(ctx), error)
+                if self._metrics is not None:
+                    self._metrics.stage_duration(self._name, time.perf_counter() - started)
             return
         with self._telemetry.stage_span(self._span_name) as span:
             try:
@@ -124,20 +135,6 @@ class _Traced:
                 set_attributes(span, self._after(ctx))
                 if self._metrics is not None:
                     self._metrics.stage_duration(self._name, time.perf_counter() - started)
-
-    async def _recorded(self, ctx: CallContext, started: float) -> None:
-        """The stage's span made when it ends (nothing inside it needs to be its child): no context switch."""
-        start_ns = time.time_ns()
-        error: BaseException | None = None
-        try:
-            await self._stage(ctx)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._telemetry.record_span(self._span_name, start_ns, time.time_ns(), self._after(ctx), error)
-            if self._metrics is not None:
-                self._metrics.stage_duration(self._name, time.perf_counter() - started)
 
 
 class _TracedForward:
