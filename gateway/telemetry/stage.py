@@ -146,11 +146,27 @@ class _TracedForward:
         self._telemetry = telemetry
         self._metrics = metrics
         self._transport = {name: transport_attributes(config) for name, config in upstreams.items()}
+        self._base: dict[tuple[Any, ...], Attrs] = {}
+
+    def _attributes(self, ctx: CallContext) -> Attrs:
+        if self._telemetry.capture_args:
+            return upstream_attributes(ctx, self._transport.get(ctx.upstream or ""), True, self._telemetry.redact)
+        # Without argument values the attributes depend only on upstream, method and tool or URI (and the request
+        # id, set below): built once per such key.
+        key = (ctx.upstream, ctx.method, ctx.params.get("name"), ctx.params.get("uri"))
+        base = self._base.get(key)
+        if base is None:
+            if len(self._base) >= 1024:
+                self._base.clear()
+            base = self._base[key] = upstream_attributes(ctx, self._transport.get(ctx.upstream or ""))
+            base.pop("jsonrpc.request.id", None)
+        attrs = dict(base)
+        if ctx.request_id is not None:
+            attrs["jsonrpc.request.id"] = str(ctx.request_id)
+        return attrs
 
     async def __call__(self, ctx: CallContext) -> dict[str, Any]:
-        attrs = (upstream_attributes(ctx, self._transport.get(ctx.upstream or ""), self._telemetry.capture_args,
-                                     self._telemetry.redact)
-                 if self._telemetry.enabled else None)
+        attrs = self._attributes(ctx) if self._telemetry.enabled else None
         target = ctx.tool.name if ctx.tool and ctx.method in ("tools/call", "prompts/get") else None
         started = time.perf_counter()
         error: str | None = None

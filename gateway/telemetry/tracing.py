@@ -309,15 +309,15 @@ class Telemetry:
                     parent: otel_context.Context | None = None, links: list[Link] | None = None,
                     start_time: int | None = None) -> AbstractContextManager[AnySpan]:
         """The SERVER span of one inbound MCP request, made current. Named `{method} {target}`.
+        A dict `attrs` becomes the span's own.
 
         With no parent the span is a root even if some other span is current (no wrong parent).
         An exception leaving the block marks the span (error.type, status) and is re-raised.
         """
         if not self.enabled:
             return nullcontext(NO_SPAN)
-        attributes = {"mcp.method.name": method, **(attrs or {})}
-        return self._span(self._new(span_name(method, target), SpanKind.SERVER, attributes, parent, links,
-                                    start_time, root=True))
+        return self._span(self._new(span_name(method, target), SpanKind.SERVER, _with_method(method, attrs), parent,
+                                    links, start_time, root=True))
 
     def stage_span(self, name: str, attrs: Attributes | None = None) -> AbstractContextManager[AnySpan]:
         """An INTERNAL child span of the current span (identify, authorize, approval, credential)."""
@@ -330,8 +330,8 @@ class Telemetry:
         """The CLIENT span of the upstream request; `inject` inside it propagates this span."""
         if not self.enabled:
             return nullcontext(NO_SPAN)
-        attributes = {"mcp.method.name": method, **(attrs or {})}
-        return self._span(self._new(span_name(method, target), SpanKind.CLIENT, attributes, None, None, None))
+        return self._span(self._new(span_name(method, target), SpanKind.CLIENT, _with_method(method, attrs), None,
+                                    None, None))
 
     def record_span(self, name: str, start_ns: int, end_ns: int, attrs: Attributes | None = None,
                     error: BaseException | None = None) -> None:
@@ -374,6 +374,14 @@ class _Current:
         if self._token is not None:
             self._var.reset(self._token)
         self._span.end(time.time_ns())
+
+
+def _with_method(method: str, attrs: Attributes | None) -> dict[str, Any]:
+    """The span's attributes with `mcp.method.name`: a dict given is taken over (callers pass a fresh one)."""
+    if type(attrs) is dict:
+        attrs.setdefault("mcp.method.name", method)
+        return attrs
+    return {"mcp.method.name": method, **(attrs or {})}
 
 
 def span_name(method: str, target: str | None) -> str:

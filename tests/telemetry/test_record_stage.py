@@ -226,3 +226,22 @@ async def test_event_records_and_pending_gauge(harness: Harness) -> None:
     assert "customs_tool_quarantines_total{" in text and 'customs_outcome="error"' in text
     pending = text.split("\ncustoms_approvals_pending{")[1].split("\n")[0]
     assert pending.endswith(" 0.0")
+
+
+async def test_client_span_attributes_are_each_calls_own(harness: Harness) -> None:
+    """The CLIENT span's attributes are built once per upstream/method/tool/URI: ids and URIs must not leak."""
+    pipeline = harness.pipeline(Decision("allow", ("permit-read",)))
+    seen = []
+    for request_id, uri in ((10, "file:///a"), (11, "file:///b"), (12, "file:///a")):
+        ctx = CallContext(method="resources/read", request_id=request_id, principal=PRINCIPAL, upstream="inventory",
+                          session_id="sess-1", params={"uri": uri})
+        with harness.obs.request({}, "resources/read", {"uri": uri}, request_id, principal=PRINCIPAL,
+                                 session_id="sess-1"):
+            await pipeline.run(ctx)
+        await harness.obs.telemetry.flush()
+        client = await harness.otlp.wait_for_span(
+            lambda s, rid=request_id: s.kind == "CLIENT" and s.attributes.get("jsonrpc.request.id") == str(rid))
+        seen.append((client.attributes["jsonrpc.request.id"], client.attributes["mcp.resource.uri"],
+                     client.attributes["customs.upstream"]))
+    assert seen == [("10", "file:///a", "inventory"), ("11", "file:///b", "inventory"),
+                    ("12", "file:///a", "inventory")]

@@ -1,0 +1,152 @@
+"""CPU instructions per proxied call, counted by valgrind's callgrind: forwarder vs gateway variants, in one run.
+
+Run: .venv/bin/python bench/bench_instructions.py [--calls 500] [--warmup 300] [--variants bare,traced,jwt,full]
+     [--json out.json]
+
+Wall-clock figures on a shared 2-core machine move by ±15 % from run to run; instruction counts do
+not (the same build and inputs give the same count within ~0.5 %, whatever else the machine does), so
+this is the benchmark to judge a change to the per-call path by. Each target (the minimal forwarder,
+then each gateway variant of bench_gateway_variants.py) runs alone under
+`valgrind --tool=callgrind` (children such as the span exporter are not counted) in front of the
+same native echo upstream; one client makes `--warmup` sequential tools/calls, the counters are
+zeroed (`callgrind_control -z`), it makes `--calls` more and the counters are dumped. Printed:
+instructions per call, and the ratios the issues ask about, as instructions: forwarder / gateway
+(the throughput ratio a CPU-bound gateway would reach against a CPU-bound forwarder) and the cost of
+tracing over bare. Needs valgrind (`callgrind_control` comes with it); takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_core import REPO, Children, Target, _free_port, _url_of, open_session, permissive_policy_dir, sanity_call
+from bench_gateway_variants import ECHO_ARGS, VARIANTS, gateway_config
+
+from tests.support.tokens import TestIssuer
+
+
+async def calls(target: Target, session: str | None, n: int) -> None:
+    """`n` sequential tools/calls; every one must succeed (a fast error would be counted as a call)."""
+    headers = target.request_headers(session)
+    async with aiohttp.ClientSession() as http:
+        for i in range(n):
+            body = {"jsonrpc": "2.0", "id": f"c{i}", "method": "tools/call",
+                    "params": {"name": target.tool, "arguments": target.arguments}}
+            async with http.post(target.url, json=body, headers=headers) as response:
+                answer = await response.read()
+                if response.status != 200 or b'"isError":false' not in answer.replace(b" ", b""):
+                    raise RuntimeError(f"{target.name}: call {i} failed: HTTP {response.status} {answer[:200]!r}")
+
+
+def dumped_instructions(out_dir: Path, pid: int) -> int:
+    dumps = sorted(out_dir.glob(f"cg.{pid}.*"))
+    if not dumps:
+        raise RuntimeError(f"no callgrind dump for {pid} in {out_dir}")
+    text = dumps[-1].read_text(errors="replace")
+    found = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no instruction total in {dumps[-1]}")
+    return int(found[1])
+
+
+async def measure(children: Children, name: str, cmd: list[str], target_of: Any, args: argparse.Namespace,
+                  out_dir: Path) -> int:
+    grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p", "--trace-children=no"]
+    line = await children.start(name, grind + cmd, timeout_s=300)
+    proc = children.procs[-1]
+    target: Target = target_of(_url_of(line))
+    async with aiohttp.ClientSession() as http:
+        session = await open_session(http, target)
+        await sanity_call(http, target, session)
+    await calls(target, session, args.warmup)  # caches, pools, allocator, lazily built state
+    subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+    await calls(target, session, args.calls)
+    subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+    proc.terminate()
+    proc.wait(60)
+    per_call = dumped_instructions(out_dir, proc.pid) // int(args.calls)
+    print(f"  {name:<10} {per_call:>10,} instructions per call", flush=True)
+    return per_call
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, int]:
+    py = sys.executable
+    children = Children(workdir)
+    out_dir = workdir / "callgrind"
+    out_dir.mkdir()
+    try:
+        echo = _url_of(await children.start("echo", [py, str(REPO / "bench/echo_upstream.py")]))
+        sink = _url_of(await children.start("otlp-sink", [py, str(REPO / "bench/otlp_sink.py")]))
+        counts = {"forwarder": await measure(
+            children, "forwarder", [py, str(REPO / "bench/minimal_forwarder.py"), "--upstream", echo],
+            lambda url: Target("forwarder", url, "echo", ECHO_ARGS), args, out_dir)}
+        issuer = TestIssuer(workdir, algorithms=("RS256",))
+        allow_all = permissive_policy_dir(workdir)
+        for name in args.variants:
+            port = _free_port()
+            aud = f"http://127.0.0.1:{port}/mcp"
+            jwt = name in ("jwt", "full")
+            identity = {"mode": "jwt", "issuers": [issuer.config(audience=aud)]} if jwt else {"mode": "anonymous"}
+            path = gateway_config(port, echo, workdir, name, identity=identity,
+                                  policies=REPO / "policies" if jwt else allow_all,
+                                  traces=sink if name in ("traced", "full") else None)
+            headers: tuple[tuple[str, str], ...] = ()
+            if jwt:
+                token = issuer.mint("spiffe://customs.demo/agent/bench", aud=aud, tenant="acme", ttl=3600)
+                headers = (("Authorization", f"Bearer {token}"),)
+            counts[name] = await measure(
+                children, name, [py, "-m", "gateway", "serve", "--config", str(path), "--log-level", "warning"],
+                lambda _line, port=port, name=name, headers=headers: Target(
+                    name, f"http://127.0.0.1:{port}/mcp/echo", "echo", ECHO_ARGS, headers), args, out_dir)
+        return counts
+    finally:
+        children.close()
+
+
+def report(counts: dict[str, int]) -> dict[str, float]:
+    ratios: dict[str, float] = {}
+    for name, count in counts.items():
+        if name != "forwarder":
+            ratios[f"forwarder / {name} instructions (throughput-equivalent)"] = counts["forwarder"] / count
+    for traced, plain in (("traced", "bare"), ("full", "jwt")):
+        if traced in counts and plain in counts:
+            ratios[f"tracing cost: {traced} / {plain} instructions - 1"] = counts[traced] / counts[plain] - 1
+    print("ratios:")
+    for key, value in ratios.items():
+        print(f"  {key:<58} {value:6.3f}")
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--variants", type=lambda s: s.split(","), default=["bare", "traced"],
+                        help=f"any of {','.join(VARIANTS)}")
+    parser.add_argument("--json", help="write counts and ratios to this file")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        sys.exit("bench_instructions needs valgrind (Debian package valgrind)")
+    with tempfile.TemporaryDirectory(prefix="customs-instructions-") as tmp:
+        counts = asyncio.run(run(args, Path(tmp)))
+    ratios = report(counts)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"instructions_per_call": counts, "ratios": ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
