@@ -147,6 +147,24 @@ def count_lines(path: Path) -> int:
     return sum(1 for _ in path.open()) if path.exists() else 0
 
 
+async def measure_round(targets: list[Target], args: argparse.Namespace, workdir: Path, use_wrk: bool) -> list[Result]:
+    """One round: every target at every load. With --auto-pace C the paced load is chosen in the first round
+    (and kept, so rounds compare): C connections offering half what the slowest target served at C
+    saturated connections."""
+    if not args.auto_pace:
+        return [r for t in targets for r in await measure(t, args, workdir, use_wrk)]
+    saturated = argparse.Namespace(**{**vars(args), "paced": []})
+    results = [r for t in targets for r in await measure(t, saturated, workdir, use_wrk)]
+    if not getattr(args, "auto_pace_ms", 0):
+        slowest = min(r.rps for r in results if r.connections == args.auto_pace)
+        args.auto_pace_ms = max(1, round(2 * args.auto_pace * 1000 / slowest))  # C / pace = slowest / 2 a second
+        print(f"  auto pace: {args.auto_pace} connections x {args.auto_pace_ms} ms "
+              f"(offered ~{slowest / 2:.0f} calls/s)", flush=True)
+    pace_ms = args.auto_pace_ms
+    paced = argparse.Namespace(**{**vars(args), "connections": [], "paced": [(args.auto_pace, pace_ms)], "warmup": 0})
+    return results + [r for t in targets for r in await measure(t, paced, workdir, use_wrk)]
+
+
 async def sink_stats(sink: str) -> dict[str, int]:
     async with aiohttp.ClientSession() as http, http.get(f"{sink}/stats") as response:
         stats: dict[str, int] = await response.json()
@@ -167,7 +185,7 @@ async def main_async(args: argparse.Namespace) -> int:
             targets, sink = await start_all(children, workdir, args.variants)
             for number in range(args.rounds):
                 print(f"round {number + 1} (load average {load_average()})", flush=True)
-                rounds.append([r for t in targets for r in await measure(t, args, workdir, use_wrk)])
+                rounds.append(await measure_round(targets, args, workdir, use_wrk))
                 loads.append(load_average())
             exported = await sink_stats(sink)
             decisions = {name: count_lines(workdir / f"decisions-{name}.jsonl") for name in args.variants}
@@ -203,12 +221,17 @@ def main() -> None:
     parser.add_argument("--paced", type=parse_paced, default=[(50, 40)],
                         help="paced loads C:MS,... (C connections, each waiting MS ms between calls): the p50 a "
                              "call gains below saturation")
+    parser.add_argument("--auto-pace", type=int, default=0, metavar="C",
+                        help="instead of --paced: C paced connections offering half the slowest target's "
+                             "saturated throughput at C connections (chosen each round; needs C in --connections)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the whole sequence; report medians")
     parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS),
                         help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--json", help="write results, medians and ratios to this file")
     args = parser.parse_args()
+    if args.auto_pace and args.auto_pace not in args.connections:
+        parser.error("--auto-pace C needs C among --connections")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
