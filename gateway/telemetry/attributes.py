@@ -7,6 +7,7 @@ secret redactor: spans leave the gateway, so a key or token in an argument must 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -71,16 +72,18 @@ class Memo(Generic[T]):
     def __init__(self, build: Callable[[T], Attrs], limit: int = 1024) -> None:
         self._build = build
         self._limit = limit
-        self._items: dict[int, tuple[T, Attrs]] = {}  # by id(); the object is kept so its id stays its own
+        # By id(), with a weak reference to tell a reused id from the same object: the memo must not keep
+        # principals (and their tokens) alive after the identifier's cache has let them go.
+        self._items: dict[int, tuple[weakref.ref[Any], Attrs]] = {}
 
     def __call__(self, item: T) -> Attrs:
         found = self._items.get(id(item))
-        if found is not None and found[0] is item:
+        if found is not None and found[0]() is item:
             return found[1]
         attrs = self._build(item)
         if len(self._items) >= self._limit:
             self._items.clear()
-        self._items[id(item)] = (item, attrs)
+        self._items[id(item)] = (weakref.ref(item), attrs)
         return attrs
 
 

@@ -245,3 +245,29 @@ async def test_client_span_attributes_are_each_calls_own(harness: Harness) -> No
                      client.attributes["customs.upstream"]))
     assert seen == [("10", "file:///a", "inventory"), ("11", "file:///b", "inventory"),
                     ("12", "file:///a", "inventory")]
+
+
+def test_attribute_memo_shares_per_object_and_keeps_nothing_alive() -> None:
+    import gc
+    import weakref
+
+    from gateway.telemetry.attributes import Memo, principal_attributes
+
+    built: list[str] = []
+
+    def build(principal: Principal) -> dict[str, Any]:
+        built.append(principal.id)
+        return principal_attributes(principal)
+
+    memo = Memo(build, limit=2)
+    first = Principal(id="a", issuer="i", subject="a", token="SECRET-A")
+    assert memo(first) is memo(first) and built == ["a"]  # built once, then shared
+    twin = Principal(id="a", issuer="i", subject="a", token="SECRET-A")
+    assert memo(twin) == memo(first) and built == ["a", "a"]  # an equal but different object is its own entry
+    gone = weakref.ref(first)
+    del first
+    gc.collect()
+    assert gone() is None  # the memo does not keep a principal (and its token) alive
+    for n in range(5):  # bounded: past the limit it starts over
+        memo(Principal(id=f"p{n}", issuer="i", subject=f"p{n}"))
+    assert len(memo._items) <= 2
