@@ -80,25 +80,36 @@ async def start_all(children: Children, workdir: Path, variants: list[str]) -> t
                                                            "--upstream", echo]))
     sink = _url_of(await children.start("otlp-sink", [py, str(REPO / "bench/otlp_sink.py")]))
     targets = [Target("forwarder", forwarder, "echo", ECHO_ARGS)]
-    issuer = TestIssuer(workdir, algorithms=("RS256",))
-    allow_all = permissive_policy_dir(workdir)
-    anonymous = {"mode": "anonymous"}
+    variant = Variants(workdir, echo, sink)
     for name in variants:
+        path, target = variant.setup(name)
+        await children.start(f"gateway-{name}", [py, "-m", "gateway", "serve", "--config", str(path),
+                                                 "--log-level", "warning"])
+        targets.append(target)
+    return targets, sink
+
+
+class Variants:
+    """Config file and load target of each gateway variant, in front of one echo upstream and one OTLP sink."""
+
+    def __init__(self, workdir: Path, echo: str, sink: str) -> None:
+        self._workdir, self._echo, self._sink = workdir, echo, sink
+        self._issuer = TestIssuer(workdir, algorithms=("RS256",))
+        self._allow_all = permissive_policy_dir(workdir)
+
+    def setup(self, name: str) -> tuple[Path, Target]:
         port = _free_port()
         aud = f"http://127.0.0.1:{port}/mcp"
         jwt = name in ("jwt", "full")
-        identity = {"mode": "jwt", "issuers": [issuer.config(audience=aud)]} if jwt else anonymous
-        path = gateway_config(port, echo, workdir, name, identity=identity,
-                              policies=REPO / "policies" if jwt else allow_all,
-                              traces=sink if name in ("traced", "full") else None)
-        await children.start(f"gateway-{name}", [py, "-m", "gateway", "serve", "--config", str(path),
-                                                 "--log-level", "warning"])
+        identity = {"mode": "jwt", "issuers": [self._issuer.config(audience=aud)]} if jwt else {"mode": "anonymous"}
+        path = gateway_config(port, self._echo, self._workdir, name, identity=identity,
+                              policies=REPO / "policies" if jwt else self._allow_all,
+                              traces=self._sink if name in ("traced", "full") else None)
         headers: tuple[tuple[str, str], ...] = ()
         if jwt:
-            token = issuer.mint("spiffe://customs.demo/agent/bench", aud=aud, tenant="acme", ttl=3600)
+            token = self._issuer.mint("spiffe://customs.demo/agent/bench", aud=aud, tenant="acme", ttl=3600)
             headers = (("Authorization", f"Bearer {token}"),)
-        targets.append(Target(name, f"http://127.0.0.1:{port}/mcp/echo", "echo", ECHO_ARGS, headers))
-    return targets, sink
+        return path, Target(name, f"http://127.0.0.1:{port}/mcp/echo", "echo", ECHO_ARGS, headers)
 
 
 def median_results(rounds: list[list[Result]]) -> list[Result]:

@@ -33,10 +33,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import REPO, Children, Target, _free_port, _url_of, open_session, permissive_policy_dir, sanity_call
-from bench_gateway_variants import ECHO_ARGS, VARIANTS, gateway_config
-
-from tests.support.tokens import TestIssuer
+from bench_core import REPO, Children, Target, _url_of, open_session, sanity_call
+from bench_gateway_variants import ECHO_ARGS, VARIANTS, Variants
 
 
 async def calls(target: Target, session: str | None, n: int) -> None:
@@ -94,24 +92,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, int]:
         counts = {"forwarder": await measure(
             children, "forwarder", [py, str(REPO / "bench/minimal_forwarder.py"), "--upstream", echo],
             lambda url: Target("forwarder", url, "echo", ECHO_ARGS), args, out_dir)}
-        issuer = TestIssuer(workdir, algorithms=("RS256",))
-        allow_all = permissive_policy_dir(workdir)
+        variant = Variants(workdir, echo, sink)
         for name in args.variants:
-            port = _free_port()
-            aud = f"http://127.0.0.1:{port}/mcp"
-            jwt = name in ("jwt", "full")
-            identity = {"mode": "jwt", "issuers": [issuer.config(audience=aud)]} if jwt else {"mode": "anonymous"}
-            path = gateway_config(port, echo, workdir, name, identity=identity,
-                                  policies=REPO / "policies" if jwt else allow_all,
-                                  traces=sink if name in ("traced", "full") else None)
-            headers: tuple[tuple[str, str], ...] = ()
-            if jwt:
-                token = issuer.mint("spiffe://customs.demo/agent/bench", aud=aud, tenant="acme", ttl=3600)
-                headers = (("Authorization", f"Bearer {token}"),)
+            path, target = variant.setup(name)
             counts[name] = await measure(
                 children, name, [py, "-m", "gateway", "serve", "--config", str(path), "--log-level", "warning"],
-                lambda _line, port=port, name=name, headers=headers: Target(
-                    name, f"http://127.0.0.1:{port}/mcp/echo", "echo", ECHO_ARGS, headers), args, out_dir)
+                lambda _line, target=target: target, args, out_dir)
         return counts
     finally:
         children.close()

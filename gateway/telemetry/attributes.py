@@ -127,7 +127,7 @@ def credential_attributes(ctx: CallContext) -> Attrs:
     return attrs
 
 
-def call_attributes(ctx: CallContext, decision_attrs: Callable[[Decision], Attrs] | None = None) -> Attrs:
+def call_attributes(ctx: CallContext, decision_attrs: Callable[[Decision], Attrs] = decision_attributes) -> Attrs:
     """Everything the gateway decided about a call: set on the SERVER span when the call finishes,
     so one search by tag (e.g. customs.decision=deny) finds the request. (Who called is set when
     the span starts: `principal_attributes`.)"""
@@ -137,7 +137,7 @@ def call_attributes(ctx: CallContext, decision_attrs: Callable[[Decision], Attrs
     if ctx.task_id:
         attrs["customs.task_id"] = ctx.task_id
     if ctx.decision is not None:
-        attrs.update((decision_attrs or decision_attributes)(ctx.decision))
+        attrs.update(decision_attrs(ctx.decision))
     attrs.update(approval_attributes(ctx.approval))
     attrs.update(credential_attributes(ctx))
     return attrs

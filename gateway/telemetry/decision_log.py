@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-from opentelemetry import trace
 
 from gateway.config.model import DecisionLogConfig
 from gateway.context import CallContext
+from gateway.telemetry.tracing import api_span_ids
 
 log = logging.getLogger("customs.decision_log")
 
@@ -55,13 +55,6 @@ def default_redactor(value: Any) -> Any:
     return value
 
 
-def _current_ids() -> tuple[str | None, str | None]:
-    span_context = trace.get_current_span().get_span_context()
-    if not span_context.is_valid:
-        return None, None
-    return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
-
-
 def error_reason(exc: BaseException | None) -> str | None:
     if exc is None:
         return None
@@ -79,7 +72,7 @@ def decision_record(ctx: CallContext, *, include_args: bool = False, redactor: R
     """The decision log record of a finished call (see docs/decision-log.md for the fields)."""
     principal = ctx.principal
     decision = ctx.decision
-    trace_id, span_id = (current_ids or _current_ids)()
+    trace_id, span_id = (current_ids or api_span_ids)()
     reason = error_reason(ctx.error)
     record: dict[str, Any] = {
         "type": "decision",
@@ -151,7 +144,7 @@ class DecisionLog:
                  stream: TextIO | None = None, on_drop: Callable[[], None] | None = None,
                  current_ids: Callable[[], tuple[str | None, str | None]] | None = None) -> None:
         self.config = config
-        self._current_ids = current_ids or _current_ids  # (trace id, span id) of the span current now
+        self._current_ids = current_ids or api_span_ids  # (trace id, span id) of the span current now
         self.include_args = config.include_args
         self._redactor = redactor
         self._stream = stream

@@ -23,7 +23,13 @@ from gateway.config.model import Config
 from gateway.context import Principal
 from gateway.credentials.redaction import Redactor
 from gateway.pipeline import Pipeline
-from gateway.telemetry.attributes import Memo, principal_attributes, request_attributes, target_of
+from gateway.telemetry.attributes import (
+    Memo,
+    decision_attributes,
+    principal_attributes,
+    request_attributes,
+    target_of,
+)
 from gateway.telemetry.decision_log import DecisionLog
 from gateway.telemetry.decision_log import Redactor as RedactFn
 from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
@@ -68,9 +74,11 @@ class Observability:
         self.metrics = Metrics(config.telemetry, env=env)
         self.log = DecisionLog(config.decision_log, redactor, on_drop=self.metrics.log_record_dropped,
                                current_ids=self.telemetry.current_ids)
-        self.record = RecordStage(self.log, self.metrics, self.telemetry)
-        self._upstreams = {u.name: u for u in config.upstreams}
+        # Built once per principal / cached decision and shared by the spans that carry them.
         self._principal_attributes = Memo(principal_attributes)
+        self._decision_attributes = Memo(decision_attributes)
+        self.record = RecordStage(self.log, self.metrics, self.telemetry, self._decision_attributes)
+        self._upstreams = {u.name: u for u in config.upstreams}
 
     async def start(self) -> None:
         await self.telemetry.start()
@@ -93,7 +101,7 @@ class Observability:
         self.telemetry.inject(headers, meta)
 
     def instrument(self, pipeline: Pipeline) -> Pipeline:
-        return instrument(pipeline, self.telemetry, self.metrics, self._upstreams)
+        return instrument(pipeline, self.telemetry, self.metrics, self._upstreams, self._decision_attributes)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/metrics", self.metrics_handler, allow_head=False)] if self.metrics.registry else []

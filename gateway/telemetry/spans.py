@@ -34,7 +34,7 @@ def wire_context(context: SpanContext) -> WireContext:
             tuple(context.trace_state.items()) if context.trace_state else ())
 
 
-_UNSET: tuple[int, str | None] = (StatusCode.UNSET.value, None)
+UNSET_STATUS: tuple[int, str | None] = (StatusCode.UNSET.value, None)
 
 
 def _span_context(wire: WireContext) -> SpanContext:
@@ -72,7 +72,7 @@ class LightSpan:
             attributes = {k: v for k, v in attributes.items() if v is not None}
         self._attributes = attributes
         self._links = links
-        self._status: tuple[int, str | None] = _UNSET
+        self._status: tuple[int, str | None] = UNSET_STATUS
         self._sink = sink  # None: not sampled (the context still propagates, nothing is recorded)
 
     def get_span_context(self) -> SpanContext:

@@ -14,12 +14,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.config.model import UpstreamConfig
-from gateway.context import CallContext
+from gateway.context import CallContext, Decision
 from gateway.errors import GatewayError
 from gateway.pipeline import Forwarder, Pipeline, Stage
 from gateway.telemetry.attributes import (
     Attrs,
-    Memo,
     approval_attributes,
     call_attributes,
     credential_attributes,
@@ -42,8 +41,9 @@ def _tool_error(result: Any) -> bool:
 class RecordStage:
     """Decision record + metrics + SERVER-span attributes from a finished CallContext."""
 
-    def __init__(self, log: DecisionLog | None, metrics: Metrics | None, telemetry: Telemetry | None) -> None:
-        self.decision_attributes = Memo(decision_attributes)  # shared with the authorize span (instrument)
+    def __init__(self, log: DecisionLog | None, metrics: Metrics | None, telemetry: Telemetry | None,
+                 decision_attrs: Callable[[Decision], Attrs] = decision_attributes) -> None:
+        self._decision_attrs = decision_attrs
         self._log = log
         self._metrics = metrics
         self._telemetry = telemetry if telemetry is not None and telemetry.enabled else None
@@ -58,7 +58,7 @@ class RecordStage:
         if self._telemetry is not None:
             span = self._telemetry.current_span()
             if span.is_recording():
-                span.set_attributes(call_attributes(ctx, self.decision_attributes))
+                span.set_attributes(call_attributes(ctx, self._decision_attrs))
                 if ctx.error is not None:
                     mark_error(span, ctx.error)
                 elif _tool_error(ctx.result):
@@ -206,14 +206,13 @@ def _held(ctx: CallContext) -> bool:
 
 
 def instrument(pipeline: Pipeline, telemetry: Telemetry, metrics: Metrics | None,
-               upstreams: Mapping[str, UpstreamConfig] | None = None) -> Pipeline:
+               upstreams: Mapping[str, UpstreamConfig] | None = None,
+               decision_attrs: Callable[[Decision], Attrs] = decision_attributes) -> Pipeline:
     """The same pipeline with spans and stage timings around authorize, approve, credential and forward.
 
     The approval span exists only for calls that were held (decision approval_required).
     """
     configs = dict(upstreams or {})
-    decision_attrs = pipeline.record.decision_attributes if isinstance(pipeline.record, RecordStage) \
-        else Memo(decision_attributes)
     return dataclasses.replace(
         pipeline,
         authorize=_Traced(pipeline.authorize, "authorize", telemetry, metrics,

@@ -49,7 +49,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from gateway.config.model import TelemetryConfig
 from gateway.telemetry.settings import TraceSettings, trace_settings
 from gateway.telemetry.span_export import SpanShipper
-from gateway.telemetry.spans import LightSpan, WireSpan, readable, wire_context
+from gateway.telemetry.spans import UNSET_STATUS, LightSpan, WireContext, WireSpan, readable, wire_context
 
 log = logging.getLogger("customs.telemetry")
 
@@ -59,7 +59,6 @@ PROPAGATION_KEYS = ("traceparent", "tracestate", "baggage")
 NO_SPAN: Span = trace.INVALID_SPAN
 _INTERNAL = SpanKind.INTERNAL.value
 _PARENT_OR_ON = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
-_UNSET: tuple[int, str | None] = (StatusCode.UNSET.value, None)
 Attributes = Mapping[str, Any]
 AnySpan = Span | LightSpan
 
@@ -254,12 +253,7 @@ class Telemetry:
     def current_ids(self) -> tuple[str | None, str | None]:
         """(trace id, span id) in hex of the current span: the gateway's, else any current API span."""
         current = self._current.get()
-        if current is not None:
-            return current.hex_ids()
-        context = trace.get_current_span().get_span_context()
-        if not context.is_valid:
-            return None, None
-        return format(context.trace_id, "032x"), format(context.span_id, "016x")
+        return current.hex_ids() if current is not None else api_span_ids()
 
     # -- spans -------------------------------------------------------------------------------------
 
@@ -270,12 +264,10 @@ class Telemetry:
         `attrs` becomes the span's own dict (callers pass a fresh one).
         """
         if parent is None and not root and (current := self._current.get()) is not None:
-            # A child of our own span (every span but the request's): same trace, flags and state,
-            # sampled as the request was; nothing but a new span id to make.
-            trace_id, _, _, flags, state = current.wire
-            return LightSpan(name, kind, (trace_id, self._ids.generate_span_id(), False, flags, state),
-                             current.wire, start_ns or time.time_ns(), attrs, links or (),
-                             self._finished if flags & TraceFlags.SAMPLED else None)
+            # A child of our own span (every span but the request's): sampled as the request was.
+            wire = self._child_of(current)
+            return LightSpan(name, kind, wire, current.wire, start_ns or time.time_ns(), attrs, links or (),
+                             self._finished if wire[3] & TraceFlags.SAMPLED else None)
         parent_context: SpanContext | None = None
         if parent is not None:
             parent_context = trace.get_current_span(parent).get_span_context()
@@ -284,23 +276,26 @@ class Telemetry:
         trace_id = parent_context.trace_id if parent_context is not None else self._ids.generate_trace_id()
         if self._parent_or_on:
             # The default sampler's answer without asking it: a root is sampled, a child follows its parent.
-            flags = TraceFlags.SAMPLED if parent_context is None or parent_context.trace_flags.sampled \
-                else TraceFlags.DEFAULT
-            state = tuple(parent_context.trace_state.items()) if parent_context is not None else ()
-            return LightSpan(name, kind, (trace_id, self._ids.generate_span_id(), False, flags, state),
-                             wire_context(parent_context) if parent_context is not None else None,
-                             start_ns or time.time_ns(), attrs, links or (), self._finished if flags else None)
-        decision = self.settings.sampler.should_sample(
-            trace.set_span_in_context(NonRecordingSpan(parent_context)) if parent_context else None,
-            trace_id, name, kind, attrs, links)
-        sampled = decision.decision.is_sampled()  # type: ignore[no-untyped-call]
-        if decision.attributes:
-            attrs = {**(attrs or {}), **decision.attributes}
+            sampled = parent_context is None or parent_context.trace_flags.sampled
+            trace_state = parent_context.trace_state if parent_context is not None else None
+        else:
+            decision = self.settings.sampler.should_sample(
+                trace.set_span_in_context(NonRecordingSpan(parent_context)) if parent_context else None,
+                trace_id, name, kind, attrs, links)
+            sampled = decision.decision.is_sampled()  # type: ignore[no-untyped-call]
+            trace_state = decision.trace_state
+            if decision.attributes:
+                attrs = {**(attrs or {}), **decision.attributes}
         flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
-        state = tuple(decision.trace_state.items()) if decision.trace_state else ()
-        wire = (trace_id, self._ids.generate_span_id(), False, flags, state)
+        wire = (trace_id, self._ids.generate_span_id(), False, flags,
+                tuple(trace_state.items()) if trace_state else ())
         return LightSpan(name, kind, wire, wire_context(parent_context) if parent_context is not None else None,
                          start_ns or time.time_ns(), attrs, links or (), self._finished if sampled else None)
+
+    def _child_of(self, current: LightSpan) -> WireContext:
+        """A new span's context under `current`: same trace, flags and state, a new span id."""
+        trace_id, _, _, flags, state = current.wire
+        return (trace_id, self._ids.generate_span_id(), False, flags, state)
 
     def _span(self, span: LightSpan) -> _Current:
         return _Current(self._current, span)
@@ -343,10 +338,9 @@ class Telemetry:
         if current is not None and error is None and type(attrs) is dict and None not in attrs.values():
             # The common case: a finished child of the request's span goes straight to the exporter
             # queue, with no span object in between (these spans are never current, never propagated).
-            trace_id, _, _, flags, state = current.wire
-            if flags & TraceFlags.SAMPLED:
-                self._finished((name, _INTERNAL, (trace_id, self._ids.generate_span_id(), False, flags, state),
-                                current.wire, start_ns, end_ns, attrs, [], _UNSET))
+            if current.wire[3] & TraceFlags.SAMPLED:
+                self._finished((name, _INTERNAL, self._child_of(current), current.wire, start_ns, end_ns, attrs, [],
+                                UNSET_STATUS))
             return
         span = self._new(name, SpanKind.INTERNAL, dict(attrs or {}), None, None, start_ns)
         if error is not None:
@@ -382,6 +376,14 @@ def _with_method(method: str, attrs: Attributes | None) -> dict[str, Any]:
         attrs.setdefault("mcp.method.name", method)
         return attrs
     return {"mcp.method.name": method, **(attrs or {})}
+
+
+def api_span_ids() -> tuple[str | None, str | None]:
+    """(trace id, span id) in hex of the OpenTelemetry API's current span, or (None, None)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None, None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
 def span_name(method: str, target: str | None) -> str:
