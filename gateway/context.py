@@ -95,8 +95,13 @@ class ApprovalState:
     waited_s: float = 0.0
 
 
+# One encoder, built once: json.dumps with these options builds a new JSONEncoder on every call,
+# which costs more than encoding a small argument object. Its output is the same.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def args_digest(args: Any) -> str:

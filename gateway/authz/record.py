@@ -8,11 +8,13 @@ rebuilds the principal, tool and facts from it. Arguments are kept only when the
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import fields
 from typing import Any
 
 from gateway.authz.entities import CallFacts, convert_args
 from gateway.context import Actor, CallContext, Principal, ToolInfo
+from gateway.timefmt import iso_utc
 
 _TOOL_FIELDS = tuple(f.name for f in fields(ToolInfo) if f.name != "definition")  # the definition is not a fact
 
@@ -22,7 +24,7 @@ def authz_input(principal: Principal, action: str, tool: ToolInfo, ctx: CallCont
     """A JSON-safe snapshot of everything a decision was made from."""
     args = ctx.args if ctx is not None else None
     extra = ctx.extra if ctx is not None else {}
-    when = dt.datetime.fromtimestamp(ctx.started_wall, dt.UTC) if ctx is not None else dt.datetime.now(dt.UTC)
+    when = iso_utc(ctx.started_wall if ctx is not None else time.time())
     return {
         "principal": {"id": principal.id, "attributes": dict(principal.attributes)},
         "chain": [{"id": a.id, "attributes": dict(a.attributes)} for a in principal.chain],
@@ -35,7 +37,7 @@ def authz_input(principal: Principal, action: str, tool: ToolInfo, ctx: CallCont
         "environment": environment,
         "args_contain_secret": bool(extra.get("args_contain_secret", False)),
         "task": extra.get("task"),
-        "time": when.isoformat(),
+        "time": when,
         "approved": bool(ctx is not None and ctx.approval is not None
                          and ctx.approval.outcome in ("approved", "reused")),
     }

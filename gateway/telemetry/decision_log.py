@@ -1,20 +1,21 @@
 """The decision log: one JSON line per decision (OPA style) plus typed event records, to stdout or a file.
 
 Writers never block the event loop: `record_decision` / `event` serialise the record and append
-the line to an in-memory buffer; one writer task moves everything buffered (at most FLUSH_INTERVAL_S
-old) to the file in a worker thread with a single `write` per batch (O_APPEND), so lines are never
-interleaved or torn, even with several gateways appending to one file. `close()` drains the buffer.
+the line to an in-memory buffer; one writer thread, owned by the log (started by `start`, joined by
+`close`), moves everything buffered (at most FLUSH_INTERVAL_S old) to the file with a single `write`
+per batch (O_APPEND), so lines are never interleaved or torn, even with several gateways appending to
+one file. The loop's share of a record is one append under a lock: no task, timer or future per
+batch, and the thread wakes the loop for nothing. `close()` drains the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ import orjson
 from gateway.config.model import DecisionLogConfig
 from gateway.context import CallContext
 from gateway.telemetry.tracing import api_span_ids
+from gateway.timefmt import rfc3339_ms
 
 log = logging.getLogger("customs.decision_log")
 
@@ -35,14 +37,8 @@ MAX_BUFFERED_LINES = 100_000  # past this the writer is hopelessly behind: drop 
 
 
 def rfc3339(timestamp: float) -> str:
-    """UTC, milliseconds, `Z`: what `datetime.isoformat(timespec="milliseconds")` writes, at a third of its cost."""
-    fraction, whole = math.modf(timestamp)
-    seconds, micros = int(whole), round(fraction * 1e6)  # datetime.fromtimestamp's own rounding
-    if micros >= 1_000_000:
-        seconds, micros = seconds + 1, micros - 1_000_000
-    elif micros < 0:
-        seconds, micros = seconds - 1, micros + 1_000_000
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{micros // 1000:03d}Z"
+    """UTC, milliseconds, `Z`: what `datetime.isoformat(timespec="milliseconds")` writes, at a fraction of its cost."""
+    return rfc3339_ms(timestamp)
 
 
 def default_redactor(value: Any) -> Any:
@@ -150,9 +146,10 @@ class DecisionLog:
         self._stream = stream
         self._on_drop = on_drop
         self._lines: list[bytes] = []
-        self._wake = asyncio.Event()
-        self._close_requested = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()  # the buffer and `dropped`, shared by the loop and the writer thread
+        self._wake = threading.Event()  # set by the first line of a batch, and by close()
+        self._close_requested = threading.Event()
+        self._writer: threading.Thread | None = None
         self._fd: int | None = None
         self._closing = False
         self.dropped = 0
@@ -166,7 +163,8 @@ class DecisionLog:
             self._stream = sys.stdout  # looked up now, not at import (tests and CLIs swap stdout)
         self._closing = False
         self._close_requested.clear()
-        self._writer = asyncio.create_task(self._run(), name="decision-log-writer")
+        self._writer = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
+        self._writer.start()
 
     async def close(self) -> None:
         """Write everything buffered, then release the file."""
@@ -174,10 +172,10 @@ class DecisionLog:
         self._close_requested.set()
         self._wake.set()
         if self._writer is not None:
-            await self._writer
+            await asyncio.to_thread(self._writer.join)
             self._writer = None
-        if self._lines:
-            await asyncio.to_thread(self._write, self._take())
+        if self._lines:  # queued before start and never started, or raced past the writer's last batch
+            await asyncio.to_thread(self._write_batch, self._take())
         if self._fd is not None:
             fd, self._fd = self._fd, None
             await asyncio.to_thread(os.close, fd)
@@ -203,35 +201,43 @@ class DecisionLog:
 
     def _append(self, line: bytes) -> None:
         if len(self._lines) >= MAX_BUFFERED_LINES or (self._closing and self._writer is None):
-            self.dropped += 1
+            with self._lock:
+                self.dropped += 1
             if self._on_drop is not None:
                 self._on_drop()
             return
-        self._lines.append(line)
-        self._wake.set()
+        with self._lock:
+            self._lines.append(line)
+            first = len(self._lines) == 1
+        if first:
+            self._wake.set()
 
-    # -- writer ------------------------------------------------------------------------------------
+    # -- writer thread -----------------------------------------------------------------------------
 
     def _take(self) -> bytes:
-        lines, self._lines = self._lines, []
+        with self._lock:
+            lines, self._lines = self._lines, []
         return b"".join(lines)
 
-    async def _run(self) -> None:
+    def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            self._wake.wait()
             if not self._closing:
-                with contextlib.suppress(TimeoutError):  # a batching delay, cut short by close()
-                    await asyncio.wait_for(self._close_requested.wait(), FLUSH_INTERVAL_S)
-            self._wake.clear()
-            if self._lines:
-                chunk = self._take()
-                try:
-                    await asyncio.to_thread(self._write, chunk)
-                except OSError as exc:
-                    log.error("decision log write failed (%d bytes lost): %s", len(chunk), exc)
-                    self.dropped += chunk.count(b"\n")
+                self._close_requested.wait(FLUSH_INTERVAL_S)  # a batching delay, cut short by close()
+            self._wake.clear()  # before taking: a line appended after the take sets it again
+            chunk = self._take()
+            if chunk:
+                self._write_batch(chunk)
             if self._closing and not self._lines:
                 return
+
+    def _write_batch(self, chunk: bytes) -> None:
+        try:
+            self._write(chunk)
+        except (OSError, ValueError) as exc:  # ValueError: a stream closed under the log
+            log.error("decision log write failed (%d bytes lost): %s", len(chunk), exc)
+            with self._lock:
+                self.dropped += chunk.count(b"\n")
 
     def _write(self, chunk: bytes) -> None:
         if self._fd is not None:

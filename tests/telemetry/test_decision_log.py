@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config.model import DecisionLogConfig, TelemetryConfig
-from gateway.context import Actor, ApprovalState, CallContext, Decision, Principal, ToolInfo
+from gateway.context import Actor, ApprovalState, CallContext, Decision, Principal, ToolInfo, canonical_json
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.telemetry.decision_log import DecisionLog, decision_record, default_redactor, rfc3339
 from gateway.telemetry.tracing import Telemetry
+from gateway.timefmt import iso_utc
 from tests.support.otlp import OtlpReceiver
 
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -196,3 +198,63 @@ def test_record_times_are_what_datetime_would_write(timestamp: float) -> None:
     """rfc3339 formats by hand (it is on every record); it must agree with datetime to the millisecond."""
     expected = dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert rfc3339(timestamp) == expected
+
+
+_TIMES = (st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False) | st.integers(0, 4_102_444_800).map(float)
+          | st.integers(0, 4_102_444_800_000_000).map(lambda us: us / 1e6))
+
+
+@given(_TIMES)
+def test_replay_snapshot_times_are_what_datetime_would_write(timestamp: float) -> None:
+    """authz_input.time is formatted by hand too; replay parses it back with datetime.fromisoformat."""
+    expected = dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat()
+    assert iso_utc(timestamp) == expected
+    assert dt.datetime.fromisoformat(iso_utc(timestamp)) == dt.datetime.fromtimestamp(timestamp, dt.UTC)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                     | st.text(), lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+
+
+@given(_JSON)
+def test_canonical_json_is_the_documented_json_dumps_form(value: Any) -> None:
+    """The digest an approval binds to must not change with the encoder that is reused across calls."""
+    assert canonical_json(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                               allow_nan=False)
+
+
+def test_canonical_json_still_refuses_nan() -> None:
+    with pytest.raises(ValueError):
+        canonical_json({"x": float("nan")})
+
+
+async def test_the_writer_thread_is_owned_by_the_log(tmp_path: Path) -> None:
+    """start() starts one writer thread, close() drains the buffer and joins it: nothing outlives the app."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(DecisionLogConfig(path=path))
+    before = {t.ident for t in threading.enumerate()}
+    await log.start()
+    writers = [t for t in threading.enumerate() if t.ident not in before and t.name == "decision-log-writer"]
+    assert len(writers) == 1  # (the executor's thread that opened the file is the loop's, not the log's)
+    for i in range(300):
+        log.event("n", i=i)
+        if i % 50 == 0:
+            await asyncio.sleep(0)
+    await log.close()
+    assert not writers[0].is_alive()
+    assert [json.loads(line)["i"] for line in path.read_text().splitlines()] == list(range(300))
+    await log.start()  # a restarted log writes again (tests and reloads reuse one object)
+    log.event("again")
+    await log.close()
+    assert json.loads(path.read_text().splitlines()[-1])["type"] == "again"
+
+
+async def test_a_closed_stream_is_a_counted_loss_not_a_dead_writer(caplog: pytest.LogCaptureFixture) -> None:
+    stream = io.StringIO()
+    log = DecisionLog(DecisionLogConfig(), stream=stream)
+    stream.close()
+    await log.start()
+    log.event("lost")
+    await log.close()
+    assert log.dropped == 1 and "decision log write failed" in caplog.text
