@@ -21,6 +21,7 @@ Kind = Literal["request", "notification", "response"]
 # A `\uD800`-`\uDFFF` escape: the only way a lone surrogate (valid JSON, not Unicode) gets in.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_NOT_DIGITS = bytes(b for b in range(256) if not 0x30 <= b <= 0x39)
 _LONG_DIGITS_TEXT = re.compile(r"[0-9]{19}")
 
 
@@ -84,8 +85,13 @@ def fast_loads(raw: bytes | str) -> Any:
     orjson refuses NaN, lone surrogates, invalid UTF-8 and nesting past 1024, and reads an integer
     past 64 bits as a float: any run of 19 digits leaves the value to the stdlib, which keeps it exact.
     """
-    long_number = _LONG_DIGITS.search(raw) if isinstance(raw, bytes) else _LONG_DIGITS_TEXT.search(raw)
-    if long_number is not None:
+    if isinstance(raw, bytes):
+        # Fewer than 19 digits in all cannot hold a run of 19: counting them (one C pass) is several
+        # times cheaper than the regex, which only bodies rich in digits still need.
+        long_number = len(raw.translate(None, _NOT_DIGITS)) >= 19 and _LONG_DIGITS.search(raw) is not None
+    else:
+        long_number = _LONG_DIGITS_TEXT.search(raw) is not None
+    if long_number:
         raise ValueError("a number too long for orjson to keep exact")
     return orjson.loads(raw)  # its JSONDecodeError is a ValueError
 

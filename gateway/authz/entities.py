@@ -159,6 +159,18 @@ def convert_args(args: Any, bounds: Bounds = DEFAULT_BOUNDS) -> tuple[dict[str, 
     return conv.record(args, 1), conv.truncated
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def args_truncated(args: Any, bounds: Bounds = DEFAULT_BOUNDS) -> bool:
+    """`convert_args(args, bounds)[1]` without building the record, quickly for flat argument objects."""
+    if isinstance(args, dict) and len(args) <= bounds.max_keys and all(type(v) in _SCALARS for v in args.values()):
+        # Flat scalars: only a reserved key or an over-long string is cut (numbers never are).
+        return any(type(v) is str and len(v) > bounds.max_str for v in args.values()) or any(
+            str(k) in _RESERVED_KEYS for k in args)
+    return convert_args(args, bounds)[1]
+
+
 def totals(raw: Any) -> dict[str, int]:
     """Task totals as Longs, rounded up: limits are upper bounds, so rounding up is the safe direction."""
     out: dict[str, int] = {}
@@ -254,6 +266,12 @@ class CallFacts:
     task: Any = None
     now: dt.datetime | None = None
     args_truncated: bool = False  # replay without logged args: the recorded flag stands in for them
+    at: float | None = None  # the call's wall-clock time, made a datetime only if a policy reads context.time
+
+    def when(self) -> dt.datetime:
+        if self.now is not None:
+            return self.now.astimezone(dt.UTC)
+        return dt.datetime.fromtimestamp(self.at, dt.UTC) if self.at is not None else dt.datetime.now(dt.UTC)
 
 
 def facts_from_ctx(ctx: CallContext | None, environment: str) -> CallFacts:
@@ -261,7 +279,7 @@ def facts_from_ctx(ctx: CallContext | None, environment: str) -> CallFacts:
         return CallFacts(environment=environment)
     return CallFacts(args=ctx.args, environment=environment,
                      args_contain_secret=bool(ctx.extra.get("args_contain_secret", False)),
-                     task=ctx.extra.get("task"), now=dt.datetime.fromtimestamp(ctx.started_wall, dt.UTC))
+                     task=ctx.extra.get("task"), at=ctx.started_wall)
 
 
 def context(principal: Principal, facts: CallFacts, approval: str, bounds: Bounds = DEFAULT_BOUNDS,
@@ -289,7 +307,7 @@ def context(principal: Principal, facts: CallFacts, approval: str, bounds: Bound
     if want("approval"):
         out["approval"] = approval
     if want("time"):
-        now = (facts.now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+        now = facts.when()
         out["time"] = {"hour": now.hour, "weekday": now.isoweekday()}
     if want("args_contain_secret"):
         out["args_contain_secret"] = facts.args_contain_secret

@@ -144,10 +144,14 @@ def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: To
         ents_text, ents = _entities(principal, tool, cache)
     except ValueError as exc:
         return _deny([f"entities: {exc}"], started, version)
-    first = E.context(principal, facts, "granted" if granted else "none", bounds, policies.context_keys)
-    if policies.context_reads is not None:
-        first = prune(first, policies.context_reads)
-    first_text = _json(first)
+    keys = policies.context_keys
+    if keys is not None and not keys:  # no policy reads the context: nothing of the call can matter
+        first, first_text = {}, "{}"
+    else:
+        first = E.context(principal, facts, "granted" if granted else "none", bounds, keys)
+        if policies.context_reads is not None:
+            first = prune(first, policies.context_reads)
+        first_text = _json(first)
     key = (version, ents_text, action, tool.cedar_id, first_text, "granted" if granted else "", *who)
     known = cache.decision(key) if cache is not None else None
     if known is not None:  # the same inputs decide the same way: only the timing is this call's own

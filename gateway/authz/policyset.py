@@ -8,6 +8,7 @@ texts: approvals remember the version they were granted under.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ class LoadedPolicies:
     # What of the context some policy reads (see context_tree); None: a policy uses `context` as a whole.
     context_reads: Tree | None = None
 
-    @property
+    @functools.cached_property  # asked on every decision; the set never changes
     def context_keys(self) -> frozenset[str] | None:
         """The top-level context attributes some policy reads (None: all of them)."""
         return None if self.context_reads is None else frozenset(self.context_reads)

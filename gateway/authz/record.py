@@ -9,35 +9,56 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-from gateway.authz.entities import CallFacts, convert_args
+from gateway.authz.entities import CallFacts, args_truncated
 from gateway.context import Actor, CallContext, Principal, ToolInfo
+from gateway.memo import Memo
 from gateway.timefmt import iso_utc
 
 _TOOL_FIELDS = tuple(f.name for f in fields(ToolInfo) if f.name != "definition")  # the definition is not a fact
 
 
+def principal_snapshot(principal: Principal) -> dict[str, Any]:
+    """Who decided-for: the principal and its chain (never the token)."""
+    return {"principal": {"id": principal.id, "attributes": dict(principal.attributes)},
+            "chain": [{"id": a.id, "attributes": dict(a.attributes)} for a in principal.chain]}
+
+
+def tool_snapshot(tool: ToolInfo) -> dict[str, Any]:
+    return {name: getattr(tool, name) for name in _TOOL_FIELDS}
+
+
+class SnapshotParts:
+    """The principal and tool parts of snapshots, built once per principal/tool object and shared
+    (read-only: records are only serialised)."""
+
+    def __init__(self) -> None:
+        self.principal: Callable[[Principal], dict[str, Any]] = Memo(principal_snapshot)
+        self.tool: Callable[[ToolInfo], dict[str, Any]] = Memo(tool_snapshot)
+
+
 def authz_input(principal: Principal, action: str, tool: ToolInfo, ctx: CallContext | None, environment: str,
-                *, include_args: bool = False) -> dict[str, Any]:
+                *, include_args: bool = False, parts: SnapshotParts | None = None) -> dict[str, Any]:
     """A JSON-safe snapshot of everything a decision was made from."""
     args = ctx.args if ctx is not None else None
     extra = ctx.extra if ctx is not None else {}
-    when = iso_utc(ctx.started_wall if ctx is not None else time.time())
+    who = parts.principal(principal) if parts is not None else principal_snapshot(principal)
     return {
-        "principal": {"id": principal.id, "attributes": dict(principal.attributes)},
-        "chain": [{"id": a.id, "attributes": dict(a.attributes)} for a in principal.chain],
+        "principal": who["principal"],
+        "chain": who["chain"],
         "action": action,
-        "tool": {name: getattr(tool, name) for name in _TOOL_FIELDS},
+        "tool": parts.tool(tool) if parts is not None else tool_snapshot(tool),
         "args": args if include_args else None,
         # Kept even without args (and computed before any redaction): a call denied for truncated or
         # escaped arguments must replay as denied under the same policies.
-        "args_truncated": convert_args(args)[1],
+        "args_truncated": args_truncated(args),
         "environment": environment,
         "args_contain_secret": bool(extra.get("args_contain_secret", False)),
         "task": extra.get("task"),
-        "time": when,
+        "time": iso_utc(ctx.started_wall if ctx is not None else time.time()),
         "approved": bool(ctx is not None and ctx.approval is not None
                          and ctx.approval.outcome in ("approved", "reused")),
     }

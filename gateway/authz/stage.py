@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.authz.record import authz_input
+from gateway.authz.record import SnapshotParts, authz_input
 from gateway.context import CallContext
 from gateway.errors import GatewayError
 from gateway.pipeline import Authorizer
@@ -16,6 +16,7 @@ class AuthorizeStage:
     def __init__(self, engine: Authorizer, environment: str | None = None) -> None:
         self._engine = engine
         self._environment = environment  # set: decision records carry a replayable snapshot
+        self._parts = SnapshotParts()
 
     async def __call__(self, ctx: CallContext) -> None:
         tool = ctx.tool
@@ -27,9 +28,9 @@ class AuthorizeStage:
         # Cedar on pre-parsed handles takes tens of microseconds: inline, no thread hop.
         ctx.decision = self._engine.decide(ctx.principal, ctx.action, tool, ctx)
         if self._environment is not None:
-            environment = self._environment
+            environment, parts = self._environment, self._parts
             # Built only when the decision is logged: the snapshot costs more than the decision.
             ctx.extra["authz_input"] = lambda include_args: authz_input(
-                ctx.principal, ctx.action, tool, ctx, environment, include_args=include_args)
+                ctx.principal, ctx.action, tool, ctx, environment, include_args=include_args, parts=parts)
         if ctx.decision.outcome == "deny":
             raise GatewayError("unknown_tool", f"Unknown tool: {name}")

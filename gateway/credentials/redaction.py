@@ -99,7 +99,8 @@ class Redactor:
         return text
 
     def text_has_secret(self, text: str) -> bool:
-        return any(s in text for s in self._known) or DETECT.search(text) is not None
+        # (`_known` is empty unless upstreams have static secrets: skip building the generator then.)
+        return (bool(self._known) and any(s in text for s in self._known)) or DETECT.search(text) is not None
 
     def redact(self, value: Any) -> Any:
         """A deep copy of `value` with secret-named fields and secret-looking strings replaced by [REDACTED]."""

@@ -7,9 +7,8 @@ secret redactor: spans leave the gateway, so a key or token in an argument must 
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config.model import UpstreamConfig
@@ -17,7 +16,6 @@ from gateway.context import ApprovalState, CallContext, Decision, Principal, can
 
 Attrs = dict[str, Any]
 Redact = Callable[[Any], Any]
-T = TypeVar("T")
 
 # Which request parameter names the span's target, per method (low cardinality only: no resource URIs).
 TARGET_PARAM = {"tools/call": "name", "prompts/get": "name"}
@@ -59,32 +57,6 @@ def _target_attributes(method: str, params: Mapping[str, Any], capture_args: boo
     elif method.startswith("resources/") and isinstance(params.get("uri"), str):
         attrs["mcp.resource.uri"] = redact(params["uri"]) if redact else params["uri"]  # may carry a token
     return attrs
-
-
-class Memo(Generic[T]):
-    """The attributes of objects that recur, built once per object and then shared.
-
-    One principal makes many calls (identifiers cache principals) and one cached decision answers
-    many: their attribute dicts need not be rebuilt each call, and a shared dict is shipped to the
-    exporter once per batch. Shared dicts are read-only: spans copy them before adding anything.
-    """
-
-    def __init__(self, build: Callable[[T], Attrs], limit: int = 1024) -> None:
-        self._build = build
-        self._limit = limit
-        # By id(), with a weak reference to tell a reused id from the same object: the memo must not keep
-        # principals (and their tokens) alive after the identifier's cache has let them go.
-        self._items: dict[int, tuple[weakref.ref[Any], Attrs]] = {}
-
-    def __call__(self, item: T) -> Attrs:
-        found = self._items.get(id(item))
-        if found is not None and found[0]() is item:
-            return found[1]
-        attrs = self._build(item)
-        if len(self._items) >= self._limit:
-            self._items.clear()
-        self._items[id(item)] = (weakref.ref(item), attrs)
-        return attrs
 
 
 def principal_attributes(principal: Principal) -> Attrs:

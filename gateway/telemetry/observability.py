@@ -22,9 +22,9 @@ from aiohttp import web
 from gateway.config.model import Config
 from gateway.context import Principal
 from gateway.credentials.redaction import Redactor
+from gateway.memo import Memo
 from gateway.pipeline import Pipeline
 from gateway.telemetry.attributes import (
-    Memo,
     decision_attributes,
     principal_attributes,
     request_attributes,

@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import cedarpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.authz import entities as E
 from gateway.context import Actor, Principal, ToolInfo
@@ -112,3 +115,18 @@ def test_entity_cache_is_bounded_and_reuses_handles() -> None:
     cache.parse(texts[1])
     cache.parse(texts[2])
     assert len(cache) == 2 and cache.parse(texts[0]) is not first
+
+
+_KEYS = st.sampled_from(["a", "b", "__entity", "__extn", "__expr", "x" * 5]) | st.text(max_size=6)
+_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                       lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_KEYS, inner, max_size=5),
+                       max_leaves=12)
+
+
+@settings(max_examples=400)
+@given(st.none() | st.integers() | st.dictionaries(_KEYS, _VALUES, max_size=6),
+       st.builds(E.Bounds, max_depth=st.integers(1, 4), max_items=st.integers(1, 4), max_keys=st.integers(1, 5),
+                 max_str=st.integers(0, 6)))
+def test_the_quick_truncation_check_agrees_with_the_conversion(args: Any, bounds: E.Bounds) -> None:
+    """Decision records call args_truncated on every call; replay must see what the conversion saw."""
+    assert E.args_truncated(args, bounds) is E.convert_args(args, bounds)[1]

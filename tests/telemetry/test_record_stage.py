@@ -251,7 +251,8 @@ def test_attribute_memo_shares_per_object_and_keeps_nothing_alive() -> None:
     import gc
     import weakref
 
-    from gateway.telemetry.attributes import Memo, principal_attributes
+    from gateway.memo import Memo
+    from gateway.telemetry.attributes import principal_attributes
 
     built: list[str] = []
 
