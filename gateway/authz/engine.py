@@ -28,6 +28,9 @@ ReloadCallback = Callable[[bool, str], None]
 ShadowCallback = Callable[[Outcome, Outcome], None]  # (enforced, shadow)
 
 
+_NO_FACTS = E.CallFacts()
+
+
 def _granted(ctx: CallContext | None) -> bool:
     """A call a person already approved is decided with approval == "granted" (the re-check)."""
     return ctx is not None and ctx.approval is not None and ctx.approval.outcome in ("approved", "reused")
@@ -201,7 +204,10 @@ class PolicyEngine:
         current = self._current
         if current is None:
             raise GatewayError("policy_unavailable")
-        facts = E.facts_from_ctx(ctx, self.environment)
+        keys = current.context_keys
+        # When no policy (enforced or shadow) reads the context, the call's facts cannot matter.
+        facts = _NO_FACTS if keys is not None and not keys and self._shadow is None else \
+            E.facts_from_ctx(ctx, self.environment)
         granted = _granted(ctx)
         enforced = decide(current, principal, action, tool, facts, granted=granted, bounds=self._bounds,
                           cache=self._entities)
