@@ -8,6 +8,7 @@ The stage seams are Protocols so in-memory and Redis stores, or real and fake up
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -44,7 +45,18 @@ class Recorder(Protocol):
     async def __call__(self, ctx: CallContext) -> None: ...
 
 
+class StageTimer(Protocol):
+    """Told when authorize or credential ends (`started_ns` from `time.perf_counter_ns`, the error if it
+    raised): the stage-duration metric and the stage's span are made from this, with no wrapper around the stage."""
+
+    def __call__(self, stage: str, ctx: CallContext, started_ns: int, error: BaseException | None) -> None: ...
+
+
 async def _no_op(ctx: CallContext) -> None:
+    return None
+
+
+def _untimed(stage: str, ctx: CallContext, started_ns: int, error: BaseException | None) -> None:
     return None
 
 
@@ -82,24 +94,40 @@ class Pipeline:
     rate: Callable[[CallContext], Awaitable[None]] = _no_op  # rate limits, before any decision
     facts: TaskFacts = field(default_factory=_NoFacts)  # the task and what it has done so far, for the decision
     slot: Callable[[CallContext], AbstractAsyncContextManager[None]] = _no_slot  # concurrency while executing
+    timed: StageTimer = _untimed
 
     async def run(self, ctx: CallContext) -> dict[str, Any]:
         """Run one request to its result (a JSON-RPC `result` object) or raise."""
+        # authorize and credential are timed here, not by wrappers: a wrapper per stage is a coroutine
+        # per stage per call. `timing` names the timed stage running now, reported with its error.
+        timing: str | None = None
+        started = 0
         try:
             await self.rate(ctx)
             await self.facts(ctx)
+            timing, started = "authorize", time.perf_counter_ns()
             await self.authorize(ctx)
+            timing = None
+            self.timed("authorize", ctx, started, None)
             await self.approve(ctx)
             if ctx.approval is not None:
                 # Released after a wait: decide again under the policies in force now (a deny raises).
                 initial = ctx.decision
+                timing, started = "authorize", time.perf_counter_ns()
                 await self.authorize(ctx)
+                timing = None
+                self.timed("authorize", ctx, started, None)
                 ctx.extra["recheck"], ctx.decision = ctx.decision, initial
             async with self.slot(ctx):
+                timing, started = "credential", time.perf_counter_ns()
                 await self.credential(ctx)
+                timing = None
+                self.timed("credential", ctx, started, None)
                 ctx.result = await self.forward(ctx)
             return ctx.result
         except BaseException as exc:
+            if timing is not None:
+                self.timed(timing, ctx, started, exc)
             ctx.error = exc
             await self.facts.release(ctx)
             raise

@@ -2,8 +2,9 @@
 
 `RecordStage` runs last for every call (the pipeline's `finally`): it writes the decision record,
 counts the call and puts the gateway's facts on the current (SERVER) span. It does no I/O and
-does not await anything slow. `instrument(pipeline, ...)` wraps authorize/approve/credential in
-child spans and forward in the CLIENT span, timing each stage.
+does not await anything slow. `instrument(pipeline, ...)` times authorize and credential through the
+pipeline's `timed` hook (`StageRecorder`: metric and after-the-fact span), wraps a held call's approve
+in its span and forward in the CLIENT span.
 """
 
 from __future__ import annotations
@@ -85,12 +86,38 @@ class RecordStage:
             metrics.approval_waited(ctx.approval.waited_s, ctx.approval.outcome)
 
 
+class StageRecorder:
+    """The pipeline's `timed`: the duration metric of authorize and credential, and their spans.
+
+    Nothing these stages do happens inside their span (no child span, no propagated context, no
+    decision-log event), so the span is recorded when the stage ends, never made current: its end is
+    now, its start the end minus the monotonic duration.
+    """
+
+    def __init__(self, telemetry: Telemetry, metrics: Metrics | None,
+                 decision_attrs: Callable[[Decision], Attrs] = decision_attributes) -> None:
+        self._telemetry = telemetry
+        self._metrics = metrics if metrics is not None and metrics.enabled else None
+        self._attrs: dict[str, Callable[[CallContext], Attrs]] = {
+            "authorize": lambda ctx: decision_attrs(ctx.decision) if ctx.decision is not None else {},
+            "credential": credential_attributes,
+        }
+
+    def __call__(self, stage: str, ctx: CallContext, started_ns: int, error: BaseException | None) -> None:
+        duration_ns = time.perf_counter_ns() - started_ns
+        if self._metrics is not None:
+            self._metrics.stage_duration(stage, duration_ns / 1e9)
+        if self._telemetry.enabled:
+            end_ns = time.time_ns()
+            attrs = self._attrs[stage](ctx)
+            self._telemetry.record_span(STAGE_SPANS[stage], end_ns - duration_ns, end_ns, attrs, error)
+
+
 class _Traced:
     """A stage wrapped in a child span named after it, with attributes read from ctx afterwards."""
 
     def __init__(self, stage: Stage, name: str, telemetry: Telemetry, metrics: Metrics | None,
-                 after: Callable[[CallContext], Attrs], only_if: Callable[[CallContext], bool] | None = None,
-                 *, after_the_fact: bool = False) -> None:
+                 after: Callable[[CallContext], Attrs], only_if: Callable[[CallContext], bool] | None = None) -> None:
         self._stage = stage
         self._name = name
         self._span_name = STAGE_SPANS[name]
@@ -98,9 +125,6 @@ class _Traced:
         self._metrics = metrics
         self._after = after
         self._only_if = only_if
-        # True: nothing the stage does happens inside its span (no child span, no propagated context, no
-        # decision-log event), so the span is recorded when the stage ends, never made current.
-        self._after_the_fact = after_the_fact
 
     async def __call__(self, ctx: CallContext) -> None:
         if self._only_if is not None and not self._only_if(ctx):
@@ -111,20 +135,6 @@ class _Traced:
             try:
                 await self._stage(ctx)
             finally:
-                if self._metrics is not None:
-                    self._metrics.stage_duration(self._name, time.perf_counter() - started)
-            return
-        if self._after_the_fact:
-            # The span is made when the stage ends (nothing inside needs to be its child): no context switch.
-            start_ns = time.time_ns()
-            error: BaseException | None = None
-            try:
-                await self._stage(ctx)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._telemetry.record_span(self._span_name, start_ns, time.time_ns(), self._after(ctx), error)
                 if self._metrics is not None:
                     self._metrics.stage_duration(self._name, time.perf_counter() - started)
             return
@@ -208,22 +218,19 @@ def _held(ctx: CallContext) -> bool:
 def instrument(pipeline: Pipeline, telemetry: Telemetry, metrics: Metrics | None,
                upstreams: Mapping[str, UpstreamConfig] | None = None,
                decision_attrs: Callable[[Decision], Attrs] = decision_attributes) -> Pipeline:
-    """The same pipeline with spans and stage timings around authorize, approve, credential and forward.
+    """The same pipeline with spans and stage timings of authorize, approve, credential and forward.
 
-    The approval span exists only for calls that were held (decision approval_required).
+    authorize and credential are timed by the pipeline itself (`StageRecorder`); approve is wrapped in
+    its span only for calls that were held (decision approval_required); forward in the CLIENT span.
     """
     configs = dict(upstreams or {})
     return dataclasses.replace(
         pipeline,
-        authorize=_Traced(pipeline.authorize, "authorize", telemetry, metrics,
-                          lambda ctx: decision_attrs(ctx.decision) if ctx.decision is not None else {},
-                          after_the_fact=True),
+        timed=StageRecorder(telemetry, metrics, decision_attrs),
         approve=_Traced(pipeline.approve, "approve", telemetry, metrics,
                         lambda ctx: approval_attributes(ctx.approval), only_if=_held),
-        credential=_Traced(pipeline.credential, "credential", telemetry, metrics, credential_attributes,
-                           after_the_fact=True),
         forward=_TracedForward(pipeline.forward, telemetry, metrics, configs),
     )
 
 
-__all__ = ["RecordStage", "instrument", "span_name"]
+__all__ = ["RecordStage", "StageRecorder", "instrument", "span_name"]

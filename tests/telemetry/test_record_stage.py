@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -145,7 +146,9 @@ async def test_denied_call_marks_the_server_span(harness: Harness) -> None:
     assert server.attributes["customs.decision"] == "deny"
     assert server.attributes["customs.policy_ids"] == ("forbid-payments",)
     assert server.attributes["error.type"] == "unknown_tool" and server.status == "ERROR"
-    assert {s.name for s in harness.otlp.children(server)} == {"customs.identify", "customs.authorize"}
+    children = {s.name: s for s in harness.otlp.children(server)}
+    assert set(children) == {"customs.identify", "customs.authorize"}
+    assert children["customs.authorize"].status == "ERROR"  # the stage that raised, reported by the pipeline
     await harness.obs.log.close()
     (record,) = harness.records()
     assert (record["decision"], record["outcome"], record["reason"]) == ("deny", "error", "unknown_tool")
@@ -198,7 +201,10 @@ async def test_tracing_off_still_records_log_and_metrics(tmp_path: Path) -> None
                          {"name": "inventory__get_stock"}, 1) as req:
             await pipeline.run(ctx)
         assert req.trace_id is None
-        assert "customs_calls_total{" in obs.metrics.prometheus_text().decode()
+        text = obs.metrics.prometheus_text().decode()
+        assert "customs_calls_total{" in text
+        for stage in ("authorize", "credential", "forward"):  # timed by the pipeline and the forward wrapper
+            assert re.search(rf'customs_stage_duration_seconds_count{{[^}}]*stage="{stage}"}} 1\.0', text), stage
     finally:
         await obs.close()
     (record,) = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
@@ -272,3 +278,37 @@ def test_attribute_memo_shares_per_object_and_keeps_nothing_alive() -> None:
     for n in range(5):  # bounded: past the limit it starts over
         memo(Principal(id=f"p{n}", issuer="i", subject=f"p{n}"))
     assert len(memo._items) <= 2
+
+
+async def test_the_pipeline_times_each_stage_and_reports_the_one_that_raised() -> None:
+    """authorize and credential are timed by Pipeline.run itself; a re-check after approval is timed too,
+    and a stage that raises is reported once, with its error, before the error reaches the caller."""
+    reports: list[tuple[str, str | None]] = []
+
+    def timed(stage: str, ctx: CallContext, started_ns: int, error: BaseException | None) -> None:
+        assert time.perf_counter_ns() >= started_ns
+        reports.append((stage, type(error).__name__ if error else None))
+
+    async def authorize(ctx: CallContext) -> None:
+        ctx.decision = Decision("approval_required", ("hold",))
+
+    async def approve(ctx: CallContext) -> None:
+        ctx.approval = ApprovalState("ap-1", "approved", ("alice",))
+
+    async def credential(ctx: CallContext) -> None:
+        raise GatewayError("credential_unavailable")
+
+    async def forward(ctx: CallContext) -> dict[str, Any]:
+        raise AssertionError("never forwarded")
+
+    async def record(ctx: CallContext) -> None:
+        reports.append(("record", type(ctx.error).__name__ if ctx.error else None))
+
+    pipeline = Pipeline(authorize=authorize, approve=approve, credential=credential, forward=forward,
+                        record=record, timed=timed)
+    ctx = CallContext(method="tools/call", request_id=1, params={"name": "get_stock"}, principal=PRINCIPAL,
+                      upstream="inventory", tool=ToolInfo("inventory", "get_stock"))
+    with pytest.raises(GatewayError):
+        await pipeline.run(ctx)
+    assert reports == [("authorize", None), ("authorize", None), ("credential", "GatewayError"),
+                       ("record", "GatewayError")]
