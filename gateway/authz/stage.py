@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.authz.record import SnapshotParts, authz_input
 from gateway.context import CallContext
 from gateway.errors import GatewayError
@@ -28,9 +30,14 @@ class AuthorizeStage:
         # Cedar on pre-parsed handles takes tens of microseconds: inline, no thread hop.
         ctx.decision = self._engine.decide(ctx.principal, ctx.action, tool, ctx)
         if self._environment is not None:
-            environment, parts = self._environment, self._parts
-            # Built only when the decision is logged: the snapshot costs more than the decision.
-            ctx.extra["authz_input"] = lambda include_args: authz_input(
-                ctx.principal, ctx.action, tool, ctx, environment, include_args=include_args, parts=parts)
+            # Built only when the decision is logged: the snapshot costs more than the decision. A bound
+            # method, not a closure over ctx: ctx holding a function that holds ctx is a reference cycle,
+            # and cycles per call leave every call's objects to the garbage collector.
+            ctx.extra["authz_input"] = self._snapshot
         if ctx.decision.outcome == "deny":
             raise GatewayError("unknown_tool", f"Unknown tool: {name}")
+
+    def _snapshot(self, ctx: CallContext, include_args: bool) -> dict[str, Any]:
+        assert ctx.tool is not None and self._environment is not None
+        return authz_input(ctx.principal, ctx.action, ctx.tool, ctx, self._environment, include_args=include_args,
+                           parts=self._parts)

@@ -112,7 +112,7 @@ def decision_record(ctx: CallContext, *, include_args: bool = False, redactor: R
     snapshot = ctx.extra.get("authz_input")
     if callable(snapshot):
         # What `customs policy replay` re-decides from; argument values only where config allows.
-        facts = snapshot(include_args)
+        facts = snapshot(ctx, include_args)
         if include_args and facts.get("args") is not None:
             facts["args"] = (redactor or default_redactor)(facts["args"])
         record["authz_input"] = facts
