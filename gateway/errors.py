@@ -112,6 +112,24 @@ def error_object(exc: BaseException) -> tuple[dict[str, Any], int]:
     return {"code": exc.code, "message": exc.message, "data": data}, exc.http_status
 
 
+def forget_traceback(exc: BaseException) -> None:
+    """Drop the tracebacks of an error already answered and logged (and of the errors chained to it).
+
+    A traceback holds the frames it passed through, and those frames hold the call's objects, some of
+    which hold the error (the call context, the request's span): a reference cycle per failed call,
+    left to the garbage collector, unless the traceback goes once nothing needs it.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending += (current.__cause__, current.__context__)
+
+
 def to_wire(exc: BaseException, request_id: Any) -> tuple[dict[str, Any], int]:
     """The JSON-RPC error response for `exc` answering `request_id`, and its HTTP status."""
     error, status = error_object(exc)

@@ -28,7 +28,7 @@ from mcp_types.version import (
 
 from gateway import jsonrpc
 from gateway.context import Principal
-from gateway.errors import GatewayError, to_wire
+from gateway.errors import GatewayError, forget_traceback, to_wire
 from gateway.http.guards import accepts, error_response, read_body, require_json
 from gateway.http.streams import SSE_HEADERS, ClientGone, EventWriter, ResponseChannel
 from gateway.identity import reject_query_token
@@ -244,6 +244,7 @@ class McpEndpoint:
             reply, status = to_wire(exc, message.id)
             if isinstance(exc, GatewayError):
                 error_headers = exc.headers  # e.g. Retry-After of rate_limited
+            forget_traceback(exc)  # answered, recorded and logged: its frames need not outlive the call
         finally:
             session.inflight.pop(message.id, None)
             if token is not None:

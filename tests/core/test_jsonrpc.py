@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gateway import jsonrpc
-from gateway.errors import REASONS, GatewayError, error_object, to_wire
+from gateway.errors import REASONS, GatewayError, error_object, forget_traceback, to_wire
 
 
 def reason_of(raw: bytes, depth: int = 64) -> str:
@@ -84,3 +84,22 @@ def test_long_numbers_keep_their_exact_value_both_ways(number: str) -> None:
     assert jsonrpc.parse(raw.encode()).body == expected
     assert parse_json(raw.encode()) == parse_json(raw) == expected
     assert type(parse_json(raw)["result"]["n"]) is type(expected["result"]["n"])
+
+
+def test_an_answered_error_forgets_every_traceback_of_its_chain() -> None:
+    """An answered error must not keep the frames it passed through (and the call's objects in them) alive."""
+    try:
+        try:
+            try:
+                raise KeyError("inner")
+            except KeyError as exc:
+                raise ValueError("middle") from exc
+        except ValueError:
+            raise GatewayError("upstream_error")  # noqa: B904 (implicit __context__, on purpose)
+    except GatewayError as exc:
+        answered = exc
+    chain = [answered, answered.__context__, answered.__context__.__cause__]  # type: ignore[union-attr]
+    assert all(e is not None and e.__traceback__ is not None for e in chain)
+    forget_traceback(answered)
+    assert [e.__traceback__ for e in chain if e is not None] == [None, None, None]
+    assert to_wire(answered, 1)[0]["error"]["data"]["reason"] == "upstream_error"  # still answerable

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.lifecycle.conftest import Upstreams, gateway_config, token
+from tests.lifecycle.conftest import Upstreams, gateway_config, reason_of, token
 from tests.support.mcp_client import sdk_client
 from tests.support.otlp import OtlpReceiver
 from tests.support.tokens import TestIssuer
@@ -28,11 +28,12 @@ async def test_allowed_calls_leave_no_cyclic_garbage(start_gateway: Any, upstrea
             extra["telemetry"] = {"traces": {"endpoint": otlp.url}}
         gw = await start_gateway(gateway_config(upstreams, issuer, policies, **extra))
         left = await leftovers(gw, issuer)
+        await gw.runner.cleanup()  # before the receiver goes: the last spans are exported, not refused
     assert left == [], f"per-call objects only the cyclic collector could free: {left}"
 
 
 async def leftovers(gw: Any, issuer: TestIssuer) -> list[str]:
-    """Types of per-call objects the cyclic collector finds after 20 calls made with it switched off."""
+    """Types of per-call objects the cyclic collector finds after calls made with it switched off."""
     async with sdk_client(gw.mcp, token(issuer, gw)) as client:
         assert (await client.call_tool("inventory__get_stock", {"sku": "warm-up"})).content
         gc.collect()
@@ -40,6 +41,10 @@ async def leftovers(gw: Any, issuer: TestIssuer) -> list[str]:
         try:
             for i in range(20):
                 assert not (await client.call_tool("inventory__get_stock", {"sku": f"s-{i}"})).is_error
+            for i in range(5):  # denied: the error travels with a traceback through the call's frames
+                reason, _ = await reason_of(client.call_tool("payments__pay", {"account": "a", "amount": 1,
+                                                                               "__expr": i}))
+                assert reason == "unknown_tool"
             gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds is kept in gc.garbage, for the assert
             gc.collect()
             # Any object of the gateway's own types (the client in this process makes cycles of its own).
