@@ -1,15 +1,18 @@
 """CPU instructions per proxied call, counted by valgrind's callgrind: forwarder vs gateway variants, in one run.
 
-Run: .venv/bin/python bench/bench_instructions.py [--calls 500] [--warmup 300] [--variants bare,traced,jwt,full]
-     [--json out.json]
+Run: .venv/bin/python bench/bench_instructions.py [--calls 500] [--warmup 300] [--clients 1]
+     [--variants bare,traced,jwt,full] [--json out.json]
 
 Wall-clock figures on a shared 2-core machine move by ±15 % from run to run; instruction counts do
 not (the same build and inputs give the same count within ~0.5 %, whatever else the machine does), so
 this is the benchmark to judge a change to the per-call path by. Each target (the minimal forwarder,
 then each gateway variant of bench_gateway_variants.py) runs alone under
 `valgrind --tool=callgrind` (children such as the span exporter are not counted) in front of the
-same native echo upstream; one client makes `--warmup` sequential tools/calls, the counters are
-zeroed (`callgrind_control -z`), it makes `--calls` more and the counters are dumped. Printed:
+same native echo upstream; `--clients` concurrent clients (default one) make `--warmup` tools/calls,
+the counters are zeroed (`callgrind_control -z`), they make `--calls` more and the counters are dumped.
+Under callgrind a call takes ~50 times longer, so work batched by time (decision-log writes every
+50 ms, span shipping every 200 ms) is shared by ~50 times fewer calls than in real operation: counts
+overstate it (span shipping: ~34k instructions a call here, a few thousand at 2,000 calls/s). Printed:
 instructions per call, and the ratios the issues ask about, as instructions: forwarder / gateway
 (the throughput ratio a CPU-bound gateway would reach against a CPU-bound forwarder) and the cost of
 tracing over bare. Needs valgrind (`callgrind_control` comes with it); takes a few minutes.
@@ -37,17 +40,21 @@ from bench_core import REPO, Children, Target, _url_of, open_session, sanity_cal
 from bench_gateway_variants import ECHO_ARGS, VARIANTS, Variants
 
 
-async def calls(target: Target, session: str | None, n: int) -> None:
-    """`n` sequential tools/calls; every one must succeed (a fast error would be counted as a call)."""
+async def calls(target: Target, session: str | None, n: int, clients: int = 1) -> None:
+    """`n` tools/calls from `clients` concurrent clients, each calling in sequence; every one must succeed
+    (a fast error would be counted as a call)."""
     headers = target.request_headers(session)
-    async with aiohttp.ClientSession() as http:
-        for i in range(n):
-            body = {"jsonrpc": "2.0", "id": f"c{i}", "method": "tools/call",
-                    "params": {"name": target.tool, "arguments": target.arguments}}
-            async with http.post(target.url, json=body, headers=headers) as response:
-                answer = await response.read()
-                if response.status != 200 or b'"isError":false' not in answer.replace(b" ", b""):
-                    raise RuntimeError(f"{target.name}: call {i} failed: HTTP {response.status} {answer[:200]!r}")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as http:
+        async def client(first: int) -> None:
+            for i in range(first, n, clients):
+                body = {"jsonrpc": "2.0", "id": f"c{i}", "method": "tools/call",
+                        "params": {"name": target.tool, "arguments": target.arguments}}
+                async with http.post(target.url, json=body, headers=headers) as response:
+                    answer = await response.read()
+                    if response.status != 200 or b'"isError":false' not in answer.replace(b" ", b""):
+                        raise RuntimeError(f"{target.name}: call {i} failed: HTTP {response.status} {answer[:200]!r}")
+
+        await asyncio.gather(*(client(c) for c in range(clients)))
 
 
 def dumped_instructions(out_dir: Path, pid: int) -> int:
@@ -70,9 +77,9 @@ async def measure(children: Children, name: str, cmd: list[str], target_of: Any,
     async with aiohttp.ClientSession() as http:
         session = await open_session(http, target)
         await sanity_call(http, target, session)
-    await calls(target, session, args.warmup)  # caches, pools, allocator, lazily built state
+    await calls(target, session, args.warmup, args.clients)  # caches, pools, allocator, lazily built state
     subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-    await calls(target, session, args.calls)
+    await calls(target, session, args.calls, args.clients)
     subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     proc.terminate()
     proc.wait(60)
@@ -121,6 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=1,
+                        help="concurrent clients (50: the loop serves many calls per iteration, as under load)")
     parser.add_argument("--variants", type=lambda s: s.split(","), default=["bare", "traced"],
                         help=f"any of {','.join(VARIANTS)}")
     parser.add_argument("--json", help="write counts and ratios to this file")
