@@ -204,9 +204,8 @@ class PolicyEngine:
         current = self._current
         if current is None:
             raise GatewayError("policy_unavailable")
-        keys = current.context_keys
         # When no policy (enforced or shadow) reads the context, the call's facts cannot matter.
-        facts = _NO_FACTS if keys is not None and not keys and self._shadow is None else \
+        facts = _NO_FACTS if current.reads_no_context and self._shadow is None else \
             E.facts_from_ctx(ctx, self.environment)
         granted = _granted(ctx)
         enforced = decide(current, principal, action, tool, facts, granted=granted, bounds=self._bounds,

@@ -144,11 +144,10 @@ def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: To
         ents_text, ents = _entities(principal, tool, cache)
     except ValueError as exc:
         return _deny([f"entities: {exc}"], started, version)
-    keys = policies.context_keys
-    if keys is not None and not keys:  # no policy reads the context: nothing of the call can matter
+    if policies.reads_no_context:
         first, first_text = {}, "{}"
     else:
-        first = E.context(principal, facts, "granted" if granted else "none", bounds, keys)
+        first = E.context(principal, facts, "granted" if granted else "none", bounds, policies.context_keys)
         if policies.context_reads is not None:
             first = prune(first, policies.context_reads)
         first_text = _json(first)

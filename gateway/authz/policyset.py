@@ -47,6 +47,11 @@ class LoadedPolicies:
         """The top-level context attributes some policy reads (None: all of them)."""
         return None if self.context_reads is None else frozenset(self.context_reads)
 
+    @property
+    def reads_no_context(self) -> bool:
+        """No policy reads the context: nothing of the call beyond principal, action and tool can matter."""
+        return self.context_reads is not None and not self.context_reads
+
     def __len__(self) -> int:
         return len(self.id_by_internal)
 

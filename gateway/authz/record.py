@@ -45,12 +45,12 @@ def authz_input(principal: Principal, action: str, tool: ToolInfo, ctx: CallCont
     """A JSON-safe snapshot of everything a decision was made from."""
     args = ctx.args if ctx is not None else None
     extra = ctx.extra if ctx is not None else {}
-    who = parts.principal(principal) if parts is not None else principal_snapshot(principal)
+    who = (parts.principal if parts is not None else principal_snapshot)(principal)
     return {
         "principal": who["principal"],
         "chain": who["chain"],
         "action": action,
-        "tool": parts.tool(tool) if parts is not None else tool_snapshot(tool),
+        "tool": (parts.tool if parts is not None else tool_snapshot)(tool),
         "args": args if include_args else None,
         # Kept even without args (and computed before any redaction): a call denied for truncated or
         # escaped arguments must replay as denied under the same policies.
