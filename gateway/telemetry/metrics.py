@@ -13,11 +13,13 @@ into every collection (gateway/telemetry/aggregate.py); the rarer ones are plain
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from opentelemetry import metrics as metrics_api
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
@@ -42,7 +44,7 @@ INSTRUMENTS = (
     "customs.calls", "customs.stage.duration", "mcp.server.operation.duration", "mcp.client.operation.duration",
     "customs.approvals.pending", "customs.approval.wait.duration", "customs.upstream.errors",
     "customs.upstream.restarts", "customs.policy.reloads", "customs.tool.quarantines", "customs.rate_limited",
-    "customs.shadow.disagreements", "customs.decision_log.dropped",
+    "customs.shadow.disagreements", "customs.decision_log.dropped", "cpython.gc.collections",
 )
 
 
@@ -61,6 +63,13 @@ def _stage_attrs(stage: str) -> Attrs:
 def _operation_attrs(key: tuple[Any, ...]) -> Attrs:
     method, *extra = key  # extra: the caller's (name, value) pairs, which may override the method
     return {"mcp.method.name": method, **dict(extra)}
+
+
+def gc_collections(options: CallbackOptions | None = None) -> Iterable[Observation]:
+    """`cpython.gc.collections` (the runtime semantic conventions): passes of the cyclic collector per
+    generation since start. Read at collection time from `gc.get_stats()`: nothing on the call path."""
+    return [Observation(stats["collections"], {"cpython.gc.generation": generation})
+            for generation, stats in enumerate(gc.get_stats())]
 
 
 def _views() -> list[View]:
@@ -131,6 +140,8 @@ class Metrics:
                                            "Calls where the shadow policy decided differently")
         self.log_dropped = meter.create_counter("customs.decision_log.dropped", "{record}",
                                                 "Decision records that could not be written")
+        meter.create_observable_counter("cpython.gc.collections", [gc_collections], "{collection}",
+                                        "Passes of the cyclic garbage collector, by generation")
 
     async def start(self) -> None:
         """Readers are live from construction; nothing to start (kept for the owners' lifecycle)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
+import re
 from typing import Any
 
 import prometheus_client
@@ -172,7 +174,9 @@ def test_per_call_prometheus_text_is_the_sdks() -> None:
     per_call_traffic(metrics, sdk)
 
     def lines(text: bytes) -> list[str]:
-        return [line for line in text.decode().splitlines() if not line.startswith("target_info")]
+        # Not per-call: the process-wide target info and the collector's passes (which change between reads).
+        return [line for line in text.decode().splitlines()
+                if not line.startswith("target_info") and "cpython_gc_collections" not in line]
 
     assert lines(metrics.prometheus_text()) == lines(prometheus_client.generate_latest(registry))
     assert "customs_stage_duration_seconds_bucket{" in metrics.prometheus_text().decode()
@@ -192,7 +196,8 @@ async def test_per_call_otlp_points_are_the_sdks(otlp: OtlpReceiver) -> None:
 
         def points(receiver: OtlpReceiver) -> list[Any]:
             return sorted((p.metric, p.kind, p.unit, sorted(p.attributes.items()), p.value, p.count,
-                           None if p.sum is None else round(p.sum, 9)) for p in receiver.points)
+                           None if p.sum is None else round(p.sum, 9)) for p in receiver.points
+                          if p.metric != "cpython.gc.collections")
 
         mine = await otlp.wait_for(lambda r: points(r) or None)
         assert {p[0] for p in mine} == set(PER_CALL)
@@ -209,3 +214,22 @@ def test_client_supplied_tool_names_cannot_grow_memory_without_bound() -> None:
     count = "mcp_server_operation_duration_seconds_count{"
     overflow = [line for line in text.splitlines() if line.startswith(count) and 'otel_metric_overflow="true"' in line]
     assert len(overflow) == 1 and overflow[0].endswith(" 50.0")
+
+
+def test_garbage_collector_passes_are_counted_per_generation() -> None:
+    metrics = Metrics(TelemetryConfig(), env={})
+    young = re.compile(r'^cpython_gc_collections_total\{cpython_gc_generation="0"[^}]*\} (\S+)$', re.M)
+
+    def passes() -> float:
+        found = young.search(metrics.prometheus_text().decode())
+        assert found is not None
+        return float(found[1])
+
+    gc.disable()  # only the two passes below: none set off by the allocations of reading the metrics
+    try:
+        before = passes()
+        gc.collect(0)
+        gc.collect(0)
+        assert passes() == before + 2
+    finally:
+        gc.enable()
