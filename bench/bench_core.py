@@ -11,6 +11,8 @@ Targets, each a child process on 127.0.0.1:
 Each target gets a session (initialize + initialized, done here), a sanity call, a short warm-up, then
 wrk (Debian's `wrk`, a Lua script POSTing tools/call with the session header and a fresh id per request)
 for --duration seconds per connection count; without wrk, a Python aiohttp generator with N clients.
+Each saturated load also reports the target process's CPU time per call (utime+stime from /proc/PID/stat,
+before and after the load, over the calls served) and that of its child processes, if it has any.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = "2025-06-18"
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
            "MCP-Protocol-Version": PROTOCOL}
+CLK_TCK = os.sysconf("SC_CLK_TCK")  # unit of utime/stime in /proc/PID/stat
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Target:
     tool: str
     arguments: dict[str, Any]
     headers: tuple[tuple[str, str], ...] = ()  # extra request headers, e.g. ("Authorization", "Bearer ...")
+    pid: int | None = None  # the process serving `url` (its CPU time per call is measured); None: not measured
 
     def request_headers(self, session: str | None) -> dict[str, str]:
         return {**HEADERS, **dict(self.headers), **({"Mcp-Session-Id": session} if session else {})}
@@ -64,10 +69,20 @@ class Result:
     errors: int
     generator: str
     pace_ms: int = 0  # >0: each connection waits on average this long between calls (a load below saturation)
+    cpu_us_per_call: float | None = None  # CPU µs (user+system) of the target's process per call; saturated loads
+    child_cpu_us_per_call: float | None = None  # the same for its child processes together; None: it has none
 
     @property
     def load(self) -> str:
         return f"c={self.connections}" + (f" paced {self.pace_ms}ms" if self.pace_ms else "")
+
+    @property
+    def cpu_text(self) -> str:
+        """`  cpu 372 µs/call (+ child 118)` for the results line; empty if CPU was not measured."""
+        if self.cpu_us_per_call is None:
+            return ""
+        child = "" if self.child_cpu_us_per_call is None else f" (+ child {self.child_cpu_us_per_call:.0f})"
+        return f"  cpu {self.cpu_us_per_call:.0f} µs/call{child}"
 
 
 class Children:
@@ -76,6 +91,7 @@ class Children:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.pids: dict[str, int] = {}  # name given to start() → pid
 
     async def start(self, name: str, cmd: list[str], ready: str = "listening on", timeout_s: float = 30) -> str:
         log = self.workdir / f"{name}.log"
@@ -83,6 +99,7 @@ class Children:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     cwd=self.workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.procs.append(proc)
+        self.pids[name] = proc.pid
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace")
@@ -145,6 +162,63 @@ async def sanity_call(http: aiohttp.ClientSession, target: Target, session: str 
         message = _rpc_result(await response.read(), response.headers.get("Content-Type", ""))
     if response.status != 200 or "error" in message or message.get("result", {}).get("isError"):
         raise RuntimeError(f"{target.name}: sanity tools/call failed (HTTP {response.status}): {message}")
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat (field n at index n - 1, the command name one field); None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # FileNotFoundError: exited; ProcessLookupError: exiting while read
+        return None
+    head, _, rest = text.rpartition(")")  # the command name may hold spaces and parentheses
+    number, _, name = head.partition(" (")
+    return [number, name, *rest.split()]
+
+
+def _cpu_ticks(fields: list[str]) -> int:
+    return int(fields[13]) + int(fields[14])  # utime + stime (fields 14 and 15), in clock ticks
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU ticks used so far by one process, and by each of its child processes keyed by (pid, start time)."""
+    main: int | None
+    children: dict[tuple[int, int], int]
+
+
+def cpu_snapshot(pid: int) -> CpuSnapshot:
+    """utime+stime of `pid` and of its current children (found by scanning /proc/*/stat for PPID == pid)."""
+    main = _proc_stat(pid)
+    children: dict[tuple[int, int], int] = {}
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            fields = _proc_stat(int(entry.name)) if entry.name.isdigit() else None
+            if fields is not None and int(fields[3]) == pid:
+                children[(int(fields[0]), int(fields[21]))] = _cpu_ticks(fields)
+    return CpuSnapshot(None if main is None else _cpu_ticks(main), children)
+
+
+def cpu_per_call(before: CpuSnapshot, after: CpuSnapshot, calls: int) -> tuple[float | None, float | None]:
+    """CPU µs per call between two snapshots: of the main process, and of its children together (None if it had
+    none). A child seen only after started during the load (all its CPU counts); one that exited is skipped."""
+    if before.main is None or after.main is None or calls <= 0:
+        return None, None
+    us_per_tick = 1e6 / CLK_TCK / calls
+    main = (after.main - before.main) * us_per_tick
+    if not before.children and not after.children:
+        return main, None
+    ticks = sum(used - before.children.get(key, 0) for key, used in after.children.items())
+    return main, ticks * us_per_tick
+
+
+async def with_cpu(pid: int | None, load: Callable[[], Awaitable[Result]]) -> Result:
+    """Run `load`; record on its Result the CPU per call of process `pid` and of its children during it."""
+    if pid is None:
+        return await load()
+    before = cpu_snapshot(pid)
+    result = await load()
+    result.cpu_us_per_call, result.child_cpu_us_per_call = cpu_per_call(before, cpu_snapshot(pid), result.requests)
+    return result
 
 
 LUA = """
@@ -253,14 +327,16 @@ async def start_targets(children: Children, workdir: Path, demo: bool) -> list[T
     echo = _url_of(await children.start("echo", [py, str(REPO / "bench/echo_upstream.py")]))
     forwarder = _url_of(await children.start("forwarder", [py, str(REPO / "bench/minimal_forwarder.py"),
                                                            "--upstream", echo]))
-    targets = [Target("direct", echo, "echo", {"text": "hi"}), Target("forwarder", forwarder, "echo", {"text": "hi"})]
+    pids = children.pids
+    targets = [Target("direct", echo, "echo", {"text": "hi"}, pid=pids["echo"]),
+               Target("forwarder", forwarder, "echo", {"text": "hi"}, pid=pids["forwarder"])]
     upstreams: list[dict[str, Any]] = [{"name": "echo", "url": echo}]
     if demo:
         port = _free_port()
         await children.start("demo", [py, "-m", "gateway.demo.servers", "inventory", "--http", str(port)],
                              ready="Uvicorn running")
         demo_url = f"http://127.0.0.1:{port}/mcp"
-        targets.append(Target("demo-direct", demo_url, "get_stock", {"sku": "widget"}))
+        targets.append(Target("demo-direct", demo_url, "get_stock", {"sku": "widget"}, pid=pids["demo"]))
         upstreams.append({"name": "inventory", "url": demo_url})
     gw_port = _free_port()
     config = {"listen": {"host": "127.0.0.1", "port": gw_port}, "upstreams": upstreams,
@@ -270,9 +346,10 @@ async def start_targets(children: Children, workdir: Path, demo: bool) -> list[T
     gateway = f"http://127.0.0.1:{gw_port}"
     await children.start("gateway", [py, "-m", "gateway", "serve", "--config", str(workdir / "customs.yaml"),
                                      "--log-level", "warning"])
-    targets.append(Target("gateway", f"{gateway}/mcp/echo", "echo", {"text": "hi"}))
+    targets.append(Target("gateway", f"{gateway}/mcp/echo", "echo", {"text": "hi"}, pid=pids["gateway"]))
     if demo:
-        targets.append(Target("demo-gateway", f"{gateway}/mcp/inventory", "get_stock", {"sku": "widget"}))
+        targets.append(Target("demo-gateway", f"{gateway}/mcp/inventory", "get_stock", {"sku": "widget"},
+                              pid=pids["gateway"]))
     return targets
 
 
@@ -293,15 +370,20 @@ async def measure(target: Target, args: argparse.Namespace, workdir: Path, use_w
             return await asyncio.to_thread(run_wrk, target, session, connections, duration_s, workdir, pace_ms)
         return await run_python(target, session, connections, duration_s, pace_ms)
 
+    async def measured(connections: int, pace_ms: int) -> Result:
+        """A measured load; a saturated one (not paced) also gets the target's CPU per call."""
+        pid = None if pace_ms else target.pid
+        return await with_cpu(pid, lambda: load(connections, args.duration, pace_ms))
+
     if args.warmup > 0:
         await load(max(args.connections), args.warmup)  # discarded: connection pools, caches, allocator
     results = []
     loads = [(c, 0) for c in args.connections] + list(getattr(args, "paced", []))
     for connections, pace_ms in loads:
-        result = await load(connections, args.duration, pace_ms)
+        result = await measured(connections, pace_ms)
         results.append(result)
         print(f"  {target.name:<13} {result.load:<17} {result.rps:>9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-              f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}", flush=True)
+              f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}{result.cpu_text}", flush=True)
     async with aiohttp.ClientSession() as http:
         await sanity_call(http, target, session)  # still answering correctly after the load
     return results
@@ -325,6 +407,9 @@ def summary(results: list[Result]) -> dict[str, float]:
         f, d = by[("forwarder", c)], by.get(("direct", c))
         out[f"gateway/forwarder throughput c={c}"] = r.rps / f.rps
         out[f"gateway p50 - forwarder p50 ms c={c}"] = r.p50_ms - f.p50_ms
+        if f.cpu_us_per_call is not None and r.cpu_us_per_call:
+            # CPU per call of the forwarder over the gateway's: like the throughput ratio, higher is better.
+            out[f"forwarder/gateway CPU per call c={c}"] = f.cpu_us_per_call / r.cpu_us_per_call
         if d:
             out[f"forwarder/direct throughput c={c}"] = f.rps / d.rps
             out[f"gateway/direct throughput c={c}"] = r.rps / d.rps

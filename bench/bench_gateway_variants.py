@@ -13,7 +13,9 @@ All targets front the same echo upstream (bench/echo_upstream.py), each a child 
   full       jwt + tracing (what a production deployment pays)
 Every gateway writes its decision log to a file (one line per call). Targets are measured one after
 another (never two loads at once); --rounds N repeats the whole sequence and reports the median per
-figure, which evens out drift on a shared machine. Prints the ratios issues 3 and 6 ask for.
+figure, which evens out drift on a shared machine. Prints the ratios issues 3 and 6 ask for, and for each
+saturated load the CPU time per call of the target's process (and of its children: a traced gateway's span
+exporter), read from /proc: while a target is CPU-bound, its throughput ≈ 1 / CPU per call.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import shutil
 import statistics
 import sys
 import tempfile
-from dataclasses import asdict
+from collections.abc import Iterable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,8 @@ from tests.support.tokens import TestIssuer
 
 ECHO_ARGS = {"text": "hi"}
 VARIANTS = ("bare", "jwt", "traced", "full")
+LABELS = (("jwt", "JWT+Cedar"), ("traced", "tracing on"), ("full", "JWT+Cedar+tracing"))  # variants vs bare
+TRACED = ("traced", "full")  # variants with a span exporter child process
 
 
 def load_average() -> str:
@@ -79,13 +84,13 @@ async def start_all(children: Children, workdir: Path, variants: list[str]) -> t
     forwarder = _url_of(await children.start("forwarder", [py, str(REPO / "bench/minimal_forwarder.py"),
                                                            "--upstream", echo]))
     sink = _url_of(await children.start("otlp-sink", [py, str(REPO / "bench/otlp_sink.py")]))
-    targets = [Target("forwarder", forwarder, "echo", ECHO_ARGS)]
+    targets = [Target("forwarder", forwarder, "echo", ECHO_ARGS, pid=children.pids["forwarder"])]
     variant = Variants(workdir, echo, sink)
     for name in variants:
         path, target = variant.setup(name)
         await children.start(f"gateway-{name}", [py, "-m", "gateway", "serve", "--config", str(path),
                                                  "--log-level", "warning"])
-        targets.append(target)
+        targets.append(replace(target, pid=children.pids[f"gateway-{name}"]))
     return targets, sink
 
 
@@ -120,7 +125,15 @@ def median_results(rounds: list[list[Result]]) -> list[Result]:
             keyed.setdefault((r.target, r.connections, r.pace_ms), []).append(r)
     return [Result(t, c, statistics.median(x.rps for x in rs), statistics.median(x.p50_ms for x in rs),
                    statistics.median(x.p99_ms for x in rs), sum(x.requests for x in rs), sum(x.errors for x in rs),
-                   rs[0].generator, pace) for (t, c, pace), rs in keyed.items()]
+                   rs[0].generator, pace, cpu_us_per_call=median_of_known(x.cpu_us_per_call for x in rs),
+                   child_cpu_us_per_call=median_of_known(x.child_cpu_us_per_call for x in rs))
+            for (t, c, pace), rs in keyed.items()]
+
+
+def median_of_known(values: Iterable[float | None]) -> float | None:
+    """The median of the values that are not None; None if there are none."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def ratios(results: list[Result]) -> dict[str, float]:
@@ -141,7 +154,7 @@ def saturated_ratios(results: list[Result]) -> dict[str, float]:
         fwd, bare = by.get(("forwarder", c)), by.get(("bare", c))
         if bare is None:
             continue
-        for name, label in (("jwt", "JWT+Cedar"), ("traced", "tracing on"), ("full", "JWT+Cedar+tracing")):
+        for name, label in LABELS:
             if (name, c) in by:
                 r = by[(name, c)]
                 out[f"{label} / bare throughput c={c}"] = r.rps / bare.rps
@@ -151,7 +164,35 @@ def saturated_ratios(results: list[Result]) -> dict[str, float]:
                 r = by[(name, c)]
                 out[f"{name} / forwarder throughput c={c}"] = r.rps / fwd.rps
                 out[f"{name} p50 - forwarder p50 ms c={c}"] = r.p50_ms - fwd.p50_ms
+        out.update(cpu_ratios(by, c))
     return out
+
+
+def cpu_ratios(by: dict[tuple[str, int], Result], c: int) -> dict[str, float]:
+    """CPU per call at c connections: each variant over bare (main process; a traced variant also with its
+    exporter child), and the forwarder over each gateway (like a throughput ratio: higher is better)."""
+    out: dict[str, float] = {}
+    bare, fwd = by[("bare", c)], by.get(("forwarder", c))
+    if not bare.cpu_us_per_call:
+        return out
+    for name, label in LABELS:
+        r = by.get((name, c))
+        if r is None or r.cpu_us_per_call is None:
+            continue
+        out[f"{label} / bare CPU per call c={c}"] = r.cpu_us_per_call / bare.cpu_us_per_call
+        if name in TRACED and r.child_cpu_us_per_call is not None:
+            out[f"{label} / bare CPU per call incl. exporter c={c}"] = total_cpu(r) / total_cpu(bare)
+    if fwd is not None and fwd.cpu_us_per_call is not None:
+        for name in ("bare", *(n for n, _ in LABELS)):
+            r = by.get((name, c))
+            if r is not None and r.cpu_us_per_call:
+                out[f"forwarder / {name} CPU per call c={c}"] = fwd.cpu_us_per_call / r.cpu_us_per_call
+    return out
+
+
+def total_cpu(r: Result) -> float:
+    """CPU µs per call of the target's process and its children together."""
+    return (r.cpu_us_per_call or 0.0) + (r.child_cpu_us_per_call or 0.0)
 
 
 def count_lines(path: Path) -> int:
@@ -208,10 +249,10 @@ async def main_async(args: argparse.Namespace) -> int:
     print("median over rounds:" if args.rounds > 1 else "results:")
     for r in results:
         print(f"  {r.target:<10} {r.load:<17} {r.rps:>9.0f} req/s  p50 {r.p50_ms:7.3f} ms  "
-              f"p99 {r.p99_ms:7.3f} ms  errors {r.errors}")
+              f"p99 {r.p99_ms:7.3f} ms  errors {r.errors}{r.cpu_text}")
     print("ratios:")
     for key, value in figures.items():
-        print(f"  {key:<52} {value:8.3f}")
+        print(f"  {key:<58} {value:8.3f}")
     print(f"decision-log lines per gateway: {decisions}")
     print(f"OTLP sink received: {exported}")
     if args.json:
