@@ -20,9 +20,9 @@ from dataclasses import asdict
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry  # the asyncio client's own (redis 8 warns about the sync one)
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from gateway.approvals import redis_scripts as lua
 from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
