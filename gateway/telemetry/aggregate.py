@@ -11,8 +11,11 @@ Threads: measurements come from one thread (the event loop) and take no lock; co
 another (the periodic OTLP reader). A new attribute set and the collection's walk over the sets hold
 the lock; a point's count is the sum of its buckets as copied in one step, so an export never shows
 a count its buckets disagree with, and a measurement counts itself last, so a counted value is
-always in min and max. A collection racing a measurement may see its value in the sum or min/max
-one export before the count (the next cumulative export agrees); a set not yet measured is left out.
+always in min and max. The rest of a point (sum, min, max) is copied between two reads of its
+buckets that agree (`_snapshot`), so the sum holds exactly the counted measurements plus at most the
+one being recorded at that moment, however long the collecting thread is descheduled between the
+two copies; that one may show in the sum or min/max one export before the count (the next cumulative
+export agrees). A set not yet measured is left out.
 
 What the SDK would do, we do: explicit `le` buckets, cumulative temporality with each attribute set's
 start time taken at its first measurement, count, sum, min and max, attributes in the order first
@@ -103,6 +106,23 @@ class _Aggregate(ABC):
         return point
 
 
+SNAPSHOT_TRIES = 100  # a point measured without pause could keep changing; then the last copy is taken
+
+
+def _snapshot(point: list[Any]) -> list[Any]:
+    """A copy of one histogram point whose sum, min and max cover every measurement its bucket counts
+    (and at most the one in progress): the buckets are copied (`list()`: one step under the GIL)
+    before and compared after the rest, until no measurement completed in between."""
+    buckets = list(point[_BUCKETS])
+    rest = point[1:]
+    for _ in range(SNAPSHOT_TRIES):
+        if buckets == point[_BUCKETS]:  # one step too: no measurement finished since `buckets`
+            break
+        buckets = list(point[_BUCKETS])
+        rest = point[1:]
+    return [buckets, *rest]
+
+
 class HistogramAggregate(_Aggregate):
     """One histogram instrument: per attribute set, bucket counts (`le` bounds), count, sum, min, max."""
 
@@ -126,7 +146,7 @@ class HistogramAggregate(_Aggregate):
 
     def metric(self, now_ns: int) -> Metric | None:
         with self._lock:
-            copies = [[list(p[_BUCKETS]), *p[1:]] for p in self._points.values()]  # list(): one atomic copy
+            copies = [_snapshot(p) for p in self._points.values()]
         points = [p for p in copies if any(p[_BUCKETS])]
         if not points:
             return None

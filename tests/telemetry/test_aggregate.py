@@ -16,6 +16,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from gateway.telemetry import aggregate
 from gateway.telemetry.aggregate import (
     CARDINALITY_LIMIT,
     INDEX_LIMIT,
@@ -189,3 +190,25 @@ def test_collection_from_another_thread_while_recording() -> None:
     assert sum(p.count for p in found["x.h"]) == 40_000 and len(found["x.h"]) == 2000
     assert sum(p.value for p in found["x.c"]) == 40_000
     assert off == []
+
+
+def test_measurements_finishing_while_a_point_is_copied_are_not_half_seen() -> None:
+    """The collecting thread may be descheduled between copying a point's buckets and its sum: every measurement
+    finished meanwhile must be in both or in neither (it once showed a count of 11 with the sum of 20)."""
+
+    class Racing(list[Any]):
+        """A histogram point on which three measurements finish while the collector copies sum, min and max."""
+
+        raced = False
+
+        def __getitem__(self, index: Any) -> Any:
+            if isinstance(index, slice) and not self.raced:
+                self.raced = True
+                for _ in range(3):  # each as HistogramAggregate.record does it: sum first, its bucket last
+                    self[1] += 0.001
+                    self[0][3] += 1
+            return super().__getitem__(index)
+
+    point = Racing([[0, 0, 0, 5, 0], 0.005, 0.001, 0.001, {"stage": "s"}, 0])
+    buckets, total, low, high, *_ = aggregate._snapshot(point)
+    assert (sum(buckets), round(total, 9), low, high) == (8, 0.008, 0.001, 0.001)
