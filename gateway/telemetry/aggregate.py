@@ -106,20 +106,18 @@ class _Aggregate(ABC):
         return point
 
 
-SNAPSHOT_TRIES = 100  # a point measured without pause could keep changing; then the last copy is taken
+SNAPSHOT_TRIES = 100  # (at least 1) a point measured without pause could keep changing; then the last copy is taken
 
 
 def _snapshot(point: list[Any]) -> list[Any]:
     """A copy of one histogram point whose sum, min and max cover every measurement its bucket counts
     (and at most the one in progress): the buckets are copied (`list()`: one step under the GIL)
     before and compared after the rest, until no measurement completed in between."""
-    buckets = list(point[_BUCKETS])
-    rest = point[1:]
     for _ in range(SNAPSHOT_TRIES):
-        if buckets == point[_BUCKETS]:  # one step too: no measurement finished since `buckets`
-            break
         buckets = list(point[_BUCKETS])
         rest = point[1:]
+        if buckets == point[_BUCKETS]:  # one step too: no measurement finished since `buckets`
+            break
     return [buckets, *rest]
 
 
