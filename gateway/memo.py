@@ -1,4 +1,4 @@
-"""Values derived from objects that recur (principals, decisions, tools), built once per object and shared."""
+"""Values derived from objects that recur (principals, tools), built once per object and shared."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ class Redactor:
         """True when any key name or string anywhere in `value` looks like a secret."""
         if isinstance(value, str):
             return self.text_has_secret(value)
-        if isinstance(value, Mapping):
+        if type(value) is dict or isinstance(value, Mapping):  # a plain dict skips the ABC check (per call)
             return any((isinstance(k, str) and ((self.is_secret_key(k) and _present(v)) or self.text_has_secret(k)))
                        or self.contains_secret(v) for k, v in value.items())
         if isinstance(value, list | tuple | set | frozenset):

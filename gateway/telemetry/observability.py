@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,45 @@ class RequestTrace:
         mark_error(self.span, exc)
 
 
+class _RequestBlock:
+    """`Observability.request`'s block (a plain context manager: no generator per request): makes the
+    SERVER span current, records identify under it, and on the way out the error and the duration metric."""
+
+    __slots__ = ("_identify", "_method", "_obs", "_span", "_started", "_target", "_trace")
+
+    def __init__(self, obs: Observability, method: str, target: str | None, trace: RequestTrace | None,
+                 started: float, span: AbstractContextManager[AnySpan] | None,
+                 identify: tuple[tuple[int, int], dict[str, Any]] | None) -> None:
+        self._obs = obs
+        self._method = method
+        self._target = target
+        self._trace = trace
+        self._started = started
+        self._span = span
+        self._identify = identify
+
+    def __enter__(self) -> RequestTrace:
+        if self._span is None:
+            assert self._trace is not None
+            return self._trace
+        trace = self._trace = RequestTrace(self._span.__enter__())
+        if self._identify is not None:
+            (start_ns, end_ns), who = self._identify
+            self._obs.telemetry.record_span("customs.identify", start_ns, end_ns, who)
+        return trace
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        trace = self._trace
+        assert trace is not None
+        if exc is not None:
+            trace.error = exc
+        try:
+            self._obs._server_metric(self._method, self._target, trace.error, time.perf_counter() - self._started)
+        finally:
+            if self._span is not None:
+                self._span.__exit__(kind, exc, tb)  # marks the span if an exception leaves the block, ends it
+
+
 class Observability:
     """Owner of Telemetry (traces), Metrics and DecisionLog for one gateway; start/close in that order."""
 
@@ -74,10 +113,10 @@ class Observability:
         self.metrics = Metrics(config.telemetry, env=env)
         self.log = DecisionLog(config.decision_log, redactor, on_drop=self.metrics.log_record_dropped,
                                current_ids=self.telemetry.current_ids)
-        # Built once per principal / cached decision and shared by the spans that carry them.
+        # Built once per principal and shared by the spans that carry it.
         self._principal_attributes = Memo(principal_attributes)
-        self._decision_attributes = Memo(decision_attributes)
-        self.record = RecordStage(self.log, self.metrics, self.telemetry, self._decision_attributes)
+        # Not memoized: every call gets its own Decision (its own evaluation time), so a memo by object never hits.
+        self.record = RecordStage(self.log, self.metrics, self.telemetry, decision_attributes)
         self._upstreams = {u.name: u for u in config.upstreams}
 
     async def start(self) -> None:
@@ -101,7 +140,7 @@ class Observability:
         self.telemetry.inject(headers, meta)
 
     def instrument(self, pipeline: Pipeline) -> Pipeline:
-        return instrument(pipeline, self.telemetry, self.metrics, self._upstreams, self._decision_attributes)
+        return instrument(pipeline, self.telemetry, self.metrics, self._upstreams, decision_attributes)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/metrics", self.metrics_handler, allow_head=False)] if self.metrics.registry else []
@@ -113,30 +152,23 @@ class Observability:
 
     # -- the HTTP edge -----------------------------------------------------------------------------
 
-    @contextmanager
     def request(self, headers: Mapping[str, Any] | None, method: str, params: Mapping[str, Any] | None,
                 request_id: Any, *, principal: Principal | None = None, session_id: str | None = None,
                 protocol_version: str | None = None, start_ns: int | None = None,
-                identify_ns: tuple[int, int] | None = None) -> Iterator[RequestTrace]:
+                identify_ns: tuple[int, int] | None = None) -> AbstractContextManager[RequestTrace]:
         """The SERVER span of one JSON-RPC request (current inside the block) and its duration metric.
 
         `start_ns`/`identify_ns` (time.time_ns()) let the span start when the HTTP request arrived and
         record identify, which runs before the method is known, as a child after the fact.
         """
         params = params or {}
+        target = target_of(method, params)
         if not self.telemetry.enabled:  # tracing off: only the duration metric, no attribute work
-            trace = RequestTrace(NO_SPAN)
-            started = time.perf_counter()
-            try:
-                yield trace
-            except BaseException as exc:
-                trace.error = exc
-                raise
-            finally:
-                self._server_metric(method, target_of(method, params), trace.error, time.perf_counter() - started)
-            return
+            return _RequestBlock(self, method, target, RequestTrace(NO_SPAN), time.perf_counter(), None, None)
         meta = params.get("_meta")
-        parent, links = self.telemetry.extract(headers, meta if isinstance(meta, Mapping) else None)
+        if meta is not None and not isinstance(meta, Mapping):  # (no ABC check for the usual absent _meta)
+            meta = None
+        parent, links = self.telemetry.extract(headers, meta)
         attrs = request_attributes(method, params, request_id, session_id=session_id,
                                    protocol_version=protocol_version, capture_args=self.telemetry.capture_args,
                                    redact=self.telemetry.redact)
@@ -144,18 +176,9 @@ class Observability:
         if who is not None:
             attrs.update(who)
         started = time.perf_counter() if start_ns is None else time.perf_counter() - (time.time_ns() - start_ns) / 1e9
-        target = target_of(method, params)
-        with self.telemetry.server_span(method, target, attrs, parent, links, start_time=start_ns) as span:
-            trace = RequestTrace(span)
-            if identify_ns is not None and who is not None:
-                self.telemetry.record_span("customs.identify", identify_ns[0], identify_ns[1], who)
-            try:
-                yield trace
-            except BaseException as exc:
-                trace.error = exc
-                raise
-            finally:
-                self._server_metric(method, target, trace.error, time.perf_counter() - started)
+        span = self.telemetry.server_span(method, target, attrs, parent, links, start_time=start_ns)
+        identify = (identify_ns, who) if identify_ns is not None and who is not None else None
+        return _RequestBlock(self, method, target, None, started, span, identify)
 
     def _server_metric(self, method: str, target: str | None, error: BaseException | None, seconds: float) -> None:
         attrs: dict[str, Any] = {}
