@@ -19,6 +19,7 @@ from gateway.errors import GatewayError
 from gateway.pipeline import Pipeline
 from gateway.telemetry import Observability
 from gateway.telemetry.attributes import transport_attributes
+from gateway.telemetry.tracing import NO_SPAN
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 
 PRINCIPAL = Principal(id="agent-b", issuer="https://idp.example", subject="agent-b", attributes={"tenant": "acme"},
@@ -209,6 +210,42 @@ async def test_tracing_off_still_records_log_and_metrics(tmp_path: Path) -> None
         await obs.close()
     (record,) = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert record["trace_id"] is None and record["decision"] == "allow"
+
+
+class _Gone(Exception):
+    """Stands for what may leave a request block: a cancellation, a failure the edge does not answer."""
+
+
+async def test_an_exception_leaving_the_request_block_marks_span_and_metric(harness: Harness) -> None:
+    with pytest.raises(_Gone), harness.obs.request(
+            {}, "tools/call", {"name": "inventory__get_stock"}, "left-1", principal=PRINCIPAL, session_id="s",
+            start_ns=time.time_ns(), identify_ns=(time.time_ns(), time.time_ns() + 10)) as req:
+        assert harness.obs.telemetry.current_span() is req.span  # current inside the block
+        raise _Gone("client went away")
+    assert isinstance(req.error, _Gone)
+    assert harness.obs.telemetry.current_span() is NO_SPAN  # and no longer after it
+    await harness.obs.telemetry.flush()
+    server = await harness.otlp.wait_for_span(
+        lambda s: s.kind == "SERVER" and s.attributes.get("jsonrpc.request.id") == "left-1")
+    assert server.status == "ERROR" and server.attributes["error.type"] == "_Gone"
+    assert {s.name for s in harness.otlp.children(server)} == {"customs.identify"}
+    text = harness.obs.metrics.prometheus_text().decode()
+    assert re.search(r'mcp_server_operation_duration_seconds_count{[^}]*error_type="_Gone"[^}]*} 1\.0', text)
+
+
+async def test_an_exception_leaving_the_request_block_with_tracing_off(tmp_path: Path) -> None:
+    config = parse_config({"upstreams": [{"name": "inventory", "url": "http://127.0.0.1:9001/mcp"}],
+                           "decision_log": {"path": str(tmp_path / "d.jsonl")}}, env={})
+    obs = Observability(config, env={})
+    await obs.start()
+    try:
+        with pytest.raises(_Gone), obs.request({}, "tools/call", {"name": "inventory__get_stock"}, 2) as req:
+            raise _Gone
+        assert isinstance(req.error, _Gone) and req.span is NO_SPAN
+        text = obs.metrics.prometheus_text().decode()
+        assert re.search(r'mcp_server_operation_duration_seconds_count{[^}]*error_type="_Gone"[^}]*} 1\.0', text)
+    finally:
+        await obs.close()
 
 
 def test_stdio_upstreams_use_the_pipe_transport() -> None:
