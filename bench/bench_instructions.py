@@ -1,7 +1,7 @@
 """CPU instructions per proxied call, counted by valgrind's callgrind: forwarder vs gateway variants, in one run.
 
 Run: .venv/bin/python bench/bench_instructions.py [--calls 500] [--warmup 300] [--clients 1]
-     [--variants bare,traced,jwt,full] [--json out.json]
+     [--variants bare,traced,jwt,full] [--floor] [--json out.json]
 
 Wall-clock figures on a shared 2-core machine move by ±15 % from run to run; instruction counts do
 not (the same build and inputs give the same count within ~0.5 %, whatever else the machine does), so
@@ -99,6 +99,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, int]:
         counts = {"forwarder": await measure(
             children, "forwarder", [py, str(REPO / "bench/minimal_forwarder.py"), "--upstream", echo],
             lambda url: Target("forwarder", url, "echo", ECHO_ARGS), args, out_dir)}
+        if args.floor:  # the forwarder plus parsing, id remapping and a timeout: what any MCP-aware proxy does
+            counts["floor"] = await measure(
+                children, "floor", [py, str(REPO / "bench/parsing_forwarder.py"), "--upstream", echo],
+                lambda url: Target("floor", url, "echo", ECHO_ARGS), args, out_dir)
         variant = Variants(workdir, echo, sink)
         for name in args.variants:
             path, target = variant.setup(name)
@@ -115,6 +119,10 @@ def report(counts: dict[str, int]) -> dict[str, float]:
     for name, count in counts.items():
         if name != "forwarder":
             ratios[f"forwarder / {name} instructions (throughput-equivalent)"] = counts["forwarder"] / count
+    if "floor" in counts:
+        for name, count in counts.items():
+            if name not in ("forwarder", "floor"):
+                ratios[f"floor / {name} instructions"] = counts["floor"] / count
     for traced, plain in (("traced", "bare"), ("full", "jwt")):
         if traced in counts and plain in counts:
             ratios[f"tracing cost: {traced} / {plain} instructions - 1"] = counts[traced] / counts[plain] - 1
@@ -132,6 +140,8 @@ def main() -> None:
                         help="concurrent clients (50: the loop serves many calls per iteration, as under load)")
     parser.add_argument("--variants", type=lambda s: s.split(","), default=["bare", "traced"],
                         help=f"any of {','.join(VARIANTS)}")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure bench/parsing_forwarder.py (parses, remaps ids: the floor under a gateway)")
     parser.add_argument("--json", help="write counts and ratios to this file")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:

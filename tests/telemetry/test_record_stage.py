@@ -96,6 +96,12 @@ def make(otlp: OtlpReceiver, tmp_path: Path, **traces: Any) -> Observability:
     return Observability(config, env={})
 
 
+def make_untraced(tmp_path: Path) -> Observability:
+    config = parse_config({"upstreams": [{"name": "inventory", "url": "http://127.0.0.1:9001/mcp"}],
+                           "decision_log": {"path": str(tmp_path / "d.jsonl")}}, env={})
+    return Observability(config, env={})
+
+
 @pytest.fixture
 async def harness(otlp: OtlpReceiver, tmp_path: Path) -> AsyncIterator[Harness]:
     obs = make(otlp, tmp_path)
@@ -189,9 +195,7 @@ async def test_capture_args_opt_in(otlp: OtlpReceiver, tmp_path: Path) -> None:
 
 
 async def test_tracing_off_still_records_log_and_metrics(tmp_path: Path) -> None:
-    config = parse_config({"upstreams": [{"name": "inventory", "url": "http://127.0.0.1:9001/mcp"}],
-                           "decision_log": {"path": str(tmp_path / "d.jsonl")}}, env={})
-    obs = Observability(config, env={})
+    obs = make_untraced(tmp_path)
     await obs.start()
     try:
         assert not obs.telemetry.enabled
@@ -234,9 +238,7 @@ async def test_an_exception_leaving_the_request_block_marks_span_and_metric(harn
 
 
 async def test_an_exception_leaving_the_request_block_with_tracing_off(tmp_path: Path) -> None:
-    config = parse_config({"upstreams": [{"name": "inventory", "url": "http://127.0.0.1:9001/mcp"}],
-                           "decision_log": {"path": str(tmp_path / "d.jsonl")}}, env={})
-    obs = Observability(config, env={})
+    obs = make_untraced(tmp_path)
     await obs.start()
     try:
         with pytest.raises(_Gone), obs.request({}, "tools/call", {"name": "inventory__get_stock"}, 2) as req:
