@@ -68,31 +68,30 @@ class _RequestBlock:
     SERVER span current, records identify under it, and on the way out the error and the duration metric."""
 
     __slots__ = ("_identify", "_method", "_obs", "_span", "_started", "_target", "_trace")
+    _trace: RequestTrace  # made on entry
 
-    def __init__(self, obs: Observability, method: str, target: str | None, trace: RequestTrace | None,
-                 started: float, span: AbstractContextManager[AnySpan] | None,
-                 identify: tuple[tuple[int, int], dict[str, Any]] | None) -> None:
+    def __init__(self, obs: Observability, method: str, target: str | None, started: float,
+                 span: AbstractContextManager[AnySpan] | None = None,
+                 identify: tuple[tuple[int, int], dict[str, Any]] | None = None) -> None:
         self._obs = obs
         self._method = method
         self._target = target
-        self._trace = trace
         self._started = started
-        self._span = span
+        self._span = span  # None: tracing off
         self._identify = identify
 
     def __enter__(self) -> RequestTrace:
         if self._span is None:
-            assert self._trace is not None
+            self._trace = RequestTrace(NO_SPAN)
             return self._trace
-        trace = self._trace = RequestTrace(self._span.__enter__())
+        self._trace = RequestTrace(self._span.__enter__())
         if self._identify is not None:
             (start_ns, end_ns), who = self._identify
             self._obs.telemetry.record_span("customs.identify", start_ns, end_ns, who)
-        return trace
+        return self._trace
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         trace = self._trace
-        assert trace is not None
         if exc is not None:
             trace.error = exc
         try:
@@ -164,7 +163,7 @@ class Observability:
         params = params or {}
         target = target_of(method, params)
         if not self.telemetry.enabled:  # tracing off: only the duration metric, no attribute work
-            return _RequestBlock(self, method, target, RequestTrace(NO_SPAN), time.perf_counter(), None, None)
+            return _RequestBlock(self, method, target, time.perf_counter())
         meta = params.get("_meta")
         if meta is not None and not isinstance(meta, Mapping):  # (no ABC check for the usual absent _meta)
             meta = None
@@ -178,7 +177,7 @@ class Observability:
         started = time.perf_counter() if start_ns is None else time.perf_counter() - (time.time_ns() - start_ns) / 1e9
         span = self.telemetry.server_span(method, target, attrs, parent, links, start_time=start_ns)
         identify = (identify_ns, who) if identify_ns is not None and who is not None else None
-        return _RequestBlock(self, method, target, None, started, span, identify)
+        return _RequestBlock(self, method, target, started, span, identify)
 
     def _server_metric(self, method: str, target: str | None, error: BaseException | None, seconds: float) -> None:
         attrs: dict[str, Any] = {}
