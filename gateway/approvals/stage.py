@@ -52,6 +52,18 @@ def _terminal_error(item: Approval) -> GatewayError:
     return GatewayError("approval_cancelled", f"Pending call was {item.state}", data=data)
 
 
+_UNRELEASED = {"approval_pending": "pending", "approval_denied": "denied", "approval_expired": "expired",
+               "approval_cancelled": "cancelled"}
+
+
+def _unreleased(item: Approval, reason: str, waited_s: float) -> ApprovalState:
+    """What a held call that was not released learned: a withdrawn item may also have been abandoned."""
+    outcome = _UNRELEASED[reason]
+    if outcome == "cancelled" and item.state in TERMINAL:
+        outcome = item.state
+    return ApprovalState(item.id, outcome, item.decided_by, item.comment, waited_s)
+
+
 class ApproveStage:
     """Stage 3 of the pipeline. No-op unless ctx.decision.outcome == "approval_required"."""
 
@@ -84,23 +96,32 @@ class ApproveStage:
         if ctx.decision is None or ctx.decision.outcome != "approval_required" or ctx.tool is None:
             return
         started = self._clock()
-        for _ in range(3):  # a lost claim race means the approval was used: the call needs a new one
-            item, created = await self._store.create_or_join(self.draft(ctx), link_s=2 * self._config.ttl_s)
-            ctx.extra["approval_id"] = item.id
-            if created and self._notifier is not None:
-                self._notifier.notify(item)
-            outcome = "reused" if item.claimable else "approved"  # approved before this request came back
-            if item.pending:
-                item = await self._hold(ctx, item)
-            if item.claimable:
-                if await self._store.claim_execution(item.id):
-                    ctx.approval = ApprovalState(item.id, outcome, item.decided_by, item.comment,
-                                                 self._clock() - started)
-                    return
-                continue
-            raise _terminal_error(item)
-        raise GatewayError("approval_pending", "Approval was used by another identical call",
-                           data={"approval_id": ctx.extra.get("approval_id")})
+        item: Approval | None = None
+        try:
+            for _ in range(3):  # a lost claim race means the approval was used: the call needs a new one
+                item, created = await self._store.create_or_join(self.draft(ctx), link_s=2 * self._config.ttl_s)
+                ctx.extra["approval_id"] = item.id
+                if created and self._notifier is not None:
+                    self._notifier.notify(item)
+                outcome = "reused" if item.claimable else "approved"  # approved before this request came back
+                if item.pending:
+                    item = await self._hold(ctx, item)
+                if item.claimable:
+                    if await self._store.claim_execution(item.id):
+                        ctx.approval = ApprovalState(item.id, outcome, item.decided_by, item.comment,
+                                                     self._clock() - started)
+                        return
+                    continue
+                raise _terminal_error(item)
+            raise GatewayError("approval_pending", "Approval was used by another identical call",
+                               data={"approval_id": ctx.extra.get("approval_id")})
+        except (GatewayError, asyncio.CancelledError) as exc:
+            # The decision log and the spans say which approval stopped the call, and how; a client
+            # that went away while held withdrew its call.
+            reason = exc.reason if isinstance(exc, GatewayError) else "approval_cancelled"
+            if item is not None and reason in _UNRELEASED:
+                ctx.approval = _unreleased(item, reason, self._clock() - started)
+            raise
 
     def _pending_error(self, item: Approval) -> GatewayError:
         data: dict[str, Any] = {"approval_id": item.id, "expires_at": item.expires_at}

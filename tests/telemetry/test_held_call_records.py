@@ -1,0 +1,157 @@
+"""Held calls that are never released still say which approval stopped them: spans and decision records.
+
+A call held for a person can end four ways without running: answered `approval_pending` (the client
+retries later), denied, expired, or withdrawn. Each leaves the approval's id and outcome on the SERVER
+span, on the `customs.approval` span and in the decision record, like a released call does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from gateway.demo.servers import payments_server
+from tests.conftest import REPO, RunningGateway
+from tests.support.mcp_client import sdk_client
+from tests.support.otlp import OtlpReceiver, ReceivedSpan
+from tests.support.servers import run_http_server
+from tests.support.tokens import TestIssuer
+
+StartGateway = Callable[[dict[str, Any]], Awaitable[RunningGateway]]
+SHOPPER = "spiffe://customs.demo/agent/shopper"
+
+
+async def held_gateway(start_gateway: StartGateway, issuer: TestIssuer, upstream: str, otlp: OtlpReceiver,
+                       log: Path, **approvals: Any) -> RunningGateway:
+    return await start_gateway({
+        "upstreams": [{"name": "payments", "url": upstream}],
+        "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+        "policies": {"dir": str(REPO / "policies")},
+        "approvals": {"keepalive_s": 0.2, **approvals},
+        "decision_log": {"path": str(log)},
+        "telemetry": {"traces": {"endpoint": otlp.url}},
+    })
+
+
+async def pay(gw: RunningGateway, issuer: TestIssuer, amount: int) -> MCPError:
+    token = issuer.mint(SHOPPER, aud=gw.mcp, tenant="acme")
+    async with sdk_client(gw.mcp, token) as client:
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool("payments__pay", {"account": "acme-9", "amount": amount})
+    return caught.value
+
+
+async def first_pending(gw: RunningGateway, approver: str) -> str:
+    deadline = asyncio.get_running_loop().time() + 10
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {approver}"}) as http:
+        while True:
+            async with http.get(f"{gw.url}/api/approvals?state=pending") as resp:
+                items = (await resp.json())["items"]
+            if items:
+                return str(items[0]["id"])
+            assert asyncio.get_running_loop().time() < deadline, "no pending approval appeared"
+            await asyncio.sleep(0.05)  # polling the approvals API, bounded by the deadline
+
+
+async def drained(gw: RunningGateway, log: Path) -> dict[str, Any]:
+    """The one decision record of `gw`, after its spans and records are flushed."""
+    obs = gw.gateway.parts.observability
+    await obs.telemetry.flush()
+    await obs.log.close()  # drain the decision log (the app's cleanup closes it again, harmlessly)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    decisions = [r for r in records if r["type"] == "decision"]
+    assert len(decisions) == 1, decisions
+    return decisions[0]
+
+
+async def spans_of(otlp: OtlpReceiver, approval_id: str) -> tuple[ReceivedSpan, ReceivedSpan]:
+    """(SERVER span, customs.approval span) of the call held under `approval_id`."""
+    server = await otlp.wait_for_span(
+        lambda s: s.kind == "SERVER" and s.attributes.get("customs.approval.id") == approval_id)
+    approval = await otlp.wait_for(lambda r: next(
+        (s for s in r.children(server) if s.name == "customs.approval"), None))
+    return server, approval
+
+
+def assert_unreleased(record: dict[str, Any], server: ReceivedSpan, approval_span: ReceivedSpan,
+                      approval_id: str, outcome: str, reason: str) -> None:
+    assert (record["decision"], record["outcome"], record["reason"]) == ("approval_required", "error", reason)
+    assert record["approval"]["id"] == approval_id and record["approval"]["outcome"] == outcome
+    assert record["approval"]["wait_s"] >= 0
+    for span in (server, approval_span):
+        assert span.attributes["customs.approval.id"] == approval_id
+        assert span.attributes["customs.approval.outcome"] == outcome
+        assert span.attributes["error.type"] == reason and span.status == "ERROR"
+    assert server.trace_id == record["trace_id"] and server.span_id == record["span_id"]
+
+
+async def test_a_call_answered_pending_names_its_approval(otlp: OtlpReceiver, start_gateway: StartGateway,
+                                                          tmp_path: Path) -> None:
+    issuer, log = TestIssuer(tmp_path), tmp_path / "decisions.jsonl"
+    async with run_http_server(payments_server()) as upstream:
+        gw = await held_gateway(start_gateway, issuer, upstream, otlp, log, wait_s=0)
+        error = await pay(gw, issuer, 12)
+        record = await drained(gw, log)
+    data = error.error.data
+    assert isinstance(data, dict) and data["reason"] == "approval_pending"
+    server, approval_span = await spans_of(otlp, data["approval_id"])
+    assert_unreleased(record, server, approval_span, data["approval_id"], "pending", "approval_pending")
+    assert record["approval"]["decided_by"] == []
+
+
+async def test_a_denied_call_names_its_approval_and_approver(otlp: OtlpReceiver, start_gateway: StartGateway,
+                                                             tmp_path: Path) -> None:
+    issuer, log = TestIssuer(tmp_path), tmp_path / "decisions.jsonl"
+    async with run_http_server(payments_server()) as upstream:
+        gw = await held_gateway(start_gateway, issuer, upstream, otlp, log, wait_s=60)
+        alice = issuer.mint("alice", aud=gw.mcp, groups=["approvers", "finance"])
+        waiting = asyncio.create_task(pay(gw, issuer, 13))
+        approval_id = await first_pending(gw, alice)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {alice}"}) as http:
+            async with http.post(f"{gw.url}/api/approvals/{approval_id}/deny", json={"comment": "no"}) as resp:
+                assert resp.status == 200
+        error = await asyncio.wait_for(waiting, 20)
+        record = await drained(gw, log)
+    assert isinstance(error.error.data, dict) and error.error.data["reason"] == "approval_denied"
+    server, approval_span = await spans_of(otlp, approval_id)
+    assert_unreleased(record, server, approval_span, approval_id, "denied", "approval_denied")
+    assert record["approval"]["decided_by"] == ["alice"] and record["approval"]["comment"] == "no"
+    assert approval_span.attributes["customs.approval.approver"] == ("alice",)
+
+
+async def test_an_expired_call_names_its_approval(otlp: OtlpReceiver, start_gateway: StartGateway,
+                                                  tmp_path: Path) -> None:
+    issuer, log = TestIssuer(tmp_path), tmp_path / "decisions.jsonl"
+    async with run_http_server(payments_server()) as upstream:
+        gw = await held_gateway(start_gateway, issuer, upstream, otlp, log, wait_s=60, ttl_s=1)
+        error = await asyncio.wait_for(pay(gw, issuer, 14), 20)
+        record = await drained(gw, log)
+    data = error.error.data
+    assert isinstance(data, dict) and data["reason"] == "approval_expired"
+    server, approval_span = await spans_of(otlp, data["approval_id"])
+    assert_unreleased(record, server, approval_span, data["approval_id"], "expired", "approval_expired")
+
+
+async def test_a_withdrawn_call_names_its_approval(otlp: OtlpReceiver, start_gateway: StartGateway,
+                                                   tmp_path: Path) -> None:
+    issuer, log = TestIssuer(tmp_path), tmp_path / "decisions.jsonl"
+    async with run_http_server(payments_server()) as upstream:
+        gw = await held_gateway(start_gateway, issuer, upstream, otlp, log, wait_s=60)
+        alice = issuer.mint("alice", aud=gw.mcp, groups=["approvers", "finance"])
+        waiting = asyncio.create_task(pay(gw, issuer, 15))
+        approval_id = await first_pending(gw, alice)
+        waiting.cancel()  # the agent goes away while its call is held
+        await asyncio.gather(waiting, return_exceptions=True)
+        server = await otlp.wait_for_span(
+            lambda s: s.kind == "SERVER" and s.attributes.get("customs.approval.id") == approval_id)
+        record = await drained(gw, log)
+    assert record["approval"]["id"] == approval_id and record["approval"]["outcome"] == "cancelled"
+    assert (record["outcome"], record["reason"]) == ("error", "request_cancelled")
+    assert server.attributes["customs.approval.outcome"] == "cancelled"
