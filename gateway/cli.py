@@ -19,13 +19,16 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    from gateway.preflight import preflight
     try:
         config = load_config(args.file)
+        # What `serve` refuses at start-up too (policies, key files, TLS files), not just the YAML's shape.
+        warnings = preflight(config, str(args.file))
     except ConfigError as exc:
-        print(f"{exc.source}: invalid configuration", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print(exc.report("invalid configuration"), file=sys.stderr)
         return 2
+    for warning in warnings:
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK ({len(config.upstreams)} upstream(s): {', '.join(u.name for u in config.upstreams)})")
     return 0
 

@@ -11,7 +11,6 @@ import asyncio
 import gc
 import logging
 import signal
-import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from gateway.config import Config, ConfigError, load_config, parse_config
 from gateway.keys import GATEWAY
+from gateway.preflight import preflight, ssl_context
 
 log = logging.getLogger("customs")
 
@@ -51,24 +51,13 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def ssl_context(config: Config) -> ssl.SSLContext | None:
-    tls = config.listen.tls
-    if tls is None:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if tls.client_ca_file is not None:
-        ctx.load_verify_locations(str(tls.client_ca_file))
-        ctx.verify_mode = ssl.CERT_OPTIONAL  # a bearer token alone is still accepted
-    return ctx
-
-
 async def run(config: Config, *, config_path: Path | None = None,
               on_ready: Callable[[str], Awaitable[None] | None] | None = None,
               stop: asyncio.Event | None = None) -> int:
     from gateway.app import create_app
     from gateway.credentials.redaction import Redactor, install_log_redaction
     log_filter = install_log_redaction(Redactor(config.secrets))  # no secret reaches a log line, whoever logs it
+    tls = ssl_context(config)  # before anything starts: unusable TLS files refuse start-up (ConfigError)
     app = await create_app(config)
     # From now on the gateway's own redactor: it also knows the exact secrets the gateway holds
     # (static upstream keys, client secrets), which have no recognisable pattern.
@@ -76,7 +65,7 @@ async def run(config: Config, *, config_path: Path | None = None,
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=config.listen.drain_timeout_s,
                            access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=ssl_context(config))
+    site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
@@ -127,9 +116,7 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config) if args.config else default_config()
     except ConfigError as exc:
-        print(f"customs: {exc.source}: invalid configuration", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print(f"customs: {exc.report('invalid configuration')}", file=sys.stderr)
         return 2
     listen_changes = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if listen_changes:
@@ -137,9 +124,9 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.config is None:
         log.warning("no --config given: running on embedded defaults (demo upstreams, anonymous identity)")
     try:
+        # The checks `customs config check` runs, all problems listed, before any upstream child starts.
+        preflight(config, str(args.config or "embedded defaults"))
         return asyncio.run(run(config, config_path=args.config))
     except ConfigError as exc:
-        print(f"customs: {exc.source}: refusing to start", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print(f"customs: {exc.report('refusing to start')}", file=sys.stderr)
         return 2

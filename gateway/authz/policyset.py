@@ -239,7 +239,7 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
     problems: list[str] = []
     source = str(directory)
     if not directory.is_dir():
-        raise PolicyLoadError(source, [f"{directory}: not a directory (policies.dir)"])
+        raise PolicyLoadError(source, [f"{directory}: not a directory"])
     paths = sorted(directory.glob("*.cedar"))
     if not paths:
         problems.append(f"{directory}: no *.cedar policy files")

@@ -24,6 +24,10 @@ class ConfigError(Exception):
         self.source = source
         super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
 
+    def report(self, what: str) -> str:
+        """`source: what`, then every problem on its own indented line: what the commands print."""
+        return "\n".join([f"{self.source}: {what}", *(f"  {p}" for p in self.problems)])
+
 
 def _loc(parts: tuple[int | str, ...]) -> str:
     out = ""

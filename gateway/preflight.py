@@ -1,0 +1,121 @@
+"""Start-up checks of a validated config: the files it names (policies, key sets, TLS) exist and are usable.
+
+`customs serve` refuses to start on any problem found here, and `customs config check` reports the same
+problems, all of them, each with its config path. Both go through `preflight`, which calls the very
+loaders the running gateway uses (the policy loader, the identity key sources, the TLS context), so the
+two commands agree on these files. Nothing here needs the network, starts a child or writes a file: JWKS URLs,
+upstreams, the store and the directories serve creates (signing keys, decision log) are not checked.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from pathlib import Path
+
+from gateway.authz.policyset import PolicyLoadError, load_policies
+from gateway.config import Config, ConfigError
+from gateway.config.model import IssuerConfig, TlsConfig
+from gateway.identity import build_identifier
+from gateway.identity.identifier import key_source
+
+
+def preflight(config: Config, source: str = "config") -> list[str]:
+    """Check every file `config` names; raise ConfigError listing every problem, else return the warnings
+    (what serve reports but starts anyway: a broken shadow policy set)."""
+    problems = [*_policy_problems(config.policies.dir, "policies.dir"), *_identity_problems(config),
+                *tls_problems(config.listen.tls)]
+    if problems:
+        raise ConfigError(problems, source)
+    shadow = config.policies.shadow_dir
+    return _policy_problems(shadow, "policies.shadow_dir") if shadow is not None else []
+
+
+def _policy_problems(directory: Path, where: str) -> list[str]:
+    try:
+        load_policies(directory)
+    except PolicyLoadError as exc:
+        return [f"{where}: {problem}" for problem in exc.problems or [str(exc)]]
+    return []
+
+
+def _issuer_key_field(issuer: IssuerConfig) -> str | None:
+    """The config key of an issuer's key file; None for a JWKS URL (fetched after start, best effort)."""
+    if issuer.jwks_file is not None:
+        return "jwks_file"
+    return "pem_file" if issuer.pem_file is not None else None
+
+
+def _identity_problems(config: Config) -> list[str]:
+    identity = config.identity
+    if identity.mode != "jwt":
+        return []  # the anonymous identifier reads no file, even when issuers are listed
+    problems: list[str] = []
+    for index, issuer in enumerate(identity.issuers):
+        field = _issuer_key_field(issuer)
+        if field is None:
+            continue
+        try:
+            key_source(issuer, None, time.monotonic)  # reads and parses the file, as serve does
+        except ValueError as exc:
+            problems.append(f"identity.issuers[{index}].{field}: {exc}")
+    if problems:
+        return problems
+    # The whole identifier as serve builds it: whatever else it refuses (an issuer listed twice).
+    try:
+        build_identifier(identity, config.agents, config.listen.resource_url, None)
+    except ValueError as exc:
+        message = str(exc)
+        problems.append(message if message.startswith("identity") else f"identity: {message}")
+    return problems
+
+
+def _unreadable(path: Path) -> str | None:
+    try:
+        with path.open("rb"):
+            return None
+    except OSError as exc:
+        return f"{path}: cannot read ({exc.strerror or exc})"
+
+
+def _tls_context(tls: TlsConfig, problems: list[str]) -> ssl.SSLContext:
+    # The files are opened one by one first: OpenSSL's errors do not say which file they are about.
+    files = {"cert_file": tls.cert_file, "key_file": tls.key_file}
+    if tls.client_ca_file is not None:
+        files["client_ca_file"] = tls.client_ca_file
+    unreadable = {name: why for name, path in files.items() if (why := _unreadable(path)) is not None}
+    problems.extend(f"listen.tls.{name}: {why}" for name, why in unreadable.items())
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    if not {"cert_file", "key_file"} & unreadable.keys():
+        try:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except OSError as exc:
+            problems.append(f"listen.tls.cert_file: {tls.cert_file} with key_file {tls.key_file}: "
+                            f"not a usable PEM certificate and private key ({exc.strerror or exc})")
+    if tls.client_ca_file is not None and "client_ca_file" not in unreadable:
+        try:
+            ctx.load_verify_locations(str(tls.client_ca_file))
+        except OSError as exc:
+            problems.append(f"listen.tls.client_ca_file: {tls.client_ca_file}: "
+                            f"no usable PEM CA certificate ({exc.strerror or exc})")
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # a bearer token alone is still accepted
+    return ctx
+
+
+def tls_problems(tls: TlsConfig | None) -> list[str]:
+    """Every problem with the listener's TLS files (none without `listen.tls`)."""
+    problems: list[str] = []
+    if tls is not None:
+        _tls_context(tls, problems)
+    return problems
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The listener's TLS context (None without `listen.tls`); raises ConfigError listing every problem."""
+    if config.listen.tls is None:
+        return None
+    problems: list[str] = []
+    ctx = _tls_context(config.listen.tls, problems)
+    if problems:
+        raise ConfigError(problems, "listen.tls")
+    return ctx
