@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.catalog import Catalog, named_info
-from gateway.context import Principal, ToolInfo
+from gateway.context import Decision, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.pinning import ToolGuard
 from gateway.pipeline import Authorizer
@@ -84,7 +84,7 @@ class Lister:
                 continue
             info = self._info(kind, upstream, item)
             decision = self._authorizer.visible(principal, kind.action, info)
-            if decision.outcome == "deny":
+            if not self._shown(kind, principal, info, decision):
                 continue
             out = dict(item)
             if prefixed and kind.prefixed:
@@ -93,6 +93,16 @@ class Lister:
                 out["_meta"] = {**(item.get("_meta") or {}), APPROVAL_MARK: True}
             shown.append(out)
         return shown
+
+    def _shown(self, kind: ListKind, principal: Principal, info: ToolInfo, call: Decision) -> bool:
+        """A tool shows when it may be called, or when a policy permits `list_tools` on it; a policy that
+        forbids `list_tools` on it (or fails to evaluate: fail closed) hides it either way."""
+        if kind.method != "tools/list":
+            return call.outcome != "deny"
+        listing = self._authorizer.visible(principal, "list_tools", info)
+        if listing.outcome == "deny" and (listing.policy_ids or listing.errors):
+            return False
+        return listing.outcome == "allow" or call.outcome != "deny"
 
     async def one(self, kind: ListKind, principal: Principal, upstream: str, params: dict[str, Any],
                   fetch: Fetch) -> dict[str, Any]:

@@ -150,3 +150,39 @@ async def test_broken_policy_reload_keeps_the_old_set(env: Env) -> None:
         async with http.get(f"{env.gw.url}/readyz") as resp:
             ready = await resp.json()
     assert "broken.cedar" in json.dumps(ready["checks"]["policies"])
+
+
+LISTING_POLICIES = """
+@id("inventory-calls")
+permit (principal, action == Action::"call_tool", resource in Server::"inventory");
+@id("hide-get-stock")
+forbid (principal, action == Action::"list_tools", resource == Tool::"inventory/get_stock");
+@id("show-pay")
+permit (principal, action == Action::"list_tools", resource == Tool::"payments/pay");
+"""
+
+
+async def test_list_tools_policies_decide_what_tools_list_shows(start_gateway: Any, tmp_path: Path) -> None:
+    """tools/list shows what may be called, plus what `list_tools` permits, minus what it forbids."""
+    issuer, policies = TestIssuer(tmp_path), tmp_path / "policies"
+    policies.mkdir()
+    shutil.copy(REPO / "policies" / "schema.cedarschema", policies)
+    (policies / "listing.cedar").write_text(LISTING_POLICIES)
+    async with run_http_server(inventory_server()) as inv, run_http_server(payments_server()) as pay:
+        gw = await start_gateway({"upstreams": [{"name": "inventory", "url": inv}, {"name": "payments", "url": pay}],
+                                  "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+                                  "policies": {"dir": str(policies), "watch": False}})
+        token = issuer.mint(READER, aud=gw.mcp, tenant="acme")
+        async with sdk_client(gw.mcp, token) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            # hidden from the list by a forbid on list_tools, yet still callable (call_tool is permitted)
+            assert (await client.call_tool("inventory__get_stock", {"sku": "widget"})).content
+            with pytest.raises(Exception, match="Unknown tool: payments__pay"):
+                await client.call_tool("payments__pay", {"account": "acme-1", "amount": 5})
+        async with sdk_client(f"{gw.mcp}/inventory", token) as client:
+            direct = {t.name for t in (await client.list_tools()).tools}
+    inventory = {n for n in tools if n.startswith("inventory__")}
+    assert "inventory__get_stock" not in inventory and inventory  # the other inventory tools show
+    assert {n for n in tools if n.startswith("payments__")} == {"payments__pay"}  # listing permitted, call not
+    assert "customs/approval_required" not in (tools["payments__pay"].meta or {})
+    assert "get_stock" not in direct and {f"inventory__{n}" for n in direct} == inventory
