@@ -186,6 +186,19 @@ def _recorded(record: dict[str, Any]) -> tuple[str, list[str]]:
     return str(decision or record.get("outcome")), list(record.get("policy_ids") or [])
 
 
+def decided_with_approval(outcome: str, approved: bool) -> bool:
+    """Was the recorded decision made with `context.approval == "granted"`?
+
+    A call released by an approval is decided twice: first without approval (approval_required), then
+    re-checked with it. Its record keeps the first decision, or the re-check's deny when that refused it,
+    while `authz_input.approved` says the call was approved. Only a decision without approval can be
+    approval_required, so such a record is replayed without approval; anything else as the snapshot says.
+    The re-check needs no replay of its own: an approval_required decision is one whose evaluation with
+    approval allows (evaluate._evaluate), so a changed re-check changes the first decision too.
+    """
+    return approved and outcome != "approval_required"
+
+
 def replay_cmd(args: argparse.Namespace) -> int:
     loaded = _load(args.policies)
     if loaded is None:
@@ -206,7 +219,7 @@ def replay_cmd(args: argparse.Namespace) -> int:
             continue
         replayed += 1
         old, old_ids = _recorded(record)
-        new = evaluate.decide(loaded, principal, action, tool, facts, granted=granted)
+        new = evaluate.decide(loaded, principal, action, tool, facts, granted=decided_with_approval(old, granted))
         if new.outcome == old:
             continue
         changed += 1
