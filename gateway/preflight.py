@@ -9,6 +9,7 @@ upstreams, the store and the directories serve creates (signing keys, decision l
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import time
 from pathlib import Path
@@ -28,7 +29,22 @@ def preflight(config: Config, source: str = "config") -> list[str]:
     if problems:
         raise ConfigError(problems, source)
     shadow = config.policies.shadow_dir
-    return _policy_problems(shadow, "policies.shadow_dir") if shadow is not None else []
+    return [*(_policy_problems(shadow, "policies.shadow_dir") if shadow is not None else []),
+            *exposure_warnings(config)]
+
+
+def exposure_warnings(config: Config) -> list[str]:
+    """Anonymous identity trusts every caller alike: fine on loopback, a hole on any other address."""
+    host = config.listen.host
+    if config.identity.mode != "anonymous" or host == "localhost":
+        return []
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return []
+    except ValueError:
+        pass  # a host name: it may resolve to anything
+    return [f"identity.mode: anonymous (the default) is for local use only, but listen.host {host} is reachable "
+            "from other machines; every caller gets the same anonymous principal (configure identity.mode: jwt)"]
 
 
 def _policy_problems(directory: Path, where: str) -> list[str]:

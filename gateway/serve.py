@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway.config import Config, ConfigError, load_config, parse_config
 from gateway.keys import GATEWAY
-from gateway.preflight import preflight, ssl_context
+from gateway.preflight import exposure_warnings, preflight, ssl_context
 
 log = logging.getLogger("customs")
 
@@ -126,6 +126,8 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         # The checks `customs config check` runs, all problems listed, before any upstream child starts.
         preflight(config, str(args.config or "embedded defaults"))
+        for warning in exposure_warnings(config):
+            log.warning("%s", warning)
         return asyncio.run(run(config, config_path=args.config))
     except ConfigError as exc:
         print(f"customs: {exc.report('refusing to start')}", file=sys.stderr)

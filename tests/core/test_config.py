@@ -239,3 +239,23 @@ def test_config_check_reports_unusable_tls_files(tmp_path: Path, capsys: pytest.
     assert f"  listen.tls.cert_file: {tmp_path / 'cert.pem'} with key_file {tmp_path / 'key.pem'}: " \
            "not a usable PEM certificate and private key" in err
     assert f"  listen.tls.client_ca_file: {tmp_path / 'ca.pem'}: no usable PEM CA certificate" in err
+
+
+@pytest.mark.parametrize(("host", "warned"), [("127.0.0.1", False), ("::1", False), ("localhost", False),
+                                               ("0.0.0.0", True), ("10.1.2.3", True), ("gateway.internal", True)])
+def test_config_check_warns_when_anonymous_identity_listens_beyond_loopback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str, warned: bool) -> None:
+    path = _write(tmp_path, policies={"dir": str(SHIPPED)}, listen={"host": host})
+    code, out, err = _check(path, capsys)
+    assert code == 0 and out.startswith(f"{path}: OK")
+    assert ("identity.mode: anonymous (the default) is for local use only" in err) is warned
+    assert (f"listen.host {host} is reachable from other machines" in err) is warned
+
+
+def test_jwt_identity_on_any_address_is_not_warned_about(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    issuer = TestIssuer(tmp_path)
+    path = _write(tmp_path, policies={"dir": str(SHIPPED)}, listen={"host": "0.0.0.0"},
+                  identity={"mode": "jwt", "issuers": [issuer.config()]})
+    code, _out, err = _check(path, capsys)
+    assert code == 0 and err == ""
