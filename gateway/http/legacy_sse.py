@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway import jsonrpc
 from gateway.errors import GatewayError, to_wire
 from gateway.http.guards import error_response, read_body, require_json
-from gateway.http.mcp import McpEndpoint
+from gateway.http.mcp import McpEndpoint, negotiate_version
 from gateway.http.streams import SSE_HEADERS, ClientGone
 from gateway.router import Inbound
 from gateway.sessions import Session
@@ -88,8 +88,7 @@ class LegacySseEndpoint:
         params = message.params
         session.client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
         session.capabilities = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else None
-        requested = params.get("protocolVersion")
-        session.protocol_version = requested if isinstance(requested, str) else LEGACY_VERSION
+        session.protocol_version = negotiate_version(params.get("protocolVersion"))
         try:
             if session.view is not None:
                 upstream = await self._mcp.sessions.upstream_session(session, session.view)

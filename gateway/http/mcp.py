@@ -143,19 +143,19 @@ class McpEndpoint:
 
     async def _initialize(self, view: str | None, principal: Principal, message: jsonrpc.Message) -> Session:
         params = message.params
-        requested = params.get("protocolVersion")
-        version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
         client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
         caps = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else None
-        session = self.sessions.create(principal, view, str(version), client_info, caps)
+        version = negotiate_version(params.get("protocolVersion"))
+        session = self.sessions.create(principal, view, version, client_info, caps)
         if view is not None:
             try:
                 upstream = await self.sessions.upstream_session(session, view)
             except BaseException:
                 await self.sessions.end(session)
                 raise
+            # The upstream's own protocolVersion is not the client's: a stdio child is initialized once
+            # for every session, and an upstream may counter-offer. The gateway is the client's server.
             session.init_result = upstream.initialize_result
-            session.protocol_version = str(upstream.initialize_result.get("protocolVersion", version))
         return session
 
     async def _accept_one_way(self, session: Session, message: jsonrpc.Message,
@@ -317,6 +317,12 @@ class McpEndpoint:
             return error_response(exc)
         await self.sessions.end(session)
         return web.Response(status=200)
+
+
+def negotiate_version(requested: Any) -> str:
+    """The version the gateway answers an `initialize` with (MCP lifecycle: the requested one when
+    supported, else the latest it supports). 2026-07-28 has no handshake, so it is not negotiable here."""
+    return requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
 
 
 CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list",
