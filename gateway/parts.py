@@ -110,13 +110,17 @@ def _policy_engine(config: Config, obs: Observability) -> PolicyEngine:
 
 
 def _metadata_routes(config: Config) -> list[web.RouteDef]:
-    """RFC 9728 protected-resource metadata for /mcp and every /mcp/{upstream} path."""
+    """RFC 9728 protected-resource metadata for /mcp and every /mcp/{upstream} path.
+
+    The `resource` named here is an audience the identifier accepts on that path (and only there)."""
     from gateway.identity import protected_resource_metadata
+
+    paths = {"/mcp", *(f"/mcp/{upstream.name}" for upstream in config.upstreams)}
 
     async def metadata(request: web.Request) -> web.Response:
         tail = request.match_info.get("tail", "")
         path = "/" + tail if tail else "/mcp"
-        if not (path == "/mcp" or path.startswith("/mcp/")):
+        if path not in paths:  # no endpoint there, so no resource either
             raise web.HTTPNotFound()
         return web.json_response(protected_resource_metadata(config.listen.resource_url, config.identity, path))
 

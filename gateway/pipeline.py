@@ -18,9 +18,13 @@ from gateway.context import CallContext, Decision, Principal, ToolInfo
 
 
 class Identifier(Protocol):
-    """identify: HTTP request facts → Principal, or raise GatewayError("unauthenticated")."""
+    """identify: HTTP request facts → Principal, or raise GatewayError("unauthenticated").
 
-    async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None) -> Principal: ...
+    `resource_path` is the MCP endpoint asked (`/mcp` or `/mcp/{upstream}`), whose RFC 9728 resource a
+    token may name and whose metadata a 401 points to."""
+
+    async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None,
+                       resource_path: str = "/mcp") -> Principal: ...
 
 
 class Authorizer(Protocol):

@@ -71,10 +71,12 @@ class McpEndpoint:
             raise web.HTTPNotFound(text="unknown upstream")
         return view
 
-    async def _identify(self, request: web.Request) -> Principal:
-        reject_query_token(request.query, self.resource_url)
+    async def _identify(self, request: web.Request, view: str | None = None) -> Principal:
+        # Each /mcp/{upstream} is its own RFC 9728 protected resource (its token audience, its 401 metadata).
+        path = "/mcp" if view is None else f"/mcp/{view}"
+        reject_query_token(request.query, self.resource_url, path)
         peer = request.transport.get_extra_info("peercert") if request.transport else None
-        return await self.identifier.identify(request.headers, peer)
+        return await self.identifier.identify(request.headers, peer, path)
 
     # -- POST --------------------------------------------------------------------------------------
 
@@ -87,7 +89,7 @@ class McpEndpoint:
             if not json_ok:
                 raise GatewayError("not_acceptable")
             started = time.time_ns()
-            principal = await self._identify(request)
+            principal = await self._identify(request, view)
             identified = time.time_ns()
             message = jsonrpc.parse(await read_body(request, self.max_body_bytes), max_depth=self.max_json_depth)
             request_id = message.id if message.kind == "request" else None
@@ -304,7 +306,7 @@ class McpEndpoint:
 
     async def _existing_session(self, request: web.Request, view: str | None) -> Session:
         """The caller's own session named by Mcp-Session-Id (identify first; others' ids are unknown)."""
-        principal = await self._identify(request)
+        principal = await self._identify(request, view)
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
             raise GatewayError("session_required")

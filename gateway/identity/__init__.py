@@ -35,7 +35,8 @@ class ManagedIdentifier(Protocol):
 
     async def close(self) -> None: ...
 
-    async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None) -> Principal: ...
+    async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None,
+                       resource_path: str = "/mcp") -> Principal: ...
 
 
 def build_identifier(config: IdentityConfig, agents: Mapping[str, AgentRecord], resource_url: str,

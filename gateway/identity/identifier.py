@@ -12,6 +12,9 @@ Rules (docs/identity.md):
   the registry, expires_at = the certificate's notAfter.
 - Otherwise 401 with `WWW-Authenticate: Bearer resource_metadata="…"` (+ `error="invalid_token"` when
   a token was presented).
+- `resource_path` names the endpoint asked (`/mcp`, `/mcp/{upstream}`). `/mcp/{upstream}` publishes its
+  own RFC 9728 metadata (resource `<public_url>/mcp/{upstream}`), so there a token for that resource is
+  accepted too, and the 401 points to that metadata.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ def key_source(issuer: IssuerConfig, http: aiohttp.ClientSession | None,
 
 CACHE_S = 30.0
 CACHE_SIZE = 4096
+MCP_PATH = "/mcp"
+CacheKey = str | tuple[str, str]  # a token valid everywhere, or (resource path, token) valid there only
 
 
 class JwtIdentifier:
@@ -90,9 +95,9 @@ class JwtIdentifier:
         self._verifier = TokenVerifier(issuers)
         self._clock = clock
         self._skew = config.clock_skew_s
-        # token -> (principal, valid until): an agent sends the same token on every call, and a
-        # signature check costs 70-150 µs. Entries live at most CACHE_S and never past exp + skew.
-        self._cache: OrderedDict[str, tuple[Principal, float, tuple[int, ...]]] = OrderedDict()
+        # token (or (path, token)) -> (principal, valid until): an agent sends the same token on every
+        # call, and a signature check costs 70-150 µs. Entries live at most CACHE_S and never past exp + skew.
+        self._cache: OrderedDict[CacheKey, tuple[Principal, float, tuple[int, ...]]] = OrderedDict()
 
     async def start(self) -> None:
         for source in self._sources:
@@ -102,58 +107,69 @@ class JwtIdentifier:
         for source in self._sources:
             await source.close()
 
-    def _reject(self, message: str, *, token_presented: bool) -> GatewayError:
-        challenge = www_authenticate(self._resource_url, "invalid_token" if token_presented else None)
+    def _reject(self, message: str, path: str = MCP_PATH, *, token_presented: bool) -> GatewayError:
+        challenge = www_authenticate(self._resource_url, "invalid_token" if token_presented else None, path)
         return GatewayError("unauthenticated", message, headers={"WWW-Authenticate": challenge})
 
-    async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None) -> Principal:
+    async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None,
+                       resource_path: str = MCP_PATH) -> Principal:
         values = _header(headers, "Authorization")
-        svid = self._svid(peer_cert)
+        svid = self._svid(peer_cert, resource_path)
         if not values:
             if svid is not None:
                 return self._mtls_principal(svid, peer_cert or {})
-            raise self._reject("Bearer token required", token_presented=False)
+            raise self._reject("Bearer token required", resource_path, token_presented=False)
         if len(values) > 1:
-            raise self._reject("More than one Authorization header", token_presented=True)
+            raise self._reject("More than one Authorization header", resource_path, token_presented=True)
         match = _BEARER_RE.fullmatch(values[0])
         if match is None:
-            raise self._reject("Authorization must be a Bearer token", token_presented=True)
+            raise self._reject("Authorization must be a Bearer token", resource_path, token_presented=True)
         token = match.group(1)
-        cached = self._cache.get(token) if svid is None else None
-        if cached is not None and cached[1] > self._clock() and cached[2] == self._generation():
-            return cached[0]
+        own = None if resource_path == MCP_PATH else self._resource_url + resource_path
+        if svid is None:
+            cached = self._cached(token) or (self._cached((resource_path, token)) if own else None)
+            if cached is not None:
+                return cached
         try:
-            principal = await self._token_principal(token, svid)
+            principal, everywhere = await self._token_principal(token, svid, own)
         except (TokenError, ChainError) as exc:
             message = exc.message if isinstance(exc, TokenError) else f"Invalid token: {exc}"
             log.info("rejected bearer token: %s", message)
-            raise self._reject(message, token_presented=True) from None
+            raise self._reject(message, resource_path, token_presented=True) from None
         if svid is None:
-            self._remember(token, principal)
+            # A token accepted only for this endpoint's own resource must not open the others from the cache.
+            self._remember(token if everywhere else (resource_path, token), principal)
         return principal
 
     def _generation(self) -> tuple[int, ...]:
         return tuple(source.generation for source in self._sources)
 
-    def _remember(self, token: str, principal: Principal) -> None:
+    def _cached(self, key: CacheKey) -> Principal | None:
+        cached = self._cache.get(key)
+        if cached is not None and cached[1] > self._clock() and cached[2] == self._generation():
+            return cached[0]
+        return None
+
+    def _remember(self, key: CacheKey, principal: Principal) -> None:
         now = self._clock()
         until = min(now + CACHE_S, (principal.expires_at or now) + self._skew)
-        self._cache[token] = (principal, until, self._generation())
-        self._cache.move_to_end(token)
+        self._cache[key] = (principal, until, self._generation())
+        self._cache.move_to_end(key)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
 
-    def _svid(self, peer_cert: Mapping[str, Any] | None) -> str | None:
+    def _svid(self, peer_cert: Mapping[str, Any] | None, path: str) -> str | None:
         if not peer_cert or not self._accept_mtls:
             return None
         try:
             return svid_id(uri_sans_from_peercert(peer_cert))
         except InvalidSpiffeId as exc:
-            raise self._reject(f"Client certificate is not a valid SPIFFE SVID: {exc}",
+            raise self._reject(f"Client certificate is not a valid SPIFFE SVID: {exc}", path,
                                token_presented=False) from None
 
-    async def _token_principal(self, token: str, svid: str | None) -> Principal:
-        verified = await self._verifier.verify(token)
+    async def _token_principal(self, token: str, svid: str | None, own: str | None) -> tuple[Principal, bool]:
+        """The token's principal, and whether the token is good on every endpoint (not only `own`)."""
+        verified = await self._verifier.verify(token, own)
         claims = verified.claims
         subject = actor_id(claims.get("sub"))
         if svid is not None and is_spiffe_uri(subject) and subject != svid:
@@ -162,7 +178,7 @@ class JwtIdentifier:
         attributes = map_claims(claims, mapping) or registry_attributes(subject, self._agents)
         chain = build_chain(claims.get("act"), mapping, self._agents)
         return Principal(id=subject, issuer=verified.issuer.issuer, subject=subject, attributes=attributes,
-                         chain=chain, token=token, expires_at=float(claims["exp"]))
+                         chain=chain, token=token, expires_at=float(claims["exp"])), verified.everywhere
 
     def _mtls_principal(self, svid: str, peer_cert: Mapping[str, Any]) -> Principal:
         not_after = peer_cert.get("notAfter")
@@ -187,5 +203,6 @@ class AnonymousIdentifier:
     async def close(self) -> None:
         return None
 
-    async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None) -> Principal:
+    async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None,
+                       resource_path: str = MCP_PATH) -> Principal:
         return self._principal

@@ -7,7 +7,8 @@ Order of checks (each failure is a `TokenError`, answered 401 by the identifier)
    ([A-Za-z0-9._-], ≤128), `typ` as configured;
 3. issuer: chosen by the *unverified* `iss`, which must equal a configured issuer exactly;
 4. key: from that issuer's source only, by kid, and its key type must fit `alg`;
-5. PyJWT verifies the signature, `aud` (the configured audience, RFC 8707) and `iss`;
+5. PyJWT verifies the signature, `aud` (the configured audience, RFC 8707; on an endpoint with its own
+   protected-resource metadata, that resource's URL too) and `iss`;
 6. times: `exp` required, `nbf`/`iat` honoured, all with the configured clock skew.
 """
 
@@ -53,6 +54,12 @@ class VerifiedToken:
     issuer: IssuerConfig
     header: dict[str, Any]
     claims: dict[str, Any]
+    everywhere: bool = True  # `aud` names the issuer's audience, not only the endpoint's own resource
+
+
+def names_audience(claims: Mapping[str, Any], audience: str) -> bool:
+    aud = claims.get("aud")
+    return aud == audience or (isinstance(aud, list) and audience in aud)
 
 
 def _b64_json(segment: str, what: str) -> dict[str, Any]:
@@ -147,11 +154,13 @@ class IssuerVerifier:
             raise TokenError("Token needs a key id")
         return candidates[0]
 
-    async def verify(self, token: str, header: Mapping[str, Any]) -> dict[str, Any]:
+    async def verify(self, token: str, header: Mapping[str, Any], also_audience: str | None = None) -> dict[str, Any]:
+        """Verified claims; `aud` must name the configured audience or, when given, `also_audience`."""
         alg, kid = check_header(header, self.config)
         key = await self._key(alg, kid)
+        audience = self.audience if also_audience is None else [self.audience, also_audience]
         try:
-            claims: dict[str, Any] = jwt.decode(token, key.key, algorithms=[alg], audience=self.audience,
+            claims: dict[str, Any] = jwt.decode(token, key.key, algorithms=[alg], audience=audience,
                                                 issuer=self.config.issuer, options=self._options)
         except InvalidSignatureError as exc:
             raise TokenError("Invalid token signature") from exc
@@ -173,7 +182,7 @@ class TokenVerifier:
     def __init__(self, issuers: Mapping[str, IssuerVerifier]) -> None:
         self._issuers = dict(issuers)
 
-    async def verify(self, token: str) -> VerifiedToken:
+    async def verify(self, token: str, also_audience: str | None = None) -> VerifiedToken:
         header, payload = split_token(token)
         iss = payload.get("iss")
         if not isinstance(iss, str):
@@ -181,5 +190,6 @@ class TokenVerifier:
         verifier = self._issuers.get(iss)
         if verifier is None:
             raise TokenError("Token issuer not accepted")
-        claims = await verifier.verify(token, header)
-        return VerifiedToken(verifier.config, dict(header), claims)
+        claims = await verifier.verify(token, header, also_audience)
+        everywhere = also_audience is None or names_audience(claims, verifier.audience)
+        return VerifiedToken(verifier.config, dict(header), claims, everywhere)

@@ -37,8 +37,9 @@ def www_authenticate(resource_url: str, error: str | None = None, path: str = "/
     return f'{value}, error="{error}"' if error else value
 
 
-def reject_query_token(query: Mapping[str, str], resource_url: str | None = None) -> None:
+def reject_query_token(query: Mapping[str, str], resource_url: str | None = None, path: str = "/mcp") -> None:
     """Tokens in the URL leak into logs and referrers (OAuth 2.1 §5.1.1 forbids them): 401."""
     if "access_token" in query:
-        headers = {"WWW-Authenticate": www_authenticate(resource_url, "invalid_request")} if resource_url else None
+        headers = ({"WWW-Authenticate": www_authenticate(resource_url, "invalid_request", path)}
+                   if resource_url else None)
         raise GatewayError("unauthenticated", "Tokens in the query string are not accepted", headers=headers)
