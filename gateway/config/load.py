@@ -12,6 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.config.model import Config
+from gateway.config.rules import RULE_ERROR, document_rules
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -80,6 +81,22 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             fix(upstream, "cwd")
 
 
+def _field_problems(exc: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for err in exc.errors():
+        # Drop union-branch labels (model names, literal tags) pydantic puts into locations.
+        loc = tuple(p for p in err["loc"]
+                    if not (isinstance(p, str) and (p[:1].isupper() or p.startswith(("function-", "literal[")))))
+        if err["type"] == RULE_ERROR:
+            problems += [f"{_loc(loc + rule_loc)}: {message}" for rule_loc, message in err["ctx"]["problems"]]
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        problems.append(f"{_loc(loc)}: {msg}")
+    return problems
+
+
 def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path | None = None,
                  source: str = "config") -> Config:
     """Validate an already-parsed YAML document. Raises ConfigError listing every problem."""
@@ -94,14 +111,10 @@ def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path 
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors():
-            # Drop union-branch labels (model names, literal tags) pydantic puts into locations.
-            loc = tuple(p for p in err["loc"]
-                        if not (isinstance(p, str) and (p[:1].isupper() or p.startswith(("function-", "literal[")))))
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            problems.append(f"{_loc(loc)}: {msg}")
+        problems += _field_problems(exc)
+        # Pydantic skips cross-field rules wherever a field inside failed; run them on the document so
+        # they are listed with the field errors (a rule it did run gives the same line, kept once).
+        problems += [f"{_loc(loc)}: {message}" for loc, message in document_rules(data)]
     if problems:
         raise ConfigError(sorted(set(problems), key=problems.index), source)
     return config

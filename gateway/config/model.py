@@ -13,6 +13,15 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.config.rules import (
+    credentials_rules,
+    enforce,
+    identity_rules,
+    issuer_rules,
+    unique_upstream_rules,
+    upstream_rules,
+)
+
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -86,10 +95,7 @@ class CredentialsConfig(Model):
 
     @model_validator(mode="after")
     def _mode_fields(self) -> CredentialsConfig:
-        if self.mode == "static" and not (self.value_env or self.value_file):
-            raise ValueError("static credentials need value_env or value_file")
-        if self.mode == "token_exchange" and not (self.token_endpoint and self.client_id):
-            raise ValueError("token_exchange needs token_endpoint and client_id")
+        enforce(credentials_rules(self))
         return self
 
 
@@ -115,14 +121,7 @@ class UpstreamConfig(Model):
 
     @model_validator(mode="after")
     def _one_target(self) -> UpstreamConfig:
-        if (self.url is None) == (self.command is None):
-            raise ValueError("exactly one of url or command is required")
-        if self.command is not None and len(self.command) == 0:
-            raise ValueError("command must not be empty")
-        if self.command is not None and self.transport not in (None, "stdio"):
-            raise ValueError("command upstreams use the stdio transport")
-        if self.url is not None and self.transport == "stdio":
-            raise ValueError("stdio transport needs command, not url")
+        enforce(upstream_rules(self))
         return self
 
     @property
@@ -149,12 +148,7 @@ class IssuerConfig(Model):
 
     @model_validator(mode="after")
     def _one_key_source(self) -> IssuerConfig:
-        sources = [s for s in (self.jwks_file, self.jwks_url, self.pem_file) if s is not None]
-        if len(sources) != 1:
-            raise ValueError("exactly one of jwks_file, jwks_url or pem_file is required")
-        bad = [a for a in self.algorithms if a.upper() == "NONE" or a.startswith("HS")]
-        if bad:
-            raise ValueError(f"algorithms not allowed for access tokens: {', '.join(bad)}")
+        enforce(issuer_rules(self))
         return self
 
 
@@ -167,8 +161,7 @@ class IdentityConfig(Model):
 
     @model_validator(mode="after")
     def _issuers(self) -> IdentityConfig:
-        if self.mode == "jwt" and not self.issuers:
-            raise ValueError("mode jwt needs at least one issuer")
+        enforce(identity_rules(self))
         return self
 
 
@@ -296,15 +289,12 @@ class Config(Model):
     pinning: PinningConfig = PinningConfig()
     environment: str = "dev"
 
-    @field_validator("upstreams")
-    @classmethod
-    def _unique(cls, value: tuple[UpstreamConfig, ...]) -> tuple[UpstreamConfig, ...]:
-        seen: set[str] = set()
-        for upstream in value:
-            if upstream.name in seen:
-                raise ValueError(f"duplicate upstream name {upstream.name!r}")
-            seen.add(upstream.name)
-        return value
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        # Only reached when every field is valid; parse_config runs the same rules on the raw document
+        # so that duplicates are reported next to other problems too (gateway/config/rules.py).
+        enforce(unique_upstream_rules(self))
+        return self
 
     def upstream(self, name: str) -> UpstreamConfig | None:
         return next((u for u in self.upstreams if u.name == name), None)

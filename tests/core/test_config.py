@@ -61,7 +61,84 @@ def test_upstream_needs_exactly_one_target() -> None:
 def test_duplicate_upstream_names_rejected() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"upstreams": [{"name": "a", "url": "http://h/mcp"}, {"name": "a", "command": ["x"]}]})
-    assert "duplicate upstream name 'a'" in info.value.problems[0]
+    assert info.value.problems == ["upstreams[1].name: duplicate upstream name 'a' (also upstreams[0])"]
+
+
+def test_cross_field_rules_are_listed_with_field_errors_at_their_paths() -> None:
+    # Each rule below lives in a model validator that pydantic skips once a field inside has failed:
+    # every one must still be listed, next to the field errors, at the field it is about.
+    with pytest.raises(ConfigError) as info:
+        parse_config({
+            "upstreams": [
+                {"name": "a", "url": "http://h/mcp"},
+                {"name": "b", "url": "nope", "credentials": {"mode": "token_exchange", "ttl_s": 0}},
+                {"name": "a", "command": [], "transport": "sse", "timeout_s": -1},
+                {"name": "c", "credentials": {"mode": "static", "ttl_s": 0}},
+            ],
+            "identity": {"mode": "jwt", "clock_skew_s": -1,
+                         "issuers": [{"issuer": "https://idp.test", "algorithms": ["HS256"], "jwks_refresh_s": 0}]},
+            "listen": {"port": "eighty"},
+        })
+    problems = info.value.problems
+    for expected in [
+        "upstreams[1].url: not a URL (expected http:// or https:// with a host)",
+        "listen.port: Input should be a valid integer, unable to parse string as an integer",
+        "upstreams[2].name: duplicate upstream name 'a' (also upstreams[0])",
+        "upstreams[1].credentials.token_endpoint: required by mode token_exchange",
+        "upstreams[1].credentials.client_id: required by mode token_exchange",
+        "upstreams[2].command: must not be empty",
+        "upstreams[2].transport: command upstreams use the stdio transport",
+        "upstreams[3]: exactly one of url or command is required",
+        "upstreams[3].credentials: mode static needs value_env or value_file",
+        "identity.issuers[0]: exactly one of jwks_file, jwks_url or pem_file is required",
+        "identity.issuers[0].algorithms: not allowed for access tokens: HS256",
+    ]:
+        assert expected in problems, problems
+    assert not [p for p in problems if p.startswith("upstreams:")]
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": [{"name": "x", "url": "nope"}], "identity": {"mode": "jwt"}})
+    assert "identity.issuers: mode jwt needs at least one issuer" in info.value.problems
+
+
+def test_a_rule_broken_alone_is_reported_once_at_its_path() -> None:
+    # Here pydantic runs the validator itself; the document rules give the same line, listed once.
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": [{"name": "a", "url": "http://h/mcp",
+                                     "credentials": {"mode": "token_exchange", "client_id": "customs"}}]})
+    assert info.value.problems == ["upstreams[0].credentials.token_endpoint: required by mode token_exchange"]
+
+
+@pytest.mark.parametrize("credentials", [
+    {"mode": "minted"},
+    {"mode": "static", "value_env": "KEY"},
+    {"mode": "token_exchange", "token_endpoint": "https://idp.test/token", "client_id": "customs"},
+])
+def test_credentials_on_a_stdio_upstream_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     credentials: dict[str, Any]) -> None:
+    # A credential is a request header and a stdio child gets none: it would be minted and dropped.
+    path = tmp_path / "customs.yaml"
+    path.write_text(yaml.safe_dump({"upstreams": [UPSTREAM, {"name": "local", "command": ["x"],
+                                                             "credentials": credentials}],
+                                    "policies": {"dir": str(SHIPPED)}}))
+    line = (f"upstreams[1].credentials: mode {credentials['mode']} needs an HTTP upstream (url); a stdio child "
+            "process receives no request headers, so the credential would never reach it")
+    code, _out, err = _check(path, capsys)
+    assert code == 2 and err.splitlines()[1:] == [f"  {line}"]
+    serve = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", "0"],
+                           capture_output=True, text=True, check=False, timeout=60)
+    assert serve.returncode == 2 and f"  {line}" in serve.stderr.splitlines()
+    assert parse_config({"upstreams": [{"name": "local", "command": ["x"], "credentials": {"mode": "none"}}]})
+
+
+def test_config_check_lists_a_duplicate_name_with_other_problems(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "customs.yaml"
+    path.write_text("upstreams:\n  - {name: ok, url: 'http://127.0.0.1:1/mcp'}\n  - {name: x, url: nope}\n"
+                    "  - {name: ok, command: [x]}\n")
+    code, _out, err = _check(path, capsys)
+    assert code == 2
+    assert err.splitlines()[1:] == ["  upstreams[1].url: not a URL (expected http:// or https:// with a host)",
+                                    "  upstreams[2].name: duplicate upstream name 'ok' (also upstreams[0])"]
 
 
 def test_env_references_substituted_and_missing_ones_reported() -> None:

@@ -16,7 +16,6 @@ UPSTREAMS = [
      "credentials": {"mode": "minted", "ttl_s": 60, "narrow_to_args": ["account"]}},
     {"name": "crm", "url": "http://127.0.0.1:9003/mcp",
      "credentials": {"mode": "minted", "ttl_s": 30, "audience": "https://crm.example"}},
-    {"name": "local", "command": ["true"], "credentials": {"mode": "minted"}},
 ]
 
 
@@ -56,8 +55,8 @@ async def test_claims(service: CredentialService, clock: Clock) -> None:
 async def test_audience_defaults_and_overrides(service: CredentialService) -> None:
     _, crm = await service.minter.mint(agent(), upstream(service, "crm"), ["find"], {}, "t")
     assert crm["aud"] == "https://crm.example" and "args" not in crm and crm["exp"] - crm["iat"] == 30
-    _, local = await service.minter.mint(agent(), upstream(service, "local"), ["x"], {}, "t")
-    assert local["aud"] == "urn:customs:upstream:local"
+    _, payments = await service.minter.mint(agent(), upstream(service, "payments"), ["pay"], {}, "t")
+    assert payments["aud"] == "http://127.0.0.1:9002/mcp"  # default: the upstream's url (stdio ones take none)
 
 
 async def test_no_chain_no_act_and_missing_narrowed_arg_is_null(service: CredentialService) -> None:

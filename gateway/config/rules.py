@@ -1,0 +1,114 @@
+"""Cross-field rules of customs.yaml, each problem with the precise path of the field it is about.
+
+Pydantic skips a model's `after` validators (and a field validator on a list) as soon as any field
+inside failed, so a rule written only as a validator is reported only when nothing else is wrong,
+and at the model's path. These rules are plain functions over either the raw document (mappings
+and lists) or the validated models, so `parse_config` runs them on the raw document always, next
+to the field errors, and the models run the same functions as validators (for configs built in
+code). A problem is `(location, message)`, the location relative to the node given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticCustomError
+
+Loc = tuple[int | str, ...]
+Problem = tuple[Loc, str]
+RULE_ERROR = "config_rule"  # the pydantic error type of a rule raised from a model validator
+
+
+def _get(node: Any, key: str, default: Any = None) -> Any:
+    """A field of a raw mapping or a validated model alike (anything else has no fields)."""
+    if isinstance(node, Mapping):
+        return node.get(key, default)
+    if isinstance(node, BaseModel):
+        return getattr(node, key, default)
+    return default
+
+
+def _items(node: Any) -> list[Any]:
+    """The entries of a raw list or a validated tuple; nothing when it is neither (a field error says so)."""
+    return list(node) if isinstance(node, Sequence) and not isinstance(node, str | bytes) else []
+
+
+def credentials_rules(credentials: Any) -> Iterator[Problem]:
+    mode = _get(credentials, "mode", "none")
+    if mode == "static" and not (_get(credentials, "value_env") or _get(credentials, "value_file")):
+        yield (), "mode static needs value_env or value_file"
+    if mode == "token_exchange":
+        for key in ("token_endpoint", "client_id"):
+            if not _get(credentials, key):
+                yield (key,), "required by mode token_exchange"
+
+
+def upstream_rules(upstream: Any) -> Iterator[Problem]:
+    url, command, transport = _get(upstream, "url"), _get(upstream, "command"), _get(upstream, "transport")
+    if (url is None) == (command is None):
+        yield (), "exactly one of url or command is required"
+    if command is not None and isinstance(command, Sequence) and len(command) == 0:
+        yield ("command",), "must not be empty"
+    if command is not None and transport not in (None, "stdio"):
+        yield ("transport",), "command upstreams use the stdio transport"
+    if url is not None and transport == "stdio":
+        yield ("transport",), "stdio transport needs command, not url"
+    mode = _get(_get(upstream, "credentials"), "mode", "none")
+    if command is not None and url is None and mode != "none":
+        # A credential is a request header, and a stdio child gets no headers: it would be minted and dropped.
+        yield ("credentials",), (f"mode {mode} needs an HTTP upstream (url); a stdio child process "
+                                 "receives no request headers, so the credential would never reach it")
+
+
+def issuer_rules(issuer: Any) -> Iterator[Problem]:
+    if sum(_get(issuer, key) is not None for key in ("jwks_file", "jwks_url", "pem_file")) != 1:
+        yield (), "exactly one of jwks_file, jwks_url or pem_file is required"
+    algorithms = [a for a in _items(_get(issuer, "algorithms")) if isinstance(a, str)]
+    bad = [a for a in algorithms if a.upper() == "NONE" or a.startswith("HS")]
+    if bad:
+        yield ("algorithms",), f"not allowed for access tokens: {', '.join(bad)}"
+
+
+def identity_rules(identity: Any) -> Iterator[Problem]:
+    if _get(identity, "mode", "anonymous") == "jwt" and not _items(_get(identity, "issuers")):
+        yield ("issuers",), "mode jwt needs at least one issuer"
+
+
+def unique_upstream_rules(config: Any) -> Iterator[Problem]:
+    first: dict[str, int] = {}
+    for index, upstream in enumerate(_items(_get(config, "upstreams"))):
+        name = _get(upstream, "name")
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            yield ("upstreams", index, "name"), f"duplicate upstream name {name!r} (also upstreams[{first[name]}])"
+        else:
+            first[name] = index
+
+
+def _under(prefix: Loc, problems: Iterator[Problem]) -> Iterator[Problem]:
+    return ((prefix + loc, message) for loc, message in problems)
+
+
+def document_rules(data: Any) -> list[Problem]:
+    """Every rule over a whole (raw) config document, with paths from its root."""
+    problems: list[Problem] = []
+    for index, upstream in enumerate(_items(_get(data, "upstreams"))):
+        problems += _under(("upstreams", index), upstream_rules(upstream))
+        problems += _under(("upstreams", index, "credentials"), credentials_rules(_get(upstream, "credentials")))
+    identity = _get(data, "identity")
+    problems += _under(("identity",), identity_rules(identity))
+    for index, issuer in enumerate(_items(_get(identity, "issuers"))):
+        problems += _under(("identity", "issuers", index), issuer_rules(issuer))
+    problems += unique_upstream_rules(data)
+    return problems
+
+
+def enforce(problems: Iterator[Problem]) -> None:
+    """In a model validator: raise the rule problems as one pydantic error that carries them all."""
+    found = list(problems)
+    if found:
+        summary = "; ".join(f"{'.'.join(map(str, loc)) or '(here)'}: {message}" for loc, message in found)
+        raise PydanticCustomError(RULE_ERROR, "{summary}", {"summary": summary, "problems": found})
