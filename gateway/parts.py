@@ -131,7 +131,8 @@ def _metadata_routes(config: Config) -> list[web.RouteDef]:
 def _identifier(config: Config, http: aiohttp.ClientSession) -> Identifier:
     from gateway.identity import build_identifier
     try:
-        return build_identifier(config.identity, config.agents, config.listen.resource_url, http)
+        return build_identifier(config.identity, config.agents, config.listen.resource_url, http,
+                                max_chain_depth=config.policies.max_chain_depth)
     except ValueError as exc:  # unreadable or unusable key files, duplicate issuers
         raise ConfigError([f"identity: {exc}"], "identity") from exc
 

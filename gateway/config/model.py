@@ -37,6 +37,8 @@ def _http_url(value: str) -> str:
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 Sensitivity = Literal["public", "internal", "confidential", "restricted"]
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
+# The most `act` nesting a token may carry at all; `policies.max_chain_depth` chooses a limit up to it.
+MAX_CHAIN_DEPTH = 16
 
 
 class TlsConfig(Model):
@@ -180,7 +182,7 @@ class PoliciesConfig(Model):
     dir: Path = Path("policies")
     shadow_dir: Path | None = None
     watch: bool = True
-    max_chain_depth: int = Field(8, ge=1)
+    max_chain_depth: int = Field(8, ge=1, le=MAX_CHAIN_DEPTH)  # enforced at identify: deeper → 401
 
 
 class WebhookConfig(Model):

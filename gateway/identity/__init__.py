@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from gateway.config.model import AgentRecord, IdentityConfig
+from gateway.config.model import MAX_CHAIN_DEPTH, AgentRecord, IdentityConfig
 from gateway.context import Principal
 from gateway.identity.identifier import AnonymousIdentifier, JwtIdentifier, default_audience
 from gateway.identity.metadata import metadata_url, protected_resource_metadata, reject_query_token, www_authenticate
@@ -40,9 +40,10 @@ class ManagedIdentifier(Protocol):
 
 
 def build_identifier(config: IdentityConfig, agents: Mapping[str, AgentRecord], resource_url: str,
-                     http: aiohttp.ClientSession | None) -> ManagedIdentifier:
+                     http: aiohttp.ClientSession | None, *,
+                     max_chain_depth: int = MAX_CHAIN_DEPTH) -> ManagedIdentifier:
     """The identifier for `identity.mode`. Key files are read here (KeySetError, a ValueError, when unusable);
-    JWKS URLs are fetched in start()."""
+    JWKS URLs are fetched in start(). A token whose `act` chain is deeper than `max_chain_depth` is refused."""
     if config.mode == "anonymous":
         return AnonymousIdentifier(config)
-    return JwtIdentifier(config, agents, resource_url, http)
+    return JwtIdentifier(config, agents, resource_url, http, max_chain_depth=max_chain_depth)

@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.config.model import AgentRecord
+from gateway.config.model import MAX_CHAIN_DEPTH, AgentRecord
 from gateway.context import Actor
 from gateway.identity.spiffe import InvalidSpiffeId, is_spiffe_uri, validate_spiffe_id
 
 DEFAULT_CLAIMS: Mapping[str, str] = {name: name for name in ("tenant", "owner", "groups", "environment",
                                                               "clearance")}
-MAX_CHAIN_DEPTH = 16
 MAX_ID_LENGTH = 2048
 MAX_LIST_ITEMS = 256
 
@@ -96,7 +95,7 @@ def build_chain(act: Any, mapping: Mapping[str, str], agents: Mapping[str, Agent
     node = act
     while node is not None:
         if len(chain) >= max_depth:
-            raise ChainError(f"delegation chain deeper than {max_depth}")
+            raise ChainError(f"delegation chain deeper than {max_depth} actors (the gateway's limit)")
         if not isinstance(node, Mapping):
             raise ChainError("act claim must be an object")
         ident = actor_id(node.get("sub"))

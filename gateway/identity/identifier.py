@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.config.model import AgentRecord, IdentityConfig, IssuerConfig
+from gateway.config.model import MAX_CHAIN_DEPTH, AgentRecord, IdentityConfig, IssuerConfig
 from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.identity.chain import ChainError, actor_id, build_chain, claim_mapping, map_claims, registry_attributes
@@ -78,8 +78,11 @@ class JwtIdentifier:
 
     def __init__(self, config: IdentityConfig, agents: Mapping[str, AgentRecord], resource_url: str,
                  http: aiohttp.ClientSession | None, *, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic, accept_mtls: bool = True) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, accept_mtls: bool = True,
+                 max_chain_depth: int = MAX_CHAIN_DEPTH) -> None:
         self._agents = agents
+        # `policies.max_chain_depth`, never above the parser's own bound.
+        self._max_chain_depth = min(max_chain_depth, MAX_CHAIN_DEPTH)
         self._resource_url = resource_url.rstrip("/")
         self._accept_mtls = accept_mtls
         issuers: dict[str, IssuerVerifier] = {}
@@ -176,7 +179,7 @@ class JwtIdentifier:
             raise TokenError("Token subject does not match the client certificate's SPIFFE ID")
         mapping = self._mappings[verified.issuer.issuer]
         attributes = map_claims(claims, mapping) or registry_attributes(subject, self._agents)
-        chain = build_chain(claims.get("act"), mapping, self._agents)
+        chain = build_chain(claims.get("act"), mapping, self._agents, self._max_chain_depth)
         return Principal(id=subject, issuer=verified.issuer.issuer, subject=subject, attributes=attributes,
                          chain=chain, token=token, expires_at=float(claims["exp"])), verified.everywhere
 
