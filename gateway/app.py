@@ -141,7 +141,7 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
         forward=ForwardStage(sessions, timeout, obs.inject), record=obs.record,
         rate=parts.limiter.rate, facts=parts.facts, slot=parts.limiter.concurrency))
     router = Router(sessions, catalog, pipeline, parts.authorizer, parts.guard,
-                    {u.name: u.timeout_s for u in config.upstreams})
+                    {u.name: u.timeout_s for u in config.upstreams}, upstream_call=obs.upstream_calls())
     endpoint = McpEndpoint(identifier=parts.identifier, sessions=sessions, router=router,
                            upstream_names=frozenset(upstreams), max_body_bytes=config.listen.max_body_bytes,
                            max_json_depth=config.listen.max_json_depth, observability=obs,

@@ -21,7 +21,7 @@ from gateway.listing import LISTS, Lister
 from gateway.pinning import ToolGuard
 from gateway.pipeline import Authorizer, Pipeline
 from gateway.sessions import Session, SessionManager, route_server_message
-from gateway.transport.base import Message
+from gateway.transport.base import Message, MessageHandler, UpstreamSession
 
 SERVER_INFO = {"name": "customs", "title": "Customs MCP gateway", "version": "0.1.0"}
 ENVELOPE_PREFIX = "io.modelcontextprotocol/"
@@ -45,6 +45,9 @@ class Inbound:
 
 
 Handler = Callable[[Inbound], Awaitable[dict[str, Any]]]
+# (upstream, its session, message, headers, relay, timeout) -> response: the traced send (telemetry/upstream_calls.py)
+UpstreamCall = Callable[[str, UpstreamSession, Message, dict[str, str], MessageHandler | None, float | None],
+                        Awaitable[Message]]
 
 
 def upstream_params(params: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
@@ -63,8 +66,9 @@ class Router:
     """Dispatches requests by method; holds no per-call state."""
 
     def __init__(self, sessions: SessionManager, catalog: Catalog, pipeline: Pipeline, authorizer: Authorizer,
-                 guard: ToolGuard, timeouts: Mapping[str, float]) -> None:
+                 guard: ToolGuard, timeouts: Mapping[str, float], *, upstream_call: UpstreamCall | None = None) -> None:
         self._sessions = sessions
+        self._upstream_call = upstream_call  # None with tracing off: the plain send, nothing in between
         self._catalog = catalog
         self._pipeline = pipeline
         self._guard = guard
@@ -106,9 +110,12 @@ class Router:
         session = await self._sessions.upstream_session(inbound.session, upstream)
         message = {"jsonrpc": "2.0", "id": inbound.message.id, "method": method,
                    "params": upstream_params(params)}
-        response = await session.request(message, headers=await self._sessions.headers(inbound.session, upstream),
-                                         on_message=self._relay(inbound, upstream),
-                                         timeout=self._timeouts.get(upstream))
+        headers = await self._sessions.headers(inbound.session, upstream)
+        relay, timeout = self._relay(inbound, upstream), self._timeouts.get(upstream)
+        if self._upstream_call is None:
+            response = await session.request(message, headers=headers, on_message=relay, timeout=timeout)
+        else:
+            response = await self._upstream_call(upstream, session, message, headers, relay, timeout)
         if "error" in response:
             raise UpstreamErrorResponse(response["error"])
         result = response.get("result")

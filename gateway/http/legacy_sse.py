@@ -2,19 +2,22 @@
 
 The client opens `GET /sse` (or `/sse/{upstream}`), receives an `endpoint` event naming the URL to
 POST messages to, and reads every response on that stream. The session, identity binding,
-router and pipeline are the same as for Streamable HTTP.
+router and pipeline are the same as for Streamable HTTP, and so is the tracing: each request runs in
+the same `Observability.request` block (SERVER span, identify child, duration metric).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from aiohttp import web
 
 from gateway import jsonrpc
-from gateway.errors import GatewayError, to_wire
+from gateway.errors import GatewayError, forget_traceback, to_wire
 from gateway.http.guards import error_response, read_body, require_json
 from gateway.http.mcp import McpEndpoint, negotiate_version
 from gateway.http.streams import SSE_HEADERS, ClientGone
@@ -59,7 +62,9 @@ class LegacySseEndpoint:
         request_id: Any = None
         try:
             require_json(request)
+            started = time.time_ns()
             principal = await self._mcp._identify(request)
+            identified = time.time_ns()
             session_id = request.query.get("session_id", "")
             session = self._find(session_id, principal)
             message = jsonrpc.parse(await read_body(request, self._mcp.max_body_bytes),
@@ -68,9 +73,13 @@ class LegacySseEndpoint:
             if message.kind != "request":
                 await self._mcp._accept_one_way(session, message)
             elif message.method == "initialize":
-                await self._initialize(session, message)
+                negotiate(session, message.params)
+                with self._observed(request, session, principal, message, (started, identified)) as trace:
+                    await self._initialize(session, message, trace)
             else:
-                task = asyncio.create_task(self._run(session, principal, message))
+                # The block is made here (the POST's headers, its arrival time) and entered in the task.
+                observed = self._observed(request, session, principal, message, (started, identified))
+                task = asyncio.create_task(self._run(session, principal, message, observed))
                 session.inflight[message.id] = task
         except GatewayError as exc:
             return error_response(exc, request_id)
@@ -84,36 +93,63 @@ class LegacySseEndpoint:
                 continue
         raise GatewayError("session_not_found")
 
-    async def _initialize(self, session: Session, message: jsonrpc.Message) -> None:
-        params = message.params
-        session.client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
-        session.capabilities = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else None
-        session.protocol_version = negotiate_version(params.get("protocolVersion"))
+    def _observed(self, request: web.Request, session: Session, principal: Any, message: jsonrpc.Message,
+                  identify_ns: tuple[int, int]) -> AbstractContextManager[Any]:
+        """The request's `Observability.request` block, as gateway/http/mcp.py's post() opens it."""
+        obs = self._mcp.observability
+        if obs is None:
+            return nullcontext(None)
+        return obs.request(request.headers, message.method, message.params, message.id, principal=principal,  # type: ignore[no-any-return]
+                           session_id=session.id, protocol_version=session.protocol_version,
+                           start_ns=identify_ns[0], identify_ns=identify_ns)
+
+    async def _initialize(self, session: Session, message: jsonrpc.Message, trace: Any = None) -> None:
         try:
             if session.view is not None:
                 upstream = await self._mcp.sessions.upstream_session(session, session.view)
                 session.init_result = upstream.initialize_result
             reply = jsonrpc.result(message.id, self._mcp._initialize_result(session))
         except Exception as exc:
+            if trace is not None:
+                trace.fail(exc)
             reply = to_wire(exc, message.id)[0]
         session.stream_event(reply)
 
-    async def _run(self, session: Session, principal: Any, message: jsonrpc.Message) -> None:
+    async def _run(self, session: Session, principal: Any, message: jsonrpc.Message,
+                   observed: AbstractContextManager[Any]) -> None:
         async def send(out: dict[str, Any]) -> None:
             session.stream_event(out)
 
-        inbound = Inbound(session=session, principal=principal, message=message, send=send)
-        try:
-            reply = jsonrpc.result(message.id, await self._mcp.router.dispatch(inbound))
-        except asyncio.CancelledError:
-            reply = to_wire(GatewayError("request_cancelled"), message.id)[0]
-        except Exception as exc:
-            reply = to_wire(exc, message.id)[0]
-        finally:
-            session.inflight.pop(message.id, None)
-        session.stream_event(reply)
+        with observed as trace:
+            inbound = Inbound(session=session, principal=principal, message=message, send=send,
+                              trace_id=trace.trace_id if trace is not None else None)
+            try:
+                reply = jsonrpc.result(message.id, await self._mcp.router.dispatch(inbound))
+            except asyncio.CancelledError:
+                reply = self._failed(trace, GatewayError("request_cancelled"), message.id)
+            except Exception as exc:
+                reply = self._failed(trace, exc, message.id)
+            finally:
+                session.inflight.pop(message.id, None)
+        session.stream_event(reply)  # after the block: the span and metric are recorded once the answer is known
+
+    @staticmethod
+    def _failed(trace: Any, exc: BaseException, request_id: Any) -> dict[str, Any]:
+        """The error answer; the SERVER span is marked with it (as mcp.py's `_answer` does)."""
+        if trace is not None:
+            trace.fail(exc)
+        reply = to_wire(exc, request_id)[0]
+        forget_traceback(exc)
+        return reply
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/sse", self.stream, allow_head=False), web.get("/sse/{upstream}", self.stream,
                                                                          allow_head=False),
                 web.post("/messages", self.message)]
+
+
+def negotiate(session: Session, params: dict[str, Any]) -> None:
+    """What an `initialize` tells the session: client info, capabilities, the answered protocol version."""
+    session.client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
+    session.capabilities = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else None
+    session.protocol_version = negotiate_version(params.get("protocolVersion"))

@@ -3,6 +3,7 @@
     obs = Observability(config, redactor=secrets.redact)       # no I/O
     owners: obs (start/close);  routes: obs.routes() (/metrics)
     ForwardStage(..., inject=obs.inject);  Pipeline(..., record=obs.record);  pipeline = obs.instrument(pipeline)
+    Router(..., upstream_call=obs.upstream_calls())
     at the HTTP edge, around dispatch of one JSON-RPC request:
         with obs.request(request.headers, message.method, message.params, message.id, principal=...,
                          session_id=..., protocol_version=..., start_ns=t0, identify_ns=(t0, t1)) as req:
@@ -36,6 +37,7 @@ from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
 from gateway.telemetry.spans import LightSpan
 from gateway.telemetry.stage import RecordStage, instrument
 from gateway.telemetry.tracing import NO_SPAN, AnySpan, Telemetry, error_type, mark_error
+from gateway.telemetry.upstream_calls import UpstreamCalls
 
 
 @dataclass
@@ -137,6 +139,10 @@ class Observability:
 
     def inject(self, headers: dict[str, str], meta: dict[str, Any]) -> None:
         self.telemetry.inject(headers, meta)
+
+    def upstream_calls(self) -> UpstreamCalls | None:
+        """`Router(upstream_call=...)`: CLIENT spans for the router's own upstream requests; None with tracing off."""
+        return UpstreamCalls(self.telemetry, self._upstreams) if self.telemetry.enabled else None
 
     def instrument(self, pipeline: Pipeline) -> Pipeline:
         return instrument(pipeline, self.telemetry, self.metrics, self._upstreams, decision_attributes)

@@ -1,0 +1,52 @@
+"""CLIENT spans and trace context for the upstream requests the router makes outside the pipeline.
+
+Lists (every page), completions, subscriptions, logging/setLevel and the pass-through view's raw
+methods reach the upstream through `Router.fetch`, not through the forward stage. With tracing on,
+each of them is sent inside its own CLIENT span, which the request carries as `traceparent` /
+`tracestate` (HTTP headers and `params._meta`), exactly as a forwarded call does. With tracing off
+the router is given no `UpstreamCalls` at all, so those requests cost nothing extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gateway.config.model import UpstreamConfig
+from gateway.errors import UpstreamErrorResponse
+from gateway.telemetry.attributes import Attrs, client_attributes, target_of, transport_attributes
+from gateway.telemetry.tracing import Telemetry, mark_error
+from gateway.transport.base import Message, MessageHandler, UpstreamSession
+
+
+class UpstreamCalls:
+    """`Router(upstream_call=...)`: one upstream request inside a CLIENT span that it propagates."""
+
+    def __init__(self, telemetry: Telemetry, upstreams: Mapping[str, UpstreamConfig]) -> None:
+        self._telemetry = telemetry
+        self._transport: dict[str, Attrs] = {name: transport_attributes(c) for name, c in upstreams.items()}
+
+    async def __call__(self, upstream: str, session: UpstreamSession, message: Message, headers: dict[str, str],
+                       on_message: MessageHandler | None, timeout: float | None) -> Message:  # noqa: ASYNC109
+        telemetry = self._telemetry
+        method = str(message.get("method"))
+        params = message.get("params")
+        params = params if isinstance(params, dict) else {}
+        attrs = client_attributes(upstream, method, params, message.get("id"), self._transport.get(upstream),
+                                  telemetry.capture_args, telemetry.redact)
+        with telemetry.client_span(method, target_of(method, params), attrs) as span:
+            meta = params.get("_meta")
+            if meta is None or isinstance(meta, dict):
+                meta = dict(meta or {})
+                telemetry.inject(headers, meta)  # headers for HTTP upstreams, _meta for every transport
+                if meta:
+                    message = {**message, "params": {**params, "_meta": meta}}
+            else:  # a malformed _meta goes upstream untouched (the upstream answers it); the header still carries
+                telemetry.inject_headers(headers)
+            response = await session.request(message, headers=headers, on_message=on_message, timeout=timeout)
+            error = response.get("error")
+            if isinstance(error, dict):
+                mark_error(span, UpstreamErrorResponse(error))
+            return response
+
+
+__all__ = ["UpstreamCalls"]
