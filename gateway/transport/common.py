@@ -2,7 +2,8 @@
 
 The breaker counts consecutive *connection* failures (refused, reset, child failed to start), not
 slow tools or JSON-RPC errors: after `threshold` of them calls fail fast with upstream_unavailable
-for `cooldown_s`, then one trial call is let through; its outcome closes or re-opens the circuit.
+for `cooldown_s`, then one trial is let through; its outcome closes or re-opens the circuit. The
+trial is a client call or, for HTTP upstreams, the readiness probe, whichever comes first.
 """
 
 from __future__ import annotations
@@ -45,15 +46,24 @@ class CircuitBreaker:
 
         A trial whose outcome never arrives (it timed out or was cancelled) does not wedge the circuit:
         after another cooldown the next call becomes the trial."""
-        if self._opened_at is None:
+        if self._opened_at is None or self.admit_trial():
             return
+        raise GatewayError("upstream_unavailable", "Upstream unavailable (circuit open)",
+                           data={"circuit": "open"})
+
+    def admit_trial(self) -> bool:
+        """Take the one trial slot of an open circuit if the cooldown allows it now (False when closed).
+
+        Client calls and the readiness probe share this slot, so together they reach a dead upstream
+        at most once per cooldown; the taker must report success(), failure() or release_trial()."""
+        if self._opened_at is None:
+            return False
         now = self._clock()
         cooled = now - self._opened_at >= self.cooldown_s
         if cooled and (self._trial_at is None or now - self._trial_at >= self.cooldown_s):
             self._trial_at = now
-            return
-        raise GatewayError("upstream_unavailable", "Upstream unavailable (circuit open)",
-                           data={"circuit": "open"})
+            return True
+        return False
 
     def success(self) -> None:
         self.failures = 0

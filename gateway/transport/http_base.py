@@ -46,6 +46,7 @@ class HttpUpstreamBase:
         self.log = logging.getLogger(f"customs.upstream.{config.name}")
         self._state = Health(False, "not contacted yet")
         self._streams: aiohttp.ClientSession | None = None
+        self._probing: asyncio.Task[Health] | None = None
         self.sessions: set[Any] = set()
 
     async def start(self) -> None:
@@ -58,6 +59,10 @@ class HttpUpstreamBase:
     async def stop(self) -> None:
         await asyncio.gather(*(s.close() for s in list(self.sessions)), return_exceptions=True)
         self.sessions.clear()
+        if self._probing is not None:
+            self._probing.cancel()
+            await asyncio.gather(self._probing, return_exceptions=True)
+            self._probing = None
         if self._streams is not None:
             await self._streams.close()
             self._streams = None
@@ -72,7 +77,20 @@ class HttpUpstreamBase:
         return self._state
 
     async def probe(self) -> Health:
-        """A quick TCP connection attempt to the upstream's host (no MCP traffic)."""
+        """What /readyz reports; concurrent callers share the one probe in flight."""
+        task = self._probing
+        if task is None or task.done():
+            task = self._probing = asyncio.create_task(self._probe_once(), name=f"customs-{self.name}-probe")
+        # Shielded: a /readyz request that gives up must not cancel the probe the others wait for.
+        return await asyncio.shield(task)
+
+    async def _probe_once(self) -> Health:
+        if self.breaker.is_open:
+            # Only a real call or this trial can close the circuit; without it /readyz would stay red
+            # after the upstream came back until some client happened to call (bounded: one per cooldown).
+            if self.breaker.admit_trial():
+                await self._trial_request()
+            return self.health()
         parts = urlsplit(self.url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
@@ -87,6 +105,27 @@ class HttpUpstreamBase:
         if not self._state.ready:
             self._state = Health(True, "reachable")
         return self.health()
+
+    async def _trial_request(self) -> None:
+        """The open circuit's trial: one HEAD request. Any HTTP answer closes the circuit, as on calls.
+
+        HTTP, not a bare TCP connect: a listener that accepts and then drops or resets connections
+        is exactly the failure that opened the circuit."""
+        headers = self.headers(None, json_body=False)
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                async with self.http.head(self.url, headers=headers, allow_redirects=False) as response:
+                    response.close()  # never pool a connection whose server may still be writing a body
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.breaker.failure()
+            self._state = Health(False, f"connection failed: {type(exc).__name__}")
+            return
+        except BaseException:
+            self.breaker.release_trial()
+            raise
+        self.breaker.success()
+        self._state = Health(True, "reachable")
+        self.log.info("upstream %s reachable again: circuit closed by the readiness probe", self.name)
 
     # -- bookkeeping used by sessions -------------------------------------------------------------
 

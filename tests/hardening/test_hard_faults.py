@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,11 +22,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.demo.servers import payments_server
+from gateway.demo.servers import inventory_server, payments_server
 from tests.hardening.conftest import REPO, RawClient, Recorder, one_shape_policies, poll, reason, recording_server
 from tests.support.feature_server import FEATURE_SERVER_PATH
 from tests.support.redis import RedisServer
-from tests.support.servers import run_http_server
+from tests.support.servers import SeenRequest, run_http_server
 
 pytestmark = pytest.mark.asyncio
 ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
@@ -358,6 +359,42 @@ async def test_circuit_breaker_stops_hammering_a_dead_upstream(start_gateway: An
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_http_upstream_down_at_start_turns_ready_without_any_call(start_gateway: Any,
+                                                                        permissive_policies: Path,
+                                                                        http: aiohttp.ClientSession) -> None:
+    """Down at start, calls open the circuit, the upstream comes up on the same port: /readyz alone
+    turns green (within the 10 s cooldown, no client call in between), and the next call succeeds."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused until the server starts
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+    with sock:
+        await _down_then_up(start_gateway, permissive_policies, http, sock, url)
+
+
+async def _down_then_up(start_gateway: Any, permissive_policies: Path, http: aiohttp.ClientSession,
+                        sock: socket.socket, url: str) -> None:
+    gw = await start_gateway({"upstreams": [{"name": "inventory", "url": url}], "identity": ANON,
+                              "policies": {"dir": str(permissive_policies), "watch": False}})
+    client = await client_for(http, gw)
+    circuits = []
+    for request_id in range(6):
+        _, _, body = await client.call("inventory__get_stock", {"sku": "widget"}, request_id=request_id)
+        assert reason(body) == "upstream_unavailable", body
+        circuits.append((body["error"].get("data") or {}).get("circuit"))
+    assert circuits[-1] == "open", circuits
+    status, ready = await readyz(http, gw)
+    assert status == 503 and "circuit open" in ready["upstreams"]["inventory"]["detail"], ready
+    seen: list[SeenRequest] = []
+    async with run_http_server(inventory_server(), sock=sock, requests=seen):
+        await poll(lambda: _ready(http, gw), timeout=20, what="/readyz green after the upstream came up")
+        _, ready = await readyz(http, gw)
+        assert ready["upstreams"]["inventory"] == {"ready": True, "detail": "reachable", "restarts": 0}, ready
+        assert {r.method for r in seen} == {"HEAD"}, seen  # the probe's trial only: no MCP call in between
+        status, _, body = await client.call("inventory__get_stock", {"sku": "widget"}, request_id=99)
+        assert status == 200 and body["result"]["content"][0]["text"] == "widget: 42 in stock", body
 
 
 async def test_per_tool_concurrency_limit_answers_429_with_retry_after(start_gateway: Any, tmp_path: Path,

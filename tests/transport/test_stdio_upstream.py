@@ -163,6 +163,31 @@ async def test_command_that_cannot_start_opens_the_circuit() -> None:
         await upstream.stop()
 
 
+async def test_open_circuit_closes_by_itself_when_the_child_starts_again(tmp_path: Any) -> None:
+    """Unlike HTTP, no trial call is needed: the supervisor keeps restarting the child, and its first
+    successful initialize closes the circuit, so readiness turns green with no client traffic."""
+    marker = tmp_path / "may-start"
+    script = tmp_path / "flaky.py"
+    script.write_text("import os, runpy, sys\n"
+                      f"if not os.path.exists({str(marker)!r}):\n    sys.exit(3)\n"
+                      "sys.argv = ['servers', 'inventory']\n"
+                      "runpy.run_module('gateway.demo.servers', run_name='__main__')\n")
+    upstream = StdioUpstream(UpstreamConfig(name="flaky", command=(sys.executable, str(script)), timeout_s=10),
+                             breaker_threshold=2, breaker_cooldown_s=600, restart_cap_s=0.05)
+    await upstream.start()
+    try:
+        await eventually(lambda: upstream.breaker.is_open)
+        health = await upstream.probe()
+        assert not health.ready and "circuit open" in health.detail
+        marker.touch()
+        await eventually(lambda: upstream.health().ready)  # only probes in between, no connect() or call
+        assert (await upstream.probe()).ready and not upstream.breaker.is_open
+        session = await upstream.connect(CLIENT_CAPS, Inbox())
+        assert text_of(await session.request(call("get_stock", {"sku": "widget"}))) == "widget: 42 in stock"
+    finally:
+        await upstream.stop()
+
+
 async def test_child_that_fails_initialize_is_not_ready(tmp_path: Any) -> None:
     script = tmp_path / "bad.py"
     script.write_text("import sys, json\nreq = json.loads(sys.stdin.readline())\n"
