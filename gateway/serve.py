@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,21 @@ from gateway.preflight import exposure_warnings, preflight, ssl_context
 
 log = logging.getLogger("customs")
 
-REPO_POLICIES = Path(__file__).resolve().parents[1] / "policies"
 # Tracked objects allocated (less those freed) between young collections; CPython's default is 700.
 # The calls in flight alone hold about 60 each, so at 50 concurrent calls a threshold of 3,000 was
 # crossed every ~60 calls by objects that were all still alive: each pass (~1 ms) scanned them, freed
 # nothing and cost ~17 µs a call (~27 µs traced; measured with gc.callbacks). Above the in-flight
 # working set of a few hundred concurrent calls, young collections run only for real garbage.
 GC_YOUNG_THRESHOLD = 50_000
+
+
+def shipped_policies() -> Path:
+    """The shipped policy set: gateway/policies in an installed wheel (setup.py copies it there), else the
+    checkout's top-level policies/ (editable installs and the source tree read it in place)."""
+    packaged = resources.files("gateway").joinpath("policies")
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[1] / "policies"
 
 
 def default_config(port: int = 8700) -> Config:
@@ -42,7 +51,7 @@ def default_config(port: int = 8700) -> Config:
             {"name": "payments", "command": [sys.executable, "-m", "gateway.demo.servers", "payments"]},
         ],
         "identity": {"mode": "anonymous", "anonymous_attributes": {"tenant": "demo"}},
-        "policies": {"dir": str(REPO_POLICIES)},
+        "policies": {"dir": str(shipped_policies())},
     })
 
 

@@ -22,7 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config import parse_config
 from gateway.demo.tokens import demo_agents_registry, demo_identity_config, mint_demo_tokens, print_tokens
-from gateway.serve import REPO_POLICIES, run, setup_logging
+from gateway.serve import run, setup_logging, shipped_policies
 
 
 def demo_config(directory: Path, port: int) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def demo_config(directory: Path, port: int) -> dict[str, Any]:
         ],
         "identity": demo_identity_config(directory),
         "agents": demo_agents_registry(),
-        "policies": {"dir": str(REPO_POLICIES)},
+        "policies": {"dir": str(shipped_policies())},
         "approvals": {"wait_s": 3},
         "decision_log": {"path": str(directory / "decisions.jsonl")},
         "signing": {"key_dir": str(directory / "keys")},
