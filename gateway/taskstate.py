@@ -4,8 +4,14 @@ Before a call is decided, its facts are *reserved* atomically in one step (one R
 the previous call count of this tool, the running totals of configured numeric arguments with
 this call's values added (`upstreams[].tools.<tool>.sum_args`), and the tools already seen. Two
 concurrent calls therefore see each other, so a cap such as "at most 10,000 paid per task" holds
-across replicas. A call that is not forwarded (denied, held, failed before the upstream) gives its
-reservation back; a call that was forwarded keeps it, whatever the upstream answered.
+across replicas. A call that did not execute gives its reservation back: one never forwarded (denied,
+held, failed before the upstream) and one the upstream refused with a JSON-RPC error. A forwarded call
+that got a result keeps it, an `isError: true` tool result included (the tool ran and may have acted),
+and so does one whose answer never came (timeout, lost connection: it may have executed).
+
+Only positive values of a summed argument count: a cap bounds what goes out, and a negative amount
+(a "refund") must not buy room for more payments in the same task. A summed argument the call carries
+that does not count (zero, negative, not a number) is named in `not_counted`, so a policy can hold it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any, Protocol
 
 from gateway.config.model import UpstreamConfig
 from gateway.context import CallContext
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamErrorResponse
 
 
 class FactsStore(Protocol):
@@ -123,17 +129,26 @@ class TaskStage:
         self._resolve = resolve  # CallContext -> task id (the credential service's TaskTracker.resolve)
         self._contains_secret = contains_secret  # args -> bool, for context.args_contain_secret
 
-    def _sums(self, ctx: CallContext) -> dict[str, float]:
+    def _sums(self, ctx: CallContext) -> tuple[dict[str, float], list[str]]:
+        """This call's values of the tool's summed arguments, and the summed arguments it carries that do not
+        count (zero, negative, not a finite number) for `context.task.not_counted`."""
         upstream = self._upstreams.get(ctx.upstream or "")
         override = upstream.tools.get(ctx.tool.name) if upstream and ctx.tool else None
         if override is None or not override.sum_args or ctx.action != "call_tool":
-            return {}
+            return {}, []
         sums: dict[str, float] = {}
+        not_counted: list[str] = []
         for name in override.sum_args:
             value = ctx.args.get(name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if value is None:
+                continue
+            # Only what goes out counts: a negative value is no credit, and text such as "1000000" (which an
+            # upstream may well accept as a number) cannot be summed; policies see both in not_counted.
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
                 sums[name] = float(value)
-        return sums
+            else:
+                not_counted.append(name)
+        return sums, not_counted
 
     async def __call__(self, ctx: CallContext) -> None:
         if self._contains_secret is not None and ctx.args:
@@ -142,12 +157,19 @@ class TaskStage:
             ctx.task_id = self._resolve(ctx)
         if ctx.action != "call_tool" or ctx.tool is None or ctx.task_id is None:
             return
-        sums = self._sums(ctx)
+        sums, not_counted = self._sums(ctx)
         facts = await self._store.reserve(ctx.task_id, ctx.tool.cedar_id, sums)
+        if not_counted:
+            facts["not_counted"] = not_counted
         ctx.extra["task"] = facts
         ctx.extra["task_reservation"] = (ctx.task_id, ctx.tool.cedar_id, sums)
 
     async def release(self, ctx: CallContext) -> None:
+        """Give the reservation back when the call did not execute (called only when the call failed)."""
         reservation = ctx.extra.pop("task_reservation", None)
-        if reservation is not None and not ctx.extra.get("forwarded"):
+        if reservation is None:
+            return
+        # A JSON-RPC error is the upstream refusing the request (unknown tool, invalid params): nothing ran.
+        # Any other failure after forwarding (timeout, dropped connection) may have run, so it keeps counting.
+        if not ctx.extra.get("forwarded") or isinstance(ctx.error, UpstreamErrorResponse):
             await self._store.release(*reservation)

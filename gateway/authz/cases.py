@@ -18,33 +18,54 @@ from gateway.authz import entities as E
 from gateway.authz.evaluate import decide, decide_approve
 from gateway.authz.policyset import LoadedPolicies, load_policies
 from gateway.context import Actor, Decision, Principal, ToolInfo
+from gateway.identity.chain import ChainError, actor_id, build_chain, claim_mapping, map_claims
 
 _TOOL_FIELDS = {f.name for f in fields(ToolInfo)} - {"upstream", "name", "definition"}
-_CLAIM_ATTRIBUTES = ("tenant", "owner", "environment", "clearance", "trust", "groups")
+_DOC_KEYS = frozenset({"policies", "environment", "principals", "tools", "claims", "cases"})
+_CASE_KEYS = frozenset({"name", "action", "principal", "chain", "tool", "labels", "args", "environment",
+                        "args_contain_secret", "task", "approved", "now", "context", "expect", "policies",
+                        "expect_errors", "user", "approval"})
+_PRINCIPAL_KEYS = frozenset({"id", "attributes", "chain"})
+# docs/policies.md's context table: what a case's `context:` may state.
+_CONTEXT_KEYS = frozenset({"args", "args_truncated", "environment", "tenant", "chain", "chain_depth", "approval",
+                           "time", "args_contain_secret", "task"})
+# The same-named flat keys a case may use instead of `context:` (older files); never both.
+_FLAT_FACTS = {"args": "args", "environment": "environment", "args_contain_secret": "args_contain_secret",
+               "task": "task", "approved": "approval", "now": "time"}
 
 
 class CaseError(Exception):
     """A cases file (or a CLI input) that cannot be understood; the message says where."""
 
 
-def principal_from_claims(claims: dict[str, Any]) -> Principal:
-    """A Principal from token-like claims: `sub` (or `spiffe_id`), attributes, nested `act` for the chain."""
-    def ident(obj: dict[str, Any]) -> str:
-        value = obj.get("spiffe_id") or obj.get("sub")
-        if not isinstance(value, str) or not value:
-            raise CaseError("claims need a non-empty 'sub' (or 'spiffe_id')")
-        return value
+def principal_from_claims(claims: dict[str, Any], mapping: dict[str, str] | None = None,
+                          where: str = "claims") -> Principal:
+    """A Principal from token-like claims, mapped by the gateway's own identity code (gateway/identity/chain.py).
 
-    def attrs(obj: dict[str, Any]) -> dict[str, Any]:
-        return {k: obj[k] for k in _CLAIM_ATTRIBUTES if k in obj}
+    `sub` (or `spiffe_id`, standing in for an mTLS SVID) is the id; attributes come from the claims by
+    `mapping` (attribute <- claim; default: the gateway's default mapping); nested `act` is the chain.
+    """
+    mapping = claim_mapping({}) if mapping is None else mapping
+    subject = claims.get("spiffe_id") or claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise CaseError(f"{where}: claims need a non-empty 'sub' (or 'spiffe_id')")
+    try:
+        ident = actor_id(subject)
+        chain = build_chain(claims.get("act"), mapping, {})
+    except ChainError as exc:
+        raise CaseError(f"{where}: {exc}") from exc
+    return Principal(id=ident, issuer=str(claims.get("iss", "cli")), subject=ident,
+                     attributes=map_claims(claims, mapping), chain=chain)
 
-    chain: list[Actor] = []
-    act = claims.get("act")
-    while isinstance(act, dict):
-        chain.append(Actor(ident(act), attrs(act)))
-        act = act.get("act")
-    return Principal(id=ident(claims), issuer=str(claims.get("iss", "cli")), subject=ident(claims),
-                     attributes=attrs(claims), chain=tuple(chain))
+
+def _is_claims(spec: Any) -> bool:
+    return isinstance(spec, dict) and "id" not in spec and ("sub" in spec or "spiffe_id" in spec)
+
+
+def _check_keys(found: Any, known: frozenset[str], where: str) -> None:
+    unknown = sorted(str(k) for k in found if k not in known)
+    if unknown:
+        raise CaseError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
 
 
 def _actor(spec: Any, named: dict[str, Any], where: str) -> Actor:
@@ -52,14 +73,23 @@ def _actor(spec: Any, named: dict[str, Any], where: str) -> Actor:
         spec = named.get(spec, {"id": spec})
     if not isinstance(spec, dict) or not isinstance(spec.get("id"), str):
         raise CaseError(f"{where}: an actor is a name from `principals` or {{id: ..., attributes: {{...}}}}")
+    _check_keys(spec, _PRINCIPAL_KEYS, f"{where}: principal {spec['id']!r}")
     attributes = spec.get("attributes") or {}
     if not isinstance(attributes, dict):
         raise CaseError(f"{where}: attributes must be a mapping")
     return Actor(spec["id"], dict(attributes))
 
 
-def principal_from(spec: Any, named: dict[str, Any], chain: Any, where: str) -> Principal:
-    """A Principal from a case: a name from `principals` or an inline {id, attributes, chain}."""
+def principal_from(spec: Any, named: dict[str, Any], chain: Any, where: str,
+                   mapping: dict[str, str] | None = None) -> Principal:
+    """A Principal from a case: a name from `principals`, an inline {id, attributes, chain}, or token claims
+    ({sub, tenant, groups, act: {...}}, mapped as the gateway maps a verified token's claims)."""
+    if isinstance(spec, str) and _is_claims(named.get(spec)):
+        spec = named[spec]
+    if _is_claims(spec):
+        if chain is not None:
+            raise CaseError(f"{where}: a principal given as claims carries its chain in `act`, not `chain:`")
+        return principal_from_claims(spec, mapping, where)
     base = _actor(spec, named, where)
     raw_chain = chain if chain is not None else (named.get(spec, {}) if isinstance(spec, str) else spec).get("chain")
     actors = tuple(_actor(a, named, where) for a in raw_chain or ())
@@ -78,19 +108,76 @@ def tool_from(name: Any, overrides: Any, tools: dict[str, Any], where: str) -> T
     return ToolInfo(upstream=upstream, name=tool, **labels)
 
 
-def facts_from(case: dict[str, Any], environment: str, where: str) -> E.CallFacts:
-    now = case.get("now")
-    when: dt.datetime | None = None
-    if now is not None:
-        try:
-            when = now if isinstance(now, dt.datetime) else dt.datetime.fromisoformat(str(now))
-        except ValueError as exc:
-            raise CaseError(f"{where}: now must be an ISO date-time: {exc}") from exc
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-    return E.CallFacts(args=case.get("args", {}), environment=str(case.get("environment", environment)),
-                       args_contain_secret=bool(case.get("args_contain_secret", False)),
-                       task=case.get("task"), now=when)
+def _when(now: Any, where: str) -> dt.datetime:
+    try:
+        when = now if isinstance(now, dt.datetime) else dt.datetime.fromisoformat(str(now))
+    except ValueError as exc:
+        raise CaseError(f"{where}: now must be an ISO date-time: {exc}") from exc
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+def _time(value: Any, where: str) -> dt.datetime:
+    """context.time {hour, weekday} as a moment with that UTC hour and ISO weekday (1 = Monday)."""
+    if not isinstance(value, dict) or set(value) != {"hour", "weekday"}:
+        raise CaseError(f"{where}: context.time must be {{hour: 0-23, weekday: 1-7}}")
+    hour, weekday = value["hour"], value["weekday"]
+    if not (isinstance(hour, int) and 0 <= hour <= 23 and isinstance(weekday, int) and 1 <= weekday <= 7):
+        raise CaseError(f"{where}: context.time must be {{hour: 0-23, weekday: 1-7}}, got {value!r}")
+    return dt.datetime(2024, 1, weekday, hour, tzinfo=dt.UTC)  # 2024-01-01 was a Monday
+
+
+def _typed(context: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = context[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise CaseError(f"{where}: context.{key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _given(case: dict[str, Any], where: str) -> dict[str, Any]:
+    """The case's context facts: `context:` entries and the older flat keys, each stated at most once."""
+    context = case.get("context") or {}
+    if not isinstance(context, dict):
+        raise CaseError(f"{where}: context must be a mapping")
+    _check_keys(context, _CONTEXT_KEYS, f"{where}: context")
+    merged = dict(context)
+    for flat, key in _FLAT_FACTS.items():
+        if flat in case:
+            if key in context:
+                raise CaseError(f"{where}: {key} given twice (`{flat}` and `context.{key}`)")
+            merged[key] = case[flat] if flat != "approved" else ("granted" if case[flat] else "none")
+            if flat == "now":
+                merged[key] = _when(case[flat], where)
+    return merged
+
+
+def facts_from(case: dict[str, Any], environment: str, where: str) -> tuple[E.CallFacts, bool]:
+    """The context facts of a case (and whether it is decided as approved): `context:` overrides what the
+    principal and the file would otherwise give (tenant and chain from the principal, environment)."""
+    given = _given(case, where)
+    when = given.get("time")
+    if when is not None and not isinstance(when, dt.datetime):
+        when = _time(when, where)
+    approval = given.get("approval", "none")
+    if approval not in ("none", "granted"):
+        raise CaseError(f"{where}: approval must be \"none\" or \"granted\", got {approval!r}")
+    overrides: list[tuple[str, Any]] = []
+    if "tenant" in given:
+        overrides.append(("tenant", _typed(given, "tenant", str, where)))
+    if "chain" in given:
+        chain = _typed(given, "chain", list, where)
+        overrides.append(("chain", sorted({str(c) for c in chain})))
+    if "chain_depth" in given:
+        overrides.append(("chain_depth", _typed(given, "chain_depth", int, where)))
+    if "task" in given and given["task"] is not None:
+        _typed(given, "task", dict, where)
+    facts = E.CallFacts(
+        args=given.get("args", {}), environment=str(_typed(given, "environment", str, where)
+                                                    if "environment" in given else environment),
+        args_contain_secret=bool("args_contain_secret" in given
+                                 and _typed(given, "args_contain_secret", bool, where)),
+        args_truncated=bool("args_truncated" in given and _typed(given, "args_truncated", bool, where)),
+        task=given.get("task"), now=when, overrides=tuple(overrides))
+    return facts, approval == "granted"
 
 
 @dataclass(frozen=True)
@@ -105,6 +192,7 @@ class CaseResult:
 def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any], where: str) -> CaseResult:
     """Evaluate one case and compare outcome (and `policies`, when given, as an exact set)."""
     name = str(case.get("name") or where)
+    _check_keys(case, _CASE_KEYS, f"{where} ({name})")
     expected = case.get("expect")
     if expected not in ("allow", "deny", "approval_required"):
         raise CaseError(f"{where}: expect must be allow, deny or approval_required, got {expected!r}")
@@ -116,10 +204,11 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
         decision = decide_approve(policies, user["id"], list(user.get("groups") or []), dict(case.get("approval")
                                                                                               or {}))
     else:
-        principal = principal_from(case.get("principal"), doc.get("principals") or {}, case.get("chain"), where)
+        principal = principal_from(case.get("principal"), doc.get("principals") or {}, case.get("chain"), where,
+                                   claim_mapping(doc.get("claims") or {}))
         tool = tool_from(case.get("tool"), case.get("labels"), doc.get("tools") or {}, where)
-        facts = facts_from(case, str(doc.get("environment", "dev")), where)
-        decision = decide(policies, principal, action, tool, facts, granted=bool(case.get("approved", False)))
+        facts, granted = facts_from(case, str(doc.get("environment", "dev")), where)
+        decision = decide(policies, principal, action, tool, facts, granted=granted)
     problems = []
     if decision.outcome != expected:
         problems.append(f"expected {expected}, got {decision.outcome}")
@@ -138,6 +227,10 @@ def load_cases(path: Path) -> dict[str, Any]:
         raise CaseError(f"{path}: cannot read cases: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list):
         raise CaseError(f"{path}: expected a mapping with a `cases:` list")
+    _check_keys(doc, _DOC_KEYS, str(path))
+    claims = doc.get("claims") or {}
+    if not isinstance(claims, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in claims.items()):
+        raise CaseError(f"{path}: claims must map attribute names to claim names (as issuers[].claims)")
     return doc
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.authz import evaluate
-from gateway.authz.cases import CaseError, principal_from_claims, run_cases_file, tool_from
-from gateway.authz.entities import CallFacts, context, members
+from gateway.authz.cases import CaseError, facts_from, principal_from_claims, run_cases_file, tool_from
+from gateway.authz.entities import context, members
 from gateway.authz.policyset import SCHEMA_FILE, LoadedPolicies, PolicyLoadError, load_policies
 from gateway.authz.record import from_authz_input
 from gateway.authz.schemagen import apply_block, schema_from_input_schemas
+from gateway.identity.chain import claim_mapping
 
 
 def _err(message: str) -> None:
@@ -97,16 +98,16 @@ def explain_cmd(args: argparse.Namespace) -> int:
         claims = _json_arg(args.principal_claims, "--principal-claims")
         if not isinstance(claims, dict):
             raise CaseError("--principal-claims must be a JSON object")
-        principal = principal_from_claims(claims)
+        # `trust` as a claim too: explain has no config to say where trust comes from (the registry, a mapping).
+        principal = principal_from_claims(claims, claim_mapping({"trust": "trust"}), "--principal-claims")
         tool = tool_from(args.tool, _json_arg(args.annotations, "--annotations") or {}, {}, "--tool")
-        extra = _json_arg(args.context, "--context") or {}
-        facts = CallFacts(args=_json_arg(args.args, "--args") or {},
-                          environment=str(extra.get("environment", args.environment)),
-                          args_contain_secret=bool(extra.get("args_contain_secret", False)), task=extra.get("task"))
+        # The same context facts as a policy test case's `context:` (unknown keys are an error).
+        facts, granted = facts_from({"args": _json_arg(args.args, "--args") or {},
+                                     "context": _json_arg(args.context, "--context") or {}},
+                                    args.environment, "--context")
     except (CaseError, TypeError) as exc:
         _err(str(exc))
         return 2
-    granted = bool(extra.get("approval") == "granted")
     decision = evaluate.decide(loaded, principal, args.action, tool, facts, granted=granted)
     report = {
         "outcome": decision.outcome, "policies": list(decision.policy_ids), "errors": list(decision.errors),
@@ -259,7 +260,9 @@ def add_policy_parsers(sub: Any) -> None:
     p.add_argument("--action", default="call_tool")
     p.add_argument("--args", metavar="JSON|@file")
     p.add_argument("--context", metavar="JSON|@file",
-                   help='{"environment": ..., "args_contain_secret": ..., "task": {...}, "approval": "granted"}')
+                   help='context facts as in a policy test case\'s `context:`, e.g. {"environment": ..., '
+                   '"args_contain_secret": ..., "task": {...}, "approval": "granted", '
+                   '"time": {"hour": 9, "weekday": 1}}')
     p.add_argument("--annotations", metavar="JSON|@file", help='tool labels, e.g. {"read_only": true}')
     p.add_argument("--environment", default="dev")
     p.set_defaults(func=explain_cmd)

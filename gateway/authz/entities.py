@@ -184,7 +184,7 @@ def totals(raw: Any) -> dict[str, int]:
 
 
 def task_record(raw: Any) -> dict[str, Any] | None:
-    """context.task from ctx.extra["task"]: {calls, totals, seen_tools}, each optional."""
+    """context.task from ctx.extra["task"]: {calls, totals, seen_tools, not_counted}, each optional."""
     if not isinstance(raw, dict):
         return None
     out: dict[str, Any] = {}
@@ -196,6 +196,9 @@ def task_record(raw: Any) -> dict[str, Any] | None:
     seen = raw.get("seen_tools")
     if isinstance(seen, list | tuple | set | frozenset):
         out["seen_tools"] = sorted({str(s) for s in seen})
+    not_counted = raw.get("not_counted")
+    if isinstance(not_counted, list | tuple | set | frozenset):
+        out["not_counted"] = sorted({str(s) for s in not_counted})
     return out
 
 
@@ -267,6 +270,9 @@ class CallFacts:
     now: dt.datetime | None = None
     args_truncated: bool = False  # replay without logged args: the recorded flag stands in for them
     at: float | None = None  # the call's wall-clock time, made a datetime only if a policy reads context.time
+    # Policy tests only: context attributes given outright (Cedar JSON) where they are otherwise derived from
+    # the principal (tenant, chain, chain_depth), so a case can state a context no token would produce.
+    overrides: tuple[tuple[str, Any], ...] = ()
 
     def when(self) -> dt.datetime:
         if self.now is not None:
@@ -314,6 +320,9 @@ def context(principal: Principal, facts: CallFacts, approval: str, bounds: Bound
     task = task_record(facts.task) if want("task") else None
     if task is not None:
         out["task"] = task
+    for key, value in facts.overrides:
+        if want(key):
+            out[key] = value
     return out
 
 

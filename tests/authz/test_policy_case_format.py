@@ -1,0 +1,159 @@
+"""`customs policy test` case format: principals as token claims, `context:` facts, unknown keys refused.
+
+Run as a real subprocess (`python -m gateway.authz.cli test ...`) against the shipped policies.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from authz_helpers import REPO, SHIPPED
+
+
+def policy_test(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(text)
+    return subprocess.run([sys.executable, "-m", "gateway.authz.cli", "test", str(cases), "--policies", str(SHIPPED)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+
+
+TOOLS = """tools:
+  inventory/get_stock: {read_only: true, destructive: false}
+  inventory/set_stock: {read_only: false, destructive: true}
+  infrastructure/restart: {read_only: false, destructive: true}
+"""
+
+
+def test_a_principal_given_as_token_claims_is_mapped_like_a_verified_token(tmp_path: Path) -> None:
+    result = policy_test(tmp_path, TOOLS + """cases:
+  - name: chain from act
+    principal: {sub: "spiffe://acme.example/agent/a", tenant: acme, groups: [ops],
+                act: {sub: "spiffe://acme.example/agent/b", tenant: acme, act: {sub: untrusted-agent, tenant: acme}}}
+    tool: inventory/get_stock
+    expect: deny
+    policies: [untrusted-agents]
+  - name: an actor of another tenant fails closed
+    principal: {sub: a, tenant: acme, act: {sub: b, tenant: globex}}
+    tool: inventory/get_stock
+    expect: deny
+  - name: spiffe_id stands in for an mTLS identity
+    principal: {spiffe_id: "spiffe://acme.example/agent/a", tenant: acme}
+    tool: inventory/get_stock
+    expect: allow
+""")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed, 0 failed" in result.stdout
+
+
+def test_claims_are_mapped_by_the_files_claims_mapping_and_a_mismatch_exits_1(tmp_path: Path) -> None:
+    case = """cases:
+  - name: low trust cannot write
+    principal: {sub: a, tenant: acme, trust_level: low}
+    tool: inventory/set_stock
+    context: {approval: granted}
+    expect: deny
+    policies: [low-trust-read-only]
+"""
+    # Without a mapping `trust_level` is no attribute (as in the gateway's default claim mapping): allowed.
+    unmapped = policy_test(tmp_path, TOOLS + case)
+    assert unmapped.returncode == 1 and "expected deny, got allow" in unmapped.stdout
+    mapped = policy_test(tmp_path, TOOLS + "claims: {trust: trust_level}\n" + case)
+    assert mapped.returncode == 0, mapped.stdout + mapped.stderr
+
+
+def test_context_states_the_facts_of_the_call(tmp_path: Path) -> None:
+    result = policy_test(tmp_path, TOOLS + """cases:
+  - name: production infrastructure needs approval
+    principal: {sub: a, tenant: acme}
+    tool: infrastructure/restart
+    context: {environment: production, time: {hour: 23, weekday: 6}, args_contain_secret: false}
+    expect: approval_required
+    policies: [production-infrastructure-needs-approval, writes-need-approval]
+  - name: approval granted in context
+    principal: {sub: a, tenant: acme}
+    tool: infrastructure/restart
+    context: {environment: production, approval: granted}
+    expect: allow
+  - name: a context tenant other than the principal's denies
+    principal: {sub: a, tenant: acme}
+    tool: inventory/get_stock
+    context: {tenant: globex}
+    expect: deny
+  - name: a stated chain depth past the limit denies
+    principal: {sub: a, tenant: acme}
+    tool: inventory/get_stock
+    context: {chain_depth: 4, chain: [b, c, d, e]}
+    expect: deny
+    policies: [delegation-depth-limit]
+  - name: truncated arguments block writes
+    principal: {sub: a, tenant: acme}
+    tool: inventory/set_stock
+    context: {args: {sku: w, quantity: 1}, args_truncated: true, approval: granted}
+    expect: deny
+    policies: [truncated-args-read-only]
+""")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 passed, 0 failed" in result.stdout
+
+
+def test_unknown_keys_are_refused_naming_the_case_and_key(tmp_path: Path) -> None:
+    misspelled = policy_test(tmp_path, TOOLS + """cases:
+  - {name: prod read, principal: {sub: a, tenant: acme}, tool: inventory/get_stock, enviroment: production,
+     expect: allow}
+""")
+    assert misspelled.returncode == 2
+    assert "cases[0] (prod read): unknown key(s) ['enviroment']" in misspelled.stderr
+    in_context = policy_test(tmp_path, TOOLS + """cases:
+  - {name: ctx, principal: {sub: a, tenant: acme}, tool: inventory/get_stock, context: {aproval: granted},
+     expect: allow}
+""")
+    assert in_context.returncode == 2 and "context: unknown key(s) ['aproval']" in in_context.stderr
+    inline = policy_test(tmp_path, TOOLS + """cases:
+  - {name: inline, principal: {id: a, atributes: {tenant: acme}}, tool: inventory/get_stock, expect: deny}
+""")
+    assert inline.returncode == 2 and "unknown key(s) ['atributes']" in inline.stderr
+    top = policy_test(tmp_path, "principal: {}\n" + TOOLS + "cases: []\n")
+    assert top.returncode == 2 and "unknown key(s) ['principal']" in top.stderr
+
+
+def test_context_inputs_that_cannot_be_understood_exit_2(tmp_path: Path) -> None:
+    twice = policy_test(tmp_path, TOOLS + """cases:
+  - {name: twice, principal: {sub: a, tenant: acme}, tool: inventory/get_stock, environment: dev,
+     context: {environment: production}, expect: allow}
+""")
+    assert twice.returncode == 2 and "environment given twice" in twice.stderr
+    bad_time = policy_test(tmp_path, TOOLS + """cases:
+  - {name: t, principal: {sub: a, tenant: acme}, tool: inventory/get_stock, context: {time: {hour: 25, weekday: 1}},
+     expect: allow}
+""")
+    assert bad_time.returncode == 2 and "context.time" in bad_time.stderr
+    bad_approval = policy_test(tmp_path, TOOLS + """cases:
+  - {name: a, principal: {sub: a, tenant: acme}, tool: inventory/get_stock, context: {approval: yes-please},
+     expect: allow}
+""")
+    assert bad_approval.returncode == 2 and "approval must be" in bad_approval.stderr
+    chain_twice = policy_test(tmp_path, TOOLS + """cases:
+  - {name: c, principal: {sub: a, tenant: acme, act: {sub: b}}, chain: [x], tool: inventory/get_stock,
+     expect: deny}
+""")
+    assert chain_twice.returncode == 2 and "act" in chain_twice.stderr
+    bad_sub = policy_test(tmp_path, TOOLS + """cases:
+  - {name: s, principal: {sub: "spiffe://bad host/x", tenant: acme}, tool: inventory/get_stock, expect: deny}
+""")
+    assert bad_sub.returncode == 2 and "cases[0]" in bad_sub.stderr
+
+
+def test_explain_takes_the_same_context_facts(tmp_path: Path) -> None:
+    def explain(context: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway.authz.cli", "explain", "--policies", str(SHIPPED),
+                               "--principal-claims", '{"sub": "a", "tenant": "acme"}', "--tool",
+                               "infrastructure/restart", "--context", json.dumps(context)],
+                              cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+
+    report = json.loads(explain({"environment": "production", "time": {"hour": 9, "weekday": 1}}).stdout)
+    assert report["outcome"] == "approval_required" and report["context"]["time"] == {"hour": 9, "weekday": 1}
+    unknown = explain({"enviroment": "production"})
+    assert unknown.returncode == 2 and "unknown key(s) ['enviroment']" in unknown.stderr
