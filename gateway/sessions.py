@@ -200,7 +200,11 @@ class SessionManager:
             params = ConnectParams(protocol_version=_handshake_version(session.protocol_version),
                                    client_info=session.client_info, capabilities=session.capabilities)
             handler = self._message_handler(session, upstream)
-            connected = await self._upstreams[upstream].connect(params, handler, await self.headers(session, upstream))
+
+            async def credentials() -> dict[str, str]:
+                return await self.headers(session, upstream)
+            connected = await self._upstreams[upstream].connect(params, handler, await credentials(),
+                                                                credentials=credentials)
             session.upstreams[upstream] = connected
             return connected
 

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 Message = dict[str, Any]
 MessageHandler = Callable[[Message], Awaitable[None]]
+# Yields the credential header(s) for session-level traffic, valid at the time of the call.
+HeadersSource = Callable[[], Awaitable[Mapping[str, str]]]
 
 # The handshake revision the gateway speaks to upstreams unless the client asked for another.
 DEFAULT_UPSTREAM_PROTOCOL = "2025-11-25"
@@ -80,7 +82,12 @@ class Upstream(Protocol):
     def health(self) -> Health: ...
 
     async def connect(self, params: ConnectParams, on_message: MessageHandler,
-                      headers: Mapping[str, str] | None = None) -> UpstreamSession:
+                      headers: Mapping[str, str] | None = None, *,
+                      credentials: HeadersSource | None = None) -> UpstreamSession:
         """Open a session (initialize + notifications/initialized). `on_message` receives
-        messages not tied to one request (GET stream, list_changed, resource updates)."""
+        messages not tied to one request (GET stream, list_changed, resource updates).
+
+        `headers` go with the set-up requests. `credentials`, where given, is asked again for every
+        later request the session makes on its own (notifications, answers, cancellations, stream
+        reconnects, re-open, the DELETE), because a credential minted at set-up may have expired."""
         ...

@@ -28,6 +28,17 @@ class SseEvent:
     retry_ms: int | None = None
 
 
+@dataclass
+class SseCursor:
+    """How far a stream got, kept across reconnections: the last event id and `retry` the server sent.
+
+    Unlike events, these also come from events without data (the priming event of a resumable
+    stream is an id and a retry only), so a reader that may reconnect passes one to `iter_sse`."""
+
+    last_id: str | None = None
+    retry_ms: int | None = None
+
+
 class _EventBuilder:
     """Accumulates the fields of one event (WHATWG EventSource parsing rules)."""
 
@@ -59,11 +70,12 @@ class _EventBuilder:
         return event
 
 
-async def iter_sse(content: aiohttp.StreamReader, max_event_bytes: int = MAX_MESSAGE_BYTES
-                   ) -> AsyncIterator[SseEvent]:
+async def iter_sse(content: aiohttp.StreamReader, max_event_bytes: int = MAX_MESSAGE_BYTES,
+                   cursor: SseCursor | None = None) -> AsyncIterator[SseEvent]:
     """Yield events until the stream ends. Raises GatewayError(upstream_error) for an oversized event.
 
-    An event's `id` stays set on later events until a new id arrives (the "last event id" rule)."""
+    An event's `id` stays set on later events until a new id arrives (the "last event id" rule).
+    `cursor`, when given, is updated at the end of every event, with or without data."""
     buffer = b""
     builder = _EventBuilder()
     last_id: str | None = None
@@ -80,6 +92,9 @@ async def iter_sse(content: aiohttp.StreamReader, max_event_bytes: int = MAX_MES
                 builder.feed(line)
                 continue
             last_id = builder.id if builder.id is not None else last_id
+            if cursor is not None:
+                cursor.last_id = last_id or cursor.last_id
+                cursor.retry_ms = builder.retry_ms if builder.retry_ms is not None else cursor.retry_ms
             event = builder.take()
             if event is not None:
                 yield SseEvent(event.event, event.data, last_id, event.retry_ms)

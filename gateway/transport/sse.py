@@ -3,7 +3,8 @@
 connect() opens the stream, reads the `endpoint` event (it must point at the same origin, so a
 server cannot make the gateway POST credentials elsewhere), then initializes over it. Requests are
 POSTed to that endpoint and their responses matched by upstream id as they arrive on the stream;
-when the stream ends every waiting request fails at once with upstream_unavailable.
+when the stream ends every waiting request fails at once with upstream_unavailable. Messages the
+session sends on its own (notifications, answers, cancellations) ask the credential source each time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import aiohttp
 
 from gateway import jsonrpc
 from gateway.errors import GatewayError
-from gateway.transport.base import ConnectParams, Message, MessageHandler
+from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler
 from gateway.transport.common import (
     BROADCAST_METHODS,
     INITIALIZED,
@@ -36,9 +37,10 @@ class SseUpstream(HttpUpstreamBase):
     """A configured legacy-SSE upstream; each client session gets its own event stream."""
 
     async def connect(self, params: ConnectParams, on_message: MessageHandler,
-                      headers: Mapping[str, str] | None = None) -> SseSession:
+                      headers: Mapping[str, str] | None = None, *,
+                      credentials: HeadersSource | None = None) -> SseSession:
         self.breaker.check()
-        session = SseSession(self, params, on_message, headers)
+        session = SseSession(self, params, on_message, headers, credentials)
         try:
             async with asyncio.timeout(self.config.timeout_s):
                 await session.open()
@@ -56,11 +58,12 @@ class SseSession:
     """One upstream session over a legacy SSE stream."""
 
     def __init__(self, upstream: SseUpstream, params: ConnectParams, on_message: MessageHandler,
-                 headers: Mapping[str, str] | None) -> None:
+                 headers: Mapping[str, str] | None, credentials: HeadersSource | None = None) -> None:
         self._up = upstream
         self._params = params
         self._on_message = on_message
         self._connect_headers = dict(headers or {})
+        self._credentials = credentials
         self._table = InflightTable()
         self._response: aiohttp.ClientResponse | None = None
         self._events: AsyncIterator[SseEvent] | None = None
@@ -118,7 +121,8 @@ class SseSession:
         limit = timeout or self._up.config.timeout_s
         try:
             async with asyncio.timeout(limit) as deadline:
-                await self._post(with_id(message, pending.upstream_id), headers)
+                credential = headers if headers is not None else await self._session_headers()
+                await self._post(with_id(message, pending.upstream_id), credential)
                 response = await pending.future
         except TimeoutError as exc:
             if not deadline.expired():
@@ -136,10 +140,10 @@ class SseSession:
     async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
         remapped = remap_cancel(message, lambda caller_id: self._table.upstream_id_for(self, caller_id))
         if remapped is not None:
-            await self._post(remapped, headers)
+            await self._post(remapped, headers if headers is not None else await self._session_headers())
 
     async def respond(self, message: Message) -> None:
-        await self._post(message, self._connect_headers)
+        await self._post(message, await self._session_headers())
 
     async def close(self) -> None:
         if self._closed:
@@ -156,6 +160,13 @@ class SseSession:
         self._table.fail_all(GatewayError("upstream_unavailable", "upstream session closed"))
 
     # -- internals --------------------------------------------------------------------------------
+
+    async def _session_headers(self) -> dict[str, str]:
+        """The credential for a message the session sends on its own, valid now (the set-up one may
+        have expired; the credential stage caches it until shortly before expiry)."""
+        if self._credentials is not None:
+            self._connect_headers = dict(await self._credentials())
+        return self._connect_headers
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -181,7 +192,7 @@ class SseSession:
     async def _cancel_upstream(self, upstream_id: int, reason: str) -> None:
         try:
             async with asyncio.timeout(5):
-                await self._post(cancelled_message(upstream_id, reason), self._connect_headers)
+                await self._post(cancelled_message(upstream_id, reason), await self._session_headers())
         except (GatewayError, TimeoutError) as exc:
             self._up.log.debug("could not send notifications/cancelled: %s", exc)
 

@@ -22,7 +22,14 @@ from typing import Any
 from gateway import jsonrpc
 from gateway.config.model import UpstreamConfig
 from gateway.errors import GatewayError
-from gateway.transport.base import DEFAULT_UPSTREAM_PROTOCOL, ConnectParams, Health, Message, MessageHandler
+from gateway.transport.base import (
+    DEFAULT_UPSTREAM_PROTOCOL,
+    ConnectParams,
+    HeadersSource,
+    Health,
+    Message,
+    MessageHandler,
+)
 from gateway.transport.common import (
     BROADCAST_METHODS,
     DEFAULT_BREAKER_COOLDOWN_S,
@@ -115,7 +122,9 @@ class StdioUpstream:
         return self.health()
 
     async def connect(self, params: ConnectParams, on_message: MessageHandler,
-                      headers: Mapping[str, str] | None = None) -> StdioSession:
+                      headers: Mapping[str, str] | None = None, *,
+                      credentials: HeadersSource | None = None) -> StdioSession:
+        # Headers and credentials have no meaning over a child's pipes: both are accepted and unused.
         await self._wait_ready(self.config.timeout_s)
         view = StdioSession(self, on_message)
         self._views.append(view)

@@ -3,9 +3,14 @@
 A session is opened with initialize → Mcp-Session-Id → notifications/initialized, after which every
 message carries the session id and MCP-Protocol-Version. A GET stream (when the upstream offers
 one: 405 means it does not) carries server-initiated messages and is resumed with Last-Event-ID.
+A request's SSE answer stream that ends (or breaks) before the answer, after events with ids, is
+resumed the same way: GET with Last-Event-ID after the server's `retry`, until the answer arrives,
+the call's timeout passes or reconnects stop making progress (2025-11-25 "SSE polling").
 Each request gets an upstream id from a per-session counter; the caller's id is restored on the
 answer. A 404 for a request that carried the session id means the upstream forgot the session:
 that call fails with upstream_unavailable and the next call opens a fresh upstream session.
+Requests the session makes on its own (notifications, answers, cancellations, GET streams, re-open,
+DELETE) ask the credential source each time, so a short-lived set-up credential is never reused stale.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import aiohttp
 
 from gateway import jsonrpc
 from gateway.errors import GatewayError
-from gateway.transport.base import ConnectParams, Message, MessageHandler
+from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler
 from gateway.transport.common import (
     INITIALIZED,
     cancelled_message,
@@ -33,19 +38,25 @@ from gateway.transport.common import (
     remap_cancel,
     with_id,
 )
-from gateway.transport.events import iter_sse, parse_json, read_json_body
+from gateway.transport.events import SseCursor, iter_sse, parse_json, read_json_body
 from gateway.transport.http_base import HttpUpstreamBase, deliver
 
 _GET_STREAM_MAX_FAILURES = 5
+# Resuming a request's stream: reconnects in a row that bring no new event before giving up, the
+# wait when the server named none (the SDK client's default) and the most of a server's `retry` we honour.
+_RESUME_MAX_STALLS = 3
+_RESUME_DEFAULT_RETRY_MS = 1000
+_RESUME_MAX_RETRY_MS = 10_000
 
 
 class StreamableHttpUpstream(HttpUpstreamBase):
     """A configured streamable-HTTP upstream; `connect` opens one upstream session per client session."""
 
     async def connect(self, params: ConnectParams, on_message: MessageHandler,
-                      headers: Mapping[str, str] | None = None) -> StreamableHttpSession:
+                      headers: Mapping[str, str] | None = None, *,
+                      credentials: HeadersSource | None = None) -> StreamableHttpSession:
         self.breaker.check()
-        session = StreamableHttpSession(self, params, on_message, headers)
+        session = StreamableHttpSession(self, params, on_message, headers, credentials)
         try:
             await session.open()
         except BaseException:
@@ -59,11 +70,12 @@ class StreamableHttpSession:
     """One upstream MCP session over streamable HTTP."""
 
     def __init__(self, upstream: StreamableHttpUpstream, params: ConnectParams, on_message: MessageHandler,
-                 headers: Mapping[str, str] | None) -> None:
+                 headers: Mapping[str, str] | None, credentials: HeadersSource | None = None) -> None:
         self._up = upstream
         self._params = params
         self._on_message = on_message
         self._connect_headers = dict(headers or {})
+        self._credentials = credentials
         self._ids = itertools.count(1)
         self._session_id: str | None = None
         self._version: str | None = None
@@ -85,14 +97,17 @@ class StreamableHttpSession:
 
     async def open(self) -> None:
         """initialize → record session id and version → notifications/initialized → GET stream."""
+        reopening = self._session_id is not None
         self._session_id, self._version, self._expired = None, None, False
         message = initialize_message(next(self._ids), self._params)
         try:
             async with asyncio.timeout(self._up.config.timeout_s):
-                response = await self._exchange(message, self._connect_headers, self._on_message, capture=True)
+                # The first open uses the credential connect() was given; a re-open may be much later.
+                credential = await self._session_headers() if reopening else self._connect_headers
+                response = await self._exchange(message, credential, self._on_message, capture=True)
                 self._init_result = check_initialize(response)
                 self._version = self._init_result["protocolVersion"]
-                await self._post_one_way(INITIALIZED, self._connect_headers)
+                await self._post_one_way(INITIALIZED, credential)
         except TimeoutError as exc:
             raise GatewayError("upstream_timeout", "upstream did not answer initialize in time") from exc
         if self._listener is None or self._listener.done():
@@ -117,7 +132,8 @@ class StreamableHttpSession:
         limit = timeout or self._up.config.timeout_s
         try:
             async with asyncio.timeout(limit) as deadline:
-                response = await self._exchange(with_id(message, upstream_id), headers,
+                credential = headers if headers is not None else await self._session_headers()
+                response = await self._exchange(with_id(message, upstream_id), credential,
                                                 on_message or self._on_message)
         except TimeoutError as exc:
             if not deadline.expired():
@@ -136,10 +152,10 @@ class StreamableHttpSession:
     async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
         remapped = remap_cancel(message, lambda caller_id: self._inflight.get(id_key(caller_id)))
         if remapped is not None:
-            await self._post_one_way(remapped, headers)
+            await self._post_one_way(remapped, headers if headers is not None else await self._session_headers())
 
     async def respond(self, message: Message) -> None:
-        await self._post_one_way(message, self._connect_headers)
+        await self._post_one_way(message, await self._session_headers())
 
     async def close(self) -> None:
         if self._closed:
@@ -152,10 +168,9 @@ class StreamableHttpSession:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         if self._session_id and not self._expired:
-            headers = self._up.headers(self._connect_headers, json_body=False, session_id=self._session_id,
-                                       protocol_version=self._version)
             with suppress(aiohttp.ClientError, TimeoutError, OSError):
                 async with asyncio.timeout(5):
+                    headers = self._headers(await self._delete_credential(), json_body=False)
                     async with self._up.http.delete(self._up.url, headers=headers, allow_redirects=False):
                         pass  # 405 (termination not supported) and errors are fine: we are done either way
 
@@ -165,6 +180,24 @@ class StreamableHttpSession:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _session_headers(self) -> dict[str, str]:
+        """The credential for a request the session makes on its own, valid now.
+
+        Asked of the source each time (the credential stage caches it until shortly before expiry);
+        without a source (tests, tools listing) the set-up headers are all there is."""
+        if self._credentials is not None:
+            self._connect_headers = dict(await self._credentials())
+        return self._connect_headers
+
+    async def _delete_credential(self) -> dict[str, str]:
+        """The DELETE's credential. Once none can be had (the task ended: every token is revoked), the
+        DELETE still goes, without one, rather than with a stale token; the upstream decides."""
+        try:
+            return await self._session_headers()
+        except GatewayError as exc:
+            self._up.log.debug("no credential for the session DELETE: %s", exc)
+            return {}
 
     def _headers(self, extra: Mapping[str, str] | None, **kwargs: Any) -> dict[str, str]:
         return self._up.headers(extra, session_id=self._session_id, protocol_version=self._version, **kwargs)
@@ -179,18 +212,18 @@ class StreamableHttpSession:
                 self._up.connected()
                 if capture:
                     self._session_id = response.headers.get("Mcp-Session-Id") or None
-                return await self._read_answer(response, message["id"], handler)
+                return await self._read_answer(response, message["id"], handler, headers)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             self._up.connection_failed(exc)
         except aiohttp.ClientError as exc:
             raise GatewayError("upstream_error", f"HTTP error: {type(exc).__name__}") from exc
 
     async def _read_answer(self, response: aiohttp.ClientResponse, upstream_id: int,
-                           handler: MessageHandler | None) -> Message:
+                           handler: MessageHandler | None, credential: Mapping[str, str] | None) -> Message:
         self._up.check_status(response)
         self._check_expired(response)
         if response.status == 200 and response.content_type == "text/event-stream":
-            return await self._read_stream(response, upstream_id, handler)
+            return await self._read_stream(response, upstream_id, handler, credential)
         if response.content_type != "application/json":
             raise GatewayError("upstream_error", f"unexpected upstream answer (HTTP {response.status}, "
                                f"{response.content_type})", data={"status": response.status})
@@ -205,18 +238,60 @@ class StreamableHttpSession:
         return check_response(answer, upstream_id)
 
     async def _read_stream(self, response: aiohttp.ClientResponse, upstream_id: int,
-                           handler: MessageHandler | None) -> Message:
-        async for event in iter_sse(response.content):
-            if event.event != "message" or not event.data.strip():
-                continue  # priming events (id only) and foreign event types carry no message
-            message = parse_json(event.data)
-            if not isinstance(message, dict):
-                raise GatewayError("upstream_error", "upstream sent an invalid JSON-RPC message")
-            if is_response(message):
-                return check_response(message, upstream_id)
-            await deliver(handler, message, self._up.log)
-        raise GatewayError("upstream_unavailable", "upstream closed the stream before answering",
-                           data={"upstream": self._up.name})
+                           handler: MessageHandler | None, credential: Mapping[str, str] | None) -> Message:
+        """The answer from a request's SSE stream, resuming it with GET + Last-Event-ID when it ends early.
+
+        Only a stream that gave event ids can be resumed; otherwise an early end fails as before.
+        The caller's timeout bounds the whole; stalls (reconnects with no new event) are bounded here."""
+        cursor = SseCursor()
+        answer = await self._read_events(response, upstream_id, handler, cursor)
+        stalls = 0
+        while answer is None:
+            if cursor.last_id is None or stalls >= _RESUME_MAX_STALLS:
+                raise GatewayError("upstream_unavailable", "upstream closed the stream before answering",
+                                   data={"upstream": self._up.name})
+            seen = cursor.last_id
+            retry_ms = _RESUME_DEFAULT_RETRY_MS if cursor.retry_ms is None else cursor.retry_ms
+            # The server asked for this pause before the reconnect (SSE `retry`): not synchronisation.
+            await asyncio.sleep(min(retry_ms, _RESUME_MAX_RETRY_MS) / 1000)
+            answer = await self._resume(upstream_id, handler, credential, cursor)
+            stalls = 0 if cursor.last_id != seen else stalls + 1
+        return answer
+
+    async def _resume(self, upstream_id: int, handler: MessageHandler | None,
+                      credential: Mapping[str, str] | None, cursor: SseCursor) -> Message | None:
+        """One reconnect of a request's stream: the answer, or None if it ended (or failed) again."""
+        headers = self._headers(credential, accept="text/event-stream", json_body=False)
+        headers["Last-Event-ID"] = cursor.last_id or ""
+        try:
+            async with self._up.http.get(self._up.url, headers=headers, allow_redirects=False) as response:
+                self._up.check_status(response)
+                self._check_expired(response)
+                if response.status != 200 or response.content_type != "text/event-stream":
+                    raise GatewayError("upstream_error", f"upstream refused to resume the stream "
+                                       f"(HTTP {response.status})", data={"status": response.status})
+                return await self._read_events(response, upstream_id, handler, cursor)
+        except aiohttp.ClientConnectionError as exc:
+            self._up.log.debug("resuming the stream failed: %s", exc)
+            return None
+
+    async def _read_events(self, response: aiohttp.ClientResponse, upstream_id: int,
+                           handler: MessageHandler | None, cursor: SseCursor) -> Message | None:
+        """Read one stream up to the answer; None when it ends or breaks first (the cursor says where)."""
+        try:
+            async for event in iter_sse(response.content, cursor=cursor):
+                if event.event != "message" or not event.data.strip():
+                    continue  # priming events (id only) and foreign event types carry no message
+                message = parse_json(event.data)
+                if not isinstance(message, dict):
+                    raise GatewayError("upstream_error", "upstream sent an invalid JSON-RPC message")
+                if is_response(message):
+                    return check_response(message, upstream_id)
+                await deliver(handler, message, self._up.log)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+            if cursor.last_id is None:
+                raise  # nothing to resume from: a broken connection, as before
+        return None
 
     def _check_expired(self, response: aiohttp.ClientResponse) -> None:
         if response.status == 404 and self._session_id:
@@ -242,7 +317,7 @@ class StreamableHttpSession:
         """Best effort: tell the upstream to stop working on a request we gave up on."""
         try:
             async with asyncio.timeout(5):
-                await self._post_one_way(cancelled_message(upstream_id, reason), self._connect_headers)
+                await self._post_one_way(cancelled_message(upstream_id, reason), await self._session_headers())
         except (GatewayError, TimeoutError) as exc:
             self._up.log.debug("could not send notifications/cancelled: %s", exc)
 
@@ -251,10 +326,10 @@ class StreamableHttpSession:
         failures, last_event_id = 0, None
         while not self._closed and failures < _GET_STREAM_MAX_FAILURES:
             started, useful = time.monotonic(), False
-            headers = self._headers(self._connect_headers, accept="text/event-stream", json_body=False)
-            if last_event_id:
-                headers["Last-Event-ID"] = last_event_id
             try:
+                headers = self._headers(await self._session_headers(), accept="text/event-stream", json_body=False)
+                if last_event_id:
+                    headers["Last-Event-ID"] = last_event_id
                 async with self._up.stream_http.get(self._up.url, headers=headers, allow_redirects=False) as resp:
                     self._stream_ready.set()
                     if resp.status in (405, 404) or 300 <= resp.status < 400:
