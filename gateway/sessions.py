@@ -21,6 +21,7 @@ from gateway.catalog import Catalog
 from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, Message, Upstream, UpstreamSession
+from gateway.transport.common import id_key
 
 log = logging.getLogger("customs.sessions")
 REPLAY_EVENTS = 256
@@ -234,6 +235,11 @@ async def route_server_message(session: Session, upstream: str, message: Message
         message = {**message, "id": gateway_id}
     elif method == "notifications/tools/list_changed":
         catalog.invalidate(upstream)
+    elif method == "notifications/cancelled":
+        cancelled = _cancel_for_client(session, upstream, message)
+        if cancelled is None:
+            return
+        message = cancelled
     elif method == "notifications/progress":
         token = (message.get("params") or {}).get("progressToken")
         send = session.progress_routes.get(token, send)
@@ -244,3 +250,17 @@ async def route_server_message(session: Session, upstream: str, message: Message
         except Exception:  # the request's stream is gone; fall back to the GET stream
             log.debug("request stream closed; queueing %s on the session stream", method)
     session.stream_event(message)
+
+
+def _cancel_for_client(session: Session, upstream: str, message: Message) -> Message | None:
+    """An upstream's cancellation of its own server→client request, under the id the client got it
+    with. None when this client never got that request: the upstream's id means nothing to it."""
+    params = message.get("params")
+    if not isinstance(params, dict):
+        return None
+    key = id_key(params.get("requestId"))
+    for gateway_id, route in session.server_requests.items():
+        if route.upstream == upstream and id_key(route.upstream_id) == key:
+            del session.server_requests[gateway_id]  # an answer after this is not awaited upstream
+            return {**message, "params": {**params, "requestId": gateway_id}}
+    return None

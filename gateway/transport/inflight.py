@@ -2,8 +2,11 @@
 
 Upstream ids are allocated here (one counter per stream, so they never collide across the
 sessions sharing it); responses are matched back by id; a dead stream fails every waiter at once.
-Unsolicited messages are routed: progress by its token, everything else to the most recently
-started request (the best guess when the wire carries no request relation).
+
+A request the caller gave up on (timeout, cancellation) can be kept as a *tombstone*: the upstream
+may still be sending messages on its behalf, so it still counts as live (see `live`) until its late
+answer arrives, the transport `forget`s it, or the stream dies. Shared stdio children use this to
+attribute unsolicited messages only to a session that provably owns them (stdio_routes.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ class Pending:
     on_message: MessageHandler | None
     progress_token: Any
     future: asyncio.Future[Message] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    abandoned: bool = False  # the caller gave up; the upstream may not have stopped yet
+
+    @property
+    def live(self) -> bool:
+        """The upstream may still send messages on this request's behalf (no answer read yet)."""
+        return self.abandoned or not self.future.done()
 
 
 class InflightTable:
@@ -45,6 +54,15 @@ class InflightTable:
         return pending
 
     def discard(self, pending: Pending) -> None:
+        """Drop a finished request; a tombstone stays until `forget` (or its answer, or `fail_all`)."""
+        if not pending.abandoned:
+            self.forget(pending)
+
+    def abandon(self, pending: Pending) -> None:
+        if self._pending.get(pending.upstream_id) is pending:
+            pending.abandoned = True
+
+    def forget(self, pending: Pending) -> None:
         if self._pending.get(pending.upstream_id) is pending:
             del self._pending[pending.upstream_id]
 
@@ -52,6 +70,9 @@ class InflightTable:
         """Complete the waiter for this response; False when no request has that id (late or unknown)."""
         upstream_id = message.get("id")
         pending = self._pending.get(upstream_id) if type(upstream_id) is int else None
+        if pending is not None and pending.abandoned:
+            self.forget(pending)  # the late answer of a request nobody waits for: it is over now
+            return True
         if pending is None or pending.future.done():
             return False
         try:
@@ -69,12 +90,24 @@ class InflightTable:
     def upstream_id_for(self, owner: object, caller_id: Any) -> int | None:
         key = id_key(caller_id)
         for pending in reversed(self._pending.values()):
-            if pending.owner is owner and id_key(pending.caller_id) == key:
+            if pending.owner is owner and not pending.abandoned and id_key(pending.caller_id) == key:
                 return pending.upstream_id
         return None
 
+    def live(self) -> list[Pending]:
+        """Requests the upstream may still be working on, oldest first (tombstones included)."""
+        return [pending for pending in self._pending.values() if pending.live]
+
+    def progress_target(self, token: Any) -> Pending | None:
+        """The request whose gateway-assigned progress token (its upstream id) this is."""
+        pending = self._pending.get(token) if type(token) is int else None
+        if pending is None or pending.progress_token is None or pending.abandoned:
+            return None
+        return pending
+
     def route(self, message: Message) -> Pending | None:
-        """The request an unsolicited message most likely belongs to (None: no request in flight)."""
+        """Legacy SSE (one client session per stream): the request an unsolicited message most likely
+        belongs to: progress by its token, anything else the most recently started request."""
         params = message.get("params")
         token = params.get("progressToken") if isinstance(params, dict) else None
         if message.get("method") == "notifications/progress" and token is not None:
@@ -82,3 +115,9 @@ class InflightTable:
                 if pending.progress_token == token:
                     return pending
         return next(reversed(self._pending.values()), None)
+
+
+def with_progress_token(message: Message, token: Any) -> Message:
+    """The request with `params._meta.progressToken` replaced (only called when it has one)."""
+    params = message["params"]
+    return {**message, "params": {**params, "_meta": {**params["_meta"], "progressToken": token}}}

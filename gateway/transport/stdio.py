@@ -1,7 +1,8 @@
 """stdio upstreams: one supervised child process per upstream, newline-delimited JSON-RPC on its pipes.
 
 The child is initialized once; every `connect()` returns a lightweight view that multiplexes the
-one shared MCP session (upstream ids come from one counter, so views never collide). When the
+one shared MCP session (upstream ids come from one counter, so views never collide; progress tokens
+are replaced per request, and stdio_routes.py decides which view gets what the child sends). When the
 child dies every in-flight request fails at once with upstream_unavailable, and the supervisor
 restarts it with exponential back-off (capped); consecutive failures to start or initialize open
 the circuit breaker. The child gets a minimal environment (PATH, HOME, locale...) plus the
@@ -31,7 +32,6 @@ from gateway.transport.base import (
     MessageHandler,
 )
 from gateway.transport.common import (
-    BROADCAST_METHODS,
     DEFAULT_BREAKER_COOLDOWN_S,
     DEFAULT_BREAKER_THRESHOLD,
     INITIALIZED,
@@ -42,8 +42,8 @@ from gateway.transport.common import (
     with_id,
 )
 from gateway.transport.events import MAX_MESSAGE_BYTES
-from gateway.transport.http_base import deliver
-from gateway.transport.inflight import InflightTable
+from gateway.transport.inflight import InflightTable, Pending, with_progress_token
+from gateway.transport.stdio_routes import StdioRoutes
 
 INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
                  "SYSTEMROOT")
@@ -71,7 +71,7 @@ class StdioUpstream:
         self._grace_s = grace_s
         self._restart_cap_s = restart_cap_s
         self._table = InflightTable()
-        self._views: list[StdioSession] = []  # ordered by last use, most recent last
+        self._routes = StdioRoutes(self._table, self.write, self, self.log)
         self._proc: asyncio.subprocess.Process | None = None
         self._ready = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -127,7 +127,7 @@ class StdioUpstream:
         # Headers and credentials have no meaning over a child's pipes: both are accepted and unused.
         await self._wait_ready(self.config.timeout_s)
         view = StdioSession(self, on_message)
-        self._views.append(view)
+        self._routes.attach(view)
         return view
 
     # -- used by the views ------------------------------------------------------------------------
@@ -136,19 +136,25 @@ class StdioUpstream:
                       timeout: float | None) -> Message:  # noqa: ASYNC109
         limit = timeout or self.config.timeout_s
         await self._wait_ready(limit)
-        self._touch(view)
         pending = self._table.open(message, view, on_message)
+        outbound = with_id(message, pending.upstream_id)
+        if pending.progress_token is not None:
+            # Every session's client may use token 1: upstream the token is unique (the upstream id).
+            outbound = with_progress_token(outbound, pending.upstream_id)
         try:
             async with asyncio.timeout(limit) as deadline:
-                await self.write(with_id(message, pending.upstream_id))
+                await self.write(outbound)
                 response = await pending.future
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
+            self._table.abandon(pending)
             await self._cancel_upstream(pending.upstream_id, "timeout")
+            self._spawn(self._fence(pending))
             raise GatewayError("upstream_timeout", data={"timeout_s": limit, "upstream": self.name}) from exc
         except asyncio.CancelledError:
-            self._spawn(self._cancel_upstream(pending.upstream_id, "cancelled"))
+            self._table.abandon(pending)
+            self._spawn(self._fence(pending, cancel="cancelled"))
             raise
         finally:
             self._table.discard(pending)
@@ -157,9 +163,14 @@ class StdioUpstream:
     def upstream_id_for(self, view: StdioSession, caller_id: Any) -> int | None:
         return self._table.upstream_id_for(view, caller_id)
 
-    def detach(self, view: StdioSession) -> None:
-        if view in self._views:
-            self._views.remove(view)
+    async def detach(self, view: StdioSession) -> None:
+        await self._routes.detach(view)
+
+    async def respond(self, view: StdioSession, message: Message) -> None:
+        if self._routes.may_answer(view, message):
+            await self.write(message)
+        else:
+            self.log.warning("dropped an answer to server→client request %r: not this session's", message.get("id"))
 
     async def write(self, message: Message) -> None:
         proc = self._proc
@@ -239,6 +250,7 @@ class StdioUpstream:
             await asyncio.gather(reader, stderr, return_exceptions=True)
             self._table.fail_all(GatewayError("upstream_unavailable", "upstream process exited",
                                               data={"upstream": self.name}))
+            self._routes.restarted()
             self._proc = None
 
     async def _initialize(self) -> bool:
@@ -322,28 +334,7 @@ class StdioUpstream:
             if not self._table.resolve(message):
                 self.log.debug("response for unknown id %r ignored", message.get("id"))
         else:
-            await self._route(message)
-
-    async def _route(self, message: Message) -> None:
-        """Broadcasts to every view; anything else to the view of the most recent in-flight request."""
-        if message.get("method") in BROADCAST_METHODS:
-            for view in list(self._views):
-                await deliver(view.on_message, message, self.log)
-            return
-        pending = self._table.route(message)
-        if pending is not None and isinstance(pending.owner, StdioSession) and pending.owner in self._views:
-            await deliver(pending.on_message or pending.owner.on_message, message, self.log)
-        elif self._views:
-            await deliver(self._views[-1].on_message, message, self.log)
-        elif "id" in message:
-            # Nobody could answer this server→client request: refuse it so the server does not wait.
-            await self.write({"jsonrpc": "2.0", "id": message["id"],
-                              "error": {"code": -32601, "message": "No client connected"}})
-
-    def _touch(self, view: StdioSession) -> None:
-        if view in self._views and self._views[-1] is not view:
-            self._views.remove(view)
-            self._views.append(view)
+            await self._routes.route(message)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -353,6 +344,22 @@ class StdioUpstream:
     async def _cancel_upstream(self, upstream_id: int, reason: str) -> None:
         with suppress(GatewayError):
             await self.write(cancelled_message(upstream_id, reason))
+
+    async def _fence(self, abandoned: Pending, cancel: str | None = None) -> None:
+        """Ping the child after cancelling a request; once it answers, whatever that request sent
+        before it stopped has been read, so its tombstone can go (else it stays until a restart)."""
+        if cancel is not None:
+            await self._cancel_upstream(abandoned.upstream_id, cancel)
+        ping = self._table.open({"jsonrpc": "2.0", "id": None, "method": "ping"}, self, None)
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                await self.write({"jsonrpc": "2.0", "id": ping.upstream_id, "method": "ping"})
+                await ping.future
+        except (GatewayError, TimeoutError):
+            return
+        finally:
+            self._table.discard(ping)
+        self._table.forget(abandoned)
 
 
 class StdioSession:
@@ -384,8 +391,9 @@ class StdioSession:
         await self._up.write(message)
 
     async def respond(self, message: Message) -> None:
-        await self._up.write(message)
+        await self._up.respond(self, message)
 
     async def close(self) -> None:
-        self._closed = True
-        self._up.detach(self)
+        if not self._closed:
+            self._closed = True
+            await self._up.detach(self)

@@ -1,5 +1,6 @@
 """A real SDK MCP server exercising what a gateway must relay: progress, logging, sampling,
 elicitation, list_changed, a tool that hangs until cancelled, and (over stdio) one that crashes.
+`overlap` lets several clients' calls meet inside one (shared stdio) server before they report.
 
 In-process use: `server, state = feature_server()` and run it with tests.support.servers.
 As a stdio child: `[sys.executable, FEATURE_SERVER_PATH]`; with FEATURE_CANCEL_FILE set, the
@@ -28,6 +29,8 @@ class FeatureState:
     hang_started: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     calls: list[str] = field(default_factory=list)
+    arrived: dict[str, int] = field(default_factory=dict)  # overlap: calls that reached each group
+    meeting: asyncio.Condition = field(default_factory=asyncio.Condition)
 
 
 class Name(BaseModel):
@@ -79,7 +82,34 @@ def feature_server() -> tuple[MCPServer[Any], FeatureState]:
         return f"hello {answer.data.name}" if answer.action == "accept" and answer.data else answer.action
 
     _lifecycle_tools(server, state)
+    _overlap_tool(server, state)
     return server, state
+
+
+def _overlap_tool(server: MCPServer[Any], state: FeatureState) -> None:
+    @server.tool()
+    async def overlap(tag: str, group: str, parties: int, ctx: Context, steps: int = 0, sample: bool = False,
+                      hang: bool = False) -> str:
+        """Log "<tag> waiting", wait until `parties` calls of `group` are running, then report `steps`
+        progress ("<tag> <n>") and log lines ("<tag> log <n>"); then sample (prompt: tag) or hang."""
+        await _log(ctx, f"{tag} waiting")
+        async with state.meeting:
+            state.arrived[group] = state.arrived.get(group, 0) + 1
+            state.meeting.notify_all()
+            await state.meeting.wait_for(lambda: state.arrived[group] >= parties)
+        for step in range(1, steps + 1):
+            await ctx.report_progress(step, steps, f"{tag} {step}")
+            await _log(ctx, f"{tag} log {step}")
+        if sample:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = await ctx.session.create_message(
+                    [SamplingMessage(role="user", content=TextContent(type="text", text=tag))], max_tokens=10,
+                    related_request_id=ctx.request_id)
+            return result.content.text if isinstance(result.content, TextContent) else repr(result.content)
+        if hang:
+            await asyncio.Event().wait()
+        return tag
 
 
 def _lifecycle_tools(server: MCPServer[Any], state: FeatureState) -> None:

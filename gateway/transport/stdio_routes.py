@@ -1,0 +1,135 @@
+"""Which client session gets what a shared stdio child sends unprompted (progress, logs, requests).
+
+All client sessions share one child, and the stdio wire does not say which request a log line or
+a server→client request (sampling, elicitation, roots) serves: the SDKs keep that link
+(`related_request_id`) in transport metadata that only HTTP transports use. So:
+
+- progress is exact: each forwarded request carries its own upstream progress token (its upstream
+  id), mapped back to the caller's token and handler;
+- anything else goes to a session only when it provably owns it: every request still live on the
+  child (answer not read yet, abandoned ones included) belongs to that one session, or no request
+  is live and it is the only session connected;
+- otherwise a notification is dropped (logged at DEBUG) and a server→client request is answered
+  with a JSON-RPC error (`data.reason` `client_unknown`): never a guess that could cross principals;
+- `ping` from the child is answered here (the child's MCP session is the gateway's);
+- the child's `notifications/cancelled` for one of its requests goes to the session that got it,
+  and only that session may answer it; a session that ends refuses what it still owes
+  (`client_gone`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any, Protocol
+
+from gateway.errors import INTERNAL_ERROR, GatewayError
+from gateway.transport.base import Message, MessageHandler
+from gateway.transport.common import BROADCAST_METHODS, id_key
+from gateway.transport.http_base import deliver
+from gateway.transport.inflight import InflightTable
+
+WriteFn = Callable[[Message], Awaitable[None]]
+UNKNOWN_CLIENT = "Customs cannot tell which client session this request is for (shared stdio upstream)"
+
+
+class View(Protocol):
+    on_message: MessageHandler
+
+
+def refusal(request_id: Any, reason: str, text: str) -> Message:
+    return {"jsonrpc": "2.0", "id": request_id,
+            "error": {"code": INTERNAL_ERROR, "message": text, "data": {"reason": reason}}}
+
+
+class StdioRoutes:
+    """The connected views of one child and the server→client requests each of them was given."""
+
+    def __init__(self, table: InflightTable, write: WriteFn, gateway_owner: object, log: logging.Logger) -> None:
+        self._table = table
+        self._write = write
+        self._gateway = gateway_owner  # owner of the gateway's own requests (initialize, ping)
+        self._log = log
+        self.views: list[View] = []
+        self._asked: dict[tuple[str, Any], View] = {}  # server→client request id -> the view that got it
+
+    def attach(self, view: View) -> None:
+        self.views.append(view)
+
+    async def detach(self, view: View) -> None:
+        if view in self.views:
+            self.views.remove(view)
+        for key, asked in list(self._asked.items()):
+            if asked is view:
+                del self._asked[key]
+                await self._send(refusal(key[1], "client_gone", "The client session ended"))
+
+    def restarted(self) -> None:
+        """A new child: the old one's server→client request ids mean nothing any more."""
+        self._asked.clear()
+
+    def may_answer(self, view: View, message: Message) -> bool:
+        """True once for the view that was given this server→client request (its answer goes upstream)."""
+        key = id_key(message.get("id"))
+        if self._asked.get(key) is not view:
+            return False
+        del self._asked[key]
+        return True
+
+    async def route(self, message: Message) -> None:
+        method = message.get("method")
+        if method in BROADCAST_METHODS:
+            for view in list(self.views):
+                await deliver(view.on_message, message, self._log)
+        elif method == "ping" and "id" in message:
+            await self._send({"jsonrpc": "2.0", "id": message["id"], "result": {}})
+        elif method == "notifications/progress":
+            await self._progress(message)
+        elif method == "notifications/cancelled":
+            params = message.get("params")
+            asked = self._asked.pop(id_key(params.get("requestId")), None) if isinstance(params, dict) else None
+            if asked is not None:
+                await deliver(asked.on_message, message, self._log)
+        else:
+            await self._to_owner(message)
+
+    async def _send(self, message: Message) -> None:
+        with suppress(GatewayError):  # the child is gone: nobody is waiting for this answer any more
+            await self._write(message)
+
+    async def _progress(self, message: Message) -> None:
+        params = message.get("params")
+        pending = self._table.progress_target(params.get("progressToken")) if isinstance(params, dict) else None
+        if pending is None or not isinstance(params, dict):
+            self._log.debug("progress for no request in flight dropped")
+            return
+        restored = {**message, "params": {**params, "progressToken": pending.progress_token}}
+        owner = pending.owner if pending.owner in self.views else None
+        await deliver(pending.on_message or (owner.on_message if owner else None), restored, self._log)
+
+    async def _to_owner(self, message: Message) -> None:
+        view, handler = self._owner()
+        if view is not None:
+            if "id" in message:
+                self._asked[id_key(message["id"])] = view
+            await deliver(handler, message, self._log)
+        elif "id" in message:
+            self._log.warning("refused %s from the child: %s", message.get("method"), UNKNOWN_CLIENT)
+            await self._send(refusal(message["id"], "client_unknown", UNKNOWN_CLIENT))
+        else:
+            self._log.debug("dropped %s: no single client session owns it: %.200s",
+                            message.get("method"), message.get("params"))
+
+    def _owner(self) -> tuple[View | None, MessageHandler | None]:
+        """The one view that provably caused an unlinked message, with the handler to use, if any."""
+        live = [p for p in self._table.live() if p.owner is not self._gateway]
+        owners = {id(p.owner) for p in live}
+        if not live:
+            view = self.views[0] if len(self.views) == 1 else None
+            return view, view.on_message if view is not None else None
+        owner = live[-1].owner
+        if len(owners) != 1 or owner not in self.views:
+            return None, None
+        current = next((p for p in reversed(live) if not p.abandoned and p.on_message is not None), None)
+        return owner, current.on_message if current is not None else owner.on_message
