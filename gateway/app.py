@@ -26,6 +26,7 @@ from gateway.http.legacy_sse import LegacySseEndpoint
 from gateway.http.mcp import McpEndpoint, routes
 from gateway.keys import CONFIG, GATEWAY
 from gateway.parts import Parts, build_parts
+from gateway.pin_watch import PinWatcher, gateway_headers
 from gateway.pipeline import Pipeline
 from gateway.router import Router
 from gateway.sessions import Session, SessionManager
@@ -109,7 +110,7 @@ async def create_app(config: Config) -> web.Application:
 async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     upstreams = {u.name: build_upstream(u, http) for u in config.upstreams}
     catalog = Catalog(config.upstreams)
-    parts = await build_parts(config, http, upstreams)
+    parts = await build_parts(config, http, upstreams, catalog)
     for upstream in upstreams.values():
         if hasattr(upstream, "on_restart"):
             upstream.on_restart = parts.observability.metrics.upstream_restart
@@ -147,5 +148,9 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
                            max_json_depth=config.listen.max_json_depth, observability=obs,
                            resource_url=config.listen.resource_url, on_task_end=on_task_end)
     owners: list[Any] = [*parts.owners_before_upstreams, *upstreams.values(), sessions, *parts.owners_after]
+    if config.pinning.mode != "off":
+        owners.append(PinWatcher(catalog, parts.guard, upstreams, config.pinning.verify_interval_s,
+                                 gateway_headers(catalog, parts.credentials.static),
+                                 upstream_call=obs.upstream_calls()))
     return Gateway(config=config, http=http, parts=parts, sessions=sessions, catalog=catalog,
                    endpoint=endpoint, owners=owners)

@@ -26,6 +26,7 @@ from gateway.approvals.webhooks import WebhookNotifier
 from gateway.authz.engine import PolicyEngine
 from gateway.authz.policyset import PolicyLoadError
 from gateway.authz.stage import AuthorizeStage
+from gateway.catalog import Catalog
 from gateway.config import ConfigError
 from gateway.config.model import Config, RedisStore
 from gateway.credentials.redaction import Redactor
@@ -137,7 +138,8 @@ def _identifier(config: Config, http: aiohttp.ClientSession) -> Identifier:
         raise ConfigError([f"identity: {exc}"], "identity") from exc
 
 
-async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Mapping[str, Upstream]) -> Parts:
+async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Mapping[str, Upstream],
+                      catalog: Catalog) -> Parts:
     redis = RedisConnection(config.store.redis) if isinstance(config.store, RedisStore) else None
     redactor = Redactor(config.secrets)  # one redactor: logs, decision log, spans and the approvals page agree
     obs = Observability(config, redactor.redact)
@@ -164,7 +166,9 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
         else:
             obs.event(str(event.pop("type")), **event)
 
-    guard = ToolGuard(config.upstreams, pins, config.pinning.mode, on_event=on_pin_event)
+    # A re-approval drops the upstream's cached list, so the next call re-lists and sees the tool again.
+    guard = ToolGuard(config.upstreams, pins, config.pinning.mode, on_event=on_pin_event,
+                      on_approved=catalog.invalidate)
     page_url = config.listen.resource_url + "/approvals"
     webhooks = WebhookNotifier(config.approvals.webhooks, page_url=page_url, session=http)
     approve = ApproveStage(approvals, config.approvals, redactor.redact, notifier=webhooks, page_url=page_url)

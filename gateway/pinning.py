@@ -76,18 +76,33 @@ class Verdict:
     flagged: list[str]
 
 
+# A bare tool name counts as a mention only when it looks like an identifier, not a word of prose.
+DISTINCTIVE = re.compile(r"[_\-.0-9]|[a-z][A-Z]")
+DISTINCTIVE_LENGTH = 10
+
+
+def distinctive(name: str) -> bool:
+    """Whether another server's bare tool name in a description is a reference rather than an ordinary word:
+    it has a `_`, `-`, `.`, a digit or a camelCase hump (`set_stock`, `s3put`, `getStock`), or is at least
+    DISTINCTIVE_LENGTH characters long."""
+    return bool(DISTINCTIVE.search(name)) or len(name) >= DISTINCTIVE_LENGTH
+
+
 class ToolGuard:
     """Checks listed tools against their pins; decides which may be shown and called."""
 
     def __init__(self, upstreams: Iterable[UpstreamConfig], store: PinStore,
-                 mode: Literal["tofu", "strict", "off"] = "tofu", on_event: Event | None = None) -> None:
+                 mode: Literal["tofu", "strict", "off"] = "tofu", on_event: Event | None = None,
+                 on_approved: Callable[[str], None] | None = None) -> None:
         self._configs = {u.name: u for u in upstreams}
         self._store = store
         self._mode = mode
         self._on_event = on_event or (lambda **_: None)
-        names = set(self._configs) | {u.tool_prefix.rstrip("_") for u in self._configs.values()}
-        self._mentions = {u: re.compile(r"\b(" + "|".join(re.escape(n) for n in sorted(names - {u}) if n) + r")\w*",
-                                        re.IGNORECASE) for u in self._configs} if len(names) > 1 else {}
+        self._on_approved = on_approved or (lambda _: None)
+        # Per upstream, the descriptions of the tools it listed last: other servers' descriptions are
+        # matched against its names, again whenever its names change (lists arrive in any order).
+        self._listed: dict[str, dict[str, str]] = {u: {} for u in self._configs}
+        self._flagged: dict[str, set[tuple[str, str]]] = {u: set() for u in self._configs}  # (tool, description)
 
     async def check(self, upstream: str, tools: list[dict[str, Any]]) -> Verdict:
         if self._mode == "off":
@@ -96,7 +111,7 @@ class ToolGuard:
         config = self._configs[upstream]
         usable: list[dict[str, Any]] = []
         quarantined: list[str] = []
-        flagged: list[str] = []
+        flagged = self._learn(upstream, tools)
         for tool in tools:
             name = str(tool.get("name"))
             digest = definition_hash(tool)
@@ -113,8 +128,6 @@ class ToolGuard:
                 quarantined.append(name)
                 await self._quarantine(upstream, name, digest, "definition changed since it was pinned", pins)
                 continue
-            if self._mentions_other_servers(upstream, tool):
-                flagged.append(name)
             usable.append(tool)
         return Verdict(usable, quarantined, flagged)
 
@@ -128,21 +141,56 @@ class ToolGuard:
         log.warning("tool %s/%s quarantined: %s", upstream, name, why)
         self._on_event(type="tool_quarantined", upstream=upstream, tool=name, hash=digest, reason=why)
 
-    def _mentions_other_servers(self, upstream: str, tool: Mapping[str, Any]) -> bool:
-        pattern = self._mentions.get(upstream)
-        description = str(tool.get("description") or "")
-        if pattern is None or not pattern.search(description):
-            return False
-        log.warning("tool %s/%s description mentions another server's tools", upstream, tool.get("name"))
-        self._on_event(type="tool_flagged", upstream=upstream, tool=str(tool.get("name")),
-                       reason="description mentions another server")
-        return True
+    def _learn(self, upstream: str, tools: list[dict[str, Any]]) -> list[str]:
+        """Remember this list; flag its tools (and, if its names changed, other servers' tools) that
+        mention another server's tools. Returns this upstream's flagged tool names."""
+        listed = {str(t.get("name")): str(t.get("description") or "") for t in tools}
+        renamed = set(listed) != set(self._listed[upstream])
+        self._listed[upstream] = listed
+        if renamed:  # tools that another server listed before this one may name this one's tools
+            for other in self._configs:
+                if other != upstream:
+                    self._flag(other)
+        return self._flag(upstream)
+
+    def _flag(self, upstream: str) -> list[str]:
+        pattern = self._mentions(upstream)
+        found = {(name, description) for name, description in self._listed[upstream].items()
+                 if pattern is not None and pattern.search(description)}
+        for name, _ in sorted(found - self._flagged[upstream]):  # lists are checked again and again: report once
+            log.warning("tool %s/%s description mentions another server's tools", upstream, name)
+            self._on_event(type="tool_flagged", upstream=upstream, tool=name,
+                           reason="description mentions another server")
+        self._flagged[upstream] = found
+        return sorted(name for name, _ in found)
+
+    def _mentions(self, upstream: str) -> re.Pattern[str] | None:
+        """Other servers' names and prefixes (as word starts), and their tools: prefixed names, and bare
+        names that are distinctive and not also one of this server's own tools."""
+        own = set(self._listed[upstream])
+        starts: set[str] = set()
+        names: set[str] = set()
+        for other, config in self._configs.items():
+            if other == upstream:
+                continue
+            starts.update(n for n in (other, config.tool_prefix.rstrip("_")) if n)
+            for tool in self._listed[other]:
+                if config.tool_prefix:
+                    names.add(config.tool_prefix + tool)
+                if distinctive(tool) and tool not in own:
+                    names.add(tool)
+        alternatives = [re.escape(n) + r"\w*" for n in sorted(starts)]
+        alternatives += [re.escape(n) + r"(?![\w-])" for n in sorted(names, key=len, reverse=True)]
+        if not alternatives:
+            return None
+        return re.compile(r"(?<![\w-])(?:" + "|".join(alternatives) + ")", re.IGNORECASE)
 
     async def approve(self, upstream: str, name: str, digest: str, by: str) -> dict[str, Any]:
         """An administrator accepts the definition `digest` (as shown by `list`) for a tool."""
         record = {"hash": digest, "state": "pinned", "by": by}
         await self._store.put(upstream, name, record)
         self._on_event(type="tool_approved", upstream=upstream, tool=name, hash=digest, by=by)
+        self._on_approved(upstream)  # takes effect for calls now, not at the next tools/list
         return record
 
     async def list(self, upstream: str) -> dict[str, dict[str, Any]]:

@@ -267,6 +267,7 @@ class SecretsConfig(Model):
 class PinningConfig(Model):
     mode: Literal["tofu", "strict", "off"] = "tofu"
     admin_group: str = "admins"  # members (groups claim) may re-approve quarantined tools
+    verify_interval_s: float = Field(60.0, gt=0, le=3600)  # loaded tool lists re-checked against pins this often
 
 
 class SigningConfig(Model):
