@@ -171,7 +171,8 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
                       on_approved=catalog.invalidate)
     page_url = config.listen.resource_url + "/approvals"
     webhooks = WebhookNotifier(config.approvals.webhooks, page_url=page_url, session=http)
-    approve = ApproveStage(approvals, config.approvals, redactor.redact, notifier=webhooks, page_url=page_url)
+    approve = ApproveStage(approvals, config.approvals, redactor.redact, notifier=webhooks, page_url=page_url,
+                           policy_quorum=engine.policy_quorum)
     facts = TaskStage(facts_store, {u.name: u for u in config.upstreams}, credentials.tasks.resolve,
                       redactor.contains_secret)
     identifier = _identifier(config, http)

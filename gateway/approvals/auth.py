@@ -110,10 +110,14 @@ class ApproverAuth:
         except GatewayError:
             return False
 
+    @staticmethod
+    def on_own_behalf(approver: Approver, item: Approval) -> bool:
+        """The approver is the requester, an actor of its chain, or an owner of one of them."""
+        return bool({approver.principal.id, approver.principal.subject} & item.requester_ids())
+
     def authorize_decision(self, approver: Approver, item: Approval) -> None:
         """Nobody decides a call made on their own behalf; then Cedar (`Action::"approve"`) decides."""
-        me = {approver.principal.id, approver.principal.subject}
-        if me & item.requester_ids():
+        if self.on_own_behalf(approver, item):
             raise Refused(403, "self_approval", "you cannot approve a call made on your own behalf")
         try:
             decision = self._check(approver.principal, item)

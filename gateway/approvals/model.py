@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Final, Literal
 
 State = Literal["pending", "approved", "denied", "expired", "cancelled", "abandoned"]
@@ -69,6 +69,7 @@ class Approval:
     expires_at: float
     key: str = ""
     subject: str = ""  # the requester's `sub`, for the self-approval check
+    owners: tuple[str, ...] = ()  # the people the requester (and its chain's actors) act for: no self-approval
     policy_version: str = ""
     quorum: int = 1
     decided_by: tuple[str, ...] = ()
@@ -91,8 +92,10 @@ class Approval:
         return replace(self, state=state, **changes)
 
     def requester_ids(self) -> set[str]:
-        """Everyone on whose behalf the call was made: they may not approve it."""
-        return {x for x in (self.principal, self.subject, *self.chain) if x}
+        """Everyone on whose behalf the call was made: they may not approve it. That includes the owners
+        (the `owner` attribute of the requester and of the chain's actors): a person who owns the agent
+        would otherwise approve their own agent's call."""
+        return {x for x in (self.principal, self.subject, *self.chain, *self.owners) if x}
 
     def to_json(self) -> dict[str, Any]:
         """The documented wire shape (plus `quorum`, `votes`, `decided_at`, `executed`)."""
@@ -120,8 +123,11 @@ class Approval:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Approval:
-        data = dict(record)
+        # Fields this version does not know are dropped: replicas of different versions share one store.
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in record.items() if k in known}
         data["chain"] = tuple(data.get("chain") or ())
+        data["owners"] = tuple(data.get("owners") or ())
         data["policies"] = tuple(data.get("policies") or ())
         data["decided_by"] = tuple(data.get("decided_by") or ())
         data["votes"] = tuple(Vote(**v) for v in data.get("votes") or ())

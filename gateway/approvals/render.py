@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from functools import cache
 from html import escape
 from importlib import resources
@@ -57,7 +57,11 @@ def signin(csrf: str, message: str | None = None) -> str:
     return _template("signin.html").substitute(csrf=escape(csrf), notice=notice(message, error=True))
 
 
-def item_card(item: Approval, csrf: str, now: float) -> str:
+OWN_BEHALF = ('<p class="muted own-behalf">This call was made on your behalf (by you, an agent you own or one '
+              'acting for you), so someone else must decide it.</p>')
+
+
+def item_card(item: Approval, csrf: str, now: float, *, decidable: bool = True) -> str:
     approvals = [v.by for v in item.votes if v.outcome == "approved"]
     votes = f"{len(approvals)} of {item.quorum}" + (f" ({', '.join(approvals)})" if approvals else "")
     return _template("item.html").substitute(
@@ -66,7 +70,8 @@ def item_card(item: Approval, csrf: str, now: float) -> str:
         tenant=escape(item.tenant or "—"), policies=escape(", ".join(item.policies) or "—"),
         age=relative(now - item.created_at) + " ago", expires=f"in {relative(item.expires_at - now)}",
         votes=escape(votes), args=escape(json.dumps(item.args, indent=2, sort_keys=True, ensure_ascii=False)),
-        csrf=escape(csrf))
+        actions=_template("decide.html").substitute(id=escape(item.id), csrf=escape(csrf)) if decidable
+        else OWN_BEHALF)
 
 
 def history_table(items: Sequence[Approval]) -> str:
@@ -82,9 +87,11 @@ def history_table(items: Sequence[Approval]) -> str:
             f"<th>Comment</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
-def items_fragment(pending: Sequence[Approval], history: Sequence[Approval], csrf: str) -> str:
+def items_fragment(pending: Sequence[Approval], history: Sequence[Approval], csrf: str, *,
+                   own: Set[str] = frozenset()) -> str:
+    """The live part of the page; items in `own` were made on the viewer's behalf and get no buttons."""
     now = time.time()
-    cards = "".join(item_card(i, csrf, now) for i in pending) or \
+    cards = "".join(item_card(i, csrf, now, decidable=i.id not in own) for i in pending) or \
         '<p class="muted" id="none-pending">Nothing is waiting for approval.</p>'
     return (f'<h2>Waiting for a decision ({len(pending)})</h2>{cards}'
             f"<h2>History</h2>{history_table(history)}")

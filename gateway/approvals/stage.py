@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from gateway.approvals.model import TERMINAL, Approval, binding_key, new_id
 from gateway.approvals.store import ApprovalStore
 from gateway.config.model import ApprovalsConfig
-from gateway.context import ApprovalState, CallContext
+from gateway.context import ApprovalState, CallContext, Principal
 from gateway.errors import GatewayError
 
 log = logging.getLogger("customs.approvals")
@@ -40,6 +40,18 @@ def key_redactor(keys: tuple[str, ...]) -> Callable[[Any], Any]:
         return value
 
     return redact
+
+
+def owners_of(principal: Principal) -> tuple[str, ...]:
+    """The `owner` attributes (a string or a list of strings) of the requester and of its chain's actors,
+    where known: the people on whose behalf the call is made."""
+    found: list[str] = []
+    for attributes in (principal.attributes, *(actor.attributes for actor in principal.chain)):
+        value = attributes.get("owner")
+        for owner in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+            if isinstance(owner, str) and owner and owner not in found:
+                found.append(owner)
+    return tuple(found)
 
 
 def _terminal_error(item: Approval) -> GatewayError:
@@ -69,14 +81,24 @@ class ApproveStage:
 
     def __init__(self, store: ApprovalStore, config: ApprovalsConfig,
                  redactor: Callable[[Any], Any] | None = None, *, notifier: Notifier | None = None,
-                 clock: Callable[[], float] = time.time, page_url: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, page_url: str | None = None,
+                 policy_quorum: Callable[[str], int | None] | None = None) -> None:
         self._store = store
+        self._policy_quorum = policy_quorum
         self._config = config
         by_key = key_redactor(config.redact_keys)
         self._redact: Callable[[Any], Any] = (lambda v: by_key(redactor(v))) if redactor else by_key
         self._notifier = notifier
         self._clock = clock
         self._page_url = page_url
+
+    def quorum(self, policy_ids: Sequence[str]) -> int:
+        """Distinct approvers this call needs: the largest quorum of the policies that held it, each policy
+        counting with its `@quorum("N")`, or `approvals.quorum` when it has none."""
+        default = self._config.quorum
+        if self._policy_quorum is None:
+            return default
+        return max((self._policy_quorum(pid) or default for pid in policy_ids), default=default)
 
     def draft(self, ctx: CallContext) -> Approval:
         """A new pending item for this call (not yet stored)."""
@@ -90,7 +112,8 @@ class ApproveStage:
             args=self._redact(ctx.args), args_digest=ctx.digest, policies=tuple(ctx.decision.policy_ids),
             created_at=now, expires_at=now + self._config.ttl_s,
             key=binding_key(principal.key, upstream, ctx.tool.name, ctx.digest), subject=principal.subject,
-            policy_version=ctx.decision.policy_version, quorum=self._config.quorum, method=ctx.method)
+            owners=owners_of(principal), policy_version=ctx.decision.policy_version,
+            quorum=self.quorum(ctx.decision.policy_ids), method=ctx.method)
 
     async def __call__(self, ctx: CallContext) -> None:
         if ctx.decision is None or ctx.decision.outcome != "approval_required" or ctx.tool is None:

@@ -168,7 +168,9 @@ class ApprovalsWeb:
 
     async def _fragment_html(self, approver: Approver, csrf: str) -> str:
         items = [i for i in await self._store.list(None, 200) if self._auth.may_view(approver, i)]
-        return render.items_fragment([i for i in items if i.pending], [i for i in items if not i.pending][:50], csrf)
+        pending = [i for i in items if i.pending]
+        own = {i.id for i in pending if self._auth.on_own_behalf(approver, i)}  # shown, but not decidable
+        return render.items_fragment(pending, [i for i in items if not i.pending][:50], csrf, own=own)
 
     async def page(self, request: web.Request, message: str | None = None, *, error: bool = False,
                    status: int = 200) -> web.StreamResponse:

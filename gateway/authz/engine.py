@@ -164,6 +164,11 @@ class PolicyEngine:
     def policies(self) -> LoadedPolicies | None:
         return self._current
 
+    def policy_quorum(self, policy_id: str) -> int | None:
+        """The `@quorum("N")` of a policy in the enforced set (None: not annotated, or no such policy)."""
+        current = self._current
+        return current.quorum_by_id.get(policy_id) if current is not None else None
+
     def status(self) -> dict[str, Any]:
         """For /readyz detail: ready iff a set is loaded; a failed reload shows here until fixed."""
         current = self._current

@@ -2,7 +2,8 @@
 
 A directory is loaded whole or not at all: each file is parsed on its own (so a syntax error names its
 file), then the concatenated set is validated against the schema, and every policy must carry a unique
-`@id` annotation (decisions and the decision log name policies by it). The version is a hash of the
+`@id` annotation (decisions and the decision log name policies by it). A policy may also carry
+`@quorum("N")`: a call it holds for approval needs N distinct approvers. The version is a hash of the
 texts: approvals remember the version they were granted under.
 """
 
@@ -18,6 +19,8 @@ from typing import Any, TypeGuard
 import cedarpy
 
 SCHEMA_FILE = "schema.cedarschema"
+MAX_QUORUM = 20  # more distinct approvers than this for one call is a typo, not a policy
+Parsed = list[tuple[Path, str, list[dict[str, str]]]]  # file, text, each static policy's annotations
 
 
 class PolicyLoadError(Exception):
@@ -39,6 +42,7 @@ class LoadedPolicies:
     source: str
     files: tuple[str, ...]
     id_by_internal: dict[str, str] = field(default_factory=dict)  # policy0 -> @id
+    quorum_by_id: dict[str, int] = field(default_factory=dict)  # @id -> its @quorum("N"), where given
     # What of the context some policy reads (see context_tree); None: a policy uses `context` as a whole.
     context_reads: Tree | None = None
 
@@ -187,16 +191,16 @@ def _read(path: Path, problems: list[str]) -> str | None:
         return None
 
 
-def _annotations(text: str) -> list[str | None]:
-    """The `@id` of each static policy in `text`, in source order (None when missing)."""
+def _annotations(text: str) -> list[dict[str, str]]:
+    """The annotations (`@id`, `@quorum`, ...) of each static policy in `text`, in source order."""
     est = json.loads(cedarpy.policies_to_json_str(text))
     static = est.get("staticPolicies", {})
     ordered = sorted(static, key=lambda pid: int(pid[len("policy"):]) if pid[len("policy"):].isdigit() else 0)
-    return [static[pid].get("annotations", {}).get("id") for pid in ordered]
+    return [dict(static[pid].get("annotations") or {}) for pid in ordered]
 
 
-def _parse_files(paths: list[Path], problems: list[str]) -> list[tuple[Path, str, list[str | None]]]:
-    parsed: list[tuple[Path, str, list[str | None]]] = []
+def _parse_files(paths: list[Path], problems: list[str]) -> Parsed:
+    parsed: Parsed = []
     for path in paths:
         text = _read(path, problems)
         if text is None:
@@ -212,15 +216,14 @@ def _parse_files(paths: list[Path], problems: list[str]) -> list[tuple[Path, str
     return parsed
 
 
-def _id_map(parsed: list[tuple[Path, str, list[str | None]]], problems: list[str]) -> tuple[dict[str, str],
-                                                                                           dict[str, str]]:
+def _id_map(parsed: Parsed, problems: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     """policyN -> @id over the concatenation, and policyN -> file (for validation messages)."""
     by_internal: dict[str, str] = {}
     files: dict[str, str] = {}
     seen: dict[str, str] = {}
     index = 0
-    for path, _text, ids in parsed:
-        for position, ident in enumerate(ids, start=1):
+    for path, _text, annotated in parsed:
+        for position, ident in enumerate((a.get("id") for a in annotated), start=1):
             internal = f"policy{index}"
             index += 1
             files[internal] = str(path)
@@ -232,6 +235,22 @@ def _id_map(parsed: list[tuple[Path, str, list[str | None]]], problems: list[str
             seen[ident] = str(path)
             by_internal[internal] = ident
     return by_internal, files
+
+
+def _quorums(parsed: Parsed, problems: list[str]) -> dict[str, int]:
+    """@id -> N for each policy annotated `@quorum("N")` (1 ≤ N ≤ MAX_QUORUM; anything else is a problem)."""
+    out: dict[str, int] = {}
+    for path, _text, annotated in parsed:
+        for annotation in annotated:
+            raw, ident = annotation.get("quorum"), annotation.get("id")
+            if raw is None or not ident:
+                continue
+            if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_QUORUM:
+                problems.append(f'{path}: policy {ident!r}: @quorum("{raw}") must be a whole number '
+                                f"from 1 to {MAX_QUORUM}")
+                continue
+            out[ident] = int(raw)
+    return out
 
 
 def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPolicies:
@@ -255,6 +274,7 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
             problems.append(f"{schema_path}: invalid schema: {exc}")
     parsed = _parse_files(paths, problems)
     by_internal, files = _id_map(parsed, problems)
+    quorums = _quorums(parsed, problems)
     text = "\n".join(t for _p, t, _ids in parsed)
     if schema is not None and parsed and not problems:
         result = cedarpy.validate_policies(text, schema, release_gil=True)
@@ -270,5 +290,5 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
     return LoadedPolicies(
         policy_set=cedarpy.PolicySet.from_str(text, release_gil=True), schema=schema,
         version="sha256:" + digest.hexdigest()[:16], source=source,
-        files=tuple(str(p) for p, _t, _i in parsed), id_by_internal=by_internal,
+        files=tuple(str(p) for p, _t, _i in parsed), id_by_internal=by_internal, quorum_by_id=quorums,
         context_reads=context_tree(json.loads(cedarpy.policies_to_json_str(text))))

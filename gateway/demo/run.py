@@ -1,10 +1,10 @@
 """`customs demo`: the gateway on embedded defaults with the demo servers, demo tokens and a walkthrough.
 
 Starts the bundled inventory and payments servers as stdio children behind the gateway, mints
-demo tokens (a normal agent, an untrusted agent, an approver), prints what an agent should use,
-then shows an allowed call, a denied call and a call held for a person. The held call is
-released by approving it in the approvers' page, the CLI or — with --exit-after-walkthrough —
-by the walkthrough itself.
+demo tokens (a normal agent owned by bob, an untrusted agent, approvers alice and bob), prints what an
+agent should use, then shows an allowed call, a denied call and a call held for a person. The held
+call is released by approving it in the approvers' page, the CLI or — with --exit-after-walkthrough —
+by the walkthrough itself (bob, the agent's owner, is refused first: no approving on one's own behalf).
 """
 
 from __future__ import annotations
@@ -64,11 +64,15 @@ async def _pending(base: str, token: str) -> list[dict[str, Any]]:
             return list(body.get("items", []))
 
 
-async def _approve(base: str, token: str, approval_id: str) -> int:
+async def _approve(base: str, token: str, approval_id: str) -> str:
+    """The HTTP status of an approve request, with the refusal's reason if any (e.g. `403 self_approval`)."""
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
         async with http.post(f"{base}/api/approvals/{approval_id}/approve",
                              json={"comment": "approved by the demo walkthrough"}) as resp:
-            return resp.status
+            if resp.status == 200:
+                return "200"
+            body = await resp.json(content_type=None)
+            return f"{resp.status} {(body.get('error') or {}).get('reason', '')}".strip()
 
 
 async def walkthrough(base: str, tokens: dict[str, str], *, approve: bool) -> int:
@@ -88,11 +92,14 @@ async def walkthrough(base: str, tokens: dict[str, str], *, approve: bool) -> in
         _say("   (no pending item found)")
         return 1
     approval_id = items[0]["id"]
-    _say(f"   pending approval {approval_id}: approve it at {base}/approvals (sign in with ALICE_TOKEN)")
+    _say(f"   pending approval {approval_id}: approve it at {base}/approvals (sign in with ALICE_TOKEN;")
+    _say("   BOB_TOKEN is refused: bob owns the shopper, and nobody approves a call made on their own behalf)")
     _say(f"   or: customs approvals approve {approval_id} --url {base} --token \"$ALICE_TOKEN\" --comment ok")
     if not approve:
         return 0
-    _say("\n== 4. alice approves; the agent retries the identical call, which now runs exactly once")
+    _say("\n== 4. bob, the shopper's owner, may not approve its payment")
+    _say(f"   bob's approve → HTTP {await _approve(base, tokens['bob'], approval_id)}")
+    _say("\n== 5. alice approves; the agent retries the identical call, which now runs exactly once")
     _say(f"   approve → HTTP {await _approve(base, tokens['alice'], approval_id)}")
     ok, text = await _call(mcp, tokens["shopper"], "payments__pay", args)
     _say(f"   {'OK' if ok else 'ERROR'}: {text}")

@@ -34,15 +34,18 @@ class DemoPrincipal:
 
 
 DEMO_PRINCIPALS: Mapping[str, DemoPrincipal] = {
-    "shopper": DemoPrincipal("spiffe://customs.demo/agent/shopper", {"tenant": "acme", "owner": "alice"},
-                             note="a well-behaved agent of tenant acme"),
+    "shopper": DemoPrincipal("spiffe://customs.demo/agent/shopper", {"tenant": "acme", "owner": "bob"},
+                             note="a well-behaved agent of tenant acme, owned by bob"),
     "untrusted": DemoPrincipal("spiffe://customs.demo/agent/untrusted", {"tenant": "acme"},
                                note="an agent the shipped guards policy denies"),
-    "delegated": DemoPrincipal("spiffe://customs.demo/agent/shopper", {"tenant": "acme", "owner": "alice"},
+    "delegated": DemoPrincipal("spiffe://customs.demo/agent/shopper", {"tenant": "acme", "owner": "bob"},
                                act={"sub": "spiffe://customs.demo/agent/orchestrator"},
                                note="the shopper acting through the orchestrator (RFC 8693 act)"),
     "alice": DemoPrincipal("alice", {"groups": ["approvers", "finance"], "name": "Alice"},
                            note="a person who may approve held calls, payments included"),
+    # bob is in finance too, but owns the shopper: nobody approves a call made on their own behalf
+    "bob": DemoPrincipal("bob", {"groups": ["approvers", "finance"], "name": "Bob"},
+                         note="owns the shopper, so he may not approve its calls (403 self_approval)"),
 }
 
 

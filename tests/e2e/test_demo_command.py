@@ -19,6 +19,7 @@ def test_demo_walkthrough_shows_allow_deny_hold_and_release(tmp_path: Path) -> N
     assert "OK: widget: 42 in stock" in out
     assert "DENIED: Unknown tool: inventory__get_stock" in out
     assert "HELD: Call is waiting for approval" in out
+    assert "bob's approve → HTTP 403 self_approval" in out  # bob owns the shopper: not his to approve
     assert "approve → HTTP 200" in out
     assert "OK: paid 12500.0 to acme-supplies" in out
     decisions = (tmp_path / "demo" / "decisions.jsonl").read_text()
