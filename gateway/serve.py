@@ -103,6 +103,9 @@ async def run(config: Config, *, config_path: Path | None = None,
     await stop.wait()
     log.info("shutting down: draining in-flight calls (up to %.0fs)", config.listen.drain_timeout_s)
     gateway.draining = True
+    # Held calls are not in-flight work to wait for: they answer approval_pending (with the id) now and their
+    # items stay pending in the store; waiting for a person would only run into the drain deadline.
+    gateway.parts.approve.release_held()
     await runner.cleanup()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)

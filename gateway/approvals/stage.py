@@ -91,6 +91,14 @@ class ApproveStage:
         self._notifier = notifier
         self._clock = clock
         self._page_url = page_url
+        self._released = asyncio.Event()  # set on shutdown: held calls answer approval_pending at once
+
+    def release_held(self) -> None:
+        """Shutdown: every held call answers `approval_pending` now and its item stays pending in the store, so
+        the agent can retry the identical call on another replica (or after the restart) and join it. The
+        requests this process still cancels after that are ended by the shutdown, not by their clients, so
+        they no longer withdraw their items either."""
+        self._released.set()
 
     def quorum(self, policy_ids: Sequence[str]) -> int:
         """Distinct approvers this call needs: the largest quorum of the policies that held it, each policy
@@ -150,26 +158,32 @@ class ApproveStage:
         data: dict[str, Any] = {"approval_id": item.id, "expires_at": item.expires_at}
         if self._page_url:
             data["approval_url"] = f"{self._page_url}#{item.id}"
+        if self._released.is_set():
+            return GatewayError("approval_pending", "Call is waiting for approval; this gateway is shutting down, "
+                                "retry the identical call", data=data)
         return GatewayError("approval_pending", data=data)
 
     async def _hold(self, ctx: CallContext, item: Approval) -> Approval:
         """Wait for a decision on the open request, or answer approval_pending at once."""
-        if ctx.notify is None or self._config.wait_s <= 0:
+        if ctx.notify is None or self._config.wait_s <= 0 or self._released.is_set():
             raise self._pending_error(item)
         cancelled: asyncio.Event = ctx.cancelled if isinstance(ctx.cancelled, asyncio.Event) else asyncio.Event()
         try:
             async with self._store.hold(item.id):
                 return await self._wait_loop(ctx, item, cancelled)
         except asyncio.CancelledError:
-            # the client went away (handler cancelled): withdraw the call, then let cancellation proceed
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._store.cancel(item.id, "cancelled", actor=ctx.principal.id))
+            # the client went away (handler cancelled): withdraw the call, then let cancellation proceed;
+            # a shutdown's cancellation leaves the item pending for the agent's retry
+            if not self._released.is_set():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._store.cancel(item.id, "cancelled", actor=ctx.principal.id))
             raise
 
     async def _wait_loop(self, ctx: CallContext, item: Approval, cancelled: asyncio.Event) -> Approval:
         loop = asyncio.get_running_loop()
         window_ends = loop.time() + self._config.wait_s
         cancel_wait = loop.create_task(cancelled.wait())
+        release_wait = loop.create_task(self._released.wait())
         ticks = 0
         try:
             await self._keepalive(ctx, item, ticks)  # commit the stream at once: short client timeouts
@@ -181,7 +195,9 @@ class ApproveStage:
                 if left <= 0:
                     raise self._pending_error(item)
                 step = min(self._config.keepalive_s, left)
-                item = await self._wait_step(item, step, cancel_wait)
+                item = await self._wait_step(item, step, {cancel_wait, release_wait})
+                if release_wait.done() and item.state not in TERMINAL:
+                    raise self._pending_error(item)  # shutdown: the item stays pending for a retry
                 if cancel_wait.done():
                     await self._store.cancel(item.id, "cancelled", actor=ctx.principal.id)
                     raise GatewayError("approval_cancelled", data={"approval_id": item.id})
@@ -191,12 +207,14 @@ class ApproveStage:
                 await self._keepalive(ctx, item, ticks)
         finally:
             cancel_wait.cancel()
+            release_wait.cancel()
 
-    async def _wait_step(self, item: Approval, step: float, cancel_wait: asyncio.Task[Any]) -> Approval:
-        """One wait of at most `step` seconds; a Redis outage keeps the call held (re-read next tick)."""
+    async def _wait_step(self, item: Approval, step: float, interrupts: set[asyncio.Task[Any]]) -> Approval:
+        """One wait of at most `step` seconds, ended early by a change or any of `interrupts`; a Redis outage
+        keeps the call held (re-read next tick)."""
         change = asyncio.ensure_future(self._store.wait(item.id, step))
         try:
-            await asyncio.wait({change, cancel_wait}, timeout=step + 1.0, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({change, *interrupts}, timeout=step + 1.0, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not change.done():
                 change.cancel()
