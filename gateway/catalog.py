@@ -7,13 +7,20 @@ overrides (`upstreams[].tools`). In the aggregated view names carry the upstream
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from gateway.config.model import UpstreamConfig
 from gateway.context import ToolInfo, canonical_json
+from gateway.errors import GatewayError
+
+# ToolInfo attributes an upstream's MCP annotations set (unless config fixes them), by hint name.
+ANNOTATED: Final = {"read_only": "readOnlyHint", "destructive": "destructiveHint", "idempotent": "idempotentHint",
+             "open_world": "openWorldHint"}
 
 
 def definition_hash(tool: Mapping[str, Any]) -> str:
@@ -51,9 +58,62 @@ def tool_info(upstream: UpstreamConfig, tool: Mapping[str, Any]) -> ToolInfo:
     )
 
 
-def named_info(upstream: str, name: str) -> ToolInfo:
-    """A non-tool target (prompt, resource URI) as a policy resource: no write semantics."""
-    return ToolInfo(upstream=upstream, name=name, read_only=True, destructive=False, open_world=False)
+def named_info(upstream: UpstreamConfig, name: str) -> ToolInfo:
+    """A prompt or resource (its URI, or URI template) as a policy resource: read-only, not destructive,
+    closed-world, `internal`, unless `upstreams[].tools.<name>` labels it otherwise."""
+    override = upstream.tools.get(name)
+
+    def pick(attr: str, default: bool) -> bool:
+        value = getattr(override, attr) if override is not None else None
+        return default if value is None else bool(value)
+
+    return ToolInfo(
+        upstream=upstream.name, name=name, read_only=pick("read_only", True), destructive=pick("destructive", False),
+        idempotent=pick("idempotent", False), open_world=pick("open_world", False),
+        sensitivity=(override.sensitivity if override and override.sensitivity else "internal"),
+        leaves_org=pick("leaves_org", False),
+    )
+
+
+def annotation_variants(upstream: UpstreamConfig, name: str) -> tuple[ToolInfo, ...]:
+    """Every labelling a tool of this name could get once its annotations are known: the config's labels
+    fixed, each annotation-set attribute config leaves open taken both ways. The first is the spec defaults'."""
+    base = tool_info(upstream, {"name": name})
+    override = upstream.tools.get(name)
+    open_attrs = [a for a in ANNOTATED if override is None or getattr(override, a) is None]
+    variants = [base]
+    for values in itertools.product((False, True), repeat=len(open_attrs)):
+        labels: dict[str, Any] = dict(zip(open_attrs, values, strict=True))
+        variant = dataclasses.replace(base, **labels)
+        if variant != base:
+            variants.append(variant)
+    return tuple(variants)
+
+
+# action -> (reason, message prefix) of the answer for an item that does not exist.
+NOT_FOUND: Final = {"call_tool": ("unknown_tool", "Unknown tool: "),
+                    "get_prompt": ("unknown_prompt", "Unknown prompt: "),
+                    "read_resource": ("unknown_resource", "Resource not found: ")}
+
+
+def not_found(action: str, name: str) -> GatewayError:
+    """The answer for an item that does not exist, by the action on it; a denial answers exactly this too."""
+    reason, prefix = NOT_FOUND.get(action, NOT_FOUND["call_tool"])
+    return GatewayError(reason, prefix + name)
+
+
+PENDING_TOOL: Final = "pending_tool"  # CallContext.extra key of a PendingTool
+
+
+@dataclass(frozen=True)
+class PendingTool:
+    """A tool called before its upstream's list is known: what it could be, and how to learn what it is.
+
+    The authorize stage decides on `variants` first, so a call denied whatever the annotations say
+    reaches no upstream (learning the list is a request, with a credential, on the caller's behalf)."""
+
+    variants: tuple[ToolInfo, ...]
+    load: Callable[[], Awaitable[ToolInfo | None]]
 
 
 @dataclass
@@ -101,6 +161,16 @@ class Catalog:
 
     def tool(self, upstream: str, name: str) -> ToolInfo | None:
         return self._by_upstream[upstream].tools.get(name)
+
+    def tools(self, upstream: str) -> list[ToolInfo]:
+        return list(self._by_upstream[upstream].tools.values())
+
+    def named(self, upstream: str, name: str) -> ToolInfo:
+        """A prompt or resource of this upstream as policy sees it (config labels by name or URI)."""
+        return named_info(self._configs[upstream], name)
+
+    def variants(self, upstream: str, name: str) -> tuple[ToolInfo, ...]:
+        return annotation_variants(self._configs[upstream], name)
 
     def exposed(self, upstream: str, name: str) -> str:
         return self._configs[upstream].tool_prefix + name

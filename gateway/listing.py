@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.catalog import Catalog, named_info
+from gateway.catalog import Catalog
 from gateway.context import Decision, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.pinning import ToolGuard
@@ -74,7 +74,7 @@ class Lister:
             info = self._catalog.tool(upstream, str(item.get("name")))
             if info is not None:
                 return info
-        return named_info(upstream, str(item.get(kind.name_field, "")))
+        return self._catalog.named(upstream, str(item.get(kind.name_field, "")))
 
     def filter(self, kind: ListKind, principal: Principal, upstream: str, items: list[Any],
                prefixed: bool) -> list[dict[str, Any]]:

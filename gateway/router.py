@@ -1,20 +1,22 @@
 """MCP methods → handlers: one table per view (aggregated `/mcp`, pass-through `/mcp/{upstream}`).
 
 Calls that touch an upstream on a principal's behalf (tools/call, resources/read, prompts/get) go
-through the pipeline; lists are fanned out and filtered by policy; anything else is answered here
-(ping, discover) or, in the pass-through view, forwarded unchanged so the upstream's own protocol
-features keep working.
+through the pipeline; lists are fanned out and filtered by policy; requests about one prompt or
+resource (completion/complete, resources/subscribe|unsubscribe) reach its upstream only when the
+principal may see that item, logging/setLevel only upstreams where it may use a tool. Both views
+answer any other method "method not found": nothing reaches an upstream undecided.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonrpc
-from gateway.catalog import Catalog, named_info
+from gateway.catalog import PENDING_TOOL, Catalog, PendingTool, not_found
 from gateway.context import CallContext, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
@@ -72,9 +74,12 @@ class Router:
         self._catalog = catalog
         self._pipeline = pipeline
         self._guard = guard
+        self._authorizer = authorizer
         self._lister = Lister(catalog, authorizer, guard)
         self._timeouts = timeouts
-        self._aggregated: dict[str, Handler] = {
+        # One table for both views: the handlers resolve names per view. A method not here is refused,
+        # in the pass-through view too (fail closed: forwarding it would reach the upstream undecided).
+        self._handlers: dict[str, Handler] = {
             "ping": self._ping,
             "tools/call": self._call_tool,
             "resources/read": self._read_resource,
@@ -82,25 +87,15 @@ class Router:
             "resources/subscribe": self._by_resource,
             "resources/unsubscribe": self._by_resource,
             "completion/complete": self._complete,
-            "logging/setLevel": self._broadcast,
-            **{method: self._list for method in LISTS},
-        }
-        self._passthrough: dict[str, Handler] = {
-            "ping": self._ping,
-            "tools/call": self._call_tool,
-            "resources/read": self._read_resource,
-            "prompts/get": self._get_prompt,
+            "logging/setLevel": self._set_level,
             **{method: self._list for method in LISTS},
         }
 
     async def dispatch(self, inbound: Inbound) -> dict[str, Any]:
         method = inbound.message.method
-        if inbound.session.view is None:
-            handler = self._aggregated.get(method)
-            if handler is None:
-                raise GatewayError("method_not_found", f"Method not found: {method}")
-        else:
-            handler = self._passthrough.get(method, self._forward_raw)
+        handler = self._handlers.get(method)
+        if handler is None:
+            raise GatewayError("method_not_found", f"Method not found: {method}")
         return await handler(inbound)
 
     # -- upstream plumbing -------------------------------------------------------------------------
@@ -142,6 +137,10 @@ class Router:
                 break
         self._catalog.update(upstream, (await self._guard.check(upstream, tools)).usable)
 
+    async def _load_tool(self, inbound: Inbound, upstream: str, name: str) -> ToolInfo | None:
+        await self._ensure_tools(inbound, upstream)
+        return self._catalog.tool(upstream, name)
+
     def _context(self, inbound: Inbound, action: str, upstream: str, tool: ToolInfo,
                  params: dict[str, Any]) -> CallContext:
         meta = inbound.params.get("_meta")
@@ -158,11 +157,6 @@ class Router:
         ctx.extra.update(inbound.extra)
         return ctx
 
-    async def _forward_raw(self, inbound: Inbound) -> dict[str, Any]:
-        view = inbound.session.view
-        assert view is not None
-        return await self.fetch(inbound, view, inbound.message.method, inbound.params)
-
     # -- handlers ----------------------------------------------------------------------------------
 
     async def _ping(self, inbound: Inbound) -> dict[str, Any]:
@@ -176,21 +170,27 @@ class Router:
             raise GatewayError("invalid_params", "Invalid params: arguments must be an object")
         target = self._target(inbound, name)
         if target is None:
-            raise GatewayError("unknown_tool", f"Unknown tool: {name}")
+            raise not_found("call_tool", name)
         upstream, tool_name = target
-        await self._ensure_tools(inbound, upstream)
-        tool = self._catalog.tool(upstream, tool_name)
-        if tool is None:
-            raise GatewayError("unknown_tool", f"Unknown tool: {name}")
         params = upstream_params(inbound.params, name=tool_name)
-        return await self._pipeline.run(self._context(inbound, "call_tool", upstream, tool, params))
+        if self._catalog.loaded(upstream):
+            tool = self._catalog.tool(upstream, tool_name)
+            if tool is None:
+                raise not_found("call_tool", name)
+            return await self._pipeline.run(self._context(inbound, "call_tool", upstream, tool, params))
+        # Tools not known yet: authorize decides on what the tool could be before its list is fetched.
+        variants = self._catalog.variants(upstream, tool_name)
+        ctx = self._context(inbound, "call_tool", upstream, variants[0], params)
+        ctx.extra[PENDING_TOOL] = PendingTool(variants, functools.partial(self._load_tool, inbound, upstream,
+                                                                          tool_name))
+        return await self._pipeline.run(ctx)
 
     async def _read_resource(self, inbound: Inbound) -> dict[str, Any]:
         uri = inbound.params.get("uri")
         if not isinstance(uri, str) or not uri:
             raise GatewayError("invalid_params", "Invalid params: resources/read needs a uri")
         upstream = self._resource_owner(inbound, uri)
-        ctx = self._context(inbound, "read_resource", upstream, named_info(upstream, uri),
+        ctx = self._context(inbound, "read_resource", upstream, self._catalog.named(upstream, uri),
                             upstream_params(inbound.params))
         return await self._pipeline.run(ctx)
 
@@ -200,9 +200,9 @@ class Router:
             raise GatewayError("invalid_params", "Invalid params: prompts/get needs a prompt name")
         target = self._target(inbound, name)
         if target is None:
-            raise GatewayError("unknown_prompt", f"Unknown prompt: {name}")
+            raise not_found("get_prompt", name)
         upstream, prompt = target
-        ctx = self._context(inbound, "get_prompt", upstream, named_info(upstream, prompt),
+        ctx = self._context(inbound, "get_prompt", upstream, self._catalog.named(upstream, prompt),
                             upstream_params(inbound.params, name=prompt))
         return await self._pipeline.run(ctx)
 
@@ -227,30 +227,61 @@ class Router:
         if isinstance(owners, dict):
             session.resource_owner.update(owners)
 
+    # -- requests about one item, decided like its list entry ----------------------------------------
+
+    def _require_visible(self, inbound: Inbound, action: str, upstream: str, item: str, requested: str) -> None:
+        """Refuse, exactly as for a missing item, unless a list would show this item to the principal."""
+        decision = self._authorizer.visible(inbound.principal, action, self._catalog.named(upstream, item))
+        if decision.outcome == "deny":
+            raise not_found(action, requested)
+
     async def _by_resource(self, inbound: Inbound) -> dict[str, Any]:
         uri = inbound.params.get("uri")
         if not isinstance(uri, str):
             raise GatewayError("invalid_params", "Invalid params: uri required")
         upstream = self._resource_owner(inbound, uri)
+        self._require_visible(inbound, "read_resource", upstream, uri, uri)
         return await self.fetch(inbound, upstream, inbound.message.method, inbound.params)
 
     async def _complete(self, inbound: Inbound) -> dict[str, Any]:
         ref = inbound.params.get("ref")
         if not isinstance(ref, dict):
             raise GatewayError("invalid_params", "Invalid params: ref required")
-        if ref.get("type") == "ref/prompt":
-            target = self._target(inbound, str(ref.get("name", "")))
+        if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
+            name = ref["name"]
+            target = self._target(inbound, name)
             if target is None:
-                raise GatewayError("unknown_prompt", f"Unknown prompt: {ref.get('name')}")
+                raise not_found("get_prompt", name)
+            self._require_visible(inbound, "get_prompt", target[0], target[1], name)
             params = {**inbound.params, "ref": {**ref, "name": target[1]}}
             return await self.fetch(inbound, target[0], "completion/complete", params)
-        upstream = self._resource_owner(inbound, str(ref.get("uri", "")))
-        return await self.fetch(inbound, upstream, "completion/complete", inbound.params)
+        if ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
+            uri = ref["uri"]  # a URI or a URI template, decided by that string as its list entry is
+            upstream = self._resource_owner(inbound, uri)
+            self._require_visible(inbound, "read_resource", upstream, uri, uri)
+            return await self.fetch(inbound, upstream, "completion/complete", inbound.params)
+        raise GatewayError("invalid_params", "Invalid params: ref must be a ref/prompt with a name "
+                                             "or a ref/resource with a uri")
 
-    async def _broadcast(self, inbound: Inbound) -> dict[str, Any]:
+    async def _uses_a_tool(self, inbound: Inbound, upstream: str) -> bool:
+        """Whether the principal may call any of the upstream's tools (learning its list if needed)."""
+        await self._ensure_tools(inbound, upstream)
+        return any(self._authorizer.visible(inbound.principal, "call_tool", tool).outcome != "deny"
+                   for tool in self._catalog.tools(upstream))
+
+    async def _set_level(self, inbound: Inbound) -> dict[str, Any]:
+        """A session-wide setting: sent only to upstreams where the principal may use a tool; elsewhere
+        accepted here, as it changes nothing the principal could see."""
+        view = inbound.session.view
+        if view is not None:
+            if not await self._uses_a_tool(inbound, view):
+                return {}
+            return await self.fetch(inbound, view, inbound.message.method, inbound.params)
+
         async def one(upstream: str) -> None:
             try:
-                await self.fetch(inbound, upstream, inbound.message.method, inbound.params)
+                if await self._uses_a_tool(inbound, upstream):
+                    await self.fetch(inbound, upstream, inbound.message.method, inbound.params)
             except (GatewayError, UpstreamErrorResponse):
                 pass  # an upstream without logging support must not fail the others
         await asyncio.gather(*(one(u) for u in self._catalog.upstream_names))
@@ -273,5 +304,5 @@ class Router:
             owner = next((u for u in self._catalog.upstream_names
                           if uri.startswith(f"{u}://") or uri.startswith(f"{u}:")), None)
         if owner is None:
-            raise GatewayError("unknown_resource", f"Resource not found: {uri}")
+            raise not_found("read_resource", uri)
         return owner

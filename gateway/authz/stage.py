@@ -1,19 +1,20 @@
-"""The authorize stage: decide the call with the policy engine; a denied tool looks exactly like an unknown one."""
+"""The authorize stage: decide the call with the policy engine; a denied item looks exactly like a missing one."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from gateway.authz.record import SnapshotParts, authz_input
-from gateway.context import CallContext
-from gateway.errors import GatewayError
+from gateway.catalog import PENDING_TOOL, PendingTool, not_found
+from gateway.context import CallContext, Decision
 from gateway.pipeline import Authorizer
 
 
 class AuthorizeStage:
-    """Sets ctx.decision. deny → GatewayError("unknown_tool") with the same message an unknown tool gets
-    (no policy ids on the wire); approval_required passes through to the approve stage; no loaded
-    policy set → "policy_unavailable" (raised by the engine)."""
+    """Sets ctx.decision. deny → the not-found answer of the item's kind (`unknown_tool`, `unknown_prompt`,
+    `unknown_resource`) with the same message a missing one gets (no policy ids on the wire);
+    approval_required passes through to the approve stage; no loaded policy set → "policy_unavailable"
+    (raised by the engine)."""
 
     def __init__(self, engine: Authorizer, environment: str | None = None) -> None:
         self._engine = engine
@@ -21,21 +22,38 @@ class AuthorizeStage:
         self._parts = SnapshotParts()
 
     async def __call__(self, ctx: CallContext) -> None:
-        tool = ctx.tool
         # The name the client asked for (prefixed in the aggregated view), so a denial reads exactly
-        # like the router's answer for a tool that does not exist.
+        # like the router's answer for an item that does not exist.
         name = str(ctx.extra.get("requested_name") or ctx.params.get("name") or ctx.params.get("uri") or "")
-        if tool is None:
-            raise GatewayError("unknown_tool", f"Unknown tool: {name}")
+        if ctx.tool is None:
+            raise not_found(ctx.action, name)
+        pending = ctx.extra.pop(PENDING_TOOL, None)
         # Cedar on pre-parsed handles takes tens of microseconds: inline, no thread hop.
-        ctx.decision = self._engine.decide(ctx.principal, ctx.action, tool, ctx)
+        decision = self._engine.decide(ctx.principal, ctx.action, ctx.tool, ctx)
+        # Learning the tool's annotations means a tools/list upstream on the caller's behalf (and a credential
+        # minted for it): not for a call that no annotation could make anything but a deny.
+        if isinstance(pending, PendingTool) and not self._denied_whatever_annotations(ctx, decision, pending):
+            tool = await pending.load()
+            if tool is None:
+                raise not_found(ctx.action, name)
+            ctx.tool = tool
+            decision = self._engine.decide(ctx.principal, ctx.action, tool, ctx)
+        ctx.decision = decision
         if self._environment is not None:
             # Built only when the decision is logged: the snapshot costs more than the decision. A bound
             # method, not a closure over ctx: ctx holding a function that holds ctx is a reference cycle,
             # and cycles per call leave every call's objects to the garbage collector.
             ctx.extra["authz_input"] = self._snapshot
         if ctx.decision.outcome == "deny":
-            raise GatewayError("unknown_tool", f"Unknown tool: {name}")
+            raise not_found(ctx.action, name)
+
+    def _denied_whatever_annotations(self, ctx: CallContext, first: Decision, pending: PendingTool) -> bool:
+        """`first` (the decision on the spec defaults) and the decision on every other labelling the tool
+        could have are deny."""
+        if first.outcome != "deny":
+            return False
+        return all(self._engine.decide(ctx.principal, ctx.action, variant, ctx).outcome == "deny"
+                   for variant in pending.variants[1:])
 
     def _snapshot(self, ctx: CallContext, include_args: bool) -> dict[str, Any]:
         assert ctx.tool is not None and self._environment is not None
