@@ -1,10 +1,11 @@
 """Mint short-lived JWTs for upstreams: audience-bound, scoped to the tool, tied to the task, cached per task.
 
 Claims: `iss` (the gateway), `aud` (the upstream), `sub` (the agent), `act` (the delegation chain,
-nested RFC 8693 form), `scope` (the tool names, space separated), `task`, `jti`, `iat`, `exp`
-(no later than the TTL and never after the task's known end), and with `narrow_to_args` an `args`
-claim holding the selected argument values. Every jti is recorded under its task before the token
-is handed out, so ending the task revokes it.
+nested RFC 8693 form), `scope` (the tool names, space separated, and with `narrow_to_args` one
+`name:value` token per selected argument), `task`, `jti`, `iat`, `exp` (no later than the TTL and
+never after the task's known end), and with `narrow_to_args` an `args` claim holding the selected
+argument values as JSON. Every jti is recorded under its task before the token is handed out, so
+ending the task revokes it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import jwt
 
@@ -35,6 +37,24 @@ def act_claim(chain: Sequence[Actor]) -> dict[str, Any] | None:
     for actor in reversed(chain):
         claim = {"sub": actor.id, **({"act": claim} if claim else {})}
     return claim
+
+
+def scope_token(name: str, value: Any) -> str:
+    """One narrowed argument as an OAuth scope token: `name:value` for a string, `name=<JSON>` for any other
+    value (number, boolean, null for an argument the call did not pass, object, array). Name and value are
+    percent-encoded (RFC 3986, only unreserved characters kept), so a token never holds a space, `:` or `=`
+    of its own and the string "5" (`n:5`) never reads as the number 5 (`n=5`)."""
+    if isinstance(value, str):
+        return f"{quote(name, safe='')}:{quote(value, safe='')}"
+    return f"{quote(name, safe='')}={quote(canonical_json(value), safe='')}"
+
+
+def scope_of(tool_names: Sequence[str], narrowed: Mapping[str, Any] | None) -> str:
+    """The `scope` claim: the tool names, then (for a tool call) each narrowed argument's scope token."""
+    tokens = list(tool_names)
+    if narrowed is not None and tool_names:  # a session-level token names no tool and no argument
+        tokens += [scope_token(name, value) for name, value in narrowed.items()]
+    return " ".join(tokens)
 
 
 def refresh_margin(ttl_s: float) -> float:
@@ -82,7 +102,7 @@ class Minter:
             raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
         claims: dict[str, Any] = {
             "iss": self.issuer, "aud": audience_of(upstream), "sub": principal.id,
-            "scope": " ".join(tool_names), "task": task_id, "jti": secrets.token_urlsafe(16),
+            "scope": scope_of(tool_names, narrowed), "task": task_id, "jti": secrets.token_urlsafe(16),
             "iat": int(now), "exp": int(exp),
         }
         act = act_claim(principal.chain)

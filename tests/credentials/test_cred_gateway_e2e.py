@@ -25,8 +25,8 @@ async def test_gateway_attaches_minted_credential_only(start_gateway, permissive
             assert not result.is_error, result
         # Session set-up (initialize, tools/list) carries a task-bound token with no tool scope; the call
         # itself carries one narrowed to the tool and the account it touches.
-        (claims,) = [c for c in verifier.accepted if c.get("scope") == "pay"]
-        assert all(c["scope"] in ("", "pay") for c in verifier.accepted)
+        (claims,) = [c for c in verifier.accepted if c.get("scope") == "pay account:acme-1"]
+        assert all(c["scope"] in ("", "pay account:acme-1") for c in verifier.accepted)
         assert all(c["iss"] == gw.url and c["aud"] == upstream_url for c in verifier.accepted)
         assert claims["iss"] == gw.url and claims["aud"] == upstream_url and claims["args"] == {"account": "acme-1"}
         assert verifier.rejections == []

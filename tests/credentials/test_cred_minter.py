@@ -44,7 +44,7 @@ async def test_claims(service: CredentialService, clock: Clock) -> None:
     assert claims["iss"] == "http://127.0.0.1:8700"
     assert claims["sub"] == "spiffe://acme/agent-1"
     assert claims["act"] == {"sub": "spiffe://acme/orchestrator", "act": {"sub": "user:alice"}}
-    assert claims["scope"] == "pay" and claims["task"] == "task-1"
+    assert claims["scope"] == "pay account:acme-1" and claims["task"] == "task-1"
     assert claims["args"] == {"account": "acme-1"}  # only the configured argument
     assert claims["iat"] == int(clock()) and claims["exp"] == int(clock()) + 60
     assert len(claims["jti"]) >= 16
@@ -63,6 +63,28 @@ async def test_no_chain_no_act_and_missing_narrowed_arg_is_null(service: Credent
     lone = Principal(id="agent-2", issuer="https://idp.test", subject="agent-2")
     _, claims = await service.minter.mint(lone, upstream(service, "payments"), ["pay"], {"amount": 1}, "t")
     assert "act" not in claims and claims["args"] == {"account": None}
+    assert claims["scope"] == "pay account=null"  # not passed: never mistaken for the string "null"
+
+
+async def test_scope_names_the_tool_and_every_narrowed_value(tmp_path, clock: Clock) -> None:
+    upstreams = [{"name": "git", "url": "http://127.0.0.1:9004/mcp",
+                  "credentials": {"mode": "minted", "narrow_to_args": ["repo", "count", "label", "opts"]}},
+                 {"name": "bare", "url": "http://127.0.0.1:9005/mcp", "credentials": {"mode": "minted"}}]
+    svc = CredentialService(make_config(tmp_path, upstreams), clock=clock)
+    await svc.start()
+    try:
+        git = upstream(svc, "git")
+        args = {"repo": "acme/app b:c=d", "count": 5, "label": "5", "opts": {"b": True, "a": [1]}, "x": "y"}
+        _, claims = await svc.minter.mint(agent(), git, ["push"], args, "t")
+        assert claims["scope"].split() == ["push", "repo:acme%2Fapp%20b%3Ac%3Dd", "count=5", "label:5",
+                                           "opts=%7B%22a%22%3A%5B1%5D%2C%22b%22%3Atrue%7D"]
+        assert claims["args"] == {k: v for k, v in args.items() if k != "x"}  # the structured form stays
+        _, session = await svc.minter.mint(agent(), git, [], {}, "t")
+        assert session["scope"] == ""  # a session-level token names no tool and no argument
+        _, plain = await svc.minter.mint(agent(), upstream(svc, "bare"), ["push"], args, "t")
+        assert plain["scope"] == "push" and "args" not in plain  # without narrowing: as before
+    finally:
+        await svc.close()
 
 
 async def test_exp_never_after_task_end(service: CredentialService, clock: Clock) -> None:

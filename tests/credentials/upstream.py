@@ -2,17 +2,19 @@
 
 The verifier fetches the gateway's JWKS over HTTP (refetching on an unknown kid, as after a
 rotation), checks issuer, audience and expiry, and optionally asks the gateway's introspection
-endpoint. The `pay` tool also checks the token's `scope` and narrowed `args` against the call.
+endpoint. The `pay` tool also checks the token's `scope` (tool and narrowed values) and `args` against the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import jwt
@@ -33,6 +35,7 @@ class JwksVerifier:
     introspect: bool = False
     rejections: list[str] = field(default_factory=list)
     accepted: list[dict[str, Any]] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)  # the accepted tokens themselves, in the same order
     jwks_fetches: int = 0
     _keys: dict[str, jwt.PyJWK] = field(default_factory=dict)
 
@@ -69,8 +72,23 @@ class JwksVerifier:
             self.rejections.append("inactive")
             return None
         self.accepted.append(claims)
+        self.tokens.append(token)
         return AccessToken(token=token, client_id=claims["sub"], scopes=claims.get("scope", "").split(),
                            expires_at=claims["exp"], resource=claims["aud"], subject=claims["sub"], claims=claims)
+
+
+def scope_constraints(scope: list[str]) -> dict[str, Any]:
+    """The argument values a scope narrows to, read as docs/credentials.md describes (not the gateway's code):
+    `name:value` is a string, `name=<JSON>` any other value, both percent-encoded; bare tokens are tool names."""
+    constraints: dict[str, Any] = {}
+    for token in scope:
+        if ":" in token:
+            name, _, value = token.partition(":")
+            constraints[unquote(name)] = unquote(value)
+        elif "=" in token:
+            name, _, value = token.partition("=")
+            constraints[unquote(name)] = json.loads(unquote(value))
+    return constraints
 
 
 def guarded_payments(verifier: JwksVerifier) -> MCPServer[Any]:
@@ -85,8 +103,12 @@ def guarded_payments(verifier: JwksVerifier) -> MCPServer[Any]:
         """Pay `amount` to `account`."""
         token = get_access_token()
         claims = (token.claims or {}) if token else {}
-        if "pay" not in claims.get("scope", "").split():
+        scope = claims.get("scope", "").split()
+        if "pay" not in scope:
             raise ToolError("token does not allow pay")
+        call = {"account": account, "amount": amount}
+        if any(call.get(name) != value for name, value in scope_constraints(scope).items()):
+            raise ToolError("token scope is narrowed to other arguments")
         narrowed = claims.get("args")
         if narrowed is not None and narrowed != {k: {"account": account, "amount": amount}.get(k) for k in narrowed}:
             raise ToolError("token is narrowed to other arguments")
