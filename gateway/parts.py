@@ -73,7 +73,8 @@ class Parts:
         await self.credentials.session_ended(session.id)
 
     async def reload(self, config_path: Path | None, running: Config | None = None) -> bool:
-        """SIGHUP: re-validate the config file and reload the policies (atomically, last good set kept).
+        """SIGHUP: re-validate the config file, reload the policies (atomically, last good set kept) and
+        re-read the signing keys.
 
         Policies are the part operators change live. Other config sections own open connections and
         child processes; a change to them is reported (with the sections named) and needs a restart.
@@ -93,6 +94,8 @@ class Parts:
                                 ", ".join(changed))
         ok = await self.engine.reload()
         log.info("SIGHUP: policies %s", "reloaded" if ok else "kept (reload failed)")
+        # A key an operator dropped into signing.key_dir becomes the signer (on-demand rotation).
+        await self.credentials.reload_keys()
         return ok
 
 

@@ -1,10 +1,11 @@
-"""Start-up checks of a validated config: the files it names (policies, key sets, TLS) exist and are usable.
+"""Start-up checks of a validated config: the files it names (policies, key sets, TLS, signing keys) are usable.
 
 `customs serve` refuses to start on any problem found here, and `customs config check` reports the same
 problems, all of them, each with its config path. Both go through `preflight`, which calls the very
 loaders the running gateway uses (the policy loader, the identity key sources, the TLS context), so the
 two commands agree on these files. Nothing here needs the network, starts a child or writes a file: JWKS URLs,
-upstreams, the store and the directories serve creates (signing keys, decision log) are not checked.
+upstreams, the store and the directories serve creates (decision log, signing keys where it may generate them)
+are not checked; a signing key serve may not generate (outside dev) must already be in `signing.key_dir`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from gateway.authz.policyset import PolicyLoadError, load_policies
 from gateway.config import Config, ConfigError
 from gateway.config.model import IssuerConfig, TlsConfig
+from gateway.credentials.keys import missing_key_problems
 from gateway.identity import build_identifier
 from gateway.identity.identifier import key_source
 
@@ -25,7 +27,7 @@ def preflight(config: Config, source: str = "config") -> list[str]:
     """Check every file `config` names; raise ConfigError listing every problem, else return the warnings
     (what serve reports but starts anyway: a broken shadow policy set)."""
     problems = [*_policy_problems(config.policies.dir, "policies.dir"), *_identity_problems(config),
-                *tls_problems(config.listen.tls)]
+                *tls_problems(config.listen.tls), *missing_key_problems(config)]
     if problems:
         raise ConfigError(problems, source)
     shadow = config.policies.shadow_dir

@@ -273,6 +273,10 @@ class PinningConfig(Model):
 class SigningConfig(Model):
     key_dir: Path = Path(".customs/keys")
     algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
+    # null: a missing key is generated only when `environment` is dev, development or local.
+    generate: bool | None = None
+    rotate_every_s: float | None = Field(None, gt=0)  # automatic rotation; null = only on demand
+    retire_grace_s: float = Field(60.0, ge=0)  # a retired key stays published for the longest ttl_s plus this
 
 
 class Config(Model):

@@ -4,7 +4,8 @@ Keys live as PEM files in `signing.key_dir`. Generated keys are named `k<created
 their age survives copies; any other `*.pem` an operator puts there (a mounted secret) is loaded too,
 aged by its modification time. The newest key of the configured algorithm signs; older keys stay
 published for `retain_s` after a newer key replaced them, so tokens minted just before a rotation
-still verify until they expire.
+still verify until they expire. A missing key is generated only where that is allowed (dev
+environments or `signing.generate: true`); elsewhere it is a start-up error naming the directory.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
-from gateway.config.model import SigningConfig
+from gateway.config import ConfigError
+from gateway.config.model import Config, SigningConfig, UpstreamConfig
 
 log = logging.getLogger("customs.credentials.keys")
 
 Algorithm = Literal["EdDSA", "ES256"]
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 _GENERATED = re.compile(r"^k(\d{13})-([A-Za-z0-9_-]+)\.pem$")
+# Environments where a signing key may be generated on first start without `signing.generate: true`.
+DEV_ENVIRONMENTS = frozenset({"dev", "development", "local"})
 
 
 @dataclass(frozen=True)
@@ -89,15 +93,72 @@ def _write_private(path: Path, key: PrivateKey) -> None:
         handle.write(pem)
 
 
+def generation_allowed(config: Config) -> bool:
+    """Whether a missing signing key may be generated: `signing.generate`, else only in dev environments."""
+    if config.signing.generate is not None:
+        return config.signing.generate
+    return config.environment.lower() in DEV_ENVIRONMENTS
+
+
+def signer_needed_by(upstream: UpstreamConfig) -> bool:
+    """Whether the upstream gets gateway-signed tokens (minted, or the actor token of a token exchange)."""
+    return upstream.credentials.mode in ("minted", "token_exchange")
+
+
+def signer_needed(config: Config) -> bool:
+    return any(signer_needed_by(u) for u in config.upstreams)
+
+
+def read_key(path: Path, *, tighten: bool = True) -> SigningKey | None:
+    """One key file, or None (logged) when it is unreadable or not Ed25519/P-256. `tighten`: chmod 0600."""
+    try:
+        if tighten and path.stat().st_mode & 0o077:
+            log.warning("signing key %s is readable by group/others; restricting to 0600", path.name)
+            path.chmod(0o600)
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring signing key file %s: %s", path.name, type(exc).__name__)
+        return None
+    algorithm = _algorithm_of(key)
+    if algorithm is None:
+        log.warning("ignoring signing key file %s: not Ed25519 or P-256", path.name)
+        return None
+    assert isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey)
+    match = _GENERATED.match(path.name)
+    created = int(match.group(1)) / 1000 if match else path.stat().st_mtime
+    return SigningKey(thumbprint(key), algorithm, key, created, path)
+
+
+def read_keys(key_dir: Path, *, tighten: bool = True) -> list[SigningKey]:
+    """Every usable key in `key_dir`, oldest first (none when the directory does not exist)."""
+    keys = [k for k in (read_key(p, tighten=tighten) for p in sorted(key_dir.glob("*.pem"))) if k is not None]
+    return sorted(keys, key=lambda k: (k.created, k.kid))
+
+
+def missing_key_problems(config: Config) -> list[str]:
+    """What `config check` and `serve` report when the gateway needs a signing key it may not generate."""
+    signing = config.signing
+    if generation_allowed(config) or not signer_needed(config):
+        return []
+    if any(k.algorithm == signing.algorithm for k in read_keys(signing.key_dir, tighten=False)):
+        return []
+    return [f"signing.key_dir: {signing.key_dir}: no {signing.algorithm} signing key (a PKCS#8 PEM file); "
+            f"keys are generated only in dev environments and environment is {config.environment!r}: "
+            "put a key there or set signing.generate: true"]
+
+
 class SigningKeys:
     """The key ring: the current signer plus recently retired keys still published in the JWKS."""
 
-    def __init__(self, config: SigningConfig, *, retain_s: float = 3660.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: SigningConfig, *, retain_s: float = 3660.0, generate: bool = True,
+                 required: bool = True, clock: Callable[[], float] = time.time) -> None:
+        """`generate`: a missing key may be generated; else `required` makes a missing key a ConfigError."""
         self.config = config
         self.retain_s = retain_s
+        self.generate = generate
+        self.required = required
         self._clock = clock
-        self._keys: list[SigningKey] = []  # oldest first
+        self._keys: list[SigningKey] = []  # oldest first; replaced, never mutated (read from other threads)
 
     @property
     def key_dir(self) -> Path:
@@ -105,37 +166,49 @@ class SigningKeys:
 
     def load(self) -> None:
         """Read every key in key_dir; generate and persist one if none signs with the configured algorithm."""
-        self.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        keys = [k for k in (self._read(p) for p in sorted(self.key_dir.glob("*.pem"))) if k is not None]
-        self._keys = sorted(keys, key=lambda k: (k.created, k.kid))
-        if not any(k.algorithm == self.config.algorithm for k in self._keys):
-            self._keys.append(self._generate())
-            log.info("generated %s signing key %s in %s", self.config.algorithm, self._keys[-1].kid, self.key_dir)
+        if self.generate:
+            self.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._keys = read_keys(self.key_dir)
+        if self._signer() is None:
+            if self.generate:
+                self._keys = [*self._keys, self._generate()]
+                log.info("generated %s signing key %s in %s", self.config.algorithm, self._keys[-1].kid,
+                         self.key_dir)
+            elif self.required:
+                raise ConfigError([f"signing.key_dir: {self.key_dir}: no {self.config.algorithm} signing key "
+                                   "(a PKCS#8 PEM file) and key generation is off (see signing.generate)"],
+                                  "signing")
         self.prune()
 
-    def _read(self, path: Path) -> SigningKey | None:
-        try:
-            if path.stat().st_mode & 0o077:
-                log.warning("signing key %s is readable by group/others; restricting to 0600", path.name)
-                path.chmod(0o600)
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (OSError, ValueError, TypeError) as exc:
-            log.warning("ignoring signing key file %s: %s", path.name, type(exc).__name__)
-            return None
-        algorithm = _algorithm_of(key)
-        if algorithm is None:
-            log.warning("ignoring signing key file %s: not Ed25519 or P-256", path.name)
-            return None
-        assert isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey)
-        match = _GENERATED.match(path.name)
-        created = int(match.group(1)) / 1000 if match else path.stat().st_mtime
-        return SigningKey(thumbprint(key), algorithm, key, created, path)
+    def reload(self) -> bool:
+        """Re-read key_dir (SIGHUP): a key dropped there is published and, being the newest, signs; keys whose
+        file was removed are withdrawn. Without a key of the configured algorithm there, the ring is kept.
+        Returns whether the published set changed."""
+        found = read_keys(self.key_dir)
+        if not any(k.algorithm == self.config.algorithm for k in found):
+            log.warning("signing keys: %s holds no %s key; keeping the loaded keys", self.key_dir,
+                        self.config.algorithm)
+            return False
+        before = [k.kid for k in self._keys]
+        signer = self._signer()
+        self._keys = found
+        self.prune()
+        if signer is not None and self.current.kid != signer.kid:
+            log.info("signing keys reloaded: %s now signs", self.current.kid)
+        elif any(k.kid not in before for k in found):
+            log.warning("signing keys reloaded: a new key in %s is older than the signer %s and does not sign "
+                        "(give it a newer modification time)", self.key_dir, self.current.kid)
+        return before != [k.kid for k in self._keys]
+
+    def _signer(self) -> SigningKey | None:
+        return next((k for k in reversed(self._keys) if k.algorithm == self.config.algorithm), None)
 
     def _generate(self) -> SigningKey:
         key = generate_private_key(self.config.algorithm)
         kid = thumbprint(key)
         # Strictly newer than every existing key, even within one millisecond.
         created_ms = max([int(self._clock() * 1000)] + [int(k.created * 1000) + 1 for k in self._keys])
+        self.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.key_dir / f"k{created_ms:013d}-{kid}.pem"
         _write_private(path, key)
         return SigningKey(kid, self.config.algorithm, key, created_ms / 1000, path)
@@ -145,38 +218,60 @@ class SigningKeys:
         if not self._keys:
             self.load()
         key = self._generate()
-        self._keys.append(key)
+        self._keys = [*self._keys, key]
         log.info("rotated signing key: %s now signs", key.kid)
         self.prune()
         return key
 
+    def rotation_due(self) -> float | None:
+        """When `signing.rotate_every_s` makes the signer due for replacement (None: never)."""
+        signer = self._signer()
+        if self.config.rotate_every_s is None or signer is None:
+            return None
+        return signer.created + self.config.rotate_every_s
+
+    def next_due(self) -> float | None:
+        """The next time `maintain` has work: a rotation, or a retired key leaving the JWKS."""
+        times = [expiry for _, expiry in self._retirements()]
+        rotation = self.rotation_due()
+        return min([*times, *([rotation] if rotation is not None else [])], default=None)
+
+    def maintain(self) -> list[str]:
+        """Rotate if due, then prune. Returns the kids removed."""
+        due = self.rotation_due()
+        if due is not None and self._clock() >= due:
+            self.rotate()
+        return self.prune()
+
+    def _retirements(self) -> list[tuple[SigningKey, float]]:
+        """Every key that no longer signs, with the time it leaves the JWKS (its successor's age + retain_s)."""
+        signer = self._signer()
+        return [(key, successor.created + self.retain_s)
+                for key, successor in zip(self._keys, self._keys[1:], strict=False) if key is not signer]
+
     def prune(self) -> list[str]:
-        """Forget (and delete) keys retired longer than `retain_s` ago. Returns the removed kids."""
+        """Forget keys retired longer than `retain_s` ago, deleting the files of generated ones (an operator's
+        file, perhaps a read-only mounted secret, is left alone). Returns the removed kids."""
         now = self._clock()
-        current = self.current
-        kept: list[SigningKey] = []
-        removed: list[str] = []
-        for index, key in enumerate(self._keys):
-            successor = self._keys[index + 1] if index + 1 < len(self._keys) else None
-            retired_at = successor.created if successor is not None else None
-            if key is current or retired_at is None or now - retired_at < self.retain_s:
-                kept.append(key)
+        expired = [key for key, expiry in self._retirements() if now >= expiry]
+        for key in expired:
+            if not _GENERATED.match(key.path.name):
                 continue
-            removed.append(key.kid)
             try:
                 key.path.unlink()
             except OSError as exc:
                 log.warning("could not delete retired key %s: %s", key.path.name, type(exc).__name__)
-        self._keys = kept
-        return removed
+        gone = {id(k) for k in expired}
+        self._keys = [k for k in self._keys if id(k) not in gone]
+        return [k.kid for k in expired]
 
     @property
     def current(self) -> SigningKey:
         """The newest key of the configured algorithm: the one that signs."""
-        for key in reversed(self._keys):
-            if key.algorithm == self.config.algorithm:
-                return key
-        raise RuntimeError("signing keys not loaded")
+        signer = self._signer()
+        if signer is None:
+            raise RuntimeError(f"no {self.config.algorithm} signing key loaded from {self.key_dir}")
+        return signer
 
     @property
     def keys(self) -> tuple[SigningKey, ...]:

@@ -3,12 +3,16 @@
 The composition root wires one object: `CredentialService(config, ...)`, `await start()` at
 start-up, `await close()` at shutdown (which ends every task and so revokes its credentials),
 `stage` into the pipeline, `routes()` into the application, `session_ended(id)` into the session
-manager's end hook, and `redactor` wherever values are logged or shown.
+manager's end hook, and `redactor` wherever values are logged or shown. It also keeps the signing
+keys current: `reload_keys()` on SIGHUP, and a background task that rotates them every
+`signing.rotate_every_s` and withdraws retired keys once no token they signed can still be valid.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,7 +23,7 @@ from aiohttp import web
 from gateway.config.model import Config, RedisStore
 from gateway.context import Principal
 from gateway.credentials.exchange import TokenExchanger
-from gateway.credentials.keys import SigningKeys
+from gateway.credentials.keys import SigningKeys, generation_allowed, signer_needed, signer_needed_by
 from gateway.credentials.minter import Minter
 from gateway.credentials.redaction import Redactor
 from gateway.credentials.revocation import MemoryRevocations, RedisRevocations, RevocationStore
@@ -28,8 +32,12 @@ from gateway.credentials.static import StaticCredentials
 from gateway.credentials.tasks import EventSink, TaskTracker
 from gateway.credentials.web import Introspector, credential_routes
 
-# Retired keys and ended-task markers outlive the longest possible token by this much.
+log = logging.getLogger("customs.credentials")
+
+# Ended-task markers outlive the longest possible token by this much.
 RETENTION_MARGIN_S = 60.0
+# The key maintenance task re-checks at least this often, whatever it last computed.
+KEY_CHECK_MAX_S = 60.0
 
 
 class CredentialService:
@@ -46,7 +54,13 @@ class CredentialService:
         retain_s = max_ttl + RETENTION_MARGIN_S
         self.redactor = redactor or Redactor(config.secrets)
         self.revocations = self._store(config, redis, retain_s, clock)
-        self.keys = SigningKeys(config.signing, retain_s=retain_s, clock=clock)
+        # A retired key stays published while a token it signed may still be valid, plus a grace period.
+        signed_ttl = max((u.credentials.ttl_s for u in config.upstreams if signer_needed_by(u)), default=0)
+        self.keys = SigningKeys(config.signing, retain_s=signed_ttl + config.signing.retire_grace_s,
+                                generate=generation_allowed(config), required=signer_needed(config), clock=clock)
+        self._clock = clock
+        self._keys_changed = asyncio.Event()
+        self._key_task: asyncio.Task[None] | None = None
         self.minter = Minter(self.keys, self.issuer, self.revocations, clock=clock)
         self.exchanger = TokenExchanger(self.minter, http=http, clock=clock)
         self.tasks = TaskTracker(self.revocations, idle_s=config.tasks.idle_s, on_event=on_event, clock=clock)
@@ -75,12 +89,46 @@ class CredentialService:
         self.static.load()
         await self.exchanger.start()
         await self.tasks.start()
+        self._key_task = asyncio.create_task(self._maintain_keys(), name="customs-signing-keys")
 
     async def close(self) -> None:
+        if self._key_task is not None:
+            self._key_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._key_task
         try:
             await self.tasks.close()  # ends every task: their credentials are revoked
         finally:
             await self.exchanger.close()
+
+    async def _maintain_keys(self) -> None:
+        """Rotate on schedule and withdraw retired keys on time; woken early when the ring changes."""
+        while True:
+            due = self.keys.next_due()
+            delay = KEY_CHECK_MAX_S if due is None else min(max(due - self._clock(), 0.0), KEY_CHECK_MAX_S)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._keys_changed.wait(), delay)
+            self._keys_changed.clear()
+            try:
+                removed = await asyncio.to_thread(self.keys.maintain)
+            except Exception:  # a full disk or a vanished key_dir must not end rotation for good
+                log.exception("signing key maintenance failed; retrying in %.0fs", KEY_CHECK_MAX_S)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._keys_changed.wait(), KEY_CHECK_MAX_S)
+                continue
+            if removed:
+                log.info("retired signing keys withdrawn from the JWKS: %s", ", ".join(removed))
+
+    async def reload_keys(self) -> bool:
+        """SIGHUP: pick up keys added to (or removed from) key_dir; the newest signs. Returns whether the
+        published set changed; never raises (a failed reload keeps the loaded keys)."""
+        try:
+            changed = await asyncio.to_thread(self.keys.reload)
+        except Exception:
+            log.exception("signing keys: reloading %s failed; keeping the loaded keys", self.keys.key_dir)
+            return False
+        self._keys_changed.set()
+        return changed
 
     async def session_ended(self, session_id: str) -> list[str]:
         """Call when an MCP session ends (DELETE, idle expiry): revokes its task's credentials."""
@@ -95,4 +143,6 @@ class CredentialService:
 
     def rotate_keys(self) -> str:
         """Rotate the signing key now; returns the new kid (older keys stay published)."""
-        return self.keys.rotate().kid
+        kid = self.keys.rotate().kid
+        self._keys_changed.set()
+        return kid

@@ -1,16 +1,25 @@
-"""Signing keys: generation, 0600 persistence, reload, rotation with retention, algorithms, bad files."""
+"""Signing keys: generation (dev only unless opted in), 0600 persistence, reload, scheduled rotation, retention."""
 
 from __future__ import annotations
 
+import os
 import stat
+from pathlib import Path
 
 import jwt
+import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from gateway.cli import main
+from gateway.config import Config, ConfigError
 from gateway.config.model import SigningConfig
-from gateway.credentials.keys import SigningKeys
-from tests.credentials.helpers import Clock
+from gateway.credentials import CredentialService
+from gateway.credentials.keys import SigningKeys, missing_key_problems, thumbprint
+from tests.credentials.helpers import Clock, make_config
+
+SHIPPED = Path(__file__).resolve().parents[2] / "policies"
 
 
 def ring(tmp_path, clock: Clock, algorithm: str = "EdDSA", retain_s: float = 120) -> SigningKeys:
@@ -87,3 +96,93 @@ def test_operator_key_loaded_and_permissions_tightened_bad_files_ignored(tmp_pat
     keys.load()
     assert len(keys.keys) == 1 and keys.current.path == operator
     assert stat.S_IMODE(operator.stat().st_mode) == 0o600
+
+
+# ---- key generation only where allowed; on-demand (reload) and scheduled rotation ----
+
+def minted_config(tmp_path, **signing: object) -> Config:
+    return make_config(tmp_path, [{"name": "pay", "url": "http://127.0.0.1:9/mcp",
+                                   "credentials": {"mode": "minted", "ttl_s": 30}}],
+                       environment="production", signing={"key_dir": str(tmp_path / "keys"), **signing})
+
+
+def write_key(path, mtime: float | None = None) -> str:
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return thumbprint(key)
+
+
+async def test_outside_dev_a_missing_key_refuses_start_with_its_path(tmp_path, capsys) -> None:
+    config = minted_config(tmp_path)
+    service = CredentialService(config)
+    with pytest.raises(ConfigError) as info:
+        await service.start()
+    assert str(tmp_path / "keys") in info.value.problems[0] and "signing.generate" in info.value.problems[0]
+    assert not (tmp_path / "keys").exists()  # nothing generated, not even the directory
+    (problem,) = missing_key_problems(config)  # what `config check` and serve's preflight report
+    assert problem.startswith(f"signing.key_dir: {tmp_path / 'keys'}: no EdDSA signing key")
+    path = tmp_path / "customs.yaml"
+    path.write_text(yaml.safe_dump({"upstreams": [{"name": "pay", "url": "http://127.0.0.1:9/mcp",
+                                                   "credentials": {"mode": "minted"}}],
+                                    "policies": {"dir": str(SHIPPED)}, "environment": "production",
+                                    "signing": {"key_dir": str(tmp_path / "keys")}}))
+    assert main(["config", "check", str(path)]) == 2
+    assert f"signing.key_dir: {tmp_path / 'keys'}: no EdDSA signing key" in capsys.readouterr().err
+
+
+async def test_outside_dev_an_operator_key_or_opt_in_starts(tmp_path) -> None:
+    opted_in = CredentialService(minted_config(tmp_path / "a", generate=True))
+    await opted_in.start()
+    assert len(list((tmp_path / "a" / "keys").glob("k*.pem"))) == 1
+    await opted_in.close()
+    kid = write_key(tmp_path / "b" / "keys" / "mounted.pem")
+    config = minted_config(tmp_path / "b")
+    assert missing_key_problems(config) == []
+    provided = CredentialService(config)
+    await provided.start()
+    assert provided.keys.current.kid == kid and len(list((tmp_path / "b" / "keys").glob("*.pem"))) == 1
+    await provided.close()
+    # No upstream needs a signed token: nothing to refuse, nothing generated, an empty JWKS.
+    unsigned = CredentialService(make_config(tmp_path / "c", [], environment="production",
+                                             signing={"key_dir": str(tmp_path / "c" / "keys")}))
+    await unsigned.start()
+    assert unsigned.keys.jwks() == {"keys": []} and not (tmp_path / "c" / "keys").exists()
+    await unsigned.close()
+
+
+def test_reload_publishes_a_dropped_key_as_signer_and_withdraws_removed_ones(tmp_path, clock) -> None:
+    keys = ring(tmp_path, clock)
+    keys.load()
+    old = keys.current
+    assert keys.reload() is False  # nothing changed on disk: no rotation
+    newer = write_key(tmp_path / "keys" / "operator-2.pem", mtime=old.created + 5)
+    assert keys.reload() is True
+    assert keys.current.kid == newer and [k["kid"] for k in keys.jwks()["keys"]] == [newer, old.kid]
+    stale = write_key(tmp_path / "keys" / "stale.pem", mtime=old.created - 5)  # copied with an old mtime
+    assert keys.reload() is True and keys.current.kid == newer and keys.algorithm_of(stale) == "EdDSA"
+    (tmp_path / "keys" / "stale.pem").unlink()
+    assert keys.reload() is True and keys.algorithm_of(stale) is None
+    for path in (tmp_path / "keys").glob("*.pem"):
+        path.unlink()
+    assert keys.reload() is False and keys.current.kid == newer  # an emptied directory keeps the ring
+
+
+def test_scheduled_rotation_and_retirement_leave_operator_files_alone(tmp_path, clock) -> None:
+    operator = write_key(tmp_path / "keys" / "operator.pem", mtime=clock() - 1)
+    keys = SigningKeys(SigningConfig(key_dir=tmp_path / "keys", rotate_every_s=100), retain_s=30, clock=clock)
+    keys.load()
+    assert keys.current.kid == operator and keys.next_due() == clock() - 1 + 100
+    clock.advance(98)
+    assert keys.maintain() == [] and keys.current.kid == operator
+    clock.advance(1)
+    assert keys.maintain() == [] and keys.current.kid != operator  # due: a generated key signs
+    assert keys.next_due() == clock() + 30  # the operator key leaves the JWKS then
+    clock.advance(30)
+    assert keys.maintain() == [operator] and keys.algorithm_of(operator) is None
+    assert (tmp_path / "keys" / "operator.pem").exists()  # perhaps a read-only mount: never deleted
+    assert keys.next_due() == keys.current.created + 100
