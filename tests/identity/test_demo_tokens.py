@@ -19,7 +19,7 @@ async def test_demo_tokens_identify(tmp_path: Path) -> None:
     await identifier.start()
     shopper = await identifier.identify(bearer(tokens["shopper"]), None)
     assert (shopper.id, shopper.attributes) == ("spiffe://customs.demo/agent/shopper",
-                                                {"tenant": "acme", "owner": "alice"})
+                                                {"tenant": "acme", "owner": "bob"})  # bob owns it, alice approves
     untrusted = await identifier.identify(bearer(tokens["untrusted"]), None)
     assert untrusted.id == "spiffe://customs.demo/agent/untrusted"
     delegated = await identifier.identify(bearer(tokens["delegated"]), None)
