@@ -2,7 +2,8 @@
 
 Tool definitions are learned from the upstreams' own list results and labelled with config
 overrides (`upstreams[].tools`). In the aggregated view names carry the upstream's prefix
-(`inventory__get_stock`) so two servers can never shadow each other.
+(`inventory__get_stock`) and resource URIs and URI templates the upstream's name
+(`inventory+inventory://skus`), so two servers can never shadow each other.
 """
 
 from __future__ import annotations
@@ -102,6 +103,17 @@ def not_found(action: str, name: str) -> GatewayError:
     return GatewayError(reason, prefix + name)
 
 
+# Joins an upstream's name and one of its resource URIs (or URI templates) in the aggregated view. Upstream
+# names cannot contain it, so the first one splits the pair unambiguously whatever the URI holds; a URI
+# template stays a template (the prefix has no variables), so what a client expands from it maps back too.
+URI_NAMESPACE: Final = "+"
+
+
+def exposed_uri(upstream: str, uri: str) -> str:
+    """A resource URI or URI template of an upstream as the aggregated view shows it."""
+    return f"{upstream}{URI_NAMESPACE}{uri}"
+
+
 PENDING_TOOL: Final = "pending_tool"  # CallContext.extra key of a PendingTool
 
 
@@ -174,6 +186,14 @@ class Catalog:
 
     def exposed(self, upstream: str, name: str) -> str:
         return self._configs[upstream].tool_prefix + name
+
+    def resolve_uri(self, exposed: str) -> tuple[str, str] | None:
+        """Aggregated resource URI (or URI template) → (upstream, upstream's own URI), or None when it
+        names no upstream. Needs nothing listed first: the owner is part of the URI."""
+        upstream, sep, uri = exposed.partition(URI_NAMESPACE)
+        if not sep or not uri or upstream not in self._configs:
+            return None
+        return upstream, uri
 
     def resolve(self, exposed_name: str) -> tuple[str, str] | None:
         """Aggregated name → (upstream, upstream's own name), or None if no prefix matches."""

@@ -2,8 +2,9 @@
 
 The aggregated `/mcp` view merges every upstream's first page; when upstreams have more pages the
 cursor we hand out records each upstream's own cursor, so pagination continues per upstream.
-Names of tools and prompts get the upstream's prefix; resources keep their URIs (the owner is
-remembered so a later read goes to the right server).
+Names of tools and prompts get the upstream's prefix; resource URIs and URI templates get the
+upstream's name (`inventory+inventory://skus`), so a later read, subscription or completion names its
+server by itself and two servers listing the same URI show as two resources.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.catalog import Catalog
+from gateway.catalog import Catalog, exposed_uri
 from gateway.context import Decision, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.pinning import ToolGuard
@@ -32,7 +33,7 @@ class ListKind:
     method: str
     key: str  # result array key
     action: str  # Cedar action deciding visibility
-    prefixed: bool  # names get the upstream prefix in the aggregated view
+    prefixed: bool  # names get the upstream prefix in the aggregated view (else URIs get its namespace)
     name_field: str
 
 
@@ -87,8 +88,10 @@ class Lister:
             if not self._shown(kind, principal, info, decision):
                 continue
             out = dict(item)
-            if prefixed and kind.prefixed:
-                out[kind.name_field] = self._catalog.exposed(upstream, str(item.get(kind.name_field)))
+            if prefixed:
+                own = str(item.get(kind.name_field))
+                out[kind.name_field] = (self._catalog.exposed(upstream, own) if kind.prefixed
+                                        else exposed_uri(upstream, own))
             if decision.outcome == "approval_required":
                 out["_meta"] = {**(item.get("_meta") or {}), APPROVAL_MARK: True}
             shown.append(out)
@@ -131,7 +134,6 @@ class Lister:
 
         pages = await asyncio.gather(*(page(u, c) for u, c in pending.items()))
         items: list[dict[str, Any]] = []
-        owners: dict[str, str] = {}
         remaining: dict[str, str] = {}
         for upstream, result in pages:
             if result is None:
@@ -141,16 +143,12 @@ class Lister:
             next_cursor = result.get("nextCursor")
             found = await self._learn(kind, upstream, found, complete=not pending[upstream] and not next_cursor)
             shown = self.filter(kind, principal, upstream, found, prefixed=True)
-            if kind.key == "resources":
-                owners.update((str(item.get("uri")), upstream) for item in shown)
             items.extend(shown)
             if isinstance(next_cursor, str) and next_cursor:
                 remaining[upstream] = next_cursor
         out: dict[str, Any] = {kind.key: items}
         if remaining:
             out["nextCursor"] = encode_cursor(remaining)
-        if owners:
-            out["_owners"] = owners  # consumed by the router, never sent
         return out
 
     async def _learn(self, kind: ListKind, upstream: str, items: list[Any], *, complete: bool) -> list[Any]:

@@ -5,6 +5,10 @@ through the pipeline; lists are fanned out and filtered by policy; requests abou
 resource (completion/complete, resources/subscribe|unsubscribe) reach its upstream only when the
 principal may see that item, logging/setLevel only upstreams where it may use a tool. Both views
 answer any other method "method not found": nothing reaches an upstream undecided.
+
+In the aggregated view a resource URI names its upstream (`inventory+inventory://skus`, see
+gateway/catalog.py); requests go upstream with the upstream's own URI, which is also what policy
+decides on, and URIs in read results come back in the aggregated form.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonrpc
-from gateway.catalog import PENDING_TOOL, Catalog, PendingTool, not_found
+from gateway.catalog import PENDING_TOOL, Catalog, PendingTool, exposed_uri, not_found
 from gateway.context import CallContext, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
@@ -189,10 +193,13 @@ class Router:
         uri = inbound.params.get("uri")
         if not isinstance(uri, str) or not uri:
             raise GatewayError("invalid_params", "Invalid params: resources/read needs a uri")
-        upstream = self._resource_owner(inbound, uri)
-        ctx = self._context(inbound, "read_resource", upstream, self._catalog.named(upstream, uri),
-                            upstream_params(inbound.params))
-        return await self._pipeline.run(ctx)
+        upstream, own_uri = self._resource(inbound, uri)
+        ctx = self._context(inbound, "read_resource", upstream, self._catalog.named(upstream, own_uri),
+                            upstream_params(inbound.params, uri=own_uri))
+        result = await self._pipeline.run(ctx)
+        if inbound.session.view is None:
+            return _expose_contents(upstream, result)
+        return result
 
     async def _get_prompt(self, inbound: Inbound) -> dict[str, Any]:
         name = inbound.params.get("name")
@@ -215,17 +222,8 @@ class Router:
         view = inbound.session.view
         if view is not None:
             return await self._lister.one(kind, inbound.principal, view, inbound.params, fetch)
-        result = await self._lister.merged(kind, inbound.principal, self._catalog.upstream_names,
-                                           inbound.params, fetch)
-        if kind.key in ("resources", "resourceTemplates"):
-            self._remember_owners(inbound.session, kind.key, result)
-        return result
-
-    def _remember_owners(self, session: Session, key: str, result: dict[str, Any]) -> None:
-        # Listing drops the origin of each item, so remember it before the next read.
-        owners = result.pop("_owners", None)
-        if isinstance(owners, dict):
-            session.resource_owner.update(owners)
+        return await self._lister.merged(kind, inbound.principal, self._catalog.upstream_names,
+                                         inbound.params, fetch)
 
     # -- requests about one item, decided like its list entry ----------------------------------------
 
@@ -239,9 +237,9 @@ class Router:
         uri = inbound.params.get("uri")
         if not isinstance(uri, str):
             raise GatewayError("invalid_params", "Invalid params: uri required")
-        upstream = self._resource_owner(inbound, uri)
-        self._require_visible(inbound, "read_resource", upstream, uri, uri)
-        return await self.fetch(inbound, upstream, inbound.message.method, inbound.params)
+        upstream, own_uri = self._resource(inbound, uri)
+        self._require_visible(inbound, "read_resource", upstream, own_uri, uri)
+        return await self.fetch(inbound, upstream, inbound.message.method, {**inbound.params, "uri": own_uri})
 
     async def _complete(self, inbound: Inbound) -> dict[str, Any]:
         ref = inbound.params.get("ref")
@@ -257,9 +255,10 @@ class Router:
             return await self.fetch(inbound, target[0], "completion/complete", params)
         if ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
             uri = ref["uri"]  # a URI or a URI template, decided by that string as its list entry is
-            upstream = self._resource_owner(inbound, uri)
-            self._require_visible(inbound, "read_resource", upstream, uri, uri)
-            return await self.fetch(inbound, upstream, "completion/complete", inbound.params)
+            upstream, own_uri = self._resource(inbound, uri)
+            self._require_visible(inbound, "read_resource", upstream, own_uri, uri)
+            params = {**inbound.params, "ref": {**ref, "uri": own_uri}}
+            return await self.fetch(inbound, upstream, "completion/complete", params)
         raise GatewayError("invalid_params", "Invalid params: ref must be a ref/prompt with a name "
                                              "or a ref/resource with a uri")
 
@@ -295,14 +294,23 @@ class Router:
             return view, name
         return self._catalog.resolve(name)
 
-    def _resource_owner(self, inbound: Inbound, uri: str) -> str:
+    def _resource(self, inbound: Inbound, uri: str) -> tuple[str, str]:
+        """(upstream, its own URI) of a URI or URI template as the client named it; unknown_resource when
+        it names no upstream (no upstream is asked: the aggregated form carries its owner)."""
         view = inbound.session.view
         if view is not None:
-            return view
-        owner = inbound.session.resource_owner.get(uri)
-        if owner is None:
-            owner = next((u for u in self._catalog.upstream_names
-                          if uri.startswith(f"{u}://") or uri.startswith(f"{u}:")), None)
-        if owner is None:
+            return view, uri
+        target = self._catalog.resolve_uri(uri)
+        if target is None:
             raise not_found("read_resource", uri)
-        return owner
+        return target
+
+
+def _expose_contents(upstream: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A read result with its contents' URIs in the aggregated form, so the client can use them again."""
+    contents = result.get("contents")
+    if not isinstance(contents, list):
+        return result
+    exposed = [{**c, "uri": exposed_uri(upstream, c["uri"])} if isinstance(c, dict) and isinstance(c.get("uri"), str)
+               else c for c in contents]
+    return {**result, "contents": exposed}

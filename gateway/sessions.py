@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.catalog import Catalog
+from gateway.catalog import Catalog, exposed_uri
 from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, Message, Upstream, UpstreamSession
@@ -66,7 +66,6 @@ class Session:
     inflight: dict[Any, Cancellable] = field(default_factory=dict)  # request id -> its running call
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
-    resource_owner: dict[str, str] = field(default_factory=dict)  # uri -> upstream (aggregated view)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def touch(self) -> None:
@@ -243,6 +242,8 @@ async def route_server_message(session: Session, upstream: str, message: Message
     elif method == "notifications/progress":
         token = (message.get("params") or {}).get("progressToken")
         send = session.progress_routes.get(token, send)
+    elif method == "notifications/resources/updated" and session.view is None:
+        message = _updated_for_client(upstream, message)
     if send is not None:
         try:
             await send(message)
@@ -250,6 +251,15 @@ async def route_server_message(session: Session, upstream: str, message: Message
         except Exception:  # the request's stream is gone; fall back to the GET stream
             log.debug("request stream closed; queueing %s on the session stream", method)
     session.stream_event(message)
+
+
+def _updated_for_client(upstream: str, message: Message) -> Message:
+    """An upstream's resource update under the URI the aggregated view gave that resource (the one the
+    client subscribed with), so it can never be taken for another upstream's resource of the same URI."""
+    params = message.get("params")
+    if not isinstance(params, dict) or not isinstance(params.get("uri"), str):
+        return message
+    return {**message, "params": {**params, "uri": exposed_uri(upstream, params["uri"])}}
 
 
 def _cancel_for_client(session: Session, upstream: str, message: Message) -> Message | None:

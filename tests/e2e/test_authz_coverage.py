@@ -186,14 +186,15 @@ def expect(error: dict[str, Any], code: int, message: str, reason: str) -> None:
 async def test_item_and_session_requests_of_a_denied_agent_reach_no_upstream(env: Env, path: str) -> None:
     bad = await env.agent(BAD, path)
     prompt = "greet" if path else "mem__greet"
+    ns = "" if path else "mem+"  # resource URIs in the aggregated view name their upstream
     expect(await bad.error("completion/complete", {"ref": {"type": "ref/prompt", "name": prompt},
                                                    "argument": {"name": "name", "value": "a"}}),
            -32602, f"Unknown prompt: {prompt}", "unknown_prompt")
-    expect(await bad.error("completion/complete", {"ref": {"type": "ref/resource", "uri": "mem://items/{id}"},
+    expect(await bad.error("completion/complete", {"ref": {"type": "ref/resource", "uri": f"{ns}mem://items/{{id}}"},
                                                    "argument": {"name": "id", "value": "1"}}),
-           -32002, "Resource not found: mem://items/{id}", "unknown_resource")
+           -32002, f"Resource not found: {ns}mem://items/{{id}}", "unknown_resource")
     for method in ("resources/subscribe", "resources/unsubscribe"):
-        expect(await bad.error(method, {"uri": "mem://open"}), -32002, "Resource not found: mem://open",
+        expect(await bad.error(method, {"uri": f"{ns}mem://open"}), -32002, f"Resource not found: {ns}mem://open",
                "unknown_resource")
     # A session setting for upstreams it may use nothing on: accepted, sent nowhere.
     assert (await bad.ask("logging/setLevel", {"level": "debug"}))["result"] == {}
@@ -205,21 +206,21 @@ async def test_item_and_session_requests_of_a_denied_agent_reach_no_upstream(env
 @pytest.mark.parametrize("path", ["", "/mem"], ids=["aggregated", "pass-through"])
 async def test_item_requests_of_an_allowed_agent_reach_the_upstream(env: Env, path: str) -> None:
     good = await env.agent(GOOD, path)
-    prefix = "" if path else "mem__"
+    prefix, ns = ("", "") if path else ("mem__", "mem+")
     done = await good.ask("completion/complete", {"ref": {"type": "ref/prompt", "name": f"{prefix}greet"},
                                                   "argument": {"name": "name", "value": "a"}})
     assert done["result"]["completion"]["values"] == ["x"]
-    await good.ask("completion/complete", {"ref": {"type": "ref/resource", "uri": "mem://items/{id}"},
+    await good.ask("completion/complete", {"ref": {"type": "ref/resource", "uri": f"{ns}mem://items/{{id}}"},
                                            "argument": {"name": "id", "value": "1"}})
-    assert (await good.ask("resources/subscribe", {"uri": "mem://open"}))["result"] == {}
-    assert (await good.ask("resources/unsubscribe", {"uri": "mem://open"}))["result"] == {}
+    assert (await good.ask("resources/subscribe", {"uri": f"{ns}mem://open"}))["result"] == {}
+    assert (await good.ask("resources/unsubscribe", {"uri": f"{ns}mem://open"}))["result"] == {}
     assert (await good.ask("logging/setLevel", {"level": "debug"}))["result"] == {}
     # The same requests about items labelled restricted in config are refused like missing items.
     expect(await good.error("completion/complete", {"ref": {"type": "ref/prompt", "name": f"{prefix}secret_prompt"},
                                                     "argument": {"name": "x", "value": "a"}}),
            -32602, f"Unknown prompt: {prefix}secret_prompt", "unknown_prompt")
-    expect(await good.error("resources/subscribe", {"uri": "mem://secret"}), -32002,
-           "Resource not found: mem://secret", "unknown_resource")
+    expect(await good.error("resources/subscribe", {"uri": f"{ns}mem://secret"}), -32002,
+           f"Resource not found: {ns}mem://secret", "unknown_resource")
     assert env.seen.handled == ["completion/complete greet", "completion/complete mem://items/{id}",
                                 "resources/subscribe mem://open", "resources/unsubscribe mem://open",
                                 "logging/setLevel"]
@@ -232,10 +233,10 @@ async def test_denied_prompts_and_resources_read_exactly_like_missing_ones(env: 
     assert denied_prompt == {**missing_prompt, "message": missing_prompt["message"].replace("nowhere_greet",
                                                                                             "mem__greet")}
     expect(denied_prompt, -32602, "Unknown prompt: mem__greet", "unknown_prompt")
-    denied_resource = await bad.error("resources/read", {"uri": "mem://open"})
-    missing_resource = await bad.error("resources/read", {"uri": "nowhere://open"})
-    assert denied_resource == {**missing_resource, "message": "Resource not found: mem://open"}
-    expect(denied_resource, -32002, "Resource not found: mem://open", "unknown_resource")
+    denied_resource = await bad.error("resources/read", {"uri": "mem+mem://open"})
+    missing_resource = await bad.error("resources/read", {"uri": "nowhere+mem://open"})
+    assert denied_resource == {**missing_resource, "message": "Resource not found: mem+mem://open"}
+    expect(denied_resource, -32002, "Resource not found: mem+mem://open", "unknown_resource")
     passthrough = await env.agent(BAD, "/mem")
     expect(await passthrough.error("prompts/get", {"name": "greet", "arguments": {"name": "a"}}),
            -32602, "Unknown prompt: greet", "unknown_prompt")
@@ -249,16 +250,16 @@ async def test_config_labels_apply_to_prompts_and_resources(env: Env) -> None:
     prompts = [p["name"] for p in (await good.ask("prompts/list"))["result"]["prompts"]]
     assert prompts == ["mem__greet"]
     resources = [r["uri"] for r in (await good.ask("resources/list"))["result"]["resources"]]
-    assert resources == ["mem://open"]
+    assert resources == ["mem+mem://open"]
     expect(await good.error("prompts/get", {"name": "mem__secret_prompt"}), -32602,
            "Unknown prompt: mem__secret_prompt", "unknown_prompt")
-    expect(await good.error("resources/read", {"uri": "mem://secret"}), -32002,
-           "Resource not found: mem://secret", "unknown_resource")
+    expect(await good.error("resources/read", {"uri": "mem+mem://secret"}), -32002,
+           "Resource not found: mem+mem://secret", "unknown_resource")
     assert env.seen.handled == []
     cleared = await env.agent(GOOD, clearance="restricted")
     assert "mem__secret_prompt" in [p["name"] for p in (await cleared.ask("prompts/list"))["result"]["prompts"]]
     assert "result" in await cleared.ask("prompts/get", {"name": "mem__secret_prompt"})
-    assert "result" in await cleared.ask("resources/read", {"uri": "mem://secret"})
+    assert "result" in await cleared.ask("resources/read", {"uri": "mem+mem://secret"})
     assert env.seen.handled == ["prompts/get secret_prompt", "resources/read mem://secret"]
 
 
