@@ -50,6 +50,7 @@ REASONS: Final[dict[str, Reason]] = {
     "not_acceptable": Reason(-32016, 406, "Accept must include application/json and text/event-stream"),
     "session_not_found": Reason(-32017, 404, "Session not found"),
     "session_required": Reason(-32018, 400, "Mcp-Session-Id header required"),
+    "unknown_upstream": Reason(-32019, 404, "Unknown upstream"),
     "approval_pending": Reason(-32030, 200, "Call is waiting for approval"),
     "approval_denied": Reason(-32031, 200, "Call was denied by an approver"),
     "approval_expired": Reason(-32032, 200, "Approval expired before a decision"),

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -28,9 +28,10 @@ from mcp_types.version import (
 
 from gateway import jsonrpc
 from gateway.context import Principal
-from gateway.errors import GatewayError, forget_traceback, to_wire
+from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, forget_traceback, to_wire
 from gateway.http.guards import accepts, error_response, read_body, require_json
-from gateway.http.streams import SSE_HEADERS, ClientGone, EventWriter, ResponseChannel
+from gateway.http.session_stream import SessionStreams
+from gateway.http.streams import ClientGone, ResponseChannel
 from gateway.identity import reject_query_token
 from gateway.pipeline import Identifier
 from gateway.router import SERVER_INFO, Inbound, Router
@@ -62,13 +63,14 @@ class McpEndpoint:
     observability: Any = None  # gateway.telemetry.observability.Observability
     resource_url: str = ""
     on_task_end: Callable[[Principal, str], Awaitable[None]] | None = None  # explicit end of an agent's task
+    streams: SessionStreams = field(default_factory=SessionStreams)  # GET streams and their resumption
 
     # -- shared steps ------------------------------------------------------------------------------
 
     def _view(self, request: web.Request) -> str | None:
         view = request.match_info.get("upstream")
         if view is not None and view not in self.upstream_names:
-            raise web.HTTPNotFound(text="unknown upstream")
+            raise GatewayError("unknown_upstream", f"Unknown upstream: {view[:64]}")
         return view
 
     async def _identify(self, request: web.Request, view: str | None = None) -> Principal:
@@ -113,9 +115,7 @@ class McpEndpoint:
                            message: jsonrpc.Message) -> tuple[Session, dict[str, str]]:
         version = request.headers.get(VERSION_HEADER)
         if version is not None and version not in KNOWN_PROTOCOL_VERSIONS:
-            raise GatewayError("unsupported_protocol_version",
-                               f"Unsupported protocol version: {version[:64]}",
-                               data={"supported": list(KNOWN_PROTOCOL_VERSIONS)})
+            raise unsupported_version(version)
         if version in MODERN_PROTOCOL_VERSIONS:
             return self._stateless_session(request, view, principal, message), {}
         if message.method == "initialize" and message.kind == "request":
@@ -138,6 +138,12 @@ class McpEndpoint:
                                                supported_modern_versions=MODERN_PROTOCOL_VERSIONS)
             if not hasattr(verdict, "protocol_version"):
                 raise _ModernRejection(message.id, verdict.code, verdict.message, getattr(verdict, "data", None))
+            if message.method == "initialize":  # as the SDK's own server: the stateless revision has no handshake
+                requested = message.params.get("protocolVersion")
+                raise _ModernRejection(message.id, UNSUPPORTED_PROTOCOL_VERSION,
+                                       "The 2026-07-28 protocol has no initialize handshake",
+                                       {"supported": list(MODERN_PROTOCOL_VERSIONS),
+                                        **({"requested": requested} if isinstance(requested, str) else {})})
             caps = message.params.get("_meta", {}).get(CLIENT_CAPABILITIES_META_KEY)
             return self.sessions.stateless(principal, view, verdict.protocol_version,
                                            caps if isinstance(caps, dict) else None)
@@ -210,7 +216,8 @@ class McpEndpoint:
             # Ids key cancellation and progress routing; a second call with an id in flight would
             # take over the first one's entry (the stateless revision has no session-wide ids).
             raise GatewayError("invalid_request", "Invalid request: this id is already in use by a call in flight")
-        channel = ResponseChannel(request, headers, sse_allowed=sse_ok)
+        channel = ResponseChannel(request, headers, sse_allowed=sse_ok, replay=self.streams.post_replay,
+                                  session_id=session.id)
         inbound = Inbound(session=session, principal=principal, message=message,
                           send=channel.send if sse_ok else None, trace_id=trace.trace_id if trace else None)
         if sse_ok:
@@ -277,36 +284,14 @@ class McpEndpoint:
             session = await self._existing_session(request, view)
         except GatewayError as exc:
             return error_response(exc)
-        if session.get_stream_open:
-            return web.Response(status=409, text="a stream is already open for this session")
-        return await self._stream(request, session)
-
-    async def _stream(self, request: web.Request, session: Session) -> web.StreamResponse:
-        response = web.StreamResponse(status=200, headers=SSE_HEADERS)
-        await response.prepare(request)
-        writer = EventWriter(response)
-        while not session.outbox.empty():  # whatever a previous stream left unsent is in the replay buffer
-            session.outbox.get_nowait()
-        session.get_stream_open = True
-        try:
-            for event_id, message in session.events_after(request.headers.get("Last-Event-ID")):
-                await writer.event(message, event_id)
-            while not session.closed:
-                try:
-                    event_id, message = await asyncio.wait_for(session.outbox.get(), self.keepalive_s)
-                except TimeoutError:
-                    await writer.comment()
-                    continue
-                await writer.event(message, event_id)
-        except ClientGone:
-            pass
-        finally:
-            session.get_stream_open = False
-        return response
+        return await self.streams.serve(request, session, self.keepalive_s)
 
     async def _existing_session(self, request: web.Request, view: str | None) -> Session:
         """The caller's own session named by Mcp-Session-Id (identify first; others' ids are unknown)."""
         principal = await self._identify(request, view)
+        version = request.headers.get(VERSION_HEADER)
+        if version is not None and version not in KNOWN_PROTOCOL_VERSIONS:  # as on POST: refused, nothing done
+            raise unsupported_version(version)
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
             raise GatewayError("session_required")
@@ -319,6 +304,12 @@ class McpEndpoint:
             return error_response(exc)
         await self.sessions.end(session)
         return web.Response(status=200)
+
+
+def unsupported_version(version: str) -> GatewayError:
+    """The error for an `MCP-Protocol-Version` header naming no revision the gateway knows."""
+    return GatewayError("unsupported_protocol_version", f"Unsupported protocol version: {version[:64]}",
+                        data={"supported": list(KNOWN_PROTOCOL_VERSIONS)})
 
 
 def negotiate_version(requested: Any) -> str:

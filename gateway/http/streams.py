@@ -3,12 +3,20 @@
 Most calls answer with one JSON body (cheapest). The moment a request produces an interim message
 (progress, logging, a server→client request, an approval keep-alive) the response commits to
 `text/event-stream` and every later message, the final one included, goes out as an SSE event.
+
+Event ids are `<stream>-<n>`: the session's GET stream is stream `0`, each POST response stream gets
+a random key when it turns into SSE, so ids are unique within a session and say which stream they
+belong to (a client resumes with GET + `Last-Event-ID`; only that stream's events are replayed).
+Events written on POST streams stay in a bounded, endpoint-wide `StreamReplay` for that purpose.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,23 +27,49 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache, 
                "X-Accel-Buffering": "no"}
 
 
+GET_STREAM = "0"  # the stream key of a session's GET stream; POST streams get random keys
+
+Written = Callable[[int, bytes], None]  # (event number on its stream, the message's JSON) once written
+
+
 class ClientGone(Exception):
     """The client closed the connection while we were writing to it."""
 
 
-class EventWriter:
-    """Writes SSE events with increasing ids on a prepared StreamResponse."""
+def split_event_id(value: str | None) -> tuple[str, int] | None:
+    """(stream key, event number) of a `Last-Event-ID` the gateway issued, else None."""
+    if not value or len(value) > 64:
+        return None
+    stream, _, number = value.rpartition("-")
+    if not stream or not number.isdigit():
+        return None
+    return stream, int(number)
 
-    def __init__(self, response: web.StreamResponse, prefix: str = "") -> None:
+
+class EventWriter:
+    """Writes SSE events with ids `<stream>-1`, `<stream>-2`… (or given ids) on a prepared StreamResponse."""
+
+    def __init__(self, response: web.StreamResponse, stream: str = GET_STREAM,
+                 on_written: Written | None = None) -> None:
         self._response = response
         self._ids = itertools.count(1)
-        self._prefix = prefix
+        self._stream = stream
+        self._on_written = on_written
         self._lock = asyncio.Lock()
 
     async def event(self, message: dict[str, Any], event_id: str | None = None) -> None:
-        ident = event_id if event_id is not None else f"{self._prefix}{next(self._ids)}"
-        data = f"id: {ident}\nevent: message\ndata: ".encode() + dumps(message) + b"\n\n"
-        await self._write(data)
+        number = 0
+        if event_id is None:
+            number = next(self._ids)
+            event_id = f"{self._stream}-{number}"
+        payload = dumps(message)
+        await self.raw(event_id, payload)
+        if number and self._on_written is not None:
+            # Buffered once written: one that failed goes to the session's GET stream instead (no duplicate).
+            self._on_written(number, payload)
+
+    async def raw(self, event_id: str, payload: bytes) -> None:
+        await self._write(f"id: {event_id}\nevent: message\ndata: ".encode() + payload + b"\n\n")
 
     async def comment(self, text: str = "keep-alive") -> None:
         await self._write(f": {text}\n\n".encode())
@@ -48,13 +82,56 @@ class EventWriter:
                 raise ClientGone() from exc
 
 
+class StreamReplay:
+    """The recent events of POST response streams, bounded in bytes and streams (oldest stream goes first).
+
+    Endpoint-wide rather than per session: a stream's key is random and bound to its session id, and
+    the bound holds however many sessions there are. A session's GET stream keeps its own buffer.
+    """
+
+    def __init__(self, max_bytes: int = 8 << 20, max_streams: int = 4096) -> None:
+        self._streams: OrderedDict[str, tuple[str, list[tuple[int, bytes]]]] = OrderedDict()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._max_streams = max_streams
+
+    def open(self, session_id: str) -> tuple[str, Written]:
+        """A new stream of the session: its key and the function that records its written events."""
+        key = secrets.token_hex(8)
+        events: list[tuple[int, bytes]] = []
+        self._streams[key] = (session_id, events)
+
+        def written(number: int, payload: bytes) -> None:
+            if self._streams.get(key) is not None:  # else already evicted
+                events.append((number, payload))
+                self._bytes += len(payload)
+                self._evict()
+        self._evict()
+        return key, written
+
+    def after(self, session_id: str, stream: str, number: int) -> list[tuple[str, bytes]] | None:
+        """The session's events on `stream` after `number`; None when the stream is not (or no longer) known."""
+        entry = self._streams.get(stream)
+        if entry is None or entry[0] != session_id:
+            return None
+        return [(f"{stream}-{n}", payload) for n, payload in entry[1] if n > number]
+
+    def _evict(self) -> None:
+        while self._streams and (self._bytes > self._max_bytes or len(self._streams) > self._max_streams):
+            _, (_, events) = self._streams.popitem(last=False)
+            self._bytes -= sum(len(payload) for _, payload in events)
+
+
 class ResponseChannel:
     """The answer to one POST: JSON unless an interim message forces SSE."""
 
-    def __init__(self, request: web.Request, headers: dict[str, str], *, sse_allowed: bool) -> None:
+    def __init__(self, request: web.Request, headers: dict[str, str], *, sse_allowed: bool,
+                 replay: StreamReplay | None = None, session_id: str = "") -> None:
         self._request = request
         self.headers = headers
         self.sse_allowed = sse_allowed
+        self._replay = replay
+        self._session_id = session_id
         self._stream: web.StreamResponse | None = None
         self._writer: EventWriter | None = None
         self._commit_lock = asyncio.Lock()
@@ -69,7 +146,10 @@ class ResponseChannel:
                 stream = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self.headers})
                 await stream.prepare(self._request)
                 self._stream = stream
-                self._writer = EventWriter(stream)
+                if self._replay is not None:
+                    self._writer = EventWriter(stream, *self._replay.open(self._session_id))
+                else:
+                    self._writer = EventWriter(stream, secrets.token_hex(8))
             return self._writer
 
     async def send(self, message: dict[str, Any]) -> None:

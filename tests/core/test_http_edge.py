@@ -150,8 +150,8 @@ async def test_get_stream_and_notifications(gw, http):
 
 
 async def test_unknown_upstream_path_is_404(gw, http):
-    status, _, _ = await post(http, f"{gw.mcp}/nope", INIT)
-    assert status == 404
+    status, _, body = await post(http, f"{gw.mcp}/nope", INIT)
+    assert status == 404 and reason(body) == "unknown_upstream"
 
 
 async def test_healthz_and_readyz(gw, http):
@@ -182,7 +182,7 @@ async def test_session_stream_resumes_with_last_event_id(gw, http):
     note = {"jsonrpc": "2.0", "method": "notifications/message"}
     session.stream_event({**note, "params": {"n": 1}})  # sent while no stream is open
     headers = {"Accept": "text/event-stream", "Mcp-Session-Id": sid}
-    async with http.get(gw.mcp, headers={**headers, "Last-Event-ID": "0"}) as resp:
+    async with http.get(gw.mcp, headers={**headers, "Last-Event-ID": "0-0"}) as resp:  # GET stream, from the start
         [(first_id, first)] = await _events(resp, 1)
         assert first["params"] == {"n": 1}
     deadline = asyncio.get_running_loop().time() + 10

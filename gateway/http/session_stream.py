@@ -1,0 +1,99 @@
+"""GET on the MCP endpoint: the session's one server→client stream, and resumption with Last-Event-ID.
+
+A session has at most one GET stream. A new GET for the session replaces the one open (which is
+closed at once), so a client whose connection died unnoticed (no FIN, a proxy dropped it) can
+reconnect immediately instead of waiting for a keep-alive write to fail.
+
+`Last-Event-ID` names a stream (see gateway/http/streams.py): an id of the GET stream (`0-<n>`)
+opens the GET stream and first replays what the session buffered after it; an id of a POST response
+stream replays that stream's buffered events and ends (the call behind it was withdrawn when its
+POST connection closed, so nothing more will come). Messages of one stream are never replayed on
+another. Ids the gateway does not know (or no longer buffers) replay nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.http.streams import GET_STREAM, SSE_HEADERS, ClientGone, EventWriter, StreamReplay, split_event_id
+from gateway.sessions import Session
+
+
+class _Takeover:
+    """The task serving one GET stream; `replace()` ends it in favour of a newer GET for its session."""
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "handlers run in a task"
+        self.task = task
+        self.replaced = False
+
+    def replace(self) -> None:
+        self.replaced = True
+        self.task.cancel()
+
+
+@dataclass
+class SessionStreams:
+    """Serves GET streams: one per session, replaced by a newer one; resumption from the buffers."""
+
+    post_replay: StreamReplay = field(default_factory=StreamReplay)
+    _open: dict[str, _Takeover] = field(default_factory=dict)
+
+    async def serve(self, request: web.Request, session: Session, keepalive_s: float) -> web.StreamResponse:
+        resume = split_event_id(request.headers.get("Last-Event-ID"))
+        if resume is not None and resume[0] != GET_STREAM:
+            return await self._replay_post_stream(request, session, *resume)
+        previous = self._open.get(session.id)
+        if previous is not None:
+            previous.replace()
+        me = _Takeover()
+        self._open[session.id] = me
+        response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        try:
+            await response.prepare(request)
+            await self._pump(EventWriter(response), session, None if resume is None else resume[1], keepalive_s)
+        except ClientGone:
+            pass
+        except asyncio.CancelledError:
+            if not me.replaced:  # the client went away (or the server is stopping)
+                raise
+            me.task.uncancel()  # replaced by a newer GET: end this response normally
+        finally:
+            if self._open.get(session.id) is me:
+                del self._open[session.id]
+                session.get_stream_open = False
+        return response
+
+    async def _pump(self, writer: EventWriter, session: Session, after: int | None, keepalive_s: float) -> None:
+        while not session.outbox.empty():  # whatever a previous stream left unsent is in the replay buffer
+            session.outbox.get_nowait()
+        # No await between opening the stream and reading the buffer: each event is either replayed or queued.
+        session.get_stream_open = True
+        missed = session.events_after(str(after)) if after is not None else []
+        for event_id, message in missed:
+            await writer.event(message, f"{GET_STREAM}-{event_id}")
+        while not session.closed:
+            try:
+                event_id, message = await asyncio.wait_for(session.outbox.get(), keepalive_s)
+            except TimeoutError:
+                await writer.comment()
+                continue
+            await writer.event(message, f"{GET_STREAM}-{event_id}")
+
+    async def _replay_post_stream(self, request: web.Request, session: Session, stream: str,
+                                  number: int) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        await response.prepare(request)
+        writer = EventWriter(response, stream)
+        try:
+            for event_id, payload in self.post_replay.after(session.id, stream, number) or []:
+                await writer.raw(event_id, payload)
+            await response.write_eof()
+        except (ClientGone, ConnectionError):
+            pass
+        return response
+

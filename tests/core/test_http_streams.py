@@ -1,0 +1,203 @@
+"""The Streamable HTTP edge, raw: SSE event ids and resumption, GET stream takeover, GET/DELETE
+version checks, unknown upstream paths, and `initialize` under the stateless revision.
+
+A real gateway in front of a real SDK server (tests.support.feature_server), spoken to with a plain
+aiohttp client so every header, status and SSE id is visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support.feature_server import feature_server
+from tests.support.servers import run_http_server
+
+pytestmark = pytest.mark.asyncio
+
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+STREAM = {"Accept": "text/event-stream"}
+META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+def initialize(version: str = "2025-11-25") -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+
+
+def call(request_id: int, tool: str, arguments: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": tool, "arguments": arguments}
+    if token is not None:
+        params["_meta"] = {"progressToken": token}
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+
+
+@pytest.fixture
+async def gw(start_gateway, permissive_policies) -> AsyncIterator[Any]:
+    server, _ = feature_server()
+    async with run_http_server(server) as url:
+        gateway = await start_gateway({"upstreams": [{"name": "features", "url": url}],
+                                       "policies": {"dir": str(permissive_policies)}})
+        gateway.features = f"{gateway.mcp}/features"
+        yield gateway
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def open_session(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.post(url, json=initialize(), headers=ACCEPT) as resp:
+        assert resp.status == 200, await resp.text()
+        sid = resp.headers["Mcp-Session-Id"]
+    async with http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                         headers={**ACCEPT, "Mcp-Session-Id": sid}) as resp:
+        assert resp.status == 202
+    return sid
+
+
+async def read_events(resp: aiohttp.ClientResponse, count: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """SSE events (id, message) until `count` were read, or (count None) until the stream ends."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    event_id = ""
+    async with asyncio.timeout(10):
+        while count is None or len(out) < count:
+            line = await resp.content.readline()
+            if not line:
+                assert count is None, f"stream ended after {len(out)} of {count} events"
+                return out
+            text = line.decode().rstrip("\n")
+            if text.startswith("id: "):
+                event_id = text[4:]
+            elif text.startswith("data: "):
+                out.append((event_id, json.loads(text[6:])))
+    return out
+
+
+async def streamed_call(http: aiohttp.ClientSession, url: str, sid: str, message: dict[str, Any]
+                        ) -> list[tuple[str, dict[str, Any]]]:
+    async with http.post(url, json=message, headers={**ACCEPT, "Mcp-Session-Id": sid}) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        return await read_events(resp)
+
+
+async def plain_call(http: aiohttp.ClientSession, url: str, sid: str, message: dict[str, Any]) -> dict[str, Any]:
+    async with http.post(url, json=message, headers={**ACCEPT, "Mcp-Session-Id": sid}) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/json")
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+def reason(body: Any) -> str:
+    return str(body["error"]["data"]["reason"])
+
+
+async def test_event_ids_are_unique_in_a_session_and_name_their_stream(gw, http):
+    sid = await open_session(http, gw.features)
+    headers = {**STREAM, "Mcp-Session-Id": sid}
+    async with http.get(gw.features, headers=headers) as stream:
+        assert stream.status == 200
+        first = await streamed_call(http, gw.features, sid, call(2, "progress", {"steps": 2}, token="p1"))
+        await plain_call(http, gw.features, sid, call(3, "change_tools", {}))  # list_changed: on the GET stream
+        [(get_id, changed)] = await read_events(stream, 1)
+        second = await streamed_call(http, gw.features, sid, call(4, "progress", {"steps": 1}, token="p2"))
+    assert changed["method"] == "notifications/tools/list_changed"
+    post_ids = [event_id for event_id, _ in first + second]
+    assert first[-1][1]["result"]["content"][0]["text"] == "done"
+    all_ids = [get_id, *post_ids]
+    assert len(set(all_ids)) == len(all_ids), all_ids
+    streams = {event_id.rsplit("-", 1)[0] for event_id in all_ids}
+    assert get_id.startswith("0-") and len(streams) == 3  # the GET stream and each POST stream: its own key
+    assert {i.rsplit("-", 1)[0] for i, _ in first} != {i.rsplit("-", 1)[0] for i, _ in second}
+
+
+async def test_last_event_id_of_a_post_stream_replays_the_rest_of_that_stream(gw, http):
+    sid = await open_session(http, gw.features)
+    events = await streamed_call(http, gw.features, sid, call(2, "progress", {"steps": 2}, token="p1"))
+    assert len(events) == 5  # two progress, two log lines, the answer
+    gw.gateway.sessions.get(sid, await gw.gateway.parts.identifier.identify({}, None), "features").stream_event(
+        {"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "session stream only"}})
+    async with http.get(gw.features, headers={**STREAM, "Mcp-Session-Id": sid,
+                                              "Last-Event-ID": events[1][0]}) as resp:
+        assert resp.status == 200
+        replayed = await read_events(resp)  # ends: the call behind that stream is over
+    assert replayed == events[2:]  # nothing from the GET stream, nothing before the given id
+
+
+async def test_get_stream_resumes_with_its_own_ids(gw, http):
+    sid = await open_session(http, gw.features)
+    session = gw.gateway.sessions.get(sid, await gw.gateway.parts.identifier.identify({}, None), "features")
+    note = {"jsonrpc": "2.0", "method": "notifications/message"}
+    await streamed_call(http, gw.features, sid, call(2, "progress", {"steps": 1}, token="p1"))
+    session.stream_event({**note, "params": {"n": 1}})
+    headers = {**STREAM, "Mcp-Session-Id": sid}
+    async with http.get(gw.features, headers={**headers, "Last-Event-ID": "0-0"}) as resp:
+        [(first_id, first)] = await read_events(resp, 1)
+    assert first["params"] == {"n": 1} and first_id.startswith("0-")
+    session.stream_event({**note, "params": {"n": 2}})
+    session.stream_event({**note, "params": {"n": 3}})
+    async with http.get(gw.features, headers={**headers, "Last-Event-ID": first_id}) as resp:
+        received = await read_events(resp, 2)
+    assert [m["params"]["n"] for _, m in received] == [2, 3]
+
+
+async def test_a_new_get_replaces_the_open_stream_at_once(gw, http):
+    sid = await open_session(http, gw.features)
+    headers = {**STREAM, "Mcp-Session-Id": sid}
+    # The first stream stays open on the client side: to the gateway it looks like a dead client's stream.
+    async with http.get(gw.features, headers=headers) as old:
+        assert old.status == 200
+        async with http.get(gw.features, headers=headers) as new:
+            assert new.status == 200, await new.text()
+            async with asyncio.timeout(5):
+                assert await old.content.read() == b""  # the old stream was ended
+            await plain_call(http, gw.features, sid, call(2, "change_tools", {}))
+            [(_, changed)] = await read_events(new, 1)
+            assert changed["method"] == "notifications/tools/list_changed"
+
+
+async def test_unknown_upstream_is_a_json_rpc_404(gw, http):
+    url = f"{gw.mcp}/nope"
+    async with http.post(url, json=initialize(), headers=ACCEPT) as resp:
+        assert resp.status == 404 and reason(await resp.json()) == "unknown_upstream"
+    async with http.get(url, headers={**STREAM, "Mcp-Session-Id": "x"}) as resp:
+        body = await resp.json()
+        assert resp.status == 404 and reason(body) == "unknown_upstream" and body["error"]["code"] == -32019
+    async with http.delete(url, headers={"Mcp-Session-Id": "x"}) as resp:
+        assert resp.status == 404 and reason(await resp.json()) == "unknown_upstream"
+
+
+async def test_get_and_delete_refuse_an_unsupported_protocol_version(gw, http):
+    sid = await open_session(http, gw.features)
+    bad = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "1999-01-01"}
+    async with http.get(gw.features, headers={**STREAM, **bad}) as resp:
+        body = await resp.json()
+        assert resp.status == 400 and reason(body) == "unsupported_protocol_version"
+        assert body["error"]["code"] == -32022 and "2025-11-25" in body["error"]["data"]["supported"]
+    async with http.delete(gw.features, headers=bad) as resp:
+        assert resp.status == 400 and reason(await resp.json()) == "unsupported_protocol_version"
+    ping = {"jsonrpc": "2.0", "id": 9, "method": "ping"}
+    async with http.post(gw.features, json=ping, headers={**ACCEPT, "Mcp-Session-Id": sid}) as resp:
+        assert resp.status == 200  # the refused DELETE left the session alone
+    async with http.delete(gw.features, headers={"Mcp-Session-Id": sid,
+                                                 "MCP-Protocol-Version": "2025-11-25"}) as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.parametrize("view", ["", "/features"])
+async def test_initialize_under_the_stateless_revision_is_refused(gw, http, view):
+    message = initialize("2026-07-28")
+    message["params"]["_meta"] = META
+    headers = {**ACCEPT, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "initialize"}
+    async with http.post(gw.mcp + view, json=message, headers=headers) as resp:
+        body = await resp.json()
+        assert resp.status == 400 and "Mcp-Session-Id" not in resp.headers
+    assert body["id"] == 1 and body["error"]["code"] == -32022 and reason(body) == "unsupported_protocol_version"
+    assert body["error"]["data"]["supported"] == ["2026-07-28"] and body["error"]["data"]["requested"] == "2026-07-28"
