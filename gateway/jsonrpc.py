@@ -1,8 +1,10 @@
 """JSON-RPC 2.0 framing: parse and validate one inbound message, build responses.
 
 Hostile input is bounded here before anything else looks at it: invalid UTF-8, JSON nesting
-deeper than the configured limit, batches (not part of MCP since 2025-06-18), and messages that
-are neither a request, a notification nor a response are rejected with a stable reason.
+deeper than the configured limit, and messages that are neither a request, a notification nor a
+response are rejected with a stable reason. A batch (a JSON array; only the 2025-03-26 revision has
+them) is refused by `parse` with `Batch`, a `batch_not_supported` error that carries the array for
+the callers that do support batches (`classify_batch` checks its items).
 """
 
 from __future__ import annotations
@@ -44,6 +46,17 @@ class Message:
         return params if isinstance(params, dict) else {}
 
 
+MAX_BATCH = 100  # messages in one batch: each request in it is a call of its own
+
+
+class Batch(GatewayError):
+    """The body was a JSON array: `batch_not_supported`, unless the caller answers `items` as a batch."""
+
+    def __init__(self, items: list[Any]) -> None:
+        super().__init__("batch_not_supported")
+        self.items = items
+
+
 def _depth_ok(value: Any, limit: int) -> bool:
     """Iterative depth check: recursion on attacker-controlled nesting is itself a risk."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -70,7 +83,9 @@ def parse(raw: bytes, *, max_depth: int = 64) -> Message:
     except ValueError:
         body = _parse_slowly(raw)
     if isinstance(body, list):
-        raise GatewayError("batch_not_supported")
+        if raw.count(b"{") + raw.count(b"[") >= max_depth and not _depth_ok(body, max_depth):
+            raise GatewayError("invalid_request", f"Invalid request: JSON nested deeper than {max_depth}")
+        raise Batch(body)
     if not isinstance(body, dict):
         raise GatewayError("invalid_request", "Invalid request: expected a JSON object")
     # A message cannot nest deeper than it has brackets: most are far too small to need the walk.
@@ -151,6 +166,23 @@ def classify(body: dict[str, Any]) -> Message:
     raise GatewayError("invalid_request", "Invalid request: not a request, notification or response")
 
 
+def classify_batch(items: list[Any]) -> list[Message | GatewayError]:
+    """The messages of a batch, each classified on its own (an invalid one is its own error)."""
+    if not items:
+        raise GatewayError("invalid_request", "Invalid request: an empty batch")
+    if len(items) > MAX_BATCH:
+        raise GatewayError("invalid_request", f"Invalid request: a batch of more than {MAX_BATCH} messages")
+    out: list[Message | GatewayError] = []
+    for item in items:
+        try:
+            if not isinstance(item, dict):
+                raise GatewayError("invalid_request", "Invalid request: expected a JSON object")
+            out.append(classify(item))
+        except GatewayError as exc:
+            out.append(exc)
+    return out
+
+
 def result(request_id: Any, value: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "result": value}
 
@@ -162,7 +194,7 @@ def notification(method: str, params: dict[str, Any] | None = None) -> dict[str,
     return message
 
 
-def dumps(message: dict[str, Any]) -> bytes:
+def dumps(message: dict[str, Any] | list[Any]) -> bytes:
     """Compact UTF-8 JSON of a message we send (to a client or an upstream)."""
     try:
         return orjson.dumps(message)  # several times faster than json.dumps, the same JSON text

@@ -29,6 +29,7 @@ from mcp_types.version import (
 from gateway import jsonrpc
 from gateway.context import Principal
 from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, forget_traceback, to_wire
+from gateway.http.batch import BATCH_VERSION, answer_batch
 from gateway.http.guards import accepts, error_response, read_body, require_json
 from gateway.http.session_stream import SessionStreams
 from gateway.http.streams import ClientGone, ResponseChannel
@@ -106,6 +107,8 @@ class McpEndpoint:
                                             protocol_version=session.protocol_version, start_ns=started,
                                             identify_ns=(started, identified)) as trace:
                 return await self._answer(request, session, principal, message, sse_ok, extra_headers, trace)
+        except jsonrpc.Batch as batch:  # a JSON array: answered only in 2025-03-26 sessions
+            return await answer_batch(self, request, view, principal, batch, sse_ok)
         except GatewayError as exc:
             return error_response(exc, request_id)
         except _ModernRejection as exc:
@@ -125,6 +128,18 @@ class McpEndpoint:
         if not session_id:
             raise GatewayError("session_required")
         return self.sessions.get(session_id, principal, view), {}
+
+    def batch_session(self, request: web.Request, view: str | None, principal: Principal) -> Session:
+        """The session a batch is sent in; only 2025-03-26 has batches (later revisions removed them)."""
+        version = request.headers.get(VERSION_HEADER)
+        if version is not None and version not in KNOWN_PROTOCOL_VERSIONS:
+            raise unsupported_version(version)
+        session_id = request.headers.get(SESSION_HEADER)
+        session = self.sessions.get(session_id, principal, view) if session_id else None
+        if session is None or session.protocol_version != BATCH_VERSION or version in MODERN_PROTOCOL_VERSIONS:
+            raise GatewayError("batch_not_supported",
+                               f"JSON-RPC batches are supported in {BATCH_VERSION} sessions only")
+        return session
 
     def _stateless_session(self, request: web.Request, view: str | None, principal: Principal,
                            message: jsonrpc.Message) -> Session:
@@ -212,12 +227,19 @@ class McpEndpoint:
         if message.method == "server/discover":
             result = modern_result("server/discover", self._discover_result(session))
             return web.json_response(jsonrpc.result(message.id, result), dumps=_dumps)
+        channel = ResponseChannel(request, headers, sse_allowed=sse_ok, replay=self.streams.post_replay,
+                                  session_id=session.id)
+        reply, status, error_headers = await self.run_call(session, principal, message, channel, trace)
+        return await channel.finish(reply, 200 if status < 400 or status == 500 else status, error_headers)
+
+    async def run_call(self, session: Session, principal: Principal, message: jsonrpc.Message,
+                       channel: ResponseChannel, trace: Any = None) -> tuple[dict[str, Any], int, dict[str, str]]:
+        """One request through the router: (reply, HTTP status of its error, headers of its error)."""
         if not session.stateless and message.id in session.inflight:
             # Ids key cancellation and progress routing; a second call with an id in flight would
             # take over the first one's entry (the stateless revision has no session-wide ids).
             raise GatewayError("invalid_request", "Invalid request: this id is already in use by a call in flight")
-        channel = ResponseChannel(request, headers, sse_allowed=sse_ok, replay=self.streams.post_replay,
-                                  session_id=session.id)
+        sse_ok = channel.sse_allowed
         inbound = Inbound(session=session, principal=principal, message=message,
                           send=channel.send if sse_ok else None, trace_id=trace.trace_id if trace else None)
         if sse_ok:
@@ -227,7 +249,7 @@ class McpEndpoint:
         if token is not None and sse_ok:
             session.progress_routes[token] = channel.send
         error_headers: dict[str, str] = {}
-        # The call runs in this handler's own task (no task per request); `Withdrawal` lets
+        # The call runs in its handler's own task (no task per request); `Withdrawal` lets
         # notifications/cancelled and session end cancel it and still answer request_cancelled.
         withdrawal = Withdrawal(asyncio.current_task())
         session.inflight[message.id] = withdrawal
@@ -258,7 +280,7 @@ class McpEndpoint:
             session.inflight.pop(message.id, None)
             if token is not None:
                 session.progress_routes.pop(token, None)
-        return await channel.finish(reply, 200 if status < 400 or status == 500 else status, error_headers)
+        return reply, status, error_headers
 
     def _initialize_result(self, session: Session) -> dict[str, Any]:
         upstream_result = session.init_result

@@ -175,3 +175,15 @@ class ResponseChannel:
             return self._stream
         return web.Response(body=dumps(message), status=status, content_type="application/json",
                             headers={**self.headers, **(extra_headers or {})})
+
+    async def finish_batch(self, replies: list[dict[str, Any]]) -> web.StreamResponse:
+        """The answers to a batch: one JSON array, or (once streaming) one event each."""
+        if self._writer is not None and self._stream is not None:
+            try:
+                for reply in replies:
+                    await self._writer.event(reply)
+                await self._stream.write_eof()
+            except ClientGone:
+                pass
+            return self._stream
+        return web.Response(body=dumps(replies), content_type="application/json", headers=self.headers)

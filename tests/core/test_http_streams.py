@@ -1,5 +1,6 @@
 """The Streamable HTTP edge, raw: SSE event ids and resumption, GET stream takeover, GET/DELETE
-version checks, unknown upstream paths, and `initialize` under the stateless revision.
+version checks, unknown upstream paths, `initialize` under the stateless revision, and JSON-RPC
+batches (2025-03-26 sessions only).
 
 A real gateway in front of a real SDK server (tests.support.feature_server), spoken to with a plain
 aiohttp client so every header, status and SSE id is visible.
@@ -53,8 +54,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def open_session(http: aiohttp.ClientSession, url: str) -> str:
-    async with http.post(url, json=initialize(), headers=ACCEPT) as resp:
+async def open_session(http: aiohttp.ClientSession, url: str, version: str = "2025-11-25") -> str:
+    async with http.post(url, json=initialize(version), headers=ACCEPT) as resp:
         assert resp.status == 200, await resp.text()
         sid = resp.headers["Mcp-Session-Id"]
     async with http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
@@ -201,3 +202,49 @@ async def test_initialize_under_the_stateless_revision_is_refused(gw, http, view
         assert resp.status == 400 and "Mcp-Session-Id" not in resp.headers
     assert body["id"] == 1 and body["error"]["code"] == -32022 and reason(body) == "unsupported_protocol_version"
     assert body["error"]["data"]["supported"] == ["2026-07-28"] and body["error"]["data"]["requested"] == "2026-07-28"
+
+
+async def post_batch(http: aiohttp.ClientSession, url: str, sid: str, batch: list[Any],
+                     accept: str = "application/json") -> tuple[int, str, Any]:
+    headers = {"Accept": accept, "Content-Type": "application/json", "Mcp-Session-Id": sid}
+    async with http.post(url, data=json.dumps(batch), headers=headers) as resp:
+        if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            return resp.status, "sse", await read_events(resp)
+        text = await resp.text()
+        return resp.status, resp.headers.get("Content-Type", ""), json.loads(text) if text else None
+
+
+async def test_a_batch_in_a_2025_03_26_session_is_answered_with_one_array(gw, http):
+    sid = await open_session(http, gw.features, "2025-03-26")
+    batch = [call(2, "echo", {"value": "a"}), {"jsonrpc": "2.0", "id": "p", "method": "ping"},
+             {"jsonrpc": "2.0", "method": "notifications/initialized"}, {"jsonrpc": "2.0", "id": 3}, 7,
+             initialize("2025-03-26")]
+    status, kind, body = await post_batch(http, gw.features, sid, batch)
+    assert status == 200 and kind.startswith("application/json")
+    by_id = {(reply["id"], reason(reply) if "error" in reply else None): reply for reply in body}
+    assert len(body) == 5  # two answers, two invalid members (id null), the refused initialize
+    assert by_id[(2, None)]["result"]["content"][0]["text"] == "a"
+    assert by_id[("p", None)]["result"] == {}
+    assert (None, "invalid_request") in by_id and (1, "invalid_request") in by_id
+    assert sorted(r["id"] is None for r in body) == [False, False, False, True, True]
+    only_notes = [{"jsonrpc": "2.0", "method": "notifications/initialized"},
+                  {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99}}]
+    assert (await post_batch(http, gw.features, sid, only_notes))[0] == 202
+
+
+async def test_a_batch_streams_when_a_call_sends_interim_messages(gw, http):
+    sid = await open_session(http, gw.features, "2025-03-26")
+    batch = [call(2, "progress", {"steps": 2}, token="t"), call(3, "echo", {"value": "b"})]
+    status, kind, events = await post_batch(http, gw.features, sid, batch, "application/json, text/event-stream")
+    assert status == 200 and kind == "sse"
+    answers = {m["id"]: m["result"]["content"][0]["text"] for _, m in events if "result" in m}
+    assert answers == {2: "done", 3: "b"}
+    assert [m["params"]["progress"] for _, m in events if m.get("method") == "notifications/progress"] == [1, 2]
+    assert len({event_id for event_id, _ in events}) == len(events)
+
+
+@pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25"])
+async def test_later_revisions_still_refuse_batches(gw, http, version):
+    sid = await open_session(http, gw.features, version)
+    status, _, body = await post_batch(http, gw.features, sid, [{"jsonrpc": "2.0", "id": 1, "method": "ping"}])
+    assert status == 400 and body["error"]["code"] == -32600 and reason(body) == "batch_not_supported"

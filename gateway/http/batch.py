@@ -1,0 +1,73 @@
+"""JSON-RPC batches on POST: only sessions of the 2025-03-26 revision have them (later ones removed them).
+
+A batch of notifications and responses is accepted with 202. One that holds requests is answered
+as one JSON array, or, when a request sends interim messages and the client accepts SSE, as one SSE
+stream carrying each answer as its own event. The requests run concurrently, each as one call
+through the same router and pipeline as a single request; `initialize` may not be batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway import jsonrpc
+from gateway.context import Principal
+from gateway.errors import GatewayError, forget_traceback, to_wire
+from gateway.http.guards import error_response
+from gateway.http.streams import ResponseChannel
+from gateway.sessions import Session
+
+if TYPE_CHECKING:
+    from gateway.http.mcp import McpEndpoint
+
+BATCH_VERSION = "2025-03-26"
+
+
+async def answer_batch(endpoint: McpEndpoint, request: web.Request, view: str | None, principal: Principal,
+                       batch: jsonrpc.Batch, sse_ok: bool) -> web.StreamResponse:
+    try:
+        session = endpoint.batch_session(request, view, principal)
+        messages = jsonrpc.classify_batch(batch.items)
+    except GatewayError as exc:
+        return error_response(exc)
+    replies: list[dict[str, Any]] = []
+    requests: list[jsonrpc.Message] = []
+    for message in messages:
+        if isinstance(message, GatewayError):  # JSON-RPC: an invalid member is answered with id null
+            replies.append(to_wire(message, None)[0])
+        elif message.kind == "request" and message.method == "initialize":
+            refused = GatewayError("invalid_request", "Invalid request: initialize must not be part of a batch")
+            replies.append(to_wire(refused, message.id)[0])
+        elif message.kind == "request":
+            requests.append(message)
+        else:
+            try:
+                await endpoint._accept_one_way(session, message, principal)
+            except GatewayError as exc:
+                replies.append(to_wire(exc, None)[0])
+    if not requests and not replies:
+        return web.Response(status=202)
+    channel = ResponseChannel(request, {}, sse_allowed=sse_ok, replay=endpoint.streams.post_replay,
+                              session_id=session.id)
+    calls = (_call(endpoint, request, session, principal, message, channel) for message in requests)
+    replies += await asyncio.gather(*calls)
+    return await channel.finish_batch(replies)
+
+
+async def _call(endpoint: McpEndpoint, request: web.Request, session: Session, principal: Principal,
+                message: jsonrpc.Message, channel: ResponseChannel) -> dict[str, Any]:
+    """One request of the batch, in a task of its own (so a cancellation withdraws just that call)."""
+    try:
+        if endpoint.observability is None:
+            return (await endpoint.run_call(session, principal, message, channel))[0]
+        with endpoint.observability.request(request.headers, message.method, message.params, message.id,
+                                            principal=principal, session_id=session.id,
+                                            protocol_version=session.protocol_version) as trace:
+            return (await endpoint.run_call(session, principal, message, channel, trace))[0]
+    except GatewayError as exc:  # refused before it ran (an id already in flight)
+        reply = to_wire(exc, message.id)[0]
+        forget_traceback(exc)
+        return reply
