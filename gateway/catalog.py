@@ -15,9 +15,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from gateway.config.model import UpstreamConfig
+from gateway.config.model import ToolOverride, UpstreamConfig
 from gateway.context import ToolInfo, canonical_json
 from gateway.errors import GatewayError
+from gateway.resource_owners import ResourceOwners
+from gateway.uri_templates import expands_to
 
 # ToolInfo attributes an upstream's MCP annotations set (unless config fixes them), by hint name.
 ANNOTATED: Final = {"read_only": "readOnlyHint", "destructive": "destructiveHint", "idempotent": "idempotentHint",
@@ -59,10 +61,39 @@ def tool_info(upstream: UpstreamConfig, tool: Mapping[str, Any]) -> ToolInfo:
     )
 
 
-def named_info(upstream: UpstreamConfig, name: str) -> ToolInfo:
+# The stricter value of a boolean label, for a URI that several labelled URI templates match.
+STRICTER: Final = {"read_only": False, "destructive": True, "idempotent": False, "open_world": True,
+                   "leaves_org": True}
+SENSITIVITIES: Final = ("public", "internal", "confidential", "restricted")  # least to most sensitive
+
+
+def resource_labels(upstream: UpstreamConfig, uri: str) -> ToolOverride | None:
+    """Config labels of a resource URI: its own entry's, and for each label that leaves unset, the
+    labelled URI templates' it expands from (the stricter value when several set it). Otherwise a
+    label on a template would not reach the reads of its URIs, which policy decides by the URI."""
+    own = upstream.tools.get(uri)
+    templates = [o for key, o in upstream.tools.items() if key != uri and expands_to(key, uri)]
+    if not templates:
+        return own
+    labels: dict[str, Any] = {}
+    for attr in ("sensitivity", *STRICTER):
+        if own is not None and getattr(own, attr) is not None:
+            continue
+        values = [getattr(o, attr) for o in templates if getattr(o, attr) is not None]
+        if not values:
+            continue
+        if attr == "sensitivity":
+            labels[attr] = max(values, key=SENSITIVITIES.index)
+        else:
+            labels[attr] = STRICTER[attr] if STRICTER[attr] in values else values[0]
+    return (own or ToolOverride()).model_copy(update=labels)
+
+
+def named_info(upstream: UpstreamConfig, name: str, *, resource: bool = False) -> ToolInfo:
     """A prompt or resource (its URI, or URI template) as a policy resource: read-only, not destructive,
-    closed-world, `internal`, unless `upstreams[].tools.<name>` labels it otherwise."""
-    override = upstream.tools.get(name)
+    closed-world, `internal`, unless `upstreams[].tools.<name>` labels it otherwise (a resource URI also
+    by the labelled URI templates it expands from)."""
+    override = resource_labels(upstream, name) if resource else upstream.tools.get(name)
 
     def pick(attr: str, default: bool) -> bool:
         value = getattr(override, attr) if override is not None else None
@@ -142,6 +173,7 @@ class Catalog:
     def __init__(self, upstreams: Iterable[UpstreamConfig]) -> None:
         self._configs = {u.name: u for u in upstreams}
         self._by_upstream: dict[str, UpstreamCatalog] = {name: UpstreamCatalog() for name in self._configs}
+        self.resource_owners = ResourceOwners(self._configs)
         # Longest prefix first so `a_b__` never loses to `a__`.
         self._prefixes = sorted(((u.tool_prefix, u.name) for u in self._configs.values()),
                                 key=lambda p: len(p[0]), reverse=True)
@@ -178,8 +210,13 @@ class Catalog:
         return list(self._by_upstream[upstream].tools.values())
 
     def named(self, upstream: str, name: str) -> ToolInfo:
-        """A prompt or resource of this upstream as policy sees it (config labels by name or URI)."""
+        """A prompt of this upstream as policy sees it (config labels by name)."""
         return named_info(self._configs[upstream], name)
+
+    def resource(self, upstream: str, uri: str) -> ToolInfo:
+        """A resource URI or URI template of this upstream as policy sees it (config labels by URI, and
+        by the labelled URI templates the URI expands from)."""
+        return named_info(self._configs[upstream], uri, resource=True)
 
     def variants(self, upstream: str, name: str) -> tuple[ToolInfo, ...]:
         return annotation_variants(self._configs[upstream], name)
@@ -194,6 +231,11 @@ class Catalog:
         if not sep or not uri or upstream not in self._configs:
             return None
         return upstream, uri
+
+    def names_upstream(self, uri: str) -> bool:
+        """Whether a URI starts with a configured upstream's `<name>+` (else it may be an upstream's own)."""
+        upstream, sep, _ = uri.partition(URI_NAMESPACE)
+        return bool(sep) and upstream in self._configs
 
     def resolve(self, exposed_name: str) -> tuple[str, str] | None:
         """Aggregated name → (upstream, upstream's own name), or None if no prefix matches."""

@@ -75,7 +75,10 @@ class Lister:
             info = self._catalog.tool(upstream, str(item.get("name")))
             if info is not None:
                 return info
-        return self._catalog.named(upstream, str(item.get(kind.name_field, "")))
+        name = str(item.get(kind.name_field, ""))
+        if kind.action == "read_resource":
+            return self._catalog.resource(upstream, name)
+        return self._catalog.named(upstream, name)
 
     def filter(self, kind: ListKind, principal: Principal, upstream: str, items: list[Any],
                prefixed: bool) -> list[dict[str, Any]]:

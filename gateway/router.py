@@ -8,7 +8,8 @@ answer any other method "method not found": nothing reaches an upstream undecide
 
 In the aggregated view a resource URI names its upstream (`inventory+inventory://skus`, see
 gateway/catalog.py); requests go upstream with the upstream's own URI, which is also what policy
-decides on, and URIs in read results come back in the aggregated form.
+decides on, and URIs in read results come back in the aggregated form. A URI naming no configured
+upstream goes to the single upstream that lists it (gateway/resource_owners.py), if there is one.
 """
 
 from __future__ import annotations
@@ -193,8 +194,8 @@ class Router:
         uri = inbound.params.get("uri")
         if not isinstance(uri, str) or not uri:
             raise GatewayError("invalid_params", "Invalid params: resources/read needs a uri")
-        upstream, own_uri = self._resource(inbound, uri)
-        ctx = self._context(inbound, "read_resource", upstream, self._catalog.named(upstream, own_uri),
+        upstream, own_uri = await self._resource(inbound, uri)
+        ctx = self._context(inbound, "read_resource", upstream, self._catalog.resource(upstream, own_uri),
                             upstream_params(inbound.params, uri=own_uri))
         result = await self._pipeline.run(ctx)
         if inbound.session.view is None:
@@ -227,9 +228,9 @@ class Router:
 
     # -- requests about one item, decided like its list entry ----------------------------------------
 
-    def _require_visible(self, inbound: Inbound, action: str, upstream: str, item: str, requested: str) -> None:
+    def _require_visible(self, inbound: Inbound, action: str, item: ToolInfo, requested: str) -> None:
         """Refuse, exactly as for a missing item, unless a list would show this item to the principal."""
-        decision = self._authorizer.visible(inbound.principal, action, self._catalog.named(upstream, item))
+        decision = self._authorizer.visible(inbound.principal, action, item)
         if decision.outcome == "deny":
             raise not_found(action, requested)
 
@@ -237,8 +238,8 @@ class Router:
         uri = inbound.params.get("uri")
         if not isinstance(uri, str):
             raise GatewayError("invalid_params", "Invalid params: uri required")
-        upstream, own_uri = self._resource(inbound, uri)
-        self._require_visible(inbound, "read_resource", upstream, own_uri, uri)
+        upstream, own_uri = await self._resource(inbound, uri)
+        self._require_visible(inbound, "read_resource", self._catalog.resource(upstream, own_uri), uri)
         return await self.fetch(inbound, upstream, inbound.message.method, {**inbound.params, "uri": own_uri})
 
     async def _complete(self, inbound: Inbound) -> dict[str, Any]:
@@ -250,13 +251,13 @@ class Router:
             target = self._target(inbound, name)
             if target is None:
                 raise not_found("get_prompt", name)
-            self._require_visible(inbound, "get_prompt", target[0], target[1], name)
+            self._require_visible(inbound, "get_prompt", self._catalog.named(*target), name)
             params = {**inbound.params, "ref": {**ref, "name": target[1]}}
             return await self.fetch(inbound, target[0], "completion/complete", params)
         if ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
             uri = ref["uri"]  # a URI or a URI template, decided by that string as its list entry is
-            upstream, own_uri = self._resource(inbound, uri)
-            self._require_visible(inbound, "read_resource", upstream, own_uri, uri)
+            upstream, own_uri = await self._resource(inbound, uri)
+            self._require_visible(inbound, "read_resource", self._catalog.resource(upstream, own_uri), uri)
             params = {**inbound.params, "ref": {**ref, "uri": own_uri}}
             return await self.fetch(inbound, upstream, "completion/complete", params)
         raise GatewayError("invalid_params", "Invalid params: ref must be a ref/prompt with a name "
@@ -294,16 +295,23 @@ class Router:
             return view, name
         return self._catalog.resolve(name)
 
-    def _resource(self, inbound: Inbound, uri: str) -> tuple[str, str]:
-        """(upstream, its own URI) of a URI or URI template as the client named it; unknown_resource when
-        it names no upstream (no upstream is asked: the aggregated form carries its owner)."""
+    async def _resource(self, inbound: Inbound, uri: str) -> tuple[str, str]:
+        """(upstream, its own URI) of a URI or URI template as the client named it. The aggregated form
+        carries its owner; a URI not starting with a configured `<upstream>+` may be an upstream's own,
+        sent to the one upstream listing it. unknown_resource when no single upstream owns it."""
         view = inbound.session.view
         if view is not None:
             return view, uri
         target = self._catalog.resolve_uri(uri)
-        if target is None:
-            raise not_found("read_resource", uri)
-        return target
+        if target is not None:
+            return target
+        if not self._catalog.names_upstream(uri):
+            async def fetch(upstream: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+                return await self.fetch(inbound, upstream, method, params)
+            owner = await self._catalog.resource_owners.owner(uri, fetch)
+            if owner is not None:
+                return owner, uri
+        raise not_found("read_resource", uri)
 
 
 def _expose_contents(upstream: str, result: dict[str, Any]) -> dict[str, Any]:

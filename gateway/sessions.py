@@ -234,6 +234,8 @@ async def route_server_message(session: Session, upstream: str, message: Message
         message = {**message, "id": gateway_id}
     elif method == "notifications/tools/list_changed":
         catalog.invalidate(upstream)
+    elif method == "notifications/resources/list_changed":
+        catalog.resource_owners.invalidate(upstream)
     elif method == "notifications/cancelled":
         cancelled = _cancel_for_client(session, upstream, message)
         if cancelled is None:
