@@ -10,6 +10,7 @@ the callers that do support batches (`classify_batch` checks its items).
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -118,7 +119,7 @@ def _parse_slowly(raw: bytes) -> Any:
         raise GatewayError("parse_error", "Parse error: body is not valid UTF-8") from exc
     try:
         # Depth is bounded by the JSON decoder's own recursion guard too; checked precisely by the caller.
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise GatewayError("parse_error", "Parse error: body is not valid JSON") from exc
     if _SURROGATE_ESCAPE.search(raw) and not _encodable(body):
@@ -137,6 +138,15 @@ def _encodable(value: Any) -> bool:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but no double: as infinity it would reach the upstream and then fail every
+    # later step (canonical JSON, the digest, the record) after the call had already run.
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"{text[:32]} is out of range for a number")
+    return value
 
 
 def classify(body: dict[str, Any]) -> Message:

@@ -88,6 +88,16 @@ async def test_numbers_at_and_past_long_limits_are_decided_not_crashed(env: Env,
     assert [c for c in env.recorder.calls if c[1].get("sku") != "widget"] == []
 
 
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"123456789e999"])
+async def test_numbers_past_double_range_are_a_parse_error_and_not_forwarded(env: Env, number: bytes) -> None:
+    # Valid JSON, but no double holds it: read as infinity it reached the upstream, then broke the digest.
+    raw = (b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"rec__lookup",'
+           b'"arguments":{"sku":"widget","n":' + number + b'}}}')
+    status, _, body = await env.client.post(raw=raw)
+    assert status == 400 and reason(body) == "parse_error", body
+    assert env.recorder.calls == []
+
+
 @pytest.mark.parametrize("raw", [
     # A lone surrogate can only arrive as a JSON escape: it is valid JSON text but not Unicode.
     b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"rec__lookup",'
