@@ -145,6 +145,7 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
                     {u.name: u.timeout_s for u in config.upstreams}, upstream_call=obs.upstream_calls())
     endpoint = McpEndpoint(identifier=parts.identifier, sessions=sessions, router=router,
                            upstream_names=frozenset(upstreams), max_body_bytes=config.listen.max_body_bytes,
+                           body_timeout_s=config.listen.body_timeout_s,
                            max_json_depth=config.listen.max_json_depth, observability=obs,
                            resource_url=config.listen.resource_url, on_task_end=on_task_end)
     owners: list[Any] = [*parts.owners_before_upstreams, *upstreams.values(), sessions, *parts.owners_after]

@@ -71,7 +71,9 @@ async def run(config: Config, *, config_path: Path | None = None,
     # From now on the gateway's own redactor: it also knows the exact secrets the gateway holds
     # (static upstream keys, client secrets), which have no recognisable pattern.
     log_filter.redactor = app[GATEWAY].parts.credentials.redactor
+    # keepalive_timeout also closes a connection that never sends a request (aiohttp arms it on connect).
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=config.listen.drain_timeout_s,
+                           keepalive_timeout=config.listen.idle_timeout_s,
                            access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=tls)

@@ -56,6 +56,8 @@ class ListenConfig(Model):
     max_body_bytes: int = Field(1_048_576, gt=0)
     max_json_depth: int = Field(64, gt=0)
     drain_timeout_s: float = Field(20.0, ge=0)
+    idle_timeout_s: float = Field(60.0, gt=0)  # a connection with no request in progress is closed after this
+    body_timeout_s: float = Field(30.0, gt=0)  # a request body must arrive in full within this
     tls: TlsConfig | None = None
 
     @property

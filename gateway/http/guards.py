@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -62,8 +63,19 @@ def guard_middleware(policy: HostOriginPolicy) -> Callable[..., Awaitable[web.St
     return guard
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes without reading them all."""
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refusing more than `limit` bytes without reading them all, and a body that does not
+    arrive in full within `timeout_s` (a client trickling bytes holds a connection and a handler)."""
+    if request.content.is_eof():  # the usual small body came with the headers: no timer needed
+        return await _read_body(request, limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise GatewayError("body_timeout") from None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None:
         if request.content_length > limit:
             raise GatewayError("body_too_large")

@@ -67,7 +67,7 @@ class LegacySseEndpoint:
             identified = time.time_ns()
             session_id = request.query.get("session_id", "")
             session = self._find(session_id, principal)
-            message = jsonrpc.parse(await read_body(request, self._mcp.max_body_bytes),
+            message = jsonrpc.parse(await read_body(request, self._mcp.max_body_bytes, self._mcp.body_timeout_s),
                                     max_depth=self._mcp.max_json_depth)
             request_id = message.id if message.kind == "request" else None
             if message.kind != "request":

@@ -59,6 +59,7 @@ class McpEndpoint:
     router: Router
     upstream_names: frozenset[str]
     max_body_bytes: int
+    body_timeout_s: float
     max_json_depth: int
     keepalive_s: float = 15.0
     observability: Any = None  # gateway.telemetry.observability.Observability
@@ -94,7 +95,8 @@ class McpEndpoint:
             started = time.time_ns()
             principal = await self._identify(request, view)
             identified = time.time_ns()
-            message = jsonrpc.parse(await read_body(request, self.max_body_bytes), max_depth=self.max_json_depth)
+            body = await read_body(request, self.max_body_bytes, self.body_timeout_s)
+            message = jsonrpc.parse(body, max_depth=self.max_json_depth)
             request_id = message.id if message.kind == "request" else None
             session, extra_headers = await self._session_for(request, view, principal, message)
             if message.kind != "request":

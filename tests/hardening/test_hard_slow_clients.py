@@ -1,0 +1,69 @@
+"""Slow clients against a real gateway process: idle connections are closed, trickled bodies are refused.
+
+A client that opens connections and sends nothing, or sends a body a byte at a time, holds a socket
+and a handler each (slowloris). `listen.idle_timeout_s` closes a connection with no request in
+progress; `listen.body_timeout_s` answers a body that has not arrived in full with 408 `body_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import GatewayProcess
+from tests.support.servers import stdio_command
+
+Spawn = Callable[..., Awaitable[GatewayProcess]]
+
+
+async def slow_gateway(spawn_gateway: Spawn, permissive_policies: Path) -> tuple[GatewayProcess, int]:
+    gw = await spawn_gateway({
+        "listen": {"idle_timeout_s": 1, "body_timeout_s": 1},
+        "upstreams": [{"name": "inventory", "command": stdio_command("inventory")}],
+        "policies": {"dir": str(permissive_policies), "watch": False},
+    })
+    return gw, int(gw.url.rsplit(":", 1)[1])
+
+
+async def test_a_connection_that_never_sends_a_request_is_closed(spawn_gateway: Spawn,
+                                                                 permissive_policies: Path) -> None:
+    _gw, port = await slow_gateway(spawn_gateway, permissive_policies)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        assert await asyncio.wait_for(reader.read(), 15) == b""  # EOF: the gateway hung up
+    finally:
+        writer.close()
+
+
+async def test_a_trickled_body_is_refused_with_408(spawn_gateway: Spawn, permissive_policies: Path) -> None:
+    _gw, port = await slow_gateway(spawn_gateway, permissive_policies)
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Accept: application/json, text/event-stream\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 15)  # the rest never comes
+    finally:
+        writer.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), head
+    error = json.loads(payload.split(b"\r\n")[1] if b"chunked" in head.lower() else payload)["error"]
+    assert (error["code"], error["data"]["reason"]) == (-32021, "body_timeout")
+
+
+async def test_ordinary_requests_are_unaffected(spawn_gateway: Spawn, permissive_policies: Path) -> None:
+    gw, _port = await slow_gateway(spawn_gateway, permissive_policies)
+    init: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                       "clientInfo": {"name": "t", "version": "1"}}}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gw.mcp, json=init, headers={"Accept": "application/json, text/event-stream"}) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["result"]["protocolVersion"] == "2025-11-25"
