@@ -169,7 +169,15 @@ class TaskStage:
         reservation = ctx.extra.pop("task_reservation", None)
         if reservation is None:
             return
-        # A JSON-RPC error is the upstream refusing the request (unknown tool, invalid params): nothing ran.
-        # Any other failure after forwarding (timeout, dropped connection) may have run, so it keeps counting.
-        if not ctx.extra.get("forwarded") or isinstance(ctx.error, UpstreamErrorResponse):
+        # Only the JSON-RPC errors that refuse the request itself (invalid request, unknown method, invalid
+        # params) prove nothing ran. Any other upstream error (-32603 after a payment went out), a timeout or
+        # a dropped connection may have run, so it keeps counting: a cap must not be escapable by failing late.
+        if not ctx.extra.get("forwarded") or _refused(ctx.error):
             await self._store.release(*reservation)
+
+
+_REFUSALS = frozenset({-32600, -32601, -32602})  # JSON-RPC: invalid request, method not found, invalid params
+
+
+def _refused(error: BaseException | None) -> bool:
+    return isinstance(error, UpstreamErrorResponse) and error.error.get("code") in _REFUSALS

@@ -68,6 +68,8 @@ def strict_payments() -> tuple[MCPServer[Any], list[dict[str, Any]]]:
         executed.append({"account": account, "amount": amount, "memo": memo})
         if memo == "fail":
             raise RuntimeError("bank timed out after debiting")  # ran, then failed: isError result
+        if memo == "internal":
+            raise MCPError(code=-32603, message="ledger unavailable after debiting")  # ran, then a JSON-RPC error
         return f"paid {amount} to {account}"
 
     return server, executed
@@ -96,3 +98,19 @@ async def test_a_call_the_upstream_refused_gives_its_share_back_and_a_tool_error
         reason, _ = await reason_of(client.call_tool("payments__pay", pay(1)))
         assert reason == "approval_pending"
     assert [(p["amount"], p["memo"]) for p in executed] == [(9000, ""), (1000, "fail")]
+
+
+async def test_an_upstream_error_after_running_keeps_its_share(
+        start_gateway: Any, strict_upstreams: tuple[Upstreams, list[dict[str, Any]]], issuer: TestIssuer,
+        policies: Path) -> None:
+    """Only the errors that refuse the request itself (-32600/-32601/-32602) give a share back: a tool that
+    pays and then answers -32603 must not let a task go past its cap by failing late."""
+    up, executed = strict_upstreams
+    gw = await start_gateway(gateway_config(up, issuer, policies))
+    async with sdk_client(gw.mcp, token(issuer, gw)) as client:
+        with pytest.raises(MCPError) as failed:
+            await client.call_tool("payments__pay", pay(6000, "internal"))
+        assert failed.value.error.code == -32603  # the tool ran (6,000 went out), then failed
+        # 6,000 more would make 12,000: held for approval, not run
+        assert (await reason_of(client.call_tool("payments__pay", pay(6000, "internal"))))[0] == "approval_pending"
+    assert [(p["amount"], p["memo"]) for p in executed] == [(6000, "internal")]
