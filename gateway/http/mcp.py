@@ -198,7 +198,9 @@ class McpEndpoint:
             await self._end_task(principal or session.principal, message.params.get("task"))
             return
         if method == "notifications/cancelled":
-            task = session.inflight.get(message.params.get("requestId"))
+            request_id = message.params.get("requestId")
+            # Ids are strings or integers; anything else (a list, an object) names no call in flight.
+            task = session.inflight.get(request_id) if isinstance(request_id, str | int) else None
             if task is not None:
                 task.cancel()
             return

@@ -149,6 +149,15 @@ async def test_get_stream_and_notifications(gw, http):
         assert resp.headers["Content-Type"].startswith("text/event-stream")
 
 
+@pytest.mark.parametrize("request_id", [[1], {"a": 1}, None, 1.5, True])
+async def test_cancellation_naming_no_possible_id_is_accepted_and_ignored(gw, http, request_id):
+    # An unhashable requestId used to raise TypeError looking up the calls in flight: a 500.
+    sid = await session_id(http, gw.mcp)
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id}}
+    status, _, body = await post(http, gw.mcp, cancel, headers={"Mcp-Session-Id": sid})
+    assert status == 202, body
+
+
 async def test_unknown_upstream_path_is_404(gw, http):
     status, _, body = await post(http, f"{gw.mcp}/nope", INIT)
     assert status == 404 and reason(body) == "unknown_upstream"
