@@ -18,11 +18,11 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from gateway.context import CallContext, Principal
 from gateway.credentials.revocation import RevocationStore
+from gateway.timefmt import rfc3339_ms
 
 log = logging.getLogger("customs.credentials.tasks")
 
@@ -136,7 +136,7 @@ class TaskTracker:
             callback(task_id)
         self._emit({"event": "credentials_revoked", "task_id": task_id, "reason": reason,
                     "principal": task.principal_key if task else None, "jtis": jtis, "count": len(jtis),
-                    "time": datetime.fromtimestamp(self._clock(), UTC).isoformat()})
+                    "time": rfc3339_ms(self._clock())})  # the decision log's own time format
         return jtis
 
     async def session_ended(self, session_id: str) -> list[str]:

@@ -4,6 +4,7 @@ task and only the sender's own; the upstream's introspection then says inactive.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,8 @@ async def test_task_end_revokes_only_that_tasks_credentials(minted_gateway: Any,
     revoked = [e for e in events if e.get("type") == "credentials_revoked" and e.get("reason") == "explicit"]
     assert [e["count"] for e in revoked] == [0, 1]
     assert revoked[1]["task_id"].startswith("t-1@")
+    # the decision log's one time format (UTC, milliseconds, Z), like every other record
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"]) for e in revoked)
 
 
 async def test_task_end_without_a_task_is_refused(minted_gateway: Any, issuer: TestIssuer) -> None:
