@@ -97,6 +97,11 @@ def test_every_service_has_an_image_or_build(services: dict[str, dict[str, Any]]
                 if line.startswith("COPY "):
                     for source in line.split()[1:-1]:
                         assert (context / source).exists(), f"{dockerfile}: COPY {source}"
+            # The wheel carries the shipped policies only if setup.py and policies/ are there when it is built.
+            text = dockerfile.read_text()
+            if "RUN pip install ." in text:
+                before = text.split("RUN pip install .")[0]
+                assert all(f"{part}" in before for part in ("setup.py", "MANIFEST.in", "COPY policies")), name
 
 
 def test_depends_on_and_network_namespaces_name_real_services(services: dict[str, dict[str, Any]]) -> None:
