@@ -3,7 +3,7 @@
 Tool definitions are learned from the upstreams' own list results and labelled with config
 overrides (`upstreams[].tools`). In the aggregated view names carry the upstream's prefix
 (`inventory__get_stock`) and resource URIs and URI templates the upstream's name
-(`inventory+inventory://skus`), so two servers can never shadow each other.
+(`customs://inventory/inventory://skus`), so two servers can never shadow each other.
 """
 
 from __future__ import annotations
@@ -134,15 +134,25 @@ def not_found(action: str, name: str) -> GatewayError:
     return GatewayError(reason, prefix + name)
 
 
-# Joins an upstream's name and one of its resource URIs (or URI templates) in the aggregated view. Upstream
-# names cannot contain it, so the first one splits the pair unambiguously whatever the URI holds; a URI
-# template stays a template (the prefix has no variables), so what a client expands from it maps back too.
-URI_NAMESPACE: Final = "+"
+# The aggregated view's resource URIs: `customs://<upstream>/<the upstream's own URI or URI template>`. A
+# dedicated scheme, because a separator inside a scheme (`git+ssh://`) could also be an upstream's own;
+# upstream names hold no `/`, so the first `/` after the name ends it whatever the upstream's URI holds.
+# The upstream's URI is kept verbatim, not encoded: a template stays a template whose variables a client
+# expands (percent-encoding them in its values as RFC 6570 says), and what it expands to maps back as is.
+URI_SCHEME: Final = "customs://"
 
 
 def exposed_uri(upstream: str, uri: str) -> str:
     """A resource URI or URI template of an upstream as the aggregated view shows it."""
-    return f"{upstream}{URI_NAMESPACE}{uri}"
+    return f"{URI_SCHEME}{upstream}/{uri}"
+
+
+def split_uri(exposed: str) -> tuple[str, str] | None:
+    """`customs://<name>/<uri>` → (name, uri), whether or not an upstream has that name; else None."""
+    if exposed[:len(URI_SCHEME)].lower() != URI_SCHEME:  # schemes are case-insensitive (RFC 3986)
+        return None
+    name, sep, uri = exposed[len(URI_SCHEME):].partition("/")
+    return (name, uri) if sep else None
 
 
 PENDING_TOOL: Final = "pending_tool"  # CallContext.extra key of a PendingTool
@@ -227,15 +237,15 @@ class Catalog:
     def resolve_uri(self, exposed: str) -> tuple[str, str] | None:
         """Aggregated resource URI (or URI template) → (upstream, upstream's own URI), or None when it
         names no upstream. Needs nothing listed first: the owner is part of the URI."""
-        upstream, sep, uri = exposed.partition(URI_NAMESPACE)
-        if not sep or not uri or upstream not in self._configs:
+        target = split_uri(exposed)
+        if target is None or not target[1] or target[0] not in self._configs:
             return None
-        return upstream, uri
+        return target
 
     def names_upstream(self, uri: str) -> bool:
-        """Whether a URI starts with a configured upstream's `<name>+` (else it may be an upstream's own)."""
-        upstream, sep, _ = uri.partition(URI_NAMESPACE)
-        return bool(sep) and upstream in self._configs
+        """Whether a URI starts with `customs://<configured upstream>/` (else it may be an upstream's own)."""
+        target = split_uri(uri)
+        return target is not None and target[0] in self._configs
 
     def resolve(self, exposed_name: str) -> tuple[str, str] | None:
         """Aggregated name → (upstream, upstream's own name), or None if no prefix matches."""

@@ -3,7 +3,7 @@
 The aggregated `/mcp` view merges every upstream's first page; when upstreams have more pages the
 cursor we hand out records each upstream's own cursor, so pagination continues per upstream.
 Names of tools and prompts get the upstream's prefix; resource URIs and URI templates get the
-upstream's name (`inventory+inventory://skus`), so a later read, subscription or completion names its
+upstream's name (`customs://inventory/inventory://skus`), so a later read, subscription or completion names its
 server by itself and two servers listing the same URI show as two resources.
 """
 

@@ -6,7 +6,7 @@ resource (completion/complete, resources/subscribe|unsubscribe) reach its upstre
 principal may see that item, logging/setLevel only upstreams where it may use a tool. Both views
 answer any other method "method not found": nothing reaches an upstream undecided.
 
-In the aggregated view a resource URI names its upstream (`inventory+inventory://skus`, see
+In the aggregated view a resource URI names its upstream (`customs://inventory/inventory://skus`, see
 gateway/catalog.py); requests go upstream with the upstream's own URI, which is also what policy
 decides on, and URIs in read results come back in the aggregated form. A URI naming no configured
 upstream goes to the single upstream that lists it (gateway/resource_owners.py), if there is one.
@@ -297,7 +297,7 @@ class Router:
 
     async def _resource(self, inbound: Inbound, uri: str) -> tuple[str, str]:
         """(upstream, its own URI) of a URI or URI template as the client named it. The aggregated form
-        carries its owner; a URI not starting with a configured `<upstream>+` may be an upstream's own,
+        carries its owner; a URI not starting with `customs://<configured upstream>/` may be an upstream's own,
         sent to the one upstream listing it. unknown_resource when no single upstream owns it."""
         view = inbound.session.view
         if view is not None:
@@ -308,7 +308,7 @@ class Router:
         if not self._catalog.names_upstream(uri):
             async def fetch(upstream: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
                 return await self.fetch(inbound, upstream, method, params)
-            owner = await self._catalog.resource_owners.owner(uri, fetch)
+            owner = await self._catalog.resource_owners.owner(uri, fetch, inbound.principal.key)
             if owner is not None:
                 return owner, uri
         raise not_found("read_resource", uri)

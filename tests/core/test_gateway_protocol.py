@@ -135,7 +135,7 @@ async def test_every_inbound_transport_over_every_upstream_transport(start_gatew
         assert "inventory__get_stock" in {t.name for t in (await client.list_tools()).tools}
         result = await client.call_tool("inventory__get_stock", {"sku": "gadget"})
         assert text_of(result) == "gadget: 7 in stock"
-        contents = await client.read_resource("inventory+inventory://skus")
+        contents = await client.read_resource("customs://inventory/inventory://skus")
         assert "widget" in contents.contents[0].text
 
 

@@ -1,5 +1,5 @@
 """Resources on the aggregated `/mcp` view: two real SDK upstreams with the same resource URI and URI
-template never shadow each other. Lists show each upstream's URIs under its name (`alpha+fake://r`);
+template never shadow each other. Lists show each upstream's URIs under its name (`customs://alpha/fake://r`);
 reads, template-produced URIs, subscriptions, their updates and completions map to the right upstream
 and back, in a fresh session too; `/mcp/{upstream}` keeps the upstream's own URIs."""
 
@@ -98,28 +98,29 @@ def text(result: types.ReadResourceResult) -> str:
 async def test_same_uri_on_two_upstreams_lists_twice_and_reads_from_its_own(env: Env) -> None:
     async with sdk_client(env.mcp) as client:
         listed = sorted(str(r.uri) for r in (await client.list_resources()).resources)
-        assert listed == ["alpha+fake://r", "beta+fake://r"]
+        assert listed == ["customs://alpha/fake://r", "customs://beta/fake://r"]
         templates = sorted(t.uri_template for t in (await client.list_resource_templates()).resource_templates)
-        assert templates == ["alpha+fake://items/{id}", "beta+fake://items/{id}"]
+        assert templates == ["customs://alpha/fake://items/{id}", "customs://beta/fake://items/{id}"]
         for name in NAMES:
-            read = await client.read_resource(f"{name}+fake://r")
+            read = await client.read_resource(f"customs://{name}/fake://r")
             assert text(read) == f"{name} r"
-            assert str(read.contents[0].uri) == f"{name}+fake://r"  # the form the client can read again
+            assert str(read.contents[0].uri) == f"customs://{name}/fake://r"  # the form the client can read again
     assert env.seen["alpha"].requests == [("resources/read", "fake://r")]
     assert env.seen["beta"].requests == [("resources/read", "fake://r")]
 
 
 async def test_fresh_session_reads_static_and_template_uris_without_listing(env: Env) -> None:
     async with sdk_client(env.mcp) as client:
-        assert text(await client.read_resource("beta+fake://items/7")) == "beta item 7"
-        assert text(await client.read_resource("alpha+fake://r")) == "alpha r"
+        assert text(await client.read_resource("customs://beta/fake://items/7")) == "beta item 7"
+        assert text(await client.read_resource("customs://alpha/fake://r")) == "alpha r"
     async with sdk_client(env.mcp, mode="auto") as stateless:
-        assert text(await stateless.read_resource("alpha+fake://items/x")) == "alpha item x"
+        assert text(await stateless.read_resource("customs://alpha/fake://items/x")) == "alpha item x"
     assert env.seen["beta"].requests == [("resources/read", "fake://items/7")]
     assert env.seen["alpha"].requests == [("resources/read", "fake://r"), ("resources/read", "fake://items/x")]
 
 
-@pytest.mark.parametrize("uri", ["fake://r", "gamma+fake://r", "alpha+", "+fake://r"])
+@pytest.mark.parametrize("uri", ["fake://r", "customs://gamma/fake://r", "customs://alpha/", "customs://alpha", "customs:///fake://r",
+                                 "alpha+fake://r"])
 async def test_uri_naming_no_upstream_is_unknown_and_reaches_none(env: Env, uri: str) -> None:
     async with sdk_client(env.mcp) as client:
         for attempt in (client.read_resource, client.subscribe_resource):
@@ -139,14 +140,14 @@ async def test_subscription_update_and_completion_map_to_the_upstream_and_back(e
             arrived.set()
 
     async with sdk_client(env.mcp, message_handler=on_message) as client:
-        await client.subscribe_resource("beta+fake://r")
+        await client.subscribe_resource("customs://beta/fake://r")
         assert env.seen["beta"].requests == [("resources/subscribe", "fake://r")]
         assert (await client.call_tool("beta__touch", {"uri": "fake://r"})).content[0].text == "touched"
         async with asyncio.timeout(10):
             await arrived.wait()
-        assert updates == ["beta+fake://r"]
-        await client.unsubscribe_resource("beta+fake://r")
-        done = await client.complete(types.ResourceTemplateReference(uri="alpha+fake://items/{id}"),
+        assert updates == ["customs://beta/fake://r"]
+        await client.unsubscribe_resource("customs://beta/fake://r")
+        done = await client.complete(types.ResourceTemplateReference(uri="customs://alpha/fake://items/{id}"),
                                      {"name": "id", "value": "4"})
         assert done.completion.values == ["alpha-4"]
     assert env.seen["beta"].requests == [("resources/subscribe", "fake://r"), ("resources/unsubscribe", "fake://r")]
@@ -174,4 +175,4 @@ async def test_pass_through_view_keeps_the_upstreams_own_uris(env: Env) -> None:
     assert updates == ["fake://r"]
     async with sdk_client(f"{env.mcp}/alpha") as client:
         with pytest.raises(MCPError):  # the upstream's own answer: no such URI there
-            await client.read_resource("alpha+fake://r")
+            await client.read_resource("customs://alpha/fake://r")

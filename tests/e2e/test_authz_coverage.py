@@ -186,7 +186,7 @@ def expect(error: dict[str, Any], code: int, message: str, reason: str) -> None:
 async def test_item_and_session_requests_of_a_denied_agent_reach_no_upstream(env: Env, path: str) -> None:
     bad = await env.agent(BAD, path)
     prompt = "greet" if path else "mem__greet"
-    ns = "" if path else "mem+"  # resource URIs in the aggregated view name their upstream
+    ns = "" if path else "customs://mem/"  # resource URIs in the aggregated view name their upstream
     expect(await bad.error("completion/complete", {"ref": {"type": "ref/prompt", "name": prompt},
                                                    "argument": {"name": "name", "value": "a"}}),
            -32602, f"Unknown prompt: {prompt}", "unknown_prompt")
@@ -206,7 +206,7 @@ async def test_item_and_session_requests_of_a_denied_agent_reach_no_upstream(env
 @pytest.mark.parametrize("path", ["", "/mem"], ids=["aggregated", "pass-through"])
 async def test_item_requests_of_an_allowed_agent_reach_the_upstream(env: Env, path: str) -> None:
     good = await env.agent(GOOD, path)
-    prefix, ns = ("", "") if path else ("mem__", "mem+")
+    prefix, ns = ("", "") if path else ("mem__", "customs://mem/")
     done = await good.ask("completion/complete", {"ref": {"type": "ref/prompt", "name": f"{prefix}greet"},
                                                   "argument": {"name": "name", "value": "a"}})
     assert done["result"]["completion"]["values"] == ["x"]
@@ -233,10 +233,10 @@ async def test_denied_prompts_and_resources_read_exactly_like_missing_ones(env: 
     assert denied_prompt == {**missing_prompt, "message": missing_prompt["message"].replace("nowhere_greet",
                                                                                             "mem__greet")}
     expect(denied_prompt, -32602, "Unknown prompt: mem__greet", "unknown_prompt")
-    denied_resource = await bad.error("resources/read", {"uri": "mem+mem://open"})
+    denied_resource = await bad.error("resources/read", {"uri": "customs://mem/mem://open"})
     missing_resource = await bad.error("resources/read", {"uri": "nowhere+mem://open"})
-    assert denied_resource == {**missing_resource, "message": "Resource not found: mem+mem://open"}
-    expect(denied_resource, -32002, "Resource not found: mem+mem://open", "unknown_resource")
+    assert denied_resource == {**missing_resource, "message": "Resource not found: customs://mem/mem://open"}
+    expect(denied_resource, -32002, "Resource not found: customs://mem/mem://open", "unknown_resource")
     passthrough = await env.agent(BAD, "/mem")
     expect(await passthrough.error("prompts/get", {"name": "greet", "arguments": {"name": "a"}}),
            -32602, "Unknown prompt: greet", "unknown_prompt")
@@ -250,16 +250,16 @@ async def test_config_labels_apply_to_prompts_and_resources(env: Env) -> None:
     prompts = [p["name"] for p in (await good.ask("prompts/list"))["result"]["prompts"]]
     assert prompts == ["mem__greet"]
     resources = [r["uri"] for r in (await good.ask("resources/list"))["result"]["resources"]]
-    assert resources == ["mem+mem://open"]
+    assert resources == ["customs://mem/mem://open"]
     expect(await good.error("prompts/get", {"name": "mem__secret_prompt"}), -32602,
            "Unknown prompt: mem__secret_prompt", "unknown_prompt")
-    expect(await good.error("resources/read", {"uri": "mem+mem://secret"}), -32002,
-           "Resource not found: mem+mem://secret", "unknown_resource")
+    expect(await good.error("resources/read", {"uri": "customs://mem/mem://secret"}), -32002,
+           "Resource not found: customs://mem/mem://secret", "unknown_resource")
     assert env.seen.handled == []
     cleared = await env.agent(GOOD, clearance="restricted")
     assert "mem__secret_prompt" in [p["name"] for p in (await cleared.ask("prompts/list"))["result"]["prompts"]]
     assert "result" in await cleared.ask("prompts/get", {"name": "mem__secret_prompt"})
-    assert "result" in await cleared.ask("resources/read", {"uri": "mem+mem://secret"})
+    assert "result" in await cleared.ask("resources/read", {"uri": "customs://mem/mem://secret"})
     assert env.seen.handled == ["prompts/get secret_prompt", "resources/read mem://secret"]
 
 

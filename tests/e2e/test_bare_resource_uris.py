@@ -1,4 +1,4 @@
-"""Resource URIs named on `/mcp` without `<upstream>+` (as an agent written against one server would, or
+"""Resource URIs named on `/mcp` without `customs://<upstream>/` (as an agent written against one server would, or
 taken from a tool result): two real SDK upstreams, fresh sessions. A URI (or template expansion) only one
 upstream lists goes to it, for reads, subscriptions and completions; a URI both list, or none, is
 unknown_resource and reaches no upstream; a `notifications/resources/list_changed` makes the gateway
@@ -106,7 +106,7 @@ async def test_bare_uri_only_one_upstream_lists_reads_from_it_in_a_fresh_session
     async with sdk_client(env.mcp) as client:
         read = await client.read_resource("beta://own")
         assert text(read) == "beta own"
-        assert str(read.contents[0].uri) == "beta+beta://own"  # the aggregated form, usable again
+        assert str(read.contents[0].uri) == "customs://beta/beta://own"  # the aggregated form, usable again
     async with sdk_client(env.mcp, mode="auto") as stateless:
         assert text(await stateless.read_resource("alpha://own")) == "alpha own"
     assert env.seen["beta"].requests == [("resources/read", "beta://own")]
@@ -121,7 +121,7 @@ async def test_bare_uri_expanded_from_one_upstreams_template_reads_from_it(env: 
     assert env.seen["beta"].requests == [("resources/read", "beta://docs/x-1")]
 
 
-@pytest.mark.parametrize("uri", ["fake://shared", "fake://items/3", "fake://nowhere", "gamma+alpha://own",
+@pytest.mark.parametrize("uri", ["fake://shared", "fake://items/3", "fake://nowhere", "customs://gamma/alpha://own",
                                  "alpha://docs/a/b"])
 async def test_bare_uri_on_both_upstreams_or_neither_is_unknown_and_read_nowhere(env: Env, uri: str) -> None:
     async with sdk_client(env.mcp) as client:

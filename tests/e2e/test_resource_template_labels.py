@@ -78,7 +78,7 @@ def text(result: types.ReadResourceResult) -> str:
 
 @pytest.mark.parametrize("path", ["", "/mem"], ids=["aggregated", "pass-through"])
 async def test_restricted_template_refuses_its_uris_without_clearance(env: Env, path: str) -> None:
-    ns = "" if path else "mem+"
+    ns = "" if path else "customs://mem/"
     async with sdk_client(env.mcp + path, env.token()) as client:
         for uri in (f"{ns}mem://secret/7", f"{ns}mem://secret/listed"):
             with pytest.raises(MCPError) as info:
@@ -92,7 +92,7 @@ async def test_restricted_template_refuses_its_uris_without_clearance(env: Env, 
 
 @pytest.mark.parametrize("path", ["", "/mem"], ids=["aggregated", "pass-through"])
 async def test_restricted_template_allows_its_uris_with_clearance(env: Env, path: str) -> None:
-    ns = "" if path else "mem+"
+    ns = "" if path else "customs://mem/"
     async with sdk_client(env.mcp + path, env.token(clearance="restricted")) as client:
         assert text(await client.read_resource(f"{ns}mem://secret/7")) == "secret 7"
         listed = sorted(str(r.uri) for r in (await client.list_resources()).resources)
