@@ -8,6 +8,7 @@ overrides (`upstreams[].tools`). In the aggregated view names carry the upstream
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import itertools
@@ -169,12 +170,23 @@ class PendingTool:
     load: Callable[[], Awaitable[ToolInfo | None]]
 
 
+# Lists an upstream's tools and runs the pin check: the usable tool definitions.
+FetchTools = Callable[[], Awaitable[list[dict[str, Any]]]]
+
+
 @dataclass
 class UpstreamCatalog:
     """The last known tool list of one upstream."""
 
     tools: dict[str, ToolInfo] = field(default_factory=dict)
     loaded: bool = False
+    # Moves with every invalidation and every complete list installed, so a list fetched across one
+    # (a list_changed, a re-approval, a newer list) is not installed over it.
+    generation: int = 0
+    # The fetch in progress on some caller's behalf, shared by callers arriving meanwhile; its result
+    # is None when it failed (the others then fetch with their own credentials).
+    loading: asyncio.Future[dict[str, ToolInfo] | None] | None = None
+    waiters: int = 0  # callers awaiting `loading` (how many calls one upstream list is holding up)
 
 
 class Catalog:
@@ -195,23 +207,69 @@ class Catalog:
     def upstream_names(self) -> list[str]:
         return list(self._configs)
 
-    def update(self, upstream: str, tools: Iterable[Mapping[str, Any]], *, replace: bool = True) -> list[ToolInfo]:
-        """Learn an upstream's tools: a complete list replaces, a page merges. Returns the new infos."""
+    def update(self, upstream: str, tools: Iterable[Mapping[str, Any]], *, replace: bool = True,
+               generation: int | None = None) -> list[ToolInfo]:
+        """Learn an upstream's tools: a complete list replaces, a page merges. Returns the new infos.
+
+        With `generation` (read before the list was fetched) a complete list is installed only if
+        the upstream's generation has not moved since; the infos are returned either way."""
         config = self._configs[upstream]
         infos = [tool_info(config, t) for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)]
         entry = self._by_upstream[upstream]
         if replace:
-            entry.tools = {info.name: info for info in infos}
-            entry.loaded = True
+            if generation is None or generation == entry.generation:
+                entry.tools = {info.name: info for info in infos}
+                entry.loaded = True
+                entry.generation += 1
         else:
             entry.tools.update((info.name, info) for info in infos)
         return infos
 
+    def generation(self, upstream: str) -> int:
+        """Pass to `update` with a list fetched from now on."""
+        return self._by_upstream[upstream].generation
+
     def invalidate(self, upstream: str) -> None:
-        self._by_upstream[upstream].loaded = False
+        entry = self._by_upstream[upstream]
+        entry.loaded = False
+        entry.generation += 1
+
+    async def load(self, upstream: str, fetch: FetchTools) -> dict[str, ToolInfo]:
+        """The upstream's usable tools: the loaded list, else one `fetch` shared by every caller that
+        arrives while it runs (a burst of calls must not each list the upstream). A caller that waited
+        on a fetch that failed fetches on its own: the failure may be the first caller's credential."""
+        entry = self._by_upstream[upstream]
+        if entry.loaded:
+            return entry.tools
+        running = entry.loading
+        if running is not None:
+            entry.waiters += 1
+            try:
+                shared = await asyncio.shield(running)  # a waiter's cancellation must not end the shared fetch
+            finally:
+                entry.waiters -= 1
+            return shared if shared is not None else await self._fetch(upstream, fetch)
+        future: asyncio.Future[dict[str, ToolInfo] | None] = asyncio.get_running_loop().create_future()
+        entry.loading = future
+        tools: dict[str, ToolInfo] | None = None
+        try:
+            tools = await self._fetch(upstream, fetch)
+            return tools
+        finally:
+            entry.loading = None
+            future.set_result(tools)
+
+    async def _fetch(self, upstream: str, fetch: FetchTools) -> dict[str, ToolInfo]:
+        generation = self.generation(upstream)
+        infos = self.update(upstream, await fetch(), generation=generation)
+        return {info.name: info for info in infos}
 
     def loaded(self, upstream: str) -> bool:
         return self._by_upstream[upstream].loaded
+
+    def waiting(self, upstream: str) -> int:
+        """Callers waiting for a tool list being fetched on another caller's behalf."""
+        return self._by_upstream[upstream].waiters
 
     def tool(self, upstream: str, name: str) -> ToolInfo | None:
         return self._by_upstream[upstream].tools.get(name)

@@ -8,9 +8,14 @@ checks them against the pins (a changed tool is quarantined there and then) and 
 catalog's list with the usable tools, so a call to a quarantined tool is refused from then on. The
 same pass brings back tools an administrator re-approved on another replica.
 
+A list is installed only if nothing moved the catalog while it was fetched (a `list_changed`, a
+re-approval, a newer list): the catalog's generation, read before the fetch, must be unchanged.
+
 An upstream whose credential belongs to a principal (`minted`, `token_exchange`) cannot be listed by
-the gateway on its own behalf: its catalog entry is dropped instead, so the next use re-lists it on
-the caller's behalf and the pin check runs before that call. A failed pass drops the entry too.
+the gateway on its own behalf, and it is left alone: its loaded list stays in use and is re-verified
+when a client lists tools or the upstream sends `list_changed`. Dropping it instead would put a full
+tools/list and pin check into the next tools/call, every interval. A failed pass drops the entry, so
+the next use re-lists it on the caller's behalf, pin check first.
 """
 
 from __future__ import annotations
@@ -75,23 +80,24 @@ class PinWatcher:
             await self.verify_all()
 
     async def verify_all(self) -> None:
-        """One pass over every upstream whose tools the catalog holds (the others are checked when listed)."""
-        loaded = [name for name in self._catalog.upstream_names if self._catalog.loaded(name)]
+        """One pass over every upstream whose tools the catalog holds and the gateway can list itself (the
+        others are checked when listed)."""
+        loaded = [name for name in self._catalog.upstream_names
+                  if self._catalog.loaded(name) and self._own_headers(name) is not None]
         await asyncio.gather(*(self._verify(name) for name in loaded))
 
     async def _verify(self, upstream: str) -> None:
+        generation = self._catalog.generation(upstream)
         try:
             headers = self._own_headers(upstream)
-            if headers is None:
-                self._catalog.invalidate(upstream)
-                return
+            assert headers is not None  # verify_all passes only upstreams the gateway can list itself
             tools = await self._list(upstream, dict(headers))
             verdict = await self._guard.check(upstream, tools)
         except Exception as exc:  # any failure: the next use re-lists on the caller's behalf
             log.info("pin re-verification of %s failed (%s); it re-lists on next use", upstream, exc)
             self._catalog.invalidate(upstream)
             return
-        self._catalog.update(upstream, verdict.usable)
+        self._catalog.update(upstream, verdict.usable, generation=generation)
 
     async def _list(self, upstream: str, headers: dict[str, str]) -> list[dict[str, Any]]:
         timeout = self._catalog.config(upstream).timeout_s

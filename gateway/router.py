@@ -128,23 +128,23 @@ class Router:
             await route_server_message(inbound.session, upstream, message, inbound.send, self._catalog)
         return relay
 
-    async def _ensure_tools(self, inbound: Inbound, upstream: str) -> None:
-        """Load an upstream's tool list before a call that arrives without a prior list."""
-        if self._catalog.loaded(upstream):
-            return
-        cursor: str | None = None
-        tools: list[dict[str, Any]] = []
-        for _ in range(100):
-            result = await self.fetch(inbound, upstream, "tools/list", {"cursor": cursor} if cursor else {})
-            tools.extend(t for t in result.get("tools") or [] if isinstance(t, dict))
-            cursor = result.get("nextCursor")
-            if not cursor:
-                break
-        self._catalog.update(upstream, (await self._guard.check(upstream, tools)).usable)
+    async def _ensure_tools(self, inbound: Inbound, upstream: str) -> dict[str, ToolInfo]:
+        """An upstream's usable tools, listed (on this caller's behalf, once for concurrent callers) when
+        a call arrives without a prior list."""
+        async def fetch() -> list[dict[str, Any]]:
+            cursor: str | None = None
+            tools: list[dict[str, Any]] = []
+            for _ in range(100):
+                result = await self.fetch(inbound, upstream, "tools/list", {"cursor": cursor} if cursor else {})
+                tools.extend(t for t in result.get("tools") or [] if isinstance(t, dict))
+                cursor = result.get("nextCursor")
+                if not cursor:
+                    break
+            return (await self._guard.check(upstream, tools)).usable
+        return await self._catalog.load(upstream, fetch)
 
     async def _load_tool(self, inbound: Inbound, upstream: str, name: str) -> ToolInfo | None:
-        await self._ensure_tools(inbound, upstream)
-        return self._catalog.tool(upstream, name)
+        return (await self._ensure_tools(inbound, upstream)).get(name)
 
     def _context(self, inbound: Inbound, action: str, upstream: str, tool: ToolInfo,
                  params: dict[str, Any]) -> CallContext:
@@ -265,9 +265,9 @@ class Router:
 
     async def _uses_a_tool(self, inbound: Inbound, upstream: str) -> bool:
         """Whether the principal may call any of the upstream's tools (learning its list if needed)."""
-        await self._ensure_tools(inbound, upstream)
+        tools = await self._ensure_tools(inbound, upstream)
         return any(self._authorizer.visible(inbound.principal, "call_tool", tool).outcome != "deny"
-                   for tool in self._catalog.tools(upstream))
+                   for tool in tools.values())
 
     async def _set_level(self, inbound: Inbound) -> dict[str, Any]:
         """A session-wide setting: sent only to upstreams where the principal may use a tool; elsewhere
