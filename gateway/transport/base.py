@@ -38,6 +38,9 @@ class ConnectParams:
     protocol_version: str = DEFAULT_UPSTREAM_PROTOCOL
     client_info: Mapping[str, Any] | None = None
     capabilities: Mapping[str, Any] | None = None
+    # The gateway asks for itself (the pin watcher's list): no client stands behind the session, so a
+    # shared stdio child never counts it as a session that could own what the child sends.
+    internal: bool = False
 
 
 class UpstreamSession(Protocol):

@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import signal
 from collections.abc import Callable, Mapping
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 from gateway import jsonrpc
@@ -43,10 +42,9 @@ from gateway.transport.common import (
 )
 from gateway.transport.events import MAX_MESSAGE_BYTES
 from gateway.transport.inflight import InflightTable, Pending, with_progress_token
-from gateway.transport.stdio_routes import StdioRoutes
+from gateway.transport.stdio_process import pump_stderr, spawn, terminate
+from gateway.transport.stdio_routes import SUBSCRIPTION_METHODS, StdioRoutes
 
-INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
-                 "SYSTEMROOT")
 # The gateway relays server→client requests to the agent, so it declares what agents commonly offer.
 GATEWAY_CAPABILITIES: Mapping[str, Any] = {"sampling": {}, "elicitation": {}}
 RESTART_BASE_S = 0.1
@@ -104,7 +102,7 @@ class StdioUpstream:
             await asyncio.gather(self._supervisor, return_exceptions=True)
             self._supervisor = None
         if self._proc is not None:
-            await self._terminate(self._proc)
+            await terminate(self._proc, self._grace_s)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         self._table.fail_all(GatewayError("upstream_unavailable", "upstream stopped", data={"upstream": self.name}))
@@ -126,7 +124,7 @@ class StdioUpstream:
                       credentials: HeadersSource | None = None) -> StdioSession:
         # Headers and credentials have no meaning over a child's pipes: both are accepted and unused.
         await self._wait_ready(self.config.timeout_s)
-        view = StdioSession(self, on_message)
+        view = StdioSession(self, on_message, internal=params.internal)
         self._routes.attach(view)
         return view
 
@@ -134,6 +132,13 @@ class StdioUpstream:
 
     async def request(self, view: StdioSession, message: Message, on_message: MessageHandler | None,
                       timeout: float | None) -> Message:  # noqa: ASYNC109
+        exchange = partial(self._exchange, view, message, on_message, timeout)
+        if message.get("method") in SUBSCRIPTION_METHODS:
+            return await self._routes.subscription(view, message, exchange)
+        return await exchange()
+
+    async def _exchange(self, view: object, message: Message, on_message: MessageHandler | None,
+                        timeout: float | None) -> Message:  # noqa: ASYNC109
         limit = timeout or self.config.timeout_s
         await self._wait_ready(limit)
         pending = self._table.open(message, view, on_message)
@@ -164,7 +169,16 @@ class StdioUpstream:
         return self._table.upstream_id_for(view, caller_id)
 
     async def detach(self, view: StdioSession) -> None:
-        await self._routes.detach(view)
+        for uri in await self._routes.detach(view):
+            # Nobody receives this URI's updates any more; the child need not keep sending them.
+            self._spawn(self._unsubscribe_orphan(uri))
+
+    async def _unsubscribe_orphan(self, uri: str) -> None:
+        if self._routes.is_subscribed(uri):
+            return  # another session subscribed since: the child must keep it
+        with suppress(GatewayError):  # the child is gone or busy: its subscriptions end with it anyway
+            await self._exchange(self, {"jsonrpc": "2.0", "id": None, "method": "resources/unsubscribe",
+                                        "params": {"uri": uri}}, None, None)
 
     async def respond(self, view: StdioSession, message: Message) -> None:
         if self._routes.may_answer(view, message):
@@ -222,15 +236,10 @@ class StdioUpstream:
             await asyncio.sleep(delay)  # restart back-off, not synchronisation
 
     async def _run_child(self) -> None:
-        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | dict(self.config.env)
-        assert self.config.command is not None
-        proc = await asyncio.create_subprocess_exec(
-            *self.config.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, cwd=self.config.cwd, limit=MAX_MESSAGE_BYTES,
-            start_new_session=True)  # own process group: stop() reaches grandchildren (npx, uvx ...)
+        proc = await spawn(self.config)
         self._proc = proc
         self._detail = "initializing"
-        stderr = asyncio.create_task(self._pump_stderr(proc))
+        stderr = asyncio.create_task(pump_stderr(proc, self.log))
         reader = asyncio.create_task(self._read_stdout(proc))
         try:
             if not await self._initialize():
@@ -242,7 +251,7 @@ class StdioUpstream:
         finally:
             self._ready.clear()
             reader.cancel()
-            await self._terminate(proc)
+            await terminate(proc, self._grace_s)
             with suppress(TimeoutError):
                 async with asyncio.timeout(1):
                     await stderr  # drain the last stderr lines (e.g. a traceback) into the log
@@ -272,34 +281,6 @@ class StdioUpstream:
         self._detail = "ok"
         self._ready.set()
         return True
-
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        """Close stdin, then SIGTERM the process group, then SIGKILL after the grace period."""
-        if proc.returncode is not None:
-            return
-        if proc.stdin is not None:
-            proc.stdin.close()
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            if sig is not None:
-                with suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
-            try:
-                async with asyncio.timeout(self._grace_s):
-                    await proc.wait()
-                return
-            except TimeoutError:
-                continue
-
-    async def _pump_stderr(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        while True:
-            try:
-                line = await proc.stderr.readline()
-            except ValueError:
-                continue  # an over-long line was discarded
-            if not line:
-                return
-            self.log.info("%s", line.decode(errors="replace").rstrip())
 
     async def _read_stdout(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -347,15 +328,23 @@ class StdioUpstream:
 
     async def _fence(self, abandoned: Pending, cancel: str | None = None) -> None:
         """Ping the child after cancelling a request; once it answers, whatever that request sent
-        before it stopped has been read, so its tombstone can go (else it stays until a restart)."""
+        before it stopped has been read, so its tombstone can go (else it stays until a restart).
+
+        A ping not answered in time is still awaited (a late answer is the same proof; forgetting the
+        tombstone unanswered could hand the request's last messages to another session)."""
         if cancel is not None:
             await self._cancel_upstream(abandoned.upstream_id, cancel)
         ping = self._table.open({"jsonrpc": "2.0", "id": None, "method": "ping"}, self, None)
         try:
-            async with asyncio.timeout(self.config.timeout_s):
-                await self.write({"jsonrpc": "2.0", "id": ping.upstream_id, "method": "ping"})
+            await self.write({"jsonrpc": "2.0", "id": ping.upstream_id, "method": "ping"})
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    await asyncio.shield(ping.future)
+            except TimeoutError:
+                self.log.warning("upstream %s has not answered a ping in %ss; messages not tied to a request "
+                                 "reach no session until it does", self.name, self.config.timeout_s)
                 await ping.future
-        except (GatewayError, TimeoutError):
+        except GatewayError:
             return
         finally:
             self._table.discard(ping)
@@ -365,9 +354,10 @@ class StdioUpstream:
 class StdioSession:
     """A client session's view of the shared stdio session."""
 
-    def __init__(self, upstream: StdioUpstream, on_message: MessageHandler) -> None:
+    def __init__(self, upstream: StdioUpstream, on_message: MessageHandler, *, internal: bool = False) -> None:
         self._up = upstream
         self.on_message = on_message
+        self.internal = internal  # the gateway's own session: no client to route anything to
         self._closed = False
 
     @property

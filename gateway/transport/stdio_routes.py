@@ -11,6 +11,11 @@ a server→client request (sampling, elicitation, roots) serves: the SDKs keep t
   is live and it is the only session connected;
 - otherwise a notification is dropped (logged at DEBUG) and a server→client request is answered
   with a JSON-RPC error (`data.reason` `client_unknown`): never a guess that could cross principals;
+- `notifications/resources/updated` goes only to the sessions that subscribed to that URI (the
+  child holds one subscription for all of them: a session's unsubscribe reaches it only when no
+  other session still holds the URI);
+- a gateway-internal view (`ConnectParams.internal`: the pin watcher's own list) has no client, so
+  it never counts as a session here and its requests never make another session look shared;
 - `ping` from the child is answered here (the child's MCP session is the gateway's);
 - the child's `notifications/cancelled` for one of its requests goes to the session that got it,
   and only that session may answer it; a session that ends refuses what it still owes
@@ -31,11 +36,13 @@ from gateway.transport.http_base import deliver
 from gateway.transport.inflight import InflightTable
 
 WriteFn = Callable[[Message], Awaitable[None]]
+SUBSCRIPTION_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
 UNKNOWN_CLIENT = "Customs cannot tell which client session this request is for (shared stdio upstream)"
 
 
 class View(Protocol):
     on_message: MessageHandler
+    internal: bool
 
 
 def refusal(request_id: Any, reason: str, text: str) -> Message:
@@ -51,23 +58,72 @@ class StdioRoutes:
         self._write = write
         self._gateway = gateway_owner  # owner of the gateway's own requests (initialize, ping)
         self._log = log
-        self.views: list[View] = []
+        self.views: list[View] = []  # client sessions' views (internal ones are not listed)
         self._asked: dict[tuple[str, Any], View] = {}  # server→client request id -> the view that got it
+        self._subscribers: dict[str, list[View]] = {}  # resource URI (the child's own) -> subscribed views
 
     def attach(self, view: View) -> None:
-        self.views.append(view)
+        if not view.internal:
+            self.views.append(view)
 
-    async def detach(self, view: View) -> None:
+    async def detach(self, view: View) -> list[str]:
+        """Forget the view; the URIs no view is subscribed to any more (the child should be told)."""
         if view in self.views:
             self.views.remove(view)
+        held = [uri for uri, views in self._subscribers.items() if view in views]
+        orphans = [uri for uri in held if not self.unsubscribe(view, uri)]
         for key, asked in list(self._asked.items()):
             if asked is view:
                 del self._asked[key]
                 await self._send(refusal(key[1], "client_gone", "The client session ended"))
+        return orphans
 
     def restarted(self) -> None:
-        """A new child: the old one's server→client request ids mean nothing any more."""
+        """A new child: the old one's server→client request ids and subscriptions mean nothing any more."""
         self._asked.clear()
+        self._subscribers.clear()
+
+    async def subscription(self, view: View, message: Message, exchange: Callable[[], Awaitable[Message]]) -> Message:
+        """A view's resources/(un)subscribe, sent to the child by `exchange` unless another view still
+        holds the child's one subscription to that URI (then unsubscribing there would end theirs)."""
+        params = message.get("params")
+        uri = params.get("uri") if isinstance(params, dict) else None
+        if not isinstance(uri, str):
+            return await exchange()  # the child answers the malformed request itself
+        if message.get("method") == "resources/unsubscribe":
+            if self.unsubscribe(view, uri):
+                return {"jsonrpc": "2.0", "id": message.get("id"), "result": {}}
+            return await exchange()
+        added = self.subscribe(view, uri)  # before sending: an update may come before the answer
+        try:
+            response = await exchange()
+        except BaseException:
+            if added:
+                self.unsubscribe(view, uri)
+            raise
+        if added and "error" in response:
+            self.unsubscribe(view, uri)
+        return response
+
+    def subscribe(self, view: View, uri: str) -> bool:
+        """Record the view's subscription; False when it already had it."""
+        views = self._subscribers.setdefault(uri, [])
+        if view in views:
+            return False
+        views.append(view)
+        return True
+
+    def unsubscribe(self, view: View, uri: str) -> bool:
+        """Drop the view's subscription; True when other views still hold the URI (keep it at the child)."""
+        views = self._subscribers.get(uri, [])
+        if view in views:
+            views.remove(view)
+        if not views:
+            self._subscribers.pop(uri, None)
+        return bool(views)
+
+    def is_subscribed(self, uri: str) -> bool:
+        return uri in self._subscribers
 
     def may_answer(self, view: View, message: Message) -> bool:
         """True once for the view that was given this server→client request (its answer goes upstream)."""
@@ -79,7 +135,9 @@ class StdioRoutes:
 
     async def route(self, message: Message) -> None:
         method = message.get("method")
-        if method in BROADCAST_METHODS:
+        if method == "notifications/resources/updated":
+            await self._updated(message)
+        elif method in BROADCAST_METHODS:
             for view in list(self.views):
                 await deliver(view.on_message, message, self._log)
         elif method == "ping" and "id" in message:
@@ -97,6 +155,15 @@ class StdioRoutes:
     async def _send(self, message: Message) -> None:
         with suppress(GatewayError):  # the child is gone: nobody is waiting for this answer any more
             await self._write(message)
+
+    async def _updated(self, message: Message) -> None:
+        params = message.get("params")
+        uri = params.get("uri") if isinstance(params, dict) else None
+        views = list(self._subscribers.get(uri, [])) if isinstance(uri, str) else []
+        if not views:
+            self._log.debug("resource update for %.200r dropped: no session subscribed to it", uri)
+        for view in views:
+            await deliver(view.on_message, message, self._log)
 
     async def _progress(self, message: Message) -> None:
         params = message.get("params")
@@ -123,7 +190,9 @@ class StdioRoutes:
 
     def _owner(self) -> tuple[View | None, MessageHandler | None]:
         """The one view that provably caused an unlinked message, with the handler to use, if any."""
-        live = [p for p in self._table.live() if p.owner is not self._gateway]
+        # The gateway's own requests (its pings, an internal view's list) cause nothing a client must get.
+        live = [p for p in self._table.live()
+                if p.owner is not self._gateway and not getattr(p.owner, "internal", False)]
         owners = {id(p.owner) for p in live}
         if not live:
             view = self.views[0] if len(self.views) == 1 else None

@@ -1,0 +1,56 @@
+"""Starting and stopping a stdio upstream's child process: minimal environment, own process group,
+stderr lines to the log, and termination that escalates from closing stdin to SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from contextlib import suppress
+
+from gateway.config.model import UpstreamConfig
+from gateway.transport.events import MAX_MESSAGE_BYTES
+
+INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+                 "SYSTEMROOT")
+
+
+async def spawn(config: UpstreamConfig) -> asyncio.subprocess.Process:
+    """The child with the inherited basics plus the upstream's `env`, never the gateway's secrets."""
+    env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | dict(config.env)
+    assert config.command is not None
+    return await asyncio.create_subprocess_exec(
+        *config.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env, cwd=config.cwd, limit=MAX_MESSAGE_BYTES,
+        start_new_session=True)  # own process group: stop() reaches grandchildren (npx, uvx ...)
+
+
+async def terminate(proc: asyncio.subprocess.Process, grace_s: float) -> None:
+    """Close stdin, then SIGTERM the process group, then SIGKILL after the grace period."""
+    if proc.returncode is not None:
+        return
+    if proc.stdin is not None:
+        proc.stdin.close()
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+        try:
+            async with asyncio.timeout(grace_s):
+                await proc.wait()
+            return
+        except TimeoutError:
+            continue
+
+
+async def pump_stderr(proc: asyncio.subprocess.Process, log: logging.Logger) -> None:
+    assert proc.stderr is not None
+    while True:
+        try:
+            line = await proc.stderr.readline()
+        except ValueError:
+            continue  # an over-long line was discarded
+        if not line:
+            return
+        log.info("%s", line.decode(errors="replace").rstrip())

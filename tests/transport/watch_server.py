@@ -1,0 +1,66 @@
+"""A real SDK stdio MCP server for shared-child routing tests: resource subscriptions (one set for
+all the gateway's sessions, as any stdio server has), a tool that announces an update of a URI
+only if it is subscribed, one that blocks the whole server (pings included) and then hangs, and
+one that writes a log line.
+
+Run as a stdio child: `[sys.executable, WATCH_SERVER_PATH]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+from mcp.server.mcpserver import Context, MCPServer
+
+WATCH_SERVER_PATH = str(Path(__file__).resolve())
+
+
+def watch_server() -> MCPServer[Any]:
+    server: MCPServer[Any] = MCPServer("watch")
+    subscribed: set[str] = set()
+
+    @server.tool()
+    async def touch(uri: str, ctx: Context) -> str:
+        """Send notifications/resources/updated for `uri` when it is subscribed (not tied to this call)."""
+        if uri not in subscribed:
+            return "not subscribed"
+        await ctx.session.send_notification(
+            types.ResourceUpdatedNotification(params=types.ResourceUpdatedNotificationParams(uri=uri)))
+        return "touched"
+
+    @server.tool()
+    async def stall(seconds: float) -> str:
+        """Block the whole server (it answers nothing, not even ping) for `seconds`, then hang."""
+        time.sleep(seconds)  # blocking on purpose: the event loop must not answer a ping meanwhile
+        await asyncio.Event().wait()
+        return "unreachable"
+
+    @server.tool()
+    async def note(text: str, ctx: Context) -> str:
+        """Write `text` as a log line."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            await ctx.info(text)
+        return "noted"
+
+    async def subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        subscribed.add(str(params.uri))
+        return types.EmptyResult()
+
+    async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        subscribed.discard(str(params.uri))
+        return types.EmptyResult()
+
+    lowlevel = server._lowlevel_server
+    lowlevel.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
+    lowlevel.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
+    return server
+
+
+if __name__ == "__main__":
+    watch_server().run("stdio")
