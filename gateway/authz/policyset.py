@@ -1,7 +1,8 @@
 """Load a policy directory (`*.cedar` + `schema.cedarschema`) into parsed handles, validated, or list every problem.
 
 A directory is loaded whole or not at all: each file is parsed on its own (so a syntax error names its
-file), then the concatenated set is validated against the schema, and every policy must carry a unique
+file), then the concatenated set is validated against the schema (and every argument a policy reads on
+`context.args` must be named by the schema's `Args`, see argnames), and every policy must carry a unique
 `@id` annotation (decisions and the decision log name policies by it). A policy may also carry
 `@quorum("N")`: a call it holds for approval needs N distinct approvers. The version is a hash of the
 texts: approvals remember the version they were granted under.
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 import cedarpy
+
+from gateway.authz.argnames import unknown_args
 
 SCHEMA_FILE = "schema.cedarschema"
 MAX_QUORUM = 20  # more distinct approvers than this for one call is a typo, not a policy
@@ -276,12 +279,15 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
     by_internal, files = _id_map(parsed, problems)
     quorums = _quorums(parsed, problems)
     text = "\n".join(t for _p, t, _ids in parsed)
+    est: Any = None  # the set's JSON form, once it is known to parse
     if schema is not None and parsed and not problems:
         result = cedarpy.validate_policies(text, schema, release_gil=True)
         for error in result.errors:
             where = files.get(error.policy_id, str(directory))
             name = by_internal.get(error.policy_id, error.policy_id)
             problems.append(f"{where}: policy {name!r}: {rename_ids(error.error, by_internal)}")
+        est = json.loads(cedarpy.policies_to_json_str(text))
+        problems.extend(unknown_args(est, schema, files, by_internal, str(directory)))
     if problems or schema is None or schema_text is None:
         raise PolicyLoadError(source, problems)
     digest = hashlib.sha256()
@@ -291,4 +297,4 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
         policy_set=cedarpy.PolicySet.from_str(text, release_gil=True), schema=schema,
         version="sha256:" + digest.hexdigest()[:16], source=source,
         files=tuple(str(p) for p, _t, _i in parsed), id_by_internal=by_internal, quorum_by_id=quorums,
-        context_reads=context_tree(json.loads(cedarpy.policies_to_json_str(text))))
+        context_reads=context_tree(est))

@@ -138,3 +138,18 @@ def test_replay_reports_changed_decisions_grouped_by_policy(policy_dir: Path, tm
     empty.write_text("not json\n")
     assert run("replay", "--log", empty, "--policies", SHIPPED).returncode == 2
     assert run("replay", "--log", tmp_path / "none.jsonl", "--policies", SHIPPED).returncode == 2
+
+
+def test_validate_catches_a_misspelled_argument_behind_has(policy_dir: Path) -> None:
+    """Cedar alone accepts a guarded misspelling (always false); validate names it and suggests the argument."""
+    assert run("validate", SHIPPED).returncode == 0
+    (policy_dir / "cap.cedar").write_text('@id("cap")\nforbid (principal, action == Action::"call_tool", resource)\n'
+                                          'when { context.args has amount && context.args.amount > 5 };')
+    ok = run("validate", policy_dir)
+    assert ok.returncode == 0 and "OK (13 policies" in ok.stdout, ok.stderr
+    (policy_dir / "cap.cedar").write_text('@id("cap")\nforbid (principal, action == Action::"call_tool", resource)\n'
+                                          'when { context.args has amout && context.args.amout > 5 };')
+    bad = run("validate", policy_dir)
+    assert bad.returncode == 1
+    assert (f"{policy_dir / 'cap.cedar'}: policy 'cap': argument 'amout' read on context.args is not in the "
+            "schema's Args record; did you mean 'amount'?") in bad.stderr
