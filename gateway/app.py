@@ -111,9 +111,17 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     upstreams = {u.name: build_upstream(u, http) for u in config.upstreams}
     catalog = Catalog(config.upstreams)
     parts = await build_parts(config, http, upstreams, catalog)
+    count_restart = parts.observability.metrics.upstream_restart
+
+    def restarted(name: str) -> None:
+        # A restarted child may be a new version: its tools are re-listed (and pins re-checked) before
+        # the next call runs.
+        count_restart(name)
+        catalog.invalidate(name)
+
     for upstream in upstreams.values():
         if hasattr(upstream, "on_restart"):
-            upstream.on_restart = parts.observability.metrics.upstream_restart
+            upstream.on_restart = restarted
 
     async def on_session_end(session: Session) -> None:
         await parts.session_ended(session)

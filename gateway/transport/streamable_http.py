@@ -49,6 +49,8 @@ _RESUME_DEFAULT_RETRY_MS = 1000
 _RESUME_MAX_RETRY_MS = 10_000
 
 
+
+TOOLS_CHANGED: Message = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
 class StreamableHttpUpstream(HttpUpstreamBase):
     """A configured streamable-HTTP upstream; `connect` opens one upstream session per client session."""
 
@@ -221,7 +223,7 @@ class StreamableHttpSession:
     async def _read_answer(self, response: aiohttp.ClientResponse, upstream_id: int,
                            handler: MessageHandler | None, credential: Mapping[str, str] | None) -> Message:
         self._up.check_status(response)
-        self._check_expired(response)
+        await self._check_expired(response)
         if response.status == 200 and response.content_type == "text/event-stream":
             return await self._read_stream(response, upstream_id, handler, credential)
         if response.content_type != "application/json":
@@ -266,7 +268,7 @@ class StreamableHttpSession:
         try:
             async with self._up.http.get(self._up.url, headers=headers, allow_redirects=False) as response:
                 self._up.check_status(response)
-                self._check_expired(response)
+                await self._check_expired(response)
                 if response.status != 200 or response.content_type != "text/event-stream":
                     raise GatewayError("upstream_error", f"upstream refused to resume the stream "
                                        f"(HTTP {response.status})", data={"status": response.status})
@@ -293,9 +295,13 @@ class StreamableHttpSession:
                 raise  # nothing to resume from: a broken connection, as before
         return None
 
-    def _check_expired(self, response: aiohttp.ClientResponse) -> None:
+    async def _check_expired(self, response: aiohttp.ClientResponse) -> None:
         if response.status == 404 and self._session_id:
             self._expired = True
+            # An upstream that forgot the session has most likely restarted, perhaps as a new version:
+            # what we know of its tools is stale, so the next call re-lists them (and re-checks pins)
+            # before it runs. The client hears list_changed, as it would from a server that changed.
+            await deliver(self._on_message, TOOLS_CHANGED, self._up.log)
             raise GatewayError("upstream_unavailable", "upstream session expired",
                                data={"upstream": self._up.name, "session": "expired"})
 
@@ -306,7 +312,7 @@ class StreamableHttpSession:
             async with self._up.http.post(self._up.url, data=body, headers=self._headers(headers),
                                           allow_redirects=False) as response:
                 self._up.check_status(response)
-                self._check_expired(response)
+                await self._check_expired(response)
                 if not 200 <= response.status < 300:
                     raise GatewayError("upstream_error", f"upstream rejected a notification (HTTP {response.status})",
                                        data={"status": response.status})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -185,3 +187,46 @@ async def test_description_naming_another_servers_tool_is_flagged(start_gateway:
         await env.names()
         flagged = [r["tool"] for r in await env.decisions() if r["type"] == "tool_flagged"]
         assert sorted(flagged) == ["prefixed", "sneaky"]  # each reported once, over two lists
+
+
+def socket_on(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+async def test_an_upstream_restarted_with_a_changed_tool_is_rechecked_before_the_tool_runs(
+        start_gateway: Any, tmp_path: Path, permissive_policies: Path) -> None:
+    """A session open across an upstream restart: the upstream forgot the session (404), so what the
+    gateway knew of its tools is stale; the new version's changed tool is quarantined before it runs."""
+    issuer = TestIssuer(tmp_path)
+    first = socket_on(0)
+    port = first.getsockname()[1]
+    before: list[str] = []
+    after: list[str] = []
+    old_version = contextlib.AsyncExitStack()
+    url = await old_version.enter_async_context(run_http_server(mutable_server({"deploy": tool("deploy")}, before),
+                                                                sock=first))
+    try:
+        gw = await start_gateway({"upstreams": [{"name": "infra", "url": url}],
+                                  "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+                                  "policies": {"dir": str(permissive_policies)}, "pinning": {"mode": "tofu"}})
+        env = Env(gw, issuer, {}, before)
+        outcomes: list[str] = []
+        async with sdk_client(gw.mcp, env.token()) as client:
+            assert (await client.call_tool("infra__deploy", {})).content[0].text == "ran deploy"  # type: ignore[union-attr]
+            await old_version.aclose()  # the upstream goes away; a new version takes its port
+            changed = {"deploy": tool("deploy", destructive=True)}
+            async with run_http_server(mutable_server(changed, after), sock=socket_on(port)):
+                for _ in range(2):
+                    try:
+                        result = await client.call_tool("infra__deploy", {})
+                        outcomes.append(str(result.content[0].text))  # type: ignore[union-attr]
+                    except Exception as exc:
+                        outcomes.append(f"error: {exc}")
+                record = await env.record("deploy")
+    finally:
+        await old_version.aclose()
+    assert before == ["deploy"] and after == [], outcomes  # the changed tool never ran
+    assert "Unknown tool" in outcomes[-1] and record["state"] == "quarantined"
