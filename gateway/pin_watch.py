@@ -109,7 +109,7 @@ class PinWatcher:
             return dict(headers)
 
         async with asyncio.timeout(timeout):
-            session = await self._upstreams[upstream].connect(ConnectParams(), ignore, headers,
+            session = await self._upstreams[upstream].connect(ConnectParams(internal=True), ignore, headers,
                                                               credentials=credentials)
         try:
             tools: list[dict[str, Any]] = []
