@@ -39,6 +39,8 @@ OwnHeaders = Callable[[str], Mapping[str, str] | None]
 MAX_PAGES = 100
 
 
+SELF_LISTED = frozenset({"none", "static"})  # credential modes the gateway can list an upstream with itself
+
 def gateway_headers(catalog: Catalog, static: StaticCredentials) -> OwnHeaders:
     """The credential the gateway holds for an upstream itself: nothing (`none`) or the `static` header;
     None for per-principal modes, which need a caller."""
@@ -77,20 +79,26 @@ class PinWatcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            await self.verify_all()
+            try:
+                await self.verify_all()
+            except Exception:  # a pass that fails must not end the watcher: the checks would stop silently
+                log.exception("pin re-verification pass failed; retrying next interval")
 
     async def verify_all(self) -> None:
         """One pass over every upstream whose tools the catalog holds and the gateway can list itself (the
         others are checked when listed)."""
+        # Chosen by mode, not by fetching the header: a static key that cannot be read now (mid-rotation)
+        # is that upstream's failure inside `_verify`, not the end of the pass.
         loaded = [name for name in self._catalog.upstream_names
-                  if self._catalog.loaded(name) and self._own_headers(name) is not None]
+                  if self._catalog.loaded(name) and self._catalog.config(name).credentials.mode in SELF_LISTED]
         await asyncio.gather(*(self._verify(name) for name in loaded))
 
     async def _verify(self, upstream: str) -> None:
         generation = self._catalog.generation(upstream)
         try:
             headers = self._own_headers(upstream)
-            assert headers is not None  # verify_all passes only upstreams the gateway can list itself
+            if headers is None:
+                raise GatewayError("credential_unavailable", "no credential of the gateway's own")
             tools = await self._list(upstream, dict(headers))
             verdict = await self._guard.check(upstream, tools)
         except Exception as exc:  # any failure: the next use re-lists on the caller's behalf
