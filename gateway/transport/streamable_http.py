@@ -223,7 +223,8 @@ class StreamableHttpSession:
     async def _read_answer(self, response: aiohttp.ClientResponse, upstream_id: int,
                            handler: MessageHandler | None, credential: Mapping[str, str] | None) -> Message:
         self._up.check_status(response)
-        await self._check_expired(response)
+        if response.status == 404:  # tested here: the usual answer pays for no coroutine
+            await self._check_expired(response)
         if response.status == 200 and response.content_type == "text/event-stream":
             return await self._read_stream(response, upstream_id, handler, credential)
         if response.content_type != "application/json":
