@@ -5,7 +5,8 @@ one shared MCP session (upstream ids come from one counter, so views never colli
 are replaced per request, and stdio_routes.py decides which view gets what the child sends). When the
 child dies every in-flight request fails at once with upstream_unavailable, and the supervisor
 restarts it with exponential back-off (capped); consecutive failures to start or initialize open
-the circuit breaker. The child gets a minimal environment (PATH, HOME, locale...) plus the
+the circuit breaker. A child that stops answering (its fence pings, stdio_fence.py) is stopped and
+restarted the same way. The child gets a minimal environment (PATH, HOME, locale...) plus the
 upstream's `env`, never the gateway's secrets. stderr lines go to logger `customs.upstream.<name>`.
 """
 
@@ -42,6 +43,7 @@ from gateway.transport.common import (
 )
 from gateway.transport.events import MAX_MESSAGE_BYTES
 from gateway.transport.inflight import InflightTable, Pending, with_progress_token
+from gateway.transport.stdio_fence import Fence
 from gateway.transport.stdio_process import pump_stderr, spawn, terminate
 from gateway.transport.stdio_routes import SUBSCRIPTION_METHODS, StdioRoutes
 
@@ -70,6 +72,8 @@ class StdioUpstream:
         self._restart_cap_s = restart_cap_s
         self._table = InflightTable()
         self._routes = StdioRoutes(self._table, self.write, self, self.log)
+        self._fence = Fence(self._table, self.write, self, config.timeout_s, self._spawn, self._restart_stuck,
+                            self.log, self.name)
         self._proc: asyncio.subprocess.Process | None = None
         self._ready = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -155,11 +159,11 @@ class StdioUpstream:
                 raise
             self._table.abandon(pending)
             await self._cancel_upstream(pending.upstream_id, "timeout")
-            self._spawn(self._fence(pending))
+            self._fence.add(pending)
             raise GatewayError("upstream_timeout", data={"timeout_s": limit, "upstream": self.name}) from exc
         except asyncio.CancelledError:
             self._table.abandon(pending)
-            self._spawn(self._fence(pending, cancel="cancelled"))
+            self._spawn(self._cancel_and_fence(pending))
             raise
         finally:
             self._table.discard(pending)
@@ -326,29 +330,16 @@ class StdioUpstream:
         with suppress(GatewayError):
             await self.write(cancelled_message(upstream_id, reason))
 
-    async def _fence(self, abandoned: Pending, cancel: str | None = None) -> None:
-        """Ping the child after cancelling a request; once it answers, whatever that request sent
-        before it stopped has been read, so its tombstone can go (else it stays until a restart).
+    async def _cancel_and_fence(self, abandoned: Pending) -> None:
+        # The fence's ping must follow the cancellation on the wire, or its answer proves nothing.
+        await self._cancel_upstream(abandoned.upstream_id, "cancelled")
+        self._fence.add(abandoned)
 
-        A ping not answered in time is still awaited (a late answer is the same proof; forgetting the
-        tombstone unanswered could hand the request's last messages to another session)."""
-        if cancel is not None:
-            await self._cancel_upstream(abandoned.upstream_id, cancel)
-        ping = self._table.open({"jsonrpc": "2.0", "id": None, "method": "ping"}, self, None)
-        try:
-            await self.write({"jsonrpc": "2.0", "id": ping.upstream_id, "method": "ping"})
-            try:
-                async with asyncio.timeout(self.config.timeout_s):
-                    await asyncio.shield(ping.future)
-            except TimeoutError:
-                self.log.warning("upstream %s has not answered a ping in %ss; messages not tied to a request "
-                                 "reach no session until it does", self.name, self.config.timeout_s)
-                await ping.future
-        except GatewayError:
-            return
-        finally:
-            self._table.discard(ping)
-        self._table.forget(abandoned)
+    async def _restart_stuck(self) -> None:
+        """Stop a child that answers nothing; the supervisor fails its calls and starts it again."""
+        proc = self._proc
+        if proc is not None and not self._stopping:
+            await terminate(proc, self._grace_s)
 
 
 class StdioSession:
