@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.approvals.auth import cedar_approver_check
+from gateway.approvals.gauge import PendingGauge
 from gateway.approvals.memory import MemoryApprovalStore
 from gateway.approvals.redis import RedisApprovalStore
 from gateway.approvals.stage import ApproveStage
@@ -188,7 +189,9 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
         async def store_check() -> tuple[bool, Any]:
             return await redis.check()
         checks["store"] = store_check
-    owners: list[Any] = [o for o in (redis, obs, engine, approvals, webhooks, credentials) if o is not None]
+    # After the store (it reads it), before the rest; no reads at all when no metric is exported.
+    gauge = PendingGauge(approvals, obs.metrics.set_approvals_pending) if obs.metrics.enabled else None
+    owners: list[Any] = [o for o in (redis, obs, engine, approvals, gauge, webhooks, credentials) if o is not None]
     identity_owner = identifier if hasattr(identifier, "start") else None
     if identity_owner is not None:
         owners.append(identity_owner)

@@ -61,6 +61,11 @@ class ApprovalStore(Protocol):
         """True exactly once for an approved item: the caller may forward the call."""
         ...
 
+    async def count_pending(self) -> int:
+        """How many items are pending and not yet due, store-wide (all replicas). One cheap read, no
+        side effects: it feeds the pending gauge, so it must not expire items itself."""
+        ...
+
     async def expire_due(self) -> builtins.list[Approval]:
         """Mark pending items whose time is up as expired."""
         ...

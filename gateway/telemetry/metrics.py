@@ -123,11 +123,14 @@ class Metrics:
         else:
             meter_provider = metrics_api.NoOpMeterProvider()
         self.enabled = self.provider is not None
+        self._approvals_pending: int | None = None  # last count read from the store; None: not known
         self._build(meter_provider.get_meter(SCOPE.name, SCOPE.version))
 
     def _build(self, meter: metrics_api.Meter) -> None:
-        self.pending = meter.create_up_down_counter("customs.approvals.pending", "{approval}",
-                                                    "Calls waiting for a human decision")
+        # Store-wide, read by PendingGauge (gateway/approvals/gauge.py): per-replica +1/-1 drifts when one
+        # replica holds an item and another decides it.
+        meter.create_observable_gauge("customs.approvals.pending", [self._observe_pending], "{approval}",
+                                      "Calls waiting for a human decision, in the whole approval store")
         self.approval_wait = meter.create_histogram("customs.approval.wait.duration", "s",
                                                     "Time from hold to decision")
         self.upstream_errors = meter.create_counter("customs.upstream.errors", "{error}", "Failed upstream requests")
@@ -178,9 +181,14 @@ class Metrics:
         if self.enabled:
             self.client_duration.record(seconds, (method, *attrs.items()) if attrs else (method,))
 
-    def approval_pending(self, delta: int) -> None:
-        """+1 when a call is held, -1 when its approval is decided, expires or is withdrawn."""
-        self.pending.add(delta)
+    def set_approvals_pending(self, count: int | None) -> None:
+        """The approval store's count of pending items (None: unknown, the gauge reports nothing)."""
+        self._approvals_pending = count
+
+    def _observe_pending(self, options: CallbackOptions | None = None) -> Iterable[Observation]:
+        # Called at collection time, possibly from the OTLP exporter's thread: only reads the cached count.
+        count = self._approvals_pending
+        return [] if count is None else [Observation(count)]
 
     def approval_waited(self, seconds: float, outcome: str) -> None:
         self.approval_wait.record(seconds, {"customs.approval.outcome": outcome})

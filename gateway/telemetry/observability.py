@@ -119,7 +119,6 @@ class Observability:
         # Not memoized: every call gets its own Decision (its own evaluation time), so a memo by object never hits.
         self.record = RecordStage(self.log, self.metrics, self.telemetry, decision_attributes)
         self._upstreams = {u.name: u for u in config.upstreams}
-        self._pending: set[str] = set()  # approval ids this replica counted in the pending gauge
 
     async def start(self) -> None:
         await self.telemetry.start()
@@ -209,15 +208,8 @@ class Observability:
         self.log.event("quarantine", upstream=upstream, tool=tool, reason=reason, definition_digest=digest)
 
     def approval_changed(self, approval_id: str, state: str, **fields: Any) -> None:
-        """Approval state change: an item's first `pending` adds to the pending gauge, its first later state
-        takes it away (a quorum vote repeats `pending`, an approved call that runs repeats `approved`)."""
-        if state == "pending":
-            if approval_id not in self._pending:
-                self._pending.add(approval_id)
-                self.metrics.approval_pending(+1)
-        elif approval_id in self._pending:
-            self._pending.discard(approval_id)
-            self.metrics.approval_pending(-1)
+        """Approval state change, for the decision log. The pending gauge is not counted from these (another
+        replica may decide an item held here): PendingGauge reads it from the store."""
         self.log.event("approval", approval_id=approval_id, state=state, **fields)
 
     def revoked(self, jti: str, **fields: Any) -> None:

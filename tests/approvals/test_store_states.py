@@ -148,3 +148,18 @@ async def test_every_change_is_an_event(kit: StoreKit, clock: Clock) -> None:
     transitions = [(e["transition"], e["actor"], e["comment"]) for e in kit.events if e["approval_id"] == item.id]
     assert transitions == [("created", "agent-1", None), ("approved", "alice", "looks right"),
                            ("executed", None, None)]
+
+
+async def test_count_pending_is_store_wide_and_leaves_out_due_items(kit: StoreKit, clock: Clock) -> None:
+    # two replicas sharing the store; no housekeeping pass may expire the due item during the test
+    a, b = await kit.make(heartbeat_s=3600), await kit.make(heartbeat_s=3600)
+    assert await a.count_pending() == 0
+    first, _ = await a.create_or_join(draft(clock, {"n": 1}), link_s=1800)
+    await a.create_or_join(draft(clock, {"n": 2}, ttl=10), link_s=1800)
+    await b.create_or_join(draft(clock, {"n": 3}, quorum=2), link_s=1800)
+    assert await a.count_pending() == await b.count_pending() == 3
+    await b.decide(first.id, "alice", "denied", None)  # held on a, decided on b
+    assert await a.count_pending() == await b.count_pending() == 2
+    clock.advance(11)  # the ttl=10 item is due; nothing has marked it expired yet
+    assert await a.count_pending() == await b.count_pending() == 1
+    assert [e["transition"] for e in kit.events].count("expired") == 0  # counting has no side effects

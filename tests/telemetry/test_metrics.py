@@ -30,9 +30,8 @@ def exercise(metrics: Metrics) -> None:
     metrics.stage_duration("authorize", 0.0001)
     metrics.server_operation("tools/call", 0.01, {"gen_ai.tool.name": "inventory__get_stock"})
     metrics.client_operation("tools/call", 0.005, {"customs.upstream": "inventory"})
-    metrics.approval_pending(+1)
-    metrics.approval_pending(+1)
-    metrics.approval_pending(-1)
+    metrics.set_approvals_pending(2)
+    metrics.set_approvals_pending(1)  # the store's latest count replaces the last one
     metrics.approval_waited(12.0, "approved")
     metrics.upstream_error("payments", "upstream_timeout")
     metrics.upstream_restart("files")
