@@ -67,6 +67,7 @@ class _Cached:
     token: str
     claims: dict[str, Any]
     reuse_until: float
+    kid: str
 
 
 class Minter:
@@ -86,15 +87,18 @@ class Minter:
         """A token for `principal` to call `tool_names` on `upstream` within `task_id`: (token, claims).
 
         Reuses a cached token for the same principal, task, upstream, scope and narrowed arguments
-        until shortly before it expires. Raises GatewayError("credential_unavailable") once the task ended.
+        until shortly before it expires, and only while the key that signed it still signs.
+        Raises GatewayError("credential_unavailable") once the task ended.
         """
         now = self._clock()
         narrowed = self._narrowed(upstream, args)
         key = (task_id, principal.key, canonical_json(principal.chain_ids), upstream.name,
                " ".join(tool_names), canonical_json(narrowed))
         hit = self._cache.get(key) if cache else None
-        # A cached token is reused only if it would also have been minted now: unexpired and within the task.
-        if hit is not None and hit.reuse_until > now and (task_end is None or hit.claims["exp"] <= task_end):
+        # A cached token is reused only if it would also have been minted now: unexpired, within the task and
+        # signed by the current key (a key withdrawn on SIGHUP may be compromised; a rotated one is on its way out).
+        if (hit is not None and hit.reuse_until > now and (task_end is None or hit.claims["exp"] <= task_end)
+                and hit.kid == self.keys.current.kid):
             return hit.token, hit.claims
         ttl = upstream.credentials.ttl_s
         exp = now + ttl if task_end is None else min(now + ttl, task_end)
@@ -110,10 +114,10 @@ class Minter:
             claims["act"] = act
         if narrowed is not None:
             claims["args"] = narrowed
-        token = await self._sign_recorded(claims, task_id)
+        token, kid = await self._sign_recorded(claims, task_id)
         if cache:
             self._prune(now)
-            self._cache[key] = _Cached(token, claims, exp - refresh_margin(exp - now))
+            self._cache[key] = _Cached(token, claims, exp - refresh_margin(exp - now), kid)
         return token, claims
 
     async def mint_actor(self, audience: str, task_id: str, ttl_s: float,
@@ -125,22 +129,27 @@ class Minter:
             raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
         claims = {"iss": self.issuer, "aud": audience, "sub": self.issuer, "task": task_id,
                   "jti": secrets.token_urlsafe(16), "iat": int(now), "exp": int(exp)}
-        return await self._sign_recorded(claims, task_id), claims
+        return (await self._sign_recorded(claims, task_id))[0], claims
 
     def sign(self, claims: Mapping[str, Any]) -> str:
+        return self._sign(claims)[0]
+
+    def _sign(self, claims: Mapping[str, Any]) -> tuple[str, str]:
+        """(token, the signer's kid): read once, so a concurrent rotation cannot mislabel the cache entry."""
         key = self.keys.current
         return jwt.encode(dict(claims), key.private_key, algorithm=key.algorithm,
-                          headers={"kid": key.kid, "typ": "JWT"})
+                          headers={"kid": key.kid, "typ": "JWT"}), key.kid
 
-    async def _sign_recorded(self, claims: dict[str, Any], task_id: str) -> str:
-        token = self.sign(claims)
+    async def _sign_recorded(self, claims: dict[str, Any], task_id: str) -> tuple[str, str]:
+        """(token, kid), once the jti is recorded under its task."""
+        token, kid = self._sign(claims)
         try:
             await self.revocations.record(task_id, claims["jti"], float(claims["exp"]))
         except TaskEnded:
             raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True}) from None
         except Exception as exc:  # the store is down: no token we could not revoke later
             raise GatewayError("credential_unavailable", "Revocation store unavailable") from exc
-        return token
+        return token, kid
 
     @staticmethod
     def _narrowed(upstream: UpstreamConfig, args: Mapping[str, Any] | None) -> dict[str, Any] | None:

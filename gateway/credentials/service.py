@@ -106,18 +106,23 @@ class CredentialService:
         while True:
             due = self.keys.next_due()
             delay = KEY_CHECK_MAX_S if due is None else min(max(due - self._clock(), 0.0), KEY_CHECK_MAX_S)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._keys_changed.wait(), delay)
+            await self._changed_or(delay)
             self._keys_changed.clear()
             try:
                 removed = await asyncio.to_thread(self.keys.maintain)
             except Exception:  # a full disk or a vanished key_dir must not end rotation for good
                 log.exception("signing key maintenance failed; retrying in %.0fs", KEY_CHECK_MAX_S)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._keys_changed.wait(), KEY_CHECK_MAX_S)
+                await self._changed_or(KEY_CHECK_MAX_S)
                 continue
             if removed:
                 log.info("retired signing keys withdrawn from the JWKS: %s", ", ".join(removed))
+
+    async def _changed_or(self, delay: float) -> None:
+        """Wait until the ring changes or `delay` passes. Not `wait_for`: on 3.11 it swallows a cancel that
+        arrives as the event is set (a rotation or SIGHUP just before close), and close then never returns."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._keys_changed.wait()
 
     async def reload_keys(self) -> bool:
         """SIGHUP: pick up keys added to (or removed from) key_dir; the newest signs. Returns whether the

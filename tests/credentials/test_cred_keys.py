@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from pathlib import Path
@@ -186,3 +187,18 @@ def test_scheduled_rotation_and_retirement_leave_operator_files_alone(tmp_path, 
     assert keys.maintain() == [operator] and keys.algorithm_of(operator) is None
     assert (tmp_path / "keys" / "operator.pem").exists()  # perhaps a read-only mount: never deleted
     assert keys.next_due() == keys.current.created + 100
+
+
+async def test_close_right_after_a_rotation_or_reload_returns(tmp_path, clock) -> None:
+    # The key task wakes on the change and is cancelled in the same loop turn: the cancel must not be lost.
+    for change in ("rotate", "reload"):
+        service = CredentialService(minted_config(tmp_path / change, generate=True), clock=clock)
+        await service.start()
+        if change == "rotate":
+            service.rotate_keys()
+        else:
+            write_key(service.keys.key_dir / "operator.pem", mtime=service.keys.current.created + 5)
+            assert await service.reload_keys() is True
+        closing = asyncio.create_task(service.close())
+        done, _ = await asyncio.wait({closing}, timeout=10)  # a deadline: not wait_for, close may swallow its cancel
+        assert closing in done, f"close() hung after a {change}"

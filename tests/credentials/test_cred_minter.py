@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.context import Principal
 from gateway.credentials import CredentialService
+from gateway.credentials.keys import thumbprint
 from gateway.credentials.minter import refresh_margin
 from gateway.errors import GatewayError
 from tests.credentials.helpers import Clock, agent, make_config
@@ -110,6 +115,32 @@ async def test_cache_per_task_scope_and_narrowed_args(service: CredentialService
     assert (await mint(agent(), pay, ["pay"], {"account": "a"}, "t1"))[0] == first
     clock.advance(2)  # now within the refresh margin: a fresh token
     assert (await mint(agent(), pay, ["pay"], {"account": "a"}, "t1"))[0] != first
+
+
+async def test_a_key_withdrawn_on_reload_no_longer_serves_cached_tokens(service: CredentialService,
+                                                                        clock: Clock) -> None:
+    # A key removed from key_dir (perhaps compromised) must stop reaching upstreams at once, not after ttl_s.
+    pay = upstream(service, "payments")
+    first, _ = await service.minter.mint(agent(), pay, ["pay"], {"account": "a"}, "t1")
+    old = service.keys.current
+    replacement = ed25519.Ed25519PrivateKey.generate()
+    path = service.keys.key_dir / "operator.pem"
+    path.write_bytes(replacement.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    os.utime(path, (old.created + 5, old.created + 5))
+    old.path.unlink()
+    assert await service.reload_keys() is True and service.keys.algorithm_of(old.kid) is None
+    token, _ = await service.minter.mint(agent(), pay, ["pay"], {"account": "a"}, "t1")
+    assert token != first and jwt.get_unverified_header(token)["kid"] == thumbprint(replacement)
+    assert (await service.minter.mint(agent(), pay, ["pay"], {"account": "a"}, "t1"))[0] == token  # cached again
+
+
+async def test_scheduled_rotation_renews_cached_tokens(service: CredentialService) -> None:
+    pay = upstream(service, "payments")
+    first, _ = await service.minter.mint(agent(), pay, ["pay"], {"account": "a"}, "t1")
+    kid = service.rotate_keys()
+    token, _ = await service.minter.mint(agent(), pay, ["pay"], {"account": "a"}, "t1")
+    assert token != first and jwt.get_unverified_header(token)["kid"] == kid
 
 
 async def test_ended_task_drops_cache_and_refuses(service: CredentialService) -> None:
