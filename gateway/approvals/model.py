@@ -119,6 +119,10 @@ class Approval:
         """Everything, for storage (round-trips through `from_record`)."""
         record = asdict(self)
         record["votes"] = [asdict(v) for v in self.votes]
+        if not self.owners:
+            # Replicas from before `owners` existed build the item with `cls(**record)` and would fail on it;
+            # left out when empty, an item of an agent without an owner stays readable during a rolling deploy.
+            del record["owners"]
         return record
 
     @classmethod
