@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import GatewayError
+from gateway.http.guards import timed_read
 from gateway.pinning import ToolGuard
 from gateway.pipeline import Identifier
 
@@ -60,9 +61,11 @@ class ToolsAdmin:
             raise web.HTTPNotFound()
         record = (await self._guard.list(upstream)).get(tool)
         try:
-            body = await request.json() if request.can_read_body else {}
+            body = await timed_read(request, request.json) if request.can_read_body else {}
         except ValueError:
             return web.json_response({"error": {"reason": "invalid_request"}}, status=400)
+        except GatewayError as exc:  # body_timeout
+            return web.json_response({"error": {"reason": exc.reason}}, status=exc.http_status)
         digest = body.get("hash") if isinstance(body, dict) else None
         digest = digest or (record or {}).get("seen") or (record or {}).get("hash")
         if not isinstance(digest, str) or not digest.startswith("sha256:"):

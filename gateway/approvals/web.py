@@ -2,7 +2,8 @@
 
 Routes are built by `approval_routes(...)`; the lead adds them to the application. JSON errors are
 `{"error": {"reason": ..., "message": ...}}`; 401 unauthenticated, 403 not allowed (self-approval,
-policy, CSRF), 404 unknown, 409 already decided, 503 store or policy unavailable.
+policy, CSRF), 404 unknown, 408 body not in full within `listen.body_timeout_s`, 409 already decided,
+503 store or policy unavailable.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from gateway.approvals.auth import (
 from gateway.approvals.model import STATES, AlreadyDecided, Approval, ApprovalNotFound
 from gateway.approvals.store import ApprovalStore
 from gateway.errors import GatewayError
+from gateway.http.guards import timed_read
 from gateway.pipeline import Identifier
 
 OUTCOMES = {"approve": "approved", "deny": "denied"}
@@ -38,6 +40,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _error(status: int, reason: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": {"reason": reason, "message": message, **extra}}, status=status)
+
+
+async def _read(request: web.Request, read: Callable[[], Awaitable[Any]]) -> Any:
+    """A body read under `listen.body_timeout_s`: a trickled body is Refused 408 `body_timeout`."""
+    try:
+        return await timed_read(request, read)
+    except GatewayError as exc:
+        raise Refused(exc.http_status, exc.reason, exc.message) from None
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -115,7 +125,7 @@ class ApprovalsWeb:
         if not request.can_read_body:
             return None
         try:
-            body = await request.json()
+            body = await _read(request, request.json)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise Refused(400, "invalid_body", 'body must be JSON: {"comment": "..."}') from None
         comment = body.get("comment") if isinstance(body, dict) else None
@@ -196,7 +206,10 @@ class ApprovalsWeb:
         return web.Response(text=await self._fragment_html(approver, csrf_token(request)), content_type="text/html")
 
     async def signin(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        try:
+            form = await _read(request, request.post)
+        except Refused as exc:
+            return self._signin_page(request, exc.message, exc.status)
         expected = request.cookies.get("customs_csrf", "")
         if not expected or form.get("csrf") != expected:
             return self._signin_page(request, "The sign-in form expired; please try again.", 403)
@@ -212,7 +225,10 @@ class ApprovalsWeb:
         return response
 
     async def signout(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        try:
+            form = await _read(request, request.post)
+        except Refused as exc:
+            return self._signin_page(request, exc.message, exc.status)
         expected = request.cookies.get("customs_csrf", "")
         if not expected or form.get("csrf") != expected:
             return self._signin_page(request, "Sign-out needs a fresh page; please try again.", 403)
@@ -224,10 +240,10 @@ class ApprovalsWeb:
         approver = await self._page_approver(request)
         if approver is None:
             return self._signin_page(request, "Please sign in again.", 401)
-        form = await request.post()
-        outcome = OUTCOMES.get(str(form.get("outcome")))
-        comment = str(form.get("comment") or "").strip()[:MAX_COMMENT] or None
         try:
+            form = await _read(request, request.post)
+            outcome = OUTCOMES.get(str(form.get("outcome")))
+            comment = str(form.get("comment") or "").strip()[:MAX_COMMENT] or None
             self._auth.check_csrf(request, approver, str(form.get("csrf") or ""))
             if outcome is None:
                 raise Refused(400, "invalid_outcome", "choose Approve or Deny")

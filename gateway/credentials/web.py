@@ -19,6 +19,8 @@ from aiohttp import web
 
 from gateway.credentials.keys import SigningKeys
 from gateway.credentials.revocation import RevocationStore
+from gateway.errors import GatewayError
+from gateway.http.guards import timed_read
 
 log = logging.getLogger("customs.credentials.web")
 
@@ -95,7 +97,11 @@ def credential_routes(keys: SigningKeys, introspector: Introspector, issuer: str
         if request.content_type != "application/x-www-form-urlencoded":
             return web.json_response({"error": "invalid_request",
                                       "error_description": "form-encoded body with token= required"}, status=400)
-        form = await request.post()
+        try:
+            form = await timed_read(request, request.post)
+        except GatewayError as exc:  # a trickled body (body_timeout): OAuth's error shape, status 408
+            return web.json_response({"error": "invalid_request", "error_description": exc.message},
+                                     status=exc.http_status)
         token = form.get("token")
         if not isinstance(token, str) or not token:
             return web.json_response({"error": "invalid_request", "error_description": "token is required"},

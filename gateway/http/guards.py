@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -11,8 +12,12 @@ from aiohttp import web
 from gateway.config.model import ListenConfig
 from gateway.errors import GatewayError, to_wire
 from gateway.jsonrpc import dumps
+from gateway.keys import CONFIG
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+# For routes served outside `create_app` (no config on the application): the configuration default.
+DEFAULT_BODY_TIMEOUT_S: float = ListenConfig.model_fields["body_timeout_s"].default
+T = TypeVar("T")
 
 
 def error_response(exc: BaseException, request_id: object = None,
@@ -71,6 +76,21 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
     try:
         async with asyncio.timeout(timeout_s):
             return await _read_body(request, limit)
+    except TimeoutError:
+        raise GatewayError("body_timeout") from None
+
+
+async def timed_read(request: web.Request, read: Callable[[], Awaitable[T]]) -> T:
+    """One of aiohttp's own body reads (`request.post`, `request.json`; bounded by the application's
+    `client_max_size`) under `listen.body_timeout_s`, for the routes outside /mcp. Raises
+    GatewayError("body_timeout"); each API maps it to its own error shape."""
+    if request.content.is_eof():
+        return await read()
+    config = request.config_dict.get(CONFIG)
+    timeout_s = config.listen.body_timeout_s if config is not None else DEFAULT_BODY_TIMEOUT_S
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await read()
     except TimeoutError:
         raise GatewayError("body_timeout") from None
 
