@@ -7,8 +7,6 @@ ask again."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from typing import Any
 
 import mcp_types as types
@@ -16,19 +14,13 @@ import pytest
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
 
+from tests.e2e.resource_support import Env, Seen, resource_gateway, text
 from tests.support.mcp_client import sdk_client
-from tests.support.servers import run_http_server
 
 # resources/(un)subscribe are the handshake revisions' way (2026-07-28 replaces them), which the SDK warns about.
 pytestmark = [pytest.mark.asyncio, pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
 NAMES = ("alpha", "beta")
 
-
-@dataclass
-class Seen:
-    """What reached one upstream, as (method, the URI it was given); lists are not recorded."""
-
-    requests: list[tuple[str, str]] = field(default_factory=list)
 
 
 def resource_server(name: str, seen: Seen) -> MCPServer[Any]:
@@ -73,27 +65,10 @@ def resource_server(name: str, seen: Seen) -> MCPServer[Any]:
     return server
 
 
-@dataclass
-class Env:
-    mcp: str
-    seen: dict[str, Seen]
-
-
 @pytest.fixture
 async def env(start_gateway: Any, permissive_policies: Any) -> AsyncIterator[Env]:
-    seen = {name: Seen() for name in NAMES}
-    async with AsyncExitStack() as stack:
-        urls = {name: await stack.enter_async_context(run_http_server(resource_server(name, seen[name])))
-                for name in NAMES}
-        gw = await start_gateway({"upstreams": [{"name": n, "url": u} for n, u in urls.items()],
-                                  "policies": {"dir": str(permissive_policies)}})
-        yield Env(gw.mcp, seen)
-
-
-def text(result: types.ReadResourceResult) -> str:
-    content = result.contents[0]
-    assert isinstance(content, types.TextResourceContents)
-    return content.text
+    async with resource_gateway(start_gateway, permissive_policies, NAMES, resource_server) as value:
+        yield value
 
 
 async def unknown(client: Any, uri: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 
+from tests.e2e.resource_support import text
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_http_server
 from tests.support.tokens import TestIssuer
@@ -67,10 +68,6 @@ async def env(start_gateway: Any, permissive_policies: Any, tmp_path: Path) -> A
         yield Env(gw.mcp, issuer, reads)
 
 
-def text(result: types.ReadResourceResult) -> str:
-    content = result.contents[0]
-    assert isinstance(content, types.TextResourceContents)
-    return content.text
 
 
 async def test_a_principal_cannot_reach_a_uri_only_anothers_list_holds(env: Env) -> None:
