@@ -46,6 +46,8 @@ DEMO_PRINCIPALS: Mapping[str, DemoPrincipal] = {
     # bob is in finance too, but owns the shopper: nobody approves a call made on their own behalf
     "bob": DemoPrincipal("bob", {"groups": ["approvers", "finance"], "name": "Bob"},
                          note="owns the shopper, so he may not approve its calls (403 self_approval)"),
+    "admin": DemoPrincipal("carol", {"groups": ["admins"], "name": "Carol"},
+                           note="an administrator: `customs tools list|approve` (pinned and quarantined tools)"),
 }
 
 

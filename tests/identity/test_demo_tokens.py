@@ -24,6 +24,8 @@ async def test_demo_tokens_identify(tmp_path: Path) -> None:
     assert untrusted.id == "spiffe://customs.demo/agent/untrusted"
     delegated = await identifier.identify(bearer(tokens["delegated"]), None)
     assert delegated.chain == (Actor("spiffe://customs.demo/agent/orchestrator", {"tenant": "acme", "trust": "high"}),)
+    admin = await identifier.identify(bearer(tokens["admin"]), None)  # README's ADMIN_TOKEN: `customs tools`
+    assert (admin.id, admin.attributes.get("groups")) == ("carol", ["admins"])
     alice = await identifier.identify(bearer(tokens["alice"]), None)
     assert (alice.id, alice.attributes) == ("alice", {"groups": ["approvers", "finance"]})
     await identifier.close()
