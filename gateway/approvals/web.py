@@ -87,9 +87,10 @@ class ApprovalsWeb:
 
     async def _decide(self, approver: Approver, approval_id: str, outcome: str, comment: str | None) -> Approval:
         item = await self._store.get(approval_id)
+        # Authorization first: a 409 carries the item, which someone refused must not see (403 as for a pending one).
+        self._auth.authorize_decision(approver, item)
         if not item.pending:
             raise AlreadyDecided(item)
-        self._auth.authorize_decision(approver, item)
         return await self._store.decide(approval_id, approver.name, outcome, comment)
 
     # -- API ---------------------------------------------------------------------------------

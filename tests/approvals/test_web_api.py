@@ -182,3 +182,21 @@ async def test_events_stream_announces_changes(web_kit: WebKit) -> None:
         while item.id.encode() not in seen:
             seen += await asyncio.wait_for(resp.content.readline(), 10)
         assert re.search(rb"event: change", seen)
+
+
+async def test_refused_person_gets_403_not_the_decided_item(web_kit: WebKit) -> None:
+    """A 409 carries the whole item: someone who may not decide (or see) it gets 403, decided or not."""
+    item = await _item(web_kit)
+    async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/approve", headers=web_kit.bearer("alice"),
+                                 json={"comment": "ok"}) as resp:
+        assert resp.status == 200
+    for headers, reason in ((web_kit.bearer("mallory", groups=("interns",)), "forbidden"),
+                            (web_kit.bearer("agent-1"), "self_approval")):
+        for action in ("approve", "deny"):
+            async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/{action}", headers=headers,
+                                         json={"comment": "x"}) as resp:
+                body = await resp.json()
+            assert resp.status == 403 and body["error"]["reason"] == reason and "approval" not in body["error"]
+    async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/deny", headers=web_kit.bearer("bob"),
+                                 json={"comment": "late"}) as resp:
+        assert resp.status == 409 and (await resp.json())["error"]["approval"]["state"] == "approved"
