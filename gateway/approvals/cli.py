@@ -37,11 +37,17 @@ def _request(args: argparse.Namespace, method: str, path: str, body: dict[str, A
         raise CliError("no token: pass --token or set CUSTOMS_TOKEN (an approver's bearer token)", 2)
     url = args.url.rstrip("/") + path
     data = json.dumps(body).encode() if body is not None else None
+    if not args.url.lower().startswith(("http://", "https://")):
+        raise CliError(f"--url {args.url!r} is not an http(s) URL (e.g. {DEFAULT_URL})", 2)
     request = urllib.request.Request(url, data=data, method=method, headers={
         "Authorization": f"Bearer {token}", "Accept": "application/json", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
-            return json.loads(response.read() or b"null")
+            raw = response.read()
+        try:
+            return json.loads(raw or b"null")
+        except ValueError:  # something else answers at --url (a proxy's page, another service)
+            raise CliError(f"{method} {url}: the answer is not JSON; is --url a Customs gateway?", 3) from None
     except urllib.error.HTTPError as exc:
         try:
             error = json.loads(exc.read()).get("error", {})

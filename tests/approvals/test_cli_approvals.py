@@ -51,3 +51,26 @@ async def test_refusals_have_hints(web_kit: WebKit) -> None:
     assert code == 1 and "404" in err
     code, out, _ = await _cli("list", "--state", "denied", "--url", web_kit.url, token=web_kit.token("alice"))
     assert code == 0 and "no denied approvals" in out
+
+
+async def test_bad_url_and_non_gateway_answers_are_errors_not_tracebacks(web_kit: WebKit) -> None:
+    from aiohttp import web
+
+    async def html(_: web.Request) -> web.Response:
+        return web.Response(text="<html>some other service</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", html)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        token = web_kit.token("alice")
+        code, _, err = await _cli("list", "--url", "127.0.0.1:8700", token=token)
+        assert code == 2 and "not an http(s) URL" in err and "Traceback" not in err
+        code, _, err = await _cli("show", "apr_x", "--url", f"http://127.0.0.1:{port}", token=token)
+        assert code == 3 and "not JSON" in err and "Traceback" not in err
+    finally:
+        await runner.cleanup()
