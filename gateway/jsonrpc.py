@@ -156,8 +156,11 @@ def classify(body: dict[str, Any]) -> Message:
     if "method" in body:
         if not isinstance(body["method"], str) or not body["method"]:
             raise GatewayError("invalid_request", "Invalid request: method must be a non-empty string")
-        if "params" in body and not isinstance(body["params"], dict):
-            raise GatewayError("invalid_request", "Invalid request: params must be an object")
+        if "params" in body:
+            if not isinstance(body["params"], dict):
+                raise GatewayError("invalid_request", "Invalid request: params must be an object")
+            if "_meta" in body["params"]:
+                _check_meta(body["params"]["_meta"])
         if "result" in body or "error" in body:
             raise GatewayError("invalid_request", "Invalid request: a request cannot carry result or error")
         if not has_id:
@@ -174,6 +177,18 @@ def classify(body: dict[str, Any]) -> Message:
     if has_id and (("result" in body) != ("error" in body)) and _valid_id(body["id"]):
         return Message("response", body)
     raise GatewayError("invalid_request", "Invalid request: not a request, notification or response")
+
+
+def _check_meta(meta: Any) -> None:
+    """`params._meta` must be an object and its progressToken a string or number (MCP): the gateway
+    copies the one and keys progress routes by the other, so anything else would fail mid-call."""
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise GatewayError("invalid_request", "Invalid request: params._meta must be an object")
+    token = meta.get("progressToken")
+    if token is not None and not isinstance(token, (str, int, float)):
+        raise GatewayError("invalid_request", "Invalid request: progressToken must be a string or a number")
 
 
 def classify_batch(items: list[Any]) -> list[Message | GatewayError]:

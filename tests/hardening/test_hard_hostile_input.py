@@ -191,3 +191,21 @@ async def test_session_id_is_never_reflected_into_headers(env: Env) -> None:
                                                   headers={"Mcp-Session-Id": "evil value; Set-Cookie: a=b"})
     assert status == 404 and reason(body) == "session_not_found"
     assert "Set-Cookie" not in headers and "evil" not in json.dumps(body)
+
+
+@pytest.mark.parametrize("meta", ["x", 5, [1], {"progressToken": {"a": 1}}, {"progressToken": [1]}])
+async def test_a_malformed_meta_is_invalid_request_and_not_forwarded(env: Env, meta: Any) -> None:
+    # `_meta` that is no object, or a progressToken that is no string or number, used to reach the
+    # forwarder (internal_error) or the progress routes (an unhandled TypeError, HTTP 500).
+    status, _, body = await env.client.post({"jsonrpc": "2.0", "id": 11, "method": "tools/call",
+                                             "params": {"name": "rec__lookup", "arguments": {"sku": "widget"},
+                                                        "_meta": meta}})
+    assert status == 400 and reason(body) == "invalid_request", body
+    assert env.recorder.calls == []
+    # A well-formed _meta (a null one too) is still an ordinary call.
+    for good in (None, {"progressToken": "p-1"}, {"progressToken": 3}):
+        status, _, body = await env.client.post({"jsonrpc": "2.0", "id": 12, "method": "tools/call",
+                                                 "params": {"name": "rec__lookup", "arguments": {"sku": "widget"},
+                                                            "_meta": good}})
+        assert status == 200 and "result" in body, (good, body)
+    assert len(env.recorder.calls) == 3
