@@ -66,6 +66,7 @@ if ARGV[6] == 'denied' then
 elseif redis.call('HINCRBY', key, 'approvals', 1) >= tonumber(f[3]) then
   redis.call('HSET', key, 'state', 'approved', 'decided_at', ARGV[3])
   redis.call('PEXPIRE', key, tonumber(ARGV[4]))
+  redis.call('PEXPIRE', P .. 'voters:' .. ARGV[2], tonumber(ARGV[4]))
   redis.call('ZREM', P .. 'pending', ARGV[2])
   redis.call('DEL', P .. 'held:' .. ARGV[2])
   redis.call('PUBLISH', P .. 'events', ARGV[2])

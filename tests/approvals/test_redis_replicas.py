@@ -175,3 +175,24 @@ async def test_stored_record_leaves_out_empty_owners_for_older_replicas(replicas
     assert set(plain_record) <= previous_fields and "owners" not in plain_record
     assert owned_record["owners"] == ["bob"]
     assert (await b.get(plain.id)).owners == () and (await b.get(owned.id)).owners == ("bob",)
+
+
+async def test_every_key_of_a_decided_item_ages_out(replicas, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    """Decided items are kept `keep_s` (7 days), then gone: no key of theirs may live forever in Redis."""
+    server, a, b = replicas
+    approved, _ = await a.create_or_join(draft(clock, {"amount": 1}), link_s=1800)
+    await b.decide(approved.id, "alice", "approved", "ok")
+    assert await a.claim_execution(approved.id)
+    denied, _ = await a.create_or_join(draft(clock, {"amount": 2}), link_s=1800)
+    await b.decide(denied.id, "alice", "denied", "no")
+    quorum, _ = await a.create_or_join(draft(clock, {"amount": 3}, quorum=2), link_s=1800)
+    await a.decide(quorum.id, "alice", "approved", None)
+    await b.decide(quorum.id, "bob", "approved", None)
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        for item in (approved, denied, quorum):
+            for key in (f"t:approvals:item:{item.id}", f"t:approvals:voters:{item.id}"):
+                assert await client.exists(key), key
+                assert await client.pttl(key) > 0, f"{key} never expires"
+    finally:
+        await client.aclose()
