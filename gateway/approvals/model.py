@@ -26,10 +26,15 @@ class AlreadyDecided(Exception):
         super().__init__(f"{reason}: approval {approval.id} is {approval.state}")
 
 
-def binding_key(principal_key: str, upstream: str, tool: str, args_digest: str) -> str:
-    """One call's identity for approval purposes: same principal, tool and exact arguments."""
-    raw = "\x1f".join((principal_key, upstream, tool, args_digest))
-    return hashlib.sha256(raw.encode()).hexdigest()
+def binding_key(principal_key: str, upstream: str, tool: str, args_digest: str, chain: tuple[str, ...] = ()) -> str:
+    """One call's identity for approval purposes: same principal, delegation chain, tool and exact arguments.
+
+    The chain is part of the call: approvers decide (and the self-approval rule applies) on the chain they
+    were shown, so the same agent calling through other actors, or directly, needs its own approval. A call
+    without a chain keeps the key it always had (replicas of older versions still join it).
+    """
+    parts = (principal_key, upstream, tool, args_digest, *(("chain", *chain) if chain else ()))
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
 def new_id() -> str:

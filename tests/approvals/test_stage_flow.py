@@ -47,6 +47,28 @@ async def test_non_waiting_client_retries_until_approved(store: Any) -> None:
     assert after.value.reason == "approval_pending" and after.value.data["approval_id"] != approval_id
 
 
+async def test_another_delegation_chain_is_not_covered(store: Any) -> None:
+    """Approvers decided the call with the chain they were shown (and the self-approval rule checked that
+    chain's owners): the same agent calling directly, or through another actor, needs its own approval."""
+    from gateway.context import Actor, Principal
+
+    stage = ApproveStage(store, ApprovalsConfig())
+    base = {"id": "agent-1", "issuer": "https://idp.test", "subject": "agent-1", "attributes": {"tenant": "acme"}}
+    via = {name: Principal(**base, chain=chain) for name, chain in (  # type: ignore[arg-type]
+        ("orchestrator", (Actor("orchestrator"),)), ("direct", ()), ("other", (Actor("bobs-agent"),)))}
+    with pytest.raises(GatewayError) as first:
+        await stage(call_context(principal=via["orchestrator"]))
+    approval_id = first.value.data["approval_id"]
+    await store.decide(approval_id, "alice", "approved", None)
+    for name in ("direct", "other"):
+        with pytest.raises(GatewayError) as other:
+            await stage(call_context(principal=via[name]))
+        assert other.value.reason == "approval_pending" and other.value.data["approval_id"] != approval_id, name
+    ctx = call_context(principal=via["orchestrator"])
+    await stage(ctx)  # the call that was approved still runs, once
+    assert ctx.approval is not None and ctx.approval.id == approval_id
+
+
 async def test_changed_arguments_are_not_covered(store: Any) -> None:
     stage = ApproveStage(store, ApprovalsConfig())
     with pytest.raises(GatewayError) as first:
