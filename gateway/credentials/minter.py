@@ -57,6 +57,17 @@ def scope_of(tool_names: Sequence[str], narrowed: Mapping[str, Any] | None) -> s
     return " ".join(tokens)
 
 
+def token_expiry(now: float, ttl_s: float, task_end: float | None) -> float:
+    """When a token minted now expires: `ttl_s` from now, never after the task's known end.
+
+    Refused only when the task itself ends within a second; a TTL that short (`ttl_s: 1`) is the
+    operator's choice and still gets its token.
+    """
+    if task_end is not None and task_end <= now + 1:
+        raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
+    return now + ttl_s if task_end is None else min(now + ttl_s, task_end)
+
+
 def refresh_margin(ttl_s: float) -> float:
     """How long before expiry a cached token stops being reused: a fifth of its life, 1 to 10 s."""
     return max(1.0, min(10.0, ttl_s / 5))
@@ -100,10 +111,7 @@ class Minter:
         if (hit is not None and hit.reuse_until > now and (task_end is None or hit.claims["exp"] <= task_end)
                 and hit.kid == self.keys.current.kid):
             return hit.token, hit.claims
-        ttl = upstream.credentials.ttl_s
-        exp = now + ttl if task_end is None else min(now + ttl, task_end)
-        if exp <= now + 1:
-            raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
+        exp = token_expiry(now, upstream.credentials.ttl_s, task_end)
         claims: dict[str, Any] = {
             "iss": self.issuer, "aud": audience_of(upstream), "sub": principal.id,
             "scope": scope_of(tool_names, narrowed), "task": task_id, "jti": secrets.token_urlsafe(16),
@@ -124,9 +132,7 @@ class Minter:
                          task_end: float | None = None) -> tuple[str, dict[str, Any]]:
         """The gateway's own token (sub = iss), used as the actor token in token exchange."""
         now = self._clock()
-        exp = now + ttl_s if task_end is None else min(now + ttl_s, task_end)
-        if exp <= now + 1:
-            raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
+        exp = token_expiry(now, ttl_s, task_end)
         claims = {"iss": self.issuer, "aud": audience, "sub": self.issuer, "task": task_id,
                   "jti": secrets.token_urlsafe(16), "iat": int(now), "exp": int(exp)}
         return (await self._sign_recorded(claims, task_id))[0], claims

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import aiohttp
+import jwt
+from mcp.server.mcpserver import MCPServer
+
 from tests.credentials.upstream import JwksVerifier, bound_socket, guarded_payments, serve_upstream
 from tests.support.mcp_client import sdk_client
+from tests.support.servers import SeenRequest, run_http_server
 
 
 async def test_gateway_attaches_minted_credential_only(start_gateway, permissive_policies, tmp_path) -> None:
@@ -30,3 +38,39 @@ async def test_gateway_attaches_minted_credential_only(start_gateway, permissive
         assert all(c["iss"] == gw.url and c["aud"] == upstream_url for c in verifier.accepted)
         assert claims["iss"] == gw.url and claims["aud"] == upstream_url and claims["args"] == {"account": "acme-1"}
         assert verifier.rejections == []
+
+
+async def test_one_second_ttl_is_minted_and_expires(start_gateway, permissive_policies, tmp_path) -> None:
+    """`ttl_s: 1` is valid config: calls get a token living at most a second (it used to be refused as if the
+    task had ended), and introspection turns inactive once it has expired."""
+    seen: list[SeenRequest] = []
+    async with run_http_server(payments_server(), requests=seen) as upstream_url:
+        gw = await start_gateway({
+            "upstreams": [{"name": "payments", "url": upstream_url, "credentials": {"mode": "minted", "ttl_s": 1}}],
+            "policies": {"dir": str(permissive_policies)}, "signing": {"key_dir": str(tmp_path / "keys")}})
+        async with sdk_client(gw.mcp) as client:
+            result = await client.call_tool("payments__pay", {"account": "acme-1", "amount": 3})
+            assert not result.is_error, result
+        tokens = [s.headers["authorization"].removeprefix("Bearer ") for s in seen if "authorization" in s.headers]
+        claims = [jwt.decode(t, options={"verify_signature": False}) for t in tokens]
+        (call_token,) = [t for t, c in zip(tokens, claims, strict=True) if c["scope"] == "pay"]
+        assert all(0 < c["exp"] - c["iat"] <= 1 for c in claims)
+        async with aiohttp.ClientSession() as http:
+            deadline = asyncio.get_running_loop().time() + 5
+            while True:
+                async with http.post(f"{gw.url}/oauth/introspect", data={"token": call_token}) as resp:
+                    if (await resp.json()) == {"active": False}:
+                        break
+                assert asyncio.get_running_loop().time() < deadline, "a 1 s token still active after 5 s"
+                await asyncio.sleep(0.1)  # polling the token's expiry, bounded by the deadline
+
+
+def payments_server() -> MCPServer[Any]:
+    server: MCPServer[Any] = MCPServer("payments")
+
+    @server.tool()
+    def pay(account: str, amount: int) -> str:
+        """Pay `amount` to `account`."""
+        return f"paid {amount} to {account}"
+
+    return server
