@@ -88,6 +88,18 @@ def distinctive(name: str) -> bool:
     return bool(DISTINCTIVE.search(name)) or len(name) >= DISTINCTIVE_LENGTH
 
 
+def _effective_pin(config_pin: str | None, record: Mapping[str, Any], digest: str) -> str | None:
+    """The hash a tool's definition `digest` must match: the stored pin, or the config's pin if it has
+    one, unless an administrator approved exactly `digest` since. Without that exception a
+    re-approval of a config-pinned tool would be recorded and reported, yet never lift its quarantine."""
+    stored = record.get("hash")
+    if not config_pin:
+        return stored if isinstance(stored, str) else None
+    if stored == digest and record.get("by") != "first-use":
+        return digest
+    return config_pin
+
+
 class ToolGuard:
     """Checks listed tools against their pins; decides which may be shown and called."""
 
@@ -116,7 +128,7 @@ class ToolGuard:
             name = str(tool.get("name"))
             digest = definition_hash(tool)
             override = config.tools.get(name)
-            pinned = override.pin if override and override.pin else (pins.get(name) or {}).get("hash")
+            pinned = _effective_pin(override.pin if override else None, pins.get(name) or {}, digest)
             if pinned is None:
                 if self._mode == "strict":
                     quarantined.append(name)

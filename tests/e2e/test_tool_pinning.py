@@ -80,13 +80,15 @@ class Env:
 
 
 async def make_env(start_gateway: Any, tmp_path: Path, policies: Path, mode: str,
-                   billing_tools: dict[str, types.Tool] | None = None, **pinning: Any) -> AsyncIterator[Env]:
+                   billing_tools: dict[str, types.Tool] | None = None, infra_labels: dict[str, Any] | None = None,
+                   **pinning: Any) -> AsyncIterator[Env]:
     issuer = TestIssuer(tmp_path)
     tools, calls = {"deploy": tool("deploy")}, []
     async with run_http_server(mutable_server(tools, calls)) as url, \
             run_http_server(mutable_server(billing_tools or {})) as other:
         gw = await start_gateway({
-            "upstreams": [{"name": "infra", "url": url}, {"name": "billing", "url": other}],
+            "upstreams": [{"name": "infra", "url": url, "tools": infra_labels or {}},
+                          {"name": "billing", "url": other}],
             "identity": {"mode": "jwt", "issuers": [issuer.config()]},
             "policies": {"dir": str(policies)},
             "pinning": {"mode": mode, **pinning},
@@ -257,3 +259,25 @@ async def test_an_unreadable_static_key_does_not_stop_the_watcher(start_gateway:
             while (await env.record("deploy"))["state"] != "quarantined":
                 await asyncio.sleep(0.02)  # polling the API (bounded by the deadline above)
         assert "Unknown tool" in await env.call("infra__deploy")
+
+
+async def test_reapproval_lifts_the_quarantine_of_a_config_pinned_tool(start_gateway: Any, tmp_path: Path,
+                                                                      permissive_policies: Path) -> None:
+    """A config pin that no longer matches quarantines; an administrator's approval of the definition
+    served now must make it callable (it used to be recorded, answered 200, and change nothing)."""
+    stale = "sha256:" + "0" * 64
+    async for env in make_env(start_gateway, tmp_path, permissive_policies, "tofu",
+                              infra_labels={"deploy": {"pin": stale}}):
+        assert "infra__deploy" not in await env.names()
+        assert "Unknown tool" in await env.call("infra__deploy")
+        record = await env.record("deploy")
+        assert record["state"] == "quarantined"
+        status, pinned = await env.admin("POST", "/api/tools/infra/deploy/approve", {})
+        assert status == 200 and pinned["hash"] == record["seen"]
+        assert await env.call("infra__deploy") == "ran deploy"
+        assert "infra__deploy" in await env.names()
+        assert (await env.record("deploy"))["state"] == "pinned"
+        env.tools["deploy"] = tool("deploy", destructive=True)  # a later rug pull is caught again
+        assert "infra__deploy" not in await env.names()
+        assert "Unknown tool" in await env.call("infra__deploy")
+        assert env.calls == ["deploy"]
