@@ -156,6 +156,10 @@ def classify(body: dict[str, Any]) -> Message:
     if "method" in body:
         if not isinstance(body["method"], str) or not body["method"]:
             raise GatewayError("invalid_request", "Invalid request: method must be a non-empty string")
+        if "params" in body and body["params"] is None:
+            # `"params": null` is what several clients send for "no params", and the SDK's own server
+            # reads it so: a transparent gateway must not refuse what the servers behind it accept.
+            del body["params"]
         if "params" in body:
             if not isinstance(body["params"], dict):
                 raise GatewayError("invalid_request", "Invalid request: params must be an object")

@@ -172,7 +172,9 @@ class Router:
         if not isinstance(name, str) or not name:
             raise GatewayError("invalid_params", "Invalid params: tools/call needs a tool name")
         if "arguments" in inbound.params and not isinstance(inbound.params["arguments"], dict):
-            raise GatewayError("invalid_params", "Invalid params: arguments must be an object")
+            if inbound.params["arguments"] is not None:
+                raise GatewayError("invalid_params", "Invalid params: arguments must be an object")
+            del inbound.params["arguments"]  # null = no arguments, as the SDK's servers read it
         target = self._target(inbound, name)
         if target is None:
             raise not_found("call_tool", name)

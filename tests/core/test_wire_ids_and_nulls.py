@@ -1,0 +1,56 @@
+"""What the SDK's own servers accept on the wire, the gateway accepts too: `params: null`, `arguments: null`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.demo.servers import inventory_server
+from tests.core.test_http_edge import INIT, post, session_id
+from tests.support.servers import run_http_server
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+async def gw(start_gateway, permissive_policies) -> AsyncIterator[Any]:
+    async with run_http_server(inventory_server()) as url:
+        yield await start_gateway({"upstreams": [{"name": "inventory", "url": url}],
+                                   "policies": {"dir": str(permissive_policies)}})
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.mark.parametrize("path", ["", "/inventory"])
+async def test_null_params_and_null_arguments_mean_none(gw, http, path):
+    url = gw.mcp + path
+    sid = await session_id(http, url)
+    headers = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": INIT["params"]["protocolVersion"]}
+    status, _, body = await post(http, url, {"jsonrpc": "2.0", "id": 0, "method": "ping", "params": None}, headers)
+    assert status == 200 and body == {"jsonrpc": "2.0", "id": 0, "result": {}}
+    status, _, body = await post(http, url, {"jsonrpc": "2.0", "id": "l", "method": "tools/list", "params": None},
+                                 headers)
+    assert status == 200 and body["id"] == "l" and body["result"]["tools"], body
+    name = "inventory__list_skus" if path == "" else "list_skus"
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": name, "arguments": None}}
+    status, _, body = await post(http, url, call, headers)
+    assert status == 200 and body["result"]["structuredContent"] == {"result": ["gadget", "gizmo", "widget"]}, body
+
+
+async def test_null_params_member_of_a_batch_is_answered(gw, http):
+    init = {**INIT, "params": {**INIT["params"], "protocolVersion": "2025-03-26"}}
+    status, headers, _ = await post(http, gw.mcp, init)
+    assert status == 200
+    sid = headers["Mcp-Session-Id"]
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": None},
+             {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": None}]
+    status, _, body = await post(http, gw.mcp, batch, {"Mcp-Session-Id": sid})
+    assert status == 200
+    assert sorted(reply["id"] for reply in body) == [1, 2] and all("result" in reply for reply in body), body
