@@ -104,6 +104,27 @@ def test_schema_generation_catches_a_mistyped_argument(demo_tools_json: Path, po
     assert bad.returncode == 1 and "policy 'typo'" in bad.stderr and "Long and String" in bad.stderr
 
 
+def test_generated_schema_parses_for_any_legal_upstream_and_tool_names(policy_dir: Path, tmp_path: Path) -> None:
+    # Upstream names may start with a digit and tool names `get-x` / `get_x` differ only in what the
+    # type name replaces: the generated per-tool types used to be invalid or declared twice.
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps({
+        "9up": {"tools": [{"name": "get-x", "inputSchema": {"properties": {"a": {"type": "string"}}}},
+                          {"name": "get_x", "inputSchema": {"properties": {"b": {"type": "integer"}}}}]},
+        "9up_get": {"tools": [{"name": "x", "inputSchema": {"properties": {"c": {"type": "boolean"}}}}]},
+    }))
+    config = tmp_path / "customs.yaml"
+    config.write_text("upstreams:\n  - {name: 9up, url: http://127.0.0.1:9001/mcp}\n"
+                      "  - {name: 9up_get, url: http://127.0.0.1:9002/mcp}\n"
+                      f"policies: {{dir: {policy_dir}}}\n")
+    result = run("schema", "--config", config, "--tools-json", tools, "-o", policy_dir / "schema.cedarschema")
+    assert result.returncode == 0, result.stderr
+    schema = (policy_dir / "schema.cedarschema").read_text()
+    assert '"a"?: String' in schema and '"b"?: Long' in schema and '"c"?: Bool' in schema
+    checked = run("validate", policy_dir)
+    assert checked.returncode == 0, checked.stderr
+
+
 def test_schema_errors(tmp_path: Path) -> None:
     missing = run("schema", "--policies", SHIPPED)
     assert missing.returncode == 2 and "--tools-json" in missing.stderr
