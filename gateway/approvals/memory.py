@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,19 +23,33 @@ class MemoryApprovalStore:
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.time, history: int = 10_000,
-                 on_event: EventSink | None = None) -> None:
+                 on_event: EventSink | None = None, sweep_s: float = 5.0) -> None:
         self.on_event = on_event
         self._clock = clock
         self._history = history
+        self._sweep_s = sweep_s
+        self._sweeper: asyncio.Task[None] | None = None
         self._items: OrderedDict[str, Approval] = OrderedDict()
         self._keys: dict[str, tuple[str, float]] = {}  # binding key -> (id, link expiry)
         self._changed: dict[str, asyncio.Event] = {}
         self._listeners: list[Listener] = []
 
     async def start(self) -> None:
-        return None
+        """Expire due items every `sweep_s` (as the Redis store's housekeeping does): the `expired` change
+        reaches the decision log and the page's live updates when the time is up, not when someone looks."""
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="approvals-expiry")
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_s)  # a periodic timer, not synchronisation
+            await self.expire_due()
 
     async def close(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         for changed in self._changed.values():
             changed.set()
 
