@@ -60,6 +60,8 @@ class CredentialStage:
         mode = upstream.credentials.mode
         ctx.credential_mode = mode
         ctx.credential_audience = audience_of(upstream) if mode in ("minted", "token_exchange") else None
+        if ctx.credential_audience is not None:
+            await self.tasks.ensure_live(ctx.task_id)  # not a cached token of a task ended on another replica
         try:
             ctx.upstream_headers = await self._modes[mode](ctx, upstream)
         except GatewayError:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from gateway.context import CallContext, Principal
 from gateway.credentials.revocation import RevocationStore
+from gateway.errors import GatewayError
 from gateway.timefmt import rfc3339_ms
 
 log = logging.getLogger("customs.credentials.tasks")
@@ -138,6 +139,26 @@ class TaskTracker:
                     "principal": task.principal_key if task else None, "jtis": jtis, "count": len(jtis),
                     "time": rfc3339_ms(self._clock())})  # the decision log's own time format
         return jtis
+
+    async def ensure_live(self, task_id: str) -> None:
+        """Refuse an explicit task that has ended, on this replica or another one sharing the store.
+
+        Such a task is known to every replica its agent calls through, and each keeps cached credentials
+        for it; only the replica that ended it dropped them. Session and idle-window tasks live on one
+        replica, whose own end_task already dropped them, so they need no store round trip.
+        """
+        task = self._tasks.get(task_id)
+        if task is None or task.kind != "explicit":
+            return
+        try:
+            ended = await self.revocations.is_ended(task_id)
+        except Exception as exc:  # fail closed: a cached token may be a revoked one
+            raise GatewayError("credential_unavailable", "Revocation store unavailable") from exc
+        if ended:
+            self._tasks.pop(task_id, None)  # ended elsewhere: no revocation (or event) of ours to add
+            for callback in self._on_end:
+                callback(task_id)
+            raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
 
     async def session_ended(self, session_id: str) -> list[str]:
         return await self.end_task(session_task_id(session_id), "session_end")

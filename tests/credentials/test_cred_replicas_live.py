@@ -1,0 +1,81 @@
+"""Two real gateways on one redis-server: a task ended through one replica is over on the other one too."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+from mcp.server.mcpserver import MCPServer
+
+from tests.support.servers import SeenRequest, run_http_server
+
+ACCEPT = "application/json, text/event-stream"
+
+
+class Agent:
+    """A bare streamable-HTTP client of one gateway endpoint: one session, raw JSON-RPC."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+        self.http, self.url, self.session_id, self.ids = http, url, "", 0
+
+    async def post(self, message: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+        headers = {"Accept": ACCEPT, "MCP-Protocol-Version": "2025-06-18"}
+        if self.session_id:
+            headers["Mcp-Session-Id"] = self.session_id
+        async with self.http.post(self.url, json=message, headers=headers) as resp:
+            self.session_id = resp.headers.get("Mcp-Session-Id", self.session_id)
+            text = await resp.text()
+        data = [line[5:] for line in text.splitlines() if line.startswith("data:")]
+        body = data[-1] if data else text
+        return resp.status, json.loads(body) if body.strip() else None
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.ids += 1
+        status, body = await self.post({"jsonrpc": "2.0", "id": self.ids, "method": method, "params": params})
+        assert status == 200 and body is not None, (status, body)
+        return body
+
+    async def open(self) -> None:
+        await self.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                          "clientInfo": {"name": "agent", "version": "1"}})
+        await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+
+def payments_server() -> MCPServer[Any]:
+    server: MCPServer[Any] = MCPServer("payments")
+
+    @server.tool()
+    def pay(account: str, amount: int) -> str:
+        """Pay `amount` to `account`."""
+        return f"paid {amount} to {account}"
+
+    return server
+
+
+async def test_task_ended_on_one_replica_is_refused_by_the_other(start_gateway, permissive_policies, tmp_path,
+                                                                 redis_server) -> None:
+    """The other replica had a cached token for the task: it used to keep forwarding calls with that revoked
+    token. Now it answers credential_unavailable (task_ended) and sends the upstream nothing."""
+    seen: list[SeenRequest] = []
+    async with run_http_server(payments_server(), requests=seen) as upstream_url:
+        config = {"listen": {"public_url": "http://customs.test"},
+                  "upstreams": [{"name": "payments", "url": upstream_url, "credentials": {"mode": "minted"}}],
+                  "store": {"redis": {"url": redis_server.url}}, "policies": {"dir": str(permissive_policies)},
+                  "signing": {"key_dir": str(tmp_path / "keys")}}
+        a, b = await start_gateway(config), await start_gateway(config)
+        call = {"name": "payments__pay", "arguments": {"account": "acme-1", "amount": 3},
+                "_meta": {"customs/task": "order-42"}}
+        async with aiohttp.ClientSession() as http:
+            on_a, on_b = Agent(http, a.mcp), Agent(http, b.mcp)
+            await on_a.open()
+            await on_b.open()
+            for agent in (on_a, on_b):
+                assert "result" in await agent.request("tools/call", call)
+            status, _ = await on_a.post({"jsonrpc": "2.0", "method": "notifications/customs/task_end",
+                                         "params": {"task": "order-42"}})
+            assert status == 202
+            before = len(seen)
+            answer = await on_b.request("tools/call", call)
+        assert answer["error"]["data"] == {"reason": "credential_unavailable", "task_ended": True}
+        assert [s for s in seen[before:] if s.method == "POST"] == []
