@@ -193,7 +193,7 @@ class WebhookConfig(Model):
 
 
 class ApprovalsConfig(Model):
-    ttl_s: int = Field(900, gt=0)
+    ttl_s: float = Field(900.0, gt=0)  # seconds; fractions are fine (short expiries in tests and demos)
     webhooks: tuple[WebhookConfig, ...] = ()
     redact_keys: tuple[str, ...] = ()
     wait_s: float = Field(840.0, ge=0)  # how long a held request stays open before answering approval_pending

@@ -336,3 +336,11 @@ def test_jwt_identity_on_any_address_is_not_warned_about(tmp_path: Path,
                   identity={"mode": "jwt", "issuers": [issuer.config()]})
     code, _out, err = _check(path, capsys)
     assert code == 0 and err == ""
+
+
+def test_approval_ttl_may_be_fractional() -> None:
+    """`approvals.ttl_s` is seconds like every other `_s` setting: 0.5 is a valid (short) expiry, 0 is not."""
+    base = {"upstreams": [{"name": "a", "url": "http://127.0.0.1:9/mcp"}]}
+    assert parse_config({**base, "approvals": {"ttl_s": 0.5}}).approvals.ttl_s == 0.5
+    with pytest.raises(ConfigError):
+        parse_config({**base, "approvals": {"ttl_s": 0}})
