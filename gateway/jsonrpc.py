@@ -58,6 +58,27 @@ class Batch(GatewayError):
         self.items = items
 
 
+class Invalid(GatewayError):
+    """A refused message whose own id could be read: JSON-RPC answers it with that id (null is only for
+    an id that cannot be read), so a client waiting on the id learns why instead of waiting forever."""
+
+    def __init__(self, cause: GatewayError, request_id: Any) -> None:
+        super().__init__(cause.reason, cause.message, data=cause.data)
+        self.request_id = request_id
+
+
+def refused_id(exc: BaseException, default: Any = None) -> Any:
+    """The id an error about an inbound message answers (`Invalid` carries the message's own)."""
+    return exc.request_id if isinstance(exc, Invalid) else default
+
+
+def _with_id(exc: GatewayError, body: dict[str, Any]) -> GatewayError:
+    request_id = body.get("id")
+    if "result" in body or "error" in body or not _valid_id(request_id) or isinstance(exc, Invalid):
+        return exc  # a response is never answered, and an unreadable id is answered as null
+    return Invalid(exc, request_id)
+
+
 def _depth_ok(value: Any, limit: int) -> bool:
     """Iterative depth check: recursion on attacker-controlled nesting is itself a risk."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -90,9 +111,12 @@ def parse(raw: bytes, *, max_depth: int = 64) -> Message:
     if not isinstance(body, dict):
         raise GatewayError("invalid_request", "Invalid request: expected a JSON object")
     # A message cannot nest deeper than it has brackets: most are far too small to need the walk.
-    if raw.count(b"{") + raw.count(b"[") >= max_depth and not _depth_ok(body, max_depth):
-        raise GatewayError("invalid_request", f"Invalid request: JSON nested deeper than {max_depth}")
-    return classify(body)
+    try:
+        if raw.count(b"{") + raw.count(b"[") >= max_depth and not _depth_ok(body, max_depth):
+            raise GatewayError("invalid_request", f"Invalid request: JSON nested deeper than {max_depth}")
+        return classify(body)
+    except GatewayError as exc:
+        raise _with_id(exc, body) from None
 
 
 def fast_loads(raw: bytes | str) -> Any:
@@ -208,7 +232,7 @@ def classify_batch(items: list[Any]) -> list[Message | GatewayError]:
                 raise GatewayError("invalid_request", "Invalid request: expected a JSON object")
             out.append(classify(item))
         except GatewayError as exc:
-            out.append(exc)
+            out.append(_with_id(exc, item) if isinstance(item, dict) else exc)
     return out
 
 

@@ -36,8 +36,8 @@ async def answer_batch(endpoint: McpEndpoint, request: web.Request, view: str | 
     replies: list[dict[str, Any]] = []
     requests: list[jsonrpc.Message] = []
     for message in messages:
-        if isinstance(message, GatewayError):  # JSON-RPC: an invalid member is answered with id null
-            replies.append(to_wire(message, None)[0])
+        if isinstance(message, GatewayError):  # JSON-RPC: an invalid member, with its id when readable
+            replies.append(to_wire(message, jsonrpc.refused_id(message))[0])
         elif message.kind == "request" and message.method == "initialize":
             refused = GatewayError("invalid_request", "Invalid request: initialize must not be part of a batch")
             replies.append(to_wire(refused, message.id)[0])

@@ -82,7 +82,7 @@ class LegacySseEndpoint:
                 task = asyncio.create_task(self._run(session, principal, message, observed))
                 session.inflight[message.id] = task
         except GatewayError as exc:
-            return error_response(exc, request_id)
+            return error_response(exc, jsonrpc.refused_id(exc, request_id))
         return web.Response(status=202, text="Accepted")
 
     def _find(self, session_id: str, principal: Any) -> Session:

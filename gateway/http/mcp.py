@@ -112,7 +112,7 @@ class McpEndpoint:
         except jsonrpc.Batch as batch:  # a JSON array: answered only in 2025-03-26 sessions
             return await answer_batch(self, request, view, principal, batch, sse_ok)
         except GatewayError as exc:
-            return error_response(exc, request_id)
+            return error_response(exc, jsonrpc.refused_id(exc, request_id))
         except _ModernRejection as exc:
             return exc.response
 

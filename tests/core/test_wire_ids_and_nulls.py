@@ -54,3 +54,41 @@ async def test_null_params_member_of_a_batch_is_answered(gw, http):
     status, _, body = await post(http, gw.mcp, batch, {"Mcp-Session-Id": sid})
     assert status == 200
     assert sorted(reply["id"] for reply in body) == [1, 2] and all("result" in reply for reply in body), body
+
+
+@pytest.mark.parametrize(("body", "request_id"), [
+    ({"jsonrpc": "1.0", "id": 11, "method": "ping"}, 11),
+    ({"jsonrpc": "2.0", "id": "s", "method": "tools/list", "params": [1]}, "s"),
+    ({"jsonrpc": "2.0", "id": 0, "method": "notifications/x"}, 0),
+    ({"jsonrpc": "2.0", "id": 5, "method": "ping", "params": {"_meta": 3}}, 5),
+    ({"jsonrpc": "2.0", "id": [1], "method": "ping"}, None),  # an id that cannot be used is answered as null
+    ({"jsonrpc": "2.0", "id": 3, "result": {}, "error": {}}, None),  # a response is never answered with its id
+])
+async def test_an_invalid_request_is_answered_with_its_own_id(gw, http, body, request_id):
+    """JSON-RPC: id null only when the id cannot be read; a client waiting on its id must get the error."""
+    sid = await session_id(http, gw.mcp)
+    status, _, reply = await post(http, gw.mcp, body, {"Mcp-Session-Id": sid})
+    assert status == 400 and reply["error"]["data"]["reason"] == "invalid_request", reply
+    assert reply["id"] == request_id
+
+
+async def test_an_invalid_batch_member_is_answered_with_its_own_id(gw, http):
+    init = {**INIT, "params": {**INIT["params"], "protocolVersion": "2025-03-26"}}
+    _, headers, _ = await post(http, gw.mcp, init)
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "id": "bad", "method": 7},
+             {"jsonrpc": "2.0", "id": 2, "method": "ping", "params": "x"}]
+    status, _, body = await post(http, gw.mcp, batch, {"Mcp-Session-Id": headers["Mcp-Session-Id"]})
+    assert status == 200
+    errors = {reply["id"]: reply["error"]["data"]["reason"] for reply in body if "error" in reply}
+    assert errors == {"bad": "invalid_request", 2: "invalid_request"}, body
+
+
+async def test_legacy_sse_invalid_request_is_answered_with_its_own_id(gw, http):
+    async with http.get(f"{gw.url}/sse") as stream:
+        endpoint = ""
+        async for line in stream.content:
+            if line.startswith(b"data:"):
+                endpoint = line[5:].strip().decode()
+                break
+        status, _, reply = await post(http, f"{gw.url}{endpoint}", {"jsonrpc": "2.0", "id": 9, "method": ""})
+    assert status == 400 and reply["id"] == 9 and reply["error"]["code"] == -32600, reply
