@@ -72,7 +72,7 @@ class RedisApprovalStore:
         self._heartbeat_s = heartbeat_s
         self._keep_ms = int(keep_s * 1000)
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in (
-            "CREATE_OR_JOIN", "DECIDE", "CANCEL", "CLAIM", "HEARTBEAT", "HOLD", "ABANDON")}
+            "CREATE_OR_JOIN", "DECIDE", "CANCEL", "CLAIM", "HEARTBEAT", "HOLD", "ABANDON", "PRUNE")}
         self._changed: dict[str, asyncio.Event] = {}
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -121,6 +121,7 @@ class RedisApprovalStore:
                 await self.heartbeat()
                 await self.expire_due()
                 await self.sweep_abandoned()
+                await self.prune_history()
             except GatewayError:
                 log.debug("approval housekeeping skipped: redis unavailable")
             except Exception:
@@ -288,6 +289,12 @@ class RedisApprovalStore:
         # The `pending` index is scored by expiry: items past it (not yet expired by housekeeping) are
         # left out, so every replica reports the same number whatever its sweep timing. O(log n).
         return int(await self._run(self._client.zcount(self._p + "pending", f"({self._clock()!r}", "+inf")))
+
+    async def prune_history(self, batch: int = 500) -> int:
+        """Drop `all` entries whose item aged out (kept `keep_s` after its decision). Listings drop the ones
+        they come across, but they read the newest first: without this the index grows forever."""
+        cutoff = self._clock() - self._keep_ms / 1000
+        return int(await self._script("PRUNE", cutoff, batch))
 
     async def heartbeat(self) -> None:
         await self._script("HEARTBEAT", self.holder)

@@ -137,3 +137,16 @@ if live == 0 and dead > 0 then
 end
 return 0
 """
+
+# ARGV: prefix, cutoff (created_at), max  -> how many `all` entries were dropped: those whose item aged out
+PRUNE: Final = _HELPERS + """
+local ids = redis.call('ZRANGEBYSCORE', P .. 'all', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local gone = 0
+for _, id in ipairs(ids) do
+  if redis.call('EXISTS', item_key(id)) == 0 then
+    redis.call('ZREM', P .. 'all', id)
+    gone = gone + 1
+  end
+end
+return gone
+"""

@@ -196,3 +196,26 @@ async def test_every_key_of_a_decided_item_ages_out(replicas, clock: Clock) -> N
                 assert await client.pttl(key) > 0, f"{key} never expires"
     finally:
         await client.aclose()
+
+
+async def test_history_index_forgets_items_that_aged_out(redis_factory: Callable[..., RedisServer],
+                                                         clock: Clock) -> None:
+    """The `all` index must not keep ids of items gone from Redis: listings read the newest first and never
+    reach the old ones, so housekeeping prunes them."""
+    server = redis_factory()
+    store = RedisApprovalStore.from_url(server.url, "t:", clock=clock, heartbeat_s=0.1, keep_s=0.3)
+    await store.start()
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        item, _ = await store.create_or_join(draft(clock), link_s=1800)
+        await store.decide(item.id, "alice", "denied", "no")
+        clock.advance(1.0)  # past keep_s: the item's hash expires in Redis's own time too (0.3 s)
+
+        async def pruned() -> bool:
+            return not await client.exists(f"t:approvals:item:{item.id}") and \
+                await client.zscore("t:approvals:all", item.id) is None
+
+        await eventually(pruned)
+    finally:
+        await client.aclose()
+        await store.close()
