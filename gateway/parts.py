@@ -71,7 +71,7 @@ class Parts:
         return self.engine
 
     async def session_ended(self, session: Session) -> None:
-        await self.credentials.session_ended(session.id)
+        await self.credentials.session_ended(session.id, session.principal_key)
 
     async def reload(self, config_path: Path | None, running: Config | None = None) -> bool:
         """SIGHUP: re-validate the config file, reload the policies (atomically, last good set kept) and

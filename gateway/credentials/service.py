@@ -135,9 +135,9 @@ class CredentialService:
         self._keys_changed.set()
         return changed
 
-    async def session_ended(self, session_id: str) -> list[str]:
+    async def session_ended(self, session_id: str, principal_key: str | None = None) -> list[str]:
         """Call when an MCP session ends (DELETE, idle expiry): revokes its task's credentials."""
-        return await self.tasks.session_ended(session_id)
+        return await self.tasks.session_ended(session_id, principal_key)
 
     async def connect_headers(self, principal: Principal, upstream: str, task_id: str) -> dict[str, str]:
         """Credential header for an upstream session's set-up requests (initialize, listings)."""

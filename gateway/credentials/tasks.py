@@ -127,7 +127,7 @@ class TaskTracker:
                             principal.expires_at if principal is not None else None) if t is not None]
         return min(ends) if ends else None
 
-    async def end_task(self, task_id: str, reason: str = "explicit") -> list[str]:
+    async def end_task(self, task_id: str, reason: str = "explicit", principal_key: str | None = None) -> list[str]:
         """End a task: revoke its credentials (in the shared store), drop caches, log the revocation."""
         task = self._tasks.pop(task_id, None)
         if task is not None and task.kind == "idle":
@@ -136,7 +136,7 @@ class TaskTracker:
         for callback in self._on_end:
             callback(task_id)
         self._emit({"event": "credentials_revoked", "task_id": task_id, "reason": reason,
-                    "principal": task.principal_key if task else None, "jtis": jtis, "count": len(jtis),
+                    "principal": task.principal_key if task else principal_key, "jtis": jtis, "count": len(jtis),
                     "time": rfc3339_ms(self._clock())})  # the decision log's own time format
         return jtis
 
@@ -160,8 +160,10 @@ class TaskTracker:
                 callback(task_id)
             raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
 
-    async def session_ended(self, session_id: str) -> list[str]:
-        return await self.end_task(session_task_id(session_id), "session_end")
+    async def session_ended(self, session_id: str, principal_key: str | None = None) -> list[str]:
+        """`principal_key`: the session's owner, named in the event even if no call ever resolved its task
+        (its set-up requests carried credentials all the same)."""
+        return await self.end_task(session_task_id(session_id), "session_end", principal_key)
 
     async def sweep(self) -> list[str]:
         """End explicit and idle-window tasks unused for `idle_s` (sessions end with their session)."""

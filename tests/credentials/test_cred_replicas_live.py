@@ -79,3 +79,25 @@ async def test_task_ended_on_one_replica_is_refused_by_the_other(start_gateway, 
             answer = await on_b.request("tools/call", call)
         assert answer["error"]["data"] == {"reason": "credential_unavailable", "task_ended": True}
         assert [s for s in seen[before:] if s.method == "POST"] == []
+
+
+async def test_revocation_event_of_a_session_without_calls_names_its_principal(start_gateway, permissive_policies,
+                                                                               tmp_path) -> None:
+    """Only the session's set-up requests carried credentials: the `credentials_revoked` event at its DELETE
+    used to say `"principal": null`."""
+    log_path = tmp_path / "decisions.jsonl"
+    async with run_http_server(payments_server()) as upstream_url:
+        gw = await start_gateway({
+            "upstreams": [{"name": "payments", "url": upstream_url, "credentials": {"mode": "minted"}}],
+            "policies": {"dir": str(permissive_policies)}, "signing": {"key_dir": str(tmp_path / "keys")},
+            "decision_log": {"path": str(log_path)}})
+        async with aiohttp.ClientSession() as http:
+            agent = Agent(http, f"{gw.url}/mcp/payments")
+            await agent.open()  # the pass-through endpoint opens the upstream session with a minted token
+            async with http.delete(agent.url, headers={"Mcp-Session-Id": agent.session_id,
+                                                       "MCP-Protocol-Version": "2025-06-18"}) as resp:
+                assert resp.status in (200, 204)
+    events = [json.loads(line) for line in log_path.read_text().splitlines()]
+    (revoked,) = [e for e in events if e.get("type") == "credentials_revoked"]
+    assert revoked["reason"] == "session_end" and revoked["count"] >= 1
+    assert isinstance(revoked["principal"], str) and revoked["principal"]
