@@ -117,10 +117,13 @@ def require_json(request: web.Request) -> None:
 
 
 def accepts(request: web.Request) -> tuple[bool, bool]:
-    """(accepts JSON, accepts SSE). A missing Accept header accepts anything."""
+    """(accepts JSON, accepts SSE). A missing Accept header accepts JSON. Media ranges count as HTTP
+    defines them (`*/*`, `application/*`, `text/*`), as the SDK's own server reads them."""
     accept = request.headers.get("Accept")
     if not accept:
         return True, False
     parts = {p.split(";")[0].strip().lower() for p in accept.split(",")}
-    any_type = "*/*" in parts
-    return ("application/json" in parts or any_type), ("text/event-stream" in parts)
+    if "*/*" in parts:
+        return True, True
+    json_ok = "application/json" in parts or "application/*" in parts
+    return json_ok, ("text/event-stream" in parts or "text/*" in parts)

@@ -1,7 +1,9 @@
-"""What the SDK's own servers accept on the wire, the gateway accepts too: `params: null`, `arguments: null`."""
+"""What the SDK's own servers accept on the wire, the gateway accepts too (`params: null`, `arguments: null`,
+Accept media ranges), and an invalid request is answered with its own id."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -92,3 +94,19 @@ async def test_legacy_sse_invalid_request_is_answered_with_its_own_id(gw, http):
                 break
         status, _, reply = await post(http, f"{gw.url}{endpoint}", {"jsonrpc": "2.0", "id": 9, "method": ""})
     assert status == 400 and reply["id"] == 9 and reply["error"]["code"] == -32600, reply
+
+
+@pytest.mark.parametrize(("accept", "json_ok", "sse_ok"), [
+    ("*/*", True, True), ("application/*, text/*", True, True), ("application/*", True, False),
+    ("text/*", False, True), ("application/json;q=0.9, text/event-stream", True, True), ("text/html", False, False),
+])
+async def test_accept_media_ranges_count_as_http_defines_them(gw, http, accept, json_ok, sse_ok):
+    sid = await session_id(http, gw.mcp)
+    ping = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    headers = {"Content-Type": "application/json", "Accept": accept, "Mcp-Session-Id": sid}
+    async with http.post(gw.mcp, data=ping, headers=headers) as resp:
+        assert resp.status == (200 if json_ok else 406), await resp.text()
+    async with http.get(gw.mcp, headers={"Accept": accept, "Mcp-Session-Id": sid}) as resp:
+        assert resp.status == (200 if sse_ok else 406)
+        if sse_ok:
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
