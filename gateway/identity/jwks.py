@@ -4,7 +4,8 @@ Key objects are built once when a key set is loaded (PyJWT `PyJWK` → cryptogra
 token. Symmetric (`oct`) keys and keys marked for encryption are dropped: access tokens are only
 accepted with asymmetric signatures. A JWKS URL is fetched with a timeout and a response size
 bound; an unknown `kid` triggers at most one refetch per cool-down, so a flood of forged kids
-cannot turn the gateway into a request amplifier against the IdP.
+cannot turn the gateway into a request amplifier against the IdP. A JWKS file is re-read on an unknown
+`kid` as soon as it changed (a stat per miss).
 """
 
 from __future__ import annotations
@@ -129,8 +130,14 @@ def select(keys: Iterable[VerifyKey], kid: str | None) -> list[VerifyKey]:
 
 
 class FileKeySource:
-    """A JWKS or PEM file, read at construction; re-read (at most once per cool-down) on an unknown kid
-    when the file changed, so key rotation by replacing the file needs no restart."""
+    """A JWKS or PEM file, read at construction; re-read on an unknown kid whenever the file changed, so key
+    rotation by replacing the file needs no restart and takes effect with the first token of the new key.
+
+    A local file needs no cool-down (unlike a URL, a miss costs one stat(), not a request to the IdP): a
+    cool-down would refuse the new key for up to its length after start-up or after any forged kid. A
+    changed file that cannot be used is tried again only once it changes again (or after the cool-down),
+    so a flood of forged kids cannot make the gateway re-parse a broken file per token.
+    """
 
     def __init__(self, path: Path, *, pem: bool, clock: Callable[[], float] = time.monotonic,
                  cooldown_s: float = UNKNOWN_KID_COOLDOWN_S) -> None:
@@ -138,22 +145,30 @@ class FileKeySource:
         self._pem = pem
         self._clock = clock
         self._cooldown_s = cooldown_s
-        self._keys, self._mtime = self._read()
-        self._checked = clock()
+        self._stamp = self._file_stamp()
+        self._keys = self._read()
+        self._failed: tuple[tuple[int, int, int], float] | None = None  # (stamp, when) of an unusable change
 
-    def _read(self) -> tuple[list[VerifyKey], float]:
+    def _file_stamp(self) -> tuple[int, int, int]:
+        """What tells a replaced or rewritten file apart (inode for rename-into-place, ns mtime, size)."""
+        try:
+            st = self._path.stat()
+        except OSError as exc:
+            raise KeySetError(f"{self._path}: cannot read ({exc.strerror})") from exc
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _read(self) -> list[VerifyKey]:
         try:
             data = self._path.read_bytes()
-            mtime = self._path.stat().st_mtime
         except OSError as exc:
             raise KeySetError(f"{self._path}: cannot read ({exc.strerror})") from exc
         if self._pem:
-            return keys_from_pem(data, str(self._path)), mtime
+            return keys_from_pem(data, str(self._path))
         try:
             document = json.loads(data)
         except ValueError as exc:
             raise KeySetError(f"{self._path}: not valid JSON") from exc
-        return keys_from_jwks(document, str(self._path)), mtime
+        return keys_from_jwks(document, str(self._path))
 
     @property
     def generation(self) -> int:
@@ -168,13 +183,21 @@ class FileKeySource:
 
     async def candidates(self, kid: str | None) -> list[VerifyKey]:
         found = select(self._keys, kid)
-        if found or self._pem or self._clock() - self._checked < self._cooldown_s:
+        if found or self._pem:
             return found
-        self._checked = self._clock()
         try:
-            if self._path.stat().st_mtime != self._mtime:
-                self._keys, self._mtime = self._read()
-        except (OSError, KeySetError) as exc:
+            stamp = self._file_stamp()
+        except KeySetError:
+            stamp = (0, 0, 0)  # gone for now: logged by the read below, once per cool-down
+        failed = self._failed
+        if stamp == self._stamp or (failed is not None and failed[0] == stamp
+                                    and self._clock() - failed[1] < self._cooldown_s):
+            return found
+        try:
+            self._keys, self._stamp, self._failed = self._read(), stamp, None
+        except KeySetError as exc:
+            # Mid-rewrite or broken: keep the keys in use; this version is tried again after the cool-down.
+            self._failed = (stamp, self._clock())
             log.warning("JWKS file reload failed, keeping the previous keys: %s", exc)
         return select(self._keys, kid)
 

@@ -186,3 +186,18 @@ async def test_list_tools_policies_decide_what_tools_list_shows(start_gateway: A
     assert {n for n in tools if n.startswith("payments__")} == {"payments__pay"}  # listing permitted, call not
     assert "customs/approval_required" not in (tools["payments__pay"].meta or {})
     assert "get_stock" not in direct and {f"inventory__{n}" for n in direct} == inventory
+
+
+async def test_jwks_file_rotation_takes_effect_at_once_through_the_gateway(env: Env) -> None:
+    """Replacing the JWKS file is enough: the first token of the new key is accepted, right after start-up,
+    after a forged kid, and on a second rotation seconds later (no 30 s cool-down for a local file)."""
+    async with aiohttp.ClientSession() as http:
+        async def status(token: str) -> int:
+            async with http.post(env.gw.mcp, json=INIT,
+                                 headers={**HEADERS, "Authorization": f"Bearer {token}"}) as response:
+                return response.status
+
+        assert await status(env.token(kid="forged-kid")) == 401
+        for _ in range(2):
+            env.issuer.rotate("ES256")
+            assert await status(env.token(alg="ES256")) == 200

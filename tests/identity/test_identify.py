@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jwt
@@ -202,23 +201,41 @@ def test_unusable_key_files(tmp_path: Path, content: str | None, pem: bool, mess
         JwtIdentifier(config, {}, RESOURCE, None)
 
 
-async def test_jwks_file_rotation_is_picked_up_after_cooldown(tmp_path: Path,
-                                                              make_identifier: MakeIdentifier) -> None:
+async def test_jwks_file_rotation_is_picked_up_with_the_first_token_of_the_new_key(
+        tmp_path: Path, make_identifier: MakeIdentifier) -> None:
+    """Rotating the file takes effect at once: right after start-up, after a forged kid, and twice in a row
+    (it used to wait out a 30 s cool-down that also started at start-up and at every unknown kid)."""
     rotating = TestIssuer(tmp_path, algorithms=("EdDSA",))
     monotonic = Clock(1000.0)
     identifier = await make_identifier(rotating.config(), monotonic=monotonic)
     assert await identifier.identify(bearer(rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA")), None)
-    old_token = rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA")
-    rotating.rotate("EdDSA")
-    # The mtime may be equal within the filesystem's resolution; make the change visible.
-    os.utime(rotating.jwks_path, (2_000_000_000, 2_000_000_000))
-    new_token = rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA")
-    assert (await identifier.identify(bearer(old_token), None)).id == SHOPPER  # old keys still loaded
-    monotonic.now += 5
-    assert "signing key" in await rejected(identifier, new_token)  # within the cool-down: not re-read
-    monotonic.now += 60
-    assert (await identifier.identify(bearer(new_token), None)).id == SHOPPER
-    assert "signing key" in await rejected(identifier, old_token)  # the old key is gone from the file
+    assert "signing key" in await rejected(identifier, rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA",
+                                                                     kid="forged-1"))
+    for _ in range(2):
+        rotating.rotate("EdDSA")
+        new_token = rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA")
+        assert (await identifier.identify(bearer(new_token), None)).id == SHOPPER  # no clock advance needed
+    assert "signing key" in await rejected(identifier, rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA",
+                                                                     key=rotating.retired[0]))
+
+
+async def test_broken_jwks_file_keeps_the_keys_and_is_not_reread_per_token(
+        tmp_path: Path, make_identifier: MakeIdentifier, caplog: pytest.LogCaptureFixture) -> None:
+    rotating = TestIssuer(tmp_path, algorithms=("EdDSA",))
+    monotonic = Clock(1000.0)
+    identifier = await make_identifier(rotating.config(), monotonic=monotonic)
+    good = rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA")
+    assert await identifier.identify(bearer(good), None)
+    rotating.jwks_path.write_text("{not json")
+    with caplog.at_level("WARNING", logger="customs.identity.jwks"):
+        for n in range(5):
+            forged = rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA", kid=f"forged-{n}")
+            assert "signing key" in await rejected(identifier, forged)
+    # One attempt at the broken version, not one per forged kid.
+    assert sum("JWKS file reload failed" in r.getMessage() for r in caplog.records) == 1
+    assert (await identifier.identify(bearer(good), None)).id == SHOPPER  # the last good keys stay
+    rotating.rotate("EdDSA")  # fixed: the next version is read at once
+    assert (await identifier.identify(bearer(rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA")), None)).id == SHOPPER
 
 
 @pytest.mark.parametrize(("key_alg", "token_alg", "fits"), [
