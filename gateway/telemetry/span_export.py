@@ -111,29 +111,47 @@ class SpanShipper:
 
     async def flush(self, timeout_s: float = 10.0) -> bool:
         """Ship what is buffered and wait until the child has exported it. True when it did in time."""
-        await self._ship()
-        proc = self._proc
-        if proc is None or proc.stdout is None:
-            return False
-        self._flushes += 1
-        marker = f"flushed {self._flushes}".encode()
+        # Shipping is inside the timeout too: a child stuck on a slow collector stops reading its
+        # stdin, the pipe fills and `drain()` would otherwise wait for every batch ahead of ours.
         try:
-            await self._send(("flush", self._flushes))
             async with asyncio.timeout(timeout_s):
+                await self._ship()
+                proc = self._proc
+                if proc is None or proc.stdout is None:
+                    return False
+                self._flushes += 1
+                marker = f"flushed {self._flushes}".encode()
+                await self._send(("flush", self._flushes))
                 while (line := await proc.stdout.readline()) and line.strip() != marker:
                     pass
-            return bool(line)
+                return bool(line)
         except (TimeoutError, ConnectionError, OSError):
             return False
 
     async def close(self, timeout_s: float = 10.0) -> None:
+        """Export what is left within `timeout_s` in all; a child still busy after that is killed."""
         self._closing = True
         self._wake.set()
-        if self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        exported = False
+        try:
+            async with asyncio.timeout_at(deadline):
+                if self._writer is not None:
+                    await asyncio.gather(self._writer, return_exceptions=True)
+                exported = await self.flush(timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            if self._writer is not None and not self._writer.done():
+                self._writer.cancel()
+                await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
-        await self.flush(timeout_s)
-        await self._stop_child(timeout_s)
+            if not exported:
+                log.warning("span export did not finish within %.0f s of shutdown: unexported spans are lost",
+                            timeout_s)
+            # Exported: the child exits at EOF at once. Not: it is stuck on the collector, kill it now.
+            await self._stop_child(max(deadline - loop.time(), 1.0) if exported else 0.0)
 
     async def _stop_child(self, timeout_s: float) -> None:
         proc, self._proc = self._proc, None

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import pytest
+from aiohttp import web
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from gateway.config.model import TelemetryConfig
+from gateway.telemetry.span_export import SpanShipper
 from gateway.telemetry.spans import LightSpan, WireSpan, readable, wire_context
 from gateway.telemetry.tracing import Telemetry
 from tests.support.otlp import OtlpReceiver
@@ -122,3 +125,43 @@ async def test_a_batch_that_cannot_be_shipped_is_dropped_and_counted(otlp: OtlpR
         await otlp.wait_for_span(lambda s: s.name == "tools/call fine")
     finally:
         await telemetry.close()
+
+
+async def test_shutdown_with_a_stalled_collector_is_bounded_and_kills_the_exporter() -> None:
+    """A collector that accepts connections but never answers must not hold up the gateway's shutdown.
+
+    The exporter child blocks on its first POST, stops reading its stdin, the pipe fills, and shipping
+    the rest used to wait for every queued batch to time out in turn (minutes for a busy gateway).
+    """
+    release = asyncio.Event()
+
+    async def stalled(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/traces", stalled)])
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    shipper = SpanShipper(f"http://127.0.0.1:{port}/v1/traces", {}, {"service.name": "stalled"})
+    await shipper.start()
+    try:
+        now = time.time_ns()
+        pad = "x" * 1000  # enough bytes that the batches overflow the pipe to the blocked child
+        for n in range(20_000):
+            shipper.add((f"tools/call t{n}", SpanKind.SERVER.value, (n + 1, n + 1, False, 1, ()), None,
+                         now, now, {"pad": pad}, [], (StatusCode.UNSET.value, None)))
+        first = await asyncio.wait_for(shipper.flush(timeout_s=1), 5)
+        assert first is False  # nothing answers: the flush gives up in time instead of waiting
+        proc = shipper._proc
+        assert proc is not None
+        started = time.monotonic()
+        await asyncio.wait_for(shipper.close(timeout_s=1), 8)
+        assert time.monotonic() - started < 5
+        assert proc.returncode is not None  # the child stuck on the collector is gone, not orphaned
+    finally:
+        release.set()
+        await runner.cleanup()
