@@ -143,9 +143,10 @@ class LegacySseEndpoint:
         return reply
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/sse", self.stream, allow_head=False), web.get("/sse/{upstream}", self.stream,
-                                                                         allow_head=False),
-                web.post("/messages", self.message)]
+        # With or without a trailing slash, as /mcp (gateway/http/mcp.py: routes).
+        streams = [web.get(path, self.stream, allow_head=False)
+                   for path in ("/sse", "/sse/", "/sse/{upstream}", "/sse/{upstream}/")]
+        return [*streams, web.post("/messages", self.message), web.post("/messages/", self.message)]
 
 
 def negotiate(session: Session, params: dict[str, Any]) -> None:

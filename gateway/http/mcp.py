@@ -399,7 +399,9 @@ def _dumps(value: Any) -> str:
 
 def routes(endpoint: McpEndpoint) -> list[web.RouteDef]:
     out: list[web.RouteDef] = []
-    for path in ("/mcp", "/mcp/{upstream}"):
+    # A trailing slash names the same endpoint (the SDK's own server redirects `/mcp/` to `/mcp`; clients
+    # configured with either URL must work, and a redirect would cost a round trip per message).
+    for path in ("/mcp", "/mcp/", "/mcp/{upstream}", "/mcp/{upstream}/"):
         out += [web.post(path, endpoint.post), web.get(path, endpoint.get, allow_head=False),
                 web.delete(path, endpoint.delete)]
     return out

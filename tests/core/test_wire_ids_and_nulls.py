@@ -1,5 +1,5 @@
 """What the SDK's own servers accept on the wire, the gateway accepts too (`params: null`, `arguments: null`,
-Accept media ranges), and an invalid request is answered with its own id."""
+Accept media ranges, a trailing slash), and an invalid request is answered with its own id."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
 
 from gateway.demo.servers import inventory_server
 from tests.core.test_http_edge import INIT, post, session_id
+from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_http_server
 
 pytestmark = pytest.mark.asyncio
@@ -110,3 +113,14 @@ async def test_accept_media_ranges_count_as_http_defines_them(gw, http, accept, 
         assert resp.status == (200 if sse_ok else 406)
         if sse_ok:
             assert resp.headers["Content-Type"].startswith("text/event-stream")
+
+
+@pytest.mark.parametrize(("path", "tool"), [("/", "inventory__get_stock"), ("/inventory/", "get_stock")])
+async def test_a_trailing_slash_names_the_same_endpoint(gw, path, tool):
+    """`/mcp/` and `/mcp/inventory/` are the endpoints without the slash (the SDK's server redirects there)."""
+    async with sdk_client(gw.mcp + path) as client:
+        assert tool in {t.name for t in (await client.list_tools()).tools}
+        result = await client.call_tool(tool, {"sku": "widget"})
+        assert result.content[0].text == "widget: 42 in stock"
+    async with Client(sse_client(f"{gw.url}/sse{path}"), mode="legacy") as legacy:
+        assert tool in {t.name for t in (await legacy.list_tools()).tools}
