@@ -325,7 +325,10 @@ class McpEndpoint:
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         try:
-            session = await self._existing_session(request, self._view(request))
+            view = self._view(request)
+            if request.headers.get(VERSION_HEADER) in MODERN_PROTOCOL_VERSIONS:  # no session to end: as GET
+                return web.Response(status=405, headers={"Allow": "POST"})
+            session = await self._existing_session(request, view)
         except GatewayError as exc:
             return error_response(exc)
         await self.sessions.end(session)

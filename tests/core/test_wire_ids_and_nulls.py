@@ -124,3 +124,16 @@ async def test_a_trailing_slash_names_the_same_endpoint(gw, path, tool):
         assert result.content[0].text == "widget: 42 in stock"
     async with Client(sse_client(f"{gw.url}/sse{path}"), mode="legacy") as legacy:
         assert tool in {t.name for t in (await legacy.list_tools()).tools}
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+async def test_the_stateless_revision_has_only_post(gw, http, method):
+    """Under 2026-07-28 there is no session to stream or end: GET and DELETE are 405 (Allow: POST), as the SDK's
+    server answers them, and a handshake session named alongside is left alone."""
+    sid = await session_id(http, gw.mcp)
+    headers = {"MCP-Protocol-Version": "2026-07-28", "Accept": "text/event-stream", "Mcp-Session-Id": sid}
+    for path in ("", "/inventory"):
+        async with http.request(method, gw.mcp + path, headers=headers) as resp:
+            assert resp.status == 405 and resp.headers["Allow"] == "POST", await resp.text()
+    status, _, body = await post(http, gw.mcp, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"Mcp-Session-Id": sid})
+    assert status == 200 and body["result"] == {}
