@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -55,6 +56,13 @@ def default_config(port: int = 8700) -> Config:
     })
 
 
+def free_port(host: str) -> int:
+    """A port free on `host` now (for `--port 0`: the URLs the gateway hands out must name a real port)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -90,7 +98,9 @@ async def run(config: Config, *, config_path: Path | None = None,
     url = f"{'https' if config.listen.tls else 'http'}://{config.listen.host}:{port}"
     _settle_heap()
     log.info("customs listening on %s (agents: %s/mcp)", url, url)
-    print(f"customs: listening on {url}  (agents connect to {url}/mcp)", flush=True)
+    # stdout carries the decision log by default: keep it JSON lines only, the banner goes to stderr then.
+    banner = sys.stderr if config.decision_log.path is None else sys.stdout
+    print(f"customs: listening on {url}  (agents connect to {url}/mcp)", file=banner, flush=True)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     gateway = app[GATEWAY]
@@ -133,6 +143,10 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"customs: {exc.report('invalid configuration')}", file=sys.stderr)
         return 2
     listen_changes = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if (args.port if args.port is not None else config.listen.port) == 0 and config.listen.public_url is None:
+        # The gateway's own URL (token audience, RFC 9728 metadata, minted `iss`) names its port, so
+        # "any free port" is settled before anything is built from the config.
+        listen_changes["port"] = free_port(args.host or config.listen.host)
     if listen_changes:
         config = config.model_copy(update={"listen": config.listen.model_copy(update=listen_changes)})
     if args.config is None:

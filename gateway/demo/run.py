@@ -22,7 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config import parse_config
 from gateway.demo.tokens import demo_agents_registry, demo_identity_config, mint_demo_tokens, print_tokens
-from gateway.serve import run, setup_logging, shipped_policies
+from gateway.serve import free_port, run, setup_logging, shipped_policies
 
 
 def demo_config(directory: Path, port: int) -> dict[str, Any]:
@@ -110,7 +110,8 @@ def demo_command(args: argparse.Namespace) -> int:
     setup_logging("warning")
     directory: Path = args.dir.resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    config = parse_config(demo_config(directory, args.port))
+    # Tokens and printed URLs name the port, so "any free port" (0) is settled first.
+    config = parse_config(demo_config(directory, args.port or free_port("127.0.0.1")))
     base = config.listen.resource_url
     tokens = mint_demo_tokens(directory, f"{base}/mcp")
     outcome: dict[str, int] = {"code": 0}

@@ -51,3 +51,44 @@ async def test_serve_without_config_runs_on_embedded_defaults(tmp_path: Path) ->
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
+
+
+async def test_port_zero_settles_on_a_real_port_before_urls_are_made(tmp_path: Path) -> None:
+    """`--port 0` (any free port): the URLs the gateway hands out (RFC 9728 metadata, printed agent URL)
+    name the port it listens on, not `:0`."""
+    import asyncio
+    import re
+
+    import aiohttp
+
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", "0"],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while (found := re.search(r"listening on (http://127\.0\.0\.1:(\d+))", log.read_text())) is None:
+            assert proc.poll() is None, log.read_text()
+            assert asyncio.get_running_loop().time() < deadline, log.read_text()
+            await asyncio.sleep(0.05)
+        base, port = found.group(1), int(found.group(2))
+        assert port != 0
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/.well-known/oauth-protected-resource/mcp") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["resource"] == f"{base}/mcp"
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
+
+
+def test_demo_on_port_zero_prints_and_mints_for_the_real_port(tmp_path: Path) -> None:
+    import re
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "demo", "--exit-after-walkthrough", "--port", "0",
+         "--dir", str(tmp_path / "demo")], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = re.search(r"Agents connect to: http://127\.0\.0\.1:(\d+)/mcp", proc.stdout)
+    assert found is not None and found.group(1) != "0", proc.stdout
+    assert ":0/" not in proc.stdout and "OK: paid 12500.0 to acme-supplies" in proc.stdout
