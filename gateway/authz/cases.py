@@ -32,10 +32,21 @@ _CONTEXT_KEYS = frozenset({"args", "args_truncated", "environment", "tenant", "c
 # The same-named flat keys a case may use instead of `context:` (older files); never both.
 _FLAT_FACTS = {"args": "args", "environment": "environment", "args_contain_secret": "args_contain_secret",
                "task": "task", "approved": "approval", "now": "time"}
+# The actions the gateway decides for an agent on a Tool (docs/policies.md, "The contract"). Any other name
+# would be decided by no policy, i.e. deny: a mistyped action must not make a `deny` case pass vacuously.
+AGENT_ACTIONS = ("call_tool", "list_tools", "read_resource", "get_prompt")
 
 
 class CaseError(Exception):
     """A cases file (or a CLI input) that cannot be understood; the message says where."""
+
+
+def agent_action(action: Any, where: str) -> str:
+    """`action` when the gateway decides it for an agent; else a CaseError naming the known ones."""
+    if action not in AGENT_ACTIONS:
+        raise CaseError(f"{where}: unknown action {action!r}; one of {', '.join(AGENT_ACTIONS)}"
+                        " (or approve, in a policy test case with user: and approval:)")
+    return str(action)
 
 
 def principal_from_claims(claims: dict[str, Any], mapping: dict[str, str] | None = None,
@@ -204,6 +215,7 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
         decision = decide_approve(policies, user["id"], list(user.get("groups") or []), dict(case.get("approval")
                                                                                               or {}))
     else:
+        action = agent_action(action, where)
         principal = principal_from(case.get("principal"), doc.get("principals") or {}, case.get("chain"), where,
                                    claim_mapping(doc.get("claims") or {}))
         tool = tool_from(case.get("tool"), case.get("labels"), doc.get("tools") or {}, where)

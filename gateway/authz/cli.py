@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.authz import evaluate
-from gateway.authz.cases import CaseError, facts_from, principal_from_claims, run_cases_file, tool_from
+from gateway.authz.cases import (
+    AGENT_ACTIONS,
+    CaseError,
+    agent_action,
+    facts_from,
+    principal_from_claims,
+    run_cases_file,
+    tool_from,
+)
 from gateway.authz.entities import context, members
 from gateway.authz.policyset import SCHEMA_FILE, LoadedPolicies, PolicyLoadError, load_policies
 from gateway.authz.record import from_authz_input
@@ -99,6 +107,7 @@ def explain_cmd(args: argparse.Namespace) -> int:
         if not isinstance(claims, dict):
             raise CaseError("--principal-claims must be a JSON object")
         # `trust` as a claim too: explain has no config to say where trust comes from (the registry, a mapping).
+        action = agent_action(args.action, "--action")
         principal = principal_from_claims(claims, claim_mapping({"trust": "trust"}), "--principal-claims")
         tool = tool_from(args.tool, _json_arg(args.annotations, "--annotations") or {}, {}, "--tool")
         # The same context facts as a policy test case's `context:` (unknown keys are an error).
@@ -108,7 +117,7 @@ def explain_cmd(args: argparse.Namespace) -> int:
     except (CaseError, TypeError) as exc:
         _err(str(exc))
         return 2
-    decision = evaluate.decide(loaded, principal, args.action, tool, facts, granted=granted)
+    decision = evaluate.decide(loaded, principal, action, tool, facts, granted=granted)
     report = {
         "outcome": decision.outcome, "policies": list(decision.policy_ids), "errors": list(decision.errors),
         "policy_version": decision.policy_version,
@@ -257,7 +266,7 @@ def add_policy_parsers(sub: Any) -> None:
     p.add_argument("--principal-claims", required=True, metavar="JSON|@file",
                    help="token claims: sub, tenant, owner, clearance, trust, groups, nested act")
     p.add_argument("--tool", required=True, metavar="UPSTREAM/TOOL")
-    p.add_argument("--action", default="call_tool")
+    p.add_argument("--action", default="call_tool", help=f"one of {', '.join(AGENT_ACTIONS)} (default call_tool)")
     p.add_argument("--args", metavar="JSON|@file")
     p.add_argument("--context", metavar="JSON|@file",
                    help='context facts as in a policy test case\'s `context:`, e.g. {"environment": ..., '

@@ -88,6 +88,26 @@ def test_explain(tmp_path: Path) -> None:
     assert no_sub.returncode == 2 and "sub" in no_sub.stderr
 
 
+def test_an_unknown_action_is_an_error_not_a_silent_deny(tmp_path: Path) -> None:
+    """A mistyped action is decided by no policy, i.e. deny: it used to make a `deny` case pass vacuously
+    and `explain` print a confident deny. Now both exit 2 naming the actions the gateway decides."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("cases:\n  - {name: typo, principal: {id: a, attributes: {tenant: acme}},"
+                    " tool: inventory/get_stock, action: tools/call, expect: deny}\n")
+    result = run("test", typo, "--policies", SHIPPED)
+    assert result.returncode == 2, result.stdout
+    assert "unknown action 'tools/call'; one of call_tool, list_tools, read_resource, get_prompt" in result.stderr
+    claims = '{"sub": "a", "tenant": "acme"}'
+    bogus = run("explain", "--policies", SHIPPED, "--principal-claims", claims, "--tool", "inventory/get_stock",
+                "--action", "read_resources")
+    assert bogus.returncode == 2 and bogus.stdout == ""
+    assert "--action: unknown action 'read_resources'" in bogus.stderr
+    for action in ("call_tool", "read_resource", "get_prompt"):  # reads-allowed names these three
+        ok = run("explain", "--policies", SHIPPED, "--principal-claims", claims, "--tool", "inventory/get_stock",
+                 "--annotations", '{"read_only": true}', "--action", action)
+        assert ok.returncode == 0 and json.loads(ok.stdout)["outcome"] == "allow", (action, ok.stderr)
+
+
 def test_schema_generation_catches_a_mistyped_argument(demo_tools_json: Path, policy_dir: Path,
                                                        tmp_path: Path) -> None:
     config = tmp_path / "customs.yaml"
