@@ -129,7 +129,11 @@ class ApprovalsWeb:
             body = await _read(request, request.json)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise Refused(400, "invalid_body", 'body must be JSON: {"comment": "..."}') from None
-        comment = body.get("comment") if isinstance(body, dict) else None
+        if body is None:  # `null`: no comment, as an empty body
+            return None
+        if not isinstance(body, dict):  # an array or a bare value is a mistake, never silently "no comment"
+            raise Refused(400, "invalid_body", 'body must be a JSON object: {"comment": "..."}')
+        comment = body.get("comment")
         if comment is not None and not isinstance(comment, str):
             raise Refused(400, "invalid_body", "comment must be a string")
         return comment[:MAX_COMMENT] if comment else None

@@ -92,6 +92,11 @@ async def test_authentication_and_input_errors(web_kit: WebKit) -> None:
         assert resp.status == 400
     async with web_kit.http.post(f"{url}/{item.id}/approve", headers=headers, json={"comment": 5}) as resp:
         assert resp.status == 400
+    for body in (["ok"], 5, "ok"):  # not an object: refused, and the item stays pending
+        async with web_kit.http.post(f"{url}/{item.id}/deny", headers=headers, json=body) as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["reason"] == "invalid_body"
+    async with web_kit.http.get(f"{url}/{item.id}", headers=headers) as resp:
+        assert (await resp.json())["state"] == "pending"
     async with web_kit.http.post(f"{url}/apr_nope/approve", headers=headers, json={}) as resp:
         assert resp.status == 404
 
