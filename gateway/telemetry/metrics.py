@@ -45,6 +45,7 @@ INSTRUMENTS = (
     "customs.approvals.pending", "customs.approval.wait.duration", "customs.upstream.errors",
     "customs.upstream.restarts", "customs.policy.reloads", "customs.tool.quarantines", "customs.rate_limited",
     "customs.shadow.disagreements", "customs.decision_log.dropped", "cpython.gc.collections",
+    "customs.policy.errors",
 )
 
 
@@ -141,6 +142,8 @@ class Metrics:
         self.rate_limited_calls = meter.create_counter("customs.rate_limited", "{call}", "Calls refused by limits")
         self.shadow = meter.create_counter("customs.shadow.disagreements", "{call}",
                                            "Calls where the shadow policy decided differently")
+        self.policy_errors = meter.create_counter("customs.policy.errors", "{call}",
+                                                  "Calls denied because policy evaluation reported errors")
         self.log_dropped = meter.create_counter("customs.decision_log.dropped", "{record}",
                                                 "Decision records that could not be written")
         meter.create_observable_counter("cpython.gc.collections", [gc_collections], "{collection}",
@@ -207,6 +210,9 @@ class Metrics:
 
     def rate_limited(self, scope: str) -> None:
         self.rate_limited_calls.add(1, {"customs.limit": scope})
+
+    def policy_error(self, upstream: str, tool: str) -> None:
+        self.policy_errors.add(1, {"customs.upstream": upstream, "gen_ai.tool.name": tool})
 
     def shadow_disagreement(self, upstream: str, tool: str, decision: str, shadow: str) -> None:
         self.shadow.add(1, {"customs.upstream": upstream, "gen_ai.tool.name": tool, "customs.decision": decision,

@@ -75,6 +75,8 @@ class RecordStage:
         decision = ctx.decision
         outcome = decision.outcome if decision else "none"
         metrics.record_call(upstream, tool, outcome, reason or ("tool_error" if _tool_error(ctx.result) else "ok"))
+        if decision is not None and decision.errors:  # an engine fault denies: count it, or it hides among denials
+            metrics.policy_error(upstream, tool)
         if decision is not None and decision.shadow_outcome not in (None, decision.outcome):
             metrics.shadow_disagreement(upstream, tool, outcome, str(decision.shadow_outcome))
         if reason in UPSTREAM_REASONS:

@@ -86,6 +86,10 @@ async def test_policy_evaluation_error_denies_and_is_recorded(start_gateway: Any
         status, _, body = await client.call("payments__executed_calls", {})
         executed = json.loads(body["result"]["content"][0]["text"])
         assert [e["amount"] for e in (executed if isinstance(executed, list) else [executed])] == [10]
+        async with http.get(f"{gw.url}/metrics") as resp:  # the engine fault is counted, not just denied
+            counted = [line for line in (await resp.text()).splitlines() if line.startswith("customs_policy_errors")]
+        assert len(counted) == 1 and 'gen_ai_tool_name="pay"' in counted[0], counted
+        assert float(counted[0].rsplit(" ", 1)[1]) == 1.0
     await gw.gateway.parts.observability.log.close()
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
     denied = [r for r in records if r.get("type") == "decision" and r.get("decision") == "deny"]

@@ -40,6 +40,7 @@ def exercise(metrics: Metrics) -> None:
     metrics.rate_limited("principal")
     metrics.shadow_disagreement("payments", "pay", "allow", "deny")
     metrics.log_record_dropped()
+    metrics.policy_error("payments", "pay")
 
 
 PROMETHEUS_NAMES = (
@@ -48,7 +49,7 @@ PROMETHEUS_NAMES = (
     "customs_approval_wait_duration_seconds",
     "customs_upstream_errors_total", "customs_upstream_restarts_total", "customs_policy_reloads_total",
     "customs_tool_quarantines_total", "customs_rate_limited_total", "customs_shadow_disagreements_total",
-    "customs_decision_log_dropped_total",
+    "customs_decision_log_dropped_total", "customs_policy_errors_total",
 )
 
 
