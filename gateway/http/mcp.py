@@ -28,7 +28,7 @@ from mcp_types.version import (
 
 from gateway import jsonrpc
 from gateway.context import Principal
-from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, forget_traceback, to_wire
+from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, UpstreamErrorResponse, forget_traceback, to_wire
 from gateway.http.batch import BATCH_VERSION, answer_batch
 from gateway.http.guards import accepts, error_response, read_body, require_json
 from gateway.http.session_stream import SessionStreams
@@ -272,8 +272,10 @@ class McpEndpoint:
         except ClientGone:
             raise asyncio.CancelledError() from None
         except Exception as exc:
-            if not isinstance(exc, GatewayError):
-                log.debug("request failed", exc_info=exc)
+            if isinstance(exc, UpstreamErrorResponse):
+                log.debug("upstream answered an error", exc_info=exc)
+            elif not isinstance(exc, GatewayError):  # a bug answered internal_error: visible at any log level
+                log.error("request failed, answered internal_error", exc_info=exc)
             if trace is not None:
                 trace.fail(exc)
             reply, status = to_wire(exc, message.id)

@@ -209,3 +209,19 @@ async def test_a_malformed_meta_is_invalid_request_and_not_forwarded(env: Env, m
                                                             "_meta": good}})
         assert status == 200 and "result" in body, (good, body)
     assert len(env.recorder.calls) == 3
+
+
+async def test_an_internal_error_is_logged_at_error_level_without_internals_on_the_wire(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    # docs/errors.md: unknown failures answer internal_error with no internals, "details are logged".
+    # They were logged at DEBUG only, so a production gateway (INFO) answered errors nobody could see.
+    async def broken(inbound: Any) -> Any:
+        raise RuntimeError("secret-internal-detail")
+
+    env.gw.gateway.endpoint.router.dispatch = broken  # fault injection: a bug anywhere behind the edge
+    caplog.set_level("INFO", logger="customs.http")
+    status, _, body = await env.client.call("rec__lookup", {"sku": "widget"})
+    assert status == 200 and reason(body) == "internal_error", body
+    assert "secret-internal-detail" not in json.dumps(body)
+    logged = [r for r in caplog.records if r.name == "customs.http" and r.levelname == "ERROR"]
+    assert logged and logged[0].exc_info and "secret-internal-detail" in str(logged[0].exc_info[1])
