@@ -62,13 +62,29 @@ def upstream_rules(upstream: Any) -> Iterator[Problem]:
                                  "receives no request headers, so the credential would never reach it")
 
 
+# The JWS algorithms an access token may use: asymmetric ones whose key type the verifier can check
+# (gateway.identity.jwks.VerifyKey.allows). `alg` is case-sensitive (RFC 7515), so a name outside this set
+# would silently refuse every token of the issuer.
+TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K",
+                    "EdDSA")
+
+
 def issuer_rules(issuer: Any) -> Iterator[Problem]:
     if sum(_get(issuer, key) is not None for key in ("jwks_file", "jwks_url", "pem_file")) != 1:
         yield (), "exactly one of jwks_file, jwks_url or pem_file is required"
-    algorithms = [a for a in _items(_get(issuer, "algorithms")) if isinstance(a, str)]
-    bad = [a for a in algorithms if a.upper() == "NONE" or a.startswith("HS")]
+    listed = _get(issuer, "algorithms")
+    algorithms = [a for a in _items(listed) if isinstance(a, str)]
+    if listed is not None and not algorithms:
+        yield ("algorithms",), f"must name at least one algorithm ({', '.join(TOKEN_ALGORITHMS)})"
+    bad = [a for a in algorithms if a.upper() == "NONE" or a.upper().startswith("HS")]
     if bad:
         yield ("algorithms",), f"not allowed for access tokens: {', '.join(bad)}"
+    by_upper = {a.upper(): a for a in TOKEN_ALGORITHMS}
+    for name in algorithms:
+        if name in TOKEN_ALGORITHMS or name in bad:
+            continue
+        hint = f"; did you mean {by_upper[name.upper()]}?" if name.upper() in by_upper else ""
+        yield ("algorithms",), f"unknown algorithm {name!r}{hint} (supported: {', '.join(TOKEN_ALGORITHMS)})"
 
 
 def identity_rules(identity: Any) -> Iterator[Problem]:

@@ -344,3 +344,40 @@ def test_approval_ttl_may_be_fractional() -> None:
     assert parse_config({**base, "approvals": {"ttl_s": 0.5}}).approvals.ttl_s == 0.5
     with pytest.raises(ConfigError):
         parse_config({**base, "approvals": {"ttl_s": 0}})
+
+
+@pytest.mark.parametrize(("algorithms", "line"), [
+    (["ES257"], "unknown algorithm 'ES257' (supported: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, "
+                "ES512, ES256K, EdDSA)"),
+    (["RS256", "eddsa"], "unknown algorithm 'eddsa'; did you mean EdDSA?"),
+    ([], "must name at least one algorithm"),
+    (["hs512"], "not allowed for access tokens: hs512"),
+])
+def test_an_algorithm_no_token_could_use_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    algorithms: list[str], line: str) -> None:
+    """JWS `alg` is case-sensitive: `eddsa`, a typo or an empty list used to pass `config check` and then
+    refuse every token of the issuer with 401. Now config check and serve name the field and exit 2."""
+    (tmp_path / "jwks.json").write_text('{"keys": []}')
+    path = tmp_path / "customs.yaml"
+    path.write_text(yaml.safe_dump({"upstreams": [UPSTREAM], "policies": {"dir": str(SHIPPED)},
+                                    "identity": {"mode": "jwt", "issuers": [
+                                        {"issuer": "https://idp.test", "jwks_file": "jwks.json",
+                                         "algorithms": algorithms}]}}))
+    code, _out, err = _check(path, capsys)
+    assert code == 2 and any(e.startswith(f"  identity.issuers[0].algorithms: {line}") for e in err.splitlines()), err
+    serve = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", "0"],
+                           capture_output=True, text=True, check=False, timeout=60)
+    assert serve.returncode == 2 and f"identity.issuers[0].algorithms: {line}" in serve.stderr
+
+
+def test_every_allowed_token_algorithm_has_a_key_type_the_verifier_checks() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gateway.config.rules import TOKEN_ALGORITHMS
+    from gateway.identity.jwks import VerifyKey
+    from tests.support.tokens import generate_key
+
+    keys = [generate_key(alg, alg).private.public_key() for alg in ("RS256", "ES256", "ES384", "EdDSA")]
+    keys += [ec.generate_private_key(curve).public_key() for curve in (ec.SECP521R1(), ec.SECP256K1())]
+    for alg in TOKEN_ALGORITHMS:
+        assert any(VerifyKey("k", key).allows(alg) for key in keys), alg
