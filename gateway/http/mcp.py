@@ -107,7 +107,7 @@ class McpEndpoint:
             with self.observability.request(request.headers, message.method, message.params, message.id,
                                             principal=principal, session_id=session.id,
                                             protocol_version=session.protocol_version, start_ns=started,
-                                            identify_ns=(started, identified)) as trace:
+                                            identify_ns=(started, identified), http=request) as trace:
                 return await self._answer(request, session, principal, message, sse_ok, extra_headers, trace)
         except jsonrpc.Batch as batch:  # a JSON array: answered only in 2025-03-26 sessions
             return await answer_batch(self, request, view, principal, batch, sse_ok)

@@ -42,6 +42,20 @@ def request_attributes(method: str, params: Mapping[str, Any] | None, request_id
     return attrs
 
 
+def connection_attributes(peer: Any, http_version: Any) -> Attrs:
+    """`client.*` and `network.protocol.version` of the inbound HTTP connection (the SERVER span).
+
+    `peer` is the socket's peername (host, port[, …]); `http_version` aiohttp's HttpVersion (major, minor).
+    """
+    attrs: Attrs = {}
+    if http_version is not None:
+        attrs["network.protocol.version"] = "2" if http_version[0] == 2 else f"{http_version[0]}.{http_version[1]}"
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        attrs["client.address"] = str(peer[0])
+        attrs["client.port"] = int(peer[1])
+    return attrs
+
+
 def _target_attributes(method: str, params: Mapping[str, Any], capture_args: bool,
                        redact: Redact | None = None) -> Attrs:
     attrs: Attrs = {}
@@ -138,7 +152,8 @@ def transport_attributes(upstream: UpstreamConfig) -> Attrs:
     if upstream.kind == "stdio":
         return {"network.transport": "pipe"}
     parts = urlsplit(upstream.url or "")
-    attrs: Attrs = {"network.transport": "tcp", "network.protocol.name": "http"}
+    # The upstream HTTP client speaks HTTP/1.1 (no HTTP/2 is negotiated).
+    attrs: Attrs = {"network.transport": "tcp", "network.protocol.name": "http", "network.protocol.version": "1.1"}
     if parts.hostname:
         attrs["server.address"] = parts.hostname
         attrs["server.port"] = parts.port or (443 if parts.scheme == "https" else 80)

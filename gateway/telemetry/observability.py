@@ -26,6 +26,7 @@ from gateway.credentials.redaction import Redactor
 from gateway.memo import Memo
 from gateway.pipeline import Pipeline
 from gateway.telemetry.attributes import (
+    connection_attributes,
     decision_attributes,
     principal_attributes,
     request_attributes,
@@ -160,11 +161,13 @@ class Observability:
     def request(self, headers: Mapping[str, Any] | None, method: str, params: Mapping[str, Any] | None,
                 request_id: Any, *, principal: Principal | None = None, session_id: str | None = None,
                 protocol_version: str | None = None, start_ns: int | None = None,
-                identify_ns: tuple[int, int] | None = None) -> AbstractContextManager[RequestTrace]:
+                identify_ns: tuple[int, int] | None = None,
+                http: web.BaseRequest | None = None) -> AbstractContextManager[RequestTrace]:
         """The SERVER span of one JSON-RPC request (current inside the block) and its duration metric.
 
         `start_ns`/`identify_ns` (time.time_ns()) let the span start when the HTTP request arrived and
-        record identify, which runs before the method is known, as a child after the fact.
+        record identify, which runs before the method is known, as a child after the fact. `http`, the
+        aiohttp request, gives the connection's `client.address`/`client.port`/`network.protocol.version`.
         """
         params = params or {}
         target = target_of(method, params)
@@ -177,6 +180,9 @@ class Observability:
         attrs = request_attributes(method, params, request_id, session_id=session_id,
                                    protocol_version=protocol_version, capture_args=self.telemetry.capture_args,
                                    redact=self.telemetry.redact)
+        if http is not None:
+            attrs.update(connection_attributes(
+                http.transport.get_extra_info("peername") if http.transport is not None else None, http.version))
         who = self._principal_attributes(principal) if principal is not None else None
         if who is not None:
             attrs.update(who)

@@ -63,6 +63,11 @@ async def test_tools_list_reaches_http_and_stdio_upstreams_with_the_trace(
 
     server = await otlp.wait_for_span(lambda s: s.kind == "SERVER" and s.name == "tools/list")
     assert (server.trace_id, server.parent_span_id) == (AGENT_TRACE, AGENT_SPAN)
+    # The conventions' connection attributes: who connected (the SDK client's socket) and over what.
+    assert server.attributes["client.address"] == "127.0.0.1"
+    assert isinstance(server.attributes["client.port"], int) and server.attributes["client.port"] > 0
+    assert server.attributes["network.protocol.name"] == "http"
+    assert server.attributes["network.protocol.version"] == "1.1"
     clients = await otlp.wait_for(lambda r: len(found := [s for s in r.children(server) if s.kind == "CLIENT"]) >= 2
                                   and found)
     assert {c.name for c in clients} == {"tools/list"}
@@ -70,6 +75,7 @@ async def test_tools_list_reaches_http_and_stdio_upstreams_with_the_trace(
     to_stdio = one_with(clients, "echo")
     assert to_http.attributes["customs.upstream"] == "inventory"
     assert to_http.attributes["network.transport"] == "tcp" and to_http.attributes["server.address"] == "127.0.0.1"
+    assert to_http.attributes["network.protocol.version"] == "1.1"
     assert to_http.attributes["mcp.method.name"] == "tools/list" and "jsonrpc.request.id" in to_http.attributes
     assert to_stdio.attributes["customs.upstream"] == "echo" and to_stdio.attributes["network.transport"] == "pipe"
 
@@ -103,6 +109,7 @@ async def test_legacy_sse_request_is_traced_like_streamable_http(
     assert server.kind == "SERVER" and (server.trace_id, server.parent_span_id) == (AGENT_TRACE, AGENT_SPAN)
     assert server.attributes["mcp.method.name"] == "tools/call" and "mcp.session.id" in server.attributes
     assert server.attributes["customs.decision"] == "allow" and server.attributes["customs.upstream"] == "inventory"
+    assert server.attributes["client.address"] == "127.0.0.1" and server.attributes["network.protocol.version"] == "1.1"
     expected = {"customs.identify", "customs.authorize", "customs.credential", "tools/call get_stock"}
     children = await otlp.wait_for(lambda r: expected <= {s.name for s in r.children(server)} and r.children(server))
     assert one(children, name="tools/call get_stock").kind == "CLIENT"
