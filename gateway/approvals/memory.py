@@ -88,6 +88,9 @@ class MemoryApprovalStore:
             current = self._expire_if_due(self._items[linked[0]])
             if current.pending or current.claimable or current.state == "denied":
                 return current, False
+            if current.state == "expired":  # told once (approval_expired); the next retry asks anew
+                del self._keys[draft.key]
+                return current, False
         self._keys[draft.key] = (draft.id, now + link_s)
         self._store(draft, "created", actor=draft.principal)
         self._trim()

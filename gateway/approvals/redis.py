@@ -179,10 +179,12 @@ class RedisApprovalStore:
         result = await self._script("CREATE_OR_JOIN", draft.id, self._clock(), int(link_s * 1000), self._keep_ms,
                                     draft.key, draft.expires_at, draft.created_at, draft.quorum, json.dumps(record))
         item = approval_from_hash(_hash(result[2]))
-        created = int(result[1]) == 1
-        if created:
+        status = int(result[1])
+        if status == 1:
             self._emit(item, "created", actor=item.principal)
-        return item, created
+        elif status == 2:  # the script found it due and expired it
+            self._emit(item, "expired")
+        return item, status == 1
 
     async def get(self, approval_id: str) -> Approval:
         fields = await self._run(self._client.hgetall(self._p + "item:" + approval_id))

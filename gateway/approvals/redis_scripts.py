@@ -23,8 +23,8 @@ local function finish(id, state, now, keep_ms)
   redis.call('PUBLISH', P .. 'events', id)
 end
 """
-
 # ARGV: prefix, id, now, link_ms, keep_ms, key, expires_at, created_at, quorum, rec_json
+#   -> {id, status (0 joined or told, 1 created, 2 found due and expired here), hgetall}
 CREATE_OR_JOIN: Final = _HELPERS + """
 local link = P .. 'key:' .. ARGV[6]
 local now = tonumber(ARGV[3])
@@ -32,9 +32,15 @@ local cur = redis.call('GET', link)
 if cur then
   local f = redis.call('HMGET', item_key(cur), 'state', 'expires_at', 'executed')
   if f[1] == 'pending' and now < tonumber(f[2]) then return {cur, 0, redis.call('HGETALL', item_key(cur))} end
-  if f[1] == 'pending' then finish(cur, 'expired', ARGV[3], tonumber(ARGV[5])) end
   if (f[1] == 'approved' and f[3] == '0') or f[1] == 'denied' then
     return {cur, 0, redis.call('HGETALL', item_key(cur))}
+  end
+  -- expired: told to this retry once (approval_expired), the next one asks anew; 2 = expired by this script
+  if f[1] == 'pending' or f[1] == 'expired' then
+    local status = 0
+    if f[1] == 'pending' then finish(cur, 'expired', ARGV[3], tonumber(ARGV[5])); status = 2 end
+    redis.call('DEL', link)
+    return {cur, status, redis.call('HGETALL', item_key(cur))}
   end
 end
 local id = ARGV[2]

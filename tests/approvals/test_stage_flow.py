@@ -190,3 +190,23 @@ async def test_redaction_of_stored_arguments(store: Any) -> None:
     [item] = await store.list()
     assert item.args == {"amount": "[masked]", "account": "[redacted]", "nested": [{"ACCOUNT": "[redacted]"}]}
     assert item.policies == ("pay-needs-approval",) and item.policy_version == "v1"
+
+
+async def test_non_waiting_retry_after_expiry_learns_it_then_asks_anew(store: Any, clock: Clock) -> None:
+    """A client that cannot wait learns the expiry on its next identical call (`approval_expired`, as it
+    learns a denial), not a silent new item; the call after that asks the approvers again."""
+    events: list[dict[str, Any]] = []
+    store.on_event = events.append
+    stage = ApproveStage(store, ApprovalsConfig(ttl_s=60), clock=clock)
+    with pytest.raises(GatewayError) as first:
+        await stage(call_context())
+    approval_id = first.value.data["approval_id"]
+    clock.advance(61)
+    with pytest.raises(GatewayError) as told:
+        await stage(call_context())
+    assert told.value.reason == "approval_expired" and told.value.data["approval_id"] == approval_id
+    assert (await store.get(approval_id)).state == "expired"
+    assert [e["transition"] for e in events if e["approval_id"] == approval_id].count("expired") == 1
+    with pytest.raises(GatewayError) as anew:
+        await stage(call_context())
+    assert anew.value.reason == "approval_pending" and anew.value.data["approval_id"] != approval_id
