@@ -21,6 +21,7 @@ from gateway.config.model import IssuerConfig, TlsConfig
 from gateway.credentials.keys import missing_key_problems
 from gateway.identity import build_identifier
 from gateway.identity.identifier import key_source
+from gateway.identity.jwks import FileKeySource
 
 
 def preflight(config: Config, source: str = "config") -> list[str]:
@@ -74,9 +75,14 @@ def _identity_problems(config: Config) -> list[str]:
         if field is None:
             continue
         try:
-            key_source(issuer, None, time.monotonic)  # reads and parses the file, as serve does
+            source = key_source(issuer, None, time.monotonic)  # reads and parses the file, as serve does
         except ValueError as exc:
             problems.append(f"identity.issuers[{index}].{field}: {exc}")
+            continue
+        # Keys that fit none of the allowed algorithms would refuse every token of the issuer with 401.
+        unfit = source.unfit_for(issuer.algorithms) if isinstance(source, FileKeySource) else None
+        if unfit is not None:
+            problems.append(f"identity.issuers[{index}].{field}: {unfit}")
     if problems:
         return problems
     # The whole identifier as serve builds it: whatever else it refuses (an issuer listed twice).

@@ -123,6 +123,15 @@ def keys_from_pem(data: bytes, origin: str) -> list[VerifyKey]:
     return [VerifyKey(None, key)]
 
 
+def _describe(key: VerifyKey) -> str:
+    """`kid` with its key type (and pinned alg), for messages."""
+    kind = type(key.key).__name__.removeprefix("_").replace("PublicKey", "")
+    if isinstance(key.key, ec.EllipticCurvePublicKey):
+        kind = f"EC {key.key.curve.name}"
+    pinned = f" alg {key.alg}" if key.alg else ""
+    return f"{key.kid or '(no kid)'}: {kind}{pinned}"
+
+
 def select(keys: Iterable[VerifyKey], kid: str | None) -> list[VerifyKey]:
     """Keys a token with this `kid` may be checked against: a kid-less key matches any kid, and a kid-less
     token may use any key (the verifier then insists on exactly one that fits the algorithm)."""
@@ -174,6 +183,14 @@ class FileKeySource:
     def generation(self) -> int:
         """Changes whenever the key set is replaced (cached verifications are then void)."""
         return id(self._keys)
+
+    def unfit_for(self, algorithms: Iterable[str]) -> str | None:
+        """Why no key of the file can verify a token of any of `algorithms` (None: some key can)."""
+        algorithms = list(algorithms)
+        if any(key.allows(alg) for key in self._keys for alg in algorithms):
+            return None
+        found = ", ".join(_describe(key) for key in self._keys)
+        return f"{self._path}: no key fits the issuer's algorithms {', '.join(algorithms)} (keys: {found})"
 
     async def start(self) -> None:
         return None

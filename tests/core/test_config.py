@@ -381,3 +381,29 @@ def test_every_allowed_token_algorithm_has_a_key_type_the_verifier_checks() -> N
     keys += [ec.generate_private_key(curve).public_key() for curve in (ec.SECP521R1(), ec.SECP256K1())]
     for alg in TOKEN_ALGORITHMS:
         assert any(VerifyKey("k", key).allows(alg) for key in keys), alg
+
+
+def test_a_key_file_with_no_key_for_the_allowed_algorithms_is_refused(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """An RSA-only JWKS with `algorithms: [EdDSA]` started fine and then refused every token (401). Now
+    config check and serve name the file, the algorithms and the keys it holds."""
+    from tests.support.tokens import TestIssuer
+
+    issuer = TestIssuer(tmp_path, algorithms=("RS256", "ES256"))
+    path = tmp_path / "customs.yaml"
+    # The RSA key is published with alg RS256, so it verifies RS256 only (not PS256).
+    for algorithms, ok in ((["EdDSA"], False), (["PS256"], False), (["RS256"], True), (["ES384", "ES256"], True),
+                           (["ES384"], False)):
+        path.write_text(yaml.safe_dump({"upstreams": [UPSTREAM], "policies": {"dir": str(SHIPPED)},
+                                        "identity": {"mode": "jwt",
+                                                     "issuers": [issuer.config(algorithms=algorithms)]}}))
+        code, _out, err = _check(path, capsys)
+        if ok:
+            assert code == 0, err
+            continue
+        line = (f"  identity.issuers[0].jwks_file: {issuer.jwks_path}: no key fits the issuer's algorithms "
+                f"{', '.join(algorithms)} (keys: idp-rs256-1: RSA alg RS256, idp-es256-1: EC secp256r1 alg ES256)")
+        assert code == 2 and line in err.splitlines(), err
+    serve = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", "0"],
+                           capture_output=True, text=True, check=False, timeout=60)
+    assert serve.returncode == 2 and "no key fits the issuer's algorithms ES384" in serve.stderr
