@@ -268,7 +268,10 @@ class McpEndpoint:
                 inbound.cancelled.set()
                 raise
             withdrawal.absorb()
-            reply, status = to_wire(GatewayError("request_cancelled"), message.id)
+            withdrawn = GatewayError("request_cancelled")
+            if trace is not None:  # answered with an error: span and duration metric say so (as legacy SSE)
+                trace.fail(withdrawn)
+            reply, status = to_wire(withdrawn, message.id)
         except ClientGone:
             raise asyncio.CancelledError() from None
         except Exception as exc:
@@ -294,7 +297,8 @@ class McpEndpoint:
             return {**upstream_result, "protocolVersion": session.protocol_version}
         return {"protocolVersion": session.protocol_version, "capabilities": AGGREGATED_CAPABILITIES,
                 "serverInfo": SERVER_INFO,
-                "instructions": "Customs gateway: tools of several servers, named <server>__<tool>."}
+                "instructions": "Customs gateway: the tools of several servers, each name prefixed by its "
+                                "server (by default <server>__<tool>)."}
 
     def _discover_result(self, session: Session) -> dict[str, Any]:
         return {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS), "capabilities": AGGREGATED_CAPABILITIES,
