@@ -87,8 +87,8 @@ def error_type(exc: BaseException) -> str:
             code = getattr(exc, "error", {}).get("code")
             return str(code) if code is not None else reason
         return reason
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
+    if isinstance(exc, asyncio.CancelledError):  # the decision log's and customs.calls' reason for it too
+        return "request_cancelled"
     if isinstance(exc, TimeoutError):
         return "timeout"
     return type(exc).__qualname__

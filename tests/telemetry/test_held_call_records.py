@@ -155,3 +155,39 @@ async def test_a_withdrawn_call_names_its_approval(otlp: OtlpReceiver, start_gat
     assert record["approval"]["id"] == approval_id and record["approval"]["outcome"] == "cancelled"
     assert (record["outcome"], record["reason"]) == ("error", "request_cancelled")
     assert server.attributes["customs.approval.outcome"] == "cancelled"
+
+
+async def test_a_call_withdrawn_by_notifications_cancelled_is_an_error_in_span_and_metric(
+        otlp: OtlpReceiver, start_gateway: StartGateway, tmp_path: Path) -> None:
+    """notifications/cancelled answers the call request_cancelled: its span and duration metric say so too
+    (streamable HTTP used to count it as a success and name it `cancelled`/`CancelledError`)."""
+    issuer, log = TestIssuer(tmp_path), tmp_path / "decisions.jsonl"
+    async with run_http_server(payments_server()) as upstream:
+        gw = await held_gateway(start_gateway, issuer, upstream, otlp, log, wait_s=60)
+        alice = issuer.mint("alice", aud=gw.mcp, groups=["approvers", "finance"])
+        headers = {"Authorization": f"Bearer {issuer.mint(SHOPPER, aud=gw.mcp, tenant='acme')}",
+                   "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.post(gw.mcp, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "0"}}}) as resp:
+                session = {"Mcp-Session-Id": resp.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-06-18"}
+            call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                    "params": {"name": "payments__pay", "arguments": {"account": "acme-9", "amount": 16}}}
+            held = asyncio.create_task(http.post(gw.mcp, json=call, headers=session))
+            await first_pending(gw, alice)
+            async with http.post(gw.mcp, headers=session, json={
+                    "jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}}) as resp:
+                assert resp.status == 202
+            async with await asyncio.wait_for(held, 20) as resp:  # held calls answer over SSE (keepalives)
+                body = await resp.text()
+            answer = json.loads([line for line in body.splitlines() if line.startswith("data:")][-1][5:])
+        assert answer["error"]["data"]["reason"] == "request_cancelled"
+        prometheus = gw.gateway.parts.observability.metrics.prometheus_text().decode()
+        await drained(gw, log)
+    server = await otlp.wait_for_span(lambda s: s.kind == "SERVER" and s.name == "tools/call payments__pay")
+    assert server.status == "ERROR" and server.attributes["error.type"] == "request_cancelled"
+    assert server.status_message == "Request cancelled by the client"
+    failed = [line for line in prometheus.splitlines() if line.startswith("mcp_server_operation_duration_seconds_count")
+              and 'mcp_method_name="tools/call"' in line]
+    assert len(failed) == 1 and 'error_type="request_cancelled"' in failed[0], failed
