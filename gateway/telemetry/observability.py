@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -35,10 +37,13 @@ from gateway.telemetry.attributes import (
 from gateway.telemetry.decision_log import DecisionLog
 from gateway.telemetry.decision_log import Redactor as RedactFn
 from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
+from gateway.telemetry.settings import unsupported_protocol
 from gateway.telemetry.spans import LightSpan
 from gateway.telemetry.stage import RecordStage, instrument
 from gateway.telemetry.tracing import NO_SPAN, AnySpan, Telemetry, error_type, mark_error
 from gateway.telemetry.upstream_calls import UpstreamCalls
+
+log = logging.getLogger("customs.telemetry")
 
 
 @dataclass
@@ -104,6 +109,14 @@ class _RequestBlock:
                 self._span.__exit__(kind, exc, tb)  # marks the span if an exception leaves the block, ends it
 
 
+def _warn_unsupported_protocols(env: Mapping[str, str], traces: str | None, metrics: str | None) -> None:
+    for signal, endpoint in (("traces", traces), ("metrics", metrics)):
+        protocol = unsupported_protocol(env, signal) if endpoint is not None else None
+        if protocol is not None:
+            log.warning("OTLP protocol %r is not supported: %s are exported as OTLP/HTTP protobuf to %s",
+                        protocol, signal, endpoint)
+
+
 class Observability:
     """Owner of Telemetry (traces), Metrics and DecisionLog for one gateway; start/close in that order."""
 
@@ -113,6 +126,8 @@ class Observability:
         # Exported spans leave the gateway: captured arguments always pass a secret redactor.
         self.telemetry.redact = redactor or Redactor(config.secrets).redact
         self.metrics = Metrics(config.telemetry, env=env)
+        _warn_unsupported_protocols(os.environ if env is None else env, self.telemetry.settings.endpoint,
+                                    self.metrics.settings.endpoint)
         self.log = DecisionLog(config.decision_log, redactor, on_drop=self.metrics.log_record_dropped,
                                current_ids=self.telemetry.current_ids)
         # Built once per principal and shared by the spans that carry it.

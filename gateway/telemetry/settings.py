@@ -85,6 +85,14 @@ def _headers(env: Mapping[str, str], signal: str) -> dict[str, str]:
     return headers
 
 
+def unsupported_protocol(env: Mapping[str, str], signal: str) -> str | None:
+    """OTEL_EXPORTER_OTLP_[SIGNAL_]PROTOCOL when it asks for something other than http/protobuf, the one
+    protocol the gateway exports (an operator who set `grpc` must hear that spans go elsewhere than meant)."""
+    value = (env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "").strip()
+             or env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip()).lower()
+    return value if value and value != "http/protobuf" else None
+
+
 def service_name(config: TelemetryConfig, env: Mapping[str, str]) -> str:
     return config.service_name or env.get("OTEL_SERVICE_NAME", "").strip() or DEFAULT_SERVICE_NAME
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import random
 import re
 from typing import Any
 
 import prometheus_client
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.sdk.metrics import MeterProvider
@@ -233,3 +235,18 @@ def test_garbage_collector_passes_are_counted_per_generation() -> None:
         assert passes() == before + 2
     finally:
         gc.enable()
+
+
+async def test_an_otlp_protocol_other_than_http_protobuf_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=grpc (say, with a collector's 4317) is not what the gateway speaks: say so."""
+    config = parse_config({"upstreams": [{"name": "i", "url": "http://127.0.0.1:1/mcp"}]}, env={})
+    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}
+    with caplog.at_level(logging.WARNING, "customs.telemetry"):
+        grpc = Observability(config, env={**base, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                                          "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf"})
+        plain = Observability(config, env={**base, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    await grpc.close()
+    await plain.close()
+    warned = [r.getMessage() for r in caplog.records if "not supported" in r.getMessage()]
+    assert warned == ["OTLP protocol 'grpc' is not supported: traces are exported as OTLP/HTTP protobuf to "
+                      "http://127.0.0.1:1/v1/traces"]
