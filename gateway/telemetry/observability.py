@@ -210,6 +210,8 @@ class Observability:
         attrs: dict[str, Any] = {}
         if method == "tools/call" and target:
             attrs["gen_ai.tool.name"] = target
+        elif method == "prompts/get" and target:  # the conventions' other conditionally required name
+            attrs["gen_ai.prompt.name"] = target
         if error is not None:
             attrs["error.type"] = error_type(error)
         self.metrics.server_operation(method, seconds, attrs)

@@ -201,6 +201,8 @@ class _TracedForward:
         attrs: Attrs = {"customs.upstream": ctx.upstream or ""}
         if ctx.method == "tools/call" and ctx.tool is not None:
             attrs["gen_ai.tool.name"] = ctx.tool.name
+        elif ctx.method == "prompts/get" and ctx.tool is not None:
+            attrs["gen_ai.prompt.name"] = ctx.tool.name
         if error is not None:
             attrs["error.type"] = error
         self._metrics.client_operation(ctx.method, seconds, attrs)
