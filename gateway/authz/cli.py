@@ -14,6 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import cedarpy
+
 from gateway.authz import evaluate
 from gateway.authz.cases import (
     AGENT_ACTIONS,
@@ -25,9 +27,10 @@ from gateway.authz.cases import (
     tool_from,
 )
 from gateway.authz.entities import context, members
-from gateway.authz.policyset import SCHEMA_FILE, LoadedPolicies, PolicyLoadError, load_policies
+from gateway.authz.policyset import SCHEMA_FILE, LoadedPolicies, PolicyLoadError, context_tree, load_policies
 from gateway.authz.record import from_authz_input
 from gateway.authz.schemagen import apply_block, schema_from_input_schemas
+from gateway.context import Decision
 from gateway.identity.chain import claim_mapping
 
 
@@ -209,6 +212,27 @@ def decided_with_approval(outcome: str, approved: bool) -> bool:
     return approved and outcome != "approval_required"
 
 
+def _argument_readers(loaded: LoadedPolicies) -> dict[str, str]:
+    """@id → effect (`permit`/`forbid`) of each policy that reads `context.args` (or the whole context)."""
+    text = "\n".join(Path(name).read_text(encoding="utf-8") for name in loaded.files)
+    static = json.loads(cedarpy.policies_to_json_str(text)).get("staticPolicies", {})
+    readers: dict[str, str] = {}
+    for internal, body in static.items():
+        reads = context_tree(body)
+        if reads is None or "args" in reads:
+            readers[loaded.name(internal)] = str(body.get("effect"))
+    return readers
+
+
+def _may_hinge_on_args(readers: dict[str, str], old_ids: list[str], new: Decision) -> bool:
+    """A changed outcome replayed without the call's arguments (`{}`) may be their absence, not the policies:
+    so when a policy that determined either outcome reads them, or nothing permitted the call now while some
+    permit reads them (with the arguments it might have)."""
+    if any(pid in readers for pid in (*old_ids, *new.policy_ids)):
+        return True
+    return not new.policy_ids and "permit" in readers.values()
+
+
 def replay_cmd(args: argparse.Namespace) -> int:
     loaded = _load(args.policies)
     if loaded is None:
@@ -219,6 +243,8 @@ def replay_cmd(args: argparse.Namespace) -> int:
         _err(f"cannot read {args.log}: {exc.strerror}")
         return 2
     groups: dict[str, list[str]] = defaultdict(list)
+    undetermined: list[str] = []
+    readers = _argument_readers(loaded)
     replayed = skipped = changed = 0
     for number, line in enumerate(lines, start=1):
         try:
@@ -232,14 +258,24 @@ def replay_cmd(args: argparse.Namespace) -> int:
         new = evaluate.decide(loaded, principal, action, tool, facts, granted=decided_with_approval(old, granted))
         if new.outcome == old:
             continue
+        entry = f"line {number}: {principal.id} {action} {tool.cedar_id}: {old} -> {new.outcome}"
+        if record["authz_input"].get("args") is None and _may_hinge_on_args(readers, old_ids, new):
+            undetermined.append(entry)
+            continue
         changed += 1
         for policy in sorted(set(old_ids) | set(new.policy_ids)) or ["(no policy: default deny)"]:
-            groups[policy].append(f"line {number}: {principal.id} {action} {tool.cedar_id}: {old} -> {new.outcome}")
+            groups[policy].append(entry)
     for policy in sorted(groups):
         print(f"{policy}: {len(groups[policy])} changed")
         for entry in groups[policy]:
             print(f"  {entry}")
-    print(f"{replayed} replayed, {changed} changed, {skipped} skipped (no authz_input)")
+    if undetermined:
+        print(f"undetermined: {len(undetermined)} (these policies read context.args, which the log does not "
+              "hold: enable decision_log.include_args to replay them)")
+        for entry in undetermined:
+            print(f"  {entry} (as replayed without arguments)")
+    unknown = f", {len(undetermined)} undetermined (arguments not logged)" if undetermined else ""
+    print(f"{replayed} replayed, {changed} changed, {skipped} skipped (no authz_input){unknown}")
     if replayed == 0:
         _err(f"{args.log}: no replayable decisions (lines need an 'authz_input' object)")
         return 2

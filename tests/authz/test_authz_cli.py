@@ -181,6 +181,31 @@ def test_replay_reports_changed_decisions_grouped_by_policy(policy_dir: Path, tm
     assert run("replay", "--log", tmp_path / "none.jsonl", "--policies", SHIPPED).returncode == 2
 
 
+def test_replay_without_logged_arguments_reports_argument_policies_as_undetermined(
+        policy_dir: Path, tmp_path: Path) -> None:
+    """Without decision_log.include_args the replay cannot see arguments: a decision an argument-reading
+    policy made is not reported as changed under the very policies that made it, but as undetermined."""
+    (policy_dir / "cap.cedar").write_text('@id("small-reads")\npermit (principal, action == Action::"call_tool", '
+                                          'resource == Tool::"payments/pay")\n'
+                                          'when { context.args has amount && context.args.amount < 5 };')
+    payer = agent("spiffe://customs.demo/agent/reader")
+    lines = []
+    for include_args in (False, True):
+        snapshot = authz_input(payer, "call_tool", TOOLS["payments/pay"], call(payer, "payments/pay", {"amount": 1}),
+                               "dev", include_args=include_args)
+        lines.append(json.dumps({"decision": "allow", "policy_ids": ["small-reads"], "authz_input": snapshot}))
+    log = tmp_path / "decisions.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    same = run("replay", "--log", log, "--policies", policy_dir)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "2 replayed, 0 changed, 0 skipped (no authz_input), 1 undetermined (arguments not logged)" in same.stdout
+    assert "line 1: spiffe://customs.demo/agent/reader call_tool payments/pay: allow -> " in same.stdout
+    (policy_dir / "cap.cedar").unlink()  # no policy reads arguments now: both lines replay exactly
+    changed = run("replay", "--log", log, "--policies", policy_dir)
+    assert changed.returncode == 1 and "2 replayed, 2 changed" in changed.stdout, changed.stdout
+    assert "undetermined" not in changed.stdout
+
+
 def test_validate_catches_a_misspelled_argument_behind_has(policy_dir: Path) -> None:
     """Cedar alone accepts a guarded misspelling (always false); validate names it and suggests the argument."""
     assert run("validate", SHIPPED).returncode == 0
