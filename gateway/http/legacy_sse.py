@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway import jsonrpc
 from gateway.errors import GatewayError, forget_traceback, to_wire
 from gateway.http.guards import error_response, read_body, require_json
-from gateway.http.mcp import McpEndpoint, negotiate_version
+from gateway.http.mcp import McpEndpoint, log_failure, negotiate_version
 from gateway.http.streams import SSE_HEADERS, ClientGone
 from gateway.router import Inbound
 from gateway.sessions import Session
@@ -110,6 +110,7 @@ class LegacySseEndpoint:
                 session.init_result = upstream.initialize_result
             reply = jsonrpc.result(message.id, self._mcp._initialize_result(session))
         except Exception as exc:
+            log_failure(exc)
             if trace is not None:
                 trace.fail(exc)
             reply = to_wire(exc, message.id)[0]
@@ -128,6 +129,7 @@ class LegacySseEndpoint:
             except asyncio.CancelledError:
                 reply = self._failed(trace, GatewayError("request_cancelled"), message.id)
             except Exception as exc:
+                log_failure(exc)  # as on POST /mcp: a bug answered internal_error leaves a trace in the log
                 reply = self._failed(trace, exc, message.id)
             finally:
                 session.inflight.pop(message.id, None)

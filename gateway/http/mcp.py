@@ -275,10 +275,7 @@ class McpEndpoint:
         except ClientGone:
             raise asyncio.CancelledError() from None
         except Exception as exc:
-            if isinstance(exc, UpstreamErrorResponse):
-                log.debug("upstream answered an error", exc_info=exc)
-            elif not isinstance(exc, GatewayError):  # a bug answered internal_error: visible at any log level
-                log.error("request failed, answered internal_error", exc_info=exc)
+            log_failure(exc)
             if trace is not None:
                 trace.fail(exc)
             reply, status = to_wire(exc, message.id)
@@ -404,6 +401,14 @@ def _modern_reason(code: int) -> str:
 
 def _dumps(value: Any) -> str:
     return jsonrpc.dumps(value).decode()
+
+
+def log_failure(exc: BaseException) -> None:
+    """A failed call about to be answered: a bug (answered internal_error) is visible at any log level."""
+    if isinstance(exc, UpstreamErrorResponse):
+        log.debug("upstream answered an error", exc_info=exc)
+    elif not isinstance(exc, GatewayError):
+        log.error("request failed, answered internal_error", exc_info=exc)
 
 
 def routes(endpoint: McpEndpoint) -> list[web.RouteDef]:

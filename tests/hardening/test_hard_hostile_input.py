@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
 
 from tests.hardening.conftest import RawClient, Recorder, one_shape_policies, reason, recording_server
 from tests.support.servers import run_http_server
@@ -224,4 +226,20 @@ async def test_an_internal_error_is_logged_at_error_level_without_internals_on_t
     assert status == 200 and reason(body) == "internal_error", body
     assert "secret-internal-detail" not in json.dumps(body)
     logged = [r for r in caplog.records if r.name == "customs.http" and r.levelname == "ERROR"]
+    assert logged and logged[0].exc_info and "secret-internal-detail" in str(logged[0].exc_info[1])
+
+
+async def test_an_internal_error_on_legacy_sse_is_logged_at_error_level(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    # The same bug behind legacy /messages was answered internal_error on the SSE stream with no log line.
+    async def broken(inbound: Any) -> Any:
+        raise RuntimeError("secret-internal-detail")
+
+    env.gw.gateway.endpoint.router.dispatch = broken
+    caplog.set_level("INFO", logger="customs.http")
+    async with Client(sse_client(f"{env.gw.url}/sse"), mode="legacy") as legacy:
+        with pytest.raises(Exception) as info:
+            await legacy.call_tool("rec__lookup", {"sku": "widget"})
+    assert "secret-internal-detail" not in str(info.value)
+    logged = [r for r in caplog.records if r.name.startswith("customs.http") and r.levelname == "ERROR"]
     assert logged and logged[0].exc_info and "secret-internal-detail" in str(logged[0].exc_info[1])
