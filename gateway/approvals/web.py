@@ -35,6 +35,8 @@ from gateway.pipeline import Identifier
 
 OUTCOMES = {"approve": "approved", "deny": "denied"}
 MAX_COMMENT = 2000
+PAGE_PENDING = 1000  # pending calls the page shows (the API's largest page)
+PAGE_HISTORY = 50  # decided calls the page shows
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -182,10 +184,13 @@ class ApprovalsWeb:
         return response
 
     async def _fragment_html(self, approver: Approver, csrf: str) -> str:
-        items = [i for i in await self._store.list(None, 200) if self._auth.may_view(approver, i)]
-        pending = [i for i in items if i.pending]
+        # Pending and decided items are listed apart: one list of the newest items would hide a call still
+        # waiting behind enough newer decided ones.
+        pending = [i for i in await self._store.list(["pending"], PAGE_PENDING) if self._auth.may_view(approver, i)]
+        decided = await self._store.list([s for s in STATES if s != "pending"], 4 * PAGE_HISTORY)
+        history = [i for i in decided if self._auth.may_view(approver, i)][:PAGE_HISTORY]
         own = {i.id for i in pending if self._auth.on_own_behalf(approver, i)}  # shown, but not decidable
-        return render.items_fragment(pending, [i for i in items if not i.pending][:50], csrf, own=own)
+        return render.items_fragment(pending, history, csrf, own=own)
 
     async def page(self, request: web.Request, message: str | None = None, *, error: bool = False,
                    status: int = 200) -> web.StreamResponse:
