@@ -156,6 +156,7 @@ class FileKeySource:
         self._cooldown_s = cooldown_s
         self._stamp = self._file_stamp()
         self._keys = self._read()
+        self._generation = 0  # a count, not id(self._keys): CPython reuses a freed list's id
         self._failed: tuple[tuple[int, int, int], float] | None = None  # (stamp, when) of an unusable change
 
     def _file_stamp(self) -> tuple[int, int, int]:
@@ -181,8 +182,8 @@ class FileKeySource:
 
     @property
     def generation(self) -> int:
-        """Changes whenever the key set is replaced (cached verifications are then void)."""
-        return id(self._keys)
+        """Changes whenever the key set is replaced (cached verifications are then void), never back."""
+        return self._generation
 
     def unfit_for(self, algorithms: Iterable[str]) -> str | None:
         """Why no key of the file can verify a token of any of `algorithms` (None: some key can)."""
@@ -212,6 +213,7 @@ class FileKeySource:
             return found
         try:
             self._keys, self._stamp, self._failed = self._read(), stamp, None
+            self._generation += 1
         except KeySetError as exc:
             # Mid-rewrite or broken: keep the keys in use; this version is tried again after the cool-down.
             self._failed = (stamp, self._clock())
@@ -235,14 +237,15 @@ class UrlKeySource:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_bytes = max_bytes
         self._keys: list[VerifyKey] = []
+        self._generation = 0  # a count, not id(self._keys): CPython reuses a freed list's id
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._lock = asyncio.Lock()
 
     @property
     def generation(self) -> int:
-        """Changes whenever the key set is replaced (cached verifications are then void)."""
-        return id(self._keys)
+        """Changes whenever the key set is replaced (cached verifications are then void), never back."""
+        return self._generation
 
     async def start(self) -> None:
         if self._http is None:
@@ -274,6 +277,7 @@ class UrlKeySource:
             self._attempted_at = self._clock()
             try:
                 self._keys = keys_from_jwks(await self._download(), self.url)
+                self._generation += 1
                 self._fetched_at = self._clock()
             except (KeySetError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 # Keep serving the last good keys: an IdP outage must not log every agent out.

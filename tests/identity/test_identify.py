@@ -13,7 +13,7 @@ from gateway.config.model import IdentityConfig
 from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.identity import JwtIdentifier
-from gateway.identity.jwks import KeySetError
+from gateway.identity.jwks import FileKeySource, KeySetError
 from tests.identity.conftest import AUDIENCE, RESOURCE, Clock, MakeIdentifier, bearer
 from tests.support.tokens import TestIssuer, generate_key
 
@@ -261,3 +261,23 @@ async def test_verified_tokens_are_cached_until_keys_change(tmp_path: Path, make
     assert await identifier.identify(bearer(token), None) is first  # served from the cache
     expired = issuer.mint(SHOPPER, aud=AUDIENCE, alg="ES256", ttl=-120)
     assert "expired" in (await rejected(identifier, expired)).lower()
+
+
+async def test_a_token_of_a_removed_key_stays_refused_across_later_rotations(
+        tmp_path: Path, make_identifier: MakeIdentifier) -> None:
+    """Cached verifications are void once the key set changes, and stay void after further changes: the
+    generation used to be id() of the key list, which CPython reuses, so a third key set could carry the
+    first one's generation and revive the cached verification of a token whose key was removed."""
+    rotating = TestIssuer(tmp_path, algorithms=("EdDSA",))
+    identifier = await make_identifier(rotating.config(), monotonic=Clock(1000.0))
+    old = rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA")
+    assert (await identifier.identify(bearer(old), None)).id == SHOPPER  # cached
+    source = FileKeySource(rotating.jwks_path, pem=False)
+    generations = [source.generation]
+    for _ in range(6):  # each rotation is read at once (first token of the new kid)
+        key = rotating.rotate("EdDSA")
+        assert (await identifier.identify(bearer(rotating.mint(SHOPPER, aud=AUDIENCE, alg="EdDSA")), None))
+        assert await source.candidates(key.kid)
+        generations.append(source.generation)
+    assert len(set(generations)) == len(generations), generations
+    assert "signing key" in await rejected(identifier, old)
