@@ -31,14 +31,22 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def mrkdwn(value: str) -> str:
+    """Slack's escaping of text: the agent's and upstream's words (tool names, arguments, ids) must never
+    turn into `<url|label>` links or `<!channel>` mentions in the approvers' channel."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def message(approval: Approval, page_url: str | None) -> dict[str, Any]:
     """A Slack-compatible message (`text` + `blocks`), with the Approval itself for programs."""
-    who = approval.principal + (f" (via {' → '.join(approval.chain)})" if approval.chain else "")
-    text = f"Approval needed: {who} wants to call {approval.upstream}/{approval.tool}"
-    fields = [f"*Agent:* {who}", f"*Tenant:* {approval.tenant or '—'}",
-              f"*Required by:* {', '.join(approval.policies) or '—'}",
+    who = mrkdwn(approval.principal + (f" (via {' → '.join(approval.chain)})" if approval.chain else ""))
+    text = f"Approval needed: {who} wants to call {mrkdwn(approval.upstream)}/{mrkdwn(approval.tool)}"
+    fields = [f"*Agent:* {who}", f"*Tenant:* {mrkdwn(approval.tenant or '—')}",
+              f"*Required by:* {mrkdwn(', '.join(approval.policies)) or '—'}",
               f"*Expires:* <!date^{int(approval.expires_at)}^{{time}}|{int(approval.expires_at)}>"]
-    args = json.dumps(approval.args, indent=2, sort_keys=True, ensure_ascii=False)[:2500]
+    # A ``` inside the arguments would close the code block early.
+    args = mrkdwn(json.dumps(approval.args, indent=2, sort_keys=True, ensure_ascii=False)[:2500]
+                  .replace("```", "`\u200b``"))
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},

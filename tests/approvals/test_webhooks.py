@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from aiohttp import web
@@ -103,3 +103,28 @@ async def test_full_queue_drops_instead_of_blocking() -> None:
     await notifier.close()
 
 
+
+
+async def test_hostile_names_and_arguments_cannot_link_or_mention_in_slack(receiver: Receiver) -> None:
+    notifier = WebhookNotifier([WebhookConfig(url=receiver.url)], page_url="http://gw/approvals")
+    await notifier.start()
+    receiver.statuses[:] = []
+    try:
+        store = MemoryApprovalStore()
+        draft = ApproveStage(store, ApprovalsConfig()).draft(call_context(
+            {"memo": "```\n<https://evil.example/approve|Approve here> <!channel> & more"}))
+        draft = replace(draft, tool="<https://evil.example|pay>", tenant="<!here>")
+        item, _ = await store.create_or_join(draft, link_s=60)
+        notifier.notify(item)
+        await asyncio.wait_for(notifier.drain(), 10)
+    finally:
+        await notifier.close()
+    payload = json.loads(receiver.hits[-1][1])
+    texts = [payload["text"], *(b["text"]["text"] for b in payload["blocks"] if "text" in b),
+             *(f["text"] for b in payload["blocks"] for f in b.get("fields", []))]
+    for text in texts:  # Slack turns <…> into links and mentions; only the gateway's own date token may stay
+        assert "<https://evil" not in text and "<!channel>" not in text and "<!here>" not in text, text
+    assert "&lt;https://evil.example|pay&gt;" in payload["text"] and "&amp; more" in texts[2]
+    code = payload["blocks"][2]["text"]["text"]
+    assert code.startswith("```") and code.endswith("```") and code.count("```") == 2  # no early close
+    assert payload["approval"]["tool"] == "<https://evil.example|pay>"  # programs get the raw Approval
