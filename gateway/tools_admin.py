@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
+from gateway.approvals.cli import DEFAULT_URL, guard, request_json
 from gateway.errors import GatewayError
 from gateway.http.guards import timed_read
 from gateway.pinning import ToolGuard
@@ -58,7 +57,8 @@ class ToolsAdmin:
             return web.json_response({"error": {"reason": exc.reason}}, status=exc.http_status, headers=exc.headers)
         upstream, tool = request.match_info["upstream"], request.match_info["tool"]
         if upstream not in self._upstreams:
-            raise web.HTTPNotFound()
+            return web.json_response({"error": {"reason": "unknown_tool", "message": f"no upstream {upstream!r}"}},
+                                     status=404)
         record = (await self._guard.list(upstream)).get(tool)
         try:
             body = await timed_read(request, request.json) if request.can_read_body else {}
@@ -69,7 +69,8 @@ class ToolsAdmin:
         digest = body.get("hash") if isinstance(body, dict) else None
         digest = digest or (record or {}).get("seen") or (record or {}).get("hash")
         if not isinstance(digest, str) or not digest.startswith("sha256:"):
-            return web.json_response({"error": {"reason": "unknown_tool"}}, status=404)
+            return web.json_response({"error": {"reason": "unknown_tool",
+                                                "message": f"{upstream} has no tool {tool!r} seen"}}, status=404)
         pinned = await self._guard.approve(upstream, tool, digest, who)
         return web.json_response({"upstream": upstream, "tool": tool, **pinned})
 
@@ -78,43 +79,39 @@ class ToolsAdmin:
                 web.post("/api/tools/{upstream}/{tool}/approve", self.approve)]
 
 
-def _request(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    token = args.token or os.environ.get("CUSTOMS_TOKEN")
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(args.url.rstrip("/") + path, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read() or b"{}")
+TOOLS_HINTS = {
+    401: "the gateway did not accept your token: pass --token or set CUSTOMS_TOKEN to a valid administrator token",
+    403: "your token is valid but not in the administrators' group (pinning.admin_group)",
+    404: "no such upstream or tool (check `customs tools list`)",
+}
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        if args.tools_command == "list":
-            for item in _request(args, "GET", "/api/tools")["items"]:
-                print(f"{item['upstream']}/{item['tool']}\t{item.get('state')}\t{item.get('hash')}"
-                      + (f"\t{item.get('reason')}" if item.get("reason") else ""))
-        else:
-            path = f"/api/tools/{args.upstream}/{args.tool}/approve"
-            print(json.dumps(_request(args, "POST", path, {"hash": args.hash} if args.hash else {}), indent=2))
+    if args.tools_command == "list":
+        items = request_json(args, "GET", "/api/tools", hints=TOOLS_HINTS, who="an administrator")["items"]
+        for item in items:
+            print(f"{item['upstream']}/{item['tool']}\t{item.get('state')}\t{item.get('hash')}"
+                  + (f"\t{item.get('reason')}" if item.get("reason") else ""))
         return 0
-    except urllib.error.HTTPError as exc:
-        print(f"customs: the gateway answered HTTP {exc.code}: {exc.read().decode(errors='replace')}",
-              file=sys.stderr)
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"customs: cannot reach the gateway at {args.url}: {exc}", file=sys.stderr)
-    return 1
+    path = f"/api/tools/{quote(args.upstream, safe='')}/{quote(args.tool, safe='')}/approve"
+    pinned = request_json(args, "POST", path, {"hash": args.hash} if args.hash else {}, hints=TOOLS_HINTS,
+                          who="an administrator")
+    print(json.dumps(pinned, indent=2))
+    return 0
 
 
 def add_tools_parsers(sub: Any) -> None:
     def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--url", default=os.environ.get("CUSTOMS_URL", "http://127.0.0.1:8700"))
-        parser.add_argument("--token", help="administrator bearer token (default: $CUSTOMS_TOKEN)")
-        parser.set_defaults(func=_run)
+        parser.add_argument("--url", default=os.environ.get("CUSTOMS_URL", DEFAULT_URL),
+                            help=f"gateway base URL (default {DEFAULT_URL}, or CUSTOMS_URL)")
+        parser.add_argument("--token", help="administrator bearer token (default: CUSTOMS_TOKEN environment variable)")
+        parser.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds (default 30)")
+        parser.set_defaults(func=guard(_run))
 
-    common(sub.add_parser("list", help="pinned and quarantined tools"))
-    approve = sub.add_parser("approve", help="accept a tool's current definition (lifts a quarantine)")
+    common(sub.add_parser("list", help="pinned and quarantined tools",
+                          description="List every upstream tool's pin: state (pinned | quarantined), hash, reason."))
+    approve = sub.add_parser("approve", help="accept a tool's current definition (lifts a quarantine)",
+                             description="Pin UPSTREAM's TOOL to the definition last seen (or --hash).")
     approve.add_argument("upstream")
     approve.add_argument("tool")
     approve.add_argument("--hash", help="the definition hash to accept (default: the one last seen)")

@@ -31,10 +31,15 @@ class CliError(Exception):
         self.code = code
 
 
-def _request(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def request_json(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None, *,
+                 hints: dict[int, str] = HINTS, who: str = "an approver") -> Any:
+    """Call the gateway's admin API at --url with --token; CliError (message, exit code) when that fails.
+
+    Shared with `customs tools`, which passes its own hints and who holds the token.
+    """
     token = args.token or os.environ.get("CUSTOMS_TOKEN")
     if not token:
-        raise CliError("no token: pass --token or set CUSTOMS_TOKEN (an approver's bearer token)", 2)
+        raise CliError(f"no token: pass --token or set CUSTOMS_TOKEN ({who}'s bearer token)", 2)
     url = args.url.rstrip("/") + path
     data = json.dumps(body).encode() if body is not None else None
     if not args.url.lower().startswith(("http://", "https://")):
@@ -54,7 +59,7 @@ def _request(args: argparse.Namespace, method: str, path: str, body: dict[str, A
         except (ValueError, AttributeError):
             error = {}
         detail = error.get("message") or exc.reason
-        hint = HINTS.get(exc.code, "")
+        hint = hints.get(exc.code, "")
         raise CliError(f"{method} {url}: HTTP {exc.code} {error.get('reason', '')}: {detail}"
                        + (f"\n  hint: {hint}" if hint else ""), 1 if exc.code < 500 else 3) from None
     except (urllib.error.URLError, OSError) as exc:
@@ -83,7 +88,7 @@ def list_command(args: argparse.Namespace) -> int:
     query = {"limit": str(args.limit)}
     if args.state != "all":
         query["state"] = args.state
-    items = _request(args, "GET", "/api/approvals?" + urlencode(query))["items"]
+    items = request_json(args, "GET", "/api/approvals?" + urlencode(query))["items"]
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
@@ -98,7 +103,7 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def show_command(args: argparse.Namespace) -> int:
-    item = _request(args, "GET", f"/api/approvals/{quote(args.id, safe='')}")
+    item = request_json(args, "GET", f"/api/approvals/{quote(args.id, safe='')}")
     if args.json:
         print(json.dumps(item, indent=2))
     else:
@@ -107,7 +112,7 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace, action: str) -> int:
-    item = _request(args, "POST", f"/api/approvals/{quote(args.id, safe='')}/{action}", {"comment": args.comment})
+    item = request_json(args, "POST", f"/api/approvals/{quote(args.id, safe='')}/{action}", {"comment": args.comment})
     if args.json:
         print(json.dumps(item, indent=2))
     elif item["state"] == "pending":
@@ -125,7 +130,8 @@ def deny_command(args: argparse.Namespace) -> int:
     return _decide(args, "deny")
 
 
-def _guard(command: Any) -> Any:
+def guard(command: Any) -> Any:
+    """Run a command, printing a CliError as `error: ...` and exiting with its code."""
     def run(args: argparse.Namespace) -> int:
         try:
             return int(command(args))
@@ -152,14 +158,14 @@ def add_approvals_parsers(sub: Any) -> None:
                    help="pending|approved|denied|expired|cancelled|abandoned|all (comma list allowed)")
     p.add_argument("--limit", type=int, default=100)
     _common(p)
-    p.set_defaults(func=_guard(list_command))
+    p.set_defaults(func=guard(list_command))
     p = sub.add_parser("show", help="show one approval with its arguments")
     p.add_argument("id")
     _common(p)
-    p.set_defaults(func=_guard(show_command))
+    p.set_defaults(func=guard(show_command))
     for name, command in (("approve", approve_command), ("deny", deny_command)):
         p = sub.add_parser(name, help=f"{name} a pending call")
         p.add_argument("id")
         p.add_argument("--comment", "-m", default=None, help="why (shown to the agent and in the decision log)")
         _common(p)
-        p.set_defaults(func=_guard(command))
+        p.set_defaults(func=guard(command))
