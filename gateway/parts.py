@@ -202,6 +202,7 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
                          *approval_routes(approvals, identifier, cedar_approver_check(engine.decide_approve),
                                           redactor=redactor.redact,
                                           approvers_issuer=config.approvals.approvers_issuer,
-                                          keepalive_s=config.approvals.keepalive_s),
+                                          keepalive_s=config.approvals.keepalive_s,
+                                          closing=approve.shutting_down),
                          *ToolsAdmin(guard, identifier, upstreams, config.pinning.admin_group).routes()],
                  checks=checks, owners_before_upstreams=owners)

@@ -100,6 +100,11 @@ class ApproveStage:
         they no longer withdraw their items either."""
         self._released.set()
 
+    @property
+    def shutting_down(self) -> asyncio.Event:
+        """Set by `release_held()`: the gateway has begun to shut down."""
+        return self._released
+
     def quorum(self, policy_ids: Sequence[str]) -> int:
         """Distinct approvers this call needs: the largest quorum of the policies that held it, each policy
         counting with its `@quorum("N")`, or `approvals.quorum` when it has none."""

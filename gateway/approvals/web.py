@@ -75,11 +75,13 @@ class ApprovalsWeb:
     """Handlers for the page and the API, sharing one store and one authorization."""
 
     def __init__(self, store: ApprovalStore, auth: ApproverAuth, *,
-                 redactor: Callable[[Any], Any] | None = None, keepalive_s: float = 15.0) -> None:
+                 redactor: Callable[[Any], Any] | None = None, keepalive_s: float = 15.0,
+                 closing: asyncio.Event | None = None) -> None:
         self._store = store
         self._auth = auth
         self._redact = redactor
         self._keepalive_s = keepalive_s
+        self._closing = closing or asyncio.Event()  # set when the gateway begins to shut down
 
     def _json(self, item: Approval) -> dict[str, Any]:
         data = item.to_json()
@@ -153,18 +155,26 @@ class ApprovalsWeb:
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
         self._store.add_listener(listener)
+        # A page left open is no work to drain: the stream ends when shutdown begins (the page reconnects to
+        # another replica or after the restart), else the server would wait out its drain timeout twice.
+        closing = asyncio.ensure_future(self._closing.wait())
+        change = asyncio.ensure_future(queue.get())
         try:
             await response.write(b": connected\n\n")
             while True:
-                try:
-                    approval_id = await asyncio.wait_for(queue.get(), self._keepalive_s)
-                except TimeoutError:
+                await asyncio.wait((change, closing), timeout=self._keepalive_s, return_when=asyncio.FIRST_COMPLETED)
+                if closing.done():
+                    break
+                if not change.done():
                     await response.write(b": keep-alive\n\n")
                     continue
-                await response.write(f"event: change\ndata: {json.dumps({'id': approval_id})}\n\n".encode())
+                await response.write(f"event: change\ndata: {json.dumps({'id': change.result()})}\n\n".encode())
+                change = asyncio.ensure_future(queue.get())
         except (ConnectionResetError, ConnectionError, RuntimeError):
             pass
         finally:
+            closing.cancel()
+            change.cancel()
             self._store.remove_listener(listener)
         return response
 
@@ -282,7 +292,8 @@ class ApprovalsWeb:
 
 def approval_routes(store: ApprovalStore, identifier: Identifier, approver_check: ApproverCheck, *,
                     redactor: Callable[[Any], Any] | None = None, approvers_issuer: str | None = None,
-                    keepalive_s: float = 15.0) -> list[web.RouteDef]:
-    """All routes of the approvers' page and API, ready for `app.add_routes(...)`."""
+                    keepalive_s: float = 15.0, closing: asyncio.Event | None = None) -> list[web.RouteDef]:
+    """All routes of the approvers' page and API, ready for `app.add_routes(...)`; `closing` is set when the
+    gateway begins to shut down (it ends the live-update streams)."""
     auth = ApproverAuth(identifier, approver_check, approvers_issuer=approvers_issuer)
-    return ApprovalsWeb(store, auth, redactor=redactor, keepalive_s=keepalive_s).routes()
+    return ApprovalsWeb(store, auth, redactor=redactor, keepalive_s=keepalive_s, closing=closing).routes()

@@ -139,3 +139,21 @@ async def test_sigterm_answers_held_calls_pending_and_another_replica_serves_the
     async with sdk_client(upstream) as direct:
         executed = (await direct.call_tool("executed_calls", {})).structured_content or {}
     assert [c["account"] for c in executed.get("result") or []] == ["acme-1"]  # ran once
+
+
+async def test_an_open_approvers_page_does_not_hold_up_shutdown(
+        spawn_gateway: Any, setup: tuple[dict[str, Any], TestIssuer, str]) -> None:
+    """The page's live-update stream is no in-flight work: SIGTERM ends it at once. It used to be waited for
+    (drain_timeout_s) and then waited for again after aiohttp's cancel, which such a stream never notices."""
+    config, issuer, _ = setup
+    gw = await spawn_gateway(config, name="page")
+    alice = {"Authorization": f"Bearer {issuer.mint('alice', aud=AUDIENCE, groups=['finance'])}"}
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/api/approvals/events", headers=alice) as events:
+        assert await asyncio.wait_for(events.content.readline(), 10) == b": connected\n"
+        signalled = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(events.content.read(), DRAIN_S / 2)  # the stream ends (keep-alives, then EOF)
+    while gw.proc.poll() is None:
+        assert time.monotonic() < signalled + DRAIN_S / 2, "an open page held the gateway up"
+        await asyncio.sleep(0.05)
+    assert gw.proc.returncode == 0, gw.log()
