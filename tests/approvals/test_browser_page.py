@@ -11,7 +11,7 @@ import pytest
 
 from gateway.approvals.stage import ApproveStage
 from gateway.config.model import ApprovalsConfig
-from tests.approvals.conftest import Sink, WebKit, call_context
+from tests.approvals.conftest import Clock, Sink, WebKit, call_context, draft
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -56,3 +56,25 @@ async def test_person_approves_a_live_item(web_kit: WebKit, browser: Any) -> Non
     await asyncio.wait_for(held, 15)
     assert ctx.approval is not None and ctx.approval.id == approval_id
     assert ctx.approval.decided_by == ("alice",) and ctx.approval.comment == "checked the invoice"
+
+
+async def test_a_comment_being_written_survives_live_updates(web_kit: WebKit, browser: Any) -> None:
+    clock = Clock()
+    first, _ = await web_kit.store.create_or_join(draft(clock, {"n": 1}), link_s=1800)
+    page = await browser.new_page()
+    await page.goto(f"{web_kit.url}/approvals")
+    await page.fill("#token", web_kit.token("alice"))
+    await page.click("#signin")
+    box = f'[data-approval-id="{first.id}"] textarea[name=comment]'
+    await page.wait_for_selector(box, timeout=15000)
+    await page.fill(box, "half-written reason")
+    await page.click("h2")  # the approver looks elsewhere for a moment: the comment is no longer focused
+    second, _ = await web_kit.store.create_or_join(draft(clock, {"n": 2}), link_s=1800)
+    await page.wait_for_selector(f'[data-approval-id="{second.id}"]', timeout=15000)  # the page updated live
+    assert await page.input_value(box) == "half-written reason"
+
+    await page.focus(box)  # while typing (focused), new calls still appear and the text and focus stay
+    third, _ = await web_kit.store.create_or_join(draft(clock, {"n": 3}), link_s=1800)
+    await page.wait_for_selector(f'[data-approval-id="{third.id}"]', timeout=15000)
+    assert await page.input_value(box) == "half-written reason"
+    assert await page.evaluate("document.activeElement.closest('[data-approval-id]').dataset.approvalId") == first.id

@@ -9,9 +9,19 @@
       return r.ok ? r.text() : null;
     }).then(function (html) {
       if (html === null) return;
-      var active = document.activeElement;
-      if (active && active.tagName === "TEXTAREA" && active.value) return;  // don't wipe a comment being typed
+      // Comments being written (focused or not) and the caret survive the update: each goes back to its call.
+      var drafts = {}, focused = null, active = document.activeElement;
+      box.querySelectorAll("[data-approval-id] textarea").forEach(function (area) {
+        var id = area.closest("[data-approval-id]").dataset.approvalId;
+        if (area.value) drafts[id] = area.value;
+        if (area === active) focused = {id: id, start: area.selectionStart, end: area.selectionEnd};
+      });
       box.innerHTML = html;
+      box.querySelectorAll("[data-approval-id] textarea").forEach(function (area) {
+        var id = area.closest("[data-approval-id]").dataset.approvalId;
+        if (drafts[id] !== undefined) area.value = drafts[id];
+        if (focused && focused.id === id) { area.focus(); area.setSelectionRange(focused.start, focused.end); }
+      });
     });
   }
   function soon() { if (!timer) timer = setTimeout(refresh, 150); }
