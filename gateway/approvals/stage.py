@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from gateway.approvals.model import TERMINAL, Approval, binding_key, new_id
+from gateway.approvals.model import TERMINAL, Approval, ApprovalNotFound, binding_key, new_id
 from gateway.approvals.store import ApprovalStore
 from gateway.config.model import ApprovalsConfig
 from gateway.context import ApprovalState, CallContext, Principal
@@ -177,6 +177,12 @@ class ApproveStage:
         try:
             async with self._store.hold(item.id):
                 return await self._wait_loop(ctx, item, cancelled)
+        except ApprovalNotFound as exc:
+            # The store lost the item while the call was held (Redis restarted without persistence): there is
+            # nothing left to approve, and the call never ran. Retrying asks anew.
+            log.warning("approval %s vanished from the store while its call was held", item.id)
+            raise GatewayError("approval_unavailable", "Pending approval was lost by the approval store; "
+                               "call not executed", data={"approval_id": item.id, "detail": "approval_lost"}) from exc
         except asyncio.CancelledError:
             # the client went away (handler cancelled): withdraw the call, then let cancellation proceed;
             # a shutdown's cancellation leaves the item pending for the agent's retry

@@ -1,0 +1,85 @@
+"""Several real gateway processes on one real redis-server: what they share, and what a Redis fault does to it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from tests.hardening.conftest import RawClient, Recorder, one_shape_policies, poll, reason, recording_server
+from tests.support.redis import RedisServer
+from tests.support.servers import run_http_server
+
+pytestmark = pytest.mark.asyncio
+ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
+
+APPROVAL_POLICIES = """
+@id("reads")
+permit (principal, action == Action::"call_tool", resource in Server::"rec")
+when { resource.read_only };
+
+@id("transfer-needs-approval")
+permit (principal, action == Action::"call_tool", resource == Tool::"rec/transfer")
+when { context.approval == "granted" };
+"""
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[Recorder, str]]:
+    recorder = Recorder(release=asyncio.Event())
+    async with run_http_server(recording_server(recorder)) as url:
+        yield recorder, url
+        recorder.release.set()  # type: ignore[union-attr]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def replica_config(url: str, redis_url: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    policies = one_shape_policies(tmp_path / "policies")
+    (policies / "one.cedar").write_text(APPROVAL_POLICIES)
+    return {"upstreams": [{"name": "rec", "url": url}], "identity": ANON,
+            "policies": {"dir": str(policies), "watch": False}, "store": {"redis": {"url": redis_url}}, **extra}
+
+
+async def test_a_held_call_whose_item_redis_lost_is_answered_not_crashed(
+        spawn_gateway: Any, upstream: tuple[Recorder, str], redis_server: RedisServer,
+        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Redis without persistence is killed and restarted while a call is held on replica A: the item is gone.
+    The held call used to end in internal_error (ApprovalNotFound, logged as a crash); it is now answered
+    approval_unavailable naming the lost item, nothing ran, and the retry (on replica B) asks anew."""
+    recorder, url = upstream
+    config = replica_config(url, redis_server.url, tmp_path, approvals={"wait_s": 120, "keepalive_s": 1})
+    a, b = await asyncio.gather(spawn_gateway(config, name="a"), spawn_gateway(config, name="b"))
+    on_a = RawClient(http, a.mcp)
+    await on_a.initialize()
+    held = asyncio.create_task(on_a.call("rec__transfer", {"amount": 5}))
+    store = aioredis.from_url(redis_server.url)
+    try:
+        await poll(lambda: store.zcard("customs:approvals:pending"), what="the pending item")
+        (approval_id,) = [i.decode() for i in await store.zrange("customs:approvals:pending", 0, -1)]
+        await poll(lambda: store.exists(f"customs:approvals:held:{approval_id}"), what="replica A to hold it")
+    finally:
+        await store.aclose()
+
+    redis_server.restart()  # SIGKILL, then an empty server on the same port
+    status, _, body = await asyncio.wait_for(held, 30)
+    assert status == 200 and reason(body) == "approval_unavailable", body
+    assert body["error"]["data"]["approval_id"] == approval_id
+    assert body["error"]["data"]["detail"] == "approval_lost"
+    assert "internal_error" not in a.log() and "Traceback" not in a.log()
+    assert recorder.calls == []
+
+    on_b = RawClient(http, b.mcp, headers={"Accept": "application/json"})  # cannot wait: answered at once
+    await on_b.initialize()
+    _, _, body = await on_b.call("rec__transfer", {"amount": 5})
+    assert reason(body) == "approval_pending" and body["error"]["data"]["approval_id"] != approval_id, body
+    assert recorder.calls == []
