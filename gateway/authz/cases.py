@@ -17,6 +17,7 @@ import yaml
 from gateway.authz import entities as E
 from gateway.authz.evaluate import decide, decide_approve
 from gateway.authz.policyset import LoadedPolicies, load_policies
+from gateway.config.load import unreadable
 from gateway.context import Actor, Decision, Principal, ToolInfo
 from gateway.identity.chain import ChainError, actor_id, build_chain, claim_mapping, map_claims
 
@@ -235,8 +236,12 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
 def load_cases(path: Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise CaseError(f"{path}: cannot read cases: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaseError(f"{path}: cannot read cases: {unreadable(exc)}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise CaseError(f"{path}: {where}invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list):
         raise CaseError(f"{path}: expected a mapping with a `cases:` list")
     _check_keys(doc, _DOC_KEYS, str(path))

@@ -30,6 +30,7 @@ from gateway.authz.entities import context, members
 from gateway.authz.policyset import SCHEMA_FILE, LoadedPolicies, PolicyLoadError, context_tree, load_policies
 from gateway.authz.record import from_authz_input
 from gateway.authz.schemagen import apply_block, schema_from_input_schemas
+from gateway.config.load import unreadable
 from gateway.context import Decision
 from gateway.identity.chain import claim_mapping
 
@@ -82,7 +83,8 @@ def test_cmd(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"FAIL {path.name}: {result.name}: {result.message}")
     if total == 0:
-        _err("no cases found")
+        _err(f"no cases found in {', '.join(map(str, args.cases))} (a directory holds *.yaml case files, "
+             "each with a `cases:` list)")
         return 2
     print(f"{total - failed} passed, {failed} failed")
     return 1 if failed else 0
@@ -95,8 +97,8 @@ def _json_arg(value: str | None, what: str) -> Any:
     try:
         text = Path(value[1:]).read_text(encoding="utf-8") if value.startswith("@") else value
         return json.loads(text)
-    except OSError as exc:
-        raise CaseError(f"{what}: cannot read {value[1:]}: {exc.strerror}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaseError(f"{what}: cannot read {value[1:]}: {unreadable(exc)}") from exc
     except json.JSONDecodeError as exc:
         raise CaseError(f"{what}: invalid JSON: {exc}") from exc
 
@@ -180,12 +182,20 @@ def schema_cmd(args: argparse.Namespace) -> int:
         _err(str(exc))
         return 2
     base_path = (policies_dir or Path("policies")) / SCHEMA_FILE
-    base = base_path.read_text(encoding="utf-8") if base_path.exists() else ""
+    try:
+        base = base_path.read_text(encoding="utf-8") if base_path.exists() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        _err(f"cannot read {base_path}: {unreadable(exc)}")
+        return 2
     if not base:
         print(f"warning: {base_path} not found; printing only the generated block", file=sys.stderr)
     text = apply_block(base, block) if base else block + "\n"
     if args.output is not None:
-        args.output.write_text(text, encoding="utf-8")
+        try:
+            args.output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            _err(f"--output: cannot write {args.output}: {exc.strerror or exc}")
+            return 2
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -239,8 +249,8 @@ def replay_cmd(args: argparse.Namespace) -> int:
         return 2
     try:
         lines = args.log.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        _err(f"cannot read {args.log}: {exc.strerror}")
+    except (OSError, UnicodeDecodeError) as exc:
+        _err(f"cannot read {args.log}: {unreadable(exc)}")
         return 2
     groups: dict[str, list[str]] = defaultdict(list)
     undetermined: list[str] = []

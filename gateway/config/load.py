@@ -120,13 +120,20 @@ def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path 
     return config
 
 
+def unreadable(exc: OSError | UnicodeDecodeError) -> str:
+    """Why a text file could not be read, for a person: the OS's reason, or where it stops being UTF-8."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start}: {exc.reason})"
+    return exc.strerror or str(exc)
+
+
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a YAML config file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"], str(path)) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"(file): cannot read {path}: {unreadable(exc)}"], str(path)) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
