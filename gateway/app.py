@@ -95,7 +95,8 @@ async def create_app(config: Config) -> web.Application:
         await http.close()
         raise
     app = web.Application(client_max_size=config.listen.max_body_bytes + 1,
-                          middlewares=[guard_middleware(HostOriginPolicy(config.listen))])
+                          middlewares=[guard_middleware(HostOriginPolicy(config.listen),
+                                                        gateway.parts.observability.metrics.request_refused)])
     app[CONFIG] = config
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(gateway.lifecycle)

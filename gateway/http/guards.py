@@ -18,14 +18,17 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 # For routes served outside `create_app` (no config on the application): the configuration default.
 DEFAULT_BODY_TIMEOUT_S: float = ListenConfig.model_fields["body_timeout_s"].default
 T = TypeVar("T")
+REFUSED = web.ResponseKey("customs.refused", str)  # on a response error_response built: the reason (metric)
 
 
 def error_response(exc: BaseException, request_id: object = None,
                    headers: dict[str, str] | None = None) -> web.Response:
     body, status = to_wire(exc, request_id)
     extra = dict(exc.headers) if isinstance(exc, GatewayError) else {}
-    return web.Response(body=dumps(body), status=status, content_type="application/json",
-                        headers={**(headers or {}), **extra})
+    response = web.Response(body=dumps(body), status=status, content_type="application/json",
+                            headers={**(headers or {}), **extra})
+    response[REFUSED] = exc.reason if isinstance(exc, GatewayError) else type(exc).__name__
+    return response
 
 
 def _host_only(value: str) -> str:
@@ -56,15 +59,22 @@ class HostOriginPolicy:
             raise GatewayError("origin_forbidden")
 
 
-def guard_middleware(policy: HostOriginPolicy) -> Callable[..., Awaitable[web.StreamResponse]]:
+def guard_middleware(policy: HostOriginPolicy, refused: Callable[[str, int], None] | None = None,
+                     ) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The Host/Origin check before every route; `refused(reason, status)` is told of each request the MCP
+    edge refused before any call was made (those have no span and no decision record to show them)."""
     @web.middleware
     async def guard(request: web.Request,
                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         try:
             policy.check(request)
         except GatewayError as exc:
-            return error_response(exc)
-        return await handler(request)
+            response: web.StreamResponse = error_response(exc)
+        else:
+            response = await handler(request)
+        if response.status >= 400 and refused is not None and REFUSED in response:
+            refused(response[REFUSED], response.status)
+        return response
     return guard
 
 

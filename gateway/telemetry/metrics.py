@@ -45,7 +45,7 @@ INSTRUMENTS = (
     "customs.approvals.pending", "customs.approval.wait.duration", "customs.upstream.errors",
     "customs.upstream.restarts", "customs.policy.reloads", "customs.tool.quarantines", "customs.rate_limited",
     "customs.shadow.disagreements", "customs.decision_log.dropped", "cpython.gc.collections",
-    "customs.policy.errors",
+    "customs.policy.errors", "customs.requests.refused",
 )
 
 
@@ -144,6 +144,9 @@ class Metrics:
                                            "Calls where the shadow policy decided differently")
         self.policy_errors = meter.create_counter("customs.policy.errors", "{call}",
                                                   "Calls denied because policy evaluation reported errors")
+        self.refused = meter.create_counter("customs.requests.refused", "{request}",
+                                            "MCP requests refused at the HTTP edge, before any call (bad token, "
+                                            "unknown session, bad body, Host/Origin ...)")
         self.log_dropped = meter.create_counter("customs.decision_log.dropped", "{record}",
                                                 "Decision records that could not be written")
         meter.create_observable_counter("cpython.gc.collections", [gc_collections], "{collection}",
@@ -217,6 +220,9 @@ class Metrics:
     def shadow_disagreement(self, upstream: str, tool: str, decision: str, shadow: str) -> None:
         self.shadow.add(1, {"customs.upstream": upstream, "gen_ai.tool.name": tool, "customs.decision": decision,
                             "customs.shadow_decision": shadow})
+
+    def request_refused(self, reason: str, status: int) -> None:
+        self.refused.add(1, {"error.type": reason, "http.response.status_code": status})
 
     def log_record_dropped(self) -> None:
         self.log_dropped.add(1)

@@ -43,6 +43,7 @@ def exercise(metrics: Metrics) -> None:
     metrics.shadow_disagreement("payments", "pay", "allow", "deny")
     metrics.log_record_dropped()
     metrics.policy_error("payments", "pay")
+    metrics.request_refused("unauthenticated", 401)
 
 
 PROMETHEUS_NAMES = (
@@ -51,7 +52,7 @@ PROMETHEUS_NAMES = (
     "customs_approval_wait_duration_seconds",
     "customs_upstream_errors_total", "customs_upstream_restarts_total", "customs_policy_reloads_total",
     "customs_tool_quarantines_total", "customs_rate_limited_total", "customs_shadow_disagreements_total",
-    "customs_decision_log_dropped_total", "customs_policy_errors_total",
+    "customs_decision_log_dropped_total", "customs_policy_errors_total", "customs_requests_refused_total",
 )
 
 
