@@ -61,17 +61,24 @@ OWN_BEHALF = ('<p class="muted own-behalf">This call was made on your behalf (by
               'acting for you), so someone else must decide it.</p>')
 
 
-def item_card(item: Approval, csrf: str, now: float, *, decidable: bool = True) -> str:
+VOTED = '<p class="muted voted">You approved this call; it waits for {more} more approver(s).</p>'
+
+
+def item_card(item: Approval, csrf: str, now: float, *, decidable: bool = True, viewer: str = "") -> str:
     approvals = [v.by for v in item.votes if v.outcome == "approved"]
     votes = f"{len(approvals)} of {item.quorum}" + (f" ({', '.join(approvals)})" if approvals else "")
+    if viewer in approvals:  # one vote per person (quorum): a second click could only be refused
+        actions = VOTED.format(more=max(item.quorum - len(approvals), 1))
+    else:
+        actions = _template("decide.html").substitute(id=escape(item.id), csrf=escape(csrf)) if decidable \
+            else OWN_BEHALF
     return _template("item.html").substitute(
         id=escape(item.id), upstream=escape(item.upstream), tool=escape(item.tool),
         principal=escape(item.principal), chain=escape(" → ".join(item.chain)) or "— (direct)",
         tenant=escape(item.tenant or "—"), policies=escape(", ".join(item.policies) or "—"),
         age=relative(now - item.created_at) + " ago", expires=f"in {relative(item.expires_at - now)}",
         votes=escape(votes), args=escape(json.dumps(item.args, indent=2, sort_keys=True, ensure_ascii=False)),
-        actions=_template("decide.html").substitute(id=escape(item.id), csrf=escape(csrf)) if decidable
-        else OWN_BEHALF)
+        actions=actions)
 
 
 def history_table(items: Sequence[Approval]) -> str:
@@ -88,10 +95,11 @@ def history_table(items: Sequence[Approval]) -> str:
 
 
 def items_fragment(pending: Sequence[Approval], history: Sequence[Approval], csrf: str, *,
-                   own: Set[str] = frozenset()) -> str:
-    """The live part of the page; items in `own` were made on the viewer's behalf and get no buttons."""
+                   own: Set[str] = frozenset(), viewer: str = "") -> str:
+    """The live part of the page; items in `own` were made on the viewer's behalf and get no buttons, nor do
+    those the viewer already approved (quorum)."""
     now = time.time()
-    cards = "".join(item_card(i, csrf, now, decidable=i.id not in own) for i in pending) or \
+    cards = "".join(item_card(i, csrf, now, decidable=i.id not in own, viewer=viewer) for i in pending) or \
         '<p class="muted" id="none-pending">Nothing is waiting for approval.</p>'
     return (f'<h2>Waiting for a decision ({len(pending)})</h2>{cards}'
             f"<h2>History</h2>{history_table(history)}")

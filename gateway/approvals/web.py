@@ -200,7 +200,7 @@ class ApprovalsWeb:
         decided = await self._store.list([s for s in STATES if s != "pending"], 4 * PAGE_HISTORY)
         history = [i for i in decided if self._auth.may_view(approver, i)][:PAGE_HISTORY]
         own = {i.id for i in pending if self._auth.on_own_behalf(approver, i)}  # shown, but not decidable
-        return render.items_fragment(pending, history, csrf, own=own)
+        return render.items_fragment(pending, history, csrf, own=own, viewer=approver.name)
 
     async def page(self, request: web.Request, message: str | None = None, *, error: bool = False,
                    status: int = 200) -> web.StreamResponse:
@@ -273,7 +273,10 @@ class ApprovalsWeb:
         except ApprovalNotFound:
             return await self.page(request, "That call no longer exists.", error=True, status=404)
         except AlreadyDecided as exc:
-            return await self.page(request, f"Already {exc.approval.state}: nothing changed.", error=True, status=409)
+            voted = exc.reason == "already_voted"
+            text = (f"You already approved this call; it needs {exc.approval.quorum} approvals." if voted
+                    else f"Already {exc.approval.state}: nothing changed.")
+            return await self.page(request, text, error=True, status=409)
         except GatewayError as exc:
             return await self.page(request, exc.message, error=True, status=503)
         return web.HTTPSeeOther(f"/approvals?done={item.id}+{item.state}")
