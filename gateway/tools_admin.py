@@ -66,7 +66,13 @@ class ToolsAdmin:
             return web.json_response({"error": {"reason": "invalid_request"}}, status=400)
         except GatewayError as exc:  # body_timeout
             return web.json_response({"error": {"reason": exc.reason}}, status=exc.http_status)
+        # Only an object (or no body, or null) means "the definition last seen": a bare hash string or an array
+        # must not silently pin whatever the upstream serves now instead of the definition the admin checked.
         digest = body.get("hash") if isinstance(body, dict) else None
+        if (body is not None and not isinstance(body, dict)) or (digest is not None and not isinstance(digest, str)):
+            return web.json_response({"error": {"reason": "invalid_request",
+                                                "message": 'body must be a JSON object: {"hash": "sha256:..."}'}},
+                                     status=400)
         digest = digest or (record or {}).get("seen") or (record or {}).get("hash")
         if not isinstance(digest, str) or not digest.startswith("sha256:"):
             return web.json_response({"error": {"reason": "unknown_tool",

@@ -281,3 +281,16 @@ async def test_reapproval_lifts_the_quarantine_of_a_config_pinned_tool(start_gat
         assert "infra__deploy" not in await env.names()
         assert "Unknown tool" in await env.call("infra__deploy")
         assert env.calls == ["deploy"]
+
+
+@pytest.mark.parametrize("body", ["sha256:0000", ["sha256:0000"], 5, {"hash": 5}])
+async def test_a_re_approval_body_that_is_no_object_is_refused_and_pins_nothing(env: Env, body: Any) -> None:
+    """A bare hash or an array used to read as "the definition last seen" and pinned whatever the upstream
+    served at that moment, not the definition the administrator meant."""
+    assert "infra__deploy" in await env.names()
+    env.tools["deploy"] = tool("deploy", destructive=True)
+    assert "infra__deploy" not in await env.names()
+    status, answer = await env.admin("POST", "/api/tools/infra/deploy/approve", body)
+    assert status == 400 and answer["error"]["reason"] == "invalid_request", answer
+    assert (await env.record("deploy"))["state"] == "quarantined"
+    assert "infra__deploy" not in await env.names()
