@@ -30,7 +30,7 @@ from gateway import jsonrpc
 from gateway.context import Principal
 from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, UpstreamErrorResponse, forget_traceback, to_wire
 from gateway.http.batch import BATCH_VERSION, answer_batch
-from gateway.http.guards import accepts, error_response, read_body, require_json
+from gateway.http.guards import REFUSED, accepts, error_response, read_body, require_json
 from gateway.http.session_stream import SessionStreams
 from gateway.http.streams import ClientGone, ResponseChannel
 from gateway.identity import reject_query_token
@@ -391,6 +391,7 @@ class _ModernRejection(Exception):
         body = {"jsonrpc": "2.0", "id": request_id, "error": error}
         self.response = web.Response(body=jsonrpc.dumps(body), status=ERROR_CODE_HTTP_STATUS.get(code, 400),
                                      content_type="application/json")
+        self.response[REFUSED] = error["data"]["reason"]  # an edge refusal like error_response's (the metric)
         super().__init__(message)
 
 

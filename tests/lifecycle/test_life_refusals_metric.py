@@ -42,9 +42,16 @@ async def test_edge_refusals_are_counted_by_reason(start_gateway: Any, upstreams
             assert resp.status == 400
         async with http.post(gw.mcp, json=INIT, headers={**good, "Host": "evil.example"}) as resp:
             assert resp.status == 403
+        # The stateless revision's own refusals (headers that contradict the body) are edge refusals too.
+        call = {"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}}
+        stateless = {**good, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call"}
+        async with http.post(gw.mcp, json=call, headers=stateless) as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["code"] == -32020
         async with http.get(f"{gw.url}/metrics") as resp:
             counts = refused(await resp.text())
     assert counts[("unauthenticated", "401")] == 3
     assert counts[("session_not_found", "404")] == 1
     assert counts[("parse_error", "400")] == 1
     assert counts[("host_forbidden", "403")] == 1
+    assert counts[("header_mismatch", "400")] == 1
