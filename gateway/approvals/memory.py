@@ -166,8 +166,8 @@ class MemoryApprovalStore:
         return [self._expire_if_due(i) for i in due]
 
     async def count_pending(self) -> int:
-        # Due items count as gone (as in Redis, where the index is by expiry): nothing here expires
-        # them between looks, and counting must not have side effects.
+        # Due items count as gone (as in Redis, where the index is by expiry): the sweep expires them only
+        # every `sweep_s`, and counting must not have side effects.
         now = self._clock()
         return sum(1 for i in self._items.values() if i.pending and now < i.expires_at)
 
