@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from gateway.config.rules import (
     credentials_rules,
@@ -219,7 +228,13 @@ class RedisStore(Model):
     redis: RedisConfig
 
 
-StoreConfig = Literal["memory"] | RedisStore
+def _store_kind(value: Any) -> str:
+    return "Redis" if isinstance(value, dict) else "Memory"
+
+
+# Tagged by shape, so a broken redis section is reported alone, not with "should be 'memory'" beside it.
+StoreConfig = Annotated[Annotated[Literal["memory"], Tag("Memory")] | Annotated[RedisStore, Tag("Redis")],
+                        Discriminator(_store_kind)]
 
 
 class DecisionLogConfig(Model):

@@ -1,0 +1,31 @@
+"""A broken `store:` section is reported alone, not beside pydantic's "should be 'memory'" for the other branch."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, parse_config
+
+UPSTREAMS = [{"name": "a", "url": "http://127.0.0.1:9001/mcp"}]
+
+
+def problems(store: object) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": UPSTREAMS, "store": store}, env={})
+    return info.value.problems
+
+
+def test_a_bad_redis_section_names_only_its_own_problem() -> None:
+    assert problems({"redis": {"url": "http://h:6379"}}) == ["store.redis.url: not a redis:// URL"]
+    # the compose stack without REDIS_URL: the variable is the problem, not "memory"
+    unset = problems({"redis": {"url": "${REDIS_URL}"}})
+    assert unset[0] == "store.redis.url: environment variable REDIS_URL is not set"
+    assert not any("memory" in p for p in unset)
+    assert problems({"redsi": {}}) == ["store.redis: Field required", "store.redsi: unknown key"]
+
+
+def test_a_bad_word_names_memory_and_both_kinds_still_load() -> None:
+    assert problems("mem") == ["store: Input should be 'memory'"]
+    assert parse_config({"upstreams": UPSTREAMS}).store == "memory"
+    redis = parse_config({"upstreams": UPSTREAMS, "store": {"redis": {"url": "redis://h:6379/1"}}}).store
+    assert not isinstance(redis, str) and redis.redis.url == "redis://h:6379/1"
