@@ -100,6 +100,8 @@ async def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(gateway.lifecycle)
+    # Before aiohttp waits for requests to finish: server→client streams are not work to wait for.
+    app.on_shutdown.append(lambda _app: gateway.endpoint.streams.end_all())
     app.add_routes(routes(gateway.endpoint))
     app.add_routes(LegacySseEndpoint(gateway.endpoint).routes())
     app.add_routes(gateway.parts.routes)

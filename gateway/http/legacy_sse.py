@@ -38,24 +38,31 @@ class LegacySseEndpoint:
             principal = await self._mcp._identify(request)
         except GatewayError as exc:
             return error_response(exc)
+        if self._mcp.streams.closing:  # draining: reconnect elsewhere or after the restart
+            return web.Response(status=503, headers={"Retry-After": "1"})
         session = self._mcp.sessions.create(principal, view, LEGACY_VERSION, None, None)
         response = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await response.prepare(request)
         session.get_stream_open = True
-        try:
-            await response.write(f"event: endpoint\ndata: /messages?session_id={session.id}\n\n".encode())
-            while not session.closed:
-                try:
-                    _, message = await asyncio.wait_for(session.outbox.get(), self._mcp.keepalive_s)
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                await response.write(b"event: message\ndata: " + jsonrpc.dumps(message) + b"\n\n")
-        except (ConnectionResetError, ClientGone):
-            pass
-        finally:
-            session.get_stream_open = False
-            await self._mcp.sessions.end(session)
+        with self._mcp.streams.legacy() as me:
+            try:
+                await response.write(f"event: endpoint\ndata: /messages?session_id={session.id}\n\n".encode())
+                while not session.closed:
+                    try:
+                        _, message = await asyncio.wait_for(session.outbox.get(), self._mcp.keepalive_s)
+                    except TimeoutError:
+                        await response.write(b": keep-alive\n\n")
+                        continue
+                    await response.write(b"event: message\ndata: " + jsonrpc.dumps(message) + b"\n\n")
+            except (ConnectionResetError, ClientGone):
+                pass
+            except asyncio.CancelledError:
+                if not me.replaced:  # the client went away
+                    raise
+                me.task.uncancel()  # the gateway is shutting down: end the stream normally
+            finally:
+                session.get_stream_open = False
+                await self._mcp.sessions.end(session)
         return response
 
     async def message(self, request: web.Request) -> web.StreamResponse:

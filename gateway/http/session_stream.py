@@ -14,6 +14,8 @@ another. Ids the gateway does not know (or no longer buffers) replay nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -42,8 +44,30 @@ class SessionStreams:
 
     post_replay: StreamReplay = field(default_factory=StreamReplay)
     _open: dict[str, _Takeover] = field(default_factory=dict)
+    _legacy: set[_Takeover] = field(default_factory=set)  # legacy HTTP+SSE streams (the stream is the session)
+    closing: bool = False
+
+    async def end_all(self) -> None:
+        """Shutdown: end every open stream now. An open stream is no work to drain, and aiohttp would wait
+        out `listen.drain_timeout_s` twice for it (once before cancelling, once after), past a container's
+        grace period; the client reconnects to another replica or after the restart."""
+        self.closing = True
+        for takeover in [*self._open.values(), *self._legacy]:
+            takeover.replace()
+
+    @contextlib.contextmanager
+    def legacy(self) -> Iterator[_Takeover]:
+        """Track a legacy SSE stream's task so `end_all` can end it; the caller ends normally when replaced."""
+        me = _Takeover()
+        self._legacy.add(me)
+        try:
+            yield me
+        finally:
+            self._legacy.discard(me)
 
     async def serve(self, request: web.Request, session: Session, keepalive_s: float) -> web.StreamResponse:
+        if self.closing:  # draining: a new stream would only be cut; reconnect elsewhere or after the restart
+            return web.Response(status=503, headers={"Retry-After": "1"})
         resume = split_event_id(request.headers.get("Last-Event-ID"))
         if resume is not None and resume[0] != GET_STREAM:
             return await self._replay_post_stream(request, session, *resume)
