@@ -63,6 +63,7 @@ class Gateway:
         except BaseException:
             for owner in reversed(started):
                 await _close_quietly(owner)
+            await self.http.close()  # close() never runs for a gateway that did not start
             raise
 
     async def close(self) -> None:

@@ -10,10 +10,16 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 
+from gateway.config import ConfigError
 from gateway.config.model import RedisConfig
 
 log = logging.getLogger("customs.store")
+
+# Redis answered and said no (wrong password or ACL user, DB index out of range, no permission): waiting
+# will not help, unlike a Redis that is down or still starting, so these are configuration errors.
+REFUSALS = (AuthenticationError, AuthorizationError, ResponseError)
 
 
 class RedisConnection:
@@ -34,6 +40,9 @@ class RedisConnection:
     async def start(self) -> None:
         try:
             await self.client.ping()
+        except REFUSALS as exc:
+            raise ConfigError([f"store.redis.url: redis at {_safe_url(self.config.url)} refused the gateway: "
+                               f"{type(exc).__name__}: {exc}"], "store") from exc
         except Exception as exc:  # not fatal: calls needing Redis fail closed until it is back
             log.warning("redis at %s not reachable at start-up: %s", _safe_url(self.config.url), exc)
 
@@ -45,6 +54,8 @@ class RedisConnection:
         try:
             await self.client.ping()
             return True, "ok"
+        except REFUSALS as exc:
+            return False, f"redis refused the gateway: {type(exc).__name__}"
         except Exception as exc:
             return False, f"redis unreachable: {type(exc).__name__}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+import yaml
 
+from tests.conftest import free_port, with_port
 from tests.hardening.conftest import RawClient, Recorder, one_shape_policies, poll, reason, recording_server
 from tests.support.redis import RedisServer
 from tests.support.servers import run_http_server
@@ -83,3 +86,56 @@ async def test_a_held_call_whose_item_redis_lost_is_answered_not_crashed(
     _, _, body = await on_b.call("rec__transfer", {"amount": 5})
     assert reason(body) == "approval_pending" and body["error"]["data"]["approval_id"] != approval_id, body
     assert recorder.calls == []
+
+
+async def _serve_until_exit(config_path: Path) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return int(proc.returncode or 0), out.decode(errors="replace")
+
+
+@pytest.mark.parametrize(("url_of", "expected"), [
+    (lambda port: f"redis://:wrong-password@127.0.0.1:{port}/0", "AuthenticationError"),
+    (lambda port: f"redis://127.0.0.1:{port}/0", "AuthenticationError"),  # no password at all
+    (lambda port: f"redis://:right-password@127.0.0.1:{port}/99", "DB index is out of range"),
+])
+async def test_a_redis_that_refuses_the_gateway_at_start_up_is_a_clear_error(
+        redis_server: RedisServer, tmp_path: Path, url_of: Any, expected: str) -> None:
+    """A wrong password or DB index used to start the gateway anyway, with a warning that Redis was 'not
+    reachable' and every call failing closed; waiting never helps there, so serve now refuses to start
+    (exit 2) and says what Redis answered, without the password."""
+    admin = aioredis.from_url(redis_server.url)
+    try:
+        await admin.config_set("requirepass", "right-password")
+    finally:
+        await admin.aclose()
+    config_path = tmp_path / "gw.yaml"
+    config_path.write_text(yaml.safe_dump(with_port({
+        "upstreams": [{"name": "rec", "url": "http://127.0.0.1:9/mcp"}], "identity": ANON,
+        "policies": {"dir": str(one_shape_policies(tmp_path / "policies")), "watch": False},
+        "store": {"redis": {"url": url_of(redis_server.port)}}}, free_port())))
+    code, output = await _serve_until_exit(config_path)
+    assert code == 2, output
+    assert "refusing to start" in output and "store.redis.url" in output and expected in output, output
+    assert "wrong-password" not in output and "right-password" not in output, output
+    assert "Unclosed client session" not in output and "listening on" not in output, output
+
+
+async def test_an_unreachable_redis_at_start_up_is_not_fatal_and_readyz_says_why(
+        spawn_gateway: Any, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """Redis down at start-up (it may come up later) still starts the gateway, not ready, with the reason."""
+    gw = await spawn_gateway({
+        "upstreams": [{"name": "rec", "url": "http://127.0.0.1:9/mcp"}], "identity": ANON,
+        "policies": {"dir": str(one_shape_policies(tmp_path / "policies")), "watch": False},
+        "store": {"redis": {"url": f"redis://127.0.0.1:{free_port()}/0"}}})
+    async with http.get(f"{gw.url}/readyz") as resp:
+        assert resp.status == 503
+        store = (await resp.json())["checks"]["store"]
+    assert store == {"ready": False, "detail": "redis unreachable: ConnectionError"}
