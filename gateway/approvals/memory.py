@@ -150,6 +150,11 @@ class MemoryApprovalStore:
             return item
         return self._store(item.with_state(state, decided_at=self._clock()), state, actor)
 
+    async def forget(self, approval_id: str) -> None:
+        item = self._items.get(approval_id)
+        if item is not None and self._keys.get(item.key, ("",))[0] == approval_id:
+            del self._keys[item.key]
+
     async def claim_execution(self, approval_id: str) -> bool:
         item = self._items.get(approval_id)
         if item is None or not item.claimable:

@@ -72,7 +72,7 @@ class RedisApprovalStore:
         self._heartbeat_s = heartbeat_s
         self._keep_ms = int(keep_s * 1000)
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in (
-            "CREATE_OR_JOIN", "DECIDE", "CANCEL", "CLAIM", "HEARTBEAT", "HOLD", "ABANDON", "PRUNE")}
+            "CREATE_OR_JOIN", "DECIDE", "CANCEL", "CLAIM", "FORGET", "HEARTBEAT", "HOLD", "ABANDON", "PRUNE")}
         self._changed: dict[str, asyncio.Event] = {}
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -275,6 +275,9 @@ class RedisApprovalStore:
 
     async def cancel(self, approval_id: str, state: str = "cancelled", actor: str | None = None) -> Approval:
         return await self._finish(approval_id, state, only_if_due=False, actor=actor)
+
+    async def forget(self, approval_id: str) -> None:
+        await self._script("FORGET", approval_id)
 
     async def claim_execution(self, approval_id: str) -> bool:
         claimed = int(await self._script("CLAIM", approval_id, self._clock(), self._keep_ms)) == 1

@@ -108,6 +108,15 @@ redis.call('PUBLISH', P .. 'events', ARGV[2])
 return 1
 """
 
+# ARGV: prefix, id  -> 1 when the item's binding key pointed at it and no longer does
+FORGET: Final = _HELPERS + """
+local k = redis.call('HGET', item_key(ARGV[2]), 'key')
+if not k then return 0 end
+local link = P .. 'key:' .. k
+if redis.call('GET', link) == ARGV[2] then redis.call('DEL', link); return 1 end
+return 0
+"""
+
 # ARGV: prefix, holder  (Redis TIME, so replicas' clocks need not agree)
 HEARTBEAT: Final = _HELPERS + """
 local t = redis.call('TIME')

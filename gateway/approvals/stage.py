@@ -143,6 +143,9 @@ class ApproveStage:
                 outcome = "reused" if item.claimable else "approved"  # approved before this request came back
                 if item.pending:
                     item = await self._hold(ctx, item)
+                    if item.state == "expired":  # told now, on the open request: a retry asks anew
+                        with contextlib.suppress(Exception):
+                            await self._store.forget(item.id)
                 if item.claimable:
                     if await self._store.claim_execution(item.id):
                         ctx.approval = ApprovalState(item.id, outcome, item.decided_by, item.comment,

@@ -57,6 +57,11 @@ class ApprovalStore(Protocol):
         """Move a pending item to `cancelled` / `abandoned` / `expired`; no-op if already terminal."""
         ...
 
+    async def forget(self, approval_id: str) -> None:
+        """The item's binding key no longer leads to it (its expiry was told to the waiting caller, so an
+        identical retry asks anew rather than hearing of that expiry again)."""
+        ...
+
     async def claim_execution(self, approval_id: str) -> bool:
         """True exactly once for an approved item: the caller may forward the call."""
         ...

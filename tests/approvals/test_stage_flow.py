@@ -210,3 +210,18 @@ async def test_non_waiting_retry_after_expiry_learns_it_then_asks_anew(store: An
     with pytest.raises(GatewayError) as anew:
         await stage(call_context())
     assert anew.value.reason == "approval_pending" and anew.value.data["approval_id"] != approval_id
+
+
+async def test_a_waiting_client_told_of_expiry_asks_anew_on_retry(store: Any, clock: Clock) -> None:
+    """Told `approval_expired` on its open request, the client's identical retry is a new request to the
+    approvers, not the same expiry a second time."""
+    stage = ApproveStage(store, ApprovalsConfig(ttl_s=60, keepalive_s=0.05), clock=clock)
+    held = asyncio.create_task(stage(call_context(notify=Sink())))
+    item = await _pending(store)
+    clock.advance(61)
+    with pytest.raises(GatewayError) as told:
+        await asyncio.wait_for(held, 10)
+    assert told.value.reason == "approval_expired" and told.value.data["approval_id"] == item.id
+    with pytest.raises(GatewayError) as anew:
+        await stage(call_context())
+    assert anew.value.reason == "approval_pending" and anew.value.data["approval_id"] != item.id
