@@ -52,6 +52,7 @@ def _version(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="customs", description="Customs: the gateway every agent tool call "
                                      "passes through (identity, Cedar policy, human approval, JIT credentials).")
+    parser.add_argument("--version", action="version", version=f"customs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

@@ -151,12 +151,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the raw JSON")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1000: {value}")
+    return value
+
+
 def add_approvals_parsers(sub: Any) -> None:
     """Register list/show/approve/deny under an `approvals` subparsers object (each sets `func`)."""
     p = sub.add_parser("list", help="list approvals (pending by default)")
     p.add_argument("--state", default="pending",
                    help="pending|approved|denied|expired|cancelled|abandoned|all (comma list allowed)")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=_positive, default=100, help="at most this many (1-1000, default 100)")
     _common(p)
     p.set_defaults(func=guard(list_command))
     p = sub.add_parser("show", help="show one approval with its arguments")

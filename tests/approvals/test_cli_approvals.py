@@ -74,3 +74,10 @@ async def test_bad_url_and_non_gateway_answers_are_errors_not_tracebacks(web_kit
         assert code == 3 and "not JSON" in err and "Traceback" not in err
     finally:
         await runner.cleanup()
+
+
+async def test_limit_out_of_range_is_a_usage_error(web_kit: WebKit) -> None:
+    for bad in ("-1", "0", "1001", "ten"):
+        code, _, err = await _cli("list", "--limit", bad, "--url", web_kit.url, token=web_kit.token("alice"))
+        assert code == 2 and "--limit" in err, (bad, err)
+

@@ -92,3 +92,12 @@ def test_demo_on_port_zero_prints_and_mints_for_the_real_port(tmp_path: Path) ->
     found = re.search(r"Agents connect to: http://127\.0\.0\.1:(\d+)/mcp", proc.stdout)
     assert found is not None and found.group(1) != "0", proc.stdout
     assert ":0/" not in proc.stdout and "OK: paid 12500.0 to acme-supplies" in proc.stdout
+
+
+def test_version_flag_and_command_agree() -> None:
+    from gateway import __version__
+
+    for argv in (["--version"], ["version"]):
+        proc = subprocess.run([sys.executable, "-m", "gateway", *argv], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert proc.returncode == 0 and proc.stdout.strip() == f"customs {__version__}", proc.stderr
