@@ -234,6 +234,12 @@ class Catalog:
         entry.loaded = False
         entry.generation += 1
 
+    def drop(self, upstream: str | None) -> None:
+        """Another replica changed `upstream`'s pins (None: any upstream's, the news may be lost): re-list
+        before the next use. A name this gateway does not serve is ignored."""
+        for name in self._by_upstream if upstream is None else [upstream] if upstream in self._by_upstream else []:
+            self.invalidate(name)
+
     async def load(self, upstream: str, fetch: FetchTools) -> dict[str, ToolInfo]:
         """The upstream's usable tools: the loaded list, else one `fetch` shared by every caller that
         arrives while it runs (a burst of calls must not each list the upstream). A caller that waited

@@ -157,7 +157,7 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
 
     if redis is not None:
         approvals: ApprovalStore = RedisApprovalStore(redis.client, redis.prefix, on_event=on_approval)
-        pins: Any = RedisPins(redis.client, redis.prefix)
+        pins: Any = RedisPins(redis.client, redis.prefix, on_changed=catalog.drop)
         limit_backend: Any = RedisLimits(redis.client, redis.prefix)
         facts_store: Any = RedisFacts(redis.client, redis.prefix)
     else:
@@ -192,6 +192,8 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     # After the store (it reads it), before the rest; no reads at all when no metric is exported.
     gauge = PendingGauge(approvals, obs.metrics.set_approvals_pending) if obs.metrics.enabled else None
     owners: list[Any] = [o for o in (redis, obs, engine, approvals, gauge, webhooks, credentials) if o is not None]
+    if isinstance(pins, RedisPins) and config.pinning.mode != "off":
+        owners.append(pins)  # hears other replicas' quarantines and re-approvals
     identity_owner = identifier if hasattr(identifier, "start") else None
     if identity_owner is not None:
         owners.append(identity_owner)

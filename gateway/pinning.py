@@ -11,12 +11,17 @@ servers' tools are flagged (tool poisoning).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from redis.exceptions import RedisError
 
 from gateway.catalog import definition_hash
 from gateway.config.model import UpstreamConfig
@@ -30,7 +35,8 @@ Event = Callable[..., None]
 class PinStore(Protocol):
     async def get_all(self, upstream: str) -> dict[str, dict[str, Any]]: ...
 
-    async def put(self, upstream: str, tool: str, record: dict[str, Any]) -> None: ...
+    async def put(self, upstream: str, tool: str, record: dict[str, Any], *, announce: bool = False) -> None:
+        """Store `record`; `announce`: the other replicas must drop their list of `upstream` now."""
 
 
 @dataclass
@@ -40,16 +46,60 @@ class MemoryPins:
     async def get_all(self, upstream: str) -> dict[str, dict[str, Any]]:
         return dict(self.pins.get(upstream, {}))
 
-    async def put(self, upstream: str, tool: str, record: dict[str, Any]) -> None:
+    async def put(self, upstream: str, tool: str, record: dict[str, Any], *, announce: bool = False) -> None:
         self.pins.setdefault(upstream, {})[tool] = record
 
 
 class RedisPins:
-    """Pins in a Redis hash per upstream, so every replica quarantines the same tools."""
+    """Pins in a Redis hash per upstream, so every replica quarantines the same tools.
 
-    def __init__(self, redis: Any, prefix: str) -> None:
+    A quarantine or re-approval is announced on `<prefix>pins:events`; every other replica drops its cached
+    list of that upstream (`on_changed`), so its next call re-lists and meets the pin check at once instead
+    of calling a quarantined tool until its own background pass. After a lost subscription (Redis down)
+    `on_changed(None)` drops every list: announcements may have been missed meanwhile.
+    """
+
+    def __init__(self, redis: Any, prefix: str, on_changed: Callable[[str | None], None] | None = None) -> None:
         self._redis = redis
         self._prefix = prefix + "pins:"
+        self._channel = prefix + "pins:events"
+        self._replica = uuid.uuid4().hex  # its own announcements need no action
+        self._on_changed = on_changed
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._on_changed is not None and self._task is None:
+            self._task = asyncio.create_task(self._listen(self._on_changed), name="customs-pin-events")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _listen(self, on_changed: Callable[[str | None], None]) -> None:
+        backoff, subscribed_before = 0.05, False
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "subscribe":
+                        backoff = 0.05
+                        if subscribed_before:
+                            on_changed(None)
+                        subscribed_before = True
+                    elif message.get("type") == "message":
+                        replica, _, upstream = _s(message["data"]).partition(" ")
+                        if replica != self._replica:
+                            on_changed(upstream)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.debug("pin announcements lost: %s", exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff)  # reconnect backoff
+            backoff = min(backoff * 2, 2.0)
 
     async def get_all(self, upstream: str) -> dict[str, dict[str, Any]]:
         try:
@@ -58,9 +108,13 @@ class RedisPins:
             raise GatewayError("policy_unavailable", "Tool pin store unavailable") from exc
         return {_s(k): json.loads(v) for k, v in raw.items()}
 
-    async def put(self, upstream: str, tool: str, record: dict[str, Any]) -> None:
+    async def put(self, upstream: str, tool: str, record: dict[str, Any], *, announce: bool = False) -> None:
         try:
-            await self._redis.hset(self._prefix + upstream, tool, json.dumps(record))
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(self._prefix + upstream, tool, json.dumps(record))
+            if announce:
+                pipe.publish(self._channel, f"{self._replica} {upstream}")
+            await pipe.execute()
         except Exception as exc:
             raise GatewayError("policy_unavailable", "Tool pin store unavailable") from exc
 
@@ -149,7 +203,7 @@ class ToolGuard:
         if current.get("state") == "quarantined" and current.get("seen") == digest:
             return  # already reported
         record = {**current, "state": "quarantined", "seen": digest, "reason": why}
-        await self._store.put(upstream, name, record)
+        await self._store.put(upstream, name, record, announce=True)
         log.warning("tool %s/%s quarantined: %s", upstream, name, why)
         self._on_event(type="tool_quarantined", upstream=upstream, tool=name, hash=digest, reason=why)
 
@@ -200,7 +254,7 @@ class ToolGuard:
     async def approve(self, upstream: str, name: str, digest: str, by: str) -> dict[str, Any]:
         """An administrator accepts the definition `digest` (as shown by `list`) for a tool."""
         record = {"hash": digest, "state": "pinned", "by": by}
-        await self._store.put(upstream, name, record)
+        await self._store.put(upstream, name, record, announce=True)
         self._on_event(type="tool_approved", upstream=upstream, tool=name, hash=digest, by=by)
         self._on_approved(upstream)  # takes effect for calls now, not at the next tools/list
         return record
