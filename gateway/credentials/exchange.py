@@ -18,7 +18,7 @@ from urllib.parse import quote
 import aiohttp
 
 from gateway.config.model import UpstreamConfig
-from gateway.context import Principal
+from gateway.context import Principal, canonical_json
 from gateway.credentials.minter import Minter, audience_of, refresh_margin
 from gateway.errors import GatewayError
 
@@ -52,7 +52,7 @@ class TokenExchanger:
         self._own_http = http is None
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._cache: dict[tuple[str, str, str], Exchanged] = {}
+        self._cache: dict[tuple[str, str, str, str], Exchanged] = {}
 
     async def start(self) -> None:
         if self._http is None:
@@ -67,7 +67,9 @@ class TokenExchanger:
                        task_end: float | None = None) -> tuple[str, float]:
         """(access token, expiry) for `principal` at `upstream`; reused within the task until near expiry."""
         now = self._clock()
-        key = (task_id, principal.key, upstream.name)
+        # The chain is part of the key: the token was issued for this subject token's `act` chain, and a
+        # later token of the same agent in the same session may name other actors (as the minter's cache).
+        key = (task_id, principal.key, canonical_json(principal.chain_ids), upstream.name)
         hit = self._cache.get(key)
         if hit is not None and hit.reuse_until > now:
             return hit.token, hit.expires_at

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from gateway.credentials import CredentialService
+from gateway.context import Actor
 from gateway.errors import GatewayError
 from tests.credentials.helpers import agent, call, make_config
 from tests.credentials.upstream import bound_socket
@@ -137,3 +138,14 @@ async def test_no_agent_token(service: CredentialService, endpoint: TokenEndpoin
 
 def test_client_secret_is_a_known_secret(service: CredentialService) -> None:
     assert service.redactor.redact(f"secret is {CLIENT_SECRET}") == "secret is [REDACTED]"
+
+
+async def test_cache_is_per_delegation_chain(service: CredentialService, endpoint: TokenEndpoint) -> None:
+    """The same agent in the same session (task) with a token naming other actors gets its own exchange: a
+    token issued for one subject token's `act` chain was handed out for another chain's calls."""
+    first = agent(AGENT_TOKEN)
+    other_chain = replace(first, token=AGENT_TOKEN + "x", chain=(Actor("spiffe://acme/untrusted"),))
+    for principal in (first, other_chain, first):
+        ctx = call("crm", "find", principal=principal)
+        await service.stage(ctx)
+    assert [r["form"]["subject_token"] for r in endpoint.requests] == [AGENT_TOKEN, AGENT_TOKEN + "x"]
