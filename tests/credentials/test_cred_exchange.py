@@ -13,8 +13,8 @@ import jwt
 import pytest
 from aiohttp import web
 
-from gateway.credentials import CredentialService
 from gateway.context import Actor
+from gateway.credentials import CredentialService
 from gateway.errors import GatewayError
 from tests.credentials.helpers import agent, call, make_config
 from tests.credentials.upstream import bound_socket
