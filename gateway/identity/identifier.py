@@ -165,10 +165,15 @@ class JwtIdentifier:
         if not peer_cert or not self._accept_mtls:
             return None
         try:
-            return svid_id(uri_sans_from_peercert(peer_cert))
+            svid = svid_id(uri_sans_from_peercert(peer_cert))
         except InvalidSpiffeId as exc:
             raise self._reject(f"Client certificate is not a valid SPIFFE SVID: {exc}", path,
                                token_presented=False) from None
+        # TLS checked the validity period at the handshake only; a kept-alive connection outlives the SVID.
+        not_after = _not_after(peer_cert)
+        if svid is not None and (not_after is None or self._clock() >= not_after):
+            raise self._reject("Client certificate has expired", path, token_presented=False)
+        return svid
 
     async def _token_principal(self, token: str, svid: str | None, own: str | None) -> tuple[Principal, bool]:
         """The token's principal, and whether the token is good on every endpoint (not only `own`)."""
@@ -184,10 +189,17 @@ class JwtIdentifier:
                          chain=chain, token=token, expires_at=float(claims["exp"])), verified.everywhere
 
     def _mtls_principal(self, svid: str, peer_cert: Mapping[str, Any]) -> Principal:
-        not_after = peer_cert.get("notAfter")
-        expires = float(ssl.cert_time_to_seconds(not_after)) if isinstance(not_after, str) else None
         return Principal(id=svid, issuer=MTLS_ISSUER, subject=svid,
-                         attributes=registry_attributes(svid, self._agents), expires_at=expires)
+                         attributes=registry_attributes(svid, self._agents), expires_at=_not_after(peer_cert))
+
+
+def _not_after(peer_cert: Mapping[str, Any]) -> float | None:
+    """The certificate's notAfter as epoch seconds (None when absent or unreadable)."""
+    value = peer_cert.get("notAfter")
+    try:
+        return float(ssl.cert_time_to_seconds(value)) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 class AnonymousIdentifier:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from gateway.errors import GatewayError
 from gateway.identity import JwtIdentifier
 from gateway.identity.spiffe import uri_sans_from_der
 from tests.identity.certs import Issued, client_context, make_ca, make_leaf, server_context
-from tests.identity.conftest import AUDIENCE, MakeIdentifier
+from tests.identity.conftest import AUDIENCE, Clock, MakeIdentifier
 from tests.support.tokens import TestIssuer
 
 AGENT = "spiffe://acme.test/agent/shopper"
@@ -30,10 +31,17 @@ def ca() -> Issued:
 
 
 @pytest.fixture
-async def tls_call(tmp_path: Path, ca: Issued, issuer: TestIssuer,
-                   make_identifier: MakeIdentifier) -> AsyncIterator[Call]:
+def wall() -> Clock:
+    """The identifier's wall clock (the TLS handshake keeps the real one)."""
+    return Clock(time.time())
+
+
+@pytest.fixture
+async def tls_call(tmp_path: Path, ca: Issued, issuer: TestIssuer, make_identifier: MakeIdentifier,
+                   wall: Clock) -> AsyncIterator[Call]:
     """A TLS server (client CA = `ca`) whose handler runs identify(); returns a caller taking a client leaf."""
-    identifier: JwtIdentifier = await make_identifier(issuer.config(), agents={AGENT: {"tenant": "acme"}})
+    identifier: JwtIdentifier = await make_identifier(issuer.config(), agents={AGENT: {"tenant": "acme"}},
+                                                      clock=wall)
 
     async def handler(request: web.Request) -> web.Response:
         peer = request.transport.get_extra_info("peercert") if request.transport else None
@@ -75,6 +83,20 @@ async def test_mtls_only_principal_from_san(tls_call: Call, ca: Issued) -> None:
     assert (body["id"], body["issuer"], body["attributes"]) == (AGENT, "mtls", {"tenant": "acme"})
     assert body["expires_at"] == pytest.approx(leaf.cert.not_valid_after_utc.timestamp(), abs=1)
     assert body["der_sans"] == [AGENT]
+
+
+async def test_svid_that_expired_after_the_handshake_is_refused(tls_call: Call, ca: Issued, issuer: TestIssuer,
+                                                                  wall: Clock) -> None:
+    """TLS checks the validity period only at the handshake; a kept-alive connection outlives the SVID, and its
+    requests went on identifying as the SPIFFE ID (alone or with a token naming it)."""
+    leaf = make_leaf(ca, uris=[AGENT], dns=[])
+    wall.now = leaf.cert.not_valid_after_utc.timestamp() + 1  # as on a connection opened before notAfter
+    status, body = await tls_call(leaf)
+    assert (status, body["message"]) == (401, "Client certificate has expired")
+    status, body = await tls_call(leaf, issuer.mint(AGENT, aud=AUDIENCE, exp=int(wall.now) + 300))
+    assert (status, body["message"]) == (401, "Client certificate has expired")
+    wall.now -= 2
+    assert (await tls_call(leaf))[0] == 200
 
 
 async def test_token_and_matching_svid(tls_call: Call, ca: Issued, issuer: TestIssuer) -> None:
