@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway.transport.base import Health, Upstream
 
 Check = Callable[[], Awaitable[tuple[bool, Any]]]
+CHECK_TIMEOUT_S = 2.0  # a store check (Redis ping) that takes longer is reported not ready, with that reason
 
 
 class HealthRoutes:
@@ -34,16 +35,23 @@ class HealthRoutes:
             except Exception as exc:  # a failing probe is a not-ready answer, never a 500
                 return Health(False, f"probe failed: {type(exc).__name__}")
 
+        async def bounded(check: Check) -> tuple[bool, Any]:
+            # A store that hangs (a paused Redis) answers not-ready within a probe's patience, with its reason.
+            try:
+                return await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
+            except TimeoutError:
+                return False, f"no answer within {CHECK_TIMEOUT_S:g} s"
+
         names = list(self._upstreams)
-        healths = await asyncio.gather(*(probe(self._upstreams[n]) for n in names))
+        check_names = list(self._checks)
+        healths, results = await asyncio.gather(
+            asyncio.gather(*(probe(self._upstreams[n]) for n in names)),
+            asyncio.gather(*(bounded(self._checks[n]) for n in check_names)))
         upstreams = {n: {"ready": h.ready, "detail": h.detail, "restarts": h.restarts}
                      for n, h in zip(names, healths, strict=True)}
-        checks: dict[str, Any] = {}
-        ready = all(h.ready for h in healths)
-        for name, check in self._checks.items():
-            ok, detail = await check()
-            checks[name] = {"ready": ok, "detail": detail}
-            ready = ready and ok
+        checks: dict[str, Any] = {n: {"ready": ok, "detail": detail}
+                                  for n, (ok, detail) in zip(check_names, results, strict=True)}
+        ready = all(h.ready for h in healths) and all(ok for ok, _ in results)
         if self._draining():
             ready = False
             checks["shutdown"] = {"ready": False, "detail": "draining"}

@@ -193,3 +193,18 @@ async def test_a_tool_quarantined_on_one_replica_is_refused_by_the_others(
 
 async def _answers(client: RawClient) -> bool:
     return "result" in (await client.call("rec__lookup", {"sku": "widget"}))[2]
+
+
+async def test_a_paused_redis_makes_readyz_say_so_within_a_probes_patience(
+        spawn_gateway: Any, redis_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """A Redis that accepts but does not answer (CLIENT PAUSE) is reported by /readyz as not ready with that
+    reason after the store check's own bound, not after the client's socket timeout."""
+    gw = await spawn_gateway(replica_config("http://127.0.0.1:9/mcp", redis_server.url, tmp_path))
+    admin = aioredis.from_url(redis_server.url)
+    # Paused for every client (this one too, so it lapses by itself rather than being lifted).
+    await admin.execute_command("CLIENT", "PAUSE", 4_000, "ALL")
+    await admin.aclose()
+    async with http.get(f"{gw.url}/readyz") as resp:
+        assert resp.status == 503
+        store = (await resp.json())["checks"]["store"]
+    assert store == {"ready": False, "detail": "no answer within 2 s"}
