@@ -241,9 +241,11 @@ async def route_server_message(session: Session, upstream: str, message: Message
         if cancelled is None:
             return
         message = cancelled
-    elif method == "notifications/progress":
+    elif method == "notifications/progress" and send is None:
+        # Only progress that reached no request's own stream is looked up by token: stateless clients
+        # of one principal share a session, so two of their calls may carry the same token.
         token = (message.get("params") or {}).get("progressToken")
-        send = session.progress_routes.get(token, send)
+        send = session.progress_routes.get(token)
     elif method == "notifications/resources/updated" and session.view is None:
         message = _updated_for_client(upstream, message)
     if send is not None:

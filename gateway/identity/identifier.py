@@ -110,6 +110,12 @@ class JwtIdentifier:
         for source in self._sources:
             await source.close()
 
+    async def settle(self) -> None:
+        """Wait for background JWKS refreshes in flight (tests; calls never wait for them)."""
+        for source in self._sources:
+            if isinstance(source, UrlKeySource):
+                await source.settle()
+
     def _reject(self, message: str, path: str = MCP_PATH, *, token_presented: bool) -> GatewayError:
         challenge = www_authenticate(self._resource_url, "invalid_token" if token_presented else None, path)
         return GatewayError("unauthenticated", message, headers={"WWW-Authenticate": challenge})

@@ -11,6 +11,7 @@ cannot turn the gateway into a request amplifier against the IdP. A JWKS file is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -241,6 +242,7 @@ class UrlKeySource:
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None  # a refresh of stale keys in flight
 
     @property
     def generation(self) -> int:
@@ -253,15 +255,27 @@ class UrlKeySource:
         await self._refetch(force=True)
 
     async def close(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
         if self._own_http and self._http is not None:
             await self._http.close()
             self._http = None
 
+    async def settle(self) -> None:
+        """Wait for a background refresh in flight (nothing on the call path waits for one)."""
+        if self._background is not None:
+            await asyncio.shield(self._background)
+
     async def candidates(self, kid: str | None) -> list[VerifyKey]:
-        now = self._clock()
-        stale = self._fetched_at is None or now - self._fetched_at >= self._refresh_s
         found = select(self._keys, kid)
-        if found and not stale:
+        if found:
+            if self._fetched_at is None or self._clock() - self._fetched_at >= self._refresh_s:
+                # Refresh behind the token, not in front of it: a slow IdP (up to the fetch timeout) would
+                # otherwise hold up every new token, and a failed refresh keeps these keys anyway.
+                if self._background is None or self._background.done():
+                    self._background = asyncio.create_task(self._refetch(force=False), name="customs-jwks")
             return found
         await self._refetch(force=False)
         return select(self._keys, kid)

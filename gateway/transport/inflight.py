@@ -105,16 +105,18 @@ class InflightTable:
             return None
         return pending
 
-    def route(self, message: Message) -> Pending | None:
-        """Legacy SSE (one client session per stream): the request an unsolicited message most likely
-        belongs to: progress by its token, anything else the most recently started request."""
+    def route(self, message: Message) -> tuple[Pending | None, Message]:
+        """Legacy SSE: the request an unsolicited message most likely belongs to, and the message as its
+        client must see it. Progress is exact (its token upstream is the request's upstream id, see
+        `with_progress_token`; the client's own token is put back); anything else goes to the most
+        recently started request."""
         params = message.get("params")
-        token = params.get("progressToken") if isinstance(params, dict) else None
-        if message.get("method") == "notifications/progress" and token is not None:
-            for pending in self._pending.values():
-                if pending.progress_token == token:
-                    return pending
-        return next(reversed(self._pending.values()), None)
+        if message.get("method") == "notifications/progress" and isinstance(params, dict):
+            pending = self.progress_target(params.get("progressToken"))
+            if pending is None:
+                return None, message
+            return pending, {**message, "params": {**params, "progressToken": pending.progress_token}}
+        return next(reversed(self._pending.values()), None), message
 
 
 def with_progress_token(message: Message, token: Any) -> Message:

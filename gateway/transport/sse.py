@@ -30,7 +30,7 @@ from gateway.transport.common import (
 )
 from gateway.transport.events import SseEvent, iter_sse, parse_json
 from gateway.transport.http_base import HttpUpstreamBase, deliver, same_origin
-from gateway.transport.inflight import InflightTable
+from gateway.transport.inflight import InflightTable, with_progress_token
 
 
 class SseUpstream(HttpUpstreamBase):
@@ -122,7 +122,12 @@ class SseSession:
         try:
             async with asyncio.timeout(limit) as deadline:
                 credential = headers if headers is not None else await self._session_headers()
-                await self._post(with_id(message, pending.upstream_id), credential)
+                outbound = with_id(message, pending.upstream_id)
+                if pending.progress_token is not None:
+                    # Two calls of one session (stateless clients of one principal share it) may carry the
+                    # same token: upstream it is unique (the upstream id), so progress finds its own call.
+                    outbound = with_progress_token(outbound, pending.upstream_id)
+                await self._post(outbound, credential)
                 response = await pending.future
         except TimeoutError as exc:
             if not deadline.expired():
@@ -224,7 +229,9 @@ class SseSession:
     async def _route(self, message: Message) -> None:
         handler: MessageHandler | None = self._on_message
         if message.get("method") not in BROADCAST_METHODS:
-            pending = self._table.route(message)
+            pending, message = self._table.route(message)
             if pending is not None and pending.on_message is not None:
                 handler = pending.on_message
+            elif pending is None and message.get("method") == "notifications/progress":
+                return  # its call is over: the token (an upstream id) means nothing to the client
         await deliver(handler, message, self._up.log)

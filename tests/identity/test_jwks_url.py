@@ -82,6 +82,7 @@ async def test_stale_keys_are_refreshed_after_refresh_interval(served: TestIssue
     assert served.fetches == 1
     monotonic.now += 2
     await identifier.identify(bearer(served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")), None)
+    await identifier.settle()  # stale keys are refreshed behind the token, not in front of it
     assert served.fetches == 2
 
 
@@ -94,7 +95,9 @@ async def test_failed_refetch_keeps_the_last_good_keys(mode: str, served: TestIs
     monotonic.now += 61  # stale: the next use refetches, which fails
     token = served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")
     assert (await identifier.identify(bearer(token), None)).id == SHOPPER
+    await identifier.settle()
     assert served.fetches == 2
+    assert (await identifier.identify(bearer(served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")), None)).id == SHOPPER
 
 
 async def test_unreachable_at_start_then_recovers(served: TestIssuer, make_identifier: MakeIdentifier) -> None:
@@ -133,3 +136,21 @@ async def test_own_session_is_closed(served: TestIssuer) -> None:
     assert len(await source.candidates(None)) == 2
     await source.close()
     await source.close()  # idempotent
+
+
+async def test_slow_refresh_of_stale_keys_does_not_hold_up_calls(served: TestIssuer,
+                                                                 make_identifier: MakeIdentifier) -> None:
+    """Keys past jwks_refresh_s still verify while the refetch runs: every new token used to wait for the
+    refetch (up to its 5 s timeout) behind one lock, so a slow IdP stalled all calls each refresh interval."""
+    monotonic = Clock(100.0)
+    identifier = await make_identifier(served.config(source="url", jwks_refresh_s=60), monotonic=monotonic)
+    served.jwks_mode = "hang"
+    monotonic.now += 61  # stale: the next use refetches, and the IdP does not answer
+    tokens = [served.mint(SHOPPER, aud=AUDIENCE, alg="ES256") for _ in range(3)]
+    # Well under the fetch timeout (5 s): the calls must not wait for the hanging fetch at all.
+    results = await asyncio.wait_for(asyncio.gather(*(identifier.identify(bearer(t), None) for t in tokens)), 2.5)
+    assert {principal.id for principal in results} == {SHOPPER}
+    served.jwks_mode = "normal"
+    await served.close()  # releases the hanging fetch
+    await identifier.settle()
+    assert served.fetches == 2  # one refetch, in the background
