@@ -29,7 +29,7 @@ from gateway.authz.policyset import PolicyLoadError
 from gateway.authz.stage import AuthorizeStage
 from gateway.catalog import Catalog
 from gateway.config import ConfigError
-from gateway.config.model import Config, RedisStore
+from gateway.config.model import Config, PoliciesConfig, RedisStore
 from gateway.credentials.redaction import Redactor
 from gateway.credentials.service import CredentialService
 from gateway.limits import Limiter, MemoryLimits, RedisLimits
@@ -77,9 +77,11 @@ class Parts:
         """SIGHUP: re-validate the config file, reload the policies (atomically, last good set kept) and
         re-read the signing keys.
 
-        Policies are the part operators change live. Other config sections own open connections and
-        child processes; a change to them is reported (with the sections named) and needs a restart.
+        Policies are the part operators change live, `policies.dir` and `shadow_dir` included. Other
+        config sections own open connections and child processes; a change to them is reported (with
+        the sections named) and needs a restart. `running` is the config as read at start-up.
         """
+        policies = None
         if config_path is not None:
             from gateway.config import load_config
             try:
@@ -87,17 +89,26 @@ class Parts:
             except ConfigError as exc:
                 log.error("SIGHUP: %s is invalid, nothing changed:\n  %s", config_path, "\n  ".join(exc.problems))
                 return False
-            if running is not None:
-                changed = [name for name in Config.model_fields
-                           if name != "policies" and getattr(fresh, name) != getattr(running, name)]
-                if changed:
-                    log.warning("SIGHUP: config sections %s changed; they take effect after a restart",
-                                ", ".join(changed))
-        ok = await self.engine.reload()
-        log.info("SIGHUP: policies %s", "reloaded" if ok else "kept (reload failed)")
+            policies = fresh.policies
+            changed = restart_needed(fresh, running) if running is not None else []
+            if changed:
+                log.warning("SIGHUP: config sections %s changed; they take effect after a restart",
+                            ", ".join(changed))
+        ok = await self.engine.reload(policies)
+        log.info("SIGHUP: policies %s", f"reloaded from {self.engine.config.dir}" if ok else "kept (reload failed)")
         # A key an operator dropped into signing.key_dir becomes the signer (on-demand rotation).
         await self.credentials.reload_keys()
         return ok
+
+
+def restart_needed(fresh: Config, running: Config) -> list[str]:
+    """The config sections (or policies fields) that differ and apply only after a restart."""
+    live = {"dir", "shadow_dir"}  # the policy engine re-reads these on SIGHUP
+    changed = [name for name in Config.model_fields
+               if name != "policies" and getattr(fresh, name) != getattr(running, name)]
+    changed += [f"policies.{name}" for name in PoliciesConfig.model_fields
+                if name not in live and getattr(fresh.policies, name) != getattr(running.policies, name)]
+    return changed
 
 
 def _policy_engine(config: Config, obs: Observability) -> PolicyEngine:

@@ -68,7 +68,7 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-async def run(config: Config, *, config_path: Path | None = None,
+async def run(config: Config, *, config_path: Path | None = None, file_config: Config | None = None,
               on_ready: Callable[[str], Awaitable[None] | None] | None = None,
               stop: asyncio.Event | None = None) -> int:
     from gateway.app import create_app
@@ -106,8 +106,9 @@ async def run(config: Config, *, config_path: Path | None = None,
     gateway = app[GATEWAY]
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # A SIGHUP compares the file with the file as it was read, not with --host/--port applied to it.
     loop.add_signal_handler(signal.SIGHUP,
-                            lambda: asyncio.ensure_future(gateway.parts.reload(config_path, config)))
+                            lambda: asyncio.ensure_future(gateway.parts.reload(config_path, file_config or config)))
     if on_ready is not None:
         maybe = on_ready(url)
         if maybe is not None:
@@ -142,6 +143,7 @@ def serve_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"customs: {exc.report('invalid configuration')}", file=sys.stderr)
         return 2
+    file_config = config
     listen_changes = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if (args.port if args.port is not None else config.listen.port) == 0 and config.listen.public_url is None:
         # The gateway's own URL (token audience, RFC 9728 metadata, minted `iss`) names its port, so
@@ -156,7 +158,7 @@ def serve_command(args: argparse.Namespace) -> int:
         preflight(config, str(args.config or "embedded defaults"))
         for warning in exposure_warnings(config):
             log.warning("%s", warning)
-        return asyncio.run(run(config, config_path=args.config))
+        return asyncio.run(run(config, config_path=args.config, file_config=file_config))
     except ConfigError as exc:
         print(f"customs: {exc.report('refusing to start')}", file=sys.stderr)
         return 2

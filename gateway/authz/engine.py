@@ -63,14 +63,16 @@ class PolicyEngine:
 
     # ---- loading -------------------------------------------------------------------------------
 
-    def _load_both(self) -> tuple[LoadedPolicies, LoadedPolicies | None, str | None]:
+    def _load_both(self, config: PoliciesConfig | None = None) -> tuple[LoadedPolicies, LoadedPolicies | None,
+                                                                         str | None]:
         """Load the enforced set (raises) and the shadow set (its failure is only reported)."""
-        current = load_policies(self.config.dir)
+        config = config or self.config
+        current = load_policies(config.dir)
         shadow: LoadedPolicies | None = None
         shadow_error: str | None = None
-        if self.config.shadow_dir is not None:
+        if config.shadow_dir is not None:
             try:
-                shadow = load_policies(self.config.shadow_dir)
+                shadow = load_policies(config.shadow_dir)
             except PolicyLoadError as exc:
                 shadow_error = str(exc)
         return current, shadow, shadow_error
@@ -96,20 +98,27 @@ class PolicyEngine:
         log.info("policies %s loaded from %s (%d policies)", loaded[0].version, loaded[0].source, len(loaded[0]))
         return loaded[0]
 
-    async def reload(self) -> bool:
-        """Re-read the policy directories; on failure keep the last good set. Returns success."""
+    async def reload(self, config: PoliciesConfig | None = None) -> bool:
+        """Re-read the policy directories; on failure keep the last good set. Returns success.
+
+        `config` (SIGHUP with an edited config file) may name other directories: they are read instead
+        and, once a set loads from them, watched from then on; a failure keeps the old directories too."""
         async with self._lock:
-            seen = fingerprint(self.config.dir, self.config.shadow_dir)
+            target = self.config if config is None else \
+                self.config.model_copy(update={"dir": config.dir, "shadow_dir": config.shadow_dir})
+            seen = fingerprint(target.dir, target.shadow_dir)
             try:
-                loaded = await asyncio.to_thread(self._load_both)
+                loaded = await asyncio.to_thread(self._load_both, target)
             except PolicyLoadError as exc:
-                self._seen = seen  # do not retry the same broken files every poll
+                if target == self.config:  # do not retry the same broken files every poll
+                    self._seen = seen
                 self.reload_failures += 1
                 self.last_error = str(exc)
                 log.error("policy reload failed; keeping version %s: %s", self.version, exc)
                 self._notify(False, str(exc))
                 return False
             previous = self.version
+            self.config = target
             self._install(loaded, seen)
             self.reloads += 1
             message = f"policies {previous or '-'} -> {loaded[0].version} ({len(loaded[0])} policies)"

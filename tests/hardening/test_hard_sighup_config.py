@@ -1,0 +1,90 @@
+"""SIGHUP against an edited config file, on a real gateway process: what applies live and what is named
+as needing a restart (docs/configuration.md, "Reloading").
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.hardening.conftest import RawClient, Recorder, one_shape_policies, poll, reason, recording_server
+from tests.support.servers import run_http_server
+
+pytestmark = pytest.mark.asyncio
+ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
+ANY_LOOKUP = '@id("any-lookup")\npermit (principal, action == Action::"call_tool", resource == Tool::"rec/lookup");\n'
+RELOADED = "SIGHUP: policies reloaded"
+KEPT = "SIGHUP: policies kept (reload failed)"
+
+
+@pytest.fixture
+async def upstream_url() -> AsyncIterator[str]:
+    async with run_http_server(recording_server(Recorder())) as url:
+        yield url
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def _edit(path: Path, **policies: Any) -> None:
+    data = yaml.safe_load(path.read_text())
+    data["policies"] = {**data["policies"], **policies}
+    path.write_text(yaml.safe_dump(data))
+
+
+async def _readyz_policies(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with http.get(f"{url}/readyz") as resp:
+        detail: dict[str, Any] = (await resp.json())["checks"]["policies"]["detail"]
+        return detail
+
+
+async def test_sighup_reads_policies_from_a_changed_policies_dir(
+        spawn_gateway: Any, upstream_url: str, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    first = one_shape_policies(tmp_path / "first")  # lookup of sku "widget" only
+    second = one_shape_policies(tmp_path / "second")
+    (second / "one.cedar").write_text(ANY_LOOKUP)
+    broken = one_shape_policies(tmp_path / "broken")
+    (broken / "one.cedar").write_text("permit (principal, action, resource) when { nope };\n")
+    gw = await spawn_gateway({"upstreams": [{"name": "rec", "url": upstream_url}], "identity": ANON,
+                              "policies": {"dir": str(first), "watch": False}})
+    client = RawClient(http, gw.mcp)
+    await client.initialize()
+    assert reason((await client.call("rec__lookup", {"sku": "gadget"}))[2]) == "unknown_tool"
+
+    _edit(gw.config_path, dir=str(second))
+    gw.proc.send_signal(signal.SIGHUP)
+    await poll(lambda: RELOADED in gw.log(), what="the reload")
+    assert "result" in (await client.call("rec__lookup", {"sku": "gadget"}))[2], gw.log()
+    assert (await _readyz_policies(http, gw.url))["dir"] == str(second)
+    assert "take effect after a restart" not in gw.log()  # policies.dir applies live
+
+    # A directory that does not load keeps both the set in force and the directory it came from.
+    _edit(gw.config_path, dir=str(broken), max_chain_depth=3)
+    gw.proc.send_signal(signal.SIGHUP)
+    await poll(lambda: KEPT in gw.log(), what="the failed reload")
+    assert "config sections policies.max_chain_depth changed" in gw.log()
+    assert f"{broken / 'one.cedar'}" in gw.log()
+    detail = await _readyz_policies(http, gw.url)
+    assert detail["dir"] == str(second) and str(broken) in detail["last_error"]
+    assert "result" in (await client.call("rec__lookup", {"sku": "gadget"}))[2]
+
+
+async def test_sighup_with_an_unchanged_file_names_no_section_when_serve_overrode_the_host(
+        spawn_gateway: Any, upstream_url: str, tmp_path: Path) -> None:
+    # The file says localhost; `--host 127.0.0.1` overrides it. That is no change of the file.
+    gw = await spawn_gateway({"upstreams": [{"name": "rec", "url": upstream_url}], "identity": ANON,
+                              "listen": {"host": "localhost"},
+                              "policies": {"dir": str(one_shape_policies(tmp_path / "p")), "watch": False}},
+                             args=("--host", "127.0.0.1"))
+    gw.proc.send_signal(signal.SIGHUP)
+    await poll(lambda: RELOADED in gw.log(), what="the reload")
+    assert "changed; they take effect after a restart" not in gw.log(), gw.log()
