@@ -8,6 +8,7 @@ describes, so neither store grows without bound. With Redis, all replicas see th
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -26,11 +27,20 @@ class RevocationStore(Protocol):
 
     async def is_revoked(self, jti: str) -> bool: ...
 
-    async def is_ended(self, task_id: str) -> bool: ...
+    async def is_ended(self, task_id: str, *, used_for_s: float | None = None) -> bool:
+        """Has the task ended (on any replica)? `used_for_s`: also note that it is in use now, for that long
+        (`used_lately`)."""
+
+    async def used_lately(self, task_id: str) -> bool:
+        """Was the task in use (on any replica) within the `used_for_s` of its last `is_ended`?"""
+
+    shared: bool  # several replicas see this store: a task may live on beyond one replica's view of it
 
 
 class MemoryRevocations:
     """Single-process store (the embedded default and unit tests)."""
+
+    shared = False
 
     def __init__(self, *, ended_ttl_s: float = 3660.0, clock: Callable[[], float] = time.time) -> None:
         self._tasks: dict[str, dict[str, float]] = {}
@@ -70,8 +80,11 @@ class MemoryRevocations:
         exp = self._revoked.get(jti)
         return exp is not None and exp > self._clock()
 
-    async def is_ended(self, task_id: str) -> bool:
+    async def is_ended(self, task_id: str, *, used_for_s: float | None = None) -> bool:
         return self._ended.get(task_id, 0) > self._clock()
+
+    async def used_lately(self, task_id: str) -> bool:
+        return False  # one process: its own view of when a task was used is the whole story
 
 
 # KEYS: task zset, ended marker. ARGV: jti, exp (s), ended? -> 0 when the task has ended.
@@ -102,11 +115,14 @@ return out
 
 
 class RedisRevocations:
-    """Shared store: `<prefix>cred:task:<id>` (zset jti→exp), `cred:ended:<id>`, `cred:revoked:<jti>`.
+    """Shared store: `<prefix>cred:task:<id>` (zset jti→exp), `cred:ended:<id>`, `cred:revoked:<jti>`,
+    `cred:used:<id>` (a task in use on some replica within `tasks.idle_s`).
 
     Each key carries a TTL no longer than the tokens it describes (or `ended_ttl_s` for the ended
     marker). Both writes are Lua scripts, so a record racing a revoke cannot slip through.
     """
+
+    shared = True
 
     def __init__(self, client: Any, *, prefix: str = "customs:", ended_ttl_s: float = 3660.0,
                  clock: Callable[[], float] = time.time) -> None:
@@ -133,5 +149,15 @@ class RedisRevocations:
     async def is_revoked(self, jti: str) -> bool:
         return bool(await self._client.exists(f"{self._prefix}revoked:{jti}"))
 
-    async def is_ended(self, task_id: str) -> bool:
-        return bool(await self._client.exists(self._task_keys(task_id)[1]))
+    async def is_ended(self, task_id: str, *, used_for_s: float | None = None) -> bool:
+        ended = self._task_keys(task_id)[1]
+        if used_for_s is None:
+            return bool(await self._client.exists(ended))
+        async with self._client.pipeline(transaction=False) as pipe:  # one round trip, as before
+            pipe.exists(ended)
+            pipe.set(f"{self._prefix}used:{task_id}", b"1", ex=max(1, math.ceil(used_for_s)))
+            found, _ = await pipe.execute()
+        return bool(found)
+
+    async def used_lately(self, task_id: str) -> bool:
+        return bool(await self._client.exists(f"{self._prefix}used:{task_id}"))

@@ -5,7 +5,9 @@ principal, so two agents cannot share or end each other's tasks), else its MCP s
 the gateway's implicit per-principal session for stateless clients), else a per-principal idle
 window (`tasks.idle_s`). A task ends on session DELETE / session expiry (the session manager calls
 `session_ended`), idle timeout (explicit and idle-window tasks, by the sweeper), an explicit
-`end_task`, or gateway shutdown.
+`end_task`, or gateway shutdown. With a shared (Redis) store an explicit task may be served by several
+replicas: it ends by its agent or once unused for `idle_s` on all of them, never because one replica
+went idle on it or stopped.
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ class TaskTracker:
         if task is None or task.kind != "explicit":
             return
         try:
-            ended = await self.revocations.is_ended(task_id)
+            ended = await self.revocations.is_ended(task_id, used_for_s=self.idle_s)
         except Exception as exc:  # fail closed: a cached token may be a revoked one
             raise GatewayError("credential_unavailable", "Revocation store unavailable") from exc
         if ended:
@@ -165,34 +167,55 @@ class TaskTracker:
         (its set-up requests carried credentials all the same)."""
         return await self.end_task(session_task_id(session_id), "session_end", principal_key)
 
+    def _shared(self, task: Task) -> bool:
+        """An explicit task with a shared store: other replicas may be serving it, so this one's view of it
+        (idle here, or this replica stopping) does not end it for everyone."""
+        return task.kind == "explicit" and self.revocations.shared
+
+    def _forget(self, task_id: str) -> None:
+        """Drop this replica's state of a task that lives on elsewhere (its cached tokens too); no revocation."""
+        self._tasks.pop(task_id, None)
+        for callback in self._on_end:
+            callback(task_id)
+
     async def sweep(self) -> list[str]:
-        """End explicit and idle-window tasks unused for `idle_s` (sessions end with their session)."""
+        """End explicit and idle-window tasks unused for `idle_s` (sessions end with their session); an
+        explicit task some other replica used within `idle_s` is only forgotten here. Returns those ended."""
         now = self._clock()
-        stale = [t.id for t in self._tasks.values() if t.kind != "session" and now - t.last_used >= self.idle_s]
-        for task_id in stale:
+        stale = [t for t in self._tasks.values() if t.kind != "session" and now - t.last_used >= self.idle_s]
+        ended: list[str] = []
+        for task in stale:
             try:
-                await self.end_task(task_id, "idle_timeout")
+                if self._shared(task) and await self.revocations.used_lately(task.id):
+                    self._forget(task.id)
+                    continue
+                await self.end_task(task.id, "idle_timeout")
+                ended.append(task.id)
             except Exception:
-                log.exception("could not end idle task %s", task_id)
-        return stale
+                log.exception("could not end idle task %s", task.id)
+        return ended
 
     async def start(self) -> None:
         self._stop.clear()
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="customs-task-sweeper")
 
     async def close(self) -> None:
-        """Stop the sweeper and end every task this instance knows (gateway shutdown)."""
+        """Stop the sweeper and end every task this instance knows (gateway shutdown), except explicit tasks
+        in a shared store: those end by their agent, or once idle on every replica."""
         self._stop.set()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        for task_id in list(self._tasks):
+        for task in list(self._tasks.values()):
+            if self._shared(task):  # the agent may go on through another replica (a rolling restart)
+                self._forget(task.id)
+                continue
             try:
-                await self.end_task(task_id, "shutdown")
+                await self.end_task(task.id, "shutdown")
             except Exception:
-                log.exception("could not revoke credentials of task %s at shutdown", task_id)
+                log.exception("could not revoke credentials of task %s at shutdown", task.id)
 
     async def _sweep_loop(self) -> None:
         interval = max(0.05, min(self.idle_s / 4, 30.0))

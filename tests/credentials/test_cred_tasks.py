@@ -109,3 +109,37 @@ async def test_failing_event_sink_does_not_break_revocation(tmp_path, clock) -> 
     assert len(await svc.end_task(task)) == 1
     assert not await active(svc, token)
     await svc.close()
+
+
+async def test_explicit_tasks_in_a_shared_store_outlive_one_replica(request, clock) -> None:
+    """Two replicas on one real Redis serve one agent's explicit task: the replica that went idle on it, or
+    that stops (a rolling restart), only forgets it; it ends for everyone once unused on every replica."""
+    import redis.asyncio as aioredis
+
+    from gateway.credentials.revocation import RedisRevocations
+    from gateway.credentials.tasks import TaskTracker
+
+    client = aioredis.from_url(request.getfixturevalue("redis_server").url)
+    events: list[dict] = []
+    a, b, c = (TaskTracker(RedisRevocations(client, prefix="t:", clock=clock), idle_s=30, clock=clock,
+                           on_event=events.append) for _ in range(3))
+    ctx = call("pay", "pay", meta={"customs/task": "job-1"})
+    try:
+        task = a.resolve(ctx)
+        for replica in (a, b, c):
+            assert replica.resolve(ctx) == task
+            await replica.ensure_live(task)
+        clock.advance(31)  # idle on A's clock; B used it within idle_s as Redis sees it
+        assert await a.sweep() == [] and a.task(task) is None
+        await c.close()  # C stops
+        await b.ensure_live(task)  # still live for B: no credential_unavailable
+        assert events == []
+        await client.delete(f"t:cred:used:{task}")  # unused on every replica for idle_s
+        assert await b.sweep() == [task]
+        assert events[-1]["task_id"] == task and events[-1]["reason"] == "idle_timeout"
+        assert a.resolve(ctx) == task
+        with pytest.raises(GatewayError) as ended:
+            await a.ensure_live(task)
+        assert ended.value.data == {"task_ended": True}
+    finally:
+        await client.aclose()
