@@ -44,13 +44,14 @@ def _lookup(claims: Mapping[str, Any], name: str) -> Any:
 
 def _attribute_value(attribute: str, value: Any) -> Any:
     """Only strings, booleans, integers and lists of strings become attributes: Cedar has no floats or
-    free-form records here. `groups` is always a list."""
+    free-form records here. `groups` is always a list. An empty string counts as missing: `tenant: ""` must not
+    pass `principal has tenant` as a tenant named ""."""
     if isinstance(value, str):
-        return [value] if attribute == "groups" else value
+        return None if not value else [value] if attribute == "groups" else value
     if isinstance(value, bool | int):
         return None if attribute == "groups" else value
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return list(value[:MAX_LIST_ITEMS])
+        return [item for item in value if item][:MAX_LIST_ITEMS] or None
     return None
 
 

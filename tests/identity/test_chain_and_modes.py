@@ -114,3 +114,15 @@ def test_reject_query_token() -> None:
     with pytest.raises(GatewayError) as bare:
         reject_query_token({"access_token": "abc"})
     assert bare.value.headers == {}
+
+
+async def test_empty_string_claims_count_as_missing(issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    """`tenant: ""` (what some IdPs emit for an unset user attribute) became the tenant "", which the shipped
+    tenant-scoped permits (`principal has tenant && principal.tenant == context.tenant`) accepted as a tenant;
+    an empty claim is now left out, like a missing one, and the registry applies."""
+    agent = "spiffe://acme.test/agent/empty"
+    identifier = await make_identifier(issuer.config(), agents={agent: {"tenant": "acme"}})
+    token = issuer.mint(agent, aud=AUDIENCE, tenant="", claims={"owner": "", "groups": ["", ""]})
+    principal = await identifier.identify(bearer(token), None)
+    assert principal.attributes == {"tenant": "acme"}
+    assert principal.tenant == "acme"
