@@ -73,6 +73,11 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
               stop: asyncio.Event | None = None) -> int:
     from gateway.app import create_app
     from gateway.credentials.redaction import Redactor, install_log_redaction
+    loop = asyncio.get_running_loop()
+    # SIGHUP's default action ends the process: one sent while the gateway starts (a reload hook run right
+    # after start, a JWKS URL or Redis that is slow to answer) would kill it. Remember it; reload once up.
+    hup_while_starting = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, hup_while_starting.set)
     log_filter = install_log_redaction(Redactor(config.secrets))  # no secret reaches a log line, whoever logs it
     tls = ssl_context(config)  # before anything starts: unusable TLS files refuse start-up (ConfigError)
     app = await create_app(config)
@@ -102,13 +107,10 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     banner = sys.stderr if config.decision_log.path is None else sys.stdout
     print(f"customs: listening on {url}  (agents connect to {url}/mcp)", file=banner, flush=True)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     gateway = app[GATEWAY]
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     # A SIGHUP compares the file with the file as it was read, not with --host/--port applied to it.
-    loop.add_signal_handler(signal.SIGHUP,
-                            lambda: asyncio.ensure_future(gateway.parts.reload(config_path, file_config or config)))
+    _handle_signals(loop, stop, lambda: asyncio.ensure_future(gateway.parts.reload(config_path, file_config or config)),
+                    hup_while_starting)
     if on_ready is not None:
         maybe = on_ready(url)
         if maybe is not None:
@@ -124,6 +126,17 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
         loop.remove_signal_handler(sig)
     log.info("stopped")
     return 0
+
+
+def _handle_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, reload: Callable[[], object],
+                    hup_while_starting: asyncio.Event) -> None:
+    """SIGTERM and SIGINT stop; SIGHUP reloads, at once if one arrived while the gateway was starting."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    if hup_while_starting.is_set():
+        log.info("SIGHUP arrived while starting: reloading now")
+        reload()
 
 
 def _settle_heap() -> None:

@@ -4,7 +4,10 @@ as needing a restart (docs/configuration.md, "Reloading").
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 
+from tests.conftest import free_port, with_port
 from tests.hardening.conftest import RawClient, Recorder, one_shape_policies, poll, reason, recording_server
 from tests.support.servers import run_http_server
+from tests.support.tokens import generate_key
 
 pytestmark = pytest.mark.asyncio
 ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
@@ -88,3 +94,46 @@ async def test_sighup_with_an_unchanged_file_names_no_section_when_serve_overrod
     gw.proc.send_signal(signal.SIGHUP)
     await poll(lambda: RELOADED in gw.log(), what="the reload")
     assert "changed; they take effect after a restart" not in gw.log(), gw.log()
+
+
+async def test_sighup_while_starting_neither_kills_the_gateway_nor_is_lost(
+        upstream_url: str, tmp_path: Path) -> None:
+    # The gateway fetches its issuer's JWKS URL while starting; this one answers when the test says so.
+    asked, release = asyncio.Event(), asyncio.Event()
+    jwks = {"keys": [generate_key("EdDSA", "k1").public_jwk]}
+
+    async def keys(request: web.Request) -> web.Response:
+        asked.set()
+        await release.wait()
+        return web.json_response(jwks)
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", keys)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    jwks_url = f"http://127.0.0.1:{runner.addresses[0][1]}/jwks.json"
+    port = free_port()
+    config = with_port({"upstreams": [{"name": "rec", "url": upstream_url}],
+                        "identity": {"mode": "jwt", "issuers": [{"issuer": "https://idp.test", "jwks_url": jwks_url}]},
+                        "policies": {"dir": str(one_shape_policies(tmp_path / "p")), "watch": False}}, port)
+    config_path, log_path = tmp_path / "gw.yaml", tmp_path / "gw.log"
+    config_path.write_text(yaml.safe_dump(config))
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
+                                stdout=log_file, stderr=subprocess.STDOUT, cwd=str(tmp_path))
+    try:
+        await asyncio.wait_for(asked.wait(), 30)  # the gateway is starting
+        proc.send_signal(signal.SIGHUP)
+        release.set()
+        await poll(lambda: proc.poll() is not None or RELOADED in log_path.read_text(), timeout=30,
+                   what="the start and the reload")
+        assert proc.poll() is None, log_path.read_text()
+        assert "listening on" in log_path.read_text()
+    finally:
+        release.set()
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+        await runner.cleanup()
