@@ -200,6 +200,9 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
         async def store_check() -> tuple[bool, Any]:
             return await redis.check()
         checks["store"] = store_check
+    readiness = getattr(identifier, "readiness", None)
+    if readiness is not None:
+        checks["identity"] = readiness
     # After the store (it reads it), before the rest; no reads at all when no metric is exported.
     gauge = PendingGauge(approvals, obs.metrics.set_approvals_pending) if obs.metrics.enabled else None
     owners: list[Any] = [o for o in (redis, obs, engine, approvals, gauge, webhooks, credentials) if o is not None]

@@ -110,6 +110,12 @@ class JwtIdentifier:
         for source in self._sources:
             await source.close()
 
+    async def readiness(self) -> tuple[bool, Any]:
+        """/readyz: every issuer whose keys come from a URL has some (else each of its tokens is refused)."""
+        details = {source.url: source.readiness() for source in self._sources if isinstance(source, UrlKeySource)}
+        ready = all(ok for ok, _ in details.values())
+        return ready, {url: detail for url, (_, detail) in details.items()} or "ok"
+
     async def settle(self) -> None:
         """Wait for background JWKS refreshes in flight (tests; calls never wait for them)."""
         for source in self._sources:

@@ -243,6 +243,13 @@ class UrlKeySource:
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None  # a refresh of stale keys in flight
+        self.last_error: str | None = None  # of the last fetch, None once one succeeds
+
+    def readiness(self) -> tuple[bool, str]:
+        """Not ready while no key was ever fetched (every token would be refused): with the fetch's error."""
+        if self._keys:
+            return True, "ok" if self.last_error is None else f"last good keys kept; refresh failed: {self.last_error}"
+        return False, f"no keys from {self.url}: {self.last_error or 'not fetched yet'}"
 
     @property
     def generation(self) -> int:
@@ -295,7 +302,10 @@ class UrlKeySource:
                 self._fetched_at = self._clock()
             except (KeySetError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 # Keep serving the last good keys: an IdP outage must not log every agent out.
-                log.warning("JWKS fetch from %s failed: %s", self.url, exc or type(exc).__name__)
+                self.last_error = str(exc) or type(exc).__name__
+                log.warning("JWKS fetch from %s failed: %s", self.url, self.last_error)
+            else:
+                self.last_error = None
 
     async def _download(self) -> Any:
         if self._http is None:

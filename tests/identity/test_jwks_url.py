@@ -104,6 +104,8 @@ async def test_unreachable_at_start_then_recovers(served: TestIssuer, make_ident
     served.jwks_mode = "error"
     monotonic = Clock(100.0)
     identifier = await make_identifier(served.config(source="url"), monotonic=monotonic)  # start must not raise
+    ready, detail = await identifier.readiness()  # /readyz says why every token is refused
+    assert not ready and detail == {served.url: f"no keys from {served.url}: {served.url}: HTTP 500"}, detail
     token = served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")
     with pytest.raises(GatewayError, match="signing key"):
         await identifier.identify(bearer(token), None)
@@ -112,6 +114,7 @@ async def test_unreachable_at_start_then_recovers(served: TestIssuer, make_ident
     monotonic.now += 31
     assert (await identifier.identify(bearer(token), None)).id == SHOPPER
     assert served.fetches == 2
+    assert await identifier.readiness() == (True, {served.url: "ok"})
 
 
 async def test_fetch_timeout_and_size_bound(served: TestIssuer) -> None:
