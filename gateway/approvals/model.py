@@ -103,7 +103,7 @@ class Approval:
         return {x for x in (self.principal, self.subject, *self.chain, *self.owners) if x}
 
     def to_json(self) -> dict[str, Any]:
-        """The documented wire shape (plus `quorum`, `votes`, `decided_at`, `executed`)."""
+        """The documented wire shape (plus `quorum`, `votes`, `decided_at`, `executed`, `policy_version`)."""
         return {
             "id": self.id, "state": self.state, "upstream": self.upstream, "tool": self.tool,
             "principal": self.principal, "chain": list(self.chain), "tenant": self.tenant,
@@ -113,6 +113,7 @@ class Approval:
             "comment": self.comment,
             "quorum": self.quorum, "votes": [asdict(v) for v in self.votes],
             "decided_at": self.decided_at, "executed": self.executed, "method": self.method,
+            "policy_version": self.policy_version or None,  # the set that held the call (it may reload since)
         }
 
     def cedar_attrs(self) -> dict[str, Any]:

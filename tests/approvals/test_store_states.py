@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -166,3 +167,9 @@ async def test_count_pending_is_store_wide_and_leaves_out_due_items(kit: StoreKi
     clock.advance(11)  # the ttl=10 item is due; nothing has marked it expired yet
     assert await a.count_pending() == await b.count_pending() == 1
     assert [e["transition"] for e in kit.events].count("expired") == 0  # counting has no side effects
+
+
+async def test_an_item_keeps_the_policy_version_that_held_it(store: Any, clock: Clock) -> None:
+    # Policies may reload while the call waits: the item says which set held it, in both stores.
+    item, _ = await store.create_or_join(dataclasses.replace(draft(clock), policy_version="sha256:abc"), link_s=1800)
+    assert (await store.get(item.id)).to_json()["policy_version"] == "sha256:abc"
