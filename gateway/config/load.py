@@ -127,6 +127,40 @@ def unreadable(exc: OSError | UnicodeDecodeError) -> str:
     return exc.strerror or str(exc)
 
 
+_MARK = "\ue000"  # private use: in no real config, and a plain-scalar character to YAML
+_INDEX = 0xE001
+_SPAN = 6000  # index characters (two per reference): 36 million references
+
+
+def _shield_refs(text: str) -> tuple[str, dict[str, str]]:
+    """Hide `${...}` references from the YAML parser. Inside a flow mapping (`{secret: ${SECRET}}`, as the
+    interfaces contract writes it) the braces would end the mapping; each reference becomes a neutral token
+    of the same length (so YAML's line and column of an error still point right), put back after parsing
+    and substituted as before, never as YAML (an env value cannot change the document's structure)."""
+    refs: dict[str, str] = {}
+
+    def hide(match: re.Match[str]) -> str:
+        n = len(refs)
+        token = (_MARK + chr(_INDEX + n // _SPAN) + chr(_INDEX + n % _SPAN)).ljust(len(match.group(0)), _MARK)
+        refs[token] = match.group(0)
+        return token
+
+    return _ENV_REF.sub(hide, text), refs
+
+
+def _unshield(node: Any, refs: dict[str, str]) -> Any:
+    if isinstance(node, str):
+        if _MARK in node:
+            for token, original in refs.items():
+                node = node.replace(token, original)
+        return node
+    if isinstance(node, list):
+        return [_unshield(v, refs) for v in node]
+    if isinstance(node, dict):
+        return {_unshield(k, refs): _unshield(v, refs) for k, v in node.items()}
+    return node
+
+
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a YAML config file."""
     path = Path(path)
@@ -134,8 +168,9 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"(file): cannot read {path}: {unreadable(exc)}"], str(path)) from exc
+    shielded, refs = _shield_refs(text) if "${" in text else (text, {})
     try:
-        data = yaml.safe_load(text)
+        data = _unshield(yaml.safe_load(shielded), refs)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"

@@ -407,3 +407,29 @@ def test_a_key_file_with_no_key_for_the_allowed_algorithms_is_refused(tmp_path: 
     serve = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", "0"],
                            capture_output=True, text=True, check=False, timeout=60)
     assert serve.returncode == 2 and "no key fits the issuer's algorithms ES384" in serve.stderr
+
+
+def test_env_references_inside_flow_mappings_load_as_the_contract_writes_them(tmp_path: Path) -> None:
+    """interfaces.md writes `webhooks: [{url: ..., secret: ${WEBHOOK_SECRET}}]`: the braces of an unquoted
+    reference inside a flow mapping would end it for YAML. It loads, and the value (with YAML's own special
+    characters) is substituted as text, never parsed as YAML."""
+    path = tmp_path / "customs.yaml"
+    path.write_text("upstreams: [{name: inventory, url: http://127.0.0.1:9001/mcp}]\n"
+                    "approvals: {ttl_s: 900, webhooks: [{url: http://127.0.0.1:9/hook, secret: ${WEBHOOK_SECRET}}]}\n"
+                    "listen: {port: ${PORT:-8711}, public_url: http://127.0.0.1:${PORT:-8711}}\n"
+                    "${NOT_A_KEY:-x}: 1\n")
+    with pytest.raises(ConfigError) as unknown:  # a reference as a key is still just a (rejected) key
+        load_config(path, env={"WEBHOOK_SECRET": "s3:c}r #et, [x]"})
+    assert unknown.value.problems == ["${NOT_A_KEY:-x}: unknown key"], unknown.value.problems
+    path.write_text(path.read_text().rsplit("${NOT_A_KEY", 1)[0])
+    config = load_config(path, env={"WEBHOOK_SECRET": "s3:c}r #et, [x]"})
+    assert config.approvals.webhooks[0].secret == "s3:c}r #et, [x]"
+    assert config.listen.port == 8711 and config.listen.resource_url == "http://127.0.0.1:8711"
+
+
+def test_yaml_errors_on_a_line_with_a_reference_keep_their_column(tmp_path: Path) -> None:
+    path = tmp_path / "customs.yaml"
+    path.write_text("upstreams: []\nlisten: {public_url: ${URL}, port: [}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={"URL": "http://x"})
+    assert error.value.problems[0].startswith("line 2, column 37: invalid YAML"), error.value.problems
