@@ -1,9 +1,12 @@
-"""Helpers for credential tests: a settable clock, configs, a principal with a delegation chain, call contexts."""
+"""Helpers for credential tests: a settable clock, configs, a principal with a delegation chain, call contexts,
+a plain payments upstream."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from mcp.server.mcpserver import MCPServer
 
 from gateway.config import Config, parse_config
 from gateway.context import Actor, CallContext, Principal, ToolInfo
@@ -43,3 +46,14 @@ def call(upstream: str, tool: str, args: dict[str, Any] | None = None, *, princi
         params["_meta"] = meta
     return CallContext(method="tools/call", request_id=1, params=params, principal=principal or agent(),
                        upstream=upstream, tool=ToolInfo(upstream=upstream, name=tool), session_id=session_id)
+
+
+def payments_server() -> MCPServer[Any]:
+    server: MCPServer[Any] = MCPServer("payments")
+
+    @server.tool()
+    def pay(account: str, amount: int) -> str:
+        """Pay `amount` to `account`."""
+        return f"paid {amount} to {account}"
+
+    return server

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import aiohttp
 import jwt
-from mcp.server.mcpserver import MCPServer
 
+from tests.credentials.helpers import payments_server
 from tests.credentials.upstream import JwksVerifier, bound_socket, guarded_payments, serve_upstream
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import SeenRequest, run_http_server
@@ -63,14 +62,3 @@ async def test_one_second_ttl_is_minted_and_expires(start_gateway, permissive_po
                         break
                 assert asyncio.get_running_loop().time() < deadline, "a 1 s token still active after 5 s"
                 await asyncio.sleep(0.1)  # polling the token's expiry, bounded by the deadline
-
-
-def payments_server() -> MCPServer[Any]:
-    server: MCPServer[Any] = MCPServer("payments")
-
-    @server.tool()
-    def pay(account: str, amount: int) -> str:
-        """Pay `amount` to `account`."""
-        return f"paid {amount} to {account}"
-
-    return server

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 import aiohttp
-from mcp.server.mcpserver import MCPServer
 
+from tests.credentials.helpers import payments_server
 from tests.support.servers import SeenRequest, run_http_server
 
 ACCEPT = "application/json, text/event-stream"
@@ -40,17 +40,6 @@ class Agent:
         await self.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
                                           "clientInfo": {"name": "agent", "version": "1"}})
         await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-
-def payments_server() -> MCPServer[Any]:
-    server: MCPServer[Any] = MCPServer("payments")
-
-    @server.tool()
-    def pay(account: str, amount: int) -> str:
-        """Pay `amount` to `account`."""
-        return f"paid {amount} to {account}"
-
-    return server
 
 
 async def test_task_ended_on_one_replica_is_refused_by_the_other(start_gateway, permissive_policies, tmp_path,
