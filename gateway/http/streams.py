@@ -57,13 +57,17 @@ class EventWriter:
         self._on_written = on_written
         self._lock = asyncio.Lock()
 
-    async def event(self, message: dict[str, Any], event_id: str | None = None) -> None:
+    async def event(self, message: dict[str, Any], event_id: str | None = None, *,
+                    backlogged: Callable[[int], bool] | None = None) -> None:
+        """Write one event; when `backlogged(size)` says the client is not reading, skip writing it (it is
+        still numbered and kept for replay, so a client that resumes with Last-Event-ID gets it)."""
         number = 0
         if event_id is None:
             number = next(self._ids)
             event_id = f"{self._stream}-{number}"
         payload = dumps(message)
-        await self.raw(event_id, payload)
+        if backlogged is None or not backlogged(len(payload)):
+            await self.raw(event_id, payload)
         if number and self._on_written is not None:
             # Buffered once written: one that failed goes to the session's GET stream instead (no duplicate).
             self._on_written(number, payload)
@@ -153,11 +157,23 @@ class ResponseChannel:
             return self._writer
 
     async def send(self, message: dict[str, Any]) -> None:
-        """An interim message. Dropped (not an error) when the client did not accept SSE."""
+        """An interim message. Dropped (not an error) when the client did not accept SSE, and not written
+        (only kept for replay) while the client is not reading: whoever delivers it must not wait for this
+        client, least of all a shared stdio child's reader, which serves every session."""
         if not self.sse_allowed:
             return
         writer = await self._commit()
-        await writer.event(message)
+        await writer.event(message, backlogged=self._backlogged)
+
+    def _backlogged(self, size: int) -> bool:
+        """True when writing `size` more bytes would make aiohttp wait for the client to read."""
+        transport = self._request.transport
+        if transport is None:
+            return False  # the write itself reports the client gone
+        # An empty buffer means the client keeps up: even a large message goes out (the kernel takes most).
+        buffered = transport.get_write_buffer_size()
+        high = transport.get_write_buffer_limits()[1]
+        return self._request.protocol.writing_paused or (buffered > 0 and buffered + size > high)
 
     async def keepalive(self) -> None:
         if self.sse_allowed:
