@@ -182,8 +182,11 @@ class SessionManager:
             await asyncio.sleep(min(60.0, self._idle_s / 4))
             cutoff = time.monotonic() - self._idle_s
             for session in [s for s in (*self._sessions.values(), *self._stateless.values())
-                            if s.last_used < cutoff and not s.inflight]:
-                await self.end(session)
+                            if s.last_used < cutoff]:
+                # Asked again at its turn: ending the ones before it awaits upstreams, and a call may
+                # have arrived on this session meanwhile (ending it would cancel that call).
+                if session.last_used < cutoff and not session.inflight:
+                    await self.end(session)
 
     async def upstream_session(self, session: Session, upstream: str) -> UpstreamSession:
         """The session's connection to one upstream, opened on first use."""
