@@ -114,8 +114,8 @@ class StdioUpstream:
         self._detail = "stopped"
 
     def health(self) -> Health:
-        if self.breaker.is_open:
-            return Health(False, self.breaker.detail, self._restarts)
+        if self.breaker.is_open:  # with why the child fails: a crash loop opens the circuit within a second
+            return Health(False, f"{self.breaker.detail}; last: {self._detail}", self._restarts)
         ready = self._ready.is_set() and self.pid is not None
         return Health(ready, "ok" if ready else self._detail, self._restarts)
 

@@ -188,6 +188,21 @@ async def test_open_circuit_closes_by_itself_when_the_child_starts_again(tmp_pat
         await upstream.stop()
 
 
+async def test_open_circuit_still_says_why_the_child_fails(tmp_path: Any) -> None:
+    """A child that exits at once opens the circuit within a second; readiness must keep the reason."""
+    script = tmp_path / "exits.py"
+    script.write_text("import sys\nsys.exit(3)\n")
+    upstream = StdioUpstream(UpstreamConfig(name="exits", command=(sys.executable, str(script)), timeout_s=10),
+                             breaker_threshold=2, breaker_cooldown_s=600, restart_cap_s=0.05)
+    await upstream.start()
+    try:
+        await eventually(lambda: upstream.breaker.is_open)
+        detail = (await upstream.probe()).detail
+        assert "circuit open" in detail and "upstream process exited" in detail, detail
+    finally:
+        await upstream.stop()
+
+
 async def test_child_that_fails_initialize_is_not_ready(tmp_path: Any) -> None:
     script = tmp_path / "bad.py"
     script.write_text("import sys, json\nreq = json.loads(sys.stdin.readline())\n"
