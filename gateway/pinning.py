@@ -38,6 +38,9 @@ class PinStore(Protocol):
     async def put(self, upstream: str, tool: str, record: dict[str, Any], *, announce: bool = False) -> None:
         """Store `record`; `announce`: the other replicas must drop their list of `upstream` now."""
 
+    async def put_first(self, upstream: str, tool: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Store `record` only if the tool has no record yet (first use); else return the one found."""
+
 
 @dataclass
 class MemoryPins:
@@ -48,6 +51,10 @@ class MemoryPins:
 
     async def put(self, upstream: str, tool: str, record: dict[str, Any], *, announce: bool = False) -> None:
         self.pins.setdefault(upstream, {})[tool] = record
+
+    async def put_first(self, upstream: str, tool: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        found = self.pins.setdefault(upstream, {}).setdefault(tool, record)
+        return None if found is record else found
 
 
 class RedisPins:
@@ -119,6 +126,18 @@ class RedisPins:
             raise GatewayError("policy_unavailable", "Tool pin store unavailable") from exc
 
 
+    async def put_first(self, upstream: str, tool: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        # HSETNX: two replicas first seeing a tool at once (its definition may differ between their lists)
+        # do not overwrite each other; the later one is held to the pin already there.
+        try:
+            if await self._redis.hsetnx(self._prefix + upstream, tool, json.dumps(record)):
+                return None
+            raw = await self._redis.hget(self._prefix + upstream, tool)
+        except Exception as exc:
+            raise GatewayError("policy_unavailable", "Tool pin store unavailable") from exc
+        return dict(json.loads(raw)) if raw is not None else None
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -188,9 +207,17 @@ class ToolGuard:
                     quarantined.append(name)
                     await self._quarantine(upstream, name, digest, "new tool awaiting approval", pins)
                     continue
-                await self._store.put(upstream, name, {"hash": digest, "state": "pinned", "by": "first-use"})
-                self._on_event(type="tool_pinned", upstream=upstream, tool=name, hash=digest, by="first-use")
-            elif pinned != digest:
+                record = {"hash": digest, "state": "pinned", "by": "first-use"}
+                first = await self._store.put_first(upstream, name, record)
+                if first is not None and not isinstance(first.get("hash"), str):  # a record with no pin yet
+                    await self._store.put(upstream, name, record)
+                    first = None
+                if first is None:
+                    self._on_event(type="tool_pinned", upstream=upstream, tool=name, hash=digest, by="first-use")
+                else:  # another replica pinned it since this list was read: held to that pin
+                    pins = {**pins, name: first}
+                    pinned = _effective_pin(override.pin if override else None, first, digest)
+            if pinned is not None and pinned != digest:
                 quarantined.append(name)
                 await self._quarantine(upstream, name, digest, "definition changed since it was pinned", pins)
                 continue
