@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import mcp_types as types
+import pytest
 from mcp.server import Server
 
 from tests.support.redis import redis_factory, redis_server  # noqa: F401  (re-exported fixtures)
+from tests.support.servers import run_http_server
 
 REPO = Path(__file__).resolve().parents[2]
+ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
         "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "h", "version": "1"}}}
@@ -142,3 +145,18 @@ async def poll(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.
         if loop.time() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[Recorder, str]]:
+    """A recording upstream whose slow tool waits for `release` (set at the end, so nothing hangs)."""
+    recorder = Recorder(release=asyncio.Event())
+    async with run_http_server(recording_server(recorder)) as url:
+        yield recorder, url
+        recorder.release.set()  # type: ignore[union-attr]

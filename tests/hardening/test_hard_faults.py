@@ -23,19 +23,12 @@ import pytest
 from aiohttp import web
 
 from gateway.demo.servers import inventory_server, payments_server
-from tests.hardening.conftest import REPO, RawClient, Recorder, one_shape_policies, poll, reason, recording_server
+from tests.hardening.conftest import ANON, REPO, RawClient, Recorder, one_shape_policies, poll, reason, recording_server
 from tests.support.feature_server import FEATURE_SERVER_PATH
 from tests.support.redis import RedisServer
 from tests.support.servers import SeenRequest, run_http_server
 
 pytestmark = pytest.mark.asyncio
-ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def readyz(http: aiohttp.ClientSession, gw: Any) -> tuple[int, dict[str, Any]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,11 @@ import aiohttp
 import pytest
 
 from gateway.approvals.redis import RedisApprovalStore
-from tests.hardening.conftest import RawClient, Recorder, one_shape_policies, poll, reason, recording_server
+from tests.hardening.conftest import ANON, RawClient, Recorder, one_shape_policies, poll, reason
 from tests.support.otlp import OtlpReceiver
 from tests.support.redis import RedisServer
-from tests.support.servers import run_http_server
 
 pytestmark = pytest.mark.asyncio
-ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
 
 APPROVAL_POLICIES = """
 @id("lookup-and-slow")
@@ -32,20 +29,6 @@ when { resource.read_only };
 permit (principal, action == Action::"call_tool", resource == Tool::"rec/transfer")
 when { context.approval == "granted" };
 """
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[tuple[Recorder, str]]:
-    recorder = Recorder(release=asyncio.Event())
-    async with run_http_server(recording_server(recorder)) as url:
-        yield recorder, url
-        recorder.release.set()  # type: ignore[union-attr]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def _refuses_connections(port: int) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,12 @@ import yaml
 from mcp.server import Server
 
 from tests.conftest import free_port, with_port
-from tests.hardening.conftest import RawClient, Recorder, one_shape_policies, poll, reason, recording_server
+from tests.hardening.conftest import ANON, RawClient, Recorder, one_shape_policies, poll, reason
 from tests.support.redis import RedisServer
 from tests.support.servers import run_http_server
 from tests.support.tokens import TestIssuer
 
 pytestmark = pytest.mark.asyncio
-ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
 
 APPROVAL_POLICIES = """
 @id("reads")
@@ -33,20 +31,6 @@ when { resource.read_only };
 permit (principal, action == Action::"call_tool", resource == Tool::"rec/transfer")
 when { context.approval == "granted" };
 """
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[tuple[Recorder, str]]:
-    recorder = Recorder(release=asyncio.Event())
-    async with run_http_server(recording_server(recorder)) as url:
-        yield recorder, url
-        recorder.release.set()  # type: ignore[union-attr]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def replica_config(url: str, redis_url: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:

@@ -18,12 +18,11 @@ import yaml
 from aiohttp import web
 
 from tests.conftest import free_port, with_port
-from tests.hardening.conftest import RawClient, Recorder, one_shape_policies, poll, reason, recording_server
+from tests.hardening.conftest import ANON, RawClient, Recorder, one_shape_policies, poll, reason, recording_server
 from tests.support.servers import run_http_server
 from tests.support.tokens import generate_key
 
 pytestmark = pytest.mark.asyncio
-ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
 ANY_LOOKUP = '@id("any-lookup")\npermit (principal, action == Action::"call_tool", resource == Tool::"rec/lookup");\n'
 RELOADED = "SIGHUP: policies reloaded"
 KEPT = "SIGHUP: policies kept (reload failed)"
@@ -33,12 +32,6 @@ KEPT = "SIGHUP: policies kept (reload failed)"
 async def upstream_url() -> AsyncIterator[str]:
     async with run_http_server(recording_server(Recorder())) as url:
         yield url
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def _edit(path: Path, **policies: Any) -> None:
