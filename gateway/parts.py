@@ -115,8 +115,11 @@ def _policy_engine(config: Config, obs: Observability) -> PolicyEngine:
     def on_reload(ok: bool, message: str) -> None:
         obs.policy_reloaded(ok, engine.version if engine.loaded else None, None if ok else message)
 
+    def on_shadow_reload(ok: bool, message: str) -> None:
+        obs.policy_reloaded(ok, engine.shadow_version, None if ok else message, policy_set="shadow")
+
     # Shadow disagreements are counted by the record stage, which knows the upstream and tool.
-    engine = PolicyEngine(config.policies, config.environment, on_reload=on_reload)
+    engine = PolicyEngine(config.policies, config.environment, on_reload=on_reload, on_shadow_reload=on_shadow_reload)
     try:
         engine.load_sync()
     except PolicyLoadError as exc:

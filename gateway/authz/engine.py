@@ -3,7 +3,9 @@
 Start-up refuses to run without a valid set (`load_sync` raises). Later reloads (file change seen by
 the watcher, or `reload()` on SIGHUP) parse and validate in a thread and swap the set atomically; a
 broken change keeps the last good set and is reported (log, `on_reload(False, message)`, `status()`).
-A call reads the current set once, so calls in flight finish under the set they started with.
+The shadow set (`shadow_dir`) is loaded, watched and reported on its own (`on_shadow_reload`), whatever
+the state of the enforced set. A call reads the current set once, so calls in flight finish under the set
+they started with.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gateway.authz import entities as E
@@ -31,6 +34,14 @@ ShadowCallback = Callable[[Outcome, Outcome], None]  # (enforced, shadow)
 _NO_FACTS = E.CallFacts()
 
 
+def _notify(callback: ReloadCallback | None, ok: bool, message: str) -> None:
+    if callback is not None:
+        try:
+            callback(ok, message)
+        except Exception:  # a metrics callback must never break reloading
+            log.exception("policy reload callback failed")
+
+
 def _granted(ctx: CallContext | None) -> bool:
     """A call a person already approved is decided with approval == "granted" (the re-check)."""
     return ctx is not None and ctx.approval is not None and ctx.approval.outcome in ("approved", "reused")
@@ -40,18 +51,21 @@ class PolicyEngine:
     """Implements gateway.pipeline.Authorizer over Cedar policies in `config.dir` (+ `config.shadow_dir`)."""
 
     def __init__(self, config: PoliciesConfig, environment: str, *, on_reload: ReloadCallback | None = None,
+                 on_shadow_reload: ReloadCallback | None = None,
                  on_shadow_disagreement: ShadowCallback | None = None, poll_s: float = 1.0,
                  bounds: E.Bounds = E.DEFAULT_BOUNDS) -> None:
         self.config = config
         self.environment = environment
         self._on_reload = on_reload
+        self._on_shadow_reload = on_shadow_reload
         self._on_shadow = on_shadow_disagreement
         self._poll_s = poll_s
         self._bounds = bounds
         self._entities = EntityCache()
         self._current: LoadedPolicies | None = None
         self._shadow: LoadedPolicies | None = None
-        self._seen: tuple[tuple[str, int, int], ...] = ()
+        self._seen: tuple[tuple[str, int, int], ...] = ()  # the enforced set's files as last read
+        self._seen_shadow: tuple[tuple[str, int, int], ...] = ()
         self._watcher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.last_error: str | None = None
@@ -59,79 +73,79 @@ class PolicyEngine:
         self.loaded_at: float | None = None
         self.reloads = 0
         self.reload_failures = 0
+        self.shadow_reload_failures = 0
         self.shadow_disagreements = 0
 
     # ---- loading -------------------------------------------------------------------------------
 
-    def _load_both(self, config: PoliciesConfig | None = None) -> tuple[LoadedPolicies, LoadedPolicies | None,
-                                                                         str | None]:
-        """Load the enforced set (raises) and the shadow set (its failure is only reported)."""
-        config = config or self.config
-        current = load_policies(config.dir)
-        shadow: LoadedPolicies | None = None
-        shadow_error: str | None = None
-        if config.shadow_dir is not None:
-            try:
-                shadow = load_policies(config.shadow_dir)
-            except PolicyLoadError as exc:
-                shadow_error = str(exc)
-        return current, shadow, shadow_error
-
-    def _install(self, loaded: tuple[LoadedPolicies, LoadedPolicies | None, str | None],
-                 seen: tuple[tuple[str, int, int], ...]) -> None:
-        current, shadow, shadow_error = loaded
-        self._current = current
-        if shadow is not None or shadow_error is None:
-            self._shadow = shadow  # a broken shadow set keeps the last good shadow
-        self.shadow_error = shadow_error
-        if shadow_error:
-            log.warning("shadow policies not loaded: %s", shadow_error)
-        self._seen = seen
-        self.last_error = None
-        self.loaded_at = time.time()
-
     def load_sync(self) -> LoadedPolicies:
-        """Load at start-up; raises PolicyLoadError listing every problem (the gateway must not start)."""
-        seen = fingerprint(self.config.dir, self.config.shadow_dir)
-        loaded = self._load_both()
-        self._install(loaded, seen)
-        log.info("policies %s loaded from %s (%d policies)", loaded[0].version, loaded[0].source, len(loaded[0]))
-        return loaded[0]
+        """Load at start-up; raises PolicyLoadError listing every problem (the gateway must not start).
+        A broken shadow set is only reported (warning, `status()`): the gateway starts without it."""
+        self._seen, self._seen_shadow = fingerprint(self.config.dir), fingerprint(self.config.shadow_dir)
+        current = load_policies(self.config.dir)
+        if self.config.shadow_dir is not None:
+            try:
+                self._shadow = load_policies(self.config.shadow_dir)
+            except PolicyLoadError as exc:
+                self.shadow_error = str(exc)
+                log.warning("shadow policies not loaded: %s", exc)
+        self._current = current
+        self.loaded_at = time.time()
+        log.info("policies %s loaded from %s (%d policies)", current.version, current.source, len(current))
+        return current
 
     async def reload(self, config: PoliciesConfig | None = None) -> bool:
-        """Re-read the policy directories; on failure keep the last good set. Returns success.
+        """Re-read the enforced and the shadow directory, each on its own: a failure of one keeps the last
+        good set of that one only and is reported as its own. Returns whether the enforced set loaded.
 
-        `config` (SIGHUP with an edited config file) may name other directories: they are read instead
-        and, once a set loads from them, watched from then on; a failure keeps the old directories too."""
+        `config` (SIGHUP with an edited config file) may name other directories: an enforced directory is
+        adopted (and watched) once a set loads from it; a shadow directory at once, so its errors show."""
+        target = config or self.config
         async with self._lock:
-            target = self.config if config is None else \
-                self.config.model_copy(update={"dir": config.dir, "shadow_dir": config.shadow_dir})
-            seen = fingerprint(target.dir, target.shadow_dir)
-            try:
-                loaded = await asyncio.to_thread(self._load_both, target)
-            except PolicyLoadError as exc:
-                if target == self.config:  # do not retry the same broken files every poll
-                    self._seen = seen
-                self.reload_failures += 1
-                self.last_error = str(exc)
-                log.error("policy reload failed; keeping version %s: %s", self.version, exc)
-                self._notify(False, str(exc))
-                return False
-            previous = self.version
-            self.config = target
-            self._install(loaded, seen)
-            self.reloads += 1
-            message = f"policies {previous or '-'} -> {loaded[0].version} ({len(loaded[0])} policies)"
-            log.info("%s", message)
-            self._notify(True, message)
-            return True
+            ok = await self._reload_enforced(target.dir)
+            await self._reload_shadow(target.shadow_dir)
+            return ok
 
-    def _notify(self, ok: bool, message: str) -> None:
-        if self._on_reload is not None:
-            try:
-                self._on_reload(ok, message)
-            except Exception:  # a metrics callback must never break reloading
-                log.exception("on_reload callback failed")
+    async def _reload_enforced(self, directory: Path) -> bool:
+        seen = fingerprint(directory)
+        try:
+            loaded = await asyncio.to_thread(load_policies, directory)
+        except PolicyLoadError as exc:
+            if directory == self.config.dir:  # do not retry the same broken files every poll
+                self._seen = seen
+            self.reload_failures += 1
+            self.last_error = str(exc)
+            log.error("policy reload failed; keeping version %s: %s", self.version, exc)
+            _notify(self._on_reload, False, str(exc))
+            return False
+        previous = self.version
+        self.config = self.config.model_copy(update={"dir": directory})
+        self._current, self._seen, self.last_error, self.loaded_at = loaded, seen, None, time.time()
+        self.reloads += 1
+        message = f"policies {previous or '-'} -> {loaded.version} ({len(loaded)} policies)"
+        log.info("%s", message)
+        _notify(self._on_reload, True, message)
+        return True
+
+    async def _reload_shadow(self, directory: Path | None) -> None:
+        self.config = self.config.model_copy(update={"shadow_dir": directory})
+        self._seen_shadow = fingerprint(directory)
+        if directory is None:  # shadow mode switched off (or never on)
+            self._shadow, self.shadow_error = None, None
+            return
+        try:
+            loaded = await asyncio.to_thread(load_policies, directory)
+        except PolicyLoadError as exc:
+            self.shadow_reload_failures += 1
+            self.shadow_error = str(exc)
+            log.error("shadow policy reload failed; keeping shadow version %s: %s", self.shadow_version or "-", exc)
+            _notify(self._on_shadow_reload, False, str(exc))
+            return
+        previous = self.shadow_version
+        self._shadow, self.shadow_error = loaded, None
+        message = f"shadow policies {previous or '-'} -> {loaded.version} ({len(loaded)} policies)"
+        log.info("%s", message)
+        _notify(self._on_shadow_reload, True, message)
 
     # ---- watcher -------------------------------------------------------------------------------
 
@@ -153,11 +167,22 @@ class PolicyEngine:
         while True:
             await asyncio.sleep(self._poll_s)
             try:
-                now = await asyncio.to_thread(fingerprint, self.config.dir, self.config.shadow_dir)
-                if now != self._seen:
-                    await self.reload()
+                await self._poll_once()
             except Exception:  # keep watching whatever one poll hit
                 log.exception("policy watcher poll failed")
+
+    async def _poll_once(self) -> None:
+        """Reload whichever set's files changed; each set is watched on its own, so a broken enforced set
+        does not hide changes of the shadow set (nor the other way round)."""
+        enforced, shadow = self.config.dir, self.config.shadow_dir
+        now, now_shadow = await asyncio.to_thread(lambda: (fingerprint(enforced), fingerprint(shadow)))
+        if now == self._seen and now_shadow == self._seen_shadow:
+            return
+        async with self._lock:
+            if now != self._seen and enforced == self.config.dir:
+                await self._reload_enforced(enforced)
+            if now_shadow != self._seen_shadow and shadow == self.config.shadow_dir:
+                await self._reload_shadow(shadow)
 
     # ---- status --------------------------------------------------------------------------------
 
@@ -168,6 +193,10 @@ class PolicyEngine:
     @property
     def version(self) -> str:
         return self._current.version if self._current else ""
+
+    @property
+    def shadow_version(self) -> str | None:
+        return self._shadow.version if self._shadow else None
 
     @property
     def policies(self) -> LoadedPolicies | None:
@@ -190,7 +219,8 @@ class PolicyEngine:
             "last_error": self.last_error,
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
-            "shadow": {"version": self._shadow.version if self._shadow else None, "error": self.shadow_error,
+            "shadow": {"version": self.shadow_version, "dir": str(self.config.shadow_dir), "error": self.shadow_error,
+                       "reload_failures": self.shadow_reload_failures,
                        "disagreements": self.shadow_disagreements} if self.config.shadow_dir else None,
         }
 

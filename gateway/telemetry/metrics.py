@@ -205,8 +205,8 @@ class Metrics:
     def upstream_restart(self, upstream: str) -> None:
         self.upstream_restarts.add(1, {"customs.upstream": upstream})
 
-    def policy_reload(self, ok: bool) -> None:
-        self.policy_reloads.add(1, {"customs.outcome": "ok" if ok else "error"})
+    def policy_reload(self, ok: bool, policy_set: str = "enforced") -> None:
+        self.policy_reloads.add(1, {"customs.outcome": "ok" if ok else "error", "customs.policy_set": policy_set})
 
     def tool_quarantined(self, upstream: str, tool: str) -> None:
         self.quarantines.add(1, {"customs.upstream": upstream, "gen_ai.tool.name": tool})

@@ -222,9 +222,12 @@ class Observability:
         """A non-decision record in the decision log (approval_state, revocation, quarantine, policy_reload)."""
         self.log.event(type, **fields)
 
-    def policy_reloaded(self, ok: bool, version: str | None = None, error: str | None = None) -> None:
-        self.metrics.policy_reload(ok)
-        self.log.event("policy_reload", outcome="ok" if ok else "error", policy_version=version, error=error)
+    def policy_reloaded(self, ok: bool, version: str | None = None, error: str | None = None,
+                        policy_set: str = "enforced") -> None:
+        """A reload of one policy set: `enforced` (policies.dir) or `shadow` (policies.shadow_dir)."""
+        self.metrics.policy_reload(ok, policy_set)
+        self.log.event("policy_reload", policy_set=policy_set, outcome="ok" if ok else "error",
+                       policy_version=version, error=error)
 
     def tool_quarantined(self, upstream: str, tool: str, reason: str, digest: str | None = None) -> None:
         self.metrics.tool_quarantined(upstream, tool)

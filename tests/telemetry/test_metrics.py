@@ -94,7 +94,7 @@ async def test_otlp_metrics_from_environment(otlp: OtlpReceiver) -> None:
     metrics.policy_reload(False)
     await metrics.close()
     point = await otlp.wait_for_point(lambda p: p.metric == "customs.policy.reloads")
-    assert point.attributes == {"customs.outcome": "error"}
+    assert point.attributes == {"customs.outcome": "error", "customs.policy_set": "enforced"}
 
 
 def test_both_off_uses_no_op_instruments() -> None:
