@@ -11,6 +11,7 @@ from importlib import resources
 from string import Template
 
 from gateway.approvals.model import Approval
+from gateway.timefmt import iso_utc
 
 
 @cache
@@ -24,6 +25,7 @@ def _raw(name: str) -> str:
 
 
 def relative(seconds: float) -> str:
+    """A length of time (its sign is the caller's to say: see `from_now`)."""
     seconds = abs(seconds)
     if seconds < 90:
         return f"{int(seconds)} s"
@@ -32,8 +34,17 @@ def relative(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def from_now(seconds: float) -> str:
+    """`in 3 s` ahead, `3 s ago` past: an item just past its expiry (until the sweep) must not read as ahead."""
+    return f"in {relative(seconds)}" if seconds >= 0 else f"{relative(seconds)} ago"
+
+
 def when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "—"
+    """A moment in UTC, said so: approvers and the server may sit in different time zones."""
+    if not ts:
+        return "—"
+    return (f'<time datetime="{iso_utc(int(ts))}">'
+            f'{time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))} UTC</time>')
 
 
 def page(title: str, body: str, *, who: str = "", live: bool = False) -> str:
@@ -76,7 +87,7 @@ def item_card(item: Approval, csrf: str, now: float, *, decidable: bool = True, 
         id=escape(item.id), upstream=escape(item.upstream), tool=escape(item.tool),
         principal=escape(item.principal), chain=escape(" → ".join(item.chain)) or "— (direct)",
         tenant=escape(item.tenant or "—"), policies=escape(", ".join(item.policies) or "—"),
-        age=relative(now - item.created_at) + " ago", expires=f"in {relative(item.expires_at - now)}",
+        age=relative(now - item.created_at) + " ago", expires=from_now(item.expires_at - now),
         votes=escape(votes), args=escape(json.dumps(item.args, indent=2, sort_keys=True, ensure_ascii=False)),
         actions=actions)
 

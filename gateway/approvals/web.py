@@ -244,6 +244,8 @@ class ApprovalsWeb:
         # waiting behind enough newer decided ones.
         pending = [i for i in await self._store.list(["pending"], PAGE_PENDING) if self._auth.may_view(approver, i)]
         decided = await self._store.list([s for s in STATES if s != "pending"], 4 * PAGE_HISTORY)
+        # The store lists by creation; the history reads as a log of decisions, newest decision first.
+        decided.sort(key=lambda i: i.decided_at or i.created_at, reverse=True)
         history = [i for i in decided if self._auth.may_view(approver, i)][:PAGE_HISTORY]
         own = {i.id for i in pending if self._auth.on_own_behalf(approver, i)}  # shown, but not decidable
         return render.items_fragment(pending, history, csrf, own=own, viewer=approver.name)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -78,3 +80,26 @@ async def test_a_comment_being_written_survives_live_updates(web_kit: WebKit, br
     await page.wait_for_selector(f'[data-approval-id="{third.id}"]', timeout=15000)
     assert await page.input_value(box) == "half-written reason"
     assert await page.evaluate("document.activeElement.closest('[data-approval-id]').dataset.approvalId") == first.id
+
+
+async def test_times_read_unambiguously(web_kit: WebKit, browser: Any, clock: Clock) -> None:
+    """Past expiry reads as past; history times say their zone and list the newest decision first."""
+    clock.now = time.time() - 60  # the store's clock is a minute behind the page's: as between expiry and sweep
+    late, _ = await web_kit.store.create_or_join(draft(clock, {"n": 1}, ttl=30), link_s=1800)
+    first, _ = await web_kit.store.create_or_join(draft(clock, {"n": 2}), link_s=1800)
+    second, _ = await web_kit.store.create_or_join(draft(clock, {"n": 3}), link_s=1800)
+    await web_kit.store.decide(second.id, "bob", "approved", None)
+    clock.advance(5)
+    decided = await web_kit.store.decide(first.id, "bob", "denied", None)  # created first, decided last
+
+    page = await browser.new_page()
+    await page.goto(f"{web_kit.url}/approvals")
+    await page.fill("#token", web_kit.token("alice"))
+    await page.click("#signin")
+    card = await page.wait_for_selector(f'[data-approval-id="{late.id}"]', timeout=15000)
+    assert re.search(r"expires \d+ s ago\)", await card.inner_text())  # was "expires in 3x s"
+    rows = await page.eval_on_selector_all("#items tbody tr", "rows => rows.map(r => r.id)")
+    assert rows == [f"h-{first.id}", f"h-{second.id}"]  # by decision, not by creation
+    assert decided.decided_at is not None
+    shown = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(decided.decided_at)) + " UTC"
+    assert await page.inner_text(f"#h-{first.id} td") == shown
