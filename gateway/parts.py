@@ -83,9 +83,8 @@ class Parts:
         """
         policies = None
         if config_path is not None:
-            from gateway.config import load_config
             try:
-                fresh = await asyncio.to_thread(load_config, config_path)
+                fresh = await asyncio.to_thread(_checked_config, config_path)
             except ConfigError as exc:
                 log.error("SIGHUP: %s is invalid, nothing changed:\n  %s", config_path, "\n  ".join(exc.problems))
                 return False
@@ -99,6 +98,19 @@ class Parts:
         # A key an operator dropped into signing.key_dir becomes the signer (on-demand rotation).
         await self.credentials.reload_keys()
         return ok
+
+
+def _checked_config(path: Path) -> Config:
+    """The config file, refused (ConfigError, every problem) for whatever `customs config check` refuses: the
+    files it names must be usable too, or the next start would fail on a file this reload accepted. Broken
+    policy directories are listed with the other problems but left alone, they are the engine's to keep."""
+    from gateway.config import load_config
+    from gateway.preflight import policy_problems, reload_problems
+    config = load_config(path)
+    problems = reload_problems(config)
+    if problems:
+        raise ConfigError([*policy_problems(config.policies.dir, "policies.dir"), *problems], str(path))
+    return config
 
 
 def restart_needed(fresh: Config, running: Config) -> list[str]:

@@ -27,13 +27,18 @@ from gateway.identity.jwks import FileKeySource
 def preflight(config: Config, source: str = "config") -> list[str]:
     """Check every file `config` names; raise ConfigError listing every problem, else return the warnings
     (what serve reports but starts anyway: a broken shadow policy set)."""
-    problems = [*_policy_problems(config.policies.dir, "policies.dir"), *_identity_problems(config),
-                *tls_problems(config.listen.tls), *missing_key_problems(config)]
+    problems = [*policy_problems(config.policies.dir, "policies.dir"), *reload_problems(config)]
     if problems:
         raise ConfigError(problems, source)
     shadow = config.policies.shadow_dir
-    return [*(_policy_problems(shadow, "policies.shadow_dir") if shadow is not None else []),
+    return [*(policy_problems(shadow, "policies.shadow_dir") if shadow is not None else []),
             *exposure_warnings(config)]
+
+
+def reload_problems(config: Config) -> list[str]:
+    """What `preflight` refuses beyond the policy sets: a SIGHUP refuses a config file for these. Policy sets
+    are left to the policy engine, which reloads (or keeps) the enforced and the shadow set each on its own."""
+    return [*_identity_problems(config), *tls_problems(config.listen.tls), *missing_key_problems(config)]
 
 
 def exposure_warnings(config: Config) -> list[str]:
@@ -50,7 +55,7 @@ def exposure_warnings(config: Config) -> list[str]:
             "from other machines; every caller gets the same anonymous principal (configure identity.mode: jwt)"]
 
 
-def _policy_problems(directory: Path, where: str) -> list[str]:
+def policy_problems(directory: Path, where: str) -> list[str]:
     try:
         load_policies(directory)
     except PolicyLoadError as exc:

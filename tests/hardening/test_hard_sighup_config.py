@@ -130,3 +130,27 @@ async def test_sighup_while_starting_neither_kills_the_gateway_nor_is_lost(
             proc.terminate()
             proc.wait(10)
         await runner.cleanup()
+
+
+async def test_sighup_refuses_a_file_config_check_refuses_listing_every_problem(
+        spawn_gateway: Any, upstream_url: str, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    first = one_shape_policies(tmp_path / "first")
+    second = one_shape_policies(tmp_path / "second")
+    gw = await spawn_gateway({"upstreams": [{"name": "rec", "url": upstream_url}], "identity": ANON,
+                              "policies": {"dir": str(first), "watch": False}})
+    # A valid model naming files that are not there: `customs config check` refuses it, so must SIGHUP.
+    data = yaml.safe_load(gw.config_path.read_text())
+    data["policies"]["dir"] = str(second)
+    data["identity"] = {"mode": "jwt", "issuers": [{"issuer": "https://idp.test",
+                                                    "jwks_file": str(tmp_path / "missing-jwks.json")}]}
+    data["listen"]["tls"] = {"cert_file": str(tmp_path / "missing.crt"), "key_file": str(tmp_path / "missing.key")}
+    gw.config_path.write_text(yaml.safe_dump(data))
+    check = subprocess.run([sys.executable, "-m", "gateway", "config", "check", str(gw.config_path)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode != 0
+    gw.proc.send_signal(signal.SIGHUP)
+    await poll(lambda: "is invalid, nothing changed" in gw.log(), what="the refused config")
+    for problem in ("identity.issuers[0].jwks_file", "listen.tls.cert_file", "listen.tls.key_file"):
+        assert problem in gw.log() and problem in check.stdout + check.stderr, (problem, gw.log())
+    assert RELOADED not in gw.log() and "take effect after a restart" not in gw.log()
+    assert (await _readyz_policies(http, gw.url))["dir"] == str(first)  # the running config stays
