@@ -3,6 +3,9 @@
 A session is created by `initialize` (or implicitly per principal for the stateless 2026-07-28
 revision) and ends on DELETE, idle timeout or shutdown. Its id has 256 bits of randomness. Only
 the principal that created it may use it: anyone else gets the same 404 as an unknown id.
+
+The idle sweep and shutdown end sessions a bounded number at a time, since each end awaits its
+upstreams and revocation.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from gateway.transport.common import id_key
 
 log = logging.getLogger("customs.sessions")
 REPLAY_EVENTS = 256
+# Sessions ended at once by the idle sweep and at shutdown: each end awaits upstream DELETEs and
+# revocation (~20 ms under load), so one at a time falls behind a flood of abandoned sessions.
+END_CONCURRENCY = 16
 
 SendFn = Callable[[Message], Awaitable[None]]
 HeadersFn = Callable[["Session", str], Awaitable[dict[str, str]]]
@@ -101,13 +107,14 @@ class SessionManager:
 
     def __init__(self, upstreams: Mapping[str, Upstream], catalog: Catalog, *, idle_s: float = 1800.0,
                  on_end: Callable[[Session], Awaitable[None]] | None = None,
-                 credential_headers: HeadersFn | None = None) -> None:
+                 credential_headers: HeadersFn | None = None, end_concurrency: int = END_CONCURRENCY) -> None:
         self._upstreams = upstreams
         self._credential_headers = credential_headers
         self._catalog = catalog
         self._sessions: dict[str, Session] = {}
         self._stateless: dict[tuple[str, str | None], Session] = {}
         self._idle_s = idle_s
+        self._end_concurrency = end_concurrency
         self._on_end = on_end
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -118,8 +125,7 @@ class SessionManager:
         if self._sweeper:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
-        for session in list(self._sessions.values()) + list(self._stateless.values()):
-            await self.end(session)
+        await self._end_each([*self._sessions.values(), *self._stateless.values()], lambda _: True)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -181,12 +187,25 @@ class SessionManager:
         while True:
             await asyncio.sleep(min(60.0, self._idle_s / 4))
             cutoff = time.monotonic() - self._idle_s
-            for session in [s for s in (*self._sessions.values(), *self._stateless.values())
-                            if s.last_used < cutoff]:
-                # Asked again at its turn: ending the ones before it awaits upstreams, and a call may
-                # have arrived on this session meanwhile (ending it would cancel that call).
-                if session.last_used < cutoff and not session.inflight:
+            idle = [s for s in (*self._sessions.values(), *self._stateless.values()) if s.last_used < cutoff]
+            # Asked again at its turn: ending the ones before it awaits upstreams, and a call may
+            # have arrived on this session meanwhile (ending it would cancel that call).
+            await self._end_each(idle, _still_idle(cutoff))
+
+    async def _end_each(self, sessions: list[Session], still: Callable[[Session], bool]) -> None:
+        """End `sessions`, at most `end_concurrency` at once, each only if `still(session)` at its turn."""
+        pending = iter(sessions)  # shared by the workers: each session is taken by exactly one
+
+        async def worker() -> None:
+            for session in pending:
+                if not still(session):
+                    continue
+                try:
                     await self.end(session)
+                except Exception:  # one failed end must not stop the sweep (or shutdown) for the rest
+                    log.exception("ending session %s failed", session.id[:8])
+
+        await asyncio.gather(*(worker() for _ in range(min(self._end_concurrency, len(sessions)))))
 
     async def upstream_session(self, session: Session, upstream: str) -> UpstreamSession:
         """The session's connection to one upstream, opened on first use."""
@@ -215,6 +234,11 @@ class SessionManager:
         async def on_message(message: Message) -> None:
             await route_server_message(session, upstream, message, None, self._catalog)
         return on_message
+
+
+def _still_idle(cutoff: float) -> Callable[[Session], bool]:
+    """Whether a session listed as idle may still be ended: unused since `cutoff`, no call in flight."""
+    return lambda session: session.last_used < cutoff and not session.inflight
 
 
 def _handshake_version(version: str) -> str:

@@ -1,8 +1,10 @@
-"""Idle expiry: the sweep ends only sessions still idle when their turn comes.
+"""Idle expiry: the sweep ends idle sessions several at a time, and only those still idle at their turn.
 
 Ending a session awaits its upstreams and its end hook (credential revocation), so one pass over
-many idle sessions takes a while; a call arriving meanwhile on a session the pass listed as idle
-used to be cancelled when the pass reached that session.
+many idle sessions takes a while. It used to end them one after another, so a steady flood of
+abandoned sessions outran it; it now ends up to `end_concurrency` at once. A call arriving meanwhile
+on a session the pass listed as idle used to be cancelled when the pass reached that session; each
+session is still asked again (idle, nothing in flight) when a worker takes it.
 """
 
 from __future__ import annotations
@@ -30,27 +32,58 @@ class Call:
         self.cancelled = True
 
 
+def idle_sessions(manager: SessionManager, count: int) -> list[Session]:
+    sessions = [manager.create(AGENT, None, "2025-11-25", None, None) for _ in range(count)]
+    for session in sessions:
+        session.last_used = time.monotonic() - 60  # long idle: all of them are in the same pass
+    return sessions
+
+
 async def test_a_call_arriving_while_the_sweep_ends_other_sessions_is_not_cancelled() -> None:
     ending: list[Session] = []
-    first_may_end = asyncio.Event()
+    slow_may_end = asyncio.Event()
 
     async def on_end(session: Session) -> None:
         ending.append(session)
-        if len(ending) == 1:
-            await first_may_end.wait()  # the first session's end is slow (its upstream, its revocation)
+        if len(ending) <= 2:
+            await slow_may_end.wait()  # the first two ends are slow (their upstreams, their revocation)
 
-    manager = SessionManager({}, Catalog(()), idle_s=0.2, on_end=on_end)
-    first, busy, last = (manager.create(AGENT, None, "2025-11-25", None, None) for _ in range(3))
-    for session in (first, busy, last):
-        session.last_used = time.monotonic() - 60  # long idle: all three are in the same pass
+    # Two workers: both are busy with the slow sessions when the call arrives on the third.
+    manager = SessionManager({}, Catalog(()), idle_s=0.2, on_end=on_end, end_concurrency=2)
+    first, second, busy, last = idle_sessions(manager, 4)
     await manager.start()
     try:
-        await poll(lambda: ending == [first], what="the sweep to start ending the first session")
+        await poll(lambda: ending == [first, second], what="the sweep to start ending the first two sessions")
         call = Call()
         manager.get(busy.id, AGENT, None).inflight[1] = call  # a call arrives on `busy` during the pass
-        first_may_end.set()
+        slow_may_end.set()
         await poll(lambda: last in ending, what="the pass to reach the last session")
         assert not busy.closed and not call.cancelled
         assert manager.get(busy.id, AGENT, None) is busy
+    finally:
+        await manager.close()
+
+
+async def test_the_sweep_ends_idle_sessions_concurrently_up_to_its_bound() -> None:
+    ending = 0
+    most = 0
+    release = asyncio.Event()
+
+    async def on_end(session: Session) -> None:
+        nonlocal ending, most
+        ending += 1
+        most = max(most, ending)
+        await release.wait()  # every end is slow until released: the workers all wait here together
+        ending -= 1
+
+    manager = SessionManager({}, Catalog(()), idle_s=0.2, on_end=on_end, end_concurrency=4)
+    sessions = idle_sessions(manager, 12)
+    await manager.start()
+    try:
+        await poll(lambda: ending == 4, what="four sessions ending at once")
+        release.set()
+        await poll(lambda: all(s.closed for s in sessions) and ending == 0, what="every idle session ended")
+        assert most == 4  # never more at once than the bound
+        assert len(manager) == 0
     finally:
         await manager.close()
