@@ -11,7 +11,8 @@ Rules (docs/identity.md):
   is only reported when it chained to that CA): principal = the SAN, issuer "mtls", attributes from
   the registry, expires_at = the certificate's notAfter.
 - Otherwise 401 with `WWW-Authenticate: Bearer resource_metadata="…"` (+ `error="invalid_token"` when
-  a token was presented).
+  a bearer token was presented, `error="invalid_request"` for two Authorization headers; none for another
+  scheme such as Basic, RFC 6750 §3.1).
 - `resource_path` names the endpoint asked (`/mcp`, `/mcp/{upstream}`). `/mcp/{upstream}` publishes its
   own RFC 9728 metadata (resource `<public_url>/mcp/{upstream}`), so there a token for that resource is
   accepted too, and the 401 points to that metadata.
@@ -122,8 +123,8 @@ class JwtIdentifier:
             if isinstance(source, UrlKeySource):
                 await source.settle()
 
-    def _reject(self, message: str, path: str = MCP_PATH, *, token_presented: bool) -> GatewayError:
-        challenge = www_authenticate(self._resource_url, "invalid_token" if token_presented else None, path)
+    def _reject(self, message: str, path: str = MCP_PATH, *, error: str | None = "invalid_token") -> GatewayError:
+        challenge = www_authenticate(self._resource_url, error, path)
         return GatewayError("unauthenticated", message, headers={"WWW-Authenticate": challenge})
 
     async def identify(self, headers: Mapping[str, str], peer_cert: dict[str, Any] | None,
@@ -133,12 +134,15 @@ class JwtIdentifier:
         if not values:
             if svid is not None:
                 return self._mtls_principal(svid, peer_cert or {})
-            raise self._reject("Bearer token required", resource_path, token_presented=False)
-        if len(values) > 1:
-            raise self._reject("More than one Authorization header", resource_path, token_presented=True)
+            raise self._reject("Bearer token required", resource_path, error=None)
+        if len(values) > 1:  # RFC 6750 §3.1: a malformed request, not a bad token
+            raise self._reject("More than one Authorization header", resource_path, error="invalid_request")
         match = _BEARER_RE.fullmatch(values[0])
         if match is None:
-            raise self._reject("Authorization must be a Bearer token", resource_path, token_presented=True)
+            # Another scheme (Basic, Digest) or a bare "Bearer": no bearer credential was presented, so
+            # RFC 6750 §3.1 wants the challenge without an error code.
+            error = "invalid_token" if values[0][:7].lower() == "bearer " and values[0][7:].strip() else None
+            raise self._reject("Authorization must be a Bearer token", resource_path, error=error)
         token = match.group(1)
         own = None if resource_path == MCP_PATH else self._resource_url + resource_path
         if svid is None:
@@ -150,7 +154,7 @@ class JwtIdentifier:
         except (TokenError, ChainError) as exc:
             message = exc.message if isinstance(exc, TokenError) else f"Invalid token: {exc}"
             log.info("rejected bearer token: %s", message)
-            raise self._reject(message, resource_path, token_presented=True) from None
+            raise self._reject(message, resource_path) from None
         if svid is None:
             # A token accepted only for this endpoint's own resource must not open the others from the cache.
             self._remember(token if everywhere else (resource_path, token), principal)
@@ -180,11 +184,11 @@ class JwtIdentifier:
             svid = svid_id(uri_sans_from_peercert(peer_cert))
         except InvalidSpiffeId as exc:
             raise self._reject(f"Client certificate is not a valid SPIFFE SVID: {exc}", path,
-                               token_presented=False) from None
+                               error=None) from None
         # TLS checked the validity period at the handshake only; a kept-alive connection outlives the SVID.
         not_after = _not_after(peer_cert)
         if svid is not None and (not_after is None or self._clock() >= not_after):
-            raise self._reject("Client certificate has expired", path, token_presented=False)
+            raise self._reject("Client certificate has expired", path, error=None)
         return svid
 
     async def _token_principal(self, token: str, svid: str | None, own: str | None) -> tuple[Principal, bool]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from gateway.demo.servers import inventory_server, payments_server
 from tests.support.mcp_client import sdk_client
@@ -148,3 +149,22 @@ async def test_metadata_exists_only_for_real_endpoints(env: Env) -> None:
         for path in ("/mcp/nosuch", "/mcp/payments/extra", "/approvals"):
             async with http.get(env.metadata_url(path)) as resp:
                 assert resp.status == 404, path
+
+
+async def test_other_schemes_get_a_bare_challenge_and_two_authorization_headers_invalid_request(env: Env) -> None:
+    # RFC 6750 §3.1: an unsupported scheme is no bearer credential at all (no error code); two headers are a
+    # malformed request (invalid_request). Both stay 401 `unauthenticated` and point to the RFC 9728 metadata.
+    token = env.token(env.gw.mcp)
+    cases = [(CIMultiDict([("Authorization", "Basic dXNlcjpwYXNz")]), None),
+             (CIMultiDict([("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {token}")]),
+              "invalid_request"),
+             (CIMultiDict([("Authorization", "Bearer not-a-jwt")]), "invalid_token")]
+    async with aiohttp.ClientSession() as http:
+        for path in ("/mcp", "/mcp/payments"):
+            for authorization, error in cases:
+                async with http.post(env.gw.url + path, data=json.dumps(INIT),
+                                     headers=CIMultiDict([*HEADERS.items(), *authorization.items()])) as resp:
+                    body = await resp.json(content_type=None)
+                    assert resp.status == 401, (path, error, body)
+                    assert body["error"]["data"]["reason"] == "unauthenticated"
+                    assert resp.headers.getall("WWW-Authenticate") == [challenge(env, path, error)], (path, error)

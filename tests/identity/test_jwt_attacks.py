@@ -26,10 +26,11 @@ async def test_attack_is_unauthenticated(case: AttackCase, issuer: TestIssuer,
     assert error.http_status == 401
     assert case.expect in error.message, error.message
     assert error.headers["WWW-Authenticate"].startswith(CHALLENGE)
-    if request.headers or request.query:
+    authorization = request.headers.get("Authorization", "")
+    if request.query or (authorization[:7].lower() == "bearer " and authorization[7:].strip()):
         assert 'error="invalid_' in error.headers["WWW-Authenticate"]
-    else:
-        assert error.headers["WWW-Authenticate"] == CHALLENGE  # RFC 6750: no error code without credentials
+    else:  # RFC 6750 §3.1: no error code without a bearer credential (none, an empty one, or another scheme)
+        assert error.headers["WWW-Authenticate"] == CHALLENGE
 
 
 async def test_corpus_control_token_is_accepted(issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
