@@ -141,7 +141,9 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
         await parts.credentials.end_task(explicit_task_id(task, principal), "explicit")
 
     sessions = SessionManager(upstreams, catalog, idle_s=config.tasks.idle_s, on_end=on_session_end,
-                              credential_headers=connect_headers)
+                              credential_headers=connect_headers, max_sessions=config.limits.max_sessions,
+                              max_per_principal=config.limits.max_sessions_per_principal)
+    parts.observability.metrics.watch_sessions(sessions.open_counts)
 
     def timeout(upstream: str, tool: str | None) -> float | None:
         cfg = catalog.config(upstream)

@@ -4,8 +4,10 @@ A session is created by `initialize` (or implicitly per principal for the statel
 revision) and ends on DELETE, idle timeout or shutdown. Its id has 256 bits of randomness. Only
 the principal that created it may use it: anyone else gets the same 404 as an unknown id.
 
-The idle sweep and shutdown end sessions a bounded number at a time, since each end awaits its
-upstreams and revocation.
+Open sessions are capped per principal and in total (`limits.max_sessions_per_principal`,
+`limits.max_sessions`): a client that creates sessions and never ends them is refused
+(`rate_limited`) instead of growing memory until the idle expiry catches up. The sweep and shutdown
+end sessions a bounded number at a time, since each end awaits its upstreams and revocation.
 """
 
 from __future__ import annotations
@@ -107,13 +109,17 @@ class SessionManager:
 
     def __init__(self, upstreams: Mapping[str, Upstream], catalog: Catalog, *, idle_s: float = 1800.0,
                  on_end: Callable[[Session], Awaitable[None]] | None = None,
-                 credential_headers: HeadersFn | None = None, end_concurrency: int = END_CONCURRENCY) -> None:
+                 credential_headers: HeadersFn | None = None, max_sessions: int = 10_000,
+                 max_per_principal: int = 1_000, end_concurrency: int = END_CONCURRENCY) -> None:
         self._upstreams = upstreams
         self._credential_headers = credential_headers
         self._catalog = catalog
         self._sessions: dict[str, Session] = {}
         self._stateless: dict[tuple[str, str | None], Session] = {}
         self._idle_s = idle_s
+        self._max_sessions = max_sessions
+        self._max_per_principal = max_per_principal
+        self._per_principal: dict[str, int] = {}  # open (non-stateless) sessions by principal key
         self._end_concurrency = end_concurrency
         self._on_end = on_end
         self._sweeper: asyncio.Task[None] | None = None
@@ -130,13 +136,35 @@ class SessionManager:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def open_counts(self) -> dict[str, int]:
+        """Open sessions by kind, for the `customs.sessions.open` gauge (len() is safe from another thread)."""
+        return {"stateful": len(self._sessions), "stateless": len(self._stateless)}
+
     def create(self, principal: Principal, view: str | None, protocol_version: str,
                client_info: Mapping[str, Any] | None, capabilities: Mapping[str, Any] | None) -> Session:
+        """A new session (initialize, legacy SSE), or `rate_limited` when a session cap is reached."""
+        self._admit(principal.key)
         session = Session(id=secrets.token_hex(32), principal_key=principal.key, view=view,
                           protocol_version=protocol_version, client_info=client_info, capabilities=capabilities,
                           principal=principal)
         self._sessions[session.id] = session
+        self._per_principal[principal.key] = self._per_principal.get(principal.key, 0) + 1
         return session
+
+    def _admit(self, principal_key: str) -> None:
+        # The principal's own cap first: a flooding client is told it is its own sessions that count.
+        if self._per_principal.get(principal_key, 0) >= self._max_per_principal:
+            raise _session_limited("sessions_per_principal",
+                                   "Too many open sessions for this principal; end unused ones with DELETE")
+        if len(self._sessions) >= self._max_sessions:
+            raise _session_limited("sessions", "Too many open sessions on this gateway")
+
+    def _release(self, principal_key: str) -> None:
+        left = self._per_principal.get(principal_key, 0) - 1
+        if left > 0:
+            self._per_principal[principal_key] = left
+        else:
+            self._per_principal.pop(principal_key, None)
 
     def stateless(self, principal: Principal, view: str | None, protocol_version: str,
                   capabilities: Mapping[str, Any] | None) -> Session:
@@ -170,7 +198,8 @@ class SessionManager:
         if session.closed:
             return
         session.closed = True
-        self._sessions.pop(session.id, None)
+        if self._sessions.pop(session.id, None) is session:
+            self._release(session.principal_key)
         if session.stateless:
             self._stateless = {k: v for k, v in self._stateless.items() if v is not session}
         for task in list(session.inflight.values()):
@@ -239,6 +268,12 @@ class SessionManager:
 def _still_idle(cutoff: float) -> Callable[[Session], bool]:
     """Whether a session listed as idle may still be ended: unused since `cutoff`, no call in flight."""
     return lambda session: session.last_used < cutoff and not session.inflight
+
+
+def _session_limited(limit: str, message: str) -> GatewayError:
+    # Sessions free up only when ended (DELETE or idle expiry); 1 s as for the concurrency limit.
+    return GatewayError("rate_limited", message, data={"limit": limit, "retry_after_s": 1},
+                        headers={"Retry-After": "1"})
 
 
 def _handshake_version(version: str) -> str:

@@ -270,6 +270,9 @@ class LimitRule(Model):
 class LimitsConfig(Model):
     per_principal: LimitRule = LimitRule()
     per_tool: LimitRule = LimitRule()
+    # Open sessions in this replica (initialize, legacy SSE): beyond them initialize answers rate_limited.
+    max_sessions_per_principal: int = Field(1_000, gt=0)
+    max_sessions: int = Field(10_000, gt=0)
 
 
 class TasksConfig(Model):

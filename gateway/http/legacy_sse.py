@@ -36,11 +36,11 @@ class LegacySseEndpoint:
         try:
             view = self._mcp._view(request)
             principal = await self._mcp._identify(request)
-        except GatewayError as exc:
+            if self._mcp.streams.closing:  # draining: reconnect elsewhere or after the restart
+                return web.Response(status=503, headers={"Retry-After": "1"})
+            session = self._mcp.sessions.create(principal, view, LEGACY_VERSION, None, None)
+        except GatewayError as exc:  # including a session cap reached (rate_limited)
             return error_response(exc)
-        if self._mcp.streams.closing:  # draining: reconnect elsewhere or after the restart
-            return web.Response(status=503, headers={"Retry-After": "1"})
-        session = self._mcp.sessions.create(principal, view, LEGACY_VERSION, None, None)
         response = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await response.prepare(request)
         session.get_stream_open = True

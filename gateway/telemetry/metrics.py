@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import metrics as metrics_api
@@ -45,7 +45,7 @@ INSTRUMENTS = (
     "customs.approvals.pending", "customs.approval.wait.duration", "customs.upstream.errors",
     "customs.upstream.restarts", "customs.policy.reloads", "customs.tool.quarantines", "customs.rate_limited",
     "customs.shadow.disagreements", "customs.decision_log.dropped", "cpython.gc.collections",
-    "customs.policy.errors", "customs.requests.refused",
+    "customs.policy.errors", "customs.requests.refused", "customs.sessions.open",
 )
 
 
@@ -125,6 +125,7 @@ class Metrics:
             meter_provider = metrics_api.NoOpMeterProvider()
         self.enabled = self.provider is not None
         self._approvals_pending: int | None = None  # last count read from the store; None: not known
+        self._sessions_open: Callable[[], Mapping[str, int]] | None = None  # set by watch_sessions
         self._build(meter_provider.get_meter(SCOPE.name, SCOPE.version))
 
     def _build(self, meter: metrics_api.Meter) -> None:
@@ -132,6 +133,9 @@ class Metrics:
         # replica holds an item and another decides it.
         meter.create_observable_gauge("customs.approvals.pending", [self._observe_pending], "{approval}",
                                       "Calls waiting for a human decision, in the whole approval store")
+        # Read from the session manager at collection time: nothing is added to a request's path.
+        meter.create_observable_gauge("customs.sessions.open", [self._observe_sessions], "{session}",
+                                      "Open MCP sessions in this replica, by kind (stateful, stateless)")
         self.approval_wait = meter.create_histogram("customs.approval.wait.duration", "s",
                                                     "Time from hold to decision")
         self.upstream_errors = meter.create_counter("customs.upstream.errors", "{error}", "Failed upstream requests")
@@ -195,6 +199,16 @@ class Metrics:
         # Called at collection time, possibly from the OTLP exporter's thread: only reads the cached count.
         count = self._approvals_pending
         return [] if count is None else [Observation(count)]
+
+    def watch_sessions(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Report `counts()` (open sessions by kind) as the `customs.sessions.open` gauge."""
+        self._sessions_open = counts
+
+    def _observe_sessions(self, options: CallbackOptions | None = None) -> Iterable[Observation]:
+        counts = self._sessions_open
+        if counts is None:
+            return []
+        return [Observation(n, {"customs.session.kind": kind}) for kind, n in counts().items()]
 
     def approval_waited(self, seconds: float, outcome: str) -> None:
         self.approval_wait.record(seconds, {"customs.approval.outcome": outcome})

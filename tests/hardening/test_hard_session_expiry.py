@@ -16,6 +16,7 @@ import pytest
 
 from gateway.catalog import Catalog
 from gateway.context import Principal
+from gateway.errors import GatewayError
 from gateway.sessions import Session, SessionManager
 from tests.hardening.conftest import poll
 
@@ -84,6 +85,27 @@ async def test_the_sweep_ends_idle_sessions_concurrently_up_to_its_bound() -> No
         release.set()
         await poll(lambda: all(s.closed for s in sessions) and ending == 0, what="every idle session ended")
         assert most == 4  # never more at once than the bound
-        assert len(manager) == 0
+        assert len(manager) == 0 and manager.open_counts() == {"stateful": 0, "stateless": 0}
     finally:
         await manager.close()
+
+
+async def test_ended_sessions_give_their_principals_place_back() -> None:
+    manager = SessionManager({}, Catalog(()), max_sessions=3, max_per_principal=2)
+    other = Principal(id="other", issuer="i", subject="other")
+    first, _ = (manager.create(AGENT, None, "2025-11-25", None, None) for _ in range(2))
+    with pytest.raises(GatewayError, match="rate_limited") as refused:
+        manager.create(AGENT, None, "2025-11-25", None, None)
+    assert refused.value.data["limit"] == "sessions_per_principal"
+    manager.stateless(other, None, "2026-07-28", None)  # the implicit stateless session counts against no cap
+    manager.create(other, None, "2025-11-25", None, None)
+    with pytest.raises(GatewayError, match="rate_limited") as refused:
+        manager.create(other, None, "2025-11-25", None, None)
+    assert refused.value.data["limit"] == "sessions"
+    await manager.end(first)
+    await manager.end(first)  # ending twice frees one place, not two
+    manager.create(AGENT, None, "2025-11-25", None, None)
+    with pytest.raises(GatewayError, match="rate_limited"):
+        manager.create(AGENT, None, "2025-11-25", None, None)
+    assert manager.open_counts() == {"stateful": 3, "stateless": 1}
+    await manager.close()
