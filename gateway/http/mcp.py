@@ -198,6 +198,10 @@ class McpEndpoint:
             await self._end_task(principal or session.principal, message.params.get("task"))
             return
         if method == "notifications/cancelled":
+            # 2026-07-28 has no client notifications: a client cancels by closing the call's stream, and
+            # the ids of stateless clients sharing the session may repeat (as the SDK's server: dropped).
+            if session.stateless:
+                return
             request_id = message.params.get("requestId")
             # Ids are strings or integers; anything else (a list, an object) names no call in flight.
             task = session.inflight.get(request_id) if isinstance(request_id, str | int) else None
@@ -239,24 +243,29 @@ class McpEndpoint:
     async def run_call(self, session: Session, principal: Principal, message: jsonrpc.Message,
                        channel: ResponseChannel, trace: Any = None) -> tuple[dict[str, Any], int, dict[str, str]]:
         """One request through the router: (reply, HTTP status of its error, headers of its error)."""
-        if not session.stateless and message.id in session.inflight:
+        stateless = session.stateless
+        if not stateless and message.id in session.inflight:
             # Ids key cancellation and progress routing; a second call with an id in flight would
-            # take over the first one's entry (the stateless revision has no session-wide ids).
+            # take over the first one's entry.
             raise GatewayError("invalid_request", "Invalid request: this id is already in use by a call in flight")
         sse_ok = channel.sse_allowed
         inbound = Inbound(session=session, principal=principal, message=message,
                           send=channel.send if sse_ok else None, trace_id=trace.trace_id if trace else None)
         if sse_ok:
             inbound.extra["keepalive"] = channel.keepalive  # held calls keep the stream open with SSE comments
-        token = (message.params.get("_meta") or {}).get("progressToken") if isinstance(
-            message.params.get("_meta"), dict) else None
-        if token is not None and sse_ok:
+        # Stateless (2026-07-28) clients of one principal share a session but not ids or progress tokens
+        # (every SDK client starts at the same ones), so their calls are found by neither: progress
+        # reaches them on their own stream only, and they cancel by closing it.
+        meta = message.params.get("_meta")
+        token = meta.get("progressToken") if sse_ok and not stateless and isinstance(meta, dict) else None
+        if token is not None:
             session.progress_routes[token] = channel.send
         error_headers: dict[str, str] = {}
         # The call runs in its handler's own task (no task per request); `Withdrawal` lets
         # notifications/cancelled and session end cancel it and still answer request_cancelled.
         withdrawal = Withdrawal(asyncio.current_task())
-        session.inflight[message.id] = withdrawal
+        key = withdrawal if stateless else message.id  # a stateless call's entry is its own (session end)
+        session.inflight[key] = withdrawal
         try:
             result = await self.router.dispatch(inbound)
             if session.stateless:
@@ -283,7 +292,7 @@ class McpEndpoint:
                 error_headers = exc.headers  # e.g. Retry-After of rate_limited
             forget_traceback(exc)  # answered, recorded and logged: its frames need not outlive the call
         finally:
-            session.inflight.pop(message.id, None)
+            session.inflight.pop(key, None)
             if token is not None:
                 session.progress_routes.pop(token, None)
         return reply, status, error_headers
