@@ -125,7 +125,7 @@ class Router:
 
     def _relay(self, inbound: Inbound, upstream: str) -> Callable[[Message], Awaitable[None]]:
         async def relay(message: Message) -> None:
-            await route_server_message(inbound.session, upstream, message, inbound.send, self._catalog)
+            await route_server_message(inbound.session, upstream, message, inbound.send, self._catalog, inbound)
         return relay
 
     async def _ensure_tools(self, inbound: Inbound, upstream: str) -> dict[str, ToolInfo]:

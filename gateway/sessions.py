@@ -30,6 +30,9 @@ from gateway.transport.common import id_key
 
 log = logging.getLogger("customs.sessions")
 REPLAY_EVENTS = 256
+# Server→client requests a session awaits answers to at once; past this the oldest is given up
+# (a client that never answers must not grow a long-lived session without bound).
+MAX_SERVER_REQUESTS = 64
 # Sessions ended at once by the idle sweep and at shutdown: each end awaits upstream DELETEs and
 # revocation (~20 ms under load), so one at a time falls behind a flood of abandoned sessions.
 END_CONCURRENCY = 16
@@ -49,6 +52,7 @@ class ServerRequestRoute:
     upstream: str
     session: UpstreamSession
     upstream_id: Any
+    origin: object = None  # the call it was sent on behalf of (router.Inbound); None: the session's
 
 
 @dataclass
@@ -282,7 +286,7 @@ def _handshake_version(version: str) -> str:
 
 
 async def route_server_message(session: Session, upstream: str, message: Message, send: SendFn | None,
-                               catalog: Catalog) -> None:
+                               catalog: Catalog, origin: object = None) -> None:
     """Deliver a message an upstream sent to the client: on the request's stream when known, else
     on the session's GET stream. Server→client requests get a gateway id so that answers from
     the client find their way back to the right upstream even when several use the same ids."""
@@ -292,7 +296,9 @@ async def route_server_message(session: Session, upstream: str, message: Message
         if upstream_session is None:
             return
         gateway_id = session.next_server_request_id()
-        session.server_requests[gateway_id] = ServerRequestRoute(upstream, upstream_session, message["id"])
+        if len(session.server_requests) >= MAX_SERVER_REQUESTS:
+            await _give_up(session, next(iter(session.server_requests)))
+        session.server_requests[gateway_id] = ServerRequestRoute(upstream, upstream_session, message["id"], origin)
         message = {**message, "id": gateway_id}
     elif method == "notifications/tools/list_changed":
         catalog.invalidate(upstream)
@@ -340,3 +346,24 @@ def _cancel_for_client(session: Session, upstream: str, message: Message) -> Mes
             del session.server_requests[gateway_id]  # an answer after this is not awaited upstream
             return {**message, "params": {**params, "requestId": gateway_id}}
     return None
+
+
+def drop_server_requests(session: Session, origin: object) -> None:
+    """Forget the server→client requests sent on behalf of a call that has ended, and tell the client:
+    the upstream gave up on them with the call, but its own cancellation may have gone down that call's
+    closed stream, or come after this (then it names no request and is dropped)."""
+    for gateway_id in [k for k, route in session.server_requests.items() if route.origin is origin]:
+        del session.server_requests[gateway_id]
+        session.stream_event({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                              "params": {"requestId": gateway_id, "reason": "the call it was sent for has ended"}})
+
+
+async def _give_up(session: Session, gateway_id: str) -> None:
+    """Stop awaiting the client's answer to one server→client request; the upstream gets an error
+    instead of waiting for an answer that would now be dropped."""
+    route = session.server_requests.pop(gateway_id)
+    error = {"code": -32603, "message": "Too many requests awaiting the client's answer; this one was given up"}
+    try:
+        await route.session.respond({"jsonrpc": "2.0", "id": route.upstream_id, "error": error})
+    except Exception:  # the upstream is gone: nothing awaits the answer either
+        log.debug("could not tell %s a server request was given up", route.upstream)

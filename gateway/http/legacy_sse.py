@@ -22,7 +22,7 @@ from gateway.http.guards import error_response, read_body, require_json
 from gateway.http.mcp import McpEndpoint, log_failure, negotiate_version
 from gateway.http.streams import SSE_HEADERS, ClientGone
 from gateway.router import Inbound
-from gateway.sessions import Session
+from gateway.sessions import Session, drop_server_requests
 
 log = logging.getLogger("customs.http.sse")
 LEGACY_VERSION = "2024-11-05"
@@ -140,6 +140,8 @@ class LegacySseEndpoint:
                 reply = self._failed(trace, exc, message.id)
             finally:
                 session.inflight.pop(message.id, None)
+                if session.server_requests:  # what the upstream asked on this call's behalf is moot now
+                    drop_server_requests(session, inbound)
         session.stream_event(reply)  # after the block: the span and metric are recorded once the answer is known
 
     @staticmethod

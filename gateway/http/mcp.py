@@ -36,7 +36,7 @@ from gateway.http.streams import ClientGone, ResponseChannel
 from gateway.identity import reject_query_token
 from gateway.pipeline import Identifier
 from gateway.router import SERVER_INFO, Inbound, Router
-from gateway.sessions import Session, SessionManager
+from gateway.sessions import Session, SessionManager, drop_server_requests
 
 log = logging.getLogger("customs.http")
 
@@ -295,6 +295,8 @@ class McpEndpoint:
             session.inflight.pop(key, None)
             if token is not None:
                 session.progress_routes.pop(token, None)
+            if session.server_requests:  # what the upstream asked on this call's behalf is moot now
+                drop_server_requests(session, inbound)
         return reply, status, error_headers
 
     def _initialize_result(self, session: Session) -> dict[str, Any]:
