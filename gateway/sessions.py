@@ -64,6 +64,7 @@ class Session:
     client_info: Mapping[str, Any] | None = None
     capabilities: Mapping[str, Any] | None = None
     stateless: bool = False
+    legacy_sse: bool = False  # a 2024-11-05 HTTP+SSE session: messages arrive on /messages only
     init_result: dict[str, Any] | None = None  # the upstream's own answer, for pass-through sessions
     principal: Principal | None = None  # the latest identity presented (a refreshed token updates it)
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
@@ -191,6 +192,14 @@ class SessionManager:
         session.principal = principal
         session.touch()
         return session
+
+    def get_legacy(self, session_id: str, principal: Principal) -> Session:
+        """A legacy HTTP+SSE session (any view) named by /messages?session_id=; Streamable HTTP sessions
+        look unknown there, since their answers would go to a GET stream the poster may not be reading."""
+        session = self._sessions.get(session_id)
+        if session is None or not session.legacy_sse:
+            raise GatewayError("session_not_found")
+        return self.get(session_id, principal, session.view)
 
     async def headers(self, session: Session, upstream: str) -> dict[str, str]:
         """Fresh credential headers for requests the gateway makes on the session's behalf."""

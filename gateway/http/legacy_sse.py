@@ -39,6 +39,7 @@ class LegacySseEndpoint:
             if self._mcp.streams.closing:  # draining: reconnect elsewhere or after the restart
                 return web.Response(status=503, headers={"Retry-After": "1"})
             session = self._mcp.sessions.create(principal, view, LEGACY_VERSION, None, None)
+            session.legacy_sse = True
         except GatewayError as exc:  # including a session cap reached (rate_limited)
             return error_response(exc)
         response = web.StreamResponse(status=200, headers=SSE_HEADERS)
@@ -73,7 +74,7 @@ class LegacySseEndpoint:
             principal = await self._mcp._identify(request)
             identified = time.time_ns()
             session_id = request.query.get("session_id", "")
-            session = self._find(session_id, principal)
+            session = self._mcp.sessions.get_legacy(session_id, principal)
             message = jsonrpc.parse(await read_body(request, self._mcp.max_body_bytes, self._mcp.body_timeout_s),
                                     max_depth=self._mcp.max_json_depth)
             request_id = message.id if message.kind == "request" else None
@@ -83,6 +84,9 @@ class LegacySseEndpoint:
                 negotiate(session, message.params)
                 with self._observed(request, session, principal, message, (started, identified)) as trace:
                     await self._initialize(session, message, trace)
+            elif message.id in session.inflight:  # refused as POST /mcp refuses it (mcp.py: run_call)
+                raise GatewayError("invalid_request",
+                                   "Invalid request: this id is already in use by a call in flight")
             else:
                 # The block is made here (the POST's headers, its arrival time) and entered in the task.
                 observed = self._observed(request, session, principal, message, (started, identified))
@@ -91,14 +95,6 @@ class LegacySseEndpoint:
         except GatewayError as exc:
             return error_response(exc, jsonrpc.refused_id(exc, request_id))
         return web.Response(status=202, text="Accepted")
-
-    def _find(self, session_id: str, principal: Any) -> Session:
-        for view in (None, *self._mcp.upstream_names):
-            try:
-                return self._mcp.sessions.get(session_id, principal, view)
-            except GatewayError:
-                continue
-        raise GatewayError("session_not_found")
 
     def _observed(self, request: web.Request, session: Session, principal: Any, message: jsonrpc.Message,
                   identify_ns: tuple[int, int]) -> AbstractContextManager[Any]:

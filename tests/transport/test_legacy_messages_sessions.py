@@ -1,0 +1,80 @@
+"""POST /messages (legacy HTTP+SSE) takes only legacy SSE sessions, and refuses a request whose id is
+still in flight as POST /mcp does (real gateway and SDK server; raw HTTP, since no SDK client sends
+such requests)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support.feature_server import FeatureState, feature_server
+from tests.support.servers import run_http_server
+from tests.transport.conftest import eventually
+
+pytestmark = pytest.mark.asyncio
+ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
+JSON = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+@pytest.fixture
+async def env(start_gateway: Any, permissive_policies: Path) -> AsyncIterator[tuple[Any, FeatureState]]:
+    server, state = feature_server()
+    async with run_http_server(server) as url:
+        yield await start_gateway({"upstreams": [{"name": "feat", "url": url}], "identity": ANON,
+                                   "policies": {"dir": str(permissive_policies)}}), state
+
+
+def call(request_id: int, tag: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+            "params": {"name": "overlap", "arguments": {"tag": tag, "group": "g", "parties": 2}}}
+
+
+async def sse_messages(stream: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
+    async for line in stream:
+        if line.startswith(b"data: {") and "id" in (message := json.loads(line[6:])):
+            yield message  # answers only (the tool's log lines come on the stream too)
+
+
+async def test_messages_refuses_a_streamable_http_session(env: tuple[Any, FeatureState]) -> None:
+    gw, _ = env
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gw.mcp}/feat", json=init, headers=JSON) as resp:
+            assert resp.status == 200
+            session_id = resp.headers["Mcp-Session-Id"]
+        async with http.post(f"{gw.url}/messages?session_id={session_id}", json=call(2, "A"), headers=JSON) as resp:
+            body = await resp.json()
+        # (on the old code: 202, the call ran and its answer went to the session's GET stream)
+        assert resp.status == 404 and body["error"]["data"]["reason"] == "session_not_found", body
+
+
+async def test_messages_refuses_an_id_in_flight(env: tuple[Any, FeatureState]) -> None:
+    gw, state = env
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"{gw.url}/sse/feat", headers={"Accept": "text/event-stream"}) as stream:
+        async for line in stream.content:
+            if line.startswith(b"data: /messages"):
+                endpoint = gw.url + line[6:].decode().strip()
+                break
+        messages = sse_messages(stream.content)
+        async with http.post(endpoint, json=call(5, "A"), headers=JSON) as resp:
+            assert resp.status == 202
+        await eventually(lambda: state.arrived.get("g") == 1)
+        async with http.post(endpoint, json=call(5, "again"), headers=JSON) as resp:
+            body = await resp.json(content_type=None)
+        assert resp.status == 400 and body["error"]["data"]["reason"] == "invalid_request", body
+        async with http.post(endpoint, json=call(6, "B"), headers=JSON) as resp:
+            assert resp.status == 202
+        answers = {}
+        async for message in messages:
+            answers[message["id"]] = message["result"]["content"][0]["text"]
+            if len(answers) == 2:
+                break
+        assert answers == {5: "A", 6: "B"}
