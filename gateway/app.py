@@ -30,6 +30,7 @@ from gateway.pin_watch import PinWatcher, gateway_headers
 from gateway.pipeline import Pipeline
 from gateway.router import Router
 from gateway.sessions import Session, SessionManager
+from gateway.telemetry.upstream_calls import sent_id_recorder
 from gateway.transport.registry import build_upstream
 
 log = logging.getLogger("customs.app")
@@ -153,7 +154,7 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     obs = parts.observability
     pipeline = obs.instrument(Pipeline(
         authorize=parts.authorize, approve=parts.approve, credential=parts.credentials.stage,
-        forward=ForwardStage(sessions, timeout, obs.inject), record=obs.record,
+        forward=ForwardStage(sessions, timeout, obs.inject, sent_id_recorder(obs.telemetry)), record=obs.record,
         rate=parts.limiter.rate, facts=parts.facts, slot=parts.limiter.concurrency))
     router = Router(sessions, catalog, pipeline, parts.authorizer, parts.guard,
                     {u.name: u.timeout_s for u in config.upstreams}, upstream_call=obs.upstream_calls())

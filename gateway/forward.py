@@ -8,16 +8,19 @@ from typing import Any
 from gateway.context import CallContext
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.sessions import Session, SessionManager
+from gateway.transport.base import SentId
 
 
 class ForwardStage:
     """The upstream request for a call; the upstream's JSON-RPC error is passed through unchanged."""
 
     def __init__(self, sessions: SessionManager, timeouts: Callable[[str, str | None], float | None],
-                 inject: Callable[[dict[str, str], dict[str, Any]], None] | None = None) -> None:
+                 inject: Callable[[dict[str, str], dict[str, Any]], None] | None = None,
+                 sent_id: SentId | None = None) -> None:
         self._sessions = sessions
         self._timeouts = timeouts
         self._inject = inject
+        self._sent_id = sent_id  # with tracing on: the CLIENT span records the id the upstream saw
 
     async def __call__(self, ctx: CallContext) -> dict[str, Any]:
         if ctx.upstream is None:
@@ -37,7 +40,8 @@ class ForwardStage:
         message = {"jsonrpc": "2.0", "id": ctx.request_id, "method": ctx.method, "params": params}
         ctx.extra["forwarded"] = True  # from here on the call may have executed: never undone, never retried
         response = await upstream.request(message, headers=headers, on_message=ctx.extra.get("relay"),
-                                          timeout=self._timeouts(ctx.upstream, ctx.tool.name if ctx.tool else None))
+                                          timeout=self._timeouts(ctx.upstream, ctx.tool.name if ctx.tool else None),
+                                          sent_id=self._sent_id)
         if "error" in response:
             error = response["error"]
             raise UpstreamErrorResponse(error if isinstance(error, dict) else {"code": -32603, "message": "error"})

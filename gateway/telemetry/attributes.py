@@ -132,15 +132,16 @@ def call_attributes(ctx: CallContext, decision_attrs: Callable[[Decision], Attrs
 def upstream_attributes(ctx: CallContext, transport: Attrs | None, capture_args: bool = False,
                         redact: Redact | None = None) -> Attrs:
     """The CLIENT span to the upstream: its own tool name, transport and address."""
-    return client_attributes(ctx.upstream, ctx.method, ctx.params, ctx.request_id, transport, capture_args, redact)
+    return client_attributes(ctx.upstream, ctx.method, ctx.params, transport, capture_args, redact)
 
 
-def client_attributes(upstream: str | None, method: str, params: Mapping[str, Any], request_id: Any,
-                      transport: Attrs | None, capture_args: bool = False, redact: Redact | None = None) -> Attrs:
-    """A CLIENT span's attributes from the request as sent upstream (forwarded calls and the router's own requests)."""
+def client_attributes(upstream: str | None, method: str, params: Mapping[str, Any], transport: Attrs | None,
+                      capture_args: bool = False, redact: Redact | None = None) -> Attrs:
+    """A CLIENT span's attributes from the request as sent upstream (forwarded calls and the router's own requests).
+
+    Not `jsonrpc.request.id`: the transport gives the request an id of its own (the upstream connection may be
+    shared) and tells the span (`sent_id`), so the span carries the id the upstream saw."""
     attrs: Attrs = {"customs.upstream": upstream}
-    if request_id is not None:
-        attrs["jsonrpc.request.id"] = str(request_id)
     attrs.update(_target_attributes(method, params, capture_args, redact))
     if transport:
         attrs.update(transport)

@@ -163,19 +163,15 @@ class _TracedForward:
     def _attributes(self, ctx: CallContext) -> Attrs:
         if self._telemetry.capture_args:
             return upstream_attributes(ctx, self._transport.get(ctx.upstream or ""), True, self._telemetry.redact)
-        # Without argument values the attributes depend only on upstream, method and tool or URI (and the request
-        # id, set below): built once per such key.
+        # Without argument values the attributes depend only on upstream, method and tool or URI: built once per
+        # such key. `jsonrpc.request.id` is the id the transport sends upstream, not the agent's: it sets it.
         key = (ctx.upstream, ctx.method, ctx.params.get("name"), ctx.params.get("uri"))
         base = self._base.get(key)
         if base is None:
             if len(self._base) >= 1024:
                 self._base.clear()
             base = self._base[key] = upstream_attributes(ctx, self._transport.get(ctx.upstream or ""))
-            base.pop("jsonrpc.request.id", None)
-        attrs = dict(base)
-        if ctx.request_id is not None:
-            attrs["jsonrpc.request.id"] = str(ctx.request_id)
-        return attrs
+        return dict(base)
 
     async def __call__(self, ctx: CallContext) -> dict[str, Any]:
         attrs = self._attributes(ctx) if self._telemetry.enabled else None

@@ -10,12 +10,14 @@ the router is given no `UpstreamCalls` at all, so those requests cost nothing ex
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
+from typing import Any
 
 from gateway.config.model import UpstreamConfig
 from gateway.errors import UpstreamErrorResponse
 from gateway.telemetry.attributes import Attrs, client_attributes, target_of, transport_attributes
-from gateway.telemetry.tracing import Telemetry, mark_error
-from gateway.transport.base import Message, MessageHandler, UpstreamSession
+from gateway.telemetry.tracing import AnySpan, Telemetry, mark_error, set_attributes
+from gateway.transport.base import Message, MessageHandler, SentId, UpstreamSession
 
 
 class UpstreamCalls:
@@ -31,7 +33,7 @@ class UpstreamCalls:
         method = str(message.get("method"))
         params = message.get("params")
         params = params if isinstance(params, dict) else {}
-        attrs = client_attributes(upstream, method, params, message.get("id"), self._transport.get(upstream),
+        attrs = client_attributes(upstream, method, params, self._transport.get(upstream),
                                   telemetry.capture_args, telemetry.redact)
         with telemetry.client_span(method, target_of(method, params), attrs) as span:
             meta = params.get("_meta")
@@ -42,11 +44,25 @@ class UpstreamCalls:
                     message = {**message, "params": {**params, "_meta": meta}}
             else:  # a malformed _meta goes upstream untouched (the upstream answers it); the header still carries
                 telemetry.inject_headers(headers)
-            response = await session.request(message, headers=headers, on_message=on_message, timeout=timeout)
+            response = await session.request(message, headers=headers, on_message=on_message, timeout=timeout,
+                                             sent_id=partial(_record_sent_id, span))
             error = response.get("error")
             if isinstance(error, dict):
                 mark_error(span, UpstreamErrorResponse(error))
             return response
 
 
-__all__ = ["UpstreamCalls"]
+def _record_sent_id(span: AnySpan, request_id: Any) -> None:
+    # The CLIENT span describes the request it sent: the transport gave it an id of its own.
+    set_attributes(span, {"jsonrpc.request.id": str(request_id)})
+
+
+def sent_id_recorder(telemetry: Telemetry) -> SentId | None:
+    """`ForwardStage(sent_id=...)`: the forwarded call's CLIENT span (current) records the id sent upstream;
+    None with tracing off, so the transports are told nothing."""
+    if not telemetry.enabled:
+        return None
+    return lambda request_id: _record_sent_id(telemetry.current_span(), request_id)
+
+
+__all__ = ["UpstreamCalls", "sent_id_recorder"]

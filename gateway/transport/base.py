@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 Message = dict[str, Any]
 MessageHandler = Callable[[Message], Awaitable[None]]
+SentId = Callable[[Any], None]  # told the request id actually sent upstream
 # Yields the credential header(s) for session-level traffic, valid at the time of the call.
 HeadersSource = Callable[[], Awaitable[Mapping[str, str]]]
 
@@ -50,11 +51,14 @@ class UpstreamSession(Protocol):
     def initialize_result(self) -> Message: ...
 
     async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
-                      on_message: MessageHandler | None = None, timeout: float | None = None) -> Message:  # noqa: ASYNC109
+                      on_message: MessageHandler | None = None, timeout: float | None = None,  # noqa: ASYNC109
+                      sent_id: SentId | None = None) -> Message:
         """Send a JSON-RPC request; return its response (result or error) carrying the caller's id.
 
         Messages the upstream sends while answering (progress, logging, server→client requests on
-        the response stream) go to `on_message`. Raises GatewayError upstream_unavailable /
+        the response stream) go to `on_message`. The upstream sees its own request id (ids of the
+        sessions sharing a connection would collide): `sent_id`, when given, is told that id before the
+        request is sent (the CLIENT span records it). Raises GatewayError upstream_unavailable /
         upstream_timeout / upstream_error; on timeout or cancellation a notifications/cancelled is
         sent upstream. Never retried.
         """

@@ -18,7 +18,7 @@ import aiohttp
 
 from gateway import jsonrpc
 from gateway.errors import GatewayError
-from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler
+from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler, SentId
 from gateway.transport.common import (
     BROADCAST_METHODS,
     INITIALIZED,
@@ -112,12 +112,15 @@ class SseSession:
         return endpoint
 
     async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
-                      on_message: MessageHandler | None = None, timeout: float | None = None) -> Message:  # noqa: ASYNC109
+                      on_message: MessageHandler | None = None, timeout: float | None = None,  # noqa: ASYNC109
+                      sent_id: SentId | None = None) -> Message:
         if self._closed or self._dead:
             raise GatewayError("upstream_unavailable", "upstream SSE stream is closed",
                                data={"upstream": self._up.name})
         self._up.breaker.check()
         pending = self._table.open(message, self, on_message)
+        if sent_id is not None:
+            sent_id(pending.upstream_id)
         limit = timeout or self._up.config.timeout_s
         try:
             async with asyncio.timeout(limit) as deadline:

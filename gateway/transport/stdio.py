@@ -30,6 +30,7 @@ from gateway.transport.base import (
     Health,
     Message,
     MessageHandler,
+    SentId,
 )
 from gateway.transport.common import (
     DEFAULT_BREAKER_COOLDOWN_S,
@@ -135,17 +136,19 @@ class StdioUpstream:
     # -- used by the views ------------------------------------------------------------------------
 
     async def request(self, view: StdioSession, message: Message, on_message: MessageHandler | None,
-                      timeout: float | None) -> Message:  # noqa: ASYNC109
-        exchange = partial(self._exchange, view, message, on_message, timeout)
+                      timeout: float | None, sent_id: SentId | None = None) -> Message:  # noqa: ASYNC109
+        exchange = partial(self._exchange, view, message, on_message, timeout, sent_id)
         if message.get("method") in SUBSCRIPTION_METHODS:
             return await self._routes.subscription(view, message, exchange)
         return await exchange()
 
     async def _exchange(self, view: object, message: Message, on_message: MessageHandler | None,
-                        timeout: float | None) -> Message:  # noqa: ASYNC109
+                        timeout: float | None, sent_id: SentId | None = None) -> Message:  # noqa: ASYNC109
         limit = timeout or self.config.timeout_s
         await self._wait_ready(limit)
         pending = self._table.open(message, view, on_message)
+        if sent_id is not None:
+            sent_id(pending.upstream_id)
         outbound = with_id(message, pending.upstream_id)
         if pending.progress_token is not None:
             # Every session's client may use token 1: upstream the token is unique (the upstream id).
@@ -356,11 +359,12 @@ class StdioSession:
         return self._up.initialize_result
 
     async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
-                      on_message: MessageHandler | None = None, timeout: float | None = None) -> Message:  # noqa: ASYNC109
+                      on_message: MessageHandler | None = None, timeout: float | None = None,  # noqa: ASYNC109
+                      sent_id: SentId | None = None) -> Message:
         # `headers` cannot travel over pipes; trace context reaches stdio servers through params._meta.
         if self._closed:
             raise GatewayError("upstream_unavailable", "upstream session closed")
-        return await self._up.request(self, message, on_message, timeout)
+        return await self._up.request(self, message, on_message, timeout, sent_id)
 
     async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
         if message.get("method") == "notifications/cancelled":

@@ -26,7 +26,7 @@ import aiohttp
 
 from gateway import jsonrpc
 from gateway.errors import GatewayError
-from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler
+from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler, SentId
 from gateway.transport.common import (
     INITIALIZED,
     cancelled_message,
@@ -122,13 +122,16 @@ class StreamableHttpSession:
                     await self._stream_ready.wait()
 
     async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
-                      on_message: MessageHandler | None = None, timeout: float | None = None) -> Message:  # noqa: ASYNC109
+                      on_message: MessageHandler | None = None, timeout: float | None = None,  # noqa: ASYNC109
+                      sent_id: SentId | None = None) -> Message:
         if self._closed:
             raise GatewayError("upstream_unavailable", "upstream session closed")
         self._up.breaker.check()
         if self._expired:
             await self.open()  # the upstream forgot the session: start a fresh one for this new call
         upstream_id = next(self._ids)
+        if sent_id is not None:
+            sent_id(upstream_id)
         key = id_key(message.get("id"))
         self._inflight[key] = upstream_id
         limit = timeout or self._up.config.timeout_s

@@ -274,7 +274,8 @@ async def test_event_records_and_pending_gauge(harness: Harness) -> None:
 
 
 async def test_client_span_attributes_are_each_calls_own(harness: Harness) -> None:
-    """The CLIENT span's attributes are built once per upstream/method/tool/URI: ids and URIs must not leak."""
+    """The CLIENT span's attributes are built once per upstream/method/tool/URI: URIs must not leak, and the
+    agent's request id is not the CLIENT span's (that is the id the transport sends upstream, which it sets)."""
     pipeline = harness.pipeline(Decision("allow", ("permit-read",)))
     seen = []
     for request_id, uri in ((10, "file:///a"), (11, "file:///b"), (12, "file:///a")):
@@ -284,12 +285,14 @@ async def test_client_span_attributes_are_each_calls_own(harness: Harness) -> No
                                  session_id="sess-1"):
             await pipeline.run(ctx)
         await harness.obs.telemetry.flush()
-        client = await harness.otlp.wait_for_span(
-            lambda s, rid=request_id: s.kind == "CLIENT" and s.attributes.get("jsonrpc.request.id") == str(rid))
-        seen.append((client.attributes["jsonrpc.request.id"], client.attributes["mcp.resource.uri"],
+        server = await harness.otlp.wait_for_span(
+            lambda s, rid=request_id: s.kind == "SERVER" and s.attributes.get("jsonrpc.request.id") == str(rid))
+        [client] = await harness.otlp.wait_for(
+            lambda r, parent=server: [s for s in r.children(parent) if s.kind == "CLIENT"])
+        seen.append((client.attributes.get("jsonrpc.request.id"), client.attributes["mcp.resource.uri"],
                      client.attributes["customs.upstream"]))
-    assert seen == [("10", "file:///a", "inventory"), ("11", "file:///b", "inventory"),
-                    ("12", "file:///a", "inventory")]
+    assert seen == [(None, "file:///a", "inventory"), (None, "file:///b", "inventory"),
+                    (None, "file:///a", "inventory")]
 
 
 def test_attribute_memo_shares_per_object_and_keeps_nothing_alive() -> None:
