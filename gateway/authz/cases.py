@@ -108,8 +108,14 @@ def principal_from(spec: Any, named: dict[str, Any], chain: Any, where: str,
     return Principal(id=base.id, issuer="test", subject=base.id, attributes=base.attributes, chain=actors)
 
 
-def tool_from(name: Any, overrides: Any, tools: dict[str, Any], where: str) -> ToolInfo:
-    """A ToolInfo for `upstream/tool`, labelled from the file's `tools` map and the case's own overrides."""
+# The labels a prompt or resource has unless labelled otherwise, as the gateway decides it
+# (gateway/catalog.py named_info): read-only, not destructive, closed-world. A tool's are the MCP defaults.
+_ITEM_DEFAULTS: dict[str, Any] = {"read_only": True, "destructive": False, "open_world": False}
+
+
+def tool_from(name: Any, overrides: Any, tools: dict[str, Any], where: str, action: str = "call_tool") -> ToolInfo:
+    """A ToolInfo for `upstream/tool`, labelled from the file's `tools` map and the case's own overrides;
+    for `get_prompt` and `read_resource` the unlabelled defaults are a prompt's or resource's."""
     if not isinstance(name, str) or "/" not in name:
         raise CaseError(f"{where}: tool must be 'upstream/tool', got {name!r}")
     upstream, _, tool = name.partition("/")
@@ -117,6 +123,8 @@ def tool_from(name: Any, overrides: Any, tools: dict[str, Any], where: str) -> T
     unknown = set(labels) - _TOOL_FIELDS
     if unknown:
         raise CaseError(f"{where}: unknown tool label(s) {sorted(unknown)}; known: {sorted(_TOOL_FIELDS)}")
+    if action in ("get_prompt", "read_resource"):
+        labels = {**_ITEM_DEFAULTS, **labels}
     return ToolInfo(upstream=upstream, name=tool, **labels)
 
 
@@ -219,7 +227,7 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
         action = agent_action(action, where)
         principal = principal_from(case.get("principal"), doc.get("principals") or {}, case.get("chain"), where,
                                    claim_mapping(doc.get("claims") or {}))
-        tool = tool_from(case.get("tool"), case.get("labels"), doc.get("tools") or {}, where)
+        tool = tool_from(case.get("tool"), case.get("labels"), doc.get("tools") or {}, where, action)
         facts, granted = facts_from(case, str(doc.get("environment", "dev")), where)
         decision = decide(policies, principal, action, tool, facts, granted=granted)
     problems = []

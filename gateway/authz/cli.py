@@ -114,7 +114,7 @@ def explain_cmd(args: argparse.Namespace) -> int:
         # `trust` as a claim too: explain has no config to say where trust comes from (the registry, a mapping).
         action = agent_action(args.action, "--action")
         principal = principal_from_claims(claims, claim_mapping({"trust": "trust"}), "--principal-claims")
-        tool = tool_from(args.tool, _json_arg(args.annotations, "--annotations") or {}, {}, "--tool")
+        tool = tool_from(args.tool, _json_arg(args.annotations, "--annotations") or {}, {}, "--tool", action)
         # The same context facts as a policy test case's `context:` (unknown keys are an error).
         facts, granted = facts_from({"args": _json_arg(args.args, "--args") or {},
                                      "context": _json_arg(args.context, "--context") or {}},

@@ -219,3 +219,28 @@ def test_validate_catches_a_misspelled_argument_behind_has(policy_dir: Path) -> 
     assert bad.returncode == 1
     assert (f"{policy_dir / 'cap.cedar'}: policy 'cap': argument 'amout' read on context.args is not in the "
             "schema's Args record; did you mean 'amount'?") in bad.stderr
+
+
+def test_prompts_and_resources_are_explained_and_tested_with_their_own_defaults(tmp_path: Path) -> None:
+    """The gateway decides an unlabelled prompt or resource as read-only, not destructive and closed-world
+    (docs/policies.md); `explain` and `test` used a tool's MCP defaults for them, so `reads-allowed` showed
+    a deny for a prompt the gateway allows. Labels still override the defaults."""
+    claims = '{"sub": "a", "tenant": "acme"}'
+    for action, item in (("get_prompt", "inventory/restock"), ("read_resource", "inventory/inventory://skus")):
+        ok = run("explain", "--policies", SHIPPED, "--principal-claims", claims, "--tool", item, "--action", action)
+        assert ok.returncode == 0 and json.loads(ok.stdout)["outcome"] == "allow", (action, ok.stdout, ok.stderr)
+        labelled = run("explain", "--policies", SHIPPED, "--principal-claims", claims, "--tool", item,
+                       "--action", action, "--annotations", '{"read_only": false}')
+        assert json.loads(labelled.stdout)["outcome"] == "deny", action
+    as_tool = run("explain", "--policies", SHIPPED, "--principal-claims", claims, "--tool", "inventory/restock")
+    assert json.loads(as_tool.stdout)["outcome"] == "approval_required"  # a tool keeps the MCP defaults (a write)
+    cases = tmp_path / "items.yaml"
+    cases.write_text("principals: {a: {id: a, attributes: {tenant: acme}}}\n"
+                     "tools: {inventory/secret: {read_only: false}}\ncases:\n"
+                     "  - {name: prompt, principal: a, action: get_prompt, tool: inventory/restock, expect: allow}\n"
+                     "  - {name: resource, principal: a, action: read_resource, tool: 'inventory/inventory://skus',"
+                     " expect: allow}\n"
+                     "  - {name: labelled, principal: a, action: get_prompt, tool: inventory/secret, expect: deny}\n"
+                     "  - {name: tool, principal: a, tool: inventory/restock, expect: approval_required}\n")
+    result = run("test", cases, "--policies", SHIPPED)
+    assert result.returncode == 0, result.stdout + result.stderr
