@@ -150,7 +150,7 @@ class Limiter:
             if rule.rate_per_s:
                 wait = await self._backend.take(key, rule.rate_per_s, rule.burst or max(1, int(rule.rate_per_s)))
                 if wait > 0:
-                    raise _limited(wait, "rate")
+                    raise _limited(wait, "rate", key)
 
     def concurrency(self, ctx: CallContext) -> AbstractAsyncContextManager[None]:
         """Hold a slot per rule while the call executes upstream (not while it waits for approval)."""
@@ -163,7 +163,7 @@ class Limiter:
             for key, rule in self._rules(ctx):
                 if rule.concurrency:
                     if not await self._backend.acquire(key, rule.concurrency):
-                        raise _limited(1.0, "concurrency")
+                        raise _limited(1.0, "concurrency", key)
                     held.append(key)
             yield
         finally:
@@ -171,7 +171,10 @@ class Limiter:
                 await self._backend.release(key)
 
 
-def _limited(wait: float, kind: str) -> GatewayError:
+def _limited(wait: float, kind: str, key: str) -> GatewayError:
+    """`data.limit` names the rule (per_principal | per_tool), as the session caps name theirs; the
+    `customs.rate_limited` metric is labelled with it."""
     retry = max(1, math.ceil(wait))
+    rule = "per_principal" if key.startswith("p:") else "per_tool"
     return GatewayError("rate_limited", f"Rate limit exceeded ({kind}); retry after {retry}s",
-                        data={"retry_after_s": retry}, headers={"Retry-After": str(retry)})
+                        data={"limit": rule, "retry_after_s": retry}, headers={"Retry-After": str(retry)})
