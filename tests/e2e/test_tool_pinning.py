@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -294,3 +295,31 @@ async def test_a_re_approval_body_that_is_no_object_is_refused_and_pins_nothing(
     assert status == 400 and answer["error"]["reason"] == "invalid_request", answer
     assert (await env.record("deploy"))["state"] == "quarantined"
     assert "infra__deploy" not in await env.names()
+
+
+def documented_event_fields() -> dict[str, set[str]]:
+    """docs/decision-log.md's event table: record type -> the fields named before the first `(`/`plus`."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "decision-log.md").read_text()
+    table = doc.split("## Event records", 1)[1].split("##", 1)[0]
+    found: dict[str, set[str]] = {}
+    for line in table.splitlines():
+        match = re.match(r"\| `(\w+)` \| (.*) \|$", line)
+        if match:
+            found[match[1]] = set(re.findall(r"`(\w+)`", match[2]))
+    return found
+
+
+async def test_every_pinning_record_is_a_documented_type_with_its_fields(env: Env) -> None:
+    """First-use pins, a rug pull's quarantine and the re-approval each leave a record docs/decision-log.md
+    describes (tool_pinned and tool_approved used to be written but not documented)."""
+    assert "infra__deploy" in await env.names()
+    env.tools["deploy"] = tool("deploy", destructive=True)
+    assert "infra__deploy" not in await env.names()
+    status, _ = await env.admin("POST", "/api/tools/infra/deploy/approve", {})
+    assert status == 200
+    records = [r for r in await env.decisions() if r["type"] not in ("decision", "credentials_revoked")]
+    assert {r["type"] for r in records} >= {"tool_pinned", "quarantine", "tool_approved"}
+    documented = documented_event_fields()
+    for record in records:
+        assert record["type"] in documented, record
+        assert {"upstream", "tool"} <= documented[record["type"]] <= set(record), record
