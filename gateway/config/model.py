@@ -27,6 +27,7 @@ from gateway.config.rules import (
     enforce,
     identity_rules,
     issuer_rules,
+    limit_rule_rules,
     unique_upstream_rules,
     upstream_rules,
 )
@@ -262,9 +263,14 @@ class TelemetryConfig(Model):
 
 
 class LimitRule(Model):
-    rate_per_s: float | None = Field(None, gt=0)
+    rate_per_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     burst: int | None = Field(None, gt=0)
     concurrency: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _burst_needs_rate(self) -> LimitRule:
+        enforce(limit_rule_rules(self))
+        return self
 
 
 class LimitsConfig(Model):

@@ -92,6 +92,11 @@ def identity_rules(identity: Any) -> Iterator[Problem]:
         yield ("issuers",), "mode jwt needs at least one issuer"
 
 
+def limit_rule_rules(rule: Any) -> Iterator[Problem]:
+    if _get(rule, "burst") is not None and _get(rule, "rate_per_s") is None:
+        yield ("burst",), "needs rate_per_s (a burst alone limits nothing)"
+
+
 def unique_upstream_rules(config: Any) -> Iterator[Problem]:
     first: dict[str, int] = {}
     for index, upstream in enumerate(_items(_get(config, "upstreams"))):
@@ -118,6 +123,9 @@ def document_rules(data: Any) -> list[Problem]:
     problems += _under(("identity",), identity_rules(identity))
     for index, issuer in enumerate(_items(_get(identity, "issuers"))):
         problems += _under(("identity", "issuers", index), issuer_rules(issuer))
+    limits = _get(data, "limits")
+    for name in ("per_principal", "per_tool"):
+        problems += _under(("limits", name), limit_rule_rules(_get(limits, name)))
     problems += unique_upstream_rules(data)
     return problems
 

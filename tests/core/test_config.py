@@ -433,3 +433,16 @@ def test_yaml_errors_on_a_line_with_a_reference_keep_their_column(tmp_path: Path
     with pytest.raises(ConfigError) as error:
         load_config(path, env={"URL": "http://x"})
     assert error.value.problems[0].startswith("line 2, column 37: invalid YAML"), error.value.problems
+
+
+def test_limit_rules_that_would_limit_nothing_are_reported_at_their_paths() -> None:
+    """`burst` without `rate_per_s` was accepted and limited nothing, and an infinite rate passed `gt=0`."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": [{"name": "a", "url": "http://h/mcp"}],
+                      "limits": {"per_principal": {"burst": 5}, "per_tool": {"rate_per_s": float("inf")}}})
+    assert sorted(info.value.problems) == [
+        "limits.per_principal.burst: needs rate_per_s (a burst alone limits nothing)",
+        "limits.per_tool.rate_per_s: Input should be a finite number",
+    ]
+    parse_config({"upstreams": [{"name": "a", "url": "http://h/mcp"}],
+                  "limits": {"per_principal": {"rate_per_s": 0.5, "burst": 5}, "per_tool": {"concurrency": 3}}})
