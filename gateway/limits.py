@@ -95,6 +95,14 @@ return 1
 """
 
 
+# A slot whose lease lapsed (a call longer than the lease, a replica that crashed) is gone already: never
+# count below zero, or the next callers would get one slot more than the limit.
+_RELEASE = """
+if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+
 class RedisLimits:
     """Buckets and counters shared by every replica."""
 
@@ -104,6 +112,7 @@ class RedisLimits:
         self._lease_s = lease_s  # a crashed replica's concurrency slots expire after this
         self._take = redis.register_script(_TAKE)
         self._acquire = redis.register_script(_ACQUIRE)
+        self._release = redis.register_script(_RELEASE)
 
     async def take(self, key: str, rate: float, burst: int) -> float:
         try:
@@ -121,7 +130,7 @@ class RedisLimits:
 
     async def release(self, key: str) -> None:
         try:
-            await self._redis.decr(self._prefix + "conc:" + key)
+            await self._release(keys=[self._prefix + "conc:" + key])
         except Exception:
             pass  # the lease expiry returns the slot
 

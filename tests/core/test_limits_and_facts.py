@@ -128,3 +128,18 @@ async def test_task_facts_fail_closed_when_redis_is_down(redis_server):
         await stage(ctx())
     assert info.value.reason == "policy_unavailable"
     await client.aclose()
+
+
+async def test_a_slot_released_after_its_lease_lapsed_gives_no_extra_slot(redis_server) -> None:
+    """A call outliving the concurrency lease (or a crashed replica's slot) is released after Redis already
+    dropped the counter: the release must not count below zero, or the next callers get limit + 1 slots."""
+    client = aioredis.from_url(redis_server.url)
+    try:
+        limits = RedisLimits(client, "t:")
+        assert await limits.acquire("tool", 1)
+        await client.delete("t:limit:conc:tool")  # the lease lapsed while the call ran
+        await limits.release("tool")
+        assert await limits.acquire("tool", 1)
+        assert not await limits.acquire("tool", 1)  # exactly the limit, not one more
+    finally:
+        await client.aclose()
