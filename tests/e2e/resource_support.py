@@ -1,7 +1,9 @@
-"""Shared by the aggregated-resource tests: what each upstream saw, the gateway in front of them, read text."""
+"""Shared by the aggregated-resource tests: what each upstream saw, recording subscribe/complete handlers, the
+gateway in front of them, read text, collected resource updates."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -42,3 +44,36 @@ def text(result: types.ReadResourceResult) -> str:
     content = result.contents[0]
     assert isinstance(content, types.TextResourceContents)
     return content.text
+
+
+def record_subscriptions_and_completions(server: Any, name: str, seen: Seen) -> None:
+    """resources/subscribe, resources/unsubscribe and completion/complete on a low-level SDK server, each
+    recorded in `seen` with the URI it was given; completions answer `<name>-<value>`."""
+    async def subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        seen.requests.append(("resources/subscribe", str(params.uri)))
+        return types.EmptyResult()
+
+    async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        seen.requests.append(("resources/unsubscribe", str(params.uri)))
+        return types.EmptyResult()
+
+    async def complete(ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
+        seen.requests.append(("completion/complete", str(getattr(params.ref, "uri", ""))))
+        return types.CompleteResult(completion=types.Completion(values=[f"{name}-{params.argument.value}"]))
+
+    server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
+    server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
+    server.add_request_handler("completion/complete", types.CompleteRequestParams, complete)
+
+
+@dataclass
+class Updates:
+    """notifications/resources/updated a client received (its `message_handler`), and one arriving."""
+
+    uris: list[str] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            self.uris.append(message.params.uri)
+            self.arrived.set()

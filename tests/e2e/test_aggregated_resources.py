@@ -14,7 +14,14 @@ import pytest
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.resource_support import Env, Seen, resource_gateway, text
+from tests.e2e.resource_support import (
+    Env,
+    Seen,
+    Updates,
+    record_subscriptions_and_completions,
+    resource_gateway,
+    text,
+)
 from tests.support.mcp_client import sdk_client
 
 # resources/(un)subscribe are the handshake revisions' way (2026-07-28 replaces them), which the SDK warns about.
@@ -44,23 +51,7 @@ def resource_server(name: str, seen: Seen) -> MCPServer[Any]:
         await ctx.session.send_notification(update, related_request_id=ctx.request_id)
         return "touched"
 
-    async def subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
-        seen.requests.append(("resources/subscribe", str(params.uri)))
-        return types.EmptyResult()
-
-    async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
-        seen.requests.append(("resources/unsubscribe", str(params.uri)))
-        return types.EmptyResult()
-
-    async def complete(ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
-        uri = str(getattr(params.ref, "uri", ""))
-        seen.requests.append(("completion/complete", uri))
-        return types.CompleteResult(completion=types.Completion(values=[f"{name}-{params.argument.value}"]))
-
-    lowlevel = server._lowlevel_server
-    lowlevel.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
-    lowlevel.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
-    lowlevel.add_request_handler("completion/complete", types.CompleteRequestParams, complete)
+    record_subscriptions_and_completions(server._lowlevel_server, name, seen)
     return server
 
 
@@ -106,21 +97,14 @@ async def test_uri_naming_no_upstream_is_unknown_and_reaches_none(env: Env, uri:
 
 
 async def test_subscription_update_and_completion_map_to_the_upstream_and_back(env: Env) -> None:
-    updates: list[str] = []
-    arrived = asyncio.Event()
-
-    async def on_message(message: Any) -> None:
-        if isinstance(message, types.ResourceUpdatedNotification):
-            updates.append(message.params.uri)
-            arrived.set()
-
-    async with sdk_client(env.mcp, message_handler=on_message) as client:
+    updates = Updates()
+    async with sdk_client(env.mcp, message_handler=updates) as client:
         await client.subscribe_resource("customs://beta/fake://r")
         assert env.seen["beta"].requests == [("resources/subscribe", "fake://r")]
         assert (await client.call_tool("beta__touch", {"uri": "fake://r"})).content[0].text == "touched"
         async with asyncio.timeout(10):
-            await arrived.wait()
-        assert updates == ["customs://beta/fake://r"]
+            await updates.arrived.wait()
+        assert updates.uris == ["customs://beta/fake://r"]
         await client.unsubscribe_resource("customs://beta/fake://r")
         done = await client.complete(types.ResourceTemplateReference(uri="customs://alpha/fake://items/{id}"),
                                      {"name": "id", "value": "4"})
@@ -130,15 +114,8 @@ async def test_subscription_update_and_completion_map_to_the_upstream_and_back(e
 
 
 async def test_pass_through_view_keeps_the_upstreams_own_uris(env: Env) -> None:
-    updates: list[str] = []
-    arrived = asyncio.Event()
-
-    async def on_message(message: Any) -> None:
-        if isinstance(message, types.ResourceUpdatedNotification):
-            updates.append(message.params.uri)
-            arrived.set()
-
-    async with sdk_client(f"{env.mcp}/alpha", message_handler=on_message) as client:
+    updates = Updates()
+    async with sdk_client(f"{env.mcp}/alpha", message_handler=updates) as client:
         assert [str(r.uri) for r in (await client.list_resources()).resources] == ["fake://r"]
         assert [t.uri_template for t in (await client.list_resource_templates()).resource_templates] == [
             "fake://items/{id}"]
@@ -146,8 +123,8 @@ async def test_pass_through_view_keeps_the_upstreams_own_uris(env: Env) -> None:
         assert (text(read), str(read.contents[0].uri)) == ("alpha item 2", "fake://items/2")
         await client.call_tool("touch", {"uri": "fake://r"})
         async with asyncio.timeout(10):
-            await arrived.wait()
-    assert updates == ["fake://r"]
+            await updates.arrived.wait()
+    assert updates.uris == ["fake://r"]
     async with sdk_client(f"{env.mcp}/alpha") as client:
         with pytest.raises(MCPError):  # the upstream's own answer: no such URI there
             await client.read_resource("customs://alpha/fake://r")

@@ -14,7 +14,7 @@ import pytest
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.resource_support import Env, Seen, resource_gateway, text
+from tests.e2e.resource_support import Env, Seen, record_subscriptions_and_completions, resource_gateway, text
 from tests.support.mcp_client import sdk_client
 
 # resources/(un)subscribe are the handshake revisions' way (2026-07-28 replaces them), which the SDK warns about.
@@ -51,17 +51,7 @@ def resource_server(name: str, seen: Seen) -> MCPServer[Any]:
                                             related_request_id=ctx.request_id)
         return "published"
 
-    async def subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
-        seen.requests.append(("resources/subscribe", str(params.uri)))
-        return types.EmptyResult()
-
-    async def complete(ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
-        seen.requests.append(("completion/complete", str(getattr(params.ref, "uri", ""))))
-        return types.CompleteResult(completion=types.Completion(values=[f"{name}-{params.argument.value}"]))
-
-    lowlevel = server._lowlevel_server
-    lowlevel.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
-    lowlevel.add_request_handler("completion/complete", types.CompleteRequestParams, complete)
+    record_subscriptions_and_completions(server._lowlevel_server, name, seen)
     return server
 
 
