@@ -49,6 +49,17 @@ def _version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """--port: a TCP port, or 0 for any free one (argparse turns the error into a usage message, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r} (0-65535; 0: any free port)") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535 (0: any free port): {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="customs", description="Customs: the gateway every agent tool call "
                                      "passes through (identity, Cedar policy, human approval, JIT credentials).")
@@ -60,14 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "runs on embedded defaults (the demo upstreams, in-memory stores).")
     serve.add_argument("--config", "-c", type=Path, help="customs.yaml")
     serve.add_argument("--host", help="override listen.host")
-    serve.add_argument("--port", type=int, help="override listen.port (0: any free port)")
+    serve.add_argument("--port", type=_port, help="override listen.port (0: any free port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo", help="run the gateway with bundled demo servers and tokens",
                           description="Start the demo MCP servers and the gateway on embedded defaults, print the "
                           "URL and demo tokens, and show an allowed, a denied and a held call.")
-    demo.add_argument("--port", type=int, default=8700, help="default 8700; 0: any free port")
+    demo.add_argument("--port", type=_port, default=8700, help="default 8700; 0: any free port")
     demo.add_argument("--no-walkthrough", action="store_true", help="only serve; do not run the example calls")
     demo.add_argument("--exit-after-walkthrough", action="store_true", help="stop after the example calls")
     demo.add_argument("--dir", type=Path, default=Path(".customs/demo"), help="where demo keys/config are written")

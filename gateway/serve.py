@@ -161,7 +161,12 @@ def serve_command(args: argparse.Namespace) -> int:
     if (args.port if args.port is not None else config.listen.port) == 0 and config.listen.public_url is None:
         # The gateway's own URL (token audience, RFC 9728 metadata, minted `iss`) names its port, so
         # "any free port" is settled before anything is built from the config.
-        listen_changes["port"] = free_port(args.host or config.listen.host)
+        host = args.host or config.listen.host
+        try:
+            listen_changes["port"] = free_port(host)
+        except OSError as exc:  # a host that does not resolve or is not this machine's: as run() reports it
+            print(f"customs: cannot listen on {host}:0: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     if listen_changes:
         config = config.model_copy(update={"listen": config.listen.model_copy(update=listen_changes)})
     if args.config is None:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from gateway.approvals.cli import DEFAULT_URL, guard, request_json
+from gateway.approvals.cli import DEFAULT_URL, guard, request_json, seconds
 from gateway.errors import GatewayError
 from gateway.http.guards import timed_read
 from gateway.pinning import ToolGuard
@@ -111,7 +111,7 @@ def add_tools_parsers(sub: Any) -> None:
         parser.add_argument("--url", default=os.environ.get("CUSTOMS_URL", DEFAULT_URL),
                             help=f"gateway base URL (default {DEFAULT_URL}, or CUSTOMS_URL)")
         parser.add_argument("--token", help="administrator bearer token (default: CUSTOMS_TOKEN environment variable)")
-        parser.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds (default 30)")
+        parser.add_argument("--timeout", type=seconds, default=30.0, help="HTTP timeout in seconds (default 30)")
         parser.set_defaults(func=guard(_run))
 
     common(sub.add_parser("list", help="pinned and quarantined tools",

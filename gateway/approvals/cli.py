@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -147,8 +148,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=os.environ.get("CUSTOMS_URL", DEFAULT_URL),
                         help=f"gateway base URL (default {DEFAULT_URL}, or CUSTOMS_URL)")
     parser.add_argument("--token", help="approver bearer token (default: CUSTOMS_TOKEN environment variable)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds (default 10)")
+    parser.add_argument("--timeout", type=seconds, default=10.0, help="HTTP timeout in seconds (default 10)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON")
+
+
+def seconds(text: str) -> float:
+    """--timeout: a finite number of seconds above zero (0 would make the socket non-blocking, not patient)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, e.g. 10: {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:

@@ -109,11 +109,16 @@ async def walkthrough(base: str, tokens: dict[str, str], *, approve: bool) -> in
 def demo_command(args: argparse.Namespace) -> int:
     setup_logging("warning")
     directory: Path = args.dir.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    # Tokens and printed URLs name the port, so "any free port" (0) is settled first.
-    config = parse_config(demo_config(directory, args.port or free_port("127.0.0.1")))
-    base = config.listen.resource_url
-    tokens = mint_demo_tokens(directory, f"{base}/mcp")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # Tokens and printed URLs name the port, so "any free port" (0) is settled first.
+        config = parse_config(demo_config(directory, args.port or free_port("127.0.0.1")))
+        base = config.listen.resource_url
+        tokens = mint_demo_tokens(directory, f"{base}/mcp")
+    except OSError as exc:  # the keys, tokens' key and decision log live there: nothing runs without it
+        print(f"customs demo: --dir {args.dir}: cannot use it as the demo's directory ({exc.strerror or exc}: "
+              f"{exc.filename or directory})", file=sys.stderr)
+        return 2
     outcome: dict[str, int] = {"code": 0}
     stop = asyncio.Event()
 

@@ -1,0 +1,67 @@
+"""`customs serve|demo|approvals|tools` on options a person got wrong: a message and a usage exit, no traceback.
+
+Each command runs as a child process, as a user runs it; none of these inputs may reach a Python traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, free_port
+
+CONFIG = "upstreams:\n  - {name: a, url: 'http://127.0.0.1:9/mcp'}\npolicies: {dir: %s}\n" % (REPO / "policies")
+
+
+def customs(*argv: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *map(str, argv)], cwd=cwd,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "customs.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.mark.parametrize("port", ["99999", "-5", "65536", "http"])
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_port_outside_0_65535_is_a_usage_error(command: str, port: str, config: Path, tmp_path: Path) -> None:
+    extra = ["--config", config] if command == "serve" else ["--dir", tmp_path / "demo", "--no-walkthrough"]
+    result = customs(command, "--port", port, *extra)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--port" in result.stderr and "0-65535" in result.stderr
+
+
+def test_serve_any_free_port_on_a_host_that_does_not_resolve_says_so(config: Path) -> None:
+    # `--port 0` settles the port on the host before anything starts: the host's failure is a listen failure.
+    result = customs("serve", "--config", config, "--host", "nosuchhost.invalid", "--port", "0")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "customs: cannot listen on nosuchhost.invalid" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file"])
+def test_demo_dir_that_cannot_be_a_directory_is_named(tmp_path: Path, kind: str) -> None:
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a directory")
+    target = blocker if kind == "a file" else blocker / "demo"
+    result = customs("demo", "--port", str(free_port()), "--dir", target, "--no-walkthrough")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"--dir {target}" in result.stderr
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf", "soon"])
+@pytest.mark.parametrize("argv", [("approvals", "list"), ("approvals", "show", "apr_x"), ("tools", "list")])
+def test_a_timeout_that_is_not_a_positive_number_is_a_usage_error(argv: tuple[str, ...], timeout: str) -> None:
+    # Nothing listens on the port: only the option's check may answer (no request is made).
+    result = customs(*argv, "--url", f"http://127.0.0.1:{free_port()}", "--token", "t", "--timeout", timeout)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--timeout" in result.stderr and "positive number of seconds" in result.stderr
