@@ -128,7 +128,10 @@ class LegacySseEndpoint:
             inbound = Inbound(session=session, principal=principal, message=message, send=send,
                               trace_id=trace.trace_id if trace is not None else None)
             try:
-                reply = jsonrpc.result(message.id, await self._mcp.router.dispatch(inbound))
+                result = await self._mcp.router.dispatch(inbound)
+                if trace is not None:
+                    trace.answered(result)
+                reply = jsonrpc.result(message.id, result)
             except asyncio.CancelledError:
                 reply = self._failed(trace, GatewayError("request_cancelled"), message.id)
             except Exception as exc:

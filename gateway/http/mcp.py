@@ -268,6 +268,8 @@ class McpEndpoint:
         session.inflight[key] = withdrawal
         try:
             result = await self.router.dispatch(inbound)
+            if trace is not None:
+                trace.answered(result)
             if session.stateless:
                 result = modern_result(message.method, result)
             reply = jsonrpc.result(message.id, result)

@@ -63,7 +63,11 @@ def _stage_attrs(stage: str) -> Attrs:
 
 def _operation_attrs(key: tuple[Any, ...]) -> Attrs:
     method, *extra = key  # extra: the caller's (name, value) pairs, which may override the method
-    return {"mcp.method.name": method, **dict(extra)}
+    attrs: Attrs = {"mcp.method.name": method}
+    if method == "tools/call":  # the conventions' recommended marker of a tool execution (free: once per key)
+        attrs["gen_ai.operation.name"] = "execute_tool"
+    attrs.update(extra)
+    return attrs
 
 
 def gc_collections(options: CallbackOptions | None = None) -> Iterable[Observation]:

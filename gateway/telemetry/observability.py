@@ -38,9 +38,10 @@ from gateway.telemetry.decision_log import DecisionLog
 from gateway.telemetry.decision_log import Redactor as RedactFn
 from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
 from gateway.telemetry.settings import unsupported_protocol
+from gateway.telemetry.span_errors import error_code, error_type, mark_error
 from gateway.telemetry.spans import LightSpan
 from gateway.telemetry.stage import RecordStage, instrument
-from gateway.telemetry.tracing import NO_SPAN, AnySpan, Telemetry, error_type, mark_error
+from gateway.telemetry.tracing import NO_SPAN, AnySpan, Telemetry
 from gateway.telemetry.upstream_calls import UpstreamCalls
 
 log = logging.getLogger("customs.telemetry")
@@ -52,6 +53,7 @@ class RequestTrace:
 
     span: AnySpan
     error: BaseException | None = None
+    tool_error: bool = False  # answered with a tool result with `isError: true`
 
     @property
     def trace_id(self) -> str | None:
@@ -69,6 +71,12 @@ class RequestTrace:
         """The request was answered with an error (the edge turned the exception into a JSON-RPC error)."""
         self.error = exc
         mark_error(self.span, exc)
+
+    def answered(self, result: Any) -> None:
+        """The request was answered with `result`: one with `isError: true` is the conventions' `tool_error`
+        in the duration metric (the span got it from the call's record stage)."""
+        if type(result) is dict and result.get("isError") is True:
+            self.tool_error = True
 
 
 class _RequestBlock:
@@ -103,7 +111,8 @@ class _RequestBlock:
         if exc is not None:
             trace.error = exc
         try:
-            self._obs._server_metric(self._method, self._target, trace.error, time.perf_counter() - self._started)
+            self._obs._server_metric(self._method, self._target, trace.error, time.perf_counter() - self._started,
+                                     trace.tool_error)
         finally:
             if self._span is not None:
                 self._span.__exit__(kind, exc, tb)  # marks the span if an exception leaves the block, ends it
@@ -206,7 +215,8 @@ class Observability:
         identify = (identify_ns, who) if identify_ns is not None and who is not None else None
         return _RequestBlock(self, method, target, started, span, identify)
 
-    def _server_metric(self, method: str, target: str | None, error: BaseException | None, seconds: float) -> None:
+    def _server_metric(self, method: str, target: str | None, error: BaseException | None, seconds: float,
+                       tool_error: bool = False) -> None:
         attrs: dict[str, Any] = {}
         if method == "tools/call" and target:
             attrs["gen_ai.tool.name"] = target
@@ -214,6 +224,11 @@ class Observability:
             attrs["gen_ai.prompt.name"] = target
         if error is not None:
             attrs["error.type"] = error_type(error)
+            code = error_code(error)
+            if code is not None:
+                attrs["rpc.response.status_code"] = code
+        elif tool_error:
+            attrs["error.type"] = "tool_error"
         self.metrics.server_operation(method, seconds, attrs)
 
     # -- event records -----------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from gateway.telemetry.attributes import (
 )
 from gateway.telemetry.decision_log import DecisionLog, error_reason
 from gateway.telemetry.metrics import Metrics
-from gateway.telemetry.tracing import Telemetry, mark_error, set_attributes, span_name
+from gateway.telemetry.span_errors import error_code, mark_error, mark_tool_error
+from gateway.telemetry.tracing import Telemetry, set_attributes, span_name
 
 UPSTREAM_REASONS = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_error"})
 STAGE_SPANS = {"authorize": "customs.authorize", "approve": "customs.approval", "credential": "customs.credential"}
@@ -63,7 +64,7 @@ class RecordStage:
                 if ctx.error is not None:
                     mark_error(span, ctx.error)
                 elif _tool_error(ctx.result):
-                    span.set_attribute("error.type", "tool_error")
+                    mark_tool_error(span)
         if self._log is not None:
             self._log.record_decision(ctx)
 
@@ -178,20 +179,23 @@ class _TracedForward:
         target = ctx.tool.name if ctx.tool and ctx.method in ("tools/call", "prompts/get") else None
         started = time.perf_counter()
         error: str | None = None
+        code: str | None = None
         with self._telemetry.client_span(ctx.method, target, attrs) as span:
             try:
                 result = await self._forward(ctx)
+                if _tool_error(result):
+                    error = "tool_error"
+                    mark_tool_error(span)
+                return result
             except BaseException as exc:
                 error = error_reason(exc) if isinstance(exc, GatewayError) else _code(exc)
+                code = error_code(exc, own=False)  # the upstream's answer only: none when it never answered
                 raise
             finally:
                 if self._metrics is not None:
-                    self._record(ctx, time.perf_counter() - started, error)
-            if _tool_error(result):
-                set_attributes(span, {"error.type": "tool_error"})
-            return result
+                    self._record(ctx, time.perf_counter() - started, error, code)
 
-    def _record(self, ctx: CallContext, seconds: float, error: str | None) -> None:
+    def _record(self, ctx: CallContext, seconds: float, error: str | None, code: str | None) -> None:
         assert self._metrics is not None
         self._metrics.stage_duration("forward", seconds)
         attrs: Attrs = {"customs.upstream": ctx.upstream or ""}
@@ -201,6 +205,8 @@ class _TracedForward:
             attrs["gen_ai.prompt.name"] = ctx.tool.name
         if error is not None:
             attrs["error.type"] = error
+            if code is not None:
+                attrs["rpc.response.status_code"] = code
         self._metrics.client_operation(ctx.method, seconds, attrs)
 
 

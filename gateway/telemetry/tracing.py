@@ -37,8 +37,6 @@ from opentelemetry.trace import (
     Span,
     SpanContext,
     SpanKind,
-    Status,
-    StatusCode,
     TraceFlags,
     TraceState,
     format_span_id,
@@ -48,6 +46,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from gateway.config.model import TelemetryConfig
 from gateway.telemetry.settings import TraceSettings, trace_settings
+from gateway.telemetry.span_errors import mark_error
 from gateway.telemetry.span_export import SpanShipper
 from gateway.telemetry.spans import UNSET_STATUS, LightSpan, WireContext, WireSpan, readable, wire_context
 
@@ -77,35 +76,6 @@ def _carrier(source: Mapping[str, Any] | None) -> dict[str, str]:
         if isinstance(value, str):
             out[key] = value
     return out
-
-
-def error_type(exc: BaseException) -> str:
-    """Low-cardinality `error.type`: the gateway reason, the upstream's JSON-RPC code, or the class name."""
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, str):
-        if reason == "upstream_rpc_error":
-            code = getattr(exc, "error", {}).get("code")
-            return str(code) if code is not None else reason
-        return reason
-    if isinstance(exc, asyncio.CancelledError):  # the decision log's and customs.calls' reason for it too
-        return "request_cancelled"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return type(exc).__qualname__
-
-
-def mark_error(span: AnySpan, exc: BaseException) -> None:
-    """Set `error.type`, `rpc.response.status_code` and ERROR status (description: the error message)."""
-    if not span.is_recording():
-        return
-    span.set_attribute("error.type", error_type(exc))
-    code = getattr(exc, "code", None)
-    if code is None:
-        code = getattr(exc, "error", {}).get("code") if isinstance(getattr(exc, "error", None), dict) else None
-    if code is not None:
-        span.set_attribute("rpc.response.status_code", str(code))
-    message = getattr(exc, "message", None)
-    span.set_status(Status(StatusCode.ERROR, message if isinstance(message, str) else type(exc).__name__))
 
 
 class Telemetry:
@@ -325,8 +295,8 @@ class Telemetry:
         """The CLIENT span of the upstream request; `inject` inside it propagates this span."""
         if not self.enabled:
             return nullcontext(NO_SPAN)
-        return self._span(self._new(span_name(method, target), SpanKind.CLIENT, _with_method(method, attrs), None,
-                                    None, None))
+        return _Current(self._current, self._new(span_name(method, target), SpanKind.CLIENT,
+                                                  _with_method(method, attrs), None, None, None), own_code=False)
 
     def record_span(self, name: str, start_ns: int, end_ns: int, attrs: Attributes | None = None,
                     error: BaseException | None = None) -> None:
@@ -349,13 +319,16 @@ class Telemetry:
 
 
 class _Current:
-    """A light span made current for a block; an exception leaving it marks the span. Ends it on exit."""
+    """A light span made current for a block; an exception leaving it marks the span. Ends it on exit.
 
-    __slots__ = ("_span", "_token", "_var")
+    `own_code=False` (CLIENT spans): the span's `rpc.response.status_code` is only ever the upstream's."""
 
-    def __init__(self, var: ContextVar[LightSpan | None], span: LightSpan) -> None:
+    __slots__ = ("_own_code", "_span", "_token", "_var")
+
+    def __init__(self, var: ContextVar[LightSpan | None], span: LightSpan, *, own_code: bool = True) -> None:
         self._var = var
         self._span = span
+        self._own_code = own_code
         self._token: Token[LightSpan | None] | None = None
 
     def __enter__(self) -> LightSpan:
@@ -364,7 +337,7 @@ class _Current:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if exc is not None:
-            mark_error(self._span, exc)
+            mark_error(self._span, exc, own_code=self._own_code)
         if self._token is not None:
             self._var.reset(self._token)
         self._span.end(time.time_ns())

@@ -16,7 +16,8 @@ from typing import Any
 from gateway.config.model import UpstreamConfig
 from gateway.errors import UpstreamErrorResponse
 from gateway.telemetry.attributes import Attrs, client_attributes, target_of, transport_attributes
-from gateway.telemetry.tracing import AnySpan, Telemetry, mark_error, set_attributes
+from gateway.telemetry.span_errors import mark_error
+from gateway.telemetry.tracing import AnySpan, Telemetry, set_attributes
 from gateway.transport.base import Message, MessageHandler, SentId, UpstreamSession
 
 

@@ -147,6 +147,9 @@ def reference(reader: MetricReader) -> dict[str, Any]:
     return out
 
 
+TOOL_OP = {"gen_ai.operation.name": "execute_tool"}  # the conventions' marker of tools/call operations
+
+
 def per_call_traffic(metrics: Metrics, sdk: dict[str, Any]) -> None:
     """The same facts into `metrics` and into the reference instruments (attributes as the SDK path built them)."""
     rng = random.Random(11)
@@ -161,11 +164,12 @@ def per_call_traffic(metrics: Metrics, sdk: dict[str, Any]) -> None:
         sdk["customs.stage.duration"].record(seconds, {"stage": stage})
         extra: dict[str, Any] = {"gen_ai.tool.name": tool, **({"error.type": "upstream_timeout"} if i % 7 else {})}
         metrics.server_operation("tools/call", seconds, extra)
-        sdk["mcp.server.operation.duration"].record(seconds, {"mcp.method.name": "tools/call", **extra})
+        sdk["mcp.server.operation.duration"].record(seconds, {"mcp.method.name": "tools/call", **TOOL_OP, **extra})
         upstream_attrs = {"customs.upstream": upstream, **extra}
-        metrics.client_operation("tools/call" if i % 9 else "tools/list", seconds, upstream_attrs)
+        method = "tools/call" if i % 9 else "tools/list"
+        metrics.client_operation(method, seconds, upstream_attrs)
         sdk["mcp.client.operation.duration"].record(
-            seconds, {"mcp.method.name": "tools/call" if i % 9 else "tools/list", **upstream_attrs})
+            seconds, {"mcp.method.name": method, **(TOOL_OP if method == "tools/call" else {}), **upstream_attrs})
 
 
 def test_per_call_prometheus_text_is_the_sdks() -> None:
