@@ -8,9 +8,11 @@ failure fails closed (the call is refused), like every other shared-state failur
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,30 +32,68 @@ class LimitBackend(Protocol):
     async def release(self, key: str) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bucket:
     tokens: float
     stamp: float
+    rate: float
+    burst: int
 
 
 @dataclass
 class MemoryLimits:
-    """Single-process buckets and counters."""
+    """Single-process buckets and counters.
+
+    A bucket that has refilled to its burst is the same as no bucket (a new one starts full), so the sweep
+    drops those: without it every principal and tool ever seen (one per SPIFFE id, one per resource URI
+    read) kept a bucket for the process' life. A counter goes when its last slot is released.
+    """
 
     buckets: dict[str, _Bucket] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
+    sweep_s: float = 60.0  # a bucket outlives its last use by at most its refill time plus this
+    _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _sweeper: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def take(self, key: str, rate: float, burst: int) -> float:
-        now = time.monotonic()
+        now = self.clock()
         bucket = self.buckets.get(key)
         if bucket is None:
-            bucket = self.buckets[key] = _Bucket(float(burst), now)
+            bucket = self.buckets[key] = _Bucket(float(burst), now, rate, burst)
         bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
         bucket.stamp = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return 0.0
         return (1.0 - bucket.tokens) / rate
+
+    def sweep(self) -> int:
+        """Drop the buckets that have refilled to their burst; returns how many went."""
+        now = self.clock()
+        full = [key for key, b in self.buckets.items() if b.tokens + (now - b.stamp) * b.rate >= b.burst]
+        for key in full:
+            del self.buckets[key]
+        return len(full)
+
+    async def start(self) -> None:
+        self._stop.clear()
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="customs-limits-sweeper")
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def _sweep_loop(self) -> None:
+        # One pass every sweep_s over the dict, not a check per call: take() stays as it was.
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.sweep_s)  # periodic timer
+            self.sweep()
 
     async def acquire(self, key: str, limit: int) -> bool:
         current = self.counters.get(key, 0)
@@ -68,6 +108,19 @@ class MemoryLimits:
             self.counters.pop(key, None)
         else:
             self.counters[key] = current
+
+
+def sweep_interval(config: LimitsConfig) -> float:
+    """How often the in-memory buckets are swept: the longest refill (burst / rate) of the configured
+    rules, so an idle bucket lives at most about twice that, kept within 1 s (no busy loop for fast
+    rules) and 60 s (slow rules: a bucket may then outlive its refill by up to a minute)."""
+    refills = [burst(r) / r.rate_per_s for r in (config.per_principal, config.per_tool) if r.rate_per_s]
+    return min(60.0, max(1.0, *refills)) if refills else 60.0
+
+
+def burst(rule: LimitRule) -> int:
+    """The rule's bucket size: its burst, else its rate (at least 1)."""
+    return rule.burst or max(1, int(rule.rate_per_s or 0))
 
 
 # Token bucket in one round trip: tokens and timestamp in a hash, refilled from Redis' own clock.
@@ -157,7 +210,7 @@ class Limiter:
             return
         for key, rule in self._rules(ctx):
             if rule.rate_per_s:
-                wait = await self._backend.take(key, rule.rate_per_s, rule.burst or max(1, int(rule.rate_per_s)))
+                wait = await self._backend.take(key, rule.rate_per_s, burst(rule))
                 if wait > 0:
                     raise _limited(wait, "rate", key)
 

@@ -32,7 +32,7 @@ from gateway.config import ConfigError
 from gateway.config.model import Config, PoliciesConfig, RedisStore
 from gateway.credentials.redaction import Redactor
 from gateway.credentials.service import CredentialService
-from gateway.limits import Limiter, MemoryLimits, RedisLimits
+from gateway.limits import Limiter, MemoryLimits, RedisLimits, sweep_interval
 from gateway.pinning import MemoryPins, RedisPins, ToolGuard
 from gateway.pipeline import Authorizer, Identifier
 from gateway.sessions import Session
@@ -188,7 +188,9 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
         facts_store: Any = RedisFacts(redis.client, redis.prefix)
     else:
         approvals = MemoryApprovalStore(on_event=on_approval)
-        pins, limit_backend, facts_store = MemoryPins(), MemoryLimits(), MemoryFacts()
+        pins, facts_store = MemoryPins(), MemoryFacts()
+        limit_backend = MemoryLimits(sweep_s=sweep_interval(config.limits))
+        credentials.tasks.on_end(facts_store.forget)  # an ended task's facts are never read again
 
     def on_pin_event(**event: Any) -> None:
         if event.get("type") == "tool_quarantined":
@@ -221,6 +223,9 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     # After the store (it reads it), before the rest; no reads at all when no metric is exported.
     gauge = PendingGauge(approvals, obs.metrics.set_approvals_pending) if obs.metrics.enabled else None
     owners: list[Any] = [o for o in (redis, obs, engine, approvals, gauge, webhooks, credentials) if o is not None]
+    if isinstance(limit_backend, MemoryLimits) and (config.limits.per_principal.rate_per_s
+                                                   or config.limits.per_tool.rate_per_s):
+        owners.append(limit_backend)  # sweeps refilled buckets; no rate rule, no buckets to sweep
     if isinstance(pins, RedisPins) and config.pinning.mode != "off":
         owners.append(pins)  # hears other replicas' quarantines and re-approvals
     identity_owner = identifier if hasattr(identifier, "start") else None

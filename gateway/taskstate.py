@@ -41,7 +41,13 @@ class _Task:
 
 @dataclass
 class MemoryFacts:
+    """Single-process task facts. A task's facts go when the task ends (`forget`, called by the task
+    tracker): without that every session, idle window and explicit task ever seen kept its entry."""
+
     tasks: dict[str, _Task] = field(default_factory=dict)
+
+    def forget(self, task: str) -> None:
+        self.tasks.pop(task, None)
 
     async def reserve(self, task: str, tool: str, sums: Mapping[str, float]) -> dict[str, Any]:
         state = self.tasks.setdefault(task, _Task())

@@ -143,3 +143,41 @@ async def test_a_slot_released_after_its_lease_lapsed_gives_no_extra_slot(redis_
         assert not await limits.acquire("tool", 1)  # exactly the limit, not one more
     finally:
         await client.aclose()
+
+
+async def test_refilled_buckets_are_swept_so_minted_principals_cannot_grow_memory() -> None:
+    """Every distinct principal (a SPIFFE id, an anonymous variant) and every tool key (a resource URI read)
+    got an in-memory bucket that was never dropped: 20k minted principals left 20k buckets. A bucket that has
+    refilled to its burst is the same as none, so the sweep drops it and the dict stays bounded by the keys
+    used within a refill plus a sweep interval. Time is the backend's injected clock, advanced by the test."""
+    now = [0.0]
+    limits = MemoryLimits(clock=lambda: now[0])
+    limiter = Limiter(LimitsConfig.model_validate({"per_principal": {"rate_per_s": 10, "burst": 20}}), limits)
+    peak = 0
+    for i in range(20_000):
+        await limiter.rate(ctx(principal=f"spiffe://acme/agent-{i}"))
+        now[0] += 0.001  # a thousand new principals per second; each refills its one token in 0.1 s
+        if i % 1000 == 999:  # the sweeper's pass, once a (fake) second
+            limits.sweep()
+        peak = max(peak, len(limits.buckets))
+    assert peak <= 2_200, peak  # a sweep interval's worth plus the ones still refilling, never 20k
+    now[0] += 0.2
+    limits.sweep()
+    assert limits.buckets == {}
+
+
+async def test_the_sweep_keeps_buckets_that_have_not_refilled() -> None:
+    """Dropping a bucket that is still short of its burst would hand its principal a fresh burst: the sweep
+    keeps it, and the principal stays refused."""
+    now = [0.0]
+    limits = MemoryLimits(clock=lambda: now[0])
+    limiter = Limiter(LimitsConfig.model_validate({"per_principal": {"rate_per_s": 1, "burst": 2}}), limits)
+    await limiter.rate(ctx())
+    await limiter.rate(ctx())
+    await limiter.rate(ctx(principal="agent-b"))
+    now[0] += 1.5  # agent-a: 1.5 of 2 tokens back; agent-b: full again
+    assert limits.sweep() == 1 and list(limits.buckets) == ["p:i|agent-a"]
+    await limiter.rate(ctx())
+    with pytest.raises(GatewayError) as info:
+        await limiter.rate(ctx())
+    assert info.value.data["limit"] == "per_principal"
