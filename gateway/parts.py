@@ -175,7 +175,8 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     obs = Observability(config, redactor.redact)
     engine = _policy_engine(config, obs)
     credentials = CredentialService(config, http=http, redis=redis, redactor=redactor,
-                                    on_event=lambda event: obs.event(str(event.pop("event", "revocation")), **event))
+                                    on_event=lambda event: obs.event(str(event.pop("event", "revocation")), **event),
+                                    on_revocation=obs.metrics.token_revoked)
     def on_approval(record: dict[str, Any]) -> None:
         record = dict(record)
         record.pop("kind", None)

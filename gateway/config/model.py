@@ -106,6 +106,7 @@ class CredentialsConfig(Model):
     client_id: str | None = None
     client_secret: str | None = None
     scope: str | None = None
+    revocation_endpoint: HttpUrl | None = None  # RFC 7009: exchanged tokens are revoked there when their task ends
 
     @model_validator(mode="after")
     def _mode_fields(self) -> CredentialsConfig:

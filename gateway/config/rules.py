@@ -43,6 +43,9 @@ def credentials_rules(credentials: Any) -> Iterator[Problem]:
         for key in ("token_endpoint", "client_id"):
             if not _get(credentials, key):
                 yield (key,), "required by mode token_exchange"
+    elif _get(credentials, "revocation_endpoint") is not None:
+        # Only exchanged tokens come from an authorization server; a minted token is revoked by Customs itself.
+        yield ("revocation_endpoint",), f"only used by mode token_exchange (mode is {mode})"
 
 
 def upstream_rules(upstream: Any) -> Iterator[Problem]:

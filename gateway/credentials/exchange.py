@@ -2,7 +2,9 @@
 
 The request carries the agent's own token as `subject_token`, a gateway-minted JWT as
 `actor_token` (so the authorization server sees who acts), and authenticates the gateway with
-HTTP Basic client credentials. Neither tokens nor the client secret are ever logged.
+HTTP Basic client credentials. Neither tokens nor the client secret are ever logged. Every token
+obtained is remembered with its task until the task ends here, then revoked at the upstream's
+`revocation_endpoint` if it has one (gateway/credentials/as_revocation.py), in the background.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import aiohttp
 
 from gateway.config.model import UpstreamConfig
 from gateway.context import Principal, canonical_json
+from gateway.credentials.as_revocation import Outcome, Revocation, TokenRevoker
 from gateway.credentials.minter import Minter, audience_of, refresh_margin
 from gateway.errors import GatewayError
 
@@ -46,19 +49,27 @@ class TokenExchanger:
     """Performs token exchanges at each upstream's configured token endpoint."""
 
     def __init__(self, minter: Minter, *, http: aiohttp.ClientSession | None = None,
-                 clock: Callable[[], float] = time.time, timeout_s: float = 10.0) -> None:
+                 clock: Callable[[], float] = time.time, timeout_s: float = 10.0,
+                 on_revocation: Outcome | None = None) -> None:
         self._minter = minter
         self._http = http
         self._own_http = http is None
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._cache: dict[tuple[str, str, str, str], Exchanged] = {}
+        # Every token obtained for a task, also those a refresh replaced in the cache (still valid for a while).
+        self._issued: dict[str, list[Revocation]] = {}
+        self._exchanging: dict[str, int] = {}  # task id -> exchanges awaiting the server
+        self._ended_meanwhile: set[str] = set()  # tasks that ended while one of their exchanges was awaited
+        self.revoker = TokenRevoker(lambda: self._http, _client_auth, timeout=self._timeout, clock=clock,
+                                    on_outcome=on_revocation)
 
     async def start(self) -> None:
         if self._http is None:
             self._http = aiohttp.ClientSession()
 
     async def close(self) -> None:
+        await self.revoker.close()  # revocations of the tasks shutdown ended still use the HTTP session
         if self._own_http and self._http is not None:
             await self._http.close()
             self._http = None
@@ -83,7 +94,7 @@ class TokenExchanger:
                 "requested_token_type": ACCESS_TOKEN_TYPE}
         if creds.scope:
             form["scope"] = creds.scope
-        body = await self._post(upstream, form)
+        body, ended = await self._post_for_task(upstream, form, task_id)
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
             log.warning("token exchange for upstream %s: response without access_token", upstream.name)
@@ -91,17 +102,37 @@ class TokenExchanger:
         expires_in = body.get("expires_in")
         lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else creds.ttl_s
         expires_at = now + lifetime
+        if ended:  # neither handed out nor cached: the task's end already revoked the rest of its tokens
+            self.revoker.submit([Revocation(upstream, token, expires_at)])
+            raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
         reuse_until = expires_at - refresh_margin(lifetime)
         if task_end is not None:
             reuse_until = min(reuse_until, task_end)
         self._cache[key] = Exchanged(token, expires_at, reuse_until)
+        if self.revoker.wanted(upstream):
+            issued = [i for i in self._issued.get(task_id, []) if i.expires_at > now]
+            self._issued[task_id] = [*issued, Revocation(upstream, token, expires_at)]
         return token, expires_at
+
+    async def _post_for_task(self, upstream: UpstreamConfig, form: dict[str, str],
+                             task_id: str) -> tuple[dict[str, Any], bool]:
+        """The server's answer, and whether the task ended while it was awaited (forget_task ran meanwhile)."""
+        self._exchanging[task_id] = self._exchanging.get(task_id, 0) + 1
+        try:
+            body = await self._post(upstream, form)
+        finally:
+            left = self._exchanging.pop(task_id) - 1
+            ended = task_id in self._ended_meanwhile
+            if left:
+                self._exchanging[task_id] = left
+            else:
+                self._ended_meanwhile.discard(task_id)
+        return body, ended
 
     async def _post(self, upstream: UpstreamConfig, form: dict[str, str]) -> dict[str, Any]:
         creds = upstream.credentials
         assert creds.token_endpoint is not None and creds.client_id is not None and self._http is not None
-        headers = {"Authorization": basic_auth(creds.client_id, creds.client_secret or ""),
-                   "Accept": "application/json"}
+        headers = {"Authorization": _client_auth(upstream), "Accept": "application/json"}
         try:
             async with self._http.post(creds.token_endpoint, data=form, headers=headers,
                                        timeout=self._timeout) as response:
@@ -122,7 +153,20 @@ class TokenExchanger:
         return body
 
     def forget_task(self, task_id: str) -> None:
+        """The task ended here (or, with a shared store, this replica let go of it): drop its tokens and revoke
+        them at the server, as no one will use them again (no other replica holds this replica's tokens)."""
         self._cache = {k: v for k, v in self._cache.items() if k[0] != task_id}
+        if task_id in self._exchanging:
+            self._ended_meanwhile.add(task_id)
+        issued = self._issued.pop(task_id, None)
+        if issued:
+            self.revoker.submit(issued)
+
+
+def _client_auth(upstream: UpstreamConfig) -> str:
+    creds = upstream.credentials
+    assert creds.client_id is not None
+    return basic_auth(creds.client_id, creds.client_secret or "")
 
 
 async def _oauth_error(response: aiohttp.ClientResponse) -> str:

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from gateway.config.model import Config, RedisStore
 from gateway.context import Principal
+from gateway.credentials.as_revocation import Outcome
 from gateway.credentials.exchange import TokenExchanger
 from gateway.credentials.keys import SigningKeys, generation_allowed, signer_needed, signer_needed_by
 from gateway.credentials.minter import Minter
@@ -45,8 +46,10 @@ class CredentialService:
 
     def __init__(self, config: Config, *, http: aiohttp.ClientSession | None = None, redis: Any = None,
                  on_event: EventSink | None = None, redactor: Redactor | None = None,
-                 environ: Mapping[str, str] | None = None, clock: Callable[[], float] = time.time) -> None:
-        """`redis`: a gateway.store.RedisConnection (or None for the in-memory store when `store: memory`)."""
+                 environ: Mapping[str, str] | None = None, clock: Callable[[], float] = time.time,
+                 on_revocation: Outcome | None = None) -> None:
+        """`redis`: a gateway.store.RedisConnection (or None for the in-memory store when `store: memory`).
+        `on_revocation(upstream, outcome)`: each exchanged token's revocation at its authorization server."""
         self.config = config
         self.issuer = config.listen.resource_url
         upstreams = {u.name: u for u in config.upstreams}
@@ -62,7 +65,7 @@ class CredentialService:
         self._keys_changed = asyncio.Event()
         self._key_task: asyncio.Task[None] | None = None
         self.minter = Minter(self.keys, self.issuer, self.revocations, clock=clock)
-        self.exchanger = TokenExchanger(self.minter, http=http, clock=clock)
+        self.exchanger = TokenExchanger(self.minter, http=http, clock=clock, on_revocation=on_revocation)
         self.tasks = TaskTracker(self.revocations, idle_s=config.tasks.idle_s, on_event=on_event, clock=clock)
         self.tasks.on_end(self.minter.forget_task)
         self.tasks.on_end(self.exchanger.forget_task)

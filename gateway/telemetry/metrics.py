@@ -45,7 +45,7 @@ INSTRUMENTS = (
     "customs.approvals.pending", "customs.approval.wait.duration", "customs.upstream.errors",
     "customs.upstream.restarts", "customs.policy.reloads", "customs.tool.quarantines", "customs.rate_limited",
     "customs.shadow.disagreements", "customs.decision_log.dropped", "cpython.gc.collections",
-    "customs.policy.errors", "customs.requests.refused", "customs.sessions.open",
+    "customs.policy.errors", "customs.requests.refused", "customs.sessions.open", "customs.credential.revocations",
 )
 
 
@@ -157,6 +157,9 @@ class Metrics:
                                             "unknown session, bad body, Host/Origin ...)")
         self.log_dropped = meter.create_counter("customs.decision_log.dropped", "{record}",
                                                 "Decision records that could not be written")
+        self.token_revocations = meter.create_counter(
+            "customs.credential.revocations", "{token}",
+            "Exchanged tokens revoked (or not) at their authorization server when their task ended (RFC 7009)")
         meter.create_observable_counter("cpython.gc.collections", [gc_collections], "{collection}",
                                         "Passes of the cyclic garbage collector, by generation")
 
@@ -238,6 +241,10 @@ class Metrics:
     def shadow_disagreement(self, upstream: str, tool: str, decision: str, shadow: str) -> None:
         self.shadow.add(1, {"customs.upstream": upstream, "gen_ai.tool.name": tool, "customs.decision": decision,
                             "customs.shadow_decision": shadow})
+
+    def token_revoked(self, upstream: str, outcome: str) -> None:
+        """An exchanged token's revocation at the authorization server: ok | failed | dropped."""
+        self.token_revocations.add(1, {"customs.upstream": upstream, "customs.outcome": outcome})
 
     def request_refused(self, reason: str, status: int) -> None:
         self.refused.add(1, {"error.type": reason, "http.response.status_code": status})

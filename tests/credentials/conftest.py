@@ -1,4 +1,4 @@
-"""Fixtures for credential tests: configs, a principal, a real aiohttp app serving the credential routes."""
+"""Fixtures for credential tests: configs, a principal, a real aiohttp app serving the credential routes, an AS."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from gateway.credentials import CredentialService
+from tests.credentials.authz_server import endpoint  # noqa: F401  (fixture: a token exchange AS)
 from tests.credentials.helpers import Clock
 from tests.credentials.upstream import bound_socket
 from tests.support.redis import redis_factory, redis_server  # noqa: F401  (fixtures)

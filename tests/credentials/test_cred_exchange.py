@@ -1,56 +1,27 @@
-"""Token exchange (RFC 8693) against a real aiohttp token endpoint: request shape, caching per task, failures."""
+"""Token exchange (RFC 8693) against a real aiohttp token endpoint (authz_server.py): request shape, caching per
+task, failures."""
 
 from __future__ import annotations
 
 import base64
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
 import jwt
 import pytest
-from aiohttp import web
 
 from gateway.context import Actor
 from gateway.credentials import CredentialService
 from gateway.errors import GatewayError
+from tests.credentials.authz_server import TokenEndpoint
 from tests.credentials.helpers import agent, call, make_config
 from tests.credentials.upstream import bound_socket
 
 CLIENT_SECRET = "cl!ent:secret/with&odd=chars"
 AGENT_TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJl"
-
-
-@dataclass
-class TokenEndpoint:
-    url: str
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    reply: tuple[int, Any] = (200, {"access_token": "exchanged-1", "token_type": "Bearer", "expires_in": 120})
-
-
-@pytest.fixture
-async def endpoint() -> AsyncIterator[TokenEndpoint]:
-    sock = bound_socket()
-    state = TokenEndpoint(f"http://127.0.0.1:{sock.getsockname()[1]}/token")
-
-    async def token(request: web.Request) -> web.Response:
-        form = dict(await request.post())
-        state.requests.append({"form": form, "authorization": request.headers.get("Authorization", "")})
-        status, body = state.reply
-        if isinstance(body, str):
-            return web.Response(status=status, text=body)
-        body = {**body, "access_token": f"exchanged-{len(state.requests)}"} if "access_token" in body else body
-        return web.json_response(body, status=status)
-
-    app = web.Application()
-    app.router.add_post("/token", token)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    yield state
-    await runner.cleanup()
 
 
 @pytest.fixture
