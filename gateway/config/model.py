@@ -150,6 +150,17 @@ class UpstreamConfig(Model):
         return self.prefix if self.prefix is not None else f"{self.name}__"
 
 
+def _trust_domain(value: str) -> str:
+    # Imported here: the gateway.identity package imports this module. Its InvalidSpiffeId is a ValueError,
+    # so the message is reported at the entry's path.
+    from gateway.identity.spiffe import validate_trust_domain
+
+    return validate_trust_domain(value)
+
+
+TrustDomain = Annotated[str, AfterValidator(_trust_domain)]
+
+
 class IssuerConfig(Model):
     issuer: str
     audience: str | None = None  # default: the gateway's resource URL + /mcp
@@ -160,6 +171,8 @@ class IssuerConfig(Model):
     claims: dict[str, str] = Field(default_factory=dict)
     require_typ: str | None = None  # e.g. "at+jwt"
     jwks_refresh_s: float = Field(300.0, gt=0)
+    # The SPIFFE trust domains whose IDs this issuer may assert (sub and act); None: any.
+    spiffe_trust_domains: tuple[TrustDomain, ...] | None = None
 
     @model_validator(mode="after")
     def _one_key_source(self) -> IssuerConfig:

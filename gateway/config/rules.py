@@ -88,6 +88,14 @@ def issuer_rules(issuer: Any) -> Iterator[Problem]:
             continue
         hint = f"; did you mean {by_upper[name.upper()]}?" if name.upper() in by_upper else ""
         yield ("algorithms",), f"unknown algorithm {name!r}{hint} (supported: {', '.join(TOKEN_ALGORITHMS)})"
+    yield from _trust_domain_rules(issuer)
+
+
+def _trust_domain_rules(issuer: Any) -> Iterator[Problem]:
+    listed = _get(issuer, "spiffe_trust_domains")
+    if listed is not None and isinstance(listed, Sequence) and not isinstance(listed, str) and not listed:
+        # An empty allow-list would refuse every SPIFFE subject of the issuer: more likely a mistake than intent.
+        yield ("spiffe_trust_domains",), "must name at least one trust domain (leave it out to allow any)"
 
 
 def identity_rules(identity: Any) -> Iterator[Problem]:

@@ -7,6 +7,8 @@ Rules (docs/identity.md):
 - An mTLS client certificate that is an X.509-SVID (one URI SAN, a SPIFFE ID) and a token whose `sub`
   is a SPIFFE ID must name the same workload, else 401. A non-SPIFFE `sub` (a person) may ride on
   any client certificate.
+- An issuer with `spiffe_trust_domains` may assert SPIFFE IDs (as `sub` or in `act`) of those trust domains
+  only; any other is refused (401) before a policy sees it. Non-SPIFFE subjects are not affected.
 - No token, but a verified client SVID (the TLS listener has `client_ca_file`, so the peer certificate
   is only reported when it chained to that CA): principal = the SAN, issuer "mtls", attributes from
   the registry, expires_at = the certificate's notAfter.
@@ -37,7 +39,7 @@ from gateway.identity.chain import ChainError, actor_id, build_chain, claim_mapp
 from gateway.identity.jwks import FileKeySource, KeySource, UrlKeySource
 from gateway.identity.jwt import IssuerVerifier, TokenError, TokenVerifier
 from gateway.identity.metadata import www_authenticate
-from gateway.identity.spiffe import InvalidSpiffeId, is_spiffe_uri, svid_id, uri_sans_from_peercert
+from gateway.identity.spiffe import InvalidSpiffeId, is_spiffe_uri, parse_spiffe_id, svid_id, uri_sans_from_peercert
 
 log = logging.getLogger("customs.identity")
 
@@ -201,12 +203,27 @@ class JwtIdentifier:
         mapping = self._mappings[verified.issuer.issuer]
         attributes = map_claims(claims, mapping) or registry_attributes(subject, self._agents)
         chain = build_chain(claims.get("act"), mapping, self._agents, self._max_chain_depth)
+        allowed = verified.issuer.spiffe_trust_domains
+        if allowed is not None:
+            _check_trust_domains([subject, *(actor.id for actor in chain)], allowed, verified.issuer.issuer)
         return Principal(id=subject, issuer=verified.issuer.issuer, subject=subject, attributes=attributes,
                          chain=chain, token=token, expires_at=float(claims["exp"])), verified.everywhere
 
     def _mtls_principal(self, svid: str, peer_cert: Mapping[str, Any]) -> Principal:
         return Principal(id=svid, issuer=MTLS_ISSUER, subject=svid,
                          attributes=registry_attributes(svid, self._agents), expires_at=_not_after(peer_cert))
+
+
+def _check_trust_domains(ids: list[str], allowed: tuple[str, ...], issuer: str) -> None:
+    """The issuer vouches only for SPIFFE IDs of its own trust domains: a token naming another one is refused,
+    whatever the policies would say of it. The ids were validated by `actor_id`."""
+    for position, ident in enumerate(ids):
+        if not is_spiffe_uri(ident):
+            continue
+        domain = parse_spiffe_id(ident).trust_domain
+        if domain not in allowed:
+            who = "subject" if position == 0 else "delegation actor"
+            raise TokenError(f"Token {who}'s SPIFFE trust domain {domain!r} is not one issuer {issuer} may assert")
 
 
 def _not_after(peer_cert: Mapping[str, Any]) -> float | None:

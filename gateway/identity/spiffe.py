@@ -55,6 +55,12 @@ def parse_spiffe_id(value: str) -> SpiffeId:
     return SpiffeId(trust_domain, path)
 
 
+def validate_trust_domain(trust_domain: str) -> str:
+    """Return `trust_domain` unchanged when it is a valid SPIFFE trust domain name; raises InvalidSpiffeId."""
+    _check_trust_domain(trust_domain)
+    return trust_domain
+
+
 def _check_trust_domain(trust_domain: str) -> None:
     if not trust_domain:
         raise InvalidSpiffeId("SPIFFE ID has an empty trust domain")
