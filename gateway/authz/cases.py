@@ -74,6 +74,15 @@ def _is_claims(spec: Any) -> bool:
     return isinstance(spec, dict) and "id" not in spec and ("sub" in spec or "spiffe_id" in spec)
 
 
+def mapping(value: Any, where: str, what: str) -> dict[str, Any]:
+    """`value` when it is a mapping ({} for null or absent); else a CaseError naming `what` at `where`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CaseError(f"{where}: {what} must be a mapping, got {type(value).__name__}")
+    return value
+
+
 def _check_keys(found: Any, known: frozenset[str], where: str) -> None:
     unknown = sorted(str(k) for k in found if k not in known)
     if unknown:
@@ -119,7 +128,8 @@ def tool_from(name: Any, overrides: Any, tools: dict[str, Any], where: str, acti
     if not isinstance(name, str) or "/" not in name:
         raise CaseError(f"{where}: tool must be 'upstream/tool', got {name!r}")
     upstream, _, tool = name.partition("/")
-    labels = {**(tools.get(name) or {}), **(overrides or {})}
+    labels = {**mapping(tools.get(name), where, f"the labels of tools[{name!r}]"),
+              **mapping(overrides, where, "labels")}
     unknown = set(labels) - _TOOL_FIELDS
     if unknown:
         raise CaseError(f"{where}: unknown tool label(s) {sorted(unknown)}; known: {sorted(_TOOL_FIELDS)}")
@@ -191,8 +201,8 @@ def facts_from(case: dict[str, Any], environment: str, where: str) -> tuple[E.Ca
     if "task" in given and given["task"] is not None:
         _typed(given, "task", dict, where)
     facts = E.CallFacts(
-        args=given.get("args", {}), environment=str(_typed(given, "environment", str, where)
-                                                    if "environment" in given else environment),
+        args=mapping(given.get("args"), where, "args (the call's arguments)"),
+        environment=str(_typed(given, "environment", str, where) if "environment" in given else environment),
         args_contain_secret=bool("args_contain_secret" in given
                                  and _typed(given, "args_contain_secret", bool, where)),
         args_truncated=bool("args_truncated" in given and _typed(given, "args_truncated", bool, where)),
@@ -219,10 +229,11 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
     action = str(case.get("action", "call_tool"))
     if action == "approve":
         user = case.get("user") or {}
-        if not isinstance(user, dict) or not isinstance(user.get("id"), str):
-            raise CaseError(f"{where}: approve cases need user: {{id: ..., groups: [...]}}")
-        decision = decide_approve(policies, user["id"], list(user.get("groups") or []), dict(case.get("approval")
-                                                                                              or {}))
+        groups = (user.get("groups") or []) if isinstance(user, dict) else None
+        if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not isinstance(groups, list):
+            raise CaseError(f"{where}: approve cases need user: {{id: ..., groups: [...]}} (groups must be a list)")
+        decision = decide_approve(policies, user["id"], [str(g) for g in groups],
+                                  dict(mapping(case.get("approval"), where, "approval")))
     else:
         action = agent_action(action, where)
         principal = principal_from(case.get("principal"), doc.get("principals") or {}, case.get("chain"), where,
@@ -234,6 +245,8 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
     if decision.outcome != expected:
         problems.append(f"expected {expected}, got {decision.outcome}")
     want = case.get("policies")
+    if want is not None and not isinstance(want, list):
+        raise CaseError(f"{where}: policies must be a list of @ids, got {type(want).__name__}")
     if want is not None and set(want) != set(decision.policy_ids):
         problems.append(f"expected policies {sorted(want)}, got {sorted(decision.policy_ids)}")
     if bool(decision.errors) != bool(case.get("expect_errors", False)):
@@ -253,6 +266,9 @@ def load_cases(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list):
         raise CaseError(f"{path}: expected a mapping with a `cases:` list")
     _check_keys(doc, _DOC_KEYS, str(path))
+    mapping(doc.get("principals"), str(path), "principals (name: principal)")
+    for name, labels in mapping(doc.get("tools"), str(path), "tools (upstream/tool: labels)").items():
+        mapping(labels, str(path), f"the labels of tools[{name!r}]")
     claims = doc.get("claims") or {}
     if not isinstance(claims, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in claims.items()):
         raise CaseError(f"{path}: claims must map attribute names to claim names (as issuers[].claims)")

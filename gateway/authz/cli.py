@@ -103,6 +103,14 @@ def _json_arg(value: str | None, what: str) -> Any:
         raise CaseError(f"{what}: invalid JSON: {exc}") from exc
 
 
+def _json_object(value: str | None, what: str) -> dict[str, Any]:
+    """A JSON object option (text or @file); absent or null is {}."""
+    data = _json_arg(value, what)
+    if data is not None and not isinstance(data, dict):
+        raise CaseError(f"{what} must be a JSON object, got {type(data).__name__}")
+    return data or {}
+
+
 def explain_cmd(args: argparse.Namespace) -> int:
     loaded = _load(args.policies)
     if loaded is None:
@@ -114,10 +122,10 @@ def explain_cmd(args: argparse.Namespace) -> int:
         # `trust` as a claim too: explain has no config to say where trust comes from (the registry, a mapping).
         action = agent_action(args.action, "--action")
         principal = principal_from_claims(claims, claim_mapping({"trust": "trust"}), "--principal-claims")
-        tool = tool_from(args.tool, _json_arg(args.annotations, "--annotations") or {}, {}, "--tool", action)
+        tool = tool_from(args.tool, _json_object(args.annotations, "--annotations"), {}, "--tool", action)
         # The same context facts as a policy test case's `context:` (unknown keys are an error).
-        facts, granted = facts_from({"args": _json_arg(args.args, "--args") or {},
-                                     "context": _json_arg(args.context, "--context") or {}},
+        facts, granted = facts_from({"args": _json_object(args.args, "--args"),
+                                     "context": _json_object(args.context, "--context")},
                                     args.environment, "--context")
     except (CaseError, TypeError) as exc:
         _err(str(exc))
@@ -143,8 +151,22 @@ def _tools_json(path: Path) -> dict[str, list[dict[str, Any]]]:
         tools = value.get("tools") if isinstance(value, dict) else value
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
             raise CaseError(f"--tools-json: {upstream}: expected a tools/list result ({{'tools': [...]}})")
+        for index, tool in enumerate(tools):
+            _check_tool(tool, f"--tools-json: {upstream}: tools[{index}]")
         out[str(upstream)] = tools
     return out
+
+
+def _check_tool(tool: dict[str, Any], where: str) -> None:
+    """What the generator reads of an MCP Tool: a name, and an inputSchema whose properties map names to schemas."""
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise CaseError(f"{where}: a tool must have a non-empty string 'name'")
+    schema = tool.get("inputSchema")
+    if schema is not None and not isinstance(schema, dict):
+        raise CaseError(f"{where} ({tool['name']}): inputSchema must be a JSON Schema object")
+    properties = (schema or {}).get("properties")
+    if properties is not None and not isinstance(properties, dict):
+        raise CaseError(f"{where} ({tool['name']}): inputSchema.properties must map argument names to schemas")
 
 
 def _live_tools(config: Any) -> dict[str, list[dict[str, Any]]]:

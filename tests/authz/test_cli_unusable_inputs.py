@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,55 @@ def test_bad_case_yaml_names_line_and_an_empty_directory_names_itself(tmp_path: 
     empty.mkdir()
     result = customs("policy", "test", empty)
     assert result.returncode == 2 and f"no cases found in {empty}" in result.stderr
+
+
+# Each: a value of the wrong shape where the format wants a mapping (or a list); it must be named, not crash.
+CASE = "{name: c, principal: {sub: a, tenant: acme}, tool: a/b, expect: deny"
+MALFORMED_CASE_FILES = {
+    "case labels a list": f"cases: [{CASE}, labels: [1]}}]",
+    "case args a list": f"cases: [{CASE}, args: [1]}}]",
+    "case args a number": f"cases: [{CASE}, args: 5}}]",
+    "case policies a number": f"cases: [{CASE}, policies: 5}}]",
+    "file tools a list": f"tools: [1]\ncases: [{CASE}}}]",
+    "file tool labels a list": f"tools: {{a/b: [1]}}\ncases: [{CASE}}}]",
+    "file principals a list": f"principals: [1]\ncases: [{CASE}}}]",
+    "approve groups a number": "cases: [{name: c, action: approve, user: {id: u, groups: 5}, expect: deny}]",
+    "approve approval a list": "cases: [{name: c, action: approve, user: {id: u}, approval: [1], expect: deny}]",
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED_CASE_FILES.values(), ids=MALFORMED_CASE_FILES.keys())
+def test_a_case_file_with_a_value_of_the_wrong_shape_is_named_not_a_traceback(tmp_path: Path, body: str) -> None:
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(f"policies: {SHIPPED}\n{body}\n")
+    result = customs("policy", "test", cases)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: {cases}" in result.stderr and "must be" in result.stderr
+
+
+@pytest.mark.parametrize(("option", "value"), [("--annotations", "[1]"), ("--args", "[1]"), ("--args", "5")])
+def test_explain_with_an_option_that_is_not_an_object_names_the_option(option: str, value: str) -> None:
+    result = customs("policy", "explain", "--policies", SHIPPED, "--principal-claims", '{"sub": "a"}',
+                     "--tool", "a/b", option, value)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: {option}" in result.stderr and "must be" in result.stderr
+
+
+MALFORMED_TOOLS = {
+    "inputSchema a number": [{"name": "x", "inputSchema": 5}],
+    "properties a list of names": [{"name": "x", "inputSchema": {"type": "object", "properties": ["q"]}}],
+    "properties a string": [{"name": "x", "inputSchema": {"type": "object", "properties": "q"}}],
+    "no name": [{"inputSchema": {"type": "object", "properties": {"q": {"type": "string"}}}}],
+}
+
+
+@pytest.mark.parametrize("tools", MALFORMED_TOOLS.values(), ids=MALFORMED_TOOLS.keys())
+def test_schema_tools_json_with_a_malformed_tool_names_it(tmp_path: Path, tools: list[object]) -> None:
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps({"up": {"tools": tools}}))
+    result = customs("policy", "schema", "--tools-json", path, "--policies", SHIPPED)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: --tools-json: up: tools[0]" in result.stderr
