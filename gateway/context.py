@@ -7,9 +7,12 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 Outcome = Literal["allow", "deny", "approval_required"]
+# CallContext.extra key set when the tool, prompt or resource asked for does not exist: its own name (the
+# upstream's, or as the client wrote it when no upstream has it). The record says so; the agent's answer does not.
+NOT_FOUND_ITEM: Final = "not_found_item"
 
 
 @dataclass(frozen=True)

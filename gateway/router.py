@@ -22,7 +22,7 @@ from typing import Any
 
 from gateway import jsonrpc
 from gateway.catalog import PENDING_TOOL, Catalog, PendingTool, exposed_uri, not_found
-from gateway.context import CallContext, Principal, ToolInfo
+from gateway.context import NOT_FOUND_ITEM, CallContext, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
 from gateway.pinning import ToolGuard
@@ -162,6 +162,21 @@ class Router:
         ctx.extra.update(inbound.extra)
         return ctx
 
+    async def _not_found(self, inbound: Inbound, action: str, name: str,
+                         target: tuple[str, str] | None = None) -> GatewayError:
+        """The answer for an item that does not exist (a denial's answer), once its decision record is written.
+
+        `target`: (upstream, its own name) when the name led to an upstream. Only this error path pays for the
+        record; the record stage marks it deny + not_found, so probing for names shows in the decision log."""
+        upstream, own = target if target is not None else (None, name)
+        ctx = CallContext(method=inbound.message.method, request_id=inbound.message.id, params=inbound.params,
+                          principal=inbound.principal, upstream=upstream, session_id=inbound.session.id,
+                          protocol_version=inbound.session.protocol_version, action=action, trace_id=inbound.trace_id)
+        ctx.extra[NOT_FOUND_ITEM] = own
+        ctx.error = error = not_found(action, name)
+        await self._pipeline.record(ctx)
+        return error
+
     # -- handlers ----------------------------------------------------------------------------------
 
     async def _ping(self, inbound: Inbound) -> dict[str, Any]:
@@ -177,13 +192,13 @@ class Router:
             del inbound.params["arguments"]  # null = no arguments, as the SDK's servers read it
         target = self._target(inbound, name)
         if target is None:
-            raise not_found("call_tool", name)
+            raise await self._not_found(inbound, "call_tool", name)
         upstream, tool_name = target
         params = upstream_params(inbound.params, name=tool_name)
         if self._catalog.loaded(upstream):
             tool = self._catalog.tool(upstream, tool_name)
             if tool is None:
-                raise not_found("call_tool", name)
+                raise await self._not_found(inbound, "call_tool", name, target)
             return await self._pipeline.run(self._context(inbound, "call_tool", upstream, tool, params))
         # Tools not known yet: authorize decides on what the tool could be before its list is fetched.
         variants = self._catalog.variants(upstream, tool_name)
@@ -196,7 +211,12 @@ class Router:
         uri = inbound.params.get("uri")
         if not isinstance(uri, str) or not uri:
             raise GatewayError("invalid_params", "Invalid params: resources/read needs a uri")
-        upstream, own_uri = await self._resource(inbound, uri)
+        try:
+            upstream, own_uri = await self._resource(inbound, uri)
+        except GatewayError as exc:
+            if exc.reason == "unknown_resource":  # no upstream has it; not an upstream's or the store's failure
+                await self._not_found(inbound, "read_resource", uri)
+            raise
         ctx = self._context(inbound, "read_resource", upstream, self._catalog.resource(upstream, own_uri),
                             upstream_params(inbound.params, uri=own_uri))
         result = await self._pipeline.run(ctx)
@@ -210,7 +230,7 @@ class Router:
             raise GatewayError("invalid_params", "Invalid params: prompts/get needs a prompt name")
         target = self._target(inbound, name)
         if target is None:
-            raise not_found("get_prompt", name)
+            raise await self._not_found(inbound, "get_prompt", name)
         upstream, prompt = target
         ctx = self._context(inbound, "get_prompt", upstream, self._catalog.named(upstream, prompt),
                             upstream_params(inbound.params, name=prompt))

@@ -6,7 +6,7 @@ from typing import Any
 
 from gateway.authz.record import SnapshotParts, authz_input
 from gateway.catalog import PENDING_TOOL, PendingTool, not_found
-from gateway.context import CallContext, Decision
+from gateway.context import NOT_FOUND_ITEM, CallContext, Decision
 from gateway.pipeline import Authorizer
 
 
@@ -26,6 +26,7 @@ class AuthorizeStage:
         # like the router's answer for an item that does not exist.
         name = str(ctx.extra.get("requested_name") or ctx.params.get("name") or ctx.params.get("uri") or "")
         if ctx.tool is None:
+            ctx.extra[NOT_FOUND_ITEM] = name
             raise not_found(ctx.action, name)
         pending = ctx.extra.pop(PENDING_TOOL, None)
         # Cedar on pre-parsed handles takes tens of microseconds: inline, no thread hop.
@@ -34,7 +35,8 @@ class AuthorizeStage:
         # minted for it): not for a call that no annotation could make anything but a deny.
         if isinstance(pending, PendingTool) and not self._denied_whatever_annotations(ctx, decision, pending):
             tool = await pending.load()
-            if tool is None:
+            if tool is None:  # its upstream has no such tool: recorded as not found, not as a policy's denial
+                ctx.extra[NOT_FOUND_ITEM] = ctx.tool.name
                 raise not_found(ctx.action, name)
             ctx.tool = tool
             decision = self._engine.decide(ctx.principal, ctx.action, tool, ctx)

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import orjson
 
 from gateway.config.model import DecisionLogConfig
-from gateway.context import CallContext
+from gateway.context import NOT_FOUND_ITEM, CallContext
 from gateway.telemetry.tracing import api_span_ids
 from gateway.timefmt import rfc3339_ms as rfc3339  # record times: UTC, milliseconds, `Z`
 
@@ -91,6 +91,11 @@ def decision_record(ctx: CallContext, *, include_args: bool = False, redactor: R
     }
     if reason is not None:
         record["reason"] = reason
+        missing = ctx.extra.get(NOT_FOUND_ITEM)
+        if missing is not None:
+            # No such item: the agent heard a denial's answer, the auditor learns that nothing by that name exists
+            # (probing), which a policy denial (`policy_ids`, `policy_version`) is not.
+            record.update(decision="deny", not_found=True, tool=record["tool"] or missing)
     elif isinstance(ctx.result, dict) and ctx.result.get("isError") is True:
         record["reason"] = "tool_error"
     if decision is not None and decision.shadow_outcome is not None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.config.model import UpstreamConfig
-from gateway.context import CallContext, Decision
+from gateway.context import NOT_FOUND_ITEM, CallContext, Decision
 from gateway.errors import GatewayError
 from gateway.pipeline import Forwarder, Pipeline, Stage
 from gateway.telemetry.attributes import (
@@ -72,9 +72,15 @@ class RecordStage:
         metrics = self._metrics
         assert metrics is not None
         upstream = ctx.upstream or ""
-        tool = ctx.tool.name if ctx.tool else ""
         decision = ctx.decision
-        outcome = decision.outcome if decision else "none"
+        outcome: str
+        if decision is not None:
+            tool, outcome = ctx.tool.name if ctx.tool else "", decision.outcome
+        elif NOT_FOUND_ITEM in ctx.extra:
+            # A denial (the agent's answer is one) of no tool: a name an agent made up is no label value.
+            tool, outcome = "", "deny"
+        else:
+            tool, outcome = ctx.tool.name if ctx.tool else "", "none"
         metrics.record_call(upstream, tool, outcome, reason or ("tool_error" if _tool_error(ctx.result) else "ok"))
         if decision is not None and decision.errors:  # an engine fault denies: count it, or it hides among denials
             metrics.policy_error(upstream, tool)
