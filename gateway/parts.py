@@ -205,7 +205,7 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     page_url = config.listen.resource_url + "/approvals"
     webhooks = WebhookNotifier(config.approvals.webhooks, page_url=page_url, session=http)
     approve = ApproveStage(approvals, config.approvals, redactor.redact, notifier=webhooks, page_url=page_url,
-                           policy_quorum=engine.policy_quorum)
+                           policy_quorum=engine.policy_quorum, current_ids=obs.telemetry.current_ids)
     facts = TaskStage(facts_store, {u.name: u for u in config.upstreams}, credentials.tasks.resolve,
                       redactor.contains_secret)
     identifier = _identifier(config, http)

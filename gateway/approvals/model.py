@@ -89,6 +89,18 @@ class Approval:
     def pending(self) -> bool:
         return self.state == "pending"
 
+    # The held call's trace and span (hex), for the decision log's approval records. Kept in `extra`, a field
+    # every version stores and reads, so items stay readable by replicas of any version (docs/approvals.md).
+    @property
+    def trace_id(self) -> str | None:
+        value = self.extra.get("trace_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def span_id(self) -> str | None:
+        value = self.extra.get("span_id")
+        return value if isinstance(value, str) else None
+
     @property
     def claimable(self) -> bool:
         return self.state == "approved" and not self.executed
@@ -146,11 +158,17 @@ class Approval:
 
 def event(approval: Approval, transition: str, *, actor: str | None = None, comment: str | None = None,
           at: float | None = None) -> dict[str, Any]:
-    """A decision-log record for one state change (the telemetry decision log writes it)."""
-    return {
+    """A decision-log record for one state change (the telemetry decision log writes it).
+
+    It carries the held call's `trace_id`/`span_id` when the item has them, wherever the change happens (the
+    approvers' API, the expiry sweep, another replica): an auditor joins who decided to the call's trace."""
+    record: dict[str, Any] = {
         "kind": "approval", "transition": transition, "approval_id": approval.id, "state": approval.state,
         "actor": actor, "comment": comment, "upstream": approval.upstream, "tool": approval.tool,
         "principal": approval.principal, "chain": list(approval.chain), "tenant": approval.tenant,
         "args_digest": approval.args_digest, "policies": list(approval.policies),
         "decided_by": list(approval.decided_by), "at": at,
     }
+    if approval.trace_id is not None:
+        record.update(trace_id=approval.trace_id, span_id=approval.span_id)
+    return record

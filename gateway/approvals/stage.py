@@ -82,8 +82,10 @@ class ApproveStage:
     def __init__(self, store: ApprovalStore, config: ApprovalsConfig,
                  redactor: Callable[[Any], Any] | None = None, *, notifier: Notifier | None = None,
                  clock: Callable[[], float] = time.time, page_url: str | None = None,
-                 policy_quorum: Callable[[str], int | None] | None = None) -> None:
+                 policy_quorum: Callable[[str], int | None] | None = None,
+                 current_ids: Callable[[], tuple[str | None, str | None]] | None = None) -> None:
         self._store = store
+        self._current_ids = current_ids  # (trace id, span id) of the current span: stored on the item
         self._policy_quorum = policy_quorum
         self._config = config
         by_key = key_redactor(config.redact_keys)
@@ -119,6 +121,8 @@ class ApproveStage:
         principal = ctx.principal
         upstream = ctx.upstream or ctx.tool.upstream
         now = self._clock()
+        trace_id, span_id = self._current_ids() if self._current_ids is not None else (None, None)
+        trace = {k: v for k, v in (("trace_id", trace_id or ctx.trace_id), ("span_id", span_id)) if v}
         return Approval(
             id=new_id(), state="pending", upstream=upstream, tool=ctx.tool.name, principal=principal.id,
             principal_key=principal.key, chain=tuple(principal.chain_ids), tenant=principal.tenant,
@@ -127,7 +131,7 @@ class ApproveStage:
             key=binding_key(principal.key, upstream, ctx.tool.name, ctx.digest, tuple(principal.chain_ids)),
             subject=principal.subject,
             owners=owners_of(principal), policy_version=ctx.decision.policy_version,
-            quorum=self.quorum(ctx.decision.policy_ids), method=ctx.method)
+            quorum=self.quorum(ctx.decision.policy_ids), method=ctx.method, extra=trace)
 
     async def __call__(self, ctx: CallContext) -> None:
         if ctx.decision is None or ctx.decision.outcome != "approval_required" or ctx.tool is None:

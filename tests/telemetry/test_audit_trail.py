@@ -1,21 +1,27 @@
-"""The decision log as an audit trail, through real gateways.
+"""The decision log as an audit trail, through real gateways with the memory and a real Redis store.
 
 A call for a tool, prompt or resource that does not exist gets the answer a denial gets, but its decision
-record says `not_found` (no policy decided it), so probing for names shows up.
+record says `not_found` (no policy decided it), so probing for names shows up. Approval records carry the
+held call's trace wherever the change happens (the approvers' API, an expiry found by a read), so who decided
+joins to the call's spans.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.demo.servers import payments_server
 from tests.conftest import REPO, RunningGateway
+from tests.support.mcp_client import sdk_client
 from tests.support.otlp import OtlpReceiver
+from tests.support.redis import RedisServer, redis_factory, redis_server  # noqa: F401  (fixtures)
 from tests.support.servers import run_http_server
 from tests.support.tokens import TestIssuer
 
@@ -35,6 +41,18 @@ def gateway_config(upstream: str, issuer: TestIssuer, otlp: OtlpReceiver, log: P
         "decision_log": {"path": str(log)},
         "telemetry": {"traces": {"endpoint": otlp.url}, "metrics": {"prometheus": True}},
     }
+
+
+def store_config(request: pytest.FixtureRequest) -> Any:
+    if request.param == "memory":
+        return "memory"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"redis": {"url": server.url}}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Any:
+    return store_config(request)
 
 
 class Agent:
@@ -133,3 +151,82 @@ async def test_requests_for_items_that_do_not_exist_are_recorded_as_not_found(
     assert sum(float(line.rsplit(" ", 1)[1]) for line in probes if 'customs_outcome="unknown_tool"' in line) == 3, calls
     assert any('customs_outcome="unknown_prompt"' in line for line in probes), calls
     assert any('customs_outcome="unknown_resource"' in line for line in probes), calls
+
+
+def approval_records(written: list[dict[str, Any]], approval_id: str) -> dict[str, dict[str, Any]]:
+    return {r["transition"]: r for r in written if r["type"] == "approval" and r["approval_id"] == approval_id}
+
+
+async def test_approval_records_carry_the_held_calls_trace(store: Any, otlp: OtlpReceiver,
+                                                          start_gateway: StartGateway, tmp_path: Path) -> None:
+    # `store` first: its redis-server must outlive the gateway (fixtures are torn down in reverse order).
+    issuer, log = TestIssuer(tmp_path), tmp_path / "decisions.jsonl"
+    async with run_http_server(payments_server()) as upstream:
+        gw = await start_gateway(gateway_config(upstream, issuer, otlp, log, store, wait_s=60))
+        alice = issuer.mint("alice", aud=gw.mcp, groups=["approvers", "finance"])
+        token = issuer.mint(SHOPPER, aud=gw.mcp, tenant="acme")
+
+        async def pay() -> Any:
+            async with sdk_client(gw.mcp, token) as client:
+                return await client.call_tool("payments__pay", {"account": "acme-9", "amount": 12})
+
+        held = asyncio.create_task(pay())
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {alice}"}) as http:
+            approval_id = await first_pending(http, gw)
+            async with http.post(f"{gw.url}/api/approvals/{approval_id}/approve", json={"comment": "ok"}) as resp:
+                assert resp.status == 200
+        result = await asyncio.wait_for(held, 20)
+        written = await records(gw, log)
+    assert not result.is_error
+    call = next(r for r in written if r["type"] == "decision")
+    server = await otlp.wait_for_span(lambda s: s.kind == "SERVER" and s.attributes.get("customs.approval.id")
+                                      == approval_id)
+    # The released call's record: its approval, approved by alice, in the held call's own trace.
+    assert (call["approval"]["id"], call["approval"]["outcome"]) == (approval_id, "approved")
+    assert call["approval"]["decided_by"] == ["alice"] and call["outcome"] == "ok"
+    assert call["trace_id"] == server.trace_id
+    changes = approval_records(written, approval_id)
+    assert set(changes) == {"created", "approved", "executed"}, changes
+    hold_span = changes["created"]["span_id"]
+    assert any(s.span_id == hold_span and s.name == "customs.approval" for s in otlp.children(server))
+    for transition, record in changes.items():
+        assert (record["trace_id"], record["span_id"]) == (server.trace_id, hold_span), transition
+    assert changes["approved"]["actor"] == "alice" and changes["approved"]["decided_by"] == ["alice"]
+
+
+async def test_an_expiry_seen_by_the_approvers_api_carries_the_held_calls_trace(
+        store: Any, otlp: OtlpReceiver, start_gateway: StartGateway, tmp_path: Path) -> None:
+    issuer, log = TestIssuer(tmp_path), tmp_path / "decisions.jsonl"
+    async with run_http_server(payments_server()) as upstream, aiohttp.ClientSession() as http:
+        gw = await start_gateway(gateway_config(upstream, issuer, otlp, log, store, wait_s=0, ttl_s=1))
+        shopper = await Agent(http, gw, issuer.mint(SHOPPER, aud=gw.mcp, tenant="acme")).start()
+        answer = await shopper.rpc("tools/call", {"name": "payments__pay",
+                                                  "arguments": {"account": "acme-9", "amount": 13}})
+        assert answer["error"]["data"]["reason"] == "approval_pending", answer
+        approval_id = answer["error"]["data"]["approval_id"]
+        alice = {"Authorization": f"Bearer {issuer.mint('alice', aud=gw.mcp, groups=['approvers', 'finance'])}"}
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:  # the approvers' API finds the item due and expires it (outside any call's span)
+            async with http.get(f"{gw.url}/api/approvals/{approval_id}", headers=alice) as resp:
+                if (await resp.json())["state"] == "expired":
+                    break
+            assert asyncio.get_running_loop().time() < deadline, "the item never expired"
+            await asyncio.sleep(0.1)  # polling for the item's time to pass, bounded by the deadline
+        written = await records(gw, log)
+    call = next(r for r in written if r["type"] == "decision")
+    assert call["approval"]["id"] == approval_id and call["trace_id"] is not None
+    changes = approval_records(written, approval_id)
+    assert set(changes) == {"created", "expired"}, changes
+    assert changes["expired"]["trace_id"] == changes["created"]["trace_id"] == call["trace_id"]
+    assert changes["expired"]["span_id"] == changes["created"]["span_id"] is not None
+
+
+async def first_pending(http: aiohttp.ClientSession, gw: RunningGateway) -> str:
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        async with http.get(f"{gw.url}/api/approvals?state=pending") as resp:
+            items = (await resp.json())["items"]
+        if items:
+            return str(items[0]["id"])
+        assert asyncio.get_running_loop().time() < deadline, "no pending approval appeared"
+        await asyncio.sleep(0.05)  # polling the approvals API, bounded by the deadline
