@@ -213,8 +213,9 @@ class SessionManager:
         session.closed = True
         if self._sessions.pop(session.id, None) is session:
             self._release(session.principal_key)
-        if session.stateless:
-            self._stateless = {k: v for k, v in self._stateless.items() if v is not session}
+        key = (session.principal_key, session.view)
+        if session.stateless and self._stateless.get(key) is session:  # not its successor under the key
+            del self._stateless[key]
         for task in list(session.inflight.values()):
             task.cancel()
         await asyncio.gather(*(s.close() for s in session.upstreams.values()), return_exceptions=True)

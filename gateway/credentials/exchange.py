@@ -23,6 +23,7 @@ from gateway.config.model import UpstreamConfig
 from gateway.context import Principal, canonical_json
 from gateway.credentials.as_revocation import Outcome, Revocation, TokenRevoker
 from gateway.credentials.minter import Minter, audience_of, refresh_margin
+from gateway.credentials.task_cache import TaskCache
 from gateway.errors import GatewayError
 
 log = logging.getLogger("customs.credentials.exchange")
@@ -56,7 +57,7 @@ class TokenExchanger:
         self._own_http = http is None
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._cache: dict[tuple[str, str, str, str], Exchanged] = {}
+        self._cache: TaskCache[Exchanged] = TaskCache(lambda hit, now: hit.reuse_until <= now)
         # Every token obtained for a task, also those a refresh replaced in the cache (still valid for a while).
         self._issued: dict[str, list[Revocation]] = {}
         self._exchanging: dict[str, int] = {}  # task id -> exchanges awaiting the server
@@ -108,7 +109,7 @@ class TokenExchanger:
         reuse_until = expires_at - refresh_margin(lifetime)
         if task_end is not None:
             reuse_until = min(reuse_until, task_end)
-        self._cache[key] = Exchanged(token, expires_at, reuse_until)
+        self._cache.put(key, Exchanged(token, expires_at, reuse_until), now)
         if self.revoker.wanted(upstream):
             issued = [i for i in self._issued.get(task_id, []) if i.expires_at > now]
             self._issued[task_id] = [*issued, Revocation(upstream, token, expires_at)]
@@ -155,7 +156,7 @@ class TokenExchanger:
     def forget_task(self, task_id: str) -> None:
         """The task ended here (or, with a shared store, this replica let go of it): drop its tokens and revoke
         them at the server, as no one will use them again (no other replica holds this replica's tokens)."""
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != task_id}
+        self._cache.forget_task(task_id)
         if task_id in self._exchanging:
             self._ended_meanwhile.add(task_id)
         issued = self._issued.pop(task_id, None)

@@ -23,6 +23,7 @@ from gateway.config.model import UpstreamConfig
 from gateway.context import Actor, Principal, canonical_json
 from gateway.credentials.keys import SigningKeys
 from gateway.credentials.revocation import RevocationStore, TaskEnded
+from gateway.credentials.task_cache import TaskCache
 from gateway.errors import GatewayError
 
 
@@ -90,7 +91,7 @@ class Minter:
         self.issuer = issuer
         self.revocations = revocations
         self._clock = clock
-        self._cache: dict[tuple[str, ...], _Cached] = {}
+        self._cache: TaskCache[_Cached] = TaskCache(lambda cached, now: cached.reuse_until <= now)
 
     async def mint(self, principal: Principal, upstream: UpstreamConfig, tool_names: Sequence[str],
                    args: Mapping[str, Any] | None, task_id: str, task_end: float | None = None, *,
@@ -124,8 +125,7 @@ class Minter:
             claims["args"] = narrowed
         token, kid = await self._sign_recorded(claims, task_id)
         if cache:
-            self._prune(now)
-            self._cache[key] = _Cached(token, claims, exp - refresh_margin(exp - now), kid)
+            self._cache.put(key, _Cached(token, claims, exp - refresh_margin(exp - now), kid), now)
         return token, claims
 
     async def mint_actor(self, audience: str, task_id: str, ttl_s: float,
@@ -167,8 +167,4 @@ class Minter:
 
     def forget_task(self, task_id: str) -> None:
         """Drop cached tokens of an ended task."""
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != task_id}
-
-    def _prune(self, now: float) -> None:
-        if len(self._cache) > 4096:
-            self._cache = {k: v for k, v in self._cache.items() if v.reuse_until > now}
+        self._cache.forget_task(task_id)

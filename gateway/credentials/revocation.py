@@ -37,6 +37,9 @@ class RevocationStore(Protocol):
     shared: bool  # several replicas see this store: a task may live on beyond one replica's view of it
 
 
+_PRUNE_FLOOR = 10_000
+
+
 class MemoryRevocations:
     """Single-process store (the embedded default and unit tests)."""
 
@@ -48,8 +51,21 @@ class MemoryRevocations:
         self._ended: dict[str, float] = {}
         self._ended_ttl_s = ended_ttl_s
         self._clock = clock
+        # Pruning scans everything, so it runs only past a limit that then doubles over what survived:
+        # pruning on every ended task would make a sweep ending thousands of sessions quadratic.
+        self._limit = _PRUNE_FLOOR
+        self.prunes = 0  # how often everything was scanned (a test reads it)
+
+    def _size(self) -> int:
+        return len(self._tasks) + len(self._revoked) + len(self._ended)
+
+    def _maybe_prune(self, now: float) -> None:
+        if self._size() > self._limit:
+            self._prune(now)
+            self._limit = max(_PRUNE_FLOOR, 2 * self._size())
 
     def _prune(self, now: float) -> None:
+        self.prunes += 1
         self._revoked = {j: exp for j, exp in self._revoked.items() if exp > now}
         self._ended = {t: until for t, until in self._ended.items() if until > now}
         for task_id in list(self._tasks):
@@ -64,8 +80,7 @@ class MemoryRevocations:
         if self._ended.get(task_id, 0) > now:
             raise TaskEnded(task_id)
         self._tasks.setdefault(task_id, {})[jti] = exp
-        if len(self._tasks) + len(self._revoked) > 10_000:
-            self._prune(now)
+        self._maybe_prune(now)
 
     async def revoke_task(self, task_id: str) -> list[str]:
         now = self._clock()
@@ -73,7 +88,7 @@ class MemoryRevocations:
         jtis = self._tasks.pop(task_id, {})
         live = {j: exp for j, exp in jtis.items() if exp > now}
         self._revoked.update(live)
-        self._prune(now)
+        self._maybe_prune(now)
         return sorted(live)
 
     async def is_revoked(self, jti: str) -> bool:
