@@ -59,8 +59,14 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
             error = json.loads(exc.read()).get("error", {})
         except (ValueError, AttributeError):
             error = {}
+        if not isinstance(error, dict):  # another service's error shape ({"error": "not found"})
+            error = {}
         detail = error.get("message") or exc.reason
         hint = hints.get(exc.code, "")
+        if exc.code in (404, 405) and not error.get("reason"):
+            # Not the API's own refusal (that carries a reason): no such route, so --url is not the base URL.
+            hint = (f"nothing answers {method} {path} at --url {args.url}: --url must be the gateway's base URL "
+                    f"(e.g. {DEFAULT_URL}), without /mcp or /approvals")
         raise CliError(f"{method} {url}: HTTP {exc.code} {error.get('reason', '')}: {detail}"
                        + (f"\n  hint: {hint}" if hint else ""), 1 if exc.code < 500 else 3) from None
     except (urllib.error.URLError, OSError) as exc:

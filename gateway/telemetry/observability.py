@@ -166,8 +166,11 @@ class Observability:
         self.telemetry.inject(headers, meta)
 
     def upstream_calls(self) -> UpstreamCalls | None:
-        """`Router(upstream_call=...)`: CLIENT spans for the router's own upstream requests; None with tracing off."""
-        return UpstreamCalls(self.telemetry, self._upstreams) if self.telemetry.enabled else None
+        """`Router(upstream_call=...)`: CLIENT spans and client duration metric of the router's own upstream
+        requests; None with tracing and metrics both off (the router then sends them as they are)."""
+        if not self.telemetry.enabled and not self.metrics.enabled:
+            return None
+        return UpstreamCalls(self.telemetry, self._upstreams, self.metrics if self.metrics.enabled else None)
 
     def instrument(self, pipeline: Pipeline) -> Pipeline:
         return instrument(pipeline, self.telemetry, self.metrics, self._upstreams, decision_attributes)

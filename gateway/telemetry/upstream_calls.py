@@ -1,14 +1,16 @@
-"""CLIENT spans and trace context for the upstream requests the router makes outside the pipeline.
+"""CLIENT spans, trace context and client duration metric of the upstream requests the router makes itself.
 
 Lists (every page), completions, subscriptions, logging/setLevel and the pass-through view's raw
 methods reach the upstream through `Router.fetch`, not through the forward stage. With tracing on,
 each of them is sent inside its own CLIENT span, which the request carries as `traceparent` /
-`tracestate` (HTTP headers and `params._meta`), exactly as a forwarded call does. With tracing off
-the router is given no `UpstreamCalls` at all, so those requests cost nothing extra.
+`tracestate` (HTTP headers and `params._meta`), exactly as a forwarded call does; with metrics on,
+each is timed as `mcp.client.operation.duration`, as a forwarded call is. With both off the router is
+given no `UpstreamCalls` at all, so those requests cost nothing extra.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -16,21 +18,45 @@ from typing import Any
 from gateway.config.model import UpstreamConfig
 from gateway.errors import UpstreamErrorResponse
 from gateway.telemetry.attributes import Attrs, client_attributes, target_of, transport_attributes
-from gateway.telemetry.span_errors import mark_error
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.span_errors import error_type, mark_error
 from gateway.telemetry.tracing import AnySpan, Telemetry, set_attributes
 from gateway.transport.base import Message, MessageHandler, SentId, UpstreamSession
 
 
 class UpstreamCalls:
-    """`Router(upstream_call=...)`: one upstream request inside a CLIENT span that it propagates."""
+    """`Router(upstream_call=...)`: one upstream request inside a CLIENT span that it propagates (tracing on),
+    timed as `mcp.client.operation.duration` (metrics on)."""
 
-    def __init__(self, telemetry: Telemetry, upstreams: Mapping[str, UpstreamConfig]) -> None:
+    def __init__(self, telemetry: Telemetry, upstreams: Mapping[str, UpstreamConfig],
+                 metrics: Metrics | None = None) -> None:
         self._telemetry = telemetry
+        self._metrics = metrics
         self._transport: dict[str, Attrs] = {name: transport_attributes(c) for name, c in upstreams.items()}
 
     async def __call__(self, upstream: str, session: UpstreamSession, message: Message, headers: dict[str, str],
                        on_message: MessageHandler | None, timeout: float | None) -> Message:  # noqa: ASYNC109
+        if self._metrics is None:
+            return await self._send(upstream, session, message, headers, on_message, timeout)
+        started = time.perf_counter()
+        attrs: Attrs = {"customs.upstream": upstream}
+        try:
+            response = await self._send(upstream, session, message, headers, on_message, timeout)
+            error = response.get("error")
+            if isinstance(error, dict):  # the upstream's own answer: its code is both
+                attrs["error.type"] = attrs["rpc.response.status_code"] = str(error.get("code"))
+            return response
+        except BaseException as exc:
+            attrs["error.type"] = error_type(exc)  # not answered (timeout, unreachable, withdrawn): no code
+            raise
+        finally:
+            self._metrics.client_operation(str(message.get("method")), time.perf_counter() - started, attrs)
+
+    async def _send(self, upstream: str, session: UpstreamSession, message: Message, headers: dict[str, str],
+                    on_message: MessageHandler | None, timeout: float | None) -> Message:  # noqa: ASYNC109
         telemetry = self._telemetry
+        if not telemetry.enabled:
+            return await session.request(message, headers=headers, on_message=on_message, timeout=timeout)
         method = str(message.get("method"))
         params = message.get("params")
         params = params if isinstance(params, dict) else {}

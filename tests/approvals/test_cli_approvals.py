@@ -81,3 +81,38 @@ async def test_limit_out_of_range_is_a_usage_error(web_kit: WebKit) -> None:
         code, _, err = await _cli("list", "--limit", bad, "--url", web_kit.url, token=web_kit.token("alice"))
         assert code == 2 and "--limit" in err, (bad, err)
 
+
+
+async def test_a_url_that_is_not_the_gateway_base_says_so_not_no_such_approval(web_kit: WebKit) -> None:
+    # The URL agents use (…/mcp) is the likeliest mistake: every API path under it is a plain 404, which
+    # is not the API's "no such approval" (a JSON error with a reason) and must not be reported as one.
+    item, _ = await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
+    token = web_kit.token("alice")
+    for argv in (("show", item.id), ("list",), ("approve", item.id)):
+        code, _, err = await _cli(*argv, "--url", f"{web_kit.url}/mcp", token=token)
+        assert code == 1 and "404" in err, err
+        assert "no such approval id" not in err and "the gateway's base URL" in err, err
+    assert (await web_kit.store.get(item.id)).state == "pending"
+    code, _, err = await _cli("show", "apr_missing", "--url", web_kit.url, token=token)
+    assert code == 1 and "no such approval id" in err  # the API's own 404 keeps its hint
+
+
+async def test_another_services_json_error_is_reported_not_a_traceback(web_kit: WebKit) -> None:
+    from aiohttp import web
+
+    async def other(_: web.Request) -> web.Response:  # a common shape elsewhere: "error" is a string
+        return web.json_response({"error": "not found"}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", other)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        code, _, err = await _cli("show", "apr_x", "--url", f"http://127.0.0.1:{port}", token=web_kit.token("alice"))
+        assert code == 1 and "Traceback" not in err, err
+        assert "404" in err and "the gateway's base URL" in err
+    finally:
+        await runner.cleanup()
