@@ -116,8 +116,16 @@ def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path 
         # they are listed with the field errors (a rule it did run gives the same line, kept once).
         problems += [f"{_loc(loc)}: {message}" for loc, message in document_rules(data)]
     if problems:
-        raise ConfigError(sorted(set(problems), key=problems.index), source)
+        raise ConfigError(_unset_first(problems), source)
     return config
+
+
+def _unset_first(problems: list[str]) -> list[str]:
+    """Every problem once, in order, without what the field's validation said about the empty string an unset
+    variable left there: the environment is the problem, not the YAML."""
+    unset = {p.partition(": ")[0] for p in problems if ": environment variable " in p and p.endswith(" is not set")}
+    kept = [p for p in problems if p.partition(": ")[0] not in unset or ": environment variable " in p]
+    return sorted(set(kept), key=kept.index)
 
 
 def unreadable(exc: OSError | UnicodeDecodeError) -> str:

@@ -29,3 +29,14 @@ def test_a_bad_word_names_memory_and_both_kinds_still_load() -> None:
     assert parse_config({"upstreams": UPSTREAMS}).store == "memory"
     redis = parse_config({"upstreams": UPSTREAMS, "store": {"redis": {"url": "redis://h:6379/1"}}}).store
     assert not isinstance(redis, str) and redis.redis.url == "redis://h:6379/1"
+
+
+def test_an_unset_variable_is_the_only_problem_named_at_its_field() -> None:
+    # The empty string put in its place is not the user's value: "not a redis:// URL" / "not a URL" about it
+    # would send them looking at the YAML instead of the environment.
+    assert problems({"redis": {"url": "${REDIS_URL}"}}) == [
+        "store.redis.url: environment variable REDIS_URL is not set"]
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": [{"name": "a", "url": "${UP_URL}"}], "listen": {"prot": 1}}, env={})
+    assert info.value.problems == ["upstreams[0].url: environment variable UP_URL is not set",
+                                   "listen.prot: unknown key"]
