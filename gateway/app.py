@@ -8,6 +8,7 @@ is global: two gateways in one process do not share state.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -129,6 +130,8 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
             upstream.on_restart = restarted
 
     async def on_session_end(session: Session) -> None:
+        if not session.stateless:  # the 2026-07-28 revision has no sessions: its implicit one is the gateway's own
+            parts.observability.metrics.session_ended(time.monotonic() - session.opened, session.protocol_version)
         await parts.session_ended(session)
 
     async def connect_headers(session: Session, upstream: str) -> dict[str, str]:

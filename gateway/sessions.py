@@ -78,6 +78,7 @@ class Session:
     progress_routes: dict[Any, SendFn] = field(default_factory=dict)
     inflight: dict[Any, Cancellable] = field(default_factory=dict)  # request id -> its running call
     last_used: float = field(default_factory=time.monotonic)
+    opened: float = field(default_factory=time.monotonic)  # for mcp.server.session.duration
     closed: bool = False
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 

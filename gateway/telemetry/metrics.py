@@ -46,6 +46,7 @@ INSTRUMENTS = (
     "customs.upstream.restarts", "customs.policy.reloads", "customs.tool.quarantines", "customs.rate_limited",
     "customs.shadow.disagreements", "customs.decision_log.dropped", "cpython.gc.collections",
     "customs.policy.errors", "customs.requests.refused", "customs.sessions.open", "customs.credential.revocations",
+    "mcp.server.session.duration",
 )
 
 
@@ -78,9 +79,11 @@ def gc_collections(options: CallbackOptions | None = None) -> Iterable[Observati
 
 
 def _views() -> list[View]:
-    # The per-call histograms carry their buckets themselves (aggregate.py); this is the SDK one.
+    # The per-call histograms carry their buckets themselves (aggregate.py); these are the SDK ones.
     return [View(instrument_name="customs.approval.wait.duration",
-                 aggregation=ExplicitBucketHistogramAggregation(boundaries=APPROVAL_BUCKETS))]
+                 aggregation=ExplicitBucketHistogramAggregation(boundaries=APPROVAL_BUCKETS)),
+            View(instrument_name="mcp.server.session.duration",
+                 aggregation=ExplicitBucketHistogramAggregation(boundaries=DURATION_BUCKETS))]
 
 
 class Metrics:
@@ -142,6 +145,8 @@ class Metrics:
                                       "Open MCP sessions in this replica, by kind (stateful, stateless)")
         self.approval_wait = meter.create_histogram("customs.approval.wait.duration", "s",
                                                     "Time from hold to decision")
+        self.session_duration = meter.create_histogram("mcp.server.session.duration", "s",
+                                                       "MCP sessions with agents, initialize to end")
         self.upstream_errors = meter.create_counter("customs.upstream.errors", "{error}", "Failed upstream requests")
         self.upstream_restarts = meter.create_counter("customs.upstream.restarts", "{restart}",
                                                       "Restarts of stdio upstreams")
@@ -216,6 +221,12 @@ class Metrics:
         if counts is None:
             return []
         return [Observation(n, {"customs.session.kind": kind}) for kind, n in counts().items()]
+
+    def session_ended(self, seconds: float, protocol_version: str) -> None:
+        """An MCP session with an agent ended (DELETE, idle expiry, shutdown): not an error, so no `error.type`.
+        Agents reach the gateway over HTTP only."""
+        self.session_duration.record(seconds, {"mcp.protocol.version": protocol_version, "network.transport": "tcp",
+                                               "network.protocol.name": "http"})
 
     def approval_waited(self, seconds: float, outcome: str) -> None:
         self.approval_wait.record(seconds, {"customs.approval.outcome": outcome})
