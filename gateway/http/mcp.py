@@ -31,6 +31,7 @@ from gateway.context import Principal
 from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, UpstreamErrorResponse, forget_traceback, to_wire
 from gateway.http.batch import BATCH_VERSION, answer_batch
 from gateway.http.guards import REFUSED, accepts, error_response, read_body, require_json
+from gateway.http.resumable import outlive_disconnect
 from gateway.http.session_stream import SessionStreams
 from gateway.http.streams import ClientGone, ResponseChannel
 from gateway.identity import reject_query_token
@@ -237,12 +238,19 @@ class McpEndpoint:
             return web.json_response(jsonrpc.result(message.id, result), dumps=_dumps)
         channel = ResponseChannel(request, headers, sse_allowed=sse_ok, replay=self.streams.post_replay,
                                   session_id=session.id)
-        reply, status, error_headers = await self.run_call(session, principal, message, channel, trace)
+        if sse_ok and not session.stateless:  # a stream the client may resume: the call outlives a drop
+            gone = asyncio.Event()
+            call = self.run_call(session, principal, message, channel, trace, gone=gone)
+            reply, status, error_headers = await outlive_disconnect(call, channel, gone)
+        else:
+            reply, status, error_headers = await self.run_call(session, principal, message, channel, trace)
         return await channel.finish(reply, 200 if status < 400 or status == 500 else status, error_headers)
 
     async def run_call(self, session: Session, principal: Principal, message: jsonrpc.Message,
-                       channel: ResponseChannel, trace: Any = None) -> tuple[dict[str, Any], int, dict[str, str]]:
-        """One request through the router: (reply, HTTP status of its error, headers of its error)."""
+                       channel: ResponseChannel, trace: Any = None,
+                       gone: asyncio.Event | None = None) -> tuple[dict[str, Any], int, dict[str, str]]:
+        """One request through the router: (reply, HTTP status of its error, headers of its error).
+        `gone`: set when the client went away (`Inbound.cancelled`; the approve stage withdraws a held call)."""
         stateless = session.stateless
         if not stateless and message.id in session.inflight:
             # Ids key cancellation and progress routing; a second call with an id in flight would
@@ -250,7 +258,8 @@ class McpEndpoint:
             raise GatewayError("invalid_request", "Invalid request: this id is already in use by a call in flight")
         sse_ok = channel.sse_allowed
         inbound = Inbound(session=session, principal=principal, message=message,
-                          send=channel.send if sse_ok else None, trace_id=trace.trace_id if trace else None)
+                          send=channel.send if sse_ok else None, trace_id=trace.trace_id if trace else None,
+                          cancelled=gone if gone is not None else asyncio.Event())
         if sse_ok:
             inbound.extra["keepalive"] = channel.keepalive  # held calls keep the stream open with SSE comments
         # Stateless (2026-07-28) clients of one principal share a session but not ids or progress tokens
@@ -261,8 +270,9 @@ class McpEndpoint:
         if token is not None:
             session.progress_routes[token] = channel.send
         error_headers: dict[str, str] = {}
-        # The call runs in its handler's own task (no task per request); `Withdrawal` lets
-        # notifications/cancelled and session end cancel it and still answer request_cancelled.
+        # The call runs in the task it was awaited in (its handler's own, or one of its own so that it can
+        # outlive a dropped stream: resumable.py); `Withdrawal` lets notifications/cancelled and session
+        # end cancel it and still answer request_cancelled.
         withdrawal = Withdrawal(asyncio.current_task())
         key = withdrawal if stateless else message.id  # a stateless call's entry is its own (session end)
         session.inflight[key] = withdrawal

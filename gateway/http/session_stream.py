@@ -6,9 +6,10 @@ reconnect immediately instead of waiting for a keep-alive write to fail.
 
 `Last-Event-ID` names a stream (see gateway/http/streams.py): an id of the GET stream (`0-<n>`)
 opens the GET stream and first replays what the session buffered after it; an id of a POST response
-stream replays that stream's buffered events and ends (the call behind it was withdrawn when its
-POST connection closed, so nothing more will come). Messages of one stream are never replayed on
-another. Ids the gateway does not know (or no longer buffers) replay nothing.
+stream replays that stream's buffered events after it and, while the call behind it still runs (a call
+outlives its dropped connection: gateway/http/resumable.py), goes on with that stream's events as they
+come, ending after the call's answer. Messages of one stream are never replayed on another. Ids the
+gateway does not know (or no longer buffers) replay nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class SessionStreams:
     post_replay: StreamReplay = field(default_factory=StreamReplay)
     _open: dict[str, _Takeover] = field(default_factory=dict)
     _legacy: set[_Takeover] = field(default_factory=set)  # legacy HTTP+SSE streams (the stream is the session)
+    _resumed: set[_Takeover] = field(default_factory=set)  # GETs following a POST stream's call
     closing: bool = False
 
     async def end_all(self) -> None:
@@ -52,7 +54,7 @@ class SessionStreams:
         out `listen.drain_timeout_s` twice for it (once before cancelling, once after), past a container's
         grace period; the client reconnects to another replica or after the restart."""
         self.closing = True
-        for takeover in [*self._open.values(), *self._legacy]:
+        for takeover in [*self._open.values(), *self._legacy, *self._resumed]:
             takeover.replace()
 
     @contextlib.contextmanager
@@ -70,7 +72,7 @@ class SessionStreams:
             return web.Response(status=503, headers={"Retry-After": "1"})
         resume = split_event_id(request.headers.get("Last-Event-ID"))
         if resume is not None and resume[0] != GET_STREAM:
-            return await self._replay_post_stream(request, session, *resume)
+            return await self._resume_post_stream(request, session, *resume, keepalive_s)
         previous = self._open.get(session.id)
         if previous is not None:
             previous.replace()
@@ -108,16 +110,39 @@ class SessionStreams:
                 continue
             await writer.event(message, f"{GET_STREAM}-{event_id}")
 
-    async def _replay_post_stream(self, request: web.Request, session: Session, stream: str,
-                                  number: int) -> web.StreamResponse:
+    async def _resume_post_stream(self, request: web.Request, session: Session, stream: str, number: int,
+                                  keepalive_s: float) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await response.prepare(request)
-        writer = EventWriter(response, stream)
+        me = _Takeover()
+        self._resumed.add(me)
         try:
-            for event_id, payload in self.post_replay.after(session.id, stream, number) or []:
-                await writer.raw(event_id, payload)
+            await self._follow(EventWriter(response, stream), session.id, stream, number, keepalive_s)
             await response.write_eof()
         except (ClientGone, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            if not me.replaced:  # the client went away (the call goes on; it may resume again)
+                raise
+            me.task.uncancel()  # shutdown: end this response normally
+        finally:
+            self._resumed.discard(me)
         return response
 
+    async def _follow(self, writer: EventWriter, session_id: str, key: str, after: int, keepalive_s: float) -> None:
+        """Write the stream's kept events after `after`, then its new ones as its call sends them, until
+        the call's answer went out (or the stream is evicted, or unknown: nothing)."""
+        stream = self.post_replay.get(session_id, key)
+        while stream is not None:
+            # Taken before reading: whatever is kept while the events are written wakes the wait below.
+            changed = stream.changed()
+            over = stream.finished or stream.evicted
+            for number, payload in stream.after(after):
+                await writer.raw(f"{key}-{number}", payload)
+                after = number
+            if over:
+                return
+            try:
+                await asyncio.wait_for(changed.wait(), keepalive_s)
+            except TimeoutError:
+                await writer.comment()

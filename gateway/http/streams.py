@@ -7,7 +7,9 @@ Most calls answer with one JSON body (cheapest). The moment a request produces a
 Event ids are `<stream>-<n>`: the session's GET stream is stream `0`, each POST response stream gets
 a random key when it turns into SSE, so ids are unique within a session and say which stream they
 belong to (a client resumes with GET + `Last-Event-ID`; only that stream's events are replayed).
-Events written on POST streams stay in a bounded, endpoint-wide `StreamReplay` for that purpose.
+Events written on POST streams stay in a bounded, endpoint-wide `StreamReplay` for that purpose. Once
+an event with an id has gone out, the stream is resumable: when its connection drops, the call goes on
+(gateway/http/resumable.py) and its later events, the answer included, are only kept there.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ class EventWriter:
         self._stream = stream
         self._on_written = on_written
         self._lock = asyncio.Lock()
+        # An event with a replayable id went out: the client can resume after it (GET + Last-Event-ID).
+        self.resumable = False
+        # The connection is gone but the stream is resumable: events are numbered and kept, not written.
+        self.detached = False
 
     async def event(self, message: dict[str, Any], event_id: str | None = None, *,
                     backlogged: Callable[[int], bool] | None = None) -> None:
@@ -66,11 +72,25 @@ class EventWriter:
             number = next(self._ids)
             event_id = f"{self._stream}-{number}"
         payload = dumps(message)
-        if backlogged is None or not backlogged(len(payload)):
-            await self.raw(event_id, payload)
-        if number and self._on_written is not None:
-            # Buffered once written: one that failed goes to the session's GET stream instead (no duplicate).
-            self._on_written(number, payload)
+        kept = self._on_written if number else None
+        if not self.detached and (backlogged is None or not backlogged(len(payload))):
+            try:
+                await self.raw(event_id, payload)
+            except ClientGone:
+                if kept is None or not self.resumable:
+                    raise
+                self.detached = True  # the client resumes from the last id it got: keep this one for it
+            else:
+                self.resumable = self.resumable or kept is not None
+        if kept is not None:
+            # Buffered once written (or kept for a resume): one that failed on a stream the client cannot
+            # resume goes to the session's GET stream instead (no duplicate).
+            kept(number, payload)
+
+    def keep(self, message: dict[str, Any]) -> None:
+        """Number and keep one event without writing it (the stream is detached from its connection)."""
+        if self._on_written is not None:
+            self._on_written(next(self._ids), dumps(message))
 
     async def raw(self, event_id: str, payload: bytes) -> None:
         await self._write(f"id: {event_id}\nevent: message\ndata: ".encode() + payload + b"\n\n")
@@ -86,44 +106,85 @@ class EventWriter:
                 raise ClientGone() from exc
 
 
+class ReplayStream:
+    """One POST stream's kept events; `finished` once its call was answered, `evicted` once dropped."""
+
+    __slots__ = ("_changed", "_replay", "events", "evicted", "finished", "key", "session_id")
+
+    def __init__(self, replay: StreamReplay, key: str, session_id: str) -> None:
+        self._replay = replay
+        self.key = key
+        self.session_id = session_id
+        self.events: list[tuple[int, bytes]] = []
+        self.finished = False
+        self.evicted = False
+        self._changed: asyncio.Event | None = None
+
+    def record(self, number: int, payload: bytes) -> None:
+        """Keep one event (a `Written`); nothing once evicted."""
+        if not self.evicted:
+            self.events.append((number, payload))
+            self._wake()
+            self._replay.grew(len(payload))
+
+    def finish(self) -> None:
+        """The call answered (its answer is the last event): a resuming reader ends after it."""
+        self.finished = True
+        self._wake()
+
+    def after(self, number: int) -> list[tuple[int, bytes]]:
+        return [(n, payload) for n, payload in self.events if n > number]
+
+    def changed(self) -> asyncio.Event:
+        """Set at the next event, finish or eviction (take it before reading `events`)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+
 class StreamReplay:
     """The recent events of POST response streams, bounded in bytes and streams (oldest stream goes first).
 
     Endpoint-wide rather than per session: a stream's key is random and bound to its session id, and
     the bound holds however many sessions there are. A session's GET stream keeps its own buffer.
+    A call that outlives its connection adds to its stream here until it ends; eviction is unchanged.
     """
 
     def __init__(self, max_bytes: int = 8 << 20, max_streams: int = 4096) -> None:
-        self._streams: OrderedDict[str, tuple[str, list[tuple[int, bytes]]]] = OrderedDict()
+        self._streams: OrderedDict[str, ReplayStream] = OrderedDict()
         self._bytes = 0
         self._max_bytes = max_bytes
         self._max_streams = max_streams
 
-    def open(self, session_id: str) -> tuple[str, Written]:
-        """A new stream of the session: its key and the function that records its written events."""
-        key = secrets.token_hex(8)
-        events: list[tuple[int, bytes]] = []
-        self._streams[key] = (session_id, events)
-
-        def written(number: int, payload: bytes) -> None:
-            if self._streams.get(key) is not None:  # else already evicted
-                events.append((number, payload))
-                self._bytes += len(payload)
-                self._evict()
+    def open(self, session_id: str) -> ReplayStream:
+        """A new stream of the session; its `record` keeps its written events."""
+        stream = ReplayStream(self, secrets.token_hex(8), session_id)
+        self._streams[stream.key] = stream
         self._evict()
-        return key, written
+        return stream
 
-    def after(self, session_id: str, stream: str, number: int) -> list[tuple[str, bytes]] | None:
-        """The session's events on `stream` after `number`; None when the stream is not (or no longer) known."""
-        entry = self._streams.get(stream)
-        if entry is None or entry[0] != session_id:
-            return None
-        return [(f"{stream}-{n}", payload) for n, payload in entry[1] if n > number]
+    def get(self, session_id: str, key: str) -> ReplayStream | None:
+        """The session's stream `key`; None when it is not (or no longer) known."""
+        stream = self._streams.get(key)
+        return stream if stream is not None and stream.session_id == session_id else None
+
+    def grew(self, size: int) -> None:
+        """A stream kept `size` more bytes: evict the oldest streams past the bounds."""
+        self._bytes += size
+        self._evict()
 
     def _evict(self) -> None:
         while self._streams and (self._bytes > self._max_bytes or len(self._streams) > self._max_streams):
-            _, (_, events) = self._streams.popitem(last=False)
-            self._bytes -= sum(len(payload) for _, payload in events)
+            _, stream = self._streams.popitem(last=False)
+            self._bytes -= sum(len(payload) for _, payload in stream.events)
+            stream.events = []
+            stream.evicted = True
+            stream._wake()
 
 
 class ResponseChannel:
@@ -136,6 +197,7 @@ class ResponseChannel:
         self.sse_allowed = sse_allowed
         self._replay = replay
         self._session_id = session_id
+        self.replay_stream: ReplayStream | None = None
         self._stream: web.StreamResponse | None = None
         self._writer: EventWriter | None = None
         self._commit_lock = asyncio.Lock()
@@ -144,6 +206,23 @@ class ResponseChannel:
     def streaming(self) -> bool:
         return self._writer is not None
 
+    @property
+    def resumable(self) -> bool:
+        """An event with an id the client can resume after (GET + Last-Event-ID) has gone out."""
+        return self._writer is not None and self._writer.resumable
+
+    def detach(self) -> None:
+        """The connection is gone, the call goes on: its events, the answer included, are only kept."""
+        if self._writer is not None:
+            self._writer.detached = True
+
+    def keep_answer(self, message: dict[str, Any] | None) -> None:
+        """A detached call ended: keep its answer (None: it has none) as the stream's last event."""
+        if self._writer is not None and message is not None:
+            self._writer.keep(message)
+        if self.replay_stream is not None:
+            self.replay_stream.finish()
+
     async def _commit(self) -> EventWriter:
         async with self._commit_lock:
             if self._writer is None:
@@ -151,7 +230,8 @@ class ResponseChannel:
                 await stream.prepare(self._request)
                 self._stream = stream
                 if self._replay is not None:
-                    self._writer = EventWriter(stream, *self._replay.open(self._session_id))
+                    self.replay_stream = kept = self._replay.open(self._session_id)
+                    self._writer = EventWriter(stream, kept.key, kept.record)
                 else:
                     self._writer = EventWriter(stream, secrets.token_hex(8))
             return self._writer
@@ -185,9 +265,13 @@ class ResponseChannel:
         if self._writer is not None and self._stream is not None:
             try:
                 await self._writer.event(message)
-                await self._stream.write_eof()
+                if not self._writer.detached:
+                    await self._stream.write_eof()
             except ClientGone:
                 pass
+            finally:
+                if self.replay_stream is not None:
+                    self.replay_stream.finish()
             return self._stream
         return web.Response(body=dumps(message), status=status, content_type="application/json",
                             headers={**self.headers, **(extra_headers or {})})
@@ -201,5 +285,8 @@ class ResponseChannel:
                 await self._stream.write_eof()
             except ClientGone:
                 pass
+            finally:
+                if self.replay_stream is not None:
+                    self.replay_stream.finish()
             return self._stream
         return web.Response(body=dumps(replies), content_type="application/json", headers=self.headers)

@@ -118,3 +118,32 @@ async def test_disconnecting_agent_withdraws_its_pending_call(env: Env) -> None:
     status, _ = await env.api("POST", f"/api/approvals/{item['id']}/approve", env.alice(), {"comment": "too late"})
     assert status == 409
     assert await env.executed() == []
+
+
+async def test_a_held_call_whose_resumable_stream_drops_is_still_withdrawn(env: Env) -> None:
+    """A call outlives a dropped resumable stream (docs/transports.md), but not one held for approval."""
+    headers = {"Authorization": f"Bearer {env.agent()}", "Accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}}
+    pay = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+           "params": {"name": "payments__pay", "arguments": {"account": "acme-9", "amount": 3},
+                      "_meta": {"progressToken": "held"}}}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(env.gw.mcp, json=init, headers=headers) as resp:
+            headers["Mcp-Session-Id"] = resp.headers["Mcp-Session-Id"]
+        resp = await http.post(env.gw.mcp, json=pay, headers=headers)
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        async with asyncio.timeout(10):
+            while not (line := await resp.content.readline()).startswith(b"id: "):
+                assert line, "the held call's stream ended before its first event"
+        first_id = line.decode().strip()[4:]  # a progress keep-alive: an id the client could resume with
+        item = await env.pending()
+        resp.close()  # the client goes away without notifications/cancelled
+        await env.state(item["id"], "cancelled")
+        async with http.get(env.gw.mcp, headers={**headers, "Accept": "text/event-stream",
+                                                 "Last-Event-ID": first_id}) as resumed:
+            async with asyncio.timeout(10):
+                body = (await resumed.read()).decode()
+    assert '"approval_cancelled"' in body  # its answer, kept for the resume (the old code kept none)
+    assert await env.executed() == []
