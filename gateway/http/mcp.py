@@ -105,8 +105,9 @@ class McpEndpoint:
                 return web.Response(status=202, headers=extra_headers)
             if self.observability is None:
                 return await self._answer(request, session, principal, message, sse_ok, extra_headers)
+            # A stateless (2026-07-28) request is part of no MCP session: its implicit one's id is the gateway's own.
             with self.observability.request(request.headers, message.method, message.params, message.id,
-                                            principal=principal, session_id=session.id,
+                                            principal=principal, session_id=None if session.stateless else session.id,
                                             protocol_version=session.protocol_version, start_ns=started,
                                             identify_ns=(started, identified), http=request) as trace:
                 return await self._answer(request, session, principal, message, sse_ok, extra_headers, trace)
