@@ -166,12 +166,17 @@ class SigningKeys:
 
     def load(self) -> None:
         """Read every key in key_dir; generate and persist one if none signs with the configured algorithm."""
-        if self.generate:
-            self.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._keys = read_keys(self.key_dir)
-        if self._signer() is None:
+        try:
             if self.generate:
-                self._keys = [*self._keys, self._generate()]
+                self.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._keys = read_keys(self.key_dir)
+            generated = self._generate() if self._signer() is None and self.generate else None
+        except OSError as exc:  # config check cannot try this (a write): serve refuses with the config key
+            raise ConfigError([f"signing.key_dir: {self.key_dir}: cannot keep signing keys there "
+                               f"({exc.strerror or exc}: {exc.filename})"], "signing") from exc
+        if self._signer() is None:
+            if generated is not None:
+                self._keys = [*self._keys, generated]
                 log.info("generated %s signing key %s in %s", self.config.algorithm, self._keys[-1].kid,
                          self.key_dir)
             elif self.required:

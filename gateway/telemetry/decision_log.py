@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from gateway.config import ConfigError
 from gateway.config.model import DecisionLogConfig
 from gateway.context import NOT_FOUND_ITEM, CallContext
 from gateway.telemetry.tracing import api_span_ids
@@ -157,8 +158,12 @@ class DecisionLog:
     async def start(self) -> None:
         if self.config.path is not None:
             path = Path(self.config.path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            except OSError as exc:  # config check cannot try this (a write): serve refuses with the config key
+                raise ConfigError([f"decision_log.path: {path}: cannot open it for appending "
+                                   f"({exc.strerror or exc}: {exc.filename})"], "decision_log") from exc
         elif self._stream is None:
             self._stream = sys.stdout  # looked up now, not at import (tests and CLIs swap stdout)
         self._closing = False

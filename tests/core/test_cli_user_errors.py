@@ -65,3 +65,21 @@ def test_a_timeout_that_is_not_a_positive_number_is_a_usage_error(argv: tuple[st
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "--timeout" in result.stderr and "positive number of seconds" in result.stderr
+
+
+@pytest.mark.parametrize(("section", "where"), [
+    ("decision_log: {path: %s/d.jsonl}", "decision_log.path"),
+    ("signing: {key_dir: %s}", "signing.key_dir"),
+])
+def test_serve_refuses_a_path_it_cannot_create_naming_its_config_key(tmp_path: Path, section: str,
+                                                                      where: str) -> None:
+    # `config check` does not try these (they need a write): serve is the first to find out, and says where.
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a directory")
+    config = tmp_path / "customs.yaml"
+    config.write_text("upstreams:\n  - {name: a, url: 'http://127.0.0.1:9/mcp', credentials: {mode: minted}}\n"
+                      f"policies: {{dir: {REPO / 'policies'}}}\n" + section % blocker + "\n")
+    result = customs("serve", "--config", config, "--port", "0")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "refusing to start" in result.stderr and f"{where}: {blocker}" in result.stderr
