@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
 import signal
@@ -94,7 +95,9 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        print(f"customs: cannot listen on {config.listen.host}:{config.listen.port}: {exc.strerror}",
+        hint = ("pick another port with --port (--port 0: any free port) or stop what holds this one"
+                if exc.errno == errno.EADDRINUSE else "check the host (--host or listen.host)")
+        print(f"customs: cannot listen on {config.listen.host}:{config.listen.port}: {exc.strerror}\n  hint: {hint}",
               file=sys.stderr)
         return 1
     server: Any = site._server

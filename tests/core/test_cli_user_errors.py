@@ -83,3 +83,17 @@ def test_serve_refuses_a_path_it_cannot_create_naming_its_config_key(tmp_path: P
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "refusing to start" in result.stderr and f"{where}: {blocker}" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_port_in_use_says_how_to_choose_another(command: str, config: Path, tmp_path: Path) -> None:
+    from tests.conftest import bound_socket
+
+    with bound_socket() as taken:
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        extra = ["--config", config] if command == "serve" else ["--dir", tmp_path / "demo", "--no-walkthrough"]
+        result = customs(command, "--port", port, *extra)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port 0" in result.stderr
