@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.config.model import LimitRule, LimitsConfig
-from gateway.context import CallContext
+from gateway.context import NOT_FOUND_ITEM, CallContext
 from gateway.errors import GatewayError
 
 
@@ -200,7 +200,10 @@ class Limiter:
         self._any_concurrency = any(r.concurrency for r in rules)
 
     def _rules(self, ctx: CallContext) -> list[tuple[str, LimitRule]]:
-        tool = ctx.tool.cedar_id if ctx.tool else str(ctx.upstream)
+        if ctx.tool is not None:
+            tool = ctx.tool.cedar_id
+        else:  # a name nothing has: the key a tool of that name would have, so it is limited like a denied one
+            tool = f"{ctx.upstream or ''}/{ctx.extra.get(NOT_FOUND_ITEM, '')}"
         return [(f"p:{ctx.principal.key}", self._config.per_principal), (f"t:{tool}", self._config.per_tool)]
 
     async def rate(self, ctx: CallContext) -> None:

@@ -173,6 +173,14 @@ class Router:
                           principal=inbound.principal, upstream=upstream, session_id=inbound.session.id,
                           protocol_version=inbound.session.protocol_version, action=action, trace_id=inbound.trace_id)
         ctx.extra[NOT_FOUND_ITEM] = own
+        try:
+            # The rate limits a denied call meets first: otherwise, past its budget, an agent would hear
+            # rate_limited for a denied tool and unknown_tool for a missing one, telling them apart.
+            await self._pipeline.rate(ctx)
+        except GatewayError as limited:
+            ctx.error = limited
+            await self._pipeline.record(ctx)
+            return limited
         ctx.error = error = not_found(action, name)
         await self._pipeline.record(ctx)
         return error

@@ -61,3 +61,36 @@ async def test_refusals_name_the_rule_on_the_wire_and_in_the_metric(
     assert recorder.calls == [("slow", {}), ("lookup", WIDGET)]
 
     assert await rate_limited_counts(http, gw.url) == {"per_tool": 1.0, "per_principal": 1.0}
+
+
+@pytest.mark.parametrize("rule", ["per_principal", "per_tool"])
+async def test_past_the_budget_a_denied_tool_and_a_missing_one_answer_alike(
+        spawn_gateway: Any, upstream: tuple[Recorder, str], http: aiohttp.ClientSession, tmp_path: Path,
+        rule: str) -> None:
+    """Denied and unknown tools must look the same. The rate limits run before the decision, so a denied tool
+    used up its budget and then answered rate_limited, while a made-up name was refused before the limits and
+    answered unknown_tool forever: past the budget that told an agent which names exist. A missing name now
+    takes from the same buckets a tool of that name would (per principal, and per tool under its own key)."""
+    recorder, url = upstream
+    gw = await spawn_gateway(limited_config(url, tmp_path, {rule: {"rate_per_s": 0.001, "burst": 2}}))
+    client = RawClient(http, gw.mcp)
+    await client.initialize()
+    # With the tools listed the gateway knows rec has no `no_such_tool`: the router refuses it itself.
+    status, _, listed = await client.post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert status == 200 and "rec__transfer" in {t["name"] for t in listed["result"]["tools"]}, listed
+
+    async def answers(tool: str, first_id: int) -> list[str]:
+        out = []
+        for n in range(2):
+            out.append(reason((await client.call(tool, {}, request_id=first_id + n))[2]))
+        return out
+
+    if rule == "per_principal":  # one budget for both names: two calls in all, then both are refused alike
+        assert await answers("rec__transfer", 10) == ["unknown_tool", "unknown_tool"]
+        assert await answers("rec__no_such_tool", 20) == ["rate_limited", "rate_limited"]
+        assert await answers("rec__transfer", 30) == ["rate_limited", "rate_limited"]
+    else:  # a budget per name: each answers twice as a denial, then is refused
+        for first_id, tool in ((10, "rec__transfer"), (20, "rec__no_such_tool"), (30, "nowhere__thing")):
+            assert await answers(tool, first_id) == ["unknown_tool", "unknown_tool"], tool
+            assert await answers(tool, first_id + 5) == ["rate_limited", "rate_limited"], tool
+    assert recorder.calls == []
