@@ -225,10 +225,17 @@ def schema_cmd(args: argparse.Namespace) -> int:
 
 
 def _recorded(record: dict[str, Any]) -> tuple[str, list[str]]:
+    """The recorded outcome and determining @ids; ValueError when they are not a decision's (nothing to compare)."""
     decision = record.get("decision")
     if isinstance(decision, dict):
-        return str(decision.get("outcome")), list(decision.get("policy_ids") or [])
-    return str(decision or record.get("outcome")), list(record.get("policy_ids") or [])
+        outcome, ids = decision.get("outcome"), decision.get("policy_ids")
+    else:
+        outcome, ids = decision or record.get("outcome"), record.get("policy_ids")
+    ids = [] if ids is None else ids
+    if outcome not in ("allow", "deny", "approval_required") or not isinstance(ids, list) \
+            or not all(isinstance(i, str) for i in ids):
+        raise ValueError("not a recorded decision")
+    return str(outcome), ids
 
 
 def decided_with_approval(outcome: str, approved: bool) -> bool:
@@ -282,11 +289,12 @@ def replay_cmd(args: argparse.Namespace) -> int:
         try:
             record = json.loads(line)
             principal, action, tool, facts, granted = from_authz_input(record["authz_input"])
-        except (ValueError, KeyError, TypeError):
+            old, old_ids = _recorded(record)
+            agent_action(action, "authz_input.action")  # a name no policy decides would replay as a deny
+        except (ValueError, KeyError, TypeError, AttributeError, CaseError):
             skipped += 1
             continue
         replayed += 1
-        old, old_ids = _recorded(record)
         new = evaluate.decide(loaded, principal, action, tool, facts, granted=decided_with_approval(old, granted))
         if new.outcome == old:
             continue

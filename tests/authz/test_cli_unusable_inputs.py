@@ -109,3 +109,28 @@ def test_schema_tools_json_with_a_malformed_tool_names_it(tmp_path: Path, tools:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert "error: --tools-json: up: tools[0]" in result.stderr
+
+
+def test_replay_skips_records_it_cannot_read_instead_of_crashing_or_counting_them(tmp_path: Path) -> None:
+    from authz_helpers import TOOLS, agent, call
+
+    from gateway.authz.record import authz_input
+
+    reader = agent("spiffe://customs.demo/agent/reader")
+    snapshot = authz_input(reader, "call_tool", TOOLS["inventory/get_stock"],
+                           call(reader, "inventory/get_stock"), "dev")
+    good = {"decision": "allow", "policy_ids": ["reads-allowed"], "authz_input": snapshot}
+    broken = [
+        {**good, "policy_ids": 5},                                       # was a TypeError traceback
+        {**good, "decision": {"outcome": "allow", "policy_ids": "reads-allowed"}},
+        {**good, "decision": [1]},                                       # was counted as changed: [1] -> allow
+        {**good, "decision": "maybe"},
+        {**good, "authz_input": {**snapshot, "action": 5}},              # was replayed as action "5"
+        {**good, "authz_input": {**snapshot, "action": "delete_everything"}},
+    ]
+    log = tmp_path / "decisions.jsonl"
+    log.write_text("\n".join(json.dumps(r) for r in [good, *broken]) + "\n")
+    result = customs("policy", "replay", "--log", log, "--policies", SHIPPED)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"1 replayed, 0 changed, {len(broken)} skipped" in result.stdout
