@@ -69,6 +69,7 @@ class Lister:
         self._catalog = catalog
         self._authorizer = authorizer
         self._guard = guard
+        self._unreachable: set[tuple[str, str]] = set()  # reported once each
 
     def _info(self, kind: ListKind, upstream: str, item: dict[str, Any]) -> ToolInfo:
         if kind.method == "tools/list":
@@ -93,12 +94,30 @@ class Lister:
             out = dict(item)
             if prefixed:
                 own = str(item.get(kind.name_field))
-                out[kind.name_field] = (self._catalog.exposed(upstream, own) if kind.prefixed
-                                        else exposed_uri(upstream, own))
+                if kind.prefixed:
+                    exposed = self._catalog.exposed(upstream, own)
+                    if not self._reachable(kind, upstream, own, exposed):
+                        continue
+                    out[kind.name_field] = exposed
+                else:
+                    out[kind.name_field] = exposed_uri(upstream, own)
             if decision.outcome == "approval_required":
                 out["_meta"] = {**(item.get("_meta") or {}), APPROVAL_MARK: True}
             shown.append(out)
         return shown
+
+    def _reachable(self, kind: ListKind, upstream: str, own: str, exposed: str) -> bool:
+        """Whether a call naming `exposed` reaches this very item. With overlapping prefixes (`a__` and
+        `a__b__`, or a custom `prefix`) one upstream's `b__pay` and another's `pay` both read `a__b__pay`:
+        calls go to the longest prefix, so the other entry would only lend that name its description (a
+        server shadowing another's tool) and is left out, as is an empty name (the bare prefix)."""
+        if self._catalog.resolve(exposed) == (upstream, own):
+            return True
+        if (upstream, own) not in self._unreachable:
+            self._unreachable.add((upstream, own))  # upstreams are configured: bounded by what they list
+            log.warning("%s %s/%s not listed in the aggregated view: %r names %s", kind.method[:-5], upstream,
+                        own, exposed, "another upstream's item" if self._catalog.resolve(exposed) else "nothing")
+        return False
 
     def _shown(self, kind: ListKind, principal: Principal, info: ToolInfo, call: Decision) -> bool:
         """A tool shows when it may be called, or when a policy permits `list_tools` on it; a policy that
