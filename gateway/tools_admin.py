@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from gateway.approvals.cli import DEFAULT_URL, guard, request_json, seconds
+from gateway.approvals.cli import DEFAULT_URL, guard, nonempty, request_json, seconds
 from gateway.errors import GatewayError
 from gateway.http.guards import timed_read
 from gateway.pinning import ToolGuard
@@ -118,7 +118,7 @@ def add_tools_parsers(sub: Any) -> None:
                           description="List every upstream tool's pin: state (pinned | quarantined), hash, reason."))
     approve = sub.add_parser("approve", help="accept a tool's current definition (lifts a quarantine)",
                              description="Pin UPSTREAM's TOOL to the definition last seen (or --hash).")
-    approve.add_argument("upstream")
-    approve.add_argument("tool")
+    approve.add_argument("upstream", type=nonempty)
+    approve.add_argument("tool", type=nonempty)
     approve.add_argument("--hash", help="the definition hash to accept (default: the one last seen)")
     common(approve)

@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 HINTS = {
@@ -41,10 +41,9 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
     token = args.token or os.environ.get("CUSTOMS_TOKEN")
     if not token:
         raise CliError(f"no token: pass --token or set CUSTOMS_TOKEN ({who}'s bearer token)", 2)
+    _check_url(args.url)
     url = args.url.rstrip("/") + path
     data = json.dumps(body).encode() if body is not None else None
-    if not args.url.lower().startswith(("http://", "https://")):
-        raise CliError(f"--url {args.url!r} is not an http(s) URL (e.g. {DEFAULT_URL})", 2)
     request = urllib.request.Request(url, data=data, method=method, headers={
         "Authorization": f"Bearer {token}", "Accept": "application/json", "Content-Type": "application/json"})
     try:
@@ -73,6 +72,28 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
         reason = getattr(exc, "reason", exc)
         raise CliError(f"cannot reach the gateway at {args.url}: {reason}\n  hint: is `customs serve` running? "
                        "use --url to point at it", 3) from None
+
+
+def _check_url(url: str) -> None:
+    """--url, before any request: urllib's own errors for these are tracebacks (ValueError, InvalidURL)."""
+    if not url.lower().startswith(("http://", "https://")):
+        raise CliError(f"--url {url!r} is not an http(s) URL (e.g. {DEFAULT_URL})", 2)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- reading it raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise CliError(f"--url {url!r}: {exc} (e.g. {DEFAULT_URL})", 2) from None
+    if not parts.hostname:
+        raise CliError(f"--url {url!r} names no host (e.g. {DEFAULT_URL})", 2)
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise CliError(f"--url {url!r} contains spaces or control characters (e.g. {DEFAULT_URL})", 2)
+
+
+def nonempty(text: str) -> str:
+    """An id or name argument: an empty one would address the collection, not an item."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def _age(ts: float) -> str:
@@ -188,12 +209,12 @@ def add_approvals_parsers(sub: Any) -> None:
     _common(p)
     p.set_defaults(func=guard(list_command))
     p = sub.add_parser("show", help="show one approval with its arguments")
-    p.add_argument("id")
+    p.add_argument("id", type=nonempty)
     _common(p)
     p.set_defaults(func=guard(show_command))
     for name, command in (("approve", approve_command), ("deny", deny_command)):
         p = sub.add_parser(name, help=f"{name} a pending call")
-        p.add_argument("id")
+        p.add_argument("id", type=nonempty)
         p.add_argument("--comment", "-m", default=None, help="why (shown to the agent and in the decision log)")
         _common(p)
         p.set_defaults(func=guard(command))

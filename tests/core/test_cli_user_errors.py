@@ -97,3 +97,22 @@ def test_a_port_in_use_says_how_to_choose_another(command: str, config: Path, tm
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port 0" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["http://", "http://[::1", "http://127.0.0.1:notaport", "http://127.0.0.1:99999",
+                                 "http://a b", "http://127.0.0.1:8700/\x01"])
+@pytest.mark.parametrize("argv", [("approvals", "list"), ("approvals", "approve", "apr_x"), ("tools", "list")])
+def test_a_url_that_cannot_be_requested_is_a_usage_error(argv: tuple[str, ...], url: str) -> None:
+    result = customs(*argv, "--url", url, "--token", "t")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: --url" in result.stderr and "(e.g. http://127.0.0.1:8700)" in result.stderr
+
+
+@pytest.mark.parametrize("argv", [("approvals", "show", ""), ("approvals", "deny", " "),
+                                  ("tools", "approve", "", "deploy"), ("tools", "approve", "infra", "")])
+def test_an_empty_id_or_name_is_a_usage_error_not_a_request(argv: tuple[str, ...]) -> None:
+    # Nothing listens there: a request would answer "cannot reach", exit 3; the check answers first.
+    result = customs(*argv, "--url", f"http://127.0.0.1:{free_port()}", "--token", "t")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "must not be empty" in result.stderr
