@@ -93,6 +93,9 @@ async def test_resource_update_reaches_only_the_subscribed_session(watch_url: st
 async def watch_stdio() -> AsyncIterator[StdioUpstream]:
     upstream = StdioUpstream(UpstreamConfig(name="watch", command=(sys.executable, WATCH_SERVER_PATH), timeout_s=1))
     await upstream.start()
+    # connect() waits for the child only timeout_s (1 s, short for the tests' timeouts): a loaded machine
+    # can take longer to start a Python child, so wait for it to be up first.
+    await eventually(lambda: upstream.health().ready, within=30)
     yield upstream
     await upstream.stop()
 
