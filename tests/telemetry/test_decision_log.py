@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.config.load import ConfigError
 from gateway.config.model import DecisionLogConfig, TelemetryConfig
 from gateway.context import Actor, ApprovalState, CallContext, Decision, Principal, ToolInfo, canonical_json
 from gateway.errors import GatewayError, UpstreamErrorResponse
@@ -162,8 +163,9 @@ async def test_file_sink_is_line_atomic_under_concurrency(tmp_path: Path) -> Non
 
 async def test_unwritable_path_fails_at_start(tmp_path: Path) -> None:
     log = DecisionLog(DecisionLogConfig(path=tmp_path))  # a directory
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError) as info:  # named by its config key, as serve reports it
         await log.start()
+    assert "decision_log.path" in str(info.value) and "Is a directory" in str(info.value)
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to simulate a full disk")
