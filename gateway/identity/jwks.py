@@ -246,10 +246,20 @@ class UrlKeySource:
         self.last_error: str | None = None  # of the last fetch, None once one succeeds
 
     def readiness(self) -> tuple[bool, str]:
-        """Not ready while no key was ever fetched (every token would be refused): with the fetch's error."""
+        """Not ready while no key was ever fetched (every token would be refused): with the fetch's error.
+
+        Without keys the probe also starts a fetch (within the cool-down, in the background): a replica that is
+        not ready gets no traffic, so no token's unknown kid would ever fetch again once the IdP is back.
+        """
         if self._keys:
             return True, "ok" if self.last_error is None else f"last good keys kept; refresh failed: {self.last_error}"
+        if self._http is not None:
+            self._refresh_in_background()
         return False, f"no keys from {self.url}: {self.last_error or 'not fetched yet'}"
+
+    def _refresh_in_background(self) -> None:
+        if self._background is None or self._background.done():
+            self._background = asyncio.create_task(self._refetch(force=False), name="customs-jwks")
 
     @property
     def generation(self) -> int:
@@ -281,8 +291,7 @@ class UrlKeySource:
             if self._fetched_at is None or self._clock() - self._fetched_at >= self._refresh_s:
                 # Refresh behind the token, not in front of it: a slow IdP (up to the fetch timeout) would
                 # otherwise hold up every new token, and a failed refresh keeps these keys anyway.
-                if self._background is None or self._background.done():
-                    self._background = asyncio.create_task(self._refetch(force=False), name="customs-jwks")
+                self._refresh_in_background()
             return found
         await self._refetch(force=False)
         return select(self._keys, kid)

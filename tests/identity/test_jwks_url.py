@@ -117,6 +117,27 @@ async def test_unreachable_at_start_then_recovers(served: TestIssuer, make_ident
     assert await identifier.readiness() == (True, {served.url: "ok"})
 
 
+async def test_readiness_probe_fetches_keys_while_it_has_none(served: TestIssuer,
+                                                              make_identifier: MakeIdentifier) -> None:
+    """A replica started while its IdP was down is taken out of rotation by /readyz, so no token arrives whose
+    unknown kid would fetch again: it stayed not ready after the IdP came back. The probe now asks itself (at most
+    once per cool-down, in the background, so the probe does not wait for the IdP)."""
+    served.jwks_mode = "error"
+    monotonic = Clock(100.0)
+    identifier = await make_identifier(served.config(source="url"), monotonic=monotonic)
+    assert not (await identifier.readiness())[0]
+    await identifier.settle()
+    assert served.fetches == 1  # within the cool-down of the failed start-up attempt: no fetch per probe
+    served.jwks_mode = "normal"
+    monotonic.now += 31
+    assert not (await identifier.readiness())[0]  # this probe starts the fetch; the next one sees its keys
+    await identifier.settle()
+    assert served.fetches == 2
+    assert await identifier.readiness() == (True, {served.url: "ok"})
+    assert (await identifier.identify(bearer(served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")), None)).id == SHOPPER
+    assert served.fetches == 2
+
+
 async def test_fetch_timeout_and_size_bound(served: TestIssuer) -> None:
     async with aiohttp.ClientSession() as http:
         served.jwks_mode = "hang"
