@@ -5,7 +5,9 @@ tool's arguments, each optional. A per-tool record type (`type <upstream>_<tool>
 each tool. An argument two tools type differently is left out of `Args` (with a comment), so a policy
 reading it fails validation instead of guessing. JSON Schema → Cedar: string → String,
 integer/number → Long (fractional numbers arrive as `decimal`, see docs/policies.md), boolean → Bool,
-array → Set<item>, object → record; null in a type list is ignored; anything else is left out.
+array → Set<item>, object → record; null in a type list is ignored; `enum`/`const` by their values;
+local `$ref`s (`#/$defs/...`, as model-generated schemas type nested objects) are followed; anything
+else (and an argument with no single Cedar type) is left out of `Args`, with a comment.
 """
 
 from __future__ import annotations
@@ -14,41 +16,82 @@ import json
 import re
 from typing import Any
 
+from gateway.authz.entities import DEFAULT_BOUNDS
+
 BEGIN = "// BEGIN GENERATED ARGS"
 END = "// END GENERATED ARGS"
-_MAX_DEPTH = 4
+# Containers as deep as the argument conversion keeps them (entities.Bounds.max_depth, which counts the
+# arguments record as level 1): a field typed deeper would never reach a policy.
+_MAX_DEPTH = DEFAULT_BOUNDS.max_depth - 1
+_UNTYPED = "no single Cedar type"
 _SCALARS = {"string": "String", "integer": "Long", "number": "Long", "boolean": "Bool"}
 
 
-def cedar_type(schema: Any, depth: int = 0) -> str | None:
-    """The Cedar type of a JSON Schema, or None when it has no single Cedar type."""
-    if not isinstance(schema, dict) or depth > _MAX_DEPTH:
+def cedar_type(schema: Any, depth: int = 0, root: Any = None, refs: frozenset[str] = frozenset()) -> str | None:
+    """The Cedar type of a JSON Schema, or None when it has no single Cedar type. `root` is the document
+    local `$ref`s point into (the tool's inputSchema); `refs` those being expanded (a cycle has no type)."""
+    if not isinstance(schema, dict):
         return None
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        if not isinstance(ref, str) or ref in refs:
+            return None
+        return cedar_type(_resolve(root, ref), depth, root, refs | {ref})
     kind = schema.get("type")
     if isinstance(kind, list):
         kinds = [k for k in kind if k != "null"]
         kind = kinds[0] if len(kinds) == 1 else None
     if kind is None:
-        return _untyped(schema, depth)
+        return _untyped(schema, depth, root, refs)
     if kind in _SCALARS:
         return _SCALARS[kind]
+    if depth >= _MAX_DEPTH:
+        return None
     if kind == "array":
-        item = cedar_type(schema.get("items"), depth + 1)
+        item = cedar_type(schema.get("items"), depth + 1, root, refs)
         return f"Set<{item}>" if item else None
     if kind == "object":
-        return record_type(schema.get("properties"), depth + 1)
+        return record_type(schema.get("properties"), depth + 1, root, refs)
     return None
 
 
-def _untyped(schema: dict[str, Any], depth: int) -> str | None:
-    enum = schema.get("enum")
-    if isinstance(enum, list) and enum and all(isinstance(v, str) for v in enum):
-        return "String"
-    options = schema.get("anyOf") or schema.get("oneOf")
-    if isinstance(options, list):
-        found = {cedar_type(o, depth) for o in options if not (isinstance(o, dict) and o.get("type") == "null")}
-        if len(found) == 1 and None not in found:
-            return found.pop()
+def _resolve(root: Any, ref: str) -> Any:
+    """The subschema a local JSON pointer (`#/$defs/Item`) names in root; None for any other reference."""
+    if not ref.startswith("#"):
+        return None
+    node = root
+    for part in ref[1:].split("/")[1:]:
+        key = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return None
+    return node
+
+
+def _value_type(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "Bool"
+    if isinstance(value, int):
+        return "Long"
+    return "String" if isinstance(value, str) else None
+
+
+def _untyped(schema: dict[str, Any], depth: int, root: Any, refs: frozenset[str]) -> str | None:
+    values = schema.get("enum") if "const" not in schema else [schema["const"]]
+    if isinstance(values, list) and values:
+        kinds = {_value_type(v) for v in values}
+        return kinds.pop() if len(kinds) == 1 else None
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = schema.get(key)
+        # allOf only as a wrapper of one schema (older pydantic puts a described $ref there); an
+        # intersection of several has no Cedar counterpart.
+        if isinstance(options, list) and options and (key != "allOf" or len(options) == 1):
+            found = {cedar_type(o, depth, root, refs) for o in options
+                     if not (isinstance(o, dict) and o.get("type") == "null")}
+            return found.pop() if len(found) == 1 and None not in found else None
     return None
 
 
@@ -56,12 +99,12 @@ def _attr(name: str) -> str:
     return json.dumps(name)
 
 
-def record_type(properties: Any, depth: int = 0) -> str | None:
+def record_type(properties: Any, depth: int = 0, root: Any = None, refs: frozenset[str] = frozenset()) -> str | None:
     if not isinstance(properties, dict):
         return "{}"
     fields = []
     for name in sorted(properties):
-        typ = cedar_type(properties[name], depth)
+        typ = cedar_type(properties[name], depth, root, refs)
         if typ is not None:
             fields.append(f"{_attr(str(name))}?: {typ}")
     return "{ " + ", ".join(fields) + " }" if fields else "{}"
@@ -90,19 +133,24 @@ def schema_from_input_schemas(tools: dict[str, list[dict[str, Any]]]) -> str:
     for upstream in sorted(tools):
         for tool in sorted(tools[upstream], key=lambda t: str(t.get("name"))):
             name = str(tool.get("name", ""))
-            props = (tool.get("inputSchema") or {}).get("properties") or {}
-            lines.append(f"type {_ident(upstream, name, idents)} = {record_type(props)};  // {upstream}/{name}")
+            root = tool.get("inputSchema") or {}
+            props = root.get("properties") or {}
+            lines.append(f"type {_ident(upstream, name, idents)} = {record_type(props, 0, root)};  "
+                         f"// {upstream}/{name}")
             for arg in sorted(props):
-                typ = cedar_type(props[arg])
-                if typ is None:
-                    continue
+                # An argument one tool cannot type is left out as a conflict is: typing it by the other
+                # tools would let that tool's values reach policies as something the schema does not say.
+                typ = cedar_type(props[arg], 0, root) or _UNTYPED
                 owners.setdefault(arg, []).append(f"{upstream}/{name}: {typ}")
-                if merged.setdefault(arg, typ) != typ:
+                if merged.setdefault(arg, typ) != typ or typ == _UNTYPED:
                     conflicts.setdefault(arg, set()).add(typ)
     lines.append("// Arguments of every tool (each optional: tools differ).")
     lines.append("type Args = {")
     for arg in sorted(merged):
-        if arg in conflicts:
+        if conflicts.get(arg) == {_UNTYPED} and merged[arg] == _UNTYPED:
+            tools_of = "; ".join(o.rsplit(": ", 1)[0] for o in owners[arg])
+            lines.append(f"  // {_attr(arg)} left out: {_UNTYPED} ({tools_of})")
+        elif arg in conflicts:
             lines.append(f"  // {_attr(arg)} left out: conflicting types ({'; '.join(owners[arg])})")
         else:
             lines.append(f"  {_attr(arg)}?: {merged[arg]},")

@@ -33,3 +33,58 @@ def test_schema_reports_an_unreachable_upstream(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0
     assert "could not list the upstreams' tools" in proc.stderr
+
+
+_MODEL_SERVER = '''
+from pydantic import BaseModel
+from mcp.server.mcpserver import MCPServer
+
+class Line(BaseModel):
+    sku: str
+    qty: int
+
+class Order(BaseModel):
+    lines: list[Line]
+    total: float
+    note: str | None = None
+
+app = MCPServer("shop")
+
+@app.tool()
+def place(order: Order, rush: bool = False) -> str:
+    return "ok"
+
+app.run("stdio")
+'''
+
+
+def test_schema_types_model_arguments_a_real_sdk_server_sends_by_ref(tmp_path: Path) -> None:
+    """The SDK types a pydantic-model argument as `{"$ref": "#/$defs/Order"}`: it must reach `Args` typed, so a
+    policy on the order's fields validates, and one reading a misspelled field does not."""
+    server = tmp_path / "shop.py"
+    server.write_text(_MODEL_SERVER)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "schema.cedarschema").write_text((REPO / "policies" / "schema.cedarschema").read_text())
+    config = tmp_path / "customs.yaml"
+    config.write_text(yaml.safe_dump({"upstreams": [{"name": "shop", "command": [sys.executable, str(server)]}],
+                                      "policies": {"dir": str(policies)}}))
+    schema = tmp_path / "generated.cedarschema"
+    proc = subprocess.run([sys.executable, "-m", "gateway", "policy", "schema", "--config", str(config),
+                           "-o", str(schema)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert '"order"?: { "lines"?: Set<{ "qty"?: Long, "sku"?: String }>, "note"?: String, "total"?: Long },' \
+        in schema.read_text()
+    (policies / "schema.cedarschema").write_text(schema.read_text())
+
+    def validate(condition: str) -> subprocess.CompletedProcess[str]:
+        (policies / "shop.cedar").write_text(
+            '@id("big-orders")\nforbid (principal, action == Action::"call_tool", resource == Tool::"shop/place")\n'
+            f"when {{ {condition} }};\n")
+        return subprocess.run([sys.executable, "-m", "gateway", "policy", "validate", str(policies)],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    good = validate("context.args has order && context.args.order has total && context.args.order.total > 100")
+    assert good.returncode == 0, good.stderr
+    bad = validate("context.args has order && context.args.order.totl > 100")
+    assert bad.returncode == 1 and "totl" in bad.stderr, bad.stderr
