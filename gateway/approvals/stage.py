@@ -178,7 +178,10 @@ class ApproveStage:
 
     async def _hold(self, ctx: CallContext, item: Approval) -> Approval:
         """Wait for a decision on the open request, or answer approval_pending at once."""
-        if ctx.notify is None or self._config.wait_s <= 0 or self._released.is_set():
+        # The stateless 2026-07-28 revision is a client that cannot wait, SSE or not (issue 4): it is told the
+        # approval id at once and retries the identical call, which joins the item (docs/approvals.md).
+        stateless = bool(getattr(ctx.extra.get("session"), "stateless", False))
+        if ctx.notify is None or stateless or self._config.wait_s <= 0 or self._released.is_set():
             raise self._pending_error(item)
         cancelled: asyncio.Event = ctx.cancelled if isinstance(ctx.cancelled, asyncio.Event) else asyncio.Event()
         try:

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from gateway.demo.servers import payments_server
 from tests.support.mcp_client import sdk_client
@@ -147,3 +148,22 @@ async def test_a_held_call_whose_resumable_stream_drops_is_still_withdrawn(env: 
                 body = (await resumed.read()).decode()
     assert '"approval_cancelled"' in body  # its answer, kept for the resume (the old code kept none)
     assert await env.executed() == []
+
+
+async def test_a_stateless_client_is_told_pending_at_once_and_its_retry_runs_once(env: Env) -> None:
+    """The stateless 2026-07-28 revision cannot wait on a held call: it gets `approval_pending` with the id at
+    once, though it accepts SSE (the old code held its stream open for `approvals.wait_s`, here 60 s)."""
+    async def pay() -> Any:
+        async with sdk_client(env.gw.mcp, env.agent(), mode="auto") as client:
+            try:
+                return await asyncio.wait_for(client.call_tool("payments__pay", {"account": "acme-9", "amount": 8}), 15)
+            except MCPError as exc:
+                return exc.error
+
+    first, again = await pay(), await pay()
+    assert first.data["reason"] == "approval_pending" and first.data["approval_id"].startswith("apr_")
+    assert again.data["approval_id"] == first.data["approval_id"]  # joins the same item
+    status, _ = await env.api("POST", f"/api/approvals/{first.data['approval_id']}/approve", env.alice(), {})
+    assert status == 200
+    assert (await pay()).content[0].text == "paid 8.0 to acme-9"
+    assert [p["amount"] for p in await env.executed()] == [8.0]
