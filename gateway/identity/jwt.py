@@ -67,7 +67,7 @@ def _b64_json(segment: str, what: str) -> dict[str, Any]:
         raise TokenError(f"Malformed token {what}")
     try:
         value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:  # nesting past the parser's limit: not a JWT
         raise TokenError(f"Malformed token {what}") from exc
     if not isinstance(value, dict):
         raise TokenError(f"Malformed token {what}")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.tokens import TestIssuer, act_chain, forge, generate_key
+from tests.support.tokens import TestIssuer, act_chain, b64url, forge, generate_key
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,11 @@ ATTACKS: list[AttackCase] = [
     AttackCase("garbage_three_parts", "Malformed", _raw("Bearer a.b.c")),
     AttackCase("garbage_payload_array", "Malformed", lambda i, a: _bearer(forge({"alg": "RS256"}, {}).split(".")[0]
                                                              + ".WzFd.c2ln")),
+    # JSON nested deeper than the parser's recursion limit, read before any signature check: each such request
+    # got a 500 and a logged traceback. Short enough for the HTTP header line limit (8 KiB).
+    AttackCase("deeply_nested_header", "Malformed", _raw("Bearer " + b64url(b"[" * 5000) + ".e30.c2ln")),
+    AttackCase("deeply_nested_payload", "Malformed",
+               _raw("Bearer " + b64url(b'{"alg": "RS256"}') + "." + b64url(b'{"a": ' + b"[" * 5000) + ".c2ln")),
     AttackCase("empty_bearer", "Bearer", _raw("Bearer ")),
     AttackCase("basic_auth", "Bearer", _raw("Basic dXNlcjpwYXNz")),
     AttackCase("oversized_token", "too large", _raw("Bearer " + "a" * 20_000 + ".b.c")),
