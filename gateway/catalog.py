@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 import itertools
+import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -27,10 +28,36 @@ ANNOTATED: Final = {"read_only": "readOnlyHint", "destructive": "destructiveHint
              "open_world": "openWorldHint"}
 
 
+def usable_name(value: Any) -> bool:
+    """A name or URI an agent can ask for: a string of valid Unicode. Anything else an upstream lists (a
+    number, a lone surrogate from a JSON escape) names nothing callable and would fail Redis and Cedar."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# For definitions canonical JSON refuses: an upstream's NaN or Infinity (which its JSON may carry) is
+# hashed as the text Python writes for it instead of failing the upstream's whole list.
+_LENIENT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+
+
 def definition_hash(tool: Mapping[str, Any]) -> str:
-    """Pin of a tool: sha256 over name, description, input schema and annotations."""
+    """Pin of a tool: sha256 over name, description, input schema and annotations.
+
+    Total over anything an upstream's list parses to: a definition that failed to hash used to make the
+    upstream's tools uncallable and the aggregated tools/list an internal_error for every upstream's tools.
+    Definitions of valid Unicode and finite numbers hash exactly as before (pins stay valid)."""
     pinned = {k: tool.get(k) for k in ("name", "description", "inputSchema", "annotations")}
-    return "sha256:" + hashlib.sha256(canonical_json(pinned).encode()).hexdigest()
+    try:
+        text = canonical_json(pinned)
+    except ValueError:
+        text = _LENIENT.encode(pinned)
+    # surrogatepass: a lone surrogate (a JSON escape no UTF-8 holds) hashes instead of raising.
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def tool_info(upstream: UpstreamConfig, tool: Mapping[str, Any]) -> ToolInfo:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.catalog import Catalog, exposed_uri
+from gateway.catalog import Catalog, exposed_uri, usable_name
 from gateway.context import Decision, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.pinning import ToolGuard
@@ -106,6 +106,19 @@ class Lister:
             shown.append(out)
         return shown
 
+    def _well_named(self, kind: ListKind, upstream: str, item: Any) -> bool:
+        """An item whose name (URI) is a `usable_name`: another failed Cedar, and so the whole list."""
+        if not isinstance(item, dict):
+            return False
+        name = item.get(kind.name_field)
+        if usable_name(name):
+            return True
+        if (upstream, ascii(name)) not in self._unreachable:
+            self._unreachable.add((upstream, ascii(name)))
+            log.warning("%s from %s: item with unusable %s %s left out", kind.method, upstream, kind.name_field,
+                        ascii(name)[:200])
+        return False
+
     def _reachable(self, kind: ListKind, upstream: str, own: str, exposed: str) -> bool:
         """Whether a call naming `exposed` reaches this very item. With overlapping prefixes (`a__` and
         `a__b__`, or a custom `prefix`) one upstream's `b__pay` and another's `pay` both read `a__b__pay`:
@@ -175,6 +188,7 @@ class Lister:
 
     async def _learn(self, kind: ListKind, upstream: str, items: list[Any], *, complete: bool) -> list[Any]:
         """Tools pass the pin check before anyone sees them; the catalog learns only usable ones."""
+        items = [item for item in items if self._well_named(kind, upstream, item)]
         if kind.method != "tools/list":
             return items
         verdict = await self._guard.check(upstream, [i for i in items if isinstance(i, dict)])

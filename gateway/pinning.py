@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 from redis.exceptions import RedisError
 
-from gateway.catalog import definition_hash
+from gateway.catalog import definition_hash, usable_name
 from gateway.config.model import UpstreamConfig
 from gateway.errors import GatewayError
 
@@ -190,6 +190,8 @@ class ToolGuard:
         self._flagged: dict[str, set[tuple[str, str]]] = {u: set() for u in self._configs}  # (tool, description)
 
     async def check(self, upstream: str, tools: list[dict[str, Any]]) -> Verdict:
+        # A tool no agent can name is never usable, and its name would fail the pin store for every tool.
+        tools = [tool for tool in tools if usable_name(tool.get("name"))]
         if self._mode == "off":
             return Verdict(tools, [], [])
         pins = await self._store.get_all(upstream)

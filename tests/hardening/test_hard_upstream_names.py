@@ -1,4 +1,5 @@
-"""Hostile tool names from upstreams: what the aggregated `/mcp` view lists is what a call by that name reaches.
+"""Hostile tool lists from upstreams: what the aggregated `/mcp` view lists is what a call by that name reaches,
+and one upstream's odd definitions cannot break the list or the calls of any other.
 
 Names are namespaced `<prefix><tool>`; prefixes may overlap (upstream `a` with `a__`, upstream `a__b` with
 `a__b__`, or custom `prefix` values), so two upstreams' tools can read the same after namespacing.
@@ -6,12 +7,16 @@ Names are namespaced `<prefix><tool>`; prefixes may overlap (upstream `a` with `
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import mcp_types as types
 import pytest
+from aiohttp import web
 from mcp.server import Server
 
 from tests.hardening.conftest import ANON, RawClient, reason
@@ -80,3 +85,73 @@ async def test_a_name_two_upstreams_share_after_namespacing_is_listed_once_as_th
                                                                                               "tools")
         status, _, body = await own.call("b__pay", {})
         assert status == 200 and body["result"]["content"][0]["text"] == "a ran b__pay", body
+
+
+@asynccontextmanager
+async def raw_upstream(tools: bytes, calls: list[str]) -> AsyncIterator[str]:
+    """A streamable HTTP upstream answering with exact bytes: JSON a Python server may well write (NaN,
+    Infinity, lone surrogates as escapes) though no SDK model would build it."""
+    async def handle(request: web.Request) -> web.Response:
+        message = json.loads(await request.read())
+        if "id" not in message:
+            return web.Response(status=202)
+        if message["method"] == "initialize":
+            result = (b'{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},'
+                      b'"serverInfo":{"name":"raw","version":"1"}}')
+        elif message["method"] == "tools/list":
+            result = b'{"tools":' + tools + b'}'
+        else:
+            calls.append(message["params"]["name"])
+            result = b'{"content":[{"type":"text","text":"raw ran"}]}'
+        body = b'{"jsonrpc":"2.0","id":' + json.dumps(message["id"]).encode() + b',"result":' + result + b'}'
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/mcp", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/mcp"
+    finally:
+        await runner.cleanup()
+
+
+ODD_TOOLS = [
+    b'{"name":"nan_schema","inputSchema":{"type":"object","properties":{"n":{"maximum":NaN,"minimum":-Infinity}}}}',
+    b'{"name":"nan_hint","annotations":{"readOnlyHint":NaN},"inputSchema":{"type":"object"}}',
+    b'{"name":"big_number","inputSchema":{"type":"object","maximum":1e400}}',
+    b'{"name":"surrogate_text","description":"\\ud800 read","inputSchema":{"type":"object"}}',
+    b'{"name":"bad\\udfffname","inputSchema":{"type":"object"}}',
+    b'{"name":7,"inputSchema":{"type":"object"}}',
+]
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_odd_json_in_one_upstreams_tool_list_breaks_neither_the_list_nor_any_call(
+        start_gateway: Any, permissive_policies: Path, redis_factory: Any, store: str) -> None:
+    # A NaN, an infinity or a lone surrogate in one tool's definition failed its pin hash, and a name no agent
+    # can send failed Cedar (and Redis): the aggregated tools/list was an internal_error for every upstream's
+    # tools and every tool of that upstream was uncallable.
+    calls: list[tuple[str, str]] = []
+    raw_calls: list[str] = []
+    good = named_server("good", [tool("fine", "Works")], [], calls)
+    config_store: Any = "memory" if store == "memory" else {"redis": {"url": redis_factory(appendonly=False).url}}
+    async with raw_upstream(b"[" + b",".join(ODD_TOOLS) + b"]", raw_calls) as url_raw, \
+            run_http_server(good) as url_good, aiohttp.ClientSession() as http:
+        gw = await start_gateway({"upstreams": [{"name": "raw", "url": url_raw}, {"name": "good", "url": url_good}],
+                                  "identity": ANON, "store": config_store,
+                                  "policies": {"dir": str(permissive_policies), "watch": False}})
+        client = RawClient(http, gw.mcp)
+        await client.initialize()
+        names = sorted(name for name, _ in await listed(client, "tools/list", "tools"))
+        # Names no agent can send (a lone surrogate, a number) are left out; every other tool is listed.
+        assert names == ["good__fine", "raw__big_number", "raw__nan_hint", "raw__nan_schema", "raw__surrogate_text"]
+        for name in names:
+            status, _, body = await client.call(name, {})
+            assert status == 200 and "result" in body, (name, body)
+        status, _, body = await client.call("raw__7", {})
+        assert status == 200 and reason(body) == "unknown_tool", body
+        assert raw_calls == ["big_number", "nan_hint", "nan_schema", "surrogate_text"]
+        assert calls == [("good", "fine")]
