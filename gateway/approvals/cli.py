@@ -17,6 +17,8 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from gateway.approvals.model import STATES
+
 DEFAULT_URL = "http://127.0.0.1:8700"
 HINTS = {
     401: "the gateway did not accept your token: pass --token or set CUSTOMS_TOKEN to a valid approver token",
@@ -190,6 +192,15 @@ def seconds(text: str) -> float:
     return value
 
 
+def _states(text: str) -> str:
+    """--state: `all`, or one state or a comma list of them; checked here so a typo is a usage error (exit 2)
+    naming the option, not a gateway refusal (exit 1)."""
+    parts = [part.strip() for part in text.split(",")]
+    if text.strip() == "all" or all(part in STATES for part in parts):
+        return "all" if text.strip() == "all" else ",".join(parts)
+    raise argparse.ArgumentTypeError(f"must be all, or one or more (comma-separated) of {', '.join(STATES)}: {text!r}")
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -203,7 +214,7 @@ def _positive(text: str) -> int:
 def add_approvals_parsers(sub: Any) -> None:
     """Register list/show/approve/deny under an `approvals` subparsers object (each sets `func`)."""
     p = sub.add_parser("list", help="list approvals (pending by default)")
-    p.add_argument("--state", default="pending",
+    p.add_argument("--state", type=_states, default="pending",
                    help="pending|approved|denied|expired|cancelled|abandoned|all (comma list allowed)")
     p.add_argument("--limit", type=_positive, default=100, help="at most this many (1-1000, default 100)")
     _common(p)

@@ -82,6 +82,16 @@ async def test_limit_out_of_range_is_a_usage_error(web_kit: WebKit) -> None:
         assert code == 2 and "--limit" in err, (bad, err)
 
 
+async def test_a_state_that_is_not_one_is_a_usage_error(web_kit: WebKit) -> None:
+    # As --limit: a typo is the caller's mistake (exit 2, naming the option), not a refusal by the gateway (1).
+    item, _ = await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
+    for bad in ("pendin", "pending,bogus", "", "all,pending"):
+        code, _, err = await _cli("list", "--state", bad, "--url", web_kit.url, token=web_kit.token("alice"))
+        assert code == 2 and "--state" in err and "Traceback" not in err, (bad, err)
+    code, out, err = await _cli("list", "--state", "denied,pending", "--url", web_kit.url, token=web_kit.token("alice"))
+    assert code == 0 and item.id in out, err
+
+
 
 async def test_a_url_that_is_not_the_gateway_base_says_so_not_no_such_approval(web_kit: WebKit) -> None:
     # The URL agents use (…/mcp) is the likeliest mistake: every API path under it is a plain 404, which
