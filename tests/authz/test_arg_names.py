@@ -8,7 +8,7 @@ from pathlib import Path
 import cedarpy
 import pytest
 
-from gateway.authz.argnames import args_reads, schema_args
+from gateway.authz.argnames import args_reads, schema_args, schema_totals
 from gateway.authz.policyset import PolicyLoadError, load_policies
 
 
@@ -53,3 +53,31 @@ def test_no_args_type_no_check(tmp_path: Path) -> None:
         "entity A; action call_tool appliesTo { principal: [A], resource: [A], context: { args: { n?: Long } } };")
     (tmp_path / "p.cedar").write_text('@id("p")\npermit (principal, action, resource) when { context.args has m };')
     assert len(load_policies(tmp_path)) == 1
+
+
+def test_loading_refuses_a_misspelled_task_total(policy_dir: Path) -> None:
+    """`context.task.totals` is optional too: a forbid guarded by a misspelled total (`has amout`) validates as
+    always false and never fires, however much the task paid. The names are checked against the schema's
+    `Task` type's `totals` record, like arguments against `Args`."""
+    (policy_dir / "cap.cedar").write_text(
+        '@id("task-cap")\nforbid (principal, action == Action::"call_tool", resource)\n'
+        'when { context has task && context.task has totals && context.task.totals has amout && '
+        'context.task.totals.amout > 50000 };\n'
+        '@id("fine")\nforbid (principal, action == Action::"call_tool", resource)\n'
+        'when { context has task && context.task has totals && context["task"]["totals"] has amount && '
+        'context.task.totals.amount > 90000 };\n')
+    with pytest.raises(PolicyLoadError) as caught:
+        load_policies(policy_dir)
+    assert caught.value.problems == [
+        f"{policy_dir / 'cap.cedar'}: policy 'task-cap': total 'amout' read on context.task.totals is not in "
+        "the schema's Task totals record; did you mean 'amount'?"]
+
+
+def test_schema_totals_from_cedar_rendering() -> None:
+    def totals(text: str) -> frozenset[str] | None:
+        return schema_totals(cedarpy.Schema.from_str(text + " entity E;"))
+    assert totals('type Task = { calls?: Long, totals?: { amount?: Long, "fee-x"?: Long }, seen?: Set<String> };') \
+        == {"amount", "fee-x"}
+    assert totals("type Task = { totals?: {} };") == frozenset()
+    assert totals("type Task = { calls?: Long };") is None
+    assert totals("type Other = { totals?: { a?: Long } };") is None
