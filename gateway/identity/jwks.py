@@ -177,7 +177,7 @@ class FileKeySource:
             return keys_from_pem(data, str(self._path))
         try:
             document = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise KeySetError(f"{self._path}: not valid JSON") from exc
         return keys_from_jwks(document, str(self._path))
 
@@ -332,7 +332,7 @@ class UrlKeySource:
                     raise KeySetError(f"{self.url}: JWKS larger than {self._max_bytes} bytes")
         try:
             return json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # nesting past the parser's limit is no JWKS either
             raise KeySetError(f"{self.url}: not valid JSON") from exc
 
     @property

@@ -186,11 +186,12 @@ async def test_duplicate_issuer_is_a_config_error(issuer: TestIssuer) -> None:
 @pytest.mark.parametrize(("content", "pem", "message"), [
     (None, False, "cannot read"),
     ("{not json", False, "not valid JSON"),
+    ("[" * 100_000, False, "not valid JSON"),  # past the parser's recursion limit: was a RecursionError
     (json.dumps({"nope": []}), False, "not a JWKS"),
     (json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}]}), False, "no usable"),
     (json.dumps({"keys": [{"kty": "RSA", "kid": "bad", "n": "!!", "e": "AQAB"}, "x"]}), False, "no usable"),
     ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", True, "not a PEM"),
-], ids=["missing", "bad-json", "not-jwks", "only-symmetric", "malformed-keys", "bad-pem"])
+], ids=["missing", "bad-json", "deeply-nested", "not-jwks", "only-symmetric", "malformed-keys", "bad-pem"])
 def test_unusable_key_files(tmp_path: Path, content: str | None, pem: bool, message: str) -> None:
     path = tmp_path / ("key.pem" if pem else "jwks.json")
     if content is not None:

@@ -86,7 +86,7 @@ async def test_stale_keys_are_refreshed_after_refresh_interval(served: TestIssue
     assert served.fetches == 2
 
 
-@pytest.mark.parametrize("mode", ["error", "garbage", "oversize"])
+@pytest.mark.parametrize("mode", ["error", "garbage", "oversize", "nested"])
 async def test_failed_refetch_keeps_the_last_good_keys(mode: str, served: TestIssuer,
                                                        make_identifier: MakeIdentifier) -> None:
     monotonic = Clock(100.0)
@@ -98,6 +98,15 @@ async def test_failed_refetch_keeps_the_last_good_keys(mode: str, served: TestIs
     await identifier.settle()
     assert served.fetches == 2
     assert (await identifier.identify(bearer(served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")), None)).id == SHOPPER
+
+
+async def test_nested_json_at_start_is_a_failed_fetch(served: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    """A JWKS nested past the JSON parser's recursion limit raised RecursionError out of the fetch: the gateway did
+    not start, and later a refresh answered the token's request with a 500. It is a failed fetch like bad JSON."""
+    served.jwks_mode = "nested"
+    identifier = await make_identifier(served.config(source="url"), monotonic=Clock(100.0))  # start must not raise
+    ready, detail = await identifier.readiness()
+    assert not ready and detail == {served.url: f"no keys from {served.url}: {served.url}: not valid JSON"}, detail
 
 
 async def test_unreachable_at_start_then_recovers(served: TestIssuer, make_identifier: MakeIdentifier) -> None:

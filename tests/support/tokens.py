@@ -134,7 +134,7 @@ class TestIssuer:
         self.retired: list[SigningKey] = []
         self.jwks_path = directory / f"{name}-jwks.json"
         self.fetches = 0
-        self.jwks_mode = "normal"  # normal | oversize | hang | error | garbage
+        self.jwks_mode = "normal"  # normal | oversize | hang | error | garbage | nested
         self._runner: web.AppRunner | None = None
         self._hang: asyncio.Event | None = None
         self.url: str | None = None
@@ -233,6 +233,8 @@ class TestIssuer:
             return web.Response(status=500, text="boom")
         if self.jwks_mode == "garbage":
             return web.Response(body=b"not json", content_type="application/json")
+        if self.jwks_mode == "nested":  # deeper than the JSON parser's recursion limit
+            return web.Response(body=b"[" * 100_000, content_type="application/json")
         if self.jwks_mode == "hang":
             assert self._hang is not None
             await self._hang.wait()  # released at close(); the client's timeout fires first
