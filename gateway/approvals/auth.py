@@ -95,6 +95,12 @@ class ApproverAuth:
         raise Refused(401, "unauthenticated", "sign in with a bearer token")
 
     @staticmethod
+    def form_csrf_ok(request: web.Request, submitted: object) -> bool:
+        """The sign-in/out forms' double-submit check (constant time, as check_csrf)."""
+        expected = request.cookies.get(CSRF_COOKIE, "")
+        return bool(expected) and isinstance(submitted, str) and hmac.compare_digest(expected, submitted)
+
+    @staticmethod
     def check_csrf(request: web.Request, approver: Approver, submitted: str | None) -> None:
         """Double-submit: a cookie-authenticated change must carry the CSRF cookie's value."""
         if approver.via != "cookie":

@@ -278,8 +278,7 @@ class ApprovalsWeb:
             form = await _read(request, request.post)
         except Refused as exc:
             return self._signin_page(request, exc.message, exc.status)
-        expected = request.cookies.get("customs_csrf", "")
-        if not expected or form.get("csrf") != expected:
+        if not self._auth.form_csrf_ok(request, form.get("csrf")):
             return self._signin_page(request, "The sign-in form expired; please try again.", 403)
         token = str(form.get("token") or "").strip()
         if token.lower().startswith("bearer "):
@@ -297,8 +296,7 @@ class ApprovalsWeb:
             form = await _read(request, request.post)
         except Refused as exc:
             return self._signin_page(request, exc.message, exc.status)
-        expected = request.cookies.get("customs_csrf", "")
-        if not expected or form.get("csrf") != expected:
+        if not self._auth.form_csrf_ok(request, form.get("csrf")):
             return self._signin_page(request, "Sign-out needs a fresh page; please try again.", 403)
         session = _session_key(request)
         for signed_out in self._streams.pop(session, set()) if session is not None else ():
