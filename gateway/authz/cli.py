@@ -172,11 +172,10 @@ def _check_tool(tool: dict[str, Any], where: str) -> None:
 def _live_tools(config: Any) -> dict[str, list[dict[str, Any]]]:
     import asyncio
 
-    from gateway.authz.live_tools import fetch_tools
-    from gateway.errors import GatewayError
+    from gateway.authz.live_tools import ToolListError, fetch_tools
     try:
         return asyncio.run(fetch_tools(config))
-    except (GatewayError, OSError) as exc:
+    except ToolListError as exc:
         raise CaseError(f"could not list the upstreams' tools: {exc}") from exc
 
 

@@ -42,9 +42,22 @@ async def _one(config: Config, name: str, http: aiohttp.ClientSession) -> list[d
         await upstream.stop()
 
 
+class ToolListError(Exception):
+    """Upstreams that could not be asked for their tools: one `  <upstream>: <why>` line each."""
+
+
 async def fetch_tools(config: Config) -> dict[str, list[dict[str, Any]]]:
-    """{upstream: [tool, ...]} for every upstream; raises the first upstream's failure."""
+    """{upstream: [tool, ...]} for every upstream; ToolListError naming every upstream that failed.
+
+    Every upstream is waited for, failed or not: each stops its own child and connections as it ends. One
+    left running when the first failure returned was cancelled by asyncio.run's teardown together with its
+    subprocess's own tasks, and stopping the child then never finished (the command hung).
+    """
     async with aiohttp.ClientSession() as http:
         names = [u.name for u in config.upstreams]
-        results = await asyncio.gather(*(_one(config, n, http) for n in names))
-    return dict(zip(names, results, strict=True))
+        results = await asyncio.gather(*(_one(config, n, http) for n in names), return_exceptions=True)
+    failed = [f"  {name}: {result}" for name, result in zip(names, results, strict=True)
+              if isinstance(result, BaseException)]
+    if failed:
+        raise ToolListError("\n" + "\n".join(failed))
+    return {name: result for name, result in zip(names, results, strict=True) if isinstance(result, list)}

@@ -88,3 +88,20 @@ def test_schema_types_model_arguments_a_real_sdk_server_sends_by_ref(tmp_path: P
     assert good.returncode == 0, good.stderr
     bad = validate("context.args has order && context.args.order.totl > 100")
     assert bad.returncode == 1 and "totl" in bad.stderr, bad.stderr
+
+
+def test_every_failing_upstream_is_reported_and_none_is_left_running(tmp_path: Path) -> None:
+    """One upstream failing at once (refused) while another is still starting (a child that exits at start,
+    waited for up to its timeout_s) used to leave the second one's tasks to asyncio.run's teardown, which
+    never finished: the command hung. Each upstream is now waited for and every failure listed."""
+    config = tmp_path / "customs.yaml"
+    config.write_text(yaml.safe_dump({
+        "upstreams": [{"name": "gone", "url": "http://127.0.0.1:9/mcp"},
+                      {"name": "dies", "command": [sys.executable, "-c", "raise SystemExit(3)"], "timeout_s": 2}],
+        "policies": {"dir": str(REPO / "policies")}}))
+    proc = subprocess.run([sys.executable, "-m", "gateway", "policy", "schema", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "could not list the upstreams' tools" in proc.stderr
+    assert "  gone: upstream_unavailable" in proc.stderr and "  dies: upstream_unavailable" in proc.stderr
