@@ -46,3 +46,27 @@ def test_documented_yaml_example_is_valid(block: str) -> None:
 
 def test_compose_config_is_valid() -> None:
     parse_config(yaml.safe_load((REPO / "compose" / "customs.yaml").read_text()), env=ENV, base=REPO)
+
+
+def _config_keys(model: type, prefix: str = "", seen: frozenset[type] = frozenset()) -> list[str]:
+    """Every key path of the config models (`store.redis.max_connections`), nested models included."""
+    from pydantic import BaseModel
+
+    keys: list[str] = []
+    for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+        key = field.alias or name
+        keys.append(prefix + key)
+        for kind in (field.annotation, *getattr(field.annotation, "__args__", ())):
+            for inner in (kind, *getattr(kind, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel) and inner not in seen:
+                    keys += _config_keys(inner, f"{prefix}{key}.", seen | {model})
+    return keys
+
+
+def test_every_config_key_is_documented() -> None:
+    from gateway.config.model import Config
+
+    docs = "\n".join(page.read_text() for page in sorted((REPO / "docs").glob("*.md")))
+    missing = [key for key in _config_keys(Config)
+               if not re.search(rf"\b{re.escape(key.rsplit('.', 1)[-1])}\b", docs)]
+    assert not missing, f"config keys no page under docs/ names: {missing}"
