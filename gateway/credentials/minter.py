@@ -51,8 +51,11 @@ def scope_token(name: str, value: Any) -> str:
 
 
 def scope_of(tool_names: Sequence[str], narrowed: Mapping[str, Any] | None) -> str:
-    """The `scope` claim: the tool names, then (for a tool call) each narrowed argument's scope token."""
-    tokens = list(tool_names)
+    """The `scope` claim: the item names, then (for a tool call) each narrowed argument's scope token.
+
+    Names are percent-encoded like the values: MCP tool names are unreserved characters and stay as they
+    are, but a resource URI (`inventory://skus`) would otherwise read as the narrowed argument `inventory`."""
+    tokens = [quote(name, safe="") for name in tool_names]
     if narrowed is not None and tool_names:  # a session-level token names no tool and no argument
         tokens += [scope_token(name, value) for name, value in narrowed.items()]
     return " ".join(tokens)

@@ -177,3 +177,14 @@ async def test_es256_signing(tmp_path, clock: Clock) -> None:
     assert jwt.get_unverified_header(token)["alg"] == "ES256"
     assert decode(svc, token, "http://127.0.0.1:9002/mcp")["sub"] == "spiffe://acme/agent-1"
     await svc.close()
+
+
+async def test_item_names_in_scope_never_read_as_narrowed_arguments(service: CredentialService) -> None:
+    """A resource URI was put in `scope` as it is, so `inventory://skus` read as the narrowed argument
+    `inventory` with the value `//skus` under the documented format; names are now percent-encoded like the
+    values (tool names, made of unreserved characters, are unchanged)."""
+    pay = upstream(service, "payments")
+    _, claims = await service.minter.mint(agent(), pay, ["inventory://skus?a=b c"], None, "t-res")
+    assert claims["scope"] == "inventory%3A%2F%2Fskus%3Fa%3Db%20c account=null"  # payments narrows `account`
+    _, claims = await service.minter.mint(agent(), pay, ["get_stock-v2.1"], {"account": "a:b"}, "t-tool")
+    assert claims["scope"] == "get_stock-v2.1 account:a%3Ab"
