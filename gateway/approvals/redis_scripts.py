@@ -23,15 +23,23 @@ local function finish(id, state, now, keep_ms)
   redis.call('PUBLISH', P .. 'events', id)
 end
 """
-# ARGV: prefix, id, now, link_ms, keep_ms, key, expires_at, created_at, quorum, rec_json
+# ARGV: prefix, id, now, link_ms, keep_ms, key, expires_at, created_at, quorum, rec_json, mark_join
 #   -> {id, status (0 joined or told, 1 created, 2 found due and expired here), hgetall}
+# With mark_join (older replicas do not send it), joining a pending item stamps `joined_at` (Redis TIME, ms):
+# the retry shows its agent is still there, so ABANDON no longer counts holds from before it (see there).
 CREATE_OR_JOIN: Final = _HELPERS + """
 local link = P .. 'key:' .. ARGV[6]
 local now = tonumber(ARGV[3])
 local cur = redis.call('GET', link)
 if cur then
   local f = redis.call('HMGET', item_key(cur), 'state', 'expires_at', 'executed')
-  if f[1] == 'pending' and now < tonumber(f[2]) then return {cur, 0, redis.call('HGETALL', item_key(cur))} end
+  if f[1] == 'pending' and now < tonumber(f[2]) then
+    if ARGV[11] then
+      local t = redis.call('TIME')
+      redis.call('HSET', item_key(cur), 'joined_at', t[1] * 1000 + math.floor(t[2] / 1000))
+    end
+    return {cur, 0, redis.call('HGETALL', item_key(cur))}
+  end
   if (f[1] == 'approved' and f[3] == '0') or f[1] == 'denied' then
     return {cur, 0, redis.call('HGETALL', item_key(cur))}
   end
@@ -139,12 +147,15 @@ if redis.call('HGET', key, 'state') ~= 'pending' then return 0 end
 local t = redis.call('TIME')
 local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 local held = redis.call('HGETALL', P .. 'held:' .. ARGV[2])
+-- A holder whose last heartbeat came before the agent's latest retry joined the item died after that agent
+-- had moved on (a replica killed under a held call, the agent retrying elsewhere): its hold says nothing.
+local joined = tonumber(redis.call('HGET', key, 'joined_at') or '0')
 local live, dead = 0, 0
 for i = 1, #held, 2 do
   local beat = redis.call('HGET', P .. 'holders', held[i])
   local count = tonumber(held[i + 1])
   if beat and now_ms - tonumber(beat) < tonumber(ARGV[5]) then live = live + count
-  elseif count > 0 then dead = dead + count end
+  elseif count > 0 and not (beat and tonumber(beat) < joined) then dead = dead + count end
 end
 if live == 0 and dead > 0 then
   finish(ARGV[2], 'abandoned', ARGV[3], tonumber(ARGV[4]))
