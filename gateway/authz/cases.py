@@ -8,6 +8,7 @@ determine it. The same runner serves `customs policy test` and pytest.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,28 @@ def _typed(context: dict[str, Any], key: str, kind: type | tuple[type, ...], whe
     return value
 
 
+_TASK_KEYS = frozenset({"calls", "totals", "seen_tools", "not_counted"})
+
+
+def _task(task: dict[str, Any], where: str) -> None:
+    """context.task as the gateway gives it: a fact of another shape would be dropped by the conversion, and the
+    case would test a task that never did what the file says (a misspelled `totals` paid nothing)."""
+    _check_keys(task, _TASK_KEYS, f"{where}: context.task")
+    calls = task.get("calls")
+    if calls is not None and (not isinstance(calls, int) or isinstance(calls, bool) or calls < 0):
+        raise CaseError(f"{where}: context.task.calls must be a whole number, got {calls!r}")
+    totals = task.get("totals")
+    if totals is not None and not isinstance(totals, dict):
+        raise CaseError(f"{where}: context.task.totals must be a mapping of summed argument to number")
+    for name, value in (totals or {}).items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise CaseError(f"{where}: context.task.totals.{name} must be a number, got {value!r}")
+    for key in ("seen_tools", "not_counted"):
+        value = task.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise CaseError(f"{where}: context.task.{key} must be a list of strings, got {value!r}")
+
+
 def _given(case: dict[str, Any], where: str) -> dict[str, Any]:
     """The case's context facts: `context:` entries and the older flat keys, each stated at most once."""
     context = case.get("context") or {}
@@ -199,7 +222,7 @@ def facts_from(case: dict[str, Any], environment: str, where: str) -> tuple[E.Ca
     if "chain_depth" in given:
         overrides.append(("chain_depth", _typed(given, "chain_depth", int, where)))
     if "task" in given and given["task"] is not None:
-        _typed(given, "task", dict, where)
+        _task(_typed(given, "task", dict, where), where)
     facts = E.CallFacts(
         args=mapping(given.get("args"), where, "args (the call's arguments)"),
         environment=str(_typed(given, "environment", str, where) if "environment" in given else environment),

@@ -157,3 +157,23 @@ def test_explain_takes_the_same_context_facts(tmp_path: Path) -> None:
     assert report["outcome"] == "approval_required" and report["context"]["time"] == {"hour": 9, "weekday": 1}
     unknown = explain({"enviroment": "production"})
     assert unknown.returncode == 2 and "unknown key(s) ['enviroment']" in unknown.stderr
+
+
+def test_task_facts_of_the_wrong_shape_exit_2(tmp_path: Path) -> None:
+    """A misspelled `totals` (or a total given as text) used to be dropped: the case then tested a task that
+    had paid nothing, and a cap case passed or failed for the wrong reason."""
+    def case(task: str) -> subprocess.CompletedProcess[str]:
+        return policy_test(tmp_path, "tools:\n  payments/pay: {read_only: false}\ncases:\n"
+                           "  - {name: cap, principal: {sub: a, tenant: acme}, tool: payments/pay, args: {amount: 5},\n"
+                           f"     task: {task}, expect: approval_required}}\n")
+    fine = case("{calls: 2, totals: {amount: 10001.5}, seen_tools: [payments/pay], not_counted: []}")
+    assert fine.returncode == 0, fine.stdout + fine.stderr
+    for task, problem in (("{total: {amount: 10001}}", "context.task: unknown key(s) ['total']"),
+                          ("{totals: {amount: '10001'}}", "context.task.totals.amount must be a number"),
+                          ("{totals: [10001]}", "context.task.totals must be a mapping"),
+                          ("{calls: many}", "context.task.calls must be a whole number"),
+                          ("{seen_tools: payments/pay}", "context.task.seen_tools must be a list of strings"),
+                          ("{not_counted: [1]}", "context.task.not_counted must be a list of strings")):
+        result = case(task)
+        assert result.returncode == 2 and "cases[0]" in result.stderr and problem in result.stderr, \
+            (task, result.stdout, result.stderr)
