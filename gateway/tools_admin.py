@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from gateway.approvals.auth import ANONYMOUS_MODE
 from gateway.approvals.cli import DEFAULT_URL, guard, nonempty, request_json, seconds
 from gateway.errors import GatewayError
 from gateway.http.guards import timed_read
@@ -35,7 +36,9 @@ class ToolsAdmin:
         principal = await self._identifier.identify(request.headers, None)
         groups = principal.attributes.get("groups") or []
         if principal.anonymous or self._group not in groups:
-            raise web.HTTPForbidden(text=json.dumps({"error": {"reason": "forbidden"}}),
+            message = (ANONYMOUS_MODE.format(who="administer tools") if principal.anonymous
+                       else f"not in the administrators' group {self._group!r}")
+            raise web.HTTPForbidden(text=json.dumps({"error": {"reason": "forbidden", "message": message}}),
                                     content_type="application/json")
         return principal.id
 

@@ -61,6 +61,12 @@ def cedar_approver_check(decide_approve: Callable[[str, list[str], dict[str, Any
     return check
 
 
+# Anonymous identity gives every caller, token or not, the same principal: nobody can be an approver or an
+# administrator, and a person told only "use a valid token" would look for one that cannot exist.
+ANONYMOUS_MODE = ("this gateway runs identity.mode: anonymous, where no token identifies anyone, so no one can "
+                  "{who} here: configure identity.mode: jwt with your issuer (customs demo does)")
+
+
 class ApproverAuth:
     """Authenticates approvers and decides whether one may decide a given item."""
 
@@ -76,8 +82,8 @@ class ApproverAuth:
             principal = await self._identifier.identify(headers, None)
         except GatewayError as exc:
             raise Refused(401, "unauthenticated", exc.message) from exc
-        if principal.anonymous:
-            raise Refused(401, "unauthenticated", "approvers must sign in with a token")
+        if principal.anonymous:  # a token was sent, so this is anonymous mode: no token names anyone
+            raise Refused(401, "unauthenticated", ANONYMOUS_MODE.format(who="approve"))
         if self._issuer is not None and principal.issuer != self._issuer:
             raise Refused(403, "forbidden", "tokens from this issuer may not approve")
         return principal

@@ -63,7 +63,8 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
         if not isinstance(error, dict):  # another service's error shape ({"error": "not found"})
             error = {}
         detail = error.get("message") or exc.reason
-        hint = hints.get(exc.code, "")
+        # An anonymous gateway's refusal says what to change; "use a valid token" would contradict it.
+        hint = "" if "identity.mode: anonymous" in str(detail) else hints.get(exc.code, "")
         if exc.code in (404, 405) and not error.get("reason"):
             # Not the API's own refusal (that carries a reason): no such route, so --url is not the base URL.
             hint = (f"nothing answers {method} {path} at --url {args.url}: --url must be the gateway's base URL "
