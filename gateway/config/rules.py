@@ -110,14 +110,26 @@ def limit_rule_rules(rule: Any) -> Iterator[Problem]:
 
 def unique_upstream_rules(config: Any) -> Iterator[Problem]:
     first: dict[str, int] = {}
+    prefixes: dict[str, int] = {}
     for index, upstream in enumerate(_items(_get(config, "upstreams"))):
         name = _get(upstream, "name")
         if not isinstance(name, str):
             continue
         if name in first:
             yield ("upstreams", index, "name"), f"duplicate upstream name {name!r} (also upstreams[{first[name]}])"
+            continue
+        first[name] = index
+        prefix = _get(upstream, "prefix")
+        prefix = f"{name}__" if prefix is None else prefix
+        if not isinstance(prefix, str):
+            continue
+        if prefix in prefixes:
+            # Calls by a prefixed name go to one upstream: the other's tools and prompts could never be reached.
+            yield (("upstreams", index, "prefix"),
+                   f"tool prefix {prefix!r} is also upstreams[{prefixes[prefix]}]'s: names in the aggregated /mcp "
+                   "view would not say which upstream they belong to")
         else:
-            first[name] = index
+            prefixes[prefix] = index
 
 
 def _under(prefix: Loc, problems: Iterator[Problem]) -> Iterator[Problem]:

@@ -19,10 +19,9 @@ import pytest
 from aiohttp import web
 from mcp.server import Server
 
+from gateway.config import ConfigError, parse_config
 from tests.hardening.conftest import ANON, RawClient, reason
 from tests.support.servers import run_http_server
-
-pytestmark = pytest.mark.asyncio
 
 
 def named_server(name: str, tools: list[types.Tool], prompts: list[types.Prompt],
@@ -51,6 +50,7 @@ async def listed(client: RawClient, method: str, key: str) -> list[tuple[str, st
     return [(item["name"], item.get("description", "")) for item in body["result"][key]]
 
 
+@pytest.mark.asyncio
 async def test_a_name_two_upstreams_share_after_namespacing_is_listed_once_as_the_one_it_calls(
         start_gateway: Any, permissive_policies: Path) -> None:
     calls: list[tuple[str, str]] = []
@@ -128,6 +128,7 @@ ODD_TOOLS = [
 ]
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("store", ["memory", "redis"])
 async def test_odd_json_in_one_upstreams_tool_list_breaks_neither_the_list_nor_any_call(
         start_gateway: Any, permissive_policies: Path, redis_factory: Any, store: str) -> None:
@@ -155,3 +156,19 @@ async def test_odd_json_in_one_upstreams_tool_list_breaks_neither_the_list_nor_a
         assert status == 200 and reason(body) == "unknown_tool", body
         assert raw_calls == ["big_number", "nan_hint", "nan_schema", "surrogate_text"]
         assert calls == [("good", "fine")]
+
+
+@pytest.mark.parametrize(("upstreams", "problem"), [
+    ([{"name": "x", "prefix": "p_"}, {"name": "y", "prefix": "p_"}],
+     "upstreams[1].prefix: tool prefix 'p_' is also upstreams[0]'s"),
+    ([{"name": "a"}, {"name": "b", "prefix": "a__"}], "upstreams[1].prefix: tool prefix 'a__' is also upstreams[0]'s"),
+])
+def test_two_upstreams_with_one_tool_prefix_are_a_config_error(upstreams: list[dict[str, Any]], problem: str) -> None:
+    # With one prefix, every name in the aggregated view resolves to the first upstream: the second's tools and
+    # prompts were listed under names that called the first (now: not listed at all), or could not be reached.
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": [{**u, "url": f"http://127.0.0.1:9/{u['name']}"} for u in upstreams]})
+    assert [p for p in info.value.problems if p.startswith(problem)] == [info.value.problems[0]], info.value.problems
+    # Overlapping prefixes (one starts the other) stay allowed: the longest wins and the listing shows only
+    # what a call reaches.
+    parse_config({"upstreams": [{"name": "a", "url": "http://127.0.0.1:9/a"}, {"name": "a__b", "url": "http://127.0.0.1:9/b"}]})
