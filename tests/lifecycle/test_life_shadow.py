@@ -100,3 +100,27 @@ async def test_broken_shadow_set_never_blocks_enforcement(start_gateway: Any, up
         assert resp.status == 200
         shadow = (await resp.json())["checks"]["policies"]["detail"]["shadow"]
     assert shadow["error"] and shadow["version"]  # reported; the last good shadow set stays
+
+
+async def test_a_shadow_set_broken_at_start_decides_nothing_until_it_loads(
+        start_gateway: Any, upstreams: Upstreams, issuer: TestIssuer, policies: Path, tmp_path: Path) -> None:
+    """The gateway starts on its enforced set; records carry no shadow_decision (there is no shadow decision to
+    compare), /readyz names the error, and once the shadow set is fixed and reloaded records carry it again."""
+    shadow = shadow_dir(policies, tmp_path)
+    (shadow / "broken.cedar").write_text("permit(principal, action, resource) when { nonsense };\n")
+    log_path = tmp_path / "decisions.jsonl"
+    gw = await start_gateway(gateway_config(
+        upstreams, issuer, policies, policies={"dir": str(policies), "shadow_dir": str(shadow), "watch": False},
+        decision_log={"path": str(log_path)}))
+    engine = gw.gateway.parts.engine
+    assert engine.status()["shadow"]["error"] and engine.status()["shadow"]["version"] is None
+    async with sdk_client(gw.mcp, token(issuer, gw)) as client:
+        assert not (await client.call_tool("payments__pay", {"account": "acme-1", "amount": 70})).is_error
+        (shadow / "broken.cedar").unlink()
+        await engine.reload()
+        assert engine.status()["shadow"]["version"] and not engine.status()["shadow"]["error"]
+        assert not (await client.call_tool("payments__pay", {"account": "acme-1", "amount": 80})).is_error
+    await gw.gateway.parts.observability.log.close()
+    pays = [r for r in map(json.loads, log_path.read_text().splitlines())
+            if r.get("type") == "decision" and r.get("tool") == "pay"]
+    assert [(r["decision"], r.get("shadow_decision")) for r in pays] == [("allow", None), ("allow", "deny")]
