@@ -18,7 +18,7 @@ import yaml
 from gateway.authz import entities as E
 from gateway.authz.evaluate import decide, decide_approve
 from gateway.authz.policyset import LoadedPolicies, load_policies
-from gateway.config.load import unreadable
+from gateway.config.load import strict_yaml_load, unreadable
 from gateway.context import Actor, Decision, Principal, ToolInfo
 from gateway.identity.chain import ChainError, actor_id, build_chain, claim_mapping, map_claims
 
@@ -279,7 +279,7 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
 
 def load_cases(path: Path) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = strict_yaml_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise CaseError(f"{path}: cannot read cases: {unreadable(exc)}") from exc
     except yaml.YAMLError as exc:

@@ -169,6 +169,29 @@ def _unshield(node: Any, refs: dict[str, str]) -> Any:
     return node
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key given twice in one mapping is an error: YAML keeps the
+    last one silently, so a second `upstreams:` would drop the first list without a word. Keys a merge
+    (`<<: *anchor`) brings in may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (also on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def strict_yaml_load(text: str) -> Any:
+    """yaml.safe_load, refusing a key given twice in one mapping (yaml.YAMLError with its line)."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds plain data only
+
+
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a YAML config file."""
     path = Path(path)
@@ -178,7 +201,7 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         raise ConfigError([f"(file): cannot read {path}: {unreadable(exc)}"], str(path)) from exc
     shielded, refs = _shield_refs(text) if "${" in text else (text, {})
     try:
-        data = _unshield(yaml.safe_load(shielded), refs)
+        data = _unshield(strict_yaml_load(shielded), refs)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"

@@ -116,3 +116,30 @@ def test_an_empty_id_or_name_is_a_usage_error_not_a_request(argv: tuple[str, ...
     result = customs(*argv, "--url", f"http://127.0.0.1:{free_port()}", "--token", "t")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "must not be empty" in result.stderr
+
+
+def test_a_key_given_twice_is_named_not_silently_replaced(tmp_path: Path) -> None:
+    # YAML keeps the last of two equal keys: the first `upstreams:` list would vanish without a word.
+    config = tmp_path / "customs.yaml"
+    config.write_text("upstreams:\n  - {name: a, url: 'http://127.0.0.1:9/mcp'}\n"
+                      f"policies: {{dir: {REPO / 'policies'}}}\n"
+                      "upstreams:\n  - {name: b, url: 'http://127.0.0.1:9/mcp'}\n")
+    result = customs("config", "check", config)
+    assert result.returncode == 2, result.stdout
+    assert "line 4, column 1: invalid YAML: duplicate key 'upstreams' (also on line 1)" in result.stderr
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(f"policies: {REPO / 'policies'}\ncases:\n  - name: c\n    principal: {{sub: a}}\n"
+                     "    tool: a/b\n    expect: allow\n    expect: deny\n")
+    result = customs("policy", "test", cases)
+    assert result.returncode == 2, result.stdout
+    assert "line 7, column 5: invalid YAML: duplicate key 'expect' (also on line 6)" in result.stderr
+
+
+def test_yaml_merge_keys_may_still_override_what_they_merge(tmp_path: Path) -> None:
+    config = tmp_path / "customs.yaml"
+    config.write_text("upstreams:\n  - &a {name: a, url: 'http://127.0.0.1:9/mcp', timeout_s: 5}\n"
+                      "  - {<<: *a, name: b}\n"
+                      f"policies: {{dir: {REPO / 'policies'}}}\n")
+    result = customs("config", "check", config)
+    assert result.returncode == 0, result.stderr
+    assert "2 upstream(s): a, b" in result.stdout
