@@ -123,7 +123,9 @@ def _plain(value: Any) -> Any:
     """Cedar JSON back to plain JSON (for the canonical text of a mixed array's items)."""
     if isinstance(value, dict):
         if "__extn" in value:
-            return value["__extn"]["arg"]
+            # The only extension made here is a decimal, from a JSON number: its text is a number's
+            # (`2.5`), as the item's own JSON is, not a string's (`"2.5000"`).
+            return float(value["__extn"]["arg"])
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]

@@ -44,8 +44,13 @@ def test_unrepresentable_numbers_become_strings() -> None:
 
 def test_mixed_arrays_become_sets_of_canonical_json_strings() -> None:
     record, _ = E.convert_args({"mixed": [1, "a", {"b": True}, 2.5], "same": ["x", "y"]})
-    assert record["mixed"] == ["1", "a", '{"b":true}', '"2.5000"']
+    assert record["mixed"] == ["1", "a", '{"b":true}', "2.5"]
     assert record["same"] == ["x", "y"]
+    # A fractional number is its JSON text as any other item is (docs: `[1, 2.5]` → `["1", "2.5"]`), also
+    # nested, not the text of the decimal's string form ('"2.5000"', which no policy would think to write).
+    record, _ = E.convert_args({"amounts": [1, 2.5], "nested": [{"x": 0.125}, "a", [1.5]]})
+    assert record["amounts"] == ["1", "2.5"]
+    assert record["nested"] == ['{"x":0.125}', "a", "[1.5]"]
 
 
 def test_entity_and_extension_escapes_are_dropped() -> None:
