@@ -201,7 +201,7 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
 
     # A re-approval drops the upstream's cached list, so the next call re-lists and sees the tool again.
     guard = ToolGuard(config.upstreams, pins, config.pinning.mode, on_event=on_pin_event,
-                      on_approved=catalog.invalidate)
+                      on_changed=catalog.invalidate)
     page_url = config.listen.resource_url + "/approvals"
     webhooks = WebhookNotifier(config.approvals.webhooks, page_url=page_url, session=http)
     approve = ApproveStage(approvals, config.approvals, redactor.redact, notifier=webhooks, page_url=page_url,

@@ -178,12 +178,12 @@ class ToolGuard:
 
     def __init__(self, upstreams: Iterable[UpstreamConfig], store: PinStore,
                  mode: Literal["tofu", "strict", "off"] = "tofu", on_event: Event | None = None,
-                 on_approved: Callable[[str], None] | None = None) -> None:
+                 on_changed: Callable[[str], None] | None = None) -> None:
         self._configs = {u.name: u for u in upstreams}
         self._store = store
         self._mode = mode
         self._on_event = on_event or (lambda **_: None)
-        self._on_approved = on_approved or (lambda _: None)
+        self._on_changed = on_changed or (lambda _: None)  # an upstream's usable tools changed: drop its list
         # Per upstream, the descriptions of the tools it listed last: other servers' descriptions are
         # matched against its names, again whenever its names change (lists arrive in any order).
         self._listed: dict[str, dict[str, str]] = {u: {} for u in self._configs}
@@ -223,6 +223,13 @@ class ToolGuard:
                 quarantined.append(name)
                 await self._quarantine(upstream, name, digest, "definition changed since it was pinned", pins)
                 continue
+            if (pins.get(name) or {}).get("state") == "quarantined":
+                # Only an administrator lifts a quarantine: a list showing the pinned definition again (the
+                # upstream reverted, or the list was fetched before the change and checked after) must not.
+                quarantined.append(name)
+                await self._quarantine(upstream, name, digest, "quarantined until an administrator re-approves it",
+                                       pins)
+                continue
             usable.append(tool)
         return Verdict(usable, quarantined, flagged)
 
@@ -233,6 +240,9 @@ class ToolGuard:
             return  # already reported
         record = {**current, "state": "quarantined", "seen": digest, "reason": why}
         await self._store.put(upstream, name, record, announce=True)
+        # The caller may not install its verdict (a newer list was installed while it listed): the catalog
+        # must not go on serving the tool from that list, so it re-lists before the next use.
+        self._on_changed(upstream)
         log.warning("tool %s/%s quarantined: %s", upstream, name, why)
         self._on_event(type="tool_quarantined", upstream=upstream, tool=name, hash=digest, reason=why)
 
@@ -285,7 +295,7 @@ class ToolGuard:
         record = {"hash": digest, "state": "pinned", "by": by}
         await self._store.put(upstream, name, record, announce=True)
         self._on_event(type="tool_approved", upstream=upstream, tool=name, hash=digest, by=by)
-        self._on_approved(upstream)  # takes effect for calls now, not at the next tools/list
+        self._on_changed(upstream)  # takes effect for calls now, not at the next tools/list
         return record
 
     async def list(self, upstream: str) -> dict[str, dict[str, Any]]:
