@@ -314,7 +314,7 @@ def replay_cmd(args: argparse.Namespace) -> int:
         for entry in undetermined:
             print(f"  {entry} (as replayed without arguments)")
     unknown = f", {len(undetermined)} undetermined (arguments not logged)" if undetermined else ""
-    print(f"{replayed} replayed, {changed} changed, {skipped} skipped (no authz_input){unknown}")
+    print(f"{replayed} replayed, {changed} changed, {skipped} skipped (no authz_input or not a decision){unknown}")
     if replayed == 0:
         _err(f"{args.log}: no replayable decisions (lines need an 'authz_input' object)")
         return 2
