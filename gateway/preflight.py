@@ -11,10 +11,14 @@ are not checked; a signing key serve may not generate (outside dev) must already
 from __future__ import annotations
 
 import ipaddress
+import json
 import ssl
 import time
 from pathlib import Path
 
+import cedarpy
+
+from gateway.authz.argnames import total_readers
 from gateway.authz.policyset import PolicyLoadError, load_policies
 from gateway.config import Config, ConfigError
 from gateway.config.model import IssuerConfig, TlsConfig
@@ -26,13 +30,37 @@ from gateway.identity.jwks import FileKeySource
 
 def preflight(config: Config, source: str = "config") -> list[str]:
     """Check every file `config` names; raise ConfigError listing every problem, else return the warnings
-    (what serve reports but starts anyway: a broken shadow policy set)."""
+    (what serve reports but starts anyway: a broken shadow policy set, see also `policy_warnings`)."""
     problems = [*policy_problems(config.policies.dir, "policies.dir"), *reload_problems(config)]
     if problems:
         raise ConfigError(problems, source)
     shadow = config.policies.shadow_dir
     return [*(policy_problems(shadow, "policies.shadow_dir") if shadow is not None else []),
-            *exposure_warnings(config)]
+            *policy_warnings(config), *exposure_warnings(config)]
+
+
+def policy_warnings(config: Config) -> list[str]:
+    """Forbids guarded by a task total that no upstreams[].tools.<tool>.sum_args sums: the total is never in
+    context.task, so the guard is always false and the forbid silently never fires (Cedar cannot tell: the
+    schema names the total). A permit reading one only holds or denies calls, which is the safe side."""
+    summed = {name for upstream in config.upstreams for tool in upstream.tools.values() for name in tool.sum_args}
+    sets = [(config.policies.dir, "policies.dir"), (config.policies.shadow_dir, "policies.shadow_dir")]
+    warnings: list[str] = []
+    for directory, where in sets:
+        if directory is None:
+            continue
+        try:
+            loaded = load_policies(directory)
+            text = "\n".join(Path(name).read_text(encoding="utf-8") for name in loaded.files)
+        except (PolicyLoadError, OSError, UnicodeDecodeError):
+            continue  # reported as the set's own problem
+        readers = total_readers(json.loads(cedarpy.policies_to_json_str(text)))
+        for internal, (effect, names) in sorted(readers.items()):
+            for name in sorted(names - summed) if effect == "forbid" else ():
+                warnings.append(f"{where}: forbid {loaded.name(internal)!r} reads context.task.totals.{name}, but no "
+                                f"upstreams[].tools.<tool>.sum_args sums {name!r}: the total is never set, so it "
+                                "never fires")
+    return warnings
 
 
 def reload_problems(config: Config) -> list[str]:

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from gateway.config import Config, ConfigError, load_config, parse_config
 from gateway.keys import GATEWAY
-from gateway.preflight import exposure_warnings, preflight, ssl_context
+from gateway.preflight import exposure_warnings, policy_warnings, preflight, ssl_context
 
 log = logging.getLogger("customs")
 
@@ -177,7 +177,7 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         # The checks `customs config check` runs, all problems listed, before any upstream child starts.
         preflight(config, str(args.config or "embedded defaults"))
-        for warning in exposure_warnings(config):
+        for warning in [*policy_warnings(config), *exposure_warnings(config)]:
             log.warning("%s", warning)
         return asyncio.run(run(config, config_path=args.config, file_config=file_config))
     except ConfigError as exc:

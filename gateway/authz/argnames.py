@@ -99,6 +99,17 @@ def args_reads(est: Any, base: Any = None) -> set[str]:
     return found
 
 
+def total_readers(est: Any) -> dict[str, tuple[str, set[str]]]:
+    """Internal policy id -> (effect, the task totals it reads on `context.task.totals`), for each that reads one."""
+    static = est.get("staticPolicies") if isinstance(est, dict) else None
+    out: dict[str, tuple[str, set[str]]] = {}
+    for internal, body in (static or {}).items():
+        names = args_reads(body, _TOTALS)
+        if names:
+            out[internal] = (str(body.get("effect")), names)
+    return out
+
+
 def _order(internal: str) -> int:
     digits = internal[len("policy"):]
     return int(digits) if digits.isdigit() else 0

@@ -446,3 +446,31 @@ def test_limit_rules_that_would_limit_nothing_are_reported_at_their_paths() -> N
     ]
     parse_config({"upstreams": [{"name": "a", "url": "http://h/mcp"}],
                   "limits": {"per_principal": {"rate_per_s": 0.5, "burst": 5}, "per_tool": {"concurrency": 3}}})
+
+
+async def test_config_check_and_serve_warn_about_a_forbid_on_a_task_total_nothing_sums(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], spawn_gateway: Any) -> None:
+    """A total appears in context.task only for arguments some upstreams[].tools.<tool>.sum_args sums: a forbid
+    guarded by another total validates, and never fires. A permit that reads it only holds calls (fail closed)."""
+    policies = _policies(tmp_path / "pol")
+    schema = policies / "schema.cedarschema"
+    schema.write_text(schema.read_text().replace('totals?: { "amount"?: Long }',
+                                                 'totals?: { "amount"?: Long, "quantity"?: Long }'))
+    (policies / "caps.cedar").write_text(
+        '@id("restock-cap")\nforbid (principal, action == Action::"call_tool", resource)\n'
+        "when { context has task && context.task has totals && context.task.totals has quantity && "
+        "context.task.totals.quantity > 500 };\n")
+    unsummed = _write(tmp_path, policies={"dir": "pol"})
+    code, out, err = _check(unsummed, capsys)
+    assert code == 0 and out.startswith(f"{unsummed}: OK")
+    assert err == (f"{unsummed}: warning: policies.dir: forbid 'restock-cap' reads context.task.totals.quantity, "
+                   "but no upstreams[].tools.<tool>.sum_args sums 'quantity': the total is never set, so it never "
+                   "fires\n")
+    # serve starts, logging the same warning (stderr, where all logging goes).
+    gateway = await spawn_gateway({"upstreams": [UPSTREAM], "policies": {"dir": str(policies)}})
+    assert "forbid 'restock-cap' reads context.task.totals.quantity" in gateway.log_path.read_text()
+    summed = tmp_path / "summed.yaml"
+    summed.write_text(yaml.safe_dump({"upstreams": [{**UPSTREAM, "tools": {"restock": {"sum_args": ["quantity"]}}}],
+                                      "policies": {"dir": "pol"}}))
+    code, _out, err = _check(summed, capsys)
+    assert code == 0 and err == ""
