@@ -18,7 +18,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from gateway.approvals.auth import ANONYMOUS_MODE
-from gateway.approvals.cli import DEFAULT_URL, guard, nonempty, request_json, seconds
+from gateway.approvals.cli import DEFAULT_URL, guard, nonempty, request_json, seconds, shown
 from gateway.errors import GatewayError
 from gateway.http.guards import timed_read
 from gateway.pinning import ToolGuard
@@ -99,8 +99,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.tools_command == "list":
         items = request_json(args, "GET", "/api/tools", hints=TOOLS_HINTS, who="an administrator")["items"]
         for item in items:
-            print(f"{item['upstream']}/{item['tool']}\t{item.get('state')}\t{item.get('hash')}"
-                  + (f"\t{item.get('reason')}" if item.get("reason") else ""))
+            # Tool names and reasons come from upstreams: shown() keeps their control characters off the terminal.
+            print(f"{shown(item['upstream'])}/{shown(item['tool'])}\t{shown(item.get('state'))}\t"
+                  f"{shown(item.get('hash'))}" + (f"\t{shown(item.get('reason'))}" if item.get("reason") else ""))
         return 0
     path = f"/api/tools/{quote(args.upstream, safe='')}/{quote(args.tool, safe='')}/approve"
     pinned = request_json(args, "POST", path, {"hash": args.hash} if args.hash else {}, hints=TOOLS_HINTS,

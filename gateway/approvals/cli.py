@@ -104,15 +104,29 @@ def _age(ts: float) -> str:
     return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
 
 
+def shown(value: Any) -> str:
+    """Text from the gateway as a terminal line: tool names, principals and comments come from upstreams, agents
+    and approvers, and a control character in them (an ANSI escape, a carriage return) could rewrite what the
+    person reads, so each is printed as its escape (`\\x1b`)."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _print_item(item: dict[str, Any]) -> None:
-    chain = " → ".join(item.get("chain") or []) or "—"
-    print(f"id:          {item['id']}\nstate:       {item['state']}\ntool:        {item['upstream']}/{item['tool']}\n"
-          f"agent:       {item['principal']}\nchain:       {chain}\ntenant:      {item.get('tenant') or '—'}\n"
-          f"policies:    {', '.join(item.get('policies') or []) or '—'}\n"
+    chain = " → ".join(shown(c) for c in item.get("chain") or []) or "—"
+    decided_by = item.get("decided_by")
+    decided = ", ".join(map(shown, decided_by)) if isinstance(decided_by, list) else shown(decided_by or "—")
+    print(f"id:          {shown(item['id'])}\nstate:       {shown(item['state'])}\n"
+          f"tool:        {shown(item['upstream'])}/{shown(item['tool'])}\n"
+          f"agent:       {shown(item['principal'])}\nchain:       {chain}\n"
+          f"tenant:      {shown(item.get('tenant') or '—')}\n"
+          f"policies:    {', '.join(shown(p) for p in item.get('policies') or []) or '—'}\n"
           f"created:     {_age(item['created_at'])} ago\n"
           f"expires in:  {max(0, int(item['expires_at'] - time.time()))}s\n"
-          f"decided by:  {item.get('decided_by') or '—'}\ncomment:     {item.get('comment') or '—'}\n"
-          f"args_digest: {item['args_digest']}\narguments:\n{json.dumps(item.get('args'), indent=2)}")
+          f"decided by:  {decided}\ncomment:     {shown(item.get('comment') or '—')}\n"
+          f"args_digest: {shown(item['args_digest'])}\narguments:\n{json.dumps(item.get('args'), indent=2)}")
 
 
 def list_command(args: argparse.Namespace) -> int:
@@ -128,8 +142,8 @@ def list_command(args: argparse.Namespace) -> int:
         return 0
     print(f"{'ID':38} {'STATE':9} {'AGE':>5}  {'TOOL':28} AGENT")
     for item in items:
-        print(f"{item['id']:38} {item['state']:9} {_age(item['created_at']):>5}  "
-              f"{item['upstream'] + '/' + item['tool']:28} {item['principal']}")
+        print(f"{shown(item['id']):38} {shown(item['state']):9} {_age(item['created_at']):>5}  "
+              f"{shown(item['upstream'] + '/' + item['tool']):28} {shown(item['principal'])}")
     return 0
 
 
