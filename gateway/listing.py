@@ -55,7 +55,7 @@ def encode_cursor(pending: dict[str, str]) -> str:
 def decode_cursor(cursor: Any, upstreams: list[str]) -> dict[str, str]:
     try:
         pending = json.loads(base64.urlsafe_b64decode(str(cursor).encode()))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # the client's bytes: nesting past the parser's limit too
         raise GatewayError("invalid_params", "Invalid params: unknown cursor") from exc
     if not isinstance(pending, dict) or not all(k in upstreams and isinstance(v, str) for k, v in pending.items()):
         raise GatewayError("invalid_params", "Invalid params: unknown cursor")

@@ -138,3 +138,5 @@ def parse_json(raw: bytes | str) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise GatewayError("upstream_error", "upstream sent invalid JSON") from exc
+    except RecursionError as exc:  # escaping, it killed the one reader of a shared stdio child or SSE stream
+        raise GatewayError("upstream_error", "upstream sent JSON nested too deeply") from exc

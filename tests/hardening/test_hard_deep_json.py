@@ -1,0 +1,163 @@
+"""JSON nested past the parser's limit, from an upstream or in a client's cursor: a clean error for that one
+message, never a crash of the reader every session shares."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.hardening.conftest import ANON, RawClient, reason
+
+pytestmark = pytest.mark.asyncio
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # valid JSON; Python's parser gives up (RecursionError) long before
+
+# A minimal stdio MCP server: tool `deep` answers with content nested 100,000 deep, `ok` answers normally.
+DEEP_CHILD = r'''
+import json, sys
+DEEP = "[" * 100000 + "]" * 100000
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    if m["method"] == "initialize":
+        r = {"protocolVersion": m["params"]["protocolVersion"], "capabilities": {"tools": {}},
+             "serverInfo": {"name": "deep", "version": "1"}}
+    elif m["method"] == "tools/list":
+        r = {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in ("deep", "ok")]}
+    elif m["method"] == "tools/call" and m["params"]["name"] == "deep":
+        sys.stdout.write('{"jsonrpc":"2.0","id":%s,"result":{"content":%s}}\n' % (json.dumps(m["id"]), DEEP))
+        sys.stdout.flush()
+        continue
+    elif m["method"] == "tools/call":
+        r = {"content": [{"type": "text", "text": "ok ran"}]}
+    else:
+        r = {}
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}) + "\n")
+    sys.stdout.flush()
+'''
+
+
+@asynccontextmanager
+async def deep_http_upstream() -> AsyncIterator[str]:
+    """A streamable HTTP upstream whose tools/call answer nests too deep for the parser."""
+    async def handle(request: web.Request) -> web.Response:
+        message = json.loads(await request.read())
+        if "id" not in message:
+            return web.Response(status=202)
+        if message["method"] == "initialize":
+            result = (b'{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},'
+                      b'"serverInfo":{"name":"deep","version":"1"}}')
+        elif message["method"] == "tools/list":
+            result = b'{"tools":[{"name":"deep","inputSchema":{"type":"object"}}]}'
+        else:
+            result = b'{"content":' + DEEP + b'}'
+        body = b'{"jsonrpc":"2.0","id":' + json.dumps(message["id"]).encode() + b',"result":' + result + b'}'
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/mcp", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/mcp"
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_http_answer_nesting_too_deep_is_upstream_error(start_gateway: Any, permissive_policies: Path
+                                                                 ) -> None:
+    # Was internal_error (-32603), logged as a gateway bug, though the upstream sent what cannot be read.
+    async with deep_http_upstream() as url, aiohttp.ClientSession() as http:
+        gw = await start_gateway({"upstreams": [{"name": "d", "url": url}], "identity": ANON,
+                                  "policies": {"dir": str(permissive_policies), "watch": False}})
+        client = RawClient(http, gw.mcp)
+        await client.initialize()
+        status, _, body = await client.call("d__deep", {})
+        assert status == 200 and reason(body) == "upstream_error", body
+
+
+@asynccontextmanager
+async def deep_sse_upstream() -> AsyncIterator[str]:
+    """A legacy HTTP+SSE upstream (one client) whose answer to the tool `deep` nests too deep for the parser."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"event: endpoint\ndata: /messages\n\n")
+        while True:
+            await response.write(await queue.get())
+
+    async def post(request: web.Request) -> web.Response:
+        message = json.loads(await request.read())
+        if "id" not in message or "method" not in message:
+            return web.Response(status=202)
+        if message["method"] == "initialize":
+            result = (b'{"protocolVersion":"2024-11-05","capabilities":{"tools":{}},'
+                      b'"serverInfo":{"name":"deep","version":"1"}}')
+        elif message["method"] == "tools/list":
+            result = b'{"tools":[{"name":"deep","inputSchema":{"type":"object"}},{"name":"ok","inputSchema":{}}]}'
+        elif message["params"]["name"] == "deep":
+            result = b'{"content":' + DEEP + b'}'
+        else:
+            result = b'{"content":[{"type":"text","text":"ok ran"}]}'
+        answer = b'{"jsonrpc":"2.0","id":' + json.dumps(message["id"]).encode() + b',"result":' + result + b'}'
+        await queue.put(b"event: message\ndata: " + answer + b"\n\n")
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_get("/sse", stream)
+    app.router.add_post("/messages", post)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/sse"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_legacy_sse_answer_nesting_too_deep_leaves_the_stream_working(
+        start_gateway: Any, permissive_policies: Path) -> None:
+    # The RecursionError ended the task reading the upstream's stream: that call and every later one on the
+    # session failed with upstream_unavailable ("stream closed"), though the upstream was fine.
+    async with deep_sse_upstream() as url, aiohttp.ClientSession() as http:
+        gw = await start_gateway({"upstreams": [{"name": "d", "url": url, "transport": "sse", "timeout_s": 1}],
+                                  "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
+        client = RawClient(http, gw.mcp)
+        await client.initialize()
+        status, _, body = await client.call("d__deep", {}, request_id=1)
+        assert status == 200 and reason(body) == "upstream_timeout", body  # unreadable: nothing names its call
+        status, _, body = await client.call("d__ok", {}, request_id=2)
+        assert status == 200 and body["result"]["content"][0]["text"] == "ok ran", body
+
+
+async def test_a_cursor_nesting_too_deep_is_invalid_params(start_gateway: Any, permissive_policies: Path,
+                                                           tmp_path: Path) -> None:
+    # The aggregated view's cursor is base64 JSON the client hands back: nested past the parser's limit it
+    # was internal_error (-32603) instead of the -32602 every other unknown cursor gets.
+    script = tmp_path / "deep_child.py"
+    script.write_text(DEEP_CHILD)
+    async with aiohttp.ClientSession() as http:
+        gw = await start_gateway({"upstreams": [{"name": "d", "command": [sys.executable, str(script)]}],
+                                  "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
+        client = RawClient(http, gw.mcp)
+        await client.initialize()
+        for cursor in ["not-a-cursor", base64.urlsafe_b64encode(b"[" * 5000).decode()]:
+            status, _, body = await client.post({"jsonrpc": "2.0", "id": 4, "method": "tools/list",
+                                                 "params": {"cursor": cursor}})
+            assert status == 200 and body["error"]["code"] == -32602 and reason(body) == "invalid_params", body
