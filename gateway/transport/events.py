@@ -129,14 +129,38 @@ async def read_json_body(response: aiohttp.ClientResponse, max_bytes: int = MAX_
     return parse_json(bytes(body))
 
 
+class NotJson(GatewayError):
+    """An upstream message Python's parser reads but JSON forbids (NaN, Infinity, -Infinity literals).
+
+    Written out again they would be `null` (or invalid JSON to the agent), so the message is refused as
+    upstream_error; `answers` holds the ids of the responses in it (a batch may hold several), so a reader
+    of a multiplexed stream (stdio, legacy SSE) can fail those requests at once instead of leaving them to
+    time out.
+    """
+
+    def __init__(self, literal: str, message: Any) -> None:
+        super().__init__("upstream_error", f"upstream sent invalid JSON ({literal} is not a JSON number)")
+        items = message if isinstance(message, list) else [message]
+        self.answers: list[Any] = [m.get("id") for m in items if isinstance(m, dict) and "method" not in m]
+
+
 def parse_json(raw: bytes | str) -> Any:
     try:
         return jsonrpc.fast_loads(raw)
     except ValueError:
         pass  # integers past 64 bits, lone surrogates, NaN: valid for Python's json, so decided there
+    literals: list[str] = []
+
+    def constant(name: str) -> float:
+        literals.append(name)
+        return float(name)
+
     try:
-        return json.loads(raw)
+        value = json.loads(raw, parse_constant=constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise GatewayError("upstream_error", "upstream sent invalid JSON") from exc
     except RecursionError as exc:  # escaping, it killed the one reader of a shared stdio child or SSE stream
         raise GatewayError("upstream_error", "upstream sent JSON nested too deeply") from exc
+    if literals:
+        raise NotJson(literals[0], value)
+    return value

@@ -81,6 +81,17 @@ class InflightTable:
             pending.future.set_exception(exc)
         return True
 
+    def fail(self, upstream_id: Any, exc: GatewayError) -> bool:
+        """Fail the waiter for this id with `exc` (its answer came but cannot be used); False if none waits."""
+        pending = self._pending.get(upstream_id) if type(upstream_id) is int else None
+        if pending is not None and pending.abandoned:
+            self.forget(pending)  # nobody waits for it, but its answer came: it is over now
+            return True
+        if pending is None or pending.future.done():
+            return False
+        pending.future.set_exception(exc)
+        return True
+
     def fail_all(self, exc: GatewayError) -> None:
         for pending in list(self._pending.values()):
             if not pending.future.done():

@@ -28,7 +28,7 @@ from gateway.transport.common import (
     remap_cancel,
     with_id,
 )
-from gateway.transport.events import SseEvent, iter_sse, parse_json
+from gateway.transport.events import NotJson, SseEvent, iter_sse, parse_json
 from gateway.transport.http_base import HttpUpstreamBase, deliver, same_origin
 from gateway.transport.inflight import InflightTable, with_progress_token
 
@@ -212,6 +212,10 @@ class SseSession:
                     continue
                 try:
                     message = parse_json(event.data)
+                except NotJson as exc:  # NaN / Infinity: the request it answers fails now, not at its timeout
+                    failed = [i for i in exc.answers if self._table.fail(i, exc)]
+                    self._up.log.warning("%s; failed request(s) %s", exc.message, failed)
+                    continue
                 except GatewayError:
                     self._up.log.warning("ignoring invalid JSON on the SSE stream")
                     continue

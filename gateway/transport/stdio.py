@@ -13,7 +13,6 @@ upstream's `env`, never the gateway's secrets. stderr lines go to logger `custom
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -45,6 +44,7 @@ from gateway.transport.common import (
 from gateway.transport.events import MAX_MESSAGE_BYTES
 from gateway.transport.inflight import InflightTable, Pending, with_progress_token
 from gateway.transport.stdio_fence import Fence
+from gateway.transport.stdio_inbound import StdoutReader
 from gateway.transport.stdio_process import pump_stderr, spawn, terminate
 from gateway.transport.stdio_routes import SUBSCRIPTION_METHODS, StdioRoutes
 
@@ -73,6 +73,7 @@ class StdioUpstream:
         self._restart_cap_s = restart_cap_s
         self._table = InflightTable()
         self._routes = StdioRoutes(self._table, self.write, self, self.log)
+        self._stdout = StdoutReader(self._table, self._routes.route, self._negotiated, self.log)
         self._fence = Fence(self._table, self.write, self, config.timeout_s, self._spawn, self._restart_stuck,
                             self.log, self.name)
         self._proc: asyncio.subprocess.Process | None = None
@@ -93,6 +94,10 @@ class StdioUpstream:
     @property
     def initialize_result(self) -> Message:
         return self._init_result
+
+    def _negotiated(self) -> str:
+        version = self._init_result.get("protocolVersion")
+        return version if isinstance(version, str) else self._params.protocol_version
 
     async def start(self) -> None:
         if self._supervisor is None:
@@ -300,29 +305,12 @@ class StdioUpstream:
                     continue
                 if not line:
                     return
-                await self._dispatch(line)
+                await self._stdout.dispatch(line)
         finally:
             # Fail waiters the moment the pipe closes, before the exit status is even collected.
             self._ready.clear()
             self._table.fail_all(GatewayError("upstream_unavailable", "upstream process exited",
                                               data={"upstream": self.name}))
-
-    async def _dispatch(self, line: bytes) -> None:
-        text = line.strip()
-        if not text:
-            return
-        try:
-            message = json.loads(text)
-        except ValueError:
-            self.log.warning("ignoring non-JSON output: %.200s", text.decode(errors="replace"))
-            return
-        if not isinstance(message, dict):
-            self.log.warning("ignoring a non-object message")
-        elif "method" not in message:
-            if not self._table.resolve(message):
-                self.log.debug("response for unknown id %r ignored", message.get("id"))
-        else:
-            await self._routes.route(message)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

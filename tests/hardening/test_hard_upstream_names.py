@@ -118,9 +118,8 @@ async def raw_upstream(tools: bytes, calls: list[str]) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+# NaN and Infinity literals are not JSON: a list holding them is refused whole (see the test after this one).
 ODD_TOOLS = [
-    b'{"name":"nan_schema","inputSchema":{"type":"object","properties":{"n":{"maximum":NaN,"minimum":-Infinity}}}}',
-    b'{"name":"nan_hint","annotations":{"readOnlyHint":NaN},"inputSchema":{"type":"object"}}',
     b'{"name":"big_number","inputSchema":{"type":"object","maximum":1e400}}',
     b'{"name":"surrogate_text","description":"\\ud800 read","inputSchema":{"type":"object"}}',
     b'{"name":"bad\\udfffname","inputSchema":{"type":"object"}}',
@@ -148,14 +147,45 @@ async def test_odd_json_in_one_upstreams_tool_list_breaks_neither_the_list_nor_a
         await client.initialize()
         names = sorted(name for name, _ in await listed(client, "tools/list", "tools"))
         # Names no agent can send (a lone surrogate, a number) are left out; every other tool is listed.
-        assert names == ["good__fine", "raw__big_number", "raw__nan_hint", "raw__nan_schema", "raw__surrogate_text"]
+        assert names == ["good__fine", "raw__big_number", "raw__surrogate_text"]
         for name in names:
             status, _, body = await client.call(name, {})
             assert status == 200 and "result" in body, (name, body)
         status, _, body = await client.call("raw__7", {})
         assert status == 200 and reason(body) == "unknown_tool", body
-        assert raw_calls == ["big_number", "nan_hint", "nan_schema", "surrogate_text"]
+        assert raw_calls == ["big_number", "surrogate_text"]
         assert calls == [("good", "fine")]
+
+
+NAN_TOOLS = [
+    b'{"name":"nan_schema","inputSchema":{"type":"object","properties":{"n":{"maximum":NaN,"minimum":-Infinity}}}}',
+    b'{"name":"nan_hint","annotations":{"readOnlyHint":NaN},"inputSchema":{"type":"object"}}',
+]
+
+
+@pytest.mark.asyncio
+async def test_a_tool_list_with_nan_is_not_json_and_breaks_no_other_upstream(
+        start_gateway: Any, permissive_policies: Path) -> None:
+    # Python's parser reads NaN and Infinity; JSON has no such numbers, and written out again they became
+    # null: the agent was shown `"maximum": null` and `"readOnlyHint": null` for what the upstream sent.
+    calls: list[tuple[str, str]] = []
+    raw_calls: list[str] = []
+    good = named_server("good", [tool("fine", "Works")], [], calls)
+    async with raw_upstream(b"[" + b",".join(NAN_TOOLS) + b"]", raw_calls) as url_raw, \
+            run_http_server(good) as url_good, aiohttp.ClientSession() as http:
+        gw = await start_gateway({"upstreams": [{"name": "raw", "url": url_raw}, {"name": "good", "url": url_good}],
+                                  "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
+        client = RawClient(http, gw.mcp)
+        await client.initialize()
+        assert [name for name, _ in await listed(client, "tools/list", "tools")] == ["good__fine"]
+        status, _, body = await client.call("good__fine", {})
+        assert status == 200 and "result" in body, body
+        own = RawClient(http, f"{gw.url}/mcp/raw")
+        await own.initialize()
+        status, _, body = await own.post({"jsonrpc": "2.0", "id": 8, "method": "tools/list"})
+        assert status == 200 and reason(body) == "upstream_error", body
+        assert "NaN is not a JSON number" in body["error"]["message"], body
+        assert raw_calls == []
 
 
 @pytest.mark.parametrize(("upstreams", "problem"), [

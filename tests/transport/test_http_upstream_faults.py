@@ -204,6 +204,11 @@ GARBAGE: dict[str, Callable[[int], web.Response]] = {
     "sse_wrong_id": lambda i: web.Response(body=_sse({"jsonrpc": "2.0", "id": i + 1, "result": {}}),
                                            content_type="text/event-stream"),
     "sse_array": lambda i: web.Response(body=_sse([1, 2]), content_type="text/event-stream"),
+    # Python's parser reads these literals, JSON has no such numbers: they reached the agent as null.
+    "nan": lambda i: web.Response(text=f'{{"jsonrpc":"2.0","id":{i},"result":{{"n":NaN}}}}',
+                                  content_type="application/json"),
+    "sse_infinity": lambda i: web.Response(body=_sse(b'{"jsonrpc":"2.0","id":%d,"result":{"n":-Infinity}}' % i),
+                                           content_type="text/event-stream"),
 }
 
 

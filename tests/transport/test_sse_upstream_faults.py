@@ -133,3 +133,20 @@ async def test_unreachable_sse_upstream(http: aiohttp.ClientSession, bound_socke
         await upstream.connect(CLIENT_CAPS, Inbox())
     assert info.value.reason == "upstream_unavailable"
     assert not (await upstream.probe()).ready
+
+
+async def test_an_answer_with_nan_fails_its_call_at_once(
+        http: aiohttp.ClientSession, fake_sse: Callable[..., Awaitable[tuple[str, FakeSse]]]) -> None:
+    # Python's parser reads NaN; JSON has no such number. The answer reached the agent with null in its place.
+    async def nan(fake: FakeSse, message: Message) -> None:
+        await fake.queue.put(b'event: message\ndata: {"jsonrpc":"2.0","id":%d,"result":{"n":NaN}}\n\n'
+                             % message["id"])
+
+    url, _ = await fake_sse(nan)
+    upstream = sse_upstream(url, http)
+    session = await upstream.connect(CLIENT_CAPS, Inbox())
+    with pytest.raises(GatewayError) as info:
+        # Well inside the upstream's 20 s timeout: the broken answer fails the call, not the wait.
+        await asyncio.wait_for(session.request(call("x")), 10)
+    assert info.value.reason == "upstream_error" and "NaN is not a JSON number" in info.value.message
+    await upstream.stop()
