@@ -48,6 +48,34 @@ for line in sys.stdin:
 '''
 
 
+async def readiness(http: aiohttp.ClientSession, gw: Any, upstream: str) -> dict[str, Any]:
+    async with http.get(f"{gw.url}/readyz") as resp:
+        return dict((await resp.json())["upstreams"][upstream])
+
+
+async def test_a_stdio_child_nesting_too_deep_fails_nothing_else_and_keeps_running(
+        start_gateway: Any, permissive_policies: Path, tmp_path: Path) -> None:
+    # The parser's RecursionError escaped the one reader of the child's stdout: every session's calls in
+    # flight failed with "upstream process exited" and the child was restarted (its state lost).
+    script = tmp_path / "deep_child.py"
+    script.write_text(DEEP_CHILD)
+    gw = await start_gateway({"upstreams": [{"name": "d", "command": [sys.executable, str(script)], "timeout_s": 1}],
+                              "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, gw.mcp)
+        await client.initialize()
+        status, _, body = await client.call("d__ok", {}, request_id=1)
+        assert status == 200 and body["result"]["content"][0]["text"] == "ok ran", body
+        status, _, body = await client.call("d__deep", {}, request_id=2)
+        # The line cannot be read, so nothing says which call it answered: that call times out (the
+        # gateway cancels it upstream), like any answer that never came.
+        assert status == 200 and reason(body) == "upstream_timeout", body
+        status, _, body = await client.call("d__ok", {}, request_id=3)
+        assert status == 200 and body["result"]["content"][0]["text"] == "ok ran", body
+        state = await readiness(http, gw, "d")
+        assert state["ready"] is True and state["restarts"] == 0, state
+
+
 @asynccontextmanager
 async def deep_http_upstream() -> AsyncIterator[str]:
     """A streamable HTTP upstream whose tools/call answer nests too deep for the parser."""
