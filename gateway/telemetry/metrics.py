@@ -46,7 +46,7 @@ INSTRUMENTS = (
     "customs.upstream.restarts", "customs.policy.reloads", "customs.tool.quarantines", "customs.rate_limited",
     "customs.shadow.disagreements", "customs.decision_log.dropped", "cpython.gc.collections",
     "customs.policy.errors", "customs.requests.refused", "customs.sessions.open", "customs.credential.revocations",
-    "mcp.server.session.duration",
+    "mcp.server.session.duration", "customs.spans.dropped",
 )
 
 
@@ -133,6 +133,7 @@ class Metrics:
         self.enabled = self.provider is not None
         self._approvals_pending: int | None = None  # last count read from the store; None: not known
         self._sessions_open: Callable[[], Mapping[str, int]] | None = None  # set by watch_sessions
+        self._spans_dropped: Callable[[], int] | None = None  # set by watch_spans_dropped
         self._build(meter_provider.get_meter(SCOPE.name, SCOPE.version))
 
     def _build(self, meter: metrics_api.Meter) -> None:
@@ -165,6 +166,10 @@ class Metrics:
         self.token_revocations = meter.create_counter(
             "customs.credential.revocations", "{token}",
             "Exchanged tokens revoked (or not) at their authorization server when their task ended (RFC 7009)")
+        # The span exporter's own count (span_export.py), read at collection time like the gauges above.
+        meter.create_observable_counter("customs.spans.dropped", [self._observe_spans_dropped], "{span}",
+                                        "Finished spans lost before the collector took them (collector down "
+                                        "or refusing, exporter behind or restarted)")
         meter.create_observable_counter("cpython.gc.collections", [gc_collections], "{collection}",
                                         "Passes of the cyclic garbage collector, by generation")
 
@@ -221,6 +226,14 @@ class Metrics:
         if counts is None:
             return []
         return [Observation(n, {"customs.session.kind": kind}) for kind, n in counts().items()]
+
+    def watch_spans_dropped(self, count: Callable[[], int]) -> None:
+        """Report `count()` (spans lost on the way to the OTLP collector) as `customs.spans.dropped`."""
+        self._spans_dropped = count
+
+    def _observe_spans_dropped(self, options: CallbackOptions | None = None) -> Iterable[Observation]:
+        count = self._spans_dropped
+        return [] if count is None else [Observation(count())]
 
     def session_ended(self, seconds: float, protocol_version: str) -> None:
         """An MCP session with an agent ended (DELETE, idle expiry, shutdown): not an error, so no `error.type`.

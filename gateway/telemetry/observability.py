@@ -137,6 +137,8 @@ class Observability:
         self.metrics = Metrics(config.telemetry, env=env)
         _warn_unsupported_protocols(os.environ if env is None else env, self.telemetry.settings.endpoint,
                                     self.metrics.settings.endpoint)
+        if self.telemetry.settings.endpoint is not None:
+            self.metrics.watch_spans_dropped(lambda: self.telemetry.dropped)
         self.log = DecisionLog(config.decision_log, redactor, on_drop=self.metrics.log_record_dropped,
                                current_ids=self.telemetry.current_ids)
         # Built once per principal and shared by the spans that carry it.

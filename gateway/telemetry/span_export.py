@@ -6,9 +6,10 @@ The `SpanShipper` (owned by `Telemetry`, started and closed with the app) batche
 marshals each batch (plain tuples: a few microseconds) and writes it to the child's stdin; the child
 (`python -m gateway.telemetry.exporter_main`) encodes them with `otlp_encode.OtlpEncoder` (the SDK's
 encoding, without building SDK spans first) and POSTs each request (`OtlpPoster`).
-`flush()` waits until the child has exported everything sent so far.
-A child that dies is restarted (spans in flight are lost and counted in `dropped`); the gateway never
-waits on the collector.
+`flush()` waits until the child has exported everything sent so far. The child reports on its stdout
+(`lost N`: a batch it gave up on, collector down or refusing; `flushed K`), read by one task per child.
+Every span lost, in the child or on the way to it, is counted in `dropped` (`customs.spans.dropped`).
+A child that dies is restarted (spans in flight are lost and counted); the gateway never waits on the collector.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class SpanShipper:
         self._wake = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
         self._flushes = 0
+        self._acks: dict[int, asyncio.Future[bool]] = {}  # flush number → done when the child answered it
         self._closing = False
         self.dropped = 0
 
@@ -74,7 +77,25 @@ class SpanShipper:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.telemetry.exporter_main", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)
+        self._reader = asyncio.create_task(self._read(self._proc), name="span-exporter-reports")
         await self._send(("config", self._config))
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        """The child's reports until it exits: lost spans are counted, flushes answered."""
+        try:
+            while proc.stdout is not None and (line := await proc.stdout.readline()):
+                kind, _, value = line.decode(errors="replace").strip().partition(" ")
+                if kind == "lost" and value.isdigit():
+                    self.dropped += int(value)
+                elif kind == "flushed" and value.isdigit() and (ack := self._acks.pop(int(value), None)):
+                    if not ack.done():
+                        ack.set_result(True)
+        finally:
+            # A child gone answers no flush it was sent: its waiters hear it now rather than at their timeout.
+            for number, ack in list(self._acks.items()):
+                if not ack.done():
+                    ack.set_result(False)
+                del self._acks[number]
 
     async def _send(self, message: Any) -> None:
         proc = self._proc
@@ -110,21 +131,20 @@ class SpanShipper:
             await self._ship()
 
     async def flush(self, timeout_s: float = 10.0) -> bool:
-        """Ship what is buffered and wait until the child has exported it. True when it did in time."""
+        """Ship what is buffered and wait until the child has dealt with it (exported, or lost and reported
+        in `dropped`). True when it did in time."""
         # Shipping is inside the timeout too: a child stuck on a slow collector stops reading its
         # stdin, the pipe fills and `drain()` would otherwise wait for every batch ahead of ours.
         try:
             async with asyncio.timeout(timeout_s):
                 await self._ship()
-                proc = self._proc
-                if proc is None or proc.stdout is None:
+                if self._proc is None:
                     return False
                 self._flushes += 1
-                marker = f"flushed {self._flushes}".encode()
+                ack: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                self._acks[self._flushes] = ack
                 await self._send(("flush", self._flushes))
-                while (line := await proc.stdout.readline()) and line.strip() != marker:
-                    pass
-                return bool(line)
+                return await ack
         except (TimeoutError, ConnectionError, OSError):
             return False
 
@@ -155,6 +175,7 @@ class SpanShipper:
 
     async def _stop_child(self, timeout_s: float) -> None:
         proc, self._proc = self._proc, None
+        reader, self._reader = self._reader, None
         if proc is None:
             return
         with contextlib.suppress(ConnectionError, OSError):
@@ -166,6 +187,8 @@ class SpanShipper:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+        if reader is not None:  # its last reports (the pipe ends with the child)
+            await asyncio.gather(reader, return_exceptions=True)
 
 
 def _read_frame(stream: BinaryIO) -> Any:
@@ -261,13 +284,14 @@ def _seconds(raw: str | None) -> float | None:
     return max(value, 0.0) if value is not None and math.isfinite(value) else None
 
 
-def _export(encoder: OtlpEncoder, poster: OtlpPoster, spans: list[WireSpan]) -> None:
+def _export(encoder: OtlpEncoder, poster: OtlpPoster, spans: list[WireSpan]) -> bool:
+    """Encode and POST one batch; False when its spans are lost."""
     try:
         body: bytes = encoder.encode(spans).SerializeToString()
     except Exception as exc:  # as the SDK's exporter: a batch that cannot be encoded is lost, logged, not fatal
         log.error("%d spans not encodable (%s): lost", len(spans), exc)
-        return
-    poster.post(body, len(spans))
+        return False
+    return poster.post(body, len(spans))
 
 
 def main() -> None:
@@ -286,7 +310,10 @@ def main() -> None:
             kind, body = message
             if kind == "spans":
                 for start in range(0, len(body), MAX_BATCH):
-                    _export(encoder, poster, body[start:start + MAX_BATCH])
+                    batch = body[start:start + MAX_BATCH]
+                    if not _export(encoder, poster, batch):
+                        stdout.write(f"lost {len(batch)}\n".encode())  # the parent counts them
+                        stdout.flush()
             elif kind == "flush":
                 stdout.write(f"flushed {body}\n".encode())
                 stdout.flush()

@@ -141,8 +141,9 @@ class Telemetry:
             return True
         provider = self.provider
         done = await asyncio.to_thread(provider.force_flush, timeout_ms)
-        if self._shipper is not None:
-            done = await self._shipper.flush(timeout_ms / 1000) and done
+        if (shipper := self._shipper) is not None:
+            dropped = shipper.dropped
+            done = await shipper.flush(timeout_ms / 1000) and shipper.dropped == dropped and done
         return done
 
     async def close(self) -> None:

@@ -101,6 +101,7 @@ class OtlpReceiver:
     points: list[ReceivedPoint] = field(default_factory=list)
     requests: list[dict[str, str]] = field(default_factory=list)  # headers of each export request
     fail_with: int | None = None  # answer exports with this HTTP status (to test exporter failures)
+    port: int = 0  # where to listen (0: any free port); a fixed one stands for a collector that comes back
     _runner: web.AppRunner | None = None
     _port: int = 0
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -122,7 +123,7 @@ class OtlpReceiver:
         app.add_routes([web.post("/v1/traces", self._traces), web.post("/v1/metrics", self._metrics)])
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         server = site._server
         assert server is not None and server.sockets  # type: ignore[attr-defined]

@@ -12,10 +12,13 @@ from aiohttp import web
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
+from gateway.config import parse_config
 from gateway.config.model import TelemetryConfig
+from gateway.telemetry.observability import Observability
 from gateway.telemetry.span_export import SpanShipper
 from gateway.telemetry.spans import LightSpan, WireSpan, readable, wire_context
 from gateway.telemetry.tracing import Telemetry
+from tests.conftest import free_port
 from tests.support.otlp import OtlpReceiver
 
 
@@ -165,3 +168,39 @@ async def test_shutdown_with_a_stalled_collector_is_bounded_and_kills_the_export
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_spans_lost_while_the_collector_is_down_are_counted_and_later_spans_arrive(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collector down at start (or gone mid-run): calls go on, what the exporter child gives up on is
+    counted in `customs.spans.dropped` (not only logged by the child), and once it is back spans arrive."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0.5")  # the child's retry window (inherited)
+    port = free_port()
+    obs = Observability(parse_config({"upstreams": [{"name": "i", "url": "http://127.0.0.1:1/mcp"}],
+                                      "telemetry": {"traces": {"endpoint": f"http://127.0.0.1:{port}"}}}), env={})
+    await obs.start()
+    try:
+        for n in range(3):
+            with obs.telemetry.server_span("tools/call", f"lost-{n}"):
+                pass
+        assert await obs.telemetry.flush() is False  # lost, not exported
+        assert obs.telemetry.dropped == 3
+        assert next(line for line in obs.metrics.prometheus_text().decode().splitlines()
+                    if line.startswith("customs_spans_dropped_total{")).endswith(" 3.0")
+        async with OtlpReceiver(port=port) as otlp:
+            with obs.telemetry.server_span("tools/call", "back"):
+                pass
+            assert await obs.telemetry.flush()
+            await otlp.wait_for_span(lambda s: s.name == "tools/call back")
+            assert [s.name for s in otlp.spans] == ["tools/call back"]
+        assert obs.telemetry.dropped == 3
+        with obs.telemetry.server_span("tools/call", "lost-again"):  # the collector died mid-run
+            pass
+        assert await obs.telemetry.flush() is False and obs.telemetry.dropped == 4
+        async with OtlpReceiver(port=port) as otlp:
+            with obs.telemetry.server_span("tools/call", "back-again"):
+                pass
+            assert await obs.telemetry.flush()
+            await otlp.wait_for_span(lambda s: s.name == "tools/call back-again")
+    finally:
+        await obs.close()
