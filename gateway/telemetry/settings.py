@@ -67,10 +67,16 @@ def signal_url(base: str, signal: str) -> str:
     return base.rstrip("/") + suffix
 
 
+def exporters(env: Mapping[str, str], signal: str) -> frozenset[str]:
+    """OTEL_{SIGNAL}_EXPORTER: a comma-separated list (`otlp,console`), `otlp` when unset or empty."""
+    names = {name.strip().lower() for name in env.get(f"OTEL_{signal.upper()}_EXPORTER", "").split(",")}
+    return frozenset(names - {""}) or frozenset({"otlp"})
+
+
 def _signal_endpoint(explicit: str | None, env: Mapping[str, str], signal: str) -> str | None:
     if explicit:
         return signal_url(explicit, signal)
-    if env.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp").strip().lower() == "none":
+    if "otlp" not in exporters(env, signal):  # `none`, or only `console`
         return None
     specific = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip()
     if specific:
@@ -94,7 +100,11 @@ def unsupported_protocol(env: Mapping[str, str], signal: str) -> str | None:
 
 
 def service_name(config: TelemetryConfig, env: Mapping[str, str]) -> str:
-    return config.service_name or env.get("OTEL_SERVICE_NAME", "").strip() or DEFAULT_SERVICE_NAME
+    """The config's, else OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES (the spec's order),
+    else "customs"."""
+    resource = parse_env_headers(env.get("OTEL_RESOURCE_ATTRIBUTES", ""), liberal=True)
+    return (config.service_name or env.get("OTEL_SERVICE_NAME", "").strip()
+            or resource.get("service.name", "").strip() or DEFAULT_SERVICE_NAME)
 
 
 def _ratio(raw: str | None, default: float = 1.0) -> float:
@@ -126,8 +136,7 @@ def trace_settings(config: TelemetryConfig, env: Mapping[str, str]) -> TraceSett
         endpoint, console = None, False
     else:
         endpoint = _signal_endpoint(traces.endpoint, env, "traces")
-        console = traces.console or (traces.endpoint is None
-                                     and env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console")
+        console = traces.console or (traces.endpoint is None and "console" in exporters(env, "traces"))
     if "sample_ratio" in traces.model_fields_set:
         sampler: Sampler = ParentBased(TraceIdRatioBased(traces.sample_ratio))
     else:

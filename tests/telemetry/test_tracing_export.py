@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 from gateway.config.model import TelemetryConfig
 from gateway.errors import GatewayError
-from gateway.telemetry.settings import signal_url, trace_settings
+from gateway.telemetry.settings import metric_settings, signal_url, trace_settings
 from gateway.telemetry.tracing import Telemetry
 from tests.support.otlp import OtlpReceiver
 
@@ -188,3 +188,28 @@ async def test_collector_rejecting_exports_does_not_fail_the_gateway(otlp: OtlpR
     assert await telemetry.flush() in (True, False)
     await telemetry.close()
     assert otlp.requests and otlp.spans == []
+
+
+def test_resource_attributes_name_the_service_when_nothing_else_does() -> None:
+    """OTEL_RESOURCE_ATTRIBUTES' service.name counts (the spec: OTEL_SERVICE_NAME wins over it), before the default."""
+    resource = {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,service.name=shop-gw"}
+    assert trace_settings(TelemetryConfig(), resource).service_name == "shop-gw"
+    assert metric_settings(TelemetryConfig(), resource).service_name == "shop-gw"
+    both = {**resource, "OTEL_SERVICE_NAME": "named"}
+    assert trace_settings(TelemetryConfig(), both).service_name == "named"
+    assert trace_settings(TelemetryConfig.model_validate({"service_name": "cfg"}), both).service_name == "cfg"
+    assert trace_settings(TelemetryConfig(), {"OTEL_RESOURCE_ATTRIBUTES": "a=b"}).service_name == "customs"
+
+
+@pytest.mark.parametrize(("exporters", "otlp", "console"), [
+    ("console", False, True), ("otlp,console", True, True), ("console, otlp", True, True), ("otlp", True, False),
+    ("none", False, False), ("", True, False),
+])
+def test_the_exporter_variable_is_a_list_of_exporters(exporters: str, otlp: bool, console: bool) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318", "OTEL_TRACES_EXPORTER": exporters,
+           "OTEL_METRICS_EXPORTER": exporters}
+    traces = trace_settings(TelemetryConfig(), env)
+    assert (traces.endpoint is not None, traces.console) == (otlp, console)
+    assert (metric_settings(TelemetryConfig(), env).endpoint is not None) == otlp
+    explicit = trace_settings(TelemetryConfig.model_validate({"traces": {"endpoint": "http://cfg:4318"}}), env)
+    assert explicit.endpoint == "http://cfg:4318/v1/traces"  # the config section's own endpoint wins
