@@ -21,6 +21,7 @@ import orjson
 from cedarpy import _internal
 
 from gateway.authz import entities as E
+from gateway.authz.argtypes import check
 from gateway.authz.policyset import LoadedPolicies, prune
 from gateway.context import Decision, Outcome, Principal, ToolInfo
 
@@ -157,6 +158,12 @@ def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: To
         return Decision(known.outcome, known.policy_ids, known.errors, (time.perf_counter() - started) * 1e6,
                         version)
     decision = _evaluate(policies, ents, who, action, tool, first, first_text, granted, started)
+    # A value of another type than declared can make a forbid silently false (see argtypes): deny, and
+    # keep what Cedar said too (an operator that did error names its policy).
+    mistyped = check(first, policies.context_types.get(action)) if policies.context_types else []
+    if mistyped:
+        decision = _deny([*(f"argument type mismatch: {m}" for m in mistyped), *decision.errors], started,
+                         version, decision.policy_ids if decision.outcome == "deny" else ())
     if cache is not None:
         cache.remember(key, decision)
     return decision

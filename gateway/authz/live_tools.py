@@ -49,9 +49,8 @@ class ToolListError(Exception):
 async def fetch_tools(config: Config) -> dict[str, list[dict[str, Any]]]:
     """{upstream: [tool, ...]} for every upstream; ToolListError naming every upstream that failed.
 
-    Every upstream is waited for, failed or not: each stops its own child and connections as it ends. One
-    left running when the first failure returned was cancelled by asyncio.run's teardown together with its
-    subprocess's own tasks, and stopping the child then never finished (the command hung).
+    Every upstream is waited for, failed or not, so that every failure is listed and each stops its own
+    child and connections before asyncio.run's teardown (where StdioUpstream.stop() is bounded too).
     """
     async with aiohttp.ClientSession() as http:
         names = [u.name for u in config.upstreams]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -20,6 +21,9 @@ from typing import Any, TypeGuard
 import cedarpy
 
 from gateway.authz.argnames import unknown_args
+from gateway.authz.argtypes import Type, context_types
+
+log = logging.getLogger("customs.authz")
 
 SCHEMA_FILE = "schema.cedarschema"
 MAX_QUORUM = 20  # more distinct approvers than this for one call is a typo, not a policy
@@ -48,6 +52,8 @@ class LoadedPolicies:
     quorum_by_id: dict[str, int] = field(default_factory=dict)  # @id -> its @quorum("N"), where given
     # What of the context some policy reads (see context_tree); None: a policy uses `context` as a whole.
     context_reads: Tree | None = None
+    # Each action's declared context type: a value that does not fit it denies (see argtypes).
+    context_types: dict[str, Type] = field(default_factory=dict)
 
     @functools.cached_property  # asked on every decision; the set never changes
     def context_keys(self) -> frozenset[str] | None:
@@ -290,6 +296,9 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
         problems.extend(unknown_args(est, schema, files, by_internal, str(directory)))
     if problems or schema is None or schema_text is None:
         raise PolicyLoadError(source, problems)
+    types = context_types(schema)
+    if types is None:  # only a rendering this reader does not know; the policies themselves are valid
+        log.warning("%s: the schema's types could not be read; argument types are not checked", schema_path)
     digest = hashlib.sha256()
     for path, body in [(schema_path, schema_text), *((p, t) for p, t, _ in parsed)]:
         digest.update(path.name.encode() + b"\0" + body.encode() + b"\0")
@@ -297,4 +306,4 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
         policy_set=cedarpy.PolicySet.from_str(text, release_gil=True), schema=schema,
         version="sha256:" + digest.hexdigest()[:16], source=source,
         files=tuple(str(p) for p, _t, _i in parsed), id_by_internal=by_internal, quorum_by_id=quorums,
-        context_reads=context_tree(est))
+        context_reads=context_tree(est), context_types=types or {})

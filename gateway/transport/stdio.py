@@ -53,6 +53,7 @@ GATEWAY_CAPABILITIES: Mapping[str, Any] = {"sampling": {}, "elicitation": {}}
 RESTART_BASE_S = 0.1
 RESTART_CAP_S = 5.0
 STABLE_AFTER_S = 30.0  # a child that lived this long restarts from the shortest back-off again
+SPAWN_CANCEL_S = 1.0  # a child cancelled while being created is killed and gone within milliseconds
 
 
 class StdioUpstream:
@@ -85,6 +86,7 @@ class StdioUpstream:
         self._restarts = 0
         self._detail = "not started"
         self._stopping = False
+        self._spawning = False  # inside asyncio's create_subprocess_exec (see _end_supervisor)
 
     @property
     def pid(self) -> int | None:
@@ -108,8 +110,7 @@ class StdioUpstream:
     async def stop(self) -> None:
         self._stopping = True
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+            await self._end_supervisor(self._supervisor)
             self._supervisor = None
         if self._proc is not None:
             await terminate(self._proc, self._grace_s)
@@ -118,6 +119,20 @@ class StdioUpstream:
         self._table.fail_all(GatewayError("upstream_unavailable", "upstream stopped", data={"upstream": self.name}))
         self._ready.clear()
         self._detail = "stopped"
+
+    async def _end_supervisor(self, task: asyncio.Task[None]) -> None:
+        """Cancel the supervisor and wait for it, bounded: its own clean-up (terminate()) takes at most
+        3 x grace_s. One cancelled from outside while asyncio was still creating the child (asyncio.run's
+        teardown cancels every task, asyncio's pipe-connecting one too) waits, inside asyncio, for the exit
+        of the child asyncio killed, which is only reported once pipes that were never connected close:
+        forever (CPython 3.11). Nothing is left to clean up there, so it is cancelled again."""
+        limit = 3 * self._grace_s + 2.0
+        for _ in range(3):
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=SPAWN_CANCEL_S if self._spawning else limit)
+            if done:
+                return
+        self.log.error("upstream %s: its supervisor did not stop; left behind", self.name)
 
     def health(self) -> Health:
         if self.breaker.is_open:  # with why the child fails: a crash loop opens the circuit within a second
@@ -248,7 +263,11 @@ class StdioUpstream:
             await asyncio.sleep(delay)  # restart back-off, not synchronisation
 
     async def _run_child(self) -> None:
-        proc = await spawn(self.config)
+        self._spawning = True
+        try:
+            proc = await spawn(self.config)
+        finally:
+            self._spawning = False
         self._proc = proc
         self._detail = "initializing"
         stderr = asyncio.create_task(pump_stderr(proc, self.log))
