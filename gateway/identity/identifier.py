@@ -62,12 +62,14 @@ def default_audience(resource_url: str) -> str:
 
 def key_source(issuer: IssuerConfig, http: aiohttp.ClientSession | None,
                monotonic: Callable[[], float]) -> KeySource:
+    algorithms = issuer.algorithms
     if issuer.jwks_url is not None:
-        return UrlKeySource(issuer.jwks_url, http, refresh_s=issuer.jwks_refresh_s, clock=monotonic)
+        return UrlKeySource(issuer.jwks_url, http, refresh_s=issuer.jwks_refresh_s, clock=monotonic,
+                            algorithms=algorithms)
     if issuer.jwks_file is not None:
-        return FileKeySource(issuer.jwks_file, pem=False, clock=monotonic)
+        return FileKeySource(issuer.jwks_file, pem=False, clock=monotonic, algorithms=algorithms)
     assert issuer.pem_file is not None  # the config model requires exactly one source
-    return FileKeySource(issuer.pem_file, pem=True, clock=monotonic)
+    return FileKeySource(issuer.pem_file, pem=True, clock=monotonic, algorithms=algorithms)
 
 
 CACHE_S = 30.0
@@ -114,8 +116,12 @@ class JwtIdentifier:
             await source.close()
 
     async def readiness(self) -> tuple[bool, Any]:
-        """/readyz: every issuer whose keys come from a URL has some (else each of its tokens is refused)."""
+        """/readyz: every issuer whose keys come from a URL has some, and every issuer's keys fit one of its
+        algorithms (else each of its tokens is refused). A key file is named only when it does not fit."""
         details = {source.url: source.readiness() for source in self._sources if isinstance(source, UrlKeySource)}
+        for source in self._sources:
+            if isinstance(source, FileKeySource) and not (checked := source.readiness())[0]:
+                details[source.path] = checked
         ready = all(ok for ok, _ in details.values())
         return ready, {url: detail for url, (_, detail) in details.items()} or "ok"
 

@@ -133,6 +133,32 @@ def _describe(key: VerifyKey) -> str:
     return f"{key.kid or '(no kid)'}: {kind}{pinned}"
 
 
+def unfit(keys: Iterable[VerifyKey], algorithms: Iterable[str], origin: str) -> str | None:
+    """Why no key can verify a token of any of `algorithms` (None: some key can)."""
+    keys, algorithms = list(keys), list(algorithms)
+    if any(key.allows(alg) for key in keys for alg in algorithms):
+        return None
+    found = ", ".join(_describe(key) for key in keys)
+    return f"{origin}: no key fits the issuer's algorithms {', '.join(algorithms)} (keys: {found})"
+
+
+class FitCheck:
+    """Whether the key set in use fits the issuer's `algorithms`. One that does not refuses every token of the
+    issuer (401) while looking healthy, so it is logged (once per key set: a refresh fetching the same set
+    again stays quiet) and /readyz says why."""
+
+    def __init__(self, algorithms: Iterable[str] | None, origin: str) -> None:
+        self._algorithms = list(algorithms) if algorithms is not None else None
+        self._origin = origin
+        self.problem: str | None = None
+
+    def check(self, keys: list[VerifyKey]) -> None:
+        problem = unfit(keys, self._algorithms, self._origin) if self._algorithms is not None and keys else None
+        if problem is not None and problem != self.problem:
+            log.warning("%s: every token of this issuer is refused", problem)
+        self.problem = problem
+
+
 def select(keys: Iterable[VerifyKey], kid: str | None) -> list[VerifyKey]:
     """Keys a token with this `kid` may be checked against: a kid-less key matches any kid, and a kid-less
     token may use any key (the verifier then insists on exactly one that fits the algorithm)."""
@@ -150,8 +176,10 @@ class FileKeySource:
     """
 
     def __init__(self, path: Path, *, pem: bool, clock: Callable[[], float] = time.monotonic,
-                 cooldown_s: float = UNKNOWN_KID_COOLDOWN_S) -> None:
+                 cooldown_s: float = UNKNOWN_KID_COOLDOWN_S, algorithms: Iterable[str] | None = None) -> None:
         self._path = path
+        # The first read is checked by the first readiness probe: preflight (config check, serve) refuses it already.
+        self._fit = FitCheck(algorithms, str(path))
         self._pem = pem
         self._clock = clock
         self._cooldown_s = cooldown_s
@@ -186,13 +214,18 @@ class FileKeySource:
         """Changes whenever the key set is replaced (cached verifications are then void), never back."""
         return self._generation
 
+    @property
+    def path(self) -> str:
+        return str(self._path)
+
     def unfit_for(self, algorithms: Iterable[str]) -> str | None:
         """Why no key of the file can verify a token of any of `algorithms` (None: some key can)."""
-        algorithms = list(algorithms)
-        if any(key.allows(alg) for key in self._keys for alg in algorithms):
-            return None
-        found = ", ".join(_describe(key) for key in self._keys)
-        return f"{self._path}: no key fits the issuer's algorithms {', '.join(algorithms)} (keys: {found})"
+        return unfit(self._keys, algorithms, str(self._path))
+
+    def readiness(self) -> tuple[bool, str]:
+        """Not ready when the key set read last fits none of the issuer's algorithms (every token refused)."""
+        self._fit.check(self._keys)
+        return (False, self._fit.problem) if self._fit.problem is not None else (True, "ok")
 
     async def start(self) -> None:
         return None
@@ -215,6 +248,7 @@ class FileKeySource:
         try:
             self._keys, self._stamp, self._failed = self._read(), stamp, None
             self._generation += 1
+            self._fit.check(self._keys)
         except KeySetError as exc:
             # Mid-rewrite or broken: keep the keys in use; this version is tried again after the cool-down.
             self._failed = (stamp, self._clock())
@@ -228,8 +262,10 @@ class UrlKeySource:
 
     def __init__(self, url: str, http: aiohttp.ClientSession | None, *, refresh_s: float,
                  cooldown_s: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 timeout_s: float = FETCH_TIMEOUT_S, max_bytes: int = MAX_JWKS_BYTES) -> None:
+                 timeout_s: float = FETCH_TIMEOUT_S, max_bytes: int = MAX_JWKS_BYTES,
+                 algorithms: Iterable[str] | None = None) -> None:
         self.url = url
+        self._fit = FitCheck(algorithms, url)
         self._http = http
         self._own_http = http is None
         self._refresh_s = refresh_s
@@ -251,10 +287,13 @@ class UrlKeySource:
         Without keys the probe also starts a fetch (within the cool-down, in the background): a replica that is
         not ready gets no traffic, so no token's unknown kid would ever fetch again once the IdP is back.
         """
-        if self._keys:
+        if self._keys and self._fit.problem is None:
             return True, "ok" if self.last_error is None else f"last good keys kept; refresh failed: {self.last_error}"
         if self._http is not None:
             self._refresh_in_background()
+        if self._keys:  # keys, but none for the issuer's algorithms: as good as none
+            failed = "" if self.last_error is None else f"; refresh failed: {self.last_error}"
+            return False, f"{self._fit.problem}{failed}"
         return False, f"no keys from {self.url}: {self.last_error or 'not fetched yet'}"
 
     def _refresh_in_background(self) -> None:
@@ -309,6 +348,7 @@ class UrlKeySource:
                 self._keys = keys_from_jwks(await self._download(), self.url)
                 self._generation += 1
                 self._fetched_at = self._clock()
+                self._fit.check(self._keys)
             except (KeySetError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 # Keep serving the last good keys: an IdP outage must not log every agent out.
                 self.last_error = str(exc) or type(exc).__name__
