@@ -1,10 +1,10 @@
 """What a stdio child writes on stdout, one line at a time: responses to their waiters, the rest routed.
 
-Batches: the 2024-11-05 and 2025-03-26 revisions have JSON-RPC batches (2025-03-26: implementations MUST
-support receiving them); 2025-06-18 removed them. A child that negotiated one of the earlier revisions may
-answer in a batch, so each message of it is handled as if it came on a line of its own. Under a later
-revision a batch breaks the protocol: the requests it answers fail at once with upstream_error (instead of
-waiting for upstream_timeout) and the rest of it is dropped with a warning.
+Batches: only the 2025-03-26 revision has JSON-RPC batches (it added them: implementations MUST support
+receiving them; 2025-06-18 removed them), as at the agent edge (gateway/http/batch.py). A child that
+negotiated 2025-03-26 may answer in a batch, so each message of it is handled as if it came on a line of
+its own. Under any other revision a batch breaks the protocol: the requests it answers fail at once with
+upstream_error (instead of waiting for upstream_timeout) and the rest of it is dropped with a warning.
 
 A message with NaN, Infinity or -Infinity literals (Python's parser reads them, JSON has no such numbers)
 is refused as upstream_error, like on the HTTP transports (events.parse_json): the request it answers
@@ -22,7 +22,7 @@ from gateway.transport.base import Message
 from gateway.transport.events import NotJson, parse_json
 from gateway.transport.inflight import InflightTable
 
-BATCH_REVISIONS = frozenset({"2024-11-05", "2025-03-26"})
+BATCH_REVISIONS = frozenset({"2025-03-26"})
 
 
 class StdoutReader:

@@ -1,5 +1,5 @@
-"""What a real stdio child writes that is not one plain JSON message per line: a JSON-RPC batch (allowed
-by the 2025-03-26 revision, removed in 2025-06-18) and NaN / Infinity literals (not JSON at all)."""
+"""What a real stdio child writes that is not one plain JSON message per line: a JSON-RPC batch (added by
+the 2025-03-26 revision, removed in 2025-06-18) and NaN / Infinity literals (not JSON at all)."""
 
 from __future__ import annotations
 
@@ -63,15 +63,16 @@ async def test_a_batch_from_a_2025_03_26_child_is_routed_item_by_item() -> None:
         assert plain["result"]["content"][0]["text"] == "plain"
 
 
-async def test_a_batch_from_a_later_revision_fails_the_call_it_answers_at_once(
-        caplog: pytest.LogCaptureFixture) -> None:
-    async with child("2025-11-25") as upstream:
+@pytest.mark.parametrize("revision", ["2024-11-05", "2025-11-25"])  # before batches were added, after removed
+async def test_a_batch_under_another_revision_fails_the_call_it_answers_at_once(
+        revision: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with child(revision) as upstream:
         inbox = Inbox()
         session = await upstream.connect(CLIENT_CAPS, inbox)
         with pytest.raises(GatewayError) as info:
             await asyncio.wait_for(session.request(call("batch")), LIMIT_S)
         assert info.value.reason == "upstream_error"
-        assert "JSON-RPC batch, which protocol 2025-11-25 does not allow" in info.value.message
+        assert f"JSON-RPC batch, which protocol {revision} does not allow" in info.value.message
         assert any("does not allow" in r.getMessage() for r in caplog.records)
         assert not inbox.messages  # the rest of a batch the revision forbids is dropped
         plain = await asyncio.wait_for(session.request(call("plain")), LIMIT_S)  # the child still serves
