@@ -157,6 +157,14 @@ def test_listen_and_published_ports_agree(config: Config, services: dict[str, di
         assert (gateway_url.hostname, gateway_url.port, gateway_url.path) == ("127.0.0.1", config.listen.port, "/mcp")
 
 
+def test_published_ports_are_on_the_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    """The Jaeger UI shows every principal, tool and decision, and its OTLP port takes spans from anyone:
+    like the gateway's, they are published on the host's loopback, never on all its interfaces."""
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every host interface"
+
+
 def test_traces_reach_jaeger_and_redis_is_the_redis_service(config: Config,
                                                              services: dict[str, dict[str, Any]]) -> None:
     env = environment(services["gateway"])
