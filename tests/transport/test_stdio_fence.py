@@ -36,6 +36,9 @@ async def test_given_up_calls_share_one_fence_and_a_mute_child_is_restarted(
                                             timeout_s=timeout_s),
                              restart_cap_s=0.05, on_restart=lambda name: restarted.set())
     await upstream.start()
+    # connect() waits for the child only timeout_s (kept short for the timeouts tested): a loaded
+    # machine can take longer to start a Python child, so wait for it to be up first.
+    await eventually(lambda: upstream.health().ready, within=30)
     try:
         view = await upstream.connect(CLIENT_CAPS, Inbox())
         first_pid = upstream.pid
@@ -75,6 +78,9 @@ async def test_one_answered_fence_ping_clears_every_given_up_call() -> None:
     upstream = StdioUpstream(UpstreamConfig(name="watch", command=(sys.executable, WATCH_SERVER_PATH), timeout_s=1),
                              on_restart=restarts.append)
     await upstream.start()
+    # connect() waits for the child only timeout_s (kept short for the timeouts tested): a loaded
+    # machine can take longer to start a Python child, so wait for it to be up first.
+    await eventually(lambda: upstream.health().ready, within=30)
     try:
         inbox = Inbox()
         view = await upstream.connect(CLIENT_CAPS, inbox)
