@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.hardening.conftest import ANON, RawClient, reason
+from tests.hardening.conftest import ANON, RawClient, poll, reason
 
 pytestmark = pytest.mark.asyncio
 
@@ -62,6 +62,11 @@ async def test_a_stdio_child_nesting_too_deep_fails_nothing_else_and_keeps_runni
     gw = await start_gateway({"upstreams": [{"name": "d", "command": [sys.executable, str(script)], "timeout_s": 1}],
                               "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
     async with aiohttp.ClientSession() as http:
+        # A call waits for the child only timeout_s (1 s, for the timeout below): on a loaded machine the
+        # child can take longer to start, so wait until it is up.
+        async def up() -> bool:
+            return bool((await readiness(http, gw, "d")).get("ready"))
+        await poll(up, timeout=30, what="the stdio child to be ready")
         client = RawClient(http, gw.mcp)
         await client.initialize()
         status, _, body = await client.call("d__ok", {}, request_id=1)
