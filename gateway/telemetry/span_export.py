@@ -7,9 +7,10 @@ marshals each batch (plain tuples: a few microseconds) and writes it to the chil
 (`python -m gateway.telemetry.exporter_main`) encodes them with `otlp_encode.OtlpEncoder` (the SDK's
 encoding, without building SDK spans first) and POSTs each request (`OtlpPoster`).
 `flush()` waits until the child has exported everything sent so far. The child reports on its stdout
-(`lost N`: a batch it gave up on, collector down or refusing; `flushed K`), read by one task per child.
-Every span lost, in the child or on the way to it, is counted in `dropped` (`customs.spans.dropped`).
-A child that dies is restarted (spans in flight are lost and counted); the gateway never waits on the collector.
+(`done N` / `lost N` for each batch it exported or gave up on, collector down or refusing; `flushed K`),
+read by one task per child. Every span lost, in the child or on the way to it, is counted in `dropped`
+(`customs.spans.dropped`). A child that dies is restarted (the spans it held, sent and not reported, are
+lost and counted); the gateway never waits on the collector.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class SpanShipper:
         self._reader: asyncio.Task[None] | None = None
         self._flushes = 0
         self._acks: dict[int, asyncio.Future[bool]] = {}  # flush number → done when the child answered it
+        self._in_child = 0  # spans written to the current child that it has not reported done or lost
         self._closing = False
         self.dropped = 0
 
@@ -85,12 +87,17 @@ class SpanShipper:
         try:
             while proc.stdout is not None and (line := await proc.stdout.readline()):
                 kind, _, value = line.decode(errors="replace").strip().partition(" ")
-                if kind == "lost" and value.isdigit():
-                    self.dropped += int(value)
+                if kind in ("done", "lost") and value.isdigit():
+                    self._in_child -= int(value)
+                    if kind == "lost":
+                        self.dropped += int(value)
                 elif kind == "flushed" and value.isdigit() and (ack := self._acks.pop(int(value), None)):
                     if not ack.done():
                         ack.set_result(True)
         finally:
+            # What the child held when it ended (killed, crashed, stuck at shutdown) never reaches the collector.
+            self.dropped += self._in_child
+            self._in_child = 0
             # A child gone answers no flush it was sent: its waiters hear it now rather than at their timeout.
             for number, ack in list(self._acks.items()):
                 if not ack.done():
@@ -110,6 +117,7 @@ class SpanShipper:
             batch, self._spans = self._spans[:MAX_BATCH * 8], self._spans[MAX_BATCH * 8:]
             try:
                 await self._send(("spans", batch))
+                self._in_child += len(batch)
             except ValueError as exc:  # an attribute value marshal cannot carry: a bug, never a crash
                 self.dropped += len(batch)
                 log.error("spans not exportable (%s): %d spans lost", exc, len(batch))
@@ -311,9 +319,10 @@ def main() -> None:
             if kind == "spans":
                 for start in range(0, len(body), MAX_BATCH):
                     batch = body[start:start + MAX_BATCH]
-                    if not _export(encoder, poster, batch):
-                        stdout.write(f"lost {len(batch)}\n".encode())  # the parent counts them
-                        stdout.flush()
+                    # The parent counts what is lost, and what this process held if it dies.
+                    outcome = "done" if _export(encoder, poster, batch) else "lost"
+                    stdout.write(f"{outcome} {len(batch)}\n".encode())
+                    stdout.flush()
             elif kind == "flush":
                 stdout.write(f"flushed {body}\n".encode())
                 stdout.flush()

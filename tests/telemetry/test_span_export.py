@@ -204,3 +204,39 @@ async def test_spans_lost_while_the_collector_is_down_are_counted_and_later_span
             await otlp.wait_for_span(lambda s: s.name == "tools/call back-again")
     finally:
         await obs.close()
+
+
+async def test_spans_held_by_an_exporter_that_dies_are_counted() -> None:
+    """The child took a batch and was stuck on the collector when it died: those spans are lost and counted."""
+    arrived = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stalled(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/traces", stalled)])
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    shipper = SpanShipper(f"http://127.0.0.1:{runner.addresses[0][1]}/v1/traces", {}, {"service.name": "dies"})
+    await shipper.start()
+    try:
+        now = time.time_ns()
+        for n in range(5):
+            shipper.add((f"tools/call t{n}", SpanKind.SERVER.value, (n + 1, n + 1, False, 1, ()), None, now, now,
+                         {}, [], (StatusCode.UNSET.value, None)))
+        assert await shipper.flush(timeout_s=0.5) is False  # shipped, but the collector never answers
+        await asyncio.wait_for(arrived.wait(), 10)
+        proc, reader = shipper._proc, shipper._reader
+        assert proc is not None and reader is not None and shipper.dropped == 0
+        proc.kill()
+        await asyncio.wait_for(reader, 10)  # the child's reports end with it
+        assert shipper.dropped == 5
+    finally:
+        release.set()
+        await shipper.close(timeout_s=1)
+        await runner.cleanup()
