@@ -213,3 +213,9 @@ def test_the_exporter_variable_is_a_list_of_exporters(exporters: str, otlp: bool
     assert (metric_settings(TelemetryConfig(), env).endpoint is not None) == otlp
     explicit = trace_settings(TelemetryConfig.model_validate({"traces": {"endpoint": "http://cfg:4318"}}), env)
     assert explicit.endpoint == "http://cfg:4318/v1/traces"  # the config section's own endpoint wins
+
+
+def test_an_explicit_console_false_wins_over_the_exporter_variable() -> None:
+    env = {"OTEL_TRACES_EXPORTER": "console"}
+    assert not trace_settings(TelemetryConfig.model_validate({"traces": {"console": False}}), env).enabled
+    assert trace_settings(TelemetryConfig.model_validate({"traces": {"sample_ratio": 0.5}}), env).console
