@@ -198,7 +198,8 @@ def test_replay_without_logged_arguments_reports_argument_policies_as_undetermin
     log.write_text("\n".join(lines) + "\n")
     same = run("replay", "--log", log, "--policies", policy_dir)
     assert same.returncode == 0, same.stdout + same.stderr
-    assert "2 replayed, 0 changed, 0 skipped (no authz_input or not a decision), 1 undetermined (arguments not logged)" in same.stdout
+    assert ("2 replayed, 0 changed, 0 skipped (no authz_input or not a decision), "
+            "1 undetermined (arguments not logged)") in same.stdout
     assert "line 1: spiffe://customs.demo/agent/reader call_tool payments/pay: allow -> " in same.stdout
     (policy_dir / "cap.cedar").unlink()  # no policy reads arguments now: both lines replay exactly
     changed = run("replay", "--log", log, "--policies", policy_dir)
