@@ -55,6 +55,8 @@ log = logging.getLogger("customs.telemetry")
 TRACER_NAME = "customs"
 VERSION = "0.1.0"
 PROPAGATION_KEYS = ("traceparent", "tracestate", "baggage")
+DEFAULT_CLOSE_S = 10.0  # the last span export at shutdown, when no shutdown deadline is known
+MIN_CLOSE_S = 1.0  # ... and at least this much of it past a drain that used up the deadline
 NO_SPAN: Span = trace.INVALID_SPAN
 _INTERNAL = SpanKind.INTERNAL.value
 _PARENT_OR_ON = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
@@ -99,6 +101,9 @@ class Telemetry:
         self._resource: Resource | None = None
         # Where a finished span goes: the shipper's own `add` when it is the only exporter (one call less a span).
         self._finished: Callable[[WireSpan], None] = self._both
+        # Set when shutdown begins (loop time by which the process should be gone): the last export gets what
+        # is left of it (at least a second), not 10 s more on top of a drain that used it all.
+        self.shutdown_deadline: float | None = None
 
     async def start(self) -> None:
         """Start the exporter child (OTLP) and the console processor, as configured."""
@@ -153,7 +158,11 @@ class Telemetry:
         self._finished = self._both
         self.tracer = trace.NoOpTracer()
         if shipper is not None:
-            await shipper.close()
+            timeout_s = DEFAULT_CLOSE_S
+            if self.shutdown_deadline is not None:
+                left = self.shutdown_deadline - asyncio.get_running_loop().time()
+                timeout_s = max(MIN_CLOSE_S, min(DEFAULT_CLOSE_S, left))
+            await shipper.close(timeout_s)
         if provider is not None:
             await asyncio.to_thread(provider.shutdown)
         self._console = None

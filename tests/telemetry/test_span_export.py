@@ -240,3 +240,34 @@ async def test_spans_held_by_an_exporter_that_dies_are_counted() -> None:
         release.set()
         await shipper.close(timeout_s=1)
         await runner.cleanup()
+
+
+async def test_the_last_export_shares_the_drain_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    """Shutdown gave the span export 10 s of its own after the drain, so a gateway whose drain used
+    `listen.drain_timeout_s` took up to 10 s more (past a 30 s kill grace). Once shutdown has begun the export
+    gets what is left of the drain deadline, at least a second."""
+    release = asyncio.Event()
+
+    async def stalled(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/traces", stalled)])
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    telemetry = Telemetry(config(endpoint=f"http://127.0.0.1:{runner.addresses[0][1]}"), env={})
+    await telemetry.start()
+    try:
+        with telemetry.server_span("tools/call", "late"):
+            pass
+        telemetry.shutdown_deadline = asyncio.get_running_loop().time()  # the drain used it all
+        with caplog.at_level("WARNING", "customs.telemetry"):
+            await asyncio.wait_for(telemetry.close(), 30)
+        lost = [r.getMessage() for r in caplog.records if "span export did not finish" in r.getMessage()]
+        assert lost == ["span export did not finish within 1 s of shutdown: unexported spans are lost"], lost
+    finally:
+        release.set()
+        await runner.cleanup()
