@@ -2,7 +2,7 @@
 
 The recording upstream is a low-level SDK server that appends every tools/call it *receives*
 (before any argument validation) to a list, so a test can prove what the gateway forwarded, not
-only what a tool chose to execute.
+only what a tool chose to execute. `raw_upstream` answers with exact bytes instead, for JSON no SDK would write.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from typing import Any
 import aiohttp
 import mcp_types as types
 import pytest
+from aiohttp import web
 from mcp.server import Server
 
 from tests.support.redis import redis_factory, redis_server  # noqa: F401  (re-exported fixtures)
-from tests.support.servers import run_http_server
+from tests.support.servers import run_aiohttp, run_http_server
 
 REPO = Path(__file__).resolve().parents[2]
 ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
@@ -81,6 +83,31 @@ def recording_server(recorder: Recorder) -> Server[Any]:
         return types.CallToolResult(content=[types.TextContent(type="text", text=f"ran {params.name}")])
 
     return Server("rec", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+@asynccontextmanager
+async def raw_upstream(tools: bytes, call_result: Callable[[dict[str, Any]], bytes]) -> AsyncIterator[str]:
+    """A streamable HTTP upstream answering with exact bytes: `tools` is the array its tools/list gives,
+    `call_result(message)` the result of each tools/call. For JSON a Python server may well write (NaN, Infinity,
+    lone surrogates as escapes, nesting past the parser's limit) though no SDK model would build it."""
+    async def handle(request: web.Request) -> web.Response:
+        message = json.loads(await request.read())
+        if "id" not in message:
+            return web.Response(status=202)
+        if message["method"] == "initialize":
+            result = (b'{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},'
+                      b'"serverInfo":{"name":"raw","version":"1"}}')
+        elif message["method"] == "tools/list":
+            result = b'{"tools":' + tools + b'}'
+        else:
+            result = call_result(message)
+        body = b'{"jsonrpc":"2.0","id":' + json.dumps(message["id"]).encode() + b',"result":' + result + b'}'
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/mcp", handle)
+    async with run_aiohttp(app) as base:
+        yield f"{base}/mcp"
 
 
 class RawClient:

@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.hardening.conftest import ANON, RawClient, poll, reason
+from tests.hardening.conftest import ANON, RawClient, poll, raw_upstream, reason
+from tests.support.servers import run_aiohttp
 
 pytestmark = pytest.mark.asyncio
 
@@ -81,39 +82,11 @@ async def test_a_stdio_child_nesting_too_deep_fails_nothing_else_and_keeps_runni
         assert state["ready"] is True and state["restarts"] == 0, state
 
 
-@asynccontextmanager
-async def deep_http_upstream() -> AsyncIterator[str]:
-    """A streamable HTTP upstream whose tools/call answer nests too deep for the parser."""
-    async def handle(request: web.Request) -> web.Response:
-        message = json.loads(await request.read())
-        if "id" not in message:
-            return web.Response(status=202)
-        if message["method"] == "initialize":
-            result = (b'{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},'
-                      b'"serverInfo":{"name":"deep","version":"1"}}')
-        elif message["method"] == "tools/list":
-            result = b'{"tools":[{"name":"deep","inputSchema":{"type":"object"}}]}'
-        else:
-            result = b'{"content":' + DEEP + b'}'
-        body = b'{"jsonrpc":"2.0","id":' + json.dumps(message["id"]).encode() + b',"result":' + result + b'}'
-        return web.Response(body=body, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/mcp", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/mcp"
-    finally:
-        await runner.cleanup()
-
-
 async def test_an_http_answer_nesting_too_deep_is_upstream_error(start_gateway: Any, permissive_policies: Path
                                                                  ) -> None:
     # Was internal_error (-32603), logged as a gateway bug, though the upstream sent what cannot be read.
-    async with deep_http_upstream() as url, aiohttp.ClientSession() as http:
+    async with raw_upstream(b'[{"name":"deep","inputSchema":{"type":"object"}}]',
+                            lambda _: b'{"content":' + DEEP + b'}') as url, aiohttp.ClientSession() as http:
         gw = await start_gateway({"upstreams": [{"name": "d", "url": url}], "identity": ANON,
                                   "policies": {"dir": str(permissive_policies), "watch": False}})
         client = RawClient(http, gw.mcp)
@@ -154,14 +127,8 @@ async def deep_sse_upstream() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/sse", stream)
     app.router.add_post("/messages", post)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/sse"
-    finally:
-        await runner.cleanup()
+    async with run_aiohttp(app, handler_cancellation=True, shutdown_timeout=1) as base:
+        yield f"{base}/sse"
 
 
 async def test_a_legacy_sse_answer_nesting_too_deep_leaves_the_stream_working(

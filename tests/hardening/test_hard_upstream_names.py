@@ -7,20 +7,17 @@ Names are namespaced `<prefix><tool>`; prefixes may overlap (upstream `a` with `
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import mcp_types as types
 import pytest
-from aiohttp import web
 from mcp.server import Server
 
 from gateway.config import ConfigError, parse_config
-from tests.hardening.conftest import ANON, RawClient, reason
+from tests.hardening.conftest import ANON, RawClient, raw_upstream, reason
 from tests.support.servers import run_http_server
 
 
@@ -87,35 +84,12 @@ async def test_a_name_two_upstreams_share_after_namespacing_is_listed_once_as_th
         assert status == 200 and body["result"]["content"][0]["text"] == "a ran b__pay", body
 
 
-@asynccontextmanager
-async def raw_upstream(tools: bytes, calls: list[str]) -> AsyncIterator[str]:
-    """A streamable HTTP upstream answering with exact bytes: JSON a Python server may well write (NaN,
-    Infinity, lone surrogates as escapes) though no SDK model would build it."""
-    async def handle(request: web.Request) -> web.Response:
-        message = json.loads(await request.read())
-        if "id" not in message:
-            return web.Response(status=202)
-        if message["method"] == "initialize":
-            result = (b'{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},'
-                      b'"serverInfo":{"name":"raw","version":"1"}}')
-        elif message["method"] == "tools/list":
-            result = b'{"tools":' + tools + b'}'
-        else:
-            calls.append(message["params"]["name"])
-            result = b'{"content":[{"type":"text","text":"raw ran"}]}'
-        body = b'{"jsonrpc":"2.0","id":' + json.dumps(message["id"]).encode() + b',"result":' + result + b'}'
-        return web.Response(body=body, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/mcp", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/mcp"
-    finally:
-        await runner.cleanup()
+def recording(calls: list[str]) -> Callable[[dict[str, Any]], bytes]:
+    """A tools/call answer for `raw_upstream` that records the name called."""
+    def answer(message: dict[str, Any]) -> bytes:
+        calls.append(message["params"]["name"])
+        return b'{"content":[{"type":"text","text":"raw ran"}]}'
+    return answer
 
 
 # NaN and Infinity literals are not JSON: a list holding them is refused whole (see the test after this one).
@@ -138,7 +112,7 @@ async def test_odd_json_in_one_upstreams_tool_list_breaks_neither_the_list_nor_a
     raw_calls: list[str] = []
     good = named_server("good", [tool("fine", "Works")], [], calls)
     config_store: Any = "memory" if store == "memory" else {"redis": {"url": redis_factory(appendonly=False).url}}
-    async with raw_upstream(b"[" + b",".join(ODD_TOOLS) + b"]", raw_calls) as url_raw, \
+    async with raw_upstream(b"[" + b",".join(ODD_TOOLS) + b"]", recording(raw_calls)) as url_raw, \
             run_http_server(good) as url_good, aiohttp.ClientSession() as http:
         gw = await start_gateway({"upstreams": [{"name": "raw", "url": url_raw}, {"name": "good", "url": url_good}],
                                   "identity": ANON, "store": config_store,
@@ -171,7 +145,7 @@ async def test_a_tool_list_with_nan_is_not_json_and_breaks_no_other_upstream(
     calls: list[tuple[str, str]] = []
     raw_calls: list[str] = []
     good = named_server("good", [tool("fine", "Works")], [], calls)
-    async with raw_upstream(b"[" + b",".join(NAN_TOOLS) + b"]", raw_calls) as url_raw, \
+    async with raw_upstream(b"[" + b",".join(NAN_TOOLS) + b"]", recording(raw_calls)) as url_raw, \
             run_http_server(good) as url_good, aiohttp.ClientSession() as http:
         gw = await start_gateway({"upstreams": [{"name": "raw", "url": url_raw}, {"name": "good", "url": url_good}],
                                   "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})

@@ -10,12 +10,15 @@ order of arrival; `wait_for(predicate)` wakes on every export (asyncio.Condition
         span = await otlp.wait_for_span(lambda s: s.name == "tools/call get_stock")
         trace = otlp.trace(span.trace_id)          # every span of that trace received so far
         assert otlp.children(span)[0].name == "authorize"
+
+`stalled_collector()` is the opposite: a collector that takes every trace export and never answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -29,6 +32,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from tests.support.servers import run_aiohttp
 
 T = TypeVar("T")
 
@@ -198,6 +203,34 @@ class OtlpReceiver:
 
     def with_attribute(self, key: str, value: Any) -> list[ReceivedSpan]:
         return [s for s in self.spans if s.attributes.get(key) == value]
+
+
+@dataclass(frozen=True)
+class StalledCollector:
+    """`url` is the base endpoint; `arrived` is set once the first export is being held."""
+
+    url: str
+    arrived: asyncio.Event
+
+
+@asynccontextmanager
+async def stalled_collector() -> AsyncIterator[StalledCollector]:
+    """A collector that accepts connections and holds every `POST /v1/traces` unanswered until the block ends:
+    an exporter child that ships to it is stuck on its first request."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def stalled(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/traces", stalled)])
+    async with run_aiohttp(app, access_log=None, shutdown_timeout=1) as url:
+        try:
+            yield StalledCollector(url, arrived)
+        finally:
+            release.set()  # before the server's clean-up, which would wait for the held requests
 
 
 def _protobuf(body: bytes) -> web.Response:

@@ -6,6 +6,7 @@ The Host header a client sends (`127.0.0.1:<port>`) passes the SDK's DNS-rebindi
 which allows `127.0.0.1:*` for apps built with host="127.0.0.1".
 
 Pass `requests=[]` to record every HTTP request the server received (method, path, headers).
+`run_aiohttp` serves a hand-written aiohttp app the same way, for upstreams and services no SDK would build.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+from aiohttp import web
 from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.server.sse import SseServerTransport
@@ -87,6 +89,19 @@ async def run_asgi(app: ASGIApp, *, requests: list[SeenRequest] | None = None,
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         sock.close()
+
+
+@asynccontextmanager
+async def run_aiohttp(app: web.Application, **runner_options: Any) -> AsyncIterator[str]:
+    """Serve an aiohttp app on 127.0.0.1 port 0 (`runner_options` go to its AppRunner); yield its base URL."""
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 @asynccontextmanager

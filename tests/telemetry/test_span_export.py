@@ -8,7 +8,6 @@ import signal
 import time
 
 import pytest
-from aiohttp import web
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
@@ -19,7 +18,7 @@ from gateway.telemetry.span_export import SpanShipper
 from gateway.telemetry.spans import LightSpan, WireSpan, readable, wire_context
 from gateway.telemetry.tracing import Telemetry
 from tests.conftest import free_port
-from tests.support.otlp import OtlpReceiver
+from tests.support.otlp import OtlpReceiver, stalled_collector
 
 
 def config(**traces: object) -> TelemetryConfig:
@@ -136,22 +135,9 @@ async def test_shutdown_with_a_stalled_collector_is_bounded_and_kills_the_export
     The exporter child blocks on its first POST, stops reading its stdin, the pipe fills, and shipping
     the rest used to wait for every queued batch to time out in turn (minutes for a busy gateway).
     """
-    release = asyncio.Event()
-
-    async def stalled(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(body=b"", content_type="application/x-protobuf")
-
-    app = web.Application()
-    app.add_routes([web.post("/v1/traces", stalled)])
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    shipper = SpanShipper(f"http://127.0.0.1:{port}/v1/traces", {}, {"service.name": "stalled"})
-    await shipper.start()
-    try:
+    async with stalled_collector() as collector:
+        shipper = SpanShipper(f"{collector.url}/v1/traces", {}, {"service.name": "stalled"})
+        await shipper.start()
         now = time.time_ns()
         pad = "x" * 1000  # enough bytes that the batches overflow the pipe to the blocked child
         for n in range(20_000):
@@ -165,9 +151,6 @@ async def test_shutdown_with_a_stalled_collector_is_bounded_and_kills_the_export
         await asyncio.wait_for(shipper.close(timeout_s=1), 8)
         assert time.monotonic() - started < 5
         assert proc.returncode is not None  # the child stuck on the collector is gone, not orphaned
-    finally:
-        release.set()
-        await runner.cleanup()
 
 
 async def test_spans_lost_while_the_collector_is_down_are_counted_and_later_spans_arrive(
@@ -208,59 +191,32 @@ async def test_spans_lost_while_the_collector_is_down_are_counted_and_later_span
 
 async def test_spans_held_by_an_exporter_that_dies_are_counted() -> None:
     """The child took a batch and was stuck on the collector when it died: those spans are lost and counted."""
-    arrived = asyncio.Event()
-    release = asyncio.Event()
-
-    async def stalled(request: web.Request) -> web.Response:
-        arrived.set()
-        await release.wait()
-        return web.Response(body=b"", content_type="application/x-protobuf")
-
-    app = web.Application()
-    app.add_routes([web.post("/v1/traces", stalled)])
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    shipper = SpanShipper(f"http://127.0.0.1:{runner.addresses[0][1]}/v1/traces", {}, {"service.name": "dies"})
-    await shipper.start()
-    try:
-        now = time.time_ns()
-        for n in range(5):
-            shipper.add((f"tools/call t{n}", SpanKind.SERVER.value, (n + 1, n + 1, False, 1, ()), None, now, now,
-                         {}, [], (StatusCode.UNSET.value, None)))
-        assert await shipper.flush(timeout_s=0.5) is False  # shipped, but the collector never answers
-        await asyncio.wait_for(arrived.wait(), 10)
-        proc, reader = shipper._proc, shipper._reader
-        assert proc is not None and reader is not None and shipper.dropped == 0
-        proc.kill()
-        await asyncio.wait_for(reader, 10)  # the child's reports end with it
-        assert shipper.dropped == 5
-    finally:
-        release.set()
-        await shipper.close(timeout_s=1)
-        await runner.cleanup()
+    async with stalled_collector() as collector:
+        shipper = SpanShipper(f"{collector.url}/v1/traces", {}, {"service.name": "dies"})
+        await shipper.start()
+        try:
+            now = time.time_ns()
+            for n in range(5):
+                shipper.add((f"tools/call t{n}", SpanKind.SERVER.value, (n + 1, n + 1, False, 1, ()), None, now,
+                             now, {}, [], (StatusCode.UNSET.value, None)))
+            assert await shipper.flush(timeout_s=0.5) is False  # shipped, but the collector never answers
+            await asyncio.wait_for(collector.arrived.wait(), 10)
+            proc, reader = shipper._proc, shipper._reader
+            assert proc is not None and reader is not None and shipper.dropped == 0
+            proc.kill()
+            await asyncio.wait_for(reader, 10)  # the child's reports end with it
+            assert shipper.dropped == 5
+        finally:
+            await shipper.close(timeout_s=1)
 
 
 async def test_the_last_export_shares_the_drain_deadline(caplog: pytest.LogCaptureFixture) -> None:
     """Shutdown gave the span export 10 s of its own after the drain, so a gateway whose drain used
     `listen.drain_timeout_s` took up to 10 s more (past a 30 s kill grace). Once shutdown has begun the export
     gets what is left of the drain deadline, at least a second."""
-    release = asyncio.Event()
-
-    async def stalled(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(body=b"", content_type="application/x-protobuf")
-
-    app = web.Application()
-    app.add_routes([web.post("/v1/traces", stalled)])
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    telemetry = Telemetry(config(endpoint=f"http://127.0.0.1:{runner.addresses[0][1]}"), env={})
-    await telemetry.start()
-    try:
+    async with stalled_collector() as collector:
+        telemetry = Telemetry(config(endpoint=collector.url), env={})
+        await telemetry.start()
         with telemetry.server_span("tools/call", "late"):
             pass
         telemetry.shutdown_deadline = asyncio.get_running_loop().time()  # the drain used it all
@@ -268,6 +224,3 @@ async def test_the_last_export_shares_the_drain_deadline(caplog: pytest.LogCaptu
             await asyncio.wait_for(telemetry.close(), 30)
         lost = [r.getMessage() for r in caplog.records if "span export did not finish" in r.getMessage()]
         assert lost == ["span export did not finish within 1 s of shutdown: unexported spans are lost"], lost
-    finally:
-        release.set()
-        await runner.cleanup()
