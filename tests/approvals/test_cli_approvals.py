@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import pytest
+from aiohttp import web
 
 from tests.approvals.conftest import Clock, WebKit, draft
+from tests.support.cli import customs_async
+from tests.support.servers import run_aiohttp
 
 # the CLI only talks HTTP: one store kind is enough here
 pytestmark = pytest.mark.parametrize("kit", ["memory"], indirect=True)
 
 
 async def _cli(*argv: str, token: str | None = None) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "CUSTOMS_TOKEN"}
-    if token is not None:
-        env["CUSTOMS_TOKEN"] = token
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "approvals", *argv, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await customs_async("approvals", *argv, token=token)
 
 
 async def test_list_show_approve_and_conflict(web_kit: WebKit) -> None:
@@ -53,27 +48,24 @@ async def test_refusals_have_hints(web_kit: WebKit) -> None:
     assert code == 0 and "no denied approvals" in out
 
 
-async def test_bad_url_and_non_gateway_answers_are_errors_not_tracebacks(web_kit: WebKit) -> None:
-    from aiohttp import web
-
-    async def html(_: web.Request) -> web.Response:
-        return web.Response(text="<html>some other service</html>", content_type="text/html")
+def another_service(answer: Callable[[], web.Response]) -> AbstractAsyncContextManager[str]:
+    """Some other HTTP service, answering every request with `answer()`; yields its base URL."""
+    async def handle(_: web.Request) -> web.Response:
+        return answer()  # a new one each time: an aiohttp response is sent once
 
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", html)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return run_aiohttp(app)
+
+
+async def test_bad_url_and_non_gateway_answers_are_errors_not_tracebacks(web_kit: WebKit) -> None:
+    async with another_service(lambda: web.Response(text="<html>some other service</html>",
+                                                    content_type="text/html")) as url:
         token = web_kit.token("alice")
         code, _, err = await _cli("list", "--url", "127.0.0.1:8700", token=token)
         assert code == 2 and "not an http(s) URL" in err and "Traceback" not in err
-        code, _, err = await _cli("show", "apr_x", "--url", f"http://127.0.0.1:{port}", token=token)
+        code, _, err = await _cli("show", "apr_x", "--url", url, token=token)
         assert code == 3 and "not JSON" in err and "Traceback" not in err
-    finally:
-        await runner.cleanup()
 
 
 async def test_limit_out_of_range_is_a_usage_error(web_kit: WebKit) -> None:
@@ -108,21 +100,8 @@ async def test_a_url_that_is_not_the_gateway_base_says_so_not_no_such_approval(w
 
 
 async def test_another_services_json_error_is_reported_not_a_traceback(web_kit: WebKit) -> None:
-    from aiohttp import web
-
-    async def other(_: web.Request) -> web.Response:  # a common shape elsewhere: "error" is a string
-        return web.json_response({"error": "not found"}, status=404)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", other)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        code, _, err = await _cli("show", "apr_x", "--url", f"http://127.0.0.1:{port}", token=web_kit.token("alice"))
+    # A common shape elsewhere: "error" is a string.
+    async with another_service(lambda: web.json_response({"error": "not found"}, status=404)) as url:
+        code, _, err = await _cli("show", "apr_x", "--url", url, token=web_kit.token("alice"))
         assert code == 1 and "Traceback" not in err, err
         assert "404" in err and "the gateway's base URL" in err
-    finally:
-        await runner.cleanup()

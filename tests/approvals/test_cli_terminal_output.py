@@ -5,27 +5,14 @@ test_hard_terminal_output.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-
 import pytest
 
 from tests.approvals.conftest import Clock, WebKit, draft
+from tests.support.cli import customs_async
 
 pytestmark = pytest.mark.asyncio
 # Erase the line, return to its start and print something harmless in its place.
 HOSTILE = "pay\x1b[2K\rread_docs"
-
-
-async def _cli(*argv: str, token: str) -> tuple[int, str]:
-    env = {**{k: v for k, v in os.environ.items() if k not in ("CUSTOMS_TOKEN", "CUSTOMS_URL")},
-           "CUSTOMS_TOKEN": token}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", *argv, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    return proc.returncode, out.decode()
 
 
 @pytest.mark.parametrize("kit", ["memory"], indirect=True)
@@ -33,6 +20,6 @@ async def test_approvals_list_and_show_escape_control_characters(web_kit: WebKit
     item, _ = await web_kit.store.create_or_join(draft(Clock(), tool=HOSTILE), link_s=1800)
     token = web_kit.token("alice")
     for argv in (("list",), ("show", item.id)):
-        _, out = await _cli("approvals", *argv, "--url", web_kit.url, token=token)
+        _, out, _ = await customs_async("approvals", *argv, "--url", web_kit.url, token=token, check=True)
         assert "\x1b" not in out and "\r" not in out, (argv, out)
         assert "payments/pay\\x1b[2K\\rread_docs" in out, (argv, out)

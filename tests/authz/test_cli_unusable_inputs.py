@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from authz_helpers import REPO, SHIPPED
+from authz_helpers import SHIPPED
+
+from tests.support.cli import customs
 
 NOT_UTF8 = b"\xff\xfe\x00 not text"
-
-
-def customs(*argv: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *map(str, argv)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.fixture

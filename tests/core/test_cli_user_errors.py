@@ -5,20 +5,14 @@ Each command runs as a child process, as a user runs it; none of these inputs ma
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, free_port
+from tests.support.cli import customs
 
 CONFIG = "upstreams:\n  - {name: a, url: 'http://127.0.0.1:9/mcp'}\npolicies: {dir: %s}\n" % (REPO / "policies")
-
-
-def customs(*argv: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *map(str, argv)], cwd=cwd,
-                          capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.fixture

@@ -5,9 +5,6 @@ tests/approvals/test_cli_terminal_output.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,20 +12,11 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_tool_pinning import Env, make_env, tool
+from tests.support.cli import customs_async
 
 pytestmark = pytest.mark.asyncio
 # Erase the line, return to its start and print something harmless in its place.
 HOSTILE = "pay\x1b[2K\rread_docs"
-
-
-async def _cli(*argv: str, token: str) -> tuple[int, str]:
-    env = {**{k: v for k, v in os.environ.items() if k not in ("CUSTOMS_TOKEN", "CUSTOMS_URL")},
-           "CUSTOMS_TOKEN": token}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", *argv, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    return proc.returncode, out.decode()
 
 
 @pytest.fixture
@@ -40,6 +28,7 @@ async def env(start_gateway: Any, tmp_path: Path, permissive_policies: Path) -> 
 async def test_tools_list_escapes_control_characters_from_an_upstream(env: Env) -> None:
     env.tools[HOSTILE] = tool(HOSTILE)
     assert "infra__" + HOSTILE in await env.names()  # listed (and so pinned) like any tool
-    _, out = await _cli("tools", "list", "--url", env.gw.url, token=env.token("carol", groups=["admins"]))
+    admin = env.token("carol", groups=["admins"])
+    _, out, _ = await customs_async("tools", "list", "--url", env.gw.url, token=admin, check=True)
     assert "\x1b" not in out and "\r" not in out, out
     assert "infra/pay\\x1b[2K\\rread_docs\tpinned" in out, out

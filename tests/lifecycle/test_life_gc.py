@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import REPO, GatewayProcess
+from tests.support.servers import run_aiohttp
 
 CALLS = 3000
 CONCURRENCY = 50
@@ -39,14 +40,8 @@ def _echo_app() -> web.Application:
 
 @pytest.fixture
 async def echo_url() -> AsyncIterator[str]:
-    runner = web.AppRunner(_echo_app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/mcp"
-    finally:
-        await runner.cleanup()
+    async with run_aiohttp(_echo_app(), access_log=None) as base:
+        yield f"{base}/mcp"
 
 
 async def young_collections(http: aiohttp.ClientSession, gw: GatewayProcess) -> float:
