@@ -24,6 +24,7 @@ from tests.support.otlp import OtlpReceiver
 from tests.support.redis import RedisServer, redis_factory, redis_server  # noqa: F401  (fixtures)
 from tests.support.servers import run_http_server
 from tests.support.tokens import TestIssuer
+from tests.telemetry.conftest import first_pending
 
 StartGateway = Callable[[dict[str, Any]], Awaitable[RunningGateway]]
 SHOPPER = "spiffe://customs.demo/agent/shopper"
@@ -172,7 +173,7 @@ async def test_approval_records_carry_the_held_calls_trace(store: Any, otlp: Otl
 
         held = asyncio.create_task(pay())
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {alice}"}) as http:
-            approval_id = await first_pending(http, gw)
+            approval_id = await first_pending(gw, alice)
             async with http.post(f"{gw.url}/api/approvals/{approval_id}/approve", json={"comment": "ok"}) as resp:
                 assert resp.status == 200
         result = await asyncio.wait_for(held, 20)
@@ -219,14 +220,3 @@ async def test_an_expiry_seen_by_the_approvers_api_carries_the_held_calls_trace(
     assert set(changes) == {"created", "expired"}, changes
     assert changes["expired"]["trace_id"] == changes["created"]["trace_id"] == call["trace_id"]
     assert changes["expired"]["span_id"] == changes["created"]["span_id"] is not None
-
-
-async def first_pending(http: aiohttp.ClientSession, gw: RunningGateway) -> str:
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        async with http.get(f"{gw.url}/api/approvals?state=pending") as resp:
-            items = (await resp.json())["items"]
-        if items:
-            return str(items[0]["id"])
-        assert asyncio.get_running_loop().time() < deadline, "no pending approval appeared"
-        await asyncio.sleep(0.05)  # polling the approvals API, bounded by the deadline

@@ -23,6 +23,7 @@ from tests.support.mcp_client import sdk_client
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.servers import run_http_server
 from tests.support.tokens import TestIssuer
+from tests.telemetry.conftest import first_pending
 
 StartGateway = Callable[[dict[str, Any]], Awaitable[RunningGateway]]
 SHOPPER = "spiffe://customs.demo/agent/shopper"
@@ -46,18 +47,6 @@ async def pay(gw: RunningGateway, issuer: TestIssuer, amount: int) -> MCPError:
         with pytest.raises(MCPError) as caught:
             await client.call_tool("payments__pay", {"account": "acme-9", "amount": amount})
     return caught.value
-
-
-async def first_pending(gw: RunningGateway, approver: str) -> str:
-    deadline = asyncio.get_running_loop().time() + 10
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {approver}"}) as http:
-        while True:
-            async with http.get(f"{gw.url}/api/approvals?state=pending") as resp:
-                items = (await resp.json())["items"]
-            if items:
-                return str(items[0]["id"])
-            assert asyncio.get_running_loop().time() < deadline, "no pending approval appeared"
-            await asyncio.sleep(0.05)  # polling the approvals API, bounded by the deadline
 
 
 async def drained(gw: RunningGateway, log: Path) -> dict[str, Any]:
