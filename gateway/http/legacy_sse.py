@@ -19,8 +19,9 @@ from aiohttp import web
 from gateway import jsonrpc
 from gateway.errors import GatewayError, forget_traceback, to_wire
 from gateway.http.guards import error_response, read_body, require_json
-from gateway.http.mcp import McpEndpoint, log_failure, negotiate_version
+from gateway.http.mcp import McpEndpoint, log_failure
 from gateway.http.streams import SSE_HEADERS, ClientGone
+from gateway.http.versions import negotiate_version
 from gateway.router import Inbound
 from gateway.sessions import Session, drop_server_requests
 

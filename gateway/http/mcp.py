@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, classify_inbound_request, find_duplicated_routing_header
+from mcp.shared.inbound import classify_inbound_request, find_duplicated_routing_header
 from mcp_types import CLIENT_CAPABILITIES_META_KEY
 from mcp_types.version import (
-    HANDSHAKE_PROTOCOL_VERSIONS,
     KNOWN_PROTOCOL_VERSIONS,
-    LATEST_HANDSHAKE_VERSION,
     MODERN_PROTOCOL_VERSIONS,
 )
 
@@ -30,10 +28,11 @@ from gateway import jsonrpc
 from gateway.context import Principal
 from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, UpstreamErrorResponse, forget_traceback, to_wire
 from gateway.http.batch import BATCH_VERSION, answer_batch
-from gateway.http.guards import REFUSED, accepts, error_response, read_body, require_json
+from gateway.http.guards import accepts, error_response, read_body, require_json
 from gateway.http.resumable import outlive_disconnect
 from gateway.http.session_stream import SessionStreams
 from gateway.http.streams import ClientGone, ResponseChannel
+from gateway.http.versions import ModernRejection, modern_result, negotiate_version, unsupported_version
 from gateway.identity import reject_query_token
 from gateway.pipeline import Identifier
 from gateway.router import SERVER_INFO, Inbound, Router
@@ -115,7 +114,7 @@ class McpEndpoint:
             return await answer_batch(self, request, view, principal, batch, sse_ok)
         except GatewayError as exc:
             return error_response(exc, jsonrpc.refused_id(exc, request_id))
-        except _ModernRejection as exc:
+        except ModernRejection as exc:
             return exc.response
 
     async def _session_for(self, request: web.Request, view: str | None, principal: Principal,
@@ -156,10 +155,10 @@ class McpEndpoint:
             verdict = classify_inbound_request(message.body, headers=headers,
                                                supported_modern_versions=MODERN_PROTOCOL_VERSIONS)
             if not hasattr(verdict, "protocol_version"):
-                raise _ModernRejection(message.id, verdict.code, verdict.message, getattr(verdict, "data", None))
+                raise ModernRejection(message.id, verdict.code, verdict.message, getattr(verdict, "data", None))
             if message.method == "initialize":  # as the SDK's own server: the stateless revision has no handshake
                 requested = message.params.get("protocolVersion")
-                raise _ModernRejection(message.id, UNSUPPORTED_PROTOCOL_VERSION,
+                raise ModernRejection(message.id, UNSUPPORTED_PROTOCOL_VERSION,
                                        "The 2026-07-28 protocol has no initialize handshake",
                                        {"supported": list(MODERN_PROTOCOL_VERSIONS),
                                         **({"requested": requested} if isinstance(requested, str) else {})})
@@ -362,32 +361,6 @@ class McpEndpoint:
         return web.Response(status=200)
 
 
-def unsupported_version(version: str) -> GatewayError:
-    """The error for an `MCP-Protocol-Version` header naming no revision the gateway knows."""
-    return GatewayError("unsupported_protocol_version", f"Unsupported protocol version: {version[:64]}",
-                        data={"supported": list(KNOWN_PROTOCOL_VERSIONS)})
-
-
-def negotiate_version(requested: Any) -> str:
-    """The version the gateway answers an `initialize` with (MCP lifecycle: the requested one when
-    supported, else the latest it supports). 2026-07-28 has no handshake, so it is not negotiable here."""
-    return requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-
-
-CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list",
-                       "resources/read", "server/discover"})
-
-
-def modern_result(method: str, result: dict[str, Any]) -> dict[str, Any]:
-    """2026-07-28 results carry `resultType`; cacheable ones also carry caching directives. Lists
-    are filtered per principal, so nothing the gateway answers may be cached publicly."""
-    out = {**result, "resultType": result.get("resultType", "complete")}
-    if method in CACHEABLE:
-        out["ttlMs"] = 0
-        out["cacheScope"] = "private"
-    return out
-
-
 class Withdrawal:
     """A handle on the task answering one request: `cancel()` withdraws the call, not the HTTP request."""
 
@@ -406,22 +379,6 @@ class Withdrawal:
     def absorb(self) -> None:
         """The withdrawal was handled: the task goes on (to answer request_cancelled) as if never cancelled."""
         self.task.uncancel()
-
-
-class _ModernRejection(Exception):
-    def __init__(self, request_id: Any, code: int, message: str, data: Any) -> None:
-        error: dict[str, Any] = {"code": code, "message": message,
-                                 "data": {"reason": _modern_reason(code), **(data if isinstance(data, dict) else {})}}
-        body = {"jsonrpc": "2.0", "id": request_id, "error": error}
-        self.response = web.Response(body=jsonrpc.dumps(body), status=ERROR_CODE_HTTP_STATUS.get(code, 400),
-                                     content_type="application/json")
-        self.response[REFUSED] = error["data"]["reason"]  # an edge refusal like error_response's (the metric)
-        super().__init__(message)
-
-
-def _modern_reason(code: int) -> str:
-    return {-32020: "header_mismatch", -32022: "unsupported_protocol_version",
-            -32602: "invalid_params"}.get(code, "invalid_request")
 
 
 def _dumps(value: Any) -> str:

@@ -1,0 +1,56 @@
+"""Protocol revisions on the wire: the version an `initialize` gets, and the 2026-07-28 envelope's results
+and refusals (`resultType`, caching directives, header-mismatch errors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, KNOWN_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+
+from gateway import jsonrpc
+from gateway.errors import GatewayError
+from gateway.http.guards import REFUSED
+
+
+def unsupported_version(version: str) -> GatewayError:
+    """The error for an `MCP-Protocol-Version` header naming no revision the gateway knows."""
+    return GatewayError("unsupported_protocol_version", f"Unsupported protocol version: {version[:64]}",
+                        data={"supported": list(KNOWN_PROTOCOL_VERSIONS)})
+
+
+def negotiate_version(requested: Any) -> str:
+    """The version the gateway answers an `initialize` with (MCP lifecycle: the requested one when
+    supported, else the latest it supports). 2026-07-28 has no handshake, so it is not negotiable here."""
+    return requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+
+
+CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list",
+                       "resources/read", "server/discover"})
+
+
+def modern_result(method: str, result: dict[str, Any]) -> dict[str, Any]:
+    """2026-07-28 results carry `resultType`; cacheable ones also carry caching directives. Lists
+    are filtered per principal, so nothing the gateway answers may be cached publicly."""
+    out = {**result, "resultType": result.get("resultType", "complete")}
+    if method in CACHEABLE:
+        out["ttlMs"] = 0
+        out["cacheScope"] = "private"
+    return out
+
+
+class ModernRejection(Exception):
+    def __init__(self, request_id: Any, code: int, message: str, data: Any) -> None:
+        error: dict[str, Any] = {"code": code, "message": message,
+                                 "data": {"reason": modern_reason(code), **(data if isinstance(data, dict) else {})}}
+        body = {"jsonrpc": "2.0", "id": request_id, "error": error}
+        self.response = web.Response(body=jsonrpc.dumps(body), status=ERROR_CODE_HTTP_STATUS.get(code, 400),
+                                     content_type="application/json")
+        self.response[REFUSED] = error["data"]["reason"]  # an edge refusal like error_response's (the metric)
+        super().__init__(message)
+
+
+def modern_reason(code: int) -> str:
+    return {-32020: "header_mismatch", -32022: "unsupported_protocol_version",
+            -32602: "invalid_params"}.get(code, "invalid_request")
