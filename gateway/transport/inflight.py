@@ -69,28 +69,30 @@ class InflightTable:
     def resolve(self, message: Message) -> bool:
         """Complete the waiter for this response; False when no request has that id (late or unknown)."""
         upstream_id = message.get("id")
-        pending = self._pending.get(upstream_id) if type(upstream_id) is int else None
-        if pending is not None and pending.abandoned:
-            self.forget(pending)  # the late answer of a request nobody waits for: it is over now
-            return True
-        if pending is None or pending.future.done():
-            return False
-        try:
-            pending.future.set_result(check_response(message, pending.upstream_id))
-        except GatewayError as exc:
-            pending.future.set_exception(exc)
-        return True
+        known, future = self._answered(upstream_id)
+        if future is not None:  # the table's key for it: an int equal to the answer's id
+            try:
+                future.set_result(check_response(message, upstream_id))
+            except GatewayError as exc:
+                future.set_exception(exc)
+        return known
 
     def fail(self, upstream_id: Any, exc: GatewayError) -> bool:
         """Fail the waiter for this id with `exc` (its answer came but cannot be used); False if none waits."""
+        known, future = self._answered(upstream_id)
+        if future is not None:
+            future.set_exception(exc)
+        return known
+
+    def _answered(self, upstream_id: Any) -> tuple[bool, asyncio.Future[Message] | None]:
+        """An answer for `upstream_id` came: whether a request has that id, and the future still waiting for it."""
         pending = self._pending.get(upstream_id) if type(upstream_id) is int else None
         if pending is not None and pending.abandoned:
-            self.forget(pending)  # nobody waits for it, but its answer came: it is over now
-            return True
+            self.forget(pending)  # the answer of a request nobody waits for: it is over now
+            return True, None
         if pending is None or pending.future.done():
-            return False
-        pending.future.set_exception(exc)
-        return True
+            return False, None
+        return True, pending.future
 
     def fail_all(self, exc: GatewayError) -> None:
         for pending in list(self._pending.values()):
