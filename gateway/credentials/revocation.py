@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from gateway.credentials.task_cache import PruneLimit
+
 
 class TaskEnded(Exception):
     """The task has ended: no new credential may be minted for it."""
@@ -53,19 +55,17 @@ class MemoryRevocations:
         self._clock = clock
         # Pruning scans everything, so it runs only past a limit that then doubles over what survived:
         # pruning on every ended task would make a sweep ending thousands of sessions quadratic.
-        self._limit = _PRUNE_FLOOR
-        self.prunes = 0  # how often everything was scanned (a test reads it)
+        self.limit = PruneLimit(_PRUNE_FLOOR)
 
     def _size(self) -> int:
         return len(self._tasks) + len(self._revoked) + len(self._ended)
 
     def _maybe_prune(self, now: float) -> None:
-        if self._size() > self._limit:
+        if self.limit.due(self._size()):
             self._prune(now)
-            self._limit = max(_PRUNE_FLOOR, 2 * self._size())
+            self.limit.pruned(self._size())
 
     def _prune(self, now: float) -> None:
-        self.prunes += 1
         self._revoked = {j: exp for j, exp in self._revoked.items() if exp > now}
         self._ended = {t: until for t, until in self._ended.items() if until > now}
         for task_id in list(self._tasks):

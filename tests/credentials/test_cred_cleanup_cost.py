@@ -36,15 +36,15 @@ async def test_ending_thousands_of_tasks_never_rescans_the_token_cache(tmp_path,
         cache: TaskCache[Any] = svc.minter._cache
         assert len(cache) == TASKS
         # Every entry is live, so a prune frees nothing: the limit doubles instead of pruning on every insert.
-        assert cache.prunes <= 2
+        assert cache.limit.prunes <= 2
         again, _ = await svc.minter.mint(agent(), pay, ["pay"], {}, "task-17")
         assert again == tokens[17]  # still cached after the prunes
         for n in range(TASKS):
             await svc.end_task(f"task-{n}")
-        assert len(cache) == 0 and cache.prunes <= 2
+        assert len(cache) == 0 and cache.limit.prunes <= 2
         revocations = svc.minter.revocations
         assert isinstance(revocations, MemoryRevocations)
-        assert revocations.prunes <= 2  # 6,000 ended tasks, 6,000 revoked jtis: not one scan per end
+        assert revocations.limit.prunes <= 2  # 6,000 ended tasks, 6,000 revoked jtis: not one scan per end
         assert all([await revocations.is_revoked(_jti(tokens[n])) for n in (0, 2_999, TASKS - 1)])
     finally:
         await svc.close()
@@ -55,12 +55,12 @@ def test_a_task_cache_forgets_one_task_and_prunes_stale_entries() -> None:
     for n in range(4):
         cache.put((f"t{n}", "a"), 10.0 + n, now=0.0)
     cache.put(("t0", "b"), 100.0, now=0.0)  # at the limit: a prune, nothing stale yet
-    assert len(cache) == 5 and cache.prunes == 1
+    assert len(cache) == 5 and cache.limit.prunes == 1
     cache.forget_task("t0")
     assert cache.get(("t0", "a")) is None and cache.get(("t0", "b")) is None and len(cache) == 3
     for n in range(5, 11):  # the limit doubled to 8 after the first prune: the sixth insert prunes
         cache.put((f"t{n}", "a"), 100.0, now=12.5)  # t1 and t2 went stale at 11 and 12
-    assert cache.prunes == 2
+    assert cache.limit.prunes == 2
     assert cache.get(("t1", "a")) is None and cache.get(("t2", "a")) is None
     assert cache.get(("t3", "a")) == 13.0 and len(cache) == 7
     cache.forget_task("t1")  # its entry was pruned already: forgetting it is harmless
