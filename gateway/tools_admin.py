@@ -48,9 +48,12 @@ class ToolsAdmin:
         except GatewayError as exc:
             return web.json_response({"error": {"reason": exc.reason}}, status=exc.http_status, headers=exc.headers)
         items = []
-        for upstream in self._upstreams:
-            for tool, record in sorted((await self._guard.list(upstream)).items()):
-                items.append({"upstream": upstream, "tool": tool, **record})
+        try:
+            for upstream in self._upstreams:
+                for tool, record in sorted((await self._guard.list(upstream)).items()):
+                    items.append({"upstream": upstream, "tool": tool, **record})
+        except GatewayError as exc:
+            return _unavailable(exc)
         return web.json_response({"items": items})
 
     async def approve(self, request: web.Request) -> web.Response:
@@ -62,7 +65,10 @@ class ToolsAdmin:
         if upstream not in self._upstreams:
             return web.json_response({"error": {"reason": "unknown_tool", "message": f"no upstream {upstream!r}"}},
                                      status=404)
-        record = (await self._guard.list(upstream)).get(tool)
+        try:
+            record = (await self._guard.list(upstream)).get(tool)
+        except GatewayError as exc:
+            return _unavailable(exc)
         try:
             body = await timed_read(request, request.json) if request.can_read_body else {}
         except ValueError:
@@ -80,12 +86,21 @@ class ToolsAdmin:
         if not isinstance(digest, str) or not digest.startswith("sha256:"):
             return web.json_response({"error": {"reason": "unknown_tool",
                                                 "message": f"{upstream} has no tool {tool!r} seen"}}, status=404)
-        pinned = await self._guard.approve(upstream, tool, digest, who)
+        try:
+            pinned = await self._guard.approve(upstream, tool, digest, who)
+        except GatewayError as exc:
+            return _unavailable(exc)
         return web.json_response({"upstream": upstream, "tool": tool, **pinned})
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/api/tools", self.list_tools, allow_head=False),
                 web.post("/api/tools/{upstream}/{tool}/approve", self.approve)]
+
+
+def _unavailable(exc: GatewayError) -> web.Response:
+    """The pin store (Redis) could not be reached: 503 with its reason, as the approvals API answers, rather
+    than aiohttp's bare 500 and a traceback for an outage the gateway already handles everywhere else."""
+    return web.json_response({"error": {"reason": exc.reason, "message": exc.message}}, status=503)
 
 
 TOOLS_HINTS = {
