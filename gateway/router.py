@@ -32,6 +32,7 @@ from gateway.transport.base import Message, MessageHandler, UpstreamSession
 
 SERVER_INFO = {"name": "customs", "title": "Customs MCP gateway", "version": "0.1.0"}
 ENVELOPE_PREFIX = "io.modelcontextprotocol/"
+SUBSCRIBE_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
 
 
 @dataclass
@@ -99,7 +100,8 @@ class Router:
     async def dispatch(self, inbound: Inbound) -> dict[str, Any]:
         method = inbound.message.method
         handler = self._handlers.get(method)
-        if handler is None:
+        # 2026-07-28 removed resources/(un)subscribe: a stateless client's updates would reach nobody.
+        if handler is None or (inbound.session.stateless and method in SUBSCRIBE_METHODS):
             raise GatewayError("method_not_found", f"Method not found: {method}")
         return await handler(inbound)
 

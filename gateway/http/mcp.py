@@ -32,7 +32,13 @@ from gateway.http.guards import accepts, error_response, read_body, require_json
 from gateway.http.resumable import outlive_disconnect
 from gateway.http.session_stream import SessionStreams
 from gateway.http.streams import ClientGone, ResponseChannel
-from gateway.http.versions import ModernRejection, modern_result, negotiate_version, unsupported_version
+from gateway.http.versions import (
+    ModernRejection,
+    discover_result,
+    modern_result,
+    negotiate_version,
+    unsupported_version,
+)
 from gateway.identity import reject_query_token
 from gateway.pipeline import Identifier
 from gateway.router import SERVER_INFO, Inbound, Router
@@ -234,7 +240,7 @@ class McpEndpoint:
             result = self._initialize_result(session)
             return web.json_response(jsonrpc.result(message.id, result), headers=headers, dumps=_dumps)
         if message.method == "server/discover":
-            result = modern_result("server/discover", self._discover_result(session))
+            result = modern_result("server/discover", discover_result(SERVER_INFO))
             return web.json_response(jsonrpc.result(message.id, result), dumps=_dumps)
         channel = ResponseChannel(request, headers, sse_allowed=sse_ok, replay=self.streams.post_replay,
                                   session_id=session.id)
@@ -319,10 +325,6 @@ class McpEndpoint:
                 "serverInfo": SERVER_INFO,
                 "instructions": "Customs gateway: the tools of several servers, each name prefixed by its "
                                 "server (by default <server>__<tool>)."}
-
-    def _discover_result(self, session: Session) -> dict[str, Any]:
-        return {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS), "capabilities": AGGREGATED_CAPABILITIES,
-                "serverInfo": SERVER_INFO, "resultType": "complete"}
 
     # -- GET / DELETE ------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Protocol revisions on the wire: the version an `initialize` gets, and the 2026-07-28 envelope's results
-and refusals (`resultType`, caching directives, header-mismatch errors)."""
+and refusals (`resultType`, caching directives, header-mismatch errors), and what `server/discover` offers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ from typing import Any
 
 from aiohttp import web
 from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, KNOWN_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from mcp_types.version import (
+    HANDSHAKE_PROTOCOL_VERSIONS,
+    KNOWN_PROTOCOL_VERSIONS,
+    LATEST_HANDSHAKE_VERSION,
+    MODERN_PROTOCOL_VERSIONS,
+)
 
 from gateway import jsonrpc
 from gateway.errors import GatewayError
@@ -24,6 +29,22 @@ def negotiate_version(requested: Any) -> str:
     """The version the gateway answers an `initialize` with (MCP lifecycle: the requested one when
     supported, else the latest it supports). 2026-07-28 has no handshake, so it is not negotiable here."""
     return requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+
+
+# 2026-07-28 delivers change notifications only on `subscriptions/listen` streams, which the gateway
+# does not serve, so its discover result promises none (as the SDK's server derives them there).
+MODERN_CAPABILITIES: dict[str, Any] = {
+    "tools": {"listChanged": False},
+    "prompts": {"listChanged": False},
+    "resources": {"subscribe": False, "listChanged": False},
+    "logging": {},
+    "completions": {},
+}
+
+
+def discover_result(server_info: dict[str, Any]) -> dict[str, Any]:
+    return {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS), "capabilities": MODERN_CAPABILITIES,
+            "serverInfo": server_info, "resultType": "complete"}
 
 
 CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list",
