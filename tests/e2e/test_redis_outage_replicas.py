@@ -46,6 +46,7 @@ class Replicas:
 
     def __init__(self, gws: list[Any], issuer: TestIssuer, http: aiohttp.ClientSession) -> None:
         self.gws, self.issuer, self.http, self.sessions = gws, issuer, http, {}  # type: dict[str, str]
+        self.ids = 1
 
     def bearer(self, sub: str = SHOPPER, **kw: Any) -> dict[str, str]:
         kw.setdefault("tenant", "acme")
@@ -58,7 +59,9 @@ class Replicas:
         async with self.http.post(gw.mcp, json=init, headers={**JSON_ONLY, **self.bearer()}) as resp:
             return resp.status, resp.headers.get("Mcp-Session-Id")
 
-    async def call(self, gw: Any, name: str, args: dict[str, Any], task: str | None = None) -> dict[str, Any]:
+    async def call(self, gw: Any, name: str, args: dict[str, Any], task: str | None = None,
+                   stream: bool = False) -> dict[str, Any]:
+        """One tools/call; `stream`: accept SSE, so a held call waits (keep-alives) instead of being answered."""
         if gw.url not in self.sessions:
             status, sid = await self.open(gw)
             assert status == 200 and sid
@@ -67,9 +70,14 @@ class Replicas:
         if task:
             params["_meta"] = {"customs/task": task}
         headers = {**JSON_ONLY, **self.bearer(), "Mcp-Session-Id": self.sessions[gw.url]}
-        body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+        if stream:
+            headers["Accept"] = "application/json, text/event-stream"
+        self.ids += 1
+        body = {"jsonrpc": "2.0", "id": self.ids, "method": "tools/call", "params": params}
         async with self.http.post(gw.mcp, json=body, headers=headers) as resp:
-            return dict(await resp.json())
+            text = await resp.text()
+        events = [line[5:] for line in text.splitlines() if line.startswith("data:")]
+        return dict(json.loads(events[-1] if events else text))
 
     async def request(self, gw: Any, method: str) -> dict[str, Any]:
         headers = {**JSON_ONLY, **self.bearer(), "Mcp-Session-Id": self.sessions[gw.url]}
@@ -215,3 +223,49 @@ def _refused(gw: Any, why: str) -> list[dict[str, Any]]:
 
 async def _ready(r: Replicas, gw: Any) -> bool:
     return (await r.readyz(gw))[0] == 200
+
+
+async def test_a_call_held_across_the_outage_runs_once_when_approved_on_the_other_replica(
+        spawn_gateway: Any, redis_factory: Callable[..., RedisServer],  # noqa: F811
+        tmp_path: Path) -> None:
+    """Redis (AOF) dies while a call waits on A and comes back: approved through B, the waiting call runs once;
+    a rate limit shared by both replicas refuses on each while Redis is down and admits again after."""
+    redis = redis_factory(appendonly=True)
+    issuer = TestIssuer(tmp_path)
+    async with run_http_server(payments_server()) as url, aiohttp.ClientSession() as http:
+        config = {
+            "listen": {"public_url": "http://customs.test"},
+            "upstreams": [{"name": "payments", "url": url}],
+            "identity": {"mode": "jwt", "issuers": [issuer.config(audience=AUD)]},
+            "policies": {"dir": str(REPO / "policies"), "watch": False},
+            "store": {"redis": {"url": redis.url}},
+            "approvals": {"wait_s": 60, "keepalive_s": 0.5},
+            "limits": {"per_principal": {"rate_per_s": 100, "burst": 100}},
+        }
+        a, b = await spawn_gateway(config, name="a"), await spawn_gateway(config, name="b")
+        r = Replicas([a, b], issuer, http)
+        assert "result" in await r.call(b, "payments__balance", {"account": "acme-1"})
+        pay = {"account": "acme-9", "amount": 90}
+        waiting = asyncio.create_task(r.call(a, "payments__pay", pay, stream=True))
+        items = await until(lambda: _pending(r, b), "the held item")
+        (approval_id,) = [i["id"] for i in items]
+
+        redis.kill()
+        for gw in (a, b):
+            answer = await r.call(gw, "payments__balance", {"account": "acme-1"})
+            assert reason(answer) == "rate_limited", answer
+        assert not waiting.done()  # the held call keeps waiting through the outage
+        redis.start()
+        for gw in (a, b):
+            await until(lambda gw=gw: _ready(r, gw), "readyz after the restart")
+        status, body = await r.api(b, "POST", f"/api/approvals/{approval_id}/approve", {"comment": "ok"})
+        assert status == 200, body
+        done = await asyncio.wait_for(waiting, 30)
+        assert done["result"]["content"][0]["text"] == "paid 90.0 to acme-9", done
+        executed = (await r.call(b, "payments__executed_calls", {}))["result"]["content"]
+        assert [json.loads(item["text"]) for item in executed] == [{**pay, "memo": ""}]
+
+
+async def _pending(r: Replicas, gw: Any) -> list[dict[str, Any]]:
+    status, body = await r.api(gw, "GET", "/api/approvals?state=pending")
+    return list(body["items"]) if status == 200 else []
