@@ -36,6 +36,7 @@ from gateway.http.versions import (
     ModernRejection,
     discover_result,
     modern_result,
+    modern_status,
     negotiate_version,
     unsupported_version,
 )
@@ -250,7 +251,8 @@ class McpEndpoint:
             reply, status, error_headers = await outlive_disconnect(call, channel, gone)
         else:
             reply, status, error_headers = await self.run_call(session, principal, message, channel, trace)
-        return await channel.finish(reply, 200 if status < 400 or status == 500 else status, error_headers)
+        status = 200 if status < 400 or status == 500 else status
+        return await channel.finish(reply, modern_status(reply, status) if session.stateless else status, error_headers)
 
     async def run_call(self, session: Session, principal: Principal, message: jsonrpc.Message,
                        channel: ResponseChannel, trace: Any = None,

@@ -61,6 +61,14 @@ def modern_result(method: str, result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def modern_status(reply: dict[str, Any], status: int) -> int:
+    """The HTTP status of a 2026-07-28 answer: that revision's transport gives some JSON-RPC error codes
+    their own (404 for -32601, 400 for -32602 …), whoever produced the error, as the SDK's server sends."""
+    error = reply.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return ERROR_CODE_HTTP_STATUS.get(code, status) if isinstance(code, int) else status
+
+
 class ModernRejection(Exception):
     def __init__(self, request_id: Any, code: int, message: str, data: Any) -> None:
         error: dict[str, Any] = {"code": code, "message": message,
