@@ -188,13 +188,16 @@ class ToolGuard:
         # matched against its names, again whenever its names change (lists arrive in any order).
         self._listed: dict[str, dict[str, str]] = {u: {} for u in self._configs}
         self._flagged: dict[str, set[tuple[str, str]]] = {u: set() for u in self._configs}  # (tool, description)
+        # Per upstream, the pin records this replica last read or wrote: what to put back when the store
+        # lost them (Redis restarted without persistence), instead of trusting the current definitions.
+        self._known: dict[str, dict[str, dict[str, Any]]] = {u: {} for u in self._configs}
 
     async def check(self, upstream: str, tools: list[dict[str, Any]]) -> Verdict:
         # A tool no agent can name is never usable, and its name would fail the pin store for every tool.
         tools = [tool for tool in tools if usable_name(tool.get("name"))]
         if self._mode == "off":
             return Verdict(tools, [], [])
-        pins = await self._store.get_all(upstream)
+        pins = await self._restore_lost(upstream, await self._store.get_all(upstream), tools)
         config = self._configs[upstream]
         usable: list[dict[str, Any]] = []
         quarantined: list[str] = []
@@ -214,6 +217,7 @@ class ToolGuard:
                 if first is not None and not isinstance(first.get("hash"), str):  # a record with no pin yet
                     await self._store.put(upstream, name, record)
                     first = None
+                self._known[upstream][name] = first or record
                 if first is None:
                     self._on_event(type="tool_pinned", upstream=upstream, tool=name, hash=digest, by="first-use")
                 else:  # another replica pinned it since this list was read: held to that pin
@@ -233,6 +237,21 @@ class ToolGuard:
             usable.append(tool)
         return Verdict(usable, quarantined, flagged)
 
+    async def _restore_lost(self, upstream: str, pins: dict[str, dict[str, Any]],
+                            tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Put back the pins of listed tools that this replica knew and the store no longer has (Redis
+        restarted without persistence, a failover that lost writes). Without this the next list pinned
+        whatever the upstream serves now on first use: a quarantined, changed tool was served again."""
+        known = self._known[upstream]
+        for name in {str(tool.get("name")) for tool in tools} - set(pins):
+            if name in known:
+                first = await self._store.put_first(upstream, name, known[name])
+                pins = {**pins, name: first or known[name]}
+                log.warning("tool %s/%s: its pin was missing from the store (Redis lost data?); restored",
+                            upstream, name)
+        known.update(pins)
+        return pins
+
     async def _quarantine(self, upstream: str, name: str, digest: str, why: str,
                           pins: Mapping[str, dict[str, Any]]) -> None:
         current = pins.get(name) or {}
@@ -240,6 +259,7 @@ class ToolGuard:
             return  # already reported
         record = {**current, "state": "quarantined", "seen": digest, "reason": why}
         await self._store.put(upstream, name, record, announce=True)
+        self._known[upstream][name] = record
         # The caller may not install its verdict (a newer list was installed while it listed): the catalog
         # must not go on serving the tool from that list, so it re-lists before the next use.
         self._on_changed(upstream)
@@ -294,6 +314,7 @@ class ToolGuard:
         """An administrator accepts the definition `digest` (as shown by `list`) for a tool."""
         record = {"hash": digest, "state": "pinned", "by": by}
         await self._store.put(upstream, name, record, announce=True)
+        self._known[upstream][name] = record
         self._on_event(type="tool_approved", upstream=upstream, tool=name, hash=digest, by=by)
         self._on_changed(upstream)  # takes effect for calls now, not at the next tools/list
         return record
