@@ -26,6 +26,7 @@ import orjson
 from gateway.config import ConfigError
 from gateway.config.model import DecisionLogConfig
 from gateway.context import NOT_FOUND_ITEM, CallContext
+from gateway.telemetry.span_errors import is_tool_error
 from gateway.telemetry.tracing import api_span_ids
 from gateway.timefmt import rfc3339_ms as rfc3339  # record times: UTC, milliseconds, `Z`
 
@@ -97,7 +98,7 @@ def decision_record(ctx: CallContext, *, include_args: bool = False, redactor: R
             # No such item: the agent heard a denial's answer, the auditor learns that nothing by that name exists
             # (probing), which a policy denial (`policy_ids`, `policy_version`) is not.
             record.update(decision="deny", not_found=True, tool=record["tool"] or missing)
-    elif isinstance(ctx.result, dict) and ctx.result.get("isError") is True:
+    elif is_tool_error(ctx.result):
         record["reason"] = "tool_error"
     if decision is not None and decision.shadow_outcome is not None:
         record["shadow_decision"] = decision.shadow_outcome

@@ -38,7 +38,7 @@ from gateway.telemetry.decision_log import DecisionLog
 from gateway.telemetry.decision_log import Redactor as RedactFn
 from gateway.telemetry.metrics import PROMETHEUS_CONTENT_TYPE, Metrics
 from gateway.telemetry.settings import unsupported_protocol
-from gateway.telemetry.span_errors import error_code, error_type, mark_error
+from gateway.telemetry.span_errors import error_code, error_type, is_tool_error, mark_error
 from gateway.telemetry.spans import LightSpan
 from gateway.telemetry.stage import RecordStage, instrument
 from gateway.telemetry.tracing import NO_SPAN, AnySpan, Telemetry
@@ -75,7 +75,7 @@ class RequestTrace:
     def answered(self, result: Any) -> None:
         """The request was answered with `result`: one with `isError: true` is the conventions' `tool_error`
         in the duration metric (the span got it from the call's record stage)."""
-        if type(result) is dict and result.get("isError") is True:
+        if is_tool_error(result):
             self.tool_error = True
 
 

@@ -8,6 +8,7 @@ status is ERROR whenever `error.type` is set, described by the JSON-RPC error's 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from opentelemetry.trace import Span, Status, StatusCode
 
@@ -60,6 +61,11 @@ def mark_error(span: AnySpan, exc: BaseException, *, own_code: bool = True) -> N
     if code is not None:
         span.set_attribute("rpc.response.status_code", code)
     span.set_status(Status(StatusCode.ERROR, _error_message(exc)))
+
+
+def is_tool_error(result: Any) -> bool:
+    """A tool result with `isError: true`: the tool ran and reported a failure (the conventions' `tool_error`)."""
+    return isinstance(result, dict) and result.get("isError") is True
 
 
 def mark_tool_error(span: AnySpan) -> None:

@@ -29,15 +29,11 @@ from gateway.telemetry.attributes import (
 )
 from gateway.telemetry.decision_log import DecisionLog, error_reason
 from gateway.telemetry.metrics import Metrics
-from gateway.telemetry.span_errors import error_code, mark_error, mark_tool_error
+from gateway.telemetry.span_errors import error_code, is_tool_error, mark_error, mark_tool_error
 from gateway.telemetry.tracing import Telemetry, set_attributes, span_name
 
 UPSTREAM_REASONS = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_error"})
 STAGE_SPANS = {"authorize": "customs.authorize", "approve": "customs.approval", "credential": "customs.credential"}
-
-
-def _tool_error(result: Any) -> bool:
-    return isinstance(result, dict) and result.get("isError") is True
 
 
 class RecordStage:
@@ -63,7 +59,7 @@ class RecordStage:
                 span.set_attributes(call_attributes(ctx, self._decision_attrs))
                 if ctx.error is not None:
                     mark_error(span, ctx.error)
-                elif _tool_error(ctx.result):
+                elif is_tool_error(ctx.result):
                     mark_tool_error(span)
         if self._log is not None:
             self._log.record_decision(ctx)
@@ -81,7 +77,7 @@ class RecordStage:
             tool, outcome = "", "deny"
         else:
             tool, outcome = ctx.tool.name if ctx.tool else "", "none"
-        metrics.record_call(upstream, tool, outcome, reason or ("tool_error" if _tool_error(ctx.result) else "ok"))
+        metrics.record_call(upstream, tool, outcome, reason or ("tool_error" if is_tool_error(ctx.result) else "ok"))
         if decision is not None and decision.errors:  # an engine fault denies: count it, or it hides among denials
             metrics.policy_error(upstream, tool)
         if decision is not None and decision.shadow_outcome not in (None, decision.outcome):
@@ -189,7 +185,7 @@ class _TracedForward:
         with self._telemetry.client_span(ctx.method, target, attrs) as span:
             try:
                 result = await self._forward(ctx)
-                if _tool_error(result):
+                if is_tool_error(result):
                     error = "tool_error"
                     mark_tool_error(span)
                 return result
