@@ -53,7 +53,6 @@ class MemoryLimits:
     counters: dict[str, int] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
     sweep_s: float = 60.0  # a bucket outlives its last use by at most its refill time plus this
-    _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _sweeper: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def take(self, key: str, rate: float, burst: int) -> float:
@@ -77,11 +76,9 @@ class MemoryLimits:
         return len(full)
 
     async def start(self) -> None:
-        self._stop.clear()
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="customs-limits-sweeper")
 
     async def close(self) -> None:
-        self._stop.set()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -90,9 +87,8 @@ class MemoryLimits:
 
     async def _sweep_loop(self) -> None:
         # One pass every sweep_s over the dict, not a check per call: take() stays as it was.
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.sweep_s)  # periodic timer
+        while True:
+            await asyncio.sleep(self.sweep_s)  # periodic timer; close() cancels it
             self.sweep()
 
     async def acquire(self, key: str, limit: int) -> bool:
