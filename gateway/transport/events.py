@@ -8,6 +8,7 @@ misbehaving upstream cannot make the gateway buffer without bound.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -130,7 +131,9 @@ async def read_json_body(response: aiohttp.ClientResponse, max_bytes: int = MAX_
 
 
 class NotJson(GatewayError):
-    """An upstream message Python's parser reads but JSON forbids (NaN, Infinity, -Infinity literals).
+    """An upstream message Python's parser reads but that cannot be passed on as it was written: NaN,
+    Infinity and -Infinity literals (not JSON at all), and numbers no double holds (`1e400`, valid JSON
+    that Python reads as infinity).
 
     Written out again they would be `null` (or invalid JSON to the agent), so the message is refused as
     upstream_error; `answers` holds the ids of the responses in it (a batch may hold several), so a reader
@@ -138,8 +141,9 @@ class NotJson(GatewayError):
     time out.
     """
 
-    def __init__(self, literal: str, message: Any) -> None:
-        super().__init__("upstream_error", f"upstream sent invalid JSON ({literal} is not a JSON number)")
+    def __init__(self, literal: str, message: Any, *, overflow: bool = False) -> None:
+        problem = f"{literal} is out of range for a double" if overflow else f"{literal} is not a JSON number"
+        super().__init__("upstream_error", f"upstream sent invalid JSON ({problem})")
         items = message if isinstance(message, list) else [message]
         self.answers: list[Any] = [m.get("id") for m in items if isinstance(m, dict) and "method" not in m]
 
@@ -150,17 +154,26 @@ def parse_json(raw: bytes | str) -> Any:
     except ValueError:
         pass  # integers past 64 bits, lone surrogates, NaN: valid for Python's json, so decided there
     literals: list[str] = []
+    overflows: list[str] = []  # orjson refuses these, so only this path meets them
 
     def constant(name: str) -> float:
         literals.append(name)
         return float(name)
 
+    def number(text: str) -> float:
+        value = float(text)
+        if math.isinf(value):
+            overflows.append(text[:32])
+        return value
+
     try:
-        value = json.loads(raw, parse_constant=constant)
+        value = json.loads(raw, parse_constant=constant, parse_float=number)
     except (ValueError, UnicodeDecodeError) as exc:
         raise GatewayError("upstream_error", "upstream sent invalid JSON") from exc
     except RecursionError as exc:  # escaping, it killed the one reader of a shared stdio child or SSE stream
         raise GatewayError("upstream_error", "upstream sent JSON nested too deeply") from exc
     if literals:
         raise NotJson(literals[0], value)
+    if overflows:
+        raise NotJson(overflows[0], value, overflow=True)
     return value

@@ -7,8 +7,9 @@ its own. Under any other revision a batch breaks the protocol: the requests it a
 upstream_error (instead of waiting for upstream_timeout) and the rest of it is dropped with a warning.
 
 A message with NaN, Infinity or -Infinity literals (Python's parser reads them, JSON has no such numbers)
-is refused as upstream_error, like on the HTTP transports (events.parse_json): the request it answers
-fails at once, anything else in it is dropped with a warning.
+or a number no double holds (1e400, read as infinity) is refused as upstream_error, like on the HTTP
+transports (events.parse_json): the request it answers fails at once, anything else in it is dropped
+with a warning.
 """
 
 from __future__ import annotations

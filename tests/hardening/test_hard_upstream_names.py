@@ -92,9 +92,9 @@ def recording(calls: list[str]) -> Callable[[dict[str, Any]], bytes]:
     return answer
 
 
-# NaN and Infinity literals are not JSON: a list holding them is refused whole (see the test after this one).
+# NaN and Infinity literals are not JSON, and 1e400 is no double: a list holding them is refused whole (see
+# the test after this one).
 ODD_TOOLS = [
-    b'{"name":"big_number","inputSchema":{"type":"object","maximum":1e400}}',
     b'{"name":"surrogate_text","description":"\\ud800 read","inputSchema":{"type":"object"}}',
     b'{"name":"bad\\udfffname","inputSchema":{"type":"object"}}',
     b'{"name":7,"inputSchema":{"type":"object"}}',
@@ -121,13 +121,13 @@ async def test_odd_json_in_one_upstreams_tool_list_breaks_neither_the_list_nor_a
         await client.initialize()
         names = sorted(name for name, _ in await listed(client, "tools/list", "tools"))
         # Names no agent can send (a lone surrogate, a number) are left out; every other tool is listed.
-        assert names == ["good__fine", "raw__big_number", "raw__surrogate_text"]
+        assert names == ["good__fine", "raw__surrogate_text"]
         for name in names:
             status, _, body = await client.call(name, {})
             assert status == 200 and "result" in body, (name, body)
         status, _, body = await client.call("raw__7", {})
         assert status == 200 and reason(body) == "unknown_tool", body
-        assert raw_calls == ["big_number", "surrogate_text"]
+        assert raw_calls == ["surrogate_text"]
         assert calls == [("good", "fine")]
 
 
@@ -135,17 +135,21 @@ NAN_TOOLS = [
     b'{"name":"nan_schema","inputSchema":{"type":"object","properties":{"n":{"maximum":NaN,"minimum":-Infinity}}}}',
     b'{"name":"nan_hint","annotations":{"readOnlyHint":NaN},"inputSchema":{"type":"object"}}',
 ]
+HUGE_TOOLS = [b'{"name":"big_number","inputSchema":{"type":"object","maximum":1e400}}']
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(("raw_tools", "problem"), [(NAN_TOOLS, "NaN is not a JSON number"),
+                                                    (HUGE_TOOLS, "1e400 is out of range for a double")])
 async def test_a_tool_list_with_nan_is_not_json_and_breaks_no_other_upstream(
-        start_gateway: Any, permissive_policies: Path) -> None:
-    # Python's parser reads NaN and Infinity; JSON has no such numbers, and written out again they became
-    # null: the agent was shown `"maximum": null` and `"readOnlyHint": null` for what the upstream sent.
+        start_gateway: Any, permissive_policies: Path, raw_tools: list[bytes], problem: str) -> None:
+    # Python's parser reads NaN and Infinity (JSON has no such numbers) and reads 1e400 as infinity (no
+    # double holds it); written out again they became null: the agent was shown `"maximum": null` and
+    # `"readOnlyHint": null` for what the upstream sent.
     calls: list[tuple[str, str]] = []
     raw_calls: list[str] = []
     good = named_server("good", [tool("fine", "Works")], [], calls)
-    async with raw_upstream(b"[" + b",".join(NAN_TOOLS) + b"]", recording(raw_calls)) as url_raw, \
+    async with raw_upstream(b"[" + b",".join(raw_tools) + b"]", recording(raw_calls)) as url_raw, \
             run_http_server(good) as url_good, aiohttp.ClientSession() as http:
         gw = await start_gateway({"upstreams": [{"name": "raw", "url": url_raw}, {"name": "good", "url": url_good}],
                                   "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
@@ -158,7 +162,7 @@ async def test_a_tool_list_with_nan_is_not_json_and_breaks_no_other_upstream(
         await own.initialize()
         status, _, body = await own.post({"jsonrpc": "2.0", "id": 8, "method": "tools/list"})
         assert status == 200 and reason(body) == "upstream_error", body
-        assert "NaN is not a JSON number" in body["error"]["message"], body
+        assert problem in body["error"]["message"], body
         assert raw_calls == []
 
 

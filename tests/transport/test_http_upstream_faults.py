@@ -212,6 +212,30 @@ GARBAGE: dict[str, Callable[[int], web.Response]] = {
 }
 
 
+# 1e400 is valid JSON but no double: Python's parser reads it as infinity, which reached the agent as null.
+OVERFLOW: dict[str, Callable[[int], web.Response]] = {
+    "json": lambda i: web.Response(text=f'{{"jsonrpc":"2.0","id":{i},"result":{{"n":1e400}}}}',
+                                   content_type="application/json"),
+    "sse": lambda i: web.Response(body=_sse(b'{"jsonrpc":"2.0","id":%d,"result":{"n":[-1E400]}}' % i),
+                                  content_type="text/event-stream"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OVERFLOW))
+async def test_a_number_past_a_double_is_upstream_error_not_null(
+        kind: str, http: aiohttp.ClientSession, scripted: Callable[..., Awaitable[Scripted]]) -> None:
+    async def answer(request: web.Request, message: Message) -> web.StreamResponse:
+        return OVERFLOW[kind](message["id"])
+
+    target = await scripted(answer)
+    session = await http_upstream(target.url, http, timeout_s=600).connect(CLIENT_CAPS, Inbox())
+    with pytest.raises(GatewayError) as info:
+        await asyncio.wait_for(session.request(call("x")), 10)  # the answer fails the call, not its timeout
+    assert info.value.reason == "upstream_error" and "out of range" in info.value.message
+    assert "1e400" in info.value.message.lower()
+    await session.close()
+
+
 @pytest.mark.parametrize("kind", sorted(GARBAGE))
 async def test_garbage_answer_is_upstream_error(kind: str, http: aiohttp.ClientSession,
                                                 scripted: Callable[..., Awaitable[Scripted]]) -> None:

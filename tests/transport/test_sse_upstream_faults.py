@@ -150,3 +150,19 @@ async def test_an_answer_with_nan_fails_its_call_at_once(
         await asyncio.wait_for(session.request(call("x")), 10)
     assert info.value.reason == "upstream_error" and "NaN is not a JSON number" in info.value.message
     await upstream.stop()
+
+
+async def test_an_answer_with_a_number_past_a_double_fails_its_call_at_once(
+        http: aiohttp.ClientSession, fake_sse: Callable[..., Awaitable[tuple[str, FakeSse]]]) -> None:
+    # 1e400 is valid JSON that no double holds: read as infinity, it reached the agent as null.
+    async def overflow(fake: FakeSse, message: Message) -> None:
+        await fake.queue.put(b'event: message\ndata: {"jsonrpc":"2.0","id":%d,"result":{"n":1e400}}\n\n'
+                             % message["id"])
+
+    url, _ = await fake_sse(overflow)
+    upstream = sse_upstream(url, http)
+    session = await upstream.connect(CLIENT_CAPS, Inbox())
+    with pytest.raises(GatewayError) as info:
+        await asyncio.wait_for(session.request(call("x")), 10)
+    assert info.value.reason == "upstream_error" and "1e400 is out of range" in info.value.message
+    await upstream.stop()

@@ -1,5 +1,6 @@
 """What a real stdio child writes that is not one plain JSON message per line: a JSON-RPC batch (added by
-the 2025-03-26 revision, removed in 2025-06-18) and NaN / Infinity literals (not JSON at all)."""
+the 2025-03-26 revision, removed in 2025-06-18), NaN / Infinity literals (not JSON at all) and numbers
+no double holds (1e400: JSON, but read as infinity)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from gateway.transport.stdio import StdioUpstream
 from tests.transport.conftest import CLIENT_CAPS, Inbox, call
 
 # Negotiates the revision given as argv[1]; tools/call 'batch' is answered inside a JSON array (with a
-# log notification before the answer), 'nan' with NaN in its result, 'plain' normally.
+# log notification before the answer), 'nan' with NaN in its result, 'huge' with 1e400, 'plain' normally.
 BATCHING_CHILD = r'''
 import json, sys
 for line in sys.stdin:
@@ -32,6 +33,8 @@ for line in sys.stdin:
             print(json.dumps([log, answer]), flush=True)
         elif name == 'nan':
             print('{"jsonrpc":"2.0","id":%d,"result":{"content":[],"structuredContent":{"n":NaN}}}' % i, flush=True)
+        elif name == 'huge':
+            print('{"jsonrpc":"2.0","id":%d,"result":{"content":[],"structuredContent":{"n":1e400}}}' % i, flush=True)
         else:
             print(json.dumps(answer), flush=True)
 '''
@@ -87,5 +90,16 @@ async def test_nan_in_an_answer_is_upstream_error_at_once(revision: str) -> None
         with pytest.raises(GatewayError) as info:
             await asyncio.wait_for(session.request(call("nan")), LIMIT_S)
         assert info.value.reason == "upstream_error" and "NaN is not a JSON number" in info.value.message
+        plain = await asyncio.wait_for(session.request(call("plain")), LIMIT_S)
+        assert plain["result"]["content"][0]["text"] == "plain"
+
+
+async def test_a_number_past_a_double_in_an_answer_is_upstream_error_at_once() -> None:
+    async with child("2025-11-25") as upstream:
+        session = await upstream.connect(CLIENT_CAPS, Inbox())
+        # On the old code the call succeeded and the agent got null where the child wrote 1e400.
+        with pytest.raises(GatewayError) as info:
+            await asyncio.wait_for(session.request(call("huge")), LIMIT_S)
+        assert info.value.reason == "upstream_error" and "1e400 is out of range" in info.value.message
         plain = await asyncio.wait_for(session.request(call("plain")), LIMIT_S)
         assert plain["result"]["content"][0]["text"] == "plain"
