@@ -20,7 +20,7 @@ from gateway.errors import UpstreamErrorResponse
 from gateway.telemetry.attributes import Attrs, client_attributes, target_of, transport_attributes
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.span_errors import error_type, mark_error
-from gateway.telemetry.tracing import AnySpan, Telemetry, set_attributes
+from gateway.telemetry.tracing import AnySpan, Telemetry
 from gateway.transport.base import Message, MessageHandler, SentId, UpstreamSession
 
 
@@ -79,17 +79,22 @@ class UpstreamCalls:
             return response
 
 
-def _record_sent_id(span: AnySpan, request_id: Any) -> None:
-    # The CLIENT span describes the request it sent: the transport gave it an id of its own.
-    set_attributes(span, {"jsonrpc.request.id": str(request_id)})
+def _record_sent_id(span: AnySpan, request_id: Any, session_id: str | None) -> None:
+    # The CLIENT span describes the request it sent: the transport gave it an id of its own, and it went in
+    # the gateway's session with the upstream (never the agent's session with the gateway: that is the
+    # SERVER span's). Only recording spans pay for the str().
+    if span.is_recording():
+        span.set_attribute("jsonrpc.request.id", str(request_id))
+        if session_id:
+            span.set_attribute("mcp.session.id", session_id)
 
 
 def sent_id_recorder(telemetry: Telemetry) -> SentId | None:
-    """`ForwardStage(sent_id=...)`: the forwarded call's CLIENT span (current) records the id sent upstream;
-    None with tracing off, so the transports are told nothing."""
+    """`ForwardStage(sent_id=...)`: the forwarded call's CLIENT span (current) records the id sent upstream and
+    the upstream session's id; None with tracing off, so the transports are told nothing."""
     if not telemetry.enabled:
         return None
-    return lambda request_id: _record_sent_id(telemetry.current_span(), request_id)
+    return lambda request_id, session_id: _record_sent_id(telemetry.current_span(), request_id, session_id)
 
 
 __all__ = ["UpstreamCalls", "sent_id_recorder"]

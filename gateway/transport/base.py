@@ -17,7 +17,9 @@ from typing import Any, Protocol
 
 Message = dict[str, Any]
 MessageHandler = Callable[[Message], Awaitable[None]]
-SentId = Callable[[Any], None]  # told the request id actually sent upstream
+# Told the request id actually sent upstream and the upstream session it went in (its `Mcp-Session-Id`; None
+# where the transport has no session id: stdio, legacy SSE, an upstream that gave none).
+SentId = Callable[[Any, str | None], None]
 # Yields the credential header(s) for session-level traffic, valid at the time of the call.
 HeadersSource = Callable[[], Awaitable[Mapping[str, str]]]
 
@@ -57,10 +59,10 @@ class UpstreamSession(Protocol):
 
         Messages the upstream sends while answering (progress, logging, server→client requests on
         the response stream) go to `on_message`. The upstream sees its own request id (ids of the
-        sessions sharing a connection would collide): `sent_id`, when given, is told that id before the
-        request is sent (the CLIENT span records it). Raises GatewayError upstream_unavailable /
-        upstream_timeout / upstream_error; on timeout or cancellation a notifications/cancelled is
-        sent upstream. Never retried.
+        sessions sharing a connection would collide): `sent_id`, when given, is told that id and the
+        upstream session id before the request is sent (the CLIENT span records both). Raises
+        GatewayError upstream_unavailable / upstream_timeout / upstream_error; on timeout or
+        cancellation a notifications/cancelled is sent upstream. Never retried.
         """
         ...
 

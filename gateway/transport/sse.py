@@ -120,7 +120,7 @@ class SseSession:
         self._up.breaker.check()
         pending = self._table.open(message, self, on_message)
         if sent_id is not None:
-            sent_id(pending.upstream_id)
+            sent_id(pending.upstream_id, None)
         limit = timeout or self._up.config.timeout_s
         try:
             async with asyncio.timeout(limit) as deadline:
