@@ -144,14 +144,14 @@ def _metadata_routes(config: Config) -> list[web.RouteDef]:
     """RFC 9728 protected-resource metadata for /mcp and every /mcp/{upstream} path.
 
     The `resource` named here is an audience the identifier accepts on that path (and only there)."""
-    from gateway.identity import protected_resource_metadata
+    from gateway.identity.metadata import metadata_endpoint, protected_resource_metadata
 
     paths = {"/mcp", *(f"/mcp/{upstream.name}" for upstream in config.upstreams)}
 
     async def metadata(request: web.Request) -> web.Response:
         tail = request.match_info.get("tail", "")
-        path = "/" + tail if tail else "/mcp"
-        if path not in paths:  # no endpoint there, so no resource either
+        path = metadata_endpoint("/" + tail, config.listen.resource_url, paths) if tail else "/mcp"
+        if path is None:  # no endpoint there, so no resource either
             raise web.HTTPNotFound()
         return web.json_response(protected_resource_metadata(config.listen.resource_url, config.identity, path))
 

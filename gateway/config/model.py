@@ -70,6 +70,15 @@ class ListenConfig(Model):
     body_timeout_s: float = Field(30.0, gt=0)  # a request body must arrive in full within this
     tls: TlsConfig | None = None
 
+    @field_validator("public_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        # Every URL of the gateway is public_url + a path (/mcp, RFC 9728 metadata): after a query or a
+        # fragment that path would name no resource at all.
+        if value is not None and ("?" in value or "#" in value):
+            raise ValueError("must not have a query or fragment (it is the base of the gateway's URLs)")
+        return value
+
     @property
     def resource_url(self) -> str:
         """The gateway's own base URL (RFC 8707 resource), used for `aud` checks and metadata."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from gateway.config.model import IdentityConfig
 from gateway.errors import GatewayError
@@ -11,9 +12,33 @@ from gateway.errors import GatewayError
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
+def split_base(resource_url: str) -> tuple[str, str]:
+    """The gateway's base URL as (scheme://authority, path): `https://gw.example/customs` gives
+    (`https://gw.example`, `/customs`), a base without a path gives an empty path. The text is cut, not
+    re-serialised, so the URL keeps the spelling the operator configured."""
+    base = resource_url.rstrip("/")
+    slash = base.find("/", base.find("://") + 3)
+    return (base, "") if slash < 0 else (base[:slash], base[slash:])
+
+
 def metadata_url(resource_url: str, path: str = "/mcp") -> str:
-    """Where the metadata of `resource_url + path` lives (RFC 9728 §3: the well-known prefix, then the path)."""
-    return f"{resource_url.rstrip('/')}{WELL_KNOWN}{path}"
+    """Where the metadata of `resource_url + path` lives: RFC 9728 §3.1 inserts the well-known prefix between
+    the host and the path, so a base with a path (a gateway under a proxy's prefix) puts it after the prefix."""
+    origin, prefix = split_base(resource_url)
+    return f"{origin}{WELL_KNOWN}{prefix}{path}"
+
+
+def metadata_endpoint(tail: str, resource_url: str, endpoints: Collection[str]) -> str | None:
+    """Which endpoint (`/mcp`, `/mcp/{upstream}`) the request path `WELL_KNOWN + tail` asks about, or None.
+
+    Behind a proxy under a prefix the RFC 9728 URL (`/.well-known/oauth-protected-resource/customs/mcp`) is
+    outside that prefix, and the operator routes it to the gateway either as it is or with the prefix cut out
+    as from every other path (`…/mcp`); both are answered. `tail` is the decoded path, so the prefix is too.
+    """
+    prefix = unquote(split_base(resource_url)[1])
+    if prefix and tail.startswith(prefix + "/") and tail[len(prefix):] in endpoints:
+        return tail[len(prefix):]
+    return tail if tail in endpoints else None
 
 
 def protected_resource_metadata(resource_url: str, config: IdentityConfig, path: str = "/mcp") -> dict[str, Any]:
