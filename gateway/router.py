@@ -33,6 +33,10 @@ from gateway.transport.base import Message, MessageHandler, UpstreamSession
 SERVER_INFO = {"name": "customs", "title": "Customs MCP gateway", "version": "0.1.0"}
 ENVELOPE_PREFIX = "io.modelcontextprotocol/"
 SUBSCRIBE_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
+# Methods 2026-07-28 removed (the SDK's per-version surface has none of them at that revision): a
+# stateless client's subscription updates would reach nobody, and with no connection there is nothing
+# for `ping` to keep alive.
+STATELESS_REMOVED = SUBSCRIBE_METHODS | {"ping"}
 
 
 @dataclass
@@ -100,8 +104,7 @@ class Router:
     async def dispatch(self, inbound: Inbound) -> dict[str, Any]:
         method = inbound.message.method
         handler = self._handlers.get(method)
-        # 2026-07-28 removed resources/(un)subscribe: a stateless client's updates would reach nobody.
-        if handler is None or (inbound.session.stateless and method in SUBSCRIBE_METHODS):
+        if handler is None or (inbound.session.stateless and method in STATELESS_REMOVED):
             raise GatewayError("method_not_found", f"Method not found: {method}")
         return await handler(inbound)
 

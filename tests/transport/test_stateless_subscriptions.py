@@ -2,18 +2,21 @@
 `subscriptions/listen` streams, which the gateway does not serve, so `server/discover` promises no
 `listChanged` or `subscribe`, and the handshake revisions' `resources/subscribe|unsubscribe` (removed
 in 2026-07-28) are `method_not_found` instead of a subscription at the upstream whose updates would
-reach nobody (real gateway, real stdio SDK server, raw HTTP and the SDK's own stateless client)."""
+reach nobody, as is `ping` (removed too) (real gateway, real stdio SDK server, raw HTTP and the SDK's
+own stateless client)."""
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from mcp.shared.exceptions import MCPDeprecationWarning
 
 from tests.support.mcp_client import sdk_client
 from tests.transport.watch_server import WATCH_SERVER_PATH
@@ -57,3 +60,20 @@ async def test_removed_subscribe_methods_reach_no_upstream(watch_url: str, metho
     assert reply["error"]["code"] == -32601 and reply["error"]["data"]["reason"] == "method_not_found", reply
     touched = await stateless(watch_url, "tools/call", {"name": "touch", "arguments": {"uri": "watch://a"}}, "touch")
     assert touched["result"]["content"][0]["text"] == "not subscribed"
+
+
+async def test_ping_removed_in_the_stateless_revision_is_method_not_found(watch_url: str) -> None:
+    # 2026-07-28 removed `ping` (no connection to keep alive; the SDK's server has no such method at that
+    # revision and its client refuses to send one): the gateway answered `{}` as for a handshake session.
+    async with aiohttp.ClientSession() as http:
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+                   "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "ping"}
+        body = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"_meta": META}}
+        async with http.post(watch_url, data=json.dumps(body), headers=headers) as resp:
+            reply = json.loads(await resp.text())
+            assert resp.status == 404, reply  # that revision's transport status for -32601
+    assert reply["error"]["code"] == -32601 and reply["error"]["data"]["reason"] == "method_not_found", reply
+    async with sdk_client(watch_url) as client:  # a handshake session still gets its ping answered
+        with warnings.catch_warnings():  # the SDK warns that ping is gone in 2026-07-28, not in this revision
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await client.send_ping()
