@@ -154,33 +154,40 @@ class Lister:
 
     async def merged(self, kind: ListKind, principal: Principal, upstreams: list[str], params: dict[str, Any],
                      fetch: Fetch) -> dict[str, Any]:
-        """Aggregated view: every upstream's page merged; unavailable upstreams are skipped."""
+        """Aggregated view: every upstream's page merged. An upstream failing its first page is skipped; one
+        failing a later page keeps its cursor (asked again with the next page), and a page on which no
+        upstream answers is that failure, so a list cut short never passes for the whole list."""
         cursor = params.get("cursor")
         pending = decode_cursor(cursor, upstreams) if cursor is not None else dict.fromkeys(upstreams, "")
         base = {k: v for k, v in params.items() if k != "cursor"}
 
-        async def page(upstream: str, upstream_cursor: str) -> tuple[str, dict[str, Any] | None]:
+        async def page(upstream: str, upstream_cursor: str) -> tuple[str, dict[str, Any] | Exception]:
             query = {**base, "cursor": upstream_cursor} if upstream_cursor else base
             try:
                 return upstream, await fetch(upstream, query)
             except (GatewayError, UpstreamErrorResponse) as exc:
-                log.info("%s from %s skipped: %s", kind.method, upstream, exc)
-                return upstream, None
+                _report(kind, upstream, upstream_cursor, exc)
+                return upstream, exc
 
         pages = await asyncio.gather(*(page(u, c) for u, c in pending.items()))
         items: list[dict[str, Any]] = []
         remaining: dict[str, str] = {}
+        failed: list[Exception] = []
         for upstream, result in pages:
-            if result is None:
+            if isinstance(result, Exception):
+                if pending[upstream]:  # its earlier pages were listed: dropping the cursor would end it short
+                    remaining[upstream] = pending[upstream]
+                    failed.append(result)
                 continue
             found = result.get(kind.key) if isinstance(result.get(kind.key), list) else []
             assert isinstance(found, list)
             next_cursor = result.get("nextCursor")
             found = await self._learn(kind, upstream, found, complete=not pending[upstream] and not next_cursor)
-            shown = self.filter(kind, principal, upstream, found, prefixed=True)
-            items.extend(shown)
+            items.extend(self.filter(kind, principal, upstream, found, prefixed=True))
             if isinstance(next_cursor, str) and next_cursor:
                 remaining[upstream] = next_cursor
+        if failed and all(isinstance(result, Exception) for _, result in pages):
+            raise failed[0]  # nothing else is left to list: the agent keeps its cursor and may ask again
         out: dict[str, Any] = {kind.key: items}
         if remaining:
             out["nextCursor"] = encode_cursor(remaining)
@@ -194,3 +201,13 @@ class Lister:
         verdict = await self._guard.check(upstream, [i for i in items if isinstance(i, dict)])
         self._catalog.update(upstream, verdict.usable, replace=complete)
         return verdict.usable
+
+
+def _report(kind: ListKind, upstream: str, cursor: str, exc: Exception) -> None:
+    """A failed first page leaves the upstream out of this list (INFO: /readyz and the upstream's own errors
+    say more); a failed later page leaves the list incomplete until it is answered, which is worth a WARNING."""
+    if cursor:
+        log.warning("%s from %s failed on a later page (%s): its cursor is kept, the list is incomplete until "
+                    "that page is answered", kind.method, upstream, exc)
+    else:
+        log.info("%s from %s skipped: %s", kind.method, upstream, exc)
