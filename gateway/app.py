@@ -128,6 +128,8 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     for upstream in upstreams.values():
         if hasattr(upstream, "on_restart"):
             upstream.on_restart = restarted
+        if hasattr(upstream, "on_session_end"):  # mcp.client.session.duration (None with metrics off)
+            upstream.on_session_end = parts.observability.metrics.client_session_recorder(catalog.config(upstream.name))
 
     async def on_session_end(session: Session) -> None:
         if not session.stateless:  # the 2026-07-28 revision has no sessions: its implicit one is the gateway's own

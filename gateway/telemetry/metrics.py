@@ -5,7 +5,8 @@
 no OTLP endpoint the instruments come from the API's no-op provider.
 
 Names follow the MCP semantic conventions (`mcp.server.operation.duration`,
-`mcp.client.operation.duration`, seconds, the recommended buckets) plus `customs.*` instruments.
+`mcp.client.operation.duration`, `mcp.server.session.duration`, `mcp.client.session.duration`, seconds,
+the recommended buckets) plus `customs.*` instruments.
 The per-call instruments (calls, stage and operation durations) are aggregated in place and merged
 into every collection (gateway/telemetry/aggregate.py); the rarer ones are plain SDK instruments.
 """
@@ -27,9 +28,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gateway.config.model import TelemetryConfig
+from gateway.config.model import TelemetryConfig, UpstreamConfig
 from gateway.telemetry.aggregate import Attrs, CounterAggregate, HistogramAggregate, merge_into_reader
+from gateway.telemetry.attributes import transport_attributes
 from gateway.telemetry.settings import MetricSettings, metric_settings
+from gateway.transport.base import SessionEnded
 
 # The conventions' advice for MCP operation durations; also good for gateway stages and approval waits.
 DURATION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
@@ -46,7 +49,7 @@ INSTRUMENTS = (
     "customs.upstream.restarts", "customs.policy.reloads", "customs.tool.quarantines", "customs.rate_limited",
     "customs.shadow.disagreements", "customs.decision_log.dropped", "cpython.gc.collections",
     "customs.policy.errors", "customs.requests.refused", "customs.sessions.open", "customs.credential.revocations",
-    "mcp.server.session.duration", "customs.spans.dropped",
+    "mcp.server.session.duration", "customs.spans.dropped", "mcp.client.session.duration",
 )
 
 
@@ -83,6 +86,8 @@ def _views() -> list[View]:
     return [View(instrument_name="customs.approval.wait.duration",
                  aggregation=ExplicitBucketHistogramAggregation(boundaries=APPROVAL_BUCKETS)),
             View(instrument_name="mcp.server.session.duration",
+                 aggregation=ExplicitBucketHistogramAggregation(boundaries=DURATION_BUCKETS)),
+            View(instrument_name="mcp.client.session.duration",
                  aggregation=ExplicitBucketHistogramAggregation(boundaries=DURATION_BUCKETS))]
 
 
@@ -118,9 +123,12 @@ class Metrics:
         self.server_duration = HistogramAggregate(
             "mcp.server.operation.duration", "s", "MCP requests handled by the gateway, receipt to response",
             DURATION_BUCKETS, _operation_attrs)
+        # An upstream's transport attributes (client_session_recorder), added to its client series when each
+        # is first made: they follow from `customs.upstream`, so a call's key need not carry them.
+        self._upstream_transport: dict[str, Attrs] = {}
         self.client_duration = HistogramAggregate(
             "mcp.client.operation.duration", "s", "MCP requests the gateway sent upstream, send to response",
-            DURATION_BUCKETS, _operation_attrs)
+            DURATION_BUCKETS, self._client_operation_attrs)
         if readers:
             resource = Resource.create({"service.name": self.settings.service_name})
             self.provider = MeterProvider(metric_readers=readers, resource=resource, views=_views())
@@ -148,6 +156,9 @@ class Metrics:
                                                     "Time from hold to decision")
         self.session_duration = meter.create_histogram("mcp.server.session.duration", "s",
                                                        "MCP sessions with agents, initialize to end")
+        self.client_session_duration = meter.create_histogram("mcp.client.session.duration", "s",
+                                                              "The gateway's MCP sessions with upstreams, "
+                                                              "initialize to end")
         self.upstream_errors = meter.create_counter("customs.upstream.errors", "{error}", "Failed upstream requests")
         self.upstream_restarts = meter.create_counter("customs.upstream.restarts", "{restart}",
                                                       "Restarts of stdio upstreams")
@@ -240,6 +251,31 @@ class Metrics:
         Agents reach the gateway over HTTP only."""
         self.session_duration.record(seconds, {"mcp.protocol.version": protocol_version, "network.transport": "tcp",
                                                "network.protocol.name": "http"})
+
+    def _client_operation_attrs(self, key: tuple[Any, ...]) -> Attrs:
+        attrs = _operation_attrs(key)
+        return {**self._upstream_transport.get(attrs.get("customs.upstream", ""), {}), **attrs}
+
+    def client_session_recorder(self, upstream: UpstreamConfig) -> SessionEnded | None:
+        """The upstream's `on_session_end` hook: each of the gateway's MCP sessions with it, when it ends (closed
+        with the agent's session or at shutdown; `error.type` when the upstream ended it: an expired session, a
+        closed SSE stream, a child that exited). None with metrics off, so the transports time nothing.
+
+        Also notes the upstream's transport attributes for its `mcp.client.operation.duration` series."""
+        if not self.enabled:
+            return None
+        transport = self._upstream_transport[upstream.name] = transport_attributes(upstream)
+        base: Attrs = {"customs.upstream": upstream.name, **transport}
+        histogram = self.client_session_duration
+
+        def ended(seconds: float, protocol_version: str | None, error: str | None) -> None:
+            attrs = dict(base)
+            if protocol_version:
+                attrs["mcp.protocol.version"] = protocol_version
+            if error:
+                attrs["error.type"] = error
+            histogram.record(seconds, attrs)
+        return ended
 
     def approval_waited(self, seconds: float, outcome: str) -> None:
         self.approval_wait.record(seconds, {"customs.approval.outcome": outcome})

@@ -20,6 +20,8 @@ MessageHandler = Callable[[Message], Awaitable[None]]
 # Told the request id actually sent upstream and the upstream session it went in (its `Mcp-Session-Id`; None
 # where the transport has no session id: stdio, legacy SSE, an upstream that gave none).
 SentId = Callable[[Any, str | None], None]
+# Told that an upstream MCP session ended: (seconds it lasted, its protocol version, error type or None).
+SessionEnded = Callable[[float, str | None, str | None], None]
 # Yields the credential header(s) for session-level traffic, valid at the time of the call.
 HeadersSource = Callable[[], Awaitable[Mapping[str, str]]]
 

@@ -14,11 +14,32 @@ from typing import Any
 
 from gateway import __version__
 from gateway.errors import GatewayError
-from gateway.transport.base import ConnectParams, Message
+from gateway.transport.base import ConnectParams, Message, SessionEnded
 
 DEFAULT_CLIENT_INFO: Mapping[str, Any] = {"name": "customs", "version": __version__}
 DEFAULT_BREAKER_THRESHOLD = 5
 DEFAULT_BREAKER_COOLDOWN_S = 10.0
+
+
+class SessionClock:
+    """How long an upstream MCP session lasted, told to the upstream's `on_session_end` hook once when it ends.
+
+    With no hook (metrics off) nothing is timed."""
+
+    __slots__ = ("_hook", "_since")
+
+    def __init__(self) -> None:
+        self._hook: SessionEnded | None = None
+        self._since: float | None = None
+
+    def began(self, hook: SessionEnded | None) -> None:
+        self._hook = hook
+        self._since = time.monotonic() if hook is not None else None
+
+    def ended(self, protocol_version: str | None, error: str | None = None) -> None:
+        since, self._since = self._since, None
+        if since is not None and self._hook is not None:
+            self._hook(time.monotonic() - since, protocol_version, error)
 
 
 class CircuitBreaker:

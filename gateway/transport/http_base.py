@@ -20,7 +20,7 @@ import aiohttp
 from gateway import __version__
 from gateway.config.model import UpstreamConfig
 from gateway.errors import GatewayError
-from gateway.transport.base import Health, Message, MessageHandler
+from gateway.transport.base import Health, Message, MessageHandler, SessionEnded
 from gateway.transport.common import DEFAULT_BREAKER_COOLDOWN_S, DEFAULT_BREAKER_THRESHOLD, CircuitBreaker
 
 ACCEPT_BOTH = "application/json, text/event-stream"
@@ -48,6 +48,7 @@ class HttpUpstreamBase:
         self._streams: aiohttp.ClientSession | None = None
         self._probing: asyncio.Task[Health] | None = None
         self.sessions: set[Any] = set()
+        self.on_session_end: SessionEnded | None = None  # metrics hook: mcp.client.session.duration
 
     async def start(self) -> None:
         # Long-lived SSE streams get their own unlimited pool so that open GET streams can never

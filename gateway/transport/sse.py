@@ -22,6 +22,7 @@ from gateway.transport.base import ConnectParams, HeadersSource, Message, Messag
 from gateway.transport.common import (
     BROADCAST_METHODS,
     INITIALIZED,
+    SessionClock,
     cancelled_message,
     check_initialize,
     initialize_message,
@@ -73,6 +74,7 @@ class SseSession:
         self._init_result: Message = {}
         self._closed = False
         self._dead = False
+        self._clock = SessionClock()
 
     @property
     def initialize_result(self) -> Message:
@@ -96,6 +98,7 @@ class SseSession:
                                       on_message=self._on_message, timeout=self._up.config.timeout_s)
         self._init_result = check_initialize(response)
         await self._post(INITIALIZED, self._connect_headers)
+        self._clock.began(self._up.on_session_end)
 
     async def _read_endpoint(self, events: AsyncIterator[SseEvent]) -> str:
         try:
@@ -157,6 +160,7 @@ class SseSession:
         if self._closed:
             return
         self._closed = True
+        self._clock.ended(self._init_result.get("protocolVersion"))
         self._up.sessions.discard(self)
         if self._reader is not None:
             self._reader.cancel()
@@ -230,6 +234,8 @@ class SseSession:
             self._up.log.info("SSE stream ended: %s", exc)
         finally:
             self._dead = True
+            # The upstream ended the stream (a close() ended the clock already, so this records nothing then).
+            self._clock.ended(self._init_result.get("protocolVersion"), "upstream_unavailable")
             self._table.fail_all(GatewayError("upstream_unavailable", "upstream closed the SSE stream",
                                               data={"upstream": self._up.name}))
 

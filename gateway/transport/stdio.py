@@ -30,12 +30,14 @@ from gateway.transport.base import (
     Message,
     MessageHandler,
     SentId,
+    SessionEnded,
 )
 from gateway.transport.common import (
     DEFAULT_BREAKER_COOLDOWN_S,
     DEFAULT_BREAKER_THRESHOLD,
     INITIALIZED,
     CircuitBreaker,
+    SessionClock,
     cancelled_message,
     check_initialize,
     initialize_message,
@@ -65,6 +67,8 @@ class StdioUpstream:
                  restart_cap_s: float = RESTART_CAP_S, on_restart: Callable[[str], None] | None = None) -> None:
         assert config.command is not None
         self.on_restart = on_restart  # metrics hook: customs.upstream.restarts
+        self.on_session_end: SessionEnded | None = None  # metrics hook: mcp.client.session.duration
+        self._clock = SessionClock()  # the child's one MCP session: initialize to exit
         self.name = config.name
         self.config = config
         self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown_s)
@@ -275,12 +279,14 @@ class StdioUpstream:
         try:
             if not await self._initialize():
                 return
+            self._clock.began(self.on_session_end)
             await reader  # returns when the child closes stdout (exit or crash)
             code = await proc.wait()
             self._detail = f"child exited with code {code}"
             self.log.warning("upstream %s: %s", self.name, self._detail)
         finally:
             self._ready.clear()
+            self._clock.ended(self._negotiated(), None if self._stopping else "upstream_unavailable")
             reader.cancel()
             await terminate(proc, self._grace_s)
             with suppress(TimeoutError):

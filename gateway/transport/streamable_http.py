@@ -29,6 +29,7 @@ from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler, SentId
 from gateway.transport.common import (
     INITIALIZED,
+    SessionClock,
     cancelled_message,
     check_initialize,
     check_response,
@@ -88,6 +89,7 @@ class StreamableHttpSession:
         self._stream_ready = asyncio.Event()
         self._expired = False
         self._closed = False
+        self._clock = SessionClock()
 
     @property
     def initialize_result(self) -> Message:
@@ -110,6 +112,7 @@ class StreamableHttpSession:
                 self._init_result = check_initialize(response)
                 self._version = self._init_result["protocolVersion"]
                 await self._post_one_way(INITIALIZED, credential)
+                self._clock.began(self._up.on_session_end)
         except TimeoutError as exc:
             raise GatewayError("upstream_timeout", "upstream did not answer initialize in time") from exc
         if self._listener is None or self._listener.done():
@@ -166,6 +169,7 @@ class StreamableHttpSession:
         if self._closed:
             return
         self._closed = True
+        self._clock.ended(self._version)
         self._up.sessions.discard(self)
         if self._listener is not None:
             self._listener.cancel()
@@ -302,6 +306,7 @@ class StreamableHttpSession:
     async def _check_expired(self, response: aiohttp.ClientResponse) -> None:
         if response.status == 404 and self._session_id:
             self._expired = True
+            self._clock.ended(self._version, "upstream_unavailable")  # the upstream ended it, not the gateway
             # An upstream that forgot the session has most likely restarted, perhaps as a new version:
             # what we know of its tools is stale, so the next call re-lists them (and re-checks pins)
             # before it runs. The client hears list_changed, as it would from a server that changed.
