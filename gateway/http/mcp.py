@@ -107,7 +107,7 @@ class McpEndpoint:
             request_id = message.id if message.kind == "request" else None
             session, extra_headers = await self._session_for(request, view, principal, message)
             if message.kind != "request":
-                await self._accept_one_way(session, message, principal)
+                await self._accept_one_way(session, message, principal, http=request, times=(started, identified))
                 return web.Response(status=202, headers=extra_headers)
             if self.observability is None:
                 return await self._answer(request, session, principal, message, sse_ok, extra_headers)
@@ -191,9 +191,21 @@ class McpEndpoint:
             session.init_result = upstream.initialize_result
         return session
 
-    async def _accept_one_way(self, session: Session, message: jsonrpc.Message,
-                              principal: Principal | None = None) -> None:
-        """Client notifications and answers to server→client requests: 202 (a task end that fails: an error)."""
+    async def _accept_one_way(self, session: Session, message: jsonrpc.Message, principal: Principal | None = None,
+                              *, http: web.Request | None = None, times: tuple[int, int] | None = None) -> None:
+        """Client notifications and answers to server→client requests: 202 (a task end that fails: an error).
+        A notification gets a SERVER span and a duration, as the MCP conventions ask (not on a call's path)."""
+        if message.kind != "notification" or self.observability is None:
+            await self._one_way(session, message, principal)
+            return
+        with self.observability.request(http.headers if http is not None else None, message.method, message.params,
+                                        None, principal=principal or session.principal,
+                                        session_id=None if session.stateless else session.id,
+                                        protocol_version=session.protocol_version,
+                                        start_ns=times[0] if times else None, identify_ns=times, http=http):
+            await self._one_way(session, message, principal)
+
+    async def _one_way(self, session: Session, message: jsonrpc.Message, principal: Principal | None) -> None:
         if message.kind == "response":
             route = session.server_requests.pop(str(message.id), None)
             if route is not None:

@@ -1,0 +1,56 @@
+"""An agent's notification gets a SERVER span and an `mcp.server.operation.duration` point, as the MCP
+conventions ask for every request *or notification* a server receives.
+
+The span is named by the method (`notifications/initialized`; no target), parented on the notification's
+`params._meta.traceparent` when it has one, and carries the session; a notification has no id, so no
+`jsonrpc.request.id`. Real gateway, real SDK streamable-HTTP upstream, real OTLP receiver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.demo.servers import inventory_server
+from tests.conftest import RunningGateway
+from tests.support.otlp import OtlpReceiver
+from tests.support.servers import run_http_server
+
+StartGateway = Callable[[dict[str, Any]], Awaitable[RunningGateway]]
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+async def test_an_agent_notification_is_a_server_span(otlp: OtlpReceiver, start_gateway: StartGateway,
+                                                      permissive_policies: Path) -> None:
+    async with run_http_server(inventory_server()) as url:
+        gateway = await start_gateway({"upstreams": [{"name": "inventory", "url": url}],
+                                       "identity": {"mode": "anonymous"},
+                                       "policies": {"dir": str(permissive_policies)},
+                                       "telemetry": {"traces": {"endpoint": otlp.url}}})
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "t", "version": "0"}}}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gateway.mcp, json=initialize, headers=headers) as resp:
+                assert resp.status == 200
+                headers["Mcp-Session-Id"] = session_id = resp.headers["Mcp-Session-Id"]
+                headers["MCP-Protocol-Version"] = "2025-11-25"
+            initialized = {"jsonrpc": "2.0", "method": "notifications/initialized",
+                           "params": {"_meta": {"traceparent": PARENT}}}
+            async with http.post(gateway.mcp, json=initialized, headers=headers) as resp:
+                assert resp.status == 202
+            async with http.get(f"{gateway.url}/metrics") as resp:
+                text = await resp.text()
+        await gateway.gateway.parts.observability.telemetry.flush()
+    span = await otlp.wait_for_span(lambda s: s.name == "notifications/initialized")
+    assert span.kind == "SERVER" and span.trace_id == TRACE_ID and span.parent_span_id == "00f067aa0ba902b7"
+    assert span.attributes["mcp.method.name"] == "notifications/initialized"
+    assert span.attributes["mcp.session.id"] == session_id and "jsonrpc.request.id" not in span.attributes
+    assert span.status != "ERROR"
+    assert any(line.startswith("mcp_server_operation_duration_seconds_count{")
+               and 'mcp_method_name="notifications/initialized"' in line for line in text.splitlines()), text
