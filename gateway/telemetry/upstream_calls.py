@@ -79,7 +79,7 @@ class UpstreamCalls:
             return response
 
 
-def _record_sent_id(span: AnySpan, request_id: Any, session_id: str | None) -> None:
+def _record_sent_id(span: AnySpan, request_id: Any, session_id: str | None, version: str | None) -> None:
     # The CLIENT span describes the request it sent: the transport gave it an id of its own, and it went in
     # the gateway's session with the upstream (never the agent's session with the gateway: that is the
     # SERVER span's). Only recording spans pay for the str().
@@ -87,14 +87,17 @@ def _record_sent_id(span: AnySpan, request_id: Any, session_id: str | None) -> N
         span.set_attribute("jsonrpc.request.id", str(request_id))
         if session_id:
             span.set_attribute("mcp.session.id", session_id)
+        if version:  # the version spoken with the upstream, which may differ from the agent's (SERVER span)
+            span.set_attribute("mcp.protocol.version", version)
 
 
 def sent_id_recorder(telemetry: Telemetry) -> SentId | None:
-    """`ForwardStage(sent_id=...)`: the forwarded call's CLIENT span (current) records the id sent upstream and
-    the upstream session's id; None with tracing off, so the transports are told nothing."""
+    """`ForwardStage(sent_id=...)`: the forwarded call's CLIENT span (current) records the id sent upstream, the
+    upstream session's id and its protocol version; None with tracing off, so the transports are told nothing."""
     if not telemetry.enabled:
         return None
-    return lambda request_id, session_id: _record_sent_id(telemetry.current_span(), request_id, session_id)
+    return lambda request_id, session_id, version: _record_sent_id(telemetry.current_span(), request_id, session_id,
+                                                                   version)
 
 
 __all__ = ["UpstreamCalls", "sent_id_recorder"]

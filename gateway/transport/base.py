@@ -17,9 +17,10 @@ from typing import Any, Protocol
 
 Message = dict[str, Any]
 MessageHandler = Callable[[Message], Awaitable[None]]
-# Told the request id actually sent upstream and the upstream session it went in (its `Mcp-Session-Id`; None
-# where the transport has no session id: stdio, legacy SSE, an upstream that gave none).
-SentId = Callable[[Any, str | None], None]
+# Told the request id actually sent upstream, the upstream session it went in (its `Mcp-Session-Id`; None
+# where the transport has no session id: stdio, legacy SSE, an upstream that gave none) and the protocol
+# version spoken with the upstream.
+SentId = Callable[[Any, str | None, str | None], None]
 # Told that an upstream MCP session ended: (seconds it lasted, its protocol version, error type or None).
 SessionEnded = Callable[[float, str | None, str | None], None]
 # Yields the credential header(s) for session-level traffic, valid at the time of the call.
@@ -61,8 +62,8 @@ class UpstreamSession(Protocol):
 
         Messages the upstream sends while answering (progress, logging, server→client requests on
         the response stream) go to `on_message`. The upstream sees its own request id (ids of the
-        sessions sharing a connection would collide): `sent_id`, when given, is told that id and the
-        upstream session id before the request is sent (the CLIENT span records both). Raises
+        sessions sharing a connection would collide): `sent_id`, when given, is told that id, the
+        upstream session id and version before the request is sent (the CLIENT span records them). Raises
         GatewayError upstream_unavailable / upstream_timeout / upstream_error; on timeout or
         cancellation a notifications/cancelled is sent upstream. Never retried.
         """

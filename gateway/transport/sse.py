@@ -123,7 +123,7 @@ class SseSession:
         self._up.breaker.check()
         pending = self._table.open(message, self, on_message)
         if sent_id is not None:
-            sent_id(pending.upstream_id, None)
+            sent_id(pending.upstream_id, None, self._init_result.get("protocolVersion"))
         limit = timeout or self._up.config.timeout_s
         try:
             async with asyncio.timeout(limit) as deadline:

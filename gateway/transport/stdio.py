@@ -172,7 +172,7 @@ class StdioUpstream:
         await self._wait_ready(limit)
         pending = self._table.open(message, view, on_message)
         if sent_id is not None:
-            sent_id(pending.upstream_id, None)
+            sent_id(pending.upstream_id, None, self._negotiated())
         outbound = with_id(message, pending.upstream_id)
         if pending.progress_token is not None:
             # Every session's client may use token 1: upstream the token is unique (the upstream id).

@@ -134,7 +134,7 @@ class StreamableHttpSession:
             await self.open()  # the upstream forgot the session: start a fresh one for this new call
         upstream_id = next(self._ids)
         if sent_id is not None:
-            sent_id(upstream_id, self._session_id)  # after a re-open: the new session's
+            sent_id(upstream_id, self._session_id, self._version)  # after a re-open: the new session's
         key = id_key(message.get("id"))
         self._inflight[key] = upstream_id
         limit = timeout or self._up.config.timeout_s

@@ -16,7 +16,7 @@ from gateway.demo.servers import inventory_server
 from tests.conftest import RunningGateway
 from tests.support.mcp_client import sdk_client
 from tests.support.otlp import OtlpReceiver
-from tests.support.servers import SeenRequest, run_http_server
+from tests.support.servers import SeenRequest, run_http_server, stdio_command
 
 StartGateway = Callable[[dict[str, Any]], Awaitable[RunningGateway]]
 
@@ -40,14 +40,33 @@ async def test_client_spans_carry_the_upstream_session_id(
             await client.call_tool("inventory__get_stock", {"sku": "A-1"})
         await gateway.gateway.parts.observability.telemetry.flush()
     [upstream_session] = _upstream_session_ids(seen)
+    [upstream_version] = {r.headers["mcp-protocol-version"] for r in seen if "mcp-protocol-version" in r.headers}
 
     call = await otlp.wait_for_span(lambda s: s.kind == "SERVER" and s.name == "tools/call inventory__get_stock")
     agent_session = call.attributes["mcp.session.id"]
     assert agent_session != upstream_session
     [forwarded] = await otlp.wait_for(lambda r: [s for s in r.children(call) if s.kind == "CLIENT"])
     assert forwarded.attributes["mcp.session.id"] == upstream_session
+    assert forwarded.attributes["mcp.protocol.version"] == upstream_version  # the upstream's, as negotiated
 
     # The router's own requests (the tools/list fanned out upstream) name the upstream's session too.
     listing = await otlp.wait_for_span(lambda s: s.kind == "SERVER" and s.name == "tools/list")
     [listed] = await otlp.wait_for(lambda r: [s for s in r.children(listing) if s.kind == "CLIENT"])
     assert listed.attributes["mcp.session.id"] == upstream_session
+    assert listed.attributes["mcp.protocol.version"] == upstream_version
+
+
+async def test_a_stdio_childs_client_spans_have_a_version_and_no_session_id(
+        otlp: OtlpReceiver, start_gateway: StartGateway, permissive_policies: Path) -> None:
+    gateway = await start_gateway({"upstreams": [{"name": "inventory", "command": stdio_command("inventory")}],
+                                   "identity": {"mode": "anonymous"}, "policies": {"dir": str(permissive_policies)},
+                                   "telemetry": {"traces": {"endpoint": otlp.url}}})
+    async with sdk_client(gateway.mcp) as client:
+        await client.call_tool("inventory__get_stock", {"sku": "A-1"})
+    await gateway.gateway.parts.observability.telemetry.flush()
+    call = await otlp.wait_for_span(lambda s: s.kind == "SERVER" and s.name == "tools/call inventory__get_stock")
+    [forwarded] = await otlp.wait_for(lambda r: [s for s in r.children(call) if s.name == "tools/call get_stock"])
+    # A pipe carries no session id (the conventions' stdio example shows one, but nothing on the wire names it).
+    assert "mcp.session.id" not in forwarded.attributes and forwarded.attributes["network.transport"] == "pipe"
+    assert forwarded.attributes["mcp.protocol.version"] == \
+        gateway.gateway.parts.upstreams["inventory"].initialize_result["protocolVersion"]
