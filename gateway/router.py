@@ -35,8 +35,9 @@ ENVELOPE_PREFIX = "io.modelcontextprotocol/"
 SUBSCRIBE_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
 # Methods 2026-07-28 removed (the SDK's per-version surface has none of them at that revision): a
 # stateless client's subscription updates would reach nobody, and with no connection there is nothing
-# for `ping` to keep alive.
-STATELESS_REMOVED = SUBSCRIBE_METHODS | {"ping"}
+# for `ping` to keep alive; `logging/setLevel` would set the level of every client sharing the implicit
+# session (that revision opts in per request, `_meta` `io.modelcontextprotocol/logLevel`, which passes through).
+STATELESS_REMOVED = SUBSCRIBE_METHODS | {"ping", "logging/setLevel"}
 
 
 @dataclass

@@ -77,3 +77,22 @@ async def test_ping_removed_in_the_stateless_revision_is_method_not_found(watch_
         with warnings.catch_warnings():  # the SDK warns that ping is gone in 2026-07-28, not in this revision
             warnings.simplefilter("ignore", MCPDeprecationWarning)
             await client.send_ping()
+
+
+async def test_set_level_removed_in_the_stateless_revision_reaches_no_upstream(watch_url: str) -> None:
+    # 2026-07-28 removed `logging/setLevel` (a request opts in with `_meta` `io.modelcontextprotocol/logLevel`):
+    # set on the implicit session every stateless client of the principal shares, it changed what all of them got.
+    async with aiohttp.ClientSession() as http:
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+                   "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "logging/setLevel"}
+        body = {"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": {"level": "debug", "_meta": META}}
+        # The aggregated endpoint: there an upstream's refusal is not the answer, so only the gateway can refuse.
+        aggregated = watch_url.removesuffix("/watch")
+        async with http.post(aggregated, data=json.dumps(body), headers=headers) as resp:
+            reply = json.loads(await resp.text())
+            assert resp.status == 404, reply
+    assert reply["error"]["code"] == -32601 and reply["error"]["data"]["reason"] == "method_not_found", reply
+    async with sdk_client(aggregated) as client:  # a handshake session still sets its level
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await client.set_logging_level("debug")
