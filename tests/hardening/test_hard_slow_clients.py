@@ -44,18 +44,10 @@ async def test_a_connection_that_never_sends_a_request_is_closed(spawn_gateway: 
 async def test_a_trickled_body_is_refused_with_408(spawn_gateway: Spawn, permissive_policies: Path) -> None:
     _gw, port = await slow_gateway(spawn_gateway, permissive_policies)
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Accept: application/json, text/event-stream\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), 15)  # the rest never comes
-    finally:
-        writer.close()
-    head, _, payload = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408"), head
-    error = json.loads(payload.split(b"\r\n")[1] if b"chunked" in head.lower() else payload)["error"]
+    status, payload = await trickle(port, "/mcp", {"Content-Type": "application/json",
+                                                   "Accept": "application/json, text/event-stream"}, body)
+    assert status.startswith(b"HTTP/1.1 408"), status
+    error = json.loads(payload)["error"]
     assert (error["code"], error["data"]["reason"]) == (-32021, "body_timeout")
 
 
@@ -107,16 +99,21 @@ async def test_trickled_bodies_outside_mcp_are_refused_with_408(spawn_gateway: S
     as_json = {**bearer, "Content-Type": "application/json"}
     form = {"Content-Type": "application/x-www-form-urlencoded"}
 
-    status, payload = await trickle(port, "/api/approvals/apr_0/approve", as_json, b'{"comment": "fine by me"}')
+    # Four connections at once, each on its own body timer: one timeout's wait in all, not four.
+    approval, introspect, tool, signin = await asyncio.gather(
+        trickle(port, "/api/approvals/apr_0/approve", as_json, b'{"comment": "fine by me"}'),
+        trickle(port, "/oauth/introspect", form, b"token=" + b"x" * 64),
+        trickle(port, "/api/tools/inventory/get_stock/approve", as_json, b'{"hash": "sha256:' + b"0" * 64 + b'"}'),
+        trickle(port, "/approvals/signin", form, b"csrf=abc&token=" + b"x" * 64))
+    status, payload = approval
     assert status == b"HTTP/1.1 408 Request Timeout", status
     assert json.loads(payload)["error"]["reason"] == "body_timeout"
-    status, payload = await trickle(port, "/oauth/introspect", form, b"token=" + b"x" * 64)
+    status, payload = introspect
     assert status == b"HTTP/1.1 408 Request Timeout", status
     assert json.loads(payload)["error"] == "invalid_request"  # RFC 6749's shape, as the endpoint's other errors
-    status, payload = await trickle(port, "/api/tools/inventory/get_stock/approve", as_json,
-                                    b'{"hash": "sha256:' + b"0" * 64 + b'"}')
+    status, payload = tool
     assert status == b"HTTP/1.1 408 Request Timeout" and json.loads(payload) == {"error": {"reason": "body_timeout"}}
-    status, _ = await trickle(port, "/approvals/signin", form, b"csrf=abc&token=" + b"x" * 64)
+    status, _ = signin
     assert status == b"HTTP/1.1 408 Request Timeout", status
     async with aiohttp.ClientSession() as http:  # a body sent in full is read as before
         async with http.post(f"{gw.url}/oauth/introspect", data={"token": "not-ours"}) as resp:
