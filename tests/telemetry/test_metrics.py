@@ -242,17 +242,17 @@ def test_garbage_collector_passes_are_counted_per_generation() -> None:
         gc.enable()
 
 
-async def test_an_otlp_protocol_other_than_http_protobuf_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+async def test_an_otlp_protocol_other_than_http_protobuf_is_warned_about(caplog: pytest.LogCaptureFixture,
+                                                                        otlp: OtlpReceiver) -> None:
     """OTEL_EXPORTER_OTLP_PROTOCOL=grpc (say, with a collector's 4317) is not what the gateway speaks: say so."""
     config = parse_config({"upstreams": [{"name": "i", "url": "http://127.0.0.1:1/mcp"}]}, env={})
-    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}
+    # A collector that answers: the final metrics export at close is taken at once, not retried for 7 s.
+    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url}
     with caplog.at_level(logging.WARNING, "customs.telemetry"):
         grpc = Observability(config, env={**base, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
                                           "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf"})
         plain = Observability(config, env={**base, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
-    for obs in (grpc, plain):  # nothing to export, and nothing listens on port 1: no 10 s of retries each
-        obs.telemetry.shutdown_deadline = 0.0
     await asyncio.gather(grpc.close(), plain.close())
     warned = [r.getMessage() for r in caplog.records if "not supported" in r.getMessage()]
     assert warned == ["OTLP protocol 'grpc' is not supported: traces are exported as OTLP/HTTP protobuf to "
-                      "http://127.0.0.1:1/v1/traces"]
+                      f"{otlp.traces_url}"]
