@@ -25,8 +25,10 @@ from tests.conftest import free_port
 from tests.credentials.upstream import JwksVerifier, bound_socket, guarded_payments, serve_upstream
 from tests.support.mcp_client import sdk_client
 
-TTL_S = 3
-GRACE_S = 1
+# Short, so the switch to the new key (within ttl_s) and the old key's retirement (ttl_s + grace) come soon; the
+# scheduled rotation's period stays well above ttl_s, so no second rotation comes before every agent switched.
+TTL_S = 2
+GRACE_S = 0.5
 
 
 def payments(upstream_url: str, policies: Path, key_dir: Path, **signing: Any) -> dict[str, Any]:
@@ -161,7 +163,7 @@ async def test_scheduled_rotation_with_calls_in_flight(start_gateway, permissive
     verifier = JwksVerifier(issuer="http://gateway.pending", audience=upstream_url, introspect=True)
     key_dir = tmp_path / "keys"
     async with serve_upstream(guarded_payments(verifier), up_sock):
-        gw = await start_gateway(payments(upstream_url, permissive_policies, key_dir, rotate_every_s=5))
+        gw = await start_gateway(payments(upstream_url, permissive_policies, key_dir, rotate_every_s=4))
         verifier.issuer = gw.url
         (old_kid,) = await jwks(gw.url)
         new_kid = await rotate_under_load(gw.url, verifier, old_kid, lambda: None)  # the schedule rotates
