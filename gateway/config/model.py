@@ -123,6 +123,14 @@ class CredentialsConfig(Model):
         return self
 
 
+class BreakerConfig(Model):
+    """The upstream's circuit breaker: opens after `threshold` consecutive connection failures, one trial
+    per `cooldown_s` while open (docs/transports.md)."""
+
+    threshold: int = Field(5, ge=1)
+    cooldown_s: float = Field(10.0, gt=0, allow_inf_nan=False)
+
+
 class UpstreamConfig(Model):
     name: str
     url: HttpUrl | None = None
@@ -135,6 +143,7 @@ class UpstreamConfig(Model):
     timeout_s: float = Field(30.0, gt=0)
     tools: dict[str, ToolOverride] = Field(default_factory=dict)
     credentials: CredentialsConfig = CredentialsConfig()
+    breaker: BreakerConfig = BreakerConfig()
 
     @field_validator("name")
     @classmethod

@@ -13,8 +13,9 @@ from gateway.transport.streamable_http import StreamableHttpUpstream
 
 def build_upstream(config: UpstreamConfig, http: aiohttp.ClientSession) -> Upstream:
     """The `Upstream` for `config.kind`; HTTP transports send through the shared client session `http`."""
+    threshold, cooldown_s = config.breaker.threshold, config.breaker.cooldown_s
     if config.kind == "stdio":
-        return StdioUpstream(config)
+        return StdioUpstream(config, breaker_threshold=threshold, breaker_cooldown_s=cooldown_s)
     if config.kind == "sse":
-        return SseUpstream(config, http)
-    return StreamableHttpUpstream(config, http)
+        return SseUpstream(config, http, breaker_threshold=threshold, breaker_cooldown_s=cooldown_s)
+    return StreamableHttpUpstream(config, http, breaker_threshold=threshold, breaker_cooldown_s=cooldown_s)

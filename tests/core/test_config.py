@@ -346,6 +346,24 @@ def test_approval_ttl_may_be_fractional() -> None:
         parse_config({**base, "approvals": {"ttl_s": 0}})
 
 
+async def test_each_upstream_s_circuit_breaker_is_configured_by_its_breaker_section() -> None:
+    """`upstreams[].breaker` reaches the transport's breaker on every kind; unset, the documented 5 and 10 s."""
+    import aiohttp
+
+    from gateway.transport.registry import build_upstream
+    config = parse_config({"upstreams": [
+        {"name": "h", "url": "http://127.0.0.1:9/mcp", "breaker": {"threshold": 2, "cooldown_s": 0.5}},
+        {"name": "s", "url": "http://127.0.0.1:9/sse", "transport": "sse", "breaker": {"cooldown_s": 3}},
+        {"name": "c", "command": ["true"], "breaker": {"threshold": 7}},
+        {"name": "d", "url": "http://127.0.0.1:9/mcp"}]})
+    async with aiohttp.ClientSession() as http:
+        breakers = [build_upstream(up, http).breaker for up in config.upstreams]
+    assert [(b.threshold, b.cooldown_s) for b in breakers] == [(2, 0.5), (5, 3.0), (7, 10.0), (5, 10.0)]
+    for bad in ({"threshold": 0}, {"cooldown_s": 0}, {"cooldown_s": float("inf")}):
+        with pytest.raises(ConfigError):
+            parse_config({"upstreams": [{"name": "h", "url": "http://127.0.0.1:9/mcp", "breaker": bad}]})
+
+
 @pytest.mark.parametrize(("algorithms", "line"), [
     (["ES257"], "unknown algorithm 'ES257' (supported: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, "
                 "ES512, ES256K, EdDSA)"),

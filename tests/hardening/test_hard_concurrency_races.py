@@ -138,8 +138,11 @@ async def test_an_http_upstream_killed_and_restarted_mid_call_fails_cleanly_then
         spawn_gateway: Any, permissive_policies: Path, tmp_path: Path, http: aiohttp.ClientSession) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"
+    settings = config(url, permissive_policies, tmp_path)
+    # The ten failures open the circuit; recovery then waits one cooldown for its trial: 1 s, not 10 s.
+    settings["upstreams"][0]["breaker"] = {"cooldown_s": 1}
     async with upstream_process(port) as first:
-        gw = await spawn_gateway(config(url, permissive_policies, tmp_path))
+        gw = await spawn_gateway(settings)
         client = RawClient(http, gw.mcp)
         await client.initialize()
         assert "result" in (await client.post(call(0, "race__echo", {})))[2]
