@@ -59,8 +59,10 @@ def _lowlevel(server: AnyServer) -> Server[Any]:
 
 @asynccontextmanager
 async def run_asgi(app: ASGIApp, *, requests: list[SeenRequest] | None = None,
-                   sock: socket.socket | None = None) -> AsyncIterator[str]:
-    """Serve any ASGI app on 127.0.0.1 (port 0 unless `sock` is given); yield `http://127.0.0.1:PORT`."""
+                   sock: socket.socket | None = None, keep_alive_s: int = 5) -> AsyncIterator[str]:
+    """Serve any ASGI app on 127.0.0.1 (port 0 unless `sock` is given); yield `http://127.0.0.1:PORT`.
+
+    `keep_alive_s` is how long uvicorn keeps an idle keep-alive connection open (its default, 5 s)."""
     if requests is not None:
         app = _recording(app, requests)
     if sock is None:
@@ -68,7 +70,8 @@ async def run_asgi(app: ASGIApp, *, requests: list[SeenRequest] | None = None,
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="auto", timeout_graceful_shutdown=1)
+    config = uvicorn.Config(app, log_level="warning", lifespan="auto", timeout_graceful_shutdown=1,
+                            timeout_keep_alive=keep_alive_s)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"uvicorn-{port}")
     try:
@@ -106,12 +109,12 @@ async def run_aiohttp(app: web.Application, **runner_options: Any) -> AsyncItera
 
 @asynccontextmanager
 async def run_http_server(server: AnyServer, *, json_response: bool = False, stateless: bool = False,
-                          requests: list[SeenRequest] | None = None,
-                          sock: socket.socket | None = None) -> AsyncIterator[str]:
+                          requests: list[SeenRequest] | None = None, sock: socket.socket | None = None,
+                          keep_alive_s: int = 5) -> AsyncIterator[str]:
     """A real SDK streamable-HTTP server; yields its endpoint URL (`http://127.0.0.1:PORT/mcp`)."""
     app = _lowlevel(server).streamable_http_app(json_response=json_response, stateless_http=stateless,
                                                 host="127.0.0.1")
-    async with run_asgi(app, requests=requests, sock=sock) as base:
+    async with run_asgi(app, requests=requests, sock=sock, keep_alive_s=keep_alive_s) as base:
         yield f"{base}/mcp"
 
 
