@@ -69,13 +69,12 @@ async def test_two_gateway_processes_make_one_trace_and_log_its_id(otlp: OtlpRec
     delegate_sock = bound_socket()
     delegate_url = f"http://127.0.0.1:{delegate_sock.getsockname()[1]}/mcp"
     async with run_http_server(inventory_server()) as inventory_url:
-        second = await spawn_gateway(
-            {**gateway_config(keys, "inventory", inventory_url, tmp_path / "b.jsonl"),
-             "telemetry": {"service_name": "customs-b"}},
-            name="b", env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url})
-        first = await spawn_gateway(
-            {**gateway_config(keys, "delegate", delegate_url, tmp_path / "a.jsonl"),
-             "telemetry": {"service_name": "customs-a", "traces": {"endpoint": otlp.url}}}, name="a")
+        second, first = await asyncio.gather(  # independent processes: started side by side
+            spawn_gateway({**gateway_config(keys, "inventory", inventory_url, tmp_path / "b.jsonl"),
+                           "telemetry": {"service_name": "customs-b"}},
+                          name="b", env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url}),
+            spawn_gateway({**gateway_config(keys, "delegate", delegate_url, tmp_path / "a.jsonl"),
+                           "telemetry": {"service_name": "customs-a", "traces": {"endpoint": otlp.url}}}, name="a"))
         delegate = delegate_server(second.mcp, key, on_behalf_of="demo-agent", actor="restock-agent")
         async with run_http_server(delegate, sock=delegate_sock):
             agent = mint_token(key, subject="demo-agent", audience=first.mcp, claims={"tenant": "acme"})
