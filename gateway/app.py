@@ -175,3 +175,13 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
                                  upstream_call=obs.upstream_calls()))
     return Gateway(config=config, http=http, parts=parts, sessions=sessions, catalog=catalog,
                    endpoint=endpoint, owners=owners)
+
+
+async def serving_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """The set-up `AppRunner` that serves a gateway app: aiohttp's handler cancellation on (a dropped client
+    withdraws its call), except for a call whose stream the client can resume (gateway/http/resumable.py)."""
+    runner = web.AppRunner(app, handler_cancellation=True, **kwargs)
+    await runner.setup()
+    assert runner.server is not None
+    app[GATEWAY].endpoint.disconnects.install(runner.server)
+    return runner

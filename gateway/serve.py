@@ -72,7 +72,7 @@ def setup_logging(level: str) -> None:
 async def run(config: Config, *, config_path: Path | None = None, file_config: Config | None = None,
               on_ready: Callable[[str], Awaitable[None] | None] | None = None,
               stop: asyncio.Event | None = None) -> int:
-    from gateway.app import create_app
+    from gateway.app import create_app, serving_runner
     from gateway.credentials.redaction import Redactor, install_log_redaction
     loop = asyncio.get_running_loop()
     # SIGHUP's default action ends the process: one sent while the gateway starts (a reload hook run right
@@ -86,10 +86,8 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     # (static upstream keys, client secrets), which have no recognisable pattern.
     log_filter.redactor = app[GATEWAY].parts.credentials.redactor
     # keepalive_timeout also closes a connection that never sends a request (aiohttp arms it on connect).
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=config.listen.drain_timeout_s,
-                           keepalive_timeout=config.listen.idle_timeout_s,
-                           access_log=None)
-    await runner.setup()
+    runner = await serving_runner(app, shutdown_timeout=config.listen.drain_timeout_s,
+                                  keepalive_timeout=config.listen.idle_timeout_s, access_log=None)
     site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=tls)
     try:
         await site.start()

@@ -61,7 +61,7 @@ def with_port(data: dict[str, Any], port: int) -> dict[str, Any]:
 @pytest.fixture
 async def start_gateway() -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[RunningGateway]]]:
     """Start real gateways in this process on 127.0.0.1 with a free port; config given as a dict."""
-    from gateway.app import create_app
+    from gateway.app import create_app, serving_runner
 
     runners: list[web.AppRunner] = []
 
@@ -70,8 +70,7 @@ async def start_gateway() -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[
         port = sock.getsockname()[1]
         config = parse_config(with_port(data, port))
         app = await create_app(config)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5, access_log=None)
-        await runner.setup()
+        runner = await serving_runner(app, shutdown_timeout=5, access_log=None)
         runners.append(runner)
         site = web.SockSite(runner, sock)
         await site.start()

@@ -29,7 +29,7 @@ from gateway.context import Principal
 from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, UpstreamErrorResponse, forget_traceback, to_wire
 from gateway.http.batch import BATCH_VERSION, answer_batch
 from gateway.http.guards import accepts, error_response, read_body, require_json
-from gateway.http.resumable import outlive_disconnect
+from gateway.http.resumable import Disconnects
 from gateway.http.session_stream import SessionStreams
 from gateway.http.streams import ClientGone, ResponseChannel
 from gateway.http.versions import (
@@ -73,6 +73,7 @@ class McpEndpoint:
     resource_url: str = ""
     on_task_end: Callable[[Principal, str], Awaitable[None]] | None = None  # explicit end of an agent's task
     streams: SessionStreams = field(default_factory=SessionStreams)  # GET streams and their resumption
+    disconnects: Disconnects = field(default_factory=Disconnects)  # resumable calls outlive a dropped connection
 
     # -- shared steps ------------------------------------------------------------------------------
 
@@ -259,8 +260,15 @@ class McpEndpoint:
                                   session_id=session.id)
         if sse_ok and not session.stateless:  # a stream the client may resume: the call outlives a drop
             gone = asyncio.Event()
-            call = self.run_call(session, principal, message, channel, trace, gone=gone)
-            reply, status, error_headers = await outlive_disconnect(call, channel, gone)
+            watched = self.disconnects.watch(request, channel, gone)
+            try:
+                reply, status, error_headers = await self.run_call(session, principal, message, channel, trace,
+                                                                   gone=gone)
+            except BaseException:
+                channel.keep_answer(None)  # detached and ended unanswered: a resuming GET sees the stream end
+                raise
+            finally:
+                self.disconnects.forget(watched)
         else:
             reply, status, error_headers = await self.run_call(session, principal, message, channel, trace)
         status = 200 if status < 400 or status == 500 else status
@@ -290,9 +298,8 @@ class McpEndpoint:
         if token is not None:
             session.progress_routes[token] = channel.send
         error_headers: dict[str, str] = {}
-        # The call runs in the task it was awaited in (its handler's own, or one of its own so that it can
-        # outlive a dropped stream: resumable.py); `Withdrawal` lets notifications/cancelled and session
-        # end cancel it and still answer request_cancelled.
+        # The call runs in its handler's task (which a dropped resumable stream does not cancel: resumable.py);
+        # `Withdrawal` lets notifications/cancelled and session end cancel it and still answer request_cancelled.
         withdrawal = Withdrawal(asyncio.current_task())
         key = withdrawal if stateless else message.id  # a stateless call's entry is its own (session end)
         session.inflight[key] = withdrawal

@@ -189,7 +189,7 @@ class LoopGateway:
 
 
 async def _start(stack: AsyncExitStack, policies: Path, recorder: Recorder) -> RawClient:
-    from gateway.app import create_app
+    from gateway.app import create_app, serving_runner
     from gateway.config import parse_config
 
     url = await stack.enter_async_context(run_http_server(recording_server(recorder)))
@@ -200,9 +200,7 @@ async def _start(stack: AsyncExitStack, policies: Path, recorder: Recorder) -> R
         "policies": {"dir": str(policies), "watch": False},
         "decision_log": {"path": str(policies.parent / "decisions.jsonl")},
     }, sock.getsockname()[1]))
-    runner = web.AppRunner(await create_app(config), handler_cancellation=True, shutdown_timeout=5,
-                           access_log=None)
-    await runner.setup()
+    runner = await serving_runner(await create_app(config), shutdown_timeout=5, access_log=None)
     stack.push_async_callback(runner.cleanup)
     await web.SockSite(runner, sock).start()
     http = await stack.enter_async_context(aiohttp.ClientSession())
