@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -113,9 +114,16 @@ def check_times(claims: Mapping[str, Any], now: float, skew: float) -> float:
         value = claims.get(name)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        # NaN and infinities (the parser reads NaN/Infinity literals and 1e400) are no JSON numbers, and
+        # compare as never past: a signed `exp: Infinity` would never expire. An int past a double's range
+        # (10**400) cannot be a time either.
+        try:
+            seconds = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+        except OverflowError:
+            seconds = math.nan
+        if not math.isfinite(seconds):
             raise TokenError(f"Token claim {name} must be a number")
-        return float(value)
+        return seconds
 
     exp = number("exp")
     if exp is None:

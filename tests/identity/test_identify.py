@@ -77,6 +77,20 @@ async def test_clock_skew(skew: int, claims: dict[str, int], accepted: bool, iss
         await rejected(identifier, token)
 
 
+@pytest.mark.parametrize("claims", [{"exp": float("inf")}, {"exp": float("nan")}, {"exp": 1e400},
+                                    {"exp": 10**400}, {"nbf": float("nan")}, {"iat": float("nan")}],
+                         ids=["exp-Infinity", "exp-NaN", "exp-1e400", "exp-10**400", "nbf-NaN", "iat-NaN"])
+async def test_times_that_are_no_finite_number_are_refused(claims: dict[str, float], issuer: TestIssuer,
+                                                           make_identifier: MakeIdentifier) -> None:
+    """JSON has no NaN or Infinity, but the JSON parser reads them (and 1e400 as infinity): a signed
+    `exp: Infinity` or `NaN` compared as never past, so the token never expired; an integer past a double's
+    range raised OverflowError."""
+    identifier = await make_identifier(issuer.config())
+    token = issuer.mint(SHOPPER, aud=AUDIENCE, claims=claims)
+    message = await rejected(identifier, token)
+    assert message == f"Token claim {next(iter(claims))} must be a number"
+
+
 @pytest.mark.parametrize(("typ", "accepted"), [("at+jwt", True), ("application/at+JWT", True), ("JWT", False),
                                                (None, False)])
 async def test_typ_enforced_when_configured(typ: str | None, accepted: bool, issuer: TestIssuer,
