@@ -85,6 +85,14 @@ class Result:
         return f"  cpu {self.cpu_us_per_call:.0f} µs/call{child}"
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a bench child: this checkout's `gateway` first on the path. Children run in a scratch
+    directory, so without it `python -m gateway` imports whatever the venv's editable install points at, and a
+    bench run from another worktree (an older commit, say) would measure the main checkout's code instead."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+
+
 class Children:
     """Child processes of one bench run; each prints `listening on ...` when ready. Owner closes them all."""
 
@@ -97,7 +105,7 @@ class Children:
         log = self.workdir / f"{name}.log"
         with log.open("w") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=self.workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                    cwd=self.workdir, env=child_env())
         self.procs.append(proc)
         self.pids[name] = proc.pid
         deadline = time.monotonic() + timeout_s
