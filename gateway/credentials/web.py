@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import jwt
 from aiohttp import web
@@ -21,6 +22,7 @@ from gateway.credentials.keys import SigningKeys
 from gateway.credentials.revocation import RevocationStore
 from gateway.errors import GatewayError
 from gateway.http.guards import timed_read
+from gateway.identity.metadata import split_base
 
 log = logging.getLogger("customs.credentials.web")
 
@@ -77,13 +79,21 @@ class Introspector:
 
 
 def credential_routes(keys: SigningKeys, introspector: Introspector, issuer: str) -> list[web.RouteDef]:
-    """GET /.well-known/jwks.json, GET /.well-known/oauth-authorization-server, POST /oauth/introspect."""
+    """GET /.well-known/jwks.json, GET /.well-known/oauth-authorization-server[/<issuer path>],
+    POST /oauth/introspect."""
 
     async def jwks(request: web.Request) -> web.Response:
         # Short cache: verifiers pick up a rotated key quickly (and refetch on an unknown kid anyway).
         return web.json_response(keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
 
+    # RFC 8414 §3.1: an issuer with a path (a gateway under a proxy's prefix) has its metadata at
+    # /.well-known/oauth-authorization-server/<path>, outside that prefix; a proxy may pass it on as it is.
+    issuer_path = unquote(split_base(issuer)[1])
+
     async def metadata(request: web.Request) -> web.Response:
+        tail = request.match_info.get("tail")
+        if tail is not None and (not issuer_path or "/" + tail != issuer_path):
+            raise web.HTTPNotFound()
         return web.json_response({
             "issuer": issuer,
             "jwks_uri": issuer + JWKS_PATH,
@@ -109,4 +119,5 @@ def credential_routes(keys: SigningKeys, introspector: Introspector, issuer: str
         answer = await introspector.introspect(token)
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
-    return [web.get(JWKS_PATH, jwks), web.get(METADATA_PATH, metadata), web.post(INTROSPECT_PATH, introspect)]
+    return [web.get(JWKS_PATH, jwks), web.get(METADATA_PATH, metadata), web.get(METADATA_PATH + "/{tail:.+}", metadata),
+            web.post(INTROSPECT_PATH, introspect)]

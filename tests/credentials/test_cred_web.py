@@ -98,3 +98,28 @@ async def test_store_down_answers_inactive(tmp_path, clock, redis_server, serve_
         assert await introspect(served.url, token=token) == (200, {"active": False})
     finally:
         await conn.close()
+
+
+async def test_metadata_of_an_issuer_with_a_path_is_where_rfc_8414_puts_it(tmp_path, clock, serve_credentials) -> None:
+    """RFC 8414 §3.1 inserts the well-known part between host and path: an upstream discovering the metadata of
+    issuer http://host/customs (a gateway under a proxy's prefix) asks /.well-known/oauth-authorization-server/customs.
+    It used to be a 404 there; the prefix-stripped form (/.well-known/oauth-authorization-server) is answered too."""
+    served = await serve_credentials(lambda port: CredentialService(
+        make_config(tmp_path, UPSTREAMS, port=port, public_url=f"http://127.0.0.1:{port}/customs"), clock=clock))
+    issuer = f"{served.url}/customs"
+    async with aiohttp.ClientSession() as http:
+        for path in ("/.well-known/oauth-authorization-server/customs", "/.well-known/oauth-authorization-server"):
+            async with http.get(served.url + path) as resp:
+                assert resp.status == 200, path
+                meta = await resp.json()
+            assert meta["issuer"] == issuer and meta["jwks_uri"] == f"{issuer}/.well-known/jwks.json"
+            assert meta["introspection_endpoint"] == f"{issuer}/oauth/introspect"
+        for tail in ("/other", "/customs/x"):
+            async with http.get(f"{served.url}/.well-known/oauth-authorization-server{tail}") as resp:
+                assert resp.status == 404, tail
+
+
+async def test_metadata_of_an_issuer_without_a_path_has_no_suffixed_form(served) -> None:
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"{served.url}/.well-known/oauth-authorization-server/mcp") as resp:
+        assert resp.status == 404
