@@ -211,15 +211,20 @@ class IdentityConfig(Model):
         return self
 
 
+# An empty value would be an attribute all the same: `tenant: ""` passes `principal has tenant` and equals the
+# context.tenant of every principal without one. Claims treat "" as missing (identity/chain.py); here it is a mistake.
+AgentValue = Annotated[str, Field(min_length=1)]
+
+
 class AgentRecord(Model):
     """Attributes of a known agent (used for delegation-chain actors without claims)."""
 
-    tenant: str | None = None
-    owner: str | None = None
-    environment: str | None = None
-    clearance: str | None = None
-    trust: str | None = None
-    groups: tuple[str, ...] = ()
+    tenant: AgentValue | None = None
+    owner: AgentValue | None = None
+    environment: AgentValue | None = None
+    clearance: AgentValue | None = None
+    trust: AgentValue | None = None
+    groups: tuple[AgentValue, ...] = ()
 
 
 class PoliciesConfig(Model):

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from gateway.config import ConfigError, parse_config
 from gateway.config.model import AgentRecord, IdentityConfig
 from gateway.context import Actor
 from gateway.errors import GatewayError
@@ -126,3 +127,19 @@ async def test_empty_string_claims_count_as_missing(issuer: TestIssuer, make_ide
     principal = await identifier.identify(bearer(token), None)
     assert principal.attributes == {"tenant": "acme"}
     assert principal.tenant == "acme"
+
+
+def test_registry_attributes_must_not_be_empty() -> None:
+    """An `agents:` entry with `tenant: ""` (say `${AGENT_TENANT}` set to nothing) made the agent a member of
+    the tenant "", which tenant-scoped permits accept for any principal without a tenant (context.tenant is
+    "" then): the empty claim is refused at identify, the empty registry value was not. It is a config error,
+    with its path, like every other unusable setting."""
+    agent = "spiffe://acme.test/agent/blank"
+    base = {"upstreams": [{"name": "inventory", "url": "http://127.0.0.1:9/mcp"}]}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**base, "agents": {agent: {"tenant": "${AGENT_TENANT}", "groups": ["ops", ""]}}},
+                     env={"AGENT_TENANT": ""})
+    text = str(caught.value)
+    assert f"agents.{agent}.tenant" in text
+    assert f"agents.{agent}.groups[1]" in text
+    assert parse_config({**base, "agents": {agent: {"tenant": "acme"}}}).agents[agent].tenant == "acme"
