@@ -134,7 +134,7 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     async def on_session_end(session: Session) -> None:
         if not session.stateless:  # the 2026-07-28 revision has no sessions: its implicit one is the gateway's own
             parts.observability.metrics.session_ended(time.monotonic() - session.opened, session.protocol_version)
-        await parts.session_ended(session)
+        await parts.session_ended(session, "shutdown" if sessions.closing else "session_end")
 
     async def connect_headers(session: Session, upstream: str) -> dict[str, str]:
         principal = session.principal

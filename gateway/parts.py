@@ -70,8 +70,8 @@ class Parts:
     def authorizer(self) -> Authorizer:
         return self.engine
 
-    async def session_ended(self, session: Session) -> None:
-        await self.credentials.session_ended(session.id, session.principal_key)
+    async def session_ended(self, session: Session, reason: str = "session_end") -> None:
+        await self.credentials.session_ended(session.id, session.principal_key, reason)
 
     async def reload(self, config_path: Path | None, running: Config | None = None) -> bool:
         """SIGHUP: re-validate the config file, reload the policies (atomically, last good set kept) and

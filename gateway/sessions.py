@@ -129,11 +129,13 @@ class SessionManager:
         self._end_concurrency = end_concurrency
         self._on_end = on_end
         self._sweeper: asyncio.Task[None] | None = None
+        self.closing = False  # the gateway is stopping: the sessions it ends now end by its shutdown
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="customs-session-sweeper")
 
     async def close(self) -> None:
+        self.closing = True
         if self._sweeper:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)

@@ -138,9 +138,11 @@ class CredentialService:
         self._keys_changed.set()
         return changed
 
-    async def session_ended(self, session_id: str, principal_key: str | None = None) -> list[str]:
-        """Call when an MCP session ends (DELETE, idle expiry): revokes its task's credentials."""
-        return await self.tasks.session_ended(session_id, principal_key)
+    async def session_ended(self, session_id: str, principal_key: str | None = None,
+                            reason: str = "session_end") -> list[str]:
+        """Call when an MCP session ends (DELETE, idle expiry; reason shutdown when the gateway stops):
+        revokes its task's credentials."""
+        return await self.tasks.session_ended(session_id, principal_key, reason)
 
     async def connect_headers(self, principal: Principal, upstream: str, task_id: str) -> dict[str, str]:
         """Credential header for an upstream session's set-up requests (initialize, listings)."""

@@ -162,10 +162,11 @@ class TaskTracker:
                 callback(task_id)
             raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
 
-    async def session_ended(self, session_id: str, principal_key: str | None = None) -> list[str]:
+    async def session_ended(self, session_id: str, principal_key: str | None = None,
+                            reason: str = "session_end") -> list[str]:
         """`principal_key`: the session's owner, named in the event even if no call ever resolved its task
-        (its set-up requests carried credentials all the same)."""
-        return await self.end_task(session_task_id(session_id), "session_end", principal_key)
+        (its set-up requests carried credentials all the same). `reason`: shutdown when the gateway stops."""
+        return await self.end_task(session_task_id(session_id), reason, principal_key)
 
     def _shared(self, task: Task) -> bool:
         """An explicit task with a shared store: other replicas may be serving it, so this one's view of it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import jwt
@@ -62,3 +63,31 @@ async def test_one_second_ttl_is_minted_and_expires(start_gateway, permissive_po
                         break
                 assert asyncio.get_running_loop().time() < deadline, "a 1 s token still active after 5 s"
                 await asyncio.sleep(0.1)  # polling the token's expiry, bounded by the deadline
+
+
+async def test_shutdown_revokes_open_sessions_credentials_as_shutdown(start_gateway, permissive_policies,
+                                                                      tmp_path) -> None:
+    """A session still open when the gateway stops ends because of the shutdown, not a DELETE or an expiry:
+    its credentials_revoked record says reason shutdown (it said session_end), as an explicit task's does."""
+    from tests.credentials.test_cred_replicas_live import Agent
+
+    seen: list[SeenRequest] = []
+    log_path = tmp_path / "decisions.jsonl"
+    async with run_http_server(payments_server(), requests=seen) as upstream_url:
+        gw = await start_gateway({
+            "upstreams": [{"name": "payments", "url": upstream_url, "credentials": {"mode": "minted"}}],
+            "policies": {"dir": str(permissive_policies)}, "signing": {"key_dir": str(tmp_path / "keys")},
+            "decision_log": {"path": str(log_path)}})
+        async with aiohttp.ClientSession() as http:
+            agent = Agent(http, gw.mcp)
+            await agent.open()
+            answer = await agent.request("tools/call", {"name": "payments__pay",
+                                                        "arguments": {"account": "acme-1", "amount": 3}})
+            assert "error" not in answer, answer
+        call_jti = next(jwt.decode(s.headers["authorization"][7:], options={"verify_signature": False})["jti"]
+                        for s in seen if s.method == "POST" and "authorization" in s.headers)
+        await gw.runner.cleanup()  # the shutdown (SIGTERM's path), the agent's session still open
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    revoked = [r for r in records if r.get("type") == "credentials_revoked"]
+    assert revoked and all(r["reason"] == "shutdown" for r in revoked), revoked
+    assert call_jti in {j for r in revoked for j in r["jtis"]}
