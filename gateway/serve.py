@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import Config, ConfigError, load_config, parse_config
+from gateway.config.model import url_host
 from gateway.keys import GATEWAY
 from gateway.preflight import exposure_warnings, policy_warnings, preflight, ssl_context
 
@@ -101,12 +102,14 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     server: Any = site._server
     sockets = [s.getsockname() for s in (server.sockets if server else [])]
     port = sockets[0][1] if sockets else config.listen.port
-    url = f"{'https' if config.listen.tls else 'http'}://{config.listen.host}:{port}"
+    url = f"{'https' if config.listen.tls else 'http'}://{url_host(config.listen.host)}:{port}"
     _settle_heap()
-    log.info("customs listening on %s (agents: %s/mcp)", url, url)
+    # Agents use public_url when one is set: the bind address (0.0.0.0 in a container) is a Host the guard refuses.
+    agents = config.listen.resource_url if config.listen.public_url else url
+    log.info("customs listening on %s (agents: %s/mcp)", url, agents)
     # stdout carries the decision log by default: keep it JSON lines only, the banner goes to stderr then.
     banner = sys.stderr if config.decision_log.path is None else sys.stdout
-    print(f"customs: listening on {url}  (agents connect to {url}/mcp)", file=banner, flush=True)
+    print(f"customs: listening on {url}  (agents connect to {agents}/mcp)", file=banner, flush=True)
     stop = stop or asyncio.Event()
     gateway = app[GATEWAY]
     # A SIGHUP compares the file with the file as it was read, not with --host/--port applied to it.

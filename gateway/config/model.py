@@ -45,6 +45,13 @@ def _http_url(value: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def url_host(host: str) -> str:
+    """A host as a URL writes it: an IPv6 literal in brackets (`http://[::1]:8700`, never `http://::1:8700`)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 Sensitivity = Literal["public", "internal", "confidential", "restricted"]
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 # The most `act` nesting a token may carry at all; `policies.max_chain_depth` chooses a limit up to it.
@@ -85,7 +92,7 @@ class ListenConfig(Model):
         if self.public_url:
             return self.public_url.rstrip("/")
         scheme = "https" if self.tls else "http"
-        return f"{scheme}://{self.host}:{self.port}"
+        return f"{scheme}://{url_host(self.host)}:{self.port}"
 
 
 class ToolOverride(Model):

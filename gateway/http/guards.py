@@ -38,6 +38,21 @@ def _host_only(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _origin(value: str) -> str:
+    """An origin as browsers send it: `scheme://host[:port]`, lower-case, without the scheme's default port
+    (a public_url or allowed_origins entry may write `https://x:443`; the browser's Origin is `https://x`)."""
+    scheme, sep, rest = value.strip().rstrip("/").lower().partition("://")
+    if not sep:
+        return value.strip().lower()
+    host, colon, port = rest.rpartition(":")
+    if colon and "]" not in port and port == _DEFAULT_PORTS.get(scheme):
+        rest = host
+    return f"{scheme}://{rest}"
+
+
 class HostOriginPolicy:
     """Which Host and Origin values the gateway answers (the rest get 403)."""
 
@@ -46,16 +61,23 @@ class HostOriginPolicy:
         hosts = set(listen.allowed_hosts) or {public.hostname or "", *LOCAL_HOSTS}
         self._hosts = {_host_only(h) for h in hosts if h}
         self._any_host = "*" in listen.allowed_hosts
-        own_origin = f"{public.scheme}://{public.netloc}".lower()
-        self._origins = {o.rstrip("/").lower() for o in listen.allowed_origins} | {own_origin}
+        self._origins = {_origin(o) for o in listen.allowed_origins} | {_origin(f"{public.scheme}://{public.netloc}")}
         self._any_origin = "*" in listen.allowed_origins
 
     def check(self, request: web.Request) -> None:
         host = request.headers.get("Host", "")
-        if not self._any_host and _host_only(host) not in self._hosts:
+        listed = _host_only(host) in self._hosts
+        if not self._any_host and not listed:
             raise GatewayError("host_forbidden")
         origin = request.headers.get("Origin")
-        if origin is not None and not self._any_origin and origin.rstrip("/").lower() not in self._origins:
+        if origin is None or self._any_origin:
+            return
+        origin = _origin(origin)
+        scheme = origin.partition("://")[0]
+        # A page the gateway served on a listed Host (localhost beside public_url's 127.0.0.1) posts with its own
+        # origin: same host and port, not a rebinding. Never under allowed_hosts "*", where any name is "ours".
+        same_origin = listed and origin == _origin(f"{scheme}://{host}")
+        if origin not in self._origins and not same_origin:
             raise GatewayError("origin_forbidden")
 
 
