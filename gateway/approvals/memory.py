@@ -32,6 +32,7 @@ class MemoryApprovalStore:
         self._items: OrderedDict[str, Approval] = OrderedDict()
         self._keys: dict[str, tuple[str, float]] = {}  # binding key -> (id, link expiry)
         self._changed: dict[str, asyncio.Event] = {}
+        self._holds: dict[str, int] = {}  # approval id -> requests waiting on it now
         self._listeners: list[Listener] = []
 
     async def start(self) -> None:
@@ -150,6 +151,11 @@ class MemoryApprovalStore:
             return item
         return self._store(item.with_state(state, decided_at=self._clock()), state, actor)
 
+    async def withdraw(self, approval_id: str, actor: str | None = None) -> Approval:
+        if self._holds.get(approval_id):  # an identical call still waits on it: only the caller's request ends
+            return await self.get(approval_id)
+        return await self.cancel(approval_id, "cancelled", actor)
+
     async def forget(self, approval_id: str) -> None:
         item = self._items.get(approval_id)
         if item is not None and self._keys.get(item.key, ("",))[0] == approval_id:
@@ -181,7 +187,13 @@ class MemoryApprovalStore:
 
     @asynccontextmanager
     async def hold(self, approval_id: str) -> AsyncIterator[None]:
-        yield
+        self._holds[approval_id] = self._holds.get(approval_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._holds.pop(approval_id) - 1
+            if left > 0:
+                self._holds[approval_id] = left
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)

@@ -72,7 +72,8 @@ class RedisApprovalStore:
         self._heartbeat_s = heartbeat_s
         self._keep_ms = int(keep_s * 1000)
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in (
-            "CREATE_OR_JOIN", "DECIDE", "CANCEL", "CLAIM", "FORGET", "HEARTBEAT", "HOLD", "ABANDON", "PRUNE")}
+            "CREATE_OR_JOIN", "DECIDE", "CANCEL", "WITHDRAW", "CLAIM", "FORGET", "HEARTBEAT", "HOLD", "ABANDON",
+            "PRUNE")}
         self._changed: dict[str, asyncio.Event] = {}
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -275,6 +276,16 @@ class RedisApprovalStore:
 
     async def cancel(self, approval_id: str, state: str = "cancelled", actor: str | None = None) -> Approval:
         return await self._finish(approval_id, state, only_if_due=False, actor=actor)
+
+    async def withdraw(self, approval_id: str, actor: str | None = None) -> Approval:
+        result = await self._script("WITHDRAW", approval_id, self._clock(), self._keep_ms,
+                                    int(self._heartbeat_s * 3000))
+        if not result:
+            raise ApprovalNotFound(approval_id)
+        item = approval_from_hash(_hash(result[1]))
+        if int(result[0]) == 1:
+            self._emit(item, "cancelled", actor=actor)
+        return item
 
     async def forget(self, approval_id: str) -> None:
         await self._script("FORGET", approval_id)

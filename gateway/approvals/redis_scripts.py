@@ -116,6 +116,27 @@ redis.call('PUBLISH', P .. 'events', ARGV[2])
 return 1
 """
 
+# ARGV: prefix, id, now, keep_ms, dead_after_ms  -> {changed 0/1, hgetall} or {} when missing
+# A held request that went away cancels the item only if no request on a live replica (heartbeat within
+# dead_after_ms, as in ABANDON) still holds it: an identical call waiting on the same item keeps waiting.
+WITHDRAW: Final = _HELPERS + """
+local key = item_key(ARGV[2])
+local state = redis.call('HGET', key, 'state')
+if not state then return {} end
+if state ~= 'pending' then return {0, redis.call('HGETALL', key)} end
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+local held = redis.call('HGETALL', P .. 'held:' .. ARGV[2])
+for i = 1, #held, 2 do
+  local beat = redis.call('HGET', P .. 'holders', held[i])
+  if tonumber(held[i + 1]) > 0 and beat and now_ms - tonumber(beat) < tonumber(ARGV[5]) then
+    return {0, redis.call('HGETALL', key)}
+  end
+end
+finish(ARGV[2], 'cancelled', ARGV[3], tonumber(ARGV[4]))
+return {1, redis.call('HGETALL', key)}
+"""
+
 # ARGV: prefix, id  -> 1 when the item's binding key pointed at it and no longer does
 FORGET: Final = _HELPERS + """
 local k = redis.call('HGET', item_key(ARGV[2]), 'key')

@@ -24,6 +24,10 @@ log = logging.getLogger("customs.approvals")
 REDACTED = "[redacted]"
 
 
+class _GoneAway(Exception):
+    """The held request's client went away (notifications/cancelled, or its stream broke)."""
+
+
 class Notifier(Protocol):
     def notify(self, approval: Approval) -> None: ...
 
@@ -184,9 +188,14 @@ class ApproveStage:
         if ctx.notify is None or stateless or self._config.wait_s <= 0 or self._released.is_set():
             raise self._pending_error(item)
         cancelled: asyncio.Event = ctx.cancelled if isinstance(ctx.cancelled, asyncio.Event) else asyncio.Event()
+        # A request that goes away withdraws the call once it no longer holds the item: an identical call held
+        # on it at the same time (the agent on another connection or replica) keeps waiting (store.withdraw).
         try:
             async with self._store.hold(item.id):
                 return await self._wait_loop(ctx, item, cancelled)
+        except _GoneAway as exc:
+            await self._store.withdraw(item.id, actor=ctx.principal.id)
+            raise GatewayError("approval_cancelled", data={"approval_id": item.id}) from exc.__cause__
         except ApprovalNotFound as exc:
             # The store lost the item while the call was held (Redis restarted without persistence): there is
             # nothing left to approve, and the call never ran. Retrying asks anew.
@@ -198,7 +207,7 @@ class ApproveStage:
             # a shutdown's cancellation leaves the item pending for the agent's retry
             if not self._released.is_set():
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._store.cancel(item.id, "cancelled", actor=ctx.principal.id))
+                    await asyncio.shield(self._store.withdraw(item.id, actor=ctx.principal.id))
             raise
 
     async def _wait_loop(self, ctx: CallContext, item: Approval, cancelled: asyncio.Event) -> Approval:
@@ -221,8 +230,7 @@ class ApproveStage:
                 if release_wait.done() and item.state not in TERMINAL:
                     raise self._pending_error(item)  # shutdown: the item stays pending for a retry
                 if cancel_wait.done():
-                    await self._store.cancel(item.id, "cancelled", actor=ctx.principal.id)
-                    raise GatewayError("approval_cancelled", data={"approval_id": item.id})
+                    raise _GoneAway
                 if item.state in TERMINAL:
                     return item
                 ticks += 1
@@ -266,5 +274,4 @@ class ApproveStage:
                 await ctx.notify({"jsonrpc": "2.0", "method": "notifications/message",
                                   "params": {"level": "info", "logger": "customs.approvals", "data": text}})
         except Exception as exc:  # the stream broke: the client is gone, so withdraw the call
-            await self._store.cancel(item.id, "cancelled", actor=ctx.principal.id)
-            raise GatewayError("approval_cancelled", data={"approval_id": item.id}) from exc
+            raise _GoneAway from exc

@@ -57,6 +57,12 @@ class ApprovalStore(Protocol):
         """Move a pending item to `cancelled` / `abandoned` / `expired`; no-op if already terminal."""
         ...
 
+    async def withdraw(self, approval_id: str, actor: str | None = None) -> Approval:
+        """A held request went away (cancelled, disconnected) after leaving its `hold`: move the item to
+        `cancelled` unless another request (an identical call, on any live replica) still holds it, which
+        keeps waiting on it. No-op if already terminal."""
+        ...
+
     async def forget(self, approval_id: str) -> None:
         """The item's binding key no longer leads to it (its expiry was told to the waiting caller, so an
         identical retry asks anew rather than hearing of that expiry again)."""

@@ -10,7 +10,7 @@ import pytest
 from gateway.approvals.stage import ApproveStage
 from gateway.config.model import ApprovalsConfig
 from gateway.errors import GatewayError
-from tests.approvals.conftest import Clock, Sink, call_context, eventually
+from tests.approvals.conftest import Clock, Sink, StoreKit, call_context, eventually
 
 
 async def _pending(store: Any) -> Any:
@@ -225,3 +225,40 @@ async def test_a_waiting_client_told_of_expiry_asks_anew_on_retry(store: Any, cl
     with pytest.raises(GatewayError) as anew:
         await stage(call_context())
     assert anew.value.reason == "approval_pending" and anew.value.data["approval_id"] != item.id
+
+
+@pytest.mark.parametrize("how", ["cancel", "disconnect"])
+async def test_one_of_two_identical_held_calls_going_away_leaves_the_other_held(kit: StoreKit, how: str) -> None:
+    """Two identical calls held at once (one agent on two connections, or on two replicas) wait on one item:
+    the one that cancels or disconnects withdraws only itself; the other keeps waiting and runs once approved
+    (it used to be answered approval_cancelled, and the approver got 409)."""
+    a, b = await kit.make(), await kit.make()
+    first, second = call_context(notify=Sink()), call_context(notify=Sink())
+    held_first = asyncio.create_task(ApproveStage(a, ApprovalsConfig(keepalive_s=0.2))(first))
+    item = await _pending(a)
+    held_second = asyncio.create_task(ApproveStage(b, ApprovalsConfig(keepalive_s=0.2))(second))
+    await second.notify.wait_for(2)  # held: its first keep-alive, then a wait step on the same item
+    assert second.extra["approval_id"] == item.id
+    if how == "cancel":
+        first.cancelled.set()
+        with pytest.raises(GatewayError) as info:
+            await asyncio.wait_for(held_first, 10)
+        assert info.value.reason == "approval_cancelled"
+    else:
+        held_first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await held_first
+    if held_second.done():
+        await held_second  # raises what the other call was answered (it was approval_cancelled)
+    assert (await b.get(item.id)).pending
+    await b.decide(item.id, "alice", "approved", None)
+    await asyncio.wait_for(held_second, 10)
+    assert second.approval is not None and second.approval.id == item.id and second.approval.outcome == "approved"
+    # the last waiter going away still withdraws the call
+    alone = call_context({"amount": 11, "account": "A-1"}, notify=Sink())
+    held_alone = asyncio.create_task(ApproveStage(a, ApprovalsConfig(keepalive_s=0.2))(alone))
+    await alone.notify.wait_for(1)
+    held_alone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await held_alone
+    assert (await b.get(alone.extra["approval_id"])).state == "cancelled"
