@@ -10,6 +10,7 @@ code). A problem is `(location, message)`, the location relative to the node giv
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -35,8 +36,21 @@ def _items(node: Any) -> list[Any]:
     return list(node) if isinstance(node, Sequence) and not isinstance(node, str | bytes) else []
 
 
+# Headers of an upstream request that belong to the HTTP exchange or the MCP session: the HTTP transports
+# set them themselves and drop anything else's value for them (a credential there would never be sent).
+RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "mcp-session-id",
+                              "mcp-protocol-version", "last-event-id", "content-type", "accept"})
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.1: a token
+
+
 def credentials_rules(credentials: Any) -> Iterator[Problem]:
     mode = _get(credentials, "mode", "none")
+    header = _get(credentials, "header", "Authorization")
+    if mode != "none" and isinstance(header, str):
+        if not _FIELD_NAME.fullmatch(header):
+            yield ("header",), f"{header!r} is not an HTTP header name"
+        elif header.lower() in RESERVED_HEADERS:
+            yield ("header",), f"{header} is set by the transport itself; the credential would never be sent"
     if mode == "static" and not (_get(credentials, "value_env") or _get(credentials, "value_file")):
         yield (), "mode static needs value_env or value_file"
     if mode == "token_exchange":

@@ -19,6 +19,7 @@ import aiohttp
 
 from gateway import __version__
 from gateway.config.model import UpstreamConfig
+from gateway.config.rules import RESERVED_HEADERS
 from gateway.errors import GatewayError
 from gateway.transport.base import Health, Message, MessageHandler, SessionEnded
 from gateway.transport.common import DEFAULT_BREAKER_COOLDOWN_S, DEFAULT_BREAKER_THRESHOLD, CircuitBreaker
@@ -26,8 +27,7 @@ from gateway.transport.common import DEFAULT_BREAKER_COOLDOWN_S, DEFAULT_BREAKER
 ACCEPT_BOTH = "application/json, text/event-stream"
 USER_AGENT = f"customs/{__version__}"
 # Headers a caller may not set: they belong to the HTTP exchange or the MCP session itself.
-_RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection", "mcp-session-id",
-                       "mcp-protocol-version", "last-event-id", "content-type", "accept"})
+_RESERVED = RESERVED_HEADERS
 PROBE_TIMEOUT_S = 2.0
 
 

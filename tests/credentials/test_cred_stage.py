@@ -155,3 +155,24 @@ async def test_connect_headers_for_session_setup(service) -> None:
     assert claims["active"] and claims["scope"] == "" and claims["task"] == "task-x"
     assert await service.connect_headers(agent(), "envkey", "task-x") == {"X-Api-Key": SECRET}
     assert await service.connect_headers(agent(), "open", "task-x") == {}
+
+
+@pytest.mark.parametrize("header", ["", "X Api Key", "X-Tok:en", "Content-Type", "mcp-session-id", "Host"])
+def test_credential_header_must_be_one_the_transport_sends(header) -> None:
+    """`config check` said OK to a credential header that is no HTTP field name (every request then failed with
+    the upstream's 400) or one the transport owns (Content-Type, Mcp-Session-Id, ...: the credential was dropped
+    silently, so a minted upstream got no token at all)."""
+    from gateway.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": [{"name": "p", "url": "http://127.0.0.1:9001/mcp",
+                                     "credentials": {"mode": "minted", "header": header}}]})
+    assert [p for p in info.value.problems if p.startswith("upstreams[0].credentials.header: ")], info.value.problems
+
+
+def test_credential_header_names_that_reach_the_upstream_are_accepted() -> None:
+    from gateway.config import parse_config
+
+    for header in ("Authorization", "X-Api-Key", "x_token.v2"):
+        parse_config({"upstreams": [{"name": "p", "url": "http://127.0.0.1:9001/mcp",
+                                     "credentials": {"mode": "static", "value_env": "K", "header": header}}]})
