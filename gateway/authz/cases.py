@@ -11,7 +11,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
@@ -19,6 +19,7 @@ from gateway.authz import entities as E
 from gateway.authz.evaluate import decide, decide_approve
 from gateway.authz.policyset import LoadedPolicies, load_policies
 from gateway.config.load import strict_yaml_load, unreadable
+from gateway.config.model import Sensitivity
 from gateway.context import Actor, Decision, Principal, ToolInfo
 from gateway.identity.chain import ChainError, actor_id, build_chain, claim_mapping, map_claims
 
@@ -37,6 +38,7 @@ _FLAT_FACTS = {"args": "args", "environment": "environment", "args_contain_secre
 # The actions the gateway decides for an agent on a Tool (docs/policies.md, "The contract"). Any other name
 # would be decided by no policy, i.e. deny: a mistyped action must not make a `deny` case pass vacuously.
 AGENT_ACTIONS = ("call_tool", "list_tools", "read_resource", "get_prompt")
+SENSITIVITIES: tuple[str, ...] = get_args(Sensitivity)
 
 
 class CaseError(Exception):
@@ -134,9 +136,21 @@ def tool_from(name: Any, overrides: Any, tools: dict[str, Any], where: str, acti
     unknown = set(labels) - _TOOL_FIELDS
     if unknown:
         raise CaseError(f"{where}: unknown tool label(s) {sorted(unknown)}; known: {sorted(_TOOL_FIELDS)}")
+    _check_labels(labels, where)
     if action in ("get_prompt", "read_resource"):
         labels = {**_ITEM_DEFAULTS, **labels}
     return ToolInfo(upstream=upstream, name=tool, **labels)
+
+
+def _check_labels(labels: dict[str, Any], where: str) -> None:
+    """Label values as the gateway's config takes them: a misspelled sensitivity would otherwise test a tool
+    that no restricted-only policy matches, where the gateway refuses the config."""
+    for name, value in labels.items():
+        if name == "sensitivity":
+            if value not in SENSITIVITIES:
+                raise CaseError(f"{where}: label sensitivity must be one of {', '.join(SENSITIVITIES)}, got {value!r}")
+        elif not isinstance(value, bool):
+            raise CaseError(f"{where}: label {name} must be true or false, got {value!r}")
 
 
 def _when(now: Any, where: str) -> dt.datetime:
@@ -152,7 +166,8 @@ def _time(value: Any, where: str) -> dt.datetime:
     if not isinstance(value, dict) or set(value) != {"hour", "weekday"}:
         raise CaseError(f"{where}: context.time must be {{hour: 0-23, weekday: 1-7}}")
     hour, weekday = value["hour"], value["weekday"]
-    if not (isinstance(hour, int) and 0 <= hour <= 23 and isinstance(weekday, int) and 1 <= weekday <= 7):
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (hour, weekday)) \
+            or not (0 <= hour <= 23 and 1 <= weekday <= 7):  # `hour: true` would be hour 1
         raise CaseError(f"{where}: context.time must be {{hour: 0-23, weekday: 1-7}}, got {value!r}")
     return dt.datetime(2024, 1, weekday, hour, tzinfo=dt.UTC)  # 2024-01-01 was a Monday
 

@@ -177,3 +177,29 @@ def test_task_facts_of_the_wrong_shape_exit_2(tmp_path: Path) -> None:
         result = case(task)
         assert result.returncode == 2 and "cases[0]" in result.stderr and problem in result.stderr, \
             (task, result.stdout, result.stderr)
+
+
+def test_label_values_and_time_of_the_wrong_type_exit_2(tmp_path: Path) -> None:
+    """A misspelled sensitivity (`restrcted`) was taken as given, so restricted-needs-clearance never fired and
+    an `allow` case passed for a tool the gateway (whose config refuses the value) would decide as restricted;
+    `time: {hour: true}` tested hour 1. Both, in a file's tools, a case's labels and explain's options, exit 2."""
+    def case(labels: str, time: str = "{hour: 9, weekday: 1}") -> subprocess.CompletedProcess[str]:
+        return policy_test(tmp_path, f"tools:\n  inventory/list_skus: {labels}\ncases:\n"
+                           "  - {name: c, principal: {sub: a, tenant: acme}, tool: inventory/list_skus,\n"
+                           f"     context: {{time: {time}}}, expect: allow}}\n")
+    assert case("{read_only: true, sensitivity: internal}").returncode == 0
+    for labels, problem in (("{read_only: true, sensitivity: restrcted}",
+                             "sensitivity must be one of public, internal, confidential, restricted, got 'restrcted'"),
+                            ("{read_only: 'true'}", "read_only must be true or false, got 'true'"),
+                            ("{read_only: true, leaves_org: 0}", "leaves_org must be true or false, got 0")):
+        result = case(labels)
+        assert result.returncode == 2 and "cases[0]" in result.stderr and problem in result.stderr, \
+            (labels, result.stdout, result.stderr)
+    for time in ("{hour: true, weekday: 1}", "{hour: 9, weekday: true}"):
+        result = case("{read_only: true}", time)
+        assert result.returncode == 2 and "context.time must be" in result.stderr, (time, result.stdout)
+    explained = subprocess.run([sys.executable, "-m", "gateway.authz.cli", "explain", "--policies", str(SHIPPED),
+                                "--principal-claims", '{"sub": "a", "tenant": "acme"}', "--tool", "inventory/list_skus",
+                                "--annotations", '{"read_only": true, "sensitivity": "Restricted"}'],
+                               cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert explained.returncode == 2 and "sensitivity must be one of" in explained.stderr, explained.stdout
