@@ -112,10 +112,12 @@ def credential_routes(keys: SigningKeys, introspector: Introspector, issuer: str
         except GatewayError as exc:  # a trickled body (body_timeout): OAuth's error shape, status 408
             return web.json_response({"error": "invalid_request", "error_description": exc.message},
                                      status=exc.http_status)
-        token = form.get("token")
-        if not isinstance(token, str) or not token:
-            return web.json_response({"error": "invalid_request", "error_description": "token is required"},
-                                     status=400)
+        tokens = form.getall("token", [])
+        if len(tokens) != 1 or not isinstance(tokens[0], str) or not tokens[0]:
+            # RFC 6749 §3.1: a parameter given twice is an invalid request, not "the first one wins".
+            return web.json_response({"error": "invalid_request",
+                                      "error_description": "exactly one token is required"}, status=400)
+        token = tokens[0]
         answer = await introspector.introspect(token)
         return web.json_response(answer, headers={"Cache-Control": "no-store"})
 

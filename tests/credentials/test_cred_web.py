@@ -85,6 +85,16 @@ async def test_bad_requests(served) -> None:
         assert resp.status == 400 and (await resp.json())["error"] == "invalid_request"
 
 
+async def test_a_token_given_twice_is_invalid_request(served) -> None:
+    """RFC 6749 §3.1 (which RFC 7662's form follows): a parameter must not be given more than once. The
+    endpoint used to answer for the first `token` and ignore the other, so a caller and anything checking the
+    same request (a proxy reading the last value) could disagree on which token was introspected."""
+    token = await mint(served.service)
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{served.url}/oauth/introspect", data=[("token", token), ("token", "other")]) as resp:
+        assert resp.status == 400 and (await resp.json())["error"] == "invalid_request"
+
+
 async def test_store_down_answers_inactive(tmp_path, clock, redis_server, serve_credentials) -> None:
     config = make_config(tmp_path, UPSTREAMS, store={"redis": {"url": redis_server.url}})
     conn = RedisConnection(config.store.redis)  # type: ignore[union-attr]
