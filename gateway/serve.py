@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import Config, ConfigError, load_config, parse_config
-from gateway.config.model import url_host
+from gateway.config.addresses import url_host
 from gateway.keys import GATEWAY
 from gateway.preflight import exposure_warnings, policy_warnings, preflight, ssl_context
 

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.config.addresses import allowed_host, allowed_origin, url_host
 from gateway.config.rules import (
     credentials_rules,
     enforce,
@@ -47,11 +48,6 @@ def _http_url(value: str) -> str:
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
-def url_host(host: str) -> str:
-    """A host as a URL writes it: an IPv6 literal in brackets (`http://[::1]:8700`, never `http://::1:8700`)."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
 Sensitivity = Literal["public", "internal", "confidential", "restricted"]
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 # The most `act` nesting a token may carry at all; `policies.max_chain_depth` chooses a limit up to it.
@@ -68,8 +64,8 @@ class ListenConfig(Model):
     host: str = "127.0.0.1"
     port: int = Field(8700, ge=0, le=65535)
     public_url: HttpUrl | None = None
-    allowed_origins: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[Annotated[str, AfterValidator(allowed_origin)], ...] = ()
+    allowed_hosts: tuple[Annotated[str, AfterValidator(allowed_host)], ...] = ()
     max_body_bytes: int = Field(1_048_576, gt=0)
     max_json_depth: int = Field(64, gt=0)
     drain_timeout_s: float = Field(20.0, ge=0)
