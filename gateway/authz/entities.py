@@ -24,7 +24,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Final
 
 from gateway.context import Actor, CallContext, Principal, ToolInfo, canonical_json
 
@@ -282,12 +282,19 @@ class CallFacts:
         return dt.datetime.fromtimestamp(self.at, dt.UTC) if self.at is not None else dt.datetime.now(dt.UTC)
 
 
+# CallContext.extra key: the wall-clock time a held call was released and re-checked (set by the authorize stage).
+RELEASED_AT: Final = "released_wall"
+
+
 def facts_from_ctx(ctx: CallContext | None, environment: str) -> CallFacts:
     if ctx is None:
         return CallFacts(environment=environment)
+    # A released call runs now, so its re-check sees the time of release: a forbid on context.time must not
+    # pass a call approved outside its window because the request came inside it.
+    at = ctx.started_wall if ctx.approval is None else ctx.extra.get(RELEASED_AT, ctx.started_wall)
     return CallFacts(args=ctx.args, environment=environment,
                      args_contain_secret=bool(ctx.extra.get("args_contain_secret", False)),
-                     task=ctx.extra.get("task"), at=ctx.started_wall)
+                     task=ctx.extra.get("task"), at=at)
 
 
 def context(principal: Principal, facts: CallFacts, approval: str, bounds: Bounds = DEFAULT_BOUNDS,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-from gateway.authz.entities import CallFacts, args_truncated
+from gateway.authz.entities import RELEASED_AT, CallFacts, args_truncated
 from gateway.context import Actor, CallContext, Principal, ToolInfo
 from gateway.memo import Memo
 from gateway.timefmt import iso_utc
@@ -58,10 +58,20 @@ def authz_input(principal: Principal, action: str, tool: ToolInfo, ctx: CallCont
         "environment": environment,
         "args_contain_secret": bool(extra.get("args_contain_secret", False)),
         "task": extra.get("task"),
-        "time": iso_utc(ctx.started_wall if ctx is not None else time.time()),
+        "time": iso_utc(_decided_at(ctx)),
         "approved": bool(ctx is not None and ctx.approval is not None
                          and ctx.approval.outcome in ("approved", "reused")),
     }
+
+
+def _decided_at(ctx: CallContext | None) -> float:
+    """When the recorded decision was made: the request's time, but a re-check's (the call was released, and
+    the record holds the re-check's deny rather than the first approval_required) at its release."""
+    if ctx is None:
+        return time.time()
+    if ctx.approval is not None and ctx.decision is not None and ctx.decision.outcome != "approval_required":
+        return float(ctx.extra.get(RELEASED_AT, ctx.started_wall))
+    return ctx.started_wall
 
 
 def from_authz_input(data: dict[str, Any]) -> tuple[Principal, str, ToolInfo, CallFacts, bool]:

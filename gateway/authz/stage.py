@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from gateway.authz.entities import RELEASED_AT
 from gateway.authz.record import SnapshotParts, authz_input
 from gateway.catalog import PENDING_TOOL, PendingTool, not_found
 from gateway.context import NOT_FOUND_ITEM, CallContext, Decision
@@ -29,6 +31,8 @@ class AuthorizeStage:
             ctx.extra[NOT_FOUND_ITEM] = name
             raise not_found(ctx.action, name)
         pending = ctx.extra.pop(PENDING_TOOL, None)
+        if ctx.approval is not None:  # the re-check of a released call: decided (and recorded) as it runs now
+            ctx.extra[RELEASED_AT] = time.time()
         # Cedar on pre-parsed handles takes tens of microseconds: inline, no thread hop.
         decision = self._engine.decide(ctx.principal, ctx.action, ctx.tool, ctx)
         # Learning the tool's annotations means a tools/list upstream on the caller's behalf (and a credential

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +12,8 @@ import pytest
 from authz_helpers import TOOLS, agent, call
 
 from gateway.authz.engine import PolicyEngine
+from gateway.authz.evaluate import decide
+from gateway.authz.record import from_authz_input
 from gateway.authz.stage import AuthorizeStage
 from gateway.config.model import PoliciesConfig
 from gateway.context import Actor, ApprovalState, Decision
@@ -71,6 +76,34 @@ def test_an_approved_call_is_rechecked_with_approval_granted(engine: PolicyEngin
     ctx = call(READER, "hr/salaries")
     ctx.approval = ApprovalState(id="a2", outcome="approved")
     assert engine.decide(READER, "call_tool", TOOLS["hr/salaries"], ctx).outcome == "deny"
+
+
+async def test_a_released_call_is_rechecked_at_the_time_it_runs(engine_factory: Callable[..., PolicyEngine],
+                                                                policy_dir: Path) -> None:
+    """A held call released after a wait was re-checked with context.time of its request, so a forbid on the
+    time (changes only on the day they were asked for, business hours) let it run whenever it was approved,
+    while a client retrying after approval_pending was decided at the time of its retry. The re-check sees
+    the time of release, and the decision record replays it as made."""
+    held_at = time.time() - 2 * 86400  # two days ago: another weekday than now
+    weekday = dt.datetime.fromtimestamp(held_at, dt.UTC).isoweekday()
+    (policy_dir / "window.cedar").write_text(
+        '@id("changes-on-the-day-asked")\nforbid (principal, action == Action::"call_tool", resource)\n'
+        f'when {{ context.time.weekday != {weekday} }};\n')
+    engine = engine_factory(policy_dir)
+    stage = AuthorizeStage(engine, "dev")
+    ctx = call(READER, "inventory/set_stock", {"sku": "w", "quantity": 1})
+    ctx.started_wall = held_at
+    await stage(ctx)
+    assert ctx.decision is not None and ctx.decision.outcome == "approval_required"
+    ctx.approval = ApprovalState(id="a1", outcome="approved")
+    with pytest.raises(GatewayError):
+        await stage(ctx)
+    assert ctx.decision.outcome == "deny" and ctx.decision.policy_ids == ("changes-on-the-day-asked",)
+    record = ctx.extra["authz_input"](ctx, False)
+    principal, action, tool, facts, approved = from_authz_input(json.loads(json.dumps(record)))
+    assert approved and facts.when().isoweekday() != weekday
+    replayed = decide(engine.policies, principal, action, tool, facts, granted=approved)  # type: ignore[arg-type]
+    assert replayed.outcome == "deny"
 
 
 def test_an_evaluation_error_is_a_deny_naming_the_policy(engine_factory: Callable[..., PolicyEngine],
