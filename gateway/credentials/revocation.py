@@ -29,6 +29,10 @@ class RevocationStore(Protocol):
 
     async def is_revoked(self, jti: str) -> bool: ...
 
+    async def is_active(self, task_id: str, jti: str) -> bool:
+        """May introspection call the token `jti` (of `task_id`, signed by us, unexpired) active? Not when it
+        is revoked, nor when this store cannot know whether it was (a memory store's token of another process)."""
+
     async def is_ended(self, task_id: str, *, used_for_s: float | None = None) -> bool:
         """Has the task ended (on any replica)? `used_for_s`: also note that it is in use now, for that long
         (`used_lately`)."""
@@ -94,6 +98,11 @@ class MemoryRevocations:
     async def is_revoked(self, jti: str) -> bool:
         exp = self._revoked.get(jti)
         return exp is not None and exp > self._clock()
+
+    async def is_active(self, task_id: str, jti: str) -> bool:
+        # Only what this process recorded and has not revoked: the records die with the process, so a
+        # token minted before a restart (revoked at that shutdown, or by now) cannot be vouched for.
+        return self._tasks.get(task_id, {}).get(jti, 0) > self._clock()
 
     async def is_ended(self, task_id: str, *, used_for_s: float | None = None) -> bool:
         return self._ended.get(task_id, 0) > self._clock()
@@ -163,6 +172,9 @@ class RedisRevocations:
 
     async def is_revoked(self, jti: str) -> bool:
         return bool(await self._client.exists(f"{self._prefix}revoked:{jti}"))
+
+    async def is_active(self, task_id: str, jti: str) -> bool:
+        return not await self.is_revoked(jti)  # records outlive any one replica: every one of them may answer
 
     async def is_ended(self, task_id: str, *, used_for_s: float | None = None) -> bool:
         ended = self._task_keys(task_id)[1]

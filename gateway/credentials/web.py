@@ -69,11 +69,11 @@ class Introspector:
         if claims is None:
             return dict(INACTIVE)
         try:
-            revoked = await self.revocations.is_revoked(str(claims["jti"]))
+            active = await self.revocations.is_active(str(claims.get("task")), str(claims["jti"]))
         except Exception as exc:
             log.warning("introspection: revocation store unavailable (%s); answering inactive", type(exc).__name__)
             return dict(INACTIVE)
-        if revoked:
+        if not active:
             return dict(INACTIVE)
         return {"active": True, "token_type": "Bearer", "client_id": claims.get("sub"), **claims}
 

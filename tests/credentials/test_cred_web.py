@@ -95,6 +95,30 @@ async def test_a_token_given_twice_is_invalid_request(served) -> None:
         assert resp.status == 400 and (await resp.json())["error"] == "invalid_request"
 
 
+async def test_a_restarted_gateway_with_the_memory_store_vouches_only_for_its_own_tokens(tmp_path, clock,
+                                                                                       serve_credentials) -> None:
+    """The in-memory store (the default) loses its records with the process: a token the stopped gateway had
+    revoked at shutdown (or that its sessions would have) was `active: true` again once it restarted on the
+    same key_dir, until its exp. A memory store now vouches only for tokens this process recorded."""
+    before = await serve_credentials(lambda port: CredentialService(make_config(tmp_path, UPSTREAMS, port=8700),
+                                                                    clock=clock))
+    old = await mint(before.service)
+    await before.service.end_task(await resolved_task(before.service))
+    after = await serve_credentials(lambda port: CredentialService(make_config(tmp_path, UPSTREAMS, port=8700),
+                                                                   clock=clock))  # same key_dir and issuer
+    assert after.service.keys.current.kid == before.service.keys.current.kid
+    assert await introspect(after.url, token=old) == (200, {"active": False})
+    status, body = await introspect(after.url, token=await mint(after.service))
+    assert status == 200 and body["active"] is True
+
+
+async def resolved_task(service: CredentialService) -> str:
+    ctx = call("pay", "pay", {"x": 1})
+    await service.stage(ctx)
+    assert ctx.task_id is not None
+    return ctx.task_id
+
+
 async def test_store_down_answers_inactive(tmp_path, clock, redis_server, serve_credentials) -> None:
     config = make_config(tmp_path, UPSTREAMS, store={"redis": {"url": redis_server.url}})
     conn = RedisConnection(config.store.redis)  # type: ignore[union-attr]
