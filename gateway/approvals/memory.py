@@ -30,7 +30,7 @@ class MemoryApprovalStore:
         self._sweep_s = sweep_s
         self._sweeper: asyncio.Task[None] | None = None
         self._items: OrderedDict[str, Approval] = OrderedDict()
-        self._keys: dict[str, tuple[str, float]] = {}  # binding key -> (id, link expiry)
+        self._keys: dict[str, tuple[str, float]] = {}  # binding key -> (id, an approval usable until)
         self._changed: dict[str, asyncio.Event] = {}
         self._holds: dict[str, int] = {}  # approval id -> requests waiting on it now
         self._listeners: list[Listener] = []
@@ -78,16 +78,15 @@ class MemoryApprovalStore:
         if excess > 0:
             for item_id in [i.id for i in self._items.values() if not i.pending][:excess]:
                 del self._items[item_id]
-        if len(self._keys) > 2 * self._history:
-            now = self._clock()
-            self._keys = {k: v for k, v in self._keys.items() if v[1] > now}
+        if len(self._keys) > 2 * self._history:  # a link lives as long as its item: at most one per item
+            self._keys = {k: v for k, v in self._keys.items() if v[0] in self._items}
 
     async def create_or_join(self, draft: Approval, *, link_s: float) -> tuple[Approval, bool]:
         now = self._clock()
         linked = self._keys.get(draft.key)
-        if linked is not None and linked[1] > now and linked[0] in self._items:
+        if linked is not None and linked[0] in self._items:
             current = self._expire_if_due(self._items[linked[0]])
-            if current.pending or current.claimable or current.state == "denied":
+            if current.pending or current.state == "denied" or (current.claimable and now < linked[1]):
                 return current, False
             if current.state == "expired":  # told once (approval_expired); the next retry asks anew
                 del self._keys[draft.key]

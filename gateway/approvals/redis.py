@@ -178,7 +178,8 @@ class RedisApprovalStore:
     async def create_or_join(self, draft: Approval, *, link_s: float) -> tuple[Approval, bool]:
         record = draft.to_record()
         result = await self._script("CREATE_OR_JOIN", draft.id, self._clock(), int(link_s * 1000), self._keep_ms,
-                                    draft.key, draft.expires_at, draft.created_at, draft.quorum, json.dumps(record), 1)
+                                    draft.key, draft.expires_at, draft.created_at, draft.quorum, json.dumps(record), 1,
+                                    repr(draft.created_at + link_s))
         item = approval_from_hash(_hash(result[2]))
         status = int(result[1])
         if status == 1:

@@ -23,16 +23,18 @@ local function finish(id, state, now, keep_ms)
   redis.call('PUBLISH', P .. 'events', id)
 end
 """
-# ARGV: prefix, id, now, link_ms, keep_ms, key, expires_at, created_at, quorum, rec_json, mark_join
+# ARGV: prefix, id, now, link_ms, keep_ms, key, expires_at, created_at, quorum, rec_json, mark_join, use_until
 #   -> {id, status (0 joined or told, 1 created, 2 found due and expired here), hgetall}
 # With mark_join (older replicas do not send it), joining a pending item stamps `joined_at` (Redis TIME, ms):
 # the retry shows its agent is still there, so ABANDON no longer counts holds from before it (see there).
+# The link lives as long as the item can (link_ms + keep_ms), so a late retry still learns of a denial or an
+# expiry; an approval is usable until `use_until` (created_at + link; items of older replicas have none).
 CREATE_OR_JOIN: Final = _HELPERS + """
 local link = P .. 'key:' .. ARGV[6]
 local now = tonumber(ARGV[3])
 local cur = redis.call('GET', link)
 if cur then
-  local f = redis.call('HMGET', item_key(cur), 'state', 'expires_at', 'executed')
+  local f = redis.call('HMGET', item_key(cur), 'state', 'expires_at', 'executed', 'use_until')
   if f[1] == 'pending' and now < tonumber(f[2]) then
     if ARGV[11] then
       local t = redis.call('TIME')
@@ -40,7 +42,7 @@ if cur then
     end
     return {cur, 0, redis.call('HGETALL', item_key(cur))}
   end
-  if (f[1] == 'approved' and f[3] == '0') or f[1] == 'denied' then
+  if (f[1] == 'approved' and f[3] == '0' and (not f[4] or now < tonumber(f[4]))) or f[1] == 'denied' then
     return {cur, 0, redis.call('HGETALL', item_key(cur))}
   end
   -- expired: told to this retry once (approval_expired), the next one asks anew; 2 = expired by this script
@@ -53,8 +55,8 @@ if cur then
 end
 local id = ARGV[2]
 redis.call('HSET', item_key(id), 'rec', ARGV[10], 'state', 'pending', 'votes', '[]', 'approvals', 0,
-  'executed', '0', 'expires_at', ARGV[7], 'quorum', ARGV[9], 'key', ARGV[6], 'decided_at', '')
-redis.call('SET', link, id, 'PX', ARGV[4])
+  'executed', '0', 'expires_at', ARGV[7], 'quorum', ARGV[9], 'key', ARGV[6], 'decided_at', '', 'use_until', ARGV[12])
+redis.call('SET', link, id, 'PX', tonumber(ARGV[4]) + tonumber(ARGV[5]))
 redis.call('ZADD', P .. 'pending', ARGV[7], id)
 redis.call('ZADD', P .. 'all', ARGV[8], id)
 redis.call('PUBLISH', P .. 'events', id)

@@ -32,8 +32,9 @@ class ApprovalStore(Protocol):
 
     async def create_or_join(self, draft: Approval, *, link_s: float) -> tuple[Approval, bool]:
         """The live item for `draft.key` (pending, approved-unexecuted, or denied — reported to
-        retries), else store `draft` as a new pending item. Returns (item, created). `link_s` is
-        how long the key keeps pointing at this item after its creation."""
+        retries; expired — reported once), else store `draft` as a new pending item. Returns (item, created).
+        An approval is usable by a retry for `link_s` after the item's creation; a denial or an expiry is
+        reported for as long as the item is kept."""
         ...
 
     async def get(self, approval_id: str) -> Approval:

@@ -212,6 +212,40 @@ async def test_non_waiting_retry_after_expiry_learns_it_then_asks_anew(store: An
     assert anew.value.reason == "approval_pending" and anew.value.data["approval_id"] != approval_id
 
 
+@pytest.mark.parametrize("outcome", ["denied", "expired"])
+async def test_a_late_retry_still_learns_the_denial_or_expiry(store: Any, clock: Clock, outcome: str) -> None:
+    """The first retry after a denial (every retry) or an expiry (the first) is told so, however late it comes:
+    it used to be so only within 2 x ttl_s of the hold (the binding's link lapsed then), so a retry after an
+    expiry the sweep marked a few seconds late, or a retry the next day after a denial, silently asked the
+    approvers anew. An approval stays usable for that window only (below)."""
+    stage = ApproveStage(store, ApprovalsConfig(ttl_s=0.2), clock=clock)
+    with pytest.raises(GatewayError) as first:
+        await stage(call_context())
+    approval_id = first.value.data["approval_id"]
+    if outcome == "denied":
+        await store.decide(approval_id, "alice", "denied", "no")
+    await asyncio.sleep(0.5)  # not synchronisation: Redis keeps its key TTLs in its own (real) time
+    clock.advance(3600)
+    await store.expire_due()  # the sweep marks it, then the agent comes back
+    for _ in range(2 if outcome == "denied" else 1):
+        with pytest.raises(GatewayError) as told:
+            await stage(call_context())
+        assert told.value.reason == f"approval_{outcome}" and told.value.data["approval_id"] == approval_id
+
+
+async def test_an_approval_is_usable_for_twice_ttl_s_after_the_hold(store: Any, clock: Clock) -> None:
+    stage = ApproveStage(store, ApprovalsConfig(ttl_s=0.2), clock=clock)
+    with pytest.raises(GatewayError) as first:
+        await stage(call_context())
+    approval_id = first.value.data["approval_id"]
+    await store.decide(approval_id, "alice", "approved", None)
+    await asyncio.sleep(0.5)  # not synchronisation: Redis keeps its key TTLs in its own (real) time
+    clock.advance(3600)
+    with pytest.raises(GatewayError) as late:
+        await stage(call_context())
+    assert late.value.reason == "approval_pending" and late.value.data["approval_id"] != approval_id
+
+
 async def test_a_waiting_client_told_of_expiry_asks_anew_on_retry(store: Any, clock: Clock) -> None:
     """Told `approval_expired` on its open request, the client's identical retry is a new request to the
     approvers, not the same expiry a second time."""
