@@ -154,22 +154,23 @@ class IssuerVerifier:
                               "verify_iat": False, "verify_aud": True, "verify_iss": True, "verify_sub": False,
                               "verify_jti": False}
 
-    async def _key(self, alg: str, kid: str | None) -> VerifyKey:
+    async def _keys(self, alg: str, kid: str | None) -> list[VerifyKey]:
+        """The keys to check the signature with, in order: the one the kid names, then kid-less ones (which
+        match any kid, so one listed first must not hide the named key)."""
         candidates = [key for key in await self.keys.candidates(kid) if key.allows(alg)]
         if not candidates:
             raise TokenError("Unknown signing key")
         if kid is None and len(candidates) > 1:
             raise TokenError("Token needs a key id")
-        return candidates[0]
+        return sorted(candidates, key=lambda key: key.kid != kid)
 
     async def verify(self, token: str, header: Mapping[str, Any], also_audience: str | None = None) -> dict[str, Any]:
         """Verified claims; `aud` must name the configured audience or, when given, `also_audience`."""
         alg, kid = check_header(header, self.config)
-        key = await self._key(alg, kid)
+        keys = await self._keys(alg, kid)
         audience = self.audience if also_audience is None else [self.audience, also_audience]
         try:
-            claims: dict[str, Any] = jwt.decode(token, key.key, algorithms=[alg], audience=audience,
-                                                issuer=self.config.issuer, options=self._options)
+            claims = self._decode(token, keys, alg, audience)
         except InvalidSignatureError as exc:
             raise TokenError("Invalid token signature") from exc
         except InvalidAudienceError as exc:
@@ -181,6 +182,19 @@ class IssuerVerifier:
         except PyJWTError as exc:
             raise TokenError(f"Invalid token ({type(exc).__name__})") from exc
         check_times(claims, self._clock(), self._skew)
+        return claims
+
+    def _decode(self, token: str, keys: list[VerifyKey], alg: str, audience: str | list[str]) -> dict[str, Any]:
+        for key in keys[:-1]:
+            try:
+                return self._decode_with(token, key, alg, audience)
+            except InvalidSignatureError:
+                continue  # another fitting key may have signed it
+        return self._decode_with(token, keys[-1], alg, audience)
+
+    def _decode_with(self, token: str, key: VerifyKey, alg: str, audience: str | list[str]) -> dict[str, Any]:
+        claims: dict[str, Any] = jwt.decode(token, key.key, algorithms=[alg], audience=audience,
+                                            issuer=self.config.issuer, options=self._options)
         return claims
 
 

@@ -173,6 +173,25 @@ async def test_kidless_token_needs_exactly_one_fitting_key(tmp_path: Path, make_
     assert "key id" in await rejected(identifier, _without_kid(two.mint(SHOPPER, aud=AUDIENCE, alg="ES256"), two))
 
 
+async def test_a_token_kid_is_checked_with_its_own_key_beside_kidless_ones(tmp_path: Path,
+                                                                          make_identifier: MakeIdentifier) -> None:
+    """A kid-less key matches any kid, and the first fitting candidate was the only one tried: with a kid-less
+    key listed before the token's own (a JWKS mid-migration to kids), a good token was refused as a bad
+    signature. The key named by the kid is tried first, then the kid-less ones; a forged token still fails."""
+    legacy, current = generate_key("ES256", "legacy"), generate_key("ES256", "idp-es256-2")
+    jwks = tmp_path / "mixed.json"
+    jwks.write_text(json.dumps({"keys": [{k: v for k, v in legacy.public_jwk.items() if k != "kid"},
+                                         current.public_jwk]}))
+    identifier = await make_identifier({"issuer": "https://idp.test", "jwks_file": str(jwks), "algorithms": ["ES256"]})
+    issuer = TestIssuer(tmp_path, issuer="https://idp.test", algorithms=("ES256",))
+    assert (await identifier.identify(bearer(issuer.mint(SHOPPER, aud=AUDIENCE, alg="ES256", key=current)),
+                                      None)).id == SHOPPER
+    assert (await identifier.identify(bearer(issuer.mint(SHOPPER, aud=AUDIENCE, alg="ES256", key=legacy,
+                                                         kid="anything")), None)).id == SHOPPER
+    forged = issuer.mint(SHOPPER, aud=AUDIENCE, alg="ES256", key=generate_key("ES256", "idp-es256-2"))
+    assert await rejected(identifier, forged) == "Invalid token signature"
+
+
 def _without_kid(token: str, issuer: TestIssuer) -> str:
     """Re-sign with no kid header (PyJWT adds whatever headers it is given)."""
     claims = jwt.decode(token, options={"verify_signature": False})
