@@ -70,7 +70,19 @@ def reload_problems(config: Config) -> list[str]:
 
 
 def exposure_warnings(config: Config) -> list[str]:
-    """Anonymous identity trusts every caller alike: fine on loopback, a hole on any other address."""
+    """Anonymous identity trusts every caller alike: fine on loopback, a hole on any other address. And a
+    wildcard listen.host is no URL: without public_url the gateway's own URL would name it."""
+    host = config.listen.host
+    warnings = []
+    if config.listen.public_url is None and host in ("0.0.0.0", "::", ""):
+        warnings.append(f"listen.public_url: unset, so the gateway's own URL is {config.listen.resource_url} "
+                        f"(listen.host {host!r} is where it listens, not an address agents use): tokens must carry "
+                        "that audience and agents' Host headers other than localhost get 403; set public_url to "
+                        "the URL agents connect to")
+    return warnings + _anonymous_warnings(config)
+
+
+def _anonymous_warnings(config: Config) -> list[str]:
     host = config.listen.host
     if config.identity.mode != "anonymous" or host == "localhost":
         return []

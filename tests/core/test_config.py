@@ -332,7 +332,8 @@ def test_config_check_warns_when_anonymous_identity_listens_beyond_loopback(
 def test_jwt_identity_on_any_address_is_not_warned_about(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     issuer = TestIssuer(tmp_path)
-    path = _write(tmp_path, policies={"dir": str(SHIPPED)}, listen={"host": "0.0.0.0"},
+    path = _write(tmp_path, policies={"dir": str(SHIPPED)},
+                  listen={"host": "0.0.0.0", "public_url": "https://customs.example"},  # (no wildcard-URL warning)
                   identity={"mode": "jwt", "issuers": [issuer.config()]})
     code, _out, err = _check(path, capsys)
     assert code == 0 and err == ""
