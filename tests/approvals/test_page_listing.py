@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from tests.approvals.conftest import Clock, WebKit, draft
+from tests.approvals.conftest import Clock, StoreKit, WebKit, draft
 
 
 async def _fragment(kit: WebKit, sub: str = "alice") -> str:
@@ -50,3 +51,46 @@ async def test_quorum_page_tells_an_approver_who_voted_and_hides_the_buttons(web
             assert resp.status == 409
             again = await resp.text()
         assert "You already approved this call; it needs 2 approvals." in again and "Already pending" not in again
+
+
+async def test_the_api_lists_the_calls_a_person_may_decide_behind_newer_ones_they_may_not(
+        kit: StoreKit, tmp_path: Any) -> None:
+    """`GET /api/approvals?limit=N` gives up to N items the caller may see: it used to take the N newest items of
+    the store and then drop those hidden from the caller, so an approver allowed only some upstreams saw an
+    empty list while calls for them waited behind N newer ones for other people."""
+    import aiohttp
+    from aiohttp import web
+
+    from gateway.approvals.web import approval_routes
+    from gateway.config.model import IdentityConfig, IssuerConfig
+    from gateway.context import Decision
+    from gateway.identity.identifier import JwtIdentifier
+    from tests.support.servers import run_aiohttp
+    from tests.support.tokens import TestIssuer
+
+    issuer = TestIssuer(tmp_path)
+    audience = "http://approvals.test/mcp"
+    identifier = JwtIdentifier(IdentityConfig(mode="jwt", issuers=(IssuerConfig(**issuer.config(audience=audience)),)),
+                               {}, "http://approvals.test", None)
+    await identifier.start()
+    store = await kit.make()
+
+    def only_docs(approver: Any, approval: Any) -> Decision:  # this person decides the "docs" tool's calls only
+        return Decision("allow" if approval.tool == "docs" else "deny", ("docs-team",))
+
+    clock = Clock()
+    mine, _ = await store.create_or_join(draft(clock, tool="docs"), link_s=1800)
+    for n in range(5):
+        clock.advance(0.001)
+        await store.create_or_join(draft(clock, {"n": n}), link_s=1800)
+    app = web.Application()
+    app.add_routes(approval_routes(store, identifier, only_docs))
+    try:
+        async with run_aiohttp(app) as url, aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {issuer.mint('dora', aud=audience)}"}
+            for query in ("?state=pending&limit=3", "?limit=1"):
+                async with http.get(f"{url.rstrip('/')}/api/approvals{query}", headers=headers) as resp:
+                    assert resp.status == 200
+                    assert [i["id"] for i in (await resp.json())["items"]] == [mine.id]
+    finally:
+        await identifier.close()
