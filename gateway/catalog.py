@@ -65,7 +65,8 @@ def tool_info(upstream: UpstreamConfig, tool: Mapping[str, Any]) -> ToolInfo:
     name = str(tool.get("name", ""))
     ann = tool.get("annotations") if isinstance(tool.get("annotations"), dict) else {}
     assert isinstance(ann, dict)
-    read_only = bool(ann.get("readOnlyHint", False))
+    # Only a boolean hint counts (as in pick below): `"false"` as text must not make destructiveHint default off.
+    read_only = ann.get("readOnlyHint") is True
     override = upstream.tools.get(name)
 
     def pick(attr: str, hint: str, default: bool) -> bool:
