@@ -155,6 +155,9 @@ class StdioUpstream:
         await self._wait_ready(self.config.timeout_s)
         view = StdioSession(self, on_message, internal=params.internal)
         self._routes.attach(view)
+        if self._routes.levels_set:  # another session lowered the child's level: this one must get what it did
+            with suppress(GatewayError):
+                await self._routes.relevel(partial(self._exchange, self, on_message=None, timeout=None))
         return view
 
     # -- used by the views ------------------------------------------------------------------------
@@ -164,6 +167,9 @@ class StdioUpstream:
         exchange = partial(self._exchange, view, message, on_message, timeout, sent_id)
         if message.get("method") in SUBSCRIPTION_METHODS:
             return await self._routes.subscription(view, message, exchange)
+        if message.get("method") == "logging/setLevel":
+            return await self._routes.set_level(view, message, partial(self._exchange, view, on_message=on_message,
+                                                                       timeout=timeout, sent_id=sent_id))
         return await exchange()
 
     async def _exchange(self, view: object, message: Message, on_message: MessageHandler | None,

@@ -14,6 +14,9 @@ a server→client request (sampling, elicitation, roots) serves: the SDKs keep t
 - `notifications/resources/updated` goes only to the sessions that subscribed to that URI (the
   child holds one subscription for all of them: a session's unsubscribe reaches it only when no
   other session still holds the URI);
+- `logging/setLevel` sets one level for all sessions at the child, so the child is given the most
+  verbose level any session wants (a session that set none counts as `debug`) and each session's own
+  level filters the log lines it is given: one session's level never silences another's logs;
 - a gateway-internal view (`ConnectParams.internal`: the pin watcher's own list) has no client, so
   it never counts as a session here and its requests never make another session look shared;
 - `ping` from the child is answered here (the child's MCP session is the gateway's);
@@ -36,7 +39,9 @@ from gateway.transport.http_base import deliver
 from gateway.transport.inflight import InflightTable
 
 WriteFn = Callable[[Message], Awaitable[None]]
+Exchange = Callable[[Message], Awaitable[Message]]  # a request to the child, answered
 SUBSCRIPTION_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")  # ascending
 UNKNOWN_CLIENT = "Customs cannot tell which client session this request is for (shared stdio upstream)"
 
 
@@ -61,6 +66,8 @@ class StdioRoutes:
         self.views: list[View] = []  # client sessions' views (internal ones are not listed)
         self._asked: dict[tuple[str, Any], View] = {}  # server→client request id -> the view that got it
         self._subscribers: dict[str, list[View]] = {}  # resource URI (the child's own) -> subscribed views
+        self._levels: dict[View, int] = {}  # logging/setLevel per view (index in LOG_LEVELS)
+        self._child_level: int | None = None  # the level last set at the child (None: its own default)
 
     def attach(self, view: View) -> None:
         if not view.internal:
@@ -70,6 +77,7 @@ class StdioRoutes:
         """Forget the view; the URIs no view is subscribed to any more (the child should be told)."""
         if view in self.views:
             self.views.remove(view)
+        self._levels.pop(view, None)
         held = [uri for uri, views in self._subscribers.items() if view in views]
         orphans = [uri for uri in held if not self.unsubscribe(view, uri)]
         for key, asked in list(self._asked.items()):
@@ -82,6 +90,7 @@ class StdioRoutes:
         """A new child: the old one's server→client request ids and subscriptions mean nothing any more."""
         self._asked.clear()
         self._subscribers.clear()
+        self._child_level = None
 
     async def subscription(self, view: View, message: Message, exchange: Callable[[], Awaitable[Message]]) -> Message:
         """A view's resources/(un)subscribe, sent to the child by `exchange` unless another view still
@@ -104,6 +113,42 @@ class StdioRoutes:
         if added and "error" in response:
             self.unsubscribe(view, uri)
         return response
+
+    async def set_level(self, view: View, message: Message, exchange: Exchange) -> Message:
+        """A view's logging/setLevel: kept as that view's filter; the child is sent the most verbose level
+        of all views (only when that changes), since its one level decides what every session can get."""
+        params = message.get("params")
+        level = params.get("level") if isinstance(params, dict) else None
+        if not isinstance(params, dict) or level not in LOG_LEVELS:
+            return await exchange(message)  # the child answers the malformed request itself
+        self._levels[view] = LOG_LEVELS.index(level)
+        answer = await self.relevel(exchange, message)
+        return answer if answer is not None else {"jsonrpc": "2.0", "id": message.get("id"), "result": {}}
+
+    async def relevel(self, exchange: Exchange, request: Message | None = None) -> Message | None:
+        """Set the child's level to the most verbose one any view wants (a view that set none: debug) when
+        that differs from the level last set; None when nothing was sent (no view set a level, or no change)."""
+        wanted = min((self._levels.get(v, 0) for v in self.views), default=None) if self._levels else None
+        if wanted is None or wanted == self._child_level:
+            return None
+        message = request or {"jsonrpc": "2.0", "id": None, "method": "logging/setLevel", "params": {}}
+        response = await exchange({**message, "params": {**message["params"], "level": LOG_LEVELS[wanted]}})
+        if "error" not in response:
+            self._child_level = wanted
+        return response
+
+    @property
+    def levels_set(self) -> bool:
+        return bool(self._levels)
+
+    def _filtered(self, view: View, message: Message) -> bool:
+        """A log line below the level its session set (the child may send more: another session wants it)."""
+        level = self._levels.get(view)
+        if level is None or message.get("method") != "notifications/message":
+            return False
+        params = message.get("params")
+        line = params.get("level") if isinstance(params, dict) else None
+        return line in LOG_LEVELS and LOG_LEVELS.index(line) < level
 
     def subscribe(self, view: View, uri: str) -> bool:
         """Record the view's subscription; False when it already had it."""
@@ -178,6 +223,8 @@ class StdioRoutes:
     async def _to_owner(self, message: Message) -> None:
         view, handler = self._owner()
         if view is not None:
+            if self._filtered(view, message):
+                return
             if "id" in message:
                 self._asked[id_key(message["id"])] = view
             await deliver(handler, message, self._log)

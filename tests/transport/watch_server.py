@@ -1,7 +1,8 @@
 """A real SDK stdio MCP server for shared-child routing tests: resource subscriptions (one set for
 all the gateway's sessions, as any stdio server has), a tool that announces an update of a URI
 only if it is subscribed, one that blocks the whole server (pings included) and then hangs, and
-one that writes a log line.
+one that writes a log line at info, if the level `logging/setLevel` last set (one for all the gateway's
+sessions, as any stdio server has) lets it through.
 
 Run as a stdio child: `[sys.executable, WATCH_SERVER_PATH]`.
 """
@@ -18,11 +19,13 @@ import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
 
 WATCH_SERVER_PATH = str(Path(__file__).resolve())
+LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
 def watch_server() -> MCPServer[Any]:
     server: MCPServer[Any] = MCPServer("watch")
     subscribed: set[str] = set()
+    level = ["debug"]  # the level logging/setLevel last set
 
     @server.tool()
     async def touch(uri: str, ctx: Context) -> str:
@@ -42,7 +45,9 @@ def watch_server() -> MCPServer[Any]:
 
     @server.tool()
     async def note(text: str, ctx: Context) -> str:
-        """Write `text` as a log line."""
+        """Write `text` as a log line at info (unless the level set is above info)."""
+        if LEVELS.index(level[0]) > LEVELS.index("info"):
+            return "noted"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             await ctx.info(text)
@@ -56,7 +61,12 @@ def watch_server() -> MCPServer[Any]:
         subscribed.discard(str(params.uri))
         return types.EmptyResult()
 
+    async def set_level(ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
+        level[0] = params.level
+        return types.EmptyResult()
+
     lowlevel = server._lowlevel_server
+    lowlevel.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
     lowlevel.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
     lowlevel.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
     return server
