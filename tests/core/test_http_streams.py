@@ -164,6 +164,21 @@ async def test_a_new_get_replaces_the_open_stream_at_once(gw, http):
             assert changed["method"] == "notifications/tools/list_changed"
 
 
+async def test_a_json_only_post_answers_json_and_its_interim_messages_go_to_the_get_stream(gw, http):
+    # docs/errors.md (not_acceptable): the JSON answer cannot carry progress or log lines; they go to the GET stream.
+    sid = await open_session(http, gw.features)
+    async with http.get(gw.features, headers={**STREAM, "Mcp-Session-Id": sid}) as stream:
+        assert stream.status == 200
+        json_only = {"Accept": "application/json", "Content-Type": "application/json", "Mcp-Session-Id": sid}
+        message = call(2, "progress", {"steps": 1}, token="j1")
+        async with http.post(gw.features, json=message, headers=json_only) as resp:
+            assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/json")
+            assert (await resp.json())["result"]["content"][0]["text"] == "done"
+        received = [m for _, m in await read_events(stream, 2)]
+    assert [m["method"] for m in received] == ["notifications/progress", "notifications/message"]
+    assert received[0]["params"]["progressToken"] == "j1"
+
+
 async def test_unknown_upstream_is_a_json_rpc_404(gw, http):
     url = f"{gw.mcp}/nope"
     async with http.post(url, json=initialize(), headers=ACCEPT) as resp:
