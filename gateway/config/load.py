@@ -44,10 +44,12 @@ def _substitute(node: Any, env: Mapping[str, str], path: str, problems: list[str
     if isinstance(node, str):
         def repl(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
+            value = env.get(name)
+            # As in a shell and docker compose, `:-` stands in for an unset *or empty* variable.
+            if default is not None and not value:
                 return default
+            if value is not None:
+                return value
             problems.append(f"{path or '(root)'}: environment variable {name} is not set")
             return ""
         return _ENV_REF.sub(repl, node)
