@@ -161,9 +161,9 @@ def _decide(args: argparse.Namespace, action: str) -> int:
     if args.json:
         print(json.dumps(item, indent=2))
     elif item["state"] == "pending":
-        print(f"{item['id']}: vote recorded; waiting for more approvals (quorum {item.get('quorum')})")
-    else:
-        print(f"{item['id']}: {item['state']} by {item.get('decided_by')}")
+        print(f"{shown(item['id'])}: vote recorded; waiting for more approvals (quorum {shown(item.get('quorum'))})")
+    else:  # decided_by names every approver of a quorum, as their tokens spell them
+        print(f"{shown(item['id'])}: {shown(item['state'])} by {shown(item.get('decided_by'))}")
     return 0
 
 

@@ -23,3 +23,15 @@ async def test_approvals_list_and_show_escape_control_characters(web_kit: WebKit
         _, out, _ = await customs_async("approvals", *argv, "--url", web_kit.url, token=token, check=True)
         assert "\x1b" not in out and "\r" not in out, (argv, out)
         assert "payments/pay\\x1b[2K\\rread_docs" in out, (argv, out)
+
+
+@pytest.mark.parametrize("kit", ["memory"], indirect=True)
+async def test_approve_escapes_the_approvers_it_names(web_kit: WebKit) -> None:
+    """`approvals approve` prints who decided: with a quorum that names the other approvers too, whose ids come
+    from their tokens, so they are escaped like what `list` and `show` print."""
+    item, _ = await web_kit.store.create_or_join(draft(Clock(), quorum=2), link_s=1800)
+    await web_kit.store.decide(item.id, "mallory\x1b[2K\rnobody", "approved", None)
+    _, out, _ = await customs_async("approvals", "approve", item.id, "--url", web_kit.url,
+                                    token=web_kit.token("alice"), check=True)
+    assert "\x1b" not in out and "\r" not in out, out
+    assert "mallory\\x1b[2K\\rnobody, alice" in out, out
