@@ -174,7 +174,10 @@ class RedisRevocations:
         return bool(await self._client.exists(f"{self._prefix}revoked:{jti}"))
 
     async def is_active(self, task_id: str, jti: str) -> bool:
-        return not await self.is_revoked(jti)  # records outlive any one replica: every one of them may answer
+        # The live record, not the absence of a revocation marker: a Redis that lost its data (restarted
+        # without persistence, a failover that lost writes) then makes tokens inactive, never active again.
+        score = await self._client.zscore(self._task_keys(task_id)[0], jti)
+        return score is not None and float(score) > self._clock()
 
     async def is_ended(self, task_id: str, *, used_for_s: float | None = None) -> bool:
         ended = self._task_keys(task_id)[1]

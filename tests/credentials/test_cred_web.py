@@ -112,6 +112,30 @@ async def test_a_restarted_gateway_with_the_memory_store_vouches_only_for_its_ow
     assert status == 200 and body["active"] is True
 
 
+async def test_a_redis_that_lost_its_data_revives_no_revoked_token(tmp_path, clock, redis_server,
+                                                                   serve_credentials) -> None:
+    """A Redis restarted without persistence (or a failover that lost writes) forgot the revocation markers, so
+    a token revoked when its task ended was `active: true` again until its exp. Introspection now asks for the
+    token's live record (written before the token was handed out, deleted when its task ends), so lost data
+    makes tokens inactive, never active again."""
+    config = make_config(tmp_path, UPSTREAMS, store={"redis": {"url": redis_server.url}})
+    conn = RedisConnection(config.store.redis)  # type: ignore[union-attr]
+    served = await serve_credentials(lambda port: CredentialService(
+        make_config(tmp_path, UPSTREAMS, port=port, store={"redis": {"url": redis_server.url}}),
+        redis=conn, clock=clock))
+    try:
+        revoked = await mint(served.service)
+        await served.service.end_task(await resolved_task(served.service), "explicit")
+        assert await introspect(served.url, token=revoked) == (200, {"active": False})
+        redis_server.restart()  # no AOF, no RDB: every key is gone
+        for _ in range(2):  # the first ask may meet the dropped connection (inactive too), the next one Redis
+            assert await introspect(served.url, token=revoked) == (200, {"active": False})
+        status, body = await introspect(served.url, token=await mint(served.service))
+        assert status == 200 and body["active"] is True
+    finally:
+        await conn.close()
+
+
 async def resolved_task(service: CredentialService) -> str:
     ctx = call("pay", "pay", {"x": 1})
     await service.stage(ctx)
