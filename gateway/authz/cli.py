@@ -16,6 +16,7 @@ from typing import Any
 
 import cedarpy
 
+from gateway.approvals.cli import shown
 from gateway.authz import evaluate
 from gateway.authz.cases import (
     AGENT_ACTIONS,
@@ -297,7 +298,9 @@ def replay_cmd(args: argparse.Namespace) -> int:
         new = evaluate.decide(loaded, principal, action, tool, facts, granted=decided_with_approval(old, granted))
         if new.outcome == old:
             continue
-        entry = f"line {number}: {principal.id} {action} {tool.cedar_id}: {old} -> {new.outcome}"
+        # Ids come from tokens and tool names from upstreams: a control character in them must not reach
+        # the terminal as one (an escape sequence could rewrite the lines the reader sees).
+        entry = f"line {number}: {shown(principal.id)} {action} {shown(tool.cedar_id)}: {old} -> {new.outcome}"
         if record["authz_input"].get("args") is None and _may_hinge_on_args(readers, old_ids, new):
             undetermined.append(entry)
             continue

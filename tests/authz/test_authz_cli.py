@@ -245,3 +245,25 @@ def test_prompts_and_resources_are_explained_and_tested_with_their_own_defaults(
                      "  - {name: tool, principal: a, tool: inventory/restock, expect: approval_required}\n")
     result = run("test", cases, "--policies", SHIPPED)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_replay_prints_control_characters_in_names_as_escapes(policy_dir: Path, tmp_path: Path) -> None:
+    """Tool names come from upstreams' lists and principal ids from tokens; replay printed them as they were,
+    so `pay\\x1b[2K\\rread_docs` could rewrite the line a security engineer reads (as 83f075d fixed for the
+    approvals and tools CLIs)."""
+    from dataclasses import replace
+    reader = agent("spiffe://customs.demo/agent/reader")
+    sneaky = agent("user:eve\x1b[2K\rspiffe://customs.demo/agent/reader")
+    tool = replace(TOOLS["inventory/get_stock"], name="get_stock\x1b[2K\rread_docs")
+    lines = [json.dumps({"decision": "allow", "policy_ids": ["reads-allowed"],
+                         "authz_input": authz_input(who, "call_tool", tool, call(who, "inventory/get_stock"), "dev",
+                                                    include_args=True)}) for who in (reader, sneaky)]
+    log = tmp_path / "decisions.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    (policy_dir / "freeze.cedar").write_text('@id("freeze")\nforbid (principal, action, resource)\n'
+                                             'when { resource in Server::"inventory" };')
+    changed = run("replay", "--log", log, "--policies", policy_dir)
+    assert changed.returncode == 1 and "2 changed" in changed.stdout
+    assert "\x1b" not in changed.stdout and "\r" not in changed.stdout
+    assert "call_tool inventory/get_stock\\x1b[2K\\rread_docs: allow -> deny" in changed.stdout
+    assert "user:eve\\x1b[2K\\rspiffe://" in changed.stdout
