@@ -29,6 +29,7 @@ from gateway.pinning import ToolGuard
 from gateway.pipeline import Authorizer, Pipeline
 from gateway.sessions import Session, SessionManager, route_server_message
 from gateway.transport.base import Message, MessageHandler, UpstreamSession
+from gateway.transport.common import LOG_LEVELS
 
 SERVER_INFO = {"name": "customs", "title": "Customs MCP gateway", "version": "0.1.0"}
 ENVELOPE_PREFIX = "io.modelcontextprotocol/"
@@ -308,6 +309,8 @@ class Router:
     async def _set_level(self, inbound: Inbound) -> dict[str, Any]:
         """A session-wide setting: sent only to upstreams where the principal may use a tool; elsewhere
         accepted here, as it changes nothing the principal could see."""
+        if inbound.params.get("level") not in LOG_LEVELS:  # else the aggregated view would swallow the refusals
+            raise GatewayError("invalid_params", "Invalid params: level must be one of " + ", ".join(LOG_LEVELS))
         view = inbound.session.view
         if view is not None:
             if not await self._uses_a_tool(inbound, view):

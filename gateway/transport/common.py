@@ -163,6 +163,8 @@ def progress_token(message: Message) -> Any:
 
 
 # Notifications that concern every session of an upstream, not one request.
+# MCP's logging levels, least severe first (`logging/setLevel`, `notifications/message`).
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 BROADCAST_METHODS = frozenset({
     "notifications/tools/list_changed", "notifications/resources/list_changed",
     "notifications/prompts/list_changed", "notifications/resources/updated",

@@ -34,14 +34,13 @@ from typing import Any, Protocol
 
 from gateway.errors import INTERNAL_ERROR, GatewayError
 from gateway.transport.base import Message, MessageHandler
-from gateway.transport.common import BROADCAST_METHODS, id_key
+from gateway.transport.common import BROADCAST_METHODS, LOG_LEVELS, id_key
 from gateway.transport.http_base import deliver
 from gateway.transport.inflight import InflightTable
 
 WriteFn = Callable[[Message], Awaitable[None]]
 Exchange = Callable[[Message], Awaitable[Message]]  # a request to the child, answered
 SUBSCRIPTION_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
-LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")  # ascending
 UNKNOWN_CLIENT = "Customs cannot tell which client session this request is for (shared stdio upstream)"
 
 
