@@ -74,7 +74,11 @@ def test_cmd(args: argparse.Namespace) -> int:
             _err(str(exc))
             return 2
         except PolicyLoadError as exc:
-            _err(f"cannot load policies for {path}:\n" + "\n".join(f"  {p}" for p in exc.problems))
+            # Without --policies the directory may be a guess (beside the file, above tests/): say how to name it.
+            hint = "" if args.policies is not None else (
+                "\n  (no --policies given: the policies are looked for beside the cases file, or above its tests/"
+                " directory; name them with `policies:` in the file or --policies DIR)")
+            _err(f"cannot load policies for {path}:\n" + "\n".join(f"  {p}" for p in exc.problems) + hint)
             return 2
         for result in results:
             total += 1

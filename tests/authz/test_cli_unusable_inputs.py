@@ -129,3 +129,15 @@ def test_replay_skips_records_it_cannot_read_instead_of_crashing_or_counting_the
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"1 replayed, 0 changed, {len(broken)} skipped (no authz_input or not a decision)" in result.stdout
+
+
+def test_cases_outside_a_policy_directory_say_how_to_name_one(tmp_path: Path) -> None:
+    """A cases file with neither `policies:` nor --policies is run against its own directory: the error named
+    that directory (often `.`) and its missing *.cedar files, not how to point the command at the policies."""
+    cases = tmp_path / "cases.yaml"
+    cases.write_text("cases:\n  - {name: x, principal: {sub: a, tenant: acme}, tool: inventory/get, expect: deny}\n")
+    result = customs("policy", "test", cases)
+    assert result.returncode == 2 and "no *.cedar policy files" in result.stderr
+    assert "--policies DIR" in result.stderr and "`policies:`" in result.stderr, result.stderr
+    given = customs("policy", "test", cases, "--policies", tmp_path)
+    assert given.returncode == 2 and "--policies DIR" not in given.stderr
