@@ -162,9 +162,9 @@ def progress_token(message: Message) -> Any:
     return meta.get("progressToken") if isinstance(meta, dict) else None
 
 
-# Notifications that concern every session of an upstream, not one request.
 # MCP's logging levels, least severe first (`logging/setLevel`, `notifications/message`).
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+# Notifications that concern every session of an upstream, not one request.
 BROADCAST_METHODS = frozenset({
     "notifications/tools/list_changed", "notifications/resources/list_changed",
     "notifications/prompts/list_changed", "notifications/resources/updated",
