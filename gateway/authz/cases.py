@@ -153,6 +153,14 @@ def _check_labels(labels: dict[str, Any], where: str) -> None:
             raise CaseError(f"{where}: label {name} must be true or false, got {value!r}")
 
 
+def _flag(case: dict[str, Any], key: str, where: str) -> bool:
+    """A case's true/false key (absent: false); text such as "no" would be truthy, so only a boolean counts."""
+    value = case.get(key, False)
+    if not isinstance(value, bool):
+        raise CaseError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
+
+
 def _when(now: Any, where: str) -> dt.datetime:
     try:
         when = now if isinstance(now, dt.datetime) else dt.datetime.fromisoformat(str(now))
@@ -212,7 +220,7 @@ def _given(case: dict[str, Any], where: str) -> dict[str, Any]:
         if flat in case:
             if key in context:
                 raise CaseError(f"{where}: {key} given twice (`{flat}` and `context.{key}`)")
-            merged[key] = case[flat] if flat != "approved" else ("granted" if case[flat] else "none")
+            merged[key] = case[flat] if flat != "approved" else ("granted" if _flag(case, flat, where) else "none")
             if flat == "now":
                 merged[key] = _when(case[flat], where)
     return merged
@@ -287,7 +295,7 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
         raise CaseError(f"{where}: policies must be a list of @ids, got {type(want).__name__}")
     if want is not None and set(want) != set(decision.policy_ids):
         problems.append(f"expected policies {sorted(want)}, got {sorted(decision.policy_ids)}")
-    if bool(decision.errors) != bool(case.get("expect_errors", False)):
+    if bool(decision.errors) != _flag(case, "expect_errors", where):
         problems.append("errors: " + ("; ".join(decision.errors) or "none, but expect_errors is set"))
     return CaseResult(name, not problems, str(expected), decision, "; ".join(problems))
 

@@ -203,3 +203,17 @@ def test_label_values_and_time_of_the_wrong_type_exit_2(tmp_path: Path) -> None:
                                 "--annotations", '{"read_only": true, "sensitivity": "Restricted"}'],
                                cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert explained.returncode == 2 and "sensitivity must be one of" in explained.stderr, explained.stdout
+
+
+def test_approved_and_expect_errors_must_be_booleans(tmp_path: Path) -> None:
+    """`approved: "no"` (quoted, so a string) was truthy and decided the case as approved: a write that needs
+    approval passed an `allow` case; `expect_errors: "no"` demanded errors. Both are exit 2 now."""
+    def case(extra: str) -> subprocess.CompletedProcess[str]:
+        return policy_test(tmp_path, TOOLS + "cases:\n  - {name: w, principal: {sub: a, tenant: acme}, "
+                           f"tool: inventory/set_stock, expect: approval_required, {extra}}}\n")
+    assert case("approved: false").returncode == 0
+    for extra, problem in (('approved: "no"', "approved must be true or false, got 'no'"),
+                           ('expect_errors: "no"', "expect_errors must be true or false, got 'no'")):
+        result = case(extra)
+        assert result.returncode == 2 and "cases[0]" in result.stderr and problem in result.stderr, \
+            (extra, result.stdout, result.stderr)
