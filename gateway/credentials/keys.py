@@ -111,10 +111,9 @@ def signer_needed(config: Config) -> bool:
 
 def read_key(path: Path, *, tighten: bool = True) -> SigningKey | None:
     """One key file, or None (logged) when it is unreadable or not Ed25519/P-256. `tighten`: chmod 0600."""
+    if tighten:
+        _tighten(path)
     try:
-        if tighten and path.stat().st_mode & 0o077:
-            log.warning("signing key %s is readable by group/others; restricting to 0600", path.name)
-            path.chmod(0o600)
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         log.warning("ignoring signing key file %s: %s", path.name, type(exc).__name__)
@@ -127,6 +126,23 @@ def read_key(path: Path, *, tighten: bool = True) -> SigningKey | None:
     match = _GENERATED.match(path.name)
     created = int(match.group(1)) / 1000 if match else path.stat().st_mtime
     return SigningKey(thumbprint(key), algorithm, key, created, path)
+
+
+def _tighten(path: Path) -> None:
+    """chmod 0600 a key readable by group/others. A key that cannot be (a read-only mount such as a Kubernetes
+    secret volume, a file owned by someone else) is still used: refusing it would not make it less exposed."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # reading it fails the same way, and says so
+    if not mode & 0o077:
+        return
+    log.warning("signing key %s is readable by group/others; restricting to 0600", path.name)
+    try:
+        path.chmod(0o600)
+    except OSError as exc:
+        log.warning("signing key %s is readable by group/others and could not be restricted (%s); using it as it "
+                    "is: give the file (or the secret volume's defaultMode) 0600 or 0400", path.name, exc.strerror)
 
 
 def read_keys(key_dir: Path, *, tighten: bool = True) -> list[SigningKey]:
