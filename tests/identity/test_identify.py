@@ -216,6 +216,21 @@ async def test_duplicate_issuer_is_a_config_error(issuer: TestIssuer) -> None:
         JwtIdentifier(config, {}, RESOURCE, None)
 
 
+@pytest.mark.parametrize(("field", "problem"), [
+    ("audience", "identity.issuers[0].audience: must not be empty"),
+    ("issuer", "identity.issuers[0].issuer: must not be empty"),
+])
+def test_an_empty_issuer_or_audience_is_a_config_error(issuer: TestIssuer, field: str, problem: str) -> None:
+    """`audience: ${GW_AUDIENCE}` with the variable set to nothing made the audience "": every token for the
+    gateway was refused, and a token with `aud: [""]` (named for no resource) was accepted."""
+    from gateway.config import ConfigError, parse_config
+    entry = {**issuer.config(), field: ""}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"upstreams": [{"name": "a", "url": "http://127.0.0.1:9/mcp"}],
+                      "identity": {"mode": "jwt", "issuers": [entry]}})
+    assert problem in str(caught.value)
+
+
 @pytest.mark.parametrize(("content", "pem", "message"), [
     (None, False, "cannot read"),
     ("{not json", False, "not valid JSON"),
