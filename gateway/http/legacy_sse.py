@@ -20,6 +20,7 @@ from gateway import jsonrpc
 from gateway.errors import GatewayError, forget_traceback, to_wire
 from gateway.http.guards import error_response, read_body, require_json
 from gateway.http.mcp import McpEndpoint, log_failure
+from gateway.http.session_stream import draining
 from gateway.http.streams import SSE_HEADERS, ClientGone
 from gateway.http.versions import negotiate_version
 from gateway.router import Inbound
@@ -38,7 +39,7 @@ class LegacySseEndpoint:
             view = self._mcp._view(request)
             principal = await self._mcp._identify(request)
             if self._mcp.streams.closing:  # draining: reconnect elsewhere or after the restart
-                return web.Response(status=503, headers={"Retry-After": "1"})
+                return error_response(draining())
             session = self._mcp.sessions.create(principal, view, LEGACY_VERSION, None, None)
             session.legacy_sse = True
         except GatewayError as exc:  # including a session cap reached (rate_limited)

@@ -21,8 +21,15 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from gateway.errors import GatewayError
+from gateway.http.guards import error_response
 from gateway.http.streams import GET_STREAM, SSE_HEADERS, ClientGone, EventWriter, StreamReplay, split_event_id
 from gateway.sessions import Session
+
+
+def draining() -> GatewayError:
+    """The refusal of a stream asked for while the gateway drains: it would only be cut; reconnect after 1 s."""
+    return GatewayError("shutting_down", headers={"Retry-After": "1"})
 
 
 class _Takeover:
@@ -69,7 +76,7 @@ class SessionStreams:
 
     async def serve(self, request: web.Request, session: Session, keepalive_s: float) -> web.StreamResponse:
         if self.closing:  # draining: a new stream would only be cut; reconnect elsewhere or after the restart
-            return web.Response(status=503, headers={"Retry-After": "1"})
+            return error_response(draining())
         resume = split_event_id(request.headers.get("Last-Event-ID"))
         if resume is not None and resume[0] != GET_STREAM:
             return await self._resume_post_stream(request, session, *resume, keepalive_s)

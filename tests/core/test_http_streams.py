@@ -179,6 +179,19 @@ async def test_a_json_only_post_answers_json_and_its_interim_messages_go_to_the_
     assert received[0]["params"]["progressToken"] == "j1"
 
 
+async def test_a_stream_asked_for_while_draining_is_refused_shutting_down(gw, http):
+    # docs/errors.md: shutting_down, -32062, HTTP 503. A GET stream (or legacy /sse) asked for while the
+    # gateway drains was a bare 503 with no JSON-RPC error. (Such a request can only come on a connection
+    # aiohttp has not closed yet, so the draining flag is set directly here.)
+    sid = await open_session(http, gw.features)
+    gw.gateway.endpoint.streams.closing = True
+    for url, headers in ((gw.features, {**STREAM, "Mcp-Session-Id": sid}), (f"{gw.url}/sse", STREAM)):
+        async with http.get(url, headers=headers) as resp:
+            assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+            body = await resp.json()
+        assert body["error"]["code"] == -32062 and reason(body) == "shutting_down", body
+
+
 async def test_unknown_upstream_is_a_json_rpc_404(gw, http):
     url = f"{gw.mcp}/nope"
     async with http.post(url, json=initialize(), headers=ACCEPT) as resp:
