@@ -142,3 +142,46 @@ async def _pending_ids(pair: Pair) -> list[str]:
         return [i["id"] for i in await pair.pending(pair.a)]
     except (aiohttp.ClientError, KeyError):
         return []
+
+
+async def _held_stream(http: aiohttp.ClientSession, gw: Any, token: str, args: dict[str, Any]) -> Any:
+    """A waiting client: a session on `gw`, then the call on an SSE response, read until its first event."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+               "Authorization": f"Bearer {token}"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}}
+    async with http.post(gw.mcp, json=init, headers=headers) as resp:
+        headers["Mcp-Session-Id"] = resp.headers["Mcp-Session-Id"]
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "payments__pay", "arguments": args}}
+    response = await http.post(gw.mcp, json=call, headers=headers)
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    await asyncio.wait_for(response.content.readline(), 15)  # held: the stream has begun
+    return response
+
+
+async def test_one_agent_connection_going_away_leaves_its_identical_call_on_the_other_replica_held(
+        pair: Pair) -> None:
+    """The same call held on A and on B (one item): A's client disconnecting ends only its own request; B's
+    stays held and runs once when approved (it used to be answered approval_cancelled)."""
+    args = {"account": "acme-6", "amount": 60}
+    async with aiohttp.ClientSession() as http_a, aiohttp.ClientSession() as http_b:
+        on_a = await _held_stream(http_a, pair.a, pair.token(), args)
+        (item,) = await wait_for(lambda: pair.pending(pair.b))
+        on_b = await _held_stream(http_b, pair.b, pair.token(), args)
+        on_a.close()  # A's client goes away
+
+        async def a_withdrew() -> bool:
+            return '"outcome":"cancelled"' in pair.a.log()  # its decision record: the held call withdrew
+
+        await wait_for(a_withdrew)
+        status, now = await pair.api(pair.b, "GET", f"/api/approvals/{item['id']}")
+        assert status == 200 and now["state"] == "pending"
+        status, _ = await pair.api(pair.a, "POST", f"/api/approvals/{item['id']}/approve", {"comment": "ok"})
+        assert status == 200
+        body = (await asyncio.wait_for(on_b.content.read(), 30)).decode()
+        assert "paid 60.0 to acme-6" in body
+    async with sdk_client(pair.a.mcp, pair.token()) as client:
+        executed = (await client.call_tool("payments__executed_calls", {})).structured_content or {}
+    assert [c for c in executed.get("result") or [] if c["account"] == "acme-6"] == [
+        {"account": "acme-6", "amount": 60.0, "memo": ""}]  # run once
