@@ -24,6 +24,7 @@ from pydantic import (
 
 from gateway.config.addresses import allowed_host, allowed_origin, url_host
 from gateway.config.rules import (
+    approvals_rules,
     credentials_rules,
     enforce,
     identity_rules,
@@ -367,6 +368,7 @@ class Config(Model):
         # Only reached when every field is valid; parse_config runs the same rules on the raw document
         # so that duplicates are reported next to other problems too (gateway/config/rules.py).
         enforce(unique_upstream_rules(self))
+        enforce(approvals_rules(self))
         return self
 
     def upstream(self, name: str) -> UpstreamConfig | None:

@@ -122,6 +122,21 @@ def identity_rules(identity: Any) -> Iterator[Problem]:
         yield ("issuers",), "mode jwt needs at least one issuer"
 
 
+def approvals_rules(config: Any) -> Iterator[Problem]:
+    """approvals.approvers_issuer names one of identity.issuers: tokens of any other issuer cannot approve, so
+    another value (a typo, a trailing slash, anonymous mode) would leave every held call undecidable."""
+    wanted = _get(_get(config, "approvals"), "approvers_issuer")
+    if not isinstance(wanted, str):
+        return
+    identity = _get(config, "identity")
+    issuers = [i for i in (_get(x, "issuer") for x in _items(_get(identity, "issuers"))) if isinstance(i, str)]
+    if _get(identity, "mode", "anonymous") != "jwt" or wanted not in issuers:
+        yield (("approvals", "approvers_issuer"),
+               f"{wanted!r} is not one of identity.issuers ({', '.join(issuers) or 'none'}"
+               f"{'' if _get(identity, 'mode', 'anonymous') == 'jwt' else ', identity.mode is not jwt'}): "
+               "no token could approve")
+
+
 def limit_rule_rules(rule: Any) -> Iterator[Problem]:
     if _get(rule, "burst") is not None and _get(rule, "rate_per_s") is None:
         yield ("burst",), "needs rate_per_s (a burst alone limits nothing)"
@@ -169,6 +184,7 @@ def document_rules(data: Any) -> list[Problem]:
     for name in ("per_principal", "per_tool"):
         problems += _under(("limits", name), limit_rule_rules(_get(limits, name)))
     problems += unique_upstream_rules(data)
+    problems += approvals_rules(data)
     return problems
 
 
