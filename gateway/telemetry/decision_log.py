@@ -35,6 +35,7 @@ log = logging.getLogger("customs.decision_log")
 Redactor = Callable[[Any], Any]
 DEFAULT_REDACT_KEYS = ("password", "secret", "token", "api_key", "apikey", "authorization")
 FLUSH_INTERVAL_S = 0.05  # lines wait at most this long: one write (one thread hop) per batch, not per call
+_FILE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 MAX_BUFFERED_LINES = 100_000  # past this the writer is hopelessly behind: drop and count, never grow unbounded
 
 
@@ -161,7 +162,7 @@ class DecisionLog:
             path = Path(self.config.path)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                self._fd = await asyncio.to_thread(os.open, path, _FILE_FLAGS, 0o640)
             except OSError as exc:  # config check cannot try this (a write): serve refuses with the config key
                 raise ConfigError([f"decision_log.path: {path}: cannot open it for appending "
                                    f"({exc.strerror or exc}: {exc.filename})"], "decision_log") from exc
@@ -247,11 +248,35 @@ class DecisionLog:
 
     def _write(self, chunk: bytes) -> None:
         if self._fd is not None:
+            fd = self._reopened_if_rotated(self._fd)
             view = memoryview(chunk)
             while view:  # a regular file takes the whole O_APPEND write; loop only for the pathological case
-                written = os.write(self._fd, view)
+                written = os.write(fd, view)
                 view = view[written:]
             return
         stream = self._stream or sys.stdout
         stream.write(chunk.decode("utf-8"))
         stream.flush()
+
+    def _reopened_if_rotated(self, fd: int) -> int:
+        """The descriptor for the configured path: logrotate (its default `create` mode) moves the file away or
+        deletes it, and the log would go on writing into the rotated file, or into none, while the path an
+        operator reads stays empty. As logging's WatchedFileHandler: one stat per batch, in this thread."""
+        path = self.config.path
+        assert path is not None  # a file descriptor comes from a path
+        try:
+            now, ours = os.stat(path), os.fstat(fd)
+            if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
+                return fd
+        except FileNotFoundError:
+            pass
+        try:
+            new = os.open(path, _FILE_FLAGS, 0o640)
+        except OSError as exc:  # keep writing where we can rather than lose the records
+            log.warning("decision log %s moved away and cannot be opened again (%s): still writing to the old file",
+                        path, exc.strerror or exc)
+            return fd
+        self._fd = new
+        os.close(fd)
+        log.info("decision log %s was moved away or deleted: reopened", path)
+        return new

@@ -1,0 +1,70 @@
+"""A decision log file moved away or deleted (logrotate's default `create` mode) is reopened at its path.
+
+The log kept writing to the descriptor it opened at start, so after a rotation every later record went into
+the rotated file (or, deleted, into no file at all) while decisions.jsonl stayed empty: the audit trail an
+operator reads at the configured path stopped with no error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.config.model import DecisionLogConfig
+from gateway.telemetry.decision_log import DecisionLog
+
+pytestmark = pytest.mark.asyncio
+
+
+def types(path: Path) -> list[str]:
+    return [json.loads(line)["type"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+async def written(path: Path, lines: int) -> None:
+    """Until the writer thread has put `lines` lines in the file (polling a file, bounded by a deadline)."""
+    async with asyncio.timeout(10):
+        while not path.exists() or len(path.read_bytes().splitlines()) < lines:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_file_moved_away_is_reopened_at_its_path(tmp_path: Path) -> None:
+    path, rotated = tmp_path / "decisions.jsonl", tmp_path / "decisions.jsonl.1"
+    log = DecisionLog(DecisionLogConfig(path=path))
+    await log.start()
+    log.event("before_rotation")
+    await written(path, 1)
+    path.rename(rotated)
+    log.event("after_rotation")
+    await written(path, 1)
+    log.event("later")
+    await log.close()
+    assert types(rotated) == ["before_rotation"]
+    assert types(path) == ["after_rotation", "later"]
+
+
+async def test_a_deleted_file_is_created_again(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(DecisionLogConfig(path=path))
+    await log.start()
+    log.event("first")
+    await written(path, 1)
+    path.unlink()
+    log.event("second")
+    await log.close()
+    assert types(path) == ["second"]
+
+
+async def test_a_truncated_file_is_appended_to_as_before(tmp_path: Path) -> None:
+    # logrotate copytruncate: same file, emptied; O_APPEND writes land at its new end.
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(DecisionLogConfig(path=path))
+    await log.start()
+    log.event("first")
+    await written(path, 1)
+    path.write_bytes(b"")
+    log.event("second")
+    await log.close()
+    assert types(path) == ["second"]
