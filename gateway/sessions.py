@@ -26,7 +26,7 @@ from gateway.catalog import Catalog, exposed_uri
 from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, Message, Upstream, UpstreamSession
-from gateway.transport.common import id_key
+from gateway.transport.common import id_key, progress_token
 
 log = logging.getLogger("customs.sessions")
 REPLAY_EVENTS = 256
@@ -53,6 +53,7 @@ class ServerRequestRoute:
     session: UpstreamSession
     upstream_id: Any
     origin: object = None  # the call it was sent on behalf of (router.Inbound); None: the session's
+    progress_token: Any = None  # its `_meta.progressToken`: the agent's progress on it goes to this upstream only
 
 
 @dataclass
@@ -311,7 +312,8 @@ async def route_server_message(session: Session, upstream: str, message: Message
         gateway_id = session.next_server_request_id()
         if len(session.server_requests) >= MAX_SERVER_REQUESTS:
             await _give_up(session, next(iter(session.server_requests)))
-        session.server_requests[gateway_id] = ServerRequestRoute(upstream, upstream_session, message["id"], origin)
+        session.server_requests[gateway_id] = ServerRequestRoute(upstream, upstream_session, message["id"], origin,
+                                                                 progress_token(message))
         message = {**message, "id": gateway_id}
     elif method == "notifications/tools/list_changed":
         catalog.invalidate(upstream)
@@ -359,6 +361,18 @@ def _cancel_for_client(session: Session, upstream: str, message: Message) -> Mes
             del session.server_requests[gateway_id]  # an answer after this is not awaited upstream
             return {**message, "params": {**params, "requestId": gateway_id}}
     return None
+
+
+def notified_upstreams(session: Session, message: Message) -> list[UpstreamSession]:
+    """The upstream sessions an agent's notification goes to: all of them (roots changed, …), except that
+    progress on a server→client request is only for the upstream that sent that request (no other
+    upstream learns of it; none at all when no such request is awaited)."""
+    if message.get("method") != "notifications/progress":
+        return list(session.upstreams.values())
+    params = message.get("params")
+    token = params.get("progressToken") if isinstance(params, dict) else None
+    routes = [r for r in session.server_requests.values() if token is not None and r.progress_token == token]
+    return list({id(r.session): r.session for r in routes}.values())
 
 
 def drop_server_requests(session: Session, origin: object) -> None:

@@ -43,7 +43,7 @@ from gateway.http.versions import (
 from gateway.identity import reject_query_token
 from gateway.pipeline import Identifier
 from gateway.router import SERVER_INFO, Inbound, Router
-from gateway.sessions import Session, SessionManager, drop_server_requests
+from gateway.sessions import Session, SessionManager, drop_server_requests, notified_upstreams
 
 log = logging.getLogger("customs.http")
 
@@ -229,7 +229,7 @@ class McpEndpoint:
             if task is not None:
                 task.cancel()
             return
-        for upstream_session in list(session.upstreams.values()):
+        for upstream_session in notified_upstreams(session, message.body):
             with contextlib.suppress(GatewayError):
                 await upstream_session.notify(message.body)
 
