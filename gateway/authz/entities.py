@@ -209,8 +209,16 @@ def _uid(kind: str, ident: str) -> dict[str, str]:
 
 
 def agent_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
-    """Principal/actor attributes (from claims or the agent registry) as Cedar attributes."""
+    """Principal/actor attributes (from claims or the agent registry) as Cedar attributes.
+
+    Lists become Sets of every item, not the first `Bounds.max_items` as arguments do: a forbid on
+    membership (`principal.roles.contains("contractor")`) must not miss an item listed late."""
     record, _ = convert_args(attributes)
+    for name, value in attributes.items():
+        # Claims give lists of strings only (identity/chain.py); others (a policy test's inline attributes)
+        # convert like arguments.
+        if isinstance(value, list | tuple | set | frozenset) and all(isinstance(item, str) for item in value):
+            record[name] = sorted(set(value))
     groups = attributes.get("groups")
     if isinstance(groups, list | tuple | set | frozenset):
         record["groups"] = sorted({str(g) for g in groups})

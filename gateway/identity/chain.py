@@ -18,7 +18,6 @@ from gateway.identity.spiffe import InvalidSpiffeId, is_spiffe_uri, validate_spi
 DEFAULT_CLAIMS: Mapping[str, str] = {name: name for name in ("tenant", "owner", "groups", "environment",
                                                               "clearance")}
 MAX_ID_LENGTH = 2048
-MAX_LIST_ITEMS = 256
 
 
 class ChainError(ValueError):
@@ -51,7 +50,9 @@ def _attribute_value(attribute: str, value: Any) -> Any:
     if isinstance(value, bool | int):
         return None if attribute == "groups" else value
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return [item for item in value if item][:MAX_LIST_ITEMS] or None
+        # Every item, never the first N: a forbid on membership must see a group listed late. The token's own
+        # size bound (16 KiB) bounds the list.
+        return [item for item in value if item] or None
     return None
 
 

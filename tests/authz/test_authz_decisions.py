@@ -18,6 +18,7 @@ from gateway.authz.stage import AuthorizeStage
 from gateway.config.model import PoliciesConfig
 from gateway.context import Actor, ApprovalState, Decision
 from gateway.errors import GatewayError
+from gateway.identity.chain import claim_mapping, map_claims
 
 READER = agent("spiffe://customs.demo/agent/reader")
 CLEARED = agent("spiffe://customs.demo/agent/analyst", clearance="restricted")
@@ -104,6 +105,30 @@ async def test_a_released_call_is_rechecked_at_the_time_it_runs(engine_factory: 
     assert approved and facts.when().isoweekday() != weekday
     replayed = decide(engine.policies, principal, action, tool, facts, granted=approved)  # type: ignore[arg-type]
     assert replayed.outcome == "deny"
+
+
+def test_a_forbid_sees_every_group_and_listed_role_of_the_token(engine_factory: Callable[..., PolicyEngine],
+                                                                 policy_dir: Path) -> None:
+    """Claim lists were cut silently: groups after the 256th at identify, any other list attribute after the
+    64th when the entity was built, so a forbid on membership (`principal.groups.contains("contractors")`) let
+    through a member listed late, as directory groups often are. The token's 16 KiB bound already bounds them."""
+    schema = policy_dir / "schema.cedarschema"
+    schema.write_text(schema.read_text().replace("  groups?: Set<String>,\n};", "  groups?: Set<String>,\n"
+                                                 "  roles?: Set<String>,\n};", 1))
+    (policy_dir / "members.cedar").write_text(
+        '@id("no-contractors")\nforbid (principal, action, resource)\n'
+        'when { (principal has groups && principal.groups.contains("contractors")) ||\n'
+        '       (principal has roles && principal.roles.contains("contractor")) };\n')
+    engine = engine_factory(policy_dir)
+    mapping = claim_mapping({"roles": "roles"})
+    claims = {"tenant": "acme", "groups": [f"g{i}" for i in range(300)] + ["contractors"],
+              "roles": [f"r{i}" for i in range(100)] + ["contractor"]}
+    for kept in ("groups", "roles"):
+        attributes = map_claims({**claims, ("roles" if kept == "groups" else "groups"): []}, mapping)
+        member = agent("spiffe://customs.demo/agent/temp", **attributes)
+        decision = engine.decide(member, "call_tool", TOOLS["inventory/get_stock"],
+                                 call(member, "inventory/get_stock"))
+        assert (decision.outcome, decision.policy_ids) == ("deny", ("no-contractors",)), kept
 
 
 def test_an_evaluation_error_is_a_deny_naming_the_policy(engine_factory: Callable[..., PolicyEngine],
