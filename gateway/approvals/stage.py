@@ -194,7 +194,8 @@ class ApproveStage:
             async with self._store.hold(item.id):
                 return await self._wait_loop(ctx, item, cancelled)
         except _GoneAway as exc:
-            await self._store.withdraw(item.id, actor=ctx.principal.id)
+            with contextlib.suppress(ApprovalNotFound):  # an item the store lost has nothing left to withdraw
+                await self._store.withdraw(item.id, actor=ctx.principal.id)
             raise GatewayError("approval_cancelled", data={"approval_id": item.id}) from exc.__cause__
         except ApprovalNotFound as exc:
             # The store lost the item while the call was held (Redis restarted without persistence): there is
