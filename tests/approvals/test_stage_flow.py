@@ -296,3 +296,15 @@ async def test_one_of_two_identical_held_calls_going_away_leaves_the_other_held(
     with pytest.raises(asyncio.CancelledError):
         await held_alone
     assert (await b.get(alone.extra["approval_id"])).state == "cancelled"
+
+
+@pytest.mark.parametrize("kit", ["memory"], indirect=True)
+async def test_a_client_going_away_after_the_store_lost_its_item_is_answered_cancelled(store: Any) -> None:
+    ctx = call_context(notify=Sink())
+    held = asyncio.create_task(ApproveStage(store, ApprovalsConfig())(ctx))
+    item = await _pending(store)
+    del store._items[item.id]  # lost, as by a Redis restarted without persistence
+    ctx.cancelled.set()
+    with pytest.raises(GatewayError) as info:
+        await asyncio.wait_for(held, 10)
+    assert info.value.reason == "approval_cancelled"
