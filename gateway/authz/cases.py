@@ -67,10 +67,11 @@ def principal_from_claims(claims: dict[str, Any], mapping: dict[str, str] | None
     try:
         ident = actor_id(subject)
         chain = build_chain(claims.get("act"), mapping, {})
+        attributes = map_claims(claims, mapping)
     except ChainError as exc:
         raise CaseError(f"{where}: {exc}") from exc
     return Principal(id=ident, issuer=str(claims.get("iss", "cli")), subject=ident,
-                     attributes=map_claims(claims, mapping), chain=chain)
+                     attributes=attributes, chain=chain)
 
 
 def _is_claims(spec: Any) -> bool:

@@ -56,11 +56,31 @@ def _attribute_value(attribute: str, value: Any) -> Any:
     return None
 
 
+# The contract's single-valued attributes (docs/policies.md: Strings; a schema may make one a Long or Bool).
+SCALAR_ATTRIBUTES = frozenset({"tenant", "owner", "environment", "clearance", "trust"})
+_JSON_KINDS = {float: "a fractional number", list: "a list", dict: "an object"}
+
+
+def _check_contract_type(attribute: str, claim: str, value: Any) -> None:
+    """A contract attribute that no policy can have been written for is refused, not kept or left out: a
+    multi-valued `trust: ["low"]` becomes a Set, and `principal.trust == "low"` is merely false on it (as on
+    a trust left out), so a forbid would not fire; a mixed groups list would hide its strings the same way."""
+    if attribute == "groups":
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise ChainError(f"claim {claim!r} (attribute groups) must be a string or a list of strings")
+    elif attribute in SCALAR_ATTRIBUTES and isinstance(value, float | list | dict):
+        raise ChainError(f"claim {claim!r} (attribute {attribute}) must be a single value (a string), "
+                         f"got {_JSON_KINDS[type(value)] if type(value) in _JSON_KINDS else 'an object'}")
+
+
 def map_claims(claims: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
-    """Principal attributes from token claims (absent or non-plain claims are left out)."""
+    """Principal attributes from token claims (absent claims, and non-plain ones of attributes outside the
+    contract, are left out; a contract attribute of another type is a ChainError)."""
     attributes: dict[str, Any] = {}
     for attribute, claim in mapping.items():
-        value = _attribute_value(attribute, _lookup(claims, claim))
+        raw = _lookup(claims, claim)
+        _check_contract_type(attribute, claim, raw)
+        value = _attribute_value(attribute, raw)
         if value is not None:
             attributes[attribute] = value
     return attributes

@@ -141,3 +141,10 @@ def test_cases_outside_a_policy_directory_say_how_to_name_one(tmp_path: Path) ->
     assert "--policies DIR" in result.stderr and "`policies:`" in result.stderr, result.stderr
     given = customs("policy", "test", cases, "--policies", tmp_path)
     assert given.returncode == 2 and "--policies DIR" not in given.stderr
+
+
+def test_explain_refuses_a_multi_valued_contract_claim_as_the_gateway_does() -> None:
+    result = customs("policy", "explain", "--policies", SHIPPED, "--principal-claims",
+                     '{"sub": "a", "tenant": ["acme"]}', "--tool", "inventory/get_stock")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "claim 'tenant' (attribute tenant) must be a single value (a string), got a list" in result.stderr

@@ -120,10 +120,28 @@ async def test_claims_mapping(issuer: TestIssuer, make_identifier: MakeIdentifie
 
 
 async def test_non_plain_claim_values_are_left_out(issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
-    identifier = await make_identifier(issuer.config())
-    token = issuer.mint(SHOPPER, aud=AUDIENCE, claims={"tenant": {"id": "acme"}, "owner": 1.5,
-                                                       "groups": [1, 2], "environment": "dev"})
+    identifier = await make_identifier(issuer.config(claims={"level": "level", "tags": "tags"}))
+    token = issuer.mint(SHOPPER, aud=AUDIENCE, claims={"level": {"id": 1}, "tags": [1, 2], "environment": "dev"})
     assert (await identifier.identify(bearer(token), None)).attributes == {"environment": "dev"}
+
+
+@pytest.mark.parametrize(("claims", "problem"), [
+    ({"trust": ["low"]}, "claim 'trust' (attribute trust) must be a single value (a string), got a list"),
+    ({"trust": {"level": "low"}}, "claim 'trust' (attribute trust) must be a single value (a string), got an object"),
+    ({"owner": 1.5}, "claim 'owner' (attribute owner) must be a single value (a string), got a fractional number"),
+    ({"groups": ["ops", 5]}, "claim 'groups' (attribute groups) must be a string or a list of strings"),
+    ({"act": {"sub": "spiffe://acme.test/agent/b", "trust": ["low"]}},
+     "claim 'trust' (attribute trust) must be a single value (a string), got a list"),
+], ids=["list", "object", "fraction", "mixed-groups", "actor"])
+async def test_a_contract_attribute_of_another_type_is_refused(issuer: TestIssuer, make_identifier: MakeIdentifier,
+                                                               claims: dict[str, object], problem: str) -> None:
+    """The contract's attributes are Strings (groups a Set of them). A multi-valued IdP attribute (`trust:
+    ["low"]`) became a Set, and `principal.trust == "low"` is merely false on it, so the shipped forbid
+    low-trust-read-only let a low-trust agent write; an object was left out, as absent, with the same effect,
+    and a mixed groups list hid "contractors" from a forbid on membership. Such a token is refused."""
+    identifier = await make_identifier(issuer.config(claims={"trust": "trust"}))
+    message = await rejected(identifier, issuer.mint(SHOPPER, aud=AUDIENCE, tenant="acme", claims=claims))
+    assert message == f"Invalid token: {problem}"
 
 
 async def test_principal_without_claims_falls_back_to_registry(issuer: TestIssuer,
