@@ -81,6 +81,13 @@ if ARGV[6] == 'denied' then
   finish(ARGV[2], 'denied', ARGV[3], tonumber(ARGV[4]))
 elseif redis.call('HINCRBY', key, 'approvals', 1) >= tonumber(f[3]) then
   redis.call('HSET', key, 'state', 'approved', 'decided_at', ARGV[3])
+  -- The approval is usable until use_until: the link lapses then, so replicas that do not read use_until agree.
+  local uu = redis.call('HGET', key, 'use_until')
+  local link = P .. 'key:' .. (redis.call('HGET', key, 'key') or '')
+  if uu and redis.call('GET', link) == ARGV[2] then
+    local ms = math.floor((tonumber(uu) - tonumber(ARGV[3])) * 1000)
+    if ms > 0 then redis.call('PEXPIRE', link, ms) else redis.call('DEL', link) end
+  end
   redis.call('PEXPIRE', key, tonumber(ARGV[4]))
   redis.call('PEXPIRE', P .. 'voters:' .. ARGV[2], tonumber(ARGV[4]))
   redis.call('ZREM', P .. 'pending', ARGV[2])

@@ -219,3 +219,14 @@ async def test_history_index_forgets_items_that_aged_out(redis_factory: Callable
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_an_approval_shortens_its_binding_link_to_the_use_window(replicas, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    """Links live as long as their items (a late retry learns a denial), but an approved item's link lapses when
+    the approval may no longer be used, so replicas that do not read `use_until` keep that window too."""
+    _, a, _ = replicas
+    item, _ = await a.create_or_join(draft(clock), link_s=1.0)
+    link = "t:approvals:key:" + item.key
+    assert await a._client.pttl(link) > 3600_000  # pending: as long as the item may be kept
+    await a.decide(item.id, "alice", "approved", None)
+    assert 0 < await a._client.pttl(link) <= 1000
