@@ -209,8 +209,9 @@ class McpEndpoint:
     async def _one_way(self, session: Session, message: jsonrpc.Message, principal: Principal | None) -> None:
         if message.kind == "response":
             route = session.server_requests.pop(str(message.id), None)
-            if route is not None:
-                await route.session.respond({**message.body, "id": route.upstream_id})
+            if route is not None:  # taken (202) even if passing it on fails, as notifications are (below)
+                with contextlib.suppress(GatewayError):
+                    await route.session.respond({**message.body, "id": route.upstream_id})
             return
         method = message.method
         if method == "notifications/initialized":
