@@ -80,6 +80,11 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     # after start, a JWKS URL or Redis that is slow to answer) would kill it. Remember it; reload once up.
     hup_while_starting = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, hup_while_starting.set)
+    # SIGTERM/SIGINT while starting (a JWKS URL, Redis or stdio children can take seconds) would end it with the
+    # signal's default (-15, or a KeyboardInterrupt): remember it, and stop cleanly (exit 0) as soon as it listens.
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     log_filter = install_log_redaction(Redactor(config.secrets))  # no secret reaches a log line, whoever logs it
     tls = ssl_context(config)  # before anything starts: unusable TLS files refuse start-up (ConfigError)
     app = await create_app(config)
@@ -110,7 +115,6 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     # stdout carries the decision log by default: keep it JSON lines only, the banner goes to stderr then.
     banner = sys.stderr if config.decision_log.path is None else sys.stdout
     print(f"customs: listening on {url}  (agents connect to {agents}/mcp)", file=banner, flush=True)
-    stop = stop or asyncio.Event()
     gateway = app[GATEWAY]
     # A SIGHUP compares the file with the file as it was read, not with --host/--port applied to it.
     _handle_signals(loop, stop, lambda: asyncio.ensure_future(gateway.parts.reload(config_path, file_config or config)),
