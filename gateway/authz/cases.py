@@ -316,6 +316,8 @@ def load_cases(path: Path) -> dict[str, Any]:
     mapping(doc.get("principals"), str(path), "principals (name: principal)")
     for name, labels in mapping(doc.get("tools"), str(path), "tools (upstream/tool: labels)").items():
         mapping(labels, str(path), f"the labels of tools[{name!r}]")
+        if not isinstance(name, str) or "/" not in name:  # no case could name it: its labels would apply nowhere
+            raise CaseError(f"{path}: tools: {name!r} must be 'upstream/tool', as a case's tool: names it")
     claims = doc.get("claims") or {}
     if not isinstance(claims, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in claims.items()):
         raise CaseError(f"{path}: claims must map attribute names to claim names (as issuers[].claims)")

@@ -217,3 +217,13 @@ def test_approved_and_expect_errors_must_be_booleans(tmp_path: Path) -> None:
         result = case(extra)
         assert result.returncode == 2 and "cases[0]" in result.stderr and problem in result.stderr, \
             (extra, result.stdout, result.stderr)
+
+
+def test_a_tools_key_that_names_no_upstream_tool_exits_2(tmp_path: Path) -> None:
+    """`tools: {set_stock: {...}}` (no upstream) labelled nothing any case can name, so its cases ran on the MCP
+    defaults and passed or failed for the wrong reason; a key must be `upstream/tool` as a case's `tool:` is."""
+    result = policy_test(tmp_path, "tools:\n  set_stock: {read_only: true}\ncases:\n"
+                         "  - {name: x, principal: {sub: a, tenant: acme}, tool: inventory/set_stock,"
+                         " expect: approval_required}\n")
+    assert result.returncode == 2, result.stdout
+    assert "tools: 'set_stock' must be 'upstream/tool'" in result.stderr, result.stderr
