@@ -129,9 +129,9 @@ _ITEM_DEFAULTS: dict[str, Any] = {"read_only": True, "destructive": False, "open
 def tool_from(name: Any, overrides: Any, tools: dict[str, Any], where: str, action: str = "call_tool") -> ToolInfo:
     """A ToolInfo for `upstream/tool`, labelled from the file's `tools` map and the case's own overrides;
     for `get_prompt` and `read_resource` the unlabelled defaults are a prompt's or resource's."""
-    if not isinstance(name, str) or "/" not in name:
+    upstream, _, tool = name.partition("/") if isinstance(name, str) else ("", "", "")
+    if not upstream or not tool:
         raise CaseError(f"{where}: tool must be 'upstream/tool', got {name!r}")
-    upstream, _, tool = name.partition("/")
     labels = {**mapping(tools.get(name), where, f"the labels of tools[{name!r}]"),
               **mapping(overrides, where, "labels")}
     unknown = set(labels) - _TOOL_FIELDS
@@ -316,7 +316,7 @@ def load_cases(path: Path) -> dict[str, Any]:
     mapping(doc.get("principals"), str(path), "principals (name: principal)")
     for name, labels in mapping(doc.get("tools"), str(path), "tools (upstream/tool: labels)").items():
         mapping(labels, str(path), f"the labels of tools[{name!r}]")
-        if not isinstance(name, str) or "/" not in name:  # no case could name it: its labels would apply nowhere
+        if not isinstance(name, str) or not all(name.partition("/")[::2]):  # no case could name it: labels nowhere
             raise CaseError(f"{path}: tools: {name!r} must be 'upstream/tool', as a case's tool: names it")
     claims = doc.get("claims") or {}
     if not isinstance(claims, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in claims.items()):

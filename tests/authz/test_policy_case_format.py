@@ -227,3 +227,7 @@ def test_a_tools_key_that_names_no_upstream_tool_exits_2(tmp_path: Path) -> None
                          " expect: approval_required}\n")
     assert result.returncode == 2, result.stdout
     assert "tools: 'set_stock' must be 'upstream/tool'" in result.stderr, result.stderr
+    for tool in ("/set_stock", "inventory/"):  # an empty upstream or tool is no tool either
+        result = policy_test(tmp_path, f"cases:\n  - {{name: x, principal: {{sub: a, tenant: acme}}, tool: {tool},"
+                             " expect: deny}\n")
+        assert result.returncode == 2 and f"tool must be 'upstream/tool', got {tool!r}" in result.stderr, tool
