@@ -79,10 +79,17 @@ async def test_the_api_lists_the_calls_a_person_may_decide_behind_newer_ones_the
         return Decision("allow" if approval.tool == "docs" else "deny", ("docs-team",))
 
     clock = Clock()
+    done, _ = await store.create_or_join(draft(clock, {"done": True}, tool="docs"), link_s=1800)
+    await store.cancel(done.id)
+    clock.advance(0.001)
     mine, _ = await store.create_or_join(draft(clock, tool="docs"), link_s=1800)
     for n in range(5):
         clock.advance(0.001)
         await store.create_or_join(draft(clock, {"n": n}), link_s=1800)
+    for n in range(210):  # decided calls of others, newer than this person's
+        clock.advance(0.001)
+        other, _ = await store.create_or_join(draft(clock, {"decided": n}), link_s=1800)
+        await store.cancel(other.id)
     app = web.Application()
     app.add_routes(approval_routes(store, identifier, only_docs))
     try:
@@ -92,5 +99,8 @@ async def test_the_api_lists_the_calls_a_person_may_decide_behind_newer_ones_the
                 async with http.get(f"{url.rstrip('/')}/api/approvals{query}", headers=headers) as resp:
                     assert resp.status == 200
                     assert [i["id"] for i in (await resp.json())["items"]] == [mine.id]
+            async with http.get(f"{url.rstrip('/')}/approvals/fragment", headers=headers) as resp:
+                page = await resp.text()
+            assert f'data-approval-id="{mine.id}"' in page and f'id="h-{done.id}"' in page  # the page's history too
     finally:
         await identifier.close()
