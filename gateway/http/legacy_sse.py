@@ -76,6 +76,8 @@ class LegacySseEndpoint:
             principal = await self._mcp._identify(request)
             identified = time.time_ns()
             session_id = request.query.get("session_id", "")
+            if not session_id:  # as POST /mcp without Mcp-Session-Id (and the SDK's own SSE server: 400)
+                raise GatewayError("session_required", "session_id query parameter required")
             session = self._mcp.sessions.get_legacy(session_id, principal)
             message = jsonrpc.parse(await read_body(request, self._mcp.max_body_bytes, self._mcp.body_timeout_s),
                                     max_depth=self._mcp.max_json_depth)

@@ -78,3 +78,15 @@ async def test_messages_refuses_an_id_in_flight(env: tuple[Any, FeatureState]) -
             if len(answers) == 2:
                 break
         assert answers == {5: "A", 6: "B"}
+
+
+@pytest.mark.parametrize("query", ["", "?session_id=", "?other=1"])
+async def test_messages_without_a_session_id_is_session_required(env: tuple[Any, FeatureState], query: str) -> None:
+    # As POST /mcp without Mcp-Session-Id (and the SDK's own SSE server: 400 "session_id is required"); it was
+    # the 404 of an unknown session.
+    gw, _ = env
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gw.url}/messages{query}", json=call(2, "A"), headers=JSON) as resp:
+            body = await resp.json()
+    assert resp.status == 400 and body["error"]["data"]["reason"] == "session_required", body
+    assert "session_id" in body["error"]["message"]
