@@ -22,6 +22,7 @@ import cedarpy
 
 from gateway.authz.argnames import unknown_args
 from gateway.authz.argtypes import Type, context_types
+from gateway.authz.timelits import time_problems
 
 log = logging.getLogger("customs.authz")
 
@@ -294,6 +295,7 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
             problems.append(f"{where}: policy {name!r}: {rename_ids(error.error, by_internal)}")
         est = json.loads(cedarpy.policies_to_json_str(text))
         problems.extend(unknown_args(est, schema, files, by_internal, str(directory)))
+        problems.extend(time_problems(est, files, by_internal, str(directory)))
     if problems or schema is None or schema_text is None:
         raise PolicyLoadError(source, problems)
     types = context_types(schema)
