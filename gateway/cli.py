@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +36,17 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Before the start-up's imports and checks (most of its time, before any event loop): a SIGHUP or SIGTERM
+    # then would take its default action and end the process. Noted here, acted on once the loop runs.
+    args.early_signals = early = set[int]()
+
+    def note(signum: int, _frame: object) -> None:
+        early.add(signum)
+        if signum != signal.SIGHUP:  # a second stop (a start-up that seems stuck) acts at once, as by default
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, note)
     from gateway.serve import serve_command
     return serve_command(args)
 

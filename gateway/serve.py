@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ def setup_logging(level: str) -> None:
 
 async def run(config: Config, *, config_path: Path | None = None, file_config: Config | None = None,
               on_ready: Callable[[str], Awaitable[None] | None] | None = None,
-              stop: asyncio.Event | None = None) -> int:
+              stop: asyncio.Event | None = None, early_signals: Collection[int] = ()) -> int:
     from gateway.app import create_app, serving_runner
     from gateway.credentials.redaction import Redactor, install_log_redaction
     loop = asyncio.get_running_loop()
@@ -83,8 +83,16 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     # SIGTERM/SIGINT while starting (a JWKS URL, Redis or stdio children can take seconds) would end it with the
     # signal's default (-15, or a KeyboardInterrupt): remember it, and stop cleanly (exit 0) as soon as it listens.
     stop = stop or asyncio.Event()
+
+    def stop_while_starting(sig: signal.Signals) -> None:
+        stop.set()
+        loop.remove_signal_handler(sig)  # a second one (a start-up that seems stuck) acts at once, as by default
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_while_starting, sig)
+    # Those that came before the loop's handlers (serve_command's checks): early_signals, noted by the CLI.
+    for signum in early_signals:
+        (hup_while_starting if signum == signal.SIGHUP else stop).set()
     log_filter = install_log_redaction(Redactor(config.secrets))  # no secret reaches a log line, whoever logs it
     tls = ssl_context(config)  # before anything starts: unusable TLS files refuse start-up (ConfigError)
     app = await create_app(config)
@@ -186,7 +194,8 @@ def serve_command(args: argparse.Namespace) -> int:
         preflight(config, str(args.config or "embedded defaults"))
         for warning in [*policy_warnings(config), *exposure_warnings(config)]:
             log.warning("%s", warning)
-        return asyncio.run(run(config, config_path=args.config, file_config=file_config))
+        return asyncio.run(run(config, config_path=args.config, file_config=file_config,
+                               early_signals=getattr(args, "early_signals", ())))
     except ConfigError as exc:
         print(f"customs: {exc.report('refusing to start')}", file=sys.stderr)
         return 2

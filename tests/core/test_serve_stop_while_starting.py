@@ -1,4 +1,5 @@
-"""SIGTERM (or Ctrl-C) that arrives while `customs serve` is still starting ends it with exit 0, as once it listens.
+"""SIGTERM (or Ctrl-C) that arrives while `customs serve` is still starting ends it with exit 0, as once it listens,
+and a SIGHUP then does not end it at all (it reloads once the gateway listens).
 
 Start-up can take seconds (a JWKS URL fetched with a 5 s timeout, stdio children initializing, Redis pinged);
 a container stopped or a deploy rolled back in that window got the signal's default action, exit -15.
@@ -7,6 +8,8 @@ a container stopped or a deploy rolled back in that window got the signal's defa
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +19,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.conftest import free_port, with_port
+from tests.conftest import _wait_for_line, free_port, with_port
 from tests.support.servers import run_aiohttp
 from tests.support.tokens import TestIssuer
 
@@ -58,3 +61,42 @@ async def test_a_stop_signal_during_start_up_exits_0(tmp_path: Path, permissive_
                 proc.wait()
     assert code == 0, log.read_text()
     assert "stopped" in log.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+async def test_a_signal_during_the_start_up_checks_does_not_kill_it(tmp_path: Path, permissive_policies: Path,
+                                                                     sig: signal.Signals) -> None:
+    # The checks before the event loop (config check's, policies parsed) are most of a start-up: the policy
+    # schema is a FIFO here, so the gateway is known to be inside them when the signal is sent.
+    policies = tmp_path / "fifo-policies"
+    shutil.copytree(permissive_policies, policies)
+    schema = policies / "schema.cedarschema"
+    text = schema.read_text()
+    schema.unlink()
+    os.mkfifo(schema)
+    config = tmp_path / "customs.yaml"
+    config.write_text(yaml.safe_dump(with_port({
+        "upstreams": [{"name": "a", "url": "http://127.0.0.1:1/mcp"}],
+        "policies": {"dir": str(policies), "watch": False}}, free_port())))
+    log = tmp_path / "gw.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        with schema.open("w") as writer:  # returns once the start-up checks opened the schema
+            proc.send_signal(sig)
+            writer.write(text)
+        # Every later read (the engine's load, the reload) finds a plain file; the checks read the FIFO to its end.
+        plain = policies / "schema.tmp"
+        plain.write_text(text)
+        os.replace(plain, schema)
+        if sig == signal.SIGHUP:
+            await _wait_for_line(log, "SIGHUP arrived while starting: reloading now", proc, 30)
+            assert proc.poll() is None, log.read_text()
+            proc.terminate()
+        code = await asyncio.to_thread(proc.wait, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, log.read_text()
