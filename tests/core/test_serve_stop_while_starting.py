@@ -63,6 +63,21 @@ async def test_a_stop_signal_during_start_up_exits_0(tmp_path: Path, permissive_
     assert "stopped" in log.read_text()
 
 
+async def _open_when_read(fifo: Path, proc: subprocess.Popen[bytes]) -> int:
+    """The FIFO's write end, once the gateway has opened it to read (polled: a blocking open would hang the test
+    if the gateway never got there), bounded by a deadline."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while no reader has it open
+            except OSError:
+                assert proc.poll() is None, "the gateway exited before reading its policies"
+                await asyncio.sleep(0.01)
+                continue
+            os.set_blocking(fd, True)
+            return fd
+
+
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
 async def test_a_signal_during_the_start_up_checks_does_not_kill_it(tmp_path: Path, permissive_policies: Path,
                                                                      sig: signal.Signals) -> None:
@@ -83,8 +98,9 @@ async def test_a_signal_during_the_start_up_checks_does_not_kill_it(tmp_path: Pa
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        with schema.open("w") as writer:  # returns once the start-up checks opened the schema
-            proc.send_signal(sig)
+        fd = await _open_when_read(schema, proc)  # the start-up checks are reading the schema now
+        proc.send_signal(sig)
+        with os.fdopen(fd, "w") as writer:
             writer.write(text)
         # Every later read (the engine's load, the reload) finds a plain file; the checks read the FIFO to its end.
         plain = policies / "schema.tmp"
