@@ -101,8 +101,12 @@ class McpEndpoint:
             if not json_ok:
                 raise GatewayError("not_acceptable")
             started = time.time_ns()
-            principal = await self._identify(request, view)
-            identified = time.time_ns()
+            try:
+                principal = await self._identify(request, view)
+            finally:  # refused tokens too: a slow JWKS fetch shows in identify's duration either way
+                identified = time.time_ns()
+                if self.observability is not None:
+                    self.observability.identified(identified - started)
             body = await read_body(request, self.max_body_bytes, self.body_timeout_s)
             message = jsonrpc.parse(body, max_depth=self.max_json_depth)
             request_id = message.id if message.kind == "request" else None

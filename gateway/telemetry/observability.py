@@ -220,6 +220,10 @@ class Observability:
         identify = (identify_ns, who) if identify_ns is not None and who is not None else None
         return _RequestBlock(self, method, target, started, span, identify)
 
+    def identified(self, duration_ns: int) -> None:
+        """identify of one POSTed message took `duration_ns` (a refusal too): the stage-duration metric's `identify`."""
+        self.metrics.stage_duration("identify", duration_ns / 1e9)
+
     def _server_metric(self, method: str, target: str | None, error: BaseException | None, seconds: float,
                        tool_error: bool = False) -> None:
         attrs: dict[str, Any] = {}

@@ -25,6 +25,7 @@ from tests.conftest import RunningGateway
 from tests.support.mcp_client import sdk_client
 from tests.support.otlp import OtlpReceiver
 from tests.support.servers import run_http_server
+from tests.support.tokens import TestIssuer
 
 StartGateway = Callable[[dict[str, Any]], Awaitable[RunningGateway]]
 
@@ -66,3 +67,25 @@ async def test_the_routers_own_upstream_requests_are_timed(otlp: OtlpReceiver, s
     assert len(failed) == 1, failed
     assert 'error_type="-32603"' in failed[0] and 'rpc_response_status_code="-32603"' in failed[0], failed
     assert len(series(text, "prompts/list", "inventory")) == 1
+
+
+async def test_identify_is_a_timed_stage_refusals_included(start_gateway: StartGateway, permissive_policies: Path,
+                                                           tmp_path: Path) -> None:
+    # Issue 6 asks for latency per stage; identify (token checks, a JWKS fetch) is the first of them.
+    issuer = TestIssuer(tmp_path)
+    async with run_http_server(inventory_server()) as inventory:
+        gateway = await start_gateway({
+            "upstreams": [{"name": "inventory", "url": inventory}],
+            "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+            "policies": {"dir": str(permissive_policies)},
+        })
+        body = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        headers = {"Accept": "application/json, text/event-stream", "Authorization": "Bearer not-a-token"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gateway.mcp, json=body, headers=headers) as refused:
+                assert refused.status == 401
+            async with http.get(f"{gateway.url}/metrics") as resp:
+                text = await resp.text()
+    counts = [line for line in text.splitlines()
+              if line.startswith("customs_stage_duration_seconds_count{") and 'stage="identify"' in line]
+    assert len(counts) == 1 and counts[0].endswith(" 1.0"), counts
