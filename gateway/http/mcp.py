@@ -29,7 +29,7 @@ from gateway.context import Principal
 from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, UpstreamErrorResponse, forget_traceback, to_wire
 from gateway.http.batch import BATCH_VERSION, answer_batch
 from gateway.http.guards import accepts, error_response, read_body, require_json
-from gateway.http.resumable import Disconnects
+from gateway.http.resumable import Disconnects, Withdrawal
 from gateway.http.session_stream import SessionStreams
 from gateway.http.streams import ClientGone, ResponseChannel
 from gateway.http.versions import (
@@ -387,26 +387,6 @@ class McpEndpoint:
             return error_response(exc)
         await self.sessions.end(session)
         return web.Response(status=200)
-
-
-class Withdrawal:
-    """A handle on the task answering one request: `cancel()` withdraws the call, not the HTTP request."""
-
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
-        assert task is not None, "handlers run in a task"
-        self.task = task
-        self.requested = False
-
-    def cancel(self) -> None:
-        # From inside the call itself (say, it ended its own session) there is nothing to withdraw: it is
-        # finishing, and a cancellation it raised into itself would land after the answer was chosen.
-        if not self.requested and asyncio.current_task() is not self.task:
-            self.requested = True
-            self.task.cancel()
-
-    def absorb(self) -> None:
-        """The withdrawal was handled: the task goes on (to answer request_cancelled) as if never cancelled."""
-        self.task.uncancel()
 
 
 def _dumps(value: Any) -> str:

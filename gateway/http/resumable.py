@@ -1,4 +1,4 @@
-"""Calls that outlive their POST connection: a dropped resumable stream does not withdraw its call.
+"""A call's life apart from its POST connection: a dropped resumable stream does not withdraw it, a request does.
 
 Streamable HTTP (2025-03-26 … 2025-11-25, "Sending Messages to the Server"): "Disconnection SHOULD NOT
 be interpreted as the client cancelling its request. To cancel, the client SHOULD explicitly send an
@@ -12,7 +12,7 @@ pending, or a stream that carried only keep-alive comments), a call held for app
 sees `gone` and withdraws it, docs/approvals.md), and calls this module does not watch (batches, and
 stateless 2026-07-28 calls: that revision cancels by closing the stream). A detached call stays in
 `session.inflight`, so `notifications/cancelled`, the session's end (DELETE, expiry) and shutdown still
-end it.
+end it, through its `Withdrawal`.
 
 How: the gateway is served with aiohttp's handler cancellation on (a dropped client cancels its handler,
 which withdraws the call and tells the upstream). `Disconnects` sits in aiohttp's `Server.connection_lost`,
@@ -72,3 +72,22 @@ class Disconnects:
     def forget(self, key: Any) -> None:
         self._watched.pop(key, None)
 
+
+class Withdrawal:
+    """A handle on the task answering one request: `cancel()` withdraws the call, not the HTTP request."""
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        assert task is not None, "handlers run in a task"
+        self.task = task
+        self.requested = False
+
+    def cancel(self) -> None:
+        # From inside the call itself (say, it ended its own session) there is nothing to withdraw: it is
+        # finishing, and a cancellation it raised into itself would land after the answer was chosen.
+        if not self.requested and asyncio.current_task() is not self.task:
+            self.requested = True
+            self.task.cancel()
+
+    def absorb(self) -> None:
+        """The withdrawal was handled: the task goes on (to answer request_cancelled) as if never cancelled."""
+        self.task.uncancel()
