@@ -19,6 +19,9 @@ a server→client request (sampling, elicitation, roots) serves: the SDKs keep t
   level filters the log lines it is given: one session's level never silences another's logs;
 - a gateway-internal view (`ConnectParams.internal`: the pin watcher's own list) has no client, so
   it never counts as a session here and its requests never make another session look shared;
+- a URL-mode `elicitation/create` is remembered by its `elicitationId`, so the child's
+  `notifications/elicitation/complete` for it (typically sent after the call was answered) goes to the
+  session that was asked;
 - `ping` from the child is answered here (the child's MCP session is the gateway's);
 - the child's `notifications/cancelled` for one of its requests goes to the session that got it,
   and only that session may answer it; a session that ends refuses what it still owes
@@ -41,6 +44,7 @@ from gateway.transport.inflight import InflightTable
 WriteFn = Callable[[Message], Awaitable[None]]
 Exchange = Callable[[Message], Awaitable[Message]]  # a request to the child, answered
 SUBSCRIPTION_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
+MAX_ELICITATIONS = 256  # URL-mode elicitations awaiting their completion notice (oldest forgotten first)
 UNKNOWN_CLIENT = "Customs cannot tell which client session this request is for (shared stdio upstream)"
 
 
@@ -67,6 +71,7 @@ class StdioRoutes:
         self._subscribers: dict[str, list[View]] = {}  # resource URI (the child's own) -> subscribed views
         self._levels: dict[View, int] = {}  # logging/setLevel per view (index in LOG_LEVELS)
         self._child_level: int | None = None  # the level last set at the child (None: its own default)
+        self._elicitations: dict[str, View] = {}  # URL-mode elicitationId -> the view that was asked
 
     def attach(self, view: View) -> None:
         if not view.internal:
@@ -77,6 +82,8 @@ class StdioRoutes:
         if view in self.views:
             self.views.remove(view)
         self._levels.pop(view, None)
+        for elicitation in [k for k, asker in self._elicitations.items() if asker is view]:
+            del self._elicitations[elicitation]
         held = [uri for uri, views in self._subscribers.items() if view in views]
         orphans = [uri for uri in held if not self.unsubscribe(view, uri)]
         for key, asked in list(self._asked.items()):
@@ -90,6 +97,7 @@ class StdioRoutes:
         self._asked.clear()
         self._subscribers.clear()
         self._child_level = None
+        self._elicitations.clear()
 
     async def subscription(self, view: View, message: Message, exchange: Callable[[], Awaitable[Message]]) -> Message:
         """A view's resources/(un)subscribe, sent to the child by `exchange` unless another view still
@@ -188,6 +196,8 @@ class StdioRoutes:
             await self._send({"jsonrpc": "2.0", "id": message["id"], "result": {}})
         elif method == "notifications/progress":
             await self._progress(message)
+        elif method == "notifications/elicitation/complete" and (asker := self._asker(message)) is not None:
+            await deliver(asker.on_message, message, self._log)
         elif method == "notifications/cancelled":
             params = message.get("params")
             asked = self._asked.pop(id_key(params.get("requestId")), None) if isinstance(params, dict) else None
@@ -226,6 +236,7 @@ class StdioRoutes:
                 return
             if "id" in message:
                 self._asked[id_key(message["id"])] = view
+                self._remember_elicitation(view, message)
             await deliver(handler, message, self._log)
         elif "id" in message:
             self._log.warning("refused %s from the child: %s", message.get("method"), UNKNOWN_CLIENT)
@@ -233,6 +244,20 @@ class StdioRoutes:
         else:
             self._log.debug("dropped %s: no single client session owns it: %.200s",
                             message.get("method"), message.get("params"))
+
+    def _remember_elicitation(self, view: View, message: Message) -> None:
+        params = message.get("params")
+        if message.get("method") == "elicitation/create" and isinstance(params, dict) and params.get("mode") == "url":
+            if isinstance(params.get("elicitationId"), str):
+                if len(self._elicitations) >= MAX_ELICITATIONS:
+                    del self._elicitations[next(iter(self._elicitations))]
+                self._elicitations[params["elicitationId"]] = view
+
+    def _asker(self, message: Message) -> View | None:
+        """The view that was asked for the URL-mode elicitation this completion notice names (forgotten now)."""
+        params = message.get("params")
+        key = params.get("elicitationId") if isinstance(params, dict) else None
+        return self._elicitations.pop(key, None) if isinstance(key, str) else None
 
     def _owner(self) -> tuple[View | None, MessageHandler | None]:
         """The one view that provably caused an unlinked message, with the handler to use, if any."""

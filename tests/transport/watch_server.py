@@ -1,6 +1,7 @@
 """A real SDK stdio MCP server for shared-child routing tests: resource subscriptions (one set for
 all the gateway's sessions, as any stdio server has), a tool that announces an update of a URI
 only if it is subscribed, one that blocks the whole server (pings included) and then hangs, and
+one that asks for a URL-mode elicitation and announces its completion after answering, and
 one that writes a log line at info, if the level `logging/setLevel` last set (one for all the gateway's
 sessions, as any stdio server has) lets it through.
 
@@ -26,6 +27,7 @@ def watch_server() -> MCPServer[Any]:
     server: MCPServer[Any] = MCPServer("watch")
     subscribed: set[str] = set()
     level = ["debug"]  # the level logging/setLevel last set
+    background: set[asyncio.Task[None]] = set()
 
     @server.tool()
     async def touch(uri: str, ctx: Context) -> str:
@@ -60,6 +62,18 @@ def watch_server() -> MCPServer[Any]:
     async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         subscribed.discard(str(params.uri))
         return types.EmptyResult()
+
+    @server.tool()
+    async def url_flow(elicitation_id: str, ctx: Context) -> str:
+        """Ask the client to open a URL (URL-mode elicitation); announce its completion after answering."""
+        answer = await ctx.elicit_url("Sign in", "https://example.com/sign-in", elicitation_id)
+        session = ctx.session
+
+        async def complete_later() -> None:
+            await asyncio.sleep(0.2)  # the user finishes out of band, after this call has been answered
+            await session.send_elicit_complete(elicitation_id)
+        background.add(asyncio.create_task(complete_later()))
+        return answer.action
 
     async def set_level(ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
         level[0] = params.level
