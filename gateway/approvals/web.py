@@ -39,7 +39,8 @@ from gateway.pipeline import Identifier
 
 OUTCOMES = {"approve": "approved", "deny": "denied"}
 MAX_COMMENT = 2000
-PAGE_PENDING = 1000  # pending calls the page shows (the API's largest page)
+MIN_LIMIT, MAX_LIMIT = 1, 1000  # the API's `limit` (docs/approvals.openapi.yaml)
+PAGE_PENDING = MAX_LIMIT  # pending calls the page shows (the API's largest page)
 PAGE_HISTORY = 50  # decided calls the page shows
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -68,6 +69,16 @@ def _valid_for(approver: Approver) -> float | None:
     if approver.principal.expires_at is not None:
         left.append(approver.principal.expires_at - time.time())
     return max(0.0, min(left)) if left else None
+
+
+def _limit(text: str) -> int:
+    """The `limit` query parameter: an integer MIN_LIMIT-MAX_LIMIT as the OpenAPI file says, else Refused 400.
+
+    Out of range is refused, not clamped (a client asking for 5000 must learn it gets at most 1000), and only
+    plain ASCII digits count: `int()` alone would also take ` 5`, `+5`, `1_000` and other scripts' digits."""
+    if not (text.isascii() and text.isdigit()) or not MIN_LIMIT <= int(text) <= MAX_LIMIT:
+        raise Refused(400, "invalid_limit", f"limit must be an integer from {MIN_LIMIT} to {MAX_LIMIT}")
+    return int(text)
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -124,10 +135,7 @@ class ApprovalsWeb:
         states = [s for s in request.query.get("state", "").split(",") if s] or None
         if states and not set(states) <= set(STATES):
             raise Refused(400, "invalid_state", f"state must be one of {', '.join(STATES)}")
-        try:
-            limit = max(1, min(int(request.query.get("limit", "100")), 1000))
-        except ValueError:
-            raise Refused(400, "invalid_limit", "limit must be a number") from None
+        limit = _limit(request.query.get("limit", "100"))
         items = await self._store.list(states, limit)
         visible = [i for i in items if self._auth.may_view(approver, i)]
         if len(visible) < len(items) == limit < PAGE_PENDING:

@@ -205,3 +205,18 @@ async def test_refused_person_gets_403_not_the_decided_item(web_kit: WebKit) -> 
     async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/deny", headers=web_kit.bearer("bob"),
                                  json={"comment": "late"}) as resp:
         assert resp.status == 409 and (await resp.json())["error"]["approval"]["state"] == "approved"
+
+
+async def test_limit_outside_the_documented_range_is_refused(web_kit: WebKit) -> None:
+    """`limit` is an integer 1-1000 (the OpenAPI file's minimum and maximum): anything else is a 400, not clamped."""
+    await _item(web_kit)
+    url, headers = f"{web_kit.url}/api/approvals", web_kit.bearer("alice")
+    # int() would take " 5", "+5", "1_000" and "\u0661\u0660" (Arabic-Indic "10"): only ASCII digits count
+    for bad in ("0", "-5", "1001", "100000", "1.5", "1_000", "x", "", " 5", "+5", "\u0661\u0660"):
+        async with web_kit.http.get(url, params={"limit": bad}, headers=headers) as resp:
+            body = await resp.json()
+            assert resp.status == 400, bad
+            assert body["error"]["reason"] == "invalid_limit" and body["error"]["message"], bad
+    for good in ("1", "1000", "100"):
+        async with web_kit.http.get(url, params={"limit": good}, headers=headers) as resp:
+            assert resp.status == 200 and len((await resp.json())["items"]) == 1, good
