@@ -7,6 +7,8 @@ gateway is handed only the section it needs; there is no global settings object.
 from __future__ import annotations
 
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -18,6 +20,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -35,8 +38,28 @@ from gateway.config.rules import (
 )
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds a number (int or float, maybe optional or constrained), not a bool."""
+    if annotation in (int, float):
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _numeric(args[0])
+    return origin in (typing.Union, types.UnionType) and any(_numeric(a) for a in args)
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # Pydantic's lax mode reads true as 1 and false as 0, so `clock_skew_s: true` would be a one-second skew.
+        # Strict mode is no cure: it would refuse the numeric strings an env reference (`port: ${PORT}`) gives.
+        if isinstance(value, bool) and info.field_name is not None \
+                and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
 
 
 def _http_url(value: str) -> str:

@@ -51,6 +51,9 @@ def credentials_rules(credentials: Any) -> Iterator[Problem]:
             yield ("header",), f"{header!r} is not an HTTP header name"
         elif header.lower() in RESERVED_HEADERS:
             yield ("header",), f"{header} is set by the transport itself; the credential would never be sent"
+    if mode != "minted" and _items(_get(credentials, "narrow_to_args")):
+        # Only a minted token carries narrowed argument values; in any other mode the list would narrow nothing.
+        yield ("narrow_to_args",), f"only used by mode minted (mode is {mode})"
     if mode == "static" and not (_get(credentials, "value_env") or _get(credentials, "value_file")):
         yield (), "mode static needs value_env or value_file"
     if mode == "token_exchange":
@@ -77,6 +80,19 @@ def upstream_rules(upstream: Any) -> Iterator[Problem]:
         # A credential is a request header, and a stdio child gets no headers: it would be minted and dropped.
         yield ("credentials",), (f"mode {mode} needs an HTTP upstream (url); a stdio child process "
                                  "receives no request headers, so the credential would never reach it")
+    yield from _shadowed_headers(upstream, mode)
+
+
+def _shadowed_headers(upstream: Any, mode: Any) -> Iterator[Problem]:
+    """A static header that is also the credential's header: one of the two values would silently lose."""
+    header = _get(_get(upstream, "credentials"), "header", "Authorization")
+    headers = _get(upstream, "headers")
+    if mode == "none" or not isinstance(header, str) or not isinstance(headers, Mapping):
+        return
+    for name in headers:
+        if isinstance(name, str) and name.lower() == header.lower():
+            yield ("headers", name), (f"names the credential's header ({header}, mode {mode}); the credential "
+                                      "would replace this value")
 
 
 # The JWS algorithms an access token may use: asymmetric ones whose key type the verifier can check

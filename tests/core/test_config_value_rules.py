@@ -1,0 +1,148 @@
+"""Config values that parse but mean something else: booleans as numbers, settings a mode ignores, shadowed headers."""
+
+from __future__ import annotations
+
+import itertools
+import types
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from gateway.cli import main
+from gateway.config import ConfigError, parse_config
+from gateway.config.model import Config
+from tests.conftest import REPO
+
+UPSTREAM = {"name": "a", "url": "http://127.0.0.1:1/mcp"}
+Path_ = tuple[int | str, ...]
+
+
+def _models(annotation: Any) -> Iterator[tuple[Path_, type[BaseModel]]]:
+    """The models an annotation holds, each with the path step(s) that reach one inside a document."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield (), annotation
+        return
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        yield from _models(args[0])
+    elif origin in (typing.Union, types.UnionType):
+        for arg in args:
+            yield from _models(arg)
+    elif origin is tuple:
+        for step, model in _models(args[0]):
+            yield (0, *step), model
+    elif origin is dict:
+        for step, model in _models(args[1]):
+            yield ("x", *step), model
+
+
+def _is_number(annotation: Any) -> bool:
+    if annotation in (int, float):
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _is_number(args[0])
+    return origin in (typing.Union, types.UnionType) and any(_is_number(a) for a in args)
+
+
+def _number_fields(model: type[BaseModel], at: Path_ = ()) -> Iterator[Path_]:
+    """Every int or float field of the config, as the path of one place it can be written."""
+    for name, field in model.model_fields.items():
+        if _is_number(field.annotation):
+            yield (*at, name)
+        for step, inner in _models(field.annotation):
+            # The redis store is written {redis: {...}}: its wrapper model is the `store` value itself.
+            yield from _number_fields(inner, (*at, name, *step))
+
+
+def _set(document: dict[str, Any], path: Path_, value: Any) -> None:
+    node: Any = document
+    for step, following in itertools.pairwise(path):
+        empty: Any = [] if isinstance(following, int) else {}
+        if isinstance(step, int):
+            while len(node) <= step:
+                node.append(empty)
+            node = node[step]
+        else:
+            node = node.setdefault(step, empty)
+    node[path[-1]] = value
+
+
+def _loc(path: Path_) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+NUMBER_FIELDS = sorted(set(_number_fields(Config)), key=_loc)
+
+
+def test_the_number_fields_walk_finds_the_known_ones() -> None:
+    found = {_loc(p) for p in NUMBER_FIELDS}
+    assert {"listen.port", "identity.clock_skew_s", "upstreams[0].credentials.ttl_s", "store.redis.max_connections",
+            "upstreams[0].tools.x.timeout_s", "limits.per_tool.rate_per_s", "signing.rotate_every_s"} <= found
+
+
+@pytest.mark.parametrize("path", NUMBER_FIELDS, ids=_loc)
+@pytest.mark.parametrize("value", [True, False])
+def test_a_boolean_is_not_a_number(path: Path_, value: bool) -> None:
+    # Pydantic's lax mode reads true as 1 and false as 0: `clock_skew_s: true` would be a one-second skew.
+    document: dict[str, Any] = {"upstreams": [dict(UPSTREAM)]}
+    _set(document, path, value)
+    with pytest.raises(ConfigError) as info:
+        parse_config(document)
+    assert f"{_loc(path)}: must be a number, not {str(value).lower()}" in info.value.problems
+
+
+def test_numbers_and_numeric_strings_still_load() -> None:
+    # An env reference is substituted as a string: `port: ${PORT}` must keep working.
+    config = parse_config({"upstreams": [UPSTREAM], "listen": {"port": "${PORT}"}, "identity": {"clock_skew_s": 0},
+                           "approvals": {"ttl_s": 1}}, env={"PORT": "8080"})
+    assert (config.listen.port, config.identity.clock_skew_s, config.approvals.ttl_s) == (8080, 0, 1.0)
+
+
+def _check(tmp_path: Path, capsys: pytest.CaptureFixture[str], upstream: dict[str, Any]) -> tuple[int, list[str]]:
+    path = tmp_path / "customs.yaml"
+    path.write_text(yaml.safe_dump({"upstreams": [upstream], "policies": {"dir": str(REPO / "policies")}}))
+    code = main(["config", "check", str(path)])
+    return code, capsys.readouterr().err.splitlines()[1:]
+
+
+@pytest.mark.parametrize("credentials", [
+    {},
+    {"mode": "none"},
+    {"mode": "static", "value_env": "KEY"},
+    {"mode": "token_exchange", "token_endpoint": "https://idp.test/token", "client_id": "customs"},
+])
+def test_narrow_to_args_outside_minted_mode_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       credentials: dict[str, Any]) -> None:
+    # Only a minted token carries the narrowed arguments: elsewhere the list would be silently ignored.
+    code, err = _check(tmp_path, capsys, {**UPSTREAM, "credentials": {**credentials, "narrow_to_args": ["account"]}})
+    mode = credentials.get("mode", "none")
+    assert (code, err) == (2, [f"  upstreams[0].credentials.narrow_to_args: only used by mode minted (mode is {mode})"])
+    assert parse_config({"upstreams": [{**UPSTREAM, "credentials": {"mode": "minted", "narrow_to_args": ["account"]}}]})
+
+
+@pytest.mark.parametrize(("credentials", "header"), [
+    ({"mode": "minted"}, "authorization"),
+    ({"mode": "static", "value_env": "KEY", "header": "X-Api-Key"}, "x-API-key"),
+    ({"mode": "token_exchange", "token_endpoint": "https://idp.test/token", "client_id": "customs"}, "Authorization"),
+])
+def test_a_static_header_the_credential_replaces_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            credentials: dict[str, Any], header: str) -> None:
+    upstream = {**UPSTREAM, "headers": {"X-Static": "v", header: "mine"}, "credentials": credentials}
+    code, err = _check(tmp_path, capsys, upstream)
+    name, mode = credentials.get("header", "Authorization"), credentials["mode"]
+    assert (code, err) == (2, [f"  upstreams[0].headers.{header}: names the credential's header ({name}, mode {mode}); "
+                               "the credential would replace this value"])
+
+
+def test_static_headers_beside_a_credential_or_without_one_load() -> None:
+    config = parse_config({"upstreams": [
+        {**UPSTREAM, "headers": {"Authorization": "Bearer fixed"}},
+        {"name": "b", "url": "http://127.0.0.1:2/mcp", "headers": {"X-Static": "v"}, "credentials": {"mode": "minted"}},
+    ]})
+    assert config.upstreams[0].headers == {"Authorization": "Bearer fixed"}
