@@ -93,10 +93,12 @@ def item_card(item: Approval, csrf: str, now: float, *, decidable: bool = True, 
 
 
 def history_table(items: Sequence[Approval]) -> str:
+    """Decided calls; each row's id is the approval id, as a pending card's is, so `/approvals#apr_…` (the
+    webhook's Review link, `approval_url`) lands on the call whether it is still pending or decided."""
     if not items:
         return '<p class="muted">No decided calls yet.</p>'
     rows = "".join(
-        f'<tr id="h-{escape(i.id)}"><td>{when(i.decided_at or i.created_at)}</td>'
+        f'<tr id="{escape(i.id)}"><td>{when(i.decided_at or i.created_at)}</td>'
         f"<td>{escape(i.upstream)} / {escape(i.tool)}</td><td>{escape(i.principal)}</td>"
         f'<td class="state-{escape(i.state)}">{escape(i.state)}{" · executed" if i.executed else ""}</td>'
         f"<td>{escape(', '.join(i.decided_by) or '—')}</td><td>{escape(i.comment or '')}</td></tr>"

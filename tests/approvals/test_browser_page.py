@@ -52,8 +52,8 @@ async def test_person_approves_a_live_item(web_kit: WebKit, browser: Any) -> Non
     assert "A-7" in (await card.inner_text())
     await page.fill(f'[data-approval-id="{approval_id}"] textarea[name=comment]', "checked the invoice")
     await page.click(f'[data-approval-id="{approval_id}"] button.approve')
-    await page.wait_for_selector(f"#h-{approval_id}", timeout=15000)  # now in history
-    assert "approved" in (await page.inner_text(f"#h-{approval_id}"))
+    await page.wait_for_selector(f"#{approval_id}", timeout=15000)  # now in history
+    assert "approved" in (await page.inner_text(f"#{approval_id}"))
 
     await asyncio.wait_for(held, 15)
     assert ctx.approval is not None and ctx.approval.id == approval_id
@@ -99,7 +99,29 @@ async def test_times_read_unambiguously(web_kit: WebKit, browser: Any, clock: Cl
     card = await page.wait_for_selector(f'[data-approval-id="{late.id}"]', timeout=15000)
     assert re.search(r"expires \d+ s ago\)", await card.inner_text())  # was "expires in 3x s"
     rows = await page.eval_on_selector_all("#items tbody tr", "rows => rows.map(r => r.id)")
-    assert rows == [f"h-{first.id}", f"h-{second.id}"]  # by decision, not by creation
+    assert rows == [first.id, second.id]  # by decision, not by creation
     assert decided.decided_at is not None
     shown = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(decided.decided_at)) + " UTC"
-    assert await page.inner_text(f"#h-{first.id} td") == shown
+    assert await page.inner_text(f"#{first.id} td") == shown
+
+
+async def test_review_links_land_on_their_item_after_sign_in(web_kit: WebKit, browser: Any, clock: Clock) -> None:
+    """The webhook's "Review" link (`…/approvals#apr_…`) opened while signed out: after sign-in the page is at
+    that item, pending (its card) or already decided (its history row); the fragment used to be lost."""
+    from gateway.approvals.webhooks import message
+
+    waiting, _ = await web_kit.store.create_or_join(draft(clock, {"n": 1}), link_s=1800)
+    done, _ = await web_kit.store.create_or_join(draft(clock, {"n": 2}), link_s=1800)
+    await web_kit.store.decide(done.id, "bob", "denied", "no")
+    for item, kind in ((waiting, "card"), (done, "history row")):
+        link = message(item, f"{web_kit.url}/approvals")["blocks"][-1]["elements"][0]["url"]
+        page = await browser.new_page()
+        await page.goto(link)
+        await page.fill("#token", web_kit.token("alice"))
+        await page.click("#signin")
+        await page.wait_for_selector("#me", timeout=15000)
+        assert page.url.endswith(f"/approvals#{item.id}"), kind
+        target = await page.evaluate(
+            "(() => { const t = document.querySelector(':target'); return t && [t.id, t.tagName]; })()")
+        assert target == [item.id, "DIV" if kind == "card" else "TR"], kind
+        await page.close()

@@ -24,7 +24,7 @@ async def test_an_old_pending_call_is_listed_behind_many_newer_decided_ones(web_
     html = await _fragment(web_kit)
     assert f'data-approval-id="{waiting.id}"' in html
     assert "Waiting for a decision (1)" in html
-    assert len(re.findall(r'<tr id="h-', html)) == 50  # the history stays bounded
+    assert len(re.findall(r'<tr id="apr_', html)) == 50  # the history stays bounded
 
 
 async def test_quorum_page_tells_an_approver_who_voted_and_hides_the_buttons(web_kit: WebKit) -> None:
@@ -101,6 +101,6 @@ async def test_the_api_lists_the_calls_a_person_may_decide_behind_newer_ones_the
                     assert [i["id"] for i in (await resp.json())["items"]] == [mine.id]
             async with http.get(f"{url.rstrip('/')}/approvals/fragment", headers=headers) as resp:
                 page = await resp.text()
-            assert f'data-approval-id="{mine.id}"' in page and f'id="h-{done.id}"' in page  # the page's history too
+            assert f'data-approval-id="{mine.id}"' in page and f'<tr id="{done.id}"' in page  # the page's history too
     finally:
         await identifier.close()
