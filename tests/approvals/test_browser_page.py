@@ -125,3 +125,23 @@ async def test_review_links_land_on_their_item_after_sign_in(web_kit: WebKit, br
             "(() => { const t = document.querySelector(':target'); return t && [t.id, t.tagName]; })()")
         assert target == [item.id, "DIV" if kind == "card" else "TR"], kind
         await page.close()
+
+
+async def test_a_lapsed_session_keeps_the_review_link(web_kit: WebKit, browser: Any, clock: Clock) -> None:
+    """The page at `/approvals#apr_…` whose session ends (signed out in another tab) asks to sign in again and,
+    after that, is back at the item: the live update's 401 used to send it to plain `/approvals`."""
+    item, _ = await web_kit.store.create_or_join(draft(clock, {"n": 1}), link_s=1800)
+    context = await browser.new_context()
+    page, other = await context.new_page(), await context.new_page()
+    await page.goto(f"{web_kit.url}/approvals#{item.id}")
+    await page.fill("#token", web_kit.token("alice"))
+    await page.click("#signin")
+    await page.wait_for_selector("#me", timeout=15000)
+    await other.goto(f"{web_kit.url}/approvals")
+    await other.click("header button[type=submit]")  # Sign out: the first page's stream ends, its refresh gets 401
+    await page.wait_for_selector("#token", timeout=15000)
+    await page.fill("#token", web_kit.token("alice"))
+    await page.click("#signin")
+    await page.wait_for_selector("#me", timeout=15000)
+    assert page.url.endswith(f"/approvals#{item.id}")
+    await context.close()

@@ -5,7 +5,7 @@
   function refresh() {
     timer = null;
     fetch("/approvals/fragment", {credentials: "same-origin"}).then(function (r) {
-      if (r.status === 401) { window.location = "/approvals"; return null; }
+      if (r.status === 401) { signIn(); return null; }
       return r.ok ? r.text() : null;
     }).then(function (html) {
       if (html === null) return;
@@ -23,6 +23,12 @@
         if (focused && focused.id === id) { area.focus(); area.setSelectionRange(focused.start, focused.end); }
       });
     });
+  }
+  function signIn() {
+    // Back to the sign-in form, keeping a Review link's #apr_… (it survives the sign-in). A URL that differs
+    // from this one only in its fragment would not load anything, so the same URL is reloaded instead.
+    var to = "/approvals" + location.hash;
+    if (location.pathname + location.search + location.hash === to) location.reload(); else location.assign(to);
   }
   function soon() { if (!timer) timer = setTimeout(refresh, 150); }
   if (window.EventSource) {
