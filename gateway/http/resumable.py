@@ -18,10 +18,10 @@ How: the gateway is served with aiohttp's handler cancellation on (a dropped cli
 which withdraws the call and tells the upstream). `Disconnects` sits in aiohttp's `Server.connection_lost`,
 which the connection calls just before it reads `handler_cancellation` to decide whether to cancel its
 handler, and turns the cancellation off for that one connection when the call it is answering has a
-resumable stream. The call then simply goes on in its handler. (Running each such call in a task of its
-own, shielded from the handler's cancellation, did the same at ~70k instructions a call: 5 % of a
-proxied call, for the rare call whose client drops.) `gateway.app.serving_runner` builds the runner that
-way; an app served by a plain `AppRunner` withdraws every call on a drop, as before streams were resumable.
+resumable stream. The call then simply goes on. (Shielding each such call from the handler's cancellation
+did the same at ~70k instructions a call, 5 % of a proxied call, for the rare call whose client drops.)
+`gateway.app.serving_runner` builds the runner that way; an app served by a plain `AppRunner` withdraws
+every call on a drop, as before streams were resumable.
 """
 
 from __future__ import annotations
