@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cedarpy
@@ -72,30 +73,38 @@ def schema_totals(schema: cedarpy.Schema) -> frozenset[str] | None:
     return None
 
 
-def args_reads(est: Any, base: Any = None) -> set[str]:
-    """The names a policy (its JSON form) reads directly on `context.args` (or on `base`, another expression in
-    its JSON form): by `.attr`, `["attr"]` or `has`."""
-    base = _ARGS if base is None else base
-    found: set[str] = set()
+def walk(est: Any, visit: Callable[[dict[str, Any]], Iterable[Any] | None]) -> None:
+    """Call `visit` on every object of a policy's JSON form, depth first (lists are looked into). `visit` returns
+    what to go on into (None: all the object's values; empty: nothing below it, e.g. a literal)."""
     stack: list[Any] = [est]
     while stack:
         node = stack.pop()
         if isinstance(node, list):
             stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
+        elif isinstance(node, dict):
+            children = visit(node)
+            stack.extend(node.values() if children is None else children)
+
+
+def args_reads(est: Any, base: Any = None) -> set[str]:
+    """The names a policy (its JSON form) reads directly on `context.args` (or on `base`, another expression in
+    its JSON form): by `.attr`, `["attr"]` or `has`."""
+    base = _ARGS if base is None else base
+    found: set[str] = set()
+
+    def visit(node: dict[str, Any]) -> Iterable[Any] | None:
         if len(node) == 1:
             (op, step), = node.items()
             if op == "Value":
-                continue  # a literal holds data, never an expression
+                return ()  # a literal holds data, never an expression
             if op == "Record" and isinstance(step, dict):
-                stack.extend(step.values())  # field names are data, never operators
-                continue
+                return step.values()  # field names are data, never operators
             if op in (".", "has") and isinstance(step, dict) and step.get("left") == base \
                     and isinstance(step.get("attr"), str):
                 found.add(step["attr"])
-        stack.extend(node.values())
+        return None
+
+    walk(est, visit)
     return found
 
 

@@ -14,13 +14,14 @@ import functools
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
 import cedarpy
 
-from gateway.authz.argnames import unknown_args
+from gateway.authz.argnames import unknown_args, walk
 from gateway.authz.argtypes import Type, context_types
 from gateway.authz.timelits import time_problems
 
@@ -117,30 +118,23 @@ def context_tree(est: Any) -> Tree | None:
         else:
             node[last] = None
 
-    stack: list[Any] = [est]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
+    def visit(node: dict[str, Any]) -> Iterable[Any] | None:
         path = _context_path(node)
         if path is not None:
             mark(path, presence=False)
-            continue
+            return ()
         step = node.get("has")
         if len(node) == 1 and _is_step(step):
             left = _context_path(step["left"])
             if left is not None:
                 mark([*left, str(step["attr"])], presence=True)
-            else:
-                stack.append(step["left"])
-            continue
+                return ()
+            return (step["left"],)
         if len(node) == 1 and "Record" in node and isinstance(node["Record"], dict):
-            stack.extend(node["Record"].values())  # field names are data, never operators
-            continue
-        stack.extend(node.values())
+            return node["Record"].values()  # field names are data, never operators
+        return None
+
+    walk(est, visit)
     return None if whole else tree
 
 

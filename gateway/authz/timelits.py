@@ -10,7 +10,10 @@ alone: they are true or false as written, not a mistaken convention.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from gateway.authz.argnames import walk
 
 _TIME = {".": {"left": {"Var": "context"}, "attr": "time"}}
 RANGES = {"hour": (0, 23), "weekday": (1, 7)}
@@ -35,14 +38,8 @@ def _longs(node: Any) -> list[int]:
 def time_misreads(est: Any) -> list[tuple[str, int]]:
     """(field, value) of each comparison in a policy's JSON form with a value the field never takes."""
     found: list[tuple[str, int]] = []
-    stack: list[Any] = [est]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
+
+    def visit(node: dict[str, Any]) -> Iterable[Any] | None:
         for op in ("==", "!=", "contains"):
             step = node.get(op)
             if isinstance(step, dict) and len(node) == 1:
@@ -51,8 +48,9 @@ def time_misreads(est: Any) -> list[tuple[str, int]]:
                     if field is not None:
                         low, high = RANGES[field]
                         found.extend((field, v) for v in _longs(other) if not low <= v <= high)
-        if "Value" not in node:  # a literal holds data, never an expression
-            stack.extend(node.values())
+        return () if "Value" in node else None  # a literal holds data, never an expression
+
+    walk(est, visit)
     return found
 
 
