@@ -192,11 +192,12 @@ class PolicyEngine:
 
     @property
     def version(self) -> str:
-        return self._current.version if self._current else ""
+        # `is not None`, not truthiness: a set of no policies has a length of 0 and is still a set
+        return self._current.version if self._current is not None else ""
 
     @property
     def shadow_version(self) -> str | None:
-        return self._shadow.version if self._shadow else None
+        return self._shadow.version if self._shadow is not None else None
 
     @property
     def policies(self) -> LoadedPolicies | None:
@@ -212,8 +213,8 @@ class PolicyEngine:
         current = self._current
         return {
             "loaded": current is not None,
-            "version": current.version if current else None,
-            "policies": len(current) if current else 0,
+            "version": current.version if current is not None else None,
+            "policies": len(current) if current is not None else 0,
             "dir": str(self.config.dir),
             "loaded_at": self.loaded_at,
             "last_error": self.last_error,

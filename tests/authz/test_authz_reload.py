@@ -148,3 +148,28 @@ def test_a_broken_shadow_set_does_not_stop_enforcement(policy_dir: Path, tmp_pat
     decision = engine.decide(READER, "call_tool", TOOLS["inventory/get_stock"], None)
     assert decision.outcome == "allow" and decision.shadow_outcome is None
     assert "not a directory" in engine.status()["shadow"]["error"]
+
+
+async def test_a_set_of_no_policies_has_its_version_everywhere(policy_dir: Path, tmp_path: Path) -> None:
+    """A directory whose files hold no policy loads (and denies everything); its version is still a version:
+    LoadedPolicies has a length, so a truthiness test read an empty set as no set at all."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "schema.cedarschema").write_text((policy_dir / "schema.cedarschema").read_text())
+    (shadow / "none.cedar").write_text("// nothing is permitted\n")
+    reports: list[tuple[bool, str]] = []
+    engine = PolicyEngine(PoliciesConfig(dir=policy_dir, shadow_dir=shadow, watch=False), "dev",
+                          on_reload=lambda ok, msg: reports.append((ok, msg)))
+    engine.load_sync()
+    assert engine.shadow_version == load_policies(shadow).version
+    for path in policy_dir.glob("*.cedar"):
+        path.write_text("// emptied\n")
+    assert await engine.reload() is True
+    empty = load_policies(policy_dir).version
+    assert engine.version == empty and engine.status()["version"] == empty
+    assert engine.status()["shadow"]["version"] == engine.shadow_version
+    assert reports[-1][1].endswith(f"-> {empty} (0 policies)")
+    (policy_dir / "none.cedar").write_text(DENY_READS)
+    assert await engine.reload() is True
+    assert reports[-1][1].startswith(f"policies {empty} -> ")
+    assert engine.decide(READER, "call_tool", TOOLS["inventory/get_stock"], None).outcome == "deny"
