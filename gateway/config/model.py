@@ -263,7 +263,17 @@ class PoliciesConfig(Model):
 
 class WebhookConfig(Model):
     url: HttpUrl
-    secret: str | None = None
+    secret: str | None = None  # None (left out): unsigned webhooks
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_not_empty(cls, value: str | None) -> str | None:
+        # `secret: ${WEBHOOK_SECRET}` with the variable set to "" asked for signed webhooks and would send every
+        # one unsigned, silently: only leaving the key out means unsigned.
+        if value is not None and not value.strip():
+            raise ValueError("empty: the webhooks would go out unsigned (is WEBHOOK_SECRET set to \"\"?); set a "
+                             "secret, or leave `secret` out to send unsigned webhooks")
+        return value
 
 
 class ApprovalsConfig(Model):
