@@ -100,6 +100,19 @@ def _guarded(handler: Handler) -> Handler:
     return wrapped
 
 
+def _secured(handler: Handler) -> Handler:
+    """Every answer of the page and the API carries `render.security_headers()` (the event stream sets them
+    itself: it is sent before its handler returns)."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        response = await handler(request)
+        if not response.prepared:
+            response.headers.update(render.security_headers())
+        return response
+
+    return wrapped
+
+
 class ApprovalsWeb:
     """Handlers for the page and the API, sharing one store and one authorization."""
 
@@ -187,7 +200,7 @@ class ApprovalsWeb:
             with contextlib.suppress(asyncio.QueueFull):  # a slow page just refetches later
                 queue.put_nowait(approval_id)
 
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        response = web.StreamResponse(headers={**render.security_headers(), "Content-Type": "text/event-stream",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
         signed_out = asyncio.Event()
@@ -346,11 +359,14 @@ class ApprovalsWeb:
         return web.HTTPSeeOther(f"/approvals?done={item.id}+{item.state}")
 
     def routes(self) -> list[web.RouteDef]:
-        api = _guarded
+        def api(handler: Handler) -> Handler:
+            return _secured(_guarded(handler))
+
+        page = _secured
         return [
-            web.get("/approvals", self.page), web.get("/approvals/fragment", api(self.fragment)),
-            web.post("/approvals/signin", self.signin), web.post("/approvals/signout", self.signout),
-            web.post("/approvals/{id}/decide", self.page_decide),
+            web.get("/approvals", page(self.page)), web.get("/approvals/fragment", api(self.fragment)),
+            web.post("/approvals/signin", page(self.signin)), web.post("/approvals/signout", page(self.signout)),
+            web.post("/approvals/{id}/decide", page(self.page_decide)),
             web.get("/api/approvals", api(self.api_list)), web.get("/api/approvals/events", api(self.api_events)),
             web.get("/api/approvals/{id}", api(self.api_get)),
             web.post("/api/approvals/{id}/{action:approve|deny}", api(self.api_decide)),

@@ -1,0 +1,116 @@
+"""The approvers' page and API as a browser meets them: framing, content sniffing, caching, script sources."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+from typing import Any
+
+import pytest
+
+from tests.approvals.conftest import Clock, WebKit, draft
+from tests.approvals.test_browser_page import CHROMIUM, browser
+
+__all__ = ["browser"]  # the fixture
+
+# headers only: one store kind is enough
+pytestmark = pytest.mark.parametrize("kit", ["memory"], indirect=True)
+
+
+async def _signed_in(kit: WebKit) -> Any:
+    import aiohttp
+
+    session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with session.get(f"{kit.url}/approvals") as resp:
+        assert resp.status == 200
+    csrf = session.cookie_jar.filter_cookies(kit.url)["customs_csrf"].value
+    async with session.post(f"{kit.url}/approvals/signin", data={"token": kit.token("alice"), "csrf": csrf},
+                            allow_redirects=False) as resp:
+        assert resp.status == 303
+    return session
+
+
+def _csp(headers: Any) -> dict[str, list[str]]:
+    policy = headers.get("Content-Security-Policy", "")
+    return {d.split()[0]: d.split()[1:] for d in (p.strip() for p in policy.split(";")) if d}
+
+
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def _assert_page_headers(headers: Any, html: str) -> None:
+    assert headers.get("X-Frame-Options") == "DENY"  # the Approve button cannot be clickjacked in a frame
+    assert headers.get("X-Content-Type-Options") == "nosniff"
+    assert "no-store" in headers.get("Cache-Control", "")  # arguments of held calls stay out of caches
+    assert headers.get("Referrer-Policy") == "no-referrer"
+    csp = _csp(headers)
+    assert csp.get("frame-ancestors") == ["'none'"] and csp.get("default-src") == ["'none'"]
+    assert csp.get("form-action") == ["'self'"] and csp.get("base-uri") == ["'none'"]
+    assert "'unsafe-inline'" not in csp.get("script-src", []) and "'unsafe-inline'" not in csp.get("style-src", [])
+    # Every inline script and style the page carries is allowed by its hash, so the page still works; an
+    # injected one (a hash nobody listed) would not run.
+    for script in re.findall(r"<script>(.*?)</script>", html, re.S):
+        assert _sha256(script) in csp["script-src"]
+    for style in re.findall(r"<style>(.*?)</style>", html, re.S):
+        assert _sha256(style) in csp["style-src"]
+
+
+async def test_page_is_not_frameable_sniffable_or_cached(web_kit: WebKit) -> None:
+    await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
+    async with web_kit.http.get(f"{web_kit.url}/approvals") as resp:  # the sign-in form
+        assert resp.status == 200
+        _assert_page_headers(resp.headers, await resp.text())
+    session = await _signed_in(web_kit)
+    try:
+        async with session.get(f"{web_kit.url}/approvals") as resp:  # the signed-in page with its live script
+            html = await resp.text()
+            assert resp.status == 200 and "data-approval-id" in html and "EventSource" in html
+            _assert_page_headers(resp.headers, html)
+        async with session.get(f"{web_kit.url}/approvals/fragment") as resp:
+            assert resp.headers.get("X-Content-Type-Options") == "nosniff"
+            assert "no-store" in resp.headers.get("Cache-Control", "")
+    finally:
+        await session.close()
+
+
+async def test_api_answers_are_not_sniffed_or_cached(web_kit: WebKit) -> None:
+    item, _ = await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
+    for path in ("/api/approvals", f"/api/approvals/{item.id}", "/api/approvals/apr_missing"):
+        async with web_kit.http.get(f"{web_kit.url}{path}", headers=web_kit.bearer("alice")) as resp:
+            assert resp.headers.get("X-Content-Type-Options") == "nosniff", path
+            assert "no-store" in resp.headers.get("Cache-Control", ""), path
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium (apt-get install -y chromium)")
+async def test_a_same_site_page_cannot_frame_the_signed_in_page(web_kit: WebKit, browser: Any) -> None:
+    # Another port of the same host is the same site: SameSite=Strict sends the session cookie into its frame.
+    from aiohttp import web
+
+    from tests.support.servers import run_aiohttp
+
+    async def decoy(_: web.Request) -> web.Response:
+        return web.Response(content_type="text/html",
+                            text=f'<iframe id="f" src="{web_kit.url}/approvals" width="800" height="600"></iframe>')
+
+    app = web.Application()
+    app.router.add_get("/", decoy)
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        await page.goto(f"{web_kit.url}/approvals")
+        await page.fill("#token", web_kit.token("alice"))
+        await page.click("#signin")
+        await page.wait_for_selector("#me", timeout=15000)
+        assert not [p for p in problems if "Content Security Policy" in p]  # the page's own scripts run
+        async with run_aiohttp(app) as decoy_url:
+            framing = await context.new_page()
+            await framing.goto(decoy_url, wait_until="load")  # the frame's load (or refusal) included
+            [frame] = [f for f in framing.frames if f.parent_frame is not None]
+            assert await frame.query_selector("#me") is None  # refused: no signed-in page under a decoy
+    finally:
+        await context.close()
