@@ -240,6 +240,7 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
                                           redactor=redactor.redact,
                                           approvers_issuer=config.approvals.approvers_issuer,
                                           keepalive_s=config.approvals.keepalive_s,
-                                          closing=approve.shutting_down),
+                                          closing=approve.shutting_down,
+                                          public_https=config.listen.resource_url.startswith("https://")),
                          *ToolsAdmin(guard, identifier, upstreams, config.pinning.admin_group).routes()],
                  checks=checks, owners_before_upstreams=owners)

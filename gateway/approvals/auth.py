@@ -71,10 +71,16 @@ class ApproverAuth:
     """Authenticates approvers and decides whether one may decide a given item."""
 
     def __init__(self, identifier: Identifier, approver_check: ApproverCheck, *,
-                 approvers_issuer: str | None = None) -> None:
+                 approvers_issuer: str | None = None, public_https: bool = False) -> None:
         self._identifier = identifier
         self._check = approver_check
         self._issuer = approvers_issuer
+        self._public_https = public_https
+
+    def secure(self, request: web.Request) -> bool:
+        """Whether cookies get `Secure`: the page is served over HTTPS, by the gateway itself or, when
+        `public_url` is https, by a proxy ending TLS in front of it (the request reaching us is plain HTTP)."""
+        return request.secure or self._public_https
 
     async def identify_token(self, token: str) -> Principal:
         headers: CIMultiDict[str] = CIMultiDict({"Authorization": f"Bearer {token}"})
@@ -143,17 +149,17 @@ def csrf_token(request: web.Request) -> str:
     return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
 
 
-def set_csrf_cookie(response: web.StreamResponse, request: web.Request, token: str) -> None:
-    response.set_cookie(CSRF_COOKIE, token, path="/", samesite="Strict", secure=request.secure, httponly=False)
+def set_csrf_cookie(response: web.StreamResponse, secure: bool, token: str) -> None:
+    response.set_cookie(CSRF_COOKIE, token, path="/", samesite="Strict", secure=secure, httponly=False)
 
 
-def set_session(response: web.StreamResponse, request: web.Request, token: str, principal: Principal) -> None:
+def set_session(response: web.StreamResponse, secure: bool, token: str, principal: Principal) -> None:
     max_age = MAX_SESSION_S
     if principal.expires_at is not None:
         max_age = max(1, min(max_age, int(principal.expires_at - time.time())))
-    response.set_cookie(SESSION_COOKIE, token, path="/", samesite="Strict", secure=request.secure,
+    response.set_cookie(SESSION_COOKIE, token, path="/", samesite="Strict", secure=secure,
                         httponly=True, max_age=max_age)
-    set_csrf_cookie(response, request, secrets.token_urlsafe(32))  # a fresh CSRF token per session
+    set_csrf_cookie(response, secure, secrets.token_urlsafe(32))  # a fresh CSRF token per session
 
 
 def clear_session(response: web.StreamResponse) -> None:

@@ -261,7 +261,7 @@ class ApprovalsWeb:
         token = csrf_token(request)
         response = web.Response(text=render.page("Sign in", render.signin(token, message)),
                                 content_type="text/html", status=status)
-        set_csrf_cookie(response, request, token)
+        set_csrf_cookie(response, self._auth.secure(request), token)
         return response
 
     async def _fragment_html(self, approver: Approver, csrf: str) -> str:
@@ -294,7 +294,7 @@ class ApprovalsWeb:
             status = 503
         response = web.Response(text=render.page("Approvals", body, who=render.who_box(approver.name, csrf),
                                                  live=True), content_type="text/html", status=status)
-        set_csrf_cookie(response, request, csrf)
+        set_csrf_cookie(response, self._auth.secure(request), csrf)
         return response
 
     async def fragment(self, request: web.Request) -> web.StreamResponse:
@@ -316,7 +316,7 @@ class ApprovalsWeb:
         except Refused as exc:
             return self._signin_page(request, f"Sign-in failed: {exc.message}", exc.status)
         response = web.HTTPSeeOther("/approvals")
-        set_session(response, request, token, principal)
+        set_session(response, self._auth.secure(request), token, principal)
         return response
 
     async def signout(self, request: web.Request) -> web.StreamResponse:
@@ -375,8 +375,10 @@ class ApprovalsWeb:
 
 def approval_routes(store: ApprovalStore, identifier: Identifier, approver_check: ApproverCheck, *,
                     redactor: Callable[[Any], Any] | None = None, approvers_issuer: str | None = None,
-                    keepalive_s: float = 15.0, closing: asyncio.Event | None = None) -> list[web.RouteDef]:
+                    keepalive_s: float = 15.0, closing: asyncio.Event | None = None,
+                    public_https: bool = False) -> list[web.RouteDef]:
     """All routes of the approvers' page and API, ready for `app.add_routes(...)`; `closing` is set when the
-    gateway begins to shut down (it ends the live-update streams)."""
-    auth = ApproverAuth(identifier, approver_check, approvers_issuer=approvers_issuer)
+    gateway begins to shut down (it ends the live-update streams); `public_https`: `listen.public_url` is https
+    (cookies are Secure even when TLS ends at a proxy)."""
+    auth = ApproverAuth(identifier, approver_check, approvers_issuer=approvers_issuer, public_https=public_https)
     return ApprovalsWeb(store, auth, redactor=redactor, keepalive_s=keepalive_s, closing=closing).routes()

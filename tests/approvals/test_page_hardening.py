@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +15,10 @@ from tests.approvals.conftest import Clock, WebKit, draft
 from tests.approvals.test_browser_page import CHROMIUM, browser
 
 __all__ = ["browser"]  # the fixture
+REPO = Path(__file__).resolve().parents[2]
 
 # headers only: one store kind is enough
-pytestmark = pytest.mark.parametrize("kit", ["memory"], indirect=True)
+MEMORY = pytest.mark.parametrize("kit", ["memory"], indirect=True)
 
 
 async def _signed_in(kit: WebKit) -> Any:
@@ -58,6 +60,7 @@ def _assert_page_headers(headers: Any, html: str) -> None:
         assert _sha256(style) in csp["style-src"]
 
 
+@MEMORY
 async def test_page_is_not_frameable_sniffable_or_cached(web_kit: WebKit) -> None:
     await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
     async with web_kit.http.get(f"{web_kit.url}/approvals") as resp:  # the sign-in form
@@ -76,6 +79,7 @@ async def test_page_is_not_frameable_sniffable_or_cached(web_kit: WebKit) -> Non
         await session.close()
 
 
+@MEMORY
 async def test_api_answers_are_not_sniffed_or_cached(web_kit: WebKit) -> None:
     item, _ = await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
     for path in ("/api/approvals", f"/api/approvals/{item.id}", "/api/approvals/apr_missing"):
@@ -84,6 +88,7 @@ async def test_api_answers_are_not_sniffed_or_cached(web_kit: WebKit) -> None:
             assert "no-store" in resp.headers.get("Cache-Control", ""), path
 
 
+@MEMORY
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium (apt-get install -y chromium)")
 async def test_a_same_site_page_cannot_frame_the_signed_in_page(web_kit: WebKit, browser: Any) -> None:
     # Another port of the same host is the same site: SameSite=Strict sends the session cookie into its frame.
@@ -114,3 +119,34 @@ async def test_a_same_site_page_cannot_frame_the_signed_in_page(web_kit: WebKit,
             assert await frame.query_selector("#me") is None  # refused: no signed-in page under a decoy
     finally:
         await context.close()
+
+
+def _set_cookies(resp: Any) -> dict[str, str]:
+    return {c.split("=", 1)[0]: c for c in resp.headers.getall("Set-Cookie", [])}
+
+
+async def test_cookies_are_secure_when_public_url_is_https(start_gateway: Any, tmp_path: Path) -> None:
+    # TLS ends at a proxy in front of the gateway: the request reaching it is plain HTTP, yet the browser is on
+    # https://, and a cookie without Secure would also be sent over any plain-HTTP request to that host.
+    import aiohttp
+
+    from tests.support.tokens import TestIssuer
+
+    issuer = TestIssuer(tmp_path)
+    public = "https://customs.example"
+    gw = await start_gateway({"listen": {"public_url": public},
+                              "upstreams": [{"name": "x", "url": "http://127.0.0.1:9/mcp"}],
+                              "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+                              "policies": {"dir": str(REPO / "policies")}})
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with http.get(f"{gw.url}/approvals") as resp:
+            csrf_cookie = _set_cookies(resp)["customs_csrf"]
+        assert "Secure" in csrf_cookie
+        csrf = csrf_cookie.split("=", 1)[1].split(";", 1)[0]
+        token = issuer.mint("alice", aud=f"{public}/mcp", groups=["approvers"])
+        async with http.post(f"{gw.url}/approvals/signin", data={"token": token, "csrf": csrf},
+                             headers={"Cookie": f"customs_csrf={csrf}"}, allow_redirects=False) as resp:
+            assert resp.status == 303
+            cookies = _set_cookies(resp)
+        assert "Secure" in cookies["customs_approver"] and "HttpOnly" in cookies["customs_approver"]
+        assert "Secure" in cookies["customs_csrf"]
