@@ -30,6 +30,9 @@ from gateway.transport.common import id_key, progress_token
 
 log = logging.getLogger("customs.sessions")
 REPLAY_EVENTS = 256
+# Unread stream messages: past the first, notifications are dropped (never an answer or a server→client
+# request); past the second, answers included, the stream is closed, so the client learns they are lost.
+OUTBOX_NOTIFICATIONS, OUTBOX_LIMIT = 256, 4096
 # Server→client requests a session awaits answers to at once; past this the oldest is given up
 # (a client that never answers must not grow a long-lived session without bound).
 MAX_SERVER_REQUESTS = 64
@@ -70,7 +73,9 @@ class Session:
     principal: Principal | None = None  # the latest identity presented (a refreshed token updates it)
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    outbox: asyncio.Queue[tuple[str, Message]] = field(default_factory=lambda: asyncio.Queue(maxsize=256))
+    outbox: asyncio.Queue[tuple[str, Message]] = field(default_factory=asyncio.Queue)  # bounded by stream_event
+    close_stream: Callable[[], None] | None = None  # set by a legacy SSE stream: ends it (OUTBOX_LIMIT)
+    dropping: bool = False  # notifications are being dropped (logged once per stretch)
     # The last session-stream events, so a client reconnecting with Last-Event-ID misses nothing.
     replay: deque[tuple[int, Message]] = field(default_factory=lambda: deque(maxlen=REPLAY_EVENTS))
     event_seq: int = 0
@@ -93,12 +98,23 @@ class Session:
         """Record a message for the session's GET stream and queue it when a stream is open."""
         self.event_seq += 1
         self.replay.append((self.event_seq, message))
-        if self.get_stream_open:
-            try:
-                self.outbox.put_nowait((str(self.event_seq), message))
-            except asyncio.QueueFull:
-                log.warning("session %s stream is not keeping up; the client can resume from the replay buffer",
-                            self.id[:8])
+        if not self.get_stream_open:
+            return
+        queued = self.outbox.qsize()
+        if queued >= OUTBOX_NOTIFICATIONS and "id" not in message:
+            if not self.dropping:
+                self.dropping = True
+                log.warning("session %s: the client is not reading its stream; notifications are dropped until it "
+                            "catches up (answers are kept; Last-Event-ID resumes from the replay)", self.id[:8])
+            return
+        if queued >= OUTBOX_LIMIT and self.close_stream is not None:
+            log.warning("session %s: the client has not read %d messages on its stream, answers included; "
+                        "closing the stream", self.id[:8], queued)
+            self.close_stream()
+            return
+        if queued < OUTBOX_NOTIFICATIONS:
+            self.dropping = False
+        self.outbox.put_nowait((str(self.event_seq), message))
 
     def events_after(self, last_event_id: str | None) -> list[tuple[str, Message]]:
         """Events a reconnecting client has not seen (all buffered ones for an unknown id)."""

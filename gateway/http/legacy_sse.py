@@ -9,6 +9,7 @@ the same `Observability.request` block (SERVER span, identify child, duration me
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -47,6 +48,9 @@ class LegacySseEndpoint:
         response = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await response.prepare(request)
         session.get_stream_open = True
+        # A client that stopped reading while its answers piled up: the connection is cut (the write it
+        # blocks returns), so the client sees its stream end instead of waiting for answers never sent.
+        session.close_stream = functools.partial(_abort, request)
         with self._mcp.streams.legacy() as me:
             try:
                 await response.write(f"event: endpoint\ndata: /messages?session_id={session.id}\n\n".encode())
@@ -65,6 +69,7 @@ class LegacySseEndpoint:
                 me.task.uncancel()  # the gateway is shutting down: end the stream normally
             finally:
                 session.get_stream_open = False
+                session.close_stream = None
                 await self._mcp.sessions.end(session)
         return response
 
@@ -161,6 +166,11 @@ class LegacySseEndpoint:
         streams = [web.get(path, self.stream, allow_head=False)
                    for path in ("/sse", "/sse/", "/sse/{upstream}", "/sse/{upstream}/")]
         return [*streams, web.post("/messages", self.message), web.post("/messages/", self.message)]
+
+
+def _abort(request: web.BaseRequest) -> None:
+    if request.transport is not None:
+        request.transport.abort()
 
 
 def negotiate(session: Session, params: dict[str, Any]) -> None:
