@@ -40,6 +40,7 @@ class _Parser:
         self.types: dict[str, Type] = {}
         self.entities: set[str] = set()
         self.contexts: dict[str, Type] = {}
+        self.shapes: dict[str, Type] = {}  # entity type (empty namespace) -> its attributes' record type
 
     def peek(self) -> str:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else ""
@@ -90,15 +91,29 @@ class _Parser:
                 self.types[name] = self.type(prefix)
                 self.take(";")
             elif keyword == "entity":
-                self.entities.add(prefix + self.take())
+                names = [self.take()]
                 while self.peek() == ",":
                     self.take(",")
-                    self.entities.add(prefix + self.take())
-                self.skip_to(";")
+                    names.append(self.take())
+                self.entities.update(prefix + n for n in names)
+                self.entity_shape(prefix, names)
             elif keyword == "action":
                 self.action(prefix)
             else:
                 raise ValueError(f"unexpected {keyword!r}")
+
+    def entity_shape(self, prefix: str, names: list[str]) -> None:
+        """`[in [..]] [=] [{attributes}] [tags T] | enum [..]` up to the `;`."""
+        while self.peek() not in (";", ""):
+            if self.peek() == "{":
+                shape = self.type(prefix)
+                if not prefix:
+                    self.shapes.update(dict.fromkeys(names, shape))
+            elif self.take() == "tags":
+                self.type(prefix)
+            elif self.peek() == "[":
+                self.skip_value()
+        self.take(";")
 
     def action(self, prefix: str) -> None:
         names = [self.name()]
@@ -174,14 +189,29 @@ class _Parser:
         return ("other", name) if bare in ("ipaddr", "datetime", "duration") else _ANY
 
 
-def context_types(schema: cedarpy.Schema) -> dict[str, Type] | None:
-    """Each action's declared context type; None when the rendering cannot be read (nothing is checked)."""
+def _parsed(schema: cedarpy.Schema) -> _Parser | None:
     parser = _Parser(str(schema))
     try:
         parser.declarations("")
     except (ValueError, json.JSONDecodeError):
         return None
-    return {action: parser.resolve(typ) for action, typ in parser.contexts.items()}
+    return parser
+
+
+def context_types(schema: cedarpy.Schema) -> dict[str, Type] | None:
+    """Each action's declared context type; None when the rendering cannot be read (nothing is checked)."""
+    parser = _parsed(schema)
+    return None if parser is None else {action: parser.resolve(typ) for action, typ in parser.contexts.items()}
+
+
+def agent_types(schema: cedarpy.Schema) -> dict[str, Type] | None:
+    """The declared type of each attribute of `Agent` ({} when it declares none); None when the rendering cannot
+    be read (nothing is converted or checked)."""
+    parser = _parsed(schema)
+    if parser is None:
+        return None
+    shape = parser.resolve(parser.shapes.get("Agent", ("record", {})))
+    return dict(shape[1]) if shape[0] == "record" else {}
 
 
 def describe(value: Any) -> str:

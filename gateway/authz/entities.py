@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Final
 
+from gateway.authz.agentattrs import conform
+from gateway.authz.argtypes import Type
 from gateway.context import Actor, CallContext, Principal, ToolInfo, canonical_json
 
 LONG_MIN = -(2**63)
@@ -227,8 +229,9 @@ def agent_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def agent_entity(ident: str, attributes: dict[str, Any]) -> dict[str, Any]:
-    attrs = agent_attributes(attributes)
+def agent_entity(ident: str, attributes: dict[str, Any], declared: dict[str, Type] | None = None) -> dict[str, Any]:
+    """An Agent with its attributes fitted to the schema's `declared` types (raises AttributeTypeError)."""
+    attrs = conform(ident, agent_attributes(attributes), declared)
     tenant = attrs.get("tenant")
     parents = [_uid("Tenant", tenant)] if isinstance(tenant, str) and tenant else []
     return {"uid": _uid("Agent", ident), "attrs": attrs, "parents": parents}
@@ -259,9 +262,9 @@ def member_ids(principal: Principal) -> list[str]:
     return list(dict.fromkeys([principal.id, *(a.id for a in principal.chain)]))
 
 
-def entities(principal: Principal, tool: ToolInfo) -> list[dict[str, Any]]:
+def entities(principal: Principal, tool: ToolInfo, declared: dict[str, Type] | None = None) -> list[dict[str, Any]]:
     """The per-call entity set: every chain member as an Agent (with its tenant) plus the tool and server."""
-    found: list[dict[str, Any]] = [agent_entity(m.id, m.attributes) for m in members(principal)]
+    found: list[dict[str, Any]] = [agent_entity(m.id, m.attributes, declared) for m in members(principal)]
     tenants = {p["id"] for e in found for p in e["parents"]}
     found.extend({"uid": _uid("Tenant", t), "attrs": {}, "parents": []} for t in sorted(tenants))
     found.append(tool_entity(tool))

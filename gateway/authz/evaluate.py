@@ -21,7 +21,7 @@ import orjson
 from cedarpy import _internal
 
 from gateway.authz import entities as E
-from gateway.authz.argtypes import check
+from gateway.authz.argtypes import Type, check
 from gateway.authz.policyset import LoadedPolicies, prune
 from gateway.context import Decision, Outcome, Principal, ToolInfo
 
@@ -41,8 +41,9 @@ class EntityCache:
         # By the identity of the (principal, tool) objects: a cached token and a catalog entry are the
         # same objects call after call, so the entity JSON need not even be rebuilt. The entry holds
         # both objects, so their ids cannot be reused while it exists.
-        self._by_identity: OrderedDict[tuple[int, int], tuple[Principal, ToolInfo, str, cedarpy.Entities]] = \
-            OrderedDict()
+        # The schema's Agent types (one object per loaded set; enforced and shadow sets may differ) are part of the key.
+        self._by_identity: OrderedDict[tuple[int, int, int], tuple[Principal, ToolInfo, Any, str, cedarpy.Entities]] \
+            = OrderedDict()
         self._results_size = results
         self._results: OrderedDict[tuple[str, ...], Decision] = OrderedDict()
 
@@ -60,15 +61,16 @@ class EntityCache:
             self._items.popitem(last=False)
         return parsed
 
-    def for_call(self, principal: Principal, tool: ToolInfo) -> tuple[str, cedarpy.Entities]:
+    def for_call(self, principal: Principal, tool: ToolInfo,
+                 declared: dict[str, Type] | None = None) -> tuple[str, cedarpy.Entities]:
         """The entity set of this principal calling this tool, as (JSON text, parsed handle)."""
-        key = (id(principal), id(tool))
+        key = (id(principal), id(tool), id(declared))
         found = self._by_identity.get(key)
-        if found is not None and found[0] is principal and found[1] is tool:
-            return found[2], found[3]
-        text = _json(E.entities(principal, tool))
+        if found is not None and found[0] is principal and found[1] is tool and found[2] is declared:
+            return found[3], found[4]
+        text = _json(E.entities(principal, tool, declared))
         parsed = self.parse(text)
-        self._by_identity[key] = (principal, tool, text, parsed)
+        self._by_identity[key] = (principal, tool, declared, text, parsed)
         if len(self._by_identity) > self._size:
             self._by_identity.popitem(last=False)
         return text, parsed
@@ -91,10 +93,11 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _entities(principal: Principal, tool: ToolInfo, cache: EntityCache | None) -> tuple[str, cedarpy.Entities]:
+def _entities(principal: Principal, tool: ToolInfo, cache: EntityCache | None,
+              declared: dict[str, Type] | None) -> tuple[str, cedarpy.Entities]:
     if cache is not None:
-        return cache.for_call(principal, tool)
-    text = _json(E.entities(principal, tool))
+        return cache.for_call(principal, tool, declared)
+    text = _json(E.entities(principal, tool, declared))
     return text, cedarpy.Entities.from_json_str(text)
 
 
@@ -142,8 +145,8 @@ def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: To
     version = policies.version
     who = E.member_ids(principal)
     try:
-        ents_text, ents = _entities(principal, tool, cache)
-    except ValueError as exc:
+        ents_text, ents = _entities(principal, tool, cache, policies.agent_types)
+    except ValueError as exc:  # an attribute of another type than declared (agentattrs) too: deny
         return _deny([f"entities: {exc}"], started, version)
     if policies.reads_no_context:
         first, first_text = {}, "{}"

@@ -22,7 +22,7 @@ from typing import Any, TypeGuard
 import cedarpy
 
 from gateway.authz.argnames import unknown_args, walk
-from gateway.authz.argtypes import Type, context_types
+from gateway.authz.argtypes import Type, agent_types, context_types
 from gateway.authz.timelits import time_problems
 
 log = logging.getLogger("customs.authz")
@@ -56,6 +56,8 @@ class LoadedPolicies:
     context_reads: Tree | None = None
     # Each action's declared context type: a value that does not fit it denies (see argtypes).
     context_types: dict[str, Type] = field(default_factory=dict)
+    # The declared types of Agent's attributes: principals' and actors' values are fitted to them (agentattrs).
+    agent_types: dict[str, Type] | None = None
 
     @functools.cached_property  # asked on every decision; the set never changes
     def context_keys(self) -> frozenset[str] | None:
@@ -302,4 +304,4 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
         policy_set=cedarpy.PolicySet.from_str(text, release_gil=True), schema=schema,
         version="sha256:" + digest.hexdigest()[:16], source=source,
         files=tuple(str(p) for p, _t, _i in parsed), id_by_internal=by_internal, quorum_by_id=quorums,
-        context_reads=context_tree(est), context_types=types or {})
+        context_reads=context_tree(est), context_types=types or {}, agent_types=agent_types(schema))

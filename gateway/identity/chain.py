@@ -44,10 +44,15 @@ def _lookup(claims: Mapping[str, Any], name: str) -> Any:
 def _attribute_value(attribute: str, value: Any) -> Any:
     """Only strings, booleans, integers and lists of strings become attributes: Cedar has no floats or
     free-form records here. `groups` is always a list. An empty string counts as missing: `tenant: ""` must not
-    pass `principal has tenant` as a tenant named ""."""
+    pass `principal has tenant` as a tenant named "". The contract's single-valued attributes are Strings:
+    a number or boolean becomes its JSON text, since tenant and owner are also read outside Cedar (context.tenant,
+    the Tenant parent, an approver owning the agent), where a Long tenant was none; a schema that declares one a
+    Long or Bool gets it back exactly at the decision (authz/agentattrs.py)."""
     if isinstance(value, str):
         return None if not value else [value] if attribute == "groups" else value
     if isinstance(value, bool | int):
+        if attribute in SCALAR_ATTRIBUTES:
+            return ("true" if value else "false") if isinstance(value, bool) else str(value)
         return None if attribute == "groups" else value
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         # Every item, never the first N: a forbid on membership must see a group listed late. The token's own
