@@ -110,16 +110,17 @@ class ApproverAuth:
     def form_csrf_ok(request: web.Request, submitted: object) -> bool:
         """The sign-in/out forms' double-submit check (constant time, as check_csrf)."""
         expected = request.cookies.get(CSRF_COOKIE, "")
-        return bool(expected) and isinstance(submitted, str) and hmac.compare_digest(expected, submitted)
+        return (bool(expected) and isinstance(submitted, str) and hmac.compare_digest(expected, submitted)
+                and _from_own_page(request))
 
     @staticmethod
     def check_csrf(request: web.Request, approver: Approver, submitted: str | None) -> None:
-        """Double-submit: a cookie-authenticated change must carry the CSRF cookie's value."""
+        """Double-submit: a cookie-authenticated change must carry the CSRF cookie's value, from our own page."""
         if approver.via != "cookie":
             return
         expected = request.cookies.get(CSRF_COOKIE, "")
         offered = submitted or request.headers.get(CSRF_HEADER, "")
-        if not expected or not offered or not hmac.compare_digest(expected, offered):
+        if not expected or not offered or not hmac.compare_digest(expected, offered) or not _from_own_page(request):
             raise Refused(403, "csrf_failed", "missing or wrong CSRF token; reload the page and try again")
 
     def may_view(self, approver: Approver, item: Approval) -> bool:
@@ -143,6 +144,15 @@ class ApproverAuth:
             raise Refused(503, exc.reason, exc.message) from exc
         if decision.outcome != "allow":
             raise Refused(403, "forbidden", "policy does not allow you to decide this call")
+
+
+def _from_own_page(request: web.Request) -> bool:
+    """The browser's Fetch Metadata does not name another origin. Double-submit alone is not enough: a page on
+    the same site (another port of the host, a sibling subdomain) gets the SameSite=Strict cookies sent along
+    and can overwrite `customs_csrf` with a value of its choosing. The gateway's Origin guard refuses most such
+    pages, but not under `listen.allowed_origins: ["*"]` or when one is listed for agents. `none`: the person
+    acted (typed, bookmarked); no header: not a browser, or one from before Fetch Metadata."""
+    return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
 
 
 def csrf_token(request: web.Request) -> str:

@@ -150,3 +150,41 @@ async def test_cookies_are_secure_when_public_url_is_https(start_gateway: Any, t
             cookies = _set_cookies(resp)
         assert "Secure" in cookies["customs_approver"] and "HttpOnly" in cookies["customs_approver"]
         assert "Secure" in cookies["customs_csrf"]
+
+
+@MEMORY
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium (apt-get install -y chromium)")
+async def test_a_same_site_page_tossing_the_csrf_cookie_cannot_decide(web_kit: WebKit, browser: Any) -> None:
+    # The double-submit token is a cookie any page of the same host (another port) can overwrite, and the
+    # SameSite=Strict session cookie goes along with a same-site form. web_kit has no gateway origin guard:
+    # this is the page under `listen.allowed_origins: ["*"]` (or with a sibling origin listed for agents).
+    from aiohttp import web
+
+    from tests.support.servers import run_aiohttp
+
+    item, _ = await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
+
+    async def attacker(_: web.Request) -> web.Response:
+        return web.Response(content_type="text/html", text=(
+            f'<form id="x" method="post" action="{web_kit.url}/approvals/{item.id}/decide">'
+            '<input name="csrf" value="tossed"><input name="outcome" value="approve"></form>'
+            '<script>document.cookie = "customs_csrf=tossed; path=/";'
+            'document.getElementById("x").submit();</script>'))
+
+    app = web.Application()
+    app.router.add_get("/", attacker)
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{web_kit.url}/approvals")
+        await page.fill("#token", web_kit.token("alice"))
+        await page.click("#signin")
+        await page.wait_for_selector(f'[data-approval-id="{item.id}"]', timeout=15000)
+        async with run_aiohttp(app) as attacker_url:
+            evil = await context.new_page()
+            async with evil.expect_response(lambda r: r.url.endswith("/decide"), timeout=15000) as answer:
+                await evil.goto(attacker_url)
+            assert (await answer.value).status == 403
+        assert (await web_kit.store.get(item.id)).pending
+    finally:
+        await context.close()
