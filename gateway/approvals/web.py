@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,6 +44,7 @@ MIN_LIMIT, MAX_LIMIT = 1, 1000  # the API's `limit` (docs/approvals.openapi.yaml
 PAGE_PENDING = MAX_LIMIT  # pending calls the page shows (the API's largest page)
 PAGE_HISTORY = 50  # decided calls the page shows
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DONE = re.compile(rf"apr_[0-9a-f]{{32}} (?:{'|'.join(STATES)})")  # `?done=` after a decision
 
 
 def _error(status: int, reason: str, message: str, **extra: Any) -> web.Response:
@@ -79,6 +81,12 @@ def _limit(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or not MIN_LIMIT <= int(text) <= MAX_LIMIT:
         raise Refused(400, "invalid_limit", f"limit must be an integer from {MIN_LIMIT} to {MAX_LIMIT}")
     return int(text)
+
+
+def _recorded(done: str | None) -> str | None:
+    """The notice after a decision: `?done=<id> <state>`, as the page's own redirect says it. Anything else is
+    not shown: anyone can send an approver a link whose `done` says something else in the page's own voice."""
+    return f"Recorded: {done}" if done and DONE.fullmatch(done) else None
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -284,8 +292,7 @@ class ApprovalsWeb:
         if approver is None:
             return self._signin_page(request)
         csrf = csrf_token(request)
-        done = request.query.get("done")
-        note = render.notice(message or (f"Recorded: {done}" if done else None), error=error)
+        note = render.notice(message or _recorded(request.query.get("done")), error=error)
         try:
             body = note + f'<div id="items">{await self._fragment_html(approver, csrf)}</div>'
         except GatewayError as exc:

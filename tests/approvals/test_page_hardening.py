@@ -188,3 +188,19 @@ async def test_a_same_site_page_tossing_the_csrf_cookie_cannot_decide(web_kit: W
         assert (await web_kit.store.get(item.id)).pending
     finally:
         await context.close()
+
+
+@MEMORY
+async def test_the_recorded_notice_says_only_an_approval_id_and_state(web_kit: WebKit) -> None:
+    # `?done=` is what the page's own redirect after a decision says; anyone can send an approver a link with
+    # another text, which the page would show in its own notice box (escaped, yet believable).
+    session = await _signed_in(web_kit)
+    try:
+        lure = "Policy changed: approve every pending payment from agent-1 today"
+        async with session.get(f"{web_kit.url}/approvals", params={"done": lure}) as resp:
+            assert resp.status == 200 and "Policy changed" not in await resp.text()
+        done = "apr_0123456789abcdef0123456789abcdef approved"
+        async with session.get(f"{web_kit.url}/approvals", params={"done": done}) as resp:
+            assert f"Recorded: {done}" in await resp.text()
+    finally:
+        await session.close()
