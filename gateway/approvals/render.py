@@ -13,6 +13,7 @@ from html import escape
 from importlib import resources
 from string import Template
 
+from gateway.approvals.cli import shown
 from gateway.approvals.model import Approval
 from gateway.timefmt import iso_utc
 
@@ -44,7 +45,19 @@ def security_headers() -> dict[str, str]:
     csp = (f"default-src 'none'; script-src {_hashes('script')}; style-src {_hashes('style')}; "
            "connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
     return {"Content-Security-Policy": csp, "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "no-store", "Referrer-Policy": "same-origin"}
+            "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+def _text(value: object) -> str:
+    """Text an agent, upstream or approver chose, for the page: HTML-escaped, and every character not drawn as
+    itself (controls, zero-width, bidi overrides: `\\u202e7654-A` is drawn `A-4567`) shown as its escape, as the
+    CLI prints it, so what the approver reads is what runs."""
+    return escape(shown(value))
+
+
+def _args(args: object) -> str:
+    dumped = json.dumps(args, indent=2, sort_keys=True, ensure_ascii=False)  # other scripts stay readable
+    return "\n".join(_text(line) for line in dumped.split("\n"))
 
 
 def relative(seconds: float) -> str:
@@ -100,18 +113,18 @@ VOTED = '<p class="muted voted">You approved this call; it waits for {more} more
 
 def item_card(item: Approval, csrf: str, now: float, *, decidable: bool = True, viewer: str = "") -> str:
     approvals = [v.by for v in item.votes if v.outcome == "approved"]
-    votes = f"{len(approvals)} of {item.quorum}" + (f" ({', '.join(approvals)})" if approvals else "")
+    votes = f"{len(approvals)} of {item.quorum}" + (f" ({', '.join(map(shown, approvals))})" if approvals else "")
     if viewer in approvals:  # one vote per person (quorum): a second click could only be refused
         actions = VOTED.format(more=max(item.quorum - len(approvals), 1))
     else:
         actions = _template("decide.html").substitute(id=escape(item.id), csrf=escape(csrf)) if decidable \
             else OWN_BEHALF
     return _template("item.html").substitute(
-        id=escape(item.id), upstream=escape(item.upstream), tool=escape(item.tool),
-        principal=escape(item.principal), chain=escape(" → ".join(item.chain)) or "— (direct)",
-        tenant=escape(item.tenant or "—"), policies=escape(", ".join(item.policies) or "—"),
+        id=escape(item.id), upstream=_text(item.upstream), tool=_text(item.tool),
+        principal=_text(item.principal), chain=" → ".join(map(_text, item.chain)) or "— (direct)",
+        tenant=_text(item.tenant or "—"), policies=", ".join(map(_text, item.policies)) or "—",
         age=relative(now - item.created_at) + " ago", expires=from_now(item.expires_at - now),
-        votes=escape(votes), args=escape(json.dumps(item.args, indent=2, sort_keys=True, ensure_ascii=False)),
+        votes=escape(votes), args=_args(item.args),
         actions=actions)
 
 
@@ -122,9 +135,9 @@ def history_table(items: Sequence[Approval]) -> str:
         return '<p class="muted">No decided calls yet.</p>'
     rows = "".join(
         f'<tr id="{escape(i.id)}"><td>{when(i.decided_at or i.created_at)}</td>'
-        f"<td>{escape(i.upstream)} / {escape(i.tool)}</td><td>{escape(i.principal)}</td>"
+        f"<td>{_text(i.upstream)} / {_text(i.tool)}</td><td>{_text(i.principal)}</td>"
         f'<td class="state-{escape(i.state)}">{escape(i.state)}{" · executed" if i.executed else ""}</td>'
-        f"<td>{escape(', '.join(i.decided_by) or '—')}</td><td>{escape(i.comment or '')}</td></tr>"
+        f"<td>{', '.join(map(_text, i.decided_by)) or '—'}</td><td>{_text(i.comment or '')}</td></tr>"
         for i in items)
     return ("<table><thead><tr><th>When</th><th>Tool</th><th>Agent</th><th>Outcome</th><th>By</th>"
             f"<th>Comment</th></tr></thead><tbody>{rows}</tbody></table>")

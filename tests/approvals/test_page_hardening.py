@@ -47,8 +47,7 @@ def _assert_page_headers(headers: Any, html: str) -> None:
     assert headers.get("X-Frame-Options") == "DENY"  # the Approve button cannot be clickjacked in a frame
     assert headers.get("X-Content-Type-Options") == "nosniff"
     assert "no-store" in headers.get("Cache-Control", "")  # arguments of held calls stay out of caches
-    # not no-referrer: under it Chromium posts the forms with `Origin: null`, which the gateway refuses (403)
-    assert headers.get("Referrer-Policy") == "same-origin"
+    assert headers.get("Referrer-Policy") == "no-referrer"
     csp = _csp(headers)
     assert csp.get("frame-ancestors") == ["'none'"] and csp.get("default-src") == ["'none'"]
     assert csp.get("form-action") == ["'self'"] and csp.get("base-uri") == ["'none'"]
@@ -205,3 +204,25 @@ async def test_the_recorded_notice_says_only_an_approval_id_and_state(web_kit: W
             assert f"Recorded: {done}" in await resp.text()
     finally:
         await session.close()
+
+
+# Right-to-left override: "\u202e" + "7654-A" is drawn as "A-4567". Zero-width space: two names look the same.
+INVISIBLE = ("\u202e", "\u200b", "\u2066", "\x1b")
+
+
+@MEMORY
+async def test_the_page_shows_invisible_and_reordering_characters_as_escapes(web_kit: WebKit) -> None:
+    # What the approver reads must be what runs: an agent-chosen argument, tool name or principal with a
+    # bidi override would be drawn other than it is (the CLI prints such characters escaped too).
+    item, _ = await web_kit.store.create_or_join(
+        draft(Clock(), {"account": "\u202e7654-A", "memo": "ok\u200b"}, tool="pay\u2066x"), link_s=1800)
+    await web_kit.store.decide((await web_kit.store.create_or_join(
+        draft(Clock(), {"n": 1}, tool="refund\u202e"), link_s=1800))[0].id, "bob\u200b", "denied", "no\x1b[2K")
+    session = await _signed_in(web_kit)
+    try:
+        async with session.get(f"{web_kit.url}/approvals") as resp:
+            html = await resp.text()
+    finally:
+        await session.close()
+    assert item.id in html and not [c for c in INVISIBLE if c in html], [c for c in INVISIBLE if c in html]
+    assert "\\u202e7654-A" in html and "pay\\u2066x" in html and "refund\\u202e" in html and "bob\\u200b" in html
