@@ -45,7 +45,7 @@ def security_headers() -> dict[str, str]:
     csp = (f"default-src 'none'; script-src {_hashes('script')}; style-src {_hashes('style')}; "
            "connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
     return {"Content-Security-Policy": csp, "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+            "Cache-Control": "no-store", "Referrer-Policy": "same-origin"}
 
 
 def _text(value: object) -> str:
