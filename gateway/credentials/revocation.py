@@ -9,6 +9,7 @@ describes, so neither store grows without bound. With Redis, all replicas see th
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -41,6 +42,9 @@ class RevocationStore(Protocol):
         """Was the task in use (on any replica) within the `used_for_s` of its last `is_ended`?"""
 
     shared: bool  # several replicas see this store: a task may live on beyond one replica's view of it
+    # When this replica last found the store had lost its data (-inf: never): ended markers of tasks begun
+    # before then may be gone, so the task tracker ends those tasks again (fail closed).
+    lost_at: float
 
 
 _PRUNE_FLOOR = 10_000
@@ -50,6 +54,7 @@ class MemoryRevocations:
     """Single-process store (the embedded default and unit tests)."""
 
     shared = False
+    lost_at = -math.inf  # the process's own memory: lost only with the process (and the tasks it knew)
 
     def __init__(self, *, ended_ttl_s: float = 3660.0, clock: Callable[[], float] = time.time) -> None:
         self._tasks: dict[str, dict[str, float]] = {}
@@ -140,10 +145,16 @@ return out
 
 class RedisRevocations:
     """Shared store: `<prefix>cred:task:<id>` (zset jti→exp), `cred:ended:<id>`, `cred:revoked:<jti>`,
-    `cred:used:<id>` (a task in use on some replica within `tasks.idle_s`).
+    `cred:used:<id>` (a task in use on some replica within `tasks.idle_s`), `cred:epoch`.
 
     Each key carries a TTL no longer than the tokens it describes (or `ended_ttl_s` for the ended
     marker). Both writes are Lua scripts, so a record racing a revoke cannot slip through.
+
+    A Redis that loses its data (restarted without persistence, FLUSHALL, a failover that lost writes)
+    loses the ended markers too, and a task ended before would get credentials again. Two cheap guards:
+    the tasks this replica saw end are also remembered here, for as long as their marker lives; and the
+    `cred:epoch` key (no TTL, set when missing) is read with every `is_ended`: when it is gone or another
+    value, `lost_at` is set, and the task tracker ends every task it knew from before (see tasks.py).
     """
 
     shared = True
@@ -156,11 +167,39 @@ class RedisRevocations:
         self._clock = clock
         self._record = client.register_script(_RECORD)
         self._revoke = client.register_script(_REVOKE)
+        self._epoch_value = secrets.token_hex(16).encode()  # written only when the store has none
+        self._epoch: bytes | None = None  # the store's epoch as this replica last read it
+        self.lost_at = -math.inf
+        self._good_at = -math.inf  # when the last read that found our epoch was issued
+        self._ended_here: dict[str, float] = {}  # task -> until: ends seen here, kept through a data loss
+        self._limit = PruneLimit(_PRUNE_FLOOR)
+
+    def _remember_end(self, task_id: str) -> None:
+        now = self._clock()
+        self._ended_here[task_id] = now + self._ended_ttl_s
+        if self._limit.due(len(self._ended_here)):
+            self._ended_here = {t: until for t, until in self._ended_here.items() if until > now}
+            self._limit.pruned(len(self._ended_here))
+
+    def _ended_locally(self, task_id: str) -> bool:
+        return self._ended_here.get(task_id, 0) > self._clock()
+
+    def _note_epoch(self, value: Any, issued: float) -> None:
+        """The data was lost after the last read that still found our epoch: a task first seen here before that
+        read is from before the loss. (A task first seen later had its own first read find the new data, unless
+        it ended here, which `_ended_here` remembers.)"""
+        if self._epoch is not None and value != self._epoch:
+            self.lost_at = max(self.lost_at, self._good_at)
+        else:
+            self._good_at = max(self._good_at, issued)
+        self._epoch = value
 
     def _task_keys(self, task_id: str) -> list[str]:
         return [f"{self._prefix}task:{task_id}", f"{self._prefix}ended:{task_id}"]
 
     async def record(self, task_id: str, jti: str, exp: float) -> None:
+        if self._ended_locally(task_id):
+            raise TaskEnded(task_id)
         ok = await self._record(keys=self._task_keys(task_id), args=[jti, exp, self._clock()])
         if not int(ok):
             raise TaskEnded(task_id)
@@ -168,6 +207,7 @@ class RedisRevocations:
     async def revoke_task(self, task_id: str) -> list[str]:
         jtis = await self._revoke(keys=self._task_keys(task_id),
                                   args=[self._clock(), self._ended_ttl_s, f"{self._prefix}revoked:"])
+        self._remember_end(task_id)
         return sorted(j.decode() if isinstance(j, bytes) else str(j) for j in jtis)
 
     async def is_revoked(self, jti: str) -> bool:
@@ -180,14 +220,20 @@ class RedisRevocations:
         return score is not None and float(score) > self._clock()
 
     async def is_ended(self, task_id: str, *, used_for_s: float | None = None) -> bool:
-        ended = self._task_keys(task_id)[1]
-        if used_for_s is None:
-            return bool(await self._client.exists(ended))
+        if self._ended_locally(task_id):
+            return True
+        epoch, issued = f"{self._prefix}epoch", self._clock()
         async with self._client.pipeline(transaction=False) as pipe:  # one round trip, as before
-            pipe.exists(ended)
-            pipe.set(f"{self._prefix}used:{task_id}", b"1", ex=max(1, math.ceil(used_for_s)))
-            found, _ = await pipe.execute()
-        return bool(found)
+            pipe.exists(self._task_keys(task_id)[1])
+            if used_for_s is not None:
+                pipe.set(f"{self._prefix}used:{task_id}", b"1", ex=max(1, math.ceil(used_for_s)))
+            pipe.set(epoch, self._epoch_value, nx=True)
+            pipe.get(epoch)
+            results = await pipe.execute()
+        self._note_epoch(results[-1], issued)
+        if results[0]:
+            self._remember_end(task_id)
+        return bool(results[0])
 
     async def used_lately(self, task_id: str) -> bool:
         return bool(await self._client.exists(f"{self._prefix}used:{task_id}"))

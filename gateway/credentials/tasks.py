@@ -64,6 +64,7 @@ class Task:
     kind: TaskKind
     last_used: float
     ends_at: float | None = None
+    started: float = 0.0  # first seen on this replica (compared with the store's lost_at)
 
 
 class TaskTracker:
@@ -110,7 +111,7 @@ class TaskTracker:
     def _touch(self, task_id: str, principal: Principal, kind: TaskKind, now: float) -> str:
         task = self._tasks.get(task_id)
         if task is None:
-            task = self._tasks[task_id] = Task(task_id, principal.key, kind, now)
+            task = self._tasks[task_id] = Task(task_id, principal.key, kind, now, started=now)
         task.last_used = now
         return task_id
 
@@ -154,6 +155,13 @@ class TaskTracker:
             return
         try:
             ended = await self.revocations.is_ended(task_id, used_for_s=self.idle_s)
+            if not ended and task.started <= self.revocations.lost_at:
+                # The store lost its data after this task began here, and its end marker may have gone with
+                # it: end it (the marker again, in the store's new data, so every replica refuses it).
+                await self.end_task(task_id, "store_reset")
+                raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
+        except GatewayError:
+            raise
         except Exception as exc:  # fail closed: a cached token may be a revoked one
             raise GatewayError("credential_unavailable", "Revocation store unavailable") from exc
         if ended:

@@ -8,6 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.credentials import CredentialService
+from gateway.errors import GatewayError
 from gateway.store import RedisConnection
 from tests.credentials.helpers import call, make_config
 
@@ -25,8 +26,8 @@ async def introspect(url: str, **form: str) -> tuple[int, dict]:
         return resp.status, await resp.json()
 
 
-async def mint(service: CredentialService) -> str:
-    ctx = call("pay", "pay", {"x": 1})
+async def mint(service: CredentialService, session_id: str = "sess-1") -> str:
+    ctx = call("pay", "pay", {"x": 1}, session_id=session_id)
     await service.stage(ctx)
     return ctx.upstream_headers["Authorization"].removeprefix("Bearer ")
 
@@ -130,7 +131,10 @@ async def test_a_redis_that_lost_its_data_revives_no_revoked_token(tmp_path, clo
         redis_server.restart()  # no AOF, no RDB: every key is gone
         for _ in range(2):  # the first ask may meet the dropped connection (inactive too), the next one Redis
             assert await introspect(served.url, token=revoked) == (200, {"active": False})
-        status, body = await introspect(served.url, token=await mint(served.service))
+        with pytest.raises(GatewayError) as ended:  # the ended task stays ended (docs/credentials.md)
+            await mint(served.service)
+        assert ended.value.data == {"task_ended": True}
+        status, body = await introspect(served.url, token=await mint(served.service, "sess-2"))
         assert status == 200 and body["active"] is True
     finally:
         await conn.close()
