@@ -32,6 +32,7 @@ from gateway.config import ConfigError
 from gateway.config.model import Config, PoliciesConfig, RedisStore
 from gateway.credentials.redaction import Redactor
 from gateway.credentials.service import CredentialService
+from gateway.identity.metadata import split_base
 from gateway.limits import Limiter, MemoryLimits, RedisLimits, sweep_interval
 from gateway.pinning import MemoryPins, RedisPins, ToolGuard
 from gateway.pipeline import Authorizer, Identifier
@@ -241,6 +242,7 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
                                           approvers_issuer=config.approvals.approvers_issuer,
                                           keepalive_s=config.approvals.keepalive_s,
                                           closing=approve.shutting_down,
-                                          public_https=config.listen.resource_url.startswith("https://")),
+                                          public_https=config.listen.resource_url.startswith("https://"),
+                                          base_path=split_base(config.listen.resource_url)[1]),
                          *ToolsAdmin(guard, identifier, upstreams, config.pinning.admin_group).routes()],
                  checks=checks, owners_before_upstreams=owners)

@@ -83,14 +83,16 @@ def when(ts: float | None) -> str:
             f'{time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))} UTC</time>')
 
 
-def page(title: str, body: str, *, who: str = "", live: bool = False) -> str:
-    return _template("base.html").substitute(title=escape(title), body=body, who=who,
+def page(title: str, body: str, *, who: str = "", live: bool = False, base: str = "") -> str:
+    """A whole page; `base` is the path prefix of `listen.public_url` (a reverse proxy's, e.g. `/customs`): every
+    URL the page gives the browser starts with it, since the gateway's own routes are at its root."""
+    return _template("base.html").substitute(title=escape(title), body=body, who=who, base=escape(base),
                                              script=_raw("live.js") if live else "")
 
 
-def who_box(name: str, csrf: str) -> str:
+def who_box(name: str, csrf: str, base: str = "") -> str:
     return (f'Signed in as <strong id="me">{escape(name)}</strong> '
-            f'<form method="post" action="/approvals/signout"><input type="hidden" name="csrf" '
+            f'<form method="post" action="{escape(base)}/approvals/signout"><input type="hidden" name="csrf" '
             f'value="{escape(csrf)}"><button type="submit">Sign out</button></form>')
 
 
@@ -100,8 +102,9 @@ def notice(text: str | None, *, error: bool = False) -> str:
     return f'<div class="notice{" error" if error else ""}" role="status">{escape(text)}</div>'
 
 
-def signin(csrf: str, message: str | None = None) -> str:
-    return _template("signin.html").substitute(csrf=escape(csrf), notice=notice(message, error=True))
+def signin(csrf: str, message: str | None = None, base: str = "") -> str:
+    return _template("signin.html").substitute(csrf=escape(csrf), notice=notice(message, error=True),
+                                               base=escape(base))
 
 
 OWN_BEHALF = ('<p class="muted own-behalf">This call was made on your behalf (by you, an agent you own or one '
@@ -111,14 +114,16 @@ OWN_BEHALF = ('<p class="muted own-behalf">This call was made on your behalf (by
 VOTED = '<p class="muted voted">You approved this call; it waits for {more} more approver(s).</p>'
 
 
-def item_card(item: Approval, csrf: str, now: float, *, decidable: bool = True, viewer: str = "") -> str:
+def item_card(item: Approval, csrf: str, now: float, *, decidable: bool = True, viewer: str = "",
+              base: str = "") -> str:
     approvals = [v.by for v in item.votes if v.outcome == "approved"]
     votes = f"{len(approvals)} of {item.quorum}" + (f" ({', '.join(map(shown, approvals))})" if approvals else "")
     if viewer in approvals:  # one vote per person (quorum): a second click could only be refused
         actions = VOTED.format(more=max(item.quorum - len(approvals), 1))
+    elif decidable:
+        actions = _template("decide.html").substitute(id=escape(item.id), csrf=escape(csrf), base=escape(base))
     else:
-        actions = _template("decide.html").substitute(id=escape(item.id), csrf=escape(csrf)) if decidable \
-            else OWN_BEHALF
+        actions = OWN_BEHALF
     return _template("item.html").substitute(
         id=escape(item.id), upstream=_text(item.upstream), tool=_text(item.tool),
         principal=_text(item.principal), chain=" → ".join(map(_text, item.chain)) or "— (direct)",
@@ -144,11 +149,12 @@ def history_table(items: Sequence[Approval]) -> str:
 
 
 def items_fragment(pending: Sequence[Approval], history: Sequence[Approval], csrf: str, *,
-                   own: Set[str] = frozenset(), viewer: str = "") -> str:
+                   own: Set[str] = frozenset(), viewer: str = "", base: str = "") -> str:
     """The live part of the page; items in `own` were made on the viewer's behalf and get no buttons, nor do
     those the viewer already approved (quorum)."""
     now = time.time()
-    cards = "".join(item_card(i, csrf, now, decidable=i.id not in own, viewer=viewer) for i in pending) or \
+    cards = "".join(item_card(i, csrf, now, decidable=i.id not in own, viewer=viewer, base=base)
+                     for i in pending) or \
         '<p class="muted" id="none-pending">Nothing is waiting for approval.</p>'
     return (f'<h2>Waiting for a decision ({len(pending)})</h2>{cards}'
             f"<h2>History</h2>{history_table(history)}")

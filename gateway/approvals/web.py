@@ -126,8 +126,11 @@ class ApprovalsWeb:
 
     def __init__(self, store: ApprovalStore, auth: ApproverAuth, *,
                  redactor: Callable[[Any], Any] | None = None, keepalive_s: float = 15.0,
-                 closing: asyncio.Event | None = None) -> None:
+                 closing: asyncio.Event | None = None, base_path: str = "") -> None:
         self._store = store
+        # The path prefix of listen.public_url: a reverse proxy publishes the gateway under it and strips it, so
+        # the routes are at the root but every URL given to the browser (redirects, forms, fetches) carries it.
+        self._base = base_path.rstrip("/")
         self._auth = auth
         self._redact = redactor
         self._keepalive_s = keepalive_s
@@ -267,8 +270,8 @@ class ApprovalsWeb:
 
     def _signin_page(self, request: web.Request, message: str | None = None, status: int = 200) -> web.Response:
         token = csrf_token(request)
-        response = web.Response(text=render.page("Sign in", render.signin(token, message)),
-                                content_type="text/html", status=status)
+        response = web.Response(text=render.page("Sign in", render.signin(token, message, self._base),
+                                                 base=self._base), content_type="text/html", status=status)
         set_csrf_cookie(response, self._auth.secure(request), token)
         return response
 
@@ -284,7 +287,7 @@ class ApprovalsWeb:
         # The store lists by creation; the history reads as a log of decisions, newest decision first.
         history = sorted(history, key=lambda i: i.decided_at or i.created_at, reverse=True)[:PAGE_HISTORY]
         own = {i.id for i in pending if self._auth.on_own_behalf(approver, i)}  # shown, but not decidable
-        return render.items_fragment(pending, history, csrf, own=own, viewer=approver.name)
+        return render.items_fragment(pending, history, csrf, own=own, viewer=approver.name, base=self._base)
 
     async def page(self, request: web.Request, message: str | None = None, *, error: bool = False,
                    status: int = 200) -> web.StreamResponse:
@@ -299,8 +302,9 @@ class ApprovalsWeb:
             body = note + render.notice(f"The approval store is unavailable ({exc.message}). Try again shortly.",
                                         error=True)
             status = 503
-        response = web.Response(text=render.page("Approvals", body, who=render.who_box(approver.name, csrf),
-                                                 live=True), content_type="text/html", status=status)
+        who = render.who_box(approver.name, csrf, self._base)
+        response = web.Response(text=render.page("Approvals", body, who=who, live=True, base=self._base),
+                                content_type="text/html", status=status)
         set_csrf_cookie(response, self._auth.secure(request), csrf)
         return response
 
@@ -322,7 +326,7 @@ class ApprovalsWeb:
             principal = await self._auth.identify_token(token)
         except Refused as exc:
             return self._signin_page(request, f"Sign-in failed: {exc.message}", exc.status)
-        response = web.HTTPSeeOther("/approvals")
+        response = web.HTTPSeeOther(self._base + "/approvals")
         set_session(response, self._auth.secure(request), token, principal)
         return response
 
@@ -336,7 +340,7 @@ class ApprovalsWeb:
         session = _session_key(request)
         for signed_out in self._streams.pop(session, set()) if session is not None else ():
             signed_out.set()  # this session's live-update streams (other tabs) end with it
-        response = web.HTTPSeeOther("/approvals")
+        response = web.HTTPSeeOther(self._base + "/approvals")
         clear_session(response)
         return response
 
@@ -363,7 +367,7 @@ class ApprovalsWeb:
             return await self.page(request, text, error=True, status=409)
         except GatewayError as exc:
             return await self.page(request, exc.message, error=True, status=503)
-        return web.HTTPSeeOther(f"/approvals?done={item.id}+{item.state}")
+        return web.HTTPSeeOther(f"{self._base}/approvals?done={item.id}+{item.state}")
 
     def routes(self) -> list[web.RouteDef]:
         def api(handler: Handler) -> Handler:
@@ -383,9 +387,11 @@ class ApprovalsWeb:
 def approval_routes(store: ApprovalStore, identifier: Identifier, approver_check: ApproverCheck, *,
                     redactor: Callable[[Any], Any] | None = None, approvers_issuer: str | None = None,
                     keepalive_s: float = 15.0, closing: asyncio.Event | None = None,
-                    public_https: bool = False) -> list[web.RouteDef]:
+                    public_https: bool = False, base_path: str = "") -> list[web.RouteDef]:
     """All routes of the approvers' page and API, ready for `app.add_routes(...)`; `closing` is set when the
     gateway begins to shut down (it ends the live-update streams); `public_https`: `listen.public_url` is https
-    (cookies are Secure even when TLS ends at a proxy)."""
+    (cookies are Secure even when TLS ends at a proxy); `base_path`: the path of `listen.public_url` (a proxy's
+    prefix), which every URL the page gives the browser starts with."""
     auth = ApproverAuth(identifier, approver_check, approvers_issuer=approvers_issuer, public_https=public_https)
-    return ApprovalsWeb(store, auth, redactor=redactor, keepalive_s=keepalive_s, closing=closing).routes()
+    return ApprovalsWeb(store, auth, redactor=redactor, keepalive_s=keepalive_s, closing=closing,
+                        base_path=base_path).routes()

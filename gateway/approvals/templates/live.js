@@ -1,10 +1,11 @@
 <script>
 (function () {
   var box = document.getElementById("items");
+  var base = document.body.dataset.base;  // listen.public_url's path prefix ("" without one)
   var timer = null;
   function refresh() {
     timer = null;
-    fetch("/approvals/fragment", {credentials: "same-origin"}).then(function (r) {
+    fetch(base + "/approvals/fragment", {credentials: "same-origin"}).then(function (r) {
       if (r.status === 401) { signIn(); return null; }
       return r.ok ? r.text() : null;
     }).then(function (html) {
@@ -27,12 +28,12 @@
   function signIn() {
     // Back to the sign-in form, keeping a Review link's #apr_… (it survives the sign-in). A URL that differs
     // from this one only in its fragment would not load anything, so the same URL is reloaded instead.
-    var to = "/approvals" + location.hash;
+    var to = base + "/approvals" + location.hash;
     if (location.pathname + location.search + location.hash === to) location.reload(); else location.assign(to);
   }
   function soon() { if (!timer) timer = setTimeout(refresh, 150); }
   if (window.EventSource) {
-    var source = new EventSource("/api/approvals/events");
+    var source = new EventSource(base + "/api/approvals/events");
     source.addEventListener("change", soon);
     source.onerror = function () { soon(); };
   }
