@@ -181,3 +181,23 @@ async def test_the_sweep_keeps_buckets_that_have_not_refilled() -> None:
     with pytest.raises(GatewayError) as info:
         await limiter.rate(ctx())
     assert info.value.data["limit"] == "per_principal"
+
+
+async def test_calls_still_in_flight_count_in_calls_and_seen_tools(backends):
+    """docs/policies.md: a call counts from its admission (its reservation, before the decision), so calls still
+    in flight are in `calls` and `seen_tools` of the calls after them (the safe side of a rate-like policy);
+    one that did not execute is given back and no longer counts."""
+    _, facts, _ = backends
+    stage = TaskStage(facts, {}, lambda c: "task-3")
+    in_flight = ctx(tool="read_secrets")
+    await stage(in_flight)  # admitted, not finished: neither kept (forwarded) nor given back yet
+    same, other = ctx(tool="read_secrets"), ctx(tool="send_mail")
+    await stage(same)
+    await stage(other)
+    assert same.extra["task"]["calls"] == 1 and same.extra["task"]["seen_tools"] == ["payments/read_secrets"]
+    assert other.extra["task"]["calls"] == 0 and other.extra["task"]["seen_tools"] == ["payments/read_secrets"]
+    for call in (in_flight, same):
+        await stage.release(call)  # never forwarded: given back
+    after = ctx(tool="send_mail")
+    await stage(after)
+    assert after.extra["task"]["calls"] == 1 and after.extra["task"]["seen_tools"] == ["payments/send_mail"]
