@@ -23,6 +23,7 @@ import cedarpy
 
 from gateway.authz.argnames import unknown_args, walk
 from gateway.authz.argtypes import Type, agent_types, context_types
+from gateway.authz.sourcelines import mentioned_line, statement_lines, syntax_error_line
 from gateway.authz.timelits import time_problems
 
 log = logging.getLogger("customs.authz")
@@ -30,6 +31,7 @@ log = logging.getLogger("customs.authz")
 SCHEMA_FILE = "schema.cedarschema"
 MAX_QUORUM = 20  # more distinct approvers than this for one call is a typo, not a policy
 Parsed = list[tuple[Path, str, list[dict[str, str]]]]  # file, text, each static policy's annotations
+Place = tuple[Path, str, int, int]  # a policy's file, that file's text, its first and last line (0: unknown)
 
 
 class PolicyLoadError(Exception):
@@ -218,45 +220,77 @@ def _parse_files(paths: list[Path], problems: list[str]) -> Parsed:
                 continue
             parsed.append((path, text, _annotations(text)))
         except ValueError as exc:
-            problems.append(f"{path}: syntax error: {exc}")
+            problems.append(f"{_at(path, syntax_error_line(text, cedarpy.PolicySet.from_str))}: syntax error: {exc}")
     return parsed
 
 
-def _id_map(parsed: Parsed, problems: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """policyN -> @id over the concatenation, and policyN -> file (for validation messages)."""
+def _at(path: Path | str, line: int | None) -> str:
+    """`file:line`, or the file alone when the line is not known."""
+    return f"{path}:{line}" if line else str(path)
+
+
+def _places(path: Path, text: str, count: int) -> list[Place]:
+    """Where each of the `count` policies of a file is, as far as its statements can be told apart."""
+    spans = statement_lines(text)
+    if len(spans) != count:  # split otherwise than Cedar reads it: name the file alone
+        spans = [(0, 0)] * count
+    return [(path, text, first, last) for first, last in spans]
+
+
+def _id_map(parsed: Parsed, problems: list[str]) -> tuple[dict[str, str], dict[str, Place]]:
+    """policyN -> @id over the concatenation, and policyN -> where it is (for validation messages)."""
     by_internal: dict[str, str] = {}
-    files: dict[str, str] = {}
+    places: dict[str, Place] = {}
     seen: dict[str, str] = {}
     index = 0
-    for path, _text, annotated in parsed:
-        for position, ident in enumerate((a.get("id") for a in annotated), start=1):
+    for path, text, annotated in parsed:
+        for position, (ident, place) in enumerate(
+                zip((a.get("id") for a in annotated), _places(path, text, len(annotated)), strict=True), start=1):
             internal = f"policy{index}"
             index += 1
-            files[internal] = str(path)
+            places[internal] = place
+            where = _at(path, place[2])
             if not ident:
-                problems.append(f"{path}: policy #{position} has no @id(\"...\") annotation")
+                problems.append(f"{where}: policy #{position} has no @id(\"...\") annotation")
                 continue
             if ident in seen:
-                problems.append(f"{path}: duplicate @id(\"{ident}\") (also in {seen[ident]})")
-            seen[ident] = str(path)
+                problems.append(f"{where}: duplicate @id(\"{ident}\") (also in {seen[ident]})")
+            seen[ident] = where
             by_internal[internal] = ident
-    return by_internal, files
+    return by_internal, places
 
 
 def _quorums(parsed: Parsed, problems: list[str]) -> dict[str, int]:
     """@id -> N for each policy annotated `@quorum("N")` (1 ≤ N ≤ MAX_QUORUM; anything else is a problem)."""
     out: dict[str, int] = {}
-    for path, _text, annotated in parsed:
-        for annotation in annotated:
+    for path, text, annotated in parsed:
+        for annotation, place in zip(annotated, _places(path, text, len(annotated)), strict=True):
             raw, ident = annotation.get("quorum"), annotation.get("id")
             if raw is None or not ident:
                 continue
             if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_QUORUM:
-                problems.append(f'{path}: policy {ident!r}: @quorum("{raw}") must be a whole number '
+                where = _at(path, mentioned_line(f"`{raw}`", text, place[2], place[3]) or place[2])
+                problems.append(f'{where}: policy {ident!r}: @quorum("{raw}") must be a whole number '
                                 f"from 1 to {MAX_QUORUM}")
                 continue
             out[ident] = int(raw)
     return out
+
+
+def _schema_line(text: str, message: str) -> int | None:
+    """The line of a schema error: a parse error's by parsing, an unknown type's where it is named."""
+    if message.startswith("error parsing schema"):
+        return syntax_error_line(text, cedarpy.Schema.from_str)
+    return mentioned_line(message, text)
+
+
+def _validation_where(place: Place | None, message: str) -> str | None:
+    """`file:line` of a validation error: the line in its policy naming what the error quotes, else the
+    policy's first line."""
+    if place is None:
+        return None
+    path, text, first, last = place
+    return _at(path, first and (mentioned_line(message, text, first, last) or first))
 
 
 def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPolicies:
@@ -277,16 +311,17 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
         try:
             schema = cedarpy.Schema.from_str(schema_text)
         except ValueError as exc:
-            problems.append(f"{schema_path}: invalid schema: {exc}")
+            problems.append(f"{_at(schema_path, _schema_line(schema_text, str(exc)))}: invalid schema: {exc}")
     parsed = _parse_files(paths, problems)
-    by_internal, files = _id_map(parsed, problems)
+    by_internal, places = _id_map(parsed, problems)
+    files = {internal: _at(path, first) for internal, (path, _t, first, _l) in places.items()}
     quorums = _quorums(parsed, problems)
     text = "\n".join(t for _p, t, _ids in parsed)
     est: Any = None  # the set's JSON form, once it is known to parse
     if schema is not None and parsed and not problems:
         result = cedarpy.validate_policies(text, schema, release_gil=True)
         for error in result.errors:
-            where = files.get(error.policy_id, str(directory))
+            where = _validation_where(places.get(error.policy_id), error.error) or str(directory)
             name = by_internal.get(error.policy_id, error.policy_id)
             problems.append(f"{where}: policy {name!r}: {rename_ids(error.error, by_internal)}")
         est = json.loads(cedarpy.policies_to_json_str(text))

@@ -42,9 +42,9 @@ def test_loading_refuses_a_misspelled_guard(policy_dir: Path) -> None:
     with pytest.raises(PolicyLoadError) as caught:
         load_policies(policy_dir)
     assert caught.value.problems == [
-        f"{policy_dir / 'cap.cedar'}: policy 'cap': argument 'quantty' read on context.args is not in the "
+        f"{policy_dir / 'cap.cedar'}:1: policy 'cap': argument 'quantty' read on context.args is not in the "
         "schema's Args record; did you mean 'quantity'?",
-        f"{policy_dir / 'cap.cedar'}: policy 'cap2': argument 'zzzzzz' read on context.args is not in the "
+        f"{policy_dir / 'cap.cedar'}:4: policy 'cap2': argument 'zzzzzz' read on context.args is not in the "
         "schema's Args record"]
 
 
@@ -69,7 +69,7 @@ def test_loading_refuses_a_misspelled_task_total(policy_dir: Path) -> None:
     with pytest.raises(PolicyLoadError) as caught:
         load_policies(policy_dir)
     assert caught.value.problems == [
-        f"{policy_dir / 'cap.cedar'}: policy 'task-cap': total 'amout' read on context.task.totals is not in "
+        f"{policy_dir / 'cap.cedar'}:1: policy 'task-cap': total 'amout' read on context.task.totals is not in "
         "the schema's Task totals record; did you mean 'amount'?"]
 
 

@@ -51,7 +51,7 @@ def test_validate_ok_and_broken(policy_dir: Path) -> None:
     assert ok.returncode == 0 and "OK (12 policies" in ok.stdout
     (policy_dir / "bad.cedar").write_text('@id("bad")\npermit (principal, action, resource) when { context.nope };')
     bad = run("validate", policy_dir)
-    assert bad.returncode == 1 and "bad.cedar: policy 'bad'" in bad.stderr and "nope" in bad.stderr
+    assert bad.returncode == 1 and "bad.cedar:2: policy 'bad'" in bad.stderr and "nope" in bad.stderr
 
 
 def test_policy_test_passes_shipped_and_fails_a_wrong_case(tmp_path: Path) -> None:
@@ -218,7 +218,7 @@ def test_validate_catches_a_misspelled_argument_behind_has(policy_dir: Path) -> 
                                           'when { context.args has amout && context.args.amout > 5 };')
     bad = run("validate", policy_dir)
     assert bad.returncode == 1
-    assert (f"{policy_dir / 'cap.cedar'}: policy 'cap': argument 'amout' read on context.args is not in the "
+    assert (f"{policy_dir / 'cap.cedar'}:1: policy 'cap': argument 'amout' read on context.args is not in the "
             "schema's Args record; did you mean 'amount'?") in bad.stderr
 
 

@@ -25,8 +25,8 @@ def test_start_up_refuses_invalid_policies_listing_every_problem(policy_dir: Pat
     with pytest.raises(PolicyLoadError) as exc:
         PolicyEngine(PoliciesConfig(dir=policy_dir), "dev").load_sync()
     text = "\n".join(exc.value.problems)
-    assert "broken.cedar: syntax error" in text
-    assert "noid.cedar: policy #1 has no @id" in text
+    assert "broken.cedar:1: syntax error" in text
+    assert "noid.cedar:1: policy #1 has no @id" in text
 
 
 @pytest.mark.parametrize(("setup", "expected"), [

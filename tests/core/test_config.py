@@ -238,7 +238,7 @@ def test_config_check_reports_a_broken_policy(tmp_path: Path, capsys: pytest.Cap
     (policies / "broken.cedar").write_text('@id("broken")\npermit(principal, action, resource) oops;\n')
     code, _out, err = _check(_write(tmp_path, policies={"dir": "pol"}), capsys)
     assert code == 2
-    assert f"  policies.dir: {policies / 'broken.cedar'}: syntax error" in err
+    assert f"  policies.dir: {policies / 'broken.cedar'}:2: syntax error" in err
 
 
 def test_config_check_reports_a_missing_jwks_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
