@@ -26,6 +26,7 @@ SESSION_COOKIE = "customs_approver"
 CSRF_COOKIE = "customs_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 MAX_SESSION_S = 8 * 3600
+MAX_COOKIE_BYTES = 4096  # a cookie's name and value together: browsers drop a larger one without a word
 
 ApproverCheck = Callable[[Principal, Approval], Decision]
 
@@ -170,6 +171,17 @@ def set_session(response: web.StreamResponse, secure: bool, token: str, principa
     response.set_cookie(SESSION_COOKIE, token, path="/", samesite="Strict", secure=secure,
                         httponly=True, max_age=max_age)
     set_csrf_cookie(response, secure, secrets.token_urlsafe(32))  # a fresh CSRF token per session
+
+
+def session_too_large(token: str) -> str | None:
+    """Why `token` cannot be the session cookie, if it cannot: a browser drops a cookie over MAX_COOKIE_BYTES
+    without a word, so the sign-in would "succeed" and land on the sign-in form again (many group claims)."""
+    size = len(SESSION_COOKIE) + len(token.encode())
+    if size <= MAX_COOKIE_BYTES:
+        return None
+    return (f"Your token is too large for a browser cookie ({size} bytes with the cookie's name; browsers keep at "
+            f"most {MAX_COOKIE_BYTES}), so this page cannot keep you signed in. Use the API or `customs approvals` "
+            "with Authorization: Bearer <token>, or ask your identity provider for a token with fewer claims.")
 
 
 def clear_session(response: web.StreamResponse) -> None:

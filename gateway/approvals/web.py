@@ -29,6 +29,7 @@ from gateway.approvals.auth import (
     Refused,
     clear_session,
     csrf_token,
+    session_too_large,
     set_csrf_cookie,
     set_session,
 )
@@ -326,6 +327,8 @@ class ApprovalsWeb:
             principal = await self._auth.identify_token(token)
         except Refused as exc:
             return self._signin_page(request, f"Sign-in failed: {exc.message}", exc.status)
+        if (too_large := session_too_large(token)) is not None:
+            return self._signin_page(request, too_large, 400)
         response = web.HTTPSeeOther(self._base + "/approvals")
         set_session(response, self._auth.secure(request), token, principal)
         return response

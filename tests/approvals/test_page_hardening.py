@@ -227,3 +227,27 @@ async def test_the_page_shows_invisible_and_reordering_characters_as_escapes(web
         await session.close()
     assert item.id in html and not [c for c in INVISIBLE if c in html], [c for c in INVISIBLE if c in html]
     assert "\\u202e7654-A" in html and "pay\\u2066x" in html and "refund\\u202e" in html and "bob\\u200b" in html
+
+
+@MEMORY
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium (apt-get install -y chromium)")
+async def test_a_token_too_large_for_a_cookie_is_refused_with_a_reason(web_kit: WebKit, browser: Any) -> None:
+    # Browsers drop a cookie over 4096 bytes without a word, so the sign-in "succeeded" and the person was
+    # back at an empty sign-in form, again and again. Tokens with many group claims get that large.
+    big = web_kit.token("alice", groups=("approvers", *(f"team-{n:04d}-with-a-long-name" for n in range(150))))
+    assert len(big) > 4096
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{web_kit.url}/approvals")
+        await page.fill("#token", big)
+        await page.click("#signin")
+        await page.wait_for_load_state("load")
+        text = await page.inner_text("main")
+        assert "too large" in text and "Authorization: Bearer" in text, text
+        assert not [c for c in await context.cookies() if c["name"] == "customs_approver"]
+        await page.fill("#token", web_kit.token("alice"))  # an ordinary token still signs in
+        await page.click("#signin")
+        await page.wait_for_selector("#me", timeout=15000)
+    finally:
+        await context.close()
