@@ -19,10 +19,12 @@ from typing import Any
 
 import aiohttp
 
+from gateway.approvals.cli import shown
 from gateway.approvals.model import Approval
 from gateway.config.model import WebhookConfig
 
 log = logging.getLogger("customs.approvals.webhooks")
+ARGS_SHOWN = 2500  # characters of the arguments' JSON in the Slack text (the page and `approval` have them all)
 SIGNATURE_HEADER = "X-Customs-Signature"
 TIMESTAMP_HEADER = "X-Customs-Timestamp"
 
@@ -33,8 +35,20 @@ def sign(secret: str, body: bytes) -> str:
 
 def mrkdwn(value: str) -> str:
     """Slack's escaping of text: the agent's and upstream's words (tool names, arguments, ids) must never
-    turn into `<url|label>` links or `<!channel>` mentions in the approvers' channel."""
+    turn into `<url|label>` links or `<!channel>` mentions in the approvers' channel; and a character not drawn
+    as itself (zero-width, a bidi override: `\\u202e7654-A` is drawn `A-4567`) is shown as its escape."""
+    value = "\n".join(shown(line) for line in value.split("\n"))
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _args_text(args: object) -> str:
+    """The arguments for the code block, cut to ARGS_SHOWN characters with a note saying so: keys are sorted, so
+    a long harmless one could otherwise push the one that matters out of sight unannounced."""
+    text = json.dumps(args, indent=2, sort_keys=True, ensure_ascii=False)
+    if len(text) > ARGS_SHOWN:
+        cut = len(text) - ARGS_SHOWN
+        text = f"{text[:ARGS_SHOWN]}\n… cut: {cut} more characters; the approvals page shows them all"
+    return mrkdwn(text).replace("```", "`\u200b``")  # a ``` inside would close the code block early
 
 
 def message(approval: Approval, page_url: str | None) -> dict[str, Any]:
@@ -44,9 +58,7 @@ def message(approval: Approval, page_url: str | None) -> dict[str, Any]:
     fields = [f"*Agent:* {who}", f"*Tenant:* {mrkdwn(approval.tenant or '—')}",
               f"*Required by:* {mrkdwn(', '.join(approval.policies)) or '—'}",
               f"*Expires:* <!date^{int(approval.expires_at)}^{{time}}|{int(approval.expires_at)}>"]
-    # A ``` inside the arguments would close the code block early.
-    args = mrkdwn(json.dumps(approval.args, indent=2, sort_keys=True, ensure_ascii=False)[:2500]
-                  .replace("```", "`\u200b``"))
+    args = _args_text(approval.args)
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
