@@ -157,6 +157,7 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
         return override.timeout_s if override and override.timeout_s else cfg.timeout_s
 
     obs = parts.observability
+    obs.lists_tool = catalog.lists  # a failed call's tool name is a metric value only if listed
     pipeline = obs.instrument(Pipeline(
         authorize=parts.authorize, approve=parts.approve, credential=parts.credentials.stage,
         forward=ForwardStage(sessions, timeout, obs.inject, sent_id_recorder(obs.telemetry)), record=obs.record,

@@ -308,6 +308,12 @@ class Catalog:
     def tool(self, upstream: str, name: str) -> ToolInfo | None:
         return self._by_upstream[upstream].tools.get(name)
 
+    def lists(self, name: str, view: str | None) -> bool:
+        """Whether a tool name as an agent used it (prefixed in the aggregated view `None`, else the upstream's
+        own) is in its upstream's last known list: a name telemetry may record as a metric value."""
+        target = self.resolve(name) if view is None else (view, name)
+        return target is not None and target[0] in self._by_upstream and self.tool(*target) is not None
+
     def tools(self, upstream: str) -> list[ToolInfo]:
         return list(self._by_upstream[upstream].tools.values())
 

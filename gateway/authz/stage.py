@@ -30,7 +30,9 @@ class AuthorizeStage:
         if ctx.tool is None:
             ctx.extra[NOT_FOUND_ITEM] = name
             raise not_found(ctx.action, name)
-        pending = ctx.extra.pop(PENDING_TOOL, None)
+        # Kept while the tool is unchecked (a denial decided on what it could be): its name, perhaps made up,
+        # is then no metric value (telemetry/stage.py).
+        pending = ctx.extra.get(PENDING_TOOL)
         if ctx.approval is not None:  # the re-check of a released call: decided (and recorded) as it runs now
             ctx.extra[RELEASED_AT] = time.time()
         # Cedar on pre-parsed handles takes tens of microseconds: inline, no thread hop.
@@ -39,6 +41,7 @@ class AuthorizeStage:
         # minted for it): not for a call that no annotation could make anything but a deny.
         if isinstance(pending, PendingTool) and not self._denied_whatever_annotations(ctx, decision, pending):
             tool = await pending.load()
+            del ctx.extra[PENDING_TOOL]
             if tool is None:  # its upstream has no such tool: recorded as not found, not as a policy's denial
                 ctx.extra[NOT_FOUND_ITEM] = ctx.tool.name
                 raise not_found(ctx.action, name)

@@ -65,7 +65,8 @@ async def _call(endpoint: McpEndpoint, request: web.Request, session: Session, p
             return (await endpoint.run_call(session, principal, message, channel))[0]
         with endpoint.observability.request(request.headers, message.method, message.params, message.id,
                                             principal=principal, session_id=session.id,
-                                            protocol_version=session.protocol_version, http=request) as trace:
+                                            protocol_version=session.protocol_version, http=request,
+                                            view=session.view) as trace:
             return (await endpoint.run_call(session, principal, message, channel, trace))[0]
     except GatewayError as exc:  # refused before it ran (an id already in flight)
         reply = to_wire(exc, message.id)[0]

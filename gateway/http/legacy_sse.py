@@ -113,7 +113,7 @@ class LegacySseEndpoint:
             return nullcontext(None)
         return obs.request(request.headers, message.method, message.params, message.id, principal=principal,  # type: ignore[no-any-return]
                            session_id=session.id, protocol_version=session.protocol_version,
-                           start_ns=identify_ns[0], identify_ns=identify_ns, http=request)
+                           start_ns=identify_ns[0], identify_ns=identify_ns, http=request, view=session.view)
 
     async def _initialize(self, session: Session, message: jsonrpc.Message, trace: Any = None) -> None:
         try:

@@ -119,8 +119,8 @@ class McpEndpoint:
             # A stateless (2026-07-28) request is part of no MCP session: its implicit one's id is the gateway's own.
             with self.observability.request(request.headers, message.method, message.params, message.id,
                                             principal=principal, session_id=None if session.stateless else session.id,
-                                            protocol_version=session.protocol_version, start_ns=started,
-                                            identify_ns=(started, identified), http=request) as trace:
+                                            protocol_version=session.protocol_version, view=session.view,
+                                            start_ns=started, identify_ns=(started, identified), http=request) as trace:
                 return await self._answer(request, session, principal, message, sse_ok, extra_headers, trace)
         except jsonrpc.Batch as batch:  # a JSON array: answered only in 2025-03-26 sessions
             return await answer_batch(self, request, view, principal, batch, sse_ok)

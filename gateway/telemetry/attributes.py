@@ -19,6 +19,20 @@ Redact = Callable[[Any], Any]
 
 # Which request parameter names the span's target, per method (low cardinality only: no resource URIs).
 TARGET_PARAM = {"tools/call": "name", "prompts/get": "name"}
+# The methods MCP defines (the conventions' `mcp.method.name` values, the revisions since, the gateway's own
+# notification). Any other method an agent sends is `_OTHER` in metrics and span names, as the HTTP conventions
+# do for methods they do not know: a caller must not pick the values of a metric attribute.
+MCP_METHODS = frozenset({
+    "initialize", "ping", "tools/list", "tools/call", "prompts/list", "prompts/get", "resources/list",
+    "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
+    "completion/complete", "logging/setLevel", "sampling/createMessage", "elicitation/create", "roots/list",
+    "server/discover", "tasks/get", "tasks/result", "tasks/list", "tasks/cancel",
+    "notifications/initialized", "notifications/cancelled", "notifications/progress", "notifications/message",
+    "notifications/roots/list_changed", "notifications/tools/list_changed", "notifications/prompts/list_changed",
+    "notifications/resources/list_changed", "notifications/resources/updated", "notifications/elicitation/complete",
+    "notifications/tasks/status", "notifications/customs/task_end",
+})
+OTHER_METHOD = "_OTHER"
 
 
 def target_of(method: str, params: Mapping[str, Any] | None) -> str | None:

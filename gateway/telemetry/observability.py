@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,8 @@ from gateway.credentials.redaction import Redactor
 from gateway.memo import Memo
 from gateway.pipeline import Pipeline
 from gateway.telemetry.attributes import (
+    MCP_METHODS,
+    OTHER_METHOD,
     connection_attributes,
     decision_attributes,
     principal_attributes,
@@ -83,18 +85,19 @@ class _RequestBlock:
     """`Observability.request`'s block (a plain context manager: no generator per request): makes the
     SERVER span current, records identify under it, and on the way out the error and the duration metric."""
 
-    __slots__ = ("_identify", "_method", "_obs", "_span", "_started", "_target", "_trace")
+    __slots__ = ("_identify", "_method", "_obs", "_span", "_started", "_target", "_trace", "_view")
     _trace: RequestTrace  # made on entry
 
     def __init__(self, obs: Observability, method: str, target: str | None, started: float,
                  span: AbstractContextManager[AnySpan] | None = None,
-                 identify: tuple[tuple[int, int], dict[str, Any]] | None = None) -> None:
+                 identify: tuple[tuple[int, int], dict[str, Any]] | None = None, view: str | None = None) -> None:
         self._obs = obs
-        self._method = method
+        self._method = method  # OTHER_METHOD for a method MCP does not define
         self._target = target
         self._started = started
         self._span = span  # None: tracing off
         self._identify = identify
+        self._view = view  # the session's upstream (None: aggregated), for what the target names
 
     def __enter__(self) -> RequestTrace:
         if self._span is None:
@@ -110,8 +113,15 @@ class _RequestBlock:
         trace = self._trace
         if exc is not None:
             trace.error = exc
+        target = self._target
+        # An answered call named a real tool or prompt; a failed one may have named anything: then the name
+        # is a metric value and in the span name only if it is listed (not on the call path: errors only).
+        if target is not None and trace.error is not None and not self._obs.names_item(self._method, target,
+                                                                                      self._view):
+            target = None
+            trace.span.update_name(self._method)
         try:
-            self._obs._server_metric(self._method, self._target, trace.error, time.perf_counter() - self._started,
+            self._obs._server_metric(self._method, target, trace.error, time.perf_counter() - self._started,
                                      trace.tool_error)
         finally:
             if self._span is not None:
@@ -146,6 +156,9 @@ class Observability:
         # Not memoized: every call gets its own Decision (its own evaluation time), so a memo by object never hits.
         self.record = RecordStage(self.log, self.metrics, self.telemetry, decision_attributes)
         self._upstreams = {u.name: u for u in config.upstreams}
+        # (tool name as the agent used it, session's view) -> listed by its upstream; set by the app (catalog).
+        # None: every name counts as real (no catalog to ask).
+        self.lists_tool: Callable[[str, str | None], bool] | None = None
 
     async def start(self) -> None:
         await self.telemetry.start()
@@ -190,18 +203,23 @@ class Observability:
     def request(self, headers: Mapping[str, Any] | None, method: str, params: Mapping[str, Any] | None,
                 request_id: Any, *, principal: Principal | None = None, session_id: str | None = None,
                 protocol_version: str | None = None, start_ns: int | None = None,
-                identify_ns: tuple[int, int] | None = None,
-                http: web.BaseRequest | None = None) -> AbstractContextManager[RequestTrace]:
+                identify_ns: tuple[int, int] | None = None, http: web.BaseRequest | None = None,
+                view: str | None = None) -> AbstractContextManager[RequestTrace]:
         """The SERVER span of one JSON-RPC request (current inside the block) and its duration metric.
 
         `start_ns`/`identify_ns` (time.time_ns()) let the span start when the HTTP request arrived and
         record identify, which runs before the method is known, as a child after the fact. `http`, the
         aiohttp request, gives the connection's `client.address`/`client.port`/`network.protocol.version`.
+        `view`: the session's upstream (None: the aggregated endpoint), which a tool name is looked up in.
+
+        A method MCP does not define is `_OTHER` in the metric and span name (the span keeps it as
+        `mcp.method.name`), as is a tool or prompt name no upstream lists when the request fails (see `names_item`).
         """
         params = params or {}
         target = target_of(method, params)
+        named = method if method in MCP_METHODS else OTHER_METHOD
         if not self.telemetry.enabled:  # tracing off: only the duration metric, no attribute work
-            return _RequestBlock(self, method, target, time.perf_counter())
+            return _RequestBlock(self, named, target, time.perf_counter(), view=view)
         meta = params.get("_meta")
         if meta is not None and not isinstance(meta, Mapping):  # (no ABC check for the usual absent _meta)
             meta = None
@@ -216,9 +234,16 @@ class Observability:
         if who is not None:
             attrs.update(who)
         started = time.perf_counter() if start_ns is None else time.perf_counter() - (time.time_ns() - start_ns) / 1e9
-        span = self.telemetry.server_span(method, target, attrs, parent, links, start_time=start_ns)
+        span = self.telemetry.server_span(named, target, attrs, parent, links, start_time=start_ns)
         identify = (identify_ns, who) if identify_ns is not None and who is not None else None
-        return _RequestBlock(self, method, target, started, span, identify)
+        return _RequestBlock(self, named, target, started, span, identify, view)
+
+    def names_item(self, method: str, target: str, view: str | None) -> bool:
+        """Whether a failed request's target is a real name (so may be a metric value and in the span name): a
+        tool its upstream lists; never a prompt (no prompt list is kept: an answered prompts/get names one)."""
+        if method == "tools/call":
+            return self.lists_tool is None or self.lists_tool(target, view)
+        return False
 
     def identified(self, duration_ns: int) -> None:
         """identify of one POSTed message took `duration_ns` (a refusal too): the stage-duration metric's `identify`."""

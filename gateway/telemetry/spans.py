@@ -101,6 +101,10 @@ class LightSpan:
                 attributes = {k: v for k, v in attributes.items() if v is not None}
             self._attributes.update(attributes)
 
+    def update_name(self, name: str) -> None:
+        if self._sink is not None and not self._end:
+            self._name = name
+
     def set_status(self, status: Status) -> None:
         if self.is_recording():
             self._status = (status.status_code.value, status.description)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gateway.catalog import PENDING_TOOL
 from gateway.config.model import UpstreamConfig
 from gateway.context import NOT_FOUND_ITEM, CallContext, Decision
 from gateway.errors import GatewayError
@@ -69,14 +70,14 @@ class RecordStage:
         assert metrics is not None
         upstream = ctx.upstream or ""
         decision = ctx.decision
+        tool = _label(ctx)
         outcome: str
         if decision is not None:
-            tool, outcome = ctx.tool.name if ctx.tool else "", decision.outcome
+            outcome = decision.outcome
         elif NOT_FOUND_ITEM in ctx.extra:
-            # A denial (the agent's answer is one) of no tool: a name an agent made up is no label value.
-            tool, outcome = "", "deny"
+            outcome = "deny"  # a denial (the agent's answer is one) of no tool
         else:
-            tool, outcome = ctx.tool.name if ctx.tool else "", "none"
+            outcome = "none"
         metrics.record_call(upstream, tool, outcome, reason or ("tool_error" if is_tool_error(ctx.result) else "ok"))
         if decision is not None and decision.errors:  # an engine fault denies: count it, or it hides among denials
             metrics.policy_error(upstream, tool)
@@ -89,6 +90,18 @@ class RecordStage:
             metrics.rate_limited(str(data.get("scope") or data.get("limit") or "call"))
         if ctx.approval is not None and ctx.approval.outcome not in ("pending", "reused"):
             metrics.approval_waited(ctx.approval.waited_s, ctx.approval.outcome)
+
+
+def _label(ctx: CallContext) -> str:
+    """The call's `gen_ai.tool.name` in metrics: a name the agent may have made up is no label value (one series
+    per invented name), nor is a resource URI (its ToolInfo's name). A tool is real once found in its upstream's
+    list (not for one denied before its list was known: PENDING_TOOL still there), a prompt once answered."""
+    tool = ctx.tool
+    if tool is None or NOT_FOUND_ITEM in ctx.extra or ctx.action == "read_resource":
+        return ""
+    if ctx.action == "get_prompt":
+        return tool.name if ctx.error is None else ""
+    return "" if PENDING_TOOL in ctx.extra else tool.name
 
 
 class StageRecorder:
@@ -192,6 +205,8 @@ class _TracedForward:
             except BaseException as exc:
                 error = error_reason(exc) if isinstance(exc, GatewayError) else _code(exc)
                 code = error_code(exc, own=False)  # the upstream's answer only: none when it never answered
+                if target is not None and ctx.method == "prompts/get":  # maybe a name the agent made up
+                    span.update_name(ctx.method)
                 raise
             finally:
                 if self._metrics is not None:
@@ -203,7 +218,7 @@ class _TracedForward:
         attrs: Attrs = {"customs.upstream": ctx.upstream or ""}
         if ctx.method == "tools/call" and ctx.tool is not None:
             attrs["gen_ai.tool.name"] = ctx.tool.name
-        elif ctx.method == "prompts/get" and ctx.tool is not None:
+        elif ctx.method == "prompts/get" and ctx.tool is not None and error is None:  # (answered: a real prompt)
             attrs["gen_ai.prompt.name"] = ctx.tool.name
         if error is not None:
             attrs["error.type"] = error
