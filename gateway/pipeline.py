@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from gateway.context import CallContext, Decision, Principal, ToolInfo
 
@@ -54,6 +54,11 @@ class StageTimer(Protocol):
     raised): the stage-duration metric and the stage's span are made from this, with no wrapper around the stage."""
 
     def __call__(self, stage: str, ctx: CallContext, started_ns: int, error: BaseException | None) -> None: ...
+
+
+# CallContext.extra key: set by the approve stage once it claimed an approved call for this request, to a function
+# the pipeline awaits when the call is over, so the approval records whether the call reached the upstream.
+APPROVAL_SETTLE: Final = "approval_settle"
 
 
 async def _no_op(ctx: CallContext) -> None:
@@ -136,4 +141,8 @@ class Pipeline:
             await self.facts.release(ctx)
             raise
         finally:
+            if ctx.approval is not None:  # a claimed approval: executed, or never ran (and why)
+                settle = ctx.extra.pop(APPROVAL_SETTLE, None)
+                if settle is not None:
+                    await settle(ctx)
             await self.record(ctx)

@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
@@ -57,14 +58,14 @@ class MemoryApprovalStore:
     # -- transitions -------------------------------------------------------------------------
 
     def _store(self, item: Approval, transition: str, actor: str | None = None,
-               comment: str | None = None) -> Approval:
+               comment: str | None = None, detail: str | None = None) -> Approval:
         self._items[item.id] = item
         changed = self._changed.pop(item.id, None)
         if changed is not None:
             changed.set()
         notify_listeners(self._listeners, item.id)
         if transition:
-            emit(self.on_event, event(item, transition, actor=actor, comment=comment, at=self._clock()))
+            emit(self.on_event, event(item, transition, actor=actor, comment=comment, at=self._clock(), detail=detail))
         return item
 
     def _expire_if_due(self, item: Approval) -> Approval:
@@ -167,8 +168,17 @@ class MemoryApprovalStore:
         linked = self._keys.get(item.key)
         if linked is not None and linked[0] == approval_id:
             del self._keys[item.key]  # the next identical call needs a new approval
-        self._store(item.with_state("approved", executed=True), "executed")
+        self._store(item.with_state("approved", executed=True), "")  # recorded by `settle`, once it is known
         return True
+
+    async def settle(self, approval_id: str, not_executed: str | None) -> None:
+        item = self._items.get(approval_id)
+        if item is None or not item.executed:
+            return
+        if not_executed is None:
+            emit(self.on_event, event(item, "executed", at=self._clock()))
+        else:
+            self._store(replace(item, not_executed=not_executed), "not_executed", detail=not_executed)
 
     async def expire_due(self) -> builtins.list[Approval]:
         now = self._clock()

@@ -56,7 +56,9 @@ class Approval:
     """A call held for human approval, as stored and as shown to approvers.
 
     `args` are already redacted; `args_digest` binds the approval to the exact (unredacted)
-    arguments. `executed` turns true exactly once, when the approved call is claimed for forwarding.
+    arguments. `executed` turns true exactly once, when the approved call is claimed for forwarding; if the call
+    then never reached the upstream (re-check denied, no credential, ...) `not_executed` says why, and the item
+    reads as not executed while staying used (claimed: one approval, at most one execution).
     """
 
     id: str
@@ -80,7 +82,8 @@ class Approval:
     decided_by: tuple[str, ...] = ()
     comment: str | None = None
     decided_at: float | None = None
-    executed: bool = False
+    executed: bool = False  # claimed for forwarding (the claim flag: never reset, so never claimed twice)
+    not_executed: str | None = None  # claimed, but the call never reached the upstream: why
     votes: tuple[Vote, ...] = ()
     method: str = "tools/call"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +108,11 @@ class Approval:
     def claimable(self) -> bool:
         return self.state == "approved" and not self.executed
 
+    @property
+    def ran(self) -> bool:
+        """The approved call was forwarded (it may have executed upstream)."""
+        return self.executed and self.not_executed is None
+
     def with_state(self, state: str, **changes: Any) -> Approval:
         return replace(self, state=state, **changes)
 
@@ -124,7 +132,8 @@ class Approval:
             "decided_by": ", ".join(self.decided_by) if self.decided_by else None,
             "comment": self.comment,
             "quorum": self.quorum, "votes": [asdict(v) for v in self.votes],
-            "decided_at": self.decided_at, "executed": self.executed, "method": self.method,
+            "decided_at": self.decided_at, "executed": self.ran, "not_executed": self.not_executed,
+            "method": self.method,
             "policy_version": self.policy_version or None,  # the set that held the call (it may reload since)
         }
 
@@ -141,6 +150,8 @@ class Approval:
             # Replicas from before `owners` existed build the item with `cls(**record)` and would fail on it;
             # left out when empty, an item of an agent without an owner stays readable during a rolling deploy.
             del record["owners"]
+        if self.not_executed is None:  # likewise: stored only for a claimed call that never ran
+            del record["not_executed"]
         return record
 
     @classmethod
@@ -157,7 +168,7 @@ class Approval:
 
 
 def event(approval: Approval, transition: str, *, actor: str | None = None, comment: str | None = None,
-          at: float | None = None) -> dict[str, Any]:
+          at: float | None = None, detail: str | None = None) -> dict[str, Any]:
     """A decision-log record for one state change (the telemetry decision log writes it).
 
     It carries the held call's `trace_id`/`span_id` when the item has them, wherever the change happens (the
@@ -171,4 +182,6 @@ def event(approval: Approval, transition: str, *, actor: str | None = None, comm
     }
     if approval.trace_id is not None:
         record.update(trace_id=approval.trace_id, span_id=approval.span_id)
+    if detail is not None:  # `not_executed`: why the claimed call never ran
+        record["detail"] = detail
     return record

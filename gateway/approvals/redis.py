@@ -49,6 +49,7 @@ def approval_from_hash(fields: dict[str, str]) -> Approval:
     votes = tuple(Vote(**v) for v in json.loads(fields.get("votes") or "[]"))
     state = fields["state"]
     record.update(state=state, votes=[asdict(v) for v in votes], executed=fields.get("executed") == "1",
+                  not_executed=fields.get("not_executed") or None,
                   decided_at=float(fields["decided_at"]) if fields.get("decided_at") else None)
     if state == "denied" and votes:
         record.update(decided_by=[votes[-1].by], comment=votes[-1].comment)
@@ -72,8 +73,8 @@ class RedisApprovalStore:
         self._heartbeat_s = heartbeat_s
         self._keep_ms = int(keep_s * 1000)
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in (
-            "CREATE_OR_JOIN", "DECIDE", "CANCEL", "WITHDRAW", "CLAIM", "FORGET", "HEARTBEAT", "HOLD", "ABANDON",
-            "PRUNE")}
+            "CREATE_OR_JOIN", "DECIDE", "CANCEL", "WITHDRAW", "CLAIM", "NOT_EXECUTED", "FORGET", "HEARTBEAT", "HOLD",
+            "ABANDON", "PRUNE")}
         self._changed: dict[str, asyncio.Event] = {}
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -170,8 +171,9 @@ class RedisApprovalStore:
     async def _script(self, name: str, *args: Any) -> Any:
         return await self._run(self._scripts[name](keys=[], args=[self._p, *args]))
 
-    def _emit(self, item: Approval, transition: str, actor: str | None = None, comment: str | None = None) -> None:
-        emit(self.on_event, event(item, transition, actor=actor, comment=comment, at=self._clock()))
+    def _emit(self, item: Approval, transition: str, actor: str | None = None, comment: str | None = None,
+              detail: str | None = None) -> None:
+        emit(self.on_event, event(item, transition, actor=actor, comment=comment, at=self._clock(), detail=detail))
 
     # -- the store ---------------------------------------------------------------------------
 
@@ -292,11 +294,16 @@ class RedisApprovalStore:
         await self._script("FORGET", approval_id)
 
     async def claim_execution(self, approval_id: str) -> bool:
-        claimed = int(await self._script("CLAIM", approval_id, self._clock(), self._keep_ms)) == 1
-        if claimed:
-            with contextlib.suppress(GatewayError, ApprovalNotFound):
-                self._emit(await self.get(approval_id), "executed")
-        return claimed
+        # `executed` is recorded by `settle`, once it is known whether the call reached the upstream.
+        return int(await self._script("CLAIM", approval_id, self._clock(), self._keep_ms)) == 1
+
+    async def settle(self, approval_id: str, not_executed: str | None) -> None:
+        if not_executed is None:
+            self._emit(await self.get(approval_id), "executed")
+            return
+        result = await self._script("NOT_EXECUTED", approval_id, not_executed)
+        if result:
+            self._emit(approval_from_hash(_hash(result)), "not_executed", detail=not_executed)
 
     async def expire_due(self) -> builtins.list[Approval]:
         due = await self._run(self._client.zrangebyscore(self._p + "pending", "-inf", self._clock()))

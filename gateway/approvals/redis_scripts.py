@@ -125,6 +125,16 @@ redis.call('PUBLISH', P .. 'events', ARGV[2])
 return 1
 """
 
+# ARGV: prefix, id, reason  -> hgetall, or {} when the item is missing or was never claimed. A claimed call that
+# never reached the upstream: `executed` (the claim) stays 1, so it is never claimed again.
+NOT_EXECUTED: Final = _HELPERS + """
+local key = item_key(ARGV[2])
+if redis.call('HGET', key, 'executed') ~= '1' then return {} end
+redis.call('HSET', key, 'not_executed', ARGV[3])
+redis.call('PUBLISH', P .. 'events', ARGV[2])
+return redis.call('HGETALL', key)
+"""
+
 # ARGV: prefix, id, now, keep_ms, dead_after_ms  -> {changed 0/1, hgetall} or {} when missing
 # A held request that went away cancels the item only if no request on a live replica (heartbeat within
 # dead_after_ms, as in ABANDON) still holds it: an identical call waiting on the same item keeps waiting.

@@ -133,6 +133,13 @@ def item_card(item: Approval, csrf: str, now: float, *, decidable: bool = True, 
         actions=actions)
 
 
+def _execution(item: Approval) -> str:
+    """What became of an approved call: forwarded, or claimed but never run (and why)."""
+    if item.not_executed:
+        return f" · not executed ({escape(item.not_executed)})"
+    return " · executed" if item.ran else ""
+
+
 def history_table(items: Sequence[Approval]) -> str:
     """Decided calls; each row's id is the approval id, as a pending card's is, so `/approvals#apr_…` (the
     webhook's Review link, `approval_url`) lands on the call whether it is still pending or decided."""
@@ -141,7 +148,7 @@ def history_table(items: Sequence[Approval]) -> str:
     rows = "".join(
         f'<tr id="{escape(i.id)}"><td>{when(i.decided_at or i.created_at)}</td>'
         f"<td>{_text(i.upstream)} / {_text(i.tool)}</td><td>{_text(i.principal)}</td>"
-        f'<td class="state-{escape(i.state)}">{escape(i.state)}{" · executed" if i.executed else ""}</td>'
+        f'<td class="state-{escape(i.state)}">{escape(i.state)}{_execution(i)}</td>'
         f"<td>{', '.join(map(_text, i.decided_by)) or '—'}</td><td>{_text(i.comment or '')}</td></tr>"
         for i in items)
     return ("<table><thead><tr><th>When</th><th>Tool</th><th>Agent</th><th>Outcome</th><th>By</th>"

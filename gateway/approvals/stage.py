@@ -19,6 +19,7 @@ from gateway.approvals.store import ApprovalStore
 from gateway.config.model import ApprovalsConfig
 from gateway.context import ApprovalState, CallContext, Principal
 from gateway.errors import GatewayError
+from gateway.pipeline import APPROVAL_SETTLE
 
 log = logging.getLogger("customs.approvals")
 REDACTED = "[redacted]"
@@ -68,6 +69,7 @@ def _terminal_error(item: Approval) -> GatewayError:
     return GatewayError("approval_cancelled", f"Pending call was {item.state}", data=data)
 
 
+_NOT_FOUND = frozenset({"unknown_tool", "unknown_prompt", "unknown_resource"})
 _UNRELEASED = {"approval_pending": "pending", "approval_denied": "denied", "approval_expired": "expired",
                "approval_cancelled": "cancelled"}
 
@@ -158,6 +160,7 @@ class ApproveStage:
                     if await self._store.claim_execution(item.id):
                         ctx.approval = ApprovalState(item.id, outcome, item.decided_by, item.comment,
                                                      self._clock() - started)
+                        ctx.extra[APPROVAL_SETTLE] = self.settle  # a bound method: no cycle through ctx
                         return
                     continue
                 raise _terminal_error(item)
@@ -170,6 +173,22 @@ class ApproveStage:
             if item is not None and reason in _UNRELEASED:
                 ctx.approval = _unreleased(item, reason, self._clock() - started)
             raise
+
+    async def settle(self, ctx: CallContext) -> None:
+        """The claimed call is over: record `executed` if it was forwarded (from then on it may have run), else
+        `not_executed` with why (the approval stays used: a retry asks anew). Never fails the call's answer."""
+        assert ctx.approval is not None
+        if ctx.extra.get("forwarded"):
+            why = None
+        elif isinstance(ctx.error, GatewayError):
+            # Before the forward, a not-found answer is the re-check's denial (denied looks like missing).
+            why = "denied_on_recheck" if ctx.error.reason in _NOT_FOUND else ctx.error.reason
+        else:
+            why = "cancelled" if isinstance(ctx.error, asyncio.CancelledError) else "not_forwarded"
+        try:
+            await self._store.settle(ctx.approval.id, why)
+        except Exception:  # the answer stands; the item keeps saying `executed` (it may have)
+            log.warning("could not record whether approved call %s ran", ctx.approval.id, exc_info=True)
 
     def _pending_error(self, item: Approval) -> GatewayError:
         data: dict[str, Any] = {"approval_id": item.id, "expires_at": item.expires_at}

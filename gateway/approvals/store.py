@@ -70,7 +70,12 @@ class ApprovalStore(Protocol):
         ...
 
     async def claim_execution(self, approval_id: str) -> bool:
-        """True exactly once for an approved item: the caller may forward the call."""
+        """True exactly once for an approved item: the caller may forward the call (then `settle` it)."""
+        ...
+
+    async def settle(self, approval_id: str, not_executed: str | None) -> None:
+        """After a claimed call: record `executed` (None: it was forwarded) or that it never ran and why
+        (`not_executed`; the item stays claimed, so the approval is used all the same)."""
         ...
 
     async def count_pending(self) -> int:

@@ -27,6 +27,7 @@ async def test_every_change_of_a_held_call_carries_its_trace(kit: StoreKit, cloc
     assert (read.trace_id, read.span_id) == (TRACE, SPAN)
     await b.decide(approved.id, "alice", "approved", None)
     assert await b.claim_execution(approved.id)
+    await b.settle(approved.id, None)
     await b.decide(denied.id, "alice", "denied", "no")
     await b.cancel(gone.id, "abandoned")
     clock.advance(1000)

@@ -149,6 +149,7 @@ async def test_every_change_is_an_event(kit: StoreKit, clock: Clock) -> None:
     item, _ = await store.create_or_join(draft(clock), link_s=1800)
     await store.decide(item.id, "alice", "approved", "looks right")
     await store.claim_execution(item.id)
+    await store.settle(item.id, None)  # the claimed call was forwarded
     transitions = [(e["transition"], e["actor"], e["comment"]) for e in kit.events if e["approval_id"] == item.id]
     assert transitions == [("created", "agent-1", None), ("approved", "alice", "looks right"),
                            ("executed", None, None)]
