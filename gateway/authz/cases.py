@@ -8,6 +8,7 @@ determine it. The same runner serves `customs policy test` and pytest.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -95,7 +96,10 @@ def _check_keys(found: Any, known: frozenset[str], where: str) -> None:
 
 def _actor(spec: Any, named: dict[str, Any], where: str) -> Actor:
     if isinstance(spec, str):
-        spec = named.get(spec, {"id": spec})
+        if spec not in named:  # not an id: a misspelled name would be an agent with no attributes, denied
+            raise CaseError(f"{where}: {spec!r} is not a name in `principals` ({', '.join(sorted(named)) or 'none'});"
+                            f" an agent known only by its id is {{id: {json.dumps(spec)}}}")
+        spec = named[spec]
     if not isinstance(spec, dict) or not isinstance(spec.get("id"), str):
         raise CaseError(f"{where}: an actor is a name from `principals` or {{id: ..., attributes: {{...}}}}")
     _check_keys(spec, _PRINCIPAL_KEYS, f"{where}: principal {spec['id']!r}")

@@ -65,7 +65,7 @@ def test_policy_test_passes_shipped_and_fails_a_wrong_case(tmp_path: Path) -> No
     unreadable = run("test", tmp_path / "missing.yaml", "--policies", SHIPPED)
     assert unreadable.returncode == 2 and "cannot read cases" in unreadable.stderr
     malformed = tmp_path / "malformed.yaml"
-    malformed.write_text("cases:\n  - {principal: a, tool: nope, expect: allow}\n")
+    malformed.write_text("cases:\n  - {principal: {id: a}, tool: nope, expect: allow}\n")
     assert "tool must be 'upstream/tool'" in run("test", malformed, "--policies", SHIPPED).stderr
 
 

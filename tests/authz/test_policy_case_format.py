@@ -231,3 +231,25 @@ def test_a_tools_key_that_names_no_upstream_tool_exits_2(tmp_path: Path) -> None
         result = policy_test(tmp_path, f"cases:\n  - {{name: x, principal: {{sub: a, tenant: acme}}, tool: {tool},"
                              " expect: deny}\n")
         assert result.returncode == 2 and f"tool must be 'upstream/tool', got {tool!r}" in result.stderr, tool
+
+
+def test_a_name_principals_does_not_define_exits_2(tmp_path: Path) -> None:
+    """A bare name was taken as the id of an agent with no attributes, so a misspelled `principal: reder` or
+    `chain: [orchestrater]` denied, and a case expecting deny passed for the wrong reason."""
+    named = 'principals:\n  reader: {id: "spiffe://customs.demo/agent/reader", attributes: {tenant: acme}}\n'
+    for case in ("principal: reder", "principal: reader, chain: [orchestrater]"):
+        result = policy_test(tmp_path, named + TOOLS + f"cases:\n  - {{name: typo, {case}, tool: inventory/set_stock,"
+                             " approved: true, expect: deny}\n")
+        assert result.returncode == 2, result.stdout
+        assert "cases[0]" in result.stderr and "is not a name in `principals`" in result.stderr, result.stderr
+    ok = policy_test(tmp_path, named + TOOLS + "cases:\n  - {name: by id, principal: reader, tool: inventory/get_stock,"
+                     ' chain: [{id: "spiffe://customs.demo/agent/ghost"}], expect: deny}\n')
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_the_documented_case_file_passes(tmp_path: Path) -> None:
+    """The example under `## Policy tests` in docs/policies.md, copied as it is, passes on the shipped policies."""
+    text = (REPO / "docs" / "policies.md").read_text()
+    block = text.split("## Policy tests", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    result = policy_test(tmp_path, block)
+    assert result.returncode == 0 and " 0 failed" in result.stdout, result.stdout + result.stderr
