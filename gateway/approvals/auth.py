@@ -160,17 +160,20 @@ def csrf_token(request: web.Request) -> str:
     return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
 
 
-def set_csrf_cookie(response: web.StreamResponse, secure: bool, token: str) -> None:
-    response.set_cookie(CSRF_COOKIE, token, path="/", samesite="Strict", secure=secure, httponly=False)
+# `path`: where the page lives, `/` or the path of listen.public_url behind a proxy's prefix (`/customs/`), so
+# that other applications the proxy publishes on the same host are never sent the approver's token.
+def set_csrf_cookie(response: web.StreamResponse, secure: bool, token: str, path: str = "/") -> None:
+    response.set_cookie(CSRF_COOKIE, token, path=path, samesite="Strict", secure=secure, httponly=False)
 
 
-def set_session(response: web.StreamResponse, secure: bool, token: str, principal: Principal) -> None:
+def set_session(response: web.StreamResponse, secure: bool, token: str, principal: Principal,
+                path: str = "/") -> None:
     max_age = MAX_SESSION_S
     if principal.expires_at is not None:
         max_age = max(1, min(max_age, int(principal.expires_at - time.time())))
-    response.set_cookie(SESSION_COOKIE, token, path="/", samesite="Strict", secure=secure,
+    response.set_cookie(SESSION_COOKIE, token, path=path, samesite="Strict", secure=secure,
                         httponly=True, max_age=max_age)
-    set_csrf_cookie(response, secure, secrets.token_urlsafe(32))  # a fresh CSRF token per session
+    set_csrf_cookie(response, secure, secrets.token_urlsafe(32), path)  # a fresh CSRF token per session
 
 
 def session_too_large(token: str) -> str | None:
@@ -184,6 +187,6 @@ def session_too_large(token: str) -> str | None:
             "with Authorization: Bearer <token>, or ask your identity provider for a token with fewer claims.")
 
 
-def clear_session(response: web.StreamResponse) -> None:
-    response.del_cookie(SESSION_COOKIE, path="/")
-    response.del_cookie(CSRF_COOKIE, path="/")
+def clear_session(response: web.StreamResponse, path: str = "/") -> None:
+    response.del_cookie(SESSION_COOKIE, path=path)  # deleted only with the Path it was set with
+    response.del_cookie(CSRF_COOKIE, path=path)

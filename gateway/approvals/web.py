@@ -132,6 +132,7 @@ class ApprovalsWeb:
         # The path prefix of listen.public_url: a reverse proxy publishes the gateway under it and strips it, so
         # the routes are at the root but every URL given to the browser (redirects, forms, fetches) carries it.
         self._base = base_path.rstrip("/")
+        self._cookies = self._base or "/"  # the cookies' Path: the page's, never other applications on the host
         self._auth = auth
         self._redact = redactor
         self._keepalive_s = keepalive_s
@@ -273,7 +274,7 @@ class ApprovalsWeb:
         token = csrf_token(request)
         response = web.Response(text=render.page("Sign in", render.signin(token, message, self._base),
                                                  base=self._base), content_type="text/html", status=status)
-        set_csrf_cookie(response, self._auth.secure(request), token)
+        set_csrf_cookie(response, self._auth.secure(request), token, self._cookies)
         return response
 
     async def _fragment_html(self, approver: Approver, csrf: str) -> str:
@@ -306,7 +307,7 @@ class ApprovalsWeb:
         who = render.who_box(approver.name, csrf, self._base)
         response = web.Response(text=render.page("Approvals", body, who=who, live=True, base=self._base),
                                 content_type="text/html", status=status)
-        set_csrf_cookie(response, self._auth.secure(request), csrf)
+        set_csrf_cookie(response, self._auth.secure(request), csrf, self._cookies)
         return response
 
     async def fragment(self, request: web.Request) -> web.StreamResponse:
@@ -330,7 +331,7 @@ class ApprovalsWeb:
         if (too_large := session_too_large(token)) is not None:
             return self._signin_page(request, too_large, 400)
         response = web.HTTPSeeOther(self._base + "/approvals")
-        set_session(response, self._auth.secure(request), token, principal)
+        set_session(response, self._auth.secure(request), token, principal, self._cookies)
         return response
 
     async def signout(self, request: web.Request) -> web.StreamResponse:
@@ -344,7 +345,7 @@ class ApprovalsWeb:
         for signed_out in self._streams.pop(session, set()) if session is not None else ():
             signed_out.set()  # this session's live-update streams (other tabs) end with it
         response = web.HTTPSeeOther(self._base + "/approvals")
-        clear_session(response)
+        clear_session(response, self._cookies)
         return response
 
     async def page_decide(self, request: web.Request) -> web.StreamResponse:

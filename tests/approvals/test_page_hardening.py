@@ -251,3 +251,39 @@ async def test_a_token_too_large_for_a_cookie_is_refused_with_a_reason(web_kit: 
         await page.wait_for_selector("#me", timeout=15000)
     finally:
         await context.close()
+
+
+def _path(set_cookie: str) -> str:
+    return next(a.split("=", 1)[1] for a in set_cookie.split("; ") if a.startswith("Path="))
+
+
+async def test_cookies_stay_under_the_public_url_path(start_gateway: Any, tmp_path: Path) -> None:
+    # Behind a proxy publishing the gateway at https://gw.example/customs, other applications of that host
+    # (https://gw.example/wiki/) must not be sent the approver's token: the cookies' Path is the prefix
+    # (`/customs` matches `/customs/approvals`, not `/customsfoo`).
+    import aiohttp
+
+    from tests.support.tokens import TestIssuer
+
+    issuer = TestIssuer(tmp_path)
+    public = "https://gw.example/customs"
+    gw = await start_gateway({"listen": {"public_url": public},
+                              "upstreams": [{"name": "x", "url": "http://127.0.0.1:9/mcp"}],
+                              "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+                              "policies": {"dir": str(REPO / "policies")}})
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with http.get(f"{gw.url}/approvals") as resp:
+            csrf_cookie = _set_cookies(resp)["customs_csrf"]
+        assert _path(csrf_cookie) == "/customs"
+        csrf = csrf_cookie.split("=", 1)[1].split(";", 1)[0]
+        token = issuer.mint("alice", aud=f"{public}/mcp", groups=["approvers"])
+        async with http.post(f"{gw.url}/approvals/signin", data={"token": token, "csrf": csrf},
+                             headers={"Cookie": f"customs_csrf={csrf}"}, allow_redirects=False) as resp:
+            assert resp.status == 303
+            cookies = _set_cookies(resp)
+        assert _path(cookies["customs_approver"]) == _path(cookies["customs_csrf"]) == "/customs"
+        async with http.post(f"{gw.url}/approvals/signout", data={"csrf": csrf}, allow_redirects=False,
+                             headers={"Cookie": f"customs_csrf={csrf}; customs_approver={token}"}) as resp:
+            assert resp.status == 303
+            cleared = _set_cookies(resp)  # a cookie is only deleted with the Path it was set with
+        assert _path(cleared["customs_approver"]) == _path(cleared["customs_csrf"]) == "/customs"
