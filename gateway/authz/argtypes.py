@@ -214,6 +214,17 @@ def agent_types(schema: cedarpy.Schema) -> dict[str, Type] | None:
     return dict(shape[1]) if shape[0] == "record" else {}
 
 
+def approval_args_type(schema: cedarpy.Schema) -> Type | None:
+    """The declared type of the `Approval` entity's `args` attribute (what `resource.args` of `approve` is); None
+    when the schema declares none or its rendering cannot be read (nothing is checked)."""
+    parser = _parsed(schema)
+    if parser is None:
+        return None
+    shape = parser.resolve(parser.shapes.get("Approval", ("record", {})))
+    args = shape[1].get("args") if shape[0] == "record" else None
+    return None if args is None or args[0] == "any" else args
+
+
 def describe(value: Any) -> str:
     """The Cedar type of a converted value, for error messages."""
     if isinstance(value, bool):

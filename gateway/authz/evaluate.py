@@ -158,8 +158,9 @@ def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: To
     key = (version, ents_text, action, tool.cedar_id, first_text, "granted" if granted else "", *who)
     known = cache.decision(key) if cache is not None else None
     if known is not None:  # the same inputs decide the same way: only the timing is this call's own
-        return Decision(known.outcome, known.policy_ids, known.errors, (time.perf_counter() - started) * 1e6,
-                        version)
+        decision = Decision(known.outcome, known.policy_ids, known.errors, (time.perf_counter() - started) * 1e6,
+                            version)
+        return _approvable(policies, decision, facts, started) if decision.outcome == "approval_required" else decision
     decision = _evaluate(policies, ents, who, action, tool, first, first_text, granted, started)
     # A value of another type than declared can make a forbid silently false (see argtypes): deny, and
     # keep what Cedar said too (an operator that did error names its policy).
@@ -169,7 +170,30 @@ def decide(policies: LoadedPolicies, principal: Principal, action: str, tool: To
                          version, decision.policy_ids if decision.outcome == "deny" else ())
     if cache is not None:
         cache.remember(key, decision)
-    return decision
+    return _approvable(policies, decision, facts, started) if decision.outcome == "approval_required" else decision
+
+
+def approve_args_mismatches(policies: LoadedPolicies, args: Any) -> list[str]:
+    """`resource.args.<path> is ..., the schema declares ...` for each argument the `approve` policies read whose
+    value does not fit Approval's declared `args` type (as `check` does for the context of call_tool)."""
+    spec = policies.approval_args
+    if spec is None:
+        return []
+    reads, typ = spec
+    converted, _ = E.convert_args(args)
+    if reads is not None:
+        converted = prune(converted, reads)
+    return ["resource" + m.removeprefix("context") for m in check({"args": converted}, ("record", {"args": typ}))]
+
+
+def _approvable(policies: LoadedPolicies, decision: Decision, facts: E.CallFacts, started: float) -> Decision:
+    """A call to be held whose arguments the approve policies would read mistyped is denied now: every approver's
+    decision would deny it (an error, or a silently false comparison), so it would wait unseen until it expired."""
+    mistyped = approve_args_mismatches(policies, facts.args)
+    if not mistyped:
+        return decision
+    return _deny([f"argument type mismatch: {m} (no approver could decide this call)" for m in mistyped], started,
+                 decision.policy_version)
 
 
 def _evaluate(policies: LoadedPolicies, ents: cedarpy.Entities, who: list[str], action: str, tool: ToolInfo,
@@ -206,8 +230,10 @@ def decide_approve(policies: LoadedPolicies, user_id: str, groups: list[str], ap
         return _deny([f"entities: {exc}"], started, policies.version)
     result = cedarpy.is_authorized(E.approval_request(user_id, approval), policies.policy_set, ents)
     errors = _errors(policies, [result], [user_id])
-    if errors:
-        return _deny(errors, started, policies.version)
+    # As for call_tool: a value of another type than declared makes `==` silently false, `<` an error; deny.
+    mistyped = [f"argument type mismatch: {m}" for m in approve_args_mismatches(policies, approval.get("args"))]
+    if errors or mistyped:
+        return _deny([*mistyped, *errors], started, policies.version)
     outcome: Outcome = "allow" if result.allowed else "deny"
     return Decision(outcome, tuple(_names(policies, [result], allowed=None)), (),
                     (time.perf_counter() - started) * 1e6, policies.version)

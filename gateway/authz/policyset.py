@@ -22,7 +22,7 @@ from typing import Any, TypeGuard
 import cedarpy
 
 from gateway.authz.argnames import unknown_args, walk
-from gateway.authz.argtypes import Type, agent_types, context_types
+from gateway.authz.argtypes import Type, agent_types, approval_args_type, context_types
 from gateway.authz.sourcelines import mentioned_line, statement_lines, syntax_error_line
 from gateway.authz.timelits import time_problems
 
@@ -60,6 +60,9 @@ class LoadedPolicies:
     context_types: dict[str, Type] = field(default_factory=dict)
     # The declared types of Agent's attributes: principals' and actors' values are fitted to them (agentattrs).
     agent_types: dict[str, Type] | None = None
+    # (what of `resource.args` the policies read (None: all of it), the declared type of Approval's `args`): a held
+    # call's argument that does not fit denies (see evaluate.approve_args_mismatches); None: none is read.
+    approval_args: tuple[Tree | None, Type] | None = None
 
     @functools.cached_property  # asked on every decision; the set never changes
     def context_keys(self) -> frozenset[str] | None:
@@ -91,7 +94,7 @@ def rename_ids(message: str, id_by_internal: dict[str, str]) -> str:
 Tree = dict[str, "Tree | None"]  # attribute name -> what of its value is read (None: all of it)
 
 
-def context_tree(est: Any) -> Tree | None:
+def context_tree(est: Any, var: str = "context") -> Tree | None:
     """The parts of the context a policy set can see, from its JSON form (EST), as a tree of attribute paths.
 
     Cedar has no way to reach an attribute without naming it, so what lies outside this tree cannot
@@ -99,7 +102,7 @@ def context_tree(est: Any) -> Tree | None:
     context that differs only in unread parts decides like one seen before). `context.task.totals.amount`
     reads one leaf; `context has task` only needs `task` to be there; any other use of a context value
     (compared, passed to a method such as `containsAny`) reads all of it. A use of `context` itself as a
-    whole value returns None: send everything.
+    whole value returns None: send everything. `var` = "resource": what of the resource's attributes is read.
     """
     tree: Tree = {}
     whole = False
@@ -123,13 +126,13 @@ def context_tree(est: Any) -> Tree | None:
             node[last] = None
 
     def visit(node: dict[str, Any]) -> Iterable[Any] | None:
-        path = _context_path(node)
+        path = _context_path(node, var)
         if path is not None:
             mark(path, presence=False)
             return ()
         step = node.get("has")
         if len(node) == 1 and _is_step(step):
-            left = _context_path(step["left"])
+            left = _context_path(step["left"], var)
             if left is not None:
                 mark([*left, str(step["attr"])], presence=True)
                 return ()
@@ -146,11 +149,11 @@ def _is_step(value: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(value, dict) and "left" in value and isinstance(value.get("attr"), str)
 
 
-def _context_path(node: Any) -> list[str] | None:
-    """`context` → [], `context.a.b` → ["a", "b"]; anything else → None."""
+def _context_path(node: Any, var: str = "context") -> list[str] | None:
+    """`context` → [], `context.a.b` → ["a", "b"]; anything else → None (likewise for another `var`)."""
     names: list[str] = []
     while isinstance(node, dict) and len(node) == 1:
-        if node.get("Var") == "context":
+        if node.get("Var") == var:
             return names[::-1]
         step = node.get(".")
         if not _is_step(step):
@@ -339,4 +342,18 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
         policy_set=cedarpy.PolicySet.from_str(text, release_gil=True), schema=schema,
         version="sha256:" + digest.hexdigest()[:16], source=source,
         files=tuple(str(p) for p, _t, _i in parsed), id_by_internal=by_internal, quorum_by_id=quorums,
-        context_reads=context_tree(est), context_types=types or {}, agent_types=agent_types(schema))
+        context_reads=context_tree(est), context_types=types or {}, agent_types=agent_types(schema),
+        approval_args=_approval_args(est, schema))
+
+
+def _approval_args(est: Any, schema: cedarpy.Schema) -> tuple[Tree | None, Type] | None:
+    """What of `resource.args` some policy reads, with Approval's declared `args` type (None: nothing to check)."""
+    typ = approval_args_type(schema)
+    if typ is None:
+        return None
+    reads = context_tree(est, "resource")
+    if reads is None:  # `resource` used as a whole value: all of it may matter
+        return None, typ
+    if "args" not in reads:
+        return None
+    return reads["args"], typ
