@@ -379,16 +379,16 @@ def _cancel_for_client(session: Session, upstream: str, message: Message) -> Mes
     return None
 
 
-def notified_upstreams(session: Session, message: Message) -> list[UpstreamSession]:
-    """The upstream sessions an agent's notification goes to: all of them (roots changed, …), except that
-    progress on a server→client request is only for the upstream that sent that request (no other
-    upstream learns of it; none at all when no such request is awaited)."""
+def notified_upstreams(session: Session, message: Message) -> list[tuple[str, UpstreamSession]]:
+    """The upstream sessions (with their upstream's name) an agent's notification goes to: all of them (roots
+    changed, …), except that progress on a server→client request is only for the upstream that sent that
+    request (no other upstream learns of it; none at all when no such request is awaited)."""
     if message.get("method") != "notifications/progress":
-        return list(session.upstreams.values())
+        return list(session.upstreams.items())
     params = message.get("params")
     token = params.get("progressToken") if isinstance(params, dict) else None
     routes = [r for r in session.server_requests.values() if token is not None and r.progress_token == token]
-    return list({id(r.session): r.session for r in routes}.values())
+    return list({id(r.session): (r.upstream, r.session) for r in routes}.values())
 
 
 def drop_server_requests(session: Session, origin: object) -> None:

@@ -234,9 +234,10 @@ class McpEndpoint:
             if task is not None:
                 task.cancel()
             return
-        for upstream_session in notified_upstreams(session, message.body):
+        notify = self.observability.notify_upstream if self.observability is not None else None
+        for name, upstream in notified_upstreams(session, message.body):
             with contextlib.suppress(GatewayError):
-                await upstream_session.notify(message.body)
+                await (notify(name, upstream, message.body) if notify else upstream.notify(message.body))
 
     async def _end_task(self, principal: Principal | None, task: Any) -> None:
         """The agent says its task is over: revoke what was minted for it (never forwarded upstream)."""

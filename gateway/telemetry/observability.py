@@ -45,6 +45,7 @@ from gateway.telemetry.spans import LightSpan
 from gateway.telemetry.stage import RecordStage, instrument
 from gateway.telemetry.tracing import NO_SPAN, AnySpan, Telemetry
 from gateway.telemetry.upstream_calls import UpstreamCalls
+from gateway.transport.base import UpstreamSession
 
 log = logging.getLogger("customs.telemetry")
 
@@ -159,6 +160,7 @@ class Observability:
         # (tool name as the agent used it, session's view) -> listed by its upstream; set by the app (catalog).
         # None: every name counts as real (no catalog to ask).
         self.lists_tool: Callable[[str, str | None], bool] | None = None
+        self._upstream_calls: UpstreamCalls | None = None
 
     async def start(self) -> None:
         await self.telemetry.start()
@@ -182,10 +184,20 @@ class Observability:
 
     def upstream_calls(self) -> UpstreamCalls | None:
         """`Router(upstream_call=...)`: CLIENT spans and client duration metric of the router's own upstream
-        requests; None with tracing and metrics both off (the router then sends them as they are)."""
+        requests (and of agents' notifications passed on); None with tracing and metrics both off (the router
+        then sends them as they are)."""
         if not self.telemetry.enabled and not self.metrics.enabled:
             return None
-        return UpstreamCalls(self.telemetry, self._upstreams, self.metrics if self.metrics.enabled else None)
+        if self._upstream_calls is None:
+            self._upstream_calls = UpstreamCalls(self.telemetry, self._upstreams,
+                                                 self.metrics if self.metrics.enabled else None)
+        return self._upstream_calls
+
+    async def notify_upstream(self, upstream: str, session: UpstreamSession, message: dict[str, Any]) -> None:
+        """An agent's notification passed on to one of its upstream sessions, traced and timed as its sender
+        (`UpstreamCalls.notify`) unless tracing and metrics are both off."""
+        calls = self.upstream_calls()
+        await (calls.notify(upstream, session, message) if calls is not None else session.notify(message))
 
     def instrument(self, pipeline: Pipeline) -> Pipeline:
         return instrument(pipeline, self.telemetry, self.metrics, self._upstreams, decision_attributes)

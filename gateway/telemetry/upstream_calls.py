@@ -5,7 +5,8 @@ methods reach the upstream through `Router.fetch`, not through the forward stage
 each of them is sent inside its own CLIENT span, which the request carries as `traceparent` /
 `tracestate` (HTTP headers and `params._meta`), exactly as a forwarded call does; with metrics on,
 each is timed as `mcp.client.operation.duration`, as a forwarded call is. With both off the router is
-given no `UpstreamCalls` at all, so those requests cost nothing extra.
+given no `UpstreamCalls` at all, so those requests cost nothing extra. An agent's notification passed on to
+its upstream sessions gets the same (`notify`): a CLIENT span with its context in `params._meta`, and a duration.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from typing import Any
 
 from gateway.config.model import UpstreamConfig
 from gateway.errors import UpstreamErrorResponse
-from gateway.telemetry.attributes import Attrs, client_attributes, target_of, transport_attributes
+from gateway.telemetry.attributes import (
+    MCP_METHODS,
+    OTHER_METHOD,
+    Attrs,
+    client_attributes,
+    target_of,
+    transport_attributes,
+)
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.span_errors import error_type, mark_error
 from gateway.telemetry.tracing import AnySpan, Telemetry
@@ -63,20 +71,51 @@ class UpstreamCalls:
         attrs = client_attributes(upstream, method, params, self._transport.get(upstream),
                                   telemetry.capture_args, telemetry.redact)
         with telemetry.client_span(method, target_of(method, params), attrs) as span:
-            meta = params.get("_meta")
-            if meta is None or isinstance(meta, dict):
-                meta = dict(meta or {})
-                telemetry.inject(headers, meta)  # headers for HTTP upstreams, _meta for every transport
-                if meta:
-                    message = {**message, "params": {**params, "_meta": meta}}
-            else:  # a malformed _meta goes upstream untouched (the upstream answers it); the header still carries
-                telemetry.inject_headers(headers)
+            message = self._with_context(message, params, headers)
             response = await session.request(message, headers=headers, on_message=on_message, timeout=timeout,
                                              sent_id=partial(_record_sent_id, span))
             error = response.get("error")
             if isinstance(error, dict):
                 mark_error(span, UpstreamErrorResponse(error))
             return response
+
+    def _with_context(self, message: Message, params: dict[str, Any], headers: dict[str, str] | None) -> Message:
+        """The message with the current (CLIENT) span's context in `params._meta` and, given, `headers`."""
+        telemetry = self._telemetry
+        meta = params.get("_meta")
+        if meta is None or isinstance(meta, dict):
+            meta = dict(meta or {})
+            telemetry.inject(headers if headers is not None else {}, meta)  # headers: HTTP; _meta: every transport
+            if meta:
+                return {**message, "params": {**params, "_meta": meta}}
+        elif headers is not None:  # a malformed _meta goes upstream untouched (the upstream answers it)
+            telemetry.inject_headers(headers)
+        return message
+
+    async def notify(self, upstream: str, session: UpstreamSession, message: Message) -> None:
+        """An agent's notification passed on to an upstream, as the conventions ask of a notification's sender:
+        its CLIENT span (whose context rides in `params._meta`; not in headers, which would replace the session's
+        credential) and `mcp.client.operation.duration`, until the upstream took it (HTTP 202, a line written)."""
+        sent = str(message.get("method"))
+        method = sent if sent in MCP_METHODS else OTHER_METHOD  # the agent's choice: no metric value, no span name
+        started = time.perf_counter()
+        attrs: Attrs = {"customs.upstream": upstream}
+        try:
+            if not self._telemetry.enabled:
+                await session.notify(message)
+                return
+            params = message.get("params")
+            params = params if isinstance(params, dict) else {}
+            span_attrs = {"mcp.method.name": sent, **client_attributes(upstream, sent, params, self._transport.get(
+                upstream), self._telemetry.capture_args, self._telemetry.redact)}
+            with self._telemetry.client_span(method, None, span_attrs):
+                await session.notify(self._with_context(message, params, None))
+        except BaseException as exc:
+            attrs["error.type"] = error_type(exc)
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.client_operation(method, time.perf_counter() - started, attrs)
 
 
 def _record_sent_id(span: AnySpan, request_id: Any, session_id: str | None, version: str | None) -> None:

@@ -8,11 +8,15 @@ The span is named by the method (`notifications/initialized`; no target), parent
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import mcp_types as types
+import pytest
+from mcp.server import Server
 
 from gateway.demo.servers import inventory_server
 from tests.conftest import RunningGateway
@@ -54,3 +58,58 @@ async def test_an_agent_notification_is_a_server_span(otlp: OtlpReceiver, start_
     assert span.status != "ERROR"
     assert any(line.startswith("mcp_server_operation_duration_seconds_count{")
                and 'mcp_method_name="notifications/initialized"' in line for line in text.splitlines()), text
+
+
+def roots_server(seen: list[dict[str, Any]], arrived: asyncio.Event) -> Server[Any]:
+    """A low-level SDK server with one tool that records the `_meta` each roots/list_changed arrives with."""
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[types.Tool(name="noop", input_schema={"type": "object"})])
+
+    async def roots_changed(ctx: Any, params: Any) -> None:
+        meta = getattr(params, "meta", None)
+        seen.append(dict(meta or {}))
+        arrived.set()
+
+    return Server("roots", on_list_tools=list_tools, on_roots_list_changed=roots_changed)
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # (roots, as 2025-11-25 has it)
+async def test_an_agent_notification_passed_on_is_a_client_span(otlp: OtlpReceiver, start_gateway: StartGateway,
+                                                                permissive_policies: Path) -> None:
+    # The conventions ask the sender of a notification for a CLIENT span: the gateway sends the agent's
+    # notification on to the upstream sessions it opened, inside the notification's SERVER span, with the
+    # CLIENT span's context in `_meta` (on the old code: no span, and the agent's own traceparent went upstream).
+    seen: list[dict[str, Any]] = []
+    arrived = asyncio.Event()
+    async with run_http_server(roots_server(seen, arrived)) as url:
+        gateway = await start_gateway({"upstreams": [{"name": "roots", "url": url}],
+                                       "identity": {"mode": "anonymous"},
+                                       "policies": {"dir": str(permissive_policies)},
+                                       "telemetry": {"traces": {"endpoint": otlp.url}}})
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-11-25", "capabilities": {"roots": {"listChanged": True}},
+                                 "clientInfo": {"name": "t", "version": "0"}}}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gateway.mcp, json=initialize, headers=headers) as resp:
+                headers["Mcp-Session-Id"] = resp.headers["Mcp-Session-Id"]
+                headers["MCP-Protocol-Version"] = "2025-11-25"
+            async with http.post(gateway.mcp, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                                 headers=headers) as resp:  # opens the gateway's session with the upstream
+                assert resp.status == 200
+            changed = {"jsonrpc": "2.0", "method": "notifications/roots/list_changed",
+                       "params": {"_meta": {"traceparent": PARENT}}}
+            async with http.post(gateway.mcp, json=changed, headers=headers) as resp:
+                assert resp.status == 202
+            await asyncio.wait_for(arrived.wait(), 10)
+            async with http.get(f"{gateway.url}/metrics") as resp:
+                text = await resp.text()
+        await gateway.gateway.parts.observability.telemetry.flush()
+    server = await otlp.wait_for_span(lambda s: s.kind == "SERVER" and s.name == "notifications/roots/list_changed")
+    client = await otlp.wait_for_span(lambda s: s.kind == "CLIENT" and s.name == "notifications/roots/list_changed")
+    assert client.trace_id == TRACE_ID and client.parent_span_id == server.span_id
+    assert client.attributes["customs.upstream"] == "roots" and "jsonrpc.request.id" not in client.attributes
+    assert seen[0]["traceparent"] == f"00-{TRACE_ID}-{client.span_id}-01", seen
+    assert any(line.startswith("mcp_client_operation_duration_seconds_count{")
+               and 'mcp_method_name="notifications/roots/list_changed"' in line and 'customs_upstream="roots"' in line
+               for line in text.splitlines()), text
