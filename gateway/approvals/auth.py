@@ -156,6 +156,13 @@ def _from_own_page(request: web.Request) -> bool:
     return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
 
 
+def cookies_withheld(request: web.Request) -> bool:
+    """A top-level navigation from another site (the webhook's Review link clicked in Slack or a mail): the
+    browser does not send SameSite=Strict cookies with it, so a person signed in would look signed out. The page
+    then reopens itself, a same-origin navigation that carries them (no change is ever made by a GET)."""
+    return request.headers.get("Sec-Fetch-Site") == "cross-site" and request.headers.get("Sec-Fetch-Mode") == "navigate"
+
+
 def csrf_token(request: web.Request) -> str:
     return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
 

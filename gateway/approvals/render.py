@@ -90,6 +90,11 @@ def page(title: str, body: str, *, who: str = "", live: bool = False, base: str 
                                              script=_raw("live.js") if live else "")
 
 
+def reopen() -> str:
+    """The page that reloads itself (web.py: a link from another site came without the session cookie)."""
+    return page("Approvals", _raw("reopen.html"))
+
+
 def who_box(name: str, csrf: str, base: str = "") -> str:
     return (f'Signed in as <strong id="me">{escape(name)}</strong> '
             f'<form method="post" action="{escape(base)}/approvals/signout"><input type="hidden" name="csrf" '

@@ -28,6 +28,7 @@ from gateway.approvals.auth import (
     ApproverCheck,
     Refused,
     clear_session,
+    cookies_withheld,
     csrf_token,
     session_too_large,
     set_csrf_cookie,
@@ -294,6 +295,8 @@ class ApprovalsWeb:
     async def page(self, request: web.Request, message: str | None = None, *, error: bool = False,
                    status: int = 200) -> web.StreamResponse:
         approver = await self._page_approver(request)
+        if approver is None and cookies_withheld(request):  # reloaded from this origin, it comes with them
+            return web.Response(text=render.reopen(), content_type="text/html")
         if approver is None:
             return self._signin_page(request)
         csrf = csrf_token(request)

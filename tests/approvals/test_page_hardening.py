@@ -287,3 +287,47 @@ async def test_cookies_stay_under_the_public_url_path(start_gateway: Any, tmp_pa
             assert resp.status == 303
             cleared = _set_cookies(resp)  # a cookie is only deleted with the Path it was set with
         assert _path(cleared["customs_approver"]) == _path(cleared["customs_csrf"]) == "/customs"
+
+
+@MEMORY
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium (apt-get install -y chromium)")
+async def test_a_review_link_from_another_site_opens_the_signed_in_page(web_kit: WebKit, browser: Any) -> None:
+    # The webhook's Review button is clicked in Slack, another site: a SameSite=Strict cookie is not sent on that
+    # navigation, so a person signed in was shown the sign-in form and had to paste their token again.
+    from aiohttp import web
+
+    from tests.support.servers import run_aiohttp
+
+    item, _ = await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
+    review = f"{web_kit.url}/approvals#{item.id}"
+
+    async def chat(_: web.Request) -> web.Response:
+        return web.Response(content_type="text/html", text=f'<a id="review" href="{review}">Review</a>')
+
+    app = web.Application()
+    app.router.add_get("/", chat)
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{web_kit.url}/approvals")
+        await page.fill("#token", web_kit.token("alice"))
+        await page.click("#signin")
+        await page.wait_for_selector("#me", timeout=15000)
+        async with run_aiohttp(app) as chat_url:
+            # localhost and 127.0.0.1 are different sites: this navigation is cross-site, as from Slack
+            await page.goto(chat_url.replace("127.0.0.1", "localhost"))
+            await page.click("#review")
+            await page.wait_for_selector("#me", timeout=15000)
+            assert page.url == review  # the fragment survives: the card is the target
+            assert await page.evaluate("document.querySelector(':target').dataset.approvalId") == item.id
+            # Signed out, the same link shows the sign-in form, after one reload at most (not in circles).
+            await context.clear_cookies()
+            await page.goto(chat_url.replace("127.0.0.1", "localhost"))
+            loads: list[str] = []
+            page.on("framenavigated", lambda frame: loads.append(frame.url) if frame == page.main_frame else None)
+            await page.click("#review")
+            await page.wait_for_selector("#token", timeout=15000)
+            await page.wait_for_load_state("load")
+            assert await page.query_selector("#me") is None and page.url == review and len(loads) <= 2, loads
+    finally:
+        await context.close()
