@@ -130,6 +130,8 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
             upstream.on_restart = restarted
         if hasattr(upstream, "on_session_end"):  # mcp.client.session.duration (None with metrics off)
             upstream.on_session_end = parts.observability.metrics.client_session_recorder(catalog.config(upstream.name))
+        if hasattr(upstream, "on_notify"):  # notifications/cancelled's CLIENT span (None with telemetry off)
+            upstream.on_notify = parts.observability.notify_hook(upstream.name)
 
     async def on_session_end(session: Session) -> None:
         if not session.stateless:  # the 2026-07-28 revision has no sessions: its implicit one is the gateway's own

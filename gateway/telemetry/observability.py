@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -45,7 +46,7 @@ from gateway.telemetry.spans import LightSpan
 from gateway.telemetry.stage import RecordStage, instrument
 from gateway.telemetry.tracing import NO_SPAN, AnySpan, Telemetry
 from gateway.telemetry.upstream_calls import UpstreamCalls
-from gateway.transport.base import UpstreamSession
+from gateway.transport.base import NotifyHook, UpstreamSession
 
 log = logging.getLogger("customs.telemetry")
 
@@ -198,6 +199,12 @@ class Observability:
         (`UpstreamCalls.notify`) unless tracing and metrics are both off."""
         calls = self.upstream_calls()
         await (calls.notify(upstream, session, message) if calls is not None else session.notify(message))
+
+    def notify_hook(self, upstream: str) -> NotifyHook | None:
+        """An upstream's `on_notify`: the notifications its transport sends on its own (notifications/cancelled of a
+        call given up on) get a CLIENT span and a duration; None with tracing and metrics both off."""
+        calls = self.upstream_calls()
+        return functools.partial(calls.sent, upstream) if calls is not None else None
 
     def instrument(self, pipeline: Pipeline) -> Pipeline:
         return instrument(pipeline, self.telemetry, self.metrics, self._upstreams, decision_attributes)

@@ -12,7 +12,7 @@ its upstream sessions gets the same (`notify`): a CLIENT span with its context i
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -93,23 +93,28 @@ class UpstreamCalls:
         return message
 
     async def notify(self, upstream: str, session: UpstreamSession, message: Message) -> None:
-        """An agent's notification passed on to an upstream, as the conventions ask of a notification's sender:
-        its CLIENT span (whose context rides in `params._meta`; not in headers, which would replace the session's
-        credential) and `mcp.client.operation.duration`, until the upstream took it (HTTP 202, a line written)."""
+        """An agent's notification passed on to an upstream (see `sent`)."""
+        await self.sent(upstream, message, session.notify)
+
+    async def sent(self, upstream: str, message: Message, send: Callable[[Message], Awaitable[None]]) -> None:
+        """A notification sent upstream (an agent's passed on; the transports' notifications/cancelled, through
+        `on_notify`), as the conventions ask of a notification's sender: its CLIENT span (whose context rides in
+        `params._meta`; not in headers, which would replace the session's credential) and
+        `mcp.client.operation.duration`, until the upstream took it (HTTP 202, a line written)."""
         sent = str(message.get("method"))
         method = sent if sent in MCP_METHODS else OTHER_METHOD  # the agent's choice: no metric value, no span name
         started = time.perf_counter()
         attrs: Attrs = {"customs.upstream": upstream}
         try:
             if not self._telemetry.enabled:
-                await session.notify(message)
+                await send(message)
                 return
             params = message.get("params")
             params = params if isinstance(params, dict) else {}
             span_attrs = {"mcp.method.name": sent, **client_attributes(upstream, sent, params, self._transport.get(
                 upstream), self._telemetry.capture_args, self._telemetry.redact)}
             with self._telemetry.client_span(method, None, span_attrs):
-                await session.notify(self._with_context(message, params, None))
+                await send(self._with_context(message, params, None))
         except BaseException as exc:
             attrs["error.type"] = error_type(exc)
             raise

@@ -23,6 +23,9 @@ MessageHandler = Callable[[Message], Awaitable[None]]
 SentId = Callable[[Any, str | None, str | None], None]
 # Told that an upstream MCP session ended: (seconds it lasted, its protocol version, error type or None).
 SessionEnded = Callable[[float, str | None, str | None], None]
+# A notification the gateway sends upstream on its own (notifications/cancelled): (message, the transport's
+# send) -> sent. The tracing hook (`on_notify`) sends it inside its CLIENT span, the span's context in `_meta`.
+NotifyHook = Callable[[Message, Callable[[Message], Awaitable[None]]], Awaitable[None]]
 # Yields the credential header(s) for session-level traffic, valid at the time of the call.
 HeadersSource = Callable[[], Awaitable[Mapping[str, str]]]
 

@@ -9,12 +9,12 @@ trial is a client call or, for HTTP upstreams, the readiness probe, whichever co
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from gateway import __version__
 from gateway.errors import GatewayError
-from gateway.transport.base import ConnectParams, Message, SessionEnded
+from gateway.transport.base import ConnectParams, Message, NotifyHook, SessionEnded
 
 DEFAULT_CLIENT_INFO: Mapping[str, Any] = {"name": "customs", "version": __version__}
 DEFAULT_BREAKER_THRESHOLD = 5
@@ -116,6 +116,11 @@ INITIALIZED: Message = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 def cancelled_message(upstream_id: Any, reason: str) -> Message:
     return {"jsonrpc": "2.0", "method": "notifications/cancelled",
             "params": {"requestId": upstream_id, "reason": reason}}
+
+
+async def send_own(hook: NotifyHook | None, message: Message, send: Callable[[Message], Awaitable[None]]) -> None:
+    """Send a notification of the gateway's own, through the upstream's tracing hook when it has one."""
+    await (hook(message, send) if hook is not None else send(message))
 
 
 def id_key(value: Any) -> tuple[str, Any]:

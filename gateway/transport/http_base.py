@@ -21,7 +21,7 @@ from gateway import __version__
 from gateway.config.model import UpstreamConfig
 from gateway.config.rules import RESERVED_HEADERS
 from gateway.errors import GatewayError
-from gateway.transport.base import Health, Message, MessageHandler, SessionEnded
+from gateway.transport.base import Health, Message, MessageHandler, NotifyHook, SessionEnded
 from gateway.transport.common import DEFAULT_BREAKER_COOLDOWN_S, DEFAULT_BREAKER_THRESHOLD, CircuitBreaker
 
 ACCEPT_BOTH = "application/json, text/event-stream"
@@ -49,6 +49,7 @@ class HttpUpstreamBase:
         self._probing: asyncio.Task[Health] | None = None
         self.sessions: set[Any] = set()
         self.on_session_end: SessionEnded | None = None  # metrics hook: mcp.client.session.duration
+        self.on_notify: NotifyHook | None = None  # tracing hook: notifications/cancelled's CLIENT span
 
     async def start(self) -> None:
         # Long-lived SSE streams get their own unlimited pool so that open GET streams can never

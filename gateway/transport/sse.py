@@ -27,6 +27,7 @@ from gateway.transport.common import (
     check_initialize,
     initialize_message,
     remap_cancel,
+    send_own,
     with_id,
 )
 from gateway.transport.events import NotJson, SseEvent, iter_sse, parse_json
@@ -204,7 +205,9 @@ class SseSession:
     async def _cancel_upstream(self, upstream_id: int, reason: str) -> None:
         try:
             async with asyncio.timeout(5):
-                await self._post(cancelled_message(upstream_id, reason), await self._session_headers())
+                headers = await self._session_headers()
+                await send_own(self._up.on_notify, cancelled_message(upstream_id, reason),
+                               lambda message: self._post(message, headers))
         except (GatewayError, TimeoutError) as exc:
             self._up.log.debug("could not send notifications/cancelled: %s", exc)
 

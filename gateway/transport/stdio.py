@@ -29,6 +29,7 @@ from gateway.transport.base import (
     Health,
     Message,
     MessageHandler,
+    NotifyHook,
     SentId,
     SessionEnded,
 )
@@ -41,6 +42,7 @@ from gateway.transport.common import (
     cancelled_message,
     check_initialize,
     initialize_message,
+    send_own,
     with_id,
 )
 from gateway.transport.events import MAX_MESSAGE_BYTES
@@ -68,6 +70,7 @@ class StdioUpstream:
         assert config.command is not None
         self.on_restart = on_restart  # metrics hook: customs.upstream.restarts
         self.on_session_end: SessionEnded | None = None  # metrics hook: mcp.client.session.duration
+        self.on_notify: NotifyHook | None = None  # tracing hook: notifications/cancelled's CLIENT span
         self._clock = SessionClock()  # the child's one MCP session: initialize to exit
         self.name = config.name
         self.config = config
@@ -350,7 +353,7 @@ class StdioUpstream:
 
     async def _cancel_upstream(self, upstream_id: int, reason: str) -> None:
         with suppress(GatewayError):
-            await self.write(cancelled_message(upstream_id, reason))
+            await send_own(self.on_notify, cancelled_message(upstream_id, reason), self.write)
 
     async def _cancel_and_fence(self, abandoned: Pending) -> None:
         # The fence's ping must follow the cancellation on the wire, or its answer proves nothing.

@@ -37,6 +37,7 @@ from gateway.transport.common import (
     initialize_message,
     is_response,
     remap_cancel,
+    send_own,
     with_id,
 )
 from gateway.transport.events import SseCursor, iter_sse, parse_json, read_json_body
@@ -332,7 +333,9 @@ class StreamableHttpSession:
         """Best effort: tell the upstream to stop working on a request we gave up on."""
         try:
             async with asyncio.timeout(5):
-                await self._post_one_way(cancelled_message(upstream_id, reason), await self._session_headers())
+                headers = await self._session_headers()
+                await send_own(self._up.on_notify, cancelled_message(upstream_id, reason),
+                               lambda message: self._post_one_way(message, headers))
         except (GatewayError, TimeoutError) as exc:
             self._up.log.debug("could not send notifications/cancelled: %s", exc)
 

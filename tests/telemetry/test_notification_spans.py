@@ -17,9 +17,12 @@ import aiohttp
 import mcp_types as types
 import pytest
 from mcp.server import Server
+from mcp.shared.exceptions import MCPError
 
 from gateway.demo.servers import inventory_server
 from tests.conftest import RunningGateway
+from tests.support.feature_server import feature_server
+from tests.support.mcp_client import sdk_client
 from tests.support.otlp import OtlpReceiver
 from tests.support.servers import run_http_server
 
@@ -113,3 +116,28 @@ async def test_an_agent_notification_passed_on_is_a_client_span(otlp: OtlpReceiv
     assert any(line.startswith("mcp_client_operation_duration_seconds_count{")
                and 'mcp_method_name="notifications/roots/list_changed"' in line and 'customs_upstream="roots"' in line
                for line in text.splitlines()), text
+
+
+async def test_the_cancellation_of_a_timed_out_call_is_a_client_span(otlp: OtlpReceiver, start_gateway: StartGateway,
+                                                                     permissive_policies: Path) -> None:
+    # The gateway is the sender of the notifications/cancelled it sends for a call that timed out: a CLIENT span
+    # under the call's own CLIENT span, its context in `_meta`, and a client duration point (on the old code:
+    # neither, though the upstream is told to stop in the call's name).
+    server, state = feature_server()
+    async with run_http_server(server) as url:
+        gateway = await start_gateway({"upstreams": [{"name": "feat", "url": url, "timeout_s": 1}],
+                                       "identity": {"mode": "anonymous"},
+                                       "policies": {"dir": str(permissive_policies)},
+                                       "telemetry": {"traces": {"endpoint": otlp.url}}})
+        async with sdk_client(gateway.mcp) as client:
+            with pytest.raises(MCPError):
+                await client.call_tool("feat__hang", {})
+        await asyncio.wait_for(state.cancelled.wait(), 10)  # the upstream got it and stopped
+        text = gateway.gateway.parts.observability.metrics.prometheus_text().decode()
+        await gateway.gateway.parts.observability.telemetry.flush()
+    call = await otlp.wait_for_span(lambda s: s.kind == "CLIENT" and s.name == "tools/call hang")
+    cancel = await otlp.wait_for_span(lambda s: s.kind == "CLIENT" and s.name == "notifications/cancelled")
+    assert cancel.trace_id == call.trace_id and cancel.parent_span_id == call.span_id
+    assert cancel.attributes["customs.upstream"] == "feat"
+    assert any(line.startswith("mcp_client_operation_duration_seconds_count{")
+               and 'mcp_method_name="notifications/cancelled"' in line for line in text.splitlines()), text
