@@ -14,8 +14,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import cedarpy
-
 from gateway.approvals.cli import shown
 from gateway.authz import evaluate
 from gateway.authz.cases import (
@@ -28,11 +26,11 @@ from gateway.authz.cases import (
     tool_from,
 )
 from gateway.authz.entities import context, members
-from gateway.authz.policyset import SCHEMA_FILE, LoadedPolicies, PolicyLoadError, context_tree, load_policies
+from gateway.authz.policyset import SCHEMA_FILE, LoadedPolicies, PolicyLoadError, load_policies
 from gateway.authz.record import from_authz_input
+from gateway.authz.replayargs import ArgumentReaders
 from gateway.authz.schemagen import apply_block, schema_from_input_schemas
 from gateway.config.load import unreadable
-from gateway.context import Decision
 from gateway.identity.chain import claim_mapping
 
 
@@ -255,27 +253,6 @@ def decided_with_approval(outcome: str, approved: bool) -> bool:
     return approved and outcome != "approval_required"
 
 
-def _argument_readers(loaded: LoadedPolicies) -> dict[str, str]:
-    """@id → effect (`permit`/`forbid`) of each policy that reads `context.args` (or the whole context)."""
-    text = "\n".join(Path(name).read_text(encoding="utf-8") for name in loaded.files)
-    static = json.loads(cedarpy.policies_to_json_str(text)).get("staticPolicies", {})
-    readers: dict[str, str] = {}
-    for internal, body in static.items():
-        reads = context_tree(body)
-        if reads is None or "args" in reads:
-            readers[loaded.name(internal)] = str(body.get("effect"))
-    return readers
-
-
-def _may_hinge_on_args(readers: dict[str, str], old_ids: list[str], new: Decision) -> bool:
-    """A changed outcome replayed without the call's arguments (`{}`) may be their absence, not the policies:
-    so when a policy that determined either outcome reads them, or nothing permitted the call now while some
-    permit reads them (with the arguments it might have)."""
-    if any(pid in readers for pid in (*old_ids, *new.policy_ids)):
-        return True
-    return not new.policy_ids and "permit" in readers.values()
-
-
 def replay_cmd(args: argparse.Namespace) -> int:
     loaded = _load(args.policies)
     if loaded is None:
@@ -287,7 +264,7 @@ def replay_cmd(args: argparse.Namespace) -> int:
         return 2
     groups: dict[str, list[str]] = defaultdict(list)
     undetermined: list[str] = []
-    readers = _argument_readers(loaded)
+    readers = ArgumentReaders(loaded)
     replayed = skipped = changed = 0
     for number, line in enumerate(lines, start=1):
         try:
@@ -300,13 +277,19 @@ def replay_cmd(args: argparse.Namespace) -> int:
             continue
         replayed += 1
         new = evaluate.decide(loaded, principal, action, tool, facts, granted=decided_with_approval(old, granted))
-        if new.outcome == old:
-            continue
         # Ids come from tokens and tool names from upstreams: a control character in them must not reach
         # the terminal as one (an escape sequence could rewrite the lines the reader sees).
-        entry = f"line {number}: {shown(principal.id)} {action} {shown(tool.cedar_id)}: {old} -> {new.outcome}"
-        if record["authz_input"].get("args") is None and _may_hinge_on_args(readers, old_ids, new):
-            undetermined.append(entry)
+        call_text = f"line {number}: {shown(principal.id)} {action} {shown(tool.cedar_id)}"
+        unlogged = record["authz_input"].get("args") is None
+        if new.outcome == old:
+            movers = readers.could_move(principal, action, tool, old) if unlogged else []
+            if movers:
+                undetermined.append(f"{call_text}: {old}, unchanged without arguments; {', '.join(movers)} "
+                                    f"read{'s' if len(movers) == 1 else ''} them")
+            continue
+        entry = f"{call_text}: {old} -> {new.outcome}"
+        if unlogged and readers.may_hinge_on_args(old_ids, new):
+            undetermined.append(f"{entry} (as replayed without arguments)")
             continue
         changed += 1
         for policy in sorted(set(old_ids) | set(new.policy_ids)) or ["(no policy: default deny)"]:
@@ -319,7 +302,7 @@ def replay_cmd(args: argparse.Namespace) -> int:
         print(f"undetermined: {len(undetermined)} (these policies read context.args, which the log does not "
               "hold: enable decision_log.include_args to replay them)")
         for entry in undetermined:
-            print(f"  {entry} (as replayed without arguments)")
+            print(f"  {entry}")
     unknown = f", {len(undetermined)} undetermined (arguments not logged)" if undetermined else ""
     print(f"{replayed} replayed, {changed} changed, {skipped} skipped (no authz_input or not a decision){unknown}")
     if replayed == 0:

@@ -207,6 +207,33 @@ def test_replay_without_logged_arguments_reports_argument_policies_as_undetermin
     assert "undetermined" not in changed.stdout
 
 
+def test_replay_without_logged_arguments_names_calls_a_new_argument_policy_may_change(
+        policy_dir: Path, tmp_path: Path) -> None:
+    """A new forbid on arguments (payments over 5,000), replayed on a log without them (the default), decided
+    every call on `{}`: it never fired, and the replay said `0 changed`, exit 0, as if the policy would change
+    nothing. A call within an argument-reading policy's scope (principal, action, resource) is now listed as
+    undetermined though its outcome on `{}` is the same; a call outside every such scope is not."""
+    reader = agent("spiffe://customs.demo/agent/reader")
+    lines = []
+    for tool, outcome, ids in [("payments/pay", "approval_required", ["writes-need-approval"]),
+                               ("inventory/get_stock", "allow", ["reads-allowed"])]:
+        snapshot = authz_input(reader, "call_tool", TOOLS[tool], call(reader, tool, {"amount": 6000}), "dev",
+                               include_args=False)
+        lines.append(json.dumps({"decision": outcome, "policy_ids": ids, "authz_input": snapshot}))
+    log = tmp_path / "decisions.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    (policy_dir / "limit.cedar").write_text(
+        '@id("payment-limit")\nforbid (principal, action == Action::"call_tool", resource == Tool::"payments/pay")\n'
+        'when { context.args has amount && context.args.amount > 5000 };\n')
+    result = run("replay", "--log", log, "--policies", policy_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 replayed, 0 changed, 0 skipped (no authz_input or not a decision), 1 undetermined" in result.stdout
+    assert ("line 1: spiffe://customs.demo/agent/reader call_tool payments/pay: approval_required, unchanged "
+            "without arguments; payment-limit reads them") in result.stdout, result.stdout
+    assert "inventory/get_stock" not in result.stdout
+    assert "undetermined" not in run("replay", "--log", log, "--policies", SHIPPED).stdout
+
+
 def test_validate_catches_a_misspelled_argument_behind_has(policy_dir: Path) -> None:
     """Cedar alone accepts a guarded misspelling (always false); validate names it and suggests the argument."""
     assert run("validate", SHIPPED).returncode == 0

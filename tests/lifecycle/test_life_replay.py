@@ -54,6 +54,8 @@ def groups(stdout: str) -> dict[str, list[str]]:
             current.append(line.split(": ", 1)[1])
         elif line.endswith(" changed") and ": " in line:
             current = out.setdefault(line.split(": ", 1)[0], [])
+        elif line.startswith("undetermined: "):
+            current = out.setdefault("(undetermined)", [])
     return out
 
 
@@ -101,6 +103,10 @@ async def test_replay_names_exactly_the_flipped_decisions(start_gateway: Any, up
     if include_args:  # the widget lookup flips only when its argument was logged
         widget = f"{reader} call_tool inventory/get_stock: allow -> deny"
         expected.update({"reads-allowed": [widget], "no-widget-lookups": [widget]})
+    else:  # else both lookups are within the new forbid's scope, and said to be undetermined
+        lookup = (f"{reader} call_tool inventory/get_stock: allow, unchanged without arguments; "
+                  "no-widget-lookups reads them")
+        expected["(undetermined)"] = [lookup, lookup]
     assert groups(result.stdout) == expected
     assert f"{len(calls)} replayed, {2 if include_args else 1} changed" in result.stdout
 
