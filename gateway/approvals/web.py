@@ -91,6 +91,13 @@ def _recorded(done: str | None) -> str | None:
     return f"Recorded: {done}" if done and DONE.fullmatch(done) else None
 
 
+def _within_limit(comment: str | None) -> str | None:
+    """A comment as written, or Refused 400: one cut short would tell the agent and the log another reason."""
+    if comment is not None and len(comment) > MAX_COMMENT:
+        raise Refused(400, "invalid_body", f"comment must be at most {MAX_COMMENT} characters (it has {len(comment)})")
+    return comment
+
+
 def _guarded(handler: Handler) -> Handler:
     """Map refusals and store failures to the documented JSON errors."""
 
@@ -199,7 +206,7 @@ class ApprovalsWeb:
         comment = body.get("comment")
         if comment is not None and not isinstance(comment, str):
             raise Refused(400, "invalid_body", "comment must be a string")
-        return comment[:MAX_COMMENT] if comment else None
+        return _within_limit(comment or None)
 
     async def api_events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent change notifications (ids only): the page refetches what it may see.
@@ -358,8 +365,9 @@ class ApprovalsWeb:
         try:
             form = await _read(request, request.post)
             outcome = OUTCOMES.get(str(form.get("outcome")))
-            comment = str(form.get("comment") or "").strip()[:MAX_COMMENT] or None
+            comment = str(form.get("comment") or "").strip() or None
             self._auth.check_csrf(request, approver, str(form.get("csrf") or ""))
+            _within_limit(comment)
             if outcome is None:
                 raise Refused(400, "invalid_outcome", "choose Approve or Deny")
             item = await self._decide(approver, request.match_info["id"], outcome, comment)

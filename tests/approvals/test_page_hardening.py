@@ -331,3 +331,29 @@ async def test_a_review_link_from_another_site_opens_the_signed_in_page(web_kit:
             assert await page.query_selector("#me") is None and page.url == review and len(loads) <= 2, loads
     finally:
         await context.close()
+
+
+@MEMORY
+async def test_a_comment_over_the_documented_length_is_refused_not_cut(web_kit: WebKit) -> None:
+    # The OpenAPI file says maxLength 2000; the API and the page cut a longer one silently, so the agent and the
+    # decision log got a different reason from the one the approver wrote.
+    item, _ = await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
+    long = "because " * 300  # 2,400 characters
+    async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/deny", json={"comment": long},
+                                 headers=web_kit.bearer("alice")) as resp:
+        body = await resp.json()
+        assert resp.status == 400 and body["error"]["reason"] == "invalid_body" and "2000" in body["error"]["message"]
+    session = await _signed_in(web_kit)
+    try:
+        async with session.get(f"{web_kit.url}/approvals") as resp:
+            assert 'maxlength="2000"' in await resp.text()
+        csrf = session.cookie_jar.filter_cookies(web_kit.url)["customs_csrf"].value
+        async with session.post(f"{web_kit.url}/approvals/{item.id}/decide",
+                                data={"outcome": "deny", "csrf": csrf, "comment": long}) as resp:
+            assert resp.status == 400 and "2000" in await resp.text()
+    finally:
+        await session.close()
+    assert (await web_kit.store.get(item.id)).pending
+    async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/deny", json={"comment": "x" * 2000},
+                                 headers=web_kit.bearer("alice")) as resp:
+        assert resp.status == 200 and (await resp.json())["comment"] == "x" * 2000
