@@ -166,7 +166,8 @@ class ApprovalsWeb:
 
     async def api_list(self, request: web.Request) -> web.StreamResponse:
         approver = await self._auth.authenticate(request)
-        states = [s for s in request.query.get("state", "").split(",") if s] or None
+        # `state=a,b` or `state=a&state=b` (OpenAPI's default form for a list): every value counts
+        states = [s for s in ",".join(request.query.getall("state", [])).split(",") if s] or None
         if states and not set(states) <= set(STATES):
             raise Refused(400, "invalid_state", f"state must be one of {', '.join(STATES)}")
         limit = _limit(request.query.get("limit", "100"))

@@ -357,3 +357,20 @@ async def test_a_comment_over_the_documented_length_is_refused_not_cut(web_kit: 
     async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/deny", json={"comment": "x" * 2000},
                                  headers=web_kit.bearer("alice")) as resp:
         assert resp.status == 200 and (await resp.json())["comment"] == "x" * 2000
+
+
+@MEMORY
+async def test_state_given_more_than_once_counts_every_value(web_kit: WebKit) -> None:
+    # `?state=denied&state=approved` is how many clients send a list (OpenAPI's default for arrays): only the
+    # first was read, so the approved calls were silently missing and `?state=pending&state=bogus` was no error.
+    clock = Clock()
+    denied, _ = await web_kit.store.create_or_join(draft(clock, {"n": 1}), link_s=1800)
+    approved, _ = await web_kit.store.create_or_join(draft(clock, {"n": 2}), link_s=1800)
+    await web_kit.store.decide(denied.id, "bob", "denied", None)
+    await web_kit.store.decide(approved.id, "bob", "approved", None)
+    url = f"{web_kit.url}/api/approvals?state=denied&state=approved"
+    async with web_kit.http.get(url, headers=web_kit.bearer("alice")) as resp:
+        assert {i["id"] for i in (await resp.json())["items"]} == {denied.id, approved.id}
+    async with web_kit.http.get(f"{web_kit.url}/api/approvals?state=pending&state=bogus",
+                                headers=web_kit.bearer("alice")) as resp:
+        assert resp.status == 400 and (await resp.json())["error"]["reason"] == "invalid_state"
