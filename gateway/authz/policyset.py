@@ -219,7 +219,8 @@ def _parse_files(paths: list[Path], problems: list[str]) -> Parsed:
         try:
             single = cedarpy.PolicySet.from_str(text)
             if single.templates():
-                problems.append(f"{path}: templates (?principal/?resource) are not supported")
+                slot = mentioned_line("`?principal` `?resource`", text)
+                problems.append(f"{_at(path, slot)}: templates (?principal/?resource) are not supported")
                 continue
             parsed.append((path, text, _annotations(text)))
         except ValueError as exc:

@@ -90,3 +90,9 @@ def test_validate_prints_file_and_line_and_exits_1(policy_dir: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "gateway.authz.cli", "validate", str(policy_dir)], cwd=REPO,
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1 and f"{policy_dir}/bad.cedar:8: policy 'bad'" in result.stderr, result.stderr
+
+
+def test_a_template_names_the_line_of_its_slot(policy_dir: Path) -> None:
+    template = '@id("t")\npermit (\n  principal == ?principal, action, resource);\n'
+    found = problems(policy_dir, "x.cedar", FINE + template)
+    assert any("x.cedar:8: templates (?principal/?resource) are not supported" in p for p in found), found
