@@ -342,9 +342,25 @@ def run_cases_file(path: Path, policies_dir: Path | None = None,
     """Run every case of one file (loading the policies unless given)."""
     doc = load_cases(path)
     loaded = policies or load_policies(policies_dir_for(path, doc, policies_dir))
-    return [run_case(loaded, case, doc, f"{path}: cases[{i}]") for i, case in enumerate(doc["cases"])
-            if isinstance(case, dict) or _bad(path, i)]
+    lines = _case_lines(path)
+    where = [f"{path}:{lines[i]}: cases[{i}]" if i < len(lines) else f"{path}: cases[{i}]"
+             for i in range(len(doc["cases"]))]
+    return [run_case(loaded, case, doc, where[i]) for i, case in enumerate(doc["cases"])
+            if isinstance(case, dict) or _bad(where[i])]
 
 
-def _bad(path: Path, index: int) -> bool:
-    raise CaseError(f"{path}: cases[{index}] must be a mapping")
+def _bad(where: str) -> bool:
+    raise CaseError(f"{where} must be a mapping")
+
+
+def _case_lines(path: Path) -> list[int]:
+    """The line each item of the file's `cases:` starts on, so a problem names it as a policy's does
+    (file:line); [] when the file's node tree cannot be read (it loaded, so this is not expected)."""
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    for key, value in root.value if isinstance(root, yaml.MappingNode) else ():
+        if key.value == "cases" and isinstance(value, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return []

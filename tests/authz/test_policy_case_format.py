@@ -253,3 +253,13 @@ def test_the_documented_case_file_passes(tmp_path: Path) -> None:
     block = text.split("## Policy tests", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     result = policy_test(tmp_path, block)
     assert result.returncode == 0 and " 0 failed" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_case_problem_names_the_line_the_case_starts_on(tmp_path: Path) -> None:
+    """Like a policy problem (file:line), a case problem names where its case is, not only its index."""
+    result = policy_test(tmp_path, TOOLS + "cases:\n  - {name: fine, principal: {id: a}, tool: inventory/get_stock,"
+                         " expect: deny}\n  - name: second\n    principal: {id: a}\n    tool: inventory/get_stock\n"
+                         "    enviroment: production\n    expect: deny\n")
+    assert result.returncode == 2
+    assert f"{tmp_path / 'cases.yaml'}:7: cases[1] (second): unknown key(s) ['enviroment']" in result.stderr, \
+        result.stderr
