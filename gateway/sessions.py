@@ -107,10 +107,11 @@ class Session:
                 log.warning("session %s: the client is not reading its stream; notifications are dropped until it "
                             "catches up (answers are kept; Last-Event-ID resumes from the replay)", self.id[:8])
             return
-        if queued >= OUTBOX_LIMIT and self.close_stream is not None:
-            log.warning("session %s: the client has not read %d messages on its stream, answers included; "
-                        "closing the stream", self.id[:8], queued)
-            self.close_stream()
+        if queued >= OUTBOX_LIMIT:  # a Streamable HTTP GET stream (no close_stream) is resumed from the replay
+            if self.close_stream is not None:
+                log.warning("session %s: the client has not read %d messages on its stream, answers included; "
+                            "closing the stream", self.id[:8], queued)
+                self.close_stream()
             return
         if queued < OUTBOX_NOTIFICATIONS:
             self.dropping = False

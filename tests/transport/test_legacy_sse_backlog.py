@@ -22,7 +22,6 @@ from gateway.app import GATEWAY
 from tests.hardening.conftest import poll
 from tests.support.flood_server import FLOOD_SERVER_PATH
 
-pytestmark = pytest.mark.asyncio
 JSON = {"Content-Type": "application/json"}
 
 
@@ -65,6 +64,7 @@ class SseReader:
         return line[6:].rstrip(b"\r")
 
 
+
 async def test_an_answer_behind_a_flood_the_client_did_not_read_is_delivered(
         slow_reader: tuple[Any, socket.socket], caplog: pytest.LogCaptureFixture) -> None:
     gw, sock = slow_reader
@@ -105,6 +105,7 @@ async def test_an_answer_behind_a_flood_the_client_did_not_read_is_delivered(
         [r.getMessage() for r in caplog.records]
 
 
+
 async def test_a_stream_whose_answers_pile_up_unread_is_closed(
         slow_reader: tuple[Any, socket.socket], caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,3 +138,22 @@ async def test_a_stream_whose_answers_pile_up_unread_is_closed(
     with pytest.raises(EOFError):
         await asyncio.wait_for(read_to_the_end(), 10)
     assert any("closing the stream" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_a_session_stream_queue_is_bounded_whatever_it_carries() -> None:
+    # A Streamable HTTP GET stream has no close_stream: past OUTBOX_LIMIT unread messages even server→client
+    # requests (kept past the notification bound) are not queued (its client resumes from the replay buffer);
+    # a legacy stream is closed there instead.
+    stream = sessions_module.Session(id="s" * 64, principal_key="p", view=None, protocol_version="2025-11-25")
+    stream.get_stream_open = True
+    for n in range(sessions_module.OUTBOX_LIMIT + 100):
+        stream.stream_event({"jsonrpc": "2.0", "id": f"customs-{n}", "method": "sampling/createMessage"})
+        stream.stream_event({"jsonrpc": "2.0", "method": "notifications/message"})
+    assert stream.outbox.qsize() == sessions_module.OUTBOX_LIMIT  # (one step: it grew without bound)
+    closed: list[bool] = []
+    legacy = sessions_module.Session(id="l" * 64, principal_key="p", view=None, protocol_version="2024-11-05",
+                                     legacy_sse=True, close_stream=lambda: closed.append(True))
+    legacy.get_stream_open = True
+    for n in range(sessions_module.OUTBOX_LIMIT + 1):
+        legacy.stream_event({"jsonrpc": "2.0", "id": n, "result": {}})
+    assert closed == [True] and legacy.outbox.qsize() == sessions_module.OUTBOX_LIMIT
