@@ -9,11 +9,8 @@ policy, CSRF), 404 unknown, 408 body not in full within `listen.body_timeout_s`,
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import json
 import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,8 +18,6 @@ from aiohttp import web
 
 from gateway.approvals import render
 from gateway.approvals.auth import (
-    MAX_SESSION_S,
-    SESSION_COOKIE,
     Approver,
     ApproverAuth,
     ApproverCheck,
@@ -34,6 +29,7 @@ from gateway.approvals.auth import (
     set_csrf_cookie,
     set_session,
 )
+from gateway.approvals.live import LiveUpdates
 from gateway.approvals.model import STATES, AlreadyDecided, Approval, ApprovalNotFound
 from gateway.approvals.store import ApprovalStore
 from gateway.errors import GatewayError
@@ -59,20 +55,6 @@ async def _read(request: web.Request, read: Callable[[], Awaitable[Any]]) -> Any
         return await timed_read(request, read)
     except GatewayError as exc:
         raise Refused(exc.http_status, exc.reason, exc.message) from None
-
-
-def _session_key(request: web.Request) -> str | None:
-    """The sign-in session a request carries (a digest of its cookie: the token itself is not kept)."""
-    cookie = request.cookies.get(SESSION_COOKIE)
-    return hashlib.sha256(cookie.encode()).hexdigest() if cookie else None
-
-
-def _valid_for(approver: Approver) -> float | None:
-    """Seconds until the approver's credential would be refused (None: it does not expire)."""
-    left = [float(MAX_SESSION_S)] if approver.via == "cookie" else []  # the cookie's own lifetime bounds it
-    if approver.principal.expires_at is not None:
-        left.append(approver.principal.expires_at - time.time())
-    return max(0.0, min(left)) if left else None
 
 
 def _limit(text: str) -> int:
@@ -143,10 +125,7 @@ class ApprovalsWeb:
         self._cookies = self._base or "/"  # the cookies' Path: the page's, never other applications on the host
         self._auth = auth
         self._redact = redactor
-        self._keepalive_s = keepalive_s
-        self._closing = closing or asyncio.Event()  # set when the gateway begins to shut down
-        # Open live-update streams per sign-in session (digest of its cookie), ended by that session's sign-out.
-        self._streams: dict[str, set[asyncio.Event]] = {}
+        self._live = LiveUpdates(store, keepalive_s, closing or asyncio.Event())
 
     def _json(self, item: Approval) -> dict[str, Any]:
         data = item.to_json()
@@ -210,66 +189,8 @@ class ApprovalsWeb:
         return _within_limit(comment or None)
 
     async def api_events(self, request: web.Request) -> web.StreamResponse:
-        """Server-sent change notifications (ids only): the page refetches what it may see.
-
-        The credential is checked once, when the stream opens, so the stream ends when that credential
-        would no longer be accepted: at the token's expiry (a session cookie: at most MAX_SESSION_S), when
-        the session signs out on this replica, or when shutdown begins. A reconnect must sign in again."""
-        approver = await self._auth.authenticate(request)
-        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=256)
-
-        def listener(approval_id: str) -> None:
-            with contextlib.suppress(asyncio.QueueFull):  # a slow page just refetches later
-                queue.put_nowait(approval_id)
-
-        response = web.StreamResponse(headers={**render.security_headers(), "Content-Type": "text/event-stream",
-                                               "X-Accel-Buffering": "no"})
-        await response.prepare(request)
-        signed_out = asyncio.Event()
-        session = _session_key(request) if approver.via == "cookie" else None
-        if session is not None:
-            self._streams.setdefault(session, set()).add(signed_out)
-        self._store.add_listener(listener)
-        # A page left open is no work to drain: the stream ends when shutdown begins (the page reconnects to
-        # another replica or after the restart), else the server would wait out its drain timeout twice.
-        ended = asyncio.ensure_future(self._stream_over(approver, signed_out))
-        change = asyncio.ensure_future(queue.get())
-        try:
-            await response.write(b": connected\n\n")
-            while True:
-                await asyncio.wait((change, ended), timeout=self._keepalive_s, return_when=asyncio.FIRST_COMPLETED)
-                if ended.done():
-                    break
-                if not change.done():
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                await response.write(f"event: change\ndata: {json.dumps({'id': change.result()})}\n\n".encode())
-                change = asyncio.ensure_future(queue.get())
-        except (ConnectionResetError, ConnectionError, RuntimeError):
-            pass
-        finally:
-            ended.cancel()
-            change.cancel()
-            self._store.remove_listener(listener)
-            if session is not None:
-                self._forget_stream(session, signed_out)
-        return response
-
-    async def _stream_over(self, approver: Approver, signed_out: asyncio.Event) -> None:
-        """Returns when a live-update stream must end: its credential lapsed or signed out, or shutdown began."""
-        waits = (asyncio.ensure_future(self._closing.wait()), asyncio.ensure_future(signed_out.wait()))
-        try:
-            await asyncio.wait(waits, timeout=_valid_for(approver), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
-
-    def _forget_stream(self, session: str, signed_out: asyncio.Event) -> None:
-        streams = self._streams.get(session)
-        if streams is not None:
-            streams.discard(signed_out)
-            if not streams:
-                del self._streams[session]
+        """Server-sent change notifications (ids only): the page refetches what it may see (live.py)."""
+        return await self._live.stream(request, await self._auth.authenticate(request))
 
     # -- page --------------------------------------------------------------------------------
 
@@ -352,9 +273,7 @@ class ApprovalsWeb:
             return self._signin_page(request, exc.message, exc.status)
         if not self._auth.form_csrf_ok(request, form.get("csrf")):
             return self._signin_page(request, "Sign-out needs a fresh page; please try again.", 403)
-        session = _session_key(request)
-        for signed_out in self._streams.pop(session, set()) if session is not None else ():
-            signed_out.set()  # this session's live-update streams (other tabs) end with it
+        self._live.sign_out(request)  # this session's live-update streams (other tabs) end with it
         response = web.HTTPSeeOther(self._base + "/approvals")
         clear_session(response, self._cookies)
         return response

@@ -1,0 +1,108 @@
+"""The approvers' page's live updates: a server-sent event stream of changed approval ids per open page.
+
+Ids only: the page refetches what it may see. Each stream ends when its credential would no longer be
+accepted (the token's expiry; a session cookie: at most MAX_SESSION_S), when its sign-in session signs out on
+this replica, or when shutdown begins; a reconnect must be signed in again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+
+from aiohttp import web
+
+from gateway.approvals import render
+from gateway.approvals.auth import MAX_SESSION_S, SESSION_COOKIE, Approver
+from gateway.approvals.store import ApprovalStore
+
+
+def session_key(request: web.Request) -> str | None:
+    """The sign-in session a request carries (a digest of its cookie: the token itself is not kept)."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return hashlib.sha256(cookie.encode()).hexdigest() if cookie else None
+
+
+def _valid_for(approver: Approver) -> float | None:
+    """Seconds until the approver's credential would be refused (None: it does not expire)."""
+    left = [float(MAX_SESSION_S)] if approver.via == "cookie" else []  # the cookie's own lifetime bounds it
+    if approver.principal.expires_at is not None:
+        left.append(approver.principal.expires_at - time.time())
+    return max(0.0, min(left)) if left else None
+
+
+class LiveUpdates:
+    """The open live-update streams of one replica."""
+
+    def __init__(self, store: ApprovalStore, keepalive_s: float, closing: asyncio.Event) -> None:
+        self._store = store
+        self._keepalive_s = keepalive_s
+        self._closing = closing  # set when the gateway begins to shut down
+        # Open streams per sign-in session (digest of its cookie), ended by that session's sign-out.
+        self._streams: dict[str, set[asyncio.Event]] = {}
+
+    def sign_out(self, request: web.Request) -> None:
+        """End the streams of the sign-in session `request` carries (its other tabs, on this replica)."""
+        session = session_key(request)
+        for signed_out in self._streams.pop(session, set()) if session is not None else ():
+            signed_out.set()
+
+    async def stream(self, request: web.Request, approver: Approver) -> web.StreamResponse:
+        """The stream for one open page, its credential checked by the caller when it opens."""
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=256)
+
+        def listener(approval_id: str) -> None:
+            with contextlib.suppress(asyncio.QueueFull):  # a slow page just refetches later
+                queue.put_nowait(approval_id)
+
+        response = web.StreamResponse(headers={**render.security_headers(), "Content-Type": "text/event-stream",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        signed_out = asyncio.Event()
+        session = session_key(request) if approver.via == "cookie" else None
+        if session is not None:
+            self._streams.setdefault(session, set()).add(signed_out)
+        self._store.add_listener(listener)
+        # A page left open is no work to drain: the stream ends when shutdown begins (the page reconnects to
+        # another replica or after the restart), else the server would wait out its drain timeout twice.
+        ended = asyncio.ensure_future(self._over(approver, signed_out))
+        change = asyncio.ensure_future(queue.get())
+        try:
+            await response.write(b": connected\n\n")
+            while True:
+                await asyncio.wait((change, ended), timeout=self._keepalive_s, return_when=asyncio.FIRST_COMPLETED)
+                if ended.done():
+                    break
+                if not change.done():
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                await response.write(f"event: change\ndata: {json.dumps({'id': change.result()})}\n\n".encode())
+                change = asyncio.ensure_future(queue.get())
+        except (ConnectionResetError, ConnectionError, RuntimeError):
+            pass
+        finally:
+            ended.cancel()
+            change.cancel()
+            self._store.remove_listener(listener)
+            if session is not None:
+                self._forget(session, signed_out)
+        return response
+
+    async def _over(self, approver: Approver, signed_out: asyncio.Event) -> None:
+        """Returns when a stream must end: its credential lapsed or signed out, or shutdown began."""
+        waits = (asyncio.ensure_future(self._closing.wait()), asyncio.ensure_future(signed_out.wait()))
+        try:
+            await asyncio.wait(waits, timeout=_valid_for(approver), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    def _forget(self, session: str, signed_out: asyncio.Event) -> None:
+        streams = self._streams.get(session)
+        if streams is not None:
+            streams.discard(signed_out)
+            if not streams:
+                del self._streams[session]
