@@ -98,14 +98,17 @@ def syntax_error_line(text: str, parse: Callable[[str], object]) -> int | None:
 
 
 def mentioned_line(message: str, text: str, first: int = 1, last: int | None = None) -> int | None:
-    """The first line in first..last of `text` that mentions, outside a comment, a name `message` quotes."""
+    """The first line in first..last of `text` that mentions, outside a comment, the first name `message`
+    quotes that any line mentions."""
     names = [m.group(1) for m in _QUOTED.finditer(message)] + [m.group(1) for m in _UNRESOLVED.finditer(message)]
     names = [n for n in names if not re.fullmatch(r"policy\d+", n)]
     lines = text.splitlines()
-    for number in range(first, min(last or len(lines), len(lines)) + 1):
-        code = _code(lines[number - 1])
-        if any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", code) for name in names):
-            return number
+    span = range(first, min(last or len(lines), len(lines)) + 1)
+    for name in names:  # in the message's order: what is wrong (`department`) before where (`Agent`)
+        pattern = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
+        found = next((number for number in span if pattern.search(_code(lines[number - 1]))), None)
+        if found is not None:
+            return found
     return None
 
 

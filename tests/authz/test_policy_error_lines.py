@@ -96,3 +96,11 @@ def test_a_template_names_the_line_of_its_slot(policy_dir: Path) -> None:
     template = '@id("t")\npermit (\n  principal == ?principal, action, resource);\n'
     found = problems(policy_dir, "x.cedar", FINE + template)
     assert any("x.cedar:8: templates (?principal/?resource) are not supported" in p for p in found), found
+
+
+def test_the_attribute_is_looked_for_before_the_entity_type(policy_dir: Path) -> None:
+    """`attribute `department` on entity type `Agent` not found`: the line reading the attribute, not an
+    earlier one that happens to name the type."""
+    found = problems(policy_dir, "x.cedar", FINE + '@id("x")\nforbid (principal == Agent::"a",\n'
+                     '  action == Action::"call_tool", resource)\nwhen { principal.department == "x" };\n')
+    assert any("x.cedar:9: policy 'x'" in p and "department" in p for p in found), found
