@@ -1,8 +1,8 @@
 """The approvers' page's live updates: a server-sent event stream of changed approval ids per open page.
 
-Ids only: the page refetches what it may see. Each stream ends when its credential would no longer be
-accepted (the token's expiry; a session cookie: at most MAX_SESSION_S), when its sign-in session signs out on
-this replica, or when shutdown begins; a reconnect must be signed in again.
+Ids only, and only of calls the person may see: the page refetches what it may see. Each stream ends when its
+credential would no longer be accepted (the token's expiry; a session cookie: at most MAX_SESSION_S), when its
+sign-in session signs out on this replica, or when shutdown begins; a reconnect must be signed in again.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
 from gateway.approvals import render
 from gateway.approvals.auth import MAX_SESSION_S, SESSION_COOKIE, Approver
+from gateway.approvals.model import Approval, ApprovalNotFound
 from gateway.approvals.store import ApprovalStore
+from gateway.errors import GatewayError
 
 
 def session_key(request: web.Request) -> str | None:
@@ -37,8 +40,10 @@ def _valid_for(approver: Approver) -> float | None:
 class LiveUpdates:
     """The open live-update streams of one replica."""
 
-    def __init__(self, store: ApprovalStore, keepalive_s: float, closing: asyncio.Event) -> None:
+    def __init__(self, store: ApprovalStore, keepalive_s: float, closing: asyncio.Event,
+                 may_view: Callable[[Approver, Approval], bool]) -> None:
         self._store = store
+        self._may_view = may_view
         self._keepalive_s = keepalive_s
         self._closing = closing  # set when the gateway begins to shut down
         # Open streams per sign-in session (digest of its cookie), ended by that session's sign-out.
@@ -79,8 +84,9 @@ class LiveUpdates:
                 if not change.done():
                     await response.write(b": keep-alive\n\n")
                     continue
-                await response.write(f"event: change\ndata: {json.dumps({'id': change.result()})}\n\n".encode())
-                change = asyncio.ensure_future(queue.get())
+                approval_id, change = change.result(), asyncio.ensure_future(queue.get())
+                if await self._shown_to(approver, approval_id):
+                    await response.write(f"event: change\ndata: {json.dumps({'id': approval_id})}\n\n".encode())
         except (ConnectionResetError, ConnectionError, RuntimeError):
             pass
         finally:
@@ -90,6 +96,15 @@ class LiveUpdates:
             if session is not None:
                 self._forget(session, signed_out)
         return response
+
+    async def _shown_to(self, approver: Approver, approval_id: str) -> bool:
+        """Whether this person may see the call: the id of one policy hides from them (another team's payment)
+        would tell them that it exists and when it moves. Not found or store unreachable: not told (the page
+        refetches on its own every 30 s)."""
+        try:
+            return self._may_view(approver, await self._store.get(approval_id))
+        except (ApprovalNotFound, GatewayError):
+            return False
 
     async def _over(self, approver: Approver, signed_out: asyncio.Event) -> None:
         """Returns when a stream must end: its credential lapsed or signed out, or shutdown began."""

@@ -125,7 +125,7 @@ class ApprovalsWeb:
         self._cookies = self._base or "/"  # the cookies' Path: the page's, never other applications on the host
         self._auth = auth
         self._redact = redactor
-        self._live = LiveUpdates(store, keepalive_s, closing or asyncio.Event())
+        self._live = LiveUpdates(store, keepalive_s, closing or asyncio.Event(), auth.may_view)
 
     def _json(self, item: Approval) -> dict[str, Any]:
         data = item.to_json()

@@ -48,3 +48,23 @@ async def test_stream_ends_when_its_session_signs_out(web_kit: WebKit) -> None:
             await _read_to_end(other_tab, 10)  # ended by the sign-out, not left sending ids
         finally:
             other_tab.close()
+
+
+async def test_stream_names_only_calls_its_approver_may_see(web_kit: WebKit) -> None:
+    """Ids only, but ids of calls policy hides from this person told them such a call exists and when it moved."""
+    async with web_kit.http.get(f"{web_kit.url}/api/approvals/events", headers=web_kit.bearer("alice")) as seer, \
+            web_kit.http.get(f"{web_kit.url}/api/approvals/events",
+                             headers=web_kit.bearer("mallory", groups=("visitors",))) as hidden:
+        for stream in (seer, hidden):
+            assert await asyncio.wait_for(stream.content.readline(), 5) == b": connected\n"
+        item, _ = await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
+        seen = b""
+        while item.id.encode() not in seen:
+            seen += await asyncio.wait_for(seer.content.readline(), 10)
+        # The change reached every stream's queue at once; two keep-alives later it would have been written.
+        told, keepalives = b"", 0
+        while keepalives < 2:
+            line = await asyncio.wait_for(hidden.content.readline(), 10)
+            keepalives += line == b": keep-alive\n"
+            told += line
+        assert item.id.encode() not in told and b"event: change" not in told
