@@ -288,7 +288,7 @@ def replay_cmd(args: argparse.Namespace) -> int:
                                     f"read{'s' if len(movers) == 1 else ''} them")
             continue
         entry = f"{call_text}: {old} -> {new.outcome}"
-        if unlogged and readers.may_hinge_on_args(old_ids, new):
+        if unlogged and readers.may_hinge_on_args(old_ids, new, bool(record.get("policy_errors"))):
             undetermined.append(f"{entry} (as replayed without arguments)")
             continue
         changed += 1

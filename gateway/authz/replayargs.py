@@ -48,11 +48,13 @@ class ArgumentReaders:
             version=f"{loaded.version}:argument-scopes", quorum_by_id={}, context_reads={}, context_types={},
         ) if scopes else None
 
-    def may_hinge_on_args(self, old_ids: list[str], new: Decision) -> bool:
+    def may_hinge_on_args(self, old_ids: list[str], new: Decision, errors: bool = False) -> bool:
         """A changed outcome replayed on `{}` may be the missing arguments, not the policies: so when a policy
-        that determined either outcome reads them, or nothing permitted the call now while some permit reads
-        them (with the arguments it might have)."""
-        if any(pid in self.effects for pid in (*old_ids, *new.policy_ids)):
+        that determined either outcome reads them, when the recorded decision carried errors (`errors`: an
+        argument of another type than declared denies; one that does not involve the arguments replays
+        alike, so a change is theirs), or when nothing permitted the call now while some permit reads them
+        (with the arguments it might have)."""
+        if errors or any(pid in self.effects for pid in (*old_ids, *new.policy_ids)):
             return True
         return not new.policy_ids and "permit" in self.effects.values()
 

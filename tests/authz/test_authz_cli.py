@@ -234,6 +234,27 @@ def test_replay_without_logged_arguments_names_calls_a_new_argument_policy_may_c
     assert "undetermined" not in run("replay", "--log", log, "--policies", SHIPPED).stdout
 
 
+def test_replay_without_logged_arguments_does_not_report_an_argument_error_deny_as_changed(
+        policy_dir: Path, tmp_path: Path) -> None:
+    """A call denied because of its arguments' types (12.5 where a policy compares a Long: policy_errors),
+    replayed on `{}` against the very policies that denied it, has no error and was reported as changed
+    (deny -> approval_required, exit 1); without the arguments that cannot be told, so it is undetermined."""
+    (policy_dir / "limit.cedar").write_text(
+        '@id("payment-limit")\nforbid (principal, action == Action::"call_tool", resource == Tool::"payments/pay")\n'
+        'when { context.args has amount && context.args.amount > 5000 };\n')
+    reader = agent("spiffe://customs.demo/agent/reader")
+    snapshot = authz_input(reader, "call_tool", TOOLS["payments/pay"], call(reader, "payments/pay", {"amount": 12.5}),
+                           "dev", include_args=False)
+    errors = ["argument type mismatch: context.args.amount is decimal, the schema declares Long"]
+    log = tmp_path / "decisions.jsonl"
+    log.write_text(json.dumps({"decision": "deny", "policy_ids": [], "policy_errors": errors,
+                               "authz_input": snapshot}) + "\n")
+    result = run("replay", "--log", log, "--policies", policy_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 replayed, 0 changed, 0 skipped (no authz_input or not a decision), 1 undetermined" in result.stdout
+    assert "payments/pay: deny -> approval_required (as replayed without arguments)" in result.stdout
+
+
 def test_validate_catches_a_misspelled_argument_behind_has(policy_dir: Path) -> None:
     """Cedar alone accepts a guarded misspelling (always false); validate names it and suggests the argument."""
     assert run("validate", SHIPPED).returncode == 0
