@@ -3,22 +3,17 @@
 HTTP: `GET /api/tools` → `{"items": [...]}`; `POST /api/tools/{upstream}/{tool}/approve` with
 `{"hash": "sha256:…"}` (default: the definition last seen) → the new pin. Callers authenticate
 with a bearer token like approvers and must be in the group `pinning.admin_group`.
-CLI: `customs tools list | approve UPSTREAM TOOL [--hash H]` against a running gateway.
+The CLI, `customs tools list | approve UPSTREAM TOOL [--hash H]`, is gateway/tools_cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from collections.abc import Iterable
-from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 
 from gateway.approvals.auth import ANONYMOUS_MODE
-from gateway.approvals.cli import DEFAULT_URL, guard, nonempty, request_json, seconds, shown
 from gateway.errors import GatewayError
 from gateway.http.guards import timed_read
 from gateway.pinning import ToolGuard
@@ -101,43 +96,3 @@ def _unavailable(exc: GatewayError) -> web.Response:
     """The pin store (Redis) could not be reached: 503 with its reason, as the approvals API answers, rather
     than aiohttp's bare 500 and a traceback for an outage the gateway already handles everywhere else."""
     return web.json_response({"error": {"reason": exc.reason, "message": exc.message}}, status=503)
-
-
-TOOLS_HINTS = {
-    401: "the gateway did not accept your token: pass --token or set CUSTOMS_TOKEN to a valid administrator token",
-    403: "your token is valid but not in the administrators' group (pinning.admin_group)",
-    404: "no such upstream or tool (check `customs tools list`)",
-}
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.tools_command == "list":
-        items = request_json(args, "GET", "/api/tools", hints=TOOLS_HINTS, who="an administrator")["items"]
-        for item in items:
-            # Tool names and reasons come from upstreams: shown() keeps their control characters off the terminal.
-            print(f"{shown(item['upstream'])}/{shown(item['tool'])}\t{shown(item.get('state'))}\t"
-                  f"{shown(item.get('hash'))}" + (f"\t{shown(item.get('reason'))}" if item.get("reason") else ""))
-        return 0
-    path = f"/api/tools/{quote(args.upstream, safe='')}/{quote(args.tool, safe='')}/approve"
-    pinned = request_json(args, "POST", path, {"hash": args.hash} if args.hash else {}, hints=TOOLS_HINTS,
-                          who="an administrator")
-    print(json.dumps(pinned, indent=2))
-    return 0
-
-
-def add_tools_parsers(sub: Any) -> None:
-    def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--url", default=os.environ.get("CUSTOMS_URL", DEFAULT_URL),
-                            help=f"gateway base URL (default {DEFAULT_URL}, or CUSTOMS_URL)")
-        parser.add_argument("--token", help="administrator bearer token (default: CUSTOMS_TOKEN environment variable)")
-        parser.add_argument("--timeout", type=seconds, default=30.0, help="HTTP timeout in seconds (default 30)")
-        parser.set_defaults(func=guard(_run))
-
-    common(sub.add_parser("list", help="pinned and quarantined tools",
-                          description="List every upstream tool's pin: state (pinned | quarantined), hash, reason."))
-    approve = sub.add_parser("approve", help="accept a tool's current definition (lifts a quarantine)",
-                             description="Pin UPSTREAM's TOOL to the definition last seen (or --hash).")
-    approve.add_argument("upstream", type=nonempty)
-    approve.add_argument("tool", type=nonempty)
-    approve.add_argument("--hash", help="the definition hash to accept (default: the one last seen)")
-    common(approve)

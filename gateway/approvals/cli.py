@@ -12,8 +12,6 @@ import math
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -40,6 +38,11 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
 
     Shared with `customs tools`, which passes its own hints and who holds the token.
     """
+    # Here, not at the top: urllib.request brings http.client, email and ssl, and every `customs` command
+    # (version, --help, policy ...) imports this module to build its parser.
+    import urllib.error
+    import urllib.request
+
     token = args.token or os.environ.get("CUSTOMS_TOKEN")
     if not token:
         raise CliError(f"no token: pass --token or set CUSTOMS_TOKEN ({who}'s bearer token)", 2)

@@ -17,6 +17,7 @@ from typing import Any, get_args
 import yaml
 
 from gateway.authz import entities as E
+from gateway.authz.actions import AGENT_ACTIONS
 from gateway.authz.evaluate import decide, decide_approve
 from gateway.authz.policyset import LoadedPolicies, load_policies
 from gateway.config.load import strict_yaml_load, unreadable
@@ -36,9 +37,6 @@ _CONTEXT_KEYS = frozenset({"args", "args_truncated", "environment", "tenant", "c
 # The same-named flat keys a case may use instead of `context:` (older files); never both.
 _FLAT_FACTS = {"args": "args", "environment": "environment", "args_contain_secret": "args_contain_secret",
                "task": "task", "approved": "approval", "now": "time"}
-# The actions the gateway decides for an agent on a Tool (docs/policies.md, "The contract"). Any other name
-# would be decided by no policy, i.e. deny: a mistyped action must not make a `deny` case pass vacuously.
-AGENT_ACTIONS = ("call_tool", "list_tools", "read_resource", "get_prompt")
 SENSITIVITIES: tuple[str, ...] = get_args(Sensitivity)
 
 

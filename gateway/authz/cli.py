@@ -17,7 +17,6 @@ from typing import Any
 from gateway.approvals.cli import shown
 from gateway.authz import evaluate
 from gateway.authz.cases import (
-    AGENT_ACTIONS,
     CaseError,
     agent_action,
     facts_from,
@@ -25,35 +24,19 @@ from gateway.authz.cases import (
     run_cases_file,
     tool_from,
 )
+from gateway.authz.cli_args import add_policy_parsers
 from gateway.authz.entities import context, members
-from gateway.authz.policyset import SCHEMA_FILE, LoadedPolicies, PolicyLoadError, load_policies
+from gateway.authz.policyset import SCHEMA_FILE, PolicyLoadError
 from gateway.authz.record import from_authz_input
 from gateway.authz.replayargs import ArgumentReaders
 from gateway.authz.schemagen import apply_block, schema_from_input_schemas
+from gateway.authz.validate import load_or_report as _load
 from gateway.config.load import unreadable
 from gateway.identity.chain import claim_mapping
 
 
 def _err(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
-
-
-def _load(directory: Path, schema: Path | None = None) -> LoadedPolicies | None:
-    try:
-        return load_policies(directory, schema)
-    except PolicyLoadError as exc:
-        print(f"{exc.source}: invalid policies", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return None
-
-
-def validate_cmd(args: argparse.Namespace) -> int:
-    loaded = _load(args.dir, args.schema)
-    if loaded is None:
-        return 1
-    print(f"{args.dir}: OK ({len(loaded)} policies in {len(loaded.files)} file(s), version {loaded.version})")
-    return 0
 
 
 def _case_files(paths: list[Path]) -> list[Path]:
@@ -309,52 +292,6 @@ def replay_cmd(args: argparse.Namespace) -> int:
         _err(f"{args.log}: no replayable decisions (lines need an 'authz_input' object)")
         return 2
     return 1 if changed else 0
-
-
-def add_policy_parsers(sub: Any) -> None:
-    """Register validate, test, explain, schema and replay under `customs policy`."""
-    p = sub.add_parser("validate", help="parse and validate a policy directory against its schema",
-                       description="Parse every *.cedar file, validate against schema.cedarschema, check @id.")
-    p.add_argument("dir", type=Path, help="policy directory")
-    p.add_argument("--schema", type=Path, help="validate against this schema instead of DIR/schema.cedarschema")
-    p.set_defaults(func=validate_cmd)
-
-    p = sub.add_parser("test", help="run policy test cases (YAML)", description="Run the cases in each file "
-                       "(or each *.yaml in a directory); non-zero exit when any case fails.")
-    p.add_argument("cases", type=Path, nargs="+", metavar="CASES.yaml")
-    p.add_argument("--policies", type=Path, help="policy directory (default: the file's `policies:` or ..)")
-    p.set_defaults(func=test_cmd)
-
-    p = sub.add_parser("explain", help="decide one request and show why",
-                       description="Decide one tools/call offline and print outcome, policies and the context.")
-    p.add_argument("--policies", type=Path, required=True)
-    p.add_argument("--principal-claims", required=True, metavar="JSON|@file",
-                   help="token claims: sub, tenant, owner, clearance, trust, groups, nested act")
-    p.add_argument("--tool", required=True, metavar="UPSTREAM/TOOL")
-    p.add_argument("--action", default="call_tool", help=f"one of {', '.join(AGENT_ACTIONS)} (default call_tool)")
-    p.add_argument("--args", metavar="JSON|@file")
-    p.add_argument("--context", metavar="JSON|@file",
-                   help='context facts as in a policy test case\'s `context:`, e.g. {"environment": ..., '
-                   '"args_contain_secret": ..., "task": {...}, "approval": "granted", '
-                   '"time": {"hour": 9, "weekday": 1}}')
-    p.add_argument("--annotations", metavar="JSON|@file", help='tool labels, e.g. {"read_only": true}')
-    p.add_argument("--environment", default="dev")
-    p.set_defaults(func=explain_cmd)
-
-    p = sub.add_parser("schema", help="generate typed Args for the schema from tool input schemas",
-                       description="Print the schema with its generated Args block rebuilt from tool input schemas.")
-    p.add_argument("--config", type=Path, help="customs.yaml: policies.dir, and the upstreams to ask for their tools")
-    p.add_argument("--tools-json", type=Path, help='{"<upstream>": <tools/list result>, ...}')
-    p.add_argument("--policies", type=Path, help="directory holding the base schema.cedarschema")
-    p.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
-    p.set_defaults(func=schema_cmd)
-
-    p = sub.add_parser("replay", help="re-decide logged requests under other policies",
-                       description="Re-decide each decision-log line with an authz_input; print changed decisions "
-                       "grouped by policy; exit 1 when any decision changed.")
-    p.add_argument("--log", type=Path, required=True, metavar="DECISIONS.jsonl")
-    p.add_argument("--policies", type=Path, required=True)
-    p.set_defaults(func=replay_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,54 @@
+"""`customs tools list | approve UPSTREAM TOOL [--hash H]`: tool pins on a running gateway, from the command line.
+
+Talks to the gateway's `/api/tools` (gateway/tools_admin.py serves it) with an administrator's bearer token.
+Apart from the server side so that building the `customs` parser does not import aiohttp and the pin store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+from urllib.parse import quote
+
+from gateway.approvals.cli import DEFAULT_URL, guard, nonempty, request_json, seconds, shown
+
+TOOLS_HINTS = {
+    401: "the gateway did not accept your token: pass --token or set CUSTOMS_TOKEN to a valid administrator token",
+    403: "your token is valid but not in the administrators' group (pinning.admin_group)",
+    404: "no such upstream or tool (check `customs tools list`)",
+}
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.tools_command == "list":
+        items = request_json(args, "GET", "/api/tools", hints=TOOLS_HINTS, who="an administrator")["items"]
+        for item in items:
+            # Tool names and reasons come from upstreams: shown() keeps their control characters off the terminal.
+            print(f"{shown(item['upstream'])}/{shown(item['tool'])}\t{shown(item.get('state'))}\t"
+                  f"{shown(item.get('hash'))}" + (f"\t{shown(item.get('reason'))}" if item.get("reason") else ""))
+        return 0
+    path = f"/api/tools/{quote(args.upstream, safe='')}/{quote(args.tool, safe='')}/approve"
+    pinned = request_json(args, "POST", path, {"hash": args.hash} if args.hash else {}, hints=TOOLS_HINTS,
+                          who="an administrator")
+    print(json.dumps(pinned, indent=2))
+    return 0
+
+
+def add_tools_parsers(sub: Any) -> None:
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--url", default=os.environ.get("CUSTOMS_URL", DEFAULT_URL),
+                            help=f"gateway base URL (default {DEFAULT_URL}, or CUSTOMS_URL)")
+        parser.add_argument("--token", help="administrator bearer token (default: CUSTOMS_TOKEN environment variable)")
+        parser.add_argument("--timeout", type=seconds, default=30.0, help="HTTP timeout in seconds (default 30)")
+        parser.set_defaults(func=guard(_run))
+
+    common(sub.add_parser("list", help="pinned and quarantined tools",
+                          description="List every upstream tool's pin: state (pinned | quarantined), hash, reason."))
+    approve = sub.add_parser("approve", help="accept a tool's current definition (lifts a quarantine)",
+                             description="Pin UPSTREAM's TOOL to the definition last seen (or --hash).")
+    approve.add_argument("upstream", type=nonempty)
+    approve.add_argument("tool", type=nonempty)
+    approve.add_argument("--hash", help="the definition hash to accept (default: the one last seen)")
+    common(approve)
