@@ -1,6 +1,7 @@
 """`customs policy test` case format: principals as token claims, `context:` facts, unknown keys refused.
 
-Run as a real subprocess (`python -m gateway.authz.cli test ...`) against the shipped policies.
+Run against the shipped policies by the command's main() in this process (a child process cost a second or
+more each); the documented case file and explain's context facts still run `python -m gateway.authz.cli`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,18 @@ from pathlib import Path
 
 from authz_helpers import REPO, SHIPPED
 
+from gateway.authz import cli
+from tests.support.cli import customs_main
 
-def policy_test(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+
+def policy_test(tmp_path: Path, text: str, *, child: bool = False) -> subprocess.CompletedProcess[str]:
+    """`policy test` of `text` in this process, or with `child` as the command runs (a child process)."""
     cases = tmp_path / "cases.yaml"
     cases.write_text(text)
-    return subprocess.run([sys.executable, "-m", "gateway.authz.cli", "test", str(cases), "--policies", str(SHIPPED)],
+    argv = ["test", str(cases), "--policies", str(SHIPPED)]
+    if not child:
+        return customs_main(*argv, main=cli.main)
+    return subprocess.run([sys.executable, "-m", "gateway.authz.cli", *argv],
                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -198,10 +206,9 @@ def test_label_values_and_time_of_the_wrong_type_exit_2(tmp_path: Path) -> None:
     for time in ("{hour: true, weekday: 1}", "{hour: 9, weekday: true}"):
         result = case("{read_only: true}", time)
         assert result.returncode == 2 and "context.time must be" in result.stderr, (time, result.stdout)
-    explained = subprocess.run([sys.executable, "-m", "gateway.authz.cli", "explain", "--policies", str(SHIPPED),
-                                "--principal-claims", '{"sub": "a", "tenant": "acme"}', "--tool", "inventory/list_skus",
-                                "--annotations", '{"read_only": true, "sensitivity": "Restricted"}'],
-                               cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    explained = customs_main("explain", "--policies", SHIPPED, "--principal-claims", '{"sub": "a", "tenant": "acme"}',
+                             "--tool", "inventory/list_skus",
+                             "--annotations", '{"read_only": true, "sensitivity": "Restricted"}', main=cli.main)
     assert explained.returncode == 2 and "sensitivity must be one of" in explained.stderr, explained.stdout
 
 
@@ -251,7 +258,7 @@ def test_the_documented_case_file_passes(tmp_path: Path) -> None:
     """The example under `## Policy tests` in docs/policies.md, copied as it is, passes on the shipped policies."""
     text = (REPO / "docs" / "policies.md").read_text()
     block = text.split("## Policy tests", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
-    result = policy_test(tmp_path, block)
+    result = policy_test(tmp_path, block, child=True)
     assert result.returncode == 0 and " 0 failed" in result.stdout, result.stdout + result.stderr
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from tests.support.cli import REPO, customs
+from tests.support.cli import REPO, customs_main
 
 UPSTREAMS = [{"name": "a", "url": "http://127.0.0.1:1/mcp"}]
 
@@ -47,7 +47,7 @@ def test_config_check_names_the_entry(tmp_path) -> None:
     path = tmp_path / "customs.yaml"
     path.write_text("upstreams: [{name: a, url: 'http://127.0.0.1:1/mcp'}]\n"
                     "listen: {allowed_hosts: ['https://customs.example'], allowed_origins: [customs.example]}\n")
-    result = customs("config", "check", path)
+    result = customs_main("config", "check", path)
     assert result.returncode == 2
     assert "listen.allowed_hosts[0]: " in result.stderr and "listen.allowed_origins[0]: " in result.stderr
 
@@ -59,11 +59,11 @@ def test_a_wildcard_listen_host_without_public_url_is_warned_about(tmp_path) -> 
     for host in ("0.0.0.0", "::"):
         path.write_text(f"upstreams: [{{name: a, url: 'http://127.0.0.1:1/mcp'}}]\nlisten: {{host: '{host}'}}\n"
                         f"policies: {{dir: {REPO / 'policies'}}}\n")
-        result = customs("config", "check", path)
+        result = customs_main("config", "check", path)
         assert result.returncode == 0, result.stderr
         assert "warning: listen.public_url: unset" in result.stderr and host in result.stderr, result.stderr
     path.write_text("upstreams: [{name: a, url: 'http://127.0.0.1:1/mcp'}]\n"
                     "listen: {host: 0.0.0.0, public_url: 'https://customs.example'}\n"
                     f"policies: {{dir: {REPO / 'policies'}}}\n")
-    result = customs("config", "check", path)
+    result = customs_main("config", "check", path)
     assert result.returncode == 0 and "public_url" not in result.stderr, result.stderr
