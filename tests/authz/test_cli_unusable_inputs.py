@@ -1,4 +1,8 @@
-"""`customs config check` and `customs policy ...` on files they cannot use: a message and exit 2, no traceback."""
+"""`customs config check` and `customs policy ...` on files they cannot use: a message and exit 2, no traceback.
+
+Run by the CLI's main() in this process (an exception would fail the test as it escapes); the commands as
+child processes are tested in test_authz_cli.py and tests/core/test_config.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 import pytest
 from authz_helpers import SHIPPED
 
-from tests.support.cli import customs
+from tests.support.cli import customs_main
 
 NOT_UTF8 = b"\xff\xfe\x00 not text"
 
@@ -28,7 +32,7 @@ def binary(tmp_path: Path) -> Path:
     ("policy", "schema", "--tools-json", "{f}", "--policies", str(SHIPPED)),
 ])
 def test_a_file_that_is_not_utf8_is_named_not_a_traceback(binary: Path, argv: tuple[str, ...]) -> None:
-    result = customs(*(a.format(f=binary) for a in argv))
+    result = customs_main(*(a.format(f=binary) for a in argv))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert f"{binary.name}" in result.stderr and "not UTF-8" in result.stderr
@@ -37,7 +41,7 @@ def test_a_file_that_is_not_utf8_is_named_not_a_traceback(binary: Path, argv: tu
 def test_schema_output_into_a_directory_is_an_error(tmp_path: Path) -> None:
     tools = tmp_path / "tools.json"
     tools.write_text("{}")
-    result = customs("policy", "schema", "--tools-json", tools, "--policies", SHIPPED, "--output", tmp_path)
+    result = customs_main("policy", "schema", "--tools-json", tools, "--policies", SHIPPED, "--output", tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"--output: cannot write {tmp_path}" in result.stderr
 
@@ -45,12 +49,12 @@ def test_schema_output_into_a_directory_is_an_error(tmp_path: Path) -> None:
 def test_bad_case_yaml_names_line_and_an_empty_directory_names_itself(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("cases: [\n")
-    result = customs("policy", "test", bad)
+    result = customs_main("policy", "test", bad)
     assert result.returncode == 2 and "line 2, column 1: invalid YAML" in result.stderr
     assert "<unicode string>" not in result.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = customs("policy", "test", empty)
+    result = customs_main("policy", "test", empty)
     assert result.returncode == 2 and f"no cases found in {empty}" in result.stderr
 
 
@@ -73,7 +77,7 @@ MALFORMED_CASE_FILES = {
 def test_a_case_file_with_a_value_of_the_wrong_shape_is_named_not_a_traceback(tmp_path: Path, body: str) -> None:
     cases = tmp_path / "cases.yaml"
     cases.write_text(f"policies: {SHIPPED}\n{body}\n")
-    result = customs("policy", "test", cases)
+    result = customs_main("policy", "test", cases)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert f"error: {cases}" in result.stderr and "must be" in result.stderr
@@ -81,7 +85,7 @@ def test_a_case_file_with_a_value_of_the_wrong_shape_is_named_not_a_traceback(tm
 
 @pytest.mark.parametrize(("option", "value"), [("--annotations", "[1]"), ("--args", "[1]"), ("--args", "5")])
 def test_explain_with_an_option_that_is_not_an_object_names_the_option(option: str, value: str) -> None:
-    result = customs("policy", "explain", "--policies", SHIPPED, "--principal-claims", '{"sub": "a"}',
+    result = customs_main("policy", "explain", "--policies", SHIPPED, "--principal-claims", '{"sub": "a"}',
                      "--tool", "a/b", option, value)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
@@ -100,7 +104,7 @@ MALFORMED_TOOLS = {
 def test_schema_tools_json_with_a_malformed_tool_names_it(tmp_path: Path, tools: list[object]) -> None:
     path = tmp_path / "tools.json"
     path.write_text(json.dumps({"up": {"tools": tools}}))
-    result = customs("policy", "schema", "--tools-json", path, "--policies", SHIPPED)
+    result = customs_main("policy", "schema", "--tools-json", path, "--policies", SHIPPED)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert "error: --tools-json: up: tools[0]" in result.stderr
@@ -125,7 +129,7 @@ def test_replay_skips_records_it_cannot_read_instead_of_crashing_or_counting_the
     ]
     log = tmp_path / "decisions.jsonl"
     log.write_text("\n".join(json.dumps(r) for r in [good, *broken]) + "\n")
-    result = customs("policy", "replay", "--log", log, "--policies", SHIPPED)
+    result = customs_main("policy", "replay", "--log", log, "--policies", SHIPPED)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"1 replayed, 0 changed, {len(broken)} skipped (no authz_input or not a decision)" in result.stdout
@@ -136,15 +140,15 @@ def test_cases_outside_a_policy_directory_say_how_to_name_one(tmp_path: Path) ->
     that directory (often `.`) and its missing *.cedar files, not how to point the command at the policies."""
     cases = tmp_path / "cases.yaml"
     cases.write_text("cases:\n  - {name: x, principal: {sub: a, tenant: acme}, tool: inventory/get, expect: deny}\n")
-    result = customs("policy", "test", cases)
+    result = customs_main("policy", "test", cases)
     assert result.returncode == 2 and "no *.cedar policy files" in result.stderr
     assert "--policies DIR" in result.stderr and "`policies:`" in result.stderr, result.stderr
-    given = customs("policy", "test", cases, "--policies", tmp_path)
+    given = customs_main("policy", "test", cases, "--policies", tmp_path)
     assert given.returncode == 2 and "--policies DIR" not in given.stderr
 
 
 def test_explain_refuses_a_multi_valued_contract_claim_as_the_gateway_does() -> None:
-    result = customs("policy", "explain", "--policies", SHIPPED, "--principal-claims",
+    result = customs_main("policy", "explain", "--policies", SHIPPED, "--principal-claims",
                      '{"sub": "a", "tenant": ["acme"]}', "--tool", "inventory/get_stock")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "claim 'tenant' (attribute tenant) must be a single value (a string), got a list" in result.stderr
