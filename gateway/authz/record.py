@@ -1,6 +1,7 @@
 """What a decision-log line must carry so `customs policy replay` can re-decide it (`authz_input`).
 
-The recorder stores `authz_input(...)` under the key "authz_input" of each decision-log line; replay
+The authorize stage leaves `snapshot_facts(...)` for the recorder, whose writer lays them out
+(`decision_writer.snapshot_of`) under the key "authz_input" of each decision-log line; replay
 rebuilds the principal, tool and facts from it. Arguments are kept only when the log includes them
 (`decision_log.include_args`); without them, replaying argument-dependent policies sees `{}`.
 """
@@ -16,19 +17,19 @@ from typing import Any
 from gateway.authz.entities import RELEASED_AT, CallFacts, args_truncated
 from gateway.context import Actor, CallContext, Principal, ToolInfo
 from gateway.memo import Memo
-from gateway.timefmt import iso_utc
+from gateway.telemetry.decision_writer import TOOL_FIELDS, snapshot_of
 
-_TOOL_FIELDS = tuple(f.name for f in fields(ToolInfo) if f.name != "definition")  # the definition is not a fact
+assert TOOL_FIELDS == tuple(f.name for f in fields(ToolInfo) if f.name != "definition")  # the same facts, in order
 
 
-def principal_snapshot(principal: Principal) -> dict[str, Any]:
+def principal_part(principal: Principal) -> tuple[str, dict[str, Any], tuple[tuple[str, dict[str, Any]], ...]]:
     """Who decided-for: the principal and its chain (never the token)."""
-    return {"principal": {"id": principal.id, "attributes": dict(principal.attributes)},
-            "chain": [{"id": a.id, "attributes": dict(a.attributes)} for a in principal.chain]}
+    return (principal.id, dict(principal.attributes),
+            tuple((a.id, dict(a.attributes)) for a in principal.chain))
 
 
-def tool_snapshot(tool: ToolInfo) -> dict[str, Any]:
-    return {name: getattr(tool, name) for name in _TOOL_FIELDS}
+def tool_part(tool: ToolInfo) -> tuple[Any, ...]:
+    return tuple(getattr(tool, name) for name in TOOL_FIELDS)  # the definition is not a fact
 
 
 class SnapshotParts:
@@ -36,32 +37,36 @@ class SnapshotParts:
     (read-only: records are only serialised)."""
 
     def __init__(self) -> None:
-        self.principal: Callable[[Principal], dict[str, Any]] = Memo(principal_snapshot)
-        self.tool: Callable[[ToolInfo], dict[str, Any]] = Memo(tool_snapshot)
+        self.principal: Callable[[Principal], tuple[Any, ...]] = Memo(principal_part)
+        self.tool: Callable[[ToolInfo], tuple[Any, ...]] = Memo(tool_part)
+
+
+def snapshot_facts(principal: Principal, action: str, tool: ToolInfo, ctx: CallContext | None, environment: str,
+                   *, parts: SnapshotParts | None = None) -> tuple[Any, ...]:
+    """What a decision was made from, as plain values (`decision_writer.snapshot_of` lays them out): taken
+    when the call is recorded, made the record's `authz_input` by the decision-log writer."""
+    args = ctx.args if ctx is not None else None
+    extra = ctx.extra if ctx is not None else {}
+    return (
+        action,
+        (parts.principal if parts is not None else principal_part)(principal),
+        (parts.tool if parts is not None else tool_part)(tool),
+        # Kept even without args (and computed before any redaction): a call denied for truncated or
+        # escaped arguments must replay as denied under the same policies.
+        args_truncated(args),
+        environment,
+        bool(extra.get("args_contain_secret", False)),
+        extra.get("task"),
+        _decided_at(ctx),
+        bool(ctx is not None and ctx.approval is not None and ctx.approval.outcome in ("approved", "reused")),
+    )
 
 
 def authz_input(principal: Principal, action: str, tool: ToolInfo, ctx: CallContext | None, environment: str,
                 *, include_args: bool = False, parts: SnapshotParts | None = None) -> dict[str, Any]:
     """A JSON-safe snapshot of everything a decision was made from."""
-    args = ctx.args if ctx is not None else None
-    extra = ctx.extra if ctx is not None else {}
-    who = (parts.principal if parts is not None else principal_snapshot)(principal)
-    return {
-        "principal": who["principal"],
-        "chain": who["chain"],
-        "action": action,
-        "tool": (parts.tool if parts is not None else tool_snapshot)(tool),
-        "args": args if include_args else None,
-        # Kept even without args (and computed before any redaction): a call denied for truncated or
-        # escaped arguments must replay as denied under the same policies.
-        "args_truncated": args_truncated(args),
-        "environment": environment,
-        "args_contain_secret": bool(extra.get("args_contain_secret", False)),
-        "task": extra.get("task"),
-        "time": iso_utc(_decided_at(ctx)),
-        "approved": bool(ctx is not None and ctx.approval is not None
-                         and ctx.approval.outcome in ("approved", "reused")),
-    }
+    args = ctx.args if ctx is not None and include_args else None
+    return snapshot_of(snapshot_facts(principal, action, tool, ctx, environment, parts=parts), args)
 
 
 def _decided_at(ctx: CallContext | None) -> float:

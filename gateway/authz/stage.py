@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from gateway.authz.entities import RELEASED_AT
-from gateway.authz.record import SnapshotParts, authz_input
+from gateway.authz.record import SnapshotParts, snapshot_facts
 from gateway.catalog import PENDING_TOOL, PendingTool, not_found
 from gateway.context import NOT_FOUND_ITEM, CallContext, Decision
 from gateway.pipeline import Authorizer
@@ -64,7 +64,6 @@ class AuthorizeStage:
         return all(self._engine.decide(ctx.principal, ctx.action, variant, ctx).outcome == "deny"
                    for variant in pending.variants[1:])
 
-    def _snapshot(self, ctx: CallContext, include_args: bool) -> dict[str, Any]:
+    def _snapshot(self, ctx: CallContext) -> tuple[Any, ...]:
         assert ctx.tool is not None and self._environment is not None
-        return authz_input(ctx.principal, ctx.action, ctx.tool, ctx, self._environment, include_args=include_args,
-                           parts=self._parts)
+        return snapshot_facts(ctx.principal, ctx.action, ctx.tool, ctx, self._environment, parts=self._parts)

@@ -1,31 +1,32 @@
 """The decision log: one JSON line per decision (OPA style) plus typed event records, to stdout or a file.
 
-Writers never block the event loop: `record_decision` / `event` serialise the record and append
-the line to an in-memory buffer; one writer thread, owned by the log (started by `start`, joined by
-`close`), moves everything buffered (at most FLUSH_INTERVAL_S old) to the file with a single `write`
-per batch (O_APPEND), so lines are never interleaved or torn, even with several gateways appending to
-one file. The loop's share of a record is one append under a lock: no task, timer or future per
-batch, and the thread wakes the loop for nothing. `close()` drains the buffer.
+Writers never block the event loop: `record_decision` appends the call's facts (`facts_of`: a tuple of
+values the call holds) to an in-memory buffer, `event` an encoded line. Everything buffered (at most
+FLUSH_INTERVAL_S old) goes, one batch at a time, to the writer process (`log_process.WriterProcess`), which
+makes each record (`decision_writer.record_of`), encodes it and writes the batch with a single `write`
+(O_APPEND), so lines are never interleaved or torn, even with several gateways appending to one file. The
+event loop's share of a record is the tuple and an append; building and encoding it, about as much work
+again, is the writer's, on another core. A stream with no descriptor (a test's StringIO) is written by a
+thread of this process instead, the same records. `close()` drains the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
-
-import orjson
 
 from gateway.config import ConfigError
 from gateway.config.model import DecisionLogConfig
 from gateway.context import NOT_FOUND_ITEM, CallContext
+from gateway.telemetry.decision_writer import FILE_FLAGS, FileTarget, dumps, line_of, record_of
+from gateway.telemetry.log_process import WriterProcess
 from gateway.telemetry.span_errors import is_tool_error
 from gateway.telemetry.tracing import api_span_ids
 from gateway.timefmt import rfc3339_ms as rfc3339  # record times: UTC, milliseconds, `Z`
@@ -35,7 +36,6 @@ log = logging.getLogger("customs.decision_log")
 Redactor = Callable[[Any], Any]
 DEFAULT_REDACT_KEYS = ("password", "secret", "token", "api_key", "apikey", "authorization")
 FLUSH_INTERVAL_S = 0.05  # lines wait at most this long: one write (one thread hop) per batch, not per call
-_FILE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 MAX_BUFFERED_LINES = 100_000  # past this the writer is hopelessly behind: drop and count, never grow unbounded
 
 
@@ -60,83 +60,52 @@ def error_reason(exc: BaseException | None) -> str | None:
     return "internal_error"
 
 
-def decision_record(ctx: CallContext, *, include_args: bool = False, redactor: Redactor | None = None,
-                    now: float | None = None, current_ids: Callable[[], tuple[str | None, str | None]] | None = None,
-                    ) -> dict[str, Any]:
-    """The decision log record of a finished call (see docs/decision-log.md for the fields)."""
+def facts_of(ctx: CallContext, *, include_args: bool = False, redactor: Redactor | None = None,
+             now: float | None = None, current_ids: Callable[[], tuple[str | None, str | None]] | None = None,
+             ) -> tuple[Any, ...]:
+    """The facts of a finished call's record (`decision_writer` lays them out and makes the record): only
+    values the call already holds, so the event loop's share of a record is this tuple."""
     principal = ctx.principal
     decision = ctx.decision
     trace_id, span_id = (current_ids or api_span_ids)()
     reason = error_reason(ctx.error)
-    record: dict[str, Any] = {
-        "type": "decision",
-        "decision_id": ctx.decision_id,
-        "time": rfc3339(ctx.started_wall),
-        "trace_id": trace_id or ctx.trace_id,
-        "span_id": span_id or ctx.extra.get("span_id"),
-        "principal": principal.id,
-        "issuer": principal.issuer,
-        "chain": principal.chain_ids,
-        "tenant": principal.tenant,
-        "session_id": ctx.session_id,
-        "task_id": ctx.task_id,
-        "method": ctx.method,
-        "upstream": ctx.upstream,
-        "tool": ctx.tool.name if ctx.tool else None,
-        "args_digest": ctx.digest,
-        "decision": decision.outcome if decision else None,
-        "policy_ids": list(decision.policy_ids) if decision else [],
-        "policy_version": decision.policy_version if decision else None,
-        "eval_us": round(decision.eval_us, 1) if decision else None,
-        "credential_mode": ctx.credential_mode,
-        "outcome": "ok" if reason is None else "error",
-        "duration_ms": round(((now if now is not None else time.perf_counter()) - ctx.started) * 1000, 3),
-    }
-    if reason is not None:
-        record["reason"] = reason
-        missing = ctx.extra.get(NOT_FOUND_ITEM)
-        if missing is not None:
-            # No such item: the agent heard a denial's answer, the auditor learns that nothing by that name exists
-            # (probing), which a policy denial (`policy_ids`, `policy_version`) is not.
-            record.update(decision="deny", not_found=True, tool=record["tool"] or missing)
-    elif is_tool_error(ctx.result):
-        record["reason"] = "tool_error"
-    if decision is not None and decision.shadow_outcome is not None:
-        record["shadow_decision"] = decision.shadow_outcome
-    if decision is not None and decision.errors:
-        record["policy_errors"] = list(decision.errors)
-    if ctx.approval is not None:
-        approval = ctx.approval
-        record["approval"] = {"id": approval.id, "outcome": approval.outcome,
-                              "decided_by": list(approval.decided_by), "comment": approval.comment,
-                              "wait_s": round(approval.waited_s, 3)}
-    if include_args:
-        record["args"] = (redactor or default_redactor)(ctx.args)
-    snapshot = ctx.extra.get("authz_input")
-    if callable(snapshot):
-        # What `customs policy replay` re-decides from; argument values only where config allows.
-        facts = snapshot(ctx, include_args)
-        if include_args and facts.get("args") is not None:
-            facts["args"] = (redactor or default_redactor)(facts["args"])
-        record["authz_input"] = facts
-    return record
+    extra = ctx.extra
+    digest = extra.get("args_digest")  # computed already (an approval binds to it): else by the writer
+    approval = ctx.approval
+    args = ((redactor or default_redactor)(ctx.args),) if include_args else None
+    snapshot = extra.get("authz_input")
+    return (
+        ctx.decision_id, ctx.started_wall, trace_id or ctx.trace_id, span_id or extra.get("span_id"),
+        principal.id, principal.issuer, principal.chain_ids, principal.tenant, ctx.session_id, ctx.task_id,
+        ctx.method, ctx.upstream, ctx.tool.name if ctx.tool else None,
+        digest, ctx.args if digest is None else None,
+        decision.outcome if decision else None, decision.policy_ids if decision else (),
+        decision.policy_version if decision else None, decision.eval_us if decision else None,
+        ctx.credential_mode, reason, (now if now is not None else time.perf_counter()) - ctx.started,
+        extra.get(NOT_FOUND_ITEM) if reason is not None else None,
+        reason is None and is_tool_error(ctx.result),
+        decision.shadow_outcome if decision else None, decision.errors if decision else None,
+        (approval.id, approval.outcome, approval.decided_by, approval.comment, approval.waited_s)
+        if approval is not None else None,
+        args,
+        snapshot(ctx) if callable(snapshot) else None,
+    )
 
 
-def _dumps(record: Mapping[str, Any]) -> bytes:
-    """One JSON line (UTF-8). default=str: a stray non-JSON value (datetime, Path) must not lose the record."""
-    try:
-        # orjson: ~10x faster than json.dumps for a record, the same JSON for what records hold.
-        return orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
-    except TypeError:  # what orjson refuses (integers past 64 bits, lone surrogates): the stdlib writes it
-        text = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
-        return text.encode("utf-8", "backslashreplace")
+def decision_record(ctx: CallContext, *, include_args: bool = False, redactor: Redactor | None = None,
+                    now: float | None = None, current_ids: Callable[[], tuple[str | None, str | None]] | None = None,
+                    ) -> dict[str, Any]:
+    """The decision log record of a finished call (see docs/decision-log.md for the fields)."""
+    return record_of(facts_of(ctx, include_args=include_args, redactor=redactor, now=now, current_ids=current_ids))
 
 
 class DecisionLog:
     """Owner of the decision log sink (start/close).
 
     Records queued before `start` are written once it runs; records after `close` are dropped and
-    counted (`dropped`), since the sink is gone.
+    counted (`dropped`), since the sink is gone. A file, or a stdout with a descriptor, is written by the
+    writer process (`log_process.WriterProcess`); a stream with no descriptor (a test's, a CLI's) by a
+    thread of this process.
     """
 
     def __init__(self, config: DecisionLogConfig, redactor: Redactor | None = None, *,
@@ -148,53 +117,92 @@ class DecisionLog:
         self._redactor = redactor
         self._stream = stream
         self._on_drop = on_drop
-        self._lines: list[bytes] = []
+        self._items: list[Any] = []  # facts tuples and encoded event lines, in order
         self._lock = threading.Lock()  # the buffer and `dropped`, shared by the loop and the writer thread
-        self._wake = threading.Event()  # set by the first line of a batch, and by close()
+        self._wake = threading.Event()  # set by the first item of a batch, and by close()
         self._close_requested = threading.Event()
-        self._writer: threading.Thread | None = None
-        self._fd: int | None = None
+        self._writer: threading.Thread | None = None  # the thread sink
+        self._process: WriterProcess | None = None  # the process sink
+        self._shipper: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()  # the process sink's wake-up: set by the first item of a batch, and by close()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._file: FileTarget | None = None
         self._closing = False
         self.dropped = 0
 
     async def start(self) -> None:
+        fd, path = None, None
         if self.config.path is not None:
             path = Path(self.config.path)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = await asyncio.to_thread(os.open, path, _FILE_FLAGS, 0o640)
+                fd = await asyncio.to_thread(os.open, path, FILE_FLAGS, 0o640)
             except OSError as exc:  # config check cannot try this (a write): serve refuses with the config key
                 raise ConfigError([f"decision_log.path: {path}: cannot open it for appending "
                                    f"({exc.strerror or exc}: {exc.filename})"], "decision_log") from exc
+            self._file = FileTarget(fd, str(path))
         elif self._stream is None:
             self._stream = sys.stdout  # looked up now, not at import (tests and CLIs swap stdout)
+            fd = _descriptor(self._stream)
         self._closing = False
         self._close_requested.clear()
+        self._loop = asyncio.get_running_loop()
+        if fd is not None and await self._start_process(fd, None if path is None else str(path)):
+            return
         self._writer = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
         self._writer.start()
+        self._wake.set()  # records queued before start
+
+    async def _start_process(self, fd: int, path: str | None) -> bool:
+        process = WriterProcess(fd, path, self._lost)
+        try:
+            await process.start()
+        except OSError as exc:  # no process to be had: this process writes, as it always could
+            log.warning("decision log writer process not started (%s): writing from the gateway's process", exc)
+            return False
+        self._process = process
+        self._ready = asyncio.Event()  # this loop's (a log may be started again, in another loop)
+        self._shipper = asyncio.create_task(self._ship(), name="decision-log-shipper")
+        if self._items:  # records queued before start
+            self._ready.set()
+        return True
+
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        """Write everything recorded so far (the process sink; the thread sink writes within FLUSH_INTERVAL_S)."""
+        process = self._process
+        if process is None:
+            return False
+        await self._send(self._take())
+        return await process.flush(timeout_s)
 
     async def close(self) -> None:
         """Write everything buffered, then release the file."""
         self._closing = True
         self._close_requested.set()
         self._wake.set()
+        if self._shipper is not None:
+            self._loop_wake()
+            await asyncio.gather(self._shipper, return_exceptions=True)
+            self._shipper = None
+        if self._process is not None:
+            await self._send(self._take())
+            process, self._process = self._process, None
+            await process.close()
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
             self._writer = None
-        if self._lines:  # queued before start and never started, or raced past the writer's last batch
+        if self._items:  # queued before start and never started, or raced past the writer's last batch
             await asyncio.to_thread(self._write_batch, self._take())
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            await asyncio.to_thread(os.close, fd)
+        if self._file is not None:
+            file, self._file = self._file, None
+            await asyncio.to_thread(os.close, file.fd)
 
     # -- records -----------------------------------------------------------------------------------
 
-    def record_decision(self, ctx: CallContext) -> dict[str, Any]:
-        """Queue the record of a finished call; returns it (the caller may reuse it)."""
-        record = decision_record(ctx, include_args=self.include_args, redactor=self._redactor,
-                                 current_ids=self._current_ids)
-        self._append(_dumps(record))
-        return record
+    def record_decision(self, ctx: CallContext) -> None:
+        """Queue the record of a finished call: its facts, made a record by the writer."""
+        self._append(facts_of(ctx, include_args=self.include_args, redactor=self._redactor,
+                              current_ids=self._current_ids))
 
     def event(self, type: str, **fields: Any) -> dict[str, Any]:
         """Queue an event record (approval state change, revocation, quarantine, policy reload …)."""
@@ -203,80 +211,98 @@ class DecisionLog:
         if trace_id is not None:
             record.update(trace_id=trace_id, span_id=span_id)
         record.update(fields)
-        self._append(_dumps(record))
+        self._append(dumps(record))
         return record
 
-    def _append(self, line: bytes) -> None:
-        if len(self._lines) >= MAX_BUFFERED_LINES or (self._closing and self._writer is None):
-            with self._lock:
-                self.dropped += 1
-            if self._on_drop is not None:
-                self._on_drop()
+    def _append(self, item: Any) -> None:
+        if len(self._items) >= MAX_BUFFERED_LINES or (
+                self._closing and self._writer is None and self._process is None and self._shipper is None):
+            self._lost(1)
             return
         with self._lock:
-            self._lines.append(line)
-            first = len(self._lines) == 1
+            self._items.append(item)
+            first = len(self._items) == 1
         if first:
-            self._wake.set()
+            if self._shipper is not None:
+                self._loop_wake()
+            else:
+                self._wake.set()
 
-    # -- writer thread -----------------------------------------------------------------------------
-
-    def _take(self) -> bytes:
+    def _lost(self, count: int) -> None:
         with self._lock:
-            lines, self._lines = self._lines, []
-        return b"".join(lines)
+            self.dropped += count
+        if self._on_drop is not None:
+            for _ in range(count):
+                self._on_drop()
+
+    def _take(self) -> list[Any]:
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+    # -- process sink ------------------------------------------------------------------------------
+
+    def _loop_wake(self) -> None:
+        # Once per batch; thread-safe, since an event record may come from a thread.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def _ship(self) -> None:
+        ready = self._ready
+        while True:
+            await ready.wait()
+            if not self._closing:
+                await asyncio.sleep(FLUSH_INTERVAL_S)  # a batching delay: one write (one frame) per batch
+            ready.clear()  # before taking: an item appended after the take sets it again
+            await self._send(self._take())
+            if self._closing:
+                return
+
+    async def _send(self, items: list[Any]) -> None:
+        if not items:
+            return
+        process = self._process
+        try:
+            if process is None:
+                raise ConnectionResetError("no decision log writer process")
+            await process.send(items)
+        except (ConnectionError, OSError) as exc:
+            log.error("decision log write failed (%d records lost): %s", len(items), exc)
+            self._lost(len(items))
+
+    # -- thread sink -------------------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             self._wake.wait()
             if not self._closing:
                 self._close_requested.wait(FLUSH_INTERVAL_S)  # a batching delay, cut short by close()
-            self._wake.clear()  # before taking: a line appended after the take sets it again
-            chunk = self._take()
-            if chunk:
-                self._write_batch(chunk)
-            if self._closing and not self._lines:
+            self._wake.clear()  # before taking: an item appended after the take sets it again
+            items = self._take()
+            if items:
+                self._write_batch(items)
+            if self._closing and not self._items:
                 return
 
-    def _write_batch(self, chunk: bytes) -> None:
+    def _write_batch(self, items: list[Any]) -> None:
+        chunk = b"".join(line_of(item) for item in items)
         try:
-            self._write(chunk)
+            if self._file is not None:
+                self._file.write(chunk)
+                return
+            stream = self._stream or sys.stdout
+            stream.write(chunk.decode("utf-8"))
+            stream.flush()
         except (OSError, ValueError) as exc:  # ValueError: a stream closed under the log
-            log.error("decision log write failed (%d bytes lost): %s", len(chunk), exc)
-            with self._lock:
-                self.dropped += chunk.count(b"\n")
+            log.error("decision log write failed (%d records lost): %s", len(items), exc)
+            self._lost(len(items))
 
-    def _write(self, chunk: bytes) -> None:
-        if self._fd is not None:
-            fd = self._reopened_if_rotated(self._fd)
-            view = memoryview(chunk)
-            while view:  # a regular file takes the whole O_APPEND write; loop only for the pathological case
-                written = os.write(fd, view)
-                view = view[written:]
-            return
-        stream = self._stream or sys.stdout
-        stream.write(chunk.decode("utf-8"))
+
+def _descriptor(stream: TextIO) -> int | None:
+    """The descriptor under a stream (flushed first: the writer process writes to it directly), if any."""
+    try:
+        fd = stream.fileno()
         stream.flush()
-
-    def _reopened_if_rotated(self, fd: int) -> int:
-        """The descriptor for the configured path: logrotate (its default `create` mode) moves the file away or
-        deletes it, and the log would go on writing into the rotated file, or into none, while the path an
-        operator reads stays empty. As logging's WatchedFileHandler: one stat per batch, in this thread."""
-        path = self.config.path
-        assert path is not None  # a file descriptor comes from a path
-        try:
-            now, ours = os.stat(path), os.fstat(fd)
-            if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
-                return fd
-        except FileNotFoundError:
-            pass
-        try:
-            new = os.open(path, _FILE_FLAGS, 0o640)
-        except OSError as exc:  # keep writing where we can rather than lose the records
-            log.warning("decision log %s moved away and cannot be opened again (%s): still writing to the old file",
-                        path, exc.strerror or exc)
-            return fd
-        self._fd = new
-        os.close(fd)
-        log.info("decision log %s was moved away or deleted: reopened", path)
-        return new
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both OSError and ValueError
+        return None
+    return fd

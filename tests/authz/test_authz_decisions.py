@@ -19,6 +19,7 @@ from gateway.config.model import PoliciesConfig
 from gateway.context import Actor, ApprovalState, Decision
 from gateway.errors import GatewayError
 from gateway.identity.chain import claim_mapping, map_claims
+from gateway.telemetry.decision_log import decision_record
 
 READER = agent("spiffe://customs.demo/agent/reader")
 CLEARED = agent("spiffe://customs.demo/agent/analyst", clearance="restricted")
@@ -100,7 +101,7 @@ async def test_a_released_call_is_rechecked_at_the_time_it_runs(engine_factory: 
     with pytest.raises(GatewayError):
         await stage(ctx)
     assert ctx.decision.outcome == "deny" and ctx.decision.policy_ids == ("changes-on-the-day-asked",)
-    record = ctx.extra["authz_input"](ctx, False)
+    record = decision_record(ctx)["authz_input"]
     principal, action, tool, facts, approved = from_authz_input(json.loads(json.dumps(record)))
     assert approved and facts.when().isoweekday() != weekday
     replayed = decide(engine.policies, principal, action, tool, facts, granted=approved)  # type: ignore[arg-type]

@@ -86,6 +86,7 @@ async def test_revocation_event_of_a_session_without_calls_names_its_principal(s
             async with http.delete(agent.url, headers={"Mcp-Session-Id": agent.session_id,
                                                        "MCP-Protocol-Version": "2025-06-18"}) as resp:
                 assert resp.status in (200, 204)
+        assert await gw.gateway.parts.observability.log.flush()  # written by the decision-log writer process
     events = [json.loads(line) for line in log_path.read_text().splitlines()]
     (revoked,) = [e for e in events if e.get("type") == "credentials_revoked"]
     assert revoked["reason"] == "session_end" and revoked["count"] >= 1

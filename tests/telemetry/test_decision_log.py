@@ -6,7 +6,10 @@ import asyncio
 import datetime as dt
 import io
 import json
+import os
 import re
+import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -231,25 +234,115 @@ def test_canonical_json_still_refuses_nan() -> None:
         canonical_json({"x": float("nan")})
 
 
-async def test_the_writer_thread_is_owned_by_the_log(tmp_path: Path) -> None:
-    """start() starts one writer thread, close() drains the buffer and joins it: nothing outlives the app."""
+def writer_pid(log: DecisionLog) -> int:
+    process = log._process
+    assert process is not None and process._proc is not None
+    return process._proc.pid
+
+
+async def test_the_writer_process_is_owned_by_the_log(tmp_path: Path) -> None:
+    """start() starts one writer process, close() drains the buffer and reaps it: nothing outlives the app."""
     path = tmp_path / "decisions.jsonl"
     log = DecisionLog(DecisionLogConfig(path=path))
     before = {t.ident for t in threading.enumerate()}
     await log.start()
-    writers = [t for t in threading.enumerate() if t.ident not in before and t.name == "decision-log-writer"]
-    assert len(writers) == 1  # (the executor's thread that opened the file is the loop's, not the log's)
+    pid = writer_pid(log)
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[2] == b"gateway.telemetry.decision_writer"
+    assert not [t for t in threading.enumerate() if t.ident not in before and t.name == "decision-log-writer"]
     for i in range(300):
         log.event("n", i=i)
         if i % 50 == 0:
             await asyncio.sleep(0)
     await log.close()
-    assert not writers[0].is_alive()
+    assert not Path(f"/proc/{pid}").exists()  # exited and reaped
     assert [json.loads(line)["i"] for line in path.read_text().splitlines()] == list(range(300))
     await log.start()  # a restarted log writes again (tests and reloads reuse one object)
+    assert writer_pid(log) != pid
     log.event("again")
     await log.close()
     assert json.loads(path.read_text().splitlines()[-1])["type"] == "again"
+
+
+async def test_a_killed_writer_process_loses_only_what_it_held_and_is_started_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "decisions.jsonl"
+    dropped: list[int] = []
+    log = DecisionLog(DecisionLogConfig(path=path), on_drop=lambda: dropped.append(1))
+    await log.start()
+    log.event("before", i=0)
+    assert await log.flush()
+    pid = writer_pid(log)
+    os.kill(pid, signal.SIGKILL)
+    process = log._process
+    assert process is not None and process._proc is not None
+    await asyncio.wait_for(process._proc.wait(), 10)
+    log.record_decision(call(decision=Decision("allow", ("p",))))
+    log.event("after", i=1)
+    assert await log.flush()
+    assert writer_pid(log) != pid
+    await log.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["before", "decision", "after"]
+    assert log.dropped == 0 and dropped == [] and "starting it again" in caplog.text
+
+
+async def test_values_marshal_cannot_carry_are_still_recorded(tmp_path: Path) -> None:
+    """A fact of a type marshal refuses (a bug elsewhere) costs neither the record nor its batch."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(DecisionLogConfig(path=path))
+    await log.start()
+    odd = call(decision=Decision("allow", ("p",)))
+    odd.extra["task"] = {"calls": 1, "odd": object()}
+    odd.extra["authz_input"] = lambda ctx: ("call_tool", ("p", {}, ()), ("u", "t", True, False, False, False,
+                                            "internal", False), False, "dev", False, ctx.extra["task"], 0.0, False)
+    log.record_decision(odd)
+    log.record_decision(call(decision=Decision("deny", ("q",))))
+    await log.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["decision"] for line in lines] == ["allow", "deny"]
+    assert lines[0]["authz_input"]["task"]["calls"] == 1 and "object" in lines[0]["authz_input"]["task"]["odd"]
+
+
+KILLED_GATEWAY = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from gateway.config.model import DecisionLogConfig
+from gateway.telemetry.decision_log import DecisionLog
+
+async def main():
+    log = DecisionLog(DecisionLogConfig(path=Path(sys.argv[1])))
+    await log.start()
+    for i in range(200):
+        log.event("n", i=i)
+    await log._send(log._take())  # shipped to the writer, perhaps not yet written
+    print(log._process._proc.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+async def test_records_shipped_before_the_gateway_is_killed_are_still_written(tmp_path: Path) -> None:
+    """SIGKILL ends the gateway with no clean-up; the writer reads to the end of its pipe and writes it all."""
+    path = tmp_path / "decisions.jsonl"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", KILLED_GATEWAY, str(path),
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == -signal.SIGKILL
+    writer = int(out)
+    try:
+        pidfd = os.pidfd_open(writer)  # the orphaned writer: readable once it has exited
+    except ProcessLookupError:
+        pass  # already gone
+    else:
+        exited = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await asyncio.wait_for(exited, 10)
+        finally:
+            asyncio.get_running_loop().remove_reader(pidfd)
+            os.close(pidfd)
+    assert [json.loads(line)["i"] for line in path.read_text().splitlines()] == list(range(200))
 
 
 async def test_a_closed_stream_is_a_counted_loss_not_a_dead_writer(caplog: pytest.LogCaptureFixture) -> None:
