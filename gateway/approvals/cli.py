@@ -117,6 +117,16 @@ def shown(value: Any) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
+def _fate(item: dict[str, Any]) -> str:
+    """The `expires in` line of a pending item; a decided one no longer expires, so its decision and when."""
+    if item["state"] == "pending":
+        left = int(item["expires_at"] - time.time())
+        # Past its expiry until the store's sweep marks it expired (within about 5 s), as the page says.
+        return f"expires in:  {left}s" if left >= 0 else f"expires:     {-left}s ago"
+    when = f" {_age(item['decided_at'])} ago" if isinstance(item.get("decided_at"), (int, float)) else ""
+    return f"decided:     {shown(item['state'])}{when}"
+
+
 def _print_item(item: dict[str, Any]) -> None:
     chain = " → ".join(shown(c) for c in item.get("chain") or []) or "—"
     decided_by = item.get("decided_by")
@@ -127,7 +137,7 @@ def _print_item(item: dict[str, Any]) -> None:
           f"tenant:      {shown(item.get('tenant') or '—')}\n"
           f"policies:    {', '.join(shown(p) for p in item.get('policies') or []) or '—'}\n"
           f"created:     {_age(item['created_at'])} ago\n"
-          f"expires in:  {max(0, int(item['expires_at'] - time.time()))}s\n"
+          f"{_fate(item)}\n"
           f"decided by:  {decided}\ncomment:     {shown(item.get('comment') or '—')}\n"
           f"args_digest: {shown(item['args_digest'])}\narguments:\n{json.dumps(item.get('args'), indent=2)}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -112,3 +113,16 @@ async def test_another_services_json_error_is_reported_not_a_traceback(web_kit: 
         code, _, err = await _cli("show", "apr_x", "--url", url, token=web_kit.token("alice"))
         assert code == 1 and "Traceback" not in err, err
         assert "404" in err and "the gateway's base URL" in err
+
+
+async def test_show_names_the_decision_not_an_expiry_once_decided(web_kit: WebKit) -> None:
+    """A decided item no longer expires: `show` used to print `expires in: 838s` for it all the same."""
+    pending, _ = await web_kit.store.create_or_join(draft(Clock()), link_s=1800)
+    decided, _ = await web_kit.store.create_or_join(draft(Clock(), args={"amount": 2}), link_s=1800)
+    await web_kit.store.decide(decided.id, "bob", "denied", "no")
+    token = web_kit.token("alice")
+    _, out, _ = await customs_async("approvals", "show", pending.id, "--url", web_kit.url, token=token, check=True)
+    assert "expires in:" in out and "decided:" not in out, out
+    _, out, _ = await customs_async("approvals", "show", decided.id, "--url", web_kit.url, token=token, check=True)
+    assert "expires" not in out, out
+    assert re.search(r"^decided:     denied \d+[sm] ago$", out, re.M), out
