@@ -14,8 +14,8 @@ All targets front the same echo upstream (bench/echo_upstream.py), each a child 
 Every gateway writes its decision log to a file (one line per call). Targets are measured one after
 another (never two loads at once); --rounds N repeats the whole sequence and reports the median per
 figure, which evens out drift on a shared machine. Prints the ratios issues 3 and 6 ask for, and for each
-saturated load the CPU time per call of the target's process (and of its children: a traced gateway's span
-exporter), read from /proc: while a target is CPU-bound, its throughput ≈ 1 / CPU per call.
+saturated load the CPU time per call of the target's process (and of its children: the decision-log writer,
+a traced gateway's span exporter), read from /proc: while a target is CPU-bound, its throughput ≈ 1 / CPU per call.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def cpu_ratios(by: dict[tuple[str, int], Result], c: int) -> dict[str, float]:
         if r is None or r.cpu_us_per_call is None:
             continue
         out[f"{label} / bare CPU per call c={c}"] = r.cpu_us_per_call / bare.cpu_us_per_call
-        if r.child_cpu_us_per_call is not None:  # a traced variant: its exporter child
+        if r.child_cpu_us_per_call is not None:  # its children: decision-log writer (and a traced one's exporter)
             out[f"{label} / bare CPU per call incl. exporter c={c}"] = total_cpu(r) / total_cpu(bare)
     if fwd is not None and fwd.cpu_us_per_call is not None:
         for name in ("bare", *(n for n, _ in LABELS)):
