@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -266,6 +266,7 @@ class CaseResult:
     expected: str
     decision: Decision
     message: str = ""
+    line: int | None = None  # where the case starts in its file, for `customs policy test`'s FAIL line
 
 
 def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any], where: str) -> CaseResult:
@@ -343,8 +344,8 @@ def run_cases_file(path: Path, policies_dir: Path | None = None,
     lines = _case_lines(path)
     where = [f"{path}:{lines[i]}: cases[{i}]" if i < len(lines) else f"{path}: cases[{i}]"
              for i in range(len(doc["cases"]))]
-    return [run_case(loaded, case, doc, where[i]) for i, case in enumerate(doc["cases"])
-            if isinstance(case, dict) or _bad(where[i])]
+    return [replace(run_case(loaded, case, doc, where[i]), line=lines[i] if i < len(lines) else None)
+            for i, case in enumerate(doc["cases"]) if isinstance(case, dict) or _bad(where[i])]
 
 
 def _bad(where: str) -> bool:

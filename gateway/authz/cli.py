@@ -67,7 +67,9 @@ def test_cmd(args: argparse.Namespace) -> int:
                 print(f"PASS {path.name}: {result.name}")
             else:
                 failed += 1
-                print(f"FAIL {path.name}: {result.name}: {result.message}")
+                # file:line as a case problem names it, so an editor can jump to the case
+                at = str(path) if result.line is None else f"{path}:{result.line}"
+                print(f"FAIL {at}: {result.name}: {result.message}")
     if total == 0:
         _err(f"no cases found in {', '.join(map(str, args.cases))} (a directory holds *.yaml case files, "
              "each with a `cases:` list)")

@@ -61,7 +61,7 @@ def test_policy_test_passes_shipped_and_fails_a_wrong_case(tmp_path: Path) -> No
     wrong.write_text("cases:\n  - {name: wrong, principal: {id: a, attributes: {tenant: t}}, tool: payments/pay,\n"
                      "     labels: {read_only: false}, expect: allow}\n")
     failed = run("test", wrong, "--policies", SHIPPED)
-    assert failed.returncode == 1 and "FAIL wrong.yaml: wrong: expected allow, got approval_required" in failed.stdout
+    assert failed.returncode == 1 and f"FAIL {wrong}:2: wrong: expected allow, got approval_required" in failed.stdout
     unreadable = run("test", tmp_path / "missing.yaml", "--policies", SHIPPED)
     assert unreadable.returncode == 2 and "cannot read cases" in unreadable.stderr
     malformed = tmp_path / "malformed.yaml"

@@ -270,3 +270,13 @@ def test_a_case_problem_names_the_line_the_case_starts_on(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert f"{tmp_path / 'cases.yaml'}:7: cases[1] (second): unknown key(s) ['enviroment']" in result.stderr, \
         result.stderr
+
+
+def test_a_failing_case_names_the_line_it_starts_on(tmp_path: Path) -> None:
+    """A FAIL line names file:line as a case problem does (it used to name only the file's name and the case)."""
+    result = policy_test(tmp_path, TOOLS + "cases:\n  - {name: fine, principal: {id: a}, tool: inventory/get_stock,"
+                         " expect: deny}\n  - name: wrong\n    principal: {id: a}\n    tool: inventory/get_stock\n"
+                         "    expect: allow\n")
+    assert result.returncode == 1
+    assert f"FAIL {tmp_path / 'cases.yaml'}:7: wrong: expected allow, got deny" in result.stdout, result.stdout
+    assert "PASS cases.yaml: fine" in result.stdout, result.stdout
