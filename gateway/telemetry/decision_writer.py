@@ -17,6 +17,7 @@ import json
 import logging
 import marshal
 import os
+import signal
 import struct
 import sys
 from typing import Any, BinaryIO
@@ -197,6 +198,11 @@ def main() -> None:
     Each batch becomes one write to FD (the file the gateway opened, or its stdout); then `done N`, or
     `lost N <why>` when the write failed. The gateway counts what this process held if it dies."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Ctrl-C in a terminal, or a service manager stopping the whole group, signals this process too: it must
+    # not die holding records the gateway handed over. It ends when the gateway closes its stdin (also when
+    # the gateway is killed outright: the pipe's end is all it waits for).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fd = int(sys.argv[1])
     target: FileTarget | None = FileTarget(fd, sys.argv[2]) if len(sys.argv) > 2 else None
     stdin, reports = sys.stdin.buffer, sys.stdout.buffer

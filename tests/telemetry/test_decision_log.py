@@ -286,6 +286,24 @@ async def test_a_killed_writer_process_loses_only_what_it_held_and_is_started_ag
     assert log.dropped == 0 and dropped == [] and "starting it again" in caplog.text
 
 
+async def test_the_writer_outlives_signals_sent_to_the_whole_process_group(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal (SIGINT) or a service manager's stop (SIGTERM to the group) reach the writer too: it
+    writes on until the gateway closes its pipe, so records already handed over are not lost."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(DecisionLogConfig(path=path))
+    await log.start()
+    pid = writer_pid(log)
+    log.event("before")
+    assert await log.flush()
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    log.event("after")
+    assert await log.flush()
+    assert writer_pid(log) == pid  # the same process wrote both
+    await log.close()
+    assert [json.loads(line)["type"] for line in path.read_text().splitlines()] == ["before", "after"]
+
+
 async def test_values_marshal_cannot_carry_are_still_recorded(tmp_path: Path) -> None:
     """A fact of a type marshal refuses (a bug elsewhere) costs neither the record nor its batch."""
     path = tmp_path / "decisions.jsonl"
