@@ -92,6 +92,9 @@ class PolicyEngine:
         self._current = current
         self.loaded_at = time.time()
         log.info("policies %s loaded from %s (%d policies)", current.version, current.source, len(current))
+        if self._shadow is not None:  # after the enforced set's line, as the reloads log them
+            log.info("shadow policies %s loaded from %s (%d policies)", self._shadow.version, self._shadow.source,
+                     len(self._shadow))
         return current
 
     async def reload(self, config: PoliciesConfig | None = None) -> bool:

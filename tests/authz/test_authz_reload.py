@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -173,3 +174,21 @@ async def test_a_set_of_no_policies_has_its_version_everywhere(policy_dir: Path,
     assert await engine.reload() is True
     assert reports[-1][1].startswith(f"policies {empty} -> ")
     assert engine.decide(READER, "call_tool", TOOLS["inventory/get_stock"], None).outcome == "deny"
+
+
+def test_start_up_logs_the_shadow_set_it_loaded_as_the_enforced_one(policy_dir: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The enforced set's start-up load was logged (version, count) and the shadow set's was not: an operator
+    could not tell from the log which shadow version a gateway compared against."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    for path in policy_dir.iterdir():
+        (shadow / path.name).write_text(path.read_text())
+    (shadow / "freeze.cedar").write_text(DENY_READS)
+    engine = PolicyEngine(PoliciesConfig(dir=policy_dir, shadow_dir=shadow, watch=False), "dev")
+    with caplog.at_level(logging.INFO, logger="customs.authz"):
+        engine.load_sync()
+    loaded = load_policies(shadow)
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "customs.authz"]
+    assert (logging.INFO, f"shadow policies {loaded.version} loaded from {shadow} ({len(loaded)} policies)") \
+        in lines, lines
