@@ -12,8 +12,6 @@ is started again; the gateway never waits on it except at `close`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import marshal
 import os
@@ -21,11 +19,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from gateway.telemetry.child_pipe import stop_child, widen_pipe
 from gateway.telemetry.decision_writer import FRAME, line_of
 
 log = logging.getLogger("customs.decision_log")
-
-PIPE_BYTES = 1 << 20  # the child's stdin pipe: a batch written whole, not a pipe's worth at a time
 
 
 class WriterProcess:
@@ -50,7 +47,7 @@ class WriterProcess:
         self._proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, pass_fds=(self._fd,))
         self._reader = asyncio.create_task(self._read(self._proc), name="decision-log-reports")
-        _widen_pipe(self._proc)
+        widen_pipe(self._proc)
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         """The child's reports until it exits: lost records are counted, flushes answered."""
@@ -120,20 +117,8 @@ class WriterProcess:
     async def _stop(self, timeout_s: float) -> None:
         proc, self._proc = self._proc, None
         reader, self._reader = self._reader, None
-        if proc is None:
-            return
-        with contextlib.suppress(ConnectionError, OSError):
-            if proc.stdin is not None:
-                proc.stdin.close()
-        try:
-            async with asyncio.timeout(timeout_s):
-                await proc.wait()
-        except TimeoutError:
+        if proc is not None and not await stop_child(proc, reader, timeout_s):
             log.error("decision log writer process did not finish within %.0f s: killed", timeout_s)
-            proc.kill()
-            await proc.wait()
-        if reader is not None:  # its last reports (the pipe ends with the child)
-            await asyncio.gather(reader, return_exceptions=True)
 
 
 def _marshallable(item: Any) -> Any:
@@ -142,13 +127,3 @@ def _marshallable(item: Any) -> Any:
         return item
     except ValueError:
         return line_of(item)
-
-
-def _widen_pipe(proc: asyncio.subprocess.Process) -> None:
-    transport = proc.stdin.transport if proc.stdin is not None else None
-    pipe = transport.get_extra_info("pipe") if transport is not None else None
-    setter = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
-    if pipe is None or setter is None:
-        return
-    with contextlib.suppress(OSError):  # past /proc/sys/fs/pipe-max-size, or not a pipe: keep the default
-        fcntl.fcntl(pipe.fileno(), setter, PIPE_BYTES)

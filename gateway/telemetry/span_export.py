@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gzip
 import logging
 import marshal
@@ -31,6 +30,7 @@ import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from gateway.telemetry.child_pipe import stop_child, widen_pipe
 from gateway.telemetry.spans import SCOPE, WireSpan
 
 if TYPE_CHECKING:  # imported where used: the gateway's process never encodes
@@ -40,7 +40,6 @@ log = logging.getLogger("customs.telemetry")
 
 BATCH_INTERVAL_S = 0.2  # finished spans wait at most this long before they are shipped
 MAX_BATCH = 512  # spans in a frame too: ~200 KB marshalled, well inside the widened pipe
-PIPE_BYTES = 1 << 20  # the child's stdin pipe (Linux's default most an unprivileged process may ask for)
 MAX_BUFFERED = 50_000  # past this the exporter is hopelessly behind: drop and count
 _FRAME = struct.Struct("!I")
 # What the SDK's OTLP/HTTP exporter retries (with backoff, within its timeout) and how often at most.
@@ -82,7 +81,7 @@ class SpanShipper:
             sys.executable, "-m", "gateway.telemetry.exporter_main", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)
         self._reader = asyncio.create_task(self._read(self._proc), name="span-exporter-reports")
-        _widen_pipe(self._proc)
+        widen_pipe(self._proc)
         await self._send(("config", self._config))
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
@@ -187,34 +186,8 @@ class SpanShipper:
     async def _stop_child(self, timeout_s: float) -> None:
         proc, self._proc = self._proc, None
         reader, self._reader = self._reader, None
-        if proc is None:
-            return
-        with contextlib.suppress(ConnectionError, OSError):
-            if proc.stdin is not None:
-                proc.stdin.close()
-        try:
-            async with asyncio.timeout(timeout_s):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        if reader is not None:  # its last reports (the pipe ends with the child)
-            await asyncio.gather(reader, return_exceptions=True)
-
-
-def _widen_pipe(proc: asyncio.subprocess.Process) -> None:
-    """Let the child's stdin pipe hold a whole frame (Linux; elsewhere the pipe keeps its size).
-
-    A frame larger than what the pipe holds (64 KiB by default) waits in the transport's buffer, which the
-    event loop then writes a pipe's worth at a time, moving the rest of the buffer to its front after each
-    write: with the child a few frames behind, that copying cost ~2 % of a traced gateway's CPU."""
-    transport = proc.stdin.transport if proc.stdin is not None else None
-    pipe = transport.get_extra_info("pipe") if transport is not None else None
-    setter = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
-    if pipe is None or setter is None:
-        return
-    with contextlib.suppress(OSError):  # past /proc/sys/fs/pipe-max-size, or not a pipe: keep the default
-        fcntl.fcntl(pipe.fileno(), setter, PIPE_BYTES)
+        if proc is not None:
+            await stop_child(proc, reader, timeout_s)
 
 
 def _read_frame(stream: BinaryIO) -> Any:

@@ -15,8 +15,9 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from gateway.config import parse_config
 from gateway.config.model import TelemetryConfig
+from gateway.telemetry.child_pipe import PIPE_BYTES
 from gateway.telemetry.observability import Observability
-from gateway.telemetry.span_export import MAX_BATCH, PIPE_BYTES, SpanShipper
+from gateway.telemetry.span_export import MAX_BATCH, SpanShipper
 from gateway.telemetry.spans import LightSpan, WireSpan, readable, wire_context
 from gateway.telemetry.tracing import Telemetry
 from tests.conftest import free_port
