@@ -27,7 +27,8 @@ from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
 from gateway.pinning import ToolGuard
 from gateway.pipeline import Authorizer, Pipeline
-from gateway.sessions import Session, SessionManager, route_server_message
+from gateway.server_messages import route_server_message
+from gateway.sessions import Session, SessionManager
 from gateway.transport.base import Message, MessageHandler, UpstreamSession
 from gateway.transport.common import LOG_LEVELS
 

@@ -1,4 +1,4 @@
-"""Client sessions: bound to a principal, owning their upstream sessions and server→client routing.
+"""Client sessions: bound to a principal, owning their upstream sessions (routing: gateway/server_messages.py).
 
 A session is created by `initialize` (or implicitly per principal for the stateless 2026-07-28
 revision) and ends on DELETE, idle timeout or shutdown. Its id has 256 bits of randomness. Only
@@ -22,25 +22,21 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.catalog import Catalog, exposed_uri
+from gateway.catalog import Catalog
 from gateway.context import Principal
 from gateway.errors import GatewayError
+from gateway.server_messages import SendFn, ServerRequestRoute, route_server_message
 from gateway.transport.base import ConnectParams, Message, Upstream, UpstreamSession
-from gateway.transport.common import id_key, progress_token
 
 log = logging.getLogger("customs.sessions")
 REPLAY_EVENTS = 256
 # Unread stream messages: past the first, notifications are dropped (never an answer or a server→client
 # request); past the second, answers included, the stream is closed, so the client learns they are lost.
 OUTBOX_NOTIFICATIONS, OUTBOX_LIMIT = 256, 4096
-# Server→client requests a session awaits answers to at once; past this the oldest is given up
-# (a client that never answers must not grow a long-lived session without bound).
-MAX_SERVER_REQUESTS = 64
 # Sessions ended at once by the idle sweep and at shutdown: each end awaits upstream DELETEs and
 # revocation (~20 ms under load), so one at a time falls behind a flood of abandoned sessions.
 END_CONCURRENCY = 16
 
-SendFn = Callable[[Message], Awaitable[None]]
 HeadersFn = Callable[["Session", str], Awaitable[dict[str, str]]]
 
 
@@ -48,15 +44,6 @@ class Cancellable(Protocol):
     """A call in flight: a task, or a handle that withdraws a call running in its HTTP handler's task."""
 
     def cancel(self) -> Any: ...
-
-
-@dataclass
-class ServerRequestRoute:
-    upstream: str
-    session: UpstreamSession
-    upstream_id: Any
-    origin: object = None  # the call it was sent on behalf of (router.Inbound); None: the session's
-    progress_token: Any = None  # its `_meta.progressToken`: the agent's progress on it goes to this upstream only
 
 
 @dataclass
@@ -314,100 +301,3 @@ def _session_limited(limit: str, message: str) -> GatewayError:
 def _handshake_version(version: str) -> str:
     from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
     return version if version in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-
-
-async def route_server_message(session: Session, upstream: str, message: Message, send: SendFn | None,
-                               catalog: Catalog, origin: object = None) -> None:
-    """Deliver a message an upstream sent to the client: on the request's stream when known, else
-    on the session's GET stream. Server→client requests get a gateway id so that answers from
-    the client find their way back to the right upstream even when several use the same ids."""
-    method = message.get("method")
-    if "id" in message and isinstance(method, str):
-        upstream_session = session.upstreams.get(upstream)
-        if upstream_session is None:
-            return
-        gateway_id = session.next_server_request_id()
-        if len(session.server_requests) >= MAX_SERVER_REQUESTS:
-            await _give_up(session, next(iter(session.server_requests)))
-        session.server_requests[gateway_id] = ServerRequestRoute(upstream, upstream_session, message["id"], origin,
-                                                                 progress_token(message))
-        message = {**message, "id": gateway_id}
-    elif method == "notifications/tools/list_changed":
-        catalog.invalidate(upstream)
-    elif method == "notifications/resources/list_changed":
-        catalog.resource_owners.invalidate(upstream)
-    elif method == "notifications/cancelled":
-        cancelled = _cancel_for_client(session, upstream, message)
-        if cancelled is None:
-            return
-        message = cancelled
-    elif method == "notifications/progress" and send is None:
-        # Only progress that reached no request's own stream is looked up by token: stateless clients
-        # of one principal share a session, so two of their calls may carry the same token.
-        token = (message.get("params") or {}).get("progressToken")
-        send = session.progress_routes.get(token)
-    elif method == "notifications/resources/updated" and session.view is None:
-        message = _updated_for_client(upstream, message)
-    if send is not None:
-        try:
-            await send(message)
-            return
-        except Exception:  # the request's stream is gone; fall back to the GET stream
-            log.debug("request stream closed; queueing %s on the session stream", method)
-    session.stream_event(message)
-
-
-def _updated_for_client(upstream: str, message: Message) -> Message:
-    """An upstream's resource update under the URI the aggregated view gave that resource (the one the
-    client subscribed with), so it can never be taken for another upstream's resource of the same URI."""
-    params = message.get("params")
-    if not isinstance(params, dict) or not isinstance(params.get("uri"), str):
-        return message
-    return {**message, "params": {**params, "uri": exposed_uri(upstream, params["uri"])}}
-
-
-def _cancel_for_client(session: Session, upstream: str, message: Message) -> Message | None:
-    """An upstream's cancellation of its own server→client request, under the id the client got it
-    with. None when this client never got that request: the upstream's id means nothing to it."""
-    params = message.get("params")
-    if not isinstance(params, dict):
-        return None
-    key = id_key(params.get("requestId"))
-    for gateway_id, route in session.server_requests.items():
-        if route.upstream == upstream and id_key(route.upstream_id) == key:
-            del session.server_requests[gateway_id]  # an answer after this is not awaited upstream
-            return {**message, "params": {**params, "requestId": gateway_id}}
-    return None
-
-
-def notified_upstreams(session: Session, message: Message) -> list[tuple[str, UpstreamSession]]:
-    """The upstream sessions (with their upstream's name) an agent's notification goes to: all of them (roots
-    changed, …), except that progress on a server→client request is only for the upstream that sent that
-    request (no other upstream learns of it; none at all when no such request is awaited)."""
-    if message.get("method") != "notifications/progress":
-        return list(session.upstreams.items())
-    params = message.get("params")
-    token = params.get("progressToken") if isinstance(params, dict) else None
-    routes = [r for r in session.server_requests.values() if token is not None and r.progress_token == token]
-    return list({id(r.session): (r.upstream, r.session) for r in routes}.values())
-
-
-def drop_server_requests(session: Session, origin: object) -> None:
-    """Forget the server→client requests sent on behalf of a call that has ended, and tell the client:
-    the upstream gave up on them with the call, but its own cancellation may have gone down that call's
-    closed stream, or come after this (then it names no request and is dropped)."""
-    for gateway_id in [k for k, route in session.server_requests.items() if route.origin is origin]:
-        del session.server_requests[gateway_id]
-        session.stream_event({"jsonrpc": "2.0", "method": "notifications/cancelled",
-                              "params": {"requestId": gateway_id, "reason": "the call it was sent for has ended"}})
-
-
-async def _give_up(session: Session, gateway_id: str) -> None:
-    """Stop awaiting the client's answer to one server→client request; the upstream gets an error
-    instead of waiting for an answer that would now be dropped."""
-    route = session.server_requests.pop(gateway_id)
-    error = {"code": -32603, "message": "Too many requests awaiting the client's answer; this one was given up"}
-    try:
-        await route.session.respond({"jsonrpc": "2.0", "id": route.upstream_id, "error": error})
-    except Exception:  # the upstream is gone: nothing awaits the answer either
-        log.debug("could not tell %s a server request was given up", route.upstream)

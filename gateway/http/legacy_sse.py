@@ -25,7 +25,8 @@ from gateway.http.session_stream import draining
 from gateway.http.streams import SSE_HEADERS, ClientGone
 from gateway.http.versions import negotiate_version
 from gateway.router import Inbound
-from gateway.sessions import Session, drop_server_requests
+from gateway.server_messages import drop_server_requests
+from gateway.sessions import Session
 
 log = logging.getLogger("customs.http.sse")
 LEGACY_VERSION = "2024-11-05"

@@ -9,7 +9,6 @@ bound to the principal that created them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from gateway.context import Principal
 from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, UpstreamErrorResponse, forget_traceback, to_wire
 from gateway.http.batch import BATCH_VERSION, answer_batch
 from gateway.http.guards import accepts, error_response, read_body, require_json
+from gateway.http.one_way import accept_one_way
 from gateway.http.resumable import Disconnects, Withdrawal
 from gateway.http.session_stream import SessionStreams
 from gateway.http.streams import ClientGone, ResponseChannel
@@ -43,13 +43,13 @@ from gateway.http.versions import (
 from gateway.identity import reject_query_token
 from gateway.pipeline import Identifier
 from gateway.router import SERVER_INFO, Inbound, Router
-from gateway.sessions import Session, SessionManager, drop_server_requests, notified_upstreams
+from gateway.server_messages import drop_server_requests
+from gateway.sessions import Session, SessionManager
 
 log = logging.getLogger("customs.http")
 
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
-TASK_END = "notifications/customs/task_end"  # params {"task": <the id sent in _meta["customs/task"]>}
 AGGREGATED_CAPABILITIES: dict[str, Any] = {
     "tools": {"listChanged": True},
     "prompts": {"listChanged": True},
@@ -198,60 +198,9 @@ class McpEndpoint:
 
     async def _accept_one_way(self, session: Session, message: jsonrpc.Message, principal: Principal | None = None,
                               *, http: web.Request | None = None, times: tuple[int, int] | None = None) -> None:
-        """Client notifications and answers to server→client requests: 202 (a task end that fails: an error).
-        A notification gets a SERVER span and a duration, as the MCP conventions ask (not on a call's path)."""
-        if message.kind != "notification" or self.observability is None:
-            await self._one_way(session, message, principal)
-            return
-        with self.observability.request(http.headers if http is not None else None, message.method, message.params,
-                                        None, principal=principal or session.principal,
-                                        session_id=None if session.stateless else session.id,
-                                        protocol_version=session.protocol_version,
-                                        start_ns=times[0] if times else None, identify_ns=times, http=http):
-            await self._one_way(session, message, principal)
-
-    async def _one_way(self, session: Session, message: jsonrpc.Message, principal: Principal | None) -> None:
-        if message.kind == "response":
-            route = session.server_requests.pop(str(message.id), None)
-            if route is not None:  # taken (202) even if passing it on fails, as notifications are (below)
-                with contextlib.suppress(GatewayError):
-                    await route.session.respond({**message.body, "id": route.upstream_id})
-            return
-        method = message.method
-        if method == "notifications/initialized":
-            return
-        if method == TASK_END:
-            await self._end_task(principal or session.principal, message.params.get("task"))
-            return
-        if method == "notifications/cancelled":
-            # 2026-07-28 has no client notifications: a client cancels by closing the call's stream, and
-            # the ids of stateless clients sharing the session may repeat (as the SDK's server: dropped).
-            if session.stateless:
-                return
-            request_id = message.params.get("requestId")
-            # Ids are strings or integers; anything else (a list, an object) names no call in flight.
-            task = session.inflight.get(request_id) if isinstance(request_id, str | int) else None
-            if task is not None:
-                task.cancel()
-            return
-        notify = self.observability.notify_upstream if self.observability is not None else None
-        for name, upstream in notified_upstreams(session, message.body):
-            with contextlib.suppress(GatewayError):
-                await (notify(name, upstream, message.body) if notify else upstream.notify(message.body))
-
-    async def _end_task(self, principal: Principal | None, task: Any) -> None:
-        """The agent says its task is over: revoke what was minted for it (never forwarded upstream)."""
-        if not (isinstance(task, str) and 0 < len(task) <= 128 and task.isprintable()):
-            raise GatewayError("invalid_request", "Invalid request: task_end needs params.task, the task id")
-        if self.on_task_end is None or principal is None:
-            return
-        try:
-            await self.on_task_end(principal, task)
-        except GatewayError:
-            raise
-        except Exception as exc:  # the store is down: say so, the agent may retry (tokens still expire)
-            log.warning("could not end task %r: %s", task, exc)
-            raise GatewayError("internal_error", "Could not end the task; retry") from exc
+        """Client notifications and answers to server→client requests (gateway/http/one_way.py)."""
+        await accept_one_way(self.observability, self.on_task_end, session, message, principal, http=http,
+                             times=times)
 
     async def _answer(self, request: web.Request, session: Session, principal: Principal,
                       message: jsonrpc.Message, sse_ok: bool, headers: dict[str, str],

@@ -13,7 +13,8 @@ import pytest
 from mcp import types
 
 from gateway.app import GATEWAY
-from gateway.sessions import MAX_SERVER_REQUESTS, Session
+from gateway.server_messages import MAX_SERVER_REQUESTS
+from gateway.sessions import Session
 from tests.support.feature_server import feature_server
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_http_server
