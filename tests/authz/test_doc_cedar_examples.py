@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 import pytest
-from authz_helpers import REPO, SHIPPED
+from authz_helpers import SHIPPED
 
 from gateway.authz.policyset import load_policies
-
-FENCE = re.compile(r"^```cedar\n(.*?)^```", re.S | re.M)
+from tests.support.doc_blocks import DOC_PAGES, fenced_blocks
 
 
 def _blocks() -> list[object]:
-    found = []
-    for page in [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]:
-        text = page.read_text()
-        for match in FENCE.finditer(text):
-            line = text[:match.start()].count("\n") + 1
-            found.append(pytest.param(match.group(1), id=f"{page.relative_to(REPO)}:{line}"))
-    return found
+    return fenced_blocks(DOC_PAGES, "cedar")
 
 
 @pytest.mark.parametrize("block", _blocks())

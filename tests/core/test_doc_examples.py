@@ -8,28 +8,20 @@ checked. The Compose stack's customs.yaml is checked the same way.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from gateway.config import parse_config
+from tests.support.doc_blocks import DOC_PAGES, REPO, fenced_blocks
 
-REPO = Path(__file__).resolve().parents[2]
-PAGES = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md", REPO / "compose" / "README.md"]
-FENCE = re.compile(r"^```ya?ml\n(.*?)^```", re.S | re.M)
+PAGES = [*DOC_PAGES, REPO / "compose" / "README.md"]
 ENV = {"WEBHOOK_SECRET": "s", "CRM_CLIENT_SECRET": "s", "SEARCH_API_KEY": "k", "REDIS_URL": "redis://r:6379/0"}
 
 
 def _blocks() -> list[Any]:
-    found = []
-    for page in PAGES:
-        text = page.read_text()
-        for match in FENCE.finditer(text):
-            line = text[:match.start()].count("\n") + 1
-            found.append(pytest.param(match.group(1), id=f"{page.relative_to(REPO)}:{line}"))
-    return found
+    return fenced_blocks(PAGES, "yaml")
 
 
 @pytest.mark.parametrize("block", _blocks())
