@@ -136,8 +136,10 @@ def line_of(item: Any) -> bytes:
     try:
         return dumps(record_of(item))
     except (ValueError, TypeError, KeyError, IndexError) as exc:  # a bug, never a lost batch
-        log.error("decision record could not be built (%s): written as its facts", exc)
-        return dumps({"type": "decision", "record_error": str(exc), "facts": item})
+        # Its id and the error, not the facts: they hold the arguments before redaction (for the digest).
+        log.error("decision record could not be built (%s): written without its facts", exc)
+        decision_id = item[DECISION_ID] if isinstance(item, tuple) and item else None
+        return dumps({"type": "decision", "decision_id": decision_id, "record_error": str(exc)})
 
 
 class FileTarget:

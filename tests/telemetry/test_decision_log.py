@@ -321,6 +321,23 @@ async def test_values_marshal_cannot_carry_are_still_recorded(tmp_path: Path) ->
     assert lines[0]["authz_input"]["task"]["calls"] == 1 and "object" in lines[0]["authz_input"]["task"]["odd"]
 
 
+async def test_a_record_that_cannot_be_built_keeps_its_id_and_never_the_raw_arguments(tmp_path: Path) -> None:
+    """The facts carry the arguments unredacted (the writer digests them): a record the writer cannot build (a
+    bug) is written as its id and the error, so the batch survives and no secret reaches the log."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(DecisionLogConfig(path=path))
+    await log.start()
+    broken = call(decision=Decision("allow", ("p",)))
+    broken.params = {"name": "pay", "arguments": {"password": "hunter2-secret", "n": float("nan")}}  # no JSON
+    log.record_decision(broken)
+    log.record_decision(call(decision=Decision("deny", ("q",))))
+    await log.close()
+    text = path.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert lines[0] == {"type": "decision", "decision_id": broken.decision_id, "record_error": lines[0]["record_error"]}
+    assert lines[1]["decision"] == "deny" and "hunter2" not in text
+
+
 KILLED_GATEWAY = """
 import asyncio, os, signal, sys
 from pathlib import Path
