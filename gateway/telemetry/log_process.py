@@ -80,13 +80,21 @@ class WriterProcess:
         except ValueError:  # a value marshal cannot carry (a bug): those items are made lines here
             data = marshal.dumps([_marshallable(item) for item in items])
         try:
-            await self._write(data)
+            await self._delivered(data, len(items))
         except (ConnectionError, OSError) as exc:
             log.warning("decision log writer process gone (%s): starting it again", exc)
             await self._stop(timeout_s=1.0)
             await self.start()
-            await self._write(data)  # a second failure is the caller's to count
-        self._in_child += len(items)
+            await self._delivered(data, len(items))  # a second failure is the caller's to count
+
+    async def _delivered(self, data: bytes, count: int) -> None:
+        # Counted as held before the write: the child may report the batch done while we await the drain.
+        self._in_child += count
+        try:
+            await self._write(data)
+        except BaseException:
+            self._in_child -= count  # never reached a child that will report it (the caller counts it)
+            raise
 
     async def _write(self, data: bytes) -> None:
         proc = self._proc
