@@ -30,6 +30,7 @@ from gateway.timefmt import iso_utc, rfc3339_ms
 log = logging.getLogger("customs.decision_log")
 
 FILE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+LEVEL_ENV = "CUSTOMS_DECISION_LOG_LEVEL"  # the gateway's level for this log (a number), so the child logs as it
 FRAME = struct.Struct("!I")  # a batch on the writer's stdin: its length, then marshal.dumps(list of items)
 
 # The facts of one decision record (a tuple, so marshal carries it; indices below). An item of a batch is
@@ -199,7 +200,9 @@ def main() -> None:
 
     Each batch becomes one write to FD (the file the gateway opened, or its stdout); then `done N`, or
     `lost N <why>` when the write failed. The gateway counts what this process held if it dies."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = os.environ.get(LEVEL_ENV, "")
+    logging.basicConfig(level=int(level) if level.isdigit() else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # as `customs serve` logs
     # Ctrl-C in a terminal, or a service manager stopping the whole group, signals this process too: it must
     # not die holding records the gateway handed over. It ends when the gateway closes its stdin (also when
     # the gateway is killed outright: the pipe's end is all it waits for).

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.telemetry.child_pipe import stop_child, widen_pipe
-from gateway.telemetry.decision_writer import FRAME, line_of
+from gateway.telemetry.decision_writer import FRAME, LEVEL_ENV, line_of
 
 log = logging.getLogger("customs.decision_log")
 
@@ -44,8 +44,10 @@ class WriterProcess:
         argv = [sys.executable, "-m", "gateway.telemetry.decision_writer", str(self._fd)]
         if self._path is not None:
             argv.append(self._path)
+        # The child logs at the gateway's level (`--log-level`) for this log, in the gateway's format.
+        env = {**os.environ, LEVEL_ENV: str(log.getEffectiveLevel())}
         self._proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, pass_fds=(self._fd,))
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, pass_fds=(self._fd,), env=env)
         self._reader = asyncio.create_task(self._read(self._proc), name="decision-log-reports")
         widen_pipe(self._proc)
 

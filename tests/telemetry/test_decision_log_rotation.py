@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,30 @@ async def test_a_truncated_file_is_appended_to_as_before(tmp_path: Path) -> None
     log.event("second")
     await log.close()
     assert types(path) == ["second"]
+
+
+@pytest.mark.parametrize("level", ["WARNING", "INFO"])
+async def test_the_writer_process_logs_at_the_gateways_level(tmp_path: Path, level: str,
+                                                             capfd: pytest.CaptureFixture[str]) -> None:
+    """The writer process logged its reopening at INFO whatever `--log-level` said (and without the time):
+    `customs serve --log-level warning` still printed it. It logs as the gateway does now."""
+    path = tmp_path / "decisions.jsonl"
+    logger = logging.getLogger("customs.decision_log")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        log = DecisionLog(DecisionLogConfig(path=path))
+        await log.start()
+        log.event("first")
+        await written(path, 1)
+        path.unlink()
+        log.event("second")
+        await log.close()
+    finally:
+        logger.setLevel(before)
+    reopened = [line for line in capfd.readouterr().err.splitlines() if "was moved away or deleted" in line]
+    if level == "WARNING":
+        assert reopened == []
+    else:
+        assert len(reopened) == 1 and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO customs.decision_log: ",
+                                               reopened[0]), reopened
