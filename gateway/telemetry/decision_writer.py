@@ -17,6 +17,7 @@ import json
 import logging
 import marshal
 import os
+import select
 import signal
 import struct
 import sys
@@ -159,7 +160,13 @@ class FileTarget:
 def write_all(fd: int, chunk: bytes) -> None:
     view = memoryview(chunk)
     while view:  # a regular file takes the whole O_APPEND write; loop only for pipes and the pathological case
-        written = os.write(fd, view)
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            # A stdout pipe another holder made O_NONBLOCK (the flag is shared): full is not failed. Giving up
+            # here would leave a torn line in the pipe and drop the batch; wait as a blocking write would.
+            select.select([], [fd], [])
+            continue
         view = view[written:]
 
 
