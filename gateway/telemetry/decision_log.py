@@ -294,8 +294,9 @@ class DecisionLog:
             stream.write(chunk.decode("utf-8"))
             stream.flush()
         except (OSError, ValueError) as exc:  # ValueError: a stream closed under the log
-            log.error("decision log write failed (%d records lost): %s", len(items), exc)
-            self._lost(len(items))
+            lost = len(items) - getattr(exc, "lines", 0)  # ShortWrite: the records before it are written
+            log.error("decision log write failed (%d records lost): %s", lost, exc)
+            self._lost(lost)
 
 
 def _descriptor(stream: TextIO) -> int | None:

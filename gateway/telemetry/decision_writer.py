@@ -144,30 +144,55 @@ def line_of(item: Any) -> bytes:
         return dumps({"type": "decision", "decision_id": decision_id, "record_error": str(exc)})
 
 
+class ShortWrite(OSError):
+    """A write that failed after `written` bytes of its chunk, `lines` whole records among them, were written."""
+
+    def __init__(self, written: int, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.written = written
+        self.lines = 0
+
+
 class FileTarget:
     """A decision-log file (O_APPEND: one write per batch is never torn or interleaved, even with several
-    gateways on one file), opened again when logrotate moved or deleted it."""
+    gateways on one file), opened again when logrotate moved or deleted it; or, with no path, a stream."""
 
-    def __init__(self, fd: int, path: str) -> None:
+    def __init__(self, fd: int, path: str | None) -> None:
         self.fd = fd
         self.path = path
+        self.torn = False  # a failed write (disk full) left part of a line at the end of the file
 
     def write(self, chunk: bytes) -> None:
-        self.fd = reopened_if_rotated(self.fd, self.path)
-        write_all(self.fd, chunk)
+        """One write of `chunk`; a failure part way raises ShortWrite with the records that were written."""
+        if self.path is not None:
+            fd = reopened_if_rotated(self.fd, self.path)
+            if fd != self.fd:
+                self.fd, self.torn = fd, False
+        # The fragment a failed write left ends here, or the next record would be glued to it and lost too.
+        prefixed = self.torn
+        data = b"\n" + chunk if prefixed else chunk
+        try:
+            write_all(self.fd, data)
+        except ShortWrite as exc:
+            if exc.written:
+                self.torn = data[exc.written - 1] != ord("\n")
+                exc.lines = data.count(b"\n", 0, exc.written) - int(prefixed)
+            raise
+        self.torn = False
 
 
 def write_all(fd: int, chunk: bytes) -> None:
     view = memoryview(chunk)
-    while view:  # a regular file takes the whole O_APPEND write; loop only for pipes and the pathological case
+    done = 0
+    while done < len(chunk):  # a regular file takes the whole O_APPEND write; loop for pipes and a full disk
         try:
-            written = os.write(fd, view)
+            done += os.write(fd, view[done:])
         except BlockingIOError:
             # A stdout pipe another holder made O_NONBLOCK (the flag is shared): full is not failed. Giving up
             # here would leave a torn line in the pipe and drop the batch; wait as a blocking write would.
             select.select([], [fd], [])
-            continue
-        view = view[written:]
+        except OSError as exc:  # ENOSPC, EFBIG, EPIPE …: what was written before it stays written
+            raise ShortWrite(done, exc) from exc
 
 
 def reopened_if_rotated(fd: int, path: str) -> int:
@@ -206,7 +231,8 @@ def main() -> None:
     """The writer process: `decision_writer FD [PATH]`; batches on stdin until EOF, reports on stdout.
 
     Each batch becomes one write to FD (the file the gateway opened, or its stdout); then `done N`, or
-    `lost N <why>` when the write failed. The gateway counts what this process held if it dies."""
+    `lost N <why>` when the write failed (after `done N` for the records written before it failed). The
+    gateway counts what this process held if it dies."""
     level = os.environ.get(LEVEL_ENV, "")
     logging.basicConfig(level=int(level) if level.isdigit() else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # as `customs serve` logs
@@ -216,7 +242,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fd = int(sys.argv[1])
-    target: FileTarget | None = FileTarget(fd, sys.argv[2]) if len(sys.argv) > 2 else None
+    target = FileTarget(fd, sys.argv[2] if len(sys.argv) > 2 else None)
     stdin, reports = sys.stdin.buffer, sys.stdout.buffer
     while (batch := read_frame(stdin)) is not None:
         if isinstance(batch, int):  # a flush marker: everything before it is written
@@ -225,8 +251,10 @@ def main() -> None:
             continue
         chunk = b"".join(line_of(item) for item in batch)
         try:
-            target.write(chunk) if target is not None else write_all(fd, chunk)
+            target.write(chunk)
             report = f"done {len(batch)}\n"
+        except ShortWrite as exc:  # the records before the failure are in the file: only the rest is lost
+            report = f"done {exc.lines}\nlost {len(batch) - exc.lines} {exc}\n"
         except (OSError, ValueError) as exc:
             report = f"lost {len(batch)} {exc}\n"
         reports.write(report.encode("utf-8", "replace"))
