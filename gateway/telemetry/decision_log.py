@@ -36,6 +36,7 @@ log = logging.getLogger("customs.decision_log")
 Redactor = Callable[[Any], Any]
 DEFAULT_REDACT_KEYS = ("password", "secret", "token", "api_key", "apikey", "authorization")
 FLUSH_INTERVAL_S = 0.05  # lines wait at most this long: one write (one thread hop) per batch, not per call
+CLOSE_TIMEOUT_S = 10.0  # close: how long the writer process may take to accept and write what is left
 MAX_BUFFERED_LINES = 100_000  # past this the writer is hopelessly behind: drop and count, never grow unbounded
 
 
@@ -175,19 +176,19 @@ class DecisionLog:
         await self._send(self._take())
         return await process.flush(timeout_s)
 
-    async def close(self) -> None:
-        """Write everything buffered, then release the file."""
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Write everything buffered, then release the file. A writer process that cannot take it all within
+        `timeout_s` (nothing reads its stdout) is stopped and what it did not write counted lost."""
         self._closing = True
         self._close_requested.set()
         self._wake.set()
-        if self._shipper is not None:
-            self._loop_wake()
-            await asyncio.gather(self._shipper, return_exceptions=True)
-            self._shipper = None
+        stuck = False
         if self._process is not None:
-            await self._send(self._take())
+            stuck = not await self._ship_rest(timeout_s)
             process, self._process = self._process, None
-            await process.close()
+            await process.close(0.0 if stuck else timeout_s)  # stuck: stopped now, its loss counted
+        if stuck and self._items:  # recorded meanwhile, for an output that takes nothing
+            self._lost(len(self._take()))
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
             self._writer = None
@@ -196,6 +197,23 @@ class DecisionLog:
         if self._file is not None:
             file, self._file = self._file, None
             await asyncio.to_thread(os.close, file.fd)
+
+    async def _ship_rest(self, timeout_s: float) -> bool:
+        """Hand the writer process what is left; False when it took nothing more for `timeout_s`: its output
+        blocked (a paused pager, a stalled shipper on stdout), a stop must not wait for that reader."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                if self._shipper is not None:
+                    self._loop_wake()
+                    await asyncio.gather(self._shipper, return_exceptions=True)
+                await self._send(self._take())
+            return True
+        except TimeoutError:
+            log.error("decision log writer process took nothing for %.1f s (is its output read?): stopping it",
+                      timeout_s)
+            return False
+        finally:
+            self._shipper = None
 
     # -- records -----------------------------------------------------------------------------------
 
@@ -269,6 +287,10 @@ class DecisionLog:
         except (ConnectionError, OSError) as exc:
             log.error("decision log write failed (%d records lost): %s", len(items), exc)
             self._lost(len(items))
+        except asyncio.CancelledError:  # close gave up on a writer that took nothing (`_ship_rest`)
+            log.error("decision log writer process did not take %d records: lost", len(items))
+            self._lost(len(items))
+            raise
 
     # -- thread sink -------------------------------------------------------------------------------
 
