@@ -128,7 +128,10 @@ class Minter:
             claims["args"] = narrowed
         token, kid = await self._sign_recorded(claims, task_id)
         if cache:
-            self._cache.put(key, _Cached(token, claims, exp - refresh_margin(exp - now), kid), now)
+            # From the `exp` the token carries (whole seconds, up to 1 s before `exp`), or a token reused near the
+            # end of its window would have far less than the margin left, and expire on its way to the upstream.
+            carried = claims["exp"]
+            self._cache.put(key, _Cached(token, claims, carried - refresh_margin(carried - now), kid), now)
         return token, claims
 
     async def mint_actor(self, audience: str, task_id: str, ttl_s: float,
