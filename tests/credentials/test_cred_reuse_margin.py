@@ -18,7 +18,8 @@ def _exp(token: str) -> int:
 
 
 async def test_a_cached_token_is_not_reused_within_its_margin_of_the_exp_it_carries(tmp_path, clock: Clock) -> None:
-    upstreams = [{"name": "payments", "url": "http://127.0.0.1:9002/mcp", "credentials": {"mode": "minted", "ttl_s": 2}}]
+    upstreams = [{"name": "payments", "url": "http://127.0.0.1:9002/mcp",
+                  "credentials": {"mode": "minted", "ttl_s": 2}}]
     svc = CredentialService(make_config(tmp_path, upstreams), clock=clock)
     await svc.start()
     try:
