@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,31 +127,44 @@ def _set_cookies(resp: Any) -> dict[str, str]:
     return {c.split("=", 1)[0]: c for c in resp.headers.getall("Set-Cookie", [])}
 
 
+async def sign_in_behind(start_gateway: Any, tmp_path: Path, public: str, http: Any) -> SignedIn:
+    """A gateway published at `public` (a proxy in front); alice signs in on its page with a plain HTTP client."""
+    from tests.support.tokens import TestIssuer
+
+    issuer = TestIssuer(tmp_path)
+    gw = await start_gateway({"listen": {"public_url": public},
+                              "upstreams": [{"name": "x", "url": "http://127.0.0.1:9/mcp"}],
+                              "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+                              "policies": {"dir": str(REPO / "policies")}})
+    async with http.get(f"{gw.url}/approvals") as resp:
+        page_csrf = _set_cookies(resp)["customs_csrf"]
+    csrf = page_csrf.split("=", 1)[1].split(";", 1)[0]
+    token = issuer.mint("alice", aud=f"{public}/mcp", groups=["approvers"])
+    async with http.post(f"{gw.url}/approvals/signin", data={"token": token, "csrf": csrf},
+                         headers={"Cookie": f"customs_csrf={csrf}"}, allow_redirects=False) as resp:
+        assert resp.status == 303
+        return SignedIn(gw.url, token, csrf, page_csrf, _set_cookies(resp))
+
+
+@dataclass
+class SignedIn:
+    url: str
+    token: str
+    csrf: str
+    page_csrf: str  # the Set-Cookie of the page's CSRF cookie
+    cookies: dict[str, str]  # the Set-Cookie headers of the sign-in, by cookie name
+
+
 async def test_cookies_are_secure_when_public_url_is_https(start_gateway: Any, tmp_path: Path) -> None:
     # TLS ends at a proxy in front of the gateway: the request reaching it is plain HTTP, yet the browser is on
     # https://, and a cookie without Secure would also be sent over any plain-HTTP request to that host.
     import aiohttp
 
-    from tests.support.tokens import TestIssuer
-
-    issuer = TestIssuer(tmp_path)
-    public = "https://customs.example"
-    gw = await start_gateway({"listen": {"public_url": public},
-                              "upstreams": [{"name": "x", "url": "http://127.0.0.1:9/mcp"}],
-                              "identity": {"mode": "jwt", "issuers": [issuer.config()]},
-                              "policies": {"dir": str(REPO / "policies")}})
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-        async with http.get(f"{gw.url}/approvals") as resp:
-            csrf_cookie = _set_cookies(resp)["customs_csrf"]
-        assert "Secure" in csrf_cookie
-        csrf = csrf_cookie.split("=", 1)[1].split(";", 1)[0]
-        token = issuer.mint("alice", aud=f"{public}/mcp", groups=["approvers"])
-        async with http.post(f"{gw.url}/approvals/signin", data={"token": token, "csrf": csrf},
-                             headers={"Cookie": f"customs_csrf={csrf}"}, allow_redirects=False) as resp:
-            assert resp.status == 303
-            cookies = _set_cookies(resp)
-        assert "Secure" in cookies["customs_approver"] and "HttpOnly" in cookies["customs_approver"]
-        assert "Secure" in cookies["customs_csrf"]
+        signed = await sign_in_behind(start_gateway, tmp_path, "https://customs.example", http)
+    assert "Secure" in signed.page_csrf
+    assert "Secure" in signed.cookies["customs_approver"] and "HttpOnly" in signed.cookies["customs_approver"]
+    assert "Secure" in signed.cookies["customs_csrf"]
 
 
 @MEMORY
@@ -263,27 +277,14 @@ async def test_cookies_stay_under_the_public_url_path(start_gateway: Any, tmp_pa
     # (`/customs` matches `/customs/approvals`, not `/customsfoo`).
     import aiohttp
 
-    from tests.support.tokens import TestIssuer
-
-    issuer = TestIssuer(tmp_path)
-    public = "https://gw.example/customs"
-    gw = await start_gateway({"listen": {"public_url": public},
-                              "upstreams": [{"name": "x", "url": "http://127.0.0.1:9/mcp"}],
-                              "identity": {"mode": "jwt", "issuers": [issuer.config()]},
-                              "policies": {"dir": str(REPO / "policies")}})
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-        async with http.get(f"{gw.url}/approvals") as resp:
-            csrf_cookie = _set_cookies(resp)["customs_csrf"]
-        assert _path(csrf_cookie) == "/customs"
-        csrf = csrf_cookie.split("=", 1)[1].split(";", 1)[0]
-        token = issuer.mint("alice", aud=f"{public}/mcp", groups=["approvers"])
-        async with http.post(f"{gw.url}/approvals/signin", data={"token": token, "csrf": csrf},
-                             headers={"Cookie": f"customs_csrf={csrf}"}, allow_redirects=False) as resp:
-            assert resp.status == 303
-            cookies = _set_cookies(resp)
+        signed = await sign_in_behind(start_gateway, tmp_path, "https://gw.example/customs", http)
+        assert _path(signed.page_csrf) == "/customs"
+        cookies = signed.cookies
         assert _path(cookies["customs_approver"]) == _path(cookies["customs_csrf"]) == "/customs"
-        async with http.post(f"{gw.url}/approvals/signout", data={"csrf": csrf}, allow_redirects=False,
-                             headers={"Cookie": f"customs_csrf={csrf}; customs_approver={token}"}) as resp:
+        session = f"customs_csrf={signed.csrf}; customs_approver={signed.token}"
+        async with http.post(f"{signed.url}/approvals/signout", data={"csrf": signed.csrf}, allow_redirects=False,
+                             headers={"Cookie": session}) as resp:
             assert resp.status == 303
             cleared = _set_cookies(resp)  # a cookie is only deleted with the Path it was set with
         assert _path(cleared["customs_approver"]) == _path(cleared["customs_csrf"]) == "/customs"

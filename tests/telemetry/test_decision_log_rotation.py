@@ -47,8 +47,8 @@ async def test_a_file_moved_away_is_reopened_at_its_path(tmp_path: Path) -> None
     assert types(path) == ["after_rotation", "later"]
 
 
-async def test_a_deleted_file_is_created_again(tmp_path: Path) -> None:
-    path = tmp_path / "decisions.jsonl"
+async def write_around_a_deletion(path: Path) -> None:
+    """A log writes "first", the file is deleted under it, then it writes "second" and closes."""
     log = DecisionLog(DecisionLogConfig(path=path))
     await log.start()
     log.event("first")
@@ -56,6 +56,11 @@ async def test_a_deleted_file_is_created_again(tmp_path: Path) -> None:
     path.unlink()
     log.event("second")
     await log.close()
+
+
+async def test_a_deleted_file_is_created_again(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    await write_around_a_deletion(path)
     assert types(path) == ["second"]
 
 
@@ -82,13 +87,7 @@ async def test_the_writer_process_logs_at_the_gateways_level(tmp_path: Path, lev
     before = logger.level
     logger.setLevel(level)
     try:
-        log = DecisionLog(DecisionLogConfig(path=path))
-        await log.start()
-        log.event("first")
-        await written(path, 1)
-        path.unlink()
-        log.event("second")
-        await log.close()
+        await write_around_a_deletion(path)
     finally:
         logger.setLevel(before)
     reopened = [line for line in capfd.readouterr().err.splitlines() if "was moved away or deleted" in line]
