@@ -49,6 +49,7 @@ from bench_core import (
     measure,
     parse_paced,
     permissive_policy_dir,
+    pin_others,
 )
 
 from tests.support.tokens import TestIssuer
@@ -229,6 +230,8 @@ async def main_async(args: argparse.Namespace) -> int:
           f"load average before: {load_average()}", flush=True)
     rounds: list[list[Result]] = []
     loads: list[str] = []
+    if args.pin:
+        pin_others()
     with tempfile.TemporaryDirectory(prefix="bench-variants-") as tmp:
         workdir = Path(tmp)
         children = Children(workdir)
@@ -279,6 +282,9 @@ def main() -> None:
     parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS),
                         help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--pin", action="store_true",
+                        help="each target alone on CPU 0 while measured; its children, the upstream, the OTLP sink "
+                             "and the load generator on the last CPU (steadier figures on a shared machine)")
     parser.add_argument("--json", help="write results, medians and ratios to this file")
     args = parser.parse_args()
     if args.auto_pace and args.auto_pace not in args.connections:
