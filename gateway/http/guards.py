@@ -117,22 +117,33 @@ async def timed_read(request: web.Request, read: Callable[[], Awaitable[T]]) -> 
     `client_max_size`) under `listen.body_timeout_s`, for the routes outside /mcp. Raises
     GatewayError("body_timeout"); each API maps it to its own error shape."""
     if request.content.is_eof():
-        return await read()
+        return await _bounded(read)
     config = request.config_dict.get(CONFIG)
     timeout_s = config.listen.body_timeout_s if config is not None else DEFAULT_BODY_TIMEOUT_S
     try:
         async with asyncio.timeout(timeout_s):
-            return await read()
+            return await _bounded(read)
     except TimeoutError:
         raise GatewayError("body_timeout") from None
+
+
+async def _bounded(read: Callable[[], Awaitable[T]]) -> T:
+    """aiohttp's read refusing more than `client_max_size` (`listen.max_body_bytes`) as GatewayError
+    ("body_too_large"). Its own refusal is a text/plain 413; it is what a compressed body (Content-Encoding
+    gzip/deflate/br, inflated by aiohttp as it reads) meets, whose Content-Length is under the limit."""
+    try:
+        return await read()
+    except web.HTTPRequestEntityTooLarge:
+        raise GatewayError("body_too_large") from None
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None:
         if request.content_length > limit:
             raise GatewayError("body_too_large")
-        # Content-Length framing bounds what aiohttp reads: one read, no per-chunk iteration.
-        return await request.read()
+        # Content-Length framing bounds what aiohttp reads: one read, no per-chunk iteration. A compressed
+        # body inflates past its Content-Length: aiohttp's own limit (client_max_size) refuses it then.
+        return await _bounded(request.read)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(65536):
