@@ -170,11 +170,21 @@ async def test_held_call_gets_an_approval_span(harness: Harness) -> None:
     children = {s.name: s for s in harness.otlp.children(server)}
     attrs = children["customs.approval"].attributes
     assert attrs == {"customs.approval.id": "ap-9", "customs.approval.outcome": "approved",
-                     "customs.approval.approver": ("alice",), "customs.approval.wait_s": 2.5}
+                     "customs.approval.approver": "alice", "customs.approval.wait_s": 2.5}
     assert server.attributes["customs.approval.id"] == "ap-9"
     assert server.attributes["customs.decision"] == "approval_required"
     assert 'customs_approval_wait_duration_seconds_count{customs_approval_outcome="approved"' in \
         harness.obs.metrics.prometheus_text().decode()
+
+
+async def test_a_quorums_approvers_are_one_string_as_the_approvals_api_shows_them(harness: Harness) -> None:
+    # One string, not an array: Jaeger turns an array attribute into the JSON text '["alice"]', which a tag
+    # search customs.approval.approver=alice (docs/tracing.md) never matches.
+    approval = ApprovalState("ap-10", "approved", ("alice", "bob"), None, waited_s=1.0)
+    server = await harness.run(harness.pipeline(Decision("approval_required", ("hold-pay",)), approval=approval))
+    (span,) = [s for s in harness.otlp.children(server) if s.name == "customs.approval"]
+    assert span.attributes["customs.approval.approver"] == "alice, bob"
+    assert server.attributes["customs.approval.approver"] == "alice, bob"
 
 
 async def test_tool_error_result_sets_error_type(harness: Harness) -> None:
