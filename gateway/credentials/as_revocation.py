@@ -43,7 +43,7 @@ class Revocation:
 
 
 class _Permanent(Exception):
-    """The server refused the request itself (4xx): asking again would get the same answer."""
+    """The server refused the request itself (4xx, or a redirect): asking again would get the same answer."""
 
 
 class _Retry(Exception):
@@ -119,11 +119,13 @@ class TokenRevoker:
         assert endpoint is not None
         form = {"token": item.token, "token_type_hint": ACCESS_TOKEN_HINT}
         headers = {"Authorization": self._auth(item.upstream), "Accept": "application/json"}
-        async with http.post(endpoint, data=form, headers=headers, timeout=self._timeout) as response:
+        # Never through a redirect (the form carries the token): a 3xx is the server's answer, and not retried.
+        async with http.post(endpoint, data=form, headers=headers, timeout=self._timeout,
+                             allow_redirects=False) as response:
             # RFC 7009 §2.2: 200 also for a token the server no longer knows; §2.2.1: 503 asks for a retry.
             if response.status == 200:
                 return
-            if 400 <= response.status < 500 and response.status not in (408, 429):
+            if 300 <= response.status < 500 and response.status not in (408, 429):
                 raise _Permanent(f"HTTP {response.status}")
             raise _Retry(f"HTTP {response.status}")
 

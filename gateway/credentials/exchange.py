@@ -135,8 +135,9 @@ class TokenExchanger:
         assert creds.token_endpoint is not None and creds.client_id is not None and self._http is not None
         headers = {"Authorization": _client_auth(upstream), "Accept": "application/json"}
         try:
-            async with self._http.post(creds.token_endpoint, data=form, headers=headers,
-                                       timeout=self._timeout) as response:
+            # Never through a redirect: a 307/308 would carry the agent's own token (the form) to its Location.
+            async with self._http.post(creds.token_endpoint, data=form, headers=headers, timeout=self._timeout,
+                                       allow_redirects=False) as response:
                 if response.status != 200:
                     error = await _oauth_error(response)
                     # Only the status and the OAuth error code: the body may echo what we sent.
