@@ -132,8 +132,11 @@ class ApproverAuth:
 
     @staticmethod
     def on_own_behalf(approver: Approver, item: Approval) -> bool:
-        """The approver is the requester, an actor of its chain, or an owner of one of them."""
-        return bool({approver.principal.id, approver.principal.subject} & item.requester_ids())
+        """The approver is the requester, an actor of its chain, or an owner of one of them; so is an approver's
+        token held by such an agent (an actor in the token's own `act` chain): a person's delegated token in the
+        hands of the call's agent is that agent deciding its own call."""
+        deciders = {approver.principal.id, approver.principal.subject, *approver.principal.chain_ids}
+        return bool(deciders & item.requester_ids())
 
     def authorize_decision(self, approver: Approver, item: Approval) -> None:
         """Nobody decides a call made on their own behalf; then Cedar (`Action::"approve"`) decides."""

@@ -60,6 +60,29 @@ async def test_self_approval_is_forbidden(web_kit: WebKit) -> None:
     assert (await web_kit.store.get(item.id)).pending
 
 
+async def test_an_agent_of_the_call_may_not_decide_it_through_a_persons_delegated_token(web_kit: WebKit) -> None:
+    """A token of a person (`sub` bob) that an actor of the held call holds (`act`: the call's own orchestrator)
+    is that agent deciding its own call: refused as self_approval, like the agent's own token (it used to be
+    bob's approval), and the page shows the call to that token without buttons."""
+    item = await _item(web_kit)
+    for act in ({"sub": "orchestrator"}, {"sub": "someone", "act": {"sub": "agent-1"}}):
+        token = web_kit.issuer.mint("bob", aud=web_kit.audience, groups=["approvers"], act=act)
+        for action in ("approve", "deny"):
+            async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/{action}",
+                                         headers={"Authorization": f"Bearer {token}"}, json={}) as resp:
+                assert resp.status == 403
+                assert (await resp.json())["error"]["reason"] == "self_approval"
+        async with web_kit.http.get(f"{web_kit.url}/approvals/fragment",
+                                    headers={"Authorization": f"Bearer {token}"}) as resp:
+            fragment = await resp.text()
+        assert "own-behalf" in fragment and f"/approvals/{item.id}/decide" not in fragment
+    assert (await web_kit.store.get(item.id)).pending
+    helper = web_kit.issuer.mint("bob", aud=web_kit.audience, groups=["approvers"], act={"sub": "assistant"})
+    async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/approve",
+                                 headers={"Authorization": f"Bearer {helper}"}, json={}) as resp:
+        assert resp.status == 200  # an actor that has nothing to do with the call: bob's decision
+
+
 async def test_policy_deny_is_forbidden_and_hidden(web_kit: WebKit) -> None:
     item = await _item(web_kit)
     outsider = web_kit.bearer("mallory", groups=("interns",))
