@@ -40,6 +40,7 @@ MAX_TOKEN_BYTES = 16 * 1024
 KID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_-]*")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class TokenError(Exception):
@@ -67,12 +68,25 @@ def _b64_json(segment: str, what: str) -> dict[str, Any]:
     if not _SEGMENT_RE.fullmatch(segment):
         raise TokenError(f"Malformed token {what}")
     try:
-        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        value = json.loads(raw)
     except (binascii.Error, ValueError, RecursionError) as exc:  # nesting past the parser's limit: not a JWT
         raise TokenError(f"Malformed token {what}") from exc
     if not isinstance(value, dict):
         raise TokenError(f"Malformed token {what}")
+    if _SURROGATE_ESCAPE.search(raw) and not _unicode(value):
+        # A lone surrogate (an escape such as \ud800 with no pair) is no Unicode text: as a subject, tenant or
+        # actor it could not be encoded for the policy engine, the decision log or an upstream (internal errors).
+        raise TokenError(f"Malformed token {what}")
     return value
+
+
+def _unicode(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return False
+    return True
 
 
 def split_token(token: str) -> tuple[dict[str, Any], dict[str, Any]]:

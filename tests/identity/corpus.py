@@ -161,6 +161,11 @@ ATTACKS: list[AttackCase] = [
     AttackCase("act_without_sub", "subject", _token(act={"tenant": "acme"})),
     AttackCase("act_chain_deeper_than_16", "deeper than 16", _deep_chain),
     AttackCase("token_in_query_string", "query string", _query_token),
+    # Signed by the issuer, but a claim holds a lone surrogate (JSON's "\ud800" escape, no Unicode text): each
+    # call of such a principal was an internal error (its id could not be encoded for Cedar or the decision log).
+    AttackCase("sub_lone_surrogate", "Malformed", _token(sub="agent-evil\ud800")),
+    AttackCase("tenant_lone_surrogate", "Malformed", _token(claims={"tenant": "ac\udc00me"})),
+    AttackCase("act_sub_lone_surrogate", "Malformed", _token(act={"sub": "spiffe://acme.test/agent/x\ud800"})),
     AttackCase("garbage", "Malformed", _raw("Bearer garbage")),
     AttackCase("garbage_three_parts", "Malformed", _raw("Bearer a.b.c")),
     AttackCase("garbage_payload_array", "Malformed", lambda i, a: _bearer(forge({"alg": "RS256"}, {}).split(".")[0]
