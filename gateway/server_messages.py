@@ -26,6 +26,8 @@ log = logging.getLogger("customs.sessions")  # the sessions' logger, as before t
 MAX_SERVER_REQUESTS = 64
 
 SendFn = Callable[[Message], Awaitable[None]]
+STATELESS_UNREACHABLE = ("Customs cannot give this request to a client: it is tied to no call in flight, and "
+                         "stateless (2026-07-28) clients have no stream for anything else")
 
 
 @dataclass
@@ -75,6 +77,11 @@ async def route_server_message(session: Session, upstream: str, message: Message
             return
         except Exception:  # the request's stream is gone; fall back to the GET stream
             log.debug("request stream closed; queueing %s on the session stream", method)
+    if session.stateless and "id" in message and isinstance(method, str):
+        # A stateless session has no GET stream: a request tied to no live call would wait for an
+        # answer that can never come (and its call with it, until the timeout).
+        await _refuse(session, message["id"], STATELESS_UNREACHABLE)
+        return
     session.stream_event(message)
 
 
@@ -128,6 +135,17 @@ async def _give_up(session: Session, gateway_id: str) -> None:
     instead of waiting for an answer that would now be dropped."""
     route = session.server_requests.pop(gateway_id)
     error = {"code": -32603, "message": "Too many requests awaiting the client's answer; this one was given up"}
+    await _answer_upstream(route, error)
+
+
+async def _refuse(session: Session, gateway_id: str, text: str) -> None:
+    """Answer a server→client request no client of the session can be given (`client_unknown`)."""
+    route = session.server_requests.pop(gateway_id)
+    log.debug("refused %s's server request: %s", route.upstream, text)
+    await _answer_upstream(route, {"code": -32603, "message": text, "data": {"reason": "client_unknown"}})
+
+
+async def _answer_upstream(route: ServerRequestRoute, error: dict[str, Any]) -> None:
     try:
         await route.session.respond({"jsonrpc": "2.0", "id": route.upstream_id, "error": error})
     except Exception:  # the upstream is gone: nothing awaits the answer either
