@@ -146,7 +146,7 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
 
     async def on_task_end(principal: Principal, task: str) -> None:
         # The same scoping as `_meta["customs/task"]`: an agent can only end its own task.
-        await parts.credentials.end_task(explicit_task_id(task, principal), "explicit")
+        await parts.credentials.end_task(explicit_task_id(task, principal), "explicit", principal.key)
 
     sessions = SessionManager(upstreams, catalog, idle_s=config.tasks.idle_s, on_end=on_session_end,
                               credential_headers=connect_headers, max_sessions=config.limits.max_sessions,

@@ -148,8 +148,10 @@ class CredentialService:
         """Credential header for an upstream session's set-up requests (initialize, listings)."""
         return await self.stage.connect_headers(principal, upstream, task_id)
 
-    async def end_task(self, task_id: str, reason: str = "explicit") -> list[str]:
-        return await self.tasks.end_task(task_id, reason)
+    async def end_task(self, task_id: str, reason: str = "explicit", principal_key: str | None = None) -> list[str]:
+        """`principal_key`: the task's owner, named in the revocation event even if this replica never saw the
+        task (its calls went through another replica, or none was made)."""
+        return await self.tasks.end_task(task_id, reason, principal_key)
 
     def rotate_keys(self) -> str:
         """Rotate the signing key now; returns the new kid (older keys stay published)."""

@@ -91,3 +91,34 @@ async def test_revocation_event_of_a_session_without_calls_names_its_principal(s
     (revoked,) = [e for e in events if e.get("type") == "credentials_revoked"]
     assert revoked["reason"] == "session_end" and revoked["count"] >= 1
     assert isinstance(revoked["principal"], str) and revoked["principal"]
+
+
+async def test_task_end_through_a_replica_that_never_served_the_task_names_its_principal(
+        redis_server, start_gateway, permissive_policies, tmp_path) -> None:
+    """The agent's calls went through A and its task_end through B (or it ended a task before any call): B did
+    not know the task, and its `credentials_revoked` record said `"principal": null` though the task's owner is
+    the agent that ended it (an agent can only end its own tasks)."""
+    async with run_http_server(payments_server()) as upstream_url:
+        config = {"listen": {"public_url": "http://customs.test"},
+                  "upstreams": [{"name": "payments", "url": upstream_url, "credentials": {"mode": "minted"}}],
+                  "store": {"redis": {"url": redis_server.url}}, "policies": {"dir": str(permissive_policies)},
+                  "signing": {"key_dir": str(tmp_path / "keys")}}
+        a = await start_gateway({**config, "decision_log": {"path": str(tmp_path / "a.jsonl")}})
+        b = await start_gateway({**config, "decision_log": {"path": str(tmp_path / "b.jsonl")}})
+        call = {"name": "payments__pay", "arguments": {"account": "acme-1", "amount": 3},
+                "_meta": {"customs/task": "order-42"}}
+        async with aiohttp.ClientSession() as http:
+            on_a, on_b = Agent(http, a.mcp), Agent(http, b.mcp)
+            await on_a.open()
+            await on_b.open()
+            assert "result" in await on_a.request("tools/call", call)
+            status, _ = await on_b.post({"jsonrpc": "2.0", "method": "notifications/customs/task_end",
+                                         "params": {"task": "order-42"}})
+            assert status == 202
+        assert await b.gateway.parts.observability.log.flush()
+        decided = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    (call_record,) = [r for r in decided if r.get("type") == "decision"]
+    events = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    (revoked,) = [e for e in events if e.get("type") == "credentials_revoked" and e["reason"] == "explicit"]
+    assert revoked["task_id"] == call_record["task_id"] and revoked["count"] == 1
+    assert revoked["principal"] == "anonymous|anonymous"
