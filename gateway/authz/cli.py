@@ -162,9 +162,15 @@ def _live_tools(config: Any) -> dict[str, list[dict[str, Any]]]:
 
     from gateway.authz.live_tools import ToolListError, fetch_tools
     try:
-        return asyncio.run(fetch_tools(config))
+        listed = asyncio.run(fetch_tools(config))
     except ToolListError as exc:
         raise CaseError(f"could not list the upstreams' tools: {exc}") from exc
+    for upstream, tools in listed.items():  # what --tools-json refuses by name, an upstream may list too
+        for index, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                raise CaseError(f"{upstream}: tools[{index}]: a tool must be a JSON object")
+            _check_tool(tool, f"{upstream}: tools[{index}]")
+    return listed
 
 
 def schema_cmd(args: argparse.Namespace) -> int:
