@@ -4,8 +4,8 @@ Claims: `iss` (the gateway), `aud` (the upstream), `sub` (the agent), `act` (the
 nested RFC 8693 form), `scope` (the tool names, space separated, and with `narrow_to_args` one
 `name:value` token per selected argument), `task`, `jti`, `iat`, `exp` (no later than the TTL and
 never after the task's known end), and with `narrow_to_args` an `args` claim holding the selected
-argument values as JSON. Every jti is recorded under its task before the token is handed out, so
-ending the task revokes it.
+argument values as JSON (not in session-level tokens, which name no item). Every jti is recorded under
+its task before the token is handed out, so ending the task revokes it.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class Minter:
         act = act_claim(principal.chain)
         if act is not None:
             claims["act"] = act
-        if narrowed is not None:
+        if narrowed is not None and tool_names:  # a session-level token names no item, so no argument either
             claims["args"] = narrowed
         token, kid = await self._sign_recorded(claims, task_id)
         if cache:

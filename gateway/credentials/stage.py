@@ -90,7 +90,9 @@ class CredentialStage:
     async def _minted(self, ctx: CallContext, upstream: UpstreamConfig) -> dict[str, str]:
         assert ctx.task_id is not None
         tool_names = [ctx.tool.name] if ctx.tool is not None else []
-        args: Mapping[str, Any] = ctx.args if ctx.method == "tools/call" else {}
+        # The item's own arguments: a tool call's and a prompt's (`params.arguments`); a read and a session's
+        # set-up requests have none.
+        args: Mapping[str, Any] = ctx.args if ctx.method in ("tools/call", "prompts/get") else {}
         token, claims = await self.minter.mint(ctx.principal, upstream, tool_names, args, ctx.task_id,
                                                self.tasks.known_end(ctx.task_id, ctx.principal))
         ctx.extra["credential"] = {"jti": claims["jti"], "exp": claims["exp"], "aud": claims["aud"]}
