@@ -127,12 +127,18 @@ def _fate(item: dict[str, Any]) -> str:
     return f"decided:     {shown(item['state'])}{when}"
 
 
+def _what(item: dict[str, Any]) -> str:
+    """After the tool's name: nothing for a tool call, else the request (a prompt and a tool may share a name)."""
+    method = item.get("method") or "tools/call"
+    return "" if method == "tools/call" else f" ({shown(method)})"
+
+
 def _print_item(item: dict[str, Any]) -> None:
     chain = " → ".join(shown(c) for c in item.get("chain") or []) or "—"
     decided_by = item.get("decided_by")
     decided = ", ".join(map(shown, decided_by)) if isinstance(decided_by, list) else shown(decided_by or "—")
     print(f"id:          {shown(item['id'])}\nstate:       {shown(item['state'])}\n"
-          f"tool:        {shown(item['upstream'])}/{shown(item['tool'])}\n"
+          f"tool:        {shown(item['upstream'])}/{shown(item['tool'])}{_what(item)}\n"
           f"agent:       {shown(item['principal'])}\nchain:       {chain}\n"
           f"tenant:      {shown(item.get('tenant') or '—')}\n"
           f"policies:    {', '.join(shown(p) for p in item.get('policies') or []) or '—'}\n"
@@ -156,7 +162,7 @@ def list_command(args: argparse.Namespace) -> int:
     print(f"{'ID':38} {'STATE':9} {'AGE':>5}  {'TOOL':28} AGENT")
     for item in items:
         print(f"{shown(item['id']):38} {shown(item['state']):9} {_age(item['created_at']):>5}  "
-              f"{shown(item['upstream'] + '/' + item['tool']):28} {shown(item['principal'])}")
+              f"{shown(item['upstream'] + '/' + item['tool']) + _what(item):28} {shown(item['principal'])}")
     return 0
 
 

@@ -26,14 +26,18 @@ class AlreadyDecided(Exception):
         super().__init__(f"{reason}: approval {approval.id} is {approval.state}")
 
 
-def binding_key(principal_key: str, upstream: str, tool: str, args_digest: str, chain: tuple[str, ...] = ()) -> str:
-    """One call's identity for approval purposes: same principal, delegation chain, tool and exact arguments.
+def binding_key(principal_key: str, upstream: str, tool: str, args_digest: str, chain: tuple[str, ...] = (),
+                method: str = "tools/call") -> str:
+    """One call's identity for approval purposes: same principal, delegation chain, method, tool and exact arguments.
 
     The chain is part of the call: approvers decide (and the self-approval rule applies) on the chain they
-    were shown, so the same agent calling through other actors, or directly, needs its own approval. A call
-    without a chain keeps the key it always had (replicas of older versions still join it).
+    were shown, so the same agent calling through other actors, or directly, needs its own approval. So is the
+    method: a prompt (`prompts/get`) and a tool of one name on one upstream are different calls, and approving
+    the one must not release the other. A tool call without a chain keeps the key it always had (replicas of
+    older versions still join it).
     """
-    parts = (principal_key, upstream, tool, args_digest, *(("chain", *chain) if chain else ()))
+    parts = (principal_key, upstream, tool, args_digest, *(("chain", *chain) if chain else ()),
+             *(("method", method) if method != "tools/call" else ()))
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
@@ -103,6 +107,12 @@ class Approval:
     def span_id(self) -> str | None:
         value = self.extra.get("span_id")
         return value if isinstance(value, str) else None
+
+    @property
+    def what(self) -> str:
+        """What the approver is asked to allow, after the tool's name: nothing for a tool call, else the request
+        (` (prompts/get)`, ` (resources/read)`): a prompt and a tool of one name are different calls."""
+        return "" if self.method == "tools/call" else f" ({self.method})"
 
     @property
     def claimable(self) -> bool:

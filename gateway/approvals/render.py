@@ -130,7 +130,7 @@ def item_card(item: Approval, csrf: str, now: float, *, decidable: bool = True, 
     else:
         actions = OWN_BEHALF
     return _template("item.html").substitute(
-        id=escape(item.id), upstream=_text(item.upstream), tool=_text(item.tool),
+        id=escape(item.id), upstream=_text(item.upstream), tool=_text(item.tool), what=escape(item.what),
         principal=_text(item.principal), chain=" → ".join(map(_text, item.chain)) or "— (direct)",
         tenant=_text(item.tenant or "—"), policies=", ".join(map(_text, item.policies)) or "—",
         age=relative(now - item.created_at) + " ago", expires=from_now(item.expires_at - now),
@@ -152,7 +152,7 @@ def history_table(items: Sequence[Approval]) -> str:
         return '<p class="muted">No decided calls yet.</p>'
     rows = "".join(
         f'<tr id="{escape(i.id)}"><td>{when(i.decided_at or i.created_at)}</td>'
-        f"<td>{_text(i.upstream)} / {_text(i.tool)}</td><td>{_text(i.principal)}</td>"
+        f"<td>{_text(i.upstream)} / {_text(i.tool)}{escape(i.what)}</td><td>{_text(i.principal)}</td>"
         f'<td class="state-{escape(i.state)}">{escape(i.state)}{_execution(i)}</td>'
         f"<td>{', '.join(map(_text, i.decided_by)) or '—'}</td><td>{_text(i.comment or '')}</td></tr>"
         for i in items)

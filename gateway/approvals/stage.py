@@ -134,7 +134,8 @@ class ApproveStage:
             principal_key=principal.key, chain=tuple(principal.chain_ids), tenant=principal.tenant,
             args=self._redact(ctx.args), args_digest=ctx.digest, policies=tuple(ctx.decision.policy_ids),
             created_at=now, expires_at=now + self._config.ttl_s,
-            key=binding_key(principal.key, upstream, ctx.tool.name, ctx.digest, tuple(principal.chain_ids)),
+            key=binding_key(principal.key, upstream, ctx.tool.name, ctx.digest, tuple(principal.chain_ids),
+                            ctx.method),
             subject=principal.subject,
             owners=owners_of(principal), policy_version=ctx.decision.policy_version,
             quorum=self.quorum(ctx.decision.policy_ids), method=ctx.method, extra=trace)

@@ -54,7 +54,7 @@ def _args_text(args: object) -> str:
 def message(approval: Approval, page_url: str | None) -> dict[str, Any]:
     """A Slack-compatible message (`text` + `blocks`), with the Approval itself for programs."""
     who = mrkdwn(approval.principal + (f" (via {' → '.join(approval.chain)})" if approval.chain else ""))
-    text = f"Approval needed: {who} wants to call {mrkdwn(approval.upstream)}/{mrkdwn(approval.tool)}"
+    text = f"Approval needed: {who} wants to call {mrkdwn(approval.upstream)}/{mrkdwn(approval.tool)}{approval.what}"
     fields = [f"*Agent:* {who}", f"*Tenant:* {mrkdwn(approval.tenant or '—')}",
               f"*Required by:* {mrkdwn(', '.join(approval.policies)) or '—'}",
               f"*Expires:* <!date^{int(approval.expires_at)}^{{time}}|{int(approval.expires_at)}>"]

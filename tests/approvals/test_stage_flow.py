@@ -308,3 +308,38 @@ async def test_a_client_going_away_after_the_store_lost_its_item_is_answered_can
     with pytest.raises(GatewayError) as info:
         await asyncio.wait_for(held, 10)
     assert info.value.reason == "approval_cancelled"
+
+
+async def test_an_approval_of_a_prompt_does_not_release_the_tool_of_that_name(store: Any) -> None:
+    """One upstream may have a prompt and a tool of one name (`restock`), taking the same arguments: approving
+    the prompt's read must not run the tool (the approval used to bind to upstream, name and arguments only, so
+    the tool call joined the approved item and ran), nor the other way round."""
+    stage = ApproveStage(store, ApprovalsConfig())
+
+    def held(method: str) -> Any:
+        ctx = call_context()
+        ctx.method = method
+        return ctx
+
+    with pytest.raises(GatewayError) as prompt:
+        await stage(held("prompts/get"))
+    prompt_id = prompt.value.data["approval_id"]
+    item = await store.get(prompt_id)
+    assert item.method == "prompts/get"
+    # The approver is told which it is: the page's card and history row, the webhook's text and the CLI.
+    from gateway.approvals import cli, render, webhooks
+    assert "payments / pay (prompts/get)</h3>" in render.item_card(item, "csrf", item.created_at)
+    assert "payments / pay (prompts/get)</td>" in render.history_table([item])
+    assert webhooks.message(item, None)["text"].endswith("payments/pay (prompts/get)")
+    assert cli._what(item.to_json()) == " (prompts/get)" and cli._what({"method": "tools/call"}) == ""
+    await store.decide(prompt_id, "alice", "approved", None)
+    with pytest.raises(GatewayError) as tool:
+        await stage(held("tools/call"))
+    assert tool.value.reason == "approval_pending" and tool.value.data["approval_id"] != prompt_id
+    await store.decide(tool.value.data["approval_id"], "alice", "approved", None)
+    ctx = held("prompts/get")
+    await stage(ctx)  # the prompt's approval is still there for the prompt, once
+    assert ctx.approval is not None and ctx.approval.id == prompt_id
+    ctx = held("tools/call")
+    await stage(ctx)
+    assert ctx.approval is not None and ctx.approval.id == tool.value.data["approval_id"]
