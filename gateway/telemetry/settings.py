@@ -136,9 +136,9 @@ def trace_settings(config: TelemetryConfig, env: Mapping[str, str]) -> TraceSett
         endpoint, console = None, False
     else:
         endpoint = _signal_endpoint(traces.endpoint, env, "traces")
-        # An explicit `console:` (false too) decides, as every setting the section gives.
-        console = traces.console if "console" in traces.model_fields_set else (
-            traces.endpoint is None and "console" in exporters(env, "traces"))
+        # An explicit `console:` (false too) decides, as every setting the section gives; else the variable's
+        # list does, also next to an endpoint the section sets (`otlp,console`: both).
+        console = traces.console if "console" in traces.model_fields_set else "console" in exporters(env, "traces")
     if "sample_ratio" in traces.model_fields_set:
         sampler: Sampler = ParentBased(TraceIdRatioBased(traces.sample_ratio))
     else:

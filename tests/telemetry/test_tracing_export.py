@@ -215,6 +215,15 @@ def test_the_exporter_variable_is_a_list_of_exporters(exporters: str, otlp: bool
     assert explicit.endpoint == "http://cfg:4318/v1/traces"  # the config section's own endpoint wins
 
 
+def test_the_exporter_variable_adds_the_console_to_a_configured_endpoint() -> None:
+    # The section sets the endpoint, not `console`: that one still comes from OTEL_TRACES_EXPORTER.
+    config = TelemetryConfig.model_validate({"traces": {"endpoint": "http://cfg:4318"}})
+    both = trace_settings(config, {"OTEL_TRACES_EXPORTER": "otlp,console"})
+    assert (both.endpoint, both.console) == ("http://cfg:4318/v1/traces", True)
+    assert not trace_settings(config, {}).console
+    assert not trace_settings(config, {"OTEL_TRACES_EXPORTER": "otlp"}).console
+
+
 def test_an_explicit_console_false_wins_over_the_exporter_variable() -> None:
     env = {"OTEL_TRACES_EXPORTER": "console"}
     assert not trace_settings(TelemetryConfig.model_validate({"traces": {"console": False}}), env).enabled
