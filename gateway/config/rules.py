@@ -51,6 +51,8 @@ def credentials_rules(credentials: Any) -> Iterator[Problem]:
             yield ("header",), f"{header!r} is not an HTTP header name"
         elif header.lower() in RESERVED_HEADERS:
             yield ("header",), f"{header} is set by the transport itself; the credential would never be sent"
+    if _get(credentials, "audience") == "":  # a variable set to nothing: not "use the default" in disguise
+        yield ("audience",), "must not be empty (leave it out for the upstream's url)"
     if mode != "minted" and _items(_get(credentials, "narrow_to_args")):
         # Only a minted token carries narrowed argument values; in any other mode the list would narrow nothing.
         yield ("narrow_to_args",), f"only used by mode minted (mode is {mode})"

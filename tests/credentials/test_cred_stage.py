@@ -176,3 +176,17 @@ def test_credential_header_names_that_reach_the_upstream_are_accepted() -> None:
     for header in ("Authorization", "X-Api-Key", "x_token.v2"):
         parse_config({"upstreams": [{"name": "p", "url": "http://127.0.0.1:9001/mcp",
                                      "credentials": {"mode": "static", "value_env": "K", "header": header}}]})
+
+
+@pytest.mark.parametrize("mode", ["minted", "token_exchange"])
+def test_an_empty_audience_is_a_config_error(mode) -> None:
+    """`audience: ""` (a `${VAR}` set to nothing) was taken for "not set": tokens silently named the upstream's url
+    (or, in an exchange, asked for it) instead of the audience the operator meant; `config check` said OK."""
+    from gateway.config import ConfigError, parse_config
+
+    exchange = {"token_endpoint": "http://127.0.0.1:9/token", "client_id": "c"} if mode == "token_exchange" else {}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": [{"name": "p", "url": "http://127.0.0.1:9001/mcp",
+                                     "credentials": {"mode": mode, "audience": "", **exchange}}]})
+    assert "upstreams[0].credentials.audience: must not be empty (leave it out for the upstream's url)" \
+        in info.value.problems, info.value.problems
