@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -27,9 +28,11 @@ class LimitBackend(Protocol):
         """Take one token; return 0 when admitted, else seconds until a token is available."""
         ...
 
-    async def acquire(self, key: str, limit: int) -> bool: ...
+    async def acquire(self, key: str, limit: int) -> str | None:
+        """Take a concurrency slot; return its id when admitted, else None."""
+        ...
 
-    async def release(self, key: str) -> None: ...
+    async def release(self, key: str, slot: str = "") -> None: ...
 
 
 @dataclass(slots=True)
@@ -91,14 +94,14 @@ class MemoryLimits:
             await asyncio.sleep(self.sweep_s)  # periodic timer; close() cancels it
             self.sweep()
 
-    async def acquire(self, key: str, limit: int) -> bool:
+    async def acquire(self, key: str, limit: int) -> str | None:
         current = self.counters.get(key, 0)
         if current >= limit:
-            return False
+            return None
         self.counters[key] = current + 1
-        return True
+        return key
 
-    async def release(self, key: str) -> None:
+    async def release(self, key: str, slot: str = "") -> None:
         current = self.counters.get(key, 0) - 1
         if current <= 0:
             self.counters.pop(key, None)
@@ -136,52 +139,79 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return tostring(wait)
 """
 
+# Concurrency slots: one member per slot in a sorted set, scored with the end of its own lease (ms, Redis'
+# clock). A slot whose release never came (a replica killed mid-call, Redis down when the call ended) lapses
+# on its own. A single counter with one expiry, renewed by every call, never lapsed while calls kept coming:
+# each lost release cost a slot for good.
 _ACQUIRE = """
-local n = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], lease)
 return 1
 """
-
-
-# A slot whose lease lapsed (a call longer than the lease, a replica that crashed) is gone already: never
-# count below zero, or the next callers would get one slot more than the limit.
-_RELEASE = """
-if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
-return 1
-"""
+RELEASE_RETRY_S = 1.0  # a release Redis could not take is tried again this often, until the slot's lease ends
 
 
 class RedisLimits:
-    """Buckets and counters shared by every replica."""
+    """Buckets and concurrency slots shared by every replica."""
 
-    def __init__(self, redis: Any, prefix: str, lease_s: int = 300) -> None:
+    def __init__(self, redis: Any, prefix: str, lease_s: float = 300) -> None:
         self._redis = redis
         self._prefix = prefix + "limit:"
-        self._lease_s = lease_s  # a crashed replica's concurrency slots expire after this
+        self._lease_s = lease_s  # a slot whose release never came (a crashed replica) lapses after this
         self._take = redis.register_script(_TAKE)
         self._acquire = redis.register_script(_ACQUIRE)
-        self._release = redis.register_script(_RELEASE)
+        self._retries: set[asyncio.Task[None]] = set()
 
     async def take(self, key: str, rate: float, burst: int) -> float:
         try:
             return float(await self._take(keys=[self._prefix + "rate:" + key], args=[rate, burst]))
         except Exception as exc:
-            raise GatewayError("rate_limited", "Rate limiter unavailable; call refused",
-                               data={"retry_after_s": 1}, headers={"Retry-After": "1"}) from exc
+            raise _unavailable() from exc
 
-    async def acquire(self, key: str, limit: int) -> bool:
+    async def acquire(self, key: str, limit: int) -> str | None:
+        slot = uuid.uuid4().hex
         try:
-            return bool(await self._acquire(keys=[self._prefix + "conc:" + key], args=[limit, self._lease_s]))
+            admitted = await self._acquire(keys=[self._prefix + "slots:" + key],
+                                           args=[limit, math.ceil(self._lease_s * 1000), slot])
         except Exception as exc:
-            raise GatewayError("rate_limited", "Rate limiter unavailable; call refused",
-                               data={"retry_after_s": 1}, headers={"Retry-After": "1"}) from exc
+            raise _unavailable() from exc
+        return slot if admitted else None
 
-    async def release(self, key: str) -> None:
+    async def release(self, key: str, slot: str = "") -> None:
+        """Give the slot back; while Redis cannot take that (down, restarting) it is tried again in the
+        background until it is taken or its lease has ended, so the slot is free soon after Redis is back."""
         try:
-            await self._release(keys=[self._prefix + "conc:" + key])
+            await self._redis.zrem(self._prefix + "slots:" + key, slot)
         except Exception:
-            pass  # the lease expiry returns the slot
+            task = asyncio.create_task(self._retry_release(key, slot), name="customs-limits-release")
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+    async def _retry_release(self, key: str, slot: str) -> None:
+        deadline = time.monotonic() + self._lease_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(RELEASE_RETRY_S)  # a retry period while Redis is away, not synchronisation
+            with contextlib.suppress(Exception):
+                await self._redis.zrem(self._prefix + "slots:" + key, slot)
+                return
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        for task in list(self._retries):
+            task.cancel()
+        await asyncio.gather(*self._retries, return_exceptions=True)
+
+
+def _unavailable() -> GatewayError:
+    return GatewayError("rate_limited", "Rate limiter unavailable; call refused",
+                        data={"retry_after_s": 1}, headers={"Retry-After": "1"})
 
 
 class Limiter:
@@ -219,17 +249,18 @@ class Limiter:
 
     @asynccontextmanager
     async def _hold(self, ctx: CallContext) -> AsyncIterator[None]:
-        held: list[str] = []
+        held: list[tuple[str, str]] = []
         try:
             for key, rule in self._rules(ctx):
                 if rule.concurrency:
-                    if not await self._backend.acquire(key, rule.concurrency):
+                    slot = await self._backend.acquire(key, rule.concurrency)
+                    if slot is None:
                         raise _limited(1.0, "concurrency", key)
-                    held.append(key)
+                    held.append((key, slot))
             yield
         finally:
-            for key in held:
-                await self._backend.release(key)
+            for key, slot in held:
+                await self._backend.release(key, slot)
 
 
 def _limited(wait: float, kind: str, key: str) -> GatewayError:

@@ -228,6 +228,8 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     if isinstance(limit_backend, MemoryLimits) and (config.limits.per_principal.rate_per_s
                                                    or config.limits.per_tool.rate_per_s):
         owners.append(limit_backend)  # sweeps refilled buckets; no rate rule, no buckets to sweep
+    if isinstance(limit_backend, RedisLimits):
+        owners.append(limit_backend)  # retries releases Redis could not take; ends them on close
     if isinstance(pins, RedisPins) and config.pinning.mode != "off":
         owners.append(pins)  # hears other replicas' quarantines and re-approvals
     identity_owner = identifier if hasattr(identifier, "start") else None

@@ -136,9 +136,10 @@ async def test_a_slot_released_after_its_lease_lapsed_gives_no_extra_slot(redis_
     client = aioredis.from_url(redis_server.url)
     try:
         limits = RedisLimits(client, "t:")
-        assert await limits.acquire("tool", 1)
-        await client.delete("t:limit:conc:tool")  # the lease lapsed while the call ran
-        await limits.release("tool")
+        slot = await limits.acquire("tool", 1)
+        assert slot is not None
+        await client.delete("t:limit:slots:tool")  # the lease lapsed while the call ran
+        await limits.release("tool", slot)
         assert await limits.acquire("tool", 1)
         assert not await limits.acquire("tool", 1)  # exactly the limit, not one more
     finally:
