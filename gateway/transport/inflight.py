@@ -55,6 +55,11 @@ class InflightTable:
 
     def discard(self, pending: Pending) -> None:
         """Drop a finished request; a tombstone stays until `forget` (or its answer, or `fail_all`)."""
+        future = pending.future
+        if future.done() and not future.cancelled():
+            # Taken here: its waiter may have left before awaiting it (the write failed as the child
+            # died and `fail_all` failed it), and asyncio logs a failure nobody took when it is freed.
+            future.exception()
         if not pending.abandoned:
             self.forget(pending)
 
