@@ -20,6 +20,7 @@ from gateway.authz.cases import (
     CaseError,
     agent_action,
     facts_from,
+    load_cases,
     principal_from_claims,
     run_cases_file,
     tool_from,
@@ -46,6 +47,20 @@ def _case_files(paths: list[Path]) -> list[Path]:
     return out
 
 
+def _policies_hint(path: Path) -> str:
+    """Where the policies of a cases file run without --policies were looked for, and how to name others."""
+    try:
+        named = load_cases(path).get("policies")
+    except CaseError:
+        named = None
+    if isinstance(named, str):  # the file named them: not a guess, but a path relative to the file
+        return (f"\n  (from the file's `policies: {named}`, which is relative to the file's directory "
+                f"{path.parent}; fix it or pass --policies DIR)")
+    # Without either the directory is a guess (beside the file, above tests/): say how to name it.
+    return ("\n  (no --policies given: the policies are looked for beside the cases file, or above its tests/"
+            " directory; name them with `policies:` in the file or --policies DIR)")
+
+
 def test_cmd(args: argparse.Namespace) -> int:
     failed = total = 0
     for path in _case_files(args.cases):
@@ -55,10 +70,7 @@ def test_cmd(args: argparse.Namespace) -> int:
             _err(str(exc))
             return 2
         except PolicyLoadError as exc:
-            # Without --policies the directory may be a guess (beside the file, above tests/): say how to name it.
-            hint = "" if args.policies is not None else (
-                "\n  (no --policies given: the policies are looked for beside the cases file, or above its tests/"
-                " directory; name them with `policies:` in the file or --policies DIR)")
+            hint = "" if args.policies is not None else _policies_hint(path)
             _err(f"cannot load policies for {path}:\n" + "\n".join(f"  {p}" for p in exc.problems) + hint)
             return 2
         for result in results:

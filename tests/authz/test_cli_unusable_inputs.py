@@ -145,6 +145,12 @@ def test_cases_outside_a_policy_directory_say_how_to_name_one(tmp_path: Path) ->
     assert "--policies DIR" in result.stderr and "`policies:`" in result.stderr, result.stderr
     given = customs_main("policy", "test", cases, "--policies", tmp_path)
     assert given.returncode == 2 and "--policies DIR" not in given.stderr
+    # A file that names its policies was told "no --policies given ... name them with `policies:`" all the same.
+    cases.write_text("policies: ../nowhere\n" + cases.read_text())
+    named = customs_main("policy", "test", cases)
+    assert named.returncode == 2 and "no --policies given" not in named.stderr, named.stderr
+    assert f"from the file's `policies: ../nowhere`, which is relative to the file's directory {tmp_path}" \
+        in named.stderr, named.stderr
 
 
 def test_explain_refuses_a_multi_valued_contract_claim_as_the_gateway_does() -> None:
