@@ -173,6 +173,24 @@ def _effective_pin(config_pin: str | None, record: Mapping[str, Any], digest: st
     return config_pin
 
 
+def _one_per_name(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """The first definition listed under each name, and the names listed more than once with different
+    definitions (each with its distinct hashes, in list order). Such a list once had the pinned copy of a
+    name served and callable beside a changed copy that quarantined the name: an upstream can say both."""
+    first: dict[str, dict[str, Any]] = {}
+    digests: dict[str, list[str]] = {}
+    for tool in tools:
+        name = str(tool.get("name"))
+        if name not in first:
+            first[name] = tool
+            continue
+        seen = digests.setdefault(name, [definition_hash(first[name])])
+        digest = definition_hash(tool)
+        if digest not in seen:
+            seen.append(digest)
+    return list(first.values()), {name: d for name, d in digests.items() if len(d) > 1}
+
+
 class ToolGuard:
     """Checks listed tools against their pins; decides which may be shown and called."""
 
@@ -201,11 +219,19 @@ class ToolGuard:
         config = self._configs[upstream]
         usable: list[dict[str, Any]] = []
         quarantined: list[str] = []
+        tools, twice = _one_per_name(tools)
         flagged = self._learn(upstream, tools)
         for tool in tools:
             name = str(tool.get("name"))
             digest = definition_hash(tool)
             override = config.tools.get(name)
+            if name in twice:  # which copy would an agent be shown, which one would run? Neither is trusted.
+                quarantined.append(name)
+                pin = (pins.get(name) or {}).get("hash") or (override.pin if override else None)
+                seen = next((d for d in twice[name] if d != pin), digest)
+                await self._quarantine(upstream, name, seen, "listed more than once with different definitions",
+                                       pins)
+                continue
             pinned = _effective_pin(override.pin if override else None, pins.get(name) or {}, digest)
             if pinned is None:
                 if self._mode == "strict":
