@@ -5,7 +5,8 @@ problems, all of them, each with its config path. Both go through `preflight`, w
 loaders the running gateway uses (the policy loader, the identity key sources, the TLS context), so the
 two commands agree on these files. Nothing here needs the network, starts a child or writes a file: JWKS URLs,
 upstreams, the store and the directories serve creates (decision log, signing keys where it may generate them)
-are not checked; a signing key serve may not generate (outside dev) must already be in `signing.key_dir`.
+are not checked, except a `signing.key_dir` that is, or lies below, a file; a signing key serve may not generate
+(outside dev) must already be in `signing.key_dir`.
 """
 
 from __future__ import annotations

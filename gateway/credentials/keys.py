@@ -93,6 +93,20 @@ def _write_private(path: Path, key: PrivateKey) -> None:
         handle.write(pem)
 
 
+_CANNOT_KEEP = "signing.key_dir: {}: cannot keep signing keys there"
+
+
+def unusable_key_dir(key_dir: Path) -> str | None:
+    """Why no key can be generated in `key_dir`, as far as reading shows (no write is tried): it, or the nearest
+    of its parents that exists, is not a directory."""
+    path = key_dir
+    while not path.exists() and not path.is_symlink() and path.parent != path:
+        path = path.parent
+    if path.is_dir():
+        return None
+    return f"{_CANNOT_KEEP.format(key_dir)} ({path} is not a directory)"
+
+
 def generation_allowed(config: Config) -> bool:
     """Whether a missing signing key may be generated: `signing.generate`, else only in dev environments."""
     if config.signing.generate is not None:
@@ -154,8 +168,11 @@ def read_keys(key_dir: Path, *, tighten: bool = True) -> list[SigningKey]:
 def missing_key_problems(config: Config) -> list[str]:
     """What `config check` and `serve` report when the gateway needs a signing key it may not generate."""
     signing = config.signing
-    if generation_allowed(config) or not signer_needed(config):
+    if not signer_needed(config):
         return []
+    if generation_allowed(config):
+        problem = unusable_key_dir(signing.key_dir)
+        return [] if problem is None else [problem]
     if any(k.algorithm == signing.algorithm for k in read_keys(signing.key_dir, tighten=False)):
         return []
     return [f"signing.key_dir: {signing.key_dir}: no {signing.algorithm} signing key (a PKCS#8 PEM file); "
@@ -181,15 +198,24 @@ class SigningKeys:
         return self.config.key_dir
 
     def load(self) -> None:
-        """Read every key in key_dir; generate and persist one if none signs with the configured algorithm."""
+        """Read every key in key_dir; generate and persist one if none signs with the configured algorithm.
+
+        A key_dir that cannot take the key refuses the start only when an upstream needs signed tokens (`required`):
+        otherwise the key would serve nothing, and the JWKS stays empty (a warning says why)."""
+        generated: SigningKey | None = None
+        problem = unusable_key_dir(self.key_dir) if self.generate else None  # what config check reports too
         try:
-            if self.generate:
+            if problem is None and self.generate:
                 self.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._keys = read_keys(self.key_dir)
-            generated = self._generate() if self._signer() is None and self.generate else None
-        except OSError as exc:  # config check cannot try this (a write): serve refuses with the config key
-            raise ConfigError([f"signing.key_dir: {self.key_dir}: cannot keep signing keys there "
-                               f"({exc.strerror or exc}: {exc.filename})"], "signing") from exc
+            if problem is None and self._signer() is None and self.generate:
+                generated = self._generate()
+        except OSError as exc:  # only a write shows these (read-only or missing mount): serve's own check
+            problem = f"{_CANNOT_KEEP.format(self.key_dir)} ({exc.strerror or exc}: {exc.filename})"
+        if problem is not None:
+            if self.required:
+                raise ConfigError([problem], "signing")
+            log.warning("%s; no upstream needs gateway-signed tokens, so the JWKS stays empty", problem)
         if self._signer() is None:
             if generated is not None:
                 self._keys = [*self._keys, generated]
