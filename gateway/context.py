@@ -96,6 +96,9 @@ class ApprovalState:
     decided_by: tuple[str, ...] = ()
     comment: str | None = None
     waited_s: float = 0.0
+    # (trace id, span id) in hex of the `customs.approval` span of the request that asked for the approval
+    # (stored on the item), for a span link from a retry or an identical call that joined it.
+    held_span: tuple[str, str] | None = None
 
 
 # One encoder, built once: json.dumps with these options builds a new JSONEncoder on every call,

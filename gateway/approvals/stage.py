@@ -82,6 +82,11 @@ def _unreleased(item: Approval, reason: str, waited_s: float) -> ApprovalState:
     return ApprovalState(item.id, outcome, item.decided_by, item.comment, waited_s)
 
 
+def _held_span(item: Approval) -> tuple[str, str] | None:
+    trace_id, span_id = item.trace_id, item.span_id
+    return (trace_id, span_id) if trace_id and span_id else None
+
+
 class ApproveStage:
     """Stage 3 of the pipeline. No-op unless ctx.decision.outcome == "approval_required"."""
 
@@ -160,7 +165,7 @@ class ApproveStage:
                 if item.claimable:
                     if await self._store.claim_execution(item.id):
                         ctx.approval = ApprovalState(item.id, outcome, item.decided_by, item.comment,
-                                                     self._clock() - started)
+                                                     self._clock() - started, _held_span(item))
                         ctx.extra[APPROVAL_SETTLE] = self.settle  # a bound method: no cycle through ctx
                         return
                     continue

@@ -101,6 +101,10 @@ class LightSpan:
                 attributes = {k: v for k, v in attributes.items() if v is not None}
             self._attributes.update(attributes)
 
+    def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
+        if self._sink is not None and not self._end:
+            self._links = [*self._links, Link(context, attributes)]
+
     def update_name(self, name: str) -> None:
         if self._sink is not None and not self._end:
             self._name = name

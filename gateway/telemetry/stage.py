@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from opentelemetry.trace import SpanContext
+
 from gateway.catalog import PENDING_TOOL
 from gateway.config.model import UpstreamConfig
 from gateway.context import NOT_FOUND_ITEM, CallContext, Decision
@@ -31,7 +33,7 @@ from gateway.telemetry.attributes import (
 from gateway.telemetry.decision_log import DecisionLog, error_reason
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.span_errors import error_code, is_tool_error, mark_error, mark_tool_error
-from gateway.telemetry.tracing import Telemetry, set_attributes, span_name
+from gateway.telemetry.tracing import AnySpan, Telemetry, set_attributes, span_name
 
 UPSTREAM_REASONS = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_error"})
 STAGE_SPANS = {"authorize": "customs.authorize", "approve": "customs.approval", "credential": "customs.credential"}
@@ -161,8 +163,26 @@ class _Traced:
                 await self._stage(ctx)
             finally:
                 set_attributes(span, self._after(ctx))
+                if self._name == "approve":
+                    link_held_call(span, ctx)
                 if self._metrics is not None:
                     self._metrics.stage_duration(self._name, time.perf_counter() - started)
+
+
+def link_held_call(span: AnySpan, ctx: CallContext) -> None:
+    """A call released by an approval another request asked for (the agent's retry after `approval_pending`, an
+    identical call that joined a held one) links its `customs.approval` span to that request's, whose trace holds
+    the wait: nothing of that context came with this request, so a link, never a parent (docs/tracing.md)."""
+    held = ctx.approval.held_span if ctx.approval is not None else None
+    if held is None or not span.is_recording():
+        return
+    try:
+        trace_id, span_id = int(held[0], 16), int(held[1], 16)
+    except ValueError:  # not ids (an item written by something else): nothing to link to
+        return
+    own = span.get_span_context()
+    if (trace_id, span_id) != (own.trace_id, own.span_id) and trace_id and span_id:
+        span.add_link(SpanContext(trace_id, span_id, is_remote=True), {"customs.link": "held_call"})
 
 
 class _TracedForward:
