@@ -27,17 +27,19 @@ class AlreadyDecided(Exception):
 
 
 def binding_key(principal_key: str, upstream: str, tool: str, args_digest: str, chain: tuple[str, ...] = (),
-                method: str = "tools/call") -> str:
-    """One call's identity for approval purposes: same principal, delegation chain, method, tool and exact arguments.
+                method: str = "tools/call", tenant: str | None = None) -> str:
+    """One call's identity for approval purposes: same principal in the same tenant, delegation chain, method, tool
+    and exact arguments.
 
     The chain is part of the call: approvers decide (and the self-approval rule applies) on the chain they
     were shown, so the same agent calling through other actors, or directly, needs its own approval. So is the
     method: a prompt (`prompts/get`) and a tool of one name on one upstream are different calls, and approving
-    the one must not release the other. A tool call without a chain keeps the key it always had (replicas of
-    older versions still join it).
+    the one must not release the other. And the tenant: one agent (issuer and subject) may act for several
+    tenants, one per token, and approvers decided in the one they were shown. A tool call without a chain or a
+    tenant keeps the key it always had (replicas of older versions still join it).
     """
     parts = (principal_key, upstream, tool, args_digest, *(("chain", *chain) if chain else ()),
-             *(("method", method) if method != "tools/call" else ()))
+             *(("method", method) if method != "tools/call" else ()), *(("tenant", tenant) if tenant else ()))
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 

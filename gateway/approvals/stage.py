@@ -140,7 +140,7 @@ class ApproveStage:
             args=self._redact(ctx.args), args_digest=ctx.digest, policies=tuple(ctx.decision.policy_ids),
             created_at=now, expires_at=now + self._config.ttl_s,
             key=binding_key(principal.key, upstream, ctx.tool.name, ctx.digest, tuple(principal.chain_ids),
-                            ctx.method),
+                            ctx.method, principal.tenant),
             subject=principal.subject,
             owners=owners_of(principal), policy_version=ctx.decision.policy_version,
             quorum=self.quorum(ctx.decision.policy_ids), method=ctx.method, extra=trace)

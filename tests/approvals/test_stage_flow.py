@@ -343,3 +343,25 @@ async def test_an_approval_of_a_prompt_does_not_release_the_tool_of_that_name(st
     ctx = held("tools/call")
     await stage(ctx)
     assert ctx.approval is not None and ctx.approval.id == tool.value.data["approval_id"]
+
+
+async def test_an_approval_in_one_tenant_does_not_release_the_call_in_another(store: Any) -> None:
+    """An agent whose tokens name the tenant it acts for (one subject, several tenants): approvers decided the
+    call in the tenant they were shown, and tenant-scoped policies pass in either, so the same call in another
+    tenant needs its own approval (the approval used to bind to issuer and subject only: it ran there)."""
+    from gateway.context import Actor, Principal
+
+    stage = ApproveStage(store, ApprovalsConfig())
+    base = {"id": "agent-1", "issuer": "https://idp.test", "subject": "agent-1", "chain": (Actor("orchestrator"),)}
+    acme, globex = (Principal(**base, attributes={"tenant": t}) for t in ("acme", "globex"))  # type: ignore[arg-type]
+    with pytest.raises(GatewayError) as first:
+        await stage(call_context(principal=acme))
+    approval_id = first.value.data["approval_id"]
+    await store.decide(approval_id, "alice", "approved", None)
+    with pytest.raises(GatewayError) as other:
+        await stage(call_context(principal=globex))
+    assert other.value.reason == "approval_pending" and other.value.data["approval_id"] != approval_id
+    assert (await store.get(other.value.data["approval_id"])).tenant == "globex"
+    ctx = call_context(principal=acme)
+    await stage(ctx)  # the approved call, in its tenant, runs once
+    assert ctx.approval is not None and ctx.approval.id == approval_id
