@@ -15,7 +15,6 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Collection
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from aiohttp import web
 
 from gateway.config import Config, ConfigError, load_config, parse_config
 from gateway.config.addresses import url_host
+from gateway.config.load import shipped_policies as shipped_policies  # re-exported: setup.py, demo
 from gateway.keys import GATEWAY
 from gateway.preflight import exposure_warnings, policy_warnings, preflight, ssl_context
 
@@ -34,15 +34,6 @@ log = logging.getLogger("customs")
 # nothing and cost ~17 µs a call (~27 µs traced; measured with gc.callbacks). Above the in-flight
 # working set of a few hundred concurrent calls, young collections run only for real garbage.
 GC_YOUNG_THRESHOLD = 50_000
-
-
-def shipped_policies() -> Path:
-    """The shipped policy set: gateway/policies in an installed wheel (setup.py copies it there), else the
-    checkout's top-level policies/ (editable installs and the source tree read it in place)."""
-    packaged = resources.files("gateway").joinpath("policies")
-    if isinstance(packaged, Path) and packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parents[1] / "policies"
 
 
 def default_config(port: int = 8700) -> Config:

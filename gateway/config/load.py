@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,24 @@ def _substitute(node: Any, env: Mapping[str, str], path: str, problems: list[str
     if isinstance(node, dict):
         return {k: _substitute(v, env, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
     return node
+
+
+def shipped_policies() -> Path:
+    """The shipped policy set: gateway/policies in an installed wheel (setup.py copies it there), else the
+    checkout's top-level policies/ (editable installs and the source tree read it in place)."""
+    packaged = resources.files("gateway").joinpath("policies")
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "policies"
+
+
+def _default_policies(data: dict[str, Any]) -> None:
+    """A config file naming no `policies.dir`: `policies/` in the working directory when there is one (the
+    model's default), else the shipped set, as `customs serve` without a config uses it."""
+    section = data.get("policies", {})
+    if not isinstance(section, dict) or "dir" in section or Path("policies").is_dir():
+        return
+    data["policies"] = {**section, "dir": str(shipped_policies())}
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -208,4 +227,6 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         raise ConfigError([f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"], str(path)) from exc
+    if isinstance(data, dict):
+        _default_policies(data)
     return parse_config(data, env=env, base=path.parent.resolve(), source=str(path))
