@@ -12,7 +12,6 @@ else (and an argument with no single Cedar type) is left out of `Args`, with a c
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -24,6 +23,8 @@ END = "// END GENERATED ARGS"
 # arguments record as level 1): a field typed deeper would never reach a policy.
 _MAX_DEPTH = DEFAULT_BOUNDS.max_depth - 1
 _UNTYPED = "no single Cedar type"
+_UNNAMED = "a name that is not valid Unicode (no Cedar string holds it)"
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
 _SCALARS = {"string": "String", "integer": "Long", "number": "Long", "boolean": "Bool"}
 
 
@@ -95,8 +96,20 @@ def _untyped(schema: dict[str, Any], depth: int, root: Any, refs: frozenset[str]
     return None
 
 
+def _escaped(text: str) -> str:
+    """`text` as the inside of a Cedar string literal (or a one-line comment): Cedar's own escapes, `\\u{hex}`
+    for anything else that is not printable; printable non-ASCII stays as it is. (JSON's `\\u00fc` and `\\b`
+    are not Cedar escapes: one non-ASCII argument name made the whole schema fail to parse.)"""
+    return "".join(_ESCAPES.get(c) or (c if c.isprintable() else f"\\u{{{ord(c):x}}}") for c in text)
+
+
+def _nameable(name: str) -> bool:
+    """A lone surrogate (JSON may carry `\\ud800`) is in no Cedar string, so no policy can read it."""
+    return not any(0xD800 <= ord(c) <= 0xDFFF for c in name)
+
+
 def _attr(name: str) -> str:
-    return json.dumps(name)
+    return f'"{_escaped(name)}"'
 
 
 def record_type(properties: Any, depth: int = 0, root: Any = None, refs: frozenset[str] = frozenset()) -> str | None:
@@ -104,7 +117,7 @@ def record_type(properties: Any, depth: int = 0, root: Any = None, refs: frozens
         return "{}"
     fields = []
     for name in sorted(properties):
-        typ = cedar_type(properties[name], depth, root, refs)
+        typ = cedar_type(properties[name], depth, root, refs) if _nameable(str(name)) else None
         if typ is not None:
             fields.append(f"{_attr(str(name))}?: {typ}")
     return "{ " + ", ".join(fields) + " }" if fields else "{}"
@@ -136,20 +149,20 @@ def schema_from_input_schemas(tools: dict[str, list[dict[str, Any]]]) -> str:
             root = tool.get("inputSchema") or {}
             props = root.get("properties") or {}
             lines.append(f"type {_ident(upstream, name, idents)} = {record_type(props, 0, root)};  "
-                         f"// {upstream}/{name}")
+                         f"// {_escaped(f'{upstream}/{name}')}")
             for arg in sorted(props):
                 # An argument one tool cannot type is left out as a conflict is: typing it by the other
                 # tools would let that tool's values reach policies as something the schema does not say.
-                typ = cedar_type(props[arg], 0, root) or _UNTYPED
-                owners.setdefault(arg, []).append(f"{upstream}/{name}: {typ}")
-                if merged.setdefault(arg, typ) != typ or typ == _UNTYPED:
+                typ = (cedar_type(props[arg], 0, root) or _UNTYPED) if _nameable(str(arg)) else _UNNAMED
+                owners.setdefault(arg, []).append(f"{_escaped(f'{upstream}/{name}')}: {typ}")
+                if merged.setdefault(arg, typ) != typ or typ in (_UNTYPED, _UNNAMED):
                     conflicts.setdefault(arg, set()).add(typ)
     lines.append("// Arguments of every tool (each optional: tools differ).")
     lines.append("type Args = {")
     for arg in sorted(merged):
-        if conflicts.get(arg) == {_UNTYPED} and merged[arg] == _UNTYPED:
+        if merged[arg] in (_UNTYPED, _UNNAMED) and conflicts.get(arg) == {merged[arg]}:
             tools_of = "; ".join(o.rsplit(": ", 1)[0] for o in owners[arg])
-            lines.append(f"  // {_attr(arg)} left out: {_UNTYPED} ({tools_of})")
+            lines.append(f"  // {_attr(arg)} left out: {merged[arg]} ({tools_of})")
         elif arg in conflicts:
             lines.append(f"  // {_attr(arg)} left out: conflicting types ({'; '.join(owners[arg])})")
         else:

@@ -145,6 +145,32 @@ def test_generated_schema_parses_for_any_legal_upstream_and_tool_names(policy_di
     assert checked.returncode == 0, checked.stderr
 
 
+def test_generated_schema_parses_for_any_argument_name(policy_dir: Path, tmp_path: Path) -> None:
+    """Argument names were quoted as JSON (`"\\u00fc"`, `"\\b"`), escapes Cedar's schema parser refuses, and a
+    tool name's newline ended the comment naming it: one non-ASCII argument made the whole schema unusable."""
+    tools = tmp_path / "tools.json"
+    props = {name: {"type": "string"} for name in ("ü", "日本", "bell\x07", "back\bspace", "q\"uote", "lone\ud800")}
+    tools.write_text(json.dumps({"shop": {"tools": [
+        {"name": "t\nwith newline", "inputSchema": {"properties": props}},
+        {"name": "u", "inputSchema": {"properties": {"lone\ud800": {"type": "integer"}}}}]}}))
+    result = run("schema", "--tools-json", tools, "--policies", policy_dir, "-o", policy_dir / "schema.cedarschema")
+    assert result.returncode == 0, result.stderr
+    schema = (policy_dir / "schema.cedarschema").read_text(encoding="utf-8")
+    assert '"ü"?: String' in schema and '"日本"?: String' in schema and '"bell\\u{7}"?: String' in schema
+    assert "// shop/t\\nwith newline" in schema
+    # Not valid Unicode: no Cedar string can name it, so it is left out (named in a comment, escaped).
+    assert '"lone\\u{d800}" left out: a name that is not valid Unicode' in schema and '"lone\\u{d800}"?' not in schema
+    (policy_dir / "umlaut.cedar").write_text(
+        '@id("no-umlaut")\nforbid (principal, action == Action::"call_tool", resource == Tool::"shop/u")\n'
+        'when { context.args has "ü" && context.args["ü"] == "x" };\n')
+    checked = run("validate", policy_dir)
+    assert checked.returncode == 0, checked.stderr
+    explained = run("explain", "--policies", policy_dir, "--principal-claims", '{"sub": "a", "tenant": "acme"}',
+                    "--tool", "shop/u", "--annotations", '{"read_only": true}', "--args", '{"ü": "x"}')
+    assert explained.returncode == 0, explained.stderr
+    assert json.loads(explained.stdout)["policies"] == ["no-umlaut"]
+
+
 def test_schema_errors(tmp_path: Path) -> None:
     missing = run("schema", "--policies", SHIPPED)
     assert missing.returncode == 2 and "--tools-json" in missing.stderr
