@@ -80,7 +80,7 @@ async def route_server_message(session: Session, upstream: str, message: Message
     if session.stateless and "id" in message and isinstance(method, str):
         # A stateless session has no GET stream: a request tied to no live call would wait for an
         # answer that can never come (and its call with it, until the timeout).
-        await _refuse(session, message["id"], STATELESS_UNREACHABLE)
+        await _unreachable(session, message)
         return
     session.stream_event(message)
 
@@ -135,18 +135,23 @@ async def _give_up(session: Session, gateway_id: str) -> None:
     instead of waiting for an answer that would now be dropped."""
     route = session.server_requests.pop(gateway_id)
     error = {"code": -32603, "message": "Too many requests awaiting the client's answer; this one was given up"}
-    await _answer_upstream(route, error)
+    await _answer_upstream(route, {"error": error})
 
 
-async def _refuse(session: Session, gateway_id: str, text: str) -> None:
-    """Answer a server→client request no client of the session can be given (`client_unknown`)."""
-    route = session.server_requests.pop(gateway_id)
-    log.debug("refused %s's server request: %s", route.upstream, text)
-    await _answer_upstream(route, {"code": -32603, "message": text, "data": {"reason": "client_unknown"}})
+async def _unreachable(session: Session, message: Message) -> None:
+    """Answer a server→client request no client of the session can be given: a `ping` as its client
+    (the gateway is alive), anything else refused (`client_unknown`)."""
+    route = session.server_requests.pop(message["id"])
+    if message.get("method") == "ping":
+        await _answer_upstream(route, {"result": {}})
+        return
+    log.debug("refused %s's %s: %s", route.upstream, message.get("method"), STATELESS_UNREACHABLE)
+    await _answer_upstream(route, {"error": {"code": -32603, "message": STATELESS_UNREACHABLE,
+                                             "data": {"reason": "client_unknown"}}})
 
 
-async def _answer_upstream(route: ServerRequestRoute, error: dict[str, Any]) -> None:
+async def _answer_upstream(route: ServerRequestRoute, answer: dict[str, Any]) -> None:
     try:
-        await route.session.respond({"jsonrpc": "2.0", "id": route.upstream_id, "error": error})
+        await route.session.respond({"jsonrpc": "2.0", "id": route.upstream_id, **answer})
     except Exception:  # the upstream is gone: nothing awaits the answer either
         log.debug("could not tell %s a server request was given up", route.upstream)

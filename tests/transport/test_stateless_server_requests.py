@@ -2,8 +2,8 @@
 asks (roots/list here) without naming the request it serves sends it on its GET stream, and the gateway
 would keep it for the session's GET stream, which a stateless session never has. The upstream then
 waited for an answer that could never come and the agent's call hung until its timeout; the request is
-now refused upstream at once (`client_unknown`), so the tool fails (or carries on) at once (real SDK
-server, gateway and stateless SDK client)."""
+now refused upstream at once (`client_unknown`), so the tool fails (or carries on) at once; a `ping` is
+answered by the gateway (real SDK server, gateway and stateless SDK client)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,15 @@ def roots_server() -> MCPServer[Any]:
                 return f"refused: {exc}"
         return ",".join(str(root.uri) for root in listed.roots)
 
+    @server.tool()
+    async def ping_client(ctx: Context) -> str:
+        """Ping the client, tied to no request: the gateway, its client here, answers for a stateless one."""
+        try:
+            await ctx.session.send_ping()
+        except Exception as exc:
+            return f"refused: {exc}"
+        return "pong"
+
     return server
 
 
@@ -60,6 +69,13 @@ async def test_an_unlinked_server_request_is_refused_at_once_for_a_stateless_cli
         assert "client" in content.text
     sessions = gw.app[GATEWAY].sessions._stateless.values()
     assert all(not s.server_requests for s in sessions)  # nothing left awaiting an answer
+
+
+async def test_an_unlinked_ping_is_answered_for_a_stateless_client(gw: Any) -> None:
+    async with sdk_client(gw.mcp, mode="auto") as client:
+        result = await asyncio.wait_for(client.call_tool("r__ping_client", {}), 20)
+        content = result.content[0]
+        assert isinstance(content, TextContent) and content.text == "pong", content
 
 
 async def test_a_handshake_client_still_gets_it_on_its_get_stream(gw: Any) -> None:
