@@ -14,7 +14,7 @@ from gateway.errors import GatewayError, to_wire
 from gateway.jsonrpc import dumps
 from gateway.keys import CONFIG
 
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 # For routes served outside `create_app` (no config on the application): the configuration default.
 DEFAULT_BODY_TIMEOUT_S: float = ListenConfig.model_fields["body_timeout_s"].default
 T = TypeVar("T")
@@ -32,9 +32,14 @@ def error_response(exc: BaseException, request_id: object = None,
 
 
 def _host_only(value: str) -> str:
+    """The host of a Host header or a config entry, lower-case, without its port; an IPv6 literal always in
+    brackets, as a Host header writes it (`urlsplit(public_url).hostname` has none: it never matched the
+    `[fd00::5]:8700` a client sends)."""
     value = value.strip().lower()
     if value.startswith("["):
         return value[: value.find("]") + 1] if "]" in value else value
+    if value.count(":") > 1:
+        return f"[{value}]"
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
