@@ -322,15 +322,18 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
     quorums = _quorums(parsed, problems)
     text = "\n".join(t for _p, t, _ids in parsed)
     est: Any = None  # the set's JSON form, once it is known to parse
-    if schema is not None and parsed and not problems:
+    if schema is not None and parsed:
+        # The files that parsed are validated whatever else is wrong (another file's syntax, a missing @id):
+        # every problem is listed at once, not one kind per run.
+        names = {**{internal: "(no @id)" for internal in places}, **by_internal}
         result = cedarpy.validate_policies(text, schema, release_gil=True)
         for error in result.errors:
             where = _validation_where(places.get(error.policy_id), error.error) or str(directory)
-            name = by_internal.get(error.policy_id, error.policy_id)
-            problems.append(f"{where}: policy {name!r}: {rename_ids(error.error, by_internal)}")
+            name = names.get(error.policy_id, error.policy_id)
+            problems.append(f"{where}: policy {name!r}: {rename_ids(error.error, names)}")
         est = json.loads(cedarpy.policies_to_json_str(text))
-        problems.extend(unknown_args(est, schema, files, by_internal, str(directory)))
-        problems.extend(time_problems(est, files, by_internal, str(directory)))
+        problems.extend(unknown_args(est, schema, files, names, str(directory)))
+        problems.extend(time_problems(est, files, names, str(directory)))
     if problems or schema is None or schema_text is None:
         raise PolicyLoadError(source, problems)
     types = context_types(schema)

@@ -54,6 +54,21 @@ def test_validate_ok_and_broken(policy_dir: Path) -> None:
     assert bad.returncode == 1 and "bad.cedar:2: policy 'bad'" in bad.stderr and "nope" in bad.stderr
 
 
+def test_validate_lists_the_problems_of_every_file_not_only_the_first_kind(policy_dir: Path) -> None:
+    """A syntax error (or a missing @id) in one file hid every validation problem of the others: the engineer
+    fixed it, ran validate again and only then learned of a misspelled argument elsewhere."""
+    (policy_dir / "a_broken.cedar").write_text('@id("broken")\npermit (principal, action, resource) when { nope };\n')
+    (policy_dir / "b_typos.cedar").write_text(
+        '@id("typo")\nforbid (principal, action == Action::"call_tool", resource)\nwhen { context.args has amout };\n'
+        '\npermit (principal, action, resource) when { principal.nosuch == "x" };\n')
+    bad = run("validate", policy_dir)
+    assert bad.returncode == 1
+    assert "a_broken.cedar:2: syntax error" in bad.stderr, bad.stderr
+    assert "b_typos.cedar:5: policy #2 has no @id" in bad.stderr, bad.stderr
+    assert "b_typos.cedar:1: policy 'typo': argument 'amout'" in bad.stderr, bad.stderr
+    assert "b_typos.cedar:5: policy '(no @id)': for policy `(no @id)`, attribute `nosuch`" in bad.stderr, bad.stderr
+
+
 def test_policy_test_passes_shipped_and_fails_a_wrong_case(tmp_path: Path) -> None:
     ok = run("test", SHIPPED / "tests")
     assert ok.returncode == 0 and " 0 failed" in ok.stdout
