@@ -185,6 +185,9 @@ def split_uri(exposed: str) -> tuple[str, str] | None:
 
 
 PENDING_TOOL: Final = "pending_tool"  # CallContext.extra key of a PendingTool
+# CallContext.extra key of a tools/call's `() -> ToolInfo | None`: the tool's usable definition now (None: quarantined
+# or gone), for the re-check of a call released after it was held for approval.
+CURRENT_TOOL: Final = "current_tool"
 
 
 @dataclass(frozen=True)

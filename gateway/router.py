@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonrpc
-from gateway.catalog import PENDING_TOOL, Catalog, PendingTool, exposed_uri, not_found
+from gateway.catalog import CURRENT_TOOL, PENDING_TOOL, Catalog, PendingTool, exposed_uri, not_found
 from gateway.context import NOT_FOUND_ITEM, CallContext, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
@@ -211,16 +211,20 @@ class Router:
             raise await self._not_found(inbound, "call_tool", name)
         upstream, tool_name = target
         params = upstream_params(inbound.params, name=tool_name)
+        # A call held for approval is released after minutes: its tool may be quarantined by then (authz/stage.py).
+        current = functools.partial(self._load_tool, inbound, upstream, tool_name)
         if self._catalog.loaded(upstream):
             tool = self._catalog.tool(upstream, tool_name)
             if tool is None:
                 raise await self._not_found(inbound, "call_tool", name, target)
-            return await self._pipeline.run(self._context(inbound, "call_tool", upstream, tool, params))
+            ctx = self._context(inbound, "call_tool", upstream, tool, params)
+            ctx.extra[CURRENT_TOOL] = current
+            return await self._pipeline.run(ctx)
         # Tools not known yet: authorize decides on what the tool could be before its list is fetched.
         variants = self._catalog.variants(upstream, tool_name)
         ctx = self._context(inbound, "call_tool", upstream, variants[0], params)
-        ctx.extra[PENDING_TOOL] = PendingTool(variants, functools.partial(self._load_tool, inbound, upstream,
-                                                                          tool_name))
+        ctx.extra[PENDING_TOOL] = PendingTool(variants, current)
+        ctx.extra[CURRENT_TOOL] = current
         return await self._pipeline.run(ctx)
 
     async def _read_resource(self, inbound: Inbound) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from gateway.authz.entities import RELEASED_AT
 from gateway.authz.record import SnapshotParts, snapshot_facts
-from gateway.catalog import PENDING_TOOL, PendingTool, not_found
+from gateway.catalog import CURRENT_TOOL, PENDING_TOOL, PendingTool, not_found
 from gateway.context import NOT_FOUND_ITEM, CallContext, Decision
 from gateway.pipeline import Authorizer
 
@@ -35,6 +35,13 @@ class AuthorizeStage:
         pending = ctx.extra.get(PENDING_TOOL)
         if ctx.approval is not None:  # the re-check of a released call: decided (and recorded) as it runs now
             ctx.extra[RELEASED_AT] = time.time()
+            current = ctx.extra.get(CURRENT_TOOL)
+            if current is not None:  # a tool quarantined (or gone) while its call was held is not called
+                tool = await current()
+                if tool is None:
+                    ctx.extra[NOT_FOUND_ITEM] = ctx.tool.name
+                    raise not_found(ctx.action, name)
+                ctx.tool = tool
         # Cedar on pre-parsed handles takes tens of microseconds: inline, no thread hop.
         decision = self._engine.decide(ctx.principal, ctx.action, ctx.tool, ctx)
         # Learning the tool's annotations means a tools/list upstream on the caller's behalf (and a credential
