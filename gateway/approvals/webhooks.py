@@ -147,9 +147,16 @@ class WebhookNotifier:
             if hook.secret:
                 headers[SIGNATURE_HEADER] = sign(hook.secret, body)
             try:
-                async with self._session.post(hook.url, data=body, headers=headers, timeout=self._timeout) as resp:
+                # A redirect is not followed: aiohttp would turn the POST into a bodiless GET (which may answer 200)
+                # and carry the signature to wherever it points.
+                async with self._session.post(hook.url, data=body, headers=headers, timeout=self._timeout,
+                                              allow_redirects=False) as resp:
                     if 200 <= resp.status < 300:
                         return True
+                    if 300 <= resp.status < 400:
+                        log.warning("webhook %s answered HTTP %s (a redirect, to %s): not followed; set the webhook's "
+                                    "url to where it should go", hook.url, resp.status, resp.headers.get("Location"))
+                        return False
                     if 400 <= resp.status < 500 and resp.status not in (408, 429):
                         log.warning("webhook %s refused the notification: HTTP %s", hook.url, resp.status)
                         return False

@@ -128,3 +128,36 @@ async def test_hostile_names_and_arguments_cannot_link_or_mention_in_slack(recei
     code = payload["blocks"][2]["text"]["text"]
     assert code.startswith("```") and code.endswith("```") and code.count("```") == 2  # no early close
     assert payload["approval"]["tool"] == "<https://evil.example|pay>"  # programs get the raw Approval
+
+
+async def test_a_redirect_is_not_followed() -> None:
+    """A webhook URL that redirects (http to https, a moved hook) is reported, not followed: following it turned
+    the POST into a bodiless GET (301/302/303), which could answer 200 and count as delivered, and carried the
+    signature to wherever the redirect pointed."""
+    elsewhere: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=301, headers={"Location": "/elsewhere"})
+
+    async def other(request: web.Request) -> web.Response:
+        elsewhere.append(request.method)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", moved)
+    app.router.add_route("*", "/elsewhere", other)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
+    notifier = WebhookNotifier([WebhookConfig(url=url, secret="s3cret")], base_delay_s=0.01)
+    await notifier.start()
+    try:
+        with pytest.raises(GatewayError):
+            await ApproveStage(MemoryApprovalStore(), ApprovalsConfig(), notifier=notifier)(call_context())
+        await asyncio.wait_for(notifier.drain(), 10)
+    finally:
+        await notifier.close()
+        await runner.cleanup()
+    assert elsewhere == [] and notifier.delivered == 0 and notifier.failed == 1
