@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from aiohttp import web
 
 from gateway.approvals.auth import ANONYMOUS_MODE
+from gateway.config.model import pin_digest
 from gateway.errors import GatewayError
 from gateway.http.guards import timed_read
 from gateway.pinning import ToolGuard
@@ -77,6 +78,11 @@ class ToolsAdmin:
             return web.json_response({"error": {"reason": "invalid_request",
                                                 "message": 'body must be a JSON object: {"hash": "sha256:..."}'}},
                                      status=400)
+        if digest:  # a hash no definition has would pin nothing and quarantine the tool again at its next list
+            digest = pin_digest(digest)
+            if digest is None:
+                return web.json_response({"error": {"reason": "invalid_request",
+                                                    "message": "hash must be sha256: and 64 hex digits"}}, status=400)
         digest = digest or (record or {}).get("seen") or (record or {}).get("hash")
         if not isinstance(digest, str) or not digest.startswith("sha256:"):
             return web.json_response({"error": {"reason": "unknown_tool",

@@ -115,6 +115,15 @@ class ListenConfig(Model):
         return f"{scheme}://{url_host(self.host)}:{self.port}"
 
 
+PIN_FORMAT = re.compile(r"sha256:[0-9a-f]{64}")  # a tool definition's pin (gateway/catalog.definition_hash)
+
+
+def pin_digest(value: str) -> str | None:
+    """`value` as a pin (`sha256:` and 64 hex digits, either case; returned lower-case), else None."""
+    value = value.strip().lower()
+    return value if PIN_FORMAT.fullmatch(value) else None
+
+
 class ToolOverride(Model):
     """Per-tool labels and overrides of the upstream's MCP annotations."""
 
@@ -127,6 +136,18 @@ class ToolOverride(Model):
     timeout_s: float | None = Field(None, gt=0)
     pin: str | None = None  # sha256 of the tool definition, pinned from config
     sum_args: tuple[str, ...] = ()  # numeric arguments summed into context.task.totals
+
+    @field_validator("pin")
+    @classmethod
+    def _pin(cls, value: str | None) -> str | None:
+        # A pin no definition can hash to quarantined its tool for good, as "changed since it was pinned".
+        if value is None:
+            return None
+        digest = pin_digest(value)
+        if digest is None:
+            raise ValueError(f"not a pin: {value[:80]!r} (write sha256: and 64 hex digits, as `customs tools list` "
+                             "shows it)")
+        return digest
 
 
 class CredentialsConfig(Model):

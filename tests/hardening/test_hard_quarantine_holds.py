@@ -16,8 +16,10 @@ from typing import Any
 import aiohttp
 import mcp_types as types
 import pytest
+import yaml
 from mcp.server import Server
 
+from tests.support.cli import customs
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_http_server
 from tests.support.tokens import TestIssuer
@@ -149,3 +151,31 @@ async def test_a_rug_pull_listed_beside_the_pinned_definition_is_quarantined_who
     assert await env.call() == "Unknown tool: infra__deploy"
     assert (await env.record())["state"] == "quarantined"
     assert env.upstream.calls == []
+
+
+async def test_an_approval_naming_no_possible_pin_is_refused_and_pins_nothing(env: Env) -> None:
+    """`{"hash": "md5:…"}` was a 404 `unknown_tool` ("no tool seen"), and a `sha256:` hash of the wrong shape was
+    stored as the pin: no definition can match it, so the tool was quarantined again at its next list."""
+    assert "infra__deploy" in await env.names()
+    before = await env.record()
+    for bad in ("md5:abc", "sha256:zz", "sha256:" + "0" * 63, "deploy"):
+        status, body = await env.admin("POST", "/api/tools/infra/deploy/approve", {"hash": bad})
+        assert status == 400 and body["error"]["reason"] == "invalid_request", (bad, body)
+    assert await env.record() == before
+    assert await env.call() == "ran deploy"
+    status, pinned = await env.admin("POST", "/api/tools/infra/deploy/approve", {"hash": before["hash"].upper()})
+    assert status == 200 and pinned["hash"] == before["hash"], pinned  # either case, stored as listed
+
+
+async def test_config_check_refuses_a_pin_no_definition_can_have(tmp_path: Path) -> None:
+    good = "sha256:" + "AB" * 32
+    for pin, ok in (("md5:abc", False), ("sha256:" + "0" * 63, False), ("sha256:xyz", False), (good, True)):
+        path = tmp_path / "customs.yaml"
+        path.write_text(yaml.safe_dump({"upstreams": [{"name": "infra", "url": "http://127.0.0.1:9/mcp",
+                                                       "tools": {"deploy": {"pin": pin}}}],
+                                        "identity": {"mode": "anonymous"}}))
+        done = await asyncio.to_thread(customs, "config", "check", str(path))
+        if ok:
+            assert done.returncode == 0, done.stderr
+        else:
+            assert done.returncode != 0 and "upstreams[0].tools.deploy.pin: not a pin" in done.stdout + done.stderr
