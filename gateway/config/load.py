@@ -41,24 +41,53 @@ def _loc(parts: tuple[int | str, ...]) -> str:
     return out or "(root)"
 
 
+NOT_UNICODE = ("not valid Unicode text (a lone surrogate: a \\u escape, or an environment variable whose bytes are "
+               "not UTF-8)")
+
+
+def _unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _substitute(node: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """`${VAR}` references replaced, and text that is no Unicode reported: a lone surrogate (YAML's "\\udce9", or
+    os.environ's reading of a byte that is not UTF-8) reaches Cedar (`environment` is context.environment, the
+    `agents:` registry actors' attributes), which cannot take it: every call was an internal_error."""
     if isinstance(node, str):
-        def repl(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            value = env.get(name)
-            # As in a shell and docker compose, `:-` stands in for an unset *or empty* variable.
-            if default is not None and not value:
-                return default
-            if value is not None:
-                return value
-            problems.append(f"{path or '(root)'}: environment variable {name} is not set")
-            return ""
-        return _ENV_REF.sub(repl, node)
+        text = _substitute_text(node, env, path, problems)
+        if not _unicode(text):
+            problems.append(f"{path or '(root)'}: {NOT_UNICODE}")
+        return text
     if isinstance(node, list):
         return [_substitute(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
     if isinstance(node, dict):
-        return {k: _substitute(v, env, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            name = str(key)
+            if not _unicode(name):
+                problems.append(f"{path or '(root)'}: key {name!a} is not valid Unicode text")
+                name = name.encode("utf-8", "backslashreplace").decode()
+            out[key] = _substitute(value, env, f"{path}.{name}" if path else name, problems)
+        return out
     return node
+
+
+def _substitute_text(text: str, env: Mapping[str, str], path: str, problems: list[str]) -> str:
+    def repl(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = env.get(name)
+        # As in a shell and docker compose, `:-` stands in for an unset *or empty* variable.
+        if default is not None and not value:
+            return default
+        if value is not None:
+            return value
+        problems.append(f"{path or '(root)'}: environment variable {name} is not set")
+        return ""
+    return _ENV_REF.sub(repl, text)
 
 
 def shipped_policies() -> Path:
