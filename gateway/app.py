@@ -25,6 +25,7 @@ from gateway.health import HealthRoutes
 from gateway.http.guards import HostOriginPolicy, guard_middleware
 from gateway.http.legacy_sse import LegacySseEndpoint
 from gateway.http.mcp import McpEndpoint, routes
+from gateway.identity.jwt import MAX_TOKEN_BYTES
 from gateway.keys import CONFIG, GATEWAY
 from gateway.parts import Parts, build_parts
 from gateway.pin_watch import PinWatcher, gateway_headers
@@ -35,6 +36,7 @@ from gateway.telemetry.upstream_calls import sent_id_recorder
 from gateway.transport.registry import build_upstream
 
 log = logging.getLogger("customs.app")
+MAX_HEADER_BYTES = MAX_TOKEN_BYTES + 1024  # one request header field: a bearer token of the largest size identify takes
 
 
 class Owner(Protocol):
@@ -183,6 +185,9 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
 async def serving_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     """The set-up `AppRunner` that serves a gateway app: aiohttp's handler cancellation on (a dropped client
     withdraws its call), except for a call whose stream the client can resume (gateway/http/resumable.py)."""
+    # A header as long as the longest bearer token identity accepts (16 KiB), with room to spare: aiohttp's own
+    # 8190-byte limit refused a valid 10 KiB token (many group claims) with a text/plain 400 before identify.
+    kwargs.setdefault("max_field_size", MAX_HEADER_BYTES)
     runner = web.AppRunner(app, handler_cancellation=True, **kwargs)
     await runner.setup()
     assert runner.server is not None
