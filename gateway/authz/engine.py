@@ -32,6 +32,7 @@ ShadowCallback = Callable[[Outcome, Outcome], None]  # (enforced, shadow)
 
 
 _NO_FACTS = E.CallFacts()
+_SHADOW_COUNTED = "shadow_disagreement_counted"  # ctx.extra: this call's disagreement is in the count
 
 
 def _notify(callback: ReloadCallback | None, ok: bool, message: str) -> None:
@@ -237,15 +238,32 @@ class PolicyEngine:
             return enforced
         other = decide(shadow, principal, action, tool, facts, granted=granted, bounds=self._bounds,
                        cache=self._entities)
-        if other.outcome != enforced.outcome:
-            self.shadow_disagreements += 1
-            if self._on_shadow is not None:
-                try:
-                    self._on_shadow(enforced.outcome, other.outcome)
-                except Exception:
-                    log.exception("on_shadow_disagreement callback failed")
         return Decision(enforced.outcome, enforced.policy_ids, enforced.errors, enforced.eval_us,
                         enforced.policy_version, other.outcome)
+
+    def _count_shadow(self, decision: Decision, step: int = 1) -> None:
+        self.shadow_disagreements += step
+        if step > 0 and self._on_shadow is not None:
+            try:
+                self._on_shadow(decision.outcome, decision.shadow_outcome or decision.outcome)
+            except Exception:
+                log.exception("on_shadow_disagreement callback failed")
+
+    def count_shadow(self, ctx: CallContext) -> None:
+        """Count `ctx.decision`'s disagreement with the shadow set once per call, as the call is recorded (the
+        decision log's `shadow_decision`, the metric). The authorize stage calls this with the decision it keeps:
+        not for the labellings a call was decided on before its tool's list was known, nor for a re-check that
+        lets a released call run (its record keeps the first decision); a re-check's deny replaces the first."""
+        decision = ctx.decision
+        if decision is None or decision.shadow_outcome is None:
+            return
+        if ctx.approval is not None and decision.outcome != "deny":
+            return
+        disagrees = decision.shadow_outcome != decision.outcome
+        counted = bool(ctx.extra.get(_SHADOW_COUNTED, False))
+        if disagrees != counted:
+            ctx.extra[_SHADOW_COUNTED] = disagrees
+            self._count_shadow(decision, 1 if disagrees else -1)
 
     def decide(self, principal: Principal, action: str, tool: ToolInfo, ctx: CallContext | None) -> Decision:
         """Decide one call. Raises GatewayError("policy_unavailable") only when no set is loaded."""
@@ -258,7 +276,10 @@ class PolicyEngine:
         granted = _granted(ctx)
         enforced = decide(current, principal, action, tool, facts, granted=granted, bounds=self._bounds,
                           cache=self._entities)
-        return self._with_shadow(enforced, principal, action, tool, facts, granted)
+        decision = self._with_shadow(enforced, principal, action, tool, facts, granted)
+        if ctx is None and decision.shadow_outcome not in (None, decision.outcome):  # a decision of no call
+            self._count_shadow(decision)
+        return decision
 
     def visible(self, principal: Principal, action: str, tool: ToolInfo) -> Decision:
         """Should a list show this item? Decided with empty arguments; approval-required items show."""

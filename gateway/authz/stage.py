@@ -55,6 +55,9 @@ class AuthorizeStage:
             ctx.tool = tool
             decision = self._engine.decide(ctx.principal, ctx.action, tool, ctx)
         ctx.decision = decision
+        count_shadow = getattr(self._engine, "count_shadow", None)  # the engine's /readyz count, as recorded
+        if count_shadow is not None:
+            count_shadow(ctx)
         if self._environment is not None:
             # Built only when the decision is logged: the snapshot costs more than the decision. A bound
             # method, not a closure over ctx: ctx holding a function that holds ctx is a reference cycle,

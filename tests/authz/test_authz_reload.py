@@ -135,10 +135,16 @@ def test_shadow_decides_alongside_and_counts_disagreements(policy_dir: Path, tmp
     engine = PolicyEngine(PoliciesConfig(dir=policy_dir, shadow_dir=shadow), "dev",
                           on_shadow_disagreement=lambda enforced, other: seen.append((enforced, other)))
     engine.load_sync()
-    read = engine.decide(READER, "call_tool", TOOLS["inventory/get_stock"], call(READER, "inventory/get_stock"))
+    read_call, secret_call = call(READER, "inventory/get_stock"), call(READER, "hr/salaries")
+    read = engine.decide(READER, "call_tool", TOOLS["inventory/get_stock"], read_call)
     assert (read.outcome, read.shadow_outcome) == ("allow", "deny")
-    secret = engine.decide(READER, "call_tool", TOOLS["hr/salaries"], call(READER, "hr/salaries"))
+    secret = engine.decide(READER, "call_tool", TOOLS["hr/salaries"], secret_call)
     assert (secret.outcome, secret.shadow_outcome) == ("deny", "deny")
+    # Counted once per call, with the decision the call keeps (the authorize stage hands it over).
+    assert engine.shadow_disagreements == 0
+    read_call.decision, secret_call.decision = read, secret
+    for ctx in (read_call, secret_call, read_call):
+        engine.count_shadow(ctx)
     assert seen == [("allow", "deny")] and engine.shadow_disagreements == 1
     assert engine.status()["shadow"]["disagreements"] == 1
 

@@ -3,6 +3,7 @@ disagreement shows in the decision log, in /metrics and on the call's spans."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -11,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.lifecycle.conftest import Upstreams, executed_payments, gateway_config, reason_of, token
+from tests.lifecycle.conftest import Upstreams, eventually, executed_payments, gateway_config, reason_of, token
 from tests.support.mcp_client import sdk_client
 from tests.support.otlp import OtlpReceiver
 from tests.support.tokens import TestIssuer
@@ -124,3 +125,40 @@ async def test_a_shadow_set_broken_at_start_decides_nothing_until_it_loads(
     pays = [r for r in map(json.loads, log_path.read_text().splitlines())
             if r.get("type") == "decision" and r.get("tool") == "pay"]
     assert [(r["decision"], r.get("shadow_decision")) for r in pays] == [("allow", None), ("allow", "deny")]
+
+
+async def test_readyz_counts_each_recorded_disagreement_once(start_gateway: Any, upstreams: Upstreams,
+                                                             issuer: TestIssuer, policies: Path,
+                                                             tmp_path: Path) -> None:
+    """/readyz's count was bumped by every Cedar evaluation the engine made for a call: the decision on a
+    tool's labels before its upstream's list was known (then decided again on the real ones), and the
+    re-check of a released call. One held, approved call counted 3 while the metric and the log said 1."""
+    shadow = shadow_dir(policies, tmp_path)
+    (shadow / "freeze.cedar").write_text(
+        '@id("freeze")\nforbid (principal, action == Action::"call_tool", resource == Tool::"inventory/set_stock");\n')
+    log_path = tmp_path / "decisions.jsonl"
+    gw = await start_gateway(gateway_config(
+        upstreams, issuer, policies,
+        policies={"dir": str(policies), "shadow_dir": str(shadow), "watch": False},
+        decision_log={"path": str(log_path)}, approvals={"wait_s": 60, "keepalive_s": 1}))
+    approvals = gw.gateway.parts.approvals
+    async with sdk_client(gw.mcp, token(issuer, gw)) as client:
+        # The first call of each upstream: decided before and after its tool list is known.
+        waiting = asyncio.create_task(client.call_tool("inventory__set_stock", {"sku": "a", "quantity": 3}))
+
+        async def held() -> bool:
+            return bool(await approvals.list(["pending"]))
+
+        await eventually(held)
+        [item] = await approvals.list(["pending"])
+        await approvals.decide(item.id, "alice", "approved", "ok")
+        assert not (await asyncio.wait_for(waiting, 30)).is_error  # released: re-checked, and ran
+        assert not (await client.call_tool("payments__pay", {"account": "acme-1", "amount": 50})).is_error
+        assert (await client.call_tool("inventory__get_stock", {"sku": "a"})).content  # agree
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/metrics") as resp:
+        counted = disagreements(await resp.text())
+    assert counted == {("set_stock", "approval_required", "deny"): 1, ("pay", "allow", "deny"): 1}
+    await gw.gateway.parts.observability.log.close()
+    records = [r for r in map(json.loads, log_path.read_text().splitlines()) if r.get("type") == "decision"]
+    assert sum(r.get("shadow_decision") not in (None, r["decision"]) for r in records) == 2
+    assert gw.gateway.parts.engine.status()["shadow"]["disagreements"] == 2
