@@ -45,6 +45,9 @@ class Stack:
         assert env["REDIS_URL"].startswith("redis://redis:") and env["OTEL_EXPORTER_OTLP_ENDPOINT"] == \
             "http://jaeger:4318"
         self.gateway_env = {**env, "REDIS_URL": redis_url, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_url}
+        env = dict(self.services["agent"]["environment"])
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+        self.agent_env = {**os.environ, **env, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_url}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.gateway_out = tmp / "gateway.out"
 
@@ -139,7 +142,7 @@ async def test_the_compose_stack_natively_makes_the_traces_the_readme_shows(
                 stack.start(service)
             agent = await asyncio.create_subprocess_exec(
                 *stack.command("agent"), cwd=str(REPO), stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT)
+                stderr=asyncio.subprocess.STDOUT, env=stack.agent_env)
             approval = await approve_first_pending(stack, agent)
             output = (await asyncio.wait_for(agent.communicate(), 120))[0].decode()
             assert agent.returncode == 0, output
@@ -151,8 +154,16 @@ async def test_the_compose_stack_natively_makes_the_traces_the_readme_shows(
         assert "widget: 42 in stock" in output and "refused: Unknown tool: inventory__get_stock" in output
         assert "restock-agent (for demo-agent) reports: gadget: 7 in stock" in output
         assert "paid 250.0 to ACME-001" in output
-        await otlp.wait_for(lambda r: all(r.named(n) for n in (
-            "tools/call inventory__get_stock", "tools/call delegate__stock_report", "tools/call payments__pay")))
+        await otlp.wait_for(lambda r: all(len(r.named(n)) >= 2 for n in (
+            "tools/call delegate__stock_report", "tools/call payments__pay")))
+
+    # Each trace starts at the demo agent's own CLIENT span, the gateway's SERVER span under it.
+    for trace_id in (allowed, denied, delegated, held):
+        (root,) = [s for s in otlp.trace(trace_id) if s.parent_span_id is None]
+        assert (root.kind, root.resource["service.name"]) == ("CLIENT", "demo-agent")
+        # (the MCP SDK client puts the current context on its session's initialize and tools/list too)
+        assert child(otlp.trace(trace_id), root, root.name).kind == "SERVER"
+        assert {s.parent_span_id for s in otlp.trace(trace_id)} - {s.span_id for s in otlp.trace(trace_id)} == {None}
 
     server = one(otlp.trace(allowed), "SERVER", "tools/call inventory__get_stock")
     assert server.resource["service.name"] == "customs"
