@@ -75,6 +75,7 @@ class SseSession:
         self._init_result: Message = {}
         self._closed = False
         self._dead = False
+        self._reopening = asyncio.Lock()
         self._clock = SessionClock()
 
     @property
@@ -117,11 +118,13 @@ class SseSession:
 
     async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
                       on_message: MessageHandler | None = None, timeout: float | None = None,  # noqa: ASYNC109
-                      sent_id: SentId | None = None) -> Message:
-        if self._closed or self._dead:
+                      sent_id: SentId | None = None, refresh: HeadersSource | None = None) -> Message:
+        if self._closed:
             raise GatewayError("upstream_unavailable", "upstream SSE stream is closed",
                                data={"upstream": self._up.name})
         self._up.breaker.check()
+        if self._dead:
+            await self._reopen()
         pending = self._table.open(message, self, on_message)
         if sent_id is not None:
             sent_id(pending.upstream_id, None, self._init_result.get("protocolVersion"))
@@ -148,6 +151,32 @@ class SseSession:
         finally:
             self._table.discard(pending)
         return with_id(response, message.get("id"))
+
+    async def _reopen(self) -> None:
+        """The upstream ended the stream (it restarted, or dropped the session): a fresh stream and
+        `initialize`, as a streamable HTTP session re-opens after expiry. What the old session held at the
+        server (subscriptions, its log level) is gone with it."""
+        async with self._reopening:
+            if not self._dead:
+                return  # another call re-opened it meanwhile
+            if self._response is not None:
+                self._response.close()
+            if self._reader is not None:  # (a failed re-open may have left one): its end must not end the new one
+                self._reader.cancel()
+                await asyncio.gather(self._reader, return_exceptions=True)
+            await self._session_headers()  # the set-up credential may have expired by now
+            self._dead = False  # open() sends its initialize through request()
+            try:
+                async with asyncio.timeout(self._up.config.timeout_s):
+                    await self.open()
+            except TimeoutError as exc:
+                self._dead = True
+                raise GatewayError("upstream_timeout", "upstream did not finish the handshake in time",
+                                   data={"upstream": self._up.name}) from exc
+            except BaseException:
+                self._dead = True
+                raise
+            self._up.log.info("re-opened the SSE session of %s (its stream had ended)", self._up.name)
 
     async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
         remapped = remap_cancel(message, lambda caller_id: self._table.upstream_id_for(self, caller_id))
