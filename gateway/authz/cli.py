@@ -216,7 +216,11 @@ def schema_cmd(args: argparse.Namespace) -> int:
         return 2
     if not base:
         print(f"warning: {base_path} not found; printing only the generated block", file=sys.stderr)
-    text = apply_block(base, block) if base else block + "\n"
+    try:
+        text = apply_block(base, block) if base else block + "\n"
+    except ValueError as exc:
+        _err(f"{base_path}: {exc}")
+        return 2
     if args.output is not None:
         try:
             args.output.write_text(text, encoding="utf-8")

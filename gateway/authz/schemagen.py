@@ -171,9 +171,20 @@ def schema_from_input_schemas(tools: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+_OWN_ARGS = re.compile(r"^\s*type\s+Args\s*=", re.MULTILINE)
+
+
 def apply_block(base_schema: str, block: str) -> str:
-    """Replace the generated block of a schema (or append it when the schema has none)."""
+    """Replace the generated block of a schema (or append it when the schema has none). ValueError when the
+    markers are unpaired, or when there are none and the schema declares its own `Args` (a second one would
+    not parse)."""
     start, end = base_schema.find(BEGIN), base_schema.find(END)
-    if start == -1 or end == -1 or end < start:
+    if start == -1 and end == -1:
+        if _OWN_ARGS.search(base_schema):
+            raise ValueError(f"it declares `type Args` outside `{BEGIN}` ... `{END}` markers, so a generated one "
+                             "would declare it twice; put those two lines around its own `Args` to have it replaced")
         return base_schema.rstrip("\n") + "\n\n" + block + "\n"
+    if start == -1 or end == -1 or end < start:
+        raise ValueError(f"it needs both `{BEGIN}` and, after it, `{END}` (one line each) around the generated "
+                         "block")
     return base_schema[:start] + block + base_schema[end + len(END):]

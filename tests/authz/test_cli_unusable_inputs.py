@@ -46,6 +46,28 @@ def test_schema_output_into_a_directory_is_an_error(tmp_path: Path) -> None:
     assert f"--output: cannot write {tmp_path}" in result.stderr
 
 
+def test_schema_refuses_a_base_that_declares_args_outside_the_markers(tmp_path: Path) -> None:
+    """A hand-written schema with its own `type Args` and no BEGIN/END markers got a second `Args` appended:
+    exit 0, and with `-o` onto itself the schema was replaced by one that no longer parses."""
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps({"shop": [{"name": "buy", "inputSchema": {"properties": {"n": {"type": "integer"}}}}]}))
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    shipped = (SHIPPED / "schema.cedarschema").read_text()
+    for base in (shipped.replace("// BEGIN GENERATED ARGS\n", "").replace("// END GENERATED ARGS\n", ""),
+                 shipped.replace("// END GENERATED ARGS\n", "")):
+        (policies / "schema.cedarschema").write_text(base)
+        result = customs_main("policy", "schema", "--tools-json", tools, "--policies", policies,
+                              "-o", policies / "schema.cedarschema")
+        assert result.returncode == 2, result.stdout
+        assert "declares `type Args` outside" in result.stderr or "END GENERATED ARGS" in result.stderr, result.stderr
+        assert (policies / "schema.cedarschema").read_text() == base  # left as it was
+    # A schema without an Args of its own still gets the block appended.
+    (policies / "schema.cedarschema").write_text("entity A;\n")
+    result = customs_main("policy", "schema", "--tools-json", tools, "--policies", policies)
+    assert result.returncode == 0 and '"n"?: Long' in result.stdout, result.stderr
+
+
 def test_bad_case_yaml_names_line_and_an_empty_directory_names_itself(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("cases: [\n")
