@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.context import CallContext
+from gateway.credentials.stage import REFRESH_KEY
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.sessions import Session, SessionManager
-from gateway.transport.base import SentId
+from gateway.transport.base import HeadersSource, SentId
 
 
 class ForwardStage:
@@ -41,7 +42,7 @@ class ForwardStage:
         ctx.extra["forwarded"] = True  # from here on the call may have executed: never undone, never retried
         response = await upstream.request(message, headers=headers, on_message=ctx.extra.get("relay"),
                                           timeout=self._timeouts(ctx.upstream, ctx.tool.name if ctx.tool else None),
-                                          sent_id=self._sent_id)
+                                          sent_id=self._sent_id, refresh=_refresher(ctx, headers))
         if "error" in response:
             error = response["error"]
             raise UpstreamErrorResponse(error if isinstance(error, dict) else {"code": -32603, "message": "error"})
@@ -49,3 +50,16 @@ class ForwardStage:
         if not isinstance(result, dict):
             raise GatewayError("upstream_error")
         return result
+
+
+def _refresher(ctx: CallContext, headers: Mapping[str, str]) -> HeadersSource | None:
+    """The call's headers again with its credential renewed (gateway/credentials/stage.py), for requests made
+    later on its behalf; the rest (trace context) as first sent."""
+    renew = ctx.extra.get(REFRESH_KEY)
+    if renew is None:
+        return None
+    kept = {name: value for name, value in headers.items() if name not in ctx.upstream_headers}
+
+    async def refreshed() -> Mapping[str, str]:
+        return {**kept, **(await renew())}
+    return refreshed

@@ -20,6 +20,8 @@ from gateway.credentials.tasks import META_TASK_KEY, TaskTracker
 from gateway.errors import GatewayError
 
 Handler = Callable[[CallContext, UpstreamConfig], Awaitable[dict[str, str]]]
+# ctx.extra key: `async () -> headers`, the call's credential again (gateway/forward.py hands it to the transport).
+REFRESH_KEY = "credential_refresh"
 
 
 def _bearer_value(upstream: UpstreamConfig, token: str) -> str:
@@ -60,14 +62,31 @@ class CredentialStage:
         mode = upstream.credentials.mode
         ctx.credential_mode = mode
         ctx.credential_audience = audience_of(upstream) if mode in ("minted", "token_exchange") else None
+        ctx.upstream_headers = await self._produce(ctx, upstream)
+        if mode != "none":  # for requests made later on the call's behalf (a resumed answer stream)
+            ctx.extra[REFRESH_KEY] = lambda: self._again(ctx, upstream)
+
+    async def _produce(self, ctx: CallContext, upstream: UpstreamConfig) -> dict[str, str]:
         if ctx.credential_audience is not None:
+            assert ctx.task_id is not None
             await self.tasks.ensure_live(ctx.task_id)  # not a cached token of a task ended on another replica
         try:
-            ctx.upstream_headers = await self._modes[mode](ctx, upstream)
+            return await self._modes[upstream.credentials.mode](ctx, upstream)
         except GatewayError:
             raise
         except Exception as exc:  # never surface internals (or secrets in messages) to the agent
             raise GatewayError("credential_unavailable") from exc
+
+    async def _again(self, ctx: CallContext, upstream: UpstreamConfig) -> dict[str, str]:
+        """The call's credential once more, valid now: the same scope and narrowed arguments (a cache hit while
+        the first token has its margin left), never for a task that has ended. The call's record keeps naming
+        the credential it was sent with."""
+        sent = ctx.extra.get("credential")
+        try:
+            return await self._produce(ctx, upstream)
+        finally:
+            if sent is not None:
+                ctx.extra["credential"] = sent
 
     async def connect_headers(self, principal: Principal, upstream: str, task_id: str,
                               method: str = "initialize") -> dict[str, str]:

@@ -60,8 +60,11 @@ class UpstreamSession(Protocol):
 
     async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
                       on_message: MessageHandler | None = None, timeout: float | None = None,  # noqa: ASYNC109
-                      sent_id: SentId | None = None) -> Message:
+                      sent_id: SentId | None = None, refresh: HeadersSource | None = None) -> Message:
         """Send a JSON-RPC request; return its response (result or error) carrying the caller's id.
+
+        `headers`: this request's own (its credential); `refresh`, when given, yields them again, valid now, for
+        requests made later on its behalf (a resumed answer stream, once the first credential may have expired).
 
         Messages the upstream sends while answering (progress, logging, server→client requests on
         the response stream) go to `on_message`. The upstream sees its own request id (ids of the

@@ -382,7 +382,7 @@ class StdioSession:
 
     async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
                       on_message: MessageHandler | None = None, timeout: float | None = None,  # noqa: ASYNC109
-                      sent_id: SentId | None = None) -> Message:
+                      sent_id: SentId | None = None, refresh: HeadersSource | None = None) -> Message:
         # `headers` cannot travel over pipes; trace context reaches stdio servers through params._meta.
         if self._closed:
             raise GatewayError("upstream_unavailable", "upstream session closed")

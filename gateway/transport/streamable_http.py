@@ -127,7 +127,7 @@ class StreamableHttpSession:
 
     async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
                       on_message: MessageHandler | None = None, timeout: float | None = None,  # noqa: ASYNC109
-                      sent_id: SentId | None = None) -> Message:
+                      sent_id: SentId | None = None, refresh: HeadersSource | None = None) -> Message:
         if self._closed:
             raise GatewayError("upstream_unavailable", "upstream session closed")
         self._up.breaker.check()
@@ -142,8 +142,10 @@ class StreamableHttpSession:
         try:
             async with asyncio.timeout(limit) as deadline:
                 credential = headers if headers is not None else await self._session_headers()
+                # A resumed answer stream asks again: the first credential may have expired by then.
+                renew = refresh if headers is not None else self._session_headers
                 response = await self._exchange(with_id(message, upstream_id), credential,
-                                                on_message or self._on_message)
+                                                on_message or self._on_message, refresh=renew)
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
@@ -213,7 +215,7 @@ class StreamableHttpSession:
         return self._up.headers(extra, session_id=self._session_id, protocol_version=self._version, **kwargs)
 
     async def _exchange(self, message: Message, headers: Mapping[str, str] | None, handler: MessageHandler | None,
-                        *, capture: bool = False) -> Message:
+                        *, capture: bool = False, refresh: HeadersSource | None = None) -> Message:
         """POST one request and read its answer (JSON or an SSE stream ending in the response)."""
         body = jsonrpc.dumps(message)
         try:
@@ -222,19 +224,19 @@ class StreamableHttpSession:
                 self._up.connected()
                 if capture:
                     self._session_id = response.headers.get("Mcp-Session-Id") or None
-                return await self._read_answer(response, message["id"], handler, headers)
+                return await self._read_answer(response, message["id"], handler, headers, refresh)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             self._up.connection_failed(exc)
         except aiohttp.ClientError as exc:
             raise GatewayError("upstream_error", f"HTTP error: {type(exc).__name__}") from exc
 
-    async def _read_answer(self, response: aiohttp.ClientResponse, upstream_id: int,
-                           handler: MessageHandler | None, credential: Mapping[str, str] | None) -> Message:
+    async def _read_answer(self, response: aiohttp.ClientResponse, upstream_id: int, handler: MessageHandler | None,
+                           credential: Mapping[str, str] | None, refresh: HeadersSource | None = None) -> Message:
         self._up.check_status(response)
         if response.status == 404:  # tested here: the usual answer pays for no coroutine
             await self._check_expired(response)
         if response.status == 200 and response.content_type == "text/event-stream":
-            return await self._read_stream(response, upstream_id, handler, credential)
+            return await self._read_stream(response, upstream_id, handler, credential, refresh)
         if response.content_type != "application/json":
             raise GatewayError("upstream_error", f"unexpected upstream answer (HTTP {response.status}, "
                                f"{response.content_type})", data={"status": response.status})
@@ -248,8 +250,8 @@ class StreamableHttpSession:
             return {"jsonrpc": "2.0", "id": upstream_id, "error": error}
         return check_response(answer, upstream_id)
 
-    async def _read_stream(self, response: aiohttp.ClientResponse, upstream_id: int,
-                           handler: MessageHandler | None, credential: Mapping[str, str] | None) -> Message:
+    async def _read_stream(self, response: aiohttp.ClientResponse, upstream_id: int, handler: MessageHandler | None,
+                           credential: Mapping[str, str] | None, refresh: HeadersSource | None = None) -> Message:
         """The answer from a request's SSE stream, resuming it with GET + Last-Event-ID when it ends early.
 
         Only a stream that gave event ids can be resumed; otherwise an early end fails as before.
@@ -265,7 +267,8 @@ class StreamableHttpSession:
             retry_ms = _RESUME_DEFAULT_RETRY_MS if cursor.retry_ms is None else cursor.retry_ms
             # The server asked for this pause before the reconnect (SSE `retry`): not synchronisation.
             await asyncio.sleep(min(retry_ms, _RESUME_MAX_RETRY_MS) / 1000)
-            answer = await self._resume(upstream_id, handler, credential, cursor)
+            answer = await self._resume(upstream_id, handler,
+                                        credential if refresh is None else await refresh(), cursor)
             stalls = 0 if cursor.last_id != seen else stalls + 1
         return answer
 
