@@ -4,7 +4,7 @@ Order of checks (each failure is a `TokenError`, answered 401 by the identifier)
 1. shape: three base64url parts, bounded size, header and payload JSON objects;
 2. header: `alg` in the issuer's allow-list (never `none`/HS*), no embedded or remote key material
    (`jwk`, `jku`, `x5u`, `x5c`, `x5t*`), no `crit`/`b64` extensions, `kid` a plain token
-   ([A-Za-z0-9._-], ≤128), `typ` as configured;
+   ([A-Za-z0-9._~+/=-], ≤128), `typ` as configured;
 3. issuer: chosen by the *unverified* `iss`, which must equal a configured issuer exactly;
 4. key: from that issuer's source only, by kid, and its key type must fit `alg`;
 5. PyJWT verifies the signature, `aud` (the configured audience, RFC 8707; on an endpoint with its own
@@ -37,7 +37,10 @@ from gateway.config.model import IssuerConfig
 from gateway.identity.jwks import KeySource, VerifyKey
 
 MAX_TOKEN_BYTES = 16 * 1024
-KID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# Printable and bounded: base64 in either alphabet (Amazon Cognito's kids are standard base64, with `+`, `/` and a
+# trailing `=`), dots and tildes. A kid is only compared with the issuer's own kids, never used as a path or URL,
+# so `../../etc/passwd` names no key (Unknown signing key); spaces, quotes, controls and non-ASCII are malformed.
+KID_RE = re.compile(r"[A-Za-z0-9._~+/=-]{1,128}")
 FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_-]*")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")

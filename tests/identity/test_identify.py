@@ -210,6 +210,26 @@ async def test_a_token_kid_is_checked_with_its_own_key_beside_kidless_ones(tmp_p
     assert await rejected(identifier, forged) == "Invalid token signature"
 
 
+async def test_base64_kids_as_amazon_cognito_writes_them_are_accepted(tmp_path: Path,
+                                                                     make_identifier: MakeIdentifier) -> None:
+    """Cognito's kids are standard base64 (`+`, `/`, trailing `=`): each of its tokens was refused as a
+    malformed key id, though its JWKS loaded without a word. A kid is only compared with the issuer's own
+    kids, never used as a path, so path characters in one that names no key are merely an unknown key."""
+    cognito = generate_key("RS256", "uYPIQUYk9+7IbZ/Tz9kx8Ts0wEVG7Fwc6FvHf2TnQQQ=")
+    jwks = tmp_path / "cognito.json"
+    jwks.write_text(json.dumps({"keys": [cognito.public_jwk]}))
+    identifier = await make_identifier({"issuer": "https://idp.test", "jwks_file": str(jwks), "algorithms": ["RS256"]})
+    issuer = TestIssuer(tmp_path, issuer="https://idp.test", algorithms=("ES256",))
+    token = issuer.mint(SHOPPER, aud=AUDIENCE, alg="RS256", key=cognito)
+    assert (await identifier.identify(bearer(token), None)).id == SHOPPER
+    for kid in ("../../../../etc/passwd", "keys/idp-rs256-1"):
+        assert await rejected(identifier, issuer.mint(SHOPPER, aud=AUDIENCE, alg="RS256", key=cognito, kid=kid)) \
+            == "Unknown signing key"
+    for kid in ("idp-rs256-1\u0000", "x' OR '1'='1", "k" * 129, "a b"):
+        assert await rejected(identifier, issuer.mint(SHOPPER, aud=AUDIENCE, alg="RS256", key=cognito, kid=kid)) \
+            == "Malformed key id"
+
+
 def _without_kid(token: str, issuer: TestIssuer) -> str:
     """Re-sign with no kid header (PyJWT adds whatever headers it is given)."""
     claims = jwt.decode(token, options={"verify_signature": False})
