@@ -61,5 +61,5 @@ def _refresher(ctx: CallContext, headers: Mapping[str, str]) -> HeadersSource | 
     kept = {name: value for name, value in headers.items() if name not in ctx.upstream_headers}
 
     async def refreshed() -> Mapping[str, str]:
-        return {**kept, **(await renew())}
+        return {**kept, **(await renew(ctx))}
     return refreshed

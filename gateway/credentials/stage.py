@@ -20,7 +20,7 @@ from gateway.credentials.tasks import META_TASK_KEY, TaskTracker
 from gateway.errors import GatewayError
 
 Handler = Callable[[CallContext, UpstreamConfig], Awaitable[dict[str, str]]]
-# ctx.extra key: `async () -> headers`, the call's credential again (gateway/forward.py hands it to the transport).
+# ctx.extra key: `async (ctx) -> headers`, the call's credential again (gateway/forward.py hands it to the transport).
 REFRESH_KEY = "credential_refresh"
 
 
@@ -64,7 +64,7 @@ class CredentialStage:
         ctx.credential_audience = audience_of(upstream) if mode in ("minted", "token_exchange") else None
         ctx.upstream_headers = await self._produce(ctx, upstream)
         if mode != "none":  # for requests made later on the call's behalf (a resumed answer stream)
-            ctx.extra[REFRESH_KEY] = lambda: self._again(ctx, upstream)
+            ctx.extra[REFRESH_KEY] = self.again  # not a closure over ctx: no reference cycle per call
 
     async def _produce(self, ctx: CallContext, upstream: UpstreamConfig) -> dict[str, str]:
         if ctx.credential_audience is not None:
@@ -77,10 +77,13 @@ class CredentialStage:
         except Exception as exc:  # never surface internals (or secrets in messages) to the agent
             raise GatewayError("credential_unavailable") from exc
 
-    async def _again(self, ctx: CallContext, upstream: UpstreamConfig) -> dict[str, str]:
+    async def again(self, ctx: CallContext) -> dict[str, str]:
         """The call's credential once more, valid now: the same scope and narrowed arguments (a cache hit while
         the first token has its margin left), never for a task that has ended. The call's record keeps naming
         the credential it was sent with."""
+        upstream = self.upstreams.get(ctx.upstream) if ctx.upstream else None
+        if upstream is None:
+            raise GatewayError("credential_unavailable", data={"upstream": ctx.upstream})
         sent = ctx.extra.get("credential")
         try:
             return await self._produce(ctx, upstream)
