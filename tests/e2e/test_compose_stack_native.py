@@ -149,6 +149,9 @@ async def test_the_compose_stack_natively_makes_the_traces_the_readme_shows(
             gateway.send_signal(signal.SIGTERM)  # its drain exports the last spans and writes the last records
             assert await asyncio.to_thread(gateway.wait, 30) == 0, (stack.tmp / "gateway.err").read_text()
         finally:
+            if "agent" in locals() and agent.returncode is None:  # a failure above: the walkthrough stops too
+                agent.kill()
+                await agent.wait()
             stack.stop()
         allowed, denied, delegated, held = re.findall(r"trace: http://localhost:16686/trace/([0-9a-f]{32})", output)
         assert "widget: 42 in stock" in output and "refused: Unknown tool: inventory__get_stock" in output
