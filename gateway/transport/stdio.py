@@ -49,7 +49,7 @@ from gateway.transport.events import MAX_MESSAGE_BYTES
 from gateway.transport.inflight import InflightTable, Pending, with_progress_token
 from gateway.transport.stdio_fence import Fence
 from gateway.transport.stdio_inbound import StdoutReader
-from gateway.transport.stdio_process import pump_stderr, spawn, terminate
+from gateway.transport.stdio_process import exit_code, pump_stderr, spawn, terminate
 from gateway.transport.stdio_routes import SUBSCRIPTION_METHODS, StdioRoutes
 
 # The gateway relays server→client requests to the agent, so it declares what agents commonly offer.
@@ -290,8 +290,9 @@ class StdioUpstream:
                 return
             self._clock.began(self.on_session_end)
             await reader  # returns when the child closes stdout (exit or crash)
-            code = await proc.wait()
-            self._detail = f"child exited with code {code}"
+            code = await exit_code(proc, self._grace_s)
+            self._detail = (f"child exited with code {code}" if code is not None
+                            else "child closed its stdout but kept running; stopped")
             self.log.warning("upstream %s: %s", self.name, self._detail)
         finally:
             self._ready.clear()

@@ -44,6 +44,16 @@ async def terminate(proc: asyncio.subprocess.Process, grace_s: float) -> None:
             continue
 
 
+async def exit_code(proc: asyncio.subprocess.Process, grace_s: float) -> int | None:
+    """The exit status of a child whose stdout closed; None when it lives on without it for `grace_s` (it can
+    never answer again: the caller stops it, and the supervisor restarts it)."""
+    try:
+        async with asyncio.timeout(grace_s):
+            return await proc.wait()
+    except TimeoutError:
+        return None
+
+
 async def pump_stderr(proc: asyncio.subprocess.Process, log: logging.Logger) -> None:
     assert proc.stderr is not None
     while True:
