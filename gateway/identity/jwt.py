@@ -3,7 +3,7 @@
 Order of checks (each failure is a `TokenError`, answered 401 by the identifier):
 1. shape: three base64url parts, bounded size, header and payload JSON objects;
 2. header: `alg` in the issuer's allow-list (never `none`/HS*), no embedded or remote key material
-   (`jwk`, `jku`, `x5u`, `x5c`, `x5t*`), no `crit`/`b64` extensions, `kid` a plain token
+   (`jwk`, `jku`, `x5u`, `x5c`; the thumbprints `x5t*` are ignored), no `crit`/`b64` extensions, `kid` a plain token
    ([A-Za-z0-9._~+/=-], ≤128), `typ` as configured;
 3. issuer: chosen by the *unverified* `iss`, which must equal a configured issuer exactly;
 4. key: from that issuer's source only, by kid, and its key type must fit `alg`;
@@ -41,7 +41,10 @@ MAX_TOKEN_BYTES = 16 * 1024
 # trailing `=`), dots and tildes. A kid is only compared with the issuer's own kids, never used as a path or URL,
 # so `../../etc/passwd` names no key (Unknown signing key); spaces, quotes, controls and non-ASCII are malformed.
 KID_RE = re.compile(r"[A-Za-z0-9._~+/=-]{1,128}")
-FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
+# Key material or where to fetch it (and extensions that change what is signed): refused. The certificate
+# thumbprints `x5t` and `x5t#S256` are no key material (Microsoft Entra ID's v1.0 tokens and AD FS carry `x5t`
+# beside or instead of `kid`): they are ignored, the key still comes from the issuer's own set.
+FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "b64"})
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_-]*")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 

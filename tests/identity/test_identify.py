@@ -230,6 +230,23 @@ async def test_base64_kids_as_amazon_cognito_writes_them_are_accepted(tmp_path: 
             == "Malformed key id"
 
 
+async def test_certificate_thumbprints_in_the_header_are_ignored(issuer: TestIssuer,
+                                                                  make_identifier: MakeIdentifier) -> None:
+    """Microsoft Entra ID's v1.0 tokens (and AD FS access tokens) carry `x5t`, a thumbprint naming the same key as
+    `kid`: every such token was refused ("header parameter not accepted: x5t"). A thumbprint is no key material;
+    the key still comes from the issuer's own key set by `kid`, so a forged thumbprint changes nothing."""
+    identifier = await make_identifier(issuer.config())
+    kid = issuer.keys["RS256"].kid
+    for extra in ({"x5t": kid}, {"x5t#S256": "bm90LWEtcmVhbC10aHVtYnByaW50"}, {"x5t": "forged"}):
+        token = issuer.mint(SHOPPER, aud=AUDIENCE, typ="JWT", headers=extra)
+        assert (await identifier.identify(bearer(token), None)).id == SHOPPER
+    rogue = generate_key("RS256", kid)  # an attacker's key under the issuer's kid and thumbprint
+    assert "signature" in await rejected(identifier, issuer.mint(SHOPPER, aud=AUDIENCE, key=rogue,
+                                                                 headers={"x5t": kid}))
+    for refused in ({"x5c": ["MIIB"]}, {"x5u": "https://evil.example/cert.pem"}, {"jwk": rogue.public_jwk}):
+        assert "not accepted" in await rejected(identifier, issuer.mint(SHOPPER, aud=AUDIENCE, headers=refused))
+
+
 def _without_kid(token: str, issuer: TestIssuer) -> str:
     """Re-sign with no kid header (PyJWT adds whatever headers it is given)."""
     claims = jwt.decode(token, options={"verify_signature": False})
