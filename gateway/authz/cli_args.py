@@ -28,47 +28,66 @@ def _command(name: str, module: str = "gateway.authz.cli") -> Command:
     return run
 
 
+def _parser(sub: Any, name: str, help_text: str, description: str, exits: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with its exit statuses (docs/policies.md, "Command line")."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=description, epilog=f"exit status:\n{exits}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
+
+
 def add_policy_parsers(sub: Any) -> None:
     """Register validate, test, explain, schema and replay under `customs policy`."""
-    p = sub.add_parser("validate", help="parse and validate a policy directory against its schema",
-                       description="Parse every *.cedar file, validate against schema.cedarschema, check @id.")
+    p = _parser(sub, "validate", "parse and validate a policy directory against its schema",
+                "Parse every *.cedar file, validate against schema.cedarschema, check @id; every problem is\n"
+                "printed as file:line.", "  0 valid\n  1 invalid (each problem listed)")
     p.add_argument("dir", type=Path, help="policy directory")
-    p.add_argument("--schema", type=Path, help="validate against this schema instead of DIR/schema.cedarschema")
+    p.add_argument("--schema", type=Path, metavar="FILE",
+                   help="validate against this schema instead of DIR/schema.cedarschema")
     p.set_defaults(func=_command("validate_cmd", "gateway.authz.validate"))
 
-    p = sub.add_parser("test", help="run policy test cases (YAML)", description="Run the cases in each file "
-                       "(or each *.yaml in a directory); non-zero exit when any case fails.")
-    p.add_argument("cases", type=Path, nargs="+", metavar="CASES.yaml")
-    p.add_argument("--policies", type=Path, help="policy directory (default: the file's `policies:` or ..)")
+    p = _parser(sub, "test", "run policy test cases (YAML)",
+                "Run the cases in each file (or each *.yaml in a directory).",
+                "  0 every case passed\n  1 a case failed\n  2 unusable input (a case file or the policies)")
+    p.add_argument("cases", type=Path, nargs="+", metavar="CASES.yaml", help="case files or directories of them")
+    p.add_argument("--policies", type=Path, metavar="DIR",
+                   help="policy directory (default: the file's `policies:`, else the parent of a tests/ "
+                   "directory, else the file's own)")
     p.set_defaults(func=_command("test_cmd"))
 
-    p = sub.add_parser("explain", help="decide one request and show why",
-                       description="Decide one tools/call offline and print outcome, policies and the context.")
-    p.add_argument("--policies", type=Path, required=True)
+    p = _parser(sub, "explain", "decide one request and show why",
+                "Decide one request offline and print outcome, policies, errors, the members evaluated and\n"
+                "the context.", "  0 decided (whatever the outcome)\n  2 bad input")
+    p.add_argument("--policies", type=Path, required=True, metavar="DIR", help="policy directory")
     p.add_argument("--principal-claims", required=True, metavar="JSON|@file",
                    help="token claims: sub, tenant, owner, clearance, trust, groups, nested act")
-    p.add_argument("--tool", required=True, metavar="UPSTREAM/TOOL")
+    p.add_argument("--tool", required=True, metavar="UPSTREAM/TOOL",
+                   help="the tool (or prompt name, resource URI) as upstream/name")
     p.add_argument("--action", default="call_tool", help=f"one of {', '.join(AGENT_ACTIONS)} (default call_tool)")
-    p.add_argument("--args", metavar="JSON|@file")
+    p.add_argument("--args", metavar="JSON|@file", help="the call's arguments, a JSON object")
     p.add_argument("--context", metavar="JSON|@file",
                    help='context facts as in a policy test case\'s `context:`, e.g. {"environment": ..., '
                    '"args_contain_secret": ..., "task": {...}, "approval": "granted", '
                    '"time": {"hour": 9, "weekday": 1}}')
     p.add_argument("--annotations", metavar="JSON|@file", help='tool labels, e.g. {"read_only": true}')
-    p.add_argument("--environment", default="dev")
+    p.add_argument("--environment", default="dev", metavar="ENV",
+                   help="context.environment unless --context sets it (default dev)")
     p.set_defaults(func=_command("explain_cmd"))
 
-    p = sub.add_parser("schema", help="generate typed Args for the schema from tool input schemas",
-                       description="Print the schema with its generated Args block rebuilt from tool input schemas.")
+    p = _parser(sub, "schema", "generate typed Args for the schema from tool input schemas",
+                "Print the schema with its generated Args block rebuilt from tool input schemas.",
+                "  0 written\n  2 bad input (an upstream that cannot be listed, a malformed tool, a base schema "
+                "the block\n    cannot go into)")
     p.add_argument("--config", type=Path, help="customs.yaml: policies.dir, and the upstreams to ask for their tools")
-    p.add_argument("--tools-json", type=Path, help='{"<upstream>": <tools/list result>, ...}')
-    p.add_argument("--policies", type=Path, help="directory holding the base schema.cedarschema")
-    p.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
+    p.add_argument("--tools-json", type=Path, metavar="FILE", help='{"<upstream>": <tools/list result>, ...}')
+    p.add_argument("--policies", type=Path, metavar="DIR", help="directory holding the base schema.cedarschema")
+    p.add_argument("--output", "-o", type=Path, metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=_command("schema_cmd"))
 
-    p = sub.add_parser("replay", help="re-decide logged requests under other policies",
-                       description="Re-decide each decision-log line with an authz_input; print changed decisions "
-                       "grouped by policy; exit 1 when any decision changed.")
-    p.add_argument("--log", type=Path, required=True, metavar="DECISIONS.jsonl")
-    p.add_argument("--policies", type=Path, required=True)
+    p = _parser(sub, "replay", "re-decide logged requests under other policies",
+                "Re-decide each decision-log line with an authz_input; print changed decisions grouped by\n"
+                "policy.", "  0 no decision changed\n  1 some decision changed\n"
+                "  2 bad input (unreadable log, no replayable line, invalid policies)")
+    p.add_argument("--log", type=Path, required=True, metavar="DECISIONS.jsonl", help="a decision log (JSON lines)")
+    p.add_argument("--policies", type=Path, required=True, metavar="DIR", help="the policies to replay under")
     p.set_defaults(func=_command("replay_cmd"))

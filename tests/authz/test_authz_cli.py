@@ -44,6 +44,15 @@ def demo_tools_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_command_has_help(command: str) -> None:
     result = run(command, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout
+    # Every option says what it takes, and the exit codes of docs/policies.md's command table are there too.
+    text = result.stdout.replace("\n\n", "\n")
+    assert "exit status:" in text and "\n  0 " in text.split("exit status:")[1], text
+    lines = text.split("options:")[1].split("exit status:")[0].splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("  -") and not line.startswith("  -h"):
+            same_line = "  " in line.strip()  # `--opt VALUE   help text`
+            next_line = index + 1 < len(lines) and lines[index + 1].startswith(" " * 8)
+            assert same_line or next_line, f"{command}: {line.strip()} has no help"
 
 
 def test_validate_ok_and_broken(policy_dir: Path) -> None:
