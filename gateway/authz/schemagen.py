@@ -83,7 +83,8 @@ def _value_type(value: Any) -> str | None:
 def _untyped(schema: dict[str, Any], depth: int, root: Any, refs: frozenset[str]) -> str | None:
     values = schema.get("enum") if "const" not in schema else [schema["const"]]
     if isinstance(values, list) and values:
-        kinds = {_value_type(v) for v in values}
+        # null is the null alternative (the conversion drops it), as in `type: [..., "null"]`
+        kinds = {_value_type(v) for v in values if v is not None}
         return kinds.pop() if len(kinds) == 1 else None
     for key in ("anyOf", "oneOf", "allOf"):
         options = schema.get(key)

@@ -95,3 +95,12 @@ def test_schema_types_exactly_as_deep_as_arguments_are_converted() -> None:
         kept = "leaf" in json.dumps(converted)
         typed = "String" in (record_type({"a": schema}) or "")
         assert kept == typed, (levels, kept, typed)
+
+
+def test_a_null_among_enum_values_is_the_null_alternative() -> None:
+    """`enum: ["a", "b", null]` (a nullable enum, as zod and others write it) had no type, so the argument was
+    left out of Args, although null is dropped by the conversion as in `type: ["string", "null"]`."""
+    assert cedar_type({"enum": ["a", "b", None]}) == "String"
+    assert cedar_type({"enum": [1, None]}) == "Long"
+    assert cedar_type({"enum": [None]}) is None and cedar_type({"const": None}) is None
+    assert cedar_type({"enum": [1, "a", None]}) is None
