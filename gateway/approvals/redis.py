@@ -242,7 +242,9 @@ class RedisApprovalStore:
         if status == "missing":
             raise ApprovalNotFound(approval_id)
         item = approval_from_hash(_hash(result[1]))
-        if status == "decided":
+        if status == "expired":  # its time was up: the script expired it, a change the decision log must get
+            self._emit(item, "expired")
+        if status in ("decided", "expired"):
             raise AlreadyDecided(item)
         if status == "voted":
             raise AlreadyDecided(item, "already_voted")
@@ -273,8 +275,8 @@ class RedisApprovalStore:
         if not result:
             raise ApprovalNotFound(approval_id)
         item = approval_from_hash(_hash(result[1]))
-        if int(result[0]) == 1:
-            self._emit(item, state, actor=actor)
+        if int(result[0]) == 1:  # `expired` when its time was up, whatever was asked: no actor then
+            self._emit(item, item.state, actor=actor if item.state == state else None)
         return item
 
     async def cancel(self, approval_id: str, state: str = "cancelled", actor: str | None = None) -> Approval:
@@ -286,8 +288,8 @@ class RedisApprovalStore:
         if not result:
             raise ApprovalNotFound(approval_id)
         item = approval_from_hash(_hash(result[1]))
-        if int(result[0]) == 1:
-            self._emit(item, "cancelled", actor=actor)
+        if int(result[0]) == 1:  # `expired` when its time was up: no actor then
+            self._emit(item, item.state, actor=actor if item.state == "cancelled" else None)
         return item
 
     async def forget(self, approval_id: str) -> None:
@@ -298,8 +300,11 @@ class RedisApprovalStore:
         return int(await self._script("CLAIM", approval_id, self._clock(), self._keep_ms)) == 1
 
     async def settle(self, approval_id: str, not_executed: str | None) -> None:
-        if not_executed is None:
-            self._emit(await self.get(approval_id), "executed")
+        if not_executed is None:  # read as stored (no expiry on the way), recorded only for a claimed call
+            fields = await self._run(self._client.hgetall(self._p + "item:" + approval_id))
+            item = approval_from_hash({_text(k): _text(v) for k, v in fields.items()}) if fields else None
+            if item is not None and item.executed:
+                self._emit(item, "executed")
             return
         result = await self._script("NOT_EXECUTED", approval_id, not_executed)
         if result:

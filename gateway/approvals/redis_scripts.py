@@ -64,6 +64,7 @@ return {id, 1, redis.call('HGETALL', item_key(id))}
 """
 
 # ARGV: prefix, id, now, keep_ms, approver, outcome, vote_json  -> {status, hgetall}
+# status: ok | voted | decided | expired (it was due: expired here, so the caller records that change) | missing
 DECIDE: Final = _HELPERS + """
 local key = item_key(ARGV[2])
 local f = redis.call('HMGET', key, 'state', 'expires_at', 'quorum')
@@ -71,7 +72,7 @@ if not f[1] then return {'missing'} end
 if f[1] ~= 'pending' then return {'decided', redis.call('HGETALL', key)} end
 if tonumber(ARGV[3]) >= tonumber(f[2]) then
   finish(ARGV[2], 'expired', ARGV[3], tonumber(ARGV[4]))
-  return {'decided', redis.call('HGETALL', key)}
+  return {'expired', redis.call('HGETALL', key)}
 end
 if redis.call('SADD', P .. 'voters:' .. ARGV[2], ARGV[5]) == 0 then return {'voted', redis.call('HGETALL', key)} end
 local votes = redis.call('HGET', key, 'votes')
@@ -100,12 +101,16 @@ return {'ok', redis.call('HGETALL', key)}
 """
 
 # ARGV: prefix, id, now, keep_ms, state, only_if_due ('1'/'0')  -> {changed 0/1, hgetall} or {} when missing
+# An item past its expiry is expired, whatever was asked (as the memory store, which expires it as it reads it).
 CANCEL: Final = _HELPERS + """
 local key = item_key(ARGV[2])
 local f = redis.call('HMGET', key, 'state', 'expires_at')
 if not f[1] then return {} end
 local changed = 0
-if f[1] == 'pending' and (ARGV[6] == '0' or tonumber(ARGV[3]) >= tonumber(f[2])) then
+if f[1] == 'pending' and tonumber(ARGV[3]) >= tonumber(f[2]) then
+  finish(ARGV[2], 'expired', ARGV[3], tonumber(ARGV[4]))
+  changed = 1
+elseif f[1] == 'pending' and ARGV[6] == '0' then
   finish(ARGV[2], ARGV[5], ARGV[3], tonumber(ARGV[4]))
   changed = 1
 end
@@ -140,9 +145,14 @@ return redis.call('HGETALL', key)
 # dead_after_ms, as in ABANDON) still holds it: an identical call waiting on the same item keeps waiting.
 WITHDRAW: Final = _HELPERS + """
 local key = item_key(ARGV[2])
-local state = redis.call('HGET', key, 'state')
+local f = redis.call('HMGET', key, 'state', 'expires_at')
+local state = f[1]
 if not state then return {} end
 if state ~= 'pending' then return {0, redis.call('HGETALL', key)} end
+if tonumber(ARGV[3]) >= tonumber(f[2]) then  -- past its expiry: expired, not withdrawn (as CANCEL)
+  finish(ARGV[2], 'expired', ARGV[3], tonumber(ARGV[4]))
+  return {1, redis.call('HGETALL', key)}
+end
 local t = redis.call('TIME')
 local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 local held = redis.call('HGETALL', P .. 'held:' .. ARGV[2])

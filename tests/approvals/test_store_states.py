@@ -174,3 +174,31 @@ async def test_an_item_keeps_the_policy_version_that_held_it(store: Any, clock: 
     # Policies may reload while the call waits: the item says which set held it, in both stores.
     item, _ = await store.create_or_join(dataclasses.replace(draft(clock), policy_version="sha256:abc"), link_s=1800)
     assert (await store.get(item.id)).to_json()["policy_version"] == "sha256:abc"
+
+
+async def test_a_due_item_reads_expired_whatever_touches_it_first(kit: StoreKit, clock: Clock) -> None:
+    """An item past its expiry that the sweep has not marked yet is expired by whatever comes first, in both stores
+    alike, and the decision log gets that `expired`: with Redis an approver's decision expired it without a record,
+    and a withdrawing client or a cancel marked it `cancelled` (the memory store: `expired`)."""
+    store = await kit.make(heartbeat_s=3600)  # no housekeeping pass during the test
+    voted, _ = await store.create_or_join(draft(clock, {"n": 1}, ttl=10), link_s=1800)
+    withdrawn, _ = await store.create_or_join(draft(clock, {"n": 2}, ttl=10), link_s=1800)
+    cancelled, _ = await store.create_or_join(draft(clock, {"n": 3}, ttl=10), link_s=1800)
+    clock.advance(11)
+    with pytest.raises(AlreadyDecided) as late:
+        await store.decide(voted.id, "alice", "approved", "too late")
+    assert late.value.reason == "already_decided" and late.value.approval.state == "expired"
+    assert (await store.withdraw(withdrawn.id, actor="agent-1")).state == "expired"
+    assert (await store.cancel(cancelled.id, actor="agent-1")).state == "expired"
+    changes = [(e["approval_id"], e["transition"], e["actor"]) for e in kit.events if e["transition"] != "created"]
+    assert sorted(changes) == sorted((i.id, "expired", None) for i in (voted, withdrawn, cancelled))
+    assert await store.expire_due() == []  # nothing left to expire, nothing recorded twice
+
+
+async def test_settling_a_call_that_was_never_claimed_records_nothing(kit: StoreKit, clock: Clock) -> None:
+    store = await kit.make(heartbeat_s=3600)
+    item, _ = await store.create_or_join(draft(clock), link_s=1800)
+    await store.decide(item.id, "alice", "approved", None)
+    await store.settle(item.id, None)  # not claimed: it cannot have run (Redis used to record `executed`)
+    assert [e["transition"] for e in kit.events] == ["created", "approved"]
+    assert not (await store.get(item.id)).to_json()["executed"]
