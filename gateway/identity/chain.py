@@ -30,15 +30,20 @@ def claim_mapping(configured: Mapping[str, str]) -> dict[str, str]:
 
 
 def _lookup(claims: Mapping[str, Any], name: str) -> Any:
+    """The claim `name`, else (a dotted name, e.g. "org.tenant") the value it reaches in nested objects. A level
+    may be a key holding dots itself, longest first: Kubernetes service-account tokens carry
+    `{"kubernetes.io": {"namespace": ...}}`, which `kubernetes.io.namespace` names."""
     if name in claims:
         return claims[name]
-    # Dotted names reach into nested objects (e.g. "org.tenant") when no flat claim has that name.
-    value: Any = claims
-    for part in name.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        head = ".".join(parts[:cut])
+        inner = claims.get(head)
+        if isinstance(inner, Mapping):
+            found = _lookup(inner, ".".join(parts[cut:]))
+            if found is not None:
+                return found
+    return None
 
 
 def _attribute_value(attribute: str, value: Any) -> Any:

@@ -119,6 +119,27 @@ async def test_claims_mapping(issuer: TestIssuer, make_identifier: MakeIdentifie
                                     "environment": "prod", "clearance": "3"}  # a contract attribute: its text
 
 
+async def test_a_dotted_claim_path_reaches_keys_that_hold_dots(issuer: TestIssuer,
+                                                                make_identifier: MakeIdentifier) -> None:
+    """Kubernetes service-account tokens carry the namespace under a key with a dot, `{"kubernetes.io":
+    {"namespace": "acme", ...}}`: `kubernetes.io.namespace` was split at every dot and found nothing, so the
+    tenant was silently missing (every tenant-scoped permit denied). A level may now be a key with dots."""
+    identifier = await make_identifier(issuer.config(claims={"tenant": "kubernetes.io.namespace",
+                                                             "owner": "kubernetes.io.serviceaccount.name"}))
+    token = issuer.mint("system:serviceaccount:acme:shopper", aud=AUDIENCE, claims={
+        "kubernetes.io": {"namespace": "acme", "serviceaccount": {"name": "shopper", "uid": "u-1"}},
+        "act": {"sub": "system:serviceaccount:acme:planner", "kubernetes.io": {"namespace": "acme"}}})
+    principal = await identifier.identify(bearer(token), None)
+    assert principal.attributes == {"tenant": "acme", "owner": "shopper"}
+    assert principal.chain[0].attributes == {"tenant": "acme"}
+    # A flat claim of the whole name still wins, and a path that leads nowhere is no attribute.
+    flat = issuer.mint("x", aud=AUDIENCE, claims={"kubernetes.io.namespace": "flat",
+                                                  "kubernetes.io": {"namespace": "n"}})
+    assert (await identifier.identify(bearer(flat), None)).attributes == {"tenant": "flat"}
+    nowhere = issuer.mint("y", aud=AUDIENCE, claims={"kubernetes.io": {"name": "n"}, "kubernetes": "k"})
+    assert (await identifier.identify(bearer(nowhere), None)).attributes == {}
+
+
 async def test_non_plain_claim_values_are_left_out(issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
     identifier = await make_identifier(issuer.config(claims={"level": "level", "tags": "tags"}))
     token = issuer.mint(SHOPPER, aud=AUDIENCE, claims={"level": {"id": 1}, "tags": [1, 2], "environment": "dev"})
