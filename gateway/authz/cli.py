@@ -260,22 +260,44 @@ def decided_with_approval(outcome: str, approved: bool) -> bool:
     return approved and outcome != "approval_required"
 
 
+def _print_replay(groups: dict[str, list[str]], undetermined: list[str]) -> None:
+    for policy in sorted(groups):
+        print(f"{policy}: {len(groups[policy])} changed")
+        for entry in groups[policy]:
+            print(f"  {entry}")
+    if undetermined:
+        print(f"undetermined: {len(undetermined)} (these policies read context.args, which the log does not "
+              "hold: enable decision_log.include_args to replay them)")
+        for entry in undetermined:
+            print(f"  {entry}")
+
+
 def replay_cmd(args: argparse.Namespace) -> int:
     loaded = _load(args.policies)
     if loaded is None:
         return 2
     try:
-        lines = args.log.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        # Split at newlines only, as the log is written: orjson leaves U+2028 and U+0085 in strings unescaped,
+        # which str.splitlines would cut a record at. Each line is decoded on its own, so one torn line (a
+        # write cut inside a character) is one skipped line, not an unreadable log.
+        lines = args.log.read_bytes().split(b"\n")
+    except OSError as exc:
         _err(f"cannot read {args.log}: {unreadable(exc)}")
         return 2
     groups: dict[str, list[str]] = defaultdict(list)
     undetermined: list[str] = []
     readers = ArgumentReaders(loaded)
     replayed = skipped = changed = 0
+    not_text: tuple[int, UnicodeDecodeError] | None = None  # the first line that is not UTF-8
     for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue  # the end of the file, or an empty line: nothing was recorded there
         try:
-            record = json.loads(line)
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                not_text = not_text or (number, exc)
+                raise
             principal, action, tool, facts, granted = from_authz_input(record["authz_input"])
             old, old_ids = _recorded(record)
             agent_action(action, "authz_input.action")  # a name no policy decides would replay as a deny
@@ -301,19 +323,12 @@ def replay_cmd(args: argparse.Namespace) -> int:
         changed += 1
         for policy in sorted(set(old_ids) | set(new.policy_ids)) or ["(no policy: default deny)"]:
             groups[policy].append(entry)
-    for policy in sorted(groups):
-        print(f"{policy}: {len(groups[policy])} changed")
-        for entry in groups[policy]:
-            print(f"  {entry}")
-    if undetermined:
-        print(f"undetermined: {len(undetermined)} (these policies read context.args, which the log does not "
-              "hold: enable decision_log.include_args to replay them)")
-        for entry in undetermined:
-            print(f"  {entry}")
+    _print_replay(groups, undetermined)
     unknown = f", {len(undetermined)} undetermined (arguments not logged)" if undetermined else ""
     print(f"{replayed} replayed, {changed} changed, {skipped} skipped (no authz_input or not a decision){unknown}")
     if replayed == 0:
-        _err(f"{args.log}: no replayable decisions (lines need an 'authz_input' object)")
+        why = f"; line {not_text[0]}: {unreadable(not_text[1])}" if not_text is not None else ""
+        _err(f"{args.log}: no replayable decisions (lines need an 'authz_input' object){why}")
         return 2
     return 1 if changed else 0
 

@@ -157,6 +157,30 @@ def test_replay_skips_records_it_cannot_read_instead_of_crashing_or_counting_the
     assert f"1 replayed, 0 changed, {len(broken)} skipped (no authz_input or not a decision)" in result.stdout
 
 
+def test_replay_skips_a_line_that_is_not_utf8_instead_of_refusing_the_whole_log(tmp_path: Path) -> None:
+    """One torn line (a write cut inside a multi-byte character, a disk that filled up) made the whole log
+    unreadable: exit 2 "cannot read", nothing replayed. It is now one skipped line. And the log was split
+    at every Unicode line break, which the writer (orjson) leaves unescaped inside strings: a record holding
+    U+2028 or U+0085 (an argument, a principal's attribute) was cut in two and skipped."""
+    from authz_helpers import TOOLS, agent, call
+
+    from gateway.authz.record import authz_input
+
+    reader = agent("spiffe://customs.demo/agent/reader")
+    snapshot = authz_input(reader, "call_tool", TOOLS["inventory/get_stock"],
+                           call(reader, "inventory/get_stock"), "dev")
+    good = json.dumps({"decision": "allow", "policy_ids": ["reads-allowed"], "authz_input": snapshot}).encode()
+    log = tmp_path / "decisions.jsonl"
+    odd = {"decision": "allow", "policy_ids": ["reads-allowed"],
+           "authz_input": {**snapshot, "principal": {**snapshot["principal"],
+                                                     "attributes": {"tenant": "acme", "owner": "a\u2028b\x85c"}}}}
+    log.write_bytes(good + b"\n" + good[:40] + "é".encode()[:1] + b"\n" + good + b"\n"
+                    + json.dumps(odd, ensure_ascii=False).encode() + b"\n")
+    result = customs_main("policy", "replay", "--log", log, "--policies", SHIPPED)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 replayed, 0 changed, 1 skipped (no authz_input or not a decision)" in result.stdout
+
+
 def test_cases_outside_a_policy_directory_say_how_to_name_one(tmp_path: Path) -> None:
     """A cases file with neither `policies:` nor --policies is run against its own directory: the error named
     that directory (often `.`) and its missing *.cedar files, not how to point the command at the policies."""
