@@ -133,6 +133,16 @@ def _what(item: dict[str, Any]) -> str:
     return "" if method == "tools/call" else f" ({shown(method)})"
 
 
+def _votes(item: dict[str, Any]) -> str:
+    """A call that needs several approvers: how many approved so far, and who (as the page says it)."""
+    quorum = item.get("quorum")
+    if not isinstance(quorum, int) or quorum <= 1:
+        return ""
+    votes = [v for v in item.get("votes") or [] if isinstance(v, dict)]
+    approvers = [shown(v.get("by")) for v in votes if v.get("outcome") == "approved"]
+    return f"approvals:   {len(approvers)} of {quorum}" + (f" ({', '.join(approvers)})" if approvers else "") + "\n"
+
+
 def _print_item(item: dict[str, Any]) -> None:
     chain = " → ".join(shown(c) for c in item.get("chain") or []) or "—"
     decided_by = item.get("decided_by")
@@ -143,7 +153,7 @@ def _print_item(item: dict[str, Any]) -> None:
           f"tenant:      {shown(item.get('tenant') or '—')}\n"
           f"policies:    {', '.join(shown(p) for p in item.get('policies') or []) or '—'}\n"
           f"created:     {_age(item['created_at'])} ago\n"
-          f"{_fate(item)}\n"
+          f"{_fate(item)}\n{_votes(item)}"
           f"decided by:  {decided}\ncomment:     {shown(item.get('comment') or '—')}\n"
           f"args_digest: {shown(item['args_digest'])}\narguments:\n{json.dumps(item.get('args'), indent=2)}")
 

@@ -126,3 +126,17 @@ async def test_show_names_the_decision_not_an_expiry_once_decided(web_kit: WebKi
     _, out, _ = await customs_async("approvals", "show", decided.id, "--url", web_kit.url, token=token, check=True)
     assert "expires" not in out, out
     assert re.search(r"^decided:     denied \d+[sm] ago$", out, re.M), out
+
+
+async def test_show_names_the_votes_of_a_call_that_needs_several_approvers(web_kit: WebKit) -> None:
+    """A call that needs two approvers: `show` says how many approved so far and who, as the page does (it showed
+    `decided by: —` until the last vote, so a second approver could not tell the call already had one)."""
+    item, _ = await web_kit.store.create_or_join(draft(Clock(), quorum=2), link_s=1800)
+    await web_kit.store.decide(item.id, "bob", "approved", "fine by me")
+    _, out, _ = await customs_async("approvals", "show", item.id, "--url", web_kit.url, token=web_kit.token("alice"),
+                                    check=True)
+    assert re.search(r"^approvals:   1 of 2 \(bob\)$", out, re.M), out
+    single, _ = await web_kit.store.create_or_join(draft(Clock(), args={"amount": 3}), link_s=1800)
+    _, out, _ = await customs_async("approvals", "show", single.id, "--url", web_kit.url, token=web_kit.token("alice"),
+                                    check=True)
+    assert "approvals:" not in out, out  # one approver decides: nothing to count
