@@ -25,6 +25,9 @@ from gateway.config.model import WebhookConfig
 
 log = logging.getLogger("customs.approvals.webhooks")
 ARGS_SHOWN = 2500  # characters of the arguments' JSON in the Slack text (the page and `approval` have them all)
+# Slack refuses a message (400 invalid_blocks) whose section text is over 3,000 characters or a field over 2,000: the
+# limits count what is sent, escapes included, so every block is cut to them after escaping.
+SECTION_MAX, FIELD_MAX = 3000, 2000
 SIGNATURE_HEADER = "X-Customs-Signature"
 TIMESTAMP_HEADER = "X-Customs-Timestamp"
 
@@ -41,14 +44,27 @@ def mrkdwn(value: str) -> str:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _clip(text: str, limit: int) -> str:
+    """Escaped text cut to `limit` characters (an `…` ends it), never inside an `&amp;`-style escape."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    amp = cut.rfind("&", max(0, len(cut) - 4))
+    if amp >= 0 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "…"
+
+
 def _args_text(args: object) -> str:
     """The arguments for the code block, cut to ARGS_SHOWN characters with a note saying so: keys are sorted, so
-    a long harmless one could otherwise push the one that matters out of sight unannounced."""
+    a long harmless one could otherwise push the one that matters out of sight unannounced. Cut after escaping
+    (`<` is sent as `&lt;`), so the block stays within Slack's limit whatever the arguments hold."""
     text = json.dumps(args, indent=2, sort_keys=True, ensure_ascii=False)
+    text = mrkdwn(text).replace("```", "`\u200b``")  # a ``` inside would close the code block early
     if len(text) > ARGS_SHOWN:
-        cut = len(text) - ARGS_SHOWN
-        text = f"{text[:ARGS_SHOWN]}\n… cut: {cut} more characters; the approvals page shows them all"
-    return mrkdwn(text).replace("```", "`\u200b``")  # a ``` inside would close the code block early
+        shown_part = _clip(text, ARGS_SHOWN)[:-1]
+        text = f"{shown_part}\n… cut: {len(text) - len(shown_part)} more characters; the approvals page shows them all"
+    return text
 
 
 def message(approval: Approval, page_url: str | None) -> dict[str, Any]:
@@ -60,8 +76,8 @@ def message(approval: Approval, page_url: str | None) -> dict[str, Any]:
               f"*Expires:* <!date^{int(approval.expires_at)}^{{time}}|{int(approval.expires_at)}>"]
     args = _args_text(approval.args)
     blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_clip(text, SECTION_MAX - 2)}*"}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": _clip(f, FIELD_MAX)} for f in fields]},
         {"type": "section", "text": {"type": "mrkdwn", "text": f"```{args}```"}},
     ]
     if page_url:

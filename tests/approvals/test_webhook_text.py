@@ -52,3 +52,18 @@ async def test_invisible_and_reordering_characters_are_shown_as_escapes(receiver
     assert not [t for t in texts if any(c in t for c in "\u202e\u200b\u2066")], texts
     assert "\\u202e7654-A" in texts[2] and "pay\\u200b" in payload["text"]
     assert payload["approval"]["tool"] == "pay\u200b"  # programs get the raw Approval
+
+
+async def test_escaping_cannot_push_a_block_past_slacks_limits(receiver: Receiver) -> None:
+    """Slack refuses (400 invalid_blocks: not retried, so nobody is told) a message whose section text is over 3,000
+    characters or a field over 2,000. The arguments were cut at 2,500 characters before escaping, and `<` becomes
+    `&lt;`, a control character `\\u0001`: an agent could make its own call's notification undeliverable."""
+    payload = await _delivered(receiver, {"note": "<&>" * 900, "raw": "\x01" * 900, "to_account": "A-1"},
+                               principal="spiffe://acme.test/" + "<agent>" * 400)
+    sections = [b["text"]["text"] for b in payload["blocks"] if "text" in b]
+    fields = [f["text"] for b in payload["blocks"] for f in b.get("fields", [])]
+    assert max(map(len, sections)) <= 3000 and max(map(len, fields)) <= 2000, (
+        list(map(len, sections)), list(map(len, fields)))
+    code = sections[1]
+    assert code.startswith("```") and code.endswith("```") and "cut" in code
+    assert not any(code[:-3].endswith(part) for part in ("&", "&l", "&lt", "&a", "&am", "&amp"))
