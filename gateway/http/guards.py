@@ -19,6 +19,7 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 DEFAULT_BODY_TIMEOUT_S: float = ListenConfig.model_fields["body_timeout_s"].default
 T = TypeVar("T")
 REFUSED = web.ResponseKey("customs.refused", str)  # on a response error_response built: the reason (metric)
+UNREADABLE = web.RequestKey("customs.unreadable_body", bool)  # its body could not be decoded: close the connection
 
 
 def error_response(exc: BaseException, request_id: object = None,
@@ -99,6 +100,8 @@ def guard_middleware(policy: HostOriginPolicy, refused: Callable[[str, int], Non
             response: web.StreamResponse = error_response(exc)
         else:
             response = await handler(request)
+        if request.get(UNREADABLE) and not response.prepared:
+            response.force_close()  # the rest of that body is still on the wire: this connection cannot go on
         if response.status >= 400 and refused is not None and REFUSED in response:
             refused(response[REFUSED], response.status)
         return response
@@ -122,24 +125,32 @@ async def timed_read(request: web.Request, read: Callable[[], Awaitable[T]]) -> 
     `client_max_size`) under `listen.body_timeout_s`, for the routes outside /mcp. Raises
     GatewayError("body_timeout"); each API maps it to its own error shape."""
     if request.content.is_eof():
-        return await _bounded(read)
+        return await _bounded(request, read)
     config = request.config_dict.get(CONFIG)
     timeout_s = config.listen.body_timeout_s if config is not None else DEFAULT_BODY_TIMEOUT_S
     try:
         async with asyncio.timeout(timeout_s):
-            return await _bounded(read)
+            return await _bounded(request, read)
     except TimeoutError:
         raise GatewayError("body_timeout") from None
 
 
-async def _bounded(read: Callable[[], Awaitable[T]]) -> T:
+async def _bounded(request: web.Request, read: Callable[[], Awaitable[T]]) -> T:
     """aiohttp's read refusing more than `client_max_size` (`listen.max_body_bytes`) as GatewayError
     ("body_too_large"). Its own refusal is a text/plain 413; it is what a compressed body (Content-Encoding
-    gzip/deflate/br, inflated by aiohttp as it reads) meets, whose Content-Length is under the limit."""
+    gzip/deflate/br, inflated by aiohttp as it reads) meets, whose Content-Length is under the limit.
+    A body aiohttp cannot decode (corrupt gzip, broken chunked framing) is GatewayError("parse_error"): it
+    used to escape every handler as an unhandled exception (text/plain 500, a traceback logged at ERROR). Its
+    stream is ended here, so aiohttp does not read the rest after the answer (that read failed again, logged at
+    ERROR), and the answer closes the connection (guard_middleware)."""
     try:
         return await read()
     except web.HTTPRequestEntityTooLarge:
         raise GatewayError("body_too_large") from None
+    except web.RequestPayloadError:
+        request[UNREADABLE] = True
+        request.content.feed_eof()
+        raise GatewayError("parse_error", "Parse error: the body could not be decoded") from None
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -148,14 +159,18 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
             raise GatewayError("body_too_large")
         # Content-Length framing bounds what aiohttp reads: one read, no per-chunk iteration. A compressed
         # body inflates past its Content-Length: aiohttp's own limit (client_max_size) refuses it then.
-        return await _bounded(request.read)
+        return await _bounded(request, request.read)
     chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise GatewayError("body_too_large")
-        chunks.append(chunk)
+
+    async def read_chunks() -> None:
+        size = 0
+        async for chunk in request.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError("body_too_large")
+            chunks.append(chunk)
+
+    await _bounded(request, read_chunks)
     return b"".join(chunks)
 
 
