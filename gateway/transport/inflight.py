@@ -66,6 +66,7 @@ class InflightTable:
     def abandon(self, pending: Pending) -> None:
         if self._pending.get(pending.upstream_id) is pending:
             pending.abandoned = True
+        pending.future.cancel()  # nobody awaits it now (a later `fail_all` would leave its failure untaken)
 
     def forget(self, pending: Pending) -> None:
         if self._pending.get(pending.upstream_id) is pending:

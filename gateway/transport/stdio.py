@@ -47,7 +47,7 @@ from gateway.transport.common import (
 )
 from gateway.transport.events import MAX_MESSAGE_BYTES
 from gateway.transport.inflight import InflightTable, Pending, with_progress_token
-from gateway.transport.stdio_fence import Fence
+from gateway.transport.stdio_fence import STUCK_AFTER, Fence, StdinStalled
 from gateway.transport.stdio_inbound import StdoutReader
 from gateway.transport.stdio_process import exit_code, pump_stderr, spawn, terminate
 from gateway.transport.stdio_routes import SUBSCRIPTION_METHODS, StdioRoutes
@@ -82,7 +82,9 @@ class StdioUpstream:
         self._table = InflightTable()
         self._routes = StdioRoutes(self._table, self.write, self, self.log)
         self._stdout = StdoutReader(self._table, self._routes.route, self._negotiated, self.log)
-        self._fence = Fence(self._table, self.write, self, config.timeout_s, self._spawn, self._restart_stuck,
+        # The fence's ping may wait as long for the pipe as for its answer before the child counts as stuck.
+        fence_write = partial(self.write, limit=config.timeout_s * STUCK_AFTER)
+        self._fence = Fence(self._table, fence_write, self, config.timeout_s, self._spawn, self._restart_stuck,
                             self.log, self.name)
         self._proc: asyncio.subprocess.Process | None = None
         self._ready = asyncio.Event()
@@ -193,13 +195,13 @@ class StdioUpstream:
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
-            self._table.abandon(pending)
-            await self._cancel_upstream(pending.upstream_id, "timeout")
-            self._fence.add(pending)
+            self._give_up(pending, "timeout")
             raise GatewayError("upstream_timeout", data={"timeout_s": limit, "upstream": self.name}) from exc
+        except StdinStalled:  # its line may reach the child once it reads again: cancelled after it
+            self._give_up(pending, "timeout")
+            raise
         except asyncio.CancelledError:
-            self._table.abandon(pending)
-            self._spawn(self._cancel_and_fence(pending))
+            self._give_up(pending, "cancelled")
             raise
         finally:
             self._table.discard(pending)
@@ -226,18 +228,22 @@ class StdioUpstream:
         else:
             self.log.warning("dropped an answer to server→client request %r: not this session's", message.get("id"))
 
-    async def write(self, message: Message) -> None:
+    async def write(self, message: Message, limit: float | None = None) -> None:
         proc = self._proc
         if proc is None or proc.stdin is None or proc.returncode is not None:
             raise GatewayError("upstream_unavailable", "upstream process is not running", data={"upstream": self.name})
         line = jsonrpc.dumps(message) + b"\n"
-        async with self._write_lock:
-            try:
+        try:
+            # Bounded: a child that stopped reading fills its stdin pipe, and every writer would wait behind
+            # the lock for good. A line taken into the buffer is sent whole once the child reads again.
+            async with asyncio.timeout(limit or self.config.timeout_s), self._write_lock:
                 proc.stdin.write(line)
                 await proc.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                raise GatewayError("upstream_unavailable", "upstream process went away",
-                                   data={"upstream": self.name}) from exc
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise GatewayError("upstream_unavailable", "upstream process went away",
+                               data={"upstream": self.name}) from exc
+        except TimeoutError as exc:
+            raise StdinStalled(self.name) from exc
 
     # -- supervision ------------------------------------------------------------------------------
 
@@ -356,9 +362,15 @@ class StdioUpstream:
         with suppress(GatewayError):
             await send_own(self.on_notify, cancelled_message(upstream_id, reason), self.write)
 
-    async def _cancel_and_fence(self, abandoned: Pending) -> None:
+    def _give_up(self, pending: Pending, reason: str) -> None:
+        """Stop awaiting a call; cancel it upstream and fence it in the background (a child that is not
+        reading would otherwise hold the caller past its timeout)."""
+        self._table.abandon(pending)
+        self._spawn(self._cancel_and_fence(pending, reason))
+
+    async def _cancel_and_fence(self, abandoned: Pending, reason: str) -> None:
         # The fence's ping must follow the cancellation on the wire, or its answer proves nothing.
-        await self._cancel_upstream(abandoned.upstream_id, "cancelled")
+        await self._cancel_upstream(abandoned.upstream_id, reason)
         self._fence.add(abandoned)
 
     async def _restart_stuck(self) -> None:

@@ -25,6 +25,15 @@ from gateway.transport.base import Message
 from gateway.transport.inflight import InflightTable, Pending
 
 STUCK_AFTER = 3  # a fence ping unanswered for this many timeout_s: the child is stuck
+
+
+class StdinStalled(GatewayError):
+    """A write to the child did not finish within its upstream's `timeout_s`: it is not reading its stdin
+    (the pipe is full). A fence ping that cannot be written shows the child stuck as surely as one unanswered."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__("upstream_unavailable", "upstream process is not reading its input",
+                         data={"upstream": upstream})
 PING: Message = {"jsonrpc": "2.0", "id": None, "method": "ping"}
 
 
@@ -79,6 +88,11 @@ class Fence:
                     self._log.warning("upstream %s has not answered a ping in %ss; messages not tied to a request "
                                       "reach no session until it does", self._name, self._timeout_s)
                     await ping.future
+        except StdinStalled:
+            self._log.warning("upstream %s has not read its input in %ss: restarting it as stuck",
+                              self._name, self._timeout_s)
+            await self._on_stuck()
+            return False
         except GatewayError:
             return False
         except TimeoutError:
