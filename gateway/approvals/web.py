@@ -177,7 +177,7 @@ class ApprovalsWeb:
             return None
         try:
             body = await _read(request, request.json)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # nesting past the parser's limit too
             raise Refused(400, "invalid_body", 'body must be JSON: {"comment": "..."}') from None
         if body is None:  # `null`: no comment, as an empty body
             return None

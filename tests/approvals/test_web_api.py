@@ -243,3 +243,15 @@ async def test_limit_outside_the_documented_range_is_refused(web_kit: WebKit) ->
     for good in ("1", "1000", "100"):
         async with web_kit.http.get(url, params={"limit": good}, headers=headers) as resp:
             assert resp.status == 200 and len((await resp.json())["items"]) == 1, good
+
+
+async def test_a_body_nested_past_the_parsers_limit_is_a_bad_body_not_a_crash(web_kit: WebKit) -> None:
+    """`[[[[…]]]]` 100,000 deep fits in the body limit; the JSON parser gives up with a RecursionError, which
+    escaped as a bare 500 `Server got itself in trouble` and a traceback in the log."""
+    item = await _item(web_kit)
+    for body in ("[" * 100_000 + "]" * 100_000, '{"comment": ' + "[" * 100_000 + "]" * 100_000 + "}"):
+        async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/approve", data=body,
+                                     headers={**web_kit.bearer("alice"), "Content-Type": "application/json"}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["reason"] == "invalid_body"
+    assert (await web_kit.store.get(item.id)).pending
