@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,20 +38,45 @@ class FactsStore(Protocol):
 class _Task:
     calls: dict[str, int] = field(default_factory=dict)
     totals: dict[str, float] = field(default_factory=dict)
+    used: float = 0.0  # monotonic time of the last reservation
+
+
+def _named_by_agent(task: str) -> bool:
+    """An explicit task (`<customs/task>@<principal hash>`, credentials.tasks.explicit_task_id): the agent may
+    name it again after it ended (idle, task_end), unlike a session's (`s-…`) or an idle window's (`i-…`)."""
+    return "@" in task
 
 
 @dataclass
 class MemoryFacts:
-    """Single-process task facts. A task's facts go when the task ends (`forget`, called by the task
-    tracker): without that every session, idle window and explicit task ever seen kept its entry."""
+    """Single-process task facts. A session's or idle window's facts go when its task ends (`forget`, called
+    by the task tracker): no call names that task again, and without that every one ever seen kept its entry.
+    An explicit task's stay as Redis keeps them, `ttl_s` after its last reservation: the agent goes on naming
+    it after a pause longer than `tasks.idle_s` (a payment held for a person) or a task_end, and its total
+    used to start again from zero then."""
 
     tasks: dict[str, _Task] = field(default_factory=dict)
+    ttl_s: float = 86400.0  # as RedisFacts' key TTL
+    clock: Callable[[], float] = time.monotonic
+    _pruned: float = 0.0
 
     def forget(self, task: str) -> None:
-        self.tasks.pop(task, None)
+        if not _named_by_agent(task):
+            self.tasks.pop(task, None)
+
+    def _prune(self, now: float) -> None:
+        """Drop explicit tasks unused for ttl_s; one pass at most every minute (amortized over reservations)."""
+        if now - self._pruned < min(60.0, self.ttl_s):
+            return
+        self._pruned = now
+        for name in [n for n, t in self.tasks.items() if now - t.used >= self.ttl_s]:
+            del self.tasks[name]
 
     async def reserve(self, task: str, tool: str, sums: Mapping[str, float]) -> dict[str, Any]:
+        now = self.clock()
+        self._prune(now)
         state = self.tasks.setdefault(task, _Task())
+        state.used = now
         previous = state.calls.get(tool, 0)
         seen = sorted(t for t, n in state.calls.items() if n > 0)
         for name, value in sums.items():

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.lifecycle.conftest import Upstreams, executed_payments, gateway_config, reason_of, token
+from tests.lifecycle.conftest import Upstreams, eventually, executed_payments, gateway_config, reason_of, token
 from tests.support.mcp_client import sdk_client
 from tests.support.redis import RedisServer
 from tests.support.tokens import TestIssuer
@@ -115,3 +115,40 @@ async def test_racing_payments_on_two_replicas_never_exceed_the_cap(start_gatewa
     # Forwarded calls keep their reservation, so exactly the first ten reservations were paid.
     assert outcomes.count("paid") == len(executed) == 10
     assert outcomes.count("approval_pending") == 14
+
+
+async def test_an_explicit_task_that_went_idle_keeps_its_total(start_gateway: Any, upstreams: Upstreams,
+                                                               issuer: TestIssuer, policies: Path) -> None:
+    """With the memory store an explicit task's facts went when the task ended (idle for tasks.idle_s, or a
+    task_end), although the agent goes on naming the same task: a payment held for a person longer than
+    idle_s, or any pause, started the task's total again from zero (Redis keeps it 24 h). They now stay as
+    long as Redis keeps them, in both stores; a session's or idle window's task (never named again) still
+    takes its facts with it."""
+    gw = await start_gateway(gateway_config(upstreams, issuer, policies, tasks={"idle_s": 0.3}))
+    tracker = gw.gateway.parts.credentials.tasks
+    async with sdk_client(gw.mcp, token(issuer, gw)) as client:
+        assert not (await client.call_tool("payments__pay", pay(6000), meta=TASK)).is_error
+        [task_id] = [t for t in tracker._tasks if t.startswith("order-42@")]
+
+        async def ended() -> bool:
+            return tracker.task(task_id) is None
+
+        await eventually(ended)  # the sweeper ended it: idle for longer than idle_s
+        reason, _ = await reason_of(client.call_tool("payments__pay", pay(6000), meta=TASK))
+        assert reason == "approval_pending"  # 12,000 in this task
+    assert [p["amount"] for p in await executed_payments(upstreams)] == [6000]
+
+
+async def test_memory_facts_keep_an_explicit_task_until_its_ttl_and_forget_the_others() -> None:
+    from gateway.taskstate import MemoryFacts
+
+    now = [1000.0]
+    facts = MemoryFacts(ttl_s=100.0, clock=lambda: now[0])
+    for task in ("order-42@abc", "s-123", "i-456"):
+        await facts.reserve(task, "payments/pay", {"amount": 5.0})
+        facts.forget(task)  # the tracker ended each
+    assert list(facts.tasks) == ["order-42@abc"]
+    assert (await facts.reserve("order-42@abc", "payments/pay", {"amount": 1.0}))["totals"] == {"amount": 6.0}
+    now[0] += 100.0  # unused for ttl_s: gone at the next reservation, as a Redis key expires
+    await facts.reserve("other@abc", "payments/pay", {})
+    assert list(facts.tasks) == ["other@abc"]
