@@ -21,14 +21,15 @@ from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler, SentId
 from gateway.transport.common import (
     BROADCAST_METHODS,
-    INITIALIZED,
     SessionClock,
     cancelled_message,
     check_initialize,
     initialize_message,
+    initialized_message,
     remap_cancel,
     send_own,
     with_id,
+    with_trace,
 )
 from gateway.transport.events import NotJson, SseEvent, iter_sse, parse_json
 from gateway.transport.http_base import HttpUpstreamBase, deliver, same_origin
@@ -65,6 +66,7 @@ class SseSession:
         self._params = params
         self._on_message = on_message
         self._connect_headers = dict(headers or {})
+        self._trace = params.trace_context
         self._credentials = credentials
         self._table = InflightTable()
         self._response: aiohttp.ClientResponse | None = None
@@ -83,7 +85,10 @@ class SseSession:
         return self._init_result
 
     async def open(self) -> None:
-        headers = self._up.headers(self._connect_headers, accept="text/event-stream", json_body=False)
+        # The trace of the request that opened the session rides on the set-up requests only (a re-open is later).
+        trace, self._trace = self._trace, None
+        setup = with_trace(self._connect_headers, trace)
+        headers = self._up.headers(setup, accept="text/event-stream", json_body=False)
         try:
             self._response = await self._up.stream_http.get(self._up.url, headers=headers, allow_redirects=False)
         except aiohttp.ClientConnectionError as exc:
@@ -96,10 +101,10 @@ class SseSession:
         self._events = iter_sse(self._response.content)
         self._endpoint = await self._read_endpoint(self._events)
         self._reader = asyncio.create_task(self._read(self._events), name=f"customs-{self._up.name}-sse")
-        response = await self.request(initialize_message(0, self._params), headers=self._connect_headers,
+        response = await self.request(initialize_message(0, self._params, trace), headers=setup,
                                       on_message=self._on_message, timeout=self._up.config.timeout_s)
         self._init_result = check_initialize(response)
-        await self._post(INITIALIZED, self._connect_headers)
+        await self._post(initialized_message(trace), setup)
         self._clock.began(self._up.on_session_end)
 
     async def _read_endpoint(self, events: AsyncIterator[SseEvent]) -> str:
@@ -137,7 +142,7 @@ class SseSession:
                     # Two calls of one session (stateless clients of one principal share it) may carry the
                     # same token: upstream it is unique (the upstream id), so progress finds its own call.
                     outbound = with_progress_token(outbound, pending.upstream_id)
-                await self._post(outbound, credential)
+                await self._post_unbounded(outbound, credential)  # the call's own timeout bounds it
                 response = await pending.future
         except TimeoutError as exc:
             if not deadline.expired():
@@ -216,6 +221,16 @@ class SseSession:
         task.add_done_callback(self._tasks.discard)
 
     async def _post(self, message: Message, headers: Mapping[str, str] | None) -> None:
+        """POST one message to the endpoint, taken (202) within the upstream's `timeout_s`: an agent's
+        notification waits for this and must not wait for a mute upstream for good."""
+        try:
+            async with asyncio.timeout(self._up.config.timeout_s):
+                await self._post_unbounded(message, headers)
+        except TimeoutError as exc:
+            raise GatewayError("upstream_timeout", "upstream did not take the message in time",
+                               data={"timeout_s": self._up.config.timeout_s, "upstream": self._up.name}) from exc
+
+    async def _post_unbounded(self, message: Message, headers: Mapping[str, str] | None) -> None:
         body = jsonrpc.dumps(message)
         try:
             async with self._up.http.post(self._endpoint, data=body, headers=self._up.headers(headers),

@@ -28,17 +28,18 @@ from gateway import jsonrpc
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler, SentId
 from gateway.transport.common import (
-    INITIALIZED,
     SessionClock,
     cancelled_message,
     check_initialize,
     check_response,
     id_key,
     initialize_message,
+    initialized_message,
     is_response,
     remap_cancel,
     send_own,
     with_id,
+    with_trace,
 )
 from gateway.transport.events import SseCursor, iter_sse, parse_json, read_json_body
 from gateway.transport.http_base import HttpUpstreamBase, deliver
@@ -104,15 +105,18 @@ class StreamableHttpSession:
         """initialize → record session id and version → notifications/initialized → GET stream."""
         reopening = self._session_id is not None
         self._session_id, self._version, self._expired = None, None, False
-        message = initialize_message(next(self._ids), self._params)
+        # The request that opened the session lends its trace to the first set-up only: a re-open is much later.
+        trace = None if reopening else self._params.trace_context
+        message = initialize_message(next(self._ids), self._params, trace)
         try:
             async with asyncio.timeout(self._up.config.timeout_s):
                 # The first open uses the credential connect() was given; a re-open may be much later.
                 credential = await self._session_headers() if reopening else self._connect_headers
-                response = await self._exchange(message, credential, self._on_message, capture=True)
+                setup = with_trace(credential, trace)
+                response = await self._exchange(message, setup, self._on_message, capture=True)
                 self._init_result = check_initialize(response)
                 self._version = self._init_result["protocolVersion"]
-                await self._post_one_way(INITIALIZED, credential)
+                await self._post_one_way(initialized_message(trace), setup)
                 self._clock.began(self._up.on_session_end)
         except TimeoutError as exc:
             raise GatewayError("upstream_timeout", "upstream did not answer initialize in time") from exc
@@ -319,7 +323,16 @@ class StreamableHttpSession:
                                data={"upstream": self._up.name, "session": "expired"})
 
     async def _post_one_way(self, message: Message, headers: Mapping[str, str] | None) -> None:
-        """POST a notification or a response; the upstream acknowledges with 202 (any 2xx accepted)."""
+        """POST a notification or a response; the upstream acknowledges with 202 (any 2xx accepted), within
+        its `timeout_s` (an agent's notification waits for this: it must not wait for a mute upstream for good)."""
+        try:
+            async with asyncio.timeout(self._up.config.timeout_s):
+                await self._post_one_way_unbounded(message, headers)
+        except TimeoutError as exc:
+            raise GatewayError("upstream_timeout", "upstream did not take the message in time",
+                               data={"timeout_s": self._up.config.timeout_s, "upstream": self._up.name}) from exc
+
+    async def _post_one_way_unbounded(self, message: Message, headers: Mapping[str, str] | None) -> None:
         body = jsonrpc.dumps(message)
         try:
             async with self._up.http.post(self._up.url, data=body, headers=self._headers(headers),

@@ -1,0 +1,96 @@
+"""An HTTP upstream that takes an agent's notification (or an answer to its own request) and never answers
+the POST: the gateway passed it on without a limit, so the agent's POST (`notifications/roots/list_changed`
+here, or `notifications/cancelled`) never got its 202 and the agent's SDK waited for good. What the
+gateway sends upstream on its own is now bounded by the upstream's `timeout_s` (streamable HTTP and legacy
+SSE upstreams; real gateway, hand-written upstreams)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.support.servers import run_aiohttp
+
+pytestmark = pytest.mark.asyncio
+ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
+INIT = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "mute", "version": "1"}}
+HANG_ON = "notifications/roots/list_changed"
+
+
+def answer(message: dict[str, Any]) -> dict[str, Any]:
+    result = INIT if message["method"] == "initialize" else {"tools": []}
+    return {"jsonrpc": "2.0", "id": message["id"], "result": result}
+
+
+def streamable_app() -> web.Application:
+    async def mcp(request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=405)
+        message = json.loads(await request.read())
+        if message.get("method") == HANG_ON:
+            await asyncio.Event().wait()
+        if "id" not in message:
+            return web.Response(status=202)
+        return web.json_response(answer(message), headers={"Mcp-Session-Id": "s-1"})
+
+    app = web.Application()
+    app.router.add_route("*", "/mcp", mcp)
+    return app
+
+
+def sse_app() -> web.Application:
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"event: endpoint\ndata: /messages?session=1\n\n")
+        while True:
+            await response.write(f"event: message\ndata: {json.dumps(await queue.get())}\n\n".encode())
+
+    async def post(request: web.Request) -> web.Response:
+        message = json.loads(await request.read())
+        if message.get("method") == HANG_ON:
+            await asyncio.Event().wait()
+        if "id" in message and "method" in message:
+            await queue.put(answer(message))
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_get("/sse", sse)
+    app.router.add_post("/messages", post)
+    return app
+
+
+@pytest.fixture(params=["streamable_http", "sse"])
+async def gw(request: pytest.FixtureRequest, start_gateway: Any, permissive_policies: Path) -> AsyncIterator[Any]:
+    kind = request.param
+    async with run_aiohttp(streamable_app() if kind == "streamable_http" else sse_app(), shutdown_timeout=1) as base:
+        url = f"{base}/mcp" if kind == "streamable_http" else f"{base}/sse"
+        yield await start_gateway({"upstreams": [{"name": "mute", "url": url, "transport": kind, "timeout_s": 1}],
+                                   "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
+
+
+async def test_an_agent_notification_is_acknowledged_though_the_upstream_never_answers_it(gw: Any) -> None:
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http:
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                           "clientInfo": {"name": "t", "version": "1"}}}
+        async with http.post(gw.mcp, json=init, headers=headers) as resp:
+            headers |= {"Mcp-Session-Id": resp.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-06-18"}
+        async with http.post(gw.mcp, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers) as resp:
+            assert (await resp.json())["result"]["tools"] == []  # the upstream session is open
+        began = asyncio.get_running_loop().time()
+        # (on the old code: no answer ever; wait_for only keeps the test from hanging)
+        async with asyncio.timeout(15), http.post(gw.mcp, json={"jsonrpc": "2.0", "method": HANG_ON},
+                                                  headers=headers) as resp:
+            assert resp.status == 202
+        assert asyncio.get_running_loop().time() - began < 5
