@@ -68,6 +68,8 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
         detail = error.get("message") or exc.reason
         # An anonymous gateway's refusal says what to change; "use a valid token" would contradict it.
         hint = "" if "identity.mode: anonymous" in str(detail) else hints.get(exc.code, "")
+        if error.get("reason") == "already_voted":  # a 409 of a call still pending (quorum), not a decided one
+            hint = "you already approved this call; it waits for another approver (quorum)"
         if exc.code in (404, 405) and not error.get("reason"):
             # Not the API's own refusal (that carries a reason): no such route, so --url is not the base URL.
             hint = (f"nothing answers {method} {path} at --url {args.url}: --url must be the gateway's base URL "
@@ -167,7 +169,8 @@ def list_command(args: argparse.Namespace) -> int:
         print(json.dumps(items, indent=2))
         return 0
     if not items:
-        print(f"no {'' if args.state == 'all' else args.state + ' '}approvals")
+        states = "" if args.state == "all" else " or ".join(args.state.split(",")) + " "
+        print(f"no {states}approvals")
         return 0
     print(f"{'ID':38} {'STATE':9} {'AGE':>5}  {'TOOL':28} AGENT")
     for item in items:

@@ -91,8 +91,9 @@ def _guarded(handler: Handler) -> Handler:
         except ApprovalNotFound:
             return _error(404, "not_found", "no such approval")
         except AlreadyDecided as exc:
-            return _error(409, exc.reason, f"this call is already {exc.approval.state}",
-                          approval=exc.approval.to_json())
+            message = (f"you already approved this call; it needs {exc.approval.quorum} approvers"
+                       if exc.reason == "already_voted" else f"this call is already {exc.approval.state}")
+            return _error(409, exc.reason, message, approval=exc.approval.to_json())
         except GatewayError as exc:
             return _error(503, exc.reason, exc.message)
 

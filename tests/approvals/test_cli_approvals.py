@@ -140,3 +140,17 @@ async def test_show_names_the_votes_of_a_call_that_needs_several_approvers(web_k
     _, out, _ = await customs_async("approvals", "show", single.id, "--url", web_kit.url, token=web_kit.token("alice"),
                                     check=True)
     assert "approvals:" not in out, out  # one approver decides: nothing to count
+
+
+async def test_a_second_vote_of_the_same_approver_is_told_so(web_kit: WebKit) -> None:
+    """409 already_voted: the call is still pending, waiting for another approver; the hint used to say it was
+    already decided, and `list --state pending,approved` with none printed 'no pending,approved approvals'."""
+    item, _ = await web_kit.store.create_or_join(draft(Clock(), quorum=2), link_s=1800)
+    token = web_kit.token("alice")
+    code, out, _ = await _cli("approve", item.id, "--url", web_kit.url, token=token)
+    assert code == 0 and "vote recorded" in out
+    code, _, err = await _cli("approve", item.id, "--url", web_kit.url, token=token)
+    assert code == 1 and "already_voted" in err and "already decided" not in err
+    assert "another approver" in err and "already pending" not in err, err
+    code, out, _ = await _cli("list", "--state", "denied,expired", "--url", web_kit.url, token=token)
+    assert code == 0 and out.strip() == "no denied or expired approvals", out
