@@ -7,6 +7,7 @@ notifications go to the session's upstreams. Split from gateway/http/mcp.py; leg
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -69,9 +70,12 @@ async def _one_way(observability: Any, on_task_end: TaskEnd | None, session: Ses
             task.cancel()
         return
     notify = observability.notify_upstream if observability is not None else None
-    for name, upstream in notified_upstreams(session, message.body):
+
+    async def one(name: str, upstream: Any) -> None:
         with contextlib.suppress(GatewayError):
             await (notify(name, upstream, message.body) if notify else upstream.notify(message.body))
+    # At once: one slow upstream (each is bounded by its timeout_s) must not hold the others' copy back.
+    await asyncio.gather(*(one(name, upstream) for name, upstream in notified_upstreams(session, message.body)))
 
 
 async def _end_task(on_task_end: TaskEnd | None, principal: Principal | None, task: Any) -> None:

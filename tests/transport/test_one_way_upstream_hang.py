@@ -94,3 +94,44 @@ async def test_an_agent_notification_is_acknowledged_though_the_upstream_never_a
                                                   headers=headers) as resp:
             assert resp.status == 202
         assert asyncio.get_running_loop().time() - began < 5
+
+
+async def test_a_mute_upstream_does_not_hold_back_the_others_copy(start_gateway: Any,
+                                                                  permissive_policies: Path) -> None:
+    heard: list[str] = []
+
+    async def ear(request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=405)
+        message = json.loads(await request.read())
+        if "id" not in message:
+            heard.append(message["method"])
+            return web.Response(status=202)
+        return web.json_response(answer(message), headers={"Mcp-Session-Id": "s-2"})
+
+    listening = web.Application()
+    listening.router.add_route("*", "/mcp", ear)
+    async with run_aiohttp(streamable_app(), shutdown_timeout=1) as mute, \
+            run_aiohttp(listening, shutdown_timeout=1) as other:
+        gw = await start_gateway({"upstreams": [{"name": "mute", "url": f"{mute}/mcp", "timeout_s": 10},
+                                                {"name": "ear", "url": f"{other}/mcp"}],
+                                  "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        async with aiohttp.ClientSession() as http:
+            init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                               "clientInfo": {"name": "t", "version": "1"}}}
+            async with http.post(gw.mcp, json=init, headers=headers) as resp:
+                headers |= {"Mcp-Session-Id": resp.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-06-18"}
+            async with http.post(gw.mcp, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                                 headers=headers) as resp:
+                assert resp.status == 200  # both upstream sessions are open
+            notified = asyncio.create_task(http.post(gw.mcp, json={"jsonrpc": "2.0", "method": HANG_ON},
+                                                     headers=headers))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while HANG_ON not in heard:  # (on the old code: only after the mute upstream's 10 s)
+                assert loop.time() < deadline, "the other upstream did not get the notification"
+                await asyncio.sleep(0.02)  # polling what the other upstream recorded, bounded
+            async with asyncio.timeout(20):
+                assert (await notified).status == 202
