@@ -147,7 +147,8 @@ class SseSession:
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
-            await self._cancel_upstream(pending.upstream_id, "timeout")
+            # In the background: an upstream that answers nothing may not take the cancellation either.
+            self._spawn(self._cancel_upstream(pending.upstream_id, "timeout"))
             raise GatewayError("upstream_timeout", data={"timeout_s": limit, "upstream": self._up.name}) from exc
         except asyncio.CancelledError:
             self._up.breaker.release_trial()

@@ -153,7 +153,8 @@ class StreamableHttpSession:
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
-            await self._cancel_upstream(upstream_id, "timeout")
+            # In the background: an upstream that answers nothing may not take the cancellation either.
+            self._spawn(self._cancel_upstream(upstream_id, "timeout"))
             raise GatewayError("upstream_timeout", data={"timeout_s": limit, "upstream": self._up.name}) from exc
         except asyncio.CancelledError:
             self._up.breaker.release_trial()

@@ -1,0 +1,101 @@
+"""A call that times out on an upstream that answers nothing, not even the POST of the gateway's
+`notifications/cancelled`: the agent's `upstream_timeout` waited for that cancellation to be given up
+(up to 5 s more), so a tool's `timeout_s: 0.5` answered after 5.5 s. The cancellation now goes in the
+background and the error comes at the call's timeout (streamable HTTP and legacy SSE; real gateway,
+hand-written mute upstreams)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.support.servers import run_aiohttp
+
+pytestmark = pytest.mark.asyncio
+ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
+INIT = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "mute", "version": "1"}}
+TOOLS = {"tools": [{"name": "work", "inputSchema": {"type": "object"}}]}
+
+
+def answer(message: dict[str, Any]) -> dict[str, Any] | None:
+    """initialize and tools/list are answered; a call or a cancellation never is."""
+    results = {"initialize": INIT, "tools/list": TOOLS}
+    result = results.get(message.get("method", ""))
+    return None if result is None else {"jsonrpc": "2.0", "id": message["id"], "result": result}
+
+
+def streamable_app() -> web.Application:
+    async def mcp(request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=405)
+        message = json.loads(await request.read())
+        if message.get("method") == "notifications/initialized":
+            return web.Response(status=202)
+        reply = answer(message)
+        if reply is None:
+            await asyncio.Event().wait()
+        return web.json_response(reply, headers={"Mcp-Session-Id": "s-1"})
+
+    app = web.Application()
+    app.router.add_route("*", "/mcp", mcp)
+    return app
+
+
+def sse_app() -> web.Application:
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"event: endpoint\ndata: /messages?session=1\n\n")
+        while True:
+            await response.write(f"event: message\ndata: {json.dumps(await queue.get())}\n\n".encode())
+
+    async def post(request: web.Request) -> web.Response:
+        message = json.loads(await request.read())
+        if message.get("method") == "notifications/cancelled":
+            await asyncio.Event().wait()
+        reply = answer(message) if "id" in message else None
+        if reply is not None:
+            await queue.put(reply)
+        return web.Response(status=202)  # a call is taken, and never answered
+
+    app = web.Application()
+    app.router.add_get("/sse", sse)
+    app.router.add_post("/messages", post)
+    return app
+
+
+@pytest.fixture(params=["streamable_http", "sse"])
+async def gw(request: pytest.FixtureRequest, start_gateway: Any, permissive_policies: Path) -> AsyncIterator[Any]:
+    kind = request.param
+    async with run_aiohttp(streamable_app() if kind == "streamable_http" else sse_app(), shutdown_timeout=1) as base:
+        url = f"{base}/mcp" if kind == "streamable_http" else f"{base}/sse"
+        yield await start_gateway({"upstreams": [{"name": "mute", "url": url, "transport": kind, "timeout_s": 5,
+                                                  "tools": {"work": {"timeout_s": 0.5}}}],
+                                   "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
+
+
+async def test_the_timeout_error_comes_at_the_call_s_timeout(gw: Any) -> None:
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http:
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                           "clientInfo": {"name": "t", "version": "1"}}}
+        async with http.post(gw.mcp, json=init, headers=headers) as resp:
+            headers |= {"Mcp-Session-Id": resp.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-06-18"}
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "mute__work", "arguments": {}}}
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        async with asyncio.timeout(20), http.post(gw.mcp, json=call, headers=headers) as resp:
+            reply = json.loads(await resp.text())
+        assert reply["error"]["data"]["reason"] == "upstream_timeout"
+        assert reply["error"]["data"]["timeout_s"] == 0.5
+        assert loop.time() - began < 3  # (on the old code: 0.5 s + the 5 s given to the cancellation)
