@@ -150,9 +150,11 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
         # The same scoping as `_meta["customs/task"]`: an agent can only end its own task.
         await parts.credentials.end_task(explicit_task_id(task, principal), "explicit", principal.key)
 
+    calls = parts.observability.upstream_calls()
     sessions = SessionManager(upstreams, catalog, idle_s=config.tasks.idle_s, on_end=on_session_end,
                               credential_headers=connect_headers, max_sessions=config.limits.max_sessions,
-                              max_per_principal=config.limits.max_sessions_per_principal)
+                              max_per_principal=config.limits.max_sessions_per_principal,
+                              handshake=calls.handshake if calls is not None else None)
     parts.observability.metrics.watch_sessions(sessions.open_counts)
 
     def timeout(upstream: str, tool: str | None) -> float | None:
@@ -167,7 +169,7 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
         forward=ForwardStage(sessions, timeout, obs.inject, sent_id_recorder(obs.telemetry)), record=obs.record,
         rate=parts.limiter.rate, facts=parts.facts, slot=parts.limiter.concurrency))
     router = Router(sessions, catalog, pipeline, parts.authorizer, parts.guard,
-                    {u.name: u.timeout_s for u in config.upstreams}, upstream_call=obs.upstream_calls())
+                    {u.name: u.timeout_s for u in config.upstreams}, upstream_call=calls)
     endpoint = McpEndpoint(identifier=parts.identifier, sessions=sessions, router=router,
                            upstream_names=frozenset(upstreams), max_body_bytes=config.listen.max_body_bytes,
                            body_timeout_s=config.listen.body_timeout_s,

@@ -19,6 +19,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +39,9 @@ OUTBOX_NOTIFICATIONS, OUTBOX_LIMIT = 256, 4096
 END_CONCURRENCY = 16
 
 HeadersFn = Callable[["Session", str], Awaitable[dict[str, str]]]
+# Opening a session with an upstream (by name) on a request's behalf, traced: the block runs inside the set-up's
+# CLIENT span and gets the W3C context its requests carry (None: none to carry; telemetry/upstream_calls.py).
+Handshake = Callable[[str], AbstractContextManager[Mapping[str, str] | None]]
 
 
 class Cancellable(Protocol):
@@ -121,8 +125,10 @@ class SessionManager:
     def __init__(self, upstreams: Mapping[str, Upstream], catalog: Catalog, *, idle_s: float = 1800.0,
                  on_end: Callable[[Session], Awaitable[None]] | None = None,
                  credential_headers: HeadersFn | None = None, max_sessions: int = 10_000,
-                 max_per_principal: int = 1_000, end_concurrency: int = END_CONCURRENCY) -> None:
+                 max_per_principal: int = 1_000, end_concurrency: int = END_CONCURRENCY,
+                 handshake: Handshake | None = None) -> None:
         self._upstreams = upstreams
+        self._handshake = handshake
         self._credential_headers = credential_headers
         self._catalog = catalog
         self._sessions: dict[str, Session] = {}
@@ -270,14 +276,17 @@ class SessionManager:
                 return existing
             if session.closed:
                 raise GatewayError("session_not_found")
-            params = ConnectParams(protocol_version=_handshake_version(session.protocol_version),
-                                   client_info=session.client_info, capabilities=session.capabilities)
             handler = self._message_handler(session, upstream)
 
             async def credentials() -> dict[str, str]:
                 return await self.headers(session, upstream)
-            connected = await self._upstreams[upstream].connect(params, handler, await credentials(),
-                                                                credentials=credentials)
+            headers = await credentials()
+            with self._handshake(upstream) if self._handshake is not None else nullcontext() as trace:
+                params = ConnectParams(protocol_version=_handshake_version(session.protocol_version),
+                                       client_info=session.client_info, capabilities=session.capabilities,
+                                       trace_context=trace)
+                connected = await self._upstreams[upstream].connect(params, handler, headers,
+                                                                    credentials=credentials)
             session.upstreams[upstream] = connected
             return connected
 

@@ -184,17 +184,21 @@ class McpEndpoint:
         client_info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else None
         caps = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else None
         version = negotiate_version(params.get("protocolVersion"))
-        session = self.sessions.create(principal, view, version, client_info, caps)
-        if view is not None:
-            try:
-                upstream = await self.sessions.upstream_session(session, view)
-            except BaseException:
-                await self.sessions.end(session)
-                raise
-            # The upstream's own protocolVersion is not the client's: a stdio child is initialized once
-            # for every session, and an upstream may counter-offer. The gateway is the client's server.
-            session.init_result = upstream.initialize_result
-        return session
+        return self.sessions.create(principal, view, version, client_info, caps)
+
+    async def _open_view(self, session: Session) -> None:
+        """A pass-through session's upstream session, opened by its `initialize` (inside the request's span, so the
+        set-up is traced under it); a failure ends the new session."""
+        if session.view is None:
+            return
+        try:
+            upstream = await self.sessions.upstream_session(session, session.view)
+        except BaseException:
+            await self.sessions.end(session)
+            raise
+        # The upstream's own protocolVersion is not the client's: a stdio child is initialized once
+        # for every session, and an upstream may counter-offer. The gateway is the client's server.
+        session.init_result = upstream.initialize_result
 
     async def _accept_one_way(self, session: Session, message: jsonrpc.Message, principal: Principal | None = None,
                               *, http: web.Request | None = None, times: tuple[int, int] | None = None) -> None:
@@ -206,6 +210,7 @@ class McpEndpoint:
                       message: jsonrpc.Message, sse_ok: bool, headers: dict[str, str],
                       trace: Any = None) -> web.StreamResponse:
         if message.method == "initialize":
+            await self._open_view(session)
             result = self._initialize_result(session)
             return web.json_response(jsonrpc.result(message.id, result), headers=headers, dumps=_dumps)
         if message.method == "server/discover":

@@ -12,7 +12,8 @@ its upstream sessions gets the same (`notify`): a CLIENT span with its context i
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -28,7 +29,7 @@ from gateway.telemetry.attributes import (
 )
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.span_errors import error_type, mark_error
-from gateway.telemetry.tracing import AnySpan, Telemetry
+from gateway.telemetry.tracing import NO_SPAN, AnySpan, Telemetry
 from gateway.transport.base import Message, MessageHandler, SentId, UpstreamSession
 
 
@@ -41,6 +42,8 @@ class UpstreamCalls:
         self._telemetry = telemetry
         self._metrics = metrics
         self._transport: dict[str, Attrs] = {name: transport_attributes(c) for name, c in upstreams.items()}
+        # A stdio child is initialized once when it starts, outside any request: its sessions send no set-up.
+        self._stdio = frozenset(name for name, c in upstreams.items() if c.kind == "stdio")
 
     async def __call__(self, upstream: str, session: UpstreamSession, message: Message, headers: dict[str, str],
                        on_message: MessageHandler | None, timeout: float | None) -> Message:  # noqa: ASYNC109
@@ -78,6 +81,23 @@ class UpstreamCalls:
             if isinstance(error, dict):
                 mark_error(span, UpstreamErrorResponse(error))
             return response
+
+    @contextmanager
+    def handshake(self, upstream: str) -> Iterator[Mapping[str, str] | None]:
+        """`SessionManager(handshake=...)`: opening a session with `upstream` on a request's behalf (initialize,
+        notifications/initialized, a legacy SSE stream's GET) inside its own CLIENT span `initialize`, whose
+        context those requests carry (headers and `params._meta`). None outside any request (the pin watcher's
+        own sessions: no trace to join), for a stdio upstream (its child was initialized when it started; a
+        session is only a view of it) and with tracing off."""
+        telemetry = self._telemetry
+        if not telemetry.enabled or upstream in self._stdio or telemetry.current_span() is NO_SPAN:
+            yield None
+            return
+        attrs = client_attributes(upstream, "initialize", {}, self._transport.get(upstream))
+        with telemetry.client_span("initialize", None, attrs):
+            carrier: dict[str, str] = {}
+            telemetry.inject_headers(carrier)
+            yield carrier
 
     def _with_context(self, message: Message, params: dict[str, Any], headers: dict[str, str] | None) -> Message:
         """The message with the current (CLIENT) span's context in `params._meta` and, given, `headers`."""

@@ -50,6 +50,10 @@ class ConnectParams:
     # The gateway asks for itself (the pin watcher's list): no client stands behind the session, so a
     # shared stdio child never counts it as a session that could own what the child sends.
     internal: bool = False
+    # The W3C trace context (traceparent, tracestate) of the span the session is opened under, sent with the
+    # set-up requests only (initialize, notifications/initialized, a legacy SSE stream's GET): as headers and in
+    # `params._meta`. Never kept for the session's later requests, which carry their own.
+    trace_context: Mapping[str, str] | None = None
 
 
 class UpstreamSession(Protocol):

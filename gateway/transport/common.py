@@ -102,15 +102,29 @@ class CircuitBreaker:
         self._trial_at = None
 
 
-def initialize_message(request_id: Any, params: ConnectParams) -> Message:
-    return {"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": {
+def initialize_message(request_id: Any, params: ConnectParams, trace: Mapping[str, str] | None = None) -> Message:
+    """`initialize`; `trace` (the set-up's trace context) rides in `params._meta`, as on every traced request."""
+    body: dict[str, Any] = {
         "protocolVersion": params.protocol_version,
         "capabilities": dict(params.capabilities or {}),
         "clientInfo": dict(params.client_info or DEFAULT_CLIENT_INFO),
-    }}
+    }
+    if trace:
+        body["_meta"] = dict(trace)
+    return {"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": body}
 
 
 INITIALIZED: Message = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def initialized_message(trace: Mapping[str, str] | None = None) -> Message:
+    """`notifications/initialized`, with the set-up's trace context in `params._meta` when there is one."""
+    return {**INITIALIZED, "params": {"_meta": dict(trace)}} if trace else INITIALIZED
+
+
+def with_trace(headers: Mapping[str, str], trace: Mapping[str, str] | None) -> Mapping[str, str]:
+    """A set-up request's headers: the session's, plus the trace context's `traceparent`/`tracestate`."""
+    return {**headers, **trace} if trace else headers
 
 
 def cancelled_message(upstream_id: Any, reason: str) -> Message:

@@ -68,9 +68,8 @@ async def test_tools_list_reaches_http_and_stdio_upstreams_with_the_trace(
     assert isinstance(server.attributes["client.port"], int) and server.attributes["client.port"] > 0
     assert server.attributes["network.protocol.name"] == "http"
     assert server.attributes["network.protocol.version"] == "1.1"
-    clients = await otlp.wait_for(lambda r: len(found := [s for s in r.children(server) if s.kind == "CLIENT"]) >= 2
-                                  and found)
-    assert {c.name for c in clients} == {"tools/list"}
+    clients = await otlp.wait_for(lambda r: len(found := [s for s in r.children(server) if s.kind == "CLIENT"
+                                                          and s.name == "tools/list"]) >= 2 and found)
     to_http = one_with(clients, "inventory")
     to_stdio = one_with(clients, "echo")
     assert to_http.attributes["customs.upstream"] == "inventory"
@@ -79,9 +78,14 @@ async def test_tools_list_reaches_http_and_stdio_upstreams_with_the_trace(
     assert to_http.attributes["mcp.method.name"] == "tools/list" and "jsonrpc.request.id" in to_http.attributes
     assert to_stdio.attributes["customs.upstream"] == "echo" and to_stdio.attributes["network.transport"] == "pipe"
 
-    # HTTP upstream: the header is the CLIENT span's context, in the agent's trace.
-    posts = [r for r in seen if r.method == "POST" and "traceparent" in r.headers]
-    assert [r.headers["traceparent"] for r in posts] == [traceparent(to_http)]
+    # HTTP upstream: the header is the CLIENT span's context, in the agent's trace; the session the list opened
+    # carried its set-up span's (initialize, then notifications/initialized); no stdio set-up span (see below).
+    opening = one(await otlp.wait_for(lambda r: [s for s in r.spans if s.name == "initialize" and s.kind == "CLIENT"]),
+                  name="initialize")
+    assert (opening.trace_id, opening.parent_span_id, opening.attributes["customs.upstream"]) == (
+        AGENT_TRACE, server.span_id, "inventory")
+    posts = [r for r in seen if r.method == "POST"]
+    assert [r.headers.get("traceparent") for r in posts] == [traceparent(opening)] * 2 + [traceparent(to_http)]
     # stdio upstream: `_meta` is the only channel; the server echoed what it received.
     echoed = json.loads(tools["echo__seen_meta"].description or "{}")
     assert echoed["traceparent"] == traceparent(to_stdio)
