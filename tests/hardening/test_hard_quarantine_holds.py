@@ -179,3 +179,16 @@ async def test_config_check_refuses_a_pin_no_definition_can_have(tmp_path: Path)
             assert done.returncode == 0, done.stderr
         else:
             assert done.returncode != 0 and "upstreams[0].tools.deploy.pin: not a pin" in done.stdout + done.stderr
+
+
+async def test_an_approval_body_nested_past_the_parsers_depth_is_invalid_request_not_a_crash(env: Env) -> None:
+    """json.loads raises RecursionError (not ValueError) on deep nesting: it escaped as a bare 500."""
+    assert "infra__deploy" in await env.names()
+    before = await env.record()
+    deep = b'{"hash": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    headers = {"Authorization": f"Bearer {env.token('carol', groups=['admins'])}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{env.gw.url}/api/tools/infra/deploy/approve", data=deep, headers=headers) as resp:
+            assert resp.status == 400, await resp.text()
+            assert (await resp.json())["error"]["reason"] == "invalid_request"
+    assert await env.record() == before
