@@ -45,13 +45,16 @@ async def test_client_spans_carry_the_upstream_session_id(
     call = await otlp.wait_for_span(lambda s: s.kind == "SERVER" and s.name == "tools/call inventory__get_stock")
     agent_session = call.attributes["mcp.session.id"]
     assert agent_session != upstream_session
-    [forwarded] = await otlp.wait_for(lambda r: [s for s in r.children(call) if s.kind == "CLIENT"])
+    # (The session's set-up, where this request opened it, is a CLIENT span `initialize` of its own.)
+    [forwarded] = await otlp.wait_for(lambda r: [s for s in r.children(call) if s.kind == "CLIENT"
+                                                 and s.name != "initialize"])
     assert forwarded.attributes["mcp.session.id"] == upstream_session
     assert forwarded.attributes["mcp.protocol.version"] == upstream_version  # the upstream's, as negotiated
 
     # The router's own requests (the tools/list fanned out upstream) name the upstream's session too.
     listing = await otlp.wait_for_span(lambda s: s.kind == "SERVER" and s.name == "tools/list")
-    [listed] = await otlp.wait_for(lambda r: [s for s in r.children(listing) if s.kind == "CLIENT"])
+    [listed] = await otlp.wait_for(lambda r: [s for s in r.children(listing) if s.kind == "CLIENT"
+                                              and s.name != "initialize"])
     assert listed.attributes["mcp.session.id"] == upstream_session
     assert listed.attributes["mcp.protocol.version"] == upstream_version
 
