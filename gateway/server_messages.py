@@ -26,6 +26,8 @@ log = logging.getLogger("customs.sessions")  # the sessions' logger, as before t
 MAX_SERVER_REQUESTS = 64
 
 SendFn = Callable[[Message], Awaitable[None]]
+# The client capability each server→client request needs (MCP: a server must not send it otherwise).
+CLIENT_CAPABILITIES = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
 STATELESS_UNREACHABLE = ("Customs cannot give this request to a client: it is tied to no call in flight, and "
                          "stateless (2026-07-28) clients have no stream for anything else")
 
@@ -48,6 +50,9 @@ async def route_server_message(session: Session, upstream: str, message: Message
     if "id" in message and isinstance(method, str):
         upstream_session = session.upstreams.get(upstream)
         if upstream_session is None:
+            return
+        if (missing := _undeclared(session, message)) is not None:
+            await _answer_upstream(ServerRequestRoute(upstream, upstream_session, message["id"]), {"error": missing})
             return
         gateway_id = session.next_server_request_id()
         if len(session.server_requests) >= MAX_SERVER_REQUESTS:
@@ -83,6 +88,25 @@ async def route_server_message(session: Session, upstream: str, message: Message
         await _unreachable(session, message)
         return
     session.stream_event(message)
+
+
+def _undeclared(session: Session, message: Message) -> dict[str, Any] | None:
+    """The refusal of a server→client request the session's client did not declare it can answer (a shared
+    stdio child was told the gateway's capabilities, not this client's), as the SDK's own client refuses it;
+    None when it may go to the client. Stateless clients declare theirs per request: not judged here."""
+    capability = CLIENT_CAPABILITIES.get(message["method"])
+    declared = session.capabilities
+    if capability is None or session.stateless or declared is None:
+        return None
+    held = declared.get(capability)
+    params = message.get("params")
+    url_mode = isinstance(params, dict) and params.get("mode") == "url"
+    if isinstance(held, dict) and capability == "elicitation" and url_mode:
+        held = held.get("url")  # URL-mode elicitation is declared on its own (2025-11-25)
+    if held is not None:
+        return None
+    return {"code": -32600, "message": f"{capability.capitalize()} not supported: the client did not declare the "
+                                       f"{capability} capability", "data": {"reason": "client_unsupported"}}
 
 
 def _updated_for_client(upstream: str, message: Message) -> Message:
