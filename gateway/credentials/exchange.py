@@ -89,7 +89,8 @@ class TokenExchanger:
             raise GatewayError("credential_unavailable", "No agent token to exchange")
         creds = upstream.credentials
         assert creds.token_endpoint is not None and creds.client_id is not None
-        actor, _ = await self._minter.mint_actor(creds.token_endpoint, task_id, creds.ttl_s, task_end)
+        actor, _ = await self._minter.mint_actor(creds.token_endpoint, task_id, creds.ttl_s, task_end,
+                                                 agent_expires_at=principal.expires_at)
         form = {"grant_type": GRANT_TYPE, "subject_token": principal.token, "subject_token_type": JWT_TYPE,
                 "actor_token": actor, "actor_token_type": JWT_TYPE, "audience": audience_of(upstream),
                 "requested_token_type": ACCESS_TOKEN_TYPE}

@@ -61,13 +61,18 @@ def scope_of(tool_names: Sequence[str], narrowed: Mapping[str, Any] | None) -> s
     return " ".join(tokens)
 
 
-def token_expiry(now: float, ttl_s: float, task_end: float | None) -> float:
+def token_expiry(now: float, ttl_s: float, task_end: float | None, agent_expires_at: float | None = None) -> float:
     """When a token minted now expires: `ttl_s` from now, never after the task's known end.
 
     Refused only when the task itself ends within a second; a TTL that short (`ttl_s: 1`) is the
-    operator's choice and still gets its token.
+    operator's choice and still gets its token. When the end is the agent's own token expiry (a token
+    past its `exp` is still accepted within `identity.clock_skew_s`), the refusal says so: the task goes
+    on, and the same call with a refreshed token gets its credential.
     """
     if task_end is not None and task_end <= now + 1:
+        if agent_expires_at is not None and agent_expires_at <= now + 1:
+            raise GatewayError("credential_unavailable", "The agent's token has expired; a refreshed token fixes it",
+                               data={"agent_token_expired": True})
         raise GatewayError("credential_unavailable", "The task has ended", data={"task_ended": True})
     return now + ttl_s if task_end is None else min(now + ttl_s, task_end)
 
@@ -115,7 +120,7 @@ class Minter:
         if (hit is not None and hit.reuse_until > now and (task_end is None or hit.claims["exp"] <= task_end)
                 and hit.kid == self.keys.current.kid):
             return hit.token, hit.claims
-        exp = token_expiry(now, upstream.credentials.ttl_s, task_end)
+        exp = token_expiry(now, upstream.credentials.ttl_s, task_end, principal.expires_at)
         claims: dict[str, Any] = {
             "iss": self.issuer, "aud": audience_of(upstream), "sub": principal.id,
             "scope": scope_of(tool_names, narrowed), "task": task_id, "jti": secrets.token_urlsafe(16),
@@ -134,11 +139,11 @@ class Minter:
             self._cache.put(key, _Cached(token, claims, carried - refresh_margin(carried - now), kid), now)
         return token, claims
 
-    async def mint_actor(self, audience: str, task_id: str, ttl_s: float,
-                         task_end: float | None = None) -> tuple[str, dict[str, Any]]:
+    async def mint_actor(self, audience: str, task_id: str, ttl_s: float, task_end: float | None = None, *,
+                         agent_expires_at: float | None = None) -> tuple[str, dict[str, Any]]:
         """The gateway's own token (sub = iss), used as the actor token in token exchange."""
         now = self._clock()
-        exp = token_expiry(now, ttl_s, task_end)
+        exp = token_expiry(now, ttl_s, task_end, agent_expires_at)
         claims = {"iss": self.issuer, "aud": audience, "sub": self.issuer, "task": task_id,
                   "jti": secrets.token_urlsafe(16), "iat": int(now), "exp": int(exp)}
         return (await self._sign_recorded(claims, task_id))[0], claims
