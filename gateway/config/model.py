@@ -74,6 +74,7 @@ HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 Sensitivity = Literal["public", "internal", "confidential", "restricted"]
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]*$")  # MCP tool-name characters (2025-11-25): prefixed names stay valid
 # The most `act` nesting a token may carry at all; `policies.max_chain_depth` chooses a limit up to it.
 MAX_CHAIN_DEPTH = 16
 
@@ -198,6 +199,13 @@ class UpstreamConfig(Model):
     def _name(cls, value: str) -> str:
         if not NAME_RE.fullmatch(value):
             raise ValueError("must match [a-z0-9_-]+")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and not PREFIX_RE.fullmatch(value):
+            raise ValueError("must use only letters, digits, '_', '-' and '.' (the characters of MCP tool names)")
         return value
 
     @model_validator(mode="after")

@@ -146,3 +146,16 @@ def test_static_headers_beside_a_credential_or_without_one_load() -> None:
         {"name": "b", "url": "http://127.0.0.1:2/mcp", "headers": {"X-Static": "v"}, "credentials": {"mode": "minted"}},
     ]})
     assert config.upstreams[0].headers == {"Authorization": "Bearer fixed"}
+
+
+def test_a_tool_prefix_outside_the_mcp_tool_name_characters_is_refused_at_its_path() -> None:
+    """A prefix with a space or a slash made every aggregated tool name one MCP clients may refuse (2025-11-25:
+    tool names use letters, digits, `_`, `-` and `.`); it was accepted silently."""
+    upstreams = [{"name": "a", "url": "http://127.0.0.1:1/mcp", "prefix": "x y/"},
+                 {"name": "b", "url": "http://127.0.0.1:2/mcp", "prefix": "inv."},
+                 {"name": "c", "url": "http://127.0.0.1:3/mcp", "prefix": ""}]
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": upstreams})
+    assert info.value.problems == ["upstreams[0].prefix: must use only letters, digits, '_', '-' and '.' "
+                                   "(the characters of MCP tool names)"]
+    assert parse_config({"upstreams": upstreams[1:]}).upstreams[0].tool_prefix == "inv."
