@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
-from gateway.approvals.store import EventSink, Listener, emit, notify_listeners
+from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, emit, notify_listeners
 
 
 class MemoryApprovalStore:
@@ -106,7 +106,12 @@ class MemoryApprovalStore:
     async def list(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Approval]:
         await self.expire_due()
         out: builtins.list[Approval] = []
-        for item in reversed(self._items.values()):
+        # A state filter looks through the newest LIST_WINDOW items, as the Redis store does; pending alone
+        # through every item (the Redis store keeps pending ones apart).
+        window = None if states is None or set(states) == {"pending"} else LIST_WINDOW
+        for seen, item in enumerate(reversed(self._items.values())):
+            if window is not None and seen >= window:
+                break
             if states is None or item.state in states:
                 out.append(item)
                 if len(out) >= limit:

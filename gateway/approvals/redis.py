@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from gateway.approvals import redis_scripts as lua
 from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
-from gateway.approvals.store import EventSink, Listener, emit, notify_listeners
+from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, emit, notify_listeners
 from gateway.errors import GatewayError
 
 log = logging.getLogger("customs.approvals.redis")
@@ -202,19 +202,25 @@ class RedisApprovalStore:
     async def list(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Approval]:
         await self.expire_due()
         source = "pending" if states is not None and set(states) == {"pending"} else "all"
+        # A state filter looks through the newest LIST_WINDOW items (ids of items gone from Redis do not count),
+        # as the memory store does; pending alone through the whole pending index.
+        window = LIST_WINDOW if states is not None and source == "all" else None
         found: builtins.list[Approval] = []
-        start = 0
-        while len(found) < limit and start < 20 * max(limit, 100):
-            ids = await self._run(self._client.zrevrange(self._p + source, start, start + 199))
+        start = seen = 0
+        while len(found) < limit and (window is None or seen < window):
+            batch = 200 if window is None else min(200, window - seen)
+            ids = await self._run(self._client.zrevrange(self._p + source, start, start + batch - 1))
             if not ids:
                 break
-            start += len(ids)
-            found.extend(await self._load_many([_text(i) for i in ids], states, source))
+            items = await self._load_many([_text(i) for i in ids], source)
+            start += len(items)  # the ids of gone ones left the index: the next ones moved up
+            seen += len(items)
+            found.extend(i for i in items if states is None or i.state in states)
         found.sort(key=lambda a: a.created_at, reverse=True)
         return found[:limit]
 
-    async def _load_many(self, ids: Sequence[str], states: Sequence[str] | None,
-                         source: str) -> builtins.list[Approval]:
+    async def _load_many(self, ids: Sequence[str], source: str) -> builtins.list[Approval]:
+        """The items of `ids` still in Redis, in order; the ids of items gone are dropped from the index."""
         pipe = self._client.pipeline(transaction=False)
         for approval_id in ids:
             pipe.hgetall(self._p + "item:" + approval_id)
@@ -225,9 +231,7 @@ class RedisApprovalStore:
             if not fields:
                 gone.append(approval_id)  # aged out of history
                 continue
-            item = approval_from_hash({_text(k): _text(v) for k, v in fields.items()})
-            if states is None or item.state in states:
-                out.append(item)
+            out.append(approval_from_hash({_text(k): _text(v) for k, v in fields.items()}))
         if gone:
             await self._run(self._client.zrem(self._p + source, *gone))
         return out

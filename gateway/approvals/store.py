@@ -19,6 +19,9 @@ log = logging.getLogger("customs.approvals")
 
 EventSink = Callable[[dict[str, Any]], None]
 Listener = Callable[[str], None]
+# How far back a listing with a state filter looks: the newest LIST_WINDOW items of any state (both stores
+# alike); `pending` alone looks through every pending call. Unfiltered, a listing is the newest `limit` items.
+LIST_WINDOW = 1000
 
 
 class ApprovalStore(Protocol):
@@ -42,7 +45,8 @@ class ApprovalStore(Protocol):
         ...
 
     async def list(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Approval]:
-        """Items newest first, optionally only those in `states`."""
+        """Items newest first, optionally only those in `states`: those among the newest LIST_WINDOW items,
+        or among every pending item when `states` is just pending."""
         ...
 
     async def decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:
