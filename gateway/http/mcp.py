@@ -59,6 +59,21 @@ AGGREGATED_CAPABILITIES: dict[str, Any] = {
 }
 
 
+# Capabilities an upstream may advertise whose methods the gateway does not relay (`tasks/*` are
+# `method_not_found` on every endpoint): a pass-through `initialize` must not promise them.
+UNRELAYED_CAPABILITIES = frozenset({"tasks"})
+
+
+def passed_through(upstream_result: dict[str, Any], protocol_version: str) -> dict[str, Any]:
+    """The upstream's own `initialize` result, as `/mcp/{upstream}` answers it: the agent's version, and
+    only capabilities whose methods reach the upstream."""
+    result = {**upstream_result, "protocolVersion": protocol_version}
+    capabilities = result.get("capabilities")
+    if isinstance(capabilities, dict) and UNRELAYED_CAPABILITIES & capabilities.keys():
+        result["capabilities"] = {k: v for k, v in capabilities.items() if k not in UNRELAYED_CAPABILITIES}
+    return result
+
+
 @dataclass
 class McpEndpoint:
     identifier: Identifier
@@ -303,7 +318,7 @@ class McpEndpoint:
     def _initialize_result(self, session: Session) -> dict[str, Any]:
         upstream_result = session.init_result
         if upstream_result is not None:
-            return {**upstream_result, "protocolVersion": session.protocol_version}
+            return passed_through(upstream_result, session.protocol_version)
         return {"protocolVersion": session.protocol_version, "capabilities": AGGREGATED_CAPABILITIES,
                 "serverInfo": SERVER_INFO,
                 "instructions": "Customs gateway: the tools of several servers, each name prefixed by its "
