@@ -187,7 +187,8 @@ def event(approval: Approval, transition: str, *, actor: str | None = None, comm
     approvers' API, the expiry sweep, another replica): an auditor joins who decided to the call's trace."""
     record: dict[str, Any] = {
         "kind": "approval", "transition": transition, "approval_id": approval.id, "state": approval.state,
-        "actor": actor, "comment": comment, "upstream": approval.upstream, "tool": approval.tool,
+        "actor": actor, "comment": comment, "method": approval.method, "upstream": approval.upstream,
+        "tool": approval.tool,
         "principal": approval.principal, "chain": list(approval.chain), "tenant": approval.tenant,
         "args_digest": approval.args_digest, "policies": list(approval.policies),
         "decided_by": list(approval.decided_by), "at": at,
