@@ -132,7 +132,9 @@ def _policy_engine(config: Config, obs: Observability) -> PolicyEngine:
         obs.policy_reloaded(ok, engine.shadow_version, None if ok else message, policy_set="shadow")
 
     # Shadow disagreements are counted by the record stage, which knows the upstream and tool.
-    engine = PolicyEngine(config.policies, config.environment, on_reload=on_reload, on_shadow_reload=on_shadow_reload)
+    from gateway.preflight import summed_totals
+    engine = PolicyEngine(config.policies, config.environment, on_reload=on_reload, on_shadow_reload=on_shadow_reload,
+                          summed_totals=summed_totals(config))
     try:
         engine.load_sync()
     except PolicyLoadError as exc:

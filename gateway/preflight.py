@@ -12,15 +12,12 @@ are not checked, except a `signing.key_dir` that is, or lies below, a file; a si
 from __future__ import annotations
 
 import ipaddress
-import json
 import ssl
 import time
 from pathlib import Path
 
-import cedarpy
-
-from gateway.authz.argnames import total_readers
 from gateway.authz.policyset import PolicyLoadError, load_policies
+from gateway.authz.unsummed import unsummed_forbids
 from gateway.config import Config, ConfigError
 from gateway.config.model import IssuerConfig, TlsConfig
 from gateway.credentials.keys import missing_key_problems
@@ -41,10 +38,9 @@ def preflight(config: Config, source: str = "config") -> list[str]:
 
 
 def policy_warnings(config: Config) -> list[str]:
-    """Forbids guarded by a task total that no upstreams[].tools.<tool>.sum_args sums: the total is never in
-    context.task, so the guard is always false and the forbid silently never fires (Cedar cannot tell: the
-    schema names the total). A permit reading one only holds or denies calls, which is the safe side."""
-    summed = {name for upstream in config.upstreams for tool in upstream.tools.values() for name in tool.sum_args}
+    """Forbids guarded by a task total that no upstreams[].tools.<tool>.sum_args sums (see authz.unsummed);
+    a reload of the policies warns about them the same way (PolicyEngine's `summed_totals`)."""
+    summed = summed_totals(config)
     sets = [(config.policies.dir, "policies.dir"), (config.policies.shadow_dir, "policies.shadow_dir")]
     warnings: list[str] = []
     for directory, where in sets:
@@ -52,16 +48,16 @@ def policy_warnings(config: Config) -> list[str]:
             continue
         try:
             loaded = load_policies(directory)
-            text = "\n".join(Path(name).read_text(encoding="utf-8") for name in loaded.files)
-        except (PolicyLoadError, OSError, UnicodeDecodeError):
+        except PolicyLoadError:
             continue  # reported as the set's own problem
-        readers = total_readers(json.loads(cedarpy.policies_to_json_str(text)))
-        for internal, (effect, names) in sorted(readers.items()):
-            for name in sorted(names - summed) if effect == "forbid" else ():
-                warnings.append(f"{where}: forbid {loaded.name(internal)!r} reads context.task.totals.{name}, but no "
-                                f"upstreams[].tools.<tool>.sum_args sums {name!r}: the total is never set, so it "
-                                "never fires")
+        warnings.extend(unsummed_forbids(loaded, summed, where))
     return warnings
+
+
+def summed_totals(config: Config) -> frozenset[str]:
+    """The task totals some tool's `sum_args` sums: the only ones context.task.totals ever holds."""
+    return frozenset(name for upstream in config.upstreams for tool in upstream.tools.values()
+                     for name in tool.sum_args)
 
 
 def reload_problems(config: Config) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any
 from gateway.authz import entities as E
 from gateway.authz.evaluate import EntityCache, decide, decide_approve
 from gateway.authz.policyset import LoadedPolicies, PolicyLoadError, fingerprint, load_policies
+from gateway.authz.unsummed import unsummed_forbids
 from gateway.config.model import PoliciesConfig
 from gateway.context import CallContext, Decision, Outcome, Principal, ToolInfo
 from gateway.errors import GatewayError
@@ -54,8 +55,11 @@ class PolicyEngine:
     def __init__(self, config: PoliciesConfig, environment: str, *, on_reload: ReloadCallback | None = None,
                  on_shadow_reload: ReloadCallback | None = None,
                  on_shadow_disagreement: ShadowCallback | None = None, poll_s: float = 1.0,
-                 bounds: E.Bounds = E.DEFAULT_BOUNDS) -> None:
+                 bounds: E.Bounds = E.DEFAULT_BOUNDS, summed_totals: frozenset[str] | None = None) -> None:
+        """`summed_totals`: the task totals some tool's `sum_args` sums; given, every reload warns (as start-up
+        does) about a forbid guarded by another total, which never fires (authz.unsummed)."""
         self.config = config
+        self._summed = summed_totals
         self.environment = environment
         self._on_reload = on_reload
         self._on_shadow_reload = on_shadow_reload
@@ -122,6 +126,7 @@ class PolicyEngine:
             log.error("policy reload failed; keeping version %s: %s", self.version, exc)
             _notify(self._on_reload, False, str(exc))
             return False
+        await self._warn_unsummed(loaded, "policies.dir")
         previous = self.version
         self.config = self.config.model_copy(update={"dir": directory})
         self._current, self._seen, self.last_error, self.loaded_at = loaded, seen, None, time.time()
@@ -145,11 +150,17 @@ class PolicyEngine:
             log.error("shadow policy reload failed; keeping shadow version %s: %s", self.shadow_version or "-", exc)
             _notify(self._on_shadow_reload, False, str(exc))
             return
+        await self._warn_unsummed(loaded, "policies.shadow_dir")
         previous = self.shadow_version
         self._shadow, self.shadow_error = loaded, None
         message = f"shadow policies {previous or '-'} -> {loaded.version} ({len(loaded)} policies)"
         log.info("%s", message)
         _notify(self._on_shadow_reload, True, message)
+
+    async def _warn_unsummed(self, loaded: LoadedPolicies, where: str) -> None:
+        if self._summed is not None:
+            for warning in await asyncio.to_thread(unsummed_forbids, loaded, self._summed, where):
+                log.warning("%s", warning)
 
     # ---- watcher -------------------------------------------------------------------------------
 
