@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--gateway", default="http://127.0.0.1:8700/mcp")
     run.add_argument("--key", type=Path, default=Path("/keys") / KEY_FILE)
     args = parser.parse_args(argv)
+    if args.command != "keys" and not args.key.is_file():  # else a FileNotFoundError traceback
+        parser.error(f"no demo key at {args.key}: write one with `python compose/agent.py keys --out "
+                     f"{args.key.parent}` (the compose stack's one-shot `keys` service does), or pass --key FILE")
     if args.command == "keys":
         print(f"demo key: {write_demo_keys(args.out)}")
     elif args.command == "token":

@@ -221,3 +221,18 @@ def test_agent_script_and_readme() -> None:
     assert "docker compose" in readme and "16686" in readme and "customs.decision=deny" in readme
     for url in re.findall(r"http://(?:127\.0\.0\.1|localhost):(\d+)", readme):
         assert url in {"8700", "16686", "4318"}, url
+
+
+@pytest.mark.parametrize("command", [["token", "--subject", "alice"], ["demo", "--gateway", "http://127.0.0.1:9/mcp"]])
+def test_agent_script_without_its_key_says_how_to_make_one(tmp_path: Path, command: list[str]) -> None:
+    """README's `agent.py token …` run where no `keys` step wrote the key: an error naming it, not a traceback."""
+    import subprocess
+    import sys
+
+    missing = tmp_path / "keys" / "signing-key.pem"
+    result = subprocess.run([sys.executable, str(COMPOSE_DIR / "agent.py"), *command, "--key", str(missing)],
+                            capture_output=True, text=True, timeout=60, cwd=COMPOSE_DIR.parent)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr, result.stderr
+    assert str(missing) in result.stderr and "agent.py keys --out" in result.stderr, result.stderr
+    assert result.stdout == ""
