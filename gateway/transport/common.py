@@ -115,6 +115,9 @@ def initialize_message(request_id: Any, params: ConnectParams, trace: Mapping[st
 
 
 INITIALIZED: Message = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+# Told to the client when an upstream session had to be opened again (the upstream most likely restarted,
+# perhaps as a new version): what the gateway knows of its tools is stale and is listed again.
+TOOLS_CHANGED: Message = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
 
 
 def initialized_message(trace: Mapping[str, str] | None = None) -> Message:

@@ -21,6 +21,7 @@ from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler, SentId
 from gateway.transport.common import (
     BROADCAST_METHODS,
+    TOOLS_CHANGED,
     SessionClock,
     cancelled_message,
     check_initialize,
@@ -183,6 +184,9 @@ class SseSession:
                 self._dead = True
                 raise
             self._up.log.info("re-opened the SSE session of %s (its stream had ended)", self._up.name)
+        # As after a streamable HTTP session's expiry: the upstream most likely restarted, perhaps as a new
+        # version, so its tools are listed (and their pins checked) again before the next call runs.
+        await deliver(self._on_message, TOOLS_CHANGED, self._up.log)
 
     async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
         remapped = remap_cancel(message, lambda caller_id: self._table.upstream_id_for(self, caller_id))

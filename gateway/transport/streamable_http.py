@@ -28,6 +28,7 @@ from gateway import jsonrpc
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler, SentId
 from gateway.transport.common import (
+    TOOLS_CHANGED,
     SessionClock,
     cancelled_message,
     check_initialize,
@@ -52,8 +53,6 @@ _RESUME_DEFAULT_RETRY_MS = 1000
 _RESUME_MAX_RETRY_MS = 10_000
 
 
-
-TOOLS_CHANGED: Message = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
 class StreamableHttpUpstream(HttpUpstreamBase):
     """A configured streamable-HTTP upstream; `connect` opens one upstream session per client session."""
 

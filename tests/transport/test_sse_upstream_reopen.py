@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 from mcp.shared.exceptions import MCPError
+from mcp_types import ToolListChangedNotification
 
 from gateway.demo.servers import inventory_server
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_sse_server
+from tests.transport.conftest import eventually
 
 pytestmark = pytest.mark.asyncio
 ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
@@ -46,7 +48,13 @@ async def test_the_next_call_after_an_sse_upstream_came_back_reopens_its_session
         gw = await start_gateway({"upstreams": [{"name": "inventory", "url": url, "transport": "sse",
                                                  "timeout_s": 10}],
                                   "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
-        async with sdk_client(f"{gw.mcp}{path}") as client:
+        changed: list[object] = []
+
+        async def on_message(message: Any) -> None:
+            if isinstance(message, ToolListChangedNotification):
+                changed.append(message)
+
+        async with sdk_client(f"{gw.mcp}{path}", message_handler=on_message) as client:
             assert text_of(await client.call_tool(tool, {"sku": "widget"})) == "widget: 42 in stock"
             await upstream.__aexit__(None, None, None)
             upstream = None
@@ -58,6 +66,8 @@ async def test_the_next_call_after_an_sse_upstream_came_back_reopens_its_session
             # (on the old code: upstream_unavailable, "upstream SSE stream is closed", for the session's life)
             result = await asyncio.wait_for(client.call_tool(tool, {"sku": "gadget"}), 20)
             assert text_of(result) == "gadget: 7 in stock"
+            # As after a streamable HTTP session's expiry: the restarted upstream's tools are stale, listed again.
+            await eventually(lambda: len(changed) == 1, within=10)
             assert text_of(await client.call_tool(tool, {"sku": "widget"})) == "widget: 42 in stock"
     finally:
         if upstream is not None:
