@@ -103,9 +103,21 @@ def _json_arg(value: str | None, what: str) -> Any:
         raise CaseError(f"{what}: invalid JSON: {exc}") from exc
 
 
-def _json_object(value: str | None, what: str) -> dict[str, Any]:
-    """A JSON object option (text or @file); absent or null is {}."""
+def _explain_json(value: str | None, what: str) -> Any:
+    """An explain option's JSON: refused when a string in it is a lone surrogate (a JSON escape `\udcff`),
+    which no Cedar (or UTF-8) text holds; Cedar's JSON would end in a traceback."""
     data = _json_arg(value, what)
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start:exc.end].encode("unicode_escape").decode()
+        raise CaseError(f"{what}: a string holds a lone surrogate ({bad}), which is not Unicode text") from exc
+    return data
+
+
+def _json_object(value: str | None, what: str) -> dict[str, Any]:
+    """A JSON object option of explain (text or @file); absent or null is {}."""
+    data = _explain_json(value, what)
     if data is not None and not isinstance(data, dict):
         raise CaseError(f"{what} must be a JSON object, got {type(data).__name__}")
     return data or {}
@@ -116,7 +128,7 @@ def explain_cmd(args: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     try:
-        claims = _json_arg(args.principal_claims, "--principal-claims")
+        claims = _explain_json(args.principal_claims, "--principal-claims")
         if not isinstance(claims, dict):
             raise CaseError("--principal-claims must be a JSON object")
         # `trust` as a claim too: explain has no config to say where trust comes from (the registry, a mapping).

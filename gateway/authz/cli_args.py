@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,22 @@ def _command(name: str, module: str = "gateway.authz.cli") -> Command:
 
     run.__name__ = name
     return run
+
+
+def text(value: str) -> str:
+    """A text option's value: refused (a usage error, exit 2) when it is not UTF-8. A shell passes any bytes as
+    they are, and Python reads those that are not UTF-8 as lone surrogates, which no JSON or Cedar text holds."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"not valid UTF-8: {os.fsencode(value)!r} (pass the value as UTF-8 text)") from None
+    return value
+
+
+def text_or_file(value: str) -> str:
+    """JSON|@file: inline JSON must be UTF-8 text (`text`); a file name may be any bytes the file system takes."""
+    return value if value.startswith("@") else text(value)
 
 
 def _parser(sub: Any, name: str, help_text: str, description: str, exits: str) -> argparse.ArgumentParser:
@@ -59,18 +76,20 @@ def add_policy_parsers(sub: Any) -> None:
                 "Decide one request offline and print outcome, policies, errors, the members evaluated and\n"
                 "the context.", "  0 decided (whatever the outcome)\n  2 bad input")
     p.add_argument("--policies", type=Path, required=True, metavar="DIR", help="policy directory")
-    p.add_argument("--principal-claims", required=True, metavar="JSON|@file",
+    p.add_argument("--principal-claims", required=True, metavar="JSON|@file", type=text_or_file,
                    help="token claims: sub, tenant, owner, clearance, trust, groups, nested act")
-    p.add_argument("--tool", required=True, metavar="UPSTREAM/TOOL",
+    p.add_argument("--tool", required=True, metavar="UPSTREAM/TOOL", type=text,
                    help="the tool (or prompt name, resource URI) as upstream/name")
-    p.add_argument("--action", default="call_tool", help=f"one of {', '.join(AGENT_ACTIONS)} (default call_tool)")
-    p.add_argument("--args", metavar="JSON|@file", help="the call's arguments, a JSON object")
-    p.add_argument("--context", metavar="JSON|@file",
+    p.add_argument("--action", default="call_tool", type=text,
+                   help=f"one of {', '.join(AGENT_ACTIONS)} (default call_tool)")
+    p.add_argument("--args", metavar="JSON|@file", type=text_or_file, help="the call's arguments, a JSON object")
+    p.add_argument("--context", metavar="JSON|@file", type=text_or_file,
                    help='context facts as in a policy test case\'s `context:`, e.g. {"environment": ..., '
                    '"args_contain_secret": ..., "task": {...}, "approval": "granted", '
                    '"time": {"hour": 9, "weekday": 1}}')
-    p.add_argument("--annotations", metavar="JSON|@file", help='tool labels, e.g. {"read_only": true}')
-    p.add_argument("--environment", default="dev", metavar="ENV",
+    p.add_argument("--annotations", metavar="JSON|@file", type=text_or_file,
+                   help='tool labels, e.g. {"read_only": true}')
+    p.add_argument("--environment", default="dev", metavar="ENV", type=text,
                    help="context.environment unless --context sets it (default dev)")
     p.set_defaults(func=_command("explain_cmd"))
 

@@ -7,12 +7,13 @@ child processes are tested in test_authz_cli.py and tests/core/test_config.py.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from authz_helpers import SHIPPED
 
-from tests.support.cli import customs_main
+from tests.support.cli import customs, customs_main
 
 NOT_UTF8 = b"\xff\xfe\x00 not text"
 
@@ -204,3 +205,45 @@ def test_explain_refuses_a_multi_valued_contract_claim_as_the_gateway_does() -> 
                      '{"sub": "a", "tenant": ["acme"]}', "--tool", "inventory/get_stock")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "claim 'tenant' (attribute tenant) must be a single value (a string), got a list" in result.stderr
+
+
+EXPLAIN = ("policy", "explain", "--policies", str(SHIPPED), "--principal-claims", '{"sub": "a"}', "--tool", "a/b")
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--environment", "prod\udcff"), ("--tool", "a/b\udcff"), ("--action", "call\udcff"),
+    ("--principal-claims", '{"sub": "\udcff"}'), ("--args", '{"a": "\udcff"}'), ("--context", '{"x": "\udcff"}'),
+    ("--annotations", '{"x": "\udcff"}'),
+])
+def test_explain_with_an_option_that_is_not_utf8_is_a_usage_error(option: str, value: str) -> None:
+    """A shell passes bytes that are not UTF-8 as they are; Python reads them as lone surrogates (`\\udcff`),
+    which ended in a traceback once the value reached Cedar's JSON (`str is not valid UTF-8`)."""
+    result = customs_main(*EXPLAIN, option, value)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"argument {option}: not valid UTF-8" in result.stderr and "\\xff" in result.stderr, result.stderr
+
+
+def test_explain_given_non_utf8_bytes_by_a_shell_exits_2_with_a_message() -> None:
+    """The console script itself, given the raw byte 0xff as a shell would pass it."""
+    result = customs(*EXPLAIN, "--environment", os.fsdecode(b"prod\xff"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "argument --environment: not valid UTF-8: b'prod\\xff'" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--principal-claims", "--args", "--context", "--annotations"])
+def test_explain_refuses_a_json_escaped_lone_surrogate(option: str) -> None:
+    r"""`"\udcff"` written as a JSON escape decodes to the same lone surrogate: named, not a traceback."""
+    value = '{"sub": "a", "x": "\\udcff"}' if option == "--principal-claims" else '{"x": "\\udcff"}'
+    result = customs_main(*EXPLAIN, option, value)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{option}: " in result.stderr and "surrogate" in result.stderr, result.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_still_a_file_name(tmp_path: Path) -> None:
+    """Only text options are refused: a path (`@file`, --policies) may be any bytes the file system allows."""
+    claims = tmp_path / os.fsdecode(b"claims\xff.json")
+    claims.write_text('{"sub": "a"}')
+    result = customs_main("policy", "explain", "--policies", SHIPPED, "--principal-claims", f"@{claims}",
+                          "--tool", "a/b")
+    assert result.returncode == 0, result.stderr
