@@ -315,6 +315,9 @@ def load_cases(path: Path) -> dict[str, Any]:
         raise CaseError(f"{path}: {where}invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list):
         raise CaseError(f"{path}: expected a mapping with a `cases:` list")
+    bad = _not_unicode(doc, "")
+    if bad is not None:  # Cedar's JSON cannot take it: the case would end in a traceback
+        raise CaseError(f"{path}: {bad or '(root)'}: not valid Unicode text (a lone surrogate, e.g. a \\udcff escape)")
     _check_keys(doc, _DOC_KEYS, str(path))
     mapping(doc.get("principals"), str(path), "principals (name: principal)")
     for name, labels in mapping(doc.get("tools"), str(path), "tools (upstream/tool: labels)").items():
@@ -325,6 +328,28 @@ def load_cases(path: Path) -> dict[str, Any]:
     if not isinstance(claims, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in claims.items()):
         raise CaseError(f"{path}: claims must map attribute names to claim names (as issuers[].claims)")
     return doc
+
+
+def _not_unicode(node: Any, where: str) -> str | None:
+    """Where in `node` a string or key is a lone surrogate (YAML's "\\udcff" escape), else None."""
+    if isinstance(node, str):
+        return None if _is_unicode(node) else where
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        name = f"{where}.{key}" if isinstance(key, str) else f"{where}[{key!r}]"
+        name = name.removeprefix(".").encode("utf-8", "backslashreplace").decode()
+        found = name if isinstance(key, str) and not _is_unicode(key) else _not_unicode(value, name)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def policies_dir_for(path: Path, doc: dict[str, Any], override: Path | None) -> Path:

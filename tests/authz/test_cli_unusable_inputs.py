@@ -247,3 +247,18 @@ def test_a_file_name_that_is_not_utf8_is_still_a_file_name(tmp_path: Path) -> No
     result = customs_main("policy", "explain", "--policies", SHIPPED, "--principal-claims", f"@{claims}",
                           "--tool", "a/b")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("body", "where"), [
+    ('principal: {sub: "a\\udcff", tenant: acme}', "cases[0].principal.sub"),
+    ('principal: {"s\\udcff": x, sub: a}', "cases[0].principal.s\\udcff"),
+    ('principal: {sub: a}\n    args: {q: ["\\udcff"]}', "cases[0].args.q[0]"),
+])
+def test_a_case_file_with_a_lone_surrogate_is_named_not_a_traceback(tmp_path: Path, body: str, where: str) -> None:
+    """YAML's `"\\udcff"` escape decodes to a lone surrogate, which Cedar's JSON cannot take (a traceback)."""
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(f"policies: {SHIPPED}\ncases:\n  - name: x\n    {body}\n    tool: inventory/get_stock\n"
+                     "    expect: allow\n")
+    result = customs_main("policy", "test", cases)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: {cases}: {where}: not valid Unicode text" in result.stderr, result.stderr
