@@ -307,6 +307,7 @@ def replay_cmd(args: argparse.Namespace) -> int:
         try:
             try:
                 record = json.loads(line.decode("utf-8"))
+                json.dumps(record, ensure_ascii=False).encode("utf-8")  # a lone surrogate ("\udcff"): not for Cedar
             except UnicodeDecodeError as exc:
                 not_text = not_text or (number, exc)
                 raise

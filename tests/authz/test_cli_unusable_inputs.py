@@ -262,3 +262,22 @@ def test_a_case_file_with_a_lone_surrogate_is_named_not_a_traceback(tmp_path: Pa
     result = customs_main("policy", "test", cases)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"error: {cases}: {where}: not valid Unicode text" in result.stderr, result.stderr
+
+
+def test_replay_skips_a_record_holding_a_lone_surrogate(tmp_path: Path) -> None:
+    """A `"\\udcff"` escape in a record decodes to a lone surrogate, which Cedar's JSON cannot take: that record
+    is skipped like any other it cannot read (it was a traceback ending the whole replay)."""
+    from authz_helpers import TOOLS, agent, call
+
+    from gateway.authz.record import authz_input
+
+    reader = agent("spiffe://customs.demo/agent/reader")
+    snapshot = authz_input(reader, "call_tool", TOOLS["inventory/get_stock"],
+                           call(reader, "inventory/get_stock"), "dev")
+    good = json.dumps({"decision": "allow", "policy_ids": ["reads-allowed"], "authz_input": snapshot})
+    log = tmp_path / "decisions.jsonl"
+    log.write_text(f'{good}\n{good.replace(chr(34) + "dev" + chr(34), chr(34) + "d" + chr(92) + "udcff" + chr(34))}\n')
+    assert "udcff" in log.read_text()
+    result = customs_main("policy", "replay", "--log", log, "--policies", SHIPPED)
+    assert "Traceback" not in result.stderr and result.returncode == 0, result.stdout + result.stderr
+    assert "1 replayed, 0 changed, 1 skipped" in result.stdout
