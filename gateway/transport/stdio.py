@@ -37,6 +37,7 @@ from gateway.transport.common import (
     DEFAULT_BREAKER_COOLDOWN_S,
     DEFAULT_BREAKER_THRESHOLD,
     INITIALIZED,
+    TOOLS_CHANGED,
     CircuitBreaker,
     SessionClock,
     cancelled_message,
@@ -295,6 +296,8 @@ class StdioUpstream:
             if not await self._initialize():
                 return
             self._clock.began(self.on_session_end)
+            if self._restarts:  # a new child, perhaps a new version (npx, uvx): its tools are listed again
+                await self._routes.route(TOOLS_CHANGED)
             await reader  # returns when the child closes stdout (exit or crash)
             code = await exit_code(proc, self._grace_s)
             self._detail = (f"child exited with code {code}" if code is not None

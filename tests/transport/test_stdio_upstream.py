@@ -247,3 +247,16 @@ async def test_third_party_mcp_server_time_over_stdio() -> None:
         assert bad["result"]["isError"] is True or "error" in bad
     finally:
         await upstream.stop()
+
+
+async def test_a_restarted_child_s_tools_are_announced_as_changed(features_stdio: StdioUpstream) -> None:
+    """A crashed child comes back as whatever its command now starts (`npx`/`uvx` may fetch a new version):
+    as after a streamable HTTP upstream's restart (its session expired), every session is told
+    tools/list_changed, so its tools are listed (and their pins checked) again before the next call runs."""
+    inbox = Inbox()
+    session = await features_stdio.connect(CLIENT_CAPS, inbox)
+    assert not [m for m in inbox.methods() if m == "notifications/tools/list_changed"]
+    with pytest.raises(GatewayError):
+        await session.request(call("crash"), timeout=600)
+    await inbox.wait_for(lambda m: m.get("method") == "notifications/tools/list_changed", within=15)
+    assert features_stdio.health().restarts == 1 and features_stdio.health().ready
