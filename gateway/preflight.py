@@ -5,7 +5,8 @@ problems, all of them, each with its config path. Both go through `preflight`, w
 loaders the running gateway uses (the policy loader, the identity key sources, the TLS context), so the
 two commands agree on these files. Nothing here needs the network, starts a child or writes a file: JWKS URLs,
 upstreams, the store and the directories serve creates (decision log, signing keys where it may generate them)
-are not checked, except a `signing.key_dir` that is, or lies below, a file; a signing key serve may not generate
+are not checked, except a `signing.key_dir` that is, or lies below, a file, and a `decision_log.path` that is a
+directory or lies below a file (serve could never open it); a signing key serve may not generate
 (outside dev) must already be in `signing.key_dir`.
 """
 
@@ -63,7 +64,22 @@ def summed_totals(config: Config) -> frozenset[str]:
 def reload_problems(config: Config) -> list[str]:
     """What `preflight` refuses beyond the policy sets: a SIGHUP refuses a config file for these. Policy sets
     are left to the policy engine, which reloads (or keeps) the enforced and the shadow set each on its own."""
-    return [*_identity_problems(config), *tls_problems(config.listen.tls), *missing_key_problems(config)]
+    log = decision_log_problem(config.decision_log.path)
+    return [*_identity_problems(config), *tls_problems(config.listen.tls), *missing_key_problems(config),
+            *([log] if log is not None else [])]
+
+
+def decision_log_problem(path: Path | None) -> str | None:
+    """Why serve could never open `decision_log.path` for appending, as far as reading shows (no write is tried):
+    it is a directory, or the nearest of its parents that exists is not one. serve reports the same line."""
+    if path is None:
+        return None
+    why, where = ("Is a directory", path) if path.is_dir() else (None, path.parent)
+    while why is None and not where.exists() and not where.is_symlink() and where.parent != where:
+        where = where.parent
+    if why is None and (where.is_dir() or not where.exists()):
+        return None
+    return f"decision_log.path: {path}: cannot open it for appending ({why or 'Not a directory'}: {where})"
 
 
 def exposure_warnings(config: Config) -> list[str]:

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from gateway.config import ConfigError
 from gateway.config.model import DecisionLogConfig
 from gateway.context import NOT_FOUND_ITEM, CallContext
+from gateway.preflight import decision_log_problem  # the line config check reports for a path serve cannot use
 from gateway.telemetry.decision_writer import FILE_FLAGS, FileTarget, dumps, line_of, record_of
 from gateway.telemetry.log_process import WriterProcess
 from gateway.telemetry.span_errors import is_tool_error
@@ -135,6 +136,8 @@ class DecisionLog:
         fd, path = None, None
         if self.config.path is not None:
             path = Path(self.config.path)
+            if (problem := decision_log_problem(path)) is not None:  # mkdir would say "File exists" below a file
+                raise ConfigError([problem], "decision_log")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = await asyncio.to_thread(os.open, path, FILE_FLAGS, 0o640)
