@@ -208,6 +208,11 @@ def schema_cmd(args: argparse.Namespace) -> int:
             _err(f"{exc.source}: invalid configuration\n" + "\n".join(f"  {p}" for p in exc.problems))
             return 2
         policies_dir = policies_dir or config.policies.dir
+    if policies_dir is not None and not policies_dir.is_dir():
+        # A named directory that is not there is a typo, not a new schema: printing (or with -o writing over the
+        # real schema) the generated block alone would lose the base schema's entities and actions.
+        _err(f"{policies_dir}: not a directory")
+        return 2
     try:
         if args.tools_json is not None:
             tools = _tools_json(args.tools_json)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -401,6 +402,28 @@ def test_every_command_has_help_and_fails_actionably(monkeypatch: pytest.MonkeyP
                                  3, "hint: is `customs serve` running?")]:
         done = customs(*argv)
         assert done.returncode == code and message in done.stderr and "Traceback" not in done.stderr, (argv, done)
+
+
+def test_policy_schema_refuses_a_policies_dir_that_is_not_there(tmp_path: Path) -> None:
+    """`policy schema --policies DIR` with a DIR that does not exist (a typo) used to exit 0 and print, or with -o
+    write over the real schema, the generated Args block alone; it is bad input (exit 2) and writes nothing."""
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps({"payments": {"tools": [{"name": "pay", "inputSchema": {"type": "object"}}]}}))
+    schema = write_policies(tmp_path / "policies") / "schema.cedarschema"
+    before = schema.read_text()
+    for source in (("--policies", str(tmp_path / "polcies")), ("--config", str(_config_with_dir(tmp_path)))):
+        done = customs_main("policy", "schema", "--tools-json", str(tools), *source, "-o", str(schema))
+        assert done.returncode == 2 and f"{tmp_path / 'polcies'}: not a directory" in done.stderr, (source, done)
+        assert schema.read_text() == before
+    done = customs_main("policy", "schema", "--tools-json", str(tools), "--policies", str(tmp_path / "policies"))
+    assert done.returncode == 0 and "entity Agent" in done.stdout and '"pay"' not in done.stderr, done
+
+
+def _config_with_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "customs.yaml"
+    path.write_text("upstreams: [{name: payments, url: http://127.0.0.1:9/mcp}]\n"
+                    f"policies: {{dir: {tmp_path / 'polcies'}}}\n")
+    return path
 
 
 # -- the Cedar contract's names, as a policy writer uses them -------------------------------------------
