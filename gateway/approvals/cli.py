@@ -74,7 +74,8 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
             # Not the API's own refusal (that carries a reason): no such route, so --url is not the base URL.
             hint = (f"nothing answers {method} {path} at --url {args.url}: --url must be the gateway's base URL "
                     f"(e.g. {DEFAULT_URL}), without /mcp or /approvals")
-        raise CliError(f"{method} {url}: HTTP {exc.code} {error.get('reason', '')}: {detail}"
+        named = f" {error['reason']}" if error.get("reason") else ""  # another service's 404 has none
+        raise CliError(f"{method} {url}: HTTP {exc.code}{named}: {detail}"
                        + (f"\n  hint: {hint}" if hint else ""), 1 if exc.code < 500 else 3) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -102,6 +102,7 @@ async def test_a_url_that_is_not_the_gateway_base_says_so_not_no_such_approval(w
         code, _, err = await _cli(*argv, "--url", f"{web_kit.url}/mcp", token=token)
         assert code == 1 and "404" in err, err
         assert "no such approval id" not in err and "the gateway's base URL" in err, err
+        assert "HTTP 404: Not Found" in err and "404 :" not in err, err  # no empty reason before the message
     assert (await web_kit.store.get(item.id)).state == "pending"
     code, _, err = await _cli("show", "apr_missing", "--url", web_kit.url, token=token)
     assert code == 1 and "no such approval id" in err  # the API's own 404 keeps its hint
