@@ -143,6 +143,8 @@ def _field_problems(exc: ValidationError) -> list[str]:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "literal_error" and loc == ("store",):
+            msg = "must be memory or {redis: {url: redis://host:6379/0}}"  # not only "Input should be 'memory'"
         problems.append(f"{_loc(loc)}: {msg}")
     return problems
 

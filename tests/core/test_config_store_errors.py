@@ -25,7 +25,7 @@ def test_a_bad_redis_section_names_only_its_own_problem() -> None:
 
 
 def test_a_bad_word_names_memory_and_both_kinds_still_load() -> None:
-    assert problems("mem") == ["store: Input should be 'memory'"]
+    assert problems("mem") == ["store: must be memory or {redis: {url: redis://host:6379/0}}"]
     assert parse_config({"upstreams": UPSTREAMS}).store == "memory"
     redis = parse_config({"upstreams": UPSTREAMS, "store": {"redis": {"url": "redis://h:6379/1"}}}).store
     assert not isinstance(redis, str) and redis.redis.url == "redis://h:6379/1"

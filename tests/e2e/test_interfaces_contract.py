@@ -185,7 +185,7 @@ async def check_operators(api: Api, http: aiohttp.ClientSession) -> None:
     status, ready = await api.request("GET", "/readyz")
     assert status == 200 and isinstance(ready["checks"], dict) and ready["checks"], ready
     status, metrics = await api.request("GET", "/metrics")
-    assert status == 200 and "mcp_server_operation_duration" in metrics
+    assert status == 200 and "mcp_server_operation_duration" in metrics and "customs_calls" in metrics
     status, refused = await api.request("POST", "/mcp", body={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                                         headers={"Host": "evil.example"})
     assert status == 403 and reason(refused) == "host_forbidden", refused
@@ -347,7 +347,8 @@ async def test_redis_store_then_policy_unavailable(start_gateway: Any, tmp_path:
 async def test_standard_otel_variables(spawn_gateway: Any, permissive_policies: Path) -> None:
     async with (OtlpReceiver() as otlp, OtlpReceiver() as traces, run_http_server(payments_server()) as pay_url):
         gw = await spawn_gateway({"upstreams": [{"name": "payments", "url": pay_url}],
-                                  "policies": {"dir": str(permissive_policies)}},
+                                  "policies": {"dir": str(permissive_policies)},
+                                  "telemetry": {"metrics": {"prometheus": True}}},  # sets neither: env applies
                                  env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_SERVICE_NAME": "contract-svc",
                                       "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces.traces_url,
                                       "OTEL_EXPORTER_OTLP_HEADERS": "x-contract=yes",
@@ -419,6 +420,14 @@ def test_policy_schema_refuses_a_policies_dir_that_is_not_there(tmp_path: Path) 
     assert done.returncode == 0 and "entity Agent" in done.stdout and '"pay"' not in done.stderr, done
 
 
+def test_config_check_names_both_store_shapes(tmp_path: Path) -> None:
+    """`store: memory  # or {redis: {url: ...}}`: a `store: redis` used to be told only "Input should be 'memory'"."""
+    path = tmp_path / "customs.yaml"
+    path.write_text("upstreams: [{name: payments, url: http://127.0.0.1:9/mcp}]\nstore: redis\n")
+    done = customs_main("config", "check", str(path))
+    assert done.returncode == 2 and "store: must be memory or {redis: {url: redis://" in done.stdout + done.stderr, done
+
+
 def _config_with_dir(tmp_path: Path) -> Path:
     path = tmp_path / "customs.yaml"
     path.write_text("upstreams: [{name: payments, url: http://127.0.0.1:9/mcp}]\n"
@@ -435,7 +444,8 @@ permit (principal, action == Action::"list_tools", resource);
 @id("balance")
 permit (principal in Tenant::"acme", action == Action::"call_tool", resource in Server::"payments")
 when {
-  resource == Tool::"payments/balance" && resource.read_only && principal has clearance &&
+  resource == Tool::"payments/balance" && resource.read_only && !resource.destructive && !resource.open_world &&
+  principal has clearance &&
   principal.clearance == "high" && context.tenant == "acme" && context.approval == "none" &&
   context.args has account && context.args.account == "acme-1" && !context.args_contain_secret &&
   context.chain_depth >= 0 && !context.chain.contains("spiffe://nobody") &&
