@@ -145,8 +145,25 @@ def _field_problems(exc: ValidationError) -> list[str]:
             msg = "unknown key"
         elif err["type"] == "literal_error" and loc == ("store",):
             msg = "must be memory or {redis: {url: redis://host:6379/0}}"  # not only "Input should be 'memory'"
+        elif err["type"] in ("tuple_type", "list_type"):  # pydantic's "a valid tuple": Python's word, not YAML's
+            msg = f"must be a list, not {_yaml_kind(err.get('input'))}"
+        elif err["type"] in ("dict_type", "model_type"):  # "... or instance of PoliciesConfig": a class name
+            msg = f"must be a mapping (key: value), not {_yaml_kind(err.get('input'))}"
         problems.append(f"{_loc(loc)}: {msg}")
     return problems
+
+
+def _yaml_kind(value: Any) -> str:
+    """What a YAML value is, in YAML's words."""
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a mapping" if isinstance(value, Mapping) else "a list"
 
 
 def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path | None = None,

@@ -428,6 +428,21 @@ def test_config_check_names_both_store_shapes(tmp_path: Path) -> None:
     assert done.returncode == 2 and "store: must be memory or {redis: {url: redis://" in done.stdout + done.stderr, done
 
 
+@pytest.mark.parametrize(("yaml_text", "problem"), [
+    ("upstreams: {name: p, url: 'http://127.0.0.1:9/mcp'}", "upstreams: must be a list, not a mapping"),
+    ("upstreams: [{name: p, command: python server.py}]", "upstreams[0].command: must be a list, not a string"),
+    ("upstreams: []\npolicies: policies/", "policies: must be a mapping (key: value), not a string"),
+    ("upstreams: []\npolicies:", "policies: must be a mapping (key: value), not empty"),
+])
+def test_config_check_names_yaml_shapes_not_python_types(tmp_path: Path, yaml_text: str, problem: str) -> None:
+    """A list or mapping of the wrong shape used to be 'Input should be a valid tuple' or '... a valid dictionary or
+    instance of PoliciesConfig': Python's words, not the YAML the person wrote."""
+    path = tmp_path / "customs.yaml"
+    path.write_text(yaml_text + "\n")
+    done = customs_main("config", "check", str(path))
+    assert done.returncode == 2 and f"  {problem}\n" in done.stdout + done.stderr, done
+
+
 def _config_with_dir(tmp_path: Path) -> Path:
     path = tmp_path / "customs.yaml"
     path.write_text("upstreams: [{name: payments, url: http://127.0.0.1:9/mcp}]\n"
