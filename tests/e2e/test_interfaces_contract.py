@@ -18,6 +18,7 @@ import aiohttp
 import jwt
 import pytest
 import redis.asyncio as aioredis
+from mcp.shared.exceptions import MCPError
 
 from gateway.demo.servers import payments_server
 from tests.conftest import free_port
@@ -106,6 +107,8 @@ async def check_names_and_credentials(api: Api, token: str, seen: list[SeenReque
         credential = minted(seen)
         claims = jwt.decode(credential, options={"verify_signature": False})
         assert claims["aud"] == upstream and claims["sub"] == SHOPPER and claims["iss"] == api.url, claims
+        assert claims["exp"] - claims["iat"] == 60 and claims["args"] == {"account": "acme-1"}, claims  # ttl_s, narrow
+        assert claims["scope"].split() == ["balance", "account:acme-1"], claims
         answer = await api.introspect(credential)
         assert answer["active"] is True and answer["client_id"] == SHOPPER, answer
     # The session's DELETE ends its task: the credential is revoked.
@@ -230,6 +233,7 @@ async def test_errors_an_agent_sees(start_gateway: Any, tmp_path: Path) -> None:
             status, body, _ = await one.call(name, {})
             assert status == 200 and reason(body) == expected, (name, body)
         await check_held_outcomes(api, await agent("two").open())
+        await check_sdk_errors(gw.mcp, issuer.mint("spiffe://acme.test/agent/sdk", aud=gw.mcp))
         for path in ("/mcp", "/mcp/payments"):
             await check_session_verbs(await agent("three", path).open())
         status, body, _ = await agent("four", "/mcp/nope").send({"jsonrpc": "2.0", "id": 1, "method": "ping"})
@@ -243,6 +247,21 @@ async def test_errors_an_agent_sees(start_gateway: Any, tmp_path: Path) -> None:
         credential = minted(seen, before)
         assert (await api.introspect(credential))["active"] is True
         assert await until(lambda: inactive(api, credential), "the credential's expiry")
+
+
+async def check_sdk_errors(url: str, token: str) -> None:
+    """The same reasons reach an MCP SDK client as MCPError data, in a session and stateless (2026-07-28)."""
+    for mode in ("legacy", "auto"):
+        async with sdk_client(url, token, mode=mode) as client:
+            for name, args, expected in (("payments__balance", {"account": "a"}, "unknown_tool"),
+                                         ("dead__anything", {}, "upstream_unavailable")):
+                with pytest.raises(MCPError) as info:
+                    await client.call_tool(name, args)
+                assert info.value.error.data["reason"] == expected, (mode, name, info.value.error)
+    async with sdk_client(url, token, mode="auto") as client:  # stateless: a held call answers at once
+        with pytest.raises(MCPError) as info:
+            await client.call_tool("payments__pay", {"account": "acme-1", "amount": 9})
+        assert info.value.error.data["reason"] == "approval_pending" and info.value.error.data["approval_id"]
 
 
 async def check_session_verbs(agent: Agent) -> None:
