@@ -297,13 +297,15 @@ async def check_held_outcomes(api: Api, agent: Agent) -> None:
     assert status == 200 and reason(denied) == "approval_denied", denied
     assert denied["error"]["data"]["approval_id"] == approval_id
 
-    status, held, _ = await agent.call("payments__pay", {"account": "acme-1", "amount": 2})
+    status, held, _ = await agent.call("payments__pay", {"account": "acme-1", "amount": 2, "password": "hunter2"})
     approval_id = held["error"]["data"]["approval_id"]
+    args = (await api.approval(approval_id, alice))["args"]
+    assert args["account"] == "acme-1" and "hunter2" not in json.dumps(args), args  # Approval.args is redacted
 
     async def expired() -> bool:
         return bool((await api.approval(approval_id, alice))["state"] == "expired")
     await until(expired, "the approval's expiry")
-    status, late, _ = await agent.call("payments__pay", {"account": "acme-1", "amount": 2})
+    status, late, _ = await agent.call("payments__pay", {"account": "acme-1", "amount": 2, "password": "hunter2"})
     assert status == 200 and reason(late) == "approval_expired", late
     assert late["error"]["data"]["approval_id"] == approval_id
 
@@ -371,6 +373,7 @@ async def test_standard_otel_variables(spawn_gateway: Any, permissive_policies: 
                                  env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_SERVICE_NAME": "contract-svc",
                                       "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces.traces_url,
                                       "OTEL_EXPORTER_OTLP_HEADERS": "x-contract=yes",
+                                      "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
                                       "OTEL_METRIC_EXPORT_INTERVAL": "500"})
         async with sdk_client(gw.mcp) as client:
             await client.call_tool("payments__balance", {"account": "a"})
@@ -529,3 +532,7 @@ async def test_cedar_contract_names(start_gateway: Any, tmp_path: Path) -> None:
         assert (await api.request("POST", path, api.person("carol", "finance"), {}))[0] == 200
         _, done, _ = await agent.call("payments__pay", {"account": "acme-1", "amount": 4})
         assert "result" in done, done
+        delegated = issuer.mint(SHOPPER, aud=gw.mcp, tenant="acme", act=act_chain(planner))
+        _, held, _ = await (await Agent(http, gw.mcp, delegated).open()).call("payments__pay", {"account": "acme-1"})
+        item = await api.approval(held["error"]["data"]["approval_id"], api.person("carol", "finance"))
+        assert (item["principal"], item["chain"]) == (SHOPPER, [planner[0]]), item
