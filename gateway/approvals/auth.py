@@ -31,6 +31,10 @@ MAX_COOKIE_BYTES = 4096  # a cookie's name and value together: browsers drop a l
 ApproverCheck = Callable[[Principal, Approval], Decision]
 
 
+NO_CREDENTIALS = "sign in with a bearer token"
+WRONG_SCHEME = "use Authorization: Bearer <token>"
+
+
 class Refused(Exception):
     """An approver request refused with an HTTP status and a stable reason."""
 
@@ -39,6 +43,15 @@ class Refused(Exception):
         self.reason = reason
         self.message = message
         super().__init__(f"{status} {reason}: {message}")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """A 401 says how to authenticate (RFC 7235 §3.1, RFC 6750 §3): `Bearer`, with `error="invalid_token"`
+        for a token or session that did not verify."""
+        if self.status != 401:
+            return {}
+        invalid = self.message not in (NO_CREDENTIALS, WRONG_SCHEME)
+        return {"WWW-Authenticate": 'Bearer error="invalid_token"' if invalid else "Bearer"}
 
 
 @dataclass(frozen=True)
@@ -100,12 +113,12 @@ class ApproverAuth:
         if header:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise Refused(401, "unauthenticated", "use Authorization: Bearer <token>")
+                raise Refused(401, "unauthenticated", WRONG_SCHEME)
             return Approver(await self.identify_token(token.strip()), "bearer")
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
             return Approver(await self.identify_token(cookie), "cookie")
-        raise Refused(401, "unauthenticated", "sign in with a bearer token")
+        raise Refused(401, "unauthenticated", NO_CREDENTIALS)
 
     @staticmethod
     def form_csrf_ok(request: web.Request, submitted: object) -> bool:

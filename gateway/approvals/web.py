@@ -45,8 +45,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DONE = re.compile(rf"apr_[0-9a-f]{{32}} (?:{'|'.join(STATES)})")  # `?done=` after a decision
 
 
-def _error(status: int, reason: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": {"reason": reason, "message": message, **extra}}, status=status)
+def _error(status: int, reason: str, message: str, headers: dict[str, str] | None = None,
+           **extra: Any) -> web.Response:
+    return web.json_response({"error": {"reason": reason, "message": message, **extra}}, status=status,
+                             headers=headers)
 
 
 async def _read(request: web.Request, read: Callable[[], Awaitable[Any]]) -> Any:
@@ -87,7 +89,7 @@ def _guarded(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except Refused as exc:
-            return _error(exc.status, exc.reason, exc.message)
+            return _error(exc.status, exc.reason, exc.message, exc.headers)
         except ApprovalNotFound:
             return _error(404, "not_found", "no such approval")
         except AlreadyDecided as exc:

@@ -150,7 +150,10 @@ async def check_approvals(api: Api, agent: Agent, hooks: list[tuple[bytes, dict[
     body, headers = await until(lambda: first(hooks), "the webhook")
     signature = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
     assert headers["X-Customs-Signature"] == f"sha256={signature}" and approval_id in body.decode()
-    assert (await api.request("GET", "/api/approvals?state=pending"))[0] == 401
+    for headers in ({}, {"Authorization": "Bearer not-a-jwt"}):  # RFC 7235: a 401 says how to authenticate
+        async with api.http.get(f"{api.url}/api/approvals?state=pending", headers=headers) as resp:
+            assert resp.status == 401 and resp.headers.get("WWW-Authenticate", "").startswith("Bearer"), resp.headers
+            assert ('error="invalid_token"' in resp.headers["WWW-Authenticate"]) == bool(headers)
     for token in (agent.token, bob):  # nobody approves their own call; bob is not in finance
         status, _ = await api.request("POST", f"/api/approvals/{approval_id}/approve", token, {"comment": "x"})
         assert status == 403
