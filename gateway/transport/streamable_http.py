@@ -87,6 +87,7 @@ class StreamableHttpSession:
         self._inflight: dict[tuple[str, Any], int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._get_refused = False  # the upstream has no GET stream (405): not asked again
         self._stream_ready = asyncio.Event()
         self._expired = False
         self._closed = False
@@ -121,6 +122,7 @@ class StreamableHttpSession:
             raise GatewayError("upstream_timeout", "upstream did not answer initialize in time") from exc
         if self._listener is None or self._listener.done():
             self._stream_ready.clear()
+            self._get_refused = False
             self._listener = asyncio.create_task(self._listen(), name=f"customs-{self._up.name}-get-stream")
             # Wait (briefly) until the GET stream is open or refused: server-initiated messages sent
             # before it exists would be lost by servers without an event store.
@@ -162,6 +164,9 @@ class StreamableHttpSession:
         finally:
             if self._inflight.get(key) == upstream_id:
                 del self._inflight[key]
+        if self._listener is not None and self._listener.done() and not (self._get_refused or self._closed):
+            # Given up while the upstream was away: it answers again, so its notifications may flow again.
+            self._listener = asyncio.create_task(self._listen(), name=f"customs-{self._up.name}-get-stream")
         return with_id(response, message.get("id"))
 
     async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
@@ -368,6 +373,7 @@ class StreamableHttpSession:
                     self._stream_ready.set()
                     if resp.status in (405, 404) or 300 <= resp.status < 400:
                         self._up.log.debug("no GET stream (HTTP %s)", resp.status)
+                        self._get_refused = True
                         return
                     if resp.status == 200 and resp.content_type == "text/event-stream":
                         async for event in iter_sse(resp.content):
@@ -382,6 +388,9 @@ class StreamableHttpSession:
             failures = 0 if useful or time.monotonic() - started > 30 else failures + 1
             # Back-off between reconnects of a long-lived stream (not synchronisation).
             await asyncio.sleep(min(5.0, 0.2 * 2 ** failures))
+        if not self._closed:
+            self._up.log.info("GET stream of %s given up after %d failures; the next request that gets an "
+                              "answer opens it again", self._up.name, failures)
 
     async def _deliver_raw(self, data: str) -> None:
         try:
