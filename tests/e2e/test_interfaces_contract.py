@@ -47,7 +47,7 @@ from tests.support.feature_server import feature_server
 from tests.support.mcp_client import sdk_client
 from tests.support.otlp import OtlpReceiver
 from tests.support.redis import RedisServer, redis_factory  # noqa: F401
-from tests.support.servers import SeenRequest, run_http_server
+from tests.support.servers import SeenRequest, run_http_server, run_sse_server, stdio_command
 from tests.support.tokens import TestIssuer, act_chain
 
 # -- the Config example, served as written, and the HTTP surface of the table ---------------------------
@@ -73,6 +73,8 @@ async def test_config_example_checks_serves_and_answers_every_path(tmp_path: Pat
             api = Api(http, f"http://127.0.0.1:{port}", issuer)
             agent_token = issuer.mint(SHOPPER, aud=f"{api.url}/mcp", tenant="acme")
             await check_names_and_credentials(api, agent_token, seen, upstream)
+            for alg in ("ES256", "EdDSA"):  # algorithms: [RS256, ES256, EdDSA]
+                await Agent(http, f"{api.url}/mcp", issuer.mint(SHOPPER, aud=f"{api.url}/mcp", alg=alg)).open()
             await check_well_known(api, minted(seen))
             await check_approvals(api, Agent(http, f"{api.url}/mcp", agent_token), hooks)
             await check_operators(api, http)
@@ -210,10 +212,12 @@ async def test_errors_an_agent_sees(start_gateway: Any, tmp_path: Path) -> None:
     issuer, features = TestIssuer(tmp_path), feature_server()[0]
     seen: list[SeenRequest] = []
     async with (run_http_server(payments_server(), requests=seen) as pay_url, run_http_server(features) as feat_url,
-                aiohttp.ClientSession() as http):
+                run_sse_server(payments_server()) as sse_url, aiohttp.ClientSession() as http):
         upstreams = [{"name": "payments", "url": pay_url, "credentials": {"mode": "minted", "ttl_s": 2}},
                      {"name": "feat", "url": feat_url, "timeout_s": 0.5},
-                     {"name": "dead", "url": f"http://127.0.0.1:{free_port()}/mcp"}]
+                     {"name": "dead", "url": f"http://127.0.0.1:{free_port()}/mcp"},
+                     {"name": "legacy", "url": sse_url, "transport": "sse"},  # the page's other two transports
+                     {"name": "child", "command": stdio_command("payments")}]
         gw = await start_gateway({"upstreams": upstreams, "identity": {"mode": "jwt", "issuers": [issuer.config()]},
                                   "policies": {"dir": str(write_policies(tmp_path / "p", CONTRACT_POLICIES))},
                                   "approvals": {"ttl_s": 2}})
@@ -235,6 +239,9 @@ async def test_errors_an_agent_sees(start_gateway: Any, tmp_path: Path) -> None:
         for name, expected in (("dead__anything", "upstream_unavailable"), ("feat__hang", "upstream_timeout")):
             status, body, _ = await one.call(name, {})
             assert status == 200 and reason(body) == expected, (name, body)
+        for name in ("legacy__executed_calls", "child__executed_calls"):
+            status, body, _ = await one.call(name, {})
+            assert status == 200 and "result" in body, (name, body)
         await check_held_outcomes(api, await agent("two").open())
         await check_sdk_errors(gw.mcp, issuer.mint("spiffe://acme.test/agent/sdk", aud=gw.mcp))
         for path in ("/mcp", "/mcp/payments"):
