@@ -179,6 +179,8 @@ async def check_denied(api: Api, agent: Agent, approver: str) -> None:
     assert code == 1 and "already_decided" in err, (code, out, err)
     code, out, err = await customs_async("approvals", "show", "apr_missing", "--url", api.url, token=approver)
     assert code == 1 and err.strip(), (code, out, err)
+    code, out, err = await customs_async("approvals", "show", approval_id, "--url", api.url, token="not-a-jwt")
+    assert code == 1 and "401" in err and "Traceback" not in err, (code, out, err)
     code, out, _ = await customs_async("approvals", "list", "--state", "all", "--url", api.url, token=approver)
     assert code == 0 and approval_id in out
     status, denied, _ = await agent.call("payments__pay", {"account": "acme-9", "amount": 5})
@@ -403,7 +405,8 @@ async def test_standard_otel_variables(spawn_gateway: Any, permissive_policies: 
 
 COMMANDS = [("serve",), ("demo",), ("config", "check"), ("policy", "validate"), ("policy", "test"),
             ("policy", "explain"), ("policy", "schema"), ("policy", "replay"), ("approvals", "list"),
-            ("approvals", "show"), ("approvals", "approve"), ("approvals", "deny"), ("version",)]
+            ("approvals", "show"), ("approvals", "approve"), ("approvals", "deny"), ("version",),
+            (), ("config",), ("policy",), ("approvals",)]
 FAILURES: list[tuple[tuple[str, ...], int, str]] = [
     (("config", "check", "/nonexistent/customs.yaml"), 2, "cannot read /nonexistent/customs.yaml"),
     (("policy", "validate", "/nonexistent"), 1, "/nonexistent: not a directory"),
@@ -423,7 +426,7 @@ def test_every_command_has_help_and_fails_actionably(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("CUSTOMS_URL", raising=False)
     for command in COMMANDS:
         done = customs_main(*command, "--help")
-        assert done.returncode == 0 and done.stdout.startswith(f"usage: customs {' '.join(command)}"), done
+        assert done.returncode == 0 and done.stdout.startswith(" ".join(("usage: customs", *command))), done
     version = customs("version")
     assert version.returncode == 0 and version.stdout.startswith("customs "), version
     for argv, code, message in FAILURES:
