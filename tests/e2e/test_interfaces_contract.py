@@ -149,6 +149,8 @@ async def check_approvals(api: Api, agent: Agent, hooks: list[tuple[bytes, dict[
     assert item["policies"] and item["decided_by"] is None and item["comment"] is None
     assert item["expires_at"] - item["created_at"] == pytest.approx(900, abs=1)
     assert await api.approval(approval_id, alice) == item
+    async with api.http.get(f"{api.url}/approvals", headers={"Authorization": f"Bearer {alice}"}) as resp:
+        assert resp.status == 200 and approval_id in await resp.text()  # the page takes the bearer token too
     body, headers = await until(lambda: first(hooks), "the webhook")
     signature = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
     assert headers["X-Customs-Signature"] == f"sha256={signature}" and approval_id in body.decode()
@@ -202,6 +204,9 @@ async def check_operators(api: Api, http: aiohttp.ClientSession) -> None:
     status, refused = await api.request("POST", "/mcp", body={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                                         headers={"Origin": "http://evil.example"})
     assert status == 403 and reason(refused) == "origin_forbidden", refused
+    status, own = await api.request("POST", "/mcp", api.person("dave"), {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                                    headers={"Origin": api.url})
+    assert status != 403, own  # public_url's own origin is allowed
     big = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x" * 1_100_000}}
     status, refused = await api.request("POST", "/mcp", api.person("dave"), big)
     assert status == 413 and reason(refused) == "body_too_large", refused
@@ -502,6 +507,9 @@ when {
   context.time.hour >= 0 && context.time.weekday >= 0 && context.environment == context.environment
 };
 
+@id("plain-sub")
+permit (principal == Agent::"plain-sub", action == Action::"call_tool", resource == Tool::"payments/executed_calls");
+
 @id("pay")
 permit (principal in Tenant::"acme", action == Action::"call_tool", resource == Tool::"payments/pay")
 when { resource.sensitivity == "confidential" && !resource.read_only && context.approval == "granted" };
@@ -531,6 +539,9 @@ async def test_cedar_contract_names(start_gateway: Any, tmp_path: Path) -> None:
             return "ok" if "result" in body else reason(body)
 
         assert await balance() == "ok"
+        for sub, expected in (("plain-sub", "result"), (SHOPPER, "error")):  # Agent::"<sub>" without SPIFFE too
+            plain = await Agent(http, gw.mcp, issuer.mint(sub, aud=gw.mcp, tenant="acme")).open()
+            assert expected in (await plain.call("payments__executed_calls", {}))[1]
         assert await balance(clearance="low") == "unknown_tool"
         assert await balance(account="acme-2") == "unknown_tool"
         planner = ("spiffe://acme.test/agent/planner", {"tenant": "acme", "clearance": "high"})
