@@ -83,6 +83,15 @@ async def test_config_example_checks_serves_and_answers_every_path(tmp_path: Pat
             await check_operators(api, http)
             await check_spans(otlp)
             assert await until(lambda: lines(tmp_path / "decisions.jsonl"), "the decision log")
+    # The policy commands on what the example ran with: its policies and its decision log.
+    policies = str(tmp_path / "policies")
+    assert customs_main("policy", "validate", policies).returncode == 0
+    replayed = customs_main("policy", "replay", "--log", str(tmp_path / "decisions.jsonl"), "--policies", policies)
+    assert replayed.returncode == 0 and " 0 changed" in replayed.stdout + replayed.stderr, replayed
+    explained = customs_main("policy", "explain", "--policies", policies, "--tool", "payments/balance",
+                             "--principal-claims", json.dumps({"sub": SHOPPER, "tenant": "acme"}),
+                             "--annotations", json.dumps({"read_only": True}), "--args", '{"account": "acme-1"}')
+    assert explained.returncode == 0 and "allow" in explained.stdout, explained
 
 
 # -- the errors an agent sees ----------------------------------------------------------------------------
@@ -185,7 +194,8 @@ async def check_held_outcomes(api: Api, agent: Agent) -> None:
     assert status == 200
     status, denied, _ = await agent.call("payments__pay", {"account": "acme-1", "amount": 1})
     assert status == 200 and reason(denied) == "approval_denied", denied
-    assert denied["error"]["data"]["approval_id"] == approval_id
+    assert denied["error"]["data"]["approval_id"] == approval_id and denied["error"]["data"]["decided_by"] == "alice"
+    assert denied["error"]["data"]["comment"] == "no"
 
     status, held, _ = await agent.call("payments__pay", {"account": "acme-1", "amount": 2, "password": "hunter2"})
     approval_id = held["error"]["data"]["approval_id"]
