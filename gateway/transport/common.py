@@ -8,6 +8,7 @@ trial is a client call or, for HTTP upstreams, the readiness probe, whichever co
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -128,6 +129,38 @@ def initialized_message(trace: Mapping[str, str] | None = None) -> Message:
 def with_trace(headers: Mapping[str, str], trace: Mapping[str, str] | None) -> Mapping[str, str]:
     """A set-up request's headers: the session's, plus the trace context's `traceparent`/`tracestate`."""
     return {**headers, **trace} if trace else headers
+
+
+class HeldSubscriptions:
+    """The resource URIs an upstream session holds subscriptions to (`resources/subscribe` answered, no
+    `resources/unsubscribe` since), so that a session re-opened after the upstream forgot it (restarted) holds
+    them again: the agent's own session never ended, and would otherwise get no more updates."""
+
+    def __init__(self) -> None:
+        self.uris: set[str] = set()
+
+    def note(self, message: Message, response: Message) -> None:
+        method = message.get("method")
+        if method not in ("resources/subscribe", "resources/unsubscribe") or "result" not in response:
+            return
+        params = message.get("params")
+        uri = params.get("uri") if isinstance(params, dict) else None
+        if isinstance(uri, str):
+            (self.uris.add if method == "resources/subscribe" else self.uris.discard)(uri)
+
+    def again(self) -> list[Message]:
+        """The requests that subscribe a fresh upstream session to every URI held."""
+        return [{"jsonrpc": "2.0", "id": f"customs-resubscribe-{n}", "method": "resources/subscribe",
+                 "params": {"uri": uri}} for n, uri in enumerate(sorted(self.uris))]
+
+
+async def subscribe_again(request: Callable[[Message], Awaitable[Message]], message: Message,
+                          log: logging.Logger) -> None:
+    """Send one of `HeldSubscriptions.again()` on a re-opened session (in the background: best effort)."""
+    try:
+        await request(message)
+    except GatewayError as exc:
+        log.info("could not subscribe to %s again on a re-opened session: %s", message["params"]["uri"], exc)
 
 
 def cancelled_message(upstream_id: Any, reason: str) -> Message:

@@ -22,6 +22,7 @@ from gateway.transport.base import ConnectParams, HeadersSource, Message, Messag
 from gateway.transport.common import (
     BROADCAST_METHODS,
     TOOLS_CHANGED,
+    HeldSubscriptions,
     SessionClock,
     cancelled_message,
     check_initialize,
@@ -29,6 +30,7 @@ from gateway.transport.common import (
     initialized_message,
     remap_cancel,
     send_own,
+    subscribe_again,
     with_id,
     with_trace,
 )
@@ -79,6 +81,7 @@ class SseSession:
         self._closed = False
         self._dead = False
         self._reopening = asyncio.Lock()
+        self._held = HeldSubscriptions()
         self._clock = SessionClock()
 
     @property
@@ -157,6 +160,7 @@ class SseSession:
             raise
         finally:
             self._table.discard(pending)
+        self._held.note(message, response)
         return with_id(response, message.get("id"))
 
     async def _reopen(self) -> None:
@@ -187,6 +191,9 @@ class SseSession:
         # As after a streamable HTTP session's expiry: the upstream most likely restarted, perhaps as a new
         # version, so its tools are listed (and their pins checked) again before the next call runs.
         await deliver(self._on_message, TOOLS_CHANGED, self._up.log)
+        for again in self._held.again():  # in the background: the call that re-opened goes on at once
+            self._spawn(subscribe_again(self.request, again, self._up.log))
+
 
     async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
         remapped = remap_cancel(message, lambda caller_id: self._table.upstream_id_for(self, caller_id))

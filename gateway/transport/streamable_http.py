@@ -29,6 +29,7 @@ from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler, SentId
 from gateway.transport.common import (
     TOOLS_CHANGED,
+    HeldSubscriptions,
     SessionClock,
     cancelled_message,
     check_initialize,
@@ -39,6 +40,7 @@ from gateway.transport.common import (
     is_response,
     remap_cancel,
     send_own,
+    subscribe_again,
     with_id,
     with_trace,
 )
@@ -88,6 +90,7 @@ class StreamableHttpSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._get_refused = False  # the upstream has no GET stream (405): not asked again
+        self._held = HeldSubscriptions()
         self._stream_ready = asyncio.Event()
         self._expired = False
         self._closed = False
@@ -120,6 +123,11 @@ class StreamableHttpSession:
                 self._clock.began(self._up.on_session_end)
         except TimeoutError as exc:
             raise GatewayError("upstream_timeout", "upstream did not answer initialize in time") from exc
+        if reopening and self._listener is not None and not self._listener.done():
+            # The old session's stream, retrying with back-off (up to 5 s): the new one's opens now, so what
+            # the upstream sends on it from the start (resource updates) is not lost.
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
         if self._listener is None or self._listener.done():
             self._stream_ready.clear()
             self._get_refused = False
@@ -129,6 +137,9 @@ class StreamableHttpSession:
             with suppress(TimeoutError):
                 async with asyncio.timeout(min(5.0, self._up.config.timeout_s)):
                     await self._stream_ready.wait()
+        if reopening:  # in the background: the call that found the session expired goes on at once
+            for again in self._held.again():
+                self._spawn(subscribe_again(self.request, again, self._up.log))
 
     async def request(self, message: Message, *, headers: Mapping[str, str] | None = None,
                       on_message: MessageHandler | None = None, timeout: float | None = None,  # noqa: ASYNC109
@@ -164,10 +175,12 @@ class StreamableHttpSession:
         finally:
             if self._inflight.get(key) == upstream_id:
                 del self._inflight[key]
+        self._held.note(message, response)
         if self._listener is not None and self._listener.done() and not (self._get_refused or self._closed):
             # Given up while the upstream was away: it answers again, so its notifications may flow again.
             self._listener = asyncio.create_task(self._listen(), name=f"customs-{self._up.name}-get-stream")
         return with_id(response, message.get("id"))
+
 
     async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
         remapped = remap_cancel(message, lambda caller_id: self._inflight.get(id_key(caller_id)))
