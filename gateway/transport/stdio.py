@@ -217,11 +217,13 @@ class StdioUpstream:
             self._spawn(self._unsubscribe_orphan(uri))
 
     async def _unsubscribe_orphan(self, uri: str) -> None:
-        if self._routes.is_subscribed(uri):
-            return  # another session subscribed since: the child must keep it
+        if not self._routes.is_subscribed(uri):  # else another session subscribed since: the child must keep it
+            await self._tell_child("resources/unsubscribe", uri)
+
+    async def _tell_child(self, method: str, uri: str) -> None:
         with suppress(GatewayError):  # the child is gone or busy: its subscriptions end with it anyway
-            await self._exchange(self, {"jsonrpc": "2.0", "id": None, "method": "resources/unsubscribe",
-                                        "params": {"uri": uri}}, None, None)
+            await self._exchange(self, {"jsonrpc": "2.0", "id": None, "method": method, "params": {"uri": uri}},
+                                 None, None)
 
     async def respond(self, view: StdioSession, message: Message) -> None:
         if self._routes.may_answer(view, message):
@@ -298,6 +300,8 @@ class StdioUpstream:
             self._clock.began(self.on_session_end)
             if self._restarts:  # a new child, perhaps a new version (npx, uvx): its tools are listed again
                 await self._routes.route(TOOLS_CHANGED)
+                for uri in self._routes.held_uris():  # what sessions subscribed to, the new child holds again
+                    self._spawn(self._tell_child("resources/subscribe", uri))
             await reader  # returns when the child closes stdout (exit or crash)
             code = await exit_code(proc, self._grace_s)
             self._detail = (f"child exited with code {code}" if code is not None

@@ -93,11 +93,14 @@ class StdioRoutes:
         return orphans
 
     def restarted(self) -> None:
-        """A new child: the old one's server→client request ids and subscriptions mean nothing any more."""
+        """A new child: the old one's server→client request ids mean nothing any more. The sessions'
+        subscriptions are kept: the new child is subscribed again (`held_uris`), its sessions never ended."""
         self._asked.clear()
-        self._subscribers.clear()
         self._child_level = None
         self._elicitations.clear()
+
+    def held_uris(self) -> list[str]:
+        return [uri for uri, views in self._subscribers.items() if views]
 
     async def subscription(self, view: View, message: Message, exchange: Callable[[], Awaitable[Message]]) -> Message:
         """A view's resources/(un)subscribe, sent to the child by `exchange` unless another view still

@@ -6,6 +6,8 @@ as live, and a gateway-internal view never makes a lone client session look shar
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -132,5 +134,32 @@ async def test_an_internal_view_does_not_make_a_lone_session_look_shared() -> No
         hanging.cancel()
         await asyncio.gather(hanging, return_exceptions=True)
         await internal.close()
+    finally:
+        await upstream.stop()
+
+
+async def test_a_restarted_child_is_subscribed_again_to_what_sessions_hold() -> None:
+    """The child crashed and was restarted: the sessions that had subscribed (and never unsubscribed) still
+    expect updates, but the new child held no subscription and the gateway forgot them, so updates stopped
+    for good without a word. The new child is now subscribed again to every URI a connected session holds."""
+    upstream = StdioUpstream(UpstreamConfig(name="watch", command=(sys.executable, WATCH_SERVER_PATH), timeout_s=20))
+    await upstream.start()
+    try:
+        inbox = Inbox()
+        view = await upstream.connect(CLIENT_CAPS, inbox)
+        subscribe = {"jsonrpc": "2.0", "id": 1, "method": "resources/subscribe", "params": {"uri": "watch://a"}}
+        assert (await view.request(subscribe))["result"] == {}
+        first = upstream.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: upstream.health().ready and upstream.pid not in (None, first), within=30)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        n = 2
+        while text_of(await view.request(call("touch", {"uri": "watch://a"}, request_id=n))) != "touched":
+            assert loop.time() < deadline, "the new child was not subscribed again"  # (on the old code: never)
+            await asyncio.sleep(0.05)  # polling the child's state, bounded by the deadline
+            n += 1
+        await inbox.wait_for(lambda m: m.get("method") == "notifications/resources/updated")
     finally:
         await upstream.stop()
