@@ -20,7 +20,7 @@ from typing import Any
 
 from gateway.authz import entities as E
 from gateway.authz.evaluate import EntityCache, decide, decide_approve
-from gateway.authz.policyset import LoadedPolicies, PolicyLoadError, fingerprint, load_policies
+from gateway.authz.policyset import ALLOW_ALL_DIR, LoadedPolicies, PolicyLoadError, fingerprint, load_policies
 from gateway.authz.unsummed import unsummed_forbids
 from gateway.config.model import PoliciesConfig
 from gateway.context import CallContext, Decision, Outcome, Principal, ToolInfo
@@ -97,6 +97,9 @@ class PolicyEngine:
         self._current = current
         self.loaded_at = time.time()
         log.info("policies %s loaded from %s (%d policies)", current.version, current.source, len(current))
+        if self.config.dir.resolve() == ALLOW_ALL_DIR:
+            log.warning("no policies.dir in the config and identity anonymous: every request is allowed "
+                        "(policy anonymous-allow-all, local use only); name policies.dir to authorize calls")
         if self._shadow is not None:  # after the enforced set's line, as the reloads log them
             log.info("shadow policies %s loaded from %s (%d policies)", self._shadow.version, self._shadow.source,
                      len(self._shadow))

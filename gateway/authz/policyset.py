@@ -29,6 +29,8 @@ from gateway.authz.timelits import time_problems
 log = logging.getLogger("customs.authz")
 
 SCHEMA_FILE = "schema.cedarschema"
+# The set of an anonymous config naming no policies.dir (gateway/config/load.py): one permit of everything.
+ALLOW_ALL_DIR = Path(__file__).resolve().parent / "allow_all"
 MAX_QUORUM = 20  # more distinct approvers than this for one call is a typo, not a policy
 Parsed = list[tuple[Path, str, list[dict[str, str]]]]  # file, text, each static policy's annotations
 Place = tuple[Path, str, int, int]  # a policy's file, that file's text, its first and last line (0: unknown)
@@ -297,6 +299,14 @@ def _validation_where(place: Place | None, message: str) -> str | None:
     return _at(path, first and (mentioned_line(message, text, first, last) or first))
 
 
+def _schema_of(directory: Path) -> Path:
+    """A directory's schema file; the allow-all set (no schema of its own) is validated against the shipped one."""
+    if directory.resolve() == ALLOW_ALL_DIR:
+        from gateway.config.load import shipped_policies  # (the config package imports nothing from here)
+        return shipped_policies() / SCHEMA_FILE
+    return directory / SCHEMA_FILE
+
+
 def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPolicies:
     """Parse and validate a policy directory; raise PolicyLoadError listing every problem."""
     problems: list[str] = []
@@ -306,7 +316,7 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
     paths = sorted(directory.glob("*.cedar"))
     if not paths:
         problems.append(f"{directory}: no *.cedar policy files")
-    schema_path = schema_path or directory / SCHEMA_FILE
+    schema_path = schema_path or _schema_of(directory)
     schema_text = _read(schema_path, problems) if schema_path.exists() else None
     if schema_text is None and not problems:
         problems.append(f"{schema_path}: missing schema (policies are validated against it)")

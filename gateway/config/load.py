@@ -99,13 +99,25 @@ def shipped_policies() -> Path:
     return Path(__file__).resolve().parents[2] / "policies"
 
 
+def allow_all_policies() -> Path:
+    """The policy set of an anonymous config that names no `policies.dir`: one permit of every request."""
+    return Path(__file__).resolve().parents[1] / "authz" / "allow_all"
+
+
 def _default_policies(data: dict[str, Any]) -> None:
-    """A config file naming no `policies.dir`: `policies/` in the working directory when there is one (the
-    model's default), else the shipped set, as `customs serve` without a config uses it."""
+    """A config file naming no `policies.dir`. With anonymous identity (the default mode), the allow-all set:
+    the core issue's transparent proxy for local use, whose contract config has no `policies` section (and an
+    anonymous principal gives policies nothing to decide on; the start-up log warns). Otherwise `policies/` in
+    the working directory when there is one (the model's default), else the shipped set."""
     section = data.get("policies", {})
-    if not isinstance(section, dict) or "dir" in section or Path("policies").is_dir():
+    if not isinstance(section, dict) or "dir" in section:
         return
-    data["policies"] = {**section, "dir": str(shipped_policies())}
+    identity = data.get("identity")
+    mode = identity.get("mode", "anonymous") if isinstance(identity, dict) else "anonymous"
+    if mode == "anonymous":
+        data["policies"] = {**section, "dir": str(allow_all_policies())}
+    elif not Path("policies").is_dir():
+        data["policies"] = {**section, "dir": str(shipped_policies())}
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
