@@ -126,7 +126,9 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     log.info("shutting down: draining in-flight calls (up to %.0fs)", config.listen.drain_timeout_s)
     gateway.draining = True
     # The last span export shares the drain deadline instead of adding its own 10 s after it.
-    gateway.parts.observability.telemetry.shutdown_deadline = loop.time() + config.listen.drain_timeout_s
+    deadline = loop.time() + config.listen.drain_timeout_s
+    gateway.parts.observability.telemetry.shutdown_deadline = deadline
+    gateway.parts.observability.metrics.shutdown_deadline = deadline
     # Held calls are not in-flight work to wait for: they answer approval_pending (with the id) now and their
     # items stay pending in the store; waiting for a person would only run into the drain deadline.
     gateway.parts.approve.release_held()

@@ -14,8 +14,11 @@ into every collection (gateway/telemetry/aggregate.py); the rarer ones are plain
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -33,6 +36,10 @@ from gateway.telemetry.aggregate import Attrs, CounterAggregate, HistogramAggreg
 from gateway.telemetry.attributes import transport_attributes
 from gateway.telemetry.settings import MetricSettings, metric_settings
 from gateway.transport.base import SessionEnded
+
+log = logging.getLogger("customs.telemetry")
+DEFAULT_CLOSE_S = 10.0  # the final export at shutdown, when no shutdown deadline is known (as the span export)
+MIN_CLOSE_S = 1.0  # ... and at least this much of it past a drain that used up the deadline
 
 # The conventions' advice for MCP operation durations; also good for gateway stages and approval waits.
 DURATION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
@@ -96,6 +103,8 @@ class Metrics:
 
     def __init__(self, config: TelemetryConfig, *, env: Mapping[str, str] | None = None) -> None:
         self.settings: MetricSettings = metric_settings(config, os.environ if env is None else env)
+        # Set when shutdown begins (loop time by which the process should be gone): the final export's bound.
+        self.shutdown_deadline: float | None = None
         self.registry: CollectorRegistry | None = None
         self.provider: MeterProvider | None = None
         readers: list[MetricReader] = []
@@ -188,10 +197,33 @@ class Metrics:
         """Readers are live from construction; nothing to start (kept for the owners' lifecycle)."""
 
     async def close(self) -> None:
-        """Final OTLP export and reader shutdown (off the loop: blocking HTTP)."""
+        """Final OTLP export and reader shutdown, off the loop (blocking HTTP), bounded as the span export's is.
+
+        The SDK's exporter retries a collector that refuses or stalls for up to its own timeout (10 s) on top
+        of the drain; once shutdown has begun (`shutdown_deadline`, loop time) the export gets what is left of
+        it, at least a second. It runs on a daemon thread, which the process does not wait for at exit."""
         provider, self.provider = self.provider, None
-        if provider is not None:
-            await asyncio.to_thread(provider.shutdown)
+        if provider is None:
+            return
+        loop = asyncio.get_running_loop()
+        timeout_s = DEFAULT_CLOSE_S
+        if self.shutdown_deadline is not None:
+            timeout_s = max(MIN_CLOSE_S, min(DEFAULT_CLOSE_S, self.shutdown_deadline - loop.time()))
+        done: asyncio.Future[None] = loop.create_future()
+
+        def shut_down() -> None:
+            try:
+                provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+                    loop.call_soon_threadsafe(_settle, done)
+
+        threading.Thread(target=shut_down, name="customs-metrics-close", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout_s)
+        except TimeoutError:
+            log.warning("final metrics export did not finish within %.0f s of shutdown: its points are lost",
+                        timeout_s)
 
     async def flush(self) -> None:
         if self._otlp_reader is not None:
@@ -320,3 +352,7 @@ class Metrics:
             return b""
         return bytes(generate_latest(self.registry))
 
+
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
