@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -45,6 +47,24 @@ def customs(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, check=False)
 
 
+@asynccontextmanager
+async def serving(tmp_path: Path, config: str) -> AsyncIterator[Path]:
+    """`customs serve --config customs.yaml` in `tmp_path` (its working directory) until the block ends; yields
+    its log, once it listens. The log is complete after the block: the process has stopped."""
+    (tmp_path / "customs.yaml").write_text(config)
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", "customs.yaml"], cwd=tmp_path,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        await eventually(lambda: "listening on" in log.read_text() or proc.poll() is not None, within=30)
+        assert proc.poll() is None, log.read_text()
+        yield log
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
 def test_config_check_passes_the_contract_example_anywhere(tmp_path: Path) -> None:
     (tmp_path / "customs.yaml").write_text(CONTRACT.format(port=8700))
     done = customs("config", "check", "customs.yaml", cwd=tmp_path)
@@ -72,21 +92,11 @@ def test_the_default_set_follows_the_identity_mode(tmp_path: Path, monkeypatch: 
 
 async def test_serve_starts_on_the_contract_example_anywhere(tmp_path: Path) -> None:
     port = free_port()
-    (tmp_path / "customs.yaml").write_text(CONTRACT.format(port=port))
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", "customs.yaml"], cwd=tmp_path,
-                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        await eventually(lambda: "listening on" in log.read_text() or proc.poll() is not None, within=30)
-        assert proc.poll() is None, log.read_text()
+    async with serving(tmp_path, CONTRACT.format(port=port)) as log:
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as resp:
             body = await resp.json()
         assert body["checks"]["policies"]["detail"]["dir"] == str(allow_all_policies())
         assert "every request is allowed (policy anonymous-allow-all" in log.read_text()
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 async def test_the_contract_gateway_is_transparent_reads_and_writes_alike(tmp_path: Path) -> None:
@@ -96,14 +106,7 @@ async def test_the_contract_gateway_is_transparent_reads_and_writes_alike(tmp_pa
     config = CONTRACT.format(port=port).replace(
         "url: http://127.0.0.1:9/mcp", f"command: [{sys.executable}, -m, gateway.demo.servers, inventory]").replace(
         "command: [python, -m, mcp_server_time]", f"command: [{sys.executable}, -m, mcp_server_time]")
-    (tmp_path / "customs.yaml").write_text(config)
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", "customs.yaml"], cwd=tmp_path,
-                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        await eventually(lambda: "listening on" in log.read_text() or proc.poll() is not None, within=30)
-        assert proc.poll() is None, log.read_text()
+    async with serving(tmp_path, config) as log:
         async with sdk_client(f"http://127.0.0.1:{port}/mcp") as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert {"inventory__get_stock", "inventory__set_stock", "time__get_current_time"} <= names, names
@@ -111,7 +114,4 @@ async def test_the_contract_gateway_is_transparent_reads_and_writes_alike(tmp_pa
             wrote = await client.call_tool("inventory__set_stock", {"sku": "widget", "quantity": 7})
         assert not now.is_error and '"timezone": "UTC"' in str(now.content[0].text)  # type: ignore[union-attr]
         assert not wrote.is_error and wrote.content[0].text == "widget set to 7"  # type: ignore[union-attr]
-    finally:
-        proc.terminate()
-        proc.wait(20)
     assert '"policy_ids":["anonymous-allow-all"]' in log.read_text()  # the decision log names what allowed it

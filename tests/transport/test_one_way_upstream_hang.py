@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from tests.support.servers import run_aiohttp
+from tests.transport.mute_upstreams import mute_upstream, streamable_app
 
 pytestmark = pytest.mark.asyncio
 ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
@@ -29,51 +30,10 @@ def answer(message: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": message["id"], "result": result}
 
 
-def streamable_app() -> web.Application:
-    async def mcp(request: web.Request) -> web.StreamResponse:
-        if request.method != "POST":
-            return web.Response(status=405)
-        message = json.loads(await request.read())
-        if message.get("method") == HANG_ON:
-            await asyncio.Event().wait()
-        if "id" not in message:
-            return web.Response(status=202)
-        return web.json_response(answer(message), headers={"Mcp-Session-Id": "s-1"})
-
-    app = web.Application()
-    app.router.add_route("*", "/mcp", mcp)
-    return app
-
-
-def sse_app() -> web.Application:
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def sse(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(b"event: endpoint\ndata: /messages?session=1\n\n")
-        while True:
-            await response.write(f"event: message\ndata: {json.dumps(await queue.get())}\n\n".encode())
-
-    async def post(request: web.Request) -> web.Response:
-        message = json.loads(await request.read())
-        if message.get("method") == HANG_ON:
-            await asyncio.Event().wait()
-        if "id" in message and "method" in message:
-            await queue.put(answer(message))
-        return web.Response(status=202)
-
-    app = web.Application()
-    app.router.add_get("/sse", sse)
-    app.router.add_post("/messages", post)
-    return app
-
-
 @pytest.fixture(params=["streamable_http", "sse"])
 async def gw(request: pytest.FixtureRequest, start_gateway: Any, permissive_policies: Path) -> AsyncIterator[Any]:
     kind = request.param
-    async with run_aiohttp(streamable_app() if kind == "streamable_http" else sse_app(), shutdown_timeout=1) as base:
-        url = f"{base}/mcp" if kind == "streamable_http" else f"{base}/sse"
+    async with mute_upstream(kind, answer, hang_on={HANG_ON}) as url:
         yield await start_gateway({"upstreams": [{"name": "mute", "url": url, "transport": kind, "timeout_s": 1}],
                                    "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
 
@@ -111,7 +71,7 @@ async def test_a_mute_upstream_does_not_hold_back_the_others_copy(start_gateway:
 
     listening = web.Application()
     listening.router.add_route("*", "/mcp", ear)
-    async with run_aiohttp(streamable_app(), shutdown_timeout=1) as mute, \
+    async with run_aiohttp(streamable_app(answer, {HANG_ON}), shutdown_timeout=1) as mute, \
             run_aiohttp(listening, shutdown_timeout=1) as other:
         gw = await start_gateway({"upstreams": [{"name": "mute", "url": f"{mute}/mcp", "timeout_s": 10},
                                                 {"name": "ear", "url": f"{other}/mcp"}],

@@ -14,9 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from tests.support.servers import run_aiohttp
+from tests.transport.mute_upstreams import mute_upstream
 
 pytestmark = pytest.mark.asyncio
 ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
@@ -31,53 +30,10 @@ def answer(message: dict[str, Any]) -> dict[str, Any] | None:
     return None if result is None else {"jsonrpc": "2.0", "id": message["id"], "result": result}
 
 
-def streamable_app() -> web.Application:
-    async def mcp(request: web.Request) -> web.StreamResponse:
-        if request.method != "POST":
-            return web.Response(status=405)
-        message = json.loads(await request.read())
-        if message.get("method") == "notifications/initialized":
-            return web.Response(status=202)
-        reply = answer(message)
-        if reply is None:
-            await asyncio.Event().wait()
-        return web.json_response(reply, headers={"Mcp-Session-Id": "s-1"})
-
-    app = web.Application()
-    app.router.add_route("*", "/mcp", mcp)
-    return app
-
-
-def sse_app() -> web.Application:
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def sse(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(b"event: endpoint\ndata: /messages?session=1\n\n")
-        while True:
-            await response.write(f"event: message\ndata: {json.dumps(await queue.get())}\n\n".encode())
-
-    async def post(request: web.Request) -> web.Response:
-        message = json.loads(await request.read())
-        if message.get("method") == "notifications/cancelled":
-            await asyncio.Event().wait()
-        reply = answer(message) if "id" in message else None
-        if reply is not None:
-            await queue.put(reply)
-        return web.Response(status=202)  # a call is taken, and never answered
-
-    app = web.Application()
-    app.router.add_get("/sse", sse)
-    app.router.add_post("/messages", post)
-    return app
-
-
 @pytest.fixture(params=["streamable_http", "sse"])
 async def gw(request: pytest.FixtureRequest, start_gateway: Any, permissive_policies: Path) -> AsyncIterator[Any]:
     kind = request.param
-    async with run_aiohttp(streamable_app() if kind == "streamable_http" else sse_app(), shutdown_timeout=1) as base:
-        url = f"{base}/mcp" if kind == "streamable_http" else f"{base}/sse"
+    async with mute_upstream(kind, answer, hang_on={"notifications/cancelled"}) as url:
         yield await start_gateway({"upstreams": [{"name": "mute", "url": url, "transport": kind, "timeout_s": 5,
                                                   "tools": {"work": {"timeout_s": 0.5}}}],
                                    "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
