@@ -1,7 +1,7 @@
 """The final metrics export at shutdown is bounded by the drain deadline, as the span export is.
 
 The SDK's OTLP metric exporter retries a collector that refuses connections (down, restarting) for up to its
-own 10 s timeout, so a gateway exporting metrics took 6.5–12 s to stop on SIGTERM with its collector down
+own 10 s timeout, so a gateway exporting metrics took 6.5 to 12 s to stop on SIGTERM with its collector down
 (spans alone: 0.2 s). Once shutdown has begun the export gets what is left of `listen.drain_timeout_s`, at
 least a second, on a thread the process does not wait for; what it could not send is lost and said so.
 """
