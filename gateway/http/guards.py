@@ -11,6 +11,8 @@ from aiohttp import web
 
 from gateway.config.model import ListenConfig
 from gateway.errors import GatewayError, to_wire
+from gateway.http.cors import ORIGIN as CORS
+from gateway.http.cors import cors_origin, preflight
 from gateway.jsonrpc import dumps
 from gateway.keys import CONFIG
 
@@ -99,7 +101,10 @@ def guard_middleware(policy: HostOriginPolicy, refused: Callable[[str, int], Non
         except GatewayError as exc:
             response: web.StreamResponse = error_response(exc)
         else:
-            response = await handler(request)
+            origin = cors_origin(request)  # an allowed origin on an agent path: its answers are shared with it
+            if origin is not None:
+                request[CORS] = origin
+            response = (preflight(request, origin) if origin is not None else None) or await handler(request)
         if request.get(UNREADABLE) and not response.prepared:
             response.force_close()  # the rest of that body is still on the wire: this connection cannot go on
         if response.status >= 400 and refused is not None and REFUSED in response:
