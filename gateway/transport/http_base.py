@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from contextlib import suppress
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -130,6 +130,16 @@ class HttpUpstreamBase:
         self.log.info("upstream %s reachable again: circuit closed by the readiness probe", self.name)
 
     # -- bookkeeping used by sessions -------------------------------------------------------------
+
+    async def taken(self, post: Awaitable[None]) -> None:
+        """A message POSTed on the session's behalf (a notification, an answer), taken within `timeout_s`: an
+        agent's notification waits for this and must not wait for a mute upstream for good."""
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                await post
+        except TimeoutError as exc:
+            raise GatewayError("upstream_timeout", "upstream did not take the message in time",
+                               data={"timeout_s": self.config.timeout_s, "upstream": self.name}) from exc
 
     def connected(self) -> None:
         self.breaker.success()

@@ -342,13 +342,8 @@ class StreamableHttpSession:
 
     async def _post_one_way(self, message: Message, headers: Mapping[str, str] | None) -> None:
         """POST a notification or a response; the upstream acknowledges with 202 (any 2xx accepted), within
-        its `timeout_s` (an agent's notification waits for this: it must not wait for a mute upstream for good)."""
-        try:
-            async with asyncio.timeout(self._up.config.timeout_s):
-                await self._post_one_way_unbounded(message, headers)
-        except TimeoutError as exc:
-            raise GatewayError("upstream_timeout", "upstream did not take the message in time",
-                               data={"timeout_s": self._up.config.timeout_s, "upstream": self._up.name}) from exc
+        its `timeout_s` (`taken`)."""
+        await self._up.taken(self._post_one_way_unbounded(message, headers))
 
     async def _post_one_way_unbounded(self, message: Message, headers: Mapping[str, str] | None) -> None:
         body = jsonrpc.dumps(message)
