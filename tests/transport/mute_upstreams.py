@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from tests.support.servers import run_aiohttp
@@ -69,3 +70,13 @@ async def mute_upstream(kind: str, answer: Answer, hang_on: Collection[str] = ()
     app = streamable_app(answer, hang_on) if kind == "streamable_http" else sse_app(answer, hang_on)
     async with run_aiohttp(app, shutdown_timeout=1) as base:
         yield f"{base}/mcp" if kind == "streamable_http" else f"{base}/sse"
+
+
+async def agent_session(http: aiohttp.ClientSession, mcp_url: str) -> dict[str, str]:
+    """A raw agent's `initialize` at the gateway: the headers its later requests carry (session, version)."""
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}}
+    async with http.post(mcp_url, json=init, headers=headers) as resp:
+        return headers | {"Mcp-Session-Id": resp.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-06-18"}

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from tests.support.servers import run_aiohttp
-from tests.transport.mute_upstreams import mute_upstream, streamable_app
+from tests.transport.mute_upstreams import agent_session, mute_upstream, streamable_app
 
 pytestmark = pytest.mark.asyncio
 ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
@@ -39,13 +39,8 @@ async def gw(request: pytest.FixtureRequest, start_gateway: Any, permissive_poli
 
 
 async def test_an_agent_notification_is_acknowledged_though_the_upstream_never_answers_it(gw: Any) -> None:
-    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     async with aiohttp.ClientSession() as http:
-        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                           "clientInfo": {"name": "t", "version": "1"}}}
-        async with http.post(gw.mcp, json=init, headers=headers) as resp:
-            headers |= {"Mcp-Session-Id": resp.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-06-18"}
+        headers = await agent_session(http, gw.mcp)
         async with http.post(gw.mcp, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers) as resp:
             assert (await resp.json())["result"]["tools"] == []  # the upstream session is open
         began = asyncio.get_running_loop().time()
@@ -76,13 +71,8 @@ async def test_a_mute_upstream_does_not_hold_back_the_others_copy(start_gateway:
         gw = await start_gateway({"upstreams": [{"name": "mute", "url": f"{mute}/mcp", "timeout_s": 10},
                                                 {"name": "ear", "url": f"{other}/mcp"}],
                                   "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
-        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
         async with aiohttp.ClientSession() as http:
-            init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                               "clientInfo": {"name": "t", "version": "1"}}}
-            async with http.post(gw.mcp, json=init, headers=headers) as resp:
-                headers |= {"Mcp-Session-Id": resp.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-06-18"}
+            headers = await agent_session(http, gw.mcp)
             async with http.post(gw.mcp, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
                                  headers=headers) as resp:
                 assert resp.status == 200  # both upstream sessions are open

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.transport.mute_upstreams import mute_upstream
+from tests.transport.mute_upstreams import agent_session, mute_upstream
 
 pytestmark = pytest.mark.asyncio
 ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
@@ -40,13 +40,8 @@ async def gw(request: pytest.FixtureRequest, start_gateway: Any, permissive_poli
 
 
 async def test_the_timeout_error_comes_at_the_call_s_timeout(gw: Any) -> None:
-    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     async with aiohttp.ClientSession() as http:
-        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-                           "clientInfo": {"name": "t", "version": "1"}}}
-        async with http.post(gw.mcp, json=init, headers=headers) as resp:
-            headers |= {"Mcp-Session-Id": resp.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-06-18"}
+        headers = await agent_session(http, gw.mcp)
         call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "mute__work", "arguments": {}}}
         loop = asyncio.get_running_loop()
         began = loop.time()
