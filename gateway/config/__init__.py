@@ -1,4 +1,4 @@
-"""Configuration: typed models (model.py) and loading with every error reported (load.py)."""
+"""Configuration: typed models (model.py, upstreams.py) and loading with every error reported (load.py)."""
 
 from gateway.config.load import ConfigError, load_config, parse_config
 from gateway.config.model import Config, UpstreamConfig

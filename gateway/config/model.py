@@ -6,75 +6,31 @@ gateway is handed only the section it needs; there is no global settings object.
 
 from __future__ import annotations
 
-import re
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from gateway.config.addresses import allowed_host, allowed_origin, url_host
+from gateway.config.base import HttpUrl, Model
 from gateway.config.rules import (
     approvals_rules,
-    credentials_rules,
     enforce,
     identity_rules,
     issuer_rules,
     limit_rule_rules,
     unique_upstream_rules,
-    upstream_rules,
 )
 
+# An upstream's entry is defined in upstreams.py; its models stay importable from here, like every other section's.
+from gateway.config.upstreams import BreakerConfig as BreakerConfig
+from gateway.config.upstreams import CredentialsConfig as CredentialsConfig
+from gateway.config.upstreams import Sensitivity as Sensitivity
+from gateway.config.upstreams import ToolOverride as ToolOverride
+from gateway.config.upstreams import UpstreamConfig as UpstreamConfig
+from gateway.config.upstreams import pin_digest as pin_digest
 
-def _numeric(annotation: Any) -> bool:
-    """Whether a field holds a number (int or float, maybe optional or constrained), not a bool."""
-    if annotation in (int, float):
-        return True
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is Annotated:
-        return _numeric(args[0])
-    return origin in (typing.Union, types.UnionType) and any(_numeric(a) for a in args)
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # Pydantic's lax mode reads true as 1 and false as 0, so `clock_skew_s: true` would be a one-second skew.
-        # Strict mode is no cure: it would refuse the numeric strings an env reference (`port: ${PORT}`) gives.
-        if isinstance(value, bool) and info.field_name is not None \
-                and _numeric(cls.model_fields[info.field_name].annotation):
-            raise ValueError(f"must be a number, not {str(value).lower()}")
-        return value
-
-
-def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("not a URL (expected http:// or https:// with a host)")
-    return value
-
-
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
-
-
-Sensitivity = Literal["public", "internal", "confidential", "restricted"]
-NAME_RE = re.compile(r"^[a-z0-9_-]+$")
-PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]*$")  # MCP tool-name characters (2025-11-25): prefixed names stay valid
 # The most `act` nesting a token may carry at all; `policies.max_chain_depth` chooses a limit up to it.
 MAX_CHAIN_DEPTH = 16
 
@@ -114,114 +70,6 @@ class ListenConfig(Model):
             return self.public_url.rstrip("/")
         scheme = "https" if self.tls else "http"
         return f"{scheme}://{url_host(self.host)}:{self.port}"
-
-
-PIN_FORMAT = re.compile(r"sha256:[0-9a-f]{64}")  # a tool definition's pin (gateway/catalog.definition_hash)
-
-
-def pin_digest(value: str) -> str | None:
-    """`value` as a pin (`sha256:` and 64 hex digits, either case; returned lower-case), else None."""
-    value = value.strip().lower()
-    return value if PIN_FORMAT.fullmatch(value) else None
-
-
-class ToolOverride(Model):
-    """Per-tool labels and overrides of the upstream's MCP annotations."""
-
-    sensitivity: Sensitivity | None = None
-    read_only: bool | None = None
-    destructive: bool | None = None
-    idempotent: bool | None = None
-    open_world: bool | None = None
-    leaves_org: bool | None = None
-    timeout_s: float | None = Field(None, gt=0)
-    pin: str | None = None  # sha256 of the tool definition, pinned from config
-    sum_args: tuple[str, ...] = ()  # numeric arguments summed into context.task.totals
-
-    @field_validator("pin")
-    @classmethod
-    def _pin(cls, value: str | None) -> str | None:
-        # A pin no definition can hash to quarantined its tool for good, as "changed since it was pinned".
-        if value is None:
-            return None
-        digest = pin_digest(value)
-        if digest is None:
-            raise ValueError(f"not a pin: {value[:80]!r} (write sha256: and 64 hex digits, as `customs tools list` "
-                             "shows it)")
-        return digest
-
-
-class CredentialsConfig(Model):
-    mode: Literal["none", "static", "minted", "token_exchange"] = "none"
-    ttl_s: int = Field(60, gt=0, le=3600)
-    audience: str | None = None
-    narrow_to_args: tuple[str, ...] = ()
-    header: str = "Authorization"
-    value_env: str | None = None
-    value_file: Path | None = None
-    value_prefix: str = ""
-    token_endpoint: HttpUrl | None = None
-    client_id: str | None = None
-    client_secret: str | None = None
-    scope: str | None = None
-    revocation_endpoint: HttpUrl | None = None  # RFC 7009: exchanged tokens are revoked there when their task ends
-
-    @model_validator(mode="after")
-    def _mode_fields(self) -> CredentialsConfig:
-        enforce(credentials_rules(self))
-        return self
-
-
-class BreakerConfig(Model):
-    """The upstream's circuit breaker: opens after `threshold` consecutive connection failures, one trial
-    per `cooldown_s` while open (docs/transports.md)."""
-
-    threshold: int = Field(5, ge=1)
-    cooldown_s: float = Field(10.0, gt=0, allow_inf_nan=False)
-
-
-class UpstreamConfig(Model):
-    name: str
-    url: HttpUrl | None = None
-    command: tuple[str, ...] | None = None
-    transport: Literal["streamable_http", "sse", "stdio"] | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: Path | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    prefix: str | None = None
-    timeout_s: float = Field(30.0, gt=0)
-    tools: dict[str, ToolOverride] = Field(default_factory=dict)
-    credentials: CredentialsConfig = CredentialsConfig()
-    breaker: BreakerConfig = BreakerConfig()
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME_RE.fullmatch(value):
-            raise ValueError("must match [a-z0-9_-]+")
-        return value
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, value: str | None) -> str | None:
-        if value is not None and not PREFIX_RE.fullmatch(value):
-            raise ValueError("must use only letters, digits, '_', '-' and '.' (the characters of MCP tool names)")
-        return value
-
-    @model_validator(mode="after")
-    def _one_target(self) -> UpstreamConfig:
-        enforce(upstream_rules(self))
-        return self
-
-    @property
-    def kind(self) -> Literal["streamable_http", "sse", "stdio"]:
-        if self.command is not None:
-            return "stdio"
-        return self.transport or "streamable_http"
-
-    @property
-    def tool_prefix(self) -> str:
-        return self.prefix if self.prefix is not None else f"{self.name}__"
 
 
 def _trust_domain(value: str) -> str:

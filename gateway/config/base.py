@@ -1,0 +1,47 @@
+"""The base every config model shares: frozen, unknown keys rejected, no booleans where numbers go.
+
+Also the value types more than one section uses (an http(s) URL).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds a number (int or float, maybe optional or constrained), not a bool."""
+    if annotation in (int, float):
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _numeric(args[0])
+    return origin in (typing.Union, types.UnionType) and any(_numeric(a) for a in args)
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # Pydantic's lax mode reads true as 1 and false as 0, so `clock_skew_s: true` would be a one-second skew.
+        # Strict mode is no cure: it would refuse the numeric strings an env reference (`port: ${PORT}`) gives.
+        if isinstance(value, bool) and info.field_name is not None \
+                and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not a URL (expected http:// or https:// with a host)")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
