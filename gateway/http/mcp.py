@@ -132,8 +132,10 @@ class McpEndpoint:
             if self.observability is None:
                 return await self._answer(request, session, principal, message, sse_ok, extra_headers)
             # A stateless (2026-07-28) request is part of no MCP session: its implicit one's id is the gateway's own.
+            # An initialize's session is named once it is answered (`_answer`): a failed one ends the session it began.
+            named = None if session.stateless or message.method == "initialize" else session.id
             with self.observability.request(request.headers, message.method, message.params, message.id,
-                                            principal=principal, session_id=None if session.stateless else session.id,
+                                            principal=principal, session_id=named,
                                             protocol_version=session.protocol_version, view=session.view,
                                             start_ns=started, identify_ns=(started, identified), http=request) as trace:
                 return await self._answer(request, session, principal, message, sse_ok, extra_headers, trace)
@@ -227,6 +229,8 @@ class McpEndpoint:
         if message.method == "initialize":
             await self._open_view(session)
             result = self._initialize_result(session)
+            if trace is not None:
+                trace.span.set_attribute("mcp.session.id", session.id)
             return web.json_response(jsonrpc.result(message.id, result), headers=headers, dumps=_dumps)
         if message.method == "server/discover":
             result = modern_result("server/discover", discover_result(SERVER_INFO))
