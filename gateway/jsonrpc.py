@@ -47,6 +47,8 @@ class Message:
         return params if isinstance(params, dict) else {}
 
 
+# Python's parser gives up (RecursionError) at about this depth, whatever max_json_depth says.
+_PARSER_DEPTH = 900
 MAX_BATCH = 100  # messages in one batch: each request in it is a call of its own
 
 
@@ -103,17 +105,17 @@ def parse(raw: bytes, *, max_depth: int = 64) -> Message:
     try:
         body = fast_loads(raw)
     except ValueError:
-        body = _parse_slowly(raw)
+        body = _parse_slowly(raw, max_depth)
     if isinstance(body, list):
         if raw.count(b"{") + raw.count(b"[") >= max_depth and not _depth_ok(body, max_depth):
-            raise GatewayError("invalid_request", f"Invalid request: JSON nested deeper than {max_depth}")
+            raise _too_deep(max_depth)
         raise Batch(body)
     if not isinstance(body, dict):
         raise GatewayError("invalid_request", "Invalid request: expected a JSON object")
     # A message cannot nest deeper than it has brackets: most are far too small to need the walk.
     try:
         if raw.count(b"{") + raw.count(b"[") >= max_depth and not _depth_ok(body, max_depth):
-            raise GatewayError("invalid_request", f"Invalid request: JSON nested deeper than {max_depth}")
+            raise _too_deep(max_depth)
         return classify(body)
     except GatewayError as exc:
         raise _with_id(exc, body) from None
@@ -136,7 +138,11 @@ def fast_loads(raw: bytes | str) -> Any:
     return orjson.loads(raw)  # its JSONDecodeError is a ValueError
 
 
-def _parse_slowly(raw: bytes) -> Any:
+def _too_deep(max_depth: int) -> GatewayError:
+    return GatewayError("invalid_request", f"Invalid request: JSON nested deeper than {max_depth}")
+
+
+def _parse_slowly(raw: bytes, max_depth: int) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -144,7 +150,12 @@ def _parse_slowly(raw: bytes) -> Any:
     try:
         # Depth is bounded by the JSON decoder's own recursion guard too; checked precisely by the caller.
         body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        # Nested past what the parser reads (about 1,000 levels): the depth refusal, as for a body a little
+        # past max_json_depth, not "not valid JSON" (it may well be valid).
+        raise (_too_deep(max_depth) if max_depth < _PARSER_DEPTH else GatewayError(
+            "invalid_request", "Invalid request: JSON nested deeper than the parser reads")) from None
+    except ValueError as exc:
         raise GatewayError("parse_error", "Parse error: body is not valid JSON") from exc
     if _SURROGATE_ESCAPE.search(raw) and not _encodable(body):
         # Lone surrogates cannot be re-encoded as UTF-8: refuse them here, not when forwarding.

@@ -45,8 +45,12 @@ def test_depth_limit() -> None:
 
 
 def test_extreme_nesting_is_a_clean_error() -> None:
-    assert reason_of(b"[" * 200_000 + b"]" * 200_000) in {"parse_error", "batch_not_supported"}
-    assert reason_of(b'{"a":' * 100_000 + b"1" + b"}" * 100_000) in {"parse_error", "invalid_request"}
+    # Past the depth the parser reads, the depth refusal too (it was parse_error, "not valid JSON").
+    assert reason_of(b"[" * 200_000 + b"]" * 200_000) == "invalid_request"
+    assert reason_of(b'{"a":' * 100_000 + b"1" + b"}" * 100_000) == "invalid_request"
+    assert reason_of(b"[" * 200_000) == "invalid_request"  # nested that deep before it turns out cut short
+    with pytest.raises(GatewayError, match="deeper than the parser reads"):
+        jsonrpc.parse(b"[" * 5_000 + b"]" * 5_000, max_depth=10_000)
 
 
 def test_kinds() -> None:
