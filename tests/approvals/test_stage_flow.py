@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -78,6 +80,25 @@ async def test_changed_arguments_are_not_covered(store: Any) -> None:
         await stage(call_context({"amount": 10000, "account": "A-1"}))
     assert other.value.reason == "approval_pending"
     assert other.value.data["approval_id"] != first.value.data["approval_id"]
+
+
+async def test_the_digest_is_the_canonical_json_approvals_md_defines(store: Any) -> None:
+    # docs/approvals.md: keys sorted, no spaces, UTF-8 text, numbers as sent: key order does not matter,
+    # 10 and 10.0 (or a null key and a missing one) are different arguments.
+    stage = ApproveStage(store, ApprovalsConfig())
+    args = {"note": "caf\u00e9 \u2028", "amount": 10, "nested": {"b": [1, None], "a": 2}}
+    with pytest.raises(GatewayError) as first:
+        await stage(call_context(args))
+    item = await store.get(first.value.data["approval_id"])
+    text = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert item.args_digest == "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    with pytest.raises(GatewayError) as same:
+        await stage(call_context(dict(reversed(list(args.items())))))
+    assert same.value.data["approval_id"] == first.value.data["approval_id"]
+    for other_args in ({**args, "amount": 10.0}, {**args, "memo": None}):
+        with pytest.raises(GatewayError) as other:
+            await stage(call_context(other_args))
+        assert other.value.data["approval_id"] != first.value.data["approval_id"]
 
 
 async def test_held_request_gets_progress_then_result(store: Any) -> None:
