@@ -138,6 +138,9 @@ async def test_redis_killed_and_restarted_under_the_gateway(start_gateway: Any, 
         for name, args in (("payments__balance", {"account": "a"}), ("payments__pay", pay)):
             status, _, body = await client.call(name, args)
             assert status == 200 and reason(body) in {"policy_unavailable", "approval_unavailable"}, body
+        # docs/approvals.md: the call that would be held is refused before its decision, not approval_unavailable.
+        assert reason(body) == "policy_unavailable", body
+        assert body["error"]["message"] == "Task state unavailable; call denied", body
         status, ready = await readyz(http, gw)
         assert status == 503 and ready["checks"]["store"]["ready"] is False
         assert "redis unreachable" in ready["checks"]["store"]["detail"]
