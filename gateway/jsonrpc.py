@@ -50,6 +50,7 @@ class Message:
 # Python's parser gives up (RecursionError) at about this depth, whatever max_json_depth says.
 _PARSER_DEPTH = 900
 MAX_BATCH = 100  # messages in one batch: each request in it is a call of its own
+META_TASK_KEY = "customs/task"  # `_meta` key of an agent-chosen task id (docs/credentials.md, "Tasks")
 
 
 class Batch(GatewayError):
@@ -228,6 +229,17 @@ def _check_meta(meta: Any) -> None:
     token = meta.get("progressToken")
     if token is not None and not isinstance(token, (str, int, float)):
         raise GatewayError("invalid_request", "Invalid request: progressToken must be a string or a number")
+    task = meta.get(META_TASK_KEY)
+    if task is not None and not is_task_id(task):
+        # Read as no task, the call would be counted and credentialed under its session's task, one the
+        # agent did not name and whose end it cannot ask for (task_end refuses the same values).
+        raise GatewayError("invalid_request",
+                           f"Invalid request: _meta {META_TASK_KEY} must be 1 to 128 printable characters")
+
+
+def is_task_id(value: Any) -> bool:
+    """An agent-chosen task id (`_meta` `customs/task`, `notifications/customs/task_end`'s `task`)."""
+    return isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable()
 
 
 def classify_batch(items: list[Any]) -> list[Message | GatewayError]:

@@ -25,11 +25,12 @@ from typing import Any, Literal
 from gateway.context import CallContext, Principal
 from gateway.credentials.revocation import RevocationStore
 from gateway.errors import GatewayError
+from gateway.jsonrpc import META_TASK_KEY as META_TASK_KEY  # re-exported: its home is the edge check
+from gateway.jsonrpc import is_task_id
 from gateway.timefmt import rfc3339_ms
 
 log = logging.getLogger("customs.credentials.tasks")
 
-META_TASK_KEY = "customs/task"
 TaskKind = Literal["session", "explicit", "idle"]
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -49,12 +50,10 @@ def explicit_task_id(value: str, principal: Principal) -> str:
 
 
 def meta_task(params: dict[str, Any]) -> str | None:
-    """The agent-supplied task id in `_meta`, if it is a sane string."""
+    """The agent-supplied task id in `_meta` (one that is no task id was refused at the edge: jsonrpc)."""
     meta = params.get("_meta")
     value = meta.get(META_TASK_KEY) if isinstance(meta, dict) else None
-    if isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
-        return value
-    return None
+    return value if is_task_id(value) else None
 
 
 @dataclass

@@ -80,7 +80,7 @@ async def _one_way(observability: Any, on_task_end: TaskEnd | None, session: Ses
 
 async def _end_task(on_task_end: TaskEnd | None, principal: Principal | None, task: Any) -> None:
     """The agent says its task is over: revoke what was minted for it (never forwarded upstream)."""
-    if not (isinstance(task, str) and 0 < len(task) <= 128 and task.isprintable()):
+    if not jsonrpc.is_task_id(task):
         raise GatewayError("invalid_request", "Invalid request: task_end needs params.task, the task id")
     if on_task_end is None or principal is None:
         return

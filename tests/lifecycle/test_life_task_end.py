@@ -123,3 +123,18 @@ async def test_task_end_without_a_task_is_refused(minted_gateway: Any, issuer: T
         agent = await Agent(http, gw, token(issuer, gw)).start()
         for params in (None, {}, {"task": ""}, {"task": 7}, {"task": "x" * 129}):
             assert await agent.notify("notifications/customs/task_end", params) == 400, params
+
+
+async def test_a_malformed_task_id_on_a_call_is_refused(minted_gateway: Any, upstreams: Upstreams,
+                                                        issuer: TestIssuer) -> None:
+    """A `customs/task` that is no task id is refused (as `task_end` refuses it), not silently replaced by the
+    session's task: the call would be counted and credentialed under a task the agent did not name."""
+    gw = minted_gateway
+    async with aiohttp.ClientSession() as http:
+        agent = await Agent(http, gw, token(issuer, gw)).start()
+        for bad in (7, "", "x" * 129, "a\nb", {"id": "t-1"}, True):
+            answer = await agent.pay(bad)  # type: ignore[arg-type]
+            assert answer["error"]["data"]["reason"] == "invalid_request", (bad, answer)  # as task_end's
+            assert "customs/task" in answer["error"]["message"]
+        assert pay_tokens(upstreams) == {}  # none of them reached the upstream
+        assert "result" in await agent.pay("x" * 128)  # the longest id that is one
