@@ -3,9 +3,7 @@
 A session is opened with initialize → Mcp-Session-Id → notifications/initialized, after which every
 message carries the session id and MCP-Protocol-Version. A GET stream (when the upstream offers
 one: 405 means it does not) carries server-initiated messages and is resumed with Last-Event-ID.
-A request's SSE answer stream that ends (or breaks) before the answer, after events with ids, is
-resumed the same way: GET with Last-Event-ID after the server's `retry`, until the answer arrives,
-the call's timeout passes or reconnects stop making progress (2025-11-25 "SSE polling").
+A request's answer is read, and its SSE stream resumed when it ends early, in streamable_answer.py.
 Each request gets an upstream id from a per-session counter; the caller's id is restored on the
 answer. A 404 for a request that carried the session id means the upstream forgot the session:
 that call fails with upstream_unavailable and the next call opens a fresh upstream session.
@@ -33,7 +31,6 @@ from gateway.transport.common import (
     SessionClock,
     cancelled_message,
     check_initialize,
-    check_response,
     id_key,
     initialize_message,
     initialized_message,
@@ -44,15 +41,11 @@ from gateway.transport.common import (
     with_id,
     with_trace,
 )
-from gateway.transport.events import SseCursor, iter_sse, parse_json, read_json_body
+from gateway.transport.events import iter_sse, parse_json
 from gateway.transport.http_base import HttpUpstreamBase, deliver
+from gateway.transport.streamable_answer import read_answer
 
 _GET_STREAM_MAX_FAILURES = 5
-# Resuming a request's stream: reconnects in a row that bring no new event before giving up, the
-# wait when the server named none (the SDK client's default) and the most of a server's `retry` we honour.
-_RESUME_MAX_STALLS = 3
-_RESUME_DEFAULT_RETRY_MS = 1000
-_RESUME_MAX_RETRY_MS = 10_000
 
 
 class StreamableHttpUpstream(HttpUpstreamBase):
@@ -103,6 +96,10 @@ class StreamableHttpSession:
     @property
     def session_id(self) -> str | None:
         return self._session_id
+
+    @property
+    def upstream(self) -> StreamableHttpUpstream:
+        return self._up
 
     async def open(self) -> None:
         """initialize → record session id and version → notifications/initialized → GET stream."""
@@ -181,7 +178,6 @@ class StreamableHttpSession:
             self._listener = asyncio.create_task(self._listen(), name=f"customs-{self._up.name}-get-stream")
         return with_id(response, message.get("id"))
 
-
     async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:
         remapped = remap_cancel(message, lambda caller_id: self._inflight.get(id_key(caller_id)))
         if remapped is not None:
@@ -204,9 +200,25 @@ class StreamableHttpSession:
         if self._session_id and not self._expired:
             with suppress(aiohttp.ClientError, TimeoutError, OSError):
                 async with asyncio.timeout(5):
-                    headers = self._headers(await self._delete_credential(), json_body=False)
+                    headers = self.headers(await self._delete_credential(), json_body=False)
                     async with self._up.http.delete(self._up.url, headers=headers, allow_redirects=False):
                         pass  # 405 (termination not supported) and errors are fine: we are done either way
+
+    def headers(self, extra: Mapping[str, str] | None, **kwargs: Any) -> dict[str, str]:
+        """This session's headers for a request to the upstream, `extra` (a credential, trace context) added."""
+        return self._up.headers(extra, session_id=self._session_id, protocol_version=self._version, **kwargs)
+
+    async def check_expired(self, response: aiohttp.ClientResponse) -> None:
+        """Raise upstream_unavailable if `response` is the 404 of an upstream that forgot this session."""
+        if response.status == 404 and self._session_id:
+            self._expired = True
+            self._clock.ended(self._version, "upstream_unavailable")  # the upstream ended it, not the gateway
+            # An upstream that forgot the session has most likely restarted, perhaps as a new version:
+            # what we know of its tools is stale, so the next call re-lists them (and re-checks pins)
+            # before it runs. The client hears list_changed, as it would from a server that changed.
+            await deliver(self._on_message, TOOLS_CHANGED, self._up.log)
+            raise GatewayError("upstream_unavailable", "upstream session expired",
+                               data={"upstream": self._up.name, "session": "expired"})
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -233,112 +245,21 @@ class StreamableHttpSession:
             self._up.log.debug("no credential for the session DELETE: %s", exc)
             return {}
 
-    def _headers(self, extra: Mapping[str, str] | None, **kwargs: Any) -> dict[str, str]:
-        return self._up.headers(extra, session_id=self._session_id, protocol_version=self._version, **kwargs)
-
     async def _exchange(self, message: Message, headers: Mapping[str, str] | None, handler: MessageHandler | None,
                         *, capture: bool = False, refresh: HeadersSource | None = None) -> Message:
         """POST one request and read its answer (JSON or an SSE stream ending in the response)."""
         body = jsonrpc.dumps(message)
         try:
-            async with self._up.http.post(self._up.url, data=body, headers=self._headers(headers),
+            async with self._up.http.post(self._up.url, data=body, headers=self.headers(headers),
                                           allow_redirects=False) as response:
                 self._up.connected()
                 if capture:
                     self._session_id = response.headers.get("Mcp-Session-Id") or None
-                return await self._read_answer(response, message["id"], handler, headers, refresh)
+                return await read_answer(self, response, message["id"], handler, headers, refresh)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             self._up.connection_failed(exc)
         except aiohttp.ClientError as exc:
             raise GatewayError("upstream_error", f"HTTP error: {type(exc).__name__}") from exc
-
-    async def _read_answer(self, response: aiohttp.ClientResponse, upstream_id: int, handler: MessageHandler | None,
-                           credential: Mapping[str, str] | None, refresh: HeadersSource | None = None) -> Message:
-        self._up.check_status(response)
-        if response.status == 404:  # tested here: the usual answer pays for no coroutine
-            await self._check_expired(response)
-        if response.status == 200 and response.content_type == "text/event-stream":
-            return await self._read_stream(response, upstream_id, handler, credential, refresh)
-        if response.content_type != "application/json":
-            raise GatewayError("upstream_error", f"unexpected upstream answer (HTTP {response.status}, "
-                               f"{response.content_type})", data={"status": response.status})
-        answer = await read_json_body(response)
-        if response.status != 200:
-            # A JSON-RPC error explaining the rejection is passed through; anything else is invalid.
-            error = answer.get("error") if isinstance(answer, dict) else None
-            if not isinstance(error, dict):
-                raise GatewayError("upstream_error", f"upstream answered HTTP {response.status}",
-                                   data={"status": response.status})
-            return {"jsonrpc": "2.0", "id": upstream_id, "error": error}
-        return check_response(answer, upstream_id)
-
-    async def _read_stream(self, response: aiohttp.ClientResponse, upstream_id: int, handler: MessageHandler | None,
-                           credential: Mapping[str, str] | None, refresh: HeadersSource | None = None) -> Message:
-        """The answer from a request's SSE stream, resuming it with GET + Last-Event-ID when it ends early.
-
-        Only a stream that gave event ids can be resumed; otherwise an early end fails as before.
-        The caller's timeout bounds the whole; stalls (reconnects with no new event) are bounded here."""
-        cursor = SseCursor()
-        answer = await self._read_events(response, upstream_id, handler, cursor)
-        stalls = 0
-        while answer is None:
-            if cursor.last_id is None or stalls >= _RESUME_MAX_STALLS:
-                raise GatewayError("upstream_unavailable", "upstream closed the stream before answering",
-                                   data={"upstream": self._up.name})
-            seen = cursor.last_id
-            retry_ms = _RESUME_DEFAULT_RETRY_MS if cursor.retry_ms is None else cursor.retry_ms
-            # The server asked for this pause before the reconnect (SSE `retry`): not synchronisation.
-            await asyncio.sleep(min(retry_ms, _RESUME_MAX_RETRY_MS) / 1000)
-            answer = await self._resume(upstream_id, handler,
-                                        credential if refresh is None else await refresh(), cursor)
-            stalls = 0 if cursor.last_id != seen else stalls + 1
-        return answer
-
-    async def _resume(self, upstream_id: int, handler: MessageHandler | None,
-                      credential: Mapping[str, str] | None, cursor: SseCursor) -> Message | None:
-        """One reconnect of a request's stream: the answer, or None if it ended (or failed) again."""
-        headers = self._headers(credential, accept="text/event-stream", json_body=False)
-        headers["Last-Event-ID"] = cursor.last_id or ""
-        try:
-            async with self._up.http.get(self._up.url, headers=headers, allow_redirects=False) as response:
-                self._up.check_status(response)
-                await self._check_expired(response)
-                if response.status != 200 or response.content_type != "text/event-stream":
-                    raise GatewayError("upstream_error", f"upstream refused to resume the stream "
-                                       f"(HTTP {response.status})", data={"status": response.status})
-                return await self._read_events(response, upstream_id, handler, cursor)
-        except aiohttp.ClientConnectionError as exc:
-            self._up.log.debug("resuming the stream failed: %s", exc)
-            return None
-
-    async def _read_events(self, response: aiohttp.ClientResponse, upstream_id: int,
-                           handler: MessageHandler | None, cursor: SseCursor) -> Message | None:
-        """Read one stream up to the answer; None when it ends or breaks first (the cursor says where)."""
-        try:
-            async for event in iter_sse(response.content, cursor=cursor):
-                if event.event != "message" or not event.data.strip():
-                    continue  # priming events (id only) and foreign event types carry no message
-                message = parse_json(event.data)
-                if not isinstance(message, dict):
-                    raise GatewayError("upstream_error", "upstream sent an invalid JSON-RPC message")
-                if is_response(message):
-                    return check_response(message, upstream_id)
-                await deliver(handler, message, self._up.log)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-            if cursor.last_id is None:
-                raise  # nothing to resume from: a broken connection, as before
-        return None
-
-    async def _check_expired(self, response: aiohttp.ClientResponse) -> None:
-        if response.status == 404 and self._session_id:
-            self._expired = True
-            self._clock.ended(self._version, "upstream_unavailable")  # the upstream ended it, not the gateway
-            # An upstream that forgot the session has most likely restarted, perhaps as a new version:
-            # what we know of its tools is stale, so the next call re-lists them (and re-checks pins)
-            # before it runs. The client hears list_changed, as it would from a server that changed.
-            await deliver(self._on_message, TOOLS_CHANGED, self._up.log)
-            raise GatewayError("upstream_unavailable", "upstream session expired",
-                               data={"upstream": self._up.name, "session": "expired"})
 
     async def _post_one_way(self, message: Message, headers: Mapping[str, str] | None) -> None:
         """POST a notification or a response; the upstream acknowledges with 202 (any 2xx accepted), within
@@ -348,10 +269,10 @@ class StreamableHttpSession:
     async def _post_one_way_unbounded(self, message: Message, headers: Mapping[str, str] | None) -> None:
         body = jsonrpc.dumps(message)
         try:
-            async with self._up.http.post(self._up.url, data=body, headers=self._headers(headers),
+            async with self._up.http.post(self._up.url, data=body, headers=self.headers(headers),
                                           allow_redirects=False) as response:
                 self._up.check_status(response)
-                await self._check_expired(response)
+                await self.check_expired(response)
                 if not 200 <= response.status < 300:
                     raise GatewayError("upstream_error", f"upstream rejected a notification (HTTP {response.status})",
                                        data={"status": response.status})
@@ -374,7 +295,7 @@ class StreamableHttpSession:
         while not self._closed and failures < _GET_STREAM_MAX_FAILURES:
             started, useful = time.monotonic(), False
             try:
-                headers = self._headers(await self._session_headers(), accept="text/event-stream", json_body=False)
+                headers = self.headers(await self._session_headers(), accept="text/event-stream", json_body=False)
                 if last_event_id:
                     headers["Last-Event-ID"] = last_event_id
                 async with self._up.stream_http.get(self._up.url, headers=headers, allow_redirects=False) as resp:
