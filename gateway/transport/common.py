@@ -47,7 +47,8 @@ class CircuitBreaker:
     """Fail fast after repeated connection failures; one trial call after the cooldown."""
 
     def __init__(self, threshold: int = DEFAULT_BREAKER_THRESHOLD, cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, upstream: str | None = None) -> None:
+        self.upstream = upstream  # named in the error, as every other upstream_* error names it
         self.threshold = threshold
         self.cooldown_s = cooldown_s
         self._clock = clock
@@ -70,8 +71,8 @@ class CircuitBreaker:
         after another cooldown the next call becomes the trial."""
         if self._opened_at is None or self.admit_trial():
             return
-        raise GatewayError("upstream_unavailable", "Upstream unavailable (circuit open)",
-                           data={"circuit": "open"})
+        data = {"circuit": "open"} if self.upstream is None else {"circuit": "open", "upstream": self.upstream}
+        raise GatewayError("upstream_unavailable", "Upstream unavailable (circuit open)", data=data)
 
     def admit_trial(self) -> bool:
         """Take the one trial slot of an open circuit if the cooldown allows it now (False when closed).

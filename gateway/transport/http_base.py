@@ -42,7 +42,7 @@ class HttpUpstreamBase:
         self.config = config
         self.url = config.url
         self.http = http
-        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown_s)
+        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown_s, upstream=config.name)
         self.log = logging.getLogger(f"customs.upstream.{config.name}")
         self._state = Health(False, "not contacted yet")
         self._streams: aiohttp.ClientSession | None = None

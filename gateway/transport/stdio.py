@@ -68,7 +68,7 @@ class StdioUpstream:
         self._clock = SessionClock()  # the child's one MCP session: initialize to exit
         self.name = config.name
         self.config = config
-        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown_s)
+        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown_s, upstream=config.name)
         self.log = logging.getLogger(f"customs.upstream.{config.name}")
         self._params = ConnectParams(DEFAULT_UPSTREAM_PROTOCOL, None, capabilities)
         self._table = InflightTable()

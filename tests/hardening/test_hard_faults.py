@@ -352,6 +352,8 @@ async def test_circuit_breaker_stops_hammering_a_dead_upstream(start_gateway: An
             reasons.append((reason(body), (body["error"].get("data") or {}).get("circuit")))
         assert all(r == "upstream_unavailable" for r, _ in reasons), reasons
         assert reasons[-1][1] == "open"  # fails fast
+        # Like every other upstream_* error, it names the upstream (in /mcp the agent cannot tell otherwise).
+        assert body["error"]["data"] == {"reason": "upstream_unavailable", "circuit": "open", "upstream": "dead"}, body
         attempts = connections
         assert attempts <= 6, attempts  # 5 failures open the circuit; the rest never dialled
         status, ready = await readyz(http, gw)
