@@ -156,7 +156,8 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     sessions = SessionManager(upstreams, catalog, idle_s=config.tasks.idle_s, on_end=on_session_end,
                               credential_headers=connect_headers, max_sessions=config.limits.max_sessions,
                               max_per_principal=config.limits.max_sessions_per_principal,
-                              handshake=calls.handshake if calls is not None else None)
+                              handshake=calls.handshake if calls is not None else None,
+                              notified=parts.observability.upstream_notices())
     parts.observability.metrics.watch_sessions(sessions.open_counts)
 
     def timeout(upstream: str, tool: str | None) -> float | None:
@@ -171,7 +172,8 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
         forward=ForwardStage(sessions, timeout, obs.inject, sent_id_recorder(obs.telemetry)), record=obs.record,
         rate=parts.limiter.rate, facts=parts.facts, slot=parts.limiter.concurrency))
     router = Router(sessions, catalog, pipeline, parts.authorizer, parts.guard,
-                    {u.name: u.timeout_s for u in config.upstreams}, upstream_call=calls)
+                    {u.name: u.timeout_s for u in config.upstreams}, upstream_call=calls,
+                    notified=obs.upstream_notices())
     endpoint = McpEndpoint(identifier=parts.identifier, sessions=sessions, router=router,
                            upstream_names=frozenset(upstreams), max_body_bytes=config.listen.max_body_bytes,
                            body_timeout_s=config.listen.body_timeout_s,

@@ -27,7 +27,7 @@ from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
 from gateway.pinning import ToolGuard
 from gateway.pipeline import Authorizer, Pipeline
-from gateway.server_messages import route_server_message
+from gateway.server_messages import NotificationHook, route_server_message
 from gateway.sessions import Session, SessionManager
 from gateway.transport.base import Message, MessageHandler, UpstreamSession
 from gateway.transport.common import LOG_LEVELS
@@ -81,9 +81,11 @@ class Router:
     """Dispatches requests by method; holds no per-call state."""
 
     def __init__(self, sessions: SessionManager, catalog: Catalog, pipeline: Pipeline, authorizer: Authorizer,
-                 guard: ToolGuard, timeouts: Mapping[str, float], *, upstream_call: UpstreamCall | None = None) -> None:
+                 guard: ToolGuard, timeouts: Mapping[str, float], *, upstream_call: UpstreamCall | None = None,
+                 notified: NotificationHook | None = None) -> None:
         self._sessions = sessions
         self._upstream_call = upstream_call  # None with tracing off: the plain send, nothing in between
+        self._notified = notified  # what upstreams send during a call, traced (None: tracing off)
         self._catalog = catalog
         self._pipeline = pipeline
         self._guard = guard
@@ -133,7 +135,12 @@ class Router:
 
     def _relay(self, inbound: Inbound, upstream: str) -> Callable[[Message], Awaitable[None]]:
         async def relay(message: Message) -> None:
-            await route_server_message(inbound.session, upstream, message, inbound.send, self._catalog, inbound)
+            if self._notified is None:
+                await route_server_message(inbound.session, upstream, message, inbound.send, self._catalog, inbound)
+                return
+            route = functools.partial(route_server_message, inbound.session, upstream, send=inbound.send,
+                                      catalog=self._catalog, origin=inbound)
+            await self._notified(inbound.session, upstream, message, route, False)
         return relay
 
     async def _ensure_tools(self, inbound: Inbound, upstream: str) -> dict[str, ToolInfo]:

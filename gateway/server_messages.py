@@ -26,6 +26,10 @@ log = logging.getLogger("customs.sessions")  # the sessions' logger, as before t
 MAX_SERVER_REQUESTS = 64
 
 SendFn = Callable[[Message], Awaitable[None]]
+RouteFn = Callable[[Message], Awaitable[None]]  # one upstream message routed to its session's client
+# The tracing of what an upstream sends (gateway/telemetry/upstream_notices.py): (session, upstream, message, its
+# route, sent outside any call) -> routed. None with tracing off: messages are routed as they are.
+NotificationHook = Callable[["Session", str, Message, RouteFn, bool], Awaitable[None]]
 # The client capability each server→client request needs (MCP: a server must not send it otherwise).
 CLIENT_CAPABILITIES = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
 STATELESS_UNREACHABLE = ("Customs cannot give this request to a client: it is tied to no call in flight, and "

@@ -13,6 +13,7 @@ end sessions a bounded number at a time, since each end awaits its upstreams and
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import secrets
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 from gateway.catalog import Catalog
 from gateway.context import Principal
 from gateway.errors import GatewayError
-from gateway.server_messages import SendFn, ServerRequestRoute, route_server_message
+from gateway.server_messages import NotificationHook, SendFn, ServerRequestRoute, route_server_message
 from gateway.transport.base import ConnectParams, Message, Upstream, UpstreamSession
 
 log = logging.getLogger("customs.sessions")
@@ -126,9 +127,10 @@ class SessionManager:
                  on_end: Callable[[Session], Awaitable[None]] | None = None,
                  credential_headers: HeadersFn | None = None, max_sessions: int = 10_000,
                  max_per_principal: int = 1_000, end_concurrency: int = END_CONCURRENCY,
-                 handshake: Handshake | None = None) -> None:
+                 handshake: Handshake | None = None, notified: NotificationHook | None = None) -> None:
         self._upstreams = upstreams
         self._handshake = handshake
+        self._notified = notified  # what upstreams send outside any call, traced (None: tracing off)
         self._credential_headers = credential_headers
         self._catalog = catalog
         self._sessions: dict[str, Session] = {}
@@ -291,9 +293,16 @@ class SessionManager:
             return connected
 
     def _message_handler(self, session: Session, upstream: str) -> Callable[[Message], Awaitable[None]]:
-        async def on_message(message: Message) -> None:
-            await route_server_message(session, upstream, message, None, self._catalog)
-        return on_message
+        notified = self._notified
+        if notified is None:
+            async def on_message(message: Message) -> None:
+                await route_server_message(session, upstream, message, None, self._catalog)
+            return on_message
+        route = functools.partial(route_server_message, session, upstream, send=None, catalog=self._catalog)
+
+        async def traced(message: Message) -> None:
+            await notified(session, upstream, message, route, True)
+        return traced
 
 
 def _still_idle(cutoff: float) -> Callable[[Session], bool]:

@@ -46,6 +46,7 @@ from gateway.telemetry.spans import LightSpan
 from gateway.telemetry.stage import RecordStage, instrument
 from gateway.telemetry.tracing import NO_SPAN, AnySpan, Telemetry
 from gateway.telemetry.upstream_calls import UpstreamCalls
+from gateway.telemetry.upstream_notices import UpstreamNotices
 from gateway.transport.base import NotifyHook, UpstreamSession
 
 log = logging.getLogger("customs.telemetry")
@@ -162,6 +163,7 @@ class Observability:
         # None: every name counts as real (no catalog to ask).
         self.lists_tool: Callable[[str, str | None], bool] | None = None
         self._upstream_calls: UpstreamCalls | None = None
+        self._upstream_notices: UpstreamNotices | None = None
 
     async def start(self) -> None:
         await self.telemetry.start()
@@ -193,6 +195,15 @@ class Observability:
             self._upstream_calls = UpstreamCalls(self.telemetry, self._upstreams,
                                                  self.metrics if self.metrics.enabled else None)
         return self._upstream_calls
+
+    def upstream_notices(self) -> UpstreamNotices | None:
+        """`SessionManager(notified=...)`, `Router(notified=...)`: SERVER and relay CLIENT spans of what upstreams
+        send on their own (upstream_notices.py); None with tracing off (routed as they are, nothing in between)."""
+        if not self.telemetry.enabled:
+            return None
+        if self._upstream_notices is None:
+            self._upstream_notices = UpstreamNotices(self.telemetry, self._upstreams)
+        return self._upstream_notices
 
     async def notify_upstream(self, upstream: str, session: UpstreamSession, message: dict[str, Any]) -> None:
         """An agent's notification passed on to one of its upstream sessions, traced and timed as its sender

@@ -216,6 +216,9 @@ class _TracedForward:
         error: str | None = None
         code: str | None = None
         with self._telemetry.client_span(ctx.method, target, attrs) as span:
+            if attrs is not None and (relay := ctx.extra.get("relay")) is not None:
+                # What the upstream sends during the call is handled under this span, whichever task reads it.
+                ctx.extra["relay"] = self._telemetry.within(span, relay)
             try:
                 result = await self._forward(ctx)
                 if is_tool_error(result):

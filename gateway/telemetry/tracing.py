@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar, Token
 from typing import Any
@@ -229,6 +229,21 @@ class Telemetry:
         """The gateway span current in this task (NO_SPAN outside any)."""
         current = self._current.get()
         return current if current is not None else NO_SPAN
+
+    def within(self, span: AnySpan, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """`handler` run with `span` current: a call's message handler under its CLIENT span, since a transport may
+        read what the upstream sends during the call in a task of its own (legacy SSE, stdio)."""
+        if not isinstance(span, LightSpan):
+            return handler
+        var = self._current
+
+        async def handle(message: Any) -> None:
+            token = var.set(span)
+            try:
+                await handler(message)
+            finally:
+                var.reset(token)
+        return handle
 
     def current_ids(self) -> tuple[str | None, str | None]:
         """(trace id, span id) in hex of the current span: the gateway's, else any current API span."""

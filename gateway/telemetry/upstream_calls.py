@@ -75,6 +75,8 @@ class UpstreamCalls:
                                   telemetry.capture_args, telemetry.redact)
         with telemetry.client_span(method, target_of(method, params), attrs) as span:
             message = self._with_context(message, params, headers)
+            if on_message is not None:  # what the upstream sends meanwhile is handled under this span
+                on_message = telemetry.within(span, on_message)
             response = await session.request(message, headers=headers, on_message=on_message, timeout=timeout,
                                              sent_id=partial(_record_sent_id, span))
             error = response.get("error")

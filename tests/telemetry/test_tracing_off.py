@@ -14,6 +14,7 @@ from gateway.demo.servers import inventory_server
 from gateway.telemetry.spans import LightSpan
 from gateway.telemetry.tracing import Telemetry
 from tests.conftest import RunningGateway
+from tests.support.feature_server import feature_server
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_http_server
 
@@ -49,14 +50,21 @@ async def test_a_gateway_without_telemetry_starts_no_exporter_and_builds_no_span
 
     monkeypatch.setattr(Telemetry, "_new", counting_new)  # the one place a gateway span is made
     before_children, before_threads = children(), {t.name for t in threading.enumerate()}
-    async with run_http_server(inventory_server()) as inventory_url:
+    progress: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async with run_http_server(inventory_server()) as inventory_url, run_http_server(feature_server()[0]) as feat:
         gateway = await start_gateway({
-            "upstreams": [{"name": "inventory", "url": inventory_url}],
+            "upstreams": [{"name": "inventory", "url": inventory_url}, {"name": "feat", "url": feat}],
             "identity": {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}},
             "policies": {"dir": str(permissive_policies)}})
         async with sdk_client(gateway.mcp, headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}) as c:
             result = await c.call_tool("inventory__get_stock", {"sku": "widget"})
-        assert not result.is_error
+            # An upstream's progress and log lines during a call, relayed with no span either.
+            relayed = await c.call_tool("feat__progress", {"steps": 2}, progress_callback=on_progress)
+        assert not result.is_error and not relayed.is_error and progress == [1, 2]
         telemetry = gateway.gateway.parts.observability.telemetry
         assert not telemetry.enabled and telemetry.provider is None and telemetry._shipper is None
         assert made == []
