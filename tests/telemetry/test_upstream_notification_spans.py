@@ -105,6 +105,14 @@ def announcing_server() -> MCPServer[Any]:
         await ctx.session.send_notification(types.ResourceUpdatedNotification(params=params))
         return "announced"
 
+    @server.tool()
+    async def chatter(parent: str, ctx: Context) -> str:
+        """Send a log line on this call's stream with `parent` as its trace context (an upstream that traces)."""
+        params = types.LoggingMessageNotificationParams(level="info", data="chatter", _meta={"traceparent": parent})
+        await ctx.session.send_notification(types.LoggingMessageNotification(params=params),
+                                            related_request_id=ctx.request_id)
+        return "chattered"
+
     return server
 
 
@@ -158,3 +166,36 @@ async def test_unsolicited_notifications_are_traces_of_their_own(otlp: OtlpRecei
         assert (sent.params.meta or {})["traceparent"] == traceparent(relay), sent
     relayed_update = next(m for m in received.items if m.method == "notifications/resources/updated")
     assert relayed_update.params.uri == "customs://up/fake://r"
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_an_upstreams_own_context_is_the_parent_and_the_call_a_link(trusted: bool, otlp: OtlpReceiver,
+                                                                          start_gateway: StartGateway,
+                                                                          permissive_policies: Path) -> None:
+    # The conventions: the `_meta` context is the parent, the ambient one (the call's CLIENT span) a link. With
+    # `trust_inbound: false` the upstream's context is only a link, and the call's span is the parent.
+    logs: list[types.LoggingMessageNotificationParams] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params)
+
+    async with run_http_server(announcing_server()) as url:
+        gateway = await start_gateway({"upstreams": [{"name": "up", "url": url}], "identity": {"mode": "anonymous"},
+                                       "policies": {"dir": str(permissive_policies)},
+                                       "telemetry": {"traces": {"endpoint": otlp.url, "trust_inbound": trusted}}})
+        async with sdk_client(gateway.mcp, logging_callback=on_log) as client:
+            parent = f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"
+            assert not (await client.call_tool("up__chatter", {"parent": parent})).is_error
+        await gateway.gateway.parts.observability.telemetry.flush()
+    call = await otlp.wait_for_span(lambda s: s.kind == "CLIENT" and s.name == "tools/call chatter")
+    line = await otlp.wait_for_span(lambda s: s.kind == "SERVER" and s.name == "notifications/message")
+    links = {(link.trace_id, link.span_id, link.attributes["customs.link"]) for link in line.links}
+    if trusted:
+        assert (line.trace_id, line.parent_span_id) == (UPSTREAM_TRACE, UPSTREAM_SPAN), line
+        assert links == {(call.trace_id, call.span_id, "call")}, links
+    else:
+        assert (line.trace_id, line.parent_span_id) == (call.trace_id, call.span_id), line
+        assert links == {(UPSTREAM_TRACE, UPSTREAM_SPAN, "untrusted_parent")}, links
+    relay = await otlp.wait_for_span(lambda s: s.kind == "CLIENT" and s.name == "notifications/message")
+    assert (relay.trace_id, relay.parent_span_id) == (line.trace_id, line.span_id), relay
+    assert [(p.data, (p.meta or {}).get("traceparent")) for p in logs] == [("chatter", traceparent(relay))], logs
