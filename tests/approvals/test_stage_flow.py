@@ -319,6 +319,30 @@ async def test_one_of_two_identical_held_calls_going_away_leaves_the_other_held(
     assert (await b.get(alone.extra["approval_id"])).state == "cancelled"
 
 
+async def test_two_identical_held_calls_one_approval_runs_one_the_other_is_held_anew(kit: StoreKit) -> None:
+    """docs/approvals.md: one approval allows one execution, so of two identical calls waiting on one item,
+    its approval releases one; the other is held again, on a new pending item for the approvers."""
+    a, b = await kit.make(), await kit.make()
+    first, second = call_context(notify=Sink()), call_context(notify=Sink())
+    held = [asyncio.create_task(ApproveStage(store, ApprovalsConfig(keepalive_s=0.2))(ctx))
+            for store, ctx in ((a, first), (b, second))]
+    item = await _pending(a)
+    await second.notify.wait_for(2)
+    assert first.extra["approval_id"] == second.extra["approval_id"] == item.id
+    await a.decide(item.id, "alice", "approved", None)
+    done, waiting = await asyncio.wait(held, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1 and len(waiting) == 1
+    await done.pop()
+    ran, other = (first, second) if held[0].done() else (second, first)
+    assert ran.approval is not None and ran.approval.id == item.id
+    anew = await _pending(a)  # the other one still waits, on a new item
+    assert anew.id != item.id and other.extra["approval_id"] == anew.id and not waiting.pop().done()
+    other.cancelled.set()
+    with pytest.raises(GatewayError):
+        await asyncio.wait_for(asyncio.gather(*held), 10)
+    assert (await a.get(anew.id)).state == "cancelled"
+
+
 @pytest.mark.parametrize("kit", ["memory"], indirect=True)
 async def test_a_client_going_away_after_the_store_lost_its_item_is_answered_cancelled(store: Any) -> None:
     ctx = call_context(notify=Sink())
