@@ -58,6 +58,13 @@ def credentials_rules(credentials: Any) -> Iterator[Problem]:
         yield ("narrow_to_args",), f"only used by mode minted (mode is {mode})"
     if mode == "static" and not (_get(credentials, "value_env") or _get(credentials, "value_file")):
         yield (), "mode static needs value_env or value_file"
+    elif mode == "static" and _get(credentials, "value_env") and _get(credentials, "value_file"):
+        yield (), "mode static takes one of value_env or value_file, not both"  # only the variable would be read
+    for key in ("value_env", "value_file"):
+        if mode != "static" and _get(credentials, key) is not None:
+            # A key in another mode is never sent (`mode: static` left out reads as none): the upstream would
+            # refuse every call and nothing would say why.
+            yield (key,), f"only used by mode static (mode is {mode})"
     if mode == "token_exchange":
         for key in ("token_endpoint", "client_id"):
             if not _get(credentials, key):

@@ -126,6 +126,32 @@ def test_narrow_to_args_outside_minted_mode_is_refused(tmp_path: Path, capsys: p
     assert parse_config({"upstreams": [{**UPSTREAM, "credentials": {"mode": "minted", "narrow_to_args": ["account"]}}]})
 
 
+@pytest.mark.parametrize(("credentials", "key"), [
+    ({"header": "X-Api-Key", "value_env": "KEY"}, "value_env"),  # `mode: static` forgotten: mode is none
+    ({"mode": "none", "value_file": "key.txt"}, "value_file"),
+    ({"mode": "minted", "value_env": "KEY"}, "value_env"),
+    ({"mode": "token_exchange", "token_endpoint": "https://idp.test/token", "client_id": "customs",
+      "value_file": "key.txt"}, "value_file"),
+])
+def test_a_static_value_outside_static_mode_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       credentials: dict[str, Any], key: str) -> None:
+    # The key would never be sent: the upstream refuses every call and nothing says why.
+    code, err = _check(tmp_path, capsys, {**UPSTREAM, "credentials": credentials})
+    mode = credentials.get("mode", "none")
+    assert (code, err) == (2, [f"  upstreams[0].credentials.{key}: only used by mode static (mode is {mode})"])
+
+
+def test_a_static_value_from_both_a_variable_and_a_file_is_refused(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # Only one would be read (the variable), so a file meant to replace it would be silently ignored.
+    credentials = {"mode": "static", "value_env": "KEY", "value_file": "key.txt"}
+    code, err = _check(tmp_path, capsys, {**UPSTREAM, "credentials": credentials})
+    problem = "  upstreams[0].credentials: mode static takes one of value_env or value_file, not both"
+    assert (code, err) == (2, [problem])
+    for one in ("value_env", "value_file"):
+        assert parse_config({"upstreams": [{**UPSTREAM, "credentials": {"mode": "static", one: credentials[one]}}]})
+
+
 @pytest.mark.parametrize(("credentials", "header"), [
     ({"mode": "minted"}, "authorization"),
     ({"mode": "static", "value_env": "KEY", "header": "X-Api-Key"}, "x-API-key"),
