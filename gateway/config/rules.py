@@ -113,10 +113,11 @@ TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256
 
 def issuer_rules(issuer: Any) -> Iterator[Problem]:
     # "" (a variable set to nothing) would match only tokens naming "": every real token refused, and a token
-    # with aud [""] (for no resource in particular) accepted.
-    for key in ("issuer", "audience"):
+    # with aud [""] (for no resource in particular) accepted; a require_typ of "" refuses every token with a typ.
+    hints = {"audience": " (leave it out for <public_url>/mcp)", "require_typ": " (leave it out to accept any typ)"}
+    for key in ("issuer", "audience", "require_typ"):
         if _get(issuer, key) == "":
-            yield (key,), "must not be empty" + (" (leave it out for <public_url>/mcp)" if key == "audience" else "")
+            yield (key,), "must not be empty" + hints.get(key, "")
     if sum(_get(issuer, key) is not None for key in ("jwks_file", "jwks_url", "pem_file")) != 1:
         yield (), "exactly one of jwks_file, jwks_url or pem_file is required"
     listed = _get(issuer, "algorithms")

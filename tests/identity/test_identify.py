@@ -295,6 +295,7 @@ async def test_duplicate_issuer_is_a_config_error(issuer: TestIssuer) -> None:
 @pytest.mark.parametrize(("field", "problem"), [
     ("audience", "identity.issuers[0].audience: must not be empty"),
     ("issuer", "identity.issuers[0].issuer: must not be empty"),
+    ("require_typ", "identity.issuers[0].require_typ: must not be empty"),  # every real token refused
 ])
 def test_an_empty_issuer_or_audience_is_a_config_error(issuer: TestIssuer, field: str, problem: str) -> None:
     """`audience: ${GW_AUDIENCE}` with the variable set to nothing made the audience "": every token for the
