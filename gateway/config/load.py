@@ -143,12 +143,28 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             fix(upstream, "cwd")
 
 
-def _field_problems(exc: ValidationError) -> list[str]:
+def _document_loc(loc: tuple[int | str, ...], data: Any) -> tuple[int | str, ...]:
+    """Pydantic's location less the labels it adds (union branches' model names and tags, validators), read
+    against the document: a key the file wrote stays whatever it looks like (`GetStock`, `TZ`, `X-Static`)."""
+    out: list[int | str] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        elif not (isinstance(part, str) and (part[:1].isupper() or part.startswith(("function-", "literal[")))):
+            out.append(part)  # a key the file lacks (Field required)
+            node = None
+    return tuple(out)
+
+
+def _field_problems(exc: ValidationError, data: Any) -> list[str]:
     problems: list[str] = []
     for err in exc.errors():
-        # Drop union-branch labels (model names, literal tags) pydantic puts into locations.
-        loc = tuple(p for p in err["loc"]
-                    if not (isinstance(p, str) and (p[:1].isupper() or p.startswith(("function-", "literal[")))))
+        loc = _document_loc(err["loc"], data)
         if err["type"] == RULE_ERROR:
             problems += [f"{_loc(loc + rule_loc)}: {message}" for rule_loc, message in err["ctx"]["problems"]]
             continue
@@ -192,7 +208,7 @@ def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path 
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems += _field_problems(exc)
+        problems += _field_problems(exc, data)
         # Pydantic skips cross-field rules wherever a field inside failed; run them on the document so
         # they are listed with the field errors (a rule it did run gives the same line, kept once).
         problems += [f"{_loc(loc)}: {message}" for loc, message in document_rules(data)]
