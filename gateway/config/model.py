@@ -102,22 +102,22 @@ class IssuerConfig(Model):
         return self
 
 
+# An empty value would be an attribute all the same: `tenant: ""` passes `principal has tenant` and equals the
+# context.tenant of every principal without one. Claims treat "" as missing (identity/chain.py); here it is a mistake.
+AgentValue = Annotated[str, Field(min_length=1)]
+
+
 class IdentityConfig(Model):
     mode: Literal["jwt", "anonymous"] = "anonymous"
     issuers: tuple[IssuerConfig, ...] = ()
     clock_skew_s: int = Field(30, ge=0, le=600)
-    anonymous_principal: str = "anonymous"
-    anonymous_attributes: dict[str, str] = Field(default_factory=dict)
+    anonymous_principal: AgentValue = "anonymous"
+    anonymous_attributes: dict[str, AgentValue] = Field(default_factory=dict)  # as the agents registry's values
 
     @model_validator(mode="after")
     def _issuers(self) -> IdentityConfig:
         enforce(identity_rules(self))
         return self
-
-
-# An empty value would be an attribute all the same: `tenant: ""` passes `principal has tenant` and equals the
-# context.tenant of every principal without one. Claims treat "" as missing (identity/chain.py); here it is a mistake.
-AgentValue = Annotated[str, Field(min_length=1)]
 
 
 class AgentRecord(Model):

@@ -82,6 +82,20 @@ async def test_anonymous_identifier_warns_once(caplog: pytest.LogCaptureFixture)
         ("dev", "dev", "anonymous", True, {"tenant": "demo"})
 
 
+@pytest.mark.parametrize(("identity", "problem"), [
+    ({"anonymous_attributes": {"tenant": ""}}, "identity.anonymous_attributes.tenant: String should have at least 1"),
+    ({"anonymous_principal": ""}, "identity.anonymous_principal: String should have at least 1"),
+])
+def test_an_empty_anonymous_value_is_a_config_error(identity: dict[str, object], problem: str) -> None:
+    """`tenant: ${TENANT}` with the variable unset made the anonymous principal's tenant "", which passes
+    `principal has tenant` and equals its own context.tenant: the shipped tenant-scoped permits allowed its
+    reads, where no tenant (as a token's `tenant: ""` reads, and the agents registry refuses) is permitted nothing."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"upstreams": [{"name": "a", "url": "http://127.0.0.1:9/mcp"}],
+                      "identity": {"mode": "anonymous", **identity}})
+    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+
+
 def test_build_identifier_follows_mode(issuer: TestIssuer) -> None:
     assert isinstance(build_identifier(IdentityConfig(), {}, RESOURCE, None), AnonymousIdentifier)
     config = IdentityConfig.model_validate({"mode": "jwt", "issuers": [issuer.config()]})
