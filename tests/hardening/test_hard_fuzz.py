@@ -88,7 +88,7 @@ def test_the_fast_parser_decides_as_the_stdlib_parser(raw: bytes) -> None:
     def fast(data: bytes) -> Any:
         return jsonrpc.parse(data, max_depth=10_000).body
     def slow(data: bytes) -> Any:
-        body = jsonrpc._parse_slowly(data)
+        body = jsonrpc._parse_slowly(data, 10_000)
         return jsonrpc.classify(body).body if isinstance(body, dict) else body
     fast_reason, fast_value = _outcome(fast, raw)
     slow_reason, slow_value = _outcome(slow, raw)
