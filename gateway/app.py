@@ -22,7 +22,6 @@ from gateway.context import Principal
 from gateway.credentials.tasks import explicit_task_id, session_task_id
 from gateway.forward import ForwardStage
 from gateway.health import HealthRoutes
-from gateway.http import cors
 from gateway.http.guards import HostOriginPolicy, guard_middleware
 from gateway.http.legacy_sse import LegacySseEndpoint
 from gateway.http.mcp import McpEndpoint, routes
@@ -105,7 +104,6 @@ async def create_app(config: Config) -> web.Application:
                                                         gateway.parts.observability.metrics.request_refused)])
     app[CONFIG] = config
     app[GATEWAY] = gateway
-    app.on_response_prepare.append(cors.on_prepare)  # CORS headers on streamed answers too (http/cors.py)
     app.cleanup_ctx.append(gateway.lifecycle)
     # Before aiohttp waits for requests to finish: server→client streams are not work to wait for.
     app.on_shutdown.append(lambda _app: gateway.endpoint.streams.end_all())

@@ -4,8 +4,9 @@ The Host/Origin guard (guards.py) has already refused every Origin that is not a
 public_url's own) when this runs. For the paths an agent uses (`/mcp…`, legacy `/sse…` and `/messages`, the
 RFC 9728 metadata) a preflight (`OPTIONS` with `Access-Control-Request-Method`) from an allowed origin is
 answered here, and every answer to such a request names that origin in `Access-Control-Allow-Origin` and exposes
-the MCP headers a client must read (`Mcp-Session-Id`, …), added as the response is prepared, so streamed answers
-(SSE) carry them too. The approvers' page, its API and the admin API are never shared with another origin.
+the MCP headers a client must read (`Mcp-Session-Id`, …): the guard adds them to every answer it returns (errors
+raised as aiohttp's HTTP exceptions included), and each agent-path stream before it opens (`share`), so streamed
+answers (SSE) carry them too. The approvers' page, its API and the admin API are never shared with another origin.
 Credentials are bearer tokens in `Authorization`, not cookies: no `Access-Control-Allow-Credentials`.
 """
 
@@ -47,10 +48,18 @@ def preflight(request: web.Request, origin: str) -> web.Response | None:
         "Vary": "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"})
 
 
-async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """`on_response_prepare`: the CORS headers of an answer to an allowed origin's request on an agent path."""
+def share(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the request's allowed origin on `response` before it is prepared: called by the guard for every
+    answer it returns unprepared, and by each agent-path stream before it opens (an app-wide
+    `on_response_prepare` signal would cost every call ~1 % of its instructions for the rare browser agent)."""
     origin = request.get(ORIGIN)
-    if origin is None or "Access-Control-Allow-Origin" in response.headers:
+    if origin is not None:
+        add(response, origin)
+
+
+def add(response: web.StreamResponse, origin: str) -> None:
+    """The CORS headers for `origin` on an answer not yet prepared (once: a preflight's own are kept)."""
+    if "Access-Control-Allow-Origin" in response.headers:
         return
     response.headers["Access-Control-Allow-Origin"] = origin
     response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS

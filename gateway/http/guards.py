@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway.config.model import ListenConfig
 from gateway.errors import GatewayError, to_wire
 from gateway.http.cors import ORIGIN as CORS
+from gateway.http.cors import add as add_cors
 from gateway.http.cors import cors_origin, preflight
 from gateway.jsonrpc import dumps
 from gateway.keys import CONFIG
@@ -96,21 +97,37 @@ def guard_middleware(policy: HostOriginPolicy, refused: Callable[[str, int], Non
     @web.middleware
     async def guard(request: web.Request,
                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        request[UNREADABLE] = False  # read below: a missing key would cost a raised KeyError on every request
         try:
             policy.check(request)
         except GatewayError as exc:
             response: web.StreamResponse = error_response(exc)
         else:
             origin = cors_origin(request)  # an allowed origin on an agent path: its answers are shared with it
-            if origin is not None:
+            if origin is None:
+                response = await handler(request)
+            else:
                 request[CORS] = origin
-            response = (preflight(request, origin) if origin is not None else None) or await handler(request)
-        if request.get(UNREADABLE) and not response.prepared:
+                response = preflight(request, origin) or await _shared(handler, request, origin)
+        if request[UNREADABLE] and not response.prepared:
             response.force_close()  # the rest of that body is still on the wire: this connection cannot go on
         if response.status >= 400 and refused is not None and REFUSED in response:
             refused(response[REFUSED], response.status)
         return response
     return guard
+
+
+async def _shared(handler: Callable[[web.Request], Awaitable[web.StreamResponse]], request: web.Request,
+                  origin: str) -> web.StreamResponse:
+    """The handler's answer to an allowed origin's request, with the CORS headers (a stream has them already)."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # 404, 405, ...: answered by aiohttp after this returns
+        add_cors(exc, origin)
+        raise
+    if not response.prepared:
+        add_cors(response, origin)
+    return response
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway import jsonrpc
 from gateway.errors import GatewayError, forget_traceback, to_wire
+from gateway.http import cors
 from gateway.http.guards import error_response, read_body, require_json
 from gateway.http.mcp import McpEndpoint, log_failure
 from gateway.http.session_stream import draining
@@ -47,6 +48,7 @@ class LegacySseEndpoint:
         except GatewayError as exc:  # including a session cap reached (rate_limited)
             return error_response(exc)
         response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        cors.share(request, response)
         await response.prepare(request)
         session.get_stream_open = True
         # A client that stopped reading while its answers piled up: the connection is cut (the write it

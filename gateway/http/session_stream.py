@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.errors import GatewayError
+from gateway.http import cors
 from gateway.http.guards import error_response
 from gateway.http.streams import GET_STREAM, SSE_HEADERS, ClientGone, EventWriter, StreamReplay, split_event_id
 from gateway.sessions import Session
@@ -86,6 +87,7 @@ class SessionStreams:
         me = _Takeover()
         self._open[session.id] = me
         response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        cors.share(request, response)
         try:
             await response.prepare(request)
             await self._pump(EventWriter(response), session, None if resume is None else resume[1], keepalive_s)
@@ -120,6 +122,7 @@ class SessionStreams:
     async def _resume_post_stream(self, request: web.Request, session: Session, stream: str, number: int,
                                   keepalive_s: float) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        cors.share(request, response)
         await response.prepare(request)
         me = _Takeover()
         self._resumed.add(me)

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.http import cors
 from gateway.jsonrpc import dumps
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-transform",
@@ -227,6 +228,7 @@ class ResponseChannel:
         async with self._commit_lock:
             if self._writer is None:
                 stream = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self.headers})
+                cors.share(self._request, stream)
                 await stream.prepare(self._request)
                 self._stream = stream
                 if self._replay is not None:

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from gateway.demo.servers import inventory_server
+from tests.support.feature_server import feature_server
 from tests.support.servers import run_http_server
 
 AGENT_ORIGIN = "http://agent.example:3000"
@@ -28,10 +29,10 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": 
 
 @pytest.fixture
 async def gw(start_gateway: Any, permissive_policies: Path) -> Any:
-    async with run_http_server(inventory_server()) as inventory:
+    async with run_http_server(inventory_server()) as inventory, run_http_server(feature_server()[0]) as features:
         yield await start_gateway({
             "listen": {"allowed_origins": [AGENT_ORIGIN]},
-            "upstreams": [{"name": "inventory", "url": inventory}],
+            "upstreams": [{"name": "inventory", "url": inventory}, {"name": "features", "url": features}],
             "identity": {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}},
             "policies": {"dir": str(permissive_policies), "watch": False}})
 
@@ -89,3 +90,31 @@ async def test_the_approvers_page_and_api_are_not_shared_with_an_agents_origin(g
                 assert resp.status != 204 and "Access-Control-Allow-Origin" not in resp.headers, path
             async with http.get(f"{gw.url}{path}", headers={"Origin": AGENT_ORIGIN}) as resp:
                 assert "Access-Control-Allow-Origin" not in resp.headers, path
+
+
+async def test_every_stream_and_aiohttp_s_own_errors_carry_the_headers(gw: Any) -> None:
+    """The guard names the origin on the answers it returns; streams are opened inside the handler and must name it
+    themselves (the session's GET stream, legacy SSE's), and aiohttp's own errors (405, 404) are raised past it."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gw.mcp, json=INIT, headers=MCP_HEADERS) as resp:
+            session = resp.headers["Mcp-Session-Id"]
+        stream_headers = {"Origin": AGENT_ORIGIN, "Accept": "text/event-stream", "Mcp-Session-Id": session,
+                          "MCP-Protocol-Version": "2025-06-18"}
+        legacy = {"Origin": AGENT_ORIGIN, "Accept": "text/event-stream"}
+        for path, headers in (("/mcp", stream_headers), ("/sse", legacy)):
+            async with http.get(f"{gw.url}{path}", headers=headers) as resp:
+                assert resp.status == 200 and resp.content_type == "text/event-stream", path
+                assert resp.headers.get("Access-Control-Allow-Origin") == AGENT_ORIGIN, path
+                assert "Mcp-Session-Id" in resp.headers["Access-Control-Expose-Headers"], path
+        # A call that reports progress is answered on a stream the call's channel opens.
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "features__progress", "arguments": {"steps": 2}, "_meta": {"progressToken": "p"}}}
+        async with http.post(gw.mcp, json=call, headers={**stream_headers, "Content-Type": "application/json",
+                                                          "Accept": "application/json, text/event-stream"}) as resp:
+            body = await resp.text()
+            assert resp.content_type == "text/event-stream" and "notifications/progress" in body, body
+            assert resp.headers.get("Access-Control-Allow-Origin") == AGENT_ORIGIN
+        async with http.put(gw.mcp, json=INIT, headers=MCP_HEADERS) as resp:
+            assert resp.status == 405 and resp.headers.get("Access-Control-Allow-Origin") == AGENT_ORIGIN
+        async with http.post(f"{gw.url}/mcp/nosuch/extra", json=INIT, headers=MCP_HEADERS) as resp:
+            assert resp.status == 404 and resp.headers.get("Access-Control-Allow-Origin") == AGENT_ORIGIN
