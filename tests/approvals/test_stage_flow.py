@@ -374,6 +374,8 @@ async def test_an_approval_of_a_prompt_does_not_release_the_tool_of_that_name(st
     # The approver is told which it is: the page's card and history row, the webhook's text and the CLI.
     from gateway.approvals import cli, render, webhooks
     assert "payments / pay (prompts/get)</h3>" in render.item_card(item, "csrf", item.created_at)
+    # The card's age reads as a time in the past ("Waiting 1 min ago" did not).
+    assert "<dt>Requested</dt><dd>1 min ago (expires" in render.item_card(item, "csrf", item.created_at + 90)
     assert "payments / pay (prompts/get)</td>" in render.history_table([item])
     assert webhooks.message(item, None)["text"].endswith("payments/pay (prompts/get)")
     assert cli._what(item.to_json()) == " (prompts/get)" and cli._what({"method": "tools/call"}) == ""
