@@ -196,9 +196,15 @@ def fingerprint(*dirs: Path | None) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
+def policy_text(path: str | Path) -> str:
+    """A policy or schema file's text. A leading UTF-8 byte order mark (Windows editors write one) is no part
+    of it: Cedar reads it as a token, a `syntax error: invalid token` on line 1 that nobody can see."""
+    return Path(path).read_text(encoding="utf-8-sig")
+
+
 def _read(path: Path, problems: list[str]) -> str | None:
     try:
-        return path.read_text(encoding="utf-8")
+        return policy_text(path)
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(f"{path}: cannot read: {exc}")
         return None

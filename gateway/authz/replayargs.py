@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
 import cedarpy
 
 from gateway.authz import entities as E
 from gateway.authz import evaluate
-from gateway.authz.policyset import LoadedPolicies, context_tree
+from gateway.authz.policyset import LoadedPolicies, context_tree, policy_text
 from gateway.context import Decision, Outcome, Principal, ToolInfo
 
 
@@ -28,7 +27,7 @@ class ArgumentReaders:
     """The policies of one loaded set that read `context.args` (or the whole context)."""
 
     def __init__(self, loaded: LoadedPolicies) -> None:
-        text = "\n".join(Path(name).read_text(encoding="utf-8") for name in loaded.files)
+        text = "\n".join(policy_text(name) for name in loaded.files)
         static: dict[str, Any] = json.loads(cedarpy.policies_to_json_str(text)).get("staticPolicies", {})
         self.effects: dict[str, str] = {}  # @id -> permit | forbid
         scopes: list[str] = []

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from pathlib import Path
 
 import cedarpy
 
 from gateway.authz.argnames import total_readers
-from gateway.authz.policyset import LoadedPolicies
+from gateway.authz.policyset import LoadedPolicies, policy_text
 
 
 def unsummed_forbids(loaded: LoadedPolicies, summed: Collection[str], where: str) -> list[str]:
@@ -22,7 +21,7 @@ def unsummed_forbids(loaded: LoadedPolicies, summed: Collection[str], where: str
     `where` names the set (`policies.dir` or `policies.shadow_dir`). Unreadable files give none (they are the
     set's own problem)."""
     try:
-        text = "\n".join(Path(name).read_text(encoding="utf-8") for name in loaded.files)
+        text = "\n".join(policy_text(name) for name in loaded.files)
     except (OSError, UnicodeDecodeError):
         return []
     readers = total_readers(json.loads(cedarpy.policies_to_json_str(text)))
