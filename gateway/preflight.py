@@ -52,6 +52,22 @@ def policy_warnings(config: Config) -> list[str]:
         except PolicyLoadError:
             continue  # reported as the set's own problem
         warnings.extend(unsummed_forbids(loaded, summed, where))
+    return warnings + label_warnings(config)
+
+
+def label_warnings(config: Config) -> list[str]:
+    """`upstreams[].tools` keys written in the aggregated view's form (`inventory__get_stock`,
+    `customs://inventory/…`): the entries are keyed by the upstream's own names, so such a label (a
+    `sensitivity: restricted` included) applies to nothing and policies never see it."""
+    warnings = []
+    for index, upstream in enumerate(config.upstreams):
+        prefix, resources = upstream.tool_prefix, f"customs://{upstream.name}/"
+        for key in upstream.tools:
+            own = key[len(prefix):] if prefix and key.startswith(prefix) else \
+                key[len(resources):] if key.startswith(resources) else None
+            if own:
+                warnings.append(f"upstreams[{index}].tools.{key}: the aggregated /mcp name of {own!r}; these labels "
+                                f"are keyed by the upstream's own names, so this one applies to nothing (write {own})")
     return warnings
 
 

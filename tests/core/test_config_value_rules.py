@@ -185,3 +185,21 @@ def test_a_tool_prefix_outside_the_mcp_tool_name_characters_is_refused_at_its_pa
     assert info.value.problems == ["upstreams[0].prefix: must use only letters, digits, '_', '-' and '.' "
                                    "(the characters of MCP tool names)"]
     assert parse_config({"upstreams": upstreams[1:]}).upstreams[0].tool_prefix == "inv."
+
+
+def test_labels_keyed_by_an_aggregated_name_are_warned_about(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # `inventory__get_stock` is what agents see on /mcp, not the upstream's name: the label (here one that a
+    # clearance forbid reads) would apply to nothing, and the tool would be served as unlabelled.
+    upstream = {"name": "inventory", "url": "http://127.0.0.1:1/mcp",
+                "tools": {"inventory__get_stock": {"sensitivity": "restricted"}, "set_stock": {"read_only": False},
+                          "customs://inventory/inventory://skus": {"sensitivity": "restricted"}}}
+    path = tmp_path / "customs.yaml"
+    path.write_text(yaml.safe_dump({"upstreams": [upstream], "policies": {"dir": str(REPO / "policies")}}))
+    assert main(["config", "check", str(path)]) == 0
+    warnings = [line.split(": warning: ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+    assert sorted(warnings) == [
+        "upstreams[0].tools.customs://inventory/inventory://skus: the aggregated /mcp name of 'inventory://skus'; "
+        "these labels are keyed by the upstream's own names, so this one applies to nothing (write inventory://skus)",
+        "upstreams[0].tools.inventory__get_stock: the aggregated /mcp name of 'get_stock'; these labels are keyed "
+        "by the upstream's own names, so this one applies to nothing (write get_stock)"]
