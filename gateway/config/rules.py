@@ -65,6 +65,9 @@ def credentials_rules(credentials: Any) -> Iterator[Problem]:
             # A key in another mode is never sent (`mode: static` left out reads as none): the upstream would
             # refuse every call and nothing would say why.
             yield (key,), f"only used by mode static (mode is {mode})"
+    for key in ("audience", "token_endpoint", "client_id", "client_secret", "scope"):
+        if mode == "none" and _get(credentials, key) is not None:  # `mode: minted` (or token_exchange) left out
+            yield (key,), "mode none sends no credential (set credentials.mode to the one this is for)"
     if mode == "token_exchange":
         for key in ("token_endpoint", "client_id"):
             if not _get(credentials, key):

@@ -141,6 +141,19 @@ def test_a_static_value_outside_static_mode_is_refused(tmp_path: Path, capsys: p
     assert (code, err) == (2, [f"  upstreams[0].credentials.{key}: only used by mode static (mode is {mode})"])
 
 
+@pytest.mark.parametrize("credentials", [
+    {"audience": "http://127.0.0.1:9/mcp", "ttl_s": 30},  # `mode: minted` left out
+    {"token_endpoint": "https://idp.test/token", "client_id": "customs", "mode": "none"},
+])
+def test_a_credential_setting_in_mode_none_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      credentials: dict[str, Any]) -> None:
+    # Mode none sends nothing: the upstream would refuse every call, with nothing to say the mode was forgotten.
+    code, err = _check(tmp_path, capsys, {**UPSTREAM, "credentials": credentials})
+    keys = [k for k in ("audience", "token_endpoint", "client_id") if k in credentials]
+    assert (code, err) == (2, [f"  upstreams[0].credentials.{k}: mode none sends no credential (set credentials.mode "
+                               "to the one this is for)" for k in keys])
+
+
 def test_a_static_value_from_both_a_variable_and_a_file_is_refused(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     # Only one would be read (the variable), so a file meant to replace it would be silently ignored.
