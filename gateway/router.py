@@ -163,7 +163,8 @@ class Router:
 
     def _context(self, inbound: Inbound, action: str, upstream: str, tool: ToolInfo,
                  params: dict[str, Any]) -> CallContext:
-        meta = inbound.params.get("_meta")
+        sent = inbound.message.params
+        meta = sent.get("_meta")
         ctx = CallContext(
             method=inbound.message.method, request_id=inbound.message.id, params=params,
             principal=inbound.principal, upstream=upstream, tool=tool, session_id=inbound.session.id,
@@ -172,7 +173,7 @@ class Router:
             notify=inbound.send, cancelled=inbound.cancelled, trace_id=inbound.trace_id,
         )
         ctx.extra["session"] = inbound.session
-        ctx.extra["requested_name"] = inbound.params.get("name") or inbound.params.get("uri")
+        ctx.extra["requested_name"] = sent.get("name") or sent.get("uri")
         ctx.extra["relay"] = self._relay(inbound, upstream)
         ctx.extra.update(inbound.extra)
         return ctx
@@ -206,18 +207,19 @@ class Router:
         return {}
 
     async def _call_tool(self, inbound: Inbound) -> dict[str, Any]:
-        name = inbound.params.get("name")
+        sent = inbound.message.params
+        name = sent.get("name")
         if not isinstance(name, str) or not name:
             raise GatewayError("invalid_params", "Invalid params: tools/call needs a tool name")
-        if "arguments" in inbound.params and not isinstance(inbound.params["arguments"], dict):
-            if inbound.params["arguments"] is not None:
+        if "arguments" in sent and not isinstance(sent["arguments"], dict):
+            if sent["arguments"] is not None:
                 raise GatewayError("invalid_params", "Invalid params: arguments must be an object")
-            del inbound.params["arguments"]  # null = no arguments, as the SDK's servers read it
+            del sent["arguments"]  # null = no arguments, as the SDK's servers read it
         target = self._target(inbound, name)
         if target is None:
             raise await self._not_found(inbound, "call_tool", name)
         upstream, tool_name = target
-        params = upstream_params(inbound.params, name=tool_name)
+        params = upstream_params(sent, name=tool_name)
         # A call held for approval is released after minutes: its tool may be quarantined by then (authz/stage.py).
         current = functools.partial(self._load_tool, inbound, upstream, tool_name)
         if self._catalog.loaded(upstream):
