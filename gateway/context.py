@@ -7,6 +7,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Final, Literal
 
 Outcome = Literal["allow", "deny", "approval_required"]
@@ -41,7 +42,7 @@ class Principal:
     expires_at: float | None = None
     anonymous: bool = False
 
-    @property
+    @cached_property  # (kept in the instance's __dict__: later reads are plain attribute reads)
     def key(self) -> str:
         """Stable identity used to bind sessions and approvals: issuer + subject."""
         return f"{self.issuer}|{self.subject}"
@@ -70,7 +71,7 @@ class ToolInfo:
     leaves_org: bool = False
     definition: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    @property
+    @cached_property  # read ~3 times a call, of a ToolInfo the catalog keeps: built once, then a plain attribute read
     def cedar_id(self) -> str:
         return f"{self.upstream}/{self.name}"
 

@@ -28,7 +28,6 @@ from gateway.context import NOT_FOUND_ITEM, CallContext
 from gateway.preflight import decision_log_problem  # the line config check reports for a path serve cannot use
 from gateway.telemetry.decision_writer import FILE_FLAGS, FileTarget, dumps, line_of, record_of
 from gateway.telemetry.log_process import WriterProcess
-from gateway.telemetry.span_errors import is_tool_error
 from gateway.telemetry.tracing import api_span_ids
 from gateway.timefmt import rfc3339_ms as rfc3339  # record times: UTC, milliseconds, `Z`
 
@@ -85,7 +84,7 @@ def facts_of(ctx: CallContext, *, include_args: bool = False, redactor: Redactor
         decision.policy_version if decision else None, decision.eval_us if decision else None,
         ctx.credential_mode, reason, (now if now is not None else time.perf_counter()) - ctx.started,
         extra.get(NOT_FOUND_ITEM) if reason is not None else None,
-        reason is None and is_tool_error(ctx.result),
+        reason is None and isinstance(ctx.result, dict) and ctx.result.get("isError") is True,  # is_tool_error
         decision.shadow_outcome if decision else None, decision.errors if decision else None,
         (approval.id, approval.outcome, approval.decided_by, approval.comment, approval.waited_s)
         if approval is not None else None,

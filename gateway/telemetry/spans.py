@@ -120,7 +120,8 @@ class LightSpan:
         self._end = end_ns
         links = [(wire_context(link.context), dict(link.attributes or {})) for link in self._links] \
             if self._links else []
-        sink((self._name, self.kind.value, self.wire, self._parent, self._start, end_ns, self._attributes, links,
+        # `_value_`, the member's plain attribute: `.value` is a property written in Python (two calls a span).
+        sink((self._name, self.kind._value_, self.wire, self._parent, self._start, end_ns, self._attributes, links,
               self._status))
 
 

@@ -80,7 +80,9 @@ class RecordStage:
             outcome = "deny"  # a denial (the agent's answer is one) of no tool
         else:
             outcome = "none"
-        metrics.record_call(upstream, tool, outcome, reason or ("tool_error" if is_tool_error(ctx.result) else "ok"))
+        result = ctx.result  # is_tool_error(result), inline: every call passes here
+        metrics.record_call(upstream, tool, outcome, reason or (
+            "tool_error" if isinstance(result, dict) and result.get("isError") is True else "ok"))
         if decision is not None and decision.errors:  # an engine fault denies: count it, or it hides among denials
             metrics.policy_error(upstream, tool)
         if decision is not None and decision.shadow_outcome not in (None, decision.outcome):
@@ -117,7 +119,8 @@ class StageRecorder:
     def __init__(self, telemetry: Telemetry, metrics: Metrics | None,
                  decision_attrs: Callable[[Decision], Attrs] = decision_attributes) -> None:
         self._telemetry = telemetry
-        self._metrics = metrics if metrics is not None and metrics.enabled else None
+        # The histogram's own record, bound once: Metrics.stage_duration around it is a call more per stage per call.
+        self._record_duration = metrics.stage.record if metrics is not None and metrics.enabled else None
         self._attrs: dict[str, Callable[[CallContext], Attrs]] = {
             "authorize": lambda ctx: decision_attrs(ctx.decision) if ctx.decision is not None else {},
             "credential": credential_attributes,
@@ -125,8 +128,8 @@ class StageRecorder:
 
     def __call__(self, stage: str, ctx: CallContext, started_ns: int, error: BaseException | None) -> None:
         duration_ns = time.perf_counter_ns() - started_ns
-        if self._metrics is not None:
-            self._metrics.stage_duration(stage, duration_ns / 1e9)
+        if self._record_duration is not None:
+            self._record_duration(duration_ns / 1e9, stage)
         if self._telemetry.enabled:
             end_ns = time.time_ns()
             attrs = self._attrs[stage](ctx)

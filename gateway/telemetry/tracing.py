@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,7 +30,6 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import (
     Link,
@@ -58,6 +58,7 @@ PROPAGATION_KEYS = ("traceparent", "tracestate", "baggage")
 DEFAULT_CLOSE_S = 10.0  # the last span export at shutdown, when no shutdown deadline is known
 MIN_CLOSE_S = 1.0  # ... and at least this much of it past a drain that used up the deadline
 NO_SPAN: Span = trace.INVALID_SPAN
+_getrandbits = random.getrandbits  # what the SDK's RandomIdGenerator draws ids from
 _INTERNAL = SpanKind.INTERNAL.value
 _PARENT_OR_ON = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
 Attributes = Mapping[str, Any]
@@ -92,7 +93,6 @@ class Telemetry:
         self.provider: TracerProvider | None = None
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self._propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
-        self._ids = RandomIdGenerator()
         # ParentBased(ALWAYS_ON), the default, decides from the parent's flags alone (known by its description).
         self._parent_or_on = self.settings.sampler.get_description() == _PARENT_OR_ON
         self._current: ContextVar[LightSpan | None] = ContextVar("customs_span", default=None)
@@ -268,7 +268,7 @@ class Telemetry:
             parent_context = trace.get_current_span(parent).get_span_context()
             if not parent_context.is_valid:
                 parent_context = None
-        trace_id = parent_context.trace_id if parent_context is not None else self._ids.generate_trace_id()
+        trace_id = parent_context.trace_id if parent_context is not None else _trace_id()
         if self._parent_or_on:
             # The default sampler's answer without asking it: a root is sampled, a child follows its parent.
             sampled = parent_context is None or parent_context.trace_flags.sampled
@@ -282,7 +282,7 @@ class Telemetry:
             if decision.attributes:
                 attrs = {**(attrs or {}), **decision.attributes}
         flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
-        wire = (trace_id, self._ids.generate_span_id(), False, flags,
+        wire = (trace_id, _getrandbits(64) or 1, False, flags,
                 tuple(trace_state.items()) if trace_state else ())
         return LightSpan(name, kind, wire, wire_context(parent_context) if parent_context is not None else None,
                          start_ns or time.time_ns(), attrs, links or (), self._finished if sampled else None)
@@ -290,7 +290,7 @@ class Telemetry:
     def _child_of(self, current: LightSpan) -> WireContext:
         """A new span's context under `current`: same trace, flags and state, a new span id."""
         trace_id, _, _, flags, state = current.wire
-        return (trace_id, self._ids.generate_span_id(), False, flags, state)
+        return (trace_id, _getrandbits(64) or 1, False, flags, state)
 
     def _span(self, span: LightSpan) -> _Current:
         return _Current(self._current, span)
@@ -374,6 +374,12 @@ def _with_method(method: str, attrs: Attributes | None) -> dict[str, Any]:
         attrs.setdefault("mcp.method.name", method)
         return attrs
     return {"mcp.method.name": method, **(attrs or {})}
+
+
+def _trace_id() -> int:
+    """A random trace id, never the invalid 0 (the SDK's RandomIdGenerator, whose span ids are inlined above as
+    `getrandbits(64) or 1`: a call to its method for each of a call's five spans was ~1k instructions each)."""
+    return _getrandbits(128) or 1
 
 
 def api_span_ids() -> tuple[str | None, str | None]:
