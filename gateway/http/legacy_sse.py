@@ -83,13 +83,14 @@ class LegacySseEndpoint:
             started = time.time_ns()
             principal = await self._mcp._identify(request)
             identified = time.time_ns()
+            # The body before the session, as POST /mcp reads it: a refused session answers the request's own id.
+            message = jsonrpc.parse(await read_body(request, self._mcp.max_body_bytes, self._mcp.body_timeout_s),
+                                    max_depth=self._mcp.max_json_depth)
+            request_id = message.id if message.kind == "request" else None
             session_id = request.query.get("session_id", "")
             if not session_id:  # as POST /mcp without Mcp-Session-Id (and the SDK's own SSE server: 400)
                 raise GatewayError("session_required", "session_id query parameter required")
             session = self._mcp.sessions.get_legacy(session_id, principal)
-            message = jsonrpc.parse(await read_body(request, self._mcp.max_body_bytes, self._mcp.body_timeout_s),
-                                    max_depth=self._mcp.max_json_depth)
-            request_id = message.id if message.kind == "request" else None
             if message.kind != "request":
                 await self._mcp._accept_one_way(session, message)
             elif message.method == "initialize":

@@ -90,3 +90,29 @@ async def test_messages_without_a_session_id_is_session_required(env: tuple[Any,
             body = await resp.json()
     assert resp.status == 400 and body["error"]["data"]["reason"] == "session_required", body
     assert "session_id" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("query", ["?session_id=nope", ""])
+@pytest.mark.parametrize(("sent", "answered"), [(7, 7), ("r-1", "r-1"), (True, None), ({"x": 1}, None)])
+async def test_a_refused_session_answers_the_request_id(env: tuple[Any, FeatureState], query: str, sent: Any,
+                                                        answered: Any) -> None:
+    # As POST /mcp answers session_not_found / session_required: with the request's id when the body parses and
+    # its id is valid, never echoing an invalid one (on the old code: null, the session was looked up first).
+    gw, _ = env
+    message = {**call(1, "A"), "id": sent}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gw.url}/messages{query}", json=message, headers=JSON) as resp:
+            body = await resp.json()
+    expected = ("session_not_found", 404) if query else ("session_required", 400)
+    if answered is None:  # an invalid id is the message's own fault, and answered null
+        expected = ("invalid_request", 400)
+    assert (body["error"]["data"]["reason"], resp.status) == expected, body
+    assert "id" in body and body["id"] == answered, body
+
+
+async def test_a_refused_session_with_an_unreadable_body_answers_null(env: tuple[Any, FeatureState]) -> None:
+    gw, _ = env
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gw.url}/messages?session_id=nope", data=b'{"id": 3, ', headers=JSON) as resp:
+            body = await resp.json()
+    assert resp.status == 400 and body["error"]["data"]["reason"] == "parse_error" and body["id"] is None, body
