@@ -150,13 +150,8 @@ async def test_a_cursor_nesting_too_deep_is_invalid_params(start_gateway: Any, p
                                                            tmp_path: Path) -> None:
     # The aggregated view's cursor is base64 JSON the client hands back: nested past the parser's limit it
     # was internal_error (-32603) instead of the -32602 every other unknown cursor gets.
-    script = tmp_path / "deep_child.py"
-    script.write_text(DEEP_CHILD)
     async with aiohttp.ClientSession() as http:
-        gw = await start_gateway({"upstreams": [{"name": "d", "command": [sys.executable, str(script)]}],
-                                  "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
-        client = RawClient(http, gw.mcp)
-        await client.initialize()
+        client = await _deep_child_client(http, start_gateway, permissive_policies, tmp_path)
         for cursor in ["not-a-cursor", base64.urlsafe_b64encode(b"[" * 5000).decode()]:
             status, _, body = await client.post({"jsonrpc": "2.0", "id": 4, "method": "tools/list",
                                                  "params": {"cursor": cursor}})
@@ -172,16 +167,23 @@ async def test_a_request_nesting_past_the_parser_is_the_depth_refusal(
         start_gateway: Any, permissive_policies: Path, tmp_path: Path, raw: bytes) -> None:
     # configuration.md: JSON deeper than listen.max_json_depth is -32600. Past the depth Python's parser
     # reads (about 1,000) it was -32700 "body is not valid JSON" instead, though the body was valid JSON.
-    script = tmp_path / "deep_child.py"
-    script.write_text(DEEP_CHILD)
     async with aiohttp.ClientSession() as http:
-        gw = await start_gateway({"upstreams": [{"name": "d", "command": [sys.executable, str(script)]}],
-                                  "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
-        client = RawClient(http, gw.mcp)
-        await client.initialize()
+        client = await _deep_child_client(http, start_gateway, permissive_policies, tmp_path)
         for body in (b'{"jsonrpc":"2.0","id":7,"method":"ping","params":{"a":' + b"[" * 70 + b"]" * 70 + b"}}",
                      raw):
             status, _, answer = await client.post(raw=body)
             assert status == 400 and answer["error"]["code"] == -32600, answer
             assert reason(answer) == "invalid_request", answer
             assert answer["error"]["message"] == "Invalid request: JSON nested deeper than 64", answer
+
+
+async def _deep_child_client(http: aiohttp.ClientSession, start_gateway: Any, permissive_policies: Path,
+                             tmp_path: Path) -> RawClient:
+    """An initialized raw client of a gateway in front of the deep-JSON stdio child."""
+    script = tmp_path / "deep_child.py"
+    script.write_text(DEEP_CHILD)
+    gw = await start_gateway({"upstreams": [{"name": "d", "command": [sys.executable, str(script)]}],
+                              "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
+    client = RawClient(http, gw.mcp)
+    await client.initialize()
+    return client
