@@ -76,7 +76,7 @@ def test_cmd(args: argparse.Namespace) -> int:
         for result in results:
             total += 1
             if result.ok:
-                print(f"PASS {path.name}: {result.name}")
+                print(f"PASS {path}: {result.name}")  # the file as given, as a FAIL line names it
             else:
                 failed += 1
                 # file:line as a case problem names it, so an editor can jump to the case

@@ -279,4 +279,19 @@ def test_a_failing_case_names_the_line_it_starts_on(tmp_path: Path) -> None:
                          "    expect: allow\n")
     assert result.returncode == 1
     assert f"FAIL {tmp_path / 'cases.yaml'}:7: wrong: expected allow, got deny" in result.stdout, result.stdout
-    assert "PASS cases.yaml: fine" in result.stdout, result.stdout
+    # (on the old code the PASS line named only the file's name: `PASS cases.yaml: fine`)
+    assert f"PASS {tmp_path / 'cases.yaml'}: fine" in result.stdout, result.stdout
+
+
+def test_pass_lines_name_the_case_file_as_fail_lines_do(tmp_path: Path) -> None:
+    """Two cases.yaml in two directories: each PASS line names its own file, as given (the name alone told
+    them apart from nothing)."""
+    case = TOOLS + "cases:\n  - {name: fine, principal: {id: a}, tool: inventory/get_stock, expect: deny}\n"
+    for team in ("billing", "ops"):
+        (tmp_path / team).mkdir()
+        (tmp_path / team / "cases.yaml").write_text(case)
+    result = customs_main("test", str(tmp_path / "billing"), str(tmp_path / "ops" / "cases.yaml"),
+                          "--policies", str(SHIPPED), main=cli.main)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[:2] == [f"PASS {tmp_path / 'billing' / 'cases.yaml'}: fine",
+                                              f"PASS {tmp_path / 'ops' / 'cases.yaml'}: fine"], result.stdout
