@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from gateway.approvals.auth import ANONYMOUS_MODE
+from gateway.approvals.auth import ANONYMOUS_MODE, QUERY_TOKEN
 from gateway.config.model import pin_digest
 from gateway.errors import GatewayError
 from gateway.http.guards import timed_read
@@ -29,6 +29,9 @@ class ToolsAdmin:
         self._group = admin_group
 
     async def _admin(self, request: web.Request) -> str:
+        if "access_token" in request.query:  # as the approvals API refuses it (approvals/auth.py)
+            raise GatewayError("unauthenticated", QUERY_TOKEN,
+                               headers={"WWW-Authenticate": 'Bearer error="invalid_request"'})
         principal = await self._identifier.identify(request.headers, None)
         groups = principal.attributes.get("groups") or []
         if principal.anonymous or self._group not in groups:

@@ -33,6 +33,7 @@ ApproverCheck = Callable[[Principal, Approval], Decision]
 
 NO_CREDENTIALS = "sign in with a bearer token"
 WRONG_SCHEME = "use Authorization: Bearer <token>"
+QUERY_TOKEN = "tokens in the query string are not accepted; use Authorization: Bearer <token>"
 
 
 class Refused(Exception):
@@ -50,8 +51,17 @@ class Refused(Exception):
         for a token or session that did not verify."""
         if self.status != 401:
             return {}
+        if self.message == QUERY_TOKEN:  # a malformed request, as /mcp answers it (identity/metadata.py)
+            return {"WWW-Authenticate": 'Bearer error="invalid_request"'}
         invalid = self.message not in (NO_CREDENTIALS, WRONG_SCHEME)
         return {"WWW-Authenticate": 'Bearer error="invalid_token"' if invalid else "Bearer"}
+
+
+def refuse_query_token(request: web.Request) -> None:
+    """A token in the URL ends up in access logs and browser history (OAuth 2.1 §5.1.1 forbids it), so the APIs
+    refuse it, as /mcp does, even beside a valid Authorization header: the caller must stop sending it."""
+    if "access_token" in request.query:
+        raise Refused(401, "unauthenticated", QUERY_TOKEN)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from gateway.approvals.auth import (
     clear_session,
     cookies_withheld,
     csrf_token,
+    refuse_query_token,
     session_too_large,
     set_csrf_cookie,
     set_session,
@@ -87,6 +88,7 @@ def _guarded(handler: Handler) -> Handler:
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
+            refuse_query_token(request)
             return await handler(request)
         except Refused as exc:
             return _error(exc.status, exc.reason, exc.message, exc.headers)

@@ -255,3 +255,21 @@ async def test_a_body_nested_past_the_parsers_limit_is_a_bad_body_not_a_crash(we
             assert resp.status == 400
             assert (await resp.json())["error"]["reason"] == "invalid_body"
     assert (await web_kit.store.get(item.id)).pending
+
+
+async def test_a_token_in_the_query_string_is_refused_and_decides_nothing(web_kit: WebKit) -> None:
+    """A bearer token in the URL ends up in logs and browser history: refused 401 as /mcp refuses it, even beside
+    a valid Authorization header (it used to be ignored: the header alone decided)."""
+    item = await _item(web_kit)
+    token = web_kit.bearer("alice")["Authorization"].removeprefix("Bearer ")
+    requests = [("GET", "/api/approvals"), ("GET", f"/api/approvals/{item.id}"),
+                ("POST", f"/api/approvals/{item.id}/approve"), ("GET", "/api/approvals/events")]
+    for method, path in requests:
+        for headers in ({}, web_kit.bearer("alice")):
+            async with web_kit.http.request(method, f"{web_kit.url}{path}?access_token={token}", json={},
+                                            headers=headers) as resp:
+                body = await resp.json()
+                assert resp.status == 401 and body["error"]["reason"] == "unauthenticated", (path, body)
+                assert "query string" in body["error"]["message"]
+                assert resp.headers["WWW-Authenticate"] == 'Bearer error="invalid_request"'
+    assert (await web_kit.store.get(item.id)).pending

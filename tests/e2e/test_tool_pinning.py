@@ -323,3 +323,20 @@ async def test_every_pinning_record_is_a_documented_type_with_its_fields(env: En
     for record in records:
         assert record["type"] in documented, record
         assert {"upstream", "tool"} <= documented[record["type"]] <= set(record), record
+
+
+async def test_a_token_in_the_query_string_is_refused_and_pins_nothing(env: Env) -> None:
+    """A bearer token in the URL ends up in logs and browser history: refused 401 as /mcp refuses it, even beside
+    a valid Authorization header (it used to be ignored: the list was served and the tool re-approved)."""
+    assert "infra__deploy" in await env.names()
+    env.tools["deploy"] = tool("deploy", destructive=True)
+    assert "infra__deploy" not in await env.names()
+    token = env.token("carol", groups=["admins"])
+    async with aiohttp.ClientSession() as http:
+        for method, path in (("GET", "/api/tools"), ("POST", "/api/tools/infra/deploy/approve")):
+            for headers in ({}, {"Authorization": f"Bearer {token}"}):
+                async with http.request(method, f"{env.gw.url}{path}?access_token={token}", json={},
+                                        headers=headers) as resp:
+                    assert resp.status == 401 and (await resp.json())["error"]["reason"] == "unauthenticated"
+                    assert resp.headers["WWW-Authenticate"] == 'Bearer error="invalid_request"'
+    assert (await env.record("deploy"))["state"] == "quarantined"
