@@ -15,7 +15,10 @@ from pydantic import ValidationError
 from gateway.config.model import Config
 from gateway.config.rules import RULE_ERROR, document_rules
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_REF = r"\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}"
+# `$${` is a literal `${`, as in docker compose: the only way to write one (a password, a template) in a value.
+_ENV_REF = re.compile(r"\$\$\{|\$" + _REF)
+_SHIELDED = re.compile(r"\$?\$" + _REF)  # an escaped reference is hidden from YAML whole, as a real one
 
 
 class ConfigError(Exception):
@@ -79,6 +82,8 @@ def _substitute(node: Any, env: Mapping[str, str], path: str, problems: list[str
 def _substitute_text(text: str, env: Mapping[str, str], path: str, problems: list[str]) -> str:
     def repl(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
+        if name is None:  # `$${`
+            return "${"
         value = env.get(name)
         # As in a shell and docker compose, `:-` stands in for an unset *or empty* variable.
         if default is not None and not value:
@@ -250,7 +255,7 @@ def _shield_refs(text: str) -> tuple[str, dict[str, str]]:
         refs[token] = match.group(0)
         return token
 
-    return _ENV_REF.sub(hide, text), refs
+    return _SHIELDED.sub(hide, text), refs
 
 
 def _unshield(node: Any, refs: dict[str, str]) -> Any:
