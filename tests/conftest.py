@@ -31,10 +31,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                        for title, text in report.sections]
 
 
-def bound_socket() -> socket.socket:
+def bound_socket(port: int = 0) -> socket.socket:
+    """A TCP socket bound on 127.0.0.1 (`port` 0: a free one; a given port: a server restarted where it was)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     return sock
 
 

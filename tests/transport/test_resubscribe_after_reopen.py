@@ -16,6 +16,7 @@ import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from tests.conftest import bound_socket
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_http_server, run_sse_server
 from tests.transport.conftest import eventually
@@ -23,13 +24,6 @@ from tests.transport.watch_server import watch_server
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
 ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
-
-
-def socket_on(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    return sock
 
 
 def serve(kind: str, sock: socket.socket) -> Any:
@@ -45,7 +39,7 @@ async def touch(client: Any, uri: str) -> str:
 @pytest.mark.parametrize("kind", ["streamable_http", "sse"])
 async def test_subscriptions_are_held_again_after_the_upstream_came_back(
         start_gateway: Any, permissive_policies: Path, kind: str) -> None:
-    first = socket_on(0)
+    first = bound_socket(0)
     port = first.getsockname()[1]
     upstream = serve(kind, first)
     url = await upstream.__aenter__()
@@ -63,7 +57,7 @@ async def test_subscriptions_are_held_again_after_the_upstream_came_back(
             assert await touch(client, "watch://a") == "touched"
             await eventually(lambda: updates == ["watch://a"], within=10)
             await upstream.__aexit__(None, None, None)
-            upstream = serve(kind, socket_on(port))  # a new server: it knows no session, no subscription
+            upstream = serve(kind, bound_socket(port))  # a new server: it knows no session, no subscription
             await upstream.__aenter__()
             for _ in range(2):  # streamable HTTP: the first call meets the expired session (upstream_unavailable)
                 try:

@@ -8,7 +8,6 @@ and SDK client)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,13 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import ToolListChangedNotification
 
 from gateway.demo.servers import inventory_server
+from tests.conftest import bound_socket
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_sse_server
 from tests.transport.conftest import eventually
 
 pytestmark = pytest.mark.asyncio
 ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
-
-
-def socket_on(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    return sock
 
 
 def text_of(result: Any) -> str:
@@ -39,7 +32,7 @@ def text_of(result: Any) -> str:
 @pytest.mark.parametrize("path", ["", "/inventory"])
 async def test_the_next_call_after_an_sse_upstream_came_back_reopens_its_session(
         start_gateway: Any, permissive_policies: Path, path: str) -> None:
-    first = socket_on(0)
+    first = bound_socket(0)
     port = first.getsockname()[1]
     tool = "get_stock" if path else "inventory__get_stock"
     upstream = run_sse_server(inventory_server(), sock=first)
@@ -61,7 +54,7 @@ async def test_the_next_call_after_an_sse_upstream_came_back_reopens_its_session
             with pytest.raises(MCPError) as info:  # the upstream is down: an error at once, never a hang
                 await asyncio.wait_for(client.call_tool(tool, {"sku": "widget"}), 20)
             assert info.value.error.data["reason"] == "upstream_unavailable"
-            upstream = run_sse_server(inventory_server(), sock=socket_on(port))
+            upstream = run_sse_server(inventory_server(), sock=bound_socket(port))
             await upstream.__aenter__()
             # (on the old code: upstream_unavailable, "upstream SSE stream is closed", for the session's life)
             result = await asyncio.wait_for(client.call_tool(tool, {"sku": "gadget"}), 20)
