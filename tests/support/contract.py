@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.support.processes import stop
 from tests.support.servers import SeenRequest, run_aiohttp
 from tests.support.tokens import TestIssuer
 
@@ -206,12 +207,7 @@ async def serve_file(config: Path, env: dict[str, str]) -> AsyncIterator[subproc
         await until(listening, f"the gateway to listen:\n{log.read_text()}", within=30)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 async def lines(path: Path) -> list[str]:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.processes import stop
+
 REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -100,12 +102,7 @@ class RedisServer:
     def stop(self) -> None:
         """Terminate cleanly (SIGTERM)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            stop(self.proc)
         self.proc = None
 
     def restart(self) -> None:
