@@ -176,8 +176,9 @@ async def _bounded(request: web.Request, read: Callable[[], Awaitable[T]]) -> T:
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None:
-        if request.content_length > limit:
+    length = request.content_length  # (a property parsing the header: read once)
+    if length is not None:
+        if length > limit:
             raise GatewayError("body_too_large")
         # Content-Length framing bounds what aiohttp reads: one read, no per-chunk iteration. A compressed
         # body inflates past its Content-Length: aiohttp's own limit (client_max_size) refuses it then.

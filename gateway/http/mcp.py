@@ -102,7 +102,8 @@ class McpEndpoint:
         # Each /mcp/{upstream} is its own RFC 9728 protected resource (its token audience, its 401 metadata).
         path = "/mcp" if view is None else f"/mcp/{view}"
         reject_query_token(request.query, self.resource_url, path)
-        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        transport = request.transport
+        peer = transport.get_extra_info("peercert") if transport is not None else None
         return await self.identifier.identify(request.headers, peer, path)
 
     # -- POST --------------------------------------------------------------------------------------

@@ -121,9 +121,10 @@ async def read_json_body(response: aiohttp.ClientResponse, max_bytes: int = MAX_
 
     The cap is on the body as read: a compressed one (Content-Encoding) is inflated as it is read, so its
     Content-Length bounds nothing (a few kilobytes of gzip inflate to gigabytes) and it is counted chunk by chunk."""
-    if response.content_length is not None and response.content_length > max_bytes:
+    length = response.content_length  # (a property parsing the header: read once)
+    if length is not None and length > max_bytes:
         raise GatewayError("upstream_error", "upstream response too large")
-    if response.content_length is not None and response.headers.get("Content-Encoding", "identity") == "identity":
+    if length is not None and response.headers.get("Content-Encoding", "identity") == "identity":
         return parse_json(await response.read())  # Content-Length bounds the read: no chunk loop
     body = bytearray()
     async for chunk in response.content.iter_any():

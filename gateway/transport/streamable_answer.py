@@ -47,11 +47,12 @@ async def read_answer(session: AnswerSession, response: aiohttp.ClientResponse, 
     session.upstream.check_status(response)
     if response.status == 404:  # tested here: the usual answer pays for no coroutine
         await session.check_expired(response)
-    if response.status == 200 and response.content_type == "text/event-stream":
+    content_type = response.content_type  # (a property parsing the header: read once)
+    if response.status == 200 and content_type == "text/event-stream":
         return await _read_stream(session, response, upstream_id, handler, credential, refresh)
-    if response.content_type != "application/json":
+    if content_type != "application/json":
         raise GatewayError("upstream_error", f"unexpected upstream answer (HTTP {response.status}, "
-                           f"{response.content_type})", data={"status": response.status})
+                           f"{content_type})", data={"status": response.status})
     answer = await read_json_body(response)
     if response.status != 200:
         # A JSON-RPC error explaining the rejection is passed through; anything else is invalid.
