@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from gateway.approvals import redis_scripts as lua
 from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
-from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, emit, notify_listeners
+from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, emit, notify_listeners, run_to_end
 from gateway.errors import GatewayError
 
 log = logging.getLogger("customs.approvals.redis")
@@ -347,12 +347,16 @@ class RedisApprovalStore:
     @asynccontextmanager
     async def hold(self, approval_id: str) -> AsyncIterator[None]:
         await self.heartbeat()
-        await self._script("HOLD", approval_id, self.holder, 1)
+        # Counted and released to the end whatever cancels the caller: a count left behind would keep the item
+        # from being withdrawn (store.run_to_end).
+        taken = asyncio.ensure_future(self._script("HOLD", approval_id, self.holder, 1))
         try:
+            await run_to_end(taken)
             yield
         finally:
-            with contextlib.suppress(GatewayError):
-                await asyncio.shield(self._script("HOLD", approval_id, self.holder, -1))
+            if taken.done() and not taken.cancelled() and taken.exception() is None:
+                with contextlib.suppress(GatewayError):
+                    await run_to_end(self._script("HOLD", approval_id, self.holder, -1))
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from gateway.approvals.model import TERMINAL, Approval, ApprovalNotFound, binding_key, new_id
-from gateway.approvals.store import ApprovalStore
+from gateway.approvals.store import ApprovalStore, run_to_end
 from gateway.config.model import ApprovalsConfig
 from gateway.context import ApprovalState, CallContext, Principal
 from gateway.errors import GatewayError
@@ -220,7 +220,7 @@ class ApproveStage:
                 return await self._wait_loop(ctx, item, cancelled)
         except _GoneAway as exc:
             with contextlib.suppress(ApprovalNotFound):  # an item the store lost has nothing left to withdraw
-                await self._store.withdraw(item.id, actor=ctx.principal.id)
+                await run_to_end(self._store.withdraw(item.id, actor=ctx.principal.id))
             raise GatewayError("approval_cancelled", data={"approval_id": item.id}) from exc.__cause__
         except ApprovalNotFound as exc:
             # The store lost the item while the call was held (Redis restarted without persistence): there is
@@ -233,7 +233,7 @@ class ApproveStage:
             # a shutdown's cancellation leaves the item pending for the agent's retry
             if not self._released.is_set():
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._store.withdraw(item.id, actor=ctx.principal.id))
+                    await run_to_end(self._store.withdraw(item.id, actor=ctx.principal.id))
             raise
 
     async def _wait_loop(self, ctx: CallContext, item: Approval, cancelled: asyncio.Event) -> Approval:

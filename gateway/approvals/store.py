@@ -7,11 +7,12 @@ succeeds at most once per item across all replicas sharing the store.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from gateway.approvals.model import Approval
 
@@ -22,6 +23,7 @@ Listener = Callable[[str], None]
 # How far back a listing with a state filter looks: the newest LIST_WINDOW items of any state (both stores
 # alike); `pending` alone looks through every pending call. Unfiltered, a listing is the newest `limit` items.
 LIST_WINDOW = 1000
+T = TypeVar("T")
 
 
 class ApprovalStore(Protocol):
@@ -122,3 +124,22 @@ def notify_listeners(listeners: Sequence[Listener], approval_id: str) -> None:
             listener(approval_id)
         except Exception:
             log.exception("approval listener failed")
+
+
+async def run_to_end(step: Awaitable[T]) -> T:
+    """Await `step` to its end even if the caller is cancelled meanwhile (then re-raise the cancellation).
+
+    For a hold's count and a withdrawal: Redis may have run a script whose reply a cancellation cut off, and a
+    hold counted but never released keeps its item pending after the client went away. `asyncio.shield`
+    alone returns at the cancellation, leaving the step racing whatever the caller does next.
+    """
+    task = asyncio.ensure_future(step)
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError
+    return task.result()

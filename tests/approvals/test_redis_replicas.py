@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import textwrap
@@ -230,3 +231,45 @@ async def test_an_approval_shortens_its_binding_link_to_the_use_window(replicas,
     assert await a._client.pttl(link) > 3600_000  # pending: as long as the item may be kept
     await a.decide(item.id, "alice", "approved", None)
     assert 0 < await a._client.pttl(link) <= 1000
+
+
+class _Paused:
+    """Holds back the answer of the store's HOLD script once Redis has run it: a cancellation then lands
+    while the reply is on its way, as when a client goes away at that moment."""
+
+    def __init__(self, store: RedisApprovalStore, step: int) -> None:
+        self.reached, self.go = asyncio.Event(), asyncio.Event()
+        self._run, self._step, self._seen = store._script, step, 0
+
+        async def script(name: str, *args: object) -> object:
+            result = await self._run(name, *args)
+            if name == "HOLD" and args[-1] == self._step:
+                self.reached.set()
+                await self.go.wait()
+            return result
+        store._script = script  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("step", [1, -1], ids=["taking", "releasing"])
+async def test_a_hold_cancelled_while_redis_answers_is_still_released(replicas, clock: Clock, step: int) -> None:  # type: ignore[no-untyped-def]
+    _, a, b = replicas
+    item, _ = await a.create_or_join(draft(clock), link_s=1800)
+    paused, entered = _Paused(a, step), asyncio.Event()
+
+    async def holder() -> None:
+        async with a.hold(item.id):
+            entered.set()
+            await asyncio.Event().wait() if step == 1 else None
+
+    task = asyncio.create_task(holder())
+    await asyncio.wait_for(paused.reached.wait(), 10)
+    task.cancel()
+    await asyncio.sleep(0)  # the cancellation is delivered before Redis's answer is let through
+    task.cancel()  # twice: aiohttp, then the session's end, may both cancel a gone client's call
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.done()  # the call ends once its hold is counted and released, not before
+    paused.go.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert (await b.withdraw(item.id, actor="agent-1")).state == "cancelled"  # no hold was left behind
