@@ -112,6 +112,9 @@ def credential_routes(keys: SigningKeys, introspector: Introspector, issuer: str
         except GatewayError as exc:  # a trickled body (body_timeout): OAuth's error shape, status 408
             return web.json_response({"error": "invalid_request", "error_description": exc.message},
                                      status=exc.http_status)
+        except (UnicodeDecodeError, LookupError):  # bytes no text in the body's charset, or an unknown charset
+            return web.json_response({"error": "invalid_request",
+                                      "error_description": "the form body is not text in its charset"}, status=400)
         tokens = form.getall("token", [])
         if len(tokens) != 1 or not isinstance(tokens[0], str) or not tokens[0]:
             # RFC 6749 §3.1: a parameter given twice is an invalid request, not "the first one wins".

@@ -96,6 +96,17 @@ async def test_a_token_given_twice_is_invalid_request(served) -> None:
         assert resp.status == 400 and (await resp.json())["error"] == "invalid_request"
 
 
+async def test_a_body_that_is_no_text_in_its_charset_is_invalid_request(served) -> None:
+    """A form body aiohttp cannot decode (bytes that are no UTF-8, or a charset it does not know) escaped the
+    handler: a text/plain 500, logged at ERROR. It is the caller's bad request: 400 invalid_request."""
+    form = "application/x-www-form-urlencoded"
+    for body, content_type in ((b"token=\xff\xfe", form), (b"token=abc", f"{form}; charset=no-such-charset")):
+        async with aiohttp.ClientSession() as http, http.post(
+                f"{served.url}/oauth/introspect", data=body, headers={"Content-Type": content_type}) as resp:
+            assert resp.status == 400, content_type
+            assert (await resp.json())["error"] == "invalid_request"
+
+
 async def test_a_restarted_gateway_with_the_memory_store_vouches_only_for_its_own_tokens(tmp_path, clock,
                                                                                        serve_credentials) -> None:
     """The in-memory store (the default) loses its records with the process: a token the stopped gateway had
