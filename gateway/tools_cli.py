@@ -12,7 +12,16 @@ import os
 from typing import Any
 from urllib.parse import quote
 
-from gateway.approvals.cli import DEFAULT_URL, guard, nonempty, request_json, seconds, shown
+from gateway.approvals.cli import (
+    DEFAULT_URL,
+    expect_keys,
+    guard,
+    nonempty,
+    reading_answer,
+    request_json,
+    seconds,
+    shown,
+)
 
 TOOLS_HINTS = {
     401: "the gateway did not accept your token: pass --token or set CUSTOMS_TOKEN to a valid administrator token",
@@ -23,15 +32,20 @@ TOOLS_HINTS = {
 
 def _run(args: argparse.Namespace) -> int:
     if args.tools_command == "list":
-        items = request_json(args, "GET", "/api/tools", hints=TOOLS_HINTS, who="an administrator")["items"]
-        for item in items:
+        answer = request_json(args, "GET", "/api/tools", hints=TOOLS_HINTS, who="an administrator")
+        with reading_answer(args):
             # Tool names and reasons come from upstreams: shown() keeps their control characters off the terminal.
-            print(f"{shown(item['upstream'])}/{shown(item['tool'])}\t{shown(item.get('state'))}\t"
-                  f"{shown(item.get('hash'))}" + (f"\t{shown(item.get('reason'))}" if item.get("reason") else ""))
+            rows = [f"{shown(item['upstream'])}/{shown(item['tool'])}\t{shown(item.get('state'))}\t"
+                    f"{shown(item.get('hash'))}" + (f"\t{shown(item.get('reason'))}" if item.get("reason") else "")
+                    for item in expect_keys(answer, "items")["items"]]
+        for row in rows:
+            print(row)
         return 0
     path = f"/api/tools/{quote(args.upstream, safe='')}/{quote(args.tool, safe='')}/approve"
     pinned = request_json(args, "POST", path, {"hash": args.hash} if args.hash else {}, hints=TOOLS_HINTS,
                           who="an administrator")
+    with reading_answer(args):  # the pin the gateway made: another service's JSON is no success
+        expect_keys(pinned, "upstream", "tool", "hash")
     print(json.dumps(pinned, indent=2))
     return 0
 

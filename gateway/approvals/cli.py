@@ -7,11 +7,14 @@ Exit codes: 0 done, 1 refused (401/403/404/409), 2 usage, 3 gateway unreachable 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import re
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -40,12 +43,14 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
     """
     # Here, not at the top: urllib.request brings http.client, email and ssl, and every `customs` command
     # (version, --help, policy ...) imports this module to build its parser.
+    import http.client
     import urllib.error
     import urllib.request
 
     token = args.token or os.environ.get("CUSTOMS_TOKEN")
     if not token:
         raise CliError(f"no token: pass --token or set CUSTOMS_TOKEN ({who}'s bearer token)", 2)
+    _check_token(token)
     _check_url(args.url)
     url = args.url.rstrip("/") + path
     data = json.dumps(body).encode() if body is not None else None
@@ -61,7 +66,7 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
     except urllib.error.HTTPError as exc:
         try:
             error = json.loads(exc.read()).get("error", {})
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, OSError, http.client.HTTPException):
             error = {}
         if not isinstance(error, dict):  # another service's error shape ({"error": "not found"})
             error = {}
@@ -81,6 +86,45 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
         reason = getattr(exc, "reason", exc)
         raise CliError(f"cannot reach the gateway at {args.url}: {reason}\n  hint: is `customs serve` running? "
                        "use --url to point at it", 3) from None
+    except http.client.HTTPException as exc:  # a status line that is no HTTP's, an answer cut off before its end
+        raise CliError(f"{method} {url}: the answer is not HTTP, or was cut off ({type(exc).__name__}); "
+                       "is --url a Customs gateway?", 3) from None
+
+
+@contextlib.contextmanager
+def reading_answer(args: argparse.Namespace) -> Iterator[None]:
+    """Around what a command reads of a gateway's JSON answer: JSON of another shape (another service at --url)
+    is a CliError, exit 3, not a KeyError traceback, nor a success."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise CliError(f"{args.url}: the answer is JSON, but not what a Customs gateway sends "
+                       f"({type(exc).__name__}: {exc}); is --url a Customs gateway?", 3) from None
+
+
+def expect_keys(answer: Any, *keys: str) -> dict[str, Any]:
+    """`answer` as a JSON object holding `keys` (inside `reading_answer`: KeyError, TypeError otherwise)."""
+    if not isinstance(answer, dict):
+        raise TypeError(f"a JSON {type(answer).__name__}, not an object")
+    for key in keys:
+        answer[key]  # a KeyError names the key that is missing
+    return answer
+
+
+# RFC 6750 §2.1: what an Authorization: Bearer value may hold (JWTs and opaque tokens alike).
+_BEARER = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def _check_token(token: str) -> None:
+    """The token as a header can carry it: http.client refused a line break (a token file written on Windows
+    leaves `\\r` in `$(cat token.txt)`) or a character outside Latin-1 with a traceback. The token is a secret:
+    only the character at fault is named."""
+    if _BEARER.fullmatch(token):
+        return
+    at = next((i for i, c in enumerate(token) if not _BEARER.fullmatch(c)), len(token) - 1)
+    raise CliError(f"--token (or CUSTOMS_TOKEN) is not a bearer token: it holds {token[at]!r} at position {at + 1} "
+                   "(a bearer token is letters, digits and -._~+/ only, then any '='; was a line break or a space "
+                   "copied with it?)", 2)
 
 
 def _check_url(url: str) -> None:
@@ -146,57 +190,62 @@ def _votes(item: dict[str, Any]) -> str:
     return f"approvals:   {len(approvers)} of {quorum}" + (f" ({', '.join(approvers)})" if approvers else "") + "\n"
 
 
-def _print_item(item: dict[str, Any]) -> None:
+def _item_text(item: dict[str, Any]) -> str:
     chain = " → ".join(shown(c) for c in item.get("chain") or []) or "—"
     decided_by = item.get("decided_by")
     decided = ", ".join(map(shown, decided_by)) if isinstance(decided_by, list) else shown(decided_by or "—")
-    print(f"id:          {shown(item['id'])}\nstate:       {shown(item['state'])}\n"
-          f"tool:        {shown(item['upstream'])}/{shown(item['tool'])}{_what(item)}\n"
-          f"agent:       {shown(item['principal'])}\nchain:       {chain}\n"
-          f"tenant:      {shown(item.get('tenant') or '—')}\n"
-          f"policies:    {', '.join(shown(p) for p in item.get('policies') or []) or '—'}\n"
-          f"created:     {_age(item['created_at'])} ago\n"
-          f"{_fate(item)}\n{_votes(item)}"
-          f"decided by:  {decided}\ncomment:     {shown(item.get('comment') or '—')}\n"
-          f"args_digest: {shown(item['args_digest'])}\narguments:\n{json.dumps(item.get('args'), indent=2)}")
+    return (f"id:          {shown(item['id'])}\nstate:       {shown(item['state'])}\n"
+            f"tool:        {shown(item['upstream'])}/{shown(item['tool'])}{_what(item)}\n"
+            f"agent:       {shown(item['principal'])}\nchain:       {chain}\n"
+            f"tenant:      {shown(item.get('tenant') or '—')}\n"
+            f"policies:    {', '.join(shown(p) for p in item.get('policies') or []) or '—'}\n"
+            f"created:     {_age(item['created_at'])} ago\n"
+            f"{_fate(item)}\n{_votes(item)}"
+            f"decided by:  {decided}\ncomment:     {shown(item.get('comment') or '—')}\n"
+            f"args_digest: {shown(item['args_digest'])}\narguments:\n{json.dumps(item.get('args'), indent=2)}")
 
 
 def list_command(args: argparse.Namespace) -> int:
     query = {"limit": str(args.limit)}
     if args.state != "all":
         query["state"] = args.state
-    items = request_json(args, "GET", "/api/approvals?" + urlencode(query))["items"]
-    if args.json:
-        print(json.dumps(items, indent=2))
-        return 0
-    if not items:
-        states = "" if args.state == "all" else " or ".join(args.state.split(",")) + " "
-        print(f"no {states}approvals")
-        return 0
+    answer = request_json(args, "GET", "/api/approvals?" + urlencode(query))
+    with reading_answer(args):
+        items = expect_keys(answer, "items")["items"]
+        if args.json:
+            print(json.dumps(items, indent=2))
+            return 0
+        if not items:
+            states = "" if args.state == "all" else " or ".join(args.state.split(",")) + " "
+            print(f"no {states}approvals")
+            return 0
+        rows = [f"{shown(item['id']):38} {shown(item['state']):9} {_age(item['created_at']):>5}  "
+                f"{shown(item['upstream'] + '/' + item['tool']) + _what(item):28} {shown(item['principal'])}"
+                for item in items]
     print(f"{'ID':38} {'STATE':9} {'AGE':>5}  {'TOOL':28} AGENT")
-    for item in items:
-        print(f"{shown(item['id']):38} {shown(item['state']):9} {_age(item['created_at']):>5}  "
-              f"{shown(item['upstream'] + '/' + item['tool']) + _what(item):28} {shown(item['principal'])}")
+    print("\n".join(rows))
     return 0
 
 
 def show_command(args: argparse.Namespace) -> int:
     item = request_json(args, "GET", f"/api/approvals/{quote(args.id, safe='')}")
-    if args.json:
-        print(json.dumps(item, indent=2))
-    else:
-        _print_item(item)
+    with reading_answer(args):
+        expect_keys(item, "id", "state")
+        print(json.dumps(item, indent=2) if args.json else _item_text(item))
     return 0
 
 
 def _decide(args: argparse.Namespace, action: str) -> int:
     item = request_json(args, "POST", f"/api/approvals/{quote(args.id, safe='')}/{action}", {"comment": args.comment})
-    if args.json:
-        print(json.dumps(item, indent=2))
-    elif item["state"] == "pending":
-        print(f"{shown(item['id'])}: vote recorded; waiting for more approvals (quorum {shown(item.get('quorum'))})")
-    else:  # decided_by names every approver of a quorum, as their tokens spell them
-        print(f"{shown(item['id'])}: {shown(item['state'])} by {shown(item.get('decided_by'))}")
+    with reading_answer(args):
+        expect_keys(item, "id", "state")
+        if args.json:
+            print(json.dumps(item, indent=2))
+        elif item["state"] == "pending":
+            quorum = shown(item.get("quorum"))
+            print(f"{shown(item['id'])}: vote recorded; waiting for more approvals (quorum {quorum})")
+        else:  # decided_by names every approver of a quorum, as their tokens spell them
+            print(f"{shown(item['id'])}: {shown(item['state'])} by {shown(item.get('decided_by'))}")
     return 0
 
 
