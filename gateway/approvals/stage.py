@@ -152,7 +152,7 @@ class ApproveStage:
         item: Approval | None = None
         try:
             for _ in range(3):  # a lost claim race means the approval was used: the call needs a new one
-                item, created = await self._store.create_or_join(self.draft(ctx), link_s=2 * self._config.ttl_s)
+                item, created = await self._create_or_join(ctx)
                 ctx.extra["approval_id"] = item.id
                 if created and self._notifier is not None:
                     self._notifier.notify(item)
@@ -163,7 +163,7 @@ class ApproveStage:
                         with contextlib.suppress(Exception):
                             await self._store.forget(item.id)
                 if item.claimable:
-                    if await self._store.claim_execution(item.id):
+                    if await self._claim(item):
                         ctx.approval = ApprovalState(item.id, outcome, item.decided_by, item.comment,
                                                      self._clock() - started, _held_span(item))
                         ctx.extra[APPROVAL_SETTLE] = self.settle  # a bound method: no cycle through ctx
@@ -178,6 +178,31 @@ class ApproveStage:
             reason = exc.reason if isinstance(exc, GatewayError) else "approval_cancelled"
             if item is not None and reason in _UNRELEASED:
                 ctx.approval = _unreleased(item, reason, self._clock() - started)
+            raise
+
+    async def _create_or_join(self, ctx: CallContext) -> tuple[Approval, bool]:
+        """The call's item, run to its end (store.run_to_end): Redis may have created it when a cancellation cut
+        the reply off. Such an item is withdrawn (also on shutdown: the agent never learnt its id, and its retry
+        asks anew), since nobody waits on it and no approver was notified: a retry joining it would notify nobody."""
+        step = asyncio.ensure_future(self._store.create_or_join(self.draft(ctx), link_s=2 * self._config.ttl_s))
+        try:
+            return await run_to_end(step)
+        except asyncio.CancelledError:
+            if not step.cancelled() and step.exception() is None and step.result()[1]:
+                with contextlib.suppress(Exception):
+                    await run_to_end(self._store.withdraw(step.result()[0].id, actor=ctx.principal.id))
+            raise
+
+    async def _claim(self, item: Approval) -> bool:
+        """Claim the approved call, run to its end: a claim whose reply a cancellation cut off is settled as
+        `not_executed: cancelled` (the call never reached the forward), not left reading `executed`."""
+        step = asyncio.ensure_future(self._store.claim_execution(item.id))
+        try:
+            return await run_to_end(step)
+        except asyncio.CancelledError:
+            if not step.cancelled() and step.exception() is None and step.result():
+                with contextlib.suppress(Exception):
+                    await run_to_end(self._store.settle(item.id, "cancelled"))
             raise
 
     async def settle(self, ctx: CallContext) -> None:

@@ -335,8 +335,9 @@ async def test_two_identical_held_calls_one_approval_runs_one_the_other_is_held_
     await done.pop()
     ran, other = (first, second) if held[0].done() else (second, first)
     assert ran.approval is not None and ran.approval.id == item.id
-    anew = await _pending(a)  # the other one still waits, on a new item
-    assert anew.id != item.id and other.extra["approval_id"] == anew.id and not waiting.pop().done()
+    anew = await _pending(a)  # the other one still waits, on a new item (it learns the id once the store answers)
+    await eventually(_true_when(lambda: other.extra["approval_id"] == anew.id))
+    assert anew.id != item.id and not waiting.pop().done()
     other.cancelled.set()
     with pytest.raises(GatewayError):
         await asyncio.wait_for(asyncio.gather(*held), 10)

@@ -1,0 +1,104 @@
+"""A held call's client going away while a Redis step of the approve stage is in flight: Redis ran the script,
+its reply was cut off by the cancellation. What the script did must not be left half-done."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gateway.approvals.model import Approval
+from gateway.approvals.redis import RedisApprovalStore
+from gateway.approvals.stage import ApproveStage
+from gateway.config.model import ApprovalsConfig
+from gateway.errors import GatewayError
+from tests.approvals.conftest import Clock, Sink, call_context
+from tests.support.redis import RedisServer
+
+
+@pytest.fixture
+async def replicas(redis_factory: Callable[..., RedisServer], clock: Clock):  # type: ignore[no-untyped-def]
+    server = redis_factory(appendonly=True)
+    events: list[dict[str, Any]] = []
+    stores = [RedisApprovalStore.from_url(server.url, "t:", clock=clock, heartbeat_s=0.2, on_event=events.append)
+              for _ in range(2)]
+    for store in stores:
+        await store.start()
+    yield stores[0], stores[1], events
+    for store in stores:
+        await store.close()
+
+
+class Notified:
+    def __init__(self) -> None:
+        self.items: list[Approval] = []
+
+    def notify(self, approval: Approval) -> None:
+        self.items.append(approval)
+
+
+class _Paused:
+    """Holds back the reply of one of the store's scripts once Redis has run it, the first time it runs."""
+
+    def __init__(self, store: RedisApprovalStore, name: str) -> None:
+        self.reached, self.go = asyncio.Event(), asyncio.Event()
+        run = store._script
+
+        async def script(script_name: str, *args: object) -> object:
+            result = await run(script_name, *args)
+            if script_name == name and not self.reached.is_set():
+                self.reached.set()
+                await self.go.wait()
+            return result
+        store._script = script  # type: ignore[method-assign]
+
+
+async def _cut_off(task: asyncio.Task[Any], paused: _Paused) -> None:
+    """Cancel `task` while its script's reply is held back (twice, as aiohttp and the session's end may), then let
+    the reply through and wait for the task to end."""
+    await asyncio.wait_for(paused.reached.wait(), 10)
+    task.cancel()
+    await asyncio.sleep(0)  # the cancellation is delivered before Redis's answer is let through
+    task.cancel()
+    paused.go.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert task.cancelled()
+
+
+async def test_a_call_cancelled_while_its_item_is_created_withdraws_it(replicas) -> None:  # type: ignore[no-untyped-def]
+    """The item was created but the request never learned of it: nobody waits on it and the approvers were not
+    notified. It used to stay pending, so the agent's retry joined it (a join notifies nobody) and waited until it
+    expired without any approver being told."""
+    a, b, _ = replicas
+    notified = Notified()
+    stage = ApproveStage(a, ApprovalsConfig(keepalive_s=0.2), notifier=notified)
+    paused = _Paused(a, "CREATE_OR_JOIN")
+    await _cut_off(asyncio.create_task(stage(call_context(notify=Sink()))), paused)
+    assert await b.list(["pending"]) == []
+    [gone] = await b.list(["cancelled"])
+    with pytest.raises(GatewayError) as retry:  # the retry (a client that cannot wait) asks the approvers anew
+        await stage(call_context())
+    assert retry.value.reason == "approval_pending" and retry.value.data["approval_id"] != gone.id
+    assert [i.id for i in notified.items] == [retry.value.data["approval_id"]]
+
+
+async def test_a_call_cancelled_while_its_approval_is_claimed_is_recorded_not_executed(  # type: ignore[no-untyped-def]
+        replicas) -> None:
+    """The claim went through but the call never reached the forward: the item used to read `executed: true` with
+    no `executed` or `not_executed` record, as if the call may have run."""
+    a, b, events = replicas
+    stage = ApproveStage(a, ApprovalsConfig())
+    with pytest.raises(GatewayError) as held:  # a client that cannot wait: told the id, it retries
+        await stage(call_context())
+    approval_id = held.value.data["approval_id"]
+    await b.decide(approval_id, "alice", "approved", None)
+    paused = _Paused(a, "CLAIM")
+    await _cut_off(asyncio.create_task(stage(call_context())), paused)
+    settled = await b.get(approval_id)
+    assert settled.executed and settled.not_executed == "cancelled" and not settled.to_json()["executed"]
+    assert [e["detail"] for e in events if e["transition"] == "not_executed"] == ["cancelled"]
+    assert not await b.claim_execution(approval_id)  # the approval is used all the same
