@@ -123,23 +123,48 @@ def signer_needed(config: Config) -> bool:
     return any(signer_needed_by(u) for u in config.upstreams)
 
 
-def read_key(path: Path, *, tighten: bool = True) -> SigningKey | None:
-    """One key file, or None (logged) when it is unreadable or not Ed25519/P-256. `tighten`: chmod 0600."""
-    if tighten:
-        _tighten(path)
+class UnusableKey(Exception):
+    """A key file that cannot sign; the message says why in words an operator can act on."""
+
+
+def _unusable(data: bytes, exc: Exception) -> UnusableKey:
+    # The exception's class name alone ("TypeError") told an operator nothing about the file they had put there.
+    if isinstance(exc, TypeError):
+        return UnusableKey("encrypted with a password: store it unencrypted (PKCS#8, no password)")
+    if b"PUBLIC KEY-----" in data or b"CERTIFICATE-----" in data:
+        return UnusableKey("a public key or certificate, not the private key")
+    return UnusableKey("not a PEM private key")
+
+
+def _load_key(path: Path) -> SigningKey:
+    """One key file as a SigningKey; raises UnusableKey."""
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        log.warning("ignoring signing key file %s: %s", path.name, type(exc).__name__)
-        return None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UnusableKey(f"cannot read it ({exc.strerror or type(exc).__name__})") from exc
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise _unusable(data, exc) from exc
     algorithm = _algorithm_of(key)
     if algorithm is None:
-        log.warning("ignoring signing key file %s: not Ed25519 or P-256", path.name)
-        return None
+        raise UnusableKey("not Ed25519 or P-256")
     assert isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey)
     match = _GENERATED.match(path.name)
     created = int(match.group(1)) / 1000 if match else path.stat().st_mtime
     return SigningKey(thumbprint(key), algorithm, key, created, path)
+
+
+def read_key(path: Path, *, tighten: bool = True) -> SigningKey | None:
+    """One key file, or None (logged, with the reason) when it is unreadable or not Ed25519/P-256.
+    `tighten`: chmod 0600."""
+    if tighten:
+        _tighten(path)
+    try:
+        return _load_key(path)
+    except UnusableKey as exc:
+        log.warning("ignoring signing key file %s: %s", path.name, exc)
+        return None
 
 
 def _tighten(path: Path) -> None:
@@ -175,9 +200,21 @@ def missing_key_problems(config: Config) -> list[str]:
         return [] if problem is None else [problem]
     if any(k.algorithm == signing.algorithm for k in read_keys(signing.key_dir, tighten=False)):
         return []
-    return [f"signing.key_dir: {signing.key_dir}: no {signing.algorithm} signing key (a PKCS#8 PEM file); "
+    return [f"signing.key_dir: {signing.key_dir}: no {signing.algorithm} signing key (a PKCS#8 PEM file)"
+            f"{_ignored(signing.key_dir)}; "
             f"keys are generated only in dev environments and environment is {config.environment!r}: "
             "put a key there or set signing.generate: true"]
+
+
+def _ignored(key_dir: Path) -> str:
+    """The key files found but not usable, with why: the operator did put a key there, just not one that works."""
+    reasons = []
+    for path in sorted(key_dir.glob("*.pem")):
+        try:
+            _load_key(path)
+        except UnusableKey as exc:
+            reasons.append(f"{path.name}: {exc}")
+    return f" (unusable: {'; '.join(reasons)})" if reasons else ""
 
 
 class SigningKeys:

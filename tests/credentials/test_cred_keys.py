@@ -202,3 +202,25 @@ async def test_close_right_after_a_rotation_or_reload_returns(tmp_path, clock) -
         closing = asyncio.create_task(service.close())
         done, _ = await asyncio.wait({closing}, timeout=10)  # a deadline: not wait_for, close may swallow its cancel
         assert closing in done, f"close() hung after a {change}"
+
+
+def test_an_unusable_key_file_is_named_with_the_reason(tmp_path, caplog) -> None:
+    """An operator's key that cannot sign was reported as `ignoring signing key file key.pem: TypeError` (or
+    ValueError), and config check then said there was no key at all ("put a key there"): the key put there,
+    encrypted or the public half, was not named. The warning and the problem now say what is wrong with each."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    key_dir = tmp_path / "keys"
+    key_dir.mkdir()
+    (key_dir / "enc.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.BestAvailableEncryption(b"secret")))
+    (key_dir / "pub.pem").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+    (key_dir / "garbage.pem").write_text("not a key")
+    with caplog.at_level("WARNING", logger="customs.credentials.keys"):
+        (problem,) = missing_key_problems(minted_config(tmp_path))
+    reasons = {"enc.pem": "encrypted with a password", "pub.pem": "a public key or certificate, not the private key",
+               "garbage.pem": "not a PEM private key"}
+    for name, reason in reasons.items():
+        assert f"{name}: {reason}" in problem, problem
+        assert any(r.getMessage().startswith(f"ignoring signing key file {name}: {reason}") for r in caplog.records)
+    assert problem.startswith(f"signing.key_dir: {key_dir}: no EdDSA signing key")
