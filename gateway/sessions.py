@@ -289,6 +289,11 @@ class SessionManager:
                                        trace_context=trace)
                 connected = await self._upstreams[upstream].connect(params, handler, headers,
                                                                     credentials=credentials)
+            if session.closed:
+                # Ended while connecting (a legacy SSE client left during its initialize): `end` closed the
+                # upstreams it knew of, not this one, which would stay open (a stdio view attached) for good.
+                await connected.close()
+                raise GatewayError("session_not_found")
             session.upstreams[upstream] = connected
             return connected
 
