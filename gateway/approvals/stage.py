@@ -217,7 +217,9 @@ class ApproveStage:
         else:
             why = "cancelled" if isinstance(ctx.error, asyncio.CancelledError) else "not_forwarded"
         try:
-            await self._store.settle(ctx.approval.id, why)
+            # To its end: this runs in the pipeline's `finally`, where a second cancellation (the session's end
+            # after the client's) would otherwise cut the record off with the store's reply.
+            await run_to_end(self._store.settle(ctx.approval.id, why))
         except Exception:  # the answer stands; the item keeps saying `executed` (it may have)
             log.warning("could not record whether approved call %s ran", ctx.approval.id, exc_info=True)
 

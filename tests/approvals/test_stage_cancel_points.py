@@ -41,19 +41,33 @@ class Notified:
 
 
 class _Paused:
-    """Holds back the reply of one of the store's scripts once Redis has run it, the first time it runs."""
+    """Holds back the reply of one of the store's scripts once Redis has run it, the first time it runs (or of
+    the first `hgetall` of its client)."""
 
     def __init__(self, store: RedisApprovalStore, name: str) -> None:
         self.reached, self.go = asyncio.Event(), asyncio.Event()
+        if name == "hgetall":
+            read = store._client.hgetall
+
+            async def hgetall(*args: object) -> object:
+                result = await read(*args)
+                await self._hold_back()
+                return result
+            store._client.hgetall = hgetall
+            return
         run = store._script
 
         async def script(script_name: str, *args: object) -> object:
             result = await run(script_name, *args)
-            if script_name == name and not self.reached.is_set():
-                self.reached.set()
-                await self.go.wait()
+            if script_name == name:
+                await self._hold_back()
             return result
         store._script = script  # type: ignore[method-assign]
+
+    async def _hold_back(self) -> None:
+        if not self.reached.is_set():
+            self.reached.set()
+            await self.go.wait()
 
 
 async def _cut_off(task: asyncio.Task[Any], paused: _Paused) -> None:
@@ -102,3 +116,26 @@ async def test_a_call_cancelled_while_its_approval_is_claimed_is_recorded_not_ex
     assert settled.executed and settled.not_executed == "cancelled" and not settled.to_json()["executed"]
     assert [e["detail"] for e in events if e["transition"] == "not_executed"] == ["cancelled"]
     assert not await b.claim_execution(approval_id)  # the approval is used all the same
+
+
+@pytest.mark.parametrize("forwarded", [True, False], ids=["executed", "not_executed"])
+async def test_a_settle_cut_off_by_a_cancellation_is_still_recorded(replicas, forwarded: bool) -> None:  # type: ignore[no-untyped-def]
+    """The pipeline settles a claimed call in its `finally`, where a second cancellation (the session's end after
+    the client's) can land: the `executed` / `not_executed` record used to be lost with the reply."""
+    a, b, events = replicas
+    stage = ApproveStage(a, ApprovalsConfig())
+    with pytest.raises(GatewayError) as held:
+        await stage(call_context())
+    approval_id = held.value.data["approval_id"]
+    await b.decide(approval_id, "alice", "approved", None)
+    ctx = call_context()
+    await stage(ctx)
+    assert ctx.approval is not None and ctx.approval.id == approval_id
+    if forwarded:
+        ctx.extra["forwarded"] = True
+    else:
+        ctx.error = asyncio.CancelledError()
+    paused = _Paused(a, "hgetall" if forwarded else "NOT_EXECUTED")
+    await _cut_off(asyncio.create_task(stage.settle(ctx)), paused)
+    transition = "executed" if forwarded else "not_executed"
+    assert [e["approval_id"] for e in events if e["transition"] == transition] == [approval_id]
