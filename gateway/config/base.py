@@ -37,10 +37,27 @@ class Model(BaseModel):
         return value
 
 
+def url_problem(value: str) -> str | None:
+    """What makes `value` no usable URL beyond its scheme: a space or control character (a host cannot hold one,
+    and a trailing newline is easy to paste), or a port that is no number in 0-65535 (urllib raises only when the
+    port is read, which serve did while starting: a traceback after `config check` had passed the file)."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return "must not contain spaces or control characters"
+    try:
+        urlsplit(value).port  # noqa: B018 -- reading it raises ValueError for a port that is no number in 0-65535
+    except ValueError:
+        port = urlsplit(value).netloc.rpartition("@")[2].rpartition(":")[2]
+        return f"port {port!r} is not a number in 0-65535"
+    return None
+
+
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("not a URL (expected http:// or https:// with a host)")
+    problem = url_problem(value)
+    if problem is not None:
+        raise ValueError(f"not a URL: {problem}")
     return value
 
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from gateway.config.addresses import allowed_host, allowed_origin, url_host
-from gateway.config.base import HttpUrl, Model
+from gateway.config.base import HttpUrl, Model, url_problem
 from gateway.config.rules import (
     approvals_rules,
     enforce,
@@ -173,6 +173,9 @@ class RedisConfig(Model):
     def _url(cls, value: str) -> str:
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("not a redis:// URL")
+        problem = url_problem(value)
+        if problem is not None:
+            raise ValueError(f"not a redis:// URL: {problem}")
         return value
 
 
