@@ -23,6 +23,7 @@ from gateway.pipeline import APPROVAL_SETTLE
 
 log = logging.getLogger("customs.approvals")
 REDACTED = "[redacted]"
+OUTAGE_RETRY_S = 1.0  # while the store is unreachable, a held call tries it again this often
 
 
 class _GoneAway(Exception):
@@ -293,23 +294,31 @@ class ApproveStage:
             release_wait.cancel()
 
     async def _wait_step(self, item: Approval, step: float, interrupts: set[asyncio.Task[Any]]) -> Approval:
-        """One wait of at most `step` seconds, ended early by a change or any of `interrupts`; a Redis outage
-        keeps the call held (re-read next tick)."""
-        change = asyncio.ensure_future(self._store.wait(item.id, step))
-        try:
-            await asyncio.wait({change, *interrupts}, timeout=step + 1.0, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not change.done():
-                change.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await change
-        if change.cancelled() or not change.done():
-            return item
-        error = change.exception()
-        if isinstance(error, GatewayError) and error.reason == "approval_unavailable":
+        """One wait of at most `step` seconds, ended early by a change or any of `interrupts`. A Redis outage keeps
+        the call held for the whole step, the store tried again every OUTAGE_RETRY_S: a store failing at once
+        used to end each step at once, so a held call sent keep-alives and reconnected several times a second."""
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + step
+        while True:
+            left = max(0.0, ends - loop.time())
+            change = asyncio.ensure_future(self._store.wait(item.id, left))
+            try:
+                await asyncio.wait({change, *interrupts}, timeout=left + 1.0, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not change.done():
+                    change.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await change
+            if change.cancelled() or not change.done():
+                return item
+            error = change.exception()
+            if not (isinstance(error, GatewayError) and error.reason == "approval_unavailable"):
+                return change.result()
             log.debug("approval store unavailable while holding %s; still waiting", item.id)
-            return item
-        return change.result()
+            pause = min(OUTAGE_RETRY_S, ends - loop.time())
+            if pause <= 0 or any(interrupt.done() for interrupt in interrupts):
+                return item
+            await asyncio.wait(interrupts, timeout=pause)
 
     async def _keepalive(self, ctx: CallContext, item: Approval, ticks: int) -> None:
         """Keep the held request's stream alive: progress if the client asked for it, else an SSE comment."""

@@ -139,3 +139,29 @@ async def test_a_settle_cut_off_by_a_cancellation_is_still_recorded(replicas, fo
     await _cut_off(asyncio.create_task(stage.settle(ctx)), paused)
     transition = "executed" if forwarded else "not_executed"
     assert [e["approval_id"] for e in events if e["transition"] == transition] == [approval_id]
+
+
+
+async def test_a_held_call_keeps_its_keepalive_pace_while_redis_is_down(redis_factory, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    """docs/approvals.md: during an outage held calls keep waiting, a keep-alive every keepalive_s. Once the first
+    wait step failed, each next one failed at once: the call sent progress notifications (and tried Redis) several
+    times a second, ~25 in 8 s at keepalive_s 5."""
+    server = redis_factory(appendonly=True)
+    store = RedisApprovalStore.from_url(server.url, "t:", clock=clock)
+    await store.start()
+    try:
+        sink = Sink()
+        ctx = call_context(notify=sink, progress_token="p")
+        held = asyncio.create_task(ApproveStage(store, ApprovalsConfig(keepalive_s=1))(ctx))
+        await sink.wait_for(2)  # held, and one wait step done
+        server.kill()
+        seen = len(sink.messages)
+        await asyncio.sleep(4)  # a window to count keep-alives in, not synchronisation
+        assert len(sink.messages) - seen <= 6
+        server.restart()
+        [item] = await store.list(["pending"])
+        await store.decide(item.id, "alice", "approved", None)
+        await asyncio.wait_for(held, 15)  # resumes once Redis is back
+        assert ctx.approval is not None and ctx.approval.outcome == "approved"
+    finally:
+        await store.close()
