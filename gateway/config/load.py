@@ -74,9 +74,19 @@ def _substitute(node: Any, env: Mapping[str, str], path: str, problems: list[str
             if not _unicode(name):
                 problems.append(f"{path or '(root)'}: key {name!a} is not valid Unicode text")
                 name = name.encode("utf-8", "backslashreplace").decode()
-            out[key] = _substitute(value, env, f"{path}.{name}" if path else name, problems)
+            where = f"{path}.{name}" if path else name
+            _check_key(key, where, problems)
+            out[key] = _substitute(value, env, where, problems)
         return out
     return node
+
+
+def _check_key(key: Any, where: str, problems: list[str]) -> None:
+    """Keys are not substituted, so a reference in one would stay as written: `tools: {${TOOL}:
+    {sensitivity: restricted}}` labelled a tool named `${TOOL}`, which is none, and `config check` said OK."""
+    if isinstance(key, str) and any(m.group(1) for m in _ENV_REF.finditer(key)):
+        problems.append(f"{where}: a key is not read from the environment (${{...}} is replaced in values only); "
+                        "write the key itself")
 
 
 def _substitute_text(text: str, env: Mapping[str, str], path: str, problems: list[str]) -> str:
