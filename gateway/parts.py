@@ -162,10 +162,13 @@ def _metadata_routes(config: Config) -> list[web.RouteDef]:
             web.get("/.well-known/oauth-protected-resource/{tail:.+}", metadata, allow_head=False)]
 
 
-def _identifier(config: Config, http: aiohttp.ClientSession) -> Identifier:
+def _identifier(config: Config) -> Identifier:
+    """The identifier; its JWKS URLs are fetched with a client of its own (made in start()), never from the pool
+    upstream calls hold: 100 slow tool calls in flight made a fetch wait for a free connection and time out, and
+    the tokens of a key the IdP had just rotated in were refused for as long as the load lasted."""
     from gateway.identity import build_identifier
     try:
-        return build_identifier(config.identity, config.agents, config.listen.resource_url, http,
+        return build_identifier(config.identity, config.agents, config.listen.resource_url, None,
                                 max_chain_depth=config.policies.max_chain_depth)
     except ValueError as exc:  # unreadable or unusable key files, duplicate issuers
         raise ConfigError([f"identity: {exc}"], "identity") from exc
@@ -177,7 +180,9 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     redactor = Redactor(config.secrets)  # one redactor: logs, decision log, spans and the approvals page agree
     obs = Observability(config, redactor.redact)
     engine = _policy_engine(config, obs)
-    credentials = CredentialService(config, http=http, redis=redis, redactor=redactor,
+    # Token exchanges and their revocations use a client of their own, as JWKS fetches do (_identifier): the shared
+    # one's pool (100 connections) is held by upstream calls, and a slow upstream's calls would time them out.
+    credentials = CredentialService(config, redis=redis, redactor=redactor,
                                     on_event=lambda event: obs.event(str(event.pop("event", "revocation")), **event),
                                     on_revocation=obs.metrics.token_revoked)
     def on_approval(record: dict[str, Any]) -> None:
@@ -211,7 +216,7 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
                            policy_quorum=engine.policy_quorum, current_ids=obs.telemetry.current_ids)
     facts = TaskStage(facts_store, {u.name: u for u in config.upstreams}, credentials.tasks.resolve,
                       redactor.contains_secret)
-    identifier = _identifier(config, http)
+    identifier = _identifier(config)
 
     async def policy_check() -> tuple[bool, Any]:
         return engine.loaded, engine.status()

@@ -27,6 +27,7 @@ class TokenEndpoint:
     # Token requests wait for `token_gate` (when set) after announcing themselves on `token_arrived`.
     token_gate: asyncio.Event | None = None
     token_arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    close_connections: bool = False  # answer with Connection: close: each request opens a new connection
 
     @property
     def revocation_url(self) -> str:
@@ -48,14 +49,19 @@ async def endpoint() -> AsyncIterator[TokenEndpoint]:
         if isinstance(body, str):
             return web.Response(status=status, text=body)
         body = {**body, "access_token": f"exchanged-{len(state.requests)}"} if "access_token" in body else body
-        return web.json_response(body, status=status)
+        return closing(web.json_response(body, status=status))
+
+    def closing(response: web.Response) -> web.Response:
+        if state.close_connections:
+            response.force_close()
+        return response
 
     async def revoke(request: web.Request) -> web.Response:
         form = dict(await request.post())
         state.revocations.put_nowait({"form": form, "authorization": request.headers.get("Authorization", "")})
         if state.revoke_gate is not None:
             await state.revoke_gate.wait()
-        return web.Response(status=state.revoke_status)
+        return closing(web.Response(status=state.revoke_status))
 
     app = web.Application()
     app.router.add_post("/token", token)

@@ -135,6 +135,7 @@ class TestIssuer:
         self.jwks_path = directory / f"{name}-jwks.json"
         self.fetches = 0
         self.jwks_mode = "normal"  # normal | oversize | hang | error | garbage | nested
+        self.close_connections = False  # answer with Connection: close, so every fetch needs a new connection
         self._runner: web.AppRunner | None = None
         self._hang: asyncio.Event | None = None
         self.url: str | None = None
@@ -238,7 +239,10 @@ class TestIssuer:
         if self.jwks_mode == "hang":
             assert self._hang is not None
             await self._hang.wait()  # released at close(); the client's timeout fires first
-        return web.json_response(self.jwks())
+        response = web.json_response(self.jwks())
+        if self.close_connections:
+            response.force_close()
+        return response
 
     async def serve(self) -> str:
         """Serve the JWKS at http://127.0.0.1:<port>/jwks.json (a real aiohttp server); returns the URL."""
