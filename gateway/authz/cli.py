@@ -14,6 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import cedarpy
+
 from gateway.approvals.cli import shown
 from gateway.authz import evaluate
 from gateway.authz.cases import (
@@ -237,6 +239,11 @@ def schema_cmd(args: argparse.Namespace) -> int:
         text = apply_block(base, block) if base else block + "\n"
     except ValueError as exc:
         _err(f"{base_path}: {exc}")
+        return 2
+    try:  # as the gateway will load it: a schema that does not parse would refuse every policy at the next start
+        cedarpy.Schema.from_str(text)
+    except ValueError as exc:
+        _err(f"{base_path}: with the generated block the schema would not parse, so nothing was written: {exc}")
         return 2
     if args.output is not None:
         try:
