@@ -20,9 +20,9 @@ from gateway.config.model import UpstreamConfig
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, Health, Message
 from gateway.transport.common import INITIALIZED, CircuitBreaker, check_initialize, initialize_message, with_id
-from gateway.transport.events import MAX_MESSAGE_BYTES
 from gateway.transport.inflight import InflightTable
 from gateway.transport.stdio_fence import StdinStalled
+from gateway.transport.stdio_inbound import Oversized, read_line
 from gateway.transport.stdio_process import exit_code, pump_stderr, spawn, terminate
 
 RESTART_BASE_S = 0.1
@@ -51,7 +51,7 @@ class StdioChild:
     """The supervised child process of one stdio upstream, and its stdin."""
 
     def __init__(self, config: UpstreamConfig, table: InflightTable, params: ConnectParams,
-                 breaker: CircuitBreaker, dispatch: Callable[[bytes], Awaitable[None]], events: ChildEvents,
+                 breaker: CircuitBreaker, dispatch: Callable[[bytes | Oversized], Awaitable[None]], events: ChildEvents,
                  log: logging.Logger, *, grace_s: float, restart_cap_s: float) -> None:
         self.config = config
         self.name = config.name
@@ -231,11 +231,7 @@ class StdioChild:
         assert proc.stdout is not None
         try:
             while True:
-                try:
-                    line = await proc.stdout.readline()
-                except ValueError:
-                    self.log.error("upstream %s sent a message over %d bytes; dropped", self.name, MAX_MESSAGE_BYTES)
-                    continue
+                line = await read_line(proc.stdout)
                 if not line:
                     return
                 await self._dispatch(line)

@@ -6,6 +6,11 @@ negotiated 2025-03-26 may answer in a batch, so each message of it is handled as
 its own. Under any other revision a batch breaks the protocol: the requests it answers fail at once with
 upstream_error (instead of waiting for upstream_timeout) and the rest of it is dropped with a warning.
 
+A line past the 16 MiB cap of one message cannot be parsed, so it is read to its end and dropped: when its
+start shows an answer (`"result"` or `"error"` after at most `jsonrpc` and `id`) whose id is at its start (the
+Python SDK's order) or is its last member (the TypeScript SDK's), the request it answers fails at once with
+upstream_error, as over HTTP, instead of at its timeout. A request or notification of the child's answers nothing.
+
 A message with NaN, Infinity or -Infinity literals (Python's parser reads them, JSON has no such numbers)
 or a number no double holds (1e400, read as infinity) is refused as upstream_error, like on the HTTP
 transports (events.parse_json): the request it answers fails at once, anything else in it is dropped
@@ -14,16 +19,64 @@ with a warning.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.transport.base import Message
-from gateway.transport.events import NotJson, parse_json
+from gateway.transport.events import MAX_MESSAGE_BYTES, NotJson, parse_json
 from gateway.transport.inflight import InflightTable
 
 BATCH_REVISIONS = frozenset({"2025-03-26"})
+EDGE = 256  # bytes kept of an oversized line's start and of its end: enough to find an answer's id
+# An answer's start: `{`, then `"jsonrpc":"2.0"` and `"id":N` in either order (either may be absent), then its
+# result or error. Only a request or notification has `method` there; an answer's id, if not here, is its last member.
+_ANSWER_START = re.compile(rb'\s*\{(?:\s*"(?:jsonrpc"\s*:\s*"2\.0"|id"\s*:\s*(\d+))\s*,)*\s*"(?:result|error)"\s*:')
+# The id as the last member (within a string a quote is escaped, so this is the object's own last member).
+_ID_AT_END = re.compile(rb'"id"\s*:\s*(\d+)\s*\}\s*$')
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """A line past the reader's limit, read to its end and dropped: its first and last `EDGE` bytes."""
+
+    head: bytes
+    tail: bytes
+
+    def answered_id(self) -> int | None:
+        """The id of the request this line answers, when its edges show one (else None: not an answer, or unknown)."""
+        start = _ANSWER_START.match(self.head)
+        if start is None:
+            return None
+        if start.group(1) is not None:
+            return int(start.group(1))
+        end = _ID_AT_END.search(self.tail)
+        return int(end.group(1)) if end is not None else None
+
+
+async def read_line(stream: asyncio.StreamReader) -> bytes | Oversized:
+    """The next line (b"" at the end); one past the stream's limit is read to its end, keeping only its edges
+    (asyncio's readline drops what it buffered of it and goes on mid-line: the rest would be read as a line)."""
+    try:
+        return await stream.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial
+    except asyncio.LimitOverrunError as exc:
+        first = await stream.read(exc.consumed)
+    tail = first[-EDGE:]
+    while True:
+        try:
+            rest = await stream.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            rest = exc.partial
+        except asyncio.LimitOverrunError as exc:
+            tail = (tail + await stream.read(exc.consumed))[-EDGE:]
+            continue
+        return Oversized(first[:EDGE], (tail + rest)[-EDGE:])
 
 
 class StdoutReader:
@@ -36,7 +89,10 @@ class StdoutReader:
         self._protocol = protocol  # the revision the child negotiated (decides whether batches are allowed)
         self._log = log
 
-    async def dispatch(self, line: bytes) -> None:
+    async def dispatch(self, line: bytes | Oversized) -> None:
+        if isinstance(line, Oversized):
+            self._oversized(line)
+            return
         text = line.strip()
         if not text:
             return
@@ -57,6 +113,13 @@ class StdoutReader:
             error = GatewayError("upstream_error", f"upstream sent a JSON-RPC batch, which protocol "
                                  f"{self._protocol()} does not allow")
             self._fail([m.get("id") for m in message if isinstance(m, dict) and "method" not in m], error)
+
+    def _oversized(self, line: Oversized) -> None:
+        answered = line.answered_id()
+        error = GatewayError("upstream_error", f"upstream sent a message over {MAX_MESSAGE_BYTES} bytes")
+        failed = answered is not None and self._table.fail(answered, error)
+        self._log.error("%s; %s", error.message, f"failed the request it answered ({answered})" if failed
+                        else "dropped it")
 
     def _fail(self, ids: list[Any], error: GatewayError) -> None:
         failed = [i for i in ids if self._table.fail(i, error)]
