@@ -80,6 +80,10 @@ class RedisApprovalStore:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._subscribed = asyncio.Event()
+        # What a held call that went away during an outage could not do: its hold's release (counts per item) and
+        # its withdrawal (the actor). Housekeeping does it once Redis answers again (_settle_owed).
+        self._owed_releases: dict[str, int] = {}
+        self._owed_withdrawals: dict[str, str | None] = {}
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "customs:", *, max_connections: int = 64,
@@ -121,6 +125,7 @@ class RedisApprovalStore:
         while not self._closing:
             try:
                 await self.heartbeat()
+                await self._settle_owed()
                 await self.expire_due()
                 await self.sweep_abandoned()
                 await self.prune_history()
@@ -287,8 +292,12 @@ class RedisApprovalStore:
         return await self._finish(approval_id, state, only_if_due=False, actor=actor)
 
     async def withdraw(self, approval_id: str, actor: str | None = None) -> Approval:
-        result = await self._script("WITHDRAW", approval_id, self._clock(), self._keep_ms,
-                                    int(self._heartbeat_s * 3000))
+        try:
+            result = await self._script("WITHDRAW", approval_id, self._clock(), self._keep_ms,
+                                        int(self._heartbeat_s * 3000))
+        except GatewayError:
+            self._owed_withdrawals[approval_id] = actor  # made once Redis is back (_settle_owed)
+            raise
         if not result:
             raise ApprovalNotFound(approval_id)
         item = approval_from_hash(_hash(result[1]))
@@ -344,19 +353,37 @@ class RedisApprovalStore:
                 out.append(item)
         return out
 
+    async def _settle_owed(self) -> None:
+        """Release the holds and make the withdrawals that failed during an outage, releases first (a withdrawal
+        is refused while this live replica still counts a hold). A hold this count left behind kept the item
+        pending until it expired, and kept later identical calls that went away from withdrawing it."""
+        for approval_id in list(self._owed_releases):
+            count = self._owed_releases.pop(approval_id)
+            try:
+                await self._script("HOLD", approval_id, self.holder, -count)
+            except GatewayError:
+                self._owed_releases[approval_id] = self._owed_releases.get(approval_id, 0) + count
+                raise
+        for approval_id in list(self._owed_withdrawals):
+            actor = self._owed_withdrawals.pop(approval_id)
+            with contextlib.suppress(ApprovalNotFound):  # lost with a Redis restarted without persistence
+                await self.withdraw(approval_id, actor)
+
     @asynccontextmanager
     async def hold(self, approval_id: str) -> AsyncIterator[None]:
         await self.heartbeat()
         # Counted and released to the end whatever cancels the caller: a count left behind would keep the item
-        # from being withdrawn (store.run_to_end).
+        # from being withdrawn (store.run_to_end). A release Redis is down for is owed (_settle_owed).
         taken = asyncio.ensure_future(self._script("HOLD", approval_id, self.holder, 1))
         try:
             await run_to_end(taken)
             yield
         finally:
             if taken.done() and not taken.cancelled() and taken.exception() is None:
-                with contextlib.suppress(GatewayError):
+                try:
                     await run_to_end(self._script("HOLD", approval_id, self.holder, -1))
+                except GatewayError:
+                    self._owed_releases[approval_id] = self._owed_releases.get(approval_id, 0) + 1
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)

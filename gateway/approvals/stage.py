@@ -247,7 +247,8 @@ class ApproveStage:
             async with self._store.hold(item.id):
                 return await self._wait_loop(ctx, item, cancelled)
         except _GoneAway as exc:
-            with contextlib.suppress(ApprovalNotFound):  # an item the store lost has nothing left to withdraw
+            # An item the store lost has nothing left to withdraw; one Redis is down for is withdrawn once it is back.
+            with contextlib.suppress(ApprovalNotFound, GatewayError):
                 await run_to_end(self._store.withdraw(item.id, actor=ctx.principal.id))
             raise GatewayError("approval_cancelled", data={"approval_id": item.id}) from exc.__cause__
         except ApprovalNotFound as exc:

@@ -15,7 +15,7 @@ from gateway.approvals.redis import RedisApprovalStore
 from gateway.approvals.stage import ApproveStage
 from gateway.config.model import ApprovalsConfig
 from gateway.errors import GatewayError
-from tests.approvals.conftest import Clock, Sink, call_context
+from tests.approvals.conftest import Clock, Sink, call_context, eventually
 from tests.support.redis import RedisServer
 
 
@@ -163,5 +163,41 @@ async def test_a_held_call_keeps_its_keepalive_pace_while_redis_is_down(redis_fa
         await store.decide(item.id, "alice", "approved", None)
         await asyncio.wait_for(held, 15)  # resumes once Redis is back
         assert ctx.approval is not None and ctx.approval.outcome == "approved"
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("how", ["cancelled", "gone"])
+async def test_a_call_that_goes_away_during_an_outage_is_withdrawn_once_redis_is_back(  # type: ignore[no-untyped-def]
+        redis_factory, clock: Clock, how: str) -> None:
+    """Its hold could not be released nor the call withdrawn while Redis was down. The item used to stay pending
+    until it expired (and a client whose stream broke was answered approval_unavailable), with a hold nobody had,
+    which also kept an identical call that joined it later and went away from withdrawing it."""
+    server = redis_factory(appendonly=True)
+    store = RedisApprovalStore.from_url(server.url, "t:", clock=clock, heartbeat_s=0.2)
+    await store.start()
+    try:
+        ctx = call_context(notify=Sink())
+        held = asyncio.create_task(ApproveStage(store, ApprovalsConfig(keepalive_s=0.2))(ctx))
+        await ctx.notify.wait_for(2)
+        approval_id = ctx.extra["approval_id"]
+        server.kill()
+        if how == "gone":  # the stream broke: answered approval_cancelled (kept for a resume), as without an outage
+            ctx.cancelled.set()
+            with pytest.raises(GatewayError) as answer:
+                await asyncio.wait_for(held, 15)
+            assert answer.value.reason == "approval_cancelled"
+        else:
+            held.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(held, 15)
+        server.restart()
+
+        async def withdrawn() -> bool:
+            with contextlib.suppress(GatewayError):
+                return (await store.get(approval_id)).state == "cancelled"
+            return False
+        await eventually(withdrawn)
+        assert await store._client.hgetall("t:approvals:held:" + approval_id) == {}
     finally:
         await store.close()
