@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -16,6 +17,9 @@ from gateway.config.model import UpstreamConfig
 from gateway.errors import GatewayError
 
 log = logging.getLogger("customs.credentials.static")
+
+# What no HTTP header value may hold (RFC 9110 §5.5): aiohttp refuses to send it, and the call failed as internal_error.
+_NOT_IN_A_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass
@@ -49,7 +53,7 @@ class StaticCredentials:
             value = environ.get(creds.value_env)
             if not value:
                 log.warning("upstream %s: environment variable %s is not set", upstream.name, creds.value_env)
-            return self._remember(_Entry(value or None))
+            return self._remember(_Entry(_header_safe(value, upstream.name, f"environment variable {creds.value_env}")))
         assert creds.value_file is not None
         try:
             stat = creds.value_file.stat()
@@ -60,8 +64,12 @@ class StaticCredentials:
             log.warning("upstream %s: cannot read credential file %s: %s", upstream.name, creds.value_file,
                         type(exc).__name__)
             return _Entry(None)
+        except UnicodeDecodeError:  # (its repr holds the file's bytes: never logged)
+            log.warning("upstream %s: credential file %s is not UTF-8 text", upstream.name, creds.value_file)
+            return _Entry(None, stat.st_mtime_ns)
         if not value:
             log.warning("upstream %s: credential file %s is empty", upstream.name, creds.value_file)
+        value = _header_safe(value, upstream.name, f"credential file {creds.value_file}")
         return self._remember(_Entry(value or None, stat.st_mtime_ns))
 
     def _remember(self, entry: _Entry) -> _Entry:
@@ -80,3 +88,12 @@ class StaticCredentials:
         if not entry.value:
             raise GatewayError("credential_unavailable")
         return config.credentials.header, config.credentials.value_prefix + entry.value
+
+
+def _header_safe(value: str | None, upstream: str, source: str) -> str | None:
+    """`value`, or None (logged, naming `source`, never the value) when no header can carry it."""
+    if value and _NOT_IN_A_HEADER.search(value):
+        log.warning("upstream %s: %s holds a line break or another control character, which no HTTP header "
+                    "value may", upstream, source)
+        return None
+    return value
