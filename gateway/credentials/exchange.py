@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,8 +103,11 @@ class TokenExchanger:
         if not isinstance(token, str) or not token:
             log.warning("token exchange for upstream %s: response without access_token", upstream.name)
             raise GatewayError("credential_unavailable")
-        expires_in = body.get("expires_in")
-        lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else creds.ttl_s
+        if not _ACCESS_TOKEN.fullmatch(token):  # it goes into a header: aiohttp refused it there (internal_error)
+            log.warning("token exchange for upstream %s: the access_token holds characters no header may",
+                        upstream.name)
+            raise GatewayError("credential_unavailable")
+        lifetime = _lifetime(body.get("expires_in"), creds.ttl_s)
         expires_at = now + lifetime
         if ended:  # neither handed out nor cached: the task's end already revoked the rest of its tokens
             self.revoker.submit([Revocation(upstream, token, expires_at)])
@@ -164,6 +169,22 @@ class TokenExchanger:
         issued = self._issued.pop(task_id, None)
         if issued:
             self.revoker.submit(issued)
+
+
+# RFC 6749 §A.12: access-token = 1*VSCHAR, printable ASCII.
+_ACCESS_TOKEN = re.compile(r"[\x20-\x7e]+")
+
+
+def _lifetime(expires_in: Any, default: float) -> float:
+    """The token's lifetime in seconds: `expires_in` when it is a positive finite number, else `default`. An
+    infinite one (`Infinity`, `1e400`) was kept and failed every use of the token; `true` read as one second."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        return default
+    try:
+        seconds = float(expires_in)
+    except OverflowError:  # an integer past a double's range
+        return default
+    return seconds if 0 < seconds < math.inf else default
 
 
 def _client_auth(upstream: UpstreamConfig) -> str:

@@ -85,6 +85,30 @@ async def test_endpoint_failures(service: CredentialService, endpoint: TokenEndp
     assert AGENT_TOKEN not in caplog.text and CLIENT_SECRET not in caplog.text
 
 
+async def test_an_access_token_no_header_can_carry_is_refused(service: CredentialService, endpoint: TokenEndpoint,
+                                                               caplog) -> None:
+    """An access_token with a line break (RFC 6749 §A.12 allows printable ASCII only) was handed out as the header
+    value; aiohttp then refused to send it and the call answered internal_error."""
+    endpoint.reply = (200, '{"access_token": "abc\\r\\nX-Injected: 1", "expires_in": 60}')
+    with caplog.at_level(logging.WARNING), pytest.raises(GatewayError) as err:
+        await exchange(service)
+    assert err.value.reason == "credential_unavailable" and "no header may" in caplog.text
+
+
+@pytest.mark.parametrize("expires_in", ["Infinity", "1e400", "-5", "NaN", "true", "10" * 200])
+async def test_an_expires_in_that_is_no_lifetime_falls_back_to_ttl(service: CredentialService, endpoint: TokenEndpoint,
+                                                                   clock, expires_in: str) -> None:
+    """An infinite `expires_in` (the JSON parser reads Infinity and 1e400) was kept: the token was cached for ever
+    and every use failed (credential_unavailable, the expiry could not be an integer); `true` read as one second.
+    Anything but a positive finite number is now no lifetime, and the upstream's ttl_s (60 s here) applies."""
+    endpoint.reply = (200, f'{{"access_token": "good-token", "expires_in": {expires_in}}}')
+    assert await exchange(service) == {"Authorization": "Bearer good-token"}
+    assert await exchange(service) == {"Authorization": "Bearer good-token"} and len(endpoint.requests) == 1
+    clock.advance(55)  # within the refresh margin of a 60 s lifetime: exchanged again
+    await exchange(service)
+    assert len(endpoint.requests) == 2
+
+
 async def test_endpoint_unreachable(tmp_path, clock) -> None:
     dead = bound_socket()  # bound, never listening: connections are refused
     upstreams = [{"name": "crm", "url": "http://127.0.0.1:9003/mcp", "credentials": {
