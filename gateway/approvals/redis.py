@@ -244,6 +244,11 @@ class RedisApprovalStore:
     async def decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:
         if outcome not in ("approved", "denied"):
             raise ValueError(f"unknown outcome {outcome!r}")
+        # To its end, the record included: the gateway cancels an approver's request whose client went away, and
+        # the change Redis made would otherwise go unrecorded (so in _finish).
+        return await run_to_end(self._decide(approval_id, approver, outcome, comment))
+
+    async def _decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:
         now = self._clock()
         vote = json.dumps(asdict(Vote(approver, outcome, comment, now)))
         result = await self._script("DECIDE", approval_id, now, self._keep_ms, approver, outcome, vote)
@@ -279,6 +284,9 @@ class RedisApprovalStore:
                 return await self.get(approval_id)
 
     async def _finish(self, approval_id: str, state: str, *, only_if_due: bool, actor: str | None = None) -> Approval:
+        return await run_to_end(self._finish_step(approval_id, state, only_if_due, actor))
+
+    async def _finish_step(self, approval_id: str, state: str, only_if_due: bool, actor: str | None) -> Approval:
         result = await self._script("CANCEL", approval_id, self._clock(), self._keep_ms, state,
                                     "1" if only_if_due else "0")
         if not result:

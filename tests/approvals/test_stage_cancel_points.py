@@ -201,3 +201,23 @@ async def test_a_call_that_goes_away_during_an_outage_is_withdrawn_once_redis_is
         assert await store._client.hgetall("t:approvals:held:" + approval_id) == {}
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("change", ["approved", "denied", "vote", "expired"])
+async def test_a_change_made_by_a_request_that_goes_away_is_still_recorded(  # type: ignore[no-untyped-def]
+        replicas, clock: Clock, change: str) -> None:
+    """The gateway cancels a request's handler when its client goes away (app.py: handler_cancellation), e.g. an
+    approver's CLI timing out or a page closed as it posts. Redis made the change, but its decision-log record
+    came after the reply and was lost with it: an approval nobody could tell the approver of."""
+    a, _, events = replicas
+    with pytest.raises(GatewayError) as held:
+        await ApproveStage(a, ApprovalsConfig(quorum=2 if change == "vote" else 1))(call_context())
+    approval_id = held.value.data["approval_id"]
+    if change == "expired":  # an approver's read of an item past its expiry expires it
+        clock.advance(901)
+        paused, step = _Paused(a, "CANCEL"), a.get(approval_id)
+    else:
+        paused, step = _Paused(a, "DECIDE"), a.decide(approval_id, "alice", "denied" if change == "denied"
+                                                       else "approved", "ok")
+    await _cut_off(asyncio.ensure_future(step), paused)
+    assert [e["transition"] for e in events if e["transition"] != "created"] == [change]
