@@ -277,9 +277,15 @@ class SigningKeys:
         signer = self._signer()
         self._keys = found
         self.prune()
+        added = [k for k in found if k.kid not in before]
+        for key in added:
+            if key.algorithm != self.config.algorithm:  # `touch` would not make it sign: say what would
+                log.warning("signing keys reloaded: the new key %s in %s is an %s key and signing.algorithm is %s: "
+                            "it is published but does not sign", key.path.name, self.key_dir, key.algorithm,
+                            self.config.algorithm)
         if signer is not None and self.current.kid != signer.kid:
             log.info("signing keys reloaded: %s now signs", self.current.kid)
-        elif any(k.kid not in before for k in found):
+        elif any(k.algorithm == self.config.algorithm for k in added):
             log.warning("signing keys reloaded: a new key in %s is older than the signer %s and does not sign "
                         "(give it a newer modification time)", self.key_dir, self.current.kid)
         return before != [k.kid for k in self._keys]

@@ -224,3 +224,22 @@ def test_an_unusable_key_file_is_named_with_the_reason(tmp_path, caplog) -> None
         assert f"{name}: {reason}" in problem, problem
         assert any(r.getMessage().startswith(f"ignoring signing key file {name}: {reason}") for r in caplog.records)
     assert problem.startswith(f"signing.key_dir: {key_dir}: no EdDSA signing key")
+
+
+def test_a_new_key_of_another_algorithm_is_named_as_such_on_reload(tmp_path, clock, caplog) -> None:
+    """A P-256 key dropped into an EdDSA ring is published and never signs. The reload's warning said it was
+    older than the signer and to give it a newer modification time, which changes nothing."""
+    keys = ring(tmp_path, clock)
+    keys.load()
+    signer = keys.current
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "keys" / "p256.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    os.utime(path, (signer.created + 5, signer.created + 5))  # newer than the signer
+    with caplog.at_level("WARNING", logger="customs.credentials.keys"):
+        assert keys.reload() is True
+    assert keys.current.kid == signer.kid and keys.algorithm_of(thumbprint(key)) == "ES256"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("p256.pem" in m and "is an ES256 key and signing.algorithm is EdDSA" in m for m in messages), messages
+    assert not any("newer modification time" in m for m in messages), messages
