@@ -31,6 +31,10 @@ _CASE_KEYS = frozenset({"name", "action", "principal", "chain", "tool", "labels"
                         "args_contain_secret", "task", "approved", "now", "context", "expect", "policies",
                         "expect_errors", "user", "approval"})
 _PRINCIPAL_KEYS = frozenset({"id", "attributes", "chain"})
+# An `approve` case is a person deciding a held call: what an agent's call would state does not apply to it.
+_APPROVE_CASE_KEYS = frozenset({"name", "action", "user", "approval", "expect", "policies", "expect_errors"})
+_USER_KEYS = frozenset({"id", "groups"})
+_APPROVAL_KEYS = frozenset({"id", "upstream", "tool", "args", "requester", "chain"})
 # docs/policies.md's context table: what a case's `context:` may state.
 _CONTEXT_KEYS = frozenset({"args", "args_truncated", "environment", "tenant", "chain", "chain_depth", "approval",
                            "time", "args_contain_secret", "task"})
@@ -259,6 +263,32 @@ def facts_from(case: dict[str, Any], environment: str, where: str) -> tuple[E.Ca
     return facts, approval == "granted"
 
 
+def _approve_decision(policies: LoadedPolicies, case: dict[str, Any], where: str, name: str) -> Decision:
+    """An `approve` case's decision on exactly the approval it writes: a misspelled or an agent call's key, no
+    upstream or tool, a chain as one string (read letter by letter) were decided quietly, passing untested."""
+    _check_keys(case, _APPROVE_CASE_KEYS, f"{where} ({name}, action approve)")
+    user = case.get("user") or {}
+    groups = (user.get("groups") or []) if isinstance(user, dict) else None
+    if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not isinstance(groups, list) \
+            or not all(isinstance(g, str) for g in groups):
+        raise CaseError(f"{where}: approve cases need user: {{id: ..., groups: [...]}} (groups must be a list of "
+                        "strings)")
+    _check_keys(user, _USER_KEYS, f"{where}: user")
+    if case.get("approval") is None:
+        raise CaseError(f"{where}: approve cases need approval: {{id, upstream, tool, args, requester, chain}}")
+    approval = mapping(case.get("approval"), where, "approval")
+    _check_keys(approval, _APPROVAL_KEYS, f"{where}: approval")
+    for key in ("upstream", "tool"):
+        if not isinstance(approval.get(key), str) or not approval[key]:
+            raise CaseError(f"{where}: approval.{key} must be a non-empty string (the held call's {key})")
+    chain = approval.get("chain", [])
+    if not isinstance(chain, list) or not all(isinstance(c, str) for c in chain) \
+            or not all(isinstance(approval.get(k, ""), str) for k in ("id", "requester")):
+        raise CaseError(f"{where}: approval.id and approval.requester must be strings, approval.chain a list of them")
+    mapping(approval.get("args"), where, "approval.args")
+    return decide_approve(policies, user["id"], groups, dict(approval))
+
+
 @dataclass(frozen=True)
 class CaseResult:
     name: str
@@ -278,12 +308,7 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
         raise CaseError(f"{where}: expect must be allow, deny or approval_required, got {expected!r}")
     action = str(case.get("action", "call_tool"))
     if action == "approve":
-        user = case.get("user") or {}
-        groups = (user.get("groups") or []) if isinstance(user, dict) else None
-        if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not isinstance(groups, list):
-            raise CaseError(f"{where}: approve cases need user: {{id: ..., groups: [...]}} (groups must be a list)")
-        decision = decide_approve(policies, user["id"], [str(g) for g in groups],
-                                  dict(mapping(case.get("approval"), where, "approval")))
+        decision = _approve_decision(policies, case, where, name)
     else:
         action = agent_action(action, where)
         principal = principal_from(case.get("principal"), doc.get("principals") or {}, case.get("chain"), where,
