@@ -101,7 +101,9 @@ class WebhookNotifier:
         self._attempts = attempts
         self._base_delay = base_delay_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._queue: asyncio.Queue[tuple[WebhookConfig, bytes]] = asyncio.Queue(maxsize=max_queue)
+        # A queue and `workers` workers per webhook: one that hangs or keeps failing (each attempt waits out its
+        # timeout, then backs off) must not hold up the others' deliveries, nor fill their queue.
+        self._queues: list[asyncio.Queue[bytes]] = [asyncio.Queue(maxsize=max_queue) for _ in self._hooks]
         self._workers_n = workers
         self._workers: list[asyncio.Task[None]] = []
         self.delivered = 0
@@ -112,8 +114,9 @@ class WebhookNotifier:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
-        self._workers = [loop.create_task(self._worker(), name=f"approval-webhook-{n}")
-                         for n in range(self._workers_n if self._hooks else 0)]
+        self._workers = [loop.create_task(self._worker(hook, queue), name=f"approval-webhook-{i}-{n}")
+                         for i, (hook, queue) in enumerate(zip(self._hooks, self._queues, strict=True))
+                         for n in range(self._workers_n)]
 
     async def close(self) -> None:
         for task in self._workers:
@@ -131,20 +134,21 @@ class WebhookNotifier:
         if not self._hooks:
             return
         body = json.dumps(message(approval, self._page_url), separators=(",", ":")).encode()
-        for hook in self._hooks:
+        for hook, queue in zip(self._hooks, self._queues, strict=True):
             try:
-                self._queue.put_nowait((hook, body))
+                queue.put_nowait(body)
             except asyncio.QueueFull:
                 self.dropped += 1
                 log.warning("webhook queue full; dropped notification of %s to %s", approval.id, hook.url)
 
     async def drain(self) -> None:
         """Wait until every queued delivery finished (tests, orderly shutdown)."""
-        await self._queue.join()
+        for queue in self._queues:
+            await queue.join()
 
-    async def _worker(self) -> None:
+    async def _worker(self, hook: WebhookConfig, queue: asyncio.Queue[bytes]) -> None:
         while True:
-            hook, body = await self._queue.get()
+            body = await queue.get()
             try:
                 if await self._deliver(hook, body):
                     self.delivered += 1
@@ -154,7 +158,7 @@ class WebhookNotifier:
                 self.failed += 1
                 log.exception("webhook delivery to %s crashed", hook.url)
             finally:
-                self._queue.task_done()
+                queue.task_done()
 
     async def _deliver(self, hook: WebhookConfig, body: bytes) -> bool:
         assert self._session is not None

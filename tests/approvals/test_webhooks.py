@@ -17,7 +17,7 @@ from gateway.approvals.stage import ApproveStage
 from gateway.approvals.webhooks import WebhookNotifier
 from gateway.config.model import ApprovalsConfig, WebhookConfig
 from gateway.errors import GatewayError
-from tests.approvals.conftest import call_context
+from tests.approvals.conftest import call_context, eventually
 
 
 @dataclass
@@ -161,3 +161,39 @@ async def test_a_redirect_is_not_followed() -> None:
         await notifier.close()
         await runner.cleanup()
     assert elsewhere == [] and notifier.delivered == 0 and notifier.failed == 1
+
+
+async def test_a_hanging_webhook_does_not_hold_up_the_others(receiver: Receiver) -> None:
+    """Every webhook's deliveries shared one queue and two workers: a webhook that never answers took both within
+    two notifications (each attempt waits out its timeout, then retries), so the healthy one (the approvers' Slack)
+    heard of further calls only minutes later, or never once the queue was full."""
+    receiver.statuses[:] = []
+    answered = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await answered.wait()  # answers only when the test ends
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hang", hang)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    hanging = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hang"  # type: ignore[union-attr]
+    notifier = WebhookNotifier([WebhookConfig(url=hanging), WebhookConfig(url=receiver.url)], timeout_s=60)
+    await notifier.start()
+    try:
+        store = MemoryApprovalStore()
+        stage = ApproveStage(store, ApprovalsConfig(), notifier=notifier)
+        for n in range(4):
+            with pytest.raises(GatewayError):
+                await stage(call_context({"amount": n, "account": "A-1"}))
+
+        async def all_heard() -> bool:
+            return len(receiver.hits) == 4
+        await eventually(all_heard)
+    finally:
+        answered.set()
+        await notifier.close()
+        await runner.cleanup()
