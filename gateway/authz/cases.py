@@ -311,6 +311,9 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
         decision = _approve_decision(policies, case, where, name)
     else:
         action = agent_action(action, where)
+        if "user" in case or "approval" in case:  # `approval: granted` was ignored: decided without approval
+            raise CaseError(f"{where}: user: and approval: are for action approve; a call decided as approved is "
+                            "`approved: true` (or context: {approval: granted})")
         principal = principal_from(case.get("principal"), doc.get("principals") or {}, case.get("chain"), where,
                                    claim_mapping(doc.get("claims") or {}))
         tool = tool_from(case.get("tool"), case.get("labels"), doc.get("tools") or {}, where, action)

@@ -53,3 +53,16 @@ def test_the_documented_approve_cases_still_run(tmp_path: Path) -> None:
                      f"approval: {{id: ap-4, upstream: inventory, tool: set_stock, requester: r}}, expect: deny}}\n")
     result = customs("policy", "test", cases, SHIPPED / "tests")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("body", ["approval: granted", f"user: {USER}", f"approval: {APPROVAL}"])
+def test_an_agent_call_case_with_an_approve_key_is_refused(tmp_path: Path, body: str) -> None:
+    """`approval: granted` on a call case (the context's name; the case key is `approved: true`) was ignored:
+    the call was decided without approval, and a case expecting its denial passed."""
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(f"policies: {SHIPPED}\ncases:\n  - {{name: paid, principal: {{id: a, attributes: {{tenant: "
+                     f"acme}}}}, tool: payments/pay, {body}, expect: approval_required}}\n")
+    result = customs("policy", "test", cases)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"error: {cases}:3: cases[0]" in result.stderr and "approved: true" in result.stderr, result.stderr
