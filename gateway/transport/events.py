@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,31 @@ from gateway import jsonrpc
 from gateway.errors import GatewayError
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+EDGE = 256  # bytes kept of an oversized message's start and of its end: enough to find an answer's id
+# An answer's start: `{`, then `"jsonrpc":"2.0"` and `"id":N` in either order (either may be absent), then its
+# result or error. Only a request or notification has `method` there; an answer's id, if not here, is its last member.
+_ANSWER_START = re.compile(rb'\s*\{(?:\s*"(?:jsonrpc"\s*:\s*"2\.0"|id"\s*:\s*(\d+))\s*,)*\s*"(?:result|error)"\s*:')
+# The id as the last member (within a string a quote is escaped, so this is the object's own last member).
+_ID_AT_END = re.compile(rb'"id"\s*:\s*(\d+)\s*\}\s*$')
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """A message past the size cap (a stdio line, an SSE event), read to its end and dropped: its first and last
+    `EDGE` bytes, from which the id of the request it answers may be read."""
+
+    head: bytes
+    tail: bytes
+
+    def answered_id(self) -> int | None:
+        """The id of the request this line answers, when its edges show one (else None: not an answer, or unknown)."""
+        start = _ANSWER_START.match(self.head)
+        if start is None:
+            return None
+        if start.group(1) is not None:
+            return int(start.group(1))
+        end = _ID_AT_END.search(self.tail)
+        return int(end.group(1)) if end is not None else None
 
 
 @dataclass(frozen=True)
@@ -46,6 +72,7 @@ class _EventBuilder:
     def __init__(self) -> None:
         self.event = ""
         self.data: list[str] = []
+        self.size = 0  # characters of data so far
         self.id: str | None = None
         self.retry_ms: int | None = None
 
@@ -57,6 +84,7 @@ class _EventBuilder:
             value = value[1:]
         if name == "data":
             self.data.append(value)
+            self.size += len(value)
         elif name == "event":
             self.event = value
         elif name == "id" and "\0" not in value:
@@ -67,19 +95,22 @@ class _EventBuilder:
     def take(self) -> SseEvent | None:
         """The finished event, or None when only comments/ids were seen (nothing to dispatch)."""
         event = SseEvent(self.event or "message", "\n".join(self.data), self.id, self.retry_ms) if self.data else None
-        self.event, self.data, self.retry_ms = "", [], None
+        self.event, self.data, self.size, self.retry_ms = "", [], 0, None
         return event
 
 
 async def iter_sse(content: aiohttp.StreamReader, max_event_bytes: int = MAX_MESSAGE_BYTES,
-                   cursor: SseCursor | None = None) -> AsyncIterator[SseEvent]:
-    """Yield events until the stream ends. Raises GatewayError(upstream_error) for an oversized event.
+                   cursor: SseCursor | None = None,
+                   oversized: Callable[[Oversized], None] | None = None) -> AsyncIterator[SseEvent]:
+    """Yield events until the stream ends. An event past `max_event_bytes` raises GatewayError(upstream_error), or,
+    given `oversized`, is read to its end without being kept and handed to it (a stream many calls share goes on).
 
     An event's `id` stays set on later events until a new id arrives (the "last event id" rule).
     `cursor`, when given, is updated at the end of every event, with or without data."""
     buffer = b""
     builder = _EventBuilder()
     last_id: str | None = None
+    skipped: _Skipped | None = None  # an oversized event being read past
     async for chunk in content.iter_any():
         buffer += chunk
         while True:
@@ -87,10 +118,19 @@ async def iter_sse(content: aiohttp.StreamReader, max_event_bytes: int = MAX_MES
             if cut is None:
                 break
             end, width = cut
-            line = buffer[:end].decode("utf-8", errors="replace")
-            buffer = buffer[end + width:]
+            raw, buffer = buffer[:end], buffer[end + width:]
+            if skipped is not None:
+                if raw or skipped.midline:
+                    skipped.read(raw, midline=False)
+                elif oversized is not None:  # the blank line that ends it
+                    oversized(skipped.edges())
+                    skipped = None
+                continue
+            line = raw.decode("utf-8", errors="replace")
             if line:
                 builder.feed(line)
+                if builder.size > max_event_bytes:  # (a chunk may hold a whole event past the cap)
+                    skipped, builder = _skip(builder, oversized), _EventBuilder()
                 continue
             last_id = builder.id if builder.id is not None else last_id
             if cursor is not None:
@@ -99,8 +139,42 @@ async def iter_sse(content: aiohttp.StreamReader, max_event_bytes: int = MAX_MES
             event = builder.take()
             if event is not None:
                 yield SseEvent(event.event, event.data, last_id, event.retry_ms)
-        if len(buffer) + sum(len(d) for d in builder.data) > max_event_bytes:
-            raise GatewayError("upstream_error", "upstream event too large")
+        if skipped is None and len(buffer) + builder.size > max_event_bytes:
+            skipped, builder = _skip(builder, oversized), _EventBuilder()
+        if skipped is not None:  # only its edges are kept (a trailing \r may be half of \r\n: kept for the next cut)
+            taken = len(buffer) - (1 if buffer.endswith(b"\r") else 0)
+            if taken > 0:
+                skipped.read(buffer[:taken], midline=True)
+                buffer = buffer[taken:]
+
+
+def _skip(builder: _EventBuilder, oversized: Callable[[Oversized], None] | None) -> _Skipped:
+    """The event being built is past the cap: read past it when `oversized` takes it, else refuse the stream."""
+    if oversized is None:
+        raise GatewayError("upstream_error", "upstream event too large")
+    return _Skipped(builder.data)
+
+
+class _Skipped:
+    """An oversized event being read to its end: the start of its data, the last bytes read of it, and whether
+    a line of it was cut mid-way (so a line end next ends that line, not the event)."""
+
+    def __init__(self, data: list[str]) -> None:
+        joined = "\n".join(data).encode()
+        self.head = joined[:EDGE]
+        self.tail = joined[-EDGE:]
+        self.midline = False
+        self._started = bool(data)
+
+    def read(self, raw: bytes, *, midline: bool) -> None:
+        if not self._started:  # the event's first line: its data is the message's start
+            self.head = raw.removeprefix(b"data:").removeprefix(b" ")[:EDGE] if raw.startswith(b"data:") else b""
+            self._started = True
+        self.tail = (self.tail + raw)[-EDGE:]
+        self.midline = midline
+
+    def edges(self) -> Oversized:
+        return Oversized(self.head, self.tail)
 
 
 def _line_end(buffer: bytes) -> tuple[int, int] | None:

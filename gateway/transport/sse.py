@@ -34,7 +34,7 @@ from gateway.transport.common import (
     with_id,
     with_trace,
 )
-from gateway.transport.events import NotJson, SseEvent, iter_sse, parse_json
+from gateway.transport.events import MAX_MESSAGE_BYTES, NotJson, Oversized, SseEvent, iter_sse, parse_json
 from gateway.transport.http_base import HttpUpstreamBase, deliver, same_origin
 from gateway.transport.inflight import InflightTable, with_progress_token
 
@@ -102,7 +102,8 @@ class SseSession:
             raise GatewayError("upstream_error", f"upstream SSE endpoint answered HTTP {self._response.status}",
                                data={"status": self._response.status})
         self._up.connected()
-        self._events = iter_sse(self._response.content)
+        # An oversized event fails the call it answers, not the stream every call of the session shares.
+        self._events = iter_sse(self._response.content, oversized=self._oversized)
         self._endpoint = await self._read_endpoint(self._events)
         self._reader = asyncio.create_task(self._read(self._events), name=f"customs-{self._up.name}-sse")
         response = await self.request(initialize_message(0, self._params, trace), headers=setup,
@@ -291,6 +292,13 @@ class SseSession:
             self._clock.ended(self._init_result.get("protocolVersion"), "upstream_unavailable")
             self._table.fail_all(GatewayError("upstream_unavailable", "upstream closed the SSE stream",
                                               data={"upstream": self._up.name}))
+
+    def _oversized(self, event: Oversized) -> None:
+        answered = event.answered_id()
+        error = GatewayError("upstream_error", f"upstream sent a message over {MAX_MESSAGE_BYTES} bytes",
+                             data={"upstream": self._up.name})
+        failed = answered is not None and self._table.fail(answered, error)
+        self._up.log.warning("%s; %s", error.message, f"failed request {answered}" if failed else "dropped it")
 
     async def _route(self, message: Message) -> None:
         handler: MessageHandler | None = self._on_message

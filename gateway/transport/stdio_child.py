@@ -20,9 +20,10 @@ from gateway.config.model import UpstreamConfig
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, Health, Message
 from gateway.transport.common import INITIALIZED, CircuitBreaker, check_initialize, initialize_message, with_id
+from gateway.transport.events import Oversized
 from gateway.transport.inflight import InflightTable
 from gateway.transport.stdio_fence import StdinStalled
-from gateway.transport.stdio_inbound import Oversized, read_line
+from gateway.transport.stdio_inbound import read_line
 from gateway.transport.stdio_process import exit_code, pump_stderr, spawn, terminate
 
 RESTART_BASE_S = 0.1

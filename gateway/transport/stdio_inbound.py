@@ -21,41 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.transport.base import Message
-from gateway.transport.events import MAX_MESSAGE_BYTES, NotJson, parse_json
+from gateway.transport.events import EDGE, MAX_MESSAGE_BYTES, NotJson, Oversized, parse_json
 from gateway.transport.inflight import InflightTable
 
 BATCH_REVISIONS = frozenset({"2025-03-26"})
-EDGE = 256  # bytes kept of an oversized line's start and of its end: enough to find an answer's id
-# An answer's start: `{`, then `"jsonrpc":"2.0"` and `"id":N` in either order (either may be absent), then its
-# result or error. Only a request or notification has `method` there; an answer's id, if not here, is its last member.
-_ANSWER_START = re.compile(rb'\s*\{(?:\s*"(?:jsonrpc"\s*:\s*"2\.0"|id"\s*:\s*(\d+))\s*,)*\s*"(?:result|error)"\s*:')
-# The id as the last member (within a string a quote is escaped, so this is the object's own last member).
-_ID_AT_END = re.compile(rb'"id"\s*:\s*(\d+)\s*\}\s*$')
-
-
-@dataclass(frozen=True)
-class Oversized:
-    """A line past the reader's limit, read to its end and dropped: its first and last `EDGE` bytes."""
-
-    head: bytes
-    tail: bytes
-
-    def answered_id(self) -> int | None:
-        """The id of the request this line answers, when its edges show one (else None: not an answer, or unknown)."""
-        start = _ANSWER_START.match(self.head)
-        if start is None:
-            return None
-        if start.group(1) is not None:
-            return int(start.group(1))
-        end = _ID_AT_END.search(self.tail)
-        return int(end.group(1)) if end is not None else None
 
 
 async def read_line(stream: asyncio.StreamReader) -> bytes | Oversized:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import GatewayError
-from gateway.transport.events import SseEvent, iter_sse
+from gateway.transport.events import Oversized, SseEvent, iter_sse
 
 STREAM = (b": keep-alive comment\n"
           b"event: endpoint\ndata: /messages?s=1\n\n"
@@ -59,3 +59,25 @@ async def test_oversized_event_is_an_upstream_error() -> None:
     assert info.value.reason == "upstream_error"
     with pytest.raises(GatewayError):
         await decode([b"data: " + b"x" * 600 + b"\n", b"data: " + b"y" * 600 + b"\n"], max_bytes=1000)
+
+
+# An answer past a 1000-byte cap in each SDK's member order (ids 41 and 42), then the events of STREAM: read past,
+# handed over by their edges, and the stream goes on intact, however it is cut into chunks.
+OVERSIZED = (b'event: message\ndata: {"jsonrpc":"2.0","id":41,"result":{"text":"' + b"x" * 1500 + b'"}}\n\n'
+             b'data: {"result":{"text":"' + b"y" * 700 + b'",\ndata: "more":"' + b"z" * 700
+             + b'"},"jsonrpc":"2.0","id":42}\r\n\r\n' + STREAM)
+
+
+async def decode_skipping(chunks: list[bytes]) -> tuple[list[SseEvent], list[int | None]]:
+    skipped: list[Oversized] = []
+    events = [e async for e in iter_sse(Chunks(chunks), 1000, oversized=skipped.append)]  # type: ignore[arg-type]
+    return events, [s.answered_id() for s in skipped]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=len(OVERSIZED) - 1), max_size=12, unique=True))
+async def test_an_oversized_event_is_read_past_when_asked(cuts: list[int]) -> None:
+    edges = [0, *sorted(cuts), len(OVERSIZED)]
+    events, answered = await decode_skipping([OVERSIZED[a:b] for a, b in itertools.pairwise(edges)])
+    assert answered == [41, 42]
+    assert events == EXPECTED
