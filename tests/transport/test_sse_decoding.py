@@ -59,6 +59,8 @@ async def test_oversized_event_is_an_upstream_error() -> None:
     assert info.value.reason == "upstream_error"
     with pytest.raises(GatewayError):
         await decode([b"data: " + b"x" * 600 + b"\n", b"data: " + b"y" * 600 + b"\n"], max_bytes=1000)
+    with pytest.raises(GatewayError):  # a whole event in one chunk (on the old code: passed on, past the cap)
+        await decode([b"data: " + b"x" * 2000 + b"\n\n"], max_bytes=1000)
 
 
 # An answer past a 1000-byte cap in each SDK's member order (ids 41 and 42), then the events of STREAM: read past,
