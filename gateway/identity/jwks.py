@@ -330,7 +330,9 @@ class UrlKeySource:
 
     async def candidates(self, kid: str | None) -> list[VerifyKey]:
         found = select(self._keys, kid)
-        if found:
+        # A kid no key is published under is unknown, though a kid-less key (which matches any kid) is in the set:
+        # it did not count as one, so a key the IdP rotated in beside a kid-less key was refused until the keys aged.
+        if found and (kid is None or any(key.kid == kid for key in found)):
             if self._fetched_at is None or self._clock() - self._fetched_at >= self._refresh_s:
                 # Refresh behind the token, not in front of it: a slow IdP (up to the fetch timeout) would
                 # otherwise hold up every new token, and a failed refresh keeps these keys anyway.
