@@ -93,7 +93,7 @@ class WebhookNotifier:
 
     def __init__(self, webhooks: Sequence[WebhookConfig], *, page_url: str | None = None,
                  session: aiohttp.ClientSession | None = None, attempts: int = 5, base_delay_s: float = 0.5,
-                 timeout_s: float = 10.0, max_queue: int = 1000, workers: int = 2) -> None:
+                 timeout_s: float = 10.0, max_queue: int = 1000, workers: int = 2, close_grace_s: float = 5.0) -> None:
         self._hooks = tuple(webhooks)
         self._page_url = page_url
         self._session = session
@@ -105,6 +105,7 @@ class WebhookNotifier:
         # timeout, then backs off) must not hold up the others' deliveries, nor fill their queue.
         self._queues: list[asyncio.Queue[bytes]] = [asyncio.Queue(maxsize=max_queue) for _ in self._hooks]
         self._workers_n = workers
+        self._close_grace_s = close_grace_s
         self._workers: list[asyncio.Task[None]] = []
         self.delivered = 0
         self.failed = 0
@@ -119,6 +120,11 @@ class WebhookNotifier:
                          for n in range(self._workers_n)]
 
     async def close(self) -> None:
+        """Stop delivering, after up to `close_grace_s` for what is queued or being retried: a call held just
+        before a restart stays pending for the agent's retry, which joins it and notifies nobody."""
+        if self._workers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drain(), self._close_grace_s)
         for task in self._workers:
             task.cancel()
         for task in self._workers:

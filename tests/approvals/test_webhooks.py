@@ -197,3 +197,15 @@ async def test_a_hanging_webhook_does_not_hold_up_the_others(receiver: Receiver)
         answered.set()
         await notifier.close()
         await runner.cleanup()
+
+
+async def test_deliveries_under_way_at_shutdown_are_given_time_to_finish(receiver: Receiver) -> None:
+    """A call held just before a restart stays pending for the agent's retry, which joins it and notifies nobody:
+    a delivery still queued or being retried when the gateway closed was dropped, so approvers never heard of it."""
+    notifier = WebhookNotifier([WebhookConfig(url=receiver.url)], base_delay_s=0.2)  # the first answer is a 500
+    await notifier.start()
+    store = MemoryApprovalStore()
+    with pytest.raises(GatewayError):
+        await ApproveStage(store, ApprovalsConfig(), notifier=notifier)(call_context())
+    await notifier.close()
+    assert receiver.got.is_set() and notifier.delivered == 1 and len(receiver.hits) == 2
