@@ -39,7 +39,7 @@ STATELESS_UNREACHABLE = ("Customs cannot give this request to a client: it is ti
 @dataclass
 class ServerRequestRoute:
     upstream: str
-    session: UpstreamSession
+    session: UpstreamSession | None  # None: sent while it was being opened (`upstream_of` finds it when answered)
     upstream_id: Any
     origin: object = None  # the call it was sent on behalf of (router.Inbound); None: the session's
     progress_token: Any = None  # its `_meta.progressToken`: the agent's progress on it goes to this upstream only
@@ -52,11 +52,13 @@ async def route_server_message(session: Session, upstream: str, message: Message
     the client find their way back to the right upstream even when several use the same ids."""
     method = message.get("method")
     if "id" in message and isinstance(method, str):
+        # Not recorded yet while the handshake opening it runs: an upstream may ask the moment its stream opens.
         upstream_session = session.upstreams.get(upstream)
-        if upstream_session is None:
+        if upstream_session is None and session.closed:
             return
         if (missing := _undeclared(session, message)) is not None:
-            await _answer_upstream(ServerRequestRoute(upstream, upstream_session, message["id"]), {"error": missing})
+            refused = ServerRequestRoute(upstream, upstream_session, message["id"])
+            await _answer_upstream(session, refused, {"error": missing})
             return
         gateway_id = session.next_server_request_id()
         if len(session.server_requests) >= MAX_SERVER_REQUESTS:
@@ -145,7 +147,13 @@ def notified_upstreams(session: Session, message: Message) -> list[tuple[str, Up
     params = message.get("params")
     token = params.get("progressToken") if isinstance(params, dict) else None
     routes = [r for r in session.server_requests.values() if token is not None and r.progress_token == token]
-    return list({id(r.session): (r.upstream, r.session) for r in routes}.values())
+    targets = [(r.upstream, target) for r in routes if (target := upstream_of(session, r)) is not None]
+    return list({id(target): (name, target) for name, target in targets}.values())
+
+
+def upstream_of(session: Session, route: ServerRequestRoute) -> UpstreamSession | None:
+    """The upstream session to answer a server→client request through (None: it is gone, or not open yet)."""
+    return route.session if route.session is not None else session.upstreams.get(route.upstream)
 
 
 def drop_server_requests(session: Session, origin: object) -> None:
@@ -163,7 +171,7 @@ async def _give_up(session: Session, gateway_id: str) -> None:
     instead of waiting for an answer that would now be dropped."""
     route = session.server_requests.pop(gateway_id)
     error = {"code": -32603, "message": "Too many requests awaiting the client's answer; this one was given up"}
-    await _answer_upstream(route, {"error": error})
+    await _answer_upstream(session, route, {"error": error})
 
 
 async def _unreachable(session: Session, message: Message) -> None:
@@ -171,15 +179,19 @@ async def _unreachable(session: Session, message: Message) -> None:
     (the gateway is alive), anything else refused (`client_unknown`)."""
     route = session.server_requests.pop(message["id"])
     if message.get("method") == "ping":
-        await _answer_upstream(route, {"result": {}})
+        await _answer_upstream(session, route, {"result": {}})
         return
     log.debug("refused %s's %s: %s", route.upstream, message.get("method"), STATELESS_UNREACHABLE)
-    await _answer_upstream(route, {"error": {"code": -32603, "message": STATELESS_UNREACHABLE,
+    await _answer_upstream(session, route, {"error": {"code": -32603, "message": STATELESS_UNREACHABLE,
                                              "data": {"reason": "client_unknown"}}})
 
 
-async def _answer_upstream(route: ServerRequestRoute, answer: dict[str, Any]) -> None:
+async def _answer_upstream(session: Session, route: ServerRequestRoute, answer: dict[str, Any]) -> None:
+    upstream = upstream_of(session, route)
+    if upstream is None:  # its session is still being opened, or already gone: the upstream's timeout ends its wait
+        log.debug("could not answer a server request of %s: no session with it", route.upstream)
+        return
     try:
-        await route.session.respond({"jsonrpc": "2.0", "id": route.upstream_id, **answer})
+        await upstream.respond({"jsonrpc": "2.0", "id": route.upstream_id, **answer})
     except Exception:  # the upstream is gone: nothing awaits the answer either
         log.debug("could not tell %s a server request was given up", route.upstream)

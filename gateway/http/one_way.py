@@ -18,7 +18,7 @@ from aiohttp import web
 from gateway import jsonrpc
 from gateway.context import Principal
 from gateway.errors import GatewayError
-from gateway.server_messages import notified_upstreams
+from gateway.server_messages import notified_upstreams, upstream_of
 from gateway.sessions import Session
 
 log = logging.getLogger("customs.http")  # the endpoint's logger, as before the split
@@ -48,9 +48,10 @@ async def _one_way(observability: Any, on_task_end: TaskEnd | None, session: Ses
                    principal: Principal | None) -> None:
     if message.kind == "response":
         route = session.server_requests.pop(str(message.id), None)
-        if route is not None:  # taken (202) even if passing it on fails, as notifications are (below)
+        upstream = upstream_of(session, route) if route is not None else None
+        if route is not None and upstream is not None:  # taken (202) even if passing it on fails, as notifications are
             with contextlib.suppress(GatewayError):
-                await route.session.respond({**message.body, "id": route.upstream_id})
+                await upstream.respond({**message.body, "id": route.upstream_id})
         return
     method = message.method
     if method == "notifications/initialized":

@@ -1,0 +1,44 @@
+"""A server→client request an upstream sends while the gateway is still opening the upstream session (here a `ping`
+on the GET stream the moment it opens, before `connect()` has returned) reaches the client, and the client's answer
+reaches the upstream (real SDK client and gateway; a scripted aiohttp upstream)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gateway.app import GATEWAY
+from tests.support.mcp_client import sdk_client
+from tests.transport.conftest import eventually
+
+pytestmark = pytest.mark.asyncio
+ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
+PING = {"jsonrpc": "2.0", "id": "srv-1", "method": "ping"}
+
+
+async def test_a_request_sent_as_the_upstream_session_opens_is_answered(start_gateway: Any, permissive_policies: Path,
+                                                                        scripted: Any) -> None:
+    async def on_get(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(f"event: message\ndata: {json.dumps(PING)}\n\n".encode())
+        await asyncio.Event().wait()
+        return response
+
+    async def on_request(request: web.Request, message: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": {"tools": []}})
+
+    up = await scripted(on_request, on_get)
+    gw = await start_gateway({"upstreams": [{"name": "up", "url": up.url, "timeout_s": 10}], "identity": ANON,
+                              "policies": {"dir": str(permissive_policies)}})
+    async with sdk_client(gw.mcp) as client:
+        session = next(iter(gw.app[GATEWAY].sessions._sessions.values()))
+        await eventually(lambda: session.get_stream_open)  # the client's GET stream, where the ping goes
+        await client.list_tools()  # the first call opens the upstream session
+        # (on the old code the ping was dropped unanswered: the upstream session was not recorded yet)
+        await eventually(lambda: any(m and m.get("id") == "srv-1" and m.get("result") == {} for _, m in up.seen), 10)
