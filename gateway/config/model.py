@@ -154,7 +154,9 @@ class WebhookConfig(Model):
 
 
 class ApprovalsConfig(Model):
-    ttl_s: float = Field(900.0, gt=0)  # seconds; fractions are fine (short expiries in tests and demos)
+    # Seconds; fractions are fine (short expiries in tests and demos). Finite and at most a year: `.inf` (meant as
+    # "never expires") passed, and every held call then failed saying how long it had left.
+    ttl_s: float = Field(900.0, gt=0, le=365 * 86400, allow_inf_nan=False)
     webhooks: tuple[WebhookConfig, ...] = ()
     redact_keys: tuple[str, ...] = ()
     wait_s: float = Field(840.0, ge=0)  # how long a held request stays open before answering approval_pending
