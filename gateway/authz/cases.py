@@ -18,7 +18,12 @@ import yaml
 
 from gateway.authz import entities as E
 from gateway.authz.actions import AGENT_ACTIONS
-from gateway.authz.evaluate import decide, decide_approve
+from gateway.authz.approve_case import approve_decision
+from gateway.authz.casefields import CaseError as CaseError
+from gateway.authz.casefields import check_keys as _check_keys
+from gateway.authz.casefields import check_upstream as _check_upstream
+from gateway.authz.casefields import mapping as mapping
+from gateway.authz.evaluate import decide
 from gateway.authz.policyset import LoadedPolicies, load_policies
 from gateway.config.load import strict_yaml_load, unreadable
 from gateway.config.model import Sensitivity
@@ -31,10 +36,6 @@ _CASE_KEYS = frozenset({"name", "action", "principal", "chain", "tool", "labels"
                         "args_contain_secret", "task", "approved", "now", "context", "expect", "policies",
                         "expect_errors", "user", "approval"})
 _PRINCIPAL_KEYS = frozenset({"id", "attributes", "chain"})
-# An `approve` case is a person deciding a held call: what an agent's call would state does not apply to it.
-_APPROVE_CASE_KEYS = frozenset({"name", "action", "user", "approval", "expect", "policies", "expect_errors"})
-_USER_KEYS = frozenset({"id", "groups"})
-_APPROVAL_KEYS = frozenset({"id", "upstream", "tool", "args", "requester", "chain"})
 # docs/policies.md's context table: what a case's `context:` may state.
 _CONTEXT_KEYS = frozenset({"args", "args_truncated", "environment", "tenant", "chain", "chain_depth", "approval",
                            "time", "args_contain_secret", "task"})
@@ -42,10 +43,6 @@ _CONTEXT_KEYS = frozenset({"args", "args_truncated", "environment", "tenant", "c
 _FLAT_FACTS = {"args": "args", "environment": "environment", "args_contain_secret": "args_contain_secret",
                "task": "task", "approved": "approval", "now": "time"}
 SENSITIVITIES: tuple[str, ...] = get_args(Sensitivity)
-
-
-class CaseError(Exception):
-    """A cases file (or a CLI input) that cannot be understood; the message says where."""
 
 
 def agent_action(action: Any, where: str) -> str:
@@ -79,21 +76,6 @@ def principal_from_claims(claims: dict[str, Any], mapping: dict[str, str] | None
 
 def _is_claims(spec: Any) -> bool:
     return isinstance(spec, dict) and "id" not in spec and ("sub" in spec or "spiffe_id" in spec)
-
-
-def mapping(value: Any, where: str, what: str) -> dict[str, Any]:
-    """`value` when it is a mapping ({} for null or absent); else a CaseError naming `what` at `where`."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise CaseError(f"{where}: {what} must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _check_keys(found: Any, known: frozenset[str], where: str) -> None:
-    unknown = sorted(str(k) for k in found if k not in known)
-    if unknown:
-        raise CaseError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
 
 
 def _actor(spec: Any, named: dict[str, Any], where: str) -> Actor:
@@ -138,6 +120,7 @@ def tool_from(name: Any, overrides: Any, tools: dict[str, Any], where: str, acti
     upstream, _, tool = name.partition("/") if isinstance(name, str) else ("", "", "")
     if not upstream or not tool:
         raise CaseError(f"{where}: tool must be 'upstream/tool', got {name!r}")
+    _check_upstream(upstream, where)
     labels = {**mapping(tools.get(name), where, f"the labels of tools[{name!r}]"),
               **mapping(overrides, where, "labels")}
     unknown = set(labels) - _TOOL_FIELDS
@@ -263,32 +246,6 @@ def facts_from(case: dict[str, Any], environment: str, where: str) -> tuple[E.Ca
     return facts, approval == "granted"
 
 
-def _approve_decision(policies: LoadedPolicies, case: dict[str, Any], where: str, name: str) -> Decision:
-    """An `approve` case's decision on exactly the approval it writes: a misspelled or an agent call's key, no
-    upstream or tool, a chain as one string (read letter by letter) were decided quietly, passing untested."""
-    _check_keys(case, _APPROVE_CASE_KEYS, f"{where} ({name}, action approve)")
-    user = case.get("user") or {}
-    groups = (user.get("groups") or []) if isinstance(user, dict) else None
-    if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not isinstance(groups, list) \
-            or not all(isinstance(g, str) for g in groups):
-        raise CaseError(f"{where}: approve cases need user: {{id: ..., groups: [...]}} (groups must be a list of "
-                        "strings)")
-    _check_keys(user, _USER_KEYS, f"{where}: user")
-    if case.get("approval") is None:
-        raise CaseError(f"{where}: approve cases need approval: {{id, upstream, tool, args, requester, chain}}")
-    approval = mapping(case.get("approval"), where, "approval")
-    _check_keys(approval, _APPROVAL_KEYS, f"{where}: approval")
-    for key in ("upstream", "tool"):
-        if not isinstance(approval.get(key), str) or not approval[key]:
-            raise CaseError(f"{where}: approval.{key} must be a non-empty string (the held call's {key})")
-    chain = approval.get("chain", [])
-    if not isinstance(chain, list) or not all(isinstance(c, str) for c in chain) \
-            or not all(isinstance(approval.get(k, ""), str) for k in ("id", "requester")):
-        raise CaseError(f"{where}: approval.id and approval.requester must be strings, approval.chain a list of them")
-    mapping(approval.get("args"), where, "approval.args")
-    return decide_approve(policies, user["id"], groups, dict(approval))
-
-
 @dataclass(frozen=True)
 class CaseResult:
     name: str
@@ -308,7 +265,7 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
         raise CaseError(f"{where}: expect must be allow, deny or approval_required, got {expected!r}")
     action = str(case.get("action", "call_tool"))
     if action == "approve":
-        decision = _approve_decision(policies, case, where, name)
+        decision = approve_decision(policies, case, where, name)
     else:
         action = agent_action(action, where)
         if "user" in case or "approval" in case:  # `approval: granted` was ignored: decided without approval

@@ -1,0 +1,32 @@
+"""The checks every part of a policy test case file shares: mappings, known keys, upstream names, the error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.config.upstreams import NAME_RE
+
+
+class CaseError(Exception):
+    """A cases file (or a CLI input) that cannot be understood; the message says where."""
+
+
+def mapping(value: Any, where: str, what: str) -> dict[str, Any]:
+    """`value` when it is a mapping ({} for null or absent); else a CaseError naming `what` at `where`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CaseError(f"{where}: {what} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def check_keys(found: Any, known: frozenset[str], where: str) -> None:
+    unknown = sorted(str(k) for k in found if k not in known)
+    if unknown:
+        raise CaseError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+
+
+def check_upstream(upstream: str, where: str) -> None:
+    """An upstream name a config can hold: `Inventory` was decided as given, and no call ever matches it."""
+    if not NAME_RE.fullmatch(upstream):
+        raise CaseError(f"{where}: upstream {upstream!r} is no upstream name: names are [a-z0-9_-]+ (upstreams[].name)")
