@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 
+from tests.e2e.test_tool_pinning import make_env, tool
 from tests.support.cli import customs_async
 from tests.support.servers import run_aiohttp
 
@@ -93,3 +96,19 @@ async def test_a_token_no_header_can_carry_is_a_usage_error(argv: tuple[str, ...
     assert "Traceback" not in err, err
     assert code == 2 and "CUSTOMS_TOKEN" in err and "not a bearer token" in err, err
     assert token not in err  # a secret is not echoed
+
+
+async def test_tools_approve_against_a_real_gateway_still_pins(start_gateway: Any, tmp_path: Path,
+                                                              permissive_policies: Path) -> None:
+    """The answer check must not refuse the gateway's own answer: a quarantined tool re-approved by the command."""
+    async for env in make_env(start_gateway, tmp_path, permissive_policies, "tofu"):
+        assert "infra__deploy" in await env.names()
+        env.tools["deploy"] = tool("deploy", destructive=True)  # the rug pull: quarantined
+        assert "infra__deploy" not in await env.names()
+        admin = env.token("carol", groups=["admins"])
+        _, out, _ = await customs_async("tools", "list", "--url", env.gw.url, token=admin, check=True)
+        assert "infra/deploy\tquarantined" in out, out
+        _, out, _ = await customs_async("tools", "approve", "infra", "deploy", "--url", env.gw.url, token=admin,
+                                        check=True)
+        assert '"state": "pinned"' in out and '"tool": "deploy"' in out, out
+        assert "infra__deploy" in await env.names()
