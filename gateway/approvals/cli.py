@@ -36,10 +36,11 @@ class CliError(Exception):
 
 
 def request_json(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None, *,
-                 hints: dict[int, str] = HINTS, who: str = "an approver") -> Any:
+                 hints: dict[int, str] = HINTS, who: str = "an approver", unanswered: str | None = None) -> Any:
     """Call the gateway's admin API at --url with --token; CliError (message, exit code) when that fails.
 
-    Shared with `customs tools`, which passes its own hints and who holds the token.
+    Shared with `customs tools`, which passes its own hints and who holds the token. `unanswered`: the hint when
+    the gateway took the request but did not answer within --timeout (a change may have been made all the same).
     """
     # Here, not at the top: urllib.request brings http.client, email and ssl, and every `customs` command
     # (version, --help, policy ...) imports this module to build its parser.
@@ -82,6 +83,9 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
         named = f" {error['reason']}" if error.get("reason") else ""  # another service's 404 has none
         raise CliError(f"{method} {url}: HTTP {exc.code}{named}: {detail}"
                        + (f"\n  hint: {hint}" if hint else ""), 1 if exc.code < 500 else 3) from None
+    except TimeoutError:  # sent, but no answer in time (a connect that timed out is a URLError: unreachable)
+        hint = unanswered or "the gateway is slow or busy: try again, or raise --timeout"
+        raise CliError(f"{method} {url}: no answer within {args.timeout:g} s (--timeout)\n  hint: {hint}", 3) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise CliError(f"cannot reach the gateway at {args.url}: {reason}\n  hint: is `customs serve` running? "
@@ -236,7 +240,9 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace, action: str) -> int:
-    item = request_json(args, "POST", f"/api/approvals/{quote(args.id, safe='')}/{action}", {"comment": args.comment})
+    item = request_json(args, "POST", f"/api/approvals/{quote(args.id, safe='')}/{action}", {"comment": args.comment},
+                        unanswered=f"the decision may have been recorded all the same: check with "
+                                   f"`customs approvals show {shown(args.id)}` before deciding again")
     with reading_answer(args):
         expect_keys(item, "id", "state")
         if args.json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -155,3 +156,27 @@ async def test_a_second_vote_of_the_same_approver_is_told_so(web_kit: WebKit) ->
     assert "another approver" in err and "already pending" not in err, err
     code, out, _ = await _cli("list", "--state", "denied,expired", "--url", web_kit.url, token=token)
     assert code == 0 and out.strip() == "no denied or expired approvals", out
+
+
+async def test_a_decision_not_answered_in_time_says_it_may_have_been_recorded(web_kit: WebKit) -> None:
+    """A gateway that took the request but answered after --timeout was reported as unreachable ("cannot reach the
+    gateway … is `customs serve` running?"), while the decision may well have been made: the approver, told
+    nothing happened, would decide again or walk away from a call that ran."""
+    answered = asyncio.Event()
+
+    async def slow(_: web.Request) -> web.Response:
+        await answered.wait()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", slow)
+    async with run_aiohttp(app, shutdown_timeout=0.1) as url:
+        try:
+            code, _, err = await _cli("approve", "apr_x", "--url", url, "--timeout", "1", token=web_kit.token("alice"))
+            assert code == 3 and "Traceback" not in err
+            assert "no answer within 1" in err and "customs approvals show apr_x" in err
+            assert "cannot reach" not in err
+            code, _, err = await _cli("list", "--url", url, "--timeout", "1", token=web_kit.token("alice"))
+            assert code == 3 and "no answer within 1" in err and "cannot reach" not in err
+        finally:
+            answered.set()
