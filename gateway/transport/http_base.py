@@ -23,6 +23,7 @@ from gateway.config.rules import RESERVED_HEADERS
 from gateway.errors import GatewayError
 from gateway.transport.base import Health, Message, MessageHandler, NotifyHook, SessionEnded
 from gateway.transport.common import DEFAULT_BREAKER_COOLDOWN_S, DEFAULT_BREAKER_THRESHOLD, CircuitBreaker
+from gateway.transport.deadlines import Deadlines
 
 ACCEPT_BOTH = "application/json, text/event-stream"
 USER_AGENT = f"customs/{__version__}"
@@ -43,6 +44,7 @@ class HttpUpstreamBase:
         self.url = config.url
         self.http = http
         self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown_s, upstream=config.name)
+        self.deadlines = Deadlines()  # its calls' timeouts (a sweep that stops by itself once no call is left)
         self.log = logging.getLogger(f"customs.upstream.{config.name}")
         self._state = Health(False, "not contacted yet")
         self._streams: aiohttp.ClientSession | None = None

@@ -34,6 +34,7 @@ from gateway.transport.common import (
     with_id,
     with_trace,
 )
+from gateway.transport.deadlines import Deadline
 from gateway.transport.events import MAX_MESSAGE_BYTES, NotJson, Oversized, SseEvent, iter_sse, parse_json
 from gateway.transport.http_base import HttpUpstreamBase, deliver, same_origin
 from gateway.transport.inflight import InflightTable, with_progress_token
@@ -140,7 +141,7 @@ class SseSession:
             sent_id(pending.upstream_id, None, self._init_result.get("protocolVersion"))
         limit = timeout or self._up.config.timeout_s
         try:
-            async with asyncio.timeout(limit) as deadline:
+            async with Deadline(self._up.deadlines, limit) as deadline:
                 credential = headers if headers is not None else await self._session_headers()
                 outbound = with_id(message, pending.upstream_id)
                 if pending.progress_token is not None:

@@ -148,6 +148,8 @@ class StdioUpstream:
             # Every session's client may use token 1: upstream the token is unique (the upstream id).
             outbound = with_progress_token(outbound, pending.upstream_id)
         try:
+            # asyncio.timeout, not transport.deadlines: the write inside is bounded by the same limit, and the call's
+            # own timeout must come first (upstream_timeout), which a sweep up to 50 ms late would not.
             async with asyncio.timeout(limit) as deadline:
                 await self._child.write(outbound)
                 response = await pending.future

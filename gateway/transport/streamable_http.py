@@ -41,6 +41,7 @@ from gateway.transport.common import (
     with_id,
     with_trace,
 )
+from gateway.transport.deadlines import Deadline
 from gateway.transport.events import iter_sse, parse_json
 from gateway.transport.http_base import HttpUpstreamBase, deliver
 from gateway.transport.streamable_answer import read_answer
@@ -153,7 +154,7 @@ class StreamableHttpSession:
         self._inflight[key] = upstream_id
         limit = timeout or self._up.config.timeout_s
         try:
-            async with asyncio.timeout(limit) as deadline:
+            async with Deadline(self._up.deadlines, limit) as deadline:
                 credential = headers if headers is not None else await self._session_headers()
                 # A resumed answer stream asks again: the first credential may have expired by then.
                 renew = refresh if headers is not None else self._session_headers
