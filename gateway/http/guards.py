@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from gateway.http.cors import add as add_cors
 from gateway.http.cors import cors_origin, preflight
 from gateway.jsonrpc import dumps
 from gateway.keys import CONFIG
+from gateway.transport.events import media_type
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 # For routes served outside `create_app` (no config on the application): the configuration default.
@@ -72,10 +74,15 @@ class HostOriginPolicy:
         self._any_host = "*" in listen.allowed_hosts
         self._origins = {_origin(o) for o in listen.allowed_origins} | {_origin(f"{public.scheme}://{public.netloc}")}
         self._any_origin = "*" in listen.allowed_origins
+        self._listed: dict[str, bool] = {}  # Host header value → listed (clients send the same few)
 
     def check(self, request: web.Request) -> None:
         host = request.headers.get("Host", "")
-        listed = _host_only(host) in self._hosts
+        listed = self._listed.get(host)
+        if listed is None:
+            if len(self._listed) >= 256:  # bounded whatever Host values clients make up
+                self._listed.clear()
+            listed = self._listed[host] = _host_only(host) in self._hosts
         if not self._any_host and not listed:
             raise GatewayError("host_forbidden")
         origin = request.headers.get("Origin")
@@ -198,7 +205,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 
 def require_json(request: web.Request) -> None:
-    if request.content_type != "application/json":
+    if media_type(request.headers.get("Content-Type")) != "application/json":
         raise GatewayError("unsupported_media_type")
 
 
@@ -206,8 +213,11 @@ def accepts(request: web.Request) -> tuple[bool, bool]:
     """(accepts JSON, accepts SSE). A missing Accept header accepts JSON. Media ranges count as HTTP
     defines them (`*/*`, `application/*`, `text/*`), as the SDK's own server reads them."""
     accept = request.headers.get("Accept")
-    if not accept:
-        return True, False
+    return _accepted(accept) if accept else (True, False)
+
+
+@functools.lru_cache(maxsize=64)  # clients send the same few values: parsed once each
+def _accepted(accept: str) -> tuple[bool, bool]:
     parts = {p.split(";")[0].strip().lower() for p in accept.split(",")}
     if "*/*" in parts:
         return True, True

@@ -201,7 +201,7 @@ class ResponseChannel:
         self.replay_stream: ReplayStream | None = None
         self._stream: web.StreamResponse | None = None
         self._writer: EventWriter | None = None
-        self._commit_lock = asyncio.Lock()
+        self._commit_lock: asyncio.Lock | None = None  # made by the first interim message: most calls send none
 
     @property
     def streaming(self) -> bool:
@@ -225,6 +225,8 @@ class ResponseChannel:
             self.replay_stream.finish()
 
     async def _commit(self) -> EventWriter:
+        if self._commit_lock is None:
+            self._commit_lock = asyncio.Lock()
         async with self._commit_lock:
             if self._writer is None:
                 stream = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self.headers})

@@ -246,9 +246,12 @@ class Telemetry:
         return handle
 
     def current_ids(self) -> tuple[str | None, str | None]:
-        """(trace id, span id) in hex of the current span: the gateway's, else any current API span."""
+        """(trace id, span id) in hex of the gateway's current span, else (None, None).
+
+        Not the OpenTelemetry API's current span: the gateway never makes one current (its spans are light
+        spans), and asking the API costs half a dozen Python calls on every decision record."""
         current = self._current.get()
-        return current.hex_ids() if current is not None else api_span_ids()
+        return current.hex_ids() if current is not None else _NO_IDS
 
     # -- spans -------------------------------------------------------------------------------------
 
@@ -374,6 +377,9 @@ def _with_method(method: str, attrs: Attributes | None) -> dict[str, Any]:
         attrs.setdefault("mcp.method.name", method)
         return attrs
     return {"mcp.method.name": method, **(attrs or {})}
+
+
+_NO_IDS: tuple[None, None] = (None, None)
 
 
 def _trace_id() -> int:

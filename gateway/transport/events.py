@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.helpers import parse_content_type
 
 from gateway import jsonrpc
 from gateway.errors import GatewayError
@@ -188,6 +189,12 @@ def _line_end(buffer: bytes) -> tuple[int, int] | None:
     if cr + 1 == len(buffer):
         return None  # a lone \r at the end might be half of \r\n: wait for more
     return cr, 2 if buffer[cr + 1:cr + 2] == b"\n" else 1
+
+
+def media_type(raw: str | None) -> str:
+    """The media type of a Content-Type header value, as aiohttp's `content_type` property gives it (its own
+    parser, which caches each value), without the property's two Python calls a read."""
+    return "application/octet-stream" if raw is None else parse_content_type(raw)[0]
 
 
 async def read_json_body(response: aiohttp.ClientResponse, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:

@@ -17,7 +17,7 @@ import aiohttp
 from gateway.errors import GatewayError
 from gateway.transport.base import HeadersSource, Message, MessageHandler
 from gateway.transport.common import check_response, is_response
-from gateway.transport.events import SseCursor, iter_sse, parse_json, read_json_body
+from gateway.transport.events import SseCursor, iter_sse, media_type, parse_json, read_json_body
 from gateway.transport.http_base import HttpUpstreamBase, deliver
 
 # Resuming a request's stream: reconnects in a row that bring no new event before giving up, the
@@ -47,7 +47,7 @@ async def read_answer(session: AnswerSession, response: aiohttp.ClientResponse, 
     session.upstream.check_status(response)
     if response.status == 404:  # tested here: the usual answer pays for no coroutine
         await session.check_expired(response)
-    content_type = response.content_type  # (a property parsing the header: read once)
+    content_type = media_type(response.headers.get("Content-Type"))
     if response.status == 200 and content_type == "text/event-stream":
         return await _read_stream(session, response, upstream_id, handler, credential, refresh)
     if content_type != "application/json":
