@@ -245,8 +245,13 @@ class SessionManager:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(min(60.0, self._idle_s / 4))
-            cutoff = time.monotonic() - self._idle_s
-            idle = [s for s in (*self._sessions.values(), *self._stateless.values()) if s.last_used < cutoff]
+            now = time.monotonic()
+            cutoff = now - self._idle_s
+            every = (*self._sessions.values(), *self._stateless.values())
+            for session in every:
+                if session.inflight:  # busy: its idle time starts when its calls end, not when the last began
+                    session.last_used = now
+            idle = [s for s in every if s.last_used < cutoff]
             # Asked again at its turn: ending the ones before it awaits upstreams, and a call may
             # have arrived on this session meanwhile (ending it would cancel that call).
             await self._end_each(idle, _still_idle(cutoff))
