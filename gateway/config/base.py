@@ -37,11 +37,12 @@ class Model(BaseModel):
         return value
 
 
-def url_problem(value: str) -> str | None:
+def url_problem(value: str, *, spaces: bool = True) -> str | None:
     """What makes `value` no usable URL beyond its scheme: a space or control character (a host cannot hold one,
-    and a trailing newline is easy to paste), or a port that is no number in 0-65535 (urllib raises only when the
-    port is read, which serve did while starting: a traceback after `config check` had passed the file)."""
-    if any(c.isspace() or not c.isprintable() for c in value):
+    and a trailing newline is easy to paste; `spaces=False` lets them be, as redis-py reads a password with
+    spaces), or a port that is no number in 0-65535 (urllib raises only when the port is read, which serve did
+    while starting: a traceback after `config check` had passed the file)."""
+    if spaces and any(c.isspace() or not c.isprintable() for c in value):
         return "must not contain spaces or control characters"
     try:
         urlsplit(value).port  # noqa: B018 -- reading it raises ValueError for a port that is no number in 0-65535

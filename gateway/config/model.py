@@ -175,7 +175,7 @@ class RedisConfig(Model):
     def _url(cls, value: str) -> str:
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("not a redis:// URL")
-        problem = url_problem(value)
+        problem = url_problem(value, spaces=False)  # a password with a space works (redis-py reads it as written)
         if problem is not None:
             raise ValueError(f"not a redis:// URL: {problem}")
         return value
