@@ -38,12 +38,12 @@ class Model(BaseModel):
 
 
 def url_problem(value: str, *, spaces: bool = True) -> str | None:
-    """What makes `value` no usable URL beyond its scheme: a space or control character (a host cannot hold one,
-    and a trailing newline is easy to paste; `spaces=False` lets them be, as redis-py reads a password with
-    spaces), or a port that is no number in 0-65535 (urllib raises only when the port is read, which serve did
-    while starting: a traceback after `config check` had passed the file)."""
-    if spaces and any(c.isspace() or not c.isprintable() for c in value):
-        return "must not contain spaces or control characters"
+    """What makes `value` no usable URL beyond its scheme: a control character (a trailing newline is easy to
+    paste) or a space in its host (the path's and query's are percent-encoded when sent; `spaces=False` lets both
+    be, as redis-py reads a password as written), or a port that is no number in 0-65535 (urllib raises only when
+    the port is read, which serve did while starting: a traceback after `config check` had passed the file)."""
+    if spaces and (not value.isprintable() or " " in urlsplit(value).netloc.rpartition("@")[2]):
+        return "must not contain control characters, nor spaces in its host"
     try:
         urlsplit(value).port  # noqa: B018 -- reading it raises ValueError for a port that is no number in 0-65535
     except ValueError:

@@ -46,7 +46,7 @@ def test_a_url_with_no_port_or_a_space_is_a_problem_at_its_path(place: str, url:
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/mcp", "https://[::1]:8443/mcp", "http://h:0/x", "http://h:65535",
-                                 "https://idp.example/mcp?x=1"])
+                                 "https://idp.example/mcp?x=1", "https://hooks.example/a b?c=d e"])
 def test_urls_with_a_port_in_range_or_none_still_pass(url: str) -> None:
     assert parse_config({"upstreams": [{"name": "a", "url": url}]}).upstreams[0].url == url
 
