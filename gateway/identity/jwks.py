@@ -224,7 +224,9 @@ class FileKeySource:
         return unfit(self._keys, algorithms, str(self._path))
 
     def readiness(self) -> tuple[bool, str]:
-        """Not ready when the key set read last fits none of the issuer's algorithms (every token refused)."""
+        """Not ready when the file's key set fits none of the issuer's algorithms (every token refused). The file is
+        checked here too: a rewrite waited for some token to be read, and was reported ready until then."""
+        self._reload_if_changed()
         self._fit.check(self._keys)
         return (False, self._fit.problem) if self._fit.problem is not None else (True, "ok")
 

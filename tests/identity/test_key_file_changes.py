@@ -10,7 +10,7 @@ import aiohttp
 
 from tests.identity.conftest import AUDIENCE, Clock, MakeIdentifier, bearer
 from tests.identity.test_identify import SHOPPER, rejected
-from tests.support.tokens import TestIssuer
+from tests.support.tokens import TestIssuer, generate_key
 
 INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
               "params": {"protocolVersion": "2025-06-18", "capabilities": {},
@@ -63,3 +63,16 @@ async def test_a_gateway_refuses_the_removed_key_at_once(start_gateway: Any, per
     code, challenge = await status(idp.mint(SHOPPER, aud=audience, alg="ES256", tenant="acme", key=removed))
     assert code == 401 and challenge is not None and 'error="invalid_token"' in challenge
     assert (await status(idp.mint(SHOPPER, aud=audience, alg="EdDSA", tenant="acme")))[0] == 200
+
+
+async def test_readiness_sees_a_rewritten_jwks_file_without_a_token(tmp_path: Path,
+                                                                    make_identifier: MakeIdentifier) -> None:
+    """/readyz read the key set of the last verification: a file rewritten with keys that fit none of the issuer's
+    algorithms reported ready until some token made the gateway read it (and was refused)."""
+    idp = TestIssuer(tmp_path, algorithms=("ES256",))
+    identifier = await make_identifier(idp.config(algorithms=["ES256"]), monotonic=Clock(1000.0))
+    assert await identifier.readiness() == (True, "ok")
+    idp.keys = {"RS256": generate_key("RS256", "idp-rs256-1")}
+    idp.write_jwks()
+    ready, detail = await identifier.readiness()
+    assert not ready and "no key fits the issuer's algorithms ES256" in detail[str(idp.jwks_path)], detail
