@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import hashlib
 import hmac
 import json
@@ -28,8 +29,24 @@ ARGS_SHOWN = 2500  # characters of the arguments' JSON in the Slack text (the pa
 # Slack refuses a message (400 invalid_blocks) whose section text is over 3,000 characters or a field over 2,000: the
 # limits count what is sent, escapes included, so every block is cut to them after escaping.
 SECTION_MAX, FIELD_MAX = 3000, 2000
+RETRY_AFTER_MAX_S = 60.0  # the longest wait a receiver's Retry-After gets (each webhook has its own workers)
 SIGNATURE_HEADER = "X-Customs-Signature"
 TIMESTAMP_HEADER = "X-Customs-Timestamp"
+
+
+def retry_after(value: str | None) -> float:
+    """Seconds a 429/503's `Retry-After` (delta-seconds or an HTTP date) asks to wait, at most RETRY_AFTER_MAX_S;
+    0 when absent or unreadable."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), RETRY_AFTER_MAX_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return min(max(0.0, when.timestamp() - time.time()), RETRY_AFTER_MAX_S)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -169,6 +186,7 @@ class WebhookNotifier:
     async def _deliver(self, hook: WebhookConfig, body: bytes) -> bool:
         assert self._session is not None
         for attempt in range(self._attempts):
+            delay = self._base_delay * 2 ** attempt  # retry backoff, or longer if a 429/503 asks (Retry-After)
             headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: str(int(time.time()))}
             if hook.secret:
                 headers[SIGNATURE_HEADER] = sign(hook.secret, body)
@@ -187,9 +205,10 @@ class WebhookNotifier:
                         log.warning("webhook %s refused the notification: HTTP %s", hook.url, resp.status)
                         return False
                     log.info("webhook %s answered HTTP %s (attempt %d)", hook.url, resp.status, attempt + 1)
+                    delay = max(delay, retry_after(resp.headers.get("Retry-After")))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.info("webhook %s unreachable (attempt %d): %s", hook.url, attempt + 1, exc)
             if attempt + 1 < self._attempts:
-                await asyncio.sleep(self._base_delay * 2 ** attempt)  # retry backoff
+                await asyncio.sleep(delay)
         log.warning("webhook %s: giving up after %d attempts", hook.url, self._attempts)
         return False

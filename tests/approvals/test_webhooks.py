@@ -18,6 +18,7 @@ from gateway.approvals.webhooks import WebhookNotifier
 from gateway.config.model import ApprovalsConfig, WebhookConfig
 from gateway.errors import GatewayError
 from tests.approvals.conftest import call_context, eventually
+from tests.support.servers import run_aiohttp
 
 
 @dataclass
@@ -209,3 +210,29 @@ async def test_deliveries_under_way_at_shutdown_are_given_time_to_finish(receive
         await ApproveStage(store, ApprovalsConfig(), notifier=notifier)(call_context())
     await notifier.close()
     assert receiver.got.is_set() and notifier.delivered == 1 and len(receiver.hits) == 2
+
+
+async def test_a_rate_limited_delivery_waits_as_long_as_retry_after_asks() -> None:
+    """Slack answers a burst 429 with Retry-After: the retries (0.5, 1, 2, 4 s) all fell inside the window it
+    asked for, so the notification was lost after five refusals."""
+    hits: list[float] = []
+
+    async def limited(_: web.Request) -> web.Response:
+        hits.append(asyncio.get_running_loop().time())
+        if len(hits) == 1:
+            return web.Response(status=429, headers={"Retry-After": "2"})
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", limited)
+    async with run_aiohttp(app) as url:
+        notifier = WebhookNotifier([WebhookConfig(url=url + "/hook")], attempts=2, base_delay_s=0.01)
+        await notifier.start()
+        try:
+            store = MemoryApprovalStore()
+            with pytest.raises(GatewayError):
+                await ApproveStage(store, ApprovalsConfig(), notifier=notifier)(call_context())
+            await asyncio.wait_for(notifier.drain(), 10)
+        finally:
+            await notifier.close()
+    assert notifier.delivered == 1 and len(hits) == 2 and hits[1] - hits[0] >= 1.9
