@@ -101,7 +101,7 @@ def reading_answer(args: argparse.Namespace) -> Iterator[None]:
     is a CliError, exit 3, not a KeyError traceback, nor a success."""
     try:
         yield
-    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError, ArithmeticError) as exc:
         raise CliError(f"{args.url}: the answer is JSON, but not what a Customs gateway sends "
                        f"({type(exc).__name__}: {exc}); is --url a Customs gateway?", 3) from None
 

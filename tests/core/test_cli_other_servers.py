@@ -66,6 +66,10 @@ async def test_an_answer_that_is_not_http_or_is_cut_off_is_an_error_not_a_traceb
     assert code == 3 and f"{url}" in err and "is --url a Customs gateway?" in err, err
 
 
+INFINITE = {"id": "apr_x", "state": "pending", "upstream": "u", "tool": "t", "principal": "p", "created_at": 1.0,
+            "expires_at": float("inf"), "args_digest": "d"}  # Python's json writes and reads `Infinity`
+
+
 @pytest.mark.parametrize("answer", [{"x": 1}, [], {"items": [{"id": 1}]}, {"items": 5}],
                          ids=["object", "list", "items-without-fields", "items-not-a-list"])
 @pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)
@@ -80,6 +84,19 @@ async def test_json_of_another_shape_is_an_error_not_a_traceback_nor_a_success(
     app.router.add_route("*", "/{tail:.*}", handle)
     async with run_aiohttp(app) as url:
         code, out, err = await customs_async(*argv, "--url", url, token="t")
+    assert "Traceback" not in err, err
+    assert code == 3 and "is --url a Customs gateway?" in err, (code, out, err)
+
+
+async def test_show_of_an_item_whose_expiry_is_infinite_is_an_error_not_a_traceback() -> None:
+    """`Infinity` is JSON to Python's parser: an expiry of it was an OverflowError traceback in `show`."""
+    async def handle(_: web.Request) -> web.Response:
+        return web.json_response(INFINITE)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    async with run_aiohttp(app) as url:
+        code, out, err = await customs_async("approvals", "show", "apr_x", "--url", url, token="t")
     assert "Traceback" not in err, err
     assert code == 3 and "is --url a Customs gateway?" in err, (code, out, err)
 
