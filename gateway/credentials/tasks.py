@@ -134,9 +134,13 @@ class TaskTracker:
         task = self._tasks.pop(task_id, None)
         if task is not None and task.kind == "idle":
             self._idle_by_principal.pop(task.principal_key, None)
-        jtis = await self.revocations.revoke_task(task_id)
-        for callback in self._on_end:
-            callback(task_id)
+        try:
+            jtis = await self.revocations.revoke_task(task_id)
+        finally:
+            # What this replica holds goes whether or not the store took the end (it may be down): cached tokens
+            # dropped, exchanged ones revoked at their server. The store's failure used to skip this.
+            for callback in self._on_end:
+                callback(task_id)
         self._emit({"event": "credentials_revoked", "task_id": task_id, "reason": reason,
                     "principal": task.principal_key if task else principal_key, "jtis": jtis, "count": len(jtis),
                     "time": rfc3339_ms(self._clock())})  # the decision log's own time format
