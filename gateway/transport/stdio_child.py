@@ -30,6 +30,10 @@ RESTART_BASE_S = 0.1
 RESTART_CAP_S = 5.0
 STABLE_AFTER_S = 30.0  # a child that lived this long restarts from the shortest back-off again
 SPAWN_CANCEL_S = 1.0  # a child cancelled while being created is killed and gone within milliseconds
+# The least a new child is given to answer `initialize` (else the upstream's timeout_s, when longer): starting may
+# take longer than any call (npx or uvx fetching the package, a JVM), and a child killed at a call's timeout would be
+# started again only to be cut off as short, for good.
+STARTUP_S = 60.0
 
 
 class ChildEvents(Protocol):
@@ -212,7 +216,7 @@ class StdioChild:
         # Owned by the upstream, like all the gateway's own requests: they make no session look busy.
         pending = self._table.open(message, self._events, None)
         try:
-            async with asyncio.timeout(self.config.timeout_s):
+            async with asyncio.timeout(max(self.config.timeout_s, STARTUP_S)):
                 await self.write(with_id(message, pending.upstream_id))
                 self.init_result = check_initialize(await pending.future)
                 await self.write(INITIALIZED)
