@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -50,6 +51,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+# config/upstreams.PIN_FORMAT, either case (building the parser imports no config models).
+_PIN = re.compile(r"sha256:[0-9a-f]{64}", re.IGNORECASE)
+
+
+def pin(text: str) -> str:
+    """--hash: a definition's pin. An empty one (`--hash "$EXPECTED"`, the variable unset) sent no hash, which
+    approves the definition last seen: a quarantined tool's changed one, the very one to be checked against."""
+    if not _PIN.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"not a definition hash: {text!r} (sha256: and 64 hex digits, as "
+                                         "`customs tools list` shows it; leave --hash out to accept the one last seen)")
+    return text.strip().lower()
+
+
 def add_tools_parsers(sub: Any) -> None:
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--url", default=os.environ.get("CUSTOMS_URL", DEFAULT_URL),
@@ -64,5 +78,5 @@ def add_tools_parsers(sub: Any) -> None:
                              description="Pin UPSTREAM's TOOL to the definition last seen (or --hash).")
     approve.add_argument("upstream", type=nonempty)
     approve.add_argument("tool", type=nonempty)
-    approve.add_argument("--hash", help="the definition hash to accept (default: the one last seen)")
+    approve.add_argument("--hash", type=pin, help="the definition hash to accept (default: the one last seen)")
     common(approve)

@@ -125,7 +125,25 @@ async def test_tools_approve_against_a_real_gateway_still_pins(start_gateway: An
         admin = env.token("carol", groups=["admins"])
         _, out, _ = await customs_async("tools", "list", "--url", env.gw.url, token=admin, check=True)
         assert "infra/deploy\tquarantined" in out, out
-        _, out, _ = await customs_async("tools", "approve", "infra", "deploy", "--url", env.gw.url, token=admin,
-                                        check=True)
-        assert '"state": "pinned"' in out and '"tool": "deploy"' in out, out
+        seen = (await env.record("deploy"))["seen"]
+        _, out, _ = await customs_async("tools", "approve", "infra", "deploy", "--hash", seen.upper(),
+                                        "--url", env.gw.url, token=admin, check=True)
+        assert '"state": "pinned"' in out and '"tool": "deploy"' in out and seen in out, out
         assert "infra__deploy" in await env.names()
+
+
+@pytest.mark.parametrize("digest", ["", "  ", "sha256:abc", "deadbeef"])
+async def test_tools_approve_with_an_empty_or_malformed_hash_is_a_usage_error_that_pins_nothing(
+        start_gateway: Any, tmp_path: Path, permissive_policies: Path, digest: str) -> None:
+    """`--hash "$EXPECTED"` with the variable unset sent no hash, which approves the definition last seen: the
+    changed one of a quarantined tool, the very definition the administrator meant to check against."""
+    async for env in make_env(start_gateway, tmp_path, permissive_policies, "tofu"):
+        assert "infra__deploy" in await env.names()
+        env.tools["deploy"] = tool("deploy", destructive=True)  # the rug pull: quarantined
+        assert "infra__deploy" not in await env.names()
+        admin = env.token("carol", groups=["admins"])
+        code, _, err = await customs_async("tools", "approve", "infra", "deploy", "--hash", digest,
+                                           "--url", env.gw.url, token=admin)
+        assert code == 2 and "--hash" in err and "sha256:" in err, err
+        assert (await env.record("deploy"))["state"] == "quarantined"
+        assert "infra__deploy" not in await env.names()
