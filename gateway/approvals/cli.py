@@ -48,6 +48,10 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
     import urllib.error
     import urllib.request
 
+    if args.token is not None and not args.token.strip():
+        # `--token "$APPROVER_TOKEN"`, the variable unset: not CUSTOMS_TOKEN's holder, who would then have decided.
+        raise CliError("--token is empty (an unset variable?); pass the token, or leave --token out to use "
+                       "CUSTOMS_TOKEN", 2)
     token = args.token or os.environ.get("CUSTOMS_TOKEN")
     if not token:
         raise CliError(f"no token: pass --token or set CUSTOMS_TOKEN ({who}'s bearer token)", 2)

@@ -147,3 +147,13 @@ async def test_tools_approve_with_an_empty_or_malformed_hash_is_a_usage_error_th
         assert code == 2 and "--hash" in err and "sha256:" in err, err
         assert (await env.record("deploy"))["state"] == "quarantined"
         assert "infra__deploy" not in await env.names()
+
+
+@pytest.mark.parametrize("argv", [("approvals", "approve", "apr_x"), ("tools", "list")], ids=" ".join)
+async def test_an_empty_token_option_is_a_usage_error_not_the_environments_token(argv: tuple[str, ...]) -> None:
+    """`--token "$APPROVER_TOKEN"` with the variable unset fell back to CUSTOMS_TOKEN: the call was made (a held call
+    approved) as whoever that token names. Nothing listens at --url: only the check may answer."""
+    async with tcp_service(_not_http) as url:
+        code, _, err = await customs_async(*argv, "--token", "", "--url", url, token="someone-elses.token")
+    assert "Traceback" not in err, err
+    assert code == 2 and "--token" in err and "empty" in err, err
