@@ -388,10 +388,13 @@ class RedisApprovalStore:
             yield
         finally:
             if taken.done() and not taken.cancelled() and taken.exception() is None:
+                released = asyncio.ensure_future(self._script("HOLD", approval_id, self.holder, -1))
                 try:
-                    await run_to_end(self._script("HOLD", approval_id, self.holder, -1))
-                except GatewayError:
-                    self._owed_releases[approval_id] = self._owed_releases.get(approval_id, 0) + 1
+                    with contextlib.suppress(GatewayError):
+                        await run_to_end(released)
+                finally:  # failed, also when a further cancellation came meanwhile (it is what run_to_end raises)
+                    if not released.cancelled() and isinstance(released.exception(), GatewayError):
+                        self._owed_releases[approval_id] = self._owed_releases.get(approval_id, 0) + 1
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)

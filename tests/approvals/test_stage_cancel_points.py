@@ -221,3 +221,42 @@ async def test_a_change_made_by_a_request_that_goes_away_is_still_recorded(  # t
                                                        else "approved", "ok")
     await _cut_off(asyncio.ensure_future(step), paused)
     assert [e["transition"] for e in events if e["transition"] != "created"] == [change]
+
+
+async def test_a_release_that_fails_under_a_second_cancellation_is_still_owed(  # type: ignore[no-untyped-def]
+        redis_factory, clock: Clock) -> None:
+    """aiohttp, then the session's end, may both cancel a gone client's call: the second landing while the hold's
+    release was failing (Redis down) turned the failure into the cancellation, and the release was not owed."""
+    server = redis_factory(appendonly=True)
+    store = RedisApprovalStore.from_url(server.url, "t:", clock=clock, heartbeat_s=0.2)
+    await store.start()
+    try:
+        ctx = call_context(notify=Sink())
+        held = asyncio.create_task(ApproveStage(store, ApprovalsConfig(keepalive_s=0.2))(ctx))
+        await ctx.notify.wait_for(2)
+        approval_id = ctx.extra["approval_id"]
+        reached, go, run = asyncio.Event(), asyncio.Event(), store._script
+
+        async def script(name: str, *args: object) -> object:
+            if name == "HOLD" and args[-1] == -1 and not reached.is_set():
+                reached.set()
+                await go.wait()
+            return await run(name, *args)
+        store._script = script  # type: ignore[method-assign]
+        server.kill()
+        held.cancel()
+        await asyncio.wait_for(reached.wait(), 10)
+        held.cancel()
+        await asyncio.sleep(0)  # the second cancellation is delivered while the release is on its way
+        go.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(held, 15)
+        server.restart()
+
+        async def withdrawn() -> bool:
+            with contextlib.suppress(GatewayError):
+                return (await store.get(approval_id)).state == "cancelled"
+            return False
+        await eventually(withdrawn)
+    finally:
+        await store.close()
