@@ -183,7 +183,7 @@ async def _unreachable(session: Session, message: Message) -> None:
         return
     log.debug("refused %s's %s: %s", route.upstream, message.get("method"), STATELESS_UNREACHABLE)
     await _answer_upstream(session, route, {"error": {"code": -32603, "message": STATELESS_UNREACHABLE,
-                                             "data": {"reason": "client_unknown"}}})
+                                                      "data": {"reason": "client_unknown"}}})
 
 
 async def _answer_upstream(session: Session, route: ServerRequestRoute, answer: dict[str, Any]) -> None:

@@ -47,9 +47,10 @@ async def accept_one_way(observability: Any, on_task_end: TaskEnd | None, sessio
 async def _one_way(observability: Any, on_task_end: TaskEnd | None, session: Session, message: jsonrpc.Message,
                    principal: Principal | None) -> None:
     if message.kind == "response":
+        # Taken (202) even if passing it on fails, as notifications are (below).
         route = session.server_requests.pop(str(message.id), None)
         upstream = upstream_of(session, route) if route is not None else None
-        if route is not None and upstream is not None:  # taken (202) even if passing it on fails, as notifications are
+        if route is not None and upstream is not None:
             with contextlib.suppress(GatewayError):
                 await upstream.respond({**message.body, "id": route.upstream_id})
         return
