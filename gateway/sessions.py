@@ -38,6 +38,8 @@ OUTBOX_NOTIFICATIONS, OUTBOX_LIMIT = 256, 4096
 # Sessions ended at once by the idle sweep and at shutdown: each end awaits upstream DELETEs and
 # revocation (~20 ms under load), so one at a time falls behind a flood of abandoned sessions.
 END_CONCURRENCY = 16
+# Queued on an ended session's outbox: its open stream (GET, legacy SSE) closes now, not at its next keep-alive.
+STREAM_END: tuple[str, Message] = ("end", {})
 
 HeadersFn = Callable[["Session", str], Awaitable[dict[str, str]]]
 # Opening a session with an upstream (by name) on a request's behalf, traced: the block runs inside the set-up's
@@ -234,6 +236,8 @@ class SessionManager:
             del self._stateless[key]
         for task in list(session.inflight.values()):
             task.cancel()
+        if session.get_stream_open:
+            session.outbox.put_nowait(STREAM_END)
         await asyncio.gather(*(s.close() for s in session.upstreams.values()), return_exceptions=True)
         session.upstreams.clear()
         if self._on_end is not None:

@@ -27,7 +27,7 @@ from gateway.http.streams import SSE_HEADERS, ClientGone
 from gateway.http.versions import negotiate_version
 from gateway.router import Inbound
 from gateway.server_messages import drop_server_requests
-from gateway.sessions import Session
+from gateway.sessions import STREAM_END, Session
 
 log = logging.getLogger("customs.http.sse")
 LEGACY_VERSION = "2024-11-05"
@@ -59,10 +59,13 @@ class LegacySseEndpoint:
                 await response.write(f"event: endpoint\ndata: /messages?session_id={session.id}\n\n".encode())
                 while not session.closed:
                     try:
-                        _, message = await asyncio.wait_for(session.outbox.get(), self._mcp.keepalive_s)
+                        queued = await asyncio.wait_for(session.outbox.get(), self._mcp.keepalive_s)
                     except TimeoutError:
                         await response.write(b": keep-alive\n\n")
                         continue
+                    if queued is STREAM_END:  # the session ended (idle expiry): the stream with it
+                        break
+                    _, message = queued
                     await response.write(b"event: message\ndata: " + jsonrpc.dumps(message) + b"\n\n")
             except (ConnectionResetError, ClientGone):
                 pass

@@ -25,7 +25,7 @@ from gateway.errors import GatewayError
 from gateway.http import cors
 from gateway.http.guards import error_response
 from gateway.http.streams import GET_STREAM, SSE_HEADERS, ClientGone, EventWriter, StreamReplay, split_event_id
-from gateway.sessions import Session
+from gateway.sessions import STREAM_END, Session
 
 
 def draining() -> GatewayError:
@@ -113,10 +113,13 @@ class SessionStreams:
             await writer.event(message, f"{GET_STREAM}-{event_id}")
         while not session.closed:
             try:
-                event_id, message = await asyncio.wait_for(session.outbox.get(), keepalive_s)
+                queued = await asyncio.wait_for(session.outbox.get(), keepalive_s)
             except TimeoutError:
                 await writer.comment()
                 continue
+            if queued is STREAM_END:  # the session ended (DELETE, expiry): the stream with it
+                return
+            event_id, message = queued
             await writer.event(message, f"{GET_STREAM}-{event_id}")
 
     async def _resume_post_stream(self, request: web.Request, session: Session, stream: str, number: int,
