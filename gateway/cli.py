@@ -77,6 +77,15 @@ def _port(text: str) -> int:
     return value
 
 
+def _host(text: str) -> str:
+    """--host: what listen.host takes (a usage error otherwise; the override skips the config's validation)."""
+    from gateway.config.addresses import listen_host  # here: the parser is built without the config package
+    try:
+        return listen_host(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="customs", description="Customs: the gateway every agent tool call "
                                      "passes through (identity, Cedar policy, human approval, JIT credentials).")
@@ -87,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway. Without --config it "
                            "runs on embedded defaults (the demo upstreams, in-memory stores).")
     serve.add_argument("--config", "-c", type=Path, help="customs.yaml")
-    serve.add_argument("--host", help="override listen.host")
+    serve.add_argument("--host", type=_host, help="override listen.host")
     serve.add_argument("--port", type=_port, help="override listen.port (0: any free port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)

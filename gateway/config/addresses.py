@@ -7,11 +7,27 @@ would get 403 while the config looked valid. Such entries are refused with their
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
 # A DNS name or IPv4 address (letters, digits, '-', '.', '_'), or a bracketed IPv6 literal; then an optional port.
 _HOST = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$")
+
+
+_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+
+
+def listen_host(value: str) -> str:
+    """listen.host (and `serve --host`): an IP address (IPv6 without brackets) or a name, or "" for every interface.
+    A URL, a `host:port` or `[::1]` passed, and serve stopped with a traceback building its own URL from it."""
+    if value and _NAME.fullmatch(value) is None:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"not a host to listen on: {value!r} (an address or name, e.g. 127.0.0.1, ::1 or "
+                             "0.0.0.0; no scheme, port or brackets: the port is listen.port)") from None
+    return value
 
 
 def url_host(host: str) -> str:

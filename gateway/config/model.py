@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
-from gateway.config.addresses import allowed_host, allowed_origin, url_host
+from gateway.config.addresses import allowed_host, allowed_origin, listen_host, url_host
 from gateway.config.base import HttpUrl, Model, url_problem
 from gateway.config.rules import (
     approvals_rules,
@@ -42,7 +42,7 @@ class TlsConfig(Model):
 
 
 class ListenConfig(Model):
-    host: str = "127.0.0.1"
+    host: Annotated[str, AfterValidator(listen_host)] = "127.0.0.1"
     port: int = Field(8700, ge=0, le=65535)
     public_url: HttpUrl | None = None
     allowed_origins: tuple[Annotated[str, AfterValidator(allowed_origin)], ...] = ()
