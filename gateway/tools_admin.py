@@ -70,7 +70,8 @@ class ToolsAdmin:
             return _unavailable(exc)
         try:
             body = await timed_read(request, request.json) if request.can_read_body else {}
-        except (ValueError, RecursionError):  # json.loads raises RecursionError on deep nesting
+        # json.loads raises RecursionError on deep nesting; an unknown Content-Type charset is a LookupError.
+        except (ValueError, LookupError, RecursionError):
             return web.json_response({"error": {"reason": "invalid_request"}}, status=400)
         except GatewayError as exc:  # body_timeout
             return web.json_response({"error": {"reason": exc.reason}}, status=exc.http_status)

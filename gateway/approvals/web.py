@@ -182,7 +182,8 @@ class ApprovalsWeb:
             return None
         try:
             body = await _read(request, request.json)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # nesting past the parser's limit too
+        # Nesting past the parser's limit too, and a Content-Type charset Python does not know (LookupError).
+        except (json.JSONDecodeError, UnicodeDecodeError, LookupError, RecursionError):
             raise Refused(400, "invalid_body", 'body must be JSON: {"comment": "..."}') from None
         if body is None:  # `null`: no comment, as an empty body
             return None

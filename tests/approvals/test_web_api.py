@@ -115,6 +115,11 @@ async def test_authentication_and_input_errors(web_kit: WebKit) -> None:
         assert resp.status == 400
     async with web_kit.http.post(f"{url}/{item.id}/approve", headers=headers, json={"comment": 5}) as resp:
         assert resp.status == 400
+    # A charset Python does not know, or bytes that are no text in the named one (was a text/plain 500).
+    for raw, charset in ((b'{"comment": "ok"}', "no-such-charset"), (b'{"comment": "\xff"}', "utf-8")):
+        typed = {**headers, "Content-Type": f"application/json; charset={charset}"}
+        async with web_kit.http.post(f"{url}/{item.id}/approve", data=raw, headers=typed) as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["reason"] == "invalid_body", charset
     for body in (["ok"], 5, "ok"):  # not an object: refused, and the item stays pending
         async with web_kit.http.post(f"{url}/{item.id}/deny", headers=headers, json=body) as resp:
             assert resp.status == 400 and (await resp.json())["error"]["reason"] == "invalid_body"

@@ -297,6 +297,19 @@ async def test_a_re_approval_body_that_is_no_object_is_refused_and_pins_nothing(
     assert "infra__deploy" not in await env.names()
 
 
+async def test_a_re_approval_body_in_a_charset_python_does_not_know_is_refused(env: Env) -> None:
+    """`Content-Type: application/json; charset=nope` was a text/plain 500 (aiohttp's LookupError)."""
+    assert "infra__deploy" in await env.names()  # pinned as first served
+    env.tools["deploy"] = tool("deploy", destructive=True)
+    assert "infra__deploy" not in await env.names()
+    headers = {"Authorization": f"Bearer {env.token('carol', groups=['admins'])}",
+               "Content-Type": "application/json; charset=nope"}
+    async with aiohttp.ClientSession() as http, http.post(f"{env.gw.url}/api/tools/infra/deploy/approve",
+                                                          data=b"{}", headers=headers) as resp:
+        assert resp.status == 400 and (await resp.json())["error"]["reason"] == "invalid_request"
+    assert (await env.record("deploy"))["state"] == "quarantined"
+
+
 def documented_event_fields() -> dict[str, set[str]]:
     """docs/decision-log.md's event table: record type -> the fields named before the first `(`/`plus`."""
     doc = (Path(__file__).resolve().parents[2] / "docs" / "decision-log.md").read_text()
