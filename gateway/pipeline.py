@@ -141,8 +141,10 @@ class Pipeline:
             await self.facts.release(ctx)
             raise
         finally:
-            if ctx.approval is not None:  # a claimed approval: executed, or never ran (and why)
-                settle = ctx.extra.pop(APPROVAL_SETTLE, None)
-                if settle is not None:
-                    await settle(ctx)
-            await self.record(ctx)
+            try:
+                if ctx.approval is not None:  # a claimed approval: executed, or never ran (and why)
+                    settle = ctx.extra.pop(APPROVAL_SETTLE, None)
+                    if settle is not None:
+                        await settle(ctx)
+            finally:  # a cancellation landing in the settle must not cost the call its record
+                await self.record(ctx)
