@@ -111,6 +111,12 @@ class Session:
             self.dropping = False
         self.outbox.put_nowait((str(self.event_seq), message))
 
+    def awaited_requests(self) -> list[tuple[str, Message]]:
+        """Buffered server→client requests still awaiting the client's answer: a GET stream opened without
+        Last-Event-ID brings them (one sent before the client had a stream would otherwise never reach it)."""
+        return [(str(n), m) for n, m in self.replay
+                if "method" in m and isinstance(m.get("id"), str) and m["id"] in self.server_requests]
+
     def events_after(self, last_event_id: str | None) -> list[tuple[str, Message]]:
         """Events a reconnecting client has not seen (all buffered ones for an unknown id)."""
         try:

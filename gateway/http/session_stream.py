@@ -108,7 +108,7 @@ class SessionStreams:
             session.outbox.get_nowait()
         # No await between opening the stream and reading the buffer: each event is either replayed or queued.
         session.get_stream_open = True
-        missed = session.events_after(str(after)) if after is not None else []
+        missed = session.events_after(str(after)) if after is not None else session.awaited_requests()
         for event_id, message in missed:
             await writer.event(message, f"{GET_STREAM}-{event_id}")
         while not session.closed:

@@ -1,6 +1,7 @@
 """A server→client request an upstream sends while the gateway is still opening the upstream session (here a `ping`
 on the GET stream the moment it opens, before `connect()` has returned) reaches the client, and the client's answer
-reaches the upstream (real SDK client and gateway; a scripted aiohttp upstream)."""
+reaches the upstream (real SDK client and gateway; a scripted aiohttp upstream). On `/mcp/{upstream}` that is during
+the client's own `initialize`, before it has a GET stream: its first GET stream brings the request still awaited."""
 
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ ANON = {"mode": "anonymous", "anonymous_attributes": {"tenant": "acme"}}
 PING = {"jsonrpc": "2.0", "id": "srv-1", "method": "ping"}
 
 
-async def test_a_request_sent_as_the_upstream_session_opens_is_answered(start_gateway: Any, permissive_policies: Path,
-                                                                        scripted: Any) -> None:
+async def ping_at_stream_open(scripted: Any) -> Any:
     async def on_get(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -33,7 +33,12 @@ async def test_a_request_sent_as_the_upstream_session_opens_is_answered(start_ga
     async def on_request(request: web.Request, message: dict[str, Any]) -> web.StreamResponse:
         return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": {"tools": []}})
 
-    up = await scripted(on_request, on_get)
+    return await scripted(on_request, on_get)
+
+
+async def test_a_request_sent_as_the_upstream_session_opens_is_answered(start_gateway: Any, permissive_policies: Path,
+                                                                        scripted: Any) -> None:
+    up = await ping_at_stream_open(scripted)
     gw = await start_gateway({"upstreams": [{"name": "up", "url": up.url, "timeout_s": 10}], "identity": ANON,
                               "policies": {"dir": str(permissive_policies)}})
     async with sdk_client(gw.mcp) as client:
@@ -41,4 +46,14 @@ async def test_a_request_sent_as_the_upstream_session_opens_is_answered(start_ga
         await eventually(lambda: session.get_stream_open)  # the client's GET stream, where the ping goes
         await client.list_tools()  # the first call opens the upstream session
         # (on the old code the ping was dropped unanswered: the upstream session was not recorded yet)
+        await eventually(lambda: any(m and m.get("id") == "srv-1" and m.get("result") == {} for _, m in up.seen), 10)
+
+
+async def test_a_request_sent_during_the_clients_initialize_comes_on_its_first_get_stream(
+        start_gateway: Any, permissive_policies: Path, scripted: Any) -> None:
+    up = await ping_at_stream_open(scripted)
+    gw = await start_gateway({"upstreams": [{"name": "up", "url": up.url, "timeout_s": 10}], "identity": ANON,
+                              "policies": {"dir": str(permissive_policies)}})
+    async with sdk_client(f"{gw.mcp}/up"):  # its initialize opens the upstream session, and the ping comes
+        # (on the old code the ping stayed in the replay buffer, which a GET without Last-Event-ID does not replay)
         await eventually(lambda: any(m and m.get("id") == "srv-1" and m.get("result") == {} for _, m in up.seen), 10)
