@@ -37,6 +37,7 @@ from gateway.transport.registry import build_upstream
 
 log = logging.getLogger("customs.app")
 MAX_HEADER_BYTES = MAX_TOKEN_BYTES + 1024  # one request header field: a bearer token of the largest size identify takes
+UPSTREAM_CONNECTIONS = 100  # open at once to one upstream (host and port); more calls wait for one
 
 
 class Owner(Protocol):
@@ -92,8 +93,11 @@ async def _close_quietly(owner: Any) -> None:
 async def create_app(config: Config) -> web.Application:
     """Build the application for `config`. Invalid policies raise here: the gateway refuses to start."""
     # No cookie jar: a cookie one upstream sets must never ride along on another principal's call.
+    # Pooled per upstream (host and port), not 100 connections for all together: one slow upstream holding
+    # 100 calls would otherwise leave the others' calls waiting for a connection until they time out.
     http = aiohttp.ClientSession(auto_decompress=True, timeout=aiohttp.ClientTimeout(total=None),
-                                 cookie_jar=aiohttp.DummyCookieJar())
+                                 cookie_jar=aiohttp.DummyCookieJar(),
+                                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=UPSTREAM_CONNECTIONS))
     try:
         gateway = await _build(config, http)
     except BaseException:
