@@ -43,6 +43,7 @@ class ServerRequestRoute:
     upstream_id: Any
     origin: object = None  # the call it was sent on behalf of (router.Inbound); None: the session's
     progress_token: Any = None  # its `_meta.progressToken`: the agent's progress on it goes to this upstream only
+    unseen: bool = False  # queued while the client had no GET stream open: its next one brings it
 
 
 async def route_server_message(session: Session, upstream: str, message: Message, send: SendFn | None,
@@ -94,6 +95,9 @@ async def route_server_message(session: Session, upstream: str, message: Message
         await _unreachable(session, message)
         return
     session.stream_event(message)
+    if not session.get_stream_open and "id" in message and isinstance(method, str):
+        if (route := session.server_requests.get(message["id"])) is not None:
+            route.unseen = True
 
 
 def _undeclared(session: Session, message: Message) -> dict[str, Any] | None:

@@ -112,10 +112,15 @@ class Session:
         self.outbox.put_nowait((str(self.event_seq), message))
 
     def awaited_requests(self) -> list[tuple[str, Message]]:
-        """Buffered server→client requests still awaiting the client's answer: a GET stream opened without
-        Last-Event-ID brings them (one sent before the client had a stream would otherwise never reach it)."""
-        return [(str(n), m) for n, m in self.replay
-                if "method" in m and isinstance(m.get("id"), str) and m["id"] in self.server_requests]
+        """Buffered server→client requests sent while the client had no GET stream, still awaiting its answer: a GET
+        stream opened without Last-Event-ID brings them, once (else they would never reach it)."""
+        unseen: list[tuple[str, Message]] = []
+        for number, message in self.replay:
+            route = self.server_requests.get(message["id"]) if isinstance(message.get("id"), str) else None
+            if route is not None and route.unseen and "method" in message:
+                route.unseen = False
+                unseen.append((str(number), message))
+        return unseen
 
     def events_after(self, last_event_id: str | None) -> list[tuple[str, Message]]:
         """Events a reconnecting client has not seen (all buffered ones for an unknown id)."""
