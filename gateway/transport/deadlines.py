@@ -21,12 +21,13 @@ RESOLUTION_S = 0.05
 class Deadlines:
     """The calls in flight to one upstream and when each must have finished."""
 
-    __slots__ = ("_calls", "_resolution_s", "_timer")
+    __slots__ = ("_calls", "_loop", "_resolution_s", "_timer")
 
     def __init__(self, resolution_s: float = RESOLUTION_S) -> None:
         self._calls: dict[Deadline, float] = {}
         self._resolution_s = resolution_s
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the sweep is armed on
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
@@ -71,7 +72,9 @@ class Deadline:
         self._cancelling = task.cancelling()
         owner = self._owner
         owner._calls[self] = loop.time() + self._seconds
-        if owner._timer is None:
+        # (A sweep armed on another loop, one closed with calls in flight, would never run again.)
+        if owner._timer is None or owner._loop is not loop:
+            owner._loop = loop
             owner._timer = loop.call_at(loop.time() + owner._resolution_s, owner._sweep, loop)
         return self
 

@@ -123,3 +123,29 @@ async def test_outside_a_task_it_refuses_clearly() -> None:
     loop.call_soon(in_a_callback)
     error = await asyncio.wait_for(raised, 10)
     assert isinstance(error, RuntimeError) and "inside a task" in str(error)
+
+
+def test_an_owner_used_again_on_a_new_loop_still_times_out() -> None:
+    """A loop closed with a call in flight leaves its sweep armed there for good: the next loop arms its own."""
+    owner = Deadlines(resolution_s=0.01)
+
+    async def left_in_flight() -> None:
+        async with Deadline(owner, 60):
+            await asyncio.sleep(0)  # the loop ends around here: the block's sweep stays armed on it
+
+    async def timed_out() -> bool:
+        deadline = Deadline(owner, 0.02)
+        try:
+            async with deadline:
+                await asyncio.wait_for(asyncio.Event().wait(), 5)  # (the test's own bound: not the deadline)
+        except TimeoutError:
+            pass
+        return deadline.expired()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(left_in_flight())
+    finally:
+        loop.close()
+    assert owner._timer is not None  # armed on the closed loop
+    assert asyncio.run(timed_out())
