@@ -75,7 +75,9 @@ class MemoryFacts:
     async def reserve(self, task: str, tool: str, sums: Mapping[str, float]) -> dict[str, Any]:
         now = self.clock()
         self._prune(now)
-        state = self.tasks.setdefault(task, _Task())
+        state = self.tasks.get(task)
+        if state is None:  # (not setdefault: that would build a _Task on every call to throw it away)
+            state = self.tasks[task] = _Task()
         state.used = now
         previous = state.calls.get(tool, 0)
         seen = sorted(t for t, n in state.calls.items() if n > 0)
