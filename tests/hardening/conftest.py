@@ -8,6 +8,7 @@ only what a tool chose to execute. `raw_upstream` answers with exact bytes inste
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -86,10 +87,12 @@ def recording_server(recorder: Recorder) -> Server[Any]:
 
 
 @asynccontextmanager
-async def raw_upstream(tools: bytes, call_result: Callable[[dict[str, Any]], bytes]) -> AsyncIterator[str]:
+async def raw_upstream(tools: bytes,
+                       call_result: Callable[[dict[str, Any]], bytes | Awaitable[bytes]]) -> AsyncIterator[str]:
     """A streamable HTTP upstream answering with exact bytes: `tools` is the array its tools/list gives,
-    `call_result(message)` the result of each tools/call. For JSON a Python server may well write (NaN, Infinity,
-    lone surrogates as escapes, nesting past the parser's limit) though no SDK model would build it."""
+    `call_result(message)` the result of each tools/call (or an awaitable of it: a tool that takes its time).
+    For JSON a Python server may well write (NaN, Infinity, lone surrogates as escapes, nesting past the
+    parser's limit) though no SDK model would build it."""
     async def handle(request: web.Request) -> web.Response:
         message = json.loads(await request.read())
         if "id" not in message:
@@ -100,7 +103,8 @@ async def raw_upstream(tools: bytes, call_result: Callable[[dict[str, Any]], byt
         elif message["method"] == "tools/list":
             result = b'{"tools":' + tools + b'}'
         else:
-            result = call_result(message)
+            answer = call_result(message)
+            result = await answer if inspect.isawaitable(answer) else answer
         body = b'{"jsonrpc":"2.0","id":' + json.dumps(message["id"]).encode() + b',"result":' + result + b'}'
         return web.Response(body=body, content_type="application/json")
 

@@ -7,51 +7,37 @@ connection and failed `upstream_timeout`. Each upstream (host and port) now has 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from tests.hardening.conftest import RawClient, poll
-from tests.support.servers import run_aiohttp
+from tests.hardening.conftest import RawClient, poll, raw_upstream
 
 pytestmark = pytest.mark.asyncio
 
 
-@asynccontextmanager
-async def _upstream(release: asyncio.Event | None, running: list[int]) -> AsyncIterator[str]:
-    """A streamable HTTP upstream with one tool `work`; with `release`, each call waits for it."""
-    async def handle(request: web.Request) -> web.Response:
-        message = json.loads(await request.read())
-        if "id" not in message:
-            return web.Response(status=202)
-        if message["method"] == "initialize":
-            result: Any = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
-                           "serverInfo": {"name": "u", "version": "1"}}
-        elif message["method"] == "tools/list":
-            result = {"tools": [{"name": "work", "inputSchema": {"type": "object"}}]}
-        else:
-            running.append(1)
-            if release is not None:
-                await release.wait()
-            result = {"content": [{"type": "text", "text": "done"}], "isError": False}
-        return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": result})
+TOOLS = b'[{"name":"work","inputSchema":{"type":"object"}}]'
+DONE = b'{"content":[{"type":"text","text":"done"}],"isError":false}'
 
-    app = web.Application()
-    app.router.add_post("/mcp", handle)
-    async with run_aiohttp(app) as base:
-        yield f"{base}/mcp"
+
+def _tool(release: asyncio.Event | None, running: list[int]) -> Callable[[dict[str, Any]], Awaitable[bytes]]:
+    """The tool `work`: counted as it starts; with `release`, it waits for it."""
+    async def work(message: dict[str, Any]) -> bytes:
+        running.append(1)
+        if release is not None:
+            await release.wait()
+        return DONE
+    return work
 
 
 async def test_a_slow_upstream_holding_a_hundred_calls_does_not_starve_another(
         start_gateway: Any, permissive_policies: Path) -> None:
     release, slow_running, fast_running = asyncio.Event(), [], []
-    async with _upstream(release, slow_running) as slow, _upstream(None, fast_running) as fast:
+    async with raw_upstream(TOOLS, _tool(release, slow_running)) as slow, \
+            raw_upstream(TOOLS, _tool(None, fast_running)) as fast:
         gw = await start_gateway({"upstreams": [{"name": "slow", "url": slow, "timeout_s": 60},
                                                 {"name": "fast", "url": fast, "timeout_s": 5}],
                                   "identity": {"mode": "anonymous"},

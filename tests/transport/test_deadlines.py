@@ -56,10 +56,9 @@ async def test_only_the_calls_past_their_deadline_are_cancelled() -> None:
     assert not owner._calls
 
 
-async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
-    owner = Deadlines(resolution_s=0.01)
+async def _held(deadline: Deadline) -> asyncio.Task[None]:
+    """A task inside `deadline`'s block, waiting for nothing that comes."""
     entered = asyncio.Event()
-    deadline = Deadline(owner, 60)
 
     async def call() -> None:
         async with deadline:
@@ -68,6 +67,13 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
 
     task = asyncio.create_task(call())
     await entered.wait()
+    return task
+
+
+async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
+    owner = Deadlines(resolution_s=0.01)
+    deadline = Deadline(owner, 60)
+    task = await _held(deadline)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -77,15 +83,7 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
 async def test_a_cancellation_from_elsewhere_as_the_deadline_passes_stays_a_cancellation() -> None:
     owner = Deadlines(resolution_s=60)  # swept by hand below, at the moment chosen
     deadline = Deadline(owner, 0)
-    entered = asyncio.Event()
-
-    async def call() -> None:
-        async with deadline:
-            entered.set()
-            await asyncio.Event().wait()
-
-    task = asyncio.create_task(call())
-    await entered.wait()
+    task = await _held(deadline)
     owner._sweep(asyncio.get_running_loop())  # its deadline passed: the sweep cancels it
     assert deadline.expired()
     task.cancel()  # and so does someone else before it runs again: as asyncio.timeout, not a timeout
