@@ -83,6 +83,13 @@ async def _cut_off(task: asyncio.Task[Any], paused: _Paused) -> None:
     assert task.cancelled()
 
 
+async def _withdrawn(store: Any, approval_id: str) -> bool:
+    """The item is `cancelled` (False while Redis is still coming back)."""
+    with contextlib.suppress(GatewayError):
+        return bool((await store.get(approval_id)).state == "cancelled")
+    return False
+
+
 async def test_a_call_cancelled_while_its_item_is_created_withdraws_it(replicas) -> None:  # type: ignore[no-untyped-def]
     """The item was created but the request never learned of it: nobody waits on it and the approvers were not
     notified. It used to stay pending, so the agent's retry joined it (a join notifies nobody) and waited until it
@@ -193,11 +200,7 @@ async def test_a_call_that_goes_away_during_an_outage_is_withdrawn_once_redis_is
                 await asyncio.wait_for(held, 15)
         server.restart()
 
-        async def withdrawn() -> bool:
-            with contextlib.suppress(GatewayError):
-                return (await store.get(approval_id)).state == "cancelled"
-            return False
-        await eventually(withdrawn)
+        await eventually(lambda: _withdrawn(store, approval_id))
         assert await store._client.hgetall("t:approvals:held:" + approval_id) == {}
     finally:
         await store.close()
@@ -253,10 +256,6 @@ async def test_a_release_that_fails_under_a_second_cancellation_is_still_owed(  
             await asyncio.wait_for(held, 15)
         server.restart()
 
-        async def withdrawn() -> bool:
-            with contextlib.suppress(GatewayError):
-                return (await store.get(approval_id)).state == "cancelled"
-            return False
-        await eventually(withdrawn)
+        await eventually(lambda: _withdrawn(store, approval_id))
     finally:
         await store.close()
