@@ -34,14 +34,8 @@ REFUSED = {
 
 @pytest.mark.parametrize(("body", "named"), REFUSED.values(), ids=REFUSED.keys())
 def test_an_approve_case_that_would_test_another_approval_is_refused(tmp_path: Path, body: str, named: str) -> None:
-    cases = tmp_path / "cases.yaml"
     # each was decided quietly (exit 0 where it denied, as mallory is no finance approver; 1 otherwise)
-    cases.write_text(f"policies: {SHIPPED}\ncases:\n"
-                     f"  - {{name: held payment, action: approve, {body}, expect: deny}}\n")
-    result = customs("policy", "test", cases)
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert f"error: {cases}:3: cases[0]" in result.stderr and named in result.stderr, result.stderr
+    _refused(tmp_path, f"{{name: held payment, action: approve, {body}, expect: deny}}", named)
 
 
 def test_the_documented_approve_cases_still_run(tmp_path: Path) -> None:
@@ -59,10 +53,15 @@ def test_the_documented_approve_cases_still_run(tmp_path: Path) -> None:
 def test_an_agent_call_case_with_an_approve_key_is_refused(tmp_path: Path, body: str) -> None:
     """`approval: granted` on a call case (the context's name; the case key is `approved: true`) was ignored:
     the call was decided without approval, and a case expecting its denial passed."""
+    _refused(tmp_path, f"{{name: paid, principal: {{id: a, attributes: {{tenant: acme}}}}, tool: payments/pay, "
+                       f"{body}, expect: approval_required}}", "approved: true")
+
+
+def _refused(tmp_path: Path, case: str, named: str) -> None:
+    """`policy test` on one case refuses it: exit 2, the error at the case's line naming `named`, no traceback."""
     cases = tmp_path / "cases.yaml"
-    cases.write_text(f"policies: {SHIPPED}\ncases:\n  - {{name: paid, principal: {{id: a, attributes: {{tenant: "
-                     f"acme}}}}, tool: payments/pay, {body}, expect: approval_required}}\n")
+    cases.write_text(f"policies: {SHIPPED}\ncases:\n  - {case}\n")
     result = customs("policy", "test", cases)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2, result.stdout + result.stderr
-    assert f"error: {cases}:3: cases[0]" in result.stderr and "approved: true" in result.stderr, result.stderr
+    assert f"error: {cases}:3: cases[0]" in result.stderr and named in result.stderr, result.stderr
