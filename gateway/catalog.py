@@ -94,6 +94,8 @@ def tool_info(upstream: UpstreamConfig, tool: Mapping[str, Any]) -> ToolInfo:
 STRICTER: Final = {"read_only": False, "destructive": True, "idempotent": False, "open_world": True,
                    "leaves_org": True}
 SENSITIVITIES: Final = ("public", "internal", "confidential", "restricted")  # least to most sensitive
+# An upstream's tools/list pages read at most (the router's load and the pin watch): more is upstream_error.
+MAX_TOOL_PAGES: Final = 100
 
 
 def resource_labels(upstream: UpstreamConfig, uri: str) -> ToolOverride | None:

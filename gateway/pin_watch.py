@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.catalog import Catalog
+from gateway.catalog import MAX_TOOL_PAGES, Catalog
 from gateway.credentials.static import StaticCredentials
 from gateway.errors import GatewayError
 from gateway.pinning import ToolGuard
@@ -36,7 +36,6 @@ log = logging.getLogger("customs.pinning")
 
 # upstream -> the headers the gateway may send on its own behalf, or None when it has none to send
 OwnHeaders = Callable[[str], Mapping[str, str] | None]
-MAX_PAGES = 100
 
 
 SELF_LISTED = frozenset({"none", "static"})  # credential modes the gateway can list an upstream with itself
@@ -122,7 +121,7 @@ class PinWatcher:
         try:
             tools: list[dict[str, Any]] = []
             cursor: str | None = None
-            for page in range(MAX_PAGES):
+            for page in range(MAX_TOOL_PAGES):
                 message = {"jsonrpc": "2.0", "id": f"customs-pins-{page}", "method": "tools/list",
                            "params": {"cursor": cursor} if cursor else {}}
                 if self._upstream_call is None:
@@ -136,7 +135,7 @@ class PinWatcher:
                 cursor = result.get("nextCursor")
                 if not cursor:
                     return tools
-            raise GatewayError("upstream_error", f"tools/list had more than {MAX_PAGES} pages")
+            raise GatewayError("upstream_error", f"tools/list had more than {MAX_TOOL_PAGES} pages")
         finally:
             async with asyncio.timeout(timeout):
                 await session.close()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonrpc
-from gateway.catalog import CURRENT_TOOL, PENDING_TOOL, Catalog, PendingTool, exposed_uri, not_found
+from gateway.catalog import CURRENT_TOOL, MAX_TOOL_PAGES, PENDING_TOOL, Catalog, PendingTool, exposed_uri, not_found
 from gateway.context import NOT_FOUND_ITEM, CallContext, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
@@ -149,13 +149,16 @@ class Router:
         async def fetch() -> list[dict[str, Any]]:
             cursor: str | None = None
             tools: list[dict[str, Any]] = []
-            for _ in range(100):
+            for _ in range(MAX_TOOL_PAGES):
                 result = await self.fetch(inbound, upstream, "tools/list", {"cursor": cursor} if cursor else {})
                 tools.extend(t for t in result.get("tools") or [] if isinstance(t, dict))
                 cursor = result.get("nextCursor")
                 if not cursor:
-                    break
-            return (await self._guard.check(upstream, tools)).usable
+                    return (await self._guard.check(upstream, tools)).usable
+            # As the pin watch and the resource owners do: a list cut short would make the tools past it
+            # unknown_tool, and a cursor that never ends would cost its hundred requests at every load.
+            raise GatewayError("upstream_error", f"tools/list of {upstream} has more than {MAX_TOOL_PAGES} pages",
+                               data={"upstream": upstream})
         return await self._catalog.load(upstream, fetch)
 
     async def _load_tool(self, inbound: Inbound, upstream: str, name: str) -> ToolInfo | None:
