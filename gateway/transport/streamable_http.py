@@ -42,7 +42,7 @@ from gateway.transport.common import (
     with_trace,
 )
 from gateway.transport.deadlines import Deadline
-from gateway.transport.events import iter_sse, parse_json
+from gateway.transport.events import MAX_MESSAGE_BYTES, Oversized, iter_sse, parse_json
 from gateway.transport.http_base import HttpUpstreamBase, deliver
 from gateway.transport.streamable_answer import read_answer
 
@@ -306,7 +306,9 @@ class StreamableHttpSession:
                         self._get_refused = True
                         return
                     if resp.status == 200 and resp.content_type == "text/event-stream":
-                        async for event in iter_sse(resp.content):
+                        # An event past the cap is skipped, not the stream's end: a reconnect would only get it
+                        # replayed (Last-Event-ID) until the stream was given up.
+                        async for event in iter_sse(resp.content, oversized=self._oversized_on_get):
                             last_event_id = event.id or last_event_id
                             useful = True
                             if event.event == "message" and event.data.strip():
@@ -321,6 +323,10 @@ class StreamableHttpSession:
         if not self._closed:
             self._up.log.info("GET stream of %s given up after %d failures; the next request that gets an "
                               "answer opens it again", self._up.name, failures)
+
+    def _oversized_on_get(self, event: Oversized) -> None:
+        self._up.log.warning("dropped a message over %d bytes on the GET stream of %s", MAX_MESSAGE_BYTES,
+                             self._up.name)
 
     async def _deliver_raw(self, data: str) -> None:
         try:
