@@ -5,52 +5,37 @@ watch and the resource owners already answered."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from tests.hardening.conftest import RawClient, reason
-from tests.support.servers import run_aiohttp
+from tests.support.servers import scripted_upstream
 
 pytestmark = pytest.mark.asyncio
 
 
-@asynccontextmanager
-async def paged_upstream(pages: int | None) -> AsyncIterator[str]:
-    """Tool `t<n>` on page n of its tools/list; `pages` None: the cursor never ends."""
-    async def handle(request: web.Request) -> web.Response:
-        message = json.loads(await request.read())
-        if "id" not in message:
-            return web.Response(status=202)
-        if message["method"] == "initialize":
-            result: Any = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
-                           "serverInfo": {"name": "paged", "version": "1"}}
-        elif message["method"] == "tools/list":
+def paged(pages: int | None) -> Callable[[dict[str, Any]], Any]:
+    """Tool `t<n>` on page n of the upstream's tools/list; `pages` None: the cursor never ends."""
+    def result_of(message: dict[str, Any]) -> Any:
+        if message["method"] == "tools/list":
             page = int((message.get("params") or {}).get("cursor") or 0)
-            result = {"tools": [{"name": f"t{page}", "inputSchema": {"type": "object"}}]}
+            result: dict[str, Any] = {"tools": [{"name": f"t{page}", "inputSchema": {"type": "object"}}]}
             if pages is None or page + 1 < pages:
                 result["nextCursor"] = str(page + 1)
-        else:
-            result = {"content": [{"type": "text", "text": message["params"]["name"]}], "isError": False}
-        return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": result})
-
-    app = web.Application()
-    app.router.add_post("/mcp", handle)
-    async with run_aiohttp(app) as base:
-        yield f"{base}/mcp"
+            return result
+        return {"content": [{"type": "text", "text": message["params"]["name"]}], "isError": False}
+    return result_of
 
 
 @pytest.mark.parametrize(("pages", "tool", "expected"), [(5, "t3", "t3"), (None, "t150", "upstream_error")],
                          ids=["five pages", "a cursor that never ends"])
 async def test_a_call_before_any_list_reads_every_page_or_fails_clearly(
         start_gateway: Any, permissive_policies: Path, pages: int | None, tool: str, expected: str) -> None:
-    async with paged_upstream(pages) as url:
+    async with scripted_upstream(paged(pages)) as url:
         gw = await start_gateway({"upstreams": [{"name": "p", "url": url}], "identity": {"mode": "anonymous"},
                                   "policies": {"dir": str(permissive_policies), "watch": False},
                                   "pinning": {"mode": "off"}})

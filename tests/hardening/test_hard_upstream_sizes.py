@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +16,25 @@ import pytest
 from aiohttp import web
 
 from tests.hardening.conftest import ANON, RawClient, reason
-from tests.support.servers import run_aiohttp
+from tests.support.servers import scripted_upstream
 
 pytestmark = pytest.mark.asyncio
 BIG = 20 * 1024 * 1024  # past the 16 MiB cap of one upstream message
 
 
-@asynccontextmanager
-async def gzip_upstream() -> AsyncIterator[str]:
+def gzip_upstream() -> Any:
     """A streamable HTTP upstream answering every request with a gzip body (Content-Length: the compressed
     size). Tool `big` answers with a text of BIG bytes, `small` with a short one."""
-    async def handle(request: web.Request) -> web.Response:
-        message = json.loads(await request.read())
-        if "id" not in message:
-            return web.Response(status=202)
-        if message["method"] == "initialize":
-            result: Any = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
-                           "serverInfo": {"name": "gz", "version": "1"}}
-        elif message["method"] == "tools/list":
-            result = {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in ("big", "small")]}
-        else:
-            size = BIG if message["params"]["name"] == "big" else 10
-            result = {"content": [{"type": "text", "text": "x" * size}]}
-        body = gzip.compress(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}).encode(), 1)
-        return web.Response(body=body, content_type="application/json", headers={"Content-Encoding": "gzip"})
+    def result_of(message: dict[str, Any]) -> Any:
+        if message["method"] == "tools/list":
+            return {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in ("big", "small")]}
+        size = BIG if message["params"]["name"] == "big" else 10
+        return {"content": [{"type": "text", "text": "x" * size}]}
 
-    app = web.Application()
-    app.router.add_post("/mcp", handle)
-    async with run_aiohttp(app) as base:
-        yield f"{base}/mcp"
+    def gzipped(answer: dict[str, Any]) -> web.Response:
+        return web.Response(body=gzip.compress(json.dumps(answer).encode(), 1), content_type="application/json",
+                            headers={"Content-Encoding": "gzip"})
+    return scripted_upstream(result_of, name="gz", encode=gzipped)
 
 
 async def test_a_compressed_answer_inflating_past_the_cap_is_upstream_error(start_gateway: Any,

@@ -12,9 +12,11 @@ Pass `requests=[]` to record every HTTP request the server received (method, pat
 from __future__ import annotations
 
 import asyncio
+import inspect
+import json
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +107,32 @@ async def run_aiohttp(app: web.Application, **runner_options: Any) -> AsyncItera
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def scripted_upstream(result_of: Callable[[dict[str, Any]], Any], *, name: str = "scripted",
+                            encode: Callable[[dict[str, Any]], web.Response] | None = None) -> AsyncIterator[str]:
+    """A streamable HTTP upstream written by hand: `initialize` and notifications answered as any server answers
+    them, every other request's result `result_of(message)` (awaited when it is awaitable: a tool that takes its
+    time), sent as JSON or as `encode(answer)` builds the response. Yields its /mcp URL."""
+    async def handle(request: web.Request) -> web.Response:
+        message = json.loads(await request.read())
+        if "id" not in message:
+            return web.Response(status=202)
+        if message["method"] == "initialize":
+            result: Any = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                           "serverInfo": {"name": name, "version": "1"}}
+        else:
+            result = result_of(message)
+            if inspect.isawaitable(result):
+                result = await result
+        answer = {"jsonrpc": "2.0", "id": message["id"], "result": result}
+        return encode(answer) if encode is not None else web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_post("/mcp", handle)
+    async with run_aiohttp(app) as base:
+        yield f"{base}/mcp"
 
 
 @asynccontextmanager

@@ -160,6 +160,17 @@ class Scripted:
         return sum(1 for _, m in self.seen if m and m.get("method") == method)
 
 
+async def sse_open(request: web.Request, *events: bytes) -> web.StreamResponse:
+    """A GET stream (for `scripted`'s `on_get`) that sends `events` (whole SSE frames) and stays open until the
+    client leaves."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for event in events:
+        await response.write(event)
+    await asyncio.Event().wait()
+    return response
+
+
 INIT_RESULT = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
                "serverInfo": {"name": "scripted", "version": "1"}}
 

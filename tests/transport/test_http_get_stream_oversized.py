@@ -5,7 +5,6 @@ stream goes on (as on a legacy SSE upstream's stream) (hand-written upstream).""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 
@@ -16,7 +15,7 @@ from gateway.config.model import UpstreamConfig
 from gateway.transport.base import Message
 from gateway.transport.events import MAX_MESSAGE_BYTES
 from gateway.transport.streamable_http import StreamableHttpUpstream
-from tests.transport.conftest import CLIENT_CAPS, Inbox, Scripted
+from tests.transport.conftest import CLIENT_CAPS, Inbox, Scripted, sse_open
 
 HUGE = {"jsonrpc": "2.0", "method": "notifications/message",
         "params": {"level": "info", "data": "x" * (MAX_MESSAGE_BYTES + 1024)}}
@@ -30,12 +29,8 @@ async def answer(request: web.Request, message: Message) -> web.StreamResponse:
 async def test_an_oversized_event_on_the_get_stream_is_skipped_and_the_stream_goes_on(
         http: aiohttp.ClientSession, scripted: Callable[..., Awaitable[Scripted]]) -> None:
     async def stream(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(f"id: 1\nevent: message\ndata: {json.dumps(HUGE)}\n\n".encode())
-        await response.write(f"id: 2\nevent: message\ndata: {json.dumps(CHANGED)}\n\n".encode())
-        await asyncio.Event().wait()  # open until the client leaves
-        return response
+        return await sse_open(request, f"id: 1\nevent: message\ndata: {json.dumps(HUGE)}\n\n".encode(),
+                              f"id: 2\nevent: message\ndata: {json.dumps(CHANGED)}\n\n".encode())
 
     target = await scripted(answer, on_get=stream)
     upstream = StreamableHttpUpstream(UpstreamConfig(name="big", url=target.url, timeout_s=5), http)

@@ -18,7 +18,7 @@ from gateway.config.model import UpstreamConfig
 from gateway.transport import streamable_http
 from gateway.transport.base import Message
 from gateway.transport.streamable_http import StreamableHttpUpstream
-from tests.transport.conftest import CLIENT_CAPS, Inbox, Scripted, call, eventually, text_of
+from tests.transport.conftest import CLIENT_CAPS, Inbox, Scripted, call, eventually, sse_open, text_of
 
 CHANGED = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
 
@@ -37,11 +37,7 @@ async def test_a_given_up_get_stream_is_opened_again_by_the_next_request(
     async def stream(request: web.Request) -> web.StreamResponse:
         if down:
             return web.Response(status=502)  # a proxy in front of an upstream that is away
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(f"event: message\ndata: {json.dumps(CHANGED)}\n\n".encode())
-        await asyncio.Event().wait()  # open until the client leaves
-        return response
+        return await sse_open(request, f"event: message\ndata: {json.dumps(CHANGED)}\n\n".encode())
 
     target = await scripted(answer, on_get=stream)
     upstream = StreamableHttpUpstream(UpstreamConfig(name="blip", url=target.url, timeout_s=5), http)
