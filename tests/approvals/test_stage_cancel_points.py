@@ -83,6 +83,22 @@ async def _cut_off(task: asyncio.Task[Any], paused: _Paused) -> None:
     assert task.cancelled()
 
 
+async def _store(redis_factory: Callable[..., RedisServer], clock: Clock) -> tuple[RedisServer, RedisApprovalStore]:
+    """A Redis approval store (started) on a server of its own the test may kill and restart."""
+    server = redis_factory(appendonly=True)
+    store = RedisApprovalStore.from_url(server.url, "t:", clock=clock, heartbeat_s=0.2)
+    await store.start()
+    return server, store
+
+
+async def _held(store: RedisApprovalStore) -> tuple[Any, asyncio.Task[None], str]:
+    """A call held on `store` (its context, the stage's task, the approval id), past its first keep-alives."""
+    ctx = call_context(notify=Sink())
+    held = asyncio.create_task(ApproveStage(store, ApprovalsConfig(keepalive_s=0.2))(ctx))
+    await ctx.notify.wait_for(2)
+    return ctx, held, str(ctx.extra["approval_id"])
+
+
 async def _withdrawn(store: Any, approval_id: str) -> bool:
     """The item is `cancelled` (False while Redis is still coming back)."""
     with contextlib.suppress(GatewayError):
@@ -180,14 +196,9 @@ async def test_a_call_that_goes_away_during_an_outage_is_withdrawn_once_redis_is
     """Its hold could not be released nor the call withdrawn while Redis was down. The item used to stay pending
     until it expired (and a client whose stream broke was answered approval_unavailable), with a hold nobody had,
     which also kept an identical call that joined it later and went away from withdrawing it."""
-    server = redis_factory(appendonly=True)
-    store = RedisApprovalStore.from_url(server.url, "t:", clock=clock, heartbeat_s=0.2)
-    await store.start()
+    server, store = await _store(redis_factory, clock)
     try:
-        ctx = call_context(notify=Sink())
-        held = asyncio.create_task(ApproveStage(store, ApprovalsConfig(keepalive_s=0.2))(ctx))
-        await ctx.notify.wait_for(2)
-        approval_id = ctx.extra["approval_id"]
+        ctx, held, approval_id = await _held(store)
         server.kill()
         if how == "gone":  # the stream broke: answered approval_cancelled (kept for a resume), as without an outage
             ctx.cancelled.set()
@@ -230,14 +241,9 @@ async def test_a_release_that_fails_under_a_second_cancellation_is_still_owed(  
         redis_factory, clock: Clock) -> None:
     """aiohttp, then the session's end, may both cancel a gone client's call: the second landing while the hold's
     release was failing (Redis down) turned the failure into the cancellation, and the release was not owed."""
-    server = redis_factory(appendonly=True)
-    store = RedisApprovalStore.from_url(server.url, "t:", clock=clock, heartbeat_s=0.2)
-    await store.start()
+    server, store = await _store(redis_factory, clock)
     try:
-        ctx = call_context(notify=Sink())
-        held = asyncio.create_task(ApproveStage(store, ApprovalsConfig(keepalive_s=0.2))(ctx))
-        await ctx.notify.wait_for(2)
-        approval_id = ctx.extra["approval_id"]
+        _, held, approval_id = await _held(store)
         reached, go, run = asyncio.Event(), asyncio.Event(), store._script
 
         async def script(name: str, *args: object) -> object:
