@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from gateway.approvals.model import TERMINAL, Approval, ApprovalNotFound, binding_key, new_id
 from gateway.approvals.store import ApprovalStore, run_to_end
@@ -24,6 +24,24 @@ from gateway.pipeline import APPROVAL_SETTLE
 log = logging.getLogger("customs.approvals")
 REDACTED = "[redacted]"
 OUTAGE_RETRY_S = 1.0  # while the store is unreachable, a held call tries it again this often
+
+
+T = TypeVar("T")
+
+
+async def _undone_if_cancelled(step: Awaitable[T], undo: Callable[[T], Awaitable[Any] | None]) -> T:
+    """`step` run to its end (store.run_to_end); if the caller was cancelled meanwhile and the step succeeded,
+    what `undo(result)` returns is run to its end too (failures ignored) before the cancellation goes on."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await run_to_end(task)
+    except asyncio.CancelledError:
+        if not task.cancelled() and task.exception() is None:
+            compensation = undo(task.result())
+            if compensation is not None:
+                with contextlib.suppress(Exception):
+                    await run_to_end(compensation)
+        raise
 
 
 class _GoneAway(Exception):
@@ -182,29 +200,20 @@ class ApproveStage:
             raise
 
     async def _create_or_join(self, ctx: CallContext) -> tuple[Approval, bool]:
-        """The call's item, run to its end (store.run_to_end): Redis may have created it when a cancellation cut
-        the reply off. Such an item is withdrawn (also on shutdown: the agent never learnt its id, and its retry
-        asks anew), since nobody waits on it and no approver was notified: a retry joining it would notify nobody."""
-        step = asyncio.ensure_future(self._store.create_or_join(self.draft(ctx), link_s=2 * self._config.ttl_s))
-        try:
-            return await run_to_end(step)
-        except asyncio.CancelledError:
-            if not step.cancelled() and step.exception() is None and step.result()[1]:
-                with contextlib.suppress(Exception):
-                    await run_to_end(self._store.withdraw(step.result()[0].id, actor=ctx.principal.id))
-            raise
+        """The call's item: Redis may have created it when a cancellation cut the reply off. Such an item is
+        withdrawn (also on shutdown: the agent never learnt its id, and its retry asks anew), since nobody waits
+        on it and no approver was notified: a retry joining it would notify nobody."""
+        def withdraw_created(result: tuple[Approval, bool]) -> Awaitable[Any] | None:
+            item, created = result
+            return self._store.withdraw(item.id, actor=ctx.principal.id) if created else None
+        return await _undone_if_cancelled(
+            self._store.create_or_join(self.draft(ctx), link_s=2 * self._config.ttl_s), withdraw_created)
 
     async def _claim(self, item: Approval) -> bool:
-        """Claim the approved call, run to its end: a claim whose reply a cancellation cut off is settled as
-        `not_executed: cancelled` (the call never reached the forward), not left reading `executed`."""
-        step = asyncio.ensure_future(self._store.claim_execution(item.id))
-        try:
-            return await run_to_end(step)
-        except asyncio.CancelledError:
-            if not step.cancelled() and step.exception() is None and step.result():
-                with contextlib.suppress(Exception):
-                    await run_to_end(self._store.settle(item.id, "cancelled"))
-            raise
+        """Claim the approved call: a claim whose reply a cancellation cut off is settled as `not_executed:
+        cancelled` (the call never reached the forward), not left reading `executed`."""
+        return await _undone_if_cancelled(self._store.claim_execution(item.id),
+                                          lambda claimed: self._store.settle(item.id, "cancelled") if claimed else None)
 
     async def settle(self, ctx: CallContext) -> None:
         """The claimed call is over: record `executed` if it was forwarded (from then on it may have run), else

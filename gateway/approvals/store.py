@@ -129,9 +129,10 @@ def notify_listeners(listeners: Sequence[Listener], approval_id: str) -> None:
 async def run_to_end(step: Awaitable[T]) -> T:
     """Await `step` to its end even if the caller is cancelled meanwhile (then re-raise the cancellation).
 
-    For a hold's count and a withdrawal: Redis may have run a script whose reply a cancellation cut off, and a
-    hold counted but never released keeps its item pending after the client went away. `asyncio.shield`
-    alone returns at the cancellation, leaving the step racing whatever the caller does next.
+    For the Redis store's state changes (a hold's count and release, a withdrawal, a decision, a claim and its
+    settling): Redis may have run a script whose reply a cancellation cut off, and what it changed must still be
+    counted, released or recorded. `asyncio.shield` alone returns at the cancellation, leaving the step racing
+    whatever the caller does next.
     """
     task = asyncio.ensure_future(step)
     interrupted = False
