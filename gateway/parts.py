@@ -20,6 +20,7 @@ from gateway.approvals.auth import cedar_approver_check
 from gateway.approvals.gauge import PendingGauge
 from gateway.approvals.memory import MemoryApprovalStore
 from gateway.approvals.redis import RedisApprovalStore
+from gateway.approvals.signouts import MemorySignOuts, RedisSignOuts
 from gateway.approvals.stage import ApproveStage
 from gateway.approvals.store import ApprovalStore
 from gateway.approvals.web import approval_routes
@@ -252,6 +253,8 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
                                           keepalive_s=config.approvals.keepalive_s,
                                           closing=approve.shutting_down,
                                           public_https=config.listen.resource_url.startswith("https://"),
-                                          base_path=split_base(config.listen.resource_url)[1]),
+                                          base_path=split_base(config.listen.resource_url)[1],
+                                          signouts=RedisSignOuts(redis.client, redis.prefix) if redis is not None
+                                          else MemorySignOuts()),
                          *ToolsAdmin(guard, identifier, upstreams, config.pinning.admin_group).routes()],
                  checks=checks, owners_before_upstreams=owners)

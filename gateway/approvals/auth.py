@@ -1,7 +1,8 @@
 """Who is approving: bearer token or sign-in session cookie, the double-submit CSRF check, and who may decide.
 
 The session cookie holds the approver's own bearer token (HttpOnly, SameSite=Strict), so any replica
-can verify it and it lapses with the token. Requests authenticated by cookie must echo the CSRF
+can verify it and it lapses with the token; a sign-out records the token (signouts.py), which is refused from
+then on, as a cookie or a bearer token. Requests authenticated by cookie must echo the CSRF
 cookie in a form field or `X-CSRF-Token` header; bearer-token API calls need no CSRF token.
 """
 
@@ -18,6 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.approvals.model import Approval
+from gateway.approvals.signouts import MAX_SKEW_S, MemorySignOuts, SignOuts, token_key
 from gateway.context import Decision, Principal
 from gateway.errors import GatewayError
 from gateway.pipeline import Identifier
@@ -33,6 +35,7 @@ ApproverCheck = Callable[[Principal, Approval], Decision]
 
 NO_CREDENTIALS = "sign in with a bearer token"
 WRONG_SCHEME = "use Authorization: Bearer <token>"
+SIGNED_OUT = "this token was signed out of the approvers' page; sign in with a new token from your identity provider"
 QUERY_TOKEN = "tokens in the query string are not accepted; use Authorization: Bearer <token>"
 
 
@@ -68,6 +71,7 @@ def refuse_query_token(request: web.Request) -> None:
 class Approver:
     principal: Principal
     via: str  # "bearer" | "cookie"
+    key: str = ""  # token_key of the credential: what its sign-out records, and its live streams are kept under
 
     @property
     def name(self) -> str:
@@ -95,8 +99,10 @@ class ApproverAuth:
     """Authenticates approvers and decides whether one may decide a given item."""
 
     def __init__(self, identifier: Identifier, approver_check: ApproverCheck, *,
-                 approvers_issuer: str | None = None, public_https: bool = False) -> None:
+                 approvers_issuer: str | None = None, public_https: bool = False,
+                 signouts: SignOuts | None = None) -> None:
         self._identifier = identifier
+        self._signouts = signouts if signouts is not None else MemorySignOuts()
         self._check = approver_check
         self._issuer = approvers_issuer
         self._public_https = public_https
@@ -107,6 +113,27 @@ class ApproverAuth:
         return request.secure or self._public_https
 
     async def identify_token(self, token: str) -> Principal:
+        """The approver `token` names, unless it does not verify or was signed out (Refused 401)."""
+        principal = await self._verify(token)
+        if await self._signouts.signed_out(token_key(token)):
+            raise Refused(401, "unauthenticated", SIGNED_OUT)
+        return principal
+
+    async def sign_out(self, token: str | None) -> str | None:
+        """Refuse the session's token from now on, until it could no longer verify anyway; its key, or None when
+        it is no approver's token (nothing to refuse: a garbage cookie is not kept)."""
+        if not token:
+            return None
+        try:
+            principal = await self._verify(token)
+        except Refused:
+            return None
+        key = token_key(token)
+        expires_at = principal.expires_at if principal.expires_at is not None else time.time() + MAX_SESSION_S
+        await self._signouts.sign_out(key, expires_at + MAX_SKEW_S)
+        return key
+
+    async def _verify(self, token: str) -> Principal:
         headers: CIMultiDict[str] = CIMultiDict({"Authorization": f"Bearer {token}"})
         try:
             principal = await self._identifier.identify(headers, None)
@@ -124,10 +151,10 @@ class ApproverAuth:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise Refused(401, "unauthenticated", WRONG_SCHEME)
-            return Approver(await self.identify_token(token.strip()), "bearer")
+            return Approver(await self.identify_token(token.strip()), "bearer", token_key(token.strip()))
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
-            return Approver(await self.identify_token(cookie), "cookie")
+            return Approver(await self.identify_token(cookie), "cookie", token_key(cookie))
         raise Refused(401, "unauthenticated", NO_CREDENTIALS)
 
     @staticmethod

@@ -2,14 +2,14 @@
 
 Ids only, and only of calls the person may see: the page refetches what it may see. Each stream ends when its
 credential would no longer be accepted (the token's expiry; a session cookie: at most MAX_SESSION_S), when its
-sign-in session signs out on this replica, or when shutdown begins; a reconnect must be signed in again.
+token is signed out on this replica (cookie and bearer streams alike: the cookie is the token), or when shutdown
+begins; a reconnect must be signed in again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -17,16 +17,10 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.approvals import render
-from gateway.approvals.auth import MAX_SESSION_S, SESSION_COOKIE, Approver
+from gateway.approvals.auth import MAX_SESSION_S, Approver
 from gateway.approvals.model import Approval, ApprovalNotFound
 from gateway.approvals.store import ApprovalStore
 from gateway.errors import GatewayError
-
-
-def session_key(request: web.Request) -> str | None:
-    """The sign-in session a request carries (a digest of its cookie: the token itself is not kept)."""
-    cookie = request.cookies.get(SESSION_COOKIE)
-    return hashlib.sha256(cookie.encode()).hexdigest() if cookie else None
 
 
 def _valid_for(approver: Approver) -> float | None:
@@ -46,13 +40,13 @@ class LiveUpdates:
         self._may_view = may_view
         self._keepalive_s = keepalive_s
         self._closing = closing  # set when the gateway begins to shut down
-        # Open streams per sign-in session (digest of its cookie), ended by that session's sign-out.
+        # Open streams per token (Approver.key, a digest: the token itself is not kept), ended by its sign-out.
         self._streams: dict[str, set[asyncio.Event]] = {}
 
-    def sign_out(self, request: web.Request) -> None:
-        """End the streams of the sign-in session `request` carries (its other tabs, on this replica)."""
-        session = session_key(request)
-        for signed_out in self._streams.pop(session, set()) if session is not None else ():
+    def sign_out(self, key: str) -> None:
+        """End the streams opened with the token of digest `key` (the session's other tabs, and the token used
+        as a bearer token), on this replica."""
+        for signed_out in self._streams.pop(key, set()):
             signed_out.set()
 
     async def stream(self, request: web.Request, approver: Approver) -> web.StreamResponse:
@@ -67,7 +61,7 @@ class LiveUpdates:
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
         signed_out = asyncio.Event()
-        session = session_key(request) if approver.via == "cookie" else None
+        session = approver.key or None
         if session is not None:
             self._streams.setdefault(session, set()).add(signed_out)
         self._store.add_listener(listener)

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.approvals import render
 from gateway.approvals.auth import (
+    SESSION_COOKIE,
     Approver,
     ApproverAuth,
     ApproverCheck,
@@ -32,6 +33,7 @@ from gateway.approvals.auth import (
 )
 from gateway.approvals.live import LiveUpdates
 from gateway.approvals.model import STATES, AlreadyDecided, Approval, ApprovalNotFound
+from gateway.approvals.signouts import SignOuts
 from gateway.approvals.store import ApprovalStore
 from gateway.errors import GatewayError
 from gateway.http.guards import timed_read
@@ -206,6 +208,21 @@ class ApprovalsWeb:
         except Refused:
             return None
 
+    def _unavailable(self, handler: Handler) -> Handler:
+        """A page handler whose session could not be checked (the store holding sign-outs is unreachable):
+        503 with a notice, failing closed as the API does (it used to be a bare 500)."""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except GatewayError as exc:
+                note = render.notice(f"The approval store is unavailable ({exc.message}). Try again shortly.",
+                                     error=True)
+                return web.Response(text=render.page("Approvals", note, base=self._base), content_type="text/html",
+                                    status=503)
+
+        return wrapped
+
     def _signin_page(self, request: web.Request, message: str | None = None, status: int = 200) -> web.Response:
         token = csrf_token(request)
         response = web.Response(text=render.page("Sign in", render.signin(token, message, self._base),
@@ -279,7 +296,10 @@ class ApprovalsWeb:
             return self._signin_page(request, exc.message, exc.status)
         if not self._auth.form_csrf_ok(request, form.get("csrf")):
             return self._signin_page(request, "Sign-out needs a fresh page; please try again.", 403)
-        self._live.sign_out(request)  # this session's live-update streams (other tabs) end with it
+        # The token is refused from now on (a copy of the cookie included), and its live-update streams end.
+        key = await self._auth.sign_out(request.cookies.get(SESSION_COOKIE))
+        if key is not None:
+            self._live.sign_out(key)
         response = web.HTTPSeeOther(self._base + "/approvals")
         clear_session(response, self._cookies)
         return response
@@ -314,7 +334,9 @@ class ApprovalsWeb:
         def api(handler: Handler) -> Handler:
             return _secured(_guarded(handler))
 
-        page = _secured
+        def page(handler: Handler) -> Handler:
+            return _secured(self._unavailable(handler))
+
         return [
             web.get("/approvals", page(self.page)), web.get("/approvals/fragment", api(self.fragment)),
             web.post("/approvals/signin", page(self.signin)), web.post("/approvals/signout", page(self.signout)),
@@ -328,11 +350,14 @@ class ApprovalsWeb:
 def approval_routes(store: ApprovalStore, identifier: Identifier, approver_check: ApproverCheck, *,
                     redactor: Callable[[Any], Any] | None = None, approvers_issuer: str | None = None,
                     keepalive_s: float = 15.0, closing: asyncio.Event | None = None,
-                    public_https: bool = False, base_path: str = "") -> list[web.RouteDef]:
+                    public_https: bool = False, base_path: str = "",
+                    signouts: SignOuts | None = None) -> list[web.RouteDef]:
     """All routes of the approvers' page and API, ready for `app.add_routes(...)`; `closing` is set when the
     gateway begins to shut down (it ends the live-update streams); `public_https`: `listen.public_url` is https
     (cookies are Secure even when TLS ends at a proxy); `base_path`: the path of `listen.public_url` (a proxy's
-    prefix), which every URL the page gives the browser starts with."""
-    auth = ApproverAuth(identifier, approver_check, approvers_issuer=approvers_issuer, public_https=public_https)
+    prefix), which every URL the page gives the browser starts with; `signouts`: where sign-outs are kept (Redis
+    when the approvals are, so every replica refuses a signed-out token; default: this replica's memory)."""
+    auth = ApproverAuth(identifier, approver_check, approvers_issuer=approvers_issuer, public_https=public_https,
+                        signouts=signouts)
     return ApprovalsWeb(store, auth, redactor=redactor, keepalive_s=keepalive_s, closing=closing,
                         base_path=base_path).routes()
