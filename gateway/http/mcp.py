@@ -143,9 +143,22 @@ class McpEndpoint:
         except jsonrpc.Batch as batch:  # a JSON array: answered only in 2025-03-26 sessions
             return await answer_batch(self, request, view, principal, batch, sse_ok)
         except GatewayError as exc:
+            if exc.reason == "unknown_upstream":  # refused before the body was read: it may name an id to answer
+                request_id = await self._readable_id(request)
             return error_response(exc, jsonrpc.refused_id(exc, request_id))
         except ModernRejection as exc:
             return exc.response
+
+    async def _readable_id(self, request: web.Request) -> Any:
+        """The id of the request in the body, read as any body is (bounded, timed): JSON-RPC answers an error with
+        it whenever it can be read. None for a notification or response (MCP: their refusal has no id), and for
+        a body that is too large, too slow or no JSON."""
+        try:
+            body = await read_body(request, self.max_body_bytes, self.body_timeout_s)
+            message = jsonrpc.parse(body, max_depth=self.max_json_depth)
+        except GatewayError as exc:
+            return jsonrpc.refused_id(exc)  # a malformed request's own id, as its invalid_request would have
+        return message.id if message.kind == "request" else None
 
     async def _session_for(self, request: web.Request, view: str | None, principal: Principal,
                            message: jsonrpc.Message) -> tuple[Session, dict[str, str]]:
