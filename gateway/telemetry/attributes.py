@@ -3,19 +3,28 @@
 Only identifiers, labels and digests go here. Tokens never do; argument values only when
 `traces.capture_args` is on (then as `gen_ai.tool.call.arguments`, canonical JSON, after the
 secret redactor: spans leave the gateway, so a key or token in an argument must not ride along).
+
+What a call decided is known only when it ends; the event loop then puts a tuple of those facts on the span
+(`call_facts`, `decision_facts`) under the key `FACTS`, and `expand` builds the attributes where spans are
+exported (the exporter child, or the console exporter's `readable`). Hashing the arguments for
+`customs.args_digest` was the largest part of a traced call's attribute work.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from gateway.config.model import UpstreamConfig
-from gateway.context import ApprovalState, CallContext, Decision, Principal, canonical_json
+from gateway.context import ApprovalState, CallContext, Decision, Principal, args_digest, canonical_json
+
+if TYPE_CHECKING:  # the exporter child imports this module: not the config models
+    from gateway.config.model import UpstreamConfig
 
 Attrs = dict[str, Any]
 Redact = Callable[[Any], Any]
+# The attribute key of deferred facts: a NUL starts no attribute name the gateway sets, so it never clashes.
+FACTS: Final = "\0customs.facts"
 
 # Which request parameter names the span's target, per method (low cardinality only: no resource URIs).
 TARGET_PARAM = {"tools/call": "name", "prompts/get": "name"}
@@ -101,48 +110,107 @@ def principal_attributes(principal: Principal) -> Attrs:
 def decision_attributes(decision: Decision | None) -> Attrs:
     if decision is None:
         return {}
-    attrs: Attrs = {"customs.decision": decision.outcome, "customs.policy_ids": tuple(decision.policy_ids),
-                    "customs.authz.eval_us": float(decision.eval_us)}
-    if decision.policy_version:
-        attrs["customs.policy_version"] = decision.policy_version
-    if decision.shadow_outcome is not None:
-        attrs["customs.shadow_decision"] = decision.shadow_outcome
+    return _decision(decision.outcome, decision.policy_ids, decision.eval_us, decision.policy_version,
+                     decision.shadow_outcome)
+
+
+def _decision(outcome: str, policy_ids: tuple[str, ...], eval_us: float, version: str, shadow: str | None) -> Attrs:
+    attrs: Attrs = {"customs.decision": outcome, "customs.policy_ids": tuple(policy_ids),
+                    "customs.authz.eval_us": float(eval_us)}
+    if version:
+        attrs["customs.policy_version"] = version
+    if shadow is not None:
+        attrs["customs.shadow_decision"] = shadow
     return attrs
+
+
+def decision_facts(decision: Decision | None) -> Attrs:
+    """The authorize span's attributes, deferred: `{FACTS: facts}` (see `expand`)."""
+    if decision is None:
+        return {}
+    return {FACTS: ("decision", decision.outcome, decision.policy_ids, decision.eval_us, decision.policy_version,
+                    decision.shadow_outcome)}
 
 
 def approval_attributes(approval: ApprovalState | None) -> Attrs:
     if approval is None:
         return {}
-    attrs: Attrs = {"customs.approval.id": approval.id, "customs.approval.outcome": approval.outcome,
-                    "customs.approval.wait_s": float(approval.waited_s)}
-    if approval.decided_by:
+    return _approval(approval.id, approval.outcome, approval.waited_s, approval.decided_by)
+
+
+def _approval(approval_id: str, outcome: str, waited_s: float, decided_by: tuple[str, ...]) -> Attrs:
+    attrs: Attrs = {"customs.approval.id": approval_id, "customs.approval.outcome": outcome,
+                    "customs.approval.wait_s": float(waited_s)}
+    if decided_by:
         # One string (a quorum's subjects joined by ", ", as the approvals API shows decided_by): Jaeger makes
         # an array attribute the JSON text '["alice"]', which the tag search approver=alice never matches.
-        attrs["customs.approval.approver"] = ", ".join(approval.decided_by)
+        attrs["customs.approval.approver"] = ", ".join(decided_by)
     return attrs
 
 
 def credential_attributes(ctx: CallContext) -> Attrs:
-    attrs: Attrs = {"customs.credential.mode": ctx.credential_mode}
-    if ctx.credential_audience:
-        attrs["customs.credential.audience"] = ctx.credential_audience
+    return _credential(ctx.credential_mode, ctx.credential_audience)
+
+
+def _credential(mode: str, audience: str | None) -> Attrs:
+    attrs: Attrs = {"customs.credential.mode": mode}
+    if audience:
+        attrs["customs.credential.audience"] = audience
     return attrs
 
 
-def call_attributes(ctx: CallContext, decision_attrs: Callable[[Decision], Attrs] = decision_attributes) -> Attrs:
+def call_attributes(ctx: CallContext) -> Attrs:
     """Everything the gateway decided about a call: set on the SERVER span when the call finishes,
     so one search by tag (e.g. customs.decision=deny) finds the request. (Who called is set when
     the span starts: `principal_attributes`.)"""
-    attrs: Attrs = {"customs.args_digest": ctx.digest, "customs.decision_id": ctx.decision_id}
-    if ctx.upstream:
-        attrs["customs.upstream"] = ctx.upstream
-    if ctx.task_id:
-        attrs["customs.task_id"] = ctx.task_id
-    if ctx.decision is not None:
-        attrs.update(decision_attrs(ctx.decision))
-    attrs.update(approval_attributes(ctx.approval))
-    attrs.update(credential_attributes(ctx))
+    return expand({FACTS: call_facts(ctx)})
+
+
+def call_facts(ctx: CallContext) -> tuple[Any, ...]:
+    """`call_attributes`, deferred (see `expand`): values the call holds. The arguments go instead of their digest
+    when none was made yet (an approval makes one): the exporter hashes them, off the event loop."""
+    digest = ctx.extra.get("args_digest")
+    decision = ctx.decision
+    approval = ctx.approval
+    return ("call", digest, ctx.args if digest is None else None, ctx.decision_id, ctx.upstream, ctx.task_id,
+            (decision.outcome, decision.policy_ids, decision.eval_us, decision.policy_version,
+             decision.shadow_outcome) if decision is not None else None,
+            (approval.id, approval.outcome, approval.waited_s, approval.decided_by) if approval is not None else None,
+            ctx.credential_mode, ctx.credential_audience)
+
+
+def _call(digest: str | None, args: Any, decision_id: str, upstream: str | None, task_id: str | None,
+          decision: tuple[Any, ...] | None, approval: tuple[Any, ...] | None, mode: str, audience: str | None) -> Attrs:
+    attrs: Attrs = {"customs.args_digest": digest if digest is not None else args_digest(args),
+                    "customs.decision_id": decision_id}
+    if upstream:
+        attrs["customs.upstream"] = upstream
+    if task_id:
+        attrs["customs.task_id"] = task_id
+    if decision is not None:
+        attrs.update(_decision(*decision))
+    if approval is not None:
+        attrs.update(_approval(*approval))
+    attrs.update(_credential(mode, audience))
     return attrs
+
+
+_BUILDERS: dict[str, Callable[..., Attrs]] = {"call": _call, "decision": _decision}
+
+
+def expand(attributes: dict[str, Any]) -> dict[str, Any]:
+    """`attributes` with their deferred facts (under FACTS) built in their place, unset (None) values left out as a
+    span's `set_attributes` leaves them out; the same dict when there are none."""
+    if FACTS not in attributes:
+        return attributes
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if key == FACTS:
+            kind, *facts = value
+            out.update((k, v) for k, v in _BUILDERS[kind](*facts).items() if v is not None)
+        else:
+            out[key] = value
+    return out
 
 
 def upstream_attributes(ctx: CallContext, transport: Attrs | None, capture_args: bool = False,

@@ -32,7 +32,6 @@ from gateway.telemetry.attributes import (
     MCP_METHODS,
     OTHER_METHOD,
     connection_attributes,
-    decision_attributes,
     principal_attributes,
     request_attributes,
     target_of,
@@ -158,7 +157,7 @@ class Observability:
         # Built once per principal and shared by the spans that carry it.
         self._principal_attributes = Memo(principal_attributes)
         # Not memoized: every call gets its own Decision (its own evaluation time), so a memo by object never hits.
-        self.record = RecordStage(self.log, self.metrics, self.telemetry, decision_attributes)
+        self.record = RecordStage(self.log, self.metrics, self.telemetry)
         self._upstreams = {u.name: u for u in config.upstreams}
         # (tool name as the agent used it, session's view) -> listed by its upstream; set by the app (catalog).
         # None: every name counts as real (no catalog to ask).
@@ -219,7 +218,7 @@ class Observability:
         return functools.partial(calls.sent, upstream) if calls is not None else None
 
     def instrument(self, pipeline: Pipeline) -> Pipeline:
-        return instrument(pipeline, self.telemetry, self.metrics, self._upstreams, decision_attributes)
+        return instrument(pipeline, self.telemetry, self.metrics, self._upstreams)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/metrics", self.metrics_handler, allow_head=False)] if self.metrics.registry else []

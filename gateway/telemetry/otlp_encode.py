@@ -26,6 +26,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
 from opentelemetry.trace import SpanKind, StatusCode, TraceState
 
+from gateway.telemetry.attributes import expand
 from gateway.telemetry.spans import SCOPE, SPAN_ATTRIBUTE_LIMIT, WireContext, WireSpan
 
 log = logging.getLogger("customs.telemetry")
@@ -148,7 +149,7 @@ class OtlpEncoder:
         out.start_time_unix_nano = start
         out.end_time_unix_nano = end
         if attributes:
-            key_values, dropped = self._attributes(attributes, SPAN_ATTRIBUTE_LIMIT)
+            key_values, dropped = self._attributes(expand(attributes), SPAN_ATTRIBUTE_LIMIT)
             out.attributes.extend(key_values)
             out.dropped_attributes_count = dropped
         for link_context, link_attributes in links:

@@ -20,6 +20,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
+from gateway.telemetry.attributes import expand
+
 SCOPE = InstrumentationScope("customs", "0.1.0")
 SPAN_ATTRIBUTE_LIMIT = 128  # the SDK's default span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT)
 # (trace_id, span_id, is_remote, flags, trace_state items)
@@ -132,7 +134,7 @@ def readable(span: WireSpan, resource: Resource) -> ReadableSpan:
     # BoundedAttributes: the SDK's own cleaning and limits, as an SDK span would have applied them.
     return ReadableSpan(name=name, context=_span_context(context),
                         parent=_span_context(parent) if parent is not None else None, resource=resource,
-                        attributes=BoundedAttributes(SPAN_ATTRIBUTE_LIMIT, attributes, immutable=True),
+                        attributes=BoundedAttributes(SPAN_ATTRIBUTE_LIMIT, expand(attributes), immutable=True),
                         links=tuple(Link(_span_context(c), BoundedAttributes(SPAN_ATTRIBUTE_LIMIT, a, immutable=True))
                                     for c, a in links),
                         kind=SpanKind(kind), status=status, start_time=start, end_time=end,

@@ -18,15 +18,16 @@ from opentelemetry.trace import SpanContext
 
 from gateway.catalog import PENDING_TOOL
 from gateway.config.model import UpstreamConfig
-from gateway.context import NOT_FOUND_ITEM, CallContext, Decision
+from gateway.context import NOT_FOUND_ITEM, CallContext
 from gateway.errors import GatewayError
 from gateway.pipeline import Forwarder, Pipeline, Stage
 from gateway.telemetry.attributes import (
+    FACTS,
     Attrs,
     approval_attributes,
-    call_attributes,
+    call_facts,
     credential_attributes,
-    decision_attributes,
+    decision_facts,
     transport_attributes,
     upstream_attributes,
 )
@@ -42,9 +43,7 @@ STAGE_SPANS = {"authorize": "customs.authorize", "approve": "customs.approval", 
 class RecordStage:
     """Decision record + metrics + SERVER-span attributes from a finished CallContext."""
 
-    def __init__(self, log: DecisionLog | None, metrics: Metrics | None, telemetry: Telemetry | None,
-                 decision_attrs: Callable[[Decision], Attrs] = decision_attributes) -> None:
-        self._decision_attrs = decision_attrs
+    def __init__(self, log: DecisionLog | None, metrics: Metrics | None, telemetry: Telemetry | None) -> None:
         self._log = log
         self._metrics = metrics
         self._telemetry = telemetry if telemetry is not None and telemetry.enabled else None
@@ -59,7 +58,8 @@ class RecordStage:
         if self._telemetry is not None:
             span = self._telemetry.current_span()
             if span.is_recording():
-                span.set_attributes(call_attributes(ctx, self._decision_attrs))
+                # The facts, not the attributes: those are built where the span is exported (attributes.expand).
+                span.set_attributes({FACTS: call_facts(ctx)})
                 if ctx.error is not None:
                     mark_error(span, ctx.error)
                 elif is_tool_error(ctx.result):
@@ -116,13 +116,12 @@ class StageRecorder:
     now, its start the end minus the monotonic duration.
     """
 
-    def __init__(self, telemetry: Telemetry, metrics: Metrics | None,
-                 decision_attrs: Callable[[Decision], Attrs] = decision_attributes) -> None:
+    def __init__(self, telemetry: Telemetry, metrics: Metrics | None) -> None:
         self._telemetry = telemetry
         # The histogram's own record, bound once: Metrics.stage_duration around it is a call more per stage per call.
         self._record_duration = metrics.stage.record if metrics is not None and metrics.enabled else None
         self._attrs: dict[str, Callable[[CallContext], Attrs]] = {
-            "authorize": lambda ctx: decision_attrs(ctx.decision) if ctx.decision is not None else {},
+            "authorize": lambda ctx: decision_facts(ctx.decision),
             "credential": credential_attributes,
         }
 
@@ -265,8 +264,7 @@ def _held(ctx: CallContext) -> bool:
 
 
 def instrument(pipeline: Pipeline, telemetry: Telemetry, metrics: Metrics | None,
-               upstreams: Mapping[str, UpstreamConfig] | None = None,
-               decision_attrs: Callable[[Decision], Attrs] = decision_attributes) -> Pipeline:
+               upstreams: Mapping[str, UpstreamConfig] | None = None) -> Pipeline:
     """The same pipeline with spans and stage timings of authorize, approve, credential and forward.
 
     authorize and credential are timed by the pipeline itself (`StageRecorder`); approve is wrapped in
@@ -275,7 +273,7 @@ def instrument(pipeline: Pipeline, telemetry: Telemetry, metrics: Metrics | None
     configs = dict(upstreams or {})
     return dataclasses.replace(
         pipeline,
-        timed=StageRecorder(telemetry, metrics, decision_attrs),
+        timed=StageRecorder(telemetry, metrics),
         approve=_Traced(pipeline.approve, "approve", telemetry, metrics,
                         lambda ctx: approval_attributes(ctx.approval), only_if=_held),
         forward=_TracedForward(pipeline.forward, telemetry, metrics, configs),

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.config.model import UpstreamConfig
-from gateway.context import Actor, ApprovalState, CallContext, Decision, Principal, ToolInfo
+from gateway.context import Actor, ApprovalState, CallContext, Decision, Principal, ToolInfo, args_digest
 from gateway.errors import GatewayError
 from gateway.pipeline import Pipeline
 from gateway.telemetry import Observability
@@ -123,7 +123,11 @@ async def test_allowed_call_span_tree_and_propagation(harness: Harness) -> None:
     assert attrs["customs.principal"] == "agent-b" and attrs["customs.chain"] == ("agent-a",)
     assert attrs["customs.chain_depth"] == 1 and attrs["customs.decision"] == "allow"
     assert attrs["customs.policy_ids"] == ("permit-read",) and attrs["customs.upstream"] == "inventory"
-    assert attrs["customs.credential.mode"] == "minted" and attrs["customs.args_digest"].startswith("sha256:")
+    # Hashed where the span is exported (no approval made a digest on the loop): the same digest the record has.
+    assert attrs["customs.credential.mode"] == "minted" and attrs["customs.args_digest"] == args_digest({"sku": "A-1"})
+    await harness.obs.log.flush()
+    assert [r["args_digest"] for r in harness.records() if r.get("decision_id") == attrs["customs.decision_id"]] \
+        == [attrs["customs.args_digest"]]
     assert "gen_ai.tool.call.arguments" not in attrs and "error.type" not in attrs
     children = {s.name: s for s in otlp.children(server)}
     assert set(children) == {"customs.identify", "customs.authorize", "customs.credential", "tools/call get_stock"}

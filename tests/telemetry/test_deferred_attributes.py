@@ -1,0 +1,99 @@
+"""Attributes built where spans are exported (`attributes.expand`): the same as built on the loop, in their place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.context import ApprovalState, CallContext, Decision, Principal, ToolInfo, args_digest
+from gateway.telemetry.attributes import (
+    FACTS,
+    approval_attributes,
+    call_attributes,
+    call_facts,
+    credential_attributes,
+    decision_attributes,
+    decision_facts,
+    expand,
+)
+from gateway.telemetry.otlp_encode import OtlpEncoder
+from tests.telemetry.test_otlp_encode import RESOURCE, SERVER, assert_same, span
+
+
+def call(**changes: Any) -> CallContext:
+    ctx = CallContext(method="tools/call", request_id=3, principal=Principal(id="agent-b", issuer="https://idp", subject="agent-b"),
+                      params={"name": "get_stock", "arguments": {"sku": "A-1", "n": [1, 2.5, None]}},
+                      upstream="inventory", tool=ToolInfo("inventory", "get_stock"), task_id="task-9",
+                      decision=Decision("allow", ("reads-allowed", "tenant-scope"), eval_us=71, policy_version="v7",
+                                        shadow_outcome="deny"),
+                      credential_mode="minted", credential_audience="http://inv/mcp")
+    for key, value in changes.items():
+        setattr(ctx, key, value)
+    return ctx
+
+
+def on_the_loop(ctx: CallContext) -> dict[str, Any]:
+    """What `call_attributes` made before it was deferred, written out."""
+    attrs: dict[str, Any] = {"customs.args_digest": args_digest(ctx.args), "customs.decision_id": ctx.decision_id}
+    if ctx.upstream:
+        attrs["customs.upstream"] = ctx.upstream
+    if ctx.task_id:
+        attrs["customs.task_id"] = ctx.task_id
+    attrs.update(decision_attributes(ctx.decision))
+    attrs.update(approval_attributes(ctx.approval))
+    attrs.update(credential_attributes(ctx))
+    return attrs
+
+
+def test_call_facts_expand_to_the_call_attributes() -> None:
+    ctx = call()
+    assert call_attributes(ctx) == on_the_loop(ctx)
+    assert list(call_attributes(ctx)) == list(on_the_loop(ctx))  # the same order too
+    assert call_attributes(ctx)["customs.args_digest"] == args_digest({"n": [1, 2.5, None], "sku": "A-1"})
+
+
+def test_a_digest_made_already_is_used_and_the_arguments_not_shipped() -> None:
+    ctx = call()
+    ctx.extra["args_digest"] = "sha256:made-by-the-approval"
+    facts = call_facts(ctx)
+    assert ctx.args not in facts  # only what the exporter needs leaves the loop
+    assert expand({FACTS: facts})["customs.args_digest"] == "sha256:made-by-the-approval"
+
+
+def test_approval_no_decision_and_unset_values() -> None:
+    ctx = call(decision=None, upstream=None, task_id=None, credential_audience=None,
+               approval=ApprovalState("ap-1", "approved", ("alice", "bob"), waited_s=3))
+    ctx.params = {"name": "x"}  # no arguments: the digest of {}
+    attrs = call_attributes(ctx)
+    assert attrs == on_the_loop(ctx)
+    assert attrs["customs.approval.approver"] == "alice, bob" and attrs["customs.approval.wait_s"] == 3.0
+    assert "customs.decision" not in attrs and "customs.upstream" not in attrs
+    assert attrs["customs.args_digest"] == args_digest({})
+
+
+def test_decision_facts_expand_to_the_decision_attributes() -> None:
+    decision = Decision("deny", ("forbid-writes",), eval_us=12.5)
+    assert expand(decision_facts(decision)) == decision_attributes(decision)
+    assert decision_facts(None) == {} and expand({}) == {}
+
+
+def test_expanded_in_place_and_later_values_win() -> None:
+    ctx = call()
+    attrs = {"mcp.method.name": "tools/call", FACTS: call_facts(ctx), "error.type": "tool_error"}
+    out = expand(attrs)
+    keys = list(out)
+    assert keys[0] == "mcp.method.name" and keys[-1] == "error.type" and FACTS not in out
+    assert {k: v for k, v in out.items() if k not in ("mcp.method.name", "error.type")} == on_the_loop(ctx)
+    plain = {"a": 1}
+    assert expand(plain) is plain  # nothing deferred: no copy
+
+
+def test_exported_spans_carry_the_built_attributes() -> None:
+    """The OTLP encoder (exporter child) and the SDK path (console exporter) both expand, and give the same span as
+    one whose attributes were built on the loop."""
+    ctx = call()
+    deferred = [span(kind=SERVER, attributes={"mcp.method.name": "tools/call", FACTS: call_facts(ctx)}),
+                span(attributes=decision_facts(ctx.decision))]
+    built = [span(kind=SERVER, attributes={"mcp.method.name": "tools/call", **on_the_loop(ctx)}),
+             span(attributes=decision_attributes(ctx.decision))]
+    assert_same(deferred)
+    assert OtlpEncoder(RESOURCE).encode(deferred) == OtlpEncoder(RESOURCE).encode(built)
