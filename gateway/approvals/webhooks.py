@@ -2,7 +2,9 @@
 
 `notify()` only enqueues (never blocks the pipeline); worker tasks owned by `WebhookNotifier`
 deliver with exponential backoff. Receivers verify `X-Customs-Signature: sha256=<hex>` — the
-HMAC-SHA256 of the raw body with the webhook's secret — and may reject stale `X-Customs-Timestamp`s.
+HMAC-SHA256 of the raw body with the webhook's secret — or, to refuse stale (replayed) deliveries,
+`X-Customs-Signature-Timestamped`, the same over `<X-Customs-Timestamp>.<body>`: every attempt is stamped
+and signed afresh.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ SECTION_MAX, FIELD_MAX = 3000, 2000
 RETRY_AFTER_MAX_S = 60.0  # the longest wait a receiver's Retry-After gets (each webhook has its own workers)
 SIGNATURE_HEADER = "X-Customs-Signature"
 TIMESTAMP_HEADER = "X-Customs-Timestamp"
+# The body-only signature cannot tell a replay: whoever captured a delivery may send it again with any timestamp.
+# Receivers rely on its meaning, so it stays; this one covers the timestamp too (docs/approvals.md, Webhooks).
+TIMESTAMPED_HEADER = "X-Customs-Signature-Timestamped"
 
 
 def retry_after(value: str | None) -> float:
@@ -51,6 +56,16 @@ def retry_after(value: str | None) -> float:
 
 def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signed_headers(secret: str | None, body: bytes, now: float) -> dict[str, str]:
+    """One attempt's headers: its timestamp and, with a secret, the body's signature and the timestamped one."""
+    timestamp = str(int(now))
+    headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp}
+    if secret:
+        headers[SIGNATURE_HEADER] = sign(secret, body)
+        headers[TIMESTAMPED_HEADER] = sign(secret, timestamp.encode() + b"." + body)
+    return headers
 
 
 def mrkdwn(value: str) -> str:
@@ -187,9 +202,7 @@ class WebhookNotifier:
         assert self._session is not None
         for attempt in range(self._attempts):
             delay = self._base_delay * 2 ** attempt  # retry backoff, or longer if a 429/503 asks (Retry-After)
-            headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: str(int(time.time()))}
-            if hook.secret:
-                headers[SIGNATURE_HEADER] = sign(hook.secret, body)
+            headers = signed_headers(hook.secret, body, time.time())  # per attempt: a retry is stamped afresh
             try:
                 # A redirect is not followed: aiohttp would turn the POST into a bodiless GET (which may answer 200)
                 # and carry the signature to wherever it points.
