@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar, Token
 from typing import Any
 
+from multidict import CIMultiDictProxy
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -176,8 +177,8 @@ class Telemetry:
         `_meta` wins over the HTTP header (MCP convention); a different HTTP context becomes a link.
         Untrusted (trust_inbound false): no parent; every valid inbound context is a link.
         """
-        if not self.enabled:
-            return None, []
+        if not self.enabled or (not meta and type(headers) is CIMultiDictProxy and "traceparent" not in headers):
+            return None, []  # no inbound context (the usual case), asked without a call per source
         found: list[tuple[str, otel_context.Context, trace.SpanContext]] = []
         for source, carrier in (("meta", _carrier(meta)), ("http", _carrier(headers))):
             if "traceparent" not in carrier:
@@ -336,9 +337,11 @@ class Telemetry:
         if current is not None and error is None and type(attrs) is dict and None not in attrs.values():
             # The common case: a finished child of the request's span goes straight to the exporter
             # queue, with no span object in between (these spans are never current, never propagated).
-            if current.wire[3] & TraceFlags.SAMPLED:
-                self._finished((name, _INTERNAL, self._child_of(current), current.wire, start_ns, end_ns, attrs, [],
-                                UNSET_STATUS))
+            parent = current.wire
+            if parent[3] & TraceFlags.SAMPLED:  # `_child_of`, inline: three of these a call
+                trace_id, _, _, flags, state = parent
+                self._finished((name, _INTERNAL, (trace_id, _getrandbits(64) or 1, False, flags, state), parent,
+                                start_ns, end_ns, attrs, [], UNSET_STATUS))
             return
         span = self._new(name, SpanKind.INTERNAL, dict(attrs or {}), None, None, start_ns)
         if error is not None:

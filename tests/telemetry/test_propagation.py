@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -47,6 +47,10 @@ def test_header_lookup_is_case_insensitive_for_dicts_and_multidicts(traced: Tele
     value = f"00-{TRACE_A}-{SPAN_A}-01"
     assert parent_of(traced, {"Traceparent": value}, None)[0] == f"{TRACE_A}-{SPAN_A}"
     assert parent_of(traced, CIMultiDict({"TRACEPARENT": value}), None)[0] == f"{TRACE_A}-{SPAN_A}"
+    # What aiohttp hands the gateway (a read-only proxy), with and without a context, alone and beside `_meta`.
+    assert parent_of(traced, CIMultiDictProxy(CIMultiDict({"TraceParent": value})), None)[0] == f"{TRACE_A}-{SPAN_A}"
+    assert parent_of(traced, CIMultiDictProxy(CIMultiDict({"Accept": "*/*"})), None) == (None, [])
+    assert parent_of(traced, CIMultiDictProxy(CIMultiDict()), {"traceparent": value})[0] == f"{TRACE_A}-{SPAN_A}"
 
 
 def test_meta_wins_and_a_different_http_context_becomes_a_link(traced: Telemetry) -> None:
