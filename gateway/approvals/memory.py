@@ -34,6 +34,7 @@ class MemoryApprovalStore:
         self._keys: dict[str, tuple[str, float]] = {}  # binding key -> (id, an approval usable until)
         self._changed: dict[str, asyncio.Event] = {}
         self._holds: dict[str, int] = {}  # approval id -> requests waiting on it now
+        self._claimed: dict[str, float] = {}  # claimed, not yet settled: id -> its approval usable until (hand_back)
         self._listeners: list[Listener] = []
 
     async def start(self) -> None:
@@ -81,6 +82,8 @@ class MemoryApprovalStore:
                 del self._items[item_id]
         if len(self._keys) > 2 * self._history:  # a link lives as long as its item: at most one per item
             self._keys = {k: v for k, v in self._keys.items() if v[0] in self._items}
+        if len(self._claimed) > self._history:  # settled calls leave it; this bounds what a lost settle left
+            self._claimed = {k: v for k, v in self._claimed.items() if k in self._items}
 
     async def create_or_join(self, draft: Approval, *, link_s: float) -> tuple[Approval, bool]:
         now = self._clock()
@@ -173,10 +176,12 @@ class MemoryApprovalStore:
         linked = self._keys.get(item.key)
         if linked is not None and linked[0] == approval_id:
             del self._keys[item.key]  # the next identical call needs a new approval
+            self._claimed[approval_id] = linked[1]
         self._store(item.with_state("approved", executed=True), "")  # recorded by `settle`, once it is known
         return True
 
     async def settle(self, approval_id: str, not_executed: str | None) -> None:
+        self._claimed.pop(approval_id, None)
         item = self._items.get(approval_id)
         if item is None or not item.executed:
             return
@@ -184,6 +189,19 @@ class MemoryApprovalStore:
             emit(self.on_event, event(item, "executed", at=self._clock()))
         else:
             self._store(replace(item, not_executed=not_executed), "not_executed", detail=not_executed)
+
+    async def hand_back(self, approval_id: str, why: str) -> bool:
+        until = self._claimed.pop(approval_id, None)
+        item = self._items.get(approval_id)
+        if item is None or not item.executed or item.not_executed is not None:
+            return False  # not claimed, or already settled
+        linked = self._keys.get(item.key)
+        if until is None or self._clock() >= until or (linked is not None and linked[0] in self._items):
+            await self.settle(approval_id, why)
+            return False
+        self._keys[item.key] = (approval_id, until)
+        self._store(replace(item, executed=False), "handed_back", detail=why)
+        return True
 
     async def expire_due(self) -> builtins.list[Approval]:
         now = self._clock()

@@ -64,7 +64,9 @@ class Approval:
     `args` are already redacted; `args_digest` binds the approval to the exact (unredacted)
     arguments. `executed` turns true exactly once, when the approved call is claimed for forwarding; if the call
     then never reached the upstream (re-check denied, no credential, ...) `not_executed` says why, and the item
-    reads as not executed while staying used (claimed: one approval, at most one execution).
+    reads as not executed while staying used (claimed: one approval, at most one execution). The one exception is a
+    call refused because the agent's token expired while it was held: its claim is handed back (`executed` false
+    again, store.hand_back), since it never reached the upstream, and the retry with a refreshed token claims it.
     """
 
     id: str
@@ -88,7 +90,7 @@ class Approval:
     decided_by: tuple[str, ...] = ()
     comment: str | None = None
     decided_at: float | None = None
-    executed: bool = False  # claimed for forwarding (the claim flag: never reset, so never claimed twice)
+    executed: bool = False  # claimed for forwarding (the claim flag: reset only by a hand-back, before any forward)
     not_executed: str | None = None  # claimed, but the call never reached the upstream: why
     votes: tuple[Vote, ...] = ()
     method: str = "tools/call"

@@ -73,8 +73,8 @@ class RedisApprovalStore:
         self._heartbeat_s = heartbeat_s
         self._keep_ms = int(keep_s * 1000)
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in (
-            "CREATE_OR_JOIN", "DECIDE", "CANCEL", "WITHDRAW", "CLAIM", "NOT_EXECUTED", "FORGET", "HEARTBEAT", "HOLD",
-            "ABANDON", "PRUNE")}
+            "CREATE_OR_JOIN", "DECIDE", "CANCEL", "WITHDRAW", "CLAIM", "NOT_EXECUTED", "HAND_BACK", "FORGET",
+            "HEARTBEAT", "HOLD", "ABANDON", "PRUNE")}
         self._changed: dict[str, asyncio.Event] = {}
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -330,6 +330,12 @@ class RedisApprovalStore:
         result = await self._script("NOT_EXECUTED", approval_id, not_executed)
         if result:
             self._emit(approval_from_hash(_hash(result)), "not_executed", detail=not_executed)
+
+    async def hand_back(self, approval_id: str, why: str) -> bool:
+        result = await self._script("HAND_BACK", approval_id, self._clock(), why)
+        if result:  # the script's status is the change made: handed_back, or not_executed (used up after all)
+            self._emit(approval_from_hash(_hash(result[1])), _text(result[0]), detail=why)
+        return bool(result) and _text(result[0]) == "handed_back"
 
     async def expire_due(self) -> builtins.list[Approval]:
         due = await self._run(self._client.zrangebyscore(self._p + "pending", "-inf", self._clock()))

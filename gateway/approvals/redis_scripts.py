@@ -140,6 +140,25 @@ redis.call('PUBLISH', P .. 'events', ARGV[2])
 return redis.call('HGETALL', key)
 """
 
+# ARGV: prefix, id, now, why  -> {'handed_back' | 'not_executed', hgetall}, or {} when the item is missing, was never
+# claimed or is settled. A claimed call that never ran for a reason its retry fixes: unclaimed again and bound anew
+# to its call until use_until, unless that is over or the binding leads to a newer item (then used up, as above).
+HAND_BACK: Final = _HELPERS + """
+local key = item_key(ARGV[2])
+local f = redis.call('HMGET', key, 'state', 'executed', 'not_executed', 'key', 'use_until')
+if f[1] ~= 'approved' or f[2] ~= '1' or f[3] then return {} end
+local ms = f[5] and math.floor((tonumber(f[5]) - tonumber(ARGV[3])) * 1000) or 0
+if ms > 0 and redis.call('SET', P .. 'key:' .. f[4], ARGV[2], 'PX', ms, 'NX') then
+  redis.call('HSET', key, 'executed', '0')
+  redis.call('HDEL', key, 'executed_at')
+  redis.call('PUBLISH', P .. 'events', ARGV[2])
+  return {'handed_back', redis.call('HGETALL', key)}
+end
+redis.call('HSET', key, 'not_executed', ARGV[4])
+redis.call('PUBLISH', P .. 'events', ARGV[2])
+return {'not_executed', redis.call('HGETALL', key)}
+"""
+
 # ARGV: prefix, id, now, keep_ms, dead_after_ms  -> {changed 0/1, hgetall} or {} when missing
 # A held request that went away cancels the item only if no request on a live replica (heartbeat within
 # dead_after_ms, as in ABANDON) still holds it: an identical call waiting on the same item keeps waiting.

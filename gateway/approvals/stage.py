@@ -217,19 +217,27 @@ class ApproveStage:
 
     async def settle(self, ctx: CallContext) -> None:
         """The claimed call is over: record `executed` if it was forwarded (from then on it may have run), else
-        `not_executed` with why (the approval stays used: a retry asks anew). Never fails the call's answer."""
+        `not_executed` with why (the approval stays used: a retry asks anew), except for a call refused because the
+        agent's token expired while it was held: its approval is handed back for the retry with a refreshed token
+        (store.hand_back). Never fails the call's answer."""
         assert ctx.approval is not None
+        error = ctx.error
         if ctx.extra.get("forwarded"):
             why = None
-        elif isinstance(ctx.error, GatewayError):
+        elif isinstance(error, GatewayError):
             # Before the forward, a not-found answer is the re-check's denial (denied looks like missing).
-            why = "denied_on_recheck" if ctx.error.reason in _NOT_FOUND else ctx.error.reason
+            why = "denied_on_recheck" if error.reason in _NOT_FOUND else error.reason
         else:
-            why = "cancelled" if isinstance(ctx.error, asyncio.CancelledError) else "not_forwarded"
+            why = "cancelled" if isinstance(error, asyncio.CancelledError) else "not_forwarded"
+        token_expired = (why == "credential_unavailable" and isinstance(error, GatewayError)
+                         and error.data.get("agent_token_expired") is True)
         try:
             # To its end: this runs in the pipeline's `finally`, where a second cancellation (the session's end
             # after the client's) would otherwise cut the record off with the store's reply.
-            await run_to_end(self._store.settle(ctx.approval.id, why))
+            if token_expired:
+                await run_to_end(self._store.hand_back(ctx.approval.id, "agent_token_expired"))
+            else:
+                await run_to_end(self._store.settle(ctx.approval.id, why))
         except Exception:  # the answer stands; the item keeps saying `executed` (it may have)
             log.warning("could not record whether approved call %s ran", ctx.approval.id, exc_info=True)
 

@@ -2,7 +2,8 @@
 
 Every state change is atomic: whatever races (approve vs approve, approve vs deny, approve vs
 expiry, cancel vs approve), an item reaches exactly one terminal state, and `claim_execution`
-succeeds at most once per item across all replicas sharing the store.
+succeeds at most once per item across all replicas sharing the store (once more only after `hand_back`,
+whose claimed call never reached the upstream: one approval, at most one execution).
 """
 
 from __future__ import annotations
@@ -76,12 +77,21 @@ class ApprovalStore(Protocol):
         ...
 
     async def claim_execution(self, approval_id: str) -> bool:
-        """True exactly once for an approved item: the caller may forward the call (then `settle` it)."""
+        """True exactly once for an approved item (until a `hand_back`): the caller may forward the call (then
+        `settle` or `hand_back` it)."""
         ...
 
     async def settle(self, approval_id: str, not_executed: str | None) -> None:
         """After a claimed call: record `executed` (None: it was forwarded) or that it never ran and why
         (`not_executed`; the item stays claimed, so the approval is used all the same)."""
+        ...
+
+    async def hand_back(self, approval_id: str, why: str) -> bool:
+        """Instead of `settle`, for a claimed call that never reached the upstream for a reason the agent's retry
+        fixes (its token expired while the call was held): the item is approved and unclaimed again (True), bound
+        anew to the call until its approval's use ends, so the identical retry is released by it, once. When that
+        window is over, or the call's binding leads to a newer item, it is settled as `not_executed: why` (False).
+        Recorded `handed_back` (or `not_executed`) with `detail` why; False for an item not claimed or settled."""
         ...
 
     async def count_pending(self) -> int:

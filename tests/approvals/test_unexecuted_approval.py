@@ -3,7 +3,8 @@
 The approval is used up (claimed) before the re-check under the policies in force, the credential and the
 forward; if one of those refuses, nothing ran. The item used to say `executed: true` anyway and the decision log
 had an `executed` record. Now `executed` is false with `not_executed` saying why, the log records
-`not_executed`, and the approval stays used (at most one execution: a retry asks anew)."""
+`not_executed`, and the approval stays used (at most one execution: a retry asks anew), except for a call refused
+on the agent's expired token (test_token_expired_hand_back.py)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from tests.approvals.conftest import StoreKit, call_context
 class Calls:
     """The pipeline's other stages: the re-check may deny, the credential may fail, the forward is counted."""
 
-    def __init__(self, *, recheck: str = "allow", credential: str | None = None) -> None:
+    def __init__(self, *, recheck: str = "allow", credential: str | None = None,
+                 credential_data: dict[str, Any] | None = None) -> None:
         self.recheck, self.credential_error, self.forwarded = recheck, credential, 0
+        self.credential_data = credential_data
 
     async def authorize(self, ctx: CallContext) -> None:
         if ctx.approval is None:
@@ -35,7 +38,7 @@ class Calls:
 
     async def credential(self, ctx: CallContext) -> None:
         if self.credential_error:
-            raise GatewayError(self.credential_error)
+            raise GatewayError(self.credential_error, data=self.credential_data)
 
     async def forward(self, ctx: CallContext) -> dict[str, Any]:
         ctx.extra["forwarded"] = True
