@@ -22,7 +22,7 @@ from gateway.context import Principal
 from gateway.credentials.tasks import explicit_task_id, session_task_id
 from gateway.forward import ForwardStage
 from gateway.health import HealthRoutes
-from gateway.http.guards import HostOriginPolicy, guard_middleware
+from gateway.http.guards import HostOriginPolicy, answer_refused_codings, guard_middleware
 from gateway.http.legacy_sse import LegacySseEndpoint
 from gateway.http.mcp import McpEndpoint, routes
 from gateway.identity.jwt import MAX_TOKEN_BYTES
@@ -200,4 +200,5 @@ async def serving_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     await runner.setup()
     assert runner.server is not None
     app[GATEWAY].endpoint.disconnects.install(runner.server)
+    answer_refused_codings(runner.server)  # br/zstd bodies: the gateway's 415, not aiohttp's text/plain 400
     return runner

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import compression_utils, web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestHandler
 
 from gateway.config.model import ListenConfig
 from gateway.errors import GatewayError, to_wire
@@ -25,6 +28,11 @@ DEFAULT_BODY_TIMEOUT_S: float = ListenConfig.model_fields["body_timeout_s"].defa
 T = TypeVar("T")
 REFUSED = web.ResponseKey("customs.refused", str)  # on a response error_response built: the reason (metric)
 UNREADABLE = web.RequestKey("customs.unreadable_body", bool)  # its body could not be decoded: close the connection
+# The content codings aiohttp decodes in this process (br and zstd only with their optional modules, which are no
+# dependency of the gateway), named by a 415's Accept-Encoding (RFC 9110 §12.5.3); none (identity) always reads.
+DECODED_CODINGS = ("gzip", "deflate", *(("br",) if compression_utils.HAS_BROTLI else ()),
+                   *(("zstd",) if compression_utils.HAS_ZSTD else ()))
+log = logging.getLogger("customs.http")
 
 
 def error_response(exc: BaseException, request_id: object = None,
@@ -202,6 +210,55 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
     await _bounded(request, read_chunks)
     return b"".join(chunks)
+
+
+def coding_refused() -> GatewayError:
+    """The refusal of a body in a content coding the gateway does not decode: 415 (RFC 9110 §15.5.16), with the
+    codings it does decode in Accept-Encoding."""
+    accepted = ", ".join(DECODED_CODINGS)
+    return GatewayError("unsupported_media_type", f"Content-Encoding not supported (accepted: {accepted}, or none)",
+                        headers={"Accept-Encoding": accepted})
+
+
+def undecoded_coding(request: web.Request) -> GatewayError | None:
+    """`coding_refused()` for a body that did not parse and came in a coding aiohttp passed on undecoded (one it
+    does not know, `x-gzip`, or several, `gzip, br`); None when it was decoded, or came in none. Error path only:
+    what aiohttp did not decode is found from the header as aiohttp reads it."""
+    coding = request.headers.get("Content-Encoding", "").strip()
+    if coding.isascii() and coding.lower() in ("", "identity", *DECODED_CODINGS):
+        return None
+    return coding_refused()
+
+
+class EdgeRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering a body in a coding its parser refuses before any route runs (br or
+    zstd without their modules) as the gateway answers a coding it does not decode, not with a text/plain 400 and
+    a traceback logged at ERROR. A refusal made there reaches no middleware: no CORS headers, no refusal metric."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, ContentEncodingError):
+            return super().handle_error(request, status, exc, message)
+        log.debug("refused a body in an undecoded content coding: %s", exc)
+        response = error_response(coding_refused())
+        response.force_close()  # the parser stopped at the headers: the body is still on the wire
+        return response
+
+
+class EdgeServer(web.Server):
+    """aiohttp's server, with `EdgeRequestHandler` for each connection."""
+
+    def __call__(self) -> RequestHandler:
+        return EdgeRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+def answer_refused_codings(server: web.Server) -> None:
+    """Make the server `AppRunner` built an `EdgeServer` (same state): aiohttp builds it and makes each
+    connection's handler itself, so its class is the one hook on that handler. Each handler is made as before, of
+    a subclass that changes only the error answer: a request aiohttp's parser accepts costs exactly what it did."""
+    server.__class__ = EdgeServer
 
 
 def require_json(request: web.Request) -> None:

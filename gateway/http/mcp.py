@@ -27,7 +27,7 @@ from gateway import jsonrpc
 from gateway.context import Principal
 from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, UpstreamErrorResponse, forget_traceback, to_wire
 from gateway.http.batch import BATCH_VERSION, answer_batch
-from gateway.http.guards import accepts, error_response, read_body, require_json
+from gateway.http.guards import accepts, error_response, read_body, require_json, undecoded_coding
 from gateway.http.one_way import accept_one_way
 from gateway.http.resumable import Disconnects, Withdrawal
 from gateway.http.session_stream import SessionStreams
@@ -145,6 +145,8 @@ class McpEndpoint:
         except GatewayError as exc:
             if exc.reason == "unknown_upstream":  # refused before the body was read: it may name an id to answer
                 request_id = await self._readable_id(request)
+            elif exc.reason == "parse_error":  # it may be in a content coding aiohttp passed on undecoded
+                exc = undecoded_coding(request) or exc
             return error_response(exc, jsonrpc.refused_id(exc, request_id))
         except ModernRejection as exc:
             return exc.response

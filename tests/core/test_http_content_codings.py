@@ -1,0 +1,131 @@
+"""A body in a content coding the gateway does not decode: 415 in the JSON-RPC error shape, with an `Accept-Encoding`
+naming what it does decode (RFC 9110 §12.5.3, §15.5.16); gzip and deflate bodies are read as ever."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import compression_utils
+
+from gateway.demo.servers import inventory_server
+from tests.support.servers import run_http_server
+
+pytestmark = pytest.mark.asyncio
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+CALL = {"jsonrpc": "2.0", "id": 41, "method": "tools/call",
+        "params": {"name": "inventory__get_stock", "arguments": {"sku": "A-1"}}}
+# What aiohttp decodes in this process: br and zstd only with their optional modules (neither is a dependency).
+DECODED = {"gzip", "deflate"} | ({"br"} if compression_utils.HAS_BROTLI else set()) | (
+    {"zstd"} if compression_utils.HAS_ZSTD else set())
+
+
+@pytest.fixture
+async def gw(start_gateway, permissive_policies) -> AsyncIterator[Any]:
+    async with run_http_server(inventory_server()) as url:
+        yield await start_gateway({"upstreams": [{"name": "inventory", "url": url}],
+                                   "policies": {"dir": str(permissive_policies)}})
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def post(http: aiohttp.ClientSession, url: str, raw: bytes,
+               headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    async with http.post(url, data=raw, headers={**ACCEPT, **(headers or {})}) as resp:
+        text = await resp.text()
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = text
+        return resp.status, dict(resp.headers), payload
+
+
+def reason(body: Any) -> Any:
+    return body["error"]["data"]["reason"] if isinstance(body, dict) and "error" in body else body
+
+
+async def in_session(http: aiohttp.ClientSession, url: str) -> dict[str, str]:
+    status, headers, body = await post(http, url, json.dumps(INIT).encode())
+    assert status == 200, body
+    return {"Mcp-Session-Id": headers["Mcp-Session-Id"]}
+
+
+def accepted_codings(headers: dict[str, str]) -> set[str]:
+    return {c.strip() for c in headers.get("Accept-Encoding", "").split(",") if c.strip()}
+
+
+# Coding → a body in it the gateway cannot read. br and zstd are refused by aiohttp's parser before any handler
+# runs (without their modules); the others aiohttp passes on undecoded, and the gateway finds them unreadable.
+UNDECODED = {
+    "br": b"\x1b\x10\x00\xf8\xa5\x12\x42\x00",
+    "zstd": b"\x28\xb5\x2f\xfd\x00\x58\x01\x00\x00",
+    "compress": b"\x1f\x9d\x90{\x00\x04\x08",
+    "x-gzip": gzip.compress(json.dumps(CALL).encode()),
+    "gzip, br": gzip.compress(b"\x1b\x10\x00\xf8"),
+    "x-made-up": b"\x00\x01\x02\xff",
+}
+
+
+@pytest.mark.parametrize("coding", [c for c in UNDECODED if c not in DECODED])
+async def test_a_body_in_a_coding_the_gateway_does_not_decode_is_415_naming_what_it_accepts(
+        gw, http, caplog, coding):
+    """br and zstd got aiohttp's text/plain 400 (`Please install Brotli`) and an ERROR traceback; a coding aiohttp
+    does not know was read as it came, a parse_error (400) that said nothing about the coding."""
+    headers = await in_session(http, gw.mcp)
+    with caplog.at_level(logging.INFO):
+        status, answer_headers, body = await post(http, gw.mcp, UNDECODED[coding],
+                                                  {**headers, "Content-Encoding": coding})
+    assert status == 415 and reason(body) == "unsupported_media_type", (status, body)
+    assert body["id"] is None and body["error"]["code"] == -32015 and "Content-Encoding" in body["error"]["message"]
+    assert answer_headers["Content-Type"].startswith("application/json")
+    assert accepted_codings(answer_headers) == DECODED, answer_headers
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    # The client can act on it: the same call, gzip-compressed as Accept-Encoding offers, is served.
+    status, _, body = await post(http, gw.mcp, gzip.compress(json.dumps(CALL).encode()),
+                                 {**headers, "Content-Encoding": "gzip"})
+    assert status == 200 and body["id"] == 41 and "result" in body, body
+
+
+@pytest.mark.parametrize(("coding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress),
+                                                  ("GZip", gzip.compress), ("identity", lambda b: b)])
+async def test_gzip_and_deflate_bodies_are_read_as_before(gw, http, coding, compress):
+    headers = await in_session(http, gw.mcp)
+    status, answer_headers, body = await post(http, gw.mcp, compress(json.dumps(CALL).encode()),
+                                              {**headers, "Content-Encoding": coding})
+    assert status == 200 and body["id"] == 41 and "result" in body, body
+    assert "Accept-Encoding" not in answer_headers
+
+
+async def test_a_plain_parse_error_names_no_coding(gw, http):
+    headers = await in_session(http, gw.mcp)
+    for extra in ({}, {"Content-Encoding": "gzip"}):
+        raw = b"{oops" if not extra else gzip.compress(b"{oops")
+        status, answer_headers, body = await post(http, gw.mcp, raw, {**headers, **extra})
+        assert status == 400 and reason(body) == "parse_error", body
+        assert "Accept-Encoding" not in answer_headers
+
+
+@pytest.mark.skipif(not compression_utils.HAS_BROTLI, reason="Brotli is not installed (it is no dependency)")
+async def test_br_is_read_where_aiohttp_can_decode_it(gw, http):
+    """With Brotli installed aiohttp decodes br: the gateway reads it, and its 415s name it in Accept-Encoding."""
+    import brotli  # type: ignore[import-not-found]
+
+    headers = await in_session(http, gw.mcp)
+    status, _, body = await post(http, gw.mcp, brotli.compress(json.dumps(CALL).encode()),
+                                 {**headers, "Content-Encoding": "br"})
+    assert status == 200 and body["id"] == 41 and "result" in body, body
+    status, answer_headers, body = await post(http, gw.mcp, b"\x00\x01", {**headers, "Content-Encoding": "x-made-up"})
+    assert status == 415 and "br" in accepted_codings(answer_headers), body
