@@ -251,7 +251,11 @@ class EdgeServer(web.Server):
     """aiohttp's server, with `EdgeRequestHandler` for each connection."""
 
     def __call__(self) -> RequestHandler:
-        return EdgeRequestHandler(self, loop=self._loop, **self._kwargs)
+        # aiohttp makes the handler (with its own fallbacks for handler settings); only its class changes, to a
+        # subclass with the same layout (no slots of its own), once per connection.
+        handler = super().__call__()
+        handler.__class__ = EdgeRequestHandler
+        return handler
 
 
 def answer_refused_codings(server: web.Server) -> None:

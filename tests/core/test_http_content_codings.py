@@ -116,16 +116,3 @@ async def test_a_plain_parse_error_names_no_coding(gw, http):
         status, answer_headers, body = await post(http, gw.mcp, raw, {**headers, **extra})
         assert status == 400 and reason(body) == "parse_error", body
         assert "Accept-Encoding" not in answer_headers
-
-
-@pytest.mark.skipif(not compression_utils.HAS_BROTLI, reason="Brotli is not installed (it is no dependency)")
-async def test_br_is_read_where_aiohttp_can_decode_it(gw, http):
-    """With Brotli installed aiohttp decodes br: the gateway reads it, and its 415s name it in Accept-Encoding."""
-    import brotli  # type: ignore[import-not-found]
-
-    headers = await in_session(http, gw.mcp)
-    status, _, body = await post(http, gw.mcp, brotli.compress(json.dumps(CALL).encode()),
-                                 {**headers, "Content-Encoding": "br"})
-    assert status == 200 and body["id"] == 41 and "result" in body, body
-    status, answer_headers, body = await post(http, gw.mcp, b"\x00\x01", {**headers, "Content-Encoding": "x-made-up"})
-    assert status == 415 and "br" in accepted_codings(answer_headers), body
