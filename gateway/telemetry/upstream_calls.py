@@ -150,11 +150,10 @@ def _record_sent_id(span: AnySpan, request_id: Any, session_id: str | None, vers
     # the gateway's session with the upstream (never the agent's session with the gateway: that is the
     # SERVER span's). Only recording spans pay for the str().
     if span.is_recording():
-        span.set_attribute("jsonrpc.request.id", str(request_id))
-        if session_id:
-            span.set_attribute("mcp.session.id", session_id)
-        if version:  # the version spoken with the upstream, which may differ from the agent's (SERVER span)
-            span.set_attribute("mcp.protocol.version", version)
+        # One set_attributes (unset values left out), not a call per attribute: every forwarded call passes here.
+        # The version is the one spoken with the upstream, which may differ from the agent's (SERVER span).
+        span.set_attributes({"jsonrpc.request.id": str(request_id), "mcp.session.id": session_id or None,
+                             "mcp.protocol.version": version or None})
 
 
 def sent_id_recorder(telemetry: Telemetry) -> SentId | None:
