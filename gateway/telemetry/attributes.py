@@ -195,7 +195,7 @@ def _call(digest: str | None, args: Any, decision_id: str, upstream: str | None,
     return attrs
 
 
-_BUILDERS: dict[str, Callable[..., Attrs]] = {"call": _call, "decision": _decision}
+_BUILDERS: dict[str, Callable[..., Attrs]] = {"call": _call, "decision": _decision, "credential": _credential}
 
 
 def expand(attributes: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from gateway.telemetry.attributes import (
     Attrs,
     approval_attributes,
     call_facts,
-    credential_attributes,
     decision_facts,
     transport_attributes,
     upstream_attributes,
@@ -120,18 +119,15 @@ class StageRecorder:
         self._telemetry = telemetry
         # The histogram's own record, bound once: Metrics.stage_duration around it is a call more per stage per call.
         self._record_duration = metrics.stage.record if metrics is not None and metrics.enabled else None
-        self._attrs: dict[str, Callable[[CallContext], Attrs]] = {
-            "authorize": lambda ctx: decision_facts(ctx.decision),
-            "credential": credential_attributes,
-        }
-
     def __call__(self, stage: str, ctx: CallContext, started_ns: int, error: BaseException | None) -> None:
         duration_ns = time.perf_counter_ns() - started_ns
         if self._record_duration is not None:
             self._record_duration(duration_ns / 1e9, stage)
         if self._telemetry.enabled:
             end_ns = time.time_ns()
-            attrs = self._attrs[stage](ctx)
+            # The spans' attributes as deferred facts (attributes.expand).
+            attrs = {FACTS: ("credential", ctx.credential_mode, ctx.credential_audience)} if stage == "credential" \
+                else decision_facts(ctx.decision)
             self._telemetry.record_span(STAGE_SPANS[stage], end_ns - duration_ns, end_ns, attrs, error)
 
 

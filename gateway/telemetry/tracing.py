@@ -40,8 +40,6 @@ from opentelemetry.trace import (
     SpanKind,
     TraceFlags,
     TraceState,
-    format_span_id,
-    format_trace_id,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -197,15 +195,15 @@ class Telemetry:
 
     def _carrier(self) -> dict[str, str] | None:
         """`traceparent` (and `tracestate`) of the current span, as the W3C trace-context propagator
-        writes them: built from the span's wire ids with the API's own formatters, because going
-        through the propagator (span context, context object, composite and baggage propagators)
-        costs ~7 µs a call. tests/telemetry/test_propagation.py checks both give the same headers.
+        writes them: built from the span's wire ids as the API's formatters (`format_trace_id`, `format_span_id`)
+        write them, because going through the propagator (span context, context object, composite and baggage
+        propagators) costs ~7 µs a call. tests/telemetry/test_propagation.py checks both give the same headers.
         Nothing is injected for baggage: outbound requests never carried any."""
         current = self._current.get()
         if current is None:
             return None
         trace_id, span_id, _, flags, state = current.wire
-        carrier = {"traceparent": f"00-{format_trace_id(trace_id)}-{format_span_id(span_id)}-{flags:02x}"}
+        carrier = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
         if state:
             carrier["tracestate"] = TraceState(list(state)).to_header()
         return carrier
@@ -272,7 +270,8 @@ class Telemetry:
             parent_context = trace.get_current_span(parent).get_span_context()
             if not parent_context.is_valid:
                 parent_context = None
-        trace_id = parent_context.trace_id if parent_context is not None else _trace_id()
+        # A random trace id, never the invalid 0, as the SDK's RandomIdGenerator makes one (inline, as span ids are).
+        trace_id = parent_context.trace_id if parent_context is not None else _getrandbits(128) or 1
         if self._parent_or_on:
             # The default sampler's answer without asking it: a root is sampled, a child follows its parent.
             sampled = parent_context is None or parent_context.trace_flags.sampled
@@ -310,8 +309,8 @@ class Telemetry:
         """
         if not self.enabled:
             return nullcontext(NO_SPAN)
-        return self._span(self._new(span_name(method, target), SpanKind.SERVER, _with_method(method, attrs), parent,
-                                    links, start_time, root=True))
+        return _Current(self._current, self._new(f"{method} {target}" if target else method, SpanKind.SERVER,
+                                                  _with_method(method, attrs), parent, links, start_time, root=True))
 
     def stage_span(self, name: str, attrs: Attributes | None = None) -> AbstractContextManager[AnySpan]:
         """An INTERNAL child span of the current span (identify, authorize, approval, credential)."""
@@ -324,7 +323,7 @@ class Telemetry:
         """The CLIENT span of the upstream request; `inject` inside it propagates this span."""
         if not self.enabled:
             return nullcontext(NO_SPAN)
-        return _Current(self._current, self._new(span_name(method, target), SpanKind.CLIENT,
+        return _Current(self._current, self._new(f"{method} {target}" if target else method, SpanKind.CLIENT,
                                                   _with_method(method, attrs), None, None, None), own_code=False)
 
     def record_span(self, name: str, start_ns: int, end_ns: int, attrs: Attributes | None = None,
@@ -383,12 +382,6 @@ def _with_method(method: str, attrs: Attributes | None) -> dict[str, Any]:
 
 
 _NO_IDS: tuple[None, None] = (None, None)
-
-
-def _trace_id() -> int:
-    """A random trace id, never the invalid 0 (the SDK's RandomIdGenerator, whose span ids are inlined above as
-    `getrandbits(64) or 1`: a call to its method for each of a call's five spans was ~1k instructions each)."""
-    return _getrandbits(128) or 1
 
 
 def api_span_ids() -> tuple[str | None, str | None]:

@@ -20,7 +20,8 @@ from tests.telemetry.test_otlp_encode import RESOURCE, SERVER, assert_same, span
 
 
 def call(**changes: Any) -> CallContext:
-    ctx = CallContext(method="tools/call", request_id=3, principal=Principal(id="agent-b", issuer="https://idp", subject="agent-b"),
+    ctx = CallContext(method="tools/call", request_id=3,
+                      principal=Principal(id="agent-b", issuer="https://idp", subject="agent-b"),
                       params={"name": "get_stock", "arguments": {"sku": "A-1", "n": [1, 2.5, None]}},
                       upstream="inventory", tool=ToolInfo("inventory", "get_stock"), task_id="task-9",
                       decision=Decision("allow", ("reads-allowed", "tenant-scope"), eval_us=71, policy_version="v7",
@@ -97,3 +98,9 @@ def test_exported_spans_carry_the_built_attributes() -> None:
              span(attributes=decision_attributes(ctx.decision))]
     assert_same(deferred)
     assert OtlpEncoder(RESOURCE).encode(deferred) == OtlpEncoder(RESOURCE).encode(built)
+
+
+def test_credential_facts_expand_to_the_credential_attributes() -> None:
+    for ctx in (call(), call(credential_mode="none", credential_audience=None)):
+        facts = {FACTS: ("credential", ctx.credential_mode, ctx.credential_audience)}  # what StageRecorder ships
+        assert expand(facts) == credential_attributes(ctx)
