@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from mcp.shared.inbound import classify_inbound_request, find_duplicated_routing_header
@@ -99,19 +100,26 @@ class McpEndpoint:
         return view
 
     async def _identify(self, request: web.Request, view: str | None = None) -> Principal:
-        # Each /mcp/{upstream} is its own RFC 9728 protected resource (its token audience, its 401 metadata).
-        path = "/mcp" if view is None else f"/mcp/{view}"
+        """The caller of `/mcp` or `/mcp/{view}`; a view naming no upstream is refused once its caller is identified
+        (a caller without a token gets a configured one's 401: the names cannot be probed with it)."""
+        # Each /mcp/{upstream} is its own RFC 9728 protected resource (its token audience, its 401 metadata); an
+        # unknown name is quoted, as its 401 challenge names it inside a quoted string.
+        known = view is None or view in self.upstream_names
+        path = "/mcp" if view is None else f"/mcp/{view}" if known else f"/mcp/{quote(view, safe='')}"
         reject_query_token(request.query, self.resource_url, path)
         transport = request.transport
         peer = transport.get_extra_info("peercert") if transport is not None else None
-        return await self.identifier.identify(request.headers, peer, path)
+        principal = await self.identifier.identify(request.headers, peer, path)
+        if not known:
+            raise GatewayError("unknown_upstream", f"Unknown upstream: {view[:64] if view else ''}")
+        return principal
 
     # -- POST --------------------------------------------------------------------------------------
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         request_id: Any = None
         try:
-            view = self._view(request)
+            view = request.match_info.get("upstream")  # an unknown one is refused by _identify, once identified
             require_json(request)
             json_ok, sse_ok = accepts(request)
             if not json_ok:
@@ -348,7 +356,7 @@ class McpEndpoint:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         try:
-            view = self._view(request)
+            view = request.match_info.get("upstream")  # an unknown one is refused once identified (_identify)
             if request.headers.get(VERSION_HEADER) in MODERN_PROTOCOL_VERSIONS:
                 return web.Response(status=405, headers={"Allow": "POST"})
             if not accepts(request)[1]:
@@ -371,7 +379,7 @@ class McpEndpoint:
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         try:
-            view = self._view(request)
+            view = request.match_info.get("upstream")  # an unknown one is refused once identified (_identify)
             if request.headers.get(VERSION_HEADER) in MODERN_PROTOCOL_VERSIONS:  # no session to end: as GET
                 return web.Response(status=405, headers={"Allow": "POST"})
             session = await self._existing_session(request, view)

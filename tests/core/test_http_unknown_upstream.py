@@ -1,4 +1,5 @@
-"""A path `/mcp/<name>` naming no upstream: its refusal answers the request's own id when the body can be read."""
+"""A path `/mcp/<name>` naming no upstream: refused once the caller is identified (without a token as a configured
+upstream refuses it), answering the request's own id when the body can be read."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from gateway.demo.servers import inventory_server
 from tests.support.servers import run_http_server
+from tests.support.tokens import TestIssuer
 
 pytestmark = pytest.mark.asyncio
 
@@ -81,3 +83,88 @@ async def test_an_unknown_upstream_reads_no_more_than_the_body_limit(start_gatew
         assert status == 404 and reason(body) == "unknown_upstream" and body["id"] is None, body
         status, _, body = await post(http, f"{gw.mcp}/inventory", json.dumps(INIT).encode())  # still served
         assert status == 200, body
+
+
+# -- identified first: without a token, an unknown name is answered as a configured one -------------------------
+
+STREAM = {"Accept": "text/event-stream", "Mcp-Session-Id": "x"}
+
+
+@pytest.fixture
+async def jwt_gw(start_gateway, permissive_policies, tmp_path) -> AsyncIterator[tuple[Any, TestIssuer]]:
+    issuer = TestIssuer(tmp_path, algorithms=("ES256",))
+    async with run_http_server(inventory_server()) as url:
+        gw = await start_gateway({"upstreams": [{"name": "inventory", "url": url}],
+                                  "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+                                  "policies": {"dir": str(permissive_policies)}})
+        yield gw, issuer
+
+
+def credentials(gw: Any, issuer: TestIssuer, which: str) -> dict[str, str]:
+    if which == "none":
+        return {}
+    if which == "bad":  # signed by the issuer, for another resource
+        return {"Authorization": f"Bearer {issuer.mint('agent-1', aud='https://elsewhere.example/mcp', alg='ES256')}"}
+    return {"Authorization": f"Bearer {issuer.mint('agent-1', aud=gw.mcp, alg='ES256')}"}
+
+
+async def answer(http: aiohttp.ClientSession, method: str, url: str,
+                 headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+    data = json.dumps(INIT).encode() if method == "POST" else None
+    async with http.request(method, url, data=data, headers=headers) as resp:
+        text = await resp.text()
+        return resp.status, dict(resp.headers), json.loads(text) if text else None
+
+
+@pytest.mark.parametrize("method", ["POST", "GET", "DELETE"])
+@pytest.mark.parametrize("which", ["none", "bad"])
+async def test_an_unknown_upstream_is_401_to_an_unidentified_caller_as_a_known_one(jwt_gw, http, method, which):
+    """`/mcp/<name>` answered 404 unknown_upstream before identifying the caller: anyone without a token told
+    the configured names (401) from the others (404). An unknown name now gets the known one's 401, challenge
+    included: its resource metadata pointer names the path asked, as a configured upstream's does."""
+    gw, issuer = jwt_gw
+    headers = {**(ACCEPT if method == "POST" else STREAM), **credentials(gw, issuer, which)}
+    answers = {}
+    for name in ("inventory", "nosuchupstream"):
+        for path in (name, f"{name}/"):
+            status, answer_headers, body = await answer(http, method, f"{gw.mcp}/{path}", headers)
+            assert status == 401 and reason(body) == "unauthenticated", (name, status, body)
+            challenge = answer_headers["WWW-Authenticate"]
+            assert f'resource_metadata="{gw.url}/.well-known/oauth-protected-resource/mcp/{name}"' in challenge
+            answers[name] = (challenge.replace(name, "<name>"), body["error"], body["id"])
+    assert answers["nosuchupstream"] == answers["inventory"]
+
+
+@pytest.mark.parametrize("method", ["POST", "GET", "DELETE"])
+async def test_an_unknown_upstream_is_404_to_an_identified_caller(jwt_gw, http, method):
+    gw, issuer = jwt_gw
+    headers = {**(ACCEPT if method == "POST" else STREAM), **credentials(gw, issuer, "good")}
+    status, _, body = await answer(http, method, f"{gw.mcp}/nosuchupstream", headers)
+    assert status == 404 and reason(body) == "unknown_upstream", body
+    assert body["id"] == (1 if method == "POST" else None)  # a POST's own id, as d00dbe9 made it
+    status, _, body = await answer(http, method, f"{gw.mcp}/inventory", headers)  # the same token is served
+    assert (status, reason(body) if status != 200 else None) == (
+        (200, None) if method == "POST" else (404, "session_not_found")), body
+
+
+async def test_an_unknown_upstream_is_checked_after_what_a_known_one_checks_first(jwt_gw, http):
+    """Whatever a configured upstream refuses before identifying (a wrong Content-Type, Accept), an unknown name
+    refuses alike: an answer that differed there would tell the names apart too."""
+    gw, _ = jwt_gw
+    for headers, status in (({**ACCEPT, "Content-Type": "text/plain"}, 415), ({**ACCEPT, "Accept": "text/html"}, 406)):
+        for name in ("inventory", "nosuchupstream"):
+            got, _, body = await answer(http, "POST", f"{gw.mcp}/{name}", headers)
+            assert got == status, (name, got, body)
+
+
+@pytest.mark.parametrize("raw", ["a%22b", "x%0D%0Ay", "%C3%A9t%C3%A9", "a%2Fb", "a%20b"])
+async def test_an_unknown_name_is_named_quoted_in_its_challenge(jwt_gw, http, raw):
+    """The challenge names the path asked inside a quoted string: a name with a quote, a line break or a space
+    is percent-encoded there (a configured name, `[a-z0-9_-]+`, reads the same either way)."""
+    gw, issuer = jwt_gw
+    status, headers, body = await answer(http, "POST", f"{gw.mcp}/{raw}", ACCEPT)
+    assert status == 401 and reason(body) == "unauthenticated", body
+    assert headers["WWW-Authenticate"] == (
+        f'Bearer resource_metadata="{gw.url}/.well-known/oauth-protected-resource/mcp/{raw}"')
+    status, _, body = await answer(http, "POST", f"{gw.mcp}/{raw}", {**ACCEPT, **credentials(gw, issuer, "good")})
+    assert status == 404 and reason(body) == "unknown_upstream" and body["id"] == 1, body
