@@ -200,5 +200,6 @@ async def serving_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     await runner.setup()
     assert runner.server is not None
     app[GATEWAY].endpoint.disconnects.install(runner.server)
-    answer_refused_codings(runner.server)  # br/zstd bodies: the gateway's 415, not aiohttp's text/plain 400
+    # br/zstd bodies: the gateway's 415 (not aiohttp's text/plain 400), counted as the guard counts edge refusals
+    answer_refused_codings(runner.server, app[GATEWAY].parts.observability.metrics.request_refused)
     return runner

@@ -6,7 +6,9 @@ RFC 9728 metadata) a preflight (`OPTIONS` with `Access-Control-Request-Method`) 
 answered here, and every answer to such a request names that origin in `Access-Control-Allow-Origin` and exposes
 the MCP headers a client must read (`Mcp-Session-Id`, …): the guard adds them to every answer it returns (errors
 raised as aiohttp's HTTP exceptions included), and each agent-path stream before it opens (`share`), so streamed
-answers (SSE) carry them too. The approvers' page, its API and the admin API are never shared with another origin.
+answers (SSE) carry them too; not the 415 aiohttp's parser has the gateway make for a br or zstd body, before
+any route, where the request's headers are not known (guards.EdgeRequestHandler). The approvers' page, its API
+and the admin API are never shared with another origin.
 Credentials are bearer tokens in `Authorization`, not cookies: no `Access-Control-Allow-Credentials`.
 """
 

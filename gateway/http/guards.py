@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import ClassVar, TypeVar, cast
 from urllib.parse import urlsplit
 
 from aiohttp import compression_utils, web
@@ -233,9 +233,13 @@ def undecoded_coding(request: web.Request) -> GatewayError | None:
 class EdgeRequestHandler(RequestHandler):
     """aiohttp's connection handler, answering a body in a coding its parser refuses before any route runs (br or
     zstd without their modules) as the gateway answers a coding it does not decode, not with a text/plain 400 and
-    a traceback logged at ERROR. A refusal made there reaches no middleware: no CORS headers, no refusal metric."""
+    a traceback logged at ERROR. That refusal reaches no middleware, so it is counted here (`refused`, as
+    guard_middleware counts the others). It has no CORS headers: aiohttp gives this answer none of the request's
+    headers (it is made for a request of its own, path `/`, no headers), so neither the Origin to name nor whether
+    the path was an agent's is known; naming every origin (`*`) would share it with origins the guard refuses."""
 
     __slots__ = ()
+    refused: ClassVar[Callable[[str, int], None] | None] = None  # set on a server's own subclass (EdgeServer)
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -244,25 +248,36 @@ class EdgeRequestHandler(RequestHandler):
         log.debug("refused a body in an undecoded content coding: %s", exc)
         response = error_response(coding_refused())
         response.force_close()  # the parser stopped at the headers: the body is still on the wire
+        refused = type(self).refused
+        if refused is not None:
+            refused(response[REFUSED], response.status)
         return response
 
 
 class EdgeServer(web.Server):
-    """aiohttp's server, with `EdgeRequestHandler` for each connection."""
+    """aiohttp's server, with an `EdgeRequestHandler` (its own subclass, telling its `refused`) for each
+    connection."""
+
+    handler_class: type[EdgeRequestHandler] = EdgeRequestHandler
 
     def __call__(self) -> RequestHandler:
         # aiohttp makes the handler (with its own fallbacks for handler settings); only its class changes, to a
         # subclass with the same layout (no slots of its own), once per connection.
         handler = super().__call__()
-        handler.__class__ = EdgeRequestHandler
+        handler.__class__ = self.handler_class
         return handler
 
 
-def answer_refused_codings(server: web.Server) -> None:
+def answer_refused_codings(server: web.Server, refused: Callable[[str, int], None] | None = None) -> None:
     """Make the server `AppRunner` built an `EdgeServer` (same state): aiohttp builds it and makes each
     connection's handler itself, so its class is the one hook on that handler. Each handler is made as before, of
-    a subclass that changes only the error answer: a request aiohttp's parser accepts costs exactly what it did."""
+    a subclass that changes only the error answer: a request aiohttp's parser accepts costs exactly what it did.
+    `refused(reason, status)` is told of each such refusal, as `guard_middleware`'s is of the others."""
     server.__class__ = EdgeServer
+    if refused is not None:  # a handler has no room for it (no slots of its own): a class for this server
+        edge = cast(EdgeServer, server)
+        edge.handler_class = type("CountingEdgeRequestHandler", (EdgeRequestHandler,),
+                                  {"__slots__": (), "refused": staticmethod(refused)})
 
 
 def require_json(request: web.Request) -> None:

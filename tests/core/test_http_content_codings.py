@@ -15,6 +15,7 @@ import pytest
 from aiohttp import compression_utils
 
 from gateway.demo.servers import inventory_server
+from tests.lifecycle.test_life_refusals_metric import refused
 from tests.support.servers import run_http_server
 
 pytestmark = pytest.mark.asyncio
@@ -116,3 +117,43 @@ async def test_a_plain_parse_error_names_no_coding(gw, http):
         status, answer_headers, body = await post(http, gw.mcp, raw, {**headers, **extra})
         assert status == 400 and reason(body) == "parse_error", body
         assert "Accept-Encoding" not in answer_headers
+
+
+# br and zstd (without their modules) are refused by aiohttp's parser, before any route or middleware runs.
+PARSER_REFUSED = {c for c in ("br", "zstd") if c not in DECODED}
+AGENT_ORIGIN = "http://agent.example:3000"
+
+
+async def test_a_body_in_a_coding_the_gateway_does_not_decode_is_counted_as_an_edge_refusal(gw, http):
+    """Refusals at the MCP edge are counted (`customs.requests.refused`); br and zstd, refused before any
+    middleware, were not."""
+    headers = await in_session(http, gw.mcp)
+    codings = [c for c in UNDECODED if c not in DECODED]
+    for coding in codings:
+        status, _, body = await post(http, gw.mcp, UNDECODED[coding], {**headers, "Content-Encoding": coding})
+        assert status == 415, (coding, body)
+    async with http.get(f"{gw.url}/metrics") as resp:
+        counts = refused(await resp.text())
+    assert counts[("unsupported_media_type", "415")] == len(codings), counts
+
+
+async def test_a_refused_coding_is_shared_with_an_allowed_origin_where_its_origin_is_known(
+        start_gateway, permissive_policies, http):
+    """A coding aiohttp passes on is refused by /mcp, and an allowed origin reads the 415 (CORS headers); another
+    origin gets the guard's 403. br and zstd are refused by aiohttp's parser, which gives the gateway none of the
+    request's headers (neither its Origin nor its path): their 415 names no origin, whoever sent it."""
+    async with run_http_server(inventory_server()) as url:
+        gw = await start_gateway({"listen": {"allowed_origins": [AGENT_ORIGIN]},
+                                  "upstreams": [{"name": "inventory", "url": url}],
+                                  "policies": {"dir": str(permissive_policies)}})
+        for coding in (c for c in UNDECODED if c not in DECODED):
+            for origin in (AGENT_ORIGIN, "http://evil.example"):
+                status, headers, body = await post(http, gw.mcp, UNDECODED[coding],
+                                                   {"Content-Encoding": coding, "Origin": origin})
+                if coding in PARSER_REFUSED:
+                    assert status == 415 and "Access-Control-Allow-Origin" not in headers, (coding, origin, headers)
+                elif origin == AGENT_ORIGIN:
+                    assert status == 415 and headers["Access-Control-Allow-Origin"] == AGENT_ORIGIN, (coding, body)
+                    assert "Origin" in headers["Vary"]
+                else:
+                    assert status == 403 and "Access-Control-Allow-Origin" not in headers, (coding, body)
