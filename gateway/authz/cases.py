@@ -35,7 +35,7 @@ _DOC_KEYS = frozenset({"policies", "environment", "principals", "tools", "claims
 _CASE_KEYS = frozenset({"name", "action", "principal", "chain", "tool", "labels", "args", "environment",
                         "args_contain_secret", "task", "approved", "now", "context", "expect", "policies",
                         "expect_errors", "user", "approval"})
-_PRINCIPAL_KEYS = frozenset({"id", "attributes", "chain"})
+_PRINCIPAL_KEYS = frozenset({"id", "issuer", "attributes", "chain"})
 # docs/policies.md's context table: what a case's `context:` may state.
 _CONTEXT_KEYS = frozenset({"args", "args_truncated", "environment", "tenant", "chain", "chain_depth", "approval",
                            "time", "args_contain_secret", "task"})
@@ -70,8 +70,17 @@ def principal_from_claims(claims: dict[str, Any], mapping: dict[str, str] | None
         attributes = map_claims(claims, mapping)
     except ChainError as exc:
         raise CaseError(f"{where}: {exc}") from exc
-    return Principal(id=ident, issuer=str(claims.get("iss", "cli")), subject=ident,
+    return Principal(id=ident, issuer=_issuer(claims, "iss", where), subject=ident,
                      attributes=attributes, chain=chain)
+
+
+def _issuer(spec: dict[str, Any], key: str, where: str) -> str:
+    """The issuer a principal states (`iss` of claims, `issuer` of an inline principal); "" when it states none,
+    which leaves `principal.issuer` out, so a policy reading it denies with an evaluation error."""
+    value = spec.get(key, "")
+    if not isinstance(value, str) or (key in spec and not value):
+        raise CaseError(f"{where}: {key} must be a non-empty string (the issuer that vouches for it), got {value!r}")
+    return value
 
 
 def _is_claims(spec: Any) -> bool:
@@ -95,7 +104,7 @@ def _actor(spec: Any, named: dict[str, Any], where: str) -> Actor:
 
 def principal_from(spec: Any, named: dict[str, Any], chain: Any, where: str,
                    mapping: dict[str, str] | None = None) -> Principal:
-    """A Principal from a case: a name from `principals`, an inline {id, attributes, chain}, or token claims
+    """A Principal from a case: a name from `principals`, an inline {id, issuer, attributes, chain}, or token claims
     ({sub, tenant, groups, act: {...}}, mapped as the gateway maps a verified token's claims)."""
     if isinstance(spec, str) and _is_claims(named.get(spec)):
         spec = named[spec]
@@ -104,9 +113,22 @@ def principal_from(spec: Any, named: dict[str, Any], chain: Any, where: str,
             raise CaseError(f"{where}: a principal given as claims carries its chain in `act`, not `chain:`")
         return principal_from_claims(spec, mapping, where)
     base = _actor(spec, named, where)
-    raw_chain = chain if chain is not None else (named.get(spec, {}) if isinstance(spec, str) else spec).get("chain")
-    actors = tuple(_actor(a, named, where) for a in raw_chain or ())
-    return Principal(id=base.id, issuer="test", subject=base.id, attributes=base.attributes, chain=actors)
+    resolved = named.get(spec, {}) if isinstance(spec, str) else spec
+    issuer = _issuer(resolved, "issuer", where)
+    raw_chain = chain if chain is not None else resolved.get("chain")
+    actors = tuple(_chain_actor(raw, named, issuer, where) for raw in raw_chain or ())
+    return Principal(id=base.id, issuer=issuer, subject=base.id, attributes=base.attributes, chain=actors)
+
+
+def _chain_actor(raw: Any, named: dict[str, Any], issuer: str, where: str) -> Actor:
+    """An actor of a case's chain, which may state no issuer but its principal's: the gateway gives every actor
+    the issuer of the token naming it."""
+    actor = _actor(raw, named, where)
+    stated = (named[raw] if isinstance(raw, str) else raw).get("issuer", issuer)
+    if stated != issuer:
+        raise CaseError(f"{where}: actor {actor.id!r} states issuer {stated!r}, but an actor's issuer is its "
+                        f"principal's ({issuer or 'none stated'}): the token's issuer vouches for its chain")
+    return actor
 
 
 # The labels a prompt or resource has unless labelled otherwise, as the gateway decides it

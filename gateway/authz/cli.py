@@ -149,6 +149,7 @@ def explain_cmd(args: argparse.Namespace) -> int:
         "outcome": decision.outcome, "policies": list(decision.policy_ids), "errors": list(decision.errors),
         "policy_version": decision.policy_version,
         "evaluated_as": [m.id for m in members(principal)],
+        "issuer": principal.issuer or None,  # `iss`; every member is evaluated with it
         "resource": f'Tool::"{tool.cedar_id}"',
         "context": context(principal, facts, "granted" if granted else "none"),
     }
@@ -323,7 +324,7 @@ def replay_cmd(args: argparse.Namespace) -> int:
             except UnicodeDecodeError as exc:
                 not_text = not_text or (number, exc)
                 raise
-            principal, action, tool, facts, granted = from_authz_input(record["authz_input"])
+            principal, action, tool, facts, granted = from_authz_input(record["authz_input"], record.get("issuer"))
             old, old_ids = _recorded(record)
             agent_action(action, "authz_input.action")  # a name no policy decides would replay as a deny
         except (ValueError, KeyError, TypeError, AttributeError, CaseError):

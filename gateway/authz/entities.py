@@ -229,9 +229,16 @@ def agent_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def agent_entity(ident: str, attributes: dict[str, Any], declared: dict[str, Type] | None = None) -> dict[str, Any]:
-    """An Agent with its attributes fitted to the schema's `declared` types (raises AttributeTypeError)."""
-    attrs = conform(ident, agent_attributes(attributes), declared)
+def agent_entity(ident: str, attributes: dict[str, Any], declared: dict[str, Type] | None = None,
+                 issuer: str = "") -> dict[str, Any]:
+    """An Agent with its attributes fitted to the schema's `declared` types (raises AttributeTypeError), and the
+    `issuer` that vouched for it (none when `issuer` is empty: a replayed record that names no issuer)."""
+    record = agent_attributes(attributes)
+    # Only the verified issuer is the issuer: an `issuer` a claim mapping or anonymous_attributes produced is not.
+    record.pop("issuer", None)
+    attrs = conform(ident, record, declared)
+    if issuer:
+        attrs["issuer"] = issuer
     tenant = attrs.get("tenant")
     parents = [_uid("Tenant", tenant)] if isinstance(tenant, str) and tenant else []
     return {"uid": _uid("Agent", ident), "attrs": attrs, "parents": parents}
@@ -263,8 +270,12 @@ def member_ids(principal: Principal) -> list[str]:
 
 
 def entities(principal: Principal, tool: ToolInfo, declared: dict[str, Type] | None = None) -> list[dict[str, Any]]:
-    """The per-call entity set: every chain member as an Agent (with its tenant) plus the tool and server."""
-    found: list[dict[str, Any]] = [agent_entity(m.id, m.attributes, declared) for m in members(principal)]
+    """The per-call entity set: every chain member as an Agent (with its tenant) plus the tool and server.
+
+    Every member carries the principal's issuer: the token's issuer verified the whole `act` chain (the
+    identity code reads no issuer of an actor's own), so it is the one that vouches for each actor too."""
+    found: list[dict[str, Any]] = [agent_entity(m.id, m.attributes, declared, principal.issuer)
+                                   for m in members(principal)]
     tenants = {p["id"] for e in found for p in e["parents"]}
     found.extend({"uid": _uid("Tenant", t), "attrs": {}, "parents": []} for t in sorted(tenants))
     found.append(tool_entity(tool))

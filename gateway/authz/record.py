@@ -79,11 +79,16 @@ def _decided_at(ctx: CallContext | None) -> float:
     return ctx.started_wall
 
 
-def from_authz_input(data: dict[str, Any]) -> tuple[Principal, str, ToolInfo, CallFacts, bool]:
-    """Inverse of authz_input; raises KeyError/TypeError/ValueError on a malformed snapshot."""
+def from_authz_input(data: dict[str, Any], issuer: Any = None) -> tuple[Principal, str, ToolInfo, CallFacts, bool]:
+    """Inverse of authz_input; raises KeyError/TypeError/ValueError on a malformed snapshot.
+
+    `issuer`: the decision record's own `issuer` (which every record has held, so records written before Agents
+    carried it replay with it too); None when it names none: the Agents then have no `issuer` attribute."""
+    if issuer is not None and not isinstance(issuer, str):
+        raise TypeError("the record's issuer is not a string")
     p = data["principal"]
     chain = tuple(Actor(str(a["id"]), dict(a.get("attributes") or {})) for a in data.get("chain") or ())
-    principal = Principal(id=str(p["id"]), issuer="replay", subject=str(p["id"]),
+    principal = Principal(id=str(p["id"]), issuer=issuer or "", subject=str(p["id"]),
                           attributes=dict(p.get("attributes") or {}), chain=chain)
     tool = ToolInfo(**data["tool"])
     when = dt.datetime.fromisoformat(data["time"]) if data.get("time") else None
