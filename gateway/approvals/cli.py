@@ -213,25 +213,47 @@ def _item_text(item: dict[str, Any]) -> str:
             f"args_digest: {shown(item['args_digest'])}\narguments:\n{json.dumps(item.get('args'), indent=2)}")
 
 
+def _pages(args: argparse.Namespace, query: dict[str, str]) -> tuple[list[Any], str | None]:
+    """The listing's items from --cursor (or the first page) on, every page with --all; and the next_cursor after
+    the last page read (None: nothing left)."""
+    items: list[Any] = []
+    cursor, followed = args.cursor, set()
+    while True:
+        paged = {**query, "cursor": cursor} if cursor else query
+        answer = request_json(args, "GET", "/api/approvals?" + urlencode(paged))
+        with reading_answer(args):
+            page = expect_keys(answer, "items")
+            cursor = page.get("next_cursor")
+            if not isinstance(page["items"], list) or not (cursor is None or (isinstance(cursor, str) and cursor)):
+                raise TypeError("items is not a list, or next_cursor not a string")
+            items.extend(page["items"])
+        if cursor is None or not args.all:
+            return items, cursor
+        if cursor in followed:  # a gateway (or something else at --url) going round in circles: never end
+            raise CliError(f"{args.url}: the answer repeats a next_cursor it gave before; is --url a Customs "
+                           "gateway?", 3)
+        followed.add(cursor)
+
+
 def list_command(args: argparse.Namespace) -> int:
     query = {"limit": str(args.limit)}
     if args.state != "all":
         query["state"] = args.state
-    answer = request_json(args, "GET", "/api/approvals?" + urlencode(query))
+    items, more = _pages(args, query)
     with reading_answer(args):
-        items = expect_keys(answer, "items")["items"]
         if args.json:
             print(json.dumps(items, indent=2))
-            return 0
-        if not items:
+        elif not items:
             states = "" if args.state == "all" else " or ".join(args.state.split(",")) + " "
-            print(f"no {states}approvals")
-            return 0
-        rows = [f"{shown(item['id']):38} {shown(item['state']):9} {_age(item['created_at']):>5}  "
-                f"{shown(item['upstream'] + '/' + item['tool']) + _what(item):28} {shown(item['principal'])}"
-                for item in items]
-    print(f"{'ID':38} {'STATE':9} {'AGE':>5}  {'TOOL':28} AGENT")
-    print("\n".join(rows))
+            print(f"no {states}approvals" + (" in this page" if more is not None else ""))
+        else:
+            rows = [f"{shown(item['id']):38} {shown(item['state']):9} {_age(item['created_at']):>5}  "
+                    f"{shown(item['upstream'] + '/' + item['tool']) + _what(item):28} {shown(item['principal'])}"
+                    for item in items]
+            print(f"{'ID':38} {'STATE':9} {'AGE':>5}  {'TOOL':28} AGENT")
+            print("\n".join(rows))
+    if more is not None:  # on stderr: stdout stays the items alone (--json parses as it did)
+        print(f"more after these: add --cursor {more} for the next page (or --all for every page)", file=sys.stderr)
     return 0
 
 
@@ -323,7 +345,15 @@ def add_approvals_parsers(sub: Any) -> None:
     p = sub.add_parser("list", help="list approvals (pending by default)")
     p.add_argument("--state", type=_states, default="pending",
                    help="pending|approved|denied|expired|cancelled|abandoned|all (comma list allowed)")
-    p.add_argument("--limit", type=_positive, default=100, help="at most this many (1-1000, default 100)")
+    p.add_argument("--limit", type=_positive, default=100,
+                   help="at most this many a page (1-1000, default 100); with --all, the size of each page")
+    pages = p.add_mutually_exclusive_group()
+    pages.add_argument("--all", action="store_true",
+                       help="every matching approval, oldest included: follow the API's next_cursor page after "
+                            "page (newest first, each listed once even while new calls are held meanwhile)")
+    pages.add_argument("--cursor", type=nonempty, default=None,
+                       help="the page after a previous one: the cursor it printed (on stderr) as "
+                            "'--cursor ...', used with the same --state")
     _common(p)
     p.set_defaults(func=guard(list_command))
     p = sub.add_parser("show", help="show one approval with its arguments")

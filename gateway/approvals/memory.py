@@ -6,14 +6,16 @@ import asyncio
 import builtins
 import contextlib
 import time
+from bisect import bisect_left, insort
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
+from gateway.approvals.cursor import CREATED, EXPIRY, Cursor, check, order_for
 from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
-from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, emit, notify_listeners
+from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, Page, emit, notify_listeners
 
 
 class MemoryApprovalStore:
@@ -31,6 +33,10 @@ class MemoryApprovalStore:
         self._sweep_s = sweep_s
         self._sweeper: asyncio.Task[None] | None = None
         self._items: OrderedDict[str, Approval] = OrderedDict()
+        # Sorted (score, id) of every item by creation, and of pending ones by expiry: a listing's cursor is a
+        # position in one of them (bisect), as the Redis store's sorted sets `all` and `pending`.
+        self._by_created: list[tuple[float, str]] = []
+        self._by_expiry: list[tuple[float, str]] = []
         self._keys: dict[str, tuple[str, float]] = {}  # binding key -> (id, an approval usable until)
         self._changed: dict[str, asyncio.Event] = {}
         self._holds: dict[str, int] = {}  # approval id -> requests waiting on it now
@@ -60,7 +66,14 @@ class MemoryApprovalStore:
 
     def _store(self, item: Approval, transition: str, actor: str | None = None,
                comment: str | None = None, detail: str | None = None) -> Approval:
+        known = self._items.get(item.id)
         self._items[item.id] = item
+        if known is None:
+            insort(self._by_created, (item.created_at, item.id))
+        if item.pending and (known is None or not known.pending):
+            insort(self._by_expiry, (item.expires_at, item.id))
+        elif not item.pending and known is not None and known.pending:
+            _unindex(self._by_expiry, (known.expires_at, known.id))
         changed = self._changed.pop(item.id, None)
         if changed is not None:
             changed.set()
@@ -79,7 +92,8 @@ class MemoryApprovalStore:
         excess = len(self._items) - self._history
         if excess > 0:
             for item_id in [i.id for i in self._items.values() if not i.pending][:excess]:
-                del self._items[item_id]
+                gone = self._items.pop(item_id)
+                _unindex(self._by_created, (gone.created_at, gone.id))
         if len(self._keys) > 2 * self._history:  # a link lives as long as its item: at most one per item
             self._keys = {k: v for k, v in self._keys.items() if v[0] in self._items}
         if len(self._claimed) > self._history:  # settled calls leave it; this bounds what a lost settle left
@@ -107,19 +121,25 @@ class MemoryApprovalStore:
         return self._expire_if_due(item)
 
     async def list(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Approval]:
+        return (await self.page(states, limit)).items
+
+    async def page(self, states: Sequence[str] | None = None, limit: int = 100, after: Cursor | None = None) -> Page:
         await self.expire_due()
-        out: builtins.list[Approval] = []
-        # A state filter looks through the newest LIST_WINDOW items, as the Redis store does; pending alone
-        # through every item (the Redis store keeps pending ones apart).
-        window = None if states is None or set(states) == {"pending"} else LIST_WINDOW
-        for seen, item in enumerate(reversed(self._items.values())):
-            if window is not None and seen >= window:
-                break
+        order = order_for(states)
+        check(after, order)
+        index = self._by_expiry if order == EXPIRY else self._by_created
+        end = len(index) if after is None else bisect_left(index, after.key)  # entries before it: strictly after
+        # A state filter looks through LIST_WINDOW items a page, as the Redis store does; pending alone through
+        # every pending item (its own index).
+        window = LIST_WINDOW if states is not None and order == CREATED else len(index)
+        found: builtins.list[Approval] = []
+        at = end
+        while at > 0 and len(found) < limit and end - at < window:
+            at -= 1
+            item = self._items[index[at][1]]
             if states is None or item.state in states:
-                out.append(item)
-                if len(out) >= limit:
-                    break
-        return out
+                found.append(item)
+        return Page(found, Cursor(order, *index[at]) if at > 0 else None)
 
     async def decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:
         if outcome not in ("approved", "denied"):
@@ -236,3 +256,9 @@ class MemoryApprovalStore:
 
     def stats(self) -> dict[str, Any]:
         return {"items": len(self._items), "keys": len(self._keys), "waiting": len(self._changed)}
+
+
+def _unindex(index: builtins.list[tuple[float, str]], key: tuple[float, str]) -> None:
+    at = bisect_left(index, key)
+    if at < len(index) and index[at] == key:
+        del index[at]

@@ -25,8 +25,10 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from gateway.approvals import redis_scripts as lua
+from gateway.approvals.cursor import CREATED, EXPIRY, Cursor, check, order_for
 from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
-from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, emit, notify_listeners, run_to_end
+from gateway.approvals.redis_listing import walk_page
+from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, Page, emit, notify_listeners, run_to_end
 from gateway.errors import GatewayError
 
 log = logging.getLogger("customs.approvals.redis")
@@ -205,38 +207,35 @@ class RedisApprovalStore:
         return item
 
     async def list(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Approval]:
-        await self.expire_due()
-        source = "pending" if states is not None and set(states) == {"pending"} else "all"
-        # A state filter looks through the newest LIST_WINDOW items (ids of items gone from Redis do not count),
-        # as the memory store does; pending alone through the whole pending index.
-        window = LIST_WINDOW if states is not None and source == "all" else None
-        found: builtins.list[Approval] = []
-        start = seen = 0
-        while len(found) < limit and (window is None or seen < window):
-            batch = 200 if window is None else min(200, window - seen)
-            ids = await self._run(self._client.zrevrange(self._p + source, start, start + batch - 1))
-            if not ids:
-                break
-            items = await self._load_many([_text(i) for i in ids], source)
-            start += len(items)  # the ids of gone ones left the index: the next ones moved up
-            seen += len(items)
-            found.extend(i for i in items if states is None or i.state in states)
-        found.sort(key=lambda a: a.created_at, reverse=True)
-        return found[:limit]
+        return (await self.page(states, limit)).items
 
-    async def _load_many(self, ids: Sequence[str], source: str) -> builtins.list[Approval]:
-        """The items of `ids` still in Redis, in order; the ids of items gone are dropped from the index."""
+    async def page(self, states: Sequence[str] | None = None, limit: int = 100, after: Cursor | None = None) -> Page:
+        await self.expire_due()
+        order = order_for(states)
+        check(after, order)
+        source = "pending" if order == EXPIRY else "all"
+        # A state filter looks through LIST_WINDOW items a page (ids of items gone from Redis do not count), as the
+        # memory store does; pending alone through the whole pending index.
+        window = LIST_WINDOW if states is not None and order == CREATED else None
+
+        async def load(ids: Sequence[str]) -> dict[str, Approval]:
+            return await self._load_many(ids, source)
+
+        return await walk_page(self._client, self._run, load, self._p + source, order, states, limit, after, window)
+
+    async def _load_many(self, ids: Sequence[str], source: str) -> dict[str, Approval]:
+        """The items of `ids` still in Redis, by id; the ids of items gone are dropped from the index."""
         pipe = self._client.pipeline(transaction=False)
         for approval_id in ids:
             pipe.hgetall(self._p + "item:" + approval_id)
         rows = await self._run(pipe.execute())
-        out: builtins.list[Approval] = []
+        out: dict[str, Approval] = {}
         gone: builtins.list[str] = []
         for approval_id, fields in zip(ids, rows, strict=True):
             if not fields:
                 gone.append(approval_id)  # aged out of history
                 continue
-            out.append(approval_from_hash({_text(k): _text(v) for k, v in fields.items()}))
+            out[approval_id] = approval_from_hash({_text(k): _text(v) for k, v in fields.items()})
         if gone:
             await self._run(self._client.zrem(self._p + source, *gone))
         return out

@@ -13,18 +13,29 @@ import builtins
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from gateway.approvals.cursor import Cursor
 from gateway.approvals.model import Approval
 
 log = logging.getLogger("customs.approvals")
 
 EventSink = Callable[[dict[str, Any]], None]
 Listener = Callable[[str], None]
-# How far back a listing with a state filter looks: the newest LIST_WINDOW items of any state (both stores
-# alike); `pending` alone looks through every pending call. Unfiltered, a listing is the newest `limit` items.
+# How far one page with a state filter looks: LIST_WINDOW items of any state after its cursor (both stores alike),
+# then it ends with a next cursor there; `pending` alone looks through every pending call. Unfiltered, a page is the
+# next `limit` items.
 LIST_WINDOW = 1000
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing, newest first; `next` is where the following page starts (None: nothing after it)."""
+
+    items: builtins.list[Approval]
+    next: Cursor | None
 
 
 class ApprovalStore(Protocol):
@@ -48,8 +59,15 @@ class ApprovalStore(Protocol):
         ...
 
     async def list(self, states: Sequence[str] | None = None, limit: int = 100) -> list[Approval]:
-        """Items newest first, optionally only those in `states`: those among the newest LIST_WINDOW items,
-        or among every pending item when `states` is just pending."""
+        """The first page's items (`page(states, limit).items`)."""
+        ...
+
+    async def page(self, states: Sequence[str] | None = None, limit: int = 100, after: Cursor | None = None) -> Page:
+        """Up to `limit` items strictly after `after` (from the newest when None), newest first, optionally only
+        those in `states`: found among the next LIST_WINDOW items, or among every pending item when `states` is
+        just pending (ordered by expiry: cursor.order_for). `next` is None once no item is left after the page; a
+        page may be short, even empty, with a `next` (the window ended first). InvalidCursor for a cursor of
+        another order."""
         ...
 
     async def decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:

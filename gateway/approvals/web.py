@@ -31,6 +31,7 @@ from gateway.approvals.auth import (
     set_csrf_cookie,
     set_session,
 )
+from gateway.approvals.cursor import Cursor, InvalidCursor, decode, encode, order_for, position
 from gateway.approvals.live import LiveUpdates
 from gateway.approvals.model import STATES, AlreadyDecided, Approval, ApprovalNotFound
 from gateway.approvals.signouts import SignOuts
@@ -70,6 +71,16 @@ def _limit(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or not MIN_LIMIT <= int(text) <= MAX_LIMIT:
         raise Refused(400, "invalid_limit", f"limit must be an integer from {MIN_LIMIT} to {MAX_LIMIT}")
     return int(text)
+
+
+def _cursor(text: str | None, states: list[str] | None) -> Cursor | None:
+    """The `cursor` query parameter: a `next_cursor` of a listing with the same `state`, else Refused 400."""
+    if text is None:
+        return None
+    try:
+        return decode(text, order_for(states))
+    except InvalidCursor as exc:
+        raise Refused(400, "invalid_cursor", str(exc)) from None
 
 
 def _recorded(done: str | None) -> str | None:
@@ -157,12 +168,35 @@ class ApprovalsWeb:
         if states and not set(states) <= set(STATES):
             raise Refused(400, "invalid_state", f"state must be one of {', '.join(STATES)}")
         limit = _limit(request.query.get("limit", "100"))
-        items = await self._store.list(states, limit)
-        visible = [i for i in items if self._auth.may_view(approver, i)]
-        if len(visible) < len(items) == limit < PAGE_PENDING:
-            # Some were hidden from this person: the ones they may see can be further back (up to the largest page).
-            visible = [i for i in await self._store.list(states, PAGE_PENDING) if self._auth.may_view(approver, i)]
-        return web.json_response({"items": [self._json(i) for i in visible[:limit]]})
+        items, more = await self._visible_page(approver, states, limit, _cursor(request.query.get("cursor"), states))
+        body: dict[str, Any] = {"items": [self._json(i) for i in items]}
+        if more is not None:  # absent on the last page: the pinned shape, {"items": [...]}, when all fit in one
+            body["next_cursor"] = encode(more)
+        return web.json_response(body)
+
+    async def _visible_page(self, approver: Approver, states: list[str] | None, limit: int,
+                            after: Cursor | None) -> tuple[list[Approval], Cursor | None]:
+        """Up to `limit` items after `after` that the approver may see, and where the next page starts (None: no
+        item left). Hidden ones do not use up the page: a full store page with some hidden is followed by one of
+        up to PAGE_PENDING more; past those the page ends short, even empty, with a next cursor."""
+        order = order_for(states)
+        visible: list[Approval] = []
+        fetch = limit
+        while True:
+            page = await self._store.page(states, fetch, after)
+            hidden = False
+            for n, item in enumerate(page.items):
+                if not self._auth.may_view(approver, item):
+                    hidden = True
+                    continue
+                visible.append(item)
+                if len(visible) == limit:  # the next page continues right after this item
+                    more = n + 1 < len(page.items) or page.next is not None
+                    return visible, position(item, order) if more else None
+            # As before cursors: only a full store page with hidden items is followed by one more, of PAGE_PENDING.
+            if page.next is None or not hidden or len(page.items) < fetch or fetch >= PAGE_PENDING:
+                return visible, page.next
+            after, fetch = page.next, PAGE_PENDING
 
     async def api_get(self, request: web.Request) -> web.StreamResponse:
         approver = await self._auth.authenticate(request)
