@@ -7,7 +7,9 @@ secret redactor: spans leave the gateway, so a key or token in an argument must 
 What a call decided is known only when it ends; the event loop then puts a tuple of those facts on the span
 (`call_facts`, `decision_facts`) under the key `FACTS`, and `expand` builds the attributes where spans are
 exported (the exporter child, or the console exporter's `readable`). Hashing the arguments for
-`customs.args_digest` was the largest part of a traced call's attribute work.
+`customs.args_digest` was the largest part of a traced call's attribute work. Attributes many spans share (one
+principal's, one kind of request's) go as one shared dict under `SHARED` or `WHO`, also merged by `expand`:
+spans are marshalled to the exporter, and a shared dict is written once per batch, not pair by pair.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ if TYPE_CHECKING:  # the exporter child imports this module: not the config mode
 
 Attrs = dict[str, Any]
 Redact = Callable[[Any], Any]
-# The attribute key of deferred facts: a NUL starts no attribute name the gateway sets, so it never clashes.
-FACTS: Final = "\0customs.facts"
+# Keys of deferred attributes start with NUL, as no attribute name the gateway sets does, so they never clash.
+FACTS: Final = "\0customs.facts"  # a tuple (builder name, *facts): `expand` builds the attributes
+SHARED: Final = "\0customs.shared"  # a dict many spans share (read-only): `expand` merges it
+WHO: Final = "\0customs.who"  # the same, for the principal's attributes (`principal_attributes`)
+DEFERRED: Final = frozenset({FACTS, SHARED, WHO})
 
 # Which request parameter names the span's target, per method (low cardinality only: no resource URIs).
 TARGET_PARAM = {"tools/call": "name", "prompts/get": "name"}
@@ -48,6 +53,16 @@ def target_of(method: str, params: Mapping[str, Any] | None) -> str | None:
     key = TARGET_PARAM.get(method)
     value = params.get(key) if key and params else None
     return value if isinstance(value, str) and value else None
+
+
+def shared_request_attributes(method: str, params: Mapping[str, Any], protocol_version: str | None) -> Attrs:
+    """The part of `request_attributes` every request of one method, target and protocol version shares: with
+    `request_id` and `session_id` set apart, they make the same attributes."""
+    attrs: Attrs = {"network.transport": "tcp", "network.protocol.name": "http"}
+    if protocol_version:
+        attrs["mcp.protocol.version"] = protocol_version
+    attrs.update(_target_attributes(method, params, False))
+    return attrs
 
 
 def request_attributes(method: str, params: Mapping[str, Any] | None, request_id: Any, *,
@@ -199,15 +214,19 @@ _BUILDERS: dict[str, Callable[..., Attrs]] = {"call": _call, "decision": _decisi
 
 
 def expand(attributes: dict[str, Any]) -> dict[str, Any]:
-    """`attributes` with their deferred facts (under FACTS) built in their place, unset (None) values left out as a
-    span's `set_attributes` leaves them out; the same dict when there are none."""
-    if FACTS not in attributes:
+    """`attributes` with their deferred parts (keys in DEFERRED) in their place: facts built, shared dicts merged;
+    unset (None) values left out as a span's `set_attributes` leaves them out. The same dict when there are none."""
+    if FACTS not in attributes and SHARED not in attributes and WHO not in attributes:
         return attributes
     out: dict[str, Any] = {}
     for key, value in attributes.items():
-        if key == FACTS:
-            kind, *facts = value
-            out.update((k, v) for k, v in _BUILDERS[kind](*facts).items() if v is not None)
+        if key in DEFERRED:
+            if type(value) is dict:
+                items = value.items()
+            else:
+                kind, *facts = value
+                items = _BUILDERS[kind](*facts).items()
+            out.update((k, v) for k, v in items if v is not None)
         else:
             out[key] = value
     return out

@@ -31,9 +31,12 @@ from gateway.pipeline import Pipeline
 from gateway.telemetry.attributes import (
     MCP_METHODS,
     OTHER_METHOD,
+    SHARED,
+    WHO,
     connection_attributes,
     principal_attributes,
     request_attributes,
+    shared_request_attributes,
     target_of,
 )
 from gateway.telemetry.decision_log import DecisionLog
@@ -49,6 +52,9 @@ from gateway.telemetry.upstream_notices import UpstreamNotices
 from gateway.transport.base import NotifyHook, UpstreamSession
 
 log = logging.getLogger("customs.telemetry")
+
+
+SHARED_LIMIT = 1024  # request kinds whose shared attributes are kept (see Observability._request_attributes)
 
 
 @dataclass
@@ -156,6 +162,7 @@ class Observability:
                                current_ids=self.telemetry.current_ids)
         # Built once per principal and shared by the spans that carry it.
         self._principal_attributes = Memo(principal_attributes)
+        self._shared: dict[tuple[str, str | None, str | None], dict[str, Any]] = {}  # see _request_attributes
         # Not memoized: every call gets its own Decision (its own evaluation time), so a memo by object never hits.
         self.record = RecordStage(self.log, self.metrics, self.telemetry)
         self._upstreams = {u.name: u for u in config.upstreams}
@@ -254,19 +261,40 @@ class Observability:
         if meta is not None and not isinstance(meta, Mapping):  # (no ABC check for the usual absent _meta)
             meta = None
         parent, links = self.telemetry.extract(headers, meta)
-        attrs = request_attributes(method, params, request_id, session_id=session_id,
-                                   protocol_version=protocol_version, capture_args=self.telemetry.capture_args,
-                                   redact=self.telemetry.redact)
+        attrs = self._request_attributes(method, params, request_id, session_id, protocol_version)
         if http is not None:
             attrs.update(connection_attributes(
                 http.transport.get_extra_info("peername") if http.transport is not None else None, http.version))
         who = self._principal_attributes(principal) if principal is not None else None
         if who is not None:
-            attrs.update(who)
+            attrs[WHO] = who  # shared, merged where exported (attributes.expand)
         started = time.perf_counter() if start_ns is None else time.perf_counter() - (time.time_ns() - start_ns) / 1e9
         span = self.telemetry.server_span(named, target, attrs, parent, links, start_time=start_ns)
         identify = (identify_ns, who) if identify_ns is not None and who is not None else None
         return _RequestBlock(self, named, target, started, span, identify, view)
+
+    def _request_attributes(self, method: str, params: Mapping[str, Any], request_id: Any, session_id: str | None,
+                            protocol_version: str | None) -> dict[str, Any]:
+        """`request_attributes`, its part shared by requests of one method, tool or prompt and protocol version
+        under SHARED (attributes.expand): built once, and marshalled once per batch of spans. Not with captured
+        arguments, nor for resources (their URIs are no key to share by)."""
+        if self.telemetry.capture_args or method.startswith("resources/"):
+            return request_attributes(method, params, request_id, session_id=session_id,
+                                      protocol_version=protocol_version, capture_args=self.telemetry.capture_args,
+                                      redact=self.telemetry.redact)
+        name = params.get("name")
+        key = (method, name if type(name) is str else None, protocol_version)
+        shared = self._shared.get(key)
+        if shared is None:
+            if len(self._shared) >= SHARED_LIMIT:  # names are the agents' to choose: bounded
+                self._shared.clear()
+            shared = self._shared[key] = shared_request_attributes(method, params, protocol_version)
+        attrs: dict[str, Any] = {"mcp.method.name": method, SHARED: shared}
+        if request_id is not None:
+            attrs["jsonrpc.request.id"] = str(request_id)
+        if session_id:
+            attrs["mcp.session.id"] = session_id
+        return attrs
 
     def names_item(self, method: str, target: str, view: str | None) -> bool:
         """Whether a failed request's target is a real name (so may be a metric value and in the span name): a

@@ -23,6 +23,7 @@ from gateway.errors import GatewayError
 from gateway.pipeline import Forwarder, Pipeline, Stage
 from gateway.telemetry.attributes import (
     FACTS,
+    SHARED,
     Attrs,
     approval_attributes,
     call_facts,
@@ -205,7 +206,7 @@ class _TracedForward:
             if len(self._base) >= 1024:
                 self._base.clear()
             base = self._base[key] = upstream_attributes(ctx, self._transport.get(ctx.upstream or ""))
-        return dict(base)
+        return {SHARED: base}  # merged where exported (attributes.expand), marshalled once per batch
 
     async def __call__(self, ctx: CallContext) -> dict[str, Any]:
         attrs = self._attributes(ctx) if self._telemetry.enabled else None

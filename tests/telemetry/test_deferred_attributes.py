@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from gateway.config import parse_config
 from gateway.context import ApprovalState, CallContext, Decision, Principal, ToolInfo, args_digest
 from gateway.telemetry.attributes import (
     FACTS,
+    SHARED,
     approval_attributes,
     call_attributes,
     call_facts,
@@ -14,7 +18,9 @@ from gateway.telemetry.attributes import (
     decision_attributes,
     decision_facts,
     expand,
+    request_attributes,
 )
+from gateway.telemetry.observability import SHARED_LIMIT, Observability
 from gateway.telemetry.otlp_encode import OtlpEncoder
 from tests.telemetry.test_otlp_encode import RESOURCE, SERVER, assert_same, span
 
@@ -104,3 +110,40 @@ def test_credential_facts_expand_to_the_credential_attributes() -> None:
     for ctx in (call(), call(credential_mode="none", credential_audience=None)):
         facts = {FACTS: ("credential", ctx.credential_mode, ctx.credential_audience)}  # what StageRecorder ships
         assert expand(facts) == credential_attributes(ctx)
+
+
+REQUESTS = [
+    ("tools/call", {"name": "inventory__get_stock", "arguments": {"sku": "A-1"}}, 7, "sess-1", "2025-11-25"),
+    ("tools/call", {"name": "", "arguments": {}}, "c-1", None, None),
+    ("tools/call", {"name": 5}, None, "sess-2", "2025-06-18"),
+    ("prompts/get", {"name": "greet"}, 1, "sess-1", "2025-11-25"),
+    ("initialize", {"protocolVersion": "2025-11-25"}, 0, None, None),
+    ("tools/list", {}, 2, "sess-1", "2025-11-25"),
+    ("resources/read", {"uri": "file:///a/b.txt"}, 3, "sess-1", "2025-11-25"),
+    ("made/up", {"name": "x"}, 4, None, "2025-11-25"),
+]
+
+
+@pytest.mark.parametrize("method,params,request_id,session_id,version", REQUESTS)
+def test_shared_request_attributes_expand_to_the_request_attributes(method: str, params: dict[str, Any],
+                                                                   request_id: Any, session_id: str | None,
+                                                                   version: str | None) -> None:
+    obs = Observability(parse_config({"upstreams": [{"name": "inventory", "url": "http://127.0.0.1:9001/mcp"}],
+                                      "telemetry": {"traces": {"endpoint": "http://127.0.0.1:9/v1/traces"}}},
+                                     env={}), env={})
+    expected = request_attributes(method, params, request_id, session_id=session_id, protocol_version=version,
+                                  redact=obs.telemetry.redact)
+    for _ in range(2):  # built, then shared
+        got = obs._request_attributes(method, params, request_id, session_id, version)
+        assert expand(got) == expected
+    if not method.startswith("resources/"):
+        assert SHARED in got  # the part shared by such requests
+
+
+def test_the_shared_parts_are_bounded() -> None:
+    obs = Observability(parse_config({"upstreams": [{"name": "inventory", "url": "http://127.0.0.1:9001/mcp"}],
+                                      "telemetry": {"traces": {"endpoint": "http://127.0.0.1:9/v1/traces"}}},
+                                     env={}), env={})
+    for n in range(SHARED_LIMIT + 10):  # tool names are the agent's to choose
+        obs._request_attributes("tools/call", {"name": f"t{n}"}, n, None, None)
+    assert len(obs._shared) <= SHARED_LIMIT
