@@ -27,6 +27,7 @@ from gateway.authz.evaluate import decide
 from gateway.authz.policyset import LoadedPolicies, load_policies
 from gateway.config.load import strict_yaml_load, unreadable
 from gateway.config.model import Sensitivity
+from gateway.config.rules import ISSUER_ATTRIBUTE
 from gateway.context import Actor, Decision, Principal, ToolInfo
 from gateway.identity.chain import ChainError, actor_id, build_chain, claim_mapping, map_claims
 
@@ -99,6 +100,9 @@ def _actor(spec: Any, named: dict[str, Any], where: str) -> Actor:
     attributes = spec.get("attributes") or {}
     if not isinstance(attributes, dict):
         raise CaseError(f"{where}: attributes must be a mapping")
+    if "issuer" in attributes:  # the gateway's, not an attribute like the others: it would be dropped
+        raise CaseError(f"{where}: principal {spec['id']!r}: attributes: {ISSUER_ATTRIBUTE}; state it as `issuer:` "
+                        "beside `id:`")
     return Actor(spec["id"], dict(attributes))
 
 
@@ -334,6 +338,9 @@ def load_cases(path: Path) -> dict[str, Any]:
     claims = doc.get("claims") or {}
     if not isinstance(claims, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in claims.items()):
         raise CaseError(f"{path}: claims must map attribute names to claim names (as issuers[].claims)")
+    if "issuer" in claims:  # as in the config: the principal's issuer is its `iss`, never a mapped claim
+        raise CaseError(f"{path}: claims: {ISSUER_ATTRIBUTE} (principal.issuer: a principal's `iss`); "
+                        "map the claim to another attribute name")
     return doc
 
 

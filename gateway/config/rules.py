@@ -114,6 +114,10 @@ TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256
                     "EdDSA")
 
 
+# Why no claim mapping, anonymous attribute or policy-test `claims:` may name the attribute `issuer`.
+ISSUER_ATTRIBUTE = "`issuer` is the issuer that vouched for the agent, set by the gateway on every Agent"
+
+
 def issuer_rules(issuer: Any) -> Iterator[Problem]:
     # "" (a variable set to nothing) would match only tokens naming "": every real token refused, and a token
     # with aud [""] (for no resource in particular) accepted; a require_typ of "" refuses every token with a typ.
@@ -137,6 +141,11 @@ def issuer_rules(issuer: Any) -> Iterator[Problem]:
         hint = f"; did you mean {by_upper[name.upper()]}?" if name.upper() in by_upper else ""
         yield ("algorithms",), f"unknown algorithm {name!r}{hint} (supported: {', '.join(TOKEN_ALGORITHMS)})"
     yield from _trust_domain_rules(issuer)
+    claims = _get(issuer, "claims")
+    if isinstance(claims, Mapping) and "issuer" in claims:
+        # The gateway drops it for the verified issuer (authz/entities.py): a mapping of it meant something else.
+        yield ("claims", "issuer"), f"{ISSUER_ATTRIBUTE} (principal.issuer: the token's iss); " \
+            "map the claim to another attribute name"
 
 
 def _trust_domain_rules(issuer: Any) -> Iterator[Problem]:
@@ -149,6 +158,10 @@ def _trust_domain_rules(issuer: Any) -> Iterator[Problem]:
 def identity_rules(identity: Any) -> Iterator[Problem]:
     if _get(identity, "mode", "anonymous") == "jwt" and not _items(_get(identity, "issuers")):
         yield ("issuers",), "mode jwt needs at least one issuer"
+    attributes = _get(identity, "anonymous_attributes")
+    if isinstance(attributes, Mapping) and "issuer" in attributes:
+        yield ("anonymous_attributes", "issuer"), f'{ISSUER_ATTRIBUTE} (principal.issuer: "anonymous" here); ' \
+            "use another attribute name"
 
 
 def approvals_rules(config: Any) -> Iterator[Problem]:

@@ -145,3 +145,29 @@ def test_replay_decides_each_record_with_its_issuer(issuer_policies: Path, tmp_p
     log.write_text("".join(json.dumps({**lines[0], "issuer": issuer}) + "\n" for issuer in (ONE, 5)))
     malformed = run("replay", "--log", log, "--policies", issuer_policies)
     assert malformed.returncode == 0 and "1 replayed, 0 changed, 1 skipped" in malformed.stdout, malformed.stdout
+
+
+def test_no_claim_mapping_or_anonymous_attribute_may_be_named_issuer(issuer_policies: Path, tmp_path: Path) -> None:
+    """It would be dropped for the verified issuer: a config (or case file) that maps it meant something else."""
+    from gateway.config import ConfigError, parse_config
+
+    def problems(identity: dict[str, object]) -> list[str]:
+        with pytest.raises(ConfigError) as info:
+            parse_config({"upstreams": [{"name": "a", "url": "http://h/mcp"}], "identity": identity})
+        return list(info.value.problems)
+
+    jwt = {"mode": "jwt", "issuers": [{"issuer": ONE, "jwks_file": "jwks.json", "claims": {"issuer": "idp"}}]}
+    vouched = "`issuer` is the issuer that vouched for the agent, set by the gateway on every Agent"
+    assert problems(jwt) == [f"identity.issuers[0].claims.issuer: {vouched} (principal.issuer: the token's iss); "
+                             "map the claim to another attribute name"]
+    assert problems({"mode": "anonymous", "anonymous_attributes": {"tenant": "t", "issuer": "me"}}) == [
+        f'identity.anonymous_attributes.issuer: {vouched} (principal.issuer: "anonymous" here); '
+        "use another attribute name"]
+    cases = tmp_path / "cases.yaml"
+    case = "cases:\n  - {principal: {sub: b}, tool: inventory/get_stock, expect: deny}\n"
+    cases.write_text("claims: {issuer: idp}\n" + case)
+    with pytest.raises(CaseError, match="claims: `issuer` is the issuer that vouched for the agent"):
+        run_cases_file(cases, issuer_policies)
+    cases.write_text(case.replace("{sub: b}", "{id: b, attributes: {issuer: x}}"))
+    with pytest.raises(CaseError, match=r"attributes: `issuer` is .*; state it as `issuer:` beside `id:`"):
+        run_cases_file(cases, issuer_policies)
