@@ -30,3 +30,12 @@ def check_upstream(upstream: str, where: str) -> None:
     """An upstream name a config can hold: `Inventory` was decided as given, and no call ever matches it."""
     if not NAME_RE.fullmatch(upstream):
         raise CaseError(f"{where}: upstream {upstream!r} is no upstream name: names are [a-z0-9_-]+ (upstreams[].name)")
+
+
+def stated_issuer(spec: dict[str, Any], key: str, where: str) -> str:
+    """The issuer a principal states (`iss` of claims, `issuer` of an inline principal); "" when it states none,
+    which leaves `principal.issuer` out, so a policy reading it denies with an evaluation error."""
+    value = spec.get(key, "")
+    if not isinstance(value, str) or (key in spec and not value):
+        raise CaseError(f"{where}: {key} must be a non-empty string (the issuer that vouches for it), got {value!r}")
+    return value

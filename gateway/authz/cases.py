@@ -23,6 +23,7 @@ from gateway.authz.casefields import CaseError as CaseError
 from gateway.authz.casefields import check_keys as _check_keys
 from gateway.authz.casefields import check_upstream as _check_upstream
 from gateway.authz.casefields import mapping as mapping
+from gateway.authz.casefields import stated_issuer
 from gateway.authz.evaluate import decide
 from gateway.authz.policyset import LoadedPolicies, load_policies
 from gateway.config.load import strict_yaml_load, unreadable
@@ -71,17 +72,8 @@ def principal_from_claims(claims: dict[str, Any], mapping: dict[str, str] | None
         attributes = map_claims(claims, mapping)
     except ChainError as exc:
         raise CaseError(f"{where}: {exc}") from exc
-    return Principal(id=ident, issuer=_issuer(claims, "iss", where), subject=ident,
+    return Principal(id=ident, issuer=stated_issuer(claims, "iss", where), subject=ident,
                      attributes=attributes, chain=chain)
-
-
-def _issuer(spec: dict[str, Any], key: str, where: str) -> str:
-    """The issuer a principal states (`iss` of claims, `issuer` of an inline principal); "" when it states none,
-    which leaves `principal.issuer` out, so a policy reading it denies with an evaluation error."""
-    value = spec.get(key, "")
-    if not isinstance(value, str) or (key in spec and not value):
-        raise CaseError(f"{where}: {key} must be a non-empty string (the issuer that vouches for it), got {value!r}")
-    return value
 
 
 def _is_claims(spec: Any) -> bool:
@@ -118,7 +110,7 @@ def principal_from(spec: Any, named: dict[str, Any], chain: Any, where: str,
         return principal_from_claims(spec, mapping, where)
     base = _actor(spec, named, where)
     resolved = named.get(spec, {}) if isinstance(spec, str) else spec
-    issuer = _issuer(resolved, "issuer", where)
+    issuer = stated_issuer(resolved, "issuer", where)
     raw_chain = chain if chain is not None else resolved.get("chain")
     actors = tuple(_chain_actor(raw, named, issuer, where) for raw in raw_chain or ())
     return Principal(id=base.id, issuer=issuer, subject=base.id, attributes=base.attributes, chain=actors)
