@@ -12,7 +12,9 @@ same native echo upstream; `--clients` concurrent clients (default one) make `--
 the counters are zeroed (`callgrind_control -z`), they make `--calls` more and the counters are dumped.
 Under callgrind a call takes ~50 times longer, so work batched by time (decision-log writes every
 50 ms, span shipping every 200 ms) is shared by ~50 times fewer calls than in real operation: counts
-overstate it (span shipping: ~34k instructions a call here, a few thousand at 2,000 calls/s). Printed:
+overstate it; `--stretch-batching 50` multiplies those intervals in the gateway by 50 (a module-constant patch
+made before it starts), so batches hold about as many calls as in real operation and the counts no longer
+depend on how busy the machine is (a loaded machine slows callgrind further: fewer calls per batch). Printed:
 instructions per call, and the ratios the issues ask about, as instructions: forwarder / gateway
 (the throughput ratio a CPU-bound gateway would reach against a CPU-bound forwarder) and the cost of
 tracing over bare. Needs valgrind (`callgrind_control` comes with it); takes a few minutes.
@@ -38,6 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_core import REPO, Children, Target, _url_of, open_session, sanity_call
 from bench_gateway_variants import ECHO_ARGS, VARIANTS, Variants
+
+# `python -m gateway` with the time-based batching intervals multiplied by k (--stretch-batching).
+STRETCHED = ("import runpy, gateway.telemetry.span_export as s, gateway.telemetry.decision_log as d; "
+             "s.BATCH_INTERVAL_S *= {k}; d.FLUSH_INTERVAL_S *= {k}; "
+             "runpy.run_module('gateway', run_name='__main__', alter_sys=True)")
 
 
 async def calls(target: Target, session: str | None, n: int, clients: int = 1) -> None:
@@ -104,10 +111,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, int]:
                 children, "floor", [py, str(REPO / "bench/parsing_forwarder.py"), "--upstream", echo],
                 lambda url: Target("floor", url, "echo", ECHO_ARGS), args, out_dir)
         variant = Variants(workdir, echo, sink)
+        gateway = [py, "-m", "gateway"] if args.stretch_batching == 1 else [py, "-c", STRETCHED.format(
+            k=args.stretch_batching)]
         for name in args.variants:
             path, target = variant.setup(name)
             counts[name] = await measure(
-                children, name, [py, "-m", "gateway", "serve", "--config", str(path), "--log-level", "warning"],
+                children, name, [*gateway, "serve", "--config", str(path), "--log-level", "warning"],
                 lambda _line, target=target: target, args, out_dir)
         return counts
     finally:
@@ -142,6 +151,9 @@ def main() -> None:
                         help=f"any of {','.join(VARIANTS)}")
     parser.add_argument("--floor", action="store_true",
                         help="also measure bench/parsing_forwarder.py (parses, remaps ids: the floor under a gateway)")
+    parser.add_argument("--stretch-batching", type=float, default=1,
+                        help="multiply the gateway's span-shipping and decision-log batching intervals by this (50: "
+                             "batches as large as in real operation, counts independent of machine load)")
     parser.add_argument("--json", help="write counts and ratios to this file")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
