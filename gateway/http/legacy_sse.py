@@ -39,8 +39,11 @@ class LegacySseEndpoint:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         try:
-            view = self._mcp._view(request)
+            # Identified before the name is checked, as /mcp/{upstream} is (mcp.py: _identify): without a token an
+            # unknown name gets the 401 a configured one gets (its challenge names /mcp either way), not a 404
+            # that told the configured names apart.
             principal = await self._mcp._identify(request)
+            view = self._mcp._view(request)
             if self._mcp.streams.closing:  # draining: reconnect elsewhere or after the restart
                 return error_response(draining())
             session = self._mcp.sessions.create(principal, view, LEGACY_VERSION, None, None)

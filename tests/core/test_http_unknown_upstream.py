@@ -3,6 +3,7 @@ upstream refuses it), answering the request's own id when the body can be read."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -168,3 +169,52 @@ async def test_an_unknown_name_is_named_quoted_in_its_challenge(jwt_gw, http, ra
         f'Bearer resource_metadata="{gw.url}/.well-known/oauth-protected-resource/mcp/{raw}"')
     status, _, body = await answer(http, "POST", f"{gw.mcp}/{raw}", {**ACCEPT, **credentials(gw, issuer, "good")})
     assert status == 404 and reason(body) == "unknown_upstream" and body["id"] == 1, body
+
+
+# -- the legacy SSE transport tells no names apart either: identified first as well -------------------------------
+
+async def sse_answer(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+    """A `GET /sse…` refused (its JSON body), or accepted: 200 and its first line (the stream is then closed)."""
+    async with http.get(url, headers=headers) as resp:
+        if resp.status == 200:
+            return 200, dict(resp.headers), await asyncio.wait_for(resp.content.readline(), 10)
+        return resp.status, dict(resp.headers), json.loads(await resp.text())
+
+
+@pytest.mark.parametrize("which", ["none", "bad"])
+async def test_a_legacy_sse_unknown_upstream_is_401_to_an_unidentified_caller_as_a_known_one(jwt_gw, http, which):
+    """`GET /sse/<name>` answered 404 unknown_upstream before identifying the caller, 401 for a configured name:
+    the legacy transport told the names apart without a token. Both now get the same 401 and challenge."""
+    gw, issuer = jwt_gw
+    answers = {}
+    for name in ("inventory", "nosuchupstream"):
+        for path in (name, f"{name}/"):
+            status, headers, body = await sse_answer(http, f"{gw.url}/sse/{path}", credentials(gw, issuer, which))
+            assert status == 401 and reason(body) == "unauthenticated", (path, status, body)
+            answers[path.replace(name, "<name>")] = (headers["WWW-Authenticate"], body)
+    assert len(answers) == 2 and len({json.dumps(one, sort_keys=True) for one in answers.values()}) == 1, answers
+
+
+async def test_a_legacy_sse_unknown_upstream_is_404_to_an_identified_caller(jwt_gw, http):
+    gw, issuer = jwt_gw
+    good = credentials(gw, issuer, "good")
+    status, _, body = await sse_answer(http, f"{gw.url}/sse/nosuchupstream", good)
+    assert status == 404 and reason(body) == "unknown_upstream" and body["id"] is None, body
+    status, _, line = await sse_answer(http, f"{gw.url}/sse/inventory", good)  # the same token opens a known one
+    assert (status, line) == (200, b"event: endpoint\n")
+
+
+async def test_legacy_messages_identify_before_looking_the_session_up(jwt_gw, http):
+    """`POST /messages` names no upstream, only a session: without a token a live session and a made-up one
+    are the same 401, so the session ids cannot be probed either."""
+    gw, issuer = jwt_gw
+    async with http.get(f"{gw.url}/sse/inventory", headers=credentials(gw, issuer, "good")) as stream:
+        assert stream.status == 200
+        await asyncio.wait_for(stream.content.readline(), 10)
+        endpoint = (await asyncio.wait_for(stream.content.readline(), 10)).decode().removeprefix("data: ").strip()
+        answers = set()
+        for target in (endpoint, "/messages?session_id=0123456789abcdef", "/messages"):
+            status, headers, body = await post(http, gw.url + target, json.dumps(INIT).encode())
+            assert status == 401 and reason(body) == "unauthenticated", (target, body)
+            answers.add((headers["WWW-Authenticate"], json.dumps(body, sort_keys=True)))
+        assert len(answers) == 1, answers
