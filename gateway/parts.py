@@ -145,22 +145,23 @@ def _policy_engine(config: Config, obs: Observability) -> PolicyEngine:
 
 
 def _metadata_routes(config: Config) -> list[web.RouteDef]:
-    """RFC 9728 protected-resource metadata for /mcp and every /mcp/{upstream} path.
+    """RFC 9728 protected-resource metadata for /mcp and any /mcp/{name} path, configured or not (what upstreams
+    are configured is not told here: metadata_endpoint).
 
     The `resource` named here is an audience the identifier accepts on that path (and only there)."""
     from gateway.identity.metadata import metadata_endpoint, protected_resource_metadata
 
-    paths = {"/mcp", *(f"/mcp/{upstream.name}" for upstream in config.upstreams)}
-
     async def metadata(request: web.Request) -> web.Response:
+        # The raw path: a name's encoded slash (`a%2Fb`, one name) is not a path's slash (`a/b`, no endpoint).
         tail = request.match_info.get("tail", "")
-        path = metadata_endpoint("/" + tail, config.listen.resource_url, paths) if tail else "/mcp"
+        path = metadata_endpoint(request.rel_url.raw_path, config.listen.resource_url) if tail else "/mcp"
         if path is None:  # no endpoint there, so no resource either
             raise web.HTTPNotFound()
         return web.json_response(protected_resource_metadata(config.listen.resource_url, config.identity, path))
 
     return [web.get("/.well-known/oauth-protected-resource", metadata, allow_head=False),
-            web.get("/.well-known/oauth-protected-resource/{tail:.+}", metadata, allow_head=False)]
+            # Any character, a line break too (`.` stops at one): a name's `%0A` sits in a challenge like any other.
+            web.get(r"/.well-known/oauth-protected-resource/{tail:[\s\S]+}", metadata, allow_head=False)]
 
 
 def _identifier(config: Config) -> Identifier:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from gateway.config.model import IdentityConfig
 from gateway.errors import GatewayError
@@ -28,17 +28,35 @@ def metadata_url(resource_url: str, path: str = "/mcp") -> str:
     return f"{origin}{WELL_KNOWN}{prefix}{path}"
 
 
-def metadata_endpoint(tail: str, resource_url: str, endpoints: Collection[str]) -> str | None:
-    """Which endpoint (`/mcp`, `/mcp/{upstream}`) the request path `WELL_KNOWN + tail` asks about, or None.
+def metadata_endpoint(raw_path: str, resource_url: str) -> str | None:
+    """Which endpoint (`/mcp`, `/mcp/{name}`) the request path `raw_path` (`WELL_KNOWN + tail`, as sent: still
+    percent-encoded) asks about, or None.
+
+    Any `/mcp/{name}` is answered, a configured upstream or not: metadata published for configured names only told
+    them apart to anyone, as the 401 of `/mcp/{name}` no longer does (its challenge points here for every name).
+    The name comes back percent-encoded as that challenge writes it (a configured name, `[a-z0-9_-]+`, reads the
+    same), so `…/mcp/a%2Fb` is the one name `a/b` and `…/mcp/a/b` no endpoint: the path is split before decoding.
 
     Behind a proxy under a prefix the RFC 9728 URL (`/.well-known/oauth-protected-resource/customs/mcp`) is
     outside that prefix, and the operator routes it to the gateway either as it is or with the prefix cut out
-    as from every other path (`…/mcp`); both are answered. `tail` is the decoded path, so the prefix is too.
+    as from every other path (`…/mcp`); both are answered.
     """
-    prefix = unquote(split_base(resource_url)[1])
-    if prefix and tail.startswith(prefix + "/") and tail[len(prefix):] in endpoints:
-        return tail[len(prefix):]
-    return tail if tail in endpoints else None
+    segments = [unquote(part) for part in raw_path.split("/")]
+    if segments[:3] != ["", *WELL_KNOWN.split("/")[1:]]:
+        return None
+    tail = segments[3:]
+    prefix = [unquote(part) for part in split_base(resource_url)[1].split("/")[1:]]
+    if prefix and tail[:len(prefix)] == prefix and (found := _endpoint(tail[len(prefix):])) is not None:
+        return found
+    return _endpoint(tail)
+
+
+def _endpoint(segments: list[str]) -> str | None:
+    if segments == ["mcp"]:
+        return "/mcp"
+    if len(segments) == 2 and segments[0] == "mcp" and segments[1]:
+        return f"/mcp/{quote(segments[1], safe='')}"
+    return None
 
 
 def protected_resource_metadata(resource_url: str, config: IdentityConfig, path: str = "/mcp") -> dict[str, Any]:

@@ -137,7 +137,9 @@ async def test_errors_an_agent_sees(start_gateway: Any, tmp_path: Path) -> None:
             await check_session_verbs(await agent("three", path).open())
         status, body, _ = await agent("four", "/mcp/nope").send({"jsonrpc": "2.0", "id": 1, "method": "ping"})
         assert status == 404 and reason(body) == "unknown_upstream", body
-        assert (await api.request("GET", "/.well-known/oauth-protected-resource/mcp/nope"))[0] == 404
+        # Published for any name, configured or not, so that it tells no upstream names apart.
+        status, meta = await api.request("GET", "/.well-known/oauth-protected-resource/mcp/nope")
+        assert status == 200 and meta["resource"] == f"{gw.mcp}/nope", meta
         status, _ = await api.request("GET", "/healthz", headers={"Host": f"localhost:{gw.url.rsplit(':', 1)[1]}"})
         assert status == 200
         before = len(seen)

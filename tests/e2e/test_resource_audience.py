@@ -141,12 +141,13 @@ async def test_session_get_and_delete_accept_the_upstream_token(env: Env) -> Non
             assert resp.status == 200
 
 
-async def test_metadata_exists_only_for_real_endpoints(env: Env) -> None:
+async def test_metadata_exists_only_for_endpoint_paths(env: Env) -> None:
     async with aiohttp.ClientSession() as http:
-        for path in ("/mcp", "/mcp/inventory", "/mcp/payments"):
+        # /mcp/nosuch too: metadata for configured names only told them apart (test_http_metadata_names.py).
+        for path in ("/mcp", "/mcp/inventory", "/mcp/payments", "/mcp/nosuch"):
             async with http.get(env.metadata_url(path)) as resp:
                 assert resp.status == 200 and (await resp.json())["resource"] == env.gw.url + path
-        for path in ("/mcp/nosuch", "/mcp/payments/extra", "/approvals"):
+        for path in ("/mcp/payments/extra", "/mcp/nosuch/extra", "/approvals"):
             async with http.get(env.metadata_url(path)) as resp:
                 assert resp.status == 404, path
 

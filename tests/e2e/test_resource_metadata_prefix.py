@@ -122,7 +122,7 @@ async def test_a_client_finds_the_metadata_where_rfc_9728_puts_it(
             assert status == 200, path  # the token the metadata leads to opens that endpoint
 
 
-async def test_only_real_endpoints_have_metadata_and_the_documented_paths_still_answer(
+async def test_only_endpoint_paths_have_metadata_and_the_documented_paths_still_answer(
         start_gateway: Any, permissive_policies: Path, tmp_path: Path) -> None:
     async with behind_proxy(start_gateway, permissive_policies, tmp_path, "/customs", False) as env, \
             aiohttp.ClientSession() as http:
@@ -130,7 +130,11 @@ async def test_only_real_endpoints_have_metadata_and_the_documented_paths_still_
         for path, resource in (("", "/mcp"), ("/mcp", "/mcp"), ("/mcp/inventory", "/mcp/inventory")):
             async with http.get(f"{env.gw.url}{WELL_KNOWN}{path}") as resp:
                 assert resp.status == 200 and (await resp.json())["resource"] == env.public + resource
-        for path in ("/customs", "/customs/mcp/nosuch", "/other/mcp", "/customs/customs/mcp", "/customs/approvals"):
+        # Any /mcp/<name> has metadata, a configured upstream or not (it tells no names apart), under the prefix too.
+        for path in ("/customs/mcp/nosuch", "/mcp/nosuch"):
+            async with http.get(f"{env.gw.url}{WELL_KNOWN}{path}") as resp:
+                assert resp.status == 200 and (await resp.json())["resource"] == env.public + "/mcp/nosuch", path
+        for path in ("/customs", "/customs/mcp/nosuch/x", "/other/mcp", "/customs/customs/mcp", "/customs/approvals"):
             async with http.get(f"{env.gw.url}{WELL_KNOWN}{path}") as resp:
                 assert resp.status == 404, path
 
