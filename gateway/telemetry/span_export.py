@@ -27,7 +27,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from gateway.telemetry.child_pipe import stop_child, widen_pipe
@@ -62,6 +62,7 @@ class SpanShipper:
         self._acks: dict[int, asyncio.Future[bool]] = {}  # flush number → done when the child answered it
         self._in_child = 0  # spans written to the current child that it has not reported done or lost
         self._closing = False
+        self._ticks: asyncio.TimerHandle | None = None
         self.dropped = 0
 
     def add(self, span: WireSpan) -> None:
@@ -72,9 +73,28 @@ class SpanShipper:
         if len(self._spans) >= MAX_BATCH:
             self._wake.set()
 
+    @property
+    def append(self) -> Callable[[WireSpan], None]:
+        """`add` without its checks: the buffer's own append (a C call, where `add` is a Python call a span, five a
+        proxied call). The buffer is then bounded by `_tick` every BATCH_INTERVAL_S instead of at each span: it
+        may hold one interval's spans past MAX_BUFFERED before the newest are dropped (and counted)."""
+        return self._spans.append
+
+    def _tick(self) -> None:
+        # Its own timer, not the writer's loop: the writer may be stuck in a drain while the buffer grows.
+        spans = self._spans
+        if len(spans) > MAX_BUFFERED:
+            self.dropped += len(spans) - MAX_BUFFERED
+            del spans[MAX_BUFFERED:]
+        if len(spans) >= MAX_BATCH:
+            self._wake.set()
+        if not self._closing:
+            self._ticks = asyncio.get_running_loop().call_later(BATCH_INTERVAL_S, self._tick)
+
     async def start(self) -> None:
         await self._spawn()
         self._writer = asyncio.create_task(self._run(), name="span-shipper")
+        self._ticks = asyncio.get_running_loop().call_later(BATCH_INTERVAL_S, self._tick)
 
     async def _spawn(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
@@ -115,8 +135,10 @@ class SpanShipper:
         await proc.stdin.drain()
 
     async def _ship(self) -> None:
-        while self._spans:
-            batch, self._spans = self._spans[:MAX_BATCH], self._spans[MAX_BATCH:]
+        spans = self._spans  # the one list (`append` is its bound method): taken from in place
+        while spans:
+            batch = spans[:MAX_BATCH]
+            del spans[:MAX_BATCH]
             try:
                 await self._send(("spans", batch))
                 self._in_child += len(batch)
@@ -162,6 +184,8 @@ class SpanShipper:
         """Export what is left within `timeout_s` in all; a child still busy after that is killed."""
         self._closing = True
         self._wake.set()
+        if self._ticks is not None:
+            self._ticks.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         exported = False

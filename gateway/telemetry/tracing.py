@@ -98,7 +98,7 @@ class Telemetry:
         self._shipper: SpanShipper | None = None
         self._console: BatchSpanProcessor | None = None
         self._resource: Resource | None = None
-        # Where a finished span goes: the shipper's own `add` when it is the only exporter (one call less a span).
+        # Where a finished span goes: the shipper's buffer when it is the only exporter (no Python call a span).
         self._finished: Callable[[WireSpan], None] = self._both
         # Set when shutdown begins (loop time by which the process should be gone): the last export gets what
         # is left of it (at least a second), not 10 s more on top of a drain that used it all.
@@ -123,7 +123,7 @@ class Telemetry:
             provider.add_span_processor(self._console)
         self._resource = resource
         if self._shipper is not None and self._console is None:
-            self._finished = self._shipper.add
+            self._finished = self._shipper.append  # a C call a span (bounded by the shipper's own timer)
         self.provider = provider
         self.tracer = provider.get_tracer(TRACER_NAME, VERSION)
         log.info("tracing on: service %s, otlp %s, console %s", settings.service_name,

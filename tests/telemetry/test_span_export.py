@@ -15,6 +15,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from gateway.config import parse_config
 from gateway.config.model import TelemetryConfig
+from gateway.telemetry import span_export
 from gateway.telemetry.child_pipe import PIPE_BYTES
 from gateway.telemetry.observability import Observability
 from gateway.telemetry.span_export import MAX_BATCH, SpanShipper
@@ -185,6 +186,43 @@ async def test_shutdown_with_a_stalled_collector_is_bounded_and_kills_the_export
         await asyncio.wait_for(shipper.close(timeout_s=1), 8)
         assert time.monotonic() - started < 5
         assert proc.returncode is not None  # the child stuck on the collector is gone, not orphaned
+
+
+async def test_unchecked_appends_stay_bounded_while_the_exporter_is_stuck(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Telemetry hands finished spans to the shipper's `append` (no check a span): with the exporter child stuck
+    on a collector that never answers (its pipe full, the writer waiting in a drain), the shipper's own timer
+    still drops what is past MAX_BUFFERED, and counts it."""
+    monkeypatch.setattr(span_export, "MAX_BUFFERED", 300)
+    monkeypatch.setattr(span_export, "BATCH_INTERVAL_S", 0.02)
+    async with stalled_collector() as collector:
+        shipper = SpanShipper(f"{collector.url}/v1/traces", {}, {"service.name": "stuck"})
+        await shipper.start()
+        try:
+            now = time.time_ns()
+            pad = "x" * 1000  # enough bytes that the batches overflow the pipe to the blocked child
+            append = shipper.append
+            for n in range(3000):
+                append((f"tools/call t{n}", SpanKind.SERVER.value, (n + 1, n + 1, False, 1, ()), None, now, now,
+                        {"pad": pad}, [], (StatusCode.UNSET.value, None)))
+            await asyncio.wait_for(collector.arrived.wait(), 10)
+            for _ in range(50):  # wait for the writer to hang in its drain and pile up more
+                append(("tools/call late", SpanKind.SERVER.value, (9, 9, False, 1, ()), None, now, now,
+                        {"pad": pad}, [], (StatusCode.UNSET.value, None)))
+            ticked = asyncio.Event()
+            tick = shipper._tick
+
+            def watched() -> None:  # the timer re-arms with the instance's `_tick`: this one from now on
+                tick()
+                ticked.set()
+
+            shipper._tick = watched  # type: ignore[method-assign]
+            for _ in range(2):  # a whole interval after the last append, the timer has run on its own
+                ticked.clear()
+                await asyncio.wait_for(ticked.wait(), 5)
+            assert len(shipper._spans) <= 300
+            assert shipper.dropped > 0  # what was trimmed is counted
+        finally:
+            await shipper.close(timeout_s=1)
 
 
 async def test_spans_lost_while_the_collector_is_down_are_counted_and_later_spans_arrive(
