@@ -2,8 +2,9 @@
 
 The session cookie is the approver's own token, which verifies on any replica until its `exp`: clearing the
 cookie does not stop a copy of it (a proxy log, another machine's jar). A sign-out therefore records the token's
-digest (never the token) until the token could no longer verify anyway, so every record ends by itself. In
-memory on one replica, or in Redis (`<prefix>approvals:signedout:<sha256>`) so that every replica refuses it.
+digest (never the token; of a JWT, of its signed part: token_key) until the token could no longer verify anyway,
+so every record ends by itself. In memory on one replica, or in Redis (`<prefix>approvals:signedout:<sha256>`) so
+that every replica refuses it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ _TRANSIENT = (RedisError, OSError, TimeoutError)
 
 
 def token_key(token: str) -> str:
-    """What is kept of a signed-out token: its digest, as the live-update streams name their sessions."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    """What is kept of a signed-out token: its digest, as the live-update streams name their sessions.
+
+    Of a JWT only the signed part (`header.payload`) is digested: the signature segment is not signed itself and
+    has other spellings that verify alike (trailing `=` padding), each of which would otherwise be a token never
+    signed out. Header and payload cannot be respelled without breaking the signature."""
+    head, dot, _signature = token.rpartition(".")
+    return hashlib.sha256((head if dot and head.count(".") == 1 else token).encode()).hexdigest()
 
 
 class SignOuts(Protocol):

@@ -181,3 +181,24 @@ async def test_memory_sign_outs_are_kept_until_expiry_and_bounded() -> None:
     await kept.sign_out("e", clock() + 500)  # full: the one whose token lapses soonest makes room
     assert [await kept.signed_out(k) for k in "bcde"] == [True, False, True, True]
     assert len(kept) == 3
+
+
+async def test_a_signed_out_token_respelled_is_refused_too(start_gateway: Any, tmp_path: Path) -> None:
+    # The signature segment is the one part of a JWT not signed itself: spelled another way that still decodes to
+    # the same signature (here with the base64 padding PyJWT accepts), the token verifies as before. Its sign-out
+    # must hold for every spelling, or a kept copy of the cookie gets back in with "==" appended.
+    from tests.support.tokens import TestIssuer
+
+    issuer = TestIssuer(tmp_path)
+    gw = await start_gateway(_config(issuer))
+    token = issuer.mint("alice", aud=f"{PUBLIC}/mcp", groups=["approvers"])
+    padded = token + "=" * (-len(token.rsplit(".", 1)[1]) % 4)
+    assert padded != token  # the issuer's signatures are not a multiple of 4 characters long
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with http.get(f"{gw.url}/api/approvals", headers={"Authorization": f"Bearer {padded}"}) as resp:
+            assert resp.status == 200  # the padded spelling verifies: it is the same token
+        session = await _sign_in(http, gw.url, token)
+        await _sign_out(http, session)
+        for spelling in (token, padded):
+            error = await _refused(http, gw.url, {"Authorization": f"Bearer {spelling}"})
+            assert "signed out" in error["message"]
