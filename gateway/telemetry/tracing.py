@@ -261,10 +261,11 @@ class Telemetry:
         `attrs` becomes the span's own dict (callers pass a fresh one).
         """
         if parent is None and not root and (current := self._current.get()) is not None:
-            # A child of our own span (every span but the request's): sampled as the request was.
-            wire = self._child_of(current)
-            return LightSpan(name, kind, wire, current.wire, start_ns or time.time_ns(), attrs, links or (),
-                             self._finished if wire[3] & TraceFlags.SAMPLED else None)
+            # A child of our own span (every span but the request's): sampled as the request was (`_child_of`, inline).
+            trace_id, _, _, flags, state = parent_wire = current.wire
+            return LightSpan(name, kind, (trace_id, _getrandbits(64) or 1, False, flags, state), parent_wire,
+                             start_ns or time.time_ns(), attrs, links or (),
+                             self._finished if flags & TraceFlags.SAMPLED else None)
         parent_context: SpanContext | None = None
         if parent is not None:
             parent_context = trace.get_current_span(parent).get_span_context()
