@@ -12,17 +12,11 @@ import aiohttp
 import pytest
 
 from gateway.demo.servers import inventory_server
+from tests.core.test_http_content_codings import ACCEPT, CALL, INIT, post, reason
 from tests.support.servers import run_http_server
 from tests.support.tokens import TestIssuer
 
 pytestmark = pytest.mark.asyncio
-
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-CALL = {"jsonrpc": "2.0", "id": 41, "method": "tools/call",
-        "params": {"name": "inventory__get_stock", "arguments": {"sku": "A-1"}}}
-
 
 @pytest.fixture
 async def gw(start_gateway, permissive_policies) -> AsyncIterator[Any]:
@@ -35,21 +29,6 @@ async def gw(start_gateway, permissive_policies) -> AsyncIterator[Any]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def post(http: aiohttp.ClientSession, url: str, raw: bytes,
-               headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    async with http.post(url, data=raw, headers={**ACCEPT, **(headers or {})}) as resp:
-        text = await resp.text()
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            payload = text
-        return resp.status, dict(resp.headers), payload
-
-
-def reason(body: Any) -> Any:
-    return body["error"]["data"]["reason"] if isinstance(body, dict) and "error" in body else body
 
 
 @pytest.mark.parametrize(("raw", "answered_id"), [
