@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-from gateway.approvals.cursor import CREATED, EXPIRY, Cursor, check, order_for
+from gateway.approvals.cursor import CREATED, EXPIRY, Cursor, check, new_key, order_for
 from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
 from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, Page, emit, notify_listeners
 
@@ -42,6 +42,7 @@ class MemoryApprovalStore:
         self._holds: dict[str, int] = {}  # approval id -> requests waiting on it now
         self._claimed: dict[str, float] = {}  # claimed, not yet settled: id -> its approval usable until (hand_back)
         self._listeners: list[Listener] = []
+        self._cursor_key = new_key()  # one process: its cursors need to read back here only
 
     async def start(self) -> None:
         """Expire due items every `sweep_s` (as the Redis store's housekeeping does): the `expired` change
@@ -140,6 +141,9 @@ class MemoryApprovalStore:
             if states is None or item.state in states:
                 found.append(item)
         return Page(found, Cursor(order, *index[at]) if at > 0 else None)
+
+    async def cursor_key(self) -> bytes:
+        return self._cursor_key
 
     async def decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:
         if outcome not in ("approved", "denied"):

@@ -25,7 +25,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from gateway.approvals import redis_scripts as lua
-from gateway.approvals.cursor import CREATED, EXPIRY, Cursor, check, order_for
+from gateway.approvals.cursor import CREATED, EXPIRY, Cursor, check, order_for, shared_key
 from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
 from gateway.approvals.redis_listing import walk_page
 from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, Page, emit, notify_listeners, run_to_end
@@ -86,6 +86,7 @@ class RedisApprovalStore:
         # its withdrawal (the actor). Housekeeping does it once Redis answers again (_settle_owed).
         self._owed_releases: dict[str, int] = {}
         self._owed_withdrawals: dict[str, str | None] = {}
+        self._cursor_key: bytes | None = None
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "customs:", *, max_connections: int = 64,
@@ -239,6 +240,12 @@ class RedisApprovalStore:
         if gone:
             await self._run(self._client.zrem(self._p + source, *gone))
         return out
+
+    async def cursor_key(self) -> bytes:
+        """The key every replica sharing this Redis seals listing cursors with (`<prefix>approvals:cursor_key`)."""
+        if self._cursor_key is None:
+            self._cursor_key = await self._run(shared_key(self._client, self._p + "cursor_key"))
+        return self._cursor_key
 
     async def decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:
         if outcome not in ("approved", "denied"):

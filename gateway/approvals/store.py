@@ -70,6 +70,11 @@ class ApprovalStore(Protocol):
         another order."""
         ...
 
+    async def cursor_key(self) -> bytes:
+        """The AES-GCM key listing cursors are sealed with (cursor.encode): the same on every replica of this
+        store, so a next_cursor from one is read by another."""
+        ...
+
     async def decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:
         """Record one approver's approve/deny. Raises AlreadyDecided (also when it just expired,
         or this approver already voted), ApprovalNotFound."""

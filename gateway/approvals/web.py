@@ -73,12 +73,12 @@ def _limit(text: str) -> int:
     return int(text)
 
 
-def _cursor(text: str | None, states: list[str] | None) -> Cursor | None:
+def _cursor(text: str | None, states: list[str] | None, key: bytes) -> Cursor | None:
     """The `cursor` query parameter: a `next_cursor` of a listing with the same `state`, else Refused 400."""
     if text is None:
         return None
     try:
-        return decode(text, order_for(states))
+        return decode(text, order_for(states), key)
     except InvalidCursor as exc:
         raise Refused(400, "invalid_cursor", str(exc)) from None
 
@@ -168,10 +168,12 @@ class ApprovalsWeb:
         if states and not set(states) <= set(STATES):
             raise Refused(400, "invalid_state", f"state must be one of {', '.join(STATES)}")
         limit = _limit(request.query.get("limit", "100"))
-        items, more = await self._visible_page(approver, states, limit, _cursor(request.query.get("cursor"), states))
+        key = await self._store.cursor_key()
+        items, more = await self._visible_page(approver, states, limit,
+                                               _cursor(request.query.get("cursor"), states, key))
         body: dict[str, Any] = {"items": [self._json(i) for i in items]}
         if more is not None:  # absent on the last page: the pinned shape, {"items": [...]}, when all fit in one
-            body["next_cursor"] = encode(more)
+            body["next_cursor"] = encode(more, key)  # sealed: `more` may be an item this approver may not see
         return web.json_response(body)
 
     async def _visible_page(self, approver: Approver, states: list[str] | None, limit: int,

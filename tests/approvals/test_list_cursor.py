@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from gateway.approvals.cursor import Cursor, InvalidCursor, decode, encode
+from gateway.approvals.cursor import Cursor, InvalidCursor, decode, encode, new_key
 from gateway.approvals.store import LIST_WINDOW
 from tests.approvals.conftest import Clock, StoreKit, WebKit, draft
+
+KEY = new_key()
 
 
 async def _make(store: Any, clock: Clock, n: int, tag: str, *, step: float = 0.001) -> list[str]:
@@ -36,7 +38,7 @@ async def _walk(store: Any, states: list[str] | None, limit: int, between: Any =
         if page.next is None:
             return seen
         assert page.next != after  # the walk moves on
-        after = decode(encode(page.next), page.next.order)  # as a client hands it back: through its text
+        after = decode(encode(page.next, KEY), page.next.order, KEY)  # as a client hands it back: through its text
         if between is not None:
             await between(page_no)
     raise AssertionError("the walk did not end")
@@ -136,7 +138,7 @@ async def test_a_cursor_of_one_listing_is_refused_by_another(store: Any, clock: 
     pending = await store.page(["pending"], 1)
     assert pending.next is not None
     with pytest.raises(InvalidCursor):
-        decode(encode(pending.next), "created")
+        decode(encode(pending.next, KEY), "created", KEY)
     with pytest.raises(InvalidCursor):
         await store.page(None, 1, pending.next)
 
@@ -154,13 +156,13 @@ BAD_CURSORS = ["garbage!", "", "x" * 600, _b64("not json"), _b64("[1]"), _b64('{
 @pytest.mark.parametrize("text", BAD_CURSORS)
 def test_an_unreadable_cursor_is_refused(text: str) -> None:
     with pytest.raises(InvalidCursor):
-        decode(text, "created")
+        decode(text, "created", KEY)
 
 
 def test_a_cursor_reads_back_exactly() -> None:
     cursor = Cursor("created", 1790000000.123457, "apr_" + "0" * 32)
-    assert decode(encode(cursor), "created") == cursor
-    assert all(c.isalnum() or c in "-_" for c in encode(cursor))  # safe in a query string as it is
+    assert decode(encode(cursor, KEY), "created", KEY) == cursor
+    assert all(c.isalnum() or c in "-_" for c in encode(cursor, KEY))  # safe in a query string as it is
 
 
 # -- through the API ----------------------------------------------------------------------------------------
