@@ -62,7 +62,7 @@ class RecordStage:
                 span.set_attributes({FACTS: call_facts(ctx)})
                 if ctx.error is not None:
                     mark_error(span, ctx.error)
-                elif is_tool_error(ctx.result):
+                elif isinstance(result := ctx.result, dict) and result.get("isError") is True:  # is_tool_error, inline
                     mark_tool_error(span)
         if self._log is not None:
             self._log.record_decision(ctx)

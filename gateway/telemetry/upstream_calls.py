@@ -161,8 +161,8 @@ def sent_id_recorder(telemetry: Telemetry) -> SentId | None:
     upstream session's id and its protocol version; None with tracing off, so the transports are told nothing."""
     if not telemetry.enabled:
         return None
-    return lambda request_id, session_id, version: _record_sent_id(telemetry.current_span(), request_id, session_id,
-                                                                   version)
+    current = telemetry.current_span
+    return lambda request_id, session_id, version: _record_sent_id(current(), request_id, session_id, version)
 
 
 __all__ = ["UpstreamCalls", "sent_id_recorder"]
