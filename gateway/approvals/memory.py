@@ -215,17 +215,26 @@ class MemoryApprovalStore:
             self._store(replace(item, not_executed=not_executed), "not_executed", detail=not_executed)
 
     async def hand_back(self, approval_id: str, why: str) -> bool:
-        until = self._claimed.pop(approval_id, None)
+        until = self._claimed.pop(approval_id, None)  # None: the claim took no binding (bound no call)
         item = self._items.get(approval_id)
-        if item is None or not item.executed or item.not_executed is not None:
+        if item is None or item.state != "approved" or not item.executed or item.not_executed is not None:
             return False  # not claimed, or already settled
+        now = self._clock()
         linked = self._keys.get(item.key)
-        if until is None or self._clock() >= until or (linked is not None and linked[0] in self._items):
+        taken = linked is not None and linked[0] != approval_id and self._binds(linked, now)
+        if until is None or now >= until or taken:
             await self.settle(approval_id, why)
             return False
         self._keys[item.key] = (approval_id, until)
         self._store(replace(item, executed=False), "handed_back", detail=why)
         return True
+
+    def _binds(self, linked: tuple[str, float], now: float) -> bool:
+        """Whether a binding is live: an identical call would join its item (create_or_join: pending and not due,
+        denied, or approved and unused within its window). One to a pruned, expired or used item is not."""
+        item = self._items.get(linked[0])
+        return item is not None and ((item.pending and now < item.expires_at) or item.state == "denied"
+                                     or (item.claimable and now < linked[1]))
 
     async def expire_due(self) -> builtins.list[Approval]:
         now = self._clock()

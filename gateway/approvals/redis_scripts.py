@@ -125,7 +125,8 @@ if f[1] ~= 'approved' or f[2] ~= '0' then return 0 end
 redis.call('HSET', key, 'executed', '1', 'executed_at', ARGV[3])
 redis.call('PEXPIRE', key, tonumber(ARGV[4]))
 local link = P .. 'key:' .. f[3]
-if redis.call('GET', link) == ARGV[2] then redis.call('DEL', link) end
+-- 'unbound': this claim took the call's binding, so a hand-back may give the approval back to that call
+if redis.call('GET', link) == ARGV[2] then redis.call('DEL', link); redis.call('HSET', key, 'unbound', '1') end
 redis.call('PUBLISH', P .. 'events', ARGV[2])
 return 1
 """
@@ -144,13 +145,25 @@ return redis.call('HGETALL', key)
 # claimed or is settled. A claimed call that never ran for a reason its retry fixes: unclaimed again and bound anew
 # to its call until use_until, unless that is over or the binding leads to a newer item (then used up, as above).
 HAND_BACK: Final = _HELPERS + """
+-- As the memory store: back only when this claim took the call's binding ('unbound'), before use_until, and no
+-- other live item binds the call now (one CREATE_OR_JOIN would join); a binding to a pruned, expired, cancelled
+-- or used item is free.
+local function binds(id, now)
+  local g = redis.call('HMGET', item_key(id), 'state', 'expires_at', 'executed', 'use_until')
+  return (g[1] == 'pending' and now < tonumber(g[2])) or g[1] == 'denied'
+    or (g[1] == 'approved' and g[3] == '0' and (not g[4] or now < tonumber(g[4])))
+end
 local key = item_key(ARGV[2])
-local f = redis.call('HMGET', key, 'state', 'executed', 'not_executed', 'key', 'use_until')
+local f = redis.call('HMGET', key, 'state', 'executed', 'not_executed', 'key', 'use_until', 'unbound')
 if f[1] ~= 'approved' or f[2] ~= '1' or f[3] then return {} end
-local ms = f[5] and math.floor((tonumber(f[5]) - tonumber(ARGV[3])) * 1000) or 0
-if ms > 0 and redis.call('SET', P .. 'key:' .. f[4], ARGV[2], 'PX', ms, 'NX') then
+local now = tonumber(ARGV[3])
+local ms = (f[5] and f[6] == '1') and math.floor((tonumber(f[5]) - now) * 1000) or 0
+local link = P .. 'key:' .. f[4]
+local cur = redis.call('GET', link)
+if ms > 0 and not (cur and cur ~= ARGV[2] and binds(cur, now)) then
+  redis.call('SET', link, ARGV[2], 'PX', ms)
   redis.call('HSET', key, 'executed', '0')
-  redis.call('HDEL', key, 'executed_at')
+  redis.call('HDEL', key, 'executed_at', 'unbound')
   redis.call('PUBLISH', P .. 'events', ARGV[2])
   return {'handed_back', redis.call('HGETALL', key)}
 end

@@ -112,8 +112,11 @@ class ApprovalStore(Protocol):
     async def hand_back(self, approval_id: str, why: str) -> bool:
         """Instead of `settle`, for a claimed call that never reached the upstream for a reason the agent's retry
         fixes (its token expired while the call was held): the item is approved and unclaimed again (True), bound
-        anew to the call until its approval's use ends, so the identical retry is released by it, once. When that
-        window is over, or the call's binding leads to a newer item, it is settled as `not_executed: why` (False).
+        anew to the call until its approval's use ends, so the identical retry is released by it, once. Only while
+        the item is approved and claimed by this call (its claim took the call's binding), before its use window
+        ends, and when no other live item binds the call now (one an identical call would join: pending and not
+        due, denied, or approved and unused within its window; a binding to a pruned, expired, cancelled or used
+        item is free). Otherwise it is settled as `not_executed: why` (False). Both stores decide alike.
         Recorded `handed_back` (or `not_executed`) with `detail` why; False for an item not claimed or settled."""
         ...
 
