@@ -45,8 +45,13 @@ class SignOuts(Protocol):
 
 
 class MemorySignOuts:
-    """One replica's sign-outs, at most `max_kept`: when full, the record whose token lapses soonest makes room
-    (only a token that verifies can be signed out, so filling it takes that many approvers' tokens)."""
+    """One replica's sign-outs, at most `max_kept`: when full, the record whose token lapses soonest makes room.
+
+    Only a token that passes the sign-in check can be signed out (ApproverAuth.sign_out: it verifies, and is of
+    `approvals.approvers_issuer` when that is set). That check is all the page asks of an approver, so without
+    `approvers_issuer` an agent's token passes too, and an agent holding many valid tokens can fill this and push
+    an approver's sign-out out early (logged); with it, filling this takes that many tokens of the approvers'
+    issuer."""
 
     def __init__(self, *, max_kept: int = MAX_KEPT, clock: Callable[[], float] = time.time) -> None:
         self._until: dict[str, float] = {}

@@ -202,3 +202,39 @@ async def test_a_signed_out_token_respelled_is_refused_too(start_gateway: Any, t
         for spelling in (token, padded):
             error = await _refused(http, gw.url, {"Authorization": f"Bearer {spelling}"})
             assert "signed out" in error["message"]
+
+
+async def test_only_a_token_that_may_sign_in_records_a_sign_out(tmp_path: Path) -> None:
+    """A sign-out is recorded under the check a sign-in passes (ApproverAuth._verify: verifies, not anonymous, of
+    approvals.approvers_issuer when set): an agent's token of another issuer records nothing (it only clears the
+    cookies), so agents' tokens cannot fill the bounded record and evict an approver's."""
+    from gateway.approvals.auth import ApproverAuth, Refused
+    from gateway.approvals.signouts import MemorySignOuts
+    from gateway.config.model import IdentityConfig, IssuerConfig
+    from gateway.identity.identifier import JwtIdentifier
+    from tests.support.tokens import TestIssuer
+
+    people = TestIssuer(tmp_path, issuer="https://people.test", name="people")
+    agents = TestIssuer(tmp_path, issuer="https://agents.test", name="agents")
+    audience = f"{PUBLIC}/mcp"
+    identifier = JwtIdentifier(IdentityConfig(mode="jwt", issuers=tuple(
+        IssuerConfig(**i.config(audience=audience)) for i in (people, agents))), {}, PUBLIC, None)
+    await identifier.start()
+    kept = MemorySignOuts()
+    auth = ApproverAuth(identifier, lambda *_: None, approvers_issuer="https://people.test",  # type: ignore[arg-type,return-value]
+                        signouts=kept)
+    try:
+        for n in range(5):
+            agent_token = agents.mint(f"bot-{n}", aud=audience)
+            assert await auth.sign_out(agent_token) is None
+        assert len(kept) == 0
+        approver = people.mint("alice", aud=audience, groups=["approvers"])
+        assert await auth.sign_out(approver) is not None and len(kept) == 1
+        try:
+            await auth.identify_token(approver)
+        except Refused as exc:
+            assert exc.status == 401 and "signed out" in exc.message
+        else:
+            raise AssertionError("the approver's signed-out token was accepted")
+    finally:
+        await identifier.close()
