@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from gateway.config.model import Config
 from gateway.context import Principal
@@ -260,7 +261,10 @@ class Observability:
         meta = params.get("_meta")
         if meta is not None and not isinstance(meta, Mapping):  # (no ABC check for the usual absent _meta)
             meta = None
-        parent, links = self.telemetry.extract(headers, meta)
+        if not meta and type(headers) is CIMultiDictProxy and "traceparent" not in headers:
+            parent, links = None, None  # no inbound context, the usual case (extract's own first check, inline)
+        else:
+            parent, links = self.telemetry.extract(headers, meta)
         attrs = self._request_attributes(method, params, request_id, session_id, protocol_version)
         if http is not None:
             attrs.update(connection_attributes(

@@ -46,7 +46,8 @@ class RecordStage:
     def __init__(self, log: DecisionLog | None, metrics: Metrics | None, telemetry: Telemetry | None) -> None:
         self._log = log
         self._metrics = metrics
-        self._telemetry = telemetry if telemetry is not None and telemetry.enabled else None
+        # The current (SERVER) span, asked by the context variable's own get: None with tracing off.
+        self._current = telemetry.current_light_span if telemetry is not None and telemetry.enabled else None
 
     async def __call__(self, ctx: CallContext) -> None:
         self.record(ctx)
@@ -55,15 +56,13 @@ class RecordStage:
         reason = error_reason(ctx.error)
         if self._metrics is not None:
             self._count(ctx, reason)
-        if self._telemetry is not None:
-            span = self._telemetry.current_span()
-            if span.is_recording():
-                # The facts, not the attributes: those are built where the span is exported (attributes.expand).
-                span.set_attributes({FACTS: call_facts(ctx)})
-                if ctx.error is not None:
-                    mark_error(span, ctx.error)
-                elif isinstance(result := ctx.result, dict) and result.get("isError") is True:  # is_tool_error, inline
-                    mark_tool_error(span)
+        if self._current is not None and (span := self._current()) is not None and span.is_recording():
+            # The facts, not the attributes: those are built where the span is exported (attributes.expand).
+            span.set_attributes({FACTS: call_facts(ctx)})
+            if ctx.error is not None:
+                mark_error(span, ctx.error)
+            elif isinstance(result := ctx.result, dict) and result.get("isError") is True:  # is_tool_error, inline
+                mark_tool_error(span)
         if self._log is not None:
             self._log.record_decision(ctx)
 

@@ -229,6 +229,12 @@ class Telemetry:
         current = self._current.get()
         return current if current is not None else NO_SPAN
 
+    @property
+    def current_light_span(self) -> Callable[[], LightSpan | None]:
+        """A function giving the gateway span current in the calling task, or None: the context variable's own
+        `get` (a C call, where `current_span` is a Python one), for code that asks on every call."""
+        return self._current.get
+
     def within(self, span: AnySpan, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         """`handler` run with `span` current: a call's message handler under its CLIENT span, since a transport may
         read what the upstream sends during the call in a task of its own (legacy SSE, stdio)."""
@@ -310,8 +316,12 @@ class Telemetry:
         """
         if not self.enabled:
             return nullcontext(NO_SPAN)
+        if type(attrs) is dict:  # `_with_method`, inline (a dict given is the span's own)
+            attrs.setdefault("mcp.method.name", method)
+        else:
+            attrs = _with_method(method, attrs)
         return _Current(self._current, self._new(f"{method} {target}" if target else method, SpanKind.SERVER,
-                                                  _with_method(method, attrs), parent, links, start_time, root=True))
+                                                  attrs, parent, links, start_time, root=True))
 
     def stage_span(self, name: str, attrs: Attributes | None = None) -> AbstractContextManager[AnySpan]:
         """An INTERNAL child span of the current span (identify, authorize, approval, credential)."""
@@ -324,8 +334,12 @@ class Telemetry:
         """The CLIENT span of the upstream request; `inject` inside it propagates this span."""
         if not self.enabled:
             return nullcontext(NO_SPAN)
+        if type(attrs) is dict:  # `_with_method`, inline (a dict given is the span's own)
+            attrs.setdefault("mcp.method.name", method)
+        else:
+            attrs = _with_method(method, attrs)
         return _Current(self._current, self._new(f"{method} {target}" if target else method, SpanKind.CLIENT,
-                                                  _with_method(method, attrs), None, None, None), own_code=False)
+                                                  attrs, None, None, None), own_code=False)
 
     def record_span(self, name: str, start_ns: int, end_ns: int, attrs: Attributes | None = None,
                     error: BaseException | None = None) -> None:

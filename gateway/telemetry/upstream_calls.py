@@ -148,12 +148,15 @@ class UpstreamCalls:
 def _record_sent_id(span: AnySpan, request_id: Any, session_id: str | None, version: str | None) -> None:
     # The CLIENT span describes the request it sent: the transport gave it an id of its own, and it went in
     # the gateway's session with the upstream (never the agent's session with the gateway: that is the
-    # SERVER span's). Only recording spans pay for the str().
+    # SERVER span's). Only recording spans pay for the str(). The version is the one spoken with the upstream,
+    # which may differ from the agent's (SERVER span). One set_attributes (unset values left out).
     if span.is_recording():
-        # One set_attributes (unset values left out), not a call per attribute: every forwarded call passes here.
-        # The version is the one spoken with the upstream, which may differ from the agent's (SERVER span).
-        span.set_attributes({"jsonrpc.request.id": str(request_id), "mcp.session.id": session_id or None,
-                             "mcp.protocol.version": version or None})
+        span.set_attributes(_sent_attributes(request_id, session_id, version))
+
+
+def _sent_attributes(request_id: Any, session_id: str | None, version: str | None) -> dict[str, Any]:
+    return {"jsonrpc.request.id": str(request_id), "mcp.session.id": session_id or None,
+            "mcp.protocol.version": version or None}
 
 
 def sent_id_recorder(telemetry: Telemetry) -> SentId | None:
@@ -161,8 +164,14 @@ def sent_id_recorder(telemetry: Telemetry) -> SentId | None:
     upstream session's id and its protocol version; None with tracing off, so the transports are told nothing."""
     if not telemetry.enabled:
         return None
-    current = telemetry.current_span
-    return lambda request_id, session_id, version: _record_sent_id(current(), request_id, session_id, version)
+    current = telemetry.current_light_span
+
+    def record(request_id: Any, session_id: str | None, version: str | None) -> None:
+        # Every forwarded call passes here: the current light span asked directly, no span wrapper calls.
+        span = current()
+        if span is not None:
+            span.set_attributes(_sent_attributes(request_id, session_id, version))
+    return record
 
 
 __all__ = ["UpstreamCalls", "sent_id_recorder"]
