@@ -29,7 +29,8 @@ Redact = Callable[[Any], Any]
 FACTS: Final = "\0customs.facts"  # a tuple (builder name, *facts): `expand` builds the attributes
 SHARED: Final = "\0customs.shared"  # a dict many spans share (read-only): `expand` merges it
 WHO: Final = "\0customs.who"  # the same, for the principal's attributes (`principal_attributes`)
-DEFERRED: Final = frozenset({FACTS, SHARED, WHO})
+PEER: Final = "\0customs.peer"  # the same, for a connection's client.address/port (`connection_attributes`)
+DEFERRED: Final = frozenset({FACTS, SHARED, WHO, PEER})
 
 # Which request parameter names the span's target, per method (low cardinality only: no resource URIs).
 TARGET_PARAM = {"tools/call": "name", "prompts/get": "name"}
@@ -216,7 +217,7 @@ _BUILDERS: dict[str, Callable[..., Attrs]] = {"call": _call, "decision": _decisi
 def expand(attributes: dict[str, Any]) -> dict[str, Any]:
     """`attributes` with their deferred parts (keys in DEFERRED) in their place: facts built, shared dicts merged;
     unset (None) values left out as a span's `set_attributes` leaves them out. The same dict when there are none."""
-    if FACTS not in attributes and SHARED not in attributes and WHO not in attributes:
+    if FACTS not in attributes and SHARED not in attributes and WHO not in attributes and PEER not in attributes:
         return attributes
     out: dict[str, Any] = {}
     for key, value in attributes.items():

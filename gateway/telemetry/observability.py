@@ -32,6 +32,7 @@ from gateway.pipeline import Pipeline
 from gateway.telemetry.attributes import (
     MCP_METHODS,
     OTHER_METHOD,
+    PEER,
     SHARED,
     WHO,
     connection_attributes,
@@ -163,7 +164,10 @@ class Observability:
                                current_ids=self.telemetry.current_ids)
         # Built once per principal and shared by the spans that carry it.
         self._principal_attributes = Memo(principal_attributes)
-        self._shared: dict[tuple[str, str | None, str | None], dict[str, Any]] = {}  # see _request_attributes
+        self._shared: dict[tuple[Any, ...], dict[str, Any]] = {}  # see _request_attributes
+        # A connection's client.address/port, built once per connection (asyncio transport) and shared.
+        self._peers: Memo[Any, dict[str, Any]] = Memo(lambda transport: connection_attributes(
+            transport.get_extra_info("peername"), None))
         # Not memoized: every call gets its own Decision (its own evaluation time), so a memo by object never hits.
         self.record = RecordStage(self.log, self.metrics, self.telemetry)
         self._upstreams = {u.name: u for u in config.upstreams}
@@ -265,10 +269,10 @@ class Observability:
             parent, links = None, None  # no inbound context, the usual case (extract's own first check, inline)
         else:
             parent, links = self.telemetry.extract(headers, meta)
-        attrs = self._request_attributes(method, params, request_id, session_id, protocol_version)
-        if http is not None:
-            attrs.update(connection_attributes(
-                http.transport.get_extra_info("peername") if http.transport is not None else None, http.version))
+        attrs = self._request_attributes(method, params, request_id, session_id, protocol_version,
+                                         http.version if http is not None else None)
+        if http is not None and (transport := http.transport) is not None:
+            attrs[PEER] = self._peers(transport)  # the connection's client.address/port: shared by its requests
         who = self._principal_attributes(principal) if principal is not None else None
         if who is not None:
             attrs[WHO] = who  # shared, merged where exported (attributes.expand)
@@ -278,22 +282,26 @@ class Observability:
         return _RequestBlock(self, named, target, started, span, identify, view)
 
     def _request_attributes(self, method: str, params: Mapping[str, Any], request_id: Any, session_id: str | None,
-                            protocol_version: str | None) -> dict[str, Any]:
-        """`request_attributes`, its part shared by requests of one method, tool or prompt and protocol version
-        under SHARED (attributes.expand): built once, and marshalled once per batch of spans. Not with captured
-        arguments, nor for resources (their URIs are no key to share by)."""
+                            protocol_version: str | None, http_version: Any = None) -> dict[str, Any]:
+        """`request_attributes` and the HTTP version's `network.protocol.version`, their part shared by requests of
+        one method, tool or prompt, protocol version and HTTP version under SHARED (attributes.expand): built once,
+        and marshalled once per batch of spans. Not with captured arguments, nor for resources (their URIs are no
+        key to share by)."""
         if self.telemetry.capture_args or method.startswith("resources/"):
-            return request_attributes(method, params, request_id, session_id=session_id,
-                                      protocol_version=protocol_version, capture_args=self.telemetry.capture_args,
-                                      redact=self.telemetry.redact)
+            attrs = request_attributes(method, params, request_id, session_id=session_id,
+                                       protocol_version=protocol_version, capture_args=self.telemetry.capture_args,
+                                       redact=self.telemetry.redact)
+            attrs.update(connection_attributes(None, http_version))
+            return attrs
         name = params.get("name")
-        key = (method, name if type(name) is str else None, protocol_version)
+        key = (method, name if type(name) is str else None, protocol_version, http_version)
         shared = self._shared.get(key)
         if shared is None:
             if len(self._shared) >= SHARED_LIMIT:  # names are the agents' to choose: bounded
                 self._shared.clear()
-            shared = self._shared[key] = shared_request_attributes(method, params, protocol_version)
-        attrs: dict[str, Any] = {"mcp.method.name": method, SHARED: shared}
+            shared = self._shared[key] = {**shared_request_attributes(method, params, protocol_version),
+                                          **connection_attributes(None, http_version)}
+        attrs = {"mcp.method.name": method, SHARED: shared}
         if request_id is not None:
             attrs["jsonrpc.request.id"] = str(request_id)
         if session_id:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from aiohttp import HttpVersion
 
 from gateway.config import parse_config
 from gateway.context import ApprovalState, CallContext, Decision, Principal, ToolInfo, args_digest
@@ -14,6 +15,7 @@ from gateway.telemetry.attributes import (
     approval_attributes,
     call_attributes,
     call_facts,
+    connection_attributes,
     credential_attributes,
     decision_attributes,
     decision_facts,
@@ -131,11 +133,13 @@ def test_shared_request_attributes_expand_to_the_request_attributes(method: str,
     obs = Observability(parse_config({"upstreams": [{"name": "inventory", "url": "http://127.0.0.1:9001/mcp"}],
                                       "telemetry": {"traces": {"endpoint": "http://127.0.0.1:9/v1/traces"}}},
                                      env={}), env={})
-    expected = request_attributes(method, params, request_id, session_id=session_id, protocol_version=version,
-                                  redact=obs.telemetry.redact)
-    for _ in range(2):  # built, then shared
-        got = obs._request_attributes(method, params, request_id, session_id, version)
-        assert expand(got) == expected
+    for http_version in (None, HttpVersion(1, 1), HttpVersion(2, 0)):
+        expected = request_attributes(method, params, request_id, session_id=session_id, protocol_version=version,
+                                      redact=obs.telemetry.redact)
+        expected.update(connection_attributes(None, http_version))
+        for _ in range(2):  # built, then shared
+            got = obs._request_attributes(method, params, request_id, session_id, version, http_version)
+            assert expand(got) == expected
     if not method.startswith("resources/"):
         assert SHARED in got  # the part shared by such requests
 

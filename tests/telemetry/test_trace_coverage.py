@@ -122,3 +122,25 @@ async def test_legacy_sse_request_is_traced_like_streamable_http(
     point = await otlp.wait_for_point(lambda p: p.metric == "mcp.server.operation.duration"
                                       and p.attributes.get("mcp.method.name") == "tools/call")
     assert point.count == 1 and point.attributes["gen_ai.tool.name"] == "inventory__get_stock"
+
+
+async def test_each_connection_names_its_own_client_port(otlp: OtlpReceiver, start_gateway: StartGateway,
+                                                         permissive_policies: Path) -> None:
+    """A connection's client.address/port are built once and shared by its requests' spans: two clients on two
+    connections each see their own port, and a client's requests all carry the same one."""
+    async with run_http_server(inventory_server()) as inventory_url:
+        gateway = await start_gateway({"upstreams": [{"name": "inventory", "url": inventory_url}],
+                                       "policies": {"dir": str(permissive_policies)},
+                                       "telemetry": {"traces": {"endpoint": otlp.url}}})
+        async with sdk_client(gateway.mcp) as first, sdk_client(gateway.mcp) as second:
+            for client in (first, second, first, second):
+                await client.list_tools()
+        spans = await otlp.wait_for(lambda r: len([s for s in r.spans if s.kind == "SERVER"
+                                                   and s.name == "tools/list"]) >= 4 and r.spans)
+    ports: dict[str, set[int]] = {}
+    for span in spans:
+        if span.kind == "SERVER" and span.name == "tools/list":
+            assert span.attributes["client.address"] == "127.0.0.1"
+            ports.setdefault(span.attributes["mcp.session.id"], set()).add(span.attributes["client.port"])
+    assert len(ports) == 2 and all(len(p) >= 1 for p in ports.values())
+    assert not set.intersection(*ports.values())  # no connection's port given to the other's requests
