@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from typing import Any
 
 from multidict import CIMultiDictProxy
@@ -44,6 +44,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.config.model import TelemetryConfig
+from gateway.telemetry.current import CurrentSpan
 from gateway.telemetry.settings import TraceSettings, trace_settings
 from gateway.telemetry.span_errors import mark_error
 from gateway.telemetry.span_export import SpanShipper
@@ -302,8 +303,8 @@ class Telemetry:
         trace_id, _, _, flags, state = current.wire
         return (trace_id, _getrandbits(64) or 1, False, flags, state)
 
-    def _span(self, span: LightSpan) -> _Current:
-        return _Current(self._current, span)
+    def _span(self, span: LightSpan) -> CurrentSpan:
+        return CurrentSpan(self._current, span)
 
     def server_span(self, method: str, target: str | None = None, attrs: Attributes | None = None,
                     parent: otel_context.Context | None = None, links: list[Link] | None = None,
@@ -320,7 +321,7 @@ class Telemetry:
             attrs.setdefault("mcp.method.name", method)
         else:
             attrs = _with_method(method, attrs)
-        return _Current(self._current, self._new(f"{method} {target}" if target else method, SpanKind.SERVER,
+        return CurrentSpan(self._current, self._new(f"{method} {target}" if target else method, SpanKind.SERVER,
                                                   attrs, parent, links, start_time, root=True))
 
     def stage_span(self, name: str, attrs: Attributes | None = None) -> AbstractContextManager[AnySpan]:
@@ -338,7 +339,7 @@ class Telemetry:
             attrs.setdefault("mcp.method.name", method)
         else:
             attrs = _with_method(method, attrs)
-        return _Current(self._current, self._new(f"{method} {target}" if target else method, SpanKind.CLIENT,
+        return CurrentSpan(self._current, self._new(f"{method} {target}" if target else method, SpanKind.CLIENT,
                                                   attrs, None, None, None), own_code=False)
 
     def record_span(self, name: str, start_ns: int, end_ns: int, attrs: Attributes | None = None,
@@ -361,31 +362,6 @@ class Telemetry:
         if error is not None:
             mark_error(span, error)
         span.end(end_ns)
-
-
-class _Current:
-    """A light span made current for a block; an exception leaving it marks the span. Ends it on exit.
-
-    `own_code=False` (CLIENT spans): the span's `rpc.response.status_code` is only ever the upstream's."""
-
-    __slots__ = ("_own_code", "_span", "_token", "_var")
-
-    def __init__(self, var: ContextVar[LightSpan | None], span: LightSpan, *, own_code: bool = True) -> None:
-        self._var = var
-        self._span = span
-        self._own_code = own_code
-        self._token: Token[LightSpan | None] | None = None
-
-    def __enter__(self) -> LightSpan:
-        self._token = self._var.set(self._span)
-        return self._span
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if exc is not None:
-            mark_error(self._span, exc, own_code=self._own_code)
-        if self._token is not None:
-            self._var.reset(self._token)
-        self._span.end(time.time_ns())
 
 
 def _with_method(method: str, attrs: Attributes | None) -> dict[str, Any]:
