@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from gateway.approvals import redis_scripts as lua
 from gateway.approvals.cursor import CREATED, EXPIRY, Cursor, check, order_for, shared_key
 from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
+from gateway.approvals.redis_codec import approval_from_hash, as_hash, text
 from gateway.approvals.redis_listing import walk_page
 from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, Page, emit, notify_listeners, run_to_end
 from gateway.errors import GatewayError
@@ -34,30 +35,6 @@ from gateway.errors import GatewayError
 log = logging.getLogger("customs.approvals.redis")
 T = TypeVar("T")
 _TRANSIENT = (RedisError, OSError, TimeoutError)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _hash(flat: Sequence[Any]) -> dict[str, str]:
-    items = [_text(v) for v in flat]
-    return dict(zip(items[::2], items[1::2], strict=True))
-
-
-def approval_from_hash(fields: dict[str, str]) -> Approval:
-    """Rebuild an Approval from its Redis hash: immutable `rec` JSON plus the mutable fields."""
-    record = json.loads(fields["rec"])
-    votes = tuple(Vote(**v) for v in json.loads(fields.get("votes") or "[]"))
-    state = fields["state"]
-    record.update(state=state, votes=[asdict(v) for v in votes], executed=fields.get("executed") == "1",
-                  not_executed=fields.get("not_executed") or None,
-                  decided_at=float(fields["decided_at"]) if fields.get("decided_at") else None)
-    if state == "denied" and votes:
-        record.update(decided_by=[votes[-1].by], comment=votes[-1].comment)
-    elif state == "approved" and votes:
-        record.update(decided_by=[v.by for v in votes if v.outcome == "approved"], comment=votes[-1].comment)
-    return Approval.from_record(record)
 
 
 class RedisApprovalStore:
@@ -150,7 +127,7 @@ class RedisApprovalStore:
                         self._subscribed.set()
                         self._wake_all()  # changes may have been missed while unsubscribed
                     elif message.get("type") == "message":
-                        self._wake(_text(message["data"]))
+                        self._wake(text(message["data"]))
             except _TRANSIENT as exc:
                 log.debug("approval pub/sub lost: %s", exc)
                 self._subscribed.clear()
@@ -190,7 +167,7 @@ class RedisApprovalStore:
         result = await self._script("CREATE_OR_JOIN", draft.id, self._clock(), int(link_s * 1000), self._keep_ms,
                                     draft.key, draft.expires_at, draft.created_at, draft.quorum, json.dumps(record), 1,
                                     repr(draft.created_at + link_s))
-        item = approval_from_hash(_hash(result[2]))
+        item = approval_from_hash(as_hash(result[2]))
         status = int(result[1])
         if status == 1:
             self._emit(item, "created", actor=item.principal)
@@ -202,7 +179,7 @@ class RedisApprovalStore:
         fields = await self._run(self._client.hgetall(self._p + "item:" + approval_id))
         if not fields:
             raise ApprovalNotFound(approval_id)
-        item = approval_from_hash({_text(k): _text(v) for k, v in fields.items()})
+        item = approval_from_hash({text(k): text(v) for k, v in fields.items()})
         if item.pending and self._clock() >= item.expires_at:
             return await self._finish(approval_id, "expired", only_if_due=True)
         return item
@@ -236,7 +213,7 @@ class RedisApprovalStore:
             if not fields:
                 gone.append(approval_id)  # aged out of history
                 continue
-            out[approval_id] = approval_from_hash({_text(k): _text(v) for k, v in fields.items()})
+            out[approval_id] = approval_from_hash({text(k): text(v) for k, v in fields.items()})
         if gone:
             await self._run(self._client.zrem(self._p + source, *gone))
         return out
@@ -258,10 +235,10 @@ class RedisApprovalStore:
         now = self._clock()
         vote = json.dumps(asdict(Vote(approver, outcome, comment, now)))
         result = await self._script("DECIDE", approval_id, now, self._keep_ms, approver, outcome, vote)
-        status = _text(result[0])
+        status = text(result[0])
         if status == "missing":
             raise ApprovalNotFound(approval_id)
-        item = approval_from_hash(_hash(result[1]))
+        item = approval_from_hash(as_hash(result[1]))
         if status == "expired":  # its time was up: the script expired it, a change the decision log must get
             self._emit(item, "expired")
         if status in ("decided", "expired"):
@@ -297,7 +274,7 @@ class RedisApprovalStore:
                                     "1" if only_if_due else "0")
         if not result:
             raise ApprovalNotFound(approval_id)
-        item = approval_from_hash(_hash(result[1]))
+        item = approval_from_hash(as_hash(result[1]))
         if int(result[0]) == 1:  # `expired` when its time was up, whatever was asked: no actor then
             self._emit(item, item.state, actor=actor if item.state == state else None)
         return item
@@ -314,7 +291,7 @@ class RedisApprovalStore:
             raise
         if not result:
             raise ApprovalNotFound(approval_id)
-        item = approval_from_hash(_hash(result[1]))
+        item = approval_from_hash(as_hash(result[1]))
         if int(result[0]) == 1:  # `expired` when its time was up: no actor then
             self._emit(item, item.state, actor=actor if item.state == "cancelled" else None)
         return item
@@ -329,23 +306,23 @@ class RedisApprovalStore:
     async def settle(self, approval_id: str, not_executed: str | None) -> None:
         if not_executed is None:  # read as stored (no expiry on the way), recorded only for a claimed call
             fields = await self._run(self._client.hgetall(self._p + "item:" + approval_id))
-            item = approval_from_hash({_text(k): _text(v) for k, v in fields.items()}) if fields else None
+            item = approval_from_hash({text(k): text(v) for k, v in fields.items()}) if fields else None
             if item is not None and item.executed:
                 self._emit(item, "executed")
             return
         result = await self._script("NOT_EXECUTED", approval_id, not_executed)
         if result:
-            self._emit(approval_from_hash(_hash(result)), "not_executed", detail=not_executed)
+            self._emit(approval_from_hash(as_hash(result)), "not_executed", detail=not_executed)
 
     async def hand_back(self, approval_id: str, why: str) -> bool:
         result = await self._script("HAND_BACK", approval_id, self._clock(), why)
         if result:  # the script's status is the change made: handed_back, or not_executed (used up after all)
-            self._emit(approval_from_hash(_hash(result[1])), _text(result[0]), detail=why)
-        return bool(result) and _text(result[0]) == "handed_back"
+            self._emit(approval_from_hash(as_hash(result[1])), text(result[0]), detail=why)
+        return bool(result) and text(result[0]) == "handed_back"
 
     async def expire_due(self) -> builtins.list[Approval]:
         due = await self._run(self._client.zrangebyscore(self._p + "pending", "-inf", self._clock()))
-        return [await self._finish(_text(i), "expired", only_if_due=True) for i in due]
+        return [await self._finish(text(i), "expired", only_if_due=True) for i in due]
 
     async def count_pending(self) -> int:
         # The `pending` index is scored by expiry: items past it (not yet expired by housekeeping) are
@@ -366,7 +343,7 @@ class RedisApprovalStore:
         dead_after_ms = int(self._heartbeat_s * 3000)
         out: builtins.list[Approval] = []
         for raw in ids:
-            approval_id = _text(raw)
+            approval_id = text(raw)
             if int(await self._script("ABANDON", approval_id, self._clock(), self._keep_ms, dead_after_ms)) == 1:
                 item = await self.get(approval_id)
                 self._emit(item, "abandoned")
