@@ -7,7 +7,6 @@ import gzip
 import json
 import logging
 import zlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -28,19 +27,6 @@ CALL = {"jsonrpc": "2.0", "id": 41, "method": "tools/call",
 # What aiohttp decodes in this process: br and zstd only with their optional modules (neither is a dependency).
 DECODED = {"gzip", "deflate"} | ({"br"} if compression_utils.HAS_BROTLI else set()) | (
     {"zstd"} if compression_utils.HAS_ZSTD else set())
-
-
-@pytest.fixture
-async def gw(start_gateway, permissive_policies) -> AsyncIterator[Any]:
-    async with run_http_server(inventory_server()) as url:
-        yield await start_gateway({"upstreams": [{"name": "inventory", "url": url}],
-                                   "policies": {"dir": str(permissive_policies)}})
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def post(http: aiohttp.ClientSession, url: str, raw: bytes,

@@ -28,12 +28,6 @@ async def gw(start_gateway, permissive_policies) -> AsyncIterator[Any]:
                                    "listen": {"max_body_bytes": 4096, "allowed_origins": ["https://ok.example"]}})
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def post(http: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str] | None = None,
                raw: bytes | None = None) -> tuple[int, dict[str, Any], Any]:
     data = raw if raw is not None else json.dumps(body).encode()

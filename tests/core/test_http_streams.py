@@ -48,12 +48,6 @@ async def gw(start_gateway, permissive_policies) -> AsyncIterator[Any]:
         yield gateway
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def open_session(http: aiohttp.ClientSession, url: str, version: str = "2025-11-25") -> str:
     async with http.post(url, json=initialize(version), headers=ACCEPT) as resp:
         assert resp.status == 200, await resp.text()

@@ -18,19 +18,6 @@ from tests.support.tokens import TestIssuer
 
 pytestmark = pytest.mark.asyncio
 
-@pytest.fixture
-async def gw(start_gateway, permissive_policies) -> AsyncIterator[Any]:
-    async with run_http_server(inventory_server()) as url:
-        yield await start_gateway({"upstreams": [{"name": "inventory", "url": url}],
-                                   "policies": {"dir": str(permissive_policies)}})
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 @pytest.mark.parametrize(("raw", "answered_id"), [
     (json.dumps(CALL).encode(), 41),
     (json.dumps({**CALL, "id": "call-7"}).encode(), "call-7"),

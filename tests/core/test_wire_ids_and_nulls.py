@@ -4,33 +4,15 @@ Accept media ranges, a trailing slash), and an invalid request is answered with 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Any
 
-import aiohttp
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
 
-from gateway.demo.servers import inventory_server
 from tests.core.test_http_edge import INIT, post, session_id
 from tests.support.mcp_client import sdk_client
-from tests.support.servers import run_http_server
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture
-async def gw(start_gateway, permissive_policies) -> AsyncIterator[Any]:
-    async with run_http_server(inventory_server()) as url:
-        yield await start_gateway({"upstreams": [{"name": "inventory", "url": url}],
-                                   "policies": {"dir": str(permissive_policies)}})
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.mark.parametrize("path", ["", "/inventory"])
