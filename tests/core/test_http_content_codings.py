@@ -14,6 +14,7 @@ import pytest
 from aiohttp import compression_utils
 
 from gateway.demo.servers import inventory_server
+from tests.core.test_http_edge import post as edge_post
 from tests.lifecycle.test_life_refusals_metric import refused
 from tests.support.servers import run_http_server
 
@@ -31,13 +32,8 @@ DECODED = {"gzip", "deflate"} | ({"br"} if compression_utils.HAS_BROTLI else set
 
 async def post(http: aiohttp.ClientSession, url: str, raw: bytes,
                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    async with http.post(url, data=raw, headers={**ACCEPT, **(headers or {})}) as resp:
-        text = await resp.text()
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            payload = text
-        return resp.status, dict(resp.headers), payload
+    """The edge tests' POST of raw bytes (`test_http_edge.post`)."""
+    return await edge_post(http, url, None, headers, raw=raw)
 
 
 def reason(body: Any) -> Any:
