@@ -39,6 +39,7 @@ from gateway.http.versions import (
     modern_result,
     modern_status,
     negotiate_version,
+    passed_through,
     unsupported_version,
 )
 from gateway.identity import reject_query_token
@@ -58,21 +59,6 @@ AGGREGATED_CAPABILITIES: dict[str, Any] = {
     "logging": {},
     "completions": {},
 }
-
-
-# Capabilities an upstream may advertise whose methods the gateway does not relay (`tasks/*` are
-# `method_not_found` on every endpoint): a pass-through `initialize` must not promise them.
-UNRELAYED_CAPABILITIES = frozenset({"tasks"})
-
-
-def passed_through(upstream_result: dict[str, Any], protocol_version: str) -> dict[str, Any]:
-    """The upstream's own `initialize` result, as `/mcp/{upstream}` answers it: the agent's version, and
-    only capabilities whose methods reach the upstream."""
-    result = {**upstream_result, "protocolVersion": protocol_version}
-    capabilities = result.get("capabilities")
-    if isinstance(capabilities, dict) and UNRELAYED_CAPABILITIES & capabilities.keys():
-        result["capabilities"] = {k: v for k, v in capabilities.items() if k not in UNRELAYED_CAPABILITIES}
-    return result
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Protocol revisions on the wire: the version an `initialize` gets, and the 2026-07-28 envelope's results
-and refusals (`resultType`, caching directives, header-mismatch errors), and what `server/discover` offers."""
+"""Protocol revisions on the wire: the version an `initialize` gets (and, on `/mcp/{upstream}`, the upstream's own
+`initialize` result passed through), the 2026-07-28 envelope's results and refusals (`resultType`, caching
+directives, header-mismatch errors), and what `server/discover` offers."""
 
 from __future__ import annotations
 
@@ -83,3 +84,18 @@ class ModernRejection(Exception):
 def modern_reason(code: int) -> str:
     return {-32020: "header_mismatch", -32022: "unsupported_protocol_version",
             -32602: "invalid_params"}.get(code, "invalid_request")
+
+
+# Capabilities an upstream may advertise whose methods the gateway does not relay (`tasks/*` are
+# `method_not_found` on every endpoint): a pass-through `initialize` must not promise them.
+UNRELAYED_CAPABILITIES = frozenset({"tasks"})
+
+
+def passed_through(upstream_result: dict[str, Any], protocol_version: str) -> dict[str, Any]:
+    """The upstream's own `initialize` result, as `/mcp/{upstream}` answers it: the agent's version, and
+    only capabilities whose methods reach the upstream."""
+    result = {**upstream_result, "protocolVersion": protocol_version}
+    capabilities = result.get("capabilities")
+    if isinstance(capabilities, dict) and UNRELAYED_CAPABILITIES & capabilities.keys():
+        result["capabilities"] = {k: v for k, v in capabilities.items() if k not in UNRELAYED_CAPABILITIES}
+    return result
