@@ -226,26 +226,9 @@ async def test_the_api_refuses_a_bad_cursor_with_400_invalid_cursor(web_kit: Web
 async def test_the_api_pages_what_an_approver_may_see(kit: StoreKit, tmp_path: Any) -> None:
     """Items policy hides from the approver neither use up a page nor stop the walk; a walk through more hidden
     items than one answer looks at goes on page by page (short or empty pages with a next_cursor)."""
-    import aiohttp
-    from aiohttp import web
+    from tests.approvals.test_page_listing import docs_approver  # the approver sees the "docs" tool's calls only
 
-    from gateway.approvals.web import approval_routes
-    from gateway.config.model import IdentityConfig, IssuerConfig
-    from gateway.context import Decision
-    from gateway.identity.identifier import JwtIdentifier
-    from tests.support.servers import run_aiohttp
-    from tests.support.tokens import TestIssuer
-
-    issuer = TestIssuer(tmp_path)
-    audience = "http://approvals.test/mcp"
-    identifier = JwtIdentifier(IdentityConfig(mode="jwt", issuers=(IssuerConfig(**issuer.config(audience=audience)),)),
-                               {}, "http://approvals.test", None)
-    await identifier.start()
     store = await kit.make()
-
-    def only_docs(approver: Any, approval: Any) -> Decision:  # this person sees the "docs" tool's calls only
-        return Decision("allow" if approval.tool == "docs" else "deny", ("docs-team",))
-
     clock = Clock()
     mine: list[str] = []
     for n in range(7):
@@ -255,22 +238,16 @@ async def test_the_api_pages_what_an_approver_may_see(kit: StoreKit, tmp_path: A
         clock.advance(0.001)
         made, _ = await store.create_or_join(draft(clock, {"n": n}, tool="docs"), link_s=1800)
         mine.append(made.id)
-    app = web.Application()
-    app.add_routes(approval_routes(store, identifier, only_docs))
-    try:
-        async with run_aiohttp(app) as url, aiohttp.ClientSession() as http:
-            headers = {"Authorization": f"Bearer {issuer.mint('dora', aud=audience)}"}
-            walked: list[str] = []
-            query = "limit=2"
-            for _ in range(100):
-                async with http.get(f"{url.rstrip('/')}/api/approvals?{query}", headers=headers) as resp:
-                    assert resp.status == 200
-                    body = await resp.json()
-                assert len(body["items"]) <= 2
-                walked.extend(i["id"] for i in body["items"])
-                if "next_cursor" not in body:
-                    break
-                query = f"limit=2&cursor={body['next_cursor']}"
-            assert walked == mine[::-1]
-    finally:
-        await identifier.close()
+    async with docs_approver(store, tmp_path) as (url, http, headers):
+        walked: list[str] = []
+        query = "limit=2"
+        for _ in range(100):
+            async with http.get(f"{url}/api/approvals?{query}", headers=headers) as resp:
+                assert resp.status == 200
+                body = await resp.json()
+            assert len(body["items"]) <= 2
+            walked.extend(i["id"] for i in body["items"])
+            if "next_cursor" not in body:
+                break
+            query = f"limit=2&cursor={body['next_cursor']}"
+        assert walked == mine[::-1]

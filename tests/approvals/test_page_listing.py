@@ -3,9 +3,42 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
+from aiohttp import web
+
+from gateway.approvals.web import approval_routes
+from gateway.config.model import IdentityConfig, IssuerConfig
+from gateway.context import Decision
+from gateway.identity.identifier import JwtIdentifier
 from tests.approvals.conftest import Clock, StoreKit, WebKit, draft
+from tests.support.servers import run_aiohttp
+from tests.support.tokens import TestIssuer
+
+
+@asynccontextmanager
+async def docs_approver(store: Any, tmp_path: Any) -> AsyncIterator[tuple[str, aiohttp.ClientSession, dict[str, str]]]:
+    """The approvals API and page over `store` on a real server, and a session for `dora`, whom policy lets see
+    and decide the "docs" tool's calls only: (base URL, HTTP session, her headers)."""
+    issuer = TestIssuer(tmp_path)
+    audience = "http://approvals.test/mcp"
+    identifier = JwtIdentifier(IdentityConfig(mode="jwt", issuers=(IssuerConfig(**issuer.config(audience=audience)),)),
+                               {}, "http://approvals.test", None)
+    await identifier.start()
+
+    def only_docs(approver: Any, approval: Any) -> Decision:
+        return Decision("allow" if approval.tool == "docs" else "deny", ("docs-team",))
+
+    app = web.Application()
+    app.add_routes(approval_routes(store, identifier, only_docs))
+    try:
+        async with run_aiohttp(app) as url, aiohttp.ClientSession() as http:
+            yield url.rstrip("/"), http, {"Authorization": f"Bearer {issuer.mint('dora', aud=audience)}"}
+    finally:
+        await identifier.close()
 
 
 async def _fragment(kit: WebKit, sub: str = "alice") -> str:
@@ -58,26 +91,7 @@ async def test_the_api_lists_the_calls_a_person_may_decide_behind_newer_ones_the
     """`GET /api/approvals?limit=N` gives up to N items the caller may see: it used to take the N newest items of
     the store and then drop those hidden from the caller, so an approver allowed only some upstreams saw an
     empty list while calls for them waited behind N newer ones for other people."""
-    import aiohttp
-    from aiohttp import web
-
-    from gateway.approvals.web import approval_routes
-    from gateway.config.model import IdentityConfig, IssuerConfig
-    from gateway.context import Decision
-    from gateway.identity.identifier import JwtIdentifier
-    from tests.support.servers import run_aiohttp
-    from tests.support.tokens import TestIssuer
-
-    issuer = TestIssuer(tmp_path)
-    audience = "http://approvals.test/mcp"
-    identifier = JwtIdentifier(IdentityConfig(mode="jwt", issuers=(IssuerConfig(**issuer.config(audience=audience)),)),
-                               {}, "http://approvals.test", None)
-    await identifier.start()
     store = await kit.make()
-
-    def only_docs(approver: Any, approval: Any) -> Decision:  # this person decides the "docs" tool's calls only
-        return Decision("allow" if approval.tool == "docs" else "deny", ("docs-team",))
-
     clock = Clock()
     done, _ = await store.create_or_join(draft(clock, {"done": True}, tool="docs"), link_s=1800)
     await store.cancel(done.id)
@@ -90,17 +104,11 @@ async def test_the_api_lists_the_calls_a_person_may_decide_behind_newer_ones_the
         clock.advance(0.001)
         other, _ = await store.create_or_join(draft(clock, {"decided": n}), link_s=1800)
         await store.cancel(other.id)
-    app = web.Application()
-    app.add_routes(approval_routes(store, identifier, only_docs))
-    try:
-        async with run_aiohttp(app) as url, aiohttp.ClientSession() as http:
-            headers = {"Authorization": f"Bearer {issuer.mint('dora', aud=audience)}"}
-            for query in ("?state=pending&limit=3", "?limit=1"):
-                async with http.get(f"{url.rstrip('/')}/api/approvals{query}", headers=headers) as resp:
-                    assert resp.status == 200
-                    assert [i["id"] for i in (await resp.json())["items"]] == [mine.id]
-            async with http.get(f"{url.rstrip('/')}/approvals/fragment", headers=headers) as resp:
-                page = await resp.text()
-            assert f'data-approval-id="{mine.id}"' in page and f'<tr id="{done.id}"' in page  # the page's history too
-    finally:
-        await identifier.close()
+    async with docs_approver(store, tmp_path) as (url, http, headers):
+        for query in ("?state=pending&limit=3", "?limit=1"):
+            async with http.get(f"{url}/api/approvals{query}", headers=headers) as resp:
+                assert resp.status == 200
+                assert [i["id"] for i in (await resp.json())["items"]] == [mine.id]
+        async with http.get(f"{url}/approvals/fragment", headers=headers) as resp:
+            page = await resp.text()
+        assert f'data-approval-id="{mine.id}"' in page and f'<tr id="{done.id}"' in page  # the page's history too
