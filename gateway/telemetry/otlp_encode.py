@@ -11,6 +11,14 @@ message for message.
 Most (key, value) pairs repeat from call to call (method, tool, principal, decision, upstream), so
 an encoder keeps their `KeyValue` messages; pairs unique to a call (request ids, digests) and
 floats (timings) are encoded each time.
+
+`serialize` (what the child sends) writes the same bytes as `encode(...).SerializeToString()` without
+building the request: copying the cached `KeyValue`s into each span (upb copies a message on `extend`)
+was about half of encoding. There each cached pair is kept serialized; a span is its own fields
+serialized by the generated `Span` class, then its pairs, then its status and flags (the field order
+the generated class writes); spans, scope and resource are framed as protobuf frames any
+length-delimited field (tag, varint length, bytes). Spans with links, and attribute sets the SDK would
+bound or whose keys it would convert, take the message path.
 """
 
 from __future__ import annotations
@@ -40,6 +48,29 @@ _ERROR = StatusCode.ERROR.value
 # The SDK's `_span_flags`: whether the parent (or linked) context was remote, never the trace flags.
 _LOCAL = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _REMOTE = _LOCAL | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+
+
+def varint(value: int) -> bytes:
+    """A non-negative int as a protobuf base-128 varint (protobuf.dev/programming-guides/encoding/#varints)."""
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _tag(message: Any, field: str) -> bytes:
+    """The key of a length-delimited (wire type 2) field, its number read from the generated class."""
+    return varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
+
+
+_RESOURCE_SPANS = _tag(ExportTraceServiceRequest, "resource_spans")
+_SCOPE_SPANS = _tag(ResourceSpans, "scope_spans")
+_SPANS = _tag(ScopeSpans, "spans")
+_ATTRIBUTES = _tag(Span, "attributes")
 
 
 def _printable(value: Any) -> bool:
@@ -99,6 +130,9 @@ def any_value(value: Any) -> AnyValue:
     return AnyValue(string_value=str(value)) if _printable(value) else AnyValue()
 
 
+_LOOKED_UP = frozenset({str, int, bool, tuple})
+
+
 def _cacheable(value: Any) -> bool:
     kind = type(value)
     if kind is str or kind is int or kind is bool:
@@ -115,12 +149,18 @@ class OtlpEncoder:
 
     def __init__(self, resource: Mapping[str, Any], scope: SdkScope = SCOPE) -> None:
         self._pairs: dict[tuple[str, type, Any], KeyValue] = {}
+        self._serialized: dict[tuple[str, type, Any], bytes] = {}  # the same pairs, as a span's attributes field
+        self._tails: dict[tuple[int, Any, int], bytes] = {}  # status and flags, serialized
         self._states: dict[tuple[tuple[str, str], ...], str] = {}
         # The SDK encodes resource and scope attributes without a count limit and without a dropped count.
         self._resource = Resource(attributes=self._attributes(resource, None)[0])
         self._scope = InstrumentationScope(name=scope.name, version=scope.version or "",
                                            attributes=self._attributes(dict(scope.attributes or {}), None)[0])
         self._scope_schema = scope.schema_url or ""
+        # What comes before and after the spans in a request, serialized once.
+        self._resource_head = ResourceSpans(resource=self._resource).SerializeToString()
+        self._scope_head = ScopeSpans(scope=self._scope).SerializeToString()
+        self._scope_tail = ScopeSpans(schema_url=self._scope_schema).SerializeToString()
 
     def encode(self, spans: Sequence[WireSpan]) -> ExportTraceServiceRequest:
         """One export request: the resource, the scope, the spans in the order given."""
@@ -133,6 +173,70 @@ class OtlpEncoder:
         for span in spans:
             self._span(add(), span)
         return request
+
+    def serialize(self, spans: Sequence[WireSpan]) -> bytes:
+        """`encode(spans).SerializeToString()`, the same bytes, without building the request's messages."""
+        if not spans:
+            return b""
+        framed = []
+        for span in spans:
+            body = self._span_bytes(span)
+            framed.append(_SPANS + varint(len(body)) + body)
+        scope = b"".join((self._scope_head, *framed, self._scope_tail))
+        group = b"".join((self._resource_head, _SCOPE_SPANS, varint(len(scope)), scope))
+        return _RESOURCE_SPANS + varint(len(group)) + group
+
+    def _span_bytes(self, span: WireSpan) -> bytes:
+        name, kind, context, parent, start, end, attributes, links, (code, text) = span
+        attrs = expand(attributes) if attributes else attributes
+        if links or len(attrs) > SPAN_ATTRIBUTE_LIMIT:
+            return self._span_message(span)
+        trace_id, span_id, _, _, state = context
+        parts = [Span(trace_id=trace_id.to_bytes(16, "big"), span_id=span_id.to_bytes(8, "big"),
+                      trace_state=self._trace_state(state) if state else "",
+                      parent_span_id=parent[1].to_bytes(8, "big") if parent is not None else b"",
+                      name=name, kind=_KINDS[kind], start_time_unix_nano=start,
+                      end_time_unix_nano=end).SerializeToString()]
+        cache = self._serialized
+        for key, value in attrs.items():
+            kind_of = type(value)
+            # Only str, int, bool and all-str tuples are ever stored (`_cacheable`): True == 1 cannot collide.
+            pair = cache.get((key, kind_of, value)) if kind_of in _LOOKED_UP else None
+            if pair is None:
+                if type(key) is not str or not key:  # a key the SDK would convert or drop
+                    return self._span_message(span)
+                key_value = self._key_value(key, value)
+                if key_value is None:
+                    continue
+                body = key_value.SerializeToString()
+                pair = _ATTRIBUTES + varint(len(body)) + body
+                if _cacheable(value):
+                    if len(cache) >= CACHE_LIMIT:
+                        cache.clear()
+                    cache[(key, kind_of, value)] = pair
+            parts.append(pair)
+        parts.append(self._tail(code, text, _REMOTE if parent is not None and parent[2] else _LOCAL))
+        return b"".join(parts)
+
+    def _tail(self, code: int, text: Any, flags: int) -> bytes:
+        """Status and flags, serialized (the fields after the attributes): a handful of combinations in all."""
+        key = (code, text if code == _ERROR and isinstance(text, str) else None, flags)
+        tail = self._tails.get(key)
+        if tail is None:
+            status = Status(code=_STATUS_CODES[code])
+            if code == _ERROR and isinstance(text, str) and text:
+                status.message = text
+            tail = Span(status=status, flags=flags).SerializeToString()
+            if len(self._tails) >= CACHE_LIMIT:
+                self._tails.clear()
+            self._tails[key] = tail
+        return tail
+
+    def _span_message(self, span: WireSpan) -> bytes:
+        out = Span()
+        self._span(out, span)
+        body: bytes = out.SerializeToString()
+        return body
 
     def _span(self, out: Span, span: WireSpan) -> None:
         name, kind, context, parent, start, end, attributes, links, (code, text) = span

@@ -310,7 +310,7 @@ def _seconds(raw: str | None) -> float | None:
 def _export(encoder: OtlpEncoder, poster: OtlpPoster, spans: list[WireSpan]) -> bool:
     """Encode and POST one batch; False when its spans are lost."""
     try:
-        body: bytes = encoder.encode(spans).SerializeToString()
+        body = encoder.serialize(spans)
     except Exception as exc:  # as the SDK's exporter: a batch that cannot be encoded is lost, logged, not fatal
         log.error("%d spans not encodable (%s): lost", len(spans), exc)
         return False

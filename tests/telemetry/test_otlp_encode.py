@@ -20,7 +20,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from gateway.config.model import TelemetryConfig
 from gateway.telemetry import otlp_encode
-from gateway.telemetry.otlp_encode import OtlpEncoder
+from gateway.telemetry.otlp_encode import OtlpEncoder, varint
 from gateway.telemetry.span_export import SpanShipper
 from gateway.telemetry.spans import WireContext, WireSpan, readable
 from gateway.telemetry.tracing import Telemetry
@@ -59,6 +59,7 @@ def assert_same(spans: list[WireSpan], resource: dict[str, Any] = RESOURCE,
         got = encoder.encode(spans)
         assert got == expected
         assert got.SerializeToString() == expected.SerializeToString()
+        assert encoder.serialize(spans) == expected.SerializeToString()  # what the child sends
 
 
 SERVER_ATTRIBUTES = {
@@ -136,12 +137,15 @@ def test_one_encoder_across_batches_and_resources() -> None:
     assert_same(CASES["links with attributes"], resource={})
     assert_same(CASES["unicode"], resource={"service.name": "x", "count": 3, "tags": ("a", "b"), "": "dropped"})
     assert OtlpEncoder(RESOURCE).encode([]) == sdk([]) == ExportTraceServiceRequest()
+    assert OtlpEncoder(RESOURCE).serialize([]) == b""
 
 
 def test_the_scope_is_the_one_given() -> None:
     scope = InstrumentationScope("other", "2.0", "https://schema", {"lib": "x"})
-    group = OtlpEncoder(RESOURCE, scope).encode([span()]).resource_spans[0].scope_spans[0]
+    encoder = OtlpEncoder(RESOURCE, scope)
+    group = encoder.encode([span()]).resource_spans[0].scope_spans[0]
     assert (group.scope.name, group.scope.version, group.schema_url) == ("other", "2.0", "https://schema")
+    assert encoder.serialize([span()]) == encoder.encode([span()]).SerializeToString()
     assert [(kv.key, kv.value.string_value) for kv in group.scope.attributes] == [("lib", "x")]
 
 
@@ -152,6 +156,19 @@ def test_the_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
              for i in range(100)]
     assert_same(spans, encoder=encoder)
     assert len(encoder._pairs) <= 16
+    assert len(encoder._serialized) <= 16
+    statuses = [span(ctx=context(0xB0 + i), status=(ERROR, f"failure {i}")) for i in range(40)]
+    assert_same(statuses, encoder=encoder)
+    assert len(encoder._tails) <= 16
+
+
+def test_lengths_past_one_byte_are_framed_as_protobuf_frames_them() -> None:
+    """Varint lengths of two and three bytes: a long attribute, a long span name, a batch of 512 spans."""
+    assert [varint(n) for n in (0, 1, 127, 128, 300, 16_383, 16_384, 2**32)] == [
+        b"\x00", b"\x01", b"\x7f", b"\x80\x01", b"\xac\x02", b"\xff\x7f", b"\x80\x80\x01",
+        b"\x80\x80\x80\x80\x10"]
+    assert_same([span(attributes={"long": "x" * 20_000, "n": 1}), span(name="n" * 200)])
+    assert_same([span(ctx=context(i + 1), attributes={"i": i, "tool": "inventory__get_stock"}) for i in range(512)])
 
 
 # -- random attribute dicts ---------------------------------------------------------------------------------------
