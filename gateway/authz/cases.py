@@ -30,7 +30,7 @@ from gateway.config.load import strict_yaml_load, unreadable
 from gateway.config.model import Sensitivity
 from gateway.config.rules import ISSUER_ATTRIBUTE
 from gateway.context import Actor, Decision, Principal, ToolInfo
-from gateway.identity.chain import ChainError, actor_id, build_chain, claim_mapping, map_claims
+from gateway.identity.chain import ChainError, actor_id, build_chain, check_repeated_agents, claim_mapping, map_claims
 
 _TOOL_FIELDS = {f.name for f in fields(ToolInfo)} - {"upstream", "name", "definition"}
 _DOC_KEYS = frozenset({"policies", "environment", "principals", "tools", "claims", "cases"})
@@ -70,6 +70,7 @@ def principal_from_claims(claims: dict[str, Any], mapping: dict[str, str] | None
         ident = actor_id(subject)
         chain = build_chain(claims.get("act"), mapping, {})
         attributes = map_claims(claims, mapping)
+        check_repeated_agents(ident, attributes, chain)  # the gateway refuses such a token at identify
     except ChainError as exc:
         raise CaseError(f"{where}: {exc}") from exc
     return Principal(id=ident, issuer=stated_issuer(claims, "iss", where), subject=ident,
@@ -113,6 +114,10 @@ def principal_from(spec: Any, named: dict[str, Any], chain: Any, where: str,
     issuer = stated_issuer(resolved, "issuer", where)
     raw_chain = chain if chain is not None else resolved.get("chain")
     actors = tuple(_chain_actor(raw, named, issuer, where) for raw in raw_chain or ())
+    try:  # no token the gateway accepts names one agent with two sets of attributes
+        check_repeated_agents(base.id, base.attributes, actors)
+    except ChainError as exc:
+        raise CaseError(f"{where}: {exc}") from exc
     return Principal(id=base.id, issuer=issuer, subject=base.id, attributes=base.attributes, chain=actors)
 
 

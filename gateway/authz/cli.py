@@ -35,7 +35,7 @@ from gateway.authz.replayargs import ArgumentReaders
 from gateway.authz.schemagen import apply_block, schema_from_input_schemas
 from gateway.authz.validate import load_or_report as _load
 from gateway.config.load import unreadable
-from gateway.identity.chain import claim_mapping
+from gateway.identity.chain import RepeatedAgentError, claim_mapping
 
 
 def _err(message: str) -> None:
@@ -327,6 +327,11 @@ def replay_cmd(args: argparse.Namespace) -> int:
             principal, action, tool, facts, granted = from_authz_input(record["authz_input"], record.get("issuer"))
             old, old_ids = _recorded(record)
             agent_action(action, "authz_input.action")  # a name no policy decides would replay as a deny
+        except RepeatedAgentError as exc:  # decided with one of the agent's two sets of attributes, never now
+            print(f"warning: line {number}: skipped: {exc} (the gateway refuses such a token at identify, "
+                  "before any policy)", file=sys.stderr)
+            skipped += 1
+            continue
         except (ValueError, KeyError, TypeError, AttributeError, CaseError):
             skipped += 1
             continue

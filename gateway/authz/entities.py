@@ -29,6 +29,7 @@ from typing import Any, Final
 from gateway.authz.agentattrs import conform
 from gateway.authz.argtypes import Type
 from gateway.context import Actor, CallContext, Principal, ToolInfo, canonical_json
+from gateway.identity.chain import check_repeated_agents
 
 LONG_MIN = -(2**63)
 LONG_MAX = 2**63 - 1
@@ -273,7 +274,10 @@ def entities(principal: Principal, tool: ToolInfo, declared: dict[str, Type] | N
     """The per-call entity set: every chain member as an Agent (with its tenant) plus the tool and server.
 
     Every member carries the principal's issuer: the token's issuer verified the whole `act` chain (the
-    identity code reads no issuer of an actor's own), so it is the one that vouches for each actor too."""
+    identity code reads no issuer of an actor's own), so it is the one that vouches for each actor too.
+    An agent named twice with different attributes raises RepeatedAgentError (a ValueError: the decision denies):
+    identify refuses such a token, so only a principal built elsewhere can get here with one."""
+    check_repeated_agents(principal.id, principal.attributes, principal.chain)
     found: list[dict[str, Any]] = [agent_entity(m.id, m.attributes, declared, principal.issuer)
                                    for m in members(principal)]
     tenants = {p["id"] for e in found for p in e["parents"]}

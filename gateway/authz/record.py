@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.authz.entities import RELEASED_AT, CallFacts, args_truncated
 from gateway.context import Actor, CallContext, Principal, ToolInfo
+from gateway.identity.chain import check_repeated_agents
 from gateway.memo import Memo
 from gateway.telemetry.decision_writer import TOOL_FIELDS, snapshot_of
 
@@ -83,11 +84,14 @@ def from_authz_input(data: dict[str, Any], issuer: Any = None) -> tuple[Principa
     """Inverse of authz_input; raises KeyError/TypeError/ValueError on a malformed snapshot.
 
     `issuer`: the decision record's own `issuer` (which every record has held, so records written before Agents
-    carried it replay with it too); None when it names none: the Agents then have no `issuer` attribute."""
+    carried it replay with it too); None when it names none: the Agents then have no `issuer` attribute.
+    A chain naming one agent with two sets of attributes (a record of a gateway that decided it with the first
+    set) raises RepeatedAgentError: the gateway refuses such a token at identify now."""
     if issuer is not None and not isinstance(issuer, str):
         raise TypeError("the record's issuer is not a string")
     p = data["principal"]
     chain = tuple(Actor(str(a["id"]), dict(a.get("attributes") or {})) for a in data.get("chain") or ())
+    check_repeated_agents(str(p["id"]), dict(p.get("attributes") or {}), chain)
     principal = Principal(id=str(p["id"]), issuer=issuer or "", subject=str(p["id"]),
                           attributes=dict(p.get("attributes") or {}), chain=chain)
     tool = ToolInfo(**data["tool"])

@@ -8,7 +8,8 @@ mapping); when those yield nothing, from the `agents:` registry in config; else 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.config.model import MAX_CHAIN_DEPTH, AgentRecord
@@ -22,6 +23,10 @@ MAX_ID_LENGTH = 2048
 
 class ChainError(ValueError):
     """The `act` claim is malformed or too deep (the caller answers 401)."""
+
+
+class RepeatedAgentError(ChainError):
+    """The principal and its chain name one agent id with different attributes (see `repeated_agent_conflict`)."""
 
 
 def claim_mapping(configured: Mapping[str, str]) -> dict[str, str]:
@@ -135,3 +140,45 @@ def build_chain(act: Any, mapping: Mapping[str, str], agents: Mapping[str, Agent
         chain.append(Actor(ident, attributes))
         node = node.get("act")
     return tuple(chain)
+
+
+def _same_value(value: Any) -> str:
+    """An attribute's value as Cedar sees it, as text to compare: a list is a Set (order and repeats lost);
+    JSON keeps `true` and `1` apart, as Cedar keeps Bool and Long."""
+    if isinstance(value, list | tuple | set | frozenset):
+        return json.dumps(sorted({_same_value(item) for item in value}))
+    if isinstance(value, Mapping):
+        return json.dumps({str(key): _same_value(item) for key, item in value.items()}, sort_keys=True)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _differing(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[str]:
+    """The attribute names whose values differ (one missing or null included); `issuer` is the gateway's own, the
+    verified issuer's on every Agent of the token, so not compared."""
+    names = {name for name, value in (*first.items(), *second.items()) if value is not None} - {"issuer"}
+    return sorted(name for name in names if _same_value(first.get(name)) != _same_value(second.get(name)))
+
+
+def repeated_agent_conflict(subject: str, attributes: Mapping[str, Any], chain: Sequence[Actor]) -> str | None:
+    """Why the principal (`subject`, `attributes`) and its `chain` cannot be decided, or None when they can.
+
+    Cedar holds one `Agent` entity per id, so an agent named twice, as the principal and an actor or as two
+    actors (A → B → A), is one entity with one set of attributes: named with different ones, one set would
+    silently stand for both. Named alike (lists as Sets), it is decided as any chain is."""
+    if not chain:
+        return None
+    seen: dict[str, tuple[str, Mapping[str, Any]]] = {subject: ("the principal", attributes)}
+    for position, actor in enumerate(chain, start=1):
+        first = seen.setdefault(actor.id, (f"actor {position}", actor.attributes))
+        differ = _differing(first[1], actor.attributes) if first[1] is not actor.attributes else []
+        if differ:
+            return (f"delegation chain names agent {actor.id!r} twice with different attributes ({first[0]} and "
+                    f"actor {position} differ in {', '.join(differ)}); Cedar holds one Agent per id")
+    return None
+
+
+def check_repeated_agents(subject: str, attributes: Mapping[str, Any], chain: Sequence[Actor]) -> None:
+    """`repeated_agent_conflict` as a RepeatedAgentError (identify answers it with 401 invalid_token)."""
+    conflict = repeated_agent_conflict(subject, attributes, chain)
+    if conflict is not None:
+        raise RepeatedAgentError(conflict)

@@ -35,7 +35,15 @@ import aiohttp
 from gateway.config.model import MAX_CHAIN_DEPTH, AgentRecord, IdentityConfig, IssuerConfig
 from gateway.context import Principal
 from gateway.errors import GatewayError
-from gateway.identity.chain import ChainError, actor_id, build_chain, claim_mapping, map_claims, registry_attributes
+from gateway.identity.chain import (
+    ChainError,
+    actor_id,
+    build_chain,
+    check_repeated_agents,
+    claim_mapping,
+    map_claims,
+    registry_attributes,
+)
 from gateway.identity.jwks import FileKeySource, KeySource, UrlKeySource
 from gateway.identity.jwt import IssuerVerifier, TokenError, TokenVerifier
 from gateway.identity.metadata import www_authenticate
@@ -212,6 +220,7 @@ class JwtIdentifier:
         allowed = verified.issuer.spiffe_trust_domains
         if allowed is not None:
             _check_trust_domains([subject, *(actor.id for actor in chain)], allowed, verified.issuer.issuer)
+        check_repeated_agents(subject, attributes, chain)  # Cedar holds one Agent per id: one set of attributes
         return Principal(id=subject, issuer=verified.issuer.issuer, subject=subject, attributes=attributes,
                          chain=chain, token=token, expires_at=float(claims["exp"])), verified.everywhere
 

@@ -86,7 +86,8 @@ cases:
   - {{name: inline, principal: bot, tool: inventory/get_stock, expect: allow}}
   - {{name: claims, principal: {{sub: bot, iss: "{ONE}"}}, tool: inventory/get_stock, expect: allow}}
   - {{name: other idp, principal: {{sub: bot, iss: "{TWO}"}}, tool: inventory/get_stock, expect: deny}}
-  - {{name: actors take the principal's, principal: {{id: planner, issuer: "{TWO}"}}, chain: [planner],
+  - {{name: actors take the principal's, principal: {{id: planner, issuer: "{TWO}", attributes: {{tenant: acme}}}},
+      chain: [planner],
       tool: inventory/get_stock, expect: deny}}
   - {{name: the chain of a token, principal: {{sub: x, iss: "{ONE}", act: {{sub: y}}}},
       tool: inventory/get_stock, expect: allow}}
