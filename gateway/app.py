@@ -22,7 +22,8 @@ from gateway.context import Principal
 from gateway.credentials.tasks import explicit_task_id, session_task_id
 from gateway.forward import ForwardStage
 from gateway.health import HealthRoutes
-from gateway.http.guards import HostOriginPolicy, answer_refused_codings, guard_middleware
+from gateway.http.edge import answer_parser_refusals
+from gateway.http.guards import HostOriginPolicy, guard_middleware
 from gateway.http.legacy_sse import LegacySseEndpoint
 from gateway.http.mcp import McpEndpoint, routes
 from gateway.identity.jwt import MAX_TOKEN_BYTES
@@ -200,6 +201,8 @@ async def serving_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     await runner.setup()
     assert runner.server is not None
     app[GATEWAY].endpoint.disconnects.install(runner.server)
-    # br/zstd bodies: the gateway's 415 (not aiohttp's text/plain 400), counted as the guard counts edge refusals
-    answer_refused_codings(runner.server, app[GATEWAY].parts.observability.metrics.request_refused)
+    # br/zstd bodies: the gateway's 415 (not aiohttp's text/plain 400), counted as the guard counts edge refusals;
+    # it and aiohttp's answer to a request it cannot parse name an allowed origin as the guard's answers do
+    answer_parser_refusals(runner.server, app[GATEWAY].parts.observability.metrics.request_refused,
+                           HostOriginPolicy(app[CONFIG].listen))
     return runner

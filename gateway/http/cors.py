@@ -6,15 +6,16 @@ RFC 9728 metadata) a preflight (`OPTIONS` with `Access-Control-Request-Method`) 
 answered here, and every answer to such a request names that origin in `Access-Control-Allow-Origin` and exposes
 the MCP headers a client must read (`Mcp-Session-Id`, …): the guard adds them to every answer it returns (errors
 raised as aiohttp's HTTP exceptions included), and each agent-path stream before it opens (`share`), so streamed
-answers (SSE) carry them too; not the 415 aiohttp's parser has the gateway make for a br or zstd body, before
-any route, where the request's headers are not known (guards.EdgeRequestHandler). The approvers' page, its API
-and the admin API are never shared with another origin.
+answers (SSE) carry them too; so do the answers aiohttp's parser has the gateway make before any route (the 415
+for a br or zstd body, the 400 for a header too long: edge.py), once the request's head is found again in the
+bytes the parser stopped in. The approvers' page, its API and the admin API are never shared with another origin.
 Credentials are bearer tokens in `Authorization`, not cookies: no `Access-Control-Allow-Credentials`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -29,10 +30,10 @@ _TOKEN_LIST = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*,\s*[!#$%&'*+.^_`|~0-9
 ORIGIN = web.RequestKey("customs.cors_origin", str)  # set on a request whose answer names its origin
 
 
-def cors_origin(request: web.Request) -> str | None:
-    """The request's Origin when its answer is shared with that origin (an agent path; the guard allowed it)."""
-    origin = request.headers.get("Origin")
-    if origin is None or origin == "null" or not request.path.startswith(CORS_PREFIXES):
+def cors_origin(headers: Mapping[str, str], path: str) -> str | None:
+    """A request's Origin when its answer is shared with that origin (an agent path; the guard allowed it)."""
+    origin = headers.get("Origin")
+    if origin is None or origin == "null" or not path.startswith(CORS_PREFIXES):
         return None
     return origin
 

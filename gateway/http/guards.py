@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
-from collections.abc import Awaitable, Callable
-from typing import ClassVar, TypeVar, cast
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import compression_utils, web
-from aiohttp.http_exceptions import ContentEncodingError
-from aiohttp.web_protocol import RequestHandler
 
 from gateway.config.model import ListenConfig
 from gateway.errors import GatewayError, to_wire
@@ -32,7 +29,6 @@ UNREADABLE = web.RequestKey("customs.unreadable_body", bool)  # its body could n
 # dependency of the gateway), named by a 415's Accept-Encoding (RFC 9110 §12.5.3); none (identity) always reads.
 DECODED_CODINGS = ("gzip", "deflate", *(("br",) if compression_utils.HAS_BROTLI else ()),
                    *(("zstd",) if compression_utils.HAS_ZSTD else ()))
-log = logging.getLogger("customs.http")
 
 
 def error_response(exc: BaseException, request_id: object = None,
@@ -84,8 +80,8 @@ class HostOriginPolicy:
         self._any_origin = "*" in listen.allowed_origins
         self._listed: dict[str, bool] = {}  # Host header value → listed (clients send the same few)
 
-    def check(self, request: web.Request) -> None:
-        host = request.headers.get("Host", "")
+    def check(self, headers: Mapping[str, str]) -> None:
+        host = headers.get("Host", "")
         listed = self._listed.get(host)
         if listed is None:
             if len(self._listed) >= 256:  # bounded whatever Host values clients make up
@@ -93,7 +89,7 @@ class HostOriginPolicy:
             listed = self._listed[host] = _host_only(host) in self._hosts
         if not self._any_host and not listed:
             raise GatewayError("host_forbidden")
-        origin = request.headers.get("Origin")
+        origin = headers.get("Origin")
         if origin is None or self._any_origin:
             return
         origin = _origin(origin)
@@ -113,12 +109,13 @@ def guard_middleware(policy: HostOriginPolicy, refused: Callable[[str, int], Non
     async def guard(request: web.Request,
                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         request[UNREADABLE] = False  # read below: a missing key would cost a raised KeyError on every request
+        headers = request.headers
         try:
-            policy.check(request)
+            policy.check(headers)
         except GatewayError as exc:
             response: web.StreamResponse = error_response(exc)
         else:
-            origin = cors_origin(request)  # an allowed origin on an agent path: its answers are shared with it
+            origin = cors_origin(headers, request.path)  # an allowed origin on an agent path: answers shared with it
             if origin is None:
                 response = await handler(request)
             else:
@@ -228,56 +225,6 @@ def undecoded_coding(request: web.Request) -> GatewayError | None:
     if coding.isascii() and coding.lower() in ("", "identity", *DECODED_CODINGS):
         return None
     return coding_refused()
-
-
-class EdgeRequestHandler(RequestHandler):
-    """aiohttp's connection handler, answering a body in a coding its parser refuses before any route runs (br or
-    zstd without their modules) as the gateway answers a coding it does not decode, not with a text/plain 400 and
-    a traceback logged at ERROR. That refusal reaches no middleware, so it is counted here (`refused`, as
-    guard_middleware counts the others). It has no CORS headers: aiohttp gives this answer none of the request's
-    headers (it is made for a request of its own, path `/`, no headers), so neither the Origin to name nor whether
-    the path was an agent's is known; naming every origin (`*`) would share it with origins the guard refuses."""
-
-    __slots__ = ()
-    refused: ClassVar[Callable[[str, int], None] | None] = None  # set on a server's own subclass (EdgeServer)
-
-    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
-        if not isinstance(exc, ContentEncodingError):
-            return super().handle_error(request, status, exc, message)
-        log.debug("refused a body in an undecoded content coding: %s", exc)
-        response = error_response(coding_refused())
-        response.force_close()  # the parser stopped at the headers: the body is still on the wire
-        refused = type(self).refused
-        if refused is not None:
-            refused(response[REFUSED], response.status)
-        return response
-
-
-class EdgeServer(web.Server):
-    """aiohttp's server, with an `EdgeRequestHandler` (its own subclass, telling its `refused`) for each
-    connection."""
-
-    handler_class: type[EdgeRequestHandler] = EdgeRequestHandler
-
-    def __call__(self) -> RequestHandler:
-        # aiohttp makes the handler (with its own fallbacks for handler settings); only its class changes, to a
-        # subclass with the same layout (no slots of its own), once per connection.
-        handler = super().__call__()
-        handler.__class__ = self.handler_class
-        return handler
-
-
-def answer_refused_codings(server: web.Server, refused: Callable[[str, int], None] | None = None) -> None:
-    """Make the server `AppRunner` built an `EdgeServer` (same state): aiohttp builds it and makes each
-    connection's handler itself, so its class is the one hook on that handler. Each handler is made as before, of
-    a subclass that changes only the error answer: a request aiohttp's parser accepts costs exactly what it did.
-    `refused(reason, status)` is told of each such refusal, as `guard_middleware`'s is of the others."""
-    server.__class__ = EdgeServer
-    if refused is not None:  # a handler has no room for it (no slots of its own): a class for this server
-        edge = cast(EdgeServer, server)
-        edge.handler_class = type("CountingEdgeRequestHandler", (EdgeRequestHandler,),
-                                  {"__slots__": (), "refused": staticmethod(refused)})
 
 
 def require_json(request: web.Request) -> None:

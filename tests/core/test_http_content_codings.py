@@ -16,7 +16,7 @@ from aiohttp import compression_utils
 from gateway.demo.servers import inventory_server
 from tests.core.test_http_edge import post as edge_post
 from tests.lifecycle.test_life_refusals_metric import refused
-from tests.support.servers import run_http_server
+from tests.support.servers import run_http_server, scripted_upstream
 
 pytestmark = pytest.mark.asyncio
 
@@ -119,11 +119,11 @@ async def test_a_body_in_a_coding_the_gateway_does_not_decode_is_counted_as_an_e
     assert counts[("unsupported_media_type", "415")] == len(codings), counts
 
 
-async def test_a_refused_coding_is_shared_with_an_allowed_origin_where_its_origin_is_known(
-        start_gateway, permissive_policies, http):
-    """A coding aiohttp passes on is refused by /mcp, and an allowed origin reads the 415 (CORS headers); another
-    origin gets the guard's 403. br and zstd are refused by aiohttp's parser, which gives the gateway none of the
-    request's headers (neither its Origin nor its path): their 415 names no origin, whoever sent it."""
+async def test_a_refused_coding_is_shared_with_an_allowed_origin(start_gateway, permissive_policies, http):
+    """An allowed origin reads the 415 of every coding the gateway does not decode (CORS headers). br and zstd are
+    refused by aiohttp's parser before any route, on a request of its own with none of the real one's headers:
+    their 415 named no origin, so a browser agent could not read it. Another origin gets the guard's 403 for a
+    coding aiohttp passes on, and the parser's 415 for br and zstd: neither names it."""
     async with run_http_server(inventory_server()) as url:
         gw = await start_gateway({"listen": {"allowed_origins": [AGENT_ORIGIN]},
                                   "upstreams": [{"name": "inventory", "url": url}],
@@ -132,10 +132,68 @@ async def test_a_refused_coding_is_shared_with_an_allowed_origin_where_its_origi
             for origin in (AGENT_ORIGIN, "http://evil.example"):
                 status, headers, body = await post(http, gw.mcp, UNDECODED[coding],
                                                    {"Content-Encoding": coding, "Origin": origin})
-                if coding in PARSER_REFUSED:
-                    assert status == 415 and "Access-Control-Allow-Origin" not in headers, (coding, origin, headers)
-                elif origin == AGENT_ORIGIN:
-                    assert status == 415 and headers["Access-Control-Allow-Origin"] == AGENT_ORIGIN, (coding, body)
+                if origin == AGENT_ORIGIN:
+                    assert status == 415 and headers.get("Access-Control-Allow-Origin") == AGENT_ORIGIN, (
+                        coding, headers)
                     assert "Origin" in headers["Vary"]
                 else:
-                    assert status == 403 and "Access-Control-Allow-Origin" not in headers, (coding, body)
+                    assert status == (415 if coding in PARSER_REFUSED else 403), (coding, body)
+                    assert "Access-Control-Allow-Origin" not in headers, (coding, headers)
+
+
+def brotli_stored(data: bytes) -> bytes:
+    """`data` in the br coding (RFC 7932) without compressing it: window bits 16, one uncompressed meta-block
+    (ISLAST 0, four nibbles of MLEN-1, ISUNCOMPRESSED 1, padded to a byte), then an empty last meta-block."""
+    assert 0 < len(data) <= 1 << 16
+    return (((len(data) - 1) << 4) | (1 << 20)).to_bytes(3, "little") + data + b"\x03"
+
+
+def zstd_raw(data: bytes) -> bytes:
+    """`data` in the zstd coding (RFC 8878) without compressing it: one single-segment frame (content size in two
+    bytes, less 256), one last raw block."""
+    assert 256 <= len(data) < 1 << 16
+    return (b"\x28\xb5\x2f\xfd\x60" + (len(data) - 256).to_bytes(2, "little")
+            + (1 | len(data) << 3).to_bytes(3, "little") + data)
+
+
+ENCODE = {"br": brotli_stored, "zstd": zstd_raw}
+
+
+async def test_a_real_br_or_zstd_call_from_an_allowed_origin_gets_a_readable_415_and_is_never_forwarded(
+        start_gateway, permissive_policies, http):
+    """A browser agent's call, really br- or zstd-encoded (a body the gateway would serve decoded), in a session:
+    the 415 names the agent's origin on both agent paths, as every other answer there does, and the call never
+    reaches the upstream. A refused origin, or the approvers' API (never shared), get the 415 without CORS."""
+    if not PARSER_REFUSED:
+        pytest.skip("aiohttp decodes br and zstd here: nothing for its parser to refuse")
+    methods: list[str] = []
+
+    def result_of(message: dict[str, Any]) -> Any:
+        methods.append(message["method"])
+        if message["method"] == "tools/list":
+            return {"tools": [{"name": "get_stock", "inputSchema": {"type": "object"}}]}
+        return {"content": [{"type": "text", "text": "A-1: 42 in stock"}]}
+
+    async with scripted_upstream(result_of, name="inventory") as url:
+        gw = await start_gateway({"listen": {"allowed_origins": [AGENT_ORIGIN]},
+                                  "upstreams": [{"name": "inventory", "url": url}],
+                                  "policies": {"dir": str(permissive_policies)}})
+        session = {**await in_session(http, gw.mcp), "Origin": AGENT_ORIGIN}
+        call = json.dumps({**CALL, "params": {**CALL["params"], "_meta": {"pad": "x" * 300}}}).encode()
+        status, headers, body = await post(http, gw.mcp, call, session)
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == AGENT_ORIGIN, body
+        assert methods.count("tools/call") == 1
+        for coding in sorted(PARSER_REFUSED):
+            for path in ("/mcp", "/mcp/inventory"):
+                status, headers, body = await post(http, gw.url + path, ENCODE[coding](call),
+                                                   {**session, "Content-Encoding": coding})
+                assert status == 415 and reason(body) == "unsupported_media_type", (coding, path, body)
+                assert headers.get("Access-Control-Allow-Origin") == AGENT_ORIGIN, (coding, path, headers)
+                assert "Mcp-Session-Id" in headers["Access-Control-Expose-Headers"]
+                assert "Origin" in headers["Vary"], headers
+                assert accepted_codings(headers) == DECODED
+            for url_, origin in ((gw.mcp, "http://evil.example"), (f"{gw.url}/api/approvals/x/approve", AGENT_ORIGIN)):
+                status, headers, body = await post(http, url_, ENCODE[coding](call),
+                                                   {**session, "Origin": origin, "Content-Encoding": coding})
+                assert status == 415 and "Access-Control-Allow-Origin" not in headers, (coding, url_, headers)
+        assert methods.count("tools/call") == 1, methods  # none of the refused calls reached the upstream

@@ -118,3 +118,22 @@ async def test_every_stream_and_aiohttp_s_own_errors_carry_the_headers(gw: Any) 
             assert resp.status == 405 and resp.headers.get("Access-Control-Allow-Origin") == AGENT_ORIGIN
         async with http.post(f"{gw.url}/mcp/nosuch/extra", json=INIT, headers=MCP_HEADERS) as resp:
             assert resp.status == 404 and resp.headers.get("Access-Control-Allow-Origin") == AGENT_ORIGIN
+
+
+async def test_answers_made_before_any_handler_name_an_allowed_origin(gw: Any) -> None:
+    """A body over `listen.max_body_bytes` (413) is refused by /mcp, behind the guard; a header longer than the
+    gateway reads is refused by aiohttp's parser before any route (a text/plain 400, on a request of its own with
+    none of the real one's headers): it named no origin, so a browser agent could not read either reason."""
+    async with aiohttp.ClientSession() as http:
+        too_large = b"x" * (gw.config.listen.max_body_bytes + 1)
+        async with http.post(gw.mcp, data=too_large, headers=MCP_HEADERS) as resp:
+            assert resp.status == 413 and resp.headers.get("Access-Control-Allow-Origin") == AGENT_ORIGIN
+        long_header = {"X-Padding": "x" * (20 * 1024)}
+        for origin in (AGENT_ORIGIN, "http://evil.example"):
+            async with http.post(gw.mcp, json=INIT, headers={**MCP_HEADERS, **long_header, "Origin": origin}) as resp:
+                assert resp.status == 400, await resp.text()
+                named = resp.headers.get("Access-Control-Allow-Origin")
+                assert named == (AGENT_ORIGIN if origin == AGENT_ORIGIN else None), (origin, resp.headers)
+        async with http.post(f"{gw.url}/api/approvals/x/approve", json={},  # the approvers' API: never shared
+                             headers={**MCP_HEADERS, **long_header}) as resp:
+            assert resp.status == 400 and "Access-Control-Allow-Origin" not in resp.headers
