@@ -29,7 +29,7 @@ from typing import Any, Final
 from gateway.authz.agentattrs import conform
 from gateway.authz.argtypes import Type
 from gateway.context import Actor, CallContext, Principal, ToolInfo, canonical_json
-from gateway.identity.chain import check_repeated_agents
+from gateway.identity.chain import check_repeated_agents, merged_attributes
 
 LONG_MIN = -(2**63)
 LONG_MAX = 2**63 - 1
@@ -254,13 +254,14 @@ def tool_entity(tool: ToolInfo) -> dict[str, Any]:
 
 def members(principal: Principal) -> list[Actor]:
     """Everyone who must be permitted: the principal first, then each actor of its chain (deduplicated)."""
-    out = [Actor(principal.id, dict(principal.attributes))]
-    seen = {principal.id}
+    out = {principal.id: Actor(principal.id, dict(principal.attributes))}
     for actor in principal.chain:
-        if actor.id not in seen:
-            seen.add(actor.id)
-            out.append(actor)
-    return out
+        first = out.get(actor.id)
+        # An agent named again (A → B → A, or a bare `sub` naming the principal): one entity with every attribute
+        # given (identify refused the token if two occurrences conflict).
+        out[actor.id] = actor if first is None else Actor(actor.id, merged_attributes(first.attributes,
+                                                                                       actor.attributes))
+    return list(out.values())
 
 
 def member_ids(principal: Principal) -> list[str]:
@@ -277,7 +278,8 @@ def entities(principal: Principal, tool: ToolInfo, declared: dict[str, Type] | N
     identity code reads no issuer of an actor's own), so it is the one that vouches for each actor too.
     An agent named twice with different attributes raises RepeatedAgentError (a ValueError: the decision denies):
     identify refuses such a token, so only a principal built elsewhere can get here with one."""
-    check_repeated_agents(principal.id, principal.attributes, principal.chain)
+    if principal.chain:
+        check_repeated_agents(principal.id, principal.attributes, principal.chain)
     found: list[dict[str, Any]] = [agent_entity(m.id, m.attributes, declared, principal.issuer)
                                    for m in members(principal)]
     tenants = {p["id"] for e in found for p in e["parents"]}

@@ -153,10 +153,18 @@ def _same_value(value: Any) -> str:
 
 
 def _differing(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[str]:
-    """The attribute names whose values differ (one missing or null included); `issuer` is the gateway's own, the
-    verified issuer's on every Agent of the token, so not compared."""
-    names = {name for name, value in (*first.items(), *second.items()) if value is not None} - {"issuer"}
-    return sorted(name for name in names if _same_value(first.get(name)) != _same_value(second.get(name)))
+    """The attribute names both occurrences give (not null) with different values. One that only one of them gives
+    is no conflict (an `act` object often names an agent by `sub` alone): the entity gets it (`merged_attributes`).
+    `issuer` is the gateway's own, the verified issuer's on every Agent of the token, so not compared."""
+    names = {name for name, value in first.items() if value is not None and second.get(name) is not None}
+    return sorted(name for name in names - {"issuer"} if _same_value(first[name]) != _same_value(second[name]))
+
+
+def merged_attributes(first: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
+    """One agent's attributes from two occurrences that do not conflict: the first's, plus what only the later gives."""
+    merged = dict(first)
+    merged.update((name, value) for name, value in later.items() if merged.get(name) is None and value is not None)
+    return merged
 
 
 def repeated_agent_conflict(subject: str, attributes: Mapping[str, Any], chain: Sequence[Actor]) -> str | None:
@@ -164,7 +172,8 @@ def repeated_agent_conflict(subject: str, attributes: Mapping[str, Any], chain: 
 
     Cedar holds one `Agent` entity per id, so an agent named twice, as the principal and an actor or as two
     actors (A → B → A), is one entity with one set of attributes: named with different ones, one set would
-    silently stand for both. Named alike (lists as Sets), it is decided as any chain is."""
+    silently stand for both. Named alike (lists as Sets), or with attributes only one occurrence gives, it is decided
+    as any chain is, the entity holding every attribute given."""
     if not chain:
         return None
     seen: dict[str, tuple[str, Mapping[str, Any]]] = {subject: ("the principal", attributes)}

@@ -104,3 +104,19 @@ async def test_the_same_agent_twice_with_the_same_attributes_is_served_as_before
     async with sdk_client(env.endpoint, elsewhere) as client:
         with pytest.raises(Exception, match="Unknown tool"):
             await client.call_tool("get_stock", {"sku": "widget"})
+
+
+async def test_an_occurrence_naming_the_agent_alone_adds_nothing_and_loses_nothing(env: Env) -> None:
+    # An `act` object often names an agent by `sub` alone: no conflict with another occurrence that says more, and
+    # the one entity gets every attribute given, whichever occurrence gave it.
+    bare_self = env.token((PLANNER, {"tenant": "acme"}), SHOPPER)
+    bare_first = env.token(PLANNER, (ORCH, {"tenant": "acme"}), (PLANNER, {"tenant": "acme"}))
+    for token in (bare_self, bare_first):
+        async with sdk_client(env.endpoint, token) as client:
+            result = await client.call_tool("get_stock", {"sku": "widget"})
+        assert result.content[0].text == "widget: 42 in stock"
+    # The later occurrence's tenant is read, not dropped for the first one's silence: globex is another tenant.
+    elsewhere = env.token(PLANNER, (ORCH, {"tenant": "acme"}), (PLANNER, {"tenant": "globex"}))
+    async with sdk_client(env.endpoint, elsewhere) as client:
+        with pytest.raises(Exception, match="Unknown tool"):
+            await client.call_tool("get_stock", {"sku": "widget"})
