@@ -58,15 +58,13 @@ class Env:
 
 @pytest.fixture
 async def env(start_gateway: Any, tmp_path: Path) -> AsyncIterator[Env]:
-    issuer = TestIssuer(tmp_path)
-    policies = tmp_path / "policies"
-    shutil.copytree(REPO / "policies", policies)
-    seen: list[SeenRequest] = []
+    issuer, seen = TestIssuer(tmp_path), list[SeenRequest]()
     async with run_http_server(inventory_server(), requests=seen) as inventory:
         gw = await start_gateway({
             "upstreams": [{"name": "inventory", "url": inventory, "tools": {"get_stock": {"read_only": True}}}],
             "identity": {"mode": "jwt", "issuers": [issuer.config()]},
-            "policies": {"dir": str(policies), "watch": False},
+            # The shipped policies, as a copy: the gateway may watch its policies.dir.
+            "policies": {"dir": str(shutil.copytree(REPO / "policies", tmp_path / "policies")), "watch": False},
         })
         yield Env(gw, issuer, seen)
 
