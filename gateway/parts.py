@@ -31,6 +31,7 @@ from gateway.authz.stage import AuthorizeStage
 from gateway.catalog import Catalog
 from gateway.config import ConfigError
 from gateway.config.model import Config, PoliciesConfig, RedisStore
+from gateway.config_reloads import ConfigReloads
 from gateway.credentials.redaction import Redactor
 from gateway.credentials.service import CredentialService
 from gateway.identity.metadata import split_base
@@ -62,6 +63,7 @@ class Parts:
     limiter: Limiter
     facts: TaskStage
     upstreams: Mapping[str, Upstream]
+    config_reloads: ConfigReloads
     redis: RedisConnection | None = None
     routes: list[web.RouteDef] = field(default_factory=list)
     checks: dict[str, Check] = field(default_factory=dict)
@@ -81,7 +83,8 @@ class Parts:
 
         Policies are the part operators change live, `policies.dir` and `shadow_dir` included. Other
         config sections own open connections and child processes; a change to them is reported (with
-        the sections named) and needs a restart. `running` is the config as read at start-up.
+        the sections named) and needs a restart. `running` is the config as read at start-up. Each re-read of
+        the file, accepted or refused, is counted, recorded and shown in /readyz (`config_reloads`).
         """
         policies = None
         if config_path is not None:
@@ -89,12 +92,14 @@ class Parts:
                 fresh = await asyncio.to_thread(_checked_config, config_path)
             except ConfigError as exc:
                 log.error("SIGHUP: %s is invalid, nothing changed:\n  %s", config_path, "\n  ".join(exc.problems))
+                self.config_reloads.refused(config_path, exc.problems)
                 return False
             policies = fresh.policies
             changed = restart_needed(fresh, running) if running is not None else []
             if changed:
                 log.warning("SIGHUP: config sections %s changed; they take effect after a restart",
                             ", ".join(changed))
+            self.config_reloads.accepted(config_path, changed)
         ok = await self.engine.reload(policies)
         log.info("SIGHUP: policies %s", f"reloaded from {self.engine.config.dir}" if ok else "kept (reload failed)")
         # A key an operator dropped into signing.key_dir becomes the signer (on-demand rotation).
@@ -223,7 +228,8 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     async def policy_check() -> tuple[bool, Any]:
         return engine.loaded, engine.status()
 
-    checks: dict[str, Check] = {"policies": policy_check}
+    config_reloads = ConfigReloads(obs)
+    checks: dict[str, Check] = {"policies": policy_check, "config": config_reloads.check}
     if redis is not None:
         async def store_check() -> tuple[bool, Any]:
             return await redis.check()
@@ -246,7 +252,8 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
         owners.append(identity_owner)
     return Parts(identifier=identifier, engine=engine, authorize=AuthorizeStage(engine, config.environment),
                  approvals=approvals, approve=approve, credentials=credentials, observability=obs, guard=guard,
-                 limiter=Limiter(config.limits, limit_backend), facts=facts, upstreams=upstreams, redis=redis,
+                 limiter=Limiter(config.limits, limit_backend), facts=facts, upstreams=upstreams,
+                 config_reloads=config_reloads, redis=redis,
                  routes=[*credentials.routes(), *obs.routes(), *_metadata_routes(config),
                          *approval_routes(approvals, identifier, cedar_approver_check(engine.decide_approve),
                                           redactor=redactor.redact,

@@ -53,8 +53,8 @@ SCOPE = InstrumentationScope("customs", "0.1.0")
 INSTRUMENTS = (
     "customs.calls", "customs.stage.duration", "mcp.server.operation.duration", "mcp.client.operation.duration",
     "customs.approvals.pending", "customs.approval.wait.duration", "customs.upstream.errors",
-    "customs.upstream.restarts", "customs.policy.reloads", "customs.tool.quarantines", "customs.rate_limited",
-    "customs.shadow.disagreements", "customs.decision_log.dropped", "cpython.gc.collections",
+    "customs.upstream.restarts", "customs.policy.reloads", "customs.config.reloads", "customs.tool.quarantines",
+    "customs.rate_limited", "customs.shadow.disagreements", "customs.decision_log.dropped", "cpython.gc.collections",
     "customs.policy.errors", "customs.requests.refused", "customs.sessions.open", "customs.credential.revocations",
     "mcp.server.session.duration", "customs.spans.dropped", "mcp.client.session.duration",
 )
@@ -172,6 +172,8 @@ class Metrics:
         self.upstream_restarts = meter.create_counter("customs.upstream.restarts", "{restart}",
                                                       "Restarts of stdio upstreams")
         self.policy_reloads = meter.create_counter("customs.policy.reloads", "{reload}", "Policy reload attempts")
+        self.config_reloads = meter.create_counter("customs.config.reloads", "{reload}",
+                                                   "Config file re-reads on SIGHUP, accepted or refused")
         self.quarantines = meter.create_counter("customs.tool.quarantines", "{tool}", "Tools quarantined")
         self.rate_limited_calls = meter.create_counter("customs.rate_limited", "{call}", "Calls refused by limits")
         self.shadow = meter.create_counter("customs.shadow.disagreements", "{call}",
@@ -320,6 +322,9 @@ class Metrics:
 
     def policy_reload(self, ok: bool, policy_set: str = "enforced") -> None:
         self.policy_reloads.add(1, {"customs.outcome": "ok" if ok else "error", "customs.policy_set": policy_set})
+
+    def config_reload(self, ok: bool) -> None:
+        self.config_reloads.add(1, {"customs.outcome": "ok" if ok else "error"})
 
     def tool_quarantined(self, upstream: str, tool: str) -> None:
         self.quarantines.add(1, {"customs.upstream": upstream, "gen_ai.tool.name": tool})

@@ -5,9 +5,12 @@ as needing a restart (docs/configuration.md, "Reloading").
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,58 @@ async def _readyz_policies(http: aiohttp.ClientSession, url: str) -> dict[str, A
     async with http.get(f"{url}/readyz") as resp:
         detail: dict[str, Any] = (await resp.json())["checks"]["policies"]["detail"]
         return detail
+
+
+async def _config_reloads(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """outcome -> count of customs.config.reloads, from /metrics."""
+    async with http.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    return {dict(re.findall(r'(\w+)="([^"]*)"', line))["customs_outcome"]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith("customs_config_reloads_total{")}
+
+
+def _config_reload_events(log_path: Path) -> list[dict[str, Any]]:
+    lines = log_path.read_text().splitlines() if log_path.exists() else []
+    return [r for r in map(json.loads, lines) if r.get("type") == "config_reload"]
+
+
+async def test_a_refused_sighup_is_counted_recorded_and_named_in_readyz_until_a_reload_succeeds(
+        spawn_gateway: Any, upstream_url: str, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    log_path = tmp_path / "decisions.jsonl"
+    gw = await spawn_gateway({"upstreams": [{"name": "rec", "url": upstream_url}], "identity": ANON,
+                              "policies": {"dir": str(one_shape_policies(tmp_path / "p")), "watch": False},
+                              "decision_log": {"path": str(log_path)}})
+    client = RawClient(http, gw.mcp)
+    await client.initialize()
+    good = gw.config_path.read_text()
+    gw.config_path.write_text(good + "\nnot_a_section: 1\n")
+    before = time.time()
+    gw.proc.send_signal(signal.SIGHUP)
+    await poll(lambda: len(_config_reload_events(log_path)) == 1, what="the config_reload record")
+    [event] = _config_reload_events(log_path)
+    assert event["outcome"] == "error" and event["file"] == str(gw.config_path), event
+    assert any("not_a_section: unknown key" in p for p in event["problems"]), event
+    assert await _config_reloads(http, gw.url) == {"error": 1}
+    async with http.get(f"{gw.url}/readyz") as resp:  # still ready: the running, valid config serves on
+        ready = await resp.json()
+        assert resp.status == 200 and ready["status"] == "ready", ready
+    config = ready["checks"]["config"]
+    assert config["ready"] is True and config["detail"]["reload_failures"] == 1, config
+    refused = config["detail"]["last_error"]
+    assert refused["file"] == str(gw.config_path) and before <= refused["at"] <= time.time(), refused
+    assert any("not_a_section: unknown key" in p for p in refused["problems"]), refused
+    assert "result" in (await client.call("rec__lookup", {"sku": "widget"}))[2]
+
+    gw.config_path.write_text(good)  # fixed: accepted, counted, and the refusal no longer shown
+    gw.proc.send_signal(signal.SIGHUP)
+    await poll(lambda: len(_config_reload_events(log_path)) == 2, what="the second config_reload record")
+    event = _config_reload_events(log_path)[1]
+    assert event["outcome"] == "ok" and event["file"] == str(gw.config_path) and "problems" not in event, event
+    assert await _config_reloads(http, gw.url) == {"error": 1, "ok": 1}
+    async with http.get(f"{gw.url}/readyz") as resp:
+        detail = (await resp.json())["checks"]["config"]["detail"]
+    assert detail["last_error"] is None and detail["reloads"] == 2 and detail["reload_failures"] == 1, detail
+    assert "result" in (await client.call("rec__lookup", {"sku": "widget"}))[2]
 
 
 async def test_sighup_reads_policies_from_a_changed_policies_dir(
