@@ -8,7 +8,9 @@ the MCP headers a client must read (`Mcp-Session-Id`, …): the guard adds them 
 raised as aiohttp's HTTP exceptions included), and each agent-path stream before it opens (`share`), so streamed
 answers (SSE) carry them too; so do the answers aiohttp's parser has the gateway make before any route (the 415
 for a br or zstd body, the 400 for a header too long: edge.py), once the request's head is found again in the
-bytes the parser stopped in. The approvers' page, its API and the admin API are never shared with another origin.
+bytes the parser stopped in, and aiohttp's own answer to an exception that escaped a handler (500; 504 for a
+TimeoutError: edge.py), with the origin recorded on the request (`ORIGIN`). The approvers' page, its API and the
+admin API are never shared with another origin.
 Credentials are bearer tokens in `Authorization`, not cookies: no `Access-Control-Allow-Credentials`.
 """
 

@@ -5,7 +5,9 @@ gateway reads, a malformed head).
 aiohttp makes those answers for a request of its own (`handle_error` on a stand-in: path `/`, no headers), so the
 guard never sees the real one. Its head is found again in the bytes the parser stopped in, on that error path only,
 and an answer to an allowed origin on an agent path names it as the guard names it on every other answer
-(cors.py); a refused Host or Origin, or another path, gets no CORS headers.
+(cors.py); a refused Host or Origin, or another path, gets no CORS headers. aiohttp's answer to an exception that
+escaped a handler (a text/plain 500, a 504 for a TimeoutError) is made here too, for the real request: it names
+the origin the guard recorded on it (`cors.ORIGIN`: an allowed origin on an agent path), and no other.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.errors import GatewayError
+from gateway.http.cors import ORIGIN as CORS_ORIGIN
 from gateway.http.cors import add as add_cors
 from gateway.http.cors import cors_origin
 from gateway.http.guards import REFUSED, HostOriginPolicy, coding_refused, error_response
@@ -84,7 +87,8 @@ class EdgeRequestHandler(RequestHandler):
     zstd without their modules) as the gateway answers a coding it does not decode, not with a text/plain 400 and
     a traceback logged at ERROR. That refusal reaches no middleware, so it is counted here (`refused`, as
     guard_middleware counts the others). This answer and aiohttp's own to a request it cannot parse name an allowed
-    origin (`origins`) as the guard would (`refused_request_origin`)."""
+    origin (`origins`) as the guard would (`refused_request_origin`); so does aiohttp's answer to an exception that
+    escaped a handler (500; 504 for a TimeoutError), with the origin the guard recorded on that request."""
 
     __slots__ = ()
     # Set on a server's own subclass (EdgeServer): a handler has no room of its own.
@@ -97,11 +101,14 @@ class EdgeRequestHandler(RequestHandler):
             response = self._coding_refused(exc)
         else:
             response = super().handle_error(request, status, exc, message)
+        # A request the guard passed, whose handler let an exception escape (the 500, a TimeoutError's 504): the
+        # origin the guard recorded on it. Else a request the parser refused: its head is found again.
+        origin = request.get(CORS_ORIGIN)
         origins = type(self).origins
-        if origins is not None and isinstance(exc, HttpProcessingError):
+        if origin is None and origins is not None and isinstance(exc, HttpProcessingError):
             origin = refused_request_origin(origins, exc)
-            if origin is not None:
-                add_cors(response, origin)
+        if origin is not None:
+            add_cors(response, origin)
         return response
 
     def _coding_refused(self, exc: ContentEncodingError) -> web.StreamResponse:
