@@ -279,6 +279,8 @@ class StreamableHttpSession:
                                        data={"status": response.status})
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             self._up.connection_failed(exc)
+        except aiohttp.ClientError as exc:  # an answer no HTTP parser takes (a malformed status line): as _exchange
+            raise GatewayError("upstream_error", f"HTTP error: {type(exc).__name__}") from exc
 
     async def _cancel_upstream(self, upstream_id: int, reason: str) -> None:
         """Best effort: tell the upstream to stop working on a request we gave up on."""

@@ -18,6 +18,7 @@ from gateway.transport.sse import SseUpstream
 from tests.transport.conftest import CLIENT_CAPS, INIT_RESULT, Inbox, call
 
 OnCall = Callable[["FakeSse", Message], Awaitable[None]]
+MALFORMED = "malformed_http"  # a tool whose call the fake answers with a malformed HTTP response
 
 
 class FakeSse:
@@ -45,6 +46,10 @@ class FakeSse:
         self.posts.append(message)
         if message.get("method") == "initialize":
             await self.send({"jsonrpc": "2.0", "id": message["id"], "result": INIT_RESULT})
+        elif message.get("method") == "tools/call" and message["params"]["name"] == MALFORMED:
+            assert request.transport is not None  # an answer no HTTP parser takes, then the connection closed
+            request.transport.write(b"HTTP/1.1 abc Nonsense\r\n\r\n")
+            request.transport.close()
         elif message.get("method") == "tools/call":
             await self.on_call(self, message)
         return web.Response(status=202)
@@ -127,6 +132,21 @@ async def test_garbage_on_the_stream_is_ignored_and_a_bad_answer_fails_its_call(
     with pytest.raises(GatewayError) as info:
         await session.request(call("x"))
     assert info.value.reason == "upstream_error"
+    await upstream.stop()
+
+
+async def test_a_malformed_http_answer_to_a_post_fails_its_call_as_upstream_error(
+        http: aiohttp.ClientSession, fake_sse: Callable[..., Awaitable[tuple[str, FakeSse]]]) -> None:
+    async def answer(fake: FakeSse, message: Message) -> None:
+        await fake.send({"jsonrpc": "2.0", "id": message["id"], "result": {"content": []}})
+
+    url, _ = await fake_sse(answer)
+    upstream = sse_upstream(url, http)
+    session = await upstream.connect(CLIENT_CAPS, Inbox())
+    with pytest.raises(GatewayError) as info:  # (old code: aiohttp's ClientResponseError, past every handler)
+        await session.request(call(MALFORMED))
+    assert info.value.reason == "upstream_error"
+    assert (await session.request(call("fine")))["result"] == {"content": []}  # the session goes on
     await upstream.stop()
 
 
