@@ -92,6 +92,7 @@ CASES: dict[str, list[WireSpan]] = {
         (context(0xC5, remote=True), {"n": 1, "gone": None, 7: "seven"})])],
     "error status with message": [span(status=(ERROR, "policy denied the call"))],
     "error status without message": [span(status=(ERROR, None)), span(status=(ERROR, ""))],
+    "error status with a description that is no string": [span(status=(ERROR, 42)), span(status=(ERROR, ("x",)))],
     "ok status drops its message": [span(status=(OK, "fine")), span(status=(OK, None))],
     "unset status ignores text": [span(status=(UNSET, "ignored"))],
     "every kind": [span(kind=kind, ctx=context(0xB0 + kind)) for kind in range(5)],
@@ -106,6 +107,8 @@ CASES: dict[str, list[WireSpan]] = {
                                                            "frozenset": frozenset(), "bytearray": bytearray(b"ab")})],
     "values it cannot encode": [span(attributes={"too_big": 2**63, "too_small": -(2**63) - 1, "in_tuple": (2**64,),
                                                  "surrogate": "\ud800", "\udfff": "key", "fine": 1})],
+    "tuples holding lists or mappings (unhashable)": [span(attributes={"lists": ("a", ["b"]), "maps": ({"k": 1},),
+                                                                      "fine": ("a",)})],
     "unicode": [span(name="tools/call こんにちは 😀", attributes={"ключ": "значение", "emoji": "✓ 😀",
                                                                 "cjk": ("漢字", "かな"), "combining": "e\u0301"})],
     "bool, int and float that compare equal": [span(ctx=context(0xB0 + i), attributes=attrs) for i, attrs in
@@ -177,7 +180,8 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**64), max_value=2**64), st.floats(allow_nan=True),
     st.text(max_size=8), st.binary(max_size=4), st.sampled_from(["\ud800", "é😀", "", "tools/call"]))
 values = st.one_of(scalars, st.lists(scalars, max_size=4), st.lists(scalars, max_size=4).map(tuple),
-                   st.dictionaries(st.text(max_size=4), scalars, max_size=3))
+                   st.dictionaries(st.text(max_size=4), scalars, max_size=3),
+                   st.tuples(scalars, st.lists(scalars, max_size=2)))  # a tuple no dict can be keyed by
 keys = st.one_of(st.text(max_size=12), st.sampled_from(["", "k", "customs.decision"]), st.integers(-2, 3))
 
 
@@ -198,7 +202,9 @@ SHARED = OtlpEncoder(RESOURCE)  # across examples, as the child's encoder lives 
 def test_random_attributes_encode_as_the_sdk_encodes_them(attributes: dict[Any, Any],
                                                          link_attributes: dict[Any, Any],
                                                          status: tuple[int, str | None]) -> None:
-    spans = [span(attributes=attributes, links=[(context(0xC3, remote=True), link_attributes)], status=status)]
+    # The second span has no links, so serialize writes it itself (a span with links takes the message path).
+    spans = [span(attributes=attributes, links=[(context(0xC3, remote=True), link_attributes)], status=status),
+             span(ctx=context(0xB7), attributes=attributes, status=status)]
     assert_same(spans)
     assert_same(spans, encoder=SHARED)
 
