@@ -176,13 +176,21 @@ def repeated_agent_conflict(subject: str, attributes: Mapping[str, Any], chain: 
     as any chain is, the entity holding every attribute given."""
     if not chain:
         return None
-    seen: dict[str, tuple[str, Mapping[str, Any]]] = {subject: ("the principal", attributes)}
+    # Every occurrence of each agent so far (0: the principal), a later one checked against each: against the
+    # attributes `members` merges from them all, not only the first occurrence's (which may have named it bare).
+    seen: dict[str, list[tuple[int, Mapping[str, Any]]]] = {subject: [(0, attributes)]}
     for position, actor in enumerate(chain, start=1):
-        first = seen.setdefault(actor.id, (f"actor {position}", actor.attributes))
-        differ = _differing(first[1], actor.attributes) if first[1] is not actor.attributes else []
-        if differ:
-            return (f"delegation chain names agent {actor.id!r} twice with different attributes ({first[0]} and "
-                    f"actor {position} differ in {', '.join(differ)}); Cedar holds one Agent per id")
+        occurrences = seen.get(actor.id)
+        if occurrences is None:
+            seen[actor.id] = [(position, actor.attributes)]
+            continue
+        for earlier, given in occurrences:
+            differ = _differing(given, actor.attributes)
+            if differ:
+                first = f"actor {earlier}" if earlier else "the principal"
+                return (f"delegation chain names agent {actor.id!r} twice with different attributes ({first} and "
+                        f"actor {position} differ in {', '.join(differ)}); Cedar holds one Agent per id")
+        occurrences.append((position, actor.attributes))
     return None
 
 

@@ -118,3 +118,17 @@ async def test_an_occurrence_naming_the_agent_alone_adds_nothing_and_loses_nothi
     async with sdk_client(env.endpoint, elsewhere) as client:
         with pytest.raises(Exception, match="Unknown tool"):
             await client.call_tool("get_stock", {"sku": "widget"})
+
+
+async def test_two_occurrences_conflicting_after_a_bare_first_one_are_refused(env: Env) -> None:
+    # The planner named bare first, then as acme, then as globex: the bare one conflicts with neither, but the
+    # later two conflict with each other (the one entity would silently have been acme for both).
+    token = env.token(PLANNER, (PLANNER, {"tenant": "acme"}), (PLANNER, {"tenant": "globex"}))
+    for message in await env.refused(token):
+        assert message == (f"Invalid token: delegation chain names agent {PLANNER!r} twice with different "
+                           "attributes (actor 2 and actor 3 differ in tenant); Cedar holds one Agent per id")
+    # The same with the principal bare (no claims of its own) and named twice in its chain.
+    bare_principal = env.token((SHOPPER, {"tenant": "acme"}), (SHOPPER, {"tenant": "globex"}), tenant=None)
+    for message in await env.refused(bare_principal):
+        assert "(actor 1 and actor 2 differ in tenant)" in message
+    assert env.seen == [], "a token naming one agent with two sets of attributes reached the upstream"
