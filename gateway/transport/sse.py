@@ -98,6 +98,8 @@ class SseSession:
             self._response = await self._up.stream_http.get(self._up.url, headers=headers, allow_redirects=False)
         except aiohttp.ClientConnectionError as exc:
             self._up.connection_failed(exc)
+        except aiohttp.ClientError as exc:  # an answer no HTTP parser takes (a malformed status line or header)
+            raise GatewayError("upstream_error", f"HTTP error: {type(exc).__name__}") from exc
         self._up.check_status(self._response)
         if self._response.status != 200 or self._response.content_type != "text/event-stream":
             raise GatewayError("upstream_error", f"upstream SSE endpoint answered HTTP {self._response.status}",

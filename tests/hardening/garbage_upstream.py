@@ -1,0 +1,179 @@
+"""An upstream MCP server written on bare asyncio streams, for answers no HTTP server library would write.
+
+Every connection carries one request and is closed after its answer (`Connection: close`). A request whose key
+is in `garbage` gets those exact bytes back (none: the connection is closed before any answer); every other one
+is answered as a small streamable HTTP (or, with `legacy`, HTTP+SSE) server answers it. A request's key is its
+HTTP method for GET and DELETE, else its JSON-RPC method (`tools/list#2`: the second page; `answer`: a response
+to a server→client request). `sse` answers requests with an SSE stream instead of JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+_JSON = b"Content-Type: application/json\r\n"
+_CUT = b'{"jsonrpc": "2.0", "id": 7, "result": {"cont'
+
+# The kinds of garbage, as the exact bytes an upstream answers with before closing the connection.
+GARBAGE: dict[str, bytes] = {
+    "bad_status_line": b"HTTP/1.1 abc Nonsense\r\n\r\n",
+    "header_without_colon": b"HTTP/1.1 200 OK\r\n" + _JSON + b"ThisLineHasNoColon\r\nContent-Length: 2\r\n\r\n{}",
+    "bad_chunked": b"HTTP/1.1 200 OK\r\n" + _JSON + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n",
+    "short_body": b"HTTP/1.1 200 OK\r\n" + _JSON + b"Content-Length: 4000\r\n\r\n" + _CUT,
+    "cut_json": b"HTTP/1.1 200 OK\r\n" + _JSON + b"Content-Length: %d\r\n\r\n" % len(_CUT) + _CUT,
+    "sse_cut_mid_event": (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+                          b"event: message\ndata: " + _CUT),
+    "huge_header": b"HTTP/1.1 200 OK\r\n" + _JSON + b"X-Huge: " + b"a" * 200_000 + b"\r\nContent-Length: 2\r\n\r\n{}",
+    "http09": b'{"jsonrpc": "2.0", "id": 1, "result": {}}',
+    "closed_before_answer": b"",
+}
+
+INIT_RESULT = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}, "resources": {}, "prompts": {}},
+               "serverInfo": {"name": "garbage", "version": "1"}}
+PAGES = {None: ([{"name": "echo", "inputSchema": {"type": "object"}},
+                 {"name": "ask", "inputSchema": {"type": "object"}}], "2"),
+         "2": ([{"name": "second", "inputSchema": {"type": "object"}}], None)}
+ROOTS = {"jsonrpc": "2.0", "id": "ask-1", "method": "roots/list"}
+
+
+@dataclass
+class GarbageUpstream:
+    garbage: dict[str, bytes] = field(default_factory=dict)
+    sse: bool = False
+    legacy: bool = False
+    url: str = ""
+    seen: list[str] = field(default_factory=list)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)  # a response to `roots/list` arrived
+    _legacy_stream: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    _streams: list[asyncio.Queue[bytes | None]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """End every open legacy stream and waiting SSE answer (the server is going away)."""
+        self.answered.set()
+        for stream in self._streams:
+            stream.put_nowait(None)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, target, body = await _read_request(reader)
+            await self._answer(method, target, body, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, method: str, target: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        message: dict[str, Any] = json.loads(body) if body else {}
+        key = method if method in ("GET", "DELETE") else str(message.get("method", "answer"))
+        if key == "tools/list" and (message.get("params") or {}).get("cursor") == "2":
+            key = "tools/list#2"
+        self.seen.append(key)
+        if key == "answer":
+            self.answered.set()
+        if key in self.garbage:
+            writer.write(self.garbage[key])
+            await writer.drain()
+            return
+        if method == "GET":
+            await self._get(writer)
+        elif method == "DELETE" or "id" not in message:
+            writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        elif self.legacy:
+            writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await self._legacy_stream.put(_event({"jsonrpc": "2.0", "id": message["id"], "result": _result(message)}))
+        elif self.sse and message["method"] != "initialize":
+            await self._sse_answer(message, writer)
+        else:
+            answer = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": _result(message)}).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\n" + _JSON + b"Mcp-Session-Id: s-1\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(answer) + answer)
+        await writer.drain()
+
+    async def _get(self, writer: asyncio.StreamWriter) -> None:
+        if not self.legacy:
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        self._legacy_stream = stream = asyncio.Queue()  # the latest session's stream carries the answers
+        self._streams.append(stream)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+                     b"event: endpoint\ndata: /messages\n\n")
+        while (chunk := await stream.get()) is not None:
+            writer.write(chunk)
+            await writer.drain()
+
+    async def _sse_answer(self, message: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+        if message["method"] == "tools/call" and message["params"]["name"] == "ask":
+            writer.write(_event(ROOTS))  # a server→client request before the answer: its answer is POSTed
+            await writer.drain()
+            await self.answered.wait()
+        writer.write(_event({"jsonrpc": "2.0", "id": message["id"], "result": _result(message)}))
+
+
+def _event(message: dict[str, Any]) -> bytes:
+    return b"event: message\ndata: " + json.dumps(message).encode() + b"\n\n"
+
+
+def _result(message: dict[str, Any]) -> dict[str, Any]:
+    method, params = message["method"], message.get("params") or {}
+    if method == "initialize":
+        return INIT_RESULT
+    if method == "tools/list":
+        tools, cursor = PAGES[params.get("cursor")]
+        return {"tools": tools, **({"nextCursor": cursor} if cursor else {})}
+    if method == "resources/read":
+        return {"contents": [{"uri": params["uri"], "text": "r"}]}
+    if method == "resources/list":
+        return {"resources": [{"uri": "file:///r", "name": "r"}]}
+    if method == "prompts/get":
+        return {"messages": []}
+    if method == "prompts/list":
+        return {"prompts": [{"name": "p"}]}
+    if method == "tools/call":
+        return {"content": [{"type": "text", "text": "ok"}]}
+    return {}
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    body = await reader.readexactly(length) if length else b""
+    return method, target, body
+
+
+@asynccontextmanager
+async def garbage_upstream(upstream: GarbageUpstream) -> AsyncIterator[GarbageUpstream]:
+    handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers[task] = writer
+        try:
+            await upstream.handle(reader, writer)
+        finally:
+            handlers.pop(task, None)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    upstream.url = f"http://127.0.0.1:{port}/{'sse' if upstream.legacy else 'mcp'}"
+    try:
+        yield upstream
+    finally:
+        server.close()
+        upstream.stop()
+        for writer in handlers.values():
+            writer.transport.close()  # a connection waiting for a request reads its end
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()

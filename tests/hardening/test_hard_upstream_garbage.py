@@ -1,0 +1,206 @@
+"""An upstream that answers at the HTTP level with garbage, on every path the gateway talks HTTP to it.
+
+Each case: one path (the request the upstream answers with garbage) and one kind of garbage (garbage_upstream.py's
+GARBAGE: a malformed status line, a header line with no colon, invalid chunked encoding, a Content-Length past the
+body then close, a body cut mid-JSON, an SSE answer cut mid-event, an absurdly long header, an HTTP/0.9-style answer
+with no status line, the connection closed before any answer). The agent must get a clean answer (a JSON-RPC error
+with a stable upstream reason, or the path's normal answer when the failure is not the agent's request's: a
+notification's 202, a call going on without the GET stream), never aiohttp's text/plain 500 nor a hang; nothing
+may be left open once the agent's session ends; the gateway must go on serving once the upstream behaves; and the
+log holds no ERROR (a plain upstream fault is no bug). A real gateway app, real HTTP, a real scripted upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.hardening.conftest import ACCEPT, ANON
+from tests.hardening.garbage_upstream import GARBAGE, GarbageUpstream, garbage_upstream
+
+CLEAN_REASONS = {"upstream_error", "upstream_unavailable"}
+# Legacy SSE: a POST is only acknowledged, its answer comes on the stream. Garbage after a 2xx status line is an
+# acknowledgement, like any other (its body is never read): the answer that never comes is the call's timeout.
+ACKNOWLEDGED = {"short_body", "cut_json", "sse_cut_mid_event"}
+INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {"roots": {}},
+                   "clientInfo": {"name": "garbage-test", "version": "1"}}}
+
+
+class Agent:
+    """A raw streamable HTTP agent on one gateway view."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, reasons: set[str] = CLEAN_REASONS) -> None:
+        self.http, self.url, self.session_id, self.reasons = http, url, "", reasons
+
+    def headers(self) -> dict[str, str]:
+        extra = {"Mcp-Session-Id": self.session_id, "MCP-Protocol-Version": "2025-11-25"} if self.session_id else {}
+        return {**ACCEPT, **extra}
+
+    async def post(self, message: dict[str, Any]) -> tuple[int, str, Any]:
+        async with asyncio.timeout(15), self.http.post(self.url, json=message, headers=self.headers()) as resp:
+            text = await resp.text()
+            if not self.session_id and resp.status == 200:
+                self.session_id = resp.headers.get("Mcp-Session-Id", "")
+            return resp.status, resp.headers.get("Content-Type", ""), _decode(text)
+
+    async def request(self, method: str, params: dict[str, Any] | None = None, rid: int = 1) -> tuple[int, str, Any]:
+        return await self.post({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}})
+
+    async def end(self) -> int:
+        async with asyncio.timeout(15), self.http.delete(self.url, headers=self.headers()) as resp:
+            return resp.status
+
+    def clean(self, status: int, content_type: str, body: Any, *, ok: bool = False) -> None:
+        """A JSON-RPC answer: a result (when `ok` allows one) or an error with a stable upstream reason."""
+        assert "text/plain" not in content_type and isinstance(body, dict), (status, content_type, body)
+        if "result" in body and ok:
+            return
+        error = body.get("error") or {}
+        assert (error.get("data") or {}).get("reason") in self.reasons, (status, body)
+
+
+def _decode(text: str) -> Any:
+    data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+    try:
+        return json.loads(data[-1] if data else text)
+    except ValueError:
+        return text
+
+
+async def initialize(agent: Agent) -> tuple[int, str, Any]:
+    answer = await agent.request("initialize", INIT["params"], rid=0)
+    if agent.session_id:
+        await agent.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    return answer
+
+
+# -- what the agent does on each path, and what it must get ---------------------------------------------------
+
+
+async def on_set_up(agent: Agent, up: GarbageUpstream) -> None:
+    agent.clean(*await initialize(agent), ok=True)  # the set-up fails cleanly (or, not needing it, goes on)
+
+
+async def on_call(agent: Agent, up: GarbageUpstream) -> None:
+    agent.clean(*await initialize(agent), ok=True)
+    agent.clean(*await agent.request("tools/call", {"name": "echo", "arguments": {}}))
+
+
+async def on_get_stream(agent: Agent, up: GarbageUpstream) -> None:
+    agent.clean(*await initialize(agent), ok=True)
+    status, _, body = await agent.request("tools/call", {"name": "echo", "arguments": {}})
+    assert status == 200 and body["result"]["content"][0]["text"] == "ok", body  # the call needs no GET stream
+
+
+async def on_page_two(agent: Agent, up: GarbageUpstream) -> None:
+    agent.clean(*await initialize(agent), ok=True)
+    agent.clean(*await agent.request("tools/list"), ok=True)  # the failed page's error, or what could be listed
+    agent.clean(*await agent.request("tools/call", {"name": "echo", "arguments": {}}), ok=True)
+
+
+async def on_resource(agent: Agent, up: GarbageUpstream) -> None:
+    agent.clean(*await initialize(agent), ok=True)
+    agent.clean(*await agent.request("resources/read", {"uri": "file:///r"}))
+
+
+async def on_prompt(agent: Agent, up: GarbageUpstream) -> None:
+    agent.clean(*await initialize(agent), ok=True)
+    agent.clean(*await agent.request("prompts/get", {"name": "p"}))
+
+
+async def on_notification(agent: Agent, up: GarbageUpstream) -> None:
+    agent.clean(*await initialize(agent), ok=True)
+    status, _, body = await agent.post({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"})
+    assert status == 202, (status, body)  # taken, as any notification whose passing on fails
+
+
+async def on_answer(agent: Agent, up: GarbageUpstream) -> None:
+    """The upstream asks roots/list in a call's SSE answer; the agent's answer is POSTed on to garbage."""
+    agent.clean(*await initialize(agent), ok=True)
+    call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {}}}
+    async with asyncio.timeout(15), agent.http.post(agent.url, json=call, headers=agent.headers()) as resp:
+        assert resp.status == 200 and resp.content_type == "text/event-stream", await resp.text()
+        line = b""
+        while not line.startswith(b"data:"):
+            line = await resp.content.readline()
+        asked = json.loads(line[5:])
+        assert asked["method"] == "roots/list", asked
+        status, _, body = await agent.post({"jsonrpc": "2.0", "id": asked["id"], "result": {"roots": []}})
+        assert status == 202, (status, body)
+        agent.clean(200, "", _decode((await resp.read()).decode()), ok=True)
+
+
+async def on_session_end(agent: Agent, up: GarbageUpstream) -> None:
+    agent.clean(*await initialize(agent), ok=True)
+    assert (await agent.end()) in (200, 202, 204)
+
+
+Flow = Callable[[Agent, GarbageUpstream], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Path_:
+    name: str
+    key: str  # the upstream request answered with garbage (garbage_upstream.py)
+    flow: Flow
+    sse: bool = False
+    legacy: bool = False
+
+
+PATHS = [
+    Path_("initialize", "initialize", on_set_up),
+    Path_("initialized", "notifications/initialized", on_set_up),
+    Path_("get-stream", "GET", on_get_stream),
+    Path_("call-json", "tools/call", on_call),
+    Path_("call-sse", "tools/call", on_call, sse=True),
+    Path_("tools-list-page-2", "tools/list#2", on_page_two),
+    Path_("resources-read", "resources/read", on_resource),
+    Path_("prompts-get", "prompts/get", on_prompt),
+    Path_("notification", "notifications/roots/list_changed", on_notification),
+    Path_("answer", "answer", on_answer, sse=True),
+    Path_("session-delete", "DELETE", on_session_end),
+    Path_("legacy-stream", "GET", on_set_up, legacy=True),
+    Path_("legacy-initialize", "initialize", on_set_up, legacy=True),
+    Path_("legacy-call", "tools/call", on_call, legacy=True),
+    Path_("legacy-notification", "notifications/roots/list_changed", on_notification, legacy=True),
+]
+
+
+@pytest.mark.parametrize("kind", list(GARBAGE))
+@pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
+async def test_garbage_from_the_upstream_is_a_clean_answer(start_gateway: Any, permissive_policies: Path,
+                                                          caplog: pytest.LogCaptureFixture, path: Path_,
+                                                          kind: str) -> None:
+    caplog.set_level(logging.INFO)
+    up = GarbageUpstream(garbage={path.key: GARBAGE[kind]}, sse=path.sse, legacy=path.legacy)
+    async with garbage_upstream(up), aiohttp.ClientSession() as http:
+        gw = await start_gateway({
+            "upstreams": [{"name": "g", "url": up.url, "timeout_s": 3 if path.legacy else 10,
+                           **({"transport": "sse"} if path.legacy else {})}],
+            "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
+        acknowledged = path.legacy and kind in ACKNOWLEDGED and path.key != "GET"
+        agent = Agent(http, f"{gw.mcp}/g", CLEAN_REASONS | {"upstream_timeout"} if acknowledged else CLEAN_REASONS)
+        await path.flow(agent, up)
+        assert path.key in up.seen, up.seen  # the garbage was served
+        if agent.session_id and path.key != "DELETE":
+            assert (await agent.end()) in (200, 202, 204)
+        upstream = gw.gateway.parts.upstreams["g"]
+        assert not upstream.sessions, upstream.sessions  # nothing left open at the upstream
+        # The upstream behaves again: the gateway serves a new session there.
+        up.garbage.clear()
+        again = Agent(http, f"{gw.mcp}/g")
+        again.clean(*await initialize(again), ok=True)
+        status, _, body = await again.request("tools/call", {"name": "echo", "arguments": {}}, rid=2)
+        assert status == 200 and body["result"]["content"][0]["text"] == "ok", body
+        await again.end()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [(r.name, r.getMessage(), r.exc_info and r.exc_info[0]) for r in errors]
