@@ -297,6 +297,18 @@ def _print_replay(groups: dict[str, list[str]], undetermined: list[str]) -> None
             print(f"  {entry}")
 
 
+def _skipped(number: int, exc: Exception, not_text: tuple[int, UnicodeDecodeError] | None,
+             ) -> tuple[int, UnicodeDecodeError] | None:
+    """Why replay skips line `number` (`exc`): the first line that is not UTF-8 is kept (`not_text`, named when
+    nothing replays); an agent named twice with two sets of attributes is a warning."""
+    if isinstance(exc, UnicodeDecodeError):
+        return not_text or (number, exc)
+    if isinstance(exc, RepeatedAgentError):  # decided with one of the agent's two sets of attributes, never now
+        print(f"warning: line {number}: skipped: {exc} (the gateway refuses such a token at identify, "
+              "before any policy)", file=sys.stderr)
+    return not_text
+
+
 def replay_cmd(args: argparse.Namespace) -> int:
     loaded = _load(args.policies)
     if loaded is None:
@@ -318,21 +330,13 @@ def replay_cmd(args: argparse.Namespace) -> int:
         if not line.strip():
             continue  # the end of the file, or an empty line: nothing was recorded there
         try:
-            try:
-                record = json.loads(line.decode("utf-8"))
-                json.dumps(record, ensure_ascii=False).encode("utf-8")  # a lone surrogate ("\udcff"): not for Cedar
-            except UnicodeDecodeError as exc:
-                not_text = not_text or (number, exc)
-                raise
+            record = json.loads(line.decode("utf-8"))
+            json.dumps(record, ensure_ascii=False).encode("utf-8")  # a lone surrogate ("\udcff"): not for Cedar
             principal, action, tool, facts, granted = from_authz_input(record["authz_input"], record.get("issuer"))
             old, old_ids = _recorded(record)
             agent_action(action, "authz_input.action")  # a name no policy decides would replay as a deny
-        except RepeatedAgentError as exc:  # decided with one of the agent's two sets of attributes, never now
-            print(f"warning: line {number}: skipped: {exc} (the gateway refuses such a token at identify, "
-                  "before any policy)", file=sys.stderr)
-            skipped += 1
-            continue
-        except (ValueError, KeyError, TypeError, AttributeError, CaseError):
+        except (ValueError, KeyError, TypeError, AttributeError, CaseError) as exc:
+            not_text = _skipped(number, exc, not_text)
             skipped += 1
             continue
         replayed += 1
