@@ -126,9 +126,14 @@ def actor_id(value: Any) -> str:
 
 
 def build_chain(act: Any, mapping: Mapping[str, str], agents: Mapping[str, AgentRecord],
-                max_depth: int = MAX_CHAIN_DEPTH) -> tuple[Actor, ...]:
-    """The chain of actors from a (possibly nested) `act` claim, outermost (immediate) actor first."""
+                max_depth: int = MAX_CHAIN_DEPTH, subject: str | None = None) -> tuple[Actor, ...]:
+    """The chain of actors from a (possibly nested) `act` claim, outermost (immediate) actor first.
+
+    The registry (`agents`) stands for an agent the token does not describe, at its first naming: an `act` object
+    naming by `sub` alone an agent already named (the principal, `subject`, or an earlier actor) adds nothing, so
+    the registry can neither add to what the token said of that agent nor contradict it."""
     chain: list[Actor] = []
+    named = {subject}
     node = act
     while node is not None:
         if len(chain) >= max_depth:
@@ -136,7 +141,8 @@ def build_chain(act: Any, mapping: Mapping[str, str], agents: Mapping[str, Agent
         if not isinstance(node, Mapping):
             raise ChainError("act claim must be an object")
         ident = actor_id(node.get("sub"))
-        attributes = map_claims(node, mapping) or registry_attributes(ident, agents)
+        attributes = map_claims(node, mapping) or ({} if ident in named else registry_attributes(ident, agents))
+        named.add(ident)
         chain.append(Actor(ident, attributes))
         node = node.get("act")
     return tuple(chain)

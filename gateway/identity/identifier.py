@@ -216,7 +216,7 @@ class JwtIdentifier:
             raise TokenError("Token subject does not match the client certificate's SPIFFE ID")
         mapping = self._mappings[verified.issuer.issuer]
         attributes = map_claims(claims, mapping) or registry_attributes(subject, self._agents)
-        chain = build_chain(claims.get("act"), mapping, self._agents, self._max_chain_depth)
+        chain = build_chain(claims.get("act"), mapping, self._agents, self._max_chain_depth, subject)
         allowed = verified.issuer.spiffe_trust_domains
         if allowed is not None:
             _check_trust_domains([subject, *(actor.id for actor in chain)], allowed, verified.issuer.issuer)

@@ -44,6 +44,21 @@ async def test_chain_order_and_attribute_sources(issuer: TestIssuer, make_identi
     assert principal.chain_ids == [ORCH, PLANNER, STRANGER]
 
 
+async def test_an_agent_named_again_by_sub_alone_takes_nothing_from_the_registry(
+        issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
+    # The registry is for agents the token does not describe: at an agent's first naming. The shopper's own claims
+    # say acme; the registry's globex (and owner) must neither refuse the token (it is consistent) nor add to the
+    # shopper's entity when an `act` object names the shopper again by `sub` alone; the planner, named bare twice,
+    # has its registry attributes once.
+    identifier = await make_identifier(issuer.config(), agents={
+        SHOPPER: {"tenant": "globex", "owner": "mallory"}, PLANNER: {"tenant": "acme", "trust": "high"}})
+    act = act_chain(PLANNER, SHOPPER, PLANNER)
+    principal = await identifier.identify(bearer(issuer.mint(SHOPPER, aud=AUDIENCE, tenant="acme", act=act)), None)
+    assert principal.attributes == {"tenant": "acme"}
+    assert principal.chain == (Actor(PLANNER, {"tenant": "acme", "trust": "high"}), Actor(SHOPPER, {}),
+                               Actor(PLANNER, {}))
+
+
 async def test_chain_of_sixteen_is_accepted(issuer: TestIssuer, make_identifier: MakeIdentifier) -> None:
     identifier = await make_identifier(issuer.config())
     ids = [f"spiffe://acme.test/agent/a{i}" for i in range(16)]
