@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,30 @@ async def eventually(predicate: Callable[[], bool], within: float = 15.0) -> Non
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of process `pid` is stopped (state T in /proc)."""
+    tasks = f"/proc/{pid}/task"
+    states = []
+    for tid in os.listdir(tasks):
+        with open(f"{tasks}/{tid}/stat") as stat:
+            states.append(stat.read().rsplit(")", 1)[1].split()[0])
+    return all(state == "T" for state in states)
+
+
+@asynccontextmanager
+async def frozen(pid: int | None) -> AsyncIterator[None]:
+    """A stdio child stopped (SIGSTOP) for the block: it reads and answers nothing, as a child busy that long on a
+    loaded machine would, but exactly until the test is done with it, however slowly the machine runs. Entered once
+    every thread is stopped (nothing written inside can be read before); continued (SIGCONT) on the way out."""
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await eventually(lambda: _stopped(pid), within=30)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def call(name: str, args: dict[str, Any] | None = None, request_id: Any = 1, token: Any = None) -> Message:

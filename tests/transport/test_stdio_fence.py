@@ -14,7 +14,7 @@ from gateway.config.model import UpstreamConfig
 from gateway.errors import GatewayError
 from gateway.transport.stdio import StdioUpstream
 from gateway.transport.stdio_fence import STUCK_AFTER
-from tests.transport.conftest import CLIENT_CAPS, Inbox, call, eventually, text_of
+from tests.transport.conftest import CLIENT_CAPS, Inbox, call, eventually, frozen, text_of
 from tests.transport.watch_server import WATCH_SERVER_PATH
 
 # Answers initialize, then reads (so its stdin never fills) and answers nothing, not even ping.
@@ -75,27 +75,31 @@ async def test_given_up_calls_share_one_fence_and_a_mute_child_is_restarted(
 
 async def test_one_answered_fence_ping_clears_every_given_up_call() -> None:
     restarts: list[str] = []
-    upstream = StdioUpstream(UpstreamConfig(name="watch", command=(sys.executable, WATCH_SERVER_PATH), timeout_s=1),
+    # The calls give up after 1 s; the fence's ping is given timeout_s, and STUCK_AFTER x timeout_s before the child
+    # counts as stuck: far more than a child continued after its calls timed out needs to answer, however loaded.
+    upstream = StdioUpstream(UpstreamConfig(name="watch", command=(sys.executable, WATCH_SERVER_PATH), timeout_s=10),
                              on_restart=restarts.append)
     await upstream.start()
-    # connect() waits for the child only timeout_s (kept short for the timeouts tested): a loaded
-    # machine can take longer to start a Python child, so wait for it to be up first.
     await eventually(lambda: upstream.health().ready, within=30)
-    # A loaded machine may also have missed the first initialize (1 s) and restarted the child on the way up:
-    # only restarts from here on would mean the fence did not clear the given-up calls.
-    restarted_before, restarts_before = len(restarts), upstream.health().restarts
+    # Only restarts from here on would mean the fence did not clear the given-up calls.
+    restarted_before, restarts_before, pid = len(restarts), upstream.health().restarts, upstream.pid
     try:
         inbox = Inbox()
         view = await upstream.connect(CLIENT_CAPS, inbox)
-        # The child answers nothing for 2 s: the stall and the 10 calls queued behind it time out after 1 s.
-        calls = [view.request(call("stall", {"seconds": 2}, request_id=0))]
-        calls += [view.request(call("note", {"text": f"n{i}"}, request_id=i + 1)) for i in range(10)]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        assert all(isinstance(r, GatewayError) and r.reason == "upstream_timeout" for r in results), results
-        assert len(upstream._tasks) <= 1  # (on the old code: one fence task per call)
-        # Once the child answers again, one ping (or the late answers) clears them all, no restart needed.
-        await eventually(lambda: len(upstream._table) == 0 and not upstream._tasks, within=10)
-        assert text_of(await view.request(call("note", {"text": "mine"}, request_id=99))) == "noted"
+        # The child is frozen until every call has been given up on, so none is answered in time however slowly the
+        # machine runs. The stall (no seconds: it just hangs until cancelled) never answers at all, only the fence's
+        # ping can clear it; the 10 notes queued behind it answer late.
+        async with frozen(pid):
+            calls = [view.request(call("stall", {"seconds": 0}, request_id=0), timeout=1)]
+            calls += [view.request(call("note", {"text": f"n{i}"}, request_id=i + 1), timeout=1) for i in range(10)]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert all(isinstance(r, GatewayError) and r.reason == "upstream_timeout" for r in results), results
+            assert len(upstream._tasks) <= 1  # (on the old code: one fence task per call)
+            assert len(upstream._table) <= 12  # 11 tombstones and at most one fence ping
+        # Once the child answers again, one ping (and the late answers) clears them all, no restart needed.
+        await eventually(lambda: len(upstream._table) == 0 and not upstream._tasks, within=30)
+        assert text_of(await view.request(call("note", {"text": "mine"}, request_id=99), timeout=30)) == "noted"
         assert len(restarts) == restarted_before and upstream.health().restarts == restarts_before
+        assert upstream.pid == pid
     finally:
         await upstream.stop()

@@ -6,6 +6,7 @@ as live, and a gateway-internal view never makes a lone client session look shar
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -23,7 +24,7 @@ from gateway.transport.base import ConnectParams, Message
 from gateway.transport.stdio import StdioUpstream
 from tests.support.feature_server import FEATURE_SERVER_PATH
 from tests.support.mcp_client import sdk_client
-from tests.transport.conftest import CLIENT_CAPS, Inbox, call, eventually, is_log, text_of
+from tests.transport.conftest import CLIENT_CAPS, Inbox, call, eventually, frozen, is_log, text_of
 from tests.transport.watch_server import WATCH_SERVER_PATH
 
 # resources/(un)subscribe are the handshake revisions' way (2026-07-28 replaces them), which the SDK warns about.
@@ -93,25 +94,36 @@ async def test_resource_update_reaches_only_the_subscribed_session(watch_url: st
 
 @pytest.fixture
 async def watch_stdio() -> AsyncIterator[StdioUpstream]:
-    upstream = StdioUpstream(UpstreamConfig(name="watch", command=(sys.executable, WATCH_SERVER_PATH), timeout_s=1))
+    # timeout_s is the fence ping's: unanswered that long it is late (WARNING), STUCK_AFTER times that the child is
+    # restarted as stuck; the test's calls give up sooner, with their own timeout.
+    upstream = StdioUpstream(UpstreamConfig(name="watch", command=(sys.executable, WATCH_SERVER_PATH), timeout_s=3))
     await upstream.start()
-    # connect() waits for the child only timeout_s (1 s, short for the tests' timeouts): a loaded machine
-    # can take longer to start a Python child, so wait for it to be up first.
+    # connect() waits for the child only timeout_s: a loaded machine can take longer to start a Python child.
     await eventually(lambda: upstream.health().ready, within=30)
     yield upstream
     await upstream.stop()
 
 
-async def test_a_late_fence_answer_still_clears_the_abandoned_request(watch_stdio: StdioUpstream) -> None:
+async def test_a_late_fence_answer_still_clears_the_abandoned_request(
+        watch_stdio: StdioUpstream, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "customs.upstream.watch")
     inbox = Inbox()
     view = await watch_stdio.connect(CLIENT_CAPS, inbox)
-    # The child answers nothing for 3 s: the call times out after 1 s, and so does the fence's ping.
-    with pytest.raises(GatewayError) as info:
-        await view.request(call("stall", {"seconds": 3}))
-    assert info.value.reason == "upstream_timeout"
-    # Once the child answers the ping, the cancelled call cannot be sending anything any more.
-    await eventually(lambda: len(watch_stdio._table) == 0, within=10)  # (on the old code: never)
-    assert text_of(await view.request(call("note", {"text": "mine"}, request_id=2))) == "noted"
+    pid, restarts = watch_stdio.pid, watch_stdio.health().restarts
+    # The child is frozen until the fence's ping is late: it answers neither the call (given up after 0.5 s) nor the
+    # ping written after the call's cancellation (unanswered for timeout_s: WARNING), however slowly the machine runs.
+    # The stall (no seconds: it just hangs until cancelled) never answers at all: only the ping's answer can clear it.
+    async with frozen(pid):
+        with pytest.raises(GatewayError) as info:
+            await view.request(call("stall", {"seconds": 0}), timeout=0.5)
+        assert info.value.reason == "upstream_timeout"
+        await eventually(lambda: any("reach no session until it does" in r.getMessage() for r in caplog.records),
+                         within=30)
+        assert len(watch_stdio._table) == 2  # the abandoned call's tombstone and the fence's ping
+    # Continued long before the ping's STUCK_AFTER x timeout_s: its late answer ends the abandoned call.
+    await eventually(lambda: len(watch_stdio._table) == 0, within=30)  # (on the old code: never)
+    assert watch_stdio.pid == pid and watch_stdio.health().restarts == restarts  # not cleared by a restart
+    assert text_of(await view.request(call("note", {"text": "mine"}, request_id=2), timeout=30)) == "noted"
     await inbox.wait_for(is_log("mine"))
 
 
