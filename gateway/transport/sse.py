@@ -124,8 +124,12 @@ class SseSession:
             self._up.connection_failed(exc)
         if first.event != "endpoint" or not first.data.strip():
             raise GatewayError("upstream_error", "upstream SSE stream did not start with an endpoint event")
-        endpoint = urljoin(self._up.url, first.data.strip())
-        if not same_origin(endpoint, self._up.url):
+        try:
+            endpoint = urljoin(self._up.url, first.data.strip())
+            foreign = not same_origin(endpoint, self._up.url)
+        except ValueError as exc:  # no URL at all (an unclosed IPv6 bracket, a port out of range): it escaped
+            raise GatewayError("upstream_error", "upstream SSE endpoint is not a URL") from exc
+        if foreign:
             raise GatewayError("upstream_error", "upstream SSE endpoint points at another origin")
         return endpoint
 

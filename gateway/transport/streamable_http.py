@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import time
 from collections.abc import Mapping
 from contextlib import suppress
@@ -47,6 +48,8 @@ from gateway.transport.http_base import HttpUpstreamBase, deliver
 from gateway.transport.streamable_answer import read_answer
 
 _GET_STREAM_MAX_FAILURES = 5
+# What aiohttp refuses to send in a header (it raised ValueError on the next request carrying the session id).
+_UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class StreamableHttpUpstream(HttpUpstreamBase):
@@ -256,6 +259,10 @@ class StreamableHttpSession:
                 self._up.connected()
                 if capture:
                     self._session_id = response.headers.get("Mcp-Session-Id") or None
+                    if self._session_id is not None and _UNSENDABLE.search(self._session_id):
+                        self._session_id = None  # (nor does close() DELETE with it)
+                        raise GatewayError("upstream_error", "upstream named a session id no request can carry "
+                                           "(a control character)", data={"upstream": self._up.name})
                 return await read_answer(self, response, message["id"], handler, headers, refresh)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             self._up.connection_failed(exc)

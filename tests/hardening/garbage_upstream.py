@@ -6,7 +6,8 @@ is answered as a small streamable HTTP (or, with `legacy`, HTTP+SSE) server answ
 HTTP method for GET, DELETE and HEAD (the readiness probe's trial), else its JSON-RPC method (`tools/list#2`: the
 second page; `answer`: a response to a server→client request; `resume`: a GET with Last-Event-ID; `form`: an OAuth
 token request, answered with a token). `sse` answers requests with an SSE stream instead of JSON; `resumable` ends a
-call's SSE answer after a priming event (an id, no answer) for the client to resume.
+call's SSE answer after a priming event (an id, no answer) for the client to resume. `session_id` and `endpoint`
+are what initialize's answer and a legacy stream's endpoint event name, as bytes.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class GarbageUpstream:
     sse: bool = False
     legacy: bool = False
     resumable: bool = False
+    session_id: bytes = b"s-1"  # the Mcp-Session-Id initialize is answered with (streamable HTTP)
+    endpoint: bytes = b"/messages"  # the legacy stream's endpoint event
     url: str = ""
     seen: list[str] = field(default_factory=list)
     answered: asyncio.Event = field(default_factory=asyncio.Event)  # a response to `roots/list` arrived
@@ -117,7 +120,7 @@ class GarbageUpstream:
             await self._sse_answer(message, writer)
         else:
             answer = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": _result(message)}).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\n" + _JSON + b"Mcp-Session-Id: s-1\r\n"
+            writer.write(b"HTTP/1.1 200 OK\r\n" + _JSON + b"Mcp-Session-Id: " + self.session_id + b"\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(answer) + answer)
         await writer.drain()
 
@@ -129,7 +132,7 @@ class GarbageUpstream:
         self._legacy_stream = stream  # the latest session's stream carries the answers
         self._streams.append(stream)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
-                     b"event: endpoint\ndata: /messages\n\n")
+                     b"event: endpoint\ndata: " + self.endpoint + b"\n\n")
         while (chunk := await stream.get()) is not None:
             writer.write(chunk)
             await writer.drain()

@@ -9,8 +9,10 @@ error with a stable upstream reason, or the path's normal answer when the failur
 notification's 202, a call going on without the GET stream), never aiohttp's text/plain 500 nor a hang; nothing
 may be left open once the agent's session ends; the gateway must go on serving once the upstream behaves; and the
 log holds no ERROR (a plain upstream fault is no bug). The readiness probe's trial (an open circuit's HEAD) is
-tested alike. A real gateway app, real HTTP, a real scripted upstream. The one path that failed (the GET opening a
-legacy SSE stream: a text/plain 500 to the agent's initialize) is fixed in sse.py.
+tested alike, and so is a set-up naming what no later request can carry (a session id, a legacy endpoint). A real
+gateway app, real HTTP, a real scripted upstream. What failed (a text/plain 500 to the agent's initialize: the GET
+opening a legacy SSE stream answered with garbage; a session id with a control character; an endpoint that is no
+URL) is fixed in streamable_http.py and sse.py.
 """
 
 from __future__ import annotations
@@ -244,3 +246,48 @@ async def test_garbage_to_the_readiness_trial_is_not_ready_with_a_reason(start_g
             assert resp.status == 200, await resp.text()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [(r.name, r.getMessage()) for r in errors]
+
+
+# What a session's set-up hands back that the gateway must use on every later request: a session id (streamable
+# HTTP) or an endpoint (legacy SSE) that no request can carry.
+NAMES = [  # (case, what the upstream names, whether the gateway can use it: served, or refused as upstream_error)
+    ("session-id-control-character", {"session_id": b"s\x01id"}, False),
+    ("session-id-escape", {"session_id": b"s\x1b[2Jid"}, False),
+    ("session-id-delete", {"session_id": b"s\x7fid"}, False),
+    ("session-id-not-ascii", {"session_id": b"s\xff\xfeid"}, True),  # (sent back as it came)
+    ("endpoint-bad-ipv6", {"endpoint": b"http://[127.0.0.1/messages", "legacy": True}, False),
+    ("endpoint-port-out-of-range", {"endpoint": b"http://127.0.0.1:99999/messages", "legacy": True}, False),
+    ("endpoint-control-character", {"endpoint": b"/messages?s=\x01", "legacy": True}, True),  # (percent-encoded)
+    ("endpoint-not-ascii", {"endpoint": b"/m\xff\xfe", "legacy": True}, True),
+]
+
+
+@pytest.mark.parametrize(("name", "given", "usable"), NAMES, ids=[n for n, _, _ in NAMES])
+async def test_a_session_name_no_request_can_carry_is_a_clean_answer(start_gateway: Any, permissive_policies: Path,
+                                                                     caplog: pytest.LogCaptureFixture, name: str,
+                                                                     given: dict[str, Any], usable: bool) -> None:
+    caplog.set_level(logging.INFO)
+    up = GarbageUpstream(**given)
+    async with garbage_upstream(up), aiohttp.ClientSession() as http:
+        gw = await start_gateway({
+            "upstreams": [{"name": "g", "url": up.url, "timeout_s": 5, **({"transport": "sse"} if up.legacy else {})}],
+            "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
+        agent = Agent(http, f"{gw.mcp}/g")
+        agent.reasons = {"upstream_error"}
+        status, content_type, body = await initialize(agent)
+        agent.clean(status, content_type, body, ok=usable)  # was a text/plain 500 (an escaped ValueError)
+        if usable:
+            status, _, body = await agent.request("tools/call", {"name": "echo", "arguments": {}})
+            assert status == 200 and body["result"]["content"][0]["text"] == "ok", body
+        if agent.session_id:
+            assert (await agent.end()) in (200, 202, 204)
+        upstream = gw.gateway.parts.upstreams["g"]
+        assert not upstream.sessions, upstream.sessions
+        up.session_id, up.endpoint = b"s-1", b"/messages"  # the upstream behaves: served
+        again = Agent(http, f"{gw.mcp}/g")
+        again.clean(*await initialize(again), ok=True)
+        status, _, body = await again.request("tools/call", {"name": "echo", "arguments": {}}, rid=2)
+        assert status == 200 and body["result"]["content"][0]["text"] == "ok", body
+        await again.end()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [(r.name, r.getMessage(), r.exc_info and r.exc_info[0]) for r in errors]
