@@ -91,7 +91,10 @@ class _EventBuilder:
         elif name == "id" and "\0" not in value:
             self.id = value
         elif name == "retry" and value.isdigit():
-            self.retry_ms = int(value)
+            try:
+                self.retry_ms = int(value)
+            except ValueError:  # digits int() refuses ("²", past its 4,300): no retry, as for any other non-number
+                pass
 
     def take(self) -> SseEvent | None:
         """The finished event, or None when only comments/ids were seen (nothing to dispatch)."""

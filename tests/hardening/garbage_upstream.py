@@ -37,6 +37,11 @@ GARBAGE: dict[str, bytes] = {
     "stream_bad_chunk": (_STREAM + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(_ENDPOINT) + _ENDPOINT
                          + b"\r\nzz\r\nnot a chunk\r\n"),
     "stream_short": _STREAM + b"Content-Length: 5000\r\n\r\n" + _ENDPOINT + b"event: message\ndata: " + _CUT,
+    # An SSE `retry` field Python calls digits but int() refuses (a superscript two, past int()'s 4,300 digits).
+    "sse_retry_not_a_number": (_STREAM + b"Connection: close\r\n\r\n" + "retry: \u00b2\n\n".encode() + _ENDPOINT
+                               + b"event: message\ndata: " + _CUT),
+    "sse_retry_too_long": (_STREAM + b"Connection: close\r\n\r\nretry: " + b"9" * 5000 + b"\n\n" + _ENDPOINT
+                           + b"event: message\ndata: " + _CUT),
     "huge_header": b"HTTP/1.1 200 OK\r\n" + _JSON + b"X-Huge: " + b"a" * 200_000 + b"\r\nContent-Length: 2\r\n\r\n{}",
     "bad_gzip": b"HTTP/1.1 200 OK\r\n" + _JSON + b"Content-Encoding: gzip\r\nContent-Length: 8\r\n\r\nnot gzip",
     "chunked_and_length": (b"HTTP/1.1 200 OK\r\n" + _JSON + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -2,17 +2,18 @@
 
 Each case: one path (the request the upstream answers with garbage) and one kind of garbage (garbage_upstream.py's
 GARBAGE: a malformed status line, a header line with no colon, invalid chunked encoding, a Content-Length past the
-body then close, a body cut mid-JSON, an SSE answer cut mid-event, a stream broken after its first event, an
-absurdly long header, a body that is no gzip, both lengths, a negative length, a lone 100 or 101, an HTTP/0.9-style
-answer with no status line, the connection closed before any answer). The agent must get a clean answer (a JSON-RPC
-error with a stable upstream reason, or the path's normal answer when the failure is not the agent's request's: a
-notification's 202, a call going on without the GET stream), never aiohttp's text/plain 500 nor a hang; nothing
-may be left open once the agent's session ends; the gateway must go on serving once the upstream behaves; and the
-log holds no ERROR (a plain upstream fault is no bug). The readiness probe's trial (an open circuit's HEAD) is
-tested alike, and so is a set-up naming what no later request can carry (a session id, a legacy endpoint). A real
-gateway app, real HTTP, a real scripted upstream. What failed (a text/plain 500 to the agent's initialize: the GET
-opening a legacy SSE stream answered with garbage; a session id with a control character; an endpoint that is no
-URL) is fixed in streamable_http.py and sse.py.
+body then close, a body cut mid-JSON, an SSE answer cut mid-event, a stream broken after its first event, an SSE
+`retry` int() refuses, an absurdly long header, a body that is no gzip, both lengths, a negative length, a lone 100
+or 101, an HTTP/0.9-style answer with no status line, the connection closed before any answer). The agent must get a
+clean answer (a JSON-RPC error with a stable upstream reason, or the path's normal answer when the failure is not
+the agent's request's: a notification's 202, a call going on without the GET stream), never aiohttp's text/plain 500
+nor a hang; nothing may be left open once the agent's session ends; the gateway must go on serving once the upstream
+behaves; and the log holds no ERROR (a plain upstream fault is no bug). The readiness probe's trial (an open
+circuit's HEAD) is tested alike, and so is a set-up naming what no later request can carry (a session id, a legacy
+endpoint). A real gateway app, real HTTP, a real scripted upstream. What failed (a text/plain 500 to the agent's
+initialize: the GET opening a legacy SSE stream answered with garbage; a session id with a control character; an
+endpoint that is no URL; an SSE `retry` of digits int() refuses, on every SSE stream) is fixed in
+streamable_http.py, sse.py and events.py.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from tests.hardening.garbage_upstream import GARBAGE, GarbageUpstream, garbage_u
 CLEAN_REASONS = {"upstream_error", "upstream_unavailable"}
 # Legacy SSE: a POST is only acknowledged, its answer comes on the stream. Garbage after a 2xx status line is an
 # acknowledgement, like any other (its body is never read): the answer that never comes is the call's timeout.
-ACKNOWLEDGED = {"short_body", "cut_json", "sse_cut_mid_event", "stream_bad_chunk", "stream_short", "bad_gzip"}
+ACKNOWLEDGED = {"short_body", "cut_json", "sse_cut_mid_event", "stream_bad_chunk", "stream_short", "bad_gzip",
+                "sse_retry_not_a_number", "sse_retry_too_long"}
 INIT_PARAMS: dict[str, Any] = {"protocolVersion": "2025-11-25", "capabilities": {"roots": {}},
                                "clientInfo": {"name": "garbage-test", "version": "1"}}
 
