@@ -105,6 +105,9 @@ async def _resume(session: AnswerSession, upstream_id: int, handler: MessageHand
     except aiohttp.ClientConnectionError as exc:
         up.log.debug("resuming the stream failed: %s", exc)
         return None
+    except ValueError as exc:  # aiohttp refuses to send the header (a control character): it escaped, internal_error
+        raise GatewayError("upstream_error", "upstream sent an event id no Last-Event-ID can carry",
+                           data={"upstream": up.name}) from exc
 
 
 async def _read_events(session: AnswerSession, response: aiohttp.ClientResponse, upstream_id: int,

@@ -42,6 +42,8 @@ GARBAGE: dict[str, bytes] = {
                                + b"event: message\ndata: " + _CUT),
     "sse_retry_too_long": (_STREAM + b"Connection: close\r\n\r\nretry: " + b"9" * 5000 + b"\n\n" + _ENDPOINT
                            + b"event: message\ndata: " + _CUT),
+    # An SSE answer ending after an event id no request can carry back (Last-Event-ID): a control character.
+    "sse_id_unsendable": _STREAM + b"Connection: close\r\n\r\n" + b"id: p\x01q\nretry: 10\ndata:\n\n",
     "huge_header": b"HTTP/1.1 200 OK\r\n" + _JSON + b"X-Huge: " + b"a" * 200_000 + b"\r\nContent-Length: 2\r\n\r\n{}",
     "bad_gzip": b"HTTP/1.1 200 OK\r\n" + _JSON + b"Content-Encoding: gzip\r\nContent-Length: 8\r\n\r\nnot gzip",
     "chunked_and_length": (b"HTTP/1.1 200 OK\r\n" + _JSON + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -12,8 +12,8 @@ behaves; and the log holds no ERROR (a plain upstream fault is no bug). The read
 circuit's HEAD) is tested alike, and so is a set-up naming what no later request can carry (a session id, a legacy
 endpoint). A real gateway app, real HTTP, a real scripted upstream. What failed (a text/plain 500 to the agent's
 initialize: the GET opening a legacy SSE stream answered with garbage; a session id with a control character; an
-endpoint that is no URL; an SSE `retry` of digits int() refuses, on every SSE stream) is fixed in
-streamable_http.py, sse.py and events.py.
+endpoint that is no URL; an SSE `retry` of digits int() refuses, on every SSE stream; an event id no Last-Event-ID
+can carry, resuming a call's answer) is fixed in streamable_http.py, sse.py, events.py and streamable_answer.py.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ CLEAN_REASONS = {"upstream_error", "upstream_unavailable"}
 # Legacy SSE: a POST is only acknowledged, its answer comes on the stream. Garbage after a 2xx status line is an
 # acknowledgement, like any other (its body is never read): the answer that never comes is the call's timeout.
 ACKNOWLEDGED = {"short_body", "cut_json", "sse_cut_mid_event", "stream_bad_chunk", "stream_short", "bad_gzip",
-                "sse_retry_not_a_number", "sse_retry_too_long"}
+                "sse_retry_not_a_number", "sse_retry_too_long", "sse_id_unsendable"}
 INIT_PARAMS: dict[str, Any] = {"protocolVersion": "2025-11-25", "capabilities": {"roots": {}},
                                "clientInfo": {"name": "garbage-test", "version": "1"}}
 
