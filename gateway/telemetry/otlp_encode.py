@@ -130,7 +130,7 @@ def any_value(value: Any) -> AnyValue:
     return AnyValue(string_value=str(value)) if _printable(value) else AnyValue()
 
 
-_LOOKED_UP = frozenset({str, int, bool})  # and all-str tuples: a tuple may hold a list, which no dict key can
+_LOOKED_UP = frozenset({str, int, bool, tuple})
 
 
 def _cacheable(value: Any) -> bool:
@@ -201,8 +201,12 @@ class OtlpEncoder:
         for key, value in attrs.items():
             kind_of = type(value)
             # Only str, int, bool and all-str tuples are ever stored (`_cacheable`): True == 1 cannot collide.
-            looked_up = kind_of in _LOOKED_UP or (kind_of is tuple and _cacheable(value))
-            pair = cache.get((key, kind_of, value)) if looked_up else None
+            pair = None
+            if kind_of in _LOOKED_UP:
+                try:
+                    pair = cache.get((key, kind_of, value))
+                except TypeError:  # a tuple holding a list or mapping: no dict key (and never stored)
+                    pass
             if pair is None:
                 if type(key) is not str or not key:  # a key the SDK would convert or drop
                     return self._span_message(span)
