@@ -90,10 +90,10 @@ class _EventBuilder:
             self.event = value
         elif name == "id" and "\0" not in value:
             self.id = value
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isdigit() and value.isascii():  # the SSE spec: ASCII digits only
             try:
                 self.retry_ms = int(value)
-            except ValueError:  # digits int() refuses ("²", past its 4,300): no retry, as for any other non-number
+            except ValueError:  # past int()'s 4,300 digits: no retry, as for any other non-number
                 pass
 
     def take(self) -> SseEvent | None:

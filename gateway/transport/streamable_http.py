@@ -48,8 +48,9 @@ from gateway.transport.http_base import HttpUpstreamBase, deliver
 from gateway.transport.streamable_answer import read_answer
 
 _GET_STREAM_MAX_FAILURES = 5
-# What aiohttp refuses to send in a header (it raised ValueError on the next request carrying the session id).
-_UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A session id as the MCP spec allows one: visible ASCII only (a control character, which aiohttp refuses to send,
+# raised ValueError on the next request carrying it).
+_SESSION_ID = re.compile(r"[\x21-\x7e]+")
 
 
 class StreamableHttpUpstream(HttpUpstreamBase):
@@ -259,10 +260,10 @@ class StreamableHttpSession:
                 self._up.connected()
                 if capture:
                     self._session_id = response.headers.get("Mcp-Session-Id") or None
-                    if self._session_id is not None and _UNSENDABLE.search(self._session_id):
+                    if self._session_id is not None and not _SESSION_ID.fullmatch(self._session_id):
                         self._session_id = None  # (nor does close() DELETE with it)
-                        raise GatewayError("upstream_error", "upstream named a session id no request can carry "
-                                           "(a control character)", data={"upstream": self._up.name})
+                        raise GatewayError("upstream_error", "upstream named a session id that is not visible ASCII",
+                                           data={"upstream": self._up.name})
                 return await read_answer(self, response, message["id"], handler, headers, refresh)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             self._up.connection_failed(exc)
@@ -324,6 +325,9 @@ class StreamableHttpSession:
                                 await self._deliver_raw(event.data)
             except (aiohttp.ClientError, GatewayError, OSError) as exc:
                 self._up.log.debug("GET stream broke: %s", exc)
+            except ValueError as exc:  # aiohttp refuses the last event id as Last-Event-ID (a control character)
+                self._up.log.debug("GET stream not resumable (%s): reopened without Last-Event-ID", exc)
+                last_event_id = None
             finally:
                 self._stream_ready.set()
             failures = 0 if useful or time.monotonic() - started > 30 else failures + 1

@@ -13,7 +13,10 @@ circuit's HEAD) is tested alike, and so is a set-up naming what no later request
 endpoint). A real gateway app, real HTTP, a real scripted upstream. What failed (a text/plain 500 to the agent's
 initialize: the GET opening a legacy SSE stream answered with garbage; a session id with a control character; an
 endpoint that is no URL; an SSE `retry` of digits int() refuses, on every SSE stream; an event id no Last-Event-ID
-can carry, resuming a call's answer) is fixed in streamable_http.py, sse.py, events.py and streamable_answer.py.
+can carry, resuming a call's answer; on the GET stream its listener died, an ERROR logged) is fixed in
+streamable_http.py, sse.py, events.py and streamable_answer.py; a session id that is not visible ASCII (the MCP
+spec's 0x21-0x7E: a space, a tab, bytes past ASCII) is refused as well. Each path runs its kinds of garbage at once
+on one gateway, one upstream per kind (they share nothing), to keep the table fast.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,41 +187,51 @@ PATHS = [
 ]
 
 
-@pytest.mark.parametrize("kind", list(GARBAGE))
 @pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
 async def test_garbage_from_the_upstream_is_a_clean_answer(start_gateway: Any, permissive_policies: Path,
-                                                          caplog: pytest.LogCaptureFixture, path: Path_,
-                                                          kind: str) -> None:
+                                                          caplog: pytest.LogCaptureFixture, path: Path_) -> None:
+    """One gateway per path, one upstream per kind of garbage (g0, g1, ...: they share nothing), run at once."""
     caplog.set_level(logging.INFO)
-    up = GarbageUpstream(garbage={path.key: GARBAGE[kind]}, sse=path.sse, legacy=path.legacy,
-                          resumable=path.resumable)
-    async with garbage_upstream(up), aiohttp.ClientSession() as http:
+    ups = [GarbageUpstream(garbage={path.key: GARBAGE[kind]}, sse=path.sse, legacy=path.legacy,
+                           resumable=path.resumable) for kind in GARBAGE]
+    async with AsyncExitStack() as stack, aiohttp.ClientSession() as http:
+        for up in ups:
+            await stack.enter_async_context(garbage_upstream(up))
         gw = await start_gateway({
-            "upstreams": [{"name": "g", "url": up.url, "timeout_s": 3 if path.legacy else 10,
-                           **({"transport": "sse"} if path.legacy else {})}],
+            "upstreams": [{"name": f"g{i}", "url": up.url, "timeout_s": 3 if path.legacy else 10,
+                           **({"transport": "sse"} if path.legacy else {})} for i, up in enumerate(ups)],
             "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False}})
-        acknowledged = path.legacy and kind in ACKNOWLEDGED and path.key != "GET"
-        agent = Agent(http, f"{gw.mcp}/g", CLEAN_REASONS | {"upstream_timeout"} if acknowledged else CLEAN_REASONS)
-        await path.flow(agent, up)
-        assert path.key in up.seen, up.seen  # the garbage was served
-        if agent.session_id and path.key != "DELETE":
-            assert (await agent.end()) in (200, 202, 204)
-        upstream = gw.gateway.parts.upstreams["g"]
-        assert not upstream.sessions, upstream.sessions  # nothing left open at the upstream
-        # The upstream behaves again: the gateway serves a new session there.
-        up.garbage.clear()
-        again = Agent(http, f"{gw.mcp}/g")
-        again.clean(*await initialize(again), ok=True)
-        status, _, body = await again.request("tools/call", {"name": "echo", "arguments": {}}, rid=2)
-        assert status == 200 and body["result"]["content"][0]["text"] == "ok", body
-        await again.end()
-        assert not upstream.sessions, upstream.sessions
-        # No stream reader or listener of the upstream's sessions outlives them (the readiness probe is no session's).
-        left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("customs-g-") and not t.done()
-                and not t.get_name().endswith("-probe")]
-        assert not left, left
+        rows = enumerate(zip(GARBAGE, ups, strict=True))
+        results = await asyncio.gather(*(_garbage_row(gw, http, path, kind, f"g{i}", up) for i, (kind, up) in rows),
+                                       return_exceptions=True)
+        failed = {kind: repr(result) for kind, result in zip(GARBAGE, results, strict=True) if result is not None}
+        assert not failed, failed
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [(r.name, r.getMessage(), r.exc_info and r.exc_info[0]) for r in errors]
+
+
+async def _garbage_row(gw: Any, http: aiohttp.ClientSession, path: Path_, kind: str, name: str,
+                       up: GarbageUpstream) -> None:
+    acknowledged = path.legacy and kind in ACKNOWLEDGED and path.key != "GET"
+    agent = Agent(http, f"{gw.mcp}/{name}", CLEAN_REASONS | {"upstream_timeout"} if acknowledged else CLEAN_REASONS)
+    await path.flow(agent, up)
+    assert path.key in up.seen, up.seen  # the garbage was served
+    if agent.session_id and path.key != "DELETE":
+        assert (await agent.end()) in (200, 202, 204)
+    upstream = gw.gateway.parts.upstreams[name]
+    assert not upstream.sessions, upstream.sessions  # nothing left open at the upstream
+    # The upstream behaves again: the gateway serves a new session there.
+    up.garbage.clear()
+    again = Agent(http, f"{gw.mcp}/{name}")
+    again.clean(*await initialize(again), ok=True)
+    status, _, body = await again.request("tools/call", {"name": "echo", "arguments": {}}, rid=2)
+    assert status == 200 and body["result"]["content"][0]["text"] == "ok", body
+    await again.end()
+    assert not upstream.sessions, upstream.sessions
+    # No stream reader or listener of the upstream's sessions outlives them (the readiness probe is no session's).
+    left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(f"customs-{name}-")
+            and not t.done() and not t.get_name().endswith("-probe")]
+    assert not left, left
 
 
 @pytest.mark.parametrize("kind", list(GARBAGE))
@@ -256,7 +270,10 @@ NAMES = [  # (case, what the upstream names, whether the gateway can use it: ser
     ("session-id-control-character", {"session_id": b"s\x01id"}, False),
     ("session-id-escape", {"session_id": b"s\x1b[2Jid"}, False),
     ("session-id-delete", {"session_id": b"s\x7fid"}, False),
-    ("session-id-not-ascii", {"session_id": b"s\xff\xfeid"}, True),  # (sent back as it came)
+    # The MCP spec: a session id holds only visible ASCII (0x21-0x7E); these were sent back as they came.
+    ("session-id-not-ascii", {"session_id": b"s\xff\xfeid"}, False),
+    ("session-id-space", {"session_id": b"s id"}, False),
+    ("session-id-tab", {"session_id": b"s\tid"}, False),
     ("endpoint-bad-ipv6", {"endpoint": b"http://[127.0.0.1/messages", "legacy": True}, False),
     ("endpoint-port-out-of-range", {"endpoint": b"http://127.0.0.1:99999/messages", "legacy": True}, False),
     ("endpoint-control-character", {"endpoint": b"/messages?s=\x01", "legacy": True}, True),  # (percent-encoded)
@@ -291,5 +308,27 @@ async def test_a_session_name_no_request_can_carry_is_a_clean_answer(start_gatew
         status, _, body = await again.request("tools/call", {"name": "echo", "arguments": {}}, rid=2)
         assert status == 200 and body["result"]["content"][0]["text"] == "ok", body
         await again.end()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [(r.name, r.getMessage(), r.exc_info and r.exc_info[0]) for r in errors]
+
+
+async def test_a_get_stream_event_id_no_last_event_id_can_carry_reopens_the_stream_without_it(
+        start_gateway: Any, permissive_policies: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The GET stream's last event id holds a control character (aiohttp refuses it as Last-Event-ID): the stream
+    is reopened without it, as one that gave no id (its listener died: a ValueError, 'never retrieved')."""
+    caplog.set_level(logging.INFO)
+    up = GarbageUpstream(garbage={"GET": GARBAGE["sse_id_unsendable"]})
+    async with garbage_upstream(up), aiohttp.ClientSession() as http:
+        gw = await start_gateway({"upstreams": [{"name": "g", "url": up.url, "timeout_s": 10}], "identity": ANON,
+                                  "policies": {"dir": str(permissive_policies), "watch": False}})
+        agent = Agent(http, f"{gw.mcp}/g")
+        agent.clean(*await initialize(agent), ok=True)
+        async with asyncio.timeout(15):
+            while up.seen.count("GET") < 2:  # polled: the reconnect's back-off is the gateway's own
+                await asyncio.sleep(0.02)
+        assert "resume" not in up.seen, up.seen  # never sent with the id it cannot carry
+        listeners = [t for t in asyncio.all_tasks() if t.get_name() == "customs-g-get-stream"]
+        assert listeners and not any(t.done() for t in listeners), listeners
+        assert (await agent.end()) in (200, 202, 204)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [(r.name, r.getMessage(), r.exc_info and r.exc_info[0]) for r in errors]

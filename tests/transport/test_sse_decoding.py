@@ -83,3 +83,12 @@ async def test_an_oversized_event_is_read_past_when_asked(cuts: list[int]) -> No
     events, answered = await decode_skipping([OVERSIZED[a:b] for a, b in itertools.pairwise(edges)])
     assert answered == [41, 42]
     assert events == EXPECTED
+
+
+@pytest.mark.parametrize(("value", "retry_ms"), [("250", 250), ("\u0661\u0662", None), ("\u00b2", None),
+                                                 ("+5", None), ("9" * 5000, None)])
+async def test_a_retry_counts_only_when_it_is_ascii_digits(value: str, retry_ms: int | None) -> None:
+    """The SSE spec: a `retry` of ASCII digits only sets the reconnection time, any other is ignored (Arabic-Indic
+    digits, which Python's int() reads, set 12 ms). One past int()'s 4,300 digits is ignored too."""
+    events = await decode([f"retry: {value}\ndata: x\n\n".encode()])
+    assert events == [SseEvent("message", "x", None, retry_ms)]
