@@ -73,7 +73,7 @@ class StdioUpstream:
         self._params = ConnectParams(DEFAULT_UPSTREAM_PROTOCOL, None, capabilities)
         self._table = InflightTable()
         self._routes = StdioRoutes(self._table, self.write, self, self.log)
-        self._stdout = StdoutReader(self._table, self._routes.route, self._negotiated, self.log)
+        self._stdout = StdoutReader(self._table, self._routes.route, self._negotiated, self.log, self.write)
         self._child = StdioChild(config, self._table, self._params, self.breaker, self._stdout.dispatch, self,
                                  self.log, grace_s=grace_s, restart_cap_s=restart_cap_s)
         # The fence's ping may wait as long for the pipe as for its answer before the child counts as stuck.

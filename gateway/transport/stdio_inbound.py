@@ -15,6 +15,10 @@ A message with NaN, Infinity or -Infinity literals (Python's parser reads them, 
 or a number no double holds (1e400, read as infinity) is refused as upstream_error, like on the HTTP
 transports (events.parse_json): the request it answers fails at once, anything else in it is dropped
 with a warning.
+
+An answer whose `error` is no JSON-RPC error object (no integer `code`, no string `message`) fails its request with
+upstream_error, not passed on; a message whose `method` is no string is dropped with a warning (a request of the
+child's is answered Invalid Request): routed, a list or an object raised a TypeError that ended this reader.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import INVALID_REQUEST, GatewayError
 from gateway.transport.base import Message
 from gateway.transport.events import EDGE, MAX_MESSAGE_BYTES, NotJson, Oversized, parse_json
 from gateway.transport.inflight import InflightTable
@@ -57,9 +62,11 @@ class StdoutReader:
     """Turns a child's stdout lines into resolved waiters and routed messages."""
 
     def __init__(self, table: InflightTable, route: Callable[[Message], Awaitable[None]],
-                 protocol: Callable[[], str], log: logging.Logger) -> None:
+                 protocol: Callable[[], str], log: logging.Logger,
+                 write: Callable[[Message], Awaitable[None]]) -> None:
         self._table = table
         self._route = route
+        self._write = write  # to the child (answering a request it sent that no session can be given)
         self._protocol = protocol  # the revision the child negotiated (decides whether batches are allowed)
         self._log = log
 
@@ -104,7 +111,34 @@ class StdoutReader:
         if not isinstance(message, dict):
             self._log.warning("ignoring a non-object message")
         elif "method" not in message:
-            if not self._table.resolve(message):
+            if "error" in message and (flaw := error_flaw(message["error"])) is not None:
+                self._fail([message.get("id")], GatewayError("upstream_error", f"upstream sent an invalid JSON-RPC "
+                                                             f"error ({flaw})"))
+            elif not self._table.resolve(message):
                 self._log.debug("response for unknown id %r ignored", message.get("id"))
+        elif not isinstance(message["method"], str):
+            await self._invalid(message)
         else:
             await self._route(message)
+
+    async def _invalid(self, message: Message) -> None:
+        """A request or notification whose method is no string: no session can be given it (its routing raised a
+        TypeError that ended the reader, restarting the child; a number went to the agent as a method). A request
+        is answered (Invalid Request) so the child does not wait for good."""
+        self._log.warning("ignoring a message whose method is not a string: %.200r", message.get("method"))
+        if "id" in message:
+            answer = {"jsonrpc": "2.0", "id": message["id"],
+                      "error": {"code": INVALID_REQUEST, "message": "method is not a string"}}
+            with suppress(GatewayError):  # the child is gone: nobody waits for this answer any more
+                await self._write(answer)
+
+
+def error_flaw(error: Any) -> str | None:
+    """What makes an answer's `error` no JSON-RPC error object (passed on, the agent's client would choke), if any."""
+    if not isinstance(error, dict):
+        return "not an object"
+    if type(error.get("code")) is not int:
+        return "its code is not an integer"
+    if not isinstance(error.get("message"), str):
+        return "its message is not a string"
+    return None
