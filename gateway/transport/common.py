@@ -191,9 +191,20 @@ def check_response(message: Any, upstream_id: Any) -> Message:
         raise GatewayError("upstream_error", "upstream sent an invalid JSON-RPC response")
     if message.get("id") != upstream_id or type(message.get("id")) is not type(upstream_id):
         raise GatewayError("upstream_error", "upstream answered a different request id")
-    if "error" in message and not isinstance(message["error"], dict):
-        raise GatewayError("upstream_error", "upstream sent an invalid JSON-RPC error")
+    if "error" in message and (flaw := error_flaw(message["error"])) is not None:
+        raise GatewayError("upstream_error", f"upstream sent an invalid JSON-RPC error: {flaw}")
     return message
+
+
+def error_flaw(error: Any) -> str | None:
+    """What makes an answer's `error` no JSON-RPC error object (passed on, the agent's client would choke), if any."""
+    if not isinstance(error, dict):
+        return "not an object"
+    if type(error.get("code")) is not int:
+        return "its code is not an integer"
+    if not isinstance(error.get("message"), str):
+        return "its message is not a string"
+    return None
 
 
 def with_id(message: Message, new_id: Any) -> Message:

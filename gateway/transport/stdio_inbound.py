@@ -31,6 +31,7 @@ from typing import Any
 
 from gateway.errors import INVALID_REQUEST, GatewayError
 from gateway.transport.base import Message
+from gateway.transport.common import error_flaw
 from gateway.transport.events import EDGE, MAX_MESSAGE_BYTES, NotJson, Oversized, parse_json
 from gateway.transport.inflight import InflightTable
 
@@ -131,14 +132,3 @@ class StdoutReader:
                       "error": {"code": INVALID_REQUEST, "message": "method is not a string"}}
             with suppress(GatewayError):  # the child is gone: nobody waits for this answer any more
                 await self._write(answer)
-
-
-def error_flaw(error: Any) -> str | None:
-    """What makes an answer's `error` no JSON-RPC error object (passed on, the agent's client would choke), if any."""
-    if not isinstance(error, dict):
-        return "not an object"
-    if type(error.get("code")) is not int:
-        return "its code is not an integer"
-    if not isinstance(error.get("message"), str):
-        return "its message is not a string"
-    return None

@@ -209,6 +209,13 @@ GARBAGE: dict[str, Callable[[int], web.Response]] = {
                                   content_type="application/json"),
     "sse_infinity": lambda i: web.Response(body=_sse(b'{"jsonrpc":"2.0","id":%d,"result":{"n":-Infinity}}' % i),
                                            content_type="text/event-stream"),
+    # No JSON-RPC error object (an integer code and a string message): passed on, the agent's client would choke.
+    "error_code_string": lambda i: web.json_response({"jsonrpc": "2.0", "id": i, "error": {"code": "-1",
+                                                                                         "message": "x"}}),
+    "error_without_message": lambda i: web.json_response({"jsonrpc": "2.0", "id": i, "error": {"code": -32000}}),
+    "sse_error_code_float": lambda i: web.Response(
+        body=_sse({"jsonrpc": "2.0", "id": i, "error": {"code": 1.5, "message": "x"}}),
+        content_type="text/event-stream"),
 }
 
 
