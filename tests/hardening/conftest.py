@@ -191,3 +191,60 @@ async def upstream() -> AsyncIterator[tuple[Recorder, str]]:
     async with run_http_server(recording_server(recorder)) as url:
         yield recorder, url
         recorder.release.set()  # type: ignore[union-attr]
+
+
+async def answered_roots_in_call(agent: Any, within: float) -> str:
+    """A tools/call of the `ask` tool, whose upstream asks roots/list in the call's SSE answer; the agent answers it
+    (202) and the call's answer stream is read to its end: the stream's text. `agent` has `http`, `url`, `headers()`
+    and `post(message)` (the garbage tables' agents)."""
+    call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {}}}
+    async with asyncio.timeout(within), agent.http.post(agent.url, json=call, headers=agent.headers()) as resp:
+        assert resp.status == 200 and resp.content_type == "text/event-stream", await resp.text()
+        line = b""
+        while not line.startswith(b"data:"):
+            line = await resp.content.readline()
+        asked = json.loads(line[5:])
+        assert asked["method"] == "roots/list", asked
+        status, _, body = await agent.post({"jsonrpc": "2.0", "id": asked["id"], "result": {"roots": []}})
+        assert status == 202, (status, body)
+        text: str = (await resp.read()).decode()
+        return text
+
+
+def decode_answer(text: str) -> Any:
+    """An answer's body as JSON: the last `data:` event of an SSE stream, else the whole text (kept as text when it
+    is no JSON: a text/plain answer)."""
+    data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+    try:
+        return json.loads(data[-1] if data else text)
+    except ValueError:
+        return text
+
+
+class RawAgent:
+    """A raw streamable HTTP agent on one gateway view (the upstream-garbage tables): every answer within `within` s,
+    decoded by `decode` (an SSE stream's last event)."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, within: float = 15.0) -> None:
+        self.http, self.url, self.session_id, self.within = http, url, "", within
+
+    def headers(self) -> dict[str, str]:
+        extra = {"Mcp-Session-Id": self.session_id, "MCP-Protocol-Version": "2025-11-25"} if self.session_id else {}
+        return {**ACCEPT, **extra}
+
+    def decode(self, text: str) -> Any:
+        return decode_answer(text)
+
+    async def post(self, message: dict[str, Any]) -> tuple[int, str, Any]:
+        async with asyncio.timeout(self.within), self.http.post(self.url, json=message, headers=self.headers()) as resp:
+            text = await resp.text()
+            if not self.session_id and resp.status == 200:
+                self.session_id = resp.headers.get("Mcp-Session-Id", "")
+            return resp.status, resp.headers.get("Content-Type", ""), self.decode(text)
+
+    async def request(self, method: str, params: dict[str, Any] | None = None, rid: int = 1) -> tuple[int, str, Any]:
+        return await self.post({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}})
+
+    async def end(self) -> int:
+        async with asyncio.timeout(self.within), self.http.delete(self.url, headers=self.headers()) as resp:
+            return resp.status

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.hardening.conftest import ACCEPT, ANON, poll
+from tests.hardening.conftest import ANON, RawAgent, answered_roots_in_call, decode_answer, poll
 
 CHILD = str(Path(__file__).with_name("stdio_garbage_child.py"))
 # timeout_s of a kind's child: long (no normal answer may meet it, however loaded the machine), short where the test
@@ -64,27 +64,15 @@ CHANGED = frozenset(k for k in EXPECTED if "method" in k or k.startswith("error_
 DOCUMENTED_ERRORS = ("initialize failed", "initialize timed out")
 
 
-class Agent:
-    """A raw streamable HTTP agent on the gateway's view of the one stdio upstream."""
+class Agent(RawAgent):
+    """A raw streamable HTTP agent on the gateway's view of the one stdio upstream. Bounded: no answer may take
+    longer than timeout_s (a child that dies is restarted within a second or so)."""
 
     def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
-        self.http, self.url, self.session_id = http, url, ""
+        super().__init__(http, url, within=TIMEOUT_S + 15)
 
-    def headers(self) -> dict[str, str]:
-        extra = {"Mcp-Session-Id": self.session_id, "MCP-Protocol-Version": "2025-11-25"} if self.session_id else {}
-        return {**ACCEPT, **extra}
-
-    async def post(self, message: dict[str, Any]) -> tuple[int, str, Any]:
-        # Bounded: no answer may take longer than timeout_s (a child that dies is restarted within a second or so).
-        async with asyncio.timeout(TIMEOUT_S + 15), self.http.post(self.url, json=message,
-                                                                  headers=self.headers()) as resp:
-            text = await resp.text()
-            if not self.session_id and resp.status == 200:
-                self.session_id = resp.headers.get("Mcp-Session-Id", "")
-            return resp.status, resp.headers.get("Content-Type", ""), _decode(text)
-
-    async def request(self, method: str, params: dict[str, Any] | None = None, rid: int = 1) -> tuple[int, str, Any]:
-        return await self.post({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}})
+    def decode(self, text: str) -> Any:
+        return _decode(text)
 
     async def initialize(self) -> tuple[int, str, Any]:
         answer = await self.request("initialize", INIT_PARAMS, rid=0)
@@ -92,19 +80,12 @@ class Agent:
             await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return answer
 
-    async def end(self) -> int:
-        async with asyncio.timeout(30), self.http.delete(self.url, headers=self.headers()) as resp:
-            return resp.status
-
 
 def _decode(text: str) -> Any:
     data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
     for event in map(json.loads, data):  # nothing the agent is sent names a method that is no string
         assert not isinstance(event, dict) or isinstance(event.get("method", ""), str), event
-    try:
-        return json.loads(data[-1] if data else text)
-    except ValueError:
-        return text
+    return decode_answer(text)
 
 
 def outcome(answer: tuple[int, str, Any]) -> str:
@@ -158,17 +139,7 @@ async def on_notification(agent: Agent) -> str:
 async def on_answer(agent: Agent) -> str:
     """The child asks roots/list during a call; the agent's answer is followed by the garbage."""
     assert outcome(await agent.initialize()) == "ok"
-    call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {}}}
-    async with asyncio.timeout(TIMEOUT_S + 15), agent.http.post(agent.url, json=call, headers=agent.headers()) as resp:
-        assert resp.status == 200 and resp.content_type == "text/event-stream", await resp.text()
-        line = b""
-        while not line.startswith(b"data:"):
-            line = await resp.content.readline()
-        asked = json.loads(line[5:])
-        assert asked["method"] == "roots/list", asked
-        status, _, body = await agent.post({"jsonrpc": "2.0", "id": asked["id"], "result": {"roots": []}})
-        assert status == 202, (status, body)
-        return outcome((200, "", _decode((await resp.read()).decode())))
+    return outcome((200, "", _decode(await answered_roots_in_call(agent, TIMEOUT_S + 15))))
 
 
 @dataclass(frozen=True)

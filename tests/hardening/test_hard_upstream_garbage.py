@@ -22,7 +22,6 @@ on one gateway, one upstream per kind (they share nothing), to keep the table fa
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -33,7 +32,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.hardening.conftest import ACCEPT, ANON
+from tests.hardening.conftest import ANON, RawAgent, answered_roots_in_call, decode_answer
 from tests.hardening.garbage_upstream import GARBAGE, GarbageUpstream, garbage_upstream
 
 CLEAN_REASONS = {"upstream_error", "upstream_unavailable"}
@@ -45,29 +44,12 @@ INIT_PARAMS: dict[str, Any] = {"protocolVersion": "2025-11-25", "capabilities": 
                                "clientInfo": {"name": "garbage-test", "version": "1"}}
 
 
-class Agent:
-    """A raw streamable HTTP agent on one gateway view."""
+class Agent(RawAgent):
+    """A raw streamable HTTP agent on one gateway view, expecting `reasons` of the errors it gets."""
 
     def __init__(self, http: aiohttp.ClientSession, url: str, reasons: set[str] = CLEAN_REASONS) -> None:
-        self.http, self.url, self.session_id, self.reasons = http, url, "", reasons
-
-    def headers(self) -> dict[str, str]:
-        extra = {"Mcp-Session-Id": self.session_id, "MCP-Protocol-Version": "2025-11-25"} if self.session_id else {}
-        return {**ACCEPT, **extra}
-
-    async def post(self, message: dict[str, Any]) -> tuple[int, str, Any]:
-        async with asyncio.timeout(15), self.http.post(self.url, json=message, headers=self.headers()) as resp:
-            text = await resp.text()
-            if not self.session_id and resp.status == 200:
-                self.session_id = resp.headers.get("Mcp-Session-Id", "")
-            return resp.status, resp.headers.get("Content-Type", ""), _decode(text)
-
-    async def request(self, method: str, params: dict[str, Any] | None = None, rid: int = 1) -> tuple[int, str, Any]:
-        return await self.post({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}})
-
-    async def end(self) -> int:
-        async with asyncio.timeout(15), self.http.delete(self.url, headers=self.headers()) as resp:
-            return resp.status
+        super().__init__(http, url)
+        self.reasons = reasons
 
     def clean(self, status: int, content_type: str, body: Any, *, ok: bool = False) -> None:
         """A JSON-RPC answer: a result (when `ok` allows one) or an error with a stable upstream reason."""
@@ -78,12 +60,7 @@ class Agent:
         assert (error.get("data") or {}).get("reason") in self.reasons, (status, body)
 
 
-def _decode(text: str) -> Any:
-    data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
-    try:
-        return json.loads(data[-1] if data else text)
-    except ValueError:
-        return text
+_decode = decode_answer
 
 
 async def initialize(agent: Agent) -> tuple[int, str, Any]:
@@ -136,17 +113,7 @@ async def on_notification(agent: Agent, up: GarbageUpstream) -> None:
 async def on_answer(agent: Agent, up: GarbageUpstream) -> None:
     """The upstream asks roots/list in a call's SSE answer; the agent's answer is POSTed on to garbage."""
     agent.clean(*await initialize(agent), ok=True)
-    call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {}}}
-    async with asyncio.timeout(15), agent.http.post(agent.url, json=call, headers=agent.headers()) as resp:
-        assert resp.status == 200 and resp.content_type == "text/event-stream", await resp.text()
-        line = b""
-        while not line.startswith(b"data:"):
-            line = await resp.content.readline()
-        asked = json.loads(line[5:])
-        assert asked["method"] == "roots/list", asked
-        status, _, body = await agent.post({"jsonrpc": "2.0", "id": asked["id"], "result": {"roots": []}})
-        assert status == 202, (status, body)
-        agent.clean(200, "", _decode((await resp.read()).decode()), ok=True)
+    agent.clean(200, "", _decode(await answered_roots_in_call(agent, 15)), ok=True)
 
 
 async def on_session_end(agent: Agent, up: GarbageUpstream) -> None:
