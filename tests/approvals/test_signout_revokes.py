@@ -39,6 +39,24 @@ class Session:
         return {"Cookie": f"customs_csrf={self.csrf}; customs_approver={self.token}"}
 
 
+async def _gateway_and_alice(start_gateway: Any, tmp_path: Path) -> tuple[Any, Any, str]:
+    """A gateway of `_config`, its issuer and a token of alice, an approver, from it."""
+    from tests.support.tokens import TestIssuer
+
+    issuer = TestIssuer(tmp_path)
+    return await start_gateway(_config(issuer)), issuer, issuer.mint("alice", aud=f"{PUBLIC}/mcp", groups=["approvers"])
+
+
+async def _two_replicas(start_gateway: Any, tmp_path: Path, redis_factory: Any) -> tuple[Any, Any, tuple[Any, Any]]:
+    """An issuer, a Redis server and two replicas of `_config` sharing it."""
+    from tests.support.tokens import TestIssuer
+
+    issuer = TestIssuer(tmp_path)
+    server = redis_factory()
+    config = _config(issuer, {"redis": {"url": server.url}})
+    return issuer, server, (await start_gateway(config), await start_gateway(config))
+
+
 async def _sign_in(http: aiohttp.ClientSession, url: str, token: str) -> Session:
     async with http.get(f"{url}/approvals") as resp:
         csrf = resp.cookies["customs_csrf"].value
@@ -64,11 +82,7 @@ async def _refused(http: aiohttp.ClientSession, url: str, headers: dict[str, str
 
 
 async def test_a_signed_out_cookie_replayed_is_refused(start_gateway: Any, tmp_path: Path) -> None:
-    from tests.support.tokens import TestIssuer
-
-    issuer = TestIssuer(tmp_path)
-    gw = await start_gateway(_config(issuer))
-    token = issuer.mint("alice", aud=f"{PUBLIC}/mcp", groups=["approvers"])
+    gw, issuer, token = await _gateway_and_alice(start_gateway, tmp_path)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         session = await _sign_in(http, gw.url, token)
         async with http.get(f"{gw.url}/api/approvals", headers=session.cookie) as resp:
@@ -104,12 +118,7 @@ async def test_a_sign_out_without_a_valid_session_records_nothing(start_gateway:
 
 async def test_a_sign_out_on_one_replica_is_refused_on_the_other(start_gateway: Any, tmp_path: Path,
                                                                  redis_factory: Any) -> None:
-    from tests.support.tokens import TestIssuer
-
-    issuer = TestIssuer(tmp_path)
-    server = redis_factory()
-    config = _config(issuer, {"redis": {"url": server.url}})
-    a, b = await start_gateway(config), await start_gateway(config)
+    issuer, server, (a, b) = await _two_replicas(start_gateway, tmp_path, redis_factory)
     exp = time.time() + 600
     token = issuer.mint("alice", aud=f"{PUBLIC}/mcp", groups=["approvers"], exp=exp)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
@@ -132,12 +141,7 @@ async def test_a_sign_out_on_one_replica_is_refused_on_the_other(start_gateway: 
 
 async def test_a_sign_out_while_redis_is_down_holds_on_its_replica(start_gateway: Any, tmp_path: Path,
                                                                    redis_factory: Any) -> None:
-    from tests.support.tokens import TestIssuer
-
-    issuer = TestIssuer(tmp_path)
-    server = redis_factory()
-    config = _config(issuer, {"redis": {"url": server.url}})
-    a, b = await start_gateway(config), await start_gateway(config)
+    issuer, server, (a, b) = await _two_replicas(start_gateway, tmp_path, redis_factory)
     token = issuer.mint("alice", aud=f"{PUBLIC}/mcp", groups=["approvers"])
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         session = await _sign_in(http, a.url, token)
@@ -153,11 +157,7 @@ async def test_a_sign_out_while_redis_is_down_holds_on_its_replica(start_gateway
 
 async def test_the_bearer_streams_of_a_signed_out_token_end_with_it(start_gateway: Any, tmp_path: Path) -> None:
     # The token in the cookie used as a bearer token elsewhere (a second tool): its live stream ends too.
-    from tests.support.tokens import TestIssuer
-
-    issuer = TestIssuer(tmp_path)
-    gw = await start_gateway(_config(issuer))
-    token = issuer.mint("alice", aud=f"{PUBLIC}/mcp", groups=["approvers"])
+    gw, _, token = await _gateway_and_alice(start_gateway, tmp_path)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         session = await _sign_in(http, gw.url, token)
         async with http.get(f"{gw.url}/api/approvals/events", headers={"Authorization": f"Bearer {token}"}) as stream:
@@ -187,11 +187,7 @@ async def test_a_signed_out_token_respelled_is_refused_too(start_gateway: Any, t
     # The signature segment is the one part of a JWT not signed itself: spelled another way that still decodes to
     # the same signature (here with the base64 padding PyJWT accepts), the token verifies as before. Its sign-out
     # must hold for every spelling, or a kept copy of the cookie gets back in with "==" appended.
-    from tests.support.tokens import TestIssuer
-
-    issuer = TestIssuer(tmp_path)
-    gw = await start_gateway(_config(issuer))
-    token = issuer.mint("alice", aud=f"{PUBLIC}/mcp", groups=["approvers"])
+    gw, _, token = await _gateway_and_alice(start_gateway, tmp_path)
     padded = token + "=" * (-len(token.rsplit(".", 1)[1]) % 4)
     assert padded != token  # the issuer's signatures are not a multiple of 4 characters long
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
