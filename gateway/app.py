@@ -27,7 +27,7 @@ from gateway.http.guards import HostOriginPolicy, guard_middleware
 from gateway.http.legacy_sse import LegacySseEndpoint
 from gateway.http.mcp import McpEndpoint, routes
 from gateway.identity.jwt import MAX_TOKEN_BYTES
-from gateway.keys import CONFIG, GATEWAY
+from gateway.keys import CONFIG, GATEWAY, ORIGINS
 from gateway.parts import Parts, build_parts
 from gateway.pin_watch import PinWatcher, gateway_headers
 from gateway.pipeline import Pipeline
@@ -104,10 +104,11 @@ async def create_app(config: Config) -> web.Application:
     except BaseException:
         await http.close()
         raise
+    origins = HostOriginPolicy(config.listen)
     app = web.Application(client_max_size=config.listen.max_body_bytes + 1,
-                          middlewares=[guard_middleware(HostOriginPolicy(config.listen),
-                                                        gateway.parts.observability.metrics.request_refused)])
+                          middlewares=[guard_middleware(origins, gateway.parts.observability.metrics.request_refused)])
     app[CONFIG] = config
+    app[ORIGINS] = origins
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(gateway.lifecycle)
     # Before aiohttp waits for requests to finish: server→client streams are not work to wait for.
@@ -203,6 +204,5 @@ async def serving_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     app[GATEWAY].endpoint.disconnects.install(runner.server)
     # br/zstd bodies: the gateway's 415 (not aiohttp's text/plain 400), counted as the guard counts edge refusals;
     # it and aiohttp's answer to a request it cannot parse name an allowed origin as the guard's answers do
-    answer_parser_refusals(runner.server, app[GATEWAY].parts.observability.metrics.request_refused,
-                           HostOriginPolicy(app[CONFIG].listen))
+    answer_parser_refusals(runner.server, app[GATEWAY].parts.observability.metrics.request_refused, app[ORIGINS])
     return runner
