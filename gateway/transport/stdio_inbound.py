@@ -16,9 +16,10 @@ or a number no double holds (1e400, read as infinity) is refused as upstream_err
 transports (events.parse_json): the request it answers fails at once, anything else in it is dropped
 with a warning.
 
-An answer whose `error` is no JSON-RPC error object (no integer `code`, no string `message`) fails its request with
-upstream_error, not passed on; a message whose `method` is no string is dropped with a warning (a request of the
-child's is answered Invalid Request): routed, a list or an object raised a TypeError that ended this reader.
+An answer whose `error` is no JSON-RPC error object (no integer `code`, no string `message`) fails its request
+with upstream_error (the table's check_response, as on every transport). A message whose `method` is no string
+is dropped with a warning (a request of the child's is answered Invalid Request): routed, a list or an object
+raised a TypeError that ended this reader.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from typing import Any
 
 from gateway.errors import INVALID_REQUEST, GatewayError
 from gateway.transport.base import Message
-from gateway.transport.common import error_flaw
 from gateway.transport.events import EDGE, MAX_MESSAGE_BYTES, NotJson, Oversized, parse_json
 from gateway.transport.inflight import InflightTable
 
@@ -112,10 +112,8 @@ class StdoutReader:
         if not isinstance(message, dict):
             self._log.warning("ignoring a non-object message")
         elif "method" not in message:
-            if "error" in message and (flaw := error_flaw(message["error"])) is not None:
-                self._fail([message.get("id")], GatewayError("upstream_error", f"upstream sent an invalid JSON-RPC "
-                                                             f"error ({flaw})"))
-            elif not self._table.resolve(message):
+            # (An answer whose `error` is no JSON-RPC error object fails its request there: check_response.)
+            if not self._table.resolve(message):
                 self._log.debug("response for unknown id %r ignored", message.get("id"))
         elif not isinstance(message["method"], str):
             await self._invalid(message)
