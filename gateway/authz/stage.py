@@ -9,6 +9,7 @@ from gateway.authz.entities import RELEASED_AT
 from gateway.authz.record import SnapshotParts, snapshot_facts
 from gateway.catalog import CURRENT_TOOL, PENDING_TOOL, PendingTool, not_found
 from gateway.context import NOT_FOUND_ITEM, CallContext, Decision
+from gateway.param_headers import PARAM_HEADERS, check_param_headers
 from gateway.pipeline import Authorizer
 
 
@@ -65,6 +66,9 @@ class AuthorizeStage:
             ctx.extra["authz_input"] = self._snapshot
         if ctx.decision.outcome == "deny":
             raise not_found(ctx.action, name)
+        headers = ctx.extra.get(PARAM_HEADERS)
+        if headers is not None:  # a stateless tools/call: its Mcp-Param-* headers must agree with its arguments
+            check_param_headers(ctx.tool, ctx.params, headers)
 
     def _denied_whatever_annotations(self, ctx: CallContext, first: Decision, pending: PendingTool) -> bool:
         """`first` (the decision on the spec defaults) and the decision on every other labelling the tool

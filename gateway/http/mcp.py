@@ -43,6 +43,7 @@ from gateway.http.versions import (
     unsupported_version,
 )
 from gateway.identity import reject_query_token
+from gateway.param_headers import PARAM_HEADERS, param_headers
 from gateway.pipeline import Identifier
 from gateway.router import SERVER_INFO, Inbound, Router
 from gateway.server_messages import drop_server_requests
@@ -276,11 +277,7 @@ class McpEndpoint:
             # take over the first one's entry.
             raise GatewayError("invalid_request", "Invalid request: this id is already in use by a call in flight")
         sse_ok = channel.sse_allowed
-        inbound = Inbound(session=session, principal=principal, message=message,
-                          send=channel.send if sse_ok else None, trace_id=trace.trace_id if trace else None,
-                          cancelled=gone if gone is not None else asyncio.Event())
-        if sse_ok:
-            inbound.extra["keepalive"] = channel.keepalive  # held calls keep the stream open with SSE comments
+        inbound = _inbound(session, principal, message, channel, trace, gone)
         # Stateless (2026-07-28) clients of one principal share a session but not ids or progress tokens
         # (every SDK client starts at the same ones), so their calls are found by neither: progress
         # reaches them on their own stream only, and they cancel by closing it.
@@ -373,6 +370,19 @@ class McpEndpoint:
             return error_response(exc)
         await self.sessions.end(session)
         return web.Response(status=200)
+
+
+def _inbound(session: Session, principal: Principal, message: jsonrpc.Message, channel: ResponseChannel,
+             trace: Any, gone: asyncio.Event | None) -> Inbound:
+    """The router's view of one request answered on `channel`."""
+    inbound = Inbound(session=session, principal=principal, message=message,
+                      send=channel.send if channel.sse_allowed else None, trace_id=trace.trace_id if trace else None,
+                      cancelled=gone if gone is not None else asyncio.Event())
+    if channel.sse_allowed:
+        inbound.extra["keepalive"] = channel.keepalive  # held calls keep the stream open with SSE comments
+    if session.stateless and message.method == "tools/call":  # checked once the tool is known (param_headers.py)
+        inbound.extra[PARAM_HEADERS] = param_headers(channel.request.headers)
+    return inbound
 
 
 def _dumps(value: Any) -> str:

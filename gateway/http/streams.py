@@ -204,6 +204,10 @@ class ResponseChannel:
         self._commit_lock: asyncio.Lock | None = None  # made by the first interim message: most calls send none
 
     @property
+    def request(self) -> web.Request:
+        return self._request
+
+    @property
     def streaming(self) -> bool:
         return self._writer is not None
 
