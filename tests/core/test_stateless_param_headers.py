@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import aiohttp
 import pytest
 from mcp.server.mcpserver import MCPServer
+from multidict import CIMultiDict
 from pydantic import Field
 
 from tests.conftest import REPO
@@ -101,6 +102,21 @@ async def test_a_param_header_that_disagrees_with_the_body_is_refused_and_not_ru
     assert reply["error"]["code"] == -32020 and reply["error"]["data"]["reason"] == "header_mismatch", reply
     assert "Mcp-Param-" in reply["error"]["message"]
     assert executed == []
+
+
+async def test_a_param_header_given_twice_is_refused(routed: tuple[str, list[str]]) -> None:
+    """First-copy and last-copy readers would disagree on which value the proxy routed on."""
+    url, executed = routed
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "r__route", "arguments": {"region": "eu"}, "_meta": META}}
+    sent = CIMultiDict({**ACCEPT, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
+                        "Mcp-Name": "r__route"})
+    sent.add("Mcp-Param-Region", "us")
+    sent.add("Mcp-Param-Region", "eu")
+    async with aiohttp.ClientSession() as http, http.post(url, data=json.dumps(body), headers=sent) as resp:
+        reply = json.loads(await resp.text())
+        assert resp.status == 400 and reply["error"]["data"]["reason"] == "header_mismatch", reply
+    assert "more than once" in reply["error"]["message"] and executed == []
 
 
 @pytest.mark.parametrize(("arguments", "headers"), [
