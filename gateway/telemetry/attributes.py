@@ -214,6 +214,12 @@ def _call(digest: str | None, args: Any, decision_id: str, upstream: str | None,
 _BUILDERS: dict[str, Callable[..., Attrs]] = {"call": _call, "decision": _decision, "credential": _credential}
 
 
+def built(facts: tuple[Any, ...]) -> Attrs:
+    """The attributes a FACTS value stands for, without unset (None) values: its part of `expand`."""
+    kind, *values = facts
+    return {k: v for k, v in _BUILDERS[kind](*values).items() if v is not None}
+
+
 def expand(attributes: dict[str, Any]) -> dict[str, Any]:
     """`attributes` with their deferred parts (keys in DEFERRED) in their place: facts built, shared dicts merged;
     unset (None) values left out as a span's `set_attributes` leaves them out. The same dict when there are none."""

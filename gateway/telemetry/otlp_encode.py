@@ -14,17 +14,18 @@ floats (timings) are encoded each time.
 
 `serialize` (what the child sends) writes the same bytes as `encode(...).SerializeToString()` without
 building the request: copying the cached `KeyValue`s into each span (upb copies a message on `extend`)
-was about half of encoding. There each cached pair is kept serialized; a span is its own fields
-serialized by the generated `Span` class, then its pairs, then its status and flags (the field order
-the generated class writes); spans, scope and resource are framed as protobuf frames any
-length-delimited field (tag, varint length, bytes). Spans with links, and attribute sets the SDK would
-bound or whose keys it would convert, take the message path.
+was about half of encoding. There each cached pair is kept serialized; a span is its leading fields and
+its new scalar pairs written by `otlp_wire`, its other pairs by the generated classes, then its status and
+flags (the field order the generated class writes); a shared dict (`attributes.SHARED`...) is serialized
+once a batch; spans, scope and resource are framed as protobuf frames any length-delimited field (tag,
+varint length, bytes). Spans with links, attribute sets the SDK would bound or whose keys it would
+convert, and deferred parts giving a key twice take the message path.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -34,7 +35,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
 from opentelemetry.trace import SpanKind, StatusCode, TraceState
 
-from gateway.telemetry.attributes import expand
+from gateway.telemetry.attributes import DEFERRED, FACTS, PEER, SHARED, WHO, built, expand
+from gateway.telemetry.otlp_wire import ATTRIBUTES, framed, name_and_kind, scalar_pair, span_head, varint
 from gateway.telemetry.spans import SCOPE, SPAN_ATTRIBUTE_LIMIT, WireContext, WireSpan
 
 log = logging.getLogger("customs.telemetry")
@@ -50,18 +52,6 @@ _LOCAL = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _REMOTE = _LOCAL | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 
 
-def varint(value: int) -> bytes:
-    """A non-negative int as a protobuf base-128 varint (protobuf.dev/programming-guides/encoding/#varints)."""
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _tag(message: Any, field: str) -> bytes:
     """The key of a length-delimited (wire type 2) field, its number read from the generated class."""
     return varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
@@ -70,7 +60,6 @@ def _tag(message: Any, field: str) -> bytes:
 _RESOURCE_SPANS = _tag(ExportTraceServiceRequest, "resource_spans")
 _SCOPE_SPANS = _tag(ResourceSpans, "scope_spans")
 _SPANS = _tag(ScopeSpans, "spans")
-_ATTRIBUTES = _tag(Span, "attributes")
 
 
 def _printable(value: Any) -> bool:
@@ -151,6 +140,7 @@ class OtlpEncoder:
         self._pairs: dict[tuple[str, type, Any], KeyValue] = {}
         self._serialized: dict[tuple[str, type, Any], bytes] = {}  # the same pairs, as a span's attributes field
         self._tails: dict[tuple[int, Any, int], bytes] = {}  # status and flags, serialized
+        self._names: dict[tuple[str, int], bytes] = {}  # name and kind fields, serialized
         self._states: dict[tuple[tuple[str, str], ...], str] = {}
         # The SDK encodes resource and scope attributes without a count limit and without a dropped count.
         self._resource = Resource(attributes=self._attributes(resource, None)[0])
@@ -178,50 +168,118 @@ class OtlpEncoder:
         """`encode(spans).SerializeToString()`, the same bytes, without building the request's messages."""
         if not spans:
             return b""
-        framed = []
+        # A shared dict's pairs, serialized once a batch: the gateway ships a dict many spans share once a batch,
+        # and unmarshalling gives those spans one object. By identity: every span, so every dict, lives until the end.
+        shared: dict[int, tuple[bytes, Collection[str]] | None] = {}
+        parts = []
         for span in spans:
-            body = self._span_bytes(span)
-            framed.append(_SPANS + varint(len(body)) + body)
-        scope = b"".join((self._scope_head, *framed, self._scope_tail))
-        group = b"".join((self._resource_head, _SCOPE_SPANS, varint(len(scope)), scope))
-        return _RESOURCE_SPANS + varint(len(group)) + group
+            parts.append(framed(_SPANS, self._span_bytes(span, shared)))
+        scope = b"".join((self._scope_head, *parts, self._scope_tail))
+        return framed(_RESOURCE_SPANS, self._resource_head + framed(_SCOPE_SPANS, scope))
 
-    def _span_bytes(self, span: WireSpan) -> bytes:
+    def _span_bytes(self, span: WireSpan, shared: dict[int, tuple[bytes, Collection[str]] | None]) -> bytes:
+        """One span's fields; the message path for what these bytes do not cover (links, odd keys, over the limit)."""
         name, kind, context, parent, start, end, attributes, links, (code, text) = span
-        attrs = expand(attributes) if attributes else attributes
-        if links or len(attrs) > SPAN_ATTRIBUTE_LIMIT:
+        if links:
             return self._span_message(span)
-        trace_id, span_id, _, _, state = context
-        parts = [Span(trace_id=trace_id.to_bytes(16, "big"), span_id=span_id.to_bytes(8, "big"),
-                      trace_state=self._trace_state(state) if state else "",
-                      parent_span_id=parent[1].to_bytes(8, "big") if parent is not None else b"",
-                      name=name, kind=_KINDS[kind], start_time_unix_nano=start,
-                      end_time_unix_nano=end).SerializeToString()]
-        cache = self._serialized
-        for key, value in attrs.items():
-            kind_of = type(value)
-            # Only str, int, bool and all-str tuples are ever stored (`_cacheable`): True == 1 cannot collide.
-            pair = None
-            if kind_of in _LOOKED_UP:
-                try:
-                    pair = cache.get((key, kind_of, value))
-                except TypeError:  # a tuple holding a list or mapping: no dict key (and never stored)
-                    pass
-            if pair is None:
-                if type(key) is not str or not key:  # a key the SDK would convert or drop
-                    return self._span_message(span)
-                key_value = self._key_value(key, value)
-                if key_value is None:
-                    continue
-                body = key_value.SerializeToString()
-                pair = _ATTRIBUTES + varint(len(body)) + body
-                if _cacheable(value):
-                    if len(cache) >= CACHE_LIMIT:
-                        cache.clear()
-                    cache[(key, kind_of, value)] = pair
-            parts.append(pair)
+        head = self._head(name, kind, context, parent, start, end)
+        if head is None:
+            return self._span_message(span)
+        parts = [head]
+        if attributes and not self._attributes_into(parts, attributes, shared):
+            return self._span_message(span)
         parts.append(self._tail(code, text, _REMOTE if parent is not None and parent[2] else _LOCAL))
         return b"".join(parts)
+
+    def _head(self, name: str, kind: int, context: WireContext, parent: WireContext | None, start: int,
+              end: int) -> bytes | None:
+        trace_id, span_id, _, _, state = context
+        name_kind = self._names.get((name, kind))
+        if name_kind is None:
+            if (name_kind := name_and_kind(name, _KINDS[kind])) is None:
+                return None
+            if len(self._names) >= CACHE_LIMIT:
+                self._names.clear()
+            self._names[(name, kind)] = name_kind
+        return span_head(trace_id, span_id, self._trace_state(state) if state else "",
+                         parent[1] if parent is not None else None, name_kind, start, end)
+
+    def _attributes_into(self, parts: list[bytes], attributes: dict[str, Any],
+                         shared: dict[int, tuple[bytes, Collection[str]] | None]) -> bool:
+        """Append the span's attribute pairs as `expand(attributes)` orders them; False where the message path
+        must decide (a key it would convert, more pairs than the limit, a key given twice)."""
+        if FACTS not in attributes and SHARED not in attributes and WHO not in attributes and PEER not in attributes:
+            if len(attributes) > SPAN_ATTRIBUTE_LIMIT:
+                return False
+            for key, value in attributes.items():
+                if (pair := self._pair(key, value)) is None:
+                    return False
+                parts.append(pair)
+            return True
+        keys: set[str] = set()
+        for key, value in attributes.items():
+            if key in DEFERRED:
+                if type(value) is dict:
+                    entry = shared.get(id(value))
+                    if entry is None and id(value) not in shared:
+                        entry = shared[id(value)] = self._pairs_of(value)
+                else:
+                    entry = self._pairs_of(built(value))
+                if entry is None or not keys.isdisjoint(entry[1]):
+                    return False  # a key given twice: expand keeps the first place and the last value
+                keys.update(entry[1])
+                parts.append(entry[0])
+            else:
+                if key in keys or (pair := self._pair(key, value)) is None:
+                    return False
+                keys.add(key)
+                parts.append(pair)
+        return len(keys) <= SPAN_ATTRIBUTE_LIMIT
+
+    def _pairs_of(self, attributes: dict[str, Any]) -> tuple[bytes, Collection[str]] | None:
+        """A deferred part's pairs, serialized, and its keys (unset values left out, as `expand` leaves them)."""
+        pairs = []
+        cache = self._serialized
+        unset = False
+        for key, value in attributes.items():
+            kind_of = type(value)
+            # `_pair`'s cache lookup, inline for the usual values: a call a pair is most of a hit's cost.
+            if (kind_of is str or kind_of is int or kind_of is bool) and (
+                    pair := cache.get((key, kind_of, value))) is not None:
+                pairs.append(pair)
+            elif value is None:
+                unset = True
+            elif (pair := self._pair(key, value)) is not None:
+                pairs.append(pair)
+            else:
+                return None
+        keys = frozenset(key for key, value in attributes.items() if value is not None) if unset else attributes.keys()
+        return b"".join(pairs), keys
+
+    def _pair(self, key: Any, value: Any) -> bytes | None:
+        """One attribute pair, serialized (b"" for a value the SDK would drop); None for a key it would convert."""
+        kind_of = type(value)
+        cache = self._serialized
+        if kind_of in _LOOKED_UP:
+            # Only str, int, bool and all-str tuples are ever stored (`_cacheable`): True == 1 cannot collide.
+            try:
+                if (pair := cache.get((key, kind_of, value))) is not None:
+                    return pair
+            except TypeError:  # a tuple holding a list or mapping: no dict key (and never stored)
+                pass
+        if type(key) is not str or not key:  # a key the SDK would convert or drop
+            return None
+        pair = scalar_pair(key, value)
+        if pair is None:
+            key_value = self._key_value(key, value)
+            if key_value is None:
+                return b""
+            pair = framed(ATTRIBUTES, key_value.SerializeToString())
+        if _cacheable(value):
+            if len(cache) >= CACHE_LIMIT:
+                cache.clear()
+            cache[(key, kind_of, value)] = pair
+        return pair
 
     def _tail(self, code: int, text: Any, flags: int) -> bytes:
         """Status and flags, serialized (the fields after the attributes): a handful of combinations in all."""
