@@ -1,6 +1,8 @@
 """The answers aiohttp's HTTP parser has the gateway make before any route or middleware runs: a body in a content
 coding it refuses (br or zstd without their modules), and a request it cannot parse (a header longer than the
-gateway reads, a malformed head).
+gateway reads, a malformed head): a text/plain 400 saying what was wrong, logged at INFO by kind only, never with
+the refused bytes (aiohttp's own answer quoted them, and logged them at ERROR with a traceback: a cookie, an API
+key or a URL's `?access_token=` reached the log).
 
 aiohttp makes those answers for a request of its own (`handle_error` on a stand-in: path `/`, no headers), so the
 guard never sees the real one. Its head is found again in the bytes the parser stopped in, on that error path only,
@@ -19,7 +21,14 @@ from types import FunctionType
 from typing import ClassVar, cast
 
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    ContentEncodingError,
+    HttpProcessingError,
+    InvalidHeader,
+    LineTooLong,
+)
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 from yarl import URL
@@ -34,6 +43,11 @@ log = logging.getLogger("customs.http")
 # The method that feeds each read to aiohttp's parser and catches its refusal: its frame is in that error's traceback.
 _DATA_RECEIVED = cast(FunctionType, RequestHandler.data_received).__code__
 _REQUEST_LINE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+ (\S+) HTTP/\d\.\d")
+# What the answer to a request the parser refused says, by the parser's exception (most specific first): never the
+# exception's own message, which quotes the refused bytes (a cookie, an API key, a URL's ?access_token=).
+_UNREADABLE = ((LineTooLong, "a request line or header field is longer than the gateway reads"),
+               (BadHttpMethod, "the request method is malformed"), (BadStatusLine, "the request line is malformed"),
+               (InvalidHeader, "a header field is malformed"))
 
 
 def _stopped_in(exc: BaseException) -> bytes:
@@ -99,6 +113,8 @@ class EdgeRequestHandler(RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         if isinstance(exc, ContentEncodingError):
             response = self._coding_refused(exc)
+        elif isinstance(exc, HttpProcessingError) and status < 500:  # the parser refused the request
+            response = self._unreadable(exc, status)
         else:
             response = super().handle_error(request, status, exc, message)
         # A request the guard passed, whose handler let an exception escape (the 500, a TimeoutError's 504): the
@@ -109,6 +125,16 @@ class EdgeRequestHandler(RequestHandler):
             origin = refused_request_origin(origins, exc)
         if origin is not None:
             add_cors(response, origin)
+        return response
+
+    @staticmethod
+    def _unreadable(exc: HttpProcessingError, status: int) -> web.StreamResponse:
+        """The 400 to a request the parser refused, logged by kind only: aiohttp's own answer logged it at ERROR with a
+        traceback, and both quoted the refused bytes (a header's value, the URL), which can be a secret."""
+        what = next((text for kind, text in _UNREADABLE if isinstance(exc, kind)), "the request is malformed")
+        log.info("refused a request the HTTP parser could not read (%s: %s)", type(exc).__name__, what)
+        response = web.Response(status=status, text=f"{status} Bad Request: {what}")
+        response.force_close()  # the parser stopped where it could not read on: the rest is not a request
         return response
 
     def _coding_refused(self, exc: ContentEncodingError) -> web.StreamResponse:
