@@ -132,7 +132,9 @@ class EdgeRequestHandler(RequestHandler):
         """The 400 to a request the parser refused, logged by kind only: aiohttp's own answer logged it at ERROR with a
         traceback, and both quoted the refused bytes (a header's value, the URL), which can be a secret."""
         what = next((text for kind, text in _UNREADABLE if isinstance(exc, kind)), "the request is malformed")
-        log.info("refused a request the HTTP parser could not read (%s: %s)", type(exc).__name__, what)
+        # Not HTTP at all (TLS or a scanner on the port: a bad method) is routine noise, at DEBUG as aiohttp logs it.
+        log.log(logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.INFO,
+                "refused a request the HTTP parser could not read (%s: %s)", type(exc).__name__, what)
         response = web.Response(status=status, text=f"{status} Bad Request: {what}")
         response.force_close()  # the parser stopped where it could not read on: the rest is not a request
         return response

@@ -31,6 +31,8 @@ REFUSED = {
                             b"Content-Length: 0\r\n\r\n",
     "bad version": b"POST /mcp?token=" + SECRET.encode() + b"version HTTP/9.x\r\nHost: {host}\r\n\r\n",
 }
+# Not HTTP at all (a TLS hello, a scanner): refused too, but routine noise on a port, so at DEBUG (as aiohttp has it)
+NOT_HTTP = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + SECRET.encode() + b"tls\r\n\r\n"
 
 
 async def _send(port: int, raw: bytes) -> bytes:
@@ -53,6 +55,8 @@ async def test_a_request_the_parser_refuses_is_answered_400_and_logged_without_i
     for kind, raw in REFUSED.items():
         answer = await _send(port, raw)
         assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n", 1)[0], (kind, answer[:200])
+    answer = await _send(port, NOT_HTTP)
+    assert b" 400 " in answer.split(b"\r\n", 1)[0], answer[:200]
     # aiohttp logs before it answers, so by now every refusal is in the log
     log = gw.log()
     assert SECRET not in log, log
