@@ -237,7 +237,8 @@ class StdioChild:
         try:
             while True:
                 line = await read_line(proc.stdout)
-                if not line:
+                if not line:  # not ready from now on: said so while its exit is waited for (up to grace_s)
+                    self._detail = "child closed its stdout"
                     return
                 await self._dispatch(line)
         finally:

@@ -56,3 +56,27 @@ async def test_a_child_that_closed_its_stdout_is_stopped_and_restarted(tmp_path:
         assert answer["result"] == {"tools": []}
     finally:
         await upstream.stop()
+
+
+async def test_readiness_names_the_closed_stdout_while_the_child_is_waited_for(tmp_path: Path) -> None:
+    """Between its stdout closing and its exit (the grace period, for one that lives on), the child is not ready:
+    /readyz said so with the detail "ok", a reason that contradicts the verdict."""
+    script = tmp_path / "closer.py"
+    script.write_text(CLOSER)
+    upstream = StdioUpstream(UpstreamConfig(name="closer", command=(sys.executable, str(script)), timeout_s=20),
+                             grace_s=3)  # the child lives on: the supervisor waits all of it for its exit
+    await upstream.start()
+    try:
+        session = await upstream.connect(ConnectParams(), ignore)
+        assert upstream.health().detail == "ok"
+        try:
+            await session.request({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                   "params": {"name": "x", "arguments": {}}})
+            raise AssertionError("the call was answered")
+        except GatewayError as exc:
+            assert exc.reason == "upstream_unavailable"
+        health = upstream.health()
+        assert not health.ready
+        assert health.detail == "child closed its stdout", health
+    finally:
+        await upstream.stop()
