@@ -157,6 +157,9 @@ class ApprovalsWeb:
         self._auth.authorize_decision(approver, item)
         if not item.pending:
             raise AlreadyDecided(item)
+        # Kept redacted: it goes to the agent, page, API, CLI and decision log, and may hold a pasted token or key.
+        if comment is not None and self._redact is not None:
+            comment = str(self._redact(comment))
         return await self._store.decide(approval_id, approver.name, outcome, comment)
 
     # -- API ---------------------------------------------------------------------------------
