@@ -92,19 +92,34 @@ def upstream_rules(upstream: Any) -> Iterator[Problem]:
         # A credential is a request header, and a stdio child gets no headers: it would be minted and dropped.
         yield ("credentials",), (f"mode {mode} needs an HTTP upstream (url); a stdio child process "
                                  "receives no request headers, so the credential would never reach it")
-    yield from _shadowed_headers(upstream, mode)
+    yield from _static_headers(upstream, mode)
 
 
-def _shadowed_headers(upstream: Any, mode: Any) -> Iterator[Problem]:
-    """A static header that is also the credential's header: one of the two values would silently lose."""
+# RFC 9110 §5.5: a field value is visible characters, spaces and tabs; aiohttp refuses CR, LF and NUL with a
+# ValueError when the request is sent (the agent's initialize got a text/plain 500), the rest is no header text.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _static_headers(upstream: Any, mode: Any) -> Iterator[Problem]:
+    """Static headers every request to the upstream carries: each must be one a request can carry, and not
+    one the transport or the credential sets (one of the two values would silently lose, or break the session)."""
     header = _get(_get(upstream, "credentials"), "header", "Authorization")
     headers = _get(upstream, "headers")
-    if mode == "none" or not isinstance(header, str) or not isinstance(headers, Mapping):
+    if not isinstance(headers, Mapping):
         return
-    for name in headers:
-        if isinstance(name, str) and name.lower() == header.lower():
+    for name, value in headers.items():
+        if not isinstance(name, str) or "${" in name:  # a reference in a key is a problem of its own (load.py)
+            continue
+        if not _FIELD_NAME.fullmatch(name):
+            yield ("headers", name), "not an HTTP header name"
+        elif name.lower() in RESERVED_HEADERS:
+            yield ("headers", name), "is set by the transport itself; this value would break or redirect its requests"
+        elif mode != "none" and isinstance(header, str) and name.lower() == header.lower():
             yield ("headers", name), (f"names the credential's header ({header}, mode {mode}); the credential "
                                       "would replace this value")
+        if isinstance(value, str) and (control := _CONTROL.search(value)):
+            shown = repr(control.group())[1:-1]  # \r, \x00: as the YAML would escape it
+            yield ("headers", name), f"holds a control character ({shown}); an HTTP header value cannot carry one"
 
 
 # The JWS algorithms an access token may use: asymmetric ones whose key type the verifier can check

@@ -216,3 +216,33 @@ def test_labels_keyed_by_an_aggregated_name_are_warned_about(tmp_path: Path,
         "these labels are keyed by the upstream's own names, so this one applies to nothing (write inventory://skus)",
         "upstreams[0].tools.inventory__get_stock: the aggregated /mcp name of 'get_stock'; these labels are keyed "
         "by the upstream's own names, so this one applies to nothing (write get_stock)"]
+
+
+@pytest.mark.parametrize(("headers", "problem"), [
+    ({"X Static": "v"}, "not an HTTP header name"),
+    ({"X-Static:": "v"}, "not an HTTP header name"),
+    ({"X-Static": "v\r\nX-Injected: 1"}, "holds a control character (\\r); an HTTP header value cannot carry one"),
+    ({"X-Static": "v\x00"}, "holds a control character (\\x00); an HTTP header value cannot carry one"),
+    ({"Host": "evil.example"}, "is set by the transport itself; this value would break or redirect its requests"),
+    ({"mcp-session-id": "fixed"}, "is set by the transport itself; this value would break or redirect its requests"),
+    ({"Content-Length": "5"}, "is set by the transport itself; this value would break or redirect its requests"),
+])
+def test_a_static_header_no_request_can_carry_is_refused_at_its_path(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], headers: dict[str, str], problem: str) -> None:
+    """`upstreams[].headers` went unchecked: a value with a control character passed `config check`, and `serve`
+    answered every initialize with a text/plain 500 and an ERROR traceback (aiohttp refuses to send it); a name
+    with a space went out as it was (the upstream answered 400); Host and the MCP session headers replaced the
+    transport's own (a 421, a session the upstream never made)."""
+    code, err = _check(tmp_path, capsys, {**UPSTREAM, "headers": {"X-Ok": "fine", **headers}})
+    name = next(iter(headers))
+    assert (code, err) == (2, [f"  upstreams[0].headers.{name}: {problem}"])
+
+
+def test_a_static_header_from_the_environment_is_checked_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATIC_KEY", "abc\ndef")
+    code, err = _check(tmp_path, capsys, {**UPSTREAM, "headers": {"X-Key": "${STATIC_KEY}"}})
+    assert (code, err) == (2, ["  upstreams[0].headers.X-Key: holds a control character (\\n); an HTTP header value "
+                               "cannot carry one"])
+    monkeypatch.setenv("STATIC_KEY", "abc\tdef ghi")  # a tab and spaces are header text (RFC 9110 §5.5)
+    assert _check(tmp_path, capsys, {**UPSTREAM, "headers": {"X-Key": "${STATIC_KEY}"}})[0] == 0
