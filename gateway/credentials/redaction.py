@@ -107,14 +107,30 @@ class Redactor:
         if isinstance(value, str):
             return self.redact_text(value)
         if isinstance(value, Mapping):
-            return {k: (MARK if isinstance(k, str) and self.is_secret_key(k) and _present(v) else self.redact(v))
-                    for k, v in value.items()}
+            return self._redact_mapping(value)
         if isinstance(value, list | tuple | set | frozenset):
             items = [self.redact(v) for v in value]
             return items if isinstance(value, list | set | frozenset) else tuple(items)
         if isinstance(value, bytes):
             return self.redact_text(value.decode("utf-8", "replace")).encode()
         return value
+
+    def _redact_mapping(self, value: Mapping[Any, Any]) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                out[k] = self.redact(v)
+                continue
+            v = MARK if self.is_secret_key(k) and _present(v) else self.redact(v)
+            # A key can be a secret too (contains_secret looks at it): an agent may pass a token as a name.
+            if self.text_has_secret(k):
+                base, n = self.redact_text(k), 1
+                k = base
+                while k in out or k in value:  # two keys redacting alike stay two entries, neither hidden
+                    n += 1
+                    k = f"{base} ({n})"
+            out[k] = v
+        return out
 
     def contains_secret(self, value: Any) -> bool:
         """True when any key name or string anywhere in `value` looks like a secret."""

@@ -120,3 +120,18 @@ def test_known_secret_values(redactor: Redactor) -> None:
     redactor.add_known("abc")  # too short to redact safely: ignored
     assert redactor.redact("x plain-looking-value y abc") == "x [REDACTED] y abc"
     assert redactor.contains_secret({"v": "plain-looking-value"})
+
+
+def test_a_secret_used_as_a_key_is_redacted_too(redactor: Redactor) -> None:
+    """contains_secret looks at key text (an agent can pass a token as an argument's name), but redact kept every
+    key as it was: the approvals page, the API, the webhooks and the logged arguments showed such a token."""
+    redactor.add_known("plain-looking-value")
+    github, aws = SECRETS["github"], "AKIAIOSFODNN7EXAMPLE"
+    value = {"account": "A-7", github: "x", "nested": {f"id {aws}": 1, "plain-looking-value": [2]}}
+    assert redactor.contains_secret({github: "x"})
+    out = redactor.redact(value)
+    assert out == {"account": "A-7", "[REDACTED]": "x",
+                   "nested": {"id [REDACTED]": 1, "[REDACTED]": [2]}}, out
+    # Two keys that redact alike stay two entries (one silently replacing the other would hide an argument).
+    both = redactor.redact({github: 1, "ghp_" + "Z9y8X7w6" * 5: 2, "[REDACTED]": 3})
+    assert sorted(both.values()) == [1, 2, 3] and all(k.startswith("[REDACTED]") for k in both), both
