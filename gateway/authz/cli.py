@@ -200,6 +200,28 @@ def _live_tools(config: Any) -> dict[str, list[dict[str, Any]]]:
     return listed
 
 
+def _base_schema(policies_dir: Path | None) -> tuple[Path, str] | None:
+    """The schema `policy schema` puts the generated block into, as (path, text); None after saying why not.
+
+    A directory without one gets the shipped schema: the generated block alone declares no entity type or action,
+    so no policy written from the contract's names would validate against it."""
+    from gateway.config.load import shipped_policies
+
+    path = (policies_dir or Path("policies")) / SCHEMA_FILE
+    if not path.exists():
+        shipped = shipped_policies() / SCHEMA_FILE
+        print(f"note: {path} not found; starting from the shipped schema ({shipped})", file=sys.stderr)
+        path = shipped
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _err(f"cannot read {path}: {unreadable(exc)}")
+        return None
+    if not text:
+        print(f"warning: {path} is empty; printing only the generated block", file=sys.stderr)
+    return path, text
+
+
 def schema_cmd(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
 
@@ -228,14 +250,10 @@ def schema_cmd(args: argparse.Namespace) -> int:
     except CaseError as exc:
         _err(str(exc))
         return 2
-    base_path = (policies_dir or Path("policies")) / SCHEMA_FILE
-    try:
-        base = base_path.read_text(encoding="utf-8") if base_path.exists() else ""
-    except (OSError, UnicodeDecodeError) as exc:
-        _err(f"cannot read {base_path}: {unreadable(exc)}")
+    found = _base_schema(policies_dir)
+    if found is None:
         return 2
-    if not base:
-        print(f"warning: {base_path} not found; printing only the generated block", file=sys.stderr)
+    base_path, base = found
     try:
         text = apply_block(base, block) if base else block + "\n"
     except ValueError as exc:
