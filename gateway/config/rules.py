@@ -51,6 +51,9 @@ def credentials_rules(credentials: Any) -> Iterator[Problem]:
             yield ("header",), f"{header!r} is not an HTTP header name"
         elif header.lower() in RESERVED_HEADERS:
             yield ("header",), f"{header} is set by the transport itself; the credential would never be sent"
+    prefix = _get(credentials, "value_prefix")
+    if isinstance(prefix, str) and (problem := _control_problem(prefix)):
+        yield ("value_prefix",), problem
     if _get(credentials, "audience") == "":  # a variable set to nothing: not "use the default" in disguise
         yield ("audience",), "must not be empty (leave it out for the upstream's url)"
     if mode != "minted" and _items(_get(credentials, "narrow_to_args")):
@@ -93,6 +96,27 @@ def upstream_rules(upstream: Any) -> Iterator[Problem]:
         yield ("credentials",), (f"mode {mode} needs an HTTP upstream (url); a stdio child process "
                                  "receives no request headers, so the credential would never reach it")
     yield from _static_headers(upstream, mode)
+    yield from _child_process(upstream)
+
+
+def _child_process(upstream: Any) -> Iterator[Problem]:
+    """What no process can be started with (execve takes NUL-terminated strings): the child would fail to start
+    at every back-off, `could not start: ValueError: embedded null byte`, its upstream never available."""
+    command = _get(upstream, "command")
+    for i, arg in enumerate(_items(command)):
+        if i == 0 and arg == "":
+            yield ("command", 0), "must not be empty (the program to run)"
+        elif isinstance(arg, str) and "\0" in arg:
+            yield ("command", i), "holds a NUL character, which no process argument can"
+    env = _get(upstream, "env")
+    for name, value in env.items() if isinstance(env, Mapping) else ():
+        if isinstance(name, str) and (not name or "=" in name or "\0" in name):
+            yield ("env", name), "not an environment variable name (no '=' or NUL)"
+        elif isinstance(value, str) and "\0" in value:
+            yield ("env", name), "holds a NUL character, which no environment variable can"
+    cwd = _get(upstream, "cwd")
+    if cwd is not None and "\0" in str(cwd):
+        yield ("cwd",), "holds a NUL character, which no path can"
 
 
 # RFC 9110 §5.5: a field value is visible characters, spaces and tabs; aiohttp refuses CR, LF and NUL with a
@@ -117,9 +141,17 @@ def _static_headers(upstream: Any, mode: Any) -> Iterator[Problem]:
         elif mode != "none" and isinstance(header, str) and name.lower() == header.lower():
             yield ("headers", name), (f"names the credential's header ({header}, mode {mode}); the credential "
                                       "would replace this value")
-        if isinstance(value, str) and (control := _CONTROL.search(value)):
-            shown = repr(control.group())[1:-1]  # \r, \x00: as the YAML would escape it
-            yield ("headers", name), f"holds a control character ({shown}); an HTTP header value cannot carry one"
+        if isinstance(value, str) and (problem := _control_problem(value)):
+            yield ("headers", name), problem
+
+
+def _control_problem(value: str) -> str | None:
+    """Why no HTTP header value can carry `value`, or None when one can."""
+    control = _CONTROL.search(value)
+    if control is None:
+        return None
+    shown = repr(control.group())[1:-1]  # \r, \x00: as the YAML would escape it
+    return f"holds a control character ({shown}); an HTTP header value cannot carry one"
 
 
 # The JWS algorithms an access token may use: asymmetric ones whose key type the verifier can check

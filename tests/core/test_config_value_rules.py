@@ -246,3 +246,31 @@ def test_a_static_header_from_the_environment_is_checked_as_written(tmp_path: Pa
                                "cannot carry one"])
     monkeypatch.setenv("STATIC_KEY", "abc\tdef ghi")  # a tab and spaces are header text (RFC 9110 §5.5)
     assert _check(tmp_path, capsys, {**UPSTREAM, "headers": {"X-Key": "${STATIC_KEY}"}})[0] == 0
+
+
+def test_a_credential_prefix_no_header_can_carry_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The static credential's value is checked when read (a warning, credential_unavailable), but its
+    `value_prefix` was not: a line break there made every initialize a text/plain 500 with an ERROR traceback."""
+    credentials = {"mode": "static", "value_env": "KEY", "header": "X-Key", "value_prefix": "Key\nX-Other: "}
+    code, err = _check(tmp_path, capsys, {**UPSTREAM, "credentials": credentials})
+    assert (code, err) == (2, ["  upstreams[0].credentials.value_prefix: holds a control character (\\n); an HTTP "
+                               "header value cannot carry one"])
+    assert parse_config({"upstreams": [{**UPSTREAM, "credentials": {**credentials, "value_prefix": "Key\t"}}]})
+
+
+@pytest.mark.parametrize(("child", "problem"), [
+    ({"command": [""]}, "upstreams[0].command[0]: must not be empty (the program to run)"),
+    ({"command": ["python", "-c", "print()\x00"]}, "upstreams[0].command[2]: holds a NUL character, which no "
+                                                   "process argument can"),
+    ({"command": ["python"], "env": {"TZ": "UTC\x00x"}}, "upstreams[0].env.TZ: holds a NUL character, which no "
+                                                          "environment variable can"),
+    ({"command": ["python"], "env": {"A=B": "x"}}, "upstreams[0].env.A=B: not an environment variable name "
+                                                   "(no '=' or NUL)"),
+    ({"command": ["python"], "cwd": "/tmp\x00x"}, "upstreams[0].cwd: holds a NUL character, which no path can"),
+])
+def test_a_child_no_process_can_be_started_with_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           child: dict[str, Any], problem: str) -> None:
+    """These passed `config check`, then `serve` tried to start the child forever (an ERROR `could not start:
+    ValueError: embedded null byte` every back-off) and its upstream stayed unavailable."""
+    code, err = _check(tmp_path, capsys, {"name": "a", **child})
+    assert (code, err) == (2, [f"  {problem}"])
