@@ -136,7 +136,8 @@ def explain_cmd(args: argparse.Namespace) -> int:
         # `trust` as a claim too: explain has no config to say where trust comes from (the registry, a mapping).
         action = agent_action(args.action, "--action")
         principal = principal_from_claims(claims, claim_mapping({"trust": "trust"}), "--principal-claims")
-        tool = tool_from(args.tool, _json_object(args.annotations, "--annotations"), {}, "--tool", action)
+        tool_from(args.tool, {}, {}, "--tool", action)  # the name first: a bad label is the option --annotations'
+        tool = tool_from(args.tool, _json_object(args.annotations, "--annotations"), {}, "--annotations", action)
         # The same context facts as a policy test case's `context:` (unknown keys are an error).
         facts, granted = facts_from({"args": _json_object(args.args, "--args"),
                                      "context": _json_object(args.context, "--context")},

@@ -281,3 +281,17 @@ def test_replay_skips_a_record_holding_a_lone_surrogate(tmp_path: Path) -> None:
     result = customs_main("policy", "replay", "--log", log, "--policies", SHIPPED)
     assert "Traceback" not in result.stderr and result.returncode == 0, result.stdout + result.stderr
     assert "1 replayed, 0 changed, 1 skipped" in result.stdout
+
+
+@pytest.mark.parametrize(("annotations", "problem"), [
+    ('{"read_only": "yes"}', "label read_only must be true or false"),
+    ('{"readonly": true}', "unknown tool label(s) ['readonly']"),
+    ('{"sensitivity": "secret"}', "label sensitivity must be one of"),
+])
+def test_explain_names_annotations_for_a_bad_label(annotations: str, problem: str) -> None:
+    """A bad label given with --annotations was reported as `--tool: label read_only ...`, sending the person to the
+    option that was right."""
+    result = customs_main("policy", "explain", "--policies", SHIPPED, "--principal-claims", '{"sub": "a"}',
+                          "--tool", "inventory/get_stock", "--annotations", annotations)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: --annotations: {problem}"), result.stderr
