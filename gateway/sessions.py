@@ -214,21 +214,24 @@ class SessionManager:
         return session
 
     def get(self, session_id: str, principal: Principal, view: str | None) -> Session:
-        session = self._sessions.get(session_id)
-        # Another principal's session, another endpoint's session and an unknown id look the same.
-        if session is None or session.closed or session.principal_key != principal.key or session.view != view:
-            raise GatewayError("session_not_found")
-        session.principal = principal
-        session.touch()
-        return session
+        """A Streamable HTTP session named by Mcp-Session-Id on /mcp or /mcp/{view}. A legacy HTTP+SSE session
+        looks unknown there: a GET stream opened with its id took the answers its client awaits on /sse."""
+        return self._owned(self._sessions.get(session_id), principal, view, legacy=False)
 
     def get_legacy(self, session_id: str, principal: Principal) -> Session:
         """A legacy HTTP+SSE session (any view) named by /messages?session_id=; Streamable HTTP sessions
         look unknown there, since their answers would go to a GET stream the poster may not be reading."""
         session = self._sessions.get(session_id)
-        if session is None or not session.legacy_sse:
+        return self._owned(session, principal, session.view if session is not None else None, legacy=True)
+
+    def _owned(self, session: Session | None, principal: Principal, view: str | None, *, legacy: bool) -> Session:
+        # Another principal's session, another endpoint's (or transport's) session and an unknown id look the same.
+        if (session is None or session.closed or session.principal_key != principal.key or session.view != view
+                or session.legacy_sse != legacy):
             raise GatewayError("session_not_found")
-        return self.get(session_id, principal, session.view)
+        session.principal = principal
+        session.touch()
+        return session
 
     async def headers(self, session: Session, upstream: str) -> dict[str, str]:
         """Fresh credential headers for requests the gateway makes on the session's behalf."""

@@ -116,3 +116,29 @@ async def test_a_refused_session_with_an_unreadable_body_answers_null(env: tuple
         async with http.post(f"{gw.url}/messages?session_id=nope", data=b'{"id": 3, ', headers=JSON) as resp:
             body = await resp.json()
     assert resp.status == 400 and body["error"]["data"]["reason"] == "parse_error" and body["id"] is None, body
+
+
+async def test_mcp_refuses_a_legacy_sse_session(env: tuple[Any, FeatureState]) -> None:
+    """The converse of the first test: a legacy session's id (it travels in its /messages URL) named on /mcp was
+    served there: a GET stream opened with it took the answers of the calls the legacy client posted (they never
+    came on its /sse stream), and a DELETE ended the legacy session under its client."""
+    gw, _ = env
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"{gw.url}/sse/feat", headers={"Accept": "text/event-stream"}) as stream:
+        async for line in stream.content:
+            if line.startswith(b"data: /messages"):
+                endpoint = gw.url + line[6:].decode().strip()
+                break
+        session_id = endpoint.rsplit("session_id=", 1)[1]
+        named = {**JSON, "Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}
+        ping = {"jsonrpc": "2.0", "id": 3, "method": "ping"}
+        for method, body in (("POST", ping), ("GET", None), ("DELETE", None)):
+            headers = {**named, "Accept": "text/event-stream"} if method == "GET" else named
+            async with http.request(method, f"{gw.mcp}/feat", json=body, headers=headers) as resp:
+                reply = await resp.json(content_type=None)
+            # (on the old code: 200 for each, the GET a stream, the DELETE the end of the legacy session)
+            assert resp.status == 404 and reply["error"]["data"]["reason"] == "session_not_found", (method, reply)
+        messages = sse_messages(stream.content)
+        async with http.post(endpoint, json={**ping, "id": 4}, headers=JSON) as resp:
+            assert resp.status == 202  # the legacy session lives on, its answers on its own stream
+        assert await anext(messages) == {"jsonrpc": "2.0", "id": 4, "result": {}}
