@@ -100,9 +100,19 @@ def _depth_ok(value: Any, limit: int) -> bool:
     return True
 
 
+MAX_ID_CHARS = 256  # a string id past it is refused: ids are kept per call in flight and echoed in every answer
+
+
 def _valid_id(value: Any) -> bool:
     return (isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))) and (
-        not isinstance(value, str) or len(value) <= 256)
+        not isinstance(value, str) or len(value) <= MAX_ID_CHARS)
+
+
+def _id_problem(value: Any) -> str:
+    if isinstance(value, str):  # a string, only too long
+        return (f"Invalid request: id must be an integer or a string of at most {MAX_ID_CHARS} characters "
+                f"(this one has {len(value)})")
+    return "Invalid request: id must be a string or an integer"
 
 
 def parse(raw: bytes, *, max_depth: int = 64) -> Message:
@@ -214,7 +224,7 @@ def classify(body: dict[str, Any]) -> Message:
                 raise GatewayError("invalid_request", "Invalid request: a request needs an id")
             return Message("notification", body)
         if not _valid_id(body["id"]):
-            raise GatewayError("invalid_request", "Invalid request: id must be a string or an integer")
+            raise GatewayError("invalid_request", _id_problem(body["id"]))
         if body["method"].startswith("notifications/"):
             raise GatewayError("invalid_request", "Invalid request: notifications must not carry an id")
         return Message("request", body)

@@ -38,6 +38,18 @@ def test_rejections(raw: bytes, reason: str) -> None:
     assert reason_of(raw) == reason
 
 
+@pytest.mark.parametrize(("request_id", "message"), [
+    ("x" * 257, "Invalid request: id must be an integer or a string of at most 256 characters (this one has 257)"),
+    (1.5, "Invalid request: id must be a string or an integer"),
+])
+def test_a_refused_id_is_named_for_what_is_wrong_with_it(request_id: object, message: str) -> None:
+    """A string id past 256 characters was refused as `id must be a string or an integer`, though it is one."""
+    with pytest.raises(GatewayError) as info:
+        jsonrpc.parse(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "ping"}).encode())
+    assert info.value.message == message
+    assert jsonrpc.parse(json.dumps({"jsonrpc": "2.0", "id": "x" * 256, "method": "ping"}).encode()).id == "x" * 256
+
+
 def test_depth_limit() -> None:
     nested = b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":' + b"[" * 100 + b"]" * 100 + b"}}"
     assert reason_of(nested, depth=64) == "invalid_request"
