@@ -133,14 +133,19 @@ class Lister:
         return False
 
     def _shown(self, kind: ListKind, principal: Principal, info: ToolInfo, call: Decision) -> bool:
-        """A tool shows when it may be called, or when a policy permits `list_tools` on it; a policy that
-        forbids `list_tools` on it (or fails to evaluate: fail closed) hides it either way."""
+        """A tool shows when it may be called, or when a policy permits `list_tools` on it and `call_tool` is
+        denied only by default (no permit without arguments); a policy that forbids `list_tools` on it (or fails
+        to evaluate: fail closed) hides it either way, and so does a forbid of `call_tool` that fires."""
         if kind.method != "tools/list":
             return call.outcome != "deny"
         listing = self._authorizer.visible(principal, "list_tools", info)
         if listing.outcome == "deny" and (listing.policy_ids or listing.errors):
             return False
-        return listing.outcome == "allow" or call.outcome != "deny"
+        if call.outcome != "deny":
+            return True
+        # Listed yet answered `Unknown tool` would tell denied from unknown: a forbid (or an evaluation error)
+        # denying the call hides the tool; a list_tools permit only shows what no call_tool permit covers on `{}`.
+        return listing.outcome == "allow" and not call.policy_ids and not call.errors
 
     async def one(self, kind: ListKind, principal: Principal, upstream: str, params: dict[str, Any],
                   fetch: Fetch) -> dict[str, Any]:

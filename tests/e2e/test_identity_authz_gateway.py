@@ -201,3 +201,39 @@ async def test_jwks_file_rotation_takes_effect_at_once_through_the_gateway(env: 
         for _ in range(2):
             env.issuer.rotate("ES256")
             assert await status(env.token(alg="ES256")) == 200
+
+
+FORBID_BESIDE_LIST_PERMIT = """
+@id("reads-and-their-listing")
+permit (principal, action in [Action::"call_tool", Action::"list_tools"], resource) when { resource.read_only };
+@id("no-list-skus")
+forbid (principal, action == Action::"call_tool", resource == Tool::"inventory/list_skus");
+@id("show-pay")
+permit (principal, action == Action::"list_tools", resource == Tool::"payments/pay");
+"""
+
+
+async def test_a_tool_a_call_tool_forbid_denies_is_not_listed_by_a_list_tools_permit(
+        start_gateway: Any, tmp_path: Path) -> None:
+    """A permit of `call_tool` and `list_tools` together (as one writes from the contract's actions) beside a forbid
+    of `call_tool` on one tool listed that tool, which then answered `Unknown tool`: listed and missing at once, so
+    denied and unknown did not look the same. A list_tools permit still shows a tool no call_tool permit covers
+    without arguments (payments/pay here), but not one a call_tool forbid denies."""
+    issuer, policies = TestIssuer(tmp_path), tmp_path / "policies"
+    policies.mkdir()
+    shutil.copy(REPO / "policies" / "schema.cedarschema", policies)
+    (policies / "listing.cedar").write_text(FORBID_BESIDE_LIST_PERMIT)
+    async with run_http_server(inventory_server()) as inv, run_http_server(payments_server()) as pay:
+        gw = await start_gateway({"upstreams": [{"name": "inventory", "url": inv}, {"name": "payments", "url": pay}],
+                                  "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+                                  "policies": {"dir": str(policies), "watch": False}})
+        token = issuer.mint(READER, aud=gw.mcp, tenant="acme")
+        async with sdk_client(gw.mcp, token) as client:
+            tools = {t.name for t in (await client.list_tools()).tools}
+            with pytest.raises(Exception, match="Unknown tool: inventory__list_skus"):
+                await client.call_tool("inventory__list_skus", {})
+        async with sdk_client(f"{gw.mcp}/inventory", token) as client:
+            direct = {t.name for t in (await client.list_tools()).tools}
+    assert "inventory__get_stock" in tools and "payments__pay" in tools
+    assert "inventory__list_skus" not in tools
+    assert "get_stock" in direct and "list_skus" not in direct
