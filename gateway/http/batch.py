@@ -2,8 +2,9 @@
 
 A batch of notifications and responses is accepted with 202. One that holds requests is answered
 as one JSON array, or, when a request sends interim messages and the client accepts SSE, as one SSE
-stream carrying each answer as its own event. The requests run concurrently, each as one call
-through the same router and pipeline as a single request; `initialize` may not be batched.
+stream carrying each answer as its own event, sent as its call ends (a call held for approval holds back
+no other answer). The requests run concurrently, each as one call through the same router and pipeline as a
+single request; `initialize` may not be batched.
 """
 
 from __future__ import annotations
@@ -52,9 +53,17 @@ async def answer_batch(endpoint: McpEndpoint, request: web.Request, view: str | 
         return web.Response(status=202)
     channel = ResponseChannel(request, {}, sse_allowed=sse_ok, replay=endpoint.streams.post_replay,
                               session_id=session.id)
-    calls = (_call(endpoint, request, session, principal, message, channel) for message in requests)
-    replies += await asyncio.gather(*calls)
+    calls = (_answered(endpoint, request, session, principal, message, channel) for message in requests)
+    replies += [reply for reply in await asyncio.gather(*calls) if reply is not None]
     return await channel.finish_batch(replies)
+
+
+async def _answered(endpoint: McpEndpoint, request: web.Request, session: Session, principal: Principal,
+                    message: jsonrpc.Message, channel: ResponseChannel) -> dict[str, Any] | None:
+    """One request's answer, sent at once when the batch already answers on a stream (None then), else kept for
+    the end: a call held for approval must not hold back the others' answers until a person decides."""
+    reply = await _call(endpoint, request, session, principal, message, channel)
+    return None if await channel.answer_now(reply) else reply
 
 
 async def _call(endpoint: McpEndpoint, request: web.Request, session: Session, principal: Principal,

@@ -15,6 +15,7 @@ an event with an id has gone out, the stream is resumable: when its connection d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
 from collections import OrderedDict
@@ -283,6 +284,15 @@ class ResponseChannel:
             return self._stream
         return web.Response(body=dumps(message), status=status, content_type="application/json",
                             headers={**self.headers, **(extra_headers or {})})
+
+    async def answer_now(self, message: dict[str, Any]) -> bool:
+        """One answer of a batch, written at once if the batch answers on a stream already (True: handled; a
+        client gone meanwhile is finish_batch's to notice), else False: it goes into the one JSON array."""
+        if self._writer is None:
+            return False
+        with contextlib.suppress(ClientGone):
+            await self._writer.event(message)
+        return True
 
     async def finish_batch(self, replies: list[dict[str, Any]]) -> web.StreamResponse:
         """The answers to a batch: one JSON array, or (once streaming) one event each."""
