@@ -46,11 +46,18 @@ def _host_only(value: str) -> str:
     brackets, as a Host header writes it (`urlsplit(public_url).hostname` has none: it never matched the
     `[fd00::5]:8700` a client sends)."""
     value = value.strip().lower()
-    if value.startswith("["):
-        return value[: value.find("]") + 1] if "]" in value else value
-    if value.count(":") > 1:
+    if value.startswith("[") and "]" in value:
+        host, rest = value[: value.find("]") + 1], value[value.find("]") + 1:]
+    elif value.count(":") > 1:
         return f"[{value}]"
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    else:
+        host, colon, tail = value.partition(":")
+        rest = colon + tail
+    # uri-host [":" port] (RFC 9110 §7.2), port = *DIGIT: a tail that is no port ("…:8700@evil") is no host of ours.
+    port = rest[1:]
+    if rest and (rest[0] != ":" or not (port == "" or (port.isascii() and port.isdigit()))):
+        return ""
+    return host
 
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}

@@ -108,6 +108,21 @@ async def test_origin_and_host_checks(gw, http):
     assert status == 403 and reason(body) == "host_forbidden"
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1:8700@attacker.example", "127.0.0.1:8700, attacker.example",
+                                  "localhost:http", "[::1]:8700@attacker.example", "[::1]x"])
+async def test_a_host_header_that_is_no_host_and_port_is_refused(gw, http, host):
+    """Only the text before the last colon was compared, whatever followed it: a listed host with any tail was
+    served (RFC 9110 §7.2: a Host that is not uri-host [":" port] is refused)."""
+    status, _, body = await post(http, gw.mcp, INIT, headers={"Host": host})
+    assert status == 403 and reason(body) == "host_forbidden", host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:8700", "LOCALHOST:1", "[::1]", "[::1]:8700"])
+async def test_a_listed_host_with_or_without_a_port_is_served(gw, http, host):
+    status, _, body = await post(http, gw.mcp, INIT, headers={"Host": host})
+    assert status == 200, (host, body)
+
+
 async def test_protocol_version_header(gw, http):
     sid = await session_id(http, gw.mcp)
     ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
