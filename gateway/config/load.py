@@ -17,8 +17,13 @@ from gateway.config.rules import RULE_ERROR, document_rules
 
 _REF = r"\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}"
 # `$${` is a literal `${`, as in docker compose: the only way to write one (a password, a template) in a value.
-_ENV_REF = re.compile(r"\$\$\{|\$" + _REF)
+# A `${` that starts no reference (last alternative) is an error: taken as text, a mistyped `${SECRET` was a secret.
+_ENV_REF = re.compile(r"\$\$\{|\$" + _REF + r"|\$\{")
 _SHIELDED = re.compile(r"\$?\$" + _REF)  # an escaped reference is hidden from YAML whole, as a real one
+
+
+NO_REFERENCE = ("`${` starts no reference (${NAME} or ${NAME:-default}, NAME of letters, digits and _); write $${ for "
+                "a literal ${")
 
 
 class ConfigError(Exception):
@@ -92,8 +97,10 @@ def _check_key(key: Any, where: str, problems: list[str]) -> None:
 def _substitute_text(text: str, env: Mapping[str, str], path: str, problems: list[str]) -> str:
     def repl(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name is None:  # `$${`
-            return "${"
+        if name is None:
+            if match.group(0) == "${":  # no reference follows: never a literal by accident (docker compose refuses it)
+                problems.append(f"{path or '(root)'}: {NO_REFERENCE}")
+            return "${"  # `$${`
         value = env.get(name)
         # As in a shell and docker compose, `:-` stands in for an unset *or empty* variable.
         if default is not None and not value:
@@ -234,9 +241,12 @@ def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path 
 
 def _unset_first(problems: list[str]) -> list[str]:
     """Every problem once, in order, without what the field's validation said about the empty string an unset
-    variable left there: the environment is the problem, not the YAML."""
-    unset = {p.partition(": ")[0] for p in problems if ": environment variable " in p and p.endswith(" is not set")}
-    kept = [p for p in problems if p.partition(": ")[0] not in unset or ": environment variable " in p]
+    variable left there (or the text a `${` that starts no reference left): the reference is the problem."""
+    def of_reference(problem: str) -> bool:
+        return (": environment variable " in problem and problem.endswith(" is not set")) or \
+            problem.endswith(f": {NO_REFERENCE}")
+    unset = {p.partition(": ")[0] for p in problems if of_reference(p)}
+    kept = [p for p in problems if p.partition(": ")[0] not in unset or of_reference(p)]
     return sorted(set(kept), key=kept.index)
 
 

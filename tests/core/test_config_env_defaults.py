@@ -59,6 +59,20 @@ def test_a_doubled_dollar_brace_is_a_literal_one(tmp_path: Path) -> None:
     assert parse_config(data, env={"PORT": "8711"}).telemetry.service_name == "$$a${PORT}8711"
 
 
+@pytest.mark.parametrize("value", ["${WEBHOOK_SECRET", "pa${ SECRET }", "${1SECRET}", "${SECRET-x}", "${}"])
+def test_a_dollar_brace_that_starts_no_reference_is_an_error_at_its_path(value: str) -> None:
+    """A mistyped reference was taken as the literal text: `secret: ${WEBHOOK_SECRET` (the brace forgotten) signed
+    every webhook with the text `${WEBHOOK_SECRET`, and `config check` said OK. docker compose refuses it too."""
+    data = {**DOC, "approvals": {"webhooks": [{"url": "https://h.example", "secret": value}]}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env={"SECRET": "s", "WEBHOOK_SECRET": "s"})
+    assert info.value.problems == ["approvals.webhooks[0].secret: `${` starts no reference (${NAME} or "
+                                   "${NAME:-default}, NAME of letters, digits and _); write $${ for a literal ${"]
+    with pytest.raises(ConfigError) as info:  # the only problem at its path, as for an unset variable
+        parse_config({**DOC, "upstreams": [{"name": "a", "url": value}]}, env={"SECRET": "s", "WEBHOOK_SECRET": "s"})
+    assert [p.partition(": ")[0] for p in info.value.problems] == ["upstreams[0].url"]
+
+
 def test_config_check_takes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REALM", raising=False)
     monkeypatch.delenv("WORD", raising=False)
