@@ -54,16 +54,15 @@ async def answer_batch(endpoint: McpEndpoint, request: web.Request, view: str | 
     channel = ResponseChannel(request, {}, sse_allowed=sse_ok, replay=endpoint.streams.post_replay,
                               session_id=session.id)
     calls = (_answered(endpoint, request, session, principal, message, channel) for message in requests)
-    replies += [reply for reply in await asyncio.gather(*calls) if reply is not None]
+    await asyncio.gather(*calls)
     return await channel.finish_batch(replies)
 
 
 async def _answered(endpoint: McpEndpoint, request: web.Request, session: Session, principal: Principal,
-                    message: jsonrpc.Message, channel: ResponseChannel) -> dict[str, Any] | None:
-    """One request's answer, sent at once when the batch already answers on a stream (None then), else kept for
-    the end: a call held for approval must not hold back the others' answers until a person decides."""
-    reply = await _call(endpoint, request, session, principal, message, channel)
-    return None if await channel.answer_now(reply) else reply
+                    message: jsonrpc.Message, channel: ResponseChannel) -> None:
+    """One request's answer, handed to the channel as the call ends: sent at once when the batch answers on a
+    stream, so a call held for approval does not hold back the others' answers until a person decides."""
+    await channel.answer_now(await _call(endpoint, request, session, principal, message, channel))
 
 
 async def _call(endpoint: McpEndpoint, request: web.Request, session: Session, principal: Principal,

@@ -203,6 +203,7 @@ class ResponseChannel:
         self._stream: web.StreamResponse | None = None
         self._writer: EventWriter | None = None
         self._commit_lock: asyncio.Lock | None = None  # made by the first interim message: most calls send none
+        self._kept_answers: list[dict[str, Any]] | None = None  # a batch's answers that came before its stream
 
     @property
     def request(self) -> web.Request:
@@ -243,6 +244,8 @@ class ResponseChannel:
                     self._writer = EventWriter(stream, kept.key, kept.record)
                 else:
                     self._writer = EventWriter(stream, secrets.token_hex(8))
+                if self._kept_answers:  # a batch's answers that ended before its stream opened go out first
+                    await self._send_kept_answers(self._writer)
             return self._writer
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -285,17 +288,28 @@ class ResponseChannel:
         return web.Response(body=dumps(message), status=status, content_type="application/json",
                             headers={**self.headers, **(extra_headers or {})})
 
-    async def answer_now(self, message: dict[str, Any]) -> bool:
-        """One answer of a batch, written at once if the batch answers on a stream already (True: handled; a
-        client gone meanwhile is finish_batch's to notice), else False: it goes into the one JSON array."""
+    async def answer_now(self, message: dict[str, Any]) -> None:
+        """One answer of a batch as its call ends: written at once if the batch answers on a stream, else kept,
+        for the one JSON array or for the stream once another call's interim message opens it (a client gone
+        meanwhile is finish_batch's to notice)."""
         if self._writer is None:
-            return False
+            if self._kept_answers is None:
+                self._kept_answers = []
+            self._kept_answers.append(message)
+            return
         with contextlib.suppress(ClientGone):
             await self._writer.event(message)
-        return True
+
+    async def _send_kept_answers(self, writer: EventWriter) -> None:
+        kept, self._kept_answers = self._kept_answers or [], None
+        for message in kept:
+            with contextlib.suppress(ClientGone):
+                await writer.event(message)
 
     async def finish_batch(self, replies: list[dict[str, Any]]) -> web.StreamResponse:
         """The answers to a batch: one JSON array, or (once streaming) one event each."""
+        replies = [*replies, *(self._kept_answers or ())]
+        self._kept_answers = None
         if self._writer is not None and self._stream is not None:
             try:
                 for reply in replies:
