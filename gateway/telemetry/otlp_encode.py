@@ -216,15 +216,17 @@ class OtlpEncoder:
                     return False
                 parts.append(pair)
             return True
+        if len(attributes) == 1:  # one deferred part alone (the authorize and credential spans): no key twice
+            (value,) = attributes.values()
+            entry = self._part(value, shared)
+            if entry is None or len(entry[1]) > SPAN_ATTRIBUTE_LIMIT:
+                return False
+            parts.append(entry[0])
+            return True
         keys: set[str] = set()
         for key, value in attributes.items():
             if key in DEFERRED:
-                if type(value) is dict:
-                    entry = shared.get(id(value))
-                    if entry is None and id(value) not in shared:
-                        entry = shared[id(value)] = self._pairs_of(value)
-                else:
-                    entry = self._pairs_of(built(value))
+                entry = self._part(value, shared)
                 if entry is None or not keys.isdisjoint(entry[1]):
                     return False  # a key given twice: expand keeps the first place and the last value
                 keys.update(entry[1])
@@ -235,6 +237,16 @@ class OtlpEncoder:
                 keys.add(key)
                 parts.append(pair)
         return len(keys) <= SPAN_ATTRIBUTE_LIMIT
+
+    def _part(self, value: Any, shared: dict[int, tuple[bytes, Collection[str]] | None]) -> tuple[
+            bytes, Collection[str]] | None:
+        """A deferred part's pairs and keys: a shared dict's from the batch's memo, facts built and serialized."""
+        if type(value) is not dict:
+            return self._pairs_of(built(value))
+        entry = shared.get(id(value))
+        if entry is None and id(value) not in shared:
+            entry = shared[id(value)] = self._pairs_of(value)
+        return entry
 
     def _pairs_of(self, attributes: dict[str, Any]) -> tuple[bytes, Collection[str]] | None:
         """A deferred part's pairs, serialized, and its keys (unset values left out, as `expand` leaves them)."""

@@ -61,6 +61,11 @@ SHARED_CASES: dict[str, dict[str, Any]] = {
                                           **{f"o{i}": str(i) for i in range(40)}},
     "at the limit once expanded": {SHARED: {f"s{i}": i for i in range(100)}, **{f"o{i}": str(i) for i in range(28)}},
     "decision facts with an unset version": {FACTS: ("decision", "deny", ("p",), 1.0, None, "allow")},
+    "facts alone": {FACTS: CALL_FACTS},
+    "a shared dict alone": {WHO: WHO_ATTRS},
+    "a shared dict alone with unset values": {PEER: {"client.address": None, "client.port": 1}},
+    "a shared dict alone over the limit": {SHARED: {f"s{i}": i for i in range(129)}},
+    "a shared dict alone at the limit": {SHARED: {f"s{i}": i for i in range(128)}},
 }
 
 
