@@ -241,7 +241,8 @@ def _check_meta(meta: Any) -> None:
     if not isinstance(meta, dict):
         raise GatewayError("invalid_request", "Invalid request: params._meta must be an object")
     token = meta.get("progressToken")
-    if token is not None and not isinstance(token, (str, int, float)):
+    # (a bool is a Python int: JSON true would pass, and compare equal to a progressToken 1 when routed)
+    if token is not None and (isinstance(token, bool) or not isinstance(token, (str, int, float))):
         raise GatewayError("invalid_request", "Invalid request: progressToken must be a string or a number")
     task = meta.get(META_TASK_KEY)
     if task is not None and not is_task_id(task):

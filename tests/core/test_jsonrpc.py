@@ -33,6 +33,11 @@ def reason_of(raw: bytes, depth: int = 64) -> str:
     (b'{"jsonrpc":"2.0","id":1,"method":"notifications/cancelled"}', "invalid_request"),
     (b'{"jsonrpc":"2.0","id":1}', "invalid_request"),
     (b'{"jsonrpc":"2.0","id":1,"result":{},"error":{}}', "invalid_request"),
+    # MCP's progressToken is a string or a number: JSON true is neither (Python's bool is an int, so it passed,
+    # and a call with progressToken true shared the progress routes of one with progressToken 1)
+    (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":true}}}', "invalid_request"),
+    (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":false}}}', "invalid_request"),
+    (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":{"a":1}}}}', "invalid_request"),
 ])
 def test_rejections(raw: bytes, reason: str) -> None:
     assert reason_of(raw) == reason
