@@ -40,6 +40,7 @@ from gateway.http.versions import (
     modern_status,
     negotiate_version,
     passed_through,
+    passed_through_discover,
     unsupported_version,
 )
 from gateway.identity import reject_query_token
@@ -60,6 +61,8 @@ AGGREGATED_CAPABILITIES: dict[str, Any] = {
     "logging": {},
     "completions": {},
 }
+AGGREGATED_INSTRUCTIONS = ("Customs gateway: the tools of several servers, each name prefixed by its server "
+                           "(by default <server>__<tool>).")
 
 
 @dataclass
@@ -243,9 +246,10 @@ class McpEndpoint:
             if trace is not None:
                 trace.span.set_attribute("mcp.session.id", session.id)
             return web.json_response(jsonrpc.result(message.id, result), headers=headers, dumps=_dumps)
-        if message.method == "server/discover":
-            result = modern_result("server/discover", discover_result(SERVER_INFO))
-            return web.json_response(jsonrpc.result(message.id, result), dumps=_dumps)
+        if message.method == "server/discover":  # on a view the upstream itself, as its initialize says
+            found = discover_result(SERVER_INFO, AGGREGATED_INSTRUCTIONS) if session.view is None else \
+                passed_through_discover((await self.sessions.upstream_session(session, session.view)).initialize_result)
+            return web.json_response(jsonrpc.result(message.id, modern_result(message.method, found)), dumps=_dumps)
         channel = ResponseChannel(request, headers, sse_allowed=sse_ok, replay=self.streams.post_replay,
                                   session_id=session.id)
         if sse_ok and not session.stateless:  # a stream the client may resume: the call outlives a drop
@@ -331,9 +335,7 @@ class McpEndpoint:
         if upstream_result is not None:
             return passed_through(upstream_result, session.protocol_version)
         return {"protocolVersion": session.protocol_version, "capabilities": AGGREGATED_CAPABILITIES,
-                "serverInfo": SERVER_INFO,
-                "instructions": "Customs gateway: the tools of several servers, each name prefixed by its "
-                                "server (by default <server>__<tool>)."}
+                "serverInfo": SERVER_INFO, "instructions": AGGREGATED_INSTRUCTIONS}
 
     # -- GET / DELETE ------------------------------------------------------------------------------
 

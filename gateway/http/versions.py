@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS
+from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.version import (
     HANDSHAKE_PROTOCOL_VERSIONS,
     KNOWN_PROTOCOL_VERSIONS,
@@ -43,9 +44,31 @@ MODERN_CAPABILITIES: dict[str, Any] = {
 }
 
 
-def discover_result(server_info: dict[str, Any]) -> dict[str, Any]:
-    return {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS), "capabilities": MODERN_CAPABILITIES,
-            "serverInfo": server_info, "resultType": "complete"}
+def discover_result(server_info: Any, instructions: Any = None,
+                    capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A `server/discover` result: the server's identity in `_meta` (`io.modelcontextprotocol/serverInfo`, where
+    2026-07-28 carries it and the SDK's client reads it), its instructions, and its capabilities (default: the
+    aggregated view's)."""
+    out = {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS),
+           "capabilities": MODERN_CAPABILITIES if capabilities is None else capabilities,
+           "resultType": "complete", "_meta": {SERVER_INFO_META_KEY: server_info}}
+    if isinstance(instructions, str):
+        out["instructions"] = instructions
+    return out
+
+
+def passed_through_discover(upstream_result: dict[str, Any]) -> dict[str, Any]:
+    """`server/discover` on `/mcp/{upstream}`: the upstream's identity, instructions and capabilities, as its
+    `initialize` passes them through, less what this revision cannot deliver without `subscriptions/listen`
+    (list changes, subscriptions)."""
+    relayed = passed_through(upstream_result, MODERN_PROTOCOL_VERSIONS[-1]).get("capabilities")
+    capabilities = dict(relayed) if isinstance(relayed, dict) else {}
+    for kind in ("tools", "prompts", "resources"):
+        if isinstance(capabilities.get(kind), dict):
+            capabilities[kind] = {**capabilities[kind], "listChanged": False}
+    if isinstance(capabilities.get("resources"), dict):
+        capabilities["resources"]["subscribe"] = False
+    return discover_result(upstream_result.get("serverInfo"), upstream_result.get("instructions"), capabilities)
 
 
 CACHEABLE = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list",
