@@ -310,3 +310,17 @@ def check(context: dict[str, Any], typ: Type | None) -> list[str]:
     out: list[str] = []
     mismatches(context, typ, (), out)
     return out
+
+
+def declared_attributes(schema: cedarpy.Schema) -> tuple[dict[str, Type], frozenset[str]] | None:
+    """Each action's resolved context type and the names of every attribute some entity type declares; None when
+    the rendering cannot be read (nothing is checked)."""
+    parser = _parsed(schema)
+    if parser is None:
+        return None
+    names: set[str] = set()
+    for shape in parser.shapes.values():
+        kind, fields = parser.resolve(shape)
+        if kind == "record":
+            names.update(fields)
+    return {action: parser.resolve(typ) for action, typ in parser.contexts.items()}, frozenset(names)

@@ -48,10 +48,15 @@ def test_loading_refuses_a_misspelled_guard(policy_dir: Path) -> None:
         "schema's Args record"]
 
 
-def test_no_args_type_no_check(tmp_path: Path) -> None:
+def test_no_args_type_still_checks_an_inline_args_record(tmp_path: Path) -> None:
+    """A schema declaring the arguments inline (no `type Args`) was not checked at all; the guard's names are now
+    checked against the record the context declares (attrnames), while a name the record has loads."""
     (tmp_path / "schema.cedarschema").write_text(
         "entity A; action call_tool appliesTo { principal: [A], resource: [A], context: { args: { n?: Long } } };")
     (tmp_path / "p.cedar").write_text('@id("p")\npermit (principal, action, resource) when { context.args has m };')
+    with pytest.raises(PolicyLoadError, match="attribute 'm' read on context.args is not declared"):
+        load_policies(tmp_path)
+    (tmp_path / "p.cedar").write_text('@id("p")\npermit (principal, action, resource) when { context.args has n };')
     assert len(load_policies(tmp_path)) == 1
 
 
