@@ -54,7 +54,7 @@ def test_no_args_type_still_checks_an_inline_args_record(tmp_path: Path) -> None
     (tmp_path / "schema.cedarschema").write_text(
         "entity A; action call_tool appliesTo { principal: [A], resource: [A], context: { args: { n?: Long } } };")
     (tmp_path / "p.cedar").write_text('@id("p")\npermit (principal, action, resource) when { context.args has m };')
-    with pytest.raises(PolicyLoadError, match="attribute 'm' read on context.args is not declared"):
+    with pytest.raises(PolicyLoadError, match=r"attribute 'm' read on context\.args is not declared"):
         load_policies(tmp_path)
     (tmp_path / "p.cedar").write_text('@id("p")\npermit (principal, action, resource) when { context.args has n };')
     assert len(load_policies(tmp_path)) == 1
