@@ -41,6 +41,8 @@ class _Parser:
         self.entities: set[str] = set()
         self.contexts: dict[str, Type] = {}
         self.shapes: dict[str, Type] = {}  # entity type (empty namespace) -> its attributes' record type
+        self.parents: dict[str, set[str]] = {}  # entity type (empty namespace) -> the types it may be `in`
+        self.applies: dict[str, tuple[list[str], list[str]]] = {}  # action -> (principal types, resource types)
 
     def peek(self) -> str:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else ""
@@ -109,11 +111,29 @@ class _Parser:
                 shape = self.type(prefix)
                 if not prefix:
                     self.shapes.update(dict.fromkeys(names, shape))
-            elif self.take() == "tags":
+            elif (token := self.take()) == "tags":
                 self.type(prefix)
+            elif token == "in":
+                parents = self.names()
+                if not prefix:
+                    for name in names:
+                        self.parents.setdefault(name, set()).update(parents)
             elif self.peek() == "[":
                 self.skip_value()
         self.take(";")
+
+    def names(self) -> list[str]:
+        """`[A, B]` or a lone `A`: entity type names."""
+        if self.peek() != "[":
+            return [self.take()]
+        self.take("[")
+        out: list[str] = []
+        while self.peek() != "]":
+            out.append(self.take())
+            if self.peek() == ",":
+                self.take(",")
+        self.take("]")
+        return out
 
     def action(self, prefix: str) -> None:
         names = [self.name()]
@@ -121,6 +141,7 @@ class _Parser:
             self.take(",")
             names.append(self.name())
         context: Type = ("record", {})
+        applies: dict[str, list[str]] = {"principal": [], "resource": []}
         while self.peek() not in (";", ""):
             if self.take() != "appliesTo":
                 continue
@@ -130,6 +151,8 @@ class _Parser:
                 self.take(":")
                 if key == "context":
                     context = self.type(prefix)
+                elif key in applies:
+                    applies[key] = self.names()
                 else:
                     self.skip_value()
                 if self.peek() == ",":
@@ -138,6 +161,7 @@ class _Parser:
         self.take(";")
         if not prefix:  # the gateway decides actions of the empty namespace only
             self.contexts.update(dict.fromkeys(names, context))
+            self.applies.update(dict.fromkeys(names, (applies["principal"], applies["resource"])))
 
     def skip_value(self) -> None:
         if self.peek() == "[":
@@ -324,3 +348,24 @@ def declared_attributes(schema: cedarpy.Schema) -> tuple[dict[str, Type], frozen
         if kind == "record":
             names.update(fields)
     return {action: parser.resolve(typ) for action, typ in parser.contexts.items()}, frozenset(names)
+
+
+Applies = dict[str, tuple[list[str], list[str]]]  # action -> (principal types, resource types)
+
+
+def entity_relations(schema: cedarpy.Schema) -> tuple[dict[str, frozenset[str]], Applies] | None:
+    """(each entity type's own type and every type it may be a descendant of, each action's (principal types,
+    resource types)); None when the rendering cannot be read (nothing is checked)."""
+    parser = _parsed(schema)
+    if parser is None:
+        return None
+    ancestors: dict[str, frozenset[str]] = {}
+    for name in parser.entities:
+        seen, todo = {name}, [name]
+        while todo:
+            for parent in parser.parents.get(todo.pop(), ()):
+                if parent not in seen:
+                    seen.add(parent)
+                    todo.append(parent)
+        ancestors[name] = frozenset(seen)
+    return ancestors, parser.applies
