@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from gateway.context import ApprovalState, CallContext, Decision, Principal, args_digest, canonical_json
+from gateway.context import NOT_FOUND_ITEM, ApprovalState, CallContext, Decision, Principal, args_digest, canonical_json
 
 if TYPE_CHECKING:  # the exporter child imports this module: not the config models
     from gateway.config.model import UpstreamConfig
@@ -130,9 +130,19 @@ def decision_attributes(decision: Decision | None) -> Attrs:
                      decision.shadow_outcome)
 
 
-def _decision(outcome: str, policy_ids: tuple[str, ...], eval_us: float, version: str, shadow: str | None) -> Attrs:
-    attrs: Attrs = {"customs.decision": outcome, "customs.policy_ids": tuple(policy_ids),
-                    "customs.authz.eval_us": float(eval_us)}
+# The decision facts of a call for a tool, prompt or resource that does not exist: no policy decided it (no
+# evaluation time, no policy version), but the agent heard a denial, which the decision log and `customs.calls`
+# record as `deny`; the span says the same, so Jaeger's customs.decision=deny finds probing for names too.
+NOT_FOUND_DECISION: Final = ("deny", (), None, "", None)
+
+
+def _decision(outcome: str, policy_ids: tuple[str, ...], eval_us: float | None, version: str,
+              shadow: str | None) -> Attrs:
+    attrs: Attrs = {"customs.decision": outcome, "customs.policy_ids": tuple(policy_ids)}
+    if eval_us is None:
+        attrs["customs.not_found"] = True  # NOT_FOUND_DECISION: as the decision log's `not_found`
+    else:
+        attrs["customs.authz.eval_us"] = float(eval_us)
     if version:
         attrs["customs.policy_version"] = version
     if shadow is not None:
@@ -190,7 +200,8 @@ def call_facts(ctx: CallContext) -> tuple[Any, ...]:
     approval = ctx.approval
     return ("call", digest, ctx.args if digest is None else None, ctx.decision_id, ctx.upstream, ctx.task_id,
             (decision.outcome, decision.policy_ids, decision.eval_us, decision.policy_version,
-             decision.shadow_outcome) if decision is not None else None,
+             decision.shadow_outcome) if decision is not None else
+            NOT_FOUND_DECISION if NOT_FOUND_ITEM in ctx.extra else None,
             (approval.id, approval.outcome, approval.waited_s, approval.decided_by) if approval is not None else None,
             ctx.credential_mode, ctx.credential_audience)
 

@@ -136,12 +136,18 @@ async def test_requests_for_items_that_do_not_exist_are_recorded_as_not_found(
         server = await otlp.wait_for_span(
             lambda s, r=record: s.kind == "SERVER" and s.attributes.get("customs.decision_id") == r["decision_id"])
         assert (server.trace_id, server.span_id) == (record["trace_id"], record["span_id"])
+        # The span says what the record says: a denial (Jaeger's customs.decision=deny finds probes too), of nothing.
+        assert (server.attributes.get("customs.decision"), server.attributes.get("customs.policy_ids"),
+                server.attributes.get("customs.not_found")) == ("deny", (), True), server.attributes
+        assert "customs.authz.eval_us" not in server.attributes and "customs.policy_version" not in server.attributes
     assert decisions[("tools/call", "nosuch")]["args_digest"].startswith("sha256:")
 
     # A policy's denial stays one: decided by a policy, no `not_found`; the allowed call is untouched.
     refused = next(r for r in written if r["type"] == "decision" and r["principal"] == "untrusted-agent")
     assert refused["decision"] == "deny" and refused["policy_ids"] == ["untrusted-agents"]
     assert refused["reason"] == "unknown_tool" and "not_found" not in refused
+    server = await otlp.wait_for_span(lambda s: s.attributes.get("customs.decision_id") == refused["decision_id"])
+    assert server.attributes["customs.decision"] == "deny" and "customs.not_found" not in server.attributes
     ok = next(r for r in written if r["type"] == "decision" and r["principal"] == SHOPPER and r["tool"] == "balance")
     assert ok["decision"] == "allow" and "not_found" not in ok
 
