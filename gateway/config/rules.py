@@ -43,8 +43,15 @@ RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "co
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.1: a token
 
 
+# CredentialsConfig.mode's values: another is the mode field's own error, and the rules below, reading the settings
+# of a mode nobody has, would only add misleading lines ("narrow_to_args: only used by mode minted (mode is mint)").
+CREDENTIAL_MODES = frozenset({"none", "static", "minted", "token_exchange"})
+
+
 def credentials_rules(credentials: Any) -> Iterator[Problem]:
     mode = _get(credentials, "mode", "none")
+    if not isinstance(mode, str) or mode not in CREDENTIAL_MODES:
+        return
     header = _get(credentials, "header", "Authorization")
     if mode != "none" and isinstance(header, str):
         if not _FIELD_NAME.fullmatch(header):

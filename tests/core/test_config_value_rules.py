@@ -126,6 +126,19 @@ def test_narrow_to_args_outside_minted_mode_is_refused(tmp_path: Path, capsys: p
     assert parse_config({"upstreams": [{**UPSTREAM, "credentials": {"mode": "minted", "narrow_to_args": ["account"]}}]})
 
 
+@pytest.mark.parametrize("mode", ["mint", "Minted", 5])
+def test_a_mode_misspelt_is_the_one_problem_named(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  mode: Any) -> None:
+    # The mode's own error says what is wrong; the other rules read the mode as given and added a second, misleading
+    # line ("narrow_to_args: only used by mode minted (mode is mint)") under a minted upstream's settings.
+    credentials = {"mode": mode, "narrow_to_args": ["account"], "audience": "http://127.0.0.1:1/mcp"}
+    code, err = _check(tmp_path, capsys, {**UPSTREAM, "credentials": credentials})
+    assert code == 2 and len(err) == 1 and err[0].startswith("  upstreams[0].credentials.mode: "), err
+    from gateway.config.rules import CREDENTIAL_MODES
+    from gateway.config.upstreams import CredentialsConfig
+    assert set(typing.get_args(CredentialsConfig.model_fields["mode"].annotation)) == CREDENTIAL_MODES
+
+
 @pytest.mark.parametrize(("credentials", "key"), [
     ({"header": "X-Api-Key", "value_env": "KEY"}, "value_env"),  # `mode: static` forgotten: mode is none
     ({"mode": "none", "value_file": "key.txt"}, "value_file"),
