@@ -123,17 +123,32 @@ def guard_middleware(policy: HostOriginPolicy, refused: Callable[[str, int], Non
             response: web.StreamResponse = error_response(exc)
         else:
             origin = cors_origin(headers, request.path)  # an allowed origin on an agent path: answers shared with it
-            if origin is None:
-                response = await handler(request)
-            else:
-                request[CORS] = origin
-                response = preflight(request, origin) or await _shared(handler, request, origin)
+            try:
+                if origin is None:
+                    response = await handler(request)
+                else:
+                    request[CORS] = origin
+                    response = preflight(request, origin) or await _shared(handler, request, origin)
+            except web.HTTPException as exc:  # aiohttp's 404, 405 …: answered once this returns
+                _drop_unread_coded_body(request, exc)
+                raise
         if request[UNREADABLE] and not response.prepared:
             response.force_close()  # the rest of that body is still on the wire: this connection cannot go on
+        _drop_unread_coded_body(request, response)
         if response.status >= 400 and refused is not None and REFUSED in response:
             refused(response[REFUSED], response.status)
         return response
     return guard
+
+
+def _drop_unread_coded_body(request: web.Request, response: web.StreamResponse) -> None:
+    """A compressed body the answer left unread (refused first: type, origin, route, session): aiohttp would read
+    and decode the rest after the answer, and one that does not decode failed there, an `Unhandled exception`
+    logged at ERROR for any client to cause. Dropped instead, and the connection closed, as for a body the
+    gateway failed to read itself."""
+    if "Content-Encoding" in request.headers and not request.content.is_eof():
+        request.content.feed_eof()
+        response.force_close()
 
 
 async def _shared(handler: Callable[[web.Request], Awaitable[web.StreamResponse]], request: web.Request,

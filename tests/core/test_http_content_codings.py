@@ -3,6 +3,7 @@ naming what it does decode (RFC 9110 §12.5.3, §15.5.16); gzip and deflate bodi
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
@@ -197,3 +198,37 @@ async def test_a_real_br_or_zstd_call_from_an_allowed_origin_gets_a_readable_415
                                                    {**session, "Origin": origin, "Content-Encoding": coding})
                 assert status == 415 and "Access-Control-Allow-Origin" not in headers, (coding, url_, headers)
         assert methods.count("tools/call") == 1, methods  # none of the refused calls reached the upstream
+
+
+async def _refused_then_closed(url: str, head: str, body: bytes) -> bytes:
+    """One raw request; everything the gateway sends until it closes the connection (after the answer, the
+    gateway reads or drops the rest of the body: a log record of that comes before the close)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"{head}\r\nHost: {host}:{port}\r\nContent-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n"
+                 .encode() + body)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)  # to EOF: the server closed the connection
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    ("POST /mcp HTTP/1.1\r\nContent-Type: text/plain", 415),
+    ("POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: text/html", 406),
+    ("POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nOrigin: https://evil.example", 403),
+    ("POST /healthz HTTP/1.1\r\nContent-Type: application/json", 405),
+    ("POST /nowhere HTTP/1.1\r\nContent-Type: application/json", 404),
+    ("GET /mcp HTTP/1.1\r\nAccept: text/event-stream", 400),
+    ("DELETE /mcp HTTP/1.1\r\nMcp-Session-Id: nope", 404),
+], ids=["415", "406", "403", "405", "404-route", "get", "delete"])
+async def test_a_corrupt_compressed_body_refused_unread_logs_no_error(gw, caplog, head, status):
+    """A refusal before the body is read (wrong type, origin, route, method, session) left a corrupt gzip body on
+    the wire: aiohttp read it after the answer, failed to decode it and logged `Unhandled exception` at ERROR
+    with a traceback, for any client to cause. The rest of such a body is now dropped and the connection closed,
+    as for a body the gateway failed to read itself."""
+    corrupt = b"\x1f\x8b\x08" + b"not gzip at all" * 8
+    with caplog.at_level(logging.INFO):
+        answer = await _refused_then_closed(gw.url, head, corrupt)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
