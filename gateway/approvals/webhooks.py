@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
@@ -120,6 +121,18 @@ def message(approval: Approval, page_url: str | None) -> dict[str, Any]:
     return {"text": text, "blocks": blocks, "approval": approval.to_json()}
 
 
+def origin(url: str, base: str | None = None) -> str:
+    """`scheme://host[:port]` of `url` (resolved against `base`), with `/…` when it has more: what the log may say of
+    a webhook url, whose path or query is often its credential."""
+    try:
+        parts = urlsplit(urljoin(base, url) if base else url)
+        netloc = parts.netloc.rpartition("@")[2]  # never a user:password
+    except ValueError:
+        return "(not a URL)"
+    more = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{netloc}{more}" if parts.scheme and netloc else "(not a URL)"
+
+
 class WebhookNotifier:
     """Owns the delivery queue and workers; start()/close() with the application."""
 
@@ -127,6 +140,7 @@ class WebhookNotifier:
                  session: aiohttp.ClientSession | None = None, attempts: int = 5, base_delay_s: float = 0.5,
                  timeout_s: float = 10.0, max_queue: int = 1000, workers: int = 2, close_grace_s: float = 5.0) -> None:
         self._hooks = tuple(webhooks)
+        self._labels = tuple(f"approvals.webhooks[{i}] ({origin(hook.url)})" for i, hook in enumerate(self._hooks))
         self._page_url = page_url
         self._session = session
         self._owns_session = session is None
@@ -147,8 +161,9 @@ class WebhookNotifier:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
-        self._workers = [loop.create_task(self._worker(hook, queue), name=f"approval-webhook-{i}-{n}")
-                         for i, (hook, queue) in enumerate(zip(self._hooks, self._queues, strict=True))
+        self._workers = [loop.create_task(self._worker(hook, label, queue), name=f"approval-webhook-{i}-{n}")
+                         for i, (hook, label, queue) in enumerate(zip(self._hooks, self._labels, self._queues,
+                                                                      strict=True))
                          for n in range(self._workers_n)]
 
     async def close(self) -> None:
@@ -172,33 +187,35 @@ class WebhookNotifier:
         if not self._hooks:
             return
         body = json.dumps(message(approval, self._page_url), separators=(",", ":")).encode()
-        for hook, queue in zip(self._hooks, self._queues, strict=True):
+        for label, queue in zip(self._labels, self._queues, strict=True):
             try:
                 queue.put_nowait(body)
             except asyncio.QueueFull:
                 self.dropped += 1
-                log.warning("webhook queue full; dropped notification of %s to %s", approval.id, hook.url)
+                log.warning("webhook queue full; dropped notification of %s to %s", approval.id, label)
 
     async def drain(self) -> None:
         """Wait until every queued delivery finished (tests, orderly shutdown)."""
         for queue in self._queues:
             await queue.join()
 
-    async def _worker(self, hook: WebhookConfig, queue: asyncio.Queue[bytes]) -> None:
+    async def _worker(self, hook: WebhookConfig, label: str, queue: asyncio.Queue[bytes]) -> None:
         while True:
             body = await queue.get()
             try:
-                if await self._deliver(hook, body):
+                if await self._deliver(hook, label, body):
                     self.delivered += 1
                 else:
                     self.failed += 1
             except Exception:
                 self.failed += 1
-                log.exception("webhook delivery to %s crashed", hook.url)
+                log.exception("webhook delivery to %s crashed", label)
             finally:
                 queue.task_done()
 
-    async def _deliver(self, hook: WebhookConfig, body: bytes) -> bool:
+    async def _deliver(self, hook: WebhookConfig, label: str, body: bytes) -> bool:
+        """One notification to one webhook, retried as documented. The log names it by `label`, never its url, which
+        is often the hook's own credential (Discord's /api/webhooks/<id>/<token>, a ?token=)."""
         assert self._session is not None
         for attempt in range(self._attempts):
             delay = self._base_delay * 2 ** attempt  # retry backoff, or longer if a 429/503 asks (Retry-After)
@@ -212,16 +229,17 @@ class WebhookNotifier:
                         return True
                     if 300 <= resp.status < 400:
                         log.warning("webhook %s answered HTTP %s (a redirect, to %s): not followed; set the webhook's "
-                                    "url to where it should go", hook.url, resp.status, resp.headers.get("Location"))
+                                    "url to where it should go", label, resp.status,
+                                    origin(resp.headers.get("Location", ""), hook.url))
                         return False
                     if 400 <= resp.status < 500 and resp.status not in (408, 429):
-                        log.warning("webhook %s refused the notification: HTTP %s", hook.url, resp.status)
+                        log.warning("webhook %s refused the notification: HTTP %s", label, resp.status)
                         return False
-                    log.info("webhook %s answered HTTP %s (attempt %d)", hook.url, resp.status, attempt + 1)
+                    log.info("webhook %s answered HTTP %s (attempt %d)", label, resp.status, attempt + 1)
                     delay = max(delay, retry_after(resp.headers.get("Retry-After")))
             except (aiohttp.ClientError, TimeoutError) as exc:
-                log.info("webhook %s unreachable (attempt %d): %s", hook.url, attempt + 1, exc)
+                log.info("webhook %s unreachable (attempt %d): %s", label, attempt + 1, exc)
             if attempt + 1 < self._attempts:
                 await asyncio.sleep(delay)
-        log.warning("webhook %s: giving up after %d attempts", hook.url, self._attempts)
+        log.warning("webhook %s: giving up after %d attempts", label, self._attempts)
         return False

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
@@ -236,3 +237,40 @@ async def test_a_rate_limited_delivery_waits_as_long_as_retry_after_asks() -> No
         finally:
             await notifier.close()
     assert notifier.delivered == 1 and len(hits) == 2 and hits[1] - hits[0] >= 1.9
+
+
+async def test_the_log_names_a_webhook_without_the_secret_its_url_holds(caplog: pytest.LogCaptureFixture) -> None:
+    """A webhook URL is often its own credential (Discord's /api/webhooks/<id>/<token>, Teams', Google Chat's
+    ?key=…&token=…; Slack's was the only kind the log redaction knew): every delivery problem logged it whole, and a
+    redirect's Location with it. The log names the webhook by its place in the config and its origin."""
+    secret = "tok3nInThePath9x"
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=403)
+
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=308, headers={"Location": f"https://hooks.example/api/webhooks/1/{secret}-moved"})
+
+    app = web.Application()
+    app.router.add_post(f"/api/webhooks/1/{secret}", refuse)
+    app.router.add_post(f"/moved/{secret}", moved)
+    async with run_aiohttp(app) as base:
+        hooks = [WebhookConfig(url=f"{base}/api/webhooks/1/{secret}"), WebhookConfig(url=f"{base}/moved/{secret}"),
+                 WebhookConfig(url=f"http://127.0.0.1:9/never?token={secret}")]
+        notifier = WebhookNotifier(hooks, attempts=2, base_delay_s=0.01)
+        await notifier.start()
+        try:
+            store = MemoryApprovalStore()
+            draft = ApproveStage(store, ApprovalsConfig()).draft(call_context())
+            item, _ = await store.create_or_join(draft, link_s=60)
+            with caplog.at_level(logging.INFO, logger="customs.approvals.webhooks"):
+                notifier.notify(item)
+                await asyncio.wait_for(notifier.drain(), 10)
+        finally:
+            await notifier.close()
+    assert notifier.failed == 3
+    logged = [r.getMessage() for r in caplog.records if r.name == "customs.approvals.webhooks"]
+    assert logged and not [m for m in logged if secret in m], logged
+    for i, where in enumerate((base, base, "http://127.0.0.1:9")):
+        assert any(f"approvals.webhooks[{i}] ({where}/…)" in m for m in logged), (i, logged)
+    assert any("https://hooks.example/…" in m for m in logged), logged  # where the redirect points, to act on
