@@ -27,6 +27,7 @@ from gateway.authz.attrnames import unknown_attrs
 from gateway.authz.membership import membership_problems
 from gateway.authz.sourcelines import mentioned_line, statement_lines, syntax_error_line
 from gateway.authz.timelits import time_problems
+from gateway.authz.valuelits import value_problems
 
 log = logging.getLogger("customs.authz")
 
@@ -354,6 +355,7 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
         problems.extend(unknown_attrs(est, schema, files, names, str(directory)))
         problems.extend(membership_problems(est, schema, files, names, str(directory)))
         problems.extend(time_problems(est, files, names, str(directory)))
+        problems.extend(value_problems(est, files, names, str(directory)))
     if problems or schema is None or schema_text is None:
         raise PolicyLoadError(source, problems)
     types = context_types(schema)
