@@ -24,6 +24,7 @@ import cedarpy
 from gateway.authz.argnames import unknown_args, walk
 from gateway.authz.argtypes import Type, agent_types, approval_args_type, context_types
 from gateway.authz.attrnames import unknown_attrs
+from gateway.authz.entitylits import entity_problems
 from gateway.authz.membership import membership_problems
 from gateway.authz.sourcelines import mentioned_line, statement_lines, syntax_error_line
 from gateway.authz.timelits import time_problems
@@ -356,6 +357,7 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
         problems.extend(membership_problems(est, schema, files, names, str(directory)))
         problems.extend(time_problems(est, files, names, str(directory)))
         problems.extend(value_problems(est, files, names, str(directory)))
+        problems.extend(entity_problems(est, files, names, str(directory)))
     if problems or schema is None or schema_text is None:
         raise PolicyLoadError(source, problems)
     types = context_types(schema)

@@ -1,0 +1,56 @@
+"""Find `Tool` and `Server` literals that name nothing the gateway ever decides.
+
+Every tool (prompt, resource) is `Tool::"<upstream>/<name>"` in `Server::"<upstream>"`, and an upstream's name
+is `[a-z0-9_-]+` (the config refuses others). `Tool::"inventory__get_stock"`, the name an agent sees on the
+aggregated `/mcp`, `Tool::"get_stock"` or `Server::"Inventory"` validate all the same (an entity id is any
+string) and match no request: a forbid naming one silently never fires. The loader refuses them, wherever in a
+policy they appear (scope or condition).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _named(value: Any, out: list[tuple[str, str]]) -> None:
+    """Every (type, id) of a Tool or Server entity reference in a policy's JSON form, depth first."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if node.get("type") in ("Tool", "Server") and isinstance(node.get("id"), str):
+                out.append((node["type"], node["id"]))
+            stack.extend(node.values())
+
+
+def _wrong(kind: str, ident: str) -> str | None:
+    from gateway.config.upstreams import NAME_RE  # (the config package imports nothing from authz)
+
+    if kind == "Server":
+        return None if NAME_RE.match(ident) else "names no upstream (a name of [a-z0-9_-]+)"
+    upstream, slash, name = ident.partition("/")
+    if slash and name and NAME_RE.match(upstream):
+        return None
+    return ("names no tool (a tool is Tool::\"<upstream>/<tool>\", the upstream's own tool name; the agent's "
+            "'upstream__tool' on /mcp is not it)")
+
+
+def entity_problems(est: Any, files: dict[str, str], names: dict[str, str], default_file: str) -> list[str]:
+    """`file: policy 'id': ...` problems, one per Tool or Server literal no request can match."""
+    static = est.get("staticPolicies") if isinstance(est, dict) else None
+    problems: list[str] = []
+    for internal, body in sorted((static or {}).items()):
+        found: list[tuple[str, str]] = []
+        _named({k: v for k, v in body.items() if k != "annotations"} if isinstance(body, dict) else body, found)
+        for kind, ident in sorted(set(found)):
+            why = _wrong(kind, ident)
+            if why is not None:
+                problems.append(f"{files.get(internal, default_file)}: policy {names.get(internal, internal)!r}: "
+                                f"{kind}::{_quoted(ident)} {why}")
+    return problems
+
+
+def _quoted(ident: str) -> str:
+    return '"' + ident.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,52 @@
+"""A `Tool` or `Server` literal that names no tool or upstream the gateway can ever decide is refused.
+
+A tool is `Tool::"<upstream>/<tool>"` and an upstream `Server::"<upstream>"` with a name of `[a-z0-9_-]+`, but
+`Tool::"inventory__get_stock"` (the name an agent sees on `/mcp`), `Tool::"get_stock"` or `Server::"Inventory"`
+validated and matched nothing: a forbid naming one never fired."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from authz_helpers import SHIPPED
+
+from gateway.authz.policyset import PolicyLoadError, load_policies
+
+
+def _dir(tmp_path: Path, policy: str) -> Path:
+    target = tmp_path / "policies"
+    target.mkdir()
+    shutil.copy(SHIPPED / "schema.cedarschema", target / "schema.cedarschema")
+    (target / "e.cedar").write_text(f'@id("e")\n{policy}\n')
+    return target
+
+
+@pytest.mark.parametrize(("policy", "problem"), [
+    ('forbid (principal, action == Action::"call_tool", resource == Tool::"inventory__get_stock");',
+     'Tool::"inventory__get_stock" names no tool'),
+    ('forbid (principal, action == Action::"call_tool", resource) when { resource == Tool::"get_stock" };',
+     'Tool::"get_stock" names no tool'),
+    ('forbid (principal, action == Action::"call_tool", resource in Server::"Inventory");',
+     'Server::"Inventory" names no upstream'),
+    ('forbid (principal, action == Action::"call_tool", resource) when '
+     '{ resource in [Server::"payments", Server::"pay ments"] };', 'Server::"pay ments" names no upstream'),
+    ('forbid (principal, action == Action::"call_tool", resource == Tool::"Payments/pay");',
+     'Tool::"Payments/pay" names no tool'),
+])
+def test_a_literal_naming_nothing_is_refused(tmp_path: Path, policy: str, problem: str) -> None:
+    with pytest.raises(PolicyLoadError) as refused:
+        load_policies(_dir(tmp_path, policy))
+    problems = "\n".join(refused.value.problems)
+    assert f"e.cedar:1: policy 'e': {problem}" in problems, problems
+
+
+@pytest.mark.parametrize("policy", [
+    'forbid (principal, action == Action::"call_tool", resource == Tool::"inventory/get_stock");',
+    'forbid (principal, action == Action::"read_resource", resource == Tool::"inventory/inventory://skus");',
+    'forbid (principal, action == Action::"call_tool", resource == Tool::"my-up_2/a/b");',
+    'forbid (principal, action == Action::"call_tool", resource in Server::"my-up_2");',
+])
+def test_literals_the_gateway_can_decide_load(tmp_path: Path, policy: str) -> None:
+    assert load_policies(_dir(tmp_path, policy)).version.startswith("sha256:")
