@@ -63,6 +63,14 @@ async def _read(request: web.Request, read: Callable[[], Awaitable[Any]]) -> Any
         raise Refused(exc.http_status, exc.reason, exc.message) from None
 
 
+async def _form(request: web.Request) -> Any:
+    """A page form's fields, or Refused 400 for a body aiohttp's form reader cannot read (it used to be a 500)."""
+    try:
+        return await _read(request, request.post)
+    except (ValueError, LookupError):  # bytes no text in its (or an unknown) charset; a multipart with no boundary
+        raise Refused(400, "invalid_body", "The form could not be read (not form data in its charset).") from None
+
+
 def _limit(text: str) -> int:
     """The `limit` query parameter: an integer MIN_LIMIT-MAX_LIMIT as the OpenAPI file says, else Refused 400.
 
@@ -310,7 +318,7 @@ class ApprovalsWeb:
 
     async def signin(self, request: web.Request) -> web.StreamResponse:
         try:
-            form = await _read(request, request.post)
+            form = await _form(request)
         except Refused as exc:
             return self._signin_page(request, exc.message, exc.status)
         if not self._auth.form_csrf_ok(request, form.get("csrf")):
@@ -330,7 +338,7 @@ class ApprovalsWeb:
 
     async def signout(self, request: web.Request) -> web.StreamResponse:
         try:
-            form = await _read(request, request.post)
+            form = await _form(request)
         except Refused as exc:
             return self._signin_page(request, exc.message, exc.status)
         if not self._auth.form_csrf_ok(request, form.get("csrf")):
@@ -348,7 +356,7 @@ class ApprovalsWeb:
         if approver is None:
             return self._signin_page(request, "Please sign in again.", 401)
         try:
-            form = await _read(request, request.post)
+            form = await _form(request)
             outcome = OUTCOMES.get(str(form.get("outcome")))
             comment = str(form.get("comment") or "").strip() or None
             self._auth.check_csrf(request, approver, str(form.get("csrf") or ""))
