@@ -66,6 +66,7 @@ class RequestTrace:
     span: AnySpan
     error: BaseException | None = None
     tool_error: bool = False  # answered with a tool result with `isError: true`
+    redact: RedactFn | None = None  # the gateway's secret redactor, for the status description (span_errors)
 
     @property
     def trace_id(self) -> str | None:
@@ -82,7 +83,7 @@ class RequestTrace:
     def fail(self, exc: BaseException) -> None:
         """The request was answered with an error (the edge turned the exception into a JSON-RPC error)."""
         self.error = exc
-        mark_error(self.span, exc)
+        mark_error(self.span, exc, redact=self.redact)
 
     def answered(self, result: Any) -> None:
         """The request was answered with `result`: one with `isError: true` is the conventions' `tool_error`
@@ -114,7 +115,7 @@ class _RequestBlock:
         if self._span is None:
             self._trace = RequestTrace(NO_SPAN)
             return self._trace
-        self._trace = RequestTrace(self._span.__enter__())
+        self._trace = RequestTrace(self._span.__enter__(), redact=self._obs.telemetry.redact)
         if self._identify is not None:
             (start_ns, end_ns), who = self._identify
             self._obs.telemetry.record_span("customs.identify", start_ns, end_ns, who)

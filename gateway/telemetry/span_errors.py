@@ -2,12 +2,17 @@
 
 `error.type` is the gateway's low-cardinality reason (docs/errors.md), or the upstream's JSON-RPC code when
 the upstream answered with an error; `rpc.response.status_code` is the JSON-RPC code of the answer; the
-status is ERROR whenever `error.type` is set, described by the JSON-RPC error's message.
+status is ERROR whenever `error.type` is set, described by the JSON-RPC error's message after the secret
+redactor: an upstream's message may quote what it was sent (a static key, a minted token) and an agent's may
+carry anything, and spans leave the gateway. Callers that hold the gateway's redactor (its known secrets) pass
+it; the others get the token and key patterns alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.trace import Span, Status, StatusCode
@@ -15,6 +20,15 @@ from opentelemetry.trace import Span, Status, StatusCode
 from gateway.telemetry.spans import LightSpan
 
 AnySpan = Span | LightSpan
+Redact = Callable[[Any], Any]
+
+
+@functools.cache
+def _patterns() -> Redact:
+    """Token and key patterns, no known secrets: for callers without the gateway's redactor. Imported on the
+    first error, not with this module: the redactor's config models are no import of `customs policy ...`."""
+    from gateway.credentials.redaction import Redactor
+    return Redactor().redact_text
 
 
 def error_type(exc: BaseException) -> str:
@@ -52,15 +66,23 @@ def _error_message(exc: BaseException) -> str:
     return message if isinstance(message, str) else type(exc).__name__
 
 
-def mark_error(span: AnySpan, exc: BaseException, *, own_code: bool = True) -> None:
-    """Set `error.type`, `rpc.response.status_code` and ERROR status (description: the error message)."""
+def error_description(exc: BaseException, redact: Redact | None = None) -> str:
+    """The status description: the error's message with secrets replaced by [REDACTED] (`redact`: the gateway's
+    redactor, known secrets included; else the token and key patterns)."""
+    message = _error_message(exc)
+    cleaned = (redact or _patterns())(message)
+    return cleaned if isinstance(cleaned, str) else _patterns()(message)
+
+
+def mark_error(span: AnySpan, exc: BaseException, *, own_code: bool = True, redact: Redact | None = None) -> None:
+    """Set `error.type`, `rpc.response.status_code` and ERROR status (description: the error message, redacted)."""
     if not span.is_recording():
         return
     span.set_attribute("error.type", error_type(exc))
     code = error_code(exc, own=own_code)
     if code is not None:
         span.set_attribute("rpc.response.status_code", code)
-    span.set_status(Status(StatusCode.ERROR, _error_message(exc)))
+    span.set_status(Status(StatusCode.ERROR, error_description(exc, redact)))
 
 
 def is_tool_error(result: Any) -> bool:

@@ -48,6 +48,7 @@ class RecordStage:
         self._metrics = metrics
         # The current (SERVER) span, asked by the context variable's own get: None with tracing off.
         self._current = telemetry.current_light_span if telemetry is not None and telemetry.enabled else None
+        self._telemetry = telemetry  # its `redact` (set by Observability) cleans a failed call's status description
 
     async def __call__(self, ctx: CallContext) -> None:
         self.record(ctx)
@@ -60,7 +61,7 @@ class RecordStage:
             # The facts, not the attributes: those are built where the span is exported (attributes.expand).
             span.set_attributes({FACTS: call_facts(ctx)})
             if ctx.error is not None:
-                mark_error(span, ctx.error)
+                mark_error(span, ctx.error, redact=self._telemetry.redact if self._telemetry is not None else None)
             elif isinstance(result := ctx.result, dict) and result.get("isError") is True:  # is_tool_error, inline
                 mark_tool_error(span)
         if self._log is not None:
@@ -213,6 +214,7 @@ class _TracedForward:
         started = time.perf_counter()
         error: str | None = None
         code: str | None = None
+        failed: BaseException | None = None
         with self._telemetry.client_span(ctx.method, target, attrs) as span:
             if attrs is not None and (relay := ctx.extra.get("relay")) is not None:
                 # What the upstream sends during the call is handled under this span, whichever task reads it.
@@ -222,16 +224,24 @@ class _TracedForward:
                 if is_tool_error(result):
                     error = "tool_error"
                     mark_tool_error(span)
-                return result
             except BaseException as exc:
                 error = error_reason(exc) if isinstance(exc, GatewayError) else _code(exc)
                 code = error_code(exc, own=False)  # the upstream's answer only: none when it never answered
                 if target is not None and ctx.method == "prompts/get":  # maybe a name the agent made up
                     span.update_name(ctx.method)
-                raise
+                # Marked here, with the gateway's redactor (the upstream's message may quote the key it was sent),
+                # and raised once the span is left, so the span's own exit does not mark it again without it.
+                mark_error(span, exc, own_code=False, redact=self._telemetry.redact)
+                failed = exc
             finally:
                 if self._metrics is not None:
                     self._record(ctx, time.perf_counter() - started, error, code)
+        if failed is not None:
+            try:
+                raise failed
+            finally:
+                failed = None  # no frame -> traceback -> frame cycle (errors.forget_traceback)
+        return result
 
     def _record(self, ctx: CallContext, seconds: float, error: str | None, code: str | None) -> None:
         assert self._metrics is not None

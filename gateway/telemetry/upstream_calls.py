@@ -81,7 +81,7 @@ class UpstreamCalls:
                                              sent_id=partial(_record_sent_id, span))
             error = response.get("error")
             if isinstance(error, dict):
-                mark_error(span, UpstreamErrorResponse(error))
+                mark_error(span, UpstreamErrorResponse(error), redact=telemetry.redact)
             return response
 
     @contextmanager

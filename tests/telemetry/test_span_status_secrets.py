@@ -1,0 +1,66 @@
+"""A span's status description never carries a secret, also when an upstream's error message quotes one.
+
+An upstream answers its JSON-RPC error with a message the gateway passes to the agent unchanged (transparency,
+docs/errors.md), and the SERVER and CLIENT spans are described by that message (the conventions'
+JSONRPCError.message). An upstream that quotes what it was sent ("rejected credential <the key>") would put the
+static key the gateway holds for it, or a minted token, into every trace backend that receives the spans: the
+description goes through the gateway's secret redactor (known secrets, token and key patterns) first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
+
+from tests.conftest import RunningGateway
+from tests.support.mcp_client import sdk_client
+from tests.support.otlp import OtlpReceiver
+from tests.support.servers import run_http_server
+
+StartGateway = Callable[[dict[str, Any]], Awaitable[RunningGateway]]
+STATIC_KEY = "audit-static-key-3f9a7c21"  # no token pattern: only the gateway's knowing it can redact it
+JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+
+
+def quoting_server() -> MCPServer[Any]:
+    server: MCPServer[Any] = MCPServer("audit")
+
+    @server.tool()
+    def pay(x: str) -> str:
+        raise MCPError(code=-32001, message=f"rejected key {STATIC_KEY} and Bearer {JWT}")
+
+    return server
+
+
+async def test_an_upstream_error_quoting_a_secret_is_redacted_on_the_spans(
+        otlp: OtlpReceiver, start_gateway: StartGateway, permissive_policies: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIT_KEY", STATIC_KEY)
+    async with run_http_server(quoting_server()) as url:
+        gateway = await start_gateway({
+            "upstreams": [{"name": "audit", "url": url,
+                           "credentials": {"mode": "static", "value_env": "AUDIT_KEY", "header": "X-Api-Key"}}],
+            "identity": {"mode": "anonymous"},
+            "policies": {"dir": str(permissive_policies)},
+            "telemetry": {"traces": {"endpoint": otlp.url}},
+        })
+        async with sdk_client(gateway.mcp) as client:
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("audit__pay", {"x": "1"})
+        await gateway.gateway.parts.observability.telemetry.flush()
+    # The agent hears the upstream's answer as it was (the gateway does not rewrite an upstream's errors).
+    assert STATIC_KEY in str(refused.value) and JWT in str(refused.value)
+
+    server = await otlp.wait_for_span(lambda s: s.kind == "SERVER" and s.name == "tools/call audit__pay")
+    client = await otlp.wait_for(lambda r: next(
+        (s for s in r.children(server) if s.kind == "CLIENT" and s.name == "tools/call pay"), None))
+    for span in (server, client):
+        assert span.status == "ERROR" and span.attributes["error.type"] == "-32001", span
+        assert span.status_message == "rejected key [REDACTED] and Bearer [REDACTED]", span.status_message
+    for span in otlp.spans:
+        assert STATIC_KEY not in repr(span) and JWT not in repr(span), span
