@@ -1,15 +1,18 @@
-"""Find `Tool` and `Server` literals that name nothing the gateway ever decides.
+"""Find `Tool`, `Server`, `Agent` and `Tenant` literals that name nothing the gateway ever decides.
 
 Every tool (prompt, resource) is `Tool::"<upstream>/<name>"` in `Server::"<upstream>"`, and an upstream's name
 is `[a-z0-9_-]+` (the config refuses others). `Tool::"inventory__get_stock"`, the name an agent sees on the
 aggregated `/mcp`, `Tool::"get_stock"` or `Server::"Inventory"` validate all the same (an entity id is any
-string) and match no request: a forbid naming one silently never fires. The loader refuses them, wherever in a
-policy they appear (scope or condition).
+string) and match no request: a forbid naming one silently never fires. So do an `Agent` whose id claims to be a
+SPIFFE ID but is not a valid one (such a token `sub` is refused at identify) and `Tenant::""` (an empty tenant is
+none). The loader refuses them, wherever in a policy they appear (scope or condition).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+_KINDS = ("Tool", "Server", "Agent", "Tenant")
 
 
 def _named(value: Any, out: list[tuple[str, str]]) -> None:
@@ -20,14 +23,25 @@ def _named(value: Any, out: list[tuple[str, str]]) -> None:
         if isinstance(node, list):
             stack.extend(node)
         elif isinstance(node, dict):
-            if node.get("type") in ("Tool", "Server") and isinstance(node.get("id"), str):
+            if node.get("type") in _KINDS and isinstance(node.get("id"), str):
                 out.append((node["type"], node["id"]))
             stack.extend(node.values())
 
 
 def _wrong(kind: str, ident: str) -> str | None:
     from gateway.config.upstreams import NAME_RE  # (the config package imports nothing from authz)
+    from gateway.identity.spiffe import InvalidSpiffeId, is_spiffe_uri, parse_spiffe_id
 
+    if kind == "Agent":
+        if not is_spiffe_uri(ident):
+            return None  # a token's `sub` may be any non-empty string
+        try:
+            parse_spiffe_id(ident)
+        except InvalidSpiffeId as exc:  # such a `sub` is refused at identify (401)
+            return f"names no agent: a subject claiming to be a SPIFFE ID must be a valid one ({exc})"
+        return None
+    if kind == "Tenant":
+        return None if ident else "names no tenant (an empty tenant claim is no tenant)"
     if kind == "Server":
         return None if NAME_RE.match(ident) else "names no upstream (a name of [a-z0-9_-]+)"
     upstream, slash, name = ident.partition("/")
@@ -38,7 +52,7 @@ def _wrong(kind: str, ident: str) -> str | None:
 
 
 def entity_problems(est: Any, files: dict[str, str], names: dict[str, str], default_file: str) -> list[str]:
-    """`file: policy 'id': ...` problems, one per Tool or Server literal no request can match."""
+    """`file: policy 'id': ...` problems, one per entity literal no request can match."""
     static = est.get("staticPolicies") if isinstance(est, dict) else None
     problems: list[str] = []
     for internal, body in sorted((static or {}).items()):

@@ -1,8 +1,9 @@
-"""A `Tool` or `Server` literal that names no tool or upstream the gateway can ever decide is refused.
+"""A `Tool`, `Server`, `Agent` or `Tenant` literal that names nothing the gateway can ever decide is refused.
 
 A tool is `Tool::"<upstream>/<tool>"` and an upstream `Server::"<upstream>"` with a name of `[a-z0-9_-]+`, but
 `Tool::"inventory__get_stock"` (the name an agent sees on `/mcp`), `Tool::"get_stock"` or `Server::"Inventory"`
-validated and matched nothing: a forbid naming one never fired."""
+validated and matched nothing: a forbid naming one never fired; so did `Agent::"spiffe://Acme.example/x"` (a token
+whose `sub` claims to be a SPIFFE ID must be a valid one) and `Tenant::""` (an empty tenant is no tenant)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def _dir(tmp_path: Path, policy: str) -> Path:
      '{ resource in [Server::"payments", Server::"pay ments"] };', 'Server::"pay ments" names no upstream'),
     ('forbid (principal, action == Action::"call_tool", resource == Tool::"Payments/pay");',
      'Tool::"Payments/pay" names no tool'),
+    # a sub that claims to be a SPIFFE ID must be a valid one (401 otherwise): this agent never calls
+    ('forbid (principal == Agent::"spiffe://Acme.example/agent/x", action, resource);',
+     'Agent::"spiffe://Acme.example/agent/x" names no agent'),
+    ('forbid (principal, action == Action::"call_tool", resource) when '
+     '{ principal in [Agent::"spiffe://acme.example/agent/x/"] };', 'Agent::"spiffe://acme.example/agent/x/" names no'),
+    ('forbid (principal in Tenant::"", action == Action::"call_tool", resource);', 'Tenant::"" names no tenant'),
 ])
 def test_a_literal_naming_nothing_is_refused(tmp_path: Path, policy: str, problem: str) -> None:
     with pytest.raises(PolicyLoadError) as refused:
@@ -47,6 +54,8 @@ def test_a_literal_naming_nothing_is_refused(tmp_path: Path, policy: str, proble
     'forbid (principal, action == Action::"read_resource", resource == Tool::"inventory/inventory://skus");',
     'forbid (principal, action == Action::"call_tool", resource == Tool::"my-up_2/a/b");',
     'forbid (principal, action == Action::"call_tool", resource in Server::"my-up_2");',
+    'forbid (principal, action == Action::"call_tool", resource) when '
+    '{ principal in [Agent::"spiffe://acme.example/agent/x", Agent::"bot"] };',
 ])
 def test_literals_the_gateway_can_decide_load(tmp_path: Path, policy: str) -> None:
     assert load_policies(_dir(tmp_path, policy)).version.startswith("sha256:")
