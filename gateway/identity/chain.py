@@ -81,7 +81,9 @@ def _check_contract_type(attribute: str, claim: str, value: Any) -> None:
     multi-valued `trust: ["low"]` becomes a Set, and `principal.trust == "low"` is merely false on it (as on
     a trust left out), so a forbid would not fire; a mixed groups list would hide its strings the same way."""
     if attribute == "groups":
-        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+        # An object, a number or a boolean were left out, as no groups at all: the same silent miss.
+        if value is not None and not isinstance(value, str) and not (
+                isinstance(value, list) and all(isinstance(item, str) for item in value)):
             raise ChainError(f"claim {claim!r} (attribute groups) must be a string or a list of strings")
     elif attribute in SCALAR_ATTRIBUTES and isinstance(value, float | list | dict):
         raise ChainError(f"claim {claim!r} (attribute {attribute}) must be a single value (a string), "

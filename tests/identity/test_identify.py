@@ -151,9 +151,13 @@ async def test_non_plain_claim_values_are_left_out(issuer: TestIssuer, make_iden
     ({"trust": {"level": "low"}}, "claim 'trust' (attribute trust) must be a single value (a string), got an object"),
     ({"owner": 1.5}, "claim 'owner' (attribute owner) must be a single value (a string), got a fractional number"),
     ({"groups": ["ops", 5]}, "claim 'groups' (attribute groups) must be a string or a list of strings"),
+    # were left out, as no groups: a forbid on membership did not fire
+    ({"groups": {"contractors": True}}, "claim 'groups' (attribute groups) must be a string or a list of strings"),
+    ({"groups": 7}, "claim 'groups' (attribute groups) must be a string or a list of strings"),
+    ({"groups": True}, "claim 'groups' (attribute groups) must be a string or a list of strings"),
     ({"act": {"sub": "spiffe://acme.test/agent/b", "trust": ["low"]}},
      "claim 'trust' (attribute trust) must be a single value (a string), got a list"),
-], ids=["list", "object", "fraction", "mixed-groups", "actor"])
+], ids=["list", "object", "fraction", "mixed-groups", "object-groups", "number-groups", "bool-groups", "actor"])
 async def test_a_contract_attribute_of_another_type_is_refused(issuer: TestIssuer, make_identifier: MakeIdentifier,
                                                                claims: dict[str, object], problem: str) -> None:
     """The contract's attributes are Strings (groups a Set of them). A multi-valued IdP attribute (`trust:
