@@ -5,8 +5,8 @@ A position is (score, id) in one of two orders: `created` (created_at: every lis
 order too). A page holds the items strictly after the position, so items created meanwhile (ahead of it) or gone
 (behind it) never shift a walk: no duplicate, no gap.
 
-The text is base64url of nonce + AES-GCM(`[1, order, score, id]`) under the store's cursor key (a random one per
-process for the memory store, one shared through Redis by every replica of a Redis store: shared_key). Sealed
+The text is `c.` and base64url of nonce + AES-GCM(`[1, order, score, id]`) under the store's cursor key (a random
+one per process for the memory store, one shared through Redis by every replica of a Redis store: shared_key). Sealed
 because a page's position can be an item the approver may not see (hidden by policy, another state): its id and
 times must not be readable, and a cursor nobody was given (forged, altered) must not name a position. It is no
 grant: every item is still checked against who may see it.
@@ -36,6 +36,9 @@ MAX_TEXT: Final = 512  # far above any cursor made here: a longer text is refuse
 KEY_BYTES: Final = 32  # AES-256-GCM
 _NONCE: Final = 12
 _AAD: Final = b"customs approvals cursor"  # binds the key's use to cursors alone
+# Before the base64url: one cursor in 64 began with '-', which a command line reads as an option
+# (`customs approvals list --cursor -x...`: "expected one argument"). '.' is no base64url character.
+PREFIX: Final = "c."
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # an approval id (apr_<hex>), ASCII so both stores order it alike
 
 
@@ -86,7 +89,7 @@ def encode(cursor: Cursor, key: bytes) -> str:
     # repr-exact floats through JSON: the score must compare equal to the index's own after the round trip.
     raw = json.dumps([VERSION, cursor.order, cursor.score, cursor.id], separators=(",", ":")).encode()
     nonce = secrets.token_bytes(_NONCE)  # random: 2^32 cursors a key stay far from a nonce collision
-    return base64.urlsafe_b64encode(nonce + AESGCM(key).encrypt(nonce, raw, _AAD)).decode().rstrip("=")
+    return PREFIX + base64.urlsafe_b64encode(nonce + AESGCM(key).encrypt(nonce, raw, _AAD)).decode().rstrip("=")
 
 
 _UNREADABLE: Final = "cursor is not one this gateway made: pass next_cursor as it was given"
@@ -98,6 +101,7 @@ def decode(text: str, order: str, key: bytes) -> Cursor:
     forged, altered, another store's) or another listing's."""
     if not text or len(text) > MAX_TEXT or not text.isascii():
         raise InvalidCursor(_UNREADABLE)
+    text = text.removeprefix(PREFIX)  # (none on cursors of replicas from before the prefix: still read)
     try:
         sealed = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         raw = AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], _AAD)
