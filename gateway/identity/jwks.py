@@ -315,6 +315,11 @@ class UrlKeySource:
         if self._http is None:
             self._http = aiohttp.ClientSession()
         await self._refetch(force=True)
+        if self.last_error is None:
+            # A good fetch at start is no refetch: counted as one, a key rotated in just after start (a restart
+            # during a rotation) was refused for a whole cool-down. The first unknown kid's refetch starts it; a
+            # failed start still does (an IdP that is down is not asked again per token).
+            self._attempted_at = None
 
     async def close(self) -> None:
         if self._background is not None:

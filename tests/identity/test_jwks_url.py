@@ -60,6 +60,23 @@ async def test_rotation_is_picked_up_by_the_unknown_kid_refetch(served: TestIssu
     assert served.fetches == 2
 
 
+async def test_a_key_rotated_in_right_after_start_is_fetched_at_once(served: TestIssuer,
+                                                                     make_identifier: MakeIdentifier) -> None:
+    """The fetch at start counted as the last refetch, so a key the IdP rotated in within the cool-down after the
+    gateway started (a restart during a rotation, a test rotating at once) was refused for up to 30 s. The start-up
+    fetch no longer starts the cool-down; the first unknown kid's refetch does, so a flood still costs one fetch."""
+    monotonic = Clock(100.0)
+    identifier = await make_identifier(served.config(source="url"), monotonic=monotonic)
+    served.rotate("ES256")
+    token = served.mint(SHOPPER, aud=AUDIENCE, alg="ES256")
+    assert (await identifier.identify(bearer(token), None)).id == SHOPPER
+    assert served.fetches == 2
+    for i in range(5):
+        with pytest.raises(GatewayError):
+            await identifier.identify(bearer(served.mint(SHOPPER, aud=AUDIENCE, alg="ES256", kid=f"nope-{i}")), None)
+    assert served.fetches == 2  # within the cool-down of that refetch
+
+
 async def test_concurrent_unknown_kids_share_one_fetch(served: TestIssuer, make_identifier: MakeIdentifier) -> None:
     monotonic = Clock(100.0)
     identifier = await make_identifier(served.config(source="url"), monotonic=monotonic)
