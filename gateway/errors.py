@@ -51,6 +51,7 @@ REASONS: Final[dict[str, Reason]] = {
     "session_not_found": Reason(-32017, 404, "Session not found"),
     "session_required": Reason(-32018, 400, "Mcp-Session-Id header required"),
     "unknown_upstream": Reason(-32019, 404, "Unknown upstream"),
+    "method_not_allowed": Reason(INVALID_REQUEST, 405, "HTTP method not allowed here"),
     "body_timeout": Reason(-32021, 408, "Request body not received in time"),
     "approval_pending": Reason(-32030, 200, "Call is waiting for approval"),
     "approval_denied": Reason(-32031, 200, "Call was denied by an approver"),

@@ -31,6 +31,9 @@ DECODED_CODINGS = ("gzip", "deflate", *(("br",) if compression_utils.HAS_BROTLI 
                    *(("zstd",) if compression_utils.HAS_ZSTD else ()))
 
 
+AGENT_PATHS = ("/mcp", "/sse", "/messages")  # the MCP endpoints: every refusal there is a JSON-RPC error
+
+
 def error_response(exc: BaseException, request_id: object = None,
                    headers: dict[str, str] | None = None) -> web.Response:
     body, status = to_wire(exc, request_id)
@@ -129,7 +132,14 @@ def guard_middleware(policy: HostOriginPolicy, refused: Callable[[str, int], Non
                 else:
                     request[CORS] = origin
                     response = preflight(request, origin) or await _shared(handler, request, origin)
-            except web.HTTPException as exc:  # aiohttp's 404, 405 …: answered once this returns
+            except web.HTTPMethodNotAllowed as exc:  # on an MCP path a JSON-RPC error, as every refusal there
+                _drop_unread_coded_body(request, exc)
+                if not request.path.startswith(AGENT_PATHS):
+                    raise
+                response = error_response(GatewayError("method_not_allowed"), headers={"Allow": exc.headers["Allow"]})
+                if origin is not None:
+                    add_cors(response, origin)
+            except web.HTTPException as exc:  # aiohttp's 404 …: answered once this returns
                 _drop_unread_coded_body(request, exc)
                 raise
         if request[UNREADABLE] and not response.prepared:

@@ -213,3 +213,23 @@ async def test_session_stream_resumes_with_last_event_id(gw, http):
     async with http.get(gw.mcp, headers={**headers, "Last-Event-ID": first_id}) as resp:
         received = [m["params"]["n"] for _, m in await _events(resp, len(session.replay) - 1)]
     assert received[-2:] == [2, 3] and 1 not in received
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("PUT", "/mcp", "DELETE,GET,POST"), ("PATCH", "/mcp/inventory", "DELETE,GET,POST"),
+    ("OPTIONS", "/mcp/", "DELETE,GET,POST"), ("POST", "/sse", "GET"), ("GET", "/messages", "POST"),
+])
+async def test_an_http_method_an_agent_path_does_not_take_is_a_json_rpc_error(gw, http, method, path, allow):
+    """The MCP paths answered a method they do not take with aiohttp's text/plain `405: Method Not Allowed`, the
+    one refusal there that was no JSON-RPC error with a `data.reason` (issue 2: every failure is one); as the SDK's
+    own server answers it: 405, `Allow`, a JSON-RPC error."""
+    async with http.request(method, f"{gw.url}{path}", json=INIT, headers=ACCEPT) as resp:
+        assert resp.status == 405 and resp.content_type == "application/json", await resp.text()
+        assert resp.headers["Allow"] == allow
+        body = await resp.json()
+    assert body["id"] is None and body["error"]["code"] == -32600 and reason(body) == "method_not_allowed", body
+
+
+async def test_operator_paths_keep_aiohttps_405(gw, http):
+    async with http.post(f"{gw.url}/healthz") as resp:
+        assert resp.status == 405 and resp.content_type == "text/plain" and "GET" in resp.headers["Allow"]
