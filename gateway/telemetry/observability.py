@@ -140,6 +140,11 @@ class _RequestBlock:
                 self._span.__exit__(kind, exc, tb)  # marks the span if an exception leaves the block, ends it
 
 
+# The approval transitions that end its wait: a person's decision (the last vote of a quorum), expiry, or the call
+# withdrawn / its agent gone (approvals.md). `customs.approval.outcome` on the wait histogram.
+APPROVAL_ENDS = frozenset({"approved", "denied", "expired", "cancelled", "abandoned"})
+
+
 def _warn_unsupported_protocols(env: Mapping[str, str], traces: str | None, metrics: str | None) -> None:
     for signal, endpoint in (("traces", traces), ("metrics", metrics)):
         protocol = unsupported_protocol(env, signal) if endpoint is not None else None
@@ -354,9 +359,17 @@ class Observability:
         self.log.event("quarantine", upstream=upstream, tool=tool, reason=reason, definition_digest=digest)
 
     def approval_changed(self, approval_id: str, state: str, **fields: Any) -> None:
-        """Approval state change, for the decision log. The pending gauge is not counted from these (another
-        replica may decide an item held here): PendingGauge reads it from the store."""
+        """Approval state change, for the decision log, and the wait of an approval that ended
+        (`customs.approval.wait.duration`). The pending gauge is not counted from these (another replica may decide
+        an item held here): PendingGauge reads it from the store."""
         self.log.event("approval", approval_id=approval_id, state=state, **fields)
+        transition = fields.get("transition")
+        if transition in APPROVAL_ENDS:
+            # Timed where the change happened (one replica, once per item), from the hold: a call waits at most
+            # approvals.wait_s, and a person deciding after it answered approval_pending is the usual case.
+            at, held = fields.get("at"), fields.get("created_at")
+            if isinstance(at, int | float) and isinstance(held, int | float):
+                self.metrics.approval_waited(max(0.0, at - held), str(transition))
 
     def revoked(self, jti: str, **fields: Any) -> None:
         self.log.event("revocation", jti=jti, **fields)

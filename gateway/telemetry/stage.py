@@ -92,8 +92,6 @@ class RecordStage:
         elif reason == "rate_limited":
             data = ctx.error.data if isinstance(ctx.error, GatewayError) else {}
             metrics.rate_limited(str(data.get("scope") or data.get("limit") or "call"))
-        if ctx.approval is not None and ctx.approval.outcome not in ("pending", "reused"):
-            metrics.approval_waited(ctx.approval.waited_s, ctx.approval.outcome)
 
 
 def _label(ctx: CallContext) -> str:

@@ -177,8 +177,8 @@ async def test_held_call_gets_an_approval_span(harness: Harness) -> None:
                      "customs.approval.approver": "alice", "customs.approval.wait_s": 2.5}
     assert server.attributes["customs.approval.id"] == "ap-9"
     assert server.attributes["customs.decision"] == "approval_required"
-    assert 'customs_approval_wait_duration_seconds_count{customs_approval_outcome="approved"' in \
-        harness.obs.metrics.prometheus_text().decode()
+    # The wait is timed when the approval ends, from the store's record (test_approval_wait_metric.py), not here.
+    assert "customs_approval_wait_duration_seconds_count{" not in harness.obs.metrics.prometheus_text().decode()
 
 
 async def test_a_quorums_approvers_are_one_string_as_the_approvals_api_shows_them(harness: Harness) -> None:
