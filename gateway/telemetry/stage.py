@@ -203,7 +203,9 @@ class _TracedForward:
         if base is None:
             if len(self._base) >= 1024:
                 self._base.clear()
-            base = self._base[key] = upstream_attributes(ctx, self._transport.get(ctx.upstream or ""))
+            # (the redactor: a resource URI may carry a token, and is recorded with or without capture_args)
+            base = self._base[key] = upstream_attributes(ctx, self._transport.get(ctx.upstream or ""), False,
+                                                         self._telemetry.redact)
         return {SHARED: base}  # merged where exported (attributes.expand), marshalled once per batch
 
     async def __call__(self, ctx: CallContext) -> dict[str, Any]:

@@ -64,3 +64,36 @@ async def test_an_upstream_error_quoting_a_secret_is_redacted_on_the_spans(
         assert span.status_message == "rejected key [REDACTED] and Bearer [REDACTED]", span.status_message
     for span in otlp.spans:
         assert STATIC_KEY not in repr(span) and JWT not in repr(span), span
+
+
+def document_server() -> MCPServer[Any]:
+    server: MCPServer[Any] = MCPServer("docs")
+
+    @server.resource("doc://{ref}")
+    def doc(ref: str) -> str:
+        return f"document {len(ref)}"
+
+    return server
+
+
+async def test_a_resource_uri_with_a_token_is_redacted_on_the_client_span_too(
+        otlp: OtlpReceiver, start_gateway: StartGateway, permissive_policies: Path) -> None:
+    # Without traces.capture_args: the URI is no argument value, it is always recorded, and always redacted.
+    token = "ghp_" + "a1B2" * 9
+    async with run_http_server(document_server()) as url:
+        gateway = await start_gateway({
+            "upstreams": [{"name": "docs", "url": url}],
+            "identity": {"mode": "anonymous"},
+            "policies": {"dir": str(permissive_policies)},
+            "telemetry": {"traces": {"endpoint": otlp.url}},
+        })
+        async with sdk_client(gateway.mcp) as client:
+            await client.read_resource(f"customs://docs/doc://{token}")
+        await gateway.gateway.parts.observability.telemetry.flush()
+    server = await otlp.wait_for_span(lambda s: s.kind == "SERVER" and s.name == "resources/read")
+    client = await otlp.wait_for(lambda r: next(
+        (s for s in r.children(server) if s.kind == "CLIENT" and s.name == "resources/read"), None))
+    assert server.attributes["mcp.resource.uri"] == "customs://docs/doc://[REDACTED]"
+    assert client.attributes["mcp.resource.uri"] == "doc://[REDACTED]"
+    for span in otlp.spans:
+        assert token not in repr(span), span
