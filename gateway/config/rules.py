@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
@@ -45,7 +45,8 @@ _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.1: a to
 
 # CredentialsConfig.mode's values: another is the mode field's own error, and the rules below, reading the settings
 # of a mode nobody has, would only add misleading lines ("narrow_to_args: only used by mode minted (mode is mint)").
-CREDENTIAL_MODES = frozenset({"none", "static", "minted", "token_exchange"})
+CredentialMode = Literal["none", "static", "minted", "token_exchange"]
+CREDENTIAL_MODES = frozenset(get_args(CredentialMode))
 
 
 def credentials_rules(credentials: Any) -> Iterator[Problem]:

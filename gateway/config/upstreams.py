@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config.base import HttpUrl, Model
-from gateway.config.rules import credentials_rules, enforce, upstream_rules
+from gateway.config.rules import CredentialMode, credentials_rules, enforce, upstream_rules
 
 Sensitivity = Literal["public", "internal", "confidential", "restricted"]
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
@@ -54,7 +54,7 @@ class ToolOverride(Model):
 
 
 class CredentialsConfig(Model):
-    mode: Literal["none", "static", "minted", "token_exchange"] = "none"
+    mode: CredentialMode = "none"
     ttl_s: int = Field(60, gt=0, le=3600)
     audience: str | None = None
     narrow_to_args: tuple[str, ...] = ()
