@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from mcp.shared.inbound import MCP_PARAM_HEADER_PREFIX, validate_mcp_param_headers
+from mcp.shared.inbound import MCP_PARAM_HEADER_PREFIX, X_MCP_HEADER_KEY, validate_mcp_param_headers
 from multidict import CIMultiDict
 
 from gateway.context import ToolInfo
@@ -36,8 +36,32 @@ def check_param_headers(tool: ToolInfo, params: Mapping[str, Any], headers: Mapp
     if not arguments and not headers:
         return  # nothing given, nothing declared can be violated
     schema = tool.definition.get("inputSchema")
-    if not isinstance(schema, Mapping):
-        return
+    if not isinstance(schema, Mapping) or not _declares_headers(schema):
+        return  # no argument is mirrored into a header: nothing to disagree (most tools)
     rejection = validate_mcp_param_headers(schema, arguments, headers)
     if rejection is not None:
         raise GatewayError("header_mismatch", rejection.message)
+
+
+_DECLARES: dict[int, tuple[Mapping[str, Any], bool]] = {}  # id(input schema) -> (it, whether it has x-mcp-header)
+
+
+def _declares_headers(schema: Mapping[str, Any]) -> bool:
+    """Whether the schema marks any argument `x-mcp-header` (without one the SDK's check finds nothing): asked on
+    every stateless call, walked once per tool definition (the catalog keeps it), where the SDK's check walked the
+    whole schema twice a call."""
+    known = _DECLARES.get(id(schema))
+    if known is not None and known[0] is schema:  # (the entry holds the schema: its id is not reused meanwhile)
+        return known[1]
+    found, stack = False, [schema]
+    while stack and not found:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            found = X_MCP_HEADER_KEY in node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    if len(_DECLARES) >= 1024:  # definitions replaced by list changes: drop the old ones' entries
+        _DECLARES.clear()
+    _DECLARES[id(schema)] = (schema, found)
+    return found
