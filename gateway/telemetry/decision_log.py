@@ -13,6 +13,7 @@ thread of this process instead, the same records. `close()` drains the buffer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -26,7 +27,7 @@ from gateway.config import ConfigError
 from gateway.config.model import DecisionLogConfig
 from gateway.context import NOT_FOUND_ITEM, CallContext
 from gateway.preflight import decision_log_problem  # the line config check reports for a path serve cannot use
-from gateway.telemetry.decision_writer import FILE_FLAGS, FileTarget, dumps, line_of, record_of
+from gateway.telemetry.decision_writer import FILE_FLAGS, S_TOOL, FileTarget, dumps, line_of, record_of
 from gateway.telemetry.log_process import WriterProcess
 from gateway.telemetry.tracing import api_span_ids
 from gateway.timefmt import rfc3339_ms as rfc3339  # record times: UTC, milliseconds, `Z`
@@ -75,22 +76,50 @@ def facts_of(ctx: CallContext, *, include_args: bool = False, redactor: Redactor
     approval = ctx.approval
     args = ((redactor or default_redactor)(ctx.args),) if include_args else None
     snapshot = extra.get("authz_input")
+    facts = snapshot(ctx) if callable(snapshot) else None
+    tool = ctx.tool.name if ctx.tool else None
+    missing = extra.get(NOT_FOUND_ITEM) if reason is not None else None
+    if missing is not None or ctx.method == "resources/read":  # names the agent chose: a URI may carry a token
+        tool, missing, facts = _redacted_names(redactor, tool, missing, facts)
     return (
         ctx.decision_id, ctx.started_wall, trace_id or ctx.trace_id, span_id or extra.get("span_id"),
         principal.id, principal.issuer, principal.chain_ids, principal.tenant, ctx.session_id, ctx.task_id,
-        ctx.method, ctx.upstream, ctx.tool.name if ctx.tool else None,
+        ctx.method, ctx.upstream, tool,
         digest, ctx.args if digest is None else None,
         decision.outcome if decision else None, decision.policy_ids if decision else (),
         decision.policy_version if decision else None, decision.eval_us if decision else None,
         ctx.credential_mode, reason, (now if now is not None else time.perf_counter()) - ctx.started,
-        extra.get(NOT_FOUND_ITEM) if reason is not None else None,
+        missing,
         reason is None and isinstance(ctx.result, dict) and ctx.result.get("isError") is True,  # is_tool_error
         decision.shadow_outcome if decision else None, decision.errors if decision else None,
         (approval.id, approval.outcome, approval.decided_by, approval.comment, approval.waited_s)
         if approval is not None else None,
         args,
-        snapshot(ctx) if callable(snapshot) else None,
+        facts,
     )
+
+
+def _redacted_names(redactor: Redactor | None, tool: Any, missing: Any,
+                    facts: tuple[Any, ...] | None) -> tuple[Any, Any, tuple[Any, ...] | None]:
+    """A resource URI or a name that exists nowhere, as spans show them (docs/tracing.md): through the secret
+    redactor, in `tool` and in the replay snapshot's tool name (a policy never names a URI's token)."""
+    redact = redactor or _patterns()
+    if isinstance(tool, str):
+        clean = redact(tool)
+        if clean != tool and facts is not None:
+            # The snapshot's tool: (upstream, name, labels...) at S_TOOL (decision_writer); the rest as it was.
+            facts = (*facts[:S_TOOL], (facts[S_TOOL][0], clean, *facts[S_TOOL][2:]), *facts[S_TOOL + 1:])
+        tool = clean
+    if isinstance(missing, str):
+        missing = redact(missing)
+    return tool, missing, facts
+
+
+@functools.cache
+def _patterns() -> Redactor:
+    """Token and key patterns, for a log given no redactor (an embedding program's, a test's)."""
+    from gateway.credentials.redaction import Redactor as Patterns
+    return Patterns().redact
 
 
 def decision_record(ctx: CallContext, *, include_args: bool = False, redactor: Redactor | None = None,
