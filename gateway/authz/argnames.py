@@ -16,8 +16,9 @@ from typing import Any
 
 import cedarpy
 
-_ARGS = {".": {"left": {"Var": "context"}, "attr": "args"}}  # `context.args` (and `context["args"]`) in EST
-_TOTALS = {".": {"left": {".": {"left": {"Var": "context"}, "attr": "task"}}, "attr": "totals"}}
+ARGS_PATH = ("context", "args")  # `context.args` (and `context["args"]`), as attr_reads names a base
+TOTALS_PATH = ("context", "task", "totals")
+_VARS = ("context", "principal", "resource")
 
 
 def _names(lines: list[str], start: int, indent: int) -> frozenset[str] | None:
@@ -86,11 +87,25 @@ def walk(est: Any, visit: Callable[[dict[str, Any]], Iterable[Any] | None]) -> N
             stack.extend(node.values() if children is None else children)
 
 
-def args_reads(est: Any, base: Any = None) -> set[str]:
-    """The names a policy (its JSON form) reads directly on `context.args` (or on `base`, another expression in
-    its JSON form): by `.attr`, `["attr"]` or `has`."""
-    base = _ARGS if base is None else base
-    found: set[str] = set()
+def _path(node: Any) -> tuple[str, ...] | None:
+    """`context.task` → ("context", "task"), `principal` → ("principal",); None for anything else."""
+    names: list[str] = []
+    while isinstance(node, dict) and len(node) == 1:
+        if node.get("Var") in _VARS:
+            return (str(node["Var"]), *names[::-1])
+        step = node.get(".")
+        if not isinstance(step, dict) or not isinstance(step.get("attr"), str):
+            return None
+        names.append(step["attr"])
+        node = step.get("left")
+    return None
+
+
+def attr_reads(est: Any, ops: tuple[str, ...] = (".", "has")) -> set[tuple[tuple[str, ...], str]]:
+    """(base path, attribute) of each read in a policy's JSON form by `ops` (`.attr` and `["attr"]` are ".", `has`
+    is "has") on context, principal or resource or an attribute path below one: `context.task has seen_tools` →
+    (("context", "task"), "seen_tools")."""
+    found: set[tuple[tuple[str, ...], str]] = set()
 
     def visit(node: dict[str, Any]) -> Iterable[Any] | None:
         if len(node) == 1:
@@ -99,13 +114,20 @@ def args_reads(est: Any, base: Any = None) -> set[str]:
                 return ()  # a literal holds data, never an expression
             if op == "Record" and isinstance(step, dict):
                 return step.values()  # field names are data, never operators
-            if op in (".", "has") and isinstance(step, dict) and step.get("left") == base \
-                    and isinstance(step.get("attr"), str):
-                found.add(step["attr"])
+            if op in ops and isinstance(step, dict) and isinstance(step.get("attr"), str):
+                base = _path(step.get("left"))
+                if base is not None:
+                    found.add((base, step["attr"]))
         return None
 
     walk(est, visit)
     return found
+
+
+def args_reads(est: Any, base: tuple[str, ...] = ARGS_PATH) -> set[str]:
+    """The names a policy (its JSON form) reads directly on `context.args` (or on `base`, another attribute path):
+    by `.attr`, `["attr"]` or `has`."""
+    return {attr for path, attr in attr_reads(est) if path == base}
 
 
 def total_readers(est: Any) -> dict[str, tuple[str, set[str]]]:
@@ -113,13 +135,14 @@ def total_readers(est: Any) -> dict[str, tuple[str, set[str]]]:
     static = est.get("staticPolicies") if isinstance(est, dict) else None
     out: dict[str, tuple[str, set[str]]] = {}
     for internal, body in (static or {}).items():
-        names = args_reads(body, _TOTALS)
+        names = args_reads(body, TOTALS_PATH)
         if names:
             out[internal] = (str(body.get("effect")), names)
     return out
 
 
-def _order(internal: str) -> int:
+def policy_order(internal: str) -> int:
+    """Sort key of Cedar's internal policy ids (policy0, policy1, …, policy10): the order of the files' text."""
     digits = internal[len("policy"):]
     return int(digits) if digits.isdigit() else 0
 
@@ -132,11 +155,11 @@ def unknown_args(est: Any, schema: cedarpy.Schema, files: dict[str, str], names:
     if not isinstance(static, dict):
         return []
     checks = [(known, base, what) for known, base, what in (
-        (schema_args(schema), _ARGS, ("argument", "context.args", "Args record")),
-        (schema_totals(schema), _TOTALS, ("total", "context.task.totals", "Task totals record")))
+        (schema_args(schema), ARGS_PATH, ("argument", "context.args", "Args record")),
+        (schema_totals(schema), TOTALS_PATH, ("total", "context.task.totals", "Task totals record")))
         if known is not None]
     problems: list[str] = []
-    for internal in sorted(static, key=_order):
+    for internal in sorted(static, key=policy_order):
         for known, base, (noun, where, record) in checks:
             for attr in sorted(args_reads(static[internal], base) - known):
                 close = difflib.get_close_matches(attr, sorted(known), n=1)

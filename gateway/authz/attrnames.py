@@ -13,50 +13,12 @@ entity, an undeclared name) is not checked.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
 from typing import Any
 
 import cedarpy
 
-from gateway.authz.argnames import schema_args, schema_totals, walk
+from gateway.authz.argnames import ARGS_PATH, TOTALS_PATH, attr_reads, policy_order, schema_args, schema_totals
 from gateway.authz.argtypes import Type, declared_attributes
-
-_VARS = ("context", "principal", "resource")
-
-
-def _base(node: Any) -> tuple[str, ...] | None:
-    """`context.task` → ("context", "task"), `principal` → ("principal",); None for anything else."""
-    names: list[str] = []
-    while isinstance(node, dict) and len(node) == 1:
-        if node.get("Var") in _VARS:
-            return (str(node["Var"]), *names[::-1])
-        step = node.get(".")
-        if not isinstance(step, dict) or not isinstance(step.get("attr"), str):
-            return None
-        names.append(step["attr"])
-        node = step.get("left")
-    return None
-
-
-def guarded_reads(est: Any) -> set[tuple[tuple[str, ...], str]]:
-    """(base path, attribute) of each `has` test in a policy's JSON form on context, principal or resource."""
-    found: set[tuple[tuple[str, ...], str]] = set()
-
-    def visit(node: dict[str, Any]) -> Iterable[Any] | None:
-        if len(node) == 1:
-            (op, step), = node.items()
-            if op == "Value":
-                return ()  # a literal holds data, never an expression
-            if op == "Record" and isinstance(step, dict):
-                return step.values()  # field names are data, never operators
-            if op == "has" and isinstance(step, dict) and isinstance(step.get("attr"), str):
-                base = _base(step.get("left"))
-                if base is not None:
-                    found.add((base, step["attr"]))
-        return None
-
-    walk(est, visit)
-    return found
 
 
 def _context_names(contexts: dict[str, Type], path: tuple[str, ...]) -> frozenset[str] | None:
@@ -87,11 +49,11 @@ def unknown_attrs(est: Any, schema: cedarpy.Schema, files: dict[str, str], names
     if not isinstance(static, dict) or declared is None:
         return []
     contexts, entity_names = declared
-    skip = {path for path, known in ((("context", "args"), schema_args(schema)),
-                                     (("context", "task", "totals"), schema_totals(schema))) if known is not None}
+    skip = {path for path, known in ((ARGS_PATH, schema_args(schema)), (TOTALS_PATH, schema_totals(schema)))
+            if known is not None}
     problems: list[str] = []
-    for internal in sorted(static, key=lambda i: int(i[6:]) if i[6:].isdigit() else 0):
-        for base, attr in sorted(guarded_reads(static[internal])):
+    for internal in sorted(static, key=policy_order):
+        for base, attr in sorted(attr_reads(static[internal], ("has",))):
             if base in skip or (base[0] != "context" and len(base) > 1):
                 continue
             known = entity_names if base[0] != "context" else _context_names(contexts, base[1:])

@@ -16,7 +16,7 @@ from typing import Any
 
 import cedarpy
 
-from gateway.authz.argnames import walk
+from gateway.authz.argnames import policy_order, walk
 from gateway.authz.argtypes import Applies, entity_relations
 
 _SIDES = {"principal": 0, "resource": 1}
@@ -90,7 +90,7 @@ def membership_problems(est: Any, schema: cedarpy.Schema, files: dict[str, str],
         return []
     ancestors, applies = relations
     problems: list[str] = []
-    for internal in sorted(static, key=lambda i: int(i[6:]) if i[6:].isdigit() else 0):
+    for internal in sorted(static, key=policy_order):
         body = static[internal]
         actions = _actions(body.get("action"), applies) or []
         for text in impossible(body, ancestors, applies):
