@@ -132,7 +132,13 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     # Held calls are not in-flight work to wait for: they answer approval_pending (with the id) now and their
     # items stay pending in the store; waiting for a person would only run into the drain deadline.
     gateway.parts.approve.release_held()
-    await runner.cleanup()
+    # At the deadline the calls still in flight are withdrawn, each answered shutting_down: aiohttp's own shutdown
+    # would only fail their request bodies, wait the whole drain_timeout_s again, then cut the connections.
+    at_deadline = loop.call_at(deadline, gateway.sessions.withdraw_calls)
+    try:
+        await runner.cleanup()
+    finally:
+        at_deadline.cancel()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
     log.info("stopped")

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.catalog import Catalog
 from gateway.context import Principal
@@ -51,6 +51,15 @@ class Cancellable(Protocol):
     """A call in flight: a task, or a handle that withdraws a call running in its HTTP handler's task."""
 
     def cancel(self) -> Any: ...
+
+
+@runtime_checkable
+class Withdrawing(Protocol):
+    """A handle on a call running in its HTTP handler's task (gateway/http/resumable.py: Withdrawal)."""
+
+    reason: str
+
+    def cancel(self, reason: str = ...) -> Any: ...
 
 
 @dataclass
@@ -166,6 +175,14 @@ class SessionManager:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
         await self._end_each([*self._sessions.values(), *self._stateless.values()], lambda _: True)
+
+    def withdraw_calls(self) -> None:
+        """Shutdown's drain deadline: every Streamable HTTP call still in flight is withdrawn and answered
+        shutting_down (its HTTP handler then ends; aiohttp alone would wait the deadline again, then cut it)."""
+        for session in [*self._sessions.values(), *self._stateless.values()]:
+            for call in list(session.inflight.values()):
+                if isinstance(call, Withdrawing):
+                    call.cancel("shutting_down")
 
     def __len__(self) -> int:
         return len(self._sessions)

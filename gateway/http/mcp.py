@@ -308,7 +308,7 @@ class McpEndpoint:
                 inbound.cancelled.set()
                 raise
             withdrawal.absorb()
-            withdrawn = GatewayError("request_cancelled")
+            withdrawn = GatewayError(withdrawal.reason)
             if trace is not None:  # answered with an error: span and duration metric say so (as legacy SSE)
                 trace.fail(withdrawn)
             reply, status = to_wire(withdrawn, message.id)

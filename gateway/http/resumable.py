@@ -80,12 +80,14 @@ class Withdrawal:
         assert task is not None, "handlers run in a task"
         self.task = task
         self.requested = False
+        self.reason = "request_cancelled"  # what the withdrawn call is answered
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "request_cancelled") -> None:
         # From inside the call itself (say, it ended its own session) there is nothing to withdraw: it is
         # finishing, and a cancellation it raised into itself would land after the answer was chosen.
         if not self.requested and asyncio.current_task() is not self.task:
             self.requested = True
+            self.reason = reason
             self.task.cancel()
 
     def absorb(self) -> None:

@@ -96,6 +96,32 @@ async def test_sigterm_drain_deadline_ends_a_call_that_does_not_finish(
         pass
 
 
+async def test_a_call_past_the_drain_deadline_is_answered_shutting_down_and_the_exit_keeps_the_deadline(
+        spawn_gateway: Any, upstream: tuple[Recorder, str], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """At `listen.drain_timeout_s` aiohttp only marked the request's body as failed and waited the whole timeout
+    again before cancelling the handler, so a call that did not finish held the exit to twice the deadline (a
+    20 s drain took 40 s, past a 30 s container grace period) and its client saw the connection cut. The calls
+    still in flight are now withdrawn at the deadline: each is answered `shutting_down` and the exit follows."""
+    recorder, url = upstream
+    drain = 3.0
+    gw = await spawn_gateway({"upstreams": [{"name": "rec", "url": url, "timeout_s": 60}], "identity": ANON,
+                              "policies": {"dir": str(one_shape_policies(tmp_path / "policies")), "watch": False},
+                              "listen": {"drain_timeout_s": drain}})
+    client = RawClient(http, gw.mcp)
+    await client.initialize()
+    in_flight = asyncio.create_task(client.call("rec__slow", {}))
+    await asyncio.wait_for(recorder.slow_started.wait(), 10)
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    gw.proc.send_signal(signal.SIGTERM)
+    status, _, body = await asyncio.wait_for(in_flight, 4 * drain)
+    answered = loop.time() - sent
+    assert status == 503 and reason(body) == "shutting_down", body  # (was: the connection cut, no answer)
+    await poll(lambda: gw.proc.poll() is not None, timeout=20, what="the process to exit")
+    assert gw.proc.returncode == 0, gw.log()
+    assert drain - 0.5 < answered < 2 * drain - 0.5, answered  # at the deadline, not twice it
+
+
 async def test_sighup_reloads_policies(spawn_gateway: Any, upstream: tuple[Recorder, str],
                                        http: aiohttp.ClientSession, tmp_path: Path) -> None:
     recorder, url = upstream
