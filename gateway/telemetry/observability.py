@@ -121,6 +121,15 @@ class _RequestBlock:
             self._obs.telemetry.record_span("customs.identify", start_ns, end_ns, who)
         return self._trace
 
+    def _unnamed(self, span: AnySpan, target: str) -> None:
+        """A failed request's name that nothing lists: not the span's name, and its attribute (kept: a probe is worth
+        finding) through the secret redactor, as the decision log writes it (a token sent as a tool name)."""
+        span.update_name(self._method)
+        redact = self._obs.telemetry.redact
+        clean = redact(target) if redact is not None else target
+        if clean != target:
+            span.set_attribute(_unnamed_attribute(self._method), clean)
+
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         trace = self._trace
         if exc is not None:
@@ -130,8 +139,8 @@ class _RequestBlock:
         # is a metric value and in the span name only if it is listed (not on the call path: errors only).
         if target is not None and trace.error is not None and not self._obs.names_item(self._method, target,
                                                                                       self._view):
+            self._unnamed(trace.span, target)
             target = None
-            trace.span.update_name(self._method)
         try:
             self._obs._server_metric(self._method, target, trace.error, time.perf_counter() - self._started,
                                      trace.tool_error)
@@ -143,6 +152,10 @@ class _RequestBlock:
 # The approval transitions that end its wait: a person's decision (the last vote of a quorum), expiry, or the call
 # withdrawn / its agent gone (approvals.md). `customs.approval.outcome` on the wait histogram.
 APPROVAL_ENDS = frozenset({"approved", "denied", "expired", "cancelled", "abandoned"})
+
+
+def _unnamed_attribute(method: str) -> str:
+    return "gen_ai.prompt.name" if method == "prompts/get" else "gen_ai.tool.name"
 
 
 def _warn_unsupported_protocols(env: Mapping[str, str], traces: str | None, metrics: str | None) -> None:

@@ -97,3 +97,28 @@ async def test_a_resource_uri_with_a_token_is_redacted_on_the_client_span_too(
     assert client.attributes["mcp.resource.uri"] == "doc://[REDACTED]"
     for span in otlp.spans:
         assert token not in repr(span), span
+
+
+async def test_a_token_sent_as_a_tool_name_is_redacted_on_the_span(
+        otlp: OtlpReceiver, start_gateway: StartGateway, permissive_policies: Path) -> None:
+    token = "ghp_" + "c3D4" * 9
+    async with run_http_server(quoting_server()) as url:
+        gateway = await start_gateway({
+            "upstreams": [{"name": "audit", "url": url}],
+            "identity": {"mode": "anonymous"},
+            "policies": {"dir": str(permissive_policies)},
+            "telemetry": {"traces": {"endpoint": otlp.url}},
+        })
+        async with sdk_client(gateway.mcp) as client:
+            with pytest.raises(MCPError, match="Unknown tool"):
+                await client.call_tool(token, {})
+            with pytest.raises(MCPError, match="Unknown tool"):
+                await client.call_tool("audit__nosuch", {})
+        await gateway.gateway.parts.observability.telemetry.flush()
+    probes = [s for s in await otlp.wait_for(lambda r: [s for s in r.spans if s.attributes.get("customs.not_found")]
+                                             if len([s for s in r.spans if s.attributes.get("customs.not_found")]) == 2
+                                             else None)]
+    assert sorted(s.attributes["gen_ai.tool.name"] for s in probes) == ["[REDACTED]", "audit__nosuch"]
+    assert {s.name for s in probes} == {"tools/call"}
+    for span in otlp.spans:
+        assert token not in repr(span), span
