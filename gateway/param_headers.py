@@ -3,7 +3,7 @@
 A tool's input schema may mark arguments with `x-mcp-header`; a client of that revision then mirrors each such
 argument into an `Mcp-Param-<name>` header, so intermediaries can route on it without reading the body. The server
 MUST refuse a call whose headers and body disagree (-32020 `header_mismatch`), or an intermediary routed on a value
-the tool never received. The edge keeps the headers (`PARAM_HEADERS` in the call's extra); the authorize stage
+the tool never received. The edge keeps the request's headers (`PARAM_HEADERS` in the call's extra); the authorize stage
 checks them once the tool's definition is known (a tool not listed yet is learned there) and the call is not
 denied, so a denied tool still answers exactly as a missing one. The rules are the MCP SDK's own server's
 (`validate_mcp_param_headers`).
@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from gateway.context import ToolInfo
 from gateway.errors import GatewayError
 
-PARAM_HEADERS: Final = "mcp_param_headers"  # CallContext.extra key: the call's Mcp-Param-* headers
+PARAM_HEADERS: Final = "mcp_param_headers"  # CallContext.extra key: the request's headers (Mcp-Param-* read there)
 _PREFIX: Final = MCP_PARAM_HEADER_PREFIX.lower()
 
 
@@ -29,15 +29,17 @@ def param_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
     return CIMultiDict((name, value) for name, value in headers.items() if name.lower().startswith(_PREFIX))
 
 
-def check_param_headers(tool: ToolInfo, params: Mapping[str, Any], headers: Mapping[str, str]) -> None:
-    """header_mismatch unless the headers agree with the call's arguments as the tool's schema declares them."""
-    arguments = params.get("arguments")
-    arguments = arguments if isinstance(arguments, Mapping) else {}
-    if not arguments and not headers:
-        return  # nothing given, nothing declared can be violated
+def check_param_headers(tool: ToolInfo, params: Mapping[str, Any], request_headers: Mapping[str, str]) -> None:
+    """header_mismatch unless the request's Mcp-Param-* headers agree with the call's arguments as the tool's
+    schema declares them."""
     schema = tool.definition.get("inputSchema")
     if not isinstance(schema, Mapping) or not _declares_headers(schema):
         return  # no argument is mirrored into a header: nothing to disagree (most tools)
+    arguments = params.get("arguments")
+    arguments = arguments if isinstance(arguments, Mapping) else {}
+    headers = param_headers(request_headers)
+    if not arguments and not headers:
+        return  # nothing given, nothing declared can be violated
     rejection = validate_mcp_param_headers(schema, arguments, headers)
     if rejection is not None:
         raise GatewayError("header_mismatch", rejection.message)

@@ -44,7 +44,7 @@ from gateway.http.versions import (
     unsupported_version,
 )
 from gateway.identity import reject_query_token
-from gateway.param_headers import PARAM_HEADERS, param_headers
+from gateway.param_headers import PARAM_HEADERS
 from gateway.pipeline import Identifier
 from gateway.router import SERVER_INFO, Inbound, Router
 from gateway.server_messages import drop_server_requests
@@ -383,7 +383,7 @@ def _inbound(session: Session, principal: Principal, message: jsonrpc.Message, c
     if channel.sse_allowed:
         inbound.extra["keepalive"] = channel.keepalive  # held calls keep the stream open with SSE comments
     if session.stateless and message.method == "tools/call":  # checked once the tool is known (param_headers.py)
-        inbound.extra[PARAM_HEADERS] = param_headers(channel.request.headers)
+        inbound.extra[PARAM_HEADERS] = channel.request.headers  # read only for a tool declaring x-mcp-header
     return inbound
 
 
