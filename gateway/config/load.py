@@ -177,7 +177,8 @@ def _document_loc(loc: tuple[int | str, ...], data: Any) -> tuple[int | str, ...
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             out.append(part)
             node = node[part]
-        elif not (isinstance(part, str) and (part[:1].isupper() or part.startswith(("function-", "literal[")))):
+        elif not (isinstance(part, str) and (part[:1].isupper() or part.startswith(("function-", "literal["))
+                                             or part == "[key]")):  # a mapping key's own error: the key's path
             out.append(part)  # a key the file lacks (Field required)
             node = None
     return tuple(out)

@@ -120,6 +120,24 @@ class IdentityConfig(Model):
         return self
 
 
+def _agent_id(value: str) -> str:
+    """A registry id a token's `sub` can carry: a `sub` claiming to be a SPIFFE ID is refused unless valid, and an
+    empty one always, so such an entry would never match (its agent evaluated with no attributes)."""
+    from gateway.identity.spiffe import InvalidSpiffeId, is_spiffe_uri, parse_spiffe_id
+
+    if not value:
+        raise ValueError("an agent id must not be empty")
+    if is_spiffe_uri(value):
+        try:
+            parse_spiffe_id(value)
+        except InvalidSpiffeId as exc:
+            raise ValueError(f"not a valid SPIFFE ID ({exc}), so no token names this agent") from exc
+    return value
+
+
+AgentId = Annotated[str, AfterValidator(_agent_id)]
+
+
 class AgentRecord(Model):
     """Attributes of a known agent (used for delegation-chain actors without claims)."""
 
@@ -265,7 +283,7 @@ class Config(Model):
     listen: ListenConfig = ListenConfig()
     upstreams: tuple[UpstreamConfig, ...]
     identity: IdentityConfig = IdentityConfig()
-    agents: dict[str, AgentRecord] = Field(default_factory=dict)
+    agents: dict[AgentId, AgentRecord] = Field(default_factory=dict)
     policies: PoliciesConfig = PoliciesConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
     store: StoreConfig = "memory"
