@@ -12,20 +12,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.authz.argnames import walk
+
 _KINDS = ("Tool", "Server", "Agent", "Tenant")
 
 
-def _named(value: Any, out: list[tuple[str, str]]) -> None:
-    """Every (type, id) of a Tool or Server entity reference in a policy's JSON form, depth first."""
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            if node.get("type") in _KINDS and isinstance(node.get("id"), str):
-                out.append((node["type"], node["id"]))
-            stack.extend(node.values())
+def _named(value: Any) -> set[tuple[str, str]]:
+    """Every (type, id) of a `_KINDS` entity reference in a policy's JSON form (scope or condition)."""
+    found: set[tuple[str, str]] = set()
+
+    def visit(node: dict[str, Any]) -> None:
+        if node.get("type") in _KINDS and isinstance(node.get("id"), str):
+            found.add((node["type"], node["id"]))
+
+    walk(value, visit)
+    return found
 
 
 def _wrong(kind: str, ident: str) -> str | None:
@@ -56,9 +57,8 @@ def entity_problems(est: Any, files: dict[str, str], names: dict[str, str], defa
     static = est.get("staticPolicies") if isinstance(est, dict) else None
     problems: list[str] = []
     for internal, body in sorted((static or {}).items()):
-        found: list[tuple[str, str]] = []
-        _named({k: v for k, v in body.items() if k != "annotations"} if isinstance(body, dict) else body, found)
-        for kind, ident in sorted(set(found)):
+        found = _named({k: v for k, v in body.items() if k != "annotations"} if isinstance(body, dict) else body)
+        for kind, ident in sorted(found):
             why = _wrong(kind, ident)
             if why is not None:
                 problems.append(f"{files.get(internal, default_file)}: policy {names.get(internal, internal)!r}: "
