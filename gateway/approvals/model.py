@@ -195,6 +195,7 @@ def event(approval: Approval, transition: str, *, actor: str | None = None, comm
         "args_digest": approval.args_digest, "policies": list(approval.policies),
         "decided_by": list(approval.decided_by), "at": at,
         "created_at": approval.created_at,  # when the call was held: `at` minus it is how long it waited
+        "expires_at": approval.expires_at,  # (an expiry is found by a sweep, up to seconds after this)
     }
     if approval.trace_id is not None:
         record.update(trace_id=approval.trace_id, span_id=approval.span_id)

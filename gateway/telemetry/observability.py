@@ -380,7 +380,9 @@ class Observability:
         if transition in APPROVAL_ENDS:
             # Timed where the change happened (one replica, once per item), from the hold: a call waits at most
             # approvals.wait_s, and a person deciding after it answered approval_pending is the usual case.
-            at, held = fields.get("at"), fields.get("created_at")
+            at, held, due = fields.get("at"), fields.get("created_at"), fields.get("expires_at")
+            if transition == "expired" and isinstance(due, int | float) and isinstance(at, int | float):
+                at = min(at, due)  # found by a sweep or a read, seconds later: it waited until it was due
             if isinstance(at, int | float) and isinstance(held, int | float):
                 self.metrics.approval_waited(max(0.0, at - held), str(transition))
 

@@ -95,3 +95,32 @@ async def test_every_approval_is_timed_once_when_it_is_decided(
             except MCPError as exc:
                 assert exc.error.data["reason"] == "approval_pending"  # if the wait ran out first: still once
         assert (await metrics())["approved"][0] == 2
+
+
+async def test_an_expiry_found_by_the_sweep_is_timed_to_the_approvals_expiry(
+        start_gateway: StartGateway, tmp_path: Any) -> None:
+    # The memory store's sweep marks a due item expired every 5 s: its wait is its ttl, not until the sweep came.
+    issuer = TestIssuer(tmp_path)
+    async with run_http_server(payments_server()) as upstream, aiohttp.ClientSession() as http:
+        gw = await start_gateway({
+            "upstreams": [{"name": "payments", "url": upstream}],
+            "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+            "policies": {"dir": str(REPO / "policies")},
+            "approvals": {"keepalive_s": 0.1, "wait_s": 0.2, "ttl_s": 1},
+            "telemetry": {"metrics": {"prometheus": True}},
+        })
+        async with sdk_client(gw.mcp, issuer.mint(SHOPPER, aud=gw.mcp, tenant="acme")) as client:
+            with pytest.raises(MCPError) as caught:
+                await client.call_tool("payments__pay", {"account": "acme-9", "amount": 5})
+        assert caught.value.error.data["reason"] == "approval_pending"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while True:  # nobody reads the item: the sweep finds it due
+            async with http.get(f"{gw.url}/metrics") as resp:
+                found = waits(await resp.text())
+            if "expired" in found:
+                break
+            assert loop.time() < deadline, found
+            await asyncio.sleep(0.1)  # polling /metrics for the sweep, bounded by the deadline
+    count, total = found["expired"]
+    assert count == 1 and 0.9 <= total <= 1.1, total
