@@ -29,6 +29,14 @@ async def env(start_gateway: Any, permissive_policies: Path) -> AsyncIterator[tu
                                    "policies": {"dir": str(permissive_policies)}}), state
 
 
+async def _messages_url(gw: Any, stream: aiohttp.ClientResponse) -> str:
+    """The session's /messages URL, from the `endpoint` event a legacy /sse stream opens with."""
+    async for line in stream.content:
+        if line.startswith(b"data: /messages"):
+            return str(gw.url + line[6:].decode().strip())
+    raise AssertionError("the /sse stream ended before its endpoint event")
+
+
 def call(request_id: int, tag: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
             "params": {"name": "overlap", "arguments": {"tag": tag, "group": "g", "parties": 2}}}
@@ -59,10 +67,7 @@ async def test_messages_refuses_an_id_in_flight(env: tuple[Any, FeatureState]) -
     gw, state = env
     async with aiohttp.ClientSession() as http, \
             http.get(f"{gw.url}/sse/feat", headers={"Accept": "text/event-stream"}) as stream:
-        async for line in stream.content:
-            if line.startswith(b"data: /messages"):
-                endpoint = gw.url + line[6:].decode().strip()
-                break
+        endpoint = await _messages_url(gw, stream)
         messages = sse_messages(stream.content)
         async with http.post(endpoint, json=call(5, "A"), headers=JSON) as resp:
             assert resp.status == 202
@@ -125,10 +130,7 @@ async def test_mcp_refuses_a_legacy_sse_session(env: tuple[Any, FeatureState]) -
     gw, _ = env
     async with aiohttp.ClientSession() as http, \
             http.get(f"{gw.url}/sse/feat", headers={"Accept": "text/event-stream"}) as stream:
-        async for line in stream.content:
-            if line.startswith(b"data: /messages"):
-                endpoint = gw.url + line[6:].decode().strip()
-                break
+        endpoint = await _messages_url(gw, stream)
         session_id = endpoint.rsplit("session_id=", 1)[1]
         named = {**JSON, "Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}
         ping = {"jsonrpc": "2.0", "id": 3, "method": "ping"}
