@@ -24,7 +24,7 @@ from gateway.http.guards import error_response, read_body, require_json
 from gateway.http.mcp import McpEndpoint, log_failure
 from gateway.http.session_stream import draining
 from gateway.http.streams import SSE_HEADERS, ClientGone
-from gateway.http.versions import negotiate_version
+from gateway.http.versions import initialize_result, negotiate_version
 from gateway.router import Inbound
 from gateway.server_messages import drop_server_requests
 from gateway.sessions import STREAM_END, Session
@@ -130,7 +130,7 @@ class LegacySseEndpoint:
             if session.view is not None:
                 upstream = await self._mcp.sessions.upstream_session(session, session.view)
                 session.init_result = upstream.initialize_result
-            reply = jsonrpc.result(message.id, self._mcp._initialize_result(session))
+            reply = jsonrpc.result(message.id, initialize_result(session))
         except Exception as exc:
             log_failure(exc)
             if trace is not None:

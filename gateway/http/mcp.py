@@ -34,12 +34,13 @@ from gateway.http.resumable import Disconnects, Withdrawal
 from gateway.http.session_stream import SessionStreams
 from gateway.http.streams import ClientGone, ResponseChannel
 from gateway.http.versions import (
+    AGGREGATED_INSTRUCTIONS,
     ModernRejection,
     discover_result,
+    initialize_result,
     modern_result,
     modern_status,
     negotiate_version,
-    passed_through,
     passed_through_discover,
     unsupported_version,
 )
@@ -54,15 +55,6 @@ log = logging.getLogger("customs.http")
 
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
-AGGREGATED_CAPABILITIES: dict[str, Any] = {
-    "tools": {"listChanged": True},
-    "prompts": {"listChanged": True},
-    "resources": {"subscribe": True, "listChanged": True},
-    "logging": {},
-    "completions": {},
-}
-AGGREGATED_INSTRUCTIONS = ("Customs gateway: the tools of several servers, each name prefixed by its server "
-                           "(by default <server>__<tool>).")
 
 
 @dataclass
@@ -242,7 +234,7 @@ class McpEndpoint:
                       trace: Any = None) -> web.StreamResponse:
         if message.method == "initialize":
             await self._open_view(session)
-            result = self._initialize_result(session)
+            result = initialize_result(session)
             if trace is not None:
                 trace.span.set_attribute("mcp.session.id", session.id)
             return web.json_response(jsonrpc.result(message.id, result), headers=headers, dumps=_dumps)
@@ -329,13 +321,6 @@ class McpEndpoint:
             if session.server_requests:  # what the upstream asked on this call's behalf is moot now
                 drop_server_requests(session, inbound)
         return reply, status, error_headers
-
-    def _initialize_result(self, session: Session) -> dict[str, Any]:
-        upstream_result = session.init_result
-        if upstream_result is not None:
-            return passed_through(upstream_result, session.protocol_version)
-        return {"protocolVersion": session.protocol_version, "capabilities": AGGREGATED_CAPABILITIES,
-                "serverInfo": SERVER_INFO, "instructions": AGGREGATED_INSTRUCTIONS}
 
     # -- GET / DELETE ------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ directives, header-mismatch errors), and what `server/discover` offers."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS
@@ -19,6 +19,10 @@ from mcp_types.version import (
 from gateway import jsonrpc
 from gateway.errors import GatewayError
 from gateway.http.guards import REFUSED
+from gateway.router import SERVER_INFO
+
+if TYPE_CHECKING:
+    from gateway.sessions import Session
 
 
 def unsupported_version(version: str) -> GatewayError:
@@ -42,6 +46,27 @@ MODERN_CAPABILITIES: dict[str, Any] = {
     "logging": {},
     "completions": {},
 }
+
+
+# What /mcp (the aggregated view) says it offers: a view's initialize passes its upstream's own through instead.
+AGGREGATED_CAPABILITIES: dict[str, Any] = {
+    "tools": {"listChanged": True},
+    "prompts": {"listChanged": True},
+    "resources": {"subscribe": True, "listChanged": True},
+    "logging": {},
+    "completions": {},
+}
+AGGREGATED_INSTRUCTIONS = ("Customs gateway: the tools of several servers, each name prefixed by its server "
+                           "(by default <server>__<tool>).")
+
+
+def initialize_result(session: Session) -> dict[str, Any]:
+    """The `initialize` result (Streamable HTTP and legacy SSE alike): on /mcp/{upstream} the upstream's own, as
+    passed through; on /mcp the gateway's."""
+    if session.init_result is not None:
+        return passed_through(session.init_result, session.protocol_version)
+    return {"protocolVersion": session.protocol_version, "capabilities": AGGREGATED_CAPABILITIES,
+            "serverInfo": SERVER_INFO, "instructions": AGGREGATED_INSTRUCTIONS}
 
 
 def discover_result(server_info: Any, instructions: Any = None,
