@@ -10,11 +10,16 @@ none). The loader refuses them, wherever in a policy they appear (scope or condi
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gateway.authz.argnames import walk
+from gateway.spiffeid import InvalidSpiffeId, is_spiffe_uri, parse_spiffe_id
 
 _KINDS = ("Tool", "Server", "Agent", "Tenant")
+# The config's upstream names (gateway.config.upstreams.NAME_RE, equal by a test): not imported, since the config
+# package brings pydantic and yaml, and `customs policy validate` loads policies without the gateway runtime.
+UPSTREAM_NAME = re.compile(r"[a-z0-9_-]+")
 
 
 def _named(value: Any) -> set[tuple[str, str]]:
@@ -30,8 +35,6 @@ def _named(value: Any) -> set[tuple[str, str]]:
 
 
 def _wrong(kind: str, ident: str) -> str | None:
-    from gateway.config.upstreams import NAME_RE  # (the config package imports nothing from authz)
-    from gateway.identity.spiffe import InvalidSpiffeId, is_spiffe_uri, parse_spiffe_id
 
     if kind == "Agent":
         if not is_spiffe_uri(ident):
@@ -44,9 +47,9 @@ def _wrong(kind: str, ident: str) -> str | None:
     if kind == "Tenant":
         return None if ident else "names no tenant (an empty tenant claim is no tenant)"
     if kind == "Server":
-        return None if NAME_RE.match(ident) else "names no upstream (a name of [a-z0-9_-]+)"
+        return None if UPSTREAM_NAME.fullmatch(ident) else "names no upstream (a name of [a-z0-9_-]+)"
     upstream, slash, name = ident.partition("/")
-    if slash and name and NAME_RE.match(upstream):
+    if slash and name and UPSTREAM_NAME.fullmatch(upstream):
         return None
     return ("names no tool (a tool is Tool::\"<upstream>/<tool>\", the upstream's own tool name; the agent's "
             "'upstream__tool' on /mcp is not it)")

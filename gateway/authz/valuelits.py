@@ -9,17 +9,20 @@ is merely false: a forbid written with it silently does not fire. The loader ref
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, get_args
+from typing import Any
 
 from gateway.authz.argnames import walk
 
 _READS = {("context", "approval"): ("none", "granted")}
 
 
-def _fields() -> dict[tuple[str, str], tuple[str, ...]]:
-    from gateway.config.upstreams import Sensitivity  # (the config package imports nothing from authz)
+# The config's labels (gateway.config.upstreams.Sensitivity, equal by a test): not imported, since the config package
+# brings pydantic and yaml, and `customs policy validate` loads policies without the gateway runtime.
+SENSITIVITIES = ("public", "internal", "confidential", "restricted")
 
-    return {**_READS, ("resource", "sensitivity"): get_args(Sensitivity)}
+
+def _fields() -> dict[tuple[str, str], tuple[str, ...]]:
+    return {**_READS, ("resource", "sensitivity"): SENSITIVITIES}
 
 
 def _field(node: Any, fields: dict[tuple[str, str], tuple[str, ...]]) -> tuple[str, str] | None:

@@ -59,3 +59,15 @@ def test_a_literal_naming_nothing_is_refused(tmp_path: Path, policy: str, proble
 ])
 def test_literals_the_gateway_can_decide_load(tmp_path: Path, policy: str) -> None:
     assert load_policies(_dir(tmp_path, policy)).version.startswith("sha256:")
+
+
+def test_the_loaders_copies_of_config_names_match_the_config() -> None:
+    """The loader's checks keep their own copies (the config package is not imported by `policy validate`)."""
+    from typing import get_args
+
+    from gateway.authz.entitylits import UPSTREAM_NAME
+    from gateway.authz.valuelits import SENSITIVITIES
+    from gateway.config.upstreams import NAME_RE, Sensitivity
+
+    assert SENSITIVITIES == get_args(Sensitivity)
+    assert NAME_RE.pattern == f"^{UPSTREAM_NAME.pattern}$"
