@@ -30,6 +30,7 @@ from gateway.config.upstreams import Sensitivity as Sensitivity
 from gateway.config.upstreams import ToolOverride as ToolOverride
 from gateway.config.upstreams import UpstreamConfig as UpstreamConfig
 from gateway.config.upstreams import pin_digest as pin_digest
+from gateway.spiffeid import InvalidSpiffeId, is_spiffe_uri, parse_spiffe_id, validate_trust_domain
 
 # The most `act` nesting a token may carry at all; `policies.max_chain_depth` chooses a limit up to it.
 MAX_CHAIN_DEPTH = 16
@@ -73,10 +74,7 @@ class ListenConfig(Model):
 
 
 def _trust_domain(value: str) -> str:
-    # Imported here: the gateway.identity package imports this module. Its InvalidSpiffeId is a ValueError,
-    # so the message is reported at the entry's path.
-    from gateway.identity.spiffe import validate_trust_domain
-
+    # InvalidSpiffeId is a ValueError, so the message is reported at the entry's path.
     return validate_trust_domain(value)
 
 
@@ -123,8 +121,6 @@ class IdentityConfig(Model):
 def _agent_id(value: str) -> str:
     """A registry id a token's `sub` can carry: a `sub` claiming to be a SPIFFE ID is refused unless valid, and an
     empty one always, so such an entry would never match (its agent evaluated with no attributes)."""
-    from gateway.identity.spiffe import InvalidSpiffeId, is_spiffe_uri, parse_spiffe_id
-
     if not value:
         raise ValueError("an agent id must not be empty")
     if is_spiffe_uri(value):
