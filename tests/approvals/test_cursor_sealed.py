@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.approvals.cursor import PREFIX
 from gateway.approvals.model import Approval
 from gateway.approvals.store import LIST_WINDOW
 from gateway.approvals.web import approval_routes
@@ -61,6 +62,7 @@ async def _get(http: aiohttp.ClientSession, url: str, query: str, headers: dict[
 def _readable_forms(text: str) -> list[bytes]:
     """The cursor text and every byte string a client could decode it to."""
     forms = [text.encode()]
+    text = text.removeprefix(PREFIX)
     padded = text + "=" * (-len(text) % 4)
     for decode in (base64.urlsafe_b64decode, base64.b64decode):
         try:
@@ -142,9 +144,10 @@ async def test_a_cursor_from_one_replica_works_on_another(kit: StoreKit, tmp_pat
 
 
 def _flip(text: str, at: int) -> str:
+    text = text.removeprefix(PREFIX)
     raw = bytearray(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     raw[at % len(raw)] ^= 0x01
-    return base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
+    return PREFIX + base64.urlsafe_b64encode(bytes(raw)).decode().rstrip("=")
 
 
 async def test_a_tampered_or_forged_cursor_is_400(kit: StoreKit, tmp_path: Any) -> None:
@@ -161,8 +164,10 @@ async def test_a_tampered_or_forged_cursor_is_400(kit: StoreKit, tmp_path: Any) 
         item = (await store.list(None, 4))[0]
         plain = base64.urlsafe_b64encode(
             f'[1,"created",{item.created_at!r},"{item.id}"]'.encode()).decode().rstrip("=")
-        raw_len = len(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        for bad in (_flip(cursor, 0), _flip(cursor, 13), _flip(cursor, -1), cursor[:-2], plain,
-                    base64.urlsafe_b64encode(b"\0" * raw_len).decode().rstrip("=")):
+        sealed = cursor.removeprefix(PREFIX)
+        raw_len = len(base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4)))
+        zeros = base64.urlsafe_b64encode(b"\0" * raw_len).decode().rstrip("=")
+        for bad in (_flip(cursor, 0), _flip(cursor, 13), _flip(cursor, -1), cursor[:-2], plain, PREFIX + plain,
+                    zeros, PREFIX + zeros):
             status, body = await _get(http, urls[0], f"limit=1&cursor={bad}", headers)
             assert status == 400 and body["error"]["reason"] == "invalid_cursor", (bad, body)
