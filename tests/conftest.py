@@ -15,9 +15,15 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 
 from gateway.config import Config, parse_config
 from tests.support.processes import stop
+
+# Property tests generate their examples on a machine shared with the rest of the suite: how fast generation goes
+# depends on the machine's load, not on the code under test, so Hypothesis's too_slow health check is off.
+settings.register_profile("customs", suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("customs")
 
 REPO = Path(__file__).resolve().parents[1]
 

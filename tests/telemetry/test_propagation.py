@@ -140,7 +140,8 @@ async def test_inject_propagates_the_client_span_across_two_gateways(otlp: OtlpR
        state=st.lists(st.tuples(st.from_regex(r"[a-z][a-z0-9_\-*/]{0,20}", fullmatch=True),
                                 st.from_regex(r"[!-+\--<>-~]{1,20}", fullmatch=True)),
                       max_size=3, unique_by=lambda kv: kv[0]))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 def test_injected_headers_are_what_the_w3c_propagator_writes(traced: Telemetry, trace_id: int, span_id: int,
                                                                flags: str, state: list[tuple[str, str]]) -> None:
     """The gateway formats traceparent/tracestate itself (it is hot); it must match the SDK propagator."""
