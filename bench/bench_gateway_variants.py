@@ -6,6 +6,8 @@ Run: .venv/bin/python bench/bench_gateway_variants.py [--duration 10] [--connect
 All targets front the same echo upstream (bench/echo_upstream.py), each a child process on 127.0.0.1:
   forwarder  bench/minimal_forwarder.py (the ~30-line aiohttp pass-through baseline)
   bare       gateway: anonymous identity, allow-all Cedar policy (what bench_core.py measures)
+  open       gateway: anonymous identity and no `policies` section: the transparent proxy issue 2 measures ("the
+             gateway with no policy": every call allowed without a Cedar evaluation, still logged)
   jwt        gateway: JWT identity (RS256 key of a TestIssuer, JWKS file; one token with a `tenant` claim,
              sent as `Authorization: Bearer` by wrk) + the SHIPPED policies (policies/; the echo tool is
              read-only, so `reads-allowed` permits it)
@@ -55,8 +57,9 @@ from bench_core import (
 from tests.support.tokens import TestIssuer
 
 ECHO_ARGS = {"text": "hi"}
-VARIANTS = ("bare", "jwt", "traced", "full")
-LABELS = (("jwt", "JWT+Cedar"), ("traced", "tracing on"), ("full", "JWT+Cedar+tracing"))  # variants vs bare
+VARIANTS = ("bare", "jwt", "traced", "full", "open")
+LABELS = (("jwt", "JWT+Cedar"), ("traced", "tracing on"), ("full", "JWT+Cedar+tracing"),
+          ("open", "no policy"))  # variants vs bare
 
 
 def load_average() -> str:
@@ -64,10 +67,10 @@ def load_average() -> str:
 
 
 def gateway_config(port: int, echo: str, workdir: Path, name: str, *, identity: dict[str, Any],
-                   policies: Path, traces: str | None) -> Path:
+                   policies: Path | None, traces: str | None) -> Path:
     config: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": port}, "upstreams": [{"name": "echo", "url": echo}],
-        "identity": identity, "policies": {"dir": str(policies)},
+        "identity": identity, **({"policies": {"dir": str(policies)}} if policies is not None else {}),
         "decision_log": {"path": str(workdir / f"decisions-{name}.jsonl")},
         "signing": {"key_dir": str(workdir / f"keys-{name}")},
     }
@@ -108,7 +111,7 @@ class Variants:
         jwt = name in ("jwt", "full")
         identity = {"mode": "jwt", "issuers": [self._issuer.config(audience=aud)]} if jwt else {"mode": "anonymous"}
         path = gateway_config(port, self._echo, self._workdir, name, identity=identity,
-                              policies=REPO / "policies" if jwt else self._allow_all,
+                              policies=REPO / "policies" if jwt else None if name == "open" else self._allow_all,
                               traces=self._sink if name in ("traced", "full") else None)
         headers: tuple[tuple[str, str], ...] = ()
         if jwt:
@@ -160,7 +163,7 @@ def saturated_ratios(results: list[Result]) -> dict[str, float]:
                 out[f"{label} / bare throughput c={c}"] = r.rps / bare.rps
                 out[f"{label} p50 - bare p50 ms c={c}"] = r.p50_ms - bare.p50_ms
         if fwd is not None:
-            for name in ("bare", *(n for n in ("jwt", "traced", "full") if (n, c) in by)):
+            for name in ("bare", *(n for n in ("jwt", "traced", "full", "open") if (n, c) in by)):
                 r = by[(name, c)]
                 out[f"{name} / forwarder throughput c={c}"] = r.rps / fwd.rps
                 out[f"{name} p50 - forwarder p50 ms c={c}"] = r.p50_ms - fwd.p50_ms
