@@ -7,7 +7,7 @@ All targets front the same echo upstream (bench/echo_upstream.py), each a child 
   forwarder  bench/minimal_forwarder.py (the ~30-line aiohttp pass-through baseline)
   bare       gateway: anonymous identity, allow-all Cedar policy (what bench_core.py measures)
   open       gateway: anonymous identity and no `policies` section: the transparent proxy issue 2 measures ("the
-             gateway with no policy": every call allowed without a Cedar evaluation, still logged)
+             gateway with no policy"; the gateway evaluates its own allow-all policy, anonymous-allow-all)
   jwt        gateway: JWT identity (RS256 key of a TestIssuer, JWKS file; one token with a `tenant` claim,
              sent as `Authorization: Bearer` by wrk) + the SHIPPED policies (policies/; the echo tool is
              read-only, so `reads-allowed` permits it)
