@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.authz.argnames import walk
+from gateway.authz.argnames import policy_order, walk
 from gateway.spiffeid import InvalidSpiffeId, is_spiffe_uri, parse_spiffe_id
 
 _KINDS = ("Tool", "Server", "Agent", "Tenant")
@@ -59,7 +59,7 @@ def entity_problems(est: Any, files: dict[str, str], names: dict[str, str], defa
     """`file: policy 'id': ...` problems, one per entity literal no request can match."""
     static = est.get("staticPolicies") if isinstance(est, dict) else None
     problems: list[str] = []
-    for internal, body in sorted((static or {}).items()):
+    for internal, body in sorted((static or {}).items(), key=lambda item: policy_order(item[0])):
         found = _named({k: v for k, v in body.items() if k != "annotations"} if isinstance(body, dict) else body)
         for kind, ident in sorted(found):
             why = _wrong(kind, ident)

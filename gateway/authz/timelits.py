@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.authz.argnames import walk
+from gateway.authz.argnames import policy_order, walk
 
 _TIME = {".": {"left": {"Var": "context"}, "attr": "time"}}
 RANGES = {"hour": (0, 23), "weekday": (1, 7)}
@@ -58,7 +58,7 @@ def time_problems(est: Any, files: dict[str, str], names: dict[str, str], defaul
     """`file: policy 'id': ...` problems, one per out-of-range value a policy compares the time with."""
     static = est.get("staticPolicies") if isinstance(est, dict) else None
     problems: list[str] = []
-    for internal, body in sorted((static or {}).items()):
+    for internal, body in sorted((static or {}).items(), key=lambda item: policy_order(item[0])):
         for field, value in sorted(set(time_misreads(body))):
             problems.append(f"{files.get(internal, default_file)}: policy {names.get(internal, internal)!r}: "
                             f"context.time.{field} compared with {value}, which it never is ({_MEANING})")

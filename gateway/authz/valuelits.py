@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.authz.argnames import walk
+from gateway.authz.argnames import policy_order, walk
 
 _READS = {("context", "approval"): ("none", "granted")}
 
@@ -65,7 +65,7 @@ def value_problems(est: Any, files: dict[str, str], names: dict[str, str], defau
     static = est.get("staticPolicies") if isinstance(est, dict) else None
     fields = _fields()
     problems: list[str] = []
-    for internal, body in sorted((static or {}).items()):
+    for internal, body in sorted((static or {}).items(), key=lambda item: policy_order(item[0])):
         for field, value in sorted(set(value_misreads(body))):
             known = fields[field]
             problems.append(f"{files.get(internal, default_file)}: policy {names.get(internal, internal)!r}: "
