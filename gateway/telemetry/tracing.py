@@ -26,8 +26,6 @@ from typing import Any
 from multidict import CIMultiDictProxy
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -54,7 +52,7 @@ log = logging.getLogger("customs.telemetry")
 
 TRACER_NAME = "customs"
 VERSION = "0.1.0"
-PROPAGATION_KEYS = ("traceparent", "tracestate", "baggage")
+PROPAGATION_KEYS = ("traceparent", "tracestate")
 DEFAULT_CLOSE_S = 10.0  # the last span export at shutdown, when no shutdown deadline is known
 MIN_CLOSE_S = 1.0  # ... and at least this much of it past a drain that used up the deadline
 NO_SPAN: Span = trace.INVALID_SPAN
@@ -92,7 +90,9 @@ class Telemetry:
         self.redact: Callable[[Any], Any] | None = None  # applied to captured arguments (set by Observability)
         self.provider: TracerProvider | None = None
         self.tracer: trace.Tracer = trace.NoOpTracer()
-        self._propagator = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+        # Trace context only: inbound baggage is never forwarded, so nothing reads it, and the SDK's baggage
+        # propagator logs a WARNING quoting a header over 8,192 bytes (an agent could fill the log with it).
+        self._propagator = TraceContextTextMapPropagator()
         # ParentBased(ALWAYS_ON), the default, decides from the parent's flags alone (known by its description).
         self._parent_or_on = self.settings.sampler.get_description() == _PARENT_OR_ON
         self._current: ContextVar[LightSpan | None] = ContextVar("customs_span", default=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -67,6 +68,18 @@ def test_meta_wins_and_a_different_http_context_becomes_a_link(traced: Telemetry
                                  f"ff-{TRACE_A}-{SPAN_A}-01", f"00-{TRACE_A[:-1]}-{SPAN_A}-01"])
 def test_malformed_or_invalid_traceparent_is_ignored(traced: Telemetry, bad: str) -> None:
     assert parent_of(traced, {"traceparent": bad}, {"traceparent": bad}) == (None, [])
+
+
+def test_inbound_baggage_is_not_parsed_so_an_agent_cannot_fill_the_log(traced: Telemetry,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Baggage is never forwarded, so nothing reads it: the SDK's baggage propagator logged a WARNING quoting the
+    whole header for one over 8,192 bytes, on every request an agent chose to send it with."""
+    huge = "k=" + "v" * 100_000
+    with caplog.at_level(logging.DEBUG):
+        assert parent_of(traced, {"baggage": huge, "traceparent": f"00-{TRACE_B}-{SPAN_B}-01"},
+                         {"traceparent": f"00-{TRACE_A}-{SPAN_A}-01", "baggage": huge}) == (
+            f"{TRACE_A}-{SPAN_A}", [(TRACE_B, SPAN_B)])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
 
 
 def test_non_string_meta_values_are_ignored(traced: Telemetry) -> None:
