@@ -23,6 +23,7 @@ from typing import Any
 from gateway import jsonrpc
 from gateway.catalog import CURRENT_TOOL, MAX_TOOL_PAGES, PENDING_TOOL, Catalog, PendingTool, exposed_uri, not_found
 from gateway.context import NOT_FOUND_ITEM, CallContext, Principal, ToolInfo
+from gateway.credentials.tasks import named_task
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
 from gateway.pinning import ToolGuard
@@ -192,6 +193,7 @@ class Router:
                           principal=inbound.principal, upstream=upstream, session_id=inbound.session.id,
                           protocol_version=inbound.session.protocol_version, action=action, trace_id=inbound.trace_id)
         ctx.extra[NOT_FOUND_ITEM] = own
+        ctx.task_id = named_task(inbound.params, inbound.principal, inbound.session.id)  # the stages never ran
         try:
             # The rate limits a denied call meets first: otherwise, past its budget, an agent would hear
             # rate_limited for a denied tool and unknown_tool for a missing one, telling them apart.

@@ -56,6 +56,16 @@ def meta_task(params: dict[str, Any]) -> str | None:
     return value if is_task_id(value) else None
 
 
+def named_task(params: dict[str, Any], principal: Principal, session_id: str | None) -> str | None:
+    """The task a call belongs to as `TaskTracker.resolve` finds it, without marking it used: for the record of a
+    call that reaches no stage (an item that does not exist). None for an idle task (no session), which only the
+    tracker knows."""
+    explicit = meta_task(params)
+    if explicit is not None:
+        return explicit_task_id(explicit, principal)
+    return session_task_id(session_id) if session_id else None
+
+
 @dataclass
 class Task:
     id: str

@@ -121,6 +121,8 @@ async def test_requests_for_items_that_do_not_exist_are_recorded_as_not_found(
     assert "result" in allowed
 
     decisions = {(r["method"], r["tool"]): r for r in written if r["type"] == "decision"}
+    (session_task,) = {r["task_id"] for r in written if r["type"] == "decision" and r["tool"] == "balance"
+                       and r["principal"] == SHOPPER}
     expected = {("tools/call", "unlisted"): ("payments", "unknown_tool"),
                 ("tools/call", "nosuch"): ("payments", "unknown_tool"),
                 ("tools/call", "ghost__tool"): (None, "unknown_tool"),
@@ -133,6 +135,8 @@ async def test_requests_for_items_that_do_not_exist_are_recorded_as_not_found(
         assert (record["upstream"], record["principal"], record["tenant"]) == (upstream_name, SHOPPER, "acme")
         assert record["policy_ids"] == [] and record["policy_version"] is None and "authz_input" not in record
         assert record["session_id"] == shopper.headers["Mcp-Session-Id"]
+        # The session's task, as every other call of the session names it (a task's trail has its probes too).
+        assert record["task_id"] == session_task is not None, record
         server = await otlp.wait_for_span(
             lambda s, r=record: s.kind == "SERVER" and s.attributes.get("customs.decision_id") == r["decision_id"])
         assert (server.trace_id, server.span_id) == (record["trace_id"], record["span_id"])
