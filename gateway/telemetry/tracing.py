@@ -304,7 +304,7 @@ class Telemetry:
         return (trace_id, _getrandbits(64) or 1, False, flags, state)
 
     def _span(self, span: LightSpan) -> CurrentSpan:
-        return CurrentSpan(self._current, span)
+        return CurrentSpan(self._current, span, redact=self.redact)
 
     def server_span(self, method: str, target: str | None = None, attrs: Attributes | None = None,
                     parent: otel_context.Context | None = None, links: list[Link] | None = None,
@@ -322,7 +322,7 @@ class Telemetry:
         else:
             attrs = _with_method(method, attrs)
         return CurrentSpan(self._current, self._new(f"{method} {target}" if target else method, SpanKind.SERVER,
-                                                  attrs, parent, links, start_time, root=True))
+                                                  attrs, parent, links, start_time, root=True), redact=self.redact)
 
     def stage_span(self, name: str, attrs: Attributes | None = None) -> AbstractContextManager[AnySpan]:
         """An INTERNAL child span of the current span (identify, authorize, approval, credential)."""
@@ -340,7 +340,7 @@ class Telemetry:
         else:
             attrs = _with_method(method, attrs)
         return CurrentSpan(self._current, self._new(f"{method} {target}" if target else method, SpanKind.CLIENT,
-                                                  attrs, None, None, None), own_code=False)
+                                                  attrs, None, None, None), own_code=False, redact=self.redact)
 
     def record_span(self, name: str, start_ns: int, end_ns: int, attrs: Attributes | None = None,
                     error: BaseException | None = None) -> None:
@@ -360,7 +360,7 @@ class Telemetry:
             return
         span = self._new(name, SpanKind.INTERNAL, dict(attrs or {}), None, None, start_ns)
         if error is not None:
-            mark_error(span, error)
+            mark_error(span, error, redact=self.redact)
         span.end(end_ns)
 
 

@@ -122,3 +122,35 @@ async def test_a_token_sent_as_a_tool_name_is_redacted_on_the_span(
     assert {s.name for s in probes} == {"tools/call"}
     for span in otlp.spans:
         assert token not in repr(span), span
+
+
+async def test_every_span_the_gateway_marks_redacts_with_its_known_secrets(otlp: OtlpReceiver) -> None:
+    """A span ended by an exception leaving its block (SERVER, CLIENT, a stage's) or recorded after the fact with
+    an error: the description goes through the gateway's redactor, so a secret only the gateway knows (a static
+    key, no token pattern) is caught there too, not only the call paths that passed it before."""
+    from gateway.config.model import TelemetryConfig
+    from gateway.errors import GatewayError
+    from gateway.telemetry.tracing import Telemetry
+
+    def leak(where: str) -> GatewayError:  # a message an upstream's answer or a transport error could carry
+        return GatewayError("upstream_error", f"{where} saw {STATIC_KEY}")
+
+    telemetry = Telemetry(TelemetryConfig.model_validate({"traces": {"endpoint": otlp.url}}), env={})
+    telemetry.redact = lambda value: value.replace(STATIC_KEY, "[REDACTED]") if isinstance(value, str) else value
+    await telemetry.start()
+    try:
+        with pytest.raises(GatewayError), telemetry.server_span("tools/call", "leaky"):
+            with pytest.raises(GatewayError), telemetry.stage_span("customs.credential"):
+                raise leak("stage")
+            with pytest.raises(GatewayError), telemetry.client_span("tools/call", "leaky"):
+                raise leak("client")
+            telemetry.record_span("customs.identify", 1, 2, {"k": "v"}, error=leak("identify"))
+            raise leak("server")
+        assert await telemetry.flush()
+    finally:
+        await telemetry.close()
+    for name in ("tools/call leaky", "customs.credential", "customs.identify"):
+        spans = [await otlp.wait_for_span(lambda s, n=name, k=kind: s.name == n and s.kind == k)
+                 for kind in (("SERVER", "CLIENT") if name == "tools/call leaky" else ("INTERNAL",))]
+        for span in spans:
+            assert STATIC_KEY not in span.status_message and "[REDACTED]" in span.status_message, (name, span)
