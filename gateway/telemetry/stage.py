@@ -214,7 +214,7 @@ class _TracedForward:
         started = time.perf_counter()
         error: str | None = None
         code: str | None = None
-        failed: BaseException | None = None
+        # An exception leaving the block marks the span as it exits (own_code=False, the gateway's redactor).
         with self._telemetry.client_span(ctx.method, target, attrs) as span:
             if attrs is not None and (relay := ctx.extra.get("relay")) is not None:
                 # What the upstream sends during the call is handled under this span, whichever task reads it.
@@ -229,18 +229,10 @@ class _TracedForward:
                 code = error_code(exc, own=False)  # the upstream's answer only: none when it never answered
                 if target is not None and ctx.method == "prompts/get":  # maybe a name the agent made up
                     span.update_name(ctx.method)
-                # Marked here, with the gateway's redactor (the upstream's message may quote the key it was sent),
-                # and raised once the span is left, so the span's own exit does not mark it again without it.
-                mark_error(span, exc, own_code=False, redact=self._telemetry.redact)
-                failed = exc
+                raise
             finally:
                 if self._metrics is not None:
                     self._record(ctx, time.perf_counter() - started, error, code)
-        if failed is not None:
-            try:
-                raise failed
-            finally:
-                failed = None  # no frame -> traceback -> frame cycle (errors.forget_traceback)
         return result
 
     def _record(self, ctx: CallContext, seconds: float, error: str | None, code: str | None) -> None:
