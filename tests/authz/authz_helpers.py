@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,20 @@ from gateway.context import Actor, CallContext, Principal, ToolInfo
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "policies"
+
+
+def shipped_schema_dir(tmp_path: Path, name: str, text: str) -> Path:
+    """A policies directory of the shipped schema and one file, `{name}.cedar` holding `text`."""
+    target = tmp_path / "policies"
+    target.mkdir()
+    shutil.copy(SHIPPED / "schema.cedarschema", target / "schema.cedarschema")
+    (target / f"{name}.cedar").write_text(text)
+    return target
+
+
+def forbid_when(policy_id: str, condition: str) -> str:
+    """One `call_tool` forbid, named `policy_id`, guarded by `condition`."""
+    return f'@id("{policy_id}")\nforbid (principal, action == Action::"call_tool", resource)\nwhen {{ {condition} }};\n'
 
 TOOLS = {
     "inventory/get_stock": ToolInfo("inventory", "get_stock", read_only=True, destructive=False, idempotent=True,

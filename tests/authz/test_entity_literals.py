@@ -7,21 +7,16 @@ whose `sub` claims to be a SPIFFE ID must be a valid one) and `Tenant::""` (an e
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from authz_helpers import SHIPPED
+from authz_helpers import shipped_schema_dir
 
 from gateway.authz.policyset import PolicyLoadError, load_policies
 
 
 def _dir(tmp_path: Path, policy: str) -> Path:
-    target = tmp_path / "policies"
-    target.mkdir()
-    shutil.copy(SHIPPED / "schema.cedarschema", target / "schema.cedarschema")
-    (target / "e.cedar").write_text(f'@id("e")\n{policy}\n')
-    return target
+    return shipped_schema_dir(tmp_path, "e", f'@id("e")\n{policy}\n')
 
 
 @pytest.mark.parametrize(("policy", "problem"), [

@@ -6,11 +6,10 @@ names as text, so with more than ten policies policy10's problem came before pol
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from authz_helpers import SHIPPED
+from authz_helpers import forbid_when, shipped_schema_dir
 
 from gateway.authz.policyset import PolicyLoadError, load_policies
 
@@ -23,12 +22,7 @@ COUNT = 12
     ('resource == Tool::"get_stock"', 'Tool::"get_stock" names no tool'),
 ])
 def test_problems_follow_the_policies_order(tmp_path: Path, condition: str, kind: str) -> None:
-    target = tmp_path / "policies"
-    target.mkdir()
-    shutil.copy(SHIPPED / "schema.cedarschema", target / "schema.cedarschema")
-    (target / "many.cedar").write_text("".join(
-        f'@id("p{i}")\nforbid (principal, action == Action::"call_tool", resource) when {{ {condition} }};\n'
-        for i in range(COUNT)))
+    target = shipped_schema_dir(tmp_path, "many", "".join(forbid_when(f"p{i}", condition) for i in range(COUNT)))
     with pytest.raises(PolicyLoadError) as refused:
         load_policies(target)
     named = [int(m.group(1)) for p in refused.value.problems if kind in p

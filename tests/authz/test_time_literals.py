@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from authz_helpers import SHIPPED
+from authz_helpers import forbid_when, shipped_schema_dir
 
 from gateway.authz.policyset import PolicyLoadError, load_policies
 from tests.support.cli import customs
 
 
 def _dir(tmp_path: Path, body: str) -> Path:
-    target = tmp_path / "policies"
-    target.mkdir()
-    shutil.copy(SHIPPED / "schema.cedarschema", target / "schema.cedarschema")
-    (target / "window.cedar").write_text(f'@id("window")\nforbid (principal, action == Action::"call_tool", resource)\n'
-                                         f"when {{ {body} }};\n")
-    return target
+    return shipped_schema_dir(tmp_path, "window", forbid_when("window", body))
 
 
 @pytest.mark.parametrize(("body", "problem"), [

@@ -6,22 +6,16 @@ restricted (the config refuses any other). `resource.sensitivity == "Restricted"
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from authz_helpers import SHIPPED
+from authz_helpers import forbid_when, shipped_schema_dir
 
 from gateway.authz.policyset import PolicyLoadError, load_policies
 
 
 def _dir(tmp_path: Path, body: str) -> Path:
-    target = tmp_path / "policies"
-    target.mkdir()
-    shutil.copy(SHIPPED / "schema.cedarschema", target / "schema.cedarschema")
-    (target / "v.cedar").write_text(f'@id("v")\nforbid (principal, action == Action::"call_tool", resource)\n'
-                                    f"when {{ {body} }};\n")
-    return target
+    return shipped_schema_dir(tmp_path, "v", forbid_when("v", body))
 
 
 @pytest.mark.parametrize(("body", "problem"), [
