@@ -9,26 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 
 from tests.conftest import RunningGateway
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_http_server
+from tests.telemetry.test_span_status_secrets import document_server
 
 StartGateway = Callable[[dict[str, Any]], Awaitable[RunningGateway]]
 URI_TOKEN = "ghp_" + "a1B2" * 9
 NAME_TOKEN = "ghp_" + "c3D4" * 9
-
-
-def document_server() -> MCPServer[Any]:
-    server: MCPServer[Any] = MCPServer("docs")
-
-    @server.resource("doc://{ref}")
-    def doc(ref: str) -> str:
-        return f"document {len(ref)}"
-
-    return server
 
 
 async def test_tokens_in_names_an_agent_sends_are_redacted_in_the_decision_log(

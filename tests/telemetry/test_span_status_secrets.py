@@ -27,6 +27,12 @@ STATIC_KEY = "audit-static-key-3f9a7c21"  # no token pattern: only the gateway's
 JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
 
 
+def traced_config(upstream: dict[str, Any], policies: Path, otlp: OtlpReceiver) -> dict[str, Any]:
+    """One upstream, anonymous, allow-all, spans to `otlp`."""
+    return {"upstreams": [upstream], "identity": {"mode": "anonymous"}, "policies": {"dir": str(policies)},
+            "telemetry": {"traces": {"endpoint": otlp.url}}}
+
+
 def quoting_server() -> MCPServer[Any]:
     server: MCPServer[Any] = MCPServer("audit")
 
@@ -42,13 +48,10 @@ async def test_an_upstream_error_quoting_a_secret_is_redacted_on_the_spans(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUDIT_KEY", STATIC_KEY)
     async with run_http_server(quoting_server()) as url:
-        gateway = await start_gateway({
-            "upstreams": [{"name": "audit", "url": url,
-                           "credentials": {"mode": "static", "value_env": "AUDIT_KEY", "header": "X-Api-Key"}}],
-            "identity": {"mode": "anonymous"},
-            "policies": {"dir": str(permissive_policies)},
-            "telemetry": {"traces": {"endpoint": otlp.url}},
-        })
+        gateway = await start_gateway(traced_config(
+            {"name": "audit", "url": url,
+             "credentials": {"mode": "static", "value_env": "AUDIT_KEY", "header": "X-Api-Key"}},
+            permissive_policies, otlp))
         async with sdk_client(gateway.mcp) as client:
             with pytest.raises(MCPError) as refused:
                 await client.call_tool("audit__pay", {"x": "1"})
@@ -81,12 +84,7 @@ async def test_a_resource_uri_with_a_token_is_redacted_on_the_client_span_too(
     # Without traces.capture_args: the URI is no argument value, it is always recorded, and always redacted.
     token = "ghp_" + "a1B2" * 9
     async with run_http_server(document_server()) as url:
-        gateway = await start_gateway({
-            "upstreams": [{"name": "docs", "url": url}],
-            "identity": {"mode": "anonymous"},
-            "policies": {"dir": str(permissive_policies)},
-            "telemetry": {"traces": {"endpoint": otlp.url}},
-        })
+        gateway = await start_gateway(traced_config({"name": "docs", "url": url}, permissive_policies, otlp))
         async with sdk_client(gateway.mcp) as client:
             await client.read_resource(f"customs://docs/doc://{token}")
         await gateway.gateway.parts.observability.telemetry.flush()
@@ -103,12 +101,7 @@ async def test_a_token_sent_as_a_tool_name_is_redacted_on_the_span(
         otlp: OtlpReceiver, start_gateway: StartGateway, permissive_policies: Path) -> None:
     token = "ghp_" + "c3D4" * 9
     async with run_http_server(quoting_server()) as url:
-        gateway = await start_gateway({
-            "upstreams": [{"name": "audit", "url": url}],
-            "identity": {"mode": "anonymous"},
-            "policies": {"dir": str(permissive_policies)},
-            "telemetry": {"traces": {"endpoint": otlp.url}},
-        })
+        gateway = await start_gateway(traced_config({"name": "audit", "url": url}, permissive_policies, otlp))
         async with sdk_client(gateway.mcp) as client:
             with pytest.raises(MCPError, match="Unknown tool"):
                 await client.call_tool(token, {})
