@@ -162,16 +162,22 @@ permit (principal, action == Action::"list_tools", resource == Tool::"payments/p
 """
 
 
-async def test_list_tools_policies_decide_what_tools_list_shows(start_gateway: Any, tmp_path: Path) -> None:
-    """tools/list shows what may be called, plus what `list_tools` permits, minus what it forbids."""
-    issuer, policies = TestIssuer(tmp_path), tmp_path / "policies"
+def _listing_gateway(tmp_path: Path, issuer: TestIssuer, inv: str, pay: str, listing: str) -> dict[str, Any]:
+    """inventory and payments behind JWT identity, the shipped schema and `listing` as the only policies."""
+    policies = tmp_path / "policies"
     policies.mkdir()
     shutil.copy(REPO / "policies" / "schema.cedarschema", policies)
-    (policies / "listing.cedar").write_text(LISTING_POLICIES)
+    (policies / "listing.cedar").write_text(listing)
+    return {"upstreams": [{"name": "inventory", "url": inv}, {"name": "payments", "url": pay}],
+            "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+            "policies": {"dir": str(policies), "watch": False}}
+
+
+async def test_list_tools_policies_decide_what_tools_list_shows(start_gateway: Any, tmp_path: Path) -> None:
+    """tools/list shows what may be called, plus what `list_tools` permits, minus what it forbids."""
+    issuer = TestIssuer(tmp_path)
     async with run_http_server(inventory_server()) as inv, run_http_server(payments_server()) as pay:
-        gw = await start_gateway({"upstreams": [{"name": "inventory", "url": inv}, {"name": "payments", "url": pay}],
-                                  "identity": {"mode": "jwt", "issuers": [issuer.config()]},
-                                  "policies": {"dir": str(policies), "watch": False}})
+        gw = await start_gateway(_listing_gateway(tmp_path, issuer, inv, pay, LISTING_POLICIES))
         token = issuer.mint(READER, aud=gw.mcp, tenant="acme")
         async with sdk_client(gw.mcp, token) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
@@ -219,14 +225,9 @@ async def test_a_tool_a_call_tool_forbid_denies_is_not_listed_by_a_list_tools_pe
     of `call_tool` on one tool listed that tool, which then answered `Unknown tool`: listed and missing at once, so
     denied and unknown did not look the same. A list_tools permit still shows a tool no call_tool permit covers
     without arguments (payments/pay here), but not one a call_tool forbid denies."""
-    issuer, policies = TestIssuer(tmp_path), tmp_path / "policies"
-    policies.mkdir()
-    shutil.copy(REPO / "policies" / "schema.cedarschema", policies)
-    (policies / "listing.cedar").write_text(FORBID_BESIDE_LIST_PERMIT)
+    issuer = TestIssuer(tmp_path)
     async with run_http_server(inventory_server()) as inv, run_http_server(payments_server()) as pay:
-        gw = await start_gateway({"upstreams": [{"name": "inventory", "url": inv}, {"name": "payments", "url": pay}],
-                                  "identity": {"mode": "jwt", "issuers": [issuer.config()]},
-                                  "policies": {"dir": str(policies), "watch": False}})
+        gw = await start_gateway(_listing_gateway(tmp_path, issuer, inv, pay, FORBID_BESIDE_LIST_PERMIT))
         token = issuer.mint(READER, aud=gw.mcp, tenant="acme")
         async with sdk_client(gw.mcp, token) as client:
             tools = {t.name for t in (await client.list_tools()).tools}
