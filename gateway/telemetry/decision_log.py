@@ -13,7 +13,6 @@ thread of this process instead, the same records. `close()` drains the buffer.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import sys
@@ -29,6 +28,7 @@ from gateway.context import NOT_FOUND_ITEM, CallContext
 from gateway.preflight import decision_log_problem  # the line config check reports for a path serve cannot use
 from gateway.telemetry.decision_writer import FILE_FLAGS, S_TOOL, FileTarget, dumps, line_of, record_of
 from gateway.telemetry.log_process import WriterProcess
+from gateway.telemetry.span_errors import pattern_redactor
 from gateway.telemetry.tracing import api_span_ids
 from gateway.timefmt import rfc3339_ms as rfc3339  # record times: UTC, milliseconds, `Z`
 
@@ -103,7 +103,7 @@ def _redacted_names(redactor: Redactor | None, tool: Any, missing: Any,
                     facts: tuple[Any, ...] | None) -> tuple[Any, Any, tuple[Any, ...] | None]:
     """A resource URI or a name that exists nowhere, as spans show them (docs/tracing.md): through the secret
     redactor, in `tool` and in the replay snapshot's tool name (a policy never names a URI's token)."""
-    redact = redactor or _patterns()
+    redact = redactor or pattern_redactor()  # a log given no redactor (an embedding program's, a test's)
     if isinstance(tool, str):
         clean = redact(tool)
         if clean != tool and facts is not None:
@@ -113,13 +113,6 @@ def _redacted_names(redactor: Redactor | None, tool: Any, missing: Any,
     if isinstance(missing, str):
         missing = redact(missing)
     return tool, missing, facts
-
-
-@functools.cache
-def _patterns() -> Redactor:
-    """Token and key patterns, for a log given no redactor (an embedding program's, a test's)."""
-    from gateway.credentials.redaction import Redactor as Patterns
-    return Patterns().redact
 
 
 def decision_record(ctx: CallContext, *, include_args: bool = False, redactor: Redactor | None = None,

@@ -24,11 +24,12 @@ Redact = Callable[[Any], Any]
 
 
 @functools.cache
-def _patterns() -> Redact:
-    """Token and key patterns, no known secrets: for callers without the gateway's redactor. Imported on the
-    first error, not with this module: the redactor's config models are no import of `customs policy ...`."""
+def pattern_redactor() -> Redact:
+    """Token and key patterns, no known secrets: for callers without the gateway's redactor (span descriptions,
+    a decision log given none). Imported on first use, not with this module: the redactor's config models are no
+    import of `customs policy ...`."""
     from gateway.credentials.redaction import Redactor
-    return Redactor().redact_text
+    return Redactor().redact
 
 
 def error_type(exc: BaseException) -> str:
@@ -70,8 +71,8 @@ def error_description(exc: BaseException, redact: Redact | None = None) -> str:
     """The status description: the error's message with secrets replaced by [REDACTED] (`redact`: the gateway's
     redactor, known secrets included; else the token and key patterns)."""
     message = _error_message(exc)
-    cleaned = (redact or _patterns())(message)
-    return cleaned if isinstance(cleaned, str) else _patterns()(message)
+    cleaned = (redact or pattern_redactor())(message)
+    return cleaned if isinstance(cleaned, str) else pattern_redactor()(message)
 
 
 def mark_error(span: AnySpan, exc: BaseException, *, own_code: bool = True, redact: Redact | None = None) -> None:
