@@ -252,7 +252,9 @@ class LimitsConfig(Model):
 
 
 class TasksConfig(Model):
-    idle_s: float = Field(300.0, gt=0)
+    # Finite and at most a year: with store.redis a task's in-use mark lives idle_s in Redis, which takes no
+    # endless TTL (.inf passed and then refused every explicit task's credential as "store unavailable").
+    idle_s: float = Field(300.0, gt=0, le=365 * 86400, allow_inf_nan=False)
 
 
 class SecretsConfig(Model):
