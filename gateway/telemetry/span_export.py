@@ -240,18 +240,28 @@ class OtlpPoster:
 
         self._endpoint = endpoint
         self._transient = (requests.ConnectionError, requests.Timeout)
+        self._fatal = requests.exceptions.SSLError  # a ConnectionError that no retry mends (an untrusted certificate)
         self._timeout = _seconds(_otlp_env(env, "TIMEOUT")) or DEFAULT_TIMEOUT_S
         self._compression = (_otlp_env(env, "COMPRESSION") or "none").strip().lower()
-        self._session = requests.Session()
-        self._session.headers.update({"Content-Type": "application/x-protobuf",
-                                      "User-Agent": f"customs/{SCOPE.version} (OTLP span exporter)"})
+        self._session = session = requests.Session()
+        session.headers.update({"Content-Type": "application/x-protobuf",
+                                "User-Agent": f"customs/{SCOPE.version} (OTLP span exporter)"})
         if self._compression in ("gzip", "deflate"):
-            self._session.headers["Content-Encoding"] = self._compression
-        self._session.headers.update(headers)
-        self._session.verify = _otlp_env(env, "CERTIFICATE") or True
+            session.headers["Content-Encoding"] = self._compression
+        session.headers.update(headers)
+        # What requests reads from the environment on every request (proxies, NO_PROXY, netrc, CA bundle), read
+        # once: a process's environment does not change under it. And in the SDK exporter's order: its certificate
+        # first, then REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE. Left to requests, those variables override a session's
+        # `verify` (psf/requests#3829): a collector behind a private CA was refused wherever they were set.
+        session.trust_env = False
+        session.proxies = requests.utils.get_environ_proxies(endpoint)
+        session.verify = _otlp_env(env, "CERTIFICATE") or env.get("REQUESTS_CA_BUNDLE") or \
+            env.get("CURL_CA_BUNDLE") or True
+        if (auth := requests.utils.get_netrc_auth(endpoint)) is not None:
+            session.auth = auth
         cert, key = _otlp_env(env, "CLIENT_CERTIFICATE"), _otlp_env(env, "CLIENT_KEY")
         if cert:
-            self._session.cert = (cert, key) if key else cert
+            session.cert = (cert, key) if key else cert
 
     def post(self, body: bytes, spans: int) -> bool:
         """POST one request, retrying transient failures. False (and logged) when the spans are lost."""
@@ -262,6 +272,8 @@ class OtlpPoster:
             try:
                 response = self._session.post(self._endpoint, data=data, allow_redirects=False,
                                               timeout=max(deadline - time.monotonic(), 0.001))
+            except self._fatal as exc:
+                problem, retryable = str(exc), False
             except self._transient as exc:
                 problem, retryable = str(exc), True
                 # The SDK retries a first connection error at once: usually a stale pooled connection.
