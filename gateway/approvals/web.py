@@ -358,7 +358,7 @@ class ApprovalsWeb:
         try:
             form = await _form(request)
             outcome = OUTCOMES.get(str(form.get("outcome")))
-            comment = str(form.get("comment") or "").strip() or None
+            comment = str(form.get("comment") or "").replace("\r\n", "\n").strip() or None  # form CRLF: as typed
             self._auth.check_csrf(request, approver, str(form.get("csrf") or ""))
             _within_limit(comment)
             if outcome is None:
