@@ -205,9 +205,11 @@ class RedisRevocations:
             raise TaskEnded(task_id)
 
     async def revoke_task(self, task_id: str) -> list[str]:
+        # Remembered first: if Redis cannot take the end now, this replica already refuses the task's tokens
+        # (record, is_ended, is_active) while the task tracker makes the end once Redis answers.
+        self._remember_end(task_id)
         jtis = await self._revoke(keys=self._task_keys(task_id),
                                   args=[self._clock(), self._ended_ttl_s, f"{self._prefix}revoked:"])
-        self._remember_end(task_id)
         return sorted(j.decode() if isinstance(j, bytes) else str(j) for j in jtis)
 
     async def is_revoked(self, jti: str) -> bool:
@@ -216,6 +218,8 @@ class RedisRevocations:
     async def is_active(self, task_id: str, jti: str) -> bool:
         # The live record, not the absence of a revocation marker: a Redis that lost its data (restarted
         # without persistence, a failover that lost writes) then makes tokens inactive, never active again.
+        if self._ended_locally(task_id):  # ended here, perhaps while Redis could not take it
+            return False
         score = await self._client.zscore(self._task_keys(task_id)[0], jti)
         return score is not None and float(score) > self._clock()
 

@@ -66,7 +66,8 @@ class CredentialService:
         self._key_task: asyncio.Task[None] | None = None
         self.minter = Minter(self.keys, self.issuer, self.revocations, clock=clock)
         self.exchanger = TokenExchanger(self.minter, http=http, clock=clock, on_revocation=on_revocation)
-        self.tasks = TaskTracker(self.revocations, idle_s=config.tasks.idle_s, on_event=on_event, clock=clock)
+        self.tasks = TaskTracker(self.revocations, idle_s=config.tasks.idle_s, on_event=on_event, clock=clock,
+                                 owed_for_s=retain_s)
         self.tasks.on_end(self.minter.forget_task)
         self.tasks.on_end(self.exchanger.forget_task)
         self.static = StaticCredentials(upstreams, environ=environ, on_secret=self.redactor.add_known)

@@ -33,6 +33,7 @@ log = logging.getLogger("customs.credentials.tasks")
 
 TaskKind = Literal["session", "explicit", "idle"]
 EventSink = Callable[[dict[str, Any]], None]
+OWED_RETRY_S = 1.0  # an end the store could not take is tried again this often, until it is taken
 
 
 def _short_hash(value: str, length: int = 24) -> str:
@@ -80,9 +81,13 @@ class TaskTracker:
     """Resolves task ids for calls and ends tasks: revocation, cache eviction, a decision-log event."""
 
     def __init__(self, revocations: RevocationStore, *, idle_s: float = 300.0,
-                 on_event: EventSink | None = None, clock: Callable[[], float] = time.time) -> None:
+                 on_event: EventSink | None = None, clock: Callable[[], float] = time.time,
+                 owed_for_s: float = 3660.0) -> None:
+        """`owed_for_s`: how long an end the store could not take is tried again (the longest a token lives)."""
         self.revocations = revocations
         self.idle_s = idle_s
+        self._owed_for_s = owed_for_s
+        self._owed: dict[str, asyncio.Task[None]] = {}  # task id -> its end, retried until the store takes it
         self._on_event = on_event
         self._clock = clock
         self._tasks: dict[str, Task] = {}
@@ -144,17 +149,47 @@ class TaskTracker:
         task = self._tasks.pop(task_id, None)
         if task is not None and task.kind == "idle":
             self._idle_by_principal.pop(task.principal_key, None)
+        principal = task.principal_key if task else principal_key
         try:
             jtis = await self.revocations.revoke_task(task_id)
+        except Exception:
+            self._owe(task_id, reason, principal)
+            raise
         finally:
             # What this replica holds goes whether or not the store took the end (it may be down): cached tokens
             # dropped, exchanged ones revoked at their server. The store's failure used to skip this.
             for callback in self._on_end:
                 callback(task_id)
-        self._emit({"event": "credentials_revoked", "task_id": task_id, "reason": reason,
-                    "principal": task.principal_key if task else principal_key, "jtis": jtis, "count": len(jtis),
-                    "time": rfc3339_ms(self._clock())})  # the decision log's own time format
+        self._emit_revoked(task_id, reason, principal, jtis)
         return jtis
+
+    def _emit_revoked(self, task_id: str, reason: str, principal: str | None, jtis: list[str]) -> None:
+        self._emit({"event": "credentials_revoked", "task_id": task_id, "reason": reason, "principal": principal,
+                    "jtis": jtis, "count": len(jtis),
+                    "time": rfc3339_ms(self._clock())})  # the decision log's own time format
+
+    def _owe(self, task_id: str, reason: str, principal: str | None) -> None:
+        """The store could not take the end (Redis down): its tokens' records stayed, so introspection on every
+        replica went on answering them active until they expired, once Redis was back. Make the end when the
+        store answers again, in the background, and log the revocation then."""
+        if task_id in self._owed:
+            return
+        owed = asyncio.create_task(self._settle_owed(task_id, reason, principal), name="customs-owed-task-end")
+        self._owed[task_id] = owed
+        owed.add_done_callback(lambda done: self._owed.pop(task_id, None) if self._owed.get(task_id) is done
+                               else None)
+
+    async def _settle_owed(self, task_id: str, reason: str, principal: str | None) -> None:
+        deadline = time.monotonic() + self._owed_for_s  # past it, every token of the task has expired anyway
+        while time.monotonic() < deadline:
+            await asyncio.sleep(OWED_RETRY_S)  # a retry period while the store is away, not synchronisation
+            try:
+                jtis = await self.revocations.revoke_task(task_id)
+            except Exception:
+                continue
+            log.info("task %s: its end was recorded once the revocation store answered again", task_id)
+            self._emit_revoked(task_id, reason, principal, jtis)
+            return
 
     async def ensure_live(self, task_id: str) -> None:
         """Refuse an explicit task that has ended, on this replica or another one sharing the store.
@@ -238,6 +273,13 @@ class TaskTracker:
                 await self.end_task(task.id, "shutdown")
             except Exception:
                 log.exception("could not revoke credentials of task %s at shutdown", task.id)
+        owed = list(self._owed.values())
+        if owed:  # the process ends: what the store never took stays active at introspection until it expires
+            log.warning("%d task end(s) the revocation store never took: their tokens stay active at introspection "
+                        "until they expire", len(owed))
+        for pending in owed:
+            pending.cancel()
+        await asyncio.gather(*owed, return_exceptions=True)
 
     async def _sweep_loop(self) -> None:
         interval = max(0.05, min(self.idle_s / 4, 30.0))
