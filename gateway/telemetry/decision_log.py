@@ -79,7 +79,10 @@ def facts_of(ctx: CallContext, *, include_args: bool = False, redactor: Redactor
     facts = snapshot(ctx) if callable(snapshot) else None
     tool = ctx.tool.name if ctx.tool else None
     missing = extra.get(NOT_FOUND_ITEM) if reason is not None else None
-    if missing is not None or ctx.method == "resources/read":  # names the agent chose: a URI may carry a token
+    # Names the agent chose: a URI may carry a token, and so may the name of any call that failed, as its span
+    # shows it: a prompt is known real only once answered (the gateway keeps no prompt list), a tool denied before
+    # its upstream's list was known may be made up; only not_found ones are marked `missing`.
+    if reason is not None or ctx.method == "resources/read":
         tool, missing, facts = _redacted_names(redactor, tool, missing, facts)
     return (
         ctx.decision_id, ctx.started_wall, trace_id or ctx.trace_id, span_id or extra.get("span_id"),
