@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
@@ -61,8 +62,11 @@ class RedisConnection:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    """The URL without its password, for logs: redis-py reads one from the user info (which may hold an '@': the
+    host follows the last one) and from a `password` query parameter (how a unix:// socket gets one)."""
+    parts = urlsplit(url)
+    _user_info, at, host = parts.netloc.rpartition("@")
+    query = [(name, "***" if name.lower() == "password" else value)
+             for name, value in parse_qsl(parts.query, keep_blank_values=True)]
+    netloc = f"***@{host}" if at else host
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{urlencode(query, safe='*')}" if query else "")
