@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
@@ -83,6 +84,9 @@ def credentials_rules(credentials: Any) -> Iterator[Problem]:
         for key in ("token_endpoint", "client_id"):
             if not _get(credentials, key):
                 yield (key,), "required by mode token_exchange"
+        for key in ("token_endpoint", "revocation_endpoint"):
+            if _has_user_info(_get(credentials, key)):  # the exchange's own Basic auth could never be sent
+                yield (key,), f"{_USER_INFO}, beside the client_id/client_secret one: leave the user info out"
     elif _get(credentials, "revocation_endpoint") is not None:
         # Only exchanged tokens come from an authorization server; a minted token is revoked by Customs itself.
         yield ("revocation_endpoint",), f"only used by mode token_exchange (mode is {mode})"
@@ -104,7 +108,35 @@ def upstream_rules(upstream: Any) -> Iterator[Problem]:
         yield ("credentials",), (f"mode {mode} needs an HTTP upstream (url); a stdio child process "
                                  "receives no request headers, so the credential would never reach it")
     yield from _static_headers(upstream, mode)
+    yield from _user_info(upstream, mode)
     yield from _child_process(upstream)
+
+
+def _has_user_info(url: Any) -> bool:
+    try:
+        return isinstance(url, str) and "@" in urlsplit(url).netloc
+    except ValueError:  # no URL at all (an unclosed [): the field's own error says so
+        return False
+
+
+_USER_INFO = "holds user info (name:password@), which is sent as an HTTP Basic Authorization header of its own"
+
+
+def _user_info(upstream: Any, mode: Any) -> Iterator[Problem]:
+    """aiohttp refuses a request that sets Authorization to a URL with user info (which it sends as Basic
+    auth): every call to such an upstream was an internal_error while config check said OK."""
+    if not _has_user_info(_get(upstream, "url")):
+        return
+    header = _get(_get(upstream, "credentials"), "header", "Authorization")
+    headers = _get(upstream, "headers")
+    static = [n for n in (headers if isinstance(headers, Mapping) else ()) if str(n).lower() == "authorization"]
+    if mode in CREDENTIAL_MODES and mode != "none" and isinstance(header, str) and header.lower() == "authorization":
+        what = f"the credential (mode {mode})"
+    elif static:
+        what = f"the static header {static[0]}"
+    else:
+        return
+    yield ("url",), f"{_USER_INFO}, so no request with {what} in Authorization can be sent: leave the user info out"
 
 
 def _child_process(upstream: Any) -> Iterator[Problem]:
