@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.catalog import Catalog, exposed_uri
+from gateway.errors import INVALID_REQUEST
 from gateway.transport.base import Message, UpstreamSession
 from gateway.transport.common import id_key, progress_token
 
@@ -51,8 +52,11 @@ async def route_server_message(session: Session, upstream: str, message: Message
     """Deliver a message an upstream sent to the client: on the request's stream when known, else
     on the session's GET stream. Server→client requests get a gateway id so that answers from
     the client find their way back to the right upstream even when several use the same ids."""
-    method = message.get("method")
-    if "id" in message and isinstance(method, str):
+    if (flaw := envelope_flaw(message)) is not None:
+        await _refuse_malformed(session, upstream, message, flaw)
+        return
+    method = message["method"]
+    if "id" in message:
         # Not recorded yet while the handshake opening it runs: an upstream may ask the moment its stream opens.
         upstream_session = session.upstreams.get(upstream)
         if upstream_session is None and session.closed:
@@ -89,15 +93,39 @@ async def route_server_message(session: Session, upstream: str, message: Message
             return
         except Exception:  # the request's stream is gone; fall back to the GET stream
             log.debug("request stream closed; queueing %s on the session stream", method)
-    if session.stateless and "id" in message and isinstance(method, str):
+    if session.stateless and "id" in message:
         # A stateless session has no GET stream: a request tied to no live call would wait for an
         # answer that can never come (and its call with it, until the timeout).
         await _unreachable(session, message)
         return
     session.stream_event(message)
-    if not session.get_stream_open and "id" in message and isinstance(method, str):
+    if not session.get_stream_open and "id" in message:
         if (route := session.server_requests.get(message["id"])) is not None:
             route.unseen = True
+
+
+def envelope_flaw(message: Message) -> str | None:
+    """What makes a request or notification an upstream sent no JSON-RPC message a client can read, if anything.
+    Passed on, the SDK's client cannot parse it and fails the whole call whose stream carried it (its valid answer
+    lost); a stdio child's non-string method was already dropped before routing (stdio_inbound.py)."""
+    if message.get("jsonrpc") != "2.0":
+        return '"jsonrpc" is not "2.0"'
+    if not isinstance(message.get("method"), str):
+        return "its method is not a string"
+    if "params" in message and not isinstance(message["params"], dict):
+        return "its params are not an object"
+    return None
+
+
+async def _refuse_malformed(session: Session, upstream: str, message: Message, flaw: str) -> None:
+    """Drop a malformed message of an upstream; one with a usable id is answered Invalid Request (as the SDK's own
+    client answers it), so the upstream does not wait for an answer that will never come."""
+    log.warning("dropped a malformed message from upstream %s (%s): %.200r", upstream, flaw, message)
+    request_id = message.get("id")
+    if isinstance(request_id, str | int) and not isinstance(request_id, bool) and "method" in message:
+        refused = ServerRequestRoute(upstream, session.upstreams.get(upstream), request_id)
+        await _answer_upstream(session, refused, {"error": {"code": INVALID_REQUEST,
+                                                            "message": f"Invalid request: {flaw}"}})
 
 
 def _undeclared(session: Session, message: Message) -> dict[str, Any] | None:
