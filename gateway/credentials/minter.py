@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import jwt
 
@@ -28,8 +28,18 @@ from gateway.errors import GatewayError
 
 
 def audience_of(upstream: UpstreamConfig) -> str:
-    """The upstream's audience: configured, else its URL, else a URN naming it (stdio upstreams)."""
-    return upstream.credentials.audience or upstream.url or f"urn:customs:upstream:{upstream.name}"
+    """The upstream's audience: configured, else its URL without user info, else a URN naming it (stdio upstreams).
+
+    User info (`http://name:password@host/mcp`, sent as HTTP Basic) names no resource, and in `aud` its password
+    went into every token, the introspection answer and the records naming the audience."""
+    if upstream.credentials.audience:
+        return upstream.credentials.audience
+    if upstream.url:
+        parts = urlsplit(upstream.url)
+        if "@" not in parts.netloc:
+            return upstream.url  # as written, byte for byte
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return f"urn:customs:upstream:{upstream.name}"
 
 
 def act_claim(chain: Sequence[Actor]) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 import yaml
 
@@ -89,3 +90,6 @@ async def test_user_info_is_sent_as_http_basic_beside_a_credential_in_another_he
     posts = [s for s in seen if s.method == "POST"]
     assert posts and all(s.headers["authorization"] == "Basic c3ZjOnB3" and s.headers["x-upstream-token"]
                          for s in posts)
+    # The default audience is the upstream's URL without the user info: its password went into every token.
+    audiences = {jwt.decode(s.headers["x-upstream-token"], options={"verify_signature": False})["aud"] for s in posts}
+    assert audiences == {upstream_url}
