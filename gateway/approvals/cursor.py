@@ -76,8 +76,10 @@ def new_key() -> bytes:
 async def shared_key(client: Any, name: str) -> bytes:
     """The cursor key every replica using Redis `client` agrees on: the first to ask creates it (SET NX, no
     expiry), all read it. Hex, so a client decoding replies to str reads it alike."""
-    await client.set(name, new_key().hex(), nx=True)
-    value = await client.get(name)
+    value = await client.get(name)  # one round trip a listing once the key exists
+    while value is None:  # (again if it is deleted between the two)
+        await client.set(name, new_key().hex(), nx=True)
+        value = await client.get(name)
     text = value.decode() if isinstance(value, bytes) else str(value)
     key = bytes.fromhex(text)
     if len(key) != KEY_BYTES:

@@ -63,7 +63,6 @@ class RedisApprovalStore:
         # its withdrawal (the actor). Housekeeping does it once Redis answers again (_settle_owed).
         self._owed_releases: dict[str, int] = {}
         self._owed_withdrawals: dict[str, str | None] = {}
-        self._cursor_key: bytes | None = None
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "customs:", *, max_connections: int = 64,
@@ -219,10 +218,10 @@ class RedisApprovalStore:
         return out
 
     async def cursor_key(self) -> bytes:
-        """The key every replica sharing this Redis seals listing cursors with (`<prefix>approvals:cursor_key`)."""
-        if self._cursor_key is None:
-            self._cursor_key = await self._run(shared_key(self._client, self._p + "cursor_key"))
-        return self._cursor_key
+        """The key every replica sharing this Redis seals listing cursors with (`<prefix>approvals:cursor_key`), read
+        at each listing: one kept from the first read went on sealing with a key deleted or lost since (a Redis
+        restarted without persistence) while other replicas made a new one, so their cursors failed on each other."""
+        return await self._run(shared_key(self._client, self._p + "cursor_key"))
 
     async def decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:
         if outcome not in ("approved", "denied"):

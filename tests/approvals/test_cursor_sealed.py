@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.approvals.cursor import PREFIX
@@ -171,3 +172,36 @@ async def test_a_tampered_or_forged_cursor_is_400(kit: StoreKit, tmp_path: Any) 
                     zeros, PREFIX + zeros):
             status, body = await _get(http, urls[0], f"limit=1&cursor={bad}", headers)
             assert status == 400 and body["error"]["reason"] == "invalid_cursor", (bad, body)
+
+
+@pytest.mark.parametrize("kit", ["redis"], indirect=True)  # Redis only: replicas sharing one key
+async def test_replicas_agree_on_the_cursor_key_after_it_is_deleted(kit: StoreKit, tmp_path: Any) -> None:
+    """The key was read from Redis once and kept: after `<prefix>approvals:cursor_key` was deleted (as the docs
+    say to rotate it) or lost (Redis restarted without persistence), a replica that had read it went on sealing with
+    the old key while one that had not made a new one, so a walk across the two failed with 400 for good."""
+    assert kit.redis is not None
+    first, second = await kit.make(), await kit.make()
+    clock = Clock()
+    ids = []
+    for n in range(5):
+        clock.advance(0.001)
+        item, _ = await first.create_or_join(draft(clock, {"n": n}, tool="docs"), link_s=1800)
+        ids.append(item.id)
+    async with _gateways([first, second], tmp_path) as (urls, headers), aiohttp.ClientSession() as http:
+        status, body = await _get(http, urls[0], "limit=2", headers)  # the first replica has used the key
+        assert status == 200 and "next_cursor" in body
+        client = aioredis.from_url(kit.redis.url)
+        try:
+            assert await client.delete("t:approvals:cursor_key") == 1
+        finally:
+            await client.aclose()
+        walked: list[str] = []
+        query = "limit=2"
+        for turn in range(10):
+            status, body = await _get(http, urls[(turn + 1) % 2], query, headers)  # the second replica first
+            assert status == 200, body
+            walked += [i["id"] for i in body["items"]]
+            if "next_cursor" not in body:
+                break
+            query = f"limit=2&cursor={body['next_cursor']}"
+        assert walked == ids[::-1]
