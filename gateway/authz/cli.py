@@ -45,7 +45,8 @@ def _err(message: str) -> None:
 def _case_files(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
-        out.extend(sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path])
+        found = [*path.glob("*.yaml"), *path.glob("*.yml")] if path.is_dir() else [path]
+        out.extend(sorted(p for p in found if p == path or not p.name.startswith(".")))  # hidden: no cases
     return out
 
 

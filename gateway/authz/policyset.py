@@ -180,6 +180,13 @@ def prune(value: Any, tree: Tree) -> Any:
     return out
 
 
+def policy_files(directory: Path) -> list[Path]:
+    """The directory's policy files, `*.cedar` as a shell reads it: a hidden file is none. Editors and archivers
+    leave such files beside the real ones (Emacs' lock `.#tools.cedar`, a dangling symlink while a change is
+    unsaved; macOS' `._tools.cedar` in a tarball, binary), and read as policies they failed every load."""
+    return sorted(path for path in directory.glob("*.cedar") if not path.name.startswith("."))
+
+
 def fingerprint(*dirs: Path | None) -> tuple[tuple[str, int, int], ...]:
     """(path, mtime_ns, size) of every file a load reads: a change here means reload."""
     out: list[tuple[str, int, int]] = []
@@ -187,7 +194,7 @@ def fingerprint(*dirs: Path | None) -> tuple[tuple[str, int, int], ...]:
         if directory is None:
             continue
         try:
-            paths = sorted([*directory.glob("*.cedar"), directory / SCHEMA_FILE])
+            paths = sorted([*policy_files(directory), directory / SCHEMA_FILE])
         except OSError:
             continue
         for path in paths:
@@ -323,7 +330,7 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
     source = str(directory)
     if not directory.is_dir():
         raise PolicyLoadError(source, [f"{directory}: not a directory"])
-    paths = sorted(directory.glob("*.cedar"))
+    paths = policy_files(directory)
     if not paths:
         problems.append(f"{directory}: no *.cedar policy files")
     schema_path = schema_path or _schema_of(directory)
