@@ -209,13 +209,17 @@ class OtlpEncoder:
         """Append the span's attribute pairs as `expand(attributes)` orders them; False where the message path
         must decide (a key it would convert, more pairs than the limit, a key given twice)."""
         if FACTS not in attributes and SHARED not in attributes and WHO not in attributes and PEER not in attributes:
-            if len(attributes) > SPAN_ATTRIBUTE_LIMIT:
-                return False
-            for key, value in attributes.items():
-                if (pair := self._pair(key, value)) is None:
+            # By identity, like a shared part: spans may share the dict itself (each identify span has the principal's).
+            entry = shared.get(id(attributes))
+            if entry is None:
+                if id(attributes) in shared:
                     return False
-                parts.append(pair)
+                entry = shared[id(attributes)] = self._plain_pairs(attributes)
+                if entry is None:
+                    return False
+            parts.append(entry[0])
             return True
+        cache = self._serialized
         if len(attributes) == 1:  # one deferred part alone (the authorize and credential spans): no key twice
             (value,) = attributes.values()
             entry = self._part(value, shared)
@@ -232,11 +236,34 @@ class OtlpEncoder:
                 keys.update(entry[1])
                 parts.append(entry[0])
             else:
-                if key in keys or (pair := self._pair(key, value)) is None:
+                if key in keys:
+                    return False
+                kind_of = type(value)
+                if (kind_of is str or kind_of is int or kind_of is bool) and (
+                        pair := cache.get((key, kind_of, value))) is not None:
+                    pass
+                elif (pair := self._pair(key, value)) is None:
                     return False
                 keys.add(key)
                 parts.append(pair)
         return len(keys) <= SPAN_ATTRIBUTE_LIMIT
+
+    def _plain_pairs(self, attributes: dict[str, Any]) -> tuple[bytes, Collection[str]] | None:
+        """A span's own attributes (no deferred part), serialized; None where the message path must decide."""
+        if len(attributes) > SPAN_ATTRIBUTE_LIMIT:
+            return None
+        cache = self._serialized
+        pairs = []
+        for key, value in attributes.items():
+            kind_of = type(value)  # `_pair`'s cache lookup, inline (as in `_pairs_of`)
+            if (kind_of is str or kind_of is int or kind_of is bool) and (
+                    pair := cache.get((key, kind_of, value))) is not None:
+                pairs.append(pair)
+            elif (pair := self._pair(key, value)) is None:
+                return None
+            else:
+                pairs.append(pair)
+        return b"".join(pairs), attributes.keys()
 
     def _part(self, value: Any, shared: dict[int, tuple[bytes, Collection[str]] | None]) -> tuple[
             bytes, Collection[str]] | None:

@@ -27,10 +27,14 @@ _KEY, _VALUE = b"\x0a", b"\x12"
 _STRING, _FALSE, _TRUE, _INT, _DOUBLE_KEY = b"\x0a", b"\x10\x00", b"\x10\x01", b"\x18", b"\x21"
 
 
+# The one-byte varints (0-127): most lengths and kinds; a table lookup instead of a call and a new bytes object.
+_SMALL = tuple(bytes((value,)) for value in range(0x80))
+
+
 def varint(value: int) -> bytes:
     """A non-negative int as a protobuf base-128 varint (protobuf.dev/programming-guides/encoding/#varints)."""
     if value < 0x80:
-        return bytes((value,))
+        return _SMALL[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -41,7 +45,8 @@ def varint(value: int) -> bytes:
 
 def framed(key: bytes, body: bytes) -> bytes:
     """A length-delimited field: its key, the body's length, the body."""
-    return key + varint(len(body)) + body
+    size = len(body)
+    return b"".join((key, _SMALL[size] if size < 0x80 else varint(size), body))
 
 
 def name_and_kind(name: str, kind: int) -> bytes | None:
@@ -75,9 +80,12 @@ def scalar_pair(key: str, value: Any) -> bytes | None:
     """One entry of a span's `attributes` field (its key included) for a str, bool, int64 or float value;
     None for any other value, or a key or string that is not UTF-8 (the generated classes decide those)."""
     kind = type(value)
+    small = _SMALL
     try:
         if kind is str:
-            value_bytes = framed(_STRING, value.encode())
+            encoded = value.encode()
+            size = len(encoded)
+            value_bytes = b"".join((_STRING, small[size] if size < 0x80 else varint(size), encoded))
         elif kind is bool:
             value_bytes = _TRUE if value else _FALSE
         elif kind is int:
@@ -91,4 +99,9 @@ def scalar_pair(key: str, value: Any) -> bytes | None:
         key_bytes = key.encode()
     except UnicodeEncodeError:
         return None
-    return framed(ATTRIBUTES, framed(_KEY, key_bytes) + framed(_VALUE, value_bytes))
+    # framed(ATTRIBUTES, framed(_KEY, key) + framed(_VALUE, value)), with the lengths' usual one byte looked up.
+    key_size, value_size = len(key_bytes), len(value_bytes)
+    pair = b"".join((_KEY, small[key_size] if key_size < 0x80 else varint(key_size), key_bytes,
+                     _VALUE, small[value_size] if value_size < 0x80 else varint(value_size), value_bytes))
+    size = len(pair)
+    return b"".join((ATTRIBUTES, small[size] if size < 0x80 else varint(size), pair))
