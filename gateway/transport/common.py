@@ -229,6 +229,10 @@ def progress_token(message: Message) -> Any:
     return meta.get("progressToken") if isinstance(meta, dict) else None
 
 
+# The only revision with JSON-RPC batches (2025-03-26 added them, 2025-06-18 removed them): an upstream that
+# negotiated it may send one (stdio and legacy SSE read it item by item); under any other it breaks the protocol.
+BATCH_REVISIONS = frozenset({"2025-03-26"})
+
 # MCP's logging levels, least severe first (`logging/setLevel`, `notifications/message`).
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 # Notifications that concern every session of an upstream, not one request.

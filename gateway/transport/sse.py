@@ -20,6 +20,7 @@ from gateway import jsonrpc
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler, SentId
 from gateway.transport.common import (
+    BATCH_REVISIONS,
     BROADCAST_METHODS,
     TOOLS_CHANGED,
     HeldSubscriptions,
@@ -286,13 +287,13 @@ class SseSession:
                 except GatewayError:
                     self._up.log.warning("ignoring invalid JSON on the SSE stream")
                     continue
-                if not isinstance(message, dict):
-                    self._up.log.warning("ignoring a non-object message on the SSE stream")
-                elif "method" not in message:
-                    if not self._table.resolve(message):
-                        self._up.log.debug("response for unknown id %r ignored", message.get("id"))
+                if not isinstance(message, list):
+                    await self._one(message)
+                elif self._init_result.get("protocolVersion") in BATCH_REVISIONS:
+                    for item in message:  # as if each came in an event of its own (stdio reads them so too)
+                        await self._one(item)
                 else:
-                    await self._route(message)
+                    self._refuse_batch(message)
         except (aiohttp.ClientError, GatewayError, OSError) as exc:
             self._up.log.info("SSE stream ended: %s", exc)
         finally:
@@ -301,6 +302,25 @@ class SseSession:
             self._clock.ended(self._init_result.get("protocolVersion"), "upstream_unavailable")
             self._table.fail_all(GatewayError("upstream_unavailable", "upstream closed the SSE stream",
                                               data={"upstream": self._up.name}))
+
+    async def _one(self, message: Any) -> None:
+        if not isinstance(message, dict):
+            self._up.log.warning("ignoring a non-object message on the SSE stream")
+        elif "method" not in message:
+            if not self._table.resolve(message):
+                self._up.log.debug("response for unknown id %r ignored", message.get("id"))
+        else:
+            await self._route(message)
+
+    def _refuse_batch(self, batch: list[Any]) -> None:
+        """A JSON-RPC batch under a revision without batches: the calls it answers fail now, not at their timeout;
+        the rest of it is dropped (as over stdio, gateway/transport/stdio_inbound.py)."""
+        version = self._init_result.get("protocolVersion")
+        error = GatewayError("upstream_error", f"upstream sent a JSON-RPC batch, which protocol {version} does "
+                             "not allow", data={"upstream": self._up.name})
+        answered = [m.get("id") for m in batch if isinstance(m, dict) and "method" not in m]
+        failed = [i for i in answered if self._table.fail(i, error)]
+        self._up.log.warning("%s; %s", error.message, f"failed request(s) {failed}" if failed else "dropped it")
 
     def _oversized(self, event: Oversized) -> None:
         answered = event.answered_id()

@@ -32,10 +32,9 @@ from typing import Any
 
 from gateway.errors import INVALID_REQUEST, GatewayError
 from gateway.transport.base import Message
+from gateway.transport.common import BATCH_REVISIONS
 from gateway.transport.events import EDGE, MAX_MESSAGE_BYTES, NotJson, Oversized, parse_json
 from gateway.transport.inflight import InflightTable
-
-BATCH_REVISIONS = frozenset({"2025-03-26"})
 
 
 async def read_line(stream: asyncio.StreamReader) -> bytes | Oversized:
