@@ -106,7 +106,8 @@ def _target_attributes(method: str, params: Mapping[str, Any], capture_args: boo
             args = params["arguments"]
             attrs["gen_ai.tool.call.arguments"] = canonical_json(redact(args) if redact else args)
     elif method == "prompts/get" and isinstance(name, str):
-        attrs["gen_ai.prompt.name"] = name
+        # No prompt list is kept: the name is the agent's until the upstream answers, and may be a pasted token.
+        attrs["gen_ai.prompt.name"] = redact(name) if redact else name
     elif method.startswith("resources/") and isinstance(params.get("uri"), str):
         attrs["mcp.resource.uri"] = redact(params["uri"]) if redact else params["uri"]  # may carry a token
     return attrs

@@ -25,8 +25,6 @@ StartGateway = Callable[[dict[str, Any]], Awaitable[RunningGateway]]
 NAME_TOKEN = "ghp_" + "e5F6" * 9
 
 
-@pytest.mark.xfail(strict=True, reason="the prompts/get CLIENT span's gen_ai.prompt.name skips the secret "
-                                       "redactor when the upstream refuses the name (lead: telemetry)")
 async def test_a_failed_prompt_names_no_token_on_the_client_span(
         otlp: OtlpReceiver, start_gateway: StartGateway, permissive_policies: Path) -> None:
     async with run_http_server(document_server()) as url:
