@@ -6,6 +6,7 @@ gateway is handed only the section it needs; there is no global settings object.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -189,10 +190,27 @@ class RedisConfig(Model):
     def _url(cls, value: str) -> str:
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("not a redis:// URL")
-        problem = url_problem(value, spaces=False)  # a password with a space works (redis-py reads it as written)
+        problem = url_problem(value, spaces=False) or _redis_options_problem(value)  # a password may hold a space
         if problem is not None:
             raise ValueError(f"not a redis:// URL: {problem}")
         return value
+
+
+def _redis_options_problem(url: str) -> str | None:
+    """What redis-py refuses in the URL's query (`?db=x`, an option it does not take), checked as it will read it:
+    serve stopped with its traceback at start, or served with every Redis operation failing, after config check
+    passed. Its messages name the option, never a value (the password may be one)."""
+    from redis.asyncio.connection import ConnectionPool  # here: only a config with a Redis store pays the import
+    from redis.exceptions import RedisError
+
+    try:
+        ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]  # builds it, connects nowhere
+    except (ValueError, RedisError) as exc:  # RedisError: rediss://…?ssl_cert_reqs=bogus
+        return str(exc)
+    except TypeError as exc:
+        unknown = re.search(r"unexpected keyword argument '([^']*)'", str(exc))
+        return f"redis-py takes no option {unknown.group(1)!r} here" if unknown else "redis-py cannot read its options"
+    return None
 
 
 class RedisStore(Model):
