@@ -45,7 +45,8 @@ def split_event_id(value: str | None) -> tuple[str, int] | None:
     if not value or len(value) > 64:
         return None
     stream, _, number = value.rpartition("-")
-    if not stream or not number.isdigit():
+    # ASCII digits only, as the gateway writes them: str.isdigit() also takes '²' (int() raised: a 500) and '٣'.
+    if not stream or not number.isascii() or not number.isdigit():
         return None
     return stream, int(number)
 

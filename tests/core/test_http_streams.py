@@ -143,6 +143,22 @@ async def test_get_stream_resumes_with_its_own_ids(gw, http):
     assert [m["params"]["n"] for _, m in received] == [2, 3]
 
 
+@pytest.mark.parametrize("digit", ["\u00b2", "\u0663"])  # superscript two; Arabic-Indic three
+async def test_a_last_event_id_with_digits_past_ascii_names_no_event(gw, http, digit):
+    # str.isdigit() takes both: int() then raised on '²' (a text/plain 500 and an ERROR traceback) and read '٣' as 3,
+    # replaying events the client never named. The gateway's ids are ASCII digits only: these name none of them.
+    sid = await open_session(http, gw.features)
+    session = gw.gateway.sessions.get(sid, await gw.gateway.parts.identifier.identify({}, None), "features")
+    note = {"jsonrpc": "2.0", "method": "notifications/message"}
+    for n in range(1, 6):
+        session.stream_event({**note, "params": {"n": n}})
+    async with http.get(gw.features, headers={**STREAM, "Mcp-Session-Id": sid, "Last-Event-ID": f"0-{digit}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        session.stream_event({**note, "params": {"n": 6}})
+        [(_, first)] = await read_events(resp, 1)
+    assert first["params"] == {"n": 6}  # nothing replayed, as for any id the gateway did not issue
+
+
 async def test_a_new_get_replaces_the_open_stream_at_once(gw, http):
     sid = await open_session(http, gw.features)
     headers = {**STREAM, "Mcp-Session-Id": sid}
