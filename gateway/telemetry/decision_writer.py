@@ -161,13 +161,13 @@ class FileTarget:
         self.fd = fd
         self.path = path
         self.torn = False  # a failed write (disk full) left part of a line at the end of the file
+        # The path could not be opened again (or looked at): warned once, not on every batch (20 a second).
+        self.stuck = False
 
     def write(self, chunk: bytes) -> None:
         """One write of `chunk`; a failure part way raises ShortWrite with the records that were written."""
         if self.path is not None:
-            fd = reopened_if_rotated(self.fd, self.path)
-            if fd != self.fd:
-                self.fd, self.torn = fd, False
+            self._reopen_if_rotated(self.path)
         # The fragment a failed write left ends here, or the next record would be glued to it and lost too.
         prefixed = self.torn
         data = b"\n" + chunk if prefixed else chunk
@@ -179,6 +179,44 @@ class FileTarget:
                 exc.lines = data.count(b"\n", 0, exc.written) - int(prefixed)
             raise
         self.torn = False
+
+    def _reopen_if_rotated(self, path: str) -> None:
+        """Write to `path` again when logrotate (its default `create` mode) moved the file away or deleted it:
+        else the log would go on writing into the rotated file, or into none, while the path an operator reads
+        stays empty. As logging's WatchedFileHandler: one stat per batch. A path that cannot be opened again, or
+        looked at (ENOTDIR, EACCES, ELOOP: whether it was rotated is unknown), keeps the file it has: better
+        there than lost."""
+        try:
+            now, ours = os.stat(path), os.fstat(self.fd)
+            if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
+                self._unstuck(path, reopened=False)
+                return
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self._stuck(path, exc)
+            return
+        try:
+            new = os.open(path, FILE_FLAGS, 0o640)
+        except OSError as exc:
+            self._stuck(path, exc)
+            return
+        os.close(self.fd)
+        self.fd, self.torn = new, False
+        self._unstuck(path, reopened=True)
+
+    def _stuck(self, path: str, exc: OSError) -> None:
+        if not self.stuck:
+            self.stuck = True
+            log.warning("decision log %s moved away and cannot be opened again (%s): still writing to the old file "
+                        "(said once, until it can be)", path, exc.strerror or exc)
+
+    def _unstuck(self, path: str, *, reopened: bool) -> None:
+        if reopened:
+            log.info("decision log %s was moved away or deleted: reopened", path)
+        elif self.stuck:  # the path is the open file again (a directory renamed back)
+            log.info("decision log %s can be looked at again: still writing to it", path)
+        self.stuck = False
 
 
 def write_all(fd: int, chunk: bytes) -> None:
@@ -193,27 +231,6 @@ def write_all(fd: int, chunk: bytes) -> None:
             select.select([], [fd], [])
         except OSError as exc:  # ENOSPC, EFBIG, EPIPE …: what was written before it stays written
             raise ShortWrite(done, exc) from exc
-
-
-def reopened_if_rotated(fd: int, path: str) -> int:
-    """The descriptor for `path`: logrotate (its default `create` mode) moves the file away or deletes it, and
-    the log would go on writing into the rotated file, or into none, while the path an operator reads stays
-    empty. As logging's WatchedFileHandler: one stat per batch."""
-    try:
-        now, ours = os.stat(path), os.fstat(fd)
-        if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
-            return fd
-    except FileNotFoundError:
-        pass
-    try:
-        new = os.open(path, FILE_FLAGS, 0o640)
-    except OSError as exc:  # keep writing where we can rather than lose the records
-        log.warning("decision log %s moved away and cannot be opened again (%s): still writing to the old file",
-                    path, exc.strerror or exc)
-        return fd
-    os.close(fd)
-    log.info("decision log %s was moved away or deleted: reopened", path)
-    return new
 
 
 def read_frame(stream: BinaryIO) -> Any:

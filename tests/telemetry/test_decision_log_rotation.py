@@ -96,3 +96,52 @@ async def test_the_writer_process_logs_at_the_gateways_level(tmp_path: Path, lev
     else:
         assert len(reopened) == 1 and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO customs.decision_log: ",
                                                reopened[0]), reopened
+
+
+async def events_in_batches(log: DecisionLog, names: list[str]) -> None:
+    """Each event in a batch of its own (flush waits until the writer wrote or reported it)."""
+    for name in names:
+        log.event(name)
+        assert await log.flush()
+
+
+async def test_a_path_that_cannot_be_opened_again_is_warned_about_once(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The log's directory removed (a cleanup, a volume remounted): the writer warned on every batch, up to twenty
+    WARNING lines a second under load. It warns once, keeps writing to the file it has, and says when the path
+    could be opened again."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    path = directory / "decisions.jsonl"
+    log = DecisionLog(DecisionLogConfig(path=path))
+    await log.start()
+    await events_in_batches(log, ["first"])
+    path.unlink()
+    directory.rmdir()
+    await events_in_batches(log, ["gone 1", "gone 2", "gone 3", "gone 4"])
+    directory.mkdir()
+    await events_in_batches(log, ["back"])
+    await log.close()
+    assert types(path) == ["back"]
+    err = capfd.readouterr().err
+    assert len([line for line in err.splitlines() if "cannot be opened again" in line]) == 1, err
+
+
+async def test_a_path_that_cannot_be_looked_at_keeps_the_file_it_has(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """stat(path) failing otherwise than 'no such file' (ENOTDIR here: its directory replaced by a file; EACCES,
+    ELOOP) dropped every batch as lost, though the descriptor the writer holds still takes them, as it does when
+    the path cannot be opened again."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    path = directory / "decisions.jsonl"
+    lost: list[int] = []
+    log = DecisionLog(DecisionLogConfig(path=path), on_drop=lambda: lost.append(1))
+    await log.start()
+    await events_in_batches(log, ["first"])
+    held = directory.rename(tmp_path / "held")  # the open file moves with its directory
+    directory.write_text("not a directory\n")
+    await events_in_batches(log, ["second", "third"])
+    await log.close()
+    assert lost == [] and types(held / "decisions.jsonl") == ["first", "second", "third"]
+    assert len([line for line in capfd.readouterr().err.splitlines() if "cannot be opened again" in line]) == 1
