@@ -28,7 +28,9 @@ BATCH_VERSION = "2025-03-26"
 
 
 async def answer_batch(endpoint: McpEndpoint, request: web.Request, view: str | None, principal: Principal,
-                       batch: jsonrpc.Batch, sse_ok: bool) -> web.StreamResponse:
+                       batch: jsonrpc.Batch, sse_ok: bool, times: tuple[int, int]) -> web.StreamResponse:
+    """`times`: when the POST arrived and when it was identified (time.time_ns()): each member's SERVER span starts
+    at the POST and records the one identify as its `customs.identify` child, as a single request's does."""
     try:
         session = endpoint.batch_session(request, view, principal)
         messages = jsonrpc.classify_batch(batch.items)
@@ -46,27 +48,27 @@ async def answer_batch(endpoint: McpEndpoint, request: web.Request, view: str | 
             requests.append(message)
         else:
             try:
-                await endpoint._accept_one_way(session, message, principal)
+                await endpoint._accept_one_way(session, message, principal, http=request, times=times)
             except GatewayError as exc:
                 replies.append(to_wire(exc, None)[0])
     if not requests and not replies:
         return web.Response(status=202)
     channel = ResponseChannel(request, {}, sse_allowed=sse_ok, replay=endpoint.streams.post_replay,
                               session_id=session.id)
-    calls = (_answered(endpoint, request, session, principal, message, channel) for message in requests)
+    calls = (_answered(endpoint, request, session, principal, message, channel, times) for message in requests)
     await asyncio.gather(*calls)
     return await channel.finish_batch(replies)
 
 
 async def _answered(endpoint: McpEndpoint, request: web.Request, session: Session, principal: Principal,
-                    message: jsonrpc.Message, channel: ResponseChannel) -> None:
+                    message: jsonrpc.Message, channel: ResponseChannel, times: tuple[int, int]) -> None:
     """One request's answer, handed to the channel as the call ends: sent at once when the batch answers on a
     stream, so a call held for approval does not hold back the others' answers until a person decides."""
-    await channel.answer_now(await _call(endpoint, request, session, principal, message, channel))
+    await channel.answer_now(await _call(endpoint, request, session, principal, message, channel, times))
 
 
 async def _call(endpoint: McpEndpoint, request: web.Request, session: Session, principal: Principal,
-                message: jsonrpc.Message, channel: ResponseChannel) -> dict[str, Any]:
+                message: jsonrpc.Message, channel: ResponseChannel, times: tuple[int, int]) -> dict[str, Any]:
     """One request of the batch, in a task of its own (so a cancellation withdraws just that call)."""
     try:
         if endpoint.observability is None:
@@ -74,7 +76,7 @@ async def _call(endpoint: McpEndpoint, request: web.Request, session: Session, p
         with endpoint.observability.request(request.headers, message.method, message.params, message.id,
                                             principal=principal, session_id=session.id,
                                             protocol_version=session.protocol_version, http=request,
-                                            view=session.view) as trace:
+                                            view=session.view, start_ns=times[0], identify_ns=times) as trace:
             return (await endpoint.run_call(session, principal, message, channel, trace))[0]
     except GatewayError as exc:  # refused before it ran (an id already in flight)
         reply = to_wire(exc, message.id)[0]

@@ -1,8 +1,8 @@
 """Every request of a JSON-RPC batch (2025-03-26 sessions) gets its `customs.identify` child (issue 6, docs/tracing.md:
 "`customs.identify` | every request"), as a single POST's request does.
 
-The batch path (gateway/http/batch.py) opens each request's SERVER span without the POST's identify times
-(`start_ns`/`identify_ns`), so those spans have no identify child and start when their task ran, not when the POST
+The batch path (gateway/http/batch.py) opened each request's SERVER span without the POST's identify times
+(`start_ns`/`identify_ns`), so those spans had no identify child and started when their task ran, not when the POST
 arrived. Real gateway, real SDK upstream, raw HTTP agent, the in-test OTLP receiver.
 """
 
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.conftest import RunningGateway
 from tests.support.feature_server import feature_server
@@ -28,8 +27,6 @@ def trace_of(i: int) -> str:
     return f"{i:x}".rjust(32, "c")
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/http/batch.py opens a batch request's SERVER span without the POST's "
-                                       "identify_ns/start_ns: no customs.identify child (lead: http/telemetry)")
 async def test_each_request_of_a_batch_has_its_identify_child(
         otlp: OtlpReceiver, start_gateway: StartGateway, permissive_policies: Path) -> None:
     server, _ = feature_server()
