@@ -210,8 +210,17 @@ def issuer_rules(issuer: Any) -> Iterator[Problem]:
     # with aud [""] (for no resource in particular) accepted; a require_typ of "" refuses every token with a typ.
     hints = {"audience": " (leave it out for <public_url>/mcp)", "require_typ": " (leave it out to accept any typ)"}
     for key in ("issuer", "audience", "require_typ"):
-        if _get(issuer, key) == "":
+        value = _get(issuer, key)
+        if value == "":
             yield (key,), "must not be empty" + hints.get(key, "")
+        elif isinstance(value, str) and value != value.strip():
+            # A ${VAR} read from a file keeps its last newline (a ConfigMap made --from-file): no token's iss, aud
+            # or typ has it, so every token was refused while config check said OK.
+            yield (key,), f"must not start or end with whitespace ({value!r})" + hints.get(key, "")
+    claims = _get(issuer, "claims")
+    for attribute, claim in claims.items() if isinstance(claims, Mapping) else ():
+        if claim == "":  # no token has a claim named "": the attribute (say tenant) was silently never set
+            yield ("claims", attribute), "must name a claim (leave the attribute out for its default claim)"
     if sum(_get(issuer, key) is not None for key in ("jwks_file", "jwks_url", "pem_file")) != 1:
         yield (), "exactly one of jwks_file, jwks_url or pem_file is required"
     listed = _get(issuer, "algorithms")
@@ -228,7 +237,6 @@ def issuer_rules(issuer: Any) -> Iterator[Problem]:
         hint = f"; did you mean {by_upper[name.upper()]}?" if name.upper() in by_upper else ""
         yield ("algorithms",), f"unknown algorithm {name!r}{hint} (supported: {', '.join(TOKEN_ALGORITHMS)})"
     yield from _trust_domain_rules(issuer)
-    claims = _get(issuer, "claims")
     if isinstance(claims, Mapping) and "issuer" in claims:
         # The gateway drops it for the verified issuer (authz/entities.py): a mapping of it meant something else.
         yield ("claims", "issuer"), f"{ISSUER_ATTRIBUTE} (principal.issuer: the token's iss); " \
