@@ -139,7 +139,8 @@ class Metrics:
             "mcp.client.operation.duration", "s", "MCP requests the gateway sent upstream, send to response",
             DURATION_BUCKETS, self._client_operation_attrs)
         if readers:
-            resource = Resource.create({"service.name": self.settings.service_name})
+            # As the spans' resource (tracing.py): the release too, so series and traces join on it.
+            resource = Resource.create({"service.name": self.settings.service_name, "service.version": SCOPE.version})
             self.provider = MeterProvider(metric_readers=readers, resource=resource, views=_views())
             meter_provider = self.provider
             for reader in readers:

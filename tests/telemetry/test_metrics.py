@@ -256,3 +256,14 @@ async def test_an_otlp_protocol_other_than_http_protobuf_is_warned_about(caplog:
     warned = [r.getMessage() for r in caplog.records if "not supported" in r.getMessage()]
     assert warned == ["OTLP protocol 'grpc' is not supported: traces are exported as OTLP/HTTP protobuf to "
                       f"{otlp.traces_url}"]
+
+
+def test_the_metrics_resource_names_the_version_as_the_spans_resource_does() -> None:
+    """Spans carry service.name and service.version (tracing.py); metrics named the service only, so a dashboard
+    could not tell which release a series came from, nor join it to that release's traces."""
+    from gateway.telemetry.tracing import VERSION
+
+    metrics = Metrics(TelemetryConfig.model_validate({"service_name": "shop-gw"}), env={})
+    metrics.record_call("inventory", "get_stock", "allow")
+    info = next(line for line in metrics.prometheus_text().decode().splitlines() if line.startswith("target_info{"))
+    assert 'service_name="shop-gw"' in info and f'service_version="{VERSION}"' in info, info
