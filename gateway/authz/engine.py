@@ -20,7 +20,14 @@ from typing import Any
 
 from gateway.authz import entities as E
 from gateway.authz.evaluate import EntityCache, decide, decide_approve
-from gateway.authz.policyset import ALLOW_ALL_DIR, LoadedPolicies, PolicyLoadError, fingerprint, load_policies
+from gateway.authz.policyset import (
+    ALLOW_ALL_DIR,
+    Fingerprint,
+    LoadedPolicies,
+    PolicyLoadError,
+    fingerprint,
+    load_policies,
+)
 from gateway.authz.unsummed import unsummed_forbids
 from gateway.config.model import PoliciesConfig
 from gateway.context import CallContext, Decision, Outcome, Principal, ToolInfo
@@ -69,8 +76,8 @@ class PolicyEngine:
         self._entities = EntityCache()
         self._current: LoadedPolicies | None = None
         self._shadow: LoadedPolicies | None = None
-        self._seen: tuple[tuple[str, int, int], ...] = ()  # the enforced set's files as last read
-        self._seen_shadow: tuple[tuple[str, int, int], ...] = ()
+        self._seen: Fingerprint = ()  # the enforced set's files as last read
+        self._seen_shadow: Fingerprint = ()
         self._watcher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.last_error: str | None = None

@@ -187,9 +187,15 @@ def policy_files(directory: Path) -> list[Path]:
     return sorted(path for path in directory.glob("*.cedar") if not path.name.startswith("."))
 
 
-def fingerprint(*dirs: Path | None) -> tuple[tuple[str, int, int], ...]:
-    """(path, mtime_ns, size) of every file a load reads: a change here means reload."""
-    out: list[tuple[str, int, int]] = []
+# (path, inode, mtime_ns, ctime_ns, size) of each file a load reads.
+Fingerprint = tuple[tuple[str, int, int, int, int], ...]
+
+
+def fingerprint(*dirs: Path | None) -> Fingerprint:
+    """What every file a load reads is now: a change here means reload. The inode and ctime count as well as the
+    mtime and size: a release swapped in under the same path (a symlink moved to another directory) may hold files
+    of equal times and sizes (reproducible builds fix every mtime; a one-character change keeps a size)."""
+    out: list[tuple[str, int, int, int, int]] = []
     for directory in dirs:
         if directory is None:
             continue
@@ -201,9 +207,9 @@ def fingerprint(*dirs: Path | None) -> tuple[tuple[str, int, int], ...]:
             try:
                 stat = path.stat()
             except OSError:
-                out.append((str(path), -1, -1))
+                out.append((str(path), -1, -1, -1, -1))
                 continue
-            out.append((str(path), stat.st_mtime_ns, stat.st_size))
+            out.append((str(path), stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size))
     return tuple(out)
 
 
