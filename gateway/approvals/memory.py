@@ -37,6 +37,7 @@ class MemoryApprovalStore:
         # position in one of them (bisect), as the Redis store's sorted sets `all` and `pending`.
         self._by_created: list[tuple[float, str]] = []
         self._by_expiry: list[tuple[float, str]] = []
+        self._by_decided: list[tuple[float, str]] = []  # decided items by decision: the page's history (decided)
         self._keys: dict[str, tuple[str, float]] = {}  # binding key -> (id, an approval usable until)
         self._changed: dict[str, asyncio.Event] = {}
         self._holds: dict[str, int] = {}  # approval id -> requests waiting on it now
@@ -75,6 +76,7 @@ class MemoryApprovalStore:
             insort(self._by_expiry, (item.expires_at, item.id))
         elif not item.pending and known is not None and known.pending:
             _unindex(self._by_expiry, (known.expires_at, known.id))
+            insort(self._by_decided, _decided_key(item))
         changed = self._changed.pop(item.id, None)
         if changed is not None:
             changed.set()
@@ -95,6 +97,7 @@ class MemoryApprovalStore:
             for item_id in [i.id for i in self._items.values() if not i.pending][:excess]:
                 gone = self._items.pop(item_id)
                 _unindex(self._by_created, (gone.created_at, gone.id))
+                _unindex(self._by_decided, _decided_key(gone))
         if len(self._keys) > 2 * self._history:  # a link lives as long as its item: at most one per item
             self._keys = {k: v for k, v in self._keys.items() if v[0] in self._items}
         if len(self._claimed) > self._history:  # settled calls leave it; this bounds what a lost settle left
@@ -144,6 +147,10 @@ class MemoryApprovalStore:
 
     async def cursor_key(self) -> bytes:
         return self._cursor_key
+
+    async def decided(self, limit: int) -> builtins.list[Approval]:
+        await self.expire_due()
+        return [self._items[item_id] for _, item_id in reversed(self._by_decided[-limit:])]
 
     async def decide(self, approval_id: str, approver: str, outcome: str, comment: str | None) -> Approval:
         if outcome not in ("approved", "denied"):
@@ -269,6 +276,10 @@ class MemoryApprovalStore:
 
     def stats(self) -> dict[str, Any]:
         return {"items": len(self._items), "keys": len(self._keys), "waiting": len(self._changed)}
+
+
+def _decided_key(item: Approval) -> tuple[float, str]:
+    return (item.decided_at or item.created_at, item.id)
 
 
 def _unindex(index: builtins.list[tuple[float, str]], key: tuple[float, str]) -> None:

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from gateway.approvals import redis_scripts as lua
 from gateway.approvals.cursor import CREATED, EXPIRY, Cursor, check, order_for, shared_key
-from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound, Vote, event
+from gateway.approvals.model import TERMINAL, AlreadyDecided, Approval, ApprovalNotFound, Vote, event
 from gateway.approvals.redis_codec import approval_from_hash, as_hash, text
 from gateway.approvals.redis_listing import walk_page
 from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, Page, emit, notify_listeners, run_to_end
@@ -216,6 +216,14 @@ class RedisApprovalStore:
         if gone:
             await self._run(self._client.zrem(self._p + source, *gone))
         return out
+
+    async def decided(self, limit: int) -> builtins.list[Approval]:
+        # The `decided` index (score decided_at), plus the newest decided by creation: items decided by replicas
+        # from before that index (a rolling upgrade) are in `all` only.
+        recent = (await self.page(sorted(TERMINAL), limit)).items
+        ids = [text(i) for i in await self._run(self._client.zrevrange(self._p + "decided", 0, limit - 1))]
+        latest = {**{i.id: i for i in recent}, **await self._load_many(ids, "decided")}
+        return sorted(latest.values(), key=lambda i: i.decided_at or i.created_at, reverse=True)[:limit]
 
     async def cursor_key(self) -> bytes:
         """The key every replica sharing this Redis seals listing cursors with (`<prefix>approvals:cursor_key`), read

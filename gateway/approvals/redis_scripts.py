@@ -17,6 +17,7 @@ local function finish(id, state, now, keep_ms)
   local key = item_key(id)
   redis.call('HSET', key, 'state', state, 'decided_at', now)
   redis.call('ZREM', P .. 'pending', id)
+  redis.call('ZADD', P .. 'decided', now, id)
   redis.call('PEXPIRE', key, keep_ms)
   redis.call('PEXPIRE', P .. 'voters:' .. id, keep_ms)
   redis.call('DEL', P .. 'held:' .. id)
@@ -92,6 +93,7 @@ elseif redis.call('HINCRBY', key, 'approvals', 1) >= tonumber(f[3]) then
   redis.call('PEXPIRE', key, tonumber(ARGV[4]))
   redis.call('PEXPIRE', P .. 'voters:' .. ARGV[2], tonumber(ARGV[4]))
   redis.call('ZREM', P .. 'pending', ARGV[2])
+  redis.call('ZADD', P .. 'decided', ARGV[3], ARGV[2])
   redis.call('DEL', P .. 'held:' .. ARGV[2])
   redis.call('PUBLISH', P .. 'events', ARGV[2])
 else
@@ -246,8 +248,10 @@ end
 return 0
 """
 
-# ARGV: prefix, cutoff (created_at), max  -> how many `all` entries were dropped: those whose item aged out
+# ARGV: prefix, cutoff (created_at), max  -> how many `all` entries were dropped: those whose item aged out.
+# `decided` (score decided_at) loses its entries decided before the cutoff: their items are kept that long.
 PRUNE: Final = _HELPERS + """
+redis.call('ZREMRANGEBYSCORE', P .. 'decided', '-inf', '(' .. ARGV[2])
 local ids = redis.call('ZRANGEBYSCORE', P .. 'all', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 local gone = 0
 for _, id in ipairs(ids) do

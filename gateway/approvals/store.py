@@ -70,6 +70,11 @@ class ApprovalStore(Protocol):
         another order."""
         ...
 
+    async def decided(self, limit: int) -> builtins.list[Approval]:
+        """The `limit` latest decided items (any state but pending), latest decision first: the page's history.
+        A listing by creation would leave out a call held long before the newer calls decided since."""
+        ...
+
     async def cursor_key(self) -> bytes:
         """The AES-GCM key listing cursors are sealed with (cursor.encode): the same on every replica of this
         store, so a next_cursor from one is read by another."""

@@ -281,13 +281,11 @@ class ApprovalsWeb:
         # Pending and decided items are listed apart: one list of the newest items would hide a call still
         # waiting behind enough newer decided ones.
         pending = [i for i in await self._store.list(["pending"], PAGE_PENDING) if self._auth.may_view(approver, i)]
-        states = [s for s in STATES if s != "pending"]
-        decided = await self._store.list(states, 4 * PAGE_HISTORY)
+        decided = await self._store.decided(4 * PAGE_HISTORY)  # a log of decisions: the latest first
         history = [i for i in decided if self._auth.may_view(approver, i)]
         if len(history) < PAGE_HISTORY and len(decided) == 4 * PAGE_HISTORY:  # hidden ones took the room: look further
-            history = [i for i in await self._store.list(states, PAGE_PENDING) if self._auth.may_view(approver, i)]
-        # The store lists by creation; the history reads as a log of decisions, newest decision first.
-        history = sorted(history, key=lambda i: i.decided_at or i.created_at, reverse=True)[:PAGE_HISTORY]
+            history = [i for i in await self._store.decided(PAGE_PENDING) if self._auth.may_view(approver, i)]
+        history = history[:PAGE_HISTORY]
         own = {i.id for i in pending if self._auth.on_own_behalf(approver, i)}  # shown, but not decidable
         return render.items_fragment(pending, history, csrf, own=own, viewer=approver.name, base=self._base)
 
