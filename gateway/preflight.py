@@ -7,7 +7,7 @@ two commands agree on these files. Nothing here needs the network, starts a chil
 upstreams, the store and the directories serve creates (decision log, signing keys where it may generate them)
 are not checked, except a `signing.key_dir` that is, or lies below, a file, and a `decision_log.path` that is a
 directory or lies below a file (serve could never open it); a signing key serve may not generate
-(outside dev) must already be in `signing.key_dir`.
+(outside dev) must already be in `signing.key_dir`. A static credential value serve could not read is a warning.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from gateway.authz.unsummed import unsummed_forbids
 from gateway.config import Config, ConfigError
 from gateway.config.model import IssuerConfig, TlsConfig
 from gateway.credentials.keys import missing_key_problems
+from gateway.credentials.static import static_warnings
 from gateway.identity import build_identifier
 from gateway.identity.identifier import key_source
 from gateway.identity.jwks import FileKeySource
@@ -35,7 +36,7 @@ def preflight(config: Config, source: str = "config") -> list[str]:
         raise ConfigError(problems, source)
     shadow = config.policies.shadow_dir
     return [*(policy_problems(shadow, "policies.shadow_dir") if shadow is not None else []),
-            *policy_warnings(config), *exposure_warnings(config)]
+            *policy_warnings(config), *exposure_warnings(config), *static_warnings(config.upstreams)]
 
 
 def policy_warnings(config: Config) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.config.model import UpstreamConfig
@@ -47,30 +47,10 @@ class StaticCredentials:
             self._values[name] = self._read(upstream, None)
 
     def _read(self, upstream: UpstreamConfig, previous: _Entry | None) -> _Entry:
-        creds = upstream.credentials
-        if creds.value_env:
-            environ = self._environ if self._environ is not None else os.environ
-            value = environ.get(creds.value_env)
-            if not value:
-                log.warning("upstream %s: environment variable %s is not set", upstream.name, creds.value_env)
-            return self._remember(_Entry(_header_safe(value, upstream.name, f"environment variable {creds.value_env}")))
-        assert creds.value_file is not None
-        try:
-            stat = creds.value_file.stat()
-            if previous is not None and previous.mtime_ns == stat.st_mtime_ns:
-                return previous
-            value = creds.value_file.read_text().strip()
-        except OSError as exc:
-            log.warning("upstream %s: cannot read credential file %s: %s", upstream.name, creds.value_file,
-                        type(exc).__name__)
-            return _Entry(None)
-        except UnicodeDecodeError:  # (its repr holds the file's bytes: never logged)
-            log.warning("upstream %s: credential file %s is not UTF-8 text", upstream.name, creds.value_file)
-            return _Entry(None, stat.st_mtime_ns)
-        if not value:
-            log.warning("upstream %s: credential file %s is empty", upstream.name, creds.value_file)
-        value = _header_safe(value, upstream.name, f"credential file {creds.value_file}")
-        return self._remember(_Entry(value or None, stat.st_mtime_ns))
+        entry, problem = read_value(upstream, self._environ, previous)
+        if problem is not None:
+            log.warning("upstream %s: %s", upstream.name, problem)
+        return entry if entry is previous else self._remember(entry)  # an unchanged file: known already
 
     def _remember(self, entry: _Entry) -> _Entry:
         if entry.value and self._on_secret is not None:
@@ -90,10 +70,50 @@ class StaticCredentials:
         return config.credentials.header, config.credentials.value_prefix + entry.value
 
 
-def _header_safe(value: str | None, upstream: str, source: str) -> str | None:
-    """`value`, or None (logged, naming `source`, never the value) when no header can carry it."""
-    if value and _NOT_IN_A_HEADER.search(value):
-        log.warning("upstream %s: %s holds a line break or another control character, which no HTTP header "
-                    "value may", upstream, source)
-        return None
-    return value
+def read_value(upstream: UpstreamConfig, environ: Mapping[str, str] | None = None,
+               previous: _Entry | None = None) -> tuple[_Entry, str | None]:
+    """The upstream's static value as serve reads it, and why it cannot be used (naming the variable or file,
+    never the value), or None. `customs config check` warns with the same words (gateway/preflight.py)."""
+    creds = upstream.credentials
+    if creds.value_env:
+        value = (environ if environ is not None else os.environ).get(creds.value_env)
+        if not value:
+            return _Entry(None), f"environment variable {creds.value_env} is not set"
+        return _header_safe(_Entry(value), f"environment variable {creds.value_env}")
+    assert creds.value_file is not None
+    try:
+        stat = creds.value_file.stat()
+        if previous is not None and previous.mtime_ns == stat.st_mtime_ns:
+            return previous, None
+        value = creds.value_file.read_text().strip()
+    except OSError as exc:
+        return _Entry(None), f"cannot read credential file {creds.value_file}: {type(exc).__name__}"
+    except UnicodeDecodeError:  # (its repr holds the file's bytes: never logged)
+        return _Entry(None, stat.st_mtime_ns), f"credential file {creds.value_file} is not UTF-8 text"
+    if not value:
+        return _Entry(None, stat.st_mtime_ns), f"credential file {creds.value_file} is empty"
+    return _header_safe(_Entry(value, stat.st_mtime_ns), f"credential file {creds.value_file}")
+
+
+def _header_safe(entry: _Entry, source: str) -> tuple[_Entry, str | None]:
+    """`entry`, or one without its value (and why, naming `source`, never the value) when no header can carry it."""
+    if entry.value and _NOT_IN_A_HEADER.search(entry.value):
+        return (_Entry(None, entry.mtime_ns),
+                f"{source} holds a line break or another control character, which no HTTP header value may")
+    return entry, None
+
+
+def static_warnings(upstreams: Sequence[UpstreamConfig], environ: Mapping[str, str] | None = None) -> list[str]:
+    """What serve would warn about reading each static value (the upstream's every call then refused
+    credential_unavailable), at the config path of the variable or file."""
+    warnings: list[str] = []
+    for index, upstream in enumerate(upstreams):
+        creds = upstream.credentials
+        if creds.mode != "static":
+            continue
+        _, problem = read_value(upstream, environ)
+        if problem is not None:
+            key = "value_env" if creds.value_env else "value_file"
+            warnings.append(f"upstreams[{index}].credentials.{key}: {problem}: every call to upstream "
+                            f"{upstream.name} is refused (credential_unavailable) until it is")
+    return warnings
