@@ -176,7 +176,7 @@ class ApprovalsConfig(Model):
     redact_keys: tuple[str, ...] = ()
     wait_s: float = Field(840.0, ge=0)  # how long a held request stays open before answering approval_pending
     keepalive_s: float = Field(15.0, gt=0)
-    quorum: int = Field(1, ge=1)
+    quorum: int = Field(1, ge=1, le=20)  # as @quorum("N") (authz MAX_QUORUM): more is a typo no call gets past
     approvers_issuer: str | None = None  # default: any configured issuer
 
 

@@ -31,3 +31,16 @@ async def test_the_longest_ttl_holds_a_call() -> None:
         await asyncio.wait_for(ApproveStage(MemoryApprovalStore(), config)(ctx), 10)
     assert info.value.reason == "approval_cancelled"
     assert "expires in 31535" in ctx.notify.messages[0]["params"]["data"]
+
+
+@pytest.mark.parametrize("quorum", [21, 1000])
+def test_a_quorum_past_the_policies_own_limit_is_a_config_error(quorum: int) -> None:
+    """`@quorum("N")` is refused past MAX_QUORUM ("a typo, not a policy"), but `approvals.quorum` took any number:
+    `quorum: 200` (meant 2) passed `config check` and no held call could ever be released."""
+    from gateway.authz.policyset import MAX_QUORUM
+
+    assert quorum > MAX_QUORUM
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": UPSTREAMS, "approvals": {"quorum": quorum}})
+    assert [p for p in info.value.problems if p.startswith("approvals.quorum:")], info.value.problems
+    assert parse_config({"upstreams": UPSTREAMS, "approvals": {"quorum": MAX_QUORUM}}).approvals.quorum == MAX_QUORUM
