@@ -24,7 +24,7 @@ from gateway.config.model import UpstreamConfig
 from gateway.server_messages import RouteFn
 from gateway.telemetry.attributes import MCP_METHODS, OTHER_METHOD, Attrs, transport_attributes
 from gateway.telemetry.tracing import NO_SPAN, Telemetry
-from gateway.transport.base import Message
+from gateway.transport.base import ROUTE_GUESSED, Message
 
 if TYPE_CHECKING:
     from gateway.sessions import Session
@@ -67,7 +67,8 @@ class UpstreamNotices:
         call's span that is not the parent is linked (`customs.link=call`), as the conventions link ambient context."""
         meta = params.get("_meta")
         parent, links = self._telemetry.extract(None, meta if isinstance(meta, dict) else None)
-        ambient = NO_SPAN if unsolicited else self._telemetry.current_span()
+        # A message the transport could only guess the call of (ROUTE_GUESSED) is no call's: a root, as outside calls.
+        ambient = NO_SPAN if unsolicited or ROUTE_GUESSED.get() else self._telemetry.current_span()
         if ambient is NO_SPAN:
             return parent, links
         context = ambient.get_span_context()

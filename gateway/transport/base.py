@@ -12,11 +12,16 @@ answer goes back through `UpstreamSession.respond` with that same id.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 Message = dict[str, Any]
 MessageHandler = Callable[[Message], Awaitable[None]]
+# True while a transport hands on a message whose request it could only guess: several calls were live on one
+# channel (a shared stdio child, a legacy SSE stream) and the message named none. It still goes to the latest
+# call's stream, but tracing must not put it in that call's trace (`http_base.deliver(guessed=True)`).
+ROUTE_GUESSED: ContextVar[bool] = ContextVar("customs_route_guessed", default=False)
 # Told the request id actually sent upstream, the upstream session it went in (its `Mcp-Session-Id`; None
 # where the transport has no session id: stdio, legacy SSE, an upstream that gave none) and the protocol
 # version spoken with the upstream.

@@ -21,7 +21,7 @@ from gateway import __version__
 from gateway.config.model import UpstreamConfig
 from gateway.config.rules import RESERVED_HEADERS
 from gateway.errors import GatewayError
-from gateway.transport.base import Health, Message, MessageHandler, NotifyHook, SessionEnded
+from gateway.transport.base import ROUTE_GUESSED, Health, Message, MessageHandler, NotifyHook, SessionEnded
 from gateway.transport.common import DEFAULT_BREAKER_COOLDOWN_S, DEFAULT_BREAKER_THRESHOLD, CircuitBreaker
 from gateway.transport.deadlines import Deadlines
 
@@ -176,14 +176,20 @@ class HttpUpstreamBase:
             raise GatewayError("upstream_unavailable", data={"status": response.status, "upstream": self.name})
 
 
-async def deliver(handler: MessageHandler | None, message: Message, log: logging.Logger) -> None:
-    """Hand an unsolicited message on; a failing handler must not break the upstream stream."""
+async def deliver(handler: MessageHandler | None, message: Message, log: logging.Logger,
+                  guessed: bool = False) -> None:
+    """Hand an unsolicited message on; a failing handler must not break the upstream stream. `guessed`: the
+    handler's request was a guess among several live ones (ROUTE_GUESSED is set while it runs)."""
     if handler is None:
         return
+    token = ROUTE_GUESSED.set(True) if guessed else None
     try:
         await handler(message)
     except Exception:
         log.exception("message handler failed for %s", message.get("method"))
+    finally:
+        if token is not None:
+            ROUTE_GUESSED.reset(token)
 
 
 def same_origin(a: str, b: str) -> bool:

@@ -124,18 +124,18 @@ class InflightTable:
             return None
         return pending
 
-    def route(self, message: Message) -> tuple[Pending | None, Message]:
-        """Legacy SSE: the request an unsolicited message most likely belongs to, and the message as its
-        client must see it. Progress is exact (its token upstream is the request's upstream id, see
-        `with_progress_token`; the client's own token is put back); anything else goes to the most
-        recently started request."""
+    def route(self, message: Message) -> tuple[Pending | None, Message, bool]:
+        """Legacy SSE: the request an unsolicited message most likely belongs to, the message as its
+        client must see it, and whether that request is a guess. Progress is exact (its token upstream is the
+        request's upstream id, see `with_progress_token`; the client's own token is put back); anything else goes
+        to the most recently started request, a guess when several are pending."""
         params = message.get("params")
         if message.get("method") == "notifications/progress" and isinstance(params, dict):
             pending = self.progress_target(params.get("progressToken"))
             if pending is None:
-                return None, message
-            return pending, {**message, "params": {**params, "progressToken": pending.progress_token}}
-        return next(reversed(self._pending.values()), None), message
+                return None, message, False
+            return pending, {**message, "params": {**params, "progressToken": pending.progress_token}}, False
+        return next(reversed(self._pending.values()), None), message, len(self._pending) > 1
 
 
 def with_progress_token(message: Message, token: Any) -> Message:

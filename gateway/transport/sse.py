@@ -331,10 +331,11 @@ class SseSession:
 
     async def _route(self, message: Message) -> None:
         handler: MessageHandler | None = self._on_message
+        guessed = False
         if message.get("method") not in BROADCAST_METHODS:
-            pending, message = self._table.route(message)
+            pending, message, guessed = self._table.route(message)
             if pending is not None and pending.on_message is not None:
                 handler = pending.on_message
             elif pending is None and message.get("method") == "notifications/progress":
                 return  # its call is over: the token (an upstream id) means nothing to the client
-        await deliver(handler, message, self._up.log)
+        await deliver(handler, message, self._up.log, guessed)

@@ -233,14 +233,14 @@ class StdioRoutes:
         await deliver(pending.on_message or (owner.on_message if owner else None), restored, self._log)
 
     async def _to_owner(self, message: Message) -> None:
-        view, handler = self._owner()
+        view, handler, guessed = self._owner()
         if view is not None:
             if self._filtered(view, message):
                 return
             if "id" in message:
                 self._asked[id_key(message["id"])] = view
                 self._remember_elicitation(view, message)
-            await deliver(handler, message, self._log)
+            await deliver(handler, message, self._log, guessed)
         elif "id" in message:
             self._log.warning("refused %s from the child: %s", message.get("method"), UNKNOWN_CLIENT)
             await self._send(refusal(message["id"], "client_unknown", UNKNOWN_CLIENT))
@@ -262,17 +262,20 @@ class StdioRoutes:
         key = params.get("elicitationId") if isinstance(params, dict) else None
         return self._elicitations.pop(key, None) if isinstance(key, str) else None
 
-    def _owner(self) -> tuple[View | None, MessageHandler | None]:
-        """The one view that provably caused an unlinked message, with the handler to use, if any."""
+    def _owner(self) -> tuple[View | None, MessageHandler | None, bool]:
+        """The one view that provably caused an unlinked message, with the handler to use, if any, and whether
+        that handler's call is a guess (the view has several calls live: the latest one's stream gets it)."""
         # The gateway's own requests (its pings, an internal view's list) cause nothing a client must get.
         live = [p for p in self._table.live()
                 if p.owner is not self._gateway and not getattr(p.owner, "internal", False)]
         owners = {id(p.owner) for p in live}
         if not live:
             view = self.views[0] if len(self.views) == 1 else None
-            return view, view.on_message if view is not None else None
+            return view, view.on_message if view is not None else None, False
         owner = live[-1].owner
         if len(owners) != 1 or owner not in self.views:
-            return None, None
-        current = next((p for p in reversed(live) if not p.abandoned and p.on_message is not None), None)
-        return owner, current.on_message if current is not None else owner.on_message
+            return None, None, False
+        calls = [p for p in live if not p.abandoned and p.on_message is not None]
+        if not calls:
+            return owner, owner.on_message, False
+        return owner, calls[-1].on_message, len(calls) > 1

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import mcp_types as types
-import pytest
 
 from tests.conftest import RunningGateway
 from tests.support.feature_server import FEATURE_SERVER_PATH, feature_server
@@ -36,18 +35,12 @@ def trace_of(i: int) -> str:
     return f"{i + 1:x}".rjust(32, "a")
 
 
-@pytest.mark.xfail(strict=True, reason="stdio_routes._owner hands an unlinked log line to the latest live call's "
-                                       "handler, so its SERVER span is parented on that call's CLIENT span "
-                                       "(lead: telemetry/transport)")
 async def test_a_log_line_of_one_call_is_never_in_another_calls_trace(
         otlp: OtlpReceiver, start_gateway: StartGateway, permissive_policies: Path) -> None:
     await _three_calls_logging({"name": "f", "command": [sys.executable, FEATURE_SERVER_PATH]},
                                otlp, start_gateway, permissive_policies)
 
 
-@pytest.mark.xfail(strict=True, reason="InflightTable.route gives a legacy SSE upstream's log line to the most "
-                                       "recently started request, so its SERVER span is parented on that call's "
-                                       "CLIENT span (lead: telemetry/transport)")
 async def test_a_legacy_sse_upstreams_log_line_is_never_in_another_calls_trace(
         otlp: OtlpReceiver, start_gateway: StartGateway, permissive_policies: Path) -> None:
     server, _ = feature_server()
