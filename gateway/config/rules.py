@@ -10,6 +10,7 @@ code). A problem is `(location, message)`, the location relative to the node giv
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, get_args
@@ -274,9 +275,30 @@ def approvals_rules(config: Any) -> Iterator[Problem]:
                "no token could approve")
 
 
+# The longest refill (burst / rate_per_s) a bucket may have: with store.redis its key lives that long, and past
+# about 10^14 s Redis refused the expiry, so every limited call was refused as "Rate limiter unavailable".
+MAX_REFILL_S = 365 * 86400
+
+
 def limit_rule_rules(rule: Any) -> Iterator[Problem]:
     if _get(rule, "burst") is not None and _get(rule, "rate_per_s") is None:
         yield ("burst",), "needs rate_per_s (a burst alone limits nothing)"
+    rate, burst = _number(_get(rule, "rate_per_s")), _number(_get(rule, "burst"))
+    if rate is not None and rate > 0:
+        size = burst if burst is not None and burst > 0 else max(1, int(rate))  # gateway.limits.burst
+        if size / rate > MAX_REFILL_S:
+            yield (), f"refills in {size / rate:.0f} s (burst / rate_per_s), more than a year ({MAX_REFILL_S} s)"
+
+
+def _number(value: Any) -> float | None:
+    """A number as the document holds it (an env reference gives a numeric string), else None (its own error)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def unique_upstream_rules(config: Any) -> Iterator[Problem]:
