@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gateway.config.model import TelemetryConfig, UpstreamConfig
 from gateway.telemetry.aggregate import Attrs, CounterAggregate, HistogramAggregate, merge_into_reader
 from gateway.telemetry.attributes import transport_attributes
-from gateway.telemetry.settings import MetricSettings, metric_settings
+from gateway.telemetry.settings import MetricSettings, delta_preference, metric_settings
 from gateway.transport.base import SessionEnded
 
 log = logging.getLogger("customs.telemetry")
@@ -60,6 +60,9 @@ INSTRUMENTS = (
 )
 
 
+# The per-call instruments, aggregated here (aggregate.py): always cumulative temporality.
+AGGREGATED = ("customs.calls", "customs.stage.duration", "mcp.server.operation.duration",
+              "mcp.client.operation.duration")
 CALL_ATTRIBUTES = ("customs.upstream", "gen_ai.tool.name", "customs.decision", "customs.outcome")
 
 
@@ -102,7 +105,8 @@ class Metrics:
     """Owner of the meter provider; one method per fact the gateway reports."""
 
     def __init__(self, config: TelemetryConfig, *, env: Mapping[str, str] | None = None) -> None:
-        self.settings: MetricSettings = metric_settings(config, os.environ if env is None else env)
+        env = os.environ if env is None else env
+        self.settings: MetricSettings = metric_settings(config, env)
         # Set when shutdown begins (loop time by which the process should be gone): the final export's bound.
         self.shutdown_deadline: float | None = None
         self.registry: CollectorRegistry | None = None
@@ -121,6 +125,10 @@ class Metrics:
             self._otlp_reader = PeriodicExportingMetricReader(
                 exporter, export_interval_millis=self.settings.interval_ms)
             readers.append(self._otlp_reader)
+            if (preference := delta_preference(env)) is not None:
+                # A delta-only backend drops cumulative series: say which ones it will not get as deltas.
+                log.warning("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=%s applies to the rarer instruments "
+                            "only: %s are exported cumulative", preference, ", ".join(AGGREGATED))
         meter_provider: metrics_api.MeterProvider
         # Per-call instruments are aggregated here (aggregate.py): the six measurements of a proxied call
         # cost ~2 µs together instead of ~50 µs through SDK instruments, and no thread competes with

@@ -99,6 +99,13 @@ def unsupported_protocol(env: Mapping[str, str], signal: str) -> str | None:
     return value if value and value != "http/protobuf" else None
 
 
+def delta_preference(env: Mapping[str, str]) -> str | None:
+    """OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE when it asks for deltas (`delta`, `lowmemory`): the SDK's
+    exporter applies it to the SDK instruments, but the per-call aggregates (aggregate.py) stay cumulative."""
+    value = env.get("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "").strip().lower()
+    return value if value in ("delta", "lowmemory") else None
+
+
 def service_name(config: TelemetryConfig, env: Mapping[str, str]) -> str:
     """The config's, else OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES (the spec's order),
     else "customs"."""

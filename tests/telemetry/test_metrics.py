@@ -267,3 +267,22 @@ def test_the_metrics_resource_names_the_version_as_the_spans_resource_does() -> 
     metrics.record_call("inventory", "get_stock", "allow")
     info = next(line for line in metrics.prometheus_text().decode().splitlines() if line.startswith("target_info{"))
     assert 'service_name="shop-gw"' in info and f'service_version="{VERSION}"' in info, info
+
+
+@pytest.mark.parametrize("preference", ["delta", "LowMemory"])
+async def test_a_delta_temporality_preference_is_warned_about(caplog: pytest.LogCaptureFixture, otlp: OtlpReceiver,
+                                                              preference: str) -> None:
+    """OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta reached the SDK's exporter, so the rarer instruments
+    went out as deltas, while the per-call ones (aggregate.py) are always cumulative: a delta-only backend dropped
+    the gateway's main series with nothing said. Start-up says which instruments stay cumulative."""
+    variable = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+    env = {variable: preference}
+    config = TelemetryConfig.model_validate({"metrics": {"prometheus": False, "otlp_endpoint": otlp.url}})
+    with caplog.at_level(logging.WARNING, "customs.telemetry"):
+        warned_about = Metrics(config, env=env)
+        for quiet in (Metrics(config, env={}), Metrics(config, env={variable: "cumulative"}),
+                      Metrics(TelemetryConfig(), env=env)):  # no OTLP export: nothing to say
+            await quiet.close()
+    await warned_about.close()
+    warned = [r.getMessage() for r in caplog.records if "TEMPORALITY_PREFERENCE" in r.getMessage()]
+    assert len(warned) == 1 and "customs.calls" in warned[0] and "cumulative" in warned[0], warned
