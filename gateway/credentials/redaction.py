@@ -17,23 +17,26 @@ from gateway.config.model import SecretsConfig
 
 MARK = "[REDACTED]"
 
+# Where a token may start and end: not inside a run of letters and digits. Not `\b`: `_` is a word character, so
+# `docs__ghp_…` (a tool name's `<upstream>__` prefix, snake_case) or `ghp_…_old` had no boundary and kept the token.
+_START, _END = r"(?<![A-Za-z0-9])", r"(?![A-Za-z0-9])"
 # (name, pattern, replacement). Replacements keep a harmless prefix so the log stays readable.
 PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("pem_private_key", re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY( BLOCK)?-----[\s\S]*?"
                                    r"-----END \1PRIVATE KEY( BLOCK)?-----"), MARK),
-    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"), MARK),
+    ("jwt", re.compile(_START + r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"), MARK),
     ("bearer", re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1\2" + MARK),
     ("basic_auth", re.compile(r"\b(Basic)(\s+)[A-Za-z0-9+/]{12,}={0,2}"), r"\1\2" + MARK),
-    ("aws_access_key", re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"), MARK),
+    ("aws_access_key", re.compile(_START + r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}" + _END), MARK),
     ("aws_secret_key", re.compile(r"(?i)(aws_secret_access_key\s*[=:]\s*)[\"']?[A-Za-z0-9/+=]{40}"), r"\1" + MARK),
-    ("github_token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), MARK),
-    ("github_pat", re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}"), MARK),
-    ("slack_token", re.compile(r"\bxox[abposre]-[A-Za-z0-9-]{10,}"), MARK),
+    ("github_token", re.compile(_START + r"gh[pousr]_[A-Za-z0-9]{30,}" + _END), MARK),
+    ("github_pat", re.compile(_START + r"github_pat_[A-Za-z0-9_]{22,}"), MARK),
+    ("slack_token", re.compile(_START + r"xox[abposre]-[A-Za-z0-9-]{10,}"), MARK),
     ("slack_webhook", re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+"), MARK),
-    ("stripe_key", re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}\b"), MARK),
-    ("stripe_webhook_secret", re.compile(r"\bwhsec_[A-Za-z0-9]{20,}\b"), MARK),
-    ("openai_key", re.compile(r"\bsk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_-]{20,}"), MARK),
-    ("google_api_key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), MARK),
+    ("stripe_key", re.compile(_START + r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}" + _END), MARK),
+    ("stripe_webhook_secret", re.compile(_START + r"whsec_[A-Za-z0-9]{20,}" + _END), MARK),
+    ("openai_key", re.compile(_START + r"sk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_-]{20,}"), MARK),
+    ("google_api_key", re.compile(_START + r"AIza[0-9A-Za-z_-]{35}"), MARK),
     ("url_password", re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)(?!\[REDACTED\]@)[^/\s@]+(@)"),
      r"\1" + MARK + r"\2"),
 )
