@@ -20,6 +20,18 @@ def mapping(value: Any, where: str, what: str) -> dict[str, Any]:
     return value
 
 
+def check_text_settings(doc: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    """A file's own settings that are text (`environment:`, `policies:`): an empty `environment:` (null) was read as
+    the text "None", a list as its Python text, and a `policies:` that is no path was ignored for the default."""
+    for key in keys:
+        if key in doc and not isinstance(doc[key], str):
+            raise CaseError(f"{where}: {key} must be a string, got {type(doc[key]).__name__}")
+
+
+def not_a_mapping(where: str) -> bool:
+    raise CaseError(f"{where} must be a mapping")
+
+
 def check_keys(found: Any, known: frozenset[str], where: str) -> None:
     unknown = sorted(str(k) for k in found if k not in known)
     if unknown:

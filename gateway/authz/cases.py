@@ -21,9 +21,9 @@ from gateway.authz.actions import AGENT_ACTIONS
 from gateway.authz.approve_case import approve_decision
 from gateway.authz.casefields import CaseError as CaseError
 from gateway.authz.casefields import check_keys as _check_keys
+from gateway.authz.casefields import check_text_settings, not_a_mapping, stated_issuer
 from gateway.authz.casefields import check_upstream as _check_upstream
 from gateway.authz.casefields import mapping as mapping
-from gateway.authz.casefields import stated_issuer
 from gateway.authz.evaluate import decide
 from gateway.authz.policyset import LoadedPolicies, load_policies
 from gateway.config.load import strict_yaml_load, unreadable
@@ -281,8 +281,8 @@ class CaseResult:
 
 def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any], where: str) -> CaseResult:
     """Evaluate one case and compare outcome (and `policies`, when given, as an exact set)."""
-    name = str(case.get("name") or where)
-    _check_keys(case, _CASE_KEYS, f"{where} ({name})")
+    name = str(case.get("name") or where.rpartition(": ")[2])  # unnamed: its place (`cases[0]`), as where ends
+    _check_keys(case, _CASE_KEYS, f"{where} ({name})" if case.get("name") else where)
     expected = case.get("expect")
     if expected not in ("allow", "deny", "approval_required"):
         raise CaseError(f"{where}: expect must be allow, deny or approval_required, got {expected!r}")
@@ -327,6 +327,7 @@ def load_cases(path: Path) -> dict[str, Any]:
     if bad is not None:  # Cedar's JSON cannot take it: the case would end in a traceback
         raise CaseError(f"{path}: {bad or '(root)'}: not valid Unicode text (a lone surrogate, e.g. a \\udcff escape)")
     _check_keys(doc, _DOC_KEYS, str(path))
+    check_text_settings(doc, ("policies", "environment"), str(path))
     mapping(doc.get("principals"), str(path), "principals (name: principal)")
     for name, labels in mapping(doc.get("tools"), str(path), "tools (upstream/tool: labels)").items():
         mapping(labels, str(path), f"the labels of tools[{name!r}]")
@@ -381,11 +382,7 @@ def run_cases_file(path: Path, policies_dir: Path | None = None,
     where = [f"{path}:{lines[i]}: cases[{i}]" if i < len(lines) else f"{path}: cases[{i}]"
              for i in range(len(doc["cases"]))]
     return [replace(run_case(loaded, case, doc, where[i]), line=lines[i] if i < len(lines) else None)
-            for i, case in enumerate(doc["cases"]) if isinstance(case, dict) or _bad(where[i])]
-
-
-def _bad(where: str) -> bool:
-    raise CaseError(f"{where} must be a mapping")
+            for i, case in enumerate(doc["cases"]) if isinstance(case, dict) or not_a_mapping(where[i])]
 
 
 def _case_lines(path: Path) -> list[int]:
