@@ -131,7 +131,9 @@ local burst = tonumber(ARGV[2])
 local v = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
 local tokens = tonumber(v[1]) or burst
 local stamp = tonumber(v[2]) or now
-tokens = math.min(burst, tokens + (now - stamp) * rate)
+-- A stamp ahead of now (Redis' clock stepped back: a failover, an NTP correction) refills nothing, and takes
+-- nothing either: a negative refill refused the principal for as long as the clock had stepped back.
+tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
 local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'stamp', now)
