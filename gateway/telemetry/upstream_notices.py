@@ -48,8 +48,8 @@ class UpstreamNotices:
             return
         telemetry = self._telemetry
         named = method if method in MCP_METHODS else OTHER_METHOD  # the upstream's choice: never a span name
-        params = message.get("params")
-        params = params if isinstance(params, dict) else {}
+        raw = message.get("params")
+        params = raw if isinstance(raw, dict) else {}
         uri = params.get("uri") if method == UPDATED and isinstance(params.get("uri"), str) else None
         attrs: Attrs = {"mcp.method.name": method, "customs.upstream": upstream, **self._transport.get(upstream, {})}
         if uri is not None:
@@ -60,7 +60,8 @@ class UpstreamNotices:
                 await route(message)
                 return
             with telemetry.client_span(named, None, self._relay_attributes(session, upstream, method, uri)):
-                await route(self._with_context(message, params))
+                # Params that are not an object (malformed: routing drops them) are not made one to carry it.
+                await route(self._with_context(message, params) if raw is None or raw is params else message)
 
     def _parent(self, params: Mapping[str, Any], unsolicited: bool) -> tuple[otel_context.Context | None, list[Link]]:
         """The SERVER span's parent and links: the `_meta` context (as `extract` trusts it), else the call's span. A
