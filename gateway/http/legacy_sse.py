@@ -25,6 +25,7 @@ from gateway.http.mcp import McpEndpoint, log_failure
 from gateway.http.session_stream import draining
 from gateway.http.streams import SSE_HEADERS, ClientGone
 from gateway.http.versions import initialize_result, negotiate_version
+from gateway.identity.metadata import split_base
 from gateway.router import Inbound
 from gateway.server_messages import drop_server_requests
 from gateway.sessions import STREAM_END, Session
@@ -59,7 +60,10 @@ class LegacySseEndpoint:
         session.close_stream = functools.partial(_abort, request)
         with self._mcp.streams.legacy() as me:
             try:
-                await response.write(f"event: endpoint\ndata: /messages?session_id={session.id}\n\n".encode())
+                # Under listen.public_url's path: behind a proxy that publishes the gateway under a prefix and strips
+                # it, a root path would resolve to the proxy's own /messages, which it does not forward.
+                prefix = split_base(self._mcp.resource_url)[1]
+                await response.write(f"event: endpoint\ndata: {prefix}/messages?session_id={session.id}\n\n".encode())
                 while not session.closed:
                     try:
                         queued = await asyncio.wait_for(session.outbox.get(), self._mcp.keepalive_s)
