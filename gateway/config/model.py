@@ -312,6 +312,15 @@ class Config(Model):
     pinning: PinningConfig = PinningConfig()
     environment: str = "dev"
 
+    @field_validator("environment")
+    @classmethod
+    def _environment_as_policies_compare_it(cls, value: str) -> str:
+        # context.environment is compared exactly (`== "production"`): "" (a variable set to nothing) or
+        # "production\n" (a variable read from a file) made every production-only forbid silently never fire.
+        if not value or value != value.strip():
+            raise ValueError(f"must be a name without surrounding whitespace (got {value!r})")
+        return value
+
     @model_validator(mode="after")
     def _unique(self) -> Config:
         # Only reached when every field is valid; parse_config runs the same rules on the raw document
