@@ -7,6 +7,7 @@ here does I/O; `Telemetry` and `Metrics` build exporters from the resolved value
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -22,7 +23,12 @@ from opentelemetry.util.re import parse_env_headers
 
 from gateway.config.model import TelemetryConfig
 
+log = logging.getLogger("customs.telemetry")
 DEFAULT_SERVICE_NAME = "customs"
+# OTEL_{SIGNAL}_EXPORTER values understood here (metrics: `prometheus` and `console` export nothing over OTLP,
+# `/metrics` is the config's); any other (zipkin, jaeger, logging ...) is warned about and otherwise ignored.
+KNOWN_EXPORTERS = {"traces": frozenset({"otlp", "console", "none"}),
+                   "metrics": frozenset({"otlp", "console", "none", "prometheus"})}
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,14 @@ def exporters(env: Mapping[str, str], signal: str) -> frozenset[str]:
     """OTEL_{SIGNAL}_EXPORTER: a comma-separated list (`otlp,console`), `otlp` when unset or empty."""
     names = {name.strip().lower() for name in env.get(f"OTEL_{signal.upper()}_EXPORTER", "").split(",")}
     return frozenset(names - {""}) or frozenset({"otlp"})
+
+
+def _warn_unknown_exporters(env: Mapping[str, str], signal: str) -> None:
+    """Say which OTEL_{SIGNAL}_EXPORTER names are not implemented: `zipkin` alone turned export off unsaid."""
+    unknown = sorted(exporters(env, signal) - KNOWN_EXPORTERS[signal])
+    if unknown:
+        log.warning("OTEL_%s_EXPORTER names %s, which the gateway does not implement: ignored (it knows %s)",
+                    signal.upper(), ", ".join(unknown), ", ".join(sorted(KNOWN_EXPORTERS[signal])))
 
 
 def _signal_endpoint(explicit: str | None, env: Mapping[str, str], signal: str) -> str | None:
@@ -134,11 +148,15 @@ def env_sampler(env: Mapping[str, str]) -> Sampler:
         "parentbased_always_off": ParentBased(ALWAYS_OFF),
         "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
     }
+    if name and name not in samplers:  # a misspelt name would sample every request unsaid
+        log.warning("OTEL_TRACES_SAMPLER=%s is not a sampler the gateway implements (%s): using parentbased_always_on",
+                    name, ", ".join(samplers))
     return samplers.get(name, ParentBased(ALWAYS_ON))
 
 
 def trace_settings(config: TelemetryConfig, env: Mapping[str, str]) -> TraceSettings:
     traces = config.traces
+    _warn_unknown_exporters(env, "traces")
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true" and traces.endpoint is None and not traces.console:
         endpoint, console = None, False
     else:
@@ -157,6 +175,7 @@ def trace_settings(config: TelemetryConfig, env: Mapping[str, str]) -> TraceSett
 
 def metric_settings(config: TelemetryConfig, env: Mapping[str, str]) -> MetricSettings:
     metrics = config.metrics
+    _warn_unknown_exporters(env, "metrics")
     disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
     endpoint = None if disabled and metrics.otlp_endpoint is None else _signal_endpoint(
         metrics.otlp_endpoint, env, "metrics")
