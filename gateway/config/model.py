@@ -291,7 +291,9 @@ class SigningConfig(Model):
     algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
     # null: a missing key is generated only when `environment` is dev, development or local.
     generate: bool | None = None
-    rotate_every_s: float | None = Field(None, gt=0)  # automatic rotation; null = only on demand
+    # Automatic rotation; null = only on demand. At least a second: 0.001 generated a key per loop turn (busy, and
+    # key_dir filling up, every key kept in the JWKS for the longest ttl_s plus retire_grace_s).
+    rotate_every_s: float | None = Field(None, ge=1)
     retire_grace_s: float = Field(60.0, ge=0)  # a retired key stays published for the longest ttl_s plus this
 
 
