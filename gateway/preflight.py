@@ -16,6 +16,7 @@ import ipaddress
 import ssl
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway.authz.policyset import PolicyLoadError, load_policies
 from gateway.authz.unsummed import unsummed_forbids
@@ -100,8 +101,8 @@ def decision_log_problem(path: Path | None) -> str | None:
 
 
 def exposure_warnings(config: Config) -> list[str]:
-    """Anonymous identity trusts every caller alike: fine on loopback, a hole on any other address. And a
-    wildcard listen.host is no URL: without public_url the gateway's own URL would name it."""
+    """Anonymous identity trusts every caller alike: fine on loopback, a hole on any other address. A wildcard
+    listen.host is no URL: without public_url the gateway's own URL would name it. And a jwks_url over plain http."""
     host = config.listen.host
     warnings = []
     if config.listen.public_url is None and host in ("0.0.0.0", "::", ""):
@@ -109,18 +110,32 @@ def exposure_warnings(config: Config) -> list[str]:
                         f"(listen.host {host!r} is where it listens, not an address agents use): tokens must carry "
                         "that audience and agents' Host headers other than localhost get 403; set public_url to "
                         "the URL agents connect to")
-    return warnings + _anonymous_warnings(config)
+    return warnings + _anonymous_warnings(config) + _plain_jwks_warnings(config)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _plain_jwks_warnings(config: Config) -> list[str]:
+    """Every token is trusted on the keys a `jwks_url` gives: over plain http to another machine, whoever is on the
+    way can give keys of their own and sign any agent's token (OpenID Connect requires https for jwks_uri)."""
+    if config.identity.mode != "jwt":
+        return []
+    urls = [(index, urlsplit(str(issuer.jwks_url))) for index, issuer in enumerate(config.identity.issuers)
+            if issuer.jwks_url is not None]
+    return [f"identity.issuers[{index}].jwks_url: plain http to {url.hostname}: anyone on the way can hand the gateway "
+            "keys of their own and sign any agent's token; use https"
+            for index, url in urls if url.scheme == "http" and not _loopback(url.hostname or "")]
 
 
 def _anonymous_warnings(config: Config) -> list[str]:
     host = config.listen.host
-    if config.identity.mode != "anonymous" or host == "localhost":
+    if config.identity.mode != "anonymous" or _loopback(host):
         return []
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return []
-    except ValueError:
-        pass  # a host name: it may resolve to anything
     return [f"identity.mode: anonymous (the default) is for local use only, but listen.host {host} is reachable "
             "from other machines; every caller gets the same anonymous principal (configure identity.mode: jwt)"]
 
