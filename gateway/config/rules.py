@@ -111,6 +111,23 @@ def upstream_rules(upstream: Any) -> Iterator[Problem]:
     yield from _static_headers(upstream, mode)
     yield from _user_info(upstream, mode)
     yield from _child_process(upstream)
+    yield from _unused_by_transport(upstream)
+
+
+def _unused_by_transport(upstream: Any) -> Iterator[Problem]:
+    """Settings the upstream's transport never reads: accepted, they were dropped unseen (a key in a stdio child's
+    `headers:` never reached it, as a credential would not; an HTTP upstream's `env:` or `cwd:` changed nothing)."""
+    url, command = _get(upstream, "url"), _get(upstream, "command")
+    if (url is None) == (command is None):  # which transport is meant is a problem of its own (upstream_rules)
+        return
+    if command is not None and _get(upstream, "headers"):
+        yield ("headers",), "a stdio child process receives no request headers (give it values with env:)"
+    if url is not None:
+        what = {"env": "with an environment", "cwd": "in a directory"}
+        for key in ("env", "cwd"):
+            if _get(upstream, key):
+                yield (key,), (f"only a stdio child (command) is started {what[key]}; an HTTP upstream is no "
+                               "process the gateway starts")
 
 
 def _has_user_info(url: Any) -> bool:

@@ -287,3 +287,26 @@ def test_a_child_no_process_can_be_started_with_is_refused(tmp_path: Path, capsy
     ValueError: embedded null byte` every back-off) and its upstream stayed unavailable."""
     code, err = _check(tmp_path, capsys, {"name": "a", **child})
     assert (code, err) == (2, [f"  {problem}"])
+
+
+@pytest.mark.parametrize(("upstream", "problem"), [
+    ({"command": ["python"], "headers": {"X-Api-Key": "k"}},
+     "upstreams[0].headers: a stdio child process receives no request headers (give it values with env:)"),
+    ({"url": "http://127.0.0.1:1/mcp", "env": {"TZ": "UTC"}},
+     "upstreams[0].env: only a stdio child (command) is started with an environment; an HTTP upstream is no "
+     "process the gateway starts"),
+    ({"url": "http://127.0.0.1:1/mcp", "cwd": "/tmp"},
+     "upstreams[0].cwd: only a stdio child (command) is started in a directory; an HTTP upstream is no process "
+     "the gateway starts"),
+])
+def test_a_setting_the_upstream_transport_never_uses_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                upstream: dict[str, Any], problem: str) -> None:
+    """These passed `config check` and were dropped unseen: a key in `headers:` never reached a stdio child (as a
+    credential would not, which was already refused), and `env:`/`cwd:` of an HTTP upstream changed nothing."""
+    code, err = _check(tmp_path, capsys, {"name": "a", **upstream})
+    assert (code, err) == (2, [f"  {problem}"])
+
+
+def test_each_transport_keeps_its_own_settings() -> None:
+    parse_config({"upstreams": [{"name": "a", "command": ["python"], "env": {"TZ": "UTC"}, "cwd": "/tmp", "headers": {}},
+                                {"name": "b", "url": "http://127.0.0.1:1/mcp", "headers": {"X-Api-Key": "k"}, "env": {}}]})
