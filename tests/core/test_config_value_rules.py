@@ -308,5 +308,6 @@ def test_a_setting_the_upstream_transport_never_uses_is_refused(tmp_path: Path, 
 
 
 def test_each_transport_keeps_its_own_settings() -> None:
-    parse_config({"upstreams": [{"name": "a", "command": ["python"], "env": {"TZ": "UTC"}, "cwd": "/tmp", "headers": {}},
-                                {"name": "b", "url": "http://127.0.0.1:1/mcp", "headers": {"X-Api-Key": "k"}, "env": {}}]})
+    parse_config({"upstreams": [
+        {"name": "a", "command": ["python"], "env": {"TZ": "UTC"}, "cwd": "/tmp", "headers": {}},
+        {"name": "b", "url": "http://127.0.0.1:1/mcp", "headers": {"X-Api-Key": "k"}, "env": {}}]})
