@@ -8,6 +8,7 @@ here does I/O; `Telemetry` and `Metrics` build exporters from the resolved value
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -128,18 +129,25 @@ def service_name(config: TelemetryConfig, env: Mapping[str, str]) -> str:
             or resource.get("service.name", "").strip() or DEFAULT_SERVICE_NAME)
 
 
-def _ratio(raw: str | None, default: float = 1.0) -> float:
+def _ratio(raw: str | None, default: float = 1.0) -> tuple[float, bool]:
+    """The sampling ratio and whether `raw` was one (unset counts as one: the default); out of range is clamped,
+    what is no number (`10%`, `nan`) is the default."""
     try:
         value = float(raw) if raw else default
     except ValueError:
-        return default
-    return min(max(value, 0.0), 1.0)
+        return default, False
+    if math.isnan(value):
+        return default, False
+    return min(max(value, 0.0), 1.0), 0.0 <= value <= 1.0
 
 
 def env_sampler(env: Mapping[str, str]) -> Sampler:
     """OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG; unknown names fall back to the SDK default."""
     name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
-    ratio = _ratio(env.get("OTEL_TRACES_SAMPLER_ARG"))
+    raw = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    ratio, ratio_ok = _ratio(raw)
+    if not ratio_ok and name.endswith("traceidratio"):  # `10%` (meant 0.1) would sample every request unsaid
+        log.warning("OTEL_TRACES_SAMPLER_ARG=%s is not a ratio from 0 to 1: using %s", raw, ratio)
     samplers: dict[str, Sampler] = {
         "always_on": ALWAYS_ON,
         "always_off": ALWAYS_OFF,

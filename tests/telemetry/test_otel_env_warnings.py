@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
 from gateway.config.model import TelemetryConfig
 from gateway.telemetry.settings import metric_settings, trace_settings
@@ -50,3 +51,24 @@ def test_the_values_it_implements_are_not_warned_about(caplog: pytest.LogCapture
         for value in ("otlp", "prometheus", "none", "console", "otlp,prometheus"):
             metric_settings(TelemetryConfig(), {**BASE, "OTEL_METRICS_EXPORTER": value})
     assert warnings_of(caplog) == []
+
+
+@pytest.mark.parametrize("arg", ["10%", "5", "-0.1", "nan"])
+def test_a_ratio_the_sampler_cannot_use_is_warned_about(caplog: pytest.LogCaptureFixture, arg: str) -> None:
+    """OTEL_TRACES_SAMPLER_ARG=10% (meant 0.1) sampled every request, unsaid."""
+    with caplog.at_level(logging.WARNING, "customs.telemetry"):
+        trace_settings(TelemetryConfig(), {**BASE, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                                           "OTEL_TRACES_SAMPLER_ARG": arg})
+        trace_settings(TelemetryConfig(), {**BASE, "OTEL_TRACES_SAMPLER": "traceidratio",
+                                           "OTEL_TRACES_SAMPLER_ARG": "0.25"})
+        trace_settings(TelemetryConfig(), {**BASE, "OTEL_TRACES_SAMPLER": "always_on",
+                                           "OTEL_TRACES_SAMPLER_ARG": arg})  # not a ratio sampler: not read
+    warned = warnings_of(caplog)
+    assert len(warned) == 1 and "OTEL_TRACES_SAMPLER_ARG" in warned[0] and arg in warned[0], warned
+
+
+def test_a_nan_ratio_does_not_stop_the_gateway() -> None:
+    """OTEL_TRACES_SAMPLER_ARG=nan passed the clamp (comparisons with NaN are false) and TraceIdRatioBased(nan)
+    raised ValueError while the settings were built, with any sampler or none: the gateway did not start."""
+    settings = trace_settings(TelemetryConfig(), {**BASE, "OTEL_TRACES_SAMPLER_ARG": "nan"})
+    assert settings.sampler.get_description() == ParentBased(ALWAYS_ON).get_description()
