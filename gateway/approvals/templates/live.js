@@ -32,11 +32,19 @@
     if (location.pathname + location.search + location.hash === to) location.reload(); else location.assign(to);
   }
   function soon() { if (!timer) timer = setTimeout(refresh, 150); }
-  if (window.EventSource) {
+  var wait = 1000, opened = false;
+  function listen() {
     var source = new EventSource(base + "/api/approvals/events");
     source.addEventListener("change", soon);
-    source.onerror = function () { soon(); };
+    source.onopen = function () { if (opened) soon(); opened = true; wait = 1000; };  // changes missed meanwhile
+    source.onerror = function () {
+      soon();
+      // A reconnect answered with an error status (503 while the store is down, a proxy's 502) closes an
+      // EventSource for good: open a new one, backing off, or the page would only refresh every 30 s.
+      if (source.readyState === EventSource.CLOSED) { setTimeout(listen, wait); wait = Math.min(2 * wait, 30000); }
+    };
   }
+  if (window.EventSource) listen();
   setInterval(refresh, 30000);  // ages and expiries move even without events
 })();
 </script>
