@@ -72,14 +72,15 @@ async def test_live_updates_resume_after_a_reconnect_refused_during_an_outage(pa
     await page.click("#signin")
     await page.wait_for_selector("#none-pending", timeout=15000)
     kit.redis.kill()
-    kit.closing.set()  # the stream ends (as at a replica's shutdown): the browser reconnects, into the outage
-    await asyncio.sleep(0.5)  # (a pause, not synchronisation: streams opened meanwhile end at once too)
+    kit.closing.set()  # the stream ends (as at a replica's shutdown): the browser reconnects...
+    await page.wait_for_function(_streams_opened(2), timeout=15000)
     kit.closing.clear()
-    await page.wait_for_function("() => performance.getEntriesByType('resource')"
-                                 ".filter(e => e.name.endsWith('/api/approvals/events')).length >= 2",
-                                 timeout=15000)  # the reconnect was made (and refused 503: Redis is down)
+    await page.wait_for_function(_streams_opened(3), timeout=15000)  # ...into the outage: refused 503
     kit.redis.restart()
-    await asyncio.sleep(1.0)  # housekeeping, not synchronisation: the held call below is made after the outage
     item, _ = await kit.store.create_or_join(draft(Clock(), {"n": 1}), link_s=1800)
-    # Far below the page's own 30 s refresh: the live stream is back.
+    # Far below the page's own 30 s refresh: the live stream is back and the page refetched.
     await page.wait_for_selector(f'[data-approval-id="{item.id}"]', timeout=15000)
+
+
+def _streams_opened(n: int) -> str:
+    return f"() => performance.getEntriesByType('resource').filter(e => e.name.endsWith('/events')).length >= {n}"
