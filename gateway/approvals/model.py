@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Final, Literal
@@ -36,9 +37,10 @@ def binding_key(principal_key: str, upstream: str, tool: str, args_digest: str, 
     method: a prompt (`prompts/get`) and a tool of one name on one upstream are different calls, and approving
     the one must not release the other. And the tenant: one agent (issuer and subject) may act for several
     tenants, one per token, and approvers decided in the one they were shown. A tool call without a chain or a
-    tenant keeps the key it always had (replicas of older versions still join it).
+    tenant keeps the key it always had (replicas of older versions still join it). The chain is one part, as JSON:
+    its actors written out one by one could pose as the markers after them (actors "tenant", "acme").
     """
-    parts = (principal_key, upstream, tool, args_digest, *(("chain", *chain) if chain else ()),
+    parts = (principal_key, upstream, tool, args_digest, *(("chain", json.dumps(chain)) if chain else ()),
              *(("method", method) if method != "tools/call" else ()), *(("tenant", tenant) if tenant else ()))
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
