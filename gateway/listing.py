@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.authz.visibility import shown_in_tools_list
 from gateway.catalog import Catalog, exposed_uri, usable_name
 from gateway.context import Decision, Principal, ToolInfo
 from gateway.errors import GatewayError, UpstreamErrorResponse
@@ -133,19 +134,11 @@ class Lister:
         return False
 
     def _shown(self, kind: ListKind, principal: Principal, info: ToolInfo, call: Decision) -> bool:
-        """A tool shows when it may be called, or when a policy permits `list_tools` on it and `call_tool` is
-        denied only by default (no permit without arguments); a policy that forbids `list_tools` on it (or fails
-        to evaluate: fail closed) hides it either way, and so does a forbid of `call_tool` that fires."""
+        """A tool shows as `shown_in_tools_list` says (`customs policy explain --action list_tools` applies the
+        same rule); a prompt or resource when its `get_prompt` / `read_resource` is not denied."""
         if kind.method != "tools/list":
             return call.outcome != "deny"
-        listing = self._authorizer.visible(principal, "list_tools", info)
-        if listing.outcome == "deny" and (listing.policy_ids or listing.errors):
-            return False
-        if call.outcome != "deny":
-            return True
-        # Listed yet answered `Unknown tool` would tell denied from unknown: a forbid (or an evaluation error)
-        # denying the call hides the tool; a list_tools permit only shows what no call_tool permit covers on `{}`.
-        return listing.outcome == "allow" and not call.policy_ids and not call.errors
+        return shown_in_tools_list(self._authorizer.visible(principal, "list_tools", info), call)
 
     async def one(self, kind: ListKind, principal: Principal, upstream: str, params: dict[str, Any],
                   fetch: Fetch) -> dict[str, Any]:

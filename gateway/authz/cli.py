@@ -32,8 +32,9 @@ from gateway.authz.entities import context, members
 from gateway.authz.policyset import SCHEMA_FILE, PolicyLoadError
 from gateway.authz.record import from_authz_input
 from gateway.authz.replayargs import ArgumentReaders
-from gateway.authz.schemagen import apply_block, schema_from_input_schemas
+from gateway.authz.schemagen import apply_block, check_tool, schema_from_input_schemas
 from gateway.authz.validate import load_or_report as _load
+from gateway.authz.visibility import listed
 from gateway.config.load import unreadable
 from gateway.identity.chain import RepeatedAgentError, claim_mapping
 
@@ -147,7 +148,7 @@ def explain_cmd(args: argparse.Namespace) -> int:
         _err(str(exc))
         return 2
     decision = evaluate.decide(loaded, principal, action, tool, facts, granted=granted)
-    report = {
+    report: dict[str, Any] = {
         "outcome": decision.outcome, "policies": list(decision.policy_ids), "errors": list(decision.errors),
         "policy_version": decision.policy_version,
         "evaluated_as": [m.id for m in members(principal)],
@@ -155,6 +156,8 @@ def explain_cmd(args: argparse.Namespace) -> int:
         "resource": f'Tool::"{tool.cedar_id}"',
         "context": context(principal, facts, "granted" if granted else "none"),
     }
+    if action == "list_tools":  # what tools/list does with it: the list_tools decision alone is not that
+        report["listed"] = listed(loaded, principal, tool, facts.environment)
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0
 
@@ -169,21 +172,9 @@ def _tools_json(path: Path) -> dict[str, list[dict[str, Any]]]:
         if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
             raise CaseError(f"--tools-json: {upstream}: expected a tools/list result ({{'tools': [...]}})")
         for index, tool in enumerate(tools):
-            _check_tool(tool, f"--tools-json: {upstream}: tools[{index}]")
+            check_tool(tool, f"--tools-json: {upstream}: tools[{index}]")
         out[str(upstream)] = tools
     return out
-
-
-def _check_tool(tool: dict[str, Any], where: str) -> None:
-    """What the generator reads of an MCP Tool: a name, and an inputSchema whose properties map names to schemas."""
-    if not isinstance(tool.get("name"), str) or not tool["name"]:
-        raise CaseError(f"{where}: a tool must have a non-empty string 'name'")
-    schema = tool.get("inputSchema")
-    if schema is not None and not isinstance(schema, dict):
-        raise CaseError(f"{where} ({tool['name']}): inputSchema must be a JSON Schema object")
-    properties = (schema or {}).get("properties")
-    if properties is not None and not isinstance(properties, dict):
-        raise CaseError(f"{where} ({tool['name']}): inputSchema.properties must map argument names to schemas")
 
 
 def _live_tools(config: Any) -> dict[str, list[dict[str, Any]]]:
@@ -198,7 +189,7 @@ def _live_tools(config: Any) -> dict[str, list[dict[str, Any]]]:
         for index, tool in enumerate(tools):
             if not isinstance(tool, dict):
                 raise CaseError(f"{upstream}: tools[{index}]: a tool must be a JSON object")
-            _check_tool(tool, f"{upstream}: tools[{index}]")
+            check_tool(tool, f"{upstream}: tools[{index}]")
     return listed
 
 

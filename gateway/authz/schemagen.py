@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from gateway.authz.casefields import CaseError
 from gateway.authz.entities import DEFAULT_BOUNDS
 
 BEGIN = "// BEGIN GENERATED ARGS"
@@ -189,3 +190,15 @@ def apply_block(base_schema: str, block: str) -> str:
         raise ValueError(f"it needs both `{BEGIN}` and, after it, `{END}` (one line each) around the generated "
                          "block")
     return base_schema[:start] + block + base_schema[end + len(END):]
+
+
+def check_tool(tool: dict[str, Any], where: str) -> None:
+    """What the generator reads of an MCP Tool: a name, and an inputSchema whose properties map names to schemas."""
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise CaseError(f"{where}: a tool must have a non-empty string 'name'")
+    schema = tool.get("inputSchema")
+    if schema is not None and not isinstance(schema, dict):
+        raise CaseError(f"{where} ({tool['name']}): inputSchema must be a JSON Schema object")
+    properties = (schema or {}).get("properties")
+    if properties is not None and not isinstance(properties, dict):
+        raise CaseError(f"{where} ({tool['name']}): inputSchema.properties must map argument names to schemas")
