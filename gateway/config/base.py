@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import types
 import typing
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -35,6 +36,25 @@ class Model(BaseModel):
                 and _numeric(cls.model_fields[info.field_name].annotation):
             raise ValueError(f"must be a number, not {str(value).lower()}")
         return value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul_paths(cls, value: Any, info: ValidationInfo) -> Any:
+        # No path can hold a NUL: config check passed one, and serve stopped with "embedded null byte".
+        if isinstance(value, str) and "\0" in value and info.field_name is not None \
+                and _path(cls.model_fields[info.field_name].annotation):
+            raise ValueError("holds a NUL character, which no path can")
+        return value
+
+
+def _path(annotation: Any) -> bool:
+    """Whether a field holds a file or directory path (maybe optional)."""
+    if annotation is Path:
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _path(args[0])
+    return origin in (typing.Union, types.UnionType) and any(_path(a) for a in args)
 
 
 def url_problem(value: str, *, spaces: bool = True) -> str | None:
