@@ -56,7 +56,13 @@ async def answer_batch(endpoint: McpEndpoint, request: web.Request, view: str | 
     channel = ResponseChannel(request, {}, sse_allowed=sse_ok, replay=endpoint.streams.post_replay,
                               session_id=session.id)
     calls = (_answered(endpoint, request, session, principal, message, channel, times) for message in requests)
-    await asyncio.gather(*calls)
+    try:
+        await asyncio.gather(*calls)
+    except BaseException:
+        # The connection dropped and took the calls with it: a resuming GET (the stream's events have ids) replays
+        # what went out and then ends, instead of waiting for answers that will never come.
+        channel.keep_answer(None)
+        raise
     return await channel.finish_batch(replies)
 
 

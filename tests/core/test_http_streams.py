@@ -287,3 +287,21 @@ async def test_later_revisions_still_refuse_batches(gw, http, version):
     sid = await open_session(http, gw.features, version)
     status, _, body = await post_batch(http, gw.features, sid, [{"jsonrpc": "2.0", "id": 1, "method": "ping"}])
     assert status == 400 and body["error"]["code"] == -32600 and reason(body) == "batch_not_supported"
+
+
+async def test_a_resumed_batch_stream_ends_once_its_calls_were_withdrawn(gw, http):
+    # A batch's calls are withdrawn when its connection drops, but its stream (its events have ids) was never
+    # finished: a GET with Last-Event-ID replayed it and then sent keep-alives for good, a client (and a task)
+    # waiting for answers that could never come until the stream was evicted from the replay buffer.
+    sid = await open_session(http, gw.features, "2025-03-26")
+    headers = {**ACCEPT, "Mcp-Session-Id": sid}
+    async with aiohttp.ClientSession() as dropping:
+        resp = await dropping.post(gw.features, data=json.dumps([call(2, "hang", {}), call(3, "echo", {"value": "b"})]),
+                                   headers=headers)
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        events = await read_events(resp, 2)  # the hang's log line and the echo's answer, in either order
+        resp.close()  # the client goes away: the hang is withdrawn with it
+    async with http.get(gw.features, headers={**STREAM, "Mcp-Session-Id": sid, "Last-Event-ID": events[0][0]}) as resp:
+        assert resp.status == 200
+        replayed = await read_events(resp)  # to the stream's end (read_events: within 10 s)
+    assert replayed == events[1:]
