@@ -79,8 +79,14 @@ def credentials_rules(credentials: Any) -> Iterator[Problem]:
             # refuse every call and nothing would say why.
             yield (key,), f"only used by mode static (mode is {mode})"
     for key in ("audience", "token_endpoint", "client_id", "client_secret", "scope"):
-        if mode == "none" and _get(credentials, key) is not None:  # `mode: minted` (or token_exchange) left out
+        if _get(credentials, key) is None:
+            continue
+        if mode == "none":  # `mode: minted` (or token_exchange) left out
             yield (key,), "mode none sends no credential (set credentials.mode to the one this is for)"
+        elif key == "audience" and mode == "static":  # a fixed key names no audience
+            yield (key,), f"only used by modes minted and token_exchange (mode is {mode})"
+        elif key != "audience" and mode != "token_exchange":  # `scope: crm.read` beside mode minted was ignored
+            yield (key,), f"only used by mode token_exchange (mode is {mode})"
     if mode == "token_exchange":
         for key in ("token_endpoint", "client_id"):
             if not _get(credentials, key):
