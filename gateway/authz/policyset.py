@@ -21,7 +21,7 @@ from typing import Any, TypeGuard
 
 import cedarpy
 
-from gateway.authz.argnames import unknown_args, walk
+from gateway.authz.argnames import policy_order, unknown_args, walk
 from gateway.authz.argtypes import Type, agent_types, approval_args_type, context_types
 from gateway.authz.attrnames import unknown_attrs
 from gateway.authz.entitylits import entity_problems
@@ -360,7 +360,7 @@ def load_policies(directory: Path, schema_path: Path | None = None) -> LoadedPol
         # every problem is listed at once, not one kind per run.
         names = {**{internal: "(no @id)" for internal in places}, **by_internal}
         result = cedarpy.validate_policies(text, schema, release_gil=True)
-        for error in result.errors:
+        for error in sorted(result.errors, key=lambda e: (policy_order(e.policy_id), e.error)):  # hash order
             where = _validation_where(places.get(error.policy_id), error.error) or str(directory)
             name = names.get(error.policy_id, error.policy_id)
             problems.append(f"{where}: policy {name!r}: {rename_ids(error.error, names)}")
