@@ -64,8 +64,13 @@ def credentials_rules(credentials: Any) -> Iterator[Problem]:
     prefix = _get(credentials, "value_prefix")
     if isinstance(prefix, str) and (problem := _control_problem(prefix)):
         yield ("value_prefix",), problem
-    if _get(credentials, "audience") == "":  # a variable set to nothing: not "use the default" in disguise
+    audience = _get(credentials, "audience")
+    if audience == "":  # a variable set to nothing: not "use the default" in disguise
         yield ("audience",), "must not be empty (leave it out for the upstream's url)"
+    elif isinstance(audience, str) and (audience != audience.strip() or not audience.isprintable()):
+        # A line break read in with a variable went into every token's aud: every call refused upstream.
+        yield ("audience",), ("must not hold control characters or begin or end with white space (an upstream's "
+                              "identifier has none)")
     if mode != "minted" and _items(_get(credentials, "narrow_to_args")):
         # Only a minted token carries narrowed argument values; in any other mode the list would narrow nothing.
         yield ("narrow_to_args",), f"only used by mode minted (mode is {mode})"
