@@ -66,8 +66,9 @@ async def _one_way(observability: Any, on_task_end: TaskEnd | None, session: Ses
         if session.stateless:
             return
         request_id = message.params.get("requestId")
-        # Ids are strings or integers; anything else (a list, an object) names no call in flight.
-        task = session.inflight.get(request_id) if isinstance(request_id, str | int) else None
+        # Ids are strings or integers; anything else (a list, an object, true: Python's True equals 1) names no call.
+        named = isinstance(request_id, str | int) and not isinstance(request_id, bool)
+        task = session.inflight.get(request_id) if named else None
         if task is not None:
             task.cancel()
         return

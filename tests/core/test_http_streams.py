@@ -305,3 +305,20 @@ async def test_a_resumed_batch_stream_ends_once_its_calls_were_withdrawn(gw, htt
         assert resp.status == 200
         replayed = await read_events(resp)  # to the stream's end (read_events: within 10 s)
     assert replayed == events[1:]
+
+
+async def test_a_cancellation_naming_true_cancels_no_call(gw, http):
+    # JSON-RPC ids are strings and integers: `true` names no request. Python's True equals 1, so it withdrew call 1.
+    sid = await open_session(http, gw.features)
+    session = gw.gateway.sessions.get(sid, await gw.gateway.parts.identifier.identify({}, None), "features")
+    headers = {**ACCEPT, "Mcp-Session-Id": sid}
+    async with http.post(gw.features, json=call(1, "hang", {}), headers=headers) as resp:
+        await read_events(resp, 1)  # the hang's log line: the call is in flight
+        for request_id in (True, 1):
+            note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id}}
+            async with http.post(gw.features, json=note, headers=headers) as taken:
+                assert taken.status == 202
+            if request_id is True:  # taken (202) with the call still running, not asked to stop
+                assert 1 in session.inflight and not session.inflight[1].requested
+        [(_, answer)] = await read_events(resp)
+    assert reason(answer) == "request_cancelled"
