@@ -21,6 +21,7 @@ import orjson
 from cedarpy import _internal
 
 from gateway.authz import entities as E
+from gateway.authz.argnames import policy_order
 from gateway.authz.argtypes import Type, check
 from gateway.authz.policyset import LoadedPolicies, prune
 from gateway.context import Decision, Outcome, Principal, ToolInfo
@@ -111,7 +112,7 @@ def _names(policies: LoadedPolicies, results: Iterable[cedarpy.AuthzResult], *, 
     for result in results:
         if allowed is not None and result.allowed != allowed:
             continue
-        for internal in result.diagnostics.reasons:
+        for internal in sorted(result.diagnostics.reasons, key=policy_order):  # Cedar's is hash order: file order
             name = policies.name(internal)
             if name not in out:
                 out.append(name)
@@ -121,7 +122,7 @@ def _names(policies: LoadedPolicies, results: Iterable[cedarpy.AuthzResult], *, 
 def _errors(policies: LoadedPolicies, results: Iterable[cedarpy.AuthzResult], who: list[str]) -> list[str]:
     out: list[str] = []
     for member, result in zip(who, results, strict=True):
-        out.extend(f"{member}: {policies.describe_error(e)}" for e in result.diagnostics.errors)
+        out.extend(f"{member}: {policies.describe_error(e)}" for e in sorted(result.diagnostics.errors))
         if result.decision == cedarpy.Decision.NoDecision and not result.diagnostics.errors:
             out.append(f"{member}: no decision")
     return out
