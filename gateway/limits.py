@@ -18,7 +18,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.config.model import LimitRule, LimitsConfig
+from gateway.config.model import Config, LimitRule, LimitsConfig
 from gateway.context import NOT_FOUND_ITEM, CallContext
 from gateway.errors import GatewayError
 
@@ -115,6 +115,19 @@ def sweep_interval(config: LimitsConfig) -> float:
     rules) and 60 s (slow rules: a bucket may then outlive its refill by up to a minute)."""
     refills = [burst(r) / r.rate_per_s for r in (config.per_principal, config.per_tool) if r.rate_per_s]
     return min(60.0, max(1.0, *refills)) if refills else 60.0
+
+
+SLOT_LEASE_S = 300.0  # the shortest lease of a Redis concurrency slot
+LEASE_MARGIN_S = 60.0  # beyond the longest call, for the answer's way back and the release
+
+
+def slot_lease_s(config: Config) -> float:
+    """How long a Redis concurrency slot is leased: 300 s, or longer than the longest call a configured timeout
+    allows. A fixed 300 s let a slot lapse under a call still running (`timeout_s: 600`), and a second call took
+    it: `concurrency: 1` let two run at once."""
+    timeouts = [u.timeout_s for u in config.upstreams]
+    timeouts += [t.timeout_s for u in config.upstreams for t in u.tools.values() if t.timeout_s is not None]
+    return max(SLOT_LEASE_S, max(timeouts, default=0.0) + LEASE_MARGIN_S)
 
 
 def burst(rule: LimitRule) -> int:

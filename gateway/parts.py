@@ -35,7 +35,7 @@ from gateway.config_reloads import ConfigReloads
 from gateway.credentials.redaction import Redactor
 from gateway.credentials.service import CredentialService
 from gateway.identity.metadata import split_base
-from gateway.limits import Limiter, MemoryLimits, RedisLimits, sweep_interval
+from gateway.limits import Limiter, MemoryLimits, RedisLimits, slot_lease_s, sweep_interval
 from gateway.pinning import MemoryPins, RedisPins, ToolGuard
 from gateway.pipeline import Authorizer, Identifier
 from gateway.sessions import Session
@@ -200,7 +200,7 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     if redis is not None:
         approvals: ApprovalStore = RedisApprovalStore(redis.client, redis.prefix, on_event=on_approval)
         pins: Any = RedisPins(redis.client, redis.prefix, on_changed=catalog.drop)
-        limit_backend: Any = RedisLimits(redis.client, redis.prefix)
+        limit_backend: Any = RedisLimits(redis.client, redis.prefix, lease_s=slot_lease_s(config))
         facts_store: Any = RedisFacts(redis.client, redis.prefix)
     else:
         approvals = MemoryApprovalStore(on_event=on_approval)
