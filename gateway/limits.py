@@ -119,6 +119,7 @@ def sweep_interval(config: LimitsConfig) -> float:
 
 SLOT_LEASE_S = 300.0  # the shortest lease of a Redis concurrency slot
 LEASE_MARGIN_S = 60.0  # beyond the longest call, for the answer's way back and the release
+MAX_LEASE_S = 7 * 86400.0  # a timeout of .inf (no limit) still gets a lease Redis can keep
 
 
 def slot_lease_s(config: Config) -> float:
@@ -127,7 +128,7 @@ def slot_lease_s(config: Config) -> float:
     it: `concurrency: 1` let two run at once."""
     timeouts = [u.timeout_s for u in config.upstreams]
     timeouts += [t.timeout_s for u in config.upstreams for t in u.tools.values() if t.timeout_s is not None]
-    return max(SLOT_LEASE_S, max(timeouts, default=0.0) + LEASE_MARGIN_S)
+    return min(MAX_LEASE_S, max(SLOT_LEASE_S, max(timeouts, default=0.0) + LEASE_MARGIN_S))
 
 
 def burst(rule: LimitRule) -> int:
