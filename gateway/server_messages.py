@@ -120,7 +120,9 @@ def envelope_flaw(message: Message) -> str | None:
 async def _refuse_malformed(session: Session, upstream: str, message: Message, flaw: str) -> None:
     """Drop a malformed message of an upstream; one with a usable id is answered Invalid Request (as the SDK's own
     client answers it), so the upstream does not wait for an answer that will never come."""
-    log.warning("dropped a malformed message from upstream %s (%s): %.200r", upstream, flaw, message)
+    # Its method and id, not the message: its params are the upstream's data and may hold its secrets.
+    log.warning("dropped a malformed message from upstream %s (%s): method %.100r, id %.100r", upstream, flaw,
+                message.get("method"), message.get("id"))
     request_id = message.get("id")
     if isinstance(request_id, str | int) and not isinstance(request_id, bool) and "method" in message:
         refused = ServerRequestRoute(upstream, session.upstreams.get(upstream), request_id)
