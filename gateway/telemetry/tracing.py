@@ -39,10 +39,10 @@ from opentelemetry.trace import (
     TraceFlags,
     TraceState,
 )
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.config.model import TelemetryConfig
 from gateway.telemetry.current import CurrentSpan
+from gateway.telemetry.inbound import Inbound
 from gateway.telemetry.settings import TraceSettings, trace_settings
 from gateway.telemetry.span_errors import mark_error
 from gateway.telemetry.span_export import SpanShipper
@@ -52,7 +52,6 @@ log = logging.getLogger("customs.telemetry")
 
 TRACER_NAME = "customs"
 VERSION = "0.1.0"
-PROPAGATION_KEYS = ("traceparent", "tracestate")
 DEFAULT_CLOSE_S = 10.0  # the last span export at shutdown, when no shutdown deadline is known
 MIN_CLOSE_S = 1.0  # ... and at least this much of it past a drain that used up the deadline
 NO_SPAN: Span = trace.INVALID_SPAN
@@ -61,22 +60,6 @@ _INTERNAL = SpanKind.INTERNAL.value
 _PARENT_OR_ON = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
 Attributes = Mapping[str, Any]
 AnySpan = Span | LightSpan
-
-
-def _carrier(source: Mapping[str, Any] | None) -> dict[str, str]:
-    """The propagation keys of a header map or `_meta` dict, lower-cased, strings only."""
-    if not source:
-        return {}
-    out: dict[str, str] = {}
-    for key in PROPAGATION_KEYS:
-        value = source.get(key)
-        if value is None and not isinstance(source, dict):
-            continue  # case-insensitive header maps (aiohttp) already answered
-        if value is None:
-            value = next((v for k, v in source.items() if isinstance(k, str) and k.lower() == key), None)
-        if isinstance(value, str):
-            out[key] = value
-    return out
 
 
 class Telemetry:
@@ -90,9 +73,7 @@ class Telemetry:
         self.redact: Callable[[Any], Any] | None = None  # applied to captured arguments (set by Observability)
         self.provider: TracerProvider | None = None
         self.tracer: trace.Tracer = trace.NoOpTracer()
-        # Trace context only: inbound baggage is never forwarded, so nothing reads it, and the SDK's baggage
-        # propagator logs a WARNING quoting a header over 8,192 bytes (an agent could fill the log with it).
-        self._propagator = TraceContextTextMapPropagator()
+        self._inbound = Inbound(self.settings.trust_inbound)
         # ParentBased(ALWAYS_ON), the default, decides from the parent's flags alone (known by its description).
         self._parent_or_on = self.settings.sampler.get_description() == _PARENT_OR_ON
         self._current: ContextVar[LightSpan | None] = ContextVar("customs_span", default=None)
@@ -171,28 +152,12 @@ class Telemetry:
 
     def extract(self, headers: Mapping[str, Any] | None,
                 meta: Mapping[str, Any] | None) -> tuple[otel_context.Context | None, list[Link]]:
-        """Inbound trace context → (parent context or None, links).
-
-        `_meta` wins over the HTTP header (MCP convention); a different HTTP context becomes a link.
-        Untrusted (trust_inbound false): no parent; every valid inbound context is a link.
-        """
+        """Inbound trace context → (parent context or None, links): `_meta` wins over the HTTP header (MCP
+        convention), a different HTTP context is a link; untrusted (trust_inbound false), every inbound context is a
+        link but the context of a CLIENT span of this gateway still in flight (inbound.py)."""
         if not self.enabled or (not meta and type(headers) is CIMultiDictProxy and "traceparent" not in headers):
             return None, []  # no inbound context (the usual case), asked without a call per source
-        found: list[tuple[str, otel_context.Context, trace.SpanContext]] = []
-        for source, carrier in (("meta", _carrier(meta)), ("http", _carrier(headers))):
-            if "traceparent" not in carrier:
-                continue
-            ctx = self._propagator.extract(carrier)
-            span_context = trace.get_current_span(ctx).get_span_context()
-            if span_context.is_valid and all(span_context != seen for _, _, seen in found):
-                found.append((source, ctx, span_context))
-        if not found:
-            return None, []
-        if self.settings.trust_inbound:
-            _, parent, _ = found[0]
-            return parent, [Link(sc, {"customs.link": f"{source}_context"}) for source, _, sc in found[1:]]
-        return None, [Link(sc, {"customs.link": "untrusted_parent", "customs.link.source": source})
-                      for source, _, sc in found]
+        return self._inbound.extract(headers, meta)
 
     def _carrier(self) -> dict[str, str] | None:
         """`traceparent` (and `tracestate`) of the current span, as the W3C trace-context propagator
@@ -339,8 +304,10 @@ class Telemetry:
             attrs.setdefault("mcp.method.name", method)
         else:
             attrs = _with_method(method, attrs)
-        return CurrentSpan(self._current, self._new(f"{method} {target}" if target else method, SpanKind.CLIENT,
-                                                  attrs, None, None, None), own_code=False, redact=self.redact)
+        span = self._new(f"{method} {target}" if target else method, SpanKind.CLIENT, attrs, None, None, None)
+        if (issued := self._inbound.issued) is not None:  # untrusted inbound context: remember our own (inbound.py)
+            return _IssuedSpan(self._current, span, issued, self.redact)
+        return CurrentSpan(self._current, span, own_code=False, redact=self.redact)
 
     def record_span(self, name: str, start_ns: int, end_ns: int, attrs: Attributes | None = None,
                     error: BaseException | None = None) -> None:
@@ -362,6 +329,26 @@ class Telemetry:
         if error is not None:
             mark_error(span, error, redact=self.redact)
         span.end(end_ns)
+
+
+class _IssuedSpan(CurrentSpan):
+    """A CLIENT span whose context, while it is in flight, is trusted as a parent when it comes back (inbound.py)."""
+
+    __slots__ = ("_ids", "_issued")
+
+    def __init__(self, var: ContextVar[LightSpan | None], span: LightSpan, issued: set[tuple[int, int]],
+                 redact: Callable[[Any], Any] | None) -> None:
+        super().__init__(var, span, own_code=False, redact=redact)
+        self._issued = issued
+        self._ids = (span.wire[0], span.wire[1])
+
+    def __enter__(self) -> LightSpan:
+        self._issued.add(self._ids)
+        return super().__enter__()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self._issued.discard(self._ids)
+        super().__exit__(kind, exc, tb)
 
 
 def _with_method(method: str, attrs: Attributes | None) -> dict[str, Any]:

@@ -134,3 +134,45 @@ async def test_http_traceparent_parents_or_links_by_trust(otlp: OtlpReceiver, st
     else:
         assert server.parent_span_id is None and server.trace_id != AGENT_TRACE
         assert [(link.trace_id, link.span_id) for link in server.links] == [(AGENT_TRACE, AGENT_SPAN)]
+
+
+async def test_untrusted_inbound_context_still_keeps_a_delegation_in_one_trace(
+        otlp: OtlpReceiver, start_gateway: StartGateway, tmp_path: Path) -> None:
+    # trust_inbound: false makes an agent's context only a link, but the context a delegate sends back is the one
+    # the gateway gave it (its CLIENT span to the delegate, in flight): the gateway's own, so it parents the call.
+    key = write_demo_keys(tmp_path / "keys")
+    delegate_sock = bound_socket()
+    delegate_url = f"http://127.0.0.1:{delegate_sock.getsockname()[1]}/mcp"
+    async with run_http_server(inventory_server()) as inventory_url:
+        gateway = await start_gateway({
+            "upstreams": [{"name": "inventory", "url": inventory_url}, {"name": "delegate", "url": delegate_url}],
+            "identity": {"mode": "jwt", "issuers": [{"issuer": DEMO_ISSUER, "jwks_file": str(tmp_path / "keys" /
+                                                                                              "jwks.json"),
+                                                     "algorithms": ["ES256"]}]},
+            "policies": {"dir": str(REPO / "policies")},
+            "telemetry": {"traces": {"endpoint": otlp.url, "trust_inbound": False}},
+        })
+        delegate = delegate_server(gateway.mcp, key, on_behalf_of="demo-agent", actor="restock-agent")
+        async with run_http_server(delegate, sock=delegate_sock):
+            agent = mint_token(key, subject="demo-agent", audience=gateway.mcp, claims={"tenant": "acme"})
+            async with sdk_client(gateway.mcp, agent) as client:
+                result = await client.call_tool(
+                    "delegate__stock_report", {"sku": "gadget"},
+                    meta={"traceparent": f"00-{AGENT_TRACE}-{AGENT_SPAN}-01"})  # type: ignore[arg-type]
+                assert not result.is_error
+                # A context the gateway issued once but no longer has in flight is an agent's again: a link.
+                outer = await otlp.wait_for_span(lambda s: s.name == "tools/call delegate__stock_report")
+                to_delegate = await otlp.wait_for_span(lambda s: s.name == "tools/call stock_report"
+                                                       and s.kind == "CLIENT")
+                await client.call_tool("inventory__get_stock", {"sku": "widget"},
+                                       meta={"traceparent": f"00-{to_delegate.trace_id}-{to_delegate.span_id}-01"})
+            await gateway.gateway.parts.observability.telemetry.flush()
+    assert outer.parent_span_id is None and outer.trace_id != AGENT_TRACE  # the agent's context: a link only
+    assert [(link.trace_id, link.span_id) for link in outer.links] == [(AGENT_TRACE, AGENT_SPAN)]
+    inner = await otlp.wait_for_span(lambda s: s.name == "tools/call inventory__get_stock"
+                                     and s.attributes.get("customs.chain") == ("restock-agent",))
+    assert (inner.trace_id, inner.parent_span_id, inner.links) == (outer.trace_id, to_delegate.span_id, ())
+    replayed = await otlp.wait_for_span(lambda s: s.name == "tools/call inventory__get_stock"
+                                        and s.attributes.get("customs.chain") == ())
+    assert replayed.parent_span_id is None and replayed.trace_id != outer.trace_id
+    assert [(link.trace_id, link.span_id) for link in replayed.links] == [(to_delegate.trace_id, to_delegate.span_id)]
