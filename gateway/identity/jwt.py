@@ -231,7 +231,18 @@ class TokenVerifier:
             raise TokenError("Token has no issuer")
         verifier = self._issuers.get(iss)
         if verifier is None:
-            raise TokenError("Token issuer not accepted")
+            raise TokenError(unknown_issuer(iss, self._issuers))
         claims = await verifier.verify(token, header, also_audience)
         everywhere = also_audience is None or names_audience(claims, verifier.audience)
         return VerifiedToken(verifier.config, dict(header), claims, everywhere)
+
+
+def unknown_issuer(iss: str, configured: Mapping[str, object]) -> str:
+    """The refusal of an `iss` no issuer has. Issuers are compared exactly (OpenID Connect), and Auth0's end in a slash
+    where an operator often writes none: one that differs from a configured issuer only so is named, with it, so the
+    operator sees which side to fix (the text is then the configured issuer's, plus or minus a slash)."""
+    for name in configured:
+        if iss != name and iss.rstrip("/") == name.rstrip("/"):
+            return (f"Token issuer not accepted: {iss!r} is not the configured {name!r} (issuers are compared "
+                    "exactly, trailing slash included)")
+    return "Token issuer not accepted"

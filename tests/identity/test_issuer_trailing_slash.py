@@ -1,0 +1,36 @@
+"""Issuers are compared exactly (OpenID Connect), so `https://tenant.auth0.com/` (Auth0's issuers end in a slash)
+configured as `https://tenant.auth0.com` refuses every token. The refusal named no issuer, and the operator could
+not tell which side to fix: one that differs from a configured issuer only by a trailing slash is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import GatewayError
+from tests.identity.conftest import AUDIENCE, MakeIdentifier, bearer
+from tests.support.tokens import TestIssuer
+
+
+@pytest.mark.parametrize(("configured", "sent"), [("https://idp.test", "https://idp.test/"),
+                                                  ("https://idp.test/", "https://idp.test")])
+async def test_an_issuer_differing_by_a_trailing_slash_is_named(tmp_path: Path, make_identifier: MakeIdentifier,
+                                                                configured: str, sent: str) -> None:
+    issuer = TestIssuer(tmp_path, issuer=configured, algorithms=("ES256",))
+    identifier = await make_identifier(issuer.config())
+    token = issuer.mint("spiffe://acme.test/agent/a", aud=AUDIENCE, alg="ES256", iss=sent)
+    with pytest.raises(GatewayError) as caught:
+        await identifier.identify(bearer(token), None)
+    assert caught.value.reason == "unauthenticated"
+    assert caught.value.message == (f"Token issuer not accepted: {sent!r} is not the configured {configured!r} "
+                                    "(issuers are compared exactly, trailing slash included)")
+
+
+async def test_another_issuer_is_not_named(tmp_path: Path, make_identifier: MakeIdentifier) -> None:
+    issuer = TestIssuer(tmp_path, algorithms=("ES256",))
+    identifier = await make_identifier(issuer.config())
+    token = issuer.mint("a", aud=AUDIENCE, alg="ES256", iss="https://evil.example/\n")
+    with pytest.raises(GatewayError) as caught:
+        await identifier.identify(bearer(token), None)
+    assert caught.value.message == "Token issuer not accepted"
