@@ -48,6 +48,7 @@ class RevocationStore(Protocol):
 
 
 _PRUNE_FLOOR = 10_000
+_TASK_FLOOR = 64  # a task's own record is pruned of expired tokens past this many (then twice what survived)
 
 
 class MemoryRevocations:
@@ -62,6 +63,7 @@ class MemoryRevocations:
         self._ended: dict[str, float] = {}
         self._ended_ttl_s = ended_ttl_s
         self._clock = clock
+        self._task_limits: dict[str, int] = {}  # task -> the size of its record that prunes it next
         # Pruning scans everything, so it runs only past a limit that then doubles over what survived:
         # pruning on every ended task would make a sweep ending thousands of sessions quadratic.
         self.limit = PruneLimit(_PRUNE_FLOOR)
@@ -83,18 +85,26 @@ class MemoryRevocations:
                 self._tasks[task_id] = live
             else:
                 del self._tasks[task_id]
+        self._task_limits = {t: n for t, n in self._task_limits.items() if t in self._tasks}
 
     async def record(self, task_id: str, jti: str, exp: float) -> None:
         now = self._clock()
         if self._ended.get(task_id, 0) > now:
             raise TaskEnded(task_id)
-        self._tasks.setdefault(task_id, {})[jti] = exp
+        tokens = self._tasks.setdefault(task_id, {})
+        tokens[jti] = exp
+        # The store's own prune counts tasks: one long, busy task (a stateless client's implicit session) kept
+        # every token it was ever given. Its record is pruned by itself, amortized like the store's.
+        if len(tokens) > self._task_limits.get(task_id, _TASK_FLOOR):
+            tokens = self._tasks[task_id] = {j: e for j, e in tokens.items() if e > now}
+            self._task_limits[task_id] = max(_TASK_FLOOR, 2 * len(tokens))
         self._maybe_prune(now)
 
     async def revoke_task(self, task_id: str) -> list[str]:
         now = self._clock()
         self._ended[task_id] = now + self._ended_ttl_s
         jtis = self._tasks.pop(task_id, {})
+        self._task_limits.pop(task_id, None)
         live = {j: exp for j, exp in jtis.items() if exp > now}
         self._revoked.update(live)
         self._maybe_prune(now)
@@ -116,9 +126,11 @@ class MemoryRevocations:
         return False  # one process: its own view of when a task was used is the whole story
 
 
-# KEYS: task zset, ended marker. ARGV: jti, exp (s), ended? -> 0 when the task has ended.
+# KEYS: task zset, ended marker. ARGV: jti, exp (s), now (s) -> 0 when the task has ended. Expired members go
+# (a long, busy task kept every token it was ever given while its key's expiry kept moving on).
 _RECORD = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 local ttl = math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[3]))
 if ttl < 1 then ttl = 1 end
