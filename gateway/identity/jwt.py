@@ -194,7 +194,10 @@ class IssuerVerifier:
         except InvalidSignatureError as exc:
             raise TokenError("Invalid token signature") from exc
         except InvalidAudienceError as exc:
-            raise TokenError("Token audience does not name this gateway") from exc
+            # The audience is public (the `resource` of the RFC 9728 metadata): naming it shows a trailing slash or
+            # a missing /mcp at once.
+            expected = " or ".join(repr(a) for a in ([audience] if isinstance(audience, str) else audience))
+            raise TokenError(f"Token audience does not name this gateway (it must name {expected})") from exc
         except InvalidIssuerError as exc:
             raise TokenError("Token issuer not accepted") from exc
         except MissingRequiredClaimError as exc:

@@ -34,3 +34,20 @@ async def test_another_issuer_is_not_named(tmp_path: Path, make_identifier: Make
     with pytest.raises(GatewayError) as caught:
         await identifier.identify(bearer(token), None)
     assert caught.value.message == "Token issuer not accepted"
+
+
+async def test_an_audience_refusal_names_the_audience_expected(tmp_path: Path, make_identifier: MakeIdentifier) -> None:
+    """The audience is public (the `resource` of the RFC 9728 metadata): naming it shows a trailing slash or a
+    missing /mcp at once, where `Token audience does not name this gateway` left the operator guessing."""
+    issuer = TestIssuer(tmp_path, algorithms=("ES256",))
+    identifier = await make_identifier(issuer.config())
+    for aud in (AUDIENCE + "/", AUDIENCE.removesuffix("/mcp"), [AUDIENCE + "/", "https://other.example"]):
+        token = issuer.mint("a", aud=aud, alg="ES256")
+        with pytest.raises(GatewayError) as caught:
+            await identifier.identify(bearer(token), None)
+        assert caught.value.message == f"Token audience does not name this gateway (it must name {AUDIENCE!r})"
+    with pytest.raises(GatewayError) as caught:  # /mcp/{upstream} also takes its own resource
+        await identifier.identify(bearer(issuer.mint("a", aud="https://x.example", alg="ES256")), None,
+                                  "/mcp/payments")
+    assert caught.value.message == ("Token audience does not name this gateway "
+                                    f"(it must name {AUDIENCE!r} or {AUDIENCE + '/payments'!r})")
