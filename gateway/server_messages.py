@@ -114,6 +114,8 @@ def envelope_flaw(message: Message) -> str | None:
         return "its method is not a string"
     if "params" in message and not isinstance(message["params"], dict):
         return "its params are not an object"
+    if "result" in message or "error" in message:  # a request and an answer at once: a client may take it as either
+        return "it has a method and a result or error"
     return None
 
 

@@ -1,7 +1,8 @@
 """An upstream's message whose JSON-RPC envelope is broken (`method` not a string, `params` not an object, `jsonrpc`
-not "2.0" or missing) never reaches the agent: passed on, the SDK client failed the whole call it came on ("Failed
-to parse SSE message"), losing the upstream's valid answer. Such a message is dropped (WARNING); one carrying a
-usable id is answered Invalid Request, so the upstream does not wait for an answer that will never come."""
+not "2.0" or missing, a `result` or `error` beside its `method`) never reaches the agent: passed on, the SDK client
+failed the whole call it came on ("Failed to parse SSE message"), losing the upstream's valid answer. Such a message
+is dropped (WARNING); one carrying a usable id is answered Invalid Request, so the upstream does not wait for an
+answer that will never come."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ MALFORMED: list[Any] = [
     {"jsonrpc": "2.0", "id": 7, "method": "ping", "params": [1]},
     {"jsonrpc": "1.0", "method": "notifications/message", "params": {"level": "info", "data": f"v1 {TOKEN}"}},
     {"method": "notifications/message", "params": {"level": "info", "data": "no version"}},
+    {"jsonrpc": "2.0", "id": 9, "method": "ping", "error": {"code": 1, "message": "a request and an error"}},
+    {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "and a result"},
+     "result": {}},
 ]
 GOOD_LOG = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "ok"}}
 INIT_RESULT = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}, "logging": {}},
