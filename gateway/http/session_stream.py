@@ -9,7 +9,8 @@ opens the GET stream and first replays what the session buffered after it; an id
 stream replays that stream's buffered events after it and, while the call behind it still runs (a call
 outlives its dropped connection: gateway/http/resumable.py), goes on with that stream's events as they
 come, ending after the call's answer. Messages of one stream are never replayed on another. Ids the
-gateway does not know (or no longer buffers) replay nothing.
+gateway never issued replay nothing, as does a POST stream's evicted from the buffer; a GET-stream id older than
+the session's buffer replays what it still holds (`Session.events_after`).
 """
 
 from __future__ import annotations

@@ -322,3 +322,20 @@ async def test_a_cancellation_naming_true_cancels_no_call(gw, http):
                 assert 1 in session.inflight and not session.inflight[1].requested
         [(_, answer)] = await read_events(resp)
     assert reason(answer) == "request_cancelled"
+
+
+async def test_a_get_stream_id_older_than_the_buffer_replays_what_it_still_holds(gw, http):
+    # The session keeps its last 256 GET-stream events: a client that lost more than that gets what is left (the
+    # newest), not nothing; an id the gateway never issued (past the newest) replays nothing.
+    sid = await open_session(http, gw.features)
+    session = gw.gateway.sessions.get(sid, await gw.gateway.parts.identifier.identify({}, None), "features")
+    for n in range(1, 301):
+        session.stream_event({"jsonrpc": "2.0", "method": "notifications/message", "params": {"n": n}})
+    headers = {**STREAM, "Mcp-Session-Id": sid}
+    async with http.get(gw.features, headers={**headers, "Last-Event-ID": "0-3"}) as resp:
+        replayed = await read_events(resp, 256)
+    assert [m["params"]["n"] for _, m in replayed] == list(range(45, 301))
+    async with http.get(gw.features, headers={**headers, "Last-Event-ID": "0-9999"}) as resp:
+        session.stream_event({"jsonrpc": "2.0", "method": "notifications/message", "params": {"n": 301}})
+        [(_, first)] = await read_events(resp, 1)
+    assert first["params"] == {"n": 301}
