@@ -27,7 +27,7 @@ from gateway.config.model import DecisionLogConfig
 from gateway.context import NOT_FOUND_ITEM, CallContext
 from gateway.preflight import decision_log_problem  # the line config check reports for a path serve cannot use
 from gateway.telemetry.decision_writer import FILE_FLAGS, S_TOOL, FileTarget, dumps, line_of, record_of
-from gateway.telemetry.log_process import WriterProcess
+from gateway.telemetry.log_process import WriterProcess, WriterUnavailable
 from gateway.telemetry.span_errors import pattern_redactor
 from gateway.telemetry.tracing import api_span_ids
 from gateway.timefmt import rfc3339_ms as rfc3339  # record times: UTC, milliseconds, `Z`
@@ -177,6 +177,9 @@ class DecisionLog:
         self._loop = asyncio.get_running_loop()
         if fd is not None and await self._start_process(fd, None if path is None else str(path)):
             return
+        self._start_thread()
+
+    def _start_thread(self) -> None:
         self._writer = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
         self._writer.start()
         self._wake.set()  # records queued before start
@@ -300,7 +303,7 @@ class DecisionLog:
                 await asyncio.sleep(FLUSH_INTERVAL_S)  # a batching delay: one write (one frame) per batch
             ready.clear()  # before taking: an item appended after the take sets it again
             await self._send(self._take())
-            if self._closing:
+            if self._closing or self._process is None:  # closed, or the thread sink writes from now on
                 return
 
     async def _send(self, items: list[Any]) -> None:
@@ -311,6 +314,8 @@ class DecisionLog:
             if process is None:
                 raise ConnectionResetError("no decision log writer process")
             await process.send(items)
+        except WriterUnavailable as exc:
+            await self._to_thread(process, items, exc)
         except (ConnectionError, OSError) as exc:
             log.error("decision log write failed (%d records lost): %s", len(items), exc)
             self._lost(len(items))
@@ -318,6 +323,18 @@ class DecisionLog:
             log.error("decision log writer process did not take %d records: lost", len(items))
             self._lost(len(items))
             raise
+
+    async def _to_thread(self, process: WriterProcess | None, items: list[Any], exc: OSError) -> None:
+        """No writer process can be had any more (the interpreter replaced by an upgrade, no descriptors or memory
+        left): this process writes from now on, this batch first, as it does when none could be had at start."""
+        log.error("decision log writer process cannot be started again (%s): writing from the gateway's process", exc)
+        self._process = None
+        self._shipper = None  # (the task running this: it returns once this batch is handed over)
+        if process is not None:
+            await process.close(0.0)
+        with self._lock:
+            self._items[:0] = items
+        self._start_thread()
 
     # -- thread sink -------------------------------------------------------------------------------
 

@@ -25,6 +25,10 @@ from gateway.telemetry.decision_writer import FRAME, LEVEL_ENV, line_of
 log = logging.getLogger("customs.decision_log")
 
 
+class WriterUnavailable(OSError):
+    """No writer process could be started again: the batch was not taken (nothing of it is lost yet)."""
+
+
 class WriterProcess:
     """One child writing decision-log lines to `fd` (a file at `path` when given, else a stream)."""
 
@@ -86,7 +90,10 @@ class WriterProcess:
         except (ConnectionError, OSError) as exc:
             log.warning("decision log writer process gone (%s): starting it again", exc)
             await self._stop(timeout_s=1.0)
-            await self.start()
+            try:
+                await self.start()
+            except OSError as failed:  # the caller writes from its own process from now on, these items too
+                raise WriterUnavailable(failed) from failed
             await self._delivered(data, len(items))  # a second failure is the caller's to count
 
     async def _delivered(self, data: bytes, count: int) -> None:
