@@ -21,6 +21,10 @@ log = logging.getLogger("customs.store")
 # Redis answered and said no (wrong password or ACL user, DB index out of range, no permission): waiting
 # will not help, unlike a Redis that is down or still starting, so these are configuration errors.
 REFUSALS = (AuthenticationError, AuthorizationError, ResponseError)
+# Connections held for good by pub/sub listeners (approvals' events, tool pins' changes), on top of
+# store.redis.max_connections: from the same pool they left `max_connections: 2` none for commands, and every
+# call waited the pool's 5 s and was refused.
+SUBSCRIBERS = 2
 
 
 class RedisConnection:
@@ -30,7 +34,7 @@ class RedisConnection:
         self.config = config
         # A blocking pool waits for a free connection instead of failing at once past the limit.
         self.pool = aioredis.BlockingConnectionPool.from_url(
-            config.url, max_connections=config.max_connections, timeout=5, socket_timeout=5,
+            config.url, max_connections=config.max_connections + SUBSCRIBERS, timeout=5, socket_timeout=5,
             socket_connect_timeout=2, health_check_interval=15)
         self.client: Any = aioredis.Redis(connection_pool=self.pool)
 
