@@ -103,9 +103,13 @@ def _depth_ok(value: Any, limit: int) -> bool:
 MAX_ID_CHARS = 256  # a string id past it is refused: ids are kept per call in flight and echoed in every answer
 
 
+def is_id(value: Any) -> bool:
+    """A JSON-RPC id: a string or an integer. Not a bool: Python's True equals 1, and would name request 1."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
 def _valid_id(value: Any) -> bool:
-    return (isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))) and (
-        not isinstance(value, str) or len(value) <= MAX_ID_CHARS)
+    return is_id(value) and (not isinstance(value, str) or len(value) <= MAX_ID_CHARS)
 
 
 def _id_problem(value: Any) -> str:

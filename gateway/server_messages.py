@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.catalog import Catalog, exposed_uri
 from gateway.errors import INVALID_REQUEST
+from gateway.jsonrpc import is_id
 from gateway.transport.base import Message, UpstreamSession
 from gateway.transport.common import id_key, progress_token
 
@@ -126,7 +127,7 @@ async def _refuse_malformed(session: Session, upstream: str, message: Message, f
     log.warning("dropped a malformed message from upstream %s (%s): method %.100r, id %.100r", upstream, flaw,
                 message.get("method"), message.get("id"))
     request_id = message.get("id")
-    if isinstance(request_id, str | int) and not isinstance(request_id, bool) and "method" in message:
+    if is_id(request_id) and "method" in message:
         refused = ServerRequestRoute(upstream, session.upstreams.get(upstream), request_id)
         await _answer_upstream(session, refused, {"error": {"code": INVALID_REQUEST,
                                                             "message": f"Invalid request: {flaw}"}})

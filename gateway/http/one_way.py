@@ -67,8 +67,7 @@ async def _one_way(observability: Any, on_task_end: TaskEnd | None, session: Ses
             return
         request_id = message.params.get("requestId")
         # Ids are strings or integers; anything else (a list, an object, true: Python's True equals 1) names no call.
-        named = isinstance(request_id, str | int) and not isinstance(request_id, bool)
-        task = session.inflight.get(request_id) if named else None
+        task = session.inflight.get(request_id) if jsonrpc.is_id(request_id) else None
         if task is not None:
             task.cancel()
         return
