@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config.upstreams import NAME_RE
+from gateway.identity.chain import ChainError, actor_id
 
 
 class CaseError(Exception):
@@ -51,3 +52,18 @@ def stated_issuer(spec: dict[str, Any], key: str, where: str) -> str:
     if not isinstance(value, str) or (key in spec and not value):
         raise CaseError(f"{where}: {key} must be a non-empty string (the issuer that vouches for it), got {value!r}")
     return value
+
+
+def check_inline_agent(ident: str, attributes: dict[str, Any], where: str) -> None:
+    """An inline principal or actor is one a token or the `agents:` registry could give: a case about an agent the
+    gateway never decides for tests nothing. identify refuses an empty id and one claiming to be a SPIFFE ID that is
+    not a valid one; a claim's "" counts as missing and the registry refuses it (`tenant: ""` would even equal the
+    empty context.tenant of a principal without one)."""
+    try:
+        actor_id(ident)
+    except ChainError as exc:
+        raise CaseError(f"{where}: principal {ident!r}: {exc} (no token names such an agent)") from exc
+    for name, value in attributes.items():
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise CaseError(f"{where}: principal {ident!r}: attributes.{name} is empty or holds \"\" (no agent has "
+                            "that: a claim's \"\" counts as missing, the agents registry refuses it)")

@@ -20,8 +20,8 @@ from gateway.authz import entities as E
 from gateway.authz.actions import AGENT_ACTIONS
 from gateway.authz.approve_case import approve_decision
 from gateway.authz.casefields import CaseError as CaseError
+from gateway.authz.casefields import check_inline_agent, check_text_settings, not_a_mapping, stated_issuer
 from gateway.authz.casefields import check_keys as _check_keys
-from gateway.authz.casefields import check_text_settings, not_a_mapping, stated_issuer
 from gateway.authz.casefields import check_upstream as _check_upstream
 from gateway.authz.casefields import mapping as mapping
 from gateway.authz.evaluate import decide
@@ -96,6 +96,7 @@ def _actor(spec: Any, named: dict[str, Any], where: str) -> Actor:
     if "issuer" in attributes:  # the gateway's, not an attribute like the others: it would be dropped
         raise CaseError(f"{where}: principal {spec['id']!r}: attributes: {ISSUER_ATTRIBUTE}; state it as `issuer:` "
                         "beside `id:`")
+    check_inline_agent(spec["id"], attributes, where)
     return Actor(spec["id"], dict(attributes))
 
 
