@@ -21,16 +21,17 @@ URI_TOKEN = "ghp_" + "a1B2" * 9
 NAME_TOKEN = "ghp_" + "c3D4" * 9
 
 
+def docs_config(url: str, policies: Path, log: Path) -> dict[str, Any]:
+    """One upstream `docs` at `url`, anonymous agents, `policies`, the decision log written to `log`."""
+    return {"upstreams": [{"name": "docs", "url": url}], "identity": {"mode": "anonymous"},
+            "policies": {"dir": str(policies)}, "decision_log": {"path": str(log)}}
+
+
 async def test_tokens_in_names_an_agent_sends_are_redacted_in_the_decision_log(
         start_gateway: StartGateway, permissive_policies: Path, tmp_path: Path) -> None:
     log = tmp_path / "decisions.jsonl"
     async with run_http_server(document_server()) as url:
-        gateway = await start_gateway({
-            "upstreams": [{"name": "docs", "url": url}],
-            "identity": {"mode": "anonymous"},
-            "policies": {"dir": str(permissive_policies)},
-            "decision_log": {"path": str(log)},
-        })
+        gateway = await start_gateway(docs_config(url, permissive_policies, log))
         async with sdk_client(gateway.mcp) as client:
             await client.read_resource(f"customs://docs/doc://{URI_TOKEN}")
             with pytest.raises(MCPError, match="Unknown tool"):
@@ -53,12 +54,7 @@ async def test_a_token_sent_as_a_prompt_name_the_upstream_refuses_is_redacted(
     (it was written as sent, on /mcp/{upstream} and on /mcp alike)."""
     log = tmp_path / "decisions.jsonl"
     async with run_http_server(document_server()) as url:
-        gateway = await start_gateway({
-            "upstreams": [{"name": "docs", "url": url}],
-            "identity": {"mode": "anonymous"},
-            "policies": {"dir": str(permissive_policies)},
-            "decision_log": {"path": str(log)},
-        })
+        gateway = await start_gateway(docs_config(url, permissive_policies, log))
         for endpoint, name in ((f"{gateway.mcp}/docs", NAME_TOKEN), (gateway.mcp, f"docs__{NAME_TOKEN}")):
             async with sdk_client(endpoint) as client:
                 with pytest.raises(MCPError):
@@ -82,12 +78,7 @@ async def test_a_token_sent_as_a_tool_name_denied_before_the_tools_are_known_is_
                                          '@id("rest")\npermit (principal, action, resource);\n')
     log = tmp_path / "decisions.jsonl"
     async with run_http_server(document_server()) as url:
-        gateway = await start_gateway({
-            "upstreams": [{"name": "docs", "url": url}],
-            "identity": {"mode": "anonymous"},
-            "policies": {"dir": str(policies)},
-            "decision_log": {"path": str(log)},
-        })
+        gateway = await start_gateway(docs_config(url, policies, log))
         async with sdk_client(f"{gateway.mcp}/docs") as client:
             with pytest.raises(MCPError):
                 await client.call_tool(NAME_TOKEN, {})
