@@ -100,7 +100,8 @@ class Session:
     def stream_event(self, message: Message) -> None:
         """Record a message for the session's GET stream and queue it when a stream is open."""
         self.event_seq += 1
-        self.replay.append((self.event_seq, message))
+        if not self.legacy_sse:  # 2024-11-05 has no resumption: kept, a legacy stream's answers only held memory
+            self.replay.append((self.event_seq, message))
         if not self.get_stream_open:
             return
         queued = self.outbox.qsize()

@@ -144,3 +144,23 @@ async def test_mcp_refuses_a_legacy_sse_session(env: tuple[Any, FeatureState]) -
         async with http.post(endpoint, json={**ping, "id": 4}, headers=JSON) as resp:
             assert resp.status == 202  # the legacy session lives on, its answers on its own stream
         assert await anext(messages) == {"jsonrpc": "2.0", "id": 4, "result": {}}
+
+
+async def test_a_legacy_session_keeps_no_replay_of_its_answers(env: tuple[Any, FeatureState]) -> None:
+    # 2024-11-05 has no resumption (no event ids, no Last-Event-ID), yet every answer on a legacy stream was kept
+    # in the session's replay buffer too: its last 256 answers, tool results and resources of up to 16 MiB each,
+    # stayed in memory for every legacy session until it ended.
+    gw, _ = env
+    principal = await gw.gateway.parts.identifier.identify({}, None)
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/sse/feat") as stream:
+        url = await _messages_url(gw, stream)
+        session = gw.gateway.sessions.get_legacy(url.rsplit("=", 1)[1], principal)
+        answers = sse_messages(stream.content)
+        for request_id in range(1, 4):
+            echo = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"value": "x" * 100_000}}}
+            async with http.post(url, json=echo, headers=JSON) as resp:
+                assert resp.status == 202
+            answer = await anext(answers)
+            assert answer["result"]["content"][0]["text"] == "x" * 100_000
+        assert session.event_seq >= 3 and len(session.replay) == 0
