@@ -18,8 +18,9 @@ import hashlib
 import logging
 import secrets
 import time
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.context import CallContext, Principal
@@ -75,6 +76,10 @@ class Task:
     last_used: float
     ends_at: float | None = None
     started: float = 0.0  # first seen on this replica (compared with the store's lost_at)
+    # The calls of an explicit or idle-window task still running (a call lives while the pipeline holds its
+    # context): held for approval longer than idle_s, such a task was ended under them, and the approved call
+    # then failed credential_unavailable (task_ended). Sessions count their own calls (gateway/sessions.py).
+    calls: weakref.WeakValueDictionary[int, CallContext] = field(default_factory=weakref.WeakValueDictionary)
 
 
 class TaskTracker:
@@ -107,7 +112,7 @@ class TaskTracker:
         principal = ctx.principal
         explicit = meta_task(ctx.params)
         if explicit is not None:
-            return self._touch(explicit_task_id(explicit, principal), principal, "explicit", now)
+            return self._running(ctx, self._touch(explicit_task_id(explicit, principal), principal, "explicit", now))
         if ctx.session_id:
             task_id = self._session_tasks.get(ctx.session_id)
             if task_id is None:
@@ -120,7 +125,11 @@ class TaskTracker:
         if current is None or task is None or now - task.last_used >= self.idle_s:
             current = "i-" + secrets.token_hex(12)
             self._idle_by_principal[principal.key] = current
-        return self._touch(current, principal, "idle", now)
+        return self._running(ctx, self._touch(current, principal, "idle", now))
+
+    def _running(self, ctx: CallContext, task_id: str) -> str:
+        self._tasks[task_id].calls[id(ctx)] = ctx  # by id: a context compares by value, so it is no set member
+        return task_id
 
     def _touch(self, task_id: str, principal: Principal, kind: TaskKind, now: float) -> str:
         task = self._tasks.get(task_id)
@@ -239,6 +248,11 @@ class TaskTracker:
         """End explicit and idle-window tasks unused for `idle_s` (sessions end with their session); an
         explicit task some other replica used within `idle_s` is only forgotten here. Returns those ended."""
         now = self._clock()
+        for task in [t for t in self._tasks.values() if t.calls]:  # busy: idle from when its calls end
+            task.last_used = now
+            if self._shared(task):  # and in use for every replica: the others' sweeps ask the store
+                with contextlib.suppress(Exception):
+                    await self.revocations.is_ended(task.id, used_for_s=self.idle_s)
         stale = [t for t in self._tasks.values() if t.kind != "session" and now - t.last_used >= self.idle_s]
         ended: list[str] = []
         for task in stale:

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from gateway.context import CallContext
 from gateway.credentials import CredentialService
 from gateway.credentials.tasks import session_task_id
 from gateway.errors import GatewayError
@@ -123,11 +124,13 @@ async def test_explicit_tasks_in_a_shared_store_outlive_one_replica(request, clo
     events: list[dict] = []
     a, b, c = (TaskTracker(RedisRevocations(client, prefix="t:", clock=clock), idle_s=30, clock=clock,
                            on_event=events.append) for _ in range(3))
-    ctx = call("pay", "pay", meta={"customs/task": "job-1"})
+    def ctx() -> CallContext:  # a call's context, gone once resolved (one kept would be a call still running)
+        return call("pay", "pay", meta={"customs/task": "job-1"})
+
     try:
-        task = a.resolve(ctx)
+        task = a.resolve(ctx())
         for replica in (a, b, c):
-            assert replica.resolve(ctx) == task
+            assert replica.resolve(ctx()) == task
             await replica.ensure_live(task)
         clock.advance(31)  # idle on A's clock; B used it within idle_s as Redis sees it
         assert await a.sweep() == [] and a.task(task) is None
@@ -137,7 +140,7 @@ async def test_explicit_tasks_in_a_shared_store_outlive_one_replica(request, clo
         await client.delete(f"t:cred:used:{task}")  # unused on every replica for idle_s
         assert await b.sweep() == [task]
         assert events[-1]["task_id"] == task and events[-1]["reason"] == "idle_timeout"
-        assert a.resolve(ctx) == task
+        assert a.resolve(ctx()) == task
         with pytest.raises(GatewayError) as ended:
             await a.ensure_live(task)
         assert ended.value.data == {"task_ended": True}
