@@ -27,11 +27,15 @@ from typing import Any, Protocol, runtime_checkable
 from gateway.catalog import Catalog
 from gateway.context import Principal
 from gateway.errors import GatewayError
+from gateway.jsonrpc import dumps
 from gateway.server_messages import NotificationHook, SendFn, ServerRequestRoute, route_server_message
 from gateway.transport.base import ConnectParams, Message, Upstream, UpstreamSession
 
 log = logging.getLogger("customs.sessions")
 REPLAY_EVENTS = 256
+# ... and at most this many bytes of them (the newest one always): an upstream's messages are up to 16 MiB each, and
+# a session keeps them whether or not its client ever listens.
+REPLAY_BYTES = 4 << 20
 # Unread stream messages: past the first, notifications are dropped (never an answer or a server→client
 # request); past the second, answers included, the stream is closed, so the client learns they are lost.
 OUTBOX_NOTIFICATIONS, OUTBOX_LIMIT = 256, 4096
@@ -79,8 +83,10 @@ class Session:
     outbox: asyncio.Queue[tuple[str, Message]] = field(default_factory=asyncio.Queue)  # bounded by stream_event
     close_stream: Callable[[], None] | None = None  # set by a legacy SSE stream: ends it (OUTBOX_LIMIT)
     dropping: bool = False  # notifications are being dropped (logged once per stretch)
-    # The last session-stream events, so a client reconnecting with Last-Event-ID misses nothing.
-    replay: deque[tuple[int, Message]] = field(default_factory=lambda: deque(maxlen=REPLAY_EVENTS))
+    # The last session-stream events (number, message, its size), so a client reconnecting with Last-Event-ID
+    # misses nothing; bounded by REPLAY_EVENTS and REPLAY_BYTES.
+    replay: deque[tuple[int, Message, int]] = field(default_factory=deque)
+    replay_bytes: int = 0
     event_seq: int = 0
     get_stream_open: bool = False
     server_requests: dict[str, ServerRequestRoute] = field(default_factory=dict)
@@ -101,7 +107,7 @@ class Session:
         """Record a message for the session's GET stream and queue it when a stream is open."""
         self.event_seq += 1
         if not self.legacy_sse:  # 2024-11-05 has no resumption: kept, a legacy stream's answers only held memory
-            self.replay.append((self.event_seq, message))
+            self._keep(message)
         if not self.get_stream_open:
             return
         queued = self.outbox.qsize()
@@ -121,11 +127,19 @@ class Session:
             self.dropping = False
         self.outbox.put_nowait((str(self.event_seq), message))
 
+    def _keep(self, message: Message) -> None:
+        """Add one event to the replay, dropping the oldest past its bounds (the newest is always kept)."""
+        size = len(dumps(message))
+        self.replay.append((self.event_seq, message, size))
+        self.replay_bytes += size
+        while len(self.replay) > 1 and (len(self.replay) > REPLAY_EVENTS or self.replay_bytes > REPLAY_BYTES):
+            self.replay_bytes -= self.replay.popleft()[2]
+
     def awaited_requests(self) -> list[tuple[str, Message]]:
         """Buffered server→client requests sent while the client had no GET stream, still awaiting its answer: a GET
         stream opened without Last-Event-ID brings them, once (else they would never reach it)."""
         unseen: list[tuple[str, Message]] = []
-        for number, message in self.replay:
+        for number, message, _ in self.replay:
             route = self.server_requests.get(message["id"]) if isinstance(message.get("id"), str) else None
             if route is not None and route.unseen and "method" in message:
                 route.unseen = False
@@ -140,7 +154,7 @@ class Session:
             last = None
         if last is None:
             return []
-        return [(str(n), m) for n, m in self.replay if n > last]
+        return [(str(n), m) for n, m, _ in self.replay if n > last]
 
 
 class SessionManager:

@@ -339,3 +339,22 @@ async def test_a_get_stream_id_older_than_the_buffer_replays_what_it_still_holds
         session.stream_event({"jsonrpc": "2.0", "method": "notifications/message", "params": {"n": 301}})
         [(_, first)] = await read_events(resp, 1)
     assert first["params"] == {"n": 301}
+
+
+async def test_the_get_stream_replay_is_bounded_in_bytes_too(gw, http):
+    # The session's replay kept its last 256 events whatever their size: an upstream's log lines or requests of up
+    # to 16 MiB each, sent outside any call, held up to 4 GiB per session, kept whether or not a client ever
+    # listened. It now holds at most REPLAY_BYTES of them (the newest; always the newest one), as the POST
+    # streams' buffer is bounded in bytes.
+    from gateway.sessions import REPLAY_BYTES
+    sid = await open_session(http, gw.features)
+    session = gw.gateway.sessions.get(sid, await gw.gateway.parts.identifier.identify({}, None), "features")
+    big = "x" * (REPLAY_BYTES // 16)
+    for n in range(1, 41):
+        session.stream_event({"jsonrpc": "2.0", "method": "notifications/message", "params": {"n": n, "data": big}})
+    async with http.get(gw.features, headers={**STREAM, "Mcp-Session-Id": sid, "Last-Event-ID": "0-0"}) as resp:
+        session.stream_event({"jsonrpc": "2.0", "method": "notifications/message", "params": {"n": "end"}})
+        replayed = [m["params"]["n"] for _, m in await read_events(resp, 16)]
+    assert replayed == [*range(26, 41), "end"]  # fifteen of REPLAY_BYTES // 16 and a bit each: the newest
+    session.stream_event({"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "y" * REPLAY_BYTES}})
+    assert len(session.replay) == 1  # one larger than the bound is still kept (a resume gets it)
