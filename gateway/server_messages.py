@@ -113,7 +113,10 @@ def envelope_flaw(message: Message) -> str | None:
         return '"jsonrpc" is not "2.0"'
     if not isinstance(message.get("method"), str):
         return "its method is not a string"
-    if "params" in message and not isinstance(message["params"], dict):
+    # `"params": null` is no JSON-RPC either, but clients read it as none (the SDK's does), and servers whose
+    # serializers write absent fields as null send it (a list_changed among them): passed on as it was.
+    params = message.get("params")
+    if params is not None and not isinstance(params, dict):
         return "its params are not an object"
     if "result" in message or "error" in message:  # a request and an answer at once: a client may take it as either
         return "it has a method and a result or error"

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config.load import allow_all_policies
+from gateway.server_messages import envelope_flaw
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_aiohttp
 
@@ -123,3 +124,11 @@ async def test_a_malformed_upstream_message_does_not_fail_the_call(start_gateway
             assert refused["error"]["code"] == -32600
     assert "malformed" in caplog.text
     assert TOKEN not in caplog.text  # what an upstream sends may hold its secrets: the warning names the flaw only
+
+
+def test_params_null_is_taken_as_none() -> None:
+    # Not JSON-RPC, but the SDK's client reads it as no params, and serializers that write absent fields as null
+    # send it (`notifications/tools/list_changed` among them): dropping it would lose such a server's notices.
+    changed = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": None}
+    assert envelope_flaw(changed) is None
+    assert envelope_flaw({**changed, "params": []}) == "its params are not an object"
