@@ -71,6 +71,7 @@ class Lister:
         self._authorizer = authorizer
         self._guard = guard
         self._unreachable: set[tuple[str, str]] = set()  # reported once each
+        self._unmatched_labels: set[tuple[str, str]] = set()  # likewise
 
     def _info(self, kind: ListKind, upstream: str, item: dict[str, Any]) -> ToolInfo:
         if kind.method == "tools/list":
@@ -196,9 +197,28 @@ class Lister:
         items = [item for item in items if self._well_named(kind, upstream, item)]
         if kind.method != "tools/list":
             return items
+        if complete:
+            self._warn_unmatched_labels(upstream, items)
         verdict = await self._guard.check(upstream, [i for i in items if isinstance(i, dict)])
         self._catalog.update(upstream, verdict.usable, replace=complete)
         return verdict.usable
+
+
+    def _warn_unmatched_labels(self, upstream: str, items: list[Any]) -> None:
+        """A label keyed by a name the upstream lists no tool under (`list_sku` for `list_skus`) labels nothing: a
+        `sensitivity: restricted` meant for the tool never reaches a policy. Config check cannot know the tools, so
+        this says so (once a key) when the whole list is known. Resource URIs and templates (`://`, `{`) are not
+        tools; a prompt's label is named too, so the text says to ignore it then."""
+        names = sorted(str(item.get("name")) for item in items if isinstance(item, dict))
+        shown = ", ".join(names[:20]) + (", ..." if names[20:] else "") or "none"
+        index = self._catalog.upstream_names.index(upstream)
+        for key in self._catalog.config(upstream).tools:
+            if key in names or "://" in key or "{" in key or (upstream, key) in self._unmatched_labels:
+                continue
+            self._unmatched_labels.add((upstream, key))
+            log.warning("upstreams[%d].tools.%s: %s lists no tool of that name (its tools: %s), so these labels "
+                        "apply to no tool (a sensitivity: restricted meant for one included); ignore this if they "
+                        "label a prompt", index, key, upstream, shown)
 
 
 def _report(kind: ListKind, upstream: str, cursor: str, exc: Exception) -> None:
