@@ -335,7 +335,8 @@ def load_cases(path: Path) -> dict[str, Any]:
         if not isinstance(name, str) or not all(name.partition("/")[::2]):  # no case could name it: labels nowhere
             raise CaseError(f"{path}: tools: {name!r} must be 'upstream/tool', as a case's tool: names it")
     claims = doc.get("claims") or {}
-    if not isinstance(claims, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in claims.items()):
+    if not isinstance(claims, dict) or not all(isinstance(k, str) and isinstance(v, str) and v  # a claim named "": none
+                                               for k, v in claims.items()):
         raise CaseError(f"{path}: claims must map attribute names to claim names (as issuers[].claims)")
     if "issuer" in claims:  # as in the config: the principal's issuer is its `iss`, never a mapped claim
         raise CaseError(f"{path}: claims: {ISSUER_ATTRIBUTE} (principal.issuer: a principal's `iss`); "

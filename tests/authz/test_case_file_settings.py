@@ -36,3 +36,13 @@ def test_an_unnamed_case_is_named_by_its_place_once(tmp_path: Path) -> None:
     cases.write_text(CASE.replace("expect: allow", "expect: allow, enviroment: x"))
     done = customs("policy", "test", "--policies", REPO / "policies", cases)
     assert f"{cases}:1: cases[0]: unknown key(s) ['enviroment']" in done.stderr, done.stderr
+
+
+def test_an_empty_claim_name_in_the_files_mapping_is_unusable_input(tmp_path: Path) -> None:
+    """As in the config (identity.issuers[].claims): no token has a claim named "", so the attribute was never set."""
+    cases = tmp_path / "cases.yaml"
+    cases.write_text('claims: {tenant: ""}\ncases: [{principal: {sub: r, tenant: acme}, tool: inventory/get_stock,\n'
+                     '         labels: {read_only: true}, expect: allow}]\n')
+    done = customs("policy", "test", "--policies", REPO / "policies", cases)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "claims must map attribute names to claim names" in done.stderr
