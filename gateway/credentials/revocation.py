@@ -25,8 +25,9 @@ class RevocationStore(Protocol):
     async def record(self, task_id: str, jti: str, exp: float) -> None:
         """Remember that `jti` (valid until `exp`, epoch seconds) belongs to `task_id`. Raises TaskEnded."""
 
-    async def revoke_task(self, task_id: str) -> list[str]:
-        """End the task: revoke every unexpired jti recorded for it and return them."""
+    async def revoke_task(self, task_id: str, *, final: bool = True) -> list[str]:
+        """End the task: revoke every unexpired jti recorded for it and return them. `final`: refuse new
+        credentials for it too, until the end marker lapses (not for an idle end: the agent may go on)."""
 
     async def is_revoked(self, jti: str) -> bool: ...
 
@@ -100,9 +101,10 @@ class MemoryRevocations:
             self._task_limits[task_id] = max(_TASK_FLOOR, 2 * len(tokens))
         self._maybe_prune(now)
 
-    async def revoke_task(self, task_id: str) -> list[str]:
+    async def revoke_task(self, task_id: str, *, final: bool = True) -> list[str]:
         now = self._clock()
-        self._ended[task_id] = now + self._ended_ttl_s
+        if final:
+            self._ended[task_id] = now + self._ended_ttl_s
         jtis = self._tasks.pop(task_id, {})
         self._task_limits.pop(task_id, None)
         live = {j: exp for j, exp in jtis.items() if exp > now}
@@ -138,9 +140,9 @@ if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
 return 1
 """
 
-# KEYS: task zset, ended marker. ARGV: now (s), ended ttl (s), revoked-key prefix -> revoked jtis.
+# KEYS: task zset, ended marker. ARGV: now (s), ended ttl (s), revoked-key prefix, final (1|0) -> revoked jtis.
 _REVOKE = """
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+if ARGV[4] == '1' then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) end
 local entries = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES')
 local out = {}
 for i = 1, #entries, 2 do
@@ -216,12 +218,13 @@ class RedisRevocations:
         if not int(ok):
             raise TaskEnded(task_id)
 
-    async def revoke_task(self, task_id: str) -> list[str]:
+    async def revoke_task(self, task_id: str, *, final: bool = True) -> list[str]:
         # Remembered first: if Redis cannot take the end now, this replica already refuses the task's tokens
         # (record, is_ended, is_active) while the task tracker makes the end once Redis answers.
-        self._remember_end(task_id)
+        if final:
+            self._remember_end(task_id)
         jtis = await self._revoke(keys=self._task_keys(task_id),
-                                  args=[self._clock(), self._ended_ttl_s, f"{self._prefix}revoked:"])
+                                  args=[self._clock(), self._ended_ttl_s, f"{self._prefix}revoked:", int(final)])
         return sorted(j.decode() if isinstance(j, bytes) else str(j) for j in jtis)
 
     async def is_revoked(self, jti: str) -> bool:

@@ -37,6 +37,13 @@ EventSink = Callable[[dict[str, Any]], None]
 OWED_RETRY_S = 1.0  # an end the store could not take is tried again this often, until it is taken
 
 
+def _final(reason: str) -> bool:
+    """Whether an end refuses the task from now on. Not an idle end: an agent naming its explicit task again after
+    a pause (a person deciding on a held payment for longer than idle_s) was refused `task_ended`, and the retry
+    used up the approval. Its credentials are revoked all the same; the task then starts anew."""
+    return reason != "idle_timeout"
+
+
 def _short_hash(value: str, length: int = 24) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:length]
 
@@ -160,7 +167,7 @@ class TaskTracker:
             self._idle_by_principal.pop(task.principal_key, None)
         principal = task.principal_key if task else principal_key
         try:
-            jtis = await self.revocations.revoke_task(task_id)
+            jtis = await self.revocations.revoke_task(task_id, final=_final(reason))
         except Exception:
             self._owe(task_id, reason, principal)
             raise
@@ -193,7 +200,7 @@ class TaskTracker:
         while time.monotonic() < deadline:
             await asyncio.sleep(OWED_RETRY_S)  # a retry period while the store is away, not synchronisation
             try:
-                jtis = await self.revocations.revoke_task(task_id)
+                jtis = await self.revocations.revoke_task(task_id, final=_final(reason))
             except Exception:
                 continue
             log.info("task %s: its end was recorded once the revocation store answered again", task_id)

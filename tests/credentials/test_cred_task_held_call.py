@@ -94,3 +94,31 @@ async def test_with_redis_no_other_replica_ends_it_under_the_call(start_gateway:
             await on_a.open()  # (sessions expire after idle_s too: opened when used)
             answer = await _held_past_idle(a, on_a)
             assert answer.get("result", {}).get("content") == [{"type": "text", "text": "paid 5 to acme-1"}], answer
+
+
+async def test_an_agent_naming_its_task_again_after_an_idle_pause_is_served(start_gateway: Any, tmp_path: Path) -> None:
+    """The agent that is told approval_pending and retries once a person approved pauses longer than idle_s (a
+    person takes minutes): the idle end refused its task for good (credential_unavailable, task_ended), and the
+    retry used up the approval, so a person had to approve the same payment again under a new task. An idle end
+    revokes the task's credentials but does not refuse it: the agent naming it again gets new ones."""
+    seen: list[SeenRequest] = []
+    async with run_http_server(payments_server(), requests=seen) as upstream_url:
+        gw = await start_gateway({**_config(upstream_url, tmp_path), "approvals": {"wait_s": 0}})
+        approvals = gw.gateway.parts.approvals
+        async with aiohttp.ClientSession() as http:
+            agent = Agent(http, gw.mcp)
+            await agent.open()
+            held = await agent.request("tools/call", PAY)
+            assert held["error"]["data"]["reason"] == "approval_pending", held
+            await approvals.decide(held["error"]["data"]["approval_id"], "alice", "approved", "ok")
+            first = await agent.request("tools/call", PAY)  # (the approval covers this call; a token is minted)
+            token = [s.headers["authorization"][7:] for s in seen if "authorization" in s.headers][-1]
+            await _inactive(gw, http, token)  # the pause: the task went idle, its credentials were revoked
+            await agent.open()  # (sessions expire after idle_s too)
+            pay_6 = {**PAY, "arguments": {"account": "acme-1", "amount": 6}}
+            again = await agent.request("tools/call", pay_6)
+            assert "result" in first, first
+            assert again["error"]["data"]["reason"] == "approval_pending", again
+            await approvals.decide(again["error"]["data"]["approval_id"], "alice", "approved", "ok")
+            paid = await agent.request("tools/call", pay_6)  # the same task, named again: served, not ended
+            assert paid.get("result", {}).get("content") == [{"type": "text", "text": "paid 6 to acme-1"}], paid

@@ -140,9 +140,9 @@ async def test_explicit_tasks_in_a_shared_store_outlive_one_replica(request, clo
         await client.delete(f"t:cred:used:{task}")  # unused on every replica for idle_s
         assert await b.sweep() == [task]
         assert events[-1]["task_id"] == task and events[-1]["reason"] == "idle_timeout"
+        # Its credentials are revoked; the agent naming it again after the pause goes on (an idle end refused it
+        # for good: a retry after a person's approval failed task_ended and used up the approval).
         assert a.resolve(ctx()) == task
-        with pytest.raises(GatewayError) as ended:
-            await a.ensure_live(task)
-        assert ended.value.data == {"task_ended": True}
+        await a.ensure_live(task)
     finally:
         await client.aclose()
