@@ -188,6 +188,7 @@ def metric_settings(config: TelemetryConfig, env: Mapping[str, str]) -> MetricSe
     endpoint = None if disabled and metrics.otlp_endpoint is None else _signal_endpoint(
         metrics.otlp_endpoint, env, "metrics")
     interval = env.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses (serve stopped with a traceback).
+    counted = interval.isascii() and interval.isdigit() and int(interval) > 0
     return MetricSettings(service_name=service_name(config, env), prometheus=metrics.prometheus, endpoint=endpoint,
-                          headers=_headers(env, "metrics"),
-                          interval_ms=int(interval) if interval.isdigit() and int(interval) > 0 else 60_000)
+                          headers=_headers(env, "metrics"), interval_ms=int(interval) if counted else 60_000)

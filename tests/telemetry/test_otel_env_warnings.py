@@ -72,3 +72,11 @@ def test_a_nan_ratio_does_not_stop_the_gateway() -> None:
     raised ValueError while the settings were built, with any sampler or none: the gateway did not start."""
     settings = trace_settings(TelemetryConfig(), {**BASE, "OTEL_TRACES_SAMPLER_ARG": "nan"})
     assert settings.sampler.get_description() == ParentBased(ALWAYS_ON).get_description()
+
+
+@pytest.mark.parametrize("interval", ["²", "٣", "-5", "0", "1.5e3", "soon"])
+def test_an_export_interval_that_is_no_count_of_milliseconds_takes_the_default(interval: str) -> None:
+    # str.isdigit() took '²' and '٣' (int() then raised at start-up: serve stopped with a traceback).
+    settings = metric_settings(TelemetryConfig(), {"OTEL_METRIC_EXPORT_INTERVAL": interval})
+    assert settings.interval_ms == 60_000
+    assert metric_settings(TelemetryConfig(), {"OTEL_METRIC_EXPORT_INTERVAL": " 500 "}).interval_ms == 500
