@@ -86,7 +86,13 @@ class Task:
     # The calls of an explicit or idle-window task still running (a call lives while the pipeline holds its
     # context): held for approval longer than idle_s, such a task was ended under them, and the approved call
     # then failed credential_unavailable (task_ended). Sessions count their own calls (gateway/sessions.py).
-    calls: weakref.WeakValueDictionary[int, CallContext] = field(default_factory=weakref.WeakValueDictionary)
+    # Weak references (a list: ~60 bytes a task, where a WeakValueDictionary took ~740), pruned by the sweep.
+    calls: list[weakref.ref[CallContext]] = field(default_factory=list)
+
+    def running(self) -> bool:
+        """Whether a call of the task still runs (its context alive); forgets the ones that ended."""
+        self.calls = [ref for ref in self.calls if ref() is not None]
+        return bool(self.calls)
 
 
 class TaskTracker:
@@ -135,7 +141,10 @@ class TaskTracker:
         return self._running(ctx, self._touch(current, principal, "idle", now))
 
     def _running(self, ctx: CallContext, task_id: str) -> str:
-        self._tasks[task_id].calls[id(ctx)] = ctx  # by id: a context compares by value, so it is no set member
+        task = self._tasks[task_id]
+        if len(task.calls) >= 64:  # a busy task between sweeps: keep the list to about its calls running
+            task.running()
+        task.calls.append(weakref.ref(ctx))
         return task_id
 
     def _touch(self, task_id: str, principal: Principal, kind: TaskKind, now: float) -> str:
@@ -255,7 +264,7 @@ class TaskTracker:
         """End explicit and idle-window tasks unused for `idle_s` (sessions end with their session); an
         explicit task some other replica used within `idle_s` is only forgotten here. Returns those ended."""
         now = self._clock()
-        for task in [t for t in self._tasks.values() if t.calls]:  # busy: idle from when its calls end
+        for task in [t for t in self._tasks.values() if t.kind != "session" and t.running()]:  # idle from their end
             task.last_used = now
             if self._shared(task):  # and in use for every replica: the others' sweeps ask the store
                 with contextlib.suppress(Exception):
