@@ -12,13 +12,18 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gateway.credentials.task_cache import PruneLimit
 
 
 class TaskEnded(Exception):
     """The task has ended: no new credential may be minted for it."""
+
+
+class TaskState(NamedTuple):
+    ended: bool  # no new credential for it (until the end marker lapses)
+    recorded: bool  # some unexpired token of it is on record: none means any cached one was revoked or expired
 
 
 class RevocationStore(Protocol):
@@ -38,6 +43,9 @@ class RevocationStore(Protocol):
     async def is_ended(self, task_id: str, *, used_for_s: float | None = None) -> bool:
         """Has the task ended (on any replica)? `used_for_s`: also note that it is in use now, for that long
         (`used_lately`)."""
+
+    async def check(self, task_id: str, *, used_for_s: float | None = None) -> TaskState:
+        """`is_ended`, and whether the task has tokens on record, in the same step."""
 
     async def used_lately(self, task_id: str) -> bool:
         """Was the task in use (on any replica) within the `used_for_s` of its last `is_ended`?"""
@@ -123,6 +131,9 @@ class MemoryRevocations:
 
     async def is_ended(self, task_id: str, *, used_for_s: float | None = None) -> bool:
         return self._ended.get(task_id, 0) > self._clock()
+
+    async def check(self, task_id: str, *, used_for_s: float | None = None) -> TaskState:
+        return TaskState(await self.is_ended(task_id), task_id in self._tasks)
 
     async def used_lately(self, task_id: str) -> bool:
         return False  # one process: its own view of when a task was used is the whole story
@@ -239,11 +250,16 @@ class RedisRevocations:
         return score is not None and float(score) > self._clock()
 
     async def is_ended(self, task_id: str, *, used_for_s: float | None = None) -> bool:
+        return (await self.check(task_id, used_for_s=used_for_s)).ended
+
+    async def check(self, task_id: str, *, used_for_s: float | None = None) -> TaskState:
         if self._ended_locally(task_id):
-            return True
+            return TaskState(True, False)
         epoch, issued = f"{self._prefix}epoch", self._clock()
+        task_key, ended_key = self._task_keys(task_id)
         async with self._client.pipeline(transaction=False) as pipe:  # one round trip, as before
-            pipe.exists(self._task_keys(task_id)[1])
+            pipe.exists(ended_key)
+            pipe.exists(task_key)
             if used_for_s is not None:
                 pipe.set(f"{self._prefix}used:{task_id}", b"1", ex=max(1, math.ceil(used_for_s)))
             pipe.set(epoch, self._epoch_value, nx=True)
@@ -252,7 +268,7 @@ class RedisRevocations:
         self._note_epoch(results[-1], issued)
         if results[0]:
             self._remember_end(task_id)
-        return bool(results[0])
+        return TaskState(bool(results[0]), bool(results[1]))
 
     async def used_lately(self, task_id: str) -> bool:
         return bool(await self._client.exists(f"{self._prefix}used:{task_id}"))

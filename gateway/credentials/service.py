@@ -70,6 +70,8 @@ class CredentialService:
                                  owed_for_s=retain_s)
         self.tasks.on_end(self.minter.forget_task)
         self.tasks.on_end(self.exchanger.forget_task)
+        # Only minted tokens are on record (an exchanged one outlives its actor token's record, and stays good).
+        self.tasks.on_reset(self.minter.forget_task)
         self.static = StaticCredentials(upstreams, environ=environ, on_secret=self.redactor.add_known)
         for upstream in config.upstreams:
             if upstream.credentials.client_secret:

@@ -112,12 +112,17 @@ class TaskTracker:
         self._idle_by_principal: dict[str, str] = {}
         self._session_tasks: dict[str, str] = {}  # session id -> its task id (a hash: computed once per session)
         self._on_end: list[Callable[[str], None]] = []
+        self._on_reset: list[Callable[[str], None]] = []
         self._stop = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
 
     def on_end(self, callback: Callable[[str], None]) -> None:
         """Run `callback(task_id)` whenever a task ends (e.g. to drop cached tokens)."""
         self._on_end.append(callback)
+
+    def on_reset(self, callback: Callable[[str], None]) -> None:
+        """Run `callback(task_id)` when a live task has no token on record: cached minted ones are no good."""
+        self._on_reset.append(callback)
 
     def resolve(self, ctx: CallContext) -> str:
         """The task of this call (see module doc); marks it used now."""
@@ -227,7 +232,10 @@ class TaskTracker:
         if task is None or task.kind != "explicit":
             return
         try:
-            ended = await self.revocations.is_ended(task_id, used_for_s=self.idle_s)
+            ended, recorded = await self.revocations.check(task_id, used_for_s=self.idle_s)
+            if not recorded:  # any token cached for it was revoked (an idle end elsewhere, no marker) or expired
+                for callback in self._on_reset:
+                    callback(task_id)
             if not ended and task.started <= self.revocations.lost_at:
                 # The store lost its data after this task began here, and its end marker may have gone with
                 # it: end it (the marker again, in the store's new data, so every replica refuses it).

@@ -122,3 +122,43 @@ async def test_an_agent_naming_its_task_again_after_an_idle_pause_is_served(star
             await approvals.decide(again["error"]["data"]["approval_id"], "alice", "approved", "ok")
             paid = await agent.request("tools/call", pay_6)  # the same task, named again: served, not ended
             assert paid.get("result", {}).get("content") == [{"type": "text", "text": "paid 6 to acme-1"}], paid
+
+
+async def test_after_an_idle_end_no_replica_hands_out_a_token_it_revoked(start_gateway: Any, tmp_path: Path,
+                                                                        redis_server: RedisServer) -> None:
+    """An idle end writes no end marker (the agent may go on), so the marker no longer told the other replicas to
+    drop the tokens they had cached for the task: one handed the revoked token to the upstream (refused there as
+    inactive). A task whose record is gone from the store has nothing cached worth reusing."""
+    seen: list[SeenRequest] = []
+    async with run_http_server(payments_server(), requests=seen) as upstream_url:
+        config = {**_config(upstream_url, tmp_path, store={"redis": {"url": redis_server.url}}),
+                  "policies": {"dir": str(_allow_all(tmp_path))}, "tasks": {"idle_s": 300}}
+        a, b = await start_gateway(config), await start_gateway(config)
+        async with aiohttp.ClientSession() as http:
+            on_a, on_b = Agent(http, a.mcp), Agent(http, b.mcp)
+            await on_a.open()
+            await on_b.open()
+            for agent in (on_a, on_b, on_b):
+                assert "result" in await agent.request("tools/call", PAY)
+            cached = _tokens(seen)[-1]
+            [task] = {jwt.decode(t, options={"verify_signature": False})["task"] for t in _tokens(seen)}
+            await a.gateway.parts.credentials.tasks.end_task(task, "idle_timeout")  # as A's sweep does
+            assert "result" in await on_b.request("tools/call", PAY)
+            sent = _tokens(seen)[-1]
+            assert sent != cached
+            async with http.post(f"{b.url}/oauth/introspect", data={"token": sent}) as resp:
+                assert (await resp.json())["active"]
+
+
+def _allow_all(tmp_path: Path) -> Path:
+    directory = tmp_path / "allow"
+    directory.mkdir()
+    (directory / "schema.cedarschema").write_text((REPO / "policies" / "schema.cedarschema").read_text())
+    (directory / "allow.cedar").write_text('@id("allow-all")\npermit (principal, action, resource);\n')
+    return directory
+
+
+def _tokens(seen: list[SeenRequest]) -> list[str]:
+    """The minted tokens the upstream received with a `pay` call, in order."""
+    tokens = [s.headers["authorization"][7:] for s in seen if "authorization" in s.headers]
+    return [t for t in tokens if jwt.decode(t, options={"verify_signature": False})["scope"].startswith("pay")]
