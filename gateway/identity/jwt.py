@@ -194,10 +194,11 @@ class IssuerVerifier:
         except InvalidSignatureError as exc:
             raise TokenError("Invalid token signature") from exc
         except InvalidAudienceError as exc:
-            # The audience is public (the `resource` of the RFC 9728 metadata): naming it shows a trailing slash or
-            # a missing /mcp at once.
-            expected = " or ".join(repr(a) for a in ([audience] if isinstance(audience, str) else audience))
-            raise TokenError(f"Token audience does not name this gateway (it must name {expected})") from exc
+            # The configured audience is public (the `resource` of the RFC 9728 metadata): naming it shows a trailing
+            # slash or a missing /mcp at once. Not the endpoint's own resource: that echoes the path asked for, and an
+            # unknown upstream must be refused as a known one is (nothing tells which names exist).
+            raise TokenError("Token audience does not name this gateway "
+                             f"(it must name {self.audience!r})") from exc
         except InvalidIssuerError as exc:
             raise TokenError("Token issuer not accepted") from exc
         except MissingRequiredClaimError as exc:
