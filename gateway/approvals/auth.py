@@ -78,13 +78,15 @@ class Approver:
         return self.principal.id
 
 
-def cedar_approver_check(decide_approve: Callable[[str, list[str], dict[str, Any]], Decision]) -> ApproverCheck:
-    """Adapt the authz engine's `decide_approve(user_id, groups, approval_attrs)` to an ApproverCheck."""
+def cedar_approver_check(decide_approve: Callable[[str, list[str], dict[str, Any], tuple[str, ...]], Decision]
+                         ) -> ApproverCheck:
+    """Adapt the authz engine's `decide_approve(user_id, groups, approval_attrs, chain)` to an ApproverCheck."""
 
     def check(approver: Principal, approval: Approval) -> Decision:
         groups = approver.attributes.get("groups") or []
         groups = [groups] if isinstance(groups, str) else [str(g) for g in groups]
-        return decide_approve(approver.subject or approver.id, groups, approval.cedar_attrs())
+        return decide_approve(approver.subject or approver.id, groups, approval.cedar_attrs(),
+                              tuple(approver.chain_ids))
 
     return check
 

@@ -11,7 +11,7 @@ from gateway.context import Decision
 
 # What an agent's call would state (principal, args, context, ...) does not apply to an approve case.
 _APPROVE_CASE_KEYS = frozenset({"name", "action", "user", "approval", "expect", "policies", "expect_errors"})
-_USER_KEYS = frozenset({"id", "groups"})
+_USER_KEYS = frozenset({"id", "groups", "chain"})  # chain: the actors of the approver's token (`act` claims)
 _APPROVAL_KEYS = frozenset({"id", "upstream", "tool", "args", "requester", "chain"})
 
 
@@ -26,6 +26,9 @@ def approve_decision(policies: LoadedPolicies, case: dict[str, Any], where: str,
         raise CaseError(f"{where}: approve cases need user: {{id: ..., groups: [...]}} (groups must be a list of "
                         "strings)")
     check_keys(user, _USER_KEYS, f"{where}: user")
+    actors = user.get("chain", [])
+    if not isinstance(actors, list) or not all(isinstance(a, str) and a for a in actors):
+        raise CaseError(f"{where}: user.chain must be a list of actor ids (the approver's token's act claims)")
     if case.get("approval") is None:
         raise CaseError(f"{where}: approve cases need approval: {{id, upstream, tool, args, requester, chain}}")
     approval = mapping(case.get("approval"), where, "approval")
@@ -39,4 +42,4 @@ def approve_decision(policies: LoadedPolicies, case: dict[str, Any], where: str,
             or not all(isinstance(approval.get(k, ""), str) for k in ("id", "requester")):
         raise CaseError(f"{where}: approval.id and approval.requester must be strings, approval.chain a list of them")
     mapping(approval.get("args"), where, "approval.args")
-    return decide_approve(policies, user["id"], groups, dict(approval))
+    return decide_approve(policies, user["id"], groups, dict(approval), tuple(actors))

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -310,10 +310,11 @@ class PolicyEngine:
         return decide(current, principal, action, tool, E.CallFacts(args={}, environment=self.environment),
                       bounds=self._bounds, cache=self._entities)
 
-    def decide_approve(self, user_id: str, groups: list[str], approval_attrs: dict[str, Any]) -> Decision:
+    def decide_approve(self, user_id: str, groups: list[str], approval_attrs: dict[str, Any],
+                       chain: Sequence[str] = ()) -> Decision:
         """May person `user_id` (in `groups`) decide this pending call? approval_attrs: id, upstream, tool,
-        args, requester, chain."""
+        args, requester, chain; `chain`: the actors of the approver's own token (its `act` claims)."""
         current = self._current
         if current is None:
             raise GatewayError("policy_unavailable")
-        return decide_approve(current, user_id, groups, approval_attrs)
+        return decide_approve(current, user_id, groups, approval_attrs, chain)

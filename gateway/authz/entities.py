@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Final
@@ -383,6 +384,8 @@ def approval_entities(user_id: str, groups: list[str], approval: dict[str, Any])
     return found
 
 
-def approval_request(user_id: str, approval: dict[str, Any]) -> dict[str, Any]:
+def approval_request(user_id: str, approval: dict[str, Any], chain: Sequence[str] = ()) -> dict[str, Any]:
+    """`chain`: the actors of the approver's token (its `act` claims): someone else deciding as this person."""
     return {"principal": _uid("User", user_id), "action": _uid("Action", "approve"),
-            "resource": _uid("Approval", str(approval.get("id", ""))), "context": {}}
+            "resource": _uid("Approval", str(approval.get("id", ""))),
+            "context": {"chain": sorted(set(chain)), "chain_depth": len(chain)}}

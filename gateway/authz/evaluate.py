@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import cedarpy
@@ -222,14 +222,15 @@ def _evaluate(policies: LoadedPolicies, ents: cedarpy.Entities, who: list[str], 
     return Decision("approval_required", tuple(ids), (), (time.perf_counter() - started) * 1e6, version)
 
 
-def decide_approve(policies: LoadedPolicies, user_id: str, groups: list[str], approval: dict[str, Any]) -> Decision:
-    """May this person decide this pending call? (action `approve`)."""
+def decide_approve(policies: LoadedPolicies, user_id: str, groups: list[str], approval: dict[str, Any],
+                   chain: Sequence[str] = ()) -> Decision:
+    """May this person decide this pending call? (action `approve`; `chain`: the actors of the approver's token)."""
     started = time.perf_counter()
     try:
         ents = cedarpy.Entities.from_json_str(json.dumps(E.approval_entities(user_id, groups, approval)))
     except ValueError as exc:
         return _deny([f"entities: {exc}"], started, policies.version)
-    result = cedarpy.is_authorized(E.approval_request(user_id, approval), policies.policy_set, ents)
+    result = cedarpy.is_authorized(E.approval_request(user_id, approval, chain), policies.policy_set, ents)
     errors = _errors(policies, [result], [user_id])
     # As for call_tool: a value of another type than declared makes `==` silently false, `<` an error; deny.
     mistyped = [f"argument type mismatch: {m}" for m in approve_args_mismatches(policies, approval.get("args"))]

@@ -63,7 +63,7 @@ def test_anonymous_principal_is_vouched_for_by_the_anonymous_issuer() -> None:
 
 
 def test_shipped_schema_declares_issuer_and_the_shipped_policies_still_validate(issuer_policies: Path) -> None:
-    assert len(load_policies(SHIPPED)) == 12
+    assert len(load_policies(SHIPPED)) == 13
     loaded = load_policies(issuer_policies)  # an unguarded read: the attribute is required
     assert loaded.agent_types is not None and loaded.agent_types["issuer"] == ("String", None)
 

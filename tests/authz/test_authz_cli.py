@@ -57,7 +57,7 @@ def test_every_command_has_help(command: str) -> None:
 
 def test_validate_ok_and_broken(policy_dir: Path) -> None:
     ok = run("validate", SHIPPED)
-    assert ok.returncode == 0 and "OK (12 policies" in ok.stdout
+    assert ok.returncode == 0 and "OK (13 policies" in ok.stdout
     (policy_dir / "bad.cedar").write_text('@id("bad")\npermit (principal, action, resource) when { context.nope };')
     bad = run("validate", policy_dir)
     assert bad.returncode == 1 and "bad.cedar:2: policy 'bad'" in bad.stderr and "nope" in bad.stderr
@@ -311,7 +311,7 @@ def test_validate_catches_a_misspelled_argument_behind_has(policy_dir: Path) -> 
     (policy_dir / "cap.cedar").write_text('@id("cap")\nforbid (principal, action == Action::"call_tool", resource)\n'
                                           'when { context.args has amount && context.args.amount > 5 };')
     ok = run("validate", policy_dir)
-    assert ok.returncode == 0 and "OK (13 policies" in ok.stdout, ok.stderr
+    assert ok.returncode == 0 and "OK (14 policies" in ok.stdout, ok.stderr
     (policy_dir / "cap.cedar").write_text('@id("cap")\nforbid (principal, action == Action::"call_tool", resource)\n'
                                           'when { context.args has amout && context.args.amout > 5 };')
     bad = run("validate", policy_dir)

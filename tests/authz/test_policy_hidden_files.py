@@ -39,7 +39,7 @@ def test_validate_passes_beside_an_editor_lock_file(policy_dir: Path) -> None:
     _litter(policy_dir)
     done = customs("policy", "validate", policy_dir)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "12 policies in 3 file(s)" in done.stdout
+    assert "13 policies in 3 file(s)" in done.stdout
 
 
 async def test_a_lock_file_is_no_change_and_a_reload_beside_it_succeeds(policy_dir: Path) -> None:

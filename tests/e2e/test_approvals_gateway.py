@@ -90,6 +90,26 @@ async def test_waiting_call_is_released_once_after_approval(env: Env) -> None:
     assert [p["amount"] for p in await env.executed()] == [70.0]
 
 
+async def test_an_agent_holding_an_approvers_delegated_token_decides_nothing(env: Env) -> None:
+    """The shipped `approvals-by-people` policy: a person's token that an agent holds (`act`) is the agent deciding,
+    even an agent unrelated to the call (self-approval covers only the call's own agents); the person still can."""
+    async def pay() -> str:
+        async with sdk_client(env.gw.mcp, env.agent()) as client:
+            result = await client.call_tool("payments__pay", {"account": "acme-9", "amount": 7})
+            return str(result.content[0].text)
+
+    waiting = asyncio.create_task(pay())
+    item = await env.pending()
+    bot = env.issuer.mint("alice", aud=env.gw.mcp, groups=["approvers", "finance"],
+                          act={"sub": "spiffe://customs.demo/agent/helper"})
+    for action in ("approve", "deny"):
+        status, body = await env.api("POST", f"/api/approvals/{item['id']}/{action}", bot, {"comment": "bot"})
+        assert (status, body["error"]["reason"]) == (403, "forbidden")
+    status, decided = await env.api("POST", f"/api/approvals/{item['id']}/approve", env.alice(), {})
+    assert status == 200 and decided["decided_by"] == "alice"
+    assert await asyncio.wait_for(waiting, 20) == "paid 7.0 to acme-9"
+
+
 async def test_denied_call_reports_the_comment(env: Env) -> None:
     async def pay() -> str:
         async with sdk_client(env.gw.mcp, env.agent()) as client:
