@@ -173,7 +173,8 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     obs.lists_tool = catalog.lists  # a failed call's tool name is a metric value only if listed
     pipeline = obs.instrument(Pipeline(
         authorize=parts.authorize, approve=parts.approve, credential=parts.credentials.stage,
-        forward=ForwardStage(sessions, timeout, obs.inject, sent_id_recorder(obs.telemetry)), record=obs.record,
+        forward=ForwardStage(sessions, timeout, obs.inject, sent_id_recorder(obs.telemetry),
+                             scrub=parts.credentials.redactor.scrub_known), record=obs.record,
         rate=parts.limiter.rate, facts=parts.facts, slot=parts.limiter.concurrency))
     router = Router(sessions, catalog, pipeline, parts.authorizer, parts.guard,
                     {u.name: u.timeout_s for u in config.upstreams}, upstream_call=calls,

@@ -17,11 +17,14 @@ class ForwardStage:
 
     def __init__(self, sessions: SessionManager, timeouts: Callable[[str, str | None], float | None],
                  inject: Callable[[dict[str, str], dict[str, Any]], None] | None = None,
-                 sent_id: SentId | None = None) -> None:
+                 sent_id: SentId | None = None, scrub: Callable[[Any], Any] | None = None) -> None:
         self._sessions = sessions
         self._timeouts = timeouts
         self._inject = inject
         self._sent_id = sent_id  # with tracing on: the CLIENT span records the id the upstream saw
+        # The secrets the gateway holds taken out of the answer (Redactor.scrub_known): an upstream that echoes the
+        # key it was given (an error quoting its request) must not hand it to the agent.
+        self._scrub = scrub
 
     async def __call__(self, ctx: CallContext) -> dict[str, Any]:
         if ctx.upstream is None:
@@ -43,6 +46,8 @@ class ForwardStage:
         response = await upstream.request(message, headers=headers, on_message=ctx.extra.get("relay"),
                                           timeout=self._timeouts(ctx.upstream, ctx.tool.name if ctx.tool else None),
                                           sent_id=self._sent_id, refresh=_refresher(ctx, headers))
+        if (scrub := self._scrub) is not None:
+            response = scrub(response)
         if "error" in response:
             error = response["error"]
             raise UpstreamErrorResponse(error if isinstance(error, dict) else {"code": -32603, "message": "error"})

@@ -8,6 +8,7 @@ known secret values the gateway holds (static upstream keys, client secrets).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -86,6 +87,35 @@ class Redactor:
         """Also redact this exact value wherever it appears (secrets the gateway itself holds)."""
         if len(secret) >= 6:  # shorter values would redact ordinary words
             self._known.add(secret)
+
+    def scrub_known(self, value: Any) -> Any:
+        """`value` (an upstream's JSON answer) with the exact secrets the gateway holds replaced by [REDACTED], in
+        every string and key; the same object when none appears. Only those secrets, not the patterns: a tool may
+        rightly answer with a token its user asked for, never with the key the gateway gave it. One JSON encoding to
+        look (C speed), nothing at all while the gateway holds no secret (no static credential, no client secret)."""
+        known = self._known
+        if not known:
+            return value
+        try:
+            text = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError):
+            return self._replace_known(value)  # not JSON (never from the wire): walk it
+        # As JSON writes them: a secret holding a quote or a backslash is escaped in the text.
+        if not any(json.dumps(secret, ensure_ascii=False)[1:-1] in text for secret in known):
+            return value
+        return self._replace_known(value)
+
+    def _replace_known(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._known:
+                if secret in value:
+                    value = value.replace(secret, MARK)
+            return value
+        if isinstance(value, dict):
+            return {self._replace_known(k): self._replace_known(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._replace_known(item) for item in value]
+        return value
 
     def is_secret_key(self, key: str) -> bool:
         known = self._key_cache.get(key)
