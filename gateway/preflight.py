@@ -37,7 +37,17 @@ def preflight(config: Config, source: str = "config") -> list[str]:
         raise ConfigError(problems, source)
     shadow = config.policies.shadow_dir
     return [*(policy_problems(shadow, "policies.shadow_dir") if shadow is not None else []),
-            *policy_warnings(config), *exposure_warnings(config), *static_warnings(config.upstreams)]
+            *policy_warnings(config), *exposure_warnings(config), *static_warnings(config.upstreams),
+            *program_warnings(config)]
+
+
+def program_warnings(config: Config) -> list[str]:
+    """A stdio upstream whose program cannot be started here (a check may run where it is not installed: a warning)."""
+    from gateway.transport.stdio_process import missing_program  # (asyncio and the transport: only when asked)
+
+    return [f"upstreams[{index}].command[0]: {problem}: serve starts, and upstream {upstream.name} stays unavailable "
+            "until it is" for index, upstream in enumerate(config.upstreams)
+            if upstream.command and (problem := missing_program(upstream)) is not None]
 
 
 def policy_warnings(config: Config) -> list[str]:

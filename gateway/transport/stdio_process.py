@@ -6,14 +6,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 from contextlib import suppress
+from pathlib import Path
 
 from gateway.config.model import UpstreamConfig
 from gateway.transport.events import MAX_MESSAGE_BYTES
 
 INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
                  "SYSTEMROOT")
+
+
+def missing_program(config: UpstreamConfig) -> str | None:
+    """Why the child's program could not be started as `spawn` starts it (looked up on the PATH of the child's
+    environment, or a path relative to its `cwd`), or None. For config check: serve starts anyway, and the upstream
+    stays unavailable, retried with backoff, until the program is there."""
+    program = (config.command or [""])[0]
+    if "/" in program:
+        path = Path(config.cwd or ".") / program
+        return None if path.is_file() and os.access(path, os.X_OK) else f"{program!r} is no executable file"
+    path_list = dict(config.env).get("PATH", os.environ.get("PATH", os.defpath))
+    return None if shutil.which(program, path=path_list) else f"{program!r} is no program found on PATH"
 
 
 async def spawn(config: UpstreamConfig) -> asyncio.subprocess.Process:
