@@ -375,15 +375,22 @@ class RedisApprovalStore:
 
     @asynccontextmanager
     async def hold(self, approval_id: str) -> AsyncIterator[None]:
-        await self.heartbeat()
         # Counted and released to the end whatever cancels the caller: a count left behind would keep the item
-        # from being withdrawn (store.run_to_end). A release Redis is down for is owed (_settle_owed).
+        # from being withdrawn (store.run_to_end). A hold or release Redis is down for is owed (_settle_owed, where a
+        # negative release is a hold): a wait that begins in an outage waits through it, as one begun before does.
+        with contextlib.suppress(GatewayError):
+            await self.heartbeat()
         taken = asyncio.ensure_future(self._script("HOLD", approval_id, self.holder, 1))
+        owed = False
         try:
-            await run_to_end(taken)
+            try:
+                await run_to_end(taken)
+            except GatewayError:
+                owed = True
+                self._owed_releases[approval_id] = self._owed_releases.get(approval_id, 0) - 1
             yield
         finally:
-            if taken.done() and not taken.cancelled() and taken.exception() is None:
+            if owed or (taken.done() and not taken.cancelled() and taken.exception() is None):
                 released = asyncio.ensure_future(self._script("HOLD", approval_id, self.holder, -1))
                 try:
                     with contextlib.suppress(GatewayError):
