@@ -121,16 +121,22 @@ async def test_a_cursor_on_an_item_of_another_state_names_nothing_of_it(kit: Sto
         _assert_names_nothing(body["next_cursor"], made)
 
 
-@pytest.mark.parametrize("kit", ["redis"], indirect=True)  # Redis only: replicas, index entries
-async def test_a_cursor_from_one_replica_works_on_another(kit: StoreKit, tmp_path: Any) -> None:
-    assert kit.redis is not None
-    first, second = await kit.make(), await kit.make()  # two store instances: each reads the shared key itself
+async def _five_items(store: Any) -> list[str]:
+    """Five pending items on `store`, a millisecond apart (the listing's order), their ids oldest first."""
     clock = Clock()
     ids = []
     for n in range(5):
         clock.advance(0.001)
-        item, _ = await first.create_or_join(draft(clock, {"n": n}, tool="docs"), link_s=1800)
+        item, _ = await store.create_or_join(draft(clock, {"n": n}, tool="docs"), link_s=1800)
         ids.append(item.id)
+    return ids
+
+
+@pytest.mark.parametrize("kit", ["redis"], indirect=True)  # Redis only: replicas, index entries
+async def test_a_cursor_from_one_replica_works_on_another(kit: StoreKit, tmp_path: Any) -> None:
+    assert kit.redis is not None
+    first, second = await kit.make(), await kit.make()  # two store instances: each reads the shared key itself
+    ids = await _five_items(first)
     async with _gateways([first, second], tmp_path) as (urls, headers), aiohttp.ClientSession() as http:
         walked: list[str] = []
         query = "limit=2"
@@ -181,12 +187,7 @@ async def test_replicas_agree_on_the_cursor_key_after_it_is_deleted(kit: StoreKi
     the old key while one that had not made a new one, so a walk across the two failed with 400 for good."""
     assert kit.redis is not None
     first, second = await kit.make(), await kit.make()
-    clock = Clock()
-    ids = []
-    for n in range(5):
-        clock.advance(0.001)
-        item, _ = await first.create_or_join(draft(clock, {"n": n}, tool="docs"), link_s=1800)
-        ids.append(item.id)
+    ids = await _five_items(first)
     async with _gateways([first, second], tmp_path) as (urls, headers), aiohttp.ClientSession() as http:
         status, body = await _get(http, urls[0], "limit=2", headers)  # the first replica has used the key
         assert status == 200 and "next_cursor" in body

@@ -31,6 +31,12 @@ class Env:
     def alice(self) -> str:
         return self.issuer.mint("alice", aud=self.gw.mcp, groups=["approvers", "finance"])
 
+    async def pay(self, amount: int) -> str:
+        """The agent pays `amount` to acme-9 and waits for the answer's text (held until someone decides)."""
+        async with sdk_client(self.gw.mcp, self.agent()) as client:
+            result = await client.call_tool("payments__pay", {"account": "acme-9", "amount": amount})
+            return str(result.content[0].text)
+
     async def api(self, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
         async with aiohttp.ClientSession() as http:
             async with http.request(method, f"{self.gw.url}{path}", json=body,
@@ -72,12 +78,7 @@ async def env(start_gateway: Any, tmp_path: Path) -> AsyncIterator[Env]:
 
 
 async def test_waiting_call_is_released_once_after_approval(env: Env) -> None:
-    async def pay() -> str:
-        async with sdk_client(env.gw.mcp, env.agent()) as client:
-            result = await client.call_tool("payments__pay", {"account": "acme-9", "amount": 70})
-            return str(result.content[0].text)
-
-    waiting = asyncio.create_task(pay())
+    waiting = asyncio.create_task(env.pay(70))
     item = await env.pending()
     assert item["tool"] == "pay" and item["principal"] == SHOPPER and item["args"]["account"] == "acme-9"
     status, _ = await env.api("POST", f"/api/approvals/{item['id']}/approve", env.agent(), {"comment": "me"})
@@ -93,12 +94,7 @@ async def test_waiting_call_is_released_once_after_approval(env: Env) -> None:
 async def test_an_agent_holding_an_approvers_delegated_token_decides_nothing(env: Env) -> None:
     """The shipped `approvals-by-people` policy: a person's token that an agent holds (`act`) is the agent deciding,
     even an agent unrelated to the call (self-approval covers only the call's own agents); the person still can."""
-    async def pay() -> str:
-        async with sdk_client(env.gw.mcp, env.agent()) as client:
-            result = await client.call_tool("payments__pay", {"account": "acme-9", "amount": 7})
-            return str(result.content[0].text)
-
-    waiting = asyncio.create_task(pay())
+    waiting = asyncio.create_task(env.pay(7))
     item = await env.pending()
     bot = env.issuer.mint("alice", aud=env.gw.mcp, groups=["approvers", "finance"],
                           act={"sub": "spiffe://customs.demo/agent/helper"})

@@ -34,6 +34,15 @@ def one(spans: list[ReceivedSpan], **where: Any) -> ReceivedSpan:
     return found[0]
 
 
+def chain_config(tmp_path: Path, inventory_url: str, delegate_url: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The gateway of a delegation: inventory and the delegate as upstreams, the demo issuer's JWTs (keys written
+    under tmp_path/keys by write_demo_keys), the shipped policies, and `extra` sections."""
+    return {"upstreams": [{"name": "inventory", "url": inventory_url}, {"name": "delegate", "url": delegate_url}],
+            "identity": {"mode": "jwt", "issuers": [{"issuer": DEMO_ISSUER, "algorithms": ["ES256"],
+                                                     "jwks_file": str(tmp_path / "keys" / "jwks.json")}]},
+            "policies": {"dir": str(REPO / "policies")}, **extra}
+
+
 async def test_delegated_call_is_one_trace_with_the_chain(otlp: OtlpReceiver, start_gateway: StartGateway,
                                                           tmp_path: Path) -> None:
     # otlp first: the receiver must outlive the gateway, whose shutdown flushes the last spans.
@@ -41,15 +50,9 @@ async def test_delegated_call_is_one_trace_with_the_chain(otlp: OtlpReceiver, st
     delegate_sock = bound_socket()
     delegate_url = f"http://127.0.0.1:{delegate_sock.getsockname()[1]}/mcp"
     async with run_http_server(inventory_server()) as inventory_url:
-        gateway = await start_gateway({
-            "upstreams": [{"name": "inventory", "url": inventory_url}, {"name": "delegate", "url": delegate_url}],
-            "identity": {"mode": "jwt", "issuers": [{"issuer": DEMO_ISSUER, "jwks_file": str(tmp_path / "keys" /
-                                                                                              "jwks.json"),
-                                                     "algorithms": ["ES256"]}]},
-            "policies": {"dir": str(REPO / "policies")},
+        gateway = await start_gateway(chain_config(tmp_path, inventory_url, delegate_url, {
             "decision_log": {"path": str(tmp_path / "decisions.jsonl")},
-            "telemetry": {"service_name": "customs-e2e", "traces": {"endpoint": otlp.url}},
-        })
+            "telemetry": {"service_name": "customs-e2e", "traces": {"endpoint": otlp.url}}}))
         delegate = delegate_server(gateway.mcp, key, on_behalf_of="demo-agent", actor="restock-agent")
         async with run_http_server(delegate, sock=delegate_sock):
             agent = mint_token(key, subject="demo-agent", audience=gateway.mcp, claims={"tenant": "acme"})
@@ -144,14 +147,8 @@ async def test_untrusted_inbound_context_still_keeps_a_delegation_in_one_trace(
     delegate_sock = bound_socket()
     delegate_url = f"http://127.0.0.1:{delegate_sock.getsockname()[1]}/mcp"
     async with run_http_server(inventory_server()) as inventory_url:
-        gateway = await start_gateway({
-            "upstreams": [{"name": "inventory", "url": inventory_url}, {"name": "delegate", "url": delegate_url}],
-            "identity": {"mode": "jwt", "issuers": [{"issuer": DEMO_ISSUER, "jwks_file": str(tmp_path / "keys" /
-                                                                                              "jwks.json"),
-                                                     "algorithms": ["ES256"]}]},
-            "policies": {"dir": str(REPO / "policies")},
-            "telemetry": {"traces": {"endpoint": otlp.url, "trust_inbound": False}},
-        })
+        gateway = await start_gateway(chain_config(tmp_path, inventory_url, delegate_url, {
+            "telemetry": {"traces": {"endpoint": otlp.url, "trust_inbound": False}}}))
         delegate = delegate_server(gateway.mcp, key, on_behalf_of="demo-agent", actor="restock-agent")
         async with run_http_server(delegate, sock=delegate_sock):
             agent = mint_token(key, subject="demo-agent", audience=gateway.mcp, claims={"tenant": "acme"})
