@@ -121,6 +121,20 @@ async def test_a_cursor_on_an_item_of_another_state_names_nothing_of_it(kit: Sto
         _assert_names_nothing(body["next_cursor"], made)
 
 
+async def _walk(http: aiohttp.ClientSession, urls: list[str], headers: dict[str, str]) -> list[str]:
+    """The pending items' ids, two a page, each page asked of the next replica in turn with the last page's cursor."""
+    walked: list[str] = []
+    query = "limit=2"
+    for turn in range(10):
+        status, body = await _get(http, urls[turn % len(urls)], query, headers)
+        assert status == 200, body
+        walked += [i["id"] for i in body["items"]]
+        if "next_cursor" not in body:
+            break
+        query = f"limit=2&cursor={body['next_cursor']}"
+    return walked
+
+
 async def _five_items(store: Any) -> list[str]:
     """Five pending items on `store`, a millisecond apart (the listing's order), their ids oldest first."""
     clock = Clock()
@@ -138,16 +152,7 @@ async def test_a_cursor_from_one_replica_works_on_another(kit: StoreKit, tmp_pat
     first, second = await kit.make(), await kit.make()  # two store instances: each reads the shared key itself
     ids = await _five_items(first)
     async with _gateways([first, second], tmp_path) as (urls, headers), aiohttp.ClientSession() as http:
-        walked: list[str] = []
-        query = "limit=2"
-        for turn in range(10):
-            status, body = await _get(http, urls[turn % 2], query, headers)
-            assert status == 200, body
-            walked += [i["id"] for i in body["items"]]
-            if "next_cursor" not in body:
-                break
-            query = f"limit=2&cursor={body['next_cursor']}"
-        assert walked == ids[::-1]
+        assert await _walk(http, urls, headers) == ids[::-1]
 
 
 def _flip(text: str, at: int) -> str:
@@ -196,13 +201,4 @@ async def test_replicas_agree_on_the_cursor_key_after_it_is_deleted(kit: StoreKi
             assert await client.delete("t:approvals:cursor_key") == 1
         finally:
             await client.aclose()
-        walked: list[str] = []
-        query = "limit=2"
-        for turn in range(10):
-            status, body = await _get(http, urls[(turn + 1) % 2], query, headers)  # the second replica first
-            assert status == 200, body
-            walked += [i["id"] for i in body["items"]]
-            if "next_cursor" not in body:
-                break
-            query = f"limit=2&cursor={body['next_cursor']}"
-        assert walked == ids[::-1]
+        assert await _walk(http, urls[::-1], headers) == ids[::-1]  # the second replica first
