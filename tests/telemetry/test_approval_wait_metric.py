@@ -47,18 +47,18 @@ def waits(prometheus: str) -> dict[str, tuple[float, float]]:
     return {outcome: (count, total) for outcome, (count, total) in found.items()}
 
 
+def metered_config(issuer: TestIssuer, upstream: str, approvals: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The payments upstream behind JWT identity and the shipped policies, Prometheus metrics on."""
+    return {"upstreams": [{"name": "payments", "url": upstream}],
+            "identity": {"mode": "jwt", "issuers": [issuer.config()]}, "policies": {"dir": str(REPO / "policies")},
+            "approvals": approvals, "telemetry": {"metrics": {"prometheus": True}}, **extra}
+
+
 async def test_every_approval_is_timed_once_when_it_is_decided(
         start_gateway: StartGateway, tmp_path: Any, store: Any) -> None:
     issuer = TestIssuer(tmp_path)
     async with run_http_server(payments_server()) as upstream, aiohttp.ClientSession() as http:
-        gw = await start_gateway({
-            "upstreams": [{"name": "payments", "url": upstream}],
-            "identity": {"mode": "jwt", "issuers": [issuer.config()]},
-            "policies": {"dir": str(REPO / "policies")},
-            "approvals": {"keepalive_s": 0.2, "wait_s": 1.0},
-            "store": store,
-            "telemetry": {"metrics": {"prometheus": True}},
-        })
+        gw = await start_gateway(metered_config(issuer, upstream, {"keepalive_s": 0.2, "wait_s": 1.0}, store=store))
         approver = {"Authorization": f"Bearer {issuer.mint('alice', aud=gw.mcp, groups=['approvers', 'finance'])}"}
         token = issuer.mint(SHOPPER, aud=gw.mcp, tenant="acme")
 
@@ -102,13 +102,7 @@ async def test_an_expiry_found_by_the_sweep_is_timed_to_the_approvals_expiry(
     # The memory store's sweep marks a due item expired every 5 s: its wait is its ttl, not until the sweep came.
     issuer = TestIssuer(tmp_path)
     async with run_http_server(payments_server()) as upstream, aiohttp.ClientSession() as http:
-        gw = await start_gateway({
-            "upstreams": [{"name": "payments", "url": upstream}],
-            "identity": {"mode": "jwt", "issuers": [issuer.config()]},
-            "policies": {"dir": str(REPO / "policies")},
-            "approvals": {"keepalive_s": 0.1, "wait_s": 0.2, "ttl_s": 1},
-            "telemetry": {"metrics": {"prometheus": True}},
-        })
+        gw = await start_gateway(metered_config(issuer, upstream, {"keepalive_s": 0.1, "wait_s": 0.2, "ttl_s": 1}))
         async with sdk_client(gw.mcp, issuer.mint(SHOPPER, aud=gw.mcp, tenant="acme")) as client:
             with pytest.raises(MCPError) as caught:
                 await client.call_tool("payments__pay", {"account": "acme-9", "amount": 5})
