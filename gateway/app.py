@@ -161,7 +161,8 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
                               credential_headers=connect_headers, max_sessions=config.limits.max_sessions,
                               max_per_principal=config.limits.max_sessions_per_principal,
                               handshake=calls.handshake if calls is not None else None,
-                              notified=parts.observability.upstream_notices())
+                              notified=parts.observability.upstream_notices(),
+                              scrub=parts.credentials.redactor.scrub_known)
     parts.observability.metrics.watch_sessions(sessions.open_counts)
 
     def timeout(upstream: str, tool: str | None) -> float | None:

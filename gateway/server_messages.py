@@ -88,7 +88,7 @@ async def route_server_message(session: Session, upstream: str, message: Message
         send = session.progress_routes.get(token)
     elif method == "notifications/resources/updated" and session.view is None:
         message = _updated_for_client(upstream, message)
-    if False:
+    if session.scrub is not None:
         message = _scrubbed(session.scrub, message)
     if send is not None:
         try:

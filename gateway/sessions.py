@@ -77,6 +77,9 @@ class Session:
     stateless: bool = False
     legacy_sse: bool = False  # a 2024-11-05 HTTP+SSE session: messages arrive on /messages only
     init_result: dict[str, Any] | None = None  # the upstream's own answer, for pass-through sessions
+    # The secrets the gateway holds taken out of what upstreams send this session's client (Redactor.scrub_known,
+    # gateway/server_messages.py): None when there is nothing to take out.
+    scrub: Callable[[Any], Any] | None = None
     principal: Principal | None = None  # the latest identity presented (a refreshed token updates it)
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -164,8 +167,10 @@ class SessionManager:
                  on_end: Callable[[Session], Awaitable[None]] | None = None,
                  credential_headers: HeadersFn | None = None, max_sessions: int = 10_000,
                  max_per_principal: int = 1_000, end_concurrency: int = END_CONCURRENCY,
-                 handshake: Handshake | None = None, notified: NotificationHook | None = None) -> None:
+                 handshake: Handshake | None = None, notified: NotificationHook | None = None,
+                 scrub: Callable[[Any], Any] | None = None) -> None:
         self._upstreams = upstreams
+        self._scrub = scrub  # Redactor.scrub_known: given to each session (routing takes the secrets out)
         self._handshake = handshake
         self._notified = notified  # what upstreams send outside any call, traced (None: tracing off)
         self._credential_headers = credential_headers
@@ -212,7 +217,7 @@ class SessionManager:
         self._admit(principal.key)
         session = Session(id=secrets.token_hex(32), principal_key=principal.key, view=view,
                           protocol_version=protocol_version, client_info=client_info, capabilities=capabilities,
-                          principal=principal)
+                          principal=principal, scrub=self._scrub)
         self._sessions[session.id] = session
         self._per_principal[principal.key] = self._per_principal.get(principal.key, 0) + 1
         return session
@@ -239,7 +244,8 @@ class SessionManager:
         session = self._stateless.get(key)
         if session is None or session.closed:
             session = Session(id="stateless-" + secrets.token_hex(16), principal_key=principal.key, view=view,
-                              protocol_version=protocol_version, capabilities=capabilities, stateless=True)
+                              protocol_version=protocol_version, capabilities=capabilities, stateless=True,
+                              scrub=self._scrub)
             self._stateless[key] = session
         session.principal = principal
         session.touch()
