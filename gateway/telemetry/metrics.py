@@ -254,9 +254,11 @@ class Metrics:
         if self.enabled:
             self.stage.record(seconds, stage)
 
-    def server_operation(self, method: str, seconds: float, attrs: Mapping[str, Any] | None = None) -> None:
+    def server_operation(self, method: str, seconds: float, attrs: Mapping[str, Any] | None = None,
+                         base: tuple[tuple[str, Any], ...] = ()) -> None:
+        """`base`: the connection's pairs (`Observability.metric_base`), one tuple shared by its requests."""
         if self.enabled:
-            self.server_duration.record(seconds, (method, *attrs.items()) if attrs else (method,))
+            self.server_duration.record(seconds, (method, *base, *attrs.items()) if attrs else (method, *base))
 
     def client_operation(self, method: str, seconds: float, attrs: Mapping[str, Any] | None = None) -> None:
         if self.enabled:

@@ -97,13 +97,15 @@ class _RequestBlock:
     """`Observability.request`'s block (a plain context manager: no generator per request): makes the
     SERVER span current, records identify under it, and on the way out the error and the duration metric."""
 
-    __slots__ = ("_identify", "_method", "_obs", "_span", "_started", "_target", "_trace", "_view")
+    __slots__ = ("_base", "_identify", "_method", "_obs", "_span", "_started", "_target", "_trace", "_view")
     _trace: RequestTrace  # made on entry
 
     def __init__(self, obs: Observability, method: str, target: str | None, started: float,
                  span: AbstractContextManager[AnySpan] | None = None,
-                 identify: tuple[tuple[int, int], dict[str, Any]] | None = None, view: str | None = None) -> None:
+                 identify: tuple[tuple[int, int], dict[str, Any]] | None = None, view: str | None = None,
+                 base: tuple[tuple[str, Any], ...] = ()) -> None:
         self._obs = obs
+        self._base = base  # the metric's protocol and connection pairs
         self._method = method  # OTHER_METHOD for a method MCP does not define
         self._target = target
         self._started = started
@@ -143,7 +145,7 @@ class _RequestBlock:
             target = None
         try:
             self._obs._server_metric(self._method, target, trace.error, time.perf_counter() - self._started,
-                                     trace.tool_error)
+                                     trace.tool_error, self._base)
         finally:
             if self._span is not None:
                 self._span.__exit__(kind, exc, tb)  # marks the span if an exception leaves the block, ends it
@@ -184,6 +186,7 @@ class Observability:
         # Built once per principal and shared by the spans that carry it.
         self._principal_attributes = Memo(principal_attributes)
         self._shared: dict[tuple[Any, ...], dict[str, Any]] = {}  # see _request_attributes
+        self._metric_bases: dict[tuple[Any, Any], tuple[tuple[str, Any], ...]] = {}  # see _metric_base
         # A connection's client.address/port, built once per connection (asyncio transport) and shared.
         self._peers: Memo[Any, dict[str, Any]] = Memo(lambda transport: connection_attributes(
             transport.get_extra_info("peername"), None))
@@ -279,8 +282,9 @@ class Observability:
         params = params or {}
         target = target_of(method, params)
         named = method if method in MCP_METHODS else OTHER_METHOD
+        base = self._metric_base(protocol_version, http.version) if http is not None else ()
         if not self.telemetry.enabled:  # tracing off: only the duration metric, no attribute work
-            return _RequestBlock(self, named, target, time.perf_counter(), view=view)
+            return _RequestBlock(self, named, target, time.perf_counter(), view=view, base=base)
         meta = params.get("_meta")
         if meta is not None and not isinstance(meta, Mapping):  # (no ABC check for the usual absent _meta)
             meta = None
@@ -298,7 +302,22 @@ class Observability:
         started = time.perf_counter() if start_ns is None else time.perf_counter() - (time.time_ns() - start_ns) / 1e9
         span = self.telemetry.server_span(named, target, attrs, parent, links, start_time=start_ns)
         identify = (identify_ns, who) if identify_ns is not None and who is not None else None
-        return _RequestBlock(self, named, target, started, span, identify, view)
+        return _RequestBlock(self, named, target, started, span, identify, view, base)
+
+    def _metric_base(self, protocol_version: str | None, http_version: Any) -> tuple[tuple[str, Any], ...]:
+        """`mcp.server.operation.duration`'s recommended `mcp.protocol.version` and `network.*` pairs of a request
+        over HTTP: one tuple per protocol and HTTP version (a handful), looked up, not built, per request."""
+        key = (protocol_version, http_version)
+        base = self._metric_bases.get(key)
+        if base is None:
+            pairs: list[tuple[str, Any]] = [("network.transport", "tcp"), ("network.protocol.name", "http")]
+            pairs.extend(connection_attributes(None, http_version).items())
+            if protocol_version:
+                pairs.append(("mcp.protocol.version", protocol_version))
+            if len(self._metric_bases) >= SHARED_LIMIT:
+                self._metric_bases.clear()
+            base = self._metric_bases[key] = tuple(pairs)
+        return base
 
     def _request_attributes(self, method: str, params: Mapping[str, Any], request_id: Any, session_id: str | None,
                             protocol_version: str | None, http_version: Any = None) -> dict[str, Any]:
@@ -339,7 +358,7 @@ class Observability:
         self.metrics.stage_duration("identify", duration_ns / 1e9)
 
     def _server_metric(self, method: str, target: str | None, error: BaseException | None, seconds: float,
-                       tool_error: bool = False) -> None:
+                       tool_error: bool = False, base: tuple[tuple[str, Any], ...] = ()) -> None:
         attrs: dict[str, Any] = {}
         if method == "tools/call" and target:
             attrs["gen_ai.tool.name"] = target
@@ -352,7 +371,7 @@ class Observability:
                 attrs["rpc.response.status_code"] = code
         elif tool_error:
             attrs["error.type"] = "tool_error"
-        self.metrics.server_operation(method, seconds, attrs)
+        self.metrics.server_operation(method, seconds, attrs, base)
 
     # -- event records -----------------------------------------------------------------------------
 
