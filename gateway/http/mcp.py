@@ -43,6 +43,7 @@ from gateway.http.versions import (
     negotiate_version,
     passed_through_discover,
     unsupported_version,
+    upstream_answer,
 )
 from gateway.identity import reject_query_token
 from gateway.param_headers import PARAM_HEADERS
@@ -240,7 +241,8 @@ class McpEndpoint:
             return web.json_response(jsonrpc.result(message.id, result), headers=headers, dumps=_dumps)
         if message.method == "server/discover":  # on a view the upstream itself, as its initialize says
             found = discover_result(SERVER_INFO, AGGREGATED_INSTRUCTIONS) if session.view is None else \
-                passed_through_discover((await self.sessions.upstream_session(session, session.view)).initialize_result)
+                passed_through_discover(upstream_answer(
+                    session, (await self.sessions.upstream_session(session, session.view)).initialize_result))
             return web.json_response(jsonrpc.result(message.id, modern_result(message.method, found)), dumps=_dumps)
         channel = ResponseChannel(request, headers, sse_allowed=sse_ok, replay=self.streams.post_replay,
                                   session_id=session.id)

@@ -64,9 +64,16 @@ def initialize_result(session: Session) -> dict[str, Any]:
     """The `initialize` result (Streamable HTTP and legacy SSE alike): on /mcp/{upstream} the upstream's own, as
     passed through; on /mcp the gateway's."""
     if session.init_result is not None:
-        return passed_through(session.init_result, session.protocol_version)
+        return passed_through(upstream_answer(session, session.init_result), session.protocol_version)
     return {"protocolVersion": session.protocol_version, "capabilities": AGGREGATED_CAPABILITIES,
             "serverInfo": SERVER_INFO, "instructions": AGGREGATED_INSTRUCTIONS}
+
+
+def upstream_answer(session: Session, result: dict[str, Any]) -> dict[str, Any]:
+    """An upstream's own `initialize` answer as the session's client may get it: with the secrets the gateway holds
+    taken out (Redactor.scrub_known), as from every answer and message of the upstream: a server quoting the headers
+    it was opened with in its instructions or serverInfo would otherwise hand the agent the gateway's key."""
+    return result if session.scrub is None else session.scrub(result)
 
 
 def discover_result(server_info: Any, instructions: Any = None,

@@ -1,8 +1,9 @@
 """A real SDK MCP server that echoes a key (env LEAKY_KEY) in everything it sends during a call and outside it.
 
 Its tool `leak` reports progress, logs a line, elicits, asks for a sample (each quoting the key), then logs a line
-outside any call (no related request: the upstream's own stream) and answers; `chatter` only the first two. In-process: `leaky_server()`; as a
-stdio child: `[sys.executable, LEAKY_SERVER_PATH]` with LEAKY_KEY in its environment.
+outside any call (no related request: the upstream's own stream) and answers; `chatter` only the first two.
+In-process: `leaky_server()`; as a stdio child: `[sys.executable, LEAKY_SERVER_PATH]` with LEAKY_KEY in its
+environment.
 """
 
 from __future__ import annotations
