@@ -63,3 +63,19 @@ async def test_the_upstreams_own_initialize_answer_has_the_key_taken_out(
     # (on the old code both quoted the key: the upstream's answer was passed through as it came)
     assert instructions == "my key is [REDACTED]", instructions
     assert info is not None and info.title == "opened with [REDACTED]", info
+
+
+# Lists, completion/complete, resources/subscribe and logging/setLevel reach the upstream through Router.fetch, which
+# passes the answer (and a JSON-RPC error's data) on unscrubbed; router.py is the lead's: the proposed one-line change
+# (scrub the response in fetch, as ForwardStage does) makes this pass, and then the marker goes.
+@pytest.mark.xfail(strict=True, reason="Router.fetch does not scrub the upstream's answer yet (router.py)")
+async def test_list_and_completion_answers_have_the_key_taken_out(
+        start_gateway: Any, permissive_policies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with run_http_server(quoting_server()) as url:
+        gw = await _gateway(start_gateway, permissive_policies, url, monkeypatch)
+        async with sdk_client(gw.mcp) as c:
+            tools = await c.list_tools()
+            completed = await c.complete(types.PromptReference(type="ref/prompt", name="quoting__greet"),
+                                         {"name": "name", "value": "a"})
+    assert [t.description for t in tools.tools] == ["Searches with [REDACTED]"], tools
+    assert completed.completion.values == ["a-[REDACTED]"], completed
