@@ -28,6 +28,7 @@ from gateway.catalog import Catalog
 from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.jsonrpc import dumps
+from gateway.outbox import Outbox
 from gateway.server_messages import NotificationHook, SendFn, ServerRequestRoute, route_server_message
 from gateway.transport.base import ConnectParams, Message, Upstream, UpstreamSession
 
@@ -39,6 +40,11 @@ REPLAY_BYTES = 4 << 20
 # Unread stream messages: past the first, notifications are dropped (never an answer or a server→client
 # request); past the second, answers included, the stream is closed, so the client learns they are lost.
 OUTBOX_NOTIFICATIONS, OUTBOX_LIMIT = 256, 4096
+# ... and the same two bounds on the bytes of them (encoded): an upstream's message is up to 16 MiB, so 4,096 of
+# them could hold gigabytes for one client that does not read. Notifications stop at what the replay keeps for a
+# resuming GET (REPLAY_BYTES), everything at four times that; below a bound the next message is queued whatever
+# its size (as the replay always keeps the newest), so a session holds at most the bound plus one message.
+OUTBOX_NOTIFICATION_BYTES, OUTBOX_BYTES = REPLAY_BYTES, 16 << 20
 # Sessions ended at once by the idle sweep and at shutdown: each end awaits upstream DELETEs and
 # revocation (~20 ms under load), so one at a time falls behind a flood of abandoned sessions.
 END_CONCURRENCY = 16
@@ -83,7 +89,7 @@ class Session:
     principal: Principal | None = None  # the latest identity presented (a refreshed token updates it)
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    outbox: asyncio.Queue[tuple[str, Message]] = field(default_factory=asyncio.Queue)  # bounded by stream_event
+    outbox: Outbox = field(default_factory=Outbox)  # bounded by stream_event, in messages and bytes
     close_stream: Callable[[], None] | None = None  # set by a legacy SSE stream: ends it (OUTBOX_LIMIT)
     dropping: bool = False  # notifications are being dropped (logged once per stretch)
     # The last session-stream events (number, message, its size), so a client reconnecting with Last-Event-ID
@@ -109,30 +115,34 @@ class Session:
     def stream_event(self, message: Message) -> None:
         """Record a message for the session's GET stream and queue it when a stream is open."""
         self.event_seq += 1
+        if self.legacy_sse and not self.get_stream_open:
+            return
+        size = len(dumps(message))  # once, for the replay and the outbox's bytes
         if not self.legacy_sse:  # 2024-11-05 has no resumption: kept, a legacy stream's answers only held memory
-            self._keep(message)
+            self._keep(message, size)
         if not self.get_stream_open:
             return
-        queued = self.outbox.qsize()
-        if queued >= OUTBOX_NOTIFICATIONS and "id" not in message:
+        queued, held = self.outbox.qsize(), self.outbox.bytes
+        if "id" not in message and (queued >= OUTBOX_NOTIFICATIONS or held >= OUTBOX_NOTIFICATION_BYTES):
             if not self.dropping:
                 self.dropping = True
                 log.warning("session %s: the client is not reading its stream; notifications are dropped until it "
                             "catches up (answers are kept; Last-Event-ID resumes from the replay)", self.id[:8])
             return
-        if queued >= OUTBOX_LIMIT:  # a Streamable HTTP GET stream (no close_stream) is resumed from the replay
+        if queued >= OUTBOX_LIMIT or held >= OUTBOX_BYTES:
+            # A Streamable HTTP GET stream (no close_stream) is resumed from the replay; a legacy one is closed.
             if self.close_stream is not None:
-                log.warning("session %s: the client has not read %d messages on its stream, answers included; "
-                            "closing the stream", self.id[:8], queued)
+                log.warning("session %s: the client has not read %d messages (%d bytes) on its stream, answers "
+                            "included; closing the stream", self.id[:8], queued, held)
                 self.close_stream()
             return
-        if queued < OUTBOX_NOTIFICATIONS:
+        if queued < OUTBOX_NOTIFICATIONS and held < OUTBOX_NOTIFICATION_BYTES:
             self.dropping = False
-        self.outbox.put_nowait((str(self.event_seq), message))
+        self.outbox.put_nowait((str(self.event_seq), message), size)
 
-    def _keep(self, message: Message) -> None:
-        """Add one event to the replay, dropping the oldest past its bounds (the newest is always kept)."""
-        size = len(dumps(message))
+    def _keep(self, message: Message, size: int) -> None:
+        """Add one event (`size` bytes encoded) to the replay, dropping the oldest past its bounds (the newest is
+        always kept)."""
         self.replay.append((self.event_seq, message, size))
         self.replay_bytes += size
         while len(self.replay) > 1 and (len(self.replay) > REPLAY_EVENTS or self.replay_bytes > REPLAY_BYTES):

@@ -113,6 +113,9 @@ async def test_a_stream_whose_answers_pile_up_unread_is_closed(
     # Past OUTBOX_LIMIT unread messages (answers included) the stream is closed with a logged reason: the
     # client sees its stream end instead of waiting for answers that will never be written.
     monkeypatch.setattr(sessions_module, "OUTBOX_LIMIT", sessions_module.OUTBOX_NOTIFICATIONS + 4)
+    # The count bound is this test's: the flood's 10 MB of progress would stop at the bytes bound first
+    # (tests/transport/test_outbox_bytes.py), short of OUTBOX_NOTIFICATIONS messages.
+    monkeypatch.setattr(sessions_module, "OUTBOX_NOTIFICATION_BYTES", 1 << 40)
     gw, sock = slow_reader
     reader = SseReader(sock)
     endpoint = (await asyncio.wait_for(reader.next_data(), 10)).decode()
