@@ -93,8 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway. Without --config it "
-                           "runs on embedded defaults (the demo upstreams, in-memory stores).")
+    serve = sub.add_parser("serve", help="run the gateway", formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Run the gateway. Without --config it runs on embedded defaults (the demo\n"
+                           "upstreams, anonymous identity, the shipped policies, in-memory stores).",
+                           epilog="exit status:\n  0 stopped by SIGTERM or Ctrl-C\n"
+                           "  1 cannot listen on the address (in use: --port 0 picks a free one; a host that does "
+                           "not resolve)\n  2 usage, or an invalid or refused config (every problem listed)")
     serve.add_argument("--config", "-c", type=Path, help="customs.yaml")
     serve.add_argument("--host", type=_host, help="override listen.host")
     serve.add_argument("--port", type=_port, help="override listen.port (0: any free port)")
@@ -102,18 +106,29 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo", help="run the gateway with bundled demo servers and tokens",
-                          description="Start the demo MCP servers and the gateway on embedded defaults, print the "
-                          "URL and demo tokens, and show an allowed, a denied and a held call.")
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          description="Start the demo MCP servers and the gateway on embedded defaults, print the\n"
+                          "URL and demo tokens, and show an allowed, a denied and a held call.",
+                          epilog="exit status:\n  0 stopped by SIGTERM or Ctrl-C (or, with --exit-after-walkthrough, "
+                          "the example calls went as shown)\n  1 cannot listen (in use: --port 0 picks a free one), "
+                          "or an example call failed\n  2 usage (a --port outside 0-65535, a --dir that cannot be a "
+                          "directory)")
     demo.add_argument("--port", type=_port, default=8700, help="default 8700; 0: any free port")
     demo.add_argument("--no-walkthrough", action="store_true", help="only serve; do not run the example calls")
     demo.add_argument("--exit-after-walkthrough", action="store_true", help="stop after the example calls")
-    demo.add_argument("--dir", type=Path, default=Path(".customs/demo"), help="where demo keys/config are written")
+    demo.add_argument("--dir", type=Path, default=Path(".customs/demo"),
+                      help="where the demo writes its keys and decision log (default .customs/demo)")
     demo.set_defaults(func=_demo)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     config_sub.required = True
-    check = config_sub.add_parser("check", help="validate a config file and list every problem with its path")
+    check = config_sub.add_parser("check", help="validate a config file and list every problem with its path",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  description="Validate FILE as `customs serve` reads it and run the start-up checks "
+                                  "serve runs\n(policies, key and TLS files); every problem is listed with its path.",
+                                  epilog="exit status:\n  0 valid (warnings, if any, printed)\n"
+                                  "  2 invalid (each problem listed with its path), or FILE cannot be read")
     check.add_argument("file", type=Path)
     check.set_defaults(func=_config_check)
 

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from gateway.approvals.cli import (
     DEFAULT_URL,
+    EXIT_STATUS,
     expect_keys,
     guard,
     nonempty,
@@ -72,9 +73,11 @@ def add_tools_parsers(sub: Any) -> None:
         parser.add_argument("--timeout", type=seconds, default=30.0, help="HTTP timeout in seconds (default 30)")
         parser.set_defaults(func=guard(_run))
 
-    common(sub.add_parser("list", help="pinned and quarantined tools",
+    raw = argparse.RawDescriptionHelpFormatter
+    common(sub.add_parser("list", help="pinned and quarantined tools", epilog=EXIT_STATUS, formatter_class=raw,
                           description="List every upstream tool's pin: state (pinned | quarantined), hash, reason."))
     approve = sub.add_parser("approve", help="accept a tool's current definition (lifts a quarantine)",
+                             epilog=EXIT_STATUS, formatter_class=raw,
                              description="Pin UPSTREAM's TOOL to the definition last seen (or --hash).")
     approve.add_argument("upstream", type=nonempty)
     approve.add_argument("tool", type=nonempty)

@@ -340,9 +340,21 @@ def _positive(text: str) -> int:
     return value
 
 
+# The exit statuses of `customs approvals …` and `customs tools …` (docs/approvals.md, "CLI").
+EXIT_STATUS = ("exit status:\n  0 done\n  1 refused by the gateway (401, 403, 404, 409), with a hint\n"
+               "  2 usage (no token, a bad --url, --timeout or token, ...)\n"
+               "  3 gateway unreachable, failing or no Customs gateway (no answer within --timeout included)")
+
+
+def _parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, epilog=EXIT_STATUS,
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
+
+
 def add_approvals_parsers(sub: Any) -> None:
     """Register list/show/approve/deny under an `approvals` subparsers object (each sets `func`)."""
-    p = sub.add_parser("list", help="list approvals (pending by default)")
+    p = _parser(sub, "list", "list approvals (pending by default)")
     p.add_argument("--state", type=_states, default="pending",
                    help="pending|approved|denied|expired|cancelled|abandoned|all (comma list allowed)")
     p.add_argument("--limit", type=_positive, default=100,
@@ -356,12 +368,12 @@ def add_approvals_parsers(sub: Any) -> None:
                             "'--cursor ...', used with the same --state")
     _common(p)
     p.set_defaults(func=guard(list_command))
-    p = sub.add_parser("show", help="show one approval with its arguments")
+    p = _parser(sub, "show", "show one approval with its arguments")
     p.add_argument("id", type=nonempty)
     _common(p)
     p.set_defaults(func=guard(show_command))
     for name, command in (("approve", approve_command), ("deny", deny_command)):
-        p = sub.add_parser(name, help=f"{name} a pending call")
+        p = _parser(sub, name, f"{name} a pending call")
         p.add_argument("id", type=nonempty)
         p.add_argument("--comment", "-m", default=None, help="why (shown to the agent and in the decision log)")
         _common(p)
