@@ -22,6 +22,7 @@ from gateway.approvals.model import Approval
 from gateway.approvals.signouts import MAX_SKEW_S, MemorySignOuts, SignOuts, token_key
 from gateway.context import Decision, Principal
 from gateway.errors import GatewayError
+from gateway.identity.identifier import DPOP_SCHEME, is_dpop_scheme
 from gateway.pipeline import Identifier
 
 SESSION_COOKIE = "customs_approver"
@@ -37,6 +38,7 @@ NO_CREDENTIALS = "sign in with a bearer token"
 WRONG_SCHEME = "use Authorization: Bearer <token>"
 SIGNED_OUT = "this token was signed out of the approvers' page; sign in with a new token from your identity provider"
 QUERY_TOKEN = "tokens in the query string are not accepted; use Authorization: Bearer <token>"
+TWO_HEADERS = "More than one Authorization header; send one"
 
 
 class Refused(Exception):
@@ -54,9 +56,9 @@ class Refused(Exception):
         for a token or session that did not verify."""
         if self.status != 401:
             return {}
-        if self.message == QUERY_TOKEN:  # a malformed request, as /mcp answers it (identity/metadata.py)
+        if self.message in (QUERY_TOKEN, TWO_HEADERS):  # a malformed request, as /mcp answers it (identity/)
             return {"WWW-Authenticate": 'Bearer error="invalid_request"'}
-        invalid = self.message not in (NO_CREDENTIALS, WRONG_SCHEME)
+        invalid = self.message not in (NO_CREDENTIALS, WRONG_SCHEME, DPOP_SCHEME)  # RFC 6750 §3.1: no credential
         return {"WWW-Authenticate": 'Bearer error="invalid_token"' if invalid else "Bearer"}
 
 
@@ -148,9 +150,15 @@ class ApproverAuth:
         return principal
 
     async def authenticate(self, request: web.Request) -> Approver:
-        header = request.headers.get("Authorization", "")
+        # Exactly one, as /mcp takes it: with two, which credential decided hung on the order they came in.
+        headers = request.headers.getall("Authorization", [])
+        if len(headers) > 1:
+            raise Refused(401, "unauthenticated", TWO_HEADERS)
+        header = headers[0] if headers else ""
         if header:
             scheme, _, token = header.partition(" ")
+            if is_dpop_scheme(header):
+                raise Refused(401, "unauthenticated", DPOP_SCHEME)
             if scheme.lower() != "bearer" or not token.strip():
                 raise Refused(401, "unauthenticated", WRONG_SCHEME)
             return Approver(await self.identify_token(token.strip()), "bearer", token_key(token.strip()))
@@ -158,6 +166,18 @@ class ApproverAuth:
         if cookie:
             return Approver(await self.identify_token(cookie), "cookie", token_key(cookie))
         raise Refused(401, "unauthenticated", NO_CREDENTIALS)
+
+    @staticmethod
+    def pasted_token(pasted: str) -> str:
+        """The token pasted into the sign-in box: a `Bearer ` before it and whitespace anywhere in it (a wrapped
+        paste's line breaks; a bearer token has none) are left out. A pasted `DPoP <token>` is Refused 401, as that
+        scheme is."""
+        token = pasted.strip()
+        if is_dpop_scheme(token):
+            raise Refused(401, "unauthenticated", DPOP_SCHEME)
+        if token[:6].lower() == "bearer" and token[6:7].isspace():
+            token = token[7:]
+        return "".join(token.split())
 
     @staticmethod
     def form_csrf_ok(request: web.Request, submitted: object) -> bool:

@@ -321,11 +321,8 @@ class ApprovalsWeb:
             return self._signin_page(request, exc.message, exc.status)
         if not self._auth.form_csrf_ok(request, form.get("csrf")):
             return self._signin_page(request, "The sign-in form expired; please try again.", 403)
-        token = str(form.get("token") or "").strip()
-        if token[:6].lower() == "bearer" and token[6:7].isspace():
-            token = token[7:]
-        token = "".join(token.split())  # a bearer token has no whitespace: a wrapped paste's line breaks are not in it
         try:
+            token = self._auth.pasted_token(str(form.get("token") or ""))
             principal = await self._auth.identify_token(token)
         except Refused as exc:
             return self._signin_page(request, f"Sign-in failed: {exc.message}", exc.status)

@@ -51,6 +51,9 @@ from gateway.identity.spiffe import InvalidSpiffeId, is_spiffe_uri, parse_spiffe
 
 log = logging.getLogger("customs.identity")
 
+# RFC 9449 §7.1's scheme: the gateway checks no DPoP proof, so it is told apart from any other scheme it does not take.
+DPOP_SCHEME = ("DPoP-bound tokens (Authorization: DPoP) are not supported: this gateway checks no proof of "
+               "possession; use Authorization: Bearer with a token that has no cnf claim")
 _BEARER_RE = re.compile(r"Bearer +([A-Za-z0-9\-._~+/]+=*) *", re.IGNORECASE)
 MTLS_ISSUER = "mtls"
 
@@ -61,6 +64,11 @@ def _header(headers: Mapping[str, str], name: str) -> list[str]:
     if getall is not None:
         return list(getall(name, []))
     return [value for key, value in headers.items() if key.lower() == name.lower()]
+
+
+def is_dpop_scheme(authorization: str) -> bool:
+    """Whether an Authorization value (or a pasted credential) is `DPoP <token>` (scheme case-insensitive)."""
+    return authorization[:4].lower() == "dpop" and authorization[4:5].isspace()
 
 
 def default_audience(resource_url: str) -> str:
@@ -155,9 +163,12 @@ class JwtIdentifier:
             raise self._reject("More than one Authorization header", resource_path, error="invalid_request")
         match = _BEARER_RE.fullmatch(values[0])
         if match is None:
-            # Another scheme (Basic, Digest) or a bare "Bearer": no bearer credential was presented, so
+            # Another scheme (Basic, Digest, DPoP) or a bare "Bearer": no bearer credential was presented, so
             # RFC 6750 §3.1 wants the challenge without an error code.
             error = "invalid_token" if values[0][:7].lower() == "bearer " and values[0][7:].strip() else None
+            if is_dpop_scheme(values[0]):
+                log.info("rejected DPoP token: %s", DPOP_SCHEME)
+                raise self._reject(DPOP_SCHEME, resource_path, error=None)
             raise self._reject("Authorization must be a Bearer token", resource_path, error=error)
         token = match.group(1)
         own = None if resource_path == MCP_PATH else self._resource_url + resource_path

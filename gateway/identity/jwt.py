@@ -9,7 +9,9 @@ Order of checks (each failure is a `TokenError`, answered 401 by the identifier)
 4. key: from that issuer's source only, by kid, and its key type must fit `alg`;
 5. PyJWT verifies the signature, `aud` (the configured audience, RFC 8707; on an endpoint with its own
    protected-resource metadata, that resource's URL too) and `iss`;
-6. times: `exp` required, `nbf`/`iat` honoured, all with the configured clock skew.
+6. times: `exp` required, `nbf`/`iat` honoured, all with the configured clock skew;
+7. no `cnf` claim: a sender-constrained token (RFC 7800: DPoP's `jkt`, mTLS's `x5t#S256`, any other method) is
+   bound to a key whose possession the gateway never checks, so it is refused (RFC 9449 §7.2).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ KID_RE = re.compile(r"[A-Za-z0-9._~+/=-]{1,128}")
 # thumbprints `x5t` and `x5t#S256` are no key material (Microsoft Entra ID's v1.0 tokens and AD FS carry `x5t`
 # beside or instead of `kid`): they are ignored, the key still comes from the issuer's own set.
 FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "b64"})
+# Taking a bound token as a bearer token would let whoever copied it use it: the binding is its whole point.
+SENDER_CONSTRAINED = ("Token is sender-constrained (cnf claim), which this gateway does not support: it checks no "
+                      "proof of possession, so it accepts no bound token as a bearer token")
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_-]*")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -206,6 +211,8 @@ class IssuerVerifier:
         except PyJWTError as exc:
             raise TokenError(f"Invalid token ({type(exc).__name__})") from exc
         check_times(claims, self._clock(), self._skew)
+        if "cnf" in claims:  # whatever its value: an unreadable confirmation is no lesser binding (fail closed)
+            raise TokenError(SENDER_CONSTRAINED)
         return claims
 
     def _decode(self, token: str, keys: list[VerifyKey], alg: str, audience: str | list[str]) -> dict[str, Any]:

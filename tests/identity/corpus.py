@@ -87,6 +87,17 @@ def _raw(value: str) -> Callable[[TestIssuer, str], AttackRequest]:
     return lambda issuer, aud: AttackRequest({"Authorization": value})
 
 
+JKT = b64url(bytes(range(32)))  # a JWK SHA-256 thumbprint's shape (RFC 7638): 43 base64url characters
+
+
+def _scheme(scheme: str, claims: Mapping[str, Any]) -> Callable[[TestIssuer, str], AttackRequest]:
+    """A valid token of the issuer under another authorization scheme (`DPoP <token>`, RFC 9449 §7.1)."""
+    def build(issuer: TestIssuer, aud: str) -> AttackRequest:
+        token = issuer.mint("spiffe://acme.test/agent/evil", aud=aud, claims=claims)
+        return AttackRequest({"Authorization": f"{scheme} {token}", "DPoP": "proof-not-checked"})
+    return build
+
+
 def _query_token(issuer: TestIssuer, aud: str) -> AttackRequest:
     return AttackRequest({}, {"access_token": issuer.mint("spiffe://acme.test/agent/evil", aud=aud)})
 
@@ -160,6 +171,14 @@ ATTACKS: list[AttackCase] = [
     AttackCase("act_not_object", "act claim", _token(claims={"act": "spiffe://acme.test/agent/x"})),
     AttackCase("act_without_sub", "subject", _token(act={"tenant": "acme"})),
     AttackCase("act_chain_deeper_than_16", "deeper than 16", _deep_chain),
+    # Sender-constrained tokens (a `cnf` claim, RFC 7800): bound to a key whose possession the gateway never checks,
+    # so one presented as a bearer token must be refused (RFC 9449 §7.2 for DPoP); they were accepted as plain bearers.
+    AttackCase("cnf_dpop_jkt", "sender-constrained", _token(claims={"cnf": {"jkt": JKT}})),
+    AttackCase("cnf_mtls_x5t_s256", "sender-constrained", _token(claims={"cnf": {"x5t#S256": JKT}})),
+    AttackCase("cnf_other_method", "sender-constrained", _token(claims={"cnf": {"kid": "holder-key-1"}})),
+    AttackCase("cnf_not_an_object", "sender-constrained", _token(claims={"cnf": "bound"})),
+    AttackCase("dpop_scheme", "DPoP", _scheme("DPoP", {"cnf": {"jkt": JKT}})),
+    AttackCase("dpop_scheme_lower_case_unbound_token", "DPoP", _scheme("dpop", {})),
     AttackCase("token_in_query_string", "query string", _query_token),
     # Signed by the issuer, but a claim holds a lone surrogate (JSON's "\ud800" escape, no Unicode text): each
     # call of such a principal was an internal error (its id could not be encoded for Cedar or the decision log).
