@@ -30,6 +30,7 @@ import jwt
 from jwt.exceptions import (
     InvalidAudienceError,
     InvalidIssuerError,
+    InvalidKeyError,
     InvalidSignatureError,
     MissingRequiredClaimError,
     PyJWTError,
@@ -174,10 +175,11 @@ class IssuerVerifier:
         self.keys = keys
         self._skew = skew_s
         self._clock = clock
-        # PyJWT checks signature, aud and iss; times are checked here with the injectable clock.
+        # PyJWT checks signature, aud and iss; times are checked here with the injectable clock. An RSA key under
+        # 2048 bits (RFC 7518 §3.3: MUST NOT be used) verifies nothing: PyJWT only warned and went on.
         self._options: Any = {"require": ["exp", "iss", "aud"], "verify_exp": False, "verify_nbf": False,
                               "verify_iat": False, "verify_aud": True, "verify_iss": True, "verify_sub": False,
-                              "verify_jti": False}
+                              "verify_jti": False, "enforce_minimum_key_length": True}
 
     async def _keys(self, alg: str, kid: str | None) -> list[VerifyKey]:
         """The keys to check the signature with, in order: the one the kid names, then kid-less ones (which
@@ -198,6 +200,8 @@ class IssuerVerifier:
             claims = self._decode(token, keys, alg, audience)
         except InvalidSignatureError as exc:
             raise TokenError("Invalid token signature") from exc
+        except InvalidKeyError as exc:  # PyJWT's text names the key's size and the least it takes, nothing secret
+            raise TokenError(f"Token signing key not accepted: {exc}") from exc
         except InvalidAudienceError as exc:
             # The configured audience is public (the `resource` of the RFC 9728 metadata): naming it shows a trailing
             # slash or a missing /mcp at once. Not the endpoint's own resource: that echoes the path asked for, and an
@@ -219,8 +223,8 @@ class IssuerVerifier:
         for key in keys[:-1]:
             try:
                 return self._decode_with(token, key, alg, audience)
-            except InvalidSignatureError:
-                continue  # another fitting key may have signed it
+            except (InvalidSignatureError, InvalidKeyError):
+                continue  # another fitting key may have signed it (a weak one verifies nothing)
         return self._decode_with(token, keys[-1], alg, audience)
 
     def _decode_with(self, token: str, key: VerifyKey, alg: str, audience: str | list[str]) -> dict[str, Any]:
