@@ -35,19 +35,12 @@ import aiohttp
 from gateway.config.model import MAX_CHAIN_DEPTH, AgentRecord, IdentityConfig, IssuerConfig
 from gateway.context import Principal
 from gateway.errors import GatewayError
-from gateway.identity.chain import (
-    ChainError,
-    actor_id,
-    build_chain,
-    check_repeated_agents,
-    claim_mapping,
-    map_claims,
-    registry_attributes,
-)
+from gateway.identity.chain import ChainError, claim_mapping
+from gateway.identity.claims import mtls_principal, token_principal
 from gateway.identity.jwks import FileKeySource, KeySource, UrlKeySource
 from gateway.identity.jwt import IssuerVerifier, TokenError, TokenVerifier
 from gateway.identity.metadata import www_authenticate
-from gateway.identity.spiffe import InvalidSpiffeId, is_spiffe_uri, parse_spiffe_id, svid_id, uri_sans_from_peercert
+from gateway.identity.spiffe import InvalidSpiffeId, svid_id, uri_sans_from_peercert
 
 log = logging.getLogger("customs.identity")
 
@@ -55,7 +48,6 @@ log = logging.getLogger("customs.identity")
 DPOP_SCHEME = ("DPoP-bound tokens (Authorization: DPoP) are not supported: this gateway checks no proof of "
                "possession; use Authorization: Bearer with a token that has no cnf claim")
 _BEARER_RE = re.compile(r"Bearer +([A-Za-z0-9\-._~+/]+=*) *", re.IGNORECASE)
-MTLS_ISSUER = "mtls"
 
 
 def _header(headers: Mapping[str, str], name: str) -> list[str]:
@@ -221,35 +213,14 @@ class JwtIdentifier:
     async def _token_principal(self, token: str, svid: str | None, own: str | None) -> tuple[Principal, bool]:
         """The token's principal, and whether the token is good on every endpoint (not only `own`)."""
         verified = await self._verifier.verify(token, own)
-        claims = verified.claims
-        subject = actor_id(claims.get("sub"))
-        if svid is not None and is_spiffe_uri(subject) and subject != svid:
-            raise TokenError("Token subject does not match the client certificate's SPIFFE ID")
-        mapping = self._mappings[verified.issuer.issuer]
-        attributes = map_claims(claims, mapping) or registry_attributes(subject, self._agents)
-        chain = build_chain(claims.get("act"), mapping, self._agents, self._max_chain_depth, subject)
-        allowed = verified.issuer.spiffe_trust_domains
-        if allowed is not None:
-            _check_trust_domains([subject, *(actor.id for actor in chain)], allowed, verified.issuer.issuer)
-        check_repeated_agents(subject, attributes, chain)  # Cedar holds one Agent per id: one set of attributes
-        return Principal(id=subject, issuer=verified.issuer.issuer, subject=subject, attributes=attributes,
-                         chain=chain, token=token, expires_at=float(claims["exp"])), verified.everywhere
+        principal = token_principal(verified.claims, verified.issuer, self._agents,
+                                    mapping=self._mappings[verified.issuer.issuer],
+                                    max_chain_depth=self._max_chain_depth, svid=svid, token=token,
+                                    expires_at=float(verified.claims["exp"]))
+        return principal, verified.everywhere
 
     def _mtls_principal(self, svid: str, peer_cert: Mapping[str, Any]) -> Principal:
-        return Principal(id=svid, issuer=MTLS_ISSUER, subject=svid,
-                         attributes=registry_attributes(svid, self._agents), expires_at=_not_after(peer_cert))
-
-
-def _check_trust_domains(ids: list[str], allowed: tuple[str, ...], issuer: str) -> None:
-    """The issuer vouches only for SPIFFE IDs of its own trust domains: a token naming another one is refused,
-    whatever the policies would say of it. The ids were validated by `actor_id`."""
-    for position, ident in enumerate(ids):
-        if not is_spiffe_uri(ident):
-            continue
-        domain = parse_spiffe_id(ident).trust_domain
-        if domain not in allowed:
-            who = "subject" if position == 0 else "delegation actor"
-            raise TokenError(f"Token {who}'s SPIFFE trust domain {domain!r} is not one issuer {issuer} may assert")
+        return mtls_principal(svid, self._agents, _not_after(peer_cert))
 
 
 def _not_after(peer_cert: Mapping[str, Any]) -> float | None:
