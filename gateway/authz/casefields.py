@@ -1,15 +1,32 @@
-"""The checks every part of a policy test case file shares: mappings, known keys, upstream names, the error."""
+"""The checks every part of a policy test case file shares (mappings, keys, upstream names, Unicode); its errors."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 from gateway.config.upstreams import NAME_RE
+from gateway.context import Principal
 from gateway.identity.chain import ChainError, actor_id
 
 
 class CaseError(Exception):
     """A cases file (or a CLI input) that cannot be understood; the message says where."""
+
+
+class Refused(Exception):
+    """identify would refuse the token of these claims (401 unauthenticated); `message` is what the 401 says."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(f"{REFUSED}: {message}")
+
+
+REFUSED = "identify would refuse this token: 401 unauthenticated"
+# Claims → the principal a deployment's identify gives them (`--config`: gateway/authz/configured.py); raises
+# CaseError for claims no token of it carries, Refused for a token it answers 401.
+Identify = Callable[[dict[str, Any], str], Principal]
 
 
 def mapping(value: Any, where: str, what: str) -> dict[str, Any]:
@@ -67,3 +84,47 @@ def check_inline_agent(ident: str, attributes: dict[str, Any], where: str) -> No
         if value == "" or (isinstance(value, list) and "" in value):
             raise CaseError(f"{where}: principal {ident!r}: attributes.{name} is empty or holds \"\" (no agent has "
                             "that: a claim's \"\" counts as missing, the agents registry refuses it)")
+
+
+def not_unicode(node: Any, where: str) -> str | None:
+    """Where in `node` a string or key is a lone surrogate (YAML's "\\udcff" escape), else None."""
+    if isinstance(node, str):
+        return None if _is_unicode(node) else where
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        name = f"{where}.{key}" if isinstance(key, str) else f"{where}[{key!r}]"
+        name = name.removeprefix(".").encode("utf-8", "backslashreplace").decode()
+        found = name if isinstance(key, str) and not _is_unicode(key) else not_unicode(value, name)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_TASK_KEYS = frozenset({"calls", "totals", "seen_tools", "not_counted"})
+
+
+def check_task(task: dict[str, Any], where: str) -> None:
+    """context.task as the gateway gives it: a fact of another shape would be dropped by the conversion, and the
+    case would test a task that never did what the file says (a misspelled `totals` paid nothing)."""
+    check_keys(task, _TASK_KEYS, f"{where}: context.task")
+    calls = task.get("calls")
+    if calls is not None and (not isinstance(calls, int) or isinstance(calls, bool) or calls < 0):
+        raise CaseError(f"{where}: context.task.calls must be a whole number, got {calls!r}")
+    totals = task.get("totals")
+    if totals is not None and not isinstance(totals, dict):
+        raise CaseError(f"{where}: context.task.totals must be a mapping of summed argument to number")
+    for name, value in (totals or {}).items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise CaseError(f"{where}: context.task.totals.{name} must be a number, got {value!r}")
+    for key in ("seen_tools", "not_counted"):
+        value = task.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise CaseError(f"{where}: context.task.{key} must be a list of strings, got {value!r}")

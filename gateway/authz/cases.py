@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, get_args
@@ -20,7 +19,16 @@ from gateway.authz import entities as E
 from gateway.authz.actions import AGENT_ACTIONS
 from gateway.authz.approve_case import approve_decision
 from gateway.authz.casefields import CaseError as CaseError
-from gateway.authz.casefields import check_inline_agent, check_text_settings, not_a_mapping, stated_issuer
+from gateway.authz.casefields import (
+    Identify,
+    Refused,
+    check_inline_agent,
+    check_task,
+    check_text_settings,
+    not_a_mapping,
+    not_unicode,
+    stated_issuer,
+)
 from gateway.authz.casefields import check_keys as _check_keys
 from gateway.authz.casefields import check_upstream as _check_upstream
 from gateway.authz.casefields import mapping as mapping
@@ -101,15 +109,16 @@ def _actor(spec: Any, named: dict[str, Any], where: str) -> Actor:
 
 
 def principal_from(spec: Any, named: dict[str, Any], chain: Any, where: str,
-                   mapping: dict[str, str] | None = None) -> Principal:
+                   mapping: dict[str, str] | None = None, identify: Identify | None = None) -> Principal:
     """A Principal from a case: a name from `principals`, an inline {id, issuer, attributes, chain}, or token claims
-    ({sub, tenant, groups, act: {...}}, mapped as the gateway maps a verified token's claims)."""
+    ({sub, tenant, groups, act: {...}}, mapped as the gateway maps a verified token's claims: by `identify`, a
+    deployment's identify, when given, else by `mapping`)."""
     if isinstance(spec, str) and _is_claims(named.get(spec)):
         spec = named[spec]
     if _is_claims(spec):
         if chain is not None:
             raise CaseError(f"{where}: a principal given as claims carries its chain in `act`, not `chain:`")
-        return principal_from_claims(spec, mapping, where)
+        return principal_from_claims(spec, mapping, where) if identify is None else identify(spec, where)
     base = _actor(spec, named, where)
     resolved = named.get(spec, {}) if isinstance(spec, str) else spec
     issuer = stated_issuer(resolved, "issuer", where)
@@ -201,28 +210,6 @@ def _typed(context: dict[str, Any], key: str, kind: type | tuple[type, ...], whe
     return value
 
 
-_TASK_KEYS = frozenset({"calls", "totals", "seen_tools", "not_counted"})
-
-
-def _task(task: dict[str, Any], where: str) -> None:
-    """context.task as the gateway gives it: a fact of another shape would be dropped by the conversion, and the
-    case would test a task that never did what the file says (a misspelled `totals` paid nothing)."""
-    _check_keys(task, _TASK_KEYS, f"{where}: context.task")
-    calls = task.get("calls")
-    if calls is not None and (not isinstance(calls, int) or isinstance(calls, bool) or calls < 0):
-        raise CaseError(f"{where}: context.task.calls must be a whole number, got {calls!r}")
-    totals = task.get("totals")
-    if totals is not None and not isinstance(totals, dict):
-        raise CaseError(f"{where}: context.task.totals must be a mapping of summed argument to number")
-    for name, value in (totals or {}).items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise CaseError(f"{where}: context.task.totals.{name} must be a number, got {value!r}")
-    for key in ("seen_tools", "not_counted"):
-        value = task.get(key)
-        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise CaseError(f"{where}: context.task.{key} must be a list of strings, got {value!r}")
-
-
 def _given(case: dict[str, Any], where: str) -> dict[str, Any]:
     """The case's context facts: `context:` entries and the older flat keys, each stated at most once."""
     context = case.get("context") or {}
@@ -259,7 +246,7 @@ def facts_from(case: dict[str, Any], environment: str, where: str) -> tuple[E.Ca
     if "chain_depth" in given:
         overrides.append(("chain_depth", _typed(given, "chain_depth", int, where)))
     if "task" in given and given["task"] is not None:
-        _task(_typed(given, "task", dict, where), where)
+        check_task(_typed(given, "task", dict, where), where)
     facts = E.CallFacts(
         args=mapping(given.get("args"), where, "args (the call's arguments)"),
         environment=str(_typed(given, "environment", str, where) if "environment" in given else environment),
@@ -280,8 +267,10 @@ class CaseResult:
     line: int | None = None  # where the case starts in its file, for `customs policy test`'s FAIL line
 
 
-def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any], where: str) -> CaseResult:
-    """Evaluate one case and compare outcome (and `policies`, when given, as an exact set)."""
+def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any], where: str,
+             identify: Identify | None = None, environment: str | None = None) -> CaseResult:
+    """Evaluate one case and compare outcome (and `policies`, when given, as an exact set). `identify` builds
+    principals given as claims (a deployment's, `--config`), `environment` is the default of the file's."""
     name = str(case.get("name") or where.rpartition(": ")[2])  # unnamed: its place (`cases[0]`), as where ends
     _check_keys(case, _CASE_KEYS, f"{where} ({name})" if case.get("name") else where)
     expected = case.get("expect")
@@ -295,10 +284,16 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
         if "user" in case or "approval" in case:  # `approval: granted` was ignored: decided without approval
             raise CaseError(f"{where}: user: and approval: are for action approve; a call decided as approved is "
                             "`approved: true` (or context: {approval: granted})")
-        principal = principal_from(case.get("principal"), doc.get("principals") or {}, case.get("chain"), where,
-                                   claim_mapping(doc.get("claims") or {}))
+        try:
+            principal: Principal | Refused = principal_from(case.get("principal"), doc.get("principals") or {},
+                                                            case.get("chain"), where,
+                                                            claim_mapping(doc.get("claims") or {}), identify)
+        except Refused as exc:  # decided after the rest is read: a refused token hides no bad input
+            principal = exc
         tool = tool_from(case.get("tool"), case.get("labels"), doc.get("tools") or {}, where, action)
-        facts, granted = facts_from(case, str(doc.get("environment", "dev")), where)
+        facts, granted = facts_from(case, str(doc.get("environment", environment or "dev")), where)
+        if isinstance(principal, Refused):
+            return _refused(name, str(expected), principal, case, where)
         decision = decide(policies, principal, action, tool, facts, granted=granted)
     problems = []
     if decision.outcome != expected:
@@ -313,6 +308,20 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
     return CaseResult(name, not problems, str(expected), decision, "; ".join(problems))
 
 
+def _refused(name: str, expected: str, refused: Refused, case: dict[str, Any], where: str) -> CaseResult:
+    """A case whose token identify refuses: the call is never decided, so it is denied (401, no policy, no error).
+    It passes as `expect: deny` (the agent gets nothing) with the refusal noted; any other expectation fails."""
+    want = case.get("policies")
+    if want is not None and not isinstance(want, list):
+        raise CaseError(f"{where}: policies must be a list of @ids, got {type(want).__name__}")
+    problems = [] if expected == "deny" else [f"expected {expected}, but {refused}"]
+    if want:
+        problems.append(f"expected policies {sorted(want)}, but no policy decides a refused token")
+    if _flag(case, "expect_errors", where):
+        problems.append("errors: none (identify refused the token), but expect_errors is set")
+    return CaseResult(name, not problems, expected, Decision("deny"), "; ".join(problems) or str(refused))
+
+
 def load_cases(path: Path) -> dict[str, Any]:
     try:
         doc = strict_yaml_load(path.read_text(encoding="utf-8"))
@@ -324,7 +333,7 @@ def load_cases(path: Path) -> dict[str, Any]:
         raise CaseError(f"{path}: {where}invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list):
         raise CaseError(f"{path}: expected a mapping with a `cases:` list")
-    bad = _not_unicode(doc, "")
+    bad = not_unicode(doc, "")
     if bad is not None:  # Cedar's JSON cannot take it: the case would end in a traceback
         raise CaseError(f"{path}: {bad or '(root)'}: not valid Unicode text (a lone surrogate, e.g. a \\udcff escape)")
     _check_keys(doc, _DOC_KEYS, str(path))
@@ -344,28 +353,6 @@ def load_cases(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _not_unicode(node: Any, where: str) -> str | None:
-    """Where in `node` a string or key is a lone surrogate (YAML's "\\udcff" escape), else None."""
-    if isinstance(node, str):
-        return None if _is_unicode(node) else where
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in items:
-        name = f"{where}.{key}" if isinstance(key, str) else f"{where}[{key!r}]"
-        name = name.removeprefix(".").encode("utf-8", "backslashreplace").decode()
-        found = name if isinstance(key, str) and not _is_unicode(key) else _not_unicode(value, name)
-        if found is not None:
-            return found
-    return None
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def policies_dir_for(path: Path, doc: dict[str, Any], override: Path | None) -> Path:
     """--policies wins; else the file's `policies:` (relative to the file); else the parent of tests/."""
     if override is not None:
@@ -375,15 +362,16 @@ def policies_dir_for(path: Path, doc: dict[str, Any], override: Path | None) -> 
     return path.parent.parent if path.parent.name == "tests" else path.parent
 
 
-def run_cases_file(path: Path, policies_dir: Path | None = None,
-                   policies: LoadedPolicies | None = None) -> list[CaseResult]:
-    """Run every case of one file (loading the policies unless given)."""
+def run_cases_file(path: Path, policies_dir: Path | None = None, policies: LoadedPolicies | None = None, *,
+                   identify: Identify | None = None, environment: str | None = None) -> list[CaseResult]:
+    """Run every case of one file (loading the policies unless given); `identify` and `environment` as in run_case."""
     doc = load_cases(path)
     loaded = policies or load_policies(policies_dir_for(path, doc, policies_dir))
     lines = _case_lines(path)
     where = [f"{path}:{lines[i]}: cases[{i}]" if i < len(lines) else f"{path}: cases[{i}]"
              for i in range(len(doc["cases"]))]
-    return [replace(run_case(loaded, case, doc, where[i]), line=lines[i] if i < len(lines) else None)
+    return [replace(run_case(loaded, case, doc, where[i], identify, environment),
+                    line=lines[i] if i < len(lines) else None)
             for i, case in enumerate(doc["cases"]) if isinstance(case, dict) or not_a_mapping(where[i])]
 
 

@@ -18,6 +18,7 @@ import cedarpy
 
 from gateway.approvals.cli import shown
 from gateway.authz import evaluate
+from gateway.authz.casefields import Refused
 from gateway.authz.cases import (
     CaseError,
     agent_action,
@@ -29,6 +30,9 @@ from gateway.authz.cases import (
 )
 from gateway.authz.cli_args import add_policy_parsers
 from gateway.authz.entities import context, members
+from gateway.authz.jsonargs import explain_json as _explain_json
+from gateway.authz.jsonargs import json_arg as _json_arg
+from gateway.authz.jsonargs import json_object as _json_object
 from gateway.authz.policyset import SCHEMA_FILE, PolicyLoadError
 from gateway.authz.record import from_authz_input
 from gateway.authz.replayargs import ArgumentReaders
@@ -66,21 +70,30 @@ def _policies_hint(path: Path) -> str:
 
 
 def test_cmd(args: argparse.Namespace) -> int:
+    from gateway.authz.configured import for_command
+    found = for_command(args.config, args.policies)
+    if found is None:
+        return 2
+    deployment, policies_dir = found
     failed = total = 0
     for path in _case_files(args.cases):
         try:
-            results = run_cases_file(path, args.policies)
+            results = run_cases_file(path, policies_dir, identify=deployment.principal if deployment else None,
+                                     environment=deployment.environment if deployment else None)
         except CaseError as exc:
             _err(str(exc))
             return 2
         except PolicyLoadError as exc:
-            hint = "" if args.policies is not None else _policies_hint(path)
+            hint = "" if policies_dir is not None else _policies_hint(path)
             _err(f"cannot load policies for {path}:\n" + "\n".join(f"  {p}" for p in exc.problems) + hint)
             return 2
+        if deployment is not None and load_cases(path).get("claims"):
+            print(f"note: {path}: claims: is not used with --config (the issuers' identity.issuers[].claims map "
+                  "a token's claims)", file=sys.stderr)
         for result in results:
             total += 1
-            if result.ok:
-                print(f"PASS {path}: {result.name}")  # the file as given, as a FAIL line names it
+            if result.ok:  # the file as given, as a FAIL line names it; a note (a refused token) in brackets
+                print(f"PASS {path}: {result.name}" + (f" ({result.message})" if result.message else ""))
             else:
                 failed += 1
                 # file:line as a case problem names it, so an editor can jump to the case
@@ -94,59 +107,45 @@ def test_cmd(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _json_arg(value: str | None, what: str) -> Any:
-    """JSON text, or @file holding JSON; None stays None."""
-    if value is None:
-        return None
-    try:
-        text = Path(value[1:]).read_text(encoding="utf-8") if value.startswith("@") else value
-        return json.loads(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CaseError(f"{what}: cannot read {value[1:]}: {unreadable(exc)}") from exc
-    except json.JSONDecodeError as exc:
-        raise CaseError(f"{what}: invalid JSON: {exc}") from exc
-
-
-def _explain_json(value: str | None, what: str) -> Any:
-    """An explain option's JSON: refused when a string in it is a lone surrogate (a JSON escape `\udcff`),
-    which no Cedar (or UTF-8) text holds; Cedar's JSON would end in a traceback."""
-    data = _json_arg(value, what)
-    try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        bad = exc.object[exc.start:exc.end].encode("unicode_escape").decode()
-        raise CaseError(f"{what}: a string holds a lone surrogate ({bad}), which is not Unicode text") from exc
-    return data
-
-
-def _json_object(value: str | None, what: str) -> dict[str, Any]:
-    """A JSON object option of explain (text or @file); absent or null is {}."""
-    data = _explain_json(value, what)
-    if data is not None and not isinstance(data, dict):
-        raise CaseError(f"{what} must be a JSON object, got {type(data).__name__}")
-    return data or {}
-
-
 def explain_cmd(args: argparse.Namespace) -> int:
-    loaded = _load(args.policies)
+    from gateway.authz.configured import for_command
+    found = for_command(args.config, args.policies)
+    if found is None:
+        return 2
+    deployment, policies_dir = found
+    if policies_dir is None:
+        _err("explain needs --policies DIR (or --config customs.yaml: its policies.dir)")
+        return 2
+    loaded = _load(policies_dir)
     if loaded is None:
         return 2
+    environment = args.environment if args.environment is not None else \
+        deployment.environment if deployment is not None else "dev"
     try:
         claims = _explain_json(args.principal_claims, "--principal-claims")
         if not isinstance(claims, dict):
             raise CaseError("--principal-claims must be a JSON object")
-        # `trust` as a claim too: explain has no config to say where trust comes from (the registry, a mapping).
+        # `trust` as a claim too without a config: nothing says where trust comes from (the registry, a mapping).
         action = agent_action(args.action, "--action")
-        principal = principal_from_claims(claims, claim_mapping({"trust": "trust"}), "--principal-claims")
+        principal = principal_from_claims(claims, claim_mapping({"trust": "trust"}), "--principal-claims") \
+            if deployment is None else None
         tool_from(args.tool, {}, {}, "--tool", action)  # the name first: a bad label is the option --annotations'
         tool = tool_from(args.tool, _json_object(args.annotations, "--annotations"), {}, "--annotations", action)
         # The same context facts as a policy test case's `context:` (unknown keys are an error).
         facts, granted = facts_from({"args": _json_object(args.args, "--args"),
                                      "context": _json_object(args.context, "--context")},
-                                    args.environment, "--context")
+                                    environment, "--context")
+        if principal is None and deployment is not None:  # last: a refused token is no reason to skip bad input
+            principal = deployment.principal(claims, "--principal-claims")
     except (CaseError, TypeError) as exc:
         _err(str(exc))
         return 2
+    except Refused as exc:  # what the agent would get: nothing decided
+        print(json.dumps({"outcome": "unauthenticated", "http_status": 401, "stage": "identify",
+                          "message": exc.message}, indent=2, sort_keys=True))
+        _err(f"--principal-claims: {exc}")
+        return 1
+    assert principal is not None
     decision = evaluate.decide(loaded, principal, action, tool, facts, granted=granted)
     report: dict[str, Any] = {
         "outcome": decision.outcome, "policies": list(decision.policy_ids), "errors": list(decision.errors),

@@ -53,6 +53,13 @@ def _parser(sub: Any, name: str, help_text: str, description: str, exits: str) -
     return parser
 
 
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="customs.yaml: build principals from claims as the gateway's identify does (the "
+                        "issuer's claims mapping, the agents registry, policies.max_chain_depth); its policies.dir "
+                        "and environment are the defaults")
+
+
 def add_policy_parsers(sub: Any) -> None:
     """Register validate, test, explain, schema and replay under `customs policy`."""
     p = _parser(sub, "validate", "parse and validate a policy directory against its schema",
@@ -65,17 +72,22 @@ def add_policy_parsers(sub: Any) -> None:
 
     p = _parser(sub, "test", "run policy test cases (YAML)",
                 "Run the cases in each file (or each *.yaml in a directory).",
-                "  0 every case passed\n  1 a case failed\n  2 unusable input (a case file or the policies)")
+                "  0 every case passed\n  1 a case failed\n"
+                "  2 unusable input (a case file, the policies or the config)")
     p.add_argument("cases", type=Path, nargs="+", metavar="CASES.yaml", help="case files or directories of them")
     p.add_argument("--policies", type=Path, metavar="DIR",
-                   help="policy directory (default: the file's `policies:`, else the parent of a tests/ "
-                   "directory, else the file's own)")
+                   help="policy directory (default: --config's policies.dir, else the file's `policies:`, else "
+                   "the parent of a tests/ directory, else the file's own)")
+    _config_option(p)
     p.set_defaults(func=_command("test_cmd"))
 
     p = _parser(sub, "explain", "decide one request and show why",
                 "Decide one request offline and print outcome, policies, errors, the members evaluated and\n"
-                "the context.", "  0 decided (whatever the outcome)\n  2 bad input")
-    p.add_argument("--policies", type=Path, required=True, metavar="DIR", help="policy directory")
+                "the context.", "  0 decided (whatever the outcome)\n  1 not decided: with --config, identify "
+                "would refuse the token (401)\n  2 bad input")
+    p.add_argument("--policies", type=Path, metavar="DIR",
+                   help="policy directory (required unless --config names one: its policies.dir)")
+    _config_option(p)
     p.add_argument("--principal-claims", required=True, metavar="JSON|@file", type=text_or_file,
                    help="token claims: sub, tenant, owner, clearance, trust, groups, nested act")
     p.add_argument("--tool", required=True, metavar="UPSTREAM/TOOL", type=text,
@@ -89,8 +101,8 @@ def add_policy_parsers(sub: Any) -> None:
                    '"time": {"hour": 9, "weekday": 1}}')
     p.add_argument("--annotations", metavar="JSON|@file", type=text_or_file,
                    help='tool labels, e.g. {"read_only": true}')
-    p.add_argument("--environment", default="dev", metavar="ENV", type=text,
-                   help="context.environment unless --context sets it (default dev)")
+    p.add_argument("--environment", metavar="ENV", type=text,
+                   help="context.environment unless --context sets it (default: --config's environment, else dev)")
     p.set_defaults(func=_command("explain_cmd"))
 
     p = _parser(sub, "schema", "generate typed Args for the schema from tool input schemas",
