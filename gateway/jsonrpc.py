@@ -233,8 +233,18 @@ def classify(body: dict[str, Any]) -> Message:
             raise GatewayError("invalid_request", "Invalid request: notifications must not carry an id")
         return Message("request", body)
     if has_id and (("result" in body) != ("error" in body)) and _valid_id(body["id"]):
+        if not (_error_object(body["error"]) if "error" in body else isinstance(body["result"], dict)):
+            # Passed on, the upstream's SDK cannot read it (its request waits out its timeout) while the agent was
+            # told 202; refused, the agent learns and may answer again (the request is still awaited).
+            raise GatewayError("invalid_request", "Invalid request: a result must be an object, an error an object "
+                                                  "with an integer code and a string message")
         return Message("response", body)
     raise GatewayError("invalid_request", "Invalid request: not a request, notification or response")
+
+
+def _error_object(error: Any) -> bool:
+    """A JSON-RPC error object: an integer code (not a bool) and a string message."""
+    return isinstance(error, dict) and type(error.get("code")) is int and isinstance(error.get("message"), str)
 
 
 def _check_meta(meta: Any) -> None:

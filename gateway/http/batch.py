@@ -38,13 +38,20 @@ async def answer_batch(endpoint: McpEndpoint, request: web.Request, view: str | 
         return error_response(exc)
     replies: list[dict[str, Any]] = []
     requests: list[jsonrpc.Message] = []
+    ids: set[Any] = set()  # (1 and "1" are apart: a str never equals an int; a bool is no id)
     for message in messages:
         if isinstance(message, GatewayError):  # JSON-RPC: an invalid member, with its id when readable
             replies.append(to_wire(message, jsonrpc.refused_id(message))[0])
         elif message.kind == "request" and message.method == "initialize":
             refused = GatewayError("invalid_request", "Invalid request: initialize must not be part of a batch")
             replies.append(to_wire(refused, message.id)[0])
+        elif message.kind == "request" and message.id in ids:
+            # MCP: an id is used once in a session. Run, its answer could not be told from the first's; and whether
+            # run_call found it in flight depended on whether the first had already ended (a ping at once).
+            refused = GatewayError("invalid_request", "Invalid request: this id is already used in this batch")
+            replies.append(to_wire(refused, message.id)[0])
         elif message.kind == "request":
+            ids.add(message.id)
             requests.append(message)
         else:
             try:
