@@ -32,14 +32,24 @@ TOOLS_HINTS = {
 }
 
 
+def _row(item: dict[str, Any]) -> str:
+    """UPSTREAM/TOOL, state, the pin (`-`: none, a tool never pinned), the reason, and `seen` the definition a
+    quarantined tool serves now (what `tools approve --hash` accepts). Tool names and reasons come from
+    upstreams: shown() keeps their control characters off the terminal."""
+    cells = [f"{shown(item['upstream'])}/{shown(item['tool'])}", shown(item.get("state")),
+             shown(item["hash"]) if item.get("hash") else "-"]
+    if item.get("reason"):
+        cells.append(shown(item["reason"]))
+    if item.get("seen"):
+        cells.append(f"seen {shown(item['seen'])}")
+    return "\t".join(cells)
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.tools_command == "list":
         answer = request_json(args, "GET", "/api/tools", hints=TOOLS_HINTS, who="an administrator")
         with reading_answer(args):
-            # Tool names and reasons come from upstreams: shown() keeps their control characters off the terminal.
-            rows = [f"{shown(item['upstream'])}/{shown(item['tool'])}\t{shown(item.get('state'))}\t"
-                    f"{shown(item.get('hash'))}" + (f"\t{shown(item.get('reason'))}" if item.get("reason") else "")
-                    for item in expect_keys(answer, "items")["items"]]
+            rows = [_row(item) for item in expect_keys(answer, "items")["items"]]
         for row in rows:
             print(row)
         return 0
@@ -75,7 +85,9 @@ def add_tools_parsers(sub: Any) -> None:
 
     raw = argparse.RawDescriptionHelpFormatter
     common(sub.add_parser("list", help="pinned and quarantined tools", epilog=EXIT_STATUS, formatter_class=raw,
-                          description="List every upstream tool's pin: state (pinned | quarantined), hash, reason."))
+                          description="List every upstream tool's pin: state (pinned | quarantined), hash\n"
+                          "(- for none), reason and, for a quarantined tool, `seen`: the definition it serves\n"
+                          "now (what `tools approve --hash` accepts)."))
     approve = sub.add_parser("approve", help="accept a tool's current definition (lifts a quarantine)",
                              epilog=EXIT_STATUS, formatter_class=raw,
                              description="Pin UPSTREAM's TOOL to the definition last seen (or --hash).")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_tool_pinning import Env, make_env
+from tests.e2e.test_tool_pinning import Env, make_env, tool
 
 pytestmark = pytest.mark.asyncio
 
@@ -57,3 +57,22 @@ async def test_bad_or_unreachable_url_is_an_error_not_a_traceback() -> None:
         port = sock.getsockname()[1]
         code, _, err = await _cli("list", "--url", f"http://127.0.0.1:{port}", token="t")
     assert code == 3 and "cannot reach the gateway" in err and "Traceback" not in err
+
+
+async def test_list_shows_what_a_quarantined_tool_serves_and_no_python_none(start_gateway: Any, tmp_path: Path,
+                                                                            permissive_policies: Path) -> None:
+    """A tool never pinned (strict mode) has no hash: the row said `None`, and no row showed the definition served
+    now, the one `tools approve --hash` accepts; both rows now end with it."""
+    async for env in make_env(start_gateway, tmp_path, permissive_policies, "strict"):
+        assert "infra__deploy" not in await env.names()  # new: quarantined, awaiting approval
+        admin = env.token("carol", groups=["admins"])
+        code, out, _ = await _cli("list", "--url", env.gw.url, token=admin)
+        seen = (await env.record("deploy"))["seen"]
+        assert code == 0 and "None" not in out, out
+        assert f"infra/deploy\tquarantined\t-\tnew tool awaiting approval\tseen {seen}\n" in out, out
+        assert (await _cli("approve", "infra", "deploy", "--hash", seen, "--url", env.gw.url, token=admin))[0] == 0
+        env.tools["deploy"] = tool("deploy", destructive=True)  # the rug pull: quarantined beside its pin
+        assert "infra__deploy" not in await env.names()
+        record = await env.record("deploy")
+        code, out, _ = await _cli("list", "--url", env.gw.url, token=admin)
+        assert code == 0 and f"infra/deploy\tquarantined\t{seen}\t{record['reason']}\tseen {record['seen']}\n" in out
