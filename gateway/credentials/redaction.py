@@ -79,6 +79,7 @@ class Redactor:
         self._key_words = tuple(w for w in (_words(n) for n in names) if w)
         self._key_flat = frozenset("".join(w) for w in self._key_words)
         self._known: set[str] = set()
+        self._ordered: list[str] = []  # the same, longest first: the order they are replaced in
         self._key_cache: dict[str, bool] = {}
         for secret in known_secrets:
             self.add_known(secret)
@@ -87,6 +88,8 @@ class Redactor:
         """Also redact this exact value wherever it appears (secrets the gateway itself holds)."""
         if len(secret) >= 6:  # shorter values would redact ordinary words
             self._known.add(secret)
+            # Longest first: a value holding another (`Token abc…`, `abc…`) is replaced whole, whatever the set order.
+            self._ordered = sorted(self._known, key=len, reverse=True)
 
     def scrub_known(self, value: Any) -> Any:
         """`value` (an upstream's JSON answer) with the exact secrets the gateway holds replaced by [REDACTED], in
@@ -107,7 +110,7 @@ class Redactor:
 
     def _replace_known(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in self._known:
+            for secret in self._ordered:
                 if secret in value:
                     value = value.replace(secret, MARK)
             return value
@@ -129,7 +132,7 @@ class Redactor:
         return found
 
     def redact_text(self, text: str) -> str:
-        for secret in self._known:
+        for secret in self._ordered:
             if secret in text:
                 text = text.replace(secret, MARK)
         if PREFILTER.search(text) is None:

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.config.model import Config, RedisStore
+from gateway.config.model import Config, RedisStore, UpstreamConfig
 from gateway.context import Principal
 from gateway.credentials.as_revocation import Outcome
 from gateway.credentials.exchange import TokenExchanger
@@ -39,6 +39,28 @@ log = logging.getLogger("customs.credentials")
 RETENTION_MARGIN_S = 60.0
 # The key maintenance task re-checks at least this often, whatever it last computed.
 KEY_CHECK_MAX_S = 60.0
+
+
+# Headers that carry a credential whatever `secrets.redact_keys` says (as Redactor.redact_headers masks them).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def configured_secrets(upstream: UpstreamConfig, redactor: Redactor) -> list[str]:
+    """The secrets config gives this upstream besides a static credential (read and added by StaticCredentials): a
+    token exchange's client secret, and the values of secret-named static `headers` (`X-Api-Key`, `Authorization`)
+    and `env` entries of a stdio child (`GITHUB_TOKEN`: the only way to give one its key), with the token of a
+    `<scheme> <token>` value on its own too. The gateway holds them as it holds a static key, so an upstream quoting
+    one must not hand it to the agent; values under other names (`TZ`, `X-Region`) are ordinary text."""
+    found = [upstream.credentials.client_secret] if upstream.credentials.client_secret else []
+    named = [(name, value) for name, value in upstream.headers.items()
+             if name.lower() in CREDENTIAL_HEADERS or redactor.is_secret_key(name)]
+    named += [(name, value) for name, value in upstream.env.items() if redactor.is_secret_key(name)]
+    for _, value in named:
+        found.append(value)
+        scheme_and_token = value.split(None, 1)
+        if len(scheme_and_token) == 2:
+            found.append(scheme_and_token[1].strip())
+    return found
 
 
 class CredentialService:
@@ -74,8 +96,8 @@ class CredentialService:
         self.tasks.on_reset(self.minter.forget_task)
         self.static = StaticCredentials(upstreams, environ=environ, on_secret=self.redactor.add_known)
         for upstream in config.upstreams:
-            if upstream.credentials.client_secret:
-                self.redactor.add_known(upstream.credentials.client_secret)
+            for secret in configured_secrets(upstream, self.redactor):
+                self.redactor.add_known(secret)
         self.introspector = Introspector(self.keys, self.revocations, self.issuer, clock=clock)
         self.stage = CredentialStage(upstreams, self.minter, self.exchanger, self.tasks, self.static)
 

@@ -1,0 +1,61 @@
+"""Secrets given to upstreams outside `credentials:` are the gateway's secrets too: a secret-named static header
+(`headers: {X-Api-Key: ...}`, the usual way to pass an HTTP upstream its API key) and a secret-named `env` entry of a
+stdio child (`env: {GITHUB_TOKEN: ...}`, the only way to give a stdio server its key, since credentials need HTTP).
+An upstream quoting one was handing it to the agent (answers and messages were scrubbed of `credentials:` values
+only) and logs kept it; names that say nothing secret (`X-Region`, `TZ`) are left alone, so a tool's ordinary
+output is never blanked. Real gateway, real SDK upstreams, real SDK agent.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+
+from gateway.config.load import parse_config
+from gateway.credentials.service import CredentialService
+from tests.credentials.leaky_server import LEAKY_SERVER_PATH, leaky_server
+from tests.support.mcp_client import sdk_client
+from tests.support.servers import run_http_server
+
+pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+KEY = "k3y-Zx8vQp2Lm5Nw7"
+
+
+@pytest.mark.parametrize("transport", ["http", "stdio"])
+async def test_a_secret_named_header_or_env_value_is_taken_out_of_what_the_agent_gets(
+        transport: str, start_gateway: Any, permissive_policies: Path) -> None:
+    logs: list[str] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(str(params.data))
+
+    async with run_http_server(leaky_server(KEY)) as url:
+        upstream: dict[str, Any] = (
+            {"name": "leaky", "url": url, "headers": {"X-Api-Key": KEY, "X-Region": "region-north-7"}}
+            if transport == "http" else
+            {"name": "leaky", "command": [sys.executable, LEAKY_SERVER_PATH],
+             "env": {"LEAKY_KEY": KEY, "SERVICE_API_KEY": KEY, "TZ": "region-north-7"}})
+        gw = await start_gateway({"upstreams": [upstream], "identity": {"mode": "anonymous"},
+                                  "policies": {"dir": str(permissive_policies)}})
+        async with sdk_client(gw.mcp, logging_callback=on_log) as client:
+            result = await client.call_tool("leaky__chatter", {})
+    assert not result.is_error
+    # (on the old code: "log with k3y-Zx8vQp2Lm5Nw7")
+    assert logs == ["log with [REDACTED]"], logs
+
+
+def test_only_secret_named_values_are_known() -> None:
+    config = parse_config({"upstreams": [
+        {"name": "h", "url": "http://127.0.0.1:9/mcp",
+         "headers": {"X-Api-Key": "header-key-123", "Cookie": "sid=cookie-456", "X-Region": "region-north-7",
+                     "Authorization": "Token auth-value-789"}},
+        {"name": "s", "command": ["true"], "env": {"GITHUB_TOKEN": "ghtoken-value-1", "TZ": "Europe/Berlin"}}]})
+    redactor = CredentialService(config, environ={}).redactor
+    text = ("header-key-123 sid=cookie-456 auth-value-789 Token auth-value-789 ghtoken-value-1 region-north-7 "
+            "Europe/Berlin")
+    assert redactor.scrub_known(text) == ("[REDACTED] [REDACTED] [REDACTED] [REDACTED] [REDACTED] region-north-7 "
+                                          "Europe/Berlin")
