@@ -37,6 +37,11 @@ UNKNOWN_KID_COOLDOWN_S = 30.0
 _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1", "ES256K": "secp256k1"}
 
 
+# RFC 7518 §3.3: RS*/PS* keys MUST be 2048 bits or larger. The verifier refuses a token of a shorter one (PyJWT's
+# enforce_minimum_key_length, jwt.py); a key set of only such keys is reported as fitting no algorithm.
+MIN_RSA_BITS = 2048
+
+
 class KeySetError(ValueError):
     """A key source could not be read or holds no usable key."""
 
@@ -124,11 +129,17 @@ def keys_from_pem(data: bytes, origin: str) -> list[VerifyKey]:
     return [VerifyKey(None, key)]
 
 
+def _weak(key: VerifyKey) -> bool:
+    return isinstance(key.key, rsa.RSAPublicKey) and key.key.key_size < MIN_RSA_BITS
+
+
 def _describe(key: VerifyKey) -> str:
     """`kid` with its key type (and pinned alg), for messages."""
     kind = type(key.key).__name__.removeprefix("_").replace("PublicKey", "")
     if isinstance(key.key, ec.EllipticCurvePublicKey):
         kind = f"EC {key.key.curve.name}"
+    if _weak(key):
+        kind = f"RSA {key.key.key_size} bits, under {MIN_RSA_BITS}"
     pinned = f" alg {key.alg}" if key.alg else ""
     return f"{key.kid or '(no kid)'}: {kind}{pinned}"
 
@@ -136,7 +147,7 @@ def _describe(key: VerifyKey) -> str:
 def unfit(keys: Iterable[VerifyKey], algorithms: Iterable[str], origin: str) -> str | None:
     """Why no key can verify a token of any of `algorithms` (None: some key can)."""
     keys, algorithms = list(keys), list(algorithms)
-    if any(key.allows(alg) for key in keys for alg in algorithms):
+    if any(key.allows(alg) and not _weak(key) for key in keys for alg in algorithms):
         return None
     found = ", ".join(_describe(key) for key in keys)
     return f"{origin}: no key fits the issuer's algorithms {', '.join(algorithms)} (keys: {found})"

@@ -11,8 +11,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.cli import main
 from gateway.errors import GatewayError
 from tests.identity.conftest import AUDIENCE, MakeIdentifier, bearer
 from tests.support.tokens import SigningKey, TestIssuer
@@ -49,3 +51,30 @@ async def test_a_2048_bit_rsa_key_still_verifies(tmp_path: Path, make_identifier
     identifier = await make_identifier(issuer.config())
     assert (await identifier.identify(bearer(issuer.mint(SHOPPER, aud=AUDIENCE)), None)).id == SHOPPER
     assert json.loads(issuer.jwks_path.read_text())["keys"][0]["kid"] == "weak-2048"
+
+
+@pytest.mark.parametrize("source", ["file", "pem"])
+async def test_a_key_set_of_weak_rsa_keys_only_is_not_ready_and_says_why(tmp_path: Path, source: str,
+                                                                         make_identifier: MakeIdentifier) -> None:
+    """Every token of such an issuer is refused, so /readyz says so (as for keys of the wrong type), naming the size."""
+    issuer = _weak_issuer(tmp_path, 1024)
+    identifier = await make_identifier(issuer.config(source=source))
+    ready, detail = await identifier.readiness()
+    path = str(issuer.jwks_path if source == "file" else issuer.pem_path("RS256"))
+    kid = "weak-1024: " if source == "file" else "(no kid): "
+    pinned = " alg RS256" if source == "file" else ""
+    assert not ready and detail == {path: f"{path}: no key fits the issuer's algorithms RS256 "
+                                          f"(keys: {kid}RSA 1024 bits, under 2048{pinned})"}, detail
+
+
+def test_config_check_refuses_a_key_file_of_weak_rsa_keys_only(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    issuer = _weak_issuer(tmp_path, 1024)
+    path = tmp_path / "customs.yaml"
+    path.write_text(yaml.safe_dump({"upstreams": [{"name": "ok", "url": "http://127.0.0.1:1/mcp"}],
+                                    "identity": {"mode": "jwt", "issuers": [issuer.config()]}}))
+    code = main(["config", "check", str(path)])
+    err = capsys.readouterr().err
+    line = (f"  identity.issuers[0].jwks_file: {issuer.jwks_path}: no key fits the issuer's algorithms RS256 "
+            f"(keys: weak-1024: RSA 1024 bits, under 2048 alg RS256)")
+    assert code == 2 and line in err.splitlines(), err
