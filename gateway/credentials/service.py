@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from gateway.config.model import Config, RedisStore, UpstreamConfig
@@ -47,10 +48,11 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 
 def configured_secrets(upstream: UpstreamConfig, redactor: Redactor) -> list[str]:
     """The secrets config gives this upstream besides a static credential (read and added by StaticCredentials): a
-    token exchange's client secret, and the values of secret-named static `headers` (`X-Api-Key`, `Authorization`)
-    and `env` entries of a stdio child (`GITHUB_TOKEN`: the only way to give one its key), with the token of a
-    `<scheme> <token>` value on its own too. The gateway holds them as it holds a static key, so an upstream quoting
-    one must not hand it to the agent; values under other names (`TZ`, `X-Region`) are ordinary text."""
+    token exchange's client secret, the values of secret-named static `headers` (`X-Api-Key`, `Authorization`) and
+    `env` entries of a stdio child (`GITHUB_TOKEN`: the only way to give one its key), with the token of a
+    `<scheme> <token>` value on its own too, and the password of the upstream URL's user info. The gateway holds
+    them as it holds a static key, so an upstream quoting one must not hand it to the agent; values under other
+    names (`TZ`, `X-Region`) are ordinary text."""
     found = [upstream.credentials.client_secret] if upstream.credentials.client_secret else []
     named = [(name, value) for name, value in upstream.headers.items()
              if name.lower() in CREDENTIAL_HEADERS or redactor.is_secret_key(name)]
@@ -60,7 +62,22 @@ def configured_secrets(upstream: UpstreamConfig, redactor: Redactor) -> list[str
         scheme_and_token = value.split(None, 1)
         if len(scheme_and_token) == 2:
             found.append(scheme_and_token[1].strip())
-    return found
+    return found + _user_info_secrets(upstream.url)
+
+
+def _user_info_secrets(url: str | None) -> list[str]:
+    """The password of a URL's user info, and the HTTP Basic value the transport sends for it (as aiohttp encodes
+    it): an upstream quoting the request it was sent would show either."""
+    if not url or "@" not in url:
+        return []
+    try:
+        parsed = yarl.URL(url)
+    except ValueError:  # (config validation has refused it already)
+        return []
+    if not parsed.password:
+        return []
+    basic = aiohttp.BasicAuth(parsed.user or "", parsed.password).encode().split(" ", 1)[1]
+    return [parsed.password, basic]
 
 
 class CredentialService:

@@ -8,6 +8,7 @@ output is never blanked. Real gateway, real SDK upstreams, real SDK agent.
 
 from __future__ import annotations
 
+import base64
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,23 @@ def test_only_secret_named_values_are_known() -> None:
             "Europe/Berlin")
     assert redactor.scrub_known(text) == ("[REDACTED] [REDACTED] [REDACTED] [REDACTED] [REDACTED] region-north-7 "
                                           "Europe/Berlin")
+
+
+async def test_the_password_of_an_upstream_urls_user_info_is_taken_out(start_gateway: Any,
+                                                                        permissive_policies: Path) -> None:
+    # The URL's user info is sent as HTTP Basic (test_cred_url_user_info.py): the password, and the header's value
+    # an upstream quoting its request would show, are the gateway's.
+    logs: list[str] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(str(params.data))
+
+    basic = base64.b64encode(f"customs:{KEY}".encode()).decode()
+    async with run_http_server(leaky_server(f"{KEY} / Basic {basic}")) as url:
+        with_user_info = url.replace("http://", f"http://customs:{KEY}@")
+        gw = await start_gateway({"upstreams": [{"name": "leaky", "url": with_user_info}],
+                                  "identity": {"mode": "anonymous"}, "policies": {"dir": str(permissive_policies)}})
+        async with sdk_client(gw.mcp, logging_callback=on_log) as client:
+            assert not (await client.call_tool("leaky__chatter", {})).is_error
+    # (on the old code: the password and the base64 of customs:<password>)
+    assert logs == ["log with [REDACTED] / Basic [REDACTED]"], logs
