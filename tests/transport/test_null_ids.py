@@ -2,7 +2,8 @@
 be null; a notification has no `id` member at all). From the agent such a message is answered -32600 Invalid
 Request with id null, on every endpoint and in a batch, and reaches no upstream; from an upstream, a server→client
 request with id null is dropped (no answer can name it) and never reaches the client, and a response with id null
-completes no call in flight (real gateway, a hand-written recording upstream, an SDK client and a stdio child)."""
+completes no call in flight (real gateway, hand-written streamable HTTP and legacy SSE upstreams, a stdio child, an
+SDK client)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,46 @@ async def recording_upstream(seen: list[dict[str, Any]]) -> AsyncIterator[str]:
     app.router.add_delete("/mcp", no_stream)
     async with run_aiohttp(app) as base:
         yield f"{base}/mcp"
+
+
+@asynccontextmanager
+async def legacy_sse_upstream() -> AsyncIterator[str]:
+    """The same upstream over the 2024-11-05 HTTP+SSE transport (all its messages on the one GET stream)."""
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    answered: list[Any] = []
+    call: list[Any] = []
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"event: endpoint\ndata: /messages?session=1\n\n")
+        while True:
+            item = await queue.get()
+            await response.write(b"event: message\ndata: " + json.dumps(item).encode() + b"\n\n")
+
+    async def post(request: web.Request) -> web.Response:
+        message = json.loads(await request.read())
+        if "method" not in message:
+            answered.append(message.get("id"))
+            if message.get("id") == "good":
+                text = json.dumps(answered)
+                queue.put_nowait({"jsonrpc": "2.0", "id": call[0], "result": {"content": [{"type": "text",
+                                                                                           "text": text}]}})
+        elif message["method"] == "tools/call":
+            call.append(message["id"])
+            for item in [*NULL_REQUESTS, NULL_RESPONSE, GOOD_ASK]:
+                queue.put_nowait(item)
+        elif "id" in message:
+            result = INIT_RESULT if message["method"] == "initialize" else TOOLS if message[
+                "method"] == "tools/list" else {}
+            queue.put_nowait({"jsonrpc": "2.0", "id": message["id"], "result": result})
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_get("/sse", sse)
+    app.router.add_post("/messages", post)
+    async with run_aiohttp(app, shutdown_timeout=1) as base:
+        yield f"{base}/sse"
 
 
 # The same upstream over stdio: its answers are the lines it read that carry no method.
@@ -213,11 +254,12 @@ async def test_legacy_messages_with_id_null_is_invalid_request(start_gateway: An
     assert not [m for m in seen if m.get("method") in ("tools/call", NULL_NOTICE["method"])]
 
 
-@pytest.mark.parametrize("transport", ["http", "stdio"])
+@pytest.mark.parametrize("transport", ["http", "sse", "stdio"])
 async def test_an_upstream_message_with_id_null_reaches_no_one(start_gateway: Any, transport: str) -> None:
     seen: list[dict[str, Any]] = []
-    async with recording_upstream(seen) as url:
+    async with recording_upstream(seen) as url, legacy_sse_upstream() as sse_url:
         upstream: dict[str, Any] = {"name": "rec", "url": url} if transport == "http" else {
+            "name": "rec", "url": sse_url, "transport": "sse"} if transport == "sse" else {
             "name": "rec", "command": [sys.executable, "-c", CHILD, json.dumps(INIT_RESULT), json.dumps(TOOLS),
                                        json.dumps([*NULL_REQUESTS, NULL_RESPONSE]), json.dumps(GOOD_ASK)]}
         gw = await _gateway(start_gateway, upstream)
