@@ -179,7 +179,7 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
         rate=parts.limiter.rate, facts=parts.facts, slot=parts.limiter.concurrency))
     router = Router(sessions, catalog, pipeline, parts.authorizer, parts.guard,
                     {u.name: u.timeout_s for u in config.upstreams}, upstream_call=calls,
-                    notified=obs.upstream_notices())
+                    notified=obs.upstream_notices(), scrub=parts.credentials.redactor.scrub_known)
     endpoint = McpEndpoint(identifier=parts.identifier, sessions=sessions, router=router,
                            upstream_names=frozenset(upstreams), max_body_bytes=config.listen.max_body_bytes,
                            body_timeout_s=config.listen.body_timeout_s,
@@ -189,7 +189,7 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     if config.pinning.mode != "off":
         owners.append(PinWatcher(catalog, parts.guard, upstreams, config.pinning.verify_interval_s,
                                  gateway_headers(catalog, parts.credentials.static),
-                                 upstream_call=obs.upstream_calls()))
+                                 upstream_call=obs.upstream_calls(), scrub=parts.credentials.redactor.scrub_known))
     return Gateway(config=config, http=http, parts=parts, sessions=sessions, catalog=catalog,
                    endpoint=endpoint, owners=owners)
 

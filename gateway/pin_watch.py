@@ -56,8 +56,11 @@ class PinWatcher:
     """Owned by the app lifecycle: `start` launches the periodic pass, `close` stops it."""
 
     def __init__(self, catalog: Catalog, guard: ToolGuard, upstreams: Mapping[str, Upstream], interval_s: float,
-                 own_headers: OwnHeaders, *, upstream_call: UpstreamCall | None = None) -> None:
+                 own_headers: OwnHeaders, *, upstream_call: UpstreamCall | None = None,
+                 scrub: Callable[[Any], Any] | None = None) -> None:
         self._catalog = catalog
+        # As Router.fetch scrubs the lists it pins: a description quoting the gateway's key must hash the same here.
+        self._scrub = scrub
         self._guard = guard
         self._upstreams = upstreams
         self._interval_s = interval_s
@@ -128,6 +131,8 @@ class PinWatcher:
                     answer = await session.request(message, headers=dict(headers), timeout=timeout)
                 else:
                     answer = await self._upstream_call(upstream, session, message, dict(headers), None, timeout)
+                if self._scrub is not None:
+                    answer = self._scrub(answer)
                 result = answer.get("result")
                 if not isinstance(result, dict):
                     raise GatewayError("upstream_error", "tools/list answered without a result")

@@ -83,8 +83,11 @@ class Router:
 
     def __init__(self, sessions: SessionManager, catalog: Catalog, pipeline: Pipeline, authorizer: Authorizer,
                  guard: ToolGuard, timeouts: Mapping[str, float], *, upstream_call: UpstreamCall | None = None,
-                 notified: NotificationHook | None = None) -> None:
+                 notified: NotificationHook | None = None, scrub: Callable[[Any], Any] | None = None) -> None:
         self._sessions = sessions
+        # The exact secrets the gateway holds taken out of what the router's own requests answer (a tool
+        # description or a completion quoting the static key the upstream was given), as ForwardStage does for calls.
+        self._scrub = scrub
         self._upstream_call = upstream_call  # None with tracing off: the plain send, nothing in between
         self._notified = notified  # what upstreams send during a call, traced (None: tracing off)
         self._catalog = catalog
@@ -127,6 +130,8 @@ class Router:
             response = await session.request(message, headers=headers, on_message=relay, timeout=timeout)
         else:
             response = await self._upstream_call(upstream, session, message, headers, relay, timeout)
+        if self._scrub is not None:
+            response = self._scrub(response)
         if "error" in response:
             raise UpstreamErrorResponse(response["error"])
         result = response.get("result")

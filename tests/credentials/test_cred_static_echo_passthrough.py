@@ -65,10 +65,8 @@ async def test_the_upstreams_own_initialize_answer_has_the_key_taken_out(
     assert info is not None and info.title == "opened with [REDACTED]", info
 
 
-# Lists, completion/complete, resources/subscribe and logging/setLevel reach the upstream through Router.fetch, which
-# passes the answer (and a JSON-RPC error's data) on unscrubbed; router.py is the lead's: the proposed one-line change
-# (scrub the response in fetch, as ForwardStage does) makes this pass, and then the marker goes.
-@pytest.mark.xfail(strict=True, reason="Router.fetch does not scrub the upstream's answer yet (router.py)")
+# Lists, completion/complete, resources/subscribe and logging/setLevel reach the upstream through Router.fetch
+# (on the old code it passed the answer, and a JSON-RPC error's data, on unscrubbed).
 async def test_list_and_completion_answers_have_the_key_taken_out(
         start_gateway: Any, permissive_policies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with run_http_server(quoting_server()) as url:
@@ -79,3 +77,22 @@ async def test_list_and_completion_answers_have_the_key_taken_out(
                                          {"name": "name", "value": "a"})
     assert [t.description for t in tools.tools] == ["Searches with [REDACTED]"], tools
     assert completed.completion.values == ["a-[REDACTED]"], completed
+
+
+# The pin watch lists tools on its own (gateway/pin_watch.py), not through Router.fetch: on the old code it pinned the
+# description as the upstream sent it, the key in it, while the router had pinned it scrubbed, so the first watch pass
+# saw a changed description and quarantined the tool.
+async def test_the_pin_watch_sees_the_same_scrubbed_description(
+        start_gateway: Any, permissive_policies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.pin_watch import PinWatcher
+
+    async with run_http_server(quoting_server()) as url:
+        gw = await _gateway(start_gateway, permissive_policies, url, monkeypatch)
+        async with sdk_client(gw.mcp) as c:
+            assert [t.name for t in (await c.list_tools()).tools] == ["quoting__search"]
+            (watcher,) = [o for o in gw.gateway.owners if isinstance(o, PinWatcher)]
+            await watcher.verify_all()
+            tools = await c.list_tools()
+            result = await c.call_tool("quoting__search", {"query": "q"})
+    assert [t.description for t in tools.tools] == ["Searches with [REDACTED]"], tools
+    assert not result.is_error and "q" in str(result.content[0]), result
