@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.catalog import Catalog, exposed_uri
-from gateway.errors import INVALID_REQUEST
+from gateway.errors import INVALID_REQUEST, GatewayError
 from gateway.jsonrpc import is_id
 from gateway.transport.base import Message, UpstreamSession
 from gateway.transport.common import id_key, progress_token
@@ -117,6 +117,16 @@ def _scrubbed(scrub: Callable[[Any], Any], message: Message) -> Message:
         return message
     scrubbed = scrub(params)
     return message if scrubbed is params else {**message, "params": scrubbed}
+
+
+def scrub_error(scrub: Callable[[Any], Any] | None, exc: GatewayError) -> GatewayError:
+    """`exc` with the secrets the gateway holds taken out of its message and data (Redactor.scrub_known), in place:
+    an upstream refusing `initialize` quotes its refusal there ("invalid API key <the key it was sent>",
+    transport/common.py check_initialize), and the agent gets both."""
+    if scrub is not None:
+        exc.message, exc.data = scrub(exc.message), scrub(exc.data)
+        exc.args = (f"{exc.reason}: {exc.message}",)
+    return exc
 
 
 def envelope_flaw(message: Message) -> str | None:

@@ -29,7 +29,7 @@ from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.jsonrpc import dumps
 from gateway.outbox import Outbox
-from gateway.server_messages import NotificationHook, SendFn, ServerRequestRoute, route_server_message
+from gateway.server_messages import NotificationHook, SendFn, ServerRequestRoute, route_server_message, scrub_error
 from gateway.transport.base import ConnectParams, Message, Upstream, UpstreamSession
 
 log = logging.getLogger("customs.sessions")
@@ -358,8 +358,11 @@ class SessionManager:
                 params = ConnectParams(protocol_version=_handshake_version(session.protocol_version),
                                        client_info=session.client_info, capabilities=session.capabilities,
                                        trace_context=trace)
-                connected = await self._upstreams[upstream].connect(params, handler, headers,
-                                                                    credentials=credentials)
+                try:
+                    connected = await self._upstreams[upstream].connect(params, handler, headers,
+                                                                        credentials=credentials)
+                except GatewayError as exc:
+                    raise scrub_error(self._scrub, exc) from exc.__cause__
             if session.closed:
                 # Ended while connecting (a legacy SSE client left during its initialize): `end` closed the
                 # upstreams it knew of, not this one, which would stay open (a stdio view attached) for good.

@@ -1,0 +1,59 @@
+"""An upstream that refuses the gateway's `initialize` quoting the key it was sent ("invalid API key sk-…", a common
+answer) does not hand that key to the agent: the gateway's upstream_error names the upstream's refusal (its message
+and, in `data.upstream_error`, its error) with the secrets the gateway holds taken out, as from any answer of the
+upstream. Real gateway, a raw aiohttp upstream, real SDK agent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.support.servers import run_aiohttp
+
+KEY = "sk-static-Qw3rTy-9f8e7d6c"
+
+
+async def refuse(request: web.Request) -> web.Response:
+    """Refuse every initialize, quoting the Authorization header it got."""
+    message = json.loads(await request.read())
+    if "id" not in message:
+        return web.Response(status=202)
+    given = request.headers.get("Authorization", "")
+    return web.json_response({"jsonrpc": "2.0", "id": message["id"],
+                              "error": {"code": -32001, "message": f"invalid API key {given}",
+                                        "data": {"authorization": given, "hint": f"{KEY} is revoked"}}})
+
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": "agent", "version": "1"}}}
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+
+
+async def test_a_refused_initialize_does_not_quote_the_key_to_the_agent(
+        start_gateway: Any, permissive_policies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFUSED_KEY", KEY)
+    app = web.Application()
+    app.router.add_post("/mcp", refuse)
+    async with run_aiohttp(app) as base:
+        gw = await start_gateway({
+            "upstreams": [{"name": "refusing", "url": f"{base}/mcp",
+                           "credentials": {"mode": "static", "value_env": "REFUSED_KEY", "value_prefix": "Bearer "}}],
+            "identity": {"mode": "anonymous"}, "policies": {"dir": str(permissive_policies)}})
+        async with aiohttp.ClientSession() as http:
+            # /mcp/{upstream} opens the upstream's session at the agent's initialize and answers its refusal.
+            async with http.post(f"{gw.mcp}/refusing", json=INIT, headers=ACCEPT) as response:
+                answer = await response.json()
+    error = answer["error"]
+    # (on the old code: "upstream rejected initialize: invalid API key Bearer sk-static-…", the same in data)
+    assert KEY not in json.dumps(answer), answer
+    assert error["data"]["reason"] == "upstream_error", error
+    assert error["message"] == "upstream rejected initialize: invalid API key Bearer [REDACTED]", error
+    assert error["data"]["upstream_error"]["data"] == {"authorization": "Bearer [REDACTED]",
+                                                       "hint": "[REDACTED] is revoked"}, error
