@@ -44,7 +44,8 @@ TWO_HEADERS = "More than one Authorization header; send one"
 class Refused(Exception):
     """An approver request refused with an HTTP status and a stable reason."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, *, no_credential: bool = False) -> None:
+        self.no_credential = no_credential  # none was sent: RFC 6750 §3.1, the challenge names no error
         self.status = status
         self.reason = reason
         self.message = message
@@ -58,7 +59,7 @@ class Refused(Exception):
             return {}
         if self.message in (QUERY_TOKEN, TWO_HEADERS):  # a malformed request, as /mcp answers it (identity/)
             return {"WWW-Authenticate": 'Bearer error="invalid_request"'}
-        invalid = self.message not in (NO_CREDENTIALS, WRONG_SCHEME, DPOP_SCHEME)  # RFC 6750 §3.1: no credential
+        invalid = not self.no_credential and self.message not in (NO_CREDENTIALS, WRONG_SCHEME, DPOP_SCHEME)
         return {"WWW-Authenticate": 'Bearer error="invalid_token"' if invalid else "Bearer"}
 
 
@@ -165,7 +166,16 @@ class ApproverAuth:
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
             return Approver(await self.identify_token(cookie), "cookie", token_key(cookie))
-        raise Refused(401, "unauthenticated", NO_CREDENTIALS)
+        raise Refused(401, "unauthenticated", await self._no_credentials(), no_credential=True)
+
+    async def _no_credentials(self) -> str:
+        """What a request with no credential is told: in anonymous mode no token could work, so say that (as a
+        token sent there hears), not "sign in", which sends a person looking for one."""
+        try:
+            nobody = await self._identifier.identify(CIMultiDict(), None)
+        except GatewayError:
+            return NO_CREDENTIALS  # a token is required: the usual case
+        return ANONYMOUS_MODE.format(who="approve") if nobody.anonymous else NO_CREDENTIALS
 
     @staticmethod
     def pasted_token(pasted: str) -> str:

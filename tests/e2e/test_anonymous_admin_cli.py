@@ -39,3 +39,21 @@ async def test_approvals_and_tools_on_an_anonymous_gateway_say_no_token_can_work
         assert code == 1, err
         assert "identity.mode: anonymous" in err and "identity.mode: jwt" in err, err
         assert "your token is valid" not in err
+
+
+async def test_the_approvals_api_without_a_token_says_anonymous_mode_too(start_gateway: Any) -> None:
+    """No token at all (a browser, curl): the same explanation, with the no-credential challenge (RFC 6750 §3.1).
+    On the old code: "sign in with a bearer token", which sends a person looking for a token that cannot work."""
+    import aiohttp
+
+    gw = await start_gateway({
+        "upstreams": [{"name": "a", "url": "http://127.0.0.1:9/mcp"}],
+        "identity": {"mode": "anonymous"},
+        "policies": {"dir": str(REPO / "policies")},
+    })
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/api/approvals") as response:
+        body = await response.json()
+        assert response.status == 401, body
+        assert response.headers["WWW-Authenticate"] == "Bearer", response.headers
+    assert body["error"]["reason"] == "unauthenticated", body
+    assert "identity.mode: anonymous" in body["error"]["message"], body
