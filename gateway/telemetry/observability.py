@@ -404,6 +404,3 @@ class Observability:
                 at = min(at, due)  # found by a sweep or a read, seconds later: it waited until it was due
             if isinstance(at, int | float) and isinstance(held, int | float):
                 self.metrics.approval_waited(max(0.0, at - held), str(transition))
-
-    def revoked(self, jti: str, **fields: Any) -> None:
-        self.log.event("revocation", jti=jti, **fields)
