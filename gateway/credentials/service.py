@@ -50,9 +50,9 @@ def configured_secrets(upstream: UpstreamConfig, redactor: Redactor) -> list[str
     """The secrets config gives this upstream besides a static credential (read and added by StaticCredentials): a
     token exchange's client secret, the values of secret-named static `headers` (`X-Api-Key`, `Authorization`) and
     `env` entries of a stdio child (`GITHUB_TOKEN`: the only way to give one its key), with the token of a
-    `<scheme> <token>` value on its own too, and the password of the upstream URL's user info. The gateway holds
-    them as it holds a static key, so an upstream quoting one must not hand it to the agent; values under other
-    names (`TZ`, `X-Region`) are ordinary text."""
+    `<scheme> <token>` value on its own too, secret-named options of a stdio command (`--api-key KEY`), and the
+    password of the upstream URL's user info. The gateway holds them as it holds a static key, so an upstream
+    quoting one must not hand it to the agent; values under other names (`TZ`, `X-Region`) are ordinary text."""
     found = [upstream.credentials.client_secret] if upstream.credentials.client_secret else []
     named = [(name, value) for name, value in upstream.headers.items()
              if name.lower() in CREDENTIAL_HEADERS or redactor.is_secret_key(name)]
@@ -62,7 +62,25 @@ def configured_secrets(upstream: UpstreamConfig, redactor: Redactor) -> list[str
         scheme_and_token = value.split(None, 1)
         if len(scheme_and_token) == 2:
             found.append(scheme_and_token[1].strip())
-    return found + _user_info_secrets(upstream.url)
+    return found + _option_secrets(upstream.command or (), redactor) + _user_info_secrets(upstream.url)
+
+
+def _option_secrets(command: tuple[str, ...], redactor: Redactor) -> list[str]:
+    """The values of a stdio command's secret-named options (`--api-key KEY`, `--token=KEY`): how many stdio
+    servers take their key when not from the environment."""
+    found, args = [], command[1:]
+    for index, option in enumerate(args):
+        following = args[index + 1] if index + 1 < len(args) else None
+        if not option.startswith("-"):
+            continue
+        name, equals, value = option.lstrip("-").partition("=")
+        if not redactor.is_secret_key(name):
+            continue
+        if equals:
+            found.append(value)
+        elif following is not None and not following.startswith("-"):
+            found.append(following)
+    return found
 
 
 def _user_info_secrets(url: str | None) -> list[str]:

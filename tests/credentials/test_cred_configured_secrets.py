@@ -80,3 +80,13 @@ async def test_the_password_of_an_upstream_urls_user_info_is_taken_out(start_gat
             assert not (await client.call_tool("leaky__chatter", {})).is_error
     # (on the old code: the password and the base64 of customs:<password>)
     assert logs == ["log with [REDACTED] / Basic [REDACTED]"], logs
+
+
+def test_a_secret_named_option_of_a_stdio_command_is_known() -> None:
+    # `command: [server, --api-key, KEY]` or `--token=KEY`: how many stdio servers take their key, when not by env.
+    config = parse_config({"upstreams": [
+        {"name": "s", "command": ["server", "--api-key", "argv-key-123", "--token=argv-token-456", "--region",
+                                  "region-north-7", "--api-key"]}]})
+    redactor = CredentialService(config, environ={}).redactor
+    assert redactor.scrub_known("argv-key-123 argv-token-456 region-north-7 server") == (
+        "[REDACTED] [REDACTED] region-north-7 server")
