@@ -16,7 +16,7 @@ import aiohttp
 
 from gateway.errors import GatewayError
 from gateway.transport.base import HeadersSource, Message, MessageHandler
-from gateway.transport.common import check_response, is_response
+from gateway.transport.common import BATCH_REVISIONS, check_response, is_response
 from gateway.transport.events import SseCursor, iter_sse, media_type, parse_json, read_json_body
 from gateway.transport.http_base import HttpUpstreamBase, deliver
 
@@ -32,6 +32,9 @@ class AnswerSession(Protocol):
 
     @property
     def upstream(self) -> HttpUpstreamBase: ...
+
+    @property
+    def protocol_version(self) -> str | None: ...
 
     def headers(self, extra: Mapping[str, str] | None, **kwargs: Any) -> dict[str, str]:
         """The session's headers for a request to the upstream, `extra` (a credential) added."""
@@ -118,6 +121,10 @@ async def _read_events(session: AnswerSession, response: aiohttp.ClientResponse,
             if event.event != "message" or not event.data.strip():
                 continue  # priming events (id only) and foreign event types carry no message
             message = parse_json(event.data)
+            if type(message) is list:
+                if (answer := await _batch(session, message, upstream_id, handler)) is not None:
+                    return answer
+                continue
             if not isinstance(message, dict):
                 raise GatewayError("upstream_error", "upstream sent an invalid JSON-RPC message")
             if is_response(message):
@@ -127,3 +134,24 @@ async def _read_events(session: AnswerSession, response: aiohttp.ClientResponse,
         if cursor.last_id is None:
             raise  # nothing to resume from: a broken connection, as before
     return None
+
+
+async def _batch(session: AnswerSession, batch: list[Any], upstream_id: int, handler: MessageHandler | None
+                 ) -> Message | None:
+    """A JSON-RPC batch on a request's stream: from an upstream that negotiated 2025-03-26 (its one revision with
+    batches: "these responses MAY be batched"), each member as if it came in an event of its own, the answer returned
+    once the whole batch is handed on; under any other revision it breaks the protocol, upstream_error."""
+    if session.protocol_version not in BATCH_REVISIONS:
+        raise GatewayError("upstream_error", f"upstream sent a JSON-RPC batch, which protocol revision "
+                           f"{session.protocol_version} does not have", data={"upstream": session.upstream.name})
+    if not batch or not all(isinstance(item, dict) for item in batch):
+        raise GatewayError("upstream_error", "upstream sent an invalid JSON-RPC batch")
+    answer = None
+    for item in batch:
+        if is_response(item):
+            if answer is not None:  # one request was sent on this stream: a second answer answers nothing
+                raise GatewayError("upstream_error", "upstream sent two answers to one request in a batch")
+            answer = check_response(item, upstream_id)
+        else:
+            await deliver(handler, item, session.upstream.log)
+    return answer

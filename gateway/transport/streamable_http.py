@@ -27,6 +27,7 @@ from gateway import jsonrpc
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, HeadersSource, Message, MessageHandler, SentId
 from gateway.transport.common import (
+    BATCH_REVISIONS,
     TOOLS_CHANGED,
     HeldSubscriptions,
     SessionClock,
@@ -105,6 +106,11 @@ class StreamableHttpSession:
     @property
     def upstream(self) -> StreamableHttpUpstream:
         return self._up
+
+    @property
+    def protocol_version(self) -> str | None:
+        """The revision the upstream negotiated (None before initialize, or for a stateless upstream)."""
+        return self._version
 
     async def open(self) -> None:
         """initialize → record session id and version → notifications/initialized → GET stream."""
@@ -347,5 +353,10 @@ class StreamableHttpSession:
         except GatewayError:
             self._up.log.warning("ignoring invalid JSON on the GET stream")
             return
-        if isinstance(message, dict) and not is_response(message):
+        if isinstance(message, list) and self._version in BATCH_REVISIONS:
+            # 2025-03-26 may batch what it sends (its one revision with batches): each as if in an event of its own.
+            for item in message:
+                if isinstance(item, dict) and not is_response(item):
+                    await deliver(self._on_message, item, self._up.log)
+        elif isinstance(message, dict) and not is_response(message):
             await deliver(self._on_message, message, self._up.log)

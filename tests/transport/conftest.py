@@ -208,7 +208,8 @@ async def scripted() -> AsyncIterator[Callable[..., Awaitable[Scripted]]]:
     runners: list[web.AppRunner] = []
 
     async def start(on_request: CallHandler,
-                    on_get: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None) -> Scripted:
+                    on_get: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
+                    init_result: dict[str, Any] | None = None) -> Scripted:
         state = Scripted("")
 
         async def mcp(request: web.Request) -> web.StreamResponse:
@@ -221,7 +222,7 @@ async def scripted() -> AsyncIterator[Callable[..., Awaitable[Scripted]]]:
             message = json.loads(await request.read())
             state.seen.append(("POST", message))
             if message.get("method") == "initialize":
-                return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": INIT_RESULT},
+                return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": init_result or INIT_RESULT},
                                          headers={"Mcp-Session-Id": "s-1"})
             if "id" not in message or "method" not in message:
                 return web.Response(status=202)
