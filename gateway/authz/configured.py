@@ -4,7 +4,8 @@ The config is loaded as `customs serve` loads it (gateway.config.load_config: re
 directory, `${ENV}` references, every problem with its path). Claims are turned into a principal by the gateway's
 own code (gateway/identity/claims.py): the `identity.issuers[]` entry their `iss` names (its `claims:` mapping
 and `spiffe_trust_domains`), the `agents:` registry and `policies.max_chain_depth`. Only what a token's
-verification checks (signature, audience, times, header) is not checked: the claims stand for a verified token's.
+verification checks (signature, audience, times, header) is not checked: the claims stand for a verified token's;
+a `cnf` claim (a sender-constrained token, which verification refuses whatever its signature) is refused here too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.context import Principal
 from gateway.identity.chain import ChainError
 from gateway.identity.claims import mtls_principal, token_principal
-from gateway.identity.jwt import TokenError, unknown_issuer
+from gateway.identity.jwt import SENDER_CONSTRAINED, TokenError, unknown_issuer
 from gateway.identity.spiffe import InvalidSpiffeId, svid_id
 
 
@@ -58,6 +59,8 @@ class Deployment:
         if iss not in issuers:
             raise CaseError(f"{where}: iss: {unknown_issuer(iss, issuers)} (identity.issuers: {named}; the gateway "
                             "answers its tokens 401)")
+        if "cnf" in claims:  # refused by verification whatever the key (identity/jwt.py): no bound token is taken
+            raise Refused(SENDER_CONSTRAINED)
         try:
             return token_principal(claims, issuers[iss], self.config.agents,
                                    max_chain_depth=self.config.policies.max_chain_depth,

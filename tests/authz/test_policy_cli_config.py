@@ -119,6 +119,14 @@ def test_a_spiffe_id_of_another_trust_domain_is_refused(tmp_path: Path) -> None:
                                  f"{ISS} may assert")
 
 
+def test_a_sender_constrained_token_is_refused_as_identify_refuses_it(tmp_path: Path) -> None:
+    # The gateway refuses any token with a `cnf` claim (identity/jwt.py): the offline answer must not be allow.
+    config = _config(tmp_path)
+    code, report, _ = explain("--config", config, "--principal-claims", _claims(cnf={"jkt": "0ZcOCORZNYy"}), *READ)
+    assert code == 1 and report is not None and report["outcome"] == "unauthenticated"
+    assert report["message"].startswith("Token is sender-constrained (cnf claim)")
+
+
 @pytest.mark.parametrize("claims, expected", [
     ({"sub": SHOPPER, "org": "acme"}, "--principal-claims: no `iss`"),
     ({"iss": ISS + "/", "sub": SHOPPER},
