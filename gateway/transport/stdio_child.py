@@ -36,6 +36,17 @@ SPAWN_CANCEL_S = 1.0  # a child cancelled while being created is killed and gone
 STARTUP_S = 60.0
 
 
+
+def initialize_failure(exc: BaseException) -> str:
+    """The health detail of a failed initialize, in the gateway's words: a refusal by its JSON-RPC code, never its
+    message or data (the child's own text: "invalid API key <the key>")."""
+    if not isinstance(exc, GatewayError) or not str(exc):
+        return "initialize timed out"
+    refusal = exc.data.get("upstream_error")
+    if isinstance(refusal, dict):
+        return f"initialize failed: the child refused it (JSON-RPC error {refusal.get('code')!r})"
+    return f"initialize failed: {exc.message}"[:200]
+
 class ChildEvents(Protocol):
     """What the upstream sharing the child does as the child comes and goes."""
 
@@ -222,8 +233,11 @@ class StdioChild:
                 await self.write(INITIALIZED)
         except (GatewayError, TimeoutError) as exc:
             self.breaker.failure()
-            self._detail = f"initialize failed: {exc}"[:200] if str(exc) else "initialize timed out"
-            self.log.error("upstream %s: %s", self.name, self._detail)
+            self._detail = initialize_failure(exc)
+            # The child's own words in the log only (redacted there): its refusal may quote the key it was given
+            # (env, an option), and the detail goes to /readyz and to agents (upstream_unavailable).
+            self.log.error("upstream %s: %s", self.name, f"initialize failed: {exc}"[:200] if str(exc)
+                           else self._detail)
             return False
         finally:
             self._table.discard(pending)

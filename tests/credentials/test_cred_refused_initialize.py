@@ -7,6 +7,7 @@ upstream. Real gateway, a raw aiohttp upstream, real SDK agent.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.support.servers import run_aiohttp
+from tests.transport.conftest import eventually
 
 KEY = "sk-static-Qw3rTy-9f8e7d6c"
 
@@ -57,3 +59,36 @@ async def test_a_refused_initialize_does_not_quote_the_key_to_the_agent(
     assert error["message"] == "upstream rejected initialize: invalid API key Bearer [REDACTED]", error
     assert error["data"]["upstream_error"]["data"] == {"authorization": "Bearer [REDACTED]",
                                                        "hint": "[REDACTED] is revoked"}, error
+
+
+REFUSING_CHILD = """
+import json, os, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    if "id" in message:
+        error = {"code": -32001, "message": "invalid API key " + os.environ["SERVICE_API_KEY"]}
+        print(json.dumps({"jsonrpc": "2.0", "id": message["id"], "error": error}), flush=True)
+"""
+
+
+async def test_a_stdio_child_refusing_initialize_does_not_quote_its_key_in_readyz_or_to_the_agent(
+        start_gateway: Any, permissive_policies: Path, tmp_path: Path) -> None:
+    # Its env key is the gateway's secret (test_cred_configured_secrets.py); its refusal used to be the child's
+    # health detail, which /readyz shows anyone who can reach it, and the agent's upstream_unavailable quoted it.
+    child = tmp_path / "refusing_child.py"
+    child.write_text(REFUSING_CHILD)
+    gw = await start_gateway({
+        "upstreams": [{"name": "refusing", "command": [sys.executable, str(child)], "timeout_s": 1,
+                       "env": {"SERVICE_API_KEY": KEY}}],
+        "identity": {"mode": "anonymous"}, "policies": {"dir": str(permissive_policies)}})
+    upstream = gw.gateway.parts.upstreams["refusing"]
+    await eventually(lambda: "initialize failed" in upstream.health().detail)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gw.url}/readyz") as response:
+            ready = await response.text()
+        async with http.post(f"{gw.mcp}/refusing", json=INIT, headers=ACCEPT) as response:
+            answer = await response.text()
+    assert "initialize failed" in ready and "-32001" in ready, ready
+    # (on the old code both quoted "invalid API key k…")
+    assert KEY not in ready and "invalid API key" not in ready, ready
+    assert KEY not in answer, answer
