@@ -1,9 +1,9 @@
 """A real SDK MCP server that echoes a key (env LEAKY_KEY) in everything it sends during a call and outside it.
 
-Its tool `leak` reports progress, logs a line, elicits, asks for a sample (each quoting the key), then logs a line
-outside any call (no related request: the upstream's own stream) and answers; `chatter` only the first two.
-In-process: `leaky_server()`; as a stdio child: `[sys.executable, LEAKY_SERVER_PATH]` with LEAKY_KEY in its
-environment.
+Its tool `leak` reports progress, logs a line, elicits, asks for a sample (each quoting the key), then announces an
+update of a resource whose URI holds the key and logs a line outside any call (no related request: the upstream's
+own stream) and answers; `chatter` only the first two. In-process: `leaky_server()`; as a stdio child:
+`[sys.executable, LEAKY_SERVER_PATH]` with LEAKY_KEY in its environment.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import SamplingMessage, TextContent
 from pydantic import BaseModel
@@ -39,6 +40,8 @@ def leaky_server(key: str | None = None) -> MCPServer[Any]:
             sampled = await ctx.session.create_message(
                 [SamplingMessage(role="user", content=TextContent(type="text", text=f"sample {secret}"))],
                 max_tokens=10, related_request_id=ctx.request_id)
+            await ctx.session.send_notification(types.ResourceUpdatedNotification(
+                params=types.ResourceUpdatedNotificationParams(uri=f"file:///keys/{secret}")))
             await ctx.session.send_log_message("info", {"outside": f"unrelated {secret}"})
         text = sampled.content.text if isinstance(sampled.content, TextContent) else "?"
         return f"{answer.action} {text}"

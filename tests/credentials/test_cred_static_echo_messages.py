@@ -58,9 +58,13 @@ class Agent:
         return types.CreateMessageResult(role="assistant", model="m", content=types.TextContent(type="text",
                                                                                                  text="sampled"))
 
+    async def on_message(self, message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            self.seen.append(f"updated: {message.params.uri}")
+
     def callbacks(self) -> dict[str, Any]:
         return {"logging_callback": self.on_log, "elicitation_callback": self.on_elicit,
-                "sampling_callback": self.on_sample}
+                "sampling_callback": self.on_sample, "message_handler": self.on_message}
 
 
 @asynccontextmanager
@@ -112,6 +116,11 @@ async def test_messages_an_upstream_sends_have_the_gateways_key_taken_out(
                      "elicit: confirm the key [REDACTED]", "sample: type='text' text='sample [REDACTED]'",
                      "log: {'outside': 'unrelated [REDACTED]'}")[:2 if endpoint == "stateless" else 5]:
         assert any(line.startswith(expected) for line in agent.seen), (expected, agent.seen)
+    # A resource update outside the call, under the URI the client knows it by (the aggregated view names its
+    # upstream). Not from a stdio child every session shares: it goes to the sessions subscribed to that URI only.
+    if endpoint != "stateless" and transport != "stdio":
+        prefix = "customs://leaky/" if endpoint in ("/mcp", "/sse") else ""
+        assert f"updated: {prefix}file:///keys/[REDACTED]" in agent.seen, agent.seen
 
 
 def test_a_message_without_the_key_is_passed_on_as_it_came() -> None:
