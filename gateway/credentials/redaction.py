@@ -134,6 +134,16 @@ class Redactor:
             self._key_cache[key] = found
         return found
 
+    def names_a_secret(self, name: str) -> bool:
+        """Whether a config entry named `name` holds a secret value itself: its name ends in a secret key's words
+        (GITHUB_TOKEN, X-Api-Key, --api-key, API_TOKEN_2), not in another word (TOKEN_URL, HF_TOKEN_PATH,
+        --token-limit hold a place or a number about one, which held as a secret would be blanked out of every
+        answer and mark every argument quoting it as holding one)."""
+        words = _words(name)
+        while words and words[-1].isdigit():
+            words = words[:-1]
+        return any("".join(words[start:]) in self._key_flat for start in range(len(words)))
+
     def redact_text(self, text: str) -> str:
         for secret in self._ordered:
             if secret in text:

@@ -52,15 +52,17 @@ def configured_secrets(upstream: UpstreamConfig, redactor: Redactor) -> list[str
     `env` entries of a stdio child (`GITHUB_TOKEN`: the only way to give one its key), with the token of a
     `<scheme> <token>` value on its own too, secret-named options of a stdio command (`--api-key KEY`), and the
     password of the upstream URL's user info. The gateway holds them as it holds a static key, so an upstream
-    quoting one must not hand it to the agent; values under other names (`TZ`, `X-Region`) are ordinary text."""
+    quoting one must not hand it to the agent; values under other names (`TZ`, `X-Region`, and names about a
+    secret rather than of one: `TOKEN_URL`, `--token-limit`, Redactor.names_a_secret) are ordinary text."""
     found = [upstream.credentials.client_secret] if upstream.credentials.client_secret else []
     named = [(name, value) for name, value in upstream.headers.items()
-             if name.lower() in CREDENTIAL_HEADERS or redactor.is_secret_key(name)]
-    named += [(name, value) for name, value in upstream.env.items() if redactor.is_secret_key(name)]
+             if name.lower() in CREDENTIAL_HEADERS or redactor.names_a_secret(name)]
+    named += [(name, value) for name, value in upstream.env.items() if redactor.names_a_secret(name)]
     for _, value in named:
         found.append(value)
         scheme_and_token = value.split(None, 1)
-        if len(scheme_and_token) == 2:
+        # `Bearer abc`, `Token abc`: not a Cookie's second `name=value`, whose first part is no scheme word.
+        if len(scheme_and_token) == 2 and scheme_and_token[0].isalnum():
             found.append(scheme_and_token[1].strip())
     return found + _option_secrets(upstream.command or (), redactor) + _user_info_secrets(upstream.url)
 
@@ -74,7 +76,7 @@ def _option_secrets(command: tuple[str, ...], redactor: Redactor) -> list[str]:
         if not option.startswith("-"):
             continue
         name, equals, value = option.lstrip("-").partition("=")
-        if not redactor.is_secret_key(name):
+        if not redactor.names_a_secret(name):
             continue
         if equals:
             found.append(value)

@@ -90,3 +90,23 @@ def test_a_secret_named_option_of_a_stdio_command_is_known() -> None:
     redactor = CredentialService(config, environ={}).redactor
     assert redactor.scrub_known("argv-key-123 argv-token-456 region-north-7 server") == (
         "[REDACTED] [REDACTED] region-north-7 server")
+
+
+def test_a_name_about_a_secret_does_not_make_its_value_one() -> None:
+    # A value is a secret when its name ends in a secret word (GITHUB_TOKEN, X-Api-Key, --api-key); TOKEN_URL,
+    # HF_TOKEN_PATH, --token-limit name a place or a number, which known would be blanked out of every answer and
+    # would mark every argument quoting them as holding a secret (context.args_contain_secret). So would the second
+    # cookie of a Cookie header, taken for the token of a `<scheme> <token>` value.
+    config = parse_config({"upstreams": [
+        {"name": "h", "url": "http://127.0.0.1:9/mcp",
+         "headers": {"API_KEY_HEADER": "X-Custom-Key", "Cookie": "sid=cookie-456; lang=en-US"}},
+        {"name": "s", "command": ["server", "--token-limit", "100000", "--password-file", "/run/pw/file",
+                                  "--auth-token", "argv-token-789"],
+         "env": {"TOKEN_URL": "https://idp.example/oauth/token", "HF_TOKEN_PATH": "/root/.cache/hf/token",
+                 "API_TOKEN_2": "env-token-222", "GITHUB_PERSONAL_ACCESS_TOKEN": "ghtoken-value-1"}}]})
+    redactor = CredentialService(config, environ={}).redactor
+    ordinary = "X-Custom-Key lang=en-US 100000 /run/pw/file https://idp.example/oauth/token /root/.cache/hf/token"
+    assert redactor.scrub_known(ordinary) == ordinary
+    assert not redactor.text_has_secret("limit 100000")
+    assert redactor.scrub_known("sid=cookie-456; lang=en-US argv-token-789 env-token-222 ghtoken-value-1") == (
+        "[REDACTED] [REDACTED] [REDACTED] [REDACTED]")
