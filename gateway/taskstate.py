@@ -16,6 +16,7 @@ that does not count (zero, negative, not a number) is named in `not_counted`, so
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -26,6 +27,12 @@ from typing import Any, Protocol
 from gateway.config.model import UpstreamConfig
 from gateway.context import CallContext
 from gateway.errors import GatewayError, UpstreamErrorResponse
+
+# How long a failed call's answer waits for its reservation to be given back. Redis answers in well under a
+# millisecond, so the give-back lands before the agent's next call; one that hangs would hold every failed call's
+# answer for the client's socket timeout (a shutdown's `approval_pending` among them): past this bound the give-back
+# goes on in the background, the answer goes now.
+RELEASE_WAIT_S = 0.5
 
 
 class FactsStore(Protocol):
@@ -125,6 +132,7 @@ class RedisFacts:
         self._ttl = ttl_s
         self._reserve = redis.register_script(_RESERVE)
         self._release = redis.register_script(_RELEASE)
+        self._giving_back: set[asyncio.Future[None]] = set()
 
     def _keys(self, task: str) -> list[str]:
         return [f"{self._prefix}{task}:calls", f"{self._prefix}{task}:totals"]
@@ -147,6 +155,12 @@ class RedisFacts:
         return {"calls": int(previous), "totals": totals, "seen_tools": sorted(seen_list or [])}
 
     async def release(self, task: str, tool: str, sums: Mapping[str, float]) -> None:
+        giving_back = asyncio.ensure_future(self._give_back(task, tool, sums))
+        self._giving_back.add(giving_back)
+        giving_back.add_done_callback(self._giving_back.discard)
+        await asyncio.wait((giving_back,), timeout=RELEASE_WAIT_S)  # the give-back is not cancelled with the caller
+
+    async def _give_back(self, task: str, tool: str, sums: Mapping[str, float]) -> None:
         try:
             await self._release(keys=self._keys(task), args=self._args(tool, self._ttl, sums))
         except Exception:

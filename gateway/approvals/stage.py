@@ -124,6 +124,7 @@ class ApproveStage:
         self._clock = clock
         self._page_url = page_url
         self._released = asyncio.Event()  # set on shutdown: held calls answer approval_pending at once
+        self._releasing: set[asyncio.Future[Any]] = set()  # holds a shutdown left to release in the background
 
     def release_held(self) -> None:
         """Shutdown: every held call answers `approval_pending` now and its item stays pending in the store, so
@@ -261,8 +262,7 @@ class ApproveStage:
         # A request that goes away withdraws the call once it no longer holds the item: an identical call held
         # on it at the same time (the agent on another connection or replica) keeps waiting (store.withdraw).
         try:
-            async with self._store.hold(item.id):
-                return await self._wait_loop(ctx, item, cancelled)
+            return await self._held(ctx, item, cancelled)
         except _GoneAway as exc:
             # An item the store lost has nothing left to withdraw; one Redis is down for is withdrawn once it is back.
             with contextlib.suppress(ApprovalNotFound, GatewayError):
@@ -281,6 +281,26 @@ class ApproveStage:
                 with contextlib.suppress(Exception):
                     await run_to_end(self._store.withdraw(item.id, actor=ctx.principal.id))
             raise
+
+    async def _held(self, ctx: CallContext, item: Approval, cancelled: asyncio.Event) -> Approval:
+        """The wait, inside the store's hold of the item. A shutdown's `approval_pending` is answered without waiting
+        for the hold's release: against a Redis that hangs, each command waits out the client's socket timeout, and
+        the agent used to hear nothing until the drain deadline withdrew its call (`shutting_down`, no approval id).
+        The release goes on in the background; one that never reaches Redis leaves the hold as a killed replica's
+        does, and the agent's retry elsewhere joins the item all the same."""
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(self._store.hold(item.id))
+        async with stack:
+            try:
+                return await self._wait_loop(ctx, item, cancelled)
+            except GatewayError as exc:
+                if exc.reason != "approval_pending" or not self._released.is_set():
+                    raise
+                released = stack.pop_all()
+                task = asyncio.ensure_future(released.aclose())
+                self._releasing.add(task)
+                task.add_done_callback(self._releasing.discard)
+                raise
 
     async def _wait_loop(self, ctx: CallContext, item: Approval, cancelled: asyncio.Event) -> Approval:
         loop = asyncio.get_running_loop()
