@@ -101,8 +101,9 @@ class LegacySseEndpoint:
             if not session_id:  # as POST /mcp without Mcp-Session-Id (and the SDK's own SSE server: 400)
                 raise GatewayError("session_required", "session_id query parameter required")
             session = self._mcp.sessions.get_legacy(session_id, principal)
-            if message.kind != "request":
-                await self._mcp._accept_one_way(session, message)
+            if message.kind != "request":  # timed as on /mcp: the connection's network.* and the session's protocol
+                await self._mcp._accept_one_way(session, message, principal, http=request,
+                                                times=(started, identified))
             elif message.method == "initialize":
                 negotiate(session, message.params)
                 with self._observed(request, session, principal, message, (started, identified)) as trace:

@@ -8,6 +8,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
 from mcp.server.mcpserver import MCPServer
 
 from tests.conftest import RunningGateway
@@ -56,3 +58,22 @@ async def test_server_durations_name_protocol_and_connection(start_gateway: Star
     assert call["mcp_protocol_version"] == negotiated, (call, negotiated)
     assert call["gen_ai_tool_name"] == "mem__echo" and call["mcp_method_name"] == "tools/call", call
 
+
+
+async def test_a_legacy_sse_notification_names_protocol_and_connection(start_gateway: StartGateway,
+                                                                       permissive_policies: Path) -> None:
+    # An agent's notification POSTed to legacy /messages is timed as on /mcp: with the session's protocol and the
+    # connection's network.* (it was recorded without them, the HTTP request not handed to the metric).
+    async with run_http_server(tool_server()) as url:
+        gateway = await start_gateway({"upstreams": [{"name": "mem", "url": url}], "identity": {"mode": "anonymous"},
+                                       "policies": {"dir": str(permissive_policies)}})
+        async with Client(sse_client(f"{gateway.url}/sse"), mode="legacy") as client:
+            assert "hi" in str((await client.call_tool("mem__echo", {"text": "hi"})).content[0])
+            negotiated = client.protocol_version
+        async with aiohttp.ClientSession() as http, http.get(gateway.url + "/metrics") as response:
+            text = await response.text()
+    noted = [labels(line) for line in text.splitlines()
+             if line.startswith("mcp_server_operation_duration_seconds_count") and "notifications/initialized" in line]
+    assert len(noted) == 1, noted
+    assert negotiated and noted[0].get("mcp_protocol_version") == negotiated, (noted, negotiated)
+    assert noted[0].get("network_transport") == "tcp" and noted[0].get("network_protocol_version") == "1.1", noted
