@@ -8,6 +8,7 @@ from typing import Any
 from gateway.context import CallContext
 from gateway.credentials.stage import REFRESH_KEY
 from gateway.errors import GatewayError, UpstreamErrorResponse
+from gateway.server_messages import scrub_error
 from gateway.sessions import Session, SessionManager
 from gateway.transport.base import HeadersSource, SentId
 
@@ -43,9 +44,13 @@ class ForwardStage:
                 params["_meta"] = meta
         message = {"jsonrpc": "2.0", "id": ctx.request_id, "method": ctx.method, "params": params}
         ctx.extra["forwarded"] = True  # from here on the call may have executed: never undone, never retried
-        response = await upstream.request(message, headers=headers, on_message=ctx.extra.get("relay"),
-                                          timeout=self._timeouts(ctx.upstream, ctx.tool.name if ctx.tool else None),
-                                          sent_id=self._sent_id, refresh=_refresher(ctx, headers))
+        try:
+            response = await upstream.request(message, headers=headers, on_message=ctx.extra.get("relay"),
+                                              timeout=self._timeouts(ctx.upstream, ctx.tool.name if ctx.tool else None),
+                                              sent_id=self._sent_id, refresh=_refresher(ctx, headers))
+        except GatewayError as exc:  # a session re-opened in the request, refused by an upstream quoting its key
+            scrub_error(self._scrub, exc)  # in place
+            raise
         if (scrub := self._scrub) is not None:
             response = scrub(response)
         if "error" in response:

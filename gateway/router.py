@@ -28,7 +28,7 @@ from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
 from gateway.pinning import ToolGuard
 from gateway.pipeline import Authorizer, Pipeline
-from gateway.server_messages import NotificationHook, route_server_message
+from gateway.server_messages import NotificationHook, route_server_message, scrub_error
 from gateway.sessions import Session, SessionManager
 from gateway.transport.base import Message, MessageHandler, UpstreamSession
 from gateway.transport.common import LOG_LEVELS
@@ -126,10 +126,14 @@ class Router:
                    "params": upstream_params(params)}
         headers = await self._sessions.headers(inbound.session, upstream)
         relay, timeout = self._relay(inbound, upstream), self._timeouts.get(upstream)
-        if self._upstream_call is None:
-            response = await session.request(message, headers=headers, on_message=relay, timeout=timeout)
-        else:
-            response = await self._upstream_call(upstream, session, message, headers, relay, timeout)
+        try:
+            if self._upstream_call is None:
+                response = await session.request(message, headers=headers, on_message=relay, timeout=timeout)
+            else:
+                response = await self._upstream_call(upstream, session, message, headers, relay, timeout)
+        except GatewayError as exc:  # a session re-opened in the request, refused by an upstream quoting its key
+            scrub_error(self._scrub, exc)  # in place
+            raise
         if self._scrub is not None:
             response = self._scrub(response)
         if "error" in response:

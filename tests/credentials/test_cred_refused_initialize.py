@@ -126,10 +126,8 @@ async def refuse_with(request: web.Request, message: dict[str, Any]) -> web.Resp
 
 
 # A streamable HTTP session re-opened inside a request (the upstream forgot the old one) raises its refusal from that
-# request: here the tools/list Router.fetch makes again (the forget dropped the catalog), in ForwardStage for a call.
-# Both are the lead's: `except GatewayError as exc: raise scrub_error(self._scrub, exc)` around the request in each
-# (gateway/server_messages.py) makes this pass; then the marker goes.
-@pytest.mark.xfail(strict=True, reason="Router.fetch and ForwardStage do not scrub a GatewayError of the request yet")
+# request: here the tools/list Router.fetch makes again (the forget dropped the catalog), in ForwardStage for a call
+# (on the old code both passed it on unscrubbed).
 async def test_a_session_re_opened_inside_a_call_does_not_quote_the_key(
         start_gateway: Any, permissive_policies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REFUSED_KEY", KEY)
