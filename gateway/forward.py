@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.context import CallContext
+from gateway.credentials.redaction import scrub_exact
 from gateway.credentials.stage import REFRESH_KEY
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.server_messages import scrub_error
@@ -53,6 +54,8 @@ class ForwardStage:
             raise
         if (scrub := self._scrub) is not None:
             response = scrub(response)
+        if ctx.upstream_headers:  # the credential this call carried (minted, exchanged): the agent never gets it
+            response = scrub_exact(response, _credential_values(ctx.upstream_headers))
         if "error" in response:
             error = response["error"]
             raise UpstreamErrorResponse(error if isinstance(error, dict) else {"code": -32603, "message": "error"})
@@ -60,6 +63,17 @@ class ForwardStage:
         if not isinstance(result, dict):
             raise GatewayError("upstream_error")
         return result
+
+
+def _credential_values(headers: Mapping[str, str]) -> list[str]:
+    """The exact values a call's credential headers carried: each whole, and its token after a scheme (`Bearer x`)."""
+    values = []
+    for value in headers.values():
+        values.append(value)
+        scheme, _, token = value.partition(" ")
+        if token and scheme.isalpha():
+            values.append(token.strip())
+    return values
 
 
 def _refresher(ctx: CallContext, headers: Mapping[str, str]) -> HeadersSource | None:

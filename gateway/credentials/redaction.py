@@ -112,16 +112,7 @@ class Redactor:
         return self._replace_known(value)
 
     def _replace_known(self, value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in self._ordered:
-                if secret in value:
-                    value = value.replace(secret, MARK)
-            return value
-        if isinstance(value, dict):
-            return {self._replace_known(k): self._replace_known(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._replace_known(item) for item in value]
-        return value
+        return _replace(value, self._ordered)
 
     def is_secret_key(self, key: str) -> bool:
         known = self._key_cache.get(key)
@@ -207,6 +198,36 @@ class Redactor:
         always = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
         return {k: MARK if k.lower() in always or self.is_secret_key(k) else self.redact_text(v)
                 for k, v in headers.items()}
+
+
+def scrub_exact(value: Any, secrets: Iterable[str]) -> Any:
+    """`value` (an upstream's JSON answer) with each of `secrets` (exact values, such as the credential a call carried
+    upstream) replaced by [REDACTED] in every string and key; the same object when none appears (one JSON encoding to
+    look, as `Redactor.scrub_known`). Values shorter than 6 characters are left alone: they would redact words."""
+    ordered = sorted((s for s in set(secrets) if len(s) >= 6), key=len, reverse=True)  # `Bearer x` before `x`
+    if not ordered:
+        return value
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return _replace(value, ordered)
+    if not any(json.dumps(secret, ensure_ascii=False)[1:-1] in text for secret in ordered):
+        return value
+    return _replace(value, ordered)
+
+
+def _replace(value: Any, ordered: list[str]) -> Any:
+    """`value` with each of `ordered` (longest first) replaced by [REDACTED] in every string, key and item."""
+    if isinstance(value, str):
+        for secret in ordered:
+            if secret in value:
+                value = value.replace(secret, MARK)
+        return value
+    if isinstance(value, dict):
+        return {_replace(k, ordered): _replace(v, ordered) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace(item, ordered) for item in value]
+    return value
 
 
 def _present(value: Any) -> bool:

@@ -1,0 +1,53 @@
+"""The credential a call carried upstream never reaches the agent: an upstream that echoes the token it was sent (a
+debugging tool, an error quoting its request) would hand the agent a token for that upstream, usable against it
+directly, past policy and approval, until it expires or its task ends. Minted tokens are no secret the gateway holds
+(known in advance, Redactor.scrub_known); the forward stage takes the exact value it sent out of the answer.
+Real gateway (minted credentials), real SDK upstream and client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPError
+
+from tests.support.mcp_client import sdk_client
+from tests.support.servers import run_http_server
+
+pytestmark = pytest.mark.asyncio
+
+
+def echoing_server() -> MCPServer[Any]:
+    server: MCPServer[Any] = MCPServer("echoing")
+
+    @server.tool()
+    async def whoami(ctx: Context) -> str:
+        """Answer with the Authorization header this call came with."""
+        return f"you sent {(ctx.headers or {}).get('authorization')}"
+
+    @server.tool()
+    async def fail(ctx: Context) -> str:
+        """Answer a JSON-RPC error quoting the token."""
+        raise MCPError(code=-32001, message=f"bad token {(ctx.headers or {}).get('authorization', '')[7:]}")
+
+    return server
+
+
+async def test_the_minted_token_an_upstream_echoes_is_taken_out(start_gateway: Any, permissive_policies: Path,
+                                                                tmp_path: Path) -> None:
+    async with run_http_server(echoing_server()) as url:
+        gw = await start_gateway({
+            "upstreams": [{"name": "echoing", "url": url, "credentials": {"mode": "minted"}}],
+            "identity": {"mode": "anonymous"}, "policies": {"dir": str(permissive_policies)},
+            "signing": {"key_dir": str(tmp_path / "keys")}})
+        async with sdk_client(gw.mcp) as client:
+            echoed = await client.call_tool("echoing__whoami", {})
+            with pytest.raises(MCPError) as failed:
+                await client.call_tool("echoing__fail", {})
+    text = echoed.content[0].text  # type: ignore[union-attr]
+    assert text == "you sent [REDACTED]", text  # on the old code: "Bearer " and the minted JWT
+    error = str(failed.value)
+    assert "bad token [REDACTED]" in error and "eyJ" not in error, error
