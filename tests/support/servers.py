@@ -16,7 +16,7 @@ import inspect
 import json
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +107,21 @@ async def run_aiohttp(app: web.Application, **runner_options: Any) -> AsyncItera
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def run_post_only_mcp(post: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """An upstream whose `/mcp` takes POSTs with `post` and refuses GET and DELETE (405: no GET stream, no session
+    to end); yield its `/mcp` URL."""
+    async def no_stream(request: web.Request) -> web.Response:
+        return web.Response(status=405)
+
+    app = web.Application()
+    app.router.add_post("/mcp", post)
+    app.router.add_get("/mcp", no_stream)
+    app.router.add_delete("/mcp", no_stream)
+    async with run_aiohttp(app) as base:
+        yield f"{base}/mcp"
 
 
 @asynccontextmanager

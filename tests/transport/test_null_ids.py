@@ -22,7 +22,7 @@ from aiohttp import web
 from gateway.config.load import allow_all_policies
 from gateway.server_messages import envelope_flaw
 from tests.support.mcp_client import sdk_client
-from tests.support.servers import run_aiohttp
+from tests.support.servers import run_aiohttp, run_post_only_mcp
 
 JSON = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT_RESULT = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}, "logging": {}},
@@ -67,15 +67,8 @@ async def recording_upstream(seen: list[dict[str, Any]]) -> AsyncIterator[str]:
         await response.write(b"event: message\ndata: " + json.dumps(answer).encode() + b"\n\n")
         return response
 
-    async def no_stream(request: web.Request) -> web.Response:
-        return web.Response(status=405)
-
-    app = web.Application()
-    app.router.add_post("/mcp", post)
-    app.router.add_get("/mcp", no_stream)
-    app.router.add_delete("/mcp", no_stream)
-    async with run_aiohttp(app) as base:
-        yield f"{base}/mcp"
+    async with run_post_only_mcp(post) as url:
+        yield url
 
 
 @asynccontextmanager
