@@ -274,7 +274,7 @@ async def test_event_records_and_pending_gauge(harness: Harness) -> None:
     harness.obs.approval_changed("ap-1", "approved", decided_by=["alice"])
     harness.obs.policy_reloaded(False, error="syntax error at line 3")
     harness.obs.tool_quarantined("inventory", "get_stock", "definition changed", "sha256:1")
-    harness.obs.revoked("jti-1", reason="approval revoked")
+    harness.obs.event("revocation", jti="jti-1", reason="approval revoked")  # as the credential store records it
     harness.obs.event("custom", x=1)
     await harness.obs.log.close()
     records = harness.records()
