@@ -102,17 +102,7 @@ class Redactor:
         look (C speed), nothing at all while the gateway holds no secret (no static credential, no client secret)."""
         if not self._known:
             return value
-        try:
-            text = json.dumps(value, ensure_ascii=False)
-        except (TypeError, ValueError):
-            return self._replace_known(value)  # not JSON (never from the wire): walk it
-        # As JSON writes them: a secret holding a quote or a backslash is escaped in the text.
-        if not any(secret in text for secret in self._encoded):
-            return value
-        return self._replace_known(value)
-
-    def _replace_known(self, value: Any) -> Any:
-        return _replace(value, self._ordered)
+        return _scrub(value, self._ordered, self._encoded)
 
     def is_secret_key(self, key: str) -> bool:
         known = self._key_cache.get(key)
@@ -207,11 +197,17 @@ def scrub_exact(value: Any, secrets: Iterable[str]) -> Any:
     ordered = sorted((s for s in set(secrets) if len(s) >= 6), key=len, reverse=True)  # `Bearer x` before `x`
     if not ordered:
         return value
+    return _scrub(value, ordered, [json.dumps(secret, ensure_ascii=False)[1:-1] for secret in ordered])
+
+
+def _scrub(value: Any, ordered: list[str], encoded: Iterable[str]) -> Any:
+    """`value` with `ordered` replaced (`_replace`), or the same object when none of them appears: one JSON encoding to
+    look for them as JSON writes them (`encoded`: a quote or a backslash in a secret is escaped in the text)."""
     try:
         text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
-        return _replace(value, ordered)
-    if not any(json.dumps(secret, ensure_ascii=False)[1:-1] in text for secret in ordered):
+        return _replace(value, ordered)  # not JSON (never from the wire): walk it
+    if not any(secret in text for secret in encoded):
         return value
     return _replace(value, ordered)
 
