@@ -34,6 +34,7 @@ from gateway.pipeline import Pipeline
 from gateway.router import Router
 from gateway.sessions import Session, SessionManager
 from gateway.telemetry.upstream_calls import sent_id_recorder
+from gateway.transport.http_base import UPSTREAM_IDLE_S
 from gateway.transport.registry import build_upstream
 
 log = logging.getLogger("customs.app")
@@ -98,7 +99,8 @@ async def create_app(config: Config) -> web.Application:
     # 100 calls would otherwise leave the others' calls waiting for a connection until they time out.
     http = aiohttp.ClientSession(auto_decompress=True, timeout=aiohttp.ClientTimeout(total=None),
                                  cookie_jar=aiohttp.DummyCookieJar(),
-                                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=UPSTREAM_CONNECTIONS))
+                                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=UPSTREAM_CONNECTIONS,
+                                                                keepalive_timeout=UPSTREAM_IDLE_S))
     try:
         gateway = await _build(config, http)
     except BaseException:

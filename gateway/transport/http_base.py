@@ -30,6 +30,12 @@ USER_AGENT = f"customs/{__version__}"
 # Headers a caller may not set: they belong to the HTTP exchange or the MCP session itself.
 _RESERVED = RESERVED_HEADERS
 PROBE_TIMEOUT_S = 2.0
+# How long an idle pooled connection to an upstream may be reused: under the 5 s after which uvicorn (the
+# MCP SDK's server) and Node's http server close one. A connection kept longer can be picked just as the
+# server closes it, and the request crossing that close fails a call that, being perhaps a write, cannot be
+# sent again. aiohttp checks the age when it takes a connection from the pool, so the margin holds however
+# late the event loop runs.
+UPSTREAM_IDLE_S = 4.0
 
 
 class HttpUpstreamBase:
@@ -56,7 +62,8 @@ class HttpUpstreamBase:
     async def start(self) -> None:
         # Long-lived SSE streams get their own unlimited pool so that open GET streams can never
         # starve request POSTs of connections from the shared pool.
-        self._streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_IDLE_S)
+        self._streams = aiohttp.ClientSession(connector=connector,
                                               cookie_jar=aiohttp.DummyCookieJar(),
                                               timeout=aiohttp.ClientTimeout(total=None), auto_decompress=True)
 

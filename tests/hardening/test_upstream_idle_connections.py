@@ -1,0 +1,102 @@
+"""Pooled upstream connections are let go before a common upstream's keep-alive closes them (issue 2).
+
+An HTTP server closes a keep-alive connection that sat idle for its timeout (uvicorn, which the MCP SDK
+serves with, and Node's http server: 5 s). A gateway that keeps idle connections longer can pick one
+just as the server closes it: the request crosses the close and the call fails `upstream_unavailable`,
+and since the server may or may not have read it, a write must not be sent again. The gateway's pool
+therefore never reuses a connection idle for 4 s or more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.transport.http_base import UPSTREAM_IDLE_S
+from tests.hardening.conftest import ANON, RawClient
+
+pytestmark = pytest.mark.asyncio
+
+SERVER_KEEPALIVE_S = 5.0  # uvicorn's and Node's default
+CLOSE_MARGIN_S = 0.5  # the server's close timer firing as the request crosses it, under load
+
+
+class ClosingOnIdle:
+    """A streamable-HTTP MCP upstream that drops a connection a request arrives on after it sat idle
+    `SERVER_KEEPALIVE_S - CLOSE_MARGIN_S`: what a 5 s keep-alive server does when the request crosses its close."""
+
+    def __init__(self) -> None:
+        self.idle_since: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        self.calls = 0
+        self.dropped = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        since = self.idle_since.get(request.transport)
+        if since is not None and time.monotonic() - since >= SERVER_KEEPALIVE_S - CLOSE_MARGIN_S:
+            self.dropped += 1
+            assert request.transport is not None
+            request.transport.close()
+            raise ConnectionResetError()
+        try:
+            return await self._answer(await request.json())
+        finally:
+            self.idle_since[request.transport] = time.monotonic()
+
+    async def _answer(self, body: dict[str, Any]) -> web.StreamResponse:
+        if "id" not in body:
+            return web.Response(status=202)
+        if body["method"] == "initialize":
+            result: dict[str, Any] = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                                      "serverInfo": {"name": "idle", "version": "1"}}
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": result},
+                                     headers={"Mcp-Session-Id": "s1"})
+        if body["method"] == "tools/list":
+            tool = {"name": "transfer", "inputSchema": {"type": "object"}}
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {"tools": [tool]}})
+        self.calls += 1
+        content = [{"type": "text", "text": f"done {self.calls}"}]
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {"content": content}})
+
+
+@pytest.fixture
+async def closing_upstream() -> AsyncIterator[tuple[ClosingOnIdle, str]]:
+    upstream = ClosingOnIdle()
+    app = web.Application()
+    app.router.add_post("/mcp", upstream.handle)
+    app.router.add_delete("/mcp", lambda _request: web.Response(status=204))  # type: ignore[arg-type,return-value]
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield upstream, f"http://127.0.0.1:{port}/mcp"
+    await runner.cleanup()
+
+
+async def test_the_pool_lets_go_before_a_five_second_keepalive_server() -> None:
+    assert UPSTREAM_IDLE_S <= SERVER_KEEPALIVE_S - 2 * CLOSE_MARGIN_S
+
+
+async def test_a_write_after_an_idle_spell_goes_on_a_fresh_connection(
+        start_gateway: Any, permissive_policies: Path, http: aiohttp.ClientSession,
+        closing_upstream: tuple[ClosingOnIdle, str]) -> None:
+    upstream, url = closing_upstream
+    gw = await start_gateway({"upstreams": [{"name": "bank", "url": url}], "identity": ANON,
+                              "policies": {"dir": str(permissive_policies), "watch": False}})
+    client = RawClient(http, gw.mcp)
+    await client.initialize()
+    _, _, body = await client.call("bank__transfer", {"amount": 1})
+    assert body["result"]["content"][0]["text"] == "done 1", body
+    # Not synchronisation: the connection's idle time is what is under test.
+    await asyncio.sleep(SERVER_KEEPALIVE_S - CLOSE_MARGIN_S + 0.1)
+    _, _, body = await client.call("bank__transfer", {"amount": 2})
+    assert body.get("result", {}).get("content", [{}])[0].get("text") == "done 2", body
+    assert upstream.dropped == 0
