@@ -3,20 +3,18 @@
 Routes are built by `approval_routes(...)`; the lead adds them to the application. JSON errors are
 `{"error": {"reason": ..., "message": ...}}`; 401 unauthenticated, 403 not allowed (self-approval,
 policy, CSRF), 404 unknown, 408 body not in full within `listen.body_timeout_s`, 409 already decided,
-503 store or policy unavailable.
+503 store or policy unavailable. Query parameters and bodies are read and checked in web_input.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from gateway.approvals import render
+from gateway.approvals import render, web_input
 from gateway.approvals.auth import (
     SESSION_COOKIE,
     Approver,
@@ -31,77 +29,24 @@ from gateway.approvals.auth import (
     set_csrf_cookie,
     set_session,
 )
-from gateway.approvals.cursor import Cursor, InvalidCursor, decode, encode, order_for, position
+from gateway.approvals.cursor import Cursor, encode, order_for, position
 from gateway.approvals.live import LiveUpdates
-from gateway.approvals.model import STATES, AlreadyDecided, Approval, ApprovalNotFound
+from gateway.approvals.model import AlreadyDecided, Approval, ApprovalNotFound
 from gateway.approvals.signouts import SignOuts
 from gateway.approvals.store import ApprovalStore
 from gateway.errors import GatewayError
-from gateway.http.guards import timed_read
 from gateway.pipeline import Identifier
 
 OUTCOMES = {"approve": "approved", "deny": "denied"}
-MAX_COMMENT = 2000
-MIN_LIMIT, MAX_LIMIT = 1, 1000  # the API's `limit` (docs/approvals.openapi.yaml)
-PAGE_PENDING = MAX_LIMIT  # pending calls the page shows (the API's largest page)
+PAGE_PENDING = web_input.MAX_LIMIT  # pending calls the page shows (the API's largest page)
 PAGE_HISTORY = 50  # decided calls the page shows
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-DONE = re.compile(rf"apr_[0-9a-f]{{32}} (?:{'|'.join(STATES)})")  # `?done=` after a decision
 
 
 def _error(status: int, reason: str, message: str, headers: dict[str, str] | None = None,
            **extra: Any) -> web.Response:
     return web.json_response({"error": {"reason": reason, "message": message, **extra}}, status=status,
                              headers=headers)
-
-
-async def _read(request: web.Request, read: Callable[[], Awaitable[Any]]) -> Any:
-    """A body read under `listen.body_timeout_s`: a trickled body is Refused 408 `body_timeout`."""
-    try:
-        return await timed_read(request, read)
-    except GatewayError as exc:
-        raise Refused(exc.http_status, exc.reason, exc.message) from None
-
-
-async def _form(request: web.Request) -> Any:
-    """A page form's fields, or Refused 400 for a body aiohttp's form reader cannot read (it used to be a 500)."""
-    try:
-        return await _read(request, request.post)
-    except (ValueError, LookupError):  # bytes no text in its (or an unknown) charset; a multipart with no boundary
-        raise Refused(400, "invalid_body", "The form could not be read (not form data in its charset).") from None
-
-
-def _limit(text: str) -> int:
-    """The `limit` query parameter: an integer MIN_LIMIT-MAX_LIMIT as the OpenAPI file says, else Refused 400.
-
-    Out of range is refused, not clamped (a client asking for 5000 must learn it gets at most 1000), and only
-    plain ASCII digits count: `int()` alone would also take ` 5`, `+5`, `1_000` and other scripts' digits."""
-    if not (text.isascii() and text.isdigit()) or not MIN_LIMIT <= int(text) <= MAX_LIMIT:
-        raise Refused(400, "invalid_limit", f"limit must be an integer from {MIN_LIMIT} to {MAX_LIMIT}")
-    return int(text)
-
-
-def _cursor(text: str | None, states: list[str] | None, key: bytes) -> Cursor | None:
-    """The `cursor` query parameter: a `next_cursor` of a listing with the same `state`, else Refused 400."""
-    if text is None:
-        return None
-    try:
-        return decode(text, order_for(states), key)
-    except InvalidCursor as exc:
-        raise Refused(400, "invalid_cursor", str(exc)) from None
-
-
-def _recorded(done: str | None) -> str | None:
-    """The notice after a decision: `?done=<id> <state>`, as the page's own redirect says it. Anything else is
-    not shown: anyone can send an approver a link whose `done` says something else in the page's own voice."""
-    return f"Recorded: {done}" if done and DONE.fullmatch(done) else None
-
-
-def _within_limit(comment: str | None) -> str | None:
-    """A comment as written, or Refused 400: one cut short would tell the agent and the log another reason."""
-    if comment is not None and len(comment) > MAX_COMMENT:
-        raise Refused(400, "invalid_body", f"comment must be at most {MAX_COMMENT} characters (it has {len(comment)})")
-    return comment
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -174,14 +119,11 @@ class ApprovalsWeb:
 
     async def api_list(self, request: web.Request) -> web.StreamResponse:
         approver = await self._auth.authenticate(request)
-        # `state=a,b` or `state=a&state=b` (OpenAPI's default form for a list): every value counts
-        states = [s for s in ",".join(request.query.getall("state", [])).split(",") if s] or None
-        if states and not set(states) <= set(STATES):
-            raise Refused(400, "invalid_state", f"state must be one of {', '.join(STATES)}")
-        limit = _limit(request.query.get("limit", "100"))
+        states = web_input.state_filter(request)
+        limit = web_input.limit(request.query.get("limit", "100"))
         key = await self._store.cursor_key()
         items, more = await self._visible_page(approver, states, limit,
-                                               _cursor(request.query.get("cursor"), states, key))
+                                               web_input.cursor(request.query.get("cursor"), states, key))
         body: dict[str, Any] = {"items": [self._json(i) for i in items]}
         if more is not None:  # absent on the last page: the pinned shape, {"items": [...]}, when all fit in one
             body["next_cursor"] = encode(more, key)  # sealed: `more` may be an item this approver may not see
@@ -221,27 +163,9 @@ class ApprovalsWeb:
     async def api_decide(self, request: web.Request) -> web.StreamResponse:
         approver = await self._auth.authenticate(request)
         self._auth.check_csrf(request, approver, None)
-        comment = await self._comment_from_json(request)
+        comment = await web_input.comment_from_json(request)
         outcome = OUTCOMES[request.match_info["action"]]
         return web.json_response(self._json(await self._decide(approver, request.match_info["id"], outcome, comment)))
-
-    @staticmethod
-    async def _comment_from_json(request: web.Request) -> str | None:
-        if not request.can_read_body:
-            return None
-        try:
-            body = await _read(request, request.json)
-        # Nesting past the parser's limit too, and a Content-Type charset Python does not know (LookupError).
-        except (json.JSONDecodeError, UnicodeDecodeError, LookupError, RecursionError):
-            raise Refused(400, "invalid_body", 'body must be JSON: {"comment": "..."}') from None
-        if body is None:  # `null`: no comment, as an empty body
-            return None
-        if not isinstance(body, dict):  # an array or a bare value is a mistake, never silently "no comment"
-            raise Refused(400, "invalid_body", 'body must be a JSON object: {"comment": "..."}')
-        comment = body.get("comment")
-        if comment is not None and not isinstance(comment, str):
-            raise Refused(400, "invalid_body", "comment must be a string")
-        return _within_limit(comment or None)
 
     async def api_events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent change notifications (ids only): the page refetches what it may see (live.py)."""
@@ -297,7 +221,7 @@ class ApprovalsWeb:
         if approver is None:
             return self._signin_page(request)
         csrf = csrf_token(request)
-        note = render.notice(message or _recorded(request.query.get("done")), error=error)
+        note = render.notice(message or web_input.recorded(request.query.get("done")), error=error)
         try:
             body = note + f'<div id="items">{await self._fragment_html(approver, csrf)}</div>'
         except GatewayError as exc:
@@ -316,7 +240,7 @@ class ApprovalsWeb:
 
     async def signin(self, request: web.Request) -> web.StreamResponse:
         try:
-            form = await _form(request)
+            form = await web_input.form(request)
         except Refused as exc:
             return self._signin_page(request, exc.message, exc.status)
         if not self._auth.form_csrf_ok(request, form.get("csrf")):
@@ -334,7 +258,7 @@ class ApprovalsWeb:
 
     async def signout(self, request: web.Request) -> web.StreamResponse:
         try:
-            form = await _form(request)
+            form = await web_input.form(request)
         except Refused as exc:
             return self._signin_page(request, exc.message, exc.status)
         if not self._auth.form_csrf_ok(request, form.get("csrf")):
@@ -352,11 +276,11 @@ class ApprovalsWeb:
         if approver is None:
             return self._signin_page(request, "Please sign in again.", 401)
         try:
-            form = await _form(request)
+            form = await web_input.form(request)
             outcome = OUTCOMES.get(str(form.get("outcome")))
             comment = str(form.get("comment") or "").replace("\r\n", "\n").strip() or None  # form CRLF: as typed
             self._auth.check_csrf(request, approver, str(form.get("csrf") or ""))
-            _within_limit(comment)
+            web_input.within_limit(comment)
             if outcome is None:
                 raise Refused(400, "invalid_outcome", "choose Approve or Deny")
             item = await self._decide(approver, request.match_info["id"], outcome, comment)
