@@ -224,7 +224,7 @@ def _control_problem(value: str) -> str | None:
 
 
 # The JWS algorithms an access token may use: asymmetric ones whose key type the verifier can check
-# (gateway.identity.jwks.VerifyKey.allows). `alg` is case-sensitive (RFC 7515), so a name outside this set
+# (gateway.identity.verify_keys.VerifyKey.allows). `alg` is case-sensitive (RFC 7515), so a name outside this set
 # would silently refuse every token of the issuer.
 TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K",
                     "EdDSA")

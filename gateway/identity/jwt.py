@@ -38,7 +38,8 @@ from jwt.exceptions import (
 )
 
 from gateway.config.model import IssuerConfig
-from gateway.identity.jwks import MIN_RSA_BITS, KeySource, VerifyKey
+from gateway.identity.jwks import KeySource
+from gateway.identity.verify_keys import MIN_RSA_BITS, VerifyKey
 
 MAX_TOKEN_BYTES = 16 * 1024
 # Printable and bounded: base64 in either alphabet (Amazon Cognito's kids are standard base64, with `+`, `/` and a
