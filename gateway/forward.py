@@ -11,7 +11,7 @@ from gateway.credentials.stage import REFRESH_KEY
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.server_messages import scrub_error
 from gateway.sessions import Session, SessionManager
-from gateway.transport.base import HeadersSource, SentId
+from gateway.transport.base import HeadersSource, Message, MessageHandler, SentId
 
 
 class ForwardStage:
@@ -44,18 +44,24 @@ class ForwardStage:
             if meta:  # never add an empty _meta the client did not send
                 params["_meta"] = meta
         message = {"jsonrpc": "2.0", "id": ctx.request_id, "method": ctx.method, "params": params}
+        # The credential this call carries (minted, exchanged; renewed ones are added as they come): the agent never
+        # gets it, in the answer or in what the upstream sends during the call.
+        carried = _credential_values(ctx.upstream_headers) if ctx.upstream_headers else None
+        relay: MessageHandler | None = ctx.extra.get("relay")
+        if carried and relay is not None:
+            relay = _scrubbing(relay, carried)
         ctx.extra["forwarded"] = True  # from here on the call may have executed: never undone, never retried
         try:
-            response = await upstream.request(message, headers=headers, on_message=ctx.extra.get("relay"),
+            response = await upstream.request(message, headers=headers, on_message=relay,
                                               timeout=self._timeouts(ctx.upstream, ctx.tool.name if ctx.tool else None),
-                                              sent_id=self._sent_id, refresh=_refresher(ctx, headers))
+                                              sent_id=self._sent_id, refresh=_refresher(ctx, headers, carried))
         except GatewayError as exc:  # a session re-opened in the request, refused by an upstream quoting its key
             scrub_error(self._scrub, exc)  # in place
             raise
         if (scrub := self._scrub) is not None:
             response = scrub(response)
-        if ctx.upstream_headers:  # the credential this call carried (minted, exchanged): the agent never gets it
-            response = scrub_exact(response, _credential_values(ctx.upstream_headers))
+        if carried:
+            response = scrub_exact(response, carried)
         if "error" in response:
             error = response["error"]
             raise UpstreamErrorResponse(error if isinstance(error, dict) else {"code": -32603, "message": "error"})
@@ -76,14 +82,27 @@ def _credential_values(headers: Mapping[str, str]) -> list[str]:
     return values
 
 
-def _refresher(ctx: CallContext, headers: Mapping[str, str]) -> HeadersSource | None:
+def _scrubbing(relay: MessageHandler, carried: list[str]) -> MessageHandler:
+    """`relay` given each message with `carried` taken out of its params (its id and method are the protocol's)."""
+    async def scrubbed(message: Message) -> None:
+        params = message.get("params")
+        if params is not None and (clean := scrub_exact(params, carried)) is not params:
+            message = {**message, "params": clean}
+        await relay(message)
+    return scrubbed
+
+
+def _refresher(ctx: CallContext, headers: Mapping[str, str], carried: list[str] | None) -> HeadersSource | None:
     """The call's headers again with its credential renewed (gateway/credentials/stage.py), for requests made
-    later on its behalf; the rest (trace context) as first sent."""
+    later on its behalf; the rest (trace context) as first sent. A renewed credential joins `carried`."""
     renew = ctx.extra.get(REFRESH_KEY)
     if renew is None:
         return None
     kept = {name: value for name, value in headers.items() if name not in ctx.upstream_headers}
 
     async def refreshed() -> Mapping[str, str]:
-        return {**kept, **(await renew(ctx))}
+        renewed = await renew(ctx)
+        if carried is not None:
+            carried.extend(_credential_values(renewed))
+        return {**kept, **renewed}
     return refreshed

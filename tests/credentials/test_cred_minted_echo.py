@@ -7,9 +7,11 @@ Real gateway (minted credentials), real SDK upstream and client.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
+import mcp_types as types
 import pytest
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
@@ -27,6 +29,16 @@ def echoing_server() -> MCPServer[Any]:
     async def whoami(ctx: Context) -> str:
         """Answer with the Authorization header this call came with."""
         return f"you sent {(ctx.headers or {}).get('authorization')}"
+
+    @server.tool()
+    async def chatty(ctx: Context) -> str:
+        """Quote the token in a progress message and a log line during the call, then answer without it."""
+        token = (ctx.headers or {}).get("authorization", "")
+        with warnings.catch_warnings():  # logging is deprecated in 2026-07-28
+            warnings.simplefilter("ignore")
+            await ctx.report_progress(1, 2, f"progress with {token}")
+            await ctx.info(f"log with {token[7:]}")
+        return "quiet"
 
     @server.tool()
     async def fail(ctx: Context) -> str:
@@ -51,3 +63,27 @@ async def test_the_minted_token_an_upstream_echoes_is_taken_out(start_gateway: A
     assert text == "you sent [REDACTED]", text  # on the old code: "Bearer " and the minted JWT
     error = str(failed.value)
     assert "bad token [REDACTED]" in error and "eyJ" not in error, error
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+async def test_messages_during_the_call_have_its_token_taken_out(start_gateway: Any, permissive_policies: Path,
+                                                                 tmp_path: Path) -> None:
+    """Progress and log lines the upstream sends while the call runs, as its answer (on the old code they quoted the
+    minted token: only the answer was scrubbed of it)."""
+    seen: list[str] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        seen.append(f"log: {params.data}")
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        seen.append(f"progress: {message}")
+
+    async with run_http_server(echoing_server()) as url:
+        gw = await start_gateway({
+            "upstreams": [{"name": "echoing", "url": url, "credentials": {"mode": "minted"}}],
+            "identity": {"mode": "anonymous"}, "policies": {"dir": str(permissive_policies)},
+            "signing": {"key_dir": str(tmp_path / "keys")}})
+        async with sdk_client(gw.mcp, logging_callback=on_log) as client:
+            result = await client.call_tool("echoing__chatty", {}, progress_callback=on_progress)
+    assert result.content[0].text == "quiet", result  # type: ignore[union-attr]
+    assert sorted(seen) == ["log: log with [REDACTED]", "progress: progress with [REDACTED]"], seen

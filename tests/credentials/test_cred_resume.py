@@ -37,6 +37,7 @@ class SlowUpstream:
     calls: list[dict[str, Any]] = field(default_factory=list)
     call_tokens: list[dict[str, Any]] = field(default_factory=list)
     called: asyncio.Event = field(default_factory=asyncio.Event)
+    echo: bool = False  # the resumed answer quotes the Authorization header the resume came with
 
     def app(self) -> web.Application:
         async def mcp(request: web.Request) -> web.StreamResponse:
@@ -47,7 +48,8 @@ class SlowUpstream:
                 self.resumes.append((401 if claims is None else 200, claims))
                 if claims is None:
                     return web.Response(status=401)
-                return await _sse(request, f"id: p-2\ndata: {json.dumps(_answer(self.calls[-1]))}")
+                text = f"done with {request.headers['Authorization']}" if self.echo else "done"
+                return await _sse(request, f"id: p-2\ndata: {json.dumps(_answer(self.calls[-1], text))}")
             if request.method == "DELETE":
                 return web.Response(status=200)
             if claims is None:
@@ -80,8 +82,8 @@ def _live_claims(request: web.Request) -> dict[str, Any] | None:
     return claims if claims["exp"] > time.time() else None
 
 
-def _answer(message: dict[str, Any]) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": message["id"], "result": {"content": [{"type": "text", "text": "done"}]}}
+def _answer(message: dict[str, Any], text: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": message["id"], "result": {"content": [{"type": "text", "text": text}]}}
 
 
 async def _sse(request: web.Request, event: str) -> web.StreamResponse:
@@ -122,6 +124,23 @@ async def test_a_resumed_answer_stream_carries_a_live_credential_for_the_same_ca
     for key in ("scope", "args", "task", "aud", "sub"):
         assert claims[key] == call_claims[key], key  # for the same call, narrowed as it was
     assert claims["scope"] == "slow account:acme-1"
+
+
+async def test_the_renewed_credential_an_upstream_echoes_on_the_resume_is_taken_out(
+        start_gateway, permissive_policies, tmp_path, upstream: SlowUpstream) -> None:
+    """The answer came on the resumed stream, quoting the token renewed for it: not the token the call was sent with,
+    so scrubbing only that one (as before) handed the agent a live token for the upstream."""
+    upstream.echo = True
+    gw = await start_gateway({
+        "upstreams": [{"name": "slow", "url": upstream.url, "credentials": {"mode": "minted", "ttl_s": 2}}],
+        "policies": {"dir": str(permissive_policies)}, "signing": {"key_dir": str(tmp_path / "keys")}})
+    async with aiohttp.ClientSession() as http:
+        agent = Agent(http, gw.mcp)
+        await agent.open()
+        answer = await agent.request("tools/call", {"name": "slow__slow", "arguments": {"account": "acme-1"}})
+    (status, _), = upstream.resumes
+    assert status == 200
+    assert answer.get("result", {}).get("content") == [{"type": "text", "text": "done with [REDACTED]"}], answer
 
 
 async def test_no_resume_for_a_task_ended_while_the_stream_was_down(
