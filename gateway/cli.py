@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway import __version__
 from gateway.approvals.cli import add_approvals_parsers
@@ -92,7 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"customs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_serve(sub)
+    _add_demo(sub)
+    _add_config(sub)
+    _add_family(sub, "policy", "write, test and explain Cedar policies", add_policy_parsers)
+    _add_family(sub, "approvals", "list and decide pending calls on a running gateway", add_approvals_parsers)
+    _add_family(sub, "tools", "pinned and quarantined upstream tools on a running gateway", add_tools_parsers)
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=_version)
+    return parser
 
+
+def _add_serve(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the gateway", formatter_class=argparse.RawDescriptionHelpFormatter,
                            description="Run the gateway. Without --config it runs on embedded defaults (the demo\n"
                            "upstreams, anonymous identity, the shipped policies, in-memory stores).",
@@ -105,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
 
+
+def _add_demo(sub: Any) -> None:
     demo = sub.add_parser("demo", help="run the gateway with bundled demo servers and tokens",
                           formatter_class=argparse.RawDescriptionHelpFormatter,
                           description="Start the demo MCP servers and the gateway on embedded defaults, print the\n"
@@ -120,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the demo writes its keys and decision log (default .customs/demo)")
     demo.set_defaults(func=_demo)
 
+
+def _add_config(sub: Any) -> None:
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     config_sub.required = True
@@ -132,24 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(func=_config_check)
 
-    policy = sub.add_parser("policy", help="write, test and explain Cedar policies")
-    policy_sub = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
-    policy_sub.required = True
-    add_policy_parsers(policy_sub)
 
-    approvals = sub.add_parser("approvals", help="list and decide pending calls on a running gateway")
-    approvals_sub = approvals.add_subparsers(dest="approvals_command", metavar="SUBCOMMAND")
-    approvals_sub.required = True
-    add_approvals_parsers(approvals_sub)
-
-    tools = sub.add_parser("tools", help="pinned and quarantined upstream tools on a running gateway")
-    tools_sub = tools.add_subparsers(dest="tools_command", metavar="SUBCOMMAND")
-    tools_sub.required = True
-    add_tools_parsers(tools_sub)
-
-    version = sub.add_parser("version", help="print the version")
-    version.set_defaults(func=_version)
-    return parser
+def _add_family(sub: Any, name: str, help_text: str, add_parsers: Callable[[Any], None]) -> None:
+    """`customs NAME SUBCOMMAND`: a family whose subcommands its subsystem registers (`dest` NAME_command)."""
+    family = sub.add_parser(name, help=help_text)
+    family_sub = family.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+    family_sub.required = True
+    add_parsers(family_sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -62,6 +62,14 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def add_policy_parsers(sub: Any) -> None:
     """Register validate, test, explain, schema and replay under `customs policy`."""
+    _add_validate(sub)
+    _add_test(sub)
+    _add_explain(sub)
+    _add_schema(sub)
+    _add_replay(sub)
+
+
+def _add_validate(sub: Any) -> None:
     p = _parser(sub, "validate", "parse and validate a policy directory against its schema",
                 "Parse every *.cedar file, validate against schema.cedarschema, check @id; every problem is\n"
                 "printed as file:line.", "  0 valid\n  1 invalid (each problem listed)")
@@ -70,6 +78,8 @@ def add_policy_parsers(sub: Any) -> None:
                    help="validate against this schema instead of DIR/schema.cedarschema")
     p.set_defaults(func=_command("validate_cmd", "gateway.authz.validate"))
 
+
+def _add_test(sub: Any) -> None:
     p = _parser(sub, "test", "run policy test cases (YAML)",
                 "Run the cases in each file (or each *.yaml in a directory).",
                 "  0 every case passed\n  1 a case failed\n"
@@ -81,6 +91,8 @@ def add_policy_parsers(sub: Any) -> None:
     _config_option(p)
     p.set_defaults(func=_command("test_cmd"))
 
+
+def _add_explain(sub: Any) -> None:
     p = _parser(sub, "explain", "decide one request and show why",
                 "Decide one request offline and print outcome, policies, errors, the members evaluated and\n"
                 "the context.", "  0 decided (whatever the outcome)\n  1 not decided: with --config, identify "
@@ -105,6 +117,8 @@ def add_policy_parsers(sub: Any) -> None:
                    help="context.environment unless --context sets it (default: --config's environment, else dev)")
     p.set_defaults(func=_command("explain_cmd"))
 
+
+def _add_schema(sub: Any) -> None:
     p = _parser(sub, "schema", "generate typed Args for the schema from tool input schemas",
                 "Print the schema with its generated Args block rebuilt from tool input schemas.",
                 "  0 written\n  2 bad input (an upstream that cannot be listed, a malformed tool, a base schema "
@@ -115,6 +129,8 @@ def add_policy_parsers(sub: Any) -> None:
     p.add_argument("--output", "-o", type=Path, metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=_command("schema_cmd"))
 
+
+def _add_replay(sub: Any) -> None:
     p = _parser(sub, "replay", "re-decide logged requests under other policies",
                 "Re-decide each decision-log line with an authz_input; print changed decisions grouped by\n"
                 "policy.", "  0 no decision changed\n  1 some decision changed\n"
