@@ -322,6 +322,13 @@ class Metrics:
             histogram.record(seconds, attrs)
         return ended
 
+    @staticmethod
+    def negotiated_version(upstream_session: Any) -> str | None:
+        """The MCP revision an upstream session negotiated (its `initialize` answer's), for the client metric's
+        `mcp.protocol.version`; None without a session or a version."""
+        version = upstream_session.initialize_result.get("protocolVersion") if upstream_session is not None else None
+        return version if isinstance(version, str) else None
+
     def approval_waited(self, seconds: float, outcome: str) -> None:
         self.approval_wait.record(seconds, {"customs.approval.outcome": outcome})
 

@@ -247,6 +247,10 @@ class _TracedForward:
             attrs["error.type"] = error
             if code is not None:
                 attrs["rpc.response.status_code"] = code
+        session = ctx.extra.get("session")  # the agent's: its connection to this upstream negotiated the revision
+        if session is not None and ctx.upstream and (
+                version := self._metrics.negotiated_version(session.upstreams.get(ctx.upstream))):
+            attrs["mcp.protocol.version"] = version
         self._metrics.client_operation(ctx.method, seconds, attrs)
 
 

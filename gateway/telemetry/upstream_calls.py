@@ -61,6 +61,8 @@ class UpstreamCalls:
             attrs["error.type"] = error_type(exc)  # not answered (timeout, unreachable, withdrawn): no code
             raise
         finally:
+            if version := self._metrics.negotiated_version(session):
+                attrs["mcp.protocol.version"] = version
             self._metrics.client_operation(str(message.get("method")), time.perf_counter() - started, attrs)
 
     async def _send(self, upstream: str, session: UpstreamSession, message: Message, headers: dict[str, str],
@@ -116,9 +118,10 @@ class UpstreamCalls:
 
     async def notify(self, upstream: str, session: UpstreamSession, message: Message) -> None:
         """An agent's notification passed on to an upstream (see `sent`)."""
-        await self.sent(upstream, message, session.notify)
+        await self.sent(upstream, message, session.notify, Metrics.negotiated_version(session))
 
-    async def sent(self, upstream: str, message: Message, send: Callable[[Message], Awaitable[None]]) -> None:
+    async def sent(self, upstream: str, message: Message, send: Callable[[Message], Awaitable[None]],
+                   version: str | None = None) -> None:
         """A notification sent upstream (an agent's passed on; the transports' notifications/cancelled, through
         `on_notify`), as the conventions ask of a notification's sender: its CLIENT span (whose context rides in
         `params._meta`; not in headers, which would replace the session's credential) and
@@ -127,6 +130,8 @@ class UpstreamCalls:
         method = sent if sent in MCP_METHODS else OTHER_METHOD  # the agent's choice: no metric value, no span name
         started = time.perf_counter()
         attrs: Attrs = {"customs.upstream": upstream}
+        if version:  # the upstream session's revision, where the caller knows the session
+            attrs["mcp.protocol.version"] = version
         try:
             if not self._telemetry.enabled:
                 await send(message)

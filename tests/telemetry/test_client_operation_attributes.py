@@ -2,13 +2,15 @@
 
 The MCP conventions recommend `network.transport`, `network.protocol.name`/`.version`, `server.address` and
 `server.port` on the client metric as on the CLIENT span. They depend on the upstream alone, so each series
-gets them when it is first made, not per call. Both kinds of upstream request are checked: the pipeline's
-forwarded call and the router's own (the tools/list fanned out upstream).
+gets them when it is first made, not per call; and `mcp.protocol.version`, the revision the upstream negotiated
+(recommended too; the agent's may differ, so it is the upstream session's). Both kinds of upstream request are
+checked: the pipeline's forwarded call and the router's own (the tools/list fanned out upstream).
 Real gateway, real SDK streamable-HTTP upstream.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -43,3 +45,4 @@ async def test_client_operation_series_name_the_upstreams_transport(start_gatewa
         for label in ('network_transport="tcp"', 'network_protocol_name="http"', 'network_protocol_version="1.1"',
                       'server_address="127.0.0.1"', f'server_port="{port}"', 'customs_upstream="inventory"'):
             assert label in line, (label, line)
+        assert re.search(r'mcp_protocol_version="\d{4}-\d{2}-\d{2}"', line), line  # (missing on the old code)
