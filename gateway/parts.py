@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp import web
@@ -181,6 +181,94 @@ def _identifier(config: Config) -> Identifier:
         raise ConfigError([f"identity: {exc}"], "identity") from exc
 
 
+class _Stores(NamedTuple):
+    approvals: ApprovalStore
+    pins: Any
+    limits: Any
+    facts: Any
+
+
+def _stores(config: Config, redis: RedisConnection | None, catalog: Catalog, credentials: CredentialService,
+            on_approval: Callable[[dict[str, Any]], None]) -> _Stores:
+    """The state several replicas must agree on: in Redis when the config says so, else in this process."""
+    if redis is not None:
+        return _Stores(RedisApprovalStore(redis.client, redis.prefix, on_event=on_approval),
+                       RedisPins(redis.client, redis.prefix, on_changed=catalog.drop),
+                       RedisLimits(redis.client, redis.prefix, lease_s=slot_lease_s(config)),
+                       RedisFacts(redis.client, redis.prefix))
+    approvals = MemoryApprovalStore(on_event=on_approval)
+    pins, facts_store = MemoryPins(), MemoryFacts()
+    limit_backend = MemoryLimits(sweep_s=sweep_interval(config.limits))
+    credentials.tasks.on_end(facts_store.forget)  # an ended task's facts are never read again
+    return _Stores(approvals, pins, limit_backend, facts_store)
+
+
+def _approval_recorder(obs: Observability) -> Callable[[dict[str, Any]], None]:
+    def on_approval(record: dict[str, Any]) -> None:
+        record = dict(record)
+        record.pop("kind", None)
+        obs.approval_changed(str(record.pop("approval_id")), str(record.pop("state")), **record)
+
+    return on_approval
+
+
+def _pin_recorder(obs: Observability) -> Callable[..., None]:
+    def on_pin_event(**event: Any) -> None:
+        if event.get("type") == "tool_quarantined":
+            obs.tool_quarantined(event["upstream"], event["tool"], event.get("reason", ""), event.get("hash"))
+        else:
+            obs.event(str(event.pop("type")), **event)
+
+    return on_pin_event
+
+
+def _checks(engine: PolicyEngine, config_reloads: ConfigReloads, redis: RedisConnection | None,
+            identifier: Identifier) -> dict[str, Check]:
+    """/readyz's checks beside the upstreams': policies, config re-reads, the store, the identifier's keys."""
+    async def policy_check() -> tuple[bool, Any]:
+        return engine.loaded, engine.status()
+
+    checks: dict[str, Check] = {"policies": policy_check, "config": config_reloads.check}
+    if redis is not None:
+        async def store_check() -> tuple[bool, Any]:
+            return await redis.check()
+        checks["store"] = store_check
+    readiness = getattr(identifier, "readiness", None)
+    if readiness is not None:
+        checks["identity"] = readiness
+    return checks
+
+
+def _conditional_owners(config: Config, stores: _Stores, identifier: Identifier) -> list[Any]:
+    """The owners that have something to start or close only with some configs, in their start order."""
+    owners: list[Any] = []
+    limit_backend, pins = stores.limits, stores.pins
+    if isinstance(limit_backend, MemoryLimits) and (config.limits.per_principal.rate_per_s
+                                                   or config.limits.per_tool.rate_per_s):
+        owners.append(limit_backend)  # sweeps refilled buckets; no rate rule, no buckets to sweep
+    if isinstance(limit_backend, RedisLimits):
+        owners.append(limit_backend)  # retries releases Redis could not take; ends them on close
+    if isinstance(pins, RedisPins) and config.pinning.mode != "off":
+        owners.append(pins)  # hears other replicas' quarantines and re-approvals
+    identity_owner = identifier if hasattr(identifier, "start") else None
+    if identity_owner is not None:
+        owners.append(identity_owner)
+    return owners
+
+
+def _approvers_routes(config: Config, approvals: ApprovalStore, identifier: Identifier, engine: PolicyEngine,
+                      redactor: Redactor, approve: ApproveStage, redis: RedisConnection | None) -> list[web.RouteDef]:
+    return approval_routes(approvals, identifier, cedar_approver_check(engine.decide_approve),
+                           redactor=redactor.redact,
+                           approvers_issuer=config.approvals.approvers_issuer,
+                           keepalive_s=config.approvals.keepalive_s,
+                           closing=approve.shutting_down,
+                           public_https=config.listen.resource_url.startswith("https://"),
+                           base_path=split_base(config.listen.resource_url)[1],
+                           signouts=RedisSignOuts(redis.client, redis.prefix) if redis is not None
+                           else MemorySignOuts())
+
+
 async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Mapping[str, Upstream],
                       catalog: Catalog) -> Parts:
     redis = RedisConnection(config.store.redis) if isinstance(config.store, RedisStore) else None
@@ -192,77 +280,29 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     credentials = CredentialService(config, redis=redis, redactor=redactor,
                                     on_event=lambda event: obs.event(str(event.pop("event", "revocation")), **event),
                                     on_revocation=obs.metrics.token_revoked)
-    def on_approval(record: dict[str, Any]) -> None:
-        record = dict(record)
-        record.pop("kind", None)
-        obs.approval_changed(str(record.pop("approval_id")), str(record.pop("state")), **record)
-
-    if redis is not None:
-        approvals: ApprovalStore = RedisApprovalStore(redis.client, redis.prefix, on_event=on_approval)
-        pins: Any = RedisPins(redis.client, redis.prefix, on_changed=catalog.drop)
-        limit_backend: Any = RedisLimits(redis.client, redis.prefix, lease_s=slot_lease_s(config))
-        facts_store: Any = RedisFacts(redis.client, redis.prefix)
-    else:
-        approvals = MemoryApprovalStore(on_event=on_approval)
-        pins, facts_store = MemoryPins(), MemoryFacts()
-        limit_backend = MemoryLimits(sweep_s=sweep_interval(config.limits))
-        credentials.tasks.on_end(facts_store.forget)  # an ended task's facts are never read again
-
-    def on_pin_event(**event: Any) -> None:
-        if event.get("type") == "tool_quarantined":
-            obs.tool_quarantined(event["upstream"], event["tool"], event.get("reason", ""), event.get("hash"))
-        else:
-            obs.event(str(event.pop("type")), **event)
-
+    stores = _stores(config, redis, catalog, credentials, _approval_recorder(obs))
+    approvals = stores.approvals
     # A re-approval drops the upstream's cached list, so the next call re-lists and sees the tool again.
-    guard = ToolGuard(config.upstreams, pins, config.pinning.mode, on_event=on_pin_event,
+    guard = ToolGuard(config.upstreams, stores.pins, config.pinning.mode, on_event=_pin_recorder(obs),
                       on_changed=catalog.invalidate)
     page_url = config.listen.resource_url + "/approvals"
     webhooks = WebhookNotifier(config.approvals.webhooks, page_url=page_url, session=http)
     approve = ApproveStage(approvals, config.approvals, redactor.redact, notifier=webhooks, page_url=page_url,
                            policy_quorum=engine.policy_quorum, current_ids=obs.telemetry.current_ids)
-    facts = TaskStage(facts_store, {u.name: u for u in config.upstreams}, credentials.tasks.resolve,
+    facts = TaskStage(stores.facts, {u.name: u for u in config.upstreams}, credentials.tasks.resolve,
                       redactor.contains_secret)
     identifier = _identifier(config)
-
-    async def policy_check() -> tuple[bool, Any]:
-        return engine.loaded, engine.status()
-
     config_reloads = ConfigReloads(obs)
-    checks: dict[str, Check] = {"policies": policy_check, "config": config_reloads.check}
-    if redis is not None:
-        async def store_check() -> tuple[bool, Any]:
-            return await redis.check()
-        checks["store"] = store_check
-    readiness = getattr(identifier, "readiness", None)
-    if readiness is not None:
-        checks["identity"] = readiness
+    checks = _checks(engine, config_reloads, redis, identifier)
     # After the store (it reads it), before the rest; no reads at all when no metric is exported.
     gauge = PendingGauge(approvals, obs.metrics.set_approvals_pending) if obs.metrics.enabled else None
     owners: list[Any] = [o for o in (redis, obs, engine, approvals, gauge, webhooks, credentials) if o is not None]
-    if isinstance(limit_backend, MemoryLimits) and (config.limits.per_principal.rate_per_s
-                                                   or config.limits.per_tool.rate_per_s):
-        owners.append(limit_backend)  # sweeps refilled buckets; no rate rule, no buckets to sweep
-    if isinstance(limit_backend, RedisLimits):
-        owners.append(limit_backend)  # retries releases Redis could not take; ends them on close
-    if isinstance(pins, RedisPins) and config.pinning.mode != "off":
-        owners.append(pins)  # hears other replicas' quarantines and re-approvals
-    identity_owner = identifier if hasattr(identifier, "start") else None
-    if identity_owner is not None:
-        owners.append(identity_owner)
+    owners += _conditional_owners(config, stores, identifier)
     return Parts(identifier=identifier, engine=engine, authorize=AuthorizeStage(engine, config.environment),
                  approvals=approvals, approve=approve, credentials=credentials, observability=obs, guard=guard,
-                 limiter=Limiter(config.limits, limit_backend), facts=facts, upstreams=upstreams,
+                 limiter=Limiter(config.limits, stores.limits), facts=facts, upstreams=upstreams,
                  config_reloads=config_reloads, redis=redis,
                  routes=[*credentials.routes(), *obs.routes(), *_metadata_routes(config),
-                         *approval_routes(approvals, identifier, cedar_approver_check(engine.decide_approve),
-                                          redactor=redactor.redact,
-                                          approvers_issuer=config.approvals.approvers_issuer,
-                                          keepalive_s=config.approvals.keepalive_s,
-                                          closing=approve.shutting_down,
-                                          public_https=config.listen.resource_url.startswith("https://"),
-                                          base_path=split_base(config.listen.resource_url)[1],
-                                          signouts=RedisSignOuts(redis.client, redis.prefix) if redis is not None
-                                          else MemorySignOuts()),
+                         *_approvers_routes(config, approvals, identifier, engine, redactor, approve, redis),
                          *ToolsAdmin(guard, identifier, upstreams, config.pinning.admin_group).routes()],
                  checks=checks, owners_before_upstreams=owners)
