@@ -199,6 +199,10 @@ async def features_gw(start_gateway: Any, permissive_policies: Path, tmp_path: P
         "identity": ANON, "policies": {"dir": str(permissive_policies), "watch": False},
     })
     gw.cancel_file = cancel_file
+    # slowfeat's 2.5 s also bounds its child's start-up: on a loaded machine a first start can miss it (and is
+    # retried), which is not what these tests are about; they begin once both children are up.
+    async with aiohttp.ClientSession() as http:
+        await poll(lambda: _ready(http, gw), timeout=60, what="both stdio children up")
     return gw
 
 
