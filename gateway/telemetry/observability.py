@@ -255,7 +255,7 @@ class Observability:
         return instrument(pipeline, self.telemetry, self.metrics, self._upstreams)
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/metrics", self.metrics_handler, allow_head=False)] if self.metrics.registry else []
+        return [web.get("/metrics", self.metrics_handler)] if self.metrics.registry else []
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         response = web.Response(body=self.metrics.prometheus_text())

@@ -126,10 +126,6 @@ async def test_metrics_route_serves_prometheus_text() -> None:
     assert off.routes() == []
 
 
-# Strict: once the route takes HEAD this passes and fails as XPASS, and the mark goes (with a line in docs/tracing.md).
-@pytest.mark.xfail(strict=True, reason="/metrics is registered with allow_head=False in "
-                   "gateway/telemetry/observability.py (Observability.routes), another engineer's file: "
-                   "HEAD answers 405 until that argument goes")
 async def test_metrics_answers_head_as_get(start_gateway: StartGateway) -> None:
     """A scraper's or load balancer's HEAD /metrics gets GET's status and headers, no body, as /healthz does."""
     gw = await start_gateway({"upstreams": [{"name": "inventory", "url": "http://127.0.0.1:1/mcp"}]})
