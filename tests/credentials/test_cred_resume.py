@@ -106,6 +106,12 @@ async def upstream() -> AsyncIterator[SlowUpstream]:
     await runner.cleanup()
 
 
+def minted_for(upstream: SlowUpstream, policies: Any, tmp_path: Any) -> dict[str, Any]:
+    """A gateway config minting 2 s tokens for the slow upstream."""
+    return {"upstreams": [{"name": "slow", "url": upstream.url, "credentials": {"mode": "minted", "ttl_s": 2}}],
+            "policies": {"dir": str(policies)}, "signing": {"key_dir": str(tmp_path / "keys")}}
+
+
 async def test_a_resumed_answer_stream_carries_a_live_credential_for_the_same_call(
         start_gateway, permissive_policies, tmp_path, upstream: SlowUpstream) -> None:
     gw = await start_gateway({
@@ -131,9 +137,7 @@ async def test_the_renewed_credential_an_upstream_echoes_on_the_resume_is_taken_
     """The answer came on the resumed stream, quoting the token renewed for it: not the token the call was sent with,
     so scrubbing only that one (as before) handed the agent a live token for the upstream."""
     upstream.echo = True
-    gw = await start_gateway({
-        "upstreams": [{"name": "slow", "url": upstream.url, "credentials": {"mode": "minted", "ttl_s": 2}}],
-        "policies": {"dir": str(permissive_policies)}, "signing": {"key_dir": str(tmp_path / "keys")}})
+    gw = await start_gateway(minted_for(upstream, permissive_policies, tmp_path))
     async with aiohttp.ClientSession() as http:
         agent = Agent(http, gw.mcp)
         await agent.open()
@@ -145,9 +149,7 @@ async def test_the_renewed_credential_an_upstream_echoes_on_the_resume_is_taken_
 
 async def test_no_resume_for_a_task_ended_while_the_stream_was_down(
         start_gateway, permissive_policies, tmp_path, upstream: SlowUpstream) -> None:
-    gw = await start_gateway({
-        "upstreams": [{"name": "slow", "url": upstream.url, "credentials": {"mode": "minted", "ttl_s": 2}}],
-        "policies": {"dir": str(permissive_policies)}, "signing": {"key_dir": str(tmp_path / "keys")}})
+    gw = await start_gateway(minted_for(upstream, permissive_policies, tmp_path))
     async with aiohttp.ClientSession() as http:
         agent = Agent(http, gw.mcp)
         await agent.open()

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from gateway.transport.http_base import UPSTREAM_IDLE_S
 from tests.hardening.conftest import ANON, RawClient
+from tests.support.servers import run_post_only_mcp
 
 pytestmark = pytest.mark.asyncio
 
@@ -69,16 +70,8 @@ class ClosingOnIdle:
 @pytest.fixture
 async def closing_upstream() -> AsyncIterator[tuple[ClosingOnIdle, str]]:
     upstream = ClosingOnIdle()
-    app = web.Application()
-    app.router.add_post("/mcp", upstream.handle)
-    app.router.add_delete("/mcp", lambda _request: web.Response(status=204))  # type: ignore[arg-type,return-value]
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield upstream, f"http://127.0.0.1:{port}/mcp"
-    await runner.cleanup()
+    async with run_post_only_mcp(upstream.handle) as url:
+        yield upstream, url
 
 
 async def test_the_pool_lets_go_before_a_five_second_keepalive_server() -> None:
