@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,13 @@ def with_port(data: dict[str, Any], port: int) -> dict[str, Any]:
 @pytest.fixture
 async def start_gateway() -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[RunningGateway]]]:
     """Start real gateways in this process on 127.0.0.1 with a free port; config given as a dict."""
+    async with in_process_gateways() as start:
+        yield start
+
+
+@asynccontextmanager
+async def in_process_gateways() -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[RunningGateway]]]:
+    """What start_gateway gives, for fixtures of a wider scope: the gateways stop when the block ends."""
     from gateway.app import create_app, serving_runner
 
     runners: list[web.AppRunner] = []
@@ -94,9 +102,11 @@ async def start_gateway() -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[
         await site.start()
         return RunningGateway(f"http://127.0.0.1:{port}", app, runner, config)
 
-    yield start
-    for runner in reversed(runners):
-        await runner.cleanup()
+    try:
+        yield start
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
 
 
 @dataclass
@@ -155,8 +165,13 @@ async def spawn_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable
 @pytest.fixture
 def permissive_policies(tmp_path: Path) -> Path:
     """A policy dir that permits every call (for protocol tests that are not about policy)."""
+    return write_permissive_policies(tmp_path)
+
+
+def write_permissive_policies(parent: Path) -> Path:
+    """permissive_policies' dir, made under `parent` (for fixtures of a wider scope)."""
     src = REPO / "policies" / "schema.cedarschema"
-    target = tmp_path / "allow-all"
+    target = parent / "allow-all"
     target.mkdir()
     (target / "schema.cedarschema").write_text(src.read_text())
     (target / "allow.cedar").write_text('@id("allow-all")\npermit(principal, action, resource);\n')

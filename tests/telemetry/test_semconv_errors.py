@@ -21,12 +21,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, in_process_gateways, write_permissive_policies
 from tests.support.mcp_client import sdk_client
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.servers import run_http_server
@@ -72,15 +73,22 @@ class Run:
         return found[0]
 
 
-@pytest.fixture
-async def run(otlp: OtlpReceiver, start_gateway: StartGateway, permissive_policies: Path) -> AsyncIterator[Run]:
+# The failed calls are made once for the module (a gateway, an upstream, a receiver: seconds on a loaded machine): the
+# tests that take `run` only read what they left (spans, /metrics), so they run in the fixture's event loop.
+IN_RUN_LOOP = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run]:
     release = asyncio.Event()
-    async with run_http_server(failing_server(release)) as url:
+    policies = write_permissive_policies(tmp_path_factory.mktemp("semconv"))
+    async with (OtlpReceiver() as otlp, in_process_gateways() as start_gateway,
+                run_http_server(failing_server(release)) as url):
         gateway = await start_gateway({
             # Only `slow` must time out: the others answer at once, but a loaded CI runner can take over 0.3 s.
             "upstreams": [{"name": "audit", "url": url, "timeout_s": 30, "tools": {"slow": {"timeout_s": 0.3}}}],
             "identity": {"mode": "anonymous"},
-            "policies": {"dir": str(permissive_policies)},
+            "policies": {"dir": str(policies)},
             "telemetry": {"traces": {"endpoint": otlp.url}},
         })
         async with sdk_client(gateway.mcp) as client:
@@ -98,6 +106,7 @@ async def run(otlp: OtlpReceiver, start_gateway: StartGateway, permissive_polici
         yield Run(otlp, prometheus)
 
 
+@IN_RUN_LOOP
 async def test_an_upstream_json_rpc_error_is_described_by_its_message(run: Run) -> None:
     server, client = await run.pair("reject")
     for span in (server, client):
@@ -105,6 +114,7 @@ async def test_an_upstream_json_rpc_error_is_described_by_its_message(run: Run) 
         assert span.attributes["error.type"] == "-32602" and span.attributes["rpc.response.status_code"] == "-32602"
 
 
+@IN_RUN_LOOP
 async def test_a_tool_error_result_sets_the_error_status(run: Run) -> None:
     server, client = await run.pair("boom")
     for span in (server, client):
@@ -112,6 +122,7 @@ async def test_a_tool_error_result_sets_the_error_status(run: Run) -> None:
         assert "rpc.response.status_code" not in span.attributes  # the JSON-RPC answer was a result
 
 
+@IN_RUN_LOOP
 async def test_a_timeout_has_no_upstream_status_code_on_the_client_span(run: Run) -> None:
     server, client = await run.pair("slow")
     assert client.attributes["error.type"] == "upstream_timeout" and client.status == "ERROR"
@@ -123,6 +134,7 @@ async def test_a_timeout_has_no_upstream_status_code_on_the_client_span(run: Run
 NO_CODE = "!rpc_response_status_code=\"-"  # absent, or the empty value Prometheus gives a missing label
 
 
+@IN_RUN_LOOP
 @pytest.mark.parametrize(("tool", "server_labels", "client_labels"), [
     ("reject", ['error_type="-32602"', 'rpc_response_status_code="-32602"'],
      ['error_type="-32602"', 'rpc_response_status_code="-32602"']),
@@ -142,6 +154,7 @@ async def test_operation_durations_carry_the_failure(run: Run, tool: str, server
                 assert label in line, (label, line)
 
 
+@IN_RUN_LOOP
 async def test_a_refused_call_counts_its_reason_and_code(run: Run) -> None:
     # A name no upstream lists is no metric value (test_metric_cardinality.py): the point has no tool name.
     assert not [line for line in run.prometheus.splitlines() if "audit__missing" in line]
