@@ -50,7 +50,8 @@ def configured_secrets(upstream: UpstreamConfig, redactor: Redactor) -> list[str
     """The secrets config gives this upstream besides a static credential (read and added by StaticCredentials): a
     token exchange's client secret, the values of secret-named static `headers` (`X-Api-Key`, `Authorization`) and
     `env` entries of a stdio child (`GITHUB_TOKEN`: the only way to give one its key), with the token of a
-    `<scheme> <token>` value on its own too, secret-named options of a stdio command (`--api-key KEY`), and the
+    `<scheme> <token>` value on its own too, secret-named options and assignments of a stdio command (`--api-key KEY`,
+    `-e GITHUB_TOKEN=KEY`), and the
     password of the upstream URL's user info. The gateway holds them as it holds a static key, so an upstream
     quoting one must not hand it to the agent; values under other names (`TZ`, `X-Region`, and names about a
     secret rather than of one: `TOKEN_URL`, `--token-limit`, Redactor.names_a_secret) are ordinary text."""
@@ -69,20 +70,30 @@ def configured_secrets(upstream: UpstreamConfig, redactor: Redactor) -> list[str
 
 def _option_secrets(command: tuple[str, ...], redactor: Redactor) -> list[str]:
     """The values of a stdio command's secret-named options (`--api-key KEY`, `--token=KEY`): how many stdio
-    servers take their key when not from the environment."""
+    servers take their key when not from the environment; and of its secret-named assignments (`docker run -e
+    GITHUB_TOKEN=KEY`, `--env=API_KEY=KEY`, `env OPENAI_API_KEY=KEY server`): how a container or a wrapper is
+    handed one."""
     found, args = [], command[1:]
     for index, option in enumerate(args):
         following = args[index + 1] if index + 1 < len(args) else None
         if not option.startswith("-"):
+            found += _assigned_secret(option, redactor)
             continue
         name, equals, value = option.lstrip("-").partition("=")
         if not redactor.names_a_secret(name):
+            found += _assigned_secret(value, redactor) if equals else []
             continue
         if equals:
             found.append(value)
         elif following is not None and not following.startswith("-"):
             found.append(following)
     return found
+
+
+def _assigned_secret(argument: str, redactor: Redactor) -> list[str]:
+    """The value of a `NAME=value` argument whose NAME names a secret (`GITHUB_TOKEN=KEY`), else nothing."""
+    name, equals, value = argument.partition("=")
+    return [value] if equals and value and redactor.names_a_secret(name) else []
 
 
 def _user_info_secrets(url: str | None) -> list[str]:

@@ -92,6 +92,20 @@ def test_a_secret_named_option_of_a_stdio_command_is_known() -> None:
         "[REDACTED] [REDACTED] region-north-7 server")
 
 
+def test_a_secret_named_assignment_in_a_stdio_command_is_known() -> None:
+    # `docker run -e GITHUB_TOKEN=KEY image`, `--env=API_KEY=KEY`, `env OPENAI_API_KEY=KEY server`: how a container
+    # or wrapper hands the child its key on the command line (on the old code none of these was known).
+    config = parse_config({"upstreams": [
+        {"name": "d", "command": ["docker", "run", "-i", "--rm", "-e", "GITHUB_TOKEN=ghp-argv-1234",
+                                  "--env=API_KEY=envopt-key-5678", "-e", "LOG_LEVEL=debug-level", "-e", "GITHUB_TOKEN",
+                                  "-e", "TOKEN_URL=https://idp.example/t", "image"]},
+        {"name": "w", "command": ["env", "OPENAI_API_KEY=wrapped-key-9012", "server"]}]})
+    redactor = CredentialService(config, environ={}).redactor
+    assert redactor.scrub_known("ghp-argv-1234 envopt-key-5678 wrapped-key-9012") == "[REDACTED] [REDACTED] [REDACTED]"
+    ordinary = "debug-level https://idp.example/t GITHUB_TOKEN image"
+    assert redactor.scrub_known(ordinary) == ordinary
+
+
 def test_a_name_about_a_secret_does_not_make_its_value_one() -> None:
     # A value is a secret when its name ends in a secret word (GITHUB_TOKEN, X-Api-Key, --api-key); TOKEN_URL,
     # HF_TOKEN_PATH, --token-limit name a place or a number, which known would be blanked out of every answer and
