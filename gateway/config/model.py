@@ -275,8 +275,13 @@ class TasksConfig(Model):
     idle_s: float = Field(300.0, gt=0, le=365 * 86400, allow_inf_nan=False)
 
 
+# Key names redacted whatever `secrets.redact_keys` says: a list configured to add one name (`ssn`) must not
+# silently stop the redaction of passwords and tokens.
+BUILTIN_REDACT_KEYS = ("password", "secret", "token", "api_key", "apikey", "authorization")
+
+
 class SecretsConfig(Model):
-    redact_keys: tuple[str, ...] = ("password", "secret", "token", "api_key", "apikey", "authorization")
+    redact_keys: tuple[str, ...] = BUILTIN_REDACT_KEYS  # added to the built-in names, never in their place
     sensitive_headers: tuple[str, ...] = ()
 
 

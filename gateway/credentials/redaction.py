@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gateway.config.model import SecretsConfig
+from gateway.config.model import BUILTIN_REDACT_KEYS, SecretsConfig
 
 MARK = "[REDACTED]"
 
@@ -75,7 +75,7 @@ class Redactor:
 
     def __init__(self, config: SecretsConfig | None = None, *, known_secrets: Iterable[str] = ()) -> None:
         config = config or SecretsConfig()
-        names = tuple(config.redact_keys) + tuple(config.sensitive_headers)
+        names = tuple(dict.fromkeys((*BUILTIN_REDACT_KEYS, *config.redact_keys, *config.sensitive_headers)))
         self._key_words = tuple(w for w in (_words(n) for n in names) if w)
         self._key_flat = frozenset("".join(w) for w in self._key_words)
         self._known: set[str] = set()

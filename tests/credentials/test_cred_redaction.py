@@ -82,8 +82,9 @@ def test_contains_secret_for_args(redactor: Redactor) -> None:
 
 def test_configured_keys_and_headers() -> None:
     redactor = Redactor(SecretsConfig(redact_keys=("pin",), sensitive_headers=("X-Tenant-Secret",)))
-    assert redactor.redact({"pin": "1234", "password": "pw", "x_tenant_secret": "v"}) == {
-        "pin": "[REDACTED]", "password": "pw", "x_tenant_secret": "[REDACTED]"}
+    # Added to the built-in names, never in their place (on the old code `password` was then left in clear).
+    assert redactor.redact({"pin": "1234", "password": "pw", "x_tenant_secret": "v", "sku": "A-1"}) == {
+        "pin": "[REDACTED]", "password": "[REDACTED]", "x_tenant_secret": "[REDACTED]", "sku": "A-1"}
     assert redactor.redact_headers({"Cookie": "a=b", "Accept": "text/plain", "X-Tenant-Secret": "v"}) == {
         "Cookie": "[REDACTED]", "Accept": "text/plain", "X-Tenant-Secret": "[REDACTED]"}
 
