@@ -7,6 +7,7 @@ is global: two gateways in one process do not share state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -40,6 +41,12 @@ from gateway.transport.registry import build_upstream
 log = logging.getLogger("customs.app")
 MAX_HEADER_BYTES = MAX_TOKEN_BYTES + 1024  # one request header field: a bearer token of the largest size identify takes
 UPSTREAM_CONNECTIONS = 100  # open at once to one upstream (host and port); more calls wait for one
+# Shutdown's Redis work is cut off this long before the drain deadline: what closes after it and the process's own exit
+# take about 0.1 s (more on a loaded machine), and belong inside the deadline too.
+REDIS_CUT_BEFORE_S = 0.25
+# ... but gets at least this, past the deadline when calls ran up to it: a Redis that answers takes milliseconds for a
+# session's revocation, so those are still made; one that hangs costs the exit this at most.
+REDIS_CLOSE_MIN_S = 1.0
 
 
 class Owner(Protocol):
@@ -60,6 +67,7 @@ class Gateway:
     endpoint: McpEndpoint
     owners: list[Any] = field(default_factory=list)
     draining: bool = False
+    shutdown_deadline: float | None = None  # loop time; set on SIGTERM (serve.py): the drain's deadline
 
     async def start(self) -> None:
         started: list[Any] = []
@@ -74,9 +82,38 @@ class Gateway:
             raise
 
     async def close(self) -> None:
+        """Close the owners in reverse order. Once SIGTERM set the deadline, shutdown's Redis work (sessions'
+        revocations, the stores' last writes, what calls left running in the background) shares it: against a Redis
+        that hangs each of those waited the client's 5 s socket timeout and the exit came seconds past it."""
+        bound = self._redis_bound()
         for owner in reversed(self.owners):
             await _close_quietly(owner)
+            if owner is self.sessions:  # no call runs any more: nothing new goes to the background
+                await self._settle_background(bound)
         await self.http.close()
+
+    def _redis_bound(self) -> float | None:
+        """The moment (loop time) shutdown's Redis commands are cut off at: just before the drain deadline, or
+        REDIS_CLOSE_MIN_S from now if that is later; None without a deadline (a runner cleaned up in tests)."""
+        if self.shutdown_deadline is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        bound = max(self.shutdown_deadline - REDIS_CUT_BEFORE_S, now + REDIS_CLOSE_MIN_S)
+        if self.parts.redis is not None:
+            self.parts.redis.cut_off(bound)
+        return bound
+
+    async def _settle_background(self, bound: float | None) -> None:
+        """Await the holds' releases and the task facts' give-backs calls left running, until `bound`; cancel
+        those still running then (their in-flight command began before the cut-off, which does not bound it)."""
+        running = self.parts.approve.in_background() | self.parts.facts.in_background()
+        if not running:
+            return
+        timeout = None if bound is None else max(0.0, bound - asyncio.get_running_loop().time())
+        _, late = await asyncio.wait(running, timeout=timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         await self.start()

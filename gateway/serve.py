@@ -127,6 +127,7 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     gateway.draining = True
     # The last span export shares the drain deadline instead of adding its own 10 s after it.
     deadline = loop.time() + config.listen.drain_timeout_s
+    gateway.shutdown_deadline = deadline  # and shutdown's Redis work (gateway/app.py: Gateway.close)
     gateway.parts.observability.telemetry.shutdown_deadline = deadline
     gateway.parts.observability.metrics.shutdown_deadline = deadline
     # Held calls are not in-flight work to wait for: they answer approval_pending (with the id) now and their

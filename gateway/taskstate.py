@@ -40,6 +40,8 @@ class FactsStore(Protocol):
 
     async def release(self, task: str, tool: str, sums: Mapping[str, float]) -> None: ...
 
+    def in_background(self) -> set[asyncio.Future[None]]: ...
+
 
 @dataclass
 class _Task:
@@ -92,6 +94,9 @@ class MemoryFacts:
             state.totals[name] = state.totals.get(name, 0.0) + value
         state.calls[tool] = previous + 1
         return {"calls": previous, "totals": dict(state.totals), "seen_tools": seen}
+
+    def in_background(self) -> set[asyncio.Future[None]]:
+        return set()  # every give-back here is done when release returns
 
     async def release(self, task: str, tool: str, sums: Mapping[str, float]) -> None:
         state = self.tasks.get(task)
@@ -160,6 +165,10 @@ class RedisFacts:
         giving_back.add_done_callback(self._giving_back.discard)
         await asyncio.wait((giving_back,), timeout=RELEASE_WAIT_S)  # the give-back is not cancelled with the caller
 
+    def in_background(self) -> set[asyncio.Future[None]]:
+        """The give-backs still running after their calls answered (RELEASE_WAIT_S): shutdown awaits them."""
+        return set(self._giving_back)
+
     async def _give_back(self, task: str, tool: str, sums: Mapping[str, float]) -> None:
         try:
             await self._release(keys=self._keys(task), args=self._args(tool, self._ttl, sums))
@@ -211,6 +220,10 @@ class TaskStage:
             facts["not_counted"] = not_counted
         ctx.extra["task"] = facts
         ctx.extra["task_reservation"] = (ctx.task_id, ctx.tool.cedar_id, sums)
+
+    def in_background(self) -> set[asyncio.Future[None]]:
+        """The store's give-backs still running in the background."""
+        return self._store.in_background()
 
     async def release(self, ctx: CallContext) -> None:
         """Give the reservation back when the call did not execute (called only when the call failed)."""

@@ -138,6 +138,10 @@ class ApproveStage:
         """Set by `release_held()`: the gateway has begun to shut down."""
         return self._released
 
+    def in_background(self) -> set[asyncio.Future[Any]]:
+        """The holds' releases still running after their calls answered: shutdown awaits them (gateway/app.py)."""
+        return set(self._releasing)
+
     def quorum(self, policy_ids: Sequence[str]) -> int:
         """Distinct approvers this call needs: the largest quorum of the policies that held it, each policy
         counting with its `@quorum("N")`, or `approvals.quorum` when it has none."""

@@ -71,12 +71,11 @@ async def test_sigterm_with_redis_hung_answers_held_calls_pending_at_once_and_ke
         await store.close()
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: with Redis hung, shutdown's Redis work (session ends revoking "
-                   "credentials, store closes) each wait the client's 5 s socket timeout after runner.cleanup began; "
-                   "the exit comes ~2.5 s past drain_timeout_s")
 async def test_sigterm_with_redis_hung_exits_within_the_drain_deadline(
         spawn_gateway: Any, setup: tuple[dict[str, Any], TestIssuer, str], redis_server: RedisServer) -> None:  # noqa: F811
-    """docs/security.md, SIGTERM row: "exit 0 within the deadline", also when Redis hangs."""
+    """docs/security.md, SIGTERM row: "exit 0 within the deadline", also when Redis hangs. Shutdown's own Redis work
+    (the session's end revoking its credentials, the approval store's last write) each waited the client's 5 s socket
+    timeout after the drain, and the exit came seconds past the deadline; it is now cut off at the deadline."""
     config, issuer, _ = setup
     assert redis_server.proc is not None
     async with held_calls(spawn_gateway, config, issuer, 1) as (gw, _), frozen(redis_server.proc.pid):
