@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from gateway.context import args_digest
+from gateway.telemetry.child_pipe import settle_heap
 from gateway.timefmt import iso_utc, rfc3339_ms
 
 log = logging.getLogger("customs.decision_log")
@@ -261,6 +262,7 @@ def main() -> None:
     fd = int(sys.argv[1])
     target = FileTarget(fd, sys.argv[2] if len(sys.argv) > 2 else None)
     stdin, reports = sys.stdin.buffer, sys.stdout.buffer
+    settle_heap()
     while (batch := read_frame(stdin)) is not None:
         if isinstance(batch, int):  # a flush marker: everything before it is written
             reports.write(f"flushed {batch}\n".encode())

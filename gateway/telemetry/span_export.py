@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from gateway.telemetry.child_pipe import stop_child, widen_pipe
+from gateway.telemetry.child_pipe import settle_heap, stop_child, widen_pipe
 from gateway.telemetry.spans import SCOPE, WireSpan
 
 if TYPE_CHECKING:  # imported where used: the gateway's process never encodes
@@ -340,6 +340,7 @@ def main() -> None:
     config = first[1]
     encoder = OtlpEncoder(config["resource"])
     poster = OtlpPoster(config["endpoint"], config["headers"] or {}, os.environ)
+    settle_heap()
     try:
         while (message := _read_frame(stdin)) is not None:
             kind, body = message
