@@ -19,7 +19,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, settings
 
 from gateway.config import Config, parse_config
-from tests.support.processes import stop
+from tests.support.processes import stop_async
 
 # Property tests generate their examples on a machine shared with the rest of the suite: how fast generation goes
 # depends on the machine's load, not on the code under test, so Hypothesis's too_slow health check is off.
@@ -157,9 +157,7 @@ async def spawn_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable
         return handle
 
     yield spawn
-    for handle in procs:
-        if handle.proc.poll() is None:
-            stop(handle.proc)
+    await asyncio.gather(*(stop_async(handle.proc) for handle in procs if handle.proc.poll() is None))
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from tests.conftest import free_port, with_port
 from tests.hardening.conftest import ANON, RawClient, Recorder, one_shape_policies, poll, reason, recording_server
+from tests.support.processes import stop_async
 from tests.support.servers import run_http_server
 from tests.support.tokens import generate_key
 
@@ -182,8 +183,7 @@ async def test_sighup_while_starting_neither_kills_the_gateway_nor_is_lost(
     finally:
         release.set()
         if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
+            await stop_async(proc)  # the loop serves its upstream meanwhile
         await runner.cleanup()
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.support.processes import stop
+from tests.support.processes import stop_async
 from tests.support.servers import SeenRequest, run_aiohttp
 from tests.support.tokens import TestIssuer
 
@@ -207,7 +207,7 @@ async def serve_file(config: Path, env: dict[str, str]) -> AsyncIterator[subproc
         await until(listening, f"the gateway to listen:\n{log.read_text()}", within=30)
         yield proc
     finally:
-        stop(proc)
+        await stop_async(proc)
 
 
 async def lines(path: Path) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from typing import Any
 
@@ -14,3 +15,10 @@ def stop(proc: subprocess.Popen[Any], grace_s: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+async def stop_async(proc: subprocess.Popen[Any], grace_s: float = 10) -> None:
+    """stop() from a test's event loop, which goes on serving meanwhile: a gateway shutting down still talks to the
+    upstreams, webhook and OTLP receivers that loop runs (its sessions' DELETEs, its last span export). stop() there
+    blocked the loop, so each of those waited, and the process with them, until its own timeout or the SIGKILL."""
+    await asyncio.to_thread(stop, proc, grace_s)
