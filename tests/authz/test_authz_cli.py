@@ -1,4 +1,5 @@
-"""`customs policy ...` commands, run as a real subprocess (`python -m gateway.authz.cli`)."""
+"""`customs policy ...` commands: one test per command runs it as a real subprocess (`python -m gateway.authz.cli`,
+run_process), the others run its main() in this process (run: a child process each cost ~1 s of the suite)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,19 @@ import pytest
 from authz_helpers import REPO, SHIPPED, TOOLS, agent, call
 from mcp import Client
 
+from gateway.authz.cli import main as policy_main
 from gateway.authz.record import authz_input
 from gateway.demo.servers import SERVERS
+from tests.support.cli import customs_main
+
+
+def run_process(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.authz.cli", *map(str, argv)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.authz.cli", *map(str, argv)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return customs_main(*argv, main=policy_main)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +49,7 @@ def demo_tools_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("command", ["validate", "test", "explain", "schema", "replay"])
 def test_every_command_has_help(command: str) -> None:
-    result = run(command, "--help")
+    result = run_process(command, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout
     # Every option says what it takes, and the exit codes of docs/policies.md's command table are there too.
     text = result.stdout.replace("\n\n", "\n")
@@ -56,7 +63,7 @@ def test_every_command_has_help(command: str) -> None:
 
 
 def test_validate_ok_and_broken(policy_dir: Path) -> None:
-    ok = run("validate", SHIPPED)
+    ok = run_process("validate", SHIPPED)
     assert ok.returncode == 0 and "OK (13 policies" in ok.stdout
     (policy_dir / "bad.cedar").write_text('@id("bad")\npermit (principal, action, resource) when { context.nope };')
     bad = run("validate", policy_dir)
@@ -79,7 +86,7 @@ def test_validate_lists_the_problems_of_every_file_not_only_the_first_kind(polic
 
 
 def test_policy_test_passes_shipped_and_fails_a_wrong_case(tmp_path: Path) -> None:
-    ok = run("test", SHIPPED / "tests")
+    ok = run_process("test", SHIPPED / "tests")
     assert ok.returncode == 0 and " 0 failed" in ok.stdout
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text("cases:\n  - {name: wrong, principal: {id: a, attributes: {tenant: t}}, tool: payments/pay,\n"
@@ -97,8 +104,8 @@ def test_explain(tmp_path: Path) -> None:
     claims = tmp_path / "claims.json"
     claims.write_text(json.dumps({"sub": "agent-a", "tenant": "acme",
                                   "act": {"sub": "spiffe://customs.demo/agent/untrusted", "tenant": "acme"}}))
-    result = run("explain", "--policies", SHIPPED, "--principal-claims", f"@{claims}", "--tool", "inventory/get_stock",
-                 "--annotations", '{"read_only": true}', "--args", '{"sku": "widget"}')
+    result = run_process("explain", "--policies", SHIPPED, "--principal-claims", f"@{claims}", "--tool",
+                         "inventory/get_stock", "--annotations", '{"read_only": true}', "--args", '{"sku": "widget"}')
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["outcome"] == "deny" and report["policies"] == ["untrusted-agents"]
@@ -137,7 +144,8 @@ def test_schema_generation_catches_a_mistyped_argument(demo_tools_json: Path, po
     config = tmp_path / "customs.yaml"
     config.write_text(f"upstreams:\n  - {{name: inventory, url: http://127.0.0.1:9001/mcp}}\n"
                       f"policies: {{dir: {policy_dir}}}\n")
-    result = run("schema", "--config", config, "--tools-json", demo_tools_json, "-o", policy_dir / "schema.cedarschema")
+    result = run_process("schema", "--config", config, "--tools-json", demo_tools_json,
+                         "-o", policy_dir / "schema.cedarschema")
     assert result.returncode == 0, result.stderr
     schema = (policy_dir / "schema.cedarschema").read_text()
     assert '"quantity"?: Long' in schema and '"sku"?: String' in schema and "type inventory_set_stock_args" in schema
@@ -360,7 +368,7 @@ def test_replay_prints_control_characters_in_names_as_escapes(policy_dir: Path, 
     log.write_text("\n".join(lines) + "\n")
     (policy_dir / "freeze.cedar").write_text('@id("freeze")\nforbid (principal, action, resource)\n'
                                              'when { resource in Server::"inventory" };')
-    changed = run("replay", "--log", log, "--policies", policy_dir)
+    changed = run_process("replay", "--log", log, "--policies", policy_dir)
     assert changed.returncode == 1 and "2 changed" in changed.stdout
     assert "\x1b" not in changed.stdout and "\r" not in changed.stdout
     assert "call_tool inventory/get_stock\\x1b[2K\\rread_docs: allow -> deny" in changed.stdout
