@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from authz_helpers import REPO, SHIPPED, TOOLS, agent, call
+from authz_helpers import SHIPPED, TOOLS, agent, call
 
 from gateway.authz import entities as E
 from gateway.authz.cases import CaseError, run_cases_file
+from gateway.authz.cli import main as policy_main
 from gateway.authz.evaluate import EntityCache, decide
 from gateway.authz.policyset import load_policies
 from gateway.authz.record import authz_input
 from gateway.config.model import IdentityConfig
 from gateway.context import Actor, Principal
 from gateway.identity.identifier import AnonymousIdentifier
+from tests.support.cli import customs_main
 
 ONE, TWO = "https://idp-one.test", "https://idp-two.test"
 ISSUER_POLICY = f'''@id("one-vouches")
@@ -29,8 +30,8 @@ when {{ principal.issuer == "{ONE}" }};
 
 
 def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.authz.cli", *map(str, argv)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60, check=False)
+    """The policy CLI's main() in this process (test_authz_cli.py runs each command as a real child process)."""
+    return customs_main(*argv, main=policy_main)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.demo.servers import inventory_server
 from tests.lifecycle.conftest import READER, REPO, Upstreams, gateway_config, reason_of, token
+from tests.support.cli import customs_main
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_http_server
 from tests.support.tokens import TestIssuer
@@ -28,9 +29,14 @@ when { context.args has sku && context.args.sku == "widget" };
 '''
 
 
-def replay(log: Path, policies: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "policy", "replay", "--log", str(log),
-                           "--policies", str(policies)], capture_output=True, text=True, cwd=REPO, timeout=60)
+def replay(log: Path, policies: Path, *, process: bool = False) -> subprocess.CompletedProcess[str]:
+    """`customs policy replay`: its main() in this process (it sends no request), or as a real child process (each
+    cost ~1 s of the suite: one test keeps it)."""
+    argv = ["policy", "replay", "--log", str(log), "--policies", str(policies)]
+    if not process:
+        return customs_main(*argv)
+    return subprocess.run([sys.executable, "-m", "gateway", *argv], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
 
 
 def changed_policies(policies: Path, tmp_path: Path) -> Path:
@@ -95,7 +101,7 @@ async def test_replay_names_exactly_the_flipped_decisions(start_gateway: Any, up
     assert groups(same.stdout) == {}
     assert f"{len(calls)} replayed, 0 changed" in same.stdout
 
-    result = replay(log, changed_policies(policies, tmp_path))
+    result = replay(log, changed_policies(policies, tmp_path), process=True)
     assert result.returncode == 1, result.stdout + result.stderr
     reader = "spiffe://customs.demo/agent/reader"
     pay = f"{reader} call_tool payments/pay: allow -> approval_required"
