@@ -13,16 +13,22 @@ from pathlib import Path
 
 import yaml
 
+from tests.support.cli import customs_main
 
-def check(tmp_path: Path, upstream: dict[str, object]) -> subprocess.CompletedProcess[str]:
+
+def check(tmp_path: Path, upstream: dict[str, object], *, process: bool = False) -> subprocess.CompletedProcess[str]:
+    """`customs config check` of a config with this one upstream: the CLI's main() in this process, or (`process`,
+    ~1 s of the suite each) a real child process."""
     path = tmp_path / "customs.yaml"
     path.write_text(yaml.safe_dump({"upstreams": [{"name": "u", **upstream}]}))
+    if not process:
+        return customs_main("config", "check", str(path))
     return subprocess.run([sys.executable, "-m", "gateway", "config", "check", str(path)], capture_output=True,
                           text=True, timeout=60)
 
 
 def test_a_program_not_on_path_is_a_warning(tmp_path: Path) -> None:
-    done = check(tmp_path, {"command": ["no-such-mcp-server-h7x", "--stdio"]})
+    done = check(tmp_path, {"command": ["no-such-mcp-server-h7x", "--stdio"]}, process=True)
     assert done.returncode == 0, done.stderr
     assert ("warning: upstreams[0].command[0]: 'no-such-mcp-server-h7x' is no program found on PATH: serve starts, "
             "and upstream u stays unavailable until it is") in done.stderr
