@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from authz_helpers import SHIPPED
 
-from tests.support.cli import customs
+from tests.support.cli import customs_main
 
 USER = "{id: mallory, groups: [approvers]}"
 APPROVAL = "{id: ap-1, upstream: payments, tool: pay, args: {amount: 50}, requester: r, chain: []}"
@@ -45,7 +45,7 @@ def test_the_documented_approve_cases_still_run(tmp_path: Path) -> None:
                      f"approval: {APPROVAL}, expect: allow, policies: [approvers-decide], expect_errors: false}}\n"
                      f"  - {{name: b, action: approve, user: {{id: mallory, groups: [finance]}}, "
                      f"approval: {{id: ap-4, upstream: inventory, tool: set_stock, requester: r}}, expect: deny}}\n")
-    result = customs("policy", "test", cases, SHIPPED / "tests")
+    result = customs_main("policy", "test", cases, SHIPPED / "tests")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -61,7 +61,7 @@ def _refused(tmp_path: Path, case: str, named: str) -> None:
     """`policy test` on one case refuses it: exit 2, the error at the case's line naming `named`, no traceback."""
     cases = tmp_path / "cases.yaml"
     cases.write_text(f"policies: {SHIPPED}\ncases:\n  - {case}\n")
-    result = customs("policy", "test", cases)
+    result = customs_main("policy", "test", cases)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"error: {cases}:3: cases[0]" in result.stderr and named in result.stderr, result.stderr

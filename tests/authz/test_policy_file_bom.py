@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.cli import REPO, customs
+from tests.support.cli import REPO, customs_main
 
 BOM = "\ufeff"
 FORBID = ('@id("no-big-pay")\nforbid (principal, action == Action::"call_tool", resource == Tool::"payments/pay")\n'
@@ -30,14 +30,14 @@ def bom_policies(tmp_path: Path) -> Path:
 
 def test_policy_files_with_a_byte_order_mark_validate(tmp_path: Path) -> None:
     policies = bom_policies(tmp_path)
-    result = customs("policy", "validate", policies)
+    result = customs_main("policy", "validate", policies)
     assert result.returncode == 0, result.stderr
     plain = tmp_path / "plain"
     shutil.copytree(policies, plain)
     for path in [*plain.glob("*.cedar"), plain / "schema.cedarschema"]:
         path.write_text(path.read_text(encoding="utf-8").removeprefix(BOM), encoding="utf-8")
     # the same set: the mark is no part of the text, so not of the version approvals remember either
-    assert result.stdout.split("version ")[1] == customs("policy", "validate", plain).stdout.split("version ")[1]
+    assert result.stdout.split("version ")[1] == customs_main("policy", "validate", plain).stdout.split("version ")[1]
 
 
 def test_config_check_and_replay_read_them_too(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_config_check_and_replay_read_them_too(tmp_path: Path) -> None:
     config = tmp_path / "customs.yaml"
     config.write_text(yaml.safe_dump({"upstreams": [{"name": "payments", "url": "http://127.0.0.1:9/mcp"}],
                                       "policies": {"dir": str(policies)}}))
-    check = customs("config", "check", config)
+    check = customs_main("config", "check", config)
     assert check.returncode == 0 and "OK" in check.stdout, check.stderr
     # a logged payment without its arguments: the argument-reading forbid makes it undetermined, not an error
     record = {"type": "decision", "decision": "allow", "policy_ids": ["task-payments-under-limit"],
@@ -59,6 +59,6 @@ def test_config_check_and_replay_read_them_too(tmp_path: Path) -> None:
                               "time": "2026-01-05T10:00:00+00:00", "approved": False}}
     log = tmp_path / "decisions.jsonl"
     log.write_text(json.dumps(record) + "\n")
-    replay = customs("policy", "replay", "--log", log, "--policies", policies)
+    replay = customs_main("policy", "replay", "--log", log, "--policies", policies)
     assert replay.returncode == 0, replay.stderr
     assert "1 replayed, 0 changed" in replay.stdout and "1 undetermined" in replay.stdout, replay.stdout

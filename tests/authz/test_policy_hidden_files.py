@@ -15,7 +15,7 @@ from authz_helpers import TOOLS, agent
 from gateway.authz.engine import PolicyEngine
 from gateway.authz.policyset import fingerprint, load_policies
 from gateway.config.model import PoliciesConfig
-from tests.support.cli import customs
+from tests.support.cli import customs_main
 
 READER = agent("spiffe://customs.demo/agent/reader", tenant="acme")
 APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02\xff\xfe"
@@ -37,7 +37,7 @@ def test_hidden_files_are_not_read_as_policies(policy_dir: Path) -> None:
 
 def test_validate_passes_beside_an_editor_lock_file(policy_dir: Path) -> None:
     _litter(policy_dir)
-    done = customs("policy", "validate", policy_dir)
+    done = customs_main("policy", "validate", policy_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "13 policies in 3 file(s)" in done.stdout
 
@@ -59,7 +59,7 @@ def test_a_directory_of_hidden_files_alone_has_no_policies(tmp_path: Path, polic
     only.mkdir()
     (only / "schema.cedarschema").write_bytes((policy_dir / "schema.cedarschema").read_bytes())
     (only / ".tools.cedar").write_bytes((policy_dir / "tools.cedar").read_bytes())
-    done = customs("policy", "validate", only)
+    done = customs_main("policy", "validate", only)
     assert done.returncode == 1
     assert "no *.cedar policy files" in done.stdout + done.stderr
 
@@ -71,6 +71,6 @@ def test_policy_test_skips_hidden_case_files_in_a_directory(tmp_path: Path, poli
         'cases: [{principal: {id: "r", attributes: {tenant: acme}}, tool: inventory/get_stock,\n'
         '         labels: {read_only: true}, expect: allow}]\n')
     (cases / "._reads.yaml").write_bytes(APPLEDOUBLE)
-    done = customs("policy", "test", cases)
+    done = customs_main("policy", "test", cases)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed, 0 failed" in done.stdout

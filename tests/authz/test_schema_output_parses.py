@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import customs
+from tests.support.cli import customs_main
 
 TOOLS = {"payments": {"tools": [{"name": "pay", "inputSchema": {"type": "object",
                                                                 "properties": {"amount": {"type": "number"}}}}]}}
@@ -38,8 +38,8 @@ def test_a_schema_that_would_not_parse_is_refused_and_nothing_is_written(
     else:
         schema.write_text(schema.read_text() + extra)
     before = schema.read_text()
-    result = customs("policy", "schema", "--tools-json", tools_json, "--policies", policy_dir,
-                     *(["-o", schema] if output else []))
+    result = customs_main("policy", "schema", "--tools-json", tools_json, "--policies", policy_dir,
+                          *(["-o", schema] if output else []))
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert f"{schema}: " in result.stderr and "would not parse" in result.stderr, result.stderr
@@ -48,7 +48,7 @@ def test_a_schema_that_would_not_parse_is_refused_and_nothing_is_written(
 
 def test_a_schema_that_parses_is_still_written(policy_dir: Path, tools_json: Path) -> None:
     schema = policy_dir / "schema.cedarschema"
-    result = customs("policy", "schema", "--tools-json", tools_json, "--policies", policy_dir, "-o", schema)
+    result = customs_main("policy", "schema", "--tools-json", tools_json, "--policies", policy_dir, "-o", schema)
     assert result.returncode == 0, result.stderr
     assert "type payments_pay_args" in schema.read_text()
-    assert customs("policy", "validate", policy_dir).returncode == 0
+    assert customs_main("policy", "validate", policy_dir).returncode == 0
