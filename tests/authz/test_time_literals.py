@@ -8,7 +8,7 @@ import pytest
 from authz_helpers import forbid_when, shipped_schema_dir
 
 from gateway.authz.policyset import PolicyLoadError, load_policies
-from tests.support.cli import customs
+from tests.support.cli import customs_main
 
 
 def _dir(tmp_path: Path, body: str) -> Path:
@@ -30,7 +30,7 @@ def test_a_value_the_time_never_takes_is_refused(tmp_path: Path, body: str, prob
         load_policies(directory)
     assert any(problem in p and "policy 'window'" in p and "window.cedar" in p for p in caught.value.problems), \
         caught.value.problems
-    result = customs("policy", "validate", directory)
+    result = customs_main("policy", "validate", directory)
     assert result.returncode == 1 and problem in result.stderr and "7 = Sunday" in result.stderr
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.config import ConfigError, load_config
 from tests.conftest import REPO
-from tests.support.cli import customs
+from tests.support.cli import customs_main
 
 CONFIG = """\
 upstreams:
@@ -52,5 +52,5 @@ def test_an_escaped_reference_in_a_key_is_text_and_values_are_still_substituted(
 def test_config_check_names_it(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAY_TOOL", "pay")
     monkeypatch.setenv("AGENT", "a")
-    result = customs("config", "check", config)
+    result = customs_main("config", "check", config)
     assert result.returncode == 2 and f"  upstreams[0].tools.${{PAY_TOOL}}: {WHY}" in result.stderr, result.stderr

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.demo.servers import inventory_server
+from tests.support.cli import customs_main
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_http_server
 from tests.support.tokens import TestIssuer, act_chain
@@ -42,8 +42,9 @@ async def allowed(gw: Any, token: str) -> bool:
 
 
 def replay(log: Path, policies: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "policy", "replay", "--log", str(log),
-                           "--policies", str(policies)], capture_output=True, text=True, cwd=REPO, timeout=60)
+    """`customs policy replay` run by its main() in this process (it sends no request; test_authz_cli.py runs it as a
+    child process)."""
+    return customs_main("policy", "replay", "--log", str(log), "--policies", str(policies))
 
 
 async def test_a_policy_tells_the_issuers_of_one_subject_apart(start_gateway: Any, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mcp.server import Server
 
-from tests.support.cli import customs
+from tests.support.cli import customs_main
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_http_server
 from tests.support.tokens import TestIssuer
@@ -174,7 +174,7 @@ async def test_config_check_refuses_a_pin_no_definition_can_have(tmp_path: Path)
         path.write_text(yaml.safe_dump({"upstreams": [{"name": "infra", "url": "http://127.0.0.1:9/mcp",
                                                        "tools": {"deploy": {"pin": pin}}}],
                                         "identity": {"mode": "anonymous"}}))
-        done = await asyncio.to_thread(customs, "config", "check", str(path))
+        done = customs_main("config", "check", str(path))
         if ok:
             assert done.returncode == 0, done.stderr
         else:
