@@ -156,10 +156,9 @@ def test_context_inputs_that_cannot_be_understood_exit_2(tmp_path: Path) -> None
 
 def test_explain_takes_the_same_context_facts(tmp_path: Path) -> None:
     def explain(context: dict[str, object]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway.authz.cli", "explain", "--policies", str(SHIPPED),
-                               "--principal-claims", '{"sub": "a", "tenant": "acme"}', "--tool",
-                               "infrastructure/restart", "--context", json.dumps(context)],
-                              cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+        return customs_main("explain", "--policies", str(SHIPPED), "--principal-claims",
+                            '{"sub": "a", "tenant": "acme"}', "--tool", "infrastructure/restart",
+                            "--context", json.dumps(context), main=cli.main)
 
     report = json.loads(explain({"environment": "production", "time": {"hour": 9, "weekday": 1}}).stdout)
     assert report["outcome"] == "approval_required" and report["context"]["time"] == {"hour": 9, "weekday": 1}
