@@ -11,6 +11,7 @@ from gateway.config.model import Config, UpstreamConfig
 from gateway.credentials.static import StaticCredentials
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, Message, UpstreamSession
+from gateway.transport.http_base import UPSTREAM_IDLE_S
 from gateway.transport.registry import build_upstream
 
 MAX_PAGES = 100
@@ -87,7 +88,9 @@ async def fetch_tools(config: Config) -> dict[str, list[dict[str, Any]]]:
     Every upstream is waited for, failed or not, so that every failure is listed and each stops its own
     child and connections before asyncio.run's teardown (where StdioUpstream.stop() is bounded too).
     """
-    async with aiohttp.ClientSession() as http:
+    # Idle connections go after UPSTREAM_IDLE_S, as in the gateway's pool: upstreams behind one host and port share
+    # them, and a slow one's request took the oldest, which uvicorn or Node (5 s keep-alive) closed just then.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=UPSTREAM_IDLE_S)) as http:
         names = [u.name for u in config.upstreams]
         results = await asyncio.gather(*(_one(config, n, http) for n in names), return_exceptions=True)
     failed = [f"  {name}: {result}" for name, result in zip(names, results, strict=True)

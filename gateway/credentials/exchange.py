@@ -27,6 +27,7 @@ from gateway.credentials.as_revocation import Outcome, Revocation, TokenRevoker
 from gateway.credentials.minter import Minter, audience_of, refresh_margin
 from gateway.credentials.task_cache import TaskCache
 from gateway.errors import GatewayError
+from gateway.transport.http_base import UPSTREAM_IDLE_S
 
 log = logging.getLogger("customs.credentials.exchange")
 
@@ -69,7 +70,10 @@ class TokenExchanger:
 
     async def start(self) -> None:
         if self._http is None:
-            self._http = aiohttp.ClientSession()
+            # Idle connections go after UPSTREAM_IDLE_S, as the upstreams' do: an authorization server served by
+            # uvicorn or Node closes one after 5 s, and an exchange (a POST, never sent again) crossing that close
+            # failed its call; aiohttp's default kept them 15 s.
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=UPSTREAM_IDLE_S))
 
     async def close(self) -> None:
         await self.revoker.close()  # revocations of the tasks shutdown ended still use the HTTP session
