@@ -124,3 +124,13 @@ def test_a_name_about_a_secret_does_not_make_its_value_one() -> None:
     assert not redactor.text_has_secret("limit 100000")
     assert redactor.scrub_known("sid=cookie-456; lang=en-US argv-token-789 env-token-222 ghtoken-value-1") == (
         "[REDACTED] [REDACTED] [REDACTED] [REDACTED]")
+
+
+def test_a_configured_redact_keys_list_adds_to_the_built_in_secret_names() -> None:
+    # `secrets.redact_keys: [ssn]` adds a name (58cfb11): GITHUB_TOKEN and X-Api-Key still name secrets here (when a
+    # configured list replaced the built-in names, their values were left to the agent), and so does SSN now.
+    config = parse_config({"secrets": {"redact_keys": ["ssn"]}, "upstreams": [
+        {"name": "h", "url": "http://127.0.0.1:9/mcp", "headers": {"X-Api-Key": "header-key-123"}},
+        {"name": "s", "command": ["true"], "env": {"GITHUB_TOKEN": "ghtoken-value-1", "SSN": "123-45-6789"}}]})
+    redactor = CredentialService(config, environ={}).redactor
+    assert redactor.scrub_known("header-key-123 ghtoken-value-1 123-45-6789") == "[REDACTED] [REDACTED] [REDACTED]"
