@@ -80,7 +80,8 @@ def _option_secrets(command: tuple[str, ...], redactor: Redactor) -> list[str]:
             found += _assigned_secret(option, redactor)
             continue
         name, equals, value = option.lstrip("-").partition("=")
-        if not redactor.names_a_secret(name):
+        # `--no-token` switches a secret off (argparse, click): what follows it is no value of it.
+        if not redactor.names_a_secret(name) or name.lower().startswith(("no-", "no_")):
             found += _assigned_secret(value, redactor) if equals else []
             continue
         if equals:

@@ -134,3 +134,13 @@ def test_a_configured_redact_keys_list_adds_to_the_built_in_secret_names() -> No
         {"name": "s", "command": ["true"], "env": {"GITHUB_TOKEN": "ghtoken-value-1", "SSN": "123-45-6789"}}]})
     redactor = CredentialService(config, environ={}).redactor
     assert redactor.scrub_known("header-key-123 ghtoken-value-1 123-45-6789") == "[REDACTED] [REDACTED] [REDACTED]"
+
+
+def test_a_negated_secret_named_flag_takes_no_value() -> None:
+    # `--no-token`, `--no-api-key` (argparse's BooleanOptionalAction, click's flag pairs) switch a secret off and take
+    # no value: the argument after one (a script, a subcommand) was held as a secret and blanked out of every answer.
+    config = parse_config({"upstreams": [
+        {"name": "s", "command": ["python", "--no-token", "server-main.py", "--no-api-key", "serve-stdio",
+                                  "--token", "argv-token-789"]}]})
+    redactor = CredentialService(config, environ={}).redactor
+    assert redactor.scrub_known("server-main.py serve-stdio argv-token-789") == "server-main.py serve-stdio [REDACTED]"
