@@ -75,3 +75,7 @@ async def test_a_client_with_the_capability_still_gets_the_request(gw: Any) -> N
                     asked = json.loads(line[5:])
                     break
         assert asked["method"] == "sampling/createMessage"
+        # The call, still waiting for that answer, is withdrawn: else the gateway's clean-up waits for it (5 s).
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}}
+        async with http.post(gw.mcp, json=cancel, headers=headers) as resp:
+            assert resp.status == 202
