@@ -68,7 +68,8 @@ def sse_app(answer: Answer, hang_on: Collection[str] = ()) -> web.Application:
 async def mute_upstream(kind: str, answer: Answer, hang_on: Collection[str] = ()) -> AsyncIterator[str]:
     """One of the two, running; yields the URL a gateway's `upstreams[].url` names for it."""
     app = streamable_app(answer, hang_on) if kind == "streamable_http" else sse_app(answer, hang_on)
-    async with run_aiohttp(app, shutdown_timeout=1) as base:
+    # Its hung handlers never end: a graceful shutdown would only wait for them (shutdown_timeout, twice) in vain.
+    async with run_aiohttp(app, shutdown_timeout=0.1) as base:
         yield f"{base}/mcp" if kind == "streamable_http" else f"{base}/sse"
 
 

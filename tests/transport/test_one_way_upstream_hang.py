@@ -69,7 +69,7 @@ async def test_a_mute_upstream_does_not_hold_back_the_others_copy(start_gateway:
 
     listening = web.Application()
     listening.router.add_route("*", "/mcp", ear)
-    async with run_aiohttp(streamable_app(answer, {HANG_ON}), shutdown_timeout=1) as mute, \
+    async with run_aiohttp(streamable_app(answer, {HANG_ON}), shutdown_timeout=0.1) as mute, \
             run_aiohttp(listening, shutdown_timeout=1) as other:
         # The agent's 202 waits for the mute upstream's timeout_s; the other upstream must hear it well before then.
         gw = await start_gateway({"upstreams": [{"name": "mute", "url": f"{mute}/mcp", "timeout_s": MUTE_TIMEOUT_S},
