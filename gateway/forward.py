@@ -11,7 +11,7 @@ from gateway.credentials.stage import REFRESH_KEY
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.server_messages import scrub_error
 from gateway.sessions import Session, SessionManager
-from gateway.transport.base import HeadersSource, Message, MessageHandler, SentId
+from gateway.transport.base import HeadersSource, SentId
 
 
 class ForwardStage:
@@ -45,16 +45,16 @@ class ForwardStage:
                 params["_meta"] = meta
         message = {"jsonrpc": "2.0", "id": ctx.request_id, "method": ctx.method, "params": params}
         # The credential this call carries (minted, exchanged; renewed ones are added as they come): the agent never
-        # gets it, in the answer or in what the upstream sends during the call.
+        # gets it, in the answer (below) or in what upstreams send the session, during the call or after it
+        # (Session.carried, taken out where messages are routed: gateway/server_messages.py).
         carried = _credential_values(ctx.upstream_headers) if ctx.upstream_headers else None
-        relay: MessageHandler | None = ctx.extra.get("relay")
-        if carried and relay is not None:
-            relay = _scrubbing(relay, carried)
+        if carried:
+            session.carried.extend(carried)
         ctx.extra["forwarded"] = True  # from here on the call may have executed: never undone, never retried
         try:
-            response = await upstream.request(message, headers=headers, on_message=relay,
+            response = await upstream.request(message, headers=headers, on_message=ctx.extra.get("relay"),
                                               timeout=self._timeouts(ctx.upstream, ctx.tool.name if ctx.tool else None),
-                                              sent_id=self._sent_id, refresh=_refresher(ctx, headers, carried))
+                                              sent_id=self._sent_id, refresh=_refresher(ctx, headers, carried, session))
         except GatewayError as exc:  # a session re-opened in the request, refused by an upstream quoting its key
             scrub_error(self._scrub, exc)  # in place
             raise
@@ -82,19 +82,11 @@ def _credential_values(headers: Mapping[str, str]) -> list[str]:
     return values
 
 
-def _scrubbing(relay: MessageHandler, carried: list[str]) -> MessageHandler:
-    """`relay` given each message with `carried` taken out of its params (its id and method are the protocol's)."""
-    async def scrubbed(message: Message) -> None:
-        params = message.get("params")
-        if params is not None and (clean := scrub_exact(params, carried)) is not params:
-            message = {**message, "params": clean}
-        await relay(message)
-    return scrubbed
-
-
-def _refresher(ctx: CallContext, headers: Mapping[str, str], carried: list[str] | None) -> HeadersSource | None:
+def _refresher(ctx: CallContext, headers: Mapping[str, str], carried: list[str] | None,
+               session: Session) -> HeadersSource | None:
     """The call's headers again with its credential renewed (gateway/credentials/stage.py), for requests made
-    later on its behalf; the rest (trace context) as first sent. A renewed credential joins `carried`."""
+    later on its behalf; the rest (trace context) as first sent. A renewed credential joins `carried` (the
+    answer's) and the session's."""
     renew = ctx.extra.get(REFRESH_KEY)
     if renew is None:
         return None
@@ -103,6 +95,8 @@ def _refresher(ctx: CallContext, headers: Mapping[str, str], carried: list[str] 
     async def refreshed() -> Mapping[str, str]:
         renewed = await renew(ctx)
         if carried is not None:
-            carried.extend(_credential_values(renewed))
+            values = _credential_values(renewed)
+            carried.extend(values)
+            session.carried.extend(values)
         return {**kept, **renewed}
     return refreshed

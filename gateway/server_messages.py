@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.catalog import Catalog, exposed_uri
+from gateway.credentials.redaction import scrub_exact
 from gateway.errors import INVALID_REQUEST, GatewayError
 from gateway.jsonrpc import is_id
 from gateway.transport.base import Message, UpstreamSession
@@ -90,6 +91,9 @@ async def route_server_message(session: Session, upstream: str, message: Message
         message = _updated_for_client(upstream, message)
     if session.scrub is not None:
         message = _scrubbed(session.scrub, message)
+    if session.carried:  # the credentials its calls carried (gateway/forward.py): on this stream or the session's
+        carried = tuple(session.carried)
+        message = _scrubbed(lambda params: scrub_exact(params, carried), message)
     if send is not None:
         try:
             await send(message)

@@ -48,6 +48,10 @@ OUTBOX_NOTIFICATION_BYTES, OUTBOX_BYTES = REPLAY_BYTES, 16 << 20
 # Sessions ended at once by the idle sweep and at shutdown: each end awaits upstream DELETEs and
 # revocation (~20 ms under load), so one at a time falls behind a flood of abandoned sessions.
 END_CONCURRENCY = 16
+# Credential values of a session's latest calls taken out of what its upstreams send (Session.carried): two a call,
+# so its last 64 calls'. A minted token lives ttl_s (60 s by default): an upstream quoting one later than 64 calls
+# on in the same session is not caught.
+CARRIED_CREDENTIALS = 128
 # Queued on an ended session's outbox: its open stream (GET, legacy SSE) closes now, not at its next keep-alive.
 STREAM_END: tuple[str, Message] = ("end", {})
 
@@ -86,6 +90,10 @@ class Session:
     # The secrets the gateway holds taken out of what upstreams send this session's client (Redactor.scrub_known,
     # gateway/server_messages.py): None when there is nothing to take out.
     scrub: Callable[[Any], Any] | None = None
+    # The credentials the session's latest calls carried upstream (minted, exchanged: gateway/forward.py), taken out
+    # of what upstreams send its client as `scrub` takes out the secrets the gateway holds; the newest
+    # CARRIED_CREDENTIALS values (two a call: the header's and its token).
+    carried: deque[str] = field(default_factory=lambda: deque(maxlen=CARRIED_CREDENTIALS))
     principal: Principal | None = None  # the latest identity presented (a refreshed token updates it)
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)

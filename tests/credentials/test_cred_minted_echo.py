@@ -7,6 +7,7 @@ Real gateway (minted credentials), real SDK upstream and client.
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ import pytest
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
 
+from gateway.app import GATEWAY
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_http_server
+from tests.transport.conftest import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -38,6 +41,15 @@ def echoing_server() -> MCPServer[Any]:
             warnings.simplefilter("ignore")
             await ctx.report_progress(1, 2, f"progress with {token}")
             await ctx.info(f"log with {token[7:]}")
+        return "quiet"
+
+    @server.tool()
+    async def aside(ctx: Context) -> str:
+        """Quote the token in a log line tied to no request (the upstream's own stream), then answer."""
+        token = (ctx.headers or {}).get("authorization", "")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            await ctx.session.send_log_message("info", f"aside with {token[7:]}")
         return "quiet"
 
     @server.tool()
@@ -87,3 +99,29 @@ async def test_messages_during_the_call_have_its_token_taken_out(start_gateway: 
             result = await client.call_tool("echoing__chatty", {}, progress_callback=on_progress)
     assert result.content[0].text == "quiet", result  # type: ignore[union-attr]
     assert sorted(seen) == ["log: log with [REDACTED]", "progress: progress with [REDACTED]"], seen
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+async def test_a_message_outside_the_call_has_the_token_taken_out(start_gateway: Any, permissive_policies: Path,
+                                                                  tmp_path: Path) -> None:
+    """A log line tied to no request comes on the session's own stream, not through the call: the tokens of the
+    session's calls are taken out there too (on the old code only messages routed to the call itself were)."""
+    seen: list[str] = []
+    arrived = asyncio.Event()
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        seen.append(str(params.data))
+        arrived.set()
+
+    async with run_http_server(echoing_server()) as url:
+        gw = await start_gateway({
+            "upstreams": [{"name": "echoing", "url": url, "credentials": {"mode": "minted"}}],
+            "identity": {"mode": "anonymous"}, "policies": {"dir": str(permissive_policies)},
+            "signing": {"key_dir": str(tmp_path / "keys")}})
+        async with sdk_client(gw.mcp, logging_callback=on_log) as client:
+            sessions = gw.app[GATEWAY].sessions._sessions.values()
+            await eventually(lambda: any(s.get_stream_open for s in sessions))
+            result = await client.call_tool("echoing__aside", {})
+            await asyncio.wait_for(arrived.wait(), 15)
+    assert result.content[0].text == "quiet", result  # type: ignore[union-attr]
+    assert seen == ["aside with [REDACTED]"], seen
