@@ -70,6 +70,12 @@ def _words(key: str) -> tuple[str, ...]:
     return tuple(w.lower() for w in _WORD.findall(key))
 
 
+# Names ending in `key` that hold one (AWS_SECRET_ACCESS_KEY, SIGNING_PRIVATE_KEY, DJANGO_SECRET_KEY, --private-key):
+# config entries only (`names_a_secret`). Not key names to redact in arguments: `key` alone would be every
+# `sort_key` and `cache_key`, and these are left to `secrets.redact_keys`.
+_SECRET_KEY_NAMES = frozenset({"accesskey", "privatekey", "secretkey"})
+
+
 class Redactor:
     """Deep redaction and secret detection for tool arguments, log records, spans and approval pages."""
 
@@ -117,13 +123,15 @@ class Redactor:
 
     def names_a_secret(self, name: str) -> bool:
         """Whether a config entry named `name` holds a secret value itself: its name ends in a secret key's words
-        (GITHUB_TOKEN, X-Api-Key, --api-key, API_TOKEN_2), not in another word (TOKEN_URL, HF_TOKEN_PATH,
+        (GITHUB_TOKEN, X-Api-Key, --api-key, API_TOKEN_2) or in a key's that holds one (AWS_SECRET_ACCESS_KEY,
+        PRIVATE_KEY, SECRET_KEY: `_SECRET_KEY_NAMES`), not in another word (TOKEN_URL, HF_TOKEN_PATH,
         --token-limit hold a place or a number about one, which held as a secret would be blanked out of every
         answer and mark every argument quoting it as holding one)."""
         words = _words(name)
         while words and words[-1].isdigit():
             words = words[:-1]
-        return any("".join(words[start:]) in self._key_flat for start in range(len(words)))
+        return any("".join(words[start:]) in self._key_flat or "".join(words[start:]) in _SECRET_KEY_NAMES
+                   for start in range(len(words)))
 
     def redact_text(self, text: str) -> str:
         for secret in self._ordered:

@@ -106,6 +106,21 @@ def test_a_secret_named_assignment_in_a_stdio_command_is_known() -> None:
     assert redactor.scrub_known(ordinary) == ordinary
 
 
+def test_key_names_of_cloud_and_signing_secrets_are_secret_names() -> None:
+    # AWS_SECRET_ACCESS_KEY, a PRIVATE_KEY, a SECRET_KEY end in `key`, no secret word alone (it would redact every
+    # `key` argument): as config entry names they hold a secret (on the old code these values were ordinary text).
+    config = parse_config({"upstreams": [
+        {"name": "s", "command": ["server", "--private-key", "argv-private-3456"],
+         "env": {"AWS_SECRET_ACCESS_KEY": "aws-secret-7890", "SIGNING_PRIVATE_KEY": "pem-private-1234",
+                 "DJANGO_SECRET_KEY": "django-secret-5678", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE0001",
+                 "CACHE_KEY_PREFIX": "prefix-value-1"}}]})
+    redactor = CredentialService(config, environ={}).redactor
+    assert redactor.scrub_known("aws-secret-7890 pem-private-1234 django-secret-5678 argv-private-3456") == (
+        "[REDACTED] [REDACTED] [REDACTED] [REDACTED]")
+    assert redactor.scrub_known("AKIDEXAMPLE0001 prefix-value-1") == "AKIDEXAMPLE0001 prefix-value-1"
+    assert not redactor.is_secret_key("key") and not redactor.is_secret_key("sort_key")
+
+
 def test_a_name_about_a_secret_does_not_make_its_value_one() -> None:
     # A value is a secret when its name ends in a secret word (GITHUB_TOKEN, X-Api-Key, --api-key); TOKEN_URL,
     # HF_TOKEN_PATH, --token-limit name a place or a number, which known would be blanked out of every answer and
