@@ -84,8 +84,10 @@ class Gateway:
     async def close(self) -> None:
         """Close the owners in reverse order. Once SIGTERM set the deadline, shutdown's Redis work (sessions'
         revocations, the stores' last writes, what calls left running in the background) shares it: against a Redis
-        that hangs each of those waited the client's 5 s socket timeout and the exit came seconds past it."""
+        that hangs each of those waited the client's 5 s socket timeout and the exit came seconds past it. So do
+        the upstream sessions' closes: each DELETE waited up to 5 s, sixteen sessions at a time."""
         bound = self._redis_bound()
+        self.sessions.shutdown_bound = bound  # and the upstream sessions' DELETEs, which a mute upstream never answers
         for owner in reversed(self.owners):
             await _close_quietly(owner)
             if owner is self.sessions:  # no call runs any more: nothing new goes to the background

@@ -203,6 +203,7 @@ class SessionManager:
         self._on_end = on_end
         self._sweeper: asyncio.Task[None] | None = None
         self.closing = False  # the gateway is stopping: the sessions it ends now end by its shutdown
+        self.shutdown_bound: float | None = None  # loop time by which shutdown's upstream closes give up (app.py)
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="customs-session-sweeper")
@@ -308,13 +309,26 @@ class SessionManager:
             task.cancel()
         if session.get_stream_open:
             session.outbox.put_nowait(STREAM_END)
-        await asyncio.gather(*(s.close() for s in session.upstreams.values()), return_exceptions=True)
+        await self._close_upstreams(session)
         session.upstreams.clear()
         if self._on_end is not None:
             try:
                 await self._on_end(session)
             except Exception:
                 log.exception("session end hook failed")
+
+    async def _close_upstreams(self, session: Session) -> None:
+        """Close the session's upstream sessions (their DELETEs); at shutdown only until `shutdown_bound`, then
+        cancelled: a mute upstream's DELETE waits 5 s, and ending every session so held the exit past its deadline."""
+        closes = [asyncio.ensure_future(s.close()) for s in session.upstreams.values()]
+        if not closes:
+            return
+        bound = self.shutdown_bound
+        timeout = None if bound is None else max(0.0, bound - asyncio.get_running_loop().time())
+        _, late = await asyncio.wait(closes, timeout=timeout)
+        for close in late:
+            close.cancel()
+        await asyncio.gather(*closes, return_exceptions=True)
 
     async def _sweep(self) -> None:
         while True:
