@@ -28,7 +28,7 @@ from gateway.http.versions import initialize_result, negotiate_version
 from gateway.identity.metadata import split_base
 from gateway.router import Inbound
 from gateway.server_messages import drop_server_requests
-from gateway.sessions import STREAM_END, Session
+from gateway.session import STREAM_END, Session
 
 log = logging.getLogger("customs.http.sse")
 LEGACY_VERSION = "2024-11-05"

@@ -26,7 +26,7 @@ from gateway.errors import GatewayError
 from gateway.http import cors
 from gateway.http.guards import error_response
 from gateway.http.streams import GET_STREAM, SSE_HEADERS, ClientGone, EventWriter, StreamReplay, split_event_id
-from gateway.sessions import STREAM_END, Session
+from gateway.session import STREAM_END, Session
 
 
 def draining() -> GatewayError:

@@ -346,7 +346,7 @@ async def test_the_get_stream_replay_is_bounded_in_bytes_too(gw, http):
     # to 16 MiB each, sent outside any call, held up to 4 GiB per session, kept whether or not a client ever
     # listened. It now holds at most REPLAY_BYTES of them (the newest; always the newest one), as the POST
     # streams' buffer is bounded in bytes.
-    from gateway.sessions import REPLAY_BYTES
+    from gateway.session import REPLAY_BYTES
     sid = await open_session(http, gw.features)
     session = gw.gateway.sessions.get(sid, await gw.gateway.parts.identifier.identify({}, None), "features")
     big = "x" * (REPLAY_BYTES // 16)

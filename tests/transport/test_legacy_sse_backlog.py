@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway import sessions as sessions_module
+from gateway import session as sessions_module
 from gateway.app import GATEWAY
 from tests.hardening.conftest import poll
 from tests.support.flood_server import FLOOD_SERVER_PATH

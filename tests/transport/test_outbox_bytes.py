@@ -16,7 +16,7 @@ import pytest
 
 from gateway.app import GATEWAY
 from gateway.jsonrpc import dumps
-from gateway.sessions import OUTBOX_BYTES, OUTBOX_NOTIFICATION_BYTES, OUTBOX_NOTIFICATIONS, Session
+from gateway.session import OUTBOX_BYTES, OUTBOX_NOTIFICATION_BYTES, OUTBOX_NOTIFICATIONS, Session
 from tests.hardening.conftest import poll
 from tests.transport.test_legacy_sse_backlog import JSON, SseReader, slow_reader  # noqa: F401 (a fixture)
 
