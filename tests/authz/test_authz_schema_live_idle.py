@@ -10,8 +10,6 @@ uvicorn and Node close just then.
 from __future__ import annotations
 
 import asyncio
-import time
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,30 +18,15 @@ from aiohttp import web
 
 from gateway.authz.live_tools import fetch_tools
 from gateway.config import parse_config
-
-SERVER_KEEPALIVE_S = 5.0  # uvicorn's and Node's default
-CLOSE_MARGIN_S = 0.5  # the server's close timer firing as the request crosses it, under load
+from tests.support.servers import CLOSE_MARGIN_S, SERVER_KEEPALIVE_S, IdleCloser, run_aiohttp
 
 
-class TwoUpstreams:
-    """`/fast/mcp` and `/slow/mcp` on one server; `/slow` answers initialize after the idle spell under test, and a
-    connection a request arrives on after `SERVER_KEEPALIVE_S - CLOSE_MARGIN_S` idle is dropped."""
+class TwoUpstreams(IdleCloser):
+    """`/fast/mcp` and `/slow/mcp` on one server behaving as a 5 s keep-alive server when a request crosses its
+    close; `/slow` answers initialize after the idle spell under test."""
 
-    def __init__(self) -> None:
-        self.idle_since: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-        self.dropped = 0
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        since = self.idle_since.get(request.transport)
-        if since is not None and time.monotonic() - since >= SERVER_KEEPALIVE_S - CLOSE_MARGIN_S:
-            self.dropped += 1
-            assert request.transport is not None
-            request.transport.close()
-            raise ConnectionResetError()
-        try:
-            return await self._answer(request.match_info["name"], await request.json())
-        finally:
-            self.idle_since[request.transport] = time.monotonic()
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request.match_info["name"], await request.json())
 
     async def _answer(self, name: str, body: dict[str, Any]) -> web.StreamResponse:
         if "id" not in body:
@@ -63,15 +46,10 @@ class TwoUpstreams:
 async def two_upstreams() -> AsyncIterator[tuple[TwoUpstreams, str]]:
     server = TwoUpstreams()
     app = web.Application()
-    app.router.add_post("/{name}/mcp", server.handle)
+    app.router.add_post("/{name}/mcp", server.wrap(server.post))
     app.router.add_delete("/{name}/mcp", lambda _request: web.Response(status=204))  # type: ignore[arg-type,return-value]
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield server, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with run_aiohttp(app, access_log=None) as base:
+        yield server, base
 
 
 @pytest.mark.asyncio

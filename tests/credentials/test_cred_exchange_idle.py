@@ -10,8 +10,6 @@ as the server closed its connection: the POST, which aiohttp does not send again
 from __future__ import annotations
 
 import asyncio
-import time
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,49 +18,32 @@ from aiohttp import web
 
 from gateway.credentials import CredentialService
 from tests.credentials.helpers import agent, call, make_config
-from tests.credentials.upstream import bound_socket
+from tests.support.servers import CLOSE_MARGIN_S, SERVER_KEEPALIVE_S, IdleCloser, run_aiohttp
 
-SERVER_KEEPALIVE_S = 5.0  # uvicorn's and Node's default
-CLOSE_MARGIN_S = 0.5  # the server's close timer firing as the request crosses it, under load
 AGENT_TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJl"
 
 
-class ClosingOnIdle:
-    """A token endpoint that drops a connection a request arrives on after it sat idle
-    `SERVER_KEEPALIVE_S - CLOSE_MARGIN_S`: what a 5 s keep-alive server does when the request crosses its close."""
+class ClosingOnIdle(IdleCloser):
+    """A token endpoint behaving as a 5 s keep-alive server when a request crosses its close."""
 
     def __init__(self) -> None:
-        self.idle_since: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        super().__init__()
         self.issued = 0
-        self.dropped = 0
 
-    async def token(self, request: web.Request) -> web.Response:
-        since = self.idle_since.get(request.transport)
-        if since is not None and time.monotonic() - since >= SERVER_KEEPALIVE_S - CLOSE_MARGIN_S:
-            self.dropped += 1
-            assert request.transport is not None
-            request.transport.close()
-            raise ConnectionResetError()
-        try:
-            await request.post()
-            self.issued += 1
-            return web.json_response({"access_token": f"exchanged-{self.issued}", "token_type": "Bearer",
-                                      "expires_in": 120})
-        finally:
-            self.idle_since[request.transport] = time.monotonic()
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        await request.post()
+        self.issued += 1
+        return web.json_response({"access_token": f"exchanged-{self.issued}", "token_type": "Bearer",
+                                  "expires_in": 120})
 
 
 @pytest.fixture
 async def closing_endpoint() -> AsyncIterator[tuple[ClosingOnIdle, str]]:
     server = ClosingOnIdle()
-    sock = bound_socket()
     app = web.Application()
-    app.router.add_post("/token", server.token)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    yield server, f"http://127.0.0.1:{sock.getsockname()[1]}/token"
-    await runner.cleanup()
+    app.router.add_post("/token", server.wrap(server.token))
+    async with run_aiohttp(app, access_log=None) as base:
+        yield server, f"{base}/token"
 
 
 @pytest.mark.asyncio

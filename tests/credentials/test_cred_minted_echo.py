@@ -60,13 +60,17 @@ def echoing_server() -> MCPServer[Any]:
     return server
 
 
+def minted(url: str, policies: Path, tmp_path: Path) -> dict[str, Any]:
+    """A gateway minting the echoing upstream's credentials, anonymous callers, every call permitted."""
+    return {"upstreams": [{"name": "echoing", "url": url, "credentials": {"mode": "minted"}}],
+            "identity": {"mode": "anonymous"}, "policies": {"dir": str(policies)},
+            "signing": {"key_dir": str(tmp_path / "keys")}}
+
+
 async def test_the_minted_token_an_upstream_echoes_is_taken_out(start_gateway: Any, permissive_policies: Path,
                                                                 tmp_path: Path) -> None:
     async with run_http_server(echoing_server()) as url:
-        gw = await start_gateway({
-            "upstreams": [{"name": "echoing", "url": url, "credentials": {"mode": "minted"}}],
-            "identity": {"mode": "anonymous"}, "policies": {"dir": str(permissive_policies)},
-            "signing": {"key_dir": str(tmp_path / "keys")}})
+        gw = await start_gateway(minted(url, permissive_policies, tmp_path))
         async with sdk_client(gw.mcp) as client:
             echoed = await client.call_tool("echoing__whoami", {})
             with pytest.raises(MCPError) as failed:
@@ -91,10 +95,7 @@ async def test_messages_during_the_call_have_its_token_taken_out(start_gateway: 
         seen.append(f"progress: {message}")
 
     async with run_http_server(echoing_server()) as url:
-        gw = await start_gateway({
-            "upstreams": [{"name": "echoing", "url": url, "credentials": {"mode": "minted"}}],
-            "identity": {"mode": "anonymous"}, "policies": {"dir": str(permissive_policies)},
-            "signing": {"key_dir": str(tmp_path / "keys")}})
+        gw = await start_gateway(minted(url, permissive_policies, tmp_path))
         async with sdk_client(gw.mcp, logging_callback=on_log) as client:
             result = await client.call_tool("echoing__chatty", {}, progress_callback=on_progress)
     assert result.content[0].text == "quiet", result  # type: ignore[union-attr]
@@ -114,10 +115,7 @@ async def test_a_message_outside_the_call_has_the_token_taken_out(start_gateway:
         arrived.set()
 
     async with run_http_server(echoing_server()) as url:
-        gw = await start_gateway({
-            "upstreams": [{"name": "echoing", "url": url, "credentials": {"mode": "minted"}}],
-            "identity": {"mode": "anonymous"}, "policies": {"dir": str(permissive_policies)},
-            "signing": {"key_dir": str(tmp_path / "keys")}})
+        gw = await start_gateway(minted(url, permissive_policies, tmp_path))
         async with sdk_client(gw.mcp, logging_callback=on_log) as client:
             sessions = gw.app[GATEWAY].sessions._sessions.values()
             await eventually(lambda: any(s.get_stream_open for s in sessions))

@@ -10,8 +10,6 @@ therefore never reuses a connection idle for 4 s or more.
 from __future__ import annotations
 
 import asyncio
-import time
-import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,34 +20,20 @@ from aiohttp import web
 
 from gateway.transport.http_base import UPSTREAM_IDLE_S
 from tests.hardening.conftest import ANON, RawClient
-from tests.support.servers import run_post_only_mcp
+from tests.support.servers import CLOSE_MARGIN_S, SERVER_KEEPALIVE_S, IdleCloser, run_post_only_mcp
 
 pytestmark = pytest.mark.asyncio
 
-SERVER_KEEPALIVE_S = 5.0  # uvicorn's and Node's default
-CLOSE_MARGIN_S = 0.5  # the server's close timer firing as the request crosses it, under load
 
-
-class ClosingOnIdle:
-    """A streamable-HTTP MCP upstream that drops a connection a request arrives on after it sat idle
-    `SERVER_KEEPALIVE_S - CLOSE_MARGIN_S`: what a 5 s keep-alive server does when the request crosses its close."""
+class ClosingOnIdle(IdleCloser):
+    """A streamable-HTTP MCP upstream behaving as a 5 s keep-alive server when a request crosses its close."""
 
     def __init__(self) -> None:
-        self.idle_since: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        super().__init__()
         self.calls = 0
-        self.dropped = 0
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        since = self.idle_since.get(request.transport)
-        if since is not None and time.monotonic() - since >= SERVER_KEEPALIVE_S - CLOSE_MARGIN_S:
-            self.dropped += 1
-            assert request.transport is not None
-            request.transport.close()
-            raise ConnectionResetError()
-        try:
-            return await self._answer(await request.json())
-        finally:
-            self.idle_since[request.transport] = time.monotonic()
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(await request.json())
 
     async def _answer(self, body: dict[str, Any]) -> web.StreamResponse:
         if "id" not in body:
@@ -70,7 +54,7 @@ class ClosingOnIdle:
 @pytest.fixture
 async def closing_upstream() -> AsyncIterator[tuple[ClosingOnIdle, str]]:
     upstream = ClosingOnIdle()
-    async with run_post_only_mcp(upstream.handle) as url:
+    async with run_post_only_mcp(upstream.wrap(upstream.post)) as url:
         yield upstream, url
 
 

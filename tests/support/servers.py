@@ -16,6 +16,8 @@ import inspect
 import json
 import socket
 import sys
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -107,6 +109,34 @@ async def run_aiohttp(app: web.Application, **runner_options: Any) -> AsyncItera
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+SERVER_KEEPALIVE_S = 5.0  # how long uvicorn (the MCP SDK's server) and Node's http server keep an idle connection
+CLOSE_MARGIN_S = 0.5  # a server's close timer firing as a request crosses it, on a loaded machine
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class IdleCloser:
+    """What a 5 s keep-alive server does to a request that crosses its close: `wrap(handler)` drops the connection of
+    a request arriving after it sat idle `SERVER_KEEPALIVE_S - CLOSE_MARGIN_S` (no answer; counted in `dropped`)."""
+
+    def __init__(self) -> None:
+        self.idle_since: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        self.dropped = 0
+
+    def wrap(self, handler: Handler) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            since = self.idle_since.get(request.transport)
+            if since is not None and time.monotonic() - since >= SERVER_KEEPALIVE_S - CLOSE_MARGIN_S:
+                self.dropped += 1
+                assert request.transport is not None
+                request.transport.close()
+                raise ConnectionResetError()
+            try:
+                return await handler(request)
+            finally:
+                self.idle_since[request.transport] = time.monotonic()
+        return handle
 
 
 @asynccontextmanager
