@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from gateway.demo.servers import payments_server
-from tests.e2e.test_redis_outage_replicas import AUD, Replicas, _pending, _ready, reason, until
+from tests.e2e.test_redis_outage_replicas import Replicas, _pending, _ready, reason, replicas_config, until
 from tests.support.mcp_client import sdk_client
 from tests.support.redis import RedisServer, redis_factory  # noqa: F401
 from tests.support.servers import run_http_server
@@ -26,7 +26,6 @@ from tests.support.tokens import TestIssuer
 from tests.transport.conftest import frozen
 
 pytestmark = pytest.mark.asyncio
-REPO = Path(__file__).resolve().parents[2]
 PAY = {"account": "acme-9", "amount": 90}
 
 
@@ -40,14 +39,7 @@ async def _executed(url: str) -> list[Any]:
 async def _held_and_approved(spawn_gateway: Any, redis: RedisServer, url: str, tmp_path: Path,
                              http: aiohttp.ClientSession) -> tuple[Replicas, Any, asyncio.Task[dict[str, Any]]]:
     issuer = TestIssuer(tmp_path)
-    config = {
-        "listen": {"public_url": "http://customs.test"},
-        "upstreams": [{"name": "payments", "url": url}],
-        "identity": {"mode": "jwt", "issuers": [issuer.config(audience=AUD)]},
-        "policies": {"dir": str(REPO / "policies"), "watch": False},
-        "store": {"redis": {"url": redis.url}},
-        "approvals": {"wait_s": 60, "keepalive_s": 0.5},
-    }
+    config = replicas_config(issuer, url, redis.url)
     a, b = await spawn_gateway(config, name="a"), await spawn_gateway(config, name="b")
     r = Replicas([a, b], issuer, http)
     waiting = asyncio.create_task(r.call(a, "payments__pay", PAY, stream=True))

@@ -31,6 +31,14 @@ JSON_ONLY = {"Content-Type": "application/json", "Accept": "application/json"}
 AUD = "http://customs.test/mcp"
 
 
+def replicas_config(issuer: TestIssuer, url: str, redis_url: str, **extra: Any) -> dict[str, Any]:
+    """Two replicas' shared config: the payments upstream at `url`, JWTs of `issuer`, the shipped policies, Redis."""
+    return {"listen": {"public_url": "http://customs.test"}, "upstreams": [{"name": "payments", "url": url}],
+            "identity": {"mode": "jwt", "issuers": [issuer.config(audience=AUD)]},
+            "policies": {"dir": str(REPO / "policies"), "watch": False}, "store": {"redis": {"url": redis_url}},
+            "approvals": {"wait_s": 60, "keepalive_s": 0.5}, **extra}
+
+
 async def until(check: Callable[[], Awaitable[Any] | Any], what: str, timeout: float = 15) -> Any:
     """Poll a remote condition (another process's state) with a bound; fails naming what never happened."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -236,15 +244,7 @@ async def test_a_call_held_across_the_outage_runs_once_when_approved_on_the_othe
     redis = redis_factory(appendonly=True)
     issuer = TestIssuer(tmp_path)
     async with run_http_server(payments_server()) as url, aiohttp.ClientSession() as http:
-        config = {
-            "listen": {"public_url": "http://customs.test"},
-            "upstreams": [{"name": "payments", "url": url}],
-            "identity": {"mode": "jwt", "issuers": [issuer.config(audience=AUD)]},
-            "policies": {"dir": str(REPO / "policies"), "watch": False},
-            "store": {"redis": {"url": redis.url}},
-            "approvals": {"wait_s": 60, "keepalive_s": 0.5},
-            "limits": {"per_principal": {"rate_per_s": 100, "burst": 100}},
-        }
+        config = replicas_config(issuer, url, redis.url, limits={"per_principal": {"rate_per_s": 100, "burst": 100}})
         a, b = await spawn_gateway(config, name="a"), await spawn_gateway(config, name="b")
         r = Replicas([a, b], issuer, http)
         assert "result" in await r.call(b, "payments__balance", {"account": "acme-1"})
