@@ -83,7 +83,7 @@ def within_limit(comment: str | None) -> str | None:
 
 
 async def comment_from_json(request: web.Request) -> str | None:
-    """The API's decision body, `{"comment": "..."}`; an empty body or `null` is no comment."""
+    """The API's decision body, `{"comment": "..."}`; an empty body, `null` or a blank comment is no comment."""
     if not request.can_read_body:
         return None
     try:
@@ -98,4 +98,5 @@ async def comment_from_json(request: web.Request) -> str | None:
     comment = body.get("comment")
     if comment is not None and not isinstance(comment, str):
         raise Refused(400, "invalid_body", "comment must be a string")
-    return within_limit(comment or None)
+    # As the page's form: surrounding whitespace goes, and a blank comment is none.
+    return within_limit(comment.strip() or None if comment is not None else None)

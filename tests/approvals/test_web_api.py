@@ -50,6 +50,18 @@ async def test_deny_with_comment(web_kit: WebKit) -> None:
     assert (await web_kit.store.get(item.id)).state == "denied"
 
 
+async def test_an_api_comment_is_kept_as_the_page_keeps_one(web_kit: WebKit) -> None:
+    """Surrounding whitespace goes and a blank comment is none, as the page's form has it (on the old code the API
+    recorded "   " as the comment the agent and the decision log were given)."""
+    for n, (comment, kept) in enumerate((("   \n ", None), ("  wrong account \n", "wrong account"))):
+        item = await _item(web_kit, args={"amount": 10 + n, "account": "A-1"})  # two calls, two items
+        async with web_kit.http.post(f"{web_kit.url}/api/approvals/{item.id}/deny", headers=web_kit.bearer("alice"),
+                                     json={"comment": comment}) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["comment"] == kept
+        assert (await web_kit.store.get(item.id)).comment == kept
+
+
 async def test_self_approval_is_forbidden(web_kit: WebKit) -> None:
     item = await _item(web_kit)
     for sub in ("agent-1", "orchestrator"):  # the requester, and an actor in its delegation chain
