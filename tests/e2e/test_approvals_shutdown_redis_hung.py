@@ -21,6 +21,7 @@ import pytest
 
 from gateway.approvals.redis import RedisApprovalStore
 from tests.e2e.test_approvals_shutdown import AUDIENCE, SHOPPER, Agent, first_progress, last_message, setup  # noqa: F401
+from tests.support.processes import seconds_to_exit_after_sigterm
 from tests.support.redis import RedisServer, redis_factory, redis_server  # noqa: F401
 from tests.support.tokens import TestIssuer
 from tests.transport.conftest import frozen
@@ -79,9 +80,6 @@ async def test_sigterm_with_redis_hung_exits_within_the_drain_deadline(
     config, issuer, _ = setup
     assert redis_server.proc is not None
     async with held_calls(spawn_gateway, config, issuer, 1) as (gw, _), frozen(redis_server.proc.pid):
-        signalled = time.monotonic()
-        gw.proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(asyncio.to_thread(gw.proc.wait), 30)
-        exited_after = time.monotonic() - signalled
+        exited_after = await seconds_to_exit_after_sigterm(gw.proc, 30)
     assert gw.proc.returncode == 0, gw.log()
     assert exited_after < DRAIN_S + 0.5, f"exited {exited_after:.1f} s after SIGTERM, drain_timeout_s is {DRAIN_S}"

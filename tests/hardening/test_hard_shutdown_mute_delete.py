@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from tests.hardening.conftest import ANON, RawClient
+from tests.support.processes import seconds_to_exit_after_sigterm
 from tests.support.servers import run_aiohttp
 
 pytestmark = pytest.mark.asyncio
@@ -86,10 +85,7 @@ async def test_sigterm_exits_within_the_deadline_although_the_upstream_never_ans
             _, _, body = await client.call("mute__echo", {})
             assert body["result"]["content"][0]["text"] == "ok", body
         await asyncio.gather(*(session_with_a_call() for _ in range(SESSIONS)))
-    signalled = time.monotonic()
-    gw.proc.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(asyncio.to_thread(gw.proc.wait), 60)
-    exited_after = time.monotonic() - signalled
+    exited_after = await seconds_to_exit_after_sigterm(gw.proc)
     assert gw.proc.returncode == 0, gw.log()
     assert exited_after < DRAIN_S + 0.5, f"exited {exited_after:.1f} s after SIGTERM, drain_timeout_s is {DRAIN_S}"
     assert upstream.deletes > 0  # the DELETEs were sent, only not waited for past the deadline
