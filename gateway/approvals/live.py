@@ -57,8 +57,10 @@ class LiveUpdates:
             with contextlib.suppress(asyncio.QueueFull):  # a slow page just refetches later
                 queue.put_nowait(approval_id)
 
-        response = web.StreamResponse(headers={**render.security_headers(), "Content-Type": "text/event-stream",
-                                               "X-Accel-Buffering": "no"})
+        headers = {**render.security_headers(), "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":  # aiohttp routes HEAD here too: the head alone, no stream behind it
+            return web.Response(headers=headers)
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         signed_out = asyncio.Event()
         session = approver.key or None

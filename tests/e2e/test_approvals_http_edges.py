@@ -1,0 +1,86 @@
+"""The approvers' API at its edges, through a real gateway: methods aiohttp adds on its own (HEAD), calls decided
+too late (expired), and the shapes of refusals an approver's client reads (docs/approvals.md, REST API)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.demo.servers import payments_server
+from tests.support.contract import CONTRACT_POLICIES, SHOPPER, Agent, Api, reason, until, write_policies
+from tests.support.servers import run_http_server
+from tests.support.tokens import TestIssuer
+
+APPROVERS = """
+@id("approvers-decide")
+permit (principal in Group::"approvers", action == Action::"approve", resource);
+"""
+
+
+@dataclass
+class Edge:
+    gw: Any
+    api: Api
+    agent: Agent
+    alice: str
+
+    async def hold(self, amount: int) -> str:
+        """A payment held for approval (the agent answered `approval_pending` at once): its approval id."""
+        status, held, _ = await self.agent.call("payments__pay", {"account": "acme-1", "amount": amount})
+        assert status == 200 and reason(held) == "approval_pending", held
+        return str(held["error"]["data"]["approval_id"])
+
+
+@pytest.fixture
+async def edge(start_gateway: Any, tmp_path: Path) -> AsyncIterator[Edge]:
+    issuer = TestIssuer(tmp_path)
+    async with run_http_server(payments_server()) as pay_url, aiohttp.ClientSession() as http:
+        gw = await start_gateway({"upstreams": [{"name": "payments", "url": pay_url}],
+                                  "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+                                  "policies": {"dir": str(write_policies(tmp_path / "p",
+                                                                         CONTRACT_POLICIES + APPROVERS))},
+                                  "approvals": {"ttl_s": 1}})
+        api = Api(http, gw.url, issuer)
+        agent = await Agent(http, gw.mcp, issuer.mint(SHOPPER, aud=gw.mcp, tenant="acme")).open()
+        yield Edge(gw, api, agent, api.person("alice", "approvers"))
+
+
+async def test_head_on_the_event_stream_is_headers_only(edge: Edge) -> None:
+    """aiohttp answers HEAD on every GET route: on the live-update stream it used to send the stream's bytes after
+    the head (`: connected`, then keep-alives until the token expired), which no HEAD answer may carry, so the client
+    read them as the next answer's status line (`Bad status line`) and the stream's handler stayed open."""
+    headers = {"Authorization": f"Bearer {edge.alice}"}
+    async with asyncio.timeout(10), aiohttp.ClientSession() as http:
+        async with http.head(f"{edge.gw.url}/api/approvals/events", headers=headers) as resp:
+            assert resp.status == 200 and resp.content_type == "text/event-stream"
+            assert await resp.read() == b""
+        async with http.get(f"{edge.gw.url}/api/approvals", headers=headers) as resp:  # the connection is reused
+            assert resp.status == 200 and set(await resp.json()) == {"items"}
+        async with http.head(f"{edge.gw.url}/api/approvals/events") as resp:
+            assert resp.status == 401  # HEAD is authenticated as GET is
+
+
+async def test_deciding_an_expired_call_is_409_already_decided(edge: Edge) -> None:
+    """An approve or deny that comes after `approvals.ttl_s` changes nothing: 409 `already_decided` with the item, in
+    state `expired`, whether or not the sweep has marked it yet; the agent's retry is told `approval_expired`."""
+    approval_id = await edge.hold(5)
+
+    async def past_expiry() -> bool:
+        item = await edge.api.approval(approval_id, edge.alice)
+        return bool(item["state"] == "expired")
+
+    await until(past_expiry, "the approval's expiry")
+    for verb in ("approve", "deny"):
+        status, body = await edge.api.request("POST", f"/api/approvals/{approval_id}/{verb}", edge.alice,
+                                              {"comment": "too late"})
+        assert status == 409 and body["error"]["reason"] == "already_decided", (verb, body)
+        assert body["error"]["approval"]["state"] == "expired" and body["error"]["approval"]["id"] == approval_id
+        assert body["error"]["approval"]["decided_by"] is None, body
+    status, late, _ = await edge.agent.call("payments__pay", {"account": "acme-1", "amount": 5})
+    assert status == 200 and reason(late) == "approval_expired" and late["error"]["data"]["approval_id"] == approval_id
