@@ -37,7 +37,8 @@ def _config_check(args: argparse.Namespace) -> int:
         return 2
     for warning in warnings:
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
-    print(f"{args.file}: OK ({len(config.upstreams)} upstream(s): {', '.join(u.name for u in config.upstreams)})")
+    names = ", ".join(upstream.name for upstream in config.upstreams)
+    print(f"{args.file}: OK ({len(config.upstreams)} upstream(s){': ' + names if names else ''})")
     return 0
 
 

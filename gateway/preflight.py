@@ -37,7 +37,8 @@ def preflight(config: Config, source: str = "config") -> list[str]:
         raise ConfigError(problems, source)
     shadow = config.policies.shadow_dir
     return [*(policy_problems(shadow, "policies.shadow_dir") if shadow is not None else []),
-            *policy_warnings(config), *exposure_warnings(config), *static_warnings(config.upstreams),
+            *policy_warnings(config), *upstream_warnings(config), *exposure_warnings(config),
+            *static_warnings(config.upstreams),
             *program_warnings(config)]
 
 
@@ -64,7 +65,17 @@ def policy_warnings(config: Config) -> list[str]:
         except PolicyLoadError:
             continue  # reported as the set's own problem
         warnings.extend(unsummed_forbids(loaded, summed, where))
-    return warnings + label_warnings(config)
+    return warnings
+
+
+def upstream_warnings(config: Config) -> list[str]:
+    """What serve starts with but serves no one as meant: no upstream at all (valid, since a gateway may be set up
+    before its servers, yet almost always a mistake: `upstreams: []` passed without a word), and tool labels
+    written under the aggregated view's names."""
+    if not config.upstreams:
+        return ["upstreams: empty: the gateway has no tool, prompt or resource to offer (every list through /mcp "
+                "is empty and /mcp/{upstream} knows no name); list the MCP servers it fronts here"]
+    return label_warnings(config)
 
 
 def label_warnings(config: Config) -> list[str]:

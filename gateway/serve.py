@@ -24,7 +24,7 @@ from gateway.config import Config, ConfigError, load_config, parse_config
 from gateway.config.addresses import url_host
 from gateway.config.load import shipped_policies as shipped_policies  # re-exported: setup.py, demo
 from gateway.keys import GATEWAY
-from gateway.preflight import exposure_warnings, policy_warnings, preflight, ssl_context
+from gateway.preflight import exposure_warnings, policy_warnings, preflight, ssl_context, upstream_warnings
 
 log = logging.getLogger("customs")
 
@@ -192,7 +192,7 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         # The checks `customs config check` runs, all problems listed, before any upstream child starts.
         preflight(config, str(args.config or "embedded defaults"))
-        for warning in [*policy_warnings(config), *exposure_warnings(config)]:
+        for warning in [*policy_warnings(config), *upstream_warnings(config), *exposure_warnings(config)]:
             log.warning("%s", warning)
         return asyncio.run(run(config, config_path=args.config, file_config=file_config,
                                early_signals=getattr(args, "early_signals", ())))
