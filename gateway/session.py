@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,12 +36,44 @@ OUTBOX_NOTIFICATIONS, OUTBOX_LIMIT = 256, 4096
 # resuming GET (REPLAY_BYTES), everything at four times that; below a bound the next message is queued whatever
 # its size (as the replay always keeps the newest), so a session holds at most the bound plus one message.
 OUTBOX_NOTIFICATION_BYTES, OUTBOX_BYTES = REPLAY_BYTES, 16 << 20
-# Credential values of a session's latest calls taken out of what its upstreams send (Session.carried): two a call,
-# so its last 64 calls'. A minted token lives ttl_s (60 s by default): an upstream quoting one later than 64 calls
-# on in the same session is not caught.
+# Distinct credential values a session keeps to take out of what its upstreams send (Session.carried): 64
+# credentials at two values each (the header's whole value and its token after the scheme). Distinct values, not
+# calls: minted and exchanged tokens are cached and reused by many calls, and a value carried again moves to the
+# newest end, so a credential drops out only once 64 others were carried after its last use (a session calling more
+# than 64 tools or argument sets within a token's life).
 CARRIED_CREDENTIALS = 128
 # Queued on an ended session's outbox: its open stream (GET, legacy SSE) closes now, not at its next keep-alive.
 STREAM_END: tuple[str, Message] = ("end", {})
+
+
+class CarriedCredentials:
+    """The distinct credential values sent upstream for a session, least recently carried first, at most `limit`.
+
+    A value carried again moves to the end: a token cached and reused by a hundred calls holds one place, and a
+    credential from long ago is kept while no `limit` others came after it (a deque of the last values was filled with
+    duplicates of the reused token, and an older one still valid dropped out). Empty values are not kept."""
+
+    __slots__ = ("_limit", "_values")
+
+    def __init__(self, limit: int = CARRIED_CREDENTIALS) -> None:
+        self._values: dict[str, None] = {}  # insertion-ordered: the oldest first
+        self._limit = limit
+
+    def extend(self, values: Iterable[str]) -> None:
+        kept = self._values
+        for value in values:
+            if not value:
+                continue
+            kept.pop(value, None)
+            kept[value] = None
+        while len(kept) > self._limit:
+            del kept[next(iter(kept))]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 class Cancellable(Protocol):
@@ -73,10 +105,10 @@ class Session:
     # The secrets the gateway holds taken out of what upstreams send this session's client (Redactor.scrub_known,
     # gateway/server_messages.py): None when there is nothing to take out.
     scrub: Callable[[Any], Any] | None = None
-    # The credentials the session's latest calls carried upstream (minted, exchanged: gateway/forward.py), taken out
-    # of what upstreams send its client as `scrub` takes out the secrets the gateway holds; the newest
-    # CARRIED_CREDENTIALS values (two a call: the header's and its token).
-    carried: deque[str] = field(default_factory=lambda: deque(maxlen=CARRIED_CREDENTIALS))
+    # The credentials carried upstream for the session (minted, exchanged: its calls', gateway/forward.py), taken out
+    # of what upstreams send its client as `scrub` takes out the secrets the gateway holds; the CARRIED_CREDENTIALS
+    # distinct values most recently carried (two a credential: the header's and its token).
+    carried: CarriedCredentials = field(default_factory=CarriedCredentials)
     principal: Principal | None = None  # the latest identity presented (a refreshed token updates it)
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
