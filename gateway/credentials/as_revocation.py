@@ -5,7 +5,8 @@ only stops Customs handing it out. When the upstream's `credentials.revocation_e
 each such token is revoked there once its task ends (`token_type_hint=access_token`, the same
 HTTP Basic client authentication as the exchange). Nothing waits for it: a slow or unreachable
 server never delays a call or a task end. Failures are retried a bounded number of times, then
-logged (never the token) and counted; a token that has expired meanwhile needs no revocation.
+logged (never the token) and counted; a token that has expired meanwhile needs no revocation. At shutdown
+`close()` waits for the revocations still running only until the drain deadline's bound (`shutdown_bound`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ RETRY_DELAYS_S = (0.5, 2.0)
 # Revocations waiting or running at once; past this a token is left to expire (logged and counted), so a
 # flood of ending tasks against a dead server cannot grow memory without bound.
 MAX_PENDING = 1024
-# Shutdown ends every task: how long close() lets their revocations run before it gives up on them.
+# Shutdown ends every task: how long close() lets their revocations run before it gives up on them ...
 CLOSE_WAIT_S = 5.0
+# ... and, once SIGTERM set the drain deadline, at least this when its bound has come: the task ends before
+# close() may have held their revocations back till then (each waited on a hung Redis until its cut-off), and a
+# server that answers takes milliseconds; a mute one costs the exit this at most (the bound is 0.25 s before
+# the deadline: gateway/app.py REDIS_CUT_BEFORE_S).
+CLOSE_MIN_S = 0.25
 
 Outcome = Callable[[str, str], None]  # (upstream name, ok | failed | dropped)
 
@@ -63,6 +69,9 @@ class TokenRevoker:
         self._on_outcome = on_outcome
         self.retry_delays: tuple[float, ...] = RETRY_DELAYS_S
         self.close_wait_s = CLOSE_WAIT_S
+        # Loop time by which close() gives up on the revocations (gateway/app.py: Gateway.close sets it from the drain
+        # deadline); None: no deadline, close_wait_s alone.
+        self.shutdown_bound: float | None = None
         self._running: set[asyncio.Task[None]] = set()
 
     @staticmethod
@@ -137,6 +146,12 @@ class TokenRevoker:
         except Exception:
             log.exception("token revocation metric failed")
 
+    def _close_wait_s(self) -> float:
+        if self.shutdown_bound is None:
+            return self.close_wait_s
+        left = self.shutdown_bound - asyncio.get_running_loop().time()
+        return min(self.close_wait_s, max(left, CLOSE_MIN_S))
+
     @property
     def pending(self) -> int:
         return len(self._running)
@@ -149,8 +164,10 @@ class TokenRevoker:
         return late
 
     async def close(self) -> None:
-        """Let running revocations (shutdown ends every task) finish for up to `close_wait_s`, then stop them."""
-        late = await self.wait_idle(self.close_wait_s)
+        """Let running revocations (shutdown ends every task) finish for up to `close_wait_s` and, with a drain
+        deadline, only until `shutdown_bound` (at least CLOSE_MIN_S), then stop them. Waiting the whole 5 s held
+        the exit that long past a shorter deadline when the authorization server did not answer."""
+        late = await self.wait_idle(self._close_wait_s())
         for task in late:
             task.cancel()
         if late:
