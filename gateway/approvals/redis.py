@@ -1,6 +1,6 @@
 """The shared approval store on Redis: several replicas hold, decide and release the same pending calls.
 
-Each transition is one Lua script (atomic); a pub/sub channel wakes waiters on every replica; each
+Each transition is one Lua script (atomic); a pub/sub channel wakes waiters on every replica (redis_wakeups); each
 replica heartbeats a holder id so a sweeper can mark items whose waiting replica died as abandoned.
 Any Redis failure surfaces as GatewayError("approval_unavailable"): callers fail closed.
 """
@@ -22,19 +22,18 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry  # the asyncio client's own (redis 8 warns about the sync one)
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
 
 from gateway.approvals import redis_scripts as lua
 from gateway.approvals.cursor import CREATED, EXPIRY, Cursor, check, order_for, shared_key
 from gateway.approvals.model import TERMINAL, AlreadyDecided, Approval, ApprovalNotFound, Vote, event
 from gateway.approvals.redis_codec import approval_from_hash, as_hash, text
 from gateway.approvals.redis_listing import walk_page
-from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, Page, emit, notify_listeners, run_to_end
+from gateway.approvals.redis_wakeups import TRANSIENT, Wakeups
+from gateway.approvals.store import LIST_WINDOW, EventSink, Listener, Page, emit, run_to_end
 from gateway.errors import GatewayError
 
 log = logging.getLogger("customs.approvals.redis")
 T = TypeVar("T")
-_TRANSIENT = (RedisError, OSError, TimeoutError)
 
 
 class RedisApprovalStore:
@@ -54,11 +53,9 @@ class RedisApprovalStore:
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in (
             "CREATE_OR_JOIN", "DECIDE", "CANCEL", "WITHDRAW", "CLAIM", "NOT_EXECUTED", "HAND_BACK", "FORGET",
             "HEARTBEAT", "HOLD", "ABANDON", "PRUNE")}
-        self._changed: dict[str, asyncio.Event] = {}
-        self._listeners: list[Listener] = []
+        self._wakeups = Wakeups()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self._subscribed = asyncio.Event()
         # What a held call that went away during an outage could not do: its hold's release (counts per item) and
         # its withdrawal (the actor). Housekeeping does it once Redis answers again (_settle_owed).
         self._owed_releases: dict[str, int] = {}
@@ -78,11 +75,12 @@ class RedisApprovalStore:
     async def start(self) -> None:
         """Begin heartbeats + sweeps and the pub/sub reader. Redis being down is not fatal here."""
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._subscriber(), name="approvals-pubsub"),
+        reader = self._wakeups.read(self._client, self._p + "events", lambda: self._closing)
+        self._tasks = [loop.create_task(reader, name="approvals-pubsub"),
                        loop.create_task(self._housekeeping(), name="approvals-sweeper")]
         # so a change made right after start-up wakes our waiters; bounded: Redis may be down
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), 2.0)
+            await asyncio.wait_for(self._wakeups.subscribed.wait(), 2.0)
 
     async def close(self) -> None:
         self._closing = True
@@ -92,9 +90,8 @@ class RedisApprovalStore:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
         self._tasks = []
-        for changed in self._changed.values():
-            changed.set()
-        with contextlib.suppress(*_TRANSIENT):
+        self._wakeups.release_waiters()
+        with contextlib.suppress(*TRANSIENT):
             await self._client.hdel(self._p + "holders", self.holder)
         if self._owns_client:
             await self._client.aclose()
@@ -114,42 +111,10 @@ class RedisApprovalStore:
                 log.exception("approval housekeeping failed")
             await asyncio.sleep(self._heartbeat_s)  # a periodic timer, not synchronisation
 
-    async def _subscriber(self) -> None:
-        backoff = 0.05
-        while not self._closing:
-            pubsub = self._client.pubsub()
-            try:
-                await pubsub.subscribe(self._p + "events")
-                async for message in pubsub.listen():
-                    if message.get("type") == "subscribe":  # confirmed: from now on nothing is missed
-                        backoff = 0.05
-                        self._subscribed.set()
-                        self._wake_all()  # changes may have been missed while unsubscribed
-                    elif message.get("type") == "message":
-                        self._wake(text(message["data"]))
-            except _TRANSIENT as exc:
-                log.debug("approval pub/sub lost: %s", exc)
-                self._subscribed.clear()
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(backoff)  # reconnect backoff
-            backoff = min(backoff * 2, 2.0)
-
-    def _wake(self, approval_id: str) -> None:
-        changed = self._changed.pop(approval_id, None)
-        if changed is not None:
-            changed.set()
-        notify_listeners(self._listeners, approval_id)
-
-    def _wake_all(self) -> None:
-        for approval_id in list(self._changed):
-            self._wake(approval_id)
-
     async def _run(self, call: Awaitable[T]) -> T:
         try:
             return await call
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise GatewayError("approval_unavailable", data={"detail": type(exc).__name__}) from exc
 
     async def _script(self, name: str, *args: Any) -> Any:
@@ -259,9 +224,7 @@ class RedisApprovalStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            changed = self._changed.get(approval_id)
-            if changed is None:
-                changed = self._changed[approval_id] = asyncio.Event()
+            changed = self._wakeups.waiter(approval_id)
             item = await self.get(approval_id)
             remaining = deadline - loop.time()
             if remaining <= 0 or not item.pending:
@@ -400,8 +363,8 @@ class RedisApprovalStore:
                         self._owed_releases[approval_id] = self._owed_releases.get(approval_id, 0) + 1
 
     def add_listener(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        self._wakeups.listeners.append(listener)
 
     def remove_listener(self, listener: Listener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        if listener in self._wakeups.listeners:
+            self._wakeups.listeners.remove(listener)
