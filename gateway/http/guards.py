@@ -32,6 +32,7 @@ DECODED_CODINGS = ("gzip", "deflate", *(("br",) if compression_utils.HAS_BROTLI 
 
 
 AGENT_PATHS = ("/mcp", "/sse", "/messages")  # the MCP endpoints: every refusal there is a JSON-RPC error
+API_PATHS = ("/api/",)  # the approvals and tool-pin APIs: their refusals are `{"error": {"reason", "message"}}`
 
 
 def error_response(exc: BaseException, request_id: object = None,
@@ -41,6 +42,16 @@ def error_response(exc: BaseException, request_id: object = None,
     response = web.Response(body=dumps(body), status=status, content_type="application/json",
                             headers={**(headers or {}), **extra})
     response[REFUSED] = exc.reason if isinstance(exc, GatewayError) else type(exc).__name__
+    return response
+
+
+def _api_error(exc: GatewayError) -> web.Response:
+    """A refusal on the approvers' and operators' JSON APIs, in their own error shape (docs/approvals.openapi.yaml:
+    `{"error": {"reason", "message"}}`) rather than the MCP endpoints' JSON-RPC error, which their clients cannot
+    read (no `error.reason`)."""
+    response = web.json_response({"error": {"reason": exc.reason, "message": exc.message}}, status=exc.http_status,
+                                 headers=dict(exc.headers))
+    response[REFUSED] = exc.reason
     return response
 
 
@@ -123,7 +134,8 @@ def guard_middleware(policy: HostOriginPolicy, refused: Callable[[str, int], Non
         try:
             policy.check(headers)
         except GatewayError as exc:
-            response: web.StreamResponse = error_response(exc)
+            api = request.path.startswith(API_PATHS)
+            response: web.StreamResponse = _api_error(exc) if api else error_response(exc)
         else:
             origin = cors_origin(headers, request.path)  # an allowed origin on an agent path: answers shared with it
             try:

@@ -84,3 +84,28 @@ async def test_deciding_an_expired_call_is_409_already_decided(edge: Edge) -> No
         assert body["error"]["approval"]["decided_by"] is None, body
     status, late, _ = await edge.agent.call("payments__pay", {"account": "acme-1", "amount": 5})
     assert status == 200 and reason(late) == "approval_expired" and late["error"]["data"]["approval_id"] == approval_id
+
+
+async def test_host_and_origin_refusals_on_the_api_are_in_its_error_shape(edge: Edge) -> None:
+    """A Host the gateway does not serve (DNS rebinding) or a foreign Origin is 403 on every path; on the approvers'
+    API in its documented shape, `{"error": {"reason": ..., "message": ...}}` (the OpenAPI file's Error), as its other
+    refusals are. It was the JSON-RPC error of the MCP endpoints (`error.data.reason`, `error.code`), with no
+    `error.reason` for an approver's client to read. The call is not decided."""
+    approval_id = await edge.hold(6)
+    bearer = {"Authorization": f"Bearer {edge.alice}"}
+    port = edge.gw.url.rsplit(":", 1)[1]
+    for method, path, headers, expected in (
+            ("GET", "/api/approvals?state=pending", {"Host": f"evil.example:{port}"}, "host_forbidden"),
+            ("GET", f"/api/approvals/{approval_id}", {"Host": "evil.example"}, "host_forbidden"),
+            ("POST", f"/api/approvals/{approval_id}/approve", {"Host": "evil.example"}, "host_forbidden"),
+            ("POST", f"/api/approvals/{approval_id}/approve", {"Origin": "http://evil.example"}, "origin_forbidden"),
+            ("POST", f"/api/approvals/{approval_id}/deny", {"Origin": "http://evil.example"}, "origin_forbidden")):
+        status, body = await edge.api.request(method, path, body={"comment": "x"} if method == "POST" else None,
+                                              headers={**bearer, **headers})
+        assert status == 403 and body == {"error": {"reason": expected, "message": body["error"]["message"]}}, (
+            path, headers, body)
+        assert body["error"]["message"], body
+    assert (await edge.api.approval(approval_id, edge.alice))["state"] == "pending"
+    status, body, _ = await edge.agent.send({"jsonrpc": "2.0", "id": 3, "method": "ping"},
+                                            {"Host": "evil.example"})
+    assert status == 403 and reason(body) == "host_forbidden" and body["error"]["code"] == -32013, body  # MCP: JSON-RPC
