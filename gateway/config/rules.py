@@ -353,6 +353,11 @@ def unique_upstream_rules(config: Any) -> Iterator[Problem]:
             prefixes[prefix] = index
 
 
+def _mappings(node: Any) -> list[tuple[int, Mapping[str, Any]]]:
+    """The entries of a raw list that are mappings, with their indexes."""
+    return [(index, entry) for index, entry in enumerate(_items(node)) if isinstance(entry, Mapping)]
+
+
 def _under(prefix: Loc, problems: Iterator[Problem]) -> Iterator[Problem]:
     return ((prefix + loc, message) for loc, message in problems)
 
@@ -360,12 +365,13 @@ def _under(prefix: Loc, problems: Iterator[Problem]) -> Iterator[Problem]:
 def document_rules(data: Any) -> list[Problem]:
     """Every rule over a whole (raw) config document, with paths from its root."""
     problems: list[Problem] = []
-    for index, upstream in enumerate(_items(_get(data, "upstreams"))):
+    # An entry that is no mapping has its one problem already (`must be a mapping`): no rule over its fields.
+    for index, upstream in _mappings(_get(data, "upstreams")):
         problems += _under(("upstreams", index), upstream_rules(upstream))
         problems += _under(("upstreams", index, "credentials"), credentials_rules(_get(upstream, "credentials")))
     identity = _get(data, "identity")
     problems += _under(("identity",), identity_rules(identity))
-    for index, issuer in enumerate(_items(_get(identity, "issuers"))):
+    for index, issuer in _mappings(_get(identity, "issuers")):
         problems += _under(("identity", "issuers", index), issuer_rules(issuer))
     limits = _get(data, "limits")
     for name in ("per_principal", "per_tool"):

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import REPO
 from tests.support.cli import customs_main
 
@@ -48,3 +50,118 @@ def test_config_check_does_not_warn_about_upstreams_when_one_is_listed(tmp_path:
 async def test_serve_starts_with_no_upstreams_and_logs_the_same_warning(spawn_gateway: Any) -> None:
     gateway = await spawn_gateway({"upstreams": [], "policies": {"dir": str(SHIPPED)}})
     assert NO_UPSTREAMS in gateway.log(), gateway.log()
+
+
+# ---- files that are no config: every one exits 2 naming what is wrong, never a traceback ----
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("", "upstreams: Field required"),  # an empty file is an empty mapping: it lacks the one required section
+    ("# nothing but a comment\n", "upstreams: Field required"),
+    ("- name: a\n  url: http://127.0.0.1:9/mcp\n", "(root): expected a mapping of sections"),
+    ("customs\n", "(root): expected a mapping of sections"),
+    ("upstreams: [\n", "line 2, column 1: invalid YAML: expected the node content, but found '<stream end>'"),
+    (b"\xff\xfeupstreams: []\n", "(file): cannot read {path}: not UTF-8 text (byte 0: invalid start byte)"),
+], ids=["empty", "comment only", "a list", "a string", "broken YAML", "not UTF-8"])
+def test_a_file_that_is_no_config_mapping_is_refused_with_its_reason(tmp_path: Path, text: str | bytes,
+                                                                     problem: str) -> None:
+    path, code, out, err = _check(tmp_path, text)
+    assert code == 2 and out == ""
+    assert err.splitlines() == [f"{path}: invalid configuration", f"  {problem.format(path=path)}"]
+
+
+def test_a_file_that_cannot_be_read_is_refused_with_the_reason(tmp_path: Path) -> None:
+    for path, reason in [(tmp_path / "absent.yaml", "No such file or directory"), (tmp_path, "Is a directory")]:
+        done = customs_main("config", "check", str(path))
+        assert done.returncode == 2 and done.stdout == "", done
+        assert done.stderr.splitlines() == [f"{path}: invalid configuration",
+                                            f"  (file): cannot read {path}: {reason}"]
+
+
+# ---- every problem of a file, at every nesting level, each once with its path ----
+
+UNKNOWN_EVERYWHERE = """\
+zzz: 1
+listen: {prot: 8700, tls: {cert_file: c.pem, key_file: k.pem, extra: 1}}
+upstreams:
+  - name: a
+    url: http://127.0.0.1:9/mcp
+    timeout: 3
+    tools: {get: {sensitivity: public, bogus: 1}}
+    credentials: {mode: minted, ttl: 60}
+    breaker: {threshold: 5, cool: 1}
+identity:
+  mode: jwt
+  issuers: [{issuer: "https://idp.example", jwks_file: jwks.json, jwks: x}]
+  skew: 3
+policies: {directory: policies/}
+approvals: {ttl: 9, webhooks: [{url: "http://127.0.0.1:9/hook", sig: x}]}
+store: {redis: {url: "redis://127.0.0.1:6379/0", prefix: x}}
+decision_log: {file: d.jsonl}
+telemetry: {name: x, traces: {url: x}, metrics: {prom: true}}
+limits: {per_principal: {rate: 1}, per_tool: {burst_size: 1}, sessions: 1}
+tasks: {idle: 1}
+secrets: {keys: []}
+signing: {dir: x}
+pinning: {strict: true}
+"""
+
+
+def test_an_unknown_key_is_named_at_every_nesting_level(tmp_path: Path) -> None:
+    _path, code, out, err = _check(tmp_path, UNKNOWN_EVERYWHERE)
+    assert code == 2 and out == ""
+    problems = {line.strip() for line in err.splitlines()[1:]}
+    assert problems == {f"{key}: unknown key" for key in [
+        "zzz", "listen.prot", "listen.tls.extra", "upstreams[0].timeout", "upstreams[0].tools.get.bogus",
+        "upstreams[0].credentials.ttl", "upstreams[0].breaker.cool", "identity.issuers[0].jwks", "identity.skew",
+        "policies.directory", "approvals.ttl", "approvals.webhooks[0].sig", "store.redis.prefix", "decision_log.file",
+        "telemetry.name", "telemetry.traces.url", "telemetry.metrics.prom", "limits.per_principal.rate",
+        "limits.per_tool.burst_size", "limits.sessions", "tasks.idle", "secrets.keys", "signing.dir", "pinning.strict"]}
+
+
+@pytest.mark.parametrize(("text", "problems"), [
+    ("upstreams: [{name: a, url: 'http://127.0.0.1:9/mcp'}, 3, [x], null]\n",
+     ["upstreams[1]: must be a mapping (key: value), not a number",
+      "upstreams[2]: must be a mapping (key: value), not a list",
+      "upstreams[3]: must be a mapping (key: value), not empty"]),
+    ("upstreams: [{name: a, url: 'http://127.0.0.1:9/mcp'}]\nidentity: {mode: jwt, issuers: [x]}\n",
+     ["identity.issuers[0]: must be a mapping (key: value), not a string"]),
+], ids=["upstream entries", "issuer entry"])
+def test_an_entry_that_is_no_mapping_is_named_once(tmp_path: Path, text: str, problems: list[str]) -> None:
+    """What the entry must be, not also what rules over its fields (url or command, a key source) say of it: a
+    number has no url, but `exactly one of url or command is required` was listed under it besides."""
+    _path, code, _out, err = _check(tmp_path, text)
+    assert code == 2
+    assert [line.strip() for line in err.splitlines()[1:]] == problems
+
+
+def test_wrong_types_unset_variables_and_bad_names_are_all_listed_with_their_paths(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUSTOMS_TEST_UNSET_SECRET", raising=False)
+    monkeypatch.delenv("CUSTOMS_TEST_UNSET_URL", raising=False)
+    _path, code, out, err = _check(tmp_path, """\
+listen: {port: eighty, allowed_origins: http://a.example}
+upstreams:
+  - {name: Payments, url: "http://127.0.0.1:9/mcp", timeout_s: soon}
+  - {name: "", url: "${CUSTOMS_TEST_UNSET_URL}"}
+  - {name: pay-2, command: python server.py}
+  - {name: pay-2, url: "http://127.0.0.1:9/mcp", tools: [get]}
+identity: {clock_skew_s: true}
+approvals: {webhooks: [{url: "http://127.0.0.1:9/hook", secret: ${CUSTOMS_TEST_UNSET_SECRET}}]}
+""")
+    assert code == 2 and out == ""
+    problems = [line.strip() for line in err.splitlines()[1:]]
+    for expected in [
+        "listen.port: Input should be a valid integer, unable to parse string as an integer",
+        "listen.allowed_origins: must be a list, not a string",
+        "upstreams[0].name: must match [a-z0-9_-]+",
+        "upstreams[0].timeout_s: Input should be a valid number, unable to parse string as a number",
+        "upstreams[1].name: must match [a-z0-9_-]+",
+        "upstreams[1].url: environment variable CUSTOMS_TEST_UNSET_URL is not set",
+        "upstreams[2].command: must be a list, not a string",
+        "upstreams[3].tools: must be a mapping (key: value), not a list",
+        "upstreams[3].name: duplicate upstream name 'pay-2' (also upstreams[2])",
+        "identity.clock_skew_s: must be a number, not true",
+        "approvals.webhooks[0].secret: environment variable CUSTOMS_TEST_UNSET_SECRET is not set",
+    ]:
+        assert expected in problems, (expected, problems)
+    assert len(problems) == len(set(problems)) == 11, problems
