@@ -164,9 +164,10 @@ def _metadata_routes(config: Config) -> list[web.RouteDef]:
             raise web.HTTPNotFound()
         return web.json_response(protected_resource_metadata(config.listen.resource_url, config.identity, path))
 
-    return [web.get("/.well-known/oauth-protected-resource", metadata, allow_head=False),
+    # HEAD too, as the other well-known documents (RFC 9110 §9.3.2); it was 405 here.
+    return [web.get("/.well-known/oauth-protected-resource", metadata),
             # Any character, a line break too (`.` stops at one): a name's `%0A` sits in a challenge like any other.
-            web.get(r"/.well-known/oauth-protected-resource/{tail:[\s\S]+}", metadata, allow_head=False)]
+            web.get(r"/.well-known/oauth-protected-resource/{tail:[\s\S]+}", metadata)]
 
 
 def _identifier(config: Config) -> Identifier:
