@@ -112,10 +112,12 @@ def _add_serve(sub: Any) -> None:
                            epilog="exit status:\n  0 stopped by SIGTERM or Ctrl-C\n"
                            "  1 cannot listen on the address (in use: --port 0 picks a free one; a host that does "
                            "not resolve)\n  2 usage, or an invalid or refused config (every problem listed)")
-    serve.add_argument("--config", "-c", type=Path, help="customs.yaml")
+    serve.add_argument("--config", "-c", type=Path, metavar="FILE",
+                       help="the YAML config (default: embedded defaults, as described above)")
     serve.add_argument("--host", type=_host, help="override listen.host")
     serve.add_argument("--port", type=_port, help="override listen.port (0: any free port)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], metavar="LEVEL",
+                       help="debug, info, warning or error (default info)")
     serve.set_defaults(func=_serve)
 
 
@@ -129,10 +131,10 @@ def _add_demo(sub: Any) -> None:
                           "or an example call failed\n  2 usage (a --port outside 0-65535, a --dir that cannot be a "
                           "directory)")
     demo.add_argument("--port", type=_port, default=8700, help="default 8700; 0: any free port")
-    demo.add_argument("--no-walkthrough", action="store_true", help="only serve; do not run the example calls")
-    demo.add_argument("--exit-after-walkthrough", action="store_true", help="stop after the example calls")
     demo.add_argument("--dir", type=Path, default=Path(".customs/demo"),
                       help="where the demo writes its keys and decision log (default .customs/demo)")
+    demo.add_argument("--no-walkthrough", action="store_true", help="only serve; do not run the example calls")
+    demo.add_argument("--exit-after-walkthrough", action="store_true", help="stop after the example calls")
     demo.set_defaults(func=_demo)
 
 
@@ -146,7 +148,7 @@ def _add_config(sub: Any) -> None:
                                   "serve runs\n(policies, key and TLS files); every problem is listed with its path.",
                                   epilog="exit status:\n  0 valid (warnings, if any, printed)\n"
                                   "  2 invalid (each problem listed with its path), or FILE cannot be read")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, metavar="FILE", help="the YAML config to check (customs.yaml)")
     check.set_defaults(func=_config_check)
 
 

@@ -42,3 +42,25 @@ def test_demo_dir_help_names_what_is_written_there_and_its_default(capsys: pytes
     text = _help(capsys, "demo")
     assert "keys and decision log" in text and "default .customs/demo" in text
     assert "keys/config" not in text
+
+
+# The synopses docs/configuration.md gives (issue 2: `customs config check FILE`), as each usage line reads.
+SYNOPSES = [
+    (("serve",), "customs serve [-h] [--config FILE] [--host HOST] [--port PORT] [--log-level LEVEL]"),
+    (("demo",), "customs demo [-h] [--port PORT] [--dir DIR] [--no-walkthrough] [--exit-after-walkthrough]"),
+    (("config", "check"), "customs config check [-h] FILE"),
+]
+
+
+@pytest.mark.parametrize(("argv", "usage"), SYNOPSES, ids=[" ".join(argv) for argv, _ in SYNOPSES])
+def test_usage_reads_as_the_documented_synopsis(capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
+                                                usage: str) -> None:
+    """`--help` said `[--config CONFIG]`, `file` and `{debug,info,warning,error}` where the docs say FILE and
+    LEVEL; the levels are still listed, in the option's help."""
+    text = _help(capsys, *argv)
+    assert text.startswith(f"usage: {usage} "), text
+    if argv == ("serve",):
+        assert "--log-level LEVEL debug, info, warning or error (default info)" in text
+        assert "--config FILE, -c FILE the YAML config (default: embedded defaults" in text
+    if argv == ("config", "check"):
+        assert "FILE the YAML config to check" in text
