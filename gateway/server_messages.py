@@ -91,9 +91,8 @@ async def route_server_message(session: Session, upstream: str, message: Message
         message = _updated_for_client(upstream, message)
     if session.scrub is not None:
         message = _scrubbed(session.scrub, message)
-    if session.carried:  # the credentials its calls carried (gateway/forward.py): on this stream or the session's
-        carried = tuple(session.carried)
-        message = _scrubbed(lambda params: scrub_exact(params, carried), message)
+    if (carried := carried_scrub(session)) is not None:  # on the call's stream or the session's
+        message = _scrubbed(carried, message)
     if send is not None:
         try:
             await send(message)
@@ -121,6 +120,15 @@ def _scrubbed(scrub: Callable[[Any], Any], message: Message) -> Message:
         return message
     scrubbed = scrub(params)
     return message if scrubbed is params else {**message, "params": scrubbed}
+
+
+def carried_scrub(session: Session) -> Callable[[Any], Any] | None:
+    """What takes the credentials carried for the session (Session.carried: its calls', gateway/forward.py, and its
+    upstream sessions' own, gateway/sessions.py headers) out of a value; None while there are none."""
+    if not session.carried:
+        return None
+    carried = tuple(session.carried)
+    return lambda value: scrub_exact(value, carried)
 
 
 def scrub_error(scrub: Callable[[Any], Any] | None, exc: GatewayError) -> GatewayError:

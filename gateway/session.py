@@ -36,11 +36,11 @@ OUTBOX_NOTIFICATIONS, OUTBOX_LIMIT = 256, 4096
 # resuming GET (REPLAY_BYTES), everything at four times that; below a bound the next message is queued whatever
 # its size (as the replay always keeps the newest), so a session holds at most the bound plus one message.
 OUTBOX_NOTIFICATION_BYTES, OUTBOX_BYTES = REPLAY_BYTES, 16 << 20
-# Distinct credential values a session keeps to take out of what its upstreams send (Session.carried): 64
-# credentials at two values each (the header's whole value and its token after the scheme). Distinct values, not
-# calls: minted and exchanged tokens are cached and reused by many calls, and a value carried again moves to the
-# newest end, so a credential drops out only once 64 others were carried after its last use (a session calling more
-# than 64 tools or argument sets within a token's life).
+# Distinct credential values a session keeps to take out of what its upstreams send (Session.carried): its calls' and
+# its upstream sessions' own (set-up, GET stream, DELETE), 64 credentials at two values each (the header's whole value
+# and its token after the scheme). Distinct values, not calls: minted and exchanged tokens are cached and reused by
+# many calls, and a value carried again moves to the newest end, so a credential drops out only once 64 others were
+# carried after its last use (a session calling more than 64 tools or argument sets within a token's life).
 CARRIED_CREDENTIALS = 128
 # Queued on an ended session's outbox: its open stream (GET, legacy SSE) closes now, not at its next keep-alive.
 STREAM_END: tuple[str, Message] = ("end", {})
@@ -76,6 +76,17 @@ class CarriedCredentials:
         return len(self._values)
 
 
+def credential_values(headers: Mapping[str, str]) -> list[str]:
+    """The exact values credential headers carry: each whole, and its token after a scheme (`Bearer x`)."""
+    values = []
+    for value in headers.values():
+        values.append(value)
+        scheme, _, token = value.partition(" ")
+        if token and scheme.isalpha():
+            values.append(token.strip())
+    return values
+
+
 class Cancellable(Protocol):
     """A call in flight: a task, or a handle that withdraws a call running in its HTTP handler's task."""
 
@@ -105,9 +116,10 @@ class Session:
     # The secrets the gateway holds taken out of what upstreams send this session's client (Redactor.scrub_known,
     # gateway/server_messages.py): None when there is nothing to take out.
     scrub: Callable[[Any], Any] | None = None
-    # The credentials carried upstream for the session (minted, exchanged: its calls', gateway/forward.py), taken out
-    # of what upstreams send its client as `scrub` takes out the secrets the gateway holds; the CARRIED_CREDENTIALS
-    # distinct values most recently carried (two a credential: the header's and its token).
+    # The credentials carried upstream for the session (minted, exchanged: its calls', gateway/forward.py, and its
+    # upstream sessions' own, SessionManager.headers), taken out of what upstreams send its client as `scrub` takes
+    # out the secrets the gateway holds; the CARRIED_CREDENTIALS distinct values most recently carried (two a
+    # credential: the header's and its token).
     carried: CarriedCredentials = field(default_factory=CarriedCredentials)
     principal: Principal | None = None  # the latest identity presented (a refreshed token updates it)
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)

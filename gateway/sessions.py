@@ -26,8 +26,8 @@ from typing import Any
 from gateway.catalog import Catalog
 from gateway.context import Principal
 from gateway.errors import GatewayError
-from gateway.server_messages import NotificationHook, route_server_message, scrub_error
-from gateway.session import STREAM_END, Withdrawing
+from gateway.server_messages import NotificationHook, carried_scrub, route_server_message, scrub_error
+from gateway.session import STREAM_END, Withdrawing, credential_values
 from gateway.session import Session as Session
 from gateway.transport.base import ConnectParams, Message, Upstream, UpstreamSession
 
@@ -154,10 +154,14 @@ class SessionManager:
         return session
 
     async def headers(self, session: Session, upstream: str) -> dict[str, str]:
-        """Fresh credential headers for requests the gateway makes on the session's behalf."""
+        """Fresh credential headers for requests the gateway makes on the session's behalf (the upstream session's
+        set-up, GET stream, DELETE, listings). They join what is taken out of what upstreams send the session, as a
+        call's credential does: an upstream quoting the token it was opened with must not hand it to the agent."""
         if self._credential_headers is None:
             return {}
-        return await self._credential_headers(session, upstream)
+        headers = await self._credential_headers(session, upstream)
+        session.carried.extend(credential_values(headers))
+        return headers
 
     async def end(self, session: Session) -> None:
         if session.closed:
@@ -246,8 +250,9 @@ class SessionManager:
                 try:
                     connected = await self._upstreams[upstream].connect(params, handler, headers,
                                                                         credentials=credentials)
-                except GatewayError as exc:
-                    raise scrub_error(self._scrub, exc) from exc.__cause__
+                except GatewayError as exc:  # its refusal may quote the key, or the token it was sent (carried)
+                    scrub_error(self._scrub, exc)
+                    raise scrub_error(carried_scrub(session), exc) from exc.__cause__
             if session.closed:
                 # Ended while connecting (a legacy SSE client left during its initialize): `end` closed the
                 # upstreams it knew of, not this one, which would stay open (a stdio view attached) for good.

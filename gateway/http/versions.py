@@ -20,6 +20,7 @@ from gateway import jsonrpc
 from gateway.errors import GatewayError
 from gateway.http.guards import REFUSED
 from gateway.router import SERVER_INFO
+from gateway.server_messages import carried_scrub
 
 if TYPE_CHECKING:
     from gateway.sessions import Session
@@ -72,8 +73,13 @@ def initialize_result(session: Session) -> dict[str, Any]:
 def upstream_answer(session: Session, result: dict[str, Any]) -> dict[str, Any]:
     """An upstream's own `initialize` answer as the session's client may get it: with the secrets the gateway holds
     taken out (Redactor.scrub_known), as from every answer and message of the upstream: a server quoting the headers
-    it was opened with in its instructions or serverInfo would otherwise hand the agent the gateway's key."""
-    return result if session.scrub is None else session.scrub(result)
+    it was opened with in its instructions or serverInfo would otherwise hand the agent the gateway's key. And with
+    the credentials carried for the session (Session.carried), the token the upstream session was opened with
+    among them."""
+    if session.scrub is not None:
+        result = session.scrub(result)
+    carried = carried_scrub(session)
+    return result if carried is None else carried(result)
 
 
 def discover_result(server_info: Any, instructions: Any = None,

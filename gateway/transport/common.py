@@ -211,11 +211,21 @@ def with_id(message: Message, new_id: Any) -> Message:
     return {**message, "id": new_id}
 
 
+def _bounded(text: str, limit: int = 200) -> str:
+    """`text` cut to `limit` characters at the end of a word, `…` marking the cut. The secrets it may quote (a key, the
+    token the refused request carried) are taken out by their exact value later (server_messages.scrub_error): one cut
+    in the middle would no longer match and reach the agent in part, so a word that does not fit is dropped whole."""
+    if len(text) <= limit:
+        return text
+    space = text.rfind(" ", 0, limit)  # the last word end that leaves room for the `…`
+    return f"{text[:max(space, 0)]}…"
+
+
 def check_initialize(response: Message) -> Message:
     """The initialize result; a JSON-RPC error or a malformed result means the upstream is unusable."""
     if "error" in response:
         error = response["error"]
-        raise GatewayError("upstream_error", f"upstream rejected initialize: {error.get('message', '')}"[:200],
+        raise GatewayError("upstream_error", _bounded(f"upstream rejected initialize: {error.get('message', '')}"),
                            data={"upstream_error": error})
     result = response.get("result")
     if not isinstance(result, dict) or not isinstance(result.get("protocolVersion"), str):
