@@ -172,7 +172,7 @@ def _document_loc(loc: tuple[int | str, ...], data: Any) -> tuple[int | str, ...
     node = data
     for part in loc:
         if isinstance(node, dict) and part in node:
-            out.append(part)
+            out.append(part if isinstance(part, str) else str(part))  # `4:` is a key, not a list's [4]
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             out.append(part)
@@ -191,6 +191,8 @@ def _field_problems(exc: ValidationError, data: Any) -> list[str]:
         if err["type"] == RULE_ERROR:
             problems += [f"{_loc(loc + rule_loc)}: {message}" for rule_loc, message in err["ctx"]["problems"]]
             continue
+        if _of_non_text_key(err):
+            continue  # listed by _key_problems, at the key as the file writes it
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -202,6 +204,33 @@ def _field_problems(exc: ValidationError, data: Any) -> list[str]:
             msg = f"must be a mapping (key: value), not {_yaml_kind(err.get('input'))}"
         problems.append(f"{_loc(loc)}: {msg}")
     return problems
+
+
+def _of_non_text_key(err: Any) -> bool:
+    """Whether pydantic's error is about a mapping key that is no string (its loc then names it as str(key))."""
+    return bool(err["type"] == "invalid_key" or
+                (err["loc"][-1:] == ("[key]",) and not isinstance(err.get("input"), str)))
+
+
+def _key_problems(node: Any, path: tuple[int | str, ...] = ()) -> list[str]:
+    """Keys YAML read as no text (`4:` a number, `true:`, `~:`): no section, field or name is one."""
+    problems: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            written = key if isinstance(key, str) else _yaml_scalar(key)
+            if not isinstance(key, str):
+                problems.append(f"{_loc((*path, written))}: a key must be text, not {_yaml_kind(key)} "
+                                f"(quote it: '{written}')")
+            problems += _key_problems(value, (*path, written))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            problems += _key_problems(value, (*path, index))
+    return problems
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A scalar as YAML writes it (true, null, 4, 1.5)."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _yaml_kind(value: Any) -> str:
@@ -228,6 +257,7 @@ def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path 
     data = _substitute(data, os.environ if env is None else env, "", problems)
     if base is not None:
         _resolve_paths(data, base)
+    problems += _key_problems(data)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

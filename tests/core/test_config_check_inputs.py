@@ -165,3 +165,28 @@ approvals: {webhooks: [{url: "http://127.0.0.1:9/hook", secret: ${CUSTOMS_TEST_U
     ]:
         assert expected in problems, (expected, problems)
     assert len(problems) == len(set(problems)) == 11, problems
+
+
+def test_a_key_that_is_no_text_is_named_as_a_key_not_a_list_index(tmp_path: Path) -> None:
+    """YAML reads `1:` as a number: the path said `listen[4]` (a list's entry) and pydantic's `Keys should be
+    strings` / `Input should be a valid string`; it names the key as written and says to quote it."""
+    _path, code, _out, err = _check(tmp_path, """\
+1: x
+listen: {4: x}
+upstreams:
+  - {name: a, url: "http://127.0.0.1:9/mcp", tools: {1.5: {}}, headers: {2: x}}
+  - {name: b, command: [x], env: {3: y, ~: z}}
+agents: {5: {tenant: t}}
+secrets: {true: 1}
+""")
+    assert code == 2
+    assert sorted(line.strip() for line in err.splitlines()[1:]) == sorted([
+        "1: a key must be text, not a number (quote it: '1')",
+        "listen.4: a key must be text, not a number (quote it: '4')",
+        "upstreams[0].tools.1.5: a key must be text, not a number (quote it: '1.5')",
+        "upstreams[0].headers.2: a key must be text, not a number (quote it: '2')",
+        "upstreams[1].env.3: a key must be text, not a number (quote it: '3')",
+        "agents.5: a key must be text, not a number (quote it: '5')",
+        "upstreams[1].env.null: a key must be text, not empty (quote it: 'null')",
+        "secrets.true: a key must be text, not true/false (quote it: 'true')",
+    ])
