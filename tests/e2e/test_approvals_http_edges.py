@@ -109,3 +109,28 @@ async def test_host_and_origin_refusals_on_the_api_are_in_its_error_shape(edge: 
     status, body, _ = await edge.agent.send({"jsonrpc": "2.0", "id": 3, "method": "ping"},
                                             {"Host": "evil.example"})
     assert status == 403 and reason(body) == "host_forbidden" and body["error"]["code"] == -32013, body  # MCP: JSON-RPC
+
+
+async def test_bad_decision_bodies_are_400_and_decide_nothing(edge: Edge) -> None:
+    """Each body the API cannot take is refused 400 in its shape (`invalid_body`; a body that does not decode under
+    its Content-Encoding `parse_error`), never a 500, and the call stays pending; then an empty body approves."""
+    approval_id = await edge.hold(7)
+    url = f"{edge.gw.url}/api/approvals/{approval_id}/approve"
+    json_type = {"Authorization": f"Bearer {edge.alice}", "Content-Type": "application/json"}
+    bodies: list[tuple[bytes, dict[str, str], str]] = [
+        (b"{bad", {}, "invalid_body"), (b"[]", {}, "invalid_body"), (b'"ok"', {}, "invalid_body"),
+        (b'{"comment": 5}', {}, "invalid_body"), (b'{"comment": ["a"]}', {}, "invalid_body"),
+        (b'{"comment": "' + b"x" * 2001 + b'"}', {}, "invalid_body"),
+        (b'{"comment": "ok"}', {"Content-Type": "application/json; charset=no-such-charset"}, "invalid_body"),
+        (b"\xff\xfe\x00", {}, "invalid_body"),
+        (b"\x1f\x8b not gzip", {"Content-Encoding": "gzip"}, "parse_error"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for body, headers, expected in bodies:
+            async with http.post(url, data=body, headers={**json_type, **headers}) as resp:
+                answer = await resp.json()
+                assert resp.status == 400 and answer["error"]["reason"] == expected, (body[:40], answer)
+        assert (await edge.api.approval(approval_id, edge.alice))["state"] == "pending"
+        async with http.post(url, headers={"Authorization": f"Bearer {edge.alice}"}) as resp:  # no body: no comment
+            decided = await resp.json()
+            assert resp.status == 200 and decided["state"] == "approved" and decided["comment"] is None, decided
