@@ -9,7 +9,8 @@ from gateway.context import CallContext
 from gateway.credentials.redaction import scrub_exact
 from gateway.credentials.stage import REFRESH_KEY
 from gateway.errors import GatewayError, UpstreamErrorResponse
-from gateway.server_messages import scrub_error
+from gateway.server_messages import carried_scrub, scrub_error
+from gateway.session import credential_values
 from gateway.sessions import Session, SessionManager
 from gateway.transport.base import HeadersSource, SentId
 
@@ -47,7 +48,7 @@ class ForwardStage:
         # The credential this call carries (minted, exchanged; renewed ones are added as they come): the agent never
         # gets it, in the answer (below) or in what upstreams send the session, during the call or after it
         # (Session.carried, taken out where messages are routed: gateway/server_messages.py).
-        carried = _credential_values(ctx.upstream_headers) if ctx.upstream_headers else None
+        carried = credential_values(ctx.upstream_headers) if ctx.upstream_headers else None
         if carried:
             session.carried.extend(carried)
         ctx.extra["forwarded"] = True  # from here on the call may have executed: never undone, never retried
@@ -57,11 +58,13 @@ class ForwardStage:
                                               sent_id=self._sent_id, refresh=_refresher(ctx, headers, carried, session))
         except GatewayError as exc:  # a session re-opened in the request, refused by an upstream quoting its key
             scrub_error(self._scrub, exc)  # in place
+            if session.carried:  # ... or the token it was opened with, or another call's
+                scrub_error(carried_scrub(session), exc)
             raise
         if (scrub := self._scrub) is not None:
             response = scrub(response)
-        if carried:
-            response = scrub_exact(response, carried)
+        if carried or session.carried:  # its own, and those carried for the session (its upstream sessions', others')
+            response = scrub_exact(response, (*carried, *session.carried) if carried else session.carried)
         if "error" in response:
             error = response["error"]
             raise UpstreamErrorResponse(error if isinstance(error, dict) else {"code": -32603, "message": "error"})
@@ -69,17 +72,6 @@ class ForwardStage:
         if not isinstance(result, dict):
             raise GatewayError("upstream_error")
         return result
-
-
-def _credential_values(headers: Mapping[str, str]) -> list[str]:
-    """The exact values a call's credential headers carried: each whole, and its token after a scheme (`Bearer x`)."""
-    values = []
-    for value in headers.values():
-        values.append(value)
-        scheme, _, token = value.partition(" ")
-        if token and scheme.isalpha():
-            values.append(token.strip())
-    return values
 
 
 def _refresher(ctx: CallContext, headers: Mapping[str, str], carried: list[str] | None,
@@ -95,7 +87,7 @@ def _refresher(ctx: CallContext, headers: Mapping[str, str], carried: list[str] 
     async def refreshed() -> Mapping[str, str]:
         renewed = await renew(ctx)
         if carried is not None:
-            values = _credential_values(renewed)
+            values = credential_values(renewed)
             carried.extend(values)
             session.carried.extend(values)
         return {**kept, **renewed}

@@ -23,12 +23,13 @@ from typing import Any
 from gateway import jsonrpc
 from gateway.catalog import CURRENT_TOOL, MAX_TOOL_PAGES, PENDING_TOOL, Catalog, PendingTool, exposed_uri, not_found
 from gateway.context import NOT_FOUND_ITEM, CallContext, Principal, ToolInfo
+from gateway.credentials.redaction import scrub_exact
 from gateway.credentials.tasks import named_task
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
 from gateway.pinning import ToolGuard
 from gateway.pipeline import Authorizer, Pipeline
-from gateway.server_messages import NotificationHook, route_server_message, scrub_error
+from gateway.server_messages import NotificationHook, carried_scrub, route_server_message, scrub_error
 from gateway.sessions import Session, SessionManager
 from gateway.transport.base import Message, MessageHandler, UpstreamSession
 from gateway.transport.common import LOG_LEVELS
@@ -133,9 +134,12 @@ class Router:
                 response = await self._upstream_call(upstream, session, message, headers, relay, timeout)
         except GatewayError as exc:  # a session re-opened in the request, refused by an upstream quoting its key
             scrub_error(self._scrub, exc)  # in place
+            scrub_error(carried_scrub(inbound.session), exc)  # ... or the token it was sent (Session.carried)
             raise
         if self._scrub is not None:
             response = self._scrub(response)
+        if inbound.session.carried:  # a list, a completion quoting the token the session's upstream was sent
+            response = scrub_exact(response, inbound.session.carried)
         if "error" in response:
             raise UpstreamErrorResponse(response["error"])
         result = response.get("result")

@@ -184,3 +184,83 @@ def test_carried_keeps_distinct_values_newest_last() -> None:
     assert tuple(carried) == ("a-token", "c-token", "d-token")
     carried.extend(["a-token"] * 200)
     assert tuple(carried) == ("c-token", "d-token", "a-token") and len(carried) == 3
+
+
+@pytest.mark.asyncio
+async def test_a_calls_answer_quoting_the_session_level_token_is_scrubbed(
+        start_gateway: Any, permissive_policies: Path, tmp_path: Path) -> None:
+    """A call's answer quoting a credential the call did not carry (the token the upstream session was opened with):
+    on the old code `forward.py` took out the call's own token only, and the session's reached the agent."""
+    quoted: list[str] = []
+    requests: list[SeenRequest] = []
+    async with run_http_server(quoting_server(quoted), requests=requests) as url:
+        gw = await start_gateway(minted(url, permissive_policies, tmp_path))
+        async with sdk_client(gw.mcp) as client:
+            await client.call_tool("echoing__nothing", {})  # opens the upstream session
+            quoted.append(session_level_token(requests))
+            result = await client.call_tool("echoing__quote", {})
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert quoted[0].startswith("Bearer eyJ") and "eyJ" not in text, text
+    assert text == "opened with [REDACTED], token [REDACTED]", text
+
+
+def quoting_server(quoted: list[str]) -> MCPServer[Any]:
+    """`quote` answers with the first value in `quoted` (whole, then its bare token); `nothing` does nothing."""
+    server: MCPServer[Any] = MCPServer("quoting")
+
+    @server.tool()
+    async def quote() -> str:
+        """Quote the noted header."""
+        return f"opened with {quoted[0]}, token {quoted[0].partition(' ')[2]}"
+
+    @server.tool()
+    async def nothing() -> str:
+        """Nothing."""
+        return "nothing"
+
+    return server
+
+
+async def listing_quotes_its_header(request: web.Request) -> web.Response:
+    """A hand-written upstream whose tools/list answer quotes the Authorization header it came with in a tool's
+    description (a debugging server), and whose completion answer quotes it too."""
+    message = json.loads(await request.read())
+    if "id" not in message:
+        return web.Response(status=202)
+    header = request.headers.get("Authorization", "")
+    result: dict[str, Any] = {}
+    if message["method"] == "initialize":
+        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}, "completions": {}, "prompts": {}},
+                  "serverInfo": {"name": "listing", "version": "1"}}
+    elif message["method"] == "tools/list":
+        result = {"tools": [{"name": "look", "description": f"called with {header}",
+                             "inputSchema": {"type": "object"}}]}
+    elif message["method"] == "completion/complete":
+        result = {"completion": {"values": [header.partition(" ")[2]], "hasMore": False}}
+    return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+
+@pytest.mark.asyncio
+async def test_lists_and_completions_quoting_the_session_level_token_are_scrubbed(
+        start_gateway: Any, permissive_policies: Path, tmp_path: Path) -> None:
+    """tools/list and completion/complete go upstream without the pipeline (router.py `fetch`), with the session's own
+    token: on the old code only the secrets the gateway holds were taken out of their answers, and a tool description
+    quoting the token reached the agent (and the pinned definition)."""
+    headers = {**ACCEPT, "MCP-Protocol-Version": "2025-11-25"}
+    async with run_post_only_mcp(listing_quotes_its_header) as url:
+        gw = await start_gateway(minted(url, permissive_policies, tmp_path))
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{gw.mcp}/echoing", json=INIT, headers=headers) as opened:
+                session = opened.headers["Mcp-Session-Id"]
+            answers = []
+            for body in ({"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                         {"jsonrpc": "2.0", "id": 3, "method": "completion/complete",
+                          "params": {"ref": {"type": "ref/prompt", "name": "p"},
+                                     "argument": {"name": "a", "value": ""}}}):
+                async with http.post(f"{gw.mcp}/echoing", json=body,
+                                     headers={**headers, "Mcp-Session-Id": session}) as sent:
+                    answers.append(await sent.json())
+    listed, completed = answers
+    assert "eyJ" not in json.dumps(answers), answers
+    assert listed["result"]["tools"][0]["description"] == "called with [REDACTED]", listed
+    assert completed["result"]["completion"]["values"] == ["[REDACTED]"], completed
