@@ -38,14 +38,19 @@ class Edge:
 
 
 @pytest.fixture
-async def edge(start_gateway: Any, tmp_path: Path) -> AsyncIterator[Edge]:
+def ttl_s() -> float:
+    return 600.0  # the expiry test overrides it
+
+
+@pytest.fixture
+async def edge(start_gateway: Any, tmp_path: Path, ttl_s: float) -> AsyncIterator[Edge]:
     issuer = TestIssuer(tmp_path)
     async with run_http_server(payments_server()) as pay_url, aiohttp.ClientSession() as http:
         gw = await start_gateway({"upstreams": [{"name": "payments", "url": pay_url}],
                                   "identity": {"mode": "jwt", "issuers": [issuer.config()]},
                                   "policies": {"dir": str(write_policies(tmp_path / "p",
                                                                          CONTRACT_POLICIES + APPROVERS))},
-                                  "approvals": {"ttl_s": 1}})
+                                  "approvals": {"ttl_s": ttl_s}})
         api = Api(http, gw.url, issuer)
         agent = await Agent(http, gw.mcp, issuer.mint(SHOPPER, aud=gw.mcp, tenant="acme")).open()
         yield Edge(gw, api, agent, api.person("alice", "approvers"))
@@ -66,6 +71,7 @@ async def test_head_on_the_event_stream_is_headers_only(edge: Edge) -> None:
             assert resp.status == 401  # HEAD is authenticated as GET is
 
 
+@pytest.mark.parametrize("ttl_s", [1.0])
 async def test_deciding_an_expired_call_is_409_already_decided(edge: Edge) -> None:
     """An approve or deny that comes after `approvals.ttl_s` changes nothing: 409 `already_decided` with the item, in
     state `expired`, whether or not the sweep has marked it yet; the agent's retry is told `approval_expired`."""
@@ -134,3 +140,21 @@ async def test_bad_decision_bodies_are_400_and_decide_nothing(edge: Edge) -> Non
         async with http.post(url, headers={"Authorization": f"Bearer {edge.alice}"}) as resp:  # no body: no comment
             decided = await resp.json()
             assert resp.status == 200 and decided["state"] == "approved" and decided["comment"] is None, decided
+
+
+async def test_a_call_held_on_the_pass_through_endpoint_is_the_same_call(edge: Edge) -> None:
+    """`/mcp/{upstream}` names tools unchanged: `pay` there is `payments__pay` on `/mcp`, one held call with one
+    approval (upstream `payments`, tool `pay`), released once whichever endpoint the retry comes through."""
+    direct = await Agent(edge.api.http, f"{edge.gw.mcp}/payments", edge.agent.token).open()
+    status, held, _ = await direct.call("pay", {"account": "acme-1", "amount": 9})
+    assert status == 200 and reason(held) == "approval_pending", held
+    approval_id = held["error"]["data"]["approval_id"]
+    assert await edge.hold(9) == approval_id  # the aggregated name joins the same item
+    item = await edge.api.approval(approval_id, edge.alice)
+    assert (item["upstream"], item["tool"], item["args"]) == ("payments", "pay", {"account": "acme-1", "amount": 9})
+    status, _ = await edge.api.request("POST", f"/api/approvals/{approval_id}/approve", edge.alice, {})
+    assert status == 200
+    _, done, _ = await direct.call("pay", {"account": "acme-1", "amount": 9})
+    assert "result" in done, done
+    _, again, _ = await edge.agent.call("payments__pay", {"account": "acme-1", "amount": 9})
+    assert reason(again) == "approval_pending" and again["error"]["data"]["approval_id"] != approval_id, again
