@@ -34,7 +34,8 @@ from gateway.pin_watch import PinWatcher, gateway_headers
 from gateway.pipeline import Pipeline
 from gateway.router import Router
 from gateway.sessions import Session, SessionManager
-from gateway.telemetry.upstream_calls import sent_id_recorder
+from gateway.telemetry.upstream_calls import UpstreamCalls, sent_id_recorder
+from gateway.transport.base import Upstream
 from gateway.transport.http_base import UPSTREAM_IDLE_S
 from gateway.transport.registry import build_upstream
 
@@ -168,6 +169,17 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     upstreams = {u.name: build_upstream(u, http) for u in config.upstreams}
     catalog = Catalog(config.upstreams)
     parts = await build_parts(config, http, upstreams, catalog)
+    _hook_upstreams(upstreams, catalog, parts)
+    calls = parts.observability.upstream_calls()
+    sessions = _session_manager(config, upstreams, catalog, parts, calls)
+    endpoint = _mcp_endpoint(config, upstreams, catalog, parts, sessions, calls)
+    owners = _owners(config, upstreams, catalog, parts, sessions)
+    return Gateway(config=config, http=http, parts=parts, sessions=sessions, catalog=catalog,
+                   endpoint=endpoint, owners=owners)
+
+
+def _hook_upstreams(upstreams: dict[str, Upstream], catalog: Catalog, parts: Parts) -> None:
+    """Give each upstream whose transport has them its restart, session-end and notification hooks."""
     count_restart = parts.observability.metrics.upstream_restart
 
     def restarted(name: str) -> None:
@@ -184,6 +196,11 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
         if hasattr(upstream, "on_notify"):  # notifications/cancelled's CLIENT span (None with telemetry off)
             upstream.on_notify = parts.observability.notify_hook(upstream.name)
 
+
+def _session_manager(config: Config, upstreams: dict[str, Upstream], catalog: Catalog, parts: Parts,
+                     calls: UpstreamCalls | None) -> SessionManager:
+    """The agents' MCP sessions, each ending with its credentials and counted in the session metrics."""
+
     async def on_session_end(session: Session) -> None:
         if not session.stateless:  # the 2026-07-28 revision has no sessions: its implicit one is the gateway's own
             parts.observability.metrics.session_ended(time.monotonic() - session.opened, session.protocol_version)
@@ -195,11 +212,6 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
             return {}
         return await parts.credentials.connect_headers(principal, upstream, session_task_id(session.id))
 
-    async def on_task_end(principal: Principal, task: str) -> None:
-        # The same scoping as `_meta["customs/task"]`: an agent can only end its own task.
-        await parts.credentials.end_task(explicit_task_id(task, principal), "explicit", principal.key)
-
-    calls = parts.observability.upstream_calls()
     sessions = SessionManager(upstreams, catalog, idle_s=config.tasks.idle_s, on_end=on_session_end,
                               credential_headers=connect_headers, max_sessions=config.limits.max_sessions,
                               max_per_principal=config.limits.max_sessions_per_principal,
@@ -207,11 +219,21 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
                               notified=parts.observability.upstream_notices(),
                               scrub=parts.credentials.redactor.scrub_known)
     parts.observability.metrics.watch_sessions(sessions.open_counts)
+    return sessions
+
+
+def _mcp_endpoint(config: Config, upstreams: dict[str, Upstream], catalog: Catalog, parts: Parts,
+                  sessions: SessionManager, calls: UpstreamCalls | None) -> McpEndpoint:
+    """The `/mcp` endpoint, with the pipeline every call goes through and the router that runs it."""
 
     def timeout(upstream: str, tool: str | None) -> float | None:
         cfg = catalog.config(upstream)
         override = cfg.tools.get(tool) if tool else None
         return override.timeout_s if override and override.timeout_s else cfg.timeout_s
+
+    async def on_task_end(principal: Principal, task: str) -> None:
+        # The same scoping as `_meta["customs/task"]`: an agent can only end its own task.
+        await parts.credentials.end_task(explicit_task_id(task, principal), "explicit", principal.key)
 
     obs = parts.observability
     obs.lists_tool = catalog.lists  # a failed call's tool name is a metric value only if listed
@@ -223,18 +245,23 @@ async def _build(config: Config, http: aiohttp.ClientSession) -> Gateway:
     router = Router(sessions, catalog, pipeline, parts.authorizer, parts.guard,
                     {u.name: u.timeout_s for u in config.upstreams}, upstream_call=calls,
                     notified=obs.upstream_notices(), scrub=parts.credentials.redactor.scrub_known)
-    endpoint = McpEndpoint(identifier=parts.identifier, sessions=sessions, router=router,
-                           upstream_names=frozenset(upstreams), max_body_bytes=config.listen.max_body_bytes,
-                           body_timeout_s=config.listen.body_timeout_s,
-                           max_json_depth=config.listen.max_json_depth, observability=obs,
-                           resource_url=config.listen.resource_url, on_task_end=on_task_end)
+    return McpEndpoint(identifier=parts.identifier, sessions=sessions, router=router,
+                       upstream_names=frozenset(upstreams), max_body_bytes=config.listen.max_body_bytes,
+                       body_timeout_s=config.listen.body_timeout_s,
+                       max_json_depth=config.listen.max_json_depth, observability=obs,
+                       resource_url=config.listen.resource_url, on_task_end=on_task_end)
+
+
+def _owners(config: Config, upstreams: dict[str, Upstream], catalog: Catalog, parts: Parts,
+            sessions: SessionManager) -> list[Any]:
+    """What the gateway starts in this order and closes in reverse (Gateway.start, Gateway.close)."""
     owners: list[Any] = [*parts.owners_before_upstreams, *upstreams.values(), sessions, *parts.owners_after]
     if config.pinning.mode != "off":
         owners.append(PinWatcher(catalog, parts.guard, upstreams, config.pinning.verify_interval_s,
                                  gateway_headers(catalog, parts.credentials.static),
-                                 upstream_call=obs.upstream_calls(), scrub=parts.credentials.redactor.scrub_known))
-    return Gateway(config=config, http=http, parts=parts, sessions=sessions, catalog=catalog,
-                   endpoint=endpoint, owners=owners)
+                                 upstream_call=parts.observability.upstream_calls(),
+                                 scrub=parts.credentials.redactor.scrub_known))
+    return owners
 
 
 async def serving_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
