@@ -13,10 +13,11 @@ import gc
 import logging
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -25,6 +26,9 @@ from gateway.config.addresses import url_host
 from gateway.config.load import shipped_policies as shipped_policies  # re-exported: setup.py, demo
 from gateway.keys import GATEWAY
 from gateway.preflight import exposure_warnings, policy_warnings, preflight, ssl_context, upstream_warnings
+
+if TYPE_CHECKING:  # for the annotation only: run() imports the app where it runs, as it always has
+    from gateway.app import Gateway
 
 log = logging.getLogger("customs")
 
@@ -67,6 +71,37 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     from gateway.app import create_app, serving_runner
     from gateway.credentials.redaction import Redactor, install_log_redaction
     loop = asyncio.get_running_loop()
+    stop, hup_while_starting = _note_signals_while_starting(loop, stop, early_signals)
+    log_filter = install_log_redaction(Redactor(config.secrets))  # no secret reaches a log line, whoever logs it
+    tls = ssl_context(config)  # before anything starts: unusable TLS files refuse start-up (ConfigError)
+    app = await create_app(config)
+    # From now on the gateway's own redactor: it also knows the exact secrets the gateway holds
+    # (static upstream keys, client secrets), which have no recognisable pattern.
+    log_filter.redactor = app[GATEWAY].parts.credentials.redactor
+    # keepalive_timeout also closes a connection that never sends a request (aiohttp arms it on connect).
+    runner = await serving_runner(app, shutdown_timeout=config.listen.drain_timeout_s,
+                                  keepalive_timeout=config.listen.idle_timeout_s, access_log=None)
+    site = await _listen(runner, config, tls)
+    if site is None:
+        return 1
+    url = _announce(config, site)
+    gateway = app[GATEWAY]
+    # A SIGHUP compares the file with the file as it was read, not with --host/--port applied to it.
+    _handle_signals(loop, stop, lambda: asyncio.ensure_future(gateway.parts.reload(config_path, file_config or config)),
+                    hup_while_starting)
+    if on_ready is not None:
+        maybe = on_ready(url)
+        if maybe is not None:
+            await maybe
+    await stop.wait()
+    await _drain(loop, config, gateway, runner)
+    return 0
+
+
+def _note_signals_while_starting(loop: asyncio.AbstractEventLoop, stop: asyncio.Event | None,
+                                 early_signals: Collection[int]) -> tuple[asyncio.Event, asyncio.Event]:
+    """The `stop` event and one set by a SIGHUP, each set by the signals that arrive while the gateway starts
+    (and by `early_signals`, noted before the loop's handlers); `_handle_signals` acts on them once it listens."""
     # SIGHUP's default action ends the process: one sent while the gateway starts (a reload hook run right
     # after start, a JWKS URL or Redis that is slow to answer) would kill it. Remember it; reload once up.
     hup_while_starting = asyncio.Event()
@@ -84,15 +119,11 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     # Those that came before the loop's handlers (serve_command's checks): early_signals, noted by the CLI.
     for signum in early_signals:
         (hup_while_starting if signum == signal.SIGHUP else stop).set()
-    log_filter = install_log_redaction(Redactor(config.secrets))  # no secret reaches a log line, whoever logs it
-    tls = ssl_context(config)  # before anything starts: unusable TLS files refuse start-up (ConfigError)
-    app = await create_app(config)
-    # From now on the gateway's own redactor: it also knows the exact secrets the gateway holds
-    # (static upstream keys, client secrets), which have no recognisable pattern.
-    log_filter.redactor = app[GATEWAY].parts.credentials.redactor
-    # keepalive_timeout also closes a connection that never sends a request (aiohttp arms it on connect).
-    runner = await serving_runner(app, shutdown_timeout=config.listen.drain_timeout_s,
-                                  keepalive_timeout=config.listen.idle_timeout_s, access_log=None)
+    return stop, hup_while_starting
+
+
+async def _listen(runner: web.AppRunner, config: Config, tls: ssl.SSLContext | None) -> web.TCPSite | None:
+    """The started listener; None, with the runner cleaned up and the reason on stderr, if it cannot listen."""
     site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=tls)
     try:
         await site.start()
@@ -102,7 +133,12 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
                 if exc.errno == errno.EADDRINUSE else "check the host (--host or listen.host)")
         print(f"customs: cannot listen on {config.listen.host}:{config.listen.port}: {exc.strerror}\n  hint: {hint}",
               file=sys.stderr)
-        return 1
+        return None
+    return site
+
+
+def _announce(config: Config, site: web.TCPSite) -> str:
+    """The URL the gateway listens on (its real port), logged and printed with the one agents use."""
     server: Any = site._server
     sockets = [s.getsockname() for s in (server.sockets if server else [])]
     port = sockets[0][1] if sockets else config.listen.port
@@ -114,15 +150,11 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     # stdout carries the decision log by default: keep it JSON lines only, the banner goes to stderr then.
     banner = sys.stderr if config.decision_log.path is None else sys.stdout
     print(f"customs: listening on {url}  (agents connect to {agents}/mcp)", file=banner, flush=True)
-    gateway = app[GATEWAY]
-    # A SIGHUP compares the file with the file as it was read, not with --host/--port applied to it.
-    _handle_signals(loop, stop, lambda: asyncio.ensure_future(gateway.parts.reload(config_path, file_config or config)),
-                    hup_while_starting)
-    if on_ready is not None:
-        maybe = on_ready(url)
-        if maybe is not None:
-            await maybe
-    await stop.wait()
+    return url
+
+
+async def _drain(loop: asyncio.AbstractEventLoop, config: Config, gateway: Gateway, runner: web.AppRunner) -> None:
+    """Stop after SIGTERM: held calls answered at once, in-flight ones drained up to the deadline, then withdrawn."""
     log.info("shutting down: draining in-flight calls (up to %.0fs)", config.listen.drain_timeout_s)
     gateway.draining = True
     # The last span export shares the drain deadline instead of adding its own 10 s after it.
@@ -143,7 +175,6 @@ async def run(config: Config, *, config_path: Path | None = None, file_config: C
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.remove_signal_handler(sig)
     log.info("stopped")
-    return 0
 
 
 def _handle_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, reload: Callable[[], object],
