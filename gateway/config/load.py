@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from gateway.config.model import Config
 from gateway.config.rules import RULE_ERROR, document_rules
+from gateway.config.yaml_doc import strict_yaml_load as strict_yaml_load  # re-exported: authz.cases
 
 _REF = r"\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}"
 # `$${` is a literal `${`, as in docker compose: the only way to write one (a password, a template) in a value.
@@ -320,29 +321,6 @@ def _unshield(node: Any, refs: dict[str, str]) -> Any:
     if isinstance(node, dict):
         return {_unshield(k, refs): _unshield(v, refs) for k, v in node.items()}
     return node
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.safe_load's loader, except that a key given twice in one mapping is an error: YAML keeps the
-    last one silently, so a second `upstreams:` would drop the first list without a word. Keys a merge
-    (`<<: *anchor`) brings in may still be overridden, as YAML intends."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (also on line {seen[key] + 1})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
-
-
-def strict_yaml_load(text: str) -> Any:
-    """yaml.safe_load, refusing a key given twice in one mapping (yaml.YAMLError with its line)."""
-    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds plain data only
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:

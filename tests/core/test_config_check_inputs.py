@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from tests.support.cli import customs_main
+from tests.support.cli import customs, customs_main
+from tests.support.doc_blocks import fenced_blocks
 
 SHIPPED = REPO / "policies"
 NO_UPSTREAMS = ("upstreams: empty: the gateway has no tool, prompt or resource to offer (every list through /mcp "
@@ -50,6 +51,32 @@ def test_config_check_does_not_warn_about_upstreams_when_one_is_listed(tmp_path:
 async def test_serve_starts_with_no_upstreams_and_logs_the_same_warning(spawn_gateway: Any) -> None:
     gateway = await spawn_gateway({"upstreams": [], "policies": {"dir": str(SHIPPED)}})
     assert NO_UPSTREAMS in gateway.log(), gateway.log()
+
+
+# ---- the configs a user copies: issue 2's contract and the README's, as the console script checks them ----
+
+ISSUE_2_CONTRACT = """\
+listen: {host: 127.0.0.1, port: 8700, allowed_origins: [], max_body_bytes: 1048576}
+upstreams:
+  - name: inventory                  # [a-z0-9_-]+, unique
+    url: http://127.0.0.1:9001/mcp   # streamable HTTP (or legacy SSE with transport: sse)
+  - name: time
+    command: [python, -m, mcp_server_time]   # stdio child process
+    env: {TZ: UTC}
+identity: {mode: anonymous}          # the identity issue adds jwt; anonymous exists only for local use
+"""
+
+
+def test_the_issue_and_readme_examples_pass_config_check_as_written(tmp_path: Path) -> None:
+    (readme_block,) = [param.values[0] for param in fenced_blocks([REPO / "README.md"], "yaml")]
+    assert readme_block.startswith("# customs.yaml\n"), readme_block
+    (tmp_path / "policies").symlink_to(SHIPPED)  # the README's `policies: {dir: policies/}`, beside the file
+    for name, text in [("issue2.yaml", ISSUE_2_CONTRACT), ("customs.yaml", readme_block)]:
+        (tmp_path / name).write_text(text)
+        done = customs("config", "check", tmp_path / name, cwd=tmp_path)  # the console entry, in a child
+        assert done.returncode == 0, done
+        assert done.stdout == f"{tmp_path / name}: OK (2 upstream(s): inventory, time)\n", done
+        assert "Traceback" not in done.stderr and ": warning: upstreams: empty" not in done.stderr, done
 
 
 # ---- files that are no config: every one exits 2 naming what is wrong, never a traceback ----
@@ -190,3 +217,27 @@ secrets: {true: 1}
         "upstreams[1].env.null: a key must be text, not empty (quote it: 'null')",
         "secrets.true: a key must be text, not true/false (quote it: 'true')",
     ])
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("upstreams: &u [{name: a, url: 'http://127.0.0.1:9/mcp', tools: {t: *u}}]\n",
+     "line 1, column 68: invalid YAML: the alias *u holds the value it is part of (a config is a tree, not a loop)"),
+    ("x: &x {a: *x}\nupstreams: []\n",
+     "line 1, column 11: invalid YAML: the alias *x holds the value it is part of (a config is a tree, not a loop)"),
+    ("upstreams: []\nagents: " + "[" * 3000 + "]" * 3000 + "\n",
+     "line 2, column 108: invalid YAML: nested deeper than the 100 levels a config may have"),
+    ("upstreams: []\nlisten: " + "{a: " * 600 + "1" + "}" * 600 + "\n",
+     "line 2, column 402: invalid YAML: nested deeper than the 100 levels a config may have"),
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(f"{b}: &{b} [{', '.join(['*' + a] * 10)}]\n"
+                                                   for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+     + "upstreams: []\n",  # (aliases of aliases: 10**9 values)
+     "line 6, column 4: invalid YAML: more than 1,000,000 values once its aliases are expanded"),
+], ids=["alias loop in a list", "alias loop in a mapping", "3000 lists deep", "600 mappings deep", "alias bomb"])
+def test_a_document_no_config_can_be_read_from_is_refused_not_a_traceback(tmp_path: Path, text: str,
+                                                                         problem: str) -> None:
+    """A YAML alias inside the value it names (`&u [... *u]`) is a loop, and thousands of nested brackets run out
+    of Python's stack: both ended config check (and serve) with a RecursionError traceback, exit 1. Aliases of
+    aliases expanding to a billion values (each pass over the document walks them expanded) never ended."""
+    path, code, out, err = _check(tmp_path, text)
+    assert (code, out) == (2, ""), err
+    assert err.splitlines() == [f"{path}: invalid configuration", f"  {problem}"]

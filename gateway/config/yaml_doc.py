@@ -1,0 +1,75 @@
+"""The YAML a config (or a policy test file) is read from: plain data only, and refusing what YAML would take
+silently or what no reader could walk (a key given twice, an alias loop, runaway nesting or alias expansion)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+MAX_DEPTH = 100  # levels of nesting: a real config has about 8; thousands ran out of Python's stack
+MAX_VALUES = 1_000_000  # values once aliases are expanded (every later pass walks them expanded)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key given twice in one mapping is an error: YAML keeps the
+    last one silently, so a second `upstreams:` would drop the first list without a word. Keys a merge
+    (`<<: *anchor`) brings in may still be overridden, as YAML intends. A document no config can be read from
+    is a YAML error at its line too, not a RecursionError traceback or a hang: an alias inside the value it
+    names (a loop), nesting deeper than MAX_DEPTH, or aliases expanding to more than MAX_VALUES values."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._open: list[str | None] = []  # anchors of the nodes being composed, outermost first
+        self._sizes: dict[int, int] = {}  # a composed node's value count, aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open:
+                raise yaml.composer.ComposerError(None, None, f"the alias *{event.anchor} holds the value it is "
+                                                  "part of (a config is a tree, not a loop)", self._mark(event))
+            return self._compose(parent, index)
+        if len(self._open) >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than the {MAX_DEPTH} levels a config may "
+                                              "have", self._mark(event))
+        self._open.append(event.anchor)
+        try:
+            node = self._compose(parent, index)
+        finally:
+            self._open.pop()
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        size = self._sizes[id(node)] = 1 + sum(self._sizes.get(id(child), 1) for child in children)
+        if size > MAX_VALUES:
+            raise yaml.composer.ComposerError(None, None, f"more than {MAX_VALUES:,} values once its aliases are "
+                                              "expanded", self._mark(event))
+        return node
+
+    @staticmethod
+    def _mark(event: yaml.Event) -> yaml.Mark | None:
+        mark = event.start_mark
+        return mark if isinstance(mark, yaml.Mark) else None
+
+    def _compose(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        node = super().compose_node(parent, index)
+        assert node is not None  # (only a document's end composes None: compose_node is never asked then)
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (also on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def strict_yaml_load(text: str) -> Any:
+    """yaml.safe_load, refusing a key given twice in one mapping, an alias loop, nesting deeper than MAX_DEPTH and
+    aliases expanding past MAX_VALUES (each a yaml.YAMLError with its line)."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds plain data only
