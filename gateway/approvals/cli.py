@@ -15,10 +15,13 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from gateway.approvals.model import STATES
+
+if TYPE_CHECKING:  # for annotations only: request_json imports urllib where it runs (see there)
+    import urllib.error
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 HINTS = {
@@ -69,24 +72,7 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
         except ValueError:  # something else answers at --url (a proxy's page, another service)
             raise CliError(f"{method} {url}: the answer is not JSON; is --url a Customs gateway?", 3) from None
     except urllib.error.HTTPError as exc:
-        try:
-            error = json.loads(exc.read()).get("error", {})
-        except (ValueError, AttributeError, OSError, http.client.HTTPException):
-            error = {}
-        if not isinstance(error, dict):  # another service's error shape ({"error": "not found"})
-            error = {}
-        detail = error.get("message") or exc.reason
-        # An anonymous gateway's refusal says what to change; "use a valid token" would contradict it.
-        hint = "" if "identity.mode: anonymous" in str(detail) else hints.get(exc.code, "")
-        if error.get("reason") == "already_voted":  # a 409 of a call still pending (quorum), not a decided one
-            hint = "you already approved this call; it waits for another approver (quorum)"
-        if exc.code in (404, 405) and not error.get("reason"):
-            # Not the API's own refusal (that carries a reason): no such route, so --url is not the base URL.
-            hint = (f"nothing answers {method} {path} at --url {args.url}: --url must be the gateway's base URL "
-                    f"(e.g. {DEFAULT_URL}), without /mcp or /approvals")
-        named = f" {error['reason']}" if error.get("reason") else ""  # another service's 404 has none
-        raise CliError(f"{method} {url}: HTTP {exc.code}{named}: {detail}"
-                       + (f"\n  hint: {hint}" if hint else ""), 1 if exc.code < 500 else 3) from None
+        raise _refused(exc, method, url, path, args, hints) from None
     except TimeoutError:  # sent, but no answer in time (a connect that timed out is a URLError: unreachable)
         hint = unanswered or "the gateway is slow or busy: try again, or raise --timeout"
         raise CliError(f"{method} {url}: no answer within {args.timeout:g} s (--timeout)\n  hint: {hint}", 3) from None
@@ -97,6 +83,31 @@ def request_json(args: argparse.Namespace, method: str, path: str, body: dict[st
     except http.client.HTTPException as exc:  # a status line that is no HTTP's, an answer cut off before its end
         raise CliError(f"{method} {url}: the answer is not HTTP, or was cut off ({type(exc).__name__}); "
                        "is --url a Customs gateway?", 3) from None
+
+
+def _refused(exc: urllib.error.HTTPError, method: str, url: str, path: str, args: argparse.Namespace,
+             hints: dict[int, str]) -> CliError:
+    """The CliError for an HTTP error answer at --url: its status, the API's reason and detail, and a hint."""
+    import http.client  # loaded already (urllib.request brings it): here for the exception it names
+
+    try:
+        error = json.loads(exc.read()).get("error", {})
+    except (ValueError, AttributeError, OSError, http.client.HTTPException):
+        error = {}
+    if not isinstance(error, dict):  # another service's error shape ({"error": "not found"})
+        error = {}
+    detail = error.get("message") or exc.reason
+    # An anonymous gateway's refusal says what to change; "use a valid token" would contradict it.
+    hint = "" if "identity.mode: anonymous" in str(detail) else hints.get(exc.code, "")
+    if error.get("reason") == "already_voted":  # a 409 of a call still pending (quorum), not a decided one
+        hint = "you already approved this call; it waits for another approver (quorum)"
+    if exc.code in (404, 405) and not error.get("reason"):
+        # Not the API's own refusal (that carries a reason): no such route, so --url is not the base URL.
+        hint = (f"nothing answers {method} {path} at --url {args.url}: --url must be the gateway's base URL "
+                f"(e.g. {DEFAULT_URL}), without /mcp or /approvals")
+    named = f" {error['reason']}" if error.get("reason") else ""  # another service's 404 has none
+    return CliError(f"{method} {url}: HTTP {exc.code}{named}: {detail}"
+                    + (f"\n  hint: {hint}" if hint else ""), 1 if exc.code < 500 else 3)
 
 
 @contextlib.contextmanager
