@@ -203,6 +203,9 @@ def _field_problems(exc: ValidationError, data: Any) -> list[str]:
             msg = f"must be a list, not {_yaml_kind(err.get('input'))}"
         elif err["type"] in ("dict_type", "model_type"):  # "... or instance of PoliciesConfig": a class name
             msg = f"must be a mapping (key: value), not {_yaml_kind(err.get('input'))}"
+        elif err["type"] in _SCALAR_TYPES:  # "Input should be a valid string", "… for <class 'pathlib.Path'>"
+            what, show = _SCALAR_TYPES[err["type"]]
+            msg = f"must be {what}, not {_shown(err.get('input')) if show else _yaml_kind(err.get('input'))}"
         problems.append(f"{_loc(loc)}: {msg}")
     return problems
 
@@ -232,6 +235,23 @@ def _key_problems(node: Any, path: tuple[int | str, ...] = ()) -> list[str]:
 def _yaml_scalar(value: Any) -> str:
     """A scalar as YAML writes it (true, null, 4, 1.5)."""
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# pydantic's error type → what the value must be, and whether to show the value written (else only its kind).
+_SCALAR_TYPES = {"string_type": ("text", False), "path_type": ("a path", False),
+                 "int_type": ("a whole number", True), "int_parsing": ("a whole number", True),
+                 "int_from_float": ("a whole number", True), "float_type": ("a number", True),
+                 "float_parsing": ("a number", True), "bool_type": ("true or false", True),
+                 "bool_parsing": ("true or false", True)}
+
+
+def _shown(value: Any) -> str:
+    """A scalar as written (a string quoted, cut at 40 characters); a list or mapping by its kind."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:40] + "…")
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if isinstance(value, int | float) else _yaml_kind(value)
 
 
 def _yaml_kind(value: Any) -> str:

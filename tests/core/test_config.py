@@ -83,7 +83,7 @@ def test_cross_field_rules_are_listed_with_field_errors_at_their_paths() -> None
     problems = info.value.problems
     for expected in [
         "upstreams[1].url: not a URL (expected http:// or https:// with a host)",
-        "listen.port: Input should be a valid integer, unable to parse string as an integer",
+        "listen.port: must be a whole number, not 'eighty'",
         "upstreams[2].name: duplicate upstream name 'a' (also upstreams[0])",
         "upstreams[1].credentials.token_endpoint: required by mode token_exchange",
         "upstreams[1].credentials.client_id: required by mode token_exchange",

@@ -178,10 +178,10 @@ approvals: {webhooks: [{url: "http://127.0.0.1:9/hook", secret: ${CUSTOMS_TEST_U
     assert code == 2 and out == ""
     problems = [line.strip() for line in err.splitlines()[1:]]
     for expected in [
-        "listen.port: Input should be a valid integer, unable to parse string as an integer",
+        "listen.port: must be a whole number, not 'eighty'",
         "listen.allowed_origins: must be a list, not a string",
         "upstreams[0].name: must match [a-z0-9_-]+",
-        "upstreams[0].timeout_s: Input should be a valid number, unable to parse string as a number",
+        "upstreams[0].timeout_s: must be a number, not 'soon'",
         "upstreams[1].name: must match [a-z0-9_-]+",
         "upstreams[1].url: environment variable CUSTOMS_TEST_UNSET_URL is not set",
         "upstreams[2].command: must be a list, not a string",
@@ -241,3 +241,29 @@ def test_a_document_no_config_can_be_read_from_is_refused_not_a_traceback(tmp_pa
     path, code, out, err = _check(tmp_path, text)
     assert (code, out) == (2, ""), err
     assert err.splitlines() == [f"{path}: invalid configuration", f"  {problem}"]
+
+
+def test_a_value_of_the_wrong_type_is_told_in_yaml_s_words(tmp_path: Path) -> None:
+    """`policies.dir: Input is not a valid path for <class 'pathlib.Path'>` named a Python class; `Input should be a
+    valid string` / `… valid integer, unable to parse string as an integer` did not say what was written instead."""
+    _path, code, _out, err = _check(tmp_path, """\
+listen: {port: eighty, host: [a]}
+upstreams: [{name: [a], command: [x], cwd: [x], prefix: 5, timeout_s: [1]}]
+policies: {dir: [a], watch: maybe, max_chain_depth: 2.5}
+decision_log: {include_args: 3}
+telemetry: {traces: {sample_ratio: half}}
+""")
+    assert code == 2
+    assert [line.strip() for line in err.splitlines()[1:]] == [
+        "listen.host: must be text, not a list",
+        "listen.port: must be a whole number, not 'eighty'",
+        "upstreams[0].name: must be text, not a list",
+        "upstreams[0].cwd: must be a path, not a list",
+        "upstreams[0].prefix: must be text, not a number",
+        "upstreams[0].timeout_s: must be a number, not a list",
+        "policies.dir: must be a path, not a list",
+        "policies.watch: must be true or false, not 'maybe'",
+        "policies.max_chain_depth: must be a whole number, not 2.5",
+        "decision_log.include_args: must be true or false, not 3",
+        "telemetry.traces.sample_ratio: must be a number, not 'half'",
+    ]
