@@ -197,6 +197,8 @@ def _field_problems(exc: ValidationError, data: Any) -> list[str]:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "missing":  # pydantic's "Field required"
+            msg = f"required: {_REQUIRED[loc]}" if loc in _REQUIRED else "required"
         elif err["type"] == "literal_error" and loc == ("store",):
             msg = "must be memory or {redis: {url: redis://host:6379/0}}"  # not only "Input should be 'memory'"
         elif err["type"] in ("tuple_type", "list_type"):  # pydantic's "a valid tuple": Python's word, not YAML's
@@ -237,6 +239,7 @@ def _yaml_scalar(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
+_REQUIRED = {("upstreams",): "the MCP servers the gateway fronts, a list of {name, url or command}"}
 # pydantic's error type → what the value must be, and whether to show the value written (else only its kind).
 _SCALAR_TYPES = {"string_type": ("text", False), "path_type": ("a path", False),
                  "int_type": ("a whole number", True), "int_parsing": ("a whole number", True),
@@ -273,7 +276,8 @@ def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path 
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(["(root): expected a mapping of sections"], source)
+        raise ConfigError([f"(root): must be a mapping of sections (upstreams:, listen:, identity:, …), "
+                           f"not {_yaml_kind(data)}"], source)
     problems: list[str] = []
     data = _substitute(data, os.environ if env is None else env, "", problems)
     if base is not None:

@@ -163,7 +163,8 @@ def test_redis_store_and_bad_url() -> None:
 def test_missing_upstreams_section() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({})
-    assert info.value.problems == ["upstreams: Field required"]
+    assert info.value.problems == [
+        "upstreams: required: the MCP servers the gateway fronts, a list of {name, url or command}"]
 
 
 def test_yaml_errors_and_relative_paths(tmp_path: Path) -> None:

@@ -79,21 +79,27 @@ def test_the_issue_and_readme_examples_pass_config_check_as_written(tmp_path: Pa
         assert "Traceback" not in done.stderr and ": warning: upstreams: empty" not in done.stderr, done
 
 
+REQUIRED = "upstreams: required: the MCP servers the gateway fronts, a list of {name, url or command}"
+
+
 # ---- files that are no config: every one exits 2 naming what is wrong, never a traceback ----
 
 @pytest.mark.parametrize(("text", "problem"), [
-    ("", "upstreams: Field required"),  # an empty file is an empty mapping: it lacks the one required section
-    ("# nothing but a comment\n", "upstreams: Field required"),
-    ("- name: a\n  url: http://127.0.0.1:9/mcp\n", "(root): expected a mapping of sections"),
-    ("customs\n", "(root): expected a mapping of sections"),
+    ("", REQUIRED),  # an empty file is an empty mapping: it lacks the one required section
+    ("# nothing but a comment\n", REQUIRED),
+    ("- name: a\n  url: http://127.0.0.1:9/mcp\n",
+     "(root): must be a mapping of sections (upstreams:, listen:, identity:, …), not a list"),
+    ("customs\n", "(root): must be a mapping of sections (upstreams:, listen:, identity:, …), not a string"),
     ("upstreams: [\n", "line 2, column 1: invalid YAML: expected the node content, but found '<stream end>'"),
     (b"\xff\xfeupstreams: []\n", "(file): cannot read {path}: not UTF-8 text (byte 0: invalid start byte)"),
 ], ids=["empty", "comment only", "a list", "a string", "broken YAML", "not UTF-8"])
 def test_a_file_that_is_no_config_mapping_is_refused_with_its_reason(tmp_path: Path, text: str | bytes,
                                                                      problem: str) -> None:
+    """Each says what a config must hold (it said pydantic's `Field required`, and `expected a mapping of sections`
+    without what was found)."""
     path, code, out, err = _check(tmp_path, text)
     assert code == 2 and out == ""
-    assert err.splitlines() == [f"{path}: invalid configuration", f"  {problem.format(path=path)}"]
+    assert err.splitlines() == [f"{path}: invalid configuration", f"  {problem.replace('{path}', str(path))}"]
 
 
 def test_a_file_that_cannot_be_read_is_refused_with_the_reason(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ def test_a_bad_redis_section_names_only_its_own_problem() -> None:
     unset = problems({"redis": {"url": "${REDIS_URL}"}})
     assert unset[0] == "store.redis.url: environment variable REDIS_URL is not set"
     assert not any("memory" in p for p in unset)
-    assert problems({"redsi": {}}) == ["store.redis: Field required", "store.redsi: unknown key"]
+    assert problems({"redsi": {}}) == ["store.redis: required", "store.redsi: unknown key"]
 
 
 def test_a_bad_word_names_memory_and_both_kinds_still_load() -> None:
