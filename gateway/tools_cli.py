@@ -91,7 +91,7 @@ def add_tools_parsers(sub: Any) -> None:
     approve = sub.add_parser("approve", help="accept a tool's current definition (lifts a quarantine)",
                              epilog=EXIT_STATUS, formatter_class=raw,
                              description="Pin UPSTREAM's TOOL to the definition last seen (or --hash).")
-    approve.add_argument("upstream", type=nonempty)
-    approve.add_argument("tool", type=nonempty)
+    approve.add_argument("upstream", type=nonempty, metavar="UPSTREAM", help="the upstream's name in the config")
+    approve.add_argument("tool", type=nonempty, metavar="TOOL", help="the tool's own name (not upstream__tool)")
     approve.add_argument("--hash", type=pin, help="the definition hash to accept (default: the one last seen)")
     common(approve)

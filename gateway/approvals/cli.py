@@ -368,7 +368,7 @@ def add_approvals_parsers(sub: Any) -> None:
     p = _parser(sub, "list", "list approvals (pending by default)")
     p.add_argument("--state", type=_states, default="pending",
                    help="pending|approved|denied|expired|cancelled|abandoned|all (comma list allowed)")
-    p.add_argument("--limit", type=_positive, default=100,
+    p.add_argument("--limit", type=_positive, default=100, metavar="N",
                    help="at most this many a page (1-1000, default 100); with --all, the size of each page")
     pages = p.add_mutually_exclusive_group()
     pages.add_argument("--all", action="store_true",
@@ -380,12 +380,13 @@ def add_approvals_parsers(sub: Any) -> None:
     _common(p)
     p.set_defaults(func=guard(list_command))
     p = _parser(sub, "show", "show one approval with its arguments")
-    p.add_argument("id", type=nonempty)
+    p.add_argument("id", type=nonempty, metavar="ID", help="the approval's id (apr_…), as list prints it")
     _common(p)
     p.set_defaults(func=guard(show_command))
     for name, command in (("approve", approve_command), ("deny", deny_command)):
         p = _parser(sub, name, f"{name} a pending call")
-        p.add_argument("id", type=nonempty)
-        p.add_argument("--comment", "-m", default=None, help="why (shown to the agent and in the decision log)")
+        p.add_argument("id", type=nonempty, metavar="ID", help="the approval's id (apr_…), as list prints it")
+        p.add_argument("--comment", "-m", default=None, metavar="TEXT",
+                       help="why (shown to the agent and in the decision log)")
         _common(p)
         p.set_defaults(func=guard(command))

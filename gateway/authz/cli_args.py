@@ -73,7 +73,7 @@ def _add_validate(sub: Any) -> None:
     p = _parser(sub, "validate", "parse and validate a policy directory against its schema",
                 "Parse every *.cedar file, validate against schema.cedarschema, check @id; every problem is\n"
                 "printed as file:line.", "  0 valid\n  1 invalid (each problem listed)")
-    p.add_argument("dir", type=Path, help="policy directory")
+    p.add_argument("dir", type=Path, metavar="DIR", help="policy directory")
     p.add_argument("--schema", type=Path, metavar="FILE",
                    help="validate against this schema instead of DIR/schema.cedarschema")
     p.set_defaults(func=_command("validate_cmd", "gateway.authz.validate"))
@@ -123,7 +123,8 @@ def _add_schema(sub: Any) -> None:
                 "Print the schema with its generated Args block rebuilt from tool input schemas.",
                 "  0 written\n  2 bad input (an upstream that cannot be listed, a malformed tool, a base schema "
                 "the block\n    cannot go into)")
-    p.add_argument("--config", type=Path, help="customs.yaml: policies.dir, and the upstreams to ask for their tools")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="customs.yaml: policies.dir, and the upstreams to ask for their tools")
     p.add_argument("--tools-json", type=Path, metavar="FILE", help='{"<upstream>": <tools/list result>, ...}')
     p.add_argument("--policies", type=Path, metavar="DIR", help="directory holding the base schema.cedarschema")
     p.add_argument("--output", "-o", type=Path, metavar="FILE", help="write here instead of stdout")

@@ -49,14 +49,24 @@ SYNOPSES = [
     (("serve",), "customs serve [-h] [--config FILE] [--host HOST] [--port PORT] [--log-level LEVEL]"),
     (("demo",), "customs demo [-h] [--port PORT] [--dir DIR] [--no-walkthrough] [--exit-after-walkthrough]"),
     (("config", "check"), "customs config check [-h] FILE"),
+    # docs/approvals.md, docs/tools-and-limits.md, docs/policies.md and the README
+    (("approvals", "list"), "customs approvals list [-h] [--state STATE] [--limit N]"),
+    (("approvals", "show"), "customs approvals show [-h] [--url URL] [--token TOKEN] [--timeout TIMEOUT] [--json] ID"),
+    (("approvals", "approve"), "customs approvals approve [-h] [--comment TEXT] [--url URL]"),
+    (("approvals", "deny"), "customs approvals deny [-h] [--comment TEXT] [--url URL]"),
+    (("tools", "approve"), "customs tools approve [-h] [--hash HASH] [--url URL] [--token TOKEN] [--timeout TIMEOUT] "
+                           "UPSTREAM TOOL"),
+    (("policy", "validate"), "customs policy validate [-h] [--schema FILE] DIR"),
+    (("policy", "schema"), "customs policy schema [-h] [--config FILE]"),
 ]
 
 
 @pytest.mark.parametrize(("argv", "usage"), SYNOPSES, ids=[" ".join(argv) for argv, _ in SYNOPSES])
 def test_usage_reads_as_the_documented_synopsis(capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
                                                 usage: str) -> None:
-    """`--help` said `[--config CONFIG]`, `file` and `{debug,info,warning,error}` where the docs say FILE and
-    LEVEL; the levels are still listed, in the option's help."""
+    """`--help` said `[--config CONFIG]`, `file`, `{debug,info,warning,error}`, `id`, `--comment COMMENT`,
+    `upstream tool`, `dir` where the docs say FILE, LEVEL, ID, TEXT, UPSTREAM TOOL and DIR; the levels are still
+    listed, in the option's help."""
     text = _help(capsys, *argv)
     assert text.startswith(f"usage: {usage} "), text
     if argv == ("serve",):
