@@ -70,12 +70,25 @@ def policy_warnings(config: Config) -> list[str]:
 
 def upstream_warnings(config: Config) -> list[str]:
     """What serve starts with but serves no one as meant: no upstream at all (valid, since a gateway may be set up
-    before its servers, yet almost always a mistake: `upstreams: []` passed without a word), and tool labels
-    written under the aggregated view's names."""
+    before its servers, yet almost always a mistake: `upstreams: []` passed without a word), tool prefixes one of
+    which begins another, and tool labels written under the aggregated view's names."""
     if not config.upstreams:
         return ["upstreams: empty: the gateway has no tool, prompt or resource to offer (every list through /mcp "
                 "is empty and /mcp/{upstream} knows no name); list the MCP servers it fronts here"]
-    return label_warnings(config)
+    return prefix_warnings(config) + label_warnings(config)
+
+
+def prefix_warnings(config: Config) -> list[str]:
+    """Tool prefixes one of which begins another (`a__`, `a__b__`; an empty one begins every other): a call goes to
+    the longest prefix that matches, so the shorter one's items named on from there are hidden (gateway/listing.py
+    leaves them out of lists at run time), which config check could only have shown by a tool list."""
+    upstreams = config.upstreams
+    return [f"upstreams[{j}].prefix: {long.tool_prefix!r} begins with {short.tool_prefix!r}, upstreams[{i}]'s "
+            f"(upstream {short.name}): a tool or prompt of {short.name} named "
+            f"{long.tool_prefix[len(short.tool_prefix):]!r}… would be listed as {long.tool_prefix!r}… and called as "
+            f"{long.name}'s, so it is hidden; give them prefixes neither of which begins the other"
+            for i, short in enumerate(upstreams) for j, long in enumerate(upstreams)
+            if j != i and long.tool_prefix != short.tool_prefix and long.tool_prefix.startswith(short.tool_prefix)]
 
 
 def label_warnings(config: Config) -> list[str]:
