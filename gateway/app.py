@@ -86,11 +86,14 @@ class Gateway:
         """Close the owners in reverse order. Once SIGTERM set the deadline, shutdown's Redis work (sessions'
         revocations, the stores' last writes, what calls left running in the background) shares it: against a Redis
         that hangs each of those waited the client's 5 s socket timeout and the exit came seconds past it. So do
-        the upstream sessions' closes: each DELETE waited up to 5 s, sixteen sessions at a time; and the RFC 7009
-        revocations of exchanged tokens at their authorization server, which close waited up to 5 s for."""
+        the upstream sessions' closes: each DELETE waited up to 5 s, sixteen sessions at a time; the RFC 7009
+        revocations of exchanged tokens at their authorization server, which close waited up to 5 s for; and the
+        approval webhooks' deliveries still queued or retried, which close waited up to 5 s for too."""
         bound = self._redis_bound()
         self.sessions.shutdown_bound = bound  # and the upstream sessions' DELETEs, which a mute upstream never answers
         self.parts.credentials.exchanger.revoker.shutdown_bound = bound  # a mute authorization server, likewise
+        if self.parts.webhooks is not None:
+            self.parts.webhooks.shutdown_bound = bound  # and a webhook receiver that never answers
         for owner in reversed(self.owners):
             await _close_quietly(owner)
             if owner is self.sessions:  # no call runs any more: nothing new goes to the background

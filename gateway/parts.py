@@ -65,6 +65,7 @@ class Parts:
     upstreams: Mapping[str, Upstream]
     config_reloads: ConfigReloads
     redis: RedisConnection | None = None
+    webhooks: WebhookNotifier | None = None
     routes: list[web.RouteDef] = field(default_factory=list)
     checks: dict[str, Check] = field(default_factory=dict)
     owners_before_upstreams: list[Any] = field(default_factory=list)
@@ -302,7 +303,7 @@ async def build_parts(config: Config, http: aiohttp.ClientSession, upstreams: Ma
     return Parts(identifier=identifier, engine=engine, authorize=AuthorizeStage(engine, config.environment),
                  approvals=approvals, approve=approve, credentials=credentials, observability=obs, guard=guard,
                  limiter=Limiter(config.limits, stores.limits), facts=facts, upstreams=upstreams,
-                 config_reloads=config_reloads, redis=redis,
+                 config_reloads=config_reloads, redis=redis, webhooks=webhooks,
                  routes=[*credentials.routes(), *obs.routes(), *_metadata_routes(config),
                          *_approvers_routes(config, approvals, identifier, engine, redactor, approve, redis),
                          *ToolsAdmin(guard, identifier, upstreams, config.pinning.admin_group).routes()],

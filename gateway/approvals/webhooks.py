@@ -1,10 +1,11 @@
 """Webhook notifications of new pending calls: Slack-compatible JSON, HMAC-signed, retried in the background.
 
 `notify()` only enqueues (never blocks the pipeline); worker tasks owned by `WebhookNotifier`
-deliver with exponential backoff. Receivers verify `X-Customs-Signature: sha256=<hex>` — the
-HMAC-SHA256 of the raw body with the webhook's secret — or, to refuse stale (replayed) deliveries,
-`X-Customs-Signature-Timestamped`, the same over `<X-Customs-Timestamp>.<body>`: every attempt is stamped
-and signed afresh.
+deliver with exponential backoff; at shutdown `close()` gives them until the drain deadline's bound
+(`shutdown_bound`) and logs, by approval id, what it did not deliver. Receivers verify
+`X-Customs-Signature: sha256=<hex>` — the HMAC-SHA256 of the raw body with the webhook's secret — or, to
+refuse stale (replayed) deliveries, `X-Customs-Signature-Timestamped`, the same over
+`<X-Customs-Timestamp>.<body>`: every attempt is stamped and signed afresh.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ TIMESTAMP_HEADER = "X-Customs-Timestamp"
 # The body-only signature cannot tell a replay: whoever captured a delivery may send it again with any timestamp.
 # Receivers rely on its meaning, so it stays; this one covers the timestamp too (docs/approvals.md, Webhooks).
 TIMESTAMPED_HEADER = "X-Customs-Signature-Timestamped"
+# Once SIGTERM set the drain deadline, close() waits for deliveries at least this when its bound has come: shutdown's
+# earlier steps may have used the deadline up (a hung Redis until its cut-off), and a receiver that answers takes
+# milliseconds; a mute one costs the exit this at most (as the token revocations: gateway/credentials/as_revocation.py).
+CLOSE_MIN_S = 0.25
+UNSENT_NAMED = 10  # approval ids the shutdown log names per webhook; the rest are counted
 
 
 def retry_after(value: str | None) -> float:
@@ -149,38 +155,68 @@ class WebhookNotifier:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         # A queue and `workers` workers per webhook: one that hangs or keeps failing (each attempt waits out its
         # timeout, then backs off) must not hold up the others' deliveries, nor fill their queue.
-        self._queues: list[asyncio.Queue[bytes]] = [asyncio.Queue(maxsize=max_queue) for _ in self._hooks]
+        # Each entry is (approval id, body): the id names an undelivered notification in the shutdown log.
+        self._queues: list[asyncio.Queue[tuple[str, bytes]]] = [asyncio.Queue(maxsize=max_queue) for _ in self._hooks]
+        self._sending: list[list[str]] = [[] for _ in self._hooks]  # approval ids being delivered, per webhook
         self._workers_n = workers
         self._close_grace_s = close_grace_s
+        # Loop time by which close() gives up on deliveries (gateway/app.py: Gateway.close sets it from the drain
+        # deadline); None: no deadline, close_grace_s alone.
+        self.shutdown_bound: float | None = None
         self._workers: list[asyncio.Task[None]] = []
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
+        self.unsent = 0  # queued or being delivered when close() gave up on them
 
     async def start(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
-        self._workers = [loop.create_task(self._worker(hook, label, queue), name=f"approval-webhook-{i}-{n}")
-                         for i, (hook, label, queue) in enumerate(zip(self._hooks, self._labels, self._queues,
-                                                                      strict=True))
-                         for n in range(self._workers_n)]
+        per_hook = zip(self._hooks, self._labels, self._queues, self._sending, strict=True)
+        self._workers = [loop.create_task(self._worker(hook, label, queue, sending), name=f"approval-webhook-{i}-{n}")
+                         for i, (hook, label, queue, sending) in enumerate(per_hook) for n in range(self._workers_n)]
 
     async def close(self) -> None:
-        """Stop delivering, after up to `close_grace_s` for what is queued or being retried: a call held just
-        before a restart stays pending for the agent's retry, which joins it and notifies nobody."""
+        """Stop delivering, after up to `close_grace_s` for what is queued or being retried (a call held just
+        before a restart stays pending for the agent's retry, which joins it and notifies nobody) and, with a drain
+        deadline, only until `shutdown_bound` (at least CLOSE_MIN_S): the whole 5 s held the exit that long past a
+        shorter deadline when a receiver did not answer. What is left undelivered is logged by approval id."""
         if self._workers:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.drain(), self._close_grace_s)
+                await asyncio.wait_for(self.drain(), self._close_wait_s())
+        unsent = [list(sending) for sending in self._sending]  # before the cancellation ends their deliveries
         for task in self._workers:
             task.cancel()
         for task in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers = []
+        for label, queue, ids in zip(self._labels, self._queues, unsent, strict=True):
+            while not queue.empty():
+                ids.append(queue.get_nowait()[0])
+                queue.task_done()
+            self._log_unsent(label, ids)
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _close_wait_s(self) -> float:
+        if self.shutdown_bound is None:
+            return self._close_grace_s
+        left = self.shutdown_bound - asyncio.get_running_loop().time()
+        return min(self._close_grace_s, max(left, CLOSE_MIN_S))
+
+    def _log_unsent(self, label: str, ids: list[str]) -> None:
+        """Name the calls whose approvers were not told: their items stay pending, and an agent's retry (which joins
+        the item) notifies nobody, so an operator may have to point the approvers at them."""
+        if not ids:
+            return
+        self.unsent += len(ids)
+        named = ", ".join(ids[:UNSENT_NAMED]) + (f" and {len(ids) - UNSENT_NAMED} more" if len(ids) > UNSENT_NAMED
+                                                  else "")
+        log.warning("%s: %d notification(s) not delivered at shutdown: %s; those calls stay pending on the "
+                    "approvals page", label, len(ids), named)
 
     def notify(self, approval: Approval) -> None:
         """Queue one delivery per configured webhook; drop (and count) when the queue is full."""
@@ -189,7 +225,7 @@ class WebhookNotifier:
         body = json.dumps(message(approval, self._page_url), separators=(",", ":")).encode()
         for label, queue in zip(self._labels, self._queues, strict=True):
             try:
-                queue.put_nowait(body)
+                queue.put_nowait((approval.id, body))
             except asyncio.QueueFull:
                 self.dropped += 1
                 log.warning("webhook queue full; dropped notification of %s to %s", approval.id, label)
@@ -199,9 +235,11 @@ class WebhookNotifier:
         for queue in self._queues:
             await queue.join()
 
-    async def _worker(self, hook: WebhookConfig, label: str, queue: asyncio.Queue[bytes]) -> None:
+    async def _worker(self, hook: WebhookConfig, label: str, queue: asyncio.Queue[tuple[str, bytes]],
+                      sending: list[str]) -> None:
         while True:
-            body = await queue.get()
+            approval_id, body = await queue.get()
+            sending.append(approval_id)
             try:
                 if await self._deliver(hook, label, body):
                     self.delivered += 1
@@ -211,6 +249,7 @@ class WebhookNotifier:
                 self.failed += 1
                 log.exception("webhook delivery to %s crashed", label)
             finally:
+                sending.remove(approval_id)
                 queue.task_done()
 
     async def _deliver(self, hook: WebhookConfig, label: str, body: bytes) -> bool:
