@@ -254,7 +254,7 @@ def issuer_rules(issuer: Any) -> Iterator[Problem]:
         yield (), "exactly one of jwks_file, jwks_url or pem_file is required"
     listed = _get(issuer, "algorithms")
     algorithms = [a for a in _items(listed) if isinstance(a, str)]
-    if listed is not None and not algorithms:
+    if isinstance(listed, list | tuple) and not algorithms:  # (not a list at all: its field error says so)
         yield ("algorithms",), f"must name at least one algorithm ({', '.join(TOKEN_ALGORITHMS)})"
     bad = [a for a in algorithms if a.upper() == "NONE" or a.upper().startswith("HS")]
     if bad:
@@ -280,7 +280,8 @@ def _trust_domain_rules(issuer: Any) -> Iterator[Problem]:
 
 
 def identity_rules(identity: Any) -> Iterator[Problem]:
-    if _get(identity, "mode", "anonymous") == "jwt" and not _items(_get(identity, "issuers")):
+    issuers = _get(identity, "issuers")
+    if _get(identity, "mode", "anonymous") == "jwt" and isinstance(issuers, list | tuple | None) and not issuers:
         yield ("issuers",), "mode jwt needs at least one issuer"
     attributes = _get(identity, "anonymous_attributes")
     if isinstance(attributes, Mapping) and "issuer" in attributes:

@@ -158,10 +158,18 @@ def test_an_unknown_key_is_named_at_every_nesting_level(tmp_path: Path) -> None:
       "upstreams[3]: must be a mapping (key: value), not empty"]),
     ("upstreams: [{name: a, url: 'http://127.0.0.1:9/mcp'}]\nidentity: {mode: jwt, issuers: [x]}\n",
      ["identity.issuers[0]: must be a mapping (key: value), not a string"]),
-], ids=["upstream entries", "issuer entry"])
+    ("upstreams: [{name: a, url: 'http://127.0.0.1:9/mcp'}]\n"
+     "identity: {mode: jwt, issuers: [{issuer: 'https://idp.example', jwks_url: 'https://idp.example/k', "
+     "algorithms: RS256}]}\n",
+     ["identity.issuers[0].algorithms: must be a list, not a string"]),
+    ("upstreams: [{name: a, url: 'http://127.0.0.1:9/mcp'}]\nidentity: {mode: jwt, issuers: {a: 1}}\n",
+     ["identity.issuers: must be a list, not a mapping"]),
+], ids=["upstream entries", "issuer entry", "algorithms a string", "issuers a mapping"])
 def test_an_entry_that_is_no_mapping_is_named_once(tmp_path: Path, text: str, problems: list[str]) -> None:
     """What the entry must be, not also what rules over its fields (url or command, a key source) say of it: a
-    number has no url, but `exactly one of url or command is required` was listed under it besides."""
+    number has no url, but `exactly one of url or command is required` was listed under it besides (and
+    `algorithms: RS256` was told `must name at least one algorithm`, `issuers: {…}` `mode jwt needs at least one
+    issuer`)."""
     _path, code, _out, err = _check(tmp_path, text)
     assert code == 2
     assert [line.strip() for line in err.splitlines()[1:]] == problems
