@@ -98,7 +98,8 @@ class ToolsAdmin:
         return web.json_response({"upstream": upstream, "tool": tool, **pinned})
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/api/tools", self.list_tools, allow_head=False),
+        # HEAD as GET (RFC 9110 §9.3.2), as the approvals API and the other documents answer it; it was 405 here.
+        return [web.get("/api/tools", self.list_tools),
                 web.post("/api/tools/{upstream}/{tool}/approve", self.approve)]
 
 

@@ -1,6 +1,7 @@
-"""Every path of the pinned HTTP surface (../shared/interfaces.md, "HTTP surface") asked with a method it does not
-take, and with HEAD, through a real gateway with JWT identity: 405 with `Allow` (a JSON-RPC error on the MCP paths,
-docs/errors.md `method_not_allowed`), and HEAD on a document answers GET's head without its body."""
+"""Every path of the pinned HTTP surface (../shared/interfaces.md, "HTTP surface"), and the tool pins API
+(docs/tools-and-limits.md), asked with a method it does not take, and with HEAD, through a real gateway with JWT
+identity: 405 with `Allow` (a JSON-RPC error on the MCP paths, docs/errors.md `method_not_allowed`), and HEAD on a
+document answers GET's head without its body."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tests.support.tokens import TestIssuer
 class Surface:
     url: str
     http: aiohttp.ClientSession
-    approver: str
+    approver: str  # also in the tool pins administrators' group (pinning.admin_group, default admins)
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ async def surface(start_gateway: Any, tmp_path: Path) -> AsyncIterator[Surface]:
                                   "identity": {"mode": "jwt", "issuers": [issuer.config()]},
                                   "policies": {"dir": str(write_policies(tmp_path / "p", CONTRACT_POLICIES))},
                                   "telemetry": {"metrics": {"prometheus": True}}})
-        yield Surface(gw.url, http, issuer.mint("alice", aud=gw.mcp, groups=["approvers"]))
+        yield Surface(gw.url, http, issuer.mint("alice", aud=gw.mcp, groups=["approvers", "admins"]))
 
 
 WRONG_METHODS = [  # (method, path, Allow, JSON-RPC error?)
@@ -51,6 +52,7 @@ WRONG_METHODS = [  # (method, path, Allow, JSON-RPC error?)
     ("GET", "/api/approvals/apr_0/approve", "POST", False), ("DELETE", "/api/approvals/apr_0/deny", "POST", False),
     ("POST", "/healthz", "GET,HEAD", False), ("POST", "/readyz", "GET,HEAD", False),
     ("POST", "/metrics", "GET,HEAD", False),
+    ("DELETE", "/api/tools", "GET,HEAD", False), ("GET", "/api/tools/payments/pay/approve", "POST", False),
 ]
 
 
@@ -68,13 +70,13 @@ async def test_a_method_a_path_does_not_take_is_405_with_allow(surface: Surface,
 DOCUMENTS = ["/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp",
              "/.well-known/oauth-protected-resource/mcp/payments", "/.well-known/jwks.json",
              "/.well-known/oauth-authorization-server", "/approvals", "/api/approvals?state=pending",
-             "/api/approvals/apr_0", "/healthz", "/readyz", "/metrics"]
+             "/api/approvals/apr_0", "/healthz", "/readyz", "/metrics", "/api/tools"]
 
 
 @pytest.mark.parametrize("path", DOCUMENTS)
 async def test_head_answers_as_get_without_the_body(surface: Surface, path: str) -> None:
-    """RFC 9110 §9.3.2: HEAD is GET without the content. The RFC 9728 metadata answered HEAD 405 (it was registered
-    without it), though the other well-known documents take it."""
+    """RFC 9110 §9.3.2: HEAD is GET without the content. The RFC 9728 metadata and the tool pins list answered HEAD
+    405 (they were registered without it), though the other documents take it."""
     headers = {"Authorization": f"Bearer {surface.approver}"}
     async with surface.http.get(f"{surface.url}{path}", headers=headers) as resp:
         status, content_type = resp.status, resp.content_type
