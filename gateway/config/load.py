@@ -208,6 +208,8 @@ def _field_problems(exc: ValidationError, data: Any) -> list[str]:
         elif err["type"] in _SCALAR_TYPES:  # "Input should be a valid string", "… for <class 'pathlib.Path'>"
             what, show = _SCALAR_TYPES[err["type"]]
             msg = f"must be {what}, not {_shown(err.get('input')) if show else _yaml_kind(err.get('input'))}"
+        elif msg.startswith("Input should be ") and "input" in err:  # a bound or a choice: and what was written
+            msg = f"must be {msg.removeprefix('Input should be ')}, not {_shown(err['input'])}"
         problems.append(f"{_loc(loc)}: {msg}")
     return problems
 

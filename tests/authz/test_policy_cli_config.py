@@ -172,7 +172,7 @@ def test_an_invalid_config_is_reported_with_its_paths(tmp_path: Path) -> None:
     code, report, err = explain("--config", config, "--principal-claims", _claims(), *READ)
     assert code == 2 and report is None
     assert f"{config}: invalid configuration" in err
-    assert "policies.max_chain_depth: Input should be greater than or equal to 1" in err
+    assert "policies.max_chain_depth: must be greater than or equal to 1, not 0" in err
     missing = customs_main("policy", "test", tmp_path / "none.yaml", "--config", tmp_path / "absent.yaml")
     assert missing.returncode == 2 and "absent.yaml: invalid configuration" in missing.stderr
 

@@ -462,7 +462,7 @@ def test_limit_rules_that_would_limit_nothing_are_reported_at_their_paths() -> N
                       "limits": {"per_principal": {"burst": 5}, "per_tool": {"rate_per_s": float("inf")}}})
     assert sorted(info.value.problems) == [
         "limits.per_principal.burst: needs rate_per_s (a burst alone limits nothing)",
-        "limits.per_tool.rate_per_s: Input should be a finite number",
+        "limits.per_tool.rate_per_s: must be a finite number, not inf",
     ]
     parse_config({"upstreams": [{"name": "a", "url": "http://h/mcp"}],
                   "limits": {"per_principal": {"rate_per_s": 0.5, "burst": 5}, "per_tool": {"concurrency": 3}}})

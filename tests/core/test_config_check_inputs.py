@@ -304,3 +304,24 @@ policies: {{dir: {SHIPPED}}}
         warning.format(j=1, long="a__b__", short="", i=2, name="c", rest="a__b__", other="a__b"),
         warning.format(j=3, long="d.", short="", i=2, name="c", rest="d.", other="d"),
     ]]
+
+
+def test_a_value_out_of_bounds_or_not_a_choice_says_what_was_written(tmp_path: Path) -> None:
+    """`Input should be less than or equal to 65535` did not say what the file held (a `${PORT}` may hold
+    anything): each bound or choice now ends with the value written."""
+    _path, code, _out, err = _check(tmp_path, """\
+listen: {port: 70000}
+upstreams: [{name: a, url: "http://127.0.0.1:9/mcp", timeout_s: -1, tools: {t: {sensitivity: top}}, transport: grpc}]
+identity: {mode: oidc, clock_skew_s: .inf}
+signing: {rotate_every_s: 0.5}
+""")
+    assert code == 2
+    assert [line.strip() for line in err.splitlines()[1:]] == [
+        "listen.port: must be less than or equal to 65535, not 70000",
+        "upstreams[0].transport: must be 'streamable_http', 'sse' or 'stdio', not 'grpc'",
+        "upstreams[0].timeout_s: must be greater than 0, not -1",
+        "upstreams[0].tools.t.sensitivity: must be 'public', 'internal', 'confidential' or 'restricted', not 'top'",
+        "identity.mode: must be 'jwt' or 'anonymous', not 'oidc'",
+        "identity.clock_skew_s: must be a finite number, not inf",
+        "signing.rotate_every_s: must be greater than or equal to 1, not 0.5",
+    ]

@@ -32,6 +32,6 @@ def test_union_labels_still_stay_out_of_the_path(tmp_path: Path) -> None:
                       "store: {redis: {url: http://x, max_connections: 0}}\n")
     result = customs_main("config", "check", config)
     assert result.returncode == 2
-    assert "  upstreams[0].tools.GetStock.timeout_s: Input should be greater than 0" in result.stderr.splitlines()
+    assert "  upstreams[0].tools.GetStock.timeout_s: must be greater than 0, not 0" in result.stderr.splitlines()
     assert "  store.redis.url: not a redis:// URL" in result.stderr.splitlines(), result.stderr
-    assert "  store.redis.max_connections: Input should be greater than 0" in result.stderr.splitlines()
+    assert "  store.redis.max_connections: must be greater than 0, not 0" in result.stderr.splitlines()

@@ -15,7 +15,7 @@ UPSTREAMS = [{"name": "a", "url": "http://127.0.0.1:9/mcp", "credentials": {"mod
 def test_a_rotation_more_often_than_a_second_is_a_config_error(every: float) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"upstreams": UPSTREAMS, "signing": {"rotate_every_s": every}})
-    assert info.value.problems == ["signing.rotate_every_s: Input should be greater than or equal to 1"]
+    assert info.value.problems == [f"signing.rotate_every_s: must be greater than or equal to 1, not {every}"]
 
 
 @pytest.mark.parametrize("every", [1, 4, 86400, None])

@@ -75,4 +75,4 @@ def test_the_limit_cannot_exceed_what_identity_parses_at_all() -> None:
     assert parse_config({"upstreams": upstreams, "policies": {"max_chain_depth": 16}}).policies.max_chain_depth == 16
     with pytest.raises(ConfigError) as info:
         parse_config({"upstreams": upstreams, "policies": {"max_chain_depth": 17}})
-    assert info.value.problems == ["policies.max_chain_depth: Input should be less than or equal to 16"]
+    assert info.value.problems == ["policies.max_chain_depth: must be less than or equal to 16, not 17"]
