@@ -13,7 +13,8 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.config.model import Config
-from gateway.config.rules import RULE_ERROR, document_rules
+from gateway.config.problems import field_problems, key_problems, path_text, yaml_kind
+from gateway.config.rules import document_rules
 from gateway.config.yaml_doc import strict_yaml_load as strict_yaml_load  # re-exported: authz.cases
 
 _REF = r"\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}"
@@ -38,16 +39,6 @@ class ConfigError(Exception):
     def report(self, what: str) -> str:
         """`source: what`, then every problem on its own indented line: what the commands print."""
         return "\n".join([f"{self.source}: {what}", *(f"  {p}" for p in self.problems)])
-
-
-def _loc(parts: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(root)"
 
 
 NOT_UNICODE = ("not valid Unicode text (a lone surrogate: a \\u escape, or an environment variable whose bytes are "
@@ -166,112 +157,6 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             fix(upstream, "cwd")
 
 
-def _document_loc(loc: tuple[int | str, ...], data: Any) -> tuple[int | str, ...]:
-    """Pydantic's location less the labels it adds (union branches' model names and tags, validators), read
-    against the document: a key the file wrote stays whatever it looks like (`GetStock`, `TZ`, `X-Static`)."""
-    out: list[int | str] = []
-    node = data
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            out.append(part if isinstance(part, str) else str(part))  # `4:` is a key, not a list's [4]
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            out.append(part)
-            node = node[part]
-        elif not (isinstance(part, str) and (part[:1].isupper() or part.startswith(("function-", "literal["))
-                                             or part == "[key]")):  # a mapping key's own error: the key's path
-            out.append(part)  # a key the file lacks (Field required)
-            node = None
-    return tuple(out)
-
-
-def _field_problems(exc: ValidationError, data: Any) -> list[str]:
-    problems: list[str] = []
-    for err in exc.errors():
-        loc = _document_loc(err["loc"], data)
-        if err["type"] == RULE_ERROR:
-            problems += [f"{_loc(loc + rule_loc)}: {message}" for rule_loc, message in err["ctx"]["problems"]]
-            continue
-        if _of_non_text_key(err):
-            continue  # listed by _key_problems, at the key as the file writes it
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":  # pydantic's "Field required"
-            msg = f"required: {_REQUIRED[loc]}" if loc in _REQUIRED else "required"
-        elif err["type"] == "literal_error" and loc == ("store",):
-            msg = "must be memory or {redis: {url: redis://host:6379/0}}"  # not only "Input should be 'memory'"
-        elif err["type"] in ("tuple_type", "list_type"):  # pydantic's "a valid tuple": Python's word, not YAML's
-            msg = f"must be a list, not {_yaml_kind(err.get('input'))}"
-        elif err["type"] in ("dict_type", "model_type"):  # "... or instance of PoliciesConfig": a class name
-            msg = f"must be a mapping (key: value), not {_yaml_kind(err.get('input'))}"
-        elif err["type"] in _SCALAR_TYPES:  # "Input should be a valid string", "… for <class 'pathlib.Path'>"
-            what, show = _SCALAR_TYPES[err["type"]]
-            msg = f"must be {what}, not {_shown(err.get('input')) if show else _yaml_kind(err.get('input'))}"
-        elif msg.startswith("Input should be ") and "input" in err:  # a bound or a choice: and what was written
-            msg = f"must be {msg.removeprefix('Input should be ')}, not {_shown(err['input'])}"
-        problems.append(f"{_loc(loc)}: {msg}")
-    return problems
-
-
-def _of_non_text_key(err: Any) -> bool:
-    """Whether pydantic's error is about a mapping key that is no string (its loc then names it as str(key))."""
-    return bool(err["type"] == "invalid_key" or
-                (err["loc"][-1:] == ("[key]",) and not isinstance(err.get("input"), str)))
-
-
-def _key_problems(node: Any, path: tuple[int | str, ...] = ()) -> list[str]:
-    """Keys YAML read as no text (`4:` a number, `true:`, `~:`): no section, field or name is one."""
-    problems: list[str] = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            written = key if isinstance(key, str) else _yaml_scalar(key)
-            if not isinstance(key, str):
-                problems.append(f"{_loc((*path, written))}: a key must be text, not {_yaml_kind(key)} "
-                                f"(quote it: '{written}')")
-            problems += _key_problems(value, (*path, written))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            problems += _key_problems(value, (*path, index))
-    return problems
-
-
-def _yaml_scalar(value: Any) -> str:
-    """A scalar as YAML writes it (true, null, 4, 1.5)."""
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-
-_REQUIRED = {("upstreams",): "the MCP servers the gateway fronts, a list of {name, url or command}"}
-# pydantic's error type → what the value must be, and whether to show the value written (else only its kind).
-_SCALAR_TYPES = {"string_type": ("text", False), "path_type": ("a path", False),
-                 "int_type": ("a whole number", True), "int_parsing": ("a whole number", True),
-                 "int_from_float": ("a whole number", True), "float_type": ("a number", True),
-                 "float_parsing": ("a number", True), "bool_type": ("true or false", True),
-                 "bool_parsing": ("true or false", True)}
-
-
-def _shown(value: Any) -> str:
-    """A scalar as written (a string quoted, cut at 40 characters); a list or mapping by its kind."""
-    if isinstance(value, str):
-        return repr(value if len(value) <= 40 else value[:40] + "…")
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value) if isinstance(value, int | float) else _yaml_kind(value)
-
-
-def _yaml_kind(value: Any) -> str:
-    """What a YAML value is, in YAML's words."""
-    if value is None:
-        return "empty"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "a mapping" if isinstance(value, Mapping) else "a list"
-
-
 def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path | None = None,
                  source: str = "config") -> Config:
     """Validate an already-parsed YAML document. Raises ConfigError listing every problem."""
@@ -279,19 +164,19 @@ def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path 
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"(root): must be a mapping of sections (upstreams:, listen:, identity:, …), "
-                           f"not {_yaml_kind(data)}"], source)
+                           f"not {yaml_kind(data)}"], source)
     problems: list[str] = []
-    data = _substitute(data, os.environ if env is None else env, "", problems)
+    written, data = data, _substitute(data, os.environ if env is None else env, "", problems)
     if base is not None:
         _resolve_paths(data, base)
-    problems += _key_problems(data)
+    problems += key_problems(data)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems += _field_problems(exc, data)
+        problems += field_problems(exc, data, written)
         # Pydantic skips cross-field rules wherever a field inside failed; run them on the document so
         # they are listed with the field errors (a rule it did run gives the same line, kept once).
-        problems += [f"{_loc(loc)}: {message}" for loc, message in document_rules(data)]
+        problems += [f"{path_text(loc)}: {message}" for loc, message in document_rules(data)]
     if problems:
         raise ConfigError(_unset_first(problems), source)
     return config

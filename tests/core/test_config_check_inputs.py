@@ -325,3 +325,21 @@ signing: {rotate_every_s: 0.5}
         "identity.clock_skew_s: must be a finite number, not inf",
         "signing.rotate_every_s: must be greater than or equal to 1, not 0.5",
     ]
+
+
+def test_a_value_from_the_environment_is_named_by_its_reference_never_shown(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value written out beside its problem must not be a variable's: a secret referenced in the wrong field
+    (`mode: ${API_KEY}`) would be printed, and a SIGHUP reload's problems go to the log and /readyz."""
+    monkeypatch.setenv("CUSTOMS_TEST_API_KEY", "sk-live-0123456789")
+    monkeypatch.setenv("CUSTOMS_TEST_PORT", "87OO")
+    _path, code, _out, err = _check(tmp_path, """\
+listen: {port: "${CUSTOMS_TEST_PORT}"}
+upstreams: [{name: a, url: "http://127.0.0.1:9/mcp", credentials: {mode: "${CUSTOMS_TEST_API_KEY}"}}]
+""")
+    assert code == 2 and "sk-live" not in err and "87OO" not in err, err
+    assert [line.strip() for line in err.splitlines()[1:]] == [
+        "listen.port: must be a whole number, not what '${CUSTOMS_TEST_PORT}' gives",
+        "upstreams[0].credentials.mode: must be 'none', 'static', 'minted' or 'token_exchange', "
+        "not what '${CUSTOMS_TEST_API_KEY}' gives",
+    ]
