@@ -343,3 +343,14 @@ upstreams: [{name: a, url: "http://127.0.0.1:9/mcp", credentials: {mode: "${CUST
         "upstreams[0].credentials.mode: must be 'none', 'static', 'minted' or 'token_exchange', "
         "not what '${CUSTOMS_TEST_API_KEY}' gives",
     ]
+
+
+def test_serve_refuses_what_config_check_refuses_with_the_same_lines(tmp_path: Path) -> None:
+    """serve reads the file with the same loader: exit 2 and the same problem lines, never a traceback."""
+    path = tmp_path / "customs.yaml"
+    path.write_text("upstreams: &u [{name: a, url: 'http://127.0.0.1:9/mcp', tools: {t: *u}}]\nlisten: {port: 0}\n")
+    checked = customs_main("config", "check", str(path))
+    served = customs("serve", "--config", path, cwd=tmp_path)
+    assert served.returncode == 2 and "Traceback" not in served.stderr, served
+    problems = [line for line in checked.stderr.splitlines() if line.startswith("  ")]
+    assert problems and [line for line in served.stderr.splitlines() if line.startswith("  ")] == problems
