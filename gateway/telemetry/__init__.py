@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gateway.telemetry.decision_log import DecisionLog, decision_record
     from gateway.telemetry.metrics import Metrics
-    from gateway.telemetry.observability import Observability, RequestTrace
+    from gateway.telemetry.observability import Observability
+    from gateway.telemetry.request_block import RequestTrace
     from gateway.telemetry.stage import RecordStage, instrument
     from gateway.telemetry.tracing import Telemetry
 
 _WHERE = {"DecisionLog": "decision_log", "decision_record": "decision_log", "Metrics": "metrics",
-          "Observability": "observability", "RequestTrace": "observability", "RecordStage": "stage",
+          "Observability": "observability", "RequestTrace": "request_block", "RecordStage": "stage",
           "instrument": "stage", "Telemetry": "tracing"}
 
 __all__ = ["DecisionLog", "Metrics", "Observability", "RecordStage", "RequestTrace", "Telemetry", "decision_record",
