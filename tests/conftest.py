@@ -153,7 +153,9 @@ async def spawn_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable
                                     env={**os.environ, **(env or {})})
         handle = GatewayProcess(f"http://127.0.0.1:{port}", proc, config_path, log_path)
         procs.append(handle)
-        await _wait_for_line(log_path, "listening on", proc, 30)
+        # A bound for a hung start, not a measure of speed: on a loaded 2-core machine one start-up (imports,
+        # policies, child processes) took over 20 s.
+        await _wait_for_line(log_path, "listening on", proc, 120)
         return handle
 
     yield spawn
