@@ -25,10 +25,15 @@ from tests.conftest import free_port
 from tests.credentials.upstream import JwksVerifier, bound_socket, guarded_payments, serve_upstream
 from tests.support.mcp_client import sdk_client
 
-# Short, so the switch to the new key (within ttl_s) and the old key's retirement (ttl_s + grace) come soon; the
-# scheduled rotation's period stays well above ttl_s, so no second rotation comes before every agent switched.
-TTL_S = 2
+# Agents switch to the new key at their next call (a rotated key's cached token is not reused), so ttl_s only sets
+# how long the old key stays published (ttl_s + grace) and how much life a reused token has left on its way to the
+# upstream and its introspection (refresh_margin: about 2 s at 10 s, 1 s at 2 s). Both are windows a loaded CI
+# machine must not outrun: with 2 s tokens, a stall of a second expired a token in flight, and one of 2.5 s took the
+# old key out of the JWKS before the test looked. The scheduled period is every agent's time to switch before the
+# next rotation (a third key would never let them all end on the second).
+TTL_S = 10
 GRACE_S = 0.5
+ROTATE_EVERY_S = 8
 
 
 def payments(upstream_url: str, policies: Path, key_dir: Path, **signing: Any) -> dict[str, Any]:
@@ -56,7 +61,7 @@ async def jwks(url: str) -> dict[str, jwt.PyJWK]:
         return {k["kid"]: jwt.PyJWK(k) for k in (await resp.json())["keys"]}
 
 
-async def until(check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 20) -> None:
+async def until(check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 60) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
@@ -108,7 +113,7 @@ async def rotate_under_load(url: str, verifier: JwksVerifier, old_kid: str, rota
         await until(lambda: any(kid_of(t) != old_kid for t in verifier.tokens[before:]), "a token with a new kid")
         published = await jwks(url)
         new_kid = next(kid_of(t) for t in verifier.tokens[before:] if kid_of(t) != old_kid)
-        # Each agent's cached token runs out within ttl_s; then every agent calls with a new-kid token.
+        # A token signed by a rotated key is not reused: every agent's next call carries a new-kid token.
         await until(lambda: len(call_kids(verifier)) == 4
                     and all(kids[-1] == new_kid for kids in call_kids(verifier).values()),
                     "every agent to call with a token signed by the new key")
@@ -163,7 +168,8 @@ async def test_scheduled_rotation_with_calls_in_flight(start_gateway, permissive
     verifier = JwksVerifier(issuer="http://gateway.pending", audience=upstream_url, introspect=True)
     key_dir = tmp_path / "keys"
     async with serve_upstream(guarded_payments(verifier), up_sock):
-        gw = await start_gateway(payments(upstream_url, permissive_policies, key_dir, rotate_every_s=4))
+        gw = await start_gateway(payments(upstream_url, permissive_policies, key_dir,
+                                          rotate_every_s=ROTATE_EVERY_S))
         verifier.issuer = gw.url
         (old_kid,) = await jwks(gw.url)
         new_kid = await rotate_under_load(gw.url, verifier, old_kid, lambda: None)  # the schedule rotates
