@@ -28,9 +28,9 @@ from tests.support.mcp_client import sdk_client
 # Agents switch to the new key at their next call (a rotated key's cached token is not reused), so ttl_s only sets
 # how long the old key stays published (ttl_s + grace) and how much life a reused token has left on its way to the
 # upstream and its introspection (refresh_margin: about 2 s at 10 s, 1 s at 2 s). Both are windows a loaded CI
-# machine must not outrun: with 2 s tokens, a stall of a second expired a token in flight, and one of 2.5 s took the
-# old key out of the JWKS before the test looked. The scheduled period is every agent's time to switch before the
-# next rotation (a third key would never let them all end on the second).
+# machine must not outrun: with 2 s tokens, a stall of a second could expire a token in flight, and one of 2.5 s
+# could take the old key out of the JWKS before the test looked. The scheduled period is every agent's time to
+# switch before the next rotation (a third key would never let them all end on the second).
 TTL_S = 10
 GRACE_S = 0.5
 ROTATE_EVERY_S = 8
