@@ -85,7 +85,7 @@ async def _serve_until_exit(config_path: Path) -> tuple[int, str]:
         sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)  # a bound for a hang: a loaded start took 40 s
     finally:
         if proc.returncode is None:
             proc.kill()
