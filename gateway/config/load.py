@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.config.model import Config
-from gateway.config.problems import field_problems, key_problems, path_text, yaml_kind
+from gateway.config.problems import field_problems, hide_substituted, key_problems, path_text, yaml_kind
 from gateway.config.rules import document_rules
 from gateway.config.yaml_doc import strict_yaml_load as strict_yaml_load  # re-exported: authz.cases
 
@@ -177,8 +177,8 @@ def parse_config(data: Any, *, env: Mapping[str, str] | None = None, base: Path 
         # Pydantic skips cross-field rules wherever a field inside failed; run them on the document so
         # they are listed with the field errors (a rule it did run gives the same line, kept once).
         problems += [f"{path_text(loc)}: {message}" for loc, message in document_rules(data)]
-    if problems:
-        raise ConfigError(_unset_first(problems), source)
+    if problems:  # a validator or rule may quote a value it refuses: never one from the environment
+        raise ConfigError(hide_substituted(_unset_first(problems), written, data), source)
     return config
 
 

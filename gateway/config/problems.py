@@ -3,12 +3,20 @@ value must be and what was written (a value from the environment named by its re
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
 from gateway.config.rules import RULE_ERROR
+
+# A string literal as a problem quotes a value (Python's repr: either quote, backslash escapes).
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+# A part of a value from the environment this long is named by its reference wherever a problem shows it; a
+# shorter one may be any word of the message (as scrub_exact leaves values under 6 characters alone).
+_HIDDEN_PART = 6
 
 
 def path_text(parts: tuple[int | str, ...]) -> str:
@@ -132,6 +140,54 @@ def _shown(value: Any, written: Any = None) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value) if isinstance(value, int | float) else yaml_kind(value)
+
+
+def hide_substituted(problems: list[str], written: Any, data: Any) -> list[str]:
+    """`problems` with each value an `${VAR}` reference gave named by that reference wherever a message shows it.
+    `_shown` does so for pydantic's messages; the field validators and document rules quote the value they refuse
+    themselves (`not an origin: '…'`, `(got '…')`), and a secret referenced in the wrong field reached config
+    check, the log and /readyz. `written`: the document before substitution, `data` after."""
+    given = sorted(_substituted(written, data), key=lambda pair: len(pair[0]), reverse=True)
+    return [_hidden(problem, given) for problem in problems] if given else problems
+
+
+def _substituted(written: Any, data: Any) -> list[tuple[str, str]]:
+    """(value, reference as written) for each string of the document an `${VAR}` reference changed."""
+    if isinstance(written, str):
+        changed = "${" in written and isinstance(data, str) and data not in ("", written)
+        return [(data, written)] if changed else []
+    pairs: list[tuple[str, str]] = []
+    if isinstance(written, dict) and isinstance(data, dict):
+        for key, value in written.items():
+            if key in data:
+                pairs += _substituted(value, data[key])
+    elif isinstance(written, list) and isinstance(data, list):
+        for value, item in zip(written, data, strict=False):
+            pairs += _substituted(value, item)
+    return pairs
+
+
+def _hidden(problem: str, given: list[tuple[str, str]]) -> str:
+    """One problem with the values in `given` named by their references: a quoted value that is one of them (or a
+    part of one, cut as `not a pin: '…'[:80]` cuts it), then any of them left in the text as it is."""
+    where, colon, message = problem.partition(": ")  # the path: keys are never substituted
+
+    def named(match: re.Match[str]) -> str:
+        try:
+            quoted = ast.literal_eval(match.group(0))
+        except (ValueError, SyntaxError):
+            return match.group(0)
+        text = quoted.removesuffix("…") if isinstance(quoted, str) else ""
+        exact = [reference for value, reference in given if text == value]  # before a longer one holding it
+        parts = [reference for value, reference in given if len(text) >= _HIDDEN_PART and text in value]
+        return f"what {(exact or parts)[0][:60]!r} gives" if text and (exact or parts) else match.group(0)
+
+    message = _QUOTED.sub(named, message)
+    for value, reference in given:
+        for shown in {value, value.strip()}:
+            if len(shown) >= _HIDDEN_PART and shown in message:
+                message = message.replace(shown, f"what {reference[:60]!r} gives")
+    return where + colon + message
 
 
 def yaml_kind(value: Any) -> str:

@@ -354,3 +354,28 @@ def test_serve_refuses_what_config_check_refuses_with_the_same_lines(tmp_path: P
     assert served.returncode == 2 and "Traceback" not in served.stderr, served
     problems = [line for line in checked.stderr.splitlines() if line.startswith("  ")]
     assert problems and [line for line in served.stderr.splitlines() if line.startswith("  ")] == problems
+
+
+def test_a_value_from_the_environment_is_never_shown_by_a_validators_or_rules_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The field validators and document rules quote the value they refuse (`not an origin: '…'`, `not a pin: '…'`,
+    `(got '…')`, `must not start or end with whitespace ('…')`): when an `${VAR}` gave it, that quoted the variable's
+    value, a secret in the wrong field, in config check, the log and /readyz. It is named by its reference."""
+    monkeypatch.setenv("CUSTOMS_TEST_API_KEY", "sk-live-0123456789")
+    monkeypatch.setenv("CUSTOMS_TEST_FILE_KEY", "sk-file-9876543210\n")  # a ConfigMap --from-file: a last newline
+    _path, code, _out, err = _check(tmp_path, """\
+listen: {allowed_origins: ["${CUSTOMS_TEST_API_KEY}"]}
+environment: "${CUSTOMS_TEST_FILE_KEY}"
+identity: {mode: jwt, issuers: [{issuer: "${CUSTOMS_TEST_FILE_KEY}", audience: "http://x/mcp", jwks_file: j.json}]}
+upstreams: [{name: a, url: "http://127.0.0.1:9/mcp", tools: {t: {pin: "x-${CUSTOMS_TEST_API_KEY}"}}}]
+""")
+    assert code == 2 and "sk-live" not in err and "sk-file" not in err, err
+    problems = [line.strip() for line in err.splitlines()[1:]]
+    assert "listen.allowed_origins[0]: not an origin: what '${CUSTOMS_TEST_API_KEY}' gives (an Origin header is " \
+           "scheme://host[:port], e.g. https://app.example, with no path or wildcard; '*' = any)" in problems, err
+    assert "upstreams[0].tools.t.pin: not a pin: what 'x-${CUSTOMS_TEST_API_KEY}' gives (write sha256: and 64 hex " \
+           "digits, as `customs tools list` shows it)" in problems, err
+    assert "identity.issuers[0].issuer: must not start or end with whitespace (what '${CUSTOMS_TEST_FILE_KEY}' " \
+           "gives)" in problems, err
+    assert "environment: must be a name without surrounding whitespace (got what '${CUSTOMS_TEST_FILE_KEY}' gives)" \
+           in problems, err
