@@ -16,12 +16,14 @@ class _StrictLoader(yaml.SafeLoader):
     last one silently, so a second `upstreams:` would drop the first list without a word. Keys a merge
     (`<<: *anchor`) brings in may still be overridden, as YAML intends. A document no config can be read from
     is a YAML error at its line too, not a RecursionError traceback or a hang: an alias inside the value it
-    names (a loop), nesting deeper than MAX_DEPTH, or aliases expanding to more than MAX_VALUES values."""
+    names (a loop), nesting deeper than MAX_DEPTH (as written, or through aliases), or aliases expanding to more
+    than MAX_VALUES values."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._open: list[str | None] = []  # anchors of the nodes being composed, outermost first
         self._sizes: dict[int, int] = {}  # a composed node's value count, aliases expanded
+        self._depths: dict[int, int] = {}  # a composed node's levels of nesting, itself included, aliases expanded
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         event = self.peek_event()  # type: ignore[no-untyped-call]
@@ -44,6 +46,12 @@ class _StrictLoader(yaml.SafeLoader):
         if size > MAX_VALUES:
             raise yaml.composer.ComposerError(None, None, f"more than {MAX_VALUES:,} values once its aliases are "
                                               "expanded", self._mark(event))
+        # An alias brings in its value's levels: values fewer than MAX_DEPTH deep each, nested through aliases,
+        # ran out of Python's stack in the passes that walk the document expanded, as deep brackets did.
+        depth = self._depths[id(node)] = 1 + max((self._depths.get(id(child), 1) for child in children), default=0)
+        if len(self._open) + depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than the {MAX_DEPTH} levels a config may "
+                                              "have once its aliases are expanded", self._mark(event))
         return node
 
     @staticmethod

@@ -246,12 +246,18 @@ secrets: {true: 1}
                                                    for a, b in zip("abcdefgh", "bcdefghi", strict=True))
      + "upstreams: []\n",  # (aliases of aliases: 10**9 values)
      "line 6, column 4: invalid YAML: more than 1,000,000 values once its aliases are expanded"),
-], ids=["alias loop in a list", "alias loop in a mapping", "3000 lists deep", "600 mappings deep", "alias bomb"])
+    ("".join(f"a{n}: &a{n} " + "[" * 90 + (f"*a{n - 1}" if n else "x") + "]" * 90 + "\n" for n in range(40))
+     + "upstreams: []\n",  # 90 levels each, nested through aliases: 3600 expanded
+     "line 2, column 98: invalid YAML: nested deeper than the 100 levels a config may have once its aliases are "
+     "expanded"),
+], ids=["alias loop in a list", "alias loop in a mapping", "3000 lists deep", "600 mappings deep", "alias bomb",
+        "deep through aliases"])
 def test_a_document_no_config_can_be_read_from_is_refused_not_a_traceback(tmp_path: Path, text: str,
                                                                          problem: str) -> None:
     """A YAML alias inside the value it names (`&u [... *u]`) is a loop, and thousands of nested brackets run out
-    of Python's stack: both ended config check (and serve) with a RecursionError traceback, exit 1. Aliases of
-    aliases expanding to a billion values (each pass over the document walks them expanded) never ended."""
+    of Python's stack: both ended config check (and serve) with a RecursionError traceback, exit 1, and so did
+    fewer levels each nested in the next through aliases. Aliases of aliases expanding to a billion values (each
+    pass over the document walks them expanded) never ended."""
     path, code, out, err = _check(tmp_path, text)
     assert (code, out) == (2, ""), err
     assert err.splitlines() == [f"{path}: invalid configuration", f"  {problem}"]
