@@ -122,7 +122,9 @@ def _at(node: Any, loc: tuple[int | str, ...]) -> Any:
     """The value at a document path, or None."""
     for part in loc:
         if isinstance(node, dict):
-            node = node.get(part, node.get(int(part)) if isinstance(part, str) and part.isdigit() else None)
+            # `4:` is read as the number 4; only ASCII digits are one to int() ('²' is a digit to isdigit()).
+            number = isinstance(part, str) and part.isascii() and part.isdigit()
+            node = node.get(part, node.get(int(part)) if number else None)
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
         else:

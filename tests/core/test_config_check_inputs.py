@@ -385,3 +385,15 @@ upstreams: [{name: a, url: "http://127.0.0.1:9/mcp", tools: {t: {pin: "x-${CUSTO
            "gives)" in problems, err
     assert "environment: must be a name without surrounding whitespace (got what '${CUSTOMS_TEST_FILE_KEY}' gives)" \
            in problems, err
+
+
+def test_a_wrong_value_under_a_key_of_digits_that_are_not_ascii_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    """Saying what was written looks the value up by its path, trying a key of digits as the number YAML may have
+    read it as: `int('²')` ('²' is a digit to str.isdigit) raised, and config check ended with a ValueError
+    traceback."""
+    _path, code, _out, err = _check(tmp_path, """\
+upstreams: [{name: a, url: "http://127.0.0.1:9/mcp", tools: {"²": {timeout_s: abc}}}]
+""")
+    assert code == 2, err
+    assert [line.strip() for line in err.splitlines()[1:]] == [
+        "upstreams[0].tools.².timeout_s: must be a number, not 'abc'"]
