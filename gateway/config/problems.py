@@ -4,6 +4,7 @@ value must be and what was written (a value from the environment named by its re
 from __future__ import annotations
 
 import ast
+import datetime
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +41,9 @@ def _document_loc(loc: tuple[int | str, ...], data: Any) -> tuple[int | str, ...
         if isinstance(node, dict) and part in node:
             out.append(part if isinstance(part, str) else str(part))  # `4:` is a key, not a list's [4]
             node = node[part]
+        elif isinstance(node, dict) and (key := _key_by_repr(node, part)) is not None:
+            out.append(_yaml_scalar(key))  # a date key: pydantic names it `datetime.date(2020, 1, 1)`
+            node = node[key]
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             out.append(part)
             node = node[part]
@@ -102,6 +106,11 @@ def key_problems(node: Any, path: tuple[int | str, ...] = ()) -> list[str]:
         for index, value in enumerate(node):
             problems += key_problems(value, (*path, index))
     return problems
+
+
+def _key_by_repr(node: dict[Any, Any], part: Any) -> Any:
+    """The key of `node` that is no string and that pydantic's location names by its repr, if any."""
+    return next((key for key in node if not isinstance(key, str) and repr(key) == part), None)
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -202,4 +211,10 @@ def yaml_kind(value: Any) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
+    if isinstance(value, datetime.date):  # `2020-01-01` unquoted (a datetime is a date too)
+        return "a date"
+    if isinstance(value, bytes):  # `!!binary`
+        return "binary data"
+    if isinstance(value, set | frozenset):  # `!!set`
+        return "a set"
     return "a mapping" if isinstance(value, Mapping) else "a list"

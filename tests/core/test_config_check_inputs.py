@@ -397,3 +397,20 @@ upstreams: [{name: a, url: "http://127.0.0.1:9/mcp", tools: {"²": {timeout_s: a
     assert code == 2, err
     assert [line.strip() for line in err.splitlines()[1:]] == [
         "upstreams[0].tools.².timeout_s: must be a number, not 'abc'"]
+
+
+def test_a_date_or_binary_value_or_key_is_told_as_what_it_is(tmp_path: Path) -> None:
+    """YAML reads `2020-01-01` as a date and `!!binary` as bytes: config check called both "a list", and named a
+    date key by Python's repr (`tools.datetime.date(2020, 1, 1).timeout_s`), not as the file writes it."""
+    _path, code, _out, err = _check(tmp_path, """\
+listen: {port: 2020-01-01}
+upstreams: [{name: a, url: "http://127.0.0.1:9/mcp", tools: {2020-01-01: {timeout_s: abc}}}]
+policies: !!binary aGk=
+""")
+    assert code == 2, err
+    assert [line.strip() for line in err.splitlines()[1:]] == [
+        "upstreams[0].tools.2020-01-01: a key must be text, not a date (quote it: '2020-01-01')",
+        "listen.port: must be a whole number, not a date",
+        "upstreams[0].tools.2020-01-01.timeout_s: must be a number, not 'abc'",
+        "policies: must be a mapping (key: value), not binary data",
+    ]
