@@ -119,7 +119,7 @@ def sweep_interval(config: LimitsConfig) -> float:
 
 SLOT_LEASE_S = 300.0  # the shortest lease of a Redis concurrency slot
 LEASE_MARGIN_S = 60.0  # beyond the longest call, for the answer's way back and the release
-MAX_LEASE_S = 7 * 86400.0  # a timeout of .inf (no limit) still gets a lease Redis can keep
+MAX_LEASE_S = 7 * 86400.0  # a timeout of years still gets a lease Redis can keep
 
 
 def slot_lease_s(config: Config) -> float:

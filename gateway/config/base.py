@@ -1,4 +1,4 @@
-"""The base every config model shares: frozen, unknown keys rejected, no booleans where numbers go.
+"""The base every config model shares: frozen, unknown keys rejected, no booleans where numbers go, every number finite.
 
 Also the value types more than one section uses (an http(s) URL).
 """
@@ -25,7 +25,10 @@ def _numeric(annotation: Any) -> bool:
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` passed every duration not marked one by one (drain_timeout_s: .inf, a shutdown
+    # "up to inf s"; an upstream that never timed out), and `.nan` compares false with any bound. No setting says
+    # "no limit" by an infinity (signing.rotate_every_s says "never" by null): every number of the config is finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -171,7 +171,7 @@ class WebhookConfig(Model):
 class ApprovalsConfig(Model):
     # Seconds; fractions are fine (short expiries in tests and demos). Finite and at most a year: `.inf` (meant as
     # "never expires") passed, and every held call then failed saying how long it had left.
-    ttl_s: float = Field(900.0, gt=0, le=365 * 86400, allow_inf_nan=False)
+    ttl_s: float = Field(900.0, gt=0, le=365 * 86400)
     webhooks: tuple[WebhookConfig, ...] = ()
     redact_keys: tuple[str, ...] = ()
     wait_s: float = Field(840.0, ge=0)  # how long a held request stays open before answering approval_pending
@@ -251,7 +251,7 @@ class TelemetryConfig(Model):
 
 
 class LimitRule(Model):
-    rate_per_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    rate_per_s: float | None = Field(None, gt=0)
     burst: int | None = Field(None, gt=0)
     concurrency: int | None = Field(None, gt=0)
 
@@ -272,7 +272,7 @@ class LimitsConfig(Model):
 class TasksConfig(Model):
     # Finite and at most a year: with store.redis a task's in-use mark lives idle_s in Redis, which takes no
     # endless TTL (.inf passed and then refused every explicit task's credential as "store unavailable").
-    idle_s: float = Field(300.0, gt=0, le=365 * 86400, allow_inf_nan=False)
+    idle_s: float = Field(300.0, gt=0, le=365 * 86400)
 
 
 # Key names redacted whatever `secrets.redact_keys` says: a list configured to add one name (`ssn`) must not

@@ -79,7 +79,7 @@ class BreakerConfig(Model):
     per `cooldown_s` while open (docs/transports.md)."""
 
     threshold: int = Field(5, ge=1)
-    cooldown_s: float = Field(10.0, gt=0, allow_inf_nan=False)
+    cooldown_s: float = Field(10.0, gt=0)
 
 
 class UpstreamConfig(Model):

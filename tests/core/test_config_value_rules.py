@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import types
 import typing
 from collections.abc import Iterator
@@ -102,6 +103,34 @@ def test_numbers_and_numeric_strings_still_load() -> None:
     config = parse_config({"upstreams": [UPSTREAM], "listen": {"port": "${PORT}"}, "identity": {"clock_skew_s": 0},
                            "approvals": {"ttl_s": 1}}, env={"PORT": "8080"})
     assert (config.listen.port, config.identity.clock_skew_s, config.approvals.ttl_s) == (8080, 0, 1.0)
+
+
+@pytest.mark.parametrize("path", NUMBER_FIELDS, ids=_loc)
+@pytest.mark.parametrize(("value", "written"), [(math.inf, ".inf"), (-math.inf, "-.inf"), (math.nan, ".nan")],
+                         ids=[".inf", "-.inf", ".nan"])
+def test_a_number_that_is_not_finite_is_refused_at_its_path(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            path: Path_, value: float, written: str) -> None:
+    """`.inf` passed most durations: `listen.drain_timeout_s: .inf` let shutdown wait for ever ("up to inf s"),
+    an upstream `timeout_s: .inf` never timed out, `approvals.wait_s: .inf` held a request open for good. No field
+    says "no limit" by an infinity (`signing.rotate_every_s` says "never" by null), and `.nan` compares false with
+    every bound, so each number of the config is finite or refused, as `approvals.ttl_s` already was."""
+    document: dict[str, Any] = {"upstreams": [dict(UPSTREAM)], "policies": {"dir": str(REPO / "policies")}}
+    _set(document, path, value)
+    file = tmp_path / "customs.yaml"
+    file.write_text(yaml.safe_dump(document))
+    assert f"{path[-1]}: {written}\n" in file.read_text()  # as a person writes it in YAML
+    code = main(["config", "check", str(file)])
+    problems = [line.strip() for line in capsys.readouterr().err.splitlines()[1:]]
+    assert code == 2
+    assert f"{_loc(path)}: must be a finite number, not {value}" in problems, problems
+
+
+@pytest.mark.parametrize("given", ["inf", "-Infinity", "NaN"])
+def test_a_variable_that_reads_as_no_finite_number_is_refused_by_its_reference(given: str) -> None:
+    # `drain_timeout_s: ${DRAIN}` gives a string, which pydantic reads as a float, infinities and NaN included.
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": [UPSTREAM], "listen": {"drain_timeout_s": "${DRAIN}"}}, env={"DRAIN": given})
+    assert info.value.problems == ["listen.drain_timeout_s: must be a finite number, not what '${DRAIN}' gives"]
 
 
 def _check(tmp_path: Path, capsys: pytest.CaptureFixture[str], upstream: dict[str, Any]) -> tuple[int, list[str]]:

@@ -27,8 +27,9 @@ def test_the_lease_outlasts_every_configured_timeout() -> None:
     assert slot_lease_s(parse_config({"upstreams": [UPSTREAM]})) == 300
     assert slot_lease_s(parse_config({"upstreams": [{**UPSTREAM, "timeout_s": 900}]})) == 960
     assert slot_lease_s(parse_config({"upstreams": [{**UPSTREAM, "tools": {"slow": {"timeout_s": 1200}}}]})) == 1260
-    # no limit at all: still a lease Redis can keep (an endless one made every call rate_limited)
-    assert slot_lease_s(parse_config({"upstreams": [{**UPSTREAM, "timeout_s": float("inf")}]})) == 7 * 86400
+    # a timeout of years (`.inf` is a config error): still a lease Redis can keep (an endless one made every call
+    # rate_limited)
+    assert slot_lease_s(parse_config({"upstreams": [{**UPSTREAM, "timeout_s": 1e9}]})) == 7 * 86400
 
 
 def _slow_server(started: asyncio.Event, release: asyncio.Event) -> MCPServer[Any]:
