@@ -77,13 +77,17 @@ class CarriedCredentials:
 
 
 def credential_values(headers: Mapping[str, str]) -> list[str]:
-    """The exact values credential headers carry: each whole, and its token after a scheme (`Bearer x`)."""
+    """The exact values credential headers carry: each whole, and its token after a scheme or prefix that ends in a
+    space (`Bearer x`, and any `credentials.value_prefix` such as `JWT-1 x`: only a scheme of letters was split off,
+    and an upstream quoting the bare token after another prefix handed it to the agent). A prefix with no space at
+    its end (`token=x`) is taken out only with its token."""
     values = []
     for value in headers.values():
         values.append(value)
-        scheme, _, token = value.partition(" ")
-        if token and scheme.isalpha():
-            values.append(token.strip())
+        # After the first space and after the last: a token has none, a prefix may have several.
+        for token in dict.fromkeys((value.partition(" ")[2].strip(), value.rpartition(" ")[2].strip())):
+            if token and token != value:
+                values.append(token)
     return values
 
 

@@ -264,3 +264,27 @@ async def test_lists_and_completions_quoting_the_session_level_token_are_scrubbe
     assert "eyJ" not in json.dumps(answers), answers
     assert listed["result"]["tools"][0]["description"] == "called with [REDACTED]", listed
     assert completed["result"]["completion"]["values"] == ["[REDACTED]"], completed
+
+
+@pytest.mark.asyncio
+async def test_the_bare_token_after_a_value_prefix_of_any_scheme_is_taken_out(
+        start_gateway: Any, permissive_policies: Path, tmp_path: Path) -> None:
+    """`credentials.value_prefix` may be any text: one whose scheme is not all letters (`JWT-1 `) left the token
+    after it out of what is scrubbed (only a scheme of letters, `Bearer `, was split off), so an upstream quoting
+    the bare token it parsed from its header handed it to the agent."""
+    quoted: list[str] = []
+    seen: list[str] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        seen.append(str(params.data))
+
+    config = minted("", permissive_policies, tmp_path)
+    async with run_http_server(remembering_server(quoted)) as url:
+        config["upstreams"][0].update(url=url, credentials={"mode": "minted", "value_prefix": "JWT-1 "})
+        gw = await start_gateway(config)
+        async with sdk_client(gw.mcp, logging_callback=on_log) as client:
+            await client.call_tool("echoing__remember", {})
+            result = await client.call_tool("echoing__recall", {})
+    assert result.content[0].text == "quiet", result  # type: ignore[union-attr]
+    assert quoted[0].startswith("JWT-1 eyJ"), quoted
+    assert seen == ["recall [REDACTED] and [REDACTED]"], seen
