@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -80,15 +81,22 @@ def credential_values(headers: Mapping[str, str]) -> list[str]:
     """The exact values credential headers carry: each whole, and its token after a scheme or prefix that ends in a
     space (`Bearer x`, and any `credentials.value_prefix` such as `JWT-1 x`: only a scheme of letters was split off,
     and an upstream quoting the bare token after another prefix handed it to the agent). A prefix with no space at
-    its end (`token=x`) is taken out only with its token."""
+    its end (`token=x`, `key:x`) gives its token as the value's last run of token characters (RFC 7235 token68,
+    at least MIN_BARE_TOKEN long: a shorter run would redact words)."""
     values = []
     for value in headers.values():
         values.append(value)
         # After the first space and after the last: a token has none, a prefix may have several.
-        for token in dict.fromkeys((value.partition(" ")[2].strip(), value.rpartition(" ")[2].strip())):
+        tail = _TOKEN_TAIL.search(value)
+        for token in dict.fromkeys((value.partition(" ")[2].strip(), value.rpartition(" ")[2].strip(),
+                                    tail[0] if tail is not None and len(tail[0]) >= MIN_BARE_TOKEN else "")):
             if token and token != value:
                 values.append(token)
     return values
+
+
+MIN_BARE_TOKEN = 16
+_TOKEN_TAIL = re.compile(r"[A-Za-z0-9\-._~+/]+=*$")  # token68 (RFC 7235 2.1) at the value's end
 
 
 class Cancellable(Protocol):

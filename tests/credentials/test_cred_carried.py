@@ -288,3 +288,28 @@ async def test_the_bare_token_after_a_value_prefix_of_any_scheme_is_taken_out(
     assert result.content[0].text == "quiet", result  # type: ignore[union-attr]
     assert quoted[0].startswith("JWT-1 eyJ"), quoted
     assert seen == ["recall [REDACTED] and [REDACTED]"], seen
+
+
+@pytest.mark.asyncio
+async def test_the_bare_token_after_a_value_prefix_with_no_space_is_taken_out(
+        start_gateway: Any, permissive_policies: Path, tmp_path: Path) -> None:
+    """A `value_prefix` with no space at its end (`token=`): only the header's whole value was taken out, and an
+    upstream quoting the bare token it parsed from it handed it to the agent."""
+    quoted: list[str] = []
+    server: MCPServer[Any] = MCPServer("prefixed")
+
+    @server.tool()
+    async def bare(ctx: Context) -> str:
+        """Quote the token after `token=` in this call's Authorization header."""
+        header = (ctx.headers or {}).get("authorization", "")
+        quoted.append(header)
+        return f"my token is {header.removeprefix('token=')}"
+
+    config = minted("", permissive_policies, tmp_path)
+    async with run_http_server(server) as url:
+        config["upstreams"][0].update(url=url, credentials={"mode": "minted", "value_prefix": "token="})
+        gw = await start_gateway(config)
+        async with sdk_client(gw.mcp) as client:
+            result = await client.call_tool("echoing__bare", {})
+    assert quoted[0].startswith("token=eyJ"), quoted
+    assert result.content[0].text == "my token is [REDACTED]", result  # type: ignore[union-attr]
