@@ -141,9 +141,8 @@ async def spawn_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable
     """Start real gateway processes (`python -m gateway serve --config … *args`, e.g. `--log-level debug`)."""
     procs: list[GatewayProcess] = []
 
-    async def spawn(data: dict[str, Any], *, name: str = "gw", env: dict[str, str] | None = None,
-                    port: int | None = None, args: tuple[str, ...] = ()) -> GatewayProcess:
-        port = port or free_port()
+    def launch(data: dict[str, Any], name: str, env: dict[str, str] | None, port: int,
+               args: tuple[str, ...]) -> GatewayProcess:
         config_path = tmp_path / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(with_port(data, port)))
         log_path = tmp_path / f"{name}.log"
@@ -153,10 +152,23 @@ async def spawn_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable
                                     env={**os.environ, **(env or {})})
         handle = GatewayProcess(f"http://127.0.0.1:{port}", proc, config_path, log_path)
         procs.append(handle)
-        # A bound for a hung start, not a measure of speed: on a loaded 2-core machine one start-up (imports,
-        # policies, child processes) took over 20 s.
-        await _wait_for_line(log_path, "listening on", proc, 120)
         return handle
+
+    async def spawn(data: dict[str, Any], *, name: str = "gw", env: dict[str, str] | None = None,
+                    port: int | None = None, args: tuple[str, ...] = ()) -> GatewayProcess:
+        for attempt in range(3):
+            handle = launch(data, name, env, port or free_port(), args)
+            try:
+                # A bound for a hung start, not a measure of speed: on a loaded 2-core machine one start-up
+                # (imports, policies, child processes) took over 20 s.
+                await _wait_for_line(handle.log_path, "listening on", handle.proc, 120)
+                return handle
+            except RuntimeError:
+                # A port chosen here was free when chosen; another process may take it during those seconds. Then
+                # another is chosen (a port the caller gave is the caller's: that failure is theirs to see).
+                if port is not None or attempt == 2 or "address already in use" not in handle.log():
+                    raise
+        raise AssertionError("unreachable")
 
     yield spawn
     await asyncio.gather(*(stop_async(handle.proc) for handle in procs if handle.proc.poll() is None))

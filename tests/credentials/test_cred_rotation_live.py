@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.credentials.keys import thumbprint
-from tests.conftest import free_port
 from tests.credentials.upstream import JwksVerifier, bound_socket, guarded_payments, serve_upstream
 from tests.support.mcp_client import sdk_client
 
@@ -138,15 +137,16 @@ async def test_sighup_makes_a_key_dropped_into_key_dir_the_signer(spawn_gateway,
                                                                    tmp_path: Path) -> None:
     up_sock = bound_socket()
     upstream_url = f"http://127.0.0.1:{up_sock.getsockname()[1]}/mcp"
-    port = free_port()
-    verifier = JwksVerifier(issuer=f"http://127.0.0.1:{port}", audience=upstream_url, introspect=True)
+    # The gateway's port is its own choice (a port chosen here may be taken before a slow start-up binds it).
+    verifier = JwksVerifier(issuer="http://gateway.pending", audience=upstream_url, introspect=True)
     key_dir = tmp_path / "keys"
     first = write_key(key_dir / "first.pem")
     os.utime(key_dir / "first.pem", (1_700_000_000, 1_700_000_000))
     async with serve_upstream(guarded_payments(verifier), up_sock):
         # production: the key must come from the operator (nothing is generated).
         gw = await spawn_gateway({**payments(upstream_url, permissive_policies, key_dir),
-                                  "environment": "production"}, port=port)
+                                  "environment": "production"})
+        verifier.issuer = gw.url
         second: list[str] = []
 
         def drop_and_hup() -> None:
