@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 
-from gateway.telemetry.span_export import main
+from gateway.telemetry.span_child import main
 
 if __name__ == "__main__":
     # Ctrl-C reaches the whole process group: the gateway decides when this child ends (EOF on stdin),

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from gateway.telemetry.span_export import OtlpPoster
+from gateway.telemetry.span_child import OtlpPoster
 from tests.conftest import free_port
 from tests.identity.certs import make_ca, make_leaf
 

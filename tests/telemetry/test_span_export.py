@@ -148,6 +148,19 @@ async def test_a_backlog_goes_out_in_frames_the_widened_pipe_holds(otlp: OtlpRec
         await telemetry.close()
 
 
+async def test_spans_short_of_a_batch_reach_the_collector_without_a_flush(otlp: OtlpReceiver) -> None:
+    """A few spans (no full batch) go out on the shipper's timer: nobody has to flush for them."""
+    telemetry = Telemetry(config(endpoint=otlp.url), env={})
+    await telemetry.start()
+    try:
+        for n in range(3):
+            with telemetry.server_span("tools/call", f"few-{n}"):
+                pass
+        await asyncio.wait_for(otlp.wait_for_span(lambda s: s.name == "tools/call few-2"), 30)
+    finally:
+        await telemetry.close()
+
+
 async def test_a_batch_that_cannot_be_shipped_is_dropped_and_counted(otlp: OtlpReceiver) -> None:
     telemetry = Telemetry(config(endpoint=otlp.url), env={})
     await telemetry.start()
