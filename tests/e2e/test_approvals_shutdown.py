@@ -17,6 +17,7 @@ import pytest
 
 from gateway.approvals.redis import RedisApprovalStore
 from gateway.demo.servers import payments_server
+from tests.support.contract import write_policies
 from tests.support.mcp_client import sdk_client
 from tests.support.redis import RedisServer, redis_factory, redis_server  # noqa: F401
 from tests.support.servers import run_http_server
@@ -75,10 +76,7 @@ def last_message(text: str) -> dict[str, Any]:
 @pytest.fixture
 async def setup(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[tuple[dict[str, Any], TestIssuer, str]]:  # noqa: F811
     issuer = TestIssuer(tmp_path)
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "schema.cedarschema").write_text((REPO / "policies" / "schema.cedarschema").read_text())
-    (policies / "rules.cedar").write_text(POLICIES)
+    policies = write_policies(tmp_path / "policies", POLICIES)
     async with run_http_server(payments_server()) as upstream:
         yield {
             "upstreams": [{"name": "payments", "url": upstream}],

@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 
 from gateway.demo.servers import payments_server
-from tests.e2e.test_approvals_shutdown import AUDIENCE, POLICIES, REPO, SHOPPER, Agent, first_progress, last_message
+from tests.e2e.test_approvals_shutdown import AUDIENCE, POLICIES, SHOPPER, Agent, first_progress, last_message
+from tests.support.contract import write_policies
 from tests.support.processes import seconds_to_exit_after_sigterm
 from tests.support.servers import run_aiohttp, run_http_server
 from tests.support.tokens import TestIssuer
@@ -60,10 +61,7 @@ async def test_sigterm_exits_within_the_deadline_although_the_webhook_receiver_n
         spawn_gateway: Any, mute: tuple[MuteReceiver, str], tmp_path: Path) -> None:
     receiver, hook_url = mute
     issuer = TestIssuer(tmp_path)
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "schema.cedarschema").write_text((REPO / "policies" / "schema.cedarschema").read_text())
-    (policies / "rules.cedar").write_text(POLICIES)
+    policies = write_policies(tmp_path / "policies", POLICIES)
     async with run_http_server(payments_server()) as upstream:
         gw = await spawn_gateway({
             "upstreams": [{"name": "payments", "url": upstream}],
