@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,34 +47,29 @@ CARRIED_CREDENTIALS = 128
 STREAM_END: tuple[str, Message] = ("end", {})
 
 
-class CarriedCredentials:
+class CarriedCredentials(dict[str, None]):
     """The distinct credential values sent upstream for a session, least recently carried first, at most `limit`.
 
     A value carried again moves to the end: a token cached and reused by a hundred calls holds one place, and a
     credential from long ago is kept while no `limit` others came after it (a deque of the last values was filled with
-    duplicates of the reused token, and an older one still valid dropped out). Empty values are not kept."""
+    duplicates of the reused token, and an older one still valid dropped out). Empty values are not kept. A dict of
+    its own (insertion-ordered, the oldest first): asking whether a session carried any, on every call and every
+    message routed, is the dict's own C-level length, not a Python `__len__`."""
 
-    __slots__ = ("_limit", "_values")
+    __slots__ = ("_limit",)
 
     def __init__(self, limit: int = CARRIED_CREDENTIALS) -> None:
-        self._values: dict[str, None] = {}  # insertion-ordered: the oldest first
+        super().__init__()
         self._limit = limit
 
     def extend(self, values: Iterable[str]) -> None:
-        kept = self._values
         for value in values:
             if not value:
                 continue
-            kept.pop(value, None)
-            kept[value] = None
-        while len(kept) > self._limit:
-            del kept[next(iter(kept))]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
+            self.pop(value, None)
+            self[value] = None
+        while len(self) > self._limit:
+            del self[next(iter(self))]
 
 
 def credential_values(headers: Mapping[str, str]) -> list[str]:
