@@ -122,7 +122,9 @@ _REQUIRED = {("upstreams",): "the MCP servers the gateway fronts, a list of {nam
 # pydantic's error type → what the value must be, and whether to show the value written (else only its kind).
 _SCALAR_TYPES = {"string_type": ("text", False), "path_type": ("a path", False),
                  "int_type": ("a whole number", True), "int_parsing": ("a whole number", True),
-                 "int_from_float": ("a whole number", True), "float_type": ("a number", True),
+                 "int_from_float": ("a whole number", True),
+                 # a float past 2**63 (`1.0e+308`): pydantic's "Unable to parse input string …", though none was
+                 "int_parsing_size": ("a whole number", True), "float_type": ("a number", True),
                  "float_parsing": ("a number", True), "bool_type": ("true or false", True),
                  "bool_parsing": ("true or false", True)}
 

@@ -414,3 +414,18 @@ policies: !!binary aGk=
         "upstreams[0].tools.2020-01-01.timeout_s: must be a number, not 'abc'",
         "policies: must be a mapping (key: value), not binary data",
     ]
+
+
+def test_a_float_too_large_for_a_whole_number_is_told_in_yaml_s_words(tmp_path: Path) -> None:
+    """A float past 2**63 for a whole-number field (`port: 1.0e+308`, `max_chain_depth: -1.0e+19`) printed
+    pydantic's own `Unable to parse input string as an integer, exceeded maximum size` (no string was written)."""
+    _path, code, _out, err = _check(tmp_path, """\
+listen: {port: 1.0e+308}
+upstreams: [{name: a, url: "http://127.0.0.1:9/mcp"}]
+policies: {max_chain_depth: -1.0e+19}
+""")
+    assert code == 2, err
+    assert [line.strip() for line in err.splitlines()[1:]] == [
+        "listen.port: must be a whole number, not 1e+308",
+        "policies.max_chain_depth: must be a whole number, not -1e+19",
+    ]

@@ -340,3 +340,18 @@ def test_each_transport_keeps_its_own_settings() -> None:
     parse_config({"upstreams": [
         {"name": "a", "command": ["python"], "env": {"TZ": "UTC"}, "cwd": "/tmp", "headers": {}},
         {"name": "b", "url": "http://127.0.0.1:1/mcp", "headers": {"X-Api-Key": "k"}, "env": {}}]})
+
+
+@pytest.mark.parametrize("path", NUMBER_FIELDS, ids=_loc)
+def test_a_huge_float_is_refused_in_the_file_s_words(path: Path_) -> None:
+    """`1.0e+308` is finite, but past 2**63 pydantic cannot read it as an integer and said so in its own words
+    (`Unable to parse input string as an integer, exceeded maximum size`); a float field takes it or names its
+    bound."""
+    document: dict[str, Any] = {"upstreams": [dict(UPSTREAM)]}
+    _set(document, path, 1e308)
+    try:
+        parse_config(document)
+    except ConfigError as error:
+        at = [problem for problem in error.problems if problem.startswith(f"{_loc(path)}: ")]
+        assert not at or any(": must be " in problem for problem in at), at  # (a section's rule may add one)
+        assert all("Unable to parse" not in problem for problem in error.problems), error.problems
