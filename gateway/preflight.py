@@ -83,7 +83,10 @@ def prefix_warnings(config: Config) -> list[str]:
     the longest prefix that matches, so the shorter one's items named on from there are hidden (gateway/listing.py
     leaves them out of lists at run time), which config check could only have shown by a tool list."""
     upstreams = config.upstreams
-    return [f"upstreams[{j}].prefix: {long.tool_prefix!r} begins with {short.tool_prefix!r}, upstreams[{i}]'s "
+    # A prefix the file does not write (the default, `<name>__`) has no `prefix` key to name: its entry is named.
+    at = [f"upstreams[{j}].prefix:" if upstream.prefix is not None else f"upstreams[{j}]: its default prefix"
+          for j, upstream in enumerate(upstreams)]
+    return [f"{at[j]} {long.tool_prefix!r} begins with {short.tool_prefix!r}, upstreams[{i}]'s "
             f"(upstream {short.name}): a tool or prompt of {short.name} named "
             f"{long.tool_prefix[len(short.tool_prefix):]!r}… would be listed as {long.tool_prefix!r}… and called as "
             f"{long.name}'s, so it is hidden; give them prefixes neither of which begins the other"

@@ -291,7 +291,9 @@ telemetry: {traces: {sample_ratio: half}}
 
 def test_a_tool_prefix_that_begins_another_is_warned_about(tmp_path: Path) -> None:
     """Calls go to the longest matching prefix, so a tool of `a` named `b__pay` (listed `a__b__pay`) would be
-    upstream `a__b`'s `pay`: the gateway hides it at run time, but config check said OK without a word."""
+    upstream `a__b`'s `pay`: the gateway hides it at run time, but config check said OK without a word. A prefix
+    the file does not write (the default, `<name>__`) is named at its upstream's entry: `upstreams[1].prefix`
+    pointed at a key that is not there."""
     path, code, out, err = _check(tmp_path, f"""\
 upstreams:
   - {{name: a, url: "http://127.0.0.1:9/mcp"}}
@@ -301,14 +303,15 @@ upstreams:
 policies: {{dir: {SHIPPED}}}
 """)
     assert code == 0 and out.startswith(f"{path}: OK (4 upstream(s)")
-    warning = ("upstreams[{j}].prefix: {long!r} begins with {short!r}, upstreams[{i}]'s (upstream {name}): a tool or "
-               "prompt of {name} named {rest!r}… would be listed as {long!r}… and called as {other}'s, so it is "
+    warning = ("upstreams[{j}]{at} {long!r} begins with {short!r}, upstreams[{i}]'s (upstream {name}): a tool "
+               "or prompt of {name} named {rest!r}… would be listed as {long!r}… and called as {other}'s, so it is "
                "hidden; give them prefixes neither of which begins the other")
+    default = ": its default prefix"  # (then the entry's path: the file writes no `prefix` key there)
     assert err.splitlines() == [f"{path}: warning: {line}" for line in [
-        warning.format(j=1, long="a__b__", short="a__", i=0, name="a", rest="b__", other="a__b"),
-        warning.format(j=0, long="a__", short="", i=2, name="c", rest="a__", other="a"),
-        warning.format(j=1, long="a__b__", short="", i=2, name="c", rest="a__b__", other="a__b"),
-        warning.format(j=3, long="d.", short="", i=2, name="c", rest="d.", other="d"),
+        warning.format(j=1, at=default, long="a__b__", short="a__", i=0, name="a", rest="b__", other="a__b"),
+        warning.format(j=0, at=default, long="a__", short="", i=2, name="c", rest="a__", other="a"),
+        warning.format(j=1, at=default, long="a__b__", short="", i=2, name="c", rest="a__b__", other="a__b"),
+        warning.format(j=3, at=".prefix:", long="d.", short="", i=2, name="c", rest="d.", other="d"),
     ]]
 
 
