@@ -341,15 +341,17 @@ def unique_upstream_rules(config: Any) -> Iterator[Problem]:
             yield ("upstreams", index, "name"), f"duplicate upstream name {name!r} (also upstreams[{first[name]}])"
             continue
         first[name] = index
-        prefix = _get(upstream, "prefix")
-        prefix = f"{name}__" if prefix is None else prefix
+        written = _get(upstream, "prefix")
+        prefix = f"{name}__" if written is None else written
         if not isinstance(prefix, str):
             continue
         if prefix in prefixes:
             # Calls by a prefixed name go to one upstream: the other's tools and prompts could never be reached.
-            yield (("upstreams", index, "prefix"),
-                   f"tool prefix {prefix!r} is also upstreams[{prefixes[prefix]}]'s: names in the aggregated /mcp "
-                   "view would not say which upstream they belong to")
+            # A prefix not written is the entry's default: named at the entry, not at a key the file does not have.
+            where, what = (("upstreams", index, "prefix"), "tool prefix") if written is not None else \
+                (("upstreams", index), "its default tool prefix")
+            yield (where, f"{what} {prefix!r} is also upstreams[{prefixes[prefix]}]'s: names in the aggregated /mcp "
+                          "view would not say which upstream they belong to")
         else:
             prefixes[prefix] = index
 

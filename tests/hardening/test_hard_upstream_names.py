@@ -170,6 +170,9 @@ async def test_a_tool_list_with_nan_is_not_json_and_breaks_no_other_upstream(
     ([{"name": "x", "prefix": "p_"}, {"name": "y", "prefix": "p_"}],
      "upstreams[1].prefix: tool prefix 'p_' is also upstreams[0]'s"),
     ([{"name": "a"}, {"name": "b", "prefix": "a__"}], "upstreams[1].prefix: tool prefix 'a__' is also upstreams[0]'s"),
+    # The second's prefix is its default (none written): named at its entry, not at a `prefix` key it does not have.
+    ([{"name": "b", "prefix": "a__"}, {"name": "a"}],
+     "upstreams[1]: its default tool prefix 'a__' is also upstreams[0]'s"),
 ])
 def test_two_upstreams_with_one_tool_prefix_are_a_config_error(upstreams: list[dict[str, Any]], problem: str) -> None:
     # With one prefix, every name in the aggregated view resolves to the first upstream: the second's tools and
