@@ -58,8 +58,7 @@ class ForwardStage:
                                               sent_id=self._sent_id, refresh=_refresher(ctx, headers, carried, session))
         except GatewayError as exc:  # a session re-opened in the request, refused by an upstream quoting its key
             scrub_error(self._scrub, exc)  # in place
-            if session.carried:  # ... or the token it was opened with, or another call's
-                scrub_error(carried_scrub(session), exc)
+            scrub_error(carried_scrub(session), exc)  # ... or the token it was opened with, or another call's
             raise
         if (scrub := self._scrub) is not None:
             response = scrub(response)

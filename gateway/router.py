@@ -23,7 +23,6 @@ from typing import Any
 from gateway import jsonrpc
 from gateway.catalog import CURRENT_TOOL, MAX_TOOL_PAGES, PENDING_TOOL, Catalog, PendingTool, exposed_uri, not_found
 from gateway.context import NOT_FOUND_ITEM, CallContext, Principal, ToolInfo
-from gateway.credentials.redaction import scrub_exact
 from gateway.credentials.tasks import named_task
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.listing import LISTS, Lister
@@ -138,8 +137,8 @@ class Router:
             raise
         if self._scrub is not None:
             response = self._scrub(response)
-        if inbound.session.carried:  # a list, a completion quoting the token the session's upstream was sent
-            response = scrub_exact(response, inbound.session.carried)
+        if (carried := carried_scrub(inbound.session)) is not None:  # a list, a completion quoting the session's token
+            response = carried(response)
         if "error" in response:
             raise UpstreamErrorResponse(response["error"])
         result = response.get("result")
