@@ -75,15 +75,16 @@ class ToolsAdmin:
             return web.json_response({"error": {"reason": "invalid_request"}}, status=400)
         except GatewayError as exc:  # body_timeout
             return web.json_response({"error": {"reason": exc.reason}}, status=exc.http_status)
-        # Only an object (or no body, or null) means "the definition last seen": a bare hash string or an array
-        # must not silently pin whatever the upstream serves now instead of the definition the admin checked.
-        digest = body.get("hash") if isinstance(body, dict) else None
-        if (body is not None and not isinstance(body, dict)) or (digest is not None and not isinstance(digest, str)):
+        # Only an empty object (or no body, or null) means "the definition last seen": a bare hash string, an
+        # array, an empty or null hash (a script's unset variable) or a misspelt key must not silently pin
+        # whatever the upstream serves now instead of the definition the admin checked.
+        if body is not None and (not isinstance(body, dict) or set(body) - {"hash"}):
             return web.json_response({"error": {"reason": "invalid_request",
                                                 "message": 'body must be a JSON object: {"hash": "sha256:..."}'}},
                                      status=400)
-        if digest:  # a hash no definition has would pin nothing and quarantine the tool again at its next list
-            digest = pin_digest(digest)
+        digest = body.get("hash") if body else None
+        if body:  # a hash no definition has would pin nothing and quarantine the tool again at its next list
+            digest = pin_digest(digest) if isinstance(digest, str) else None
             if digest is None:
                 return web.json_response({"error": {"reason": "invalid_request",
                                                     "message": "hash must be sha256: and 64 hex digits"}}, status=400)

@@ -297,6 +297,23 @@ async def test_a_re_approval_body_that_is_no_object_is_refused_and_pins_nothing(
     assert "infra__deploy" not in await env.names()
 
 
+@pytest.mark.parametrize("body", [{"hash": ""}, {"hash": None}, {"hsh": "sha256:" + "0" * 64},
+                                  {"Hash": "sha256:" + "0" * 64}, {"hash": None, "comment": "ok"}])
+async def test_a_re_approval_whose_hash_is_empty_null_or_misspelt_is_refused_and_pins_nothing(env: Env,
+                                                                                            body: Any) -> None:
+    """Only an empty body, `null` or `{}` means "the definition last seen". `{"hash": ""}` (a script's unset
+    variable), `{"hash": null}` (Python's None) and a misspelt key (`hsh`) used to read as that too and pinned the
+    changed definition of a quarantined tool: the rug pull the administrator meant to refuse, now callable."""
+    assert "infra__deploy" in await env.names()
+    env.tools["deploy"] = tool("deploy", destructive=True)
+    assert "infra__deploy" not in await env.names()
+    status, answer = await env.admin("POST", "/api/tools/infra/deploy/approve", body)
+    assert status == 400 and answer["error"]["reason"] == "invalid_request", answer
+    assert (await env.record("deploy"))["state"] == "quarantined"
+    assert "Unknown tool" in await env.call("infra__deploy")
+    assert env.calls == []
+
+
 async def test_a_re_approval_body_in_a_charset_python_does_not_know_is_refused(env: Env) -> None:
     """`Content-Type: application/json; charset=nope` was a text/plain 500 (aiohttp's LookupError)."""
     assert "infra__deploy" in await env.names()  # pinned as first served
