@@ -78,6 +78,7 @@ class PolicyEngine:
         self._shadow: LoadedPolicies | None = None
         self._seen: Fingerprint = ()  # the enforced set's files as last read
         self._seen_shadow: Fingerprint = ()
+        self._pending: dict[str, Fingerprint] = {}  # "enforced"/"shadow" -> a change seen once, not yet loaded
         self._watcher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.last_error: str | None = None
@@ -201,13 +202,29 @@ class PolicyEngine:
         does not hide changes of the shadow set (nor the other way round)."""
         enforced, shadow = self.config.dir, self.config.shadow_dir
         now, now_shadow = await asyncio.to_thread(lambda: (fingerprint(enforced), fingerprint(shadow)))
-        if now == self._seen and now_shadow == self._seen_shadow:
+        due, due_shadow = self._settled("enforced", now, self._seen), self._settled("shadow", now_shadow,
+                                                                                   self._seen_shadow)
+        if not (due or due_shadow):
             return
         async with self._lock:
-            if now != self._seen and enforced == self.config.dir:
+            if due and now != self._seen and enforced == self.config.dir:
                 await self._reload_enforced(enforced)
-            if now_shadow != self._seen_shadow and shadow == self.config.shadow_dir:
+            if due_shadow and now_shadow != self._seen_shadow and shadow == self.config.shadow_dir:
                 await self._reload_shadow(shadow)
+
+    def _settled(self, which: str, now: Fingerprint, seen: Fingerprint) -> bool:
+        """Whether a set's changed files held still since the last poll. A file rewritten in place is empty or
+        half written until its writer is done, and a deploy writes its files one by one: loaded mid-way, a set
+        could be neither the old nor the new one (a forbid moved between two files, in neither) until the next
+        poll. So a change loads at the first poll that sees it unchanged: one poll interval later."""
+        if now == seen:
+            self._pending.pop(which, None)
+            return False
+        if self._pending.get(which) != now:
+            self._pending[which] = now
+            return False
+        del self._pending[which]
+        return True
 
     # ---- status --------------------------------------------------------------------------------
 

@@ -116,6 +116,31 @@ async def test_watcher_reports_a_broken_change_once(policy_dir: Path) -> None:
         await engine.close()
 
 
+async def test_watcher_waits_for_files_to_hold_still_before_loading_them(policy_dir: Path) -> None:
+    """A file rewritten in place is empty (or half there) between its truncation and its last write, and a
+    deploy writes one file after another: loaded at such a moment, a set could be neither the old nor the new
+    one, here without its forbid, until the next poll. A change is loaded once a poll sees it unchanged."""
+    (policy_dir / "freeze.cedar").write_text(DENY_READS)
+    engine = PolicyEngine(PoliciesConfig(dir=policy_dir), "dev", poll_s=3600)  # polls driven by the test
+    engine.load_sync()
+    frozen = engine.version
+    (policy_dir / "freeze.cedar").write_text("")  # truncated: the writer has not written yet
+    await engine._poll_once()
+    assert engine.version == frozen  # still writing, as far as one poll can tell: the forbid stays
+    (policy_dir / "freeze.cedar").write_text(DENY_READS + "// frozen for the audit\n")
+    await engine._poll_once()
+    assert engine.version == frozen
+    assert engine.decide(READER, "call_tool", TOOLS["inventory/get_stock"], None).policy_ids == ("freeze",)
+    await engine._poll_once()  # unchanged since the last poll: written
+    assert engine.version != frozen and engine.reloads == 1
+    assert engine.decide(READER, "call_tool", TOOLS["inventory/get_stock"], None).policy_ids == ("freeze",)
+    (policy_dir / "freeze.cedar").write_text("")  # an empty file that stays so is a change like any other
+    await engine._poll_once()
+    await engine._poll_once()
+    assert engine.reloads == 2
+    assert engine.decide(READER, "call_tool", TOOLS["inventory/get_stock"], None).outcome != "deny"
+
+
 async def test_start_loads_when_not_loaded_and_fails_loudly(policy_dir: Path, tmp_path: Path) -> None:
     engine = PolicyEngine(PoliciesConfig(dir=policy_dir, watch=False), "dev")
     await engine.start()
