@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway import jsonrpc
 from gateway.context import Principal
+from gateway.credentials.agent_token import without_agent_token
 from gateway.errors import GatewayError, forget_traceback, to_wire
 from gateway.http.guards import error_response
 from gateway.http.streams import ResponseChannel
@@ -33,7 +34,8 @@ async def answer_batch(endpoint: McpEndpoint, request: web.Request, view: str | 
     at the POST and records the one identify as its `customs.identify` child, as a single request's does."""
     try:
         session = endpoint.batch_session(request, view, principal)
-        messages = jsonrpc.classify_batch(batch.items)
+        messages = [m if isinstance(m, GatewayError) else without_agent_token(m, principal)
+                    for m in jsonrpc.classify_batch(batch.items)]
     except GatewayError as exc:
         return error_response(exc)
     replies: list[dict[str, Any]] = []

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import jsonrpc
+from gateway.credentials.agent_token import without_agent_token
 from gateway.errors import GatewayError, forget_traceback, to_wire
 from gateway.http import cors
 from gateway.http.guards import error_response, read_body, require_json
@@ -94,8 +95,8 @@ class LegacySseEndpoint:
             principal = await self._mcp._identify(request)
             identified = time.time_ns()
             # The body before the session, as POST /mcp reads it: a refused session answers the request's own id.
-            message = jsonrpc.parse(await read_body(request, self._mcp.max_body_bytes, self._mcp.body_timeout_s),
-                                    max_depth=self._mcp.max_json_depth)
+            body = await read_body(request, self._mcp.max_body_bytes, self._mcp.body_timeout_s)
+            message = without_agent_token(jsonrpc.parse(body, max_depth=self._mcp.max_json_depth), principal, body)
             request_id = message.id if message.kind == "request" else None
             session_id = request.query.get("session_id", "")
             if not session_id:  # as POST /mcp without Mcp-Session-Id (and the SDK's own SSE server: 400)

@@ -26,6 +26,7 @@ from mcp_types.version import (
 
 from gateway import jsonrpc
 from gateway.context import Principal
+from gateway.credentials.agent_token import without_agent_token
 from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, UpstreamErrorResponse, forget_traceback, to_wire
 from gateway.http.batch import BATCH_VERSION, answer_batch
 from gateway.http.guards import accepts, error_response, read_body, require_json, undecoded_coding
@@ -115,7 +116,7 @@ class McpEndpoint:
                 if self.observability is not None:
                     self.observability.identified(identified - started)
             body = await read_body(request, self.max_body_bytes, self.body_timeout_s)
-            message = jsonrpc.parse(body, max_depth=self.max_json_depth)
+            message = without_agent_token(jsonrpc.parse(body, max_depth=self.max_json_depth), principal, body)
             request_id = message.id if message.kind == "request" else None
             session, extra_headers = await self._session_for(request, view, principal, message)
             if message.kind != "request":
