@@ -236,3 +236,45 @@ def test_agent_script_without_its_key_says_how_to_make_one(tmp_path: Path, comma
     assert "Traceback" not in result.stderr, result.stderr
     assert str(missing) in result.stderr and "agent.py keys --out" in result.stderr, result.stderr
     assert result.stdout == ""
+
+
+def test_the_image_serves_the_mounted_config_on_the_listen_port(config: Config) -> None:
+    """The image every service runs: `customs` (the gateway service's command) is the package's console script,
+    and the Dockerfile's default command, EXPOSE and HEALTHCHECK name the mounted config and the port it listens on
+    (a health check on another port marks a working gateway unhealthy)."""
+    import tomllib
+
+    scripts = tomllib.loads((COMPOSE_DIR.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts.get("customs") == "gateway.cli:main"
+    dockerfile = (COMPOSE_DIR / "Dockerfile").read_text()
+    cmd = json.loads(next(line for line in dockerfile.splitlines() if line.startswith("CMD "))[4:])
+    assert cmd == ["customs", "serve", "--config", CONFIG_TARGET]
+    assert f"EXPOSE {config.listen.port}" in dockerfile.splitlines()
+    (health,) = re.findall(r"^HEALTHCHECK .*?(http://[^'\"]+)", dockerfile, re.MULTILINE)
+    url = urlsplit(health)
+    assert (url.hostname, url.port, url.path) == ("127.0.0.1", config.listen.port, "/healthz")
+
+
+def test_the_readme_approver_token_is_one_the_gateway_accepts(config: Config, tmp_path: Path) -> None:
+    """README: sign in to the approvals page with `agent.py token --subject alice --groups approvers,finance`. Run
+    as written (its key where the `keys` service writes it, here a temporary one), the token must pass the configured
+    issuer (audience by default) and name the groups the shipped approval policies ask for a payment."""
+    import shlex
+    import subprocess
+    import sys
+
+    readme = (COMPOSE_DIR / "README.md").read_text().replace("\\\n", " ")
+    (line,) = [line for line in readme.splitlines() if "agent.py token" in line]
+    argv = shlex.split(line[line.index("python "):])
+    assert argv[:2] == ["python", "/app/compose/agent.py"] and "--audience" not in argv
+    write_demo_keys(tmp_path)
+    result = subprocess.run([sys.executable, str(COMPOSE_DIR / "agent.py"), *argv[2:], "--key",
+                             str(tmp_path / "signing-key.pem")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    (issuer,) = config.identity.issuers
+    jwk = jwt.PyJWKSet.from_dict(json.loads((tmp_path / "jwks.json").read_text())).keys[0]
+    claims = jwt.decode(result.stdout.strip(), jwk.key, algorithms=list(issuer.algorithms),
+                        audience=issuer.audience, issuer=issuer.issuer)
+    assert claims["sub"] == "alice" and {"approvers", "finance"} <= set(claims["groups"])
+    approvals = (COMPOSE_DIR.parent / "policies" / "approvals.cedar").read_text()
+    assert 'Group::"approvers"' in approvals and 'Group::"finance"' in approvals
