@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -128,3 +129,23 @@ def check_task(task: dict[str, Any], where: str) -> None:
         value = task.get(key)
         if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise CaseError(f"{where}: context.task.{key} must be a list of strings, got {value!r}")
+
+
+def check_task_names(task: Any, totals: frozenset[str] | None, where: str) -> None:
+    """Task facts a validated policy could read: a total the schema's Task totals record does not name (`totals`:
+    its names; None, no such record: unchecked), or a seen tool that is not `<upstream>/<tool>`, is read by no policy,
+    so a case stating it tests a task that never paid or called anything (`amout: 10050` held a payment because no
+    `amount` total was there, and went on passing whatever the limit became)."""
+    if not isinstance(task, dict):
+        return
+    for name in task.get("totals") or {}:
+        if totals is not None and name not in totals:
+            close = difflib.get_close_matches(str(name), sorted(totals), n=1)
+            raise CaseError(f"{where}: context.task.totals.{name}: the schema's Task totals record has no such total "
+                            f"({', '.join(sorted(totals)) or 'none'}), so no policy can read it"
+                            + (f"; did you mean {close[0]!r}?" if close else ""))
+    for seen in task.get("seen_tools") or ():
+        upstream, slash, tool = str(seen).partition("/")
+        if not (slash and tool and NAME_RE.fullmatch(upstream)):
+            raise CaseError(f"{where}: context.task.seen_tools: {seen!r} is not '<upstream>/<tool>' (the gateway "
+                            "records each tool a task called so, the upstream's name as configured)")

@@ -18,12 +18,14 @@ import yaml
 from gateway.authz import entities as E
 from gateway.authz.actions import AGENT_ACTIONS
 from gateway.authz.approve_case import approve_decision
+from gateway.authz.argnames import schema_totals
 from gateway.authz.casefields import CaseError as CaseError
 from gateway.authz.casefields import (
     Identify,
     Refused,
     check_inline_agent,
     check_task,
+    check_task_names,
     check_text_settings,
     not_a_mapping,
     not_unicode,
@@ -292,6 +294,7 @@ def run_case(policies: LoadedPolicies, case: dict[str, Any], doc: dict[str, Any]
             principal = exc
         tool = tool_from(case.get("tool"), case.get("labels"), doc.get("tools") or {}, where, action)
         facts, granted = facts_from(case, str(doc.get("environment", environment or "dev")), where)
+        check_task_names(facts.task, schema_totals(policies.schema), where)
         if isinstance(principal, Refused):
             return _refused(name, str(expected), principal, case, where)
         decision = decide(policies, principal, action, tool, facts, granted=granted)

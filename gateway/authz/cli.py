@@ -18,7 +18,8 @@ import cedarpy
 
 from gateway.approvals.cli import shown
 from gateway.authz import evaluate
-from gateway.authz.casefields import Refused
+from gateway.authz.argnames import schema_totals
+from gateway.authz.casefields import Refused, check_task_names
 from gateway.authz.cases import (
     CaseError,
     agent_action,
@@ -135,6 +136,7 @@ def explain_cmd(args: argparse.Namespace) -> int:
         facts, granted = facts_from({"args": _json_object(args.args, "--args"),
                                      "context": _json_object(args.context, "--context")},
                                     environment, "--context")
+        check_task_names(facts.task, schema_totals(loaded.schema), "--context")
         if principal is None and deployment is not None:  # last: a refused token is no reason to skip bad input
             principal = deployment.principal(claims, "--principal-claims")
     except (CaseError, TypeError) as exc:
