@@ -17,7 +17,7 @@ from gateway.credentials.redaction import scrub_exact
 from gateway.errors import INVALID_REQUEST, GatewayError
 from gateway.jsonrpc import is_id
 from gateway.transport.base import Message, UpstreamSession
-from gateway.transport.common import id_key, progress_token
+from gateway.transport.common import LOG_LEVELS, id_key, progress_token
 
 if TYPE_CHECKING:
     from gateway.sessions import Session
@@ -89,6 +89,8 @@ async def route_server_message(session: Session, upstream: str, message: Message
         send = session.progress_routes.get(token)
     elif method == "notifications/resources/updated" and session.view is None:
         message = _updated_for_client(upstream, message)
+    elif method == "notifications/message" and session.log_level and _below_level(session, message):
+        return  # the client asked for less (an upstream without logging/setLevel, or one opened since, sends all)
     if session.scrub is not None:
         message = _scrubbed(session.scrub, message)
     if (carried := carried_scrub(session)) is not None:  # on the call's stream or the session's
@@ -108,6 +110,21 @@ async def route_server_message(session: Session, upstream: str, message: Message
     if not session.get_stream_open and "id" in message:
         if (route := session.server_requests.get(message["id"])) is not None:
             route.unseen = True
+
+
+def note_log_level(session: Session, params: dict[str, Any]) -> None:
+    """A `logging/setLevel` the gateway answered with success: the log lines the session is given honour it from
+    now on. The aggregated view accepts it for every upstream, so it must hold for one that has no setLevel (its
+    refusal is not the client's to see) and for one whose session is opened later; the pass-through view records
+    it only once the upstream itself accepted it."""
+    level = params.get("level")
+    if level in LOG_LEVELS:
+        session.log_level = LOG_LEVELS.index(level)
+
+
+def _below_level(session: Session, message: Message) -> bool:
+    level = (message.get("params") or {}).get("level")
+    return isinstance(level, str) and level in LOG_LEVELS and LOG_LEVELS.index(level) < session.log_level
 
 
 def _scrubbed(scrub: Callable[[Any], Any], message: Message) -> Message:

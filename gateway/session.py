@@ -120,6 +120,9 @@ class Session:
     stateless: bool = False
     legacy_sse: bool = False  # a 2024-11-05 HTTP+SSE session: messages arrive on /messages only
     init_result: dict[str, Any] | None = None  # the upstream's own answer, for pass-through sessions
+    # The least severe log level its client asked for with a `logging/setLevel` the gateway accepted (index in
+    # LOG_LEVELS; gateway/server_messages.py): log lines below it are not given to it, whatever the upstream sends.
+    log_level: int = 0
     # The secrets the gateway holds taken out of what upstreams send this session's client (Redactor.scrub_known,
     # gateway/server_messages.py): None when there is nothing to take out.
     scrub: Callable[[Any], Any] | None = None
