@@ -111,6 +111,10 @@ class TokenExchanger:
             log.warning("token exchange for upstream %s: the access_token holds characters no header may",
                         upstream.name)
             raise GatewayError("credential_unavailable")
+        if token == principal.token:  # a no-op exchange: the tool would get the agent's own token
+            log.warning("token exchange for upstream %s: the authorization server answered with the agent's own "
+                        "token (the subject token); it is never sent to an upstream", upstream.name)
+            raise GatewayError("credential_unavailable")
         lifetime = _lifetime(body.get("expires_in"), creds.ttl_s)
         expires_at = now + lifetime
         if ended:  # neither handed out nor cached: the task's end already revoked the rest of its tokens

@@ -4,6 +4,7 @@ task, failures."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -93,6 +94,20 @@ async def test_an_access_token_no_header_can_carry_is_refused(service: Credentia
     with caplog.at_level(logging.WARNING), pytest.raises(GatewayError) as err:
         await exchange(service)
     assert err.value.reason == "credential_unavailable" and "no header may" in caplog.text
+
+
+async def test_the_agents_own_token_handed_back_is_never_sent_upstream(service: CredentialService,
+                                                                      endpoint: TokenEndpoint, caplog) -> None:
+    """An authorization server that answers the exchange with the subject token itself (a no-op exchange) would
+    have the gateway send the agent's own token to the tool: refused and not cached, and the log says why without
+    quoting it."""
+    endpoint.reply = (200, json.dumps({"access_token": AGENT_TOKEN, "expires_in": 60}))
+    for _ in range(2):  # not cached: each call asks again, and is refused again
+        with caplog.at_level(logging.WARNING), pytest.raises(GatewayError) as err:
+            await exchange(service)
+        assert err.value.reason == "credential_unavailable"
+    assert len(endpoint.requests) == 2
+    assert "the agent's own token" in caplog.text and AGENT_TOKEN not in caplog.text
 
 
 @pytest.mark.parametrize("expires_in", ["Infinity", "1e400", "-5", "NaN", "true", "10" * 200])
