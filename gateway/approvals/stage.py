@@ -234,13 +234,16 @@ class ApproveStage:
             why = "denied_on_recheck" if error.reason in _NOT_FOUND else error.reason
         else:
             why = "cancelled" if isinstance(error, asyncio.CancelledError) else "not_forwarded"
+        # Refusals the agent's retry fixes, with nothing sent upstream: an agent token that expired while the call
+        # was held, a concurrency slot busy at the release (the approver's decision must not be spent on a wait).
         token_expired = (why == "credential_unavailable" and isinstance(error, GatewayError)
                          and error.data.get("agent_token_expired") is True)
+        back = "agent_token_expired" if token_expired else "rate_limited" if why == "rate_limited" else None
         try:
             # To its end: this runs in the pipeline's `finally`, where a second cancellation (the session's end
             # after the client's) would otherwise cut the record off with the store's reply.
-            if token_expired:
-                await run_to_end(self._store.hand_back(ctx.approval.id, "agent_token_expired"))
+            if back is not None:
+                await run_to_end(self._store.hand_back(ctx.approval.id, back))
             else:
                 await run_to_end(self._store.settle(ctx.approval.id, why))
         except Exception:  # the answer stands; the item keeps saying `executed` (it may have)
