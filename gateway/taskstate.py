@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from gateway.config.model import UpstreamConfig
 from gateway.context import CallContext
 from gateway.errors import GatewayError, UpstreamErrorResponse
+from gateway.transport.common import never_sent
 
 # How long a failed call's answer waits for its reservation to be given back. Redis answers in well under a
 # millisecond, so the give-back lands before the agent's next call; one that hangs would hold every failed call's
@@ -231,9 +232,10 @@ class TaskStage:
         if reservation is None:
             return
         # Only the JSON-RPC errors that refuse the request itself (invalid request, unknown method, invalid
-        # params) prove nothing ran. Any other upstream error (-32603 after a payment went out), a timeout or
-        # a dropped connection may have run, so it keeps counting: a cap must not be escapable by failing late.
-        if not ctx.extra.get("forwarded") or _refused(ctx.error):
+        # params), an open circuit or a connection never made prove nothing ran. Any other upstream error (-32603
+        # after a payment went out), a timeout or a dropped connection may have run, so it keeps counting: a cap
+        # must not be escapable by failing late.
+        if not ctx.extra.get("forwarded") or _refused(ctx.error) or never_sent(ctx.error):
             await self._store.release(*reservation)
 
 

@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import aiohttp
+
 from gateway import __version__
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, Message, NotifyHook, SessionEnded
@@ -102,6 +104,15 @@ class CircuitBreaker:
     def release_trial(self) -> None:
         """The trial call ended without telling us anything about the connection (e.g. cancelled)."""
         self._trial_at = None
+
+
+def never_sent(error: BaseException | None) -> bool:
+    """True for an upstream failure that proves the request never left the gateway: the circuit was open, or no
+    connection to the upstream could be made (refused, name not resolved, TLS handshake failed). A connection
+    that broke later may have carried the request (it may have run), so it does not count."""
+    if not isinstance(error, GatewayError) or error.reason != "upstream_unavailable":
+        return False
+    return error.data.get("circuit") == "open" or isinstance(error.__cause__, aiohttp.ClientConnectorError)
 
 
 def initialize_message(request_id: Any, params: ConnectParams, trace: Mapping[str, str] | None = None) -> Message:

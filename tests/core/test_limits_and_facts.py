@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
@@ -14,6 +15,7 @@ from gateway.context import CallContext, Principal, ToolInfo
 from gateway.errors import GatewayError
 from gateway.limits import Limiter, MemoryLimits, RedisLimits
 from gateway.taskstate import MemoryFacts, RedisFacts, TaskStage
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.asyncio
 
@@ -108,6 +110,39 @@ async def test_task_facts_accumulate_and_release(backends):
     assert again.extra["task"]["totals"] == {"amount": 6001.5}
     assert again.extra["task"]["calls"] == 1
 
+
+
+async def _refused_connection() -> GatewayError:
+    """What the transport raises when no connection to the upstream could be made: nothing was sent."""
+    try:
+        async with aiohttp.ClientSession() as http:
+            await http.post(f"http://127.0.0.1:{free_port()}/mcp")
+    except aiohttp.ClientConnectorError as exc:
+        error = GatewayError("upstream_unavailable", data={"upstream": "payments"})
+        error.__cause__ = exc
+        return error
+    raise AssertionError("a free port answered")
+
+
+@pytest.mark.parametrize("failure", ["refused", "circuit_open", "broke"])
+async def test_a_forward_that_never_left_the_gateway_gives_its_share_back(backends, failure):
+    """Refused or behind an open circuit, the call never reached the upstream: its share is given back (a
+    payment that never went out must not count toward the task's cap). A connection that broke may have carried
+    it, so that one keeps its share."""
+    _, facts, _ = backends
+    upstream = UpstreamConfig.model_validate({"name": "payments", "url": "http://127.0.0.1:1/mcp",
+                                              "tools": {"pay": {"sum_args": ["amount"]}}})
+    stage = TaskStage(facts, {"payments": upstream}, lambda c: f"task-{failure}")
+    first = ctx(args={"amount": 6000})
+    await stage(first)
+    first.extra["forwarded"] = True
+    first.error = {"refused": await _refused_connection(),
+                   "circuit_open": GatewayError("upstream_unavailable", data={"circuit": "open"}),
+                   "broke": GatewayError("upstream_unavailable", data={"upstream": "payments"})}[failure]
+    await stage.release(first)
+    again = ctx(args={"amount": 1})
+    await stage(again)
+    assert again.extra["task"]["totals"] == {"amount": 6001.0 if failure == "broke" else 1.0}
 
 async def test_concurrent_reservations_see_each_other(backends):
     _, facts, _ = backends
