@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mcp_types import LOG_LEVEL_META_KEY
+
 from gateway.catalog import Catalog, exposed_uri
 from gateway.credentials.redaction import scrub_exact
 from gateway.errors import INVALID_REQUEST, GatewayError
@@ -89,7 +91,8 @@ async def route_server_message(session: Session, upstream: str, message: Message
         send = session.progress_routes.get(token)
     elif method == "notifications/resources/updated" and session.view is None:
         message = _updated_for_client(upstream, message)
-    elif method == "notifications/message" and session.log_level and _below_level(session, message):
+    elif method == "notifications/message" and (session.log_level or session.stateless) and \
+            _below_level(session, message, origin):
         return  # the client asked for less (an upstream without logging/setLevel, or one opened since, sends all)
     if session.scrub is not None:
         message = _scrubbed(session.scrub, message)
@@ -122,9 +125,19 @@ def note_log_level(session: Session, params: dict[str, Any]) -> None:
         session.log_level = LOG_LEVELS.index(level)
 
 
-def _below_level(session: Session, message: Message) -> bool:
+def _below_level(session: Session, message: Message, origin: object) -> bool:
+    """Whether a log line is below what the client asked for. A stateless (2026-07-28) call opts in by itself
+    (`_meta` io.modelcontextprotocol/logLevel; without it the server MUST NOT send log lines), while upstreams,
+    speaking a handshake revision, send every line: a line tied to no call, or to one that did not opt in, is below."""
     level = (message.get("params") or {}).get("level")
-    return isinstance(level, str) and level in LOG_LEVELS and LOG_LEVELS.index(level) < session.log_level
+    wanted = session.log_level
+    if session.stateless:
+        meta = getattr(origin, "params", {}).get("_meta")  # origin: the router's Inbound of the call, or None
+        requested = meta.get(LOG_LEVEL_META_KEY) if isinstance(meta, dict) else None
+        if requested not in LOG_LEVELS:
+            return True
+        wanted = LOG_LEVELS.index(requested)
+    return isinstance(level, str) and level in LOG_LEVELS and LOG_LEVELS.index(level) < wanted
 
 
 def _scrubbed(scrub: Callable[[Any], Any], message: Message) -> Message:

@@ -4,6 +4,7 @@ log lines a session is given honour the level it set, whether or not an upstream
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
 
-from tests.support.feature_server import feature_server
+from tests.support.feature_server import FEATURE_SERVER_PATH, feature_server
 from tests.support.mcp_client import sdk_client
 from tests.support.servers import run_http_server
 from tests.transport.conftest import eventually
@@ -72,3 +73,33 @@ async def test_a_level_the_gateway_accepted_filters_what_the_session_is_given(
         await a.set_logging_level("info")
         await a.call_tool("feat__progress", {"steps": 1})
         await eventually(lambda: quiet.lines == ["log 1"], within=10)
+
+
+@pytest.fixture(params=["http", "stdio"])
+async def stateless_url(request: pytest.FixtureRequest, start_gateway: Any, permissive_policies: Path
+                        ) -> AsyncIterator[str]:
+    async with AsyncExitStack() as stack:
+        if request.param == "stdio":
+            upstream: dict[str, Any] = {"name": "feat", "command": [sys.executable, FEATURE_SERVER_PATH]}
+        else:
+            upstream = {"name": "feat", "url": await stack.enter_async_context(run_http_server(feature_server()[0]))}
+        gw = await start_gateway({"upstreams": [upstream], "policies": {"dir": str(permissive_policies)}})
+        yield gw.mcp
+
+
+@pytest.mark.parametrize(("log_level", "expected"), [(None, []), ("error", []), ("info", ["log 1", "log 2"])])
+async def test_a_stateless_call_gets_log_lines_only_when_it_opts_in(
+        stateless_url: str, log_level: str | None, expected: list[str]) -> None:
+    # 2026-07-28: the client opts in per request (`_meta` io.modelcontextprotocol/logLevel); without it the server
+    # MUST NOT send notifications/message. The upstream speaks a handshake revision and sends every line anyway.
+    logs = Logs()
+    steps: list[float] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        steps.append(done)
+    async with sdk_client(stateless_url, mode="auto", logging_callback=logs, log_level=log_level) as client:
+        await client.call_tool("feat__progress", {"steps": 2}, progress_callback=progress)
+        await eventually(lambda: steps == [1, 2], within=10)  # the call's stream carried its messages
+        await eventually(lambda: logs.lines == expected, within=10)
+        # On the old code a call that did not opt in (or asked for errors only) got both info lines.
+        assert logs.lines == expected
