@@ -36,7 +36,7 @@ from gateway.authz.jsonargs import json_arg as _json_arg
 from gateway.authz.jsonargs import json_object as _json_object
 from gateway.authz.policyset import SCHEMA_FILE, PolicyLoadError
 from gateway.authz.record import from_authz_input
-from gateway.authz.replayargs import ArgumentReaders
+from gateway.authz.replayargs import ArgumentReaders, recorded_errors_hinge, redacted_args
 from gateway.authz.schemagen import apply_block, check_tool, schema_from_input_schemas
 from gateway.authz.validate import load_or_report as _load
 from gateway.authz.visibility import listed
@@ -336,7 +336,7 @@ def replay_cmd(args: argparse.Namespace) -> int:
     groups: dict[str, list[str]] = defaultdict(list)
     undetermined: list[str] = []
     readers = ArgumentReaders(loaded)
-    replayed = skipped = changed = 0
+    replayed = skipped = changed = redacted = 0
     not_text: tuple[int, UnicodeDecodeError] | None = None  # the first line that is not UTF-8
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -356,22 +356,27 @@ def replay_cmd(args: argparse.Namespace) -> int:
         # Ids come from tokens and tool names from upstreams: a control character in them must not reach
         # the terminal as one (an escape sequence could rewrite the lines the reader sees).
         call_text = f"line {number}: {shown(principal.id)} {action} {shown(tool.cedar_id)}"
-        unlogged = record["authz_input"].get("args") is None
+        logged = record["authz_input"].get("args")
+        hidden = None if logged is None else redacted_args(logged)  # what replay does not know (None: all)
+        how = "without arguments" if hidden is None else "with redacted arguments"
+        redacted += bool(hidden)
         if new.outcome == old:
-            movers = readers.could_move(principal, action, tool, old) if unlogged else []
+            movers = readers.could_move(principal, action, tool, old, hidden) if hidden != frozenset() else []
             if movers:
-                undetermined.append(f"{call_text}: {old}, unchanged without arguments; {', '.join(movers)} "
+                undetermined.append(f"{call_text}: {old}, unchanged {how}; {', '.join(movers)} "
                                     f"read{'s' if len(movers) == 1 else ''} them")
             continue
         entry = f"{call_text}: {old} -> {new.outcome}"
-        if unlogged and readers.may_hinge_on_args(old_ids, new, bool(record.get("policy_errors"))):
-            undetermined.append(f"{entry} (as replayed without arguments)")
+        if hidden != frozenset() and readers.may_hinge_on_args(
+                old_ids, new, recorded_errors_hinge(record.get("policy_errors"), hidden), hidden):
+            undetermined.append(f"{entry} (as replayed {how})")
             continue
         changed += 1
         for policy in sorted(set(old_ids) | set(new.policy_ids)) or ["(no policy: default deny)"]:
             groups[policy].append(entry)
     _print_replay(groups, undetermined)
-    unknown = f", {len(undetermined)} undetermined (arguments not logged)" if undetermined else ""
+    why = "arguments not logged or redacted" if redacted else "arguments not logged"
+    unknown = f", {len(undetermined)} undetermined ({why})" if undetermined else ""
     print(f"{replayed} replayed, {changed} changed, {skipped} skipped (no authz_input or not a decision){unknown}")
     if replayed == 0:
         why = f"; line {not_text[0]}: {unreadable(not_text[1])}" if not_text is not None else ""
