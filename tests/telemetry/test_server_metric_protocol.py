@@ -57,6 +57,10 @@ async def test_server_durations_name_protocol_and_connection(start_gateway: Star
     assert call["network_protocol_version"] == "1.1", call
     assert call["mcp_protocol_version"] == negotiated, (call, negotiated)
     assert call["gen_ai_tool_name"] == "mem__echo" and call["mcp_method_name"] == "tools/call", call
+    if mode == "legacy":  # the initialize that made the session names the version it negotiated, as its span does
+        (initialize,) = [labels(line) for line in text.splitlines()
+                         if line.startswith("mcp_server_operation_duration_seconds_count") and '"initialize"' in line]
+        assert initialize["mcp_protocol_version"] == negotiated, (initialize, negotiated)
 
 
 
