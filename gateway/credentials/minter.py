@@ -10,6 +10,7 @@ its task before the token is handed out, so ending the task revokes it.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,12 @@ from gateway.credentials.keys import SigningKeys
 from gateway.credentials.revocation import RevocationStore, TaskEnded
 from gateway.credentials.task_cache import TaskCache
 from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+# The longest token sent: what the gateway takes from agents itself (identity: 16 KiB), and Node's default for all of
+# a request's headers (nginx takes 8 KiB a line). Far past it, uvicorn answered a bare 400 the agent read as
+# upstream_error.
+MAX_TOKEN_CHARS = 16384
 
 
 def audience_of(upstream: UpstreamConfig) -> str:
@@ -141,7 +148,7 @@ class Minter:
             claims["act"] = act
         if narrowed is not None and tool_names:  # a session-level token names no item, so no argument either
             claims["args"] = narrowed
-        token, kid = await self._sign_recorded(claims, task_id)
+        token, kid = await self._sign_recorded(claims, task_id, upstream)
         if cache:
             # From the `exp` the token carries (whole seconds, up to 1 s before `exp`), or a token reused near the
             # end of its window would have far less than the margin left, and expire on its way to the upstream.
@@ -167,9 +174,19 @@ class Minter:
         return jwt.encode(dict(claims), key.private_key, algorithm=key.algorithm,
                           headers={"kid": key.kid, "typ": "JWT"}), key.kid
 
-    async def _sign_recorded(self, claims: dict[str, Any], task_id: str) -> tuple[str, str]:
+    async def _sign_recorded(self, claims: dict[str, Any], task_id: str,
+                             upstream: UpstreamConfig | None = None) -> tuple[str, str]:
         """(token, kid), once the jti is recorded under its task."""
         token, kid = self._sign(claims)
+        if len(token) > MAX_TOKEN_CHARS:  # only narrowed values make one so long: the claims are otherwise bounded
+            names = ", ".join(upstream.credentials.narrow_to_args) if upstream is not None else ""
+            log.warning("credential for upstream %s not sent: narrowed to this call's arguments (%s) it is %d "
+                        "characters, past the %d a request header carries", upstream.name if upstream else "?",
+                        names, len(token), MAX_TOKEN_CHARS)
+            raise GatewayError("credential_unavailable",
+                               f"Could not obtain a credential for the upstream: narrowed to this call's arguments "
+                               f"(narrow_to_args: {names}) it would be {len(token)} characters, past the "
+                               f"{MAX_TOKEN_CHARS} a request header carries")
         try:
             await self.revocations.record(task_id, claims["jti"], float(claims["exp"]))
         except TaskEnded:

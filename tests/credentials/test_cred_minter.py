@@ -188,3 +188,20 @@ async def test_item_names_in_scope_never_read_as_narrowed_arguments(service: Cre
     assert claims["scope"] == "inventory%3A%2F%2Fskus%3Fa%3Db%20c account=null"  # payments narrows `account`
     _, claims = await service.minter.mint(agent(), pay, ["get_stock-v2.1"], {"account": "a:b"}, "t-tool")
     assert claims["scope"] == "get_stock-v2.1 account:a%3Ab"
+
+
+async def test_a_token_narrowed_past_what_a_header_carries_is_refused(service: CredentialService, caplog) -> None:
+    """A long narrowed value (a query, a document) made a token of hundreds of KiB: it was sent, and the upstream's
+    HTTP server refused the header (uvicorn: a bare 400), so the agent read `upstream_error`. A token past 16 KiB,
+    the most the gateway takes from agents itself, is now refused as the credential it is, before it is recorded."""
+    payments = upstream(service, "payments")
+    token, _ = await service.minter.mint(agent(), payments, ["pay"], {"account": "a" * 4000}, "task-1")
+    assert len(token) < 16384
+    with pytest.raises(GatewayError) as err:
+        await service.minter.mint(agent(), payments, ["pay"], {"account": "é" * 3000}, "task-1")
+    assert err.value.reason == "credential_unavailable"
+    assert "narrow_to_args" in err.value.message and "16384" in err.value.message
+    assert "payments" in caplog.text and "é" not in caplog.text
+    # Only the first was recorded under the task (the refused one would have been a record of nothing sent).
+    first = jwt.decode(token, options={"verify_signature": False})["jti"]
+    assert await service.revocations.revoke_task("task-1") == [first]
