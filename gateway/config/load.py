@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from gateway.config.model import Config
 from gateway.config.problems import field_problems, hide_substituted, key_problems, path_text, yaml_kind
 from gateway.config.rules import document_rules
+from gateway.config.yaml_doc import load_listing_duplicates
 from gateway.config.yaml_doc import strict_yaml_load as strict_yaml_load  # re-exported: authz.cases
 
 _REF = r"\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}"
@@ -243,11 +244,18 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         raise ConfigError([f"(file): cannot read {path}: {unreadable(exc)}"], str(path)) from exc
     shielded, refs = _shield_refs(text) if "${" in text else (text, {})
     try:
-        data = _unshield(strict_yaml_load(shielded), refs)
+        read, twice = load_listing_duplicates(shielded)
+        data = _unshield(read, refs)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         raise ConfigError([f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"], str(path)) from exc
     if isinstance(data, dict):
         _default_policies(data)
-    return parse_config(data, env=env, base=path.parent.resolve(), source=str(path))
+    try:
+        config = parse_config(data, env=env, base=path.parent.resolve(), source=str(path))
+    except ConfigError as exc:  # a key given twice is one problem among the others, each at its path
+        raise ConfigError(twice + exc.problems, str(path)) from exc
+    if twice:
+        raise ConfigError(twice, str(path))
+    return config

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from gateway.config.problems import path_text
+
 MAX_DEPTH = 100  # levels of nesting: a real config has about 8; thousands ran out of Python's stack
 MAX_VALUES = 1_000_000  # values once aliases are expanded (every later pass walks them expanded)
 
@@ -21,6 +23,9 @@ class _StrictLoader(yaml.SafeLoader):
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
+        # None: a key given twice raises at once (policy test files); a list: each is kept here, with the line of
+        # the first, and the document read on, so a config's every problem can be listed (`load_listing_duplicates`).
+        self.duplicates: list[tuple[yaml.Node, int]] | None = None
         self._open: list[str | None] = []  # anchors of the nodes being composed, outermost first
         self._sizes: dict[int, int] = {}  # a composed node's value count, aliases expanded
         self._depths: dict[int, int] = {}  # a composed node's levels of nesting, itself included, aliases expanded
@@ -71,6 +76,9 @@ class _StrictLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node)
             if key in seen:
+                if self.duplicates is not None:
+                    self.duplicates.append((key_node, seen[key]))
+                    continue
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} (also on line {seen[key] + 1})", key_node.start_mark)
             seen[key] = key_node.start_mark.line
@@ -81,3 +89,42 @@ def strict_yaml_load(text: str) -> Any:
     """yaml.safe_load, refusing a key given twice in one mapping, an alias loop, nesting deeper than MAX_DEPTH and
     aliases expanding past MAX_VALUES (each a yaml.YAMLError with its line)."""
     return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds plain data only
+
+
+def load_listing_duplicates(text: str) -> tuple[Any, list[str]]:
+    """What strict_yaml_load reads, and a problem at its path for each key given twice in one mapping, instead of an
+    error at the first: a config's other problems are listed with them (the document is read as YAML reads it, the
+    last of equal keys kept, so that no problem it would cause is made up)."""
+    loader = _StrictLoader(text)
+    loader.duplicates = []
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+    if not loader.duplicates or node is None:
+        return data, []
+    paths = _key_paths(node)
+    return data, [f"{path_text(paths.get(id(key), ()))}: key given twice (line {key.start_mark.line + 1}, column "
+                  f"{key.start_mark.column + 1}; first on line {first + 1}): YAML would keep the last one silently"
+                  for key, first in sorted(loader.duplicates, key=lambda pair: pair[0].start_mark.line)]
+
+
+def _key_paths(root: yaml.Node) -> dict[int, tuple[int | str, ...]]:
+    """The document path of every mapping key node (by id), as problems name paths: keys as written, list indexes."""
+    paths: dict[int, tuple[int | str, ...]] = {}
+    stack: list[tuple[yaml.Node, tuple[int | str, ...]]] = [(root, ())]
+    seen: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:  # an alias: its first place names it
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                where = (*path, str(key.value)) if isinstance(key, yaml.ScalarNode) else path
+                paths.setdefault(id(key), where)
+                stack.append((value, where))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*path, index)) for index, item in enumerate(node.value))
+    return paths
