@@ -20,6 +20,7 @@ from gateway.config.model import ApprovalsConfig
 from gateway.context import ApprovalState, CallContext, Principal
 from gateway.errors import GatewayError
 from gateway.pipeline import APPROVAL_SETTLE
+from gateway.transport.common import never_sent
 
 log = logging.getLogger("customs.approvals")
 REDACTED = "[redacted]"
@@ -89,6 +90,8 @@ def _terminal_error(item: Approval) -> GatewayError:
 
 
 _NOT_FOUND = frozenset({"unknown_tool", "unknown_prompt", "unknown_resource"})
+# Why a claimed call that was never sent upstream hands its approval back for the agent's retry (settle).
+_RETRY_FIXES = frozenset({"rate_limited", "upstream_unavailable"})
 _UNRELEASED = {"approval_pending": "pending", "approval_denied": "denied", "approval_expired": "expired",
                "approval_cancelled": "cancelled"}
 
@@ -221,13 +224,14 @@ class ApproveStage:
                                           lambda claimed: self._store.settle(item.id, "cancelled") if claimed else None)
 
     async def settle(self, ctx: CallContext) -> None:
-        """The claimed call is over: record `executed` if it was forwarded (from then on it may have run), else
-        `not_executed` with why (the approval stays used: a retry asks anew), except for a call refused because the
-        agent's token expired while it was held: its approval is handed back for the retry with a refreshed token
-        (store.hand_back). Never fails the call's answer."""
+        """The claimed call is over: record `executed` if it was forwarded (from then on it may have run, unless the
+        upstream was never reached: circuit open, no connection made), else `not_executed` with why (the approval
+        stays used: a retry asks anew), except for a call refused in a way the agent's retry fixes (its token
+        expired while it was held, a busy concurrency slot, an unreachable upstream): its approval is handed back
+        for that retry (store.hand_back). Never fails the call's answer."""
         assert ctx.approval is not None
         error = ctx.error
-        if ctx.extra.get("forwarded"):
+        if ctx.extra.get("forwarded") and not never_sent(error):
             why = None
         elif isinstance(error, GatewayError):
             # Before the forward, a not-found answer is the re-check's denial (denied looks like missing).
@@ -235,10 +239,11 @@ class ApproveStage:
         else:
             why = "cancelled" if isinstance(error, asyncio.CancelledError) else "not_forwarded"
         # Refusals the agent's retry fixes, with nothing sent upstream: an agent token that expired while the call
-        # was held, a concurrency slot busy at the release (the approver's decision must not be spent on a wait).
+        # was held, a concurrency slot busy at the release, an upstream that could not be reached (down, restarting,
+        # its circuit open): the approver's decision must not be spent on a wait.
         token_expired = (why == "credential_unavailable" and isinstance(error, GatewayError)
                          and error.data.get("agent_token_expired") is True)
-        back = "agent_token_expired" if token_expired else "rate_limited" if why == "rate_limited" else None
+        back = "agent_token_expired" if token_expired else why if why in _RETRY_FIXES else None
         try:
             # To its end: this runs in the pipeline's `finally`, where a second cancellation (the session's end
             # after the client's) would otherwise cut the record off with the store's reply.

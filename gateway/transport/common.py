@@ -107,12 +107,14 @@ class CircuitBreaker:
 
 
 def never_sent(error: BaseException | None) -> bool:
-    """True for an upstream failure that proves the request never left the gateway: the circuit was open, or no
-    connection to the upstream could be made (refused, name not resolved, TLS handshake failed). A connection
-    that broke later may have carried the request (it may have run), so it does not count."""
+    """True for an upstream failure that proves the upstream never ran the request: the circuit was open, no
+    connection to the upstream could be made (refused, name not resolved, TLS handshake failed), or the upstream
+    answered 404 for a session it no longer knows (restarted), which it must do before running anything. A
+    connection that broke later may have carried the request (it may have run), so it does not count."""
     if not isinstance(error, GatewayError) or error.reason != "upstream_unavailable":
         return False
-    return error.data.get("circuit") == "open" or isinstance(error.__cause__, aiohttp.ClientConnectorError)
+    return (error.data.get("circuit") == "open" or error.data.get("session") == "expired"
+            or isinstance(error.__cause__, aiohttp.ClientConnectorError))
 
 
 def initialize_message(request_id: Any, params: ConnectParams, trace: Mapping[str, str] | None = None) -> Message:

@@ -94,3 +94,29 @@ async def test_a_forwarded_call_is_recorded_as_executed(kit: StoreKit) -> None:
     assert error is None and calls.forwarded == 1
     assert item.to_json()["executed"] is True and item.to_json()["not_executed"] is None
     assert _transitions(kit, item.id)[-1] == ("executed", None)
+
+
+
+@pytest.mark.parametrize(("failure", "outcome"), [
+    (GatewayError("upstream_unavailable", "Upstream unavailable (circuit open)",
+                  data={"circuit": "open", "upstream": "payments"}), "handed_back"),
+    (GatewayError("upstream_unavailable", "upstream session expired",  # the upstream's 404: it ran nothing
+                  data={"upstream": "payments", "session": "expired"}), "handed_back"),
+    (GatewayError("upstream_unavailable", data={"upstream": "payments"}), "executed"),  # broken connection: may run
+    (GatewayError("upstream_timeout", data={"upstream": "payments"}), "executed")])
+async def test_only_a_forward_that_never_left_the_gateway_hands_its_approval_back(
+        kit: StoreKit, failure: GatewayError, outcome: str) -> None:
+    """An upstream behind an open circuit was never sent the call: the approval is handed back for the agent's
+    retry (it used to read `executed`, and be used up). One that may have run keeps `executed`, used up."""
+    class Failing(Calls):
+        async def forward(self, ctx: CallContext) -> dict[str, Any]:
+            ctx.extra["forwarded"] = True
+            self.forwarded += 1
+            raise failure
+
+    item, error = await _run(kit, Failing())
+    assert error is failure
+    assert (item.to_json()["executed"], item.to_json()["not_executed"]) == (outcome == "executed", None)
+    assert item.claimable is (outcome == "handed_back")
+    detail = "upstream_unavailable" if outcome == "handed_back" else None
+    assert _transitions(kit, item.id)[-1] == (outcome, detail)

@@ -124,11 +124,11 @@ async def _refused_connection() -> GatewayError:
     raise AssertionError("a free port answered")
 
 
-@pytest.mark.parametrize("failure", ["refused", "circuit_open", "broke"])
+@pytest.mark.parametrize("failure", ["refused", "circuit_open", "session_expired", "broke"])
 async def test_a_forward_that_never_left_the_gateway_gives_its_share_back(backends, failure):
-    """Refused or behind an open circuit, the call never reached the upstream: its share is given back (a
-    payment that never went out must not count toward the task's cap). A connection that broke may have carried
-    it, so that one keeps its share."""
+    """Refused, behind an open circuit or refused for a session the upstream forgot (404), the call never ran
+    there: its share is given back (a payment that never went out must not count toward the task's cap). A
+    connection that broke may have carried it, so that one keeps its share."""
     _, facts, _ = backends
     upstream = UpstreamConfig.model_validate({"name": "payments", "url": "http://127.0.0.1:1/mcp",
                                               "tools": {"pay": {"sum_args": ["amount"]}}})
@@ -138,6 +138,7 @@ async def test_a_forward_that_never_left_the_gateway_gives_its_share_back(backen
     first.extra["forwarded"] = True
     first.error = {"refused": await _refused_connection(),
                    "circuit_open": GatewayError("upstream_unavailable", data={"circuit": "open"}),
+                   "session_expired": GatewayError("upstream_unavailable", data={"session": "expired"}),  # its 404
                    "broke": GatewayError("upstream_unavailable", data={"upstream": "payments"})}[failure]
     await stage.release(first)
     again = ctx(args={"amount": 1})
