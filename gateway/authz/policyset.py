@@ -282,6 +282,10 @@ def _id_map(parsed: Parsed, problems: list[str]) -> tuple[dict[str, str], dict[s
             if not ident:
                 problems.append(f"{where}: policy #{position} has no @id(\"...\") annotation")
                 continue
+            if not ident.strip() or not ident.isprintable():  # it names the policy on one line of each report
+                problems.append(f"{where}: policy #{position}: @id({json.dumps(ident)}) must be printable text, "
+                                "not blank")
+                continue
             if ident in seen:
                 problems.append(f"{where}: duplicate @id(\"{ident}\") (also in {seen[ident]})")
             seen[ident] = where

@@ -40,6 +40,12 @@ def test_start_up_refuses_invalid_policies_listing_every_problem(policy_dir: Pat
                                              'when { resource.sensitivty == "x" };'), "policy 'typo'"),
     (lambda d: (d / "tpl.cedar").write_text('@id("t")\npermit (principal == ?principal, action, resource);'),
      "templates"),
+    # An @id names the policy in decisions, logs and the reports of test and replay, one line per entry: a blank
+    # one named nothing a reader could see, and a newline in one split a report line in two.
+    (lambda d: (d / "blank.cedar").write_text('@id("  ")\nforbid (principal, action, resource);'),
+     'blank.cedar:1: policy #1: @id("  ") must be printable text, not blank'),
+    (lambda d: (d / "nl.cedar").write_text('@id("no\\nreads")\nforbid (principal, action, resource);'),
+     'nl.cedar:1: policy #1: @id("no\\nreads") must be printable text, not blank'),
 ])
 def test_each_load_problem_is_named(policy_dir: Path, setup: Callable[[Path], object], expected: str) -> None:
     setup(policy_dir)
