@@ -231,8 +231,19 @@ class DecisionLogConfig(Model):
     include_args: bool = False
 
 
+def _otlp_base(value: str) -> str:
+    # The signal's path (/v1/traces, /v1/metrics) is appended to the text as written, as the SDK does with
+    # OTEL_EXPORTER_OTLP_ENDPOINT: after a query or fragment it would land in them, and every export miss.
+    if "?" in value or "#" in value:
+        raise ValueError("an OTLP base URL takes no query or fragment (/v1/traces or /v1/metrics is appended)")
+    return value
+
+
+OtlpBaseUrl = Annotated[HttpUrl, AfterValidator(_otlp_base)]
+
+
 class TracesConfig(Model):
-    endpoint: HttpUrl | None = None
+    endpoint: OtlpBaseUrl | None = None
     console: bool = False
     capture_args: bool = False
     sample_ratio: float = Field(1.0, ge=0, le=1)
@@ -241,7 +252,7 @@ class TracesConfig(Model):
 
 class MetricsConfig(Model):
     prometheus: bool = True
-    otlp_endpoint: HttpUrl | None = None
+    otlp_endpoint: OtlpBaseUrl | None = None
 
 
 class TelemetryConfig(Model):
