@@ -223,7 +223,7 @@ class ApproverAuth:
     def authorize_decision(self, approver: Approver, item: Approval) -> None:
         """Nobody decides a call made on their own behalf; then Cedar (`Action::"approve"`) decides."""
         if self.on_own_behalf(approver, item):
-            raise Refused(403, "self_approval", "you cannot approve a call made on your own behalf")
+            raise Refused(403, "self_approval", "you cannot decide a call made on your own behalf")
         try:
             decision = self._check(approver.principal, item)
         except GatewayError as exc:

@@ -100,6 +100,8 @@ async def test_the_agents_owner_may_not_decide_its_call(env: Env) -> None:
     for action in ("approve", "deny"):
         status, body = await env.decide("bob", approval_id, action)  # bob is in finance, but owns the agent
         assert status == 403 and body["error"]["reason"] == "self_approval", body
+        # The message names what was refused: deciding, not only approving (a denial was told "cannot approve").
+        assert body["error"]["message"] == "you cannot decide a call made on your own behalf", body
     # The page shows bob the call without buttons; a hand-made form post fails cleanly.
     bob = {"Authorization": f"Bearer {env.person('bob')}"}
     async with env.http.get(f"{env.gw.url}/approvals/fragment", headers=bob) as resp:
