@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from gateway.context import CallContext, Decision, Principal, ToolInfo
+from gateway.errors import GatewayError
 
 
 class Identifier(Protocol):
@@ -104,6 +105,26 @@ class Pipeline:
     facts: TaskFacts = field(default_factory=_NoFacts)  # the task and what it has done so far, for the decision
     slot: Callable[[CallContext], AbstractAsyncContextManager[None]] = _no_slot  # concurrency while executing
     timed: StageTimer = _untimed
+
+    async def refuse_missing(self, ctx: CallContext, item: ToolInfo, error: GatewayError) -> GatewayError:
+        """The answer for an item that does not exist, `error` (a denial's answer), once the stages a denied request
+        meets before its decision have run and the record is written: otherwise an agent would tell a missing name
+        from a denied one by what those stages answer (rate_limited past its budget; policy_unavailable while the
+        task store is down, for a tools/call). The reservation a tools/call's task facts make is given back."""
+        try:
+            await self.rate(ctx)
+            if ctx.action == "call_tool":
+                ctx.tool = item
+                try:
+                    await self.facts(ctx)
+                finally:
+                    ctx.tool = None
+                await self.facts.release(ctx)
+        except GatewayError as refused:
+            error = refused
+        ctx.error = error
+        await self.record(ctx)
+        return error
 
     async def run(self, ctx: CallContext) -> dict[str, Any]:
         """Run one request to its result (a JSON-RPC `result` object) or raise."""

@@ -206,17 +206,7 @@ class Router:
                           protocol_version=inbound.session.protocol_version, action=action, trace_id=inbound.trace_id)
         ctx.extra[NOT_FOUND_ITEM] = own
         ctx.task_id = named_task(inbound.params, inbound.principal, inbound.session.id)  # the stages never ran
-        try:
-            # The rate limits a denied call meets first: otherwise, past its budget, an agent would hear
-            # rate_limited for a denied tool and unknown_tool for a missing one, telling them apart.
-            await self._pipeline.rate(ctx)
-        except GatewayError as limited:
-            ctx.error = limited
-            await self._pipeline.record(ctx)
-            return limited
-        ctx.error = error = not_found(action, name)
-        await self._pipeline.record(ctx)
-        return error
+        return await self._pipeline.refuse_missing(ctx, ToolInfo(upstream or "", own), not_found(action, name))
 
     # -- handlers ----------------------------------------------------------------------------------
 

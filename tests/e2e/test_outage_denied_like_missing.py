@@ -29,10 +29,6 @@ def _shape(body: dict[str, Any], name: str) -> dict[str, Any]:
     return error
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "router._not_found (gateway/router.py, off-limits to this change) runs the rate stage a denied call meets "
-    "but not the task-facts stage: with the store down a denied tool answers policy_unavailable, a missing one "
-    "unknown_tool, so an agent can tell which tool names exist"))
 async def test_denied_and_missing_tools_answer_alike_while_the_task_store_is_down(
         start_gateway: Any, tmp_path: Path, redis_factory: Callable[..., RedisServer]) -> None:  # noqa: F811
     redis_server = redis_factory()
