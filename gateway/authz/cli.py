@@ -131,7 +131,9 @@ def explain_cmd(args: argparse.Namespace) -> int:
         principal = principal_from_claims(claims, claim_mapping({"trust": "trust"}), "--principal-claims") \
             if deployment is None else None
         tool_from(args.tool, {}, {}, "--tool", action)  # the name first: a bad label is the option --annotations'
-        tool = tool_from(args.tool, _json_object(args.annotations, "--annotations"), {}, "--annotations", action)
+        configured = {args.tool: deployment.labels(args.tool, action)} if deployment is not None else {}
+        tool = tool_from(args.tool, _json_object(args.annotations, "--annotations"), configured, "--annotations",
+                         action)
         # The same context facts as a policy test case's `context:` (unknown keys are an error).
         facts, granted = facts_from({"args": _json_object(args.args, "--args"),
                                      "context": _json_object(args.context, "--context")},

@@ -112,7 +112,7 @@ def _add_explain(sub: Any) -> None:
                    '"args_contain_secret": ..., "task": {...}, "approval": "granted", '
                    '"time": {"hour": 9, "weekday": 1}}')
     p.add_argument("--annotations", metavar="JSON|@file", type=text_or_file,
-                   help='tool labels, e.g. {"read_only": true}')
+                   help='tool labels, e.g. {"read_only": true}; over --config\'s upstreams[].tools labels')
     p.add_argument("--environment", metavar="ENV", type=text,
                    help="context.environment unless --context sets it (default: --config's environment, else dev)")
     p.set_defaults(func=_command("explain_cmd"))

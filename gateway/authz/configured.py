@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.authz.casefields import CaseError, Refused
+from gateway.catalog import STRICTER, resource_labels
 from gateway.config import Config, ConfigError, load_config
 from gateway.context import Principal
 from gateway.identity.chain import ChainError
 from gateway.identity.claims import mtls_principal, token_principal
 from gateway.identity.jwt import SENDER_CONSTRAINED, TokenError, unknown_issuer
 from gateway.identity.spiffe import InvalidSpiffeId, svid_id
+
+LABELS = frozenset({"sensitivity", *STRICTER})  # what of a ToolOverride labels the item policies decide on
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,17 @@ class Deployment:
     @property
     def environment(self) -> str:
         return self.config.environment
+
+    def labels(self, name: str, action: str) -> dict[str, Any]:
+        """The labels `upstreams[].tools` gives `upstream/item` (a resource URI also its URI templates'), as the
+        gateway puts them over the item's annotations; none for an upstream the config does not have."""
+        upstream, _, item = name.partition("/")
+        found = next((u for u in self.config.upstreams if u.name == upstream), None)
+        override = None if found is None else \
+            resource_labels(found, item) if action == "read_resource" else found.tools.get(item)
+        if override is None:
+            return {}
+        return {key: value for key, value in override.model_dump(include=set(LABELS)).items() if value is not None}
 
     def principal(self, claims: dict[str, Any], where: str) -> Principal:
         """The principal identify gives a token with `claims` (a `spiffe_id` without `sub` stands for a client

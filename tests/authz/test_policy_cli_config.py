@@ -300,3 +300,30 @@ def test_a_refused_case_listing_policies_or_errors_fails(tmp_path: Path) -> None
             "token") in result.stdout
     assert (f"FAIL {cases}:4: with errors: errors: none (identify refused the token), but expect_errors is set"
             in result.stdout)
+
+
+def test_explain_labels_the_tool_as_the_configs_upstreams_do(tmp_path: Path) -> None:
+    """The gateway labels a tool from `upstreams[].tools` (sensitivity, leaves_org, overridden annotations): explain
+    --config decided `hr/salaries` as an unlabelled tool, `internal`, where the deployment has it `restricted`, and
+    answered approval_required for a read the gateway denies to an agent without clearance. --annotations still
+    win, and a resource URI takes its URI templates' labels as a read does."""
+    hr = {"name": "hr", "url": "http://127.0.0.1:9/mcp",
+          "tools": {"salaries": {"sensitivity": "restricted", "read_only": True},
+                    "files://{path}": {"sensitivity": "restricted"}}}
+    config = _config(tmp_path, upstreams=[{"name": "inventory", "url": "http://127.0.0.1:9/mcp"}, hr])
+    code, report, err = explain("--config", config, "--principal-claims", _claims(), "--tool", "hr/salaries")
+    assert code == 0 and report is not None, err
+    assert (report["outcome"], report["policies"]) == ("deny", ["restricted-needs-clearance"])
+    code, report, err = explain("--config", config, "--principal-claims", _claims(clearance="restricted"),
+                                "--tool", "hr/salaries")
+    assert (code, report and report["outcome"]) == (0, "allow"), err
+    code, report, err = explain("--config", config, "--principal-claims", _claims(), "--tool", "hr/salaries",
+                                "--annotations", '{"sensitivity": "internal"}')
+    assert (code, report and report["outcome"]) == (0, "allow"), err
+    code, report, err = explain("--config", config, "--principal-claims", _claims(), "--tool", "hr/files://report",
+                                "--action", "read_resource")
+    assert (code, report and report["policies"]) == (0, ["restricted-needs-clearance"]), err
+    # An upstream the config does not have keeps the spec's defaults (as without --config).
+    code, report, err = explain("--config", config, "--principal-claims", _claims(), "--tool", "crm/salaries",
+                                "--annotations", '{"read_only": true}')
+    assert (code, report and report["outcome"]) == (0, "allow"), err
