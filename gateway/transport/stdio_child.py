@@ -200,6 +200,10 @@ class StdioChild:
         reader = asyncio.create_task(self._read_stdout(proc))
         try:
             if not await self._initialize():
+                if reader.done():  # it died before answering: /readyz names its exit code, as for a later crash
+                    code = await exit_code(proc, self._grace_s)
+                    if code is not None:
+                        self._detail = f"initialize failed: child exited with code {code}"
                 return
             await self._events.child_ready(self.restarts > 0)
             await reader  # returns when the child closes stdout (exit or crash)

@@ -198,7 +198,24 @@ async def test_open_circuit_still_says_why_the_child_fails(tmp_path: Any) -> Non
     try:
         await eventually(lambda: upstream.breaker.is_open)
         detail = (await upstream.probe()).detail
-        assert "circuit open" in detail and "upstream process exited" in detail, detail
+        assert "circuit open" in detail and "child exited with code 3" in detail, detail
+    finally:
+        await upstream.stop()
+
+
+async def test_a_child_that_exits_before_initialize_says_its_exit_code(tmp_path: Any) -> None:
+    """What /readyz shows of a child that dies at start names its exit code (a wrapper's 127, a crash's 1): it said
+    only `initialize failed: upstream process exited`, also once the circuit opened on it."""
+    script = tmp_path / "exits.py"
+    script.write_text("import sys\nsys.exit(3)\n")
+    upstream = StdioUpstream(UpstreamConfig(name="exits", command=(sys.executable, str(script)), timeout_s=10),
+                             breaker_threshold=3, breaker_cooldown_s=600, restart_cap_s=0.05)
+    await upstream.start()
+    try:
+        await eventually(lambda: upstream.breaker.is_open)
+        detail = (await upstream.probe()).detail
+        assert detail.endswith("last: initialize failed: child exited with code 3"), detail
+        assert not upstream.health().ready
     finally:
         await upstream.stop()
 
