@@ -285,8 +285,25 @@ def accepts(request: web.Request) -> tuple[bool, bool]:
 
 @functools.lru_cache(maxsize=64)  # clients send the same few values: parsed once each
 def _accepted(accept: str) -> tuple[bool, bool]:
-    parts = {p.split(";")[0].strip().lower() for p in accept.split(",")}
-    if "*/*" in parts:
-        return True, True
-    json_ok = "application/json" in parts or "application/*" in parts
-    return json_ok, ("text/event-stream" in parts or "text/*" in parts)
+    weights: dict[str, float] = {}  # media range -> its q (RFC 9110 §12.4.2; 1 when not given)
+    for part in accept.split(","):
+        media, *params = (p.strip().lower() for p in part.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    weight = float(value.strip())
+                except ValueError:
+                    weight = 1.0
+        weights[media] = weight
+    return _admits(weights, "application/json"), _admits(weights, "text/event-stream")
+
+
+def _admits(weights: dict[str, float], media: str) -> bool:
+    """Whether the most specific range naming `media` admits it: q=0 is "not acceptable" (RFC 9110 §12.5.1), so
+    `*/*, text/event-stream;q=0` refuses SSE."""
+    for candidate in (media, media.split("/")[0] + "/*", "*/*"):
+        if candidate in weights:
+            return weights[candidate] > 0
+    return False

@@ -84,6 +84,11 @@ async def test_legacy_sse_invalid_request_is_answered_with_its_own_id(gw, http):
 @pytest.mark.parametrize(("accept", "json_ok", "sse_ok"), [
     ("*/*", True, True), ("application/*, text/*", True, True), ("application/*", True, False),
     ("text/*", False, True), ("application/json;q=0.9, text/event-stream", True, True), ("text/html", False, False),
+    # q=0 is "not acceptable" (RFC 9110 §12.5.1), and the most specific range decides (§12.5.1: text/event-stream;q=0
+    # refuses SSE whatever */* says); q=0 used to count as acceptance.
+    ("application/json, text/event-stream;q=0", True, False), ("application/json;q=0, text/event-stream", False, True),
+    ("*/*, text/event-stream;q=0", True, False), ("*/*;q=0, application/json", True, False),
+    ("application/json; q=0.000, text/event-stream;Q=0", False, False), ("text/*;q=0, text/event-stream", False, True),
 ])
 async def test_accept_media_ranges_count_as_http_defines_them(gw, http, accept, json_ok, sse_ok):
     sid = await session_id(http, gw.mcp)
