@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.config.model import UpstreamConfig
+from gateway.config.upstreams import ToolOverride
 from gateway.context import CallContext
 from gateway.errors import GatewayError, UpstreamErrorResponse
 from gateway.transport.common import never_sent
@@ -177,6 +178,26 @@ class RedisFacts:
             pass  # a reservation that cannot be returned only makes later calls stricter
 
 
+def summed_args(override: ToolOverride | None, args: Mapping[str, Any]) -> tuple[dict[str, float], list[str]]:
+    """A call's values of its tool's summed arguments (`upstreams[].tools.<tool>.sum_args`), and the summed
+    arguments it carries that do not count (zero, negative, not a finite number) for `context.task.not_counted`."""
+    if override is None or not override.sum_args:
+        return {}, []
+    sums: dict[str, float] = {}
+    not_counted: list[str] = []
+    for name in override.sum_args:
+        value = args.get(name)
+        if value is None:
+            continue
+        # Only what goes out counts: a negative value is no credit, and text such as "1000000" (which an
+        # upstream may well accept as a number) cannot be summed; policies see both in not_counted.
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+            sums[name] = float(value)
+        else:
+            not_counted.append(name)
+    return sums, not_counted
+
+
 class TaskStage:
     """Resolves the call's task and reserves its facts for the authorize stage (ctx.extra["task"])."""
 
@@ -188,25 +209,12 @@ class TaskStage:
         self._contains_secret = contains_secret  # args -> bool, for context.args_contain_secret
 
     def _sums(self, ctx: CallContext) -> tuple[dict[str, float], list[str]]:
-        """This call's values of the tool's summed arguments, and the summed arguments it carries that do not
-        count (zero, negative, not a finite number) for `context.task.not_counted`."""
+        """This call's values of the tool's summed arguments, and those that do not count (summed_args)."""
         upstream = self._upstreams.get(ctx.upstream or "")
         override = upstream.tools.get(ctx.tool.name) if upstream and ctx.tool else None
-        if override is None or not override.sum_args or ctx.action != "call_tool":
+        if ctx.action != "call_tool":
             return {}, []
-        sums: dict[str, float] = {}
-        not_counted: list[str] = []
-        for name in override.sum_args:
-            value = ctx.args.get(name)
-            if value is None:
-                continue
-            # Only what goes out counts: a negative value is no credit, and text such as "1000000" (which an
-            # upstream may well accept as a number) cannot be summed; policies see both in not_counted.
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
-                sums[name] = float(value)
-            else:
-                not_counted.append(name)
-        return sums, not_counted
+        return summed_args(override, ctx.args)
 
     async def __call__(self, ctx: CallContext) -> None:
         if self._contains_secret is not None and ctx.args:

@@ -131,14 +131,15 @@ def explain_cmd(args: argparse.Namespace) -> int:
         principal = principal_from_claims(claims, claim_mapping({"trust": "trust"}), "--principal-claims") \
             if deployment is None else None
         tool_from(args.tool, {}, {}, "--tool", action)  # the name first: a bad label is the option --annotations'
-        configured = {args.tool: deployment.labels(args.tool, action)} if deployment is not None else {}
-        tool = tool_from(args.tool, _json_object(args.annotations, "--annotations"), configured, "--annotations",
+        tool = tool_from(args.tool, _json_object(args.annotations, "--annotations"),
+                         {args.tool: deployment.labels(args.tool, action)} if deployment else {}, "--annotations",
                          action)
         # The same context facts as a policy test case's `context:` (unknown keys are an error).
-        facts, granted = facts_from({"args": _json_object(args.args, "--args"),
-                                     "context": _json_object(args.context, "--context")},
-                                    environment, "--context")
-        check_task_names(facts.task, schema_totals(loaded.schema), "--context")
+        call_args, stated = _json_object(args.args, "--args"), _json_object(args.context, "--context")
+        given = deployment.call_context(args.tool, call_args, stated) \
+            if deployment is not None and action == "call_tool" else stated  # what the gateway adds to each call
+        facts, granted = facts_from({"args": call_args, "context": given}, environment, "--context")
+        check_task_names(stated.get("task"), schema_totals(loaded.schema), "--context")
         if principal is None and deployment is not None:  # last: a refused token is no reason to skip bad input
             principal = deployment.principal(claims, "--principal-claims")
     except (CaseError, TypeError) as exc:

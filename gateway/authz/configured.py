@@ -19,10 +19,12 @@ from gateway.authz.casefields import CaseError, Refused
 from gateway.catalog import STRICTER, resource_labels
 from gateway.config import Config, ConfigError, load_config
 from gateway.context import Principal
+from gateway.credentials.redaction import Redactor
 from gateway.identity.chain import ChainError
 from gateway.identity.claims import mtls_principal, token_principal
 from gateway.identity.jwt import SENDER_CONSTRAINED, TokenError, unknown_issuer
 from gateway.identity.spiffe import InvalidSpiffeId, svid_id
+from gateway.taskstate import summed_args
 
 LABELS = frozenset({"sensitivity", *STRICTER})  # what of a ToolOverride labels the item policies decide on
 
@@ -52,6 +54,19 @@ class Deployment:
         if override is None:
             return {}
         return {key: value for key, value in override.model_dump(include=set(LABELS)).items() if value is not None}
+
+    def call_context(self, name: str, args: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+        """`given` (explain's --context) with what the gateway adds to a tools/call's context where it states none:
+        the task's facts, as for the task's first call (nothing called or seen; this call's summed arguments as
+        the totals), and whether the arguments hold a secret, by the deployment's `secrets` rules."""
+        upstream, _, item = name.partition("/")
+        found = next((u for u in self.config.upstreams if u.name == upstream), None)
+        sums, not_counted = summed_args(found.tools.get(item) if found is not None else None, args)
+        task: dict[str, Any] = {"calls": 0, "totals": sums, "seen_tools": []}
+        if not_counted:
+            task["not_counted"] = not_counted
+        added = {"task": task, "args_contain_secret": Redactor(self.config.secrets).contains_secret(args)}
+        return {**added, **given}
 
     def principal(self, claims: dict[str, Any], where: str) -> Principal:
         """The principal identify gives a token with `claims` (a `spiffe_id` without `sub` stands for a client

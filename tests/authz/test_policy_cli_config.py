@@ -327,3 +327,32 @@ def test_explain_labels_the_tool_as_the_configs_upstreams_do(tmp_path: Path) -> 
     code, report, err = explain("--config", config, "--principal-claims", _claims(), "--tool", "crm/salaries",
                                 "--annotations", '{"read_only": true}')
     assert (code, report and report["outcome"]) == (0, "allow"), err
+
+
+def test_explain_decides_a_call_with_the_facts_the_gateway_adds(tmp_path: Path) -> None:
+    """The gateway gives every tools/call its task's facts (a first call: no calls, nothing seen, this call's summed
+    arguments as the totals) and scans its arguments for secrets; explain --config gave neither, so a payment of 50
+    that the shipped task-payments-under-limit lets through was approval_required offline, and one whose memo holds
+    a token, to a tool that leaves the organisation, was not denied. Facts --context states win."""
+    pay = {"name": "payments", "url": "http://127.0.0.1:9/mcp",
+           "tools": {"pay": {"sum_args": ["amount"], "leaves_org": True}}}
+    config = _config(tmp_path, upstreams=[pay])
+
+    def run(args: dict[str, Any], *more: str) -> dict[str, Any]:
+        code, report, err = explain("--config", config, "--principal-claims", _claims(), "--tool", "payments/pay",
+                                    "--args", json.dumps({"account": "a", **args}), *more)
+        assert code == 0 and report is not None, err
+        return report
+
+    first = run({"amount": 50})
+    assert (first["outcome"], first["policies"]) == ("allow", ["task-payments-under-limit"])
+    assert first["context"]["task"] == {"calls": 0, "totals": {"amount": 50}, "seen_tools": []}
+    assert run({"amount": 20000})["outcome"] == "approval_required"
+    refund = run({"amount": -5})
+    assert refund["outcome"] == "approval_required" and refund["context"]["task"]["not_counted"] == ["amount"]
+    leaking = run({"amount": 50, "memo": "ghp_" + "a1" * 18})
+    assert (leaking["outcome"], leaking["policies"]) == ("deny", ["no-secrets-leaving-org"])
+    assert leaking["context"]["args_contain_secret"] is True
+    stated = run({"amount": 50, "memo": "ghp_" + "a1" * 18}, "--context",
+                 '{"args_contain_secret": false, "task": {"totals": {"amount": 10050}}}')
+    assert (stated["outcome"], stated["context"]["args_contain_secret"]) == ("approval_required", False)
