@@ -136,8 +136,7 @@ def explain_cmd(args: argparse.Namespace) -> int:
                          action)
         # The same context facts as a policy test case's `context:` (unknown keys are an error).
         call_args, stated = _json_object(args.args, "--args"), _json_object(args.context, "--context")
-        given = deployment.call_context(args.tool, call_args, stated) \
-            if deployment is not None and action == "call_tool" else stated  # what the gateway adds to each call
+        given = deployment.call_context(args.tool, action, call_args, stated) if deployment else stated
         facts, granted = facts_from({"args": call_args, "context": given}, environment, "--context")
         check_task_names(stated.get("task"), schema_totals(loaded.schema), "--context")
         if principal is None and deployment is not None:  # last: a refused token is no reason to skip bad input

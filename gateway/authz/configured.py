@@ -55,17 +55,17 @@ class Deployment:
             return {}
         return {key: value for key, value in override.model_dump(include=set(LABELS)).items() if value is not None}
 
-    def call_context(self, name: str, args: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-        """`given` (explain's --context) with what the gateway adds to a tools/call's context where it states none:
-        the task's facts, as for the task's first call (nothing called or seen; this call's summed arguments as
-        the totals), and whether the arguments hold a secret, by the deployment's `secrets` rules."""
-        upstream, _, item = name.partition("/")
-        found = next((u for u in self.config.upstreams if u.name == upstream), None)
-        sums, not_counted = summed_args(found.tools.get(item) if found is not None else None, args)
-        task: dict[str, Any] = {"calls": 0, "totals": sums, "seen_tools": []}
-        if not_counted:
-            task["not_counted"] = not_counted
-        added = {"task": task, "args_contain_secret": Redactor(self.config.secrets).contains_secret(args)}
+    def call_context(self, name: str, action: str, args: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+        """`given` (explain's --context) with what the gateway adds to a call's context where it states none:
+        whether the arguments hold a secret, by the deployment's `secrets` rules, and for a tools/call its task's
+        facts as for the task's first call (nothing called or seen; this call's summed arguments as the totals)."""
+        added: dict[str, Any] = {"args_contain_secret": Redactor(self.config.secrets).contains_secret(args)}
+        if action == "call_tool":
+            upstream, _, item = name.partition("/")
+            found = next((u for u in self.config.upstreams if u.name == upstream), None)
+            sums, not_counted = summed_args(found.tools.get(item) if found is not None else None, args)
+            added["task"] = {"calls": 0, "totals": sums, "seen_tools": [],
+                             **({"not_counted": not_counted} if not_counted else {})}
         return {**added, **given}
 
     def principal(self, claims: dict[str, Any], where: str) -> Principal:

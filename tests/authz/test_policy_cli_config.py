@@ -356,3 +356,12 @@ def test_explain_decides_a_call_with_the_facts_the_gateway_adds(tmp_path: Path) 
     stated = run({"amount": 50, "memo": "ghp_" + "a1" * 18}, "--context",
                  '{"args_contain_secret": false, "task": {"totals": {"amount": 10050}}}')
     assert (stated["outcome"], stated["context"]["args_contain_secret"]) == ("approval_required", False)
+
+
+def test_explain_scans_a_prompts_arguments_as_the_gateway_does(tmp_path: Path) -> None:
+    """The gateway scans the arguments of prompts/get too (and gives only tools/call a task)."""
+    config = _config(tmp_path)
+    code, report, err = explain("--config", config, "--principal-claims", _claims(), "--tool", "inventory/restock",
+                                "--action", "get_prompt", "--args", json.dumps({"sku": "ghp_" + "a1" * 18}))
+    assert code == 0 and report is not None, err
+    assert report["context"]["args_contain_secret"] is True and "task" not in report["context"]
