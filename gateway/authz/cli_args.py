@@ -89,7 +89,7 @@ def _add_test(sub: Any) -> None:
                    help="policy directory (default: --config's policies.dir, else the file's `policies:`, else "
                    "the parent of a tests/ directory, else the file's own)")
     _config_option(p)
-    p.set_defaults(func=_command("test_cmd"))
+    p.set_defaults(func=_command("test_cmd", "gateway.authz.cases_cmd"))
 
 
 def _add_explain(sub: Any) -> None:

@@ -58,3 +58,22 @@ def test_explain_refuses_a_total_the_schema_does_not_name() -> None:
     done = customs_main("policy", "explain", "--policies", SHIPPED, "--principal-claims", json.dumps(READER),
                         "--tool", "payments/pay", "--context", '{"task": {"totals": {"amount": 50}}}')
     assert done.returncode == 0 and json.loads(done.stdout)["outcome"] == "allow", done.stdout + done.stderr
+
+
+def test_every_unusable_case_file_is_named_in_one_run(tmp_path: Path) -> None:
+    """A directory of case files (CI runs `customs policy test policies/tests`) with two unusable files: both are
+    named, and the cases of the others still run. The run stopped at the first, so fixing files took one run each
+    and the cases after it were never reported."""
+    (tmp_path / "a.yaml").write_text(CASE.format(task="{totals: {amout: 1}}"))
+    (tmp_path / "b.yaml").write_text(CASE.format(task="{totals: {amount: 10050}}").replace(
+        "expect: approval_required", "expect: allow"))
+    (tmp_path / "c.yaml").write_text("cases: [\n")
+    (tmp_path / "d.yaml").write_text(CASE.format(task="{totals: {amount: 10050}}"))
+    done = customs_main("policy", "test", "--policies", SHIPPED, tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{tmp_path / 'a.yaml'}:4: cases[0]: context.task.totals.amout" in done.stderr
+    assert f"{tmp_path / 'c.yaml'}: line 2, column 1: invalid YAML" in done.stderr
+    assert f"FAIL {tmp_path / 'b.yaml'}:4: over the limit is held: expected allow, got approval_required" \
+        in done.stdout
+    assert f"PASS {tmp_path / 'd.yaml'}: over the limit is held" in done.stdout
+    assert done.stdout.rstrip().endswith("1 passed, 1 failed, 2 unusable case file(s)"), done.stdout
