@@ -17,6 +17,9 @@ from typing import Any
 from gateway.config.model import BUILTIN_REDACT_KEYS, SecretsConfig
 
 MARK = "[REDACTED]"
+# What the agent's own bearer token becomes in a message it sends (credentials/agent_token.py). A mark of its own, a
+# secret pattern below: the token is gone, but to policy (context.args_contain_secret) the arguments still held one.
+AGENT_TOKEN_MARK = "[REDACTED:agent-token]"
 
 # Where a token may start and end: not inside a run of letters and digits. Not `\b`: `_` is a word character, so
 # `docs__ghp_…` (a tool name's `<upstream>__` prefix, snake_case) or `ghp_…_old` had no boundary and kept the token.
@@ -40,6 +43,7 @@ PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("google_api_key", re.compile(_START + r"AIza[0-9A-Za-z_-]{35}"), MARK),
     ("url_password", re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)(?!\[REDACTED\]@)[^/\s@]+(@)"),
      r"\1" + MARK + r"\2"),
+    ("agent_token_mark", re.compile(re.escape(AGENT_TOKEN_MARK)), MARK),
 )
 
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
@@ -62,7 +66,8 @@ DETECT = _detector(p for _, p, _ in PATTERNS)
 # rather than trying every pattern at every position: 5-15 times faster on text without secrets, the usual case).
 # Text it finds nothing in holds no secret; tests/credentials/test_redaction_prefilter.py keeps it a superset.
 PREFILTER = re.compile(r"(?i:bearer|aws_secret_access_key)|-----BEGIN|eyJ|Basic|A(?:KIA|SIA|BIA|CCA)|gh[pousr]_"
-                       r"|github_pat_|xox|[spr]k_(?:live|test)_|whsec_|sk-|AIza|hooks\.slack\.com|://[^/\s@]*@")
+                       r"|github_pat_|xox|[spr]k_(?:live|test)_|whsec_|sk-|AIza|hooks\.slack\.com|://[^/\s@]*@"
+                       r"|\[REDACTED:agent-token\]")
 
 
 def _words(key: str) -> tuple[str, ...]:

@@ -1,10 +1,12 @@
 """The agent's own bearer token reaches no upstream in what the gateway sends it, not only in headers: a token the
-agent wrote into a message (`_meta`, arguments, a notification) is replaced by [REDACTED] before it is read."""
+agent wrote into a message (`_meta`, arguments, a notification) is replaced by a mark before it is read, a mark that
+policy still reads as a secret in the arguments (`context.args_contain_secret`)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -97,7 +99,8 @@ async def test_the_agents_token_written_into_messages_reaches_no_upstream(start_
         gw = await start_gateway({
             "upstreams": [{"name": "docs", "url": f"{base}/mcp", "credentials": {"mode": "minted"}}],
             "identity": {"mode": "jwt", "issuers": [issuer.config()]},
-            "policies": {"dir": str(permissive_policies)}, "signing": {"key_dir": str(tmp_path / "keys")}})
+            "policies": {"dir": str(permissive_policies)}, "signing": {"key_dir": str(tmp_path / "keys")},
+            "decision_log": {"path": str(tmp_path / "decisions.jsonl")}})
         token = issuer.mint("spiffe://acme/agent-1", aud=[gw.mcp, f"{gw.mcp}/docs"], tenant="acme")
         # A client that copies its own credential into `_meta` (or a prompt-injected agent pasting it into an
         # argument): the upstream would hold a token the gateway accepts as this agent.
@@ -109,15 +112,19 @@ async def test_the_agents_token_written_into_messages_reaches_no_upstream(start_
                 await agent.open()
                 answer = await agent.request("tools/call", {"name": f"{prefix}echo",
                                                             "arguments": {"value": f"token={token}"}, "_meta": meta})
-                assert answer["result"]["content"][0]["text"] == "token=[REDACTED]", answer
+                assert answer["result"]["content"][0]["text"] == "token=[REDACTED:agent-token]", answer
                 assert "result" in await agent.request("resources/read", {"uri": uri, "_meta": meta})
                 assert "result" in await agent.request("tools/list", {"_meta": meta})
                 status, _ = await agent.post({"jsonrpc": "2.0", "method": "notifications/roots/list_changed",
                                               "params": {"_meta": meta}})
                 assert status == 202
+        await gw.runner.cleanup()  # the decision log is drained
     assert seen, "the upstream got no request"
     leaked = [blob[:200] for blob in seen if token.encode() in blob.replace(b"\\u0065", b"e")]
     assert leaked == []
+    records = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    calls = [r for r in records if r.get("type") == "decision" and r.get("method") == "tools/call"]
+    assert len(calls) == 2 and all(r["authz_input"]["args_contain_secret"] for r in calls), calls
 
 
 async def test_a_batch_member_carrying_the_agents_token_reaches_no_upstream(start_gateway, permissive_policies,
@@ -140,5 +147,33 @@ async def test_a_batch_member_carrying_the_agents_token_reaches_no_upstream(star
                  "params": {"name": "docs__echo", "arguments": {"value": token}, "_meta": {"copy": token}}},
                 {"jsonrpc": "2.0", "method": "notifications/roots/list_changed", "params": {"_meta": {"t": token}}}])
         assert status == 200, answers
-        assert [a["result"]["content"][0]["text"] for a in answers] == ["[REDACTED]"], answers
+        assert [a["result"]["content"][0]["text"] for a in answers] == ["[REDACTED:agent-token]"], answers
     assert [blob[:200] for blob in seen if token.encode() in blob] == []
+
+
+async def test_a_tool_leaving_the_organisation_is_denied_the_agents_token(start_gateway, permissive_policies,
+                                                                          tmp_path) -> None:
+    """The shipped `no-secrets-leaving-org` forbid, beside allow-all: an agent pasting its own token into the arguments
+    of a tool that leaves the organisation is denied as before the token was taken out (the mark reads as a secret),
+    and the upstream gets no call."""
+    guards = (Path(__file__).resolve().parents[2] / "policies" / "guards.cedar").read_text()
+    start = guards.index('@id("no-secrets-leaving-org")')
+    (permissive_policies / "no_secrets.cedar").write_text(guards[start:guards.index(";", start) + 1] + "\n")
+    issuer = TestIssuer(tmp_path)
+    seen: list[bytes] = []
+    app = _lowlevel(docs_server()).streamable_http_app(host="127.0.0.1")
+    async with run_asgi(recording(app, seen)) as base:
+        gw = await start_gateway({
+            "upstreams": [{"name": "docs", "url": f"{base}/mcp", "tools": {"echo": {"leaves_org": True}}}],
+            "identity": {"mode": "jwt", "issuers": [issuer.config()]},
+            "policies": {"dir": str(permissive_policies)}})
+        token = issuer.mint("spiffe://acme/agent-1", aud=gw.mcp, tenant="acme")
+        async with aiohttp.ClientSession() as http:
+            agent = Agent(http, gw.mcp, token)
+            await agent.open()
+            assert "result" in await agent.request("tools/call", {"name": "docs__echo", "arguments": {"value": "x"}})
+            calls = len(seen)
+            pasted = {"name": "docs__echo", "arguments": {"value": f"Bearer {token}"}}
+            answer = await agent.request("tools/call", pasted)
+    assert answer["error"]["data"]["reason"] == "unknown_tool", answer
+    assert len(seen) == calls

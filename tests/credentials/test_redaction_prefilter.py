@@ -26,6 +26,7 @@ SAMPLES = {
     "openai_key": "sk-ant-" + "Ab12Cd34Ef56Gh78Ij90Kl",
     "google_api_key": "AIza" + "SyD-1234567890abcdefghijklmnopqrstu",
     "url_password": "postgres://admin:s3cr3t@db.internal:5432/app",
+    "agent_token_mark": "Bearer-less [REDACTED:agent-token] in place of the agent's own token",
 }
 
 
