@@ -186,13 +186,13 @@ class Telemetry:
     def inject_meta(self, meta: dict[str, Any]) -> None:
         """Write the current span's context into `params._meta` (every transport; stdio's only channel)."""
         if self.enabled and (carrier := self._carrier()) is not None:
-            meta.update(carrier)
+            _write_meta(meta, carrier)
 
     def inject(self, headers: dict[str, str], meta: dict[str, Any]) -> None:
         """Both of the above (made once, copied to both): the shape `ForwardStage(inject=...)` expects."""
         if self.enabled and (carrier := self._carrier()) is not None:
             headers.update(carrier)
-            meta.update(carrier)
+            _write_meta(meta, carrier)
 
     def current_span(self) -> AnySpan:
         """The gateway span current in this task (NO_SPAN outside any)."""
@@ -353,6 +353,14 @@ class _IssuedSpan(CurrentSpan):
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         self._issued.discard(self._ids)
         super().__exit__(kind, exc, tb)
+
+
+def _write_meta(meta: dict[str, Any], carrier: dict[str, str]) -> None:
+    """The gateway's context over the agent's `_meta` copy, whole: a context with no trace state writes none, so the
+    agent's own `tracestate` (one the gateway dropped as malformed, or of a trace it did not join) must go."""
+    if "tracestate" in meta and "tracestate" not in carrier:
+        del meta["tracestate"]
+    meta.update(carrier)
 
 
 def _with_method(method: str, attrs: Attributes | None) -> dict[str, Any]:
