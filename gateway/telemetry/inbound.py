@@ -27,10 +27,18 @@ def carrier(source: Mapping[str, Any] | None) -> dict[str, str]:
     if not source:
         return {}
     out: dict[str, str] = {}
+    getall = getattr(source, "getall", None)
+    if getall is not None:  # HTTP header fields (W3C Trace Context 3.2.1, 3.3.1)
+        parents, states = getall("traceparent", ()), getall("tracestate", ())
+        if len(parents) == 1 and isinstance(parents[0], str):  # two fields: invalid, as no traceparent at all
+            out["traceparent"] = parents[0]
+        if states:  # several fields are one list, combined in order (RFC 9110 5.3)
+            out["tracestate"] = ",".join(states)
+        return out
     for key in PROPAGATION_KEYS:
         value = source.get(key)
         if value is None and not isinstance(source, dict):
-            continue  # case-insensitive header maps (aiohttp) already answered
+            continue  # a case-insensitive map already answered
         if value is None:
             value = next((v for k, v in source.items() if isinstance(k, str) and k.lower() == key), None)
         if isinstance(value, str):
