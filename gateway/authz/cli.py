@@ -91,6 +91,8 @@ def explain_cmd(args: argparse.Namespace) -> int:
     decision = evaluate.decide(loaded, principal, action, tool, facts, granted=granted)
     report: dict[str, Any] = {
         "outcome": decision.outcome, "policies": list(decision.policy_ids), "errors": list(decision.errors),
+        # The same, by the names of the decision log's record (and the spans' customs.decision / policy_ids).
+        "decision": decision.outcome, "policy_ids": list(decision.policy_ids),
         "policy_version": decision.policy_version,
         "evaluated_as": [m.id for m in members(principal)],
         "issuer": principal.issuer or None,  # `iss`; every member is evaluated with it

@@ -365,3 +365,12 @@ def test_explain_scans_a_prompts_arguments_as_the_gateway_does(tmp_path: Path) -
                                 "--action", "get_prompt", "--args", json.dumps({"sku": "ghp_" + "a1" * 18}))
     assert code == 0 and report is not None, err
     assert report["context"]["args_contain_secret"] is True and "task" not in report["context"]
+
+
+def test_explain_names_the_decision_as_the_decision_log_does(tmp_path: Path) -> None:
+    """explain's report also carries `decision` and `policy_ids`, the names of the decision log's record (and of
+    customs.decision / customs.policy_ids on spans), so a record and an explanation of it compare key by key."""
+    code, report, err = explain("--config", _config(tmp_path), "--principal-claims", _claims(), *READ)
+    assert code == 0 and report is not None, err
+    assert (report["decision"], report["policy_ids"]) == (report["outcome"], report["policies"]) \
+        == ("allow", ["reads-allowed"])
