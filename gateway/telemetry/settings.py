@@ -101,9 +101,10 @@ def _signal_endpoint(explicit: str | None, env: Mapping[str, str], signal: str) 
 
 
 def _headers(env: Mapping[str, str], signal: str) -> dict[str, str]:
-    headers = dict(parse_env_headers(env.get("OTEL_EXPORTER_OTLP_HEADERS", ""), liberal=True))
-    headers.update(parse_env_headers(env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS", ""), liberal=True))
-    return headers
+    """OTEL_EXPORTER_OTLP_{SIGNAL}_HEADERS in place of OTEL_EXPORTER_OTLP_HEADERS, as the SDK's exporters read them:
+    not merged, or a credential meant for the generic collector would go to a signal's own one too."""
+    value = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS", env.get("OTEL_EXPORTER_OTLP_HEADERS", ""))
+    return dict(parse_env_headers(value, liberal=True))
 
 
 def unsupported_protocol(env: Mapping[str, str], signal: str) -> str | None:
