@@ -32,7 +32,7 @@ from gateway.authz.entities import context, members
 from gateway.authz.jsonargs import explain_json as _explain_json
 from gateway.authz.jsonargs import json_arg as _json_arg
 from gateway.authz.jsonargs import json_object as _json_object
-from gateway.authz.policyset import SCHEMA_FILE
+from gateway.authz.policyset import SCHEMA_FILE, PolicyLoadError, load_policies, policy_files
 from gateway.authz.record import from_authz_input
 from gateway.authz.replayargs import ArgumentReaders, recorded_errors_hinge, redacted_args
 from gateway.authz.schemagen import apply_block, check_tool, schema_from_input_schemas
@@ -207,9 +207,23 @@ def schema_cmd(args: argparse.Namespace) -> int:
             _err(f"--output: cannot write {args.output}: {exc.strerror or exc}")
             return 2
         print(f"wrote {args.output}", file=sys.stderr)
+        _check_against(policies_dir or Path("policies"), args.output)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _check_against(directory: Path, schema: Path) -> None:
+    """Warn when the directory's policies do not validate against the schema just written: the schema is right (it
+    is the tools' truth), but a policy reading an argument a tool no longer has would keep a watching gateway on
+    its last good set and the next start from starting. Every problem is named, as `policy validate` names them."""
+    if not any(policy_files(directory)):
+        return
+    try:
+        load_policies(directory, schema)
+    except PolicyLoadError as exc:
+        print(f"warning: the policies in {directory} do not validate against {schema}: fix them before the gateway "
+              "loads this schema\n" + "\n".join(f"  {p}" for p in exc.problems), file=sys.stderr)
 
 
 def _recorded(record: dict[str, Any]) -> tuple[str, list[str]]:

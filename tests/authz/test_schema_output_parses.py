@@ -52,3 +52,26 @@ def test_a_schema_that_parses_is_still_written(policy_dir: Path, tools_json: Pat
     assert result.returncode == 0, result.stderr
     assert "type payments_pay_args" in schema.read_text()
     assert customs_main("policy", "validate", policy_dir).returncode == 0
+
+
+def test_writing_a_schema_the_policies_do_not_validate_against_warns(policy_dir: Path, tools_json: Path) -> None:
+    """A tool changed (its `amount` is now `sum`): the schema generated from it is right, and a policy reading
+    `amount` is now invalid, which is what typed arguments are for. It was written with exit 0 and nothing said,
+    while the gateway watching the directory refused the set (keeping its last good one) and the next start failed.
+    It is still written (the schema is the tools' truth), and every problem of the policies is named at once."""
+    (policy_dir / "limit.cedar").write_text(
+        '@id("pay-limit")\nforbid (principal, action == Action::"call_tool", resource == Tool::"payments/pay")\n'
+        "when { context.args has amount && context.args.amount > 5000 };\n")
+    tools_json.write_text(json.dumps({"payments": {"tools": [{"name": "pay", "inputSchema": {
+        "type": "object", "properties": {"sum": {"type": "number"}}}}]}}))
+    schema = policy_dir / "schema.cedarschema"
+    result = customs_main("policy", "schema", "--tools-json", tools_json, "--policies", policy_dir, "-o", schema)
+    assert result.returncode == 0, result.stderr
+    assert '"sum"?: Long' in schema.read_text()
+    assert (f"warning: the policies in {policy_dir} do not validate against {schema}: fix them before the gateway "
+            "loads this schema") in result.stderr, result.stderr
+    assert f"  {policy_dir / 'limit.cedar'}:1: policy 'pay-limit': argument 'amount' read on context.args" \
+        in result.stderr
+    ok = customs_main("policy", "schema", "--tools-json", tools_json, "--policies", policy_dir, "-o",
+                      policy_dir.parent / "other.cedarschema")  # written elsewhere: the same check, of that file
+    assert "warning: the policies" in ok.stderr
