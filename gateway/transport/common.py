@@ -45,6 +45,13 @@ class SessionClock:
             self._hook(time.monotonic() - since, protocol_version, error)
 
 
+class Unsent(GatewayError):
+    """`upstream_unavailable` raised before any of the request was written to the upstream (see never_sent)."""
+
+    def __init__(self, message: str | None = None, *, data: dict[str, Any] | None = None) -> None:
+        super().__init__("upstream_unavailable", message, data=data)
+
+
 class CircuitBreaker:
     """Fail fast after repeated connection failures; one trial call after the cooldown."""
 
@@ -74,7 +81,7 @@ class CircuitBreaker:
         if self._opened_at is None or self.admit_trial():
             return
         data = {"circuit": "open"} if self.upstream is None else {"circuit": "open", "upstream": self.upstream}
-        raise GatewayError("upstream_unavailable", "Upstream unavailable (circuit open)", data=data)
+        raise Unsent("Upstream unavailable (circuit open)", data=data)
 
     def admit_trial(self) -> bool:
         """Take the one trial slot of an open circuit if the cooldown allows it now (False when closed).
@@ -107,13 +114,14 @@ class CircuitBreaker:
 
 
 def never_sent(error: BaseException | None) -> bool:
-    """True for an upstream failure that proves the upstream never ran the request: the circuit was open, no
+    """True for an upstream failure that proves the upstream never ran the request: the circuit was open, nothing
+    was written (`Unsent`: a stdio child stopped, not ready or not running, its session closed), no
     connection to the upstream could be made (refused, name not resolved, TLS handshake failed), or the upstream
     answered 404 for a session it no longer knows (restarted), which it must do before running anything. A
     connection that broke later may have carried the request (it may have run), so it does not count."""
     if not isinstance(error, GatewayError) or error.reason != "upstream_unavailable":
         return False
-    return (error.data.get("circuit") == "open" or error.data.get("session") == "expired"
+    return (isinstance(error, Unsent) or error.data.get("circuit") == "open" or error.data.get("session") == "expired"
             or isinstance(error.__cause__, aiohttp.ClientConnectorError))
 
 

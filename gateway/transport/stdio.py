@@ -40,6 +40,7 @@ from gateway.transport.common import (
     TOOLS_CHANGED,
     CircuitBreaker,
     SessionClock,
+    Unsent,
     cancelled_message,
     send_own,
     with_id,
@@ -252,7 +253,7 @@ class StdioSession:
                       sent_id: SentId | None = None, refresh: HeadersSource | None = None) -> Message:
         # `headers` cannot travel over pipes; trace context reaches stdio servers through params._meta.
         if self._closed:
-            raise GatewayError("upstream_unavailable", "upstream session closed")
+            raise Unsent("upstream session closed")
         return await self._up.request(self, message, on_message, timeout, sent_id)
 
     async def notify(self, message: Message, *, headers: Mapping[str, str] | None = None) -> None:

@@ -19,7 +19,7 @@ from gateway import jsonrpc
 from gateway.config.model import UpstreamConfig
 from gateway.errors import GatewayError
 from gateway.transport.base import ConnectParams, Health, Message
-from gateway.transport.common import INITIALIZED, CircuitBreaker, check_initialize, initialize_message, with_id
+from gateway.transport.common import INITIALIZED, CircuitBreaker, Unsent, check_initialize, initialize_message, with_id
 from gateway.transport.events import Oversized
 from gateway.transport.inflight import InflightTable
 from gateway.transport.stdio_fence import StdinStalled
@@ -137,18 +137,17 @@ class StdioChild:
         if self._supervisor is None and not self._stopping:
             await self.start()
         if self._stopping:
-            raise GatewayError("upstream_unavailable", "upstream stopped", data={"upstream": self.name})
+            raise Unsent("upstream stopped", data={"upstream": self.name})
         try:
             async with asyncio.timeout(limit):
                 await self._ready.wait()
         except TimeoutError as exc:
-            raise GatewayError("upstream_unavailable", f"upstream process not ready ({self._detail})",
-                               data={"upstream": self.name}) from exc
+            raise Unsent(f"upstream process not ready ({self._detail})", data={"upstream": self.name}) from exc
 
     async def write(self, message: Message, limit: float | None = None) -> None:
         proc = self._proc
         if proc is None or proc.stdin is None or proc.returncode is not None:
-            raise GatewayError("upstream_unavailable", "upstream process is not running", data={"upstream": self.name})
+            raise Unsent("upstream process is not running", data={"upstream": self.name})
         line = jsonrpc.dumps(message) + b"\n"
         try:
             # Bounded: a child that stopped reading fills its stdin pipe, and every writer would wait behind

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.config.model import UpstreamConfig
 from gateway.errors import GatewayError
+from gateway.transport.common import never_sent
 from gateway.transport.stdio import StdioUpstream
 from tests.support.feature_server import FEATURE_SERVER_PATH
 from tests.support.servers import stdio_command
@@ -277,3 +278,22 @@ async def test_a_restarted_child_s_tools_are_announced_as_changed(features_stdio
         await session.request(call("crash"), timeout=600)
     await inbox.wait_for(lambda m: m.get("method") == "notifications/tools/list_changed", within=15)
     assert features_stdio.health().restarts == 1 and features_stdio.health().ready
+
+
+async def test_a_call_to_a_stopped_child_is_known_never_sent() -> None:
+    """A call refused before anything was written to the child (the upstream stopped, its session closed) is
+    `never_sent`: an approval it used is handed back and a task's share given back, as for a refused HTTP
+    connection (it used to count as a call that may have run)."""
+    upstream = StdioUpstream(UpstreamConfig(name="features", command=(sys.executable, FEATURE_SERVER_PATH),
+                                            timeout_s=20))
+    await upstream.start()
+    session = await upstream.connect(CLIENT_CAPS, Inbox())
+    second = await upstream.connect(CLIENT_CAPS, Inbox())
+    await second.close()
+    with pytest.raises(GatewayError) as closed:
+        await second.request(call("echo", {"text": "x"}))
+    await upstream.stop()
+    with pytest.raises(GatewayError) as stopped:
+        await session.request(call("echo", {"text": "x"}))
+    assert closed.value.reason == stopped.value.reason == "upstream_unavailable"
+    assert never_sent(closed.value) and never_sent(stopped.value), (closed.value, stopped.value)
