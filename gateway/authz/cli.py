@@ -253,14 +253,15 @@ def decided_with_approval(outcome: str, approved: bool) -> bool:
     return approved and outcome != "approval_required"
 
 
-def _print_replay(groups: dict[str, list[str]], undetermined: list[str]) -> None:
+def _print_replay(groups: dict[str, list[str]], undetermined: list[str], redacted: bool) -> None:
     for policy in sorted(groups):
         print(f"{policy}: {len(groups[policy])} changed")
         for entry in groups[policy]:
             print(f"  {entry}")
     if undetermined:
         print(f"undetermined: {len(undetermined)} (these policies read context.args, which the log does not "
-              "hold: enable decision_log.include_args to replay them)")
+              "hold: enable decision_log.include_args to replay them" + ("; a value the log redacted stays unknown"
+                                                                         if redacted else "") + ")")
         for entry in undetermined:
             print(f"  {entry}")
 
@@ -330,7 +331,7 @@ def replay_cmd(args: argparse.Namespace) -> int:
         changed += 1
         for policy in sorted(set(old_ids) | set(new.policy_ids)) or ["(no policy: default deny)"]:
             groups[policy].append(entry)
-    _print_replay(groups, undetermined)
+    _print_replay(groups, undetermined, redacted > 0)
     why = "arguments not logged or redacted" if redacted else "arguments not logged"
     unknown = f", {len(undetermined)} undetermined ({why})" if undetermined else ""
     print(f"{replayed} replayed, {changed} changed, {skipped} skipped (no authz_input or not a decision){unknown}")

@@ -70,6 +70,7 @@ async def test_replay_of_a_redacted_argument_is_undetermined_not_changed(start_g
         f"{LOOKUP}: allow -> deny (as replayed with redacted arguments)"]}
     assert "3 replayed, 0 changed, " in same.stdout
     assert same.stdout.rstrip().endswith("1 undetermined (arguments not logged or redacted)"), same.stdout
+    assert "; a value the log redacted stays unknown)" in same.stdout
 
     # A forbid on a redacted token may refuse the third lookup (undetermined); one on the SKU, which the log holds,
     # does refuse it (changed, exit 1); the lookup that sent neither stays as it was.
