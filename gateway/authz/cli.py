@@ -286,7 +286,8 @@ def replay_cmd(args: argparse.Namespace) -> int:
         # Split at newlines only, as the log is written: orjson leaves U+2028 and U+0085 in strings unescaped,
         # which str.splitlines would cut a record at. Each line is decoded on its own, so one torn line (a
         # write cut inside a character) is one skipped line, not an unreadable log.
-        lines = args.log.read_bytes().split(b"\n")
+        raw = sys.stdin.buffer.read() if str(args.log) == "-" else args.log.read_bytes()  # `-`: a pipe (zcat …)
+        lines = raw.split(b"\n")
     except OSError as exc:
         _err(f"cannot read {args.log}: {unreadable(exc)}")
         return 2

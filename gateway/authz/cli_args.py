@@ -136,6 +136,7 @@ def _add_replay(sub: Any) -> None:
                 "Re-decide each decision-log line with an authz_input; print changed decisions grouped by\n"
                 "policy.", "  0 no decision changed\n  1 some decision changed\n"
                 "  2 bad input (unreadable log, no replayable line, invalid policies)")
-    p.add_argument("--log", type=Path, required=True, metavar="DECISIONS.jsonl", help="a decision log (JSON lines)")
+    p.add_argument("--log", type=Path, required=True, metavar="DECISIONS.jsonl",
+                   help="a decision log (JSON lines); - reads standard input")
     p.add_argument("--policies", type=Path, required=True, metavar="DIR", help="the policies to replay under")
     p.set_defaults(func=_command("replay_cmd"))

@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from tests.lifecycle.conftest import Upstreams, gateway_config, token
+from tests.lifecycle.conftest import REPO, Upstreams, gateway_config, token
 from tests.lifecycle.test_life_replay import groups, replay
 from tests.support.mcp_client import sdk_client
 from tests.support.tokens import TestIssuer
@@ -85,3 +87,18 @@ async def test_replay_of_a_redacted_argument_is_undetermined_not_changed(start_g
     assert tokens_only.returncode == 0, tokens_only.stdout + tokens_only.stderr
     assert groups(tokens_only.stdout) == {"(undetermined)": [
         f"{LOOKUP}: allow, unchanged with redacted arguments; no-test-tokens reads them"]}
+
+
+def test_replay_reads_the_log_from_stdin_as_dash(tmp_path: Path) -> None:
+    """`zcat decisions.jsonl.gz | customs policy replay --log - …`: a rotated, compressed log replays without a
+    temporary file (`-` was read as a file named `-`: `cannot read -`, exit 2)."""
+    record = {"type": "decision", "issuer": "https://idp.test", "decision": "allow", "policy_ids": ["reads-allowed"],
+              "authz_input": {"principal": {"id": READER, "attributes": {"tenant": "acme"}}, "chain": [],
+                              "action": "call_tool", "tool": {"upstream": "inventory", "name": "get_stock",
+                                                               "read_only": True}, "environment": "dev",
+                              "time": "2026-05-01T12:00:00+00:00"}}
+    done = subprocess.run([sys.executable, "-m", "gateway", "policy", "replay", "--log", "-", "--policies",
+                           str(REPO / "policies")], input=json.dumps(record) + "\n", capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 replayed, 0 changed" in done.stdout
