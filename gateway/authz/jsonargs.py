@@ -19,8 +19,9 @@ def json_arg(value: str | None, what: str) -> Any:
         return json.loads(text)
     except (OSError, UnicodeDecodeError) as exc:
         raise CaseError(f"{what}: cannot read {value[1:]}: {unreadable(exc)}") from exc
-    except json.JSONDecodeError as exc:
-        raise CaseError(f"{what}: invalid JSON: {exc}") from exc
+    except json.JSONDecodeError as exc:  # its line and column are the file's, so the file is named
+        source = f"{value[1:]}: " if value.startswith("@") else ""
+        raise CaseError(f"{what}: {source}invalid JSON: {exc}") from exc
 
 
 def explain_json(value: str | None, what: str) -> Any:

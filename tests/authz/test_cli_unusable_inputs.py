@@ -295,3 +295,19 @@ def test_explain_names_annotations_for_a_bad_label(annotations: str, problem: st
                           "--tool", "inventory/get_stock", "--annotations", annotations)
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: --annotations: {problem}"), result.stderr
+
+
+def test_invalid_json_in_a_file_names_the_file(tmp_path: Path) -> None:
+    """`--principal-claims @claims.json` with a JSON error named only the option, its line and column in no named
+    file; `--tools-json FILE` likewise."""
+    claims = tmp_path / "claims.json"
+    claims.write_text('{\n  "sub": "a",\n  "tenant": acme\n}\n')
+    done = customs_main("policy", "explain", "--policies", SHIPPED, "--principal-claims", f"@{claims}",
+                        "--tool", "inventory/get_stock")
+    assert done.returncode == 2
+    assert f"error: --principal-claims: {claims}: invalid JSON: Expecting value: line 3 column 13" in done.stderr
+    tools = tmp_path / "tools.json"
+    tools.write_text('{"inventory": }')
+    done = customs_main("policy", "schema", "--tools-json", tools, "--policies", SHIPPED)
+    assert done.returncode == 2
+    assert f"error: --tools-json: {tools}: invalid JSON: Expecting value: line 1 column 15" in done.stderr
