@@ -43,6 +43,7 @@ class TraceSettings:
     headers: dict[str, str] = field(default_factory=dict)
     capture_args: bool = False
     trust_inbound: bool = True
+    value_limit: int | None = None  # longest string attribute value (OTEL_[SPAN_]ATTRIBUTE_VALUE_LENGTH_LIMIT)
 
     @property
     def enabled(self) -> bool:
@@ -179,7 +180,21 @@ def trace_settings(config: TelemetryConfig, env: Mapping[str, str]) -> TraceSett
         sampler = env_sampler(env)
     return TraceSettings(service_name=service_name(config, env), endpoint=endpoint, console=console,
                          sampler=sampler, headers=_headers(env, "traces"), capture_args=traces.capture_args,
-                         trust_inbound=traces.trust_inbound)
+                         trust_inbound=traces.trust_inbound, value_limit=value_length_limit(env))
+
+
+def value_length_limit(env: Mapping[str, str]) -> int | None:
+    """OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, else OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT (the SDK's SpanLimits): string
+    attribute values of exported spans are cut to that many characters. None (the SDK's default): no limit. A value
+    that is no whole number of 0 or more is warned about and ignored (the SDK refuses to start)."""
+    for name in ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"):
+        raw = env.get(name, "").strip()
+        if not raw:
+            continue
+        if raw.isascii() and raw.isdigit():
+            return int(raw)
+        log.warning("%s=%r is not a whole number of 0 or more: ignored", name, raw[:40])
+    return None
 
 
 def metric_settings(config: TelemetryConfig, env: Mapping[str, str]) -> MetricSettings:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from gateway.telemetry.child_pipe import settle_heap
 from gateway.telemetry.span_export import FRAME, MAX_BATCH
-from gateway.telemetry.spans import SCOPE, WireSpan
+from gateway.telemetry.spans import SCOPE, WireSpan, clipped
 
 if TYPE_CHECKING:  # imported where used: the gateway's process never encodes
     from gateway.telemetry.otlp_encode import OtlpEncoder
@@ -160,12 +160,15 @@ def main() -> None:
         return
     config = first[1]
     encoder = OtlpEncoder(config["resource"])
+    limit: int | None = config.get("value_limit")  # cut here: the event loop never pays for it
     poster = OtlpPoster(config["endpoint"], config["headers"] or {}, os.environ)
     settle_heap()
     try:
         while (message := _read_frame(stdin)) is not None:
             kind, body = message
             if kind == "spans":
+                if limit is not None:
+                    body = [clipped(span, limit) for span in body]
                 for start in range(0, len(body), MAX_BATCH):
                     batch = body[start:start + MAX_BATCH]
                     # The parent counts what is lost, and what this process held if it dies.

@@ -38,8 +38,9 @@ FRAME = struct.Struct("!I")  # a frame's length, before its marshalled message
 class SpanShipper:
     """Main-process side: buffer → marshalled frames → the exporter child's stdin."""
 
-    def __init__(self, endpoint: str, headers: dict[str, str], resource: dict[str, Any]) -> None:
-        self._config = {"endpoint": endpoint, "headers": headers, "resource": resource}
+    def __init__(self, endpoint: str, headers: dict[str, str], resource: dict[str, Any],
+                 value_limit: int | None = None) -> None:
+        self._config = {"endpoint": endpoint, "headers": headers, "resource": resource, "value_limit": value_limit}
         self._spans: list[WireSpan] = []
         self._wake = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None

@@ -128,15 +128,36 @@ class LightSpan:
               self._status))
 
 
-def readable(span: WireSpan, resource: Resource) -> ReadableSpan:
+def clipped(span: WireSpan, limit: int) -> WireSpan:
+    """`span` with every string attribute value (alone or in a sequence) cut to `limit` characters, as the SDK's
+    `SpanLimits.max_attribute_length` cuts them (span and link attributes; the call's deferred facts expanded)."""
+    name, kind, context, parent, start, end, attributes, links, status = span
+    return (name, kind, context, parent, start, end, _clip(expand(attributes), limit),
+            [(c, _clip(a, limit)) for c, a in links], status)
+
+
+def _clip(attributes: dict[str, Any], limit: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if isinstance(value, str):
+            value = value[:limit]
+        elif isinstance(value, (list, tuple)):
+            value = type(value)(v[:limit] if isinstance(v, str) else v for v in value)
+        out[key] = value
+    return out
+
+
+def readable(span: WireSpan, resource: Resource, value_limit: int | None = None) -> ReadableSpan:
     """The SDK span of a finished light span (what the SDK's exporters take)."""
     name, kind, context, parent, start, end, attributes, links, (code, text) = span
     status = Status(StatusCode(code), text) if code != StatusCode.UNSET.value else Status(StatusCode.UNSET)
     # BoundedAttributes: the SDK's own cleaning and limits, as an SDK span would have applied them.
     return ReadableSpan(name=name, context=_span_context(context),
                         parent=_span_context(parent) if parent is not None else None, resource=resource,
-                        attributes=BoundedAttributes(SPAN_ATTRIBUTE_LIMIT, expand(attributes), immutable=True),
-                        links=tuple(Link(_span_context(c), BoundedAttributes(SPAN_ATTRIBUTE_LIMIT, a, immutable=True))
+                        attributes=BoundedAttributes(SPAN_ATTRIBUTE_LIMIT, expand(attributes), immutable=True,
+                                                     max_value_len=value_limit),
+                        links=tuple(Link(_span_context(c), BoundedAttributes(SPAN_ATTRIBUTE_LIMIT, a, immutable=True,
+                                                                             max_value_len=value_limit))
                                     for c, a in links),
                         kind=SpanKind(kind), status=status, start_time=start, end_time=end,
                         instrumentation_scope=SCOPE)

@@ -97,7 +97,8 @@ class Telemetry:
         # the gateway's own spans are light spans exported below.
         provider = TracerProvider(resource=resource, sampler=settings.sampler)
         if settings.endpoint is not None:
-            shipper = SpanShipper(settings.endpoint, dict(settings.headers), dict(resource.attributes))
+            shipper = SpanShipper(settings.endpoint, dict(settings.headers), dict(resource.attributes),
+                                  settings.value_limit)
             await shipper.start()
             self._shipper = shipper
         if settings.console:
@@ -120,7 +121,7 @@ class Telemetry:
         if self._shipper is not None:
             self._shipper.add(span)
         if self._console is not None and self._resource is not None:
-            self._console.on_end(readable(span, self._resource))
+            self._console.on_end(readable(span, self._resource, self.settings.value_limit))
 
     async def flush(self, timeout_ms: int = 10_000) -> bool:
         """Export every finished span now (off the event loop). True when all were exported."""
