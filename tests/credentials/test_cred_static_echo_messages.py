@@ -97,7 +97,9 @@ async def test_messages_an_upstream_sends_have_the_gateways_key_taken_out(
         if endpoint == "/sse":
             client = Client(sse_client(f"{gw.url}/sse"), mode="legacy", **agent.callbacks())
         elif endpoint == "stateless":  # 2026-07-28: no session stream, no server→client requests (progress, log)
-            client, tool = sdk_client(gw.mcp, mode="auto", logging_callback=agent.on_log), "leaky__chatter"
+            # log_level: that revision's per-request opt-in (`_meta` logLevel); without it no log line is sent
+            client = sdk_client(gw.mcp, mode="auto", logging_callback=agent.on_log, log_level="debug")
+            tool = "leaky__chatter"
         else:
             client = sdk_client(gw.url + endpoint, **agent.callbacks())
         async with client as c:
