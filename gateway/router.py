@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonrpc
+from gateway.jsonrpc import META_TASK_KEY
 from gateway.catalog import CURRENT_TOOL, MAX_TOOL_PAGES, PENDING_TOOL, Catalog, PendingTool, exposed_uri, not_found
 from gateway.context import NOT_FOUND_ITEM, CallContext, Principal, ToolInfo
 from gateway.credentials.tasks import named_task
@@ -64,6 +65,17 @@ Handler = Callable[[Inbound], Awaitable[dict[str, Any]]]
 # (upstream, its session, message, headers, relay, timeout) -> response: the traced send (telemetry/upstream_calls.py)
 UpstreamCall = Callable[[str, UpstreamSession, Message, dict[str, str], MessageHandler | None, float | None],
                         Awaitable[Message]]
+
+
+def _without_task(params: dict[str, Any]) -> dict[str, Any]:
+    """A request of the router's own (lists, completion, ...) without the gateway's task hint, which the credential
+    stage takes out of the pipeline's calls: the upstream never sees it."""
+    meta = params.get("_meta")
+    if isinstance(meta, dict) and META_TASK_KEY in meta:
+        params["_meta"] = {k: v for k, v in meta.items() if k != META_TASK_KEY}
+        if not params["_meta"]:
+            del params["_meta"]
+    return params
 
 
 def upstream_params(params: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
@@ -123,7 +135,7 @@ class Router:
         """A request the router makes on the client's behalf without the pipeline (lists, ping)."""
         session = await self._sessions.upstream_session(inbound.session, upstream)
         message = {"jsonrpc": "2.0", "id": inbound.message.id, "method": method,
-                   "params": upstream_params(params)}
+                   "params": _without_task(upstream_params(params))}
         headers = await self._sessions.headers(inbound.session, upstream)
         relay, timeout = self._relay(inbound, upstream), self._timeouts.get(upstream)
         try:
