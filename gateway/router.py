@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import jsonrpc
-from gateway.jsonrpc import META_TASK_KEY
 from gateway.catalog import CURRENT_TOOL, MAX_TOOL_PAGES, PENDING_TOOL, Catalog, PendingTool, exposed_uri, not_found
 from gateway.context import NOT_FOUND_ITEM, CallContext, Principal, ToolInfo
 from gateway.credentials.tasks import named_task
 from gateway.errors import GatewayError, UpstreamErrorResponse
+from gateway.jsonrpc import META_TASK_KEY
 from gateway.listing import LISTS, Lister
 from gateway.pinning import ToolGuard
 from gateway.pipeline import Authorizer, Pipeline
