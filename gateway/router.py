@@ -25,7 +25,6 @@ from gateway.catalog import CURRENT_TOOL, MAX_TOOL_PAGES, PENDING_TOOL, Catalog,
 from gateway.context import NOT_FOUND_ITEM, CallContext, Principal, ToolInfo
 from gateway.credentials.tasks import named_task
 from gateway.errors import GatewayError, UpstreamErrorResponse
-from gateway.jsonrpc import META_TASK_KEY
 from gateway.listing import LISTS, Lister
 from gateway.pinning import ToolGuard
 from gateway.pipeline import Authorizer, Pipeline
@@ -33,9 +32,9 @@ from gateway.server_messages import NotificationHook, carried_scrub, route_serve
 from gateway.sessions import Session, SessionManager
 from gateway.transport.base import Message, MessageHandler, UpstreamSession
 from gateway.transport.common import LOG_LEVELS
+from gateway.upstream_params import upstream_params, without_task
 
 SERVER_INFO = {"name": "customs", "title": "Customs MCP gateway", "version": "0.1.0"}
-ENVELOPE_PREFIX = "io.modelcontextprotocol/"
 SUBSCRIBE_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
 # Methods 2026-07-28 removed (the SDK's per-version surface has none of them at that revision): a
 # stateless client's subscription updates would reach nobody, and with no connection there is nothing
@@ -65,29 +64,6 @@ Handler = Callable[[Inbound], Awaitable[dict[str, Any]]]
 # (upstream, its session, message, headers, relay, timeout) -> response: the traced send (telemetry/upstream_calls.py)
 UpstreamCall = Callable[[str, UpstreamSession, Message, dict[str, str], MessageHandler | None, float | None],
                         Awaitable[Message]]
-
-
-def _without_task(params: dict[str, Any]) -> dict[str, Any]:
-    """A request of the router's own (lists, completion, ...) without the gateway's task hint, which the credential
-    stage takes out of the pipeline's calls: the upstream never sees it."""
-    meta = params.get("_meta")
-    if isinstance(meta, dict) and META_TASK_KEY in meta:
-        params["_meta"] = {k: v for k, v in meta.items() if k != META_TASK_KEY}
-        if not params["_meta"]:
-            del params["_meta"]
-    return params
-
-
-def upstream_params(params: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
-    """Params as sent upstream: the stateless envelope keys stay at the edge (upstreams speak a
-    handshake revision), everything else is forwarded untouched."""
-    out = {**params, **changes}
-    meta = out.get("_meta")
-    if isinstance(meta, dict) and any(k.startswith(ENVELOPE_PREFIX) for k in meta):
-        out["_meta"] = {k: v for k, v in meta.items() if not k.startswith(ENVELOPE_PREFIX)}
-        if not out["_meta"]:
-            del out["_meta"]
-    return out
 
 
 class Router:
@@ -135,7 +111,7 @@ class Router:
         """A request the router makes on the client's behalf without the pipeline (lists, ping)."""
         session = await self._sessions.upstream_session(inbound.session, upstream)
         message = {"jsonrpc": "2.0", "id": inbound.message.id, "method": method,
-                   "params": _without_task(upstream_params(params))}
+                   "params": without_task(upstream_params(params))}
         headers = await self._sessions.headers(inbound.session, upstream)
         relay, timeout = self._relay(inbound, upstream), self._timeouts.get(upstream)
         try:
@@ -323,15 +299,25 @@ class Router:
                 raise not_found("get_prompt", name)
             self._require_visible(inbound, "get_prompt", self._catalog.named(*target), name)
             params = {**inbound.params, "ref": {**ref, "name": target[1]}}
-            return await self.fetch(inbound, target[0], "completion/complete", params)
+            return await self._completion(inbound, target[0], params)
         if ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
             uri = ref["uri"]  # a URI or a URI template, decided by that string as its list entry is
             upstream, own_uri = await self._resource(inbound, uri)
             self._require_visible(inbound, "read_resource", self._catalog.resource(upstream, own_uri), uri)
             params = {**inbound.params, "ref": {**ref, "uri": own_uri}}
-            return await self.fetch(inbound, upstream, "completion/complete", params)
+            return await self._completion(inbound, upstream, params)
         raise GatewayError("invalid_params", "Invalid params: ref must be a ref/prompt with a name "
                                              "or a ref/resource with a uri")
+
+    async def _completion(self, inbound: Inbound, upstream: str, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.fetch(inbound, upstream, "completion/complete", params)
+        except UpstreamErrorResponse as exc:
+            # /mcp offers completions whatever its upstreams do: one without them has no values to offer.
+            # /mcp/{upstream} passes its own capabilities and its own answer through.
+            if inbound.session.view is None and exc.error.get("code") == -32601:
+                return {"completion": {"values": [], "hasMore": False}}
+            raise
 
     async def _uses_a_tool(self, inbound: Inbound, upstream: str) -> bool:
         """Whether the principal may call any of the upstream's tools (learning its list if needed)."""
