@@ -256,9 +256,20 @@ class Router:
         if target is None:
             raise await self._not_found(inbound, "get_prompt", name)
         upstream, prompt = target
-        ctx = self._context(inbound, "get_prompt", upstream, self._catalog.named(upstream, prompt),
-                            upstream_params(inbound.params, name=prompt))
-        return await self._pipeline.run(ctx)
+        params = upstream_params(inbound.params, name=prompt)
+        listed = self._catalog.prompts.get(upstream, prompt)
+        info = listed or self._catalog.named(upstream, prompt)
+        ctx = self._context(inbound, "get_prompt", upstream, info, params)
+        if listed is None:  # not in its last known list: decided first, then the list is read (a tools/call's path)
+            async def fetch(upstream: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+                return await self.fetch(inbound, upstream, method, params)
+            find = functools.partial(self._catalog.prompts.find, upstream, prompt, fetch)
+            ctx.extra[PENDING_TOOL] = PendingTool((info,), find)
+        try:
+            return await self._pipeline.run(ctx)
+        except UpstreamErrorResponse:
+            self._catalog.prompts.forget(upstream)  # it may have removed the prompt: its list is read again
+            raise
 
     async def _list(self, inbound: Inbound) -> dict[str, Any]:
         kind = LISTS[inbound.message.method]
@@ -331,19 +342,22 @@ class Router:
         if inbound.params.get("level") not in LOG_LEVELS:  # else the aggregated view would swallow the refusals
             raise GatewayError("invalid_params", "Invalid params: level must be one of " + ", ".join(LOG_LEVELS))
         view = inbound.session.view
+        result: dict[str, Any] = {}
         if view is not None:
-            if not await self._uses_a_tool(inbound, view):
-                return {}
-            return await self.fetch(inbound, view, inbound.message.method, inbound.params)
-
-        async def one(upstream: str) -> None:
-            try:
-                if await self._uses_a_tool(inbound, upstream):
-                    await self.fetch(inbound, upstream, inbound.message.method, inbound.params)
-            except (GatewayError, UpstreamErrorResponse):
-                pass  # an upstream without logging support must not fail the others
-        await asyncio.gather(*(one(u) for u in self._catalog.upstream_names))
-        return {}
+            if await self._uses_a_tool(inbound, view):
+                result = await self.fetch(inbound, view, inbound.message.method, inbound.params)
+        else:
+            async def one(upstream: str) -> None:
+                try:
+                    if await self._uses_a_tool(inbound, upstream):
+                        await self.fetch(inbound, upstream, inbound.message.method, inbound.params)
+                except (GatewayError, UpstreamErrorResponse):
+                    pass  # an upstream without logging support must not fail the others
+            await asyncio.gather(*(one(u) for u in self._catalog.upstream_names))
+        # Accepted: the session's log lines honour it from now on (server_messages.py), also from an upstream without
+        # logging/setLevel or one opened later; on the pass-through view only once the upstream itself accepted it.
+        inbound.session.log_level = LOG_LEVELS.index(inbound.params["level"])
+        return result
 
     # -- name resolution ---------------------------------------------------------------------------
 

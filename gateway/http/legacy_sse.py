@@ -28,7 +28,7 @@ from gateway.http.streams import SSE_HEADERS, ClientGone
 from gateway.http.versions import initialize_result, negotiate_version
 from gateway.identity.metadata import split_base
 from gateway.router import Inbound
-from gateway.server_messages import drop_server_requests, note_log_level
+from gateway.server_messages import drop_server_requests
 from gateway.session import STREAM_END, Session
 
 log = logging.getLogger("customs.http.sse")
@@ -154,8 +154,6 @@ class LegacySseEndpoint:
                               trace_id=trace.trace_id if trace is not None else None)
             try:
                 result = await self._mcp.router.dispatch(inbound)
-                if message.method == "logging/setLevel":  # accepted: the session's log lines honour it
-                    note_log_level(session, message.params)
                 if trace is not None:
                     trace.answered(result)
                 reply = jsonrpc.result(message.id, result)

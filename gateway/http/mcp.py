@@ -50,7 +50,7 @@ from gateway.identity import reject_query_token
 from gateway.param_headers import PARAM_HEADERS
 from gateway.pipeline import Identifier
 from gateway.router import SERVER_INFO, Inbound, Router
-from gateway.server_messages import drop_server_requests, note_log_level
+from gateway.server_messages import drop_server_requests
 from gateway.sessions import Session, SessionManager
 
 log = logging.getLogger("customs.http")
@@ -292,8 +292,6 @@ class McpEndpoint:
         session.inflight[key] = withdrawal
         try:
             result = await self.router.dispatch(inbound)
-            if message.method == "logging/setLevel":  # accepted: the session's log lines honour it
-                note_log_level(session, message.params)
             if trace is not None:
                 trace.answered(result)
             if session.stateless:
