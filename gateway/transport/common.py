@@ -46,7 +46,8 @@ class SessionClock:
 
 
 class Unsent(GatewayError):
-    """`upstream_unavailable` raised before any of the request was written to the upstream (see never_sent)."""
+    """`upstream_unavailable` that proves the upstream never ran the request (see never_sent): nothing of it was
+    written, or the upstream refused it for a session it no longer knows."""
 
     def __init__(self, message: str | None = None, *, data: dict[str, Any] | None = None) -> None:
         super().__init__("upstream_unavailable", message, data=data)
@@ -121,8 +122,9 @@ def never_sent(error: BaseException | None) -> bool:
     connection that broke later may have carried the request (it may have run), so it does not count."""
     if not isinstance(error, GatewayError) or error.reason != "upstream_unavailable":
         return False
-    return (isinstance(error, Unsent) or error.data.get("circuit") == "open" or error.data.get("session") == "expired"
-            or isinstance(error.__cause__, aiohttp.ClientConnectorError))
+    # By type, not by `data`: a session found expired while resuming a call's answer stream has the same wire data,
+    # but the upstream had taken the call first (streamable_answer._resume).
+    return isinstance(error, Unsent) or isinstance(error.__cause__, aiohttp.ClientConnectorError)
 
 
 def initialize_message(request_id: Any, params: ConnectParams, trace: Mapping[str, str] | None = None) -> Message:

@@ -25,6 +25,7 @@ from gateway.transport.common import (
     TOOLS_CHANGED,
     HeldSubscriptions,
     SessionClock,
+    Unsent,
     cancelled_message,
     check_initialize,
     initialize_message,
@@ -51,7 +52,7 @@ class SseUpstream(HttpUpstreamBase):
         session = SseSession(self, params, on_message, headers, credentials)
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                await session.open()
+                await self.handshake(session.open())
         except TimeoutError as exc:
             await session.close()
             raise GatewayError("upstream_timeout", "upstream did not finish the handshake in time") from exc
@@ -188,7 +189,7 @@ class SseSession:
             self._dead = False  # open() sends its initialize through request()
             try:
                 async with asyncio.timeout(self._up.config.timeout_s):
-                    await self.open()
+                    await self._up.handshake(self.open())
             except TimeoutError as exc:
                 self._dead = True
                 raise GatewayError("upstream_timeout", "upstream did not finish the handshake in time",
@@ -253,8 +254,7 @@ class SseSession:
                 self._up.connected()
                 self._up.check_status(response)
                 if response.status == 404:
-                    raise GatewayError("upstream_unavailable", "upstream session expired",
-                                       data={"upstream": self._up.name, "session": "expired"})
+                    raise Unsent("upstream session expired", data={"upstream": self._up.name, "session": "expired"})
                 if not 200 <= response.status < 300:
                     raise GatewayError("upstream_error", f"upstream rejected a message (HTTP {response.status})",
                                        data={"status": response.status})

@@ -16,7 +16,7 @@ import aiohttp
 
 from gateway.errors import GatewayError
 from gateway.transport.base import HeadersSource, Message, MessageHandler
-from gateway.transport.common import BATCH_REVISIONS, check_response, is_response
+from gateway.transport.common import BATCH_REVISIONS, Unsent, check_response, is_response
 from gateway.transport.events import SseCursor, iter_sse, media_type, parse_json, read_json_body
 from gateway.transport.http_base import HttpUpstreamBase, deliver
 
@@ -100,7 +100,10 @@ async def _resume(session: AnswerSession, upstream_id: int, handler: MessageHand
     try:
         async with up.http.get(up.url, headers=headers, allow_redirects=False) as response:
             up.check_status(response)
-            await session.check_expired(response)
+            try:
+                await session.check_expired(response)
+            except Unsent as exc:  # the upstream took the call before its stream broke: it may have run
+                raise GatewayError(exc.reason, exc.message, data=exc.data) from None
             if response.status != 200 or response.content_type != "text/event-stream":
                 raise GatewayError("upstream_error", f"upstream refused to resume the stream "
                                    f"(HTTP {response.status})", data={"status": response.status})

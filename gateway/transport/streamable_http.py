@@ -31,6 +31,7 @@ from gateway.transport.common import (
     TOOLS_CHANGED,
     HeldSubscriptions,
     SessionClock,
+    Unsent,
     cancelled_message,
     check_initialize,
     id_key,
@@ -63,7 +64,7 @@ class StreamableHttpUpstream(HttpUpstreamBase):
         self.breaker.check()
         session = StreamableHttpSession(self, params, on_message, headers, credentials)
         try:
-            await session.open()
+            await self.handshake(session.open())
         except BaseException:
             await session.close()
             raise
@@ -155,8 +156,8 @@ class StreamableHttpSession:
         if self._closed:
             raise GatewayError("upstream_unavailable", "upstream session closed")
         self._up.breaker.check()
-        if self._expired:
-            await self.open()  # the upstream forgot the session: start a fresh one for this new call
+        if self._expired:  # the upstream forgot the session: start a fresh one for this new call
+            await self._up.handshake(self.open())
         upstream_id = next(self._ids)
         if sent_id is not None:
             sent_id(upstream_id, self._session_id, self._version)  # after a re-open: the new session's
@@ -228,8 +229,7 @@ class StreamableHttpSession:
             # what we know of its tools is stale, so the next call re-lists them (and re-checks pins)
             # before it runs. The client hears list_changed, as it would from a server that changed.
             await deliver(self._on_message, TOOLS_CHANGED, self._up.log)
-            raise GatewayError("upstream_unavailable", "upstream session expired",
-                               data={"upstream": self._up.name, "session": "expired"})
+            raise Unsent("upstream session expired", data={"upstream": self._up.name, "session": "expired"})
 
     # -- internals --------------------------------------------------------------------------------
 

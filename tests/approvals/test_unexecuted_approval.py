@@ -17,6 +17,7 @@ from gateway.config.model import ApprovalsConfig
 from gateway.context import CallContext, Decision
 from gateway.errors import GatewayError
 from gateway.pipeline import Pipeline
+from gateway.transport.common import Unsent
 from tests.approvals.conftest import StoreKit, call_context
 
 
@@ -98,10 +99,10 @@ async def test_a_forwarded_call_is_recorded_as_executed(kit: StoreKit) -> None:
 
 
 @pytest.mark.parametrize(("failure", "outcome"), [
-    (GatewayError("upstream_unavailable", "Upstream unavailable (circuit open)",
-                  data={"circuit": "open", "upstream": "payments"}), "handed_back"),
-    (GatewayError("upstream_unavailable", "upstream session expired",  # the upstream's 404: it ran nothing
-                  data={"upstream": "payments", "session": "expired"}), "handed_back"),
+    (Unsent("Upstream unavailable (circuit open)",
+            data={"circuit": "open", "upstream": "payments"}), "handed_back"),
+    (Unsent("upstream session expired",  # the upstream's 404 for the call's POST: it ran nothing
+            data={"upstream": "payments", "session": "expired"}), "handed_back"),
     (GatewayError("upstream_unavailable", data={"upstream": "payments"}), "executed"),  # broken connection: may run
     (GatewayError("upstream_timeout", data={"upstream": "payments"}), "executed")])
 async def test_only_a_forward_that_never_left_the_gateway_hands_its_approval_back(

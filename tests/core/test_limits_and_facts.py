@@ -15,6 +15,7 @@ from gateway.context import CallContext, Principal, ToolInfo
 from gateway.errors import GatewayError
 from gateway.limits import Limiter, MemoryLimits, RedisLimits
 from gateway.taskstate import MemoryFacts, RedisFacts, TaskStage
+from gateway.transport.common import Unsent
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.asyncio
@@ -137,8 +138,8 @@ async def test_a_forward_that_never_left_the_gateway_gives_its_share_back(backen
     await stage(first)
     first.extra["forwarded"] = True
     first.error = {"refused": await _refused_connection(),
-                   "circuit_open": GatewayError("upstream_unavailable", data={"circuit": "open"}),
-                   "session_expired": GatewayError("upstream_unavailable", data={"session": "expired"}),  # its 404
+                   "circuit_open": Unsent(data={"circuit": "open"}),  # as CircuitBreaker raises it
+                   "session_expired": Unsent(data={"session": "expired"}),  # the 404 of the call's POST
                    "broke": GatewayError("upstream_unavailable", data={"upstream": "payments"})}[failure]
     await stage.release(first)
     again = ctx(args={"amount": 1})

@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.config.model import UpstreamConfig
 from gateway.errors import GatewayError
 from gateway.transport.base import Message
+from gateway.transport.common import never_sent
 from gateway.transport.streamable_http import StreamableHttpUpstream
 from tests.conformance.target_server import MemoryEventStore, build_server
 from tests.support.mcp_client import sdk_client
@@ -155,3 +156,27 @@ async def test_resume_keeps_the_call_timeout(http: aiohttp.ClientSession, script
     await upstream.stop()
     assert info.value.reason == "upstream_timeout" and elapsed < 5
     assert up.count("notifications/cancelled") == 1
+
+
+async def test_a_session_forgotten_while_resuming_may_have_run_the_call(http: aiohttp.ClientSession,
+                                                                        scripted: Start) -> None:
+    """The upstream took the call (its stream gave an event id) and then forgot the session: the GET resuming the
+    answer meets a 404, the same `upstream_unavailable` as a POST refused for that session, but the call may have
+    run. It is not `never_sent`, or its approval would be handed back and its task share given back for a payment
+    that went out."""
+    async def on_call(request: web.Request, message: Message) -> web.StreamResponse:
+        return await sse_response(request, sse("id: p-1\nretry: 0"))
+
+    async def on_get(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=404 if request.headers.get("Last-Event-ID") else 405)
+
+    up = await scripted(on_call, on_get)
+    upstream = StreamableHttpUpstream(UpstreamConfig(name="up", url=up.url, timeout_s=10), http)
+    await upstream.start()
+    session = await upstream.connect(CLIENT_CAPS, Inbox())
+    with pytest.raises(GatewayError) as info:
+        await session.request(call("pay"))
+    await upstream.stop()
+    assert info.value.reason == "upstream_unavailable" and info.value.data.get("session") == "expired", info.value
+    assert [h["Last-Event-ID"] for h in up.headers if h.get("Last-Event-ID")] == ["p-1"]
+    assert not never_sent(info.value)
