@@ -106,7 +106,11 @@ class MemoryFacts:
             return
         for name, value in sums.items():
             state.totals[name] = state.totals.get(name, 0.0) - value
-        state.calls[tool] = max(0, state.calls.get(tool, 0) - 1)
+        left = state.calls.get(tool, 0) - 1
+        if left > 0:
+            state.calls[tool] = left
+        else:  # as no entry: the tool may be a name an agent made up (a missing tool's give-back), kept nowhere
+            state.calls.pop(tool, None)
 
 
 _RESERVE = """
@@ -126,7 +130,7 @@ return {previous, cjson.encode(seen), cjson.encode(redis.call('HGETALL', totals_
 _RELEASE = """
 for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], -tonumber(ARGV[i + 1])) end
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if n < 0 then redis.call('HSET', KEYS[1], ARGV[1], 0) end
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return n
 """
 

@@ -239,3 +239,22 @@ async def test_calls_still_in_flight_count_in_calls_and_seen_tools(backends):
     after = ctx(tool="send_mail")
     await stage(after)
     assert after.extra["task"]["calls"] == 1 and after.extra["task"]["seen_tools"] == ["payments/send_mail"]
+
+
+async def test_a_reservation_given_back_leaves_nothing_of_its_tool_in_the_store(backends):
+    """A tools/call of a missing name reserves the task's facts and gives them back (Pipeline.refuse_missing), the
+    tool being whatever name the agent made up: kept as a zero count until the task's TTL, each name would stay in
+    the store (every later reservation of the task walks them all), so an agent could grow it at will."""
+    _, facts, redis = backends
+    stage = TaskStage(facts, {}, lambda c: "task-junk")
+    kept = ctx(tool="real")
+    await stage(kept)
+    for i in range(3):
+        junk = ctx(tool=f"made-up-{i}")
+        await stage(junk)
+        await stage.release(junk)
+    if redis is None:
+        stored = set(facts.tasks["task-junk"].calls)
+    else:
+        stored = {k.decode() for k in await redis[1].hkeys("t:task:task-junk:calls")}
+    assert stored == {"payments/real"}, stored
