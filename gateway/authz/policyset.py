@@ -271,20 +271,15 @@ def _id_map(parsed: Parsed, problems: list[str]) -> tuple[dict[str, str], dict[s
     by_internal: dict[str, str] = {}
     places: dict[str, Place] = {}
     seen: dict[str, str] = {}
-    index = 0
     for path, text, annotated in parsed:
         for position, (ident, place) in enumerate(
                 zip((a.get("id") for a in annotated), _places(path, text, len(annotated)), strict=True), start=1):
-            internal = f"policy{index}"
-            index += 1
+            internal = f"policy{len(places)}"  # the concatenation's numbering: one per policy, in order
             places[internal] = place
             where = _at(path, place[2])
-            if not ident:
-                problems.append(f"{where}: policy #{position} has no @id(\"...\") annotation")
-                continue
-            if not ident.strip() or not ident.isprintable():  # it names the policy on one line of each report
-                problems.append(f"{where}: policy #{position}: @id({json.dumps(ident)}) must be printable text, "
-                                "not blank")
+            if not ident or not ident.strip() or not ident.isprintable():  # it names the policy on a report's line
+                problems.append(f"{where}: policy #{position}" + (" has no @id(\"...\") annotation" if not ident else
+                                f": @id({json.dumps(ident)}) must be printable text, not blank"))
                 continue
             if ident in seen:
                 problems.append(f"{where}: duplicate @id(\"{ident}\") (also in {seen[ident]})")
