@@ -278,18 +278,22 @@ def _skipped(number: int, exc: Exception, not_text: tuple[int, UnicodeDecodeErro
     return not_text
 
 
-def replay_cmd(args: argparse.Namespace) -> int:
-    loaded = _load(args.policies)
-    if loaded is None:
-        return 2
+def _log_lines(log: Path) -> list[bytes] | None:
+    """The decision log's lines (`-`: standard input, a pipe from zcat …); None, said, when it cannot be read."""
     try:
         # Split at newlines only, as the log is written: orjson leaves U+2028 and U+0085 in strings unescaped,
         # which str.splitlines would cut a record at. Each line is decoded on its own, so one torn line (a
         # write cut inside a character) is one skipped line, not an unreadable log.
-        raw = sys.stdin.buffer.read() if str(args.log) == "-" else args.log.read_bytes()  # `-`: a pipe (zcat …)
-        lines = raw.split(b"\n")
+        return (sys.stdin.buffer.read() if str(log) == "-" else log.read_bytes()).split(b"\n")
     except OSError as exc:
-        _err(f"cannot read {args.log}: {unreadable(exc)}")
+        _err(f"cannot read {log}: {unreadable(exc)}")
+        return None
+
+
+def replay_cmd(args: argparse.Namespace) -> int:
+    loaded = _load(args.policies)
+    lines = _log_lines(args.log) if loaded is not None else None
+    if loaded is None or lines is None:
         return 2
     groups: dict[str, list[str]] = defaultdict(list)
     undetermined: list[str] = []
