@@ -61,20 +61,10 @@ async def route_server_message(session: Session, upstream: str, message: Message
         return
     method = message["method"]
     if "id" in message:
-        # Not recorded yet while the handshake opening it runs: an upstream may ask the moment its stream opens.
-        upstream_session = session.upstreams.get(upstream)
-        if upstream_session is None and session.closed:
+        routed = await _routed_request(session, upstream, message, origin)
+        if routed is None:
             return
-        if (missing := _undeclared(session, message)) is not None:
-            refused = ServerRequestRoute(upstream, upstream_session, message["id"])
-            await _answer_upstream(session, refused, {"error": missing})
-            return
-        gateway_id = session.next_server_request_id()
-        if len(session.server_requests) >= MAX_SERVER_REQUESTS:
-            await _give_up(session, next(iter(session.server_requests)))
-        session.server_requests[gateway_id] = ServerRequestRoute(upstream, upstream_session, message["id"], origin,
-                                                                 progress_token(message))
-        message = {**message, "id": gateway_id}
+        message = routed
     elif method == "notifications/tools/list_changed":
         catalog.invalidate(upstream)
     elif method == "notifications/resources/list_changed":
@@ -113,6 +103,25 @@ async def route_server_message(session: Session, upstream: str, message: Message
     if not session.get_stream_open and "id" in message:
         if (route := session.server_requests.get(message["id"])) is not None:
             route.unseen = True
+
+
+async def _routed_request(session: Session, upstream: str, message: Message, origin: object) -> Message | None:
+    """A server→client request under a gateway id of its own, its route recorded; None when it goes no further
+    (the session is closed, or the request was refused for a capability the client did not declare)."""
+    # Not recorded yet while the handshake opening it runs: an upstream may ask the moment its stream opens.
+    upstream_session = session.upstreams.get(upstream)
+    if upstream_session is None and session.closed:
+        return None
+    if (missing := _undeclared(session, message)) is not None:
+        refused = ServerRequestRoute(upstream, upstream_session, message["id"])
+        await _answer_upstream(session, refused, {"error": missing})
+        return None
+    gateway_id = session.next_server_request_id()
+    if len(session.server_requests) >= MAX_SERVER_REQUESTS:
+        await _give_up(session, next(iter(session.server_requests)))
+    session.server_requests[gateway_id] = ServerRequestRoute(upstream, upstream_session, message["id"], origin,
+                                                             progress_token(message))
+    return {**message, "id": gateway_id}
 
 
 def note_log_level(session: Session, params: dict[str, Any]) -> None:
