@@ -21,7 +21,16 @@ from gateway import __version__
 from gateway.config.model import UpstreamConfig
 from gateway.config.rules import RESERVED_HEADERS
 from gateway.errors import GatewayError
-from gateway.transport.base import ROUTE_GUESSED, Health, Message, MessageHandler, NotifyHook, SessionEnded
+from gateway.transport.base import (
+    ROUTE_GUESSED,
+    ConnectParams,
+    HeadersSource,
+    Health,
+    Message,
+    MessageHandler,
+    NotifyHook,
+    SessionEnded,
+)
 from gateway.transport.common import DEFAULT_BREAKER_COOLDOWN_S, DEFAULT_BREAKER_THRESHOLD, CircuitBreaker
 from gateway.transport.deadlines import Deadlines
 
@@ -30,6 +39,12 @@ USER_AGENT = f"customs/{__version__}"
 # Headers a caller may not set: they belong to the HTTP exchange or the MCP session itself.
 _RESERVED = RESERVED_HEADERS
 PROBE_TIMEOUT_S = 2.0
+# The probe's own MCP handshake (initialize, notifications/initialized, the GET stream, DELETE): within the 5 s a
+# /readyz request waits for a probe (gateway/health.py).
+PROBE_HANDSHAKE_S = 4.0
+# HTTP statuses that refuse the caller (its credential), not the protocol: one agent's refused token says nothing
+# about whether the URL serves MCP.
+_REFUSING = (401, 403)
 # How long an idle pooled connection to an upstream may be reused: under the 5 s after which uvicorn (the
 # MCP SDK's server) and Node's http server close one. A connection kept longer can be picked just as the
 # server closes it, and the request crossing that close fails a call that, being perhaps a write, cannot be
@@ -53,6 +68,9 @@ class HttpUpstreamBase:
         self.deadlines = Deadlines()  # its calls' timeouts (a sweep that stops by itself once no call is left)
         self.log = logging.getLogger(f"customs.upstream.{config.name}")
         self._state = Health(False, "not contacted yet")
+        # Why the last handshake's answer was no MCP (a wrong path's 404, an HTML page): not ready until one succeeds.
+        # Apart from _state, which every HTTP answer (a call's too) sets to "ok".
+        self._not_mcp: str | None = None
         self._streams: aiohttp.ClientSession | None = None
         self._probing: asyncio.Task[Health] | None = None
         self.sessions: set[Any] = set()
@@ -83,9 +101,42 @@ class HttpUpstreamBase:
         return self._streams if self._streams is not None else self.http
 
     def health(self) -> Health:
-        if self.breaker.is_open:
-            return Health(False, self.breaker.detail)
+        if self.breaker.is_open:  # with why: the failure that opened it (as a stdio upstream says)
+            return Health(False, f"{self.breaker.detail}; last: {self._state.detail}")
+        if self._not_mcp is not None:
+            return Health(False, self._not_mcp)
         return self._state
+
+    async def connect(self, params: ConnectParams, on_message: MessageHandler,
+                      headers: Mapping[str, str] | None = None, *, credentials: HeadersSource | None = None) -> Any:
+        raise NotImplementedError  # per transport
+
+    async def handshake(self, opening: Awaitable[None]) -> None:
+        """Await a session's set-up (`open()`: at connect, or re-opening an expired session), noting for /readyz
+        whether the upstream answered it in MCP. Connect and re-open paths only: a call pays nothing for it."""
+        try:
+            await opening
+        except GatewayError as exc:
+            self._handshake_failed(exc)
+            raise
+        self._not_mcp = None
+
+    def _handshake_failed(self, exc: GatewayError) -> None:
+        status = exc.data.get("status")
+        if "upstream_error" in exc.data or status in _REFUSING:
+            # A refusal (a JSON-RPC error, 401/403) is an answer in MCP's terms, perhaps to this caller's credential
+            # alone: it must not take the replica out of rotation, and shows that the URL serves MCP again.
+            self._not_mcp = None
+            return
+        if exc.reason == "upstream_error":
+            detail = f"initialize failed: {exc.message}"[:200]
+        elif exc.reason == "upstream_unavailable" and status in (502, 503, 504):
+            detail = f"initialize failed: upstream answered HTTP {status}"
+        else:
+            return  # a connection failure (in _state, counted by the breaker) or a timeout: no answer to judge
+        if detail != self._not_mcp:
+            self.log.warning("upstream %s: %s", self.name, detail)
+        self._not_mcp = detail
 
     async def probe(self) -> Health:
         """What /readyz reports; concurrent callers share the one probe in flight."""
@@ -102,6 +153,11 @@ class HttpUpstreamBase:
             if self.breaker.admit_trial():
                 await self._trial_request()
             return self.health()
+        if self._not_mcp is not None:
+            # A TCP connect (or any HTTP answer) says nothing here: that much was there all along. Only a handshake
+            # tells, and the probe makes one itself, since a replica that is not ready may get no agent to make it.
+            await self._probe_handshake()
+            return self.health()
         parts = urlsplit(self.url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
@@ -116,6 +172,17 @@ class HttpUpstreamBase:
         if not self._state.ready:
             self._state = Health(True, "reachable")
         return self.health()
+
+    async def _probe_handshake(self) -> None:
+        """Open an MCP session of the probe's own (the upstream's static headers, no credential) and close it;
+        `handshake` notes how it went. Only while the last handshake's answer was no MCP."""
+        async def ignore(message: Message) -> None:
+            return None  # nothing the upstream volunteers concerns the probe
+
+        with suppress(GatewayError, TimeoutError):
+            async with asyncio.timeout(PROBE_HANDSHAKE_S):
+                session = await self.connect(ConnectParams(internal=True), ignore)
+                await session.close()
 
     async def _trial_request(self) -> None:
         """The open circuit's trial: one HEAD request. Any HTTP answer closes the circuit, as on calls.

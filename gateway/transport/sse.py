@@ -52,7 +52,7 @@ class SseUpstream(HttpUpstreamBase):
         session = SseSession(self, params, on_message, headers, credentials)
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                await session.open()
+                await self.handshake(session.open())
         except TimeoutError as exc:
             await session.close()
             raise GatewayError("upstream_timeout", "upstream did not finish the handshake in time") from exc
@@ -189,7 +189,7 @@ class SseSession:
             self._dead = False  # open() sends its initialize through request()
             try:
                 async with asyncio.timeout(self._up.config.timeout_s):
-                    await self.open()
+                    await self._up.handshake(self.open())
             except TimeoutError as exc:
                 self._dead = True
                 raise GatewayError("upstream_timeout", "upstream did not finish the handshake in time",

@@ -64,7 +64,7 @@ class StreamableHttpUpstream(HttpUpstreamBase):
         self.breaker.check()
         session = StreamableHttpSession(self, params, on_message, headers, credentials)
         try:
-            await session.open()
+            await self.handshake(session.open())
         except BaseException:
             await session.close()
             raise
@@ -156,8 +156,8 @@ class StreamableHttpSession:
         if self._closed:
             raise GatewayError("upstream_unavailable", "upstream session closed")
         self._up.breaker.check()
-        if self._expired:
-            await self.open()  # the upstream forgot the session: start a fresh one for this new call
+        if self._expired:  # the upstream forgot the session: start a fresh one for this new call
+            await self._up.handshake(self.open())
         upstream_id = next(self._ids)
         if sent_id is not None:
             sent_id(upstream_id, self._session_id, self._version)  # after a re-open: the new session's
