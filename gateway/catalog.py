@@ -20,6 +20,7 @@ from typing import Any, Final
 from gateway.config.model import ToolOverride, UpstreamConfig
 from gateway.context import ToolInfo, canonical_json
 from gateway.errors import GatewayError
+from gateway.prompt_list import PromptLists
 from gateway.resource_owners import ResourceOwners
 from gateway.uri_templates import expands_to
 
@@ -229,6 +230,7 @@ class Catalog:
         self._configs = {u.name: u for u in upstreams}
         self._by_upstream: dict[str, UpstreamCatalog] = {name: UpstreamCatalog() for name in self._configs}
         self.resource_owners = ResourceOwners(self._configs)
+        self.prompts = PromptLists(self._configs, self.named)
         # Longest prefix first so `a_b__` never loses to `a__`.
         self._prefixes = sorted(((u.tool_prefix, u.name) for u in self._configs.values()),
                                 key=lambda p: len(p[0]), reverse=True)

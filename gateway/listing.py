@@ -195,6 +195,8 @@ class Lister:
     async def _learn(self, kind: ListKind, upstream: str, items: list[Any], *, complete: bool) -> list[Any]:
         """Tools pass the pin check before anyone sees them; the catalog learns only usable ones."""
         items = [item for item in items if self._well_named(kind, upstream, item)]
+        if kind.method == "prompts/list" and complete:  # what a prompts/get of a prompt not listed answers
+            self._catalog.prompts.learn(upstream, (item.get("name") for item in items))
         if kind.method != "tools/list":
             return items
         if complete:

@@ -256,9 +256,20 @@ class Router:
         if target is None:
             raise await self._not_found(inbound, "get_prompt", name)
         upstream, prompt = target
-        ctx = self._context(inbound, "get_prompt", upstream, self._catalog.named(upstream, prompt),
-                            upstream_params(inbound.params, name=prompt))
-        return await self._pipeline.run(ctx)
+        params = upstream_params(inbound.params, name=prompt)
+        listed = self._catalog.prompts.get(upstream, prompt)
+        info = listed or self._catalog.named(upstream, prompt)
+        ctx = self._context(inbound, "get_prompt", upstream, info, params)
+        if listed is None:  # not in its last known list: decided first, then the list is read (a tools/call's path)
+            async def fetch(upstream: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+                return await self.fetch(inbound, upstream, method, params)
+            find = functools.partial(self._catalog.prompts.find, upstream, prompt, fetch)
+            ctx.extra[PENDING_TOOL] = PendingTool((info,), find)
+        try:
+            return await self._pipeline.run(ctx)
+        except UpstreamErrorResponse:
+            self._catalog.prompts.forget(upstream)  # it may have removed the prompt: its list is read again
+            raise
 
     async def _list(self, inbound: Inbound) -> dict[str, Any]:
         kind = LISTS[inbound.message.method]

@@ -279,3 +279,22 @@ async def test_call_denied_before_tools_are_known_reaches_no_upstream(env: Env) 
     expect(await good.error("tools/call", {"name": "mem__nothing", "arguments": {}}),
            -32602, "Unknown tool: mem__nothing", "unknown_tool")
     assert env.seen.handled == ["tools/call echo"]
+
+
+@pytest.mark.parametrize("path", ["", "/mem"], ids=["aggregated", "pass-through"])
+async def test_missing_prompts_answer_exactly_like_denied_ones(env: Env, path: str) -> None:
+    """docs/errors.md, "Denied and unknown look the same": a prompt its upstream does not list answers as a denied
+    one, whether or not its list was read before (a miss reads it again, after the decision, as tools/call does)."""
+    good = await env.agent(GOOD, path)
+    prefix = "" if path else "mem__"
+    before = len(env.seen.requests)  # the pass-through view opens its upstream session with the agent's
+    denied = await good.error("prompts/get", {"name": f"{prefix}secret_prompt"})
+    expect(denied, -32602, f"Unknown prompt: {prefix}secret_prompt", "unknown_prompt")
+    assert len(env.seen.requests) == before  # a denial reads no list: nothing reached the upstream
+    missing = await good.error("prompts/get", {"name": f"{prefix}nope", "arguments": {"name": "a"}})
+    assert missing == {**denied, "message": f"Unknown prompt: {prefix}nope"}
+    assert (await good.ask("prompts/get", {"name": f"{prefix}greet", "arguments": {"name": "a"}}))["result"]
+    assert "result" in await good.ask("prompts/list")
+    again = await good.error("prompts/get", {"name": f"{prefix}nope"})
+    assert again == missing
+    assert env.seen.handled == ["prompts/get greet"]

@@ -103,6 +103,8 @@ def result_for(method: str, params: dict[str, Any]) -> dict[str, Any]:
         return {"content": [{"type": "text", "text": "ok"}]}
     if method == "resources/read":
         return {"contents": [{"uri": params.get("uri"), "text": "ok"}]}
+    if method == "prompts/list":  # listed: else the gateway answers unknown_prompt and never asks for it
+        return {"prompts": [{"name": "garbage"}]}
     if method == "prompts/get":
         return {"messages": [{"role": "user", "content": {"type": "text", "text": "ok"}}]}
     return {}

@@ -105,6 +105,8 @@ async def test_requests_for_items_that_do_not_exist_are_recorded_as_not_found(
         missing = await shopper.rpc("tools/call", {"name": "payments__nosuch", "arguments": {"a": 1}})
         no_upstream = await shopper.rpc("tools/call", {"name": "ghost__tool", "arguments": {}})
         no_prompt = await shopper.rpc("prompts/get", {"name": "ghost__prompt"})
+        # A prompt payments does not list (its list read on demand, after the decision): as a denied one reads.
+        unlisted_prompt = await shopper.rpc("prompts/get", {"name": "payments__nosuch_prompt"})
         no_resource = await shopper.rpc("resources/read", {"uri": "customs://ghost/secret://x"})
         denied = await untrusted.rpc("tools/call", {"name": "payments__balance", "arguments": {"account": "a"}})
         allowed = await shopper.rpc("tools/call", {"name": "payments__balance", "arguments": {"account": "a"}})
@@ -118,6 +120,8 @@ async def test_requests_for_items_that_do_not_exist_are_recorded_as_not_found(
     assert error_of(no_upstream)[2] == {"reason": "unknown_tool"}
     assert error_of(no_prompt)[2] == {"reason": "unknown_prompt"}
     assert error_of(no_resource)[2] == {"reason": "unknown_resource"}
+    assert error_of(unlisted_prompt) == (-32602, "Unknown prompt: payments__nosuch_prompt",
+                                         {"reason": "unknown_prompt"})
     assert "result" in allowed
 
     decisions = {(r["method"], r["tool"]): r for r in written if r["type"] == "decision"}
@@ -127,6 +131,7 @@ async def test_requests_for_items_that_do_not_exist_are_recorded_as_not_found(
                 ("tools/call", "nosuch"): ("payments", "unknown_tool"),
                 ("tools/call", "ghost__tool"): (None, "unknown_tool"),
                 ("prompts/get", "ghost__prompt"): (None, "unknown_prompt"),
+                ("prompts/get", "nosuch_prompt"): ("payments", "unknown_prompt"),
                 ("resources/read", "customs://ghost/secret://x"): (None, "unknown_resource")}
     for key, (upstream_name, reason) in expected.items():
         record = decisions[key]

@@ -1,6 +1,7 @@
 """A token sent as a prompt name never reaches an exported span (issue 5/6 secret hygiene).
 
-The gateway keeps no prompt list, so a made-up prompt name is sent upstream and fails there. The SERVER span
+A prompt the upstream lists under a token's name is sent upstream and refused there (a required argument
+missing; one it does not list answers unknown_prompt and is never sent). The SERVER span
 names it only through the secret redactor (docs/tracing.md, *Names an agent makes up*); the CLIENT span to the
 upstream kept `gen_ai.prompt.name` as sent.
 """
@@ -27,7 +28,13 @@ NAME_TOKEN = "ghp_" + "e5F6" * 9
 
 async def test_a_failed_prompt_names_no_token_on_the_client_span(
         otlp: OtlpReceiver, start_gateway: StartGateway, permissive_policies: Path) -> None:
-    async with run_http_server(document_server()) as url:
+    upstream = document_server()
+
+    def refused(topic: str) -> str:
+        return topic
+
+    upstream.prompt(name=NAME_TOKEN)(refused)
+    async with run_http_server(upstream) as url:
         gateway = await start_gateway({
             "upstreams": [{"name": "docs", "url": url}], "identity": {"mode": "anonymous"},
             "policies": {"dir": str(permissive_policies)}, "telemetry": {"traces": {"endpoint": otlp.url}}})

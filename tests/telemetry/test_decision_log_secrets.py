@@ -49,11 +49,17 @@ async def test_tokens_in_names_an_agent_sends_are_redacted_in_the_decision_log(
 
 async def test_a_token_sent_as_a_prompt_name_the_upstream_refuses_is_redacted(
         start_gateway: StartGateway, permissive_policies: Path, tmp_path: Path) -> None:
-    """The gateway keeps no prompt list, so a made-up prompt name reaches the upstream and fails there (an upstream
-    JSON-RPC error, not `not_found`): the SERVER span names it only through the redactor, and so must the record
+    """A prompt the upstream lists (so not `not_found`) and refuses (a required argument missing: an upstream
+    JSON-RPC error): the SERVER span names a failed prompt only through the redactor, and so must the record
     (it was written as sent, on /mcp/{upstream} and on /mcp alike)."""
     log = tmp_path / "decisions.jsonl"
-    async with run_http_server(document_server()) as url:
+    server = document_server()
+
+    def refused(topic: str) -> str:
+        return topic
+
+    server.prompt(name=NAME_TOKEN)(refused)
+    async with run_http_server(server) as url:
         gateway = await start_gateway(docs_config(url, permissive_policies, log))
         for endpoint, name in ((f"{gateway.mcp}/docs", NAME_TOKEN), (gateway.mcp, f"docs__{NAME_TOKEN}")):
             async with sdk_client(endpoint) as client:
