@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from aiohttp import compression_utils, web
+from aiohttp import compression_utils, hdrs, web
+from aiohttp.http import HttpVersion11
 
 from gateway.config.model import ListenConfig
 from gateway.errors import GatewayError, to_wire
@@ -22,6 +23,7 @@ from gateway.transport.events import media_type
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 # For routes served outside `create_app` (no config on the application): the configuration default.
 DEFAULT_BODY_TIMEOUT_S: float = ListenConfig.model_fields["body_timeout_s"].default
+DEFAULT_MAX_BODY_BYTES: int = ListenConfig.model_fields["max_body_bytes"].default
 T = TypeVar("T")
 REFUSED = web.ResponseKey("customs.refused", str)  # on a response error_response built: the reason (metric)
 UNREADABLE = web.RequestKey("customs.unreadable_body", bool)  # its body could not be decoded: close the connection
@@ -156,11 +158,30 @@ def guard_middleware(policy: HostOriginPolicy, refused: Callable[[str, int], Non
                 raise
         if request[UNREADABLE] and not response.prepared:
             response.force_close()  # the rest of that body is still on the wire: this connection cannot go on
+        if response.status >= 400:
+            if not response.prepared and not request.content.is_eof():
+                _refused_unread(request, response)
+            if refused is not None and REFUSED in response:
+                refused(response[REFUSED], response.status)
         _drop_unread_coded_body(request, response)
-        if response.status >= 400 and refused is not None and REFUSED in response:
-            refused(response[REFUSED], response.status)
         return response
     return guard
+
+
+def _refused_unread(request: web.Request, response: web.StreamResponse) -> None:
+    """A refusal answered before the body arrived in full. aiohttp would read and throw away the rest for up to
+    10 s (its lingering read) before the connection is free: for an oversized body (413, or a Content-Length over
+    listen.max_body_bytes refused earlier, 401 …), a chunked one of no announced size, a trickled one (408), or one
+    the client holds back waiting for `100 Continue` (never sent: read_body), the connection is closed instead
+    (RFC 9110 §15.5.14). Any other body (within the limit, still arriving) is read as aiohttp does, keeping the
+    connection: closing with unread data makes TCP reset it, and a client still sending could lose the answer."""
+    length = request.content_length
+    config = request.config_dict.get(CONFIG)
+    limit = config.listen.max_body_bytes if config is not None else DEFAULT_MAX_BODY_BYTES
+    if response.status in (408, 413) or length is None or length > limit or hdrs.EXPECT in request.headers:
+        request.protocol.close()  # aiohttp drops what still arrives on the connection (data_received) ...
+        request.content.feed_eof()  # ... and does not wait for the rest after the answer
+        response.force_close()  # Connection: close
 
 
 def _drop_unread_coded_body(request: web.Request, response: web.StreamResponse) -> None:
@@ -191,11 +212,33 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
     arrive in full within `timeout_s` (a client trickling bytes holds a connection and a handler)."""
     if request.content.is_eof():  # the usual small body came with the headers: no timer needed
         return await _read_body(request, limit)
+    if hdrs.EXPECT in request.headers:  # the client waits for 100 Continue to send it (expect_body_later)
+        await _continue(request, limit)
     try:
         async with asyncio.timeout(timeout_s):
             return await _read_body(request, limit)
     except TimeoutError:
         raise GatewayError("body_timeout") from None
+
+
+async def expect_body_later(request: web.Request) -> None:
+    """The MCP endpoints' `Expect` handler (it runs before any middleware): `100 Continue` is sent once the
+    handler is about to read the body (read_body), not as the headers arrive (aiohttp's default). A request refused
+    before its body is read (Host/Origin 403, 415, 406, 401, a Content-Length over listen.max_body_bytes 413) is
+    answered without it, so an honest client does not upload a body only to have it thrown away (RFC 9110
+    §10.1.1). Another expectation is refused 417, as aiohttp's default refuses it."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version == HttpVersion11 and expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+
+
+async def _continue(request: web.Request, limit: int) -> None:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise GatewayError("body_too_large")  # without 100 Continue: the body is never sent
+    if request.version == HttpVersion11:  # (HTTP/1.0 has no 100 Continue: aiohttp's default sends none either)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response's own size, as aiohttp's default handler keeps it
 
 
 async def timed_read(request: web.Request, read: Callable[[], Awaitable[T]]) -> T:

@@ -21,7 +21,7 @@ from gateway import jsonrpc
 from gateway.credentials.agent_token import without_agent_token
 from gateway.errors import GatewayError, forget_traceback, to_wire
 from gateway.http import cors
-from gateway.http.guards import error_response, read_body, require_json
+from gateway.http.guards import error_response, expect_body_later, read_body, require_json
 from gateway.http.mcp import McpEndpoint, log_failure
 from gateway.http.session_stream import draining
 from gateway.http.streams import SSE_HEADERS, ClientGone
@@ -181,7 +181,8 @@ class LegacySseEndpoint:
         # With or without a trailing slash, as /mcp (gateway/http/mcp.py: routes).
         streams = [web.get(path, self.stream, allow_head=False)
                    for path in ("/sse", "/sse/", "/sse/{upstream}", "/sse/{upstream}/")]
-        return [*streams, web.post("/messages", self.message), web.post("/messages/", self.message)]
+        posts = [web.post(path, self.message, expect_handler=expect_body_later) for path in ("/messages", "/messages/")]
+        return [*streams, *posts]
 
 
 def _abort(request: web.BaseRequest) -> None:

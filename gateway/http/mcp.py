@@ -29,7 +29,7 @@ from gateway.context import Principal
 from gateway.credentials.agent_token import without_agent_token
 from gateway.errors import UNSUPPORTED_PROTOCOL_VERSION, GatewayError, UpstreamErrorResponse, forget_traceback, to_wire
 from gateway.http.batch import BATCH_VERSION, answer_batch
-from gateway.http.guards import accepts, error_response, read_body, require_json, undecoded_coding
+from gateway.http.guards import accepts, error_response, expect_body_later, read_body, require_json, undecoded_coding
 from gateway.http.one_way import accept_one_way
 from gateway.http.resumable import Disconnects, Withdrawal
 from gateway.http.session_stream import SessionStreams
@@ -392,7 +392,7 @@ def routes(endpoint: McpEndpoint) -> list[web.RouteDef]:
     # A trailing slash names the same endpoint (the SDK's own server redirects `/mcp/` to `/mcp`; clients
     # configured with either URL must work, and a redirect would cost a round trip per message).
     for path in ("/mcp", "/mcp/", "/mcp/{upstream}", "/mcp/{upstream}/"):
-        out += [web.post(path, endpoint.post), web.get(path, endpoint.get, allow_head=False),
-                web.delete(path, endpoint.delete)]
+        out += [web.post(path, endpoint.post, expect_handler=expect_body_later),
+                web.get(path, endpoint.get, allow_head=False), web.delete(path, endpoint.delete)]
     return out
 
