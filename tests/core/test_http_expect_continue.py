@@ -139,3 +139,21 @@ async def test_an_oversized_body_sent_without_expect_is_not_read_after_the_413(c
     assert status.startswith("HTTP/1.1 413") and too_large(body), (status, body)
     assert headers.get("connection", "").lower() == "close", headers
     assert await raw.closed_by_gateway()
+
+
+async def test_a_trickled_body_refused_408_closes_the_connection(start_gateway, permissive_policies):
+    """408 body_timeout: the connection is closed with the answer, not after aiohttp drained the trickle."""
+    async with run_http_server(inventory_server()) as url:
+        slow = await start_gateway({"upstreams": [{"name": "inventory", "url": url}],
+                                    "policies": {"dir": str(permissive_policies)}, "listen": {"body_timeout_s": 1}})
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(slow.url.rsplit(":", 1)[1]))
+        try:
+            raw = Raw(reader, writer)
+            await raw.send_head("/mcp", 100, expect=False)
+            writer.write(b'{"jso')  # and nothing more
+            status, headers, body = await raw.answer()
+            assert status.startswith("HTTP/1.1 408") and body["error"]["data"]["reason"] == "body_timeout", body
+            assert headers.get("connection", "").lower() == "close", headers
+            assert await raw.closed_by_gateway()
+        finally:
+            writer.close()
