@@ -5,7 +5,9 @@ A list is learnt from any complete `prompts/list` an agent asks for, and read ag
 after its decision, as a tool list is) when a `prompts/get` names a prompt the last known list does not have:
 prompts an upstream added since are found then, so no `notifications/prompts/list_changed` needs to reach the
 gateway. A `prompts/get` the upstream answers with an error drops the list (a prompt removed since is read
-again with the next call). One list per upstream, whatever its credential mode, as for tools.
+again with the next call). One list per upstream, whatever its credential mode, as for tools. An upstream whose
+list cannot be read answers for its prompts itself (as before) until a list is learnt or a prompts/get fails there:
+reading it again at every call would be a list request per call.
 """
 
 from __future__ import annotations
@@ -31,23 +33,29 @@ class PromptLists:
     def __init__(self, upstreams: Iterable[str], info: Callable[[str, str], ToolInfo]) -> None:
         self._info = info
         self._known: dict[str, dict[str, ToolInfo]] = {}
+        self._unreadable: set[str] = set()  # upstreams whose list could not be read: every name passes
         self._loading: dict[str, asyncio.Future[dict[str, ToolInfo] | None]] = {}
         # Bumped by each list learnt or dropped, so a list fetched across one is not installed over it.
         self._generation = dict.fromkeys(upstreams, 0)
 
     def get(self, upstream: str, name: str) -> ToolInfo | None:
-        """The prompt in the upstream's last known list; None when it is not there or no list is known."""
+        """The prompt in the upstream's last known list (any, when that list cannot be read); None when it is not
+        there or no list is known yet."""
         known = self._known.get(upstream)
-        return None if known is None else known.get(name)
+        if known is None:
+            return self._info(upstream, name) if upstream in self._unreadable else None
+        return known.get(name)
 
     def learn(self, upstream: str, names: Iterable[Any]) -> dict[str, ToolInfo]:
         """A complete list of the upstream's prompts (the items' names, as an agent's prompts/list got them)."""
         known = {name: self._info(upstream, name) for name in names if isinstance(name, str)}
         self._known[upstream] = known
+        self._unreadable.discard(upstream)
         self._generation[upstream] += 1
         return known
 
     def forget(self, upstream: str) -> None:
+        self._unreadable.discard(upstream)
         if self._known.pop(upstream, None) is not None:
             self._generation[upstream] += 1
 
@@ -80,6 +88,7 @@ class PromptLists:
                 result = await fetch(upstream, "prompts/list", {"cursor": cursor} if cursor else {})
             except (GatewayError, UpstreamErrorResponse) as exc:
                 log.info("prompts of %s unknown (%s): a prompt it does not list gets its own answer", upstream, exc)
+                self._unknown(upstream, generation)
                 return None
             items = result.get("prompts")
             if isinstance(items, list):
@@ -90,4 +99,9 @@ class PromptLists:
                     return {n: self._info(upstream, n) for n in names if isinstance(n, str)}
                 return self.learn(upstream, names)
         log.info("prompts/list of %s has more than %d pages: its prompts are unknown", upstream, MAX_PAGES)
+        self._unknown(upstream, generation)
         return None
+
+    def _unknown(self, upstream: str, generation: int) -> None:
+        if generation == self._generation[upstream]:  # else a list learnt meanwhile is newer news
+            self._unreadable.add(upstream)

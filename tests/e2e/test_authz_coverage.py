@@ -14,8 +14,10 @@ import aiohttp
 import mcp_types as types
 import pytest
 from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
 from mcp_types import ToolAnnotations
 
+from tests.support.mcp_client import sdk_client
 from tests.support.servers import SeenRequest, run_http_server
 from tests.support.tokens import TestIssuer
 
@@ -298,3 +300,26 @@ async def test_missing_prompts_answer_exactly_like_denied_ones(env: Env, path: s
     again = await good.error("prompts/get", {"name": f"{prefix}nope"})
     assert again == missing
     assert env.seen.handled == ["prompts/get greet"]
+
+
+async def test_an_upstream_whose_prompt_list_fails_is_not_asked_for_it_at_every_call(
+        start_gateway: Any, permissive_policies: Path) -> None:
+    """A prompt list that cannot be read leaves the upstream to answer for its prompts (as before the gateway knew
+    prompt lists), and is not read again at every prompts/get: that would be a list request per call."""
+    seen = Upstream()
+    server = coverage_server(seen)
+
+    async def no_list(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        seen.handled.append("prompts/list")
+        raise MCPError(-32603, "prompt list unavailable")
+
+    server._lowlevel_server.add_request_handler("prompts/list", types.PaginatedRequestParams, no_list)
+    async with run_http_server(server) as url:
+        gw = await start_gateway({"upstreams": [{"name": "mem", "url": url}], "identity": {"mode": "anonymous"},
+                                  "policies": {"dir": str(permissive_policies)}})
+        async with sdk_client(gw.mcp) as client:
+            for _ in range(3):
+                assert (await client.get_prompt("mem__greet", {"name": "a"})).messages
+            with pytest.raises(MCPError, match="Unknown prompt: nope"):  # the upstream's own answer
+                await client.get_prompt("mem__nope", {})
+    assert seen.handled == ["prompts/list", *["prompts/get greet"] * 3]
