@@ -39,7 +39,8 @@ SUBSCRIBE_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
 # Methods 2026-07-28 removed (the SDK's per-version surface has none of them at that revision): a
 # stateless client's subscription updates would reach nobody, and with no connection there is nothing
 # for `ping` to keep alive; `logging/setLevel` would set the level of every client sharing the implicit
-# session (that revision opts in per request, `_meta` `io.modelcontextprotocol/logLevel`, which passes through).
+# session (that revision opts in per request, `_meta` `io.modelcontextprotocol/logLevel`, which the gateway applies
+# itself, server_messages._below_level; upstream_params keeps it from the upstream).
 STATELESS_REMOVED = SUBSCRIBE_METHODS | {"ping", "logging/setLevel"}
 
 

@@ -69,6 +69,8 @@ async def route_server_message(session: Session, upstream: str, message: Message
         catalog.invalidate(upstream)
     elif method == "notifications/resources/list_changed":
         catalog.resource_owners.invalidate(upstream)
+    elif method == "notifications/prompts/list_changed":
+        catalog.prompts.forget(upstream)
     elif method == "notifications/cancelled":
         cancelled = _cancel_for_client(session, upstream, message)
         if cancelled is None:
@@ -122,16 +124,6 @@ async def _routed_request(session: Session, upstream: str, message: Message, ori
     session.server_requests[gateway_id] = ServerRequestRoute(upstream, upstream_session, message["id"], origin,
                                                              progress_token(message))
     return {**message, "id": gateway_id}
-
-
-def note_log_level(session: Session, params: dict[str, Any]) -> None:
-    """A `logging/setLevel` the gateway answered with success: the log lines the session is given honour it from
-    now on. The aggregated view accepts it for every upstream, so it must hold for one that has no setLevel (its
-    refusal is not the client's to see) and for one whose session is opened later; the pass-through view records
-    it only once the upstream itself accepted it."""
-    level = params.get("level")
-    if level in LOG_LEVELS:
-        session.log_level = LOG_LEVELS.index(level)
 
 
 def _below_level(session: Session, message: Message, origin: object) -> bool:

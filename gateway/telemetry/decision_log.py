@@ -80,8 +80,8 @@ def facts_of(ctx: CallContext, *, include_args: bool = False, redactor: Redactor
     tool = ctx.tool.name if ctx.tool else None
     missing = extra.get(NOT_FOUND_ITEM) if reason is not None else None
     # Names the agent chose: a URI may carry a token, and so may the name of any call that failed, as its span
-    # shows it: a prompt is known real only once answered (the gateway keeps no prompt list), a tool denied before
-    # its upstream's list was known may be made up; only not_found ones are marked `missing`.
+    # shows it: a prompt or tool denied before its upstream's list was known may be made up; only not_found ones are
+    # marked `missing`.
     if reason is not None or ctx.method == "resources/read":
         tool, missing, facts = _redacted_names(redactor, tool, missing, facts)
     return (
