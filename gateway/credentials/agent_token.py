@@ -12,11 +12,14 @@ such a call to a tool that leaves the organisation, as they would have with the 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from gateway import jsonrpc
 from gateway.context import Principal
 from gateway.credentials.redaction import AGENT_TOKEN_MARK
+
+_TOKEN_ESCAPE = re.compile(rb"\\u00[2-7][0-9a-fA-F]|\\/")  # an escape that may stand for a token character
 
 
 def without_agent_token(message: jsonrpc.Message, principal: Principal | None,
@@ -26,10 +29,11 @@ def without_agent_token(message: jsonrpc.Message, principal: Principal | None,
     token = principal.token if principal is not None else None
     if not token or len(token) < 6:
         return message
-    # A bearer token (RFC 6750 b64token: letters, digits, `-._~+/=`) has no character JSON must escape, and the only
-    # escapes that can stand for one of its characters are `\uXXXX` and `\/`: a body with neither and without the
-    # token's own text does not hold it (a `\n` in an argument costs no JSON encoding).
-    if body is not None and token.encode() not in body and b"\\u" not in body and b"\\/" not in body:
+    # A bearer token (RFC 6750 b64token: letters, digits, `-._~+/=`, all within U+002B..U+007E) has no character JSON
+    # must escape, and the only escapes that can stand for one of its characters are `\u002B`..`\u007E` and `\/`: a
+    # body with neither and without the token's own text does not hold it (a `\n`, or a client escaping its
+    # non-ASCII text as `\u00e9`, costs no JSON encoding).
+    if body is not None and token.encode() not in body and _TOKEN_ESCAPE.search(body) is None:
         return message
     if token not in json.dumps(message.body, ensure_ascii=False):  # escapes read: the text as its reader has it
         return message

@@ -29,12 +29,14 @@ BATCH_VERSION = "2025-03-26"
 
 
 async def answer_batch(endpoint: McpEndpoint, request: web.Request, view: str | None, principal: Principal,
-                       batch: jsonrpc.Batch, sse_ok: bool, times: tuple[int, int]) -> web.StreamResponse:
+                       batch: jsonrpc.Batch, sse_ok: bool, times: tuple[int, int],
+                       body: bytes | None = None) -> web.StreamResponse:
     """`times`: when the POST arrived and when it was identified (time.time_ns()): each member's SERVER span starts
-    at the POST and records the one identify as its `customs.identify` child, as a single request's does."""
+    at the POST and records the one identify as its `customs.identify` child, as a single request's does. `body`
+    (the raw POST) lets members skip the JSON encoding the agent-token search otherwise needs."""
     try:
         session = endpoint.batch_session(request, view, principal)
-        messages = [m if isinstance(m, GatewayError) else without_agent_token(m, principal)
+        messages = [m if isinstance(m, GatewayError) else without_agent_token(m, principal, body)
                     for m in jsonrpc.classify_batch(batch.items)]
     except GatewayError as exc:
         return error_response(exc)

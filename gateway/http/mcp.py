@@ -133,7 +133,7 @@ class McpEndpoint:
                                             start_ns=started, identify_ns=(started, identified), http=request) as trace:
                 return await self._answer(request, session, principal, message, sse_ok, extra_headers, trace)
         except jsonrpc.Batch as batch:  # a JSON array: answered only in 2025-03-26 sessions
-            return await answer_batch(self, request, view, principal, batch, sse_ok, (started, identified))
+            return await answer_batch(self, request, view, principal, batch, sse_ok, (started, identified), body)
         except GatewayError as exc:
             if exc.reason == "unknown_upstream":  # refused before the body was read: it may name an id to answer
                 request_id = await self._readable_id(request)
