@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Mapping
 from contextlib import suppress
 from typing import Any, NoReturn
@@ -53,7 +54,7 @@ _REFUSING = (401, 403)
 UPSTREAM_IDLE_S = 4.0
 
 
-class HttpUpstreamBase:
+class HttpUpstreamBase(ABC):
     """Lifecycle, health, breaker and request plumbing of one HTTP upstream (subclassed per transport)."""
 
     def __init__(self, config: UpstreamConfig, http: aiohttp.ClientSession, *,
@@ -107,9 +108,10 @@ class HttpUpstreamBase:
             return Health(False, self._not_mcp)
         return self._state
 
+    @abstractmethod
     async def connect(self, params: ConnectParams, on_message: MessageHandler,
                       headers: Mapping[str, str] | None = None, *, credentials: HeadersSource | None = None) -> Any:
-        raise NotImplementedError  # per transport
+        """Open an upstream session, as each transport does (the probe's handshake opens one too)."""
 
     async def handshake(self, opening: Awaitable[None]) -> None:
         """Await a session's set-up (`open()`: at connect, or re-opening an expired session), noting for /readyz
