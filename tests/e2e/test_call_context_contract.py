@@ -5,14 +5,13 @@ value by a policy, through a real gateway (docs/policies.md, Context). The contr
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from gateway.demo.servers import payments_server
-from tests.support.contract import Agent, reason, write_policies
+from tests.support.contract import Agent, any_of, hours_and_weekdays, reason, write_policies
 from tests.support.servers import run_http_server
 from tests.support.tokens import TestIssuer, act_chain
 
@@ -20,18 +19,8 @@ PRINCIPAL = "spiffe://acme.test/agent/shopper"
 PLANNER, ROUTER = "spiffe://acme.test/agent/planner", "spiffe://acme.test/agent/router"
 
 
-def _hours_and_weekdays() -> tuple[set[int], set[int]]:
-    """UTC hour and ISO weekday (1 = Monday … 7) now and a minute on: the test is over within that minute."""
-    times = [dt.datetime.now(dt.UTC), dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)]
-    return {t.hour for t in times}, {t.isoweekday() for t in times}
-
-
-def _any_of(expression: str, values: set[int]) -> str:
-    return "(" + " || ".join(f"{expression} == {value}" for value in sorted(values)) + ")"
-
-
 def _policies() -> str:
-    hours, weekdays = _hours_and_weekdays()
+    hours, weekdays = hours_and_weekdays()
     return f"""
 @id("delegated-balance")
 permit (principal, action == Action::"call_tool", resource == Tool::"payments/balance")
@@ -39,7 +28,7 @@ when {{
   context.environment == "staging" && context.tenant == "acme" && context.approval == "none" &&
   context.chain_depth == 2 && context.chain.contains("{PLANNER}") && context.chain.contains("{ROUTER}") &&
   !context.chain.contains("{PRINCIPAL}") && context.args has account && context.args.account == "acme-1" &&
-  {_any_of("context.time.hour", hours)} && {_any_of("context.time.weekday", weekdays)}
+  {any_of("context.time.hour", hours)} && {any_of("context.time.weekday", weekdays)}
 }};
 
 @id("tenantless-direct")

@@ -6,14 +6,13 @@ from lists and answer denied prompts and resources like missing ones. Each actor
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from gateway.demo.servers import inventory_server
-from tests.support.contract import Agent, reason, write_policies
+from tests.support.contract import Agent, any_of, hours_and_weekdays, reason, write_policies
 from tests.support.servers import run_http_server
 from tests.support.tokens import TestIssuer, act_chain
 
@@ -23,23 +22,13 @@ GHOST = "spiffe://acme.test/agent/ghost"  # in no registry: attributes only from
 SKUS = "customs://inventory/inventory://skus"
 
 
-def _hours_and_weekdays() -> tuple[set[int], set[int]]:
-    """UTC hour and ISO weekday (1 = Monday … 7) now and a minute on: the test is over within that minute."""
-    times = [dt.datetime.now(dt.UTC), dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)]
-    return {t.hour for t in times}, {t.isoweekday() for t in times}
-
-
-def _any_of(expression: str, values: set[int]) -> str:
-    return "(" + " || ".join(f"{expression} == {value}" for value in sorted(values)) + ")"
-
-
 def _policies() -> str:
-    hours, weekdays = _hours_and_weekdays()
+    hours, weekdays = hours_and_weekdays()
     facts = f"""
   context.environment == "staging" && context.tenant == "acme" && context.approval == "none" &&
   context.chain_depth == 1 && context.chain.containsAny(["{PLANNER}", "{GHOST}"]) &&
   !context.chain.contains("{PRINCIPAL}") && !context.args_contain_secret && !context.args_truncated &&
-  {_any_of("context.time.hour", hours)} && {_any_of("context.time.weekday", weekdays)} &&
+  {any_of("context.time.hour", hours)} && {any_of("context.time.weekday", weekdays)} &&
   principal in Tenant::"acme" && resource in Server::"inventory"
 """
     return f"""

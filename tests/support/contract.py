@@ -5,6 +5,7 @@ webhook receiver and a gateway served from a config file as a user runs it."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import json
 import os
@@ -80,6 +81,17 @@ def contract_example(**replace: int | str) -> str:
     for old, new in replace.items():
         text = text.replace(old, str(new))
     return text
+
+
+def hours_and_weekdays() -> tuple[set[int], set[int]]:
+    """UTC hour and ISO weekday (1 = Monday … 7) now and a minute on: a test using them is over within that minute."""
+    times = [dt.datetime.now(dt.UTC), dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)]
+    return {t.hour for t in times}, {t.isoweekday() for t in times}
+
+
+def any_of(expression: str, values: set[int]) -> str:
+    """A Cedar condition: `expression` equals one of `values`."""
+    return "(" + " || ".join(f"{expression} == {value}" for value in sorted(values)) + ")"
 
 
 def write_policies(directory: Path, body: str | None = None) -> Path:
